@@ -1,0 +1,114 @@
+"""The gateway's error model.
+
+Every failure that reaches a client is a `GatewayError`: it carries the HTTP status, and the
+OpenAI error fields (`message`, `type`, `param`, `code`). Errors are raised deep inside
+`core/` and converted to bytes exactly once, at the I/O boundary (h11's habit). Messages say
+what to fix and never carry a secret: callers must not put credentials or upstream URLs with
+credentials in them.
+"""
+from __future__ import annotations
+
+import msgspec
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and an OpenAI-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or []
+
+    def body(self) -> bytes:
+        """The OpenAI-shaped JSON body: {"error": {message, type, param, code}}."""
+        return _encode(ErrorBody(ErrorDetail(self.message, self.type, self.param, self.code)))
+
+    def sse_event(self) -> bytes:
+        """The error as one SSE event, for failures after a stream has started."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+# Constructors for the errors the gateway itself raises. One place, so every path agrees
+# on status, type and code.
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+def unauthorized(message: str) -> GatewayError:
+    return GatewayError(401, message, "invalid_request_error", "invalid_api_key")
+
+
+def forbidden(message: str) -> GatewayError:
+    return GatewayError(403, message, "permission_error", "model_not_allowed", "model")
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist on this gateway. GET /v1/models lists the models your key may use.",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+
+
+def not_found(path: str) -> GatewayError:
+    return GatewayError(404, f"Unknown path '{path}'.", "invalid_request_error", "unknown_url")
+
+
+def method_not_allowed(method: str, path: str) -> GatewayError:
+    return GatewayError(405, f"Method {method} is not allowed on '{path}'.", "invalid_request_error", "method_not_allowed")
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"Request body is larger than this gateway's limit of {limit} bytes.", "invalid_request_error", "request_too_large"
+    )
+
+
+def upstream_unreachable(provider: str) -> GatewayError:
+    return GatewayError(502, f"The upstream provider '{provider}' could not be reached.", "api_error", "upstream_unreachable")
+
+
+def upstream_timeout(provider: str, phase: str) -> GatewayError:
+    return GatewayError(504, f"The upstream provider '{provider}' timed out ({phase}).", "api_error", "upstream_timeout")
+
+
+def upstream_auth_failed(provider: str) -> GatewayError:
+    return GatewayError(
+        502,
+        f"The gateway's credential for upstream provider '{provider}' was rejected; ask the gateway operator to fix it.",
+        "api_error",
+        "upstream_auth_failed",
+    )
+
+
+def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
+    return GatewayError(500, message, "api_error", "internal_error")

@@ -1,0 +1,46 @@
+"""Build Tollway's native kernels (Cython) when a compiler is present.
+
+`pip install .` always works: if Cython or a C compiler is missing, or
+TOLLWAY_NO_EXTENSIONS=1 is set at build time, the gateway installs "pure" and runs
+the plain-Python twins of every kernel. The build says which it produced.
+"""
+import os
+import sys
+from glob import glob
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Compile the kernels, but fall back to a pure install instead of failing."""
+
+    def run(self):
+        try:
+            super().run()
+            print("tollway: building ACCELERATED (Cython kernels compiled)", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - any build failure means "pure"
+            print(f"tollway: building PURE (kernels not compiled: {exc})", file=sys.stderr)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            print(f"tollway: {ext.name} not compiled ({exc}); its pure twin will be used", file=sys.stderr)
+
+
+def extensions():
+    if os.environ.get("TOLLWAY_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    sources = sorted(glob("ext/*.pyx"))
+    if not sources:
+        return []
+    directives = {"language_level": "3", "boundscheck": False, "wraparound": False, "cdivision": True}
+    return cythonize(sources, compiler_directives=directives, quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
