@@ -1,0 +1,56 @@
+"""The hot-path kernels the gateway uses: compiled ones when built, else their pure twins.
+
+Set ``TOLLWAY_NO_EXTENSIONS=1`` (any non-empty value) to force the pure twins. `ACCELERATED`
+is True only when every compiled kernel imported; `ACTIVE` says which one each name is.
+Each compiled module has exactly its twin's API, so callers never care which they got.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from core import buckets as _pure_buckets
+from core import jsonscan as _pure_jsonscan
+from core import sse as _pure_sse
+
+__all__ = [
+    "ACCELERATED",
+    "ACTIVE",
+    "BucketTable",
+    "OpenAIStreamRelay",
+    "SSEError",
+    "SSEEvent",
+    "SSEFramer",
+    "Usage",
+    "max_depth_exceeded",
+]
+
+
+def _compiled(name: str) -> ModuleType | None:
+    """The compiled module `ext.<name>`, or None if extensions are off or it is not built."""
+    if os.environ.get("TOLLWAY_NO_EXTENSIONS"):
+        return None
+    try:
+        return importlib.import_module(f"ext.{name}")
+    except ImportError:
+        return None
+
+
+_sse = _compiled("_sse") or _pure_sse
+_buckets = _compiled("_buckets") or _pure_buckets
+_jsonscan = _compiled("_jsonscan") or _pure_jsonscan
+
+ACTIVE: dict[str, str] = {
+    mod.__name__.rpartition(".")[2].lstrip("_"): ("compiled" if mod.__name__.startswith("ext.") else "pure")
+    for mod in (_sse, _buckets, _jsonscan)
+}
+ACCELERATED: bool = all(kind == "compiled" for kind in ACTIVE.values())
+
+SSEError = _pure_sse.SSEError  # one class for both twins
+Usage = _pure_sse.Usage
+SSEEvent = _sse.SSEEvent
+SSEFramer = _sse.SSEFramer
+OpenAIStreamRelay = _sse.OpenAIStreamRelay
+BucketTable = _buckets.BucketTable
+max_depth_exceeded = _jsonscan.max_depth_exceeded

@@ -1,0 +1,56 @@
+"""Fixtures that run a kernel test against the pure twin and the compiled kernel.
+
+`tests/conftest.py` star-imports this module. Each `*_impl` fixture is parametrized with
+"pure" (the `core` module) and "compiled" (the `ext` module); the compiled case skips,
+saying why, when the extension is not built. `compiled_or_skip` serves differential tests
+that need both twins at once.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import pytest
+
+__all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "sse_impl"]
+
+KERNEL_KINDS = ("pure", "compiled")
+
+# kernel name -> (pure twin module, compiled module)
+_MODULES = {
+    "sse": ("core.sse", "ext._sse"),
+    "buckets": ("core.buckets", "ext._buckets"),
+    "jsonscan": ("core.jsonscan", "ext._jsonscan"),
+}
+
+
+def compiled_or_skip(kernel: str) -> ModuleType:
+    """The compiled module of `kernel`; skips the test if it is not built."""
+    name = _MODULES[kernel][1]
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pytest.skip(f"{name} is not built ({exc}); run `python setup.py build_ext --inplace`")
+
+
+def kernel_module(kernel: str, kind: str) -> ModuleType:
+    """The `kind` ("pure" or "compiled") module of `kernel`."""
+    if kind == "pure":
+        return importlib.import_module(_MODULES[kernel][0])
+    return compiled_or_skip(kernel)
+
+
+# Session-scoped so hypothesis tests may use them (they hold no per-test state).
+@pytest.fixture(params=KERNEL_KINDS, scope="session")
+def sse_impl(request: pytest.FixtureRequest) -> ModuleType:
+    return kernel_module("sse", request.param)
+
+
+@pytest.fixture(params=KERNEL_KINDS, scope="session")
+def buckets_impl(request: pytest.FixtureRequest) -> ModuleType:
+    return kernel_module("buckets", request.param)
+
+
+@pytest.fixture(params=KERNEL_KINDS, scope="session")
+def jsonscan_impl(request: pytest.FixtureRequest) -> ModuleType:
+    return kernel_module("jsonscan", request.param)

@@ -1,0 +1,275 @@
+"""SSE framer and OpenAI stream relay, run against the pure twin and the compiled kernel."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.sse import SSEError, may_carry_usage
+from core.usage import Usage
+from tests.kernels_fixture import compiled_or_skip
+
+import core.sse as pure_sse
+
+
+def frame(mod, chunks, max_event_bytes=1 << 20):
+    framer = mod.SSEFramer(max_event_bytes)
+    events = []
+    for chunk in chunks:
+        events += framer.feed(chunk)
+    events += framer.flush()
+    return [(e.raw, e.event, e.data) for e in events]
+
+
+def relay(mod, chunks, drop=True, max_event_bytes=1 << 20):
+    r = mod.OpenAIStreamRelay(drop, max_event_bytes)
+    out = b"".join(r.feed(c) for c in chunks) + r.flush()
+    return out, r
+
+
+def split_at(data: bytes, cuts) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def chat_chunk(content=None, usage=None, choices=True, tool_args=None, text=None) -> bytes:
+    delta = {}
+    if content is not None:
+        delta["content"] = content
+    if tool_args is not None:
+        delta["tool_calls"] = [{"index": 0, "function": {"arguments": tool_args}}]
+    choice = {"index": 0, "delta": delta} if text is None else {"index": 0, "text": text}
+    body = {"id": "c1", "object": "chat.completion.chunk", "choices": [choice] if choices else []}
+    body["usage"] = usage
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+USAGE = {
+    "prompt_tokens": 11,
+    "completion_tokens": 7,
+    "total_tokens": 18,
+    "prompt_tokens_details": {"cached_tokens": 3},
+    "completion_tokens_details": {"reasoning_tokens": 2},
+}
+STREAM = (
+    b"".join(chat_chunk(w) for w in ["Hel", "lo", " wor", "ld"])
+    + chat_chunk(usage=USAGE, choices=False)
+    + b"data: [DONE]\n\n"
+)
+
+
+# --- framer ---------------------------------------------------------------------------------
+
+
+def test_events_with_every_line_ending(sse_impl):
+    stream = b"data: a\n\ndata: b\r\n\r\nevent: e\rdata: c\r\r"
+    assert frame(sse_impl, [stream]) == [
+        (b"data: a\n\n", None, b"a"),
+        (b"data: b\r\n\r\n", None, b"b"),
+        (b"event: e\rdata: c\r\r", b"e", b"c"),
+    ]
+
+
+def test_multiline_data_fields_and_comments(sse_impl):
+    stream = b": keepalive\n\nid: 7\nretry: 10\nevent: delta\ndata: x\ndata\ndata:y\n: note\n\n"
+    assert frame(sse_impl, [stream]) == [
+        (b": keepalive\n\n", None, b""),
+        (b"id: 7\nretry: 10\nevent: delta\ndata: x\ndata\ndata:y\n: note\n\n", b"delta", b"x\n\ny"),
+    ]
+
+
+def test_only_one_leading_space_is_stripped(sse_impl):
+    assert frame(sse_impl, [b"data:  two\n\n"]) == [(b"data:  two\n\n", None, b" two")]
+
+
+def test_feed_returns_only_complete_events(sse_impl):
+    framer = sse_impl.SSEFramer()
+    assert framer.feed(b"data: a\n") == []
+    assert [e.data for e in framer.feed(b"\ndata: b")] == [b"a"]
+    assert [(e.raw, e.data) for e in framer.flush()] == [(b"data: b", b"b")]
+    assert framer.flush() == []
+
+
+def test_trailing_cr_waits_for_possible_lf(sse_impl):
+    framer = sse_impl.SSEFramer()
+    assert framer.feed(b"data: a\r\r") == []  # the second \r may be half of \r\n
+    assert [e.raw for e in framer.feed(b"\n")] == [b"data: a\r\r\n"]
+    framer.feed(b"data: b\n\r")
+    assert [e.raw for e in framer.flush()] == [b"data: b\n\r"]
+
+
+def test_stray_blank_lines_are_kept_as_empty_events(sse_impl):
+    assert frame(sse_impl, [b"\n\r\ndata: a\n\n"]) == [
+        (b"\n", None, b""),
+        (b"\r\n", None, b""),
+        (b"data: a\n\n", None, b"a"),
+    ]
+
+
+def test_oversized_event_raises_even_when_incomplete(sse_impl):
+    framer = sse_impl.SSEFramer(16)
+    with pytest.raises(SSEError, match="SSE event larger than 16 bytes"):
+        framer.feed(b"data: " + b"x" * 20)
+
+
+def test_oversized_complete_event_raises(sse_impl):
+    framer = sse_impl.SSEFramer(16)
+    assert [e.data for e in framer.feed(b"data: 12345678\n\n")] == [b"12345678"]  # 16 bytes is allowed
+    with pytest.raises(SSEError):
+        framer.feed(b"data: 123456789\n\ndata: ok\n\n")
+
+
+def test_event_type_is_shared_error_class(sse_impl):
+    assert sse_impl.SSEError is SSEError
+    assert issubclass(SSEError, ValueError)
+
+
+# --- relay ----------------------------------------------------------------------------------
+
+
+def test_relay_drops_usage_chunk_and_records_usage(sse_impl):
+    out, r = relay(sse_impl, [STREAM], drop=True)
+    usage_chunk = chat_chunk(usage=USAGE, choices=False)
+    assert out == STREAM.replace(usage_chunk, b"")
+    assert r.usage == Usage(11, 7, 18, cached_tokens=3, reasoning_tokens=2)
+    assert r.done
+    assert r.streamed_text() == "Hello world"
+
+
+def test_relay_keeps_usage_chunk_when_asked(sse_impl):
+    out, r = relay(sse_impl, [STREAM], drop=False)
+    assert out == STREAM
+    assert r.usage is not None and r.usage.total_tokens == 18
+
+
+def test_relay_keeps_usage_that_rides_on_a_content_chunk(sse_impl):
+    stream = chat_chunk("hi", usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+    out, r = relay(sse_impl, [stream], drop=True)
+    assert out == stream
+    assert r.usage == Usage(1, 1, 2)
+
+
+def test_relay_last_usage_wins(sse_impl):
+    first = chat_chunk("a", usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+    last = chat_chunk(usage={"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}, choices=False)
+    _, r = relay(sse_impl, [first + last])
+    assert r.usage == Usage(1, 5, 6)
+
+
+def test_relay_without_usage_counts_text_lazily(sse_impl):
+    stream = (
+        chat_chunk("The ")
+        + chat_chunk(tool_args='{"q":')
+        + chat_chunk(text="legacy")
+        + b": comment\n\n"
+        + b'data: {"error": {"message": "x"}}\n\n'
+        + b"data: [DONE]\n\n"
+    )
+    out, r = relay(sse_impl, [stream])
+    assert out == stream
+    assert r.usage is None and r.done
+    assert r.streamed_text() == 'The {"q":legacy'
+
+
+def test_relay_ignores_malformed_usage_json(sse_impl):
+    stream = b'data: {"usage": {"prompt_tokens": "many"}, "choices": []}\n\ndata: {"usage": {oops\n\n'
+    out, r = relay(sse_impl, [stream])
+    assert out == stream and r.usage is None
+
+
+def test_relay_oversized_event_raises(sse_impl):
+    r = sse_impl.OpenAIStreamRelay(True, 8)
+    with pytest.raises(SSEError):
+        r.feed(b"data: 0123456789\n\n")
+
+
+def test_relay_output_lags_only_to_event_boundary(sse_impl):
+    r = sse_impl.OpenAIStreamRelay(False)
+    assert r.feed(b"data: {}\n\ndata: {") == b"data: {}\n\n"
+    assert r.feed(b"}\n") == b""
+    assert r.feed(b"\n") == b"data: {}\n\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"usage":null}', False),
+        (b'{"usage" : \tnull,"choices":[]}', False),
+        (b'{"content":"usage","usage":null}', False),
+        (b'{"content":"\\"usage\\": {"}', False),
+        (b'{"usage":{"prompt_tokens":1}}', True),
+        (b'{"usage":\n{"prompt_tokens":1}}', True),
+        (b'{"usage":nul', True),
+        (b'{"choices":[]}', False),
+    ],
+)
+def test_usage_prefilter(data, expected):
+    assert may_carry_usage(data) is expected
+
+
+# --- properties -----------------------------------------------------------------------------
+
+sse_bytes = st.lists(
+    st.sampled_from([b"data: ", b"data:", b"event: x", b": c", b"id: 1", b"\n", b"\r", b"\r\n", b"{}", b"ab", b"[DONE]", b"\xff"]),
+    max_size=40,
+).map(b"".join)
+cuts = st.lists(st.integers(min_value=0, max_value=10_000), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=sse_bytes, cut=cuts)
+def test_any_split_gives_the_same_events(sse_impl, data, cut):
+    assert frame(sse_impl, split_at(data, cut)) == frame(sse_impl, [data])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=sse_bytes, cut=cuts)
+def test_events_cover_the_input_exactly(sse_impl, data, cut):
+    assert b"".join(raw for raw, _, _ in frame(sse_impl, split_at(data, cut))) == data
+
+
+relay_streams = st.lists(
+    st.one_of(
+        st.text(max_size=8).map(chat_chunk),
+        st.just(chat_chunk(usage=USAGE, choices=False)),
+        st.just(chat_chunk("x", usage=USAGE)),
+        st.just(b": ping\r\n\r\n"),
+        st.just(b"data: [DONE]\n\n"),
+        sse_bytes,
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=relay_streams, cut=cuts, drop=st.booleans())
+def test_relay_any_split_gives_the_same_output(sse_impl, stream, cut, drop):
+    whole, r1 = relay(sse_impl, [stream], drop)
+    pieces, r2 = relay(sse_impl, split_at(stream, cut), drop)
+    assert pieces == whole
+    assert (r1.usage, r1.done, r1.streamed_text()) == (r2.usage, r2.done, r2.streamed_text())
+    if not drop:
+        assert whole == stream
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(sse_bytes, relay_streams, st.binary(max_size=200)), cut=cuts, limit=st.integers(1, 64))
+def test_compiled_agrees_with_pure(data, cut, limit):
+    compiled = compiled_or_skip("sse")
+    chunks = split_at(data, cut)
+    for run in (frame, relay):
+        outcomes = []
+        for mod in (pure_sse, compiled):
+            try:
+                result = run(mod, chunks, max_event_bytes=limit)
+            except SSEError as exc:
+                outcomes.append(("error", str(exc)))
+            else:
+                if run is relay:
+                    out, r = result
+                    result = (out, r.usage, r.done, r.streamed_text())
+                outcomes.append(result)
+        assert outcomes[0] == outcomes[1]
