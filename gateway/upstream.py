@@ -1,0 +1,540 @@
+"""The upstream HTTP/1.1 client: keep-alive pools on an asyncio Protocol with httptools' parser.
+
+Chosen by measurement over aiohttp (bench/clients/, numbers in bench/README.md): the gateway
+needs one thing from a client, a pooled request/response with a streamed body, and doing only
+that on the bare protocol costs about half of aiohttp's per-request time.
+
+Theory of operation
+-------------------
+A `_Connection` is one TCP (or TLS) connection plus one httptools response parser, and carries
+at most one exchange at a time. `UpstreamClient.request` writes the request head and body in one
+write, waits (first_byte timeout) until the parser has seen the status line and headers, and
+returns an `UpstreamResponse`. Body bytes from the parser queue up in a deque that the response
+drains (idle timeout between chunks). When more than _HIGH_WATER bytes wait unread the transport
+stops reading, so a slow consumer throttles the upstream through TCP instead of growing memory.
+
+When the parser says the message is complete and the upstream allowed keep-alive, the
+connection goes back to its pool (LIFO: the warmest connection is reused first; at most
+`max_idle_per_host` idle ones). A pooled connection the upstream dropped while idle is noticed
+on its next use: if it dies before a single response byte arrives, the request is replayed once
+on a fresh connection. That is the keep-alive race every HTTP client retries (the upstream
+closed an idle connection just as we reused it), not a general retry policy.
+
+Exception messages name the upstream host:port and what went wrong, never a header value.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import urllib.parse
+from collections import deque
+from typing import Any
+
+import httptools
+import msgspec
+
+from gateway.upstream_proxy import ProxyRoute, ProxyRules, open_tunnel
+
+_MAX_HEAD_BYTES = 64 * 1024  # status line + headers (plus at most one socket read)
+_HIGH_WATER = 256 * 1024  # unread body bytes before we stop reading the socket
+_LOW_WATER = 64 * 1024  # ... and when we start again
+_FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_MAX_CACHED_ORIGINS = 1024
+
+
+class UpstreamError(Exception):
+    """Base of every failure talking to an upstream."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """No usable response: DNS, refused, TLS or proxy failure, or the connection broke or sent
+    garbage before the response headers were complete (a 502 for the client)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """A timeout expired; `phase` is "connect", "first_byte" or "idle" (a 504 for the client)."""
+
+    def __init__(self, phase: str, origin: str) -> None:
+        super().__init__(f"upstream {origin}: no progress within the {phase} timeout")
+        self.phase = phase
+
+
+class UpstreamDisconnected(UpstreamError):
+    """The connection broke, or the body was malformed, after the response headers arrived."""
+
+
+class _NoResponse(UpstreamConnectError):
+    """Closed before a single response byte: on a reused connection, the keep-alive race."""
+
+
+class Timeouts(msgspec.Struct, frozen=True):
+    """Seconds allowed to connect (incl. TLS/proxy), to the response headers, between chunks."""
+
+    connect: float = 5
+    first_byte: float = 300
+    idle: float = 120
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection and its response parser; see the module docstring."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, label: str) -> None:
+        self.label = label
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.busy = False
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[bool] | None = None
+        self._begin(skip_body=False)
+
+    def _begin(self, skip_body: bool) -> None:
+        """Reset the per-exchange state."""
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.error: UpstreamError | None = None
+        self._skip_body = skip_body  # HEAD: a body is announced but never sent
+        self._head_bytes = 0
+        self._got_bytes = False
+        self._framed = False  # Content-Length or Transfer-Encoding seen, so EOF is not the end
+        self._paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy or self.error is not None:
+            self.abort()  # bytes nobody asked for: the connection's framing can't be trusted
+            return
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(f"malformed response ({type(exc).__name__})")
+            return
+        if not self.headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._fail("response headers too large")
+                return
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # close; connection_lost decides whether the body was complete
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.busy and not self.complete and self.error is None:
+            self.error = self._loss_error(exc)
+            if self.error is None:
+                self.complete = True  # a close-delimited body ends at a clean EOF
+        self._wake()
+
+    def _loss_error(self, exc: Exception | None) -> UpstreamError | None:
+        if self.headers_done:
+            if exc is None and not self._framed:
+                return None
+            return UpstreamDisconnected(f"upstream {self.label} closed the connection mid-body")
+        if self._got_bytes:
+            return UpstreamConnectError(
+                f"upstream {self.label} closed the connection before the response headers ended"
+            )
+        return _NoResponse(f"upstream {self.label} closed the connection without responding")
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        if key == "content-length" or key == "transfer-encoding":
+            self._framed = True
+        self.headers.append((key, value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # interim 1xx (100 Continue, 103 Early Hints): the real one follows
+            self.headers = []
+            self._framed = False
+            return
+        self.status = status
+        self.headers_done = True
+        if self._skip_body:
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        if not self.headers_done:
+            return  # the end of an interim 1xx response
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+
+    # -- used by the client and the response -----------------------------------------------
+
+    def send(self, head: bytes, body: bytes, skip_body: bool) -> None:
+        """Start an exchange: write the request, in one write when it is small."""
+        self._begin(skip_body)
+        self.busy = True
+        self.transport.write(head + body if len(body) < 65536 else head)  # type: ignore[union-attr]
+        if len(body) >= 65536:
+            self.transport.write(body)  # type: ignore[union-attr]
+
+    async def read_head(self, timeout: float) -> None:
+        """Wait until the status line and headers arrived; raises UpstreamError."""
+        deadline = self._loop.time() + timeout
+        while not self.headers_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait(deadline - self._loop.time(), "first_byte")
+
+    async def next_chunk(self, idle: float) -> bytes | None:
+        """The next body chunk, or None at the end; raises UpstreamError."""
+        while True:
+            if self.chunks:
+                chunk = self.chunks.popleft()
+                self.buffered -= len(chunk)
+                if self._paused and self.buffered <= _LOW_WATER:
+                    self._paused = False
+                    self.transport.resume_reading()  # type: ignore[union-attr]
+                return chunk
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            await self._wait(idle, "idle")
+
+    def reusable(self) -> bool:
+        """True if the last exchange ended cleanly and the upstream allows another one."""
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def finish(self) -> None:
+        """End the exchange on a reusable connection, ready for the pool."""
+        self.busy = False
+        self.chunks.clear()
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """Drop the connection now (mid-exchange or broken); idempotent."""
+        self.busy = False
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _wait(self, timeout: float, phase: str) -> None:
+        """Sleep until the parser or the connection makes progress; raises UpstreamTimeout."""
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        timer = self._loop.call_later(max(timeout, 0.0), _expire, waiter)
+        try:
+            progressed = await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if not progressed:
+            raise UpstreamTimeout(phase, self.label)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def _fail(self, reason: str) -> None:
+        if self.headers_done:
+            self.error = UpstreamDisconnected(f"upstream {self.label}: {reason}")
+        else:
+            self.error = UpstreamConnectError(f"upstream {self.label}: {reason}")
+        self.closed = True
+        self.transport.abort()  # type: ignore[union-attr]
+        self._wake()
+
+
+class UpstreamResponse:
+    """A response whose status and headers arrived; the body is read from it, once.
+
+    Reading the body to its end returns the connection to the pool; `close()` (or leaving
+    `async with`) before that drops the connection. Always close a response.
+    """
+
+    __slots__ = ("status", "headers", "_conn", "_client", "_key", "_idle")
+
+    def __init__(
+        self, client: UpstreamClient, conn: _Connection, key: tuple[str, str, int], idle: float
+    ) -> None:
+        self.status = conn.status
+        self.headers = conn.headers  # names lower-cased
+        self._client = client
+        self._conn: _Connection | None = conn
+        self._key = key
+        self._idle = idle
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (any case), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def read(self) -> bytes:
+        """The whole (remaining) body; raises UpstreamTimeout("idle") or UpstreamDisconnected."""
+        parts = [chunk async for chunk in self]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def __aiter__(self) -> UpstreamResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next body chunk as it arrived; raises UpstreamTimeout("idle") or
+        UpstreamDisconnected."""
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            chunk = await conn.next_chunk(self._idle)
+        except BaseException:
+            self.close()
+            raise
+        if chunk is None:
+            self.close()
+            raise StopAsyncIteration
+        return chunk
+
+    def close(self) -> None:
+        """Pool the connection if the body was read to its end, else drop it. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.reusable() and not conn.chunks:
+            conn.finish()
+            self._client._release(self._key, conn)
+        else:
+            conn.abort()
+
+    async def __aenter__(self) -> UpstreamResponse:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class _Origin:
+    """Everything derived once from a URL's scheme://host:port."""
+
+    __slots__ = ("key", "host", "port", "tls", "host_header", "label", "proxy", "target_prefix")
+
+    def __init__(self, origin_url: str, proxies: ProxyRules) -> None:
+        parts = urllib.parse.urlsplit(origin_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("upstream URL must be http:// or https:// with a host")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.key = (parts.scheme, self.host, self.port)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default_port = self.port == (443 if self.tls else 80)
+        self.host_header = host if default_port else f"{host}:{self.port}"
+        self.label = f"{host}:{self.port}"
+        self.proxy: ProxyRoute | None = proxies.route(parts.scheme, self.host)
+        # Through a plain-HTTP proxy the request line carries the absolute URL.
+        absolute = self.proxy is not None and not self.tls
+        self.target_prefix = f"http://{self.host_header}" if absolute else ""
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """("scheme://authority", "/path?query") of an absolute URL; raises ValueError."""
+    start = url.find("://")
+    if start < 0:
+        raise ValueError("upstream URL must be absolute")
+    cut = len(url)
+    for mark in "/?#":
+        found = url.find(mark, start + 3)
+        if 0 <= found < cut:
+            cut = found
+    target = url[cut:].split("#", 1)[0]
+    if not target.startswith("/"):
+        target = "/" + target
+    return url[:cut], target
+
+
+def _request_head(
+    method: str, target: str, origin: _Origin, headers: list[tuple[str, str]], body_len: int
+) -> bytes:
+    """The request line and headers; raises ValueError on CR/LF injection or non-latin-1 text."""
+    lines = [f"{method} {origin.target_prefix}{target} HTTP/1.1\r\n", f"Host: {origin.host_header}\r\n"]
+    for name, value in headers:
+        if name.lower() not in _FRAMING_HEADERS:
+            lines.append(f"{name}: {value}\r\n")
+    if origin.proxy is not None and origin.target_prefix and origin.proxy.authorization:
+        lines.append(f"Proxy-Authorization: {origin.proxy.authorization}\r\n")
+    if body_len or method not in _BODYLESS_METHODS:
+        lines.append(f"Content-Length: {body_len}\r\n")
+    lines.append("\r\n")
+    head = "".join(lines)
+    # Each line contributes exactly one CR and one LF; any extra came from a name, value or
+    # target and would let it inject headers. The message must not echo the offending value.
+    if head.count("\n") != len(lines) or head.count("\r") != len(lines) or " " in target:
+        raise ValueError("request target or a header contains CR, LF or a space")
+    return head.encode("latin-1")
+
+
+def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """A verifying client context: the system CAs, or only `ca_bundle` / $SSL_CERT_FILE."""
+    context = ssl.create_default_context(cafile=ca_bundle or os.environ.get("SSL_CERT_FILE") or None)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class UpstreamClient:
+    """Pooled keep-alive HTTP/1.1 client for the gateway's upstream calls.
+
+    The proxy environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) is read once, here; a malformed
+    proxy setting raises ValueError here rather than on the first request.
+    """
+
+    def __init__(self, *, max_idle_per_host: int = 256, ca_bundle: str | None = None) -> None:
+        self._max_idle = max_idle_per_host
+        self._ca_bundle = ca_bundle
+        self._tls: ssl.SSLContext | None = None  # built on first https use: it costs ~ms
+        self._proxies = ProxyRules.from_environ()
+        self._origins: dict[str, _Origin] = {}
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        """Send a request and return once its status line and headers arrived.
+
+        Raises UpstreamConnectError, UpstreamTimeout ("connect" or "first_byte"), and
+        ValueError for a malformed URL or header.
+        """
+        if self._closed:
+            raise RuntimeError("UpstreamClient is closed")
+        origin_url, target = _split_url(url)
+        origin = self._origin(origin_url)
+        head = _request_head(method, target, origin, headers, len(body))
+        conn = self._take_idle(origin.key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, origin, head, body, method, timeouts)
+            except _NoResponse:
+                pass  # the keep-alive race: replay once on a fresh connection
+        conn = await self._open(origin, timeouts.connect)
+        return await self._exchange(conn, origin, head, body, method, timeouts)
+
+    async def aclose(self) -> None:
+        """Close every idle connection; responses still open close their own."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.abort()
+        self._idle.clear()
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        origin: _Origin,
+        head: bytes,
+        body: bytes,
+        method: str,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        conn.send(head, body, skip_body=method == "HEAD")
+        try:
+            await conn.read_head(timeouts.first_byte)
+        except BaseException:
+            conn.abort()
+            raise
+        return UpstreamResponse(self, conn, origin.key, timeouts.idle)
+
+    def _origin(self, origin_url: str) -> _Origin:
+        origin = self._origins.get(origin_url)
+        if origin is None:
+            if len(self._origins) >= _MAX_CACHED_ORIGINS:
+                self._origins.clear()
+            origin = self._origins[origin_url] = _Origin(origin_url, self._proxies)
+        return origin
+
+    def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def _release(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if self._closed or len(idle) >= self._max_idle:
+            conn.abort()
+        else:
+            idle.append(conn)
+
+    async def _open(self, origin: _Origin, timeout: float) -> _Connection:
+        """A new connection (TLS and proxy included); raises UpstreamConnectError/Timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._dial(origin)
+        except TimeoutError:
+            raise UpstreamTimeout("connect", origin.label) from None
+        except OSError as exc:  # refused, DNS (gaierror), TLS (SSLError), proxy refusals
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise UpstreamConnectError(f"cannot connect to upstream {origin.label}: {reason}") from exc
+
+    async def _dial(self, origin: _Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = self._tls_context() if origin.tls else None
+        server_hostname = origin.host if origin.tls else None
+        new = lambda: _Connection(loop, origin.label)  # noqa: E731
+        if origin.proxy is None or not origin.tls:
+            host, port = (origin.host, origin.port) if origin.proxy is None else (
+                origin.proxy.host, origin.proxy.port)
+            _, conn = await loop.create_connection(
+                new, host, port, ssl=tls, server_hostname=server_hostname
+            )
+            return conn
+        tunnel = await open_tunnel(loop, origin.proxy, origin.host, origin.port)
+        conn = new()
+        try:
+            transport = await loop.start_tls(tunnel, conn, tls, server_hostname=server_hostname)
+        except BaseException:
+            tunnel.close()
+            raise
+        conn.connection_made(transport)  # start_tls does not call it
+        return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = _tls_context(self._ca_bundle)
+        return self._tls
