@@ -1,0 +1,315 @@
+"""The gateway's configuration: one YAML file decoded into msgspec Structs.
+
+Loading is three steps, each with errors that name the field by its path and line:
+1. YAML is parsed into a node tree (kept, so any path can be mapped back to a line);
+2. `${ENV_VAR}` references in string values are substituted (a missing variable is an error);
+3. the plain data is decoded into `Config` (msgspec checks types and unknown fields), then
+   `validate()` checks what types cannot: unique names, providers that exist, and so on.
+
+The top-level shape (`providers`, `models`, `keys`) is a contract other issues extend.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from core.pricing import Price
+
+SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be served; `str()` is `path: problem (line N)`."""
+
+    def __init__(self, path: str, problem: str, line: int | None = None) -> None:
+        self.path, self.problem, self.line = path, problem, line
+        where = f" (line {line})" if line else ""
+        super().__init__(f"{path}: {problem}{where}" if path else f"{problem}{where}")
+
+
+class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    connect: float = 5.0
+    first_byte: float = 300.0
+    idle: float = 120.0
+    total: float | None = None
+
+
+class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    schema: str
+    base_url: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None  # azure_openai: the `api-version` query value
+    timeouts: Timeouts = Timeouts()
+    # Later schemas (bedrock, vertex, pools) read these; unused ones stay None.
+    region: str | None = None
+    project: str | None = None
+    location: str | None = None
+    credentials: dict[str, str] | None = None
+    endpoints: list[str] | None = None
+    discover: dict[str, Any] | None = None
+    pick: str | None = None
+    headers: dict[str, str] | None = None
+    # fake: how long to wait between streamed chunks, and how many chunks to send.
+    fake_chunk_delay: float = 0.0
+    fake_chunks: int = 8
+
+
+class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: str
+    model: str | None = None  # upstream model name; defaults to the public name
+    weight: float = 1.0
+    priority: int = 0
+
+
+class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    requests: float | None = None
+    input_tokens: float | None = None
+    output_tokens: float | None = None
+    total_tokens: float | None = None
+    cost_usd: float | None = None
+    concurrent: int | None = None
+    per: str | None = None
+
+
+class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    targets: list[Target]
+    price: Price | None = None
+    limits: list[Limit] = []
+    match: str | None = None  # a regex of public names this entry also serves
+
+
+class Key(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    key_hash: str
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    team: str | None = None
+    limits: list[Limit] = []
+
+
+class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    limits: list[Limit] = []
+
+
+class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    key_hash: str
+
+
+class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    on_store_error: Literal["open", "closed"] = "open"
+
+
+class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_json_depth: int = 128
+    access_log: bool = True
+    key_pepper: str | None = None  # HMAC pepper for key hashes; see core.keys
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    providers: list[Provider] = []
+    models: list[Model] = []
+    keys: list[Key] = []
+    teams: list[Team] = []
+    admin: Admin | None = None
+    rate_limits: RateLimits = RateLimits()
+    server: Server = Server()
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def load(path: str, environ: dict[str, str] | None = None) -> Config:
+    """Read, substitute and validate the YAML file at `path`. Raises ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror}") from None
+    return loads(text, environ)
+
+
+def loads(text: str, environ: dict[str, str] | None = None) -> Config:
+    """Decode config text. Raises ConfigError naming the field path and line."""
+    env = os.environ if environ is None else environ
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
+        raise ConfigError("", f"invalid YAML: {getattr(exc, 'problem', exc)}", line) from None
+    if root is None:
+        raise ConfigError("", "the config file is empty")
+    data = _to_data(root, "", env)
+    try:
+        config = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _from_validation_error(str(exc), root) from None
+    validate(config, root)
+    return config
+
+
+def _to_data(node: yaml.Node, path: str, env: Any) -> Any:
+    """YAML node tree -> plain data, substituting ${VARS} in scalars."""
+    if isinstance(node, yaml.MappingNode):
+        return {k.value: _to_data(v, f"{path}.{k.value}" if path else k.value, env) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(v, f"{path}[{i}]", env) for i, v in enumerate(node.value)]
+    value = _scalar(node)
+    if isinstance(value, str) and "${" in value:
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                raise ConfigError(path, f"environment variable {name} is not set", node.start_mark.line + 1)
+            return env[name]
+
+        value = _ENV_REF.sub(sub, value)
+    return value
+
+
+_scalar_loader = yaml.SafeLoader("")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return _scalar_loader.construct_object(node, deep=True)
+
+
+# -- turning msgspec's `$.a[0].b` paths into user paths with lines --------------------
+
+_MSGSPEC_PATH = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _from_validation_error(message: str, root: yaml.Node) -> ConfigError:
+    m = _MSGSPEC_PATH.match(message)
+    problem, raw_path = (m.group(1), m.group(2) or "") if m else (message, "")
+    parts: list[str | int] = [p if p else int(i) for p, i in _PATH_PART.findall(raw_path)]
+    if problem.startswith("Object contains unknown field"):
+        field = problem.split("`")[1]
+        parts.append(field)
+        problem = f"unknown field '{field}'"
+    return ConfigError(_pretty_path(parts, root), problem, _line_of(parts, root))
+
+
+def _walk(parts: list[str | int], root: yaml.Node) -> yaml.Node | None:
+    node: yaml.Node | None = root
+    for part in parts:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            parent = node
+            node = next((v for k, v in node.value if k.value == part), None)
+            if node is None:  # an absent field: point at its parent
+                return parent
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def _line_of(parts: list[str | int], root: yaml.Node) -> int | None:
+    node = _walk(parts, root)
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _pretty_path(parts: list[str | int], root: yaml.Node) -> str:
+    """`models[0].targets[1].provider` reads better as `models.gpt-4o[1].provider`."""
+    out, node = "", root
+    for i, part in enumerate(parts):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif out.endswith("]") and part == "targets" and i >= 2 and parts[i - 2] == "models":
+            pass  # folded into the model's name below
+        else:
+            out += f".{part}" if out else part
+    return _name_models(out, parts, root)
+
+
+def _name_models(out: str, parts: list[str | int], root: yaml.Node) -> str:
+    for section in ("models", "providers", "keys", "teams"):
+        if len(parts) >= 2 and parts[0] == section and isinstance(parts[1], int):
+            item = _walk(parts[:2], root)
+            name = _mapping_get(item, "name")
+            if name:
+                rest = out[len(f"{section}[{parts[1]}]"):]
+                return f"{section}.{name}{rest}"
+    return out
+
+
+def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == key and isinstance(v, yaml.ScalarNode):
+                return str(v.value)
+    return None
+
+
+# -- semantic validation ---------------------------------------------------------------
+
+def validate(config: Config, root: yaml.Node | None = None) -> None:
+    """Check what types cannot. Raises ConfigError for the first problem found."""
+    def fail(parts: list[str | int], problem: str) -> None:
+        path = _pretty_path(parts, root) if root is not None else ".".join(map(str, parts))
+        raise ConfigError(path, problem, _line_of(parts, root) if root is not None else None)
+
+    providers = _unique(config.providers, "providers", fail)
+    for i, p in enumerate(config.providers):
+        _validate_provider(p, i, fail)
+    _unique(config.models, "models", fail)
+    for i, m in enumerate(config.models):
+        if not m.targets:
+            fail(["models", i, "targets"], "a model needs at least one target")
+        for j, t in enumerate(m.targets):
+            if t.provider not in providers:
+                fail(["models", i, "targets", j, "provider"], f"unknown provider '{t.provider}'")
+            if t.weight < 0:
+                fail(["models", i, "targets", j, "weight"], "weight must be >= 0")
+        if m.match is not None:
+            try:
+                re.compile(m.match)
+            except re.error as exc:
+                fail(["models", i, "match"], f"invalid regex: {exc}")
+    _unique(config.keys, "keys", fail)
+    for i, k in enumerate(config.keys):
+        if not _is_key_hash(k.key_hash):
+            fail(["keys", i, "key_hash"], "expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>)")
+    if config.admin is not None and not _is_key_hash(config.admin.key_hash):
+        fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
+
+
+def _unique(items: list[Any], section: str, fail: Any) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for i, item in enumerate(items):
+        if item.name in seen:
+            fail([section, i, "name"], f"duplicate name '{item.name}'")
+        seen[item.name] = item
+    return seen
+
+
+def _validate_provider(p: Provider, i: int, fail: Any) -> None:
+    if p.schema not in SCHEMAS:
+        fail(["providers", i, "schema"], f"unknown schema '{p.schema}' (expected one of: {', '.join(SCHEMAS)})")
+    needs_url = p.schema in ("openai", "azure_openai", "anthropic", "gemini")
+    if needs_url and not p.base_url and not p.endpoints and not p.discover:
+        fail(["providers", i, "base_url"], f"schema '{p.schema}' needs base_url")
+    for url in [p.base_url] if p.base_url else []:
+        if not url.startswith(("http://", "https://")):
+            fail(["providers", i, "base_url"], "base_url must start with http:// or https://")
+    if p.schema == "azure_openai" and not p.api_version:
+        fail(["providers", i, "api_version"], "schema 'azure_openai' needs api_version (e.g. 2024-10-21)")
+    for field in ("connect", "first_byte", "idle"):
+        if getattr(p.timeouts, field) <= 0:
+            fail(["providers", i, "timeouts", field], "must be > 0 seconds")
+
+
+_KEY_HASH = re.compile(r"^(sha256|hmac-sha256):[0-9a-f]{64}$")
+
+
+def _is_key_hash(value: str) -> bool:
+    return bool(_KEY_HASH.match(value))

@@ -1,0 +1,49 @@
+"""Gateway keys: stored as digests, looked up in O(1), compared in constant time.
+
+Gateway keys are long random tokens, so a fast unsalted digest is the right store: it cannot
+be reversed, and the gateway finds a key by its digest in a dict instead of trying every
+stored hash. (A slow salted hash such as bcrypt would cost milliseconds per request and buys
+nothing for high-entropy keys.) With `server.key_pepper` set, the digest is HMAC-SHA256 under
+that server-side secret, so a leaked config alone does not allow offline guessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def hash_key(key: str, pepper: str | None = None) -> str:
+    """The `key_hash` value for `key`: `sha256:<hex>`, or `hmac-sha256:<hex>` with a pepper."""
+    raw = key.encode()
+    if pepper:
+        return "hmac-sha256:" + hmac.new(pepper.encode(), raw, hashlib.sha256).hexdigest()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class KeyTable(Generic[T]):
+    """Maps presented keys to their records without ever storing a key in clear."""
+
+    def __init__(self, records: dict[str, T], pepper: str | None = None) -> None:
+        # records: key_hash -> record. Both hash forms are accepted, so a pepper can be
+        # introduced while old sha256 entries still work.
+        self._records = records
+        self._pepper = pepper
+
+    def lookup(self, presented: str) -> T | None:
+        """The record for this key, or None. Digest compare is constant-time."""
+        for digest in self._candidates(presented):
+            stored = self._records.get(digest)
+            if stored is not None and hmac.compare_digest(digest, self._digest_of(stored, digest)):
+                return stored
+        return None
+
+    def _candidates(self, presented: str) -> list[str]:
+        plain = hash_key(presented)
+        return [hash_key(presented, self._pepper), plain] if self._pepper else [plain]
+
+    def _digest_of(self, stored: T, fallback: str) -> str:
+        # The dict key is the stored digest; records may carry it too.
+        return getattr(stored, "key_hash", fallback)

@@ -1,0 +1,90 @@
+"""The one small interface every translation pair implements.
+
+A *client API* is what the client speaks to the gateway (OpenAI chat, OpenAI embeddings,
+Anthropic messages, ...). A provider *schema* is what the upstream speaks. For each
+(client API, schema) pair there is one module with one `Adapter` class; the gateway finds it
+in `core.providers.registry` and never branches on provider names.
+
+An adapter is sans-IO: it turns the client's body into an `UpstreamCall` (method, URL, headers,
+body), the upstream's bytes back into client bytes plus `Usage`, and upstream errors into
+`GatewayError`s. Credentials that need I/O to obtain (SigV4, OAuth) are applied afterwards
+by the gateway's credential object; static API keys are plain headers set here.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from core.config import Provider
+from core.errors import GatewayError
+from core.request import RequestHead
+from core.usage import Usage
+
+
+class ClientAPI:
+    """Names of the client-facing APIs (the first half of a translation pair)."""
+
+    CHAT = "chat"                 # POST /v1/chat/completions
+    COMPLETIONS = "completions"   # POST /v1/completions
+    EMBEDDINGS = "embeddings"     # POST /v1/embeddings
+    RESPONSES = "responses"       # POST /v1/responses
+    MESSAGES = "messages"         # POST /anthropic/v1/messages
+    COUNT_TOKENS = "count_tokens"  # POST /anthropic/v1/messages/count_tokens
+
+
+class UpstreamCall(msgspec.Struct):
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    stream: bool = False  # the upstream will answer with a stream
+
+
+class CallContext(msgspec.Struct):
+    """Everything an adapter needs to build one upstream call."""
+
+    api: str
+    body: bytes
+    head: RequestHead
+    upstream_model: str
+    provider: Provider
+
+
+class StreamTranslator(Protocol):
+    """Turns upstream stream bytes into client stream bytes, chunk by chunk."""
+
+    usage: Usage | None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Client bytes for this upstream chunk (possibly empty). Raises GatewayError."""
+        ...
+
+    def flush(self) -> bytes:
+        """Client bytes owed at the upstream's end of stream (e.g. a closing event)."""
+        ...
+
+    def streamed_text(self) -> str:
+        """The generated text so far, for counting tokens when the upstream sent no usage."""
+        ...
+
+
+class Adapter(Protocol):
+    """One (client API, provider schema) translation pair."""
+
+    def build(self, ctx: CallContext) -> UpstreamCall:
+        """The upstream request for this client request. Raises GatewayError(400) if the
+        request uses a feature the provider lacks, naming the field."""
+        ...
+
+    def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
+        """Client body and usage for a successful (2xx) non-stream upstream response."""
+        ...
+
+    def stream(self, ctx: CallContext) -> StreamTranslator:
+        """A fresh translator for one streamed response."""
+        ...
+
+    def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
+        """The client-facing error for an upstream error response (status >= 400)."""
+        ...

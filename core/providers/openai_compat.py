@@ -1,0 +1,169 @@
+"""OpenAI client API -> an OpenAI-compatible upstream (OpenAI, vLLM, KServe, Groq, ...).
+
+The body passes through untouched, except for two rewrites the gateway needs: the public
+model name becomes the target's upstream name, and streamed chat/completions ask the
+upstream for `stream_options.include_usage` so every stream's usage is captured. When the
+client did not ask for that usage chunk, the relay drops it again, so the client sees what
+the provider would have sent it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from core.config import Provider
+from core.errors import GatewayError, upstream_auth_failed
+from core.kernels import OpenAIStreamRelay, SSEFramer
+from core.providers.base import CallContext, ClientAPI, UpstreamCall
+from core.usage import Usage, usage_of_body
+
+PATHS = {
+    ClientAPI.CHAT: "/chat/completions",
+    ClientAPI.COMPLETIONS: "/completions",
+    ClientAPI.EMBEDDINGS: "/embeddings",
+    ClientAPI.RESPONSES: "/responses",
+}
+_USAGE_STREAMS = (ClientAPI.CHAT, ClientAPI.COMPLETIONS)
+
+_json_decode = msgspec.json.decode
+_json_encode = msgspec.json.encode
+
+
+class OpenAIAdapter:
+    """Pass-through adapter for OpenAI-schema upstreams."""
+
+    def build(self, ctx: CallContext) -> UpstreamCall:
+        stream = ctx.head.wants_stream and ctx.api != ClientAPI.EMBEDDINGS
+        return UpstreamCall("POST", self.url(ctx), self.headers(ctx.provider), self.body(ctx, stream), stream)
+
+    def url(self, ctx: CallContext) -> str:
+        return (ctx.provider.base_url or "").rstrip("/") + PATHS[ctx.api]
+
+    def headers(self, provider: Provider) -> list[tuple[str, str]]:
+        headers = [("content-type", "application/json"), ("accept", "application/json")]
+        if provider.api_key:
+            headers.append(("authorization", "Bearer " + provider.api_key))
+        headers.extend((provider.headers or {}).items())
+        return headers
+
+    def body(self, ctx: CallContext, stream: bool) -> bytes:
+        rename = ctx.upstream_model != ctx.head.model
+        add_usage = stream and ctx.api in _USAGE_STREAMS and not ctx.head.wants_usage_chunk
+        if not (rename or add_usage):
+            return ctx.body  # the common case: forward the client's bytes as they are
+        doc: dict[str, Any] = _json_decode(ctx.body)
+        doc["model"] = ctx.upstream_model
+        if add_usage:
+            opts = doc.get("stream_options") or {}
+            doc["stream_options"] = {**opts, "include_usage": True}
+        return _json_encode(doc)
+
+    def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
+        return body, usage_of_body(body)
+
+    def stream(self, ctx: CallContext) -> Any:
+        if ctx.api == ClientAPI.RESPONSES:
+            return ResponsesStreamRelay()
+        return OpenAIStreamRelay(drop_usage_chunk=not ctx.head.wants_usage_chunk)
+
+    def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
+        return openai_error(ctx.provider, status, headers, body)
+
+
+class _ErrorFields(msgspec.Struct):
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorFields | str | None = None
+
+
+_decode_error = msgspec.json.Decoder(_ErrorEnvelope).decode
+_SECRETISH = re.compile(r"(sk-|key-|Bearer\s+)[A-Za-z0-9_\-*.]{6,}")
+_PASS_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def openai_error(provider: Provider, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
+    """Relay an OpenAI-shaped upstream error with its status, scrubbed of secrets.
+
+    A 401/403 means the gateway's own upstream credential failed: the client cannot fix
+    that, so it becomes a 502 that says so.
+    """
+    if status in (401, 403):
+        return upstream_auth_failed(provider.name)
+    fields = _parse_error(body)
+    message = scrub(fields.message or f"The upstream provider '{provider.name}' answered HTTP {status}.", provider)
+    kind = fields.type or ("invalid_request_error" if status < 500 else "api_error")
+    code = str(fields.code) if fields.code is not None else None
+    kept = [(k, v) for k, v in headers if k in _PASS_HEADERS]
+    return GatewayError(status, message, kind, code, fields.param, kept)
+
+
+def _parse_error(body: bytes) -> _ErrorFields:
+    try:
+        env = _decode_error(body)
+    except msgspec.MsgspecError:
+        return _ErrorFields()
+    if isinstance(env.error, str):
+        return _ErrorFields(message=env.error)
+    return env.error or _ErrorFields()
+
+
+def scrub(text: str, provider: Provider) -> str:
+    """Remove anything that looks like a credential from upstream-supplied text."""
+    if provider.api_key and provider.api_key in text:
+        text = text.replace(provider.api_key, "***")
+    return _SECRETISH.sub(lambda m: m.group(1) + "***", text)[:2000]
+
+
+class _ResponsesUsage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _ResponsesBody(msgspec.Struct):
+    usage: _ResponsesUsage | None = None
+
+
+class _ResponsesEvent(msgspec.Struct):
+    response: _ResponsesBody | None = None
+
+
+_decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
+
+
+class ResponsesStreamRelay:
+    """Relays a Responses API stream untouched; usage comes from `response.completed`."""
+
+    def __init__(self) -> None:
+        self._framer = SSEFramer()
+        self.usage: Usage | None = None
+        self._text: list[str] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        events = self._framer.feed(chunk)
+        for ev in events:
+            if ev.event == b"response.completed" or b'"response.completed"' in ev.data[:64]:
+                self._take_usage(ev.data)
+        return b"".join(ev.raw for ev in events)
+
+    def flush(self) -> bytes:
+        return b"".join(ev.raw for ev in self._framer.flush())
+
+    def streamed_text(self) -> str:
+        return "".join(self._text)
+
+    def _take_usage(self, data: bytes) -> None:
+        try:
+            ev = _decode_responses_event(data)
+        except msgspec.MsgspecError:
+            return
+        if ev.response and ev.response.usage:
+            u = ev.response.usage
+            self.usage = Usage(u.input_tokens, u.output_tokens, u.total_tokens or u.input_tokens + u.output_tokens)

@@ -1,0 +1,49 @@
+"""Which adapter serves a (client API, provider schema) pair.
+
+Entries are import paths, so a provider's module (and whatever heavy library it needs)
+is imported only when a config actually uses that schema.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from core.providers.base import ClientAPI
+
+_OPENAI = "core.providers.openai_compat:OpenAIAdapter"
+_AZURE = "core.providers.azure_openai:AzureOpenAIAdapter"
+
+ADAPTERS: dict[tuple[str, str], str] = {
+    **{(api, "openai"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
+    **{(api, "fake"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
+    **{(api, "azure_openai"): _AZURE for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
+}
+
+# The OpenTelemetry GenAI `gen_ai.provider.name` value of each schema.
+OTEL_PROVIDER_NAMES: dict[str, str] = {
+    "openai": "openai",
+    "azure_openai": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "bedrock": "aws.bedrock",
+    "vertex": "gcp.vertex_ai",
+    "gemini": "gcp.gemini",
+    "fake": "tollway.fake",
+}
+
+_loaded: dict[str, Any] = {}
+
+
+def adapter_for(api: str, schema: str) -> Any | None:
+    """The adapter instance for this pair, or None if the pair is not supported."""
+    path = ADAPTERS.get((api, schema))
+    if path is None:
+        return None
+    adapter = _loaded.get(path)
+    if adapter is None:
+        module, _, name = path.partition(":")
+        adapter = _loaded[path] = getattr(importlib.import_module(module), name)()
+    return adapter
+
+
+def supported_apis(schema: str) -> list[str]:
+    return [api for api, s in ADAPTERS if s == schema]

@@ -1,0 +1,75 @@
+"""The routing table: public model name -> the targets that can serve it.
+
+Exact names win over regex matches (`match:`), which are tried in config order. Within a
+route, targets are grouped by `priority` (0 first); the gateway walks the groups in order for
+fallback, and inside a group picks by `weight` at random. `pick()` takes the random draw as
+an argument, so tests decide it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from core.config import Config, Model, Target
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    model: Model
+    # Target groups in fallback order; each group is (targets, cumulative weights).
+    groups: tuple[tuple[tuple[Target, ...], tuple[float, ...]], ...] = field(default=())
+
+    def upstream_model(self, target: Target, requested: str) -> str:
+        """The name to send upstream: the target's override, else what the client asked."""
+        return target.model or requested
+
+    def pick(self, group: int, draw: float) -> Target:
+        """The target of `group` chosen by weight, for a uniform `draw` in [0, 1)."""
+        targets, cumulative = self.groups[group]
+        total = cumulative[-1]
+        if total <= 0:
+            return targets[0]
+        point = draw * total
+        for target, edge in zip(targets, cumulative):
+            if point < edge:
+                return target
+        return targets[-1]
+
+    def fallback_order(self, draw: float) -> list[Target]:
+        """One target per priority group, best first: the order to try on failure."""
+        return [self.pick(i, draw) for i in range(len(self.groups))]
+
+
+def _route(model: Model) -> Route:
+    by_priority: dict[int, list[Target]] = {}
+    for t in model.targets:
+        by_priority.setdefault(t.priority, []).append(t)
+    groups = []
+    for priority in sorted(by_priority):
+        targets = tuple(by_priority[priority])
+        running, cumulative = 0.0, []
+        for t in targets:
+            running += t.weight
+            cumulative.append(running)
+        groups.append((targets, tuple(cumulative)))
+    return Route(model.name, model, tuple(groups))
+
+
+class RouteTable:
+    def __init__(self, config: Config) -> None:
+        self._exact = {m.name: _route(m) for m in config.models}
+        self._patterns = [(re.compile(m.match), self._exact[m.name]) for m in config.models if m.match]
+
+    def resolve(self, name: str) -> Route | None:
+        """The route serving public model `name`, or None if no model matches."""
+        route = self._exact.get(name)
+        if route is not None:
+            return route
+        for pattern, candidate in self._patterns:
+            if pattern.fullmatch(name):
+                return candidate
+        return None
+
+    def names(self) -> list[str]:
+        return list(self._exact)

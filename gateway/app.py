@@ -1,0 +1,219 @@
+"""The gateway's RSGI application: one object granian calls for every request.
+
+`Gateway.__rsgi__` dispatches on (method, path) through a dict, runs the handler, and turns
+any `GatewayError` into an OpenAI-shaped response exactly once, here at the boundary. Every
+response carries `x-request-id`; every request ends with one access-log line and metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from functools import partial
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from core import config as config_mod
+from core import errors
+from core.config import Config
+from core.errors import GatewayError
+from core.providers.base import ClientAPI
+from core.request import parse_head
+from gateway.accesslog import AccessLog
+from gateway.exchange import Exchange, request_id
+from gateway.metrics import Metrics
+from gateway.proxy import Proxy
+from gateway.runtime import KeyRecord, Runtime
+from gateway.upstream import UpstreamClient
+
+Handler = Callable[[Any, Any, Exchange], Awaitable[None]]
+_JSON = ("content-type", "application/json")
+_encode = msgspec.json.Encoder().encode
+log = logging.getLogger("tollway")
+
+
+class Gateway:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.access_log = AccessLog(enabled=config.server.access_log)
+        self.upstream: UpstreamClient | None = None
+        self.runtime = Runtime(config, None)
+        self.proxy = Proxy(self.metrics)
+        self.ready = False
+        self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
+            ("POST", "/v1/chat/completions"): (ClientAPI.CHAT, partial(self.proxy_api, ClientAPI.CHAT)),
+            ("POST", "/v1/completions"): (ClientAPI.COMPLETIONS, partial(self.proxy_api, ClientAPI.COMPLETIONS)),
+            ("POST", "/v1/embeddings"): (ClientAPI.EMBEDDINGS, partial(self.proxy_api, ClientAPI.EMBEDDINGS)),
+            ("POST", "/v1/responses"): (ClientAPI.RESPONSES, partial(self.proxy_api, ClientAPI.RESPONSES)),
+            ("GET", "/v1/models"): ("models", self.list_models),
+            ("GET", "/healthz"): ("health", self.healthz),
+            ("GET", "/readyz"): ("health", self.readyz),
+            ("GET", "/metrics"): ("metrics", self.metrics_endpoint),
+        }
+
+    # -- lifecycle (granian calls these once per worker) ---------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.start()
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.upstream is not None:
+            loop.run_until_complete(self.upstream.aclose())
+        self.access_log.flush()
+
+    def start(self) -> None:
+        """Open the upstream pool and begin serving (needs no running loop)."""
+        self.upstream = UpstreamClient(ca_bundle=os.environ.get("TOLLWAY_CA_BUNDLE"))
+        self.runtime = Runtime(self.runtime.config, self.upstream)
+        self.ready = True
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new config; requests in flight keep the runtime they started with."""
+        self.runtime = Runtime(config, self.upstream)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        method, path = scope.method, scope.path
+        entry = self.routes.get((method, path.rstrip("/") or "/"))
+        ex = Exchange(request_id(scope.headers.get("x-request-id")), entry[0] if entry else "unknown")
+        try:
+            if entry is None:
+                raise self._unknown(method, path)
+            await entry[1](scope, proto, ex)
+        except GatewayError as exc:
+            self._send_error(proto, ex, exc)
+        except Exception:  # noqa: BLE001 - the last line of defence: the process must stay up
+            log.exception("unhandled error serving %s %s (request %s)", method, path, ex.request_id)
+            self._send_error(proto, ex, errors.internal())
+            ex.error_type = "internal_error"
+        finally:
+            self._finish(ex)
+
+    def _unknown(self, method: str, path: str) -> GatewayError:
+        if any(p == path for _, p in self.routes):
+            return errors.method_not_allowed(method, path)
+        return errors.not_found(path)
+
+    def _send_error(self, proto: Any, ex: Exchange, exc: GatewayError) -> None:
+        ex.status = exc.status
+        ex.error_type = ex.error_type or exc.code or exc.type
+        headers = [_JSON, ("x-request-id", ex.request_id), *exc.headers]
+        try:
+            proto.response_bytes(exc.status, headers, exc.body())
+        except RuntimeError:
+            pass  # a response was already started (stream): the error went out as an SSE event
+
+    def _finish(self, ex: Exchange) -> None:
+        if ex.api in ("health", "metrics"):
+            return
+        u = ex.usage
+        self.metrics.observe(
+            operation=ex.api, provider=ex.otel_provider, model=ex.model or "", response_model=ex.upstream_model or "",
+            status=ex.status, seconds=ex.elapsed(), error_type=ex.error_type,
+            input_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0,
+            provider_name=ex.provider or "none",
+        )
+        if ex.first_byte is not None and ex.stream:
+            self.metrics.ttft.labels(ex.api, ex.otel_provider, ex.model or "").observe(ex.first_byte - ex.start)
+        self.access_log.write(ex.log_record())
+
+    # -- the client API --------------------------------------------------------------------
+
+    def authenticate(self, rt: Runtime, scope: Any) -> KeyRecord:
+        """The key record for this request's bearer token. Raises 401."""
+        auth = scope.headers.get("authorization")
+        if not auth:
+            raise errors.unauthorized(
+                "You didn't provide an API key. Send your gateway key as 'Authorization: Bearer <key>'."
+            )
+        scheme, _, token = auth.partition(" ")
+        record = rt.keys.lookup(token.strip()) if scheme.lower() == "bearer" else None
+        if record is None:
+            raise errors.unauthorized("Incorrect API key provided. Check the gateway key you were given.")
+        return record
+
+    async def read_body(self, rt: Runtime, scope: Any, proto: Any) -> bytes:
+        """The whole request body, refusing (413) anything over the configured limit."""
+        limit = rt.config.server.max_body_bytes
+        declared = scope.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise errors.too_large(limit)
+        if declared is not None:
+            body = await proto()
+        else:  # chunked upload: stop reading as soon as it is too big
+            parts, size = [], 0
+            async for part in proto:
+                size += len(part)
+                if size > limit:
+                    raise errors.too_large(limit)
+                parts.append(part)
+            body = b"".join(parts)
+        if len(body) > limit:
+            raise errors.too_large(limit)
+        return body
+
+    async def proxy_api(self, api: str, scope: Any, proto: Any, ex: Exchange) -> None:
+        rt = self.runtime
+        key = self.authenticate(rt, scope)
+        ex.key_name = key.key.name
+        body = await self.read_body(rt, scope, proto)
+        head = parse_head(body, rt.config.server.max_json_depth)
+        override = scope.headers.get("x-tollway-model")
+        if override:
+            head.model = override
+        ex.model = head.model
+        route = rt.routes.resolve(head.model or "")
+        if route is None:
+            raise errors.model_not_found(head.model or "")
+        if not key.may_use(route.name):
+            raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
+        await self.proxy.forward(rt, ex, route, head, body, proto, [("x-request-id", ex.request_id)])
+
+    async def list_models(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        rt = self.runtime
+        key = self.authenticate(rt, scope)
+        ex.key_name = key.key.name
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "tollway"}
+                for name in rt.routes.names() if key.may_use(name)]
+        ex.status = 200
+        proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], _encode({"object": "list", "data": data}))
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def healthz(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        ex.status = 200
+        proto.response_bytes(200, [_JSON], b'{"status":"ok"}')
+
+    async def readyz(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        ex.status = 200 if self.ready else 503
+        body = b'{"status":"ready"}' if self.ready else b'{"status":"not ready"}'
+        proto.response_bytes(ex.status, [_JSON], body)
+
+    async def metrics_endpoint(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        ex.status = 200
+        proto.response_bytes(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], self.metrics.exposition())
+
+
+def create_app() -> Gateway:
+    """granian's factory target: the gateway for the config named by TOLLWAY_CONFIG."""
+    _setup_logging()
+    path = os.environ.get("TOLLWAY_CONFIG")
+    if not path:
+        raise SystemExit("TOLLWAY_CONFIG is not set; start the gateway with `tollway serve --config FILE`.")
+    return Gateway(config_mod.load(path), path)
+
+
+def _setup_logging() -> None:
+    """Gateway diagnostics go to stderr; the access log owns stdout."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

@@ -1,0 +1,99 @@
+"""The `tollway` command: serve, check, hash-key, version."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from core import config as config_mod
+from core.keys import hash_key
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tollway", description="Tollway: an OpenAI-compatible AI gateway.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", required=True, help="the YAML config file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check)
+
+    hk = sub.add_parser("hash-key", help="read a gateway key on stdin, print its key_hash")
+    hk.add_argument("--pepper-env", metavar="VAR", help="HMAC pepper from this environment variable (server.key_pepper)")
+    hk.set_defaults(func=cmd_hash_key)
+
+    ver = sub.add_parser("version", help="print the version and whether the native kernels are active")
+    ver.set_defaults(func=cmd_version)
+    return p
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.file)
+    except config_mod.ConfigError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, {len(cfg.keys)} keys)")
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    key = getpass.getpass("gateway key: ") if sys.stdin.isatty() else sys.stdin.read()
+    key = key.strip()
+    if not key:
+        print("tollway hash-key: no key on stdin", file=sys.stderr)
+        return 1
+    pepper = os.environ.get(args.pepper_env) if args.pepper_env else None
+    if args.pepper_env and not pepper:
+        print(f"tollway hash-key: environment variable {args.pepper_env} is not set", file=sys.stderr)
+        return 1
+    print(hash_key(key, pepper))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from core import kernels
+
+    try:
+        v = version("tollway")
+    except PackageNotFoundError:
+        v = "0.0.0+source"
+    mode = "accelerated (compiled kernels active)" if kernels.ACCELERATED else "pure Python (compiled kernels not active)"
+    print(f"tollway {v}")
+    print(f"kernels: {mode}")
+    for name, impl in sorted(kernels.ACTIVE.items()):
+        print(f"  {name}: {impl}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"tollway: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What the gateway remembers about one request, for its log line and metrics."""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from core.usage import Usage
+
+_SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(client_value: str | None) -> str:
+    """The client's x-request-id when it is sane (short, no odd characters), else a new one."""
+    if client_value and _SANE_ID.fullmatch(client_value):
+        return client_value
+    return "req_" + os.urandom(12).hex()
+
+
+class Exchange:
+    __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
+                 "upstream_model", "status", "usage", "error_type", "stream", "first_byte")
+
+    def __init__(self, rid: str, api: str) -> None:
+        self.request_id = rid
+        self.start = time.perf_counter()
+        self.api = api
+        self.key_name: str | None = None
+        self.model: str | None = None
+        self.provider: str | None = None
+        self.otel_provider: str = "none"
+        self.upstream_model: str | None = None
+        self.status = 500
+        self.usage: Usage | None = None
+        self.error_type: str = ""
+        self.stream = False
+        self.first_byte: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def log_record(self) -> dict[str, object]:
+        u = self.usage
+        return {
+            "request_id": self.request_id, "key": self.key_name, "api": self.api, "model": self.model,
+            "provider": self.provider, "upstream_model": self.upstream_model, "status": self.status,
+            "stream": self.stream, "error": self.error_type or None,
+            "prompt_tokens": u.prompt_tokens if u else None, "completion_tokens": u.completion_tokens if u else None,
+            "latency_ms": round(self.elapsed() * 1000, 3),
+            "ttfb_ms": round((self.first_byte - self.start) * 1000, 3) if self.first_byte else None,
+        }

@@ -1,0 +1,56 @@
+"""Prometheus metrics, named after the OpenTelemetry GenAI semantic conventions.
+
+OTel names map to Prometheus by replacing dots with underscores and appending the unit:
+`gen_ai.client.token.usage` -> `gen_ai_client_token_usage`,
+`gen_ai.server.request.duration` (s) -> `gen_ai_server_request_duration_seconds`.
+Bucket boundaries are the ones the conventions recommend. Each `Metrics` owns its own
+registry, so several gateways in one process (tests) never share counters.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+disable_created_metrics()  # `_created` series double the exposition size and no dashboard reads them
+
+_GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tollway_requests", "Client requests by public model, provider and HTTP status.",
+            ("model", "provider", "status"), registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage", "Tokens used per request (OTel gen_ai.client.token.usage).",
+            (*_GENAI, "gen_ai_response_model", "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "gen_ai_server_request_duration_seconds", "Request duration (OTel gen_ai.server.request.duration).",
+            (*_GENAI, "error_type"), buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds", "Time to first streamed chunk (OTel gen_ai.server.time_to_first_token).",
+            _GENAI, buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.upstream_errors = Counter(
+            "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
+        )
+        self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served now.", registry=r)
+
+    def observe(self, *, operation: str, provider: str, model: str, response_model: str, status: int,
+                seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str) -> None:
+        """Record one finished request (called after the response is sent)."""
+        self.requests.labels(model, provider_name, str(status)).inc()
+        self.duration.labels(operation, provider, model, error_type).observe(seconds)
+        if input_tokens or output_tokens:
+            self.token_usage.labels(operation, provider, model, response_model, "input").observe(input_tokens)
+            self.token_usage.labels(operation, provider, model, response_model, "output").observe(output_tokens)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
