@@ -1,0 +1,388 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled twin of `core/sse.py`: the SSE framer and the OpenAI stream relay.
+
+Same API and the same framing rules as the twin (read its theory of operation first). What
+differs is only how: the pending bytes live in one malloc'd buffer; lines are found with
+memchr; an event's fields are kept as offsets into that buffer and turned into bytes objects
+only when an event is handed out. The relay never builds event objects at all: it forwards
+contiguous runs of the buffer, and looks for usage with a byte search over the event's raw
+bytes before asking msgspec (through the twin's decoder) for anything.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.string cimport memchr, memcmp, memcpy, memmove
+
+from core.sse import (
+    DEFAULT_MAX_EVENT_BYTES,
+    SSEError,
+    Usage,
+    event_too_large as _event_too_large_py,
+    streamed_text as _streamed_text_py,
+    usage_of_chunk as _usage_of_chunk_py,
+)
+
+__all__ = ["SSEError", "SSEEvent", "SSEFramer", "OpenAIStreamRelay", "Usage", "DEFAULT_MAX_EVENT_BYTES"]
+
+# Module attributes cached as C globals: no dict lookups on the hot path.
+cdef object _event_too_large = _event_too_large_py
+cdef object _usage_of_chunk = _usage_of_chunk_py
+cdef object _streamed_text = _streamed_text_py
+cdef bytes _EMPTY = b""
+
+cdef enum:
+    LF = 10
+    CR = 13
+    COLON = 58
+    QUOTE = 34
+    SPACE = 32
+    TAB = 9
+
+cdef Py_ssize_t _KEEP_CAPACITY = 64 * 1024  # an idle buffer bigger than this is shrunk
+
+
+cdef class SSEEvent:
+    """One event: its exact bytes, its ``event:`` type (None if absent) and its joined data."""
+
+    cdef readonly bytes raw
+    cdef readonly object event
+    cdef readonly bytes data
+
+    def __init__(self, bytes raw, event, bytes data):
+        self.raw = raw
+        self.event = event
+        self.data = data
+
+    def __repr__(self):
+        return f"SSEEvent(raw={self.raw!r}, event={self.event!r}, data={self.data!r})"
+
+    def __eq__(self, other):
+        cdef SSEEvent o
+        if not isinstance(other, SSEEvent):
+            return NotImplemented
+        o = <SSEEvent>other
+        return self.raw == o.raw and self.event == o.event and self.data == o.data
+
+    __hash__ = None
+
+
+cdef class SSEFramer:
+    """Incremental SSE framer: `feed` bytes in any split, get complete `SSEEvent`s back.
+
+    After an `SSEError` the framer's state is undefined: the stream must be abandoned.
+    """
+
+    cdef char* buf
+    cdef Py_ssize_t length, cap
+    cdef Py_ssize_t start   # first byte of the current event
+    cdef Py_ssize_t end     # one past the last byte of the event just completed
+    cdef Py_ssize_t pos     # start of the next unparsed line
+    cdef Py_ssize_t scan    # where the search for the next line end resumes (>= pos)
+    cdef Py_ssize_t max_bytes
+    # Fields of the current event, as offsets into buf.
+    cdef bint has_event
+    cdef Py_ssize_t event_start, event_end
+    cdef Py_ssize_t* lines  # data line i is buf[lines[2i]:lines[2i+1]]
+    cdef Py_ssize_t n_lines, lines_cap
+
+    def __cinit__(self, Py_ssize_t max_event_bytes=DEFAULT_MAX_EVENT_BYTES):
+        self.max_bytes = max_event_bytes
+        self.lines_cap = 8
+        self.lines = <Py_ssize_t*>PyMem_Malloc(2 * self.lines_cap * sizeof(Py_ssize_t))
+        if self.lines == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+        PyMem_Free(self.lines)
+
+    def feed(self, chunk):
+        """Add bytes; return the events they complete. Raises SSEError on an oversized event."""
+        self._append(chunk)
+        cdef list events = []
+        while self._next(False):
+            events.append(self._event())
+        self._compact()
+        return events
+
+    def flush(self):
+        """End of stream: return the remaining events, including one without its blank line."""
+        cdef list events = []
+        while self._next(True):
+            events.append(self._event())
+        if self._tail():
+            events.append(self._event())
+        self._compact()
+        return events
+
+    # --- buffer -------------------------------------------------------------------------
+
+    cdef int _append(self, chunk) except -1:
+        cdef bytes data = chunk if type(chunk) is bytes else bytes(chunk)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t need = self.length + n
+        cdef Py_ssize_t cap
+        cdef char* grown
+        if need > self.cap:
+            cap = max(need, 2 * self.cap, 4096)
+            grown = <char*>PyMem_Realloc(self.buf, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self.buf = grown
+            self.cap = cap
+        memcpy(self.buf + self.length, PyBytes_AS_STRING(data), n)
+        self.length = need
+        return 0
+
+    cdef int _compact(self) except -1:
+        """Drop the bytes of finished events; raise if the pending event is already too big."""
+        cdef Py_ssize_t shift = self.start, i
+        if shift > 0:
+            memmove(self.buf, self.buf + shift, self.length - shift)
+            self.length -= shift
+            self.pos -= shift
+            self.scan -= shift
+            self.event_start -= shift
+            self.event_end -= shift
+            for i in range(2 * self.n_lines):
+                self.lines[i] -= shift
+            self.start = 0
+        if self.length > self.max_bytes:
+            raise _event_too_large(self.max_bytes)
+        if self.length == 0 and self.cap > _KEEP_CAPACITY:
+            PyMem_Free(self.buf)  # one huge event must not pin its buffer for the whole stream
+            self.buf = NULL
+            self.cap = 0
+        return 0
+
+    # --- lines and fields ---------------------------------------------------------------
+
+    cdef inline Py_ssize_t _line_end(self, Py_ssize_t frm):
+        """Index of the first \\r or \\n at or after `frm`, or `length` if none."""
+        cdef char* b = self.buf
+        cdef Py_ssize_t limit = self.length
+        cdef char* p
+        if frm >= limit:
+            return limit
+        p = <char*>memchr(b + frm, LF, limit - frm)
+        if p != NULL:
+            limit = p - b
+        p = <char*>memchr(b + frm, CR, limit - frm)
+        return p - b if p != NULL else limit
+
+    cdef int _next(self, bint final) except -1:
+        """Parse lines until an event completes (return 1: it is buf[start:end]) or the
+        buffered bytes run out (return 0)."""
+        cdef Py_ssize_t i, after
+        cdef char* b = self.buf
+        while True:
+            i = self._line_end(self.scan)
+            if i == self.length:
+                self.scan = i
+                return 0
+            after = i + 1
+            if b[i] == CR:
+                if after < self.length:
+                    if b[after] == LF:
+                        after += 1
+                elif not final:
+                    self.scan = i  # maybe the first half of "\r\n": decide on the next byte
+                    return 0
+            if i == self.pos:  # blank line: the event is complete
+                self.end = after
+                self.pos = self.scan = after
+                if self.end - self.start > self.max_bytes:
+                    raise _event_too_large(self.max_bytes)
+                return 1
+            self._field(self.pos, i)
+            self.pos = self.scan = after
+
+    cdef int _tail(self) except -1:
+        """At end of stream: take the unterminated last line; return 1 if an event remains."""
+        if self.pos < self.length:
+            self._field(self.pos, self.length)
+        self.pos = self.scan = self.length
+        if self.start == self.length:
+            return 0
+        self.end = self.length
+        if self.end - self.start > self.max_bytes:
+            raise _event_too_large(self.max_bytes)
+        return 1
+
+    cdef int _field(self, Py_ssize_t s, Py_ssize_t e) except -1:
+        cdef char* b = self.buf
+        cdef char* colon
+        cdef Py_ssize_t name_end, value
+        if b[s] == COLON:
+            return 0  # a comment: kept in raw only
+        colon = <char*>memchr(b + s, COLON, e - s)
+        if colon == NULL:
+            name_end = value = e
+        else:
+            name_end = colon - b
+            value = name_end + 1
+            if value < e and b[value] == SPACE:
+                value += 1
+        if name_end - s == 4 and memcmp(b + s, b"data", 4) == 0:
+            self._add_data_line(value, e)
+        elif name_end - s == 5 and memcmp(b + s, b"event", 5) == 0:
+            self.has_event = True
+            self.event_start = value
+            self.event_end = e
+        return 0
+
+    cdef int _add_data_line(self, Py_ssize_t s, Py_ssize_t e) except -1:
+        cdef Py_ssize_t* grown
+        if self.n_lines == self.lines_cap:
+            grown = <Py_ssize_t*>PyMem_Realloc(self.lines, 4 * self.lines_cap * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.lines = grown
+            self.lines_cap *= 2
+        self.lines[2 * self.n_lines] = s
+        self.lines[2 * self.n_lines + 1] = e
+        self.n_lines += 1
+        return 0
+
+    # --- events -------------------------------------------------------------------------
+
+    cdef bytes _data(self):
+        """The current event's data lines joined by \\n."""
+        cdef Py_ssize_t i, total, s, n
+        cdef bytes out
+        cdef char* w
+        if self.n_lines == 0:
+            return _EMPTY
+        if self.n_lines == 1:
+            return PyBytes_FromStringAndSize(self.buf + self.lines[0], self.lines[1] - self.lines[0])
+        total = self.n_lines - 1
+        for i in range(self.n_lines):
+            total += self.lines[2 * i + 1] - self.lines[2 * i]
+        out = PyBytes_FromStringAndSize(NULL, total)
+        w = PyBytes_AS_STRING(out)
+        for i in range(self.n_lines):
+            if i:
+                w[0] = LF
+                w += 1
+            s = self.lines[2 * i]
+            n = self.lines[2 * i + 1] - s
+            memcpy(w, self.buf + s, n)
+            w += n
+        return out
+
+    cdef inline bint _is_done(self):
+        """True if the current event's data is exactly [DONE]."""
+        return (
+            self.n_lines == 1
+            and self.lines[1] - self.lines[0] == 6
+            and memcmp(self.buf + self.lines[0], b"[DONE]", 6) == 0
+        )
+
+    cdef inline void _next_event(self):
+        self.start = self.end
+        self.has_event = False
+        self.n_lines = 0
+
+    cdef SSEEvent _event(self):
+        """Build the completed event and move on to the next."""
+        cdef SSEEvent ev = SSEEvent.__new__(SSEEvent)
+        ev.raw = PyBytes_FromStringAndSize(self.buf + self.start, self.end - self.start)
+        if self.has_event:
+            ev.event = PyBytes_FromStringAndSize(self.buf + self.event_start, self.event_end - self.event_start)
+        else:
+            ev.event = None
+        ev.data = self._data()
+        self._next_event()
+        return ev
+
+
+cdef bint _may_carry_usage(const char* b, Py_ssize_t n):
+    """C version of core.sse.may_carry_usage (a superset filter; the decoder decides)."""
+    cdef const char* end = b + n
+    cdef const char* p = b
+    cdef const char* q
+    while True:
+        p = <const char*>memchr(p, QUOTE, end - p)
+        if p == NULL or end - p < 7:
+            return False
+        if memcmp(p, b'"usage"', 7) != 0:
+            p += 1
+            continue
+        q = p + 7
+        while q < end and (q[0] == SPACE or q[0] == TAB):
+            q += 1
+        if q < end and q[0] == COLON:
+            q += 1
+            while q < end and (q[0] == SPACE or q[0] == TAB):
+                q += 1
+            if end - q < 4 or memcmp(q, b"null", 4) != 0:
+                return True
+        p += 1
+
+
+cdef class OpenAIStreamRelay:
+    """Relays an OpenAI chat/completions SSE stream byte for byte, watching for usage.
+
+    Concatenated over a stream, `feed` + `flush` output equals the input, minus the usage-only
+    chunk when `drop_usage_chunk`. Output lags input at most to the last event boundary.
+    """
+
+    cdef SSEFramer _framer
+    cdef bint _drop
+    cdef list _sent
+    cdef readonly object usage
+    cdef readonly bint done
+
+    def __init__(self, bint drop_usage_chunk, Py_ssize_t max_event_bytes=DEFAULT_MAX_EVENT_BYTES):
+        self._framer = SSEFramer(max_event_bytes)
+        self._drop = drop_usage_chunk
+        self._sent = []
+        self.usage = None
+        self.done = False
+
+    def feed(self, chunk):
+        """Bytes to forward now. Raises SSEError on an oversized event."""
+        self._framer._append(chunk)
+        return self._relay(False)
+
+    def flush(self):
+        """End of stream: the remaining bytes to forward."""
+        return self._relay(True)
+
+    def streamed_text(self):
+        """Text generated so far (see core.sse.streamed_text); for counting tokens without usage."""
+        return _streamed_text(_EMPTY.join(self._sent))
+
+    cdef bytes _relay(self, bint final):
+        """Forward every completed event; the forwarded bytes are runs of the buffer."""
+        cdef SSEFramer fr = self._framer
+        cdef Py_ssize_t run_start = fr.start
+        cdef list runs = None
+        cdef bytes out
+        while fr._next(final) or (final and fr._tail()):
+            if not self._forward(fr):
+                if runs is None:
+                    runs = []
+                runs.append(PyBytes_FromStringAndSize(fr.buf + run_start, fr.start - run_start))
+                run_start = fr.end
+            fr._next_event()
+        out = PyBytes_FromStringAndSize(fr.buf + run_start, fr.start - run_start)
+        if runs is not None:
+            runs.append(out)
+            out = _EMPTY.join(runs)
+        fr._compact()
+        if PyBytes_GET_SIZE(out):
+            self._sent.append(out)
+        return out
+
+    cdef bint _forward(self, SSEFramer fr) except -1:
+        """Note [DONE] and usage; return False for the usage-only chunk when dropping it."""
+        if fr._is_done():
+            self.done = True
+            return True
+        if not _may_carry_usage(fr.buf + fr.start, fr.end - fr.start):
+            return True
+        usage, usage_only = _usage_of_chunk(fr._data())
+        if usage is None:
+            return True
+        self.usage = usage
+        return not (usage_only and self._drop)
