@@ -1,0 +1,146 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled twin of `core/buckets.py`: the in-memory limiter's bucket table.
+
+The table is one malloc'd array of C structs (doubling as it grows), so a check-and-reserve
+over several buckets is a few loads and stores with no Python float in sight; the only Python
+work left per call is reading the argument sequences. The arithmetic follows the twin
+operation for operation, so both give bit-identical levels (the differential test checks).
+"""
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.math cimport INFINITY
+
+__all__ = ["BucketTable"]
+
+cdef enum:
+    _STACK_SLOTS = 8  # try_take over up to this many slots needs no allocation
+
+
+cdef struct Bucket:
+    double capacity
+    double refill      # tokens per second; 0 makes a gauge
+    double level       # at `stamp`; negative is debt
+    double stamp       # time of the last update; -inf until first touched
+
+
+cdef class BucketTable:
+    """A growable table of token buckets addressed by slot id (see core.buckets)."""
+
+    cdef Bucket* _b
+    cdef Py_ssize_t _n, _cap
+
+    def __dealloc__(self):
+        PyMem_Free(self._b)
+
+    def __len__(self):
+        return self._n
+
+    def add(self, double capacity, double refill_per_sec):
+        """Add a full bucket; return its slot id. Refill 0 makes a gauge that never refills."""
+        cdef Bucket* grown
+        if self._n == self._cap:
+            grown = <Bucket*>PyMem_Realloc(self._b, max(16, 2 * self._cap) * sizeof(Bucket))
+            if grown == NULL:
+                raise MemoryError()
+            self._b = grown
+            self._cap = max(16, 2 * self._cap)
+        self._b[self._n] = Bucket(capacity, refill_per_sec, capacity, -INFINITY)
+        self._n += 1
+        return self._n - 1
+
+    def reconfigure(self, Py_ssize_t slot, double capacity, double refill_per_sec):
+        """Change a slot's limits, keeping its level (clamped to the new capacity)."""
+        cdef Bucket* b = self._slot(slot)
+        b.capacity = capacity
+        b.refill = refill_per_sec
+        if capacity < b.level:
+            b.level = capacity
+
+    def try_take(self, slots, amounts, double now):
+        """Take `amounts[i]` from every `slots[i]`, or nothing.
+
+        Returns 0.0 on success, else the seconds until all amounts would be available
+        (math.inf if one can never be: amount above capacity, or a short gauge).
+        Raises ValueError if the sequences differ in length, IndexError on a bad slot.
+        """
+        cdef Py_ssize_t k = len(slots)
+        cdef Bucket* stack_b[_STACK_SLOTS]
+        cdef double stack_a[_STACK_SLOTS]
+        cdef Bucket** bs = stack_b
+        cdef double* amt = stack_a
+        if len(amounts) != k:
+            raise ValueError("slots and amounts differ in length")
+        if k > _STACK_SLOTS:
+            bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
+            if bs == NULL:
+                raise MemoryError()
+            amt = <double*>(bs + k)
+        try:
+            return self._try_take(slots, amounts, now, k, bs, amt)
+        finally:
+            if bs != stack_b:
+                PyMem_Free(bs)
+
+    def give(self, Py_ssize_t slot, double amount, double now):
+        """Return tokens to a slot (capped at its capacity)."""
+        cdef Bucket* b = self._slot(slot)
+        cdef double level = _refill_to(b, now) + amount
+        b.level = level if level < b.capacity else b.capacity
+
+    def take(self, Py_ssize_t slot, double amount, double now):
+        """Charge a slot unconditionally; its level may go negative (debt)."""
+        cdef Bucket* b = self._slot(slot)
+        b.level = _refill_to(b, now) - amount
+
+    def level(self, Py_ssize_t slot, double now):
+        """The slot's level at `now` (no state changes)."""
+        return _refilled(self._slot(slot), now)
+
+    def seconds_until_full(self, Py_ssize_t slot, double now):
+        """Seconds until the slot is full again (0.0 if full, math.inf for a short gauge)."""
+        cdef Bucket* b = self._slot(slot)
+        cdef double missing = b.capacity - _refilled(b, now)
+        if missing <= 0.0:
+            return 0.0
+        return missing / b.refill if b.refill > 0.0 else INFINITY
+
+    def capacity(self, Py_ssize_t slot):
+        """The slot's capacity."""
+        return self._slot(slot).capacity
+
+    cdef Bucket* _slot(self, Py_ssize_t slot) except NULL:
+        if slot < 0 or slot >= self._n:
+            raise IndexError(f"no bucket slot {slot}")
+        return &self._b[slot]
+
+    cdef double _try_take(self, slots, amounts, double now, Py_ssize_t k, Bucket** bs, double* amt) except? -1.0:
+        cdef Py_ssize_t j
+        cdef double level, wait = 0.0, w
+        cdef Bucket* b
+        for j in range(k):
+            b = bs[j] = self._slot(slots[j])
+            amt[j] = amounts[j]
+            level = _refill_to(b, now)
+            if level < amt[j]:
+                w = INFINITY if (amt[j] > b.capacity or b.refill <= 0.0) else (amt[j] - level) / b.refill
+                if w > wait:
+                    wait = w
+        if wait > 0.0:
+            return wait
+        for j in range(k):
+            bs[j].level -= amt[j]
+        return 0.0
+
+
+cdef inline double _refilled(const Bucket* b, double now) noexcept:
+    cdef double level
+    if now > b.stamp and b.refill > 0.0:
+        level = b.level + (now - b.stamp) * b.refill
+        return level if level < b.capacity else b.capacity
+    return b.level
+
+
+cdef inline double _refill_to(Bucket* b, double now) noexcept:
+    b.level = _refilled(b, now)
+    if now > b.stamp:
+        b.stamp = now
+    return b.level
