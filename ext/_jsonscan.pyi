@@ -1,0 +1,3 @@
+"""Type stub of the compiled JSON depth guard (same API as core/jsonscan.py)."""
+
+def max_depth_exceeded(body: bytes, limit: int) -> bool: ...
