@@ -1,0 +1,115 @@
+"""The processes a benchmark run starts: pinned to a CPU, waited for, and stopped by PID.
+
+Everything is a direct child of the benchmark process (orphans here become zombies: PID 1 does
+not reap), and `ServiceSet.__exit__` stops every one of them, even after Ctrl-C.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Return once 127.0.0.1:port accepts connections; raises RuntimeError if `proc` died
+    or the deadline passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f}s")
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants, in MB (granian forks its workers)."""
+    total_kb = 0
+    for member in _descendants(pid) | {pid}:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited between listing and reading
+    return total_kb / 1024
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+class ServiceSet:
+    """Starts commands pinned with taskset; stops them all (by PID) on exit."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self._procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, cpu: str, argv: list[str], port: int, **popen) -> subprocess.Popen:
+        """Run argv pinned to `cpu`, output to <logdir>/<name>.log; returns once `port` listens."""
+        log = open(self.logdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, **popen)
+        log.close()
+        self._procs.append(proc)
+        wait_for_port(port, proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM, then SIGKILL after 5 s; reaps the process."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def __enter__(self) -> ServiceSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(list(self._procs)):
+            self.stop(proc)
+
+
+def cpu_list(pid: int) -> str:
+    """The CPUs `pid` may run on, as taskset prints them (proof of the pinning in the report)."""
+    return ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(pid)))
