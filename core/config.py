@@ -38,6 +38,27 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     total: float | None = None
 
 
+class Scrape(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a pool reads its endpoints' Prometheus metrics (vLLM names)."""
+
+    interval: float = 1.0  # seconds between scrapes of one endpoint
+    timeout: float = 0.5  # an endpoint slower than this counts as a failed scrape
+    path: str = "/metrics"  # on the endpoint's origin (scheme://host:port)
+
+
+class Discover(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A pool's endpoints from DNS: every address of `dns` (a headless Service) is one endpoint."""
+
+    dns: str
+    port: int
+    path: str = "/v1"
+    scheme: Literal["http", "https"] = "http"
+    interval: float = 10.0  # seconds between lookups
+
+
+PICK_POLICIES = ("least_queue", "least_inflight", "round_robin")
+
+
 class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     schema: str
@@ -50,9 +71,10 @@ class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     project: str | None = None
     location: str | None = None
     credentials: dict[str, str] | None = None
-    endpoints: list[str] | None = None
-    discover: dict[str, Any] | None = None
-    pick: str | None = None
+    endpoints: list[str] | None = None  # a pool: one base URL per replica, instead of base_url
+    discover: Discover | None = None  # ... or a pool found by DNS
+    pick: str | None = None  # pool policy, one of PICK_POLICIES (default least_queue)
+    scrape: Scrape = Scrape()
     headers: dict[str, str] | None = None
     # fake: how long to wait between streamed chunks, and how many chunks to send.
     fake_chunk_delay: float = 0.0
@@ -107,11 +129,37 @@ class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     on_store_error: Literal["open", "closed"] = "open"
 
 
+class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Attempts before the first byte reaches the client; see core.retry."""
+
+    attempts: int = 3  # upstream attempts per request, fallbacks included
+    backoff_base: float = 0.1  # seconds; the jittered wait before re-trying a target doubles from here
+    backoff_max: float = 2.0
+    max_retry_after: float = 10.0  # honour an upstream's retry-after up to this many seconds
+    deadline: float = 30.0  # no new attempt starts this many seconds after the request arrived
+
+
+class OutlierDetection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Passive health: eject a target or endpoint that keeps failing; see core.health."""
+
+    consecutive_failures: int = 5
+    cool_down: float = 10.0  # seconds out on the first ejection; doubles on each repeat
+    max_cool_down: float = 300.0
+
+
+class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    retry: Retry = Retry()
+    outlier_detection: OutlierDetection = OutlierDetection()
+
+
 class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: int = 10 * 1024 * 1024
     max_json_depth: int = 128
     access_log: bool = True
     key_pepper: str | None = None  # HMAC pepper for key hashes; see core.keys
+    reload_check_interval: float = 2.0  # seconds between config file checks (0: only SIGHUP)
+    drain_delay: float = 0.0  # on SIGTERM, seconds /readyz says 503 before the listener closes
+    drain_timeout: float = 30.0  # then, seconds in-flight requests may take to finish
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -122,6 +170,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     admin: Admin | None = None
     rate_limits: RateLimits = RateLimits()
     server: Server = Server()
+    routing: Routing = Routing()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -281,6 +330,7 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
             fail(["keys", i, "key_hash"], "expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>)")
     if config.admin is not None and not _is_key_hash(config.admin.key_hash):
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
+    _validate_routing(config.routing, fail)
 
 
 def _unique(items: list[Any], section: str, fail: Any) -> dict[str, Any]:
@@ -301,11 +351,42 @@ def _validate_provider(p: Provider, i: int, fail: Any) -> None:
     for url in [p.base_url] if p.base_url else []:
         if not url.startswith(("http://", "https://")):
             fail(["providers", i, "base_url"], "base_url must start with http:// or https://")
+    _validate_pool(p, i, fail)
     if p.schema == "azure_openai" and not p.api_version:
         fail(["providers", i, "api_version"], "schema 'azure_openai' needs api_version (e.g. 2024-10-21)")
     for field in ("connect", "first_byte", "idle"):
         if getattr(p.timeouts, field) <= 0:
             fail(["providers", i, "timeouts", field], "must be > 0 seconds")
+
+
+def _validate_pool(p: Provider, i: int, fail: Any) -> None:
+    """A pool has exactly one source of endpoints, and a pick policy the gateway knows."""
+    sources = [name for name in ("base_url", "endpoints", "discover") if getattr(p, name)]
+    if len(sources) > 1:
+        fail(["providers", i, sources[1]], f"give only one of base_url, endpoints, discover (found {', '.join(sources)})")
+    if p.endpoints is not None and not p.endpoints:
+        fail(["providers", i, "endpoints"], "a pool needs at least one endpoint")
+    for j, url in enumerate(p.endpoints or []):
+        if not url.startswith(("http://", "https://")):
+            fail(["providers", i, "endpoints", j], "an endpoint must start with http:// or https://")
+    if p.discover is not None and not 0 < p.discover.port < 65536:
+        fail(["providers", i, "discover", "port"], "port must be 1-65535")
+    if p.pick is not None and p.pick not in PICK_POLICIES:
+        fail(["providers", i, "pick"], f"unknown pick policy '{p.pick}' (expected one of: {', '.join(PICK_POLICIES)})")
+    if p.pick is not None and not (p.endpoints or p.discover):
+        fail(["providers", i, "pick"], "pick applies to pools: give endpoints or discover")
+    if p.scrape.interval <= 0 or p.scrape.timeout <= 0:
+        fail(["providers", i, "scrape"], "interval and timeout must be > 0 seconds")
+
+
+def _validate_routing(routing: Routing, fail: Any) -> None:
+    r, o = routing.retry, routing.outlier_detection
+    if r.attempts < 1:
+        fail(["routing", "retry", "attempts"], "must be at least 1")
+    if r.deadline <= 0 or r.backoff_base < 0 or r.backoff_max < r.backoff_base:
+        fail(["routing", "retry"], "need deadline > 0 and 0 <= backoff_base <= backoff_max")
+    if o.consecutive_failures < 1 or o.cool_down <= 0 or o.max_cool_down < o.cool_down:
+        fail(["routing", "outlier_detection"], "need consecutive_failures >= 1 and 0 < cool_down <= max_cool_down")
 
 
 _KEY_HASH = re.compile(r"^(sha256|hmac-sha256):[0-9a-f]{64}$")
