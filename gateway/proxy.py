@@ -58,7 +58,7 @@ class Proxy:
         adapter = provider.adapter(ex.api)
         if adapter is None:
             raise errors.bad_request(f"Model '{head.model}' is served by a provider that does not support this endpoint.")
-        ctx = CallContext(ex.api, body, head, upstream_model, provider.config)
+        ctx = CallContext(ex.api, body, head, upstream_model, provider.config, time.time())
         call: UpstreamCall = adapter.build(ctx)
         resp = await self._send(provider, call)
         try:

@@ -49,6 +49,7 @@ class CallContext(msgspec.Struct):
     head: RequestHead
     upstream_model: str
     provider: Provider
+    now: float = 0.0  # wall-clock seconds, for `created` fields (core never reads the clock)
 
 
 class StreamTranslator(Protocol):
