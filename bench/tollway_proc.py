@@ -1,0 +1,46 @@
+"""Starting Tollway for a benchmark: the command, its environment, and a bench config."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_KEY = "sk-bench-key"
+UPSTREAM_MODEL = "gpt-4o-mini"
+
+
+def tollway_argv() -> list[str]:
+    """The installed `tollway` command, else the CLI module from this checkout."""
+    found = shutil.which("tollway")
+    return [found] if found else [sys.executable, "-m", "gateway.cli"]
+
+
+def tollway_env() -> dict[str, str]:
+    """The environment with this checkout importable (for the uninstalled case)."""
+    return dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def serve_argv(config: Path, port: int) -> list[str]:
+    return tollway_argv() + ["serve", "--config", str(config), "--port", str(port)]
+
+
+def write_config(workdir: Path, models: dict[str, int], access_log: bool = False) -> Path:
+    """A bench config where each public model goes to its own OpenAI-schema upstream on
+    127.0.0.1:<port>, with the key check on and an in-memory limit far above any load."""
+    key_hash = subprocess.run(tollway_argv() + ["hash-key"], input=BENCH_KEY, text=True,
+                              capture_output=True, check=True, env=tollway_env(), cwd=REPO)
+    providers, routes = [], []
+    for i, (model, port) in enumerate(models.items()):
+        providers.append(f"  - name: up{i}\n    schema: openai\n"
+                         f"    base_url: http://127.0.0.1:{port}/v1\n    api_key: sk-upstream-secret\n")
+        routes.append(f"  - name: {model}\n    targets: [{{provider: up{i}, model: {UPSTREAM_MODEL}}}]\n")
+    path = workdir / "tollway.yaml"
+    path.write_text(
+        "providers:\n" + "".join(providers) + "models:\n" + "".join(routes)
+        + f'keys:\n  - name: bench\n    key_hash: "{key_hash.stdout.strip()}"\n    models: ["*"]\n'
+        + "    limits: [{requests: 1000000000, per: minute}]\n"
+        + f"server:\n  access_log: {'true' if access_log else 'false'}\n")
+    return path
