@@ -4,11 +4,18 @@ Exact names win over regex matches (`match:`), which are tried in config order. 
 route, targets are grouped by `priority` (0 first); the gateway walks the groups in order for
 fallback, and inside a group picks by `weight` at random. `pick()` takes the random draw as
 an argument, so tests decide it.
+
+Passive health enters through `attempt_order()`: a target the caller says is unavailable
+(ejected by outlier detection) is skipped inside its group, and the weighted pick is made
+among the rest, so a 90/10 split whose 90 is ejected sends everything to the 10. A group with
+no available target is not dropped but moved to the end of the order: a request still gets a
+last-resort try rather than an error the gateway made up itself.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from core.config import Config, Model, Target
 
@@ -39,6 +46,30 @@ class Route:
     def fallback_order(self, draw: float) -> list[Target]:
         """One target per priority group, best first: the order to try on failure."""
         return [self.pick(i, draw) for i in range(len(self.groups))]
+
+    def attempt_order(self, draw: float, available: Callable[[str], bool]) -> list[Target]:
+        """Like fallback_order, but each group picks by weight among targets whose provider
+        is `available`; groups with none go last, picked as if all were available."""
+        healthy, last_resort = [], []
+        for i, (targets, _) in enumerate(self.groups):
+            usable = tuple(t for t in targets if available(t.provider))
+            if not usable:
+                last_resort.append(self.pick(i, draw))
+            elif len(usable) == len(targets):
+                healthy.append(self.pick(i, draw))
+            else:
+                healthy.append(_weighted(usable, draw))
+        return healthy + last_resort
+
+
+def _weighted(targets: tuple[Target, ...], draw: float) -> Target:
+    total = sum(t.weight for t in targets)
+    point, running = draw * total, 0.0
+    for t in targets:
+        running += t.weight
+        if point < running:
+            return t
+    return targets[0] if total <= 0 else targets[-1]
 
 
 def _route(model: Model) -> Route:
