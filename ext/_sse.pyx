@@ -12,6 +12,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
+cdef extern from "string.h" nogil:
+    # GNU/BSD extension; Python.h defines _GNU_SOURCE before string.h is included.
+    void* memmem(const void* haystack, size_t n, const void* needle, size_t m)
+
 from core.sse import (
     DEFAULT_MAX_EVENT_BYTES,
     SSEError,
@@ -301,12 +305,9 @@ cdef bint _may_carry_usage(const char* b, Py_ssize_t n):
     cdef const char* p = b
     cdef const char* q
     while True:
-        p = <const char*>memchr(p, QUOTE, end - p)
-        if p == NULL or end - p < 7:
+        p = <const char*>memmem(p, end - p, b'"usage"', 7)
+        if p == NULL:
             return False
-        if memcmp(p, b'"usage"', 7) != 0:
-            p += 1
-            continue
         q = p + 7
         while q < end and (q[0] == SPACE or q[0] == TAB):
             q += 1

@@ -77,3 +77,9 @@ garbage = st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b"a", b
 def test_compiled_agrees_with_pure_on_any_bytes(body, limit):
     compiled = compiled_or_skip("jsonscan")
     assert compiled.max_depth_exceeded(body, limit) is pure_jsonscan.max_depth_exceeded(body, limit)
+
+
+def test_accepts_bytes_like_and_rejects_text(jsonscan_impl):
+    assert jsonscan_impl.max_depth_exceeded(bytearray(b"[[[]]]"), 2) is True
+    with pytest.raises(TypeError):
+        jsonscan_impl.max_depth_exceeded("[[[]]]", 2)

@@ -273,3 +273,10 @@ def test_compiled_agrees_with_pure(data, cut, limit):
                     result = (out, r.usage, r.done, r.streamed_text())
                 outcomes.append(result)
         assert outcomes[0] == outcomes[1]
+
+
+def test_accepts_any_bytes_like_and_rejects_text(sse_impl):
+    framer = sse_impl.SSEFramer()
+    assert [e.data for e in framer.feed(bytearray(b"data: a\n\n")) + framer.feed(memoryview(b"data: b\n\n"))] == [b"a", b"b"]
+    with pytest.raises(TypeError):
+        framer.feed("data: text\n\n")
