@@ -1,0 +1,78 @@
+"""Shared fixtures: a fake OpenAI upstream and a real gateway in front of it."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.kernels_fixture import *  # noqa: F401,F403 - the pure/compiled kernel fixtures
+
+MISBEHAVING_MODELS = ("fail-500", "fail-429", "bad-auth", "leaky-error", "slow-first-byte",
+                      "stall-stream", "die-mid-stream", "no-usage")
+
+
+def standard_config(upstream_url: str, extra: str = "") -> str:
+    """The config most end-to-end tests share: one OpenAI-compatible upstream, Azure, the fake."""
+    base = upstream_url.removesuffix("/v1")
+    misbehaving = "\n".join(f"  - name: {m}\n    targets: [{{provider: up}}]" for m in MISBEHAVING_MODELS)
+    return f"""
+providers:
+  - name: up
+    schema: openai
+    base_url: {upstream_url}
+    api_key: {UPSTREAM_SECRET}
+    timeouts: {{connect: 2, first_byte: 1.5, idle: 1}}
+  - name: azure
+    schema: azure_openai
+    base_url: {base}
+    api_version: "2024-10-21"
+    api_key: {UPSTREAM_SECRET}
+  - name: local
+    schema: fake
+  - name: dead
+    schema: openai
+    base_url: http://127.0.0.1:9/v1
+    api_key: {UPSTREAM_SECRET}
+    timeouts: {{connect: 1}}
+models:
+  - name: dead-model
+    targets: [{{provider: dead}}]
+  - name: gpt-4o-mini
+    targets: [{{provider: up}}]
+  - name: text-embedding-3-small
+    targets: [{{provider: up}}]
+  - name: llama-3-8b
+    targets: [{{provider: up, model: meta-llama/Meta-Llama-3-8B-Instruct}}]
+  - name: azure-gpt
+    targets: [{{provider: azure, model: my-deployment}}]
+  - name: demo
+    targets: [{{provider: local}}]
+{misbehaving}
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+    models: ["*"]
+  - name: narrow-key
+    key_hash: "{key_hash(OTHER_KEY)}"
+    models: [gpt-4o-mini]
+server:
+  max_body_bytes: 1048576
+{extra}
+"""
+
+
+@pytest.fixture(scope="session")
+def openai_upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
+    """One real `tollway serve` in front of the fake upstream, shared by the session."""
+    gw = GatewayProcess(standard_config(openai_upstream.url))
+    yield gw
+    gw.stop()

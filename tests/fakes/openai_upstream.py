@@ -1,0 +1,168 @@
+"""A fake OpenAI-compatible upstream speaking OpenAI's real wire format.
+
+It answers chat completions (JSON and SSE, with the `stream_options.include_usage` chunk
+when asked), legacy completions, embeddings and the Responses API, and records every
+request it gets so tests can check what the gateway sent. The upstream *model name* selects
+a misbehaviour, so one server covers every failure the gateway must survive:
+
+  fail-500, fail-429 (retry-after: 1), bad-auth (401 echoing the key it got), leaky-error
+  (400 whose message quotes the key), slow-first-byte (headers after 3 s), stall-stream
+  (2 chunks, then silence), die-mid-stream (2 chunks, then the connection drops),
+  no-usage (a stream that never reports usage).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from tests.harness import ThreadedServer
+
+REPLY = "The quick brown fox jumps over the lazy dog"
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.server = ThreadedServer(self._app)
+        self.url = f"http://127.0.0.1:{self.server.port}/v1"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def last(self, path_suffix: str = "") -> dict[str, Any]:
+        return next(r for r in reversed(self.requests) if r["path"].endswith(path_suffix))
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
+        return app
+
+    async def azure_chat(self, request: web.Request) -> web.StreamResponse:
+        """Azure's deployment URL: the deployment names the model, `api-key` authenticates."""
+        if request.query.get("api-version") is None or request.headers.get("api-key") is None:
+            return _error(400, "Missing api-version or api-key.", "invalid_request_error")
+        return await self.chat(request)
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = await request.json()
+        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
+                              "body": body})
+        return body
+
+    async def _misbehave(self, request: web.Request, model: str) -> web.StreamResponse | None:
+        auth = request.headers.get("authorization", "")
+        if model == "fail-500":
+            return _error(500, "The server had an error while processing your request.", "server_error")
+        if model == "fail-429":
+            return _error(429, "Rate limit reached for requests.", "requests", "rate_limit_exceeded", {"retry-after": "1"})
+        if model == "bad-auth":
+            return _error(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}.", "invalid_request_error", "invalid_api_key")
+        if model == "leaky-error":
+            return _error(400, f"Invalid 'temperature' for key {auth.removeprefix('Bearer ')}.", "invalid_request_error", "invalid_value")
+        if model == "slow-first-byte":
+            await asyncio.sleep(3)
+        return None
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = body.get("model", "")
+        bad = await self._misbehave(request, model)
+        if bad is not None:
+            return bad
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        if body.get("stream"):
+            return await self._stream_chat(request, body, model, prompt)
+        message: dict[str, Any] = {"role": "assistant", "content": REPLY, "refusal": None}
+        finish = "stop"
+        if body.get("tools"):
+            fn = body["tools"][0]["function"]["name"]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_abc123", "type": "function", "function": {"name": fn, "arguments": '{"city": "Paris"}'}}]}
+            finish = "tool_calls"
+        choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(body.get("n") or 1)]
+        return web.json_response({
+            "id": "chatcmpl-fake123", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "system_fingerprint": "fp_fake", "choices": choices, "usage": _usage(prompt, 9),
+        })
+
+    async def _stream_chat(self, request: web.Request, body: dict[str, Any], model: str, prompt: int) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        include_usage = (body.get("stream_options") or {}).get("include_usage") and model != "no-usage"
+        base = {"id": "chatcmpl-fake123", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                "system_fingerprint": "fp_fake"}
+        extra = {"usage": None} if include_usage else {}
+
+        async def send(delta: dict[str, Any], finish: str | None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        await send({"role": "assistant", "content": ""}, None)
+        for i, word in enumerate(REPLY.split(" ")):
+            await send({"content": word if i == 0 else " " + word}, None)
+            if i == 1 and model in ("stall-stream", "die-mid-stream"):
+                if model == "die-mid-stream":
+                    request.transport.close()
+                    return resp
+                await asyncio.sleep(30)
+        await send({}, "stop")
+        if include_usage:
+            await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": _usage(prompt, 9)}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        return web.json_response({
+            "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body.get("model"),
+            "choices": [{"index": 0, "text": " " + REPLY, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12},
+        })
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]} for i in range(len(inputs))]
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                                  "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        final = {
+            "id": "resp_fake", "object": "response", "created_at": int(time.time()), "status": "completed",
+            "model": body.get("model"), "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                                                    "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}],
+            "usage": {"input_tokens": 5, "output_tokens": 9, "total_tokens": 14,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+        if not body.get("stream"):
+            return web.json_response(final)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        events = [("response.created", {"response": {**final, "status": "in_progress", "output": [], "usage": None}}),
+                  ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": REPLY}),
+                  ("response.completed", {"response": final})]
+        for seq, (kind, payload) in enumerate(events):
+            data = json.dumps({"type": kind, "sequence_number": seq, **payload})
+            await resp.write(f"event: {kind}\ndata: {data}\n\n".encode())
+        await resp.write_eof()
+        return resp

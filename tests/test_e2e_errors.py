@@ -1,0 +1,198 @@
+"""Every error a client can meet: right status, OpenAI shape, useful message, no secret."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import openai
+import pytest
+
+from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess
+
+
+def post(gateway: GatewayProcess, body: bytes | str, key: str | None = TEST_KEY, path: str = "/v1/chat/completions",
+         headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(gateway.url + path, data=data, method="POST",
+                                 headers={"content-type": "application/json", **(headers or {})})
+    if key:
+        req.add_header("authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
+def assert_openai_error(body: dict, code: str | None = None, kind: str | None = None) -> dict:
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code
+    if kind is not None:
+        assert err["type"] == kind
+    return err
+
+
+CHAT = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}'
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ('{"model": "gpt-4o-mini", "messages": [', "could not parse"),
+    ("not json at all", "could not parse"),
+    ('[1, 2]', "JSON object"),
+    ('{"messages": []}', "model"),
+    ('{"model": "gpt-4o-mini", "stream": "yes"}', "stream"),
+    ("", "empty"),
+])
+def test_bad_bodies_are_400(gateway, body, fragment):
+    status, _, resp = post(gateway, body)
+    assert status == 400
+    assert fragment in assert_openai_error(resp, kind="invalid_request_error")["message"]
+
+
+def test_json_nested_too_deep_is_400(gateway):
+    deep = '{"model":"gpt-4o-mini","x":' + "[" * 200 + "]" * 200 + "}"
+    status, _, resp = post(gateway, deep)
+    assert status == 400 and "nested deeper" in assert_openai_error(resp)["message"]
+    ok = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"x":' + "[" * 100 + "]" * 100 + "}"
+    assert post(gateway, ok)[0] == 200
+
+
+def test_missing_and_bad_keys_are_401(gateway):
+    status, _, resp = post(gateway, CHAT, key=None)
+    assert status == 401 and "API key" in assert_openai_error(resp, code="invalid_api_key")["message"]
+    status, _, resp = post(gateway, CHAT, key="sk-wrong")
+    assert status == 401
+    status, _, _ = post(gateway, CHAT, key=None, headers={"authorization": f"Basic {TEST_KEY}"})
+    assert status == 401
+
+
+def test_model_not_allowed_for_key_is_403(gateway):
+    body = '{"model":"llama-3-8b","messages":[{"role":"user","content":"x"}]}'
+    status, _, resp = post(gateway, body, key=OTHER_KEY)
+    assert status == 403 and assert_openai_error(resp)["param"] == "model"
+
+
+@pytest.mark.parametrize("key", [TEST_KEY, OTHER_KEY])
+def test_unknown_model_is_404_for_every_key(gateway, key):
+    status, _, resp = post(gateway, '{"model":"gpt-9-ultra","messages":[]}', key=key)
+    assert status == 404
+    assert_openai_error(resp, code="model_not_found")
+
+
+def test_body_over_limit_is_413(gateway):
+    big = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + "x" * (1024 * 1024 + 10) + '"}]}'
+    status, _, resp = post(gateway, big)
+    assert status == 413 and assert_openai_error(resp)["code"] == "request_too_large"
+
+
+def test_chunked_body_over_limit_is_413(gateway):
+    """Without a content-length the gateway still stops at the limit."""
+    chunk = b"x" * 65536
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+                  b"authorization: Bearer " + TEST_KEY.encode() + b"\r\ncontent-type: application/json\r\n\r\n")
+        try:
+            for _ in range(20):
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the gateway may answer and close before we finish sending
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413")
+
+
+def test_unknown_path_and_method(gateway):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(gateway.url + "/v1/nothing-here", timeout=5)
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["code"] == "unknown_url"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(gateway.url + "/v1/chat/completions", timeout=5)
+    assert e.value.code == 405
+
+
+def test_dead_upstream_is_502(gateway):
+    status, _, resp = post(gateway, '{"model":"dead-model","messages":[]}')
+    assert status == 502 and assert_openai_error(resp, code="upstream_unreachable")["message"]
+
+
+def test_upstream_timeout_is_504(gateway):
+    status, _, resp = post(gateway, '{"model":"slow-first-byte","messages":[]}')
+    assert status == 504 and "first_byte" in assert_openai_error(resp, code="upstream_timeout")["message"]
+
+
+def test_upstream_5xx_and_429_are_relayed(gateway):
+    status, _, resp = post(gateway, '{"model":"fail-500","messages":[]}')
+    assert status == 500 and assert_openai_error(resp)["type"] == "server_error"
+    status, headers, resp = post(gateway, '{"model":"fail-429","messages":[]}')
+    assert status == 429 and headers.get("retry-after") == "1"
+    assert assert_openai_error(resp)["code"] == "rate_limit_exceeded"
+
+
+def test_upstream_auth_failure_is_502_without_the_credential(gateway):
+    status, _, resp = post(gateway, '{"model":"bad-auth","messages":[]}')
+    assert status == 502
+    err = assert_openai_error(resp, code="upstream_auth_failed")
+    assert UPSTREAM_SECRET not in json.dumps(resp) and "operator" in err["message"]
+
+
+def test_upstream_error_quoting_the_key_is_scrubbed(gateway):
+    status, _, resp = post(gateway, '{"model":"leaky-error","messages":[]}')
+    assert status == 400
+    assert UPSTREAM_SECRET not in json.dumps(resp) and "temperature" in resp["error"]["message"]
+
+
+def _stream_events(gateway: GatewayProcess, model: str) -> list[str]:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, stream=True, messages=[{"role": "user", "content": "x"}])
+    return [line for line in raw.http_response.iter_lines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("model,code", [("stall-stream", "upstream_timeout"), ("die-mid-stream", "upstream_disconnected")])
+def test_stream_failure_mid_way_ends_with_sse_error_event(gateway, model, code):
+    start = time.monotonic()
+    events = _stream_events(gateway, model)
+    assert time.monotonic() - start < 10
+    assert len(events) >= 3  # role chunk + two words made it through before the failure
+    last = json.loads(events[-1][len("data: "):])
+    assert last["error"]["code"] == code
+
+
+def test_stream_without_upstream_usage_is_counted_with_tiktoken(gateway):
+    events = _stream_events(gateway, "no-usage")
+    assert events[-1] == "data: [DONE]"
+    time.sleep(0.3)
+    line = next(r for r in reversed(gateway.log_lines()) if r.get("model") == "no-usage")
+    # "The quick brown fox jumps over the lazy dog" is 9 tokens in o200k_base.
+    assert line["completion_tokens"] == 9 and line["prompt_tokens"] >= 1
+
+
+def test_openai_sdk_raises_typed_errors(gateway):
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="bad", max_retries=0).models.list()
+
+
+def test_no_secret_in_any_log_line_and_gateway_still_up(gateway):
+    """Runs last in this module: everything above went through the same gateway."""
+    import urllib.request
+
+    out = gateway.raw_output()
+    assert UPSTREAM_SECRET not in out and TEST_KEY not in out and OTHER_KEY not in out
+    assert "hello there" not in out  # prompts are not logged either
+    lines = gateway.log_lines()
+    assert lines and all({"request_id", "key", "model", "provider", "status", "latency_ms"} <= set(r) for r in lines)
+    with urllib.request.urlopen(gateway.url + "/healthz", timeout=5) as r:
+        assert r.status == 200
