@@ -1,0 +1,66 @@
+"""The `tollway` command line: check, hash-key, version."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core.keys import KeyTable, hash_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tollway(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_check_accepts_every_example():
+    env = {"OPENAI_API_KEY": "x", "AZURE_OPENAI_API_KEY": "x", "VLLM_KEY": "", "ANTHROPIC_API_KEY": "x",
+           "GEMINI_API_KEY": "x", "TIER2_KEY": "x", "TOLLWAY_ADMIN_KEY_HASH": "sha256:" + "0" * 64}
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        r = tollway("check", str(example), env=env)
+        assert r.returncode == 0, (example, r.stderr)
+        assert "ok" in r.stdout
+
+
+def test_check_names_bad_field_and_exits_nonzero(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers:\n  - name: a\n    schema: openai\n    base_url: http://x\n"
+                   "models:\n  - name: gpt-4o\n    targets:\n      - provider: opnai\n")
+    r = tollway("check", str(bad))
+    assert r.returncode == 1
+    assert "models.gpt-4o[0].provider: unknown provider 'opnai' (line 8)" in r.stderr
+
+
+def test_check_missing_file(tmp_path):
+    r = tollway("check", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 1 and "cannot read" in r.stderr
+
+
+def test_hash_key_prints_exactly_one_line():
+    r = tollway("hash-key", stdin="sk-my-gateway-key\n")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [hash_key("sk-my-gateway-key")]
+    assert r.stdout.startswith("sha256:") and len(r.stdout.strip()) == len("sha256:") + 64
+
+
+def test_hash_key_with_pepper_matches_the_key_table():
+    r = tollway("hash-key", "--pepper-env", "PEPPER", stdin="k1", env={"PEPPER": "pp"})
+    digest = r.stdout.strip()
+    assert digest.startswith("hmac-sha256:")
+    table = KeyTable({digest: "record"}, pepper="pp")
+    assert table.lookup("k1") == "record" and table.lookup("k2") is None
+
+
+def test_hash_key_refuses_empty_input():
+    assert tollway("hash-key", stdin="").returncode == 1
+
+
+def test_version_says_whether_kernels_are_compiled():
+    r = tollway("version")
+    assert r.returncode == 0 and r.stdout.startswith("tollway ")
+    assert "kernels:" in r.stdout
+    pure = tollway("version", env={"TOLLWAY_NO_EXTENSIONS": "1"})
+    assert "pure Python" in pure.stdout
