@@ -37,13 +37,16 @@ def _compiled(name: str) -> ModuleType | None:
         return None
 
 
-_sse = _compiled("_sse") or _pure_sse
-_buckets = _compiled("_buckets") or _pure_buckets
-_jsonscan = _compiled("_jsonscan") or _pure_jsonscan
+_compiled_sse = _compiled("_sse")
+_compiled_buckets = _compiled("_buckets")
+_compiled_jsonscan = _compiled("_jsonscan")
+_sse = _compiled_sse or _pure_sse
+_buckets = _compiled_buckets or _pure_buckets
+_jsonscan = _compiled_jsonscan or _pure_jsonscan
 
 ACTIVE: dict[str, str] = {
-    mod.__name__.rpartition(".")[2].lstrip("_"): ("compiled" if mod.__name__.startswith("ext.") else "pure")
-    for mod in (_sse, _buckets, _jsonscan)
+    name: "compiled" if mod is not None else "pure"
+    for name, mod in (("sse", _compiled_sse), ("buckets", _compiled_buckets), ("jsonscan", _compiled_jsonscan))
 }
 ACCELERATED: bool = all(kind == "compiled" for kind in ACTIVE.values())
 
