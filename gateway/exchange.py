@@ -19,7 +19,7 @@ def request_id(client_value: str | None) -> str:
 
 class Exchange:
     __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
-                 "upstream_model", "status", "usage", "error_type", "stream", "first_byte")
+                 "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -30,6 +30,7 @@ class Exchange:
         self.provider: str | None = None
         self.otel_provider: str = "none"
         self.upstream_model: str | None = None
+        self.route = "unknown"  # the configured model that served it: a bounded metric label
         self.status = 500
         self.usage: Usage | None = None
         self.error_type: str = ""
