@@ -114,13 +114,13 @@ class Gateway:
             return
         u = ex.usage
         self.metrics.observe(
-            operation=ex.api, provider=ex.otel_provider, model=ex.model or "", response_model=ex.upstream_model or "",
+            operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",
             status=ex.status, seconds=ex.elapsed(), error_type=ex.error_type,
             input_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0,
             provider_name=ex.provider or "none",
         )
         if ex.first_byte is not None and ex.stream:
-            self.metrics.ttft.labels(ex.api, ex.otel_provider, ex.model or "").observe(ex.first_byte - ex.start)
+            self.metrics.ttft.labels(ex.api, ex.otel_provider, ex.route).observe(ex.first_byte - ex.start)
         self.access_log.write(ex.log_record())
 
     # -- the client API --------------------------------------------------------------------
@@ -171,6 +171,7 @@ class Gateway:
         route = rt.routes.resolve(head.model or "")
         if route is None:
             raise errors.model_not_found(head.model or "")
+        ex.route = route.name
         if not key.may_use(route.name):
             raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
         await self.proxy.forward(rt, ex, route, head, body, proto, [("x-request-id", ex.request_id)])
