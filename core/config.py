@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from core.limits import measure_of, window_seconds
 from core.pricing import Price
 
 SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
@@ -96,6 +97,7 @@ class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cost_usd: float | None = None
     concurrent: int | None = None
     per: str | None = None
+    model: str | None = None  # on a key or team: count this limit per (owner, model), for that model only
 
 
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -127,6 +129,8 @@ class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     on_store_error: Literal["open", "closed"] = "open"
+    default_max_tokens: int = 4096  # output tokens reserved when a request sets no max_tokens
+    key_prefix: str = "tollway"  # redis: every key is `{<prefix>}:...` (one hash tag, see docs/limits.md)
 
 
 class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -331,6 +335,7 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
     if config.admin is not None and not _is_key_hash(config.admin.key_hash):
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
     _validate_routing(config.routing, fail)
+    _validate_limits(config, fail)
 
 
 def _unique(items: list[Any], section: str, fail: Any) -> dict[str, Any]:
@@ -387,6 +392,49 @@ def _validate_routing(routing: Routing, fail: Any) -> None:
         fail(["routing", "retry"], "need deadline > 0 and 0 <= backoff_base <= backoff_max")
     if o.consecutive_failures < 1 or o.cool_down <= 0 or o.max_cool_down < o.cool_down:
         fail(["routing", "outlier_detection"], "need consecutive_failures >= 1 and 0 < cool_down <= max_cool_down")
+
+
+def _validate_limits(config: Config, fail: Any) -> None:
+    """Each limit counts exactly one measure over a parseable window; pairs name real models."""
+    models = {m.name for m in config.models}
+    for section, items in (("keys", config.keys), ("teams", config.teams), ("models", config.models)):
+        for i, owner in enumerate(items):
+            seen: set[tuple[str, str | None, str | None]] = set()
+            for j, lim in enumerate(owner.limits):
+                ident = _validate_limit(lim, [section, i, "limits", j], section, models, fail)
+                if ident in seen:
+                    fail([section, i, "limits", j], f"duplicate limit ({ident[0]} per {ident[1]}) on the same owner")
+                seen.add(ident)
+    rl = config.rate_limits
+    if rl.default_max_tokens < 1:
+        fail(["rate_limits", "default_max_tokens"], "must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", rl.key_prefix):
+        fail(["rate_limits", "key_prefix"], "use 1-64 letters, digits, or _ . : - (no braces: the prefix is the hash tag)")
+
+
+def _validate_limit(lim: Limit, where: list[str | int], section: str, models: set[str],
+                    fail: Any) -> tuple[str, str | None, str | None]:
+    """Check one limit; return what makes it unique on its owner (measure, per, model)."""
+    try:
+        measure, amount = measure_of(lim)
+    except ValueError as exc:
+        fail(where, str(exc))
+    if measure == "concurrent" and lim.per is not None:
+        fail(where + ["per"], "a concurrent limit counts requests in flight and takes no per")
+    if measure != "concurrent" and lim.per is None:
+        fail(where, f"a {measure} limit needs per: (like 1s, 1m, 1h, 1d)")
+    if lim.per is not None:
+        try:
+            window_seconds(lim.per)
+        except ValueError as exc:
+            fail(where + ["per"], str(exc))
+    if amount <= 0:
+        fail(where + [measure], "must be > 0")
+    if lim.model is not None and section == "models":
+        fail(where + ["model"], "a model's own limits apply to it already; model: belongs on key or team limits")
+    if lim.model is not None and lim.model not in models:
+        fail(where + ["model"], f"unknown model '{lim.model}'")
+    return measure, lim.per, lim.model
 
 
 _KEY_HASH = re.compile(r"^(sha256|hmac-sha256):[0-9a-f]{64}$")
