@@ -42,6 +42,15 @@ class Metrics:
             "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
         )
         self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served now.", registry=r)
+        self.limit_decisions = Counter(
+            "tollway_rate_limit_decisions", "Rate-limit decisions by limit (bucket id) and decision (allowed|limited).",
+            ("limit", "decision"), registry=r,
+        )
+        self.limit_store_errors = Counter(
+            "tollway_rate_limit_store_errors", "Limit decisions made without the bucket store, by backend and on_store_error.",
+            ("backend", "mode"), registry=r,
+        )
+        self._decision_children: dict[tuple[str, str], Counter] = {}
 
     def observe(self, *, operation: str, provider: str, model: str, response_model: str, status: int,
                 seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str) -> None:
@@ -51,6 +60,13 @@ class Metrics:
         if input_tokens or output_tokens:
             self.token_usage.labels(operation, provider, model, response_model, "input").observe(input_tokens)
             self.token_usage.labels(operation, provider, model, response_model, "output").observe(output_tokens)
+
+    def limit_decision(self, limit: str, decision: str) -> None:
+        """Count one decision on one limit (children cached: this runs per bucket per request)."""
+        child = self._decision_children.get((limit, decision))
+        if child is None:
+            child = self._decision_children[(limit, decision)] = self.limit_decisions.labels(limit, decision)
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
