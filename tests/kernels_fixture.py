@@ -8,6 +8,7 @@ that need both twins at once.
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import pytest
@@ -30,6 +31,8 @@ def compiled_or_skip(kernel: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
+        if os.environ.get("TOLLWAY_REQUIRE_EXTENSIONS"):  # CI: a missing build is a failure, not a skip
+            pytest.fail(f"{name} is not built ({exc}) but TOLLWAY_REQUIRE_EXTENSIONS is set")
         pytest.skip(f"{name} is not built ({exc}); run `python setup.py build_ext --inplace`")
 
 

@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# Tollway: build the compiled kernels in one stage, run as a non-root user in a slim one.
+
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY core ./core
+COPY ext ./ext
+COPY gateway ./gateway
+# A wheel with the Cython kernels compiled (setup.py says "ACCELERATED" in the log).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim AS runtime
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollway
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY examples/demo.yaml /etc/tollway/config.yaml
+USER 10001:10001
+EXPOSE 8080
+# Mount your own config over /etc/tollway/config.yaml (e.g. a Kubernetes ConfigMap).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+ENTRYPOINT ["tollway"]
+CMD ["serve", "--config", "/etc/tollway/config.yaml", "--host", "0.0.0.0", "--port", "8080"]
