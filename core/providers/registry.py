@@ -17,6 +17,14 @@ ADAPTERS: dict[tuple[str, str], str] = {
     **{(api, "openai"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
     **{(api, "fake"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
     **{(api, "azure_openai"): _AZURE for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
+    # Provider translation pairs (issue 5): OpenAI chat -> each provider's native API.
+    (ClientAPI.CHAT, "anthropic"): "core.providers.openai_anthropic:OpenAIToAnthropic",
+    # Anthropic Messages clients: pass-through to Anthropic, translated for everyone else.
+    (ClientAPI.MESSAGES, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
+    (ClientAPI.COUNT_TOKENS, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
+    (ClientAPI.MESSAGES, "openai"): "core.providers.anthropic_openai:AnthropicOverChat",
+    (ClientAPI.MESSAGES, "fake"): "core.providers.anthropic_openai:AnthropicOverChat",
+    (ClientAPI.MESSAGES, "azure_openai"): "core.providers.anthropic_openai:AnthropicToAzure",
 }
 
 # The OpenTelemetry GenAI `gen_ai.provider.name` value of each schema.

@@ -1,0 +1,102 @@
+"""Anthropic Messages client API -> Anthropic itself: a pass-through.
+
+The client's body goes upstream as it is (only `model` is rewritten to the target's upstream
+name); the gateway swaps the client's gateway key for its own `x-api-key`. Usage is read on
+the way past: from the body, or from `message_start` and the cumulative `message_delta` of a
+stream, whose bytes are forwarded untouched.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from core.errors import GatewayError
+from core.kernels import SSEFramer
+from core.providers.base import CallContext, ClientAPI, UpstreamCall
+from core.providers.openai_anthropic import anthropic_error, anthropic_headers, messages_url, usage_of
+from core.providers.wire import anthropic as wire
+from core.usage import Usage
+
+PATHS = {ClientAPI.MESSAGES: "/v1/messages", ClientAPI.COUNT_TOKENS: "/v1/messages/count_tokens"}
+
+_decode_doc = msgspec.json.decode
+_encode_doc = msgspec.json.encode
+
+
+class _UsageOnly(msgspec.Struct):
+    usage: wire.AnthropicUsage | None = None
+
+
+_decode_usage = msgspec.json.Decoder(_UsageOnly).decode
+
+
+class AnthropicNative:
+    """Adapter: Anthropic Messages (and count_tokens) straight to Anthropic."""
+
+    def build(self, ctx: CallContext) -> UpstreamCall:
+        stream = ctx.head.wants_stream and ctx.api == ClientAPI.MESSAGES
+        return UpstreamCall("POST", messages_url(ctx, PATHS[ctx.api]), anthropic_headers(ctx), _body(ctx), stream)
+
+    def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
+        if ctx.api != ClientAPI.MESSAGES:
+            return body, None
+        try:
+            found = _decode_usage(body).usage
+        except msgspec.MsgspecError:
+            return body, None
+        return body, usage_of(found) if found else None
+
+    def stream(self, ctx: CallContext) -> AnthropicStreamRelay:
+        return AnthropicStreamRelay()
+
+    def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
+        return anthropic_error(ctx, status, headers, body)
+
+
+def _body(ctx: CallContext) -> bytes:
+    if ctx.upstream_model == ctx.head.model:
+        return ctx.body
+    doc: dict[str, Any] = _decode_doc(ctx.body)
+    doc["model"] = ctx.upstream_model
+    return _encode_doc(doc)
+
+
+class AnthropicStreamRelay:
+    """Forwards Anthropic SSE bytes as they are, noting usage and the generated text."""
+
+    def __init__(self) -> None:
+        self._framer = SSEFramer()
+        self._usage = wire.AnthropicUsage()
+        self._text: list[str] = []
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._note(ev) for ev in self._framer.feed(chunk))
+
+    def flush(self) -> bytes:
+        return b"".join(self._note(ev) for ev in self._framer.flush())
+
+    def streamed_text(self) -> str:
+        return "".join(self._text)
+
+    def _note(self, ev: Any) -> bytes:
+        kind = ev.event
+        if kind in (b"message_start", b"message_delta", b"content_block_delta") and ev.data:
+            self._read(ev.data)
+        return ev.raw
+
+    def _read(self, data: bytes) -> None:
+        try:
+            event = wire.decode_event(data)
+        except msgspec.MsgspecError:
+            return  # forwarded as is; the client's SDK will judge it
+        found = event.message.usage if event.message else event.usage
+        if found is not None:
+            for field in found.__struct_fields__:
+                value = getattr(found, field)
+                if value is not None:
+                    setattr(self._usage, field, value)
+            self.usage = usage_of(self._usage)
+        if event.delta is not None and event.delta.text:
+            self._text.append(event.delta.text)

@@ -1,0 +1,119 @@
+"""The Anthropic Messages endpoints: `/anthropic/v1/messages` and `.../count_tokens`.
+
+They let the official `anthropic` SDK (base_url = the gateway + "/anthropic") use every model
+the gateway serves. Two things differ from the OpenAI paths, both at this boundary only:
+- the gateway key may come in `x-api-key`, as that SDK sends it, as well as `Authorization`;
+- errors are Anthropic-shaped (`{"type":"error","error":{"type":..., "message":...}}`), since
+  the SDK parses that shape; `AnthropicShapedError` re-dresses any `GatewayError` raised below.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from core import errors
+from core.errors import GatewayError
+from core.providers.base import ClientAPI
+from core.providers.wire import anthropic as wire
+from core.request import parse_head
+from gateway.exchange import Exchange
+from gateway.runtime import KeyRecord, Runtime
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+MESSAGES_PATH = "/anthropic/v1/messages"
+COUNT_TOKENS_PATH = "/anthropic/v1/messages/count_tokens"
+
+# HTTP status -> Anthropic's error `type` (what its SDK and docs use for each status).
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error",
+}
+_JSON = ("content-type", "application/json")
+
+
+class AnthropicShapedError(GatewayError):
+    """A GatewayError whose body is Anthropic's error envelope."""
+
+    @classmethod
+    def of(cls, exc: GatewayError) -> AnthropicShapedError:
+        return cls(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
+
+    def body(self) -> bytes:
+        kind = ERROR_TYPES.get(self.status, "api_error")
+        return wire.encode(wire.ErrorBody(wire.ErrorDetail(kind, self.message)))
+
+    def sse_event(self) -> bytes:
+        return b"event: error\ndata: " + self.body() + b"\n\n"
+
+
+class AnthropicAPI:
+    """Handlers for the Anthropic paths; `routes()` is merged into the gateway's route table."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> dict[tuple[str, str], tuple[str, Any]]:
+        return {
+            ("POST", MESSAGES_PATH): (ClientAPI.MESSAGES, self.messages),
+            ("POST", COUNT_TOKENS_PATH): (ClientAPI.COUNT_TOKENS, self.count_tokens),
+        }
+
+    def authenticate(self, rt: Runtime, scope: Any) -> KeyRecord:
+        """The key record for `x-api-key` (or, failing that, the bearer token). Raises 401."""
+        token = scope.headers.get("x-api-key")
+        if not token:
+            return self.gateway.authenticate(rt, scope)
+        record = rt.keys.lookup(token.strip())
+        if record is None:
+            raise errors.unauthorized("Incorrect API key provided. Check the gateway key you were given.")
+        return record
+
+    async def messages(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        try:
+            await self.gateway.proxy_api(ClientAPI.MESSAGES, scope, proto, ex, authenticate=self.authenticate)
+        except GatewayError as exc:
+            raise AnthropicShapedError.of(exc) from None
+
+    async def count_tokens(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        """Anthropic providers count upstream; for every other provider the gateway counts
+        locally with tiktoken over the request's text (an estimate, as the real tokenizer
+        of a non-OpenAI model is not public)."""
+        try:
+            await self._count_tokens(scope, proto, ex)
+        except GatewayError as exc:
+            raise AnthropicShapedError.of(exc) from None
+
+    async def _count_tokens(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        gw, rt = self.gateway, self.gateway.runtime
+        key = self.authenticate(rt, scope)
+        ex.key_name = key.key.name
+        body = await gw.read_body(rt, scope, proto)
+        head = parse_head(body, rt.config.server.max_json_depth)
+        ex.model = head.model
+        route = rt.routes.resolve(head.model or "")
+        if route is None:
+            raise errors.model_not_found(head.model or "")
+        if not key.may_use(route.name):
+            raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
+        targets = route.fallback_order(rt.random())
+        provider = rt.providers[targets[0].provider] if targets else None
+        if provider is not None and provider.adapter(ClientAPI.COUNT_TOKENS) is not None:
+            await gw.proxy.forward(rt, ex, route, head, body, proto, [("x-request-id", ex.request_id)])
+            return
+        ex.status = 200
+        counted = msgspec.json.encode({"input_tokens": local_token_count(body, head.model or "")})
+        proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], counted)
+
+
+def local_token_count(body: bytes, model: str) -> int:
+    """Tokens of an Anthropic request's text (system, messages, tool definitions)."""
+    from core.providers.anthropic_openai import decode_messages, to_chat_request  # noqa: PLC0415
+    from core.tokens import count_tokens  # noqa: PLC0415 - tiktoken loads only when counting
+
+    chat = to_chat_request(decode_messages(body), model)
+    text = msgspec.json.encode(chat.messages).decode() + (msgspec.json.encode(chat.tools).decode() if chat.tools else "")
+    return count_tokens(text, model)

@@ -1,0 +1,131 @@
+"""A fake Anthropic Messages API speaking Anthropic's real wire format.
+
+`POST /v1/messages` answers a `message` body or, with `stream: true`, the documented SSE
+sequence (`message_start`, per block `content_block_start`/`_delta`/`_stop`, `ping`,
+`message_delta`, `message_stop`), with a tool_use block when the request offers tools.
+`POST /v1/messages/count_tokens` answers `{"input_tokens": N}`. Every request is recorded.
+Requests without `x-api-key` or `anthropic-version` get Anthropic's 401/400 error bodies,
+and the upstream model name selects a misbehaviour:
+
+  overloaded (529 overloaded_error), rate-limited (429 with retry-after: 7),
+  bad-key (401 authentication_error), stream-error (an `error` event mid-stream).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from tests.harness import ThreadedServer
+
+REPLY = "Hello from the fake Anthropic upstream"
+TOOL_INPUT = {"city": "Paris", "unit": "celsius"}
+USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 8, "output_tokens": 1}
+OUTPUT_TOKENS = 17
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status, headers=headers)
+
+
+def sse(kind: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def message_events(model: str, with_tool: bool, fail_midway: bool = False) -> list[bytes]:
+    """The SSE events Anthropic sends for one streamed answer (REPLY, then maybe a tool call)."""
+    start = {"id": "msg_fake01", "type": "message", "role": "assistant", "content": [], "model": model,
+             "stop_reason": None, "stop_sequence": None, "usage": USAGE}
+    events = [sse("message_start", {"type": "message_start", "message": start}),
+              sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                          "content_block": {"type": "text", "text": ""}}),
+              sse("ping", {"type": "ping"})]
+    for i, word in enumerate(REPLY.split(" ")):
+        events.append(sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                  "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}}))
+        if fail_midway and i == 1:
+            return events + [sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    events.append(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    if with_tool:
+        args = json.dumps(TOOL_INPUT)
+        events.append(sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+            "type": "tool_use", "id": "toolu_fake01", "name": "get_weather", "input": {}}}))
+        for piece in (args[:9], args[9:20], args[20:]):
+            events.append(sse("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                                      "delta": {"type": "input_json_delta", "partial_json": piece}}))
+        events.append(sse("content_block_stop", {"type": "content_block_stop", "index": 1}))
+    reason = "tool_use" if with_tool else "end_turn"
+    events.append(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None},
+                                        "usage": {"output_tokens": OUTPUT_TOKENS}}))
+    events.append(sse("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def message_body(model: str, with_tool: bool, tool_name: str = "get_weather") -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": REPLY}]
+    if with_tool:
+        content.append({"type": "tool_use", "id": "toolu_fake01", "name": tool_name, "input": TOOL_INPUT})
+    return {"id": "msg_fake01", "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": "tool_use" if with_tool else "end_turn", "stop_sequence": None,
+            "usage": {**USAGE, "output_tokens": OUTPUT_TOKENS}}
+
+
+class FakeAnthropic:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.server = ThreadedServer(self._app)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        return app
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = await request.json()
+        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
+                              "body": body})
+        return body
+
+    def _refuse(self, request: web.Request, model: str) -> web.Response | None:
+        if not request.headers.get("x-api-key") or model == "bad-key":
+            return _error(401, "authentication_error", "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            return _error(400, "invalid_request_error", "anthropic-version: header is required")
+        if model == "overloaded":
+            return _error(529, "overloaded_error", "Overloaded")
+        if model == "rate-limited":
+            return _error(429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.",
+                          {"retry-after": "7"})
+        return None
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = body.get("model", "")
+        refused = self._refuse(request, model)
+        if refused is not None:
+            return refused
+        if not isinstance(body.get("max_tokens"), int):
+            return _error(400, "invalid_request_error", "max_tokens: Field required")
+        tools = body.get("tools") or []
+        if not body.get("stream"):
+            return web.json_response(message_body(model, bool(tools), tools[0]["name"] if tools else "get_weather"))
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        for event in message_events(model, bool(tools), fail_midway=model == "stream-error"):
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        refused = self._refuse(request, body.get("model", ""))
+        return refused or web.json_response({"input_tokens": 42})

@@ -1,0 +1,213 @@
+"""End to end through a real gateway: Anthropic as a provider (official openai SDK), and the
+`/anthropic/v1/messages` client API (official anthropic SDK) backed by OpenAI and Anthropic."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import anthropic
+import openai
+import pytest
+
+from tests.fakes import anthropic_upstream as fa
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.openai_upstream import REPLY as OPENAI_REPLY
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.fixture(scope="module")
+def anthropic_upstream() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
+    misbehaving = "\n".join(f"  - name: {m}\n    targets: [{{provider: claude}}]"
+                            for m in ("overloaded", "rate-limited", "bad-key", "stream-error"))
+    process = GatewayProcess(f"""
+providers:
+  - name: claude
+    schema: anthropic
+    base_url: {anthropic_upstream.url}
+    api_key: {UPSTREAM_SECRET}
+  - name: up
+    schema: openai
+    base_url: {openai_upstream.url}
+    api_key: {UPSTREAM_SECRET}
+models:
+  - name: claude-sonnet
+    targets: [{{provider: claude, model: claude-sonnet-4-5}}]
+  - name: gpt-4o-mini
+    targets: [{{provider: up}}]
+  - name: sturdy
+    targets: [{{provider: claude, model: overloaded, priority: 0}}, {{provider: up, model: gpt-4o-mini, priority: 1}}]
+{misbehaving}
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""")
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def oai(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+
+@pytest.fixture()
+def ant(gw: GatewayProcess) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
+
+
+# -- OpenAI client -> Anthropic provider -----------------------------------------------
+
+def test_openai_sdk_non_stream_via_anthropic(oai, anthropic_upstream):
+    r = oai.chat.completions.create(model="claude-sonnet", messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}, {"role": "user", "content": "there"}])
+    assert r.choices[0].message.content == fa.REPLY and r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == 21 + 4 + 8 and r.usage.completion_tokens == fa.OUTPUT_TOKENS
+    assert r.usage.prompt_tokens_details.cached_tokens == 8
+    sent = anthropic_upstream.last()
+    assert sent["headers"]["x-api-key"] == UPSTREAM_SECRET and TEST_KEY not in json.dumps(sent)
+    assert sent["body"]["system"] == [{"type": "text", "text": "Be brief."}]
+    assert sent["body"]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                                     {"type": "text", "text": "there"}]}]
+    assert sent["body"]["model"] == "claude-sonnet-4-5" and sent["body"]["max_tokens"] > 0
+
+
+def test_openai_sdk_stream_via_anthropic(oai):
+    chunks = list(oai.chat.completions.create(model="claude-sonnet", stream=True, stream_options={"include_usage": True},
+                                              messages=[{"role": "user", "content": "hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == fa.REPLY
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage.prompt_tokens == 33 and chunks[-1].usage.completion_tokens == fa.OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_tools_via_anthropic(oai, anthropic_upstream, stream):
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    if stream:
+        chunks = list(oai.chat.completions.create(model="claude-sonnet", stream=True, messages=messages, tools=[WEATHER_TOOL]))
+        calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        name, args = calls[0].function.name, "".join(tc.function.arguments or "" for tc in calls)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    else:
+        r = oai.chat.completions.create(model="claude-sonnet", messages=messages, tools=[WEATHER_TOOL], tool_choice="required")
+        call = r.choices[0].message.tool_calls[0]
+        name, args, finish = call.function.name, call.function.arguments, [r.choices[0].finish_reason]
+        assert anthropic_upstream.last()["body"]["tool_choice"] == {"type": "any"}
+    assert name == "get_weather" and json.loads(args) == fa.TOOL_INPUT and finish == ["tool_calls"]
+    assert anthropic_upstream.last()["body"]["tools"][0]["input_schema"] == WEATHER_TOOL["function"]["parameters"]
+
+
+def test_openai_sdk_tool_result_round_trip(oai, anthropic_upstream):
+    oai.chat.completions.create(model="claude-sonnet", tools=[WEATHER_TOOL], messages=[
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"}])
+    turns = anthropic_upstream.last()["body"]["messages"]
+    assert turns[1] == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]}
+    assert turns[2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}]}
+
+
+def test_anthropic_errors_become_openai_errors(oai):
+    with pytest.raises(openai.RateLimitError) as rate:
+        oai.chat.completions.create(model="rate-limited", messages=[{"role": "user", "content": "x"}])
+    assert rate.value.response.headers["retry-after"] == "7"
+    with pytest.raises(openai.InternalServerError) as over:
+        oai.chat.completions.create(model="overloaded", messages=[{"role": "user", "content": "x"}])
+    assert over.value.status_code == 503
+    with pytest.raises(openai.APIStatusError) as auth:
+        oai.chat.completions.create(model="bad-key", messages=[{"role": "user", "content": "x"}])
+    assert auth.value.status_code == 502 and UPSTREAM_SECRET not in auth.value.response.text
+    assert "credential" in auth.value.message
+
+
+def test_unsupported_feature_is_400_naming_field(oai):
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.chat.completions.create(model="claude-sonnet", n=2, messages=[{"role": "user", "content": "x"}])
+    assert bad.value.body["param"] == "n"
+
+
+def test_overloaded_anthropic_falls_back_to_next_priority(oai):
+    r = oai.chat.completions.create(model="sturdy", messages=[{"role": "user", "content": "x"}])
+    assert r.choices[0].message.content == OPENAI_REPLY
+
+
+def test_error_event_mid_stream_reaches_openai_client(oai):
+    with pytest.raises(openai.APIError):
+        list(oai.chat.completions.create(model="stream-error", stream=True, messages=[{"role": "user", "content": "x"}]))
+
+
+# -- Anthropic client -> OpenAI-compatible and Anthropic providers ---------------------------
+
+def test_anthropic_sdk_over_openai_backend(ant, openai_upstream):
+    m = ant.messages.create(model="gpt-4o-mini", max_tokens=100, system="Be brief.",
+                            messages=[{"role": "user", "content": "hello there"}])
+    assert m.content[0].text == OPENAI_REPLY and m.stop_reason == "end_turn"
+    assert m.usage.output_tokens == 9 and m.usage.input_tokens == 4
+    sent = openai_upstream.last("/chat/completions")["body"]
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
+    assert sent["max_tokens"] == 100
+
+
+def test_anthropic_sdk_stream_over_openai_backend(ant):
+    with ant.messages.stream(model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == OPENAI_REPLY and final.stop_reason == "end_turn" and final.usage.output_tokens == 9
+
+
+def test_anthropic_sdk_tools_over_openai_backend(ant):
+    # (The OpenAI fake streams no tool calls; the streamed tool path is covered in
+    # test_translate_anthropic_openai.py and over the Bedrock fake.)
+    tools = [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {}}}]
+    m = ant.messages.create(model="gpt-4o-mini", max_tokens=50, tools=tools,
+                            messages=[{"role": "user", "content": "Weather in Paris?"}])
+    use = [b for b in m.content if b.type == "tool_use"]
+    assert m.stop_reason == "tool_use" and use[0].name == "get_weather" and use[0].input == {"city": "Paris"}
+
+
+def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):
+    m = ant.messages.create(model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert m.content[0].text == fa.REPLY and m.usage.cache_read_input_tokens == 8
+    sent = anthropic_upstream.last()
+    assert sent["headers"]["x-api-key"] == UPSTREAM_SECRET and sent["body"]["model"] == "claude-sonnet-4-5"
+    with ant.messages.stream(model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
+        assert "".join(s.text_stream) == fa.REPLY
+    line = [r for r in gw.log_lines() if r.get("api") == "messages"][-1]
+    assert line["prompt_tokens"] == 33 and line["completion_tokens"] == fa.OUTPUT_TOKENS
+
+
+def test_anthropic_sdk_errors_are_anthropic_shaped(gw):
+    bad = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key="not-a-key", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as auth:
+        bad.messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert auth.value.body["type"] == "error" and auth.value.body["error"]["type"] == "authentication_error"
+    good = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
+    with pytest.raises(anthropic.NotFoundError):
+        good.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.RateLimitError):
+        good.messages.create(model="rate-limited", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+def test_anthropic_sdk_count_tokens(ant):
+    native = ant.messages.count_tokens(model="claude-sonnet", messages=[{"role": "user", "content": "hi"}])
+    assert native.input_tokens == 42  # answered by the Anthropic upstream
+    local = ant.messages.count_tokens(model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four"}])
+    assert 4 <= local.input_tokens < 40  # counted by the gateway
+
+
+def test_bearer_auth_also_accepted_on_anthropic_path(gw):
+    client = anthropic.Anthropic(base_url=gw.url + "/anthropic", auth_token=TEST_KEY, api_key=None, max_retries=0)
+    m = client.messages.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert m.content[0].text == OPENAI_REPLY
