@@ -1,0 +1,165 @@
+"""The limiter: reserve quota before a request goes upstream, settle it after the response.
+
+The policy (which buckets, how much, the 429) is `core.limits`; this module runs it against a
+*bucket store*: `MemoryBuckets` (one process) or `RedisBuckets` (shared by every worker and
+replica). A store does two things on a plan's buckets: `take` all amounts or none (and say the
+levels), and `charge` signed amounts without asking (settle deltas, fire and forget).
+
+When the store cannot answer (Redis down), `rate_limits.on_store_error` decides: `open`
+admits the request unmetered, `closed` refuses it with a 503. Either way the decision is
+counted in `tollway_rate_limit_store_errors_total`; the store logs once when an incident
+starts and once when it ends, never per request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from core import limits
+from core.config import Config, Key
+from core.errors import GatewayError
+from core.limits import LimitPolicy, Plan, Reservation
+from core.request import RequestHead
+from core.tokens import estimate_prompt_tokens
+from core.usage import Usage
+
+log = logging.getLogger("tollway")
+
+
+class StoreUnavailable(Exception):
+    """The bucket store could not make a decision (connection refused, timeout, ...)."""
+
+
+class BucketStore(Protocol):
+    backend: str
+    settings: tuple[str, ...]  # see store_settings()
+
+    def configure(self, policy: LimitPolicy) -> None:
+        """Adopt the buckets of a (new) config, keeping the levels of unchanged buckets."""
+
+    async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Take every amount or none. Returns (taken, levels after). Raises StoreUnavailable."""
+
+    def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
+        """Charge signed amounts (negative refunds) without waiting; never raises."""
+
+    async def levels(self, policy: LimitPolicy) -> dict[str, float]:
+        """Current level of every bucket of `policy`, by bucket id. Raises StoreUnavailable."""
+
+    async def aclose(self) -> None:
+        """Flush what is queued and release connections."""
+
+
+class Lease:
+    """A granted reservation: what to settle later and the headers to send now."""
+
+    __slots__ = ("plan", "reservation", "model", "headers", "metered")
+
+    def __init__(self, plan: Plan, reservation: Reservation, model: str, headers: list[tuple[str, str]],
+                 metered: bool = True) -> None:
+        self.plan = plan
+        self.reservation = reservation
+        self.model = model
+        self.headers = headers
+        self.metered = metered  # False when admitted without the store (on_store_error: open)
+
+
+class Limiter:
+    """Runs one config's limit policy against a bucket store."""
+
+    def __init__(self, config: Config, store: BucketStore, metrics: Any) -> None:
+        self.policy = LimitPolicy(config)
+        self.store = store
+        self.fail_open = config.rate_limits.on_store_error == "open"
+        self.metrics = metrics
+        store.configure(self.policy)
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.enabled
+
+    async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
+        """Reserve this request's quota on every bucket that applies to it.
+
+        Returns None when no limit applies, else the Lease to settle. Raises GatewayError:
+        429 when a bucket has no room, 503 when the store is down and `on_store_error: closed`.
+        """
+        plan = self.policy.plan(key, model)
+        if not plan:
+            return None
+        reservation = limits.reserve(plan, estimate_prompt_tokens(body), self.policy.output_bound(api, head),
+                                     self.policy.price(model))
+        try:
+            taken, levels = await self.store.take(plan, reservation.amounts)
+        except StoreUnavailable:
+            return self._without_store(plan, reservation, model)
+        if not taken:
+            refusal = limits.denial(plan, reservation.amounts, levels)
+            self.metrics.limit_decision(refusal.bucket.id, "limited")
+            raise limits.rejection(refusal, model)
+        for bucket in plan.buckets:
+            self.metrics.limit_decision(bucket.id, "allowed")
+        return Lease(plan, reservation, model, limits.ratelimit_headers(plan, levels))
+
+    def settle(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
+        """Settle `lease` with what was really used (None: nothing), after the current callback,
+        so the response the client waits for is never delayed by it."""
+        if lease.metered:
+            asyncio.get_running_loop().call_soon(self._settle_now, lease, usage, upstream_model)
+
+    def _settle_now(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
+        price = self.policy.price(lease.model, upstream_model)
+        self.store.charge(lease.plan, limits.settle(lease.plan, lease.reservation, usage, price))
+
+    def _without_store(self, plan: Plan, reservation: Reservation, model: str) -> Lease:
+        self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
+        if not self.fail_open:
+            raise GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
+                               "api_error", "rate_limit_store_unavailable", None, limits.retry_headers(1.0))
+        return Lease(plan, reservation, model, [], metered=False)
+
+    async def usage_report(self) -> list[dict[str, Any]]:
+        """Every bucket with its limit, current use and what remains. Raises StoreUnavailable."""
+        levels = await self.store.levels(self.policy)
+        report = []
+        for bucket_id, bucket in self.policy.buckets.items():
+            level = levels.get(bucket_id, bucket.capacity)
+            report.append({
+                "id": bucket_id, "scope": bucket.scope, "owner": bucket.owner, "measure": bucket.measure,
+                "per_seconds": bucket.window or None, "limit": bucket.capacity,
+                "used": round(bucket.capacity - level, 6), "remaining": round(max(level, 0.0), 6),
+                "reset_seconds": _finite(bucket.until_full(level)),
+            })
+        return report
+
+
+def _finite(seconds: float) -> float | None:
+    return None if seconds == float("inf") else round(seconds, 3)
+
+
+def build_limiter(config: Config, metrics: Any, previous: Limiter | None = None) -> Limiter:
+    """The limiter for `config`, reusing the previous store when the backend did not change
+    (so a reload keeps every unchanged bucket's level and the Redis connections)."""
+    settings = store_settings(config)
+    store: BucketStore | None = previous.store if previous is not None else None
+    if store is None or store.settings != settings:
+        store = _new_store(config, metrics)
+    return Limiter(config, store, metrics)
+
+
+def store_settings(config: Config) -> tuple[str, ...]:
+    """What identifies a store: a change here needs a new one."""
+    rl = config.rate_limits
+    return (rl.backend, rl.redis_url, rl.key_prefix) if rl.backend == "redis" else (rl.backend,)
+
+
+def _new_store(config: Config, metrics: Any) -> BucketStore:
+    rl = config.rate_limits
+    if rl.backend == "redis":
+        from gateway.limiter_redis import RedisBuckets
+
+        return RedisBuckets(rl.redis_url, rl.key_prefix, metrics)
+    from gateway.limiter_memory import MemoryBuckets
+
+    return MemoryBuckets()

@@ -1,0 +1,66 @@
+"""The in-process bucket store: one `BucketTable` kernel, clocked by time.monotonic().
+
+It is exact for one process and shares nothing: with `--workers N` each worker has its own
+table, which is why `tollway serve` refuses that combination (see gateway/serve.py).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from core.kernels import BucketTable
+from core.limits import LimitPolicy, Plan
+
+
+class MemoryBuckets:
+    backend = "memory"
+    settings = ("memory",)
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._table = BucketTable()
+        self._slot: dict[str, int] = {}  # bucket id -> slot; kept across reloads
+        self._plans: dict[int, tuple[Plan, list[int]]] = {}  # id(plan) -> (plan, its slots)
+        self._clock = clock
+
+    def configure(self, policy: LimitPolicy) -> None:
+        """Give every bucket of `policy` a slot; an existing bucket keeps its level."""
+        self._plans.clear()  # the new policy has new plan objects
+        for bucket_id, bucket in policy.buckets.items():
+            slot = self._slot.get(bucket_id)
+            if slot is None:
+                self._slot[bucket_id] = self._table.add(bucket.capacity, bucket.refill)
+            else:
+                self._table.reconfigure(slot, bucket.capacity, bucket.refill)
+
+    async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Take all amounts or none; return (taken, levels after)."""
+        slots = self._slots(plan)
+        now = self._clock()
+        table = self._table
+        taken = table.try_take(slots, amounts, now) == 0.0
+        return taken, tuple([table.level(slot, now) for slot in slots])
+
+    def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
+        """Apply settle deltas: positive takes (may leave debt), negative gives back."""
+        now = self._clock()
+        table = self._table
+        for slot, delta in zip(self._slots(plan), deltas):
+            if delta > 0.0:
+                table.take(slot, delta, now)
+            elif delta < 0.0:
+                table.give(slot, -delta, now)
+
+    async def levels(self, policy: LimitPolicy) -> dict[str, float]:
+        now = self._clock()
+        return {bucket_id: self._table.level(self._slot[bucket_id], now) for bucket_id in policy.buckets}
+
+    async def aclose(self) -> None:
+        return None
+
+    def _slots(self, plan: Plan) -> list[int]:
+        # Keyed by identity (plans are cached by the policy, so this is one dict hit); the
+        # entry holds the plan itself, so an id reused after a reload can never match.
+        entry = self._plans.get(id(plan))
+        if entry is None or entry[0] is not plan:
+            entry = self._plans[id(plan)] = (plan, [self._slot[b.id] for b in plan.buckets])
+        return entry[1]
