@@ -41,6 +41,6 @@ def write_config(workdir: Path, models: dict[str, int], access_log: bool = False
     path.write_text(
         "providers:\n" + "".join(providers) + "models:\n" + "".join(routes)
         + f'keys:\n  - name: bench\n    key_hash: "{key_hash.stdout.strip()}"\n    models: ["*"]\n'
-        + "    limits: [{requests: 1000000000, per: minute}]\n"
+        + "    limits: [{requests: 1000000000, per: 1m}]\n"
         + f"server:\n  access_log: {'true' if access_log else 'false'}\n")
     return path
