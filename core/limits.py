@@ -82,10 +82,11 @@ class Bucket:
 
     id: str           # stable while the limit is unchanged: the store's name for this bucket
     scope: str        # key | team | model | key_model | team_model
-    owner: str        # the key/team/model name; "key/model" for pairs
+    owner: str        # the key, team or model name
     measure: str
     capacity: float
     window: float     # seconds; 0 for a concurrent gauge
+    model: str | None = None  # the model of a key_model or team_model pair
 
     @property
     def refill(self) -> float:
@@ -112,13 +113,17 @@ class Bucket:
         return missing / self.refill if self.refill > 0.0 else math.inf
 
 
-def bucket_for(scope: str, owner: str, limit: Limit) -> Bucket:
-    """The bucket of `limit` on `owner`. Raises ValueError for a malformed limit."""
+def bucket_for(scope: str, owner: str, limit: Limit, model: str | None = None) -> Bucket:
+    """The bucket of `limit` on `owner` (on the pair owner x `model` when given).
+    Raises ValueError for a malformed limit."""
     measure, amount = measure_of(limit)
     window = 0.0 if measure == "concurrent" else window_seconds(limit.per or "")
     per = "inflight" if measure == "concurrent" else f"{window:g}s"
-    bucket_id = f"{scope}:{quote(owner, safe='/-._~@')}:{measure}:{per}"
-    return Bucket(bucket_id, scope, owner, measure, amount, window)
+    name = quote(owner, safe=_SAFE) + (f"/{quote(model, safe=_SAFE)}" if model is not None else "")
+    return Bucket(f"{scope}:{name}:{measure}:{per}", scope, owner, measure, amount, window, model)
+
+
+_SAFE = "-._~@"  # everything else in a name is %-escaped, so ids never collide
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +231,7 @@ def _owned(scope: str, owner: str, limits: list[Limit], model: str | None, only_
         if lim.model is None and not only_model:
             out.append(bucket_for(scope, owner, lim))
         elif lim.model is not None and lim.model == model:
-            out.append(bucket_for(f"{scope}_model", f"{owner}/{model}", lim))
+            out.append(bucket_for(f"{scope}_model", owner, lim, model))
     return out
 
 
@@ -303,12 +308,13 @@ def rejection(d: Denial, model: str) -> GatewayError:
     wait = CONCURRENT_RETRY if b.measure == "concurrent" else d.wait
     per = "in flight" if b.measure == "concurrent" else f"per {go_duration(b.window)}"
     scope = b.scope.replace("_", " x ")
+    owner = f"{b.owner}' x '{b.model}" if b.model else b.owner
     if b.is_budget:
-        message = (f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{b.owner}'. "
+        message = (f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. "
                    f"Please try again in {go_duration(wait)}.")
         err_type, code = "insufficient_quota", "insufficient_quota"
     else:
-        message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{b.owner}': "
+        message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{owner}': "
                    f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):g}, Requested {d.requested:g}. "
                    f"Please try again in {go_duration(wait)}.")
         err_type, code = ("tokens" if "tokens" in b.measure else "requests"), "rate_limit_exceeded"

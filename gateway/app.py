@@ -22,8 +22,10 @@ from core.errors import GatewayError
 from core.providers.base import ClientAPI
 from core.request import parse_head
 from gateway.accesslog import AccessLog
+from gateway.admin import AdminAPI
 from gateway.anthropic_api import AnthropicAPI
 from gateway.exchange import Exchange, request_id
+from gateway.limiter import Limiter, build_limiter
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
 from gateway.runtime import KeyRecord, Runtime
@@ -43,6 +45,7 @@ class Gateway:
         self.upstream: UpstreamClient | None = None
         self.runtime = Runtime(config, None)
         self.proxy = Proxy(self.metrics)
+        self.limiter: Limiter | None = None  # built in start(): a Redis store belongs to the serving loop
         self.ready = False
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/chat/completions"): (ClientAPI.CHAT, partial(self.proxy_api, ClientAPI.CHAT)),
@@ -55,6 +58,7 @@ class Gateway:
             ("GET", "/metrics"): ("metrics", self.metrics_endpoint),
             **AnthropicAPI(self).routes(),
         }
+        self.routes.update(AdminAPI(self).routes())
 
     # -- lifecycle (granian calls these once per worker) ---------------------------------
 
@@ -64,16 +68,22 @@ class Gateway:
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.upstream is not None:
             loop.run_until_complete(self.upstream.aclose())
+        if self.limiter is not None:  # flush queued settles
+            loop.run_until_complete(self.limiter.store.aclose())
         self.access_log.flush()
 
     def start(self) -> None:
         """Open the upstream pool and begin serving (needs no running loop)."""
         self.upstream = UpstreamClient(ca_bundle=os.environ.get("TOLLWAY_CA_BUNDLE"))
         self.runtime = Runtime(self.runtime.config, self.upstream)
+        self.limiter = build_limiter(self.runtime.config, self.metrics, self.limiter)
         self.ready = True
 
     def reload(self, config: Config) -> None:
         """Swap in a new config; requests in flight keep the runtime they started with."""
+        old_limiter, self.limiter = self.limiter, build_limiter(config, self.metrics, self.limiter)
+        if old_limiter is not None and old_limiter.store is not self.limiter.store:
+            self._closing_store = asyncio.get_running_loop().create_task(old_limiter.store.aclose())
         self.runtime = Runtime(config, self.upstream)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -177,7 +187,14 @@ class Gateway:
         ex.route = route.name
         if not key.may_use(route.name):
             raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
-        await self.proxy.forward(rt, ex, route, head, body, proto, [("x-request-id", ex.request_id)])
+        limiter = self.limiter
+        lease = await limiter.reserve(key.key, route.name, api, head, body) if limiter and limiter.enabled else None
+        headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
+        try:
+            await self.proxy.forward(rt, ex, route, head, body, proto, headers)
+        finally:
+            if lease is not None:  # also when the upstream failed or the client left: charge what was used
+                limiter.settle(lease, ex.usage, ex.upstream_model)
 
     async def list_models(self, scope: Any, proto: Any, ex: Exchange) -> None:
         rt = self.runtime

@@ -126,7 +126,8 @@ class Limiter:
         for bucket_id, bucket in self.policy.buckets.items():
             level = levels.get(bucket_id, bucket.capacity)
             report.append({
-                "id": bucket_id, "scope": bucket.scope, "owner": bucket.owner, "measure": bucket.measure,
+                "id": bucket_id, "scope": bucket.scope, "owner": bucket.owner, "model": bucket.model,
+                "measure": bucket.measure,
                 "per_seconds": bucket.window or None, "limit": bucket.capacity,
                 "used": round(bucket.capacity - level, 6), "remaining": round(max(level, 0.0), 6),
                 "reset_seconds": _finite(bucket.until_full(level)),
