@@ -315,7 +315,7 @@ def rejection(d: Denial, model: str) -> GatewayError:
         err_type, code = "insufficient_quota", "insufficient_quota"
     else:
         message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{owner}': "
-                   f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):g}, Requested {d.requested:g}. "
+                   f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. "
                    f"Please try again in {go_duration(wait)}.")
         err_type, code = ("tokens" if "tokens" in b.measure else "requests"), "rate_limit_exceeded"
     return GatewayError(429, message, err_type, code, None, retry_headers(wait))

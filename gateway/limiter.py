@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Protocol
 
 from core import limits
@@ -142,11 +143,30 @@ def _finite(seconds: float) -> float | None:
 def build_limiter(config: Config, metrics: Any, previous: Limiter | None = None) -> Limiter:
     """The limiter for `config`, reusing the previous store when the backend did not change
     (so a reload keeps every unchanged bucket's level and the Redis connections)."""
+    problem = per_worker_problem(config, int(os.environ.get(WORKERS_ENV, "1")))
+    if problem and previous is not None:  # `tollway serve` refused this at start; a reload cannot
+        log.error("config reload: %s Until restarted, each of the workers enforces every limit on its own.", problem)
     settings = store_settings(config)
     store: BucketStore | None = previous.store if previous is not None else None
     if store is None or store.settings != settings:
         store = _new_store(config, metrics)
     return Limiter(config, store, metrics)
+
+
+WORKERS_ENV = "TOLLWAY_WORKERS"  # set by `tollway serve` for its worker processes
+
+
+def per_worker_problem(config: Config, workers: int) -> str | None:
+    """Why `config` cannot be enforced by `workers` processes, or None if it can.
+
+    The memory backend keeps each worker's buckets in that worker, and granian spreads
+    connections over workers, so N workers would admit up to N times every limit.
+    """
+    if workers <= 1 or config.rate_limits.backend != "memory" or not LimitPolicy(config).enabled:
+        return None
+    return (f"rate_limits.backend 'memory' keeps limits inside one process, and --workers {workers} would run "
+            f"{workers} of them: together they would admit up to {workers}x every limit. "
+            "Use rate_limits.backend: redis to share limits, or serve with --workers 1.")
 
 
 def store_settings(config: Config) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ import os
 import sys
 
 from core.config import Config
+from gateway.limiter import WORKERS_ENV, per_worker_problem
 
 
 def serve(config: Config, config_path: str, host: str, port: int, workers: int) -> int:
@@ -15,10 +16,12 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
     if workers < 1:
         print("tollway: --workers must be at least 1", file=sys.stderr)
         return 2
-    warning = shared_state_warning(config, workers)
-    if warning:
-        print(f"tollway: {warning}", file=sys.stderr)
+    problem = per_worker_problem(config, workers)
+    if problem:  # refuse rather than silently admit N times every limit; see docs/limits.md
+        print(f"tollway: refusing to start: {problem}", file=sys.stderr)
+        return 2
     os.environ["TOLLWAY_CONFIG"] = config_path
+    os.environ[WORKERS_ENV] = str(workers)
     server = Granian(
         "gateway.app:create_app",
         address=host,
@@ -32,12 +35,3 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
     )
     server.serve()
     return 0
-
-
-def shared_state_warning(config: Config, workers: int) -> str | None:
-    """What the operator must know when limits live in memory but several workers serve."""
-    has_limits = any(k.limits for k in config.keys) or any(m.limits for m in config.models) or any(t.limits for t in config.teams)
-    if workers > 1 and has_limits and config.rate_limits.backend == "memory":
-        return (f"rate_limits.backend is 'memory' with {workers} workers: each worker enforces every limit on its own, "
-                f"so together they admit up to {workers}x each limit. Use backend: redis to share limits.")
-    return None
