@@ -29,7 +29,7 @@ class FunctionCall(msgspec.Struct, omit_defaults=True):
     arguments: str = ""
 
 
-class ToolCall(msgspec.Struct, omit_defaults=True):
+class ToolCall(msgspec.Struct):  # `type` is required on the wire: never omitted
     id: str
     function: FunctionCall
     type: str = "function"
@@ -49,7 +49,7 @@ class FunctionDef(msgspec.Struct, omit_defaults=True):
     parameters: dict[str, Any] | None = None
 
 
-class Tool(msgspec.Struct, omit_defaults=True):
+class Tool(msgspec.Struct):  # `type` is required on the wire: never omitted
     function: FunctionDef
     type: str = "function"
 
@@ -58,7 +58,7 @@ class ToolChoiceFunction(msgspec.Struct, omit_defaults=True):
     name: str
 
 
-class NamedToolChoice(msgspec.Struct, omit_defaults=True):
+class NamedToolChoice(msgspec.Struct):  # `type` is required on the wire: never omitted
     function: ToolChoiceFunction
     type: str = "function"
 
