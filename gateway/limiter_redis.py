@@ -1,0 +1,300 @@
+"""The shared bucket store: token buckets in Redis, decided by one Lua script, in batches.
+
+Theory of operation
+-------------------
+Every worker of every replica talks to one Redis. A bucket is a hash `{<prefix>}:b:<bucket id>`
+holding its level `l` and the time of that level `t` (Redis server time, so every gateway
+agrees on the clock). The Lua script `BUCKETS_LUA` runs the same arithmetic as the
+`BucketTable` kernel: lazy continuous refill, all-or-nothing reservation over a request's
+buckets, settles that may leave debt. A script runs atomically, so no two decisions interleave.
+
+Cost: a round trip and redis-py's ~40 us of CPU per call would halve a gateway doing ~100 us
+per request. So calls are *batched*: reservations and settles are queued, and one drain task
+sends everything queued as ONE `EVALSHA` (ops applied in order inside the script), while new
+requests queue up behind it. Under load a call carries many decisions; a lone request pays
+one call. Settles never wait: they ride along with the next batch, or go on their own after
+`SETTLE_DELAY` when no reservation comes.
+
+Keys: every key of a deployment shares one hash tag, `{<prefix>}`, so a whole batch (which
+spans keys, teams and models) is one slot on Redis Cluster and one atomic script call. The
+price is that the limits of one deployment live on one shard (see docs/limits.md).
+
+Expiry: a bucket's key expires when it would be full again (a full bucket and a missing one
+mean the same), so idle buckets cost no memory. A concurrency gauge expires `GAUGE_TTL` after
+its last use, which also frees slots held by a gateway that died mid-request.
+
+Store errors (connection refused, timeout): the batch fails, waiting reservations get
+`StoreUnavailable` (the limiter applies `on_store_error`), queued settles are dropped and
+counted. An incident is logged once when it starts and once when Redis answers again; while it
+lasts, Redis is retried at most every `RETRY_INTERVAL` and decisions in between fail fast.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from core.limits import LimitPolicy, Plan
+from gateway.limiter import StoreUnavailable
+
+log = logging.getLogger("tollway")
+
+SETTLE_DELAY = 0.002    # s: how long a settle waits for a reservation batch to ride with
+MAX_OPS = 512           # ops per script call; longer queues go in several calls
+RETRY_INTERVAL = 1.0    # s: during an incident, how often Redis is tried again
+SOCKET_TIMEOUT = 0.5    # s: a decision never waits longer than this for Redis
+GAUGE_TTL_MS = 3_600_000
+MAX_HELD = 10_000       # settles kept through an incident; older ones are dropped
+
+BUCKETS_LUA = """
+-- ARGV: now ('' = Redis TIME), gauge ttl ms, op count, then per op:
+--   kind ('r' reserve | 'c' charge), n, then n x (key index, capacity, refill/s, amount)
+-- Returns, per reserve op in order: '1' or '0' (taken?), then the n levels after it.
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local gauge_ttl = tonumber(ARGV[2])
+local state = {}
+
+local function bucket(i, cap, rate)
+  local s = state[i]
+  if not s then
+    local v = redis.call('HMGET', KEYS[i], 'l', 't')
+    local level, stamp = tonumber(v[1]), tonumber(v[2])
+    if not level then level, stamp = cap, now end
+    s = {level, stamp}
+    state[i] = s
+  end
+  s[3], s[4] = cap, rate
+  if now > s[2] then
+    if rate > 0 then s[1] = math.min(cap, s[1] + (now - s[2]) * rate) end
+    s[2] = now
+  end
+  if s[1] > cap then s[1] = cap end
+  return s
+end
+
+local out, pos = {}, 4
+for _ = 1, tonumber(ARGV[3]) do
+  local kind, n = ARGV[pos], tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  local held, amounts, fits = {}, {}, true
+  for j = 1, n do
+    local s = bucket(tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]))
+    held[j], amounts[j] = s, tonumber(ARGV[pos + 3])
+    if s[1] < amounts[j] then fits = false end
+    pos = pos + 4
+  end
+  if kind == 'r' then
+    if fits then for j = 1, n do held[j][1] = held[j][1] - amounts[j] end end
+    out[#out + 1] = fits and '1' or '0'
+    for j = 1, n do out[#out + 1] = string.format('%.17g', held[j][1]) end
+  else
+    for j = 1, n do held[j][1] = math.min(held[j][3], held[j][1] - amounts[j]) end
+  end
+end
+
+for i, s in pairs(state) do
+  redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
+  local ttl = gauge_ttl
+  if s[4] > 0 then ttl = math.ceil((s[3] - s[1]) / s[4] * 1000) + 1000 end
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return out
+"""
+BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
+
+
+class _Op:
+    """One queued reservation or settle, already in the script's argument form."""
+
+    __slots__ = ("kind", "keys", "args", "future")
+
+    def __init__(self, kind: str, keys: tuple[str, ...], args: list[Any], future: asyncio.Future[Any] | None) -> None:
+        self.kind, self.keys, self.args, self.future = kind, keys, args, future
+
+
+class RedisBuckets:
+    """A bucket store in Redis, shared by every gateway process that uses the same prefix."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, prefix: str, metrics: Any, client: Any = None) -> None:
+        self.settings = ("redis", url, prefix)
+        self.prefix = prefix
+        self.client = client or aioredis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry_on_timeout=False)
+        self.metrics = metrics
+        self.now: float | None = None  # tests pin the script's clock; None = Redis TIME
+        self._queue: list[_Op] = []
+        self._draining = False
+        self._settle_timer: asyncio.TimerHandle | None = None
+        self._plans: dict[int, tuple[Plan, tuple[str, ...], list[list[Any]]]] = {}
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._held = 0  # settles kept for later during an incident
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def configure(self, policy: LimitPolicy) -> None:
+        self._plans.clear()  # capacities travel with every call, so nothing else changes
+
+    def key(self, bucket_id: str) -> str:
+        """The Redis key of a bucket: one hash tag for the whole deployment."""
+        return f"{{{self.prefix}}}:b:{bucket_id}"
+
+    async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        if self._failing_fast():
+            raise StoreUnavailable("redis is unavailable")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(self._op("r", plan, amounts, future))
+        self._kick()
+        return await future
+
+    def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
+        if not any(deltas):
+            return
+        self._queue.append(self._op("c", plan, deltas, None))
+        if self._down_since is not None and len(self._queue) > MAX_HELD:
+            del self._queue[0]  # an outage this long loses the oldest settles, not memory
+        if not self._draining and self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
+
+    async def levels(self, policy: LimitPolicy) -> dict[str, float]:
+        """Levels now, refilled to Redis time; buckets with no key are full."""
+        ids = list(policy.buckets)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for bucket_id in ids:
+                    pipe.hmget(self.key(bucket_id), "l", "t")
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from None
+        seconds, micros = replies[0]
+        now = self.now if self.now is not None else seconds + micros / 1e6
+        out = {}
+        for bucket_id, (level, stamp) in zip(ids, replies[1:]):
+            b = policy.buckets[bucket_id]
+            if level is None:
+                out[bucket_id] = b.capacity
+            else:
+                elapsed = max(now - float(stamp), 0.0)
+                out[bucket_id] = min(b.capacity, float(level) + elapsed * b.refill)
+        return out
+
+    async def aclose(self) -> None:
+        """Send queued settles, then close the connections."""
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        if self._queue and not self._draining:
+            await self._drain()
+        elif self._drain_task is not None:
+            await asyncio.wait([self._drain_task], timeout=SOCKET_TIMEOUT * 2)
+        await self.client.aclose()
+
+    # -- batching -------------------------------------------------------------------------
+
+    def _op(self, kind: str, plan: Plan, amounts: tuple[float, ...], future: Any) -> _Op:
+        entry = self._plans.get(id(plan))
+        if entry is None or entry[0] is not plan:
+            keys = tuple(self.key(b.id) for b in plan.buckets)
+            entry = self._plans[id(plan)] = (plan, keys, [[b.capacity, b.refill] for b in plan.buckets])
+        return _Op(kind, entry[1], [entry[2], amounts], future)
+
+    def _kick(self) -> None:
+        self._settle_timer = None
+        if not self._draining and self._queue:
+            self._draining = True
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Send everything queued, batch after batch, until the queue is empty or Redis fails."""
+        self._draining = True
+        try:
+            while self._queue and not self._failing_fast():
+                batch, self._queue = self._queue[:MAX_OPS], self._queue[MAX_OPS:]
+                if not await self._run(batch):
+                    break
+        finally:
+            self._draining = False
+            if self._queue and self._settle_timer is None:  # settles held during an incident
+                self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
+
+    async def _run(self, batch: list[_Op]) -> bool:
+        """Send one batch and hand out its results. Returns False if Redis failed."""
+        keys, args = self._encode(batch)
+        try:
+            reply = await self._evalsha(keys, args)
+        except (RedisError, OSError) as exc:
+            self._incident(exc, batch)
+            return False
+        self._recovered()
+        pos = 0
+        for op in batch:
+            if op.future is None:
+                continue
+            n = len(op.keys)
+            taken = reply[pos] == b"1"
+            levels = tuple([float(x) for x in reply[pos + 1:pos + 1 + n]])
+            pos += 1 + n
+            if not op.future.done():
+                op.future.set_result((taken, levels))
+            elif taken:  # the request was cancelled while waiting: give its quota back
+                self._queue.append(_Op("c", op.keys, [op.args[0], tuple(-a for a in op.args[1])], None))
+        return True
+
+    def _encode(self, batch: list[_Op]) -> tuple[list[str], list[Any]]:
+        index: dict[str, int] = {}
+        args: list[Any] = ["" if self.now is None else repr(self.now), GAUGE_TTL_MS, len(batch)]
+        for op in batch:
+            shape, amounts = op.args
+            args += [op.kind, len(op.keys)]
+            for key, (capacity, refill), amount in zip(op.keys, shape, amounts):
+                i = index.get(key)
+                if i is None:
+                    i = index[key] = len(index) + 1
+                args += [i, capacity, refill, amount]
+        return list(index), args
+
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA; on NOSCRIPT (Redis restarted or flushed) load the script and call again."""
+        try:
+            return await self.client.evalsha(BUCKETS_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(BUCKETS_LUA)
+            return await self.client.evalsha(BUCKETS_SHA, len(keys), *keys, *args)
+
+    # -- incidents ------------------------------------------------------------------------
+
+    def _failing_fast(self) -> bool:
+        return self._down_since is not None and time.monotonic() < self._retry_at
+
+    def _incident(self, exc: BaseException, batch: list[_Op]) -> None:
+        """Fail the waiting reservations; keep the settles (bounded) to send when Redis is back,
+        so quota and concurrency slots held in Redis are not lost to a short outage."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.error("rate-limit store: redis unavailable (%s: %s); deciding without it until it answers",
+                      type(exc).__name__, exc)
+        self._retry_at = now + RETRY_INTERVAL
+        settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
+        for op in batch + self._queue:
+            if op.future is not None and not op.future.done():
+                op.future.set_exception(StoreUnavailable(str(exc)))
+        self._queue = settles
+        self._held = len(settles)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning("rate-limit store: redis answers again after %.1f s; sending %d settles held meanwhile",
+                        time.monotonic() - self._down_since, self._held)
+            self._down_since, self._held = None, 0

@@ -1,0 +1,221 @@
+"""The Redis bucket store against a real Redis: the Lua arithmetic, batching, expiry, NOSCRIPT,
+and an outage (on a private redis-server this test starts and kills)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from core import config as config_mod
+from core.kernels import BucketTable
+from core.limits import Bucket, Plan
+from core.request import RequestHead
+from core.usage import Usage
+from gateway.limiter import Limiter
+from gateway.limiter_redis import RedisBuckets
+from gateway.metrics import Metrics
+from tests.harness import free_port
+
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+def unique_prefix() -> str:
+    return f"tollway-test-{os.getpid()}-{random.getrandbits(40):x}"
+
+
+@pytest.fixture
+async def store():
+    prefix = unique_prefix()
+    s = RedisBuckets(SHARED_URL, prefix, Metrics())
+    yield s
+    await s.aclose()
+    cleanup = redis.Redis.from_url(SHARED_URL)
+    for key in cleanup.scan_iter(match=f"{{{prefix}}}:*", count=1000):
+        cleanup.delete(key)
+    cleanup.close()
+
+
+def plan_of(*buckets: Bucket) -> Plan:
+    return Plan(tuple(buckets), -1, -1)
+
+
+async def test_lua_arithmetic_matches_the_bucket_kernel(store):
+    """Differential: the same random ops, with the same pinned clock, on both."""
+    rng = random.Random(7)
+    buckets = [Bucket(f"b{i}", "key", f"k{i}", "total_tokens", cap, win)
+               for i, (cap, win) in enumerate([(100, 10), (50, 1), (1000, 60), (3, 0)])]
+    table = BucketTable()
+    slots = [table.add(b.capacity, b.refill) for b in buckets]
+    now = 1_000_000.0
+    for _ in range(300):
+        now += rng.choice([0.0, 0.01, 0.3, 2.0])
+        store.now = now
+        pick = rng.sample(range(len(buckets)), rng.randint(1, len(buckets)))
+        plan = plan_of(*[buckets[i] for i in pick])
+        amounts = tuple(float(rng.randint(0, 60) if buckets[i].window else 1) for i in pick)
+        if rng.random() < 0.6:
+            taken, levels = await store.take(plan, amounts)
+            assert taken == (table.try_take([slots[i] for i in pick], amounts, now) == 0.0)
+            assert levels == pytest.approx(tuple(table.level(slots[i], now) for i in pick), abs=1e-6)
+        else:
+            deltas = tuple(rng.uniform(-30, 30) for _ in pick)
+            store.charge(plan, deltas)
+            for i, d in zip(pick, deltas):
+                (table.take if d > 0 else table.give)(slots[i], abs(d), now)
+            await asyncio.sleep(0.005)  # let the settle ride out on its own
+    levels = await store.levels(LimitPolicyStub(buckets))
+    assert [levels[b.id] for b in buckets] == pytest.approx([table.level(s, now) for s in slots], abs=1e-6)
+
+
+class LimitPolicyStub:
+    """Just the `buckets` mapping `levels()` reads."""
+
+    def __init__(self, buckets):
+        self.buckets = {b.id: b for b in buckets}
+
+
+async def test_concurrent_decisions_share_one_round_trip(store):
+    calls = 0
+    real = store.client.evalsha
+
+    async def counting(*args):
+        nonlocal calls
+        calls += 1
+        return await real(*args)
+
+    store.client.evalsha = counting
+    plan = plan_of(Bucket("rpm", "key", "k", "requests", 1000, 60), Bucket("tpm", "key", "k", "total_tokens", 1e6, 60))
+    results = await asyncio.gather(*(store.take(plan, (1.0, 100.0)) for _ in range(200)))
+    assert all(taken for taken, _ in results)
+    remaining = sorted(levels[0] for _, levels in results)
+    assert remaining[0] == pytest.approx(800, abs=1) and remaining[-1] == pytest.approx(999, abs=1)
+    assert calls <= 3  # one batch, perhaps split by the first request's own call
+
+
+async def test_bucket_keys_share_one_hash_tag_and_expire_when_full_again(store):
+    plan = plan_of(Bucket("key:k:total_tokens:60s", "key", "k", "total_tokens", 600, 60),
+                   Bucket("key:k:concurrent:inflight", "key", "k", "concurrent", 5, 0))
+    await store.take(plan, (300.0, 1.0))
+    r = aioredis.Redis.from_url(SHARED_URL)
+    tokens_key = store.key("key:k:total_tokens:60s")
+    assert tokens_key.startswith(f"{{{store.prefix}}}:")
+    ttl_ms = await r.pttl(tokens_key)
+    assert 30_000 < ttl_ms <= 31_000  # 300 tokens at 10/s, plus a second of margin
+    assert await r.pttl(store.key("key:k:concurrent:inflight")) > 3_000_000
+    await r.aclose()
+
+
+async def test_a_denied_reservation_takes_nothing(store):
+    plan = plan_of(Bucket("a", "key", "k", "requests", 10, 60), Bucket("b", "key", "k", "total_tokens", 100, 60))
+    store.now = 5000.0
+    assert (await store.take(plan, (1.0, 90.0)))[0]
+    taken, levels = await store.take(plan, (1.0, 20.0))
+    assert not taken
+    assert levels == pytest.approx((9.0, 10.0))
+
+
+# -- a private redis-server: NOSCRIPT and outages ------------------------------------------
+
+class PrivateRedis:
+    """A redis-server of our own on a free port (never touch the shared one)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.2).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis()
+    yield server
+    server.stop()
+
+
+async def test_script_is_reloaded_after_noscript(private_redis):
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics())
+    plan = plan_of(Bucket("x", "key", "k", "requests", 2, 60))
+    assert (await store.take(plan, (1.0,)))[0]
+    redis.Redis(port=private_redis.port).script_flush()
+    assert (await store.take(plan, (1.0,)))[0]
+    assert not (await store.take(plan, (1.0,)))[0]  # and the level survived
+    await store.aclose()
+
+
+LIMITED = """
+providers: [{name: up, schema: fake}]
+models: [{name: m, targets: [{provider: up}]}]
+keys:
+  - name: k
+    key_hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+    limits: [{requests: 3, per: 1h}, {concurrent: 1}]
+rate_limits: {backend: redis, on_store_error: MODE}
+"""
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_outage_follows_on_store_error_and_recovers(private_redis, mode, caplog):
+    cfg = config_mod.loads(LIMITED.replace("MODE", mode))
+    metrics = Metrics()
+    store = RedisBuckets(private_redis.url, unique_prefix(), metrics)
+    limiter = Limiter(cfg, store, metrics)
+    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
+
+    lease = await limiter.reserve(key, "m", "chat", head, b"{}")
+    assert lease is not None and lease.metered
+    private_redis.stop()
+    limiter.settle(lease, Usage(), "m")  # the settle is held, not lost
+    await asyncio.sleep(0.01)
+
+    outcomes = []
+    for _ in range(5):
+        try:
+            outcomes.append(await limiter.reserve(key, "m", "chat", head, b"{}"))
+        except Exception as exc:  # noqa: BLE001 - collected and checked below
+            outcomes.append(exc)
+    if mode == "open":
+        assert all(o is not None and not o.metered for o in outcomes)
+    else:
+        assert all(getattr(o, "status", None) == 503 for o in outcomes)
+        assert outcomes[0].code == "rate_limit_store_unavailable"
+    errors = [r for r in caplog.records if "redis unavailable" in r.getMessage()]
+    assert len(errors) == 1  # one line per incident, not per request
+    text = metrics.exposition().decode()
+    assert f'tollway_rate_limit_store_errors_total{{backend="redis",mode="{mode}"}} 5.0' in text
+
+    private_redis.start()  # empty again: it ran without persistence
+    await asyncio.sleep(1.1)  # past the retry interval
+    first = await limiter.reserve(key, "m", "chat", head, b"{}")
+    assert first is not None and first.metered
+    with pytest.raises(Exception) as err:  # the concurrency slot is held again: limits are back
+        await limiter.reserve(key, "m", "chat", head, b"{}")
+    assert getattr(err.value, "status", None) == 429
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+    await store.aclose()
