@@ -60,6 +60,7 @@ class Proxy:
             raise errors.bad_request(f"Model '{head.model}' is served by a provider that does not support this endpoint.")
         ctx = CallContext(ex.api, body, head, upstream_model, provider.config, time.time())
         call: UpstreamCall = adapter.build(ctx)
+        call = await provider.sign(call)
         resp = await self._send(provider, call)
         try:
             if resp.status >= 400:

@@ -13,6 +13,7 @@ from core.config import Config, Key, Provider
 from core.keys import KeyTable
 from core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
 from core.routing import RouteTable
+from gateway.credentials import credential_for
 from gateway.fake_upstream import FakeTransport
 
 
@@ -37,9 +38,14 @@ class ProviderRuntime:
         self.name = config.name
         self.transport = transport
         self.otel_name = OTEL_PROVIDER_NAMES.get(config.schema, config.schema)
+        self.credential = credential_for(config)  # SigV4 / OAuth signer, None for static keys
 
     def adapter(self, api: str) -> Any | None:
         return adapter_for(api, self.config.schema)
+
+    async def sign(self, call: Any) -> Any:
+        """The call with credentials that need I/O or the clock applied (SigV4, OAuth)."""
+        return call if self.credential is None else await self.credential.sign(call)
 
 
 class Runtime:
