@@ -1,0 +1,218 @@
+"""Limits end to end: real `tollway serve` processes, the fake OpenAI upstream, real Redis,
+and the official openai SDK."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aiohttp
+import openai
+import pytest
+import redis
+
+from tests.harness import ADMIN_KEY, ROOT, TEST_KEY, GatewayProcess, key_hash
+from tests.test_limits_redis import PrivateRedis
+
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+
+def limited_config(upstream_url: str, limits: str, rate_limits: str = "") -> str:
+    return f"""
+providers:
+  - name: up
+    schema: openai
+    base_url: {upstream_url}
+    api_key: sk-upstream
+models:
+  - name: gpt-4o-mini
+    targets: [{{provider: up}}]
+admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
+keys:
+  - name: app
+    key_hash: "{key_hash(TEST_KEY)}"
+    limits: {limits}
+{rate_limits}
+"""
+
+
+@pytest.fixture
+def prefix():
+    """A Redis key prefix of this test's own, deleted afterwards."""
+    value = f"tollway-e2e-{os.getpid()}-{random.getrandbits(40):x}"
+    yield value
+    r = redis.Redis.from_url(SHARED_URL)
+    for key in r.scan_iter(match=f"{{{value}}}:*", count=1000):
+        r.delete(key)
+    r.close()
+
+
+def admin_usage(gw: GatewayProcess) -> dict:
+    req = urllib.request.Request(gw.url + "/admin/usage", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_sdk_waits_out_a_429_and_succeeds(openai_upstream):
+    gw = GatewayProcess(limited_config(openai_upstream.url, "[{requests: 1, per: 1s}, {total_tokens: 100000, per: 1m}]"))
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=3)
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+        assert raw.headers["x-ratelimit-limit-requests"] == "1"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+        assert raw.headers["x-ratelimit-limit-tokens"] == "100000"
+        assert 0 < int(raw.headers["x-ratelimit-remaining-tokens"]) < 100000
+        assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+        raw.parse()
+
+        start = time.monotonic()
+        second = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        waited = time.monotonic() - start
+        assert second.choices[0].message.content
+        assert 0.7 < waited < 3.0  # the SDK slept for retry-after-ms (~1 s), then got through
+
+        no_retry = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as err:
+            no_retry.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert err.value.code == "rate_limit_exceeded"
+        assert 0 < int(err.value.response.headers["retry-after-ms"]) <= 1000
+    finally:
+        gw.stop()
+
+
+def test_budget_exhaustion_is_insufficient_quota_through_the_sdk(openai_upstream):
+    # gpt-4o-mini's shipped price: $0.15 in / $0.60 out per 1M tokens; a $0.00002 budget is
+    # a couple of requests' worth.
+    gw = GatewayProcess(limited_config(openai_upstream.url, "[{cost_usd: 0.00002, per: 1d}]"))
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=2)
+        outcomes = []
+        for _ in range(6):
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=10)
+                outcomes.append("ok")
+            except openai.RateLimitError as exc:
+                outcomes.append(exc.code)
+        assert outcomes[0] == "ok" and outcomes[-1] == "insufficient_quota"
+        spent = admin_usage(gw)["keys"]["app"][0]
+        assert spent["measure"] == "cost_usd" and spent["used"] > 0
+    finally:
+        gw.stop()
+
+
+def test_memory_backend_refuses_several_workers(openai_upstream, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(limited_config(openai_upstream.url, "[{requests: 5, per: 1m}]"))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--workers", "2",
+                             "--port", "9"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "refusing to start" in result.stderr and "2x every limit" in result.stderr and "backend: redis" in result.stderr
+
+
+def test_two_gateways_share_limits_through_redis(openai_upstream, prefix):
+    text = limited_config(openai_upstream.url, "[{requests: 10, per: 1h}]",
+                          f"rate_limits: {{backend: redis, redis_url: '{SHARED_URL}', key_prefix: {prefix}}}")
+    a, b = GatewayProcess(text), GatewayProcess(text)
+    try:
+        statuses = [post(gw, stream=False)[0] for _ in range(8) for gw in (a, b)]
+        assert statuses.count(200) == 10 and statuses.count(429) == 6
+        assert statuses[:10] == [200] * 10
+        for gw in (a, b):
+            entry = admin_usage(gw)["keys"]["app"][0]
+            assert entry["remaining"] < 0.1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def post(gw: GatewayProcess, stream: bool) -> tuple[int, bytes]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10, "stream": stream}
+    req = urllib.request.Request(gw.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+CAPACITY = 2000.0
+WINDOW = 3600.0
+
+
+def test_200_concurrent_streams_on_one_key_stay_within_the_bound(openai_upstream, prefix):
+    text = limited_config(openai_upstream.url, f"[{{total_tokens: {CAPACITY:.0f}, per: 1h}}, {{concurrent: 50}}]",
+                          f"rate_limits: {{backend: redis, redis_url: '{SHARED_URL}', key_prefix: {prefix}}}")
+    gw = GatewayProcess(text)
+    try:
+        start = time.monotonic()
+        results = asyncio.run(stream_many(gw.url, 200))
+        elapsed = time.monotonic() - start
+        ok = [usage for status, usage in results if status == 200]
+        limited = [status for status, _ in results if status == 429]
+        assert len(ok) + len(limited) == 200 and limited and ok
+        assert all(ok)  # every stream reported its usage
+        used = sum(ok)
+        # The documented bound (docs/limits.md): each reservation (body bytes + max_tokens)
+        # bounds its usage, so admitted usage <= capacity * (1 + T / window).
+        assert used <= CAPACITY * (1 + elapsed / WINDOW)
+        time.sleep(0.1)  # let the last settles reach Redis
+        report = {e["measure"]: e for e in admin_usage(gw)["keys"]["app"]}
+        # Every settle landed exactly once: what Redis holds is what the streams reported.
+        assert report["total_tokens"]["used"] == pytest.approx(used, abs=CAPACITY * elapsed / WINDOW + 1)
+        assert report["concurrent"]["used"] == 0
+    finally:
+        gw.stop()
+
+
+async def stream_many(url: str, n: int) -> list[tuple[int, int]]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "tell me"}], "max_tokens": 10,
+            "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n)) as session:
+        async def one() -> tuple[int, int]:
+            async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+                if resp.status != 200:
+                    await resp.read()
+                    return resp.status, 0
+                total = 0
+                async for line in resp.content:
+                    if line.startswith(b"data: {"):
+                        total = (json.loads(line[6:]).get("usage") or {}).get("total_tokens", total)
+                return 200, total
+
+        return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), 60)
+
+
+def test_redis_outage_fails_closed_keeps_serving_and_recovers(openai_upstream):
+    server = PrivateRedis()
+    gw = None
+    try:
+        text = limited_config(openai_upstream.url, "[{requests: 100, per: 1h}]",
+                              f"rate_limits: {{backend: redis, redis_url: '{server.url}', on_store_error: closed}}")
+        gw = GatewayProcess(text)
+        assert post(gw, stream=False)[0] == 200
+        server.stop()
+        down = [post(gw, stream=False) for _ in range(5)]
+        assert [status for status, _ in down] == [503] * 5
+        assert json.loads(down[0][1])["error"]["code"] == "rate_limit_store_unavailable"
+        with urllib.request.urlopen(gw.url + "/readyz", timeout=5) as resp:
+            assert resp.status == 200  # the gateway itself stays up
+        server.start()
+        deadline = time.monotonic() + 5
+        while post(gw, stream=False)[0] != 200:
+            assert time.monotonic() < deadline, "the gateway did not recover after Redis came back"
+            time.sleep(0.2)
+        assert gw.stderr().count("redis unavailable") == 1
+        assert "answers again" in gw.stderr()
+    finally:
+        if gw is not None:
+            gw.stop()
+        server.stop()
