@@ -19,6 +19,8 @@ ADAPTERS: dict[tuple[str, str], str] = {
     **{(api, "azure_openai"): _AZURE for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
     # Provider translation pairs (issue 5): OpenAI chat -> each provider's native API.
     (ClientAPI.CHAT, "anthropic"): "core.providers.openai_anthropic:OpenAIToAnthropic",
+    (ClientAPI.CHAT, "bedrock"): "core.providers.openai_bedrock:OpenAIToBedrock",
+    (ClientAPI.MESSAGES, "bedrock"): "core.providers.anthropic_openai:AnthropicToBedrock",
     # Anthropic Messages clients: pass-through to Anthropic, translated for everyone else.
     (ClientAPI.MESSAGES, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
     (ClientAPI.COUNT_TOKENS, "anthropic"): "core.providers.anthropic_native:AnthropicNative",

@@ -1,0 +1,158 @@
+"""A fake AWS Bedrock runtime: Converse and ConverseStream on their real wire formats.
+
+`POST /model/{modelId}/converse` answers a ConverseResponse; `/converse-stream` answers
+`application/vnd.amazon.eventstream` frames written by `frame()` below (prelude with total
+and header lengths + CRC32, string headers, JSON payload, message CRC32), which the tests
+check with botocore's own decoder so this fake cannot drift from AWS. Each request's SigV4
+signature is recomputed with botocore from the shared test secret: a wrong signature gets
+AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must equal
+`API_KEY`. The model id selects a misbehaviour: `throttled` (429 ThrottlingException),
+`invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream).
+"""
+from __future__ import annotations
+
+import binascii
+import json
+import struct
+from typing import Any
+
+from aiohttp import web
+
+from tests.harness import ThreadedServer
+
+ACCESS_KEY, SECRET_KEY, REGION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "us-east-1"
+API_KEY = "bedrock-api-key-SECRET-123456"
+REPLY = "Hello from the fake Bedrock upstream"
+TOOL_INPUT = {"city": "Paris"}
+USAGE = {"inputTokens": 30, "outputTokens": 12, "totalTokens": 49, "cacheReadInputTokens": 5, "cacheWriteInputTokens": 2}
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return struct.pack(">B", len(raw_name)) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One eventstream message: prelude (total length, headers length, CRC32), headers,
+    payload, CRC32 of everything before it."""
+    head = b"".join(_header(k, v) for k, v in headers.items())
+    total = 12 + len(head) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", binascii.crc32(prelude) & 0xFFFFFFFF)
+    body = prelude + head + payload
+    return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
+
+
+def event(kind: str, payload: dict[str, Any]) -> bytes:
+    # Bedrock pads payloads with a "p" field of varying length; clients must ignore it.
+    data = json.dumps({**payload, "p": "abcdefghijklmnopqrstuvwxyzABCDEF"[: len(kind)]}).encode()
+    return frame({":event-type": kind, ":content-type": "application/json", ":message-type": "event"}, data)
+
+
+def exception(kind: str, message: str) -> bytes:
+    return frame({":exception-type": kind, ":content-type": "application/json", ":message-type": "exception"},
+                 json.dumps({"message": message}).encode())
+
+
+def stream_frames(with_tool: bool, throttle_midway: bool = False) -> list[bytes]:
+    """The frames of one ConverseStream answer: REPLY, then maybe a tool call, then usage."""
+    frames = [event("messageStart", {"role": "assistant"})]
+    for i, word in enumerate(REPLY.split(" ")):
+        frames.append(event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": word if i == 0 else " " + word}}))
+        if throttle_midway and i == 1:
+            return frames + [exception("throttlingException", "Too many tokens, please wait before trying again.")]
+    frames.append(event("contentBlockStop", {"contentBlockIndex": 0}))
+    if with_tool:
+        args = json.dumps(TOOL_INPUT)
+        frames.append(event("contentBlockStart", {"contentBlockIndex": 1, "start": {
+            "toolUse": {"toolUseId": "tooluse_fake01", "name": "get_weather"}}}))
+        for piece in (args[:5], args[5:]):
+            frames.append(event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": piece}}}))
+        frames.append(event("contentBlockStop", {"contentBlockIndex": 1}))
+    frames.append(event("messageStop", {"stopReason": "tool_use" if with_tool else "end_turn"}))
+    frames.append(event("metadata", {"usage": USAGE, "metrics": {"latencyMs": 321}}))
+    return frames
+
+
+def converse_body(with_tool: bool) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"text": REPLY}]
+    if with_tool:
+        content.append({"toolUse": {"toolUseId": "tooluse_fake01", "name": "get_weather", "input": TOOL_INPUT}})
+    return {"output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": "tool_use" if with_tool else "end_turn", "usage": USAGE, "metrics": {"latencyMs": 123}}
+
+
+def _aws_error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status, headers={"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"})
+
+
+def signature_ok(method: str, url: str, headers: dict[str, str], body: bytes) -> bool:
+    """Recompute the request's SigV4 signature with botocore, from the headers it signed."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    auth = headers.get("authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return False
+    fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
+    signed = fields["SignedHeaders"].split(";")
+    request = AWSRequest(method=method, url=url, data=body, headers={h: headers[h] for h in signed if h in headers})
+    request.context["timestamp"] = headers.get("x-amz-date", "")
+    signer = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "bedrock", REGION)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    return fields["Credential"].startswith(ACCESS_KEY + "/") and expected == fields["Signature"]
+
+
+class FakeBedrock:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.server = ThreadedServer(self._app)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/model/{model_id}/converse", self.converse)
+        app.router.add_post("/model/{model_id}/converse-stream", self.converse_stream)
+        return app
+
+    async def _admit(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+        raw = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        model = request.match_info["model_id"]
+        self.requests.append({"path": request.raw_path, "model": model, "headers": headers, "body": json.loads(raw)})
+        auth = headers.get("authorization", "")
+        url = f"http://{headers['host']}{request.raw_path}"
+        if auth.startswith("Bearer "):
+            if auth != f"Bearer {API_KEY}":
+                return {}, _aws_error(403, "AccessDeniedException", "Invalid API Key format: Must start with pre-defined prefix")
+        elif not signature_ok(request.method, url, headers, raw):
+            return {}, _aws_error(403, "InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
+        if model == "throttled":
+            return {}, _aws_error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+        if model == "invalid":
+            return {}, _aws_error(400, "ValidationException", "The provided model identifier is invalid.")
+        return json.loads(raw), None
+
+    async def converse(self, request: web.Request) -> web.StreamResponse:
+        body, refused = await self._admit(request)
+        return refused or web.json_response(converse_body(bool(body.get("toolConfig"))))
+
+    async def converse_stream(self, request: web.Request) -> web.StreamResponse:
+        body, refused = await self._admit(request)
+        if refused is not None:
+            return refused
+        resp = web.StreamResponse(headers={"content-type": "application/vnd.amazon.eventstream",
+                                           "x-amzn-requestid": "fake-request-id"})
+        await resp.prepare(request)
+        for f in stream_frames(bool(body.get("toolConfig")), request.match_info["model_id"] == "stream-throttled"):
+            await resp.write(f)
+        await resp.write_eof()
+        return resp

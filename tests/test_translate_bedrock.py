@@ -1,0 +1,182 @@
+"""OpenAI chat <-> Bedrock Converse: request and response tables, and ConverseStream's binary
+eventstream split at every boundary. The fake's frames are checked with botocore's decoder."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from botocore.eventstream import EventStreamBuffer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.config import Provider
+from core.errors import GatewayError
+from core.providers.base import CallContext
+from core.providers.openai_bedrock import OpenAIToBedrock
+from core.request import parse_head
+from tests.fakes import bedrock_upstream as fb
+from tests.test_translate_anthropic import summarize
+
+PROVIDER = Provider(name="aws", schema="bedrock", region="eu-west-1")
+ADAPTER = OpenAIToBedrock()
+MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object"}}}
+USER = {"role": "user", "content": "hi"}
+
+
+def ctx(body: dict[str, Any], provider: Provider = PROVIDER) -> CallContext:
+    raw = json.dumps({"model": "m", **body}).encode()
+    return CallContext("chat", raw, parse_head(raw), MODEL, provider, 1_700_000_000.0)
+
+
+def test_url_encodes_model_id_and_picks_stream_path():
+    call = ADAPTER.build(ctx({"messages": [USER]}))
+    assert call.url == "https://bedrock-runtime.eu-west-1.amazonaws.com/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    streamed = ADAPTER.build(ctx({"messages": [USER], "stream": True}, Provider(name="v", schema="bedrock", region="x",
+                                                                              base_url="https://vpce.example/")))
+    assert streamed.url.startswith("https://vpce.example/model/") and streamed.url.endswith("/converse-stream")
+    assert ("accept", "application/vnd.amazon.eventstream") in streamed.headers and streamed.stream
+    assert not any(k == "authorization" for k, _ in call.headers)  # SigV4 signs later
+
+
+def test_api_key_is_a_bearer_token():
+    call = ADAPTER.build(ctx({"messages": [USER]}, Provider(name="k", schema="bedrock", region="x", api_key="bk-1")))
+    assert ("authorization", "Bearer bk-1") in call.headers
+
+
+REQUESTS = [
+    ("basic", {"messages": [{"role": "system", "content": "sys"}, USER], "max_tokens": 9, "temperature": 0.2, "stop": ["X"]},
+     {"system": [{"text": "sys"}], "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+      "inferenceConfig": {"maxTokens": 9, "temperature": 0.2, "stopSequences": ["X"]}}),
+    ("no inference config when none set", {"messages": [USER]}, {"inferenceConfig": None, "toolConfig": None}),
+    ("tools + required", {"messages": [USER], "tools": [TOOL], "tool_choice": "required"},
+     {"toolConfig": {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}, "description": "d"}}],
+                     "toolChoice": {"any": {}}}}),
+    ("named tool", {"messages": [USER], "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+     {"toolConfig": {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}, "description": "d"}}],
+                     "toolChoice": {"tool": {"name": "get_weather"}}}}),
+    ("tool none drops tools", {"messages": [USER], "tools": [TOOL], "tool_choice": "none"}, {"toolConfig": None}),
+    ("tool round trip, merged user turn", {"messages": [
+        USER, {"role": "assistant", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "42"}, {"role": "user", "content": "ok?"}]},
+     {"messages": [{"role": "user", "content": [{"text": "hi"}]},
+                   {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "f", "input": {"a": 1}}}]},
+                   {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "content": [{"text": "42"}]}}, {"text": "ok?"}]}]}),
+    ("inline image", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}}]}]},
+     {"messages": [{"role": "user", "content": [{"image": {"format": "jpeg", "source": {"bytes": "/9j/"}}}]}]}),
+]
+
+
+@pytest.mark.parametrize("name,body,expected", REQUESTS, ids=[r[0] for r in REQUESTS])
+def test_request_translation(name, body, expected):
+    out = json.loads(ADAPTER.build(ctx(body)).body)
+    assert {k: out.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
+     "messages[0].content[0]"),
+    ({"messages": [USER], "n": 3}, "n"),
+])
+def test_untranslatable_is_400(body, param):
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.build(ctx(body))
+    assert err.value.status == 400 and err.value.param == param
+
+
+@pytest.mark.parametrize("with_tool,finish", [(False, "stop"), (True, "tool_calls")])
+def test_response_translation(with_tool, finish):
+    out, usage = ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(fb.converse_body(with_tool)).encode())
+    doc = json.loads(out)
+    choice = doc["choices"][0]
+    assert choice["finish_reason"] == finish and choice["message"]["content"] == fb.REPLY
+    calls = choice["message"].get("tool_calls") or []
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == ([fb.TOOL_INPUT] if with_tool else [])
+    assert doc["usage"]["prompt_tokens"] == 37 and doc["usage"]["prompt_tokens_details"]["cached_tokens"] == 5
+    assert (usage.completion_tokens, usage.cache_write_tokens) == (12, 2)
+
+
+def test_max_tokens_stop_is_length():
+    body = {**fb.converse_body(False), "stopReason": "max_tokens"}
+    assert json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())[0])["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("status,kind,client_status", [
+    (429, "ThrottlingException", 429), (400, "ValidationException", 400), (403, "AccessDeniedException", 502),
+    (503, "ServiceUnavailableException", 503), (500, "InternalServerException", 502),
+])
+def test_http_error_mapping(status, kind, client_status):
+    err = ADAPTER.error(ctx({"messages": [USER]}), status, [("retry-after", "3")], json.dumps({"message": kind}).encode())
+    assert err.status == client_status
+    if client_status == 429:
+        assert err.headers == [("retry-after", "3")]
+
+
+# -- the eventstream --------------------------------------------------------------------
+
+def test_fake_frames_decode_with_botocore():
+    buffer = EventStreamBuffer()
+    buffer.add_data(b"".join(fb.stream_frames(with_tool=True)))
+    messages = list(buffer)
+    kinds = [m.headers[":event-type"] for m in messages]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    assert json.loads(messages[-1].payload)["usage"] == fb.USAGE
+
+
+TOOL_WIRE = b"".join(fb.stream_frames(with_tool=True))
+
+
+def client_view(data: bytes, cuts: list[int]) -> tuple[list[dict], Any]:
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
+    out, last = b"", 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        out += translator.feed(data[last:cut])
+        last = cut
+    out += translator.flush()
+    events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    return [json.loads(e) for e in events[:-1]], translator.usage
+
+
+def test_stream_whole():
+    chunks, usage = client_view(TOOL_WIRE, [])
+    s = summarize(chunks)
+    assert s["text"] == fb.REPLY and s["finishes"] == ["tool_calls"]
+    assert s["calls"] == {0: {"id": "tooluse_fake01", "name": "get_weather", "arguments": json.dumps(fb.TOOL_INPUT)}}
+    assert s["usage"][0]["prompt_tokens"] == 37 and s["usage"][0]["completion_tokens"] == 12
+    assert usage.cached_tokens == 5
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(TOOL_WIRE)), max_size=12))
+def test_stream_any_split(cuts):
+    assert summarize(client_view(TOOL_WIRE, cuts)[0]) == summarize(client_view(TOOL_WIRE, [])[0])
+
+
+def test_stream_every_single_cut_point():
+    expected = summarize(client_view(TOOL_WIRE, [])[0])
+    for cut in range(0, len(TOOL_WIRE) + 1, 3):
+        assert summarize(client_view(TOOL_WIRE, [cut])[0]) == expected
+
+
+def test_exception_frame_becomes_mapped_error():
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    with pytest.raises(GatewayError) as err:
+        translator.feed(b"".join(fb.stream_frames(False, throttle_midway=True)))
+    assert err.value.status == 429 and "Too many tokens" in err.value.message
+
+
+def test_corrupt_frame_is_502():
+    data = bytearray(fb.stream_frames(False)[0])
+    data[-1] ^= 0xFF  # break the message CRC
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.stream(ctx({"messages": [USER], "stream": True})).feed(bytes(data))
+    assert err.value.status == 502
+
+
+def test_stream_cut_before_message_stop_is_an_error():
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(b"".join(fb.stream_frames(False)[:3]))
+    with pytest.raises(GatewayError):
+        translator.flush()
