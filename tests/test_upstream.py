@@ -658,3 +658,16 @@ def test_proxy_refusing_connect_is_a_connect_error_without_credentials(run, monk
             await client.aclose()
 
     run(scenario())
+
+
+def test_connections_set_tcp_nodelay(run):
+    async def scenario():
+        async with Server(echo_forever) as server:
+            client = UpstreamClient()
+            await (await client.request("GET", server.url(), [], b"", FAST)).read()
+            (pooled,) = client._idle[("http", "127.0.0.1", server.port)]
+            sock = pooled.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            await client.aclose()
+
+    run(scenario())
