@@ -25,9 +25,12 @@ from gateway.accesslog import AccessLog
 from gateway.admin import AdminAPI
 from gateway.anthropic_api import AnthropicAPI
 from gateway.exchange import Exchange, request_id
+from gateway.drain import drain, install_readiness_signal
 from gateway.limiter import Limiter, build_limiter
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
+from gateway.reload import ConfigWatcher, watcher_for
+from gateway.routing_metrics import RoutingCollector
 from gateway.runtime import KeyRecord, Runtime
 from gateway.upstream import UpstreamClient
 
@@ -47,6 +50,9 @@ class Gateway:
         self.proxy = Proxy(self.metrics)
         self.limiter: Limiter | None = None  # built in start(): a Redis store belongs to the serving loop
         self.ready = False
+        self.in_flight = 0  # requests being served, for the drain on shutdown
+        self.watcher: ConfigWatcher | None = None
+        self.metrics.registry.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/chat/completions"): (ClientAPI.CHAT, partial(self.proxy_api, ClientAPI.CHAT)),
             ("POST", "/v1/completions"): (ClientAPI.COMPLETIONS, partial(self.proxy_api, ClientAPI.COMPLETIONS)),
@@ -64,8 +70,17 @@ class Gateway:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start()
+        self.runtime.start(loop)
+        self.watcher = watcher_for(self)
+        if self.watcher is not None:
+            self.watcher.install(loop)
+        install_readiness_signal(loop, self)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
+        if self.watcher is not None:
+            self.watcher.close(loop)
+        loop.run_until_complete(self._close_providers(list(self.runtime.providers.values())))
         if self.upstream is not None:
             loop.run_until_complete(self.upstream.aclose())
         if self.limiter is not None:  # flush queued settles
@@ -80,11 +95,19 @@ class Gateway:
         self.ready = True
 
     def reload(self, config: Config) -> None:
-        """Swap in a new config; requests in flight keep the runtime they started with."""
+        """Swap in a new config; requests in flight keep the runtime they started with.
+        Call it on the gateway's loop: new pools start scraping there."""
         old_limiter, self.limiter = self.limiter, build_limiter(config, self.metrics, self.limiter)
         if old_limiter is not None and old_limiter.store is not self.limiter.store:
             self._closing_store = asyncio.get_running_loop().create_task(old_limiter.store.aclose())
-        self.runtime = Runtime(config, self.upstream)
+        old, self.runtime = self.runtime, Runtime(config, self.upstream, self.runtime)
+        loop = asyncio.get_running_loop()
+        self.runtime.start(loop)
+        self._closing = loop.create_task(self._close_providers(self.runtime.retired(old)))  # held: tasks are weak
+
+    async def _close_providers(self, providers: list[Any]) -> None:
+        for provider in providers:
+            await provider.endpoints.close()
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -94,6 +117,7 @@ class Gateway:
         method, path = scope.method, scope.path
         entry = self.routes.get((method, path.rstrip("/") or "/"))
         ex = Exchange(request_id(scope.headers.get("x-request-id")), entry[0] if entry else "unknown")
+        self.in_flight += 1
         try:
             if entry is None:
                 raise self._unknown(method, path)
@@ -105,6 +129,7 @@ class Gateway:
             self._send_error(proto, ex, errors.internal())
             ex.error_type = "internal_error"
         finally:
+            self.in_flight -= 1
             self._finish(ex)
 
     def _unknown(self, method: str, path: str) -> GatewayError:

@@ -1,20 +1,29 @@
 """Forwarding one client request to its upstream and relaying the answer.
 
-Theory of operation: the route gives targets in fallback order. Each attempt builds the
-upstream call with the pair's adapter, sends it, and either relays the answer or fails. A
-failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on to
-the next target; after the first byte of a stream has been sent, failures end the stream
-with an SSE error event instead, since the client has already seen part of an answer.
+Theory of operation: the route gives targets in fallback order, healthy ones first, and
+`core.retry.AttemptPlan` walks them within the attempt budget and deadline (backing off, and
+honouring retry-after, when it comes round to a target again). Each attempt takes an endpoint
+from the provider's endpoint source (its one base_url, or a replica picked by load), builds
+the upstream call with the pair's adapter, sends it, and either relays the answer or fails.
+A failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on;
+a broken connection to one replica of a pool is retried on another replica first, free of
+the budget. After the first byte of a stream has been sent, failures end the stream with an
+SSE error event instead, since the client has already seen part of an answer. Every outcome
+feeds the breakers (`core.health`) of the target and of the endpoint.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 from core import errors
+from core.config import Provider, Target
 from core.errors import GatewayError
 from core.providers.base import CallContext, UpstreamCall
 from core.request import RequestHead
+from core.retry import AttemptPlan, retry_after
 from core.routing import Route
 from core.usage import Usage
 from gateway.exchange import Exchange
@@ -26,7 +35,10 @@ try:  # granian raises this when the client has gone away mid-response
 except ImportError:  # pragma: no cover
     ClientGone = RuntimeError  # type: ignore[misc,assignment]
 
+log = logging.getLogger("tollway")
 RETRYABLE_STATUS = frozenset((408, 429, 500, 502, 503, 504, 529))
+_NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but do not eject
+_CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 
 
@@ -39,26 +51,63 @@ class Proxy:
     async def forward(self, rt: Runtime, ex: Exchange, route: Route, head: RequestHead, body: bytes,
                       proto: Any, base_headers: list[tuple[str, str]]) -> None:
         """Serve the request from the first target that answers. Raises GatewayError."""
+        now = time.monotonic()
+        order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
+        plan = AttemptPlan(order, rt.config.routing.retry, now)
+        broken: set[str] = set()  # endpoints that refused a connection during this request
         last: GatewayError | None = None
-        for target in route.fallback_order(rt.random()):
-            provider = rt.providers[target.provider]
-            upstream_model = route.upstream_model(target, head.model or route.name)
-            ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, upstream_model
+        while (step := plan.next(time.monotonic(), rt.random())) is not None:
+            target, wait = step
+            if wait > 0:
+                await asyncio.sleep(wait)
             try:
-                await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers)
+                await self._try_target(rt, ex, route, target, head, body, proto, base_headers, broken)
                 return
             except GatewayError as exc:
-                if exc.status not in RETRYABLE_STATUS:
+                if exc.status not in RETRYABLE_STATUS or ex.first_byte is not None:
                     raise
                 last = exc
+                spare = exc.code == _CONNECT_FAILED and len(broken) < rt.providers[target.provider].endpoints.size
+                plan.failed(retry_after(exc.headers, time.time()), same_target=spare)
         raise last or errors.internal("The route has no targets.")
 
+    async def _try_target(self, rt: Runtime, ex: Exchange, route: Route, target: Target, head: RequestHead,
+                          body: bytes, proto: Any, base_headers: list[tuple[str, str]], broken: set[str]) -> None:
+        """One attempt on one endpoint of `target`, with its outcome fed to the breakers."""
+        provider = rt.providers[target.provider]
+        upstream_model = route.upstream_model(target, head.model or route.name)
+        ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, upstream_model
+        now = time.monotonic()
+        endpoint = provider.endpoints.acquire(body, broken, now, rt.random())
+        member = rt.health.member(provider.name)
+        member.begin(now)
+        failed: bool | None = None
+        try:
+            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, endpoint.provider)
+            failed = False
+        except GatewayError as exc:
+            failed = _upstream_fault(exc)
+            if exc.code == _CONNECT_FAILED:
+                broken.add(endpoint.name)
+            raise
+        finally:
+            self._record(provider, endpoint, member, failed)
+
+    def _record(self, provider: ProviderRuntime, endpoint: Any, member: Any, failed: bool | None) -> None:
+        now = time.monotonic()
+        provider.endpoints.release(endpoint, failed, now)
+        if failed is False:
+            member.success()
+        elif failed and member.failure(now):
+            log.warning("provider %s ejected for %.0fs after repeated failures", provider.name, member.ejected_until - now)
+
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
-                       upstream_model: str, proto: Any, base_headers: list[tuple[str, str]]) -> None:
+                       upstream_model: str, proto: Any, base_headers: list[tuple[str, str]],
+                       endpoint: Provider | None = None) -> None:
         adapter = provider.adapter(ex.api)
         if adapter is None:
             raise errors.bad_request(f"Model '{head.model}' is served by a provider that does not support this endpoint.")
-        ctx = CallContext(ex.api, body, head, upstream_model, provider.config, time.time())
+        ctx = CallContext(ex.api, body, head, upstream_model, endpoint or provider.config, time.time())
         call: UpstreamCall = adapter.build(ctx)
         call = await provider.sign(call)
         resp = await self._send(provider, call)
@@ -156,6 +205,12 @@ class Proxy:
         completion = count_tokens(translator.streamed_text(), ctx.upstream_model)
         prompt = estimate_prompt_tokens(ctx.body)
         return Usage(prompt, completion, prompt + completion)
+
+
+def _upstream_fault(exc: GatewayError) -> bool | None:
+    """True if the error says the upstream is broken; None if it says nothing about it
+    (the client's mistake, or a busy upstream's 429)."""
+    return True if exc.status in RETRYABLE_STATUS and exc.status not in _NOT_A_FAULT else None
 
 
 def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:

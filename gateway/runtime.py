@@ -1,7 +1,10 @@
 """Everything the gateway derives from one config, swapped as a whole on reload.
 
 A request reads `gateway.runtime` once at its start and uses that snapshot to the end, so a
-reload never changes the keys, routes or providers under a request in flight.
+reload never changes the keys, routes or providers under a request in flight. What must
+outlive a reload is carried over from the previous runtime: a provider whose config did not
+change keeps its endpoint pool (scraped load, in-flight counts, breakers), and the route-level
+breakers stay while the outlier policy is the same.
 """
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import Config, Key, Provider
+from core.config import Config, Key, Provider, Routing
+from core.health import HealthBoard
 from core.keys import KeyTable
 from core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
 from core.routing import RouteTable
 from gateway.credentials import credential_for
 from gateway.fake_upstream import FakeTransport
+from gateway.pool import endpoint_source
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,14 @@ class KeyRecord:
 class ProviderRuntime:
     """A configured provider: its adapters, its transport and its metric name."""
 
-    def __init__(self, config: Provider, transport: Any) -> None:
+    def __init__(self, config: Provider, transport: Any, routing: Routing = Routing()) -> None:
         self.config = config
         self.name = config.name
         self.transport = transport
         self.otel_name = OTEL_PROVIDER_NAMES.get(config.schema, config.schema)
         self.credential = credential_for(config)  # SigV4 / OAuth signer, None for static keys
+        self.policy = routing.outlier_detection
+        self.endpoints = endpoint_source(config, transport, self.policy)  # where each attempt goes
 
     def adapter(self, api: str) -> Any | None:
         return adapter_for(api, self.config.schema)
@@ -49,14 +56,36 @@ class ProviderRuntime:
 
 
 class Runtime:
-    def __init__(self, config: Config, upstream: Any) -> None:
+    def __init__(self, config: Config, upstream: Any, previous: Runtime | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config)
         self.keys: KeyTable[KeyRecord] = KeyTable(
             {k.key_hash: _record(k) for k in config.keys}, pepper=config.server.key_pepper
         )
-        self.providers = {p.name: ProviderRuntime(p, _transport(p, upstream)) for p in config.providers}
+        old = previous.providers if previous is not None else {}
+        self.providers = {p.name: _provider(p, upstream, config, old.get(p.name)) for p in config.providers}
+        policy = config.routing.outlier_detection
+        keep = previous is not None and previous.health.policy == policy
+        self.health = previous.health if keep and previous is not None else HealthBoard(policy)
         self.random = random.random
+
+    def start(self, loop: Any) -> None:
+        """Start the providers' background work (pool scraping, DNS) on `loop`."""
+        for provider in self.providers.values():
+            provider.endpoints.start(loop)
+
+    def retired(self, previous: Runtime) -> list[ProviderRuntime]:
+        """Providers of `previous` this runtime does not reuse: their pools should close."""
+        kept = {id(p) for p in self.providers.values()}
+        return [p for p in previous.providers.values() if id(p) not in kept]
+
+
+def _provider(config: Provider, upstream: Any, whole: Config, old: ProviderRuntime | None) -> ProviderRuntime:
+    """The previous runtime's provider when nothing about it changed, else a new one."""
+    if old is not None and old.config == config and old.policy == whole.routing.outlier_detection:
+        if old.transport is upstream or isinstance(old.transport, FakeTransport):
+            return old
+    return ProviderRuntime(config, _transport(config, upstream), whole.routing)
 
 
 def _record(key: Key) -> KeyRecord:

@@ -10,8 +10,9 @@ from gateway.limiter import WORKERS_ENV, per_worker_problem
 
 def serve(config: Config, config_path: str, host: str, port: int, workers: int) -> int:
     """Serve until stopped. Returns the process exit code."""
-    from granian import Granian
     from granian.constants import Interfaces, Loops
+
+    from gateway.drain import TollwayServer
 
     if workers < 1:
         print("tollway: --workers must be at least 1", file=sys.stderr)
@@ -22,7 +23,7 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
         return 2
     os.environ["TOLLWAY_CONFIG"] = config_path
     os.environ[WORKERS_ENV] = str(workers)
-    server = Granian(
+    server = TollwayServer(
         "gateway.app:create_app",
         address=host,
         port=port,
@@ -32,6 +33,8 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
         factory=True,
         log_access=False,
         backlog=2048,
+        drain_delay=config.server.drain_delay,
+        drain_timeout=config.server.drain_timeout,
     )
     server.serve()
     return 0
