@@ -21,6 +21,10 @@ ADAPTERS: dict[tuple[str, str], str] = {
     (ClientAPI.CHAT, "anthropic"): "core.providers.openai_anthropic:OpenAIToAnthropic",
     (ClientAPI.CHAT, "bedrock"): "core.providers.openai_bedrock:OpenAIToBedrock",
     (ClientAPI.MESSAGES, "bedrock"): "core.providers.anthropic_openai:AnthropicToBedrock",
+    (ClientAPI.CHAT, "gemini"): "core.providers.openai_gemini:OpenAIToGemini",
+    (ClientAPI.CHAT, "vertex"): "core.providers.openai_gemini:OpenAIToVertex",
+    (ClientAPI.MESSAGES, "gemini"): "core.providers.anthropic_openai:AnthropicToGemini",
+    (ClientAPI.MESSAGES, "vertex"): "core.providers.anthropic_openai:AnthropicToVertex",
     # Anthropic Messages clients: pass-through to Anthropic, translated for everyone else.
     (ClientAPI.MESSAGES, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
     (ClientAPI.COUNT_TOKENS, "anthropic"): "core.providers.anthropic_native:AnthropicNative",

@@ -1,0 +1,119 @@
+"""A fake Google Gemini backend: the Gemini API and Vertex AI paths, and an OAuth token endpoint.
+
+`…/models/{model}:generateContent` answers a GenerateContentResponse and
+`:streamGenerateContent?alt=sse` SSE fragments separated by CRLF as Google sends them, with
+`usageMetadata` (cached content and thought tokens included). Gemini API calls must carry
+`x-goog-api-key: API_KEY` (and no `key=` in the URL); Vertex calls must carry a bearer token
+that `POST /token` issued, which is where the service-account file used by the tests points
+its `token_uri`; every token grant is counted. A request offering tools gets a functionCall
+(with finishReason STOP, as Gemini says). Model `exhausted` gets 429 RESOURCE_EXHAUSTED.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from tests.harness import ThreadedServer
+
+API_KEY = "gemini-api-key-SECRET-987654"
+REPLY = "Hello from the fake Gemini upstream"
+TOOL_ARGS = {"city": "Paris"}
+USAGE = {"promptTokenCount": 40, "candidatesTokenCount": 10, "totalTokenCount": 56, "cachedContentTokenCount": 16,
+         "thoughtsTokenCount": 6}
+
+
+def fragments(model: str, with_tool: bool) -> list[dict[str, Any]]:
+    """The GenerateContentResponse fragments of one streamed answer."""
+    words = REPLY.split(" ")
+    out: list[dict[str, Any]] = [{"candidates": [{"content": {"role": "model", "parts": [{"text": "thinking...", "thought": True}]},
+                                                  "index": 0}], "modelVersion": model, "responseId": "resp-fake-1"}]
+    for i, word in enumerate(words):
+        out.append({"candidates": [{"content": {"role": "model", "parts": [{"text": word if i == 0 else " " + word}]}, "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": i + 1, "totalTokenCount": 41 + i},
+                    "modelVersion": model, "responseId": "resp-fake-1"})
+    if with_tool:
+        out.append({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": TOOL_ARGS}}]},
+                                    "index": 0}], "modelVersion": model, "responseId": "resp-fake-1"})
+    out[-1]["candidates"][0]["finishReason"] = "STOP"
+    out[-1]["usageMetadata"] = USAGE
+    return out
+
+
+def sse_bytes(model: str, with_tool: bool) -> list[bytes]:
+    return [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in fragments(model, with_tool)]
+
+
+def whole_body(model: str, with_tool: bool) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"text": "thinking...", "thought": True}, {"text": REPLY}]
+    if with_tool:
+        parts.append({"functionCall": {"name": "get_weather", "args": TOOL_ARGS}})
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": USAGE, "modelVersion": model, "responseId": "resp-fake-1"}
+
+
+def _error(status: int, state: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": status, "message": message, "status": state}}, status=status)
+
+
+class FakeGemini:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.tokens_issued = 0
+        self.server = ThreadedServer(self._app)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/token", self.token)
+        app.router.add_post("/{tail:.*}", self.generate)
+        return app
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or str(form.get("assertion", "")).count(".") != 2:
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        self.tokens_issued += 1
+        return web.json_response({"access_token": f"ya29.fake-{self.tokens_issued}", "expires_in": 3600, "token_type": "Bearer"})
+
+    def _refuse(self, request: web.Request, vertex: bool) -> web.Response | None:
+        if "key" in request.query:
+            return _error(400, "INVALID_ARGUMENT", "the API key must not be sent in the URL")
+        if vertex:
+            if not request.headers.get("authorization", "").startswith("Bearer ya29.fake-"):
+                return _error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+        elif request.headers.get("x-goog-api-key") != API_KEY:
+            return web.json_response({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+                                                "status": "INVALID_ARGUMENT", "details": [{"reason": "API_KEY_INVALID"}]}}, status=400)
+        return None
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        model, _, method = path.rsplit("/", 1)[-1].partition(":")
+        body = await request.json()
+        vertex = "/publishers/google/models/" in path
+        self.requests.append({"path": path, "query": dict(request.query), "model": model, "method": method,
+                              "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
+        refused = self._refuse(request, vertex)
+        if refused is not None:
+            return refused
+        if model == "exhausted":
+            return _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")
+        with_tool = bool(body.get("tools"))
+        if method == "generateContent":
+            return web.json_response(whole_body(model, with_tool))
+        if method != "streamGenerateContent" or request.query.get("alt") != "sse":
+            return _error(404, "NOT_FOUND", f"unknown method {method}")
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in sse_bytes(model, with_tool):
+            await resp.write(event)
+        await resp.write_eof()
+        return resp

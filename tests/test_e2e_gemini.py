@@ -1,0 +1,120 @@
+"""End to end through a real gateway against the fake Gemini backend: the Gemini API with its
+key header, and Vertex AI with a real service-account OAuth flow (google-auth signs a JWT with
+a freshly generated RSA key; the fake's token endpoint grants it), tokens cached."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fakes import gemini_upstream as fg
+from tests.fakes.gemini_upstream import FakeGemini
+from tests.harness import TEST_KEY, GatewayProcess, key_hash
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini()
+    yield fake
+    fake.stop()
+
+
+def service_account_file(directory: Path, token_uri: str) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path = directory / "sa.json"
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "proj-1", "private_key_id": "k1", "private_key": pem.decode(),
+        "client_email": "tollway@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gw(gemini: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    sa = service_account_file(tmp_path_factory.mktemp("sa"), gemini.url + "/token")
+    process = GatewayProcess(f"""
+providers:
+  - name: gem
+    schema: gemini
+    base_url: {gemini.url}/v1beta
+    api_key: {fg.API_KEY}
+  - name: gem-badkey
+    schema: gemini
+    base_url: {gemini.url}/v1beta
+    api_key: wrong-key
+  - name: vtx
+    schema: vertex
+    project: proj-1
+    location: us-central1
+    base_url: {gemini.url}/v1
+    credentials: {{service_account_file: "{sa}"}}
+models:
+  - name: gemini-flash
+    targets: [{{provider: gem, model: gemini-2.5-flash}}]
+  - name: gemini-badkey
+    targets: [{{provider: gem-badkey, model: gemini-2.5-flash}}]
+  - name: vertex-flash
+    targets: [{{provider: vtx, model: gemini-2.5-flash}}]
+  - name: exhausted
+    targets: [{{provider: gem}}]
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""")
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def oai(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["gemini-flash", "vertex-flash"])
+def test_non_stream(oai, gemini, model):
+    r = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == fg.REPLY
+    assert r.usage.completion_tokens == 16 and r.usage.completion_tokens_details.reasoning_tokens == 6
+    assert r.usage.prompt_tokens_details.cached_tokens == 16
+    sent = gemini.last()
+    assert sent["query"] == {} and sent["method"] == "generateContent"
+
+
+@pytest.mark.parametrize("model", ["gemini-flash", "vertex-flash"])
+def test_stream_and_tools(oai, model):
+    chunks = list(oai.chat.completions.create(model=model, stream=True, tools=[WEATHER], stream_options={"include_usage": True},
+                                              messages=[{"role": "user", "content": "weather?"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == fg.REPLY and calls[0].function.name == "get_weather" and json.loads(calls[0].function.arguments) == fg.TOOL_ARGS
+    assert finishes == ["tool_calls"] and chunks[-1].usage.total_tokens == 56
+
+
+def test_vertex_uses_oauth_token_and_caches_it(oai, gemini):
+    for _ in range(3):
+        oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    sent = gemini.last()
+    assert sent["path"] == "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
+    assert sent["headers"]["authorization"].startswith("Bearer ya29.fake-")
+    assert gemini.tokens_issued == 1  # one grant serves every request until shortly before expiry
+
+
+def test_gemini_key_goes_in_header(oai, gemini):
+    oai.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "hi"}])
+    assert gemini.last()["headers"]["x-goog-api-key"] == fg.API_KEY
+
+
+def test_errors(oai):
+    with pytest.raises(openai.RateLimitError):
+        oai.chat.completions.create(model="exhausted", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.APIStatusError) as bad:
+        oai.chat.completions.create(model="gemini-badkey", messages=[{"role": "user", "content": "x"}])
+    assert bad.value.status_code == 502 and "wrong-key" not in bad.value.response.text

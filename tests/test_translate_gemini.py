@@ -1,0 +1,161 @@
+"""OpenAI chat <-> Gemini generateContent (Vertex AI and the Gemini API): URLs, request and
+response tables, and the SSE stream split at every boundary."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.config import Provider
+from core.errors import GatewayError
+from core.providers.base import CallContext
+from core.providers.openai_gemini import OpenAIToGemini, OpenAIToVertex
+from core.request import parse_head
+from tests.fakes import gemini_upstream as fg
+from tests.test_translate_anthropic import summarize
+
+GEMINI = Provider(name="g", schema="gemini", base_url="https://generativelanguage.googleapis.com/v1beta", api_key="AIza-secret")
+VERTEX = Provider(name="v", schema="vertex", project="my-proj", location="europe-west4")
+ADAPTER = OpenAIToGemini()
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "additionalProperties": False}}}
+USER = {"role": "user", "content": "hi"}
+
+
+def ctx(body: dict[str, Any], provider: Provider = GEMINI) -> CallContext:
+    raw = json.dumps({"model": "m", **body}).encode()
+    return CallContext("chat", raw, parse_head(raw), "gemini-2.5-flash", provider, 1_700_000_000.0)
+
+
+def test_urls_and_credentials():
+    g = ADAPTER.build(ctx({"messages": [USER], "stream": True}))
+    assert g.url == "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert ("x-goog-api-key", "AIza-secret") in g.headers and "secret" not in g.url
+    v = OpenAIToVertex().build(ctx({"messages": [USER]}, VERTEX))
+    assert v.url == ("https://europe-west4-aiplatform.googleapis.com/v1/projects/my-proj/locations/europe-west4"
+                     "/publishers/google/models/gemini-2.5-flash:generateContent")
+    assert not any(k in ("authorization", "x-goog-api-key") for k, _ in v.headers)  # OAuth is added by the signer
+    glob = OpenAIToVertex().build(ctx({"messages": [USER]}, Provider(name="v", schema="vertex", project="p", location="global")))
+    assert glob.url.startswith("https://aiplatform.googleapis.com/v1/projects/p/locations/global/")
+
+
+REQUESTS = [
+    ("system, merged user turns", {"messages": [{"role": "system", "content": "sys"}, USER, {"role": "user", "content": "more"}]},
+     {"systemInstruction": {"parts": [{"text": "sys"}]}, "contents": [{"parts": [{"text": "hi"}, {"text": "more"}], "role": "user"}]}),
+    ("generation config", {"messages": [USER], "max_completion_tokens": 5, "temperature": 0, "stop": "Z", "seed": 3},
+     {"generationConfig": {"maxOutputTokens": 5, "temperature": 0.0, "stopSequences": ["Z"], "seed": 3}}),
+    ("json schema", {"messages": [USER], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+     {"generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": {"type": "object"}}}),
+    ("tools keep JSON schema", {"messages": [USER], "tools": [TOOL], "tool_choice": "required"},
+     {"tools": [{"functionDeclarations": [{"name": "get_weather", "parametersJsonSchema": {"type": "object", "additionalProperties": False}}]}],
+      "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}}),
+    ("named tool", {"messages": [USER], "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+     {"toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}}),
+    ("tool round trip finds the function name", {"messages": [
+        USER, {"role": "assistant", "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c9", "content": '{"temp": 3}'}, {"role": "tool", "tool_call_id": "c9", "content": "plain"}]},
+     {"contents": [{"parts": [{"text": "hi"}], "role": "user"},
+                   {"parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}], "role": "model"},
+                   {"parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 3}}},
+                              {"functionResponse": {"name": "get_weather", "response": {"content": "plain"}}}], "role": "user"}]}),
+    ("images", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+        {"type": "image_url", "image_url": {"url": "gs://bucket/cat.jpg"}}]}]},
+     {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "iVBO"}},
+                              {"fileData": {"mimeType": "image/jpeg", "fileUri": "gs://bucket/cat.jpg"}}], "role": "user"}]}),
+]
+
+
+@pytest.mark.parametrize("name,body,expected", REQUESTS, ids=[r[0] for r in REQUESTS])
+def test_request_translation(name, body, expected):
+    out = json.loads(ADAPTER.build(ctx(body)).body)
+    assert {k: out.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"n": 2}, "n"),
+    ({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/noext"}}]}]}, "messages[0].content[0]"),
+])
+def test_untranslatable_is_400(body, param):
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.build(ctx({"messages": [USER], **body}))
+    assert err.value.status == 400 and err.value.param == param
+
+
+@pytest.mark.parametrize("with_tool,finish", [(False, "stop"), (True, "tool_calls")])
+def test_response_translation(with_tool, finish):
+    out, usage = ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(fg.whole_body("gemini-x", with_tool)).encode())
+    doc = json.loads(out)
+    msg = doc["choices"][0]["message"]
+    assert doc["choices"][0]["finish_reason"] == finish  # Gemini said STOP
+    assert msg["content"] == fg.REPLY and msg["reasoning_content"] == "thinking..."
+    assert [json.loads(c["function"]["arguments"]) for c in msg.get("tool_calls") or []] == ([fg.TOOL_ARGS] if with_tool else [])
+    assert doc["usage"] == {"prompt_tokens": 40, "completion_tokens": 16, "total_tokens": 56,
+                            "prompt_tokens_details": {"cached_tokens": 16}, "completion_tokens_details": {"reasoning_tokens": 6}}
+    assert usage.reasoning_tokens == 6
+
+
+def test_max_tokens_and_safety():
+    body = fg.whole_body("g", False)
+    body["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    assert json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())[0])["choices"][0]["finish_reason"] == "length"
+    blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 3}}
+    assert json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(blocked).encode())[0])["choices"][0]["finish_reason"] == "content_filter"
+
+
+@pytest.mark.parametrize("status,body,client_status", [
+    (429, {"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}}, 429),
+    (400, {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}, 400),
+    (400, {"error": {"code": 400, "message": "API key not valid", "status": "INVALID_ARGUMENT", "details": [{"reason": "API_KEY_INVALID"}]}}, 502),
+    (403, {"error": {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}}, 502),
+    (503, {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}, 503),
+])
+def test_error_mapping(status, body, client_status):
+    assert ADAPTER.error(ctx({"messages": [USER]}), status, [], json.dumps(body).encode()).status == client_status
+
+
+TOOL_WIRE = b"".join(fg.sse_bytes("gemini-x", with_tool=True))
+
+
+def client_view(data: bytes, cuts: list[int]) -> tuple[list[dict], Any]:
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
+    out, last = b"", 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        out += translator.feed(data[last:cut])
+        last = cut
+    out += translator.flush()
+    events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    return [json.loads(e) for e in events[:-1]], translator.usage
+
+
+def test_stream_whole():
+    chunks, usage = client_view(TOOL_WIRE, [])
+    s = summarize(chunks)
+    assert s["text"] == fg.REPLY and s["finishes"] == ["tool_calls"]
+    assert s["calls"] == {0: {"id": "call_0", "name": "get_weather", "arguments": json.dumps(fg.TOOL_ARGS, separators=(",", ":"))}}
+    assert s["usage"][0]["completion_tokens_details"] == {"reasoning_tokens": 6} and usage.cached_tokens == 16
+    assert "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks if c["choices"]) == "thinking..."
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(TOOL_WIRE)), max_size=12))
+def test_stream_any_split(cuts):
+    assert summarize(client_view(TOOL_WIRE, cuts)[0]) == summarize(client_view(TOOL_WIRE, [])[0])
+
+
+def test_stream_without_finish_reason_is_an_error():
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(b"".join(fg.sse_bytes("g", False)[:2]))
+    with pytest.raises(GatewayError):
+        translator.flush()
+
+
+def test_error_inside_stream():
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    with pytest.raises(GatewayError) as err:
+        translator.feed(b'data: {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}\r\n\r\n')
+    assert err.value.status == 503
