@@ -347,6 +347,14 @@ def _unique(items: list[Any], section: str, fail: Any) -> dict[str, Any]:
     return seen
 
 
+# Provider fields a schema cannot work without, and the keys its `credentials` may hold.
+SCHEMA_REQUIRES: dict[str, tuple[str, ...]] = {"bedrock": ("region",), "vertex": ("project", "location")}
+CREDENTIAL_FIELDS: dict[str, frozenset[str]] = {
+    "bedrock": frozenset({"access_key_id", "secret_access_key", "session_token", "profile"}),
+    "vertex": frozenset({"service_account_file"}),
+}
+
+
 def _validate_provider(p: Provider, i: int, fail: Any) -> None:
     if p.schema not in SCHEMAS:
         fail(["providers", i, "schema"], f"unknown schema '{p.schema}' (expected one of: {', '.join(SCHEMAS)})")
@@ -359,6 +367,17 @@ def _validate_provider(p: Provider, i: int, fail: Any) -> None:
     _validate_pool(p, i, fail)
     if p.schema == "azure_openai" and not p.api_version:
         fail(["providers", i, "api_version"], "schema 'azure_openai' needs api_version (e.g. 2024-10-21)")
+    for field in SCHEMA_REQUIRES.get(p.schema, ()):
+        if not getattr(p, field):
+            fail(["providers", i, field], f"schema '{p.schema}' needs {field}")
+    allowed = CREDENTIAL_FIELDS.get(p.schema, frozenset())
+    for name in p.credentials or {}:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            fail(["providers", i, "credentials", name], f"unknown credential field for schema '{p.schema}' (known: {known})")
+    creds = p.credentials or {}
+    if ("access_key_id" in creds) != ("secret_access_key" in creds):
+        fail(["providers", i, "credentials"], "give access_key_id and secret_access_key together")
     for field in ("connect", "first_byte", "idle"):
         if getattr(p.timeouts, field) <= 0:
             fail(["providers", i, "timeouts", field], "must be > 0 seconds")
