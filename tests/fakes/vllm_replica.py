@@ -1,0 +1,116 @@
+"""A fake vLLM replica: the OpenAI wire format vLLM serves, and vLLM's Prometheus metrics.
+
+It answers `POST /v1/chat/completions` and KServe's `POST /openai/v1/chat/completions` (JSON
+and SSE, with the usage chunk when asked), and `GET /metrics` in the Prometheus text format
+with vLLM's names (`vllm:num_requests_waiting`, `vllm:num_requests_running`,
+`vllm:kv_cache_usage_perc`, or the pre-0.10 `vllm:gpu_cache_usage_perc`). Tests set the queue
+depth and cache use it reports, make it fail with a status, and kill it (its port then
+refuses connections). Each answer names the replica in `system_fingerprint`, so a client can
+count who served it; `served` counts it on the replica side.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from tests.harness import ThreadedServer
+
+REPLY = "Hello from vLLM"
+
+
+class FakeVLLMReplica:
+    def __init__(self, name: str, model: str = "meta-llama/Meta-Llama-3-8B-Instruct", port: int | None = None,
+                 legacy_cache_metric: bool = False) -> None:
+        self.name, self.model = name, model
+        self.waiting = 0.0  # what /metrics reports as the queue
+        self.kv_cache = 0.0
+        self.fail_status: int | None = None  # answer every completion with this status
+        self.delay = 0.0  # seconds before answering
+        self.legacy_cache_metric = legacy_cache_metric
+        self.served = 0
+        self.scrapes = 0
+        self.running = 0
+        self.models_seen: list[str] = []
+        self.server = ThreadedServer(self._app, port)
+        self.port = self.server.port
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.url = self.origin + "/v1"
+
+    def kill(self) -> None:
+        """Stop serving: the port refuses connections from now on."""
+        self.server.stop()
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/openai/v1/chat/completions", self.chat)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.scrapes += 1
+        labels = f'{{engine="0",model_name="{self.model}"}}'
+        cache = "vllm:gpu_cache_usage_perc" if self.legacy_cache_metric else "vllm:kv_cache_usage_perc"
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{labels} {float(self.running)}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{labels} {float(self.waiting)}\n"
+            f"# HELP {cache} KV-cache usage. 1 means 100 percent usage.\n"
+            f"# TYPE {cache} gauge\n"
+            f"{cache}{labels} {float(self.kv_cache)}\n"
+            "# TYPE vllm:prompt_tokens_total counter\n"
+            f"vllm:prompt_tokens_total{labels} {float(self.served * 10)}\n"
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.models_seen.append(body.get("model", ""))
+        if self.fail_status is not None:
+            return web.json_response({"object": "error", "message": "replica unavailable", "type": "ServiceUnavailable",
+                                      "param": None, "code": self.fail_status}, status=self.fail_status)
+        self.running += 1
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            self.served += 1
+            if body.get("stream"):
+                return await self._stream(request, body)
+            return web.json_response(self._completion(body))
+        finally:
+            self.running -= 1
+
+    def _base(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        return {"id": f"chatcmpl-{self.name}-{self.served}", "object": kind, "created": int(time.time()),
+                "model": body.get("model", self.model), "system_fingerprint": self.name}
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**self._base(body, "chat.completion"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "logprobs": None,
+                             "finish_reason": "stop", "stop_reason": None}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        base = self._base(body, "chat.completion.chunk")
+
+        async def send(doc: dict[str, Any]) -> None:
+            await resp.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
+
+        await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
+        for word in REPLY.split(" "):
+            await send({**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "logprobs": None, "finish_reason": None}]})
+        await send({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({**base, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
