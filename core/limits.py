@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 from urllib.parse import quote
 
 from core.errors import GatewayError
@@ -133,6 +133,24 @@ class Plan:
     buckets: tuple[Bucket, ...]
     header_requests: int  # index into buckets, -1 if no request limit applies
     header_tokens: int    # index into buckets, -1 if no token limit applies
+    # Derived once here, because reserve/settle/headers run on every request:
+    measures: tuple[int, ...] = field(init=False)     # index into MEASURES, per bucket
+    capacities: tuple[float, ...] = field(init=False)
+    priced: bool = field(init=False)                   # has a cost_usd bucket
+    header_specs: tuple[tuple[Any, ...], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__  # frozen: set the derived fields once, here
+        put(self, "measures", tuple(MEASURES.index(b.measure) for b in self.buckets))
+        put(self, "capacities", tuple(b.capacity for b in self.buckets))
+        put(self, "priced", any(b.is_budget for b in self.buckets))
+        specs = []
+        for kind, i in (("requests", self.header_requests), ("tokens", self.header_tokens)):
+            if i >= 0:
+                b = self.buckets[i]
+                specs.append((i, (f"x-ratelimit-limit-{kind}", f"{b.capacity:.0f}"), f"x-ratelimit-remaining-{kind}",
+                              f"x-ratelimit-reset-{kind}", b.capacity, b.refill))
+        put(self, "header_specs", tuple(specs))
 
     def __bool__(self) -> bool:
         return bool(self.buckets)
@@ -141,8 +159,7 @@ class Plan:
 NO_LIMITS = Plan((), -1, -1)
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
+class Reservation(NamedTuple):  # a tuple: built on every request, ~4x cheaper than a frozen dataclass
     """What a request took from each bucket of its plan, and the bounds behind it."""
 
     amounts: tuple[float, ...]
@@ -254,10 +271,9 @@ def _header_index(buckets: tuple[Bucket, ...], measures: tuple[str, ...]) -> int
 
 def reserve(plan: Plan, prompt_tokens: float, output_tokens: float, price: Price) -> Reservation:
     """The amounts to take from each bucket of `plan`, each capped at its bucket's capacity."""
-    dollars = upper_cost(prompt_tokens, output_tokens, price)
-    demand = {"requests": 1.0, "concurrent": 1.0, "input_tokens": prompt_tokens, "output_tokens": output_tokens,
-              "total_tokens": prompt_tokens + output_tokens, "cost_usd": dollars}
-    amounts = tuple(min(demand[b.measure], b.capacity) for b in plan.buckets)
+    dollars = upper_cost(prompt_tokens, output_tokens, price) if plan.priced else 0.0
+    demand = (1.0, prompt_tokens, output_tokens, prompt_tokens + output_tokens, dollars, 1.0)  # MEASURES order
+    amounts = tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
     return Reservation(amounts, prompt_tokens, output_tokens)
 
 
@@ -267,16 +283,14 @@ def settle(plan: Plan, reservation: Reservation, usage: Usage | None, price: Pri
     `usage` None means nothing was used (the upstream failed before answering). A request
     still counts as a request; a concurrent slot is always given back.
     """
-    u = usage or Usage()
-    real = {"requests": None, "concurrent": 0.0, "input_tokens": float(u.prompt_tokens),
-            "output_tokens": float(u.completion_tokens),
-            "total_tokens": float(u.total_tokens or u.prompt_tokens + u.completion_tokens),
-            "cost_usd": cost(u, price)}
-    deltas = []
-    for bucket, taken in zip(plan.buckets, reservation.amounts):
-        used = real[bucket.measure]
-        deltas.append(0.0 if used is None else used - taken)
-    return tuple(deltas)
+    u = usage or _NOTHING
+    dollars = cost(u, price) if plan.priced else 0.0
+    real = (0.0, u.prompt_tokens, u.completion_tokens, u.total_tokens or u.prompt_tokens + u.completion_tokens,
+            dollars, 0.0)  # MEASURES order; a request stays counted (index 0 gives no delta below)
+    return tuple([real[m] - taken if m else 0.0 for m, taken in zip(plan.measures, reservation.amounts)])
+
+
+_NOTHING = Usage()
 
 
 def denial(plan: Plan, amounts: tuple[float, ...], levels: tuple[float, ...]) -> Denial:
@@ -336,12 +350,11 @@ def ratelimit_headers(plan: Plan, levels: tuple[float, ...]) -> list[tuple[str, 
     """OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the header buckets,
     from their levels after the reservation."""
     out: list[tuple[str, str]] = []
-    for kind, index in (("requests", plan.header_requests), ("tokens", plan.header_tokens)):
-        if index >= 0:
-            b, level = plan.buckets[index], levels[index]
-            out.append((f"x-ratelimit-limit-{kind}", f"{b.capacity:.0f}"))
-            out.append((f"x-ratelimit-remaining-{kind}", f"{max(level, 0.0):.0f}"))
-            out.append((f"x-ratelimit-reset-{kind}", go_duration(b.until_full(level))))
+    for index, limit_header, remaining_name, reset_name, capacity, refill in plan.header_specs:
+        level = levels[index]
+        out.append(limit_header)
+        out.append((remaining_name, str(int(level)) if level > 0.0 else "0"))
+        out.append((reset_name, go_duration((capacity - level) / refill) if level < capacity else "0s"))
     return out
 
 
@@ -352,6 +365,8 @@ def go_duration(seconds: float) -> str:
     if seconds < 1.0:
         ms = math.ceil(seconds * 1000)
         return f"{ms}ms" if ms else "0s"
+    if seconds < 60.0:
+        return f"{round(seconds, 3):g}s"
     hours, rest = divmod(seconds, 3600.0)
     minutes, secs = divmod(rest, 60.0)
     secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")

@@ -8,7 +8,11 @@ registry, so several gateways in one process (tests) never share counters.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -42,15 +46,14 @@ class Metrics:
             "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
         )
         self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served now.", registry=r)
-        self.limit_decisions = Counter(
-            "tollway_rate_limit_decisions", "Rate-limit decisions by limit (bucket id) and decision (allowed|limited).",
-            ("limit", "decision"), registry=r,
-        )
+        # Plain dict counts, exported at scrape time: a labelled Counter costs ~0.6 us per
+        # bucket per request, this ~0.05 us (the event loop is the only writer).
+        self.limit_counts: dict[tuple[str, str], int] = defaultdict(int)
+        r.register(_LimitDecisions(self.limit_counts))
         self.limit_store_errors = Counter(
             "tollway_rate_limit_store_errors", "Limit decisions made without the bucket store, by backend and on_store_error.",
             ("backend", "mode"), registry=r,
         )
-        self._decision_children: dict[tuple[str, str], Counter] = {}
 
     def observe(self, *, operation: str, provider: str, model: str, response_model: str, status: int,
                 seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str) -> None:
@@ -62,11 +65,23 @@ class Metrics:
             self.token_usage.labels(operation, provider, model, response_model, "output").observe(output_tokens)
 
     def limit_decision(self, limit: str, decision: str) -> None:
-        """Count one decision on one limit (children cached: this runs per bucket per request)."""
-        child = self._decision_children.get((limit, decision))
-        if child is None:
-            child = self._decision_children[(limit, decision)] = self.limit_decisions.labels(limit, decision)
-        child.inc()
+        """Count one rate-limit decision on one limit (bucket id): allowed or limited."""
+        self.limit_counts[(limit, decision)] += 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LimitDecisions(Collector):
+    """tollway_rate_limit_decisions_total{limit, decision} from the plain counts."""
+
+    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily("tollway_rate_limit_decisions",
+                                     "Rate-limit decisions by limit (bucket id) and decision (allowed|limited).",
+                                     labels=("limit", "decision"))
+        for (limit, decision), count in list(self.counts.items()):
+            family.add_metric((limit, decision), count)
+        return [family]
