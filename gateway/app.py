@@ -25,7 +25,7 @@ from gateway.accesslog import AccessLog
 from gateway.admin import AdminAPI
 from gateway.anthropic_api import AnthropicAPI
 from gateway.exchange import Exchange, request_id
-from gateway.drain import drain, install_readiness_signal
+from gateway.drain import drain, install_readiness_signal, shutting_down
 from gateway.limiter import Limiter, build_limiter
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
@@ -50,7 +50,7 @@ class Gateway:
         self.proxy = Proxy(self.metrics)
         self.limiter: Limiter | None = None  # built in start(): a Redis store belongs to the serving loop
         self.ready = False
-        self.in_flight = 0  # requests being served, for the drain on shutdown
+        self.in_flight: set[asyncio.Task[Any]] = set()  # requests being served, for the drain on shutdown
         self.watcher: ConfigWatcher | None = None
         self.metrics.registry.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
@@ -117,19 +117,22 @@ class Gateway:
         method, path = scope.method, scope.path
         entry = self.routes.get((method, path.rstrip("/") or "/"))
         ex = Exchange(request_id(scope.headers.get("x-request-id")), entry[0] if entry else "unknown")
-        self.in_flight += 1
+        task = asyncio.current_task()
+        self.in_flight.add(task)  # type: ignore[arg-type]
         try:
             if entry is None:
                 raise self._unknown(method, path)
             await entry[1](scope, proto, ex)
         except GatewayError as exc:
             self._send_error(proto, ex, exc)
+        except asyncio.CancelledError:  # only the drain deadline cancels a request: answer, don't crash
+            self._send_error(proto, ex, shutting_down())
         except Exception:  # noqa: BLE001 - the last line of defence: the process must stay up
             log.exception("unhandled error serving %s %s (request %s)", method, path, ex.request_id)
             self._send_error(proto, ex, errors.internal())
             ex.error_type = "internal_error"
         finally:
-            self.in_flight -= 1
+            self.in_flight.discard(task)  # type: ignore[arg-type]
             self._finish(ex)
 
     def _unknown(self, method: str, path: str) -> GatewayError:

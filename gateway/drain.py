@@ -12,9 +12,12 @@ So, in order:
    marks itself not ready (/readyz 503) while still serving, and the main process waits
    `server.drain_delay` seconds, long enough for a load balancer or Kubernetes to stop
    sending new requests. Then granian's own shutdown proceeds (listener closed).
-2. `Gateway.__rsgi_del__` runs `drain()`: the loop keeps running until the requests in flight
-   finish or `server.drain_timeout` passes; then pools and the upstream client close.
-   granian waits for the worker at most drain_timeout plus a margin before killing it.
+2. granian's worker (Rust side) stops accepting and waits for every open response before it
+   returns the loop to Python, so the deadline is kept by the worker itself: SIGUSR1 also
+   starts a timer that cancels requests still in flight after drain_delay + drain_timeout.
+   Then `Gateway.__rsgi_del__` runs `drain()` (a last wait, for a worker that got SIGTERM
+   directly) and closes pools and the upstream client. granian kills a worker that is
+   still alive drain_timeout plus a margin after its SIGTERM.
 3. `TollwayServer` turns SIGHUP into a SIGHUP to each worker, where gateway.reload handles it.
 """
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 from typing import Any
 
 from granian import Granian
+
+from core.errors import GatewayError
 
 log = logging.getLogger("tollway")
 _KILL_MARGIN = 5.0  # seconds granian waits beyond drain_timeout before it kills a worker
@@ -61,23 +66,50 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
                     pass  # it exited between the check and the signal: nothing to tell it
 
 
-def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Any) -> None:
-    """SIGUSR1 (from TollwayServer.shutdown) marks the worker not ready."""
-    def not_ready() -> None:
-        gateway.ready = False
+def shutting_down() -> GatewayError:
+    """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
+    return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
+                        "api_error", "gateway_shutting_down")
 
-    loop.add_signal_handler(signal.SIGUSR1, not_ready)
+
+def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Any) -> None:
+    """SIGUSR1 (from TollwayServer.shutdown) marks the worker not ready and starts the clock:
+    requests still in flight after drain_delay + drain_timeout are cut off."""
+    def begin_drain() -> None:
+        if not gateway.ready:
+            return  # already draining
+        gateway.ready = False
+        server = gateway.runtime.config.server
+        gateway.drain_task = loop.create_task(_cut_off_after(gateway, server.drain_delay + server.drain_timeout))
+
+    loop.add_signal_handler(signal.SIGUSR1, begin_drain)
+
+
+async def _cut_off_after(gateway: Any, seconds: float) -> None:
+    """granian's worker waits for every open response before it hands the loop back to the
+    app, so the drain deadline must be enforced here, by ending what is still running."""
+    await asyncio.sleep(seconds)
+    await _cancel(gateway)
+
+
+async def _cancel(gateway: Any) -> int:
+    left = list(gateway.in_flight)
+    if left:
+        log.warning("drain timeout: cutting off %d requests still in flight", len(left))
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=1.0)
+    return len(left)
 
 
 async def drain(gateway: Any, timeout: float) -> int:
-    """Wait until no request is in flight, or `timeout` seconds. Returns how many were left."""
+    """Wait until no request is in flight, or `timeout` seconds; then cancel the rest, so the
+    worker can exit. Returns how many were cut off."""
     gateway.ready = False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     if gateway.in_flight:
-        log.info("draining %d requests in flight (up to %.0fs)", gateway.in_flight, timeout)
+        log.info("draining %d requests in flight (up to %.0fs)", len(gateway.in_flight), timeout)
     while gateway.in_flight and loop.time() < deadline:
         await asyncio.sleep(0.02)
-    if gateway.in_flight:
-        log.warning("drain timeout: %d requests still in flight are cut off", gateway.in_flight)
-    return int(gateway.in_flight)
+    return await _cancel(gateway)

@@ -26,6 +26,7 @@ from core.request import RequestHead
 from core.retry import AttemptPlan, retry_after
 from core.routing import Route
 from core.usage import Usage
+from gateway.drain import shutting_down
 from gateway.exchange import Exchange
 from gateway.runtime import ProviderRuntime, Runtime
 from gateway.upstream import UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout
@@ -197,6 +198,10 @@ class Proxy:
             err = exc if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
             await transport.send_bytes(err.sse_event())
+        except asyncio.CancelledError:  # cut off by the drain deadline: say so before the stream ends
+            ex.error_type = "gateway_shutting_down"
+            await transport.send_bytes(shutting_down().sse_event())
+            raise
 
     def _counted_usage(self, ctx: CallContext, translator: Any) -> Usage:
         """Usage when the upstream reported none: tiktoken over what was actually streamed."""

@@ -1,0 +1,91 @@
+"""Graceful drain: SIGTERM to the main process -> /readyz 503 first, in-flight streams finish, exit 0."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+
+from tests.harness import TEST_KEY, GatewayProcess, key_hash
+
+
+def config(delay: float, timeout: float, chunk_delay: float, chunks: int) -> str:
+    return f"""
+providers:
+  - {{name: slow, schema: fake, fake_chunk_delay: {chunk_delay}, fake_chunks: {chunks}}}
+models:
+  - {{name: slow, targets: [{{provider: slow}}]}}
+keys:
+  - {{name: app, key_hash: "{key_hash(TEST_KEY)}"}}
+server: {{drain_delay: {delay}, drain_timeout: {timeout}, access_log: false}}
+"""
+
+
+def readyz(gw: GatewayProcess) -> int | None:
+    """The /readyz status, or None once the listener is closed."""
+    try:
+        with urllib.request.urlopen(gw.url + "/readyz", timeout=1) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def stream_in_thread(gw: GatewayProcess, result: dict) -> threading.Thread:
+    def run() -> None:
+        sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=30)
+        try:
+            stream = sdk.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}], stream=True)
+            result["chunks"] = [c for c in stream]
+        except openai.OpenAIError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_drops_readiness_first_then_finishes_streams_and_exits_0():
+    gw = GatewayProcess(config(delay=1.0, timeout=10, chunk_delay=0.25, chunks=10))
+    try:
+        result: dict = {}
+        thread = stream_in_thread(gw, result)
+        time.sleep(0.5)  # the stream is under way
+        os.kill(gw.proc.pid, signal.SIGTERM)  # the main process only, as Kubernetes does
+        statuses = []
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            statuses.append(readyz(gw))
+            time.sleep(0.05)
+        assert 503 in statuses and 200 not in statuses[-3:], statuses
+        thread.join(15)
+        assert "error" not in result, result.get("error")
+        assert len(result["chunks"]) >= 10, "the in-flight stream was cut short"
+        assert gw.proc.wait(15) == 0
+        assert readyz(gw) is None
+    finally:
+        gw.stop()
+
+
+def test_drain_timeout_bounds_the_wait():
+    gw = GatewayProcess(config(delay=0.0, timeout=1.0, chunk_delay=1.0, chunks=60))
+    try:
+        result: dict = {}
+        thread = stream_in_thread(gw, result)
+        time.sleep(0.5)
+        start = time.monotonic()
+        os.kill(gw.proc.pid, signal.SIGTERM)
+        code = gw.proc.wait(15)
+        took = time.monotonic() - start
+        thread.join(10)
+        assert took < 4, f"shutdown took {took:.1f}s with a 1s drain timeout"
+        assert code == 0
+        assert "drain timeout" in gw.stderr()
+        assert "shutting down" in str(result.get("error")), "the cut-off stream must end with an error event"
+    finally:
+        gw.stop()
