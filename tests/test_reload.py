@@ -1,0 +1,86 @@
+"""Hot reload: the watcher validates before applying; the runtime keeps what did not change."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import pytest
+
+from core.config import loads
+from gateway.reload import ConfigWatcher
+from gateway.runtime import Runtime
+from gateway.upstream import UpstreamClient
+
+GOOD = """
+providers:
+  - name: pool
+    schema: openai
+    endpoints: ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"]
+  - {name: single, schema: openai, base_url: "http://127.0.0.1:11/v1"}
+models:
+  - {name: m, targets: [{provider: pool}]}
+"""
+CHANGED = GOOD.replace('base_url: "http://127.0.0.1:11/v1"', 'base_url: "http://127.0.0.1:12/v1"')
+BAD = GOOD + "  - {name: broken, targets: [{provider: nowhere}]}\n"
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "tollway.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+def test_bad_config_is_rejected_with_its_reason_and_nothing_applied(config_file, caplog):
+    applied = []
+    watcher = ConfigWatcher(str(config_file), applied.append, interval=0)
+    config_file.write_text(BAD)
+    with caplog.at_level(logging.ERROR, logger="tollway"):
+        assert watcher.reload("test") is False
+    assert applied == [] and watcher.reloads == {"ok": 0, "rejected": 1}
+    assert "unknown provider 'nowhere'" in caplog.text and "(line 9)" in caplog.text
+    config_file.write_text(CHANGED)
+    assert watcher.reload("test") is True
+    assert applied[0].providers[1].base_url == "http://127.0.0.1:12/v1"
+
+
+async def test_file_change_and_sighup_both_reload(config_file):
+    applied = []
+    watcher = ConfigWatcher(str(config_file), applied.append, interval=0.05)
+    loop = asyncio.get_running_loop()
+    watcher.install(loop)
+    try:
+        await asyncio.sleep(0.15)
+        assert applied == [], "an unchanged file is not reloaded"
+        config_file.write_text(CHANGED)
+        await _until(lambda: len(applied) == 1)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _until(lambda: len(applied) == 2)
+    finally:
+        watcher.close(loop)
+    assert watcher.reloads["ok"] == 2
+
+
+async def test_a_reload_keeps_unchanged_providers_and_their_pools():
+    client = UpstreamClient()
+    first = Runtime(loads(GOOD), client)
+    pool = first.providers["pool"]
+    first.health.member("pool").failure(0.0)
+    second = Runtime(loads(CHANGED), client, first)
+    assert second.providers["pool"] is pool, "an unchanged pool keeps its scrape state and in-flight counts"
+    assert second.providers["single"] is not first.providers["single"]
+    assert second.retired(first) == [first.providers["single"]]
+    assert second.health is first.health and second.health.member("pool").failures == 1
+    stricter = loads(GOOD + "routing: {outlier_detection: {consecutive_failures: 1}}\n")
+    assert Runtime(stricter, client, second).providers["pool"] is not pool, "a new policy rebuilds breakers"
+    await client.aclose()
+
+
+async def _until(check, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
