@@ -28,7 +28,9 @@ class FakeVLLMReplica:
         self.name, self.model = name, model
         self.waiting = 0.0  # what /metrics reports as the queue
         self.kv_cache = 0.0
-        self.fail_status: int | None = None  # answer every completion with this status
+        self.fail_status: int | None = None  # answer completions with this status ...
+        self.fail_times: int | None = None  # ... this many times (None: every time)
+        self.retry_after: str | None = None  # sent with the failures
         self.delay = 0.0  # seconds before answering
         self.legacy_cache_metric = legacy_cache_metric
         self.served = 0
@@ -73,9 +75,12 @@ class FakeVLLMReplica:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.models_seen.append(body.get("model", ""))
-        if self.fail_status is not None:
+        if self.fail_status is not None and self.fail_times != 0:
+            if self.fail_times is not None:
+                self.fail_times -= 1
+            headers = {"retry-after": self.retry_after} if self.retry_after else None
             return web.json_response({"object": "error", "message": "replica unavailable", "type": "ServiceUnavailable",
-                                      "param": None, "code": self.fail_status}, status=self.fail_status)
+                                      "param": None, "code": self.fail_status}, status=self.fail_status, headers=headers)
         self.running += 1
         try:
             if self.delay:

@@ -1,0 +1,108 @@
+"""Routing through a real gateway: retries with retry-after, the attempt budget, the header
+override, and passive health at the route level, seen through the official openai SDK."""
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.fakes.vllm_replica import FakeVLLMReplica
+from tests.harness import TEST_KEY, GatewayProcess, key_hash
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Iterator[dict[str, FakeVLLMReplica]]:
+    made = {name: FakeVLLMReplica(name) for name in ("flaky", "primary", "backup", "other")}
+    yield made
+    for r in made.values():
+        r.kill()
+
+
+@pytest.fixture(scope="module")
+def gw(replicas) -> Iterator[GatewayProcess]:
+    providers = "\n".join(f"  - {{name: {n}, schema: openai, base_url: \"{r.url}\"}}" for n, r in replicas.items())
+    gateway = GatewayProcess(f"""
+providers:
+{providers}
+models:
+  - {{name: flaky, targets: [{{provider: flaky}}]}}
+  - {{name: other, targets: [{{provider: other}}]}}
+  - name: ha
+    targets:
+      - {{provider: primary, priority: 0}}
+      - {{provider: backup, priority: 1}}
+keys:
+  - {{name: app, key_hash: "{key_hash(TEST_KEY)}"}}
+routing:
+  retry: {{attempts: 3, backoff_base: 0.05, backoff_max: 0.2, max_retry_after: 2, deadline: 10}}
+  outlier_detection: {{consecutive_failures: 3, cool_down: 60}}
+server: {{access_log: false}}
+""")
+    yield gateway
+    gateway.stop()
+
+
+def sdk(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
+
+
+def ask(gw: GatewayProcess, model: str, **kw):
+    return sdk(gw).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **kw)
+
+
+def test_retry_honours_retry_after_then_succeeds(gw, replicas):
+    flaky = replicas["flaky"]
+    flaky.fail_status, flaky.fail_times, flaky.retry_after = 503, 2, "0.4"
+    start = time.monotonic()
+    reply = ask(gw, "flaky")
+    took = time.monotonic() - start
+    assert reply.system_fingerprint == "flaky"
+    assert took >= 0.8, f"two retries honouring retry-after 0.4s took only {took:.2f}s"
+    assert len(flaky.models_seen) == 3
+
+
+def test_attempt_budget_ends_with_the_upstream_error(gw, replicas):
+    flaky = replicas["flaky"]
+    flaky.fail_status, flaky.fail_times, flaky.retry_after = 503, 10, None
+    seen = len(flaky.models_seen)
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(gw, "flaky")
+    assert err.value.status_code == 503
+    assert len(flaky.models_seen) - seen == 3, "attempts: 3"
+
+
+def test_a_retry_after_beyond_the_limit_is_passed_to_the_client_not_waited(gw, replicas):
+    flaky = replicas["flaky"]
+    flaky.fail_status, flaky.fail_times, flaky.retry_after = 429, 10, "30"
+    seen, start = len(flaky.models_seen), time.monotonic()
+    with pytest.raises(openai.RateLimitError) as err:
+        ask(gw, "flaky")
+    assert time.monotonic() - start < 1.0
+    assert len(flaky.models_seen) - seen == 1
+    assert err.value.response.headers.get("retry-after") == "30"
+    flaky.fail_status = None
+
+
+def test_header_routing_wins_over_the_body(gw, replicas):
+    req = sdk(gw).chat.completions.with_raw_response.create(
+        model="flaky", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-tollway-model": "other"})
+    assert req.parse().system_fingerprint == "other"
+
+
+def test_failing_primary_falls_back_then_is_ejected(gw, replicas):
+    primary = replicas["primary"]
+    primary.fail_status = 500
+    for _ in range(6):  # streams too: the fallback happens before the first byte, so the client never knows
+        chunks = list(ask(gw, "ha", stream=True))
+        assert chunks[0].system_fingerprint == "backup"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == "Hello from vLLM"
+    assert ask(gw, "ha").system_fingerprint == "backup"
+    tried = len(primary.models_seen)
+    assert tried == 3, f"ejected after 3 consecutive failures, but it was tried {tried} times"
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'tollway_upstream_available{endpoint="",provider="primary"} 0.0' in text
+    assert 'tollway_upstream_ejections{endpoint="",provider="primary"} 1.0' in text
