@@ -52,45 +52,57 @@ GAUGE_TTL_MS = 3_600_000
 MAX_HELD = 10_000       # settles kept through an incident; older ones are dropped
 
 BUCKETS_LUA = """
--- ARGV: now ('' = Redis TIME), gauge ttl ms, op count, then per op:
---   kind ('r' reserve | 'c' charge), n, then n x (key index, capacity, refill/s, amount)
--- Returns, per reserve op in order: '1' or '0' (taken?), then the n levels after it.
+-- KEYS: the buckets this batch touches.
+-- ARGV[1] now ('' = Redis TIME); ARGV[2] gauge ttl ms;
+-- ARGV[3] 'capacity refill' per key, space-separated, in KEYS order;
+-- ARGV[4] the ops, space-separated: kind ('r' reserve | 'c' charge), n, n x (key index, amount).
+-- Returns one string: per reserve op in order, '1' or '0' (taken?) then its n levels after it.
+-- (Whole batches travel as two strings: redis-py spends ~2 us per argument it packs.)
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local gauge_ttl = tonumber(ARGV[2])
+local caps, rates = {}, {}
+do
+  local i, tok = 1, string.gmatch(ARGV[3], '%S+')
+  for cap in tok do
+    caps[i], rates[i] = tonumber(cap), tonumber(tok())
+    i = i + 1
+  end
+end
 local state = {}
 
-local function bucket(i, cap, rate)
+local function bucket(i)
   local s = state[i]
+  local cap, rate = caps[i], rates[i]
   if not s then
     local v = redis.call('HMGET', KEYS[i], 'l', 't')
     local level, stamp = tonumber(v[1]), tonumber(v[2])
     if not level then level, stamp = cap, now end
+    if level > cap then level = cap end
     s = {level, stamp}
     state[i] = s
   end
-  s[3], s[4] = cap, rate
   if now > s[2] then
     if rate > 0 then s[1] = math.min(cap, s[1] + (now - s[2]) * rate) end
     s[2] = now
   end
-  if s[1] > cap then s[1] = cap end
   return s
 end
 
-local out, pos = {}, 4
-for _ = 1, tonumber(ARGV[3]) do
-  local kind, n = ARGV[pos], tonumber(ARGV[pos + 1])
-  pos = pos + 2
+local out = {}
+local tok = string.gmatch(ARGV[4], '%S+')
+for kind in tok do
+  local n = tonumber(tok())
   local held, amounts, fits = {}, {}, true
   for j = 1, n do
-    local s = bucket(tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]))
-    held[j], amounts[j] = s, tonumber(ARGV[pos + 3])
+    local i = tonumber(tok())
+    local s = bucket(i)
+    held[j], amounts[j] = s, tonumber(tok())
+    s[3] = caps[i]
     if s[1] < amounts[j] then fits = false end
-    pos = pos + 4
   end
   if kind == 'r' then
     if fits then for j = 1, n do held[j][1] = held[j][1] - amounts[j] end end
@@ -104,10 +116,10 @@ end
 for i, s in pairs(state) do
   redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
   local ttl = gauge_ttl
-  if s[4] > 0 then ttl = math.ceil((s[3] - s[1]) / s[4] * 1000) + 1000 end
+  if rates[i] > 0 then ttl = math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000 end
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
-return out
+return table.concat(out, ' ')
 """
 BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
 
@@ -206,7 +218,8 @@ class RedisBuckets:
         entry = self._plans.get(id(plan))
         if entry is None or entry[0] is not plan:
             keys = tuple(self.key(b.id) for b in plan.buckets)
-            entry = self._plans[id(plan)] = (plan, keys, [[b.capacity, b.refill] for b in plan.buckets])
+            shapes = [f"{b.capacity!r} {b.refill!r}" for b in plan.buckets]
+            entry = self._plans[id(plan)] = (plan, keys, shapes)
         return _Op(kind, entry[1], [entry[2], amounts], future)
 
     def _kick(self) -> None:
@@ -237,13 +250,14 @@ class RedisBuckets:
             self._incident(exc, batch)
             return False
         self._recovered()
+        words = reply.split()
         pos = 0
         for op in batch:
             if op.future is None:
                 continue
             n = len(op.keys)
-            taken = reply[pos] == b"1"
-            levels = tuple([float(x) for x in reply[pos + 1:pos + 1 + n]])
+            taken = words[pos] == b"1"
+            levels = tuple(map(float, words[pos + 1:pos + 1 + n]))
             pos += 1 + n
             if not op.future.done():
                 op.future.set_result((taken, levels))
@@ -251,18 +265,24 @@ class RedisBuckets:
                 self._queue.append(_Op("c", op.keys, [op.args[0], tuple(-a for a in op.args[1])], None))
         return True
 
-    def _encode(self, batch: list[_Op]) -> tuple[list[str], list[Any]]:
+    def _encode(self, batch: list[_Op]) -> tuple[list[str], list[str]]:
+        """KEYS and the four ARGV strings of one script call (see BUCKETS_LUA)."""
         index: dict[str, int] = {}
-        args: list[Any] = ["" if self.now is None else repr(self.now), GAUGE_TTL_MS, len(batch)]
+        shapes: list[str] = []
+        ops: list[str] = []
         for op in batch:
-            shape, amounts = op.args
-            args += [op.kind, len(op.keys)]
-            for key, (capacity, refill), amount in zip(op.keys, shape, amounts):
+            plan_shapes, amounts = op.args
+            ops.append(op.kind)
+            ops.append(str(len(op.keys)))
+            for key, shape, amount in zip(op.keys, plan_shapes, amounts):
                 i = index.get(key)
                 if i is None:
                     i = index[key] = len(index) + 1
-                args += [i, capacity, refill, amount]
-        return list(index), args
+                    shapes.append(shape)
+                ops.append(str(i))
+                ops.append(repr(amount))
+        now = "" if self.now is None else repr(self.now)
+        return list(index), [now, str(GAUGE_TTL_MS), " ".join(shapes), " ".join(ops)]
 
     async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA; on NOSCRIPT (Redis restarted or flushed) load the script and call again."""
