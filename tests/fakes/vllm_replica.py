@@ -7,9 +7,13 @@ with vLLM's names (`vllm:num_requests_waiting`, `vllm:num_requests_running`,
 depth and cache use it reports, make it fail with a status, and kill it (its port then
 refuses connections). Each answer names the replica in `system_fingerprint`, so a client can
 count who served it; `served` counts it on the replica side.
+
+`python -m tests.fakes.vllm_replica --name vllm-a --port 8000` serves one on all interfaces
+in the foreground: the docker compose example (deploy/compose) runs two of them.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -24,7 +28,7 @@ REPLY = "Hello from vLLM"
 
 class FakeVLLMReplica:
     def __init__(self, name: str, model: str = "meta-llama/Meta-Llama-3-8B-Instruct", port: int | None = None,
-                 legacy_cache_metric: bool = False) -> None:
+                 legacy_cache_metric: bool = False, start: bool = True) -> None:
         self.name, self.model = name, model
         self.waiting = 0.0  # what /metrics reports as the queue
         self.kv_cache = 0.0
@@ -37,6 +41,8 @@ class FakeVLLMReplica:
         self.scrapes = 0
         self.running = 0
         self.models_seen: list[str] = []
+        if not start:  # the foreground server of main() builds the app itself
+            return
         self.server = ThreadedServer(self._app, port)
         self.port = self.server.port
         self.origin = f"http://127.0.0.1:{self.port}"
@@ -119,3 +125,19 @@ class FakeVLLMReplica:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake vLLM replica (OpenAI API + vLLM metrics).")
+    parser.add_argument("--name", default="vllm")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--waiting", type=float, default=0.0, help="the queue depth /metrics reports")
+    args = parser.parse_args()
+    replica = FakeVLLMReplica(args.name, start=False)
+    replica.waiting = args.waiting
+    web.run_app(replica._app(), host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
