@@ -161,12 +161,13 @@ class Proxy:
         chunks = resp.__aiter__()
         first = await self._first_chunk(ctx, chunks, translator)  # failures here can still fall back
         ex.status = 200
-        transport = proto.response_stream(200, [*SSE_HEADERS, *base_headers])
+        out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]))
         try:
-            await self._pump(ex, transport, first, chunks, translator)
+            await self._pump(ex, out, first, chunks, translator)
         except ClientGone:
             ex.error_type = "client_closed"
         finally:
+            out.close()
             ex.usage = translator.usage or self._counted_usage(ctx, translator)
 
     async def _first_chunk(self, ctx: CallContext, chunks: Any, translator: Any) -> bytes:
@@ -183,24 +184,24 @@ class Proxy:
             raise errors.upstream_unreachable(ctx.provider.name) from None
         return out
 
-    async def _pump(self, ex: Exchange, transport: Any, first: bytes, chunks: Any, translator: Any) -> None:
-        await transport.send_bytes(first)
+    async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, translator: Any) -> None:
+        await transport.send(first)
         ex.first_byte = time.perf_counter()
         try:
             async for chunk in chunks:
                 out = translator.feed(chunk)
                 if out:
-                    await transport.send_bytes(out)
+                    await transport.send(out)
             tail = translator.flush()
             if tail:
-                await transport.send_bytes(tail)
+                await transport.send(tail)
         except (UpstreamTimeout, UpstreamDisconnected, UpstreamConnectError, GatewayError) as exc:
             err = exc if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
-            await transport.send_bytes(err.sse_event())
+            await transport.send(err.sse_event())
         except asyncio.CancelledError:  # cut off by the drain deadline: say so before the stream ends
             ex.error_type = "gateway_shutting_down"
-            await transport.send_bytes(shutting_down().sse_event())
+            await transport.send(shutting_down().sse_event())
             raise
 
     def _counted_usage(self, ctx: CallContext, translator: Any) -> Usage:
@@ -216,6 +217,27 @@ def _upstream_fault(exc: GatewayError) -> bool | None:
     """True if the error says the upstream is broken; None if it says nothing about it
     (the client's mistake, or a busy upstream's 429)."""
     return True if exc.status in RETRYABLE_STATUS and exc.status not in _NOT_A_FAULT else None
+
+
+class ClientStream:
+    """The client's side of a streamed response.
+
+    granian ends the HTTP response only when its stream transport object is freed. A frame
+    kept alive by an exception's traceback (a reference cycle, freed only when the GC runs)
+    would hold the response open, and the client would hang after the last event. So the
+    transport lives only here, and `close()` drops it as soon as the relay is over.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    async def send(self, data: bytes) -> None:
+        await self._transport.send_bytes(data)
+
+    def close(self) -> None:
+        self._transport = None
 
 
 def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:
