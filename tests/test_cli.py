@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,12 @@ def tollway(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> s
 
 
 def test_check_accepts_every_example():
-    env = {"OPENAI_API_KEY": "x", "AZURE_OPENAI_API_KEY": "x", "VLLM_KEY": "", "ANTHROPIC_API_KEY": "x",
-           "GEMINI_API_KEY": "x", "TIER2_KEY": "x", "TOLLWAY_ADMIN_KEY_HASH": "sha256:" + "0" * 64}
-    for example in sorted((ROOT / "examples").glob("*.yaml")):
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    # Every ${VAR} an example uses, set to a value of the right shape.
+    names = {n for e in examples for n in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", e.read_text())}
+    env = {n: ("sha256:" + "0" * 64 if "HASH" in n else "placeholder") for n in names}
+    for example in examples:
         r = tollway("check", str(example), env=env)
         assert r.returncode == 0, (example, r.stderr)
         assert "ok" in r.stdout
