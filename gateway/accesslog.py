@@ -17,11 +17,11 @@ _encode = msgspec.json.Encoder().encode
 class AccessLog:
     def __init__(self, stream: IO[bytes] | None = None, enabled: bool = True) -> None:
         self._stream = stream or sys.stdout.buffer
-        self._enabled = enabled
+        self.enabled = enabled
         self._pending: list[bytes] = []
 
     def write(self, record: dict[str, Any]) -> None:
-        if not self._enabled:
+        if not self.enabled:
             return
         if not self._pending:
             try:

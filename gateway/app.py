@@ -161,7 +161,8 @@ class Gateway:
         )
         if ex.first_byte is not None and ex.stream:
             self.metrics.ttft.labels(ex.api, ex.otel_provider, ex.route).observe(ex.first_byte - ex.start)
-        self.access_log.write(ex.log_record())
+        if self.access_log.enabled:  # building the record is most of the cost: skip it when off
+            self.access_log.write(ex.log_record())
 
     # -- the client API --------------------------------------------------------------------
 
