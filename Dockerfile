@@ -11,6 +11,16 @@ COPY gateway ./gateway
 # A wheel with the Cython kernels compiled (setup.py says "ACCELERATED" in the log).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
+# Fake vLLM replicas for the two-tier compose example (deploy/compose): the same wheel plus
+# tests/fakes. Build it with `--target fakes`; the default target is `runtime` below.
+FROM python:3.11-slim AS fakes
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl aiohttp && rm -rf /wheels
+COPY tests /app/tests
+WORKDIR /app
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "tests.fakes.vllm_replica"]
+
 FROM python:3.11-slim AS runtime
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollway
 COPY --from=build /wheels /wheels

@@ -195,7 +195,11 @@ def _compose_config(service: str) -> config_mod.Config:
 
 def test_compose_has_both_tiers_redis_and_two_replicas():
     assert {"tier1", "tier2", "redis", "vllm-a", "vllm-b"} <= set(SERVICES)
-    assert (COMPOSE.parent / SERVICES["tier1"]["build"]["context"] / SERVICES["tier1"]["build"]["dockerfile"]).is_file()
+    build = SERVICES["tier1"]["build"]
+    dockerfile = COMPOSE.parent / build["context"] / build.get("dockerfile", "Dockerfile")
+    assert dockerfile.is_file()
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(), re.M | re.I)
+    assert build["target"] in stages and SERVICES["vllm-a"]["build"]["target"] in stages
 
 
 def test_compose_configs_point_at_compose_services_and_ports():
@@ -217,5 +221,6 @@ def test_compose_grace_and_health_checks_fit_the_gateway():
         assert grace > config.server.drain_delay + config.server.drain_timeout
         check = " ".join(SERVICES[name]["healthcheck"]["test"])
         assert "/readyz" in check and f":{_arg(SERVICES[name]['command'], '--port')}/" in check
-    replica_cmd = shlex.join(SERVICES["vllm-a"]["entrypoint"])
-    assert "tests.fakes.vllm_replica" in replica_cmd
+    dockerfile = (COMPOSE.parent / SERVICES["vllm-a"]["build"]["context"] / "Dockerfile").read_text()
+    fakes_stage = dockerfile.split("AS fakes", 1)[1].split("\nFROM ", 1)[0]
+    assert "tests.fakes.vllm_replica" in fakes_stage  # the replicas' image runs the fake vLLM
