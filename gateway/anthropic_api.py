@@ -14,8 +14,8 @@ import msgspec
 
 from core import errors
 from core.errors import GatewayError
+from core.providers.anthropic_errors import error_body, error_event
 from core.providers.base import ClientAPI
-from core.providers.wire import anthropic as wire
 from core.request import parse_head
 from gateway.exchange import Exchange
 from gateway.runtime import KeyRecord, Runtime
@@ -26,13 +26,10 @@ if TYPE_CHECKING:
 MESSAGES_PATH = "/anthropic/v1/messages"
 COUNT_TOKENS_PATH = "/anthropic/v1/messages/count_tokens"
 
-# HTTP status -> Anthropic's error `type` (what its SDK and docs use for each status).
-ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
-    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error",
-}
 _JSON = ("content-type", "application/json")
+# Client headers that go to the provider (the Anthropic pass-through forwards them): beta
+# features are switched on per request by the client. Never any auth header.
+PASSED_HEADERS = ("anthropic-beta",)
 
 
 class AnthropicShapedError(GatewayError):
@@ -43,11 +40,10 @@ class AnthropicShapedError(GatewayError):
         return cls(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
 
     def body(self) -> bytes:
-        kind = ERROR_TYPES.get(self.status, "api_error")
-        return wire.encode(wire.ErrorBody(wire.ErrorDetail(kind, self.message)))
+        return error_body(self)
 
     def sse_event(self) -> bytes:
-        return b"event: error\ndata: " + self.body() + b"\n\n"
+        return error_event(self)
 
 
 class AnthropicAPI:
@@ -73,6 +69,7 @@ class AnthropicAPI:
         return record
 
     async def messages(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        ex.passed_headers = passed_headers(scope)
         try:
             await self.gateway.proxy_api(ClientAPI.MESSAGES, scope, proto, ex, authenticate=self.authenticate)
         except GatewayError as exc:
@@ -82,6 +79,7 @@ class AnthropicAPI:
         """Anthropic providers count upstream; for every other provider the gateway counts
         locally with tiktoken over the request's text (an estimate, as the real tokenizer
         of a non-OpenAI model is not public)."""
+        ex.passed_headers = passed_headers(scope)
         try:
             await self._count_tokens(scope, proto, ex)
         except GatewayError as exc:
@@ -107,6 +105,12 @@ class AnthropicAPI:
         ex.status = 200
         counted = msgspec.json.encode({"input_tokens": local_token_count(body, head.model or "")})
         proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], counted)
+
+
+def passed_headers(scope: Any) -> tuple[tuple[str, str], ...]:
+    """The client's PASSED_HEADERS, repeated ones joined with commas as HTTP allows."""
+    found = ((name, ",".join(scope.headers.get_all(name))) for name in PASSED_HEADERS)
+    return tuple((name, value) for name, value in found if value)
 
 
 def local_token_count(body: bytes, model: str) -> int:

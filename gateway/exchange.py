@@ -19,7 +19,8 @@ def request_id(client_value: str | None) -> str:
 
 class Exchange:
     __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
-                 "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte")
+                 "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
+                 "passed_headers")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -36,6 +37,7 @@ class Exchange:
         self.error_type: str = ""
         self.stream = False
         self.first_byte: float | None = None
+        self.passed_headers: tuple[tuple[str, str], ...] = ()  # see CallContext.passed_headers
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

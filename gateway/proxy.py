@@ -108,7 +108,8 @@ class Proxy:
         adapter = provider.adapter(ex.api)
         if adapter is None:
             raise errors.bad_request(f"Model '{head.model}' is served by a provider that does not support this endpoint.")
-        ctx = CallContext(ex.api, body, head, upstream_model, endpoint or provider.config, time.time())
+        ctx = CallContext(ex.api, body, head, upstream_model, endpoint or provider.config, time.time(),
+                          ex.passed_headers)
         call: UpstreamCall = adapter.build(ctx)
         call = await provider.sign(call)
         resp = await self._send(provider, call)
@@ -198,10 +199,10 @@ class Proxy:
         except (UpstreamTimeout, UpstreamDisconnected, UpstreamConnectError, GatewayError) as exc:
             err = exc if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
-            await transport.send(err.sse_event())
+            await transport.send(_error_event(translator, err))
         except asyncio.CancelledError:  # cut off by the drain deadline: say so before the stream ends
             ex.error_type = "gateway_shutting_down"
-            await transport.send(shutting_down().sse_event())
+            await transport.send(_error_event(translator, shutting_down()))
             raise
 
     def _counted_usage(self, ctx: CallContext, translator: Any) -> Usage:
@@ -238,6 +239,12 @@ class ClientStream:
 
     def close(self) -> None:
         self._transport = None
+
+
+def _error_event(translator: Any, err: GatewayError) -> bytes:
+    """The stream's closing error event, in the client API's shape when its translator has one."""
+    render = getattr(translator, "error_event", None)
+    return render(err) if render is not None else err.sse_event()
 
 
 def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:

@@ -1,9 +1,10 @@
 """Anthropic Messages client API -> Anthropic itself: a pass-through.
 
 The client's body goes upstream as it is (only `model` is rewritten to the target's upstream
-name); the gateway swaps the client's gateway key for its own `x-api-key`. Usage is read on
-the way past: from the body, or from `message_start` and the cumulative `message_delta` of a
-stream, whose bytes are forwarded untouched.
+name); the gateway swaps the client's gateway key for its own `x-api-key`, and of the client's
+headers only `anthropic-beta` goes along (it switches on beta features per request). Usage is
+read on the way past: from the body, or from `message_start` and the cumulative
+`message_delta` of a stream, whose bytes are forwarded untouched.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import msgspec
 
 from core.errors import GatewayError
 from core.kernels import SSEFramer
+from core.providers.anthropic_errors import error_event
 from core.providers.base import CallContext, ClientAPI, UpstreamCall
 from core.providers.openai_anthropic import anthropic_error, anthropic_headers, messages_url, usage_of
 from core.providers.wire import anthropic as wire
@@ -36,7 +38,7 @@ class AnthropicNative:
 
     def build(self, ctx: CallContext) -> UpstreamCall:
         stream = ctx.head.wants_stream and ctx.api == ClientAPI.MESSAGES
-        return UpstreamCall("POST", messages_url(ctx, PATHS[ctx.api]), anthropic_headers(ctx), _body(ctx), stream)
+        return UpstreamCall("POST", messages_url(ctx, PATHS[ctx.api]), _headers(ctx), _body(ctx), stream)
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         if ctx.api != ClientAPI.MESSAGES:
@@ -54,6 +56,14 @@ class AnthropicNative:
         return anthropic_error(ctx, status, headers, body)
 
 
+def _headers(ctx: CallContext) -> list[tuple[str, str]]:
+    """The provider's headers plus the client's passed ones (`anthropic-beta`), unless the
+    operator configured that header for the provider: then the config wins."""
+    headers = anthropic_headers(ctx)
+    configured = {k.lower() for k, _ in headers}
+    return headers + [(k, v) for k, v in ctx.passed_headers if k.lower() not in configured]
+
+
 def _body(ctx: CallContext) -> bytes:
     if ctx.upstream_model == ctx.head.model:
         return ctx.body
@@ -69,19 +79,31 @@ class AnthropicStreamRelay:
         self._framer = SSEFramer()
         self._usage = wire.AnthropicUsage()
         self._text: list[str] = []
+        self._ended = False  # message_stop or error seen: the stream is complete
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         return b"".join(self._note(ev) for ev in self._framer.feed(chunk))
 
     def flush(self) -> bytes:
-        return b"".join(self._note(ev) for ev in self._framer.flush())
+        """The last bytes; raises GatewayError(502) if the stream ended without Anthropic's
+        `message_stop` (or its own `error` event), so a cut-off answer is not passed as whole."""
+        out = b"".join(self._note(ev) for ev in self._framer.flush())
+        if not self._ended:
+            raise GatewayError(502, "The upstream provider closed the stream before it finished.", "api_error",
+                               "upstream_disconnected")
+        return out
 
     def streamed_text(self) -> str:
         return "".join(self._text)
 
+    def error_event(self, err: GatewayError) -> bytes:
+        """A failure the gateway detected mid-stream, as the `event: error` Anthropic sends."""
+        return error_event(err)
+
     def _note(self, ev: Any) -> bytes:
         kind = ev.event
+        self._ended = self._ended or kind in (b"message_stop", b"error")
         if kind in (b"message_start", b"message_delta", b"content_block_delta") and ev.data:
             self._read(ev.data)
         return ev.raw

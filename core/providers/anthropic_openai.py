@@ -20,6 +20,7 @@ import msgspec
 
 from core.errors import GatewayError, bad_request
 from core.kernels import SSEFramer
+from core.providers.anthropic_errors import error_event
 from core.providers.base import CallContext, ClientAPI, UpstreamCall
 from core.providers.registry import adapter_for
 from core.providers.wire import anthropic as wire
@@ -235,6 +236,10 @@ class ChainedStream:
 
     def streamed_text(self) -> str:
         return self._inner.streamed_text()
+
+    def error_event(self, err: GatewayError) -> bytes:
+        """A failure mid-stream (the inner provider's, or the gateway's) as Anthropic's error event."""
+        return error_event(err)
 
 
 def sse(kind: str, payload: Any) -> bytes:

@@ -50,6 +50,9 @@ class CallContext(msgspec.Struct):
     upstream_model: str
     provider: Provider
     now: float = 0.0  # wall-clock seconds, for `created` fields (core never reads the clock)
+    # Client headers the client API lets through to providers that understand them (Anthropic's
+    # `anthropic-beta`); chosen at the gateway's boundary by name, never credentials.
+    passed_headers: tuple[tuple[str, str], ...] = ()
 
 
 class StreamTranslator(Protocol):
@@ -68,6 +71,10 @@ class StreamTranslator(Protocol):
     def streamed_text(self) -> str:
         """The generated text so far, for counting tokens when the upstream sent no usage."""
         ...
+
+    # Optional: `error_event(err: GatewayError) -> bytes`, the client API's own stream error
+    # event for a failure after the first byte. Without it the proxy sends OpenAI's
+    # `data: {"error": ...}`; the Anthropic client API needs `event: error` instead.
 
 
 class Adapter(Protocol):

@@ -8,7 +8,8 @@ Requests without `x-api-key` or `anthropic-version` get Anthropic's 401/400 erro
 and the upstream model name selects a misbehaviour:
 
   overloaded (529 overloaded_error), rate-limited (429 with retry-after: 7),
-  bad-key (401 authentication_error), stream-error (an `error` event mid-stream).
+  bad-key (401 authentication_error), stream-error (an `error` event mid-stream),
+  die-mid-stream (a few events, then the connection drops).
 """
 from __future__ import annotations
 
@@ -120,7 +121,11 @@ class FakeAnthropic:
             return web.json_response(message_body(model, bool(tools), tools[0]["name"] if tools else "get_weather"))
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
-        for event in message_events(model, bool(tools), fail_midway=model == "stream-error"):
+        events = message_events(model, bool(tools), fail_midway=model == "stream-error")
+        for i, event in enumerate(events):
+            if model == "die-mid-stream" and i == 5:  # after "Hello from": the peer just goes away
+                request.transport.close()
+                return resp
             await resp.write(event)
         await resp.write_eof()
         return resp
