@@ -9,7 +9,6 @@ embedded configs the gateway accepts, DNS names that name the Services that exis
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
