@@ -238,16 +238,17 @@ class Gateway:
 
     async def healthz(self, scope: Any, proto: Any, ex: Exchange) -> None:
         ex.status = 200
-        proto.response_bytes(200, [_JSON], b'{"status":"ok"}')
+        proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], b'{"status":"ok"}')
 
     async def readyz(self, scope: Any, proto: Any, ex: Exchange) -> None:
         ex.status = 200 if self.ready else 503
         body = b'{"status":"ready"}' if self.ready else b'{"status":"not ready"}'
-        proto.response_bytes(ex.status, [_JSON], body)
+        proto.response_bytes(ex.status, [_JSON, ("x-request-id", ex.request_id)], body)
 
     async def metrics_endpoint(self, scope: Any, proto: Any, ex: Exchange) -> None:
         ex.status = 200
-        proto.response_bytes(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], self.metrics.exposition())
+        headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
+        proto.response_bytes(200, headers, self.metrics.exposition())
 
 
 def create_app() -> Gateway:
