@@ -378,8 +378,9 @@ def _validate_provider(p: Provider, i: int, fail: Any) -> None:
     creds = p.credentials or {}
     if ("access_key_id" in creds) != ("secret_access_key" in creds):
         fail(["providers", i, "credentials"], "give access_key_id and secret_access_key together")
-    for field in ("connect", "first_byte", "idle"):
-        if getattr(p.timeouts, field) <= 0:
+    for field in ("connect", "first_byte", "idle", "total"):
+        seconds = getattr(p.timeouts, field)
+        if seconds is not None and seconds <= 0:
             fail(["providers", i, "timeouts", field], "must be > 0 seconds")
 
 

@@ -10,7 +10,8 @@ A `_Connection` is one TCP (or TLS) connection plus one httptools response parse
 at most one exchange at a time. `UpstreamClient.request` writes the request head and body in one
 write, waits (first_byte timeout) until the parser has seen the status line and headers, and
 returns an `UpstreamResponse`. Body bytes from the parser queue up in a deque that the response
-drains (idle timeout between chunks). When more than _HIGH_WATER bytes wait unread the transport
+drains (idle timeout between chunks). A `total` timeout bounds the whole exchange (connect, head
+and body): one `call_at` timer per exchange fails the connection when it expires. When more than _HIGH_WATER bytes wait unread the transport
 stops reading, so a slow consumer throttles the upstream through TCP instead of growing memory.
 
 When the parser says the message is complete and the upstream allowed keep-alive, the
@@ -55,7 +56,8 @@ class UpstreamConnectError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """A timeout expired; `phase` is "connect", "first_byte" or "idle" (a 504 for the client)."""
+    """A timeout expired; `phase` is "connect", "first_byte", "idle" or "total" (a 504 for the
+    client)."""
 
     def __init__(self, phase: str, origin: str) -> None:
         super().__init__(f"upstream {origin}: no progress within the {phase} timeout")
@@ -71,11 +73,13 @@ class _NoResponse(UpstreamConnectError):
 
 
 class Timeouts(msgspec.Struct, frozen=True):
-    """Seconds allowed to connect (incl. TLS/proxy), to the response headers, between chunks."""
+    """Seconds allowed to connect (incl. TLS/proxy), to the response headers, between chunks,
+    and for the whole exchange from connect to the body's last byte (None: no limit)."""
 
     connect: float = 5
     first_byte: float = 300
     idle: float = 120
+    total: float | None = None
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -94,6 +98,7 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[bool] | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # the exchange's `total` timer
         self._begin(skip_body=False)
 
     def _begin(self, skip_body: bool) -> None:
@@ -195,10 +200,13 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the client and the response -----------------------------------------------
 
-    def send(self, head: bytes, body: bytes, skip_body: bool) -> None:
-        """Start an exchange: write the request, in one write when it is small."""
+    def send(self, head: bytes, body: bytes, skip_body: bool, deadline: float | None) -> None:
+        """Start an exchange: write the request, in one write when it is small. The exchange
+        fails with UpstreamTimeout("total") if it is not over by `deadline` (loop time)."""
         self._begin(skip_body)
         self.busy = True
+        if deadline is not None:
+            self._deadline = self._loop.call_at(deadline, self._expire_total)
         self.transport.write(head + body if len(body) < 65536 else head)  # type: ignore[union-attr]
         if len(body) >= 65536:
             self.transport.write(body)  # type: ignore[union-attr]
@@ -234,6 +242,7 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """End the exchange on a reusable connection, ready for the pool."""
         self.busy = False
+        self._cancel_deadline()
         self.chunks.clear()
         if self._paused:
             self._paused = False
@@ -243,6 +252,7 @@ class _Connection(asyncio.Protocol):
         """Drop the connection now (mid-exchange or broken); idempotent."""
         self.busy = False
         self.closed = True
+        self._cancel_deadline()
         if self.transport is not None:
             self.transport.abort()
 
@@ -258,6 +268,24 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
         if not progressed:
             raise UpstreamTimeout(phase, self.label)
+
+    def _expire_total(self) -> None:
+        """The `total` timer: an exchange still receiving fails now, buffered chunks and all,
+        and the connection is dropped (its framing is mid-message, so it cannot be pooled)."""
+        self._deadline = None
+        if not self.busy or self.complete or self.error is not None:
+            return  # over, or already failing: the body read so far stays readable
+        self.chunks.clear()
+        self.buffered = 0
+        self.error = UpstreamTimeout("total", self.label)
+        self.closed = True
+        self.transport.abort()  # type: ignore[union-attr]
+        self._wake()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -302,7 +330,8 @@ class UpstreamResponse:
         return None
 
     async def read(self) -> bytes:
-        """The whole (remaining) body; raises UpstreamTimeout("idle") or UpstreamDisconnected."""
+        """The whole (remaining) body; raises UpstreamTimeout ("idle" or "total") or
+        UpstreamDisconnected."""
         parts = [chunk async for chunk in self]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -310,7 +339,7 @@ class UpstreamResponse:
         return self
 
     async def __anext__(self) -> bytes:
-        """The next body chunk as it arrived; raises UpstreamTimeout("idle") or
+        """The next body chunk as it arrived; raises UpstreamTimeout ("idle" or "total") or
         UpstreamDisconnected."""
         conn = self._conn
         if conn is None:
@@ -436,22 +465,24 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """Send a request and return once its status line and headers arrived.
 
-        Raises UpstreamConnectError, UpstreamTimeout ("connect" or "first_byte"), and
-        ValueError for a malformed URL or header.
+        Raises UpstreamConnectError, UpstreamTimeout ("connect", "first_byte" or "total"), and
+        ValueError for a malformed URL or header. With `timeouts.total`, reading the body past
+        that many seconds from now raises UpstreamTimeout("total").
         """
         if self._closed:
             raise RuntimeError("UpstreamClient is closed")
         origin_url, target = _split_url(url)
         origin = self._origin(origin_url)
         head = _request_head(method, target, origin, headers, len(body))
+        deadline = None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
         conn = self._take_idle(origin.key)
         if conn is not None:
             try:
-                return await self._exchange(conn, origin, head, body, method, timeouts)
+                return await self._exchange(conn, origin, head, body, method, timeouts, deadline)
             except _NoResponse:
                 pass  # the keep-alive race: replay once on a fresh connection
-        conn = await self._open(origin, timeouts.connect)
-        return await self._exchange(conn, origin, head, body, method, timeouts)
+        conn = await self._open(origin, timeouts.connect, deadline)
+        return await self._exchange(conn, origin, head, body, method, timeouts, deadline)
 
     async def aclose(self) -> None:
         """Close every idle connection; responses still open close their own."""
@@ -469,8 +500,9 @@ class UpstreamClient:
         body: bytes,
         method: str,
         timeouts: Timeouts,
+        deadline: float | None,
     ) -> UpstreamResponse:
-        conn.send(head, body, skip_body=method == "HEAD")
+        conn.send(head, body, skip_body=method == "HEAD", deadline=deadline)
         try:
             await conn.read_head(timeouts.first_byte)
         except BaseException:
@@ -501,13 +533,18 @@ class UpstreamClient:
         else:
             idle.append(conn)
 
-    async def _open(self, origin: _Origin, timeout: float) -> _Connection:
-        """A new connection (TLS and proxy included); raises UpstreamConnectError/Timeout."""
+    async def _open(self, origin: _Origin, timeout: float, deadline: float | None) -> _Connection:
+        """A new connection (TLS and proxy included) within `timeout` seconds and before the
+        exchange's `deadline` (loop time); raises UpstreamConnectError/Timeout."""
+        phase = "connect"
+        left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        if left is not None and left < timeout:
+            phase, timeout = "total", left
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(timeout, 0.0)):
                 return await self._dial(origin)
         except TimeoutError:
-            raise UpstreamTimeout("connect", origin.label) from None
+            raise UpstreamTimeout(phase, origin.label) from None
         except OSError as exc:  # refused, DNS (gaierror), TLS (SSLError), proxy refusals
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise UpstreamConnectError(f"cannot connect to upstream {origin.label}: {reason}") from exc
