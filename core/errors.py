@@ -97,8 +97,17 @@ def upstream_unreachable(provider: str) -> GatewayError:
     return GatewayError(502, f"The upstream provider '{provider}' could not be reached.", "api_error", "upstream_unreachable")
 
 
-def upstream_timeout(provider: str, phase: str) -> GatewayError:
-    return GatewayError(504, f"The upstream provider '{provider}' timed out ({phase}).", "api_error", "upstream_timeout")
+class UpstreamTimedOut(GatewayError):
+    """A 504: an upstream timeout expired; `phase` says which ("connect", "first_byte", "idle"
+    or "total"), so the retry walk can tell a slow upstream from an unreachable one."""
+
+    def __init__(self, provider: str, phase: str) -> None:
+        super().__init__(504, f"The upstream provider '{provider}' timed out ({phase}).", "api_error", "upstream_timeout")
+        self.phase = phase
+
+
+def upstream_timeout(provider: str, phase: str) -> UpstreamTimedOut:
+    return UpstreamTimedOut(provider, phase)
 
 
 def upstream_auth_failed(provider: str) -> GatewayError:

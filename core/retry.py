@@ -11,6 +11,12 @@ said `retry-after`. Nothing starts after the deadline, and a wait that would cro
 retry-after longer than `max_retry_after`, ends the walk: the client then gets the last error
 with the upstream's retry-after, which is more useful than a gateway that sits on the request.
 
+A target that *timed out* waiting for an answer (`timed_out=True`: first byte, idle or total;
+not connect) is not tried again in this request: it already cost a whole timeout, and a
+second try would most likely cost another while the client waits. The walk moves on to the
+other fallbacks, and ends if none is left. (A connect timeout is short and often means one
+dead replica of a pool, so it is retried like any other failure.)
+
 A failure that was only a broken connection to one replica of a pool (`same_target=True`) is
 retried on the same target right away and does not use the budget: the pool picks another
 replica, so the client never sees a dead one. The caller bounds those by the pool's size.
@@ -36,6 +42,8 @@ class AttemptPlan(Generic[T]):
     attempts: int = 0
     _again: bool = False  # the last failure asked for the same target, free of charge
     _waits: dict[int, float] = field(default_factory=dict)  # target index -> its retry-after
+    _turn: int = 0  # position in the round-robin walk over `order`, skipped targets included
+    _spent: set[int] = field(default_factory=set)  # target indexes that timed out: never again
 
     def next(self, now: float, draw: float) -> tuple[T, float] | None:
         """(target, seconds to wait before sending), or None when the walk is over."""
@@ -44,27 +52,34 @@ class AttemptPlan(Generic[T]):
         if self._again:
             self._again = False
             return self.order[self._index()], 0.0
-        if self.attempts >= self.policy.attempts:
+        if self.attempts >= self.policy.attempts or len(self._spent) == len(self.order):
             return None
-        index = self.attempts % len(self.order)
+        while self._turn % len(self.order) in self._spent:
+            self._turn += 1
+        index = self._turn % len(self.order)
         wait = self._wait(index, draw)
         if wait is None or now + wait >= self.started + self.policy.deadline:
             return None
         self.attempts += 1
+        self._turn += 1
         return self.order[index], wait
 
-    def failed(self, retry_after: float | None = None, same_target: bool = False) -> None:
-        """Record that the attempt `next()` returned failed before any byte reached the client."""
+    def failed(self, retry_after: float | None = None, same_target: bool = False, timed_out: bool = False) -> None:
+        """Record that the attempt `next()` returned failed before any byte reached the client:
+        the upstream asked for `retry_after` seconds, or only one replica broke (`same_target`),
+        or it timed out waiting for the upstream (`timed_out`: not tried again)."""
         index = self._index()
         if retry_after is not None:
             self._waits[index] = retry_after
-        self._again = same_target
+        if timed_out:
+            self._spent.add(index)
+        self._again = same_target and not timed_out
 
     def _index(self) -> int:
-        return (self.attempts - 1) % len(self.order)
+        return (self._turn - 1) % len(self.order)
 
     def _wait(self, index: int, draw: float) -> float | None:
-        lap = self.attempts // len(self.order)
+        lap = self._turn // len(self.order)
         if lap == 0:
             return 0.0
         asked = self._waits.get(index, 0.0)

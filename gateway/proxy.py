@@ -5,7 +5,8 @@ Theory of operation: the route gives targets in fallback order, healthy ones fir
 honouring retry-after, when it comes round to a target again). Each attempt takes an endpoint
 from the provider's endpoint source (its one base_url, or a replica picked by load), builds
 the upstream call with the pair's adapter, sends it, and either relays the answer or fails.
-A failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on;
+A failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on
+(a target that timed out waiting for its answer is not tried again);
 a broken connection to one replica of a pool is retried on another replica first, free of
 the budget. After the first byte of a stream has been sent, failures end the stream with an
 SSE error event instead, since the client has already seen part of an answer. Every outcome
@@ -20,7 +21,7 @@ from typing import Any
 
 from core import errors
 from core.config import Provider, Target
-from core.errors import GatewayError
+from core.errors import GatewayError, UpstreamTimedOut
 from core.providers.base import CallContext, UpstreamCall
 from core.request import RequestHead
 from core.retry import AttemptPlan, retry_after
@@ -69,7 +70,7 @@ class Proxy:
                     raise
                 last = exc
                 spare = exc.code == _CONNECT_FAILED and len(broken) < rt.providers[target.provider].endpoints.size
-                plan.failed(retry_after(exc.headers, time.time()), same_target=spare)
+                plan.failed(retry_after(exc.headers, time.time()), same_target=spare, timed_out=_waited_out(exc))
         raise last or errors.internal("The route has no targets.")
 
     async def _try_target(self, rt: Runtime, ex: Exchange, route: Route, target: Target, head: RequestHead,
@@ -212,6 +213,12 @@ class Proxy:
         completion = count_tokens(translator.streamed_text(), ctx.upstream_model)
         prompt = estimate_prompt_tokens(ctx.body)
         return Usage(prompt, completion, prompt + completion)
+
+
+def _waited_out(exc: GatewayError) -> bool:
+    """True if the attempt timed out waiting for an answer (not for a connection): trying the
+    same target again would likely cost the client another whole timeout."""
+    return isinstance(exc, UpstreamTimedOut) and exc.phase != "connect"
 
 
 def _upstream_fault(exc: GatewayError) -> bool | None:

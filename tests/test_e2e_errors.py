@@ -134,9 +134,12 @@ def test_dead_upstream_is_502(gateway):
     assert status == 502 and assert_openai_error(resp, code="upstream_unreachable")["message"]
 
 
-def test_upstream_timeout_is_504(gateway):
+def test_upstream_timeout_is_504(gateway, openai_upstream):
+    tries = sum(r["body"].get("model") == "slow-first-byte" for r in list(openai_upstream.requests))
     status, _, resp = post(gateway, '{"model":"slow-first-byte","messages":[]}')
     assert status == 504 and "first_byte" in assert_openai_error(resp, code="upstream_timeout")["message"]
+    after = sum(r["body"].get("model") == "slow-first-byte" for r in list(openai_upstream.requests))
+    assert after - tries == 1, "a target that timed out is not tried again (the client would wait twice)"
 
 
 def test_upstream_5xx_and_429_are_relayed(gateway):

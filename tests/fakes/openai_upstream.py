@@ -8,7 +8,9 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   fail-500, fail-429 (retry-after: 1), bad-auth (401 echoing the key it got), leaky-error
   (400 whose message quotes the key), slow-first-byte (headers after 3 s), stall-stream
   (2 chunks, then silence), die-mid-stream (2 chunks, then the connection drops),
-  no-usage (a stream that never reports usage).
+  no-usage (a stream that never reports usage), slow-stream (steady but slow: a piece every
+  0.3 s for 5 s, as SSE chunks when streaming and as a trickled JSON body otherwise, so no
+  idle timeout fires but a total one does; `cut_off` counts the ones the client dropped).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.cut_off: list[str] = []  # slow-stream answers whose client closed the connection early
         self.server = ThreadedServer(self._app)
         self.url = f"http://127.0.0.1:{self.server.port}/v1"
 
@@ -88,6 +91,8 @@ class FakeOpenAI:
         if bad is not None:
             return bad
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        if model == "slow-stream":
+            return await self._slow(request, body, prompt)
         if body.get("stream"):
             return await self._stream_chat(request, body, model, prompt)
         message: dict[str, Any] = {"role": "assistant", "content": REPLY, "refusal": None}
@@ -128,6 +133,37 @@ class FakeOpenAI:
             await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": _usage(prompt, 9)}).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        return resp
+
+    async def _slow(self, request: web.Request, body: dict[str, Any], prompt: int) -> web.StreamResponse:
+        """slow-stream: one piece every 0.3 s for 5 s; notes in `cut_off` if the client hung up."""
+        stream = bool(body.get("stream"))
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream" if stream else "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        base = {"id": "chatcmpl-slow", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": "slow-stream", "system_fingerprint": "fp_fake"}
+        try:
+            if not stream:
+                await resp.write(b'{"id": "chatcmpl-slow", "object": "chat.completion", ')
+            for _ in range(17):
+                await asyncio.sleep(0.3)
+                if stream:
+                    delta = {"choices": [{"index": 0, "delta": {"content": "tick "}, "logprobs": None, "finish_reason": None}]}
+                    await resp.write(b"data: " + json.dumps({**base, **delta}).encode() + b"\n\n")
+                else:
+                    await resp.write(b" ")  # JSON allows any whitespace between tokens
+            if stream:
+                await resp.write(b"data: [DONE]\n\n")
+            else:
+                message = {"role": "assistant", "content": "tick", "refusal": None}
+                rest = {"created": int(time.time()), "model": "slow-stream", "usage": _usage(prompt, 1),
+                        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}]}
+                await resp.write(json.dumps(rest).encode()[1:])  # the object's fields after the opening brace
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.cut_off.append("stream" if stream else "body")
+            raise
         return resp
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
