@@ -9,9 +9,9 @@ agrees on the clock). The Lua script `BUCKETS_LUA` runs the same arithmetic as t
 buckets, settles that may leave debt. A script runs atomically, so no two decisions interleave.
 
 Cost: a round trip and redis-py's ~40 us of CPU per call would halve a gateway doing ~100 us
-per request. So calls are *batched*: reservations and settles are queued, and one drain task
+per request. So calls are *batched*: reservations and settles are queued, and a drain task
 sends everything queued as ONE `EVALSHA` (ops applied in order inside the script), while new
-requests queue up behind it. Under load a call carries many decisions; a lone request pays
+requests queue up behind it, so ops reach Redis in the order they were made. Under load a call carries many decisions; a lone request pays
 one call. Settles never wait: they ride along with the next batch, or go on their own after
 `SETTLE_DELAY` when no reservation comes.
 
@@ -46,6 +46,7 @@ log = logging.getLogger("tollway")
 
 SETTLE_DELAY = 0.002    # s: how long a settle waits for a reservation batch to ride with
 MAX_OPS = 512           # ops per script call; longer queues go in several calls
+MAX_IN_FLIGHT = 1       # script calls in flight; 1 keeps ops in order (2 measured no faster)
 RETRY_INTERVAL = 1.0    # s: during an incident, how often Redis is tried again
 SOCKET_TIMEOUT = 0.5    # s: a decision never waits longer than this for Redis
 GAUGE_TTL_MS = 3_600_000
@@ -146,13 +147,12 @@ class RedisBuckets:
         self.metrics = metrics
         self.now: float | None = None  # tests pin the script's clock; None = Redis TIME
         self._queue: list[_Op] = []
-        self._draining = False
+        self._drains: set[asyncio.Task[None]] = set()  # batches in flight (at most MAX_IN_FLIGHT)
         self._settle_timer: asyncio.TimerHandle | None = None
         self._plans: dict[int, tuple[Plan, tuple[str, ...], list[list[Any]]]] = {}
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._held = 0  # settles kept for later during an incident
-        self._drain_task: asyncio.Task[None] | None = None
 
     def configure(self, policy: LimitPolicy) -> None:
         self._plans.clear()  # capacities travel with every call, so nothing else changes
@@ -175,7 +175,7 @@ class RedisBuckets:
         self._queue.append(self._op("c", plan, deltas, None))
         if self._down_since is not None and len(self._queue) > MAX_HELD:
             del self._queue[0]  # an outage this long loses the oldest settles, not memory
-        if not self._draining and self._settle_timer is None:
+        if not self._drains and self._settle_timer is None:
             self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
 
     async def levels(self, policy: LimitPolicy) -> dict[str, float]:
@@ -206,10 +206,10 @@ class RedisBuckets:
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
-        if self._queue and not self._draining:
+        if self._drains:
+            await asyncio.wait(list(self._drains), timeout=SOCKET_TIMEOUT * 2)
+        if self._queue:
             await self._drain()
-        elif self._drain_task is not None:
-            await asyncio.wait([self._drain_task], timeout=SOCKET_TIMEOUT * 2)
         await self.client.aclose()
 
     # -- batching -------------------------------------------------------------------------
@@ -224,21 +224,23 @@ class RedisBuckets:
 
     def _kick(self) -> None:
         self._settle_timer = None
-        if not self._draining and self._queue:
-            self._draining = True
-            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        if self._queue and len(self._drains) < MAX_IN_FLIGHT:
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(task)  # held: the loop keeps only weak references to tasks
 
     async def _drain(self) -> None:
         """Send everything queued, batch after batch, until the queue is empty or Redis fails."""
-        self._draining = True
         try:
             while self._queue and not self._failing_fast():
                 batch, self._queue = self._queue[:MAX_OPS], self._queue[MAX_OPS:]
                 if not await self._run(batch):
                     break
         finally:
-            self._draining = False
-            if self._queue and self._settle_timer is None:  # settles held during an incident
+            # Leave the set now, not in a done-callback: an op queued between this task's last
+            # check and such a callback would find the slot taken and wait forever.
+            self._drains.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self._queue and self._settle_timer is None and self._down_since is not None:
+                # settles held during an incident: try again later
                 self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
 
     async def _run(self, batch: list[_Op]) -> bool:
