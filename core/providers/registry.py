@@ -25,6 +25,10 @@ ADAPTERS: dict[tuple[str, str], str] = {
     (ClientAPI.CHAT, "vertex"): "core.providers.openai_gemini:OpenAIToVertex",
     (ClientAPI.MESSAGES, "gemini"): "core.providers.anthropic_openai:AnthropicToGemini",
     (ClientAPI.MESSAGES, "vertex"): "core.providers.anthropic_openai:AnthropicToVertex",
+    # OpenAI embeddings -> each provider's embedding API.
+    (ClientAPI.EMBEDDINGS, "bedrock"): "core.providers.openai_titan:OpenAIToTitan",
+    (ClientAPI.EMBEDDINGS, "vertex"): "core.providers.openai_google_embed:OpenAIToVertexEmbed",
+    (ClientAPI.EMBEDDINGS, "gemini"): "core.providers.openai_google_embed:OpenAIToGeminiEmbed",
     # Anthropic Messages clients: pass-through to Anthropic, translated for everyone else.
     (ClientAPI.MESSAGES, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
     (ClientAPI.COUNT_TOKENS, "anthropic"): "core.providers.anthropic_native:AnthropicNative",

@@ -8,11 +8,16 @@ signature is recomputed with botocore from the shared test secret: a wrong signa
 AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must equal
 `API_KEY`. The model id selects a misbehaviour: `throttled` (429 ThrottlingException),
 `invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream).
+`POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
+"normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
+Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out.
 """
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
+import math
 import struct
 from typing import Any
 
@@ -82,6 +87,21 @@ def converse_body(with_tool: bool) -> dict[str, Any]:
             "stopReason": "tool_use" if with_tool else "end_turn", "usage": USAGE, "metrics": {"latencyMs": 123}}
 
 
+TITAN_KEYS = {"inputText", "dimensions", "normalize", "embeddingTypes"}
+
+
+def embedding_of(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for `text` (what the tests compare the gateway's output to)."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [(seed[i % 32] - 127.5) / 127.5 + i / (10 * dimensions) for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in raw))
+    return [v / norm for v in raw]
+
+
+def token_count(text: str) -> int:
+    return len(text.split())
+
+
 def _aws_error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status, headers={"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"})
 
@@ -121,6 +141,7 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self.converse)
         app.router.add_post("/model/{model_id}/converse-stream", self.converse_stream)
+        app.router.add_post("/model/{model_id}/invoke", self.invoke)
         return app
 
     async def _admit(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
@@ -156,3 +177,18 @@ class FakeBedrock:
             await resp.write(f)
         await resp.write_eof()
         return resp
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        body, refused = await self._admit(request)
+        if refused is not None:
+            return refused
+        extra = sorted(set(body) - TITAN_KEYS)
+        if extra:
+            return _aws_error(400, "ValidationException", f"Malformed input request: extraneous key [{extra[0]}] is "
+                                                          "not permitted, please reformat your input and try again.")
+        text, dimensions = body.get("inputText"), body.get("dimensions", 1024)
+        if not isinstance(text, str) or not text or dimensions not in (256, 512, 1024):
+            return _aws_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+        vector = embedding_of(text, dimensions)
+        return web.json_response({"embedding": vector, "inputTextTokenCount": token_count(text),
+                                  "embeddingsByType": {"float": vector}})

@@ -7,6 +7,10 @@
 that `POST /token` issued, which is where the service-account file used by the tests points
 its `token_uri`; every token grant is counted. A request offering tools gets a functionCall
 (with finishReason STOP, as Gemini says). Model `exhausted` gets 429 RESOURCE_EXHAUSTED.
+Embeddings: Vertex's `:predict` (`instances[].content`, `parameters.outputDimensionality`;
+answers `predictions[].embeddings.{values, statistics.token_count}`; a `gemini-embedding-*`
+model takes one instance, as on Vertex) and the Gemini API's `:batchEmbedContents` (each
+request must name `models/{model}` of the URL; answers `embeddings[].values`, no counts).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.bedrock_upstream import embedding_of, token_count
 from tests.harness import ThreadedServer
 
 API_KEY = "gemini-api-key-SECRET-987654"
@@ -106,6 +111,9 @@ class FakeGemini:
             return refused
         if model == "exhausted":
             return _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")
+        embed = {"predict": self.predict, "batchEmbedContents": self.batch_embed}.get(method)
+        if embed is not None:
+            return embed(model, body, vertex)
         with_tool = bool(body.get("tools"))
         if method == "generateContent":
             return web.json_response(whole_body(model, with_tool))
@@ -117,3 +125,28 @@ class FakeGemini:
             await resp.write(event)
         await resp.write_eof()
         return resp
+
+    def predict(self, model: str, body: dict[str, Any], vertex: bool) -> web.Response:
+        instances = body.get("instances") or []
+        if not vertex or not instances or not all(isinstance(i.get("content"), str) for i in instances):
+            return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload: instances[].content is required.")
+        if model.startswith("gemini-embedding") and len(instances) > 1:
+            return _error(400, "INVALID_ARGUMENT", "Unable to submit request because the model supports only "
+                                                   "1 instance per request.")
+        size = (body.get("parameters") or {}).get("outputDimensionality", 768)
+        return web.json_response({"predictions": [
+            {"embeddings": {"statistics": {"truncated": False, "token_count": token_count(i["content"])},
+                            "values": embedding_of(i["content"], size)}} for i in instances],
+            "metadata": {"billableCharacterCount": sum(len(i["content"]) for i in instances)}})
+
+    def batch_embed(self, model: str, body: dict[str, Any], vertex: bool) -> web.Response:
+        requests = body.get("requests") or []
+        if vertex or not requests:
+            return _error(400, "INVALID_ARGUMENT", "requests is required.")
+        out = []
+        for i, r in enumerate(requests):
+            if r.get("model") != f"models/{model}":
+                return _error(400, "INVALID_ARGUMENT", f"requests[{i}].model must be models/{model}.")
+            text = "".join(p.get("text", "") for p in (r.get("content") or {}).get("parts", []))
+            out.append({"values": embedding_of(text, r.get("outputDimensionality", 768))})
+        return web.json_response({"embeddings": out})

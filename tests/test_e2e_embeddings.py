@@ -1,0 +1,165 @@
+"""End to end through a real gateway with the official openai SDK: `/v1/embeddings` served by
+Titan on the fake Bedrock (SigV4 checked by the fake), by Vertex AI `:predict` (service-account
+OAuth granted by the fake) and by the Gemini API `:batchEmbedContents` (key header)."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.fakes import bedrock_upstream as fb
+from tests.fakes import gemini_upstream as fg
+from tests.fakes.bedrock_upstream import FakeBedrock, embedding_of
+from tests.fakes.gemini_upstream import FakeGemini
+from tests.harness import TEST_KEY, GatewayProcess, key_hash
+from tests.test_e2e_gemini import service_account_file
+
+TITAN_ID = "amazon.titan-embed-text-v2:0"
+
+
+@pytest.fixture(scope="module")
+def bedrock() -> Iterator[FakeBedrock]:
+    fake = FakeBedrock()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[FakeGemini]:
+    fake = FakeGemini()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(bedrock: FakeBedrock, google: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    sa = service_account_file(tmp_path_factory.mktemp("sa"), google.url + "/token")
+    process = GatewayProcess(f"""
+providers:
+  - name: aws
+    schema: bedrock
+    region: {fb.REGION}
+    base_url: {bedrock.url}
+    credentials: {{access_key_id: {fb.ACCESS_KEY}, secret_access_key: "{fb.SECRET_KEY}"}}
+  - name: vtx
+    schema: vertex
+    project: proj-1
+    location: us-central1
+    base_url: {google.url}/v1
+    credentials: {{service_account_file: "{sa}"}}
+  - name: gem
+    schema: gemini
+    base_url: {google.url}/v1beta
+    api_key: {fg.API_KEY}
+models:
+  - name: titan
+    targets: [{{provider: aws, model: "{TITAN_ID}"}}]
+  - name: vertex-embed
+    targets: [{{provider: vtx, model: text-embedding-005}}]
+  - name: vertex-gemini-embed
+    targets: [{{provider: vtx, model: gemini-embedding-001}}]
+  - name: gemini-embed
+    targets: [{{provider: gem, model: gemini-embedding-001}}]
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def oai(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+
+def _close(got: list[float], want: list[float]) -> bool:
+    """Equal within float32 rounding (the SDK's default base64 transport is float32)."""
+    return len(got) == len(want) and all(abs(a - b) <= 1e-6 for a, b in zip(got, want))
+
+
+# -- Titan on Bedrock ----------------------------------------------------------------------
+
+def test_titan_default_sdk_call_is_signed_and_decoded(oai, bedrock):
+    r = oai.embeddings.create(model="titan", input="the quick brown fox")  # the SDK asks for base64
+    assert len(r.data) == 1 and _close(r.data[0].embedding, embedding_of("the quick brown fox", 1024))
+    assert r.usage.prompt_tokens == 4 and r.usage.total_tokens == 4 and r.model == TITAN_ID
+    sent = bedrock.last()
+    assert sent["path"] == "/model/amazon.titan-embed-text-v2%3A0/invoke"
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert sent["body"] == {"inputText": "the quick brown fox"}  # Titan refuses any key it does not know
+    assert TEST_KEY not in json.dumps(sent)
+
+
+def test_titan_float_format_and_dimensions(oai, bedrock):
+    r = oai.embeddings.create(model="titan", input=["one input in a list"], dimensions=256, encoding_format="float")
+    assert r.data[0].embedding == embedding_of("one input in a list", 256)  # floats relayed exactly
+    assert bedrock.last()["body"] == {"inputText": "one input in a list", "dimensions": 256}
+
+
+def test_titan_list_of_many_is_400_naming_input(oai, bedrock):
+    before = len(bedrock.requests)
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="titan", input=["first", "second"])
+    assert bad.value.body["param"] == "input" and "one request per input" in bad.value.body["message"]
+    assert len(bedrock.requests) == before  # refused before any upstream call
+
+
+def test_titan_validation_error_is_relayed_as_400(oai):
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="titan", input="x", dimensions=300)
+    assert "Malformed input request" in bad.value.body["message"]
+
+
+# -- Vertex AI :predict --------------------------------------------------------------------
+
+def test_vertex_list_is_one_call_in_order_with_counted_usage(oai, google):
+    texts = ["alpha", "beta gamma", "delta epsilon zeta"]
+    r = oai.embeddings.create(model="vertex-embed", input=texts, dimensions=64)
+    assert [d.index for d in r.data] == [0, 1, 2]
+    assert all(_close(d.embedding, embedding_of(t, 64)) for d, t in zip(r.data, texts))
+    assert r.usage.prompt_tokens == 1 + 2 + 3
+    sent = google.last()
+    assert sent["path"] == "/v1/projects/proj-1/locations/us-central1/publishers/google/models/text-embedding-005:predict"
+    assert sent["body"] == {"instances": [{"content": t} for t in texts], "parameters": {"outputDimensionality": 64}}
+    assert sent["headers"]["authorization"].startswith("Bearer ya29.fake-")
+
+
+def test_vertex_single_instance_model_refusal_reaches_client(oai):
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="vertex-gemini-embed", input=["a", "b"])
+    assert "1 instance per request" in bad.value.body["message"]
+    r = oai.embeddings.create(model="vertex-gemini-embed", input="a", encoding_format="float")
+    assert r.data[0].embedding == embedding_of("a", 768)
+
+
+# -- Gemini API :batchEmbedContents ------------------------------------------------------
+
+def test_gemini_api_batch_with_key_header(oai, google):
+    r = oai.embeddings.create(model="gemini-embed", input=["red", "green"], encoding_format="float")
+    assert [d.embedding for d in r.data] == [embedding_of("red", 768), embedding_of("green", 768)]
+    assert r.usage.prompt_tokens >= 2  # Gemini reports no count: the gateway's tiktoken estimate
+    sent = google.last()
+    assert sent["path"] == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    assert sent["headers"]["x-goog-api-key"] == fg.API_KEY and sent["query"] == {}
+    assert [q["content"]["parts"] for q in sent["body"]["requests"]] == [[{"text": "red"}], [{"text": "green"}]]
+
+
+def test_token_arrays_are_400_naming_input(oai):
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="gemini-embed", input=[[101, 102], [103]])
+    assert bad.value.body["param"] == "input"
+
+
+def test_usage_reaches_the_access_log(oai, gw):
+    oai.embeddings.create(model="titan", input="five words in this text", extra_headers={"x-request-id": "emb-log-1"})
+    for _ in range(50):  # the line is written just after the response
+        lines = [r for r in gw.log_lines() if r.get("request_id") == "emb-log-1"]
+        if lines:
+            break
+        time.sleep(0.1)
+    line = lines[-1]
+    assert line["prompt_tokens"] == 5 and line["completion_tokens"] == 0 and line["provider"] == "aws"

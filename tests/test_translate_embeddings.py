@@ -1,0 +1,173 @@
+"""OpenAI embeddings -> Bedrock Titan, Vertex AI `:predict` and the Gemini API
+`:batchEmbedContents`: request and answer translation, refusals that name the field, and
+error mapping, table-driven against the providers' wire shapes."""
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import pytest
+
+from core.config import Provider
+from core.errors import GatewayError
+from core.providers.base import CallContext, ClientAPI
+from core.providers.openai_google_embed import OpenAIToGeminiEmbed, OpenAIToVertexEmbed
+from core.providers.openai_titan import OpenAIToTitan
+from core.providers.registry import adapter_for
+from core.request import parse_head
+
+BEDROCK = Provider(name="aws", schema="bedrock", region="us-east-1")
+BEDROCK_KEYED = Provider(name="aws", schema="bedrock", region="eu-west-1", api_key="bedrock-key-123")
+VERTEX = Provider(name="gcp", schema="vertex", project="proj-1", location="us-central1")
+GEMINI = Provider(name="studio", schema="gemini", api_key="gem-key-456")
+TITAN_ID = "amazon.titan-embed-text-v2:0"
+VERTEX_URL = ("https://us-central1-aiplatform.googleapis.com/v1/projects/proj-1/locations/us-central1"
+              "/publishers/google/models/text-embedding-005:predict")
+
+
+def ctx(provider: Provider, body: dict, model: str) -> CallContext:
+    raw = json.dumps({"model": "emb", **body}).encode()
+    return CallContext(ClientAPI.EMBEDDINGS, raw, parse_head(raw), model, provider, 0.0)
+
+
+@pytest.mark.parametrize("schema, adapter", [("bedrock", OpenAIToTitan), ("vertex", OpenAIToVertexEmbed),
+                                             ("gemini", OpenAIToGeminiEmbed)])
+def test_registry_serves_embeddings_for_each_schema(schema, adapter):
+    assert isinstance(adapter_for(ClientAPI.EMBEDDINGS, schema), adapter)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+BUILDS = [
+    # (adapter, provider, client body, upstream model, expected URL, expected upstream JSON)
+    (OpenAIToTitan(), BEDROCK, {"input": "hello world"}, TITAN_ID,
+     "https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.titan-embed-text-v2%3A0/invoke",
+     {"inputText": "hello world"}),
+    (OpenAIToTitan(), BEDROCK, {"input": ["only one"], "dimensions": 256, "encoding_format": "base64"}, TITAN_ID,
+     "https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.titan-embed-text-v2%3A0/invoke",
+     {"inputText": "only one", "dimensions": 256}),
+    (OpenAIToTitan(), BEDROCK_KEYED, {"input": "x", "user": "u-1"}, "amazon.titan-embed-text-v1",
+     "https://bedrock-runtime.eu-west-1.amazonaws.com/model/amazon.titan-embed-text-v1/invoke",
+     {"inputText": "x"}),
+    (OpenAIToVertexEmbed(), VERTEX, {"input": ["a", "b c"]}, "text-embedding-005", VERTEX_URL,
+     {"instances": [{"content": "a"}, {"content": "b c"}]}),
+    (OpenAIToVertexEmbed(), VERTEX, {"input": "a", "dimensions": 128}, "text-embedding-005", VERTEX_URL,
+     {"instances": [{"content": "a"}], "parameters": {"outputDimensionality": 128}}),
+    (OpenAIToGeminiEmbed(), GEMINI, {"input": ["a", "b"], "dimensions": 768}, "gemini-embedding-001",
+     "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:batchEmbedContents",
+     {"requests": [
+         {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}, "outputDimensionality": 768},
+         {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}, "outputDimensionality": 768}]}),
+]
+
+
+@pytest.mark.parametrize("adapter, provider, body, model, url, sent", BUILDS)
+def test_request_translation(adapter, provider, body, model, url, sent):
+    call = adapter.build(ctx(provider, body, model))
+    assert call.method == "POST" and call.url == url and not call.stream
+    assert json.loads(call.body) == sent
+    headers = dict(call.headers)
+    assert headers["content-type"] == "application/json"
+    if provider.schema == "gemini":
+        assert headers["x-goog-api-key"] == provider.api_key and "key=" not in call.url
+    elif provider.api_key:
+        assert headers["authorization"] == "Bearer " + provider.api_key
+    else:
+        assert "authorization" not in headers  # signed afterwards by the gateway's credential
+
+
+REFUSALS = [
+    # (adapter, client body, refused field)
+    (OpenAIToTitan(), {"input": ["one", "two"]}, "input"),  # Titan embeds one text per call
+    (OpenAIToTitan(), {"input": [1, 2, 3]}, "input"),  # token arrays: text only
+    (OpenAIToVertexEmbed(), {"input": [[1, 2], [3]]}, "input"),
+    (OpenAIToGeminiEmbed(), {"input": []}, "input"),
+    (OpenAIToGeminiEmbed(), {"input": ["a", ""]}, "input"),
+    (OpenAIToTitan(), {"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    (OpenAIToVertexEmbed(), {"input": "x", "dimensions": "big"}, "dimensions"),
+    (OpenAIToTitan(), {}, "input"),
+]
+
+
+@pytest.mark.parametrize("adapter, body, field", REFUSALS)
+def test_untranslatable_requests_are_400_naming_the_field(adapter, body, field):
+    provider = {OpenAIToTitan: BEDROCK, OpenAIToVertexEmbed: VERTEX, OpenAIToGeminiEmbed: GEMINI}[type(adapter)]
+    with pytest.raises(GatewayError) as refused:
+        adapter.build(ctx(provider, body, "m"))
+    assert refused.value.status == 400 and refused.value.param == field
+
+
+# -- answers -------------------------------------------------------------------------------
+
+V1, V2 = [0.25, -0.5, 0.125], [1.0, 0.0, -1.0]
+ANSWERS = [
+    # (adapter, provider, client body, upstream answer, vectors, prompt tokens (None: counted locally))
+    (OpenAIToTitan(), BEDROCK, {"input": "hi there"}, {"embedding": V1, "inputTextTokenCount": 3,
+                                                       "embeddingsByType": {"float": V1}}, [V1], 3),
+    (OpenAIToVertexEmbed(), VERTEX, {"input": ["a", "b"]}, {"predictions": [
+        {"embeddings": {"statistics": {"truncated": False, "token_count": 4}, "values": V1}},
+        {"embeddings": {"statistics": {"truncated": False, "token_count": 5.0}, "values": V2}}],
+        "metadata": {"billableCharacterCount": 2}}, [V1, V2], 9),
+    (OpenAIToGeminiEmbed(), GEMINI, {"input": ["one two", "three"]}, {"embeddings": [{"values": V1}, {"values": V2}]},
+     [V1, V2], None),
+]
+
+
+@pytest.mark.parametrize("fmt", [None, "float", "base64"])
+@pytest.mark.parametrize("adapter, provider, body, answer, vectors, tokens", ANSWERS)
+def test_answer_translation(adapter, provider, body, answer, vectors, tokens, fmt):
+    c = ctx(provider, {**body, **({"encoding_format": fmt} if fmt else {})}, "emb-upstream")
+    out, usage = adapter.response(c, 200, json.dumps(answer).encode())
+    doc = json.loads(out)
+    assert doc["object"] == "list" and doc["model"] == "emb-upstream"
+    assert [d["index"] for d in doc["data"]] == list(range(len(vectors)))
+    assert all(d["object"] == "embedding" for d in doc["data"])
+    got = [_floats(d["embedding"]) if fmt == "base64" else d["embedding"] for d in doc["data"]]
+    assert got == vectors  # the test vectors are exact in float32
+    expected_tokens = tokens if tokens is not None else 3  # tiktoken: "one two" + "three"
+    assert doc["usage"] == {"prompt_tokens": expected_tokens, "total_tokens": expected_tokens}
+    assert usage is not None and usage.prompt_tokens == expected_tokens and usage.completion_tokens == 0
+
+
+def _floats(b64: str) -> list[float]:
+    raw = base64.b64decode(b64)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+@pytest.mark.parametrize("adapter, provider, body, answer", [
+    (OpenAIToTitan(), BEDROCK, {"input": "x"}, b'{"embeddings": []}'),
+    (OpenAIToVertexEmbed(), VERTEX, {"input": ["a", "b"]},
+     b'{"predictions": [{"embeddings": {"values": [1.0]}}]}'),  # one vector for two texts
+    (OpenAIToGeminiEmbed(), GEMINI, {"input": "a"}, b"<html>oops</html>"),
+])
+def test_unreadable_answers_are_502(adapter, provider, body, answer):
+    with pytest.raises(GatewayError) as bad:
+        adapter.response(ctx(provider, body, "m"), 200, answer)
+    assert bad.value.status == 502 and bad.value.code == "upstream_malformed"
+
+
+# -- errors --------------------------------------------------------------------------------
+
+ERRORS = [
+    # (adapter, provider, upstream status, headers, body, client status, code)
+    (OpenAIToTitan(), BEDROCK, 429, [("retry-after", "3")], b'{"message":"Too many requests"}', 429,
+     "rate_limit_exceeded"),
+    (OpenAIToTitan(), BEDROCK, 400, [], b'{"message":"Malformed input request: extraneous key [x]"}', 400,
+     "invalid_request"),
+    (OpenAIToTitan(), BEDROCK, 403, [], b'{"message":"The security token included in the request is invalid."}', 502,
+     "upstream_auth_failed"),
+    (OpenAIToVertexEmbed(), VERTEX, 400, [], b'{"error":{"code":400,"message":"only 1 instance per request",'
+                                             b'"status":"INVALID_ARGUMENT"}}', 400, "invalid_request"),
+    (OpenAIToGeminiEmbed(), GEMINI, 400, [], b'{"error":{"code":400,"message":"API key not valid.",'
+                                             b'"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}',
+     502, "upstream_auth_failed"),
+]
+
+
+@pytest.mark.parametrize("adapter, provider, status, headers, body, client_status, code", ERRORS)
+def test_error_mapping(adapter, provider, status, headers, body, client_status, code):
+    err = adapter.error(ctx(provider, {"input": "x"}, "m"), status, headers, body)
+    assert (err.status, err.code) == (client_status, code)
+    assert headers == [] or err.headers == headers
+    assert "gem-key-456" not in err.message and "bedrock-key-123" not in err.message
