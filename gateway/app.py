@@ -52,7 +52,7 @@ class Gateway:
         self.ready = False
         self.in_flight: set[asyncio.Task[Any]] = set()  # requests being served, for the drain on shutdown
         self.watcher: ConfigWatcher | None = None
-        self.metrics.registry.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
+        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/chat/completions"): (ClientAPI.CHAT, partial(self.proxy_api, ClientAPI.CHAT)),
             ("POST", "/v1/completions"): (ClientAPI.COMPLETIONS, partial(self.proxy_api, ClientAPI.COMPLETIONS)),

@@ -85,6 +85,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        _share_metrics_between_workers()
     from gateway.serve import serve
 
     try:
@@ -93,6 +95,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tollway: {args.config}: {exc}", file=sys.stderr)
         return 1
     return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers)
+
+
+def _share_metrics_between_workers() -> None:
+    """Point prometheus-client at a fresh directory that every worker writes its counts to.
+
+    It must happen before prometheus_client is imported anywhere in this process: the
+    workers are forked from it and keep the value store chosen at import.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    import tempfile
+
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tollway-metrics-"))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
@@ -22,6 +24,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 disable_created_metrics()  # `_created` series double the exposition size and no dashboard reads them
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 _GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 
 
@@ -29,6 +33,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._scrape_time: list[Collector] = []
         self.requests = Counter(
             "tollway_requests", "Client requests by public model, provider and HTTP status.",
             ("model", "provider", "status"), registry=r,
@@ -48,11 +53,10 @@ class Metrics:
         self.upstream_errors = Counter(
             "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
         )
-        self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served now.", registry=r)
         # Plain dict counts, exported at scrape time: a labelled Counter costs ~0.6 us per
         # bucket per request, this ~0.05 us (the event loop is the only writer).
         self.limit_counts: dict[tuple[str, str], int] = defaultdict(int)
-        r.register(_LimitDecisions(self.limit_counts))
+        self.register(_LimitDecisions(self.limit_counts))
         self.limit_store_errors = Counter(
             "tollway_rate_limit_store_errors", "Limit decisions made without the bucket store, by backend and on_store_error.",
             ("backend", "mode"), registry=r,
@@ -82,7 +86,25 @@ class Metrics:
         self.limit_counts[(limit, decision)] += 1
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text of this worker, or of all workers in multiprocess mode.
+
+        With `--workers N`, `tollway serve` sets PROMETHEUS_MULTIPROC_DIR before any worker
+        starts, so counters and histograms are summed over every worker, whichever one
+        answers the scrape. Collectors computed at scrape time (limit decisions, routing
+        state) describe the worker that answered.
+        """
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        for collector in self._scrape_time:
+            registry.register(collector)
+        return generate_latest(registry)
+
+    def register(self, collector: Collector) -> None:
+        """Add a collector computed at scrape time (state, not counts)."""
+        self.registry.register(collector)
+        self._scrape_time.append(collector)
 
 
 class _LimitDecisions(Collector):
