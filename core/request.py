@@ -7,6 +7,8 @@ nested body is a cheap denial-of-service on any recursive decoder.
 """
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import msgspec
 
 from core.errors import GatewayError, bad_request
@@ -43,6 +45,7 @@ class RequestHead(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(RequestHead).decode
+T = TypeVar("T")
 
 
 def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) -> RequestHead:
@@ -55,15 +58,24 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
         raise bad_request("The request body is empty; send a JSON object.")
     if max_depth_exceeded(body, max_depth):
         raise bad_request(f"The JSON body is nested deeper than this gateway's limit of {max_depth} levels.")
+    head = decode_body(_decode_head, body)
+    if require_model and not head.model:
+        raise bad_request("You must provide a model parameter.", param="model")
+    return head
+
+
+def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
+    """`decode(body)` with msgspec's errors turned into a 400 that names the offending field.
+
+    Every decoder of a client body goes through here, so every client API words its
+    malformed-JSON and wrong-type errors the same way.
+    """
     try:
-        head = _decode_head(body)
+        return decode(body)
     except msgspec.ValidationError as exc:
         raise _validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"We could not parse the JSON body of your request ({exc}).") from None
-    if require_model and not head.model:
-        raise bad_request("You must provide a model parameter.", param="model")
-    return head
 
 
 def _validation_error(message: str) -> GatewayError:

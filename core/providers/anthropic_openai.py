@@ -14,7 +14,7 @@ in the chunk after the one carrying `finish_reason`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 
@@ -25,7 +25,7 @@ from core.providers.base import CallContext, ClientAPI, UpstreamCall
 from core.providers.registry import adapter_for
 from core.providers.wire import anthropic as wire
 from core.providers.wire import openai as oa
-from core.request import RequestHead, StreamOptions
+from core.request import RequestHead, StreamOptions, decode_body
 from core.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -84,14 +84,7 @@ def _chat_ctx(ctx: CallContext, body: bytes = b"", chat: oa.ChatRequest | None =
 
 def decode_messages(body: bytes) -> wire.MessagesRequest:
     """The client's Anthropic request. Raises GatewayError(400) naming the field."""
-    try:
-        return wire.decode_request(body)
-    except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `$.")
-        param = path.rstrip("`") or None
-        raise bad_request(f"Invalid value for '{param}': {message}." if param else message, param=param) from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"We could not parse the JSON body of your request ({exc}).") from None
+    return decode_body(wire.decode_request, body)
 
 
 # -- request: Anthropic -> OpenAI chat ---------------------------------------------------

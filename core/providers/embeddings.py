@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from core.errors import GatewayError, bad_request
+from core.request import decode_body
 from core.usage import Usage
 
 ENCODINGS = ("float", "base64")
@@ -51,14 +52,7 @@ _encode = msgspec.json.Encoder().encode
 
 def decode_embeddings(body: bytes) -> EmbeddingRequest:
     """The client's embeddings request. Raises GatewayError(400) naming the offending field."""
-    try:
-        req = _decode_request(body)
-    except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `$.")
-        param = path.rstrip("`") or None
-        raise bad_request(f"Invalid value for '{param}': {message}." if param else message, param=param) from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"We could not parse the JSON body of your request ({exc}).") from None
+    req = decode_body(_decode_request, body)
     if req.encoding_format is not None and req.encoding_format not in ENCODINGS:
         raise bad_request(f"'encoding_format' must be one of {', '.join(ENCODINGS)}.", param="encoding_format")
     return req

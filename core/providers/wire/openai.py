@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from core.errors import GatewayError, bad_request
+from core.request import decode_body
 
 
 class ImageURL(msgspec.Struct, omit_defaults=True):
@@ -182,14 +183,7 @@ _decode_chat = msgspec.json.Decoder(ChatRequest).decode
 
 def decode_chat(body: bytes) -> ChatRequest:
     """The client's chat request. Raises GatewayError(400) naming the offending field."""
-    try:
-        return _decode_chat(body)
-    except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `$.")
-        param = path.rstrip("`") or None
-        raise bad_request(f"Invalid value for '{param}': {message}." if param else message, param=param) from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"We could not parse the JSON body of your request ({exc}).") from None
+    return decode_body(_decode_chat, body)
 
 
 def text_of(content: str | list[ContentPart] | None) -> str:
