@@ -133,7 +133,7 @@ def bucket_cases(mod) -> dict[str, Callable[[], object]]:
 def jsonscan_cases(mod) -> dict[str, Callable[[], object]]:
     body = chat_body()
     return {f"max_depth_exceeded, {len(body)} B chat body, limit 64": lambda: mod.max_depth_exceeded(body, 64),
-            f"max_depth_exceeded, same body, limit 2 (full scan)": lambda: mod.max_depth_exceeded(body, 2)}
+            "max_depth_exceeded, same body, limit 2 (full scan)": lambda: mod.max_depth_exceeded(body, 2)}
 
 
 class StreamOptions(msgspec.Struct):

@@ -273,7 +273,7 @@ def _line_of(parts: list[str | int], root: yaml.Node) -> int | None:
 
 def _pretty_path(parts: list[str | int], root: yaml.Node) -> str:
     """`models[0].targets[1].provider` reads better as `models.gpt-4o[1].provider`."""
-    out, node = "", root
+    out = ""
     for i, part in enumerate(parts):
         if isinstance(part, int):
             out += f"[{part}]"
