@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.harness import ThreadedServer
+from tests.fakes.base import FakeUpstream
 
 REPLY = "Hello from the fake Anthropic upstream"
 TOOL_INPUT = {"city": "Paris", "unit": "celsius"}
@@ -72,29 +72,12 @@ def message_body(model: str, with_tool: bool, tool_name: str = "get_weather") ->
             "usage": {**USAGE, "output_tokens": OUTPUT_TOKENS}}
 
 
-class FakeAnthropic:
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.server = ThreadedServer(self._app)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def last(self) -> dict[str, Any]:
-        return self.requests[-1]
-
+class FakeAnthropic(FakeUpstream):
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         return app
-
-    async def _record(self, request: web.Request) -> dict[str, Any]:
-        body = await request.json()
-        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
-                              "body": body})
-        return body
 
     def _refuse(self, request: web.Request, model: str) -> web.Response | None:
         if not request.headers.get("x-api-key") or model == "bad-key":

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.harness import ThreadedServer
+from tests.fakes.base import FakeUpstream
 
 ACCESS_KEY, SECRET_KEY, REGION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "us-east-1"
 API_KEY = "bedrock-api-key-SECRET-123456"
@@ -125,18 +125,7 @@ def signature_ok(method: str, url: str, headers: dict[str, str], body: bytes) ->
     return fields["Credential"].startswith(ACCESS_KEY + "/") and expected == fields["Signature"]
 
 
-class FakeBedrock:
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.server = ThreadedServer(self._app)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def last(self) -> dict[str, Any]:
-        return self.requests[-1]
-
+class FakeBedrock(FakeUpstream):
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self.converse)

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.bedrock_upstream import embedding_of, token_count
-from tests.harness import ThreadedServer
+from tests.fakes.base import FakeUpstream
 
 API_KEY = "gemini-api-key-SECRET-987654"
 REPLY = "Hello from the fake Gemini upstream"
@@ -62,18 +62,10 @@ def _error(status: int, state: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message, "status": state}}, status=status)
 
 
-class FakeGemini:
+class FakeGemini(FakeUpstream):
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
         self.tokens_issued = 0
-        self.server = ThreadedServer(self._app)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def last(self) -> dict[str, Any]:
-        return self.requests[-1]
+        super().__init__()
 
     def _app(self) -> web.Application:
         app = web.Application()

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.harness import ThreadedServer
+from tests.fakes.base import FakeUpstream
 
 REPLY = "The quick brown fox jumps over the lazy dog"
 
@@ -36,18 +36,12 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeUpstream):
+    url_path = "/v1"
+
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
         self.cut_off: list[str] = []  # slow-stream answers whose client closed the connection early
-        self.server = ThreadedServer(self._app)
-        self.url = f"http://127.0.0.1:{self.server.port}/v1"
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def last(self, path_suffix: str = "") -> dict[str, Any]:
-        return next(r for r in reversed(self.requests) if r["path"].endswith(path_suffix))
+        super().__init__()
 
     def _app(self) -> web.Application:
         app = web.Application()
@@ -63,12 +57,6 @@ class FakeOpenAI:
         if request.query.get("api-version") is None or request.headers.get("api-key") is None:
             return _error(400, "Missing api-version or api-key.", "invalid_request_error")
         return await self.chat(request)
-
-    async def _record(self, request: web.Request) -> dict[str, Any]:
-        body = await request.json()
-        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
-                              "body": body})
-        return body
 
     async def _misbehave(self, request: web.Request, model: str) -> web.StreamResponse | None:
         auth = request.headers.get("authorization", "")
