@@ -13,9 +13,8 @@ import pytest
 from tests.fakes import bedrock_upstream as fb
 from tests.fakes import gemini_upstream as fg
 from tests.fakes.bedrock_upstream import FakeBedrock, embedding_of
-from tests.fakes.gemini_upstream import FakeGemini
+from tests.fakes.gemini_upstream import FakeGemini, service_account_file
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
-from tests.test_e2e_gemini import service_account_file
 
 TITAN_ID = "amazon.titan-embed-text-v2:0"
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fakes import gemini_upstream as fg
-from tests.fakes.gemini_upstream import FakeGemini
+from tests.fakes.gemini_upstream import FakeGemini, service_account_file
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
@@ -24,16 +21,6 @@ def gemini() -> Iterator[FakeGemini]:
     fake = FakeGemini()
     yield fake
     fake.stop()
-
-
-def service_account_file(directory: Path, token_uri: str) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path = directory / "sa.json"
-    path.write_text(json.dumps({
-        "type": "service_account", "project_id": "proj-1", "private_key_id": "k1", "private_key": pem.decode(),
-        "client_email": "tollway@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ request must name `models/{model}` of the URL; answers `embeddings[].values`, no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -142,3 +143,18 @@ class FakeGemini(FakeUpstream):
             text = "".join(p.get("text", "") for p in (r.get("content") or {}).get("parts", []))
             out.append({"values": embedding_of(text, r.get("outputDimensionality", 768))})
         return web.json_response({"embeddings": out})
+
+
+def service_account_file(directory: Path, token_uri: str) -> Path:
+    """A Google service-account key file (a fresh RSA key) whose token endpoint is `token_uri`,
+    e.g. this fake's /token, so google-auth runs its real JWT-bearer flow against the fake."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path = directory / "sa.json"
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "proj-1", "private_key_id": "k1", "private_key": pem.decode(),
+        "client_email": "tollway@proj-1.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}))
+    return path
