@@ -50,6 +50,8 @@ class Route:
     def attempt_order(self, draw: float, available: Callable[[str], bool]) -> list[Target]:
         """Like fallback_order, but each group picks by weight among targets whose provider
         is `available`; groups with none go last, picked as if all were available."""
+        if len(self.groups) == 1 and len(self.groups[0][0]) == 1:
+            return [self.groups[0][0][0]]  # one target: it is the order, available or not
         healthy, last_resort = [], []
         for i, (targets, _) in enumerate(self.groups):
             usable = tuple(t for t in targets if available(t.provider))

@@ -160,7 +160,7 @@ class Gateway:
             provider_name=ex.provider or "none",
         )
         if ex.first_byte is not None and ex.stream:
-            self.metrics.ttft.labels(ex.api, ex.otel_provider, ex.route).observe(ex.first_byte - ex.start)
+            self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)
         if self.access_log.enabled:  # building the record is most of the cost: skip it when off
             self.access_log.write(ex.log_record())
 

@@ -112,15 +112,15 @@ class Proxy:
         ctx = CallContext(ex.api, body, head, upstream_model, endpoint or provider.config, time.time(),
                           ex.passed_headers)
         call: UpstreamCall = adapter.build(ctx)
-        call = await provider.sign(call)
+        if provider.credential is not None:  # most providers have static keys: no await needed
+            call = await provider.sign(call)
         resp = await self._send(provider, call)
         try:
             if resp.status >= 400:
                 err_body = await self._read(provider.name, resp)
                 self.metrics.upstream_errors.labels(provider.name, f"http_{resp.status}").inc()
                 raise adapter.error(ctx, resp.status, resp.headers, err_body)
-            content_type = resp.header("content-type") or ""
-            if call.stream and (content_type.startswith("text/event-stream") or "eventstream" in content_type):
+            if call.stream and _is_stream(resp.header("content-type") or ""):
                 await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers)
             else:
                 await self._relay_body(ex, adapter, ctx, resp, proto, base_headers)
@@ -213,6 +213,10 @@ class Proxy:
         completion = count_tokens(translator.streamed_text(), ctx.upstream_model)
         prompt = estimate_prompt_tokens(ctx.body)
         return Usage(prompt, completion, prompt + completion)
+
+
+def _is_stream(content_type: str) -> bool:
+    return content_type.startswith("text/event-stream") or "eventstream" in content_type
 
 
 def _waited_out(exc: GatewayError) -> bool:

@@ -44,6 +44,7 @@ _LOW_WATER = 64 * 1024  # ... and when we start again
 _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _MAX_CACHED_ORIGINS = 1024
+_MAX_CACHED_HEADS = 1024
 
 
 class UpstreamError(Exception):
@@ -332,7 +333,16 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         """The whole (remaining) body; raises UpstreamTimeout ("idle" or "total") or
         UpstreamDisconnected."""
-        parts = [chunk async for chunk in self]
+        conn = self._conn
+        if conn is not None and conn.complete and conn.error is None:
+            # The common case for a small answer: it arrived with the headers. Take it without
+            # a coroutine per chunk.
+            parts = list(conn.chunks)
+            conn.chunks.clear()
+            conn.buffered = 0
+            self.close()
+        else:
+            parts = [chunk async for chunk in self]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def __aiter__(self) -> UpstreamResponse:
@@ -411,25 +421,42 @@ def _split_url(url: str) -> tuple[str, str]:
     return url[:cut], target
 
 
-def _request_head(
-    method: str, target: str, origin: _Origin, headers: list[tuple[str, str]], body_len: int
-) -> bytes:
-    """The request line and headers; raises ValueError on CR/LF injection or non-latin-1 text."""
+def _request_head(method: str, target: str, origin: _Origin, headers: list[tuple[str, str]]) -> bytes:
+    """The request line and headers up to, not including, Content-Length and the blank line
+    (`_framed` adds those); raises ValueError on CR/LF injection or non-latin-1 text."""
     lines = [f"{method} {origin.target_prefix}{target} HTTP/1.1\r\n", f"Host: {origin.host_header}\r\n"]
     for name, value in headers:
         if name.lower() not in _FRAMING_HEADERS:
             lines.append(f"{name}: {value}\r\n")
     if origin.proxy is not None and origin.target_prefix and origin.proxy.authorization:
         lines.append(f"Proxy-Authorization: {origin.proxy.authorization}\r\n")
-    if body_len or method not in _BODYLESS_METHODS:
-        lines.append(f"Content-Length: {body_len}\r\n")
-    lines.append("\r\n")
     head = "".join(lines)
     # Each line contributes exactly one CR and one LF; any extra came from a name, value or
     # target and would let it inject headers. The message must not echo the offending value.
     if head.count("\n") != len(lines) or head.count("\r") != len(lines) or " " in target:
         raise ValueError("request target or a header contains CR, LF or a space")
     return head.encode("latin-1")
+
+
+def _framed(head: _Head, body_len: int) -> bytes:
+    """The whole request head: `head` plus Content-Length (when there is a body or the method
+    expects one) and the blank line."""
+    if body_len or head.with_length:
+        return head.prefix + b"Content-Length: %d\r\n\r\n" % body_len
+    return head.prefix + b"\r\n"
+
+
+class _Head:
+    """A request head prepared once per (method, URL, headers): the next request with the same
+    ones (the common case: a provider's URL and static headers) skips building and checking it."""
+
+    __slots__ = ("origin", "prefix", "with_length")
+
+    def __init__(self, method: str, url: str, headers: list[tuple[str, str]], origins: Any) -> None:
+        origin_url, target = _split_url(url)
+        self.origin: _Origin = origins(origin_url)
+        self.prefix = _request_head(method, target, self.origin, headers)
+        self.with_length = method not in _BODYLESS_METHODS
 
 
 def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -452,6 +479,7 @@ class UpstreamClient:
         self._tls: ssl.SSLContext | None = None  # built on first https use: it costs ~ms
         self._proxies = ProxyRules.from_environ()
         self._origins: dict[str, _Origin] = {}
+        self._heads: dict[tuple[Any, ...], _Head] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
 
@@ -471,9 +499,9 @@ class UpstreamClient:
         """
         if self._closed:
             raise RuntimeError("UpstreamClient is closed")
-        origin_url, target = _split_url(url)
-        origin = self._origin(origin_url)
-        head = _request_head(method, target, origin, headers, len(body))
+        prepared = self._head(method, url, headers)
+        origin = prepared.origin
+        head = _framed(prepared, len(body))
         deadline = None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
         conn = self._take_idle(origin.key)
         if conn is not None:
@@ -509,6 +537,15 @@ class UpstreamClient:
             conn.abort()
             raise
         return UpstreamResponse(self, conn, origin.key, timeouts.idle)
+
+    def _head(self, method: str, url: str, headers: list[tuple[str, str]]) -> _Head:
+        key = (method, url, *headers)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= _MAX_CACHED_HEADS:  # per-request headers (signatures) churn it
+                self._heads.clear()
+            head = self._heads[key] = _Head(method, url, headers, self._origin)
+        return head
 
     def _origin(self, origin_url: str) -> _Origin:
         origin = self._origins.get(origin_url)
