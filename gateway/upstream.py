@@ -45,6 +45,8 @@ _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "co
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _MAX_CACHED_ORIGINS = 1024
 _MAX_CACHED_HEADS = 1024
+_FRAMING_NAMES = (b"content-length", b"transfer-encoding")  # lower-case: their presence frames the body
+_FRAMING_NAME_LENGTHS = (14, 17)
 
 
 class UpstreamError(Exception):
@@ -105,7 +107,7 @@ class _Connection(asyncio.Protocol):
     def _begin(self, skip_body: bool) -> None:
         """Reset the per-exchange state."""
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []  # decoded only if someone reads them
         self.headers_done = False
         self.complete = False
         self.keep_alive = False
@@ -168,15 +170,14 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        if key == "content-length" or key == "transfer-encoding":
+        if len(name) in _FRAMING_NAME_LENGTHS and name.lower() in _FRAMING_NAMES:
             self._framed = True
-        self.headers.append((key, value.decode("latin-1")))
+        self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:  # interim 1xx (100 Continue, 103 Early Hints): the real one follows
-            self.headers = []
+            self.raw_headers = []
             self._framed = False
             return
         self.status = status
@@ -310,17 +311,25 @@ class UpstreamResponse:
     `async with`) before that drops the connection. Always close a response.
     """
 
-    __slots__ = ("status", "headers", "_conn", "_client", "_key", "_idle")
+    __slots__ = ("status", "_raw_headers", "_headers", "_conn", "_client", "_key", "_idle")
 
     def __init__(
         self, client: UpstreamClient, conn: _Connection, key: tuple[str, str, int], idle: float
     ) -> None:
         self.status = conn.status
-        self.headers = conn.headers  # names lower-cased
+        self._raw_headers = conn.raw_headers
+        self._headers: list[tuple[str, str]] | None = None
         self._client = client
         self._conn: _Connection | None = conn
         self._key = key
         self._idle = idle
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """(name, value) pairs in arrival order, names lower-cased."""
+        if self._headers is None:  # the proxy rarely reads them: decode on first use
+            self._headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self._raw_headers]
+        return self._headers
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (any case), or None."""
