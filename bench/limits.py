@@ -67,7 +67,7 @@ def decision_cost(n: int = 20000) -> float:
         start = time.perf_counter()
         for _ in range(n):
             lease = await limiter.reserve(key, "gpt-4o-mini", "chat", head, body)
-            limiter._settle_now(lease, usage, "gpt-4o-mini")  # what settle() schedules
+            limiter.settle(lease, usage, "gpt-4o-mini")
         return (time.perf_counter() - start) / n * 1e6
 
     return asyncio.run(run())

@@ -13,7 +13,10 @@ reserved) and the debt is repaid by refill. Time never runs backwards in the mat
 older than the slot's stamp refills nothing and leaves the stamp where it is.
 
 `try_take` is all-or-nothing over several slots (a request must pass its request, token and
-concurrency buckets together) and returns how long to wait when it cannot take. Slots passed
+concurrency buckets together) and returns how long to wait when it cannot take. `reserve`
+and `settle` are a whole limit decision and its correction in one call each: they take the
+per-measure demand and the bucket's measure index, so the limiter's hot path makes one kernel
+call instead of building an amounts list per request. Slots passed
 to one `try_take` must be distinct. Slot ids are indexes; a bad one raises IndexError.
 """
 from __future__ import annotations
@@ -74,6 +77,38 @@ class BucketTable:
             self._level[slot] -= amount
         return 0.0
 
+    def reserve(self, slots: Sequence[int], measures: Sequence[int], demand: Sequence[float], now: float) -> float:
+        """A whole limit decision in one call: take ``min(demand[measures[i]], capacity)``
+        from every `slots[i]`, or nothing (a demand above a whole bucket is capped, so it is
+        admitted from a full bucket instead of never).
+
+        Returns 0.0 on success, else the seconds until it would fit (math.inf: never).
+        Raises ValueError if slots and measures differ in length, IndexError on a bad slot.
+        """
+        if len(slots) != len(measures):
+            raise ValueError("slots and measures differ in length")
+        amounts = [min(float(demand[m]), self._capacity[self._checked(slot)]) for slot, m in zip(slots, measures)]
+        return self.try_take(slots, amounts, now)
+
+    def settle(self, slots: Sequence[int], measures: Sequence[int], reserved: Sequence[float],
+               used: Sequence[float], now: float) -> None:
+        """Correct a `reserve` by what was really used: each `slots[i]` is charged
+        ``used[m] - min(reserved[m], capacity)`` with m = `measures[i]` (a negative charge
+        gives back, capped at capacity; a positive one may leave debt; 0 touches nothing).
+        Raises ValueError if slots and measures differ in length, IndexError on a bad slot."""
+        if len(slots) != len(measures):
+            raise ValueError("slots and measures differ in length")
+        for slot, m in zip(slots, measures):
+            delta = float(used[m]) - min(float(reserved[m]), self._capacity[self._checked(slot)])
+            if delta > 0.0:
+                self.take(slot, delta, now)
+            elif delta < 0.0:
+                self.give(slot, -delta, now)
+
+    def levels(self, slots: Sequence[int], now: float) -> tuple[float, ...]:
+        """The levels of `slots` at `now` (no state changes). Raises IndexError on a bad slot."""
+        return tuple([self.level(slot, now) for slot in slots])
+
     def give(self, slot: int, amount: float, now: float) -> None:
         """Return tokens to a slot (capped at its capacity)."""
         self._check(slot)
@@ -106,6 +141,10 @@ class BucketTable:
     def _check(self, slot: int) -> None:
         if not 0 <= slot < len(self._capacity):
             raise IndexError(f"no bucket slot {slot}")
+
+    def _checked(self, slot: int) -> int:
+        self._check(slot)
+        return slot
 
     def _refilled(self, slot: int, now: float) -> float:
         level = self._level[slot]

@@ -138,6 +138,7 @@ class Plan:
     capacities: tuple[float, ...] = field(init=False)
     priced: bool = field(init=False)                   # has a cost_usd bucket
     header_specs: tuple[tuple[Any, ...], ...] = field(init=False)
+    allowed: tuple[tuple[str, str], ...] = field(init=False)  # (bucket id, "allowed"): decision counter keys
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: set the derived fields once, here
@@ -151,6 +152,7 @@ class Plan:
                 specs.append((i, (f"x-ratelimit-limit-{kind}", f"{b.capacity:.0f}"), f"x-ratelimit-remaining-{kind}",
                               f"x-ratelimit-reset-{kind}", b.capacity, b.refill))
         put(self, "header_specs", tuple(specs))
+        put(self, "allowed", tuple((b.id, "allowed") for b in self.buckets))
 
     def __bool__(self) -> bool:
         return bool(self.buckets)
@@ -160,11 +162,20 @@ NO_LIMITS = Plan((), -1, -1)
 
 
 class Reservation(NamedTuple):  # a tuple: built on every request, ~4x cheaper than a frozen dataclass
-    """What a request took from each bucket of its plan, and the bounds behind it."""
+    """What a request reserves, per measure (MEASURES order), before the capacity cap.
 
-    amounts: tuple[float, ...]
+    Bucket i of a plan takes ``min(demand[plan.measures[i]], plan.capacities[i])``
+    (`amounts`); the bucket kernel applies the cap itself, so the hot path never builds the
+    per-bucket list."""
+
+    demand: tuple[float, ...]
     prompt_tokens: float
     output_tokens: float
+
+    def amounts(self, plan: Plan) -> tuple[float, ...]:
+        """What each bucket of `plan` takes: the demand of its measure, capped at capacity."""
+        demand = self.demand
+        return tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,24 +281,32 @@ def _header_index(buckets: tuple[Bucket, ...], measures: tuple[str, ...]) -> int
 # -- reservation and settlement ---------------------------------------------------------
 
 def reserve(plan: Plan, prompt_tokens: float, output_tokens: float, price: Price) -> Reservation:
-    """The amounts to take from each bucket of `plan`, each capped at its bucket's capacity."""
+    """What a request of these bounds reserves on `plan`, per measure (see Reservation)."""
     dollars = upper_cost(prompt_tokens, output_tokens, price) if plan.priced else 0.0
-    demand = (1.0, prompt_tokens, output_tokens, prompt_tokens + output_tokens, dollars, 1.0)  # MEASURES order
-    amounts = tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
-    return Reservation(amounts, prompt_tokens, output_tokens)
+    return Reservation((1.0, prompt_tokens, output_tokens, prompt_tokens + output_tokens, dollars, 1.0),
+                       prompt_tokens, output_tokens)  # MEASURES order
+
+
+def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, ...]:
+    """What a request really used, per measure (MEASURES order); `price` is read only when
+    `plan` has a budget. `usage` None means nothing was used (the upstream failed before
+    answering). A request still counts as one request; a concurrent slot is given back."""
+    u = usage or _NOTHING
+    dollars = cost(u, price) if plan.priced and price is not None else 0.0
+    return (1.0, u.prompt_tokens, u.completion_tokens, u.total_tokens or u.prompt_tokens + u.completion_tokens,
+            dollars, 0.0)
 
 
 def settle(plan: Plan, reservation: Reservation, usage: Usage | None, price: Price) -> tuple[float, ...]:
-    """Per bucket, what to charge now: real usage minus the reservation (negative = refund).
+    """Per bucket, what to charge now: real usage minus what was taken (negative = refund).
+    The same arithmetic as `BucketTable.settle`, for stores that do it elsewhere (Redis)."""
+    return deltas(plan, reservation.demand, used(plan, usage, price))
 
-    `usage` None means nothing was used (the upstream failed before answering). A request
-    still counts as a request; a concurrent slot is always given back.
-    """
-    u = usage or _NOTHING
-    dollars = cost(u, price) if plan.priced else 0.0
-    real = (0.0, u.prompt_tokens, u.completion_tokens, u.total_tokens or u.prompt_tokens + u.completion_tokens,
-            dollars, 0.0)  # MEASURES order; a request stays counted (index 0 gives no delta below)
-    return tuple([real[m] - taken if m else 0.0 for m, taken in zip(plan.measures, reservation.amounts)])
+
+def deltas(plan: Plan, reserved: tuple[float, ...], real: tuple[float, ...]) -> tuple[float, ...]:
+    """Per bucket of `plan`: ``real[m] - min(reserved[m], capacity)`` (m its measure). The
+    request measure nets to 0 (one reserved, one used) unless the capacity is below one."""
+    return tuple([real[m] - min(reserved[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
 
 
 _NOTHING = Usage()

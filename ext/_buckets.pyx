@@ -80,6 +80,59 @@ cdef class BucketTable:
             if bs != stack_b:
                 PyMem_Free(bs)
 
+    def reserve(self, slots, measures, demand, double now):
+        """A whole limit decision in one call: take min(demand[measures[i]], capacity) from
+        every slots[i], or nothing. Returns 0.0 on success, else the seconds until it would
+        fit (math.inf: never). Raises ValueError if slots and measures differ in length,
+        IndexError on a bad slot."""
+        cdef Py_ssize_t k = len(slots), j
+        cdef Bucket* stack_b[_STACK_SLOTS]
+        cdef double stack_a[_STACK_SLOTS]
+        cdef Bucket** bs = stack_b
+        cdef double* amt = stack_a
+        cdef double a
+        if len(measures) != k:
+            raise ValueError("slots and measures differ in length")
+        if k > _STACK_SLOTS:
+            bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
+            if bs == NULL:
+                raise MemoryError()
+            amt = <double*>(bs + k)
+        try:
+            for j in range(k):
+                bs[j] = self._slot(slots[j])
+                a = demand[measures[j]]
+                amt[j] = a if a < bs[j].capacity else bs[j].capacity
+            return _take_all(bs, amt, k, now)
+        finally:
+            if bs != stack_b:
+                PyMem_Free(bs)
+
+    def settle(self, slots, measures, reserved, used, double now):
+        """Correct a reserve by what was really used: slots[i] is charged
+        used[m] - min(reserved[m], capacity), m = measures[i] (negative gives back, capped at
+        capacity; positive may leave debt; 0 touches nothing). Raises ValueError if slots and
+        measures differ in length, IndexError on a bad slot."""
+        cdef Py_ssize_t k = len(slots), j, m
+        cdef Bucket* b
+        cdef double r, delta, level
+        if len(measures) != k:
+            raise ValueError("slots and measures differ in length")
+        for j in range(k):
+            b = self._slot(slots[j])
+            m = measures[j]
+            r = reserved[m]
+            delta = <double>used[m] - (r if r < b.capacity else b.capacity)
+            if delta > 0.0:
+                b.level = _refill_to(b, now) - delta
+            elif delta < 0.0:
+                level = _refill_to(b, now) - delta
+                b.level = level if level < b.capacity else b.capacity
+
+    def levels(self, slots, double now):
+        """The levels of slots at now (no state changes). Raises IndexError on a bad slot."""
+        return tuple([_refilled(self._slot(slot), now) for slot in slots])
+
     def give(self, Py_ssize_t slot, double amount, double now):
         """Return tokens to a slot (capped at its capacity)."""
         cdef Bucket* b = self._slot(slot)
@@ -114,21 +167,29 @@ cdef class BucketTable:
 
     cdef double _try_take(self, slots, amounts, double now, Py_ssize_t k, Bucket** bs, double* amt) except? -1.0:
         cdef Py_ssize_t j
-        cdef double level, wait = 0.0, w
-        cdef Bucket* b
         for j in range(k):
-            b = bs[j] = self._slot(slots[j])
+            bs[j] = self._slot(slots[j])
             amt[j] = amounts[j]
-            level = _refill_to(b, now)
-            if level < amt[j]:
-                w = INFINITY if (amt[j] > b.capacity or b.refill <= 0.0) else (amt[j] - level) / b.refill
-                if w > wait:
-                    wait = w
-        if wait > 0.0:
-            return wait
-        for j in range(k):
-            bs[j].level -= amt[j]
-        return 0.0
+        return _take_all(bs, amt, k, now)
+
+
+cdef double _take_all(Bucket** bs, const double* amt, Py_ssize_t k, double now) noexcept:
+    """Refill every bucket to now, then take every amount or none; 0.0 or the longest wait."""
+    cdef Py_ssize_t j
+    cdef double level, wait = 0.0, w
+    cdef Bucket* b
+    for j in range(k):
+        b = bs[j]
+        level = _refill_to(b, now)
+        if level < amt[j]:
+            w = INFINITY if (amt[j] > b.capacity or b.refill <= 0.0) else (amt[j] - level) / b.refill
+            if w > wait:
+                wait = w
+    if wait > 0.0:
+        return wait
+    for j in range(k):
+        bs[j].level -= amt[j]
+    return 0.0
 
 
 cdef inline double _refilled(const Bucket* b, double now) noexcept:

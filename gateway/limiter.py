@@ -12,7 +12,6 @@ starts and once when it ends, never per request.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ from core import limits
 from core.config import Config, Key
 from core.errors import GatewayError
 from core.limits import LimitPolicy, Plan, Reservation
+from core.pricing import FREE
 from core.request import RequestHead
 from core.tokens import estimate_prompt_tokens
 from core.usage import Usage
@@ -39,11 +39,21 @@ class BucketStore(Protocol):
     def configure(self, policy: LimitPolicy) -> None:
         """Adopt the buckets of a (new) config, keeping the levels of unchanged buckets."""
 
+    def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+        """The hot path: reserve `demand` (per measure, see core.limits.Reservation) from
+        what this process holds, without waiting. Returns (taken, levels after), or None when
+        only the store can decide (then the limiter awaits `take`). Never raises."""
+
     async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
-        """Take every amount or none. Returns (taken, levels after). Raises StoreUnavailable."""
+        """Take every amount (per bucket) or none. Returns (taken, levels after).
+        Raises StoreUnavailable."""
+
+    def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+        """Charge what was used minus what was reserved (both per measure), without waiting;
+        never raises."""
 
     def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
-        """Charge signed amounts (negative refunds) without waiting; never raises."""
+        """Charge signed amounts per bucket (negative refunds) without waiting; never raises."""
 
     async def levels(self, policy: LimitPolicy) -> dict[str, float]:
         """Current level of every bucket of `policy`, by bucket id. Raises StoreUnavailable."""
@@ -89,29 +99,30 @@ class Limiter:
         plan = self.policy.plan(key, model)
         if not plan:
             return None
-        reservation = limits.reserve(plan, estimate_prompt_tokens(body), self.policy.output_bound(api, head),
-                                     self.policy.price(model))
+        policy = self.policy
+        reservation = limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
+                                     policy.price(model) if plan.priced else FREE)
         try:
-            taken, levels = await self.store.take(plan, reservation.amounts)
+            decided = self.store.decide(plan, reservation.demand)
+            taken, levels = decided if decided is not None else await self.store.take(plan, reservation.amounts(plan))
         except StoreUnavailable:
             return self._without_store(plan, reservation, model)
         if not taken:
-            refusal = limits.denial(plan, reservation.amounts, levels)
+            refusal = limits.denial(plan, reservation.amounts(plan), levels)
             self.metrics.limit_decision(refusal.bucket.id, "limited")
             raise limits.rejection(refusal, model)
-        for bucket in plan.buckets:
-            self.metrics.limit_decision(bucket.id, "allowed")
+        counts = self.metrics.limit_counts
+        for allowed in plan.allowed:
+            counts[allowed] += 1
         return Lease(plan, reservation, model, limits.ratelimit_headers(plan, levels))
 
     def settle(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
-        """Settle `lease` with what was really used (None: nothing), after the current callback,
-        so the response the client waits for is never delayed by it."""
+        """Settle `lease` with what was really used (None: nothing). Never waits: the memory
+        store applies it at once (a few arithmetic operations), the Redis store queues it."""
         if lease.metered:
-            asyncio.get_running_loop().call_soon(self._settle_now, lease, usage, upstream_model)
-
-    def _settle_now(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
-        price = self.policy.price(lease.model, upstream_model)
-        self.store.charge(lease.plan, limits.settle(lease.plan, lease.reservation, usage, price))
+            plan = lease.plan
+            price = self.policy.price(lease.model, upstream_model) if plan.priced else None
+            self.store.settle(plan, lease.reservation.demand, limits.used(plan, usage, price))
 
     def _without_store(self, plan: Plan, reservation: Reservation, model: str) -> Lease:
         self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
@@ -180,7 +191,7 @@ def _new_store(config: Config, metrics: Any) -> BucketStore:
     if rl.backend == "redis":
         from gateway.limiter_redis import RedisBuckets
 
-        return RedisBuckets(rl.redis_url, rl.key_prefix, metrics)
+        return RedisBuckets(rl.redis_url, rl.key_prefix, metrics, leasing=True)
     from gateway.limiter_memory import MemoryBuckets
 
     return MemoryBuckets()

@@ -19,7 +19,7 @@ class MemoryBuckets:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._table = BucketTable()
         self._slot: dict[str, int] = {}  # bucket id -> slot; kept across reloads
-        self._plans: dict[int, tuple[Plan, list[int]]] = {}  # id(plan) -> (plan, its slots)
+        self._plans: dict[int, tuple[Plan, tuple[int, ...]]] = {}  # id(plan) -> (plan, its slots)
         self._clock = clock
 
     def configure(self, policy: LimitPolicy) -> None:
@@ -32,13 +32,26 @@ class MemoryBuckets:
             else:
                 self._table.reconfigure(slot, bucket.capacity, bucket.refill)
 
+    def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Reserve `demand` in one kernel call; return (taken, levels after). Never None:
+        this store always decides on its own."""
+        slots = self._slots(plan)
+        now = self._clock()
+        table = self._table
+        taken = table.reserve(slots, plan.measures, demand, now) == 0.0
+        return taken, table.levels(slots, now)
+
     async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
-        """Take all amounts or none; return (taken, levels after)."""
+        """Take all amounts (per bucket) or none; return (taken, levels after)."""
         slots = self._slots(plan)
         now = self._clock()
         table = self._table
         taken = table.try_take(slots, amounts, now) == 0.0
-        return taken, tuple([table.level(slot, now) for slot in slots])
+        return taken, table.levels(slots, now)
+
+    def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+        """Charge used minus reserved (per measure) in one kernel call."""
+        self._table.settle(self._slots(plan), plan.measures, reserved, used, self._clock())
 
     def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
         """Apply settle deltas: positive takes (may leave debt), negative gives back."""
@@ -57,10 +70,10 @@ class MemoryBuckets:
     async def aclose(self) -> None:
         return None
 
-    def _slots(self, plan: Plan) -> list[int]:
+    def _slots(self, plan: Plan) -> tuple[int, ...]:
         # Keyed by identity (plans are cached by the policy, so this is one dict hit); the
         # entry holds the plan itself, so an id reused after a reload can never match.
         entry = self._plans.get(id(plan))
         if entry is None or entry[0] is not plan:
-            entry = self._plans[id(plan)] = (plan, [self._slot[b.id] for b in plan.buckets])
+            entry = self._plans[id(plan)] = (plan, tuple([self._slot[b.id] for b in plan.buckets]))
         return entry[1]

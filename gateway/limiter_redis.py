@@ -39,8 +39,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from core.limits import LimitPolicy, Plan
+from core import limits
+from core.limits import Bucket, LimitPolicy, Plan
 from gateway.limiter import StoreUnavailable
+from gateway.limiter_lease import LEASE_TTL, LeaseBook
 
 log = logging.getLogger("tollway")
 
@@ -56,8 +58,12 @@ BUCKETS_LUA = """
 -- KEYS: the buckets this batch touches.
 -- ARGV[1] now ('' = Redis TIME); ARGV[2] gauge ttl ms;
 -- ARGV[3] 'capacity refill' per key, space-separated, in KEYS order;
--- ARGV[4] the ops, space-separated: kind ('r' reserve | 'c' charge), n, n x (key index, amount).
--- Returns one string: per reserve op in order, '1' or '0' (taken?) then its n levels after it.
+-- ARGV[4] the ops, space-separated: kind, n, then per bucket: key index, amount[, want]. Kinds:
+--   'r' reserve all amounts or none;  'c' charge signed amounts (may leave debt);
+--   'R' reserve like 'r', then (only if taken) lease up to `want` more of each bucket;
+--   'g' lease up to `amount` of each bucket (whatever is there, no debt).
+-- Returns one string: per r op '1'|'0' (taken?) and n levels after it; per R op the same plus
+-- n grants; per g op n levels and n grants. (c ops return nothing.)
 -- (Whole batches travel as two strings: redis-py spends ~2 us per argument it packs.)
 local now = tonumber(ARGV[1])
 if not now then
@@ -94,23 +100,43 @@ local function bucket(i)
 end
 
 local out = {}
+local function grant(held, wants, n)
+  for j = 1, n do
+    local g = math.max(0, math.min(wants[j], held[j][1]))
+    held[j][1] = held[j][1] - g
+    wants[j] = g
+  end
+end
 local tok = string.gmatch(ARGV[4], '%S+')
 for kind in tok do
   local n = tonumber(tok())
-  local held, amounts, fits = {}, {}, true
+  local held, amounts, wants, fits = {}, {}, {}, true
   for j = 1, n do
     local i = tonumber(tok())
     local s = bucket(i)
     held[j], amounts[j] = s, tonumber(tok())
+    if kind == 'R' then wants[j] = tonumber(tok()) end
     s[3] = caps[i]
     if s[1] < amounts[j] then fits = false end
   end
-  if kind == 'r' then
+  if kind == 'r' or kind == 'R' then
     if fits then for j = 1, n do held[j][1] = held[j][1] - amounts[j] end end
     out[#out + 1] = fits and '1' or '0'
-    for j = 1, n do out[#out + 1] = string.format('%.17g', held[j][1]) end
+    if kind == 'R' then
+      if not fits then for j = 1, n do wants[j] = 0 end end
+      grant(held, wants, n)
+    end
+  elseif kind == 'g' then
+    wants = amounts
+    grant(held, wants, n)
   else
     for j = 1, n do held[j][1] = math.min(held[j][3], held[j][1] - amounts[j]) end
+  end
+  if kind ~= 'c' then
+    for j = 1, n do out[#out + 1] = string.format('%.17g', held[j][1]) end
+  end
+  if kind == 'R' or kind == 'g' then
+    for j = 1, n do out[#out + 1] = string.format('%.17g', wants[j]) end
   end
 end
 
@@ -126,12 +152,34 @@ BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
 
 
 class _Op:
-    """One queued reservation or settle, already in the script's argument form."""
+    """One queued op (see BUCKETS_LUA), already in the script's argument form: `shapes` and
+    `amounts` per bucket, `wants` per bucket for an R op, and the lease slots for R and g ops.
+    `future` gets the result of r, R and g ops; c ops have none."""
 
-    __slots__ = ("kind", "keys", "args", "future")
+    __slots__ = ("kind", "keys", "shapes", "amounts", "wants", "slots", "future")
 
-    def __init__(self, kind: str, keys: tuple[str, ...], args: list[Any], future: asyncio.Future[Any] | None) -> None:
-        self.kind, self.keys, self.args, self.future = kind, keys, args, future
+    def __init__(self, kind: str, keys: tuple[str, ...], shapes: list[str], amounts: tuple[float, ...],
+                 future: Any = None, wants: tuple[float, ...] | None = None, slots: Any = None) -> None:
+        self.kind, self.keys, self.shapes, self.amounts = kind, keys, shapes, amounts
+        self.future, self.wants, self.slots = future, wants, slots
+
+
+class _TopUp:
+    """The result slot of a background lease top-up (a g op): nobody awaits it."""
+
+    __slots__ = ("book", "slots", "wants")
+
+    def __init__(self, book: LeaseBook, slots: list[int], wants: tuple[float, ...]) -> None:
+        self.book, self.slots, self.wants = book, slots, wants
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        return None  # the grants were booked by _run
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.book.failed(self.slots, self.wants)  # ask again once Redis answers
 
 
 class RedisBuckets:
@@ -139,7 +187,7 @@ class RedisBuckets:
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str, metrics: Any, client: Any = None) -> None:
+    def __init__(self, url: str, prefix: str, metrics: Any, client: Any = None, leasing: bool = False) -> None:
         self.settings = ("redis", url, prefix)
         self.prefix = prefix
         self.client = client or aioredis.Redis.from_url(
@@ -149,30 +197,74 @@ class RedisBuckets:
         self._queue: list[_Op] = []
         self._drains: set[asyncio.Task[None]] = set()  # batches in flight (at most MAX_IN_FLIGHT)
         self._settle_timer: asyncio.TimerHandle | None = None
-        self._plans: dict[int, tuple[Plan, tuple[str, ...], list[list[Any]]]] = {}
+        self._plans: dict[int, tuple[Plan, tuple[str, ...], list[str], tuple[int, ...] | None]] = {}
+        self._book = LeaseBook() if leasing else None  # see gateway/limiter_lease.py
+        self._return_timer: asyncio.TimerHandle | None = None
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._held = 0  # settles kept for later during an incident
 
     def configure(self, policy: LimitPolicy) -> None:
         self._plans.clear()  # capacities travel with every call, so nothing else changes
+        if self._book is not None:  # leases of the old shapes go back; changed buckets start over
+            self._surrender()
+            self._book.reconfigure(policy.buckets)
 
     def key(self, bucket_id: str) -> str:
         """The Redis key of a bucket: one hash tag for the whole deployment."""
         return f"{{{self.prefix}}}:b:{bucket_id}"
 
+    def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+        """Decide from this process's leases when they cover the request (admitted, levels as
+        Redis's last answer plus what is held here); None sends it to Redis."""
+        book = self._book
+        if book is None:
+            return None
+        slots = self._entry(plan)[3]
+        if slots is None:
+            return None
+        got = book.decide(plan, slots, demand)
+        if got is None:
+            return None
+        levels, low = got
+        if low:
+            self._top_up(low)
+        return True, levels
+
     async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Reserve in Redis (leasing a slice along, when leasing); see BucketStore.take."""
         if self._failing_fast():
             raise StoreUnavailable("redis is unavailable")
+        _, keys, shapes, slots = self._entry(plan)
+        wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(self._op("r", plan, amounts, future))
+        if wants is None:
+            self._queue.append(_Op("r", keys, shapes, amounts, future))
+        else:
+            self._queue.append(_Op("R", keys, shapes, amounts, future, wants, slots))
         self._kick()
         return await future
+
+    def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+        """Charge used minus reserved; with leasing, refunds first refill this process's lease."""
+        deltas = limits.deltas(plan, reserved, used)
+        if self._book is not None:
+            slots = self._entry(plan)[3]
+            if slots is not None:
+                rest = self._book.refund(slots, deltas)
+                if rest is None:
+                    return
+                deltas = rest
+        self.charge(plan, deltas)
 
     def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
         if not any(deltas):
             return
-        self._queue.append(self._op("c", plan, deltas, None))
+        _, keys, shapes, _ = self._entry(plan)
+        self._queue_charge(_Op("c", keys, shapes, deltas))
+
+    def _queue_charge(self, op: _Op) -> None:
+        self._queue.append(op)
         if self._down_since is not None and len(self._queue) > MAX_HELD:
             del self._queue[0]  # an outage this long loses the oldest settles, not memory
         if not self._drains and self._settle_timer is None:
@@ -202,7 +294,11 @@ class RedisBuckets:
         return out
 
     async def aclose(self) -> None:
-        """Send queued settles, then close the connections."""
+        """Give leases back, send queued settles, then close the connections."""
+        if self._return_timer is not None:
+            self._return_timer.cancel()
+            self._return_timer = None
+        self._surrender()
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
@@ -214,13 +310,51 @@ class RedisBuckets:
 
     # -- batching -------------------------------------------------------------------------
 
-    def _op(self, kind: str, plan: Plan, amounts: tuple[float, ...], future: Any) -> _Op:
+    def _entry(self, plan: Plan) -> tuple[Plan, tuple[str, ...], list[str], tuple[int, ...] | None]:
+        """Per plan, once: (plan, its Redis keys, its shapes for the script, its lease slots)."""
         entry = self._plans.get(id(plan))
         if entry is None or entry[0] is not plan:
             keys = tuple(self.key(b.id) for b in plan.buckets)
-            shapes = [f"{b.capacity!r} {b.refill!r}" for b in plan.buckets]
-            entry = self._plans[id(plan)] = (plan, keys, shapes)
-        return _Op(kind, entry[1], [entry[2], amounts], future)
+            shapes = [_shape(b) for b in plan.buckets]
+            slots = self._book.slots(plan) if self._book is not None else None
+            entry = self._plans[id(plan)] = (plan, keys, shapes, slots)
+        return entry
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _top_up(self, slots: list[int]) -> None:
+        """Queue one g op asking for full slices of `slots` (sent with the next batch)."""
+        book = self._book
+        assert book is not None
+        wants = book.top_up(slots)
+        buckets = [book.buckets[s] for s in slots]
+        self._queue.append(_Op("g", tuple(self.key(b.id) for b in buckets), [_shape(b) for b in buckets], wants,
+                               _TopUp(book, slots, wants), None, slots))
+        self._kick()
+
+    def _booked(self, op: _Op, grants: tuple[float, ...], levels: tuple[float, ...]) -> None:
+        assert self._book is not None
+        wants = op.wants if op.kind == "R" else op.amounts
+        for bucket, excess in self._book.granted(op.slots, wants, grants, levels, time.monotonic()):
+            self._queue.append(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
+        if self._return_timer is None and any(grants):
+            self._return_timer = asyncio.get_running_loop().call_later(LEASE_TTL, self._return_leases)
+
+    def _return_leases(self) -> None:
+        """Every LEASE_TTL: give every holding back, so no lease outlives it."""
+        self._return_timer = None
+        self._surrender()
+
+    def _surrender(self) -> None:
+        if self._book is None:
+            return
+        for bucket, held in self._book.surrender():
+            self._queue.append(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-held,)))
+        if self._queue and not self._drains and self._settle_timer is None:
+            try:
+                self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
+            except RuntimeError:  # configure() before the loop runs: the first request drains them
+                pass
 
     def _kick(self) -> None:
         self._settle_timer = None
@@ -258,13 +392,20 @@ class RedisBuckets:
             if op.future is None:
                 continue
             n = len(op.keys)
-            taken = words[pos] == b"1"
-            levels = tuple(map(float, words[pos + 1:pos + 1 + n]))
-            pos += 1 + n
+            taken = op.kind == "g" or words[pos] == b"1"
+            pos += op.kind != "g"
+            levels = tuple(map(float, words[pos:pos + n]))
+            pos += n
+            if op.kind in ("R", "g"):
+                grants = tuple(map(float, words[pos:pos + n]))
+                pos += n
+                self._booked(op, grants, levels)
+                if op.kind == "R":
+                    levels = tuple([a + b for a, b in zip(levels, self._book.table.levels(op.slots, 0.0))])
             if not op.future.done():
                 op.future.set_result((taken, levels))
             elif taken:  # the request was cancelled while waiting: give its quota back
-                self._queue.append(_Op("c", op.keys, [op.args[0], tuple(-a for a in op.args[1])], None))
+                self._queue.append(_Op("c", op.keys, op.shapes, tuple(-a for a in op.amounts)))
         return True
 
     def _encode(self, batch: list[_Op]) -> tuple[list[str], list[str]]:
@@ -273,16 +414,17 @@ class RedisBuckets:
         shapes: list[str] = []
         ops: list[str] = []
         for op in batch:
-            plan_shapes, amounts = op.args
             ops.append(op.kind)
             ops.append(str(len(op.keys)))
-            for key, shape, amount in zip(op.keys, plan_shapes, amounts):
+            for j, (key, shape, amount) in enumerate(zip(op.keys, op.shapes, op.amounts)):
                 i = index.get(key)
                 if i is None:
                     i = index[key] = len(index) + 1
                     shapes.append(shape)
                 ops.append(str(i))
                 ops.append(repr(amount))
+                if op.wants is not None:
+                    ops.append(repr(op.wants[j]))
         now = "" if self.now is None else repr(self.now)
         return list(index), [now, str(GAUGE_TTL_MS), " ".join(shapes), " ".join(ops)]
 
@@ -310,6 +452,8 @@ class RedisBuckets:
         self._retry_at = now + RETRY_INTERVAL
         settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
         for op in batch + self._queue:
+            if op.kind == "R" and self._book is not None:
+                self._book.failed(op.slots, op.wants)
             if op.future is not None and not op.future.done():
                 op.future.set_exception(StoreUnavailable(str(exc)))
         self._queue = settles
@@ -320,3 +464,8 @@ class RedisBuckets:
             log.warning("rate-limit store: redis answers again after %.1f s; sending %d settles held meanwhile",
                         time.monotonic() - self._down_since, self._held)
             self._down_since, self._held = None, 0
+
+
+def _shape(bucket: Bucket) -> str:
+    """A bucket's capacity and refill as the script reads them."""
+    return f"{bucket.capacity!r} {bucket.refill!r}"

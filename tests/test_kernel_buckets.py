@@ -133,12 +133,58 @@ def test_bad_arguments_raise(table):
         table.try_take([slot], [1, 2], 0.0)
 
 
+def test_reserve_takes_demand_by_measure_capped_at_capacity(table):
+    requests, tokens = table.add(10, 1), table.add(100, 10)
+    demand = (1.0, 30.0, 150.0)  # indexed by measure
+    assert table.reserve([requests, tokens], [0, 2], demand, 0.0) == 0.0
+    assert table.levels([requests, tokens], 0.0) == (9.0, 0.0)  # 150 capped at the capacity 100
+    assert table.reserve([requests, tokens], [0, 1], demand, 0.0) == pytest.approx(3.0)  # 30 tokens at 10/s
+    assert table.levels([requests, tokens], 0.0) == (9.0, 0.0)  # all or nothing
+
+
+def test_settle_charges_used_minus_reserved_per_measure(table):
+    requests, tokens, gauge = table.add(10, 1), table.add(100, 10), table.add(2, 0)
+    slots, measures = [requests, tokens, gauge], [0, 1, 2]
+    reserved = (1.0, 60.0, 1.0)
+    assert table.reserve(slots, measures, reserved, 0.0) == 0.0
+    table.settle(slots, measures, reserved, (1.0, 20.0, 0.0), 0.0)  # refund 40 tokens, free the slot
+    assert table.levels(slots, 0.0) == (9.0, 80.0, 2.0)
+    table.settle([tokens], [1], (0.0, 10.0), (0.0, 130.0), 0.0)  # 120 more than reserved: debt
+    assert table.level(tokens, 0.0) == -40.0
+    assert table.level(tokens, 5.0) == 10.0  # repaid by refill
+
+
+def test_settle_of_a_capped_reservation_charges_the_excess(table):
+    tokens = table.add(100, 1)
+    assert table.reserve([tokens], [0], (500.0,), 0.0) == 0.0  # capped: took 100
+    table.settle([tokens], [0], (500.0,), (250.0,), 0.0)
+    assert table.level(tokens, 0.0) == -150.0
+
+
+def test_decision_calls_reject_mismatched_lengths_and_bad_slots(table):
+    slot = table.add(10, 1)
+    with pytest.raises(ValueError):
+        table.reserve([slot], [0, 1], (1.0, 1.0), 0.0)
+    with pytest.raises(ValueError):
+        table.settle([slot], [], (1.0,), (1.0,), 0.0)
+    with pytest.raises(IndexError):
+        table.reserve([slot, 9], [0, 0], (1.0,), 0.0)
+    with pytest.raises(IndexError):
+        table.levels([9], 0.0)
+    assert table.level(slot, 0.0) == 10.0  # a failed call took nothing
+
+
 # --- differential: random operation sequences on both twins ----------------------------------
 
 amounts = st.floats(min_value=0, max_value=200, allow_nan=False)
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("try_take"), st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True), st.lists(amounts, min_size=3, max_size=3)),
+        st.tuples(st.just("reserve"), st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+                  st.lists(amounts, min_size=3, max_size=3)),
+        st.tuples(st.just("settle"), st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+                  st.tuples(st.lists(amounts, min_size=3, max_size=3), st.lists(amounts, min_size=3, max_size=3))),
+        st.tuples(st.just("levels"), st.lists(st.integers(0, 3), min_size=1, max_size=4), st.none()),
         st.tuples(st.just("give"), st.integers(0, 3), amounts),
         st.tuples(st.just("take"), st.integers(0, 3), amounts),
         st.tuples(st.just("reconfigure"), st.integers(0, 3), st.tuples(amounts, st.floats(0, 50))),
@@ -160,6 +206,12 @@ def run_ops(mod, spec, script, steps):
         now += step  # negative steps: a clock that goes backwards
         if op == "try_take":
             trace.append(table.try_take(slot, arg[: len(slot)], now))
+        elif op == "reserve":
+            trace.append(table.reserve(slot, [s % 3 for s in slot], arg, now))
+        elif op == "settle":
+            trace.append(table.settle(slot, [s % 3 for s in slot], *arg, now))
+        elif op == "levels":
+            trace.append(table.levels(slot, now))
         elif op in ("give", "take"):
             trace.append(getattr(table, op)(slot, arg, now))
         elif op == "reconfigure":

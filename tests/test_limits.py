@@ -165,21 +165,21 @@ def test_reservation_per_measure_capped_at_capacity(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 2000, PRICE)
     upper = (300 * 2.0 + 2000 * 10.0) / 1e6
-    assert r.amounts == pytest.approx((1, 2300, 1, 1000, upper, 2300))  # output capped at the 1000/h pair limit
+    assert r.amounts(plan) == pytest.approx((1, 2300, 1, 1000, upper, 2300))  # output capped at the 1000/h pair limit
 
 
 def test_settle_refunds_unused_and_charges_excess(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 200, PRICE)
     deltas = settle(plan, r, Usage(prompt_tokens=40, completion_tokens=500, total_tokens=540), PRICE)
-    assert deltas == pytest.approx((0, 540 - 500, -1, 500 - 200, (40 * 2 + 500 * 10) / 1e6 - r.amounts[4], 40))
+    assert deltas == pytest.approx((0, 540 - 500, -1, 500 - 200, (40 * 2 + 500 * 10) / 1e6 - r.amounts(plan)[4], 40))
 
 
 def test_settle_without_usage_refunds_all_tokens_but_keeps_the_request(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 200, PRICE)
     deltas = settle(plan, r, None, PRICE)
-    assert deltas == pytest.approx((0, -500, -1, -200, -r.amounts[4], -500))
+    assert deltas == pytest.approx((0, -500, -1, -200, -r.amounts(plan)[4], -500))
 
 
 def test_denial_names_the_bucket_with_the_longest_wait(cfg, policy):

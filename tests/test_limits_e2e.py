@@ -16,6 +16,7 @@ import openai
 import pytest
 import redis
 
+from gateway.limiter_lease import LEASE_FRACTION, MAX_HOLD_SLICES
 from tests.harness import ADMIN_KEY, ROOT, TEST_KEY, GatewayProcess, key_hash
 from tests.test_limits_redis import PrivateRedis
 
@@ -132,6 +133,30 @@ def test_two_gateways_share_limits_through_redis(openai_upstream, prefix):
         b.stop()
 
 
+def test_two_gateways_leasing_quota_stay_within_the_documented_bound(openai_upstream, prefix):
+    # 64 per hour: a slice of 64 x LEASE_FRACTION = 4 requests, so each gateway leases (10 per
+    # hour, above, is too small to lease and stays exact).
+    capacity = 64
+    text = limited_config(openai_upstream.url, f"[{{requests: {capacity}, per: 1h}}]",
+                          f"rate_limits: {{backend: redis, redis_url: '{SHARED_URL}', key_prefix: {prefix}}}")
+    a, b = GatewayProcess(text), GatewayProcess(text)
+    try:
+        statuses = [post(gw, stream=False)[0] for _ in range(45) for gw in (a, b)]
+        ok = statuses.count(200)
+        held = 2 * MAX_HOLD_SLICES * capacity * LEASE_FRACTION  # N gateways x what each may hold
+        assert capacity - held <= ok <= capacity + 1  # +1: the hour's refill during the test
+        assert statuses[: int(capacity - held)] == [200] * int(capacity - held)
+        assert statuses.count(429) == len(statuses) - ok
+    finally:
+        a.stop()
+        b.stop()
+    # Both gateways gave their leases back when they stopped: Redis holds exactly what was used.
+    r = redis.Redis.from_url(SHARED_URL)
+    level = float(r.hget(f"{{{prefix}}}:b:key:app:requests:3600s", "l"))
+    r.close()
+    assert level == pytest.approx(capacity - ok, abs=1)
+
+
 def post(gw: GatewayProcess, stream: bool) -> tuple[int, bytes]:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10, "stream": stream}
     req = urllib.request.Request(gw.url + "/v1/chat/completions", data=json.dumps(body).encode(),
@@ -200,9 +225,14 @@ def test_redis_outage_fails_closed_keeps_serving_and_recovers(openai_upstream):
         gw = GatewayProcess(text)
         assert post(gw, stream=False)[0] == 200
         server.stop()
-        down = [post(gw, stream=False) for _ in range(5)]
-        assert [status for status, _ in down] == [503] * 5
-        assert json.loads(down[0][1])["error"]["code"] == "rate_limit_store_unavailable"
+        down = [post(gw, stream=False) for _ in range(16)]
+        statuses = [status for status, _ in down]
+        # Quota already leased from Redis is spent first (gateway/limiter_lease.py): at most
+        # MAX_HOLD_SLICES slices of capacity x LEASE_FRACTION, here 12.5 requests; then closed.
+        leased = statuses.count(200)
+        assert leased <= MAX_HOLD_SLICES * 100 * LEASE_FRACTION
+        assert statuses == [200] * leased + [503] * (16 - leased)
+        assert json.loads(down[-1][1])["error"]["code"] == "rate_limit_store_unavailable"
         with urllib.request.urlopen(gw.url + "/readyz", timeout=5) as resp:
             assert resp.status == 200  # the gateway itself stays up
         server.start()

@@ -219,3 +219,119 @@ async def test_outage_follows_on_store_error_and_recovers(private_redis, mode, c
     assert getattr(err.value, "status", None) == 429
     assert any("answers again" in r.getMessage() for r in caplog.records)
     await store.aclose()
+
+
+# -- local leases (gateway/limiter_lease.py) ---------------------------------------------
+
+def leasing_store(prefix: str) -> RedisBuckets:
+    return RedisBuckets(SHARED_URL, prefix, Metrics(), leasing=True)
+
+
+def counting_calls(store: RedisBuckets) -> list[int]:
+    calls = [0]
+    real = store.client.evalsha
+
+    async def counting(*args):
+        calls[0] += 1
+        return await real(*args)
+
+    store.client.evalsha = counting
+    return calls
+
+
+async def redis_level(prefix: str, bucket: Bucket) -> float:
+    probe = RedisBuckets(SHARED_URL, prefix, Metrics())
+    try:
+        return (await probe.levels(LimitPolicyStub([bucket])))[bucket.id]
+    finally:
+        await probe.aclose()
+
+
+async def decide_or_take(store: RedisBuckets, plan: Plan, demand: tuple[float, ...]) -> bool:
+    """What the limiter does: decide from the lease, else ask Redis."""
+    decided = store.decide(plan, demand)
+    if decided is None:
+        decided = await store.take(plan, tuple(min(demand[m], b.capacity) for m, b in zip(plan.measures, plan.buckets)))
+    return decided[0]
+
+
+REQUEST = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # one request, per measure (core.limits.MEASURES)
+
+
+async def test_a_lease_decides_requests_locally_and_tops_up_in_the_background(store):
+    leasing = leasing_store(store.prefix)
+    calls = counting_calls(leasing)
+    bucket = Bucket("key:k:requests:3600s", "key", "k", "requests", 1600, 3600)
+    plan = plan_of(bucket)
+    try:
+        assert leasing.decide(plan, REQUEST) is None  # nothing leased yet: Redis decides
+        assert (await leasing.take(plan, (1.0,)))[0]
+        assert calls[0] == 1
+        local = 0
+        for _ in range(50):
+            decided = leasing.decide(plan, REQUEST)
+            if decided is None:
+                assert (await leasing.take(plan, (1.0,)))[0]
+            else:
+                local += 1
+                assert decided[0] and decided[1][0] <= 1600
+            await asyncio.sleep(0)  # let a background top-up go out
+        assert local >= 40 and calls[0] <= 12  # most decisions never reached Redis
+        # Redis has given out what was used plus what is leased, never more than its capacity.
+        await asyncio.sleep(0.01)  # the last top-up is back
+        held = leasing._book.table.level(0, 0.0)
+        assert await redis_level(store.prefix, bucket) == pytest.approx(1600 - 51 - held, abs=0.5)  # 0.44/s refill
+    finally:
+        await leasing.aclose()  # gives the lease back
+    assert await redis_level(store.prefix, bucket) == pytest.approx(1600 - 51, abs=0.5)
+
+
+async def test_two_leasing_processes_stay_within_the_documented_bound(store):
+    from gateway.limiter_lease import LEASE_FRACTION, MAX_HOLD_SLICES
+
+    capacity = 400.0
+    bucket = Bucket("key:k:requests:3600s", "key", "k", "requests", capacity, 3600)
+    plan = plan_of(bucket)
+    a, b = leasing_store(store.prefix), leasing_store(store.prefix)
+    try:
+        admitted = 0
+        for _ in range(300):
+            for gw in (a, b):
+                admitted += await decide_or_take(gw, plan, REQUEST)
+        bound = 2 * MAX_HOLD_SLICES * capacity * LEASE_FRACTION  # N processes x what each may hold
+        assert capacity - bound <= admitted <= capacity + 1  # +1: refill during the test (0.11/s)
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert await redis_level(store.prefix, bucket) == pytest.approx(capacity - admitted, abs=1)
+
+
+async def test_gauges_and_small_buckets_are_decided_by_redis_every_time(store):
+    leasing = leasing_store(store.prefix)
+    calls = counting_calls(leasing)
+    gauge_plan = plan_of(Bucket("g:rpm", "key", "g", "requests", 1e6, 60), Bucket("g:inflight", "key", "g", "concurrent", 5, 0))
+    small_plan = plan_of(Bucket("s:rph", "key", "s", "requests", 10, 3600))  # a slice would be under 4 requests
+    try:
+        for plan in (gauge_plan, small_plan):
+            for _ in range(3):
+                assert await decide_or_take(leasing, plan, REQUEST)
+        assert calls[0] == 6
+        assert await redis_level(store.prefix, small_plan.buckets[0]) == pytest.approx(7, abs=1e-3)
+    finally:
+        await leasing.aclose()
+
+
+async def test_refunds_refill_the_lease_and_the_excess_goes_back_to_redis(store):
+    leasing = leasing_store(store.prefix)
+    bucket = Bucket("key:k:total_tokens:3600s", "key", "k", "total_tokens", 1_000_000, 3600)
+    plan = plan_of(bucket)
+    demand = (1.0, 500.0, 500.0, 1000.0, 0.0, 1.0)
+    try:
+        assert await decide_or_take(leasing, plan, demand)
+        held = leasing._book.table.level(0, 0.0)
+        assert held > 0
+        leasing.settle(plan, demand, (1.0, 10.0, 10.0, 20.0, 0.0, 0.0))  # used 20 of 1000
+        assert leasing._book.table.level(0, 0.0) <= 2 * leasing._book.slice[0]
+    finally:
+        await leasing.aclose()  # the lease goes back, and the refund beyond it was sent
+    assert await redis_level(store.prefix, bucket) == pytest.approx(1_000_000 - 20, abs=1)
