@@ -1,0 +1,182 @@
+"""CPU per request of the gateway's own Python, without granian: where a request's time goes.
+
+The Gateway app is called in-process by 32 concurrent tasks with a minimal RSGI scope and
+protocol (body in, `response_bytes` out), on uvloop, pinned to the gateway CPU; the mock
+upstream (nginx, as in bench/run) runs on the load CPU. Four figures, each the best of five
+rounds of user+system CPU per request:
+
+  client     gateway.upstream.UpstreamClient alone: request + read against the mock
+  stubbed    the whole app with the upstream answered in-process (no I/O): key check, body,
+             parse, route, limit, adapter, relay, metrics
+  no-limit   the same without the in-memory limit in the config
+  full       the whole app against the mock upstream
+
+    python bench/inproc.py                # ~1 minute
+    python bench/inproc.py --requests 10000
+
+These are costs of our code only; bench/run measures what a client sees through granian.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from services import ServiceSet, free_ports  # noqa: E402
+from tollway_proc import BENCH_KEY, UPSTREAM_MODEL, write_config  # noqa: E402
+from upstream_conf import write_confs  # noqa: E402
+
+BODY = (b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a terse assistant."},'
+        b'{"role":"user","content":"In one sentence: why does tail latency matter behind a gateway?"}],'
+        b'"max_tokens":64}')
+CONCURRENCY = 32
+
+
+class Scope:
+    """The part of granian's RSGI scope the gateway reads."""
+
+    proto, method, path = "http", "POST", "/v1/chat/completions"
+
+    def __init__(self) -> None:
+        self.headers = {"authorization": f"Bearer {BENCH_KEY}", "content-type": "application/json",
+                        "content-length": str(len(BODY))}
+
+
+class Proto:
+    """The part of granian's RSGI protocol a non-stream answer uses."""
+
+    __slots__ = ("status",)
+
+    async def __call__(self) -> bytes:
+        return BODY
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+
+
+class CannedResponse:
+    """An upstream answer that is already complete: the app's cost without any I/O."""
+
+    status = 200
+    headers = [("content-type", "application/json")]
+    body = (b'{"id":"chatcmpl-1","object":"chat.completion","created":1767225600,"model":"gpt-4o-mini",'
+            b'"choices":[{"index":0,"message":{"role":"assistant","content":"Because the slowest call '
+            b'sets the pace."},"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":9,'
+            b'"total_tokens":36}}')
+
+    def header(self, name: str) -> str | None:
+        return dict(self.headers).get(name)
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def close(self) -> None:
+        pass
+
+
+async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int) -> float:
+    """Best of five rounds: microseconds of user+system CPU per call of `once`, with
+    CONCURRENCY calls in flight."""
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await once()
+
+    async def round_of(count: int) -> None:
+        await asyncio.gather(*(worker(count // CONCURRENCY) for _ in range(CONCURRENCY)))
+
+    await round_of(max(requests // 10, CONCURRENCY))  # warm the pools and caches
+    best = float("inf")
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        await round_of(requests)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        spent = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        best = min(best, spent * 1e6 / requests)
+    return best
+
+
+async def gateway_cost(config: Path, requests: int, stub_upstream: bool) -> float:
+    from core import config as config_mod
+    from gateway.app import Gateway
+
+    gateway = Gateway(config_mod.load(str(config)), None)
+    gateway.__rsgi_init__(asyncio.get_running_loop())
+    if stub_upstream:
+        async def answer(*_: Any) -> CannedResponse:
+            return CannedResponse()
+        for provider in gateway.runtime.providers.values():
+            provider.transport = type("Canned", (), {"request": staticmethod(answer)})()
+    scope = Scope()
+
+    async def once() -> None:
+        proto = Proto()
+        await gateway.__rsgi__(scope, proto)
+        assert proto.status == 200, proto.status
+
+    return await cpu_per_request(once, requests)
+
+
+async def client_cost(url: str, requests: int) -> float:
+    from gateway.upstream import Timeouts, UpstreamClient
+
+    client, timeouts = UpstreamClient(), Timeouts()
+    headers = [("content-type", "application/json"), ("accept", "application/json"),
+               ("authorization", "Bearer sk-upstream-secret")]
+
+    async def once() -> None:
+        resp = await client.request("POST", url, headers, BODY, timeouts)
+        await resp.read()
+
+    try:
+        return await cpu_per_request(once, requests)
+    finally:
+        await client.aclose()
+
+
+async def measure(json_port: int, workdir: Path, requests: int) -> dict[str, float]:
+    limited = write_config(workdir, {UPSTREAM_MODEL: json_port})
+    unlimited = workdir / "tollway-nolimit.yaml"
+    unlimited.write_text("".join(line for line in limited.read_text().splitlines(keepends=True)
+                                 if "limits:" not in line))
+    return {
+        "client": await client_cost(f"http://127.0.0.1:{json_port}/v1/chat/completions", requests),
+        "stubbed": await gateway_cost(limited, requests, stub_upstream=True),
+        "no-limit": await gateway_cost(unlimited, requests, stub_upstream=True),
+        "full": await gateway_cost(limited, requests, stub_upstream=False),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=20000, help="requests per round (5 rounds per figure)")
+    p.add_argument("--load-cpu", default="0")
+    p.add_argument("--gw-cpu", default="1")
+    args = p.parse_args()
+    import uvloop
+
+    workdir = Path(tempfile.mkdtemp(prefix="tollway-inproc-"))
+    json_port, sse_port, hop_json, hop_sse = free_ports(4)
+    mock_conf, _ = write_confs(workdir, json_port, sse_port, hop_json, hop_sse)
+    with ServiceSet(workdir) as services:
+        services.start("mock", args.load_cpu, ["nginx", "-p", str(workdir), "-e", str(workdir / "ng.log"),
+                       "-g", "daemon off;", "-c", str(mock_conf)], json_port)
+        os.sched_setaffinity(0, {int(args.gw_cpu)})
+        figures = uvloop.run(measure(json_port, workdir, args.requests))
+    print("us of CPU per request (user+system, best of 5, 32 in flight):")
+    for name, value in figures.items():
+        print(f"  {name:9} {value:6.1f}")
+    print(f"  limit     {figures['stubbed'] - figures['no-limit']:6.1f}  (stubbed - no-limit)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
