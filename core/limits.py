@@ -371,9 +371,13 @@ def ratelimit_headers(plan: Plan, levels: tuple[float, ...]) -> list[tuple[str, 
     out: list[tuple[str, str]] = []
     for index, limit_header, remaining_name, reset_name, capacity, refill in plan.header_specs:
         level = levels[index]
-        out.append(limit_header)
-        out.append((remaining_name, str(int(level)) if level > 0.0 else "0"))
-        out.append((reset_name, go_duration((capacity - level) / refill) if level < capacity else "0s"))
+        if level >= capacity:
+            reset = "0s"
+        else:
+            seconds = (capacity - level) / refill
+            # the common case (a busy bucket a few requests below full) inline: go_duration's first branch
+            reset = f"{math.ceil(seconds * 1000)}ms" if seconds < 1.0 else go_duration(seconds)
+        out += (limit_header, (remaining_name, str(int(level)) if level > 0.0 else "0"), (reset_name, reset))
     return out
 
 

@@ -10,7 +10,9 @@ up in the background (one batched call) when it runs below half. A request that 
 the lease goes to Redis, which reserves it and grants a fresh slice in the same script call.
 
 Why this cannot admit much more than the limit: leased quota left Redis when it was granted,
-so processes never spend the same quota twice. What a lease changes is *when* quota is spent:
+so processes never spend the same quota twice. Settles land on the lease too (refunds refill
+it up to MAX_HOLD_SLICES slices, the rest goes back to Redis; usage beyond a reservation is
+charged to it, and a lease in debt asks Redis for the difference with its next request). What a lease changes is *when* quota is spent:
 quota leased before an interval can be spent in it, after Redis has refilled. So over any
 interval of length T a bucket admits at most
 
@@ -129,27 +131,29 @@ class LeaseBook:
         elif LEASE_TARGET * 2 < lasted < float("inf"):  # (the first grant has nothing to compare)
             self.slice[s] = self.slice[s] / 2.0
 
-    def refund(self, slots: tuple[int, ...], deltas: tuple[float, ...]) -> tuple[float, ...] | None:
-        """Apply settle deltas: refunds stay here up to MAX_HOLD_SLICES slices. Returns the
-        deltas Redis must still be charged (None if nothing is left for it)."""
-        held = self.table.levels(slots, 0.0)
-        rest, left = [], False
-        for s, d, h in zip(slots, deltas, held):
-            if d < 0.0:
-                keep = min(-d, max(MAX_HOLD_SLICES * self.slice[s] - h, 0.0))
-                if keep > 0.0:
-                    self.table.give(s, keep, 0.0)
-                d += keep
-            rest.append(d)
-            left = left or d != 0.0
-        return tuple(rest) if left else None
+    def settle(self, plan: Plan, slots: tuple[int, ...], reserved: tuple[float, ...], used: tuple[float, ...]
+               ) -> list[tuple[Bucket, float]]:
+        """Settle on the leases in one kernel call: refunds refill them, usage beyond the
+        reservation is charged to them (a lease in debt asks Redis for more on its next
+        request). Returns (bucket, excess) held beyond MAX_HOLD_SLICES slices, to give back."""
+        table = self.table
+        table.settle(slots, plan.measures, reserved, used, 0.0)
+        sizes = self.slice
+        return [(self.buckets[s], self._shed(s, h)) for s, h in zip(slots, table.levels(slots, 0.0))
+                if h > MAX_HOLD_SLICES * sizes[s]]
+
+    def _shed(self, s: int, held: float) -> float:
+        excess = held - MAX_HOLD_SLICES * self.slice[s]
+        self.table.take(s, excess, 0.0)
+        return excess
 
     def surrender(self) -> list[tuple[Bucket, float]]:
-        """Empty every holding; return (bucket, amount) to give back to Redis."""
+        """Empty every holding; return (bucket, amount) to give back to Redis (negative: a
+        debt to charge there)."""
         out = []
         for s, bucket in enumerate(self.buckets):
             held = self.table.level(s, 0.0)
-            if held > 0.0:
+            if held != 0.0:
                 self.table.take(s, held, 0.0)
                 out.append((bucket, held))
         return out

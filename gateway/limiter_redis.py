@@ -246,16 +246,17 @@ class RedisBuckets:
         return await future
 
     def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
-        """Charge used minus reserved; with leasing, refunds first refill this process's lease."""
-        deltas = limits.deltas(plan, reserved, used)
+        """Charge used minus reserved: to this process's lease when the plan leases (see
+        LeaseBook.settle), else to Redis (queued, batched)."""
         if self._book is not None:
             slots = self._entry(plan)[3]
             if slots is not None:
-                rest = self._book.refund(slots, deltas)
-                if rest is None:
-                    return
-                deltas = rest
-        self.charge(plan, deltas)
+                for bucket, excess in self._book.settle(plan, slots, reserved, used):
+                    self._queue_charge(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
+                if self._return_timer is None:  # what the settle left here goes back within LEASE_TTL
+                    self._return_timer = asyncio.get_running_loop().call_later(LEASE_TTL, self._return_leases)
+                return
+        self.charge(plan, limits.deltas(plan, reserved, used))
 
     def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
         if not any(deltas):

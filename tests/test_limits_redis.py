@@ -335,3 +335,20 @@ async def test_refunds_refill_the_lease_and_the_excess_goes_back_to_redis(store)
     finally:
         await leasing.aclose()  # the lease goes back, and the refund beyond it was sent
     assert await redis_level(store.prefix, bucket) == pytest.approx(1_000_000 - 20, abs=1)
+
+
+async def test_usage_beyond_the_reservation_reaches_redis_within_the_lease_ttl(store):
+    from gateway.limiter_lease import LEASE_TTL
+
+    leasing = leasing_store(store.prefix)
+    bucket = Bucket("key:k:total_tokens:86400s", "key", "k", "total_tokens", 1_000_000, 86400)
+    plan = plan_of(bucket)
+    demand = (1.0, 50.0, 50.0, 100.0, 0.0, 1.0)
+    try:
+        assert await decide_or_take(leasing, plan, demand)
+        leasing.settle(plan, demand, (1.0, 50.0, 5000.0, 5050.0, 0.0, 0.0))  # 4950 more than reserved
+        await asyncio.sleep(LEASE_TTL + 0.2)  # the lease (now in debt) went back to Redis
+        assert leasing._book.table.level(0, 0.0) == 0.0
+        assert await redis_level(store.prefix, bucket) == pytest.approx(1_000_000 - 5050, abs=20)  # refill: 11.6/s
+    finally:
+        await leasing.aclose()
