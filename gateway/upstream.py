@@ -8,7 +8,8 @@ Theory of operation
 -------------------
 A `_Connection` is one TCP (or TLS) connection plus one httptools response parser, and carries
 at most one exchange at a time. `UpstreamClient.request` writes the request head and body in one
-write, waits (first_byte timeout) until the parser has seen the status line and headers, and
+write (held to the end of the event loop's turn when another request already wrote in it,
+see `_WriteBatch`), waits (first_byte timeout) until the parser has seen the status line and headers, and
 returns an `UpstreamResponse`. Body bytes from the parser queue up in a deque that the response
 drains (idle timeout between chunks). A `total` timeout bounds the whole exchange (connect, head
 and body): one `call_at` timer per exchange fails the connection when it expires. When more than _HIGH_WATER bytes wait unread the transport
@@ -85,6 +86,42 @@ class Timeouts(msgspec.Struct, frozen=True):
     total: float | None = None
 
 
+class _WriteBatch:
+    """Request writes of one event-loop turn: the first goes out at once, the rest together at
+    the end of the turn.
+
+    A write to an idle upstream wakes its process, and on a VM that wake-up (an
+    inter-processor interrupt) is charged to the writer: perf put ~11% of the gateway's CPU at
+    c=32 inside write(). granian hands requests over in bursts, and between two requests' writes
+    lies a whole request's Python work, long enough for the upstream to answer and sleep again.
+    Written back to back at the end of the turn, a burst wakes it about twice instead of once
+    per request (c=32: +15% req/s). The first write of a turn is not held back, so a lone
+    request waits for nothing (c=1 p50 unchanged within 5 us).
+    """
+
+    __slots__ = ("loop", "_pending", "_in_turn")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: list[tuple[asyncio.Transport, bytes]] = []
+        self._in_turn = False
+
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        if self._in_turn:
+            self._pending.append((transport, data))
+            return
+        transport.write(data)
+        self._in_turn = True
+        self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._in_turn = False
+        pending, self._pending = self._pending, []
+        for transport, data in pending:
+            if not transport.is_closing():  # dropped meanwhile (timeout, cancelled request)
+                transport.write(data)
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -93,8 +130,9 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 class _Connection(asyncio.Protocol):
     """One upstream connection and its response parser; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, label: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, label: str, writes: _WriteBatch) -> None:
         self.label = label
+        self._writes = writes
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.busy = False
@@ -203,15 +241,18 @@ class _Connection(asyncio.Protocol):
     # -- used by the client and the response -----------------------------------------------
 
     def send(self, head: bytes, body: bytes, skip_body: bool, deadline: float | None) -> None:
-        """Start an exchange: write the request, in one write when it is small. The exchange
-        fails with UpstreamTimeout("total") if it is not over by `deadline` (loop time)."""
+        """Start an exchange: write the request (now, or at the end of this loop turn: see
+        _WriteBatch), in one write when it is small. The exchange fails with UpstreamTimeout("total") if it is
+        not over by `deadline` (loop time)."""
         self._begin(skip_body)
         self.busy = True
         if deadline is not None:
             self._deadline = self._loop.call_at(deadline, self._expire_total)
-        self.transport.write(head + body if len(body) < 65536 else head)  # type: ignore[union-attr]
-        if len(body) >= 65536:
-            self.transport.write(body)  # type: ignore[union-attr]
+        if len(body) < 65536:
+            self._writes.write(self.transport, head + body)  # type: ignore[arg-type]
+        else:  # not worth copying a large body to save a write
+            self._writes.write(self.transport, head)  # type: ignore[arg-type]
+            self._writes.write(self.transport, body)  # type: ignore[arg-type]
 
     async def read_head(self, timeout: float) -> None:
         """Wait until the status line and headers arrived; raises UpstreamError."""
@@ -490,6 +531,7 @@ class UpstreamClient:
         self._origins: dict[str, _Origin] = {}
         self._heads: dict[tuple[Any, ...], _Head] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._writes: _WriteBatch | None = None  # made on first use: it belongs to the running loop
         self._closed = False
 
     async def request(
@@ -599,7 +641,10 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         tls = self._tls_context() if origin.tls else None
         server_hostname = origin.host if origin.tls else None
-        new = lambda: _Connection(loop, origin.label)  # noqa: E731
+        if self._writes is None or self._writes.loop is not loop:
+            self._writes = _WriteBatch(loop)
+        writes = self._writes
+        new = lambda: _Connection(loop, origin.label, writes)  # noqa: E731
         if origin.proxy is None or not origin.tls:
             host, port = (origin.host, origin.port) if origin.proxy is None else (
                 origin.proxy.host, origin.proxy.port)
