@@ -13,7 +13,10 @@ per request. So calls are *batched*: reservations and settles are queued, and a 
 sends everything queued as ONE `EVALSHA` (ops applied in order inside the script), while new
 requests queue up behind it, so ops reach Redis in the order they were made. Under load a call carries many decisions; a lone request pays
 one call. Settles never wait: they ride along with the next batch, or go on their own after
-`SETTLE_DELAY` when no reservation comes.
+`SETTLE_DELAY` when no reservation comes. With `leasing` (how the gateway runs it), most
+requests make no call at all: they are decided from quota this process leased in slices
+(gateway/limiter_lease.py, which also states the overshoot bound); R ops reserve and lease in
+one go, g ops top leases up in the background.
 
 Keys: every key of a deployment shares one hash tag, `{<prefix>}`, so a whole batch (which
 spans keys, teams and models) is one slot on Redis Cluster and one atomic script call. The
