@@ -14,7 +14,9 @@ from core.errors import GatewayError
 from core.providers.base import CallContext
 from core.providers.openai_anthropic import OpenAIToAnthropic
 from core.request import parse_head
+from tests import streams
 from tests.fakes import anthropic_upstream as fa
+from tests.streams import summarize
 
 PROVIDER = Provider(name="claude", schema="anthropic", base_url="https://api.anthropic.com/", api_key="sk-ant-secret")
 ADAPTER = OpenAIToAnthropic()
@@ -148,33 +150,10 @@ def test_error_mapping(status, body, headers, client_status, code):
 
 def client_view(stream_bytes: list[bytes], cuts: list[int], include_usage: bool = True) -> tuple[list[dict], Any]:
     """Feed the wire bytes split at `cuts`; return the client's decoded chunks and usage."""
-    data = b"".join(stream_bytes)
     body = {"messages": [USER], "stream": True}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
-    translator = ADAPTER.stream(ctx(body))
-    out, last = b"", 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        out += translator.feed(data[last:cut])
-        last = cut
-    out += translator.flush()
-    events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
-    assert events[-1] == b"[DONE]"
-    return [json.loads(e) for e in events[:-1]], translator.usage
-
-
-def summarize(chunks: list[dict]) -> dict[str, Any]:
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    calls: dict[int, dict[str, str]] = {}
-    for c in chunks:
-        for tc in (c["choices"][0]["delta"].get("tool_calls") or []) if c["choices"] else []:
-            call = calls.setdefault(tc["index"], {"id": "", "name": "", "arguments": ""})
-            call["id"] += tc.get("id") or ""
-            call["name"] += tc.get("function", {}).get("name") or ""
-            call["arguments"] += tc.get("function", {}).get("arguments") or ""
-    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-    usage = [c["usage"] for c in chunks if c.get("usage")]
-    return {"text": text, "calls": calls, "finishes": finishes, "usage": usage}
+    return streams.client_view(ADAPTER.stream(ctx(body)), b"".join(stream_bytes), cuts)
 
 
 TOOL_STREAM = fa.message_events("claude-x", with_tool=True)

@@ -15,8 +15,9 @@ from core.errors import GatewayError
 from core.providers.base import CallContext
 from core.providers.openai_bedrock import OpenAIToBedrock
 from core.request import parse_head
+from tests import streams
 from tests.fakes import bedrock_upstream as fb
-from tests.test_translate_anthropic import summarize
+from tests.streams import summarize
 
 PROVIDER = Provider(name="aws", schema="bedrock", region="eu-west-1")
 ADAPTER = OpenAIToBedrock()
@@ -129,14 +130,7 @@ TOOL_WIRE = b"".join(fb.stream_frames(with_tool=True))
 
 def client_view(data: bytes, cuts: list[int]) -> tuple[list[dict], Any]:
     translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
-    out, last = b"", 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        out += translator.feed(data[last:cut])
-        last = cut
-    out += translator.flush()
-    events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
-    assert events[-1] == b"[DONE]"
-    return [json.loads(e) for e in events[:-1]], translator.usage
+    return streams.client_view(translator, data, cuts)
 
 
 def test_stream_whole():

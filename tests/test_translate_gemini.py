@@ -14,8 +14,9 @@ from core.errors import GatewayError
 from core.providers.base import CallContext
 from core.providers.openai_gemini import OpenAIToGemini, OpenAIToVertex
 from core.request import parse_head
+from tests import streams
 from tests.fakes import gemini_upstream as fg
-from tests.test_translate_anthropic import summarize
+from tests.streams import summarize
 
 GEMINI = Provider(name="g", schema="gemini", base_url="https://generativelanguage.googleapis.com/v1beta", api_key="AIza-secret")
 VERTEX = Provider(name="v", schema="vertex", project="my-proj", location="europe-west4")
@@ -122,14 +123,7 @@ TOOL_WIRE = b"".join(fg.sse_bytes("gemini-x", with_tool=True))
 
 def client_view(data: bytes, cuts: list[int]) -> tuple[list[dict], Any]:
     translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
-    out, last = b"", 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        out += translator.feed(data[last:cut])
-        last = cut
-    out += translator.flush()
-    events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
-    assert events[-1] == b"[DONE]"
-    return [json.loads(e) for e in events[:-1]], translator.usage
+    return streams.client_view(translator, data, cuts)
 
 
 def test_stream_whole():
