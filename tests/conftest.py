@@ -5,6 +5,11 @@ from collections.abc import Iterator
 
 import pytest
 
+import openai
+
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.bedrock_upstream import FakeBedrock
+from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.kernels_fixture import *  # noqa: F401,F403 - the pure/compiled kernel fixtures
@@ -76,3 +81,33 @@ def gateway(openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(standard_config(openai_upstream.url))
     yield gw
     gw.stop()
+
+
+# Fake providers, one per test module that asks (each module's gateway gets a fresh request log).
+
+@pytest.fixture(scope="module")
+def anthropic_upstream() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def bedrock() -> Iterator[FakeBedrock]:
+    fake = FakeBedrock()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[FakeGemini]:
+    """The Google fake: Gemini API, Vertex AI and its OAuth token endpoint."""
+    fake = FakeGemini()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture()
+def oai(gw: GatewayProcess) -> openai.OpenAI:
+    """The official openai SDK against the requesting module's `gw` gateway."""
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)

@@ -20,13 +20,6 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "descrip
 
 
 @pytest.fixture(scope="module")
-def anthropic_upstream() -> Iterator[FakeAnthropic]:
-    fake = FakeAnthropic()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
     misbehaving = "\n".join(f"  - name: {m}\n    targets: [{{provider: claude}}]"
                             for m in ("overloaded", "rate-limited", "bad-key", "stream-error"))
@@ -54,11 +47,6 @@ keys:
 """)
     yield process
     process.stop()
-
-
-@pytest.fixture()
-def oai(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
 
 
 @pytest.fixture()

@@ -19,13 +19,6 @@ MODEL_ID = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 
 
 @pytest.fixture(scope="module")
-def bedrock() -> Iterator[FakeBedrock]:
-    fake = FakeBedrock()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(bedrock: FakeBedrock) -> Iterator[GatewayProcess]:
     process = GatewayProcess(f"""
 providers:
@@ -61,11 +54,6 @@ keys:
 """, env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     yield process
     process.stop()
-
-
-@pytest.fixture()
-def oai(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
 
 
 def test_non_stream_signed_with_sigv4(oai, bedrock):

@@ -20,22 +20,8 @@ TITAN_ID = "amazon.titan-embed-text-v2:0"
 
 
 @pytest.fixture(scope="module")
-def bedrock() -> Iterator[FakeBedrock]:
-    fake = FakeBedrock()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def google() -> Iterator[FakeGemini]:
-    fake = FakeGemini()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(bedrock: FakeBedrock, google: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    sa = service_account_file(tmp_path_factory.mktemp("sa"), google.url + "/token")
+def gw(bedrock: FakeBedrock, gemini: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    sa = service_account_file(tmp_path_factory.mktemp("sa"), gemini.url + "/token")
     process = GatewayProcess(f"""
 providers:
   - name: aws
@@ -47,11 +33,11 @@ providers:
     schema: vertex
     project: proj-1
     location: us-central1
-    base_url: {google.url}/v1
+    base_url: {gemini.url}/v1
     credentials: {{service_account_file: "{sa}"}}
   - name: gem
     schema: gemini
-    base_url: {google.url}/v1beta
+    base_url: {gemini.url}/v1beta
     api_key: {fg.API_KEY}
 models:
   - name: titan
@@ -68,11 +54,6 @@ keys:
 """, env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     yield process
     process.stop()
-
-
-@pytest.fixture()
-def oai(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
 
 
 def _close(got: list[float], want: list[float]) -> bool:
@@ -115,13 +96,13 @@ def test_titan_validation_error_is_relayed_as_400(oai):
 
 # -- Vertex AI :predict --------------------------------------------------------------------
 
-def test_vertex_list_is_one_call_in_order_with_counted_usage(oai, google):
+def test_vertex_list_is_one_call_in_order_with_counted_usage(oai, gemini):
     texts = ["alpha", "beta gamma", "delta epsilon zeta"]
     r = oai.embeddings.create(model="vertex-embed", input=texts, dimensions=64)
     assert [d.index for d in r.data] == [0, 1, 2]
     assert all(_close(d.embedding, embedding_of(t, 64)) for d, t in zip(r.data, texts))
     assert r.usage.prompt_tokens == 1 + 2 + 3
-    sent = google.last()
+    sent = gemini.last()
     assert sent["path"] == "/v1/projects/proj-1/locations/us-central1/publishers/google/models/text-embedding-005:predict"
     assert sent["body"] == {"instances": [{"content": t} for t in texts], "parameters": {"outputDimensionality": 64}}
     assert sent["headers"]["authorization"].startswith("Bearer ya29.fake-")
@@ -137,11 +118,11 @@ def test_vertex_single_instance_model_refusal_reaches_client(oai):
 
 # -- Gemini API :batchEmbedContents ------------------------------------------------------
 
-def test_gemini_api_batch_with_key_header(oai, google):
+def test_gemini_api_batch_with_key_header(oai, gemini):
     r = oai.embeddings.create(model="gemini-embed", input=["red", "green"], encoding_format="float")
     assert [d.embedding for d in r.data] == [embedding_of("red", 768), embedding_of("green", 768)]
     assert r.usage.prompt_tokens >= 2  # Gemini reports no count: the gateway's tiktoken estimate
-    sent = google.last()
+    sent = gemini.last()
     assert sent["path"] == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
     assert sent["headers"]["x-goog-api-key"] == fg.API_KEY and sent["query"] == {}
     assert [q["content"]["parts"] for q in sent["body"]["requests"]] == [[{"text": "red"}], [{"text": "green"}]]

@@ -17,13 +17,6 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 
 
 @pytest.fixture(scope="module")
-def gemini() -> Iterator[FakeGemini]:
-    fake = FakeGemini()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(gemini: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     sa = service_account_file(tmp_path_factory.mktemp("sa"), gemini.url + "/token")
     process = GatewayProcess(f"""
@@ -57,11 +50,6 @@ keys:
 """)
     yield process
     process.stop()
-
-
-@pytest.fixture()
-def oai(gw: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
 
 
 @pytest.mark.parametrize("model", ["gemini-flash", "vertex-flash"])
