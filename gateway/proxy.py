@@ -131,12 +131,10 @@ class Proxy:
         timeouts = provider.config.timeouts
         try:
             return await provider.transport.request(call.method, call.url, call.headers, call.body, timeouts)
-        except UpstreamTimeout as exc:
-            self.metrics.upstream_errors.labels(provider.name, "timeout").inc()
-            raise errors.upstream_timeout(provider.name, exc.phase) from None
-        except UpstreamError:
-            self.metrics.upstream_errors.labels(provider.name, "connect").inc()
-            raise errors.upstream_unreachable(provider.name) from None
+        except UpstreamError as exc:
+            kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
+            self.metrics.upstream_errors.labels(provider.name, kind).inc()
+            raise _client_error(provider.name, exc) from None
 
     async def _relay_body(self, ex: Exchange, adapter: Any, ctx: CallContext, resp: Any, proto: Any,
                           base_headers: list[tuple[str, str]]) -> None:
@@ -151,10 +149,8 @@ class Proxy:
     async def _read(self, provider_name: str, resp: Any) -> bytes:
         try:
             return await resp.read()
-        except UpstreamTimeout as exc:
-            raise errors.upstream_timeout(provider_name, exc.phase) from None
-        except UpstreamError:
-            raise errors.upstream_unreachable(provider_name) from None
+        except UpstreamError as exc:
+            raise _client_error(provider_name, exc) from None
 
     async def _relay_stream(self, ex: Exchange, adapter: Any, ctx: CallContext, resp: Any, proto: Any,
                             base_headers: list[tuple[str, str]]) -> None:
@@ -180,10 +176,8 @@ class Proxy:
                 out = translator.feed(await chunks.__anext__())
         except StopAsyncIteration:
             out = translator.flush()
-        except UpstreamTimeout as exc:
-            raise errors.upstream_timeout(ctx.provider.name, exc.phase) from None
-        except UpstreamError:
-            raise errors.upstream_unreachable(ctx.provider.name) from None
+        except UpstreamError as exc:
+            raise _client_error(ctx.provider.name, exc) from None
         return out
 
     async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, translator: Any) -> None:
@@ -256,6 +250,14 @@ def _error_event(translator: Any, err: GatewayError) -> bytes:
     """The stream's closing error event, in the client API's shape when its translator has one."""
     render = getattr(translator, "error_event", None)
     return render(err) if render is not None else err.sse_event()
+
+
+def _client_error(provider: str, exc: UpstreamError) -> GatewayError:
+    """The client's error for an upstream failure before any byte reached the client:
+    504 for a timeout (naming its phase), 502 for anything else."""
+    if isinstance(exc, UpstreamTimeout):
+        return errors.upstream_timeout(provider, exc.phase)
+    return errors.upstream_unreachable(provider)
 
 
 def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:
