@@ -64,6 +64,16 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
     return head
 
 
+def with_model(body: bytes, model: str) -> bytes:
+    """`body` (a JSON object already validated by parse_head) with its `model` replaced.
+
+    Used when routing names a model the body does not (the `x-tollway-model` header), so
+    every adapter downstream sees one consistent request, body and head alike."""
+    doc = msgspec.json.decode(body)
+    doc["model"] = model
+    return msgspec.json.encode(doc)
+
+
 def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
     """`decode(body)` with msgspec's errors turned into a 400 that names the offending field.
 

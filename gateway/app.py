@@ -20,7 +20,7 @@ from core import errors
 from core.config import Config
 from core.errors import GatewayError
 from core.providers.base import ClientAPI
-from core.request import parse_head
+from core.request import parse_head, with_model
 from gateway.accesslog import AccessLog
 from gateway.admin import AdminAPI
 from gateway.anthropic_api import AnthropicAPI
@@ -207,8 +207,8 @@ class Gateway:
         body = await self.read_body(rt, scope, proto)
         head = parse_head(body, rt.config.server.max_json_depth)
         override = scope.headers.get("x-tollway-model")
-        if override:
-            head.model = override
+        if override and override != head.model:  # the header wins: make the body say so too
+            head.model, body = override, with_model(body, override)
         ex.model = head.model
         route = rt.routes.resolve(head.model or "")
         if route is None:

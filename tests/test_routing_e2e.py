@@ -90,6 +90,8 @@ def test_header_routing_wins_over_the_body(gw, replicas):
     req = sdk(gw).chat.completions.with_raw_response.create(
         model="flaky", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-tollway-model": "other"})
     assert req.parse().system_fingerprint == "other"
+    # The upstream is asked for the header's model, not the one the body names.
+    assert replicas["other"].models_seen[-1] == "other"
 
 
 def test_failing_primary_falls_back_then_is_ejected(gw, replicas):
