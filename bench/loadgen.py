@@ -3,11 +3,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 _SCRIPT = Path(__file__).with_name("chat.lua")
+_DEBIAN_PACKAGE = {"nginx": "nginx-light", "wrk": "wrk"}
+
+
+def ensure_tools(*commands: str) -> None:
+    """Install the Debian packages of `commands` (nginx, wrk) that are not on PATH."""
+    missing = [_DEBIAN_PACKAGE[c] for c in commands if not shutil.which(c)]
+    if not missing:
+        return
+    print(f"installing {' '.join(missing)} with apt-get ...", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
 
 
 @dataclass(frozen=True)
