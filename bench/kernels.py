@@ -24,6 +24,7 @@ import orjson  # noqa: E402
 
 import core.buckets  # noqa: E402
 import core.jsonscan  # noqa: E402
+import core.ratelimit  # noqa: E402
 import core.sse  # noqa: E402
 
 REPEATS = 7
@@ -136,6 +137,17 @@ def jsonscan_cases(mod) -> dict[str, Callable[[], object]]:
             "max_depth_exceeded, same body, limit 2 (full scan)": lambda: mod.max_depth_exceeded(body, 2)}
 
 
+def ratelimit_cases(mod) -> dict[str, Callable[[], object]]:
+    specs = ((0, ("x-ratelimit-limit-requests", "600"), "x-ratelimit-remaining-requests",
+              "x-ratelimit-reset-requests", 600.0, 10.0),
+             (1, ("x-ratelimit-limit-tokens", "100000"), "x-ratelimit-remaining-tokens",
+              "x-ratelimit-reset-tokens", 100000.0, 100000 / 60))
+    busy = (571.0, 61234.5)  # 2.9 s and 23.3 s to full: the seconds format
+    fresh = (599.0, 99686.0)  # a few requests below full: the milliseconds format
+    return {"ratelimit_headers, 6 headers, reset in ms": lambda: mod.ratelimit_headers(specs, fresh),
+            "ratelimit_headers, 6 headers, reset in seconds": lambda: mod.ratelimit_headers(specs, busy)}
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
@@ -168,7 +180,8 @@ def compare(kernel: str, cases: Callable) -> list[tuple[str, float, float]]:
 
 def main() -> None:
     try:
-        rows = compare("sse", sse_cases) + compare("buckets", bucket_cases) + compare("jsonscan", jsonscan_cases)
+        rows = (compare("sse", sse_cases) + compare("buckets", bucket_cases) + compare("jsonscan", jsonscan_cases)
+                + compare("ratelimit", ratelimit_cases))
     except ImportError as exc:
         sys.exit(f"compiled kernels not built ({exc}); run: python setup.py build_ext --inplace")
     print(f"{'kernel benchmark':58} {'pure us':>10} {'compiled us':>12} {'speedup':>8}")

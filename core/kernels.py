@@ -12,6 +12,7 @@ from types import ModuleType
 
 from core import buckets as _pure_buckets
 from core import jsonscan as _pure_jsonscan
+from core import ratelimit as _pure_ratelimit
 from core import sse as _pure_sse
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "SSEFramer",
     "Usage",
     "max_depth_exceeded",
+    "ratelimit_headers",
 ]
 
 
@@ -40,13 +42,16 @@ def _compiled(name: str) -> ModuleType | None:
 _compiled_sse = _compiled("_sse")
 _compiled_buckets = _compiled("_buckets")
 _compiled_jsonscan = _compiled("_jsonscan")
+_compiled_ratelimit = _compiled("_ratelimit")
 _sse = _compiled_sse or _pure_sse
 _buckets = _compiled_buckets or _pure_buckets
 _jsonscan = _compiled_jsonscan or _pure_jsonscan
+_ratelimit = _compiled_ratelimit or _pure_ratelimit
 
 ACTIVE: dict[str, str] = {
     name: "compiled" if mod is not None else "pure"
-    for name, mod in (("sse", _compiled_sse), ("buckets", _compiled_buckets), ("jsonscan", _compiled_jsonscan))
+    for name, mod in (("sse", _compiled_sse), ("buckets", _compiled_buckets), ("jsonscan", _compiled_jsonscan),
+                      ("ratelimit", _compiled_ratelimit))
 }
 ACCELERATED: bool = all(kind == "compiled" for kind in ACTIVE.values())
 
@@ -57,3 +62,4 @@ SSEFramer = _sse.SSEFramer
 OpenAIStreamRelay = _sse.OpenAIStreamRelay
 BucketTable = _buckets.BucketTable
 max_depth_exceeded = _jsonscan.max_depth_exceeded
+ratelimit_headers = _ratelimit.ratelimit_headers

@@ -37,11 +37,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import quote
 
 from core.errors import GatewayError
 from core.pricing import FREE, Price, cost, default_price, upper_cost
+from core.ratelimit import HeaderSpec, go_duration
 from core.usage import Usage
 
 if TYPE_CHECKING:  # core.config imports this module to validate limits
@@ -137,7 +138,7 @@ class Plan:
     measures: tuple[int, ...] = field(init=False)     # index into MEASURES, per bucket
     capacities: tuple[float, ...] = field(init=False)
     priced: bool = field(init=False)                   # has a cost_usd bucket
-    header_specs: tuple[tuple[Any, ...], ...] = field(init=False)
+    header_specs: tuple[HeaderSpec, ...] = field(init=False)  # see core.ratelimit
     allowed: tuple[tuple[str, str], ...] = field(init=False)  # (bucket id, "allowed"): decision counter keys
 
     def __post_init__(self) -> None:
@@ -159,23 +160,6 @@ class Plan:
 
 
 NO_LIMITS = Plan((), -1, -1)
-
-
-class Reservation(NamedTuple):  # a tuple: built on every request, ~4x cheaper than a frozen dataclass
-    """What a request reserves, per measure (MEASURES order), before the capacity cap.
-
-    Bucket i of a plan takes ``min(demand[plan.measures[i]], plan.capacities[i])``
-    (`amounts`); the bucket kernel applies the cap itself, so the hot path never builds the
-    per-bucket list."""
-
-    demand: tuple[float, ...]
-    prompt_tokens: float
-    output_tokens: float
-
-    def amounts(self, plan: Plan) -> tuple[float, ...]:
-        """What each bucket of `plan` takes: the demand of its measure, capped at capacity."""
-        demand = self.demand
-        return tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +210,9 @@ class LimitPolicy:
         """The most output tokens the request may produce, as far as the client said."""
         if api in _NO_OUTPUT_APIS:
             return 0
-        per_choice = head.output_limit or self.default_max_tokens
-        return per_choice * max(head.n or 1, 1)
+        per_choice = head.max_completion_tokens or head.max_tokens or head.max_output_tokens or self.default_max_tokens
+        n = head.n
+        return per_choice * n if n is not None and n > 1 else per_choice  # (head.output_limit, inlined: hot)
 
     def _build_plan(self, key: Key, model: str) -> Plan:
         found: list[Bucket] = []
@@ -280,11 +265,18 @@ def _header_index(buckets: tuple[Bucket, ...], measures: tuple[str, ...]) -> int
 
 # -- reservation and settlement ---------------------------------------------------------
 
-def reserve(plan: Plan, prompt_tokens: float, output_tokens: float, price: Price) -> Reservation:
-    """What a request of these bounds reserves on `plan`, per measure (see Reservation)."""
+def reserve(plan: Plan, prompt_tokens: float, output_tokens: float, price: Price) -> tuple[float, ...]:
+    """What a request of these bounds reserves on `plan`: its *demand*, per measure (MEASURES
+    order), before the capacity cap. Bucket i takes ``min(demand[plan.measures[i]],
+    plan.capacities[i])`` (`amounts`); the bucket kernel applies the cap itself, so the hot
+    path never builds the per-bucket list."""
     dollars = upper_cost(prompt_tokens, output_tokens, price) if plan.priced else 0.0
-    return Reservation((1.0, prompt_tokens, output_tokens, prompt_tokens + output_tokens, dollars, 1.0),
-                       prompt_tokens, output_tokens)  # MEASURES order
+    return (1.0, prompt_tokens, output_tokens, prompt_tokens + output_tokens, dollars, 1.0)
+
+
+def amounts(plan: Plan, demand: tuple[float, ...]) -> tuple[float, ...]:
+    """What each bucket of `plan` takes of `demand`: the demand of its measure, capped at capacity."""
+    return tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
 
 
 def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, ...]:
@@ -297,10 +289,10 @@ def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, .
             dollars, 0.0)
 
 
-def settle(plan: Plan, reservation: Reservation, usage: Usage | None, price: Price) -> tuple[float, ...]:
+def settle(plan: Plan, demand: tuple[float, ...], usage: Usage | None, price: Price) -> tuple[float, ...]:
     """Per bucket, what to charge now: real usage minus what was taken (negative = refund).
     The same arithmetic as `BucketTable.settle`, for stores that do it elsewhere (Redis)."""
-    return deltas(plan, reservation.demand, used(plan, usage, price))
+    return deltas(plan, demand, used(plan, usage, price))
 
 
 def deltas(plan: Plan, reserved: tuple[float, ...], real: tuple[float, ...]) -> tuple[float, ...]:
@@ -363,38 +355,3 @@ def retry_headers(wait: float) -> list[tuple[str, str]]:
     if wait > LONG_WAIT:
         headers.append(("x-should-retry", "false"))
     return headers
-
-
-def ratelimit_headers(plan: Plan, levels: tuple[float, ...]) -> list[tuple[str, str]]:
-    """OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the header buckets,
-    from their levels after the reservation."""
-    out: list[tuple[str, str]] = []
-    for index, limit_header, remaining_name, reset_name, capacity, refill in plan.header_specs:
-        level = levels[index]
-        if level >= capacity:
-            reset = "0s"
-        else:
-            seconds = (capacity - level) / refill
-            # the common case (a busy bucket a few requests below full) inline: go_duration's first branch
-            reset = f"{math.ceil(seconds * 1000)}ms" if seconds < 1.0 else go_duration(seconds)
-        out += (limit_header, (remaining_name, str(int(level)) if level > 0.0 else "0"), (reset_name, reset))
-    return out
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as OpenAI writes it (Go's format): `20ms`, `1s`, `17.28s`, `6m0s`, `1h2m3s`."""
-    if math.isinf(seconds):
-        return "never"
-    if seconds < 1.0:
-        ms = math.ceil(seconds * 1000)
-        return f"{ms}ms" if ms else "0s"
-    if seconds < 60.0:
-        return f"{round(seconds, 3):g}s"
-    hours, rest = divmod(seconds, 3600.0)
-    minutes, secs = divmod(rest, 60.0)
-    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
-    if hours:
-        return f"{hours:.0f}h{minutes:.0f}m{secs_text}s"
-    if minutes:
-        return f"{minutes:.0f}m{secs_text}s"
-    return f"{secs_text}s"

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from core import limits
 from core.config import Config, Key
 from core.errors import GatewayError
-from core.limits import LimitPolicy, Plan, Reservation
+from core.kernels import ratelimit_headers
+from core.limits import LimitPolicy, Plan
 from core.pricing import FREE
 from core.request import RequestHead
 from core.tokens import estimate_prompt_tokens
@@ -40,7 +41,7 @@ class BucketStore(Protocol):
         """Adopt the buckets of a (new) config, keeping the levels of unchanged buckets."""
 
     def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
-        """The hot path: reserve `demand` (per measure, see core.limits.Reservation) from
+        """The hot path: reserve `demand` (per measure, see core.limits.reserve) from
         what this process holds, without waiting. Returns (taken, levels after), or None when
         only the store can decide (then the limiter awaits `take`). Never raises."""
 
@@ -65,15 +66,18 @@ class BucketStore(Protocol):
 class Lease:
     """A granted reservation: what to settle later and the headers to send now."""
 
-    __slots__ = ("plan", "reservation", "model", "headers", "metered")
+    __slots__ = ("plan", "demand", "model", "headers", "metered")
 
-    def __init__(self, plan: Plan, reservation: Reservation, model: str, headers: list[tuple[str, str]],
+    def __init__(self, plan: Plan, demand: tuple[float, ...], model: str, headers: list[tuple[str, str]],
                  metered: bool = True) -> None:
         self.plan = plan
-        self.reservation = reservation
+        self.demand = demand  # what was reserved, per measure (core.limits.reserve)
         self.model = model
         self.headers = headers
         self.metered = metered  # False when admitted without the store (on_store_error: open)
+
+
+ASK_STORE = object()  # `Limiter.admit`: only the store can decide; await `Limiter.reserve`
 
 
 class Limiter:
@@ -81,40 +85,61 @@ class Limiter:
 
     def __init__(self, config: Config, store: BucketStore, metrics: Any) -> None:
         self.policy = LimitPolicy(config)
+        self.enabled = self.policy.enabled  # (an attribute: read on every request)
         self.store = store
         self.fail_open = config.rate_limits.on_store_error == "open"
         self.metrics = metrics
         store.configure(self.policy)
 
-    @property
-    def enabled(self) -> bool:
-        return self.policy.enabled
+    def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None | object:
+        """The hot path: decide without waiting, from what this process holds (the memory
+        store always can; the Redis store when its leases cover the request).
 
-    async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
-        """Reserve this request's quota on every bucket that applies to it.
-
-        Returns None when no limit applies, else the Lease to settle. Raises GatewayError:
-        429 when a bucket has no room, 503 when the store is down and `on_store_error: closed`.
+        Returns the Lease, None when no limit applies, or ASK_STORE when only the store can
+        decide: then await `reserve`. Raises GatewayError 429 when a bucket has no room.
         """
         plan = self.policy.plan(key, model)
         if not plan:
             return None
+        demand = self._demand(plan, model, api, head, body)
+        decided = self.store.decide(plan, demand)
+        if decided is None:
+            return ASK_STORE
+        return self._grant(plan, demand, model, decided)
+
+    async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
+        """Reserve this request's quota on every bucket that applies to it, asking the store
+        when this process cannot decide. Returns None when no limit applies, else the Lease
+        to settle. Raises GatewayError: 429 when a bucket has no room, 503 when the store is
+        down and `on_store_error: closed`."""
+        plan = self.policy.plan(key, model)
+        if not plan:
+            return None
+        demand = self._demand(plan, model, api, head, body)
+        decided = self.store.decide(plan, demand)
+        if decided is None:
+            try:
+                decided = await self.store.take(plan, limits.amounts(plan, demand))
+            except StoreUnavailable:
+                return self._without_store(plan, demand, model)
+        return self._grant(plan, demand, model, decided)
+
+    def _demand(self, plan: Plan, model: str, api: str, head: RequestHead, body: bytes) -> tuple[float, ...]:
         policy = self.policy
-        reservation = limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
-                                     policy.price(model) if plan.priced else FREE)
-        try:
-            decided = self.store.decide(plan, reservation.demand)
-            taken, levels = decided if decided is not None else await self.store.take(plan, reservation.amounts(plan))
-        except StoreUnavailable:
-            return self._without_store(plan, reservation, model)
+        return limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
+                              policy.price(model) if plan.priced else FREE)
+
+    def _grant(self, plan: Plan, demand: tuple[float, ...], model: str,
+               decided: tuple[bool, tuple[float, ...]]) -> Lease:
+        taken, levels = decided
         if not taken:
-            refusal = limits.denial(plan, reservation.amounts(plan), levels)
+            refusal = limits.denial(plan, limits.amounts(plan, demand), levels)
             self.metrics.limit_decision(refusal.bucket.id, "limited")
             raise limits.rejection(refusal, model)
         counts = self.metrics.limit_counts
         for allowed in plan.allowed:
             counts[allowed] += 1
-        return Lease(plan, reservation, model, limits.ratelimit_headers(plan, levels))
+        return Lease(plan, demand, model, ratelimit_headers(plan.header_specs, levels))
 
     def settle(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
         """Settle `lease` with what was really used (None: nothing). Never waits: the memory
@@ -122,14 +147,14 @@ class Limiter:
         if lease.metered:
             plan = lease.plan
             price = self.policy.price(lease.model, upstream_model) if plan.priced else None
-            self.store.settle(plan, lease.reservation.demand, limits.used(plan, usage, price))
+            self.store.settle(plan, lease.demand, limits.used(plan, usage, price))
 
-    def _without_store(self, plan: Plan, reservation: Reservation, model: str) -> Lease:
+    def _without_store(self, plan: Plan, demand: tuple[float, ...], model: str) -> Lease:
         self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
         if not self.fail_open:
             raise GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
                                "api_error", "rate_limit_store_unavailable", None, limits.retry_headers(1.0))
-        return Lease(plan, reservation, model, [], metered=False)
+        return Lease(plan, demand, model, [], metered=False)
 
     async def usage_report(self) -> list[dict[str, Any]]:
         """Every bucket with its limit, current use and what remains. Raises StoreUnavailable."""

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-__all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "sse_impl"]
+__all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "ratelimit_impl", "sse_impl"]
 
 KERNEL_KINDS = ("pure", "compiled")
 
@@ -22,6 +22,7 @@ _MODULES = {
     "sse": ("core.sse", "ext._sse"),
     "buckets": ("core.buckets", "ext._buckets"),
     "jsonscan": ("core.jsonscan", "ext._jsonscan"),
+    "ratelimit": ("core.ratelimit", "ext._ratelimit"),
 }
 
 
@@ -57,3 +58,8 @@ def buckets_impl(request: pytest.FixtureRequest) -> ModuleType:
 @pytest.fixture(params=KERNEL_KINDS, scope="session")
 def jsonscan_impl(request: pytest.FixtureRequest) -> ModuleType:
     return kernel_module("jsonscan", request.param)
+
+
+@pytest.fixture(params=KERNEL_KINDS, scope="session")
+def ratelimit_impl(request: pytest.FixtureRequest) -> ModuleType:
+    return kernel_module("ratelimit", request.param)

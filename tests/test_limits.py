@@ -12,15 +12,15 @@ from core.kernels import BucketTable
 from core.limits import (
     Bucket,
     LimitPolicy,
+    amounts,
     denial,
-    go_duration,
-    ratelimit_headers,
     rejection,
     reserve,
     settle,
     window_seconds,
 )
 from core.pricing import FREE, Price
+from core.ratelimit import go_duration, ratelimit_headers
 from core.request import RequestHead
 from core.usage import Usage
 
@@ -165,32 +165,32 @@ def test_reservation_per_measure_capped_at_capacity(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 2000, PRICE)
     upper = (300 * 2.0 + 2000 * 10.0) / 1e6
-    assert r.amounts(plan) == pytest.approx((1, 2300, 1, 1000, upper, 2300))  # output capped at the 1000/h pair limit
+    assert amounts(plan, r) == pytest.approx((1, 2300, 1, 1000, upper, 2300))  # output capped at the 1000/h pair limit
 
 
 def test_settle_refunds_unused_and_charges_excess(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 200, PRICE)
     deltas = settle(plan, r, Usage(prompt_tokens=40, completion_tokens=500, total_tokens=540), PRICE)
-    assert deltas == pytest.approx((0, 540 - 500, -1, 500 - 200, (40 * 2 + 500 * 10) / 1e6 - r.amounts(plan)[4], 40))
+    assert deltas == pytest.approx((0, 540 - 500, -1, 500 - 200, (40 * 2 + 500 * 10) / 1e6 - amounts(plan, r)[4], 40))
 
 
 def test_settle_without_usage_refunds_all_tokens_but_keeps_the_request(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 200, PRICE)
     deltas = settle(plan, r, None, PRICE)
-    assert deltas == pytest.approx((0, -500, -1, -200, -r.amounts(plan)[4], -500))
+    assert deltas == pytest.approx((0, -500, -1, -200, -amounts(plan, r)[4], -500))
 
 
 def test_denial_names_the_bucket_with_the_longest_wait(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
-    amounts = (1, 500, 1, 100, 0.01, 500)
+    wanted = (1, 500, 1, 100, 0.01, 500)
     levels = (0.5, 100, 5, 1000, 500, 2e6)
-    d = denial(plan, amounts, levels)
+    d = denial(plan, wanted, levels)
     assert d.bucket.id == "key:prod:total_tokens:60s"
     assert d.wait == pytest.approx(400 / (100000 / 60))
     with pytest.raises(ValueError):
-        denial(plan, amounts, (10, 1e6, 5, 1000, 500, 2e6))
+        denial(plan, wanted, (10, 1e6, 5, 1000, 500, 2e6))
 
 
 def test_rate_limit_rejection_is_openai_shaped():
@@ -228,7 +228,7 @@ def denial_of(bucket, level, amount):
 def test_ratelimit_headers_in_openais_format(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     levels = (599, 99_000.4, 19, 900, 499, 1.9e6)
-    assert ratelimit_headers(plan, levels) == [
+    assert ratelimit_headers(plan.header_specs, levels) == [
         ("x-ratelimit-limit-requests", "600"), ("x-ratelimit-remaining-requests", "599"),
         ("x-ratelimit-reset-requests", "100ms"),
         ("x-ratelimit-limit-tokens", "100000"), ("x-ratelimit-remaining-tokens", "99000"),
