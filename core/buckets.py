@@ -18,13 +18,15 @@ and `settle` are a whole limit decision and its correction in one call each: the
 per-measure demand and the bucket's measure index, so the limiter's hot path makes one kernel
 call instead of building an amounts list per request. Slots passed
 to one `try_take` must be distinct. Slot ids are indexes; a bad one raises IndexError.
+A `Gate` fixes the slots and measures of one limit plan, so the per-request calls carry only
+the demand and the clock.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-__all__ = ["BucketTable"]
+__all__ = ["BucketTable", "Gate"]
 
 
 class BucketTable:
@@ -166,3 +168,36 @@ class BucketTable:
         if amount > self._capacity[slot] or rate <= 0.0:
             return math.inf
         return (amount - level) / rate
+
+
+class Gate:
+    """The buckets of one limit plan in a table, fixed once: the slots and the measure each
+    takes. A decision and its settle then pass only the demand and the clock, and a decision
+    returns the levels the response headers show, all in one kernel call each.
+
+    `demand`, `reserved` and `used` are per-measure tuples (core.limits.reserve); bucket i
+    takes ``min(demand[measures[i]], capacity)``, as in `BucketTable.reserve`."""
+
+    __slots__ = ("table", "slots", "measures")
+
+    def __init__(self, table: BucketTable, slots: Sequence[int], measures: Sequence[int]) -> None:
+        """Raises ValueError if slots and measures differ in length, IndexError on a bad slot."""
+        if len(slots) != len(measures):
+            raise ValueError("slots and measures differ in length")
+        for slot in slots:
+            table.capacity(slot)  # raises IndexError for a slot the table does not have
+        self.table, self.slots, self.measures = table, tuple(slots), tuple(measures)
+
+    def reserve(self, demand: tuple[float, ...], now: float) -> tuple[float, ...] | None:
+        """Take the demand from every bucket or nothing: the levels after, or None if it
+        does not fit (then nothing was taken)."""
+        if self.table.reserve(self.slots, self.measures, demand, now) != 0.0:
+            return None
+        return self.table.levels(self.slots, now)
+
+    def settle(self, reserved: tuple[float, ...], used: tuple[float, ...], now: float) -> None:
+        """Charge what was used minus what was reserved (see BucketTable.settle)."""
+        self.table.settle(self.slots, self.measures, reserved, used, now)
+
+    def levels(self, now: float) -> tuple[float, ...]:
+        return self.table.levels(self.slots, now)

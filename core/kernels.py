@@ -19,6 +19,7 @@ __all__ = [
     "ACCELERATED",
     "ACTIVE",
     "BucketTable",
+    "Gate",
     "OpenAIStreamRelay",
     "SSEError",
     "SSEEvent",
@@ -61,5 +62,6 @@ SSEEvent = _sse.SSEEvent
 SSEFramer = _sse.SSEFramer
 OpenAIStreamRelay = _sse.OpenAIStreamRelay
 BucketTable = _buckets.BucketTable
+Gate = _buckets.Gate
 max_depth_exceeded = _jsonscan.max_depth_exceeded
 ratelimit_headers = _ratelimit.ratelimit_headers

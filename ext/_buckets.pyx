@@ -7,9 +7,11 @@ work left per call is reading the argument sequences. The arithmetic follows the
 operation for operation, so both give bit-identical levels (the differential test checks).
 """
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport INFINITY
 
-__all__ = ["BucketTable"]
+__all__ = ["BucketTable", "Gate"]
 
 cdef enum:
     _STACK_SLOTS = 8  # try_take over up to this many slots needs no allocation
@@ -171,6 +173,100 @@ cdef class BucketTable:
             bs[j] = self._slot(slots[j])
             amt[j] = amounts[j]
         return _take_all(bs, amt, k, now)
+
+
+cdef class Gate:
+    """The buckets of one limit plan in a table, fixed once (see core.buckets.Gate).
+
+    Slot ids and measure indexes live in one C array, so a decision reads nothing from Python
+    but the demand tuple; slots are looked up in the table on every call (the table's array
+    moves when it grows)."""
+
+    cdef readonly BucketTable table
+    cdef readonly tuple slots, measures
+    cdef Py_ssize_t* _idx   # k slot ids, then k measure indexes
+    cdef Py_ssize_t _k
+
+    def __cinit__(self, BucketTable table, slots, measures):
+        cdef Py_ssize_t k = len(slots), j
+        if len(measures) != k:
+            raise ValueError("slots and measures differ in length")
+        self._idx = <Py_ssize_t*>PyMem_Malloc(max(1, 2 * k) * sizeof(Py_ssize_t))
+        if self._idx == NULL:
+            raise MemoryError()
+        for j in range(k):
+            table._slot(slots[j])  # raises IndexError for a slot the table does not have
+            self._idx[j] = slots[j]
+            self._idx[k + j] = measures[j]
+            if self._idx[k + j] < 0:
+                raise IndexError("a measure index is negative")
+        self._k = k
+        self.table, self.slots, self.measures = table, tuple(slots), tuple(measures)
+
+    def __dealloc__(self):
+        PyMem_Free(self._idx)
+
+    def reserve(self, tuple demand, double now):
+        """Take the demand from every bucket or nothing: the levels after, or None."""
+        cdef Py_ssize_t k = self._k, j
+        cdef Bucket* stack_b[_STACK_SLOTS]
+        cdef double stack_a[_STACK_SLOTS]
+        cdef Bucket** bs = stack_b
+        cdef double* amt = stack_a
+        cdef double a
+        if k > _STACK_SLOTS:
+            bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
+            if bs == NULL:
+                raise MemoryError()
+            amt = <double*>(bs + k)
+        try:
+            for j in range(k):
+                bs[j] = self.table._slot(self._idx[j])
+                a = _item(demand, self._idx[k + j])
+                amt[j] = a if a < bs[j].capacity else bs[j].capacity
+            if _take_all(bs, amt, k, now) != 0.0:
+                return None
+            return _levels(bs, k, now)
+        finally:
+            if bs != stack_b:
+                PyMem_Free(bs)
+
+    def settle(self, tuple reserved, tuple used, double now):
+        """Charge what was used minus what was reserved (see BucketTable.settle)."""
+        cdef Py_ssize_t k = self._k, j, m
+        cdef Bucket* b
+        cdef double r, delta, level
+        for j in range(k):
+            b = self.table._slot(self._idx[j])
+            m = self._idx[k + j]
+            r = _item(reserved, m)
+            delta = _item(used, m) - (r if r < b.capacity else b.capacity)
+            if delta > 0.0:
+                b.level = _refill_to(b, now) - delta
+            elif delta < 0.0:
+                level = _refill_to(b, now) - delta
+                b.level = level if level < b.capacity else b.capacity
+
+    def levels(self, double now):
+        return self.table.levels(self.slots, now)
+
+
+cdef inline double _item(tuple values, Py_ssize_t i) except? -1.0:
+    """values[i] as a double; IndexError past the end (bounds checks are off in this module)."""
+    if i >= PyTuple_GET_SIZE(values):
+        raise IndexError("a measure index is past the end of the demand")
+    return values[i]
+
+
+cdef tuple _levels(Bucket** bs, Py_ssize_t k, double now):
+    cdef tuple out = PyTuple_New(k)
+    cdef object level
+    cdef Py_ssize_t j
+    for j in range(k):
+        level = _refilled(bs[j], now)
+        Py_INCREF(level)  # PyTuple_SET_ITEM steals a reference
+        PyTuple_SET_ITEM(out, j, level)
+    return out
 
 
 cdef double _take_all(Bucket** bs, const double* amt, Py_ssize_t k, double now) noexcept:

@@ -40,18 +40,23 @@ class BucketStore(Protocol):
     def configure(self, policy: LimitPolicy) -> None:
         """Adopt the buckets of a (new) config, keeping the levels of unchanged buckets."""
 
-    def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
-        """The hot path: reserve `demand` (per measure, see core.limits.reserve) from
-        what this process holds, without waiting. Returns (taken, levels after), or None when
-        only the store can decide (then the limiter awaits `take`). Never raises."""
+    def bind(self, plan: Plan) -> Any:
+        """This store's state for `plan` (its slots, its keys): built once per plan and kept
+        by the limiter, so the two hot-path calls below need no lookup."""
+
+    def decide(self, bound: Any, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+        """The hot path: reserve `demand` (per measure, see core.limits.reserve) on the
+        bound plan from what this process holds, without waiting. Returns (taken, levels
+        after), or None when only the store can decide (then the limiter awaits `take`).
+        Never raises."""
 
     async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
         """Take every amount (per bucket) or none. Returns (taken, levels after).
         Raises StoreUnavailable."""
 
-    def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
-        """Charge what was used minus what was reserved (both per measure), without waiting;
-        never raises."""
+    def settle(self, bound: Any, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+        """Charge what was used minus what was reserved (both per measure) on the bound
+        plan, without waiting; never raises."""
 
     def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
         """Charge signed amounts per bucket (negative refunds) without waiting; never raises."""
@@ -66,11 +71,12 @@ class BucketStore(Protocol):
 class Lease:
     """A granted reservation: what to settle later and the headers to send now."""
 
-    __slots__ = ("plan", "demand", "model", "headers", "metered")
+    __slots__ = ("plan", "bound", "demand", "model", "headers", "metered")
 
-    def __init__(self, plan: Plan, demand: tuple[float, ...], model: str, headers: list[tuple[str, str]],
-                 metered: bool = True) -> None:
+    def __init__(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str,
+                 headers: list[tuple[str, str]], metered: bool = True) -> None:
         self.plan = plan
+        self.bound = bound  # the store's state for the plan (BucketStore.bind)
         self.demand = demand  # what was reserved, per measure (core.limits.reserve)
         self.model = model
         self.headers = headers
@@ -90,6 +96,8 @@ class Limiter:
         self.fail_open = config.rate_limits.on_store_error == "open"
         self.metrics = metrics
         store.configure(self.policy)
+        # (key name, model) -> (plan, what the store bound to it; None when no limit applies)
+        self._plans: dict[tuple[str, str], tuple[Plan, Any]] = {}
 
     def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None | object:
         """The hot path: decide without waiting, from what this process holds (the memory
@@ -98,38 +106,45 @@ class Limiter:
         Returns the Lease, None when no limit applies, or ASK_STORE when only the store can
         decide: then await `reserve`. Raises GatewayError 429 when a bucket has no room.
         """
-        plan = self.policy.plan(key, model)
-        if not plan:
+        plan, bound = self._plan(key, model)
+        if bound is None:
             return None
         demand = self._demand(plan, model, api, head, body)
-        decided = self.store.decide(plan, demand)
+        decided = self.store.decide(bound, demand)
         if decided is None:
             return ASK_STORE
-        return self._grant(plan, demand, model, decided)
+        return self._grant(plan, bound, demand, model, decided)
 
     async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
         """Reserve this request's quota on every bucket that applies to it, asking the store
         when this process cannot decide. Returns None when no limit applies, else the Lease
         to settle. Raises GatewayError: 429 when a bucket has no room, 503 when the store is
         down and `on_store_error: closed`."""
-        plan = self.policy.plan(key, model)
-        if not plan:
+        plan, bound = self._plan(key, model)
+        if bound is None:
             return None
         demand = self._demand(plan, model, api, head, body)
-        decided = self.store.decide(plan, demand)
+        decided = self.store.decide(bound, demand)
         if decided is None:
             try:
                 decided = await self.store.take(plan, limits.amounts(plan, demand))
             except StoreUnavailable:
-                return self._without_store(plan, demand, model)
-        return self._grant(plan, demand, model, decided)
+                return self._without_store(plan, bound, demand, model)
+        return self._grant(plan, bound, demand, model, decided)
+
+    def _plan(self, key: Key, model: str) -> tuple[Plan, Any]:
+        found = self._plans.get((key.name, model))
+        if found is None:
+            plan = self.policy.plan(key, model)
+            found = self._plans[(key.name, model)] = (plan, self.store.bind(plan) if plan else None)
+        return found
 
     def _demand(self, plan: Plan, model: str, api: str, head: RequestHead, body: bytes) -> tuple[float, ...]:
         policy = self.policy
         return limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
                               policy.price(model) if plan.priced else FREE)
 
-    def _grant(self, plan: Plan, demand: tuple[float, ...], model: str,
+    def _grant(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str,
                decided: tuple[bool, tuple[float, ...]]) -> Lease:
         taken, levels = decided
         if not taken:
@@ -139,7 +154,7 @@ class Limiter:
         counts = self.metrics.limit_counts
         for allowed in plan.allowed:
             counts[allowed] += 1
-        return Lease(plan, demand, model, ratelimit_headers(plan.header_specs, levels))
+        return Lease(plan, bound, demand, model, ratelimit_headers(plan.header_specs, levels))
 
     def settle(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
         """Settle `lease` with what was really used (None: nothing). Never waits: the memory
@@ -147,14 +162,14 @@ class Limiter:
         if lease.metered:
             plan = lease.plan
             price = self.policy.price(lease.model, upstream_model) if plan.priced else None
-            self.store.settle(plan, lease.demand, limits.used(plan, usage, price))
+            self.store.settle(lease.bound, lease.demand, limits.used(plan, usage, price))
 
-    def _without_store(self, plan: Plan, demand: tuple[float, ...], model: str) -> Lease:
+    def _without_store(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str) -> Lease:
         self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
         if not self.fail_open:
             raise GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
                                "api_error", "rate_limit_store_unavailable", None, limits.retry_headers(1.0))
-        return Lease(plan, demand, model, [], metered=False)
+        return Lease(plan, bound, demand, model, [], metered=False)
 
     async def usage_report(self) -> list[dict[str, Any]]:
         """Every bucket with its limit, current use and what remains. Raises StoreUnavailable."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from core.kernels import BucketTable
+from core.kernels import BucketTable, Gate
 from core.limits import LimitPolicy, Plan
 
 
@@ -19,7 +19,7 @@ class MemoryBuckets:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._table = BucketTable()
         self._slot: dict[str, int] = {}  # bucket id -> slot; kept across reloads
-        self._plans: dict[int, tuple[Plan, tuple[int, ...]]] = {}  # id(plan) -> (plan, its slots)
+        self._plans: dict[int, tuple[Plan, Gate]] = {}  # id(plan) -> (plan, its gate)
         self._clock = clock
 
     def configure(self, policy: LimitPolicy) -> None:
@@ -32,32 +32,33 @@ class MemoryBuckets:
             else:
                 self._table.reconfigure(slot, bucket.capacity, bucket.refill)
 
-    def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+    def bind(self, plan: Plan) -> Gate:
+        """The plan's buckets in the table, for decide and settle."""
+        return Gate(self._table, [self._slot[b.id] for b in plan.buckets], plan.measures)
+
+    def decide(self, gate: Gate, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
         """Reserve `demand` in one kernel call; return (taken, levels after). Never None:
         this store always decides on its own."""
-        slots = self._slots(plan)
         now = self._clock()
-        table = self._table
-        taken = table.reserve(slots, plan.measures, demand, now) == 0.0
-        return taken, table.levels(slots, now)
+        levels = gate.reserve(demand, now)
+        return (True, levels) if levels is not None else (False, gate.levels(now))
 
     async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
         """Take all amounts (per bucket) or none; return (taken, levels after)."""
-        slots = self._slots(plan)
+        gate = self._gate(plan)
         now = self._clock()
-        table = self._table
-        taken = table.try_take(slots, amounts, now) == 0.0
-        return taken, table.levels(slots, now)
+        taken = self._table.try_take(gate.slots, amounts, now) == 0.0
+        return taken, gate.levels(now)
 
-    def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+    def settle(self, gate: Gate, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge used minus reserved (per measure) in one kernel call."""
-        self._table.settle(self._slots(plan), plan.measures, reserved, used, self._clock())
+        gate.settle(reserved, used, self._clock())
 
     def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
         """Apply settle deltas: positive takes (may leave debt), negative gives back."""
         now = self._clock()
         table = self._table
-        for slot, delta in zip(self._slots(plan), deltas):
+        for slot, delta in zip(self._gate(plan).slots, deltas):
             if delta > 0.0:
                 table.take(slot, delta, now)
             elif delta < 0.0:
@@ -70,10 +71,11 @@ class MemoryBuckets:
     async def aclose(self) -> None:
         return None
 
-    def _slots(self, plan: Plan) -> tuple[int, ...]:
-        # Keyed by identity (plans are cached by the policy, so this is one dict hit); the
-        # entry holds the plan itself, so an id reused after a reload can never match.
+    def _gate(self, plan: Plan) -> Gate:
+        """For take and charge, which get the plan (the hot path gets the gate bound to it)."""
+        # Keyed by identity; the entry holds the plan itself, so an id reused after a reload
+        # can never match.
         entry = self._plans.get(id(plan))
         if entry is None or entry[0] is not plan:
-            entry = self._plans[id(plan)] = (plan, tuple([self._slot[b.id] for b in plan.buckets]))
+            entry = self._plans[id(plan)] = (plan, self.bind(plan))
         return entry[1]

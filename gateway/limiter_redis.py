@@ -153,6 +153,10 @@ return table.concat(out, ' ')
 """
 BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
 
+# What the store keeps per plan (RedisBuckets.bind): the plan, its buckets' Redis keys, their
+# shapes for the script, and their lease slots (None when the plan does not lease).
+_Entry = tuple[Plan, tuple[str, ...], list[str], "tuple[int, ...] | None"]
+
 
 class _Op:
     """One queued op (see BUCKETS_LUA), already in the script's argument form: `shapes` and
@@ -200,7 +204,7 @@ class RedisBuckets:
         self._queue: list[_Op] = []
         self._drains: set[asyncio.Task[None]] = set()  # batches in flight (at most MAX_IN_FLIGHT)
         self._settle_timer: asyncio.TimerHandle | None = None
-        self._plans: dict[int, tuple[Plan, tuple[str, ...], list[str], tuple[int, ...] | None]] = {}
+        self._plans: dict[int, _Entry] = {}
         self._book = LeaseBook() if leasing else None  # see gateway/limiter_lease.py
         self._return_timer: asyncio.TimerHandle | None = None
         self._down_since: float | None = None
@@ -217,14 +221,16 @@ class RedisBuckets:
         """The Redis key of a bucket: one hash tag for the whole deployment."""
         return f"{{{self.prefix}}}:b:{bucket_id}"
 
-    def decide(self, plan: Plan, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+    def bind(self, plan: Plan) -> _Entry:
+        """The plan's Redis keys, script shapes and lease slots, for decide and settle."""
+        return self._entry(plan)
+
+    def decide(self, entry: _Entry, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
         """Decide from this process's leases when they cover the request (admitted, levels as
         Redis's last answer plus what is held here); None sends it to Redis."""
         book = self._book
-        if book is None:
-            return None
-        slots = self._entry(plan)[3]
-        if slots is None:
+        plan, _, _, slots = entry
+        if book is None or slots is None:
             return None
         got = book.decide(plan, slots, demand)
         if got is None:
@@ -248,11 +254,11 @@ class RedisBuckets:
         self._kick()
         return await future
 
-    def settle(self, plan: Plan, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+    def settle(self, entry: _Entry, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge used minus reserved: to this process's lease when the plan leases (see
         LeaseBook.settle), else to Redis (queued, batched)."""
+        plan, _, _, slots = entry
         if self._book is not None:
-            slots = self._entry(plan)[3]
             if slots is not None:
                 for bucket, excess in self._book.settle(plan, slots, reserved, used):
                     self._queue_charge(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
@@ -314,7 +320,7 @@ class RedisBuckets:
 
     # -- batching -------------------------------------------------------------------------
 
-    def _entry(self, plan: Plan) -> tuple[Plan, tuple[str, ...], list[str], tuple[int, ...] | None]:
+    def _entry(self, plan: Plan) -> _Entry:
         """Per plan, once: (plan, its Redis keys, its shapes for the script, its lease slots)."""
         entry = self._plans.get(id(plan))
         if entry is None or entry[0] is not plan:

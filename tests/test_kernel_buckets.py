@@ -248,3 +248,75 @@ def test_levels_stay_within_capacity_and_waits_are_honest(buckets_impl, spec, sc
             # After waiting, the same take succeeds (barring rounding at the boundary).
             assert table.try_take(slot, wanted, now + wait * (1 + 1e-9) + 1e-9) == 0.0
             now += wait * (1 + 1e-9) + 1e-9
+
+
+# --- Gate: one plan's buckets, fixed once ------------------------------------------------------
+
+def test_gate_reserves_all_or_nothing_and_returns_the_levels(buckets_impl):
+    table = buckets_impl.BucketTable()
+    requests, tokens = table.add(10, 1), table.add(100, 10)
+    gate = buckets_impl.Gate(table, [requests, tokens], [0, 1])
+    assert gate.reserve((1.0, 60.0), 0.0) == (9.0, 40.0)
+    assert gate.reserve((1.0, 60.0), 0.0) is None  # 60 tokens do not fit: nothing taken
+    assert gate.levels(0.0) == (9.0, 40.0)
+    assert gate.reserve((1.0, 60.0), 2.0) == (9.0, 0.0)  # refilled 20 in 2 s; requests were full
+    assert gate.reserve((1.0, 500.0), 20.0) == (9.0, 0.0)  # a demand above capacity takes a full bucket
+
+
+def test_gate_settles_used_minus_reserved(buckets_impl):
+    table = buckets_impl.BucketTable()
+    tokens, gauge = table.add(100, 10), table.add(2, 0)
+    gate = buckets_impl.Gate(table, [tokens, gauge], [1, 2])
+    reserved = (1.0, 60.0, 1.0)
+    assert gate.reserve(reserved, 0.0) == (40.0, 1.0)
+    gate.settle(reserved, (1.0, 20.0, 0.0), 0.0)  # refund 40 tokens, free the slot
+    assert gate.levels(0.0) == (80.0, 2.0)
+    gate.settle((0.0, 10.0, 0.0), (0.0, 130.0, 0.0), 0.0)  # 120 more than reserved: debt
+    assert gate.levels(0.0) == (-40.0, 2.0)
+
+
+def test_gate_sees_a_table_that_grew_and_was_reconfigured(buckets_impl):
+    table = buckets_impl.BucketTable()
+    gate = buckets_impl.Gate(table, [table.add(10, 0)], [0])
+    for _ in range(100):  # the table's storage moves as it grows
+        table.add(1, 1)
+    table.reconfigure(0, 5, 0)
+    assert gate.reserve((2.0,), 0.0) == (3.0,)
+
+
+def test_gate_rejects_bad_shapes(buckets_impl):
+    table = buckets_impl.BucketTable()
+    slot = table.add(10, 1)
+    with pytest.raises(ValueError):
+        buckets_impl.Gate(table, [slot], [0, 1])
+    with pytest.raises(IndexError):
+        buckets_impl.Gate(table, [slot, 4], [0, 0])
+    gate = buckets_impl.Gate(table, [slot], [3])
+    with pytest.raises(IndexError):
+        gate.reserve((1.0, 1.0), 0.0)  # no demand for measure 3
+    assert table.level(slot, 0.0) == 10.0
+
+
+gate_ops = st.lists(st.tuples(st.sampled_from(["reserve", "settle"]), st.lists(amounts, min_size=3, max_size=3),
+                              st.lists(amounts, min_size=3, max_size=3)), max_size=30)
+
+
+def run_gate(mod, spec, script, steps):
+    table = mod.BucketTable()
+    slots = [table.add(capacity, refill) for capacity, refill in spec]
+    gate = mod.Gate(table, slots, [s % 3 for s in slots])
+    now, trace = 1000.0, []
+    for (op, first, second), step in zip(script, steps):
+        now += step
+        if op == "reserve":
+            trace.append(gate.reserve(tuple(first), now))
+        else:
+            trace.append(gate.settle(tuple(first), tuple(second), now))
+    return trace + [gate.levels(now)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=specs, script=gate_ops, steps=clock_steps)
+def test_compiled_gate_agrees_with_pure(spec, script, steps):
+    compiled = compiled_or_skip("buckets")
+    assert run_gate(compiled, spec, script, steps) == run_gate(pure_buckets, spec, script, steps)

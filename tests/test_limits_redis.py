@@ -249,7 +249,7 @@ async def redis_level(prefix: str, bucket: Bucket) -> float:
 
 async def decide_or_take(store: RedisBuckets, plan: Plan, demand: tuple[float, ...]) -> bool:
     """What the limiter does: decide from the lease, else ask Redis."""
-    decided = store.decide(plan, demand)
+    decided = store.decide(store.bind(plan), demand)
     if decided is None:
         decided = await store.take(plan, tuple(min(demand[m], b.capacity) for m, b in zip(plan.measures, plan.buckets)))
     return decided[0]
@@ -264,12 +264,12 @@ async def test_a_lease_decides_requests_locally_and_tops_up_in_the_background(st
     bucket = Bucket("key:k:requests:3600s", "key", "k", "requests", 1600, 3600)
     plan = plan_of(bucket)
     try:
-        assert leasing.decide(plan, REQUEST) is None  # nothing leased yet: Redis decides
+        assert leasing.decide(leasing.bind(plan), REQUEST) is None  # nothing leased yet: Redis decides
         assert (await leasing.take(plan, (1.0,)))[0]
         assert calls[0] == 1
         local = 0
         for _ in range(50):
-            decided = leasing.decide(plan, REQUEST)
+            decided = leasing.decide(leasing.bind(plan), REQUEST)
             if decided is None:
                 assert (await leasing.take(plan, (1.0,)))[0]
             else:
@@ -330,7 +330,7 @@ async def test_refunds_refill_the_lease_and_the_excess_goes_back_to_redis(store)
         assert await decide_or_take(leasing, plan, demand)
         held = leasing._book.table.level(0, 0.0)
         assert held > 0
-        leasing.settle(plan, demand, (1.0, 10.0, 10.0, 20.0, 0.0, 0.0))  # used 20 of 1000
+        leasing.settle(leasing.bind(plan), demand, (1.0, 10.0, 10.0, 20.0, 0.0, 0.0))  # used 20 of 1000
         assert leasing._book.table.level(0, 0.0) <= 2 * leasing._book.slice[0]
     finally:
         await leasing.aclose()  # the lease goes back, and the refund beyond it was sent
@@ -346,7 +346,7 @@ async def test_usage_beyond_the_reservation_reaches_redis_within_the_lease_ttl(s
     demand = (1.0, 50.0, 50.0, 100.0, 0.0, 1.0)
     try:
         assert await decide_or_take(leasing, plan, demand)
-        leasing.settle(plan, demand, (1.0, 50.0, 5000.0, 5050.0, 0.0, 0.0))  # 4950 more than reserved
+        leasing.settle(leasing.bind(plan), demand, (1.0, 50.0, 5000.0, 5050.0, 0.0, 0.0))  # 4950 more than reserved
         await asyncio.sleep(LEASE_TTL + 0.2)  # the lease (now in debt) went back to Redis
         assert leasing._book.table.level(0, 0.0) == 0.0
         assert await redis_level(store.prefix, bucket) == pytest.approx(1_000_000 - 5050, abs=20)  # refill: 11.6/s
