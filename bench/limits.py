@@ -2,7 +2,7 @@
 """The cost of a rate-limit decision, as ratios to the same gateway with limits off, in one run.
 
 Two measurements:
-1. per decision, in process: `Limiter.reserve` + settle on the memory store (the bucket kernel
+1. per decision, in process: `Limiter.admit` (awaiting `reserve` only when the store must answer) + settle on the memory store (the bucket kernel
    that is active, compiled or pure) and on the Redis store with its local leases, in microseconds;
 2. whole gateway: requests/s of `tollway serve` (1 worker, pinned to one CPU) with the built-in
    fake provider, under wrk (pinned to the other CPU), for three configs run back to back and
@@ -58,7 +58,7 @@ def config_text(backend: str | None, redis_port: int) -> str:
 def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
     """Microseconds per reserve + settle in process: the memory store, or the Redis store
     (leasing, as the gateway runs it) against the private redis-server."""
-    from gateway.limiter import Limiter
+    from gateway.limiter import ASK_STORE, Lease, Limiter
     from gateway.limiter_memory import MemoryBuckets
     from gateway.limiter_redis import RedisBuckets
     from gateway.metrics import Metrics
@@ -71,12 +71,15 @@ def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
         store = (MemoryBuckets() if backend == "memory" else
                  RedisBuckets(f"redis://127.0.0.1:{redis_port}/0", "bench-decisions", Metrics(), leasing=True))
         limiter = Limiter(cfg, store, Metrics())
+        async def decide() -> Lease | None:  # as Gateway.proxy_api does
+            lease = limiter.admit(key, "gpt-4o-mini", "chat", head, body)
+            return await limiter.reserve(key, "gpt-4o-mini", "chat", head, body) if lease is ASK_STORE else lease
+
         for _ in range(1000):  # warm up: the first leases
-            limiter.settle(await limiter.reserve(key, "gpt-4o-mini", "chat", head, body), usage, "gpt-4o-mini")
+            limiter.settle(await decide(), usage, "gpt-4o-mini")
         start = time.perf_counter()
         for i in range(n):
-            lease = await limiter.reserve(key, "gpt-4o-mini", "chat", head, body)
-            limiter.settle(lease, usage, "gpt-4o-mini")
+            limiter.settle(await decide(), usage, "gpt-4o-mini")
             if i % 32 == 0:
                 await asyncio.sleep(0)  # let lease top-ups go out, as they would between requests
         elapsed = (time.perf_counter() - start) / n * 1e6

@@ -33,7 +33,7 @@ lasted more than 2 * LEASE_TARGET halves, so each busy bucket is topped up about
 """
 from __future__ import annotations
 
-from core.kernels import BucketTable
+from core.kernels import BucketTable, Gate
 from core.limits import Bucket, Plan
 
 LEASE_FRACTION = 1 / 16   # largest slice, as a share of the bucket's capacity
@@ -56,22 +56,21 @@ class LeaseBook:
         self._asked: list[float] = []                # by slot: asked of Redis, not yet answered
         self.pending: set[int] = set()               # slots with a top-up on its way
 
-    def slots(self, plan: Plan) -> tuple[int, ...] | None:
-        """The local slots of `plan`, or None if the plan cannot lease (it has a gauge)."""
+    def gate(self, plan: Plan) -> Gate | None:
+        """The plan's local slots as a Gate, or None if the plan cannot lease (it has a gauge)."""
         if any(b.window == 0.0 for b in plan.buckets):
             return None
-        return tuple([self._slot_of(b) for b in plan.buckets])
+        return Gate(self.table, [self._slot_of(b) for b in plan.buckets], plan.measures)
 
-    def decide(self, plan: Plan, slots: tuple[int, ...], demand: tuple[float, ...]
-               ) -> tuple[tuple[float, ...], list[int]] | None:
+    def decide(self, gate: Gate, demand: tuple[float, ...]) -> tuple[tuple[float, ...], list[int]] | None:
         """Take `demand` from the leases, all or nothing. Returns (levels as the client should
         see them, slots to top up), or None if the leases do not cover it."""
-        table = self.table
-        if table.reserve(slots, plan.measures, demand, 0.0) != 0.0:
+        held = gate.reserve(demand, 0.0)
+        if held is None:
             return None
-        held = table.levels(slots, 0.0)
-        seen, sizes = self.seen, self.slice
-        low = [s for s, h in zip(slots, held) if h * 2.0 < sizes[s] and s not in self.pending]
+        seen, sizes, pending = self.seen, self.slice, self.pending
+        slots = gate.slots
+        low = [s for s, h in zip(slots, held) if h * 2.0 < sizes[s] and s not in pending]
         return tuple([h + seen[s] for s, h in zip(slots, held)]), low
 
     def wants(self, slots: tuple[int, ...], amounts: tuple[float, ...]) -> tuple[float, ...] | None:
@@ -131,15 +130,13 @@ class LeaseBook:
         elif LEASE_TARGET * 2 < lasted < float("inf"):  # (the first grant has nothing to compare)
             self.slice[s] = self.slice[s] / 2.0
 
-    def settle(self, plan: Plan, slots: tuple[int, ...], reserved: tuple[float, ...], used: tuple[float, ...]
-               ) -> list[tuple[Bucket, float]]:
+    def settle(self, gate: Gate, reserved: tuple[float, ...], used: tuple[float, ...]) -> list[tuple[Bucket, float]]:
         """Settle on the leases in one kernel call: refunds refill them, usage beyond the
         reservation is charged to them (a lease in debt asks Redis for more on its next
         request). Returns (bucket, excess) held beyond MAX_HOLD_SLICES slices, to give back."""
-        table = self.table
-        table.settle(slots, plan.measures, reserved, used, 0.0)
+        gate.settle(reserved, used, 0.0)
         sizes = self.slice
-        return [(self.buckets[s], self._shed(s, h)) for s, h in zip(slots, table.levels(slots, 0.0))
+        return [(self.buckets[s], self._shed(s, h)) for s, h in zip(gate.slots, gate.levels(0.0))
                 if h > MAX_HOLD_SLICES * sizes[s]]
 
     def _shed(self, s: int, held: float) -> float:

@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from core import limits
+from core.kernels import Gate
 from core.limits import Bucket, LimitPolicy, Plan
 from gateway.limiter import StoreUnavailable
 from gateway.limiter_lease import LEASE_TTL, LeaseBook
@@ -154,8 +155,8 @@ return table.concat(out, ' ')
 BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
 
 # What the store keeps per plan (RedisBuckets.bind): the plan, its buckets' Redis keys, their
-# shapes for the script, and their lease slots (None when the plan does not lease).
-_Entry = tuple[Plan, tuple[str, ...], list[str], "tuple[int, ...] | None"]
+# shapes for the script, and its lease slots as a Gate (None when the plan does not lease).
+_Entry = tuple[Plan, tuple[str, ...], list[str], "Gate | None"]
 
 
 class _Op:
@@ -229,10 +230,10 @@ class RedisBuckets:
         """Decide from this process's leases when they cover the request (admitted, levels as
         Redis's last answer plus what is held here); None sends it to Redis."""
         book = self._book
-        plan, _, _, slots = entry
-        if book is None or slots is None:
+        gate = entry[3]
+        if book is None or gate is None:
             return None
-        got = book.decide(plan, slots, demand)
+        got = book.decide(gate, demand)
         if got is None:
             return None
         levels, low = got
@@ -244,7 +245,8 @@ class RedisBuckets:
         """Reserve in Redis (leasing a slice along, when leasing); see BucketStore.take."""
         if self._failing_fast():
             raise StoreUnavailable("redis is unavailable")
-        _, keys, shapes, slots = self._entry(plan)
+        _, keys, shapes, gate = self._entry(plan)
+        slots = gate.slots if gate is not None else None
         wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if wants is None:
@@ -257,10 +259,10 @@ class RedisBuckets:
     def settle(self, entry: _Entry, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge used minus reserved: to this process's lease when the plan leases (see
         LeaseBook.settle), else to Redis (queued, batched)."""
-        plan, _, _, slots = entry
+        plan, _, _, gate = entry
         if self._book is not None:
-            if slots is not None:
-                for bucket, excess in self._book.settle(plan, slots, reserved, used):
+            if gate is not None:
+                for bucket, excess in self._book.settle(gate, reserved, used):
                     self._queue_charge(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
                 if self._return_timer is None:  # what the settle left here goes back within LEASE_TTL
                     self._return_timer = asyncio.get_running_loop().call_later(LEASE_TTL, self._return_leases)
@@ -321,13 +323,13 @@ class RedisBuckets:
     # -- batching -------------------------------------------------------------------------
 
     def _entry(self, plan: Plan) -> _Entry:
-        """Per plan, once: (plan, its Redis keys, its shapes for the script, its lease slots)."""
+        """Per plan, once: (plan, its Redis keys, its shapes for the script, its lease gate)."""
         entry = self._plans.get(id(plan))
         if entry is None or entry[0] is not plan:
             keys = tuple(self.key(b.id) for b in plan.buckets)
             shapes = [_shape(b) for b in plan.buckets]
-            slots = self._book.slots(plan) if self._book is not None else None
-            entry = self._plans[id(plan)] = (plan, keys, shapes, slots)
+            gate = self._book.gate(plan) if self._book is not None else None
+            entry = self._plans[id(plan)] = (plan, keys, shapes, gate)
         return entry
 
     # -- leases ---------------------------------------------------------------------------
