@@ -16,6 +16,9 @@ class OptionalBuildExt(build_ext):
     """Compile the kernels, but fall back to a pure install instead of failing."""
 
     def run(self):
+        if not self.extensions:
+            print(f"tollway: building PURE (kernels not compiled: {_NO_KERNELS})", file=sys.stderr)
+            return
         try:
             super().run()
             print("tollway: building ACCELERATED (Cython kernels compiled)", file=sys.stderr)
@@ -29,12 +32,18 @@ class OptionalBuildExt(build_ext):
             print(f"tollway: {ext.name} not compiled ({exc}); its pure twin will be used", file=sys.stderr)
 
 
+_NO_KERNELS = "no ext/*.pyx sources"  # why extensions() found nothing to compile
+
+
 def extensions():
+    global _NO_KERNELS
     if os.environ.get("TOLLWAY_NO_EXTENSIONS"):
+        _NO_KERNELS = "TOLLWAY_NO_EXTENSIONS is set"
         return []
     try:
         from Cython.Build import cythonize
     except ImportError:
+        _NO_KERNELS = "Cython is not installed here (pip install cython)"
         return []
     sources = sorted(glob("ext/*.pyx"))
     if not sources:

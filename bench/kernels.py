@@ -128,7 +128,16 @@ def bucket_cases(mod) -> dict[str, Callable[[], object]]:
         table.try_take(slots, amounts, now)
         table.give(slots[2], 1.0, now)
 
-    return {"BucketTable try_take(3 slots) + give": take_give}
+    gate = mod.Gate(table, slots[:2], [0, 3])  # a plan with a request and a total-token limit
+    demand, used = (1.0, 250.0, 64.0, 314.0, 0.0, 1.0), (1.0, 30.0, 20.0, 50.0, 0.0, 0.0)
+
+    def decide_settle() -> None:
+        clock[0] += 1e-6
+        gate.reserve(demand, clock[0])
+        gate.settle(demand, used, clock[0])
+
+    return {"BucketTable try_take(3 slots) + give": take_give,
+            "Gate reserve (2 buckets, levels back) + settle": decide_settle}
 
 
 def jsonscan_cases(mod) -> dict[str, Callable[[], object]]:

@@ -2,8 +2,9 @@
 """The cost of a rate-limit decision, as ratios to the same gateway with limits off, in one run.
 
 Two measurements:
-1. per decision, in process: `Limiter.admit` (awaiting `reserve` only when the store must answer) + settle on the memory store (the bucket kernel
-   that is active, compiled or pure) and on the Redis store with its local leases, in microseconds;
+1. per decision, in process: `Limiter.admit` (awaiting `reserve` only when the store must
+   answer) + settle on the memory store (the bucket kernel that is active, compiled or pure)
+   and on the Redis store with its local leases, in microseconds;
 2. whole gateway: requests/s of `tollway serve` (1 worker, pinned to one CPU) with the built-in
    fake provider, under wrk (pinned to the other CPU), for three configs run back to back and
    interleaved: limits off; memory backend with a request and a token limit; Redis backend with
