@@ -24,6 +24,31 @@ cdef struct Bucket:
     double stamp       # time of the last update; -inf until first touched
 
 
+cdef struct _Scratch:
+    # Room for one all-or-nothing take over k buckets: the bucket pointers and the amounts.
+    # On the C stack up to _STACK_SLOTS (every plan seen so far), else one allocation.
+    Bucket* stack_b[_STACK_SLOTS]
+    double stack_a[_STACK_SLOTS]
+    Bucket** bs
+    double* amt
+
+
+cdef int _scratch_open(_Scratch* sc, Py_ssize_t k) except -1:
+    if k <= _STACK_SLOTS:
+        sc.bs, sc.amt = sc.stack_b, sc.stack_a
+        return 0
+    sc.bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
+    if sc.bs == NULL:
+        raise MemoryError()
+    sc.amt = <double*>(sc.bs + k)
+    return 0
+
+
+cdef inline void _scratch_close(_Scratch* sc) noexcept:
+    if sc.bs != sc.stack_b:
+        PyMem_Free(sc.bs)
+
+
 cdef class BucketTable:
     """A growable table of token buckets addressed by slot id (see core.buckets)."""
 
@@ -65,22 +90,14 @@ cdef class BucketTable:
         Raises ValueError if the sequences differ in length, IndexError on a bad slot.
         """
         cdef Py_ssize_t k = len(slots)
-        cdef Bucket* stack_b[_STACK_SLOTS]
-        cdef double stack_a[_STACK_SLOTS]
-        cdef Bucket** bs = stack_b
-        cdef double* amt = stack_a
+        cdef _Scratch sc
         if len(amounts) != k:
             raise ValueError("slots and amounts differ in length")
-        if k > _STACK_SLOTS:
-            bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
-            if bs == NULL:
-                raise MemoryError()
-            amt = <double*>(bs + k)
+        _scratch_open(&sc, k)
         try:
-            return self._try_take(slots, amounts, now, k, bs, amt)
+            return self._try_take(slots, amounts, now, k, sc.bs, sc.amt)
         finally:
-            if bs != stack_b:
-                PyMem_Free(bs)
+            _scratch_close(&sc)
 
     def reserve(self, slots, measures, demand, double now):
         """A whole limit decision in one call: take min(demand[measures[i]], capacity) from
@@ -88,27 +105,19 @@ cdef class BucketTable:
         fit (math.inf: never). Raises ValueError if slots and measures differ in length,
         IndexError on a bad slot."""
         cdef Py_ssize_t k = len(slots), j
-        cdef Bucket* stack_b[_STACK_SLOTS]
-        cdef double stack_a[_STACK_SLOTS]
-        cdef Bucket** bs = stack_b
-        cdef double* amt = stack_a
+        cdef _Scratch sc
         cdef double a
         if len(measures) != k:
             raise ValueError("slots and measures differ in length")
-        if k > _STACK_SLOTS:
-            bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
-            if bs == NULL:
-                raise MemoryError()
-            amt = <double*>(bs + k)
+        _scratch_open(&sc, k)
         try:
             for j in range(k):
-                bs[j] = self._slot(slots[j])
+                sc.bs[j] = self._slot(slots[j])
                 a = demand[measures[j]]
-                amt[j] = a if a < bs[j].capacity else bs[j].capacity
-            return _take_all(bs, amt, k, now)
+                sc.amt[j] = a if a < sc.bs[j].capacity else sc.bs[j].capacity
+            return _take_all(sc.bs, sc.amt, k, now)
         finally:
-            if bs != stack_b:
-                PyMem_Free(bs)
+            _scratch_close(&sc)
 
     def settle(self, slots, measures, reserved, used, double now):
         """Correct a reserve by what was really used: slots[i] is charged
@@ -209,27 +218,19 @@ cdef class Gate:
     def reserve(self, tuple demand, double now):
         """Take the demand from every bucket or nothing: the levels after, or None."""
         cdef Py_ssize_t k = self._k, j
-        cdef Bucket* stack_b[_STACK_SLOTS]
-        cdef double stack_a[_STACK_SLOTS]
-        cdef Bucket** bs = stack_b
-        cdef double* amt = stack_a
+        cdef _Scratch sc
         cdef double a
-        if k > _STACK_SLOTS:
-            bs = <Bucket**>PyMem_Malloc(k * (sizeof(Bucket*) + sizeof(double)))
-            if bs == NULL:
-                raise MemoryError()
-            amt = <double*>(bs + k)
+        _scratch_open(&sc, k)
         try:
             for j in range(k):
-                bs[j] = self.table._slot(self._idx[j])
+                sc.bs[j] = self.table._slot(self._idx[j])
                 a = _item(demand, self._idx[k + j])
-                amt[j] = a if a < bs[j].capacity else bs[j].capacity
-            if _take_all(bs, amt, k, now) != 0.0:
+                sc.amt[j] = a if a < sc.bs[j].capacity else sc.bs[j].capacity
+            if _take_all(sc.bs, sc.amt, k, now) != 0.0:
                 return None
-            return _levels(bs, k, now)
+            return _levels(sc.bs, k, now)
         finally:
-            if bs != stack_b:
-                PyMem_Free(bs)
+            _scratch_close(&sc)
 
     def settle(self, tuple reserved, tuple used, double now):
         """Charge what was used minus what was reserved (see BucketTable.settle)."""

@@ -320,3 +320,16 @@ def run_gate(mod, spec, script, steps):
 def test_compiled_gate_agrees_with_pure(spec, script, steps):
     compiled = compiled_or_skip("buckets")
     assert run_gate(compiled, spec, script, steps) == run_gate(pure_buckets, spec, script, steps)
+
+
+def test_decisions_over_more_buckets_than_fit_on_the_stack(buckets_impl):
+    # The compiled kernel keeps up to 8 buckets' scratch on the C stack and allocates beyond.
+    table = buckets_impl.BucketTable()
+    slots = [table.add(10, 0) for _ in range(12)]
+    assert table.try_take(slots, [1.0] * 12, 0.0) == 0.0
+    assert table.reserve(slots, [0] * 12, (2.0,), 0.0) == 0.0
+    gate = buckets_impl.Gate(table, slots, [0] * 12)
+    assert gate.reserve((3.0,), 0.0) == (4.0,) * 12
+    assert gate.reserve((5.0,), 0.0) is None  # one short on every bucket: nothing taken
+    assert table.try_take(slots, [4.0] * 11 + [5.0], 0.0) == math.inf  # a gauge never refills
+    assert table.levels(slots, 0.0) == (4.0,) * 12
