@@ -166,6 +166,21 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain_timeout: float = 30.0  # then, seconds in-flight requests may take to finish
 
 
+class Traces(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """OpenTelemetry traces exported as OTLP/HTTP JSON; see gateway.tracing and docs/observability.md."""
+
+    endpoint: str  # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces
+    service_name: str = "tollway"
+    sample_ratio: float = 1.0  # of new traces; an incoming traceparent's sampled flag is honoured
+    headers: dict[str, str] = {}  # sent to the collector (auth); never logged
+    export_interval: float = 1.0  # seconds between batches
+    max_queue: int = 2048  # spans held for export; more are dropped and counted
+
+
+class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    traces: Traces | None = None  # absent: tracing is off
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     providers: list[Provider] = []
     models: list[Model] = []
@@ -175,6 +190,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limits: RateLimits = RateLimits()
     server: Server = Server()
     routing: Routing = Routing()
+    telemetry: Telemetry = Telemetry()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -336,6 +352,8 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
     _validate_routing(config.routing, fail)
     _validate_limits(config, fail)
+    if config.telemetry.traces is not None:
+        _validate_traces(config.telemetry.traces, fail)
 
 
 def _unique(items: list[Any], section: str, fail: Any) -> dict[str, Any]:
@@ -412,6 +430,28 @@ def _validate_routing(routing: Routing, fail: Any) -> None:
         fail(["routing", "retry"], "need deadline > 0 and 0 <= backoff_base <= backoff_max")
     if o.consecutive_failures < 1 or o.cool_down <= 0 or o.max_cool_down < o.cool_down:
         fail(["routing", "outlier_detection"], "need consecutive_failures >= 1 and 0 < cool_down <= max_cool_down")
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _validate_traces(t: Traces, fail: Any) -> None:
+    where = ["telemetry", "traces"]
+    if not re.match(r"https?://[^/?#\s]+", t.endpoint):
+        fail(where + ["endpoint"], "endpoint must be an http:// or https:// URL with a host")
+    if not 0.0 <= t.sample_ratio <= 1.0:
+        fail(where + ["sample_ratio"], "must be between 0 and 1")
+    if t.export_interval <= 0:
+        fail(where + ["export_interval"], "must be > 0 seconds")
+    if t.max_queue < 1:
+        fail(where + ["max_queue"], "must be at least 1")
+    if not t.service_name:
+        fail(where + ["service_name"], "must not be empty")
+    for name, value in t.headers.items():  # the value may be a secret: never quote it
+        if not _HEADER_NAME.fullmatch(name):
+            fail(where + ["headers", name], "not a valid HTTP header name")
+        if not value.isprintable() or not value.isascii():
+            fail(where + ["headers", name], "the value must be printable ASCII (no CR, LF or control characters)")
 
 
 def _validate_limits(config: Config, fail: Any) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import TYPE_CHECKING
 
 from core.usage import Usage
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -20,7 +24,7 @@ def request_id(client_value: str | None) -> str:
 class Exchange:
     __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
-                 "passed_headers")
+                 "passed_headers", "trace")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -38,6 +42,7 @@ class Exchange:
         self.stream = False
         self.first_byte: float | None = None
         self.passed_headers: tuple[tuple[str, str], ...] = ()  # see CallContext.passed_headers
+        self.trace: RequestTrace | None = None  # set only while tracing is on (gateway.tracing)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

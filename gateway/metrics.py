@@ -53,6 +53,14 @@ class Metrics:
         self.upstream_errors = Counter(
             "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
         )
+        self.trace_spans_dropped = Counter(
+            "tollway_trace_spans_dropped", "Spans not exported, by reason (queue_full, export_failed, shutdown).",
+            ("reason",), registry=r,
+        )
+        self.trace_exports = Counter(
+            "tollway_trace_exports", "Span batches sent to the trace collector, by outcome (ok, failed).",
+            ("outcome",), registry=r,
+        )
         # Plain dict counts, exported at scrape time: a labelled Counter costs ~0.6 us per
         # bucket per request, this ~0.05 us (the event loop is the only writer).
         self.limit_counts: dict[tuple[str, str], int] = defaultdict(int)
