@@ -32,11 +32,13 @@ from gateway.proxy import Proxy
 from gateway.reload import ConfigWatcher, watcher_for
 from gateway.routing_metrics import RoutingCollector
 from gateway.runtime import KeyRecord, Runtime
+from gateway.tracing import Tracer, build_tracer
 from gateway.upstream import UpstreamClient
 
 Handler = Callable[[Any, Any, Exchange], Awaitable[None]]
 _JSON = ("content-type", "application/json")
 _encode = msgspec.json.Encoder().encode
+_TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
 log = logging.getLogger("tollway")
 
 
@@ -52,6 +54,7 @@ class Gateway:
         self.ready = False
         self.in_flight: set[asyncio.Task[Any]] = set()  # requests being served, for the drain on shutdown
         self.watcher: ConfigWatcher | None = None
+        self.tracer: Tracer | None = build_tracer(config.telemetry.traces, self.metrics)  # None: tracing off
         self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/chat/completions"): (ClientAPI.CHAT, partial(self.proxy_api, ClientAPI.CHAT)),
@@ -71,6 +74,8 @@ class Gateway:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start()
         self.runtime.start(loop)
+        if self.tracer is not None:
+            self.tracer.exporter.start(loop)
         self.watcher = watcher_for(self)
         if self.watcher is not None:
             self.watcher.install(loop)
@@ -78,6 +83,8 @@ class Gateway:
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
+        if self.tracer is not None:  # the drained requests' spans, within a short deadline
+            loop.run_until_complete(self.tracer.exporter.close(_TRACE_FLUSH_SECONDS))
         if self.watcher is not None:
             self.watcher.close(loop)
         loop.run_until_complete(self._close_providers(list(self.runtime.providers.values())))
@@ -100,10 +107,20 @@ class Gateway:
         old_limiter, self.limiter = self.limiter, build_limiter(config, self.metrics, self.limiter)
         if old_limiter is not None and old_limiter.store is not self.limiter.store:
             self._closing_store = asyncio.get_running_loop().create_task(old_limiter.store.aclose())
-        old, self.runtime = self.runtime, Runtime(config, self.upstream, self.runtime)
         loop = asyncio.get_running_loop()
+        if config.telemetry != self.runtime.config.telemetry:
+            self._swap_tracer(config, loop)
+        old, self.runtime = self.runtime, Runtime(config, self.upstream, self.runtime)
         self.runtime.start(loop)
         self._closing = loop.create_task(self._close_providers(self.runtime.retired(old)))  # held: tasks are weak
+
+    def _swap_tracer(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        """Trace with the new telemetry section; the old exporter flushes what it holds."""
+        old, self.tracer = self.tracer, build_tracer(config.telemetry.traces, self.metrics)
+        if self.tracer is not None:
+            self.tracer.exporter.start(loop)
+        if old is not None:
+            self._closing_tracer = loop.create_task(old.exporter.close(_TRACE_FLUSH_SECONDS))  # held: tasks are weak
 
     async def _close_providers(self, providers: list[Any]) -> None:
         for provider in providers:
@@ -152,6 +169,8 @@ class Gateway:
     def _finish(self, ex: Exchange) -> None:
         if ex.api in ("health", "metrics"):
             return
+        if ex.trace is not None:
+            ex.trace.finish(ex)
         u = ex.usage
         self.metrics.observe(
             operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",
@@ -201,11 +220,15 @@ class Gateway:
 
     async def proxy_api(self, api: str, scope: Any, proto: Any, ex: Exchange,
                         authenticate: Callable[[Runtime, Any], KeyRecord] | None = None) -> None:
-        rt = self.runtime
+        rt, tracer = self.runtime, self.tracer
+        if tracer is not None:
+            ex.trace = tracer.begin(scope.headers)
         key = (authenticate or self.authenticate)(rt, scope)
         ex.key_name = key.key.name
         body = await self.read_body(rt, scope, proto)
         head = parse_head(body, rt.config.server.max_json_depth)
+        if ex.trace is not None:
+            ex.trace.request(head)
         override = scope.headers.get("x-tollway-model")
         if override and override != head.model:  # the header wins: make the body say so too
             head.model, body = override, with_model(body, override)

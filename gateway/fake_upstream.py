@@ -68,7 +68,8 @@ class FakeTransport:
         self._chunks = chunks
         self._delay = chunk_delay
 
-    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, timeouts: Any) -> FakeResponse:
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, timeouts: Any,
+                      extra_head: bytes = b"") -> FakeResponse:
         path = next((p for p in _BODIES if url.endswith(p)), None)
         if path is None:
             return FakeResponse(404, _JSON, [b'{"error":{"message":"unknown fake path","type":"invalid_request_error"}}'], 0)

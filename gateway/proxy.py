@@ -30,6 +30,7 @@ from core.usage import Usage
 from gateway.drain import shutting_down
 from gateway.exchange import Exchange
 from gateway.runtime import ProviderRuntime, Runtime
+from gateway.tracing import Attempt
 from gateway.upstream import UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout
 
 try:  # granian raises this when the client has gone away mid-response
@@ -83,17 +84,23 @@ class Proxy:
         endpoint = provider.endpoints.acquire(body, broken, now, rt.random())
         member = rt.health.member(provider.name)
         member.begin(now)
+        trace = ex.trace
+        attempt = trace.attempt() if trace is not None else None  # a CLIENT span per try
         failed: bool | None = None
         try:
-            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, endpoint.provider)
+            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, endpoint.provider, attempt)
             failed = False
         except GatewayError as exc:
             failed = _upstream_fault(exc)
             if exc.code == _CONNECT_FAILED:
                 broken.add(endpoint.name)
+            if attempt is not None:
+                attempt.error = exc.code or exc.type
             raise
         finally:
             self._record(provider, endpoint, member, failed)
+            if attempt is not None:
+                trace.end_attempt(attempt, ex, provider, upstream_model)  # type: ignore[union-attr]
 
     def _record(self, provider: ProviderRuntime, endpoint: Any, member: Any, failed: bool | None) -> None:
         now = time.monotonic()
@@ -105,7 +112,7 @@ class Proxy:
 
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
                        upstream_model: str, proto: Any, base_headers: list[tuple[str, str]],
-                       endpoint: Provider | None = None) -> None:
+                       endpoint: Provider | None = None, attempt: Attempt | None = None) -> None:
         adapter = provider.adapter(ex.api)
         if adapter is None:
             raise errors.bad_request(f"Model '{head.model}' is served by a provider that does not support this endpoint.")
@@ -114,7 +121,12 @@ class Proxy:
         call: UpstreamCall = adapter.build(ctx)
         if provider.credential is not None:  # most providers have static keys: no await needed
             call = await provider.sign(call)
-        resp = await self._send(provider, call)
+        if attempt is None:
+            resp = await self._send(provider, call)
+        else:
+            attempt.url = call.url
+            resp = await self._send(provider, call, attempt.head)
+            attempt.status = resp.status
         try:
             if resp.status >= 400:
                 err_body = await self._read(provider.name, resp)
@@ -127,10 +139,10 @@ class Proxy:
         finally:
             resp.close()
 
-    async def _send(self, provider: ProviderRuntime, call: UpstreamCall) -> Any:
+    async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> Any:
         timeouts = provider.config.timeouts
         try:
-            return await provider.transport.request(call.method, call.url, call.headers, call.body, timeouts)
+            return await provider.transport.request(call.method, call.url, call.headers, call.body, timeouts, extra_head)
         except UpstreamError as exc:
             kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
             self.metrics.upstream_errors.labels(provider.name, kind).inc()

@@ -488,12 +488,12 @@ def _request_head(method: str, target: str, origin: _Origin, headers: list[tuple
     return head.encode("latin-1")
 
 
-def _framed(head: _Head, body_len: int) -> bytes:
-    """The whole request head: `head` plus Content-Length (when there is a body or the method
-    expects one) and the blank line."""
+def _framed(head: _Head, body_len: int, extra: bytes = b"") -> bytes:
+    """The whole request head: `head`, the `extra` header lines, Content-Length (when there is
+    a body or the method expects one) and the blank line."""
     if body_len or head.with_length:
-        return head.prefix + b"Content-Length: %d\r\n\r\n" % body_len
-    return head.prefix + b"\r\n"
+        return head.prefix + extra + b"Content-Length: %d\r\n\r\n" % body_len
+    return head.prefix + extra + b"\r\n"
 
 
 class _Head:
@@ -541,8 +541,13 @@ class UpstreamClient:
         headers: list[tuple[str, str]],
         body: bytes,
         timeouts: Timeouts,
+        extra_head: bytes = b"",
     ) -> UpstreamResponse:
         """Send a request and return once its status line and headers arrived.
+
+        `extra_head` is header lines (`Name: value\r\n`, encoded, from a trusted source) that
+        change on every request, such as `traceparent`: they go after the cached head, so
+        they neither churn the prepared-head cache nor pay for its CR/LF check.
 
         Raises UpstreamConnectError, UpstreamTimeout ("connect", "first_byte" or "total"), and
         ValueError for a malformed URL or header. With `timeouts.total`, reading the body past
@@ -552,7 +557,7 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient is closed")
         prepared = self._head(method, url, headers)
         origin = prepared.origin
-        head = _framed(prepared, len(body))
+        head = _framed(prepared, len(body), extra_head)
         deadline = None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
         conn = self._take_idle(origin.key)
         if conn is not None:

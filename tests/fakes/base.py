@@ -32,5 +32,5 @@ class FakeUpstream:
         """Remember the request (path, lower-cased headers, JSON body) and return its body."""
         body = await request.json()
         self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
-                              "body": body})
+                              "header_names": [k.lower() for k in request.headers], "body": body})
         return body
