@@ -11,6 +11,7 @@ rule), so every tier with the same ratio makes the same decision for the same tr
 """
 from __future__ import annotations
 
+from random import getrandbits
 from typing import NamedTuple
 
 _HEX = frozenset("0123456789abcdef")
@@ -42,6 +43,21 @@ def parse_traceparent(value: str | None) -> Parent | None:
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
     return Parent(trace_id, span_id, bool(int(flags, 16) & 1))
+
+
+def new_trace_id() -> str:
+    """A random, non-zero trace id (32 hex digits).
+
+    Ids must be unique, not secret, so they come from `random`'s shared generator (~0.25 µs)
+    rather than os.urandom (a system call, ~0.45 µs; three per request add up). Python
+    reseeds that generator in every forked process, so granian's workers never repeat each
+    other's ids."""
+    return f"{getrandbits(128) or 1:032x}"
+
+
+def new_span_id() -> str:
+    """A random, non-zero span id (16 hex digits); see new_trace_id."""
+    return f"{getrandbits(64) or 1:016x}"
 
 
 def format_traceparent(trace_id: str, span_id: str, sampled: bool) -> str:

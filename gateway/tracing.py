@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 import urllib.parse
 from functools import lru_cache
-from os import urandom
 from typing import TYPE_CHECKING, Any
 
 from core.config import Traces
@@ -28,6 +27,8 @@ from core.providers.base import ClientAPI
 from core.tracecontext import (
     clean_tracestate,
     format_traceparent,
+    new_span_id,
+    new_trace_id,
     parse_traceparent,
     sampled,
 )
@@ -65,7 +66,7 @@ class Tracer:
         """The trace of a request with these headers: the caller's, if it sent a valid one."""
         parent = parse_traceparent(headers.get("traceparent"))
         if parent is None:
-            trace_id, parent_id, state = urandom(16).hex(), "", ""
+            trace_id, parent_id, state = new_trace_id(), "", ""
         else:
             state = clean_tracestate(",".join(headers.get_all("tracestate")))  # repeated headers form one list
             trace_id, parent_id = parent.trace_id, parent.span_id
@@ -96,7 +97,7 @@ class RequestTrace:
     def __init__(self, exporter: SpanExporter, trace_id: str, parent_id: str, sampled: bool, state: str) -> None:
         self.exporter = exporter  # the one it began with: a reload may swap the gateway's
         self.trace_id = trace_id
-        self.span_id = urandom(8).hex()
+        self.span_id = new_span_id()
         self.parent_id = parent_id
         self.sampled = sampled
         self.state = state  # the caller's tracestate, relayed unchanged
@@ -112,7 +113,7 @@ class RequestTrace:
     def attempt(self) -> Attempt:
         """A new CLIENT span, child of this request's SERVER span."""
         self.attempts += 1
-        span_id = urandom(8).hex()
+        span_id = new_span_id()
         head = f"traceparent: {format_traceparent(self.trace_id, span_id, self.sampled)}\r\n"
         if self.state:
             head += f"tracestate: {self.state}\r\n"

@@ -15,6 +15,8 @@ from core.tracecontext import (
     Parent,
     clean_tracestate,
     format_traceparent,
+    new_span_id,
+    new_trace_id,
     parse_traceparent,
     sampled,
 )
@@ -288,3 +290,12 @@ def test_a_new_trace_gets_fresh_ids_and_no_tracestate():
     assert one.trace_id != two.trace_id and re.fullmatch(r"[0-9a-f]{32}", one.trace_id)
     assert re.fullmatch(r"[0-9a-f]{16}", one.span_id) and one.parent_id == "" and one.state == ""
     assert not one.sampled and b"tracestate" not in one.attempt().head
+
+
+def test_new_ids_are_lower_hex_of_the_right_length_and_never_repeat():
+    traces = {new_trace_id() for _ in range(5000)}
+    spans = {new_span_id() for _ in range(5000)}
+    assert len(traces) == 5000 and len(spans) == 5000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) and t != "0" * 32 for t in traces)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", s) and s != "0" * 16 for s in spans)
+    assert parse_traceparent(format_traceparent(next(iter(traces)), next(iter(spans)), True)) is not None
