@@ -83,7 +83,13 @@ class Lease:
         self.metered = metered  # False when admitted without the store (on_store_error: open)
 
 
-ASK_STORE = object()  # `Limiter.admit`: only the store can decide; await `Limiter.reserve`
+class AskStore:
+    """What `Limiter.admit` returns when only the store can decide: await `Limiter.reserve`."""
+
+    __slots__ = ()
+
+
+ASK_STORE = AskStore()
 
 
 class Limiter:
@@ -99,7 +105,7 @@ class Limiter:
         # (key name, model) -> (plan, what the store bound to it; None when no limit applies)
         self._plans: dict[tuple[str, str], tuple[Plan, Any]] = {}
 
-    def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None | object:
+    def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | AskStore | None:
         """The hot path: decide without waiting, from what this process holds (the memory
         store always can; the Redis store when its leases cover the request).
 

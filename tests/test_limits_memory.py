@@ -151,3 +151,27 @@ keys: [{{name: k, key_hash: "{HASH}"}}]
     plain = Limiter(free, MemoryBuckets(), Metrics())
     assert not plain.enabled
     assert await plain.reserve(free.keys[0], "m", "chat", HEAD, BODY) is None
+
+
+def test_admit_decides_without_a_loop_and_agrees_with_reserve(limiter, clock):
+    # The gateway's hot path: no coroutine, no event loop. The memory store always decides.
+    k = key_of(limiter)
+    leases = [limiter.admit(k, "m", "chat", HEAD, BODY) for _ in range(2)]  # the concurrent limit is 2
+    assert all(lease.metered and lease.demand[0] == 1.0 for lease in leases)
+    assert dict(leases[1].headers)["x-ratelimit-remaining-requests"] == "1"
+    with pytest.raises(GatewayError) as exc:
+        limiter.admit(k, "m", "chat", HEAD, BODY)
+    assert exc.value.status == 429 and exc.value.code == "rate_limit_exceeded"
+    for lease in leases:
+        limiter.settle(lease, Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15), "m")
+    third = limiter.admit(k, "m", "chat", HEAD, BODY)  # a slot is free again; one request left
+    assert dict(third.headers)["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(GatewayError):  # the key's limits hold for every model it uses
+        limiter.admit(k, "another-model", "chat", HEAD, BODY)
+
+
+def test_admit_is_none_for_a_key_without_limits():
+    cfg = config_mod.loads(CONFIG.replace("keys:\n", f'keys:\n  - {{name: free, key_hash: "sha256:{"1" * 64}"}}\n'))
+    limiter = Limiter(cfg, MemoryBuckets(Clock()), Metrics())
+    assert limiter.enabled
+    assert limiter.admit(cfg.keys[0], "m", "chat", HEAD, BODY) is None

@@ -18,7 +18,7 @@ from core.kernels import BucketTable
 from core.limits import Bucket, Plan
 from core.request import RequestHead
 from core.usage import Usage
-from gateway.limiter import Limiter
+from gateway.limiter import ASK_STORE, Limiter
 from gateway.limiter_redis import RedisBuckets
 from gateway.metrics import Metrics
 from tests.harness import free_port
@@ -350,5 +350,32 @@ async def test_usage_beyond_the_reservation_reaches_redis_within_the_lease_ttl(s
         await asyncio.sleep(LEASE_TTL + 0.2)  # the lease (now in debt) went back to Redis
         assert leasing._book.table.level(0, 0.0) == 0.0
         assert await redis_level(store.prefix, bucket) == pytest.approx(1_000_000 - 5050, abs=20)  # refill: 11.6/s
+    finally:
+        await leasing.aclose()
+
+
+LEASABLE = """
+providers: [{name: up, schema: fake}]
+models: [{name: m, targets: [{provider: up}]}]
+keys:
+  - name: k
+    key_hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+    limits: [{requests: 100000, per: 1h}]
+rate_limits: {backend: redis}
+"""
+
+
+async def test_admit_asks_the_store_until_a_lease_covers_the_request(store):
+    cfg = config_mod.loads(LEASABLE)
+    leasing = leasing_store(store.prefix)
+    limiter = Limiter(cfg, leasing, Metrics())
+    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
+    try:
+        assert limiter.admit(key, "m", "chat", head, b"{}") is ASK_STORE  # nothing leased yet
+        first = await limiter.reserve(key, "m", "chat", head, b"{}")  # Redis reserves and grants a slice
+        assert first is not None and first.metered
+        local = limiter.admit(key, "m", "chat", head, b"{}")  # now decided here, no await
+        assert local is not ASK_STORE and local.metered
+        assert int(dict(local.headers)["x-ratelimit-remaining-requests"]) < 100000
     finally:
         await leasing.aclose()
