@@ -1,6 +1,6 @@
-"""OpenAI embeddings -> Bedrock Titan, Vertex AI `:predict` and the Gemini API
-`:batchEmbedContents`: request and answer translation, refusals that name the field, and
-error mapping, table-driven against the providers' wire shapes."""
+"""OpenAI embeddings -> Bedrock Titan, Cohere Embed on Bedrock, Vertex AI `:predict` and the
+Gemini API `:batchEmbedContents`: request and answer translation, refusals that name the
+field, and error mapping, table-driven against the providers' wire shapes."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +12,8 @@ import pytest
 from core.config import Provider
 from core.errors import GatewayError
 from core.providers.base import CallContext, ClientAPI
+from core.providers.openai_bedrock_embed import OpenAIToBedrockEmbed
+from core.providers.openai_cohere import OpenAIToCohere, is_cohere_embed
 from core.providers.openai_google_embed import OpenAIToGeminiEmbed, OpenAIToVertexEmbed
 from core.providers.openai_titan import OpenAIToTitan
 from core.providers.registry import adapter_for
@@ -22,6 +24,8 @@ BEDROCK_KEYED = Provider(name="aws", schema="bedrock", region="eu-west-1", api_k
 VERTEX = Provider(name="gcp", schema="vertex", project="proj-1", location="us-central1")
 GEMINI = Provider(name="studio", schema="gemini", api_key="gem-key-456")
 TITAN_ID = "amazon.titan-embed-text-v2:0"
+COHERE_V3, COHERE_V4 = "cohere.embed-english-v3", "cohere.embed-v4:0"
+INVOKE = "https://bedrock-runtime.us-east-1.amazonaws.com/model/{}/invoke"
 VERTEX_URL = ("https://us-central1-aiplatform.googleapis.com/v1/projects/proj-1/locations/us-central1"
               "/publishers/google/models/text-embedding-005:predict")
 
@@ -31,10 +35,26 @@ def ctx(provider: Provider, body: dict, model: str) -> CallContext:
     return CallContext(ClientAPI.EMBEDDINGS, raw, parse_head(raw), model, provider, 0.0)
 
 
-@pytest.mark.parametrize("schema, adapter", [("bedrock", OpenAIToTitan), ("vertex", OpenAIToVertexEmbed),
+@pytest.mark.parametrize("schema, adapter", [("bedrock", OpenAIToBedrockEmbed), ("vertex", OpenAIToVertexEmbed),
                                              ("gemini", OpenAIToGeminiEmbed)])
 def test_registry_serves_embeddings_for_each_schema(schema, adapter):
     assert isinstance(adapter_for(ClientAPI.EMBEDDINGS, schema), adapter)
+
+
+@pytest.mark.parametrize("model, cohere", [
+    (COHERE_V3, True), ("cohere.embed-multilingual-v3", True), (COHERE_V4, True),
+    ("us.cohere.embed-v4:0", True), ("global.cohere.embed-v4:0", True),  # cross-region inference profiles
+    ("arn:aws:bedrock:us-east-1::foundation-model/cohere.embed-english-v3", True),
+    (TITAN_ID, False), ("amazon.titan-embed-text-v1", False), ("cohere.command-r-v1:0", False),
+    ("arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3", False),  # names no model
+    ("my-cohere.embed-lookalike", False),
+])
+def test_bedrock_embeddings_pick_the_model_family(model, cohere):
+    assert is_cohere_embed(model) is cohere
+    adapter = adapter_for(ClientAPI.EMBEDDINGS, "bedrock")
+    sent = json.loads(adapter.build(ctx(BEDROCK, {"input": "hi"}, model)).body)
+    assert sent == ({"texts": ["hi"], "input_type": "search_document", "embedding_types": ["float"]} if cohere
+                    else {"inputText": "hi"})
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -50,6 +70,17 @@ BUILDS = [
     (OpenAIToTitan(), BEDROCK_KEYED, {"input": "x", "user": "u-1"}, "amazon.titan-embed-text-v1",
      "https://bedrock-runtime.eu-west-1.amazonaws.com/model/amazon.titan-embed-text-v1/invoke",
      {"inputText": "x"}),
+    (OpenAIToCohere(), BEDROCK, {"input": "hello world"}, COHERE_V3, INVOKE.format("cohere.embed-english-v3"),
+     {"texts": ["hello world"], "input_type": "search_document", "embedding_types": ["float"]}),
+    (OpenAIToCohere(), BEDROCK, {"input": ["b", "a", "c"], "dimensions": 1024}, COHERE_V3,  # v3's own size: left out
+     INVOKE.format("cohere.embed-english-v3"),
+     {"texts": ["b", "a", "c"], "input_type": "search_document", "embedding_types": ["float"]}),
+    (OpenAIToCohere(), BEDROCK, {"input": ["x"] * 96, "dimensions": 512}, "us.cohere.embed-v4:0",
+     INVOKE.format("us.cohere.embed-v4%3A0"),
+     {"texts": ["x"] * 96, "input_type": "search_document", "embedding_types": ["float"], "output_dimension": 512}),
+    (OpenAIToCohere(), BEDROCK_KEYED, {"input": "x", "user": "u-1", "encoding_format": "base64"}, COHERE_V4,
+     "https://bedrock-runtime.eu-west-1.amazonaws.com/model/cohere.embed-v4%3A0/invoke",
+     {"texts": ["x"], "input_type": "search_document", "embedding_types": ["float"]}),
     (OpenAIToVertexEmbed(), VERTEX, {"input": ["a", "b c"]}, "text-embedding-005", VERTEX_URL,
      {"instances": [{"content": "a"}, {"content": "b c"}]}),
     (OpenAIToVertexEmbed(), VERTEX, {"input": "a", "dimensions": 128}, "text-embedding-005", VERTEX_URL,
@@ -87,15 +118,28 @@ REFUSALS = [
     (OpenAIToTitan(), {"input": "x", "encoding_format": "int8"}, "encoding_format"),
     (OpenAIToVertexEmbed(), {"input": "x", "dimensions": "big"}, "dimensions"),
     (OpenAIToTitan(), {}, "input"),
+    (OpenAIToCohere(), {"input": ["x"] * 97}, "input"),  # Cohere takes 96 texts per call
+    (OpenAIToCohere(), {"input": [[1, 2], [3]]}, "input"),  # token arrays: Cohere takes text
+    (OpenAIToCohere(), {"input": [1, 2, 3]}, "input"),
+    (OpenAIToCohere(), {"input": "x", "dimensions": 256}, "dimensions"),  # v3: 1024, fixed
+    (OpenAIToCohere(), {"input": "x", "encoding_format": "int8"}, "encoding_format"),
 ]
 
 
 @pytest.mark.parametrize("adapter, body, field", REFUSALS)
 def test_untranslatable_requests_are_400_naming_the_field(adapter, body, field):
-    provider = {OpenAIToTitan: BEDROCK, OpenAIToVertexEmbed: VERTEX, OpenAIToGeminiEmbed: GEMINI}[type(adapter)]
+    provider = {OpenAIToTitan: BEDROCK, OpenAIToCohere: BEDROCK, OpenAIToVertexEmbed: VERTEX,
+                OpenAIToGeminiEmbed: GEMINI}[type(adapter)]
     with pytest.raises(GatewayError) as refused:
-        adapter.build(ctx(provider, body, "m"))
+        adapter.build(ctx(provider, body, COHERE_V3 if provider is BEDROCK else "m"))
     assert refused.value.status == 400 and refused.value.param == field
+    assert refused.value.type == "invalid_request_error"
+
+
+def test_more_than_96_cohere_inputs_says_how_many():
+    with pytest.raises(GatewayError) as refused:
+        OpenAIToCohere().build(ctx(BEDROCK, {"input": ["x"] * 2048}, COHERE_V4))
+    assert "at most 96 inputs" in refused.value.message and "2048" in refused.value.message
 
 
 # -- answers -------------------------------------------------------------------------------
@@ -110,6 +154,13 @@ ANSWERS = [
         {"embeddings": {"statistics": {"truncated": False, "token_count": 5.0}, "values": V2}}],
         "metadata": {"billableCharacterCount": 2}}, [V1, V2], 9),
     (OpenAIToGeminiEmbed(), GEMINI, {"input": ["one two", "three"]}, {"embeddings": [{"values": V1}, {"values": V2}]},
+     [V1, V2], None),
+    # Cohere: the shape asked for (by type), and the bare list it sends without embedding_types.
+    (OpenAIToCohere(), BEDROCK, {"input": ["one two", "three"]}, {
+        "id": "e1", "embeddings": {"float": [V1, V2]}, "texts": ["one two", "three"],
+        "response_type": "embeddings_by_type"}, [V1, V2], None),
+    (OpenAIToCohere(), BEDROCK, {"input": ["one two", "three"]}, {
+        "id": "e2", "embeddings": [V1, V2], "texts": ["one two", "three"], "response_type": "embeddings_floats"},
      [V1, V2], None),
 ]
 
@@ -140,6 +191,10 @@ def _floats(b64: str) -> list[float]:
     (OpenAIToVertexEmbed(), VERTEX, {"input": ["a", "b"]},
      b'{"predictions": [{"embeddings": {"values": [1.0]}}]}'),  # one vector for two texts
     (OpenAIToGeminiEmbed(), GEMINI, {"input": "a"}, b"<html>oops</html>"),
+    (OpenAIToCohere(), BEDROCK, {"input": ["a", "b"]}, b'{"id": "e", "embeddings": {"float": [[1.0]]}}'),
+    (OpenAIToCohere(), BEDROCK, {"input": "a"}, b'{"id": "e", "embeddings": {"int8": [[1]]}}'),  # no floats
+    (OpenAIToCohere(), BEDROCK, {"input": "a"}, b'{"id": "e", "embeddings": [["x"]]}'),
+    (OpenAIToCohere(), BEDROCK, {"input": "a"}, b"<html>oops</html>"),
 ])
 def test_unreadable_answers_are_502(adapter, provider, body, answer):
     with pytest.raises(GatewayError) as bad:
@@ -157,6 +212,11 @@ ERRORS = [
      "invalid_request"),
     (OpenAIToTitan(), BEDROCK, 403, [], b'{"message":"The security token included in the request is invalid."}', 502,
      "upstream_auth_failed"),
+    (OpenAIToCohere(), BEDROCK, 429, [("retry-after", "2")], b'{"message":"Too many requests"}', 429,
+     "rate_limit_exceeded"),
+    (OpenAIToCohere(), BEDROCK_KEYED, 400, [], b'{"message":"Malformed input request: #: extraneous key '
+                                                b'[output_dimension] is not permitted"}', 400, "invalid_request"),
+    (OpenAIToCohere(), BEDROCK_KEYED, 403, [], b'{"message":"Invalid API Key format"}', 502, "upstream_auth_failed"),
     (OpenAIToVertexEmbed(), VERTEX, 400, [], b'{"error":{"code":400,"message":"only 1 instance per request",'
                                              b'"status":"INVALID_ARGUMENT"}}', 400, "invalid_request"),
     (OpenAIToGeminiEmbed(), GEMINI, 400, [], b'{"error":{"code":400,"message":"API key not valid.",'

@@ -69,9 +69,12 @@ def input_texts(req: EmbeddingRequest, provider: str, max_inputs: int | None = N
                           param="input")
     if any(not t for t in texts):
         raise bad_request("'input' must not contain empty strings.", param="input")
-    if max_inputs is not None and len(texts) > max_inputs:
-        raise bad_request(f"Models served by {provider} embed {max_inputs} input per request; send 'input' as one "
+    if max_inputs == 1 and len(texts) > 1:
+        raise bad_request(f"Models served by {provider} embed 1 input per request; send 'input' as one "
                           f"string, or one request per input.", param="input")
+    if max_inputs is not None and len(texts) > max_inputs:
+        raise bad_request(f"Models served by {provider} embed at most {max_inputs} inputs per request; 'input' has "
+                          f"{len(texts)}: split it across requests.", param="input")
     return texts
 
 

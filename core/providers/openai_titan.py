@@ -5,7 +5,8 @@ list of more than one input is a 400 naming `input` (send one request per input)
 than a hidden fan-out whose partial failures and usage no single upstream answer could
 report. The call is signed like every Bedrock call (SigV4, service `bedrock`, by the
 gateway's credential) or carries a Bedrock API key; Bedrock's error rules are Converse's.
-The body is Titan's: Cohere Embed models on Bedrock take another and are not served here.
+The body is Titan's: Cohere Embed models on Bedrock take another, built by `openai_cohere.py`
+(`openai_bedrock_embed.py` picks which of the two serves a model).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ ADAPTERS: dict[tuple[str, str], str] = {
     (ClientAPI.MESSAGES, "gemini"): "core.providers.anthropic_openai:AnthropicToGemini",
     (ClientAPI.MESSAGES, "vertex"): "core.providers.anthropic_openai:AnthropicToVertex",
     # OpenAI embeddings -> each provider's embedding API.
-    (ClientAPI.EMBEDDINGS, "bedrock"): "core.providers.openai_titan:OpenAIToTitan",
+    (ClientAPI.EMBEDDINGS, "bedrock"): "core.providers.openai_bedrock_embed:OpenAIToBedrockEmbed",  # Titan or Cohere
     (ClientAPI.EMBEDDINGS, "vertex"): "core.providers.openai_google_embed:OpenAIToVertexEmbed",
     (ClientAPI.EMBEDDINGS, "gemini"): "core.providers.openai_google_embed:OpenAIToGeminiEmbed",
     # Anthropic Messages clients: pass-through to Anthropic, translated for everyone else.
