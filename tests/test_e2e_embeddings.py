@@ -1,6 +1,7 @@
 """End to end through a real gateway with the official openai SDK: `/v1/embeddings` served by
-Titan on the fake Bedrock (SigV4 checked by the fake), by Vertex AI `:predict` (service-account
-OAuth granted by the fake) and by the Gemini API `:batchEmbedContents` (key header)."""
+Titan and by Cohere Embed on the fake Bedrock (SigV4 checked by the fake), by Vertex AI
+`:predict` (service-account OAuth granted by the fake) and by the Gemini API
+`:batchEmbedContents` (key header)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,8 @@ from tests.fakes.gemini_upstream import FakeGemini, service_account_file
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
 TITAN_ID = "amazon.titan-embed-text-v2:0"
+COHERE_V3, COHERE_V4 = "cohere.embed-english-v3", "us.cohere.embed-v4:0"  # v4 via a cross-region profile
+COHERE_BODY = {"input_type": "search_document", "embedding_types": ["float"]}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,10 @@ providers:
 models:
   - name: titan
     targets: [{{provider: aws, model: "{TITAN_ID}"}}]
+  - name: cohere-v3
+    targets: [{{provider: aws, model: "{COHERE_V3}"}}]
+  - name: cohere-v4
+    targets: [{{provider: aws, model: "{COHERE_V4}"}}]
   - name: vertex-embed
     targets: [{{provider: vtx, model: text-embedding-005}}]
   - name: vertex-gemini-embed
@@ -92,6 +99,76 @@ def test_titan_validation_error_is_relayed_as_400(oai):
     with pytest.raises(openai.BadRequestError) as bad:
         oai.embeddings.create(model="titan", input="x", dimensions=300)
     assert "Malformed input request" in bad.value.body["message"]
+
+
+# -- Cohere Embed on Bedrock ---------------------------------------------------------------
+
+def test_cohere_default_sdk_call_is_signed_and_decoded(oai, bedrock):
+    r = oai.embeddings.create(model="cohere-v3", input="the quick brown fox")  # the SDK asks for base64
+    assert len(r.data) == 1 and _close(r.data[0].embedding, embedding_of("the quick brown fox", 1024))
+    assert r.model == COHERE_V3
+    sent = bedrock.last()
+    assert sent["path"] == "/model/cohere.embed-english-v3/invoke"
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert sent["body"] == {"texts": ["the quick brown fox"], **COHERE_BODY}
+    assert TEST_KEY not in json.dumps(sent)
+
+
+def test_cohere_list_is_one_call_in_order(oai, bedrock):
+    texts = ["delta epsilon zeta", "alpha", "beta gamma"]
+    before = len(bedrock.requests)
+    r = oai.embeddings.create(model="cohere-v4", input=texts, dimensions=256, encoding_format="float")
+    assert len(bedrock.requests) == before + 1
+    assert [d.index for d in r.data] == [0, 1, 2]
+    assert [d.embedding for d in r.data] == [embedding_of(t, 256) for t in texts]  # floats relayed exactly
+    sent = bedrock.last()
+    assert sent["path"] == "/model/us.cohere.embed-v4%3A0/invoke"
+    assert sent["body"] == {"texts": texts, **COHERE_BODY, "output_dimension": 256}
+
+
+def test_cohere_usage_is_the_gateways_tiktoken_count(oai, gw):
+    # Bedrock's count is only in a response header (the fake sends 3, one per word); adapters
+    # see bodies, so the gateway counts with tiktoken (o200k_base: 9 tokens), as documented.
+    text = "Tokenization of antidisestablishmentarianism"
+    r = oai.embeddings.create(model="cohere-v3", input=[text, text], extra_headers={"x-request-id": "cohere-log-1"})
+    assert r.usage.prompt_tokens == 18 and r.usage.total_tokens == 18
+    for _ in range(50):  # the access log line is written just after the response
+        lines = [x for x in gw.log_lines() if x.get("request_id") == "cohere-log-1"]
+        if lines:
+            break
+        time.sleep(0.1)
+    assert lines[-1]["prompt_tokens"] == 18 and lines[-1]["provider"] == "aws"
+
+
+def test_cohere_more_than_96_inputs_is_400_naming_input(oai, bedrock):
+    before = len(bedrock.requests)
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="cohere-v4", input=[f"text {i}" for i in range(97)])
+    assert bad.value.body["param"] == "input" and "at most 96 inputs" in bad.value.body["message"]
+    assert len(bedrock.requests) == before  # refused before any upstream call
+    r = oai.embeddings.create(model="cohere-v4", input=[f"text {i}" for i in range(96)], encoding_format="float")
+    assert len(r.data) == 96 and r.data[95].embedding == embedding_of("text 95", 1536)
+
+
+def test_cohere_refusals(oai, bedrock):
+    before = len(bedrock.requests)
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="cohere-v3", input="x", dimensions=256)  # v3 is 1024, fixed
+    assert bad.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="cohere-v3", input=[[101, 102]])
+    assert bad.value.body["param"] == "input"
+    assert len(bedrock.requests) == before
+    with pytest.raises(openai.BadRequestError) as bad:  # a v4 size Bedrock refuses: its 400, relayed
+        oai.embeddings.create(model="cohere-v4", input="x", dimensions=300)
+    assert "Malformed input request" in bad.value.body["message"]
+
+
+def test_titan_still_gets_titan_bodies_next_to_cohere(oai, bedrock):
+    oai.embeddings.create(model="cohere-v3", input="a")
+    r = oai.embeddings.create(model="titan", input="b", encoding_format="float")
+    assert r.data[0].embedding == embedding_of("b", 1024) and r.usage.prompt_tokens == 1
+    assert bedrock.last()["body"] == {"inputText": "b"}
 
 
 # -- Vertex AI :predict --------------------------------------------------------------------

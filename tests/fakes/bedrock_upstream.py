@@ -10,7 +10,10 @@ AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must
 `invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream).
 `POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
 "normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
-Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out.
+Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out;
+a model id holding `cohere.embed-` is Cohere Embed instead (`cohere_embed` below): `{"texts",
+"input_type", "embedding_types"?, "truncate"?, "output_dimension"? (v4)}` in, `{"id",
+"embeddings", "texts", "response_type"}` out, the token count in `X-Amzn-Bedrock-Input-Token-Count`.
 """
 from __future__ import annotations
 
@@ -171,6 +174,8 @@ class FakeBedrock(FakeUpstream):
         body, refused = await self._admit(request)
         if refused is not None:
             return refused
+        if "cohere.embed-" in request.match_info["model_id"]:
+            return cohere_embed(request.match_info["model_id"], body)
         extra = sorted(set(body) - TITAN_KEYS)
         if extra:
             return _aws_error(400, "ValidationException", f"Malformed input request: extraneous key [{extra[0]}] is "
@@ -181,3 +186,29 @@ class FakeBedrock(FakeUpstream):
         vector = embedding_of(text, dimensions)
         return web.json_response({"embedding": vector, "inputTextTokenCount": token_count(text),
                                   "embeddingsByType": {"float": vector}})
+
+
+COHERE_KEYS = {"texts", "input_type", "truncate", "embedding_types", "images"}
+COHERE_V4_KEYS = COHERE_KEYS | {"output_dimension", "inputs", "max_tokens"}
+COHERE_INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
+
+
+def cohere_embed(model: str, body: dict[str, Any]) -> web.Response:
+    """Cohere Embed's InvokeModel: v3 (1024 dimensions, fixed) or v4 (1536, or `output_dimension`)."""
+    v4 = "embed-v4" in model
+    extra = sorted(set(body) - (COHERE_V4_KEYS if v4 else COHERE_KEYS))
+    if extra:
+        return _aws_error(400, "ValidationException", f"Malformed input request: extraneous key [{extra[0]}] is "
+                                                      "not permitted, please reformat your input and try again.")
+    texts, dimensions = body.get("texts"), body.get("output_dimension", 1536 if v4 else 1024)
+    if (not isinstance(texts, list) or not 0 < len(texts) <= 96 or body.get("input_type") not in COHERE_INPUT_TYPES
+            or dimensions not in (256, 512, 1024, 1536)):
+        return _aws_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+    vectors = [embedding_of(t, dimensions) for t in texts]
+    by_type = body.get("embedding_types") is not None
+    answer = {"id": "5ba2e5b8-fake-cohere", "texts": texts,
+              "embeddings": {"float": vectors} if by_type else vectors,
+              "response_type": "embeddings_by_type" if by_type else "embeddings_floats"}
+    tokens = sum(token_count(t) for t in texts)
+    return web.json_response(answer, headers={"X-Amzn-Bedrock-Input-Token-Count": str(tokens),
+                                              "X-Amzn-Bedrock-Invocation-Latency": "42"})
