@@ -126,6 +126,15 @@ def test_cohere_list_is_one_call_in_order(oai, bedrock):
     assert sent["body"] == {"texts": texts, **COHERE_BODY, "output_dimension": 256}
 
 
+def test_cohere_input_type_comes_from_the_sdks_extra_body(oai, bedrock):
+    oai.embeddings.create(model="cohere-v3", input="what is a gateway?", extra_body={"input_type": "search_query"})
+    assert bedrock.last()["body"]["input_type"] == "search_query"
+    before = len(bedrock.requests)
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.embeddings.create(model="cohere-v3", input="x", extra_body={"input_type": "query"})
+    assert bad.value.body["param"] == "input_type" and len(bedrock.requests) == before
+
+
 def test_cohere_usage_is_the_gateways_tiktoken_count(oai, gw):
     # Bedrock's count is only in a response header (the fake sends 3, one per word); adapters
     # see bodies, so the gateway counts with tiktoken (o200k_base: 9 tokens), as documented.

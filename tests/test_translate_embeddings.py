@@ -78,6 +78,9 @@ BUILDS = [
     (OpenAIToCohere(), BEDROCK, {"input": ["x"] * 96, "dimensions": 512}, "us.cohere.embed-v4:0",
      INVOKE.format("us.cohere.embed-v4%3A0"),
      {"texts": ["x"] * 96, "input_type": "search_document", "embedding_types": ["float"], "output_dimension": 512}),
+    (OpenAIToCohere(), BEDROCK, {"input": ["q"], "input_type": "search_query"}, COHERE_V3,  # the client's choice
+     INVOKE.format("cohere.embed-english-v3"),
+     {"texts": ["q"], "input_type": "search_query", "embedding_types": ["float"]}),
     (OpenAIToCohere(), BEDROCK_KEYED, {"input": "x", "user": "u-1", "encoding_format": "base64"}, COHERE_V4,
      "https://bedrock-runtime.eu-west-1.amazonaws.com/model/cohere.embed-v4%3A0/invoke",
      {"texts": ["x"], "input_type": "search_document", "embedding_types": ["float"]}),
@@ -123,6 +126,7 @@ REFUSALS = [
     (OpenAIToCohere(), {"input": [1, 2, 3]}, "input"),
     (OpenAIToCohere(), {"input": "x", "dimensions": 256}, "dimensions"),  # v3: 1024, fixed
     (OpenAIToCohere(), {"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    (OpenAIToCohere(), {"input": "x", "input_type": "search"}, "input_type"),
 ]
 
 

@@ -26,6 +26,7 @@ class EmbeddingRequest(msgspec.Struct):
     encoding_format: str | None = None
     dimensions: int | None = None
     user: str | None = None
+    input_type: str | None = None  # not OpenAI's: Cohere's, sent by clients as extra_body (openai_cohere)
 
 
 class EmbeddingUsageOut(msgspec.Struct):

@@ -3,8 +3,9 @@
 Cohere takes a batch, so a list `input` is one upstream call of up to 96 `texts` (OpenAI
 allows 2048: more than 96 is a 400 naming `input`, rather than a hidden fan-out whose partial
 failures no single answer could report). Cohere requires `input_type`, which OpenAI lacks:
-the gateway sends `search_document` (what an index of documents needs; config has no
-per-target provider options to override it with). `dimensions` becomes Embed v4's
+a client may send it beside the OpenAI fields (the SDK's `extra_body={"input_type":
+"search_query"}`); otherwise the gateway sends `search_document`, what an index of documents
+needs. `dimensions` becomes Embed v4's
 `output_dimension`. Usage: Bedrock reports the input token count only in a response header,
 which adapters do not see, so the gateway counts the texts with tiktoken (an estimate:
 Cohere's tokenizer differs). Signing, URL and error rules are those of every Bedrock call.
@@ -26,7 +27,8 @@ from core.providers.wire import cohere as wire
 from core.usage import Usage
 
 PROVIDER = "Bedrock Cohere Embed"
-INPUT_TYPE = "search_document"
+INPUT_TYPE = "search_document"  # when the client names none
+INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
 V3_DIMENSIONS = 1024
 
 # A Cohere Embed model id: bare (`cohere.embed-v4:0`), behind a cross-region inference profile
@@ -49,7 +51,8 @@ class OpenAIToCohere:
         req = decode_embeddings(ctx.body)
         texts = input_texts(req, PROVIDER, max_inputs=wire.MAX_TEXTS)
         # embedding_types is always sent so the answer has one known shape ({"float": [...]}).
-        body = wire.EmbedRequest(texts, INPUT_TYPE, ["float"], output_dimension(ctx.upstream_model, req.dimensions))
+        body = wire.EmbedRequest(texts, input_type(req.input_type), ["float"],
+                                 output_dimension(ctx.upstream_model, req.dimensions))
         url = f"{endpoint(ctx)}/model/{quote(ctx.upstream_model, safe='')}/invoke"
         headers = [("content-type", "application/json"), ("accept", "application/json")]
         if ctx.provider.api_key:  # a Bedrock API key; otherwise SigV4 signs the call later
@@ -75,6 +78,17 @@ class OpenAIToCohere:
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.converse.error(ctx, status, headers, body)
+
+
+def input_type(requested: str | None) -> str:
+    """The client's `input_type`, checked here so a typo is a 400 naming the field rather than
+    Bedrock's validation text; search_document when it sent none."""
+    if requested is None:
+        return INPUT_TYPE
+    if requested not in INPUT_TYPES:
+        raise bad_request(f"input_type must be one of {', '.join(INPUT_TYPES)} for Cohere Embed models.",
+                          param="input_type")
+    return requested
 
 
 def output_dimension(model_id: str, dimensions: int | None) -> int | None:
