@@ -7,7 +7,7 @@ integer, written with snprintf into a stack buffer, so the only Python objects m
 the strings and tuples that are returned. Arithmetic follows the twin operation for
 operation (ceil below a second, rint above: Python's round), so both agree exactly.
 """
-from libc.math cimport ceil, isinf, rint
+from libc.math cimport ceil, isinf, isnan, rint
 from libc.stdio cimport snprintf
 
 __all__ = ["go_duration", "ratelimit_headers"]
@@ -36,7 +36,7 @@ def go_duration(double seconds):
 
 
 cdef str _remaining(double level):
-    if level <= 0.0:
+    if not level > 0.0:  # as the twin writes it, so a NaN level is "0" in both
         return "0"
     if level < _EXACT_INT:
         return str(<long long>level)
@@ -47,6 +47,8 @@ cdef str _duration(double seconds):
     cdef double ms
     if isinf(seconds):
         return "never"
+    if isnan(seconds):  # unreachable from a validated config; fail as the twin does, not with garbage
+        raise ValueError("cannot convert float NaN to integer")
     if seconds < 1.0:
         ms = ceil(seconds * 1000.0)
         return f"{<long long>ms}ms" if ms > 0.0 else "0s"

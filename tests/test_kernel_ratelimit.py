@@ -24,6 +24,11 @@ def test_go_duration(ratelimit_impl, seconds, text):
     assert ratelimit_impl.go_duration(seconds) == text
 
 
+def test_a_nan_duration_is_an_error_in_both_twins(ratelimit_impl):
+    with pytest.raises(ValueError):
+        ratelimit_impl.go_duration(math.nan)
+
+
 def test_headers_in_openais_format(ratelimit_impl):
     assert ratelimit_impl.ratelimit_headers((REQUESTS, TOKENS), (599, 99_000.4)) == [
         ("x-ratelimit-limit-requests", "600"), ("x-ratelimit-remaining-requests", "599"),
