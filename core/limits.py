@@ -64,6 +64,8 @@ def window_seconds(per: str) -> float:
     seconds = float(m.group(1) or 1) * _UNIT_SECONDS[m.group(2)]
     if seconds <= 0:
         raise ValueError("per must be longer than 0 seconds")
+    if math.isinf(seconds):  # hundreds of digits: a bucket that never refills is `concurrent`'s job
+        raise ValueError(f"per is too long to be a window: {per.strip()[:20]}...")
     return seconds
 
 
@@ -74,7 +76,10 @@ def measure_of(limit: Limit) -> tuple[str, float]:
         found = ", ".join(m for m, _ in named) or "none"
         raise ValueError(f"a limit counts exactly one of {', '.join(MEASURES)} (found: {found})")
     measure, amount = named[0]
-    return measure, float(amount)
+    value = float(amount)
+    if not math.isfinite(value):
+        raise ValueError(f"{measure} must be a finite number")
+    return measure, value
 
 
 @dataclass(frozen=True, slots=True)

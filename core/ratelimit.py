@@ -28,7 +28,10 @@ def ratelimit_headers(specs: Sequence[HeaderSpec], levels: Sequence[float]) -> l
     for index, limit_header, remaining_name, reset_name, capacity, refill in specs:
         level = levels[index]
         remaining = str(int(level)) if level > 0.0 else "0"
-        reset = "0s" if level >= capacity else go_duration((capacity - level) / refill)
+        if level >= capacity:
+            reset = "0s"
+        else:  # (a bucket with no refill is never full again: the compiled twin gets inf there)
+            reset = go_duration((capacity - level) / refill) if refill > 0.0 else "never"
         out += (limit_header, (remaining_name, remaining), (reset_name, reset))
     return out
 

@@ -7,12 +7,15 @@ nested body is a cheap denial-of-service on any recursive decoder.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Annotated, Callable, TypeVar
 
 import msgspec
 
 from core.errors import GatewayError, bad_request
 from core.kernels import max_depth_exceeded
+
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class StreamOptions(msgspec.Struct):
@@ -24,11 +27,13 @@ class RequestHead(msgspec.Struct):
 
     model: str | None = None
     stream: bool | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    max_output_tokens: int | None = None  # the Responses API's name
+    # At least 1, as OpenAI requires: a negative cap would make a negative rate-limit
+    # reservation, and its settle would charge the difference to buckets other keys share.
+    max_tokens: Positive | None = None
+    max_completion_tokens: Positive | None = None
+    max_output_tokens: Positive | None = None  # the Responses API's name
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: Positive | None = None
 
     @property
     def wants_stream(self) -> bool:

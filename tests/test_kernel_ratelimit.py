@@ -46,6 +46,11 @@ def test_full_bucket_resets_now_and_debt_shows_nothing_remaining(ratelimit_impl)
     assert headers["x-ratelimit-reset-tokens"] == "1m3s"  # 105000 tokens at 1666.7/s
 
 
+def test_a_bucket_without_refill_resets_never_in_both_twins(ratelimit_impl):
+    gauge_like = ((0, ("x-ratelimit-limit-requests", "5"), "r", "t", 5.0, 0.0),)
+    assert ratelimit_impl.ratelimit_headers(gauge_like, (2.0,))[2] == ("t", "never")
+
+
 def test_headers_read_levels_by_index_and_may_show_one_kind(ratelimit_impl):
     only_tokens = ((2,) + TOKENS[1:],)
     assert ratelimit_impl.ratelimit_headers(only_tokens, (0.0, 0.0, 100000.0)) == [

@@ -77,7 +77,7 @@ def test_window_seconds(per, seconds):
     assert window_seconds(per) == seconds
 
 
-@pytest.mark.parametrize("per", ["", "1", "1w", "m1", "-1m", "0s", "1 minute"])
+@pytest.mark.parametrize("per", ["", "1", "1w", "m1", "-1m", "0s", "1 minute", "9" * 400 + "d"])
 def test_window_seconds_refuses_what_it_cannot_read(per):
     with pytest.raises(ValueError):
         window_seconds(per)
@@ -90,6 +90,7 @@ def test_window_seconds_refuses_what_it_cannot_read(per):
     ("{per: 1m}", "exactly one"),
     ("{concurrent: 2, per: 1m}", "takes no per"),
     ("{requests: 0, per: 1m}", "must be > 0"),
+    ("{requests: .inf, per: 1m}", "must be a finite number"),
     ("{requests: 1, per: 1m, model: nope}", "unknown model 'nope'"),
 ])
 def test_config_refuses_malformed_limits_with_path_and_line(limit, problem):

@@ -246,3 +246,23 @@ def test_redis_outage_fails_closed_keeps_serving_and_recovers(openai_upstream):
         if gw is not None:
             gw.stop()
         server.stop()
+
+
+def test_a_negative_max_tokens_is_refused_and_cannot_drain_a_shared_bucket(openai_upstream):
+    # A negative cap made a negative reservation; its settle then charged the difference to
+    # every bucket of the plan, model buckets other keys share included (locking them out for
+    # hours). OpenAI refuses max_tokens < 1; so does the gateway, before any quota moves.
+    config = limited_config(openai_upstream.url, "[{total_tokens: 100000, per: 1m}]")
+    gw = GatewayProcess(config)
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        for field in ("max_tokens", "max_completion_tokens", "n"):
+            with pytest.raises(openai.BadRequestError) as bad:
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                               **{field: -100_000_000})
+            assert bad.value.body["param"] == field
+        ok = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+        assert int(ok.headers["x-ratelimit-remaining-tokens"]) > 99_000  # nothing was charged for the refusals
+    finally:
+        gw.stop()
