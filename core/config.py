@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from typing import Any, Literal
 
 import msgspec
@@ -437,8 +438,9 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 def _validate_traces(t: Traces, fail: Any) -> None:
     where = ["telemetry", "traces"]
-    if not re.match(r"https?://[^/?#\s]+", t.endpoint):
-        fail(where + ["endpoint"], "endpoint must be an http:// or https:// URL with a host")
+    problem = _endpoint_problem(t.endpoint)
+    if problem:
+        fail(where + ["endpoint"], problem)
     if not 0.0 <= t.sample_ratio <= 1.0:
         fail(where + ["sample_ratio"], "must be between 0 and 1")
     if t.export_interval <= 0:
@@ -452,6 +454,23 @@ def _validate_traces(t: Traces, fail: Any) -> None:
             fail(where + ["headers", name], "not a valid HTTP header name")
         if not value.isprintable() or not value.isascii():
             fail(where + ["headers", name], "the value must be printable ASCII (no CR, LF or control characters)")
+
+
+def _endpoint_problem(url: str) -> str:
+    """Why `url` cannot name a collector, or "". Parsed the way the exporter parses it, so
+    nothing that passes here can raise there (at startup, or halfway through a reload)."""
+    bad_url, bad_port = "endpoint must be an http:// or https:// URL with a host", "the port must be a number from 1 to 65535"
+    try:
+        parts = urllib.parse.urlsplit(url)  # raises ValueError for a broken [IPv6] host
+    except ValueError:
+        return bad_url
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        return bad_url
+    try:
+        port = parts.port  # raises ValueError for ":abc" or out of range
+    except ValueError:
+        return bad_port
+    return bad_port if port == 0 else ""
 
 
 def _validate_limits(config: Config, fail: Any) -> None:

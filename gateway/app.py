@@ -104,21 +104,27 @@ class Gateway:
     def reload(self, config: Config) -> None:
         """Swap in a new config; requests in flight keep the runtime they started with.
         Call it on the gateway's loop: new pools start scraping there."""
-        old_limiter, self.limiter = self.limiter, build_limiter(config, self.metrics, self.limiter)
-        if old_limiter is not None and old_limiter.store is not self.limiter.store:
-            self._closing_store = asyncio.get_running_loop().create_task(old_limiter.store.aclose())
         loop = asyncio.get_running_loop()
-        if config.telemetry != self.runtime.config.telemetry:
-            self._swap_tracer(config, loop)
-        old, self.runtime = self.runtime, Runtime(config, self.upstream, self.runtime)
+        # Build all that can raise before swapping anything: a failure leaves the old config
+        # whole. The limiter goes last: it may open a new store, which nothing after it can leak.
+        retrace = config.telemetry != self.runtime.config.telemetry
+        tracer = build_tracer(config.telemetry.traces, self.metrics) if retrace else self.tracer
+        runtime = Runtime(config, self.upstream, self.runtime)
+        limiter = build_limiter(config, self.metrics, self.limiter)
+        old_limiter, self.limiter = self.limiter, limiter
+        if old_limiter is not None and old_limiter.store is not limiter.store:
+            self._closing_store = loop.create_task(old_limiter.store.aclose())
+        if retrace:
+            self._swap_tracer(tracer, loop)
+        old, self.runtime = self.runtime, runtime
         self.runtime.start(loop)
         self._closing = loop.create_task(self._close_providers(self.runtime.retired(old)))  # held: tasks are weak
 
-    def _swap_tracer(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        """Trace with the new telemetry section; the old exporter flushes what it holds."""
-        old, self.tracer = self.tracer, build_tracer(config.telemetry.traces, self.metrics)
-        if self.tracer is not None:
-            self.tracer.exporter.start(loop)
+    def _swap_tracer(self, tracer: Tracer | None, loop: asyncio.AbstractEventLoop) -> None:
+        """Trace with `tracer` from now on; the old exporter flushes what it holds."""
+        old, self.tracer = self.tracer, tracer
+        if tracer is not None:
+            tracer.exporter.start(loop)
         if old is not None:
             self._closing_tracer = loop.create_task(old.exporter.close(_TRACE_FLUSH_SECONDS))  # held: tasks are weak
 

@@ -55,7 +55,12 @@ class ConfigWatcher:
             self.reloads["rejected"] += 1
             log.error("config reload (%s) rejected, still serving the previous config: %s", reason, exc)
             return False
-        self.apply(new)
+        try:
+            self.apply(new)
+        except Exception:  # noqa: BLE001 - a bug here must not end the poll task, and so the watching
+            self.reloads["rejected"] += 1
+            log.exception("config reload (%s) failed, still serving the previous config", reason)
+            return False
         self.reloads["ok"] += 1
         log.info("config reloaded (%s): %d providers, %d models, %d keys",
                  reason, len(new.providers), len(new.models), len(new.keys))

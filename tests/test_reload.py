@@ -84,3 +84,49 @@ async def _until(check, timeout: float = 3.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+async def test_a_reload_that_fails_to_build_leaves_the_old_config_fully_in_force():
+    """Everything that can fail is built before anything is swapped: no half-applied reload."""
+    import msgspec
+
+    from core.config import Telemetry, Traces
+    from gateway.app import Gateway
+
+    gw = Gateway(loads(GOOD))
+    gw.start()
+    limiter, runtime, tracer = gw.limiter, gw.runtime, gw.tracer
+    # Validation refuses this port now; a Config built around it stands for any builder failing.
+    broken = msgspec.structs.replace(loads(CHANGED), telemetry=Telemetry(Traces("http://otel:431888/v1/traces")))
+    with pytest.raises(ValueError):
+        gw.reload(broken)
+    assert (gw.limiter, gw.runtime, gw.tracer) == (limiter, runtime, tracer)
+    gw.reload(loads(CHANGED))  # a good one still applies, whole
+    assert gw.runtime is not runtime and gw.runtime.providers["single"].config.base_url == "http://127.0.0.1:12/v1"
+    await gw._close_providers(list(gw.runtime.providers.values()))  # stop the pool's scraping
+    await gw.upstream.aclose()
+
+
+async def test_a_reload_that_raises_is_logged_once_and_the_file_still_watched(config_file, caplog):
+    def apply(new) -> None:
+        if not applied:
+            applied.append(None)
+            raise RuntimeError("builder failed")
+        applied.append(new)
+
+    applied: list = []
+    watcher = ConfigWatcher(str(config_file), apply, interval=0.05)
+    loop = asyncio.get_running_loop()
+    watcher.install(loop)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tollway"):
+            config_file.write_text(CHANGED)
+            await _until(lambda: len(applied) == 1)
+            await asyncio.sleep(0.1)
+            config_file.write_text(GOOD)
+            await _until(lambda: len(applied) == 2)
+    finally:
+        watcher.close(loop)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "tollway"]
+    assert len(errors) == 1 and "builder failed" in caplog.text and "previous config" in errors[0].getMessage()
+    assert watcher.reloads == {"ok": 1, "rejected": 1}

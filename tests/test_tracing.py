@@ -135,6 +135,11 @@ def test_traces_decode_with_defaults_and_env_headers():
 @pytest.mark.parametrize("body, message", [
     ("    endpoint: grpc://127.0.0.1:4317\n", "telemetry.traces.endpoint: endpoint must be an http:// or https:// URL with a host (line 3)"),
     ("    endpoint: http://\n", "telemetry.traces.endpoint: endpoint must be an http:// or https:// URL with a host (line 3)"),
+    # urlsplit takes these, but `.port` raises: the exporter would crash at startup or mid-reload
+    ("    endpoint: http://otel:431888/v1/traces\n", "telemetry.traces.endpoint: the port must be a number from 1 to 65535 (line 3)"),
+    ("    endpoint: http://otel:abc/v1/traces\n", "telemetry.traces.endpoint: the port must be a number from 1 to 65535 (line 3)"),
+    ("    endpoint: \"http://[::1/v1/traces\"\n", "telemetry.traces.endpoint: endpoint must be an http:// or https:// URL with a host (line 3)"),
+    ("    endpoint: http://:4318/v1/traces\n", "telemetry.traces.endpoint: endpoint must be an http:// or https:// URL with a host (line 3)"),
     ("    endpoint: http://c:4318/v1/traces\n    sample_ratio: 1.5\n", "telemetry.traces.sample_ratio: must be between 0 and 1 (line 4)"),
     ("    endpoint: http://c:4318/v1/traces\n    export_interval: 0\n", "telemetry.traces.export_interval: must be > 0 seconds (line 4)"),
     ("    endpoint: http://c:4318/v1/traces\n    max_queue: 0\n", "telemetry.traces.max_queue: must be at least 1 (line 4)"),
