@@ -227,10 +227,10 @@ class Gateway:
     async def proxy_api(self, api: str, scope: Any, proto: Any, ex: Exchange,
                         authenticate: Callable[[Runtime, Any], KeyRecord] | None = None) -> None:
         rt, tracer = self.runtime, self.tracer
-        if tracer is not None:
-            ex.trace = tracer.begin(scope.headers)
         key = (authenticate or self.authenticate)(rt, scope)
         ex.key_name = key.key.name
+        if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
+            ex.trace = tracer.begin(scope.headers)
         body = await self.read_body(rt, scope, proto)
         head = parse_head(body, rt.config.server.max_json_depth)
         if ex.trace is not None:

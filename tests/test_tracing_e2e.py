@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -168,16 +169,34 @@ def test_an_upstream_error_gives_an_error_span(gw, collector):
     assert [c["attrs"]["error.type"] for c in clients] == ["500", "500"], "attempts: 2, both failed"
 
 
-def test_a_rejected_key_is_traced_without_its_secret(gw, collector):
-    rid = _rid()
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-wrong-key-SECRET-42", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}],
-                                       extra_headers={"x-request-id": rid})
-    server, clients = _spans_of(collector, rid)
-    assert clients == [] and server["attrs"]["http.response.status_code"] == 401
-    assert server["attrs"]["error.type"] == "invalid_api_key"
-    assert "status" not in server, "a 4xx leaves a SERVER span's status unset (HTTP server convention)"
+def test_a_request_that_fails_authentication_gets_no_span(upstream, collector):
+    """Else anyone could force spans into a trace id of their choosing, sampled flag and all.
+    With sample_ratio 0 only a caller's sampled flag can record a trace: an authenticated one still does."""
+    gw = GatewayProcess(_config(upstream.url, collector.url) + "    sample_ratio: 0\n", env={"OTEL_TOKEN": COLLECTOR_TOKEN})
+    forced = [os.urandom(16).hex() for _ in range(2)]
+    try:
+        bad = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-wrong-key-SECRET-42", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}],
+                                        extra_headers={"traceparent": f"00-{forced[0]}-{PARENT}-01"})
+        anthropic = urllib.request.Request(  # the Anthropic path authenticates with its own x-api-key
+            gw.url + "/anthropic/v1/messages", method="POST", data=b'{"model":"gpt-4o-mini","max_tokens":5}',
+            headers={"x-api-key": "sk-wrong-key-SECRET-42", "content-type": "application/json",
+                     "traceparent": f"00-{forced[1]}-{PARENT}-01"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(anthropic, timeout=10)
+        assert err.value.code == 401
+        unsampled, parented = _rid(), _rid()
+        _ask(gw, "gpt-4o-mini", unsampled)  # a new trace under ratio 0: not recorded
+        _ask(gw, "gpt-4o-mini", parented, {"traceparent": f"00-{TRACE}-{PARENT}-01"})
+        server, clients = _spans_of(collector, parented)
+        assert server["traceId"] == TRACE and len(clients) == 1, "parent-based sampling stays for authenticated callers"
+        time.sleep(0.3)  # two more export intervals: anything else queued has arrived by now
+        seen = collector.spans()
+        assert not [s for s in seen if s["traceId"] in forced]
+        assert unsampled not in {s["attrs"].get("tollway.request_id") for s in seen}
+    finally:
+        gw.stop()
 
 
 def test_exports_carry_no_secret_and_no_content(gw, collector):
