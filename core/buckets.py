@@ -67,6 +67,7 @@ class BucketTable:
         """
         if len(slots) != len(amounts):
             raise ValueError("slots and amounts differ in length")
+        amounts = [float(a) for a in amounts]  # as the compiled twin reads them: numbers, once
         wait = 0.0
         for slot, amount in zip(slots, amounts):
             self._check(slot)

@@ -6,6 +6,7 @@ over several buckets is a few loads and stores with no Python float in sight; th
 work left per call is reading the argument sequences. The arithmetic follows the twin
 operation for operation, so both give bit-identical levels (the differential test checks).
 """
+cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
@@ -82,6 +83,8 @@ cdef class BucketTable:
         if capacity < b.level:
             b.level = capacity
 
+    @cython.boundscheck(True)  # indexes Python sequences by caller-given values: check them
+    @cython.wraparound(True)
     def try_take(self, slots, amounts, double now):
         """Take `amounts[i]` from every `slots[i]`, or nothing.
 
@@ -99,6 +102,8 @@ cdef class BucketTable:
         finally:
             _scratch_close(&sc)
 
+    @cython.boundscheck(True)  # indexes Python sequences by caller-given values: check them
+    @cython.wraparound(True)
     def reserve(self, slots, measures, demand, double now):
         """A whole limit decision in one call: take min(demand[measures[i]], capacity) from
         every slots[i], or nothing. Returns 0.0 on success, else the seconds until it would
@@ -111,14 +116,18 @@ cdef class BucketTable:
             raise ValueError("slots and measures differ in length")
         _scratch_open(&sc, k)
         try:
+            for j in range(k):  # Python conversions first: they may run code that grows the table
+                sc.amt[j] = demand[measures[j]]
             for j in range(k):
                 sc.bs[j] = self._slot(slots[j])
-                a = demand[measures[j]]
+                a = sc.amt[j]
                 sc.amt[j] = a if a < sc.bs[j].capacity else sc.bs[j].capacity
             return _take_all(sc.bs, sc.amt, k, now)
         finally:
             _scratch_close(&sc)
 
+    @cython.boundscheck(True)  # indexes Python sequences by caller-given values: check them
+    @cython.wraparound(True)
     def settle(self, slots, measures, reserved, used, double now):
         """Correct a reserve by what was really used: slots[i] is charged
         used[m] - min(reserved[m], capacity), m = measures[i] (negative gives back, capped at
@@ -129,11 +138,13 @@ cdef class BucketTable:
         cdef double r, delta, level
         if len(measures) != k:
             raise ValueError("slots and measures differ in length")
+        cdef double u
         for j in range(k):
-            b = self._slot(slots[j])
             m = measures[j]
-            r = reserved[m]
-            delta = <double>used[m] - (r if r < b.capacity else b.capacity)
+            r = reserved[m]  # conversions before the bucket pointer (see reserve)
+            u = used[m]
+            b = self._slot(slots[j])
+            delta = u - (r if r < b.capacity else b.capacity)
             if delta > 0.0:
                 b.level = _refill_to(b, now) - delta
             elif delta < 0.0:
@@ -176,11 +187,14 @@ cdef class BucketTable:
             raise IndexError(f"no bucket slot {slot}")
         return &self._b[slot]
 
+    @cython.boundscheck(True)
+    @cython.wraparound(True)
     cdef double _try_take(self, slots, amounts, double now, Py_ssize_t k, Bucket** bs, double* amt) except? -1.0:
         cdef Py_ssize_t j
+        for j in range(k):  # conversions first (see reserve)
+            amt[j] = amounts[j]
         for j in range(k):
             bs[j] = self._slot(slots[j])
-            amt[j] = amounts[j]
         return _take_all(bs, amt, k, now)
 
 
@@ -196,7 +210,7 @@ cdef class Gate:
     cdef Py_ssize_t* _idx   # k slot ids, then k measure indexes
     cdef Py_ssize_t _k
 
-    def __cinit__(self, BucketTable table, slots, measures):
+    def __cinit__(self, BucketTable table not None, slots, measures):
         cdef Py_ssize_t k = len(slots), j
         if len(measures) != k:
             raise ValueError("slots and measures differ in length")
@@ -215,16 +229,18 @@ cdef class Gate:
     def __dealloc__(self):
         PyMem_Free(self._idx)
 
-    def reserve(self, tuple demand, double now):
+    def reserve(self, tuple demand not None, double now):
         """Take the demand from every bucket or nothing: the levels after, or None."""
         cdef Py_ssize_t k = self._k, j
         cdef _Scratch sc
         cdef double a
         _scratch_open(&sc, k)
         try:
+            for j in range(k):  # every Python conversion first: it may run code that grows the table
+                sc.amt[j] = _item(demand, self._idx[k + j])
             for j in range(k):
                 sc.bs[j] = self.table._slot(self._idx[j])
-                a = _item(demand, self._idx[k + j])
+                a = sc.amt[j]
                 sc.amt[j] = a if a < sc.bs[j].capacity else sc.bs[j].capacity
             if _take_all(sc.bs, sc.amt, k, now) != 0.0:
                 return None
@@ -232,16 +248,17 @@ cdef class Gate:
         finally:
             _scratch_close(&sc)
 
-    def settle(self, tuple reserved, tuple used, double now):
+    def settle(self, tuple reserved not None, tuple used not None, double now):
         """Charge what was used minus what was reserved (see BucketTable.settle)."""
         cdef Py_ssize_t k = self._k, j, m
         cdef Bucket* b
-        cdef double r, delta, level
+        cdef double r, u, delta, level
         for j in range(k):
-            b = self.table._slot(self._idx[j])
             m = self._idx[k + j]
-            r = _item(reserved, m)
-            delta = _item(used, m) - (r if r < b.capacity else b.capacity)
+            r = _item(reserved, m)  # conversions before the bucket pointer (see reserve)
+            u = _item(used, m)
+            b = self.table._slot(self._idx[j])
+            delta = u - (r if r < b.capacity else b.capacity)
             if delta > 0.0:
                 b.level = _refill_to(b, now) - delta
             elif delta < 0.0:

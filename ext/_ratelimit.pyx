@@ -7,6 +7,7 @@ integer, written with snprintf into a stack buffer, so the only Python objects m
 the strings and tuples that are returned. Arithmetic follows the twin operation for
 operation (ceil below a second, rint above: Python's round), so both agree exactly.
 """
+cimport cython
 from libc.math cimport ceil, isinf, isnan, rint
 from libc.stdio cimport snprintf
 
@@ -15,6 +16,8 @@ __all__ = ["go_duration", "ratelimit_headers"]
 cdef double _EXACT_INT = 9007199254740992.0  # 2**53: above this, levels go through Python's int()
 
 
+@cython.boundscheck(True)  # specs and levels come from Python: index them as Python would
+@cython.wraparound(True)
 def ratelimit_headers(specs, levels):
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} (see core.ratelimit)."""
     cdef list out = []

@@ -333,3 +333,45 @@ def test_decisions_over_more_buckets_than_fit_on_the_stack(buckets_impl):
     assert gate.reserve((5.0,), 0.0) is None  # one short on every bucket: nothing taken
     assert table.try_take(slots, [4.0] * 11 + [5.0], 0.0) == math.inf  # a gauge never refills
     assert table.levels(slots, 0.0) == (4.0,) * 12
+
+
+def test_out_of_contract_arguments_raise_in_both_twins(buckets_impl):
+    # The compiled kernel skips bounds checks where it owns the indexes; where a caller's
+    # sequence is indexed by a caller's value it checks, as Python does (no crash).
+    table = buckets_impl.BucketTable()
+    slot = table.add(10, 1)
+    with pytest.raises(IndexError):
+        table.settle([slot], [1_000_000], (1.0,), (1.0,), 0.0)
+    with pytest.raises(IndexError):
+        table.reserve([slot], [5], (1.0,), 0.0)
+    with pytest.raises((TypeError, AttributeError)):
+        buckets_impl.Gate(None, [0], [0])
+    gate = buckets_impl.Gate(table, [slot], [0])
+    with pytest.raises(TypeError):
+        gate.reserve(None, 0.0)
+    with pytest.raises(TypeError):
+        gate.settle(None, (1.0,), 0.0)
+    assert table.level(slot, 0.0) == 10.0
+
+
+class GrowsTheTable:
+    """A demand value whose conversion adds buckets (so the compiled table's storage moves)."""
+
+    def __init__(self, table, value: float) -> None:
+        self.table, self.value = table, value
+
+    def __float__(self) -> float:
+        for _ in range(1000):
+            self.table.add(1, 1)
+        return self.value
+
+
+def test_a_conversion_that_grows_the_table_cannot_leave_stale_bucket_pointers(buckets_impl):
+    table = buckets_impl.BucketTable()
+    slot = table.add(10, 0)
+    assert table.reserve([slot], [0], [GrowsTheTable(table, 3.0)], 0.0) == 0.0
+    assert table.try_take([slot], [GrowsTheTable(table, 2.0)], 0.0) == 0.0
+    gate = buckets_impl.Gate(table, [slot], [0])
+    assert gate.reserve((GrowsTheTable(table, 1.0),), 0.0) == (4.0,)
+    gate.settle((GrowsTheTable(table, 1.0),), (GrowsTheTable(table, 0.0),), 0.0)
+    assert table.level(slot, 0.0) == 5.0 and len(table) == 1 + 5000
