@@ -26,7 +26,7 @@ class EmbeddingRequest(msgspec.Struct):
     encoding_format: str | None = None
     dimensions: int | None = None
     user: str | None = None
-    input_type: str | None = None  # not OpenAI's: Cohere's, sent by clients as extra_body (openai_cohere)
+    input_type: Any = None  # not OpenAI's: Cohere's, sent as extra_body; checked by openai_cohere only
 
 
 class EmbeddingUsageOut(msgspec.Struct):

@@ -13,7 +13,7 @@ Cohere's tokenizer differs). Signing, URL and error rules are those of every Bed
 from __future__ import annotations
 
 import re
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import msgspec
@@ -28,7 +28,6 @@ from core.usage import Usage
 
 PROVIDER = "Bedrock Cohere Embed"
 INPUT_TYPE = "search_document"  # when the client names none
-INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
 V3_DIMENSIONS = 1024
 
 # A Cohere Embed model id: bare (`cohere.embed-v4:0`), behind a cross-region inference profile
@@ -80,13 +79,13 @@ class OpenAIToCohere:
         return self.converse.error(ctx, status, headers, body)
 
 
-def input_type(requested: str | None) -> str:
+def input_type(requested: Any) -> str:
     """The client's `input_type`, checked here so a typo is a 400 naming the field rather than
     Bedrock's validation text; search_document when it sent none."""
     if requested is None:
         return INPUT_TYPE
-    if requested not in INPUT_TYPES:
-        raise bad_request(f"input_type must be one of {', '.join(INPUT_TYPES)} for Cohere Embed models.",
+    if requested not in wire.INPUT_TYPES:
+        raise bad_request(f"input_type must be one of {', '.join(wire.INPUT_TYPES)} for Cohere Embed models.",
                           param="input_type")
     return requested
 
