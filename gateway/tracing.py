@@ -12,7 +12,9 @@ makes the same decision. Finished spans go to the `SpanExporter` queue (gateway.
 
 What a span may hold is listed in `_server_span` and `_client_span` and nowhere else: names,
 models, counts, statuses, error *types*, the key's configured name and the upstream host and
-port. Never a prompt, a completion, a key, a header value or a URL's path or query.
+port. Never a prompt, a completion, a key, a header value or a URL's path or query. Strings a
+client or an upstream chooses (model names, error codes) pass through `_text`, which cuts them
+to MAX_TEXT characters: the export queue is bounded by span count, so a span must stay small.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from core.request import RequestHead
     from gateway.exchange import Exchange
 
+MAX_TEXT = 256  # characters of a client-chosen string in a span; a model name may be 10 MB
 # gen_ai.operation.name for each client API (the convention's well-known values; the
 # Responses and Messages APIs are chat in its terms).
 OPERATIONS = {
@@ -135,17 +138,18 @@ def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int) -> Span:
     attrs: list[tuple[str, Any]] = [("gen_ai.operation.name", op)]
     if ex.provider is not None:
         attrs.append(("gen_ai.provider.name", ex.otel_provider))
-    if ex.model:
-        attrs.append(("gen_ai.request.model", ex.model))
+    model = _text(ex.model or "")
+    if model:
+        attrs.append(("gen_ai.request.model", model))
     if ex.upstream_model:
-        attrs.append(("gen_ai.response.model", ex.upstream_model))
+        attrs.append(("gen_ai.response.model", _text(ex.upstream_model)))
     if trace.max_tokens is not None:
         attrs.append(("gen_ai.request.max_tokens", trace.max_tokens))
     if trace.stream is not None:
         attrs.append(("gen_ai.request.stream", trace.stream))
     _usage(attrs, ex)
     attrs.append(("http.response.status_code", ex.status))
-    error = ex.error_type or (str(ex.status) if ex.status >= 400 else "")
+    error = _text(ex.error_type or (str(ex.status) if ex.status >= 400 else ""))
     if error:
         attrs.append(("error.type", error))
     attrs.append(("tollway.request_id", ex.request_id))
@@ -156,13 +160,13 @@ def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int) -> Span:
     # HTTP server convention: a 4xx is the caller's mistake, not the server's: status stays unset.
     status = STATUS_OK if not error else STATUS_UNSET if 400 <= ex.status < 500 else STATUS_ERROR
     start_ns = end_ns - int(ex.elapsed() * 1e9)
-    return Span(trace.trace_id, trace.span_id, trace.parent_id, f"{op} {ex.model}" if ex.model else op, SERVER,
+    return Span(trace.trace_id, trace.span_id, trace.parent_id, f"{op} {model}" if model else op, SERVER,
                 start_ns, end_ns, attrs, status, error if status == STATUS_ERROR else "", trace.state)
 
 
 def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: Any, upstream_model: str,
                  end_ns: int) -> Span:
-    op = OPERATIONS.get(ex.api, ex.api)
+    op, upstream_model = OPERATIONS.get(ex.api, ex.api), _text(upstream_model)
     attrs: list[tuple[str, Any]] = [
         ("gen_ai.operation.name", op), ("gen_ai.provider.name", provider.otel_name),
         ("gen_ai.request.model", upstream_model),
@@ -173,7 +177,7 @@ def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: 
         attrs.append(("server.port", port))
     if attempt.status:
         attrs.append(("http.response.status_code", attempt.status))
-    error = str(attempt.status) if attempt.status >= 400 else attempt.error or ex.error_type
+    error = _text(str(attempt.status) if attempt.status >= 400 else attempt.error or ex.error_type or "")
     if error:
         attrs.append(("error.type", error))
     else:
@@ -182,6 +186,11 @@ def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: 
     attrs.append(("tollway.provider", provider.name))
     return Span(trace.trace_id, attempt.span_id, trace.span_id, f"{op} {upstream_model}", CLIENT,
                 attempt.start_ns, end_ns, attrs, STATUS_ERROR if error else STATUS_OK, error, trace.state)
+
+
+def _text(value: str) -> str:
+    """`value`, or its first MAX_TEXT - 1 characters and "…" (so a cut one shows as cut)."""
+    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT - 1] + "\u2026"
 
 
 def _usage(attrs: list[tuple[str, Any]], ex: Exchange) -> None:

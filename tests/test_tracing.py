@@ -304,3 +304,27 @@ def test_new_ids_are_lower_hex_of_the_right_length_and_never_repeat():
     assert all(re.fullmatch(r"[0-9a-f]{32}", t) and t != "0" * 32 for t in traces)
     assert all(re.fullmatch(r"[0-9a-f]{16}", s) and s != "0" * 16 for s in spans)
     assert parse_traceparent(format_traceparent(next(iter(traces)), next(iter(spans)), True)) is not None
+
+
+def test_client_chosen_strings_are_cut_short_in_both_spans():
+    from gateway.exchange import Exchange
+
+    tracer, exporter = _tracer()
+    trace = tracer.begin(_Headers([]))
+    ex, long = Exchange("req-1", "chat"), "x" * 1_000_000
+    ex.model = ex.upstream_model = long  # a route passing the client's model through
+    ex.status, ex.error_type = 502, "e" * 1_000_000  # an upstream's error code, say
+
+    class Provider:
+        name, otel_name = "up", "openai"
+
+    attempt = trace.attempt()
+    attempt.error = ex.error_type
+    trace.end_attempt(attempt, ex, Provider(), long)
+    trace.finish(ex)
+    client, server = exporter.queue
+    for span in (client, server):
+        assert len(span.name) <= 300 and span.name.endswith("\u2026")
+        assert all(len(v) <= 256 for _, v in span.attributes if isinstance(v, str)), span.attributes
+        assert len(span.status_message) <= 256
+    assert dict(server.attributes)["gen_ai.request.model"] == "x" * 255 + "\u2026"

@@ -199,6 +199,20 @@ def test_a_request_that_fails_authentication_gets_no_span(upstream, collector):
         gw.stop()
 
 
+def test_a_megabyte_model_name_is_cut_short_in_its_span(gw, collector):
+    """Spans are queued by count: a client-chosen string must not make one span megabytes."""
+    rid, model = _rid(), "m" * 1_000_000
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
+    with pytest.raises(openai.NotFoundError):  # the 404 path still records the model asked for
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"x-request-id": rid})
+    server, = collector.wait_for(lambda s: s["attrs"].get("tollway.request_id") == rid)  # no CLIENT span to wait for
+    requested = server["attrs"]["gen_ai.request.model"]
+    assert len(requested) == 256 and requested == "m" * 255 + "\u2026"
+    assert server["name"] == f"chat {requested}"
+    assert max(len(b) for b in collector.bodies) < 10_000
+
+
 def test_exports_carry_no_secret_and_no_content(gw, collector):
     rid = _rid()
     _ask(gw, "gpt-4o-mini", rid)
