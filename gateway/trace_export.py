@@ -7,7 +7,9 @@ and POSTs the queue in batches of BATCH spans. A batch the collector does not ta
 connection, a timeout, a non-2xx answer) is dropped and counted, never retried: a request must
 never wait for telemetry, and a dead collector must not grow memory. While export fails, one
 warning says so; one line says when it works again; nothing is logged per batch. On shutdown
-`close` exports what is queued within a short deadline and counts the rest as dropped.
+or reload `close` exports what is queued within a short deadline; every span it could not send
+(still queued, or in a batch its cancel or deadline cut off mid-POST) is counted as `shutdown`,
+and so is any span added after it (a request still in flight keeps the exporter it began with).
 
 The collector gets its own small `UpstreamClient` rather than the gateway's upstream pool: its
 lifetime follows the telemetry config (a reload can replace it while the pool lives on), its
@@ -53,6 +55,7 @@ class SpanExporter:
                                                 ("service.version", self.version)]
         self.where = _origin_label(config.endpoint)  # logs name the collector by host:port only
         self.failing = False
+        self.closed = False
         self._client = client
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -63,7 +66,10 @@ class SpanExporter:
         self._failed = metrics.trace_exports.labels("failed")
 
     def add(self, span: Span) -> None:
-        """Queue a finished span; drop (and count) it when the queue is full."""
+        """Queue a finished span; drop (and count) it when the queue is full or closed."""
+        if self.closed:  # nothing would ever send it
+            self._shutdown.inc()
+            return
         queue = self.queue
         if len(queue) >= self.max_queue:
             self._queue_full.inc()
@@ -91,6 +97,7 @@ class SpanExporter:
                 await self.export_queued()
         except TimeoutError:
             pass
+        self.closed = True  # spans could join the flush above; from here on they are only counted
         if self.queue:
             self._shutdown.inc(len(self.queue))
             self.queue = []
@@ -112,7 +119,12 @@ class SpanExporter:
         """POST everything queued now, BATCH spans at a time."""
         while self.queue:
             batch, self.queue = self.queue[:BATCH], self.queue[BATCH:]
-            self._outcome(await self._post(export_request(batch, self.resource, ("tollway", self.version))), len(batch))
+            try:
+                problem = await self._post(export_request(batch, self.resource, ("tollway", self.version)))
+            except asyncio.CancelledError:  # close() cancelled the task, or its deadline ran out, mid-POST
+                self._shutdown.inc(len(batch))
+                raise
+            self._outcome(problem, len(batch))
 
     async def _post(self, body: bytes) -> str:
         """"" if the collector took the batch, else why not (no secret: host:port and a reason)."""

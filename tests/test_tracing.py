@@ -256,6 +256,57 @@ def test_close_flushes_the_queue_within_its_deadline():
     assert len(collector.bodies) == 1 and exporter.queue == []
 
 
+class _Stuck(_Collector):
+    """A collector that takes the request and never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posting = asyncio.Event()
+
+    async def request(self, method, url, headers, body, timeouts):
+        self.posting.set()
+        await asyncio.sleep(3600)
+
+
+def test_a_batch_cut_off_mid_post_by_close_is_counted_as_shutdown():
+    metrics, collector = Metrics(), _Stuck()
+    exporter = _exporter(collector, metrics, export_interval=0.01)
+
+    async def scenario() -> None:
+        exporter.start(asyncio.get_running_loop())
+        for i in range(3):
+            exporter.add(_span(i))
+        await collector.posting.wait()  # the task took the batch off the queue and is posting it
+        exporter.add(_span(3))
+        await exporter.close(0.05)  # cancels the post; the flush of span 3 then times out as well
+
+    asyncio.run(scenario())
+    assert _value(metrics, "tollway_trace_spans_dropped_total", "shutdown") == 4
+
+
+def test_a_close_deadline_expiring_mid_post_counts_the_batch_as_shutdown():
+    metrics = Metrics()
+    exporter = _exporter(_Stuck(), metrics)
+
+    async def scenario() -> None:
+        for i in range(2):
+            exporter.add(_span(i))
+        await exporter.close(0.05)  # never started: close's own flush is what gets stuck
+
+    asyncio.run(scenario())
+    assert _value(metrics, "tollway_trace_spans_dropped_total", "shutdown") == 2
+
+
+def test_a_span_added_after_close_is_counted_not_queued():
+    """A request that began before a reload ends on the exporter it began with, closed by then."""
+    metrics = Metrics()
+    exporter = _exporter(_Collector(), metrics)
+    asyncio.run(exporter.close(0.05))
+    exporter.add(_span())
+    assert exporter.queue == []
+    assert _value(metrics, "tollway_trace_spans_dropped_total", "shutdown") == 1
+
+
 # -- the tracer ------------------------------------------------------------------------------
 
 class _Headers:
