@@ -54,6 +54,9 @@ class Gateway:
         self.ready = False
         self.in_flight: set[asyncio.Task[Any]] = set()  # requests being served, for the drain on shutdown
         self.watcher: ConfigWatcher | None = None
+        # Closes of what a reload replaced (old pools, store, exporter). The loop holds tasks only
+        # weakly, so they live here until done; one attribute each would drop a still-running one.
+        self.background: set[asyncio.Task[Any]] = set()
         self.tracer: Tracer | None = build_tracer(config.telemetry.traces, self.metrics)  # None: tracing off
         self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
@@ -113,12 +116,12 @@ class Gateway:
         limiter = build_limiter(config, self.metrics, self.limiter)
         old_limiter, self.limiter = self.limiter, limiter
         if old_limiter is not None and old_limiter.store is not limiter.store:
-            self._closing_store = loop.create_task(old_limiter.store.aclose())
+            self._in_background(old_limiter.store.aclose())
         if retrace:
             self._swap_tracer(tracer, loop)
         old, self.runtime = self.runtime, runtime
         self.runtime.start(loop)
-        self._closing = loop.create_task(self._close_providers(self.runtime.retired(old)))  # held: tasks are weak
+        self._in_background(self._close_providers(self.runtime.retired(old)))
 
     def _swap_tracer(self, tracer: Tracer | None, loop: asyncio.AbstractEventLoop) -> None:
         """Trace with `tracer` from now on; the old exporter flushes what it holds."""
@@ -126,7 +129,12 @@ class Gateway:
         if tracer is not None:
             tracer.exporter.start(loop)
         if old is not None:
-            self._closing_tracer = loop.create_task(old.exporter.close(_TRACE_FLUSH_SECONDS))  # held: tasks are weak
+            self._in_background(old.exporter.close(_TRACE_FLUSH_SECONDS))
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _close_providers(self, providers: list[Any]) -> None:
         for provider in providers:

@@ -57,7 +57,7 @@ class ConfigWatcher:
             return False
         try:
             self.apply(new)
-        except Exception:  # noqa: BLE001 - a bug here must not end the poll task, and so the watching
+        except Exception:  # a bug in applying must not end the poll task, and with it the watching
             self.reloads["rejected"] += 1
             log.exception("config reload (%s) failed, still serving the previous config", reason)
             return False

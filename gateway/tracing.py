@@ -35,6 +35,7 @@ from core.tracecontext import (
     sampled,
 )
 from gateway.trace_export import SpanExporter
+from gateway.upstream import split_url
 
 if TYPE_CHECKING:
     from core.request import RequestHead
@@ -203,15 +204,11 @@ def _usage(attrs: list[tuple[str, Any]], ex: Exchange) -> None:
 def server_of(url: str) -> tuple[str, int]:
     """(host, port) of an absolute URL; ("", 0) if it has none. Only the origin is parsed, so
     neither the path nor the query can reach a span."""
-    start = url.find("://")
-    if start < 0:
+    try:
+        origin, _ = split_url(url)  # the client's own split, so the span names what it called
+    except ValueError:
         return "", 0
-    end = len(url)
-    for mark in "/?#":
-        found = url.find(mark, start + 3)
-        if 0 <= found < end:
-            end = found
-    return _origin(url[:end])
+    return _origin(origin)
 
 
 @lru_cache(maxsize=256)

@@ -455,7 +455,7 @@ class _Origin:
         self.target_prefix = f"http://{self.host_header}" if absolute else ""
 
 
-def _split_url(url: str) -> tuple[str, str]:
+def split_url(url: str) -> tuple[str, str]:
     """("scheme://authority", "/path?query") of an absolute URL; raises ValueError."""
     start = url.find("://")
     if start < 0:
@@ -503,7 +503,7 @@ class _Head:
     __slots__ = ("origin", "prefix", "with_length")
 
     def __init__(self, method: str, url: str, headers: list[tuple[str, str]], origins: Any) -> None:
-        origin_url, target = _split_url(url)
+        origin_url, target = split_url(url)
         self.origin: _Origin = origins(origin_url)
         self.prefix = _request_head(method, target, self.origin, headers)
         self.with_length = method not in _BODYLESS_METHODS

@@ -130,3 +130,19 @@ async def test_a_reload_that_raises_is_logged_once_and_the_file_still_watched(co
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "tollway"]
     assert len(errors) == 1 and "builder failed" in caplog.text and "previous config" in errors[0].getMessage()
     assert watcher.reloads == {"ok": 1, "rejected": 1}
+
+
+async def test_close_tasks_of_quick_reloads_are_all_held_until_done():
+    """The loop keeps only weak references to tasks: a close still flushing must stay referenced."""
+    from gateway.app import Gateway
+
+    traced = GOOD + "telemetry: {traces: {endpoint: 'http://127.0.0.1:9/v1/traces', service_name: %s}}\n"
+    gw = Gateway(loads(traced % "a"))
+    gw.start()
+    gw.reload(loads(traced % "b"))  # each: a tracer to flush and close, and retired providers (none)
+    gw.reload(loads(traced % "c"))
+    assert len(gw.background) == 4, "both reloads' close tasks are held, not just the latest"
+    await _until(lambda: not gw.background)  # and let go of once done
+    await gw.tracer.exporter.close(0.1)
+    await gw._close_providers(list(gw.runtime.providers.values()))
+    await gw.upstream.aclose()
