@@ -2,7 +2,7 @@
 """The cost of a rate-limit decision, as ratios to the same gateway with limits off, in one run.
 
 Two measurements:
-1. per decision, in process: `Limiter.admit` (awaiting `reserve` only when the store must
+1. per decision, in process: `Limiter.admit` (awaiting `ask_store` only when the store must
    answer) + settle on the memory store (the bucket kernel that is active, compiled or pure)
    and on the Redis store with its local leases, in microseconds;
 2. whole gateway: requests/s of `tollway serve` (1 worker, pinned to one CPU) with the built-in
@@ -59,7 +59,7 @@ def config_text(backend: str | None, redis_port: int) -> str:
 def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
     """Microseconds per reserve + settle in process: the memory store, or the Redis store
     (leasing, as the gateway runs it) against the private redis-server."""
-    from gateway.limiter import ASK_STORE, Lease, Limiter
+    from gateway.limiter import AskStore, Lease, Limiter
     from gateway.limiter_memory import MemoryBuckets
     from gateway.limiter_redis import RedisBuckets
     from gateway.metrics import Metrics
@@ -74,7 +74,7 @@ def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
         limiter = Limiter(cfg, store, Metrics())
         async def decide() -> Lease | None:  # as Gateway.proxy_api does
             lease = limiter.admit(key, "gpt-4o-mini", "chat", head, body)
-            return await limiter.reserve(key, "gpt-4o-mini", "chat", head, body) if lease is ASK_STORE else lease
+            return await limiter.ask_store(lease) if type(lease) is AskStore else lease
 
         for _ in range(1000):  # warm up: the first leases
             limiter.settle(await decide(), usage, "gpt-4o-mini")

@@ -26,7 +26,7 @@ from gateway.admin import AdminAPI
 from gateway.anthropic_api import AnthropicAPI
 from gateway.exchange import Exchange, request_id
 from gateway.drain import drain, install_readiness_signal, shutting_down
-from gateway.limiter import ASK_STORE, Limiter, build_limiter
+from gateway.limiter import AskStore, Limiter, build_limiter
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
 from gateway.reload import ConfigWatcher, watcher_for
@@ -255,8 +255,8 @@ class Gateway:
             raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
         limiter = self.limiter
         lease = limiter.admit(key.key, route.name, api, head, body) if limiter is not None and limiter.enabled else None
-        if lease is ASK_STORE:  # the Redis store without a lease that covers this request
-            lease = await limiter.reserve(key.key, route.name, api, head, body)
+        if type(lease) is AskStore:  # the Redis store without a lease that covers this request
+            lease = await limiter.ask_store(lease)
         headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
         try:
             await self.proxy.forward(rt, ex, route, head, body, proto, headers)

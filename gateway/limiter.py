@@ -84,12 +84,13 @@ class Lease:
 
 
 class AskStore:
-    """What `Limiter.admit` returns when only the store can decide: await `Limiter.reserve`."""
+    """What `Limiter.admit` returns when only the store can decide: the decision so far, to
+    finish with `await Limiter.ask_store(...)`."""
 
-    __slots__ = ()
+    __slots__ = ("plan", "bound", "demand", "model")
 
-
-ASK_STORE = AskStore()
+    def __init__(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str) -> None:
+        self.plan, self.bound, self.demand, self.model = plan, bound, demand, model
 
 
 class Limiter:
@@ -109,8 +110,8 @@ class Limiter:
         """The hot path: decide without waiting, from what this process holds (the memory
         store always can; the Redis store when its leases cover the request).
 
-        Returns the Lease, None when no limit applies, or ASK_STORE when only the store can
-        decide: then await `reserve`. Raises GatewayError 429 when a bucket has no room.
+        Returns the Lease, None when no limit applies, or an AskStore when only the store can
+        decide: then `await ask_store(it)`. Raises GatewayError 429 when a bucket has no room.
         """
         plan, bound = self._plan(key, model)
         if bound is None:
@@ -118,25 +119,25 @@ class Limiter:
         demand = self._demand(plan, model, api, head, body)
         decided = self.store.decide(bound, demand)
         if decided is None:
-            return ASK_STORE
+            return AskStore(plan, bound, demand, model)
         return self._grant(plan, bound, demand, model, decided)
 
+    async def ask_store(self, pending: AskStore) -> Lease:
+        """Finish a decision `admit` could not make here: the store reserves (Redis, batched).
+        Raises GatewayError: 429 when a bucket has no room, 503 when the store is down and
+        `on_store_error: closed`."""
+        plan, demand = pending.plan, pending.demand
+        try:
+            decided = await self.store.take(plan, limits.amounts(plan, demand))
+        except StoreUnavailable:
+            return self._without_store(plan, pending.bound, demand, pending.model)
+        return self._grant(plan, pending.bound, demand, pending.model, decided)
+
     async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
-        """Reserve this request's quota on every bucket that applies to it, asking the store
-        when this process cannot decide. Returns None when no limit applies, else the Lease
-        to settle. Raises GatewayError: 429 when a bucket has no room, 503 when the store is
-        down and `on_store_error: closed`."""
-        plan, bound = self._plan(key, model)
-        if bound is None:
-            return None
-        demand = self._demand(plan, model, api, head, body)
-        decided = self.store.decide(bound, demand)
-        if decided is None:
-            try:
-                decided = await self.store.take(plan, limits.amounts(plan, demand))
-            except StoreUnavailable:
-                return self._without_store(plan, bound, demand, model)
-        return self._grant(plan, bound, demand, model, decided)
+        """`admit`, then `ask_store` when needed: this request's Lease, or None when no limit
+        applies. Raises GatewayError as those two do."""
+        decision = self.admit(key, model, api, head, body)
+        return await self.ask_store(decision) if isinstance(decision, AskStore) else decision
 
     def _plan(self, key: Key, model: str) -> tuple[Plan, Any]:
         found = self._plans.get((key.name, model))

@@ -18,7 +18,7 @@ from core.kernels import BucketTable
 from core.limits import Bucket, Plan
 from core.request import RequestHead
 from core.usage import Usage
-from gateway.limiter import ASK_STORE, Limiter
+from gateway.limiter import AskStore, Limiter
 from gateway.limiter_redis import RedisBuckets
 from gateway.metrics import Metrics
 from tests.harness import free_port
@@ -371,11 +371,16 @@ async def test_admit_asks_the_store_until_a_lease_covers_the_request(store):
     limiter = Limiter(cfg, leasing, Metrics())
     key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
     try:
-        assert limiter.admit(key, "m", "chat", head, b"{}") is ASK_STORE  # nothing leased yet
-        first = await limiter.reserve(key, "m", "chat", head, b"{}")  # Redis reserves and grants a slice
+        decides = []
+        real_decide = leasing.decide
+        leasing.decide = lambda bound, demand: decides.append(demand) or real_decide(bound, demand)
+        pending = limiter.admit(key, "m", "chat", head, b"{}")
+        assert isinstance(pending, AskStore)  # nothing leased yet
+        first = await limiter.ask_store(pending)  # Redis reserves and grants a slice
+        assert len(decides) == 1  # the store was asked locally once, not again on the way to Redis
         assert first is not None and first.metered
         local = limiter.admit(key, "m", "chat", head, b"{}")  # now decided here, no await
-        assert local is not ASK_STORE and local.metered
+        assert not isinstance(local, AskStore) and local.metered
         assert int(dict(local.headers)["x-ratelimit-remaining-requests"]) < 100000
     finally:
         await leasing.aclose()
