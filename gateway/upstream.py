@@ -545,9 +545,12 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """Send a request and return once its status line and headers arrived.
 
-        `extra_head` is header lines (`Name: value\r\n`, encoded, from a trusted source) that
-        change on every request, such as `traceparent`: they go after the cached head, so
-        they neither churn the prepared-head cache nor pay for its CR/LF check.
+        `extra_head` is header lines (`Name: value\r\n`, encoded) that change on every
+        request, such as `traceparent`: they go after the cached head, so they neither churn
+        the prepared-head cache nor pay for its CR/LF check. The caller vouches for them: the
+        only one today is gateway.tracing (`RequestTrace.attempt`), whose ids are hex it made
+        or parsed and whose relayed tracestate `core.tracecontext.clean_tracestate` has
+        limited to printable ASCII (no CR, LF or control characters).
 
         Raises UpstreamConnectError, UpstreamTimeout ("connect", "first_byte" or "total"), and
         ValueError for a malformed URL or header. With `timeouts.total`, reading the body past
