@@ -379,3 +379,11 @@ def test_client_chosen_strings_are_cut_short_in_both_spans():
         assert all(len(v) <= 256 for _, v in span.attributes if isinstance(v, str)), span.attributes
         assert len(span.status_message) <= 256
     assert dict(server.attributes)["gen_ai.request.model"] == "x" * 255 + "\u2026"
+
+
+def test_no_character_that_could_break_a_header_line_survives_clean_tracestate():
+    # The relayed tracestate goes upstream as a raw header line (gateway/upstream.py extra_head).
+    for code in [*range(0x100), 0x2028, 0x85, 0xFEFF]:
+        cleaned = clean_tracestate("vendor=" + chr(code))
+        assert cleaned in ("", "vendor=" + chr(code))
+        assert not cleaned or (32 <= code < 127), (code, cleaned)
