@@ -134,22 +134,14 @@ cdef class BucketTable:
         capacity; positive may leave debt; 0 touches nothing). Raises ValueError if slots and
         measures differ in length, IndexError on a bad slot."""
         cdef Py_ssize_t k = len(slots), j, m
-        cdef Bucket* b
-        cdef double r, delta, level
+        cdef double r, u
         if len(measures) != k:
             raise ValueError("slots and measures differ in length")
-        cdef double u
         for j in range(k):
             m = measures[j]
             r = reserved[m]  # conversions before the bucket pointer (see reserve)
             u = used[m]
-            b = self._slot(slots[j])
-            delta = u - (r if r < b.capacity else b.capacity)
-            if delta > 0.0:
-                b.level = _refill_to(b, now) - delta
-            elif delta < 0.0:
-                level = _refill_to(b, now) - delta
-                b.level = level if level < b.capacity else b.capacity
+            _correct(self._slot(slots[j]), r, u, now)
 
     def levels(self, slots, double now):
         """The levels of slots at now (no state changes). Raises IndexError on a bad slot."""
@@ -251,19 +243,12 @@ cdef class Gate:
     def settle(self, tuple reserved not None, tuple used not None, double now):
         """Charge what was used minus what was reserved (see BucketTable.settle)."""
         cdef Py_ssize_t k = self._k, j, m
-        cdef Bucket* b
-        cdef double r, u, delta, level
+        cdef double r, u
         for j in range(k):
             m = self._idx[k + j]
             r = _item(reserved, m)  # conversions before the bucket pointer (see reserve)
             u = _item(used, m)
-            b = self.table._slot(self._idx[j])
-            delta = u - (r if r < b.capacity else b.capacity)
-            if delta > 0.0:
-                b.level = _refill_to(b, now) - delta
-            elif delta < 0.0:
-                level = _refill_to(b, now) - delta
-                b.level = level if level < b.capacity else b.capacity
+            _correct(self.table._slot(self._idx[j]), r, u, now)
 
     def levels(self, double now):
         return self.table.levels(self.slots, now)
@@ -304,6 +289,18 @@ cdef double _take_all(Bucket** bs, const double* amt, Py_ssize_t k, double now) 
     for j in range(k):
         bs[j].level -= amt[j]
     return 0.0
+
+
+cdef inline void _correct(Bucket* b, double reserved, double used, double now) noexcept:
+    """Settle one bucket: charge used - min(reserved, capacity); a refund is capped at
+    capacity, a charge may leave debt, and 0 touches nothing (not even the stamp)."""
+    cdef double delta = used - (reserved if reserved < b.capacity else b.capacity)
+    cdef double level
+    if delta > 0.0:
+        b.level = _refill_to(b, now) - delta
+    elif delta < 0.0:
+        level = _refill_to(b, now) - delta
+        b.level = level if level < b.capacity else b.capacity
 
 
 cdef inline double _refilled(const Bucket* b, double now) noexcept:
