@@ -169,20 +169,22 @@ async def test_script_is_reloaded_after_noscript(private_redis):
     await store.aclose()
 
 
-LIMITED = """
-providers: [{name: up, schema: fake}]
-models: [{name: m, targets: [{provider: up}]}]
+def redis_limited(limits: str, on_store_error: str = "open") -> str:
+    """A config whose one key `k` has `limits` on the Redis backend."""
+    return f"""
+providers: [{{name: up, schema: fake}}]
+models: [{{name: m, targets: [{{provider: up}}]}}]
 keys:
   - name: k
-    key_hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-    limits: [{requests: 3, per: 1h}, {concurrent: 1}]
-rate_limits: {backend: redis, on_store_error: MODE}
+    key_hash: "sha256:{"0" * 64}"
+    limits: {limits}
+rate_limits: {{backend: redis, on_store_error: {on_store_error}}}
 """
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_outage_follows_on_store_error_and_recovers(private_redis, mode, caplog):
-    cfg = config_mod.loads(LIMITED.replace("MODE", mode))
+    cfg = config_mod.loads(redis_limited("[{requests: 3, per: 1h}, {concurrent: 1}]", mode))
     metrics = Metrics()
     store = RedisBuckets(private_redis.url, unique_prefix(), metrics)
     limiter = Limiter(cfg, store, metrics)
@@ -354,19 +356,8 @@ async def test_usage_beyond_the_reservation_reaches_redis_within_the_lease_ttl(s
         await leasing.aclose()
 
 
-LEASABLE = """
-providers: [{name: up, schema: fake}]
-models: [{name: m, targets: [{provider: up}]}]
-keys:
-  - name: k
-    key_hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-    limits: [{requests: 100000, per: 1h}]
-rate_limits: {backend: redis}
-"""
-
-
 async def test_admit_asks_the_store_until_a_lease_covers_the_request(store):
-    cfg = config_mod.loads(LEASABLE)
+    cfg = config_mod.loads(redis_limited("[{requests: 100000, per: 1h}]"))
     leasing = leasing_store(store.prefix)
     limiter = Limiter(cfg, leasing, Metrics())
     key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
