@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import urllib.parse
 from typing import Any
 
 from core.config import Traces
 from core.otlp import Span, export_request
-from gateway.upstream import Timeouts, UpstreamClient, UpstreamError
+from gateway.upstream import Timeouts, UpstreamClient, UpstreamError, endpoint_of
 
 log = logging.getLogger("tollway")
 BATCH = 512  # spans per POST; a full batch wakes the exporter before its interval
@@ -158,5 +157,5 @@ class SpanExporter:
 
 
 def _origin_label(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)  # hostname leaves out any user:password@
-    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    _, host, port = endpoint_of(url)  # leaves out any user:password@
+    return f"{host}:{port}"

@@ -19,7 +19,6 @@ to MAX_TEXT characters: the export queue is bounded by span count, so a span mus
 from __future__ import annotations
 
 import time
-import urllib.parse
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from core.tracecontext import (
     sampled,
 )
 from gateway.trace_export import SpanExporter
-from gateway.upstream import split_url
+from gateway.upstream import endpoint_of, split_url
 
 if TYPE_CHECKING:
     from core.request import RequestHead
@@ -214,8 +213,7 @@ def server_of(url: str) -> tuple[str, int]:
 @lru_cache(maxsize=256)
 def _origin(origin: str) -> tuple[str, int]:
     try:
-        parts = urllib.parse.urlsplit(origin)
-        host, port = parts.hostname or "", parts.port  # hostname drops any user:password@
+        _, host, port = endpoint_of(origin)
     except ValueError:
         return "", 0
-    return host, port or (443 if parts.scheme == "https" else 80)
+    return host, port

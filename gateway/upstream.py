@@ -438,21 +438,26 @@ class _Origin:
     __slots__ = ("key", "host", "port", "tls", "host_header", "label", "proxy", "target_prefix")
 
     def __init__(self, origin_url: str, proxies: ProxyRules) -> None:
-        parts = urllib.parse.urlsplit(origin_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("upstream URL must be http:// or https:// with a host")
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.tls else 80)
-        self.key = (parts.scheme, self.host, self.port)
+        scheme, self.host, self.port = endpoint_of(origin_url)
+        self.tls = scheme == "https"
+        self.key = (scheme, self.host, self.port)
         host = f"[{self.host}]" if ":" in self.host else self.host
         default_port = self.port == (443 if self.tls else 80)
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.label = f"{host}:{self.port}"
-        self.proxy: ProxyRoute | None = proxies.route(parts.scheme, self.host)
+        self.proxy: ProxyRoute | None = proxies.route(scheme, self.host)
         # Through a plain-HTTP proxy the request line carries the absolute URL.
         absolute = self.proxy is not None and not self.tls
         self.target_prefix = f"http://{self.host_header}" if absolute else ""
+
+
+def endpoint_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, the port defaulted by scheme; any user:password@
+    is left out. Raises ValueError for another scheme, no host or a bad port."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("upstream URL must be http:// or https:// with a host")
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def split_url(url: str) -> tuple[str, str]:
