@@ -2,8 +2,9 @@
 
 The policy (which buckets, how much, the 429) is `core.limits`; this module runs it against a
 *bucket store*: `MemoryBuckets` (one process) or `RedisBuckets` (shared by every worker and
-replica). A store does two things on a plan's buckets: `take` all amounts or none (and say the
-levels), and `charge` signed amounts without asking (settle deltas, fire and forget).
+replica). A store binds each plan once (`bind`), then on its buckets `decide`s from what this
+process holds (the hot path; the Redis store may answer "ask me") or `take`s all amounts or
+none in the store, and `settle`s what was used against what was reserved, without waiting.
 
 When the store cannot answer (Redis down), `rate_limits.on_store_error` decides: `open`
 admits the request unmetered, `closed` refuses it with a 503. Either way the decision is
@@ -57,9 +58,6 @@ class BucketStore(Protocol):
     def settle(self, bound: Any, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge what was used minus what was reserved (both per measure) on the bound
         plan, without waiting; never raises."""
-
-    def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
-        """Charge signed amounts per bucket (negative refunds) without waiting; never raises."""
 
     async def levels(self, policy: LimitPolicy) -> dict[str, float]:
         """Current level of every bucket of `policy`, by bucket id. Raises StoreUnavailable."""

@@ -54,16 +54,6 @@ class MemoryBuckets:
         """Charge used minus reserved (per measure) in one kernel call."""
         gate.settle(reserved, used, self._clock())
 
-    def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
-        """Apply settle deltas: positive takes (may leave debt), negative gives back."""
-        now = self._clock()
-        table = self._table
-        for slot, delta in zip(self._gate(plan).slots, deltas):
-            if delta > 0.0:
-                table.take(slot, delta, now)
-            elif delta < 0.0:
-                table.give(slot, -delta, now)
-
     async def levels(self, policy: LimitPolicy) -> dict[str, float]:
         now = self._clock()
         return {bucket_id: self._table.level(self._slot[bucket_id], now) for bucket_id in policy.buckets}
@@ -72,7 +62,7 @@ class MemoryBuckets:
         return None
 
     def _gate(self, plan: Plan) -> Gate:
-        """For take and charge, which get the plan (the hot path gets the gate bound to it)."""
+        """For take, which gets the plan (the hot path gets the gate bound to it)."""
         # Keyed by identity; the entry holds the plan itself, so an id reused after a reload
         # can never match.
         entry = self._plans.get(id(plan))
