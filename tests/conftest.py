@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import anthropic
 import openai
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -111,3 +112,9 @@ def gemini() -> Iterator[FakeGemini]:
 def oai(gw: GatewayProcess) -> openai.OpenAI:
     """The official openai SDK against the requesting module's `gw` gateway."""
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+
+@pytest.fixture()
+def ant(gw: GatewayProcess) -> anthropic.Anthropic:
+    """The official anthropic SDK against the requesting module's `gw` gateway's Anthropic API."""
+    return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)

@@ -141,11 +141,6 @@ keys:
     process.stop()
 
 
-@pytest.fixture()
-def ant(gw: GatewayProcess) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
-
-
 @pytest.mark.parametrize("model, code_hint", [
     ("claude-dies", "closed the stream"),   # Anthropic pass-through: the upstream connection drops
     ("gpt-dies", "closed the stream"),      # translated from an OpenAI-compatible backend

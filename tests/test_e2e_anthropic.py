@@ -49,11 +49,6 @@ keys:
     process.stop()
 
 
-@pytest.fixture()
-def ant(gw: GatewayProcess) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
-
-
 # -- OpenAI client -> Anthropic provider -----------------------------------------------
 
 def test_openai_sdk_non_stream_via_anthropic(oai, anthropic_upstream):
