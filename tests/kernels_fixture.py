@@ -44,22 +44,16 @@ def kernel_module(kernel: str, kind: str) -> ModuleType:
     return compiled_or_skip(kernel)
 
 
-# Session-scoped so hypothesis tests may use them (they hold no per-test state).
-@pytest.fixture(params=KERNEL_KINDS, scope="session")
-def sse_impl(request: pytest.FixtureRequest) -> ModuleType:
-    return kernel_module("sse", request.param)
+def _impl_fixture(kernel: str):  # noqa: ANN202 - a pytest fixture
+    """`<kernel>_impl`: the kernel's pure twin, then its compiled module. Session-scoped so
+    hypothesis tests may use it (it holds no per-test state)."""
+    @pytest.fixture(params=KERNEL_KINDS, scope="session", name=f"{kernel}_impl")
+    def impl(request: pytest.FixtureRequest) -> ModuleType:
+        return kernel_module(kernel, request.param)
+    return impl
 
 
-@pytest.fixture(params=KERNEL_KINDS, scope="session")
-def buckets_impl(request: pytest.FixtureRequest) -> ModuleType:
-    return kernel_module("buckets", request.param)
-
-
-@pytest.fixture(params=KERNEL_KINDS, scope="session")
-def jsonscan_impl(request: pytest.FixtureRequest) -> ModuleType:
-    return kernel_module("jsonscan", request.param)
-
-
-@pytest.fixture(params=KERNEL_KINDS, scope="session")
-def ratelimit_impl(request: pytest.FixtureRequest) -> ModuleType:
-    return kernel_module("ratelimit", request.param)
+sse_impl = _impl_fixture("sse")
+buckets_impl = _impl_fixture("buckets")
+jsonscan_impl = _impl_fixture("jsonscan")
+ratelimit_impl = _impl_fixture("ratelimit")
