@@ -178,13 +178,12 @@ class Denial:
 
 
 class LimitPolicy:
-    """The limits of one config, indexed for the hot path. Immutable apart from its plan cache."""
+    """The limits of one config, indexed for the hot path. Immutable apart from its price cache."""
 
     def __init__(self, config: Config) -> None:
         self.default_max_tokens = config.rate_limits.default_max_tokens
         self._teams = {t.name: t.limits for t in config.teams}
         self._models = {m.name: m for m in config.models}
-        self._plans: dict[tuple[str, str], Plan] = {}  # bounded: keys x public model names
         self._prices: dict[str, Price] = {}
         self.buckets: dict[str, Bucket] = {b.id: b for b in self._all_buckets(config)}
 
@@ -193,11 +192,17 @@ class LimitPolicy:
         return bool(self.buckets)
 
     def plan(self, key: Key, model: str) -> Plan:
-        """The plan for requests by `key` to the public model `model` (a route name)."""
-        cached = self._plans.get((key.name, model))
-        if cached is None:
-            cached = self._plans[(key.name, model)] = self._build_plan(key, model)
-        return cached
+        """The plan for requests by `key` to the public model `model` (a route name). Built
+        on each call: the limiter keeps it, with its store's binding, per (key, model)."""
+        found: list[Bucket] = []
+        found += _owned("key", key.name, key.limits, model)
+        if key.team is not None:
+            found += _owned("team", key.team, self._teams.get(key.team, []), model)
+        entry = self._models.get(model)
+        if entry is not None:
+            found += [bucket_for("model", model, lim) for lim in entry.limits]
+        buckets = tuple(found)
+        return Plan(buckets, _header_index(buckets, ("requests",)), _header_index(buckets, TOKEN_MEASURES))
 
     def price(self, model: str, upstream_model: str | None = None) -> Price:
         """The price of a response: the model's configured price, else the shipped default
@@ -218,17 +223,6 @@ class LimitPolicy:
         per_choice = head.max_completion_tokens or head.max_tokens or head.max_output_tokens or self.default_max_tokens
         n = head.n
         return per_choice * n if n is not None and n > 1 else per_choice  # (head.output_limit, inlined: hot)
-
-    def _build_plan(self, key: Key, model: str) -> Plan:
-        found: list[Bucket] = []
-        found += _owned("key", key.name, key.limits, model)
-        if key.team is not None:
-            found += _owned("team", key.team, self._teams.get(key.team, []), model)
-        entry = self._models.get(model)
-        if entry is not None:
-            found += [bucket_for("model", model, lim) for lim in entry.limits]
-        buckets = tuple(found)
-        return Plan(buckets, _header_index(buckets, ("requests",)), _header_index(buckets, TOKEN_MEASURES))
 
     def _all_buckets(self, config: Config) -> Iterator[Bucket]:
         for key in config.keys:

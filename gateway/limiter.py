@@ -43,7 +43,7 @@ class BucketStore(Protocol):
 
     def bind(self, plan: Plan) -> Any:
         """This store's state for `plan` (its slots, its keys): built once per plan and kept
-        by the limiter, so the two hot-path calls below need no lookup."""
+        by the limiter, which passes it to every call below, so none needs a lookup."""
 
     def decide(self, bound: Any, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
         """The hot path: reserve `demand` (per measure, see core.limits.reserve) on the
@@ -51,9 +51,9 @@ class BucketStore(Protocol):
         after), or None when only the store can decide (then the limiter awaits `take`).
         Never raises."""
 
-    async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
-        """Take every amount (per bucket) or none. Returns (taken, levels after).
-        Raises StoreUnavailable."""
+    async def take(self, bound: Any, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Take every amount (per bucket of the bound plan) or none, in the store. Returns
+        (taken, levels after). Raises StoreUnavailable."""
 
     def settle(self, bound: Any, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge what was used minus what was reserved (both per measure) on the bound
@@ -126,7 +126,7 @@ class Limiter:
         `on_store_error: closed`."""
         plan, demand = pending.plan, pending.demand
         try:
-            decided = await self.store.take(plan, limits.amounts(plan, demand))
+            decided = await self.store.take(pending.bound, limits.amounts(plan, demand))
         except StoreUnavailable:
             return self._without_store(plan, pending.bound, demand, pending.model)
         return self._grant(plan, pending.bound, demand, pending.model, decided)

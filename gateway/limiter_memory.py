@@ -19,12 +19,10 @@ class MemoryBuckets:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._table = BucketTable()
         self._slot: dict[str, int] = {}  # bucket id -> slot; kept across reloads
-        self._plans: dict[int, tuple[Plan, Gate]] = {}  # id(plan) -> (plan, its gate)
         self._clock = clock
 
     def configure(self, policy: LimitPolicy) -> None:
         """Give every bucket of `policy` a slot; an existing bucket keeps its level."""
-        self._plans.clear()  # the new policy has new plan objects
         for bucket_id, bucket in policy.buckets.items():
             slot = self._slot.get(bucket_id)
             if slot is None:
@@ -43,9 +41,8 @@ class MemoryBuckets:
         levels = gate.reserve(demand, now)
         return (True, levels) if levels is not None else (False, gate.levels(now))
 
-    async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+    async def take(self, gate: Gate, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
         """Take all amounts (per bucket) or none; return (taken, levels after)."""
-        gate = self._gate(plan)
         now = self._clock()
         taken = self._table.try_take(gate.slots, amounts, now) == 0.0
         return taken, gate.levels(now)
@@ -60,12 +57,3 @@ class MemoryBuckets:
 
     async def aclose(self) -> None:
         return None
-
-    def _gate(self, plan: Plan) -> Gate:
-        """For take, which gets the plan (the hot path gets the gate bound to it)."""
-        # Keyed by identity; the entry holds the plan itself, so an id reused after a reload
-        # can never match.
-        entry = self._plans.get(id(plan))
-        if entry is None or entry[0] is not plan:
-            entry = self._plans[id(plan)] = (plan, self.bind(plan))
-        return entry[1]

@@ -205,7 +205,6 @@ class RedisBuckets:
         self._queue: list[_Op] = []
         self._drains: set[asyncio.Task[None]] = set()  # batches in flight (at most MAX_IN_FLIGHT)
         self._settle_timer: asyncio.TimerHandle | None = None
-        self._plans: dict[int, _Entry] = {}
         self._book = LeaseBook() if leasing else None  # see gateway/limiter_lease.py
         self._return_timer: asyncio.TimerHandle | None = None
         self._down_since: float | None = None
@@ -213,7 +212,6 @@ class RedisBuckets:
         self._held = 0  # settles kept for later during an incident
 
     def configure(self, policy: LimitPolicy) -> None:
-        self._plans.clear()  # capacities travel with every call, so nothing else changes
         if self._book is not None:  # leases of the old shapes go back; changed buckets start over
             self._surrender()
             self._book.reconfigure(policy.buckets)
@@ -223,8 +221,10 @@ class RedisBuckets:
         return f"{{{self.prefix}}}:b:{bucket_id}"
 
     def bind(self, plan: Plan) -> _Entry:
-        """The plan's Redis keys, script shapes and lease slots, for decide and settle."""
-        return self._entry(plan)
+        """The plan's Redis keys, its shapes for the script and its lease gate."""
+        keys = tuple(self.key(b.id) for b in plan.buckets)
+        shapes = [_shape(b) for b in plan.buckets]
+        return plan, keys, shapes, self._book.gate(plan) if self._book is not None else None
 
     def decide(self, entry: _Entry, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
         """Decide from this process's leases when they cover the request (admitted, levels as
@@ -241,11 +241,11 @@ class RedisBuckets:
             self._top_up(low)
         return True, levels
 
-    async def take(self, plan: Plan, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+    async def take(self, entry: _Entry, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
         """Reserve in Redis (leasing a slice along, when leasing); see BucketStore.take."""
         if self._failing_fast():
             raise StoreUnavailable("redis is unavailable")
-        _, keys, shapes, gate = self._entry(plan)
+        _, keys, shapes, gate = entry
         slots = gate.slots if gate is not None else None
         wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -267,12 +267,13 @@ class RedisBuckets:
                 if self._return_timer is None:  # what the settle left here goes back within LEASE_TTL
                     self._return_timer = asyncio.get_running_loop().call_later(LEASE_TTL, self._return_leases)
                 return
-        self.charge(plan, limits.deltas(plan, reserved, used))
+        self.charge(entry, limits.deltas(plan, reserved, used))
 
-    def charge(self, plan: Plan, deltas: tuple[float, ...]) -> None:
+    def charge(self, entry: _Entry, deltas: tuple[float, ...]) -> None:
+        """Queue signed amounts per bucket of the bound plan (negative refunds) for Redis."""
         if not any(deltas):
             return
-        _, keys, shapes, _ = self._entry(plan)
+        _, keys, shapes, _ = entry
         self._queue_charge(_Op("c", keys, shapes, deltas))
 
     def _queue_charge(self, op: _Op) -> None:
@@ -320,18 +321,6 @@ class RedisBuckets:
             await self._drain()
         await self.client.aclose()
 
-    # -- batching -------------------------------------------------------------------------
-
-    def _entry(self, plan: Plan) -> _Entry:
-        """Per plan, once: (plan, its Redis keys, its shapes for the script, its lease gate)."""
-        entry = self._plans.get(id(plan))
-        if entry is None or entry[0] is not plan:
-            keys = tuple(self.key(b.id) for b in plan.buckets)
-            shapes = [_shape(b) for b in plan.buckets]
-            gate = self._book.gate(plan) if self._book is not None else None
-            entry = self._plans[id(plan)] = (plan, keys, shapes, gate)
-        return entry
-
     # -- leases ---------------------------------------------------------------------------
 
     def _top_up(self, slots: list[int]) -> None:
@@ -367,6 +356,8 @@ class RedisBuckets:
                 self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
             except RuntimeError:  # configure() before the loop runs: the first request drains them
                 pass
+
+    # -- batching -------------------------------------------------------------------------
 
     def _kick(self) -> None:
         self._settle_timer = None

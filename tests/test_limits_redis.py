@@ -63,12 +63,12 @@ async def test_lua_arithmetic_matches_the_bucket_kernel(store):
         plan = plan_of(*[buckets[i] for i in pick])
         amounts = tuple(float(rng.randint(0, 60) if buckets[i].window else 1) for i in pick)
         if rng.random() < 0.6:
-            taken, levels = await store.take(plan, amounts)
+            taken, levels = await store.take(store.bind(plan), amounts)
             assert taken == (table.try_take([slots[i] for i in pick], amounts, now) == 0.0)
             assert levels == pytest.approx(tuple(table.level(slots[i], now) for i in pick), abs=1e-6)
         else:
             deltas = tuple(rng.uniform(-30, 30) for _ in pick)
-            store.charge(plan, deltas)
+            store.charge(store.bind(plan), deltas)
             for i, d in zip(pick, deltas):
                 (table.take if d > 0 else table.give)(slots[i], abs(d), now)
             await asyncio.sleep(0.005)  # let the settle ride out on its own
@@ -94,7 +94,7 @@ async def test_concurrent_decisions_share_one_round_trip(store):
 
     store.client.evalsha = counting
     plan = plan_of(Bucket("rpm", "key", "k", "requests", 1000, 60), Bucket("tpm", "key", "k", "total_tokens", 1e6, 60))
-    results = await asyncio.gather(*(store.take(plan, (1.0, 100.0)) for _ in range(200)))
+    results = await asyncio.gather(*(store.take(store.bind(plan), (1.0, 100.0)) for _ in range(200)))
     assert all(taken for taken, _ in results)
     remaining = sorted(levels[0] for _, levels in results)
     assert remaining[0] == pytest.approx(800, abs=1) and remaining[-1] == pytest.approx(999, abs=1)
@@ -104,7 +104,7 @@ async def test_concurrent_decisions_share_one_round_trip(store):
 async def test_bucket_keys_share_one_hash_tag_and_expire_when_full_again(store):
     plan = plan_of(Bucket("key:k:total_tokens:60s", "key", "k", "total_tokens", 600, 60),
                    Bucket("key:k:concurrent:inflight", "key", "k", "concurrent", 5, 0))
-    await store.take(plan, (300.0, 1.0))
+    await store.take(store.bind(plan), (300.0, 1.0))
     r = aioredis.Redis.from_url(SHARED_URL)
     tokens_key = store.key("key:k:total_tokens:60s")
     assert tokens_key.startswith(f"{{{store.prefix}}}:")
@@ -117,8 +117,8 @@ async def test_bucket_keys_share_one_hash_tag_and_expire_when_full_again(store):
 async def test_a_denied_reservation_takes_nothing(store):
     plan = plan_of(Bucket("a", "key", "k", "requests", 10, 60), Bucket("b", "key", "k", "total_tokens", 100, 60))
     store.now = 5000.0
-    assert (await store.take(plan, (1.0, 90.0)))[0]
-    taken, levels = await store.take(plan, (1.0, 20.0))
+    assert (await store.take(store.bind(plan), (1.0, 90.0)))[0]
+    taken, levels = await store.take(store.bind(plan), (1.0, 20.0))
     assert not taken
     assert levels == pytest.approx((9.0, 10.0))
 
@@ -162,10 +162,10 @@ def private_redis():
 async def test_script_is_reloaded_after_noscript(private_redis):
     store = RedisBuckets(private_redis.url, unique_prefix(), Metrics())
     plan = plan_of(Bucket("x", "key", "k", "requests", 2, 60))
-    assert (await store.take(plan, (1.0,)))[0]
+    assert (await store.take(store.bind(plan), (1.0,)))[0]
     redis.Redis(port=private_redis.port).script_flush()
-    assert (await store.take(plan, (1.0,)))[0]
-    assert not (await store.take(plan, (1.0,)))[0]  # and the level survived
+    assert (await store.take(store.bind(plan), (1.0,)))[0]
+    assert not (await store.take(store.bind(plan), (1.0,)))[0]  # and the level survived
     await store.aclose()
 
 
@@ -253,7 +253,7 @@ async def decide_or_take(store: RedisBuckets, plan: Plan, demand: tuple[float, .
     """What the limiter does: decide from the lease, else ask Redis."""
     decided = store.decide(store.bind(plan), demand)
     if decided is None:
-        decided = await store.take(plan, tuple(min(demand[m], b.capacity) for m, b in zip(plan.measures, plan.buckets)))
+        decided = await store.take(store.bind(plan), tuple(min(demand[m], b.capacity) for m, b in zip(plan.measures, plan.buckets)))
     return decided[0]
 
 
@@ -267,13 +267,13 @@ async def test_a_lease_decides_requests_locally_and_tops_up_in_the_background(st
     plan = plan_of(bucket)
     try:
         assert leasing.decide(leasing.bind(plan), REQUEST) is None  # nothing leased yet: Redis decides
-        assert (await leasing.take(plan, (1.0,)))[0]
+        assert (await leasing.take(leasing.bind(plan), (1.0,)))[0]
         assert calls[0] == 1
         local = 0
         for _ in range(50):
             decided = leasing.decide(leasing.bind(plan), REQUEST)
             if decided is None:
-                assert (await leasing.take(plan, (1.0,)))[0]
+                assert (await leasing.take(leasing.bind(plan), (1.0,)))[0]
             else:
                 local += 1
                 assert decided[0] and decided[1][0] <= 1600
