@@ -61,7 +61,6 @@ class Tracer:
     """Starts the trace of each client request; one per gateway while tracing is on."""
 
     def __init__(self, config: Traces, exporter: SpanExporter) -> None:
-        self.config = config
         self.ratio = config.sample_ratio
         self.exporter = exporter
 
