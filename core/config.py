@@ -37,7 +37,9 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connect: float = 5.0
     first_byte: float = 300.0
     idle: float = 120.0
-    total: float | None = None
+    # The whole exchange, connect to last byte: a trickling upstream cannot hold a stream (and
+    # its client's slot) forever. null lifts the bound.
+    total: float | None = 600.0
 
 
 class Scrape(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -126,6 +128,12 @@ class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key_hash: str
 
 
+class MetricsAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`/metrics` answers only to `Authorization: Bearer <credential>` whose hash this is."""
+
+    key_hash: str
+
+
 class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -165,6 +173,12 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reload_check_interval: float = 2.0  # seconds between config file checks (0: only SIGHUP)
     drain_delay: float = 0.0  # on SIGTERM, seconds /readyz says 503 before the listener closes
     drain_timeout: float = 30.0  # then, seconds in-flight requests may take to finish
+    # Hostile-peer bounds (docs/limits.md, "What the gateway refuses to hold"):
+    body_read_timeout: float = 60.0  # seconds a client may take to upload its request body
+    max_upstream_body_bytes: int = 64 * 1024 * 1024  # past it: 502 upstream_too_large
+    client_idle_timeout: float = 60.0  # seconds a streaming client may read nothing before it is dropped
+    max_count_tokens_bytes: int = 2 * 1024 * 1024  # count_tokens bodies larger than this: 413
+    metrics_auth: MetricsAuth | None = None  # absent: /metrics is open, as before
 
 
 class Traces(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -351,6 +365,9 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
             fail(["keys", i, "key_hash"], "expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>)")
     if config.admin is not None and not _is_key_hash(config.admin.key_hash):
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
+    if config.server.metrics_auth is not None and not _is_key_hash(config.server.metrics_auth.key_hash):
+        fail(["server", "metrics_auth", "key_hash"], "expected the output of `tollway hash-key`")
+    _validate_server(config.server, fail)
     _validate_routing(config.routing, fail)
     _validate_limits(config, fail)
     if config.telemetry.traces is not None:
@@ -421,6 +438,15 @@ def _validate_pool(p: Provider, i: int, fail: Any) -> None:
         fail(["providers", i, "pick"], "pick applies to pools: give endpoints or discover")
     if p.scrape.interval <= 0 or p.scrape.timeout <= 0:
         fail(["providers", i, "scrape"], "interval and timeout must be > 0 seconds")
+
+
+def _validate_server(s: Server, fail: Any) -> None:
+    for field in ("body_read_timeout", "client_idle_timeout"):
+        if not 0 < getattr(s, field) < float("inf"):
+            fail(["server", field], "must be a finite number of seconds > 0")
+    for field in ("max_body_bytes", "max_upstream_body_bytes", "max_count_tokens_bytes"):
+        if getattr(s, field) < 1:
+            fail(["server", field], "must be at least 1 byte")
 
 
 def _validate_routing(routing: Routing, fail: Any) -> None:
