@@ -62,3 +62,13 @@ def usage_of_body(body: bytes) -> Usage | None:
     except msgspec.MsgspecError:
         return None
     return from_openai(env.usage) if env.usage is not None else None
+
+
+def usage_of_json(body: bytes) -> Usage | None:
+    """The usage in an OpenAI JSON response body, or None if it has none (or one of an odd
+    shape: that is the upstream's business). Raises msgspec.DecodeError if it is not JSON."""
+    try:
+        env = _decode_envelope(body)
+    except msgspec.ValidationError:
+        return None
+    return from_openai(env.usage) if env.usage is not None else None

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from core.config import Provider
 from core.errors import GatewayError, upstream_auth_failed
 from core.providers.base import UpstreamCall
+from core.secrets import ProviderSecrets
 
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh a Google token this long before it expires, so no request carries a token that
@@ -44,8 +45,9 @@ class SigV4Credential:
 
     service = "bedrock"
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, secrets: ProviderSecrets) -> None:
         self._provider = provider
+        self._secrets = secrets
         self._source: Any = None
         self._lock = asyncio.Lock()
 
@@ -54,6 +56,7 @@ class SigV4Credential:
         from botocore.awsrequest import AWSRequest  # noqa: PLC0415
 
         keys = await self._frozen_keys()
+        self._secrets.add(keys.access_key, keys.secret_key, keys.token)  # fetched keys rotate: learn each
         request = AWSRequest(method=call.method, url=call.url, data=call.body, headers=dict(call.headers))
         SigV4Auth(keys, self.service, self._provider.region or "us-east-1").add_auth(request)
         return UpstreamCall(call.method, call.url, list(request.headers.items()), call.body, call.stream)
@@ -91,8 +94,9 @@ class GoogleOAuthCredential:
     identity, the metadata server).
     """
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, secrets: ProviderSecrets) -> None:
         self._provider = provider
+        self._secrets = secrets
         self._google: Any = None
         self._lock = asyncio.Lock()
 
@@ -105,6 +109,7 @@ class GoogleOAuthCredential:
             async with self._lock:
                 if not self._fresh():
                     await asyncio.to_thread(self._refresh)
+                    self._secrets.add(self._google.token)
         return self._google.token
 
     def _fresh(self) -> bool:
@@ -138,15 +143,16 @@ class GoogleOAuthCredential:
 
 
 # schema -> the credential that signs its calls when the provider has no static api_key.
-SIGNERS: dict[str, Callable[[Provider], Any]] = {
+SIGNERS: dict[str, Callable[[Provider, ProviderSecrets], Any]] = {
     "bedrock": SigV4Credential,
     "vertex": GoogleOAuthCredential,
 }
 
 
-def credential_for(provider: Provider) -> Any | None:
-    """The signer for this provider's calls, or None when the adapter's headers suffice."""
+def credential_for(provider: Provider, secrets: ProviderSecrets) -> Any | None:
+    """The signer for this provider's calls, or None when the adapter's headers suffice.
+    The signer adds every credential it fetches to `secrets`."""
     factory = SIGNERS.get(provider.schema)
     if factory is None or provider.api_key:
         return None
-    return factory(provider)
+    return factory(provider, secrets)

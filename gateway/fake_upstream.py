@@ -36,8 +36,11 @@ class FakeResponse:
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name), None)
 
-    async def read(self) -> bytes:
-        return b"".join(self._chunks)
+    async def read(self, limit: int | None = None) -> bytes:
+        return b"".join(self._chunks)  # the fake's answers are small and made here: no limit to hold
+
+    async def read_prefix(self, limit: int) -> bytes:
+        return b"".join(self._chunks)[:limit]
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for i, chunk in enumerate(self._chunks):

@@ -11,6 +11,13 @@ a broken connection to one replica of a pool is retried on another replica first
 the budget. After the first byte of a stream has been sent, failures end the stream with an
 SSE error event instead, since the client has already seen part of an answer. Every outcome
 feeds the breakers (`core.health`) of the target and of the endpoint.
+
+The upstream is not trusted. Every error built from its answer is scrubbed of credentials
+(`core.secrets`) before anything sees it; successful bodies and stream chunks are checked for
+the provider's own secrets by value. Its bodies are read up to `server.max_upstream_body_bytes`
+(error bodies only as far as their message needs), and anything the adapter cannot read (not
+JSON, a content-encoding the gateway did not ask for, an oversized SSE event) is a 502 before
+the first byte, or a closing SSE error event after it.
 """
 from __future__ import annotations
 
@@ -19,19 +26,26 @@ import logging
 import time
 from typing import Any
 
+import msgspec
+
 from core import errors
-from core.config import Provider, Target
+from core.config import Provider, Server, Target
 from core.errors import GatewayError, UpstreamTimedOut
+from core.kernels import SSEError
 from core.providers.base import CallContext, UpstreamCall
 from core.request import RequestHead
 from core.retry import AttemptPlan, retry_after
 from core.routing import Route
+from core.sse import DEFAULT_MAX_EVENT_BYTES
+from core.secrets import ProviderSecrets, scrubbed
 from core.usage import Usage
+from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from gateway.drain import shutting_down
 from gateway.exchange import Exchange
 from gateway.runtime import ProviderRuntime, Runtime
 from gateway.tracing import Attempt
-from gateway.upstream import UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout
+from gateway.upstream import (UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout,
+                              UpstreamTooLarge)
 
 try:  # granian raises this when the client has gone away mid-response
     from granian.rsgi import ProtocolClosed as ClientGone
@@ -43,6 +57,10 @@ RETRYABLE_STATUS = frozenset((408, 429, 500, 502, 503, 504, 529))
 _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but do not eject
 _CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+ERROR_BODY_BYTES = 64 * 1024  # of an upstream error body: its message is all the client needs
+# What an adapter raises when the upstream's bytes are not what its schema promised.
+_UNREADABLE = (msgspec.MsgspecError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+_IDENTITY = ("", "identity")
 
 
 class Proxy:
@@ -88,9 +106,11 @@ class Proxy:
         attempt = trace.attempt() if trace is not None else None  # a CLIENT span per try
         failed: bool | None = None
         try:
-            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, endpoint.provider, attempt)
+            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, rt.config.server,
+                                endpoint.provider, attempt)
             failed = False
         except GatewayError as exc:
+            scrubbed(exc, provider.secrets)  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
             if exc.code == _CONNECT_FAILED:
                 broken.add(endpoint.name)
@@ -111,7 +131,7 @@ class Proxy:
             log.warning("provider %s ejected for %.0fs after repeated failures", provider.name, member.ejected_until - now)
 
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
-                       upstream_model: str, proto: Any, base_headers: list[tuple[str, str]],
+                       upstream_model: str, proto: Any, base_headers: list[tuple[str, str]], server: Server,
                        endpoint: Provider | None = None, attempt: Attempt | None = None) -> None:
         adapter = provider.adapter(ex.api)
         if adapter is None:
@@ -129,15 +149,29 @@ class Proxy:
             attempt.status = resp.status
         try:
             if resp.status >= 400:
-                err_body = await self._read(provider.name, resp)
-                self.metrics.upstream_errors.labels(provider.name, f"http_{resp.status}").inc()
-                raise adapter.error(ctx, resp.status, resp.headers, err_body)
+                raise await self._upstream_error(provider, adapter, ctx, resp)
+            _refuse_encoded(provider.name, resp)
             if call.stream and _is_stream(resp.header("content-type") or ""):
-                await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers)
+                await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
             else:
-                await self._relay_body(ex, adapter, ctx, resp, proto, base_headers)
+                await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
         finally:
             resp.close()
+
+    async def _upstream_error(self, provider: ProviderRuntime, adapter: Any, ctx: CallContext,
+                              resp: Any) -> GatewayError:
+        """The client's error for an upstream 4xx/5xx, from at most ERROR_BODY_BYTES of its body."""
+        self.metrics.upstream_errors.labels(provider.name, f"http_{resp.status}").inc()
+        try:
+            err_body = await resp.read_prefix(ERROR_BODY_BYTES)
+        except UpstreamError as exc:
+            raise _client_error(provider.name, exc) from None
+        try:
+            return adapter.error(ctx, resp.status, resp.headers, err_body)
+        except _UNREADABLE:  # the error's body is garbage: its status still says what happened
+            return GatewayError(resp.status if resp.status < 500 else 502,
+                                f"The upstream provider '{provider.name}' answered HTTP {resp.status}.",
+                                "invalid_request_error" if resp.status < 500 else "api_error", "upstream_error")
 
     async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> Any:
         timeouts = provider.config.timeouts
@@ -149,67 +183,77 @@ class Proxy:
             raise _client_error(provider.name, exc) from None
 
     async def _relay_body(self, ex: Exchange, adapter: Any, ctx: CallContext, resp: Any, proto: Any,
-                          base_headers: list[tuple[str, str]]) -> None:
-        provider_name = ctx.provider.name
-        raw = await self._read(provider_name, resp)
-        out, usage = adapter.response(ctx, resp.status, raw)
+                          base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
+        raw = await self._read(provider.name, resp, server.max_upstream_body_bytes)
+        try:
+            out, usage = adapter.response(ctx, resp.status, raw)
+        except _UNREADABLE:
+            raise errors.upstream_malformed(provider.name) from None
+        out = provider.secrets.redact(out)
         ex.usage = usage
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
         proto.response_bytes(resp.status, [("content-type", "application/json"), *base_headers], out)
 
-    async def _read(self, provider_name: str, resp: Any) -> bytes:
+    async def _read(self, provider_name: str, resp: Any, limit: int) -> bytes:
         try:
-            return await resp.read()
+            return await resp.read(limit)
         except UpstreamError as exc:
             raise _client_error(provider_name, exc) from None
 
     async def _relay_stream(self, ex: Exchange, adapter: Any, ctx: CallContext, resp: Any, proto: Any,
-                            base_headers: list[tuple[str, str]]) -> None:
+                            base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
         translator = adapter.stream(ctx)
         ex.stream = True
+        feed = _Feed(translator, provider.name, provider.secrets, server.max_upstream_body_bytes)
         chunks = resp.__aiter__()
-        first = await self._first_chunk(ctx, chunks, translator)  # failures here can still fall back
+        first = await self._first_chunk(ctx, chunks, feed)  # failures here can still fall back
         ex.status = 200
-        out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]))
+        out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]), ex.client,
+                           server.client_idle_timeout)
         try:
-            await self._pump(ex, out, first, chunks, translator)
+            await self._pump(ex, out, first, chunks, feed)
         except ClientGone:
             ex.error_type = "client_closed"
+        except ClientStalled:
+            ex.error_type = "client_stalled"
+            log.info("dropped a client that read nothing for %gs (request %s)", server.client_idle_timeout,
+                     ex.request_id)
         finally:
             out.close()
             ex.usage = translator.usage or self._counted_usage(ctx, translator)
 
-    async def _first_chunk(self, ctx: CallContext, chunks: Any, translator: Any) -> bytes:
+    async def _first_chunk(self, ctx: CallContext, chunks: Any, feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
         out = b""
         try:
             while not out:
-                out = translator.feed(await chunks.__anext__())
+                out = feed(await chunks.__anext__())
         except StopAsyncIteration:
-            out = translator.flush()
+            out = feed.flush()
         except UpstreamError as exc:
             raise _client_error(ctx.provider.name, exc) from None
         return out
 
-    async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, translator: Any) -> None:
+    async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, feed: _Feed) -> None:
         await transport.send(first)
         ex.first_byte = time.perf_counter()
         try:
             async for chunk in chunks:
-                out = translator.feed(chunk)
+                out = feed(chunk)
                 if out:
                     await transport.send(out)
-            tail = translator.flush()
+            tail = feed.flush()
             if tail:
                 await transport.send(tail)
-        except (UpstreamTimeout, UpstreamDisconnected, UpstreamConnectError, GatewayError) as exc:
-            err = exc if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
+        except (UpstreamError, GatewayError) as exc:
+            err = scrubbed(exc, feed.secrets) if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
-            await transport.send(_error_event(translator, err))
-        except asyncio.CancelledError:  # cut off by the drain deadline: say so before the stream ends
-            ex.error_type = "gateway_shutting_down"
-            await transport.send(_error_event(translator, shutting_down()))
+            await transport.send(_error_event(feed.translator, err))
+        except asyncio.CancelledError:
+            if ex.cancel_reason is None:  # cut off by the drain deadline: say so before the stream ends
+                ex.error_type = "gateway_shutting_down"
+                await transport.send(_error_event(feed.translator, shutting_down()))
             raise
 
     def _counted_usage(self, ctx: CallContext, translator: Any) -> Usage:
@@ -219,6 +263,43 @@ class Proxy:
         completion = count_tokens(translator.streamed_text(), ctx.upstream_model)
         prompt = estimate_prompt_tokens(ctx.body)
         return Usage(prompt, completion, prompt + completion)
+
+
+class _Feed:
+    """An upstream stream through its translator, with the relay's guards: the stream's size
+    cap, a translator that cannot read the bytes (502 upstream_malformed, or upstream_too_large
+    for an oversized event), and the provider's secrets masked in what goes to the client."""
+
+    __slots__ = ("translator", "provider", "secrets", "_left", "_limit")
+
+    def __init__(self, translator: Any, provider: str, secrets: ProviderSecrets, limit: int) -> None:
+        self.translator, self.provider, self.secrets = translator, provider, secrets
+        self._left = self._limit = limit
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self._left -= len(chunk)
+        if self._left < 0:
+            raise errors.upstream_too_large(self.provider, self._limit)
+        return self._guarded(self.translator.feed, chunk)
+
+    def flush(self) -> bytes:
+        return self._guarded(self.translator.flush)
+
+    def _guarded(self, step: Any, *chunk: bytes) -> bytes:
+        try:
+            out: bytes = step(*chunk)
+        except SSEError:  # one event over the framer's limit
+            raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
+        except _UNREADABLE:
+            raise errors.upstream_malformed(self.provider, "a stream") from None
+        return self.secrets.redact(out) if out else out
+
+
+def _refuse_encoded(provider: str, resp: Any) -> None:
+    """The gateway asked for identity (no content-coding); anything else cannot be read or relayed."""
+    encoding = resp.header("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in _IDENTITY:
+        raise errors.upstream_malformed(provider, f"a body in content-encoding '{encoding[:40]}'")
 
 
 def _is_stream(content_type: str) -> bool:
@@ -244,15 +325,29 @@ class ClientStream:
     kept alive by an exception's traceback (a reference cycle, freed only when the GC runs)
     would hold the response open, and the client would hang after the last event. So the
     transport lives only here, and `close()` drops it as soon as the relay is over.
+
+    Past WATCH_FROM bytes it also waits for a client that is behind (gateway.backpressure):
+    granian would otherwise queue everything a non-reading client is sent.
     """
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_transport", "_sent", "_flow", "_client", "_idle")
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, client: str = "", idle_timeout: float = 60.0) -> None:
         self._transport = transport
+        self._sent = 0
+        self._flow: ClientFlow | None = None
+        self._client, self._idle = client, idle_timeout
 
     async def send(self, data: bytes) -> None:
+        if self._sent > WATCH_FROM:
+            await self._paced()
+        self._sent += len(data)
         await self._transport.send_bytes(data)
+
+    async def _paced(self) -> None:
+        if self._flow is None:
+            self._flow = ClientFlow(self._client, self._idle)
+        await self._flow.wait(self._sent)
 
     def close(self) -> None:
         self._transport = None
@@ -269,6 +364,8 @@ def _client_error(provider: str, exc: UpstreamError) -> GatewayError:
     504 for a timeout (naming its phase), 502 for anything else."""
     if isinstance(exc, UpstreamTimeout):
         return errors.upstream_timeout(provider, exc.phase)
+    if isinstance(exc, UpstreamTooLarge):
+        return errors.upstream_too_large(provider, exc.limit)
     return errors.upstream_unreachable(provider)
 
 
@@ -276,5 +373,4 @@ def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:
     provider = ex.provider or "upstream"
     if isinstance(exc, UpstreamTimeout):
         return errors.upstream_timeout(provider, exc.phase)
-    return GatewayError(502, f"The upstream provider '{provider}' closed the stream before it finished.",
-                        "api_error", "upstream_disconnected")
+    return errors.upstream_disconnected(provider)

@@ -17,8 +17,10 @@ from core.health import HealthBoard
 from core.keys import KeyTable
 from core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
 from core.routing import RouteTable
+from core.secrets import ProviderSecrets, configured_secrets
 from gateway.credentials import credential_for
 from gateway.fake_upstream import FakeTransport
+from gateway.metrics import MetricLabels
 from gateway.pool import endpoint_source
 
 
@@ -43,7 +45,9 @@ class ProviderRuntime:
         self.name = config.name
         self.transport = transport
         self.otel_name = OTEL_PROVIDER_NAMES.get(config.schema, config.schema)
-        self.credential = credential_for(config)  # SigV4 / OAuth signer, None for static keys
+        # What this upstream could echo back; the signer adds what it fetches at run time.
+        self.secrets = ProviderSecrets(configured_secrets(config))
+        self.credential = credential_for(config, self.secrets)  # SigV4 / OAuth signer, None for static keys
         self.policy = routing.outlier_detection
         self.endpoints = endpoint_source(config, transport, self.policy)  # where each attempt goes
 
@@ -59,6 +63,7 @@ class Runtime:
     def __init__(self, config: Config, upstream: Any, previous: Runtime | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config)
+        self.metric_labels = MetricLabels(config)  # the names metrics may use as label values
         self.keys: KeyTable[KeyRecord] = KeyTable(
             {k.key_hash: _record(k) for k in config.keys}, pepper=config.server.key_pepper
         )

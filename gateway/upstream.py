@@ -72,6 +72,14 @@ class UpstreamDisconnected(UpstreamError):
     """The connection broke, or the body was malformed, after the response headers arrived."""
 
 
+class UpstreamTooLarge(UpstreamError):
+    """The body is larger than the reader's limit; the connection was dropped unread."""
+
+    def __init__(self, limit: int, origin: str) -> None:
+        super().__init__(f"upstream {origin}: body larger than {limit} bytes")
+        self.limit = limit
+
+
 class _NoResponse(UpstreamConnectError):
     """Closed before a single response byte: on a reused connection, the keep-alive race."""
 
@@ -380,20 +388,51 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def read(self) -> bytes:
-        """The whole (remaining) body; raises UpstreamTimeout ("idle" or "total") or
-        UpstreamDisconnected."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole (remaining) body; raises UpstreamTimeout ("idle" or "total"),
+        UpstreamDisconnected, or UpstreamTooLarge when it is (or says it is) over `limit` bytes."""
         conn = self._conn
+        if limit is not None:
+            self._refuse_declared_over(limit)
         if conn is not None and conn.complete and conn.error is None:
             # The common case for a small answer: it arrived with the headers. Take it without
             # a coroutine per chunk.
+            if limit is not None and conn.buffered > limit:
+                self._too_large(limit)
             parts = list(conn.chunks)
             conn.chunks.clear()
             conn.buffered = 0
             self.close()
         else:
-            parts = [chunk async for chunk in self]
+            parts, size = [], 0
+            async for chunk in self:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    self._too_large(limit)
+                parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_prefix(self, limit: int) -> bytes:
+        """At most the first `limit` bytes of the body, for an error whose text is all that is
+        needed; the rest is not read (the connection is dropped instead). Raises as `read`."""
+        parts, size = [], 0
+        async for chunk in self:
+            parts.append(chunk[: limit - size])
+            size += len(parts[-1])
+            if size >= limit:
+                self.close()
+                break
+        return b"".join(parts)
+
+    def _refuse_declared_over(self, limit: int) -> None:
+        declared = self.header("content-length") if self._raw_headers else None
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            self._too_large(limit)
+
+    def _too_large(self, limit: int) -> None:
+        label = self._conn.label if self._conn is not None else "?"
+        self.close()
+        raise UpstreamTooLarge(limit, label)
 
     def __aiter__(self) -> UpstreamResponse:
         return self
@@ -483,6 +522,10 @@ def _request_head(method: str, target: str, origin: _Origin, headers: list[tuple
     for name, value in headers:
         if name.lower() not in _FRAMING_HEADERS:
             lines.append(f"{name}: {value}\r\n")
+    if not any(name.lower() == "accept-encoding" for name, _ in headers):
+        # The gateway decodes no content-coding: ask for none, so an upstream that compresses
+        # by default sends plain bytes (and one that compresses anyway is refused, not relayed).
+        lines.append("Accept-Encoding: identity\r\n")
     if origin.proxy is not None and origin.target_prefix and origin.proxy.authorization:
         lines.append(f"Proxy-Authorization: {origin.proxy.authorization}\r\n")
     head = "".join(lines)

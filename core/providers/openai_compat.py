@@ -17,7 +17,7 @@ from core.config import Provider
 from core.errors import GatewayError, upstream_auth_failed
 from core.kernels import OpenAIStreamRelay, SSEFramer
 from core.providers.base import CallContext, ClientAPI, UpstreamCall
-from core.usage import Usage, usage_of_body
+from core.usage import Usage, usage_of_json
 
 PATHS = {
     ClientAPI.CHAT: "/chat/completions",
@@ -61,7 +61,9 @@ class OpenAIAdapter:
         return _json_encode(doc)
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
-        return body, usage_of_body(body)
+        """The body as it came, and its usage. Raises msgspec.DecodeError if it is not JSON:
+        relaying a 200 that no client can parse would hide the upstream's fault."""
+        return body, usage_of_json(body)
 
     def stream(self, ctx: CallContext) -> Any:
         if ctx.api == ClientAPI.RESPONSES:

@@ -1,0 +1,188 @@
+"""Backpressure from a streaming client to its upstream, which granian does not give us.
+
+granian's RSGI stream transport (`send_bytes`) puts every chunk into an *unbounded* channel and
+returns at once, whether or not the client reads: a client that opens a stream and stops
+reading made the gateway drain its upstream into memory (100 MB in a second). The gateway
+cannot see that channel, but the kernel can see the client's socket, which lives in this very
+process: TCP_INFO's `tcpi_bytes_acked` says how many response bytes the client's TCP stack
+has acknowledged. The gateway knows how many it has sent, so
+
+    backlog = bytes sent since the first look - bytes the client acked since then
+
+bounds what waits for the client in granian's channel and the kernel's send buffer. While
+the backlog is over HIGH_WATER the relay stops reading its upstream (whose own connection
+then stops reading at 256 KiB: TCP pushes back on the upstream) until it falls to LOW_WATER;
+a client that acknowledges nothing for `server.client_idle_timeout` is dropped (its socket is
+shut down, which ends granian's side too).
+
+Looking costs a few system calls, so a stream looks only once it has sent WATCH_FROM bytes
+(most LLM streams never do), and then before each chunk. Finding the socket means walking
+this process's file descriptors for the one whose peer is the request's client (`scope.client`);
+the map found is kept and re-walked at most once per RESCAN_SECONDS. Linux only; where the
+socket cannot be found (not Linux, a Unix socket, HTTP/2's shared connection still counts
+as one socket) the stream is still bounded by `server.max_upstream_body_bytes`.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+
+WATCH_FROM = 256 * 1024  # bytes a stream sends before its client's socket is looked at
+HIGH_WATER = 512 * 1024  # unacknowledged bytes at which the relay waits for the client
+LOW_WATER = 128 * 1024  # ... and resumes
+RESCAN_SECONDS = 1.0  # at most one walk of the file descriptors per this many seconds
+_POLL_FIRST, _POLL_MAX = 0.005, 0.1  # seconds between looks while waiting
+_TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
+_TCP_INFO_LEN = 128
+
+
+class ClientStalled(Exception):
+    """The client acknowledged nothing for the idle timeout; its connection was shut down."""
+
+
+class SocketDirectory:
+    """Which file descriptor holds the TCP connection from a given client address."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[tuple[str, int], int] = {}
+        self._scanned_at = -RESCAN_SECONDS
+
+    def find(self, peer: tuple[str, int]) -> int | None:
+        fd = self._by_peer.get(peer)
+        if fd is not None and _peer_of(fd) == peer:
+            return fd
+        now = time.monotonic()
+        if now - self._scanned_at < RESCAN_SECONDS:
+            return None
+        self._scanned_at = now
+        self._by_peer = _walk_fds()
+        return self._by_peer.get(peer)
+
+
+DIRECTORY = SocketDirectory()  # one per worker process: the fds are the process's
+
+
+class ClientFlow:
+    """The acknowledged-bytes gauge of one streaming response; see the module doc."""
+
+    __slots__ = ("_peer", "_idle", "_fd", "_base_sent", "_base_acked", "_gave_up")
+
+    def __init__(self, client: str, idle_timeout: float) -> None:
+        self._peer = parse_peer(client)
+        self._idle = idle_timeout
+        self._fd: int | None = None
+        self._base_sent = 0
+        self._base_acked = 0
+        self._gave_up = self._peer is None
+
+    async def wait(self, sent: int) -> None:
+        """Return once the client is at most LOW_WATER behind (at once if it is under
+        HIGH_WATER); raise ClientStalled if it takes nothing for the idle timeout."""
+        acked = self._acked(sent)
+        if acked is None or sent - self._base_sent - (acked - self._base_acked) < HIGH_WATER:
+            return
+        await self._drain(sent, acked)
+
+    async def _drain(self, sent: int, acked: int) -> None:
+        pause, last_acked, since = _POLL_FIRST, acked, time.monotonic()
+        while sent - self._base_sent - (acked - self._base_acked) > LOW_WATER:
+            await asyncio.sleep(pause)
+            now_acked = self._acked(sent)
+            if now_acked is None:
+                return  # the socket is gone: granian will tell the sender
+            acked = now_acked
+            if acked != last_acked:
+                last_acked, since, pause = acked, time.monotonic(), _POLL_FIRST
+            elif time.monotonic() - since > self._idle:
+                self._shut_down()
+                raise ClientStalled(f"client acknowledged nothing for {self._idle:g}s")
+            else:
+                pause = min(pause * 2, _POLL_MAX)
+
+    def _acked(self, sent: int) -> int | None:
+        """The client's acknowledged byte count now, or None if its socket is not known."""
+        if self._gave_up:
+            return None
+        if self._fd is None:
+            self._fd = DIRECTORY.find(self._peer)  # type: ignore[arg-type]
+            if self._fd is None:
+                return None  # not found (yet): look again on the next chunk
+            acked = _bytes_acked(self._fd)
+            if acked is None:
+                self._gave_up = True
+                return None
+            self._base_sent, self._base_acked = sent, acked  # the first look: what was sent is assumed acked
+            return acked
+        acked = _bytes_acked(self._fd)
+        if acked is None or _peer_of(self._fd) != self._peer:  # closed, or the fd now holds another socket
+            self._gave_up = True
+            return None
+        return acked
+
+    def _shut_down(self) -> None:
+        if self._fd is None or _peer_of(self._fd) != self._peer:
+            return
+        sock = socket.socket(fileno=self._fd)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+        finally:
+            sock.detach()  # the fd is granian's: never close it from here
+
+
+def parse_peer(client: str) -> tuple[str, int] | None:
+    """("host", port) of granian's `scope.client` ("1.2.3.4:5678" or "[::1]:5678"), or None."""
+    host, sep, port = client.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _peer_of(fd: int) -> tuple[str, int] | None:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        peer = sock.getpeername()
+        return peer[0], peer[1]
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
+def _bytes_acked(fd: int) -> int | None:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError):  # not TCP, closed, or no TCP_INFO on this system
+        return None
+    finally:
+        sock.detach()
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    value: int = struct.unpack_from("Q", info, _TCPI_BYTES_ACKED)[0]
+    return value
+
+
+def _walk_fds() -> dict[tuple[str, int], int]:
+    found: dict[tuple[str, int], int] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # not Linux
+        return found
+    for name in names:
+        peer = _peer_of(int(name))
+        if peer is not None:
+            found[peer] = int(name)
+    return found
