@@ -118,3 +118,15 @@ def oai(gw: GatewayProcess) -> openai.OpenAI:
 def ant(gw: GatewayProcess) -> anthropic.Anthropic:
     """The official anthropic SDK against the requesting module's `gw` gateway's Anthropic API."""
     return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+
+
+from tests.fakes.hostile_upstream import HostileUpstream  # noqa: E402 - kept beside the one fixture that uses it
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileUpstream]:
+    """The hostile upstream (tests/fakes/hostile_upstream.py): every provider schema's paths,
+    misbehaving as the upstream model name says."""
+    fake = HostileUpstream()
+    yield fake
+    fake.stop()
