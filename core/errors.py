@@ -121,3 +121,41 @@ def upstream_auth_failed(provider: str) -> GatewayError:
 
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
+
+
+# The closed vocabulary of error types that may reach a metric label, an access-log line or a
+# span. A relayed upstream error carries whatever `type`/`code` the upstream chose (any length,
+# any number of distinct values): as a label that is unbounded cardinality, in a log line it is
+# upstream-controlled text. So every sink passes it through `error_label` first.
+GATEWAY_ERROR_CODES = frozenset((
+    # what the gateway itself raises (the constructors above, core/providers, gateway/)
+    "invalid_api_key", "model_not_allowed", "model_not_found", "unknown_url", "method_not_allowed",
+    "request_too_large", "internal_error", "gateway_shutting_down",
+    "upstream_unreachable", "upstream_timeout", "upstream_auth_failed", "upstream_error",
+    "upstream_not_found", "upstream_disconnected", "upstream_malformed", "upstream_too_large",
+    "invalid_request", "overloaded", "rate_limit_exceeded", "rate_limit_store_unavailable",
+    "insufficient_quota", "client_closed", "client_stalled", "request_timeout", "stream_error",
+))
+OPENAI_ERROR_TYPES = frozenset((
+    # OpenAI's error `type`s (the 429 ones included), plus Anthropic's, which the gateway maps
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+    "conflict_error", "unprocessable_entity_error", "rate_limit_error", "insufficient_quota",
+    "requests", "tokens", "server_error", "service_unavailable_error", "api_error",
+    "overloaded_error", "timeout_error",
+    # and the codes OpenAI commonly sends with them: worth telling apart on a dashboard
+    "context_length_exceeded", "invalid_value", "invalid_type", "missing_required_parameter",
+    "unknown_parameter", "unsupported_parameter", "unsupported_value", "content_policy_violation",
+    "content_filter", "invalid_prompt", "billing_hard_limit_reached", "slow_down", "server_is_overloaded",
+))
+ERROR_LABEL_FALLBACK = "upstream_error"  # any other value: an upstream said something unclassified
+_ERROR_LABELS = GATEWAY_ERROR_CODES | OPENAI_ERROR_TYPES | {""}  # "": no error, the common case
+
+
+def error_label(value: str) -> str:
+    """`value` if it is in the closed vocabulary above or an HTTP status ("502"), "" for no
+    error, else ERROR_LABEL_FALLBACK. One set lookup on the common path."""
+    if value in _ERROR_LABELS:
+        return value
+    if len(value) == 3 and value.isascii() and value.isdigit():  # a span names a bare upstream status so
+        return value
+    return ERROR_LABEL_FALLBACK

@@ -6,6 +6,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from core.errors import error_label
 from core.usage import Usage
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Exchange:
         return {
             "request_id": self.request_id, "key": self.key_name, "api": self.api, "model": self.model,
             "provider": self.provider, "upstream_model": self.upstream_model, "status": self.status,
-            "stream": self.stream, "error": self.error_type or None,
+            "stream": self.stream, "error": error_label(self.error_type) or None,  # may be an upstream's code: log the closed set
             "prompt_tokens": u.prompt_tokens if u else None, "completion_tokens": u.completion_tokens if u else None,
             "latency_ms": round(self.elapsed() * 1000, 3),
             "ttfb_ms": round((self.first_byte - self.start) * 1000, 3) if self.first_byte else None,

@@ -5,19 +5,28 @@ OTel names map to Prometheus by replacing dots with underscores and appending th
 `gen_ai.server.request.duration` (s) -> `gen_ai_server_request_duration_seconds`.
 Bucket boundaries are the ones the conventions recommend. Each `Metrics` owns its own
 registry, so several gateways in one process (tests) never share counters.
+
+Every label value is bounded in length and in number: a series lives until the process ends,
+so one label fed a client's or an upstream's string grows the registry and every scrape
+without limit. Model and provider labels must be names the current config knows
+(`MetricLabels`, rebuilt with the runtime on reload), else `other`; error types pass through
+`core.errors.error_label`'s closed vocabulary. The other labels come from code or config.
 """
 from __future__ import annotations
 
 import os
 from bisect import bisect_left
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from core.config import Config
+from core.errors import error_label
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -28,10 +37,35 @@ disable_created_metrics()  # `_created` series double the exposition size and no
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+OTHER = "other"  # the label value of any name the config does not know
+# Every status the HTTP parser admits, as label text: a dict get costs half a str() per request.
+_STATUS_TEXT = {status: str(status) for status in range(100, 1000)}
+
+
+class MetricLabels:
+    """The model and provider label values one config allows. Built once per config (the
+    Runtime holds one, so a reload swaps it with the routes); read per request."""
+
+    __slots__ = ("models", "upstream_models", "providers")
+
+    def __init__(self, config: Config) -> None:
+        models = frozenset(m.name for m in config.models)
+        self.models = models | {"unknown"}  # Exchange.route before a route was found (404, 401, ...)
+        # A target without `model` sends the requested name upstream: on an exact route that is
+        # the public name; on a `match:` route it is the client's string, so it counts as other.
+        targets = frozenset(t.model for m in config.models for t in m.targets if t.model)
+        self.upstream_models = models | targets | {""}  # "": no upstream was tried
+        self.providers = frozenset(p.name for p in config.providers) | {"none"}  # "none": no provider was chosen
+
+
+_NO_NAMES = MetricLabels(Config())  # a Metrics that follows no config: every model and provider is `other`
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, labels: Callable[[], MetricLabels] = lambda: _NO_NAMES) -> None:
+        """`labels` returns the label values the current config allows; the gateway passes
+        its runtime's, so a reload changes them with everything else."""
+        self._labels = labels
         self.registry = r = CollectorRegistry(auto_describe=True)
         self._scrape_time: list[Collector] = []
         # The per-request series. One worker: plain numbers rendered at scrape time (~1 us per
@@ -72,16 +106,22 @@ class Metrics:
 
     def observe(self, *, operation: str, provider: str, model: str, response_model: str, status: int,
                 seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str) -> None:
-        """Record one finished request (called after the response is sent)."""
-        self.requests.add((model, provider_name, str(status)), 1)
+        """Record one finished request (called after the response is sent). `operation` and
+        `provider` (the OTel name) come from code; the rest is bounded here."""
+        names = self._labels()
+        model = model if model in names.models else OTHER
+        provider_name = provider_name if provider_name in names.providers else OTHER
+        error_type = error_label(error_type)
+        self.requests.add((model, provider_name, _STATUS_TEXT.get(status) or str(status)), 1)
         self.duration.add((operation, provider, model, error_type), seconds)
         if input_tokens or output_tokens:
+            response_model = response_model if response_model in names.upstream_models else OTHER
             self.token_usage.add((operation, provider, model, response_model, "input"), input_tokens)
             self.token_usage.add((operation, provider, model, response_model, "output"), output_tokens)
 
     def observe_ttft(self, operation: str, provider: str, model: str, seconds: float) -> None:
         """Record a stream's time to its first chunk."""
-        self.ttft.add((operation, provider, model), seconds)
+        self.ttft.add((operation, provider, model if model in self._labels().models else OTHER), seconds)
 
     def limit_decision(self, limit: str, decision: str) -> None:
         """Count one rate-limit decision on one limit (bucket id): allowed or limited."""

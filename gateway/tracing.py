@@ -12,9 +12,10 @@ makes the same decision. Finished spans go to the `SpanExporter` queue (gateway.
 
 What a span may hold is listed in `_server_span` and `_client_span` and nowhere else: names,
 models, counts, statuses, error *types*, the key's configured name and the upstream host and
-port. Never a prompt, a completion, a key, a header value or a URL's path or query. Strings a
-client or an upstream chooses (model names, error codes) pass through `_text`, which cuts them
-to MAX_TEXT characters: the export queue is bounded by span count, so a span must stay small.
+port. Never a prompt, a completion, a key, a header value or a URL's path or query. Model
+names a client or an upstream chooses pass through `_text`, which cuts them to MAX_TEXT
+characters: the export queue is bounded by span count, so a span must stay small. Error types
+pass through `core.errors.error_label`, a closed vocabulary, as in the metrics and the log.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from core.config import Traces
+from core.errors import error_label
 from core.otlp import CLIENT, SERVER, STATUS_ERROR, STATUS_OK, STATUS_UNSET, Span
 from core.providers.base import ClientAPI
 from core.tracecontext import (
@@ -148,7 +150,7 @@ def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int) -> Span:
         attrs.append(("gen_ai.request.stream", trace.stream))
     _usage(attrs, ex)
     attrs.append(("http.response.status_code", ex.status))
-    error = _text(ex.error_type or (str(ex.status) if ex.status >= 400 else ""))
+    error = error_label(ex.error_type or (str(ex.status) if ex.status >= 400 else ""))
     if error:
         attrs.append(("error.type", error))
     attrs.append(("tollway.request_id", ex.request_id))
@@ -176,7 +178,7 @@ def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: 
         attrs.append(("server.port", port))
     if attempt.status:
         attrs.append(("http.response.status_code", attempt.status))
-    error = _text(str(attempt.status) if attempt.status >= 400 else attempt.error or ex.error_type or "")
+    error = error_label(str(attempt.status) if attempt.status >= 400 else attempt.error or ex.error_type or "")
     if error:
         attrs.append(("error.type", error))
     else:
