@@ -27,7 +27,7 @@ from gateway.anthropic_api import AnthropicAPI
 from gateway.exchange import Exchange, request_id
 from gateway.drain import drain, install_readiness_signal, shutting_down
 from gateway.limiter import AskStore, Limiter, build_limiter
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, authorize_scrape
 from gateway.proxy import Proxy
 from gateway.reload import ConfigWatcher, watcher_for
 from gateway.routing_metrics import RoutingCollector
@@ -285,6 +285,7 @@ class Gateway:
         proto.response_bytes(ex.status, [_JSON, ("x-request-id", ex.request_id)], body)
 
     async def metrics_endpoint(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        authorize_scrape(self.runtime.config.server, scope.headers.get("authorization"))  # 401 unless allowed
         ex.status = 200
         headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
         proto.response_bytes(200, headers, self.metrics.exposition())

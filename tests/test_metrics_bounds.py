@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import Config, Model, Provider, Target
 from core.errors import ERROR_LABEL_FALLBACK, GATEWAY_ERROR_CODES, OPENAI_ERROR_TYPES, error_label
+from core.keys import hash_key
 from gateway.metrics import OTHER, MetricLabels, Metrics
 from tests.fakes.otlp_collector import FakeCollector
 from tests.harness import ROOT, TEST_KEY, GatewayProcess, ThreadedServer, key_hash
 
+SCRAPE_KEY = "scrape-credential-0123456789abcdef"
+PEPPER = "metrics-test-pepper"
 LONG = 50_000  # characters in each attacker model name, as in the report
 
 
@@ -199,25 +203,63 @@ def _log_line(gw: GatewayProcess, rid: str) -> dict[str, Any]:
 
 # -- end to end: the allowed names follow a hot reload ----------------------------------------
 
-def test_label_values_follow_a_reload(upstream, collector):
+def test_label_values_and_metrics_auth_follow_a_reload(upstream, collector):
     gw = GatewayProcess(_config(upstream.url, collector.url))
     try:
         conn = _connect(gw)
         assert _chat(conn, "late-model") == 404
+        assert _scrape(gw)[0]  # open before the reload
         gw.config_path.write_text(_config(upstream.url, collector.url, models=(
-            "  - {name: late-model, targets: [{provider: up, model: late-upstream}]}")))
+            "  - {name: late-model, targets: [{provider: up, model: late-upstream}]}"),
+            server=f"  metrics_auth: {{key_hash: \"{hash_key(SCRAPE_KEY)}\"}}"))
         gw.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while "config reloaded" not in gw.stderr() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _chat(conn, "late-model") == 200
         conn.close()
-        samples = _samples(_scrape(gw)[0])
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the reload turned metrics_auth on
+            _scrape(gw)
+        assert refused.value.code == 401
+        samples = _samples(_scrape(gw, f"Bearer {SCRAPE_KEY}")[0])
         assert any(s.name == "tollway_requests_total" and s.labels["model"] == "late-model" for s in samples)
         assert any(s.labels.get("gen_ai_response_model") == "late-upstream" for s in samples)
         assert any(s.labels.get("model") == "unknown" and s.labels.get("status") == "404" for s in samples)
     finally:
         gw.stop()
+
+
+# -- end to end: server.metrics_auth ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guarded(upstream: TinyUpstream, collector: FakeCollector) -> Iterator[GatewayProcess]:
+    """A gateway whose /metrics needs SCRAPE_KEY, hashed with the server's pepper."""
+    server = f"  key_pepper: {PEPPER}\n  metrics_auth: {{key_hash: \"{hash_key(SCRAPE_KEY, PEPPER)}\"}}"
+    gateway = GatewayProcess(_config(upstream.url, collector.url, server=server))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-credential", f"Bearer {TEST_KEY}",
+                                           f"Basic {SCRAPE_KEY}", SCRAPE_KEY, f"Bearer {SCRAPE_KEY}x"])
+def test_metrics_auth_refuses_anything_but_the_scrape_credential(guarded, authorization):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _scrape(guarded, authorization)
+    assert refused.value.code == 401 and refused.value.headers["x-request-id"]
+    error = json.loads(refused.value.read())["error"]
+    assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
+    assert "metrics" in error["message"] and SCRAPE_KEY not in json.dumps(error)
+
+
+def test_metrics_auth_lets_the_scrape_credential_in(guarded):
+    text, _ = _scrape(guarded, f"Bearer {SCRAPE_KEY}")
+    assert b"tollway_requests_total" in text or b"# TYPE tollway_requests" in text
+    urllib.request.urlopen(guarded.url + "/healthz", timeout=5).read()  # only /metrics is guarded
+
+
+def test_metrics_is_open_without_metrics_auth(gw):
+    text, _ = _scrape(gw)
+    assert b"# TYPE gen_ai_client_token_usage" in text
 
 
 # -- unit: Metrics bounds what it is given ----------------------------------------------------
