@@ -54,6 +54,11 @@ TOKEN_MEASURES = ("total_tokens", "input_tokens", "output_tokens")  # header pre
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER = re.compile(r"^(\d+(?:\.\d+)?)?([smhd])$")
 _NO_OUTPUT_APIS = frozenset(("embeddings", "count_tokens"))
+# APIs that feed no model and generate nothing: each counts as one request (and holds a
+# concurrency slot while it runs) but reserves and is charged no tokens and no cost, or a
+# count of a large prompt would block the key's token limits while it is being counted.
+REQUEST_ONLY_APIS = frozenset(("count_tokens",))
+REQUEST_ONLY_DEMAND = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # reserve()'s demand with no tokens (MEASURES order)
 
 
 def window_seconds(per: str) -> float:

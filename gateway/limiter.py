@@ -21,7 +21,7 @@ from core import limits
 from core.config import Config, Key
 from core.errors import GatewayError
 from core.kernels import ratelimit_headers
-from core.limits import LimitPolicy, Plan
+from core.limits import REQUEST_ONLY_APIS, REQUEST_ONLY_DEMAND, LimitPolicy, Plan
 from core.pricing import FREE
 from core.request import RequestHead
 from core.tokens import estimate_prompt_tokens
@@ -145,6 +145,8 @@ class Limiter:
         return found
 
     def _demand(self, plan: Plan, model: str, api: str, head: RequestHead, body: bytes) -> tuple[float, ...]:
+        if api in REQUEST_ONLY_APIS:  # count_tokens: a request, but no tokens or cost (see core.limits)
+            return REQUEST_ONLY_DEMAND
         policy = self.policy
         return limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
                               policy.price(model) if plan.priced else FREE)
