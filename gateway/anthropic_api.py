@@ -8,6 +8,7 @@ the gateway serves. Two things differ from the OpenAI paths, both at this bounda
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,9 +17,12 @@ from core import errors
 from core.errors import GatewayError
 from core.providers.anthropic_errors import error_body, error_event
 from core.providers.base import ClientAPI
-from core.request import parse_head
+from core.request import RequestHead, parse_head
+from core.routing import Route
 from gateway.exchange import Exchange
+from gateway.limiter import AskStore, Lease, Limiter
 from gateway.runtime import KeyRecord, Runtime
+from gateway.token_count import count_off_loop
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -78,7 +82,9 @@ class AnthropicAPI:
     async def count_tokens(self, scope: Any, proto: Any, ex: Exchange) -> None:
         """Anthropic providers count upstream; for every other provider the gateway counts
         locally with tiktoken over the request's text (an estimate, as the real tokenizer
-        of a non-OpenAI model is not public)."""
+        of a non-OpenAI model is not public), large texts off the event loop. Either way a
+        count is one request against the key's limits (no tokens: nothing is generated), and
+        a body over `server.max_count_tokens_bytes` is refused with 413."""
         ex.passed_headers = passed_headers(scope)
         try:
             await self._count_tokens(scope, proto, ex)
@@ -89,22 +95,57 @@ class AnthropicAPI:
         gw, rt = self.gateway, self.gateway.runtime
         key = self.authenticate(rt, scope)
         ex.key_name = key.key.name
-        body = await gw.read_body(rt, scope, proto)
+        body = await self._read_count_body(rt, scope, proto)
         head = parse_head(body, rt.config.server.max_json_depth)
         ex.model = head.model
         route = rt.routes.resolve(head.model or "")
         if route is None:
             raise errors.model_not_found(head.model or "")
         if not key.may_use(route.name):
-            raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
+            raise errors.model_not_allowed(head.model or "")
+        limiter = gw.limiter  # this request's: a reload may swap gw.limiter before it settles
+        lease = await _admit(limiter, key, route.name, head, body)
+        headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
+        try:
+            await self._count_or_forward(rt, ex, route, head, body, proto, headers)
+        finally:
+            if lease is not None and limiter is not None:  # one request; nothing was generated
+                limiter.settle(lease, None, None)
+
+    async def _read_count_body(self, rt: Runtime, scope: Any, proto: Any) -> bytes:
+        """The body, refusing (413) one over `server.max_count_tokens_bytes`: counting is
+        free to the client but not to the gateway, so its bodies get a tighter cap."""
+        cap = rt.config.server.max_count_tokens_bytes
+        declared = scope.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise errors.too_large(cap)  # refused before reading a byte of it
+        body = await self.gateway.read_body(rt, scope, proto)  # (chunked: read up to max_body_bytes)
+        if len(body) > cap:
+            raise errors.too_large(cap)
+        return body
+
+    async def _count_or_forward(self, rt: Runtime, ex: Exchange, route: Route, head: RequestHead, body: bytes,
+                                proto: Any, headers: list[tuple[str, str]]) -> None:
+        """Anthropic providers count upstream; the rest are counted here, off the loop."""
         targets = route.fallback_order(rt.random())
         provider = rt.providers[targets[0].provider] if targets else None
         if provider is not None and provider.adapter(ClientAPI.COUNT_TOKENS) is not None:
-            await gw.proxy.forward(rt, ex, route, head, body, proto, [("x-request-id", ex.request_id)])
+            await self.gateway.proxy.forward(rt, ex, route, head, body, proto, headers)
             return
+        model = head.model or ""
+        tokens = await count_off_loop(len(body), model, partial(local_token_count, body, model))
         ex.status = 200
-        counted = msgspec.json.encode({"input_tokens": local_token_count(body, head.model or "")})
-        proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], counted)
+        proto.response_bytes(200, [_JSON, *headers], msgspec.json.encode({"input_tokens": tokens}))
+
+
+async def _admit(limiter: Limiter | None, key: KeyRecord, model: str, head: RequestHead, body: bytes) -> Lease | None:
+    """Admit a count as one request of `key` on `model` (core.limits.REQUEST_ONLY_APIS: no
+    tokens or cost reserved). Raises GatewayError 429 (or 503 when the store is down and
+    closed), which `count_tokens` re-dresses in Anthropic's shape with its retry headers."""
+    if limiter is None or not limiter.enabled:
+        return None
+    decision = limiter.admit(key.key, model, ClientAPI.COUNT_TOKENS, head, body)
+    return await limiter.ask_store(decision) if isinstance(decision, AskStore) else decision
 
 
 def passed_headers(scope: Any) -> tuple[tuple[str, str], ...]:
