@@ -57,6 +57,16 @@ class GatewayError(Exception):
 # Constructors for the errors the gateway itself raises. One place, so every path agrees
 # on status, type and code.
 
+ECHO_LIMIT = 200  # characters of client text an error message or log line repeats
+
+
+def echoed(text: str) -> str:
+    """`text` from the client, fit to repeat in an error message or a log line: at most
+    ECHO_LIMIT characters, cut with a trailing "…". A 9 MiB model name must not come back
+    as a 9 MiB error body, nor fill the access log."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT - 1] + "…"
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", code, param)
 
@@ -69,10 +79,15 @@ def forbidden(message: str) -> GatewayError:
     return GatewayError(403, message, "permission_error", "model_not_allowed", "model")
 
 
+def model_not_allowed(model: str) -> GatewayError:
+    """A 403: the model exists, but this key may not use it."""
+    return forbidden(f"Your key is not allowed to use model '{echoed(model)}'.")
+
+
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(
         404,
-        f"The model '{model}' does not exist on this gateway. GET /v1/models lists the models your key may use.",
+        f"The model '{echoed(model)}' does not exist on this gateway. GET /v1/models lists the models your key may use.",
         "invalid_request_error",
         "model_not_found",
         "model",
@@ -80,11 +95,12 @@ def model_not_found(model: str) -> GatewayError:
 
 
 def not_found(path: str) -> GatewayError:
-    return GatewayError(404, f"Unknown path '{path}'.", "invalid_request_error", "unknown_url")
+    return GatewayError(404, f"Unknown path '{echoed(path)}'.", "invalid_request_error", "unknown_url")
 
 
 def method_not_allowed(method: str, path: str) -> GatewayError:
-    return GatewayError(405, f"Method {method} is not allowed on '{path}'.", "invalid_request_error", "method_not_allowed")
+    return GatewayError(405, f"Method {echoed(method)} is not allowed on '{echoed(path)}'.", "invalid_request_error",
+                        "method_not_allowed")
 
 
 def too_large(limit: int) -> GatewayError:

@@ -252,7 +252,7 @@ class Gateway:
             raise errors.model_not_found(head.model or "")
         ex.route = route.name
         if not key.may_use(route.name):
-            raise errors.forbidden(f"Your key is not allowed to use model '{head.model}'.")
+            raise errors.model_not_allowed(head.model or "")
         limiter = self.limiter
         lease = limiter.admit(key.key, route.name, api, head, body) if limiter is not None and limiter.enabled else None
         if type(lease) is AskStore:  # the Redis store without a lease that covers this request

@@ -6,7 +6,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from core.errors import error_label
+from core.errors import echoed, error_label
 from core.usage import Usage
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ class Exchange:
     def log_record(self) -> dict[str, object]:
         u = self.usage
         return {
-            "request_id": self.request_id, "key": self.key_name, "api": self.api, "model": self.model,
+            "request_id": self.request_id, "key": self.key_name, "api": self.api,
+            "model": echoed(self.model) if self.model else self.model,  # client text: cut
             "provider": self.provider, "upstream_model": self.upstream_model, "status": self.status,
             "stream": self.stream, "error": error_label(self.error_type) or None,  # may be an upstream's code: log the closed set
             "prompt_tokens": u.prompt_tokens if u else None, "completion_tokens": u.completion_tokens if u else None,
