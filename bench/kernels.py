@@ -142,8 +142,11 @@ def bucket_cases(mod) -> dict[str, Callable[[], object]]:
 
 def jsonscan_cases(mod) -> dict[str, Callable[[], object]]:
     body = chat_body()
+    fields = (b"model", b"stream", b"max_tokens", b"max_completion_tokens", b"max_output_tokens",
+              b"stream_options", b"n")  # core.request's RequestHead fields
     return {f"max_depth_exceeded, {len(body)} B chat body, limit 64": lambda: mod.max_depth_exceeded(body, 64),
-            "max_depth_exceeded, same body, limit 2 (full scan)": lambda: mod.max_depth_exceeded(body, 2)}
+            "max_depth_exceeded, same body, limit 2 (full scan)": lambda: mod.max_depth_exceeded(body, 2),
+            "first_duplicate_key, same body, 7 names (none repeated)": lambda: mod.first_duplicate_key(body, fields)}
 
 
 def ratelimit_cases(mod) -> dict[str, Callable[[], object]]:

@@ -25,6 +25,7 @@ __all__ = [
     "SSEEvent",
     "SSEFramer",
     "Usage",
+    "first_duplicate_key",
     "max_depth_exceeded",
     "ratelimit_headers",
 ]
@@ -64,4 +65,5 @@ OpenAIStreamRelay = _sse.OpenAIStreamRelay
 BucketTable = _buckets.BucketTable
 Gate = _buckets.Gate
 max_depth_exceeded = _jsonscan.max_depth_exceeded
+first_duplicate_key = _jsonscan.first_duplicate_key
 ratelimit_headers = _ratelimit.ratelimit_headers
