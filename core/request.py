@@ -3,7 +3,8 @@
 msgspec decodes straight into `RequestHead`, skipping (but still validating) every field the
 gateway does not need, in C. That is the baseline any other parser must beat (see
 bench/kernels.py). Nesting depth is checked first by a separate scan, because a deeply
-nested body is a cheap denial-of-service on any recursive decoder.
+nested body is a cheap denial-of-service on any recursive decoder. After the decode, a second
+scan refuses a body that repeats a field the gateway reads (see `first_duplicate_key`).
 """
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from typing import Annotated, Callable, TypeVar
 import msgspec
 
 from core.errors import GatewayError, bad_request
-from core.kernels import max_depth_exceeded
+from core.kernels import first_duplicate_key, max_depth_exceeded
 
 
-Positive = Annotated[int, msgspec.Meta(ge=1)]
+# Ceilings on the client's integers, which size the rate limiter's reservation: unbounded,
+# a max_tokens of 10**400 reached the bucket kernels (which count in floats) as an
+# OverflowError, a 500. 10M tokens is past every model's context window today; 128 is
+# OpenAI's own cap on n.
+MAX_TOKENS_CEILING = 10_000_000
+MAX_CHOICES = 128
+# At least 1, as OpenAI requires: a negative cap would make a negative rate-limit
+# reservation, and its settle would charge the difference to buckets other keys share.
+TokenCap = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_CEILING)]
+Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
 
 
 class StreamOptions(msgspec.Struct):
@@ -27,13 +37,11 @@ class RequestHead(msgspec.Struct):
 
     model: str | None = None
     stream: bool | None = None
-    # At least 1, as OpenAI requires: a negative cap would make a negative rate-limit
-    # reservation, and its settle would charge the difference to buckets other keys share.
-    max_tokens: Positive | None = None
-    max_completion_tokens: Positive | None = None
-    max_output_tokens: Positive | None = None  # the Responses API's name
+    max_tokens: TokenCap | None = None
+    max_completion_tokens: TokenCap | None = None
+    max_output_tokens: TokenCap | None = None  # the Responses API's name
     stream_options: StreamOptions | None = None
-    n: Positive | None = None
+    n: Choices | None = None
 
     @property
     def wants_stream(self) -> bool:
@@ -50,6 +58,9 @@ class RequestHead(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(RequestHead).decode
+# Every field the gateway reads, as the body spells it: none may appear twice.
+_READ_FIELDS = RequestHead.__struct_fields__
+_READ_KEYS = tuple(name.encode() for name in _READ_FIELDS)
 T = TypeVar("T")
 
 
@@ -57,13 +68,17 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
     """Validate `body` as a JSON object and return its routing fields.
 
     Raises GatewayError(400) for malformed JSON, a non-object body, a field of the wrong
-    type, nesting deeper than `max_depth`, or (with `require_model`) a missing model.
+    type or past its ceiling, a field the gateway reads given twice, nesting deeper than
+    `max_depth`, or (with `require_model`) a missing model.
     """
     if not body:
         raise bad_request("The request body is empty; send a JSON object.")
     if max_depth_exceeded(body, max_depth):
         raise bad_request(f"The JSON body is nested deeper than this gateway's limit of {max_depth} levels.")
     head = decode_body(_decode_head, body)
+    repeated = first_duplicate_key(body, _READ_KEYS)  # after the decode: only on valid JSON objects
+    if repeated >= 0:
+        raise _repeated_field(_READ_FIELDS[repeated])
     if require_model and not head.model:
         raise bad_request("You must provide a model parameter.", param="model")
     return head
@@ -91,6 +106,12 @@ def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
         raise _validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"We could not parse the JSON body of your request ({exc}).") from None
+
+
+def _repeated_field(field: str) -> GatewayError:
+    # msgspec would keep the last value and another parser upstream the first: the gateway
+    # would authorize, route or limit one request while the upstream serves another.
+    return bad_request(f"The field '{field}' appears more than once in the request body; send it once.", param=field)
 
 
 def _validation_error(message: str) -> GatewayError:
