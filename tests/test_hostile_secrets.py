@@ -33,7 +33,7 @@ import openai
 import pytest
 
 from tests.fakes.gemini_upstream import service_account_file
-from tests.fakes.hostile_upstream import FOREIGN_SECRETS, MiB, VERTEX_TOKEN, HostileUpstream, leak_context, leaks
+from tests.fakes.hostile_upstream import FOREIGN_CORES, FOREIGN_SECRETS, MiB, VERTEX_TOKEN, HostileUpstream, leak_context, leaks
 from tests.fakes.otlp_collector import FakeCollector
 from tests.harness import GatewayProcess, key_hash
 
@@ -54,14 +54,14 @@ HELD = {  # every credential the gateway holds (plus the Vertex private key, add
     "AWS access key id": AWS_KEY_ID, "AWS secret access key": AWS_SECRET, "AWS session token": AWS_SESSION,
     "Vertex OAuth token": VERTEX_TOKEN, "gateway key": GATEWAY_KEY, "admin key": ADMIN_KEY,
 }
-FOREIGN = {name: value.removeprefix("Bearer ") for name, value in FOREIGN_SECRETS.items()}
-SECRETS = {**HELD, **FOREIGN}
+SECRETS = {**HELD, **FOREIGN_CORES}
 
 PROVIDERS = ("openai", "azure", "anthropic", "bedrock", "bedrock-key", "gemini", "vertex")
 STATUSES = (400, 401, 403, 429, 500, 503)
 VARIANTS = ("openai", "openai-stream", "anthropic", "anthropic-stream")
 STREAM_VARIANTS = ("openai-stream", "anthropic-stream")
 MODES = [f"echo-{s}" for s in STATUSES] + ["echo-stream", "echo-ok"]
+SHARED_MODES = ["echo-seen-200", "echo-seen-400", "echo-seen-500"]  # sent after MODES: every credential is known by then
 RELAYS_STATUS = ("openai", "azure")  # OpenAI-compatible upstreams' 4xx/5xx reach the client as they are
 MESSAGES = [{"role": "user", "content": "say hi"}]
 
@@ -77,7 +77,8 @@ def expected_status(provider: str, upstream: int) -> int:
 
 def _config(up: str, collector: str, sa_file: str) -> str:
     timeouts = "{connect: 2, first_byte: 10, idle: 5, total: 30}"
-    models = "\n".join(f"  - {{name: {p}-{m}, targets: [{{provider: {p}, model: {m}}}]}}" for p in PROVIDERS for m in MODES)
+    models = "\n".join(f"  - {{name: {p}-{m}, targets: [{{provider: {p}, model: {m}}}]}}"
+                       for p in PROVIDERS for m in MODES + SHARED_MODES)
     k = PROVIDER_KEYS
     return f"""
 providers:
@@ -228,6 +229,13 @@ def traffic(gw: GatewayProcess) -> dict[tuple[str, str, str], Outcome]:
     return out
 
 
+@pytest.fixture(scope="module")
+def shared_traffic(traffic: Any, gw: GatewayProcess) -> dict[tuple[str, str, str], Outcome]:
+    """After `traffic`, the upstream has been sent every provider's credential: each provider
+    now gets answers that echo all of them (an upstream several providers share)."""
+    return {(p, m, v): send(gw, v, f"{p}-{m}", f"hostile-{p}-{m}-{v}") for p in PROVIDERS for m in SHARED_MODES for v in VARIANTS}
+
+
 def _leaks_in(blob: bytes, secrets: dict[str, str]) -> list[str]:
     return [f"{name} (...{leak_context(blob, secrets[name], 80)!r}...)" for name in leaks(blob, secrets)]
 
@@ -307,13 +315,28 @@ def test_a_success_echoing_held_credentials_reaches_the_client_without_them(traf
     assert not problems, f"{provider} echo-ok:\n" + "\n".join(problems)
 
 
+@pytest.mark.parametrize("mode", SHARED_MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_upstream_echoing_every_providers_credentials_leaks_none(shared_traffic: Any, provider: str, mode: str) -> None:
+    """The gateway holds every provider's credentials, not just the one it sent this upstream:
+    none may reach the client, whichever provider's upstream echoes them."""
+    secrets = HELD if mode == "echo-seen-200" else SECRETS  # in a success, credential-shaped text is the answer
+    problems = []
+    for variant in VARIANTS:
+        o = shared_traffic[(provider, mode, variant)]
+        found = _leaks_in(o.bytes, secrets)
+        if found:
+            problems.append(f"{variant}: the client received {', '.join(found)}")
+    assert not problems, f"{provider} {mode}:\n" + "\n".join(problems)
+
+
 @pytest.mark.parametrize("path,header", [("/v1/chat/completions", "authorization"),
                                          ("/anthropic/v1/messages", "x-api-key"),
                                          ("/anthropic/v1/messages", "authorization")])
 def test_a_wrong_client_key_is_not_echoed(gw: GatewayProcess, path: str, header: str) -> None:
     """The admin key, or a near miss of the gateway key, sent as a client key: a 401 that
     quotes neither."""
-    for wrong in (ADMIN_KEY, GATEWAY_KEY[:-1] + "X", FOREIGN["foreign sk- key"]):
+    for wrong in (ADMIN_KEY, GATEWAY_KEY[:-1] + "X", FOREIGN_CORES["foreign sk- key"]):
         value = f"Bearer {wrong}" if header == "authorization" else wrong
         r = httpx2.post(gw.url + path, headers={header: value, "anthropic-version": "2023-06-01"},
                        json={"model": "openai-echo-400", "max_tokens": 5, "messages": MESSAGES}, timeout=10)

@@ -19,6 +19,9 @@ name is `<mode>` or `<mode>-<number>`, the number being the mode's argument (`ec
                        (OpenAI/Gemini `data: {"error"}`, Anthropic `event: error`, a Bedrock
                        exception frame) whose every field carries `planted()`
   echo-ok              a 200 answer (JSON or stream) whose generated text carries `planted()`
+  echo-seen-<status>   as echo-<status> (or echo-ok for 200), planting every credential this server
+                       was ever sent, whichever provider sent it: an upstream shared by several
+                       providers, or one that remembers
   stall                read the request, never answer (seconds, 3600)
   stall-body           200 headers announcing a body, then nothing (seconds, 3600)
   trickle              a valid stream, one byte every <ms> (50) milliseconds, forever
@@ -81,6 +84,10 @@ FOREIGN_SECRETS = {
                              _b64url({"sub": "hostile-upstream", "aud": "tollway", "scope": "everything"}),
                              "R0hPU1RJTEUtc2lnbmF0dXJlLW9mLWEtaG9zdGlsZS11cHN0cmVhbQ")),
 }
+# What must not reach a client of each: the token after "Bearer ", a JWT's payload and
+# signature (its header only names the algorithm), each of the others whole.
+FOREIGN_CORES = {name: value.split(".", 1)[1] if name == "foreign JWT" else value.removeprefix("Bearer ")
+                 for name, value in FOREIGN_SECRETS.items()}
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key", "x-amz-security-token")
 _SIGV4_KEY_ID = re.compile(r"Credential=([^/,\s]+)")
 
@@ -97,6 +104,7 @@ class Call:
     model: str
     stream: bool  # the request asked for a stream
     body: dict[str, Any]
+    seen: tuple[str, ...] = ()  # every credential the server had been sent before this request
 
     def head(self) -> str:
         """The raw request head (request line and every header), as it came in."""
@@ -117,9 +125,12 @@ class Call:
                 found += _SIGV4_KEY_ID.findall(value)
         return found
 
-    def planted(self, one_line: bool = False) -> str:
-        """What an echo puts in every field: the credentials, the foreign ones, the raw head."""
-        text = (f"credentials you sent: {' '.join(self.credentials())} | also: {' '.join(FOREIGN_SECRETS.values())}"
+    def planted(self, one_line: bool = False, seen: bool = False) -> str:
+        """What an echo puts in every field: the credentials (with `seen`, every one the server
+        was ever sent), the foreign ones, the raw head."""
+        sent = " ".join(self.credentials())
+        earlier = f" | and others sent me: {' '.join(self.seen)}" if seen else ""
+        text = (f"credentials you sent: {sent}{earlier} | also: {' '.join(FOREIGN_SECRETS.values())}"
                 f" | your request: {self.head()}")
         return text.replace("\r\n", " | ") if one_line else text
 
@@ -136,24 +147,24 @@ class Wire:
         """The error body with `text` in every field, and the schema's own error headers."""
         raise NotImplementedError
 
-    def ok(self, call: Call, text: str) -> dict[str, Any]:
+    def ok(self, model: str, text: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def opening(self, call: Call) -> list[bytes]:
+    def opening(self, model: str) -> list[bytes]:
         raise NotImplementedError
 
-    def delta(self, call: Call, text: str) -> bytes:
+    def delta(self, model: str, text: str) -> bytes:
         raise NotImplementedError
 
-    def closing(self, call: Call) -> list[bytes]:
+    def closing(self, model: str) -> list[bytes]:
         raise NotImplementedError
 
     def stream_error(self, text: str) -> bytes:
         raise NotImplementedError
 
-    async def write_huge_delta(self, resp: web.StreamResponse, call: Call, size: int) -> None:
+    async def write_huge_delta(self, resp: web.StreamResponse, model: str, size: int) -> None:
         """One text event of about `size` bytes, generated in pieces: no blank line inside."""
-        await write_filled(resp, self.delta(call, FILL), size)
+        await write_filled(resp, self.delta(model, FILL), size)
 
 
 def _sse(payload: dict[str, Any], kind: str | None = None, end: bytes = b"\n\n") -> bytes:
@@ -167,26 +178,26 @@ class OpenAIWire(Wire):
         return {"error": {"message": f"Invalid request: {text}", "type": f"{kind} {text}", "param": f"messages {text}",
                           "code": f"invalid_value {text}"}}, {}
 
-    def ok(self, call: Call, text: str) -> dict[str, Any]:
-        return {"id": "chatcmpl-hostile", "object": "chat.completion", "created": 1700000000, "model": call.model,
+    def ok(self, model: str, text: str) -> dict[str, Any]:
+        return {"id": "chatcmpl-hostile", "object": "chat.completion", "created": 1700000000, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                              "logprobs": None, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
 
-    def _chunk(self, call: Call, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+    def _chunk(self, model: str, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
         return _sse({"id": "chatcmpl-hostile", "object": "chat.completion.chunk", "created": 1700000000,
-                     "model": call.model, "choices": choices, **extra})
+                     "model": model, "choices": choices, **extra})
 
-    def opening(self, call: Call) -> list[bytes]:
-        return [self._chunk(call, {"role": "assistant", "content": ""})]
+    def opening(self, model: str) -> list[bytes]:
+        return [self._chunk(model, {"role": "assistant", "content": ""})]
 
-    def delta(self, call: Call, text: str) -> bytes:
-        return self._chunk(call, {"content": text})
+    def delta(self, model: str, text: str) -> bytes:
+        return self._chunk(model, {"content": text})
 
-    def closing(self, call: Call) -> list[bytes]:
+    def closing(self, model: str) -> list[bytes]:
         usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
-        return [self._chunk(call, {}, "stop"), self._chunk(call, None, usage=usage), b"data: [DONE]\n\n"]
+        return [self._chunk(model, {}, "stop"), self._chunk(model, None, usage=usage), b"data: [DONE]\n\n"]
 
     def stream_error(self, text: str) -> bytes:
         return _sse(self.error(500, text)[0])
@@ -202,22 +213,22 @@ class AnthropicWire(Wire):
                  "request_id": f"req_hostile {text}"},
                 {"request-id": f"req_hostile {text}", "anthropic-ratelimit-requests-reset": text})
 
-    def ok(self, call: Call, text: str) -> dict[str, Any]:
-        return {"id": "msg_hostile", "type": "message", "role": "assistant", "model": call.model,
+    def ok(self, model: str, text: str) -> dict[str, Any]:
+        return {"id": "msg_hostile", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": 5, "output_tokens": 7}}
 
-    def opening(self, call: Call) -> list[bytes]:
-        start = {**self.ok(call, ""), "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}
+    def opening(self, model: str) -> list[bytes]:
+        start = {**self.ok(model, ""), "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}
         return [_sse({"type": "message_start", "message": start}, "message_start"),
                 _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
                      "content_block_start")]
 
-    def delta(self, call: Call, text: str) -> bytes:
+    def delta(self, model: str, text: str) -> bytes:
         return _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
                     "content_block_delta")
 
-    def closing(self, call: Call) -> list[bytes]:
+    def closing(self, model: str) -> list[bytes]:
         return [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
                 _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                       "usage": {"output_tokens": 7}}, "message_delta"),
@@ -239,19 +250,17 @@ class BedrockWire(Wire):
                 {"x-amzn-errortype": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/ {text}",
                  "x-amzn-requestid": text})
 
-    def ok(self, call: Call, text: str) -> dict[str, Any]:
-        if call.request.path.endswith("/invoke"):  # a Titan embeddings call
-            return {"embedding": [0.1, 0.2, 0.3], "inputTextTokenCount": 3, "note": text}
+    def ok(self, model: str, text: str) -> dict[str, Any]:
         return {"output": {"message": {"role": "assistant", "content": [{"text": text}]}}, "stopReason": "end_turn",
                 "usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12}, "metrics": {"latencyMs": 1}}
 
-    def opening(self, call: Call) -> list[bytes]:
+    def opening(self, model: str) -> list[bytes]:
         return [bedrock_event("messageStart", {"role": "assistant"})]
 
-    def delta(self, call: Call, text: str) -> bytes:
+    def delta(self, model: str, text: str) -> bytes:
         return bedrock_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}})
 
-    def closing(self, call: Call) -> list[bytes]:
+    def closing(self, model: str) -> list[bytes]:
         return [bedrock_event("contentBlockStop", {"contentBlockIndex": 0}),
                 bedrock_event("messageStop", {"stopReason": "end_turn"}),
                 bedrock_event("metadata", {"usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12},
@@ -262,7 +271,7 @@ class BedrockWire(Wire):
                       ":message-type": "exception"},
                      json.dumps({"message": text, "originalMessage": text, "originalStatusCode": 500}).encode())
 
-    async def write_huge_delta(self, resp: web.StreamResponse, call: Call, size: int) -> None:
+    async def write_huge_delta(self, resp: web.StreamResponse, model: str, size: int) -> None:
         """One contentBlockDelta frame of `size` payload bytes; its CRC is computed as it goes."""
         headers = {":event-type": "contentBlockDelta", ":content-type": "application/json", ":message-type": "event"}
         head = frame(headers, b"")[12:-4]  # the encoded headers alone
@@ -290,21 +299,21 @@ class GeminiWire(Wire):
              "metadata": {"service": "generativelanguage.googleapis.com", "echo": text}},
             {"@type": "type.googleapis.com/google.rpc.DebugInfo", "detail": text}]}}, {}
 
-    def ok(self, call: Call, text: str) -> dict[str, Any]:
+    def ok(self, model: str, text: str) -> dict[str, Any]:
         return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
                 "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 7, "totalTokenCount": 12},
-                "modelVersion": call.model, "responseId": "resp-hostile"}
+                "modelVersion": model, "responseId": "resp-hostile"}
 
-    def opening(self, call: Call) -> list[bytes]:
+    def opening(self, model: str) -> list[bytes]:
         return []
 
-    def delta(self, call: Call, text: str) -> bytes:
+    def delta(self, model: str, text: str) -> bytes:
         fragment = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
-                    "modelVersion": call.model, "responseId": "resp-hostile"}
+                    "modelVersion": model, "responseId": "resp-hostile"}
         return _sse(fragment, end=b"\r\n\r\n")
 
-    def closing(self, call: Call) -> list[bytes]:
-        return [_sse({**self.ok(call, "."), "modelVersion": call.model}, end=b"\r\n\r\n")]
+    def closing(self, model: str) -> list[bytes]:
+        return [_sse(self.ok(model, "."), end=b"\r\n\r\n")]
 
     def stream_error(self, text: str) -> bytes:
         return _sse(self.error(500, text)[0], end=b"\r\n\r\n")
@@ -395,6 +404,7 @@ class HostileUpstream(FakeUpstream):
     def __init__(self) -> None:
         self.answer = Answer()
         self.scripted_served = 0  # how many requests `scripted` answered
+        self.seen: dict[str, None] = {}  # every credential ever received, in order (echo-seen)
         super().__init__()
         self.requests: deque[dict[str, Any]] = deque(maxlen=500)  # type: ignore[assignment]
 
@@ -417,6 +427,8 @@ class HostileUpstream(FakeUpstream):
         if call is None:
             return web.json_response({"error": {"message": f"no such path {request.path}", "type": "not_found"}}, status=404)
         mode, arg = parse_mode(call.model)
+        self.seen.update(dict.fromkeys(call.credentials()))
+        call.seen = tuple(self.seen)
         self.requests.append({"schema": call.schema, "model": call.model, "mode": mode, "path": request.path,
                               "headers": {k.lower(): v for k, v in request.headers.items()}})
         handler, default, _ = MODES[mode]
@@ -446,9 +458,9 @@ class HostileUpstream(FakeUpstream):
     async def ok(self, call: Call, _: int) -> web.StreamResponse:
         return await self._answer(call, "Hello from the hostile upstream", call.stream)
 
-    async def echo(self, call: Call, status: int) -> web.StreamResponse:
-        envelope, own = call.wire.error(status, call.planted())
-        line = call.planted(one_line=True)
+    async def echo(self, call: Call, status: int, seen: bool = False) -> web.StreamResponse:
+        envelope, own = call.wire.error(status, call.planted(seen=seen))
+        line = call.planted(one_line=True, seen=seen)
         headers = {"retry-after": line, "retry-after-ms": line, "x-ratelimit-reset-requests": line,
                    "x-request-id": line, "www-authenticate": f'Bearer realm="{line}"', "x-hostile-echo": line,
                    "set-cookie": f"session={quote(line)}",
@@ -458,13 +470,19 @@ class HostileUpstream(FakeUpstream):
     async def echo_stream(self, call: Call, _: int) -> web.StreamResponse:
         w = call.wire
         resp = await self._start(call, 200, w.stream_type)
-        for event in [*w.opening(call), w.delta(call, "Hello"), w.delta(call, " there"), w.stream_error(call.planted())]:
+        good = [*w.opening(call.model), w.delta(call.model, "Hello"), w.delta(call.model, " there")]
+        for event in [*good, w.stream_error(call.planted())]:
             await resp.write(event)
         await resp.write_eof()
         return resp
 
     async def echo_ok(self, call: Call, _: int) -> web.StreamResponse:
         return await self._answer(call, call.planted(), call.stream)
+
+    async def echo_seen(self, call: Call, status: int) -> web.StreamResponse:
+        if status == 200:
+            return await self._answer(call, call.planted(seen=True), call.stream)
+        return await self.echo(call, status, seen=True)
 
     async def stall(self, call: Call, seconds: int) -> web.StreamResponse:
         await asyncio.sleep(seconds)
@@ -480,12 +498,12 @@ class HostileUpstream(FakeUpstream):
     async def trickle(self, call: Call, ms: int) -> web.StreamResponse:
         w = call.wire
         resp = await self._start(call, 200, w.stream_type)
-        data = b"".join(w.opening(call))
+        data = b"".join(w.opening(call.model))
         while True:
             for i in range(len(data)):
                 await resp.write(data[i:i + 1])
                 await asyncio.sleep(ms / 1000)
-            data = w.delta(call, "drip ")
+            data = w.delta(call.model, "drip ")
 
     async def huge_event(self, call: Call, mib: int) -> web.StreamResponse:
         return await self._huge_stream(call, mib, good_first=0)
@@ -497,10 +515,10 @@ class HostileUpstream(FakeUpstream):
         w = call.wire
         resp = await self._start(call, 200, w.stream_type)
         if good_first:
-            for event in [*w.opening(call), *(w.delta(call, f"good {i} ") for i in range(good_first))]:
+            for event in [*w.opening(call.model), *(w.delta(call.model, f"good {i} ") for i in range(good_first))]:
                 await resp.write(event)
-        await w.write_huge_delta(resp, call, mib * MiB)
-        for event in w.closing(call):
+        await w.write_huge_delta(resp, call.model, mib * MiB)
+        for event in w.closing(call.model):
             await resp.write(event)
         await resp.write_eof()
         return resp
@@ -509,10 +527,10 @@ class HostileUpstream(FakeUpstream):
         w = call.wire
         text = "Hello from the hostile upstream"
         if call.stream:
-            raw = b"".join([*w.opening(call), w.delta(call, text), *w.closing(call)])
+            raw = b"".join([*w.opening(call.model), w.delta(call.model, text), *w.closing(call.model)])
             kind = w.stream_type
         else:
-            raw, kind = json.dumps(w.ok(call, text)).encode(), "application/json"
+            raw, kind = json.dumps(w.ok(call.model, text)).encode(), "application/json"
         return web.Response(body=gzip.compress(raw), status=200,
                             headers={"content-type": kind, "content-encoding": "gzip"})
 
@@ -527,7 +545,7 @@ class HostileUpstream(FakeUpstream):
         return resp
 
     async def huge_ok(self, call: Call, mib: int) -> web.StreamResponse:
-        template = json.dumps(call.wire.ok(call, FILL)).encode()
+        template = json.dumps(call.wire.ok(call.model, FILL)).encode()
         return await self._huge_body(call, 200, template, mib * MiB, {}, declared=True)
 
     async def huge_error(self, call: Call, mib: int) -> web.StreamResponse:
@@ -550,12 +568,12 @@ class HostileUpstream(FakeUpstream):
     async def firehose(self, call: Call, mib: int) -> web.StreamResponse:
         w = call.wire
         resp = await self._start(call, 200, w.stream_type)
-        for event in w.opening(call):
+        for event in w.opening(call.model):
             await resp.write(event)
-        block = b"".join(w.delta(call, f"firehose {i:04d} " * 4) for i in range(256))
+        block = b"".join(w.delta(call.model, f"firehose {i:04d} " * 4) for i in range(256))
         for _ in range(-(-mib * MiB // len(block))):  # at least <MiB>
             await resp.write(block)
-        for event in w.closing(call):
+        for event in w.closing(call.model):
             await resp.write(event)
         await resp.write_eof()
         return resp
@@ -595,9 +613,11 @@ class HostileUpstream(FakeUpstream):
     async def _answer(self, call: Call, text: str, stream: bool) -> web.StreamResponse:
         w = call.wire
         if not stream:
-            return web.json_response(w.ok(call, text))
+            if call.request.path.endswith("/invoke"):  # Bedrock InvokeModel: a Titan embeddings answer
+                return web.json_response({"embedding": [0.1, 0.2, 0.3], "inputTextTokenCount": 3, "note": text})
+            return web.json_response(w.ok(call.model, text))
         resp = await self._start(call, 200, w.stream_type)
-        for event in [*w.opening(call), w.delta(call, text), *w.closing(call)]:
+        for event in [*w.opening(call.model), w.delta(call.model, text), *w.closing(call.model)]:
             await resp.write(event)
         await resp.write_eof()
         return resp
@@ -609,6 +629,7 @@ MODES: dict[str, tuple[Mode, int, str]] = {
     "echo": (HostileUpstream.echo, 400, "an error of <status> echoing every credential in every field"),
     "echo-stream": (HostileUpstream.echo_stream, 0, "a 200 stream ending in an in-stream error that echoes"),
     "echo-ok": (HostileUpstream.echo_ok, 0, "a 200 answer whose text echoes every credential"),
+    "echo-seen": (HostileUpstream.echo_seen, 400, "echo-<status>/echo-ok with every credential ever received"),
     "stall": (HostileUpstream.stall, 3600, "never answer"),
     "stall-body": (HostileUpstream.stall_body, 3600, "headers, then nothing"),
     "trickle": (HostileUpstream.trickle, 50, "a valid stream, one byte every <ms>, forever"),
