@@ -109,6 +109,16 @@ def too_large(limit: int) -> GatewayError:
     )
 
 
+def body_timeout(seconds: float) -> GatewayError:
+    return GatewayError(408, f"The request body did not arrive within {seconds:g} seconds.",
+                        "invalid_request_error", "request_timeout")
+
+
+def client_closed() -> GatewayError:
+    """The client went away before the request was answered (nginx's 499); nobody reads it."""
+    return GatewayError(499, "The client closed the connection.", "invalid_request_error", "client_closed")
+
+
 def upstream_unreachable(provider: str) -> GatewayError:
     return GatewayError(502, f"The upstream provider '{provider}' could not be reached.", "api_error", "upstream_unreachable")
 
@@ -133,6 +143,24 @@ def upstream_auth_failed(provider: str) -> GatewayError:
         "api_error",
         "upstream_auth_failed",
     )
+
+
+def upstream_malformed(provider: str, what: str = "an answer") -> GatewayError:
+    """A 502: the upstream sent `what` the gateway could not read (not JSON, an unexpected
+    content-encoding, a broken stream)."""
+    return GatewayError(502, f"The upstream provider '{provider}' sent {what} the gateway could not read.",
+                        "api_error", "upstream_malformed")
+
+
+def upstream_too_large(provider: str, limit: int, what: str = "an answer") -> GatewayError:
+    """A 502: the upstream's answer (or one event of its stream) is larger than the gateway holds."""
+    return GatewayError(502, f"The upstream provider '{provider}' sent {what} larger than this gateway's "
+                             f"limit of {limit} bytes.", "api_error", "upstream_too_large")
+
+
+def upstream_disconnected(provider: str) -> GatewayError:
+    return GatewayError(502, f"The upstream provider '{provider}' closed the stream before it finished.",
+                        "api_error", "upstream_disconnected")
 
 
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:

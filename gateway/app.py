@@ -33,7 +33,15 @@ from gateway.reload import ConfigWatcher, watcher_for
 from gateway.routing_metrics import RoutingCollector
 from gateway.runtime import KeyRecord, Runtime
 from gateway.tracing import Tracer, build_tracer
+from gateway import token_count
 from gateway.upstream import UpstreamClient
+from gateway.watchdog import BODY, Watchdog
+
+try:  # granian raises these when the client has gone away (or broke the protocol) mid-upload
+    from granian.rsgi import ProtocolClosed, ProtocolError
+    _UPLOAD_FAILED: tuple[type[BaseException], ...] = (ProtocolClosed, ProtocolError)
+except ImportError:  # pragma: no cover
+    _UPLOAD_FAILED = (RuntimeError,)
 
 Handler = Callable[[Any, Any, Exchange], Awaitable[None]]
 _JSON = ("content-type", "application/json")
@@ -52,7 +60,9 @@ class Gateway:
         self.proxy = Proxy(self.metrics)
         self.limiter: Limiter | None = None  # built in start(): a Redis store belongs to the serving loop
         self.ready = False
-        self.in_flight: set[asyncio.Task[Any]] = set()  # requests being served, for the drain on shutdown
+        # The requests being served (for the drain on shutdown, and the watchdog's bounds).
+        self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)
+        self.in_flight = self.watchdog.in_flight
         self.watcher: ConfigWatcher | None = None
         # Closes of what a reload replaced (old pools, store, exporter). The loop holds tasks only
         # weakly, so they live here until done; one attribute each would drop a still-running one.
@@ -83,9 +93,14 @@ class Gateway:
         if self.watcher is not None:
             self.watcher.install(loop)
         install_readiness_signal(loop, self)
+        self.watchdog.start(loop)
+        # Build the default tokenizer now, off the loop: its first build holds the GIL ~0.1 s,
+        # which in the middle of traffic (the first answer without usage) stalls every request.
+        loop.call_soon(lambda: self._in_background(token_count.count_tokens_off_loop("", "gpt-4o")))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
+        self.watchdog.close()
         if self.tracer is not None:  # the drained requests' spans, within a short deadline
             loop.run_until_complete(self.tracer.exporter.close(_TRACE_FLUSH_SECONDS))
         if self.watcher is not None:
@@ -96,6 +111,7 @@ class Gateway:
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
         self.access_log.flush()
+        token_count.shutdown()
 
     def start(self) -> None:
         """Open the upstream pool and begin serving (needs no running loop)."""
@@ -148,23 +164,33 @@ class Gateway:
         method, path = scope.method, scope.path
         entry = self.routes.get((method, path.rstrip("/") or "/"))
         ex = Exchange(request_id(scope.headers.get("x-request-id")), entry[0] if entry else "unknown")
-        task = asyncio.current_task()
-        self.in_flight.add(task)  # type: ignore[arg-type]
+        ex.proto, ex.client = proto, scope.client
+        task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
+        self.in_flight[task] = ex
         try:
             if entry is None:
                 raise self._unknown(method, path)
             await entry[1](scope, proto, ex)
         except GatewayError as exc:
             self._send_error(proto, ex, exc)
-        except asyncio.CancelledError:  # only the drain deadline cancels a request: answer, don't crash
-            self._send_error(proto, ex, shutting_down())
+        except asyncio.CancelledError:  # the watchdog or the drain deadline: answer, don't crash
+            self._cancelled(proto, ex)
         except Exception:  # noqa: BLE001 - the last line of defence: the process must stay up
             log.exception("unhandled error serving %s %s (request %s)", method, path, ex.request_id)
             self._send_error(proto, ex, errors.internal())
             ex.error_type = "internal_error"
         finally:
-            self.in_flight.discard(task)  # type: ignore[arg-type]
+            self.watchdog.finished(task, ex)
             self._finish(ex)
+
+    def _cancelled(self, proto: Any, ex: Exchange) -> None:
+        """Answer a request the watchdog or the drain cut off (see gateway.watchdog)."""
+        if ex.cancel_reason == "client_closed":  # nobody to answer
+            ex.status, ex.error_type = 499, "client_closed"
+        elif ex.cancel_reason == "body_timeout":
+            self._send_error(proto, ex, errors.body_timeout(self.runtime.config.server.body_read_timeout))
+        else:
+            self._send_error(proto, ex, shutting_down())
 
     def _unknown(self, method: str, path: str) -> GatewayError:
         if any(p == path for _, p in self.routes):
@@ -212,22 +238,22 @@ class Gateway:
             raise errors.unauthorized("Incorrect API key provided. Check the gateway key you were given.")
         return record
 
-    async def read_body(self, rt: Runtime, scope: Any, proto: Any) -> bytes:
-        """The whole request body, refusing (413) anything over the configured limit."""
+    async def read_body(self, rt: Runtime, scope: Any, proto: Any, ex: Exchange | None = None) -> bytes:
+        """The whole request body, refusing (413) anything over the configured limit. The
+        watchdog answers 408 if the upload takes longer than server.body_read_timeout; a client
+        that leaves mid-upload ends the request quietly (499, no traceback)."""
         limit = rt.config.server.max_body_bytes
         declared = scope.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise errors.too_large(limit)
-        if declared is not None:
-            body = await proto()
-        else:  # chunked upload: stop reading as soon as it is too big
-            parts, size = [], 0
-            async for part in proto:
-                size += len(part)
-                if size > limit:
-                    raise errors.too_large(limit)
-                parts.append(part)
-            body = b"".join(parts)
+        if ex is not None:
+            ex.phase = BODY
+        try:
+            body = await (proto() if declared is not None else _read_chunked(proto, limit))
+        except _UPLOAD_FAILED:
+            raise errors.client_closed() from None
+        if ex is not None:
+            ex.phase = ""
         if len(body) > limit:
             raise errors.too_large(limit)
         return body
@@ -239,7 +265,7 @@ class Gateway:
         ex.key_name = key.key.name
         if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
             ex.trace = tracer.begin(scope.headers)
-        body = await self.read_body(rt, scope, proto)
+        body = await self.read_body(rt, scope, proto, ex)
         head = parse_head(body, rt.config.server.max_json_depth)
         if ex.trace is not None:
             ex.trace.request(head)
@@ -289,6 +315,17 @@ class Gateway:
         ex.status = 200
         headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
         proto.response_bytes(200, headers, self.metrics.exposition())
+
+
+async def _read_chunked(proto: Any, limit: int) -> bytes:
+    """A chunked upload, refused (413) as soon as it is over `limit` bytes."""
+    parts, size = [], 0
+    async for part in proto:
+        size += len(part)
+        if size > limit:
+            raise errors.too_large(limit)
+        parts.append(part)
+    return b"".join(parts)
 
 
 def create_app() -> Gateway:

@@ -33,7 +33,7 @@ import time
 WATCH_FROM = 256 * 1024  # bytes a stream sends before its client's socket is looked at
 HIGH_WATER = 512 * 1024  # unacknowledged bytes at which the relay waits for the client
 LOW_WATER = 128 * 1024  # ... and resumes
-RESCAN_SECONDS = 1.0  # at most one walk of the file descriptors per this many seconds
+RESCAN_SECONDS = 0.25  # at most one walk of the file descriptors per this many seconds
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # seconds between looks while waiting
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
 _TCP_INFO_LEN = 128
@@ -50,16 +50,24 @@ class SocketDirectory:
         self._by_peer: dict[tuple[str, int], int] = {}
         self._scanned_at = -RESCAN_SECONDS
 
-    def find(self, peer: tuple[str, int]) -> int | None:
-        fd = self._by_peer.get(peer)
-        if fd is not None and _peer_of(fd) == peer:
+    async def find(self, peer: tuple[str, int], since: float) -> int | None:
+        """The fd connected to `peer`, which existed at monotonic time `since`; None only once a
+        walk made after `since` did not find it (then it never will: not a TCP socket of ours).
+        Waits for the next walk rather than walking more often than RESCAN_SECONDS."""
+        fd = self._lookup(peer)
+        if fd is not None or self._scanned_at >= since:
             return fd
-        now = time.monotonic()
-        if now - self._scanned_at < RESCAN_SECONDS:
-            return None
-        self._scanned_at = now
-        self._by_peer = _walk_fds()
-        return self._by_peer.get(peer)
+        wait = self._scanned_at + RESCAN_SECONDS - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self._scanned_at < since:  # nobody walked while we waited
+            self._scanned_at = time.monotonic()
+            self._by_peer = _walk_fds()
+        return self._lookup(peer)
+
+    def _lookup(self, peer: tuple[str, int]) -> int | None:
+        fd = self._by_peer.get(peer)
+        return fd if fd is not None and _peer_of(fd) == peer else None
 
 
 DIRECTORY = SocketDirectory()  # one per worker process: the fds are the process's
@@ -68,11 +76,12 @@ DIRECTORY = SocketDirectory()  # one per worker process: the fds are the process
 class ClientFlow:
     """The acknowledged-bytes gauge of one streaming response; see the module doc."""
 
-    __slots__ = ("_peer", "_idle", "_fd", "_base_sent", "_base_acked", "_gave_up")
+    __slots__ = ("_peer", "_idle", "_since", "_fd", "_base_sent", "_base_acked", "_gave_up")
 
     def __init__(self, client: str, idle_timeout: float) -> None:
         self._peer = parse_peer(client)
         self._idle = idle_timeout
+        self._since = time.monotonic()  # the client's connection exists by now
         self._fd: int | None = None
         self._base_sent = 0
         self._base_acked = 0
@@ -81,7 +90,9 @@ class ClientFlow:
     async def wait(self, sent: int) -> None:
         """Return once the client is at most LOW_WATER behind (at once if it is under
         HIGH_WATER); raise ClientStalled if it takes nothing for the idle timeout."""
-        acked = self._acked(sent)
+        if self._fd is None and not self._gave_up:
+            await self._find(sent)
+        acked = self._acked()
         if acked is None or sent - self._base_sent - (acked - self._base_acked) < HIGH_WATER:
             return
         await self._drain(sent, acked)
@@ -90,7 +101,7 @@ class ClientFlow:
         pause, last_acked, since = _POLL_FIRST, acked, time.monotonic()
         while sent - self._base_sent - (acked - self._base_acked) > LOW_WATER:
             await asyncio.sleep(pause)
-            now_acked = self._acked(sent)
+            now_acked = self._acked()
             if now_acked is None:
                 return  # the socket is gone: granian will tell the sender
             acked = now_acked
@@ -102,20 +113,20 @@ class ClientFlow:
             else:
                 pause = min(pause * 2, _POLL_MAX)
 
-    def _acked(self, sent: int) -> int | None:
+    async def _find(self, sent: int) -> None:
+        """Locate the client's socket and take the baseline: what was sent so far is assumed
+        acknowledged (so the bound is WATCH_FROM + HIGH_WATER at worst)."""
+        fd = await DIRECTORY.find(self._peer, self._since)  # type: ignore[arg-type]
+        acked = _bytes_acked(fd) if fd is not None else None
+        if fd is None or acked is None:
+            self._gave_up = True  # not findable: the stream is bounded by max_upstream_body_bytes only
+            return
+        self._fd, self._base_sent, self._base_acked = fd, sent, acked
+
+    def _acked(self) -> int | None:
         """The client's acknowledged byte count now, or None if its socket is not known."""
-        if self._gave_up:
+        if self._gave_up or self._fd is None:
             return None
-        if self._fd is None:
-            self._fd = DIRECTORY.find(self._peer)  # type: ignore[arg-type]
-            if self._fd is None:
-                return None  # not found (yet): look again on the next chunk
-            acked = _bytes_acked(self._fd)
-            if acked is None:
-                self._gave_up = True
-                return None
-            self._base_sent, self._base_acked = sent, acked  # the first look: what was sent is assumed acked
-            return acked
         acked = _bytes_acked(self._fd)
         if acked is None or _peer_of(self._fd) != self._peer:  # closed, or the fd now holds another socket
             self._gave_up = True

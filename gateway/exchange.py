@@ -1,10 +1,11 @@
 """What the gateway remembers about one request, for its log line and metrics."""
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import echoed, error_label
 from core.usage import Usage
@@ -25,7 +26,7 @@ def request_id(client_value: str | None) -> str:
 class Exchange:
     __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
-                 "passed_headers", "trace")
+                 "passed_headers", "trace", "proto", "client", "phase", "watcher", "cancel_reason")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -44,6 +45,14 @@ class Exchange:
         self.first_byte: float | None = None
         self.passed_headers: tuple[tuple[str, str], ...] = ()  # see CallContext.passed_headers
         self.trace: RequestTrace | None = None  # set only while tracing is on (gateway.tracing)
+        # For gateway.watchdog: the client's protocol object, what the request is doing
+        # ("body" while its body uploads), the watcher of its client (False: none possible),
+        # and why it was cancelled (None: not, or by the drain).
+        self.proto: Any = None
+        self.client = ""  # the client's "host:port" (granian's scope.client), for gateway.backpressure
+        self.phase = ""
+        self.watcher: asyncio.Future[Any] | bool | None = None
+        self.cancel_reason: str | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

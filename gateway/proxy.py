@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from core import errors
+from core.completion_text import completion_text
 from core.config import Provider, Server, Target
 from core.errors import GatewayError, UpstreamTimedOut
 from core.kernels import SSEError
@@ -42,6 +43,7 @@ from core.usage import Usage
 from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from gateway.drain import shutting_down
 from gateway.exchange import Exchange
+from gateway.token_count import INLINE_MAX_CHARS, counted_usage
 from gateway.runtime import ProviderRuntime, Runtime
 from gateway.tracing import Attempt
 from gateway.upstream import (UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout,
@@ -194,6 +196,8 @@ class Proxy:
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
         proto.response_bytes(resp.status, [("content-type", "application/json"), *base_headers], out)
+        if usage is None and resp.status < 300:  # answered; now count what it did not report, as streams are
+            ex.usage = await counted_usage(ctx.body, completion_text(ctx.api, out), ctx.upstream_model)
 
     async def _read(self, provider_name: str, resp: Any, limit: int) -> bytes:
         try:
@@ -216,12 +220,15 @@ class Proxy:
         except ClientGone:
             ex.error_type = "client_closed"
         except ClientStalled:
-            ex.error_type = "client_stalled"
+            ex.error_type = ex.cancel_reason = "client_stalled"  # dropped by us: not the watchdog's to cancel
             log.info("dropped a client that read nothing for %gs (request %s)", server.client_idle_timeout,
                      ex.request_id)
-        finally:
+        except BaseException:  # cancelled (drain, client gone): no await now, so count without the pool
             out.close()
-            ex.usage = translator.usage or self._counted_usage(ctx, translator)
+            ex.usage = translator.usage or _usage_when_cut_off(ctx, translator)
+            raise
+        out.close()
+        ex.usage = translator.usage or await counted_usage(ctx.body, translator.streamed_text(), ctx.upstream_model)
 
     async def _first_chunk(self, ctx: CallContext, chunks: Any, feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
@@ -256,13 +263,6 @@ class Proxy:
                 await transport.send(_error_event(feed.translator, shutting_down()))
             raise
 
-    def _counted_usage(self, ctx: CallContext, translator: Any) -> Usage:
-        """Usage when the upstream reported none: tiktoken over what was actually streamed."""
-        from core.tokens import count_tokens, estimate_prompt_tokens  # tiktoken loads only if needed
-
-        completion = count_tokens(translator.streamed_text(), ctx.upstream_model)
-        prompt = estimate_prompt_tokens(ctx.body)
-        return Usage(prompt, completion, prompt + completion)
 
 
 class _Feed:
@@ -292,7 +292,14 @@ class _Feed:
             raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
         except _UNREADABLE:
             raise errors.upstream_malformed(self.provider, "a stream") from None
-        return self.secrets.redact(out) if out else out
+        if not out:
+            return out
+        if not out.isascii():  # a pass-through relay forwards the upstream's bytes: no client decodes broken UTF-8
+            try:
+                out.decode()
+            except UnicodeDecodeError:
+                raise errors.upstream_malformed(self.provider, "a stream that is not UTF-8") from None
+        return self.secrets.scrub_error_events(out)
 
 
 def _refuse_encoded(provider: str, resp: Any) -> None:
@@ -300,6 +307,17 @@ def _refuse_encoded(provider: str, resp: Any) -> None:
     encoding = resp.header("content-encoding")
     if encoding is not None and encoding.strip().lower() not in _IDENTITY:
         raise errors.upstream_malformed(provider, f"a body in content-encoding '{encoding[:40]}'")
+
+
+def _usage_when_cut_off(ctx: CallContext, translator: Any) -> Usage:
+    """Usage of a cancelled stream that reported none: a short text is counted with tiktoken,
+    a long one estimated at four bytes a token (counting it here would hold the loop)."""
+    from core.tokens import count_tokens, estimate_prompt_tokens  # tiktoken loads only if needed
+
+    text = translator.streamed_text()
+    completion = count_tokens(text, ctx.upstream_model) if len(text) < INLINE_MAX_CHARS else len(text) // 4
+    prompt = estimate_prompt_tokens(ctx.body)
+    return Usage(prompt, completion, prompt + completion)
 
 
 def _is_stream(content_type: str) -> bool:
