@@ -107,6 +107,16 @@ class ProviderSecrets:
                 text = text.replace(value, MASK)
         return scrub_shapes(text)[:MAX_ERROR_TEXT]
 
+    def scrub_error_events(self, data: bytes) -> bytes:
+        """`data` (stream bytes) scrubbed as error text is when it holds an error object (an
+        upstream's in-stream error event, relayed as it came); else unchanged, by value only."""
+        if b'"error":' not in data and b'"error" :' not in data:
+            return self.redact(data)
+        text = data.decode("utf-8", "replace")
+        for value in self._values:
+            text = text.replace(value, MASK)
+        return scrub_shapes(text).encode()
+
     def redact(self, data: bytes) -> bytes:
         """`data` with this provider's secrets masked by value (the request path's check)."""
         for needle in self._needles:

@@ -235,6 +235,12 @@ class ChainedStream:
         return error_event(err)
 
 
+def _stream_error(error: oa.StreamError | str) -> GatewayError:
+    """The client's error for an upstream's in-stream error object (scrubbed by the proxy)."""
+    message = error if isinstance(error, str) else error.message
+    return GatewayError(502, message or "The upstream provider failed mid-stream.", "api_error", "upstream_error")
+
+
 def sse(kind: str, payload: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + wire.encode(payload) + b"\n\n"
 
@@ -274,6 +280,8 @@ class ChatStreamToAnthropic:
         except msgspec.MsgspecError:
             raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
                                "upstream_malformed") from None
+        if chunk.error is not None:  # the upstream failed mid-stream: end with Anthropic's error event
+            raise _stream_error(chunk.error)
         out = b"" if self._started else self._start(chunk)
         if chunk.usage is not None:
             u = chunk.usage

@@ -149,11 +149,20 @@ class ChunkChoice(msgspec.Struct):
     index: int = 0
 
 
+class StreamError(msgspec.Struct):
+    """The `error` object an OpenAI-compatible upstream (vLLM, OpenAI) may send mid-stream."""
+
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
+
+
 class ChatChunk(msgspec.Struct):
     id: str = ""
     model: str = ""
     choices: list[ChunkChoice] = []
     usage: UsageIn | None = None
+    error: StreamError | str | None = None
 
 
 class AnswerMessage(msgspec.Struct):

@@ -1,0 +1,251 @@
+"""Hostile clients against a real gateway: non-readers, slow uploads, clients that leave.
+
+Each test talks raw HTTP/1.1 over sockets, because the point is to behave as no SDK would:
+stop reading, trickle a body, hang up half-way. Throughout, the gateway must keep its memory
+bounded, answer /healthz quickly, release what a departed client held, and log no traceback.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.hostile_upstream import HostileUpstream
+from tests.harness import TEST_KEY, GatewayProcess, key_hash
+
+MODES = ("firehose-200", "firehose-4", "firehose-1", "stall", "ok")
+
+
+def _config(upstream: str) -> str:
+    # One request at a time on `stall` and the 200 MB stream: a slot not released shows as a 429.
+    models = "\n".join(f"  - name: {m}\n    targets: [{{provider: hostile, model: {m}}}]" for m in MODES) + """
+  - name: stall-one
+    targets: [{provider: hostile, model: stall}]
+    limits: [{concurrent: 1}]
+  - name: firehose-one
+    targets: [{provider: hostile, model: firehose-200}]
+    limits: [{concurrent: 1}]"""
+    return f"""
+providers:
+  - name: hostile
+    schema: openai
+    base_url: {upstream}/v1
+    api_key: sk-hostile-clients-upstream-key-0042
+models:
+{models}
+keys:
+  - name: k
+    key_hash: "{key_hash()}"
+server:
+  body_read_timeout: 1
+  client_idle_timeout: 2
+  max_upstream_body_bytes: 1073741824
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileUpstream]:
+    upstream = HostileUpstream()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(hostile: HostileUpstream) -> Iterator[GatewayProcess]:
+    gateway = GatewayProcess(_config(hostile.url))
+    yield gateway
+    gateway.stop()
+
+
+def _request(model: str, stream: bool = False) -> bytes:
+    body = json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return _head(len(body)) + body
+
+
+def _head(length: int) -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TEST_KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % length)
+
+
+def _connect(gw: GatewayProcess, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf is not None:  # a small window: the client's kernel stops taking bytes early
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.settimeout(10)
+    return sock
+
+
+def _worker_rss_mb(gw: GatewayProcess) -> float:
+    pids = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True).stdout.split()
+    return sum(_rss_kb(int(pid)) for pid in pids) / 1024
+
+
+def _settled_rss_mb(gw: GatewayProcess) -> float:
+    last = _worker_rss_mb(gw)
+    for _ in range(50):
+        time.sleep(0.2)
+        now = _worker_rss_mb(gw)
+        if abs(now - last) < 1:
+            return now
+        last = now
+    return last
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0])
+
+
+def _healthz_ms(gw: GatewayProcess) -> float:
+    start = time.perf_counter()
+    with urllib.request.urlopen(gw.url + "/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    return (time.perf_counter() - start) * 1000
+
+
+def _read_whole_stream(gw: GatewayProcess, model: str) -> bytes:
+    sock = _connect(gw)
+    sock.sendall(_request(model, stream=True))
+    received = bytearray()
+    while not received.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    sock.close()
+    return bytes(received)
+
+
+def _log_for(gw: GatewayProcess, model: str, status: int | None = None) -> list[dict[str, object]]:
+    return [line for line in gw.log_lines() if line.get("model") == model and (status is None or line["status"] == status)]
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_non_reading_stream_clients_keep_memory_bounded_and_are_dropped(gw: GatewayProcess) -> None:
+    """Four clients open 200 MB streams and read nothing: the gateway stops reading its upstream
+    instead of queueing it, /healthz stays fast, and each client is dropped after the idle timeout."""
+    _read_whole_stream(gw, "firehose-1")
+    before = _settled_rss_mb(gw)  # after the tokenizer the gateway builds at start (~80 MB, once)
+    clients = []
+    for _ in range(4):
+        sock = _connect(gw, rcvbuf=4096)
+        sock.sendall(_request("firehose-200", stream=True))
+        clients.append(sock)
+    start, worst_rss, worst_health = time.monotonic(), 0.0, 0.0
+    while time.monotonic() - start < 3.5:  # past client_idle_timeout (2 s)
+        worst_health = max(worst_health, _healthz_ms(gw))
+        worst_rss = max(worst_rss, _worker_rss_mb(gw))
+        time.sleep(0.1)
+    assert worst_rss - before < 40, f"worker grew {worst_rss - before:.0f} MB for 4 non-reading streams"
+    assert worst_health < 100, f"/healthz took {worst_health:.0f} ms while 4 clients read nothing"
+    assert _wait_for(lambda: len([r for r in _log_for(gw, "firehose-200") if r["error"] == "client_stalled"]) == 4)
+    for sock in clients:
+        sock.close()
+
+
+def test_a_slow_reader_still_gets_the_whole_stream(gw: GatewayProcess) -> None:
+    """Backpressure slows a slow reader down; it does not cut it off or lose bytes."""
+    sock = _connect(gw, rcvbuf=16384)
+    sock.sendall(_request("firehose-4", stream=True))
+    received = bytearray()
+    while not received.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(8192)
+        if not chunk:
+            break
+        received += chunk
+        time.sleep(0.0005)  # ~16 MB/s at most: slower than the upstream
+    sock.close()
+    # The fake sends whole blocks of 256 events with 4 words each, >= 4 MiB in all (< 300 bytes an event).
+    words = received.count(b"firehose ")
+    assert words % 1024 == 0 and words >= 4 * 4 * 1024 * 1024 // 300, f"part of the stream went missing ({words})"
+    assert b"data: [DONE]" in received
+
+
+def test_a_client_that_leaves_before_the_first_byte_frees_its_slot_at_once(gw: GatewayProcess) -> None:
+    """`stall` never answers; the model allows one request at a time. A client that hangs up
+    must free that slot within about a second, not at the upstream's first_byte timeout."""
+    first = _connect(gw)
+    first.sendall(_request("stall-one"))
+    time.sleep(0.3)
+    first.close()
+    assert _wait_for(lambda: bool(_log_for(gw, "stall-one", 499)), timeout=3), "the departed client was not noticed"
+    second = _connect(gw)
+    second.sendall(_request("stall-one"))
+    time.sleep(1.0)  # admitted (a refused one would have its 429 by now), then waiting upstream
+    second.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        second.recv(100)
+    second.close()
+
+
+def test_a_body_upload_slower_than_the_timeout_gets_408(gw: GatewayProcess) -> None:
+    sock = _connect(gw)
+    sock.sendall(_head(100) + b'{"model": "ok"')  # 86 bytes short, and never sent
+    start = time.monotonic()
+    answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"request_timeout" in answer
+    assert time.monotonic() - start < 3
+
+
+def test_a_client_that_disconnects_mid_upload_logs_no_traceback(gw: GatewayProcess) -> None:
+    for _ in range(3):
+        sock = _connect(gw)
+        sock.sendall(_head(100_000) + b'{"model": "ok", "messages": [')
+        time.sleep(0.1)
+        sock.close()
+    time.sleep(0.5)
+    assert "Traceback" not in gw.stderr()
+    assert _healthz_ms(gw) < 100
+
+
+def test_a_client_that_leaves_mid_stream_releases_its_slot(gw: GatewayProcess) -> None:
+    sock = _connect(gw)
+    sock.sendall(_request("firehose-one", stream=True))
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.close()
+    time.sleep(0.5)
+    again = _connect(gw, rcvbuf=4096)
+    again.sendall(_request("firehose-one", stream=True))
+    assert again.recv(4096).startswith(b"HTTP/1.1 200"), "the slot of the departed stream was not released"
+    again.close()
+
+
+def test_healthz_stays_fast_under_concurrent_hostile_clients(gw: GatewayProcess) -> None:
+    """All of the above at once, from threads, while /healthz is timed."""
+    stop = threading.Event()
+
+    def leave_early() -> None:
+        while not stop.is_set():
+            sock = _connect(gw)
+            sock.sendall(_head(5000) + b"{")
+            sock.close()
+            time.sleep(0.002)  # leave this test process's GIL to the /healthz timer
+
+    threads = [threading.Thread(target=leave_early) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        worst = max(_healthz_ms(gw) for _ in range(30))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert worst < 100, f"/healthz took {worst:.0f} ms"
+    assert "Traceback" not in gw.stderr()
