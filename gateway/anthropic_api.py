@@ -119,7 +119,7 @@ class AnthropicAPI:
         declared = scope.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise errors.too_large(cap)  # refused before reading a byte of it
-        body = await self.gateway.read_body(rt, scope, proto)  # (chunked: read up to max_body_bytes)
+        body = await self.gateway.read_body(rt, scope, proto, ex)  # (chunked: read up to max_body_bytes)
         if len(body) > cap:
             raise errors.too_large(cap)
         return body

@@ -137,7 +137,8 @@ class Proxy:
                        endpoint: Provider | None = None, attempt: Attempt | None = None) -> None:
         adapter = provider.adapter(ex.api)
         if adapter is None:
-            raise errors.bad_request(f"Model '{head.model}' is served by a provider that does not support this endpoint.")
+            raise errors.bad_request(f"Model '{errors.echoed(head.model or '')}' is served by a provider that does not "
+                                     "support this endpoint.")
         ctx = CallContext(ex.api, body, head, upstream_model, endpoint or provider.config, time.time(),
                           ex.passed_headers)
         call: UpstreamCall = adapter.build(ctx)
