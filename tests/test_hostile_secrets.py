@@ -5,10 +5,12 @@ The hostile upstream (tests/fakes/hostile_upstream.py) answers `echo-<status>` w
 each schema's real envelope whose every field, and several response headers, carry every
 credential it was sent, the raw request head, and credential-shaped values the gateway does not
 know (FOREIGN_SECRETS). One real gateway fronts it with a provider of every schema, each with
-its own distinctive credential. `traffic` sends the whole matrix once, through the official
-openai and anthropic SDKs, streamed and not, and keeps every byte each client received; each
-test then checks one slice of it, or one sink (access log, stderr, /metrics, spans, the admin
-usage record). Failures name the provider, the mode, the client and the sink.
+its own distinctive credential. `traffic` sends the whole matrix once (echo-<status>, an error
+event mid-stream, an error dressed as a 200, a success quoting the credentials; then, once the
+upstream has been sent every provider's credential, echoes of all of them), through the
+official openai and anthropic SDKs, streamed and not, and keeps every byte each client
+received; each test then checks one slice of it, or one sink (access log, stderr, /metrics,
+spans, the admin usage record). Failures name the provider, the mode, the client and the sink.
 
 The last section smoke-tests the adversary's other modes (stalls, trickles, huge and garbage
 bodies, gzip, a firehose) against the fake alone, for the gateway tests that use them.
@@ -60,7 +62,7 @@ PROVIDERS = ("openai", "azure", "anthropic", "bedrock", "bedrock-key", "gemini",
 STATUSES = (400, 401, 403, 429, 500, 503)
 VARIANTS = ("openai", "openai-stream", "anthropic", "anthropic-stream")
 STREAM_VARIANTS = ("openai-stream", "anthropic-stream")
-MODES = [f"echo-{s}" for s in STATUSES] + ["echo-stream", "echo-ok"]
+MODES = [f"echo-{s}" for s in STATUSES] + ["echo-stream", "echo-ok", "echo-as-200"]
 SHARED_MODES = ["echo-seen-200", "echo-seen-400", "echo-seen-500"]  # sent after MODES: every credential is known by then
 RELAYS_STATUS = ("openai", "azure")  # OpenAI-compatible upstreams' 4xx/5xx reach the client as they are
 MESSAGES = [{"role": "user", "content": "say hi"}]
@@ -236,6 +238,12 @@ def shared_traffic(traffic: Any, gw: GatewayProcess) -> dict[tuple[str, str, str
     return {(p, m, v): send(gw, v, f"{p}-{m}", f"hostile-{p}-{m}-{v}") for p in PROVIDERS for m in SHARED_MODES for v in VARIANTS}
 
 
+@pytest.fixture(scope="module")
+def all_traffic(traffic: Any, shared_traffic: Any) -> dict[tuple[str, str, str], Outcome]:
+    """Everything sent: what the sinks are checked after."""
+    return {**traffic, **shared_traffic}
+
+
 def _leaks_in(blob: bytes, secrets: dict[str, str]) -> list[str]:
     return [f"{name} (...{leak_context(blob, secrets[name], 80)!r}...)" for name in leaks(blob, secrets)]
 
@@ -302,6 +310,19 @@ def test_an_error_event_mid_stream_reaches_the_client_scrubbed(traffic: Any, pro
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_error_dressed_as_a_200_reaches_the_client_scrubbed(traffic: Any, provider: str) -> None:
+    """Status 200, but the body is the schema's error envelope, every field echoing: whatever
+    the gateway makes of it, no credential (held or foreign-shaped) reaches the client."""
+    problems = []
+    for variant in VARIANTS:
+        o = traffic[(provider, "echo-as-200", variant)]
+        found = _leaks_in(o.bytes, SECRETS)
+        if found:
+            problems.append(f"{variant}: HTTP {o.status}, the client received {', '.join(found)}")
+    assert not problems, f"{provider} echo-as-200:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_success_echoing_held_credentials_reaches_the_client_without_them(traffic: Any, provider: str) -> None:
     """A 200 answer whose text quotes the credentials the gateway sent: the gateway knows its
     own credentials exactly, so none of them may reach the client. (Credential-*shaped* text
@@ -362,7 +383,7 @@ def _summary(report: list[str], most: int = 12) -> str:
     return f"{len(report)} leaks:\n" + "\n".join(report[:most]) + more
 
 
-def test_no_credential_in_the_access_log_or_stderr(traffic: Any, gw: GatewayProcess) -> None:
+def test_no_credential_in_the_access_log_or_stderr(all_traffic: Any, gw: GatewayProcess) -> None:
     time.sleep(0.3)  # the access log flushes once per event-loop turn
     assert any(r.get("request_id", "").startswith("hostile-") for r in gw.log_lines()), "no access log lines"
     report = _sink_report("stdout", gw.stdout_path.read_bytes(), SECRETS)
@@ -370,15 +391,15 @@ def test_no_credential_in_the_access_log_or_stderr(traffic: Any, gw: GatewayProc
     assert not report, _summary(report)
 
 
-def test_no_credential_in_a_metrics_scrape(traffic: Any, gw: GatewayProcess) -> None:
+def test_no_credential_in_a_metrics_scrape(all_traffic: Any, gw: GatewayProcess) -> None:
     scrape = httpx2.get(gw.url + "/metrics", timeout=10)
     assert scrape.status_code == 200 and b"tollway_requests_total" in scrape.content
     report = _sink_report("/metrics", scrape.content, SECRETS)
     assert not report, _summary(report)
 
 
-def test_no_credential_in_the_exported_spans(traffic: Any, gw: GatewayProcess, collector: FakeCollector) -> None:
-    want = {o.request_id for o in traffic.values()}
+def test_no_credential_in_the_exported_spans(all_traffic: Any, gw: GatewayProcess, collector: FakeCollector) -> None:
+    want = {o.request_id for o in all_traffic.values()}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         got = {s["attrs"].get("tollway.request_id") for s in collector.spans()}
@@ -401,7 +422,7 @@ def test_no_credential_in_the_exported_spans(traffic: Any, gw: GatewayProcess, c
     assert not report, _summary(report)
 
 
-def test_no_credential_in_the_admin_usage_record(traffic: Any, gw: GatewayProcess) -> None:
+def test_no_credential_in_the_admin_usage_record(all_traffic: Any, gw: GatewayProcess) -> None:
     r = httpx2.get(gw.url + "/admin/usage", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
     assert r.status_code == 200
     report = _sink_report("/admin/usage", r.content, SECRETS, unit="all")

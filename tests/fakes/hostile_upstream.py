@@ -19,6 +19,8 @@ name is `<mode>` or `<mode>-<number>`, the number being the mode's argument (`ec
                        (OpenAI/Gemini `data: {"error"}`, Anthropic `event: error`, a Bedrock
                        exception frame) whose every field carries `planted()`
   echo-ok              a 200 answer (JSON or stream) whose generated text carries `planted()`
+  echo-as-200          echo-400's error envelope and headers, but with status 200 (JSON, even to a
+                       request for a stream): an error dressed as a success
   echo-seen-<status>   as echo-<status> (or echo-ok for 200), planting every credential this server
                        was ever sent, whichever provider sent it: an upstream shared by several
                        providers, or one that remembers
@@ -458,14 +460,14 @@ class HostileUpstream(FakeUpstream):
     async def ok(self, call: Call, _: int) -> web.StreamResponse:
         return await self._answer(call, "Hello from the hostile upstream", call.stream)
 
-    async def echo(self, call: Call, status: int, seen: bool = False) -> web.StreamResponse:
+    async def echo(self, call: Call, status: int, seen: bool = False, sent_as: int | None = None) -> web.StreamResponse:
         envelope, own = call.wire.error(status, call.planted(seen=seen))
         line = call.planted(one_line=True, seen=seen)
         headers = {"retry-after": line, "retry-after-ms": line, "x-ratelimit-reset-requests": line,
                    "x-request-id": line, "www-authenticate": f'Bearer realm="{line}"', "x-hostile-echo": line,
                    "set-cookie": f"session={quote(line)}",
                    **{k: v.replace("\r\n", " | ") for k, v in own.items()}}
-        return web.json_response(envelope, status=status, headers=headers)
+        return web.json_response(envelope, status=sent_as or status, headers=headers)
 
     async def echo_stream(self, call: Call, _: int) -> web.StreamResponse:
         w = call.wire
@@ -478,6 +480,9 @@ class HostileUpstream(FakeUpstream):
 
     async def echo_ok(self, call: Call, _: int) -> web.StreamResponse:
         return await self._answer(call, call.planted(), call.stream)
+
+    async def echo_as_200(self, call: Call, _: int) -> web.StreamResponse:
+        return await self.echo(call, 400, sent_as=200)
 
     async def echo_seen(self, call: Call, status: int) -> web.StreamResponse:
         if status == 200:
@@ -629,6 +634,7 @@ MODES: dict[str, tuple[Mode, int, str]] = {
     "echo": (HostileUpstream.echo, 400, "an error of <status> echoing every credential in every field"),
     "echo-stream": (HostileUpstream.echo_stream, 0, "a 200 stream ending in an in-stream error that echoes"),
     "echo-ok": (HostileUpstream.echo_ok, 0, "a 200 answer whose text echoes every credential"),
+    "echo-as-200": (HostileUpstream.echo_as_200, 0, "echo-400's envelope with status 200"),
     "echo-seen": (HostileUpstream.echo_seen, 400, "echo-<status>/echo-ok with every credential ever received"),
     "stall": (HostileUpstream.stall, 3600, "never answer"),
     "stall-body": (HostileUpstream.stall_body, 3600, "headers, then nothing"),
