@@ -45,6 +45,7 @@ class Scope:
     """The part of granian's RSGI scope the gateway reads."""
 
     proto, method, path = "http", "POST", "/v1/chat/completions"
+    client = "127.0.0.1:40000"
 
     def __init__(self) -> None:
         self.headers = {"authorization": f"Bearer {BENCH_KEY}", "content-type": "application/json",
@@ -76,8 +77,10 @@ class CannedResponse:
     def header(self, name: str) -> str | None:
         return dict(self.headers).get(name)
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
         return self.body
+
+    encoded = False  # no content-encoding (see gateway.upstream.UpstreamResponse)
 
     def close(self) -> None:
         pass

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["first_duplicate_key", "max_depth_exceeded"]
+__all__ = ["first_duplicate_key", "first_needle", "max_depth_exceeded"]
 
 # A whole string (possibly unterminated), or one bracket. Strings are skipped as one match.
 _TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
@@ -108,3 +108,13 @@ def _spelled(raw: bytes) -> bytes | None:
     if _ASCII_ESCAPED.fullmatch(raw) is None:
         return None
     return _U00.sub(lambda m: bytes((int(m[1], 16),)), raw)
+
+
+def first_needle(data: bytes, needles: tuple[bytes, ...]) -> int:
+    """Index of the first of `needles` (bytes) found anywhere in `data`, or -1."""
+    for i, needle in enumerate(needles):
+        if type(needle) is not bytes:
+            raise TypeError("needles must be bytes")
+        if needle in data:
+            return i
+    return -1

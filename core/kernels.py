@@ -26,6 +26,7 @@ __all__ = [
     "SSEFramer",
     "Usage",
     "first_duplicate_key",
+    "first_needle",
     "max_depth_exceeded",
     "ratelimit_headers",
 ]
@@ -66,4 +67,5 @@ BucketTable = _buckets.BucketTable
 Gate = _buckets.Gate
 max_depth_exceeded = _jsonscan.max_depth_exceeded
 first_duplicate_key = _jsonscan.first_duplicate_key
+first_needle = _jsonscan.first_needle
 ratelimit_headers = _ratelimit.ratelimit_headers

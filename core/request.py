@@ -75,6 +75,8 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
         raise bad_request("The request body is empty; send a JSON object.")
     if max_depth_exceeded(body, max_depth):
         raise bad_request(f"The JSON body is nested deeper than this gateway's limit of {max_depth} levels.")
+    if not body.isascii():  # the decoder skips the strings it does not keep, unchecked; JSON is UTF-8
+        _require_utf8(body)
     head = decode_body(_decode_head, body)
     repeated = first_duplicate_key(body, _READ_KEYS)  # after the decode: only on valid JSON objects
     if repeated >= 0:
@@ -82,6 +84,13 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
     if require_model and not head.model:
         raise bad_request("You must provide a model parameter.", param="model")
     return head
+
+
+def _require_utf8(body: bytes) -> None:
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8.") from None
 
 
 def with_model(body: bytes, model: str) -> bytes:

@@ -5,17 +5,18 @@ An upstream is not trusted: it may echo the request's headers (its API key, the 
 error, or even into a successful answer. Whatever the gateway relays, logs, counts or traces
 passes through one of two filters first:
 
-- `ProviderSecrets.scrub` for text on error paths (every field of an upstream error): the
-  provider's own secrets by value, then anything shaped like a credential (`scrub_shapes`),
+- `KnownSecrets.scrub` for text on error paths (every field of an upstream error): every
+  secret the gateway holds by value, then anything shaped like a credential (`scrub_shapes`),
   whether the gateway knows it or not. Runs only when something failed, so it may be thorough.
-- `ProviderSecrets.redact` for the bytes of a successful answer or stream chunk: by value only
-  (an answer may legitimately quote `sk-...` in a code sample), a few `bytes in` checks, cheap
-  enough for the request path.
+- `KnownSecrets.redact` for the bytes of a successful answer, and `scrub_stream` for a stream
+  chunk: by value only (an answer may legitimately quote `sk-...` in a code sample), unless
+  the bytes hold an error object (an in-stream error event, or an error sent as a 200),
+  which is scrubbed like any error. A few `bytes in` checks, cheap enough for the request path.
 
-By value means: the provider's configured secrets (api_key, credentials, header values) and
+By value means: every provider's configured secrets (api_key, credentials, header values) and
 those fetched at run time (AWS keys from the default chain, Google OAuth tokens), which the
-signers `add` as they get them. An upstream only ever saw its own provider's secrets, so each
-provider filters with its own set.
+signers `add` as they get them. All providers share one set: an upstream that several
+providers point at (an internal proxy) has seen all their credentials.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable
 
 from core.errors import GatewayError
+from core.kernels import first_needle
 from core.retry import retry_after
 
 if TYPE_CHECKING:
@@ -33,7 +35,10 @@ if TYPE_CHECKING:
 
 MASK = "***"
 MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words; no real credential is that short
-MAX_RUNTIME_SECRETS = 32  # rotated tokens: the newest ones are kept (older ones are no longer sent)
+MAX_SECRETS = 256  # configs reloaded, tokens rotated: the newest are kept (older ones are no longer sent)
+# Bytes that may hold an error object: the key "error" (inside a JSON string its quotes would
+# be escaped), or an escaped character, with which a key can spell "\u0065rror" instead.
+_ERROR_MARKS = (b'"error"', b"\\u00")
 MAX_ERROR_TEXT = 2000  # characters of upstream error text relayed to a client
 MAX_ERROR_WORD = 100  # characters of an upstream error's type, code or param
 MAX_RETRY_AFTER = 3600.0  # seconds: an upstream asking for longer is asking for this long
@@ -60,6 +65,12 @@ _NAMED = re.compile(
 _NOT_SECRET_CREDENTIALS = frozenset({"profile", "service_account_file"})  # names of where keys are, not keys
 
 
+def needs_redacting(data: bytes, needles: tuple[bytes, ...]) -> bool:
+    """True if `data` holds a known secret or may hold an error object (`KnownSecrets.needles`):
+    then `KnownSecrets.redact` it. One compiled scan (core.kernels.first_needle)."""
+    return first_needle(data, needles) >= 0
+
+
 def configured_secrets(provider: Provider) -> list[str | None]:
     """Every secret value a provider's config gives the gateway to send upstream."""
     creds = provider.credentials or {}
@@ -74,29 +85,28 @@ def scrub_shapes(text: str) -> str:
     return _SHAPES.sub(MASK, text)
 
 
-class ProviderSecrets:
-    """The credentials one provider's calls carry, configured and fetched; see the module doc."""
+class KnownSecrets:
+    """Every credential the gateway sends upstream, configured and fetched; see the module doc."""
 
-    __slots__ = ("_static", "_runtime", "_values", "_needles")
+    __slots__ = ("_held", "_values", "needles")
 
     def __init__(self, values: Iterable[str | None] = ()) -> None:
-        self._static = tuple(_worth_keeping(values))
-        self._runtime: OrderedDict[str, None] = OrderedDict()
+        self._held: OrderedDict[str, None] = OrderedDict()
         self._values: tuple[str, ...] = ()
-        self._needles: tuple[bytes, ...] = ()
-        self._rebuild()
+        self.needles: tuple[bytes, ...] = _ERROR_MARKS  # what a stream chunk is searched for
+        self.add(*values)
 
     def add(self, *values: str | None) -> None:
-        """Remember values fetched at run time (a token, temporary keys). Cheap when known."""
+        """Remember credentials (a config's, a fetched token). Cheap when already known."""
         changed = False
         for value in _worth_keeping(values):
-            if value in self._runtime:
-                self._runtime.move_to_end(value)
+            if value in self._held:
+                self._held.move_to_end(value)
                 continue
-            self._runtime[value] = None
+            self._held[value] = None
             changed = True
-            if len(self._runtime) > MAX_RUNTIME_SECRETS:
-                self._runtime.popitem(last=False)
+            if len(self._held) > MAX_SECRETS:
+                self._held.popitem(last=False)
         if changed:
             self._rebuild()
 
@@ -107,35 +117,32 @@ class ProviderSecrets:
                 text = text.replace(value, MASK)
         return scrub_shapes(text)[:MAX_ERROR_TEXT]
 
-    def scrub_error_events(self, data: bytes) -> bytes:
-        """`data` (stream bytes) scrubbed as error text is when it holds an error object (an
-        upstream's in-stream error event, relayed as it came); else unchanged, by value only."""
-        if b'"error":' not in data and b'"error" :' not in data:
-            return self.redact(data)
-        text = data.decode("utf-8", "replace")
-        for value in self._values:
-            text = text.replace(value, MASK)
-        return scrub_shapes(text).encode()
-
     def redact(self, data: bytes) -> bytes:
-        """`data` with this provider's secrets masked by value (the request path's check)."""
-        for needle in self._needles:
+        """A relayed answer (bytes) made safe: scrubbed as an error when it holds an error object
+        (an in-stream error event, an error sent with status 200), else secrets masked by value.
+        Callers on the hot path first check `needles` (any found: call this)."""
+        if first_needle(data, _ERROR_MARKS) >= 0:
+            text = data.decode("utf-8", "replace")
+            for value in self._values:
+                text = text.replace(value, MASK)
+            return scrub_shapes(text).encode()
+        for value in self._values:
+            needle = value.encode("utf-8", "surrogatepass")
             if needle in data:
                 data = data.replace(needle, MASK.encode())
         return data
 
     def _rebuild(self) -> None:
         # Longest first: a secret that contains another is masked whole, not in pieces.
-        values = sorted({*self._static, *self._runtime}, key=len, reverse=True)
-        self._values = tuple(values)
-        self._needles = tuple(v.encode("utf-8", "surrogatepass") for v in values)
+        self._values = tuple(sorted(self._held, key=len, reverse=True))
+        self.needles = _ERROR_MARKS + tuple(v.encode("utf-8", "surrogatepass") for v in self._values)
 
 
 def _worth_keeping(values: Iterable[str | None]) -> Iterable[str]:
     return (v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
 
 
-def scrubbed(err: GatewayError, secrets: ProviderSecrets) -> GatewayError:
+def scrubbed(err: GatewayError, secrets: KnownSecrets) -> GatewayError:
     """`err` (built from an upstream's answer) made safe to relay: every text field scrubbed,
     type/code/param cut short, and of its headers only retry-after kept, normalised."""
     err.message = secrets.scrub(err.message)
@@ -156,7 +163,7 @@ def retry_headers(headers: list[tuple[str, str]], now_wall: float) -> list[tuple
     return [("retry-after", str(math.ceil(wait))), ("retry-after-ms", str(math.ceil(wait * 1000)))]
 
 
-def _word(secrets: ProviderSecrets, value: str | None) -> str | None:
+def _word(secrets: KnownSecrets, value: str | None) -> str | None:
     if not value:
         return value
     return secrets.scrub(value)[:MAX_ERROR_WORD]

@@ -6,7 +6,10 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr
 
-__all__ = ["first_duplicate_key", "max_depth_exceeded"]
+__all__ = ["first_duplicate_key", "first_needle", "max_depth_exceeded"]
+
+cdef extern from "string.h" nogil:  # a GNU extension; Python.h defines _GNU_SOURCE
+    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
 
 cdef enum:
     QUOTE = 34      # "
@@ -165,4 +168,21 @@ cdef inline int _hex(unsigned char c) noexcept nogil:
         return c - 87
     if 65 <= c <= 70:
         return c - 55
+    return -1
+
+
+def first_needle(data, tuple needles):
+    """Index of the first of `needles` (bytes) found anywhere in `data`, or -1. The stream
+    relay asks this of every chunk, so it is one C loop of memmem calls."""
+    cdef bytes hay = data if type(data) is bytes else bytes(data)
+    cdef const char* p = PyBytes_AS_STRING(hay)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(hay)
+    cdef Py_ssize_t i, count = PyTuple_GET_SIZE(needles)
+    cdef object needle
+    for i in range(count):
+        needle = <object>PyTuple_GET_ITEM(needles, i)
+        if type(needle) is not bytes:
+            raise TypeError("needles must be bytes")
+        if PyBytes_GET_SIZE(needle) == 0 or memmem(p, n, PyBytes_AS_STRING(needle), <size_t>PyBytes_GET_SIZE(needle)) != NULL:
+            return i
     return -1

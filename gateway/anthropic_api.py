@@ -95,7 +95,7 @@ class AnthropicAPI:
         gw, rt = self.gateway, self.gateway.runtime
         key = self.authenticate(rt, scope)
         ex.key_name = key.key.name
-        body = await self._read_count_body(rt, scope, proto)
+        body = await self._read_count_body(rt, scope, proto, ex)
         head = parse_head(body, rt.config.server.max_json_depth)
         ex.model = head.model
         route = rt.routes.resolve(head.model or "")
@@ -112,7 +112,7 @@ class AnthropicAPI:
             if lease is not None and limiter is not None:  # one request; nothing was generated
                 limiter.settle(lease, None, None)
 
-    async def _read_count_body(self, rt: Runtime, scope: Any, proto: Any) -> bytes:
+    async def _read_count_body(self, rt: Runtime, scope: Any, proto: Any, ex: Exchange) -> bytes:
         """The body, refusing (413) one over `server.max_count_tokens_bytes`: counting is
         free to the client but not to the gateway, so its bodies get a tighter cap."""
         cap = rt.config.server.max_count_tokens_bytes

@@ -164,7 +164,7 @@ class Gateway:
         method, path = scope.method, scope.path
         entry = self.routes.get((method, path.rstrip("/") or "/"))
         ex = Exchange(request_id(scope.headers.get("x-request-id")), entry[0] if entry else "unknown")
-        ex.proto, ex.client = proto, scope.client
+        ex.proto, ex.scope = proto, scope
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         self.in_flight[task] = ex
         try:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from core.config import Provider
 from core.errors import GatewayError, upstream_auth_failed
 from core.providers.base import UpstreamCall
-from core.secrets import ProviderSecrets
+from core.secrets import KnownSecrets
 
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh a Google token this long before it expires, so no request carries a token that
@@ -45,7 +45,7 @@ class SigV4Credential:
 
     service = "bedrock"
 
-    def __init__(self, provider: Provider, secrets: ProviderSecrets) -> None:
+    def __init__(self, provider: Provider, secrets: KnownSecrets) -> None:
         self._provider = provider
         self._secrets = secrets
         self._source: Any = None
@@ -94,7 +94,7 @@ class GoogleOAuthCredential:
     identity, the metadata server).
     """
 
-    def __init__(self, provider: Provider, secrets: ProviderSecrets) -> None:
+    def __init__(self, provider: Provider, secrets: KnownSecrets) -> None:
         self._provider = provider
         self._secrets = secrets
         self._google: Any = None
@@ -143,13 +143,13 @@ class GoogleOAuthCredential:
 
 
 # schema -> the credential that signs its calls when the provider has no static api_key.
-SIGNERS: dict[str, Callable[[Provider, ProviderSecrets], Any]] = {
+SIGNERS: dict[str, Callable[[Provider, KnownSecrets], Any]] = {
     "bedrock": SigV4Credential,
     "vertex": GoogleOAuthCredential,
 }
 
 
-def credential_for(provider: Provider, secrets: ProviderSecrets) -> Any | None:
+def credential_for(provider: Provider, secrets: KnownSecrets) -> Any | None:
     """The signer for this provider's calls, or None when the adapter's headers suffice.
     The signer adds every credential it fetches to `secrets`."""
     factory = SIGNERS.get(provider.schema)

@@ -26,7 +26,7 @@ def request_id(client_value: str | None) -> str:
 class Exchange:
     __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
-                 "passed_headers", "trace", "proto", "client", "phase", "watcher", "cancel_reason")
+                 "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -49,7 +49,7 @@ class Exchange:
         # ("body" while its body uploads), the watcher of its client (False: none possible),
         # and why it was cancelled (None: not, or by the drain).
         self.proto: Any = None
-        self.client = ""  # the client's "host:port" (granian's scope.client), for gateway.backpressure
+        self.scope: Any = None  # granian's scope: its `client` address, for gateway.backpressure
         self.phase = ""
         self.watcher: asyncio.Future[Any] | bool | None = None
         self.cancel_reason: str | None = None

@@ -33,6 +33,8 @@ class FakeResponse:
         self._chunks = chunks
         self._delay = delay
 
+    encoded = False  # see gateway.upstream.UpstreamResponse
+
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name), None)
 

@@ -32,13 +32,13 @@ from core import errors
 from core.completion_text import completion_text
 from core.config import Provider, Server, Target
 from core.errors import GatewayError, UpstreamTimedOut
-from core.kernels import SSEError
+from core.kernels import SSEError, first_needle
 from core.providers.base import CallContext, UpstreamCall
 from core.request import RequestHead
 from core.retry import AttemptPlan, retry_after
 from core.routing import Route
 from core.sse import DEFAULT_MAX_EVENT_BYTES
-from core.secrets import ProviderSecrets, scrubbed
+from core.secrets import KnownSecrets, needs_redacting, scrubbed
 from core.usage import Usage
 from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from gateway.drain import shutting_down
@@ -62,7 +62,6 @@ SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cach
 ERROR_BODY_BYTES = 64 * 1024  # of an upstream error body: its message is all the client needs
 # What an adapter raises when the upstream's bytes are not what its schema promised.
 _UNREADABLE = (msgspec.MsgspecError, ValueError, KeyError, TypeError, IndexError, AttributeError)
-_IDENTITY = ("", "identity")
 
 
 class Proxy:
@@ -153,7 +152,8 @@ class Proxy:
         try:
             if resp.status >= 400:
                 raise await self._upstream_error(provider, adapter, ctx, resp)
-            _refuse_encoded(provider.name, resp)
+            if resp.encoded:  # the gateway asked for identity: a coded body cannot be read or relayed
+                raise errors.upstream_malformed(provider.name, "a body in a content-encoding it did not ask for")
             if call.stream and _is_stream(resp.header("content-type") or ""):
                 await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
             else:
@@ -192,7 +192,8 @@ class Proxy:
             out, usage = adapter.response(ctx, resp.status, raw)
         except _UNREADABLE:
             raise errors.upstream_malformed(provider.name) from None
-        out = provider.secrets.redact(out)
+        if needs_redacting(out, provider.secrets.needles):
+            out = provider.secrets.redact(out)
         ex.usage = usage
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
@@ -214,7 +215,7 @@ class Proxy:
         chunks = resp.__aiter__()
         first = await self._first_chunk(ctx, chunks, feed)  # failures here can still fall back
         ex.status = 200
-        out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]), ex.client,
+        out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]), ex.scope,
                            server.client_idle_timeout)
         try:
             await self._pump(ex, out, first, chunks, feed)
@@ -247,10 +248,7 @@ class Proxy:
         await transport.send(first)
         ex.first_byte = time.perf_counter()
         try:
-            async for chunk in chunks:
-                out = feed(chunk)
-                if out:
-                    await transport.send(out)
+            await feed.relay(chunks, transport)
             tail = feed.flush()
             if tail:
                 await transport.send(tail)
@@ -271,43 +269,77 @@ class _Feed:
     cap, a translator that cannot read the bytes (502 upstream_malformed, or upstream_too_large
     for an oversized event), and the provider's secrets masked in what goes to the client."""
 
-    __slots__ = ("translator", "provider", "secrets", "_left", "_limit")
+    __slots__ = ("translator", "provider", "secrets", "_feed", "_needles", "_left", "_limit")
 
-    def __init__(self, translator: Any, provider: str, secrets: ProviderSecrets, limit: int) -> None:
+    def __init__(self, translator: Any, provider: str, secrets: KnownSecrets, limit: int) -> None:
         self.translator, self.provider, self.secrets = translator, provider, secrets
+        self._feed = translator.feed
+        self._needles = secrets.needles  # this request's snapshot: its signer has added what it fetched
         self._left = self._limit = limit
 
     def __call__(self, chunk: bytes) -> bytes:
+        """Client bytes for one upstream chunk (runs per chunk: kept flat on purpose)."""
         self._left -= len(chunk)
         if self._left < 0:
             raise errors.upstream_too_large(self.provider, self._limit)
-        return self._guarded(self.translator.feed, chunk)
-
-    def flush(self) -> bytes:
-        return self._guarded(self.translator.flush)
-
-    def _guarded(self, step: Any, *chunk: bytes) -> bytes:
         try:
-            out: bytes = step(*chunk)
+            out: bytes = self._feed(chunk)
         except SSEError:  # one event over the framer's limit
             raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
         except _UNREADABLE:
             raise errors.upstream_malformed(self.provider, "a stream") from None
         if not out:
             return out
-        if not out.isascii():  # a pass-through relay forwards the upstream's bytes: no client decodes broken UTF-8
-            try:
-                out.decode()
-            except UnicodeDecodeError:
-                raise errors.upstream_malformed(self.provider, "a stream that is not UTF-8") from None
-        return self.secrets.scrub_error_events(out)
+        if not out.isascii():
+            self._check_utf8(out)
+        if first_needle(out, self._needles) >= 0:
+            return self.secrets.redact(out)
+        return out
 
+    async def relay(self, chunks: Any, client: ClientStream) -> None:
+        """`__call__` for every remaining upstream chunk, sending what comes out: the relay's hot
+        loop, written out with locals (a call per chunk costs more than the checks in it). Past
+        WATCH_FROM bytes, each chunk first waits for a client that is behind (gateway.backpressure)."""
+        feed, needles, left, send, sent = self._feed, self._needles, self._left, client.send, 0
+        try:
+            async for chunk in chunks:
+                left -= len(chunk)
+                if left < 0:
+                    raise errors.upstream_too_large(self.provider, self._limit)
+                out: bytes = feed(chunk)
+                if out:
+                    if not out.isascii():
+                        self._check_utf8(out)
+                    if first_needle(out, needles) >= 0:
+                        out = self.secrets.redact(out)
+                    sent += len(out)
+                    if sent > WATCH_FROM:
+                        await client.paced(sent)
+                    await send(out)
+        except SSEError:  # one event over the framer's limit
+            raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
+        except _UNREADABLE:
+            raise errors.upstream_malformed(self.provider, "a stream") from None
+        finally:
+            self._left = left
 
-def _refuse_encoded(provider: str, resp: Any) -> None:
-    """The gateway asked for identity (no content-coding); anything else cannot be read or relayed."""
-    encoding = resp.header("content-encoding")
-    if encoding is not None and encoding.strip().lower() not in _IDENTITY:
-        raise errors.upstream_malformed(provider, f"a body in content-encoding '{encoding[:40]}'")
+    def flush(self) -> bytes:
+        try:
+            out: bytes = self.translator.flush()
+        except SSEError:
+            raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
+        except _UNREADABLE:
+            raise errors.upstream_malformed(self.provider, "a stream") from None
+        if out and not out.isascii():
+            self._check_utf8(out)
+        return self.secrets.redact(out) if out and needs_redacting(out, self._needles) else out
+
+    def _check_utf8(self, out: bytes) -> None:
+        """A pass-through relay forwards the upstream's bytes: no client decodes broken UTF-8."""
+        try:
+            out.decode()
+        except UnicodeDecodeError:
+            raise errors.upstream_malformed(self.provider, "a stream that is not UTF-8") from None
 
 
 def _usage_when_cut_off(ctx: CallContext, translator: Any) -> Usage:
@@ -345,28 +377,25 @@ class ClientStream:
     would hold the response open, and the client would hang after the last event. So the
     transport lives only here, and `close()` drops it as soon as the relay is over.
 
-    Past WATCH_FROM bytes it also waits for a client that is behind (gateway.backpressure):
-    granian would otherwise queue everything a non-reading client is sent.
+    `paced` waits for a client that is behind (gateway.backpressure): granian would otherwise
+    queue everything a non-reading client is sent.
     """
 
-    __slots__ = ("_transport", "_sent", "_flow", "_client", "_idle")
+    __slots__ = ("_transport", "_flow", "_scope", "_idle")
 
-    def __init__(self, transport: Any, client: str = "", idle_timeout: float = 60.0) -> None:
+    def __init__(self, transport: Any, scope: Any = None, idle_timeout: float = 60.0) -> None:
         self._transport = transport
-        self._sent = 0
         self._flow: ClientFlow | None = None
-        self._client, self._idle = client, idle_timeout
+        self._scope, self._idle = scope, idle_timeout  # the client's address is read only if needed
 
     async def send(self, data: bytes) -> None:
-        if self._sent > WATCH_FROM:
-            await self._paced()
-        self._sent += len(data)
         await self._transport.send_bytes(data)
 
-    async def _paced(self) -> None:
+    async def paced(self, sent: int) -> None:
+        """Return once the client has taken enough of the `sent` bytes; raises ClientStalled."""
         if self._flow is None:
-            self._flow = ClientFlow(self._client, self._idle)
-        await self._flow.wait(self._sent)
+            self._flow = ClientFlow(getattr(self._scope, "client", "") or "", self._idle)
+        await self._flow.wait(sent)
 
     def close(self) -> None:
         self._transport = None

@@ -17,7 +17,7 @@ from core.health import HealthBoard
 from core.keys import KeyTable
 from core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
 from core.routing import RouteTable
-from core.secrets import ProviderSecrets, configured_secrets
+from core.secrets import KnownSecrets, configured_secrets
 from gateway.credentials import credential_for
 from gateway.fake_upstream import FakeTransport
 from gateway.metrics import MetricLabels
@@ -40,13 +40,15 @@ class KeyRecord:
 class ProviderRuntime:
     """A configured provider: its adapters, its transport and its metric name."""
 
-    def __init__(self, config: Provider, transport: Any, routing: Routing = Routing()) -> None:
+    def __init__(self, config: Provider, transport: Any, routing: Routing = Routing(),
+                 secrets: KnownSecrets | None = None) -> None:
         self.config = config
         self.name = config.name
         self.transport = transport
         self.otel_name = OTEL_PROVIDER_NAMES.get(config.schema, config.schema)
-        # What this upstream could echo back; the signer adds what it fetches at run time.
-        self.secrets = ProviderSecrets(configured_secrets(config))
+        # What an upstream could echo back (every provider's: one upstream may serve several);
+        # the signer adds what it fetches at run time.
+        self.secrets = secrets if secrets is not None else KnownSecrets(configured_secrets(config))
         self.credential = credential_for(config, self.secrets)  # SigV4 / OAuth signer, None for static keys
         self.policy = routing.outlier_detection
         self.endpoints = endpoint_source(config, transport, self.policy)  # where each attempt goes
@@ -68,7 +70,12 @@ class Runtime:
             {k.key_hash: _record(k) for k in config.keys}, pepper=config.server.key_pepper
         )
         old = previous.providers if previous is not None else {}
-        self.providers = {p.name: _provider(p, upstream, config, old.get(p.name)) for p in config.providers}
+        # One set for all providers, kept across reloads (providers a reload keeps sign into it).
+        self.secrets = previous.secrets if previous is not None else KnownSecrets()
+        for p in config.providers:
+            self.secrets.add(*configured_secrets(p))
+        self.providers = {p.name: _provider(p, upstream, config, old.get(p.name), self.secrets)
+                          for p in config.providers}
         policy = config.routing.outlier_detection
         keep = previous is not None and previous.health.policy == policy
         self.health = previous.health if keep and previous is not None else HealthBoard(policy)
@@ -85,12 +92,13 @@ class Runtime:
         return [p for p in previous.providers.values() if id(p) not in kept]
 
 
-def _provider(config: Provider, upstream: Any, whole: Config, old: ProviderRuntime | None) -> ProviderRuntime:
+def _provider(config: Provider, upstream: Any, whole: Config, old: ProviderRuntime | None,
+              secrets: KnownSecrets) -> ProviderRuntime:
     """The previous runtime's provider when nothing about it changed, else a new one."""
     if old is not None and old.config == config and old.policy == whole.routing.outlier_detection:
         if old.transport is upstream or isinstance(old.transport, FakeTransport):
             return old
-    return ProviderRuntime(config, _transport(config, upstream), whole.routing)
+    return ProviderRuntime(config, _transport(config, upstream), whole.routing, secrets)
 
 
 def _record(key: Key) -> KeyRecord:

@@ -47,7 +47,8 @@ _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _MAX_CACHED_ORIGINS = 1024
 _MAX_CACHED_HEADS = 1024
 _FRAMING_NAMES = (b"content-length", b"transfer-encoding")  # lower-case: their presence frames the body
-_FRAMING_NAME_LENGTHS = (14, 17)
+_FRAMING_NAME_LENGTHS = (14, 16, 17)  # ... and content-encoding (16), which says the body is coded
+_IDENTITY = (b"", b"identity")
 
 
 class UpstreamError(Exception):
@@ -130,6 +131,46 @@ class _WriteBatch:
                 transport.write(data)
 
 
+class _Deadlines:
+    """`total` deadlines of the exchanges on one loop, checked by one ticker.
+
+    A timer per exchange (call_at, then cancel) costs ~3 us of uvloop's time on every request,
+    and a `total` bound (600 s by default) almost never fires. So a deadline further away than
+    PRECISE_BELOW goes into this table instead, and one timer every TICK seconds, running only
+    while the table is not empty, fails the overdue exchanges: at most TICK late, which a
+    bound of minutes does not notice. A closer deadline keeps its exact timer.
+    """
+
+    TICK = 0.25
+    PRECISE_BELOW = 5.0
+
+    __slots__ = ("loop", "_due", "_armed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._due: dict[_Connection, float] = {}
+        self._armed = False
+
+    def add(self, conn: _Connection, deadline: float) -> None:
+        self._due[conn] = deadline
+        if not self._armed:
+            self._armed = True
+            self.loop.call_later(self.TICK, self._tick)
+
+    def discard(self, conn: _Connection) -> None:
+        self._due.pop(conn, None)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        for conn, deadline in list(self._due.items()):
+            if deadline <= now:
+                del self._due[conn]
+                conn._expire_total()
+        self._armed = bool(self._due)
+        if self._armed:
+            self.loop.call_later(self.TICK, self._tick)
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -138,16 +179,19 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 class _Connection(asyncio.Protocol):
     """One upstream connection and its response parser; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, label: str, writes: _WriteBatch) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, label: str, writes: _WriteBatch,
+                 deadlines: _Deadlines) -> None:
         self.label = label
         self._writes = writes
+        self._deadlines = deadlines
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.busy = False
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[bool] | None = None
-        self._deadline: asyncio.TimerHandle | None = None  # the exchange's `total` timer
+        self._deadline: asyncio.TimerHandle | None = None  # the exchange's exact `total` timer, if any
+        self._swept = False  # ... or its entry in `_deadlines`
         self._begin(skip_body=False)
 
     def _begin(self, skip_body: bool) -> None:
@@ -164,6 +208,8 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._got_bytes = False
         self._framed = False  # Content-Length or Transfer-Encoding seen, so EOF is not the end
+        self.declared_length: bytes | None = None  # Content-Length's raw value, when the upstream sent one
+        self.encoded = False  # a Content-Encoding other than identity: the bytes are not the body
         self._paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -216,15 +262,24 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) in _FRAMING_NAME_LENGTHS and name.lower() in _FRAMING_NAMES:
-            self._framed = True
+        # Noted here, not found later: decoding every header costs ~2 us a response.
+        if len(name) in _FRAMING_NAME_LENGTHS:
+            lower = name.lower()
+            if lower == b"content-length":
+                self._framed = True
+                self.declared_length = value  # parsed only if a caller asks (UpstreamResponse.read)
+            elif lower == b"transfer-encoding":
+                self._framed = True
+            elif lower == b"content-encoding":
+                self.encoded = value.strip().lower() not in _IDENTITY
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:  # interim 1xx (100 Continue, 103 Early Hints): the real one follows
             self.raw_headers = []
-            self._framed = False
+            self._framed = self.encoded = False
+            self.declared_length = None
             return
         self.status = status
         self.headers_done = True
@@ -255,7 +310,11 @@ class _Connection(asyncio.Protocol):
         self._begin(skip_body)
         self.busy = True
         if deadline is not None:
-            self._deadline = self._loop.call_at(deadline, self._expire_total)
+            if deadline - self._loop.time() < _Deadlines.PRECISE_BELOW:
+                self._deadline = self._loop.call_at(deadline, self._expire_total)
+            else:
+                self._swept = True
+                self._deadlines.add(self, deadline)
         if len(body) < 65536:
             self._writes.write(self.transport, head + body)  # type: ignore[arg-type]
         else:  # not worth copying a large body to save a write
@@ -324,6 +383,7 @@ class _Connection(asyncio.Protocol):
         """The `total` timer: an exchange still receiving fails now, buffered chunks and all,
         and the connection is dropped (its framing is mid-message, so it cannot be pooled)."""
         self._deadline = None
+        self._swept = False
         if not self.busy or self.complete or self.error is not None:
             return  # over, or already failing: the body read so far stays readable
         self.chunks.clear()
@@ -337,6 +397,9 @@ class _Connection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        elif self._swept:
+            self._swept = False
+            self._deadlines.discard(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -360,12 +423,14 @@ class UpstreamResponse:
     `async with`) before that drops the connection. Always close a response.
     """
 
-    __slots__ = ("status", "_raw_headers", "_headers", "_conn", "_client", "_key", "_idle")
+    __slots__ = ("status", "encoded", "_declared", "_raw_headers", "_headers", "_conn", "_client", "_key", "_idle")
 
     def __init__(
         self, client: UpstreamClient, conn: _Connection, key: tuple[str, str, int], idle: float
     ) -> None:
         self.status = conn.status
+        self.encoded = conn.encoded  # the body has a content-coding the gateway did not ask for
+        self._declared = conn.declared_length
         self._raw_headers = conn.raw_headers
         self._headers: list[tuple[str, str]] | None = None
         self._client = client
@@ -392,8 +457,6 @@ class UpstreamResponse:
         """The whole (remaining) body; raises UpstreamTimeout ("idle" or "total"),
         UpstreamDisconnected, or UpstreamTooLarge when it is (or says it is) over `limit` bytes."""
         conn = self._conn
-        if limit is not None:
-            self._refuse_declared_over(limit)
         if conn is not None and conn.complete and conn.error is None:
             # The common case for a small answer: it arrived with the headers. Take it without
             # a coroutine per chunk.
@@ -404,6 +467,9 @@ class UpstreamResponse:
             conn.buffered = 0
             self.close()
         else:
+            declared = self._declared
+            if limit is not None and declared is not None and declared.strip().isdigit() and int(declared) > limit:
+                self._too_large(limit)  # refused before reading a byte of it
             parts, size = [], 0
             async for chunk in self:
                 size += len(chunk)
@@ -423,11 +489,6 @@ class UpstreamResponse:
                 self.close()
                 break
         return b"".join(parts)
-
-    def _refuse_declared_over(self, limit: int) -> None:
-        declared = self.header("content-length") if self._raw_headers else None
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            self._too_large(limit)
 
     def _too_large(self, limit: int) -> None:
         label = self._conn.label if self._conn is not None else "?"
@@ -580,6 +641,7 @@ class UpstreamClient:
         self._heads: dict[tuple[Any, ...], _Head] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._writes: _WriteBatch | None = None  # made on first use: it belongs to the running loop
+        self._deadlines: _Deadlines | None = None  # likewise
         self._closed = False
 
     async def request(
@@ -699,8 +761,9 @@ class UpstreamClient:
         server_hostname = origin.host if origin.tls else None
         if self._writes is None or self._writes.loop is not loop:
             self._writes = _WriteBatch(loop)
-        writes = self._writes
-        new = lambda: _Connection(loop, origin.label, writes)  # noqa: E731
+            self._deadlines = _Deadlines(loop)
+        writes, deadlines = self._writes, self._deadlines
+        new = lambda: _Connection(loop, origin.label, writes, deadlines)  # type: ignore[arg-type]  # noqa: E731
         if origin.proxy is None or not origin.tls:
             host, port = (origin.host, origin.port) if origin.proxy is None else (
                 origin.proxy.host, origin.proxy.port)

@@ -53,6 +53,10 @@ HELD = {**{f"{p} api_key": k for p, k in PROVIDER_KEYS.items()},
         "AWS session token": AWS_SESSION, "Vertex OAuth token": VERTEX_TOKEN,
         "gateway key": GATEWAY_KEY, "admin key": ADMIN_KEY}
 SECRETS = {**HELD, **FOREIGN_CORES}
+# What an upstream can echo: only what the gateway sends upstream. Gateway and admin keys are
+# never forwarded (tests/test_hostile_secrets.py checks that) and are held only as hashes, so
+# they are looked for in every answer but not planted in the upstream's.
+SENT_UPSTREAM = {name: value for name, value in HELD.items() if name not in ("gateway key", "admin key")}
 
 SCHEMAS = {"openai": "openai", "azure": "openai", "anthropic": "anthropic", "bedrock": "bedrock",
            "gemini": "gemini", "vertex": "vertex"}  # provider -> its wire (tests/fakes/hostile_upstream.WIRES)
@@ -127,7 +131,7 @@ CONTENT_TYPES = [None, "application/json", "text/event-stream", "application/vnd
 
 def words(foreign: bool, chars: Any = None) -> st.SearchStrategy[str]:
     """Text made of random words and planted credentials (foreign ones only if `foreign`)."""
-    pool = list(HELD.values()) + (list(FOREIGN_SECRETS.values()) if foreign else [])
+    pool = list(SENT_UPSTREAM.values()) + (list(FOREIGN_SECRETS.values()) if foreign else [])
     word = st.one_of(st.sampled_from(pool), st.text(alphabet=chars, max_size=16) if chars is not None else st.text(max_size=16))
     return st.lists(word, max_size=4).map(" ".join)
 

@@ -94,6 +94,17 @@ def _raw_stream(gw: GatewayProcess, model: str, keep_last: int | None = None) ->
     return resp.status, size, kept
 
 
+def _settled_rss_mb(gw: GatewayProcess) -> float:
+    last = _worker_rss_mb(gw)
+    for _ in range(50):
+        time.sleep(0.2)
+        now = _worker_rss_mb(gw)
+        if abs(now - last) < 1:
+            return now
+        last = now
+    return last
+
+
 def _worker_rss_mb(gw: GatewayProcess) -> float:
     pids = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True).stdout.split()
     total = 0
@@ -105,7 +116,7 @@ def _worker_rss_mb(gw: GatewayProcess) -> float:
 
 def test_a_huge_success_body_is_a_502_upstream_too_large_without_reading_it(client: openai.OpenAI,
                                                                              gw: GatewayProcess) -> None:
-    before = _worker_rss_mb(gw)
+    before = _settled_rss_mb(gw)  # after the tokenizer the gateway builds at start
     start = time.monotonic()
     err = _error_of(client, "huge-ok-300")
     assert err.status_code == 502 and _code(err) == "upstream_too_large"
@@ -114,7 +125,7 @@ def test_a_huge_success_body_is_a_502_upstream_too_large_without_reading_it(clie
 
 
 def test_a_huge_error_body_is_read_only_as_far_as_its_message(client: openai.OpenAI, gw: GatewayProcess) -> None:
-    before = _worker_rss_mb(gw)
+    before = _settled_rss_mb(gw)
     start = time.monotonic()
     err = _error_of(client, "huge-error-300")
     assert err.status_code == 500 and _code(err) != "internal_error"  # the upstream's 500, relayed

@@ -186,3 +186,35 @@ def test_compiled_finds_the_same_keys_as_pure_on_any_bytes(body, names):
 def test_pure_pre_check_never_hides_a_repeat(body, names):
     """The twin's cheap count pre-check may change its speed, never its answer."""
     assert pure_jsonscan.first_duplicate_key(body, names) == pure_jsonscan._first_repeat(body, names)
+
+
+# -- first_needle: the stream relay's per-chunk search for known secrets and error marks ----------
+
+@pytest.mark.parametrize(
+    ("data", "needles", "found"),
+    [
+        (b"data: {\"a\": 1}\n\n", (b'"error"', b"sk-secret-1"), -1),
+        (b'data: {"error": {"message": "x"}}\n\n', (b'"error"', b"sk-secret-1"), 0),
+        (b"the key is sk-secret-1 ok", (b'"error"', b"sk-secret-1"), 1),
+        (b"sk-secret-1 and \"error\"", (b'"error"', b"sk-secret-1"), 0),  # the first needle that is found
+        (b"", (b"x",), -1),
+        (b"abc", (), -1),
+        (b"abc", (b"",), 0),  # the empty needle is in everything, as with `in`
+        (b"ab", (b"abc",), -1),  # a needle longer than the data
+    ],
+)
+def test_first_needle(jsonscan_impl, data, needles, found):
+    assert jsonscan_impl.first_needle(data, needles) == found
+
+
+def test_first_needle_refuses_a_needle_that_is_not_bytes(jsonscan_impl):
+    with pytest.raises(TypeError):
+        jsonscan_impl.first_needle(b"abc", ("abc",))
+
+
+@given(st.binary(max_size=300), st.lists(st.binary(min_size=1, max_size=6), max_size=5))
+@settings(max_examples=400, deadline=None)
+def test_first_needle_compiled_matches_the_twin(data, needles):
+    compiled = compiled_or_skip("jsonscan")
+    haystack = data + (needles[-1] if needles and data[:1] == b"\x00" else b"")  # sometimes plant one
+    assert compiled.first_needle(haystack, tuple(needles)) == pure_jsonscan.first_needle(haystack, tuple(needles))

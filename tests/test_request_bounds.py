@@ -225,3 +225,12 @@ def test_a_long_unknown_path_is_cut_in_the_error(gw):
         urllib.request.urlopen(gw.url + "/v1/" + "p" * 4000, timeout=5)
     body = caught.value.read()
     assert caught.value.code == 404 and len(body) < 1024 and "…" in json.loads(body)["error"]["message"]
+
+
+def test_a_body_that_is_not_utf8_is_400_not_500() -> None:
+    """msgspec skips the strings it does not keep without checking them; a provider adapter that
+    re-encodes the body (renaming the model) would then fail with a 500."""
+    with pytest.raises(GatewayError) as caught:
+        parse_head(b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}')
+    assert caught.value.status == 400 and "UTF-8" in caught.value.message
+    assert parse_head('{"model": "m", "messages": [{"content": "h\u00e9llo \u4e2d"}]}'.encode()).model == "m"

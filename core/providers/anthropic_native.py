@@ -41,11 +41,13 @@ class AnthropicNative:
         return UpstreamCall("POST", messages_url(ctx, PATHS[ctx.api]), _headers(ctx), _body(ctx), stream)
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
-        if ctx.api != ClientAPI.MESSAGES:
-            return body, None
+        """The body as it came, and its usage. Raises msgspec.DecodeError if it is not JSON (the
+        proxy's 502 upstream_malformed): relaying a 200 no client can parse hides the fault."""
         try:
             found = _decode_usage(body).usage
-        except msgspec.MsgspecError:
+        except msgspec.ValidationError:  # JSON, with a usage of another shape: the upstream's business
+            return body, None
+        if ctx.api != ClientAPI.MESSAGES:
             return body, None
         return body, usage_of(found) if found else None
 
