@@ -54,6 +54,12 @@ class MemberHealth:
         if self.state(now) == PROBING:
             self.probe_in_flight = True
 
+    def abandon(self) -> None:
+        """A request that says nothing about the member ended (cancelled, the client's own
+        mistake, a busy 429): if it was the probe, the next request may probe instead. Without
+        this a probing member whose probe was cancelled would never be tried again."""
+        self.probe_in_flight = False
+
     def success(self) -> None:
         self.failures = self.ejections = 0
         self.ejected_until = 0.0

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import re
+
+import msgspec
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable
@@ -36,9 +38,11 @@ if TYPE_CHECKING:
 MASK = "***"
 MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words; no real credential is that short
 MAX_SECRETS = 256  # configs reloaded, tokens rotated: the newest are kept (older ones are no longer sent)
-# Bytes that may hold an error object: the key "error" (inside a JSON string its quotes would
-# be escaped), or an escaped character, with which a key can spell "\u0065rror" instead.
-_ERROR_MARKS = (b'"error"', b"\\u00")
+# Bytes that may hold an error object: the key "error" (inside a JSON string its quotes would be
+# escaped). Only a hit is decoded (`_with_errors_scrubbed`); a key spelled with escapes is not
+# looked for: known secrets are still masked by value there, only unknown shapes are not.
+_ERROR_MARK = b'"error"'
+_SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "password", "credential", "signature", "cookie")
 MAX_ERROR_TEXT = 2000  # characters of upstream error text relayed to a client
 MAX_ERROR_WORD = 100  # characters of an upstream error's type, code or param
 MAX_RETRY_AFTER = 3600.0  # seconds: an upstream asking for longer is asking for this long
@@ -72,10 +76,11 @@ def needs_redacting(data: bytes, needles: tuple[bytes, ...]) -> bool:
 
 
 def configured_secrets(provider: Provider) -> list[str | None]:
-    """Every secret value a provider's config gives the gateway to send upstream."""
+    """Every secret value a provider's config gives the gateway to send upstream: api_key, the
+    credentials, and header values whose names say they carry one (not `anthropic-version`)."""
     creds = provider.credentials or {}
-    return [provider.api_key, *(v for k, v in creds.items() if k not in _NOT_SECRET_CREDENTIALS),
-            *(provider.headers or {}).values()]
+    headers = (v for k, v in (provider.headers or {}).items() if any(w in k.lower() for w in _SECRET_HEADER_WORDS))
+    return [provider.api_key, *(v for k, v in creds.items() if k not in _NOT_SECRET_CREDENTIALS), *headers]
 
 
 def scrub_shapes(text: str) -> str:
@@ -86,27 +91,37 @@ def scrub_shapes(text: str) -> str:
 
 
 class KnownSecrets:
-    """Every credential the gateway sends upstream, configured and fetched; see the module doc."""
+    """Every credential the gateway sends upstream, configured and fetched; see the module doc.
 
-    __slots__ = ("_held", "_values", "needles")
+    The configured ones are set whole at each (re)load and never evicted; fetched ones (tokens,
+    temporary keys) rotate, so only the newest MAX_SECRETS are kept.
+    """
 
-    def __init__(self, values: Iterable[str | None] = ()) -> None:
-        self._held: OrderedDict[str, None] = OrderedDict()
+    __slots__ = ("_configured", "_fetched", "_values", "needles")
+
+    def __init__(self, configured: Iterable[str | None] = ()) -> None:
+        self._configured: frozenset[str] = frozenset()
+        self._fetched: OrderedDict[str, None] = OrderedDict()
         self._values: tuple[str, ...] = ()
-        self.needles: tuple[bytes, ...] = _ERROR_MARKS  # what a stream chunk is searched for
-        self.add(*values)
+        self.needles: tuple[bytes, ...] = (_ERROR_MARK,)  # what a relayed chunk is searched for
+        self.configure(configured)
+
+    def configure(self, values: Iterable[str | None]) -> None:
+        """The secrets of the config now in force (a reload replaces the previous ones)."""
+        self._configured = frozenset(_worth_keeping(values))
+        self._rebuild()
 
     def add(self, *values: str | None) -> None:
-        """Remember credentials (a config's, a fetched token). Cheap when already known."""
+        """Remember credentials fetched at run time. Cheap when already known."""
         changed = False
         for value in _worth_keeping(values):
-            if value in self._held:
-                self._held.move_to_end(value)
+            if value in self._fetched or value in self._configured:
+                self._fetched.move_to_end(value) if value in self._fetched else None
                 continue
-            self._held[value] = None
+            self._fetched[value] = None
             changed = True
-            if len(self._held) > MAX_SECRETS:
-                self._held.popitem(last=False)
+            if len(self._fetched) > MAX_SECRETS:
+                self._fetched.popitem(last=False)
         if changed:
             self._rebuild()
 
@@ -118,14 +133,12 @@ class KnownSecrets:
         return scrub_shapes(text)[:MAX_ERROR_TEXT]
 
     def redact(self, data: bytes) -> bytes:
-        """A relayed answer (bytes) made safe: scrubbed as an error when it holds an error object
-        (an in-stream error event, an error sent with status 200), else secrets masked by value.
-        Callers on the hot path first check `needles` (any found: call this)."""
-        if first_needle(data, _ERROR_MARKS) >= 0:
-            text = data.decode("utf-8", "replace")
-            for value in self._values:
-                text = text.replace(value, MASK)
-            return scrub_shapes(text).encode()
+        """A relayed answer (a JSON body or SSE bytes) made safe: the strings of any non-null
+        top-level `error` object scrubbed like any error (an in-stream error event, an error sent
+        with status 200), and every known secret masked by value. Callers on the hot path first
+        check `needles` (any found: call this)."""
+        if _ERROR_MARK in data:
+            data = _with_errors_scrubbed(data, self)
         for value in self._values:
             needle = value.encode("utf-8", "surrogatepass")
             if needle in data:
@@ -134,8 +147,48 @@ class KnownSecrets:
 
     def _rebuild(self) -> None:
         # Longest first: a secret that contains another is masked whole, not in pieces.
-        self._values = tuple(sorted(self._held, key=len, reverse=True))
-        self.needles = _ERROR_MARKS + tuple(v.encode("utf-8", "surrogatepass") for v in self._values)
+        self._values = tuple(sorted({*self._configured, *self._fetched}, key=len, reverse=True))
+        self.needles = (_ERROR_MARK, *(v.encode("utf-8", "surrogatepass") for v in self._values))
+
+
+class _ErrorOnly(msgspec.Struct):
+    error: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+
+
+_decode_error_only = msgspec.json.Decoder(_ErrorOnly).decode
+
+
+def _with_errors_scrubbed(data: bytes, secrets: KnownSecrets) -> bytes:
+    """`data` with every string of each JSON document that has a non-null `error` scrubbed: the whole of
+    `data` when it is one JSON object, else each SSE `data:` line. Anything else is unchanged
+    (the text around an error is the answer: it is not run through the shape patterns)."""
+    if data[:1] == b"{":
+        return _scrub_doc(data, secrets)
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(b"data:") and _ERROR_MARK in line:
+            lines[i] = b"data: " + _scrub_doc(line[5:].strip(), secrets)
+    return b"\n".join(lines)
+
+
+def _scrub_doc(doc: bytes, secrets: KnownSecrets) -> bytes:
+    try:
+        if bytes(_decode_error_only(doc).error) == b"null":
+            return doc
+        whole = msgspec.json.decode(doc)
+    except msgspec.MsgspecError:
+        return doc
+    return msgspec.json.encode(_scrub_strings(whole, secrets))  # an error document: all of it (request_id too)
+
+
+def _scrub_strings(value: object, secrets: KnownSecrets) -> object:
+    if isinstance(value, str):
+        return secrets.scrub(value)
+    if isinstance(value, dict):
+        return {secrets.scrub(str(k))[:MAX_ERROR_WORD]: _scrub_strings(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_strings(v, secrets) for v in value]
+    return value
 
 
 def _worth_keeping(values: Iterable[str | None]) -> Iterable[str]:

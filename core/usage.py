@@ -55,15 +55,6 @@ def from_openai(u: OpenAIUsage) -> Usage:
 _decode_envelope = msgspec.json.Decoder(UsageEnvelope).decode
 
 
-def usage_of_body(body: bytes) -> Usage | None:
-    """The usage in an OpenAI JSON response body, or None if it has none or is not JSON."""
-    try:
-        env = _decode_envelope(body)
-    except msgspec.MsgspecError:
-        return None
-    return from_openai(env.usage) if env.usage is not None else None
-
-
 def usage_of_json(body: bytes) -> Usage | None:
     """The usage in an OpenAI JSON response body, or None if it has none (or one of an odd
     shape: that is the upstream's business). Raises msgspec.DecodeError if it is not JSON."""

@@ -35,7 +35,7 @@ from gateway.runtime import KeyRecord, Runtime
 from gateway.tracing import Tracer, build_tracer
 from gateway import token_count
 from gateway.upstream import UpstreamClient
-from gateway.watchdog import BODY, Watchdog
+from gateway.watchdog import ANSWERED, BODY, Watchdog
 
 try:  # granian raises these when the client has gone away (or broke the protocol) mid-upload
     from granian.rsgi import ProtocolClosed, ProtocolError
@@ -185,6 +185,8 @@ class Gateway:
 
     def _cancelled(self, proto: Any, ex: Exchange) -> None:
         """Answer a request the watchdog or the drain cut off (see gateway.watchdog)."""
+        if ex.phase == ANSWERED:  # cut off while counting its tokens: what was sent stands
+            return
         if ex.cancel_reason == "client_closed":  # nobody to answer
             ex.status, ex.error_type = 499, "client_closed"
         elif ex.cancel_reason == "body_timeout":

@@ -43,18 +43,21 @@ class ClientStalled(Exception):
     """The client acknowledged nothing for the idle timeout; its connection was shut down."""
 
 
+Ends = tuple[tuple[str, int], tuple[str, int]]  # (local, peer) addresses: one TCP connection
+
+
 class SocketDirectory:
-    """Which file descriptor holds the TCP connection from a given client address."""
+    """Which file descriptor holds a given TCP connection (its local and peer addresses)."""
 
     def __init__(self) -> None:
-        self._by_peer: dict[tuple[str, int], int] = {}
+        self._by_ends: dict[Ends, int] = {}
         self._scanned_at = -RESCAN_SECONDS
 
-    async def find(self, peer: tuple[str, int], since: float) -> int | None:
-        """The fd connected to `peer`, which existed at monotonic time `since`; None only once a
-        walk made after `since` did not find it (then it never will: not a TCP socket of ours).
-        Waits for the next walk rather than walking more often than RESCAN_SECONDS."""
-        fd = self._lookup(peer)
+    async def find(self, ends: Ends, since: float) -> int | None:
+        """The fd of the connection `ends`, which existed at monotonic time `since`; None only
+        once a walk made after `since` did not find it (then it never will: not a TCP socket of
+        ours). Waits for the next walk rather than walking more often than RESCAN_SECONDS."""
+        fd = self._lookup(ends)
         if fd is not None or self._scanned_at >= since:
             return fd
         wait = self._scanned_at + RESCAN_SECONDS - time.monotonic()
@@ -62,12 +65,12 @@ class SocketDirectory:
             await asyncio.sleep(wait)
         if self._scanned_at < since:  # nobody walked while we waited
             self._scanned_at = time.monotonic()
-            self._by_peer = _walk_fds()
-        return self._lookup(peer)
+            self._by_ends = _walk_fds()
+        return self._lookup(ends)
 
-    def _lookup(self, peer: tuple[str, int]) -> int | None:
-        fd = self._by_peer.get(peer)
-        return fd if fd is not None and _peer_of(fd) == peer else None
+    def _lookup(self, ends: Ends) -> int | None:
+        fd = self._by_ends.get(ends)
+        return fd if fd is not None and _ends_of(fd) == ends else None
 
 
 DIRECTORY = SocketDirectory()  # one per worker process: the fds are the process's
@@ -76,16 +79,17 @@ DIRECTORY = SocketDirectory()  # one per worker process: the fds are the process
 class ClientFlow:
     """The acknowledged-bytes gauge of one streaming response; see the module doc."""
 
-    __slots__ = ("_peer", "_idle", "_since", "_fd", "_base_sent", "_base_acked", "_gave_up")
+    __slots__ = ("_ends", "_idle", "_since", "_fd", "_base_sent", "_base_acked", "_gave_up")
 
-    def __init__(self, client: str, idle_timeout: float) -> None:
-        self._peer = parse_peer(client)
+    def __init__(self, server: str, client: str, idle_timeout: float) -> None:
+        local, peer = parse_peer(server), parse_peer(client)
+        self._ends: Ends | None = (local, peer) if local is not None and peer is not None else None
         self._idle = idle_timeout
         self._since = time.monotonic()  # the client's connection exists by now
         self._fd: int | None = None
         self._base_sent = 0
         self._base_acked = 0
-        self._gave_up = self._peer is None
+        self._gave_up = self._ends is None
 
     async def wait(self, sent: int) -> None:
         """Return once the client is at most LOW_WATER behind (at once if it is under
@@ -116,7 +120,7 @@ class ClientFlow:
     async def _find(self, sent: int) -> None:
         """Locate the client's socket and take the baseline: what was sent so far is assumed
         acknowledged (so the bound is WATCH_FROM + HIGH_WATER at worst)."""
-        fd = await DIRECTORY.find(self._peer, self._since)  # type: ignore[arg-type]
+        fd = await DIRECTORY.find(self._ends, self._since)  # type: ignore[arg-type]
         acked = _bytes_acked(fd) if fd is not None else None
         if fd is None or acked is None:
             self._gave_up = True  # not findable: the stream is bounded by max_upstream_body_bytes only
@@ -128,17 +132,23 @@ class ClientFlow:
         if self._gave_up or self._fd is None:
             return None
         acked = _bytes_acked(self._fd)
-        if acked is None or _peer_of(self._fd) != self._peer:  # closed, or the fd now holds another socket
+        # Closed, the fd now holds another connection, or a counter that went back (another
+        # connection's): stop looking rather than measure, or drop, the wrong client.
+        if acked is None or acked < self._base_acked or _ends_of(self._fd) != self._ends:
             self._gave_up = True
             return None
         return acked
 
     def _shut_down(self) -> None:
-        if self._fd is None or _peer_of(self._fd) != self._peer:
+        if self._fd is None:
             return
-        sock = socket.socket(fileno=self._fd)
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            sock = socket.socket(fileno=self._fd)
+        except OSError:
+            return
+        try:
+            if _ends_of_socket(sock) == self._ends:  # checked on the very object that shuts it
+                sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already gone
         finally:
@@ -153,20 +163,26 @@ def parse_peer(client: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _peer_of(fd: int) -> tuple[str, int] | None:
+def _ends_of(fd: int) -> Ends | None:
+    """(local, peer) of the TCP connection on `fd`, or None."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
         return None
     try:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        peer = sock.getpeername()
-        return peer[0], peer[1]
-    except OSError:
-        return None
+        return _ends_of_socket(sock)
     finally:
         sock.detach()
+
+
+def _ends_of_socket(sock: socket.socket) -> Ends | None:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        local, peer = sock.getsockname(), sock.getpeername()
+    except OSError:
+        return None
+    return (local[0], local[1]), (peer[0], peer[1])
 
 
 def _bytes_acked(fd: int) -> int | None:
@@ -186,14 +202,14 @@ def _bytes_acked(fd: int) -> int | None:
     return value
 
 
-def _walk_fds() -> dict[tuple[str, int], int]:
-    found: dict[tuple[str, int], int] = {}
+def _walk_fds() -> dict[Ends, int]:
+    found: dict[Ends, int] = {}
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:  # not Linux
         return found
     for name in names:
-        peer = _peer_of(int(name))
-        if peer is not None:
-            found[peer] = int(name)
+        ends = _ends_of(int(name))
+        if ends is not None:
+            found[ends] = int(name)
     return found

@@ -109,8 +109,10 @@ class GoogleOAuthCredential:
             async with self._lock:
                 if not self._fresh():
                     await asyncio.to_thread(self._refresh)
-                    self._secrets.add(self._google.token)
-        return self._google.token
+        token: str = self._google.token
+        # On every return: a refresh whose waiter was cancelled still installed its token.
+        self._secrets.add(token)
+        return token
 
     def _fresh(self) -> bool:
         g = self._google

@@ -125,6 +125,8 @@ class EndpointPool:
                         self.provider.name, endpoint.name, endpoint.health.ejected_until - now)
         elif failed is False:
             endpoint.health.success()
+        else:
+            endpoint.health.abandon()
 
     # -- background work -------------------------------------------------------------------
 

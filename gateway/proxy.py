@@ -43,7 +43,8 @@ from core.usage import Usage
 from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from gateway.drain import shutting_down
 from gateway.exchange import Exchange
-from gateway.token_count import INLINE_MAX_CHARS, counted_usage
+from gateway.token_count import INLINE_MAX_CHARS, counted_usage, encoding_ready
+from gateway.watchdog import ANSWERED
 from gateway.runtime import ProviderRuntime, Runtime
 from gateway.tracing import Attempt
 from gateway.upstream import (UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout,
@@ -128,7 +129,9 @@ class Proxy:
         provider.endpoints.release(endpoint, failed, now)
         if failed is False:
             member.success()
-        elif failed and member.failure(now):
+        elif failed is None:  # cancelled, or an answer that says nothing about the provider
+            member.abandon()
+        elif member.failure(now):
             log.warning("provider %s ejected for %.0fs after repeated failures", provider.name, member.ejected_until - now)
 
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
@@ -198,8 +201,11 @@ class Proxy:
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
         proto.response_bytes(resp.status, [("content-type", "application/json"), *base_headers], out)
+        ex.phase = ANSWERED
         if usage is None and resp.status < 300:  # answered; now count what it did not report, as streams are
-            ex.usage = await counted_usage(ctx.body, completion_text(ctx.api, out), ctx.upstream_model)
+            text = completion_text(ctx.api, out)
+            ex.usage = _estimated_usage(ctx, text)  # what is charged if a drain cuts the count short
+            ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
 
     async def _read(self, provider_name: str, resp: Any, limit: int) -> bytes:
         try:
@@ -230,7 +236,13 @@ class Proxy:
             ex.usage = translator.usage or _usage_when_cut_off(ctx, translator)
             raise
         out.close()
-        ex.usage = translator.usage or await counted_usage(ctx.body, translator.streamed_text(), ctx.upstream_model)
+        ex.phase = ANSWERED
+        if translator.usage is not None:
+            ex.usage = translator.usage
+            return
+        text = translator.streamed_text()
+        ex.usage = _estimated_usage(ctx, text)  # what is charged if a drain cuts the count short
+        ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
 
     async def _first_chunk(self, ctx: CallContext, chunks: Any, feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
@@ -239,19 +251,39 @@ class Proxy:
             while not out:
                 out = feed(await chunks.__anext__())
         except StopAsyncIteration:
-            out = feed.flush()
+            out = _flushed(feed)
         except UpstreamError as exc:
             raise _client_error(ctx.provider.name, exc) from None
         return out
 
     async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, feed: _Feed) -> None:
+        """Relay the rest of the stream. The loop is `_Feed.__call__` written out with locals: it
+        runs per chunk, and a call per chunk costs more than the checks in it. Past WATCH_FROM
+        bytes sent, each chunk first waits for a client that is behind (gateway.backpressure)."""
         await transport.send(first)
         ex.first_byte = time.perf_counter()
+        send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
         try:
-            await feed.relay(chunks, transport)
-            tail = feed.flush()
+            try:
+                async for chunk in chunks:
+                    left -= len(chunk)
+                    if left < 0:
+                        raise feed.too_large()
+                    out: bytes = step(chunk)
+                    if out:
+                        if first_needle(out, needles) >= 0 or not out.isascii():
+                            out = feed.cleaned(out)
+                        sent += len(out)
+                        if sent > WATCH_FROM:
+                            await transport.paced(sent)
+                        await send(out)
+                tail = feed.flush()
+            except SSEError:  # one event over the framer's limit
+                raise feed.event_too_large() from None
+            except _UNREADABLE:
+                raise feed.malformed() from None
             if tail:
-                await transport.send(tail)
+                await send(tail)
         except (UpstreamError, GatewayError) as exc:
             err = scrubbed(exc, feed.secrets) if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
@@ -267,88 +299,73 @@ class Proxy:
 class _Feed:
     """An upstream stream through its translator, with the relay's guards: the stream's size
     cap, a translator that cannot read the bytes (502 upstream_malformed, or upstream_too_large
-    for an oversized event), and the provider's secrets masked in what goes to the client."""
+    for an oversized event), and the gateway's secrets masked in what goes to the client.
+    `__call__` is one chunk; Proxy._pump writes the same steps out for the rest of a stream."""
 
-    __slots__ = ("translator", "provider", "secrets", "_feed", "_needles", "_left", "_limit")
+    __slots__ = ("translator", "provider", "secrets", "needles", "left", "_limit")
 
     def __init__(self, translator: Any, provider: str, secrets: KnownSecrets, limit: int) -> None:
         self.translator, self.provider, self.secrets = translator, provider, secrets
-        self._feed = translator.feed
-        self._needles = secrets.needles  # this request's snapshot: its signer has added what it fetched
-        self._left = self._limit = limit
+        self.needles = secrets.needles  # this request's snapshot: its signer has added what it fetched
+        self.left = self._limit = limit
 
     def __call__(self, chunk: bytes) -> bytes:
-        """Client bytes for one upstream chunk (runs per chunk: kept flat on purpose)."""
-        self._left -= len(chunk)
-        if self._left < 0:
-            raise errors.upstream_too_large(self.provider, self._limit)
+        self.left -= len(chunk)
+        if self.left < 0:
+            raise self.too_large()
         try:
-            out: bytes = self._feed(chunk)
-        except SSEError:  # one event over the framer's limit
-            raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
+            out: bytes = self.translator.feed(chunk)
+        except SSEError:
+            raise self.event_too_large() from None
         except _UNREADABLE:
-            raise errors.upstream_malformed(self.provider, "a stream") from None
-        if not out:
-            return out
-        if not out.isascii():
-            self._check_utf8(out)
-        if first_needle(out, self._needles) >= 0:
-            return self.secrets.redact(out)
-        return out
-
-    async def relay(self, chunks: Any, client: ClientStream) -> None:
-        """`__call__` for every remaining upstream chunk, sending what comes out: the relay's hot
-        loop, written out with locals (a call per chunk costs more than the checks in it). Past
-        WATCH_FROM bytes, each chunk first waits for a client that is behind (gateway.backpressure)."""
-        feed, needles, left, send, sent = self._feed, self._needles, self._left, client.send, 0
-        try:
-            async for chunk in chunks:
-                left -= len(chunk)
-                if left < 0:
-                    raise errors.upstream_too_large(self.provider, self._limit)
-                out: bytes = feed(chunk)
-                if out:
-                    if not out.isascii():
-                        self._check_utf8(out)
-                    if first_needle(out, needles) >= 0:
-                        out = self.secrets.redact(out)
-                    sent += len(out)
-                    if sent > WATCH_FROM:
-                        await client.paced(sent)
-                    await send(out)
-        except SSEError:  # one event over the framer's limit
-            raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
-        except _UNREADABLE:
-            raise errors.upstream_malformed(self.provider, "a stream") from None
-        finally:
-            self._left = left
+            raise self.malformed() from None
+        return self.cleaned(out) if out and (first_needle(out, self.needles) >= 0 or not out.isascii()) else out
 
     def flush(self) -> bytes:
-        try:
-            out: bytes = self.translator.flush()
-        except SSEError:
-            raise errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event") from None
-        except _UNREADABLE:
-            raise errors.upstream_malformed(self.provider, "a stream") from None
-        if out and not out.isascii():
-            self._check_utf8(out)
-        return self.secrets.redact(out) if out and needs_redacting(out, self._needles) else out
+        out: bytes = self.translator.flush()  # raises as feed does: callers map it
+        return self.cleaned(out) if out and (first_needle(out, self.needles) >= 0 or not out.isascii()) else out
 
-    def _check_utf8(self, out: bytes) -> None:
-        """A pass-through relay forwards the upstream's bytes: no client decodes broken UTF-8."""
-        try:
-            out.decode()
-        except UnicodeDecodeError:
-            raise errors.upstream_malformed(self.provider, "a stream that is not UTF-8") from None
+    def cleaned(self, out: bytes) -> bytes:
+        """`out`, which holds a secret, an error object or non-ASCII bytes, made safe to relay.
+        A pass-through relay forwards the upstream's bytes: no client decodes broken UTF-8."""
+        if not out.isascii():
+            try:
+                out.decode()
+            except UnicodeDecodeError:
+                raise self.malformed("a stream that is not UTF-8") from None
+        return self.secrets.redact(out) if first_needle(out, self.needles) >= 0 else out
+
+    def too_large(self) -> GatewayError:
+        return errors.upstream_too_large(self.provider, self._limit)
+
+    def event_too_large(self) -> GatewayError:
+        return errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event")
+
+    def malformed(self, what: str = "a stream") -> GatewayError:
+        return errors.upstream_malformed(self.provider, what)
+
+
+def _flushed(feed: _Feed) -> bytes:
+    try:
+        return feed.flush()
+    except SSEError:
+        raise feed.event_too_large() from None
+    except _UNREADABLE:
+        raise feed.malformed() from None
 
 
 def _usage_when_cut_off(ctx: CallContext, translator: Any) -> Usage:
-    """Usage of a cancelled stream that reported none: a short text is counted with tiktoken,
-    a long one estimated at four bytes a token (counting it here would hold the loop)."""
+    """Usage of a cancelled stream that reported none, without awaiting: see _estimated_usage."""
+    return _estimated_usage(ctx, translator.streamed_text())
+
+
+def _estimated_usage(ctx: CallContext, text: str) -> Usage:
+    """Usage of an answer that reported none, counted where that cannot hold the loop: a short
+    text with an encoding already built is counted with tiktoken, else four characters a token."""
     from core.tokens import count_tokens, estimate_prompt_tokens  # tiktoken loads only if needed
 
-    text = translator.streamed_text()
-    completion = count_tokens(text, ctx.upstream_model) if len(text) < INLINE_MAX_CHARS else len(text) // 4
+    countable = len(text) < INLINE_MAX_CHARS and encoding_ready(ctx.upstream_model)
+    completion = count_tokens(text, ctx.upstream_model) if countable else (len(text) + 3) // 4
     prompt = estimate_prompt_tokens(ctx.body)
     return Usage(prompt, completion, prompt + completion)
 
@@ -394,7 +411,8 @@ class ClientStream:
     async def paced(self, sent: int) -> None:
         """Return once the client has taken enough of the `sent` bytes; raises ClientStalled."""
         if self._flow is None:
-            self._flow = ClientFlow(getattr(self._scope, "client", "") or "", self._idle)
+            scope = self._scope
+            self._flow = ClientFlow(getattr(scope, "server", "") or "", getattr(scope, "client", "") or "", self._idle)
         await self._flow.wait(sent)
 
     def close(self) -> None:

@@ -72,8 +72,7 @@ class Runtime:
         old = previous.providers if previous is not None else {}
         # One set for all providers, kept across reloads (providers a reload keeps sign into it).
         self.secrets = previous.secrets if previous is not None else KnownSecrets()
-        for p in config.providers:
-            self.secrets.add(*configured_secrets(p))
+        self.secrets.configure(v for p in config.providers for v in configured_secrets(p))
         self.providers = {p.name: _provider(p, upstream, config, old.get(p.name), self.secrets)
                           for p in config.providers}
         policy = config.routing.outlier_detection

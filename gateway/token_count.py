@@ -31,7 +31,7 @@ from functools import partial
 from core.tokens import count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
 from core.usage import Usage
 
-__all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "shutdown"]
+__all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready", "shutdown"]
 
 # Texts shorter than this are counted on the loop: at most ~0.5 ms of tokenizing (~30 us per
 # KiB), where the thread hop (~50 us) would add 10% or more. See bench/token_count.py.
@@ -102,6 +102,11 @@ async def counted_usage(prompt_body: bytes, completion_text: str, model: str) ->
     completion = await count_tokens_off_loop(completion_text, model)
     prompt = estimate_prompt_tokens(prompt_body)
     return Usage(prompt, completion, prompt + completion)
+
+
+def encoding_ready(model: str) -> bool:
+    """True if `model`'s encoding is built, so a short count inline cannot hold the loop."""
+    return _POOL.ready(encoding_name_for_model(model))
 
 
 def shutdown() -> None:

@@ -46,8 +46,9 @@ _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "co
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _MAX_CACHED_ORIGINS = 1024
 _MAX_CACHED_HEADS = 1024
-_FRAMING_NAMES = (b"content-length", b"transfer-encoding")  # lower-case: their presence frames the body
-_FRAMING_NAME_LENGTHS = (14, 16, 17)  # ... and content-encoding (16), which says the body is coded
+# Lengths of content-length (14), content-encoding (16) and transfer-encoding (17): on_header
+# lower-cases only names of these lengths.
+_FRAMING_NAME_LENGTHS = (14, 16, 17)
 _IDENTITY = (b"", b"identity")
 
 
@@ -162,13 +163,15 @@ class _Deadlines:
 
     def _tick(self) -> None:
         now = self.loop.time()
-        for conn, deadline in list(self._due.items()):
-            if deadline <= now:
-                del self._due[conn]
-                conn._expire_total()
-        self._armed = bool(self._due)
-        if self._armed:
-            self.loop.call_later(self.TICK, self._tick)
+        try:
+            for conn, deadline in list(self._due.items()):
+                if deadline <= now:
+                    del self._due[conn]
+                    conn._expire_total()
+        finally:  # one failing expiry must not stop every later deadline
+            self._armed = bool(self._due)
+            if self._armed:
+                self.loop.call_later(self.TICK, self._tick)
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -270,8 +273,8 @@ class _Connection(asyncio.Protocol):
                 self.declared_length = value  # parsed only if a caller asks (UpstreamResponse.read)
             elif lower == b"transfer-encoding":
                 self._framed = True
-            elif lower == b"content-encoding":
-                self.encoded = value.strip().lower() not in _IDENTITY
+            elif lower == b"content-encoding":  # sticky: "gzip" then "identity" is still coded
+                self.encoded = self.encoded or value.strip().lower() not in _IDENTITY
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -480,7 +483,8 @@ class UpstreamResponse:
 
     async def read_prefix(self, limit: int) -> bytes:
         """At most the first `limit` bytes of the body, for an error whose text is all that is
-        needed; the rest is not read (the connection is dropped instead). Raises as `read`."""
+        needed; the rest is not read (the connection is dropped instead). Raises UpstreamTimeout
+        or UpstreamDisconnected."""
         parts, size = [], 0
         async for chunk in self:
             parts.append(chunk[: limit - size])

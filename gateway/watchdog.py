@@ -27,6 +27,7 @@ from gateway.exchange import Exchange
 TICK = 0.25  # seconds between walks
 WATCH_AFTER = 0.5  # seconds a request runs before the watcher for its client is armed
 BODY = "body"  # Exchange.phase while the request body is being read
+ANSWERED = "answered"  # ... once the whole answer went out (counting its tokens may still follow)
 
 
 class Watchdog:
@@ -56,6 +57,13 @@ class Watchdog:
             _disarm(ex)
 
     def _tick(self) -> None:
+        try:
+            self._walk()
+        finally:  # whatever one request did, the next walks still happen
+            if self._loop is not None and self._timer is not None:
+                self._timer = self._loop.call_later(TICK, self._tick)
+
+    def _walk(self) -> None:
         now = time.perf_counter()
         body_deadline = now - self._body_read_timeout()
         watch_deadline = now - WATCH_AFTER
@@ -66,8 +74,6 @@ class Watchdog:
                 _cancel(task, ex, "body_timeout")
             elif ex.watcher is None and ex.proto is not None:
                 self._watch(task, ex)
-        if self._loop is not None:
-            self._timer = self._loop.call_later(TICK, self._tick)
 
     def _watch(self, task: asyncio.Task[Any], ex: Exchange) -> None:
         try:
@@ -80,8 +86,8 @@ class Watchdog:
 
 
 def _client_left(done: asyncio.Future[Any], task: asyncio.Task[Any], ex: Exchange) -> None:
-    if done.cancelled() or done.exception() is not None or task.done():
-        return
+    if done.cancelled() or done.exception() is not None or task.done() or ex.phase == ANSWERED:
+        return  # (a client leaving after its whole answer is the normal end, not a reason to cancel)
     _cancel(task, ex, "client_closed")
 
 

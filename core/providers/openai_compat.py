@@ -8,7 +8,6 @@ the provider would have sent it.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -17,6 +16,7 @@ from core.config import Provider
 from core.errors import GatewayError, upstream_auth_failed
 from core.kernels import OpenAIStreamRelay, SSEFramer
 from core.providers.base import CallContext, ClientAPI, UpstreamCall
+from core.secrets import MASK, MAX_ERROR_TEXT, scrub_shapes
 from core.usage import Usage, usage_of_json
 
 PATHS = {
@@ -86,7 +86,6 @@ class _ErrorEnvelope(msgspec.Struct):
 
 
 _decode_error = msgspec.json.Decoder(_ErrorEnvelope).decode
-_SECRETISH = re.compile(r"(sk-|key-|Bearer\s+)[A-Za-z0-9_\-*.]{6,}")
 _PASS_HEADERS = ("retry-after", "retry-after-ms")
 
 
@@ -117,10 +116,11 @@ def _parse_error(body: bytes) -> _ErrorFields:
 
 
 def scrub(text: str, provider: Provider) -> str:
-    """Remove anything that looks like a credential from upstream-supplied text."""
+    """Upstream text with the provider's key and anything shaped like a credential masked (the
+    proxy then scrubs every field of the error again, with every secret the gateway holds)."""
     if provider.api_key and provider.api_key in text:
-        text = text.replace(provider.api_key, "***")
-    return _SECRETISH.sub(lambda m: m.group(1) + "***", text)[:2000]
+        text = text.replace(provider.api_key, MASK)
+    return scrub_shapes(text)[:MAX_ERROR_TEXT]
 
 
 class _ResponsesUsage(msgspec.Struct):

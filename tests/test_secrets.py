@@ -1,0 +1,76 @@
+"""core.secrets: what an upstream can make the gateway say is scrubbed, and nothing else is touched."""
+from __future__ import annotations
+
+import msgspec
+
+from core.config import OutlierDetection, Provider
+from core.errors import GatewayError
+from core.health import MemberHealth
+from core.secrets import MAX_SECRETS, KnownSecrets, configured_secrets, retry_headers, scrubbed
+
+FOREIGN = ("AKIAZ7HOSTILEFOREIGN", "sk-proj-hostileUnknown4Qx9Lm2Vb7Nc0", "Bearer hOstIle.opaque-token_9f8e")
+
+
+def test_configured_secrets_outlive_any_number_of_rotated_tokens() -> None:
+    secrets = KnownSecrets(["7d2e9b4c1a8f3e6d5c0b9a8f7e6d5c4b"])  # an Azure key: no shape to match
+    for i in range(MAX_SECRETS * 2):
+        secrets.add(f"ASIAROTATED{i:09d}", f"session-token-{i:09d}")
+    body = b'{"echo": "7d2e9b4c1a8f3e6d5c0b9a8f7e6d5c4b"}'
+    assert b"7d2e9b4c" not in secrets.redact(body)
+    assert "7d2e9b4c" not in secrets.scrub("key 7d2e9b4c1a8f3e6d5c0b9a8f7e6d5c4b")
+
+
+def test_a_reload_replaces_the_configured_secrets_but_keeps_fetched_ones() -> None:
+    secrets = KnownSecrets(["old-configured-key-1"])
+    secrets.add("fetched-token-abcdef")
+    secrets.configure(["new-configured-key-2"])
+    assert secrets.redact(b"new-configured-key-2 fetched-token-abcdef") == b"*** ***"
+
+
+def test_an_answer_whose_error_is_null_is_relayed_byte_for_byte() -> None:
+    """Every Responses object has "error": null; its text may quote keys and say 'basic'."""
+    secrets = KnownSecrets(["sk-held-provider-key-0042"])
+    body = (b'{"id":"resp_1","error":null,"output":[{"type":"message","content":[{"type":"output_text",'
+            b'"text":"OpenAI(api_key=\\"sk-example-in-docs\\") with a basic Bearer token"}]}]}')
+    assert secrets.redact(body) == body
+    event = b"event: response.completed\ndata: " + body + b"\n\n"
+    assert secrets.redact(event) == event
+
+
+def test_an_error_object_in_an_answer_or_a_stream_is_scrubbed_by_shape_too() -> None:
+    secrets = KnownSecrets(["sk-held-provider-key-0042"])
+    error = {"message": " ".join(FOREIGN) + " sk-held-provider-key-0042", "type": FOREIGN[0], "code": FOREIGN[1]}
+    body = msgspec.json.encode({"error": error})
+    stream = b'data: {"choices":[]}\n\ndata: ' + body + b"\n\n"
+    for relayed in (secrets.redact(body), secrets.redact(stream)):
+        assert all(f.encode() not in relayed for f in (*FOREIGN, "sk-held-provider-key-0042")), relayed
+    assert secrets.redact(stream).startswith(b'data: {"choices":[]}\n\n')  # the rest is untouched
+
+
+def test_every_field_of_an_upstream_error_is_scrubbed_and_retry_after_clamped() -> None:
+    secrets = KnownSecrets(["held-aws-secret-access-key/abc+def"])
+    err = GatewayError(429, "denied for held-aws-secret-access-key/abc+def " + FOREIGN[0], FOREIGN[1], FOREIGN[2],
+                       "x-api-key: zzzzzzzzzz", [("retry-after", "99999999"), ("x-leak", FOREIGN[1])])
+    out = scrubbed(err, secrets)
+    text = " ".join(str(v) for v in (out.message, out.type, out.code, out.param, out.headers))
+    assert all(f not in text for f in (*FOREIGN, "held-aws-secret", "zzzzzzzzzz"))
+    assert dict(out.headers) == {"retry-after": "3600", "retry-after-ms": "3600000"}
+    assert retry_headers([("retry-after", "soon")], 0.0) == []
+
+
+def test_only_header_values_whose_names_carry_secrets_are_secrets() -> None:
+    provider = Provider(name="p", schema="openai", base_url="http://x", api_key="sk-configured-0042",
+                        headers={"anthropic-version": "2023-06-01", "x-api-key": "custom-secret-0042",
+                                 "x-team-token": "team-token-0042"})
+    assert set(filter(None, configured_secrets(provider))) == {"sk-configured-0042", "custom-secret-0042",
+                                                               "team-token-0042"}
+
+
+def test_a_probe_that_ends_without_a_verdict_lets_the_next_request_probe() -> None:
+    """A cancelled probe (a client that left) must not leave its member unusable for ever."""
+    health = MemberHealth(OutlierDetection(consecutive_failures=1, cool_down=1.0))
+    health.failure(0.0)  # ejected until 1.0
+    health.begin(2.0)  # the probe after the cool-down
+    assert not health.available(2.0)
+    health.abandon()
+    assert health.available(2.0)
