@@ -29,7 +29,6 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable
 
 from core.errors import GatewayError
-from core.kernels import first_needle
 from core.retry import retry_after
 
 if TYPE_CHECKING:
@@ -67,12 +66,6 @@ _NAMED = re.compile(
 
 
 _NOT_SECRET_CREDENTIALS = frozenset({"profile", "service_account_file"})  # names of where keys are, not keys
-
-
-def needs_redacting(data: bytes, needles: tuple[bytes, ...]) -> bool:
-    """True if `data` holds a known secret or may hold an error object (`KnownSecrets.needles`):
-    then `KnownSecrets.redact` it. One compiled scan (core.kernels.first_needle)."""
-    return first_needle(data, needles) >= 0
 
 
 def configured_secrets(provider: Provider) -> list[str | None]:

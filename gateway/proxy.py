@@ -38,7 +38,7 @@ from core.request import RequestHead
 from core.retry import AttemptPlan, retry_after
 from core.routing import Route
 from core.sse import DEFAULT_MAX_EVENT_BYTES
-from core.secrets import KnownSecrets, needs_redacting, scrubbed
+from core.secrets import KnownSecrets, scrubbed
 from core.usage import Usage
 from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from gateway.drain import shutting_down
@@ -195,17 +195,18 @@ class Proxy:
             out, usage = adapter.response(ctx, resp.status, raw)
         except _UNREADABLE:
             raise errors.upstream_malformed(provider.name) from None
-        if needs_redacting(out, provider.secrets.needles):
+        if first_needle(out, provider.secrets.needles) >= 0:  # a known secret, or an error object
             out = provider.secrets.redact(out)
-        ex.usage = usage
+        text = completion_text(ctx.api, out) if usage is None and resp.status < 300 else None
+        # Unreported usage is counted as streams' is: inline when that is cheap, so the request
+        # is charged as soon as it is answered; else estimated now and counted off the loop after.
+        ex.usage, exact = (usage, True) if text is None else _estimated_usage(ctx, text)
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
         proto.response_bytes(resp.status, [("content-type", "application/json"), *base_headers], out)
         ex.phase = ANSWERED
-        if usage is None and resp.status < 300:  # answered; now count what it did not report, as streams are
-            text = completion_text(ctx.api, out)
-            ex.usage = _estimated_usage(ctx, text)  # what is charged if a drain cuts the count short
-            ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
+        if not exact:
+            ex.usage = await counted_usage(ctx.body, text or "", ctx.upstream_model)
 
     async def _read(self, provider_name: str, resp: Any, limit: int) -> bytes:
         try:
@@ -241,8 +242,9 @@ class Proxy:
             ex.usage = translator.usage
             return
         text = translator.streamed_text()
-        ex.usage = _estimated_usage(ctx, text)  # what is charged if a drain cuts the count short
-        ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
+        ex.usage, exact = _estimated_usage(ctx, text)  # what is charged if a drain cuts the count short
+        if not exact:
+            ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
 
     async def _first_chunk(self, ctx: CallContext, chunks: Any, feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
@@ -356,18 +358,18 @@ def _flushed(feed: _Feed) -> bytes:
 
 def _usage_when_cut_off(ctx: CallContext, translator: Any) -> Usage:
     """Usage of a cancelled stream that reported none, without awaiting: see _estimated_usage."""
-    return _estimated_usage(ctx, translator.streamed_text())
+    return _estimated_usage(ctx, translator.streamed_text())[0]
 
 
-def _estimated_usage(ctx: CallContext, text: str) -> Usage:
-    """Usage of an answer that reported none, counted where that cannot hold the loop: a short
-    text with an encoding already built is counted with tiktoken, else four characters a token."""
+def _estimated_usage(ctx: CallContext, text: str) -> tuple[Usage, bool]:
+    """(usage, exact) of an answer that reported none, without holding the loop: a short text
+    whose encoding is built is counted with tiktoken (exact), else four characters a token."""
     from core.tokens import count_tokens, estimate_prompt_tokens  # tiktoken loads only if needed
 
-    countable = len(text) < INLINE_MAX_CHARS and encoding_ready(ctx.upstream_model)
-    completion = count_tokens(text, ctx.upstream_model) if countable else (len(text) + 3) // 4
+    exact = len(text) < INLINE_MAX_CHARS and encoding_ready(ctx.upstream_model)
+    completion = count_tokens(text, ctx.upstream_model) if exact else (len(text) + 3) // 4
     prompt = estimate_prompt_tokens(ctx.body)
-    return Usage(prompt, completion, prompt + completion)
+    return Usage(prompt, completion, prompt + completion), exact
 
 
 def _is_stream(content_type: str) -> bool:

@@ -12,8 +12,10 @@ write (held to the end of the event loop's turn when another request already wro
 see `_WriteBatch`), waits (first_byte timeout) until the parser has seen the status line and headers, and
 returns an `UpstreamResponse`. Body bytes from the parser queue up in a deque that the response
 drains (idle timeout between chunks). A `total` timeout bounds the whole exchange (connect, head
-and body): one `call_at` timer per exchange fails the connection when it expires. When more than _HIGH_WATER bytes wait unread the transport
-stops reading, so a slow consumer throttles the upstream through TCP instead of growing memory.
+and body): every wait of the exchange is cut to what is left of it, so an exchange past its
+deadline fails at its next wait, without a timer of its own. When more than _HIGH_WATER bytes
+wait unread the transport stops reading, so a slow consumer throttles the upstream through TCP
+instead of growing memory.
 
 When the parser says the message is complete and the upstream allowed keep-alive, the
 connection goes back to its pool (LIFO: the warmest connection is reused first; at most
@@ -132,48 +134,6 @@ class _WriteBatch:
                 transport.write(data)
 
 
-class _Deadlines:
-    """`total` deadlines of the exchanges on one loop, checked by one ticker.
-
-    A timer per exchange (call_at, then cancel) costs ~3 us of uvloop's time on every request,
-    and a `total` bound (600 s by default) almost never fires. So a deadline further away than
-    PRECISE_BELOW goes into this table instead, and one timer every TICK seconds, running only
-    while the table is not empty, fails the overdue exchanges: at most TICK late, which a
-    bound of minutes does not notice. A closer deadline keeps its exact timer.
-    """
-
-    TICK = 0.25
-    PRECISE_BELOW = 5.0
-
-    __slots__ = ("loop", "_due", "_armed")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._due: dict[_Connection, float] = {}
-        self._armed = False
-
-    def add(self, conn: _Connection, deadline: float) -> None:
-        self._due[conn] = deadline
-        if not self._armed:
-            self._armed = True
-            self.loop.call_later(self.TICK, self._tick)
-
-    def discard(self, conn: _Connection) -> None:
-        self._due.pop(conn, None)
-
-    def _tick(self) -> None:
-        now = self.loop.time()
-        try:
-            for conn, deadline in list(self._due.items()):
-                if deadline <= now:
-                    del self._due[conn]
-                    conn._expire_total()
-        finally:  # one failing expiry must not stop every later deadline
-            self._armed = bool(self._due)
-            if self._armed:
-                self.loop.call_later(self.TICK, self._tick)
-
-
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -182,19 +142,16 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 class _Connection(asyncio.Protocol):
     """One upstream connection and its response parser; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, label: str, writes: _WriteBatch,
-                 deadlines: _Deadlines) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, label: str, writes: _WriteBatch) -> None:
         self.label = label
         self._writes = writes
-        self._deadlines = deadlines
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.busy = False
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[bool] | None = None
-        self._deadline: asyncio.TimerHandle | None = None  # the exchange's exact `total` timer, if any
-        self._swept = False  # ... or its entry in `_deadlines`
+        self._deadline: float | None = None  # the exchange's `total` deadline (loop time)
         self._begin(skip_body=False)
 
     def _begin(self, skip_body: bool) -> None:
@@ -312,12 +269,7 @@ class _Connection(asyncio.Protocol):
         not over by `deadline` (loop time)."""
         self._begin(skip_body)
         self.busy = True
-        if deadline is not None:
-            if deadline - self._loop.time() < _Deadlines.PRECISE_BELOW:
-                self._deadline = self._loop.call_at(deadline, self._expire_total)
-            else:
-                self._swept = True
-                self._deadlines.add(self, deadline)
+        self._deadline = deadline
         if len(body) < 65536:
             self._writes.write(self.transport, head + body)  # type: ignore[arg-type]
         else:  # not worth copying a large body to save a write
@@ -355,7 +307,6 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """End the exchange on a reusable connection, ready for the pool."""
         self.busy = False
-        self._cancel_deadline()
         self.chunks.clear()
         if self._paused:
             self._paused = False
@@ -365,12 +316,18 @@ class _Connection(asyncio.Protocol):
         """Drop the connection now (mid-exchange or broken); idempotent."""
         self.busy = False
         self.closed = True
-        self._cancel_deadline()
         if self.transport is not None:
             self.transport.abort()
 
     async def _wait(self, timeout: float, phase: str) -> None:
-        """Sleep until the parser or the connection makes progress; raises UpstreamTimeout."""
+        """Sleep until the parser or the connection makes progress; raises UpstreamTimeout.
+        The exchange's `total` deadline bounds every wait: no timer of its own is needed (one
+        per exchange cost ~1.5 us a request), since an exchange past it fails at its next wait,
+        and one that never waits is receiving, bounded by the body caps above it."""
+        if self._deadline is not None:
+            left = self._deadline - self._loop.time()
+            if left < timeout:
+                timeout, phase = left, "total"
         waiter = self._loop.create_future()
         self._waiter = waiter
         timer = self._loop.call_later(max(timeout, 0.0), _expire, waiter)
@@ -381,28 +338,6 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
         if not progressed:
             raise UpstreamTimeout(phase, self.label)
-
-    def _expire_total(self) -> None:
-        """The `total` timer: an exchange still receiving fails now, buffered chunks and all,
-        and the connection is dropped (its framing is mid-message, so it cannot be pooled)."""
-        self._deadline = None
-        self._swept = False
-        if not self.busy or self.complete or self.error is not None:
-            return  # over, or already failing: the body read so far stays readable
-        self.chunks.clear()
-        self.buffered = 0
-        self.error = UpstreamTimeout("total", self.label)
-        self.closed = True
-        self.transport.abort()  # type: ignore[union-attr]
-        self._wake()
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        elif self._swept:
-            self._swept = False
-            self._deadlines.discard(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -645,7 +580,6 @@ class UpstreamClient:
         self._heads: dict[tuple[Any, ...], _Head] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._writes: _WriteBatch | None = None  # made on first use: it belongs to the running loop
-        self._deadlines: _Deadlines | None = None  # likewise
         self._closed = False
 
     async def request(
@@ -765,9 +699,8 @@ class UpstreamClient:
         server_hostname = origin.host if origin.tls else None
         if self._writes is None or self._writes.loop is not loop:
             self._writes = _WriteBatch(loop)
-            self._deadlines = _Deadlines(loop)
-        writes, deadlines = self._writes, self._deadlines
-        new = lambda: _Connection(loop, origin.label, writes, deadlines)  # type: ignore[arg-type]  # noqa: E731
+        writes = self._writes
+        new = lambda: _Connection(loop, origin.label, writes)  # noqa: E731
         if origin.proxy is None or not origin.tls:
             host, port = (origin.host, origin.port) if origin.proxy is None else (
                 origin.proxy.host, origin.proxy.port)
