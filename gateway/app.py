@@ -94,9 +94,6 @@ class Gateway:
             self.watcher.install(loop)
         install_readiness_signal(loop, self)
         self.watchdog.start(loop)
-        # Build the default tokenizer now, off the loop: its first build holds the GIL ~0.1 s,
-        # which in the middle of traffic (the first answer without usage) stalls every request.
-        loop.call_soon(lambda: self._in_background(token_count.count_tokens_off_loop("", "gpt-4o")))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
@@ -180,7 +177,9 @@ class Gateway:
             self._send_error(proto, ex, errors.internal())
             ex.error_type = "internal_error"
         finally:
-            self.watchdog.finished(task, ex)
+            self.in_flight.pop(task, None)
+            if ex.watcher is not None:  # rare: only requests older than WATCH_AFTER have one
+                self.watchdog.finished(task, ex)
             self._finish(ex)
 
     def _cancelled(self, proto: Any, ex: Exchange) -> None:
