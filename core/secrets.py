@@ -132,8 +132,7 @@ class KnownSecrets:
         check `needles` (any found: call this)."""
         if _ERROR_MARK in data:
             data = _with_errors_scrubbed(data, self)
-        for value in self._values:
-            needle = value.encode("utf-8", "surrogatepass")
+        for needle in self.needles[1:]:
             if needle in data:
                 data = data.replace(needle, MASK.encode())
         return data
@@ -141,7 +140,16 @@ class KnownSecrets:
     def _rebuild(self) -> None:
         # Longest first: a secret that contains another is masked whole, not in pieces.
         self._values = tuple(sorted({*self._configured, *self._fetched}, key=len, reverse=True))
-        self.needles = (_ERROR_MARK, *(v.encode("utf-8", "surrogatepass") for v in self._values))
+        spellings = {s for v in self._values for s in _spellings(v)}
+        self.needles = (_ERROR_MARK, *sorted(spellings, key=len, reverse=True))
+
+
+def _spellings(value: str) -> set[bytes]:
+    """The bytes `value` may appear as in a relayed answer: as is, and as it is written inside
+    a JSON string (an AWS secret's "/" may be escaped as "\\/", a quote or backslash escaped)."""
+    plain = value.encode("utf-8", "surrogatepass")
+    in_json = msgspec.json.encode(value)[1:-1]
+    return {plain, in_json, in_json.replace(b"/", b"\\/")}
 
 
 class _ErrorOnly(msgspec.Struct):

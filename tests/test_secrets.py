@@ -74,3 +74,11 @@ def test_a_probe_that_ends_without_a_verdict_lets_the_next_request_probe() -> No
     assert not health.available(2.0)
     health.abandon()
     assert health.available(2.0)
+
+
+def test_a_secret_echoed_json_escaped_is_masked_too() -> None:
+    """An AWS secret's "/" may come back as "\\/" inside a JSON string."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    secrets = KnownSecrets([secret])
+    echoed = b'{"text": "' + secret.replace("/", "\\/").encode() + b'"}'
+    assert b"wJalrXUtnFEMI" not in secrets.redact(echoed)
