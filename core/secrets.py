@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 
 import msgspec
 import time
@@ -73,7 +74,17 @@ def configured_secrets(provider: Provider) -> list[str | None]:
     credentials, and header values whose names say they carry one (not `anthropic-version`)."""
     creds = provider.credentials or {}
     headers = (v for k, v in (provider.headers or {}).items() if any(w in k.lower() for w in _SECRET_HEADER_WORDS))
-    return [provider.api_key, *(v for k, v in creds.items() if k not in _NOT_SECRET_CREDENTIALS), *headers]
+    urls = [provider.base_url or "", *(provider.endpoints or [])]
+    userinfo = (part for url in urls for part in _userinfo(url))  # http://user:password@host/
+    return [provider.api_key, *(v for k, v in creds.items() if k not in _NOT_SECRET_CREDENTIALS), *headers, *userinfo]
+
+
+def _userinfo(url: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return []
+    return [p for p in (parts.username, parts.password) if p]
 
 
 def scrub_shapes(text: str) -> str:

@@ -82,3 +82,8 @@ def test_a_secret_echoed_json_escaped_is_masked_too() -> None:
     secrets = KnownSecrets([secret])
     echoed = b'{"text": "' + secret.replace("/", "\\/").encode() + b'"}'
     assert b"wJalrXUtnFEMI" not in secrets.redact(echoed)
+
+
+def test_credentials_in_a_base_url_are_secrets() -> None:
+    provider = Provider(name="p", schema="openai", base_url="https://svc-user:svc-pass-0042@llm.internal/v1")
+    assert {"svc-user", "svc-pass-0042"} <= set(filter(None, configured_secrets(provider)))
