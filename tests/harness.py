@@ -91,6 +91,26 @@ class GatewayProcess:
     def signal(self, sig: int) -> None:
         os.killpg(self.proc.pid, sig)
 
+    def worker_rss_mb(self) -> float:
+        """Resident memory of the worker processes (the children of granian's main process)."""
+        pids = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        total_kb = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/status") as f:
+                total_kb += int(f.read().split("VmRSS:")[1].split()[0])
+        return total_kb / 1024
+
+    def settled_rss_mb(self) -> float:
+        """worker_rss_mb once two samples 0.2 s apart agree within 1 MB (start-up allocations over)."""
+        last = self.worker_rss_mb()
+        for _ in range(50):
+            time.sleep(0.2)
+            now = self.worker_rss_mb()
+            if abs(now - last) < 1:
+                return now
+            last = now
+        return last
+
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc.poll() is None:
             try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -50,13 +49,6 @@ server:
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileUpstream]:
-    upstream = HostileUpstream()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(hostile: HostileUpstream) -> Iterator[GatewayProcess]:
     gateway = GatewayProcess(_config(hostile.url))
     yield gateway
@@ -80,27 +72,6 @@ def _connect(gw: GatewayProcess, rcvbuf: int | None = None) -> socket.socket:
     sock.connect(("127.0.0.1", gw.port))
     sock.settimeout(10)
     return sock
-
-
-def _worker_rss_mb(gw: GatewayProcess) -> float:
-    pids = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True).stdout.split()
-    return sum(_rss_kb(int(pid)) for pid in pids) / 1024
-
-
-def _settled_rss_mb(gw: GatewayProcess) -> float:
-    last = _worker_rss_mb(gw)
-    for _ in range(50):
-        time.sleep(0.2)
-        now = _worker_rss_mb(gw)
-        if abs(now - last) < 1:
-            return now
-        last = now
-    return last
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(f.read().split("VmRSS:")[1].split()[0])
 
 
 def _all_but_one(latencies: list[float]) -> float:
@@ -146,7 +117,7 @@ def test_non_reading_stream_clients_keep_memory_bounded_and_are_dropped(gw: Gate
     """Four clients open 200 MB streams and read nothing: the gateway stops reading its upstream
     instead of queueing it, /healthz stays fast, and each client is dropped after the idle timeout."""
     _read_whole_stream(gw, "firehose-1")
-    before = _settled_rss_mb(gw)
+    before = gw.settled_rss_mb()
     clients = []
     for _ in range(4):
         sock = _connect(gw, rcvbuf=4096)
@@ -156,7 +127,7 @@ def test_non_reading_stream_clients_keep_memory_bounded_and_are_dropped(gw: Gate
     while time.monotonic() - start < 3.5:  # past client_idle_timeout (2 s)
         health.append(_healthz_ms(gw))
         if time.monotonic() - start < 1.8:  # while they hang (a drop counts tokens: the tokenizer, ~80 MB, once)
-            worst_rss = max(worst_rss, _worker_rss_mb(gw))
+            worst_rss = max(worst_rss, gw.worker_rss_mb())
         time.sleep(0.1)
     assert worst_rss - before < 40, f"worker grew {worst_rss - before:.0f} MB for 4 non-reading streams"
     assert _all_but_one(health) < 100, f"/healthz took {sorted(health)[-3:]} ms while 4 clients read nothing"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,13 +42,6 @@ server:
 routing:
   retry: {{attempts: 1}}
 """
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileUpstream]:
-    upstream = HostileUpstream()
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture(scope="module")
@@ -94,44 +86,24 @@ def _raw_stream(gw: GatewayProcess, model: str, keep_last: int | None = None) ->
     return resp.status, size, kept
 
 
-def _settled_rss_mb(gw: GatewayProcess) -> float:
-    last = _worker_rss_mb(gw)
-    for _ in range(50):
-        time.sleep(0.2)
-        now = _worker_rss_mb(gw)
-        if abs(now - last) < 1:
-            return now
-        last = now
-    return last
-
-
-def _worker_rss_mb(gw: GatewayProcess) -> float:
-    pids = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True).stdout.split()
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            total += int(f.read().split("VmRSS:")[1].split()[0])
-    return total / 1024
-
-
 def test_a_huge_success_body_is_a_502_upstream_too_large_without_reading_it(client: openai.OpenAI,
                                                                              gw: GatewayProcess) -> None:
-    before = _settled_rss_mb(gw)  # after the tokenizer the gateway builds at start
+    before = gw.settled_rss_mb()
     start = time.monotonic()
     err = _error_of(client, "huge-ok-300")
     assert err.status_code == 502 and _code(err) == "upstream_too_large"
     assert time.monotonic() - start < 2, "the declared length alone should have refused it"
-    assert _worker_rss_mb(gw) - before < 30
+    assert gw.worker_rss_mb() - before < 30
 
 
 def test_a_huge_error_body_is_read_only_as_far_as_its_message(client: openai.OpenAI, gw: GatewayProcess) -> None:
-    before = _settled_rss_mb(gw)
+    before = gw.settled_rss_mb()
     start = time.monotonic()
     err = _error_of(client, "huge-error-300")
     assert err.status_code == 500 and _code(err) != "internal_error"  # the upstream's 500, relayed
     assert len(err.response.content) < 4096
     assert time.monotonic() - start < 2
-    assert _worker_rss_mb(gw) - before < 30
+    assert gw.worker_rss_mb() - before < 30
 
 
 @pytest.mark.parametrize("model", ["gzip", "garbage"])
