@@ -194,6 +194,7 @@ class Proxy:
         try:
             out, usage = adapter.response(ctx, resp.status, raw)
         except _UNREADABLE:
+            _log_unreadable(provider.name)
             raise errors.upstream_malformed(provider.name) from None
         if first_needle(out, provider.secrets.needles) >= 0:  # a known secret, or an error object
             out = provider.secrets.redact(out)
@@ -344,7 +345,14 @@ class _Feed:
         return errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event")
 
     def malformed(self, what: str = "a stream") -> GatewayError:
+        _log_unreadable(self.provider)
         return errors.upstream_malformed(self.provider, what)
+
+
+def _log_unreadable(provider: str) -> None:
+    """Call inside the `except`: _UNREADABLE is broad (a translator's own bug reads the same as
+    an upstream's garbage), so the traceback is kept for whoever turns on debug logging."""
+    log.debug("an answer of upstream %s could not be read by its adapter", provider, exc_info=True)
 
 
 def _flushed(feed: _Feed) -> bytes:
