@@ -153,6 +153,12 @@ class ThreadedServer:
     def stop(self) -> None:
         async def shutdown() -> None:
             await self._runner.cleanup()
+            # Handlers still running (a stalled answer, a stream nobody reads) end here, not as
+            # "Task was destroyed but it is pending" when the loop stops under them.
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
 
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
