@@ -16,7 +16,6 @@ from core.config import Provider
 from core.errors import GatewayError, upstream_auth_failed
 from core.kernels import OpenAIStreamRelay, SSEFramer
 from core.providers.base import CallContext, ClientAPI, UpstreamCall
-from core.secrets import MASK, MAX_ERROR_TEXT, scrub_shapes
 from core.usage import Usage, usage_of_json
 
 PATHS = {
@@ -90,7 +89,7 @@ _PASS_HEADERS = ("retry-after", "retry-after-ms")
 
 
 def openai_error(provider: Provider, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
-    """Relay an OpenAI-shaped upstream error with its status, scrubbed of secrets.
+    """Relay an OpenAI-shaped upstream error with its status (gateway.proxy scrubs every field).
 
     A 401/403 means the gateway's own upstream credential failed: the client cannot fix
     that, so it becomes a 502 that says so.
@@ -98,7 +97,7 @@ def openai_error(provider: Provider, status: int, headers: list[tuple[str, str]]
     if status in (401, 403):
         return upstream_auth_failed(provider.name)
     fields = _parse_error(body)
-    message = scrub(fields.message or f"The upstream provider '{provider.name}' answered HTTP {status}.", provider)
+    message = fields.message or f"The upstream provider '{provider.name}' answered HTTP {status}."
     kind = fields.type or ("invalid_request_error" if status < 500 else "api_error")
     code = str(fields.code) if fields.code is not None else None
     kept = [(k, v) for k, v in headers if k in _PASS_HEADERS]
@@ -113,14 +112,6 @@ def _parse_error(body: bytes) -> _ErrorFields:
     if isinstance(env.error, str):
         return _ErrorFields(message=env.error)
     return env.error or _ErrorFields()
-
-
-def scrub(text: str, provider: Provider) -> str:
-    """Upstream text with the provider's key and anything shaped like a credential masked (the
-    proxy then scrubs every field of the error again, with every secret the gateway holds)."""
-    if provider.api_key and provider.api_key in text:
-        text = text.replace(provider.api_key, MASK)
-    return scrub_shapes(text)[:MAX_ERROR_TEXT]
 
 
 class _ResponsesUsage(msgspec.Struct):

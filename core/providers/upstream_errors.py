@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from core.config import Provider
 from core.errors import GatewayError, upstream_auth_failed
-from core.providers.openai_compat import scrub
 
 _KEEP_HEADERS = ("retry-after", "retry-after-ms")
 
@@ -35,6 +34,6 @@ def provider_error(provider: Provider, status: int, headers: list[tuple[str, str
     client_status, kind, code = _BY_STATUS.get(status) or (
         (502, "api_error", "upstream_error") if status >= 500 else (status, "invalid_request_error", "invalid_request")
     )
-    text = scrub(message or f"The upstream provider '{provider.name}' answered HTTP {status}.", provider)
+    text = message or f"The upstream provider '{provider.name}' answered HTTP {status}."  # gateway.proxy scrubs it
     kept = [(k, v) for k, v in headers if k.lower() in _KEEP_HEADERS]
     return GatewayError(client_status, text, kind, code, None, kept)
