@@ -39,16 +39,14 @@ from core.retry import AttemptPlan, retry_after
 from core.routing import Route
 from core.sse import DEFAULT_MAX_EVENT_BYTES
 from core.secrets import KnownSecrets, scrubbed
-from core.usage import Usage
 from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from gateway.drain import shutting_down
 from gateway.exchange import Exchange
-from gateway.token_count import INLINE_MAX_CHARS, counted_usage, encoding_ready
+from gateway.token_count import counted_usage, estimated_usage
 from gateway.watchdog import ANSWERED
 from gateway.runtime import ProviderRuntime, Runtime
 from gateway.tracing import Attempt
-from gateway.upstream import (UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout,
-                              UpstreamTooLarge)
+from gateway.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 
 try:  # granian raises this when the client has gone away mid-response
     from granian.rsgi import ProtocolClosed as ClientGone
@@ -201,7 +199,7 @@ class Proxy:
         text = completion_text(ctx.api, out) if usage is None and resp.status < 300 else None
         # Unreported usage is counted as streams' is: inline when that is cheap, so the request
         # is charged as soon as it is answered; else estimated now and counted off the loop after.
-        ex.usage, exact = (usage, True) if text is None else _estimated_usage(ctx, text)
+        ex.usage, exact = (usage, True) if text is None else estimated_usage(ctx.body, text, ctx.upstream_model)
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
         proto.response_bytes(resp.status, [("content-type", "application/json"), *base_headers], out)
@@ -235,7 +233,7 @@ class Proxy:
                      ex.request_id)
         except BaseException:  # cancelled (drain, client gone): no await now, so count without the pool
             out.close()
-            ex.usage = translator.usage or _usage_when_cut_off(ctx, translator)
+            ex.usage = translator.usage or estimated_usage(ctx.body, translator.streamed_text(), ctx.upstream_model)[0]
             raise
         out.close()
         ex.phase = ANSWERED
@@ -243,7 +241,7 @@ class Proxy:
             ex.usage = translator.usage
             return
         text = translator.streamed_text()
-        ex.usage, exact = _estimated_usage(ctx, text)  # what is charged if a drain cuts the count short
+        ex.usage, exact = estimated_usage(ctx.body, text, ctx.upstream_model)  # charged if a drain cuts the count
         if not exact:
             ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
 
@@ -254,7 +252,7 @@ class Proxy:
             while not out:
                 out = feed(await chunks.__anext__())
         except StopAsyncIteration:
-            out = _flushed(feed)
+            out = feed.flush()
         except UpstreamError as exc:
             raise _client_error(ctx.provider.name, exc) from None
         return out
@@ -280,11 +278,9 @@ class Proxy:
                         if sent > WATCH_FROM:
                             await transport.paced(sent)
                         await send(out)
-                tail = feed.flush()
-            except SSEError:  # one event over the framer's limit
-                raise feed.event_too_large() from None
-            except _UNREADABLE:
-                raise feed.malformed() from None
+            except _UNREADABLE as exc:  # SSEError is one (a ValueError)
+                raise feed.unreadable(exc) from None
+            tail = feed.flush()
             if tail:
                 await send(tail)
         except (UpstreamError, GatewayError) as exc:
@@ -318,14 +314,15 @@ class _Feed:
             raise self.too_large()
         try:
             out: bytes = self.translator.feed(chunk)
-        except SSEError:
-            raise self.event_too_large() from None
-        except _UNREADABLE:
-            raise self.malformed() from None
+        except _UNREADABLE as exc:
+            raise self.unreadable(exc) from None
         return self.cleaned(out) if out and (first_needle(out, self.needles) >= 0 or not out.isascii()) else out
 
     def flush(self) -> bytes:
-        out: bytes = self.translator.flush()  # raises as feed does: callers map it
+        try:
+            out: bytes = self.translator.flush()
+        except _UNREADABLE as exc:
+            raise self.unreadable(exc) from None
         return self.cleaned(out) if out and (first_needle(out, self.needles) >= 0 or not out.isascii()) else out
 
     def cleaned(self, out: bytes) -> bytes:
@@ -341,8 +338,11 @@ class _Feed:
     def too_large(self) -> GatewayError:
         return errors.upstream_too_large(self.provider, self._limit)
 
-    def event_too_large(self) -> GatewayError:
-        return errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event")
+    def unreadable(self, exc: Exception) -> GatewayError:
+        """The client's error for what the translator raised (call inside the `except`)."""
+        if isinstance(exc, SSEError):  # one event over the framer's limit
+            return errors.upstream_too_large(self.provider, DEFAULT_MAX_EVENT_BYTES, "an SSE event")
+        return self.malformed()
 
     def malformed(self, what: str = "a stream") -> GatewayError:
         _log_unreadable(self.provider)
@@ -353,31 +353,6 @@ def _log_unreadable(provider: str) -> None:
     """Call inside the `except`: _UNREADABLE is broad (a translator's own bug reads the same as
     an upstream's garbage), so the traceback is kept for whoever turns on debug logging."""
     log.debug("an answer of upstream %s could not be read by its adapter", provider, exc_info=True)
-
-
-def _flushed(feed: _Feed) -> bytes:
-    try:
-        return feed.flush()
-    except SSEError:
-        raise feed.event_too_large() from None
-    except _UNREADABLE:
-        raise feed.malformed() from None
-
-
-def _usage_when_cut_off(ctx: CallContext, translator: Any) -> Usage:
-    """Usage of a cancelled stream that reported none, without awaiting: see _estimated_usage."""
-    return _estimated_usage(ctx, translator.streamed_text())[0]
-
-
-def _estimated_usage(ctx: CallContext, text: str) -> tuple[Usage, bool]:
-    """(usage, exact) of an answer that reported none, without holding the loop: a short text
-    whose encoding is built is counted with tiktoken (exact), else four characters a token."""
-    from core.tokens import count_tokens, estimate_prompt_tokens  # tiktoken loads only if needed
-
-    exact = len(text) < INLINE_MAX_CHARS and encoding_ready(ctx.upstream_model)
-    completion = count_tokens(text, ctx.upstream_model) if exact else (len(text) + 3) // 4
-    prompt = estimate_prompt_tokens(ctx.body)
-    return Usage(prompt, completion, prompt + completion), exact
 
 
 def _is_stream(content_type: str) -> bool:

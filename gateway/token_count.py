@@ -31,7 +31,8 @@ from functools import partial
 from core.tokens import count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
 from core.usage import Usage
 
-__all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready", "shutdown"]
+__all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
+           "estimated_usage", "shutdown"]
 
 # Texts shorter than this are counted on the loop: at most ~0.5 ms of tokenizing (~30 us per
 # KiB), where the thread hop (~50 us) would add 10% or more. See bench/token_count.py.
@@ -99,7 +100,19 @@ async def count_tokens_off_loop(text: str, model: str) -> int:
 async def counted_usage(prompt_body: bytes, completion_text: str, model: str) -> Usage:
     """Usage of an answer the upstream reported none for: the prompt's reservation bound
     (`estimate_prompt_tokens`, no tokenizing) and the completion counted with tiktoken."""
-    completion = await count_tokens_off_loop(completion_text, model)
+    return _usage(prompt_body, await count_tokens_off_loop(completion_text, model))
+
+
+def estimated_usage(prompt_body: bytes, completion_text: str, model: str) -> tuple[Usage, bool]:
+    """(usage, exact) as counted_usage, without awaiting or holding the loop: a short text whose
+    encoding is built is counted inline (exact), anything else estimated at four characters a
+    token (for callers that cannot await, or must charge before the count is done)."""
+    exact = len(completion_text) < INLINE_MAX_CHARS and encoding_ready(model)
+    completion = count_tokens(completion_text, model) if exact else (len(completion_text) + 3) // 4
+    return _usage(prompt_body, completion), exact
+
+
+def _usage(prompt_body: bytes, completion: int) -> Usage:
     prompt = estimate_prompt_tokens(prompt_body)
     return Usage(prompt, completion, prompt + completion)
 
