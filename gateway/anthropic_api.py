@@ -20,7 +20,6 @@ from core.providers.base import ClientAPI
 from core.request import RequestHead, parse_head
 from core.routing import Route
 from gateway.exchange import Exchange
-from gateway.limiter import AskStore, Lease, Limiter
 from gateway.runtime import KeyRecord, Runtime
 from gateway.token_count import count_off_loop
 
@@ -95,7 +94,9 @@ class AnthropicAPI:
         gw, rt = self.gateway, self.gateway.runtime
         key = self.authenticate(rt, scope)
         ex.key_name = key.key.name
-        body = await self._read_count_body(rt, scope, proto, ex)
+        # Counting is free to the client but not to the gateway: its bodies get a tighter cap.
+        cap = min(rt.config.server.max_count_tokens_bytes, rt.config.server.max_body_bytes)
+        body = await gw.read_body(rt, scope, proto, ex, cap)
         head = parse_head(body, rt.config.server.max_json_depth)
         ex.model = head.model
         route = rt.routes.resolve(head.model or "")
@@ -104,25 +105,15 @@ class AnthropicAPI:
         if not key.may_use(route.name):
             raise errors.model_not_allowed(head.model or "")
         limiter = gw.limiter  # this request's: a reload may swap gw.limiter before it settles
-        lease = await _admit(limiter, key, route.name, head, body)
+        lease = None  # core.limits.REQUEST_ONLY_APIS: a count is one request, no tokens
+        if limiter is not None and limiter.enabled:
+            lease = await limiter.reserve(key.key, route.name, ClientAPI.COUNT_TOKENS, head, body)
         headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
         try:
             await self._count_or_forward(rt, ex, route, head, body, proto, headers)
         finally:
             if lease is not None and limiter is not None:  # one request; nothing was generated
                 limiter.settle(lease, None, None)
-
-    async def _read_count_body(self, rt: Runtime, scope: Any, proto: Any, ex: Exchange) -> bytes:
-        """The body, refusing (413) one over `server.max_count_tokens_bytes`: counting is
-        free to the client but not to the gateway, so its bodies get a tighter cap."""
-        cap = rt.config.server.max_count_tokens_bytes
-        declared = scope.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise errors.too_large(cap)  # refused before reading a byte of it
-        body = await self.gateway.read_body(rt, scope, proto, ex)  # (chunked: read up to max_body_bytes)
-        if len(body) > cap:
-            raise errors.too_large(cap)
-        return body
 
     async def _count_or_forward(self, rt: Runtime, ex: Exchange, route: Route, head: RequestHead, body: bytes,
                                 proto: Any, headers: list[tuple[str, str]]) -> None:
@@ -136,16 +127,6 @@ class AnthropicAPI:
         tokens = await count_off_loop(len(body), model, partial(local_token_count, body, model))
         ex.status = 200
         proto.response_bytes(200, [_JSON, *headers], msgspec.json.encode({"input_tokens": tokens}))
-
-
-async def _admit(limiter: Limiter | None, key: KeyRecord, model: str, head: RequestHead, body: bytes) -> Lease | None:
-    """Admit a count as one request of `key` on `model` (core.limits.REQUEST_ONLY_APIS: no
-    tokens or cost reserved). Raises GatewayError 429 (or 503 when the store is down and
-    closed), which `count_tokens` re-dresses in Anthropic's shape with its retry headers."""
-    if limiter is None or not limiter.enabled:
-        return None
-    decision = limiter.admit(key.key, model, ClientAPI.COUNT_TOKENS, head, body)
-    return await limiter.ask_store(decision) if isinstance(decision, AskStore) else decision
 
 
 def passed_headers(scope: Any) -> tuple[tuple[str, str], ...]:

@@ -239,22 +239,21 @@ class Gateway:
             raise errors.unauthorized("Incorrect API key provided. Check the gateway key you were given.")
         return record
 
-    async def read_body(self, rt: Runtime, scope: Any, proto: Any, ex: Exchange | None = None) -> bytes:
-        """The whole request body, refusing (413) anything over the configured limit. The
-        watchdog answers 408 if the upload takes longer than server.body_read_timeout; a client
-        that leaves mid-upload ends the request quietly (499, no traceback)."""
-        limit = rt.config.server.max_body_bytes
+    async def read_body(self, rt: Runtime, scope: Any, proto: Any, ex: Exchange, limit: int | None = None) -> bytes:
+        """The whole request body, refusing (413) anything over `limit` (server.max_body_bytes
+        unless said). The watchdog answers 408 if the upload takes longer than
+        server.body_read_timeout; a client that leaves mid-upload ends the request quietly (499,
+        no traceback)."""
+        limit = rt.config.server.max_body_bytes if limit is None else limit
         declared = scope.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise errors.too_large(limit)
-        if ex is not None:
-            ex.phase = BODY
+        ex.phase = BODY
         try:
             body = await (proto() if declared is not None else _read_chunked(proto, limit))
         except _UPLOAD_FAILED:
             raise errors.client_closed() from None
-        if ex is not None:
-            ex.phase = ""
+        ex.phase = ""
         if len(body) > limit:
             raise errors.too_large(limit)
         return body
