@@ -375,21 +375,19 @@ class _Connection(asyncio.Protocol):
                 timeout, phase = left, "total"
         waiter = self._loop.create_future()
         self._waiter = waiter
+        timer = None
         if timeout >= _WaitClock.EXACT_BELOW:
-            clock = self._clock
-            clock.watch(waiter, self._loop.time() + timeout)
-            try:
-                progressed = await waiter
-            finally:
-                clock.unwatch(waiter)
-                self._waiter = None
+            self._clock.watch(waiter, self._loop.time() + timeout)
         else:
             timer = self._loop.call_later(max(timeout, 0.0), _expire, waiter)
-            try:
-                progressed = await waiter
-            finally:
+        try:
+            progressed = await waiter
+        finally:
+            if timer is None:
+                self._clock.unwatch(waiter)
+            else:
                 timer.cancel()
-                self._waiter = None
+            self._waiter = None
         if not progressed:
             raise UpstreamTimeout(phase, self.label)
 
