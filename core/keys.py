@@ -47,3 +47,11 @@ class KeyTable(Generic[T]):
     def _digest_of(self, stored: T, fallback: str) -> str:
         # The dict key is the stored digest; records may carry it too.
         return getattr(stored, "key_hash", fallback)
+
+
+def bearer_matches(authorization: str | None, key_hash: str, pepper: str | None = None) -> bool:
+    """True if an `Authorization` header value is `Bearer <key>` for the key whose digest is
+    `key_hash` (an operator credential: the admin key, the metrics scrape key). Constant-time
+    like every key lookup."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and KeyTable({key_hash: True}, pepper=pepper).lookup(token.strip()) is not None

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from core import errors
-from core.keys import KeyTable
+from core.keys import bearer_matches
 from gateway.exchange import Exchange
 from gateway.limiter import StoreUnavailable
 
@@ -31,9 +31,7 @@ class AdminAPI:
         config = self.gateway.runtime.config
         if config.admin is None:
             raise errors.not_found(scope.path)
-        scheme, _, token = (scope.headers.get("authorization") or "").partition(" ")
-        table = KeyTable({config.admin.key_hash: config.admin}, pepper=config.server.key_pepper)
-        if scheme.lower() != "bearer" or table.lookup(token.strip()) is None:
+        if not bearer_matches(scope.headers.get("authorization"), config.admin.key_hash, config.server.key_pepper):
             raise errors.unauthorized("This endpoint needs the admin credential as 'Authorization: Bearer <admin key>'.")
 
     async def usage(self, scope: Any, proto: Any, ex: Exchange) -> None:

@@ -28,7 +28,7 @@ from prometheus_client.utils import floatToGoString
 from core import errors
 from core.config import Config, Server
 from core.errors import error_label
-from core.keys import KeyTable
+from core.keys import bearer_matches
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -154,14 +154,11 @@ class Metrics:
 def authorize_scrape(server: Server, authorization: str | None) -> None:
     """Pass if `server.metrics_auth` is unset or `authorization` is `Bearer <credential>`
     whose hash it holds (hashed and compared as gateway keys are, pepper included). Raises
-    a 401 otherwise. The one-entry table is built per scrape: scrapes are rare, and reading
-    the server section each time lets a reload set or change the credential."""
+    a 401 otherwise. The server section is read per scrape, so a reload can set or change it."""
     auth = server.metrics_auth
     if auth is None:
         return
-    scheme, _, token = (authorization or "").partition(" ")
-    table = KeyTable({auth.key_hash: auth}, pepper=server.key_pepper)
-    if scheme.lower() != "bearer" or table.lookup(token.strip()) is None:
+    if not bearer_matches(authorization, auth.key_hash, server.key_pepper):
         raise errors.unauthorized("/metrics needs the scrape credential as 'Authorization: Bearer <credential>'.")
 
 
