@@ -119,8 +119,10 @@ class KnownSecrets:
         """Remember credentials fetched at run time. Cheap when already known."""
         changed = False
         for value in _worth_keeping(values):
-            if value in self._fetched or value in self._configured:
-                self._fetched.move_to_end(value) if value in self._fetched else None
+            if value in self._configured:
+                continue
+            if value in self._fetched:
+                self._fetched.move_to_end(value)  # still in use: the last to be evicted
                 continue
             self._fetched[value] = None
             changed = True
