@@ -179,7 +179,7 @@ class Gateway:
         finally:
             self.in_flight.pop(task, None)
             if ex.watcher is not None:  # rare: only requests older than WATCH_AFTER have one
-                self.watchdog.finished(task, ex)
+                self.watchdog.unwatch(ex)
             self._finish(ex)
 
     def _cancelled(self, proto: Any, ex: Exchange) -> None:

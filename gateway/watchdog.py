@@ -31,7 +31,8 @@ ANSWERED = "answered"  # ... once the whole answer went out (counting its tokens
 
 
 class Watchdog:
-    """Owns the requests in flight (task -> Exchange) and walks them; see the module doc."""
+    """Walks the requests in flight (task -> Exchange, which the app adds and removes); see the
+    module doc."""
 
     def __init__(self, body_read_timeout: Callable[[], float]) -> None:
         self.in_flight: dict[asyncio.Task[Any], Exchange] = {}
@@ -50,11 +51,10 @@ class Watchdog:
         for ex in self.in_flight.values():
             _disarm(ex)
 
-    def finished(self, task: asyncio.Task[Any], ex: Exchange) -> None:
-        """The request is over: forget it, and stop watching its client."""
-        self.in_flight.pop(task, None)
-        if ex.watcher is not None:
-            _disarm(ex)
+    @staticmethod
+    def unwatch(ex: Exchange) -> None:
+        """Stop watching the client of a request that is over (one with a watcher)."""
+        _disarm(ex)
 
     def _tick(self) -> None:
         try:
