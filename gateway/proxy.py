@@ -33,7 +33,7 @@ from core.completion_text import completion_text
 from core.config import Provider, Server, Target
 from core.errors import GatewayError, UpstreamTimedOut
 from core.kernels import SSEError, first_needle
-from core.providers.base import CallContext, UpstreamCall
+from core.providers.base import CallContext, StreamTranslator, UpstreamCall
 from core.request import RequestHead
 from core.retry import AttemptPlan, retry_after
 from core.routing import Route
@@ -303,7 +303,7 @@ class _Feed:
 
     __slots__ = ("translator", "provider", "secrets", "needles", "left", "_limit")
 
-    def __init__(self, translator: Any, provider: str, secrets: KnownSecrets, limit: int) -> None:
+    def __init__(self, translator: StreamTranslator, provider: str, secrets: KnownSecrets, limit: int) -> None:
         self.translator, self.provider, self.secrets = translator, provider, secrets
         self.needles = secrets.needles  # this request's snapshot: its signer has added what it fetched
         self.left = self._limit = limit
