@@ -10,6 +10,7 @@ rounds of user+system CPU per request:
              parse, route, limit, adapter, relay, metrics
   no-limit   the same without the in-memory limit in the config
   full       the whole app against the mock upstream
+  stream     the whole app relaying bench/run's 24-event SSE stream from the mock upstream
 
     python bench/inproc.py                # ~1 minute
     python bench/inproc.py --requests 10000
@@ -38,6 +39,9 @@ from upstream_conf import write_confs  # noqa: E402
 BODY = (b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a terse assistant."},'
         b'{"role":"user","content":"In one sentence: why does tail latency matter behind a gateway?"}],'
         b'"max_tokens":64}')
+STREAM_MODEL = "gpt-4o-mini-sse"  # routed to the mock's SSE port, as bench/run's stream scenario
+STREAM_BODY = (BODY[:-1].replace(b'"gpt-4o-mini"', f'"{STREAM_MODEL}"'.encode())
+               + b',"stream":true,"stream_options":{"include_usage":true}}')
 CONCURRENCY = 32
 
 
@@ -53,15 +57,31 @@ class Scope:
 
 
 class Proto:
-    """The part of granian's RSGI protocol a non-stream answer uses."""
+    """The part of granian's RSGI protocol an answer uses: a body, or a stream of chunks."""
 
-    __slots__ = ("status",)
+    __slots__ = ("status", "body")
+
+    def __init__(self, body: bytes = BODY) -> None:
+        self.body = body
 
     async def __call__(self) -> bytes:
-        return BODY
+        return self.body
 
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.status = status
+
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> StreamSink:
+        self.status = status
+        return StreamSink()
+
+
+class StreamSink:
+    """granian's stream transport, minus the socket: takes each chunk and drops it."""
+
+    __slots__ = ()
+
+    async def send_bytes(self, data: bytes) -> None:
+        pass
 
 
 class CannedResponse:
@@ -107,7 +127,7 @@ async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int) ->
     return best
 
 
-async def gateway_cost(config: Path, requests: int, stub_upstream: bool) -> float:
+async def gateway_cost(config: Path, requests: int, stub_upstream: bool, body: bytes = BODY) -> float:
     from core import config as config_mod
     from gateway.app import Gateway
 
@@ -119,9 +139,10 @@ async def gateway_cost(config: Path, requests: int, stub_upstream: bool) -> floa
         for provider in gateway.runtime.providers.values():
             provider.transport = type("Canned", (), {"request": staticmethod(answer)})()
     scope = Scope()
+    scope.headers["content-length"] = str(len(body))
 
     async def once() -> None:
-        proto = Proto()
+        proto = Proto(body)
         await gateway.__rsgi__(scope, proto)
         assert proto.status == 200, proto.status
 
@@ -145,8 +166,8 @@ async def client_cost(url: str, requests: int) -> float:
         await client.aclose()
 
 
-async def measure(json_port: int, workdir: Path, requests: int) -> dict[str, float]:
-    limited = write_config(workdir, {UPSTREAM_MODEL: json_port})
+async def measure(json_port: int, sse_port: int, workdir: Path, requests: int) -> dict[str, float]:
+    limited = write_config(workdir, {UPSTREAM_MODEL: json_port, STREAM_MODEL: sse_port})
     unlimited = workdir / "tollway-nolimit.yaml"
     unlimited.write_text("".join(line for line in limited.read_text().splitlines(keepends=True)
                                  if "limits:" not in line))
@@ -155,6 +176,7 @@ async def measure(json_port: int, workdir: Path, requests: int) -> dict[str, flo
         "stubbed": await gateway_cost(limited, requests, stub_upstream=True),
         "no-limit": await gateway_cost(unlimited, requests, stub_upstream=True),
         "full": await gateway_cost(limited, requests, stub_upstream=False),
+        "stream": await gateway_cost(limited, requests, stub_upstream=False, body=STREAM_BODY),
     }
 
 
@@ -173,7 +195,7 @@ def main() -> int:
         services.start("mock", args.load_cpu, ["nginx", "-p", str(workdir), "-e", str(workdir / "ng.log"),
                        "-g", "daemon off;", "-c", str(mock_conf)], json_port)
         os.sched_setaffinity(0, {int(args.gw_cpu)})
-        figures = uvloop.run(measure(json_port, workdir, args.requests))
+        figures = uvloop.run(measure(json_port, sse_port, workdir, args.requests))
     print("us of CPU per request (user+system, best of 5, 32 in flight):")
     for name, value in figures.items():
         print(f"  {name:9} {value:6.1f}")
