@@ -183,8 +183,11 @@ def test_stream_failure_mid_way_ends_with_sse_error_event(gateway, model, code):
 def test_stream_without_upstream_usage_is_counted_with_tiktoken(gateway):
     events = _stream_events(gateway, "no-usage")
     assert events[-1] == "data: [DONE]"
-    time.sleep(0.3)
-    line = next(r for r in reversed(gateway.log_lines()) if r.get("model") == "no-usage")
+    deadline = time.monotonic() + 10  # the process's first count loads the tokenizer (~0.2-0.5 s)
+    while not (lines := [r for r in gateway.log_lines() if r.get("model") == "no-usage"]):
+        assert time.monotonic() < deadline, "no access-log line for the stream"
+        time.sleep(0.05)
+    line = lines[-1]
     # "The quick brown fox jumps over the lazy dog" is 9 tokens in o200k_base.
     assert line["completion_tokens"] == 9 and line["prompt_tokens"] >= 1
 
