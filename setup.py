@@ -7,9 +7,13 @@ the plain-Python twins of every kernel. The build says which it produced.
 import os
 import sys
 from glob import glob
+from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+# The folders at the repository's top level and their place under the one import root.
+ROOTS = {"core": "tollway.core", "gateway": "tollway.gateway", "ext": "tollway.ext"}
 
 
 class OptionalBuildExt(build_ext):
@@ -48,8 +52,20 @@ def extensions():
     sources = sorted(glob("ext/*.pyx"))
     if not sources:
         return []
+    modules = [Extension(f"tollway.ext.{Path(src).stem}", [src]) for src in sources]
     directives = {"language_level": "3", "boundscheck": False, "wraparound": False, "cdivision": True}
-    return cythonize(sources, compiler_directives=directives, quiet=True)
+    return cythonize(modules, compiler_directives=directives, quiet=True)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+def packages():
+    """Every folder with an __init__.py under core/, gateway/ and ext/, named under `tollway`
+    (pyproject.toml maps each root folder to its package), so a new sub-package needs no entry."""
+    found = []
+    for folder, package in ROOTS.items():
+        for init in sorted(Path(folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(folder).parts
+            found.append(".".join((package, *rel)))
+    return found
+
+
+setup(packages=packages(), ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

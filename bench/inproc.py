@@ -5,7 +5,7 @@ protocol (body in, `response_bytes` out), on uvloop, pinned to the gateway CPU; 
 upstream (nginx, as in bench/run) runs on the load CPU. Four figures, each the best of five
 rounds of user+system CPU per request:
 
-  client     gateway.upstream.UpstreamClient alone: request + read against the mock
+  client     tollway.gateway.upstream.client.UpstreamClient alone: request + read against the mock
   stubbed    the whole app with the upstream answered in-process (no I/O): key check, body,
              parse, route, limit, adapter, relay, metrics
   no-limit   the same without the in-memory limit in the config
@@ -30,7 +30,6 @@ from typing import Any, Awaitable, Callable
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
 
 from services import ServiceSet, free_ports  # noqa: E402
 from tollway_proc import BENCH_KEY, UPSTREAM_MODEL, write_config  # noqa: E402
@@ -100,7 +99,7 @@ class CannedResponse:
     async def read(self, limit: int | None = None) -> bytes:
         return self.body
 
-    encoded = False  # no content-encoding (see gateway.upstream.UpstreamResponse)
+    encoded = False  # no content-encoding (see tollway.gateway.upstream.client.UpstreamResponse)
 
     def close(self) -> None:
         pass
@@ -128,8 +127,8 @@ async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int) ->
 
 
 async def gateway_cost(config: Path, requests: int, stub_upstream: bool, body: bytes = BODY) -> float:
-    from core import config as config_mod
-    from gateway.app import Gateway
+    from tollway.core import config as config_mod
+    from tollway.gateway.app import Gateway
 
     gateway = Gateway(config_mod.load(str(config)), None)
     gateway.__rsgi_init__(asyncio.get_running_loop())
@@ -150,7 +149,7 @@ async def gateway_cost(config: Path, requests: int, stub_upstream: bool, body: b
 
 
 async def client_cost(url: str, requests: int) -> float:
-    from gateway.upstream import Timeouts, UpstreamClient
+    from tollway.gateway.upstream.client import Timeouts, UpstreamClient
 
     client, timeouts = UpstreamClient(), Timeouts()
     headers = [("content-type", "application/json"), ("accept", "application/json"),

@@ -17,15 +17,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import msgspec  # noqa: E402
 import orjson  # noqa: E402
 
-import core.buckets  # noqa: E402
-import core.jsonscan  # noqa: E402
-import core.ratelimit  # noqa: E402
-import core.sse  # noqa: E402
+from tollway.ext import KERNELS  # noqa: E402
+
+import tollway.ext.buckets  # noqa: E402
+import tollway.ext.jsonscan  # noqa: E402
+import tollway.ext.ratelimit  # noqa: E402
+import tollway.ext.sse  # noqa: E402
 
 REPEATS = 7
 TARGET_SECONDS = 0.2  # per repeat
@@ -143,7 +144,7 @@ def bucket_cases(mod) -> dict[str, Callable[[], object]]:
 def jsonscan_cases(mod) -> dict[str, Callable[[], object]]:
     body = chat_body()
     fields = (b"model", b"stream", b"max_tokens", b"max_completion_tokens", b"max_output_tokens",
-              b"stream_options", b"n")  # core.request's RequestHead fields
+              b"stream_options", b"n")  # tollway.core.request's RequestHead fields
     return {f"max_depth_exceeded, {len(body)} B chat body, limit 64": lambda: mod.max_depth_exceeded(body, 64),
             "max_depth_exceeded, same body, limit 2 (full scan)": lambda: mod.max_depth_exceeded(body, 2),
             "first_duplicate_key, same body, 7 names (none repeated)": lambda: mod.first_duplicate_key(body, fields)}
@@ -184,8 +185,8 @@ def head_cases() -> dict[str, Callable[[], object]]:
 
 
 def compare(kernel: str, cases: Callable) -> list[tuple[str, float, float]]:
-    compiled = importlib.import_module(f"ext._{kernel}")
-    pure = importlib.import_module(f"core.{kernel}")
+    pure_name, compiled_name = KERNELS[kernel]
+    compiled, pure = importlib.import_module(compiled_name), importlib.import_module(pure_name)
     pure_cases, compiled_cases = cases(pure), cases(compiled)
     return [(name, best_us(pure_cases[name]), best_us(compiled_cases[name])) for name in pure_cases]
 

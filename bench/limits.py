@@ -30,16 +30,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadgen import ensure_tools, run_wrk  # noqa: E402
-from tollway_proc import BENCH_KEY, REPO, serve_argv, tollway_env  # noqa: E402
+from tollway_proc import BENCH_KEY, REPO, serve_argv  # noqa: E402
 
-from core import config as config_mod  # noqa: E402
-from core.kernels import ACTIVE  # noqa: E402
-from core.keys import hash_key  # noqa: E402
-from core.request import RequestHead  # noqa: E402
-from core.usage import Usage  # noqa: E402
+from tollway.core import config as config_mod  # noqa: E402
+from tollway.core.kernels import ACTIVE  # noqa: E402
+from tollway.core.security.keys import hash_key  # noqa: E402
+from tollway.core.request import RequestHead  # noqa: E402
+from tollway.ext.usage import Usage  # noqa: E402
 
 LIMITS = "[{requests: 1000000000, per: 1m}, {total_tokens: 100000000000, per: 1m}]"
 
@@ -59,10 +58,10 @@ def config_text(backend: str | None, redis_port: int) -> str:
 def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
     """Microseconds per reserve + settle in process: the memory store, or the Redis store
     (leasing, as the gateway runs it) against the private redis-server."""
-    from gateway.limiter import AskStore, Lease, Limiter
-    from gateway.limiter_memory import MemoryBuckets
-    from gateway.limiter_redis import RedisBuckets
-    from gateway.metrics import Metrics
+    from tollway.gateway.limits.limiter import AskStore, Lease, Limiter
+    from tollway.gateway.limits.memory import MemoryBuckets
+    from tollway.gateway.limits.redis_store import RedisBuckets
+    from tollway.gateway.telemetry.metrics import Metrics
 
     cfg = config_mod.loads(config_text(backend, redis_port))
     key, head, body = cfg.keys[0], RequestHead(model="gpt-4o-mini", max_tokens=64), b"x" * 250
@@ -146,7 +145,7 @@ def measure_once(name: str, workdir: Path, redis_port: int, args: argparse.Names
     path = workdir / f"{name}.yaml"
     path.write_text(config_text(None if name == "off" else name, redis_port))
     port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", args.gateway_cpu, *serve_argv(path, port)], env=tollway_env(), cwd=REPO,
+    proc = subprocess.Popen(["taskset", "-c", args.gateway_cpu, *serve_argv(path, port)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.err", "ab"), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,7 +1,7 @@
 """Metrics.observe per call, as Gateway._finish makes it once per request (one worker).
 
     python3 bench/metrics_observe.py                 # this tree
-    python3 bench/metrics_observe.py --against REV   # and gateway/metrics.py at git REV, alternately
+    python3 bench/metrics_observe.py --against REV   # and gateway/telemetry/metrics.py at git REV, alternately
 
 Cases: a success with usage, an error without, and a hostile request (a 50 KB model name and
 an upstream's own error code), which the bounded labels turn into `other`/`upstream_error`.
@@ -19,10 +19,9 @@ from types import ModuleType
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from core.config import Config, Model, Provider, Target  # noqa: E402
-from gateway.metrics import MetricLabels, Metrics  # noqa: E402
+from tollway.core.config import Config, Model, Provider, Target  # noqa: E402
+from tollway.gateway.telemetry.metrics import MetricLabels, Metrics  # noqa: E402
 
 N, ROUNDS = 200_000, 5
 OK = dict(operation="chat", provider="openai", model="gpt-4o-mini", response_model="gpt-4o-mini", status=200,
@@ -40,8 +39,8 @@ def _labels() -> MetricLabels:
 
 
 def _metrics_at(rev: str) -> ModuleType:
-    """gateway/metrics.py as it was at git `rev`, imported under another name."""
-    text = subprocess.run(["git", "show", f"{rev}:gateway/metrics.py"], cwd=ROOT, capture_output=True, text=True,
+    """gateway/telemetry/metrics.py as it was at git `rev`, imported under another name."""
+    text = subprocess.run(["git", "show", f"{rev}:gateway/telemetry/metrics.py"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout
     path = Path(tempfile.mkdtemp()) / "metrics_at_rev.py"
     path.write_text(text)
@@ -57,7 +56,7 @@ def _per_call(observe: Callable[..., None], kwargs: dict[str, object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", metavar="REV", help="also time gateway/metrics.py at this git revision")
+    parser.add_argument("--against", metavar="REV", help="also time gateway/telemetry/metrics.py at this git revision")
     args = parser.parse_args()
     labels = _labels()
     contenders = {"this tree": Metrics(lambda: labels).observe}

@@ -37,7 +37,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from services import ServiceSet, free_ports  # noqa: E402
-from tollway_proc import BENCH_KEY, REPO, serve_argv, tollway_env, write_config  # noqa: E402
+from tollway_proc import BENCH_KEY, REPO, serve_argv, write_config  # noqa: E402
 from upstream_conf import hop_conf, sse_events  # noqa: E402
 
 CHUNKS = 64
@@ -255,7 +255,7 @@ def main() -> int:
         level("hop", hop_port, 1, chunks=1)  # the same probe through a C proxy, for scale
         services.stop(hop)
         config = write_config(workdir, {MODEL: up_port})
-        services.start("tollway", args.gw_cpu, serve_argv(config, gw_port), gw_port, env=tollway_env(), cwd=REPO)
+        services.start("tollway", args.gw_cpu, serve_argv(config, gw_port), gw_port, cwd=REPO)
         level("tollway", gw_port, 1, chunks=1)
         for n in levels:
             level("tollway", gw_port, n)

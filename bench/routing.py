@@ -11,12 +11,12 @@ import random
 import time
 import timeit
 
-from core.config import loads
-from core.health import HealthBoard
-from core.picker import Candidate, PrefixIndex, pick_least_queue
-from core.replica_load import ReplicaLoad
-from core.retry import AttemptPlan
-from core.routing import RouteTable
+from tollway.core.config import loads
+from tollway.core.routing.health import HealthBoard
+from tollway.core.routing.picker import Candidate, PrefixIndex, pick_least_queue
+from tollway.core.routing.replica_load import ReplicaLoad
+from tollway.core.routing.retry import AttemptPlan
+from tollway.core.routing.table import RouteTable
 
 CONFIG = loads("""
 providers: [{name: a, schema: fake}, {name: b, schema: fake}]

@@ -22,12 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uvloop  # noqa: E402
 
-from core.tokens import count_tokens, encoding_for  # noqa: E402
-from gateway import token_count  # noqa: E402
+from tollway.core.accounting.tokens import count_tokens, encoding_for  # noqa: E402
+from tollway.gateway import token_count  # noqa: E402
 
 REPEATS = 5
 MODEL = "gpt-4o"

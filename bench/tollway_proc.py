@@ -13,14 +13,10 @@ UPSTREAM_MODEL = "gpt-4o-mini"
 
 
 def tollway_argv() -> list[str]:
-    """The installed `tollway` command, else the CLI module from this checkout."""
+    """The installed `tollway` command, else its module (the project must be installed:
+    `pip install -e .` maps this checkout's folders to `tollway.*`)."""
     found = shutil.which("tollway")
-    return [found] if found else [sys.executable, "-m", "gateway.cli"]
-
-
-def tollway_env() -> dict[str, str]:
-    """The environment with this checkout importable (for the uninstalled case)."""
-    return dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return [found] if found else [sys.executable, "-m", "tollway.gateway.cli"]
 
 
 def serve_argv(config: Path, port: int) -> list[str]:
@@ -31,7 +27,7 @@ def write_config(workdir: Path, models: dict[str, int], access_log: bool = False
     """A bench config where each public model goes to its own OpenAI-schema upstream on
     127.0.0.1:<port>, with the key check on and an in-memory limit far above any load."""
     key_hash = subprocess.run(tollway_argv() + ["hash-key"], input=BENCH_KEY, text=True,
-                              capture_output=True, check=True, env=tollway_env(), cwd=REPO)
+                              capture_output=True, check=True, cwd=REPO)
     providers, routes = [], []
     for i, (model, port) in enumerate(models.items()):
         providers.append(f"  - name: up{i}\n    schema: openai\n"

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from core.limits import measure_of, window_seconds
-from core.pricing import Price
+from tollway.core.limits.policy import measure_of, window_seconds
+from tollway.core.accounting.pricing import Price
 
 SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
 
@@ -143,7 +143,7 @@ class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Attempts before the first byte reaches the client; see core.retry."""
+    """Attempts before the first byte reaches the client; see tollway.core.routing.retry."""
 
     attempts: int = 3  # upstream attempts per request, fallbacks included
     backoff_base: float = 0.1  # seconds; the jittered wait before re-trying a target doubles from here
@@ -153,7 +153,7 @@ class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class OutlierDetection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Passive health: eject a target or endpoint that keeps failing; see core.health."""
+    """Passive health: eject a target or endpoint that keeps failing; see tollway.core.routing.health."""
 
     consecutive_failures: int = 5
     cool_down: float = 10.0  # seconds out on the first ejection; doubles on each repeat
@@ -169,7 +169,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: int = 10 * 1024 * 1024
     max_json_depth: int = 128
     access_log: bool = True
-    key_pepper: str | None = None  # HMAC pepper for key hashes; see core.keys
+    key_pepper: str | None = None  # HMAC pepper for key hashes; see tollway.core.security.keys
     reload_check_interval: float = 2.0  # seconds between config file checks (0: only SIGHUP)
     drain_delay: float = 0.0  # on SIGTERM, seconds /readyz says 503 before the listener closes
     drain_timeout: float = 30.0  # then, seconds in-flight requests may take to finish
@@ -182,7 +182,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Traces(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """OpenTelemetry traces exported as OTLP/HTTP JSON; see gateway.tracing and docs/observability.md."""
+    """OpenTelemetry traces exported as OTLP/HTTP JSON; see tollway.gateway.telemetry.tracing and docs/observability.md."""
 
     endpoint: str  # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces
     service_name: str = "tollway"

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from core import buckets as _pure_buckets
-from core import jsonscan as _pure_jsonscan
-from core import ratelimit as _pure_ratelimit
-from core import sse as _pure_sse
+from tollway.ext import KERNELS
+from tollway.ext.ratelimit import HeaderSpec
+
+from tollway.ext import buckets as _pure_buckets
+from tollway.ext import jsonscan as _pure_jsonscan
+from tollway.ext import ratelimit as _pure_ratelimit
+from tollway.ext import sse as _pure_sse
 
 __all__ = [
     "ACCELERATED",
@@ -33,39 +37,37 @@ __all__ = [
 
 
 def _compiled(name: str) -> ModuleType | None:
-    """The compiled module `ext.<name>`, or None if extensions are off or it is not built."""
+    """The compiled module of kernel `name`, or None if extensions are off or it is not built."""
     if os.environ.get("TOLLWAY_NO_EXTENSIONS"):
         return None
     try:
-        return importlib.import_module(f"ext.{name}")
+        return importlib.import_module(KERNELS[name][1])
     except ImportError:
         return None
 
 
-_compiled_sse = _compiled("_sse")
-_compiled_buckets = _compiled("_buckets")
-_compiled_jsonscan = _compiled("_jsonscan")
-_compiled_ratelimit = _compiled("_ratelimit")
-_sse = _compiled_sse or _pure_sse
-_buckets = _compiled_buckets or _pure_buckets
-_jsonscan = _compiled_jsonscan or _pure_jsonscan
-_ratelimit = _compiled_ratelimit or _pure_ratelimit
-
-ACTIVE: dict[str, str] = {
-    name: "compiled" if mod is not None else "pure"
-    for name, mod in (("sse", _compiled_sse), ("buckets", _compiled_buckets), ("jsonscan", _compiled_jsonscan),
-                      ("ratelimit", _compiled_ratelimit))
-}
+_COMPILED: dict[str, ModuleType | None] = {name: _compiled(name) for name in KERNELS}
+ACTIVE: dict[str, str] = {name: "pure" if mod is None else "compiled" for name, mod in _COMPILED.items()}
 ACCELERATED: bool = all(kind == "compiled" for kind in ACTIVE.values())
 
+
+def _pick(name: str, pure: ModuleType) -> ModuleType:
+    return _COMPILED[name] or pure
+
+
+_sse, _buckets = _pick("sse", _pure_sse), _pick("buckets", _pure_buckets)
+_jsonscan, _ratelimit = _pick("jsonscan", _pure_jsonscan), _pick("ratelimit", _pure_ratelimit)
+
+# Typed as the twin's: each compiled module has exactly its twin's API (the tests hold both to it).
 SSEError = _pure_sse.SSEError  # one class for both twins
 Usage = _pure_sse.Usage
-SSEEvent = _sse.SSEEvent
-SSEFramer = _sse.SSEFramer
-OpenAIStreamRelay = _sse.OpenAIStreamRelay
-BucketTable = _buckets.BucketTable
-Gate = _buckets.Gate
-max_depth_exceeded = _jsonscan.max_depth_exceeded
-first_duplicate_key = _jsonscan.first_duplicate_key
-first_needle = _jsonscan.first_needle
-ratelimit_headers = _ratelimit.ratelimit_headers
+SSEEvent: type[_pure_sse.SSEEvent] = _sse.SSEEvent
+SSEFramer: type[_pure_sse.SSEFramer] = _sse.SSEFramer
+OpenAIStreamRelay: type[_pure_sse.OpenAIStreamRelay] = _sse.OpenAIStreamRelay
+BucketTable: type[_pure_buckets.BucketTable] = _buckets.BucketTable
+Gate: type[_pure_buckets.Gate] = _buckets.Gate
+max_depth_exceeded: Callable[[bytes, int], bool] = _jsonscan.max_depth_exceeded
+first_duplicate_key: Callable[[bytes, tuple[bytes, ...]], int] = _jsonscan.first_duplicate_key
+first_needle: Callable[[bytes, tuple[bytes, ...]], int] = _jsonscan.first_needle
+ratelimit_headers: Callable[[Sequence[HeaderSpec], Sequence[float]], list[tuple[str, str]]] = \
+    _ratelimit.ratelimit_headers

@@ -12,8 +12,8 @@ from typing import Annotated, Callable, TypeVar
 
 import msgspec
 
-from core.errors import GatewayError, bad_request
-from core.kernels import first_duplicate_key, max_depth_exceeded
+from tollway.core.errors import GatewayError, bad_request
+from tollway.core.kernels import first_duplicate_key, max_depth_exceeded
 
 
 # Ceilings on the client's integers, which size the rate limiter's reservation: unbounded,

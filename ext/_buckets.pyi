@@ -1,4 +1,4 @@
-"""Type stub of the compiled bucket table (same API as core/buckets.py)."""
+"""Type stub of the compiled bucket table (same API as ext/buckets.py)."""
 from collections.abc import Sequence
 
 class BucketTable:

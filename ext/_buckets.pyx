@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of `core/buckets.py`: the in-memory limiter's bucket table.
+"""Compiled twin of `ext/buckets.py`: the in-memory limiter's bucket table.
 
 The table is one malloc'd array of C structs (doubling as it grows), so a check-and-reserve
 over several buckets is a few loads and stores with no Python float in sight; the only Python
@@ -51,7 +51,7 @@ cdef inline void _scratch_close(_Scratch* sc) noexcept:
 
 
 cdef class BucketTable:
-    """A growable table of token buckets addressed by slot id (see core.buckets)."""
+    """A growable table of token buckets addressed by slot id (see tollway.ext.buckets)."""
 
     cdef Bucket* _b
     cdef Py_ssize_t _n, _cap
@@ -191,7 +191,7 @@ cdef class BucketTable:
 
 
 cdef class Gate:
-    """The buckets of one limit plan in a table, fixed once (see core.buckets.Gate).
+    """The buckets of one limit plan in a table, fixed once (see tollway.ext.buckets.Gate).
 
     Slot ids and measure indexes live in one C array, so a decision reads nothing from Python
     but the demand tuple; slots are looked up in the table on every call (the table's array

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of `core/jsonscan.py`: the JSON nesting-depth guard and the top-level
+"""Compiled twin of `ext/jsonscan.py`: the JSON nesting-depth guard and the top-level
 duplicate-key finder (same rules as the twin, one C loop each; strings skipped with memchr)."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE

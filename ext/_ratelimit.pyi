@@ -1,7 +1,7 @@
-"""Type stub of the compiled rate-limit headers (same API as core/ratelimit.py)."""
+"""Type stub of the compiled rate-limit headers (same API as ext/ratelimit.py)."""
 from collections.abc import Sequence
 
-from core.ratelimit import HeaderSpec
+from tollway.ext.ratelimit import HeaderSpec
 
 def ratelimit_headers(specs: Sequence[HeaderSpec], levels: Sequence[float]) -> list[tuple[str, str]]: ...
 def go_duration(seconds: float) -> str: ...

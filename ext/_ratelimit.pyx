@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of `core/ratelimit.py`: the x-ratelimit-* headers of an admitted request.
+"""Compiled twin of `ext/ratelimit.py`: the x-ratelimit-* headers of an admitted request.
 
 Six headers go out on every limited request. The twin spends most of its time in float
 formatting and small tuple building; here each duration is whole milliseconds in a C
@@ -19,7 +19,7 @@ cdef double _EXACT_INT = 9007199254740992.0  # 2**53: above this, levels go thro
 @cython.boundscheck(True)  # specs and levels come from Python: index them as Python would
 @cython.wraparound(True)
 def ratelimit_headers(specs, levels):
-    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} (see core.ratelimit)."""
+    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} (see tollway.ext.ratelimit)."""
     cdef list out = []
     cdef tuple spec
     cdef double level, capacity, refill
@@ -34,7 +34,7 @@ def ratelimit_headers(specs, levels):
 
 
 def go_duration(double seconds):
-    """A duration as OpenAI writes it (Go's format), like core.ratelimit.go_duration."""
+    """A duration as OpenAI writes it (Go's format), like tollway.ext.ratelimit.go_duration."""
     return _duration(seconds)
 
 
@@ -57,7 +57,7 @@ cdef str _duration(double seconds):
         return f"{<long long>ms}ms" if ms > 0.0 else "0s"
     ms = rint(seconds * 1000.0)
     if ms >= _EXACT_INT:
-        from core.ratelimit import go_duration as pure  # beyond 285,000 years: not worth C
+        from tollway.ext.ratelimit import go_duration as pure  # beyond 285,000 years: not worth C
         return pure(seconds)
     return _go_ms(<long long>ms)
 

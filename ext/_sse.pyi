@@ -1,7 +1,7 @@
-"""Type stub of the compiled SSE kernel (same API as core/sse.py)."""
-from core.sse import DEFAULT_MAX_EVENT_BYTES as DEFAULT_MAX_EVENT_BYTES
-from core.sse import SSEError as SSEError
-from core.usage import Usage as Usage
+"""Type stub of the compiled SSE kernel (same API as ext/sse.py)."""
+from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES as DEFAULT_MAX_EVENT_BYTES
+from tollway.ext.sse import SSEError as SSEError
+from tollway.ext.usage import Usage as Usage
 
 class SSEEvent:
     @property

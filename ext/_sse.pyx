@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of `core/sse.py`: the SSE framer and the OpenAI stream relay.
+"""Compiled twin of `ext/sse.py`: the SSE framer and the OpenAI stream relay.
 
 Same API and the same framing rules as the twin (read its theory of operation first). What
 differs is only how: the pending bytes live in one malloc'd buffer; lines are found with
@@ -16,7 +16,7 @@ cdef extern from "string.h" nogil:
     # GNU/BSD extension; Python.h defines _GNU_SOURCE before string.h is included.
     void* memmem(const void* haystack, size_t n, const void* needle, size_t m)
 
-from core.sse import (
+from tollway.ext.sse import (
     DEFAULT_MAX_EVENT_BYTES,
     SSEError,
     Usage,
@@ -300,7 +300,7 @@ cdef class SSEFramer:
 
 
 cdef bint _may_carry_usage(const char* b, Py_ssize_t n):
-    """C version of core.sse.may_carry_usage (a superset filter; the decoder decides)."""
+    """C version of tollway.ext.sse.may_carry_usage (a superset filter; the decoder decides)."""
     cdef const char* end = b + n
     cdef const char* p = b
     cdef const char* q
@@ -350,7 +350,7 @@ cdef class OpenAIStreamRelay:
         return self._relay(True)
 
     def streamed_text(self):
-        """Text generated so far (see core.sse.streamed_text); for counting tokens without usage."""
+        """Text generated so far (see tollway.ext.sse.streamed_text); for counting tokens without usage."""
         return _streamed_text(_EMPTY.join(self._sent))
 
     cdef bytes _relay(self, bint final):

@@ -15,27 +15,27 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from core import config as config_mod
-from core import errors
-from core.config import Config
-from core.errors import GatewayError
-from core.providers.base import ClientAPI
-from core.request import parse_head, with_model
-from gateway.accesslog import AccessLog
-from gateway.admin import AdminAPI
-from gateway.anthropic_api import AnthropicAPI
-from gateway.exchange import Exchange, request_id
-from gateway.drain import drain, install_readiness_signal, shutting_down
-from gateway.limiter import AskStore, Limiter, build_limiter
-from gateway.metrics import Metrics, authorize_scrape
-from gateway.proxy import Proxy
-from gateway.reload import ConfigWatcher, watcher_for
-from gateway.routing_metrics import RoutingCollector
-from gateway.runtime import KeyRecord, Runtime
-from gateway.tracing import Tracer, build_tracer
-from gateway import token_count
-from gateway.upstream import UpstreamClient
-from gateway.watchdog import ANSWERED, BODY, Watchdog
+from tollway.core import config as config_mod
+from tollway.core import errors
+from tollway.core.config import Config
+from tollway.core.errors import GatewayError
+from tollway.core.providers.base import ClientAPI
+from tollway.core.request import parse_head, with_model
+from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway.admin.api import AdminAPI
+from tollway.gateway.surfaces.anthropic import AnthropicAPI
+from tollway.gateway.exchange import Exchange, request_id
+from tollway.gateway.lifecycle.drain import drain, install_readiness_signal, shutting_down
+from tollway.gateway.limits.limiter import AskStore, Limiter, build_limiter
+from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
+from tollway.gateway.proxy import Proxy
+from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
+from tollway.gateway.telemetry.routing_metrics import RoutingCollector
+from tollway.gateway.runtime import KeyRecord, Runtime
+from tollway.gateway.telemetry.tracing import Tracer, build_tracer
+from tollway.gateway import token_count
+from tollway.gateway.upstream.client import UpstreamClient
+from tollway.gateway.downstream.watchdog import ANSWERED, BODY, Watchdog
 
 try:  # granian raises these when the client has gone away (or broke the protocol) mid-upload
     from granian.rsgi import ProtocolClosed, ProtocolError
@@ -183,7 +183,7 @@ class Gateway:
             self._finish(ex)
 
     def _cancelled(self, proto: Any, ex: Exchange) -> None:
-        """Answer a request the watchdog or the drain cut off (see gateway.watchdog)."""
+        """Answer a request the watchdog or the drain cut off (see tollway.gateway.downstream.watchdog)."""
         if ex.phase == ANSWERED:  # cut off while counting its tokens: what was sent stands
             return
         if ex.cancel_reason == "client_closed":  # nobody to answer

@@ -6,8 +6,8 @@ import getpass
 import os
 import sys
 
-from core import config as config_mod
-from core.keys import hash_key
+from tollway.core import config as config_mod
+from tollway.core.security.keys import hash_key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
-    from core import kernels
+    from tollway.core import kernels
 
     try:
         v = version("tollway")
@@ -87,7 +87,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         _share_metrics_between_workers()
-    from gateway.serve import serve
+    from tollway.gateway.lifecycle.serve import serve
 
     try:
         cfg = config_mod.load(args.config)

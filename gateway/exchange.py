@@ -7,11 +7,11 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from core.errors import echoed, error_label
-from core.usage import Usage
+from tollway.core.errors import echoed, error_label
+from tollway.ext.usage import Usage
 
 if TYPE_CHECKING:
-    from gateway.tracing import RequestTrace
+    from tollway.gateway.telemetry.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -44,12 +44,12 @@ class Exchange:
         self.stream = False
         self.first_byte: float | None = None
         self.passed_headers: tuple[tuple[str, str], ...] = ()  # see CallContext.passed_headers
-        self.trace: RequestTrace | None = None  # set only while tracing is on (gateway.tracing)
-        # For gateway.watchdog: the client's protocol object, what the request is doing
+        self.trace: RequestTrace | None = None  # set only while tracing is on (tollway.gateway.telemetry.tracing)
+        # For tollway.gateway.downstream.watchdog: the client's protocol object, what the request is doing
         # ("body" while its body uploads), the watcher of its client (False: none possible),
         # and why it was cancelled (None: not, or by the drain).
         self.proto: Any = None
-        self.scope: Any = None  # granian's scope: its `client` address, for gateway.backpressure
+        self.scope: Any = None  # granian's scope: its `client` address, for tollway.gateway.downstream.backpressure
         self.phase = ""
         self.watcher: asyncio.Future[Any] | bool | None = None
         self.cancel_reason: str | None = None

@@ -1,7 +1,7 @@
 """Forwarding one client request to its upstream and relaying the answer.
 
 Theory of operation: the route gives targets in fallback order, healthy ones first, and
-`core.retry.AttemptPlan` walks them within the attempt budget and deadline (backing off, and
+`tollway.core.routing.retry.AttemptPlan` walks them within the attempt budget and deadline (backing off, and
 honouring retry-after, when it comes round to a target again). Each attempt takes an endpoint
 from the provider's endpoint source (its one base_url, or a replica picked by load), builds
 the upstream call with the pair's adapter, sends it, and either relays the answer or fails.
@@ -10,10 +10,10 @@ A failure *before any byte reached the client* (connect error, timeout, 429, 5xx
 a broken connection to one replica of a pool is retried on another replica first, free of
 the budget. After the first byte of a stream has been sent, failures end the stream with an
 SSE error event instead, since the client has already seen part of an answer. Every outcome
-feeds the breakers (`core.health`) of the target and of the endpoint.
+feeds the breakers (`tollway.core.routing.health`) of the target and of the endpoint.
 
 The upstream is not trusted. Every error built from its answer is scrubbed of credentials
-(`core.secrets`) before anything sees it; successful bodies and stream chunks are checked for
+(`tollway.core.security.secrets`) before anything sees it; successful bodies and stream chunks are checked for
 the provider's own secrets by value. Its bodies are read up to `server.max_upstream_body_bytes`
 (error bodies only as far as their message needs), and anything the adapter cannot read (not
 JSON, a content-encoding the gateway did not ask for, an oversized SSE event) is a 502 before
@@ -28,25 +28,25 @@ from typing import Any
 
 import msgspec
 
-from core import errors
-from core.completion_text import completion_text
-from core.config import Provider, Server, Target
-from core.errors import GatewayError, UpstreamTimedOut
-from core.kernels import SSEError, first_needle
-from core.providers.base import CallContext, StreamTranslator, UpstreamCall
-from core.request import RequestHead
-from core.retry import AttemptPlan, retry_after
-from core.routing import Route
-from core.sse import DEFAULT_MAX_EVENT_BYTES
-from core.secrets import KnownSecrets, scrubbed
-from gateway.backpressure import WATCH_FROM, ClientFlow, ClientStalled
-from gateway.drain import shutting_down
-from gateway.exchange import Exchange
-from gateway.token_count import counted_usage, estimated_usage
-from gateway.watchdog import ANSWERED
-from gateway.runtime import ProviderRuntime, Runtime
-from gateway.tracing import Attempt
-from gateway.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from tollway.core import errors
+from tollway.core.accounting.completion_text import completion_text
+from tollway.core.config import Provider, Server, Target
+from tollway.core.errors import GatewayError, UpstreamTimedOut
+from tollway.core.kernels import SSEError, first_needle
+from tollway.core.providers.base import CallContext, StreamTranslator, UpstreamCall
+from tollway.core.request import RequestHead
+from tollway.core.routing.retry import AttemptPlan, retry_after
+from tollway.core.routing.table import Route
+from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
+from tollway.core.security.secrets import KnownSecrets, scrubbed
+from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
+from tollway.gateway.lifecycle.drain import shutting_down
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.token_count import counted_usage, estimated_usage
+from tollway.gateway.downstream.watchdog import ANSWERED
+from tollway.gateway.runtime import ProviderRuntime, Runtime
+from tollway.gateway.telemetry.tracing import Attempt
+from tollway.gateway.upstream.client import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 
 try:  # granian raises this when the client has gone away mid-response
     from granian.rsgi import ProtocolClosed as ClientGone
@@ -260,7 +260,7 @@ class Proxy:
     async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, feed: _Feed) -> None:
         """Relay the rest of the stream. The loop is `_Feed.__call__` written out with locals: it
         runs per chunk, and a call per chunk costs more than the checks in it. Past WATCH_FROM
-        bytes sent, each chunk first waits for a client that is behind (gateway.backpressure)."""
+        bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure)."""
         await transport.send(first)
         ex.first_byte = time.perf_counter()
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
@@ -379,7 +379,7 @@ class ClientStream:
     would hold the response open, and the client would hang after the last event. So the
     transport lives only here, and `close()` drops it as soon as the relay is over.
 
-    `paced` waits for a client that is behind (gateway.backpressure): granian would otherwise
+    `paced` waits for a client that is behind (tollway.gateway.downstream.backpressure): granian would otherwise
     queue everything a non-reading client is sent.
     """
 

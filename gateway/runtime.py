@@ -1,6 +1,6 @@
 """Everything the gateway derives from one config, swapped as a whole on reload.
 
-A request reads `gateway.runtime` once at its start and uses that snapshot to the end, so a
+A request reads `tollway.gateway.runtime` once at its start and uses that snapshot to the end, so a
 reload never changes the keys, routes or providers under a request in flight. What must
 outlive a reload is carried over from the previous runtime: a provider whose config did not
 change keeps its endpoint pool (scraped load, in-flight counts, breakers), and the route-level
@@ -12,16 +12,16 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import Config, Key, Provider, Routing
-from core.health import HealthBoard
-from core.keys import KeyTable
-from core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
-from core.routing import RouteTable
-from core.secrets import KnownSecrets, configured_secrets
-from gateway.credentials import credential_for
-from gateway.fake_upstream import FakeTransport
-from gateway.metrics import MetricLabels
-from gateway.pool import endpoint_source
+from tollway.core.config import Config, Key, Provider, Routing
+from tollway.core.routing.health import HealthBoard
+from tollway.core.security.keys import KeyTable
+from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
+from tollway.core.routing.table import RouteTable
+from tollway.core.security.secrets import KnownSecrets, configured_secrets
+from tollway.gateway.upstream.credentials import credential_for
+from tollway.gateway.upstream.fake import FakeTransport
+from tollway.gateway.telemetry.metrics import MetricLabels
+from tollway.gateway.upstream.pool import endpoint_source
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from core.tokens import count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
-from core.usage import Usage
+from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
+from tollway.ext.usage import Usage
 
 __all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
            "estimated_usage", "shutdown"]
@@ -93,7 +93,7 @@ async def count_off_loop(size: int, model: str, count: Callable[[], int]) -> int
 
 
 async def count_tokens_off_loop(text: str, model: str) -> int:
-    """`core.tokens.count_tokens(text, model)`, without tokenizing a large text on the loop."""
+    """`tollway.core.accounting.tokens.count_tokens(text, model)`, without tokenizing a large text on the loop."""
     return await count_off_loop(len(text), model, partial(count_tokens, text, model))
 
 

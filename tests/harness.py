@@ -20,7 +20,7 @@ from typing import Any
 
 import urllib.request
 
-from core.keys import hash_key
+from tollway.core.security.keys import hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-tollway-test-key-0123456789"
@@ -53,7 +53,7 @@ class GatewayProcess:
         self.stderr_path = self.dir / "stderr.log"
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONPATH", str(ROOT))
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
+        cmd = [sys.executable, "-m", "tollway.gateway.cli", "serve", "--config", str(self.config_path),
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), *(extra_args or [])]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=open(self.stdout_path, "wb"),
                                      stderr=open(self.stderr_path, "wb"), start_new_session=True)

@@ -1,7 +1,7 @@
 """Fixtures that run a kernel test against the pure twin and the compiled kernel.
 
 `tests/conftest.py` star-imports this module. Each `*_impl` fixture is parametrized with
-"pure" (the `core` module) and "compiled" (the `ext` module); the compiled case skips,
+"pure" (the twin, `tollway.ext.<name>`) and "compiled" (`tollway.ext._<name>`); the compiled case skips,
 saying why, when the extension is not built. `compiled_or_skip` serves differential tests
 that need both twins at once.
 """
@@ -13,17 +13,13 @@ from types import ModuleType
 
 import pytest
 
+from tollway.ext import KERNELS
+
 __all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "ratelimit_impl", "sse_impl"]
 
 KERNEL_KINDS = ("pure", "compiled")
 
-# kernel name -> (pure twin module, compiled module)
-_MODULES = {
-    "sse": ("core.sse", "ext._sse"),
-    "buckets": ("core.buckets", "ext._buckets"),
-    "jsonscan": ("core.jsonscan", "ext._jsonscan"),
-    "ratelimit": ("core.ratelimit", "ext._ratelimit"),
-}
+_MODULES = KERNELS  # kernel name -> (pure twin module, compiled module), as the switch reads it
 
 
 def compiled_or_skip(kernel: str) -> ModuleType:

@@ -12,13 +12,13 @@ import anthropic
 import msgspec
 import pytest
 
-from core.config import Provider
-from core.errors import GatewayError, upstream_timeout
-from core.providers.anthropic_native import AnthropicNative, AnthropicStreamRelay
-from core.providers.anthropic_openai import AnthropicOverChat
-from core.providers.base import CallContext, ClientAPI
-from core.request import parse_head
-from gateway.proxy import _error_event
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError, upstream_timeout
+from tollway.core.providers.messages.native import AnthropicNative, AnthropicStreamRelay
+from tollway.core.providers.messages.translate import AnthropicOverChat
+from tollway.core.providers.base import CallContext, ClientAPI
+from tollway.core.request import parse_head
+from tollway.gateway.proxy import _error_event
 from tests.fakes import anthropic_upstream as fa
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -57,7 +57,7 @@ def test_anthropic_translators_render_anthropic_error_events(translator, err, ki
 
 
 def test_translators_without_error_event_keep_openai_shape():
-    from core.kernels import OpenAIStreamRelay
+    from tollway.core.kernels import OpenAIStreamRelay
 
     err = GatewayError(502, "gone", "api_error", "upstream_disconnected")
     raw = _error_event(OpenAIStreamRelay(drop_usage_chunk=False), err)

@@ -1,4 +1,4 @@
-"""gateway.backpressure's socket directory, against real sockets in this process."""
+"""tollway.gateway.downstream.backpressure's socket directory, against real sockets in this process."""
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +6,8 @@ import socket
 import time
 from unittest import mock
 
-from gateway import backpressure
-from gateway.backpressure import SocketDirectory, parse_peer
+from tollway.gateway.downstream import backpressure
+from tollway.gateway.downstream.backpressure import SocketDirectory, parse_peer
 
 
 def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:

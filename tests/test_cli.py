@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.keys import KeyTable, hash_key
+from tollway.core.security.keys import KeyTable, hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def tollway(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tollway.gateway.cli", *args], input=stdin, capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60)
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from core import config
-from core.config import ConfigError
+from tollway.core import config
+from tollway.core.config import ConfigError
 
 GOOD = """
 providers:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from core import config as config_mod
-from gateway.app import Gateway
+from tollway.core import config as config_mod
+from tollway.gateway.app import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

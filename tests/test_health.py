@@ -1,6 +1,6 @@
 """Outlier detection: the breaker state machine, driven by an injected clock."""
-from core.config import OutlierDetection
-from core.health import EJECTED, HEALTHY, PROBING, HealthBoard, MemberHealth
+from tollway.core.config import OutlierDetection
+from tollway.core.routing.health import EJECTED, HEALTHY, PROBING, HealthBoard, MemberHealth
 
 POLICY = OutlierDetection(consecutive_failures=3, cool_down=10.0, max_cool_down=25.0)
 

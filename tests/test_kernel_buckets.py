@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import core.buckets as pure_buckets
+import tollway.ext.buckets as pure_buckets
 from tests.kernels_fixture import compiled_or_skip
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import core.jsonscan as pure_jsonscan
+import tollway.ext.jsonscan as pure_jsonscan
 from tests.kernels_fixture import compiled_or_skip
 
 

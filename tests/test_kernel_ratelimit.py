@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import core.ratelimit as pure_ratelimit
+import tollway.ext.ratelimit as pure_ratelimit
 from tests.kernels_fixture import compiled_or_skip
 
 REQUESTS = (0, ("x-ratelimit-limit-requests", "600"), "x-ratelimit-remaining-requests",

@@ -7,13 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.sse import SSEError, may_carry_usage
-from core.usage import Usage
+from tollway.ext.sse import SSEError, may_carry_usage
+from tollway.ext.usage import Usage
 from tests.kernels_fixture import compiled_or_skip
 
-import core.sse as pure_sse
-
-
+import tollway.ext.sse as pure_sse
 def frame(mod, chunks, max_event_bytes=1 << 20):
     framer = mod.SSEFramer(max_event_bytes)
     events = []

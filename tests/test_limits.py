@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import config as config_mod
-from core.kernels import BucketTable
-from core.limits import (
+from tollway.core import config as config_mod
+from tollway.core.kernels import BucketTable
+from tollway.core.limits.policy import (
     Bucket,
     LimitPolicy,
     amounts,
@@ -19,10 +19,10 @@ from core.limits import (
     settle,
     window_seconds,
 )
-from core.pricing import FREE, Price
-from core.ratelimit import go_duration, ratelimit_headers
-from core.request import RequestHead
-from core.usage import Usage
+from tollway.core.accounting.pricing import FREE, Price
+from tollway.ext.ratelimit import go_duration, ratelimit_headers
+from tollway.core.request import RequestHead
+from tollway.ext.usage import Usage
 
 HASH = "sha256:" + "0" * 64
 PRICE = Price(input=2.0, output=10.0)
@@ -222,7 +222,7 @@ def test_concurrency_rejection_suggests_a_short_retry():
 
 
 def denial_of(bucket, level, amount):
-    from core.limits import Plan
+    from tollway.core.limits.policy import Plan
     return denial(Plan((bucket,), -1, -1), (amount,), (level,))
 
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 import redis
 
-from gateway.limiter_lease import LEASE_FRACTION, MAX_HOLD_SLICES
+from tollway.gateway.limits.lease import LEASE_FRACTION, MAX_HOLD_SLICES
 from tests.harness import ADMIN_KEY, ROOT, TEST_KEY, GatewayProcess, key_hash
 from tests.test_limits_redis import PrivateRedis
 
@@ -111,7 +111,7 @@ def test_budget_exhaustion_is_insufficient_quota_through_the_sdk(openai_upstream
 def test_memory_backend_refuses_several_workers(openai_upstream, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(limited_config(openai_upstream.url, "[{requests: 5, per: 1m}]"))
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--workers", "2",
+    result = subprocess.run([sys.executable, "-m", "tollway.gateway.cli", "serve", "--config", str(path), "--workers", "2",
                              "--port", "9"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "refusing to start" in result.stderr and "2x every limit" in result.stderr and "backend: redis" in result.stderr
@@ -227,7 +227,7 @@ def test_redis_outage_fails_closed_keeps_serving_and_recovers(openai_upstream):
         server.stop()
         down = [post(gw, stream=False) for _ in range(16)]
         statuses = [status for status, _ in down]
-        # Quota already leased from Redis is spent first (gateway/limiter_lease.py): at most
+        # Quota already leased from Redis is spent first (gateway/limits/lease.py): at most
         # MAX_HOLD_SLICES slices of capacity x LEASE_FRACTION, here 12.5 requests; then closed.
         leased = statuses.count(200)
         assert leased <= MAX_HOLD_SLICES * 100 * LEASE_FRACTION

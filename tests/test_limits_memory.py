@@ -5,13 +5,13 @@ import asyncio
 
 import pytest
 
-from core import config as config_mod
-from core.errors import GatewayError
-from core.request import RequestHead
-from core.usage import Usage
-from gateway.limiter import Limiter, build_limiter
-from gateway.limiter_memory import MemoryBuckets
-from gateway.metrics import Metrics
+from tollway.core import config as config_mod
+from tollway.core.errors import GatewayError
+from tollway.core.request import RequestHead
+from tollway.ext.usage import Usage
+from tollway.gateway.limits.limiter import Limiter, build_limiter
+from tollway.gateway.limits.memory import MemoryBuckets
+from tollway.gateway.telemetry.metrics import Metrics
 
 HASH = "sha256:" + "0" * 64
 

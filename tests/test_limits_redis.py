@@ -13,14 +13,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from core import config as config_mod
-from core.kernels import BucketTable
-from core.limits import Bucket, Plan
-from core.request import RequestHead
-from core.usage import Usage
-from gateway.limiter import AskStore, Limiter
-from gateway.limiter_redis import RedisBuckets
-from gateway.metrics import Metrics
+from tollway.core import config as config_mod
+from tollway.core.kernels import BucketTable
+from tollway.core.limits.policy import Bucket, Plan
+from tollway.core.request import RequestHead
+from tollway.ext.usage import Usage
+from tollway.gateway.limits.limiter import AskStore, Limiter
+from tollway.gateway.limits.redis_store import RedisBuckets
+from tollway.gateway.telemetry.metrics import Metrics
 from tests.harness import free_port
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -223,7 +223,7 @@ async def test_outage_follows_on_store_error_and_recovers(private_redis, mode, c
     await store.aclose()
 
 
-# -- local leases (gateway/limiter_lease.py) ---------------------------------------------
+# -- local leases (gateway/limits/lease.py) ---------------------------------------------
 
 def leasing_store(prefix: str) -> RedisBuckets:
     return RedisBuckets(SHARED_URL, prefix, Metrics(), leasing=True)
@@ -257,7 +257,7 @@ async def decide_or_take(store: RedisBuckets, plan: Plan, demand: tuple[float, .
     return decided[0]
 
 
-REQUEST = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # one request, per measure (core.limits.MEASURES)
+REQUEST = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # one request, per measure (tollway.core.limits.policy.MEASURES)
 
 
 async def test_a_lease_decides_requests_locally_and_tops_up_in_the_background(store):
@@ -289,7 +289,7 @@ async def test_a_lease_decides_requests_locally_and_tops_up_in_the_background(st
 
 
 async def test_two_leasing_processes_stay_within_the_documented_bound(store):
-    from gateway.limiter_lease import LEASE_FRACTION, MAX_HOLD_SLICES
+    from tollway.gateway.limits.lease import LEASE_FRACTION, MAX_HOLD_SLICES
 
     capacity = 400.0
     bucket = Bucket("key:k:requests:3600s", "key", "k", "requests", capacity, 3600)
@@ -340,7 +340,7 @@ async def test_refunds_refill_the_lease_and_the_excess_goes_back_to_redis(store)
 
 
 async def test_usage_beyond_the_reservation_reaches_redis_within_the_lease_ttl(store):
-    from gateway.limiter_lease import LEASE_TTL
+    from tollway.gateway.limits.lease import LEASE_TTL
 
     leasing = leasing_store(store.prefix)
     bucket = Bucket("key:k:total_tokens:86400s", "key", "k", "total_tokens", 1_000_000, 86400)

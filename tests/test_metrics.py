@@ -6,7 +6,7 @@ import urllib.request
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
+from tollway.gateway.telemetry.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 from tests.harness import TEST_KEY
 
 

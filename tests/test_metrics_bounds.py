@@ -4,7 +4,7 @@ The attack this guards against: distinct long model names on a `match:` route, o
 answering errors with made-up `type`/`code` strings, each became a new Prometheus series that
 lived forever, so /metrics grew by megabytes per request and one scrape stalled the worker.
 Label values must be names the current config knows (else `other`) and error types must come
-from `core.errors.error_label`'s closed vocabulary (else `upstream_error`).
+from `tollway.core.errors.error_label`'s closed vocabulary (else `upstream_error`).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.config import Config, Model, Provider, Target
-from core.errors import ERROR_LABEL_FALLBACK, GATEWAY_ERROR_CODES, OPENAI_ERROR_TYPES, error_label
-from core.keys import hash_key
-from gateway.metrics import OTHER, MetricLabels, Metrics
+from tollway.core.config import Config, Model, Provider, Target
+from tollway.core.errors import ERROR_LABEL_FALLBACK, GATEWAY_ERROR_CODES, OPENAI_ERROR_TYPES, error_label
+from tollway.core.security.keys import hash_key
+from tollway.gateway.telemetry.metrics import OTHER, MetricLabels, Metrics
 from tests.fakes.otlp_collector import FakeCollector
 from tests.harness import ROOT, TEST_KEY, GatewayProcess, ThreadedServer, key_hash
 
@@ -336,13 +336,13 @@ def test_the_fallback_is_in_the_vocabulary_and_every_value_is_short():
 
 
 def test_every_code_the_gateway_sets_is_in_the_vocabulary():
-    """A new error code must be added to core.errors.GATEWAY_ERROR_CODES, or every sink would
+    """A new error code must be added to tollway.core.errors.GATEWAY_ERROR_CODES, or every sink would
     report it as the fallback: this reads the source for the codes it sets."""
-    from core.providers.upstream_errors import _BY_STATUS
+    from tollway.core.providers.upstream_errors import _BY_STATUS
 
     found = _codes_in_source() | {code for _, kind, code in _BY_STATUS.values() for code in (kind, code)}
     assert found >= {"upstream_timeout", "client_closed", "model_not_found", "rate_limit_exceeded"}  # the scan works
-    assert not {c for c in found if error_label(c) != c}, "add these to core.errors.GATEWAY_ERROR_CODES"
+    assert not {c for c in found if error_label(c) != c}, "add these to tollway.core.errors.GATEWAY_ERROR_CODES"
 
 
 def _codes_in_source() -> set[str]:

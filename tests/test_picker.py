@@ -1,8 +1,8 @@
 """The endpoint picker: scoring with fake load snapshots and chosen draws."""
 import pytest
 
-from core.picker import PICKERS, Candidate, PrefixIndex, pick_least_inflight, pick_least_queue, pick_round_robin
-from core.replica_load import ReplicaLoad, parse_replica_load
+from tollway.core.routing.picker import PICKERS, Candidate, PrefixIndex, pick_least_inflight, pick_least_queue, pick_round_robin
+from tollway.core.routing.replica_load import ReplicaLoad, parse_replica_load
 
 
 def load(waiting=0.0, kv=0.0, running=0.0):

@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from core.config import OutlierDetection, loads
-from gateway.pool import EndpointPool
-from gateway.upstream import UpstreamClient
+from tollway.core.config import OutlierDetection, loads
+from tollway.gateway.upstream.pool import EndpointPool
+from tollway.gateway.upstream.client import UpstreamClient
 from tests.fakes.vllm_replica import FakeVLLMReplica
 
 POLICY = OutlierDetection(consecutive_failures=2, cool_down=5.0)

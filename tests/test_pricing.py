@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.pricing import DEFAULT_PRICES, FREE, Price, cost, default_price, upper_cost
-from core.usage import Usage
+from tollway.core.accounting.pricing import DEFAULT_PRICES, FREE, Price, cost, default_price, upper_cost
+from tollway.ext.usage import Usage
 
 
 def test_cost_bills_fresh_cached_written_and_output_tokens_once_each():

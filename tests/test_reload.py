@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from core.config import loads
-from gateway.reload import ConfigWatcher
-from gateway.runtime import Runtime
-from gateway.upstream import UpstreamClient
+from tollway.core.config import loads
+from tollway.gateway.lifecycle.reload import ConfigWatcher
+from tollway.gateway.runtime import Runtime
+from tollway.gateway.upstream.client import UpstreamClient
 
 GOOD = """
 providers:
@@ -90,8 +90,8 @@ async def test_a_reload_that_fails_to_build_leaves_the_old_config_fully_in_force
     """Everything that can fail is built before anything is swapped: no half-applied reload."""
     import msgspec
 
-    from core.config import Telemetry, Traces
-    from gateway.app import Gateway
+    from tollway.core.config import Telemetry, Traces
+    from tollway.gateway.app import Gateway
 
     gw = Gateway(loads(GOOD))
     gw.start()
@@ -134,7 +134,7 @@ async def test_a_reload_that_raises_is_logged_once_and_the_file_still_watched(co
 
 async def test_close_tasks_of_quick_reloads_are_all_held_until_done():
     """The loop keeps only weak references to tasks: a close still flushing must stay referenced."""
-    from gateway.app import Gateway
+    from tollway.gateway.app import Gateway
 
     traced = GOOD + "telemetry: {traces: {endpoint: 'http://127.0.0.1:9/v1/traces', service_name: %s}}\n"
     gw = Gateway(loads(traced % "a"))

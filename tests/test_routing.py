@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from core.config import Retry, loads
-from core.retry import AttemptPlan, backoff, retry_after
-from core.routing import RouteTable
+from tollway.core.config import Retry, loads
+from tollway.core.routing.retry import AttemptPlan, backoff, retry_after
+from tollway.core.routing.table import RouteTable
 
 CONFIG = """
 providers:

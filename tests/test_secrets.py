@@ -1,12 +1,12 @@
-"""core.secrets: what an upstream can make the gateway say is scrubbed, and nothing else is touched."""
+"""tollway.core.security.secrets: what an upstream can make the gateway say is scrubbed, and nothing else is touched."""
 from __future__ import annotations
 
 import msgspec
 
-from core.config import OutlierDetection, Provider
-from core.errors import GatewayError
-from core.health import MemberHealth
-from core.secrets import MAX_SECRETS, KnownSecrets, configured_secrets, retry_headers, scrubbed
+from tollway.core.config import OutlierDetection, Provider
+from tollway.core.errors import GatewayError
+from tollway.core.routing.health import MemberHealth
+from tollway.core.security.secrets import MAX_SECRETS, KnownSecrets, configured_secrets, retry_headers, scrubbed
 
 FOREIGN = ("AKIAZ7HOSTILEFOREIGN", "sk-proj-hostileUnknown4Qx9Lm2Vb7Nc0", "Bearer hOstIle.opaque-token_9f8e")
 

@@ -1,7 +1,7 @@
 """Token counting hardening: nothing CPU-heavy on the event loop, count_tokens capped and rate
 limited, and the text of non-stream answers without usage found for counting.
 
-Unit tests first (core.completion_text, gateway.token_count, the limiter's request-only
+Unit tests first (tollway.core.accounting.completion_text, tollway.gateway.token_count, the limiter's request-only
 admission), then a real gateway: /healthz stays fast while a multi-MiB count runs, a body
 over `server.max_count_tokens_bytes` gets an Anthropic-shaped 413, and a key's request limit
 refuses its third count with an Anthropic-shaped 429."""
@@ -19,19 +19,19 @@ import anthropic
 import msgspec
 import pytest
 
-from core import config as config_mod
-from core.completion_text import completion_text
-from core.errors import GatewayError
-from core.limits import REQUEST_ONLY_DEMAND
-from core.providers.base import ClientAPI
-from core.request import RequestHead
-from core.tokens import count_tokens
-from core.usage import Usage
-from gateway import token_count
-from gateway.anthropic_api import COUNT_TOKENS_PATH, local_token_count
-from gateway.limiter import Limiter
-from gateway.limiter_memory import MemoryBuckets
-from gateway.metrics import Metrics
+from tollway.core import config as config_mod
+from tollway.core.accounting.completion_text import completion_text
+from tollway.core.errors import GatewayError
+from tollway.core.limits.policy import REQUEST_ONLY_DEMAND
+from tollway.core.providers.base import ClientAPI
+from tollway.core.request import RequestHead
+from tollway.core.accounting.tokens import count_tokens
+from tollway.ext.usage import Usage
+from tollway.gateway import token_count
+from tollway.gateway.surfaces.anthropic import COUNT_TOKENS_PATH, local_token_count
+from tollway.gateway.limits.limiter import Limiter
+from tollway.gateway.limits.memory import MemoryBuckets
+from tollway.gateway.telemetry.metrics import Metrics
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
@@ -48,7 +48,7 @@ def varied_text(chars: int, seed: int = 7) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(chars // 6))
 
 
-# -- core.completion_text: the generated text of a non-stream body ----------------------------
+# -- tollway.core.accounting.completion_text: the generated text of a non-stream body ----------------------------
 
 CHAT = {"choices": [
     {"message": {"role": "assistant", "content": "Hello there",
@@ -80,7 +80,7 @@ def test_completion_text_per_api(api, body, expected):
 
 
 def test_completion_text_counts_what_a_stream_of_the_same_answer_counts():
-    from core.sse import streamed_text
+    from tollway.ext.sse import streamed_text
 
     chunks = [{"choices": [{"delta": {"content": "Hello there"}}]},
               {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": '{"a":1}'}}]}}]}]
@@ -107,7 +107,7 @@ def test_completion_text_of_malformed_bodies_is_empty(api, body):
     assert completion_text(api, body) == ""
 
 
-# -- gateway.token_count: inline when small, on a bounded pool when large ----------------------
+# -- tollway.gateway.token_count: inline when small, on a bounded pool when large ----------------------
 
 def _thread_recorder(names: list[str], result: int = 1) -> Callable[[], int]:
     def count() -> int:

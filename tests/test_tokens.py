@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.tokens import CL100K, O200K, count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
+from tollway.core.accounting.tokens import CL100K, O200K, count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_special_token_text_is_counted_as_text():
 def test_loads_from_package_data_without_network_or_cache(tmp_path):
     # A poisoned cache dir and no network: loading must still come from core/data/tiktoken.
     code = (
-        "from core.tokens import count_tokens;"
+        "from tollway.core.accounting.tokens import count_tokens;"
         "print(count_tokens('hello world', 'gpt-4o'), count_tokens('hello world', 'gpt-4'))"
     )
     for name in ("9b5ad71b2ce5302211f9c61530b329a4922fc6a4", "fb374d419588a4632f3f557e76b4b70aebbca790"):

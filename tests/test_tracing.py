@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from core import config
-from core.config import ConfigError, Traces
-from core.otlp import CLIENT, SERVER, STATUS_ERROR, Span, export_request
-from core.tracecontext import (
+from tollway.core import config
+from tollway.core.config import ConfigError, Traces
+from tollway.core.telemetry.otlp import CLIENT, SERVER, STATUS_ERROR, Span, export_request
+from tollway.core.telemetry.tracecontext import (
     Parent,
     clean_tracestate,
     format_traceparent,
@@ -20,9 +20,9 @@ from core.tracecontext import (
     parse_traceparent,
     sampled,
 )
-from gateway.metrics import Metrics
-from gateway.trace_export import SpanExporter
-from gateway.tracing import server_of
+from tollway.gateway.telemetry.metrics import Metrics
+from tollway.gateway.telemetry.trace_export import SpanExporter
+from tollway.gateway.telemetry.tracing import server_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -180,7 +180,7 @@ class _Collector:
         self.down = False
 
     async def request(self, method, url, headers, body, timeouts):
-        from gateway.upstream import UpstreamConnectError
+        from tollway.gateway.upstream.client import UpstreamConnectError
 
         if self.down:
             raise UpstreamConnectError("cannot connect to upstream c:4318: Connection refused")
@@ -321,14 +321,14 @@ class _Headers:
 
 
 def _tracer(ratio: float = 1.0):
-    from gateway.tracing import Tracer
+    from tollway.gateway.telemetry.tracing import Tracer
 
     exporter = _exporter(_Collector(), Metrics())
     return Tracer(Traces("http://c:4318/v1/traces", sample_ratio=ratio), exporter), exporter
 
 
 def test_an_unsampled_caller_propagates_flag_00_and_records_nothing():
-    from gateway.exchange import Exchange
+    from tollway.gateway.exchange import Exchange
 
     tracer, exporter = _tracer()
     trace = tracer.begin(_Headers([("traceparent", f"00-{TRACE}-{SPAN}-00"), ("tracestate", "a=1"), ("tracestate", "b=2")]))
@@ -358,7 +358,7 @@ def test_new_ids_are_lower_hex_of_the_right_length_and_never_repeat():
 
 
 def test_client_chosen_strings_are_cut_short_in_both_spans():
-    from gateway.exchange import Exchange
+    from tollway.gateway.exchange import Exchange
 
     tracer, exporter = _tracer()
     trace = tracer.begin(_Headers([]))
@@ -382,7 +382,7 @@ def test_client_chosen_strings_are_cut_short_in_both_spans():
 
 
 def test_no_character_that_could_break_a_header_line_survives_clean_tracestate():
-    # The relayed tracestate goes upstream as a raw header line (gateway/upstream.py extra_head).
+    # The relayed tracestate goes upstream as a raw header line (gateway/upstream/client.py extra_head).
     for code in [*range(0x100), 0x2028, 0x85, 0xFEFF]:
         cleaned = clean_tracestate("vendor=" + chr(code))
         assert cleaned in ("", "vendor=" + chr(code))

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import Provider
-from core.errors import GatewayError
-from core.providers.base import CallContext
-from core.providers.openai_anthropic import OpenAIToAnthropic
-from core.request import parse_head
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.providers.base import CallContext
+from tollway.core.providers.chat.anthropic import OpenAIToAnthropic
+from tollway.core.request import parse_head
 from tests import streams
 from tests.fakes import anthropic_upstream as fa
 from tests.streams import summarize

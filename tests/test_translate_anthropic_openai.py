@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from core.config import Provider
-from core.errors import GatewayError
-from core.providers.anthropic_openai import AnthropicOverChat
-from core.providers.base import CallContext
-from core.request import parse_head
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.providers.messages.translate import AnthropicOverChat
+from tollway.core.providers.base import CallContext
+from tollway.core.request import parse_head
 
 PROVIDER = Provider(name="up", schema="openai", base_url="http://up.example/v1", api_key="sk-up-secret")
 ADAPTER = AnthropicOverChat()

@@ -10,11 +10,11 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import Provider
-from core.errors import GatewayError
-from core.providers.base import CallContext
-from core.providers.openai_bedrock import OpenAIToBedrock
-from core.request import parse_head
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.providers.base import CallContext
+from tollway.core.providers.chat.bedrock import OpenAIToBedrock
+from tollway.core.request import parse_head
 from tests import streams
 from tests.fakes import bedrock_upstream as fb
 from tests.streams import summarize

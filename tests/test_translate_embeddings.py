@@ -9,15 +9,15 @@ import struct
 
 import pytest
 
-from core.config import Provider
-from core.errors import GatewayError
-from core.providers.base import CallContext, ClientAPI
-from core.providers.openai_bedrock_embed import OpenAIToBedrockEmbed
-from core.providers.openai_cohere import OpenAIToCohere, is_cohere_embed
-from core.providers.openai_google_embed import OpenAIToGeminiEmbed, OpenAIToVertexEmbed
-from core.providers.openai_titan import OpenAIToTitan
-from core.providers.registry import adapter_for
-from core.request import parse_head
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.providers.base import CallContext, ClientAPI
+from tollway.core.providers.embeddings.bedrock import OpenAIToBedrockEmbed
+from tollway.core.providers.embeddings.cohere import OpenAIToCohere, is_cohere_embed
+from tollway.core.providers.embeddings.google import OpenAIToGeminiEmbed, OpenAIToVertexEmbed
+from tollway.core.providers.embeddings.titan import OpenAIToTitan
+from tollway.core.providers.registry import adapter_for
+from tollway.core.request import parse_head
 
 BEDROCK = Provider(name="aws", schema="bedrock", region="us-east-1")
 BEDROCK_KEYED = Provider(name="aws", schema="bedrock", region="eu-west-1", api_key="bedrock-key-123")

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import Provider
-from core.errors import GatewayError
-from core.providers.base import CallContext
-from core.providers.openai_gemini import OpenAIToGemini, OpenAIToVertex
-from core.request import parse_head
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.providers.base import CallContext
+from tollway.core.providers.chat.gemini import OpenAIToGemini, OpenAIToVertex
+from tollway.core.request import parse_head
 from tests import streams
 from tests.fakes import gemini_upstream as fg
 from tests.streams import summarize

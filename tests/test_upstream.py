@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from gateway.upstream import (
+from tollway.gateway.upstream.client import (
     Timeouts,
     UpstreamClient,
     UpstreamConnectError,
@@ -163,7 +163,7 @@ def test_caller_framing_headers_are_replaced_not_duplicated(run):
 
 def test_requests_started_in_one_loop_turn_each_get_their_own_answer(run):
     # Only the first write of a loop turn goes out at once; the others wait for the turn's end
-    # (gateway.upstream._WriteBatch). Each must still reach its own connection whole and in order,
+    # (tollway.gateway.upstream.client._WriteBatch). Each must still reach its own connection whole and in order,
     # large bodies (head and body written separately) included.
     async def scenario():
         async with Server(echo_forever) as server:

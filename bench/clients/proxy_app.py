@@ -4,7 +4,7 @@ A granian RSGI app that forwards each request body to BENCH_UPSTREAM with the cl
 BENCH_CLIENT and returns the upstream's answer, with no gateway features at all:
   none     answer directly without any upstream (granian's own cost)
   aiohttp  aiohttp.ClientSession (keep-alive pool, no limit)
-  tollway  gateway.upstream.UpstreamClient (httptools on an asyncio Protocol)
+  tollway  tollway.gateway.upstream.client.UpstreamClient (httptools on an asyncio Protocol)
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class AiohttpForwarder:
 
 class TollwayForwarder:
     def __init__(self) -> None:
-        from gateway.upstream import Timeouts, UpstreamClient
+        from tollway.gateway.upstream.client import Timeouts, UpstreamClient
 
         self._client = UpstreamClient()
         self._timeouts = Timeouts()

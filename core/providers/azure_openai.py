@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from core.config import Provider
-from core.providers.base import CallContext, ClientAPI
-from core.providers.openai_compat import PATHS, OpenAIAdapter
+from tollway.core.config import Provider
+from tollway.core.providers.base import CallContext, ClientAPI
+from tollway.core.providers.openai_compat import PATHS, OpenAIAdapter
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):

@@ -3,7 +3,7 @@
 A *client API* is what the client speaks to the gateway (OpenAI chat, OpenAI embeddings,
 Anthropic messages, ...). A provider *schema* is what the upstream speaks. For each
 (client API, schema) pair there is one module with one `Adapter` class; the gateway finds it
-in `core.providers.registry` and never branches on provider names.
+in `tollway.core.providers.registry` and never branches on provider names.
 
 An adapter is sans-IO: it turns the client's body into an `UpstreamCall` (method, URL, headers,
 body), the upstream's bytes back into client bytes plus `Usage`, and upstream errors into
@@ -16,10 +16,10 @@ from typing import Protocol
 
 import msgspec
 
-from core.config import Provider
-from core.errors import GatewayError
-from core.request import RequestHead
-from core.usage import Usage
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.request import RequestHead
+from tollway.ext.usage import Usage
 
 
 class ClientAPI:

@@ -12,11 +12,11 @@ from typing import Any
 
 import msgspec
 
-from core.config import Provider
-from core.errors import GatewayError, upstream_auth_failed
-from core.kernels import OpenAIStreamRelay, SSEFramer
-from core.providers.base import CallContext, ClientAPI, UpstreamCall
-from core.usage import Usage, usage_of_json
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError, upstream_auth_failed
+from tollway.core.kernels import OpenAIStreamRelay, SSEFramer
+from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
+from tollway.ext.usage import Usage, usage_of_json
 
 PATHS = {
     ClientAPI.CHAT: "/chat/completions",
@@ -89,7 +89,7 @@ _PASS_HEADERS = ("retry-after", "retry-after-ms")
 
 
 def openai_error(provider: Provider, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
-    """Relay an OpenAI-shaped upstream error with its status (gateway.proxy scrubs every field).
+    """Relay an OpenAI-shaped upstream error with its status (tollway.gateway.proxy scrubs every field).
 
     A 401/403 means the gateway's own upstream credential failed: the client cannot fix
     that, so it becomes a 502 that says so.

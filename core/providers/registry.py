@@ -8,33 +8,33 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from core.providers.base import ClientAPI
+from tollway.core.providers.base import ClientAPI
 
-_OPENAI = "core.providers.openai_compat:OpenAIAdapter"
-_AZURE = "core.providers.azure_openai:AzureOpenAIAdapter"
+_OPENAI = "tollway.core.providers.openai_compat:OpenAIAdapter"
+_AZURE = "tollway.core.providers.azure_openai:AzureOpenAIAdapter"
 
 ADAPTERS: dict[tuple[str, str], str] = {
     **{(api, "openai"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
     **{(api, "fake"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
     **{(api, "azure_openai"): _AZURE for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
     # Provider translation pairs (issue 5): OpenAI chat -> each provider's native API.
-    (ClientAPI.CHAT, "anthropic"): "core.providers.openai_anthropic:OpenAIToAnthropic",
-    (ClientAPI.CHAT, "bedrock"): "core.providers.openai_bedrock:OpenAIToBedrock",
-    (ClientAPI.MESSAGES, "bedrock"): "core.providers.anthropic_openai:AnthropicToBedrock",
-    (ClientAPI.CHAT, "gemini"): "core.providers.openai_gemini:OpenAIToGemini",
-    (ClientAPI.CHAT, "vertex"): "core.providers.openai_gemini:OpenAIToVertex",
-    (ClientAPI.MESSAGES, "gemini"): "core.providers.anthropic_openai:AnthropicToGemini",
-    (ClientAPI.MESSAGES, "vertex"): "core.providers.anthropic_openai:AnthropicToVertex",
+    (ClientAPI.CHAT, "anthropic"): "tollway.core.providers.chat.anthropic:OpenAIToAnthropic",
+    (ClientAPI.CHAT, "bedrock"): "tollway.core.providers.chat.bedrock:OpenAIToBedrock",
+    (ClientAPI.MESSAGES, "bedrock"): "tollway.core.providers.messages.translate:AnthropicToBedrock",
+    (ClientAPI.CHAT, "gemini"): "tollway.core.providers.chat.gemini:OpenAIToGemini",
+    (ClientAPI.CHAT, "vertex"): "tollway.core.providers.chat.gemini:OpenAIToVertex",
+    (ClientAPI.MESSAGES, "gemini"): "tollway.core.providers.messages.translate:AnthropicToGemini",
+    (ClientAPI.MESSAGES, "vertex"): "tollway.core.providers.messages.translate:AnthropicToVertex",
     # OpenAI embeddings -> each provider's embedding API.
-    (ClientAPI.EMBEDDINGS, "bedrock"): "core.providers.openai_bedrock_embed:OpenAIToBedrockEmbed",  # Titan or Cohere
-    (ClientAPI.EMBEDDINGS, "vertex"): "core.providers.openai_google_embed:OpenAIToVertexEmbed",
-    (ClientAPI.EMBEDDINGS, "gemini"): "core.providers.openai_google_embed:OpenAIToGeminiEmbed",
+    (ClientAPI.EMBEDDINGS, "bedrock"): "tollway.core.providers.embeddings.bedrock:OpenAIToBedrockEmbed",  # Titan or Cohere
+    (ClientAPI.EMBEDDINGS, "vertex"): "tollway.core.providers.embeddings.google:OpenAIToVertexEmbed",
+    (ClientAPI.EMBEDDINGS, "gemini"): "tollway.core.providers.embeddings.google:OpenAIToGeminiEmbed",
     # Anthropic Messages clients: pass-through to Anthropic, translated for everyone else.
-    (ClientAPI.MESSAGES, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
-    (ClientAPI.COUNT_TOKENS, "anthropic"): "core.providers.anthropic_native:AnthropicNative",
-    (ClientAPI.MESSAGES, "openai"): "core.providers.anthropic_openai:AnthropicOverChat",
-    (ClientAPI.MESSAGES, "fake"): "core.providers.anthropic_openai:AnthropicOverChat",
-    (ClientAPI.MESSAGES, "azure_openai"): "core.providers.anthropic_openai:AnthropicToAzure",
+    (ClientAPI.MESSAGES, "anthropic"): "tollway.core.providers.messages.native:AnthropicNative",
+    (ClientAPI.COUNT_TOKENS, "anthropic"): "tollway.core.providers.messages.native:AnthropicNative",
+    (ClientAPI.MESSAGES, "openai"): "tollway.core.providers.messages.translate:AnthropicOverChat",
+    (ClientAPI.MESSAGES, "fake"): "tollway.core.providers.messages.translate:AnthropicOverChat",
+    (ClientAPI.MESSAGES, "azure_openai"): "tollway.core.providers.messages.translate:AnthropicToAzure",
 }
 
 # The OpenTelemetry GenAI `gen_ai.provider.name` value of each schema.

@@ -8,8 +8,8 @@ kind) and calls `provider_error`; the status rules live here once:
 """
 from __future__ import annotations
 
-from core.config import Provider
-from core.errors import GatewayError, upstream_auth_failed
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError, upstream_auth_failed
 
 _KEEP_HEADERS = ("retry-after", "retry-after-ms")
 
@@ -34,6 +34,6 @@ def provider_error(provider: Provider, status: int, headers: list[tuple[str, str
     client_status, kind, code = _BY_STATUS.get(status) or (
         (502, "api_error", "upstream_error") if status >= 500 else (status, "invalid_request_error", "invalid_request")
     )
-    text = message or f"The upstream provider '{provider.name}' answered HTTP {status}."  # gateway.proxy scrubs it
+    text = message or f"The upstream provider '{provider.name}' answered HTTP {status}."  # tollway.gateway.proxy scrubs it
     kept = [(k, v) for k, v in headers if k.lower() in _KEEP_HEADERS]
     return GatewayError(client_status, text, kind, code, None, kept)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from core.providers.wire.gemini import Content
+from tollway.core.providers.wire.gemini import Content
 
 
 class _Wire(msgspec.Struct, omit_defaults=True, rename="camel"):

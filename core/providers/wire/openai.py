@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-from core.errors import GatewayError, bad_request
-from core.request import decode_body
+from tollway.core.errors import GatewayError, bad_request
+from tollway.core.request import decode_body
 
 
 class ImageURL(msgspec.Struct, omit_defaults=True):

@@ -1,0 +1,276 @@
+"""OpenAI chat client API -> AWS Bedrock Converse (`/model/{id}/converse[-stream]`).
+
+The model id is percent-encoded into the path (ids such as `anthropic.claude-3-5-sonnet-
+20240620-v1:0` carry a colon). The request is signed afterwards by the gateway's SigV4
+credential (service `bedrock`), or carries a Bedrock API key as a bearer token.
+
+Theory of operation of the stream: `/converse-stream` answers with AWS eventstream frames
+(prelude with lengths and a CRC32, typed headers, JSON payload, message CRC32). botocore's
+`EventStreamBuffer` reassembles frames from chunks split anywhere and checks both CRCs; the
+frame's `:message-type` says event or exception and `:event-type` names the event, which
+`_HANDLERS` maps to at most one OpenAI chunk. Usage comes in the final `metadata` event,
+after `messageStop`, so `[DONE]` is sent only then (or at the end of the stream).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import quote
+
+import msgspec
+
+from tollway.core.errors import GatewayError, bad_request
+from tollway.core.providers.base import CallContext, UpstreamCall
+from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
+from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.upstream_errors import provider_error
+from tollway.core.providers.wire import bedrock as wire
+from tollway.core.providers.wire.openai import ChatMessage, ChatRequest, ContentPart, decode_chat, parse_data_url, reject_unsupported, text_of
+from tollway.ext.usage import Usage
+
+PROVIDER = "Bedrock"
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+STOP_REASONS = {
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
+}
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
+# An exception frame's `:exception-type` -> the HTTP status Bedrock gives it outside a stream.
+EXCEPTION_STATUS = {
+    "throttlingException": 429, "serviceUnavailableException": 503, "validationException": 400,
+    "modelStreamErrorException": 502, "internalServerException": 500, "modelTimeoutException": 504,
+    "accessDeniedException": 403,
+}
+
+
+def endpoint(ctx: CallContext) -> str:
+    """The Bedrock runtime base URL: the configured one (a VPC endpoint), else the region's."""
+    p = ctx.provider
+    return (p.base_url or f"https://bedrock-runtime.{p.region}.amazonaws.com").rstrip("/")
+
+
+class OpenAIToBedrock:
+    """Adapter: OpenAI chat completions served by Bedrock's Converse API."""
+
+    def build(self, ctx: CallContext) -> UpstreamCall:
+        req = decode_chat(ctx.body)
+        stream = bool(req.stream)
+        url = f"{endpoint(ctx)}/model/{quote(ctx.upstream_model, safe='')}/{'converse-stream' if stream else 'converse'}"
+        headers = [("content-type", "application/json"), ("accept", EVENTSTREAM if stream else "application/json")]
+        if ctx.provider.api_key:  # a Bedrock API key; otherwise SigV4 signs the call later
+            headers.append(("authorization", "Bearer " + ctx.provider.api_key))
+        return UpstreamCall("POST", url, headers, wire.encode(to_converse(req)), stream)
+
+    def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
+        done = wire.decode_response(body)
+        blocks = done.output.message.content if done.output.message else []
+        text = "".join(b.text for b in blocks if b.text is not None)
+        reasoning = "".join(b.reasoning_content.reasoning_text.text or "" for b in blocks
+                            if b.reasoning_content and b.reasoning_content.reasoning_text)
+        calls = [ToolCallOut(b.tool_use.tool_use_id, FunctionOut(b.tool_use.name, wire.encode(b.tool_use.input or {}).decode()))
+                 for b in blocks if b.tool_use is not None]
+        usage = usage_of(done.usage) if done.usage else None
+        reason = STOP_REASONS.get(done.stop_reason or "")
+        body_out = completion_body(completion_id(ctx.body, ctx.now), ctx.now, ctx.upstream_model, text, calls, reason,
+                                   usage, reasoning)
+        return body_out, usage
+
+    def stream(self, ctx: CallContext) -> BedrockStreamToOpenAI:
+        return BedrockStreamToOpenAI(ctx)
+
+    def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
+        try:
+            parsed = wire.decode_error(body)
+            message = parsed.message or parsed.Message
+        except msgspec.MsgspecError:
+            message = None
+        return provider_error(ctx.provider, status, headers, message)
+
+
+def usage_of(u: wire.TokenUsage) -> Usage:
+    """Bedrock usage: like Anthropic's, `inputTokens` excludes cache reads and writes."""
+    read, write = u.cache_read_input_tokens or 0, u.cache_write_input_tokens or 0
+    prompt = u.input_tokens + read + write
+    return Usage(prompt, u.output_tokens, prompt + u.output_tokens, cached_tokens=read, cache_write_tokens=write)
+
+
+# -- request translation ---------------------------------------------------------------
+
+def to_converse(req: ChatRequest) -> wire.ConverseRequest:
+    """The Converse request for an OpenAI chat request. Raises GatewayError(400)."""
+    reject_unsupported(req, PROVIDER)
+    system = [wire.SystemBlock(text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
+    turns: list[wire.Message] = []
+    for i, m in enumerate(req.messages):
+        if m.role in ("system", "developer"):
+            continue
+        role, blocks = _turn(m, i)
+        if not blocks:
+            continue
+        if turns and turns[-1].role == role:
+            turns[-1].content.extend(blocks)  # Converse requires alternating roles
+        else:
+            turns.append(wire.Message(role, blocks))
+    config = wire.InferenceConfig(req.output_limit, req.temperature, req.top_p, req.stop_list)
+    return wire.ConverseRequest(turns, system or None, config if config != wire.InferenceConfig() else None,
+                                _tool_config(req, turns))
+
+
+def _turn(m: ChatMessage, i: int) -> tuple[str, list[wire.ContentBlock]]:
+    if m.role == "user":
+        if isinstance(m.content, str):
+            return "user", [wire.ContentBlock(text=m.content)] if m.content else []
+        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])]
+    if m.role == "assistant":
+        text = text_of(m.content)
+        blocks = [wire.ContentBlock(text=text)] if text else []
+        for j, call in enumerate(m.tool_calls or []):
+            args = tool_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
+            blocks.append(wire.ContentBlock(tool_use=wire.ToolUseBlock(call.id, call.function.name, args)))
+        return "assistant", blocks
+    if m.role in ("tool", "function"):
+        if not m.tool_call_id:
+            raise bad_request(f"messages[{i}] has role 'tool' but no tool_call_id.", param=f"messages[{i}].tool_call_id")
+        result = wire.ToolResultBlock(m.tool_call_id, [wire.ToolResultContent(text=text_of(m.content))])
+        return "user", [wire.ContentBlock(tool_result=result)]
+    raise bad_request(f"Unknown role '{m.role}' in messages[{i}].", param=f"messages[{i}].role")
+
+
+def _part(p: ContentPart, where: str) -> wire.ContentBlock:
+    if p.type == "text":
+        return wire.ContentBlock(text=p.text or "")
+    if p.type == "image_url" and p.image_url is not None:
+        data = parse_data_url(p.image_url.url)
+        fmt = IMAGE_FORMATS.get(data.media_type) if data else None
+        if data is None or fmt is None:
+            raise bad_request(f"{PROVIDER} takes images only inline, as data:image/(png|jpeg|gif|webp);base64 URLs.",
+                              param=where)
+        return wire.ContentBlock(image=wire.ImageBlock(fmt, wire.ImageSource(data.data)))
+    raise bad_request(f"Content part type '{p.type}' is not supported for models served by {PROVIDER}.", param=where)
+
+
+def _tool_config(req: ChatRequest, turns: list[wire.Message]) -> wire.ToolConfig | None:
+    """Tools and the choice among them. Converse has no "none": the tools are left out
+    instead, unless the conversation already holds tool blocks (then Converse needs them)."""
+    if not req.tools:
+        return None
+    has_tool_blocks = any(b.tool_use or b.tool_result for t in turns for b in t.content)
+    if req.tool_choice == "none" and not has_tool_blocks:
+        return None
+    tools = [wire.Tool(wire.ToolSpec(t.function.name, wire.InputSchema(t.function.parameters or {"type": "object"}),
+                                     t.function.description)) for t in req.tools]
+    return wire.ToolConfig(tools, _tool_choice(req.tool_choice))
+
+
+def _tool_choice(choice: Any) -> wire.ToolChoice | None:
+    if choice is None or choice in ("auto", "none"):
+        return wire.ToolChoice(auto={}) if choice == "auto" else None
+    if choice == "required":
+        return wire.ToolChoice(any={})
+    if isinstance(choice, str):
+        raise bad_request(f"Unknown tool_choice '{choice}'.", param="tool_choice")
+    return wire.ToolChoice(tool=wire.SpecificTool(choice.function.name))
+
+
+# -- stream translation ----------------------------------------------------------------
+
+def _event_stream_buffer() -> Any:
+    from botocore.eventstream import EventStreamBuffer  # noqa: PLC0415 - only Bedrock configs load botocore
+
+    return EventStreamBuffer()
+
+
+class BedrockStreamToOpenAI:
+    """AWS eventstream frames in, OpenAI `chat.completion.chunk` events out."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self._buffer = _event_stream_buffer()
+        self._writer = ChunkWriter(completion_id(ctx.body, ctx.now), ctx.now, ctx.upstream_model,
+                                   ctx.head.wants_usage_chunk)
+        self._text: list[str] = []
+        self._stopped = self._ended = False
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        from botocore.eventstream import ParserError  # noqa: PLC0415
+
+        self._buffer.add_data(chunk)
+        try:
+            return b"".join(self._on(frame.headers, frame.payload) for frame in self._buffer)
+        except ParserError:
+            raise GatewayError(502, "The upstream provider sent a corrupt event stream frame.", "api_error",
+                               "upstream_malformed") from None
+
+    def flush(self) -> bytes:
+        if not self._stopped:
+            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
+                               "api_error", "upstream_disconnected")
+        return self._end()
+
+    def streamed_text(self) -> str:
+        return "".join(self._text)
+
+    def _on(self, headers: dict[str, Any], payload: bytes) -> bytes:
+        kind = headers.get(":message-type", "event")
+        if kind != "event":
+            self._raise(headers, payload)
+        try:
+            event = wire.decode_payload(payload)
+        except msgspec.MsgspecError:
+            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
+                               "upstream_malformed") from None
+        handler = _HANDLERS.get(headers.get(":event-type", ""))
+        return handler(self, event) if handler else b""
+
+    def _raise(self, headers: dict[str, Any], payload: bytes) -> None:
+        name = headers.get(":exception-type") or headers.get(":error-code") or "internalServerException"
+        try:
+            message = wire.decode_payload(payload).message or headers.get(":error-message")
+        except msgspec.MsgspecError:
+            message = headers.get(":error-message")
+        status = EXCEPTION_STATUS.get(name[:1].lower() + name[1:], 502)
+        raise provider_error(self._ctx.provider, status, [], message or name)
+
+    def _start(self, e: wire.StreamPayload) -> bytes:
+        return self._writer.role()
+
+    def _block_start(self, e: wire.StreamPayload) -> bytes:
+        tool = e.start.tool_use if e.start else None
+        return self._writer.tool_start(tool.tool_use_id, tool.name) if tool else b""
+
+    def _block_delta(self, e: wire.StreamPayload) -> bytes:
+        d = e.delta
+        if d is None:
+            return b""
+        if d.text is not None:
+            self._text.append(d.text)
+            return self._writer.text(d.text)
+        if d.tool_use is not None:
+            return self._writer.tool_arguments(d.tool_use.input)
+        if d.reasoning_content is not None and d.reasoning_content.text:
+            return self._writer.reasoning(d.reasoning_content.text)
+        return b""
+
+    def _stop(self, e: wire.StreamPayload) -> bytes:
+        self._stopped = True
+        return self._writer.finish(STOP_REASONS.get(e.stop_reason or ""))
+
+    def _metadata(self, e: wire.StreamPayload) -> bytes:
+        if e.usage is not None:
+            self.usage = usage_of(e.usage)
+        return self._end()
+
+    def _end(self) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        return self._writer.end(self.usage)
+
+
+_HANDLERS: dict[str, Callable[[BedrockStreamToOpenAI, wire.StreamPayload], bytes]] = {
+    "messageStart": BedrockStreamToOpenAI._start,
+    "contentBlockStart": BedrockStreamToOpenAI._block_start,
+    "contentBlockDelta": BedrockStreamToOpenAI._block_delta,
+    "messageStop": BedrockStreamToOpenAI._stop,
+    "metadata": BedrockStreamToOpenAI._metadata,
+}

@@ -1,0 +1,279 @@
+"""OpenAI chat client API -> Google Gemini `generateContent`, on Vertex AI or the Gemini API.
+
+The two services share the wire format (`wire/gemini.py`) and differ in URL and credential:
+the Gemini API takes `x-goog-api-key` (never a `?key=` in the URL, which would end up in
+logs), Vertex AI a service-account OAuth token added by the gateway's signer.
+
+Gemini has no tool-call ids, so a tool result (`role: tool`, `tool_call_id`) is matched to
+the function name of the assistant tool call with that id earlier in the conversation; the
+ids handed to clients are the ones Gemini sent, else `call_<n>`. Usage: `promptTokenCount`
+already includes cached content; `candidatesTokenCount` excludes thoughts, which OpenAI
+counts in `completion_tokens`, so they are added and also reported as reasoning tokens.
+
+Theory of operation of the stream: each SSE event is a whole response fragment; text and
+thought parts become content/reasoning deltas, a functionCall part arrives whole and becomes
+one tool-call chunk, the last `finishReason` and `usageMetadata` seen are kept, and the
+stream's end (Gemini sends no terminator) closes with finish, usage and `[DONE]`.
+"""
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from tollway.core.errors import GatewayError, bad_request
+from tollway.core.kernels import SSEFramer
+from tollway.core.providers.base import CallContext, UpstreamCall
+from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
+from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.upstream_errors import provider_error
+from tollway.core.providers.wire import gemini as wire
+from tollway.core.providers.wire.openai import ChatMessage, ChatRequest, ContentPart, decode_chat, parse_data_url, text_of, unsupported
+from tollway.ext.usage import Usage
+
+PROVIDER = "Gemini"
+GEMINI_API = "https://generativelanguage.googleapis.com/v1beta"
+FINISH_REASONS = {
+    "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+_decode_json = msgspec.json.decode
+
+
+class OpenAIToGemini:
+    """Adapter: OpenAI chat completions served by the Gemini API."""
+
+    def base(self, ctx: CallContext) -> str:
+        return (ctx.provider.base_url or GEMINI_API).rstrip("/")
+
+    def model_path(self, ctx: CallContext) -> str:
+        return f"/models/{quote(ctx.upstream_model, safe='')}"
+
+    def build(self, ctx: CallContext) -> UpstreamCall:
+        req = decode_chat(ctx.body)
+        stream = bool(req.stream)
+        method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+        headers = [("content-type", "application/json")]
+        if ctx.provider.api_key:
+            headers.append(("x-goog-api-key", ctx.provider.api_key))
+        url = self.base(ctx) + self.model_path(ctx) + method
+        return UpstreamCall("POST", url, headers, wire.encode(to_gemini(req)), stream)
+
+    def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
+        done = wire.decode_response(body)
+        cand = done.candidates[0] if done.candidates else wire.Candidate(finish_reason="SAFETY")
+        parts = cand.content.parts if cand.content else []
+        text = "".join(p.text or "" for p in parts if p.text is not None and not p.thought)
+        reasoning = "".join(p.text or "" for p in parts if p.thought)
+        calls = [_tool_call(p.function_call, i) for i, p in enumerate(q for q in parts if q.function_call)]
+        usage = usage_of(done.usage_metadata) if done.usage_metadata else None
+        rid = "chatcmpl-" + done.response_id if done.response_id else completion_id(ctx.body, ctx.now)
+        reason = FINISH_REASONS.get(cand.finish_reason or "STOP", "stop")
+        return completion_body(rid, ctx.now, done.model_version or ctx.upstream_model, text, calls, reason, usage,
+                               reasoning), usage
+
+    def stream(self, ctx: CallContext) -> GeminiStreamToOpenAI:
+        return GeminiStreamToOpenAI(ctx)
+
+    def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
+        if status == 400 and b"API_KEY_INVALID" in body:
+            status = 401  # Gemini answers 400 for a bad key: it is the gateway's credential
+        try:
+            message: str | None = wire.decode_error(body).error.message
+        except msgspec.MsgspecError:
+            message = None
+        return provider_error(ctx.provider, status, headers, message)
+
+
+class OpenAIToVertex(OpenAIToGemini):
+    """Adapter: OpenAI chat completions served by Gemini on Vertex AI."""
+
+    def base(self, ctx: CallContext) -> str:
+        p = ctx.provider
+        if p.base_url:
+            return p.base_url.rstrip("/")
+        host = "aiplatform.googleapis.com" if p.location == "global" else f"{p.location}-aiplatform.googleapis.com"
+        return f"https://{host}/v1"
+
+    def model_path(self, ctx: CallContext) -> str:
+        p = ctx.provider
+        return (f"/projects/{quote(p.project or '', safe='')}/locations/{quote(p.location or '', safe='')}"
+                f"/publishers/google/models/{quote(ctx.upstream_model, safe='')}")
+
+
+def usage_of(u: wire.UsageMetadata) -> Usage:
+    """Gemini usage in OpenAI's terms: thoughts count as completion (and reasoning) tokens."""
+    prompt = u.prompt_token_count + u.tool_use_prompt_token_count
+    completion = u.candidates_token_count + u.thoughts_token_count
+    return Usage(prompt, completion, u.total_token_count or prompt + completion, cached_tokens=u.cached_content_token_count,
+                 reasoning_tokens=u.thoughts_token_count)
+
+
+def _tool_call(call: wire.FunctionCall | None, n: int) -> ToolCallOut:
+    assert call is not None
+    return ToolCallOut(call.id or f"call_{n}", FunctionOut(call.name, wire.encode(call.args or {}).decode()))
+
+
+# -- request translation ---------------------------------------------------------------
+
+def to_gemini(req: ChatRequest) -> wire.GenerateContentRequest:
+    """The generateContent request for an OpenAI chat request. Raises GatewayError(400)."""
+    if req.n not in (None, 1):
+        raise unsupported("n", PROVIDER, "Send one request per choice.")
+    if req.logprobs:
+        raise unsupported("logprobs", PROVIDER)
+    system = [wire.Part(text=text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
+    names = {c.id: c.function.name for m in req.messages for c in m.tool_calls or []}
+    contents: list[wire.Content] = []
+    for i, m in enumerate(req.messages):
+        if m.role in ("system", "developer"):
+            continue
+        role, parts = _turn(m, i, names)
+        if not parts:
+            continue
+        if contents and contents[-1].role == role:
+            contents[-1].parts.extend(parts)
+        else:
+            contents.append(wire.Content(parts, role))
+    return wire.GenerateContentRequest(contents, wire.Content(system) if system else None, _generation_config(req),
+                                       _tools(req), _tool_config(req))
+
+
+def _turn(m: ChatMessage, i: int, names: dict[str, str]) -> tuple[str, list[wire.Part]]:
+    if m.role == "user":
+        if isinstance(m.content, str):
+            return "user", [wire.Part(text=m.content)] if m.content else []
+        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])]
+    if m.role == "assistant":
+        text = text_of(m.content)
+        parts = [wire.Part(text=text)] if text else []
+        for j, call in enumerate(m.tool_calls or []):
+            args = tool_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
+            parts.append(wire.Part(function_call=wire.FunctionCall(call.function.name, args)))
+        return "model", parts
+    if m.role in ("tool", "function"):
+        name = names.get(m.tool_call_id or "") or m.name
+        if not name:
+            raise bad_request(f"messages[{i}].tool_call_id matches no earlier assistant tool call.",
+                              param=f"messages[{i}].tool_call_id")
+        return "user", [wire.Part(function_response=wire.FunctionResponse(name, _result(text_of(m.content))))]
+    raise bad_request(f"Unknown role '{m.role}' in messages[{i}].", param=f"messages[{i}].role")
+
+
+def _result(text: str) -> dict[str, Any]:
+    """A tool result as the JSON object Gemini requires: the result itself if it is one."""
+    try:
+        value = _decode_json(text) if text.strip().startswith("{") else None
+    except msgspec.DecodeError:
+        value = None
+    return value if isinstance(value, dict) else {"content": text}
+
+
+def _part(p: ContentPart, where: str) -> wire.Part:
+    if p.type == "text":
+        return wire.Part(text=p.text or "")
+    if p.type == "image_url" and p.image_url is not None:
+        url = p.image_url.url
+        data = parse_data_url(url)
+        if data is not None:
+            return wire.Part(inline_data=wire.Blob(data.media_type, data.data))
+        mime = mimetypes.guess_type(url.split("?", 1)[0])[0]
+        if mime is None:
+            raise bad_request(f"Cannot tell the image type of '{where}.image_url.url'; use a data URL.", param=where)
+        return wire.Part(file_data=wire.FileData(mime, url))
+    raise bad_request(f"Content part type '{p.type}' is not supported for models served by {PROVIDER}.", param=where)
+
+
+def _generation_config(req: ChatRequest) -> wire.GenerationConfig | None:
+    fmt = req.response_format
+    mime = "application/json" if fmt is not None and fmt.type in ("json_object", "json_schema") else None
+    schema = fmt.json_schema.schema if fmt is not None and fmt.json_schema is not None else None
+    config = wire.GenerationConfig(req.output_limit, req.temperature, req.top_p, req.stop_list, req.presence_penalty,
+                                   req.frequency_penalty, req.seed, mime, schema)
+    return config if config != wire.GenerationConfig() else None
+
+
+def _tools(req: ChatRequest) -> list[wire.Tool] | None:
+    if not req.tools:
+        return None
+    return [wire.Tool([wire.FunctionDeclaration(t.function.name, t.function.description, t.function.parameters)
+                       for t in req.tools])]
+
+
+def _tool_config(req: ChatRequest) -> wire.ToolConfig | None:
+    choice = req.tool_choice
+    if choice is None or not req.tools:
+        return None
+    if isinstance(choice, str):
+        mode = TOOL_MODES.get(choice)
+        if mode is None:
+            raise bad_request(f"Unknown tool_choice '{choice}'.", param="tool_choice")
+        return wire.ToolConfig(wire.FunctionCallingConfig(mode))
+    return wire.ToolConfig(wire.FunctionCallingConfig("ANY", [choice.function.name]))
+
+
+# -- stream translation ----------------------------------------------------------------
+
+class GeminiStreamToOpenAI:
+    """Gemini SSE (whole response fragments) in, OpenAI chunk events out."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self._framer = SSEFramer()
+        self._writer: ChunkWriter | None = None
+        self._reason: str | None = None
+        self._text: list[str] = []
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._on(ev.data) for ev in self._framer.feed(chunk) if ev.data)
+
+    def flush(self) -> bytes:
+        out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
+        if self._writer is None or self._reason is None:
+            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
+                               "api_error", "upstream_disconnected")
+        return out + self._writer.finish(FINISH_REASONS.get(self._reason, "stop")) + self._writer.end(self.usage)
+
+    def streamed_text(self) -> str:
+        return "".join(self._text)
+
+    def _on(self, data: bytes) -> bytes:
+        try:
+            fragment = wire.decode_response(data)
+        except msgspec.MsgspecError:
+            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
+                               "upstream_malformed") from None
+        if fragment.error is not None:
+            raise provider_error(self._ctx.provider, fragment.error.code or 500, [], fragment.error.message)
+        out = b""
+        if self._writer is None:
+            rid = "chatcmpl-" + fragment.response_id if fragment.response_id else completion_id(self._ctx.body, self._ctx.now)
+            self._writer = ChunkWriter(rid, self._ctx.now, fragment.model_version or self._ctx.upstream_model,
+                                       self._ctx.head.wants_usage_chunk)
+            out = self._writer.role()
+        if fragment.usage_metadata is not None:
+            self.usage = usage_of(fragment.usage_metadata)
+        for cand in fragment.candidates[:1]:
+            out += b"".join(self._part(p) for p in (cand.content.parts if cand.content else []))
+            self._reason = cand.finish_reason or self._reason
+        return out
+
+    def _part(self, p: wire.Part) -> bytes:
+        w = self._writer
+        assert w is not None
+        if p.function_call is not None:
+            call = _tool_call(p.function_call, w.tool_calls)
+            return w.tool_start(call.id, call.function.name, call.function.arguments)
+        if p.thought:
+            return w.reasoning(p.text or "")
+        if p.text:
+            self._text.append(p.text)
+            return w.text(p.text)
+        return b""
+
+

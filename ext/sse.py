@@ -1,0 +1,288 @@
+"""Server-sent events: an incremental framer and the OpenAI stream relay (pure-Python twin).
+
+Theory of operation
+-------------------
+An SSE stream is a sequence of lines (ended by ``\\n``, ``\\r\\n`` or a lone ``\\r``); a blank
+line ends an event. `SSEFramer` eats bytes in any split and returns each *complete* event with
+its exact original bytes (`raw`, terminating blank line included), so a relay can forward
+events without re-encoding them. Within an event, ``event:`` sets the event type, ``data:``
+lines are joined by ``\\n``, a leading ``:`` marks a comment, and every other field (``id``,
+``retry``, unknown names) is kept only in `raw`. Unlike a browser, the framer also returns
+blocks that carry no data (comment-only blocks, stray blank lines), because their bytes must
+reach the client too.
+
+One subtlety drives the state: a ``\\r`` at the very end of the buffered bytes may be a line
+end on its own or the first half of ``\\r\\n``; the framer waits for the next byte (or
+`flush`) before deciding, so every split of the input yields byte-identical events.
+
+`OpenAIStreamRelay` frames an OpenAI chat/completions stream, forwards each event's raw bytes,
+records the usage object when one passes, notes ``data: [DONE]``, and can drop the extra
+usage-only chunk that ``stream_options.include_usage`` adds. Finding usage is a byte search
+first; JSON is decoded only for events that may carry a non-null usage.
+
+`ext/_sse.pyx` is the compiled twin of this module; both share `SSEError`, the usage types
+and the lazy `streamed_text` decoding defined here.
+"""
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from tollway.ext.usage import OpenAIUsage, Usage, from_openai
+
+__all__ = ["SSEError", "SSEEvent", "SSEFramer", "OpenAIStreamRelay", "Usage", "DEFAULT_MAX_EVENT_BYTES"]
+
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class SSEError(ValueError):
+    """The stream broke a framing limit (an event larger than the configured maximum)."""
+
+
+def event_too_large(limit: int) -> SSEError:
+    """The one error both framers raise for an oversized event."""
+    return SSEError(f"SSE event larger than {limit} bytes")
+
+
+class SSEEvent(msgspec.Struct, gc=False):
+    """One event: its exact bytes, its ``event:`` type (None if absent) and its joined data."""
+
+    raw: bytes
+    event: bytes | None
+    data: bytes
+
+
+# A line and its terminator; a lone "\r" at the end of the buffer is decided later.
+_LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
+
+
+class SSEFramer:
+    """Incremental SSE framer: `feed` bytes in any split, get complete `SSEEvent`s back.
+
+    After an `SSEError` the framer's state is undefined: the stream must be abandoned.
+    """
+
+    __slots__ = ("_buf", "_pos", "_event", "_data", "_max")
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._buf = bytearray()  # bytes of the current, incomplete event
+        self._pos = 0  # start of the next unparsed line in _buf
+        self._event: bytes | None = None
+        self._data: list[bytes] = []
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Add bytes; return the events they complete. Raises SSEError on an oversized event."""
+        self._buf += chunk
+        return self._drain(final=False)
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: return the remaining events, including one without its blank line."""
+        events = self._drain(final=True)
+        if self._pos < len(self._buf):
+            self._field(bytes(self._buf[self._pos :]))
+        if self._buf:
+            events.append(self._dispatch(len(self._buf)))
+        self._buf.clear()
+        self._pos = 0
+        return events
+
+    def _drain(self, final: bool) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        buf = self._buf
+        start = 0  # start of the current event
+        while (m := _LINE.match(buf, self._pos)) is not None:
+            if not final and m.end() == len(buf) and m.group(2) == b"\r":
+                break  # maybe the first half of "\r\n": wait for the next byte
+            self._pos = m.end()
+            line = m.group(1)
+            if line:
+                self._field(line)
+            else:
+                events.append(self._dispatch(self._pos, start))
+                start = self._pos
+        del buf[:start]
+        self._pos -= start
+        if len(buf) > self._max:
+            raise event_too_large(self._max)
+        return events
+
+    def _field(self, line: bytes) -> None:
+        if line[0] == 0x3A:  # ":" starts a comment: kept in raw only
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value
+
+    def _dispatch(self, end: int, start: int = 0) -> SSEEvent:
+        if end - start > self._max:
+            raise event_too_large(self._max)
+        event = SSEEvent(bytes(self._buf[start:end]), self._event, b"\n".join(self._data))
+        self._event = None
+        self._data = []
+        return event
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage detection, shared by both relays.
+
+_USAGE_KEY = b'"usage"'
+_BLANKS = b" \t"
+
+
+def may_carry_usage(data: bytes) -> bool:
+    """True unless every ``"usage"`` in `data` is provably not a non-null usage member.
+
+    OpenAI puts ``"usage":null`` in every chunk when include_usage is on, so a plain substring
+    test would decode every chunk. A ``"usage"`` that is followed (on the same line, after
+    blanks) by ``:`` and then ``null`` is skipped; any other ``"usage"`` key makes this True.
+    A ``"usage"`` inside a JSON string cannot match: its quotes would be escaped.
+    """
+    pos = data.find(_USAGE_KEY)
+    while pos >= 0:
+        i = _skip_blanks(data, pos + len(_USAGE_KEY))
+        if i < len(data) and data[i] == 0x3A:  # ":" makes it a key
+            i = _skip_blanks(data, i + 1)
+            if not data.startswith(b"null", i):
+                return True
+        pos = data.find(_USAGE_KEY, pos + 1)
+    return False
+
+
+def _skip_blanks(data: bytes, i: int) -> int:
+    while i < len(data) and data[i] in _BLANKS:
+        i += 1
+    return i
+
+
+class _UsageChunk(msgspec.Struct):
+    usage: OpenAIUsage | None = None
+    choices: list[msgspec.Raw] | None = None
+
+
+_decode_usage_chunk = msgspec.json.Decoder(_UsageChunk).decode
+
+
+def usage_of_chunk(data: bytes) -> tuple[Usage | None, bool]:
+    """Decode one chunk's usage: (usage or None, whether it is the usage-only chunk).
+
+    The usage-only chunk has a non-null usage and an empty choices list. Data that is not a
+    JSON object of the expected shape (an upstream error event, say) carries no usage.
+    """
+    try:
+        chunk = _decode_usage_chunk(data)
+    except msgspec.DecodeError:
+        return None, False
+    if chunk.usage is None:
+        return None, False
+    return from_openai(chunk.usage), chunk.choices == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed text, decoded lazily from the forwarded bytes.
+
+
+class _Function(msgspec.Struct):
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    function: _Function | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    text: str | None = None
+
+
+class _TextChunk(msgspec.Struct):
+    choices: list[_Choice] | None = None
+
+
+_decode_text_chunk = msgspec.json.Decoder(_TextChunk).decode
+
+
+def streamed_text(stream: bytes) -> str:
+    """The generated text in a chat/completions SSE stream: content, legacy ``text`` and
+    tool-call arguments of every chunk, in order. Events that are not such chunks are skipped.
+    """
+    framer = SSEFramer(max_event_bytes=max(len(stream), 1))
+    parts: list[str] = []
+    for event in framer.feed(stream) + framer.flush():
+        if event.data and event.data != b"[DONE]":
+            _collect_text(event.data, parts)
+    return "".join(parts)
+
+
+def _collect_text(data: bytes, parts: list[str]) -> None:
+    try:
+        chunk = _decode_text_chunk(data)
+    except msgspec.DecodeError:
+        return  # not a completion chunk (e.g. an error event): it carries no generated text
+    for choice in chunk.choices or ():
+        if choice.text:
+            parts.append(choice.text)
+        delta = choice.delta
+        if delta is None:
+            continue
+        if delta.content:
+            parts.append(delta.content)
+        for call in delta.tool_calls or ():
+            if call.function is not None and call.function.arguments:
+                parts.append(call.function.arguments)
+
+
+class OpenAIStreamRelay:
+    """Relays an OpenAI chat/completions SSE stream byte for byte, watching for usage.
+
+    Concatenated over a stream, `feed` + `flush` output equals the input, minus the usage-only
+    chunk when `drop_usage_chunk`. Output lags input at most to the last event boundary.
+    """
+
+    __slots__ = ("_framer", "_drop", "_sent", "usage", "done")
+
+    def __init__(self, drop_usage_chunk: bool, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._framer = SSEFramer(max_event_bytes)
+        self._drop = drop_usage_chunk
+        self._sent: list[bytes] = []  # forwarded bytes, decoded only if streamed_text is asked
+        self.usage: Usage | None = None
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to forward now. Raises SSEError on an oversized event."""
+        return self._relay(self._framer.feed(chunk))
+
+    def flush(self) -> bytes:
+        """End of stream: the remaining bytes to forward."""
+        return self._relay(self._framer.flush())
+
+    def streamed_text(self) -> str:
+        """Text generated so far (see `streamed_text`); for counting tokens without usage."""
+        return streamed_text(b"".join(self._sent))
+
+    def _relay(self, events: list[SSEEvent]) -> bytes:
+        out = b"".join([event.raw for event in events if self._forward(event)])
+        if out:
+            self._sent.append(out)
+        return out
+
+    def _forward(self, event: SSEEvent) -> bool:
+        data = event.data
+        if data == b"[DONE]":
+            self.done = True
+        elif may_carry_usage(data):
+            usage, usage_only = usage_of_chunk(data)
+            if usage is not None:
+                self.usage = usage
+                return not (usage_only and self._drop)
+        return True

@@ -1,0 +1,69 @@
+"""Token usage, as OpenAI reports it, whatever the provider.
+
+It sits with the kernels because it is part of their interface: the stream relay kernel
+(`_sse`, and its twin `sse`) returns a `Usage` read from the stream's last chunk. Every layer
+above uses the same struct."""
+from __future__ import annotations
+
+import msgspec
+
+
+class PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: PromptDetails | None = None
+    completion_tokens_details: CompletionDetails | None = None
+    # Embeddings and the Responses API use these names.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class UsageEnvelope(msgspec.Struct):
+    """Any OpenAI response body, decoded only as far as its usage."""
+
+    usage: OpenAIUsage | None = None
+    model: str | None = None
+
+
+
+class Usage(msgspec.Struct):
+    """Token counts of one response, in the gateway's own terms."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+def from_openai(u: OpenAIUsage) -> Usage:
+    """Normalize an OpenAI usage object (chat, completions, embeddings or responses)."""
+    prompt = u.prompt_tokens if u.prompt_tokens is not None else (u.input_tokens or 0)
+    completion = u.completion_tokens if u.completion_tokens is not None else (u.output_tokens or 0)
+    total = u.total_tokens if u.total_tokens is not None else prompt + completion
+    cached = (u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0
+    reasoning = (u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0
+    return Usage(prompt, completion, total, cached, reasoning)
+
+
+_decode_envelope = msgspec.json.Decoder(UsageEnvelope).decode
+
+
+def usage_of_json(body: bytes) -> Usage | None:
+    """The usage in an OpenAI JSON response body, or None if it has none (or one of an odd
+    shape: that is the upstream's business). Raises msgspec.DecodeError if it is not JSON."""
+    try:
+        env = _decode_envelope(body)
+    except msgspec.ValidationError:
+        return None
+    return from_openai(env.usage) if env.usage is not None else None

@@ -1,0 +1,51 @@
+"""Operator endpoints under /admin/, guarded by the config's `admin.key_hash` credential.
+
+The admin credential is a bearer token like a gateway key, stored only as its digest; gateway
+keys never open these endpoints. Without an `admin:` section the endpoints do not exist (404).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tollway.core import errors
+from tollway.core.security.keys import bearer_matches
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.limits.limiter import StoreUnavailable
+
+_encode = msgspec.json.Encoder().encode
+_JSON = ("content-type", "application/json")
+_SECTION = {"key": "keys", "key_model": "keys", "team": "teams", "team_model": "teams", "model": "models"}
+
+
+class AdminAPI:
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> dict[tuple[str, str], tuple[str, Any]]:
+        return {("GET", "/admin/usage"): ("admin", self.usage)}
+
+    def authorize(self, scope: Any) -> None:
+        """Pass if the request carries the admin credential. Raises 404 (no admin section) or 401."""
+        config = self.gateway.runtime.config
+        if config.admin is None:
+            raise errors.not_found(scope.path)
+        if not bearer_matches(scope.headers.get("authorization"), config.admin.key_hash, config.server.key_pepper):
+            raise errors.unauthorized("This endpoint needs the admin credential as 'Authorization: Bearer <admin key>'.")
+
+    async def usage(self, scope: Any, proto: Any, ex: Exchange) -> None:
+        """GET /admin/usage: every limit's use and what remains, by key, team and model."""
+        self.authorize(scope)
+        limiter = self.gateway.limiter
+        body: dict[str, Any] = {"object": "usage", "backend": limiter.store.backend if limiter else None,
+                                "keys": {}, "teams": {}, "models": {}}
+        try:
+            report = await limiter.usage_report() if limiter is not None else []
+        except StoreUnavailable:
+            raise errors.GatewayError(503, "The rate-limit store is unavailable; usage cannot be read right now.",
+                                      "api_error", "rate_limit_store_unavailable") from None
+        for entry in report:
+            body[_SECTION[entry["scope"]]].setdefault(entry["owner"], []).append(entry)
+        ex.status = 200
+        proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], _encode(body))

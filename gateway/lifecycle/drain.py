@@ -1,0 +1,115 @@
+"""Graceful drain on SIGTERM, and SIGHUP as an in-process reload, on top of granian 2.8.
+
+How granian stops (granian/server/common.py, mp.py): the main process catches SIGTERM/SIGINT
+and calls `shutdown()`, which sends SIGTERM to every worker and waits `workers_kill_timeout`
+before killing it. A worker's SIGTERM closes its listener (Rust side) and ends the Python
+loop's `run_until_complete`; granian then calls the app's `__rsgi_del__(loop)`, which may run
+the loop again. And SIGHUP in the main process makes granian respawn every worker, which
+would re-import the config and lose pool state, or crash on a bad file.
+
+So, in order:
+1. `TollwayServer.shutdown` (main process) first sends SIGUSR1 to each worker: the gateway
+   marks itself not ready (/readyz 503) while still serving, and the main process waits
+   `server.drain_delay` seconds, long enough for a load balancer or Kubernetes to stop
+   sending new requests. Then granian's own shutdown proceeds (listener closed).
+2. granian's worker (Rust side) stops accepting and waits for every open response before it
+   returns the loop to Python, so the deadline is kept by the worker itself: SIGUSR1 also
+   starts a timer that cancels requests still in flight after drain_delay + drain_timeout.
+   Then `Gateway.__rsgi_del__` runs `drain()` (a last wait, for a worker that got SIGTERM
+   directly) and closes pools and the upstream client. granian kills a worker that is
+   still alive drain_timeout plus a margin after its SIGTERM.
+3. `TollwayServer` turns SIGHUP into a SIGHUP to each worker, where `Gateway.reload` handles it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from granian import Granian
+
+from tollway.core.errors import GatewayError
+
+log = logging.getLogger("tollway")
+_KILL_MARGIN = 5.0  # seconds granian waits beyond drain_timeout before it kills a worker
+
+
+class TollwayServer(Granian):  # type: ignore[misc,valid-type]
+    """granian's process server, with the gateway's readiness-first drain and in-place reload."""
+
+    def __init__(self, *args: Any, drain_delay: float = 0.0, drain_timeout: float = 30.0, **kwargs: Any) -> None:
+        kwargs.setdefault("workers_kill_timeout", int(drain_timeout + _KILL_MARGIN))
+        super().__init__(*args, **kwargs)
+        self.drain_delay = drain_delay
+
+    def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
+        """SIGHUP: each worker reloads its config in place, instead of being respawned."""
+        self._signal_workers(signal.SIGHUP)
+
+    def shutdown(self, exit_code: int = 0) -> None:
+        self._signal_workers(signal.SIGUSR1)
+        if self.drain_delay > 0:
+            log.info("draining: /readyz is 503, closing the listener in %.1fs", self.drain_delay)
+            time.sleep(self.drain_delay)
+        super().shutdown(exit_code)
+
+    def _signal_workers(self, sig: int) -> None:
+        for worker in list(self.wrks):
+            pid = worker.inner.pid
+            if pid is not None and worker.is_alive():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass  # it exited between the check and the signal: nothing to tell it
+
+
+def shutting_down() -> GatewayError:
+    """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
+    return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
+                        "api_error", "gateway_shutting_down")
+
+
+def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Any) -> None:
+    """SIGUSR1 (from TollwayServer.shutdown) marks the worker not ready and starts the clock:
+    requests still in flight after drain_delay + drain_timeout are cut off."""
+    def begin_drain() -> None:
+        if not gateway.ready:
+            return  # already draining
+        gateway.ready = False
+        server = gateway.runtime.config.server
+        gateway.drain_task = loop.create_task(_cut_off_after(gateway, server.drain_delay + server.drain_timeout))
+
+    loop.add_signal_handler(signal.SIGUSR1, begin_drain)
+
+
+async def _cut_off_after(gateway: Any, seconds: float) -> None:
+    """granian's worker waits for every open response before it hands the loop back to the
+    app, so the drain deadline must be enforced here, by ending what is still running."""
+    await asyncio.sleep(seconds)
+    await _cancel(gateway)
+
+
+async def _cancel(gateway: Any) -> int:
+    left = list(gateway.in_flight)
+    if left:
+        log.warning("drain timeout: cutting off %d requests still in flight", len(left))
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=1.0)
+    return len(left)
+
+
+async def drain(gateway: Any, timeout: float) -> int:
+    """Wait until no request is in flight, or `timeout` seconds; then cancel the rest, so the
+    worker can exit. Returns how many were cut off."""
+    gateway.ready = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if gateway.in_flight:
+        log.info("draining %d requests in flight (up to %.0fs)", len(gateway.in_flight), timeout)
+    while gateway.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return await _cancel(gateway)

@@ -1,0 +1,40 @@
+"""Running the gateway under granian (RSGI interface, uvloop, one process per worker)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from tollway.core.config import Config
+from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
+
+
+def serve(config: Config, config_path: str, host: str, port: int, workers: int) -> int:
+    """Serve until stopped. Returns the process exit code."""
+    from granian.constants import Interfaces, Loops
+
+    from tollway.gateway.lifecycle.drain import TollwayServer
+
+    if workers < 1:
+        print("tollway: --workers must be at least 1", file=sys.stderr)
+        return 2
+    problem = per_worker_problem(config, workers)
+    if problem:  # refuse rather than silently admit N times every limit; see docs/limits.md
+        print(f"tollway: refusing to start: {problem}", file=sys.stderr)
+        return 2
+    os.environ["TOLLWAY_CONFIG"] = config_path
+    os.environ[WORKERS_ENV] = str(workers)
+    server = TollwayServer(
+        "tollway.gateway.app:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.RSGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_access=False,
+        backlog=2048,
+        drain_delay=config.server.drain_delay,
+        drain_timeout=config.server.drain_timeout,
+    )
+    server.serve()
+    return 0

@@ -1,0 +1,244 @@
+"""The limiter: reserve quota before a request goes upstream, settle it after the response.
+
+The policy (which buckets, how much, the 429) is `tollway.core.limits.policy`; this module runs it against a
+*bucket store*: `MemoryBuckets` (one process) or `RedisBuckets` (shared by every worker and
+replica). A store binds each plan once (`bind`), then on its buckets `decide`s from what this
+process holds (the hot path; the Redis store may answer "ask me") or `take`s all amounts or
+none in the store, and `settle`s what was used against what was reserved, without waiting.
+
+When the store cannot answer (Redis down), `rate_limits.on_store_error` decides: `open`
+admits the request unmetered, `closed` refuses it with a 503. Either way the decision is
+counted in `tollway_rate_limit_store_errors_total`; the store logs once when an incident
+starts and once when it ends, never per request.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol
+
+from tollway.core.limits import policy as limits
+from tollway.core.config import Config, Key
+from tollway.core.errors import GatewayError
+from tollway.core.kernels import ratelimit_headers
+from tollway.core.limits.policy import REQUEST_ONLY_APIS, REQUEST_ONLY_DEMAND, LimitPolicy, Plan
+from tollway.core.accounting.pricing import FREE
+from tollway.core.request import RequestHead
+from tollway.core.accounting.tokens import estimate_prompt_tokens
+from tollway.ext.usage import Usage
+
+log = logging.getLogger("tollway")
+
+
+class StoreUnavailable(Exception):
+    """The bucket store could not make a decision (connection refused, timeout, ...)."""
+
+
+class BucketStore(Protocol):
+    backend: str
+    settings: tuple[str, ...]  # see store_settings()
+
+    def configure(self, policy: LimitPolicy) -> None:
+        """Adopt the buckets of a (new) config, keeping the levels of unchanged buckets."""
+
+    def bind(self, plan: Plan) -> Any:
+        """This store's state for `plan` (its slots, its keys): built once per plan and kept
+        by the limiter, which passes it to every call below, so none needs a lookup."""
+
+    def decide(self, bound: Any, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+        """The hot path: reserve `demand` (per measure, see tollway.core.limits.policy.reserve) on the
+        bound plan from what this process holds, without waiting. Returns (taken, levels
+        after), or None when only the store can decide (then the limiter awaits `take`).
+        Never raises."""
+
+    async def take(self, bound: Any, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Take every amount (per bucket of the bound plan) or none, in the store. Returns
+        (taken, levels after). Raises StoreUnavailable."""
+
+    def settle(self, bound: Any, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+        """Charge what was used minus what was reserved (both per measure) on the bound
+        plan, without waiting; never raises."""
+
+    async def levels(self, policy: LimitPolicy) -> dict[str, float]:
+        """Current level of every bucket of `policy`, by bucket id. Raises StoreUnavailable."""
+
+    async def aclose(self) -> None:
+        """Flush what is queued and release connections."""
+
+
+class Lease:
+    """A granted reservation: what to settle later and the headers to send now."""
+
+    __slots__ = ("plan", "bound", "demand", "model", "headers", "metered")
+
+    def __init__(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str,
+                 headers: list[tuple[str, str]], metered: bool = True) -> None:
+        self.plan = plan
+        self.bound = bound  # the store's state for the plan (BucketStore.bind)
+        self.demand = demand  # what was reserved, per measure (tollway.core.limits.policy.reserve)
+        self.model = model
+        self.headers = headers
+        self.metered = metered  # False when admitted without the store (on_store_error: open)
+
+
+class AskStore:
+    """What `Limiter.admit` returns when only the store can decide: the decision so far, to
+    finish with `await Limiter.ask_store(...)`."""
+
+    __slots__ = ("plan", "bound", "demand", "model")
+
+    def __init__(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str) -> None:
+        self.plan, self.bound, self.demand, self.model = plan, bound, demand, model
+
+
+class Limiter:
+    """Runs one config's limit policy against a bucket store."""
+
+    def __init__(self, config: Config, store: BucketStore, metrics: Any) -> None:
+        self.policy = LimitPolicy(config)
+        self.enabled = self.policy.enabled  # (an attribute: read on every request)
+        self.store = store
+        self.fail_open = config.rate_limits.on_store_error == "open"
+        self.metrics = metrics
+        store.configure(self.policy)
+        # (key name, model) -> (plan, what the store bound to it; None when no limit applies)
+        self._plans: dict[tuple[str, str], tuple[Plan, Any]] = {}
+
+    def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | AskStore | None:
+        """The hot path: decide without waiting, from what this process holds (the memory
+        store always can; the Redis store when its leases cover the request).
+
+        Returns the Lease, None when no limit applies, or an AskStore when only the store can
+        decide: then `await ask_store(it)`. Raises GatewayError 429 when a bucket has no room.
+        """
+        plan, bound = self._plan(key, model)
+        if bound is None:
+            return None
+        demand = self._demand(plan, model, api, head, body)
+        decided = self.store.decide(bound, demand)
+        if decided is None:
+            return AskStore(plan, bound, demand, model)
+        return self._grant(plan, bound, demand, model, decided)
+
+    async def ask_store(self, pending: AskStore) -> Lease:
+        """Finish a decision `admit` could not make here: the store reserves (Redis, batched).
+        Raises GatewayError: 429 when a bucket has no room, 503 when the store is down and
+        `on_store_error: closed`."""
+        plan, demand = pending.plan, pending.demand
+        try:
+            decided = await self.store.take(pending.bound, limits.amounts(plan, demand))
+        except StoreUnavailable:
+            return self._without_store(plan, pending.bound, demand, pending.model)
+        return self._grant(plan, pending.bound, demand, pending.model, decided)
+
+    async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
+        """`admit`, then `ask_store` when needed: this request's Lease, or None when no limit
+        applies. Raises GatewayError as those two do."""
+        decision = self.admit(key, model, api, head, body)
+        return await self.ask_store(decision) if isinstance(decision, AskStore) else decision
+
+    def _plan(self, key: Key, model: str) -> tuple[Plan, Any]:
+        found = self._plans.get((key.name, model))
+        if found is None:
+            plan = self.policy.plan(key, model)
+            found = self._plans[(key.name, model)] = (plan, self.store.bind(plan) if plan else None)
+        return found
+
+    def _demand(self, plan: Plan, model: str, api: str, head: RequestHead, body: bytes) -> tuple[float, ...]:
+        if api in REQUEST_ONLY_APIS:  # count_tokens: a request, but no tokens or cost (see tollway.core.limits.policy)
+            return REQUEST_ONLY_DEMAND
+        policy = self.policy
+        return limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
+                              policy.price(model) if plan.priced else FREE)
+
+    def _grant(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str,
+               decided: tuple[bool, tuple[float, ...]]) -> Lease:
+        taken, levels = decided
+        if not taken:
+            refusal = limits.denial(plan, limits.amounts(plan, demand), levels)
+            self.metrics.limit_decision(refusal.bucket.id, "limited")
+            raise limits.rejection(refusal, model)
+        counts = self.metrics.limit_counts
+        for allowed in plan.allowed:
+            counts[allowed] += 1
+        return Lease(plan, bound, demand, model, ratelimit_headers(plan.header_specs, levels))
+
+    def settle(self, lease: Lease, usage: Usage | None, upstream_model: str | None) -> None:
+        """Settle `lease` with what was really used (None: nothing). Never waits: the memory
+        store applies it at once (a few arithmetic operations), the Redis store queues it."""
+        if lease.metered:
+            plan = lease.plan
+            price = self.policy.price(lease.model, upstream_model) if plan.priced else None
+            self.store.settle(lease.bound, lease.demand, limits.used(plan, usage, price))
+
+    def _without_store(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str) -> Lease:
+        self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
+        if not self.fail_open:
+            raise GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
+                               "api_error", "rate_limit_store_unavailable", None, limits.retry_headers(1.0))
+        return Lease(plan, bound, demand, model, [], metered=False)
+
+    async def usage_report(self) -> list[dict[str, Any]]:
+        """Every bucket with its limit, current use and what remains. Raises StoreUnavailable."""
+        levels = await self.store.levels(self.policy)
+        report = []
+        for bucket_id, bucket in self.policy.buckets.items():
+            level = levels.get(bucket_id, bucket.capacity)
+            report.append({
+                "id": bucket_id, "scope": bucket.scope, "owner": bucket.owner, "model": bucket.model,
+                "measure": bucket.measure,
+                "per_seconds": bucket.window or None, "limit": bucket.capacity,
+                "used": round(bucket.capacity - level, 6), "remaining": round(max(level, 0.0), 6),
+                "reset_seconds": _finite(bucket.until_full(level)),
+            })
+        return report
+
+
+def _finite(seconds: float) -> float | None:
+    return None if seconds == float("inf") else round(seconds, 3)
+
+
+def build_limiter(config: Config, metrics: Any, previous: Limiter | None = None) -> Limiter:
+    """The limiter for `config`, reusing the previous store when the backend did not change
+    (so a reload keeps every unchanged bucket's level and the Redis connections)."""
+    problem = per_worker_problem(config, int(os.environ.get(WORKERS_ENV, "1")))
+    if problem and previous is not None:  # `tollway serve` refused this at start; a reload cannot
+        log.error("config reload: %s Until restarted, each of the workers enforces every limit on its own.", problem)
+    settings = store_settings(config)
+    store: BucketStore | None = previous.store if previous is not None else None
+    if store is None or store.settings != settings:
+        store = _new_store(config, metrics)
+    return Limiter(config, store, metrics)
+
+
+WORKERS_ENV = "TOLLWAY_WORKERS"  # set by `tollway serve` for its worker processes
+
+
+def per_worker_problem(config: Config, workers: int) -> str | None:
+    """Why `config` cannot be enforced by `workers` processes, or None if it can.
+
+    The memory backend keeps each worker's buckets in that worker, and granian spreads
+    connections over workers, so N workers would admit up to N times every limit.
+    """
+    if workers <= 1 or config.rate_limits.backend != "memory" or not LimitPolicy(config).enabled:
+        return None
+    return (f"rate_limits.backend 'memory' keeps limits inside one process, and --workers {workers} would run "
+            f"{workers} of them: together they would admit up to {workers}x every limit. "
+            "Use rate_limits.backend: redis to share limits, or serve with --workers 1.")
+
+
+def store_settings(config: Config) -> tuple[str, ...]:
+    """What identifies a store: a change here needs a new one."""
+    rl = config.rate_limits
+    return (rl.backend, rl.redis_url, rl.key_prefix) if rl.backend == "redis" else (rl.backend,)
+
+
+def _new_store(config: Config, metrics: Any) -> BucketStore:
+    rl = config.rate_limits
+    if rl.backend == "redis":
+        from tollway.gateway.limits.redis_store import RedisBuckets
+
+        return RedisBuckets(rl.redis_url, rl.key_prefix, metrics, leasing=True)
+    from tollway.gateway.limits.memory import MemoryBuckets
+
+    return MemoryBuckets()

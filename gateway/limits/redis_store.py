@@ -1,0 +1,474 @@
+"""The shared bucket store: token buckets in Redis, decided by one Lua script, in batches.
+
+Theory of operation
+-------------------
+Every worker of every replica talks to one Redis. A bucket is a hash `{<prefix>}:b:<bucket id>`
+holding its level `l` and the time of that level `t` (Redis server time, so every gateway
+agrees on the clock). The Lua script `BUCKETS_LUA` runs the same arithmetic as the
+`BucketTable` kernel: lazy continuous refill, all-or-nothing reservation over a request's
+buckets, settles that may leave debt. A script runs atomically, so no two decisions interleave.
+
+Cost: a round trip and redis-py's ~40 us of CPU per call would halve a gateway doing ~100 us
+per request. So calls are *batched*: reservations and settles are queued, and a drain task
+sends everything queued as ONE `EVALSHA` (ops applied in order inside the script), while new
+requests queue up behind it, so ops reach Redis in the order they were made. Under load a call carries many decisions; a lone request pays
+one call. Settles never wait: they ride along with the next batch, or go on their own after
+`SETTLE_DELAY` when no reservation comes. With `leasing` (how the gateway runs it), most
+requests make no call at all: they are decided from quota this process leased in slices
+(gateway/limits/lease.py, which also states the overshoot bound); R ops reserve and lease in
+one go, g ops top leases up in the background.
+
+Keys: every key of a deployment shares one hash tag, `{<prefix>}`, so a whole batch (which
+spans keys, teams and models) is one slot on Redis Cluster and one atomic script call. The
+price is that the limits of one deployment live on one shard (see docs/limits.md).
+
+Expiry: a bucket's key expires when it would be full again (a full bucket and a missing one
+mean the same), so idle buckets cost no memory. A concurrency gauge expires `GAUGE_TTL` after
+its last use, which also frees slots held by a gateway that died mid-request.
+
+Store errors (connection refused, timeout): the batch fails, waiting reservations get
+`StoreUnavailable` (the limiter applies `on_store_error`), queued settles are dropped and
+counted. An incident is logged once when it starts and once when Redis answers again; while it
+lasts, Redis is retried at most every `RETRY_INTERVAL` and decisions in between fail fast.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from tollway.core.limits import policy as limits
+from tollway.core.kernels import Gate
+from tollway.core.limits.policy import Bucket, LimitPolicy, Plan
+from tollway.gateway.limits.limiter import StoreUnavailable
+from tollway.gateway.limits.lease import LEASE_TTL, LeaseBook
+
+log = logging.getLogger("tollway")
+
+SETTLE_DELAY = 0.002    # s: how long a settle waits for a reservation batch to ride with
+MAX_OPS = 512           # ops per script call; longer queues go in several calls
+MAX_IN_FLIGHT = 1       # script calls in flight; 1 keeps ops in order (2 measured no faster)
+RETRY_INTERVAL = 1.0    # s: during an incident, how often Redis is tried again
+SOCKET_TIMEOUT = 0.5    # s: a decision never waits longer than this for Redis
+GAUGE_TTL_MS = 3_600_000
+MAX_HELD = 10_000       # settles kept through an incident; older ones are dropped
+
+BUCKETS_LUA = """
+-- KEYS: the buckets this batch touches.
+-- ARGV[1] now ('' = Redis TIME); ARGV[2] gauge ttl ms;
+-- ARGV[3] 'capacity refill' per key, space-separated, in KEYS order;
+-- ARGV[4] the ops, space-separated: kind, n, then per bucket: key index, amount[, want]. Kinds:
+--   'r' reserve all amounts or none;  'c' charge signed amounts (may leave debt);
+--   'R' reserve like 'r', then (only if taken) lease up to `want` more of each bucket;
+--   'g' lease up to `amount` of each bucket (whatever is there, no debt).
+-- Returns one string: per r op '1'|'0' (taken?) and n levels after it; per R op the same plus
+-- n grants; per g op n levels and n grants. (c ops return nothing.)
+-- (Whole batches travel as two strings: redis-py spends ~2 us per argument it packs.)
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local gauge_ttl = tonumber(ARGV[2])
+local caps, rates = {}, {}
+do
+  local i, tok = 1, string.gmatch(ARGV[3], '%S+')
+  for cap in tok do
+    caps[i], rates[i] = tonumber(cap), tonumber(tok())
+    i = i + 1
+  end
+end
+local state = {}
+
+local function bucket(i)
+  local s = state[i]
+  local cap, rate = caps[i], rates[i]
+  if not s then
+    local v = redis.call('HMGET', KEYS[i], 'l', 't')
+    local level, stamp = tonumber(v[1]), tonumber(v[2])
+    if not level then level, stamp = cap, now end
+    if level > cap then level = cap end
+    s = {level, stamp}
+    state[i] = s
+  end
+  if now > s[2] then
+    if rate > 0 then s[1] = math.min(cap, s[1] + (now - s[2]) * rate) end
+    s[2] = now
+  end
+  return s
+end
+
+local out = {}
+local function grant(held, wants, n)
+  for j = 1, n do
+    local g = math.max(0, math.min(wants[j], held[j][1]))
+    held[j][1] = held[j][1] - g
+    wants[j] = g
+  end
+end
+local tok = string.gmatch(ARGV[4], '%S+')
+for kind in tok do
+  local n = tonumber(tok())
+  local held, amounts, wants, fits = {}, {}, {}, true
+  for j = 1, n do
+    local i = tonumber(tok())
+    local s = bucket(i)
+    held[j], amounts[j] = s, tonumber(tok())
+    if kind == 'R' then wants[j] = tonumber(tok()) end
+    s[3] = caps[i]
+    if s[1] < amounts[j] then fits = false end
+  end
+  if kind == 'r' or kind == 'R' then
+    if fits then for j = 1, n do held[j][1] = held[j][1] - amounts[j] end end
+    out[#out + 1] = fits and '1' or '0'
+    if kind == 'R' then
+      if not fits then for j = 1, n do wants[j] = 0 end end
+      grant(held, wants, n)
+    end
+  elseif kind == 'g' then
+    wants = amounts
+    grant(held, wants, n)
+  else
+    for j = 1, n do held[j][1] = math.min(held[j][3], held[j][1] - amounts[j]) end
+  end
+  if kind ~= 'c' then
+    for j = 1, n do out[#out + 1] = string.format('%.17g', held[j][1]) end
+  end
+  if kind == 'R' or kind == 'g' then
+    for j = 1, n do out[#out + 1] = string.format('%.17g', wants[j]) end
+  end
+end
+
+for i, s in pairs(state) do
+  redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
+  local ttl = gauge_ttl
+  if rates[i] > 0 then ttl = math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000 end
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return table.concat(out, ' ')
+"""
+BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
+
+# What the store keeps per plan (RedisBuckets.bind): the plan, its buckets' Redis keys, their
+# shapes for the script, and its lease slots as a Gate (None when the plan does not lease).
+_Entry = tuple[Plan, tuple[str, ...], list[str], "Gate | None"]
+
+
+class _Op:
+    """One queued op (see BUCKETS_LUA), already in the script's argument form: `shapes` and
+    `amounts` per bucket, `wants` per bucket for an R op, and the lease slots for R and g ops.
+    `future` gets the result of r, R and g ops; c ops have none."""
+
+    __slots__ = ("kind", "keys", "shapes", "amounts", "wants", "slots", "future")
+
+    def __init__(self, kind: str, keys: tuple[str, ...], shapes: list[str], amounts: tuple[float, ...],
+                 future: Any = None, wants: tuple[float, ...] | None = None, slots: Any = None) -> None:
+        self.kind, self.keys, self.shapes, self.amounts = kind, keys, shapes, amounts
+        self.future, self.wants, self.slots = future, wants, slots
+
+
+class _TopUp:
+    """The result slot of a background lease top-up (a g op): nobody awaits it."""
+
+    __slots__ = ("book", "slots", "wants")
+
+    def __init__(self, book: LeaseBook, slots: list[int], wants: tuple[float, ...]) -> None:
+        self.book, self.slots, self.wants = book, slots, wants
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        return None  # the grants were booked by _run
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.book.failed(self.slots, self.wants)  # ask again once Redis answers
+
+
+class RedisBuckets:
+    """A bucket store in Redis, shared by every gateway process that uses the same prefix."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, prefix: str, metrics: Any, client: Any = None, leasing: bool = False) -> None:
+        self.settings = ("redis", url, prefix)
+        self.prefix = prefix
+        self.client = client or aioredis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry_on_timeout=False)
+        self.metrics = metrics
+        self.now: float | None = None  # tests pin the script's clock; None = Redis TIME
+        self._queue: list[_Op] = []
+        self._drains: set[asyncio.Task[None]] = set()  # batches in flight (at most MAX_IN_FLIGHT)
+        self._settle_timer: asyncio.TimerHandle | None = None
+        self._book = LeaseBook() if leasing else None  # see gateway/limits/lease.py
+        self._return_timer: asyncio.TimerHandle | None = None
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._held = 0  # settles kept for later during an incident
+
+    def configure(self, policy: LimitPolicy) -> None:
+        if self._book is not None:  # leases of the old shapes go back; changed buckets start over
+            self._surrender()
+            self._book.reconfigure(policy.buckets)
+
+    def key(self, bucket_id: str) -> str:
+        """The Redis key of a bucket: one hash tag for the whole deployment."""
+        return f"{{{self.prefix}}}:b:{bucket_id}"
+
+    def bind(self, plan: Plan) -> _Entry:
+        """The plan's Redis keys, its shapes for the script and its lease gate."""
+        keys = tuple(self.key(b.id) for b in plan.buckets)
+        shapes = [_shape(b) for b in plan.buckets]
+        return plan, keys, shapes, self._book.gate(plan) if self._book is not None else None
+
+    def decide(self, entry: _Entry, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+        """Decide from this process's leases when they cover the request (admitted, levels as
+        Redis's last answer plus what is held here); None sends it to Redis."""
+        book = self._book
+        gate = entry[3]
+        if book is None or gate is None:
+            return None
+        got = book.decide(gate, demand)
+        if got is None:
+            return None
+        levels, low = got
+        if low:
+            self._top_up(low)
+        return True, levels
+
+    async def take(self, entry: _Entry, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+        """Reserve in Redis (leasing a slice along, when leasing); see BucketStore.take."""
+        if self._failing_fast():
+            raise StoreUnavailable("redis is unavailable")
+        _, keys, shapes, gate = entry
+        slots = gate.slots if gate is not None else None
+        wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if wants is None:
+            self._queue.append(_Op("r", keys, shapes, amounts, future))
+        else:
+            self._queue.append(_Op("R", keys, shapes, amounts, future, wants, slots))
+        self._kick()
+        return await future
+
+    def settle(self, entry: _Entry, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+        """Charge used minus reserved: to this process's lease when the plan leases (see
+        LeaseBook.settle), else to Redis (queued, batched)."""
+        plan, _, _, gate = entry
+        if self._book is not None:
+            if gate is not None:
+                for bucket, excess in self._book.settle(gate, reserved, used):
+                    self._queue_charge(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
+                if self._return_timer is None:  # what the settle left here goes back within LEASE_TTL
+                    self._return_timer = asyncio.get_running_loop().call_later(LEASE_TTL, self._return_leases)
+                return
+        self.charge(entry, limits.deltas(plan, reserved, used))
+
+    def charge(self, entry: _Entry, deltas: tuple[float, ...]) -> None:
+        """Queue signed amounts per bucket of the bound plan (negative refunds) for Redis."""
+        if not any(deltas):
+            return
+        _, keys, shapes, _ = entry
+        self._queue_charge(_Op("c", keys, shapes, deltas))
+
+    def _queue_charge(self, op: _Op) -> None:
+        self._queue.append(op)
+        if self._down_since is not None and len(self._queue) > MAX_HELD:
+            del self._queue[0]  # an outage this long loses the oldest settles, not memory
+        if not self._drains and self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
+
+    async def levels(self, policy: LimitPolicy) -> dict[str, float]:
+        """Levels now, refilled to Redis time; buckets with no key are full."""
+        ids = list(policy.buckets)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for bucket_id in ids:
+                    pipe.hmget(self.key(bucket_id), "l", "t")
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from None
+        seconds, micros = replies[0]
+        now = self.now if self.now is not None else seconds + micros / 1e6
+        out = {}
+        for bucket_id, (level, stamp) in zip(ids, replies[1:]):
+            b = policy.buckets[bucket_id]
+            if level is None:
+                out[bucket_id] = b.capacity
+            else:
+                elapsed = max(now - float(stamp), 0.0)
+                out[bucket_id] = min(b.capacity, float(level) + elapsed * b.refill)
+        return out
+
+    async def aclose(self) -> None:
+        """Give leases back, send queued settles, then close the connections."""
+        if self._return_timer is not None:
+            self._return_timer.cancel()
+            self._return_timer = None
+        self._surrender()
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        if self._drains:
+            await asyncio.wait(list(self._drains), timeout=SOCKET_TIMEOUT * 2)
+        if self._queue:
+            await self._drain()
+        await self.client.aclose()
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _top_up(self, slots: list[int]) -> None:
+        """Queue one g op asking for full slices of `slots` (sent with the next batch)."""
+        book = self._book
+        assert book is not None
+        wants = book.top_up(slots)
+        buckets = [book.buckets[s] for s in slots]
+        self._queue.append(_Op("g", tuple(self.key(b.id) for b in buckets), [_shape(b) for b in buckets], wants,
+                               _TopUp(book, slots, wants), None, slots))
+        self._kick()
+
+    def _booked(self, op: _Op, grants: tuple[float, ...], levels: tuple[float, ...]) -> None:
+        assert self._book is not None
+        wants = op.wants if op.kind == "R" else op.amounts
+        for bucket, excess in self._book.granted(op.slots, wants, grants, levels, time.monotonic()):
+            self._queue.append(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
+        if self._return_timer is None and any(grants):
+            self._return_timer = asyncio.get_running_loop().call_later(LEASE_TTL, self._return_leases)
+
+    def _return_leases(self) -> None:
+        """Every LEASE_TTL: give every holding back, so no lease outlives it."""
+        self._return_timer = None
+        self._surrender()
+
+    def _surrender(self) -> None:
+        if self._book is None:
+            return
+        for bucket, held in self._book.surrender():
+            self._queue.append(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-held,)))
+        if self._queue and not self._drains and self._settle_timer is None:
+            try:
+                self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
+            except RuntimeError:  # configure() before the loop runs: the first request drains them
+                pass
+
+    # -- batching -------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._settle_timer = None
+        if self._queue and len(self._drains) < MAX_IN_FLIGHT:
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(task)  # held: the loop keeps only weak references to tasks
+
+    async def _drain(self) -> None:
+        """Send everything queued, batch after batch, until the queue is empty or Redis fails."""
+        try:
+            while self._queue and not self._failing_fast():
+                batch, self._queue = self._queue[:MAX_OPS], self._queue[MAX_OPS:]
+                if not await self._run(batch):
+                    break
+        finally:
+            # Leave the set now, not in a done-callback: an op queued between this task's last
+            # check and such a callback would find the slot taken and wait forever.
+            self._drains.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self._queue and self._settle_timer is None and self._down_since is not None:
+                # settles held during an incident: try again later
+                self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
+
+    async def _run(self, batch: list[_Op]) -> bool:
+        """Send one batch and hand out its results. Returns False if Redis failed."""
+        keys, args = self._encode(batch)
+        try:
+            reply = await self._evalsha(keys, args)
+        except (RedisError, OSError) as exc:
+            self._incident(exc, batch)
+            return False
+        self._recovered()
+        words = reply.split()
+        pos = 0
+        for op in batch:
+            if op.future is None:
+                continue
+            n = len(op.keys)
+            taken = op.kind == "g" or words[pos] == b"1"
+            pos += op.kind != "g"
+            levels = tuple(map(float, words[pos:pos + n]))
+            pos += n
+            if op.kind in ("R", "g"):
+                grants = tuple(map(float, words[pos:pos + n]))
+                pos += n
+                self._booked(op, grants, levels)
+                if op.kind == "R":
+                    levels = tuple([a + b for a, b in zip(levels, self._book.table.levels(op.slots, 0.0))])
+            if not op.future.done():
+                op.future.set_result((taken, levels))
+            elif taken:  # the request was cancelled while waiting: give its quota back
+                self._queue.append(_Op("c", op.keys, op.shapes, tuple(-a for a in op.amounts)))
+        return True
+
+    def _encode(self, batch: list[_Op]) -> tuple[list[str], list[str]]:
+        """KEYS and the four ARGV strings of one script call (see BUCKETS_LUA)."""
+        index: dict[str, int] = {}
+        shapes: list[str] = []
+        ops: list[str] = []
+        for op in batch:
+            ops.append(op.kind)
+            ops.append(str(len(op.keys)))
+            for j, (key, shape, amount) in enumerate(zip(op.keys, op.shapes, op.amounts)):
+                i = index.get(key)
+                if i is None:
+                    i = index[key] = len(index) + 1
+                    shapes.append(shape)
+                ops.append(str(i))
+                ops.append(repr(amount))
+                if op.wants is not None:
+                    ops.append(repr(op.wants[j]))
+        now = "" if self.now is None else repr(self.now)
+        return list(index), [now, str(GAUGE_TTL_MS), " ".join(shapes), " ".join(ops)]
+
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA; on NOSCRIPT (Redis restarted or flushed) load the script and call again."""
+        try:
+            return await self.client.evalsha(BUCKETS_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(BUCKETS_LUA)
+            return await self.client.evalsha(BUCKETS_SHA, len(keys), *keys, *args)
+
+    # -- incidents ------------------------------------------------------------------------
+
+    def _failing_fast(self) -> bool:
+        return self._down_since is not None and time.monotonic() < self._retry_at
+
+    def _incident(self, exc: BaseException, batch: list[_Op]) -> None:
+        """Fail the waiting reservations; keep the settles (bounded) to send when Redis is back,
+        so quota and concurrency slots held in Redis are not lost to a short outage."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.error("rate-limit store: redis unavailable (%s: %s); deciding without it until it answers",
+                      type(exc).__name__, exc)
+        self._retry_at = now + RETRY_INTERVAL
+        settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
+        for op in batch + self._queue:
+            if op.kind == "R" and self._book is not None:
+                self._book.failed(op.slots, op.wants)
+            if op.future is not None and not op.future.done():
+                op.future.set_exception(StoreUnavailable(str(exc)))
+        self._queue = settles
+        self._held = len(settles)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning("rate-limit store: redis answers again after %.1f s; sending %d settles held meanwhile",
+                        time.monotonic() - self._down_since, self._held)
+            self._down_since, self._held = None, 0
+
+
+def _shape(bucket: Bucket) -> str:
+    """A bucket's capacity and refill as the script reads them."""
+    return f"{bucket.capacity!r} {bucket.refill!r}"

@@ -1,0 +1,160 @@
+"""Provider credentials that need I/O or the clock: AWS SigV4 and Google OAuth tokens.
+
+Static API keys are plain headers the adapters set; the schemas here sign each call after
+the adapter built it. `credential_for(provider)` picks the credential from a table keyed by
+schema (None when the adapter's header suffices). botocore and google-auth are imported only
+when a config uses their schema, and every blocking step (reading the AWS credential chain,
+instance-metadata and STS calls, Google's token endpoint) runs in a worker thread so the
+event loop never waits on it.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any, Callable
+
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError, upstream_auth_failed
+from tollway.core.providers.base import UpstreamCall
+from tollway.core.security.secrets import KnownSecrets
+
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# Refresh a Google token this long before it expires, so no request carries a token that
+# expires on its way (google-auth's own margin is 3m45s; a slow upstream call can outlast it).
+TOKEN_MARGIN = datetime.timedelta(minutes=5)
+
+
+def _with_header(call: UpstreamCall, name: str, value: str) -> UpstreamCall:
+    headers = [(k, v) for k, v in call.headers if k.lower() != name] + [(name, value)]
+    return UpstreamCall(call.method, call.url, headers, call.body, call.stream)
+
+
+def _no_credentials(provider: Provider, what: str) -> GatewayError:
+    return GatewayError(502, f"The gateway has no usable {what} for upstream provider '{provider.name}'; "
+                             "ask the gateway operator to configure one.", "api_error", "upstream_auth_failed")
+
+
+class SigV4Credential:
+    """Signs Bedrock calls with SigV4 (service `bedrock`) using botocore's signer.
+
+    Keys come from the provider's `credentials` (access_key_id, secret_access_key,
+    session_token) or, when it names none, from the AWS default chain (environment, shared
+    config and `profile`, web identity/IRSA, container and instance roles), resolved on the
+    first call and refreshed by botocore when temporary keys near their expiry.
+    """
+
+    service = "bedrock"
+
+    def __init__(self, provider: Provider, secrets: KnownSecrets) -> None:
+        self._provider = provider
+        self._secrets = secrets
+        self._source: Any = None
+        self._lock = asyncio.Lock()
+
+    async def sign(self, call: UpstreamCall) -> UpstreamCall:
+        from botocore.auth import SigV4Auth  # noqa: PLC0415
+        from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+
+        keys = await self._frozen_keys()
+        self._secrets.add(keys.access_key, keys.secret_key, keys.token)  # fetched keys rotate: learn each
+        request = AWSRequest(method=call.method, url=call.url, data=call.body, headers=dict(call.headers))
+        SigV4Auth(keys, self.service, self._provider.region or "us-east-1").add_auth(request)
+        return UpstreamCall(call.method, call.url, list(request.headers.items()), call.body, call.stream)
+
+    async def _frozen_keys(self) -> Any:
+        if self._source is None:
+            async with self._lock:
+                if self._source is None:
+                    self._source = await asyncio.to_thread(self._resolve)
+        source = self._source
+        refresh_needed = getattr(source, "refresh_needed", None)
+        if refresh_needed is not None and refresh_needed():
+            return await asyncio.to_thread(source.get_frozen_credentials)  # may call STS/IMDS
+        return source.get_frozen_credentials()
+
+    def _resolve(self) -> Any:
+        import botocore.credentials  # noqa: PLC0415
+        import botocore.session  # noqa: PLC0415
+
+        named = self._provider.credentials or {}
+        if named.get("access_key_id"):
+            return botocore.credentials.Credentials(
+                named["access_key_id"], named.get("secret_access_key", ""), named.get("session_token"))
+        found = botocore.session.Session(profile=named.get("profile")).get_credentials()
+        if found is None:
+            raise _no_credentials(self._provider, "AWS credentials")
+        return found
+
+
+class GoogleOAuthCredential:
+    """Adds a Google OAuth access token (Vertex AI), cached until shortly before it expires.
+
+    The token comes from the service-account file named by `credentials.service_account_file`
+    or from Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, workload
+    identity, the metadata server).
+    """
+
+    def __init__(self, provider: Provider, secrets: KnownSecrets) -> None:
+        self._provider = provider
+        self._secrets = secrets
+        self._google: Any = None
+        self._lock = asyncio.Lock()
+
+    async def sign(self, call: UpstreamCall) -> UpstreamCall:
+        return _with_header(call, "authorization", "Bearer " + await self.token())
+
+    async def token(self) -> str:
+        """A token valid for at least TOKEN_MARGIN. Raises GatewayError(502) if none can be had."""
+        if not self._fresh():
+            async with self._lock:
+                if not self._fresh():
+                    await asyncio.to_thread(self._refresh)
+        token: str = self._google.token
+        # On every return: a refresh whose waiter was cancelled still installed its token.
+        self._secrets.add(token)
+        return token
+
+    def _fresh(self) -> bool:
+        g = self._google
+        if g is None or not g.token:
+            return False
+        if g.expiry is None:
+            return True
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # google-auth uses naive UTC
+        return g.expiry - now > TOKEN_MARGIN
+
+    def _refresh(self) -> None:
+        import google.auth.exceptions  # noqa: PLC0415
+        import google.auth.transport.requests  # noqa: PLC0415
+
+        try:
+            if self._google is None:
+                self._google = self._load()
+            self._google.refresh(google.auth.transport.requests.Request())
+        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError):
+            raise upstream_auth_failed(self._provider.name) from None
+
+    def _load(self) -> Any:
+        import google.auth  # noqa: PLC0415
+        from google.oauth2 import service_account  # noqa: PLC0415
+
+        path = (self._provider.credentials or {}).get("service_account_file")
+        if path:
+            return service_account.Credentials.from_service_account_file(path, scopes=GOOGLE_SCOPES)
+        return google.auth.default(scopes=GOOGLE_SCOPES)[0]
+
+
+# schema -> the credential that signs its calls when the provider has no static api_key.
+SIGNERS: dict[str, Callable[[Provider, KnownSecrets], Any]] = {
+    "bedrock": SigV4Credential,
+    "vertex": GoogleOAuthCredential,
+}
+
+
+def credential_for(provider: Provider, secrets: KnownSecrets) -> Any | None:
+    """The signer for this provider's calls, or None when the adapter's headers suffice.
+    The signer adds every credential it fetches to `secrets`."""
+    factory = SIGNERS.get(provider.schema)
+    if factory is None or provider.api_key:
+        return None
+    return factory(provider, secrets)
