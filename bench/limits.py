@@ -58,7 +58,7 @@ def config_text(backend: str | None, redis_port: int) -> str:
 def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
     """Microseconds per reserve + settle in process: the memory store, or the Redis store
     (leasing, as the gateway runs it) against the private redis-server."""
-    from tollway.gateway.limits.limiter import AskStore, Lease, Limiter
+    from tollway.gateway.limits.limiter import Lease, Limiter
     from tollway.gateway.limits.memory import MemoryBuckets
     from tollway.gateway.limits.redis_store import RedisBuckets
     from tollway.gateway.telemetry.metrics import Metrics
@@ -71,9 +71,8 @@ def decision_cost(backend: str, redis_port: int, n: int = 20000) -> float:
         store = (MemoryBuckets() if backend == "memory" else
                  RedisBuckets(f"redis://127.0.0.1:{redis_port}/0", "bench-decisions", Metrics(), leasing=True))
         limiter = Limiter(cfg, store, Metrics())
-        async def decide() -> Lease | None:  # as Gateway.proxy_api does
-            lease = limiter.admit(key, "gpt-4o-mini", "chat", head, body)
-            return await limiter.ask_store(lease) if type(lease) is AskStore else lease
+        async def decide() -> Lease | None:  # as tollway.gateway.admission.forward does
+            return await limiter.reserve(key, "gpt-4o-mini", "chat", head, body)
 
         for _ in range(1000):  # warm up: the first leases
             limiter.settle(await decide(), usage, "gpt-4o-mini")

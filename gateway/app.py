@@ -10,55 +10,51 @@ import asyncio
 import logging
 import os
 import sys
-from functools import partial
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Any
 
-import msgspec
+from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import config as config_mod
 from tollway.core import errors
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
-from tollway.core.providers.base import ClientAPI
-from tollway.core.request import parse_head, with_model
-from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway import token_count
 from tollway.gateway.admin.api import AdminAPI
-from tollway.gateway.surfaces.anthropic import AnthropicAPI
+from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal, shutting_down
-from tollway.gateway.limits.limiter import AskStore, Limiter, build_limiter
-from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
-from tollway.gateway.proxy import Proxy
 from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
+from tollway.gateway.limits.limiter import Limiter, build_limiter
+from tollway.gateway.proxy import Proxy
+from tollway.gateway.runtime import ProviderRuntime, Runtime
+from tollway.gateway.serving import Serving
+from tollway.gateway.surfaces import Endpoint
+from tollway.gateway.surfaces.anthropic import AnthropicAPI
+from tollway.gateway.surfaces.openai import OpenAIAPI
+from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
-from tollway.gateway.runtime import KeyRecord, Runtime
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
-from tollway.gateway import token_count
 from tollway.gateway.upstream.client import UpstreamClient
-from tollway.gateway.downstream.watchdog import ANSWERED, BODY, Watchdog
 
-try:  # granian raises these when the client has gone away (or broke the protocol) mid-upload
-    from granian.rsgi import ProtocolClosed, ProtocolError
-    _UPLOAD_FAILED: tuple[type[BaseException], ...] = (ProtocolClosed, ProtocolError)
-except ImportError:  # pragma: no cover
-    _UPLOAD_FAILED = (RuntimeError,)
-
-Handler = Callable[[Any, Any, Exchange], Awaitable[None]]
 _JSON = ("content-type", "application/json")
-_encode = msgspec.json.Encoder().encode
 _TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
 log = logging.getLogger("tollway")
 
 
 class Gateway:
+    """The app granian serves: it owns the worker's state (`serving`, the upstream client, the
+    watchdog, the config watcher) and its lifecycle, and dispatches each request to an
+    `Endpoint` of a client surface (tollway.gateway.surfaces), the operations endpoints or the
+    admin API. Only the app holds the Gateway; handlers get the `Serving` they need."""
+
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config_path = config_path
         self.metrics = Metrics(lambda: self.runtime.metric_labels)  # label values follow the config
         self.access_log = AccessLog(enabled=config.server.access_log)
         self.upstream: UpstreamClient | None = None
-        self.runtime = Runtime(config, None)
-        self.proxy = Proxy(self.metrics)
-        self.limiter: Limiter | None = None  # built in start(): a Redis store belongs to the serving loop
+        self.serving = Serving(Runtime(config, None), Proxy(self.metrics))
         self.ready = False
         # The requests being served (for the drain on shutdown, and the watchdog's bounds).
         self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)
@@ -67,20 +63,45 @@ class Gateway:
         # Closes of what a reload replaced (old pools, store, exporter). The loop holds tasks only
         # weakly, so they live here until done; one attribute each would drop a still-running one.
         self.background: set[asyncio.Task[Any]] = set()
-        self.tracer: Tracer | None = build_tracer(config.telemetry.traces, self.metrics)  # None: tracing off
+        self.tracer = build_tracer(config.telemetry.traces, self.metrics)
         self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
-        self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
-            ("POST", "/v1/chat/completions"): (ClientAPI.CHAT, partial(self.proxy_api, ClientAPI.CHAT)),
-            ("POST", "/v1/completions"): (ClientAPI.COMPLETIONS, partial(self.proxy_api, ClientAPI.COMPLETIONS)),
-            ("POST", "/v1/embeddings"): (ClientAPI.EMBEDDINGS, partial(self.proxy_api, ClientAPI.EMBEDDINGS)),
-            ("POST", "/v1/responses"): (ClientAPI.RESPONSES, partial(self.proxy_api, ClientAPI.RESPONSES)),
-            ("GET", "/v1/models"): ("models", self.list_models),
-            ("GET", "/healthz"): ("health", self.healthz),
-            ("GET", "/readyz"): ("health", self.readyz),
-            ("GET", "/metrics"): ("metrics", self.metrics_endpoint),
-            **AnthropicAPI(self).routes(),
+        self.routes: dict[tuple[str, str], Endpoint] = {
+            **OpenAIAPI(self.serving).routes(),
+            **AnthropicAPI(self.serving).routes(),
+            ("GET", "/healthz"): Endpoint("health", self.healthz),
+            ("GET", "/readyz"): Endpoint("health", self.readyz),
+            ("GET", "/metrics"): Endpoint("metrics", self.metrics_endpoint),
+            **AdminAPI(self.serving).routes(),
         }
-        self.routes.update(AdminAPI(self).routes())
+
+    # What requests are served with lives in `serving`; these name its parts for the lifecycle.
+    @property
+    def runtime(self) -> Runtime:
+        return self.serving.runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        self.serving.runtime = runtime
+
+    @property
+    def limiter(self) -> Limiter | None:
+        return self.serving.limiter
+
+    @limiter.setter
+    def limiter(self, limiter: Limiter | None) -> None:
+        self.serving.limiter = limiter
+
+    @property
+    def tracer(self) -> Tracer | None:
+        return self.serving.tracer
+
+    @tracer.setter
+    def tracer(self, tracer: Tracer | None) -> None:
+        self.serving.tracer = tracer
+
+    @property
+    def proxy(self) -> Proxy:
+        return self.serving.proxy
 
     # -- lifecycle (granian calls these once per worker) ---------------------------------
 
@@ -149,27 +170,27 @@ class Gateway:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def _close_providers(self, providers: list[Any]) -> None:
+    async def _close_providers(self, providers: list[ProviderRuntime]) -> None:
         for provider in providers:
             await provider.endpoints.close()
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
         if scope.proto != "http":
             return
         method, path = scope.method, scope.path
         entry = self.routes.get((method, path.rstrip("/") or "/"))
-        ex = Exchange(request_id(scope.headers.get("x-request-id")), entry[0] if entry else "unknown")
+        ex = Exchange(request_id(scope.headers.get("x-request-id")), entry.api if entry else "unknown")
         ex.proto, ex.scope = proto, scope
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         self.in_flight[task] = ex
         try:
             if entry is None:
                 raise self._unknown(method, path)
-            await entry[1](scope, proto, ex)
+            await entry.handler(scope, proto, ex)
         except GatewayError as exc:
-            self._send_error(proto, ex, exc)
+            self._send_error(proto, ex, entry.surface.dress(exc) if entry else exc)
         except asyncio.CancelledError:  # the watchdog or the drain deadline: answer, don't crash
             self._cancelled(proto, ex)
         except Exception:  # noqa: BLE001 - the last line of defence: the process must stay up
@@ -182,7 +203,7 @@ class Gateway:
                 self.watchdog.unwatch(ex)
             self._finish(ex)
 
-    def _cancelled(self, proto: Any, ex: Exchange) -> None:
+    def _cancelled(self, proto: HTTPProtocol, ex: Exchange) -> None:
         """Answer a request the watchdog or the drain cut off (see tollway.gateway.downstream.watchdog)."""
         if ex.phase == ANSWERED:  # cut off while counting its tokens: what was sent stands
             return
@@ -198,7 +219,7 @@ class Gateway:
             return errors.method_not_allowed(method, path)
         return errors.not_found(path)
 
-    def _send_error(self, proto: Any, ex: Exchange, exc: GatewayError) -> None:
+    def _send_error(self, proto: HTTPProtocol, ex: Exchange, exc: GatewayError) -> None:
         ex.status = exc.status
         ex.error_type = ex.error_type or exc.code or exc.type
         headers = [_JSON, ("x-request-id", ex.request_id), *exc.headers]
@@ -224,108 +245,22 @@ class Gateway:
         if self.access_log.enabled:  # building the record is most of the cost: skip it when off
             self.access_log.write(ex.log_record())
 
-    # -- the client API --------------------------------------------------------------------
-
-    def authenticate(self, rt: Runtime, scope: Any) -> KeyRecord:
-        """The key record for this request's bearer token. Raises 401."""
-        auth = scope.headers.get("authorization")
-        if not auth:
-            raise errors.unauthorized(
-                "You didn't provide an API key. Send your gateway key as 'Authorization: Bearer <key>'."
-            )
-        scheme, _, token = auth.partition(" ")
-        record = rt.keys.lookup(token.strip()) if scheme.lower() == "bearer" else None
-        if record is None:
-            raise errors.unauthorized("Incorrect API key provided. Check the gateway key you were given.")
-        return record
-
-    async def read_body(self, rt: Runtime, scope: Any, proto: Any, ex: Exchange, limit: int | None = None) -> bytes:
-        """The whole request body, refusing (413) anything over `limit` (server.max_body_bytes
-        unless said). The watchdog answers 408 if the upload takes longer than
-        server.body_read_timeout; a client that leaves mid-upload ends the request quietly (499,
-        no traceback)."""
-        limit = rt.config.server.max_body_bytes if limit is None else limit
-        declared = scope.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise errors.too_large(limit)
-        ex.phase = BODY
-        try:
-            body = await (proto() if declared is not None else _read_chunked(proto, limit))
-        except _UPLOAD_FAILED:
-            raise errors.client_closed() from None
-        ex.phase = ""
-        if len(body) > limit:
-            raise errors.too_large(limit)
-        return body
-
-    async def proxy_api(self, api: str, scope: Any, proto: Any, ex: Exchange,
-                        authenticate: Callable[[Runtime, Any], KeyRecord] | None = None) -> None:
-        rt, tracer = self.runtime, self.tracer
-        key = (authenticate or self.authenticate)(rt, scope)
-        ex.key_name = key.key.name
-        if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
-            ex.trace = tracer.begin(scope.headers)
-        body = await self.read_body(rt, scope, proto, ex)
-        head = parse_head(body, rt.config.server.max_json_depth)
-        if ex.trace is not None:
-            ex.trace.request(head)
-        override = scope.headers.get("x-tollway-model")
-        if override and override != head.model:  # the header wins: make the body say so too
-            head.model, body = override, with_model(body, override)
-        ex.model = head.model
-        route = rt.routes.resolve(head.model or "")
-        if route is None:
-            raise errors.model_not_found(head.model or "")
-        ex.route = route.name
-        if not key.may_use(route.name):
-            raise errors.model_not_allowed(head.model or "")
-        limiter = self.limiter
-        lease = limiter.admit(key.key, route.name, api, head, body) if limiter is not None and limiter.enabled else None
-        if type(lease) is AskStore:  # the Redis store without a lease that covers this request
-            lease = await limiter.ask_store(lease)
-        headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
-        try:
-            await self.proxy.forward(rt, ex, route, head, body, proto, headers)
-        finally:
-            if lease is not None:  # also when the upstream failed or the client left: charge what was used
-                limiter.settle(lease, ex.usage, ex.upstream_model)
-
-    async def list_models(self, scope: Any, proto: Any, ex: Exchange) -> None:
-        rt = self.runtime
-        key = self.authenticate(rt, scope)
-        ex.key_name = key.key.name
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "tollway"}
-                for name in rt.routes.names() if key.may_use(name)]
-        ex.status = 200
-        proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], _encode({"object": "list", "data": data}))
-
     # -- operations ------------------------------------------------------------------------
 
-    async def healthz(self, scope: Any, proto: Any, ex: Exchange) -> None:
+    async def healthz(self, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
         ex.status = 200
         proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], b'{"status":"ok"}')
 
-    async def readyz(self, scope: Any, proto: Any, ex: Exchange) -> None:
+    async def readyz(self, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
         ex.status = 200 if self.ready else 503
         body = b'{"status":"ready"}' if self.ready else b'{"status":"not ready"}'
         proto.response_bytes(ex.status, [_JSON, ("x-request-id", ex.request_id)], body)
 
-    async def metrics_endpoint(self, scope: Any, proto: Any, ex: Exchange) -> None:
+    async def metrics_endpoint(self, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
         authorize_scrape(self.runtime.config.server, scope.headers.get("authorization"))  # 401 unless allowed
         ex.status = 200
         headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
         proto.response_bytes(200, headers, self.metrics.exposition())
-
-
-async def _read_chunked(proto: Any, limit: int) -> bytes:
-    """A chunked upload, refused (413) as soon as it is over `limit` bytes."""
-    parts, size = [], 0
-    async for part in proto:
-        size += len(part)
-        if size > limit:
-            raise errors.too_large(limit)
-        parts.append(part)
-    return b"".join(parts)
 
 
 def create_app() -> Gateway:

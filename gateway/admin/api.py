@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import errors
 from tollway.core.security.keys import bearer_matches
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import StoreUnavailable
+from tollway.gateway.serving import Serving
+from tollway.gateway.surfaces import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 _JSON = ("content-type", "application/json")
@@ -20,24 +23,24 @@ _SECTION = {"key": "keys", "key_model": "keys", "team": "teams", "team_model": "
 
 
 class AdminAPI:
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
 
-    def routes(self) -> dict[tuple[str, str], tuple[str, Any]]:
-        return {("GET", "/admin/usage"): ("admin", self.usage)}
+    def routes(self) -> dict[tuple[str, str], Endpoint]:
+        return {("GET", "/admin/usage"): Endpoint("admin", self.usage)}
 
-    def authorize(self, scope: Any) -> None:
+    def authorize(self, scope: Scope) -> None:
         """Pass if the request carries the admin credential. Raises 404 (no admin section) or 401."""
-        config = self.gateway.runtime.config
+        config = self.serving.runtime.config
         if config.admin is None:
             raise errors.not_found(scope.path)
         if not bearer_matches(scope.headers.get("authorization"), config.admin.key_hash, config.server.key_pepper):
             raise errors.unauthorized("This endpoint needs the admin credential as 'Authorization: Bearer <admin key>'.")
 
-    async def usage(self, scope: Any, proto: Any, ex: Exchange) -> None:
+    async def usage(self, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
         """GET /admin/usage: every limit's use and what remains, by key, team and model."""
         self.authorize(scope)
-        limiter = self.gateway.limiter
+        limiter = self.serving.limiter
         body: dict[str, Any] = {"object": "usage", "backend": limiter.store.backend if limiter else None,
                                 "keys": {}, "teams": {}, "models": {}}
         try:

@@ -1,0 +1,141 @@
+"""The one admission path every proxied client request takes, whatever its surface.
+
+    key → body → head → route → permission → limits → forward → settle
+
+`admit` runs the steps up to the permission and returns an `Admitted` (or raises the
+GatewayError that ends the request: 401, 408, 413, 400, 404, 403); `forward` adds the
+limits, the upstream call (`Proxy.forward`) and the settlement. A surface changes only what
+its `Surface` value says (where the key comes from, passed headers, error dress); the
+Anthropic count_tokens endpoint uses `admit` with a tighter body cap and then answers itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from granian.rsgi import HTTPProtocol, Scope
+
+from tollway.core import errors
+from tollway.core.request import RequestHead, parse_head, with_model
+from tollway.core.routing.table import Route
+from tollway.gateway.downstream.watchdog import BODY
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.runtime import KeyRecord, Runtime
+from tollway.gateway.serving import Serving
+from tollway.gateway.surfaces import Surface
+
+try:  # granian raises these when the client has gone away (or broke the protocol) mid-upload
+    from granian.rsgi import ProtocolClosed, ProtocolError
+    _UPLOAD_FAILED: tuple[type[BaseException], ...] = (ProtocolClosed, ProtocolError)
+except ImportError:  # pragma: no cover
+    _UPLOAD_FAILED = (RuntimeError,)
+
+_NO_KEY = "You didn't provide an API key. Send your gateway key as 'Authorization: Bearer <key>'."
+_BAD_KEY = "Incorrect API key provided. Check the gateway key you were given."
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request that passed admission: who sent it, what it asks, where it goes."""
+
+    runtime: Runtime  # the one this request is served with, start to end
+    key: KeyRecord
+    head: RequestHead
+    body: bytes
+    route: Route
+
+
+async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, proto: HTTPProtocol,
+                  ex: Exchange) -> None:
+    """Admit, take the limits, forward upstream, settle: a whole proxied request."""
+    req = await admit(serving, surface, scope, proto, ex)
+    limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
+    lease = None
+    if limiter is not None and limiter.enabled:
+        lease = await limiter.reserve(req.key.key, req.route.name, api, req.head, req.body)
+    headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
+    try:
+        await serving.proxy.forward(req.runtime, ex, req.route, req.head, req.body, proto, headers)
+    finally:
+        if lease is not None and limiter is not None:  # also when it failed or the client left
+            limiter.settle(lease, ex.usage, ex.upstream_model)
+
+
+async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,
+                body_limit: int | None = None) -> Admitted:
+    """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes."""
+    rt, tracer = serving.runtime, serving.tracer
+    key = authenticate(rt, surface, scope)
+    ex.key_name = key.key.name
+    ex.passed_headers = passed_headers(surface, scope)
+    if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
+        ex.trace = tracer.begin(scope.headers)
+    body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
+    head = parse_head(body, rt.config.server.max_json_depth)
+    if ex.trace is not None:
+        ex.trace.request(head)
+    override = scope.headers.get("x-tollway-model")
+    if override and override != head.model:  # the header wins: make the body say so too
+        head.model, body = override, with_model(body, override)
+    ex.model = head.model
+    route = rt.routes.resolve(head.model or "")
+    if route is None:
+        raise errors.model_not_found(head.model or "")
+    ex.route = route.name
+    if not key.may_use(route.name):
+        raise errors.model_not_allowed(head.model or "")
+    return Admitted(rt, key, head, body, route)
+
+
+def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
+    """The key record for the first of the surface's key headers that is present. Raises 401."""
+    for name in surface.key_headers:
+        value = scope.headers.get(name)
+        if not value:
+            continue
+        if name == "authorization":
+            scheme, _, token = value.partition(" ")
+            record = rt.keys.lookup(token.strip()) if scheme.lower() == "bearer" else None
+        else:
+            record = rt.keys.lookup(value.strip())
+        if record is None:
+            raise errors.unauthorized(_BAD_KEY)
+        return record
+    raise errors.unauthorized(_NO_KEY)
+
+
+async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int) -> bytes:
+    """The whole request body, refusing (413) anything over `limit`. The watchdog answers 408
+    if the upload takes longer than server.body_read_timeout; a client that leaves mid-upload
+    ends the request quietly (499, no traceback)."""
+    declared = scope.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.too_large(limit)
+    ex.phase = BODY
+    try:
+        body = await (proto() if declared is not None else _read_chunked(proto, limit))
+    except _UPLOAD_FAILED:
+        raise errors.client_closed() from None
+    ex.phase = ""
+    if len(body) > limit:
+        raise errors.too_large(limit)
+    return body
+
+
+async def _read_chunked(proto: HTTPProtocol, limit: int) -> bytes:
+    """A chunked upload, refused (413) as soon as it is over `limit` bytes."""
+    parts, size = [], 0
+    async for part in proto:
+        size += len(part)
+        if size > limit:
+            raise errors.too_large(limit)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def passed_headers(surface: Surface, scope: Scope) -> tuple[tuple[str, str], ...]:
+    """The client's headers that the surface passes to the provider, repeated ones joined with
+    commas as HTTP allows."""
+    if not surface.passed_headers:
+        return ()
+    found = ((name, ",".join(scope.headers.get_all(name))) for name in surface.passed_headers)
+    return tuple((name, value) for name, value in found if value)

@@ -1,0 +1,23 @@
+"""What requests are served with right now, shared by the app and every client surface.
+
+`Gateway.reload` replaces the runtime (config, routes, providers, keys), the limiter and the
+tracer here; the handlers (the admission step, the client surfaces, the admin API) read them
+here and never hold the `Gateway`. A request reads each one once, when it starts, so a reload
+in the middle of it never mixes two configs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tollway.gateway.limits.limiter import Limiter
+from tollway.gateway.proxy import Proxy
+from tollway.gateway.runtime import Runtime
+from tollway.gateway.telemetry.tracing import Tracer
+
+
+@dataclass(slots=True)
+class Serving:
+    runtime: Runtime
+    proxy: Proxy
+    limiter: Limiter | None = None  # built when the gateway starts: a Redis store belongs to its loop
+    tracer: Tracer | None = None  # None: tracing is off
