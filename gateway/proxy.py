@@ -110,7 +110,7 @@ class Proxy:
                                 endpoint.provider, attempt)
             failed = False
         except GatewayError as exc:
-            scrubbed(exc, provider.secrets)  # whatever the upstream put in it, before anyone reads it
+            scrubbed(exc, provider.secrets, time.time())  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
             if exc.code == _CONNECT_FAILED:
                 broken.add(endpoint.name)
@@ -284,7 +284,7 @@ class Proxy:
             if tail:
                 await send(tail)
         except (UpstreamError, GatewayError) as exc:
-            err = scrubbed(exc, feed.secrets) if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
+            err = scrubbed(exc, feed.secrets, time.time()) if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
             await transport.send(_error_event(feed.translator, err))
         except asyncio.CancelledError:

@@ -51,7 +51,7 @@ def test_every_field_of_an_upstream_error_is_scrubbed_and_retry_after_clamped() 
     secrets = KnownSecrets(["held-aws-secret-access-key/abc+def"])
     err = GatewayError(429, "denied for held-aws-secret-access-key/abc+def " + FOREIGN[0], FOREIGN[1], FOREIGN[2],
                        "x-api-key: zzzzzzzzzz", [("retry-after", "99999999"), ("x-leak", FOREIGN[1])])
-    out = scrubbed(err, secrets)
+    out = scrubbed(err, secrets, 1_700_000_000.0)
     text = " ".join(str(v) for v in (out.message, out.type, out.code, out.param, out.headers))
     assert all(f not in text for f in (*FOREIGN, "held-aws-secret", "zzzzzzzzzz"))
     assert dict(out.headers) == {"retry-after": "3600", "retry-after-ms": "3600000"}

@@ -2,13 +2,14 @@
 
 It lets a newcomer run the gateway and the benchmarks with no API key, and lets tests
 exercise the whole OpenAI pass-through path (body rewrite, stream relay, usage capture)
-without a network. Answers depend only on the request, so tests can assert on them.
+without a network. Answers depend only on the request and the `now` they are stamped with
+(the transport, tollway.gateway.upstream.fake, reads the clock: core never does), so tests
+can assert on them.
 """
 from __future__ import annotations
 
 import hashlib
 import struct
-import time
 from typing import Any
 
 import msgspec
@@ -62,7 +63,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_completion(body: bytes, model: str) -> bytes:
+def chat_completion(body: bytes, model: str, now: int) -> bytes:
     """A complete `chat.completion` JSON body."""
     doc = _decode(body)
     text, call = reply_text(doc), _tool_call(doc)
@@ -74,17 +75,17 @@ def chat_completion(body: bytes, model: str) -> bytes:
         for i in range(doc.get("n") or 1)
     ]
     return _encode({
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": now, "model": model,
         "choices": choices, "usage": _usage(_prompt_tokens(doc), _words(text) if not call else 1),
     })
 
 
-def chat_chunks(body: bytes, model: str, n_chunks: int) -> list[bytes]:
+def chat_chunks(body: bytes, model: str, now: int, n_chunks: int) -> list[bytes]:
     """The SSE events of a streamed chat completion, `data: [DONE]` included."""
     doc = _decode(body)
     text = reply_text(doc)
     pieces = _split(text, max(1, n_chunks))
-    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": now, "model": model}
     include_usage = bool((doc.get("stream_options") or {}).get("include_usage"))
     extra = {"usage": None} if include_usage else {}
 
@@ -109,18 +110,18 @@ def _split(text: str, n: int) -> list[str]:
     return [g if i == 0 else " " + g for i, g in enumerate(groups)]
 
 
-def completion(body: bytes, model: str) -> bytes:
+def completion(body: bytes, model: str, now: int) -> bytes:
     """A legacy `text_completion` body."""
     doc = _decode(body)
     text = reply_text(doc)
     return _encode({
-        "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
+        "id": "cmpl-fake", "object": "text_completion", "created": now, "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
         "usage": _usage(_words(_last_user_text(doc)), _words(text)),
     })
 
 
-def embedding(body: bytes, model: str) -> bytes:
+def embedding(body: bytes, model: str, now: int) -> bytes:  # noqa: ARG001 - one signature for every answer
     """Deterministic unit-free vectors derived from each input's SHA-256."""
     doc = _decode(body)
     inputs = doc.get("input")
@@ -136,28 +137,28 @@ def _vector(text: str) -> list[float]:
     return [round(v / 2**31, 6) for v in struct.unpack(">8i", digest)]
 
 
-def response(body: bytes, model: str) -> bytes:
+def response(body: bytes, model: str, now: int) -> bytes:
     """A Responses API `response` object."""
     doc = _decode(body)
     text = reply_text(doc)
     prompt, output = _words(_last_user_text(doc)), _words(text)
-    return _encode(_response_object(model, text, prompt, output))
+    return _encode(_response_object(model, text, prompt, output, now))
 
 
-def _response_object(model: str, text: str, prompt: int, output: int) -> dict[str, Any]:
+def _response_object(model: str, text: str, prompt: int, output: int, now: int) -> dict[str, Any]:
     return {
-        "id": "resp_fake", "object": "response", "created_at": int(time.time()), "status": "completed", "model": model,
+        "id": "resp_fake", "object": "response", "created_at": now, "status": "completed", "model": model,
         "output": [{"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
                     "content": [{"type": "output_text", "text": text, "annotations": []}]}],
         "usage": {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output},
     }
 
 
-def response_events(body: bytes, model: str) -> list[bytes]:
+def response_events(body: bytes, model: str, now: int) -> list[bytes]:
     """The SSE events of a streamed Responses API answer."""
     doc = _decode(body)
     text = reply_text(doc)
-    final = _response_object(model, text, _words(_last_user_text(doc)), _words(text))
+    final = _response_object(model, text, _words(_last_user_text(doc)), _words(text), now)
     started = {**final, "status": "in_progress", "output": [], "usage": None}
 
     def event(kind: str, payload: dict[str, Any], seq: int) -> bytes:

@@ -25,7 +25,6 @@ import re
 import urllib.parse
 
 import msgspec
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable
 
@@ -209,14 +208,15 @@ def _worth_keeping(values: Iterable[str | None]) -> Iterable[str]:
     return (v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
 
 
-def scrubbed(err: GatewayError, secrets: KnownSecrets) -> GatewayError:
+def scrubbed(err: GatewayError, secrets: KnownSecrets, now_wall: float) -> GatewayError:
     """`err` (built from an upstream's answer) made safe to relay: every text field scrubbed,
-    type/code/param cut short, and of its headers only retry-after kept, normalised."""
+    type/code/param cut short, and of its headers only retry-after kept, normalised (an
+    HTTP-date one against `now_wall`, the wall clock's time)."""
     err.message = secrets.scrub(err.message)
     err.type = _word(secrets, err.type) or "api_error"
     err.code = _word(secrets, err.code)
     err.param = _word(secrets, err.param)
-    err.headers = retry_headers(err.headers, time.time())
+    err.headers = retry_headers(err.headers, now_wall)
     return err
 
 

@@ -7,6 +7,7 @@ usage capture, limits) runs exactly as it would against a real upstream.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -54,15 +55,15 @@ class FakeResponse:
         self._chunks = []
 
 
-_BODIES: dict[str, Callable[[bytes, str], bytes]] = {
+_BODIES: dict[str, Callable[[bytes, str, int], bytes]] = {
     "/chat/completions": fake.chat_completion,
     "/completions": fake.completion,
     "/embeddings": fake.embedding,
     "/responses": fake.response,
 }
-_STREAMS: dict[str, Callable[..., list[bytes]]] = {
-    "/chat/completions": lambda body, model, n: fake.chat_chunks(body, model, n),
-    "/responses": lambda body, model, n: fake.response_events(body, model),
+_STREAMS: dict[str, Callable[[bytes, str, int, int], list[bytes]]] = {
+    "/chat/completions": fake.chat_chunks,
+    "/responses": lambda body, model, now, _: fake.response_events(body, model, now),
 }
 
 
@@ -78,10 +79,10 @@ class FakeTransport:
         path = next((p for p in _BODIES if url.endswith(p)), None)
         if path is None:
             return FakeResponse(404, _JSON, [b'{"error":{"message":"unknown fake path","type":"invalid_request_error"}}'], 0)
-        head = _decode_head(body)
+        head, now = _decode_head(body), int(time.time())  # answers are stamped as OpenAI's are
         if head.stream and path in _STREAMS:
-            return FakeResponse(200, _SSE, _STREAMS[path](body, head.model, self._chunks), self._delay)
-        return FakeResponse(200, _JSON, [_BODIES[path](body, head.model)], 0)
+            return FakeResponse(200, _SSE, _STREAMS[path](body, head.model, now, self._chunks), self._delay)
+        return FakeResponse(200, _JSON, [_BODIES[path](body, head.model, now)], 0)
 
     async def aclose(self) -> None:
         return None
