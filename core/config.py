@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -227,7 +228,8 @@ def loads(text: str, environ: dict[str, str] | None = None) -> Config:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
+        mark = getattr(exc, "problem_mark", None)  # only a MarkedYAMLError has one
+        line = mark.line + 1 if mark is not None else None
         raise ConfigError("", f"invalid YAML: {getattr(exc, 'problem', exc)}", line) from None
     if root is None:
         raise ConfigError("", "the config file is empty")
@@ -240,7 +242,7 @@ def loads(text: str, environ: dict[str, str] | None = None) -> Config:
     return config
 
 
-def _to_data(node: yaml.Node, path: str, env: Any) -> Any:
+def _to_data(node: yaml.Node, path: str, env: Mapping[str, str]) -> Any:
     """YAML node tree -> plain data, substituting ${VARS} in scalars."""
     if isinstance(node, yaml.MappingNode):
         return {k.value: _to_data(v, f"{path}.{k.value}" if path else k.value, env) for k, v in node.value}
@@ -252,7 +254,7 @@ def _to_data(node: yaml.Node, path: str, env: Any) -> Any:
             name = m.group(1)
             if name not in env:
                 raise ConfigError(path, f"environment variable {name} is not set", node.start_mark.line + 1)
-            return env[name]
+            return str(env[name])
 
         value = _ENV_REF.sub(sub, value)
     return value
@@ -282,7 +284,7 @@ def _from_validation_error(message: str, root: yaml.Node) -> ConfigError:
     return ConfigError(_pretty_path(parts, root), problem, _line_of(parts, root))
 
 
-def _walk(parts: list[str | int], root: yaml.Node) -> yaml.Node | None:
+def _walk(parts: Sequence[str | int], root: yaml.Node) -> yaml.Node | None:
     node: yaml.Node | None = root
     for part in parts:
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
@@ -297,12 +299,12 @@ def _walk(parts: list[str | int], root: yaml.Node) -> yaml.Node | None:
     return node
 
 
-def _line_of(parts: list[str | int], root: yaml.Node) -> int | None:
+def _line_of(parts: Sequence[str | int], root: yaml.Node) -> int | None:
     node = _walk(parts, root)
     return node.start_mark.line + 1 if node is not None else None
 
 
-def _pretty_path(parts: list[str | int], root: yaml.Node) -> str:
+def _pretty_path(parts: Sequence[str | int], root: yaml.Node) -> str:
     """`models[0].targets[1].provider` reads better as `models.gpt-4o[1].provider`."""
     out = ""
     for i, part in enumerate(parts):
@@ -315,7 +317,7 @@ def _pretty_path(parts: list[str | int], root: yaml.Node) -> str:
     return _name_models(out, parts, root)
 
 
-def _name_models(out: str, parts: list[str | int], root: yaml.Node) -> str:
+def _name_models(out: str, parts: Sequence[str | int], root: yaml.Node) -> str:
     for section in ("models", "providers", "keys", "teams"):
         if len(parts) >= 2 and parts[0] == section and isinstance(parts[1], int):
             item = _walk(parts[:2], root)
@@ -336,9 +338,13 @@ def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
 
 # -- semantic validation ---------------------------------------------------------------
 
+# Reports a problem at a config path (keys and list indexes) and ends validation: it raises.
+Fail = Callable[[Sequence[str | int], str], None]
+_Named = TypeVar("_Named", Provider, Model, Key)
+
 def validate(config: Config, root: yaml.Node | None = None) -> None:
     """Check what types cannot. Raises ConfigError for the first problem found."""
-    def fail(parts: list[str | int], problem: str) -> None:
+    def fail(parts: Sequence[str | int], problem: str) -> None:
         path = _pretty_path(parts, root) if root is not None else ".".join(map(str, parts))
         raise ConfigError(path, problem, _line_of(parts, root) if root is not None else None)
 
@@ -374,8 +380,8 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
         _validate_traces(config.telemetry.traces, fail)
 
 
-def _unique(items: list[Any], section: str, fail: Any) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
+def _unique(items: Sequence[_Named], section: str, fail: Fail) -> dict[str, _Named]:
+    seen: dict[str, _Named] = {}
     for i, item in enumerate(items):
         if item.name in seen:
             fail([section, i, "name"], f"duplicate name '{item.name}'")
@@ -391,7 +397,7 @@ CREDENTIAL_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
-def _validate_provider(p: Provider, i: int, fail: Any) -> None:
+def _validate_provider(p: Provider, i: int, fail: Fail) -> None:
     if p.schema not in SCHEMAS:
         fail(["providers", i, "schema"], f"unknown schema '{p.schema}' (expected one of: {', '.join(SCHEMAS)})")
     needs_url = p.schema in ("openai", "azure_openai", "anthropic", "gemini")
@@ -420,7 +426,7 @@ def _validate_provider(p: Provider, i: int, fail: Any) -> None:
             fail(["providers", i, "timeouts", field], "must be > 0 seconds")
 
 
-def _validate_pool(p: Provider, i: int, fail: Any) -> None:
+def _validate_pool(p: Provider, i: int, fail: Fail) -> None:
     """A pool has exactly one source of endpoints, and a pick policy the gateway knows."""
     sources = [name for name in ("base_url", "endpoints", "discover") if getattr(p, name)]
     if len(sources) > 1:
@@ -440,7 +446,7 @@ def _validate_pool(p: Provider, i: int, fail: Any) -> None:
         fail(["providers", i, "scrape"], "interval and timeout must be > 0 seconds")
 
 
-def _validate_server(s: Server, fail: Any) -> None:
+def _validate_server(s: Server, fail: Fail) -> None:
     for field in ("body_read_timeout", "client_idle_timeout"):
         if not 0 < getattr(s, field) < float("inf"):
             fail(["server", field], "must be a finite number of seconds > 0")
@@ -449,7 +455,7 @@ def _validate_server(s: Server, fail: Any) -> None:
             fail(["server", field], "must be at least 1 byte")
 
 
-def _validate_routing(routing: Routing, fail: Any) -> None:
+def _validate_routing(routing: Routing, fail: Fail) -> None:
     r, o = routing.retry, routing.outlier_detection
     if r.attempts < 1:
         fail(["routing", "retry", "attempts"], "must be at least 1")
@@ -462,7 +468,7 @@ def _validate_routing(routing: Routing, fail: Any) -> None:
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-def _validate_traces(t: Traces, fail: Any) -> None:
+def _validate_traces(t: Traces, fail: Fail) -> None:
     where = ["telemetry", "traces"]
     problem = _endpoint_problem(t.endpoint)
     if problem:
@@ -499,10 +505,12 @@ def _endpoint_problem(url: str) -> str:
     return bad_port if port == 0 else ""
 
 
-def _validate_limits(config: Config, fail: Any) -> None:
+def _validate_limits(config: Config, fail: Fail) -> None:
     """Each limit counts exactly one measure over a parseable window; pairs name real models."""
     models = {m.name for m in config.models}
-    for section, items in (("keys", config.keys), ("teams", config.teams), ("models", config.models)):
+    owners: tuple[tuple[str, Sequence[Key | Team | Model]], ...] = (
+        ("keys", config.keys), ("teams", config.teams), ("models", config.models))
+    for section, items in owners:
         for i, owner in enumerate(items):
             seen: set[tuple[str, str | None, str | None]] = set()
             for j, lim in enumerate(owner.limits):
@@ -518,7 +526,7 @@ def _validate_limits(config: Config, fail: Any) -> None:
 
 
 def _validate_limit(lim: Limit, where: list[str | int], section: str, models: set[str],
-                    fail: Any) -> tuple[str, str | None, str | None]:
+                    fail: Fail) -> tuple[str, str | None, str | None]:
     """Check one limit; return what makes it unique on its owner (measure, per, model)."""
     try:
         measure, amount = measure_of(lim)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from tollway.ext import KERNELS
-from tollway.ext.ratelimit import HeaderSpec
 
 from tollway.ext import buckets as _pure_buckets
 from tollway.ext import jsonscan as _pure_jsonscan
@@ -58,16 +57,18 @@ def _pick(name: str, pure: ModuleType) -> ModuleType:
 _sse, _buckets = _pick("sse", _pure_sse), _pick("buckets", _pure_buckets)
 _jsonscan, _ratelimit = _pick("jsonscan", _pure_jsonscan), _pick("ratelimit", _pure_ratelimit)
 
-# Typed as the twin's: each compiled module has exactly its twin's API (the tests hold both to it).
 SSEError = _pure_sse.SSEError  # one class for both twins
 Usage = _pure_sse.Usage
-SSEEvent: type[_pure_sse.SSEEvent] = _sse.SSEEvent
-SSEFramer: type[_pure_sse.SSEFramer] = _sse.SSEFramer
-OpenAIStreamRelay: type[_pure_sse.OpenAIStreamRelay] = _sse.OpenAIStreamRelay
-BucketTable: type[_pure_buckets.BucketTable] = _buckets.BucketTable
-Gate: type[_pure_buckets.Gate] = _buckets.Gate
-max_depth_exceeded: Callable[[bytes, int], bool] = _jsonscan.max_depth_exceeded
-first_duplicate_key: Callable[[bytes, tuple[bytes, ...]], int] = _jsonscan.first_duplicate_key
-first_needle: Callable[[bytes, tuple[bytes, ...]], int] = _jsonscan.first_needle
-ratelimit_headers: Callable[[Sequence[HeaderSpec], Sequence[float]], list[tuple[str, str]]] = \
-    _ratelimit.ratelimit_headers
+# Each compiled module has exactly its twin's API (the kernel tests hold both to it), so the
+# type checker is shown the twins and the running gateway gets whichever was picked.
+if TYPE_CHECKING:
+    from tollway.ext.buckets import BucketTable, Gate
+    from tollway.ext.jsonscan import first_duplicate_key, first_needle, max_depth_exceeded
+    from tollway.ext.ratelimit import ratelimit_headers
+    from tollway.ext.sse import OpenAIStreamRelay, SSEEvent, SSEFramer
+else:
+    SSEEvent, SSEFramer, OpenAIStreamRelay = _sse.SSEEvent, _sse.SSEFramer, _sse.OpenAIStreamRelay
+    BucketTable, Gate = _buckets.BucketTable, _buckets.Gate
+    max_depth_exceeded = _jsonscan.max_depth_exceeded
+    first_duplicate_key, first_needle = _jsonscan.first_duplicate_key, _jsonscan.first_needle
+    ratelimit_headers = _ratelimit.ratelimit_headers

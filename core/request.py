@@ -28,7 +28,9 @@ TokenCap = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_CEILING)]
 Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
 
 
-class StreamOptions(msgspec.Struct):
+class StreamOptions(msgspec.Struct, omit_defaults=True):
+    """OpenAI's `stream_options`, as the head reads it and as translators write it."""
+
     include_usage: bool | None = None
 
 

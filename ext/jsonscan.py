@@ -75,7 +75,8 @@ def _first_repeat(body: bytes, names: tuple[bytes, ...]) -> int:
         elif first != 0x22:
             depth -= 1
         elif depth == 1 and match[2] and match[3]:
-            j = index.get(_spelled(match[1]), -1)
+            spelled = _spelled(match[1])
+            j = index.get(spelled, -1) if spelled is not None else -1
             if j in seen:
                 return j
             if j >= 0:

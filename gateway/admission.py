@@ -137,5 +137,6 @@ def passed_headers(surface: Surface, scope: Scope) -> tuple[tuple[str, str], ...
     commas as HTTP allows."""
     if not surface.passed_headers:
         return ()
-    found = ((name, ",".join(scope.headers.get_all(name))) for name in surface.passed_headers)
+    headers = scope.headers  # granian's Headers has get_all; its type stub does not say so
+    found = ((name, ",".join(headers.get_all(name))) for name in surface.passed_headers)  # type: ignore[attr-defined]
     return tuple((name, value) for name, value in found if value)

@@ -56,6 +56,7 @@ class Gateway:
         self.upstream: UpstreamClient | None = None
         self.serving = Serving(Runtime(config, None), Proxy(self.metrics))
         self.ready = False
+        self.drain_task: asyncio.Task[None] | None = None  # the deadline a SIGUSR1 starts (lifecycle.drain)
         # The requests being served (for the drain on shutdown, and the watchdog's bounds).
         self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)
         self.in_flight = self.watchdog.in_flight

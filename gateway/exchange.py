@@ -11,6 +11,8 @@ from tollway.core.errors import echoed, error_label
 from tollway.ext.usage import Usage
 
 if TYPE_CHECKING:
+    from granian.rsgi import HTTPProtocol, Scope
+
     from tollway.gateway.telemetry.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -48,8 +50,8 @@ class Exchange:
         # For tollway.gateway.downstream.watchdog: the client's protocol object, what the request is doing
         # ("body" while its body uploads), the watcher of its client (False: none possible),
         # and why it was cancelled (None: not, or by the drain).
-        self.proto: Any = None
-        self.scope: Any = None  # granian's scope: its `client` address, for tollway.gateway.downstream.backpressure
+        self.proto: HTTPProtocol | None = None
+        self.scope: Scope | None = None  # granian's scope: its `client` address, for tollway.gateway.downstream.backpressure
         self.phase = ""
         self.watcher: asyncio.Future[Any] | bool | None = None
         self.cancel_reason: str | None = None

@@ -24,16 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import msgspec
+from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import errors
 from tollway.core.accounting.completion_text import completion_text
 from tollway.core.config import Provider, Server, Target
 from tollway.core.errors import GatewayError, UpstreamTimedOut
 from tollway.core.kernels import SSEError, first_needle
-from tollway.core.providers.base import CallContext, StreamTranslator, UpstreamCall
+from tollway.core.providers.base import Adapter, CallContext, StreamTranslator, UpstreamCall
+from tollway.core.routing.health import MemberHealth
 from tollway.core.request import RequestHead
 from tollway.core.routing.retry import AttemptPlan, retry_after
 from tollway.core.routing.table import Route
@@ -46,7 +49,13 @@ from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.downstream.watchdog import ANSWERED
 from tollway.gateway.runtime import ProviderRuntime, Runtime
 from tollway.gateway.telemetry.tracing import Attempt
+from tollway.gateway.telemetry.metrics import Metrics
+from tollway.gateway.upstream import UpstreamAnswer
 from tollway.gateway.upstream.client import UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from tollway.gateway.upstream.pool import Endpoint
+
+if TYPE_CHECKING:
+    from granian._granian import RSGIHTTPStreamTransport as HTTPStreamTransport
 
 try:  # granian raises this when the client has gone away mid-response
     from granian.rsgi import ProtocolClosed as ClientGone
@@ -66,11 +75,11 @@ _UNREADABLE = (msgspec.MsgspecError, ValueError, KeyError, TypeError, IndexError
 class Proxy:
     """Sends requests upstream. One per gateway; holds no per-request state."""
 
-    def __init__(self, metrics: Any) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     async def forward(self, rt: Runtime, ex: Exchange, route: Route, head: RequestHead, body: bytes,
-                      proto: Any, base_headers: list[tuple[str, str]]) -> None:
+                      proto: HTTPProtocol, base_headers: list[tuple[str, str]]) -> None:
         """Serve the request from the first target that answers. Raises GatewayError."""
         now = time.monotonic()
         order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
@@ -93,7 +102,7 @@ class Proxy:
         raise last or errors.internal("The route has no targets.")
 
     async def _try_target(self, rt: Runtime, ex: Exchange, route: Route, target: Target, head: RequestHead,
-                          body: bytes, proto: Any, base_headers: list[tuple[str, str]], broken: set[str]) -> None:
+                          body: bytes, proto: HTTPProtocol, base_headers: list[tuple[str, str]], broken: set[str]) -> None:
         """One attempt on one endpoint of `target`, with its outcome fed to the breakers."""
         provider = rt.providers[target.provider]
         upstream_model = route.upstream_model(target, head.model or route.name)
@@ -122,7 +131,7 @@ class Proxy:
             if attempt is not None:
                 trace.end_attempt(attempt, ex, provider, upstream_model)  # type: ignore[union-attr]
 
-    def _record(self, provider: ProviderRuntime, endpoint: Any, member: Any, failed: bool | None) -> None:
+    def _record(self, provider: ProviderRuntime, endpoint: Endpoint, member: MemberHealth, failed: bool | None) -> None:
         now = time.monotonic()
         provider.endpoints.release(endpoint, failed, now)
         if failed is False:
@@ -133,7 +142,7 @@ class Proxy:
             log.warning("provider %s ejected for %.0fs after repeated failures", provider.name, member.ejected_until - now)
 
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
-                       upstream_model: str, proto: Any, base_headers: list[tuple[str, str]], server: Server,
+                       upstream_model: str, proto: HTTPProtocol, base_headers: list[tuple[str, str]], server: Server,
                        endpoint: Provider | None = None, attempt: Attempt | None = None) -> None:
         adapter = provider.adapter(ex.api)
         if adapter is None:
@@ -162,8 +171,8 @@ class Proxy:
         finally:
             resp.close()
 
-    async def _upstream_error(self, provider: ProviderRuntime, adapter: Any, ctx: CallContext,
-                              resp: Any) -> GatewayError:
+    async def _upstream_error(self, provider: ProviderRuntime, adapter: Adapter, ctx: CallContext,
+                              resp: UpstreamAnswer) -> GatewayError:
         """The client's error for an upstream 4xx/5xx, from at most ERROR_BODY_BYTES of its body."""
         self.metrics.upstream_errors.labels(provider.name, f"http_{resp.status}").inc()
         try:
@@ -177,7 +186,7 @@ class Proxy:
                                 f"The upstream provider '{provider.name}' answered HTTP {resp.status}.",
                                 "invalid_request_error" if resp.status < 500 else "api_error", "upstream_error")
 
-    async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> Any:
+    async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> UpstreamAnswer:
         timeouts = provider.config.timeouts
         try:
             return await provider.transport.request(call.method, call.url, call.headers, call.body, timeouts, extra_head)
@@ -186,7 +195,7 @@ class Proxy:
             self.metrics.upstream_errors.labels(provider.name, kind).inc()
             raise _client_error(provider.name, exc) from None
 
-    async def _relay_body(self, ex: Exchange, adapter: Any, ctx: CallContext, resp: Any, proto: Any,
+    async def _relay_body(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
                           base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
         raw = await self._read(provider.name, resp, server.max_upstream_body_bytes)
         try:
@@ -207,13 +216,13 @@ class Proxy:
         if not exact:
             ex.usage = await counted_usage(ctx.body, text or "", ctx.upstream_model)
 
-    async def _read(self, provider_name: str, resp: Any, limit: int) -> bytes:
+    async def _read(self, provider_name: str, resp: UpstreamAnswer, limit: int) -> bytes:
         try:
             return await resp.read(limit)
         except UpstreamError as exc:
             raise _client_error(provider_name, exc) from None
 
-    async def _relay_stream(self, ex: Exchange, adapter: Any, ctx: CallContext, resp: Any, proto: Any,
+    async def _relay_stream(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
                             base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
         translator = adapter.stream(ctx)
         ex.stream = True
@@ -245,7 +254,7 @@ class Proxy:
         if not exact:
             ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
 
-    async def _first_chunk(self, ctx: CallContext, chunks: Any, feed: _Feed) -> bytes:
+    async def _first_chunk(self, ctx: CallContext, chunks: AsyncIterator[bytes], feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
         out = b""
         try:
@@ -257,7 +266,8 @@ class Proxy:
             raise _client_error(ctx.provider.name, exc) from None
         return out
 
-    async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: Any, feed: _Feed) -> None:
+    async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: AsyncIterator[bytes],
+                    feed: _Feed) -> None:
         """Relay the rest of the stream. The loop is `_Feed.__call__` written out with locals: it
         runs per chunk, and a call per chunk costs more than the checks in it. Past WATCH_FROM
         bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure)."""
@@ -385,13 +395,13 @@ class ClientStream:
 
     __slots__ = ("_transport", "_flow", "_scope", "_idle")
 
-    def __init__(self, transport: Any, scope: Any = None, idle_timeout: float = 60.0) -> None:
-        self._transport = transport
+    def __init__(self, transport: HTTPStreamTransport, scope: Scope | None = None, idle_timeout: float = 60.0) -> None:
+        self._transport: HTTPStreamTransport | None = transport
         self._flow: ClientFlow | None = None
         self._scope, self._idle = scope, idle_timeout  # the client's address is read only if needed
 
     async def send(self, data: bytes) -> None:
-        await self._transport.send_bytes(data)
+        await self._transport.send_bytes(data)  # type: ignore[union-attr]  # None only after close()
 
     async def paced(self, sent: int) -> None:
         """Return once the client has taken enough of the `sent` bytes; raises ClientStalled."""
@@ -404,7 +414,7 @@ class ClientStream:
         self._transport = None
 
 
-def _error_event(translator: Any, err: GatewayError) -> bytes:
+def _error_event(translator: StreamTranslator, err: GatewayError) -> bytes:
     """The stream's closing error event, in the client API's shape when its translator has one."""
     render = getattr(translator, "error_event", None)
     return render(err) if render is not None else err.sse_event()

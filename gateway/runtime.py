@@ -8,19 +8,21 @@ breakers stay while the outlier policy is the same.
 """
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
-from typing import Any
 
-from tollway.core.config import Config, Key, Provider, Routing
-from tollway.core.routing.health import HealthBoard
-from tollway.core.security.keys import KeyTable
+from tollway.core.config import Config, Key, Provider, Routing, Timeouts
+from tollway.core.providers.base import Adapter, UpstreamCall
 from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
+from tollway.core.routing.health import HealthBoard
 from tollway.core.routing.table import RouteTable
+from tollway.core.security.keys import KeyTable
 from tollway.core.security.secrets import KnownSecrets, configured_secrets
+from tollway.gateway.telemetry.metrics import MetricLabels
+from tollway.gateway.upstream import Transport, UpstreamAnswer
 from tollway.gateway.upstream.credentials import credential_for
 from tollway.gateway.upstream.fake import FakeTransport
-from tollway.gateway.telemetry.metrics import MetricLabels
 from tollway.gateway.upstream.pool import endpoint_source
 
 
@@ -40,29 +42,29 @@ class KeyRecord:
 class ProviderRuntime:
     """A configured provider: its adapters, its transport and its metric name."""
 
-    def __init__(self, config: Provider, transport: Any, routing: Routing = Routing(),
+    def __init__(self, config: Provider, transport: Transport | None, routing: Routing = Routing(),
                  secrets: KnownSecrets | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.transport = transport
+        self.transport: Transport = transport if transport is not None else _NOT_STARTED
         self.otel_name = OTEL_PROVIDER_NAMES.get(config.schema, config.schema)
         # What an upstream could echo back (every provider's: one upstream may serve several);
         # the signer adds what it fetches at run time.
         self.secrets = secrets if secrets is not None else KnownSecrets(configured_secrets(config))
         self.credential = credential_for(config, self.secrets)  # SigV4 / OAuth signer, None for static keys
         self.policy = routing.outlier_detection
-        self.endpoints = endpoint_source(config, transport, self.policy)  # where each attempt goes
+        self.endpoints = endpoint_source(config, self.transport, self.policy)  # where each attempt goes
 
-    def adapter(self, api: str) -> Any | None:
+    def adapter(self, api: str) -> Adapter | None:
         return adapter_for(api, self.config.schema)
 
-    async def sign(self, call: Any) -> Any:
+    async def sign(self, call: UpstreamCall) -> UpstreamCall:
         """The call with credentials that need I/O or the clock applied (SigV4, OAuth)."""
         return call if self.credential is None else await self.credential.sign(call)
 
 
 class Runtime:
-    def __init__(self, config: Config, upstream: Any, previous: Runtime | None = None) -> None:
+    def __init__(self, config: Config, upstream: Transport | None, previous: Runtime | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config)
         self.metric_labels = MetricLabels(config)  # the names metrics may use as label values
@@ -71,16 +73,16 @@ class Runtime:
         )
         old = previous.providers if previous is not None else {}
         # One set for all providers, kept across reloads (providers a reload keeps sign into it).
-        self.secrets = previous.secrets if previous is not None else KnownSecrets()
+        self.secrets: KnownSecrets = previous.secrets if previous is not None else KnownSecrets()
         self.secrets.configure(v for p in config.providers for v in configured_secrets(p))
-        self.providers = {p.name: _provider(p, upstream, config, old.get(p.name), self.secrets)
+        self.providers: dict[str, ProviderRuntime] = {p.name: _provider(p, upstream, config, old.get(p.name), self.secrets)
                           for p in config.providers}
         policy = config.routing.outlier_detection
         keep = previous is not None and previous.health.policy == policy
-        self.health = previous.health if keep and previous is not None else HealthBoard(policy)
+        self.health: HealthBoard = previous.health if keep and previous is not None else HealthBoard(policy)
         self.random = random.random
 
-    def start(self, loop: Any) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the providers' background work (pool scraping, DNS) on `loop`."""
         for provider in self.providers.values():
             provider.endpoints.start(loop)
@@ -91,7 +93,7 @@ class Runtime:
         return [p for p in previous.providers.values() if id(p) not in kept]
 
 
-def _provider(config: Provider, upstream: Any, whole: Config, old: ProviderRuntime | None,
+def _provider(config: Provider, upstream: Transport | None, whole: Config, old: ProviderRuntime | None,
               secrets: KnownSecrets) -> ProviderRuntime:
     """The previous runtime's provider when nothing about it changed, else a new one."""
     if old is not None and old.config == config and old.policy == whole.routing.outlier_detection:
@@ -104,8 +106,23 @@ def _record(key: Key) -> KeyRecord:
     return KeyRecord(key, None if "*" in key.models else frozenset(key.models))
 
 
-def _transport(provider: Provider, upstream: Any) -> Any:
+def _transport(provider: Provider, upstream: Transport | None) -> Transport | None:
     """The in-process fake for `schema: fake`; the shared HTTP client pool otherwise."""
     if provider.schema == "fake":
         return FakeTransport(provider.fake_chunks, provider.fake_chunk_delay)
     return upstream
+
+
+class _NotStarted:
+    """The transport of a runtime built before the gateway started (its config is read, no
+    request is served): sending through it is a bug, said plainly."""
+
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+                      timeouts: Timeouts, extra_head: bytes = b"") -> UpstreamAnswer:
+        raise RuntimeError("the gateway has not started: no upstream client yet")
+
+    async def aclose(self) -> None:
+        return None
+
+
+_NOT_STARTED = _NotStarted()

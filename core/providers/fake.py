@@ -27,10 +27,10 @@ def reply_text(doc: dict[str, Any]) -> str:
 
 
 def _last_user_text(doc: dict[str, Any]) -> str:
-    if isinstance(doc.get("prompt"), str):
-        return doc["prompt"]
-    if isinstance(doc.get("input"), str):
-        return doc["input"]
+    for field in ("prompt", "input"):
+        text = doc.get(field)
+        if isinstance(text, str):
+            return text
     for message in reversed(doc.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")

@@ -6,9 +6,8 @@ is imported only when a config actually uses that schema.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
-from tollway.core.providers.base import ClientAPI
+from tollway.core.providers.base import Adapter, ClientAPI
 
 _OPENAI = "tollway.core.providers.openai_compat:OpenAIAdapter"
 _AZURE = "tollway.core.providers.azure_openai:AzureOpenAIAdapter"
@@ -48,10 +47,10 @@ OTEL_PROVIDER_NAMES: dict[str, str] = {
     "fake": "tollway.fake",
 }
 
-_loaded: dict[str, Any] = {}
+_loaded: dict[str, Adapter] = {}
 
 
-def adapter_for(api: str, schema: str) -> Any | None:
+def adapter_for(api: str, schema: str) -> Adapter | None:
     """The adapter instance for this pair, or None if the pair is not supported."""
     path = ADAPTERS.get((api, schema))
     if path is None:
@@ -59,7 +58,8 @@ def adapter_for(api: str, schema: str) -> Any | None:
     adapter = _loaded.get(path)
     if adapter is None:
         module, _, name = path.partition(":")
-        adapter = _loaded[path] = getattr(importlib.import_module(module), name)()
+        made: Adapter = getattr(importlib.import_module(module), name)()
+        adapter = _loaded[path] = made
     return adapter
 
 

@@ -90,7 +90,7 @@ class AttemptPlan(Generic[T]):
 
 def backoff(policy: Retry, retry: int, draw: float) -> float:
     """Full-jitter wait before retry number `retry` (0-based), for a uniform `draw` in [0, 1)."""
-    return draw * min(policy.backoff_max, policy.backoff_base * 2 ** retry)
+    return draw * min(policy.backoff_max, policy.backoff_base * 2.0 ** retry)
 
 
 def retry_after(headers: Sequence[tuple[str, str]], now_wall: float) -> float | None:

@@ -76,6 +76,7 @@ class Watchdog:
                 self._watch(task, ex)
 
     def _watch(self, task: asyncio.Task[Any], ex: Exchange) -> None:
+        assert ex.proto is not None  # the tick only watches requests that have a protocol
         try:
             waiter = asyncio.ensure_future(ex.proto.client_disconnect())
         except (AttributeError, RuntimeError, TypeError):  # a server without the call: nothing to watch

@@ -27,11 +27,14 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from granian import Granian
 
 from tollway.core.errors import GatewayError
+
+if TYPE_CHECKING:
+    from tollway.gateway.app import Gateway
 
 log = logging.getLogger("tollway")
 _KILL_MARGIN = 5.0  # seconds granian waits beyond drain_timeout before it kills a worker
@@ -72,7 +75,7 @@ def shutting_down() -> GatewayError:
                         "api_error", "gateway_shutting_down")
 
 
-def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Any) -> None:
+def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:
     """SIGUSR1 (from TollwayServer.shutdown) marks the worker not ready and starts the clock:
     requests still in flight after drain_delay + drain_timeout are cut off."""
     def begin_drain() -> None:
@@ -85,14 +88,14 @@ def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Any) -> N
     loop.add_signal_handler(signal.SIGUSR1, begin_drain)
 
 
-async def _cut_off_after(gateway: Any, seconds: float) -> None:
+async def _cut_off_after(gateway: Gateway, seconds: float) -> None:
     """granian's worker waits for every open response before it hands the loop back to the
     app, so the drain deadline must be enforced here, by ending what is still running."""
     await asyncio.sleep(seconds)
     await _cancel(gateway)
 
 
-async def _cancel(gateway: Any) -> int:
+async def _cancel(gateway: Gateway) -> int:
     left = list(gateway.in_flight)
     if left:
         log.warning("drain timeout: cutting off %d requests still in flight", len(left))
@@ -102,7 +105,7 @@ async def _cancel(gateway: Any) -> int:
     return len(left)
 
 
-async def drain(gateway: Any, timeout: float) -> int:
+async def drain(gateway: Gateway, timeout: float) -> int:
     """Wait until no request is in flight, or `timeout` seconds; then cancel the rest, so the
     worker can exit. Returns how many were cut off."""
     gateway.ready = False

@@ -18,10 +18,14 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tollway.core import config as config_mod
 from tollway.core.config import Config
+
+if TYPE_CHECKING:
+    from tollway.gateway.app import Gateway
 
 log = logging.getLogger("tollway")
 
@@ -82,7 +86,7 @@ def _signature(path: str) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def watcher_for(gateway: Any) -> ConfigWatcher | None:
+def watcher_for(gateway: Gateway) -> ConfigWatcher | None:
     """The watcher for a gateway started from a file; None for one built in memory (tests)."""
     if not gateway.config_path:
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from tollway.core.limits import policy as limits
 from tollway.core.config import Config, Key
@@ -26,8 +26,14 @@ from tollway.core.accounting.pricing import FREE
 from tollway.core.request import RequestHead
 from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.ext.usage import Usage
+from tollway.gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("tollway")
+
+
+# A store's own state for one plan (its bucket slots, its Redis keys), made by `bind` and
+# handed back to it on every call: the limiter keeps it but never looks inside.
+Bound: TypeAlias = Any
 
 
 class StoreUnavailable(Exception):
@@ -41,21 +47,21 @@ class BucketStore(Protocol):
     def configure(self, policy: LimitPolicy) -> None:
         """Adopt the buckets of a (new) config, keeping the levels of unchanged buckets."""
 
-    def bind(self, plan: Plan) -> Any:
+    def bind(self, plan: Plan) -> Bound:
         """This store's state for `plan` (its slots, its keys): built once per plan and kept
         by the limiter, which passes it to every call below, so none needs a lookup."""
 
-    def decide(self, bound: Any, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
+    def decide(self, bound: Bound, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
         """The hot path: reserve `demand` (per measure, see tollway.core.limits.policy.reserve) on the
         bound plan from what this process holds, without waiting. Returns (taken, levels
         after), or None when only the store can decide (then the limiter awaits `take`).
         Never raises."""
 
-    async def take(self, bound: Any, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
+    async def take(self, bound: Bound, amounts: tuple[float, ...]) -> tuple[bool, tuple[float, ...]]:
         """Take every amount (per bucket of the bound plan) or none, in the store. Returns
         (taken, levels after). Raises StoreUnavailable."""
 
-    def settle(self, bound: Any, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
+    def settle(self, bound: Bound, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge what was used minus what was reserved (both per measure) on the bound
         plan, without waiting; never raises."""
 
@@ -71,7 +77,7 @@ class Lease:
 
     __slots__ = ("plan", "bound", "demand", "model", "headers", "metered")
 
-    def __init__(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str,
+    def __init__(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str,
                  headers: list[tuple[str, str]], metered: bool = True) -> None:
         self.plan = plan
         self.bound = bound  # the store's state for the plan (BucketStore.bind)
@@ -87,14 +93,14 @@ class AskStore:
 
     __slots__ = ("plan", "bound", "demand", "model")
 
-    def __init__(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str) -> None:
+    def __init__(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str) -> None:
         self.plan, self.bound, self.demand, self.model = plan, bound, demand, model
 
 
 class Limiter:
     """Runs one config's limit policy against a bucket store."""
 
-    def __init__(self, config: Config, store: BucketStore, metrics: Any) -> None:
+    def __init__(self, config: Config, store: BucketStore, metrics: Metrics) -> None:
         self.policy = LimitPolicy(config)
         self.enabled = self.policy.enabled  # (an attribute: read on every request)
         self.store = store
@@ -102,7 +108,7 @@ class Limiter:
         self.metrics = metrics
         store.configure(self.policy)
         # (key name, model) -> (plan, what the store bound to it; None when no limit applies)
-        self._plans: dict[tuple[str, str], tuple[Plan, Any]] = {}
+        self._plans: dict[tuple[str, str], tuple[Plan, Bound | None]] = {}
 
     def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | AskStore | None:
         """The hot path: decide without waiting, from what this process holds (the memory
@@ -137,7 +143,7 @@ class Limiter:
         decision = self.admit(key, model, api, head, body)
         return await self.ask_store(decision) if isinstance(decision, AskStore) else decision
 
-    def _plan(self, key: Key, model: str) -> tuple[Plan, Any]:
+    def _plan(self, key: Key, model: str) -> tuple[Plan, Bound | None]:
         found = self._plans.get((key.name, model))
         if found is None:
             plan = self.policy.plan(key, model)
@@ -151,7 +157,7 @@ class Limiter:
         return limits.reserve(plan, estimate_prompt_tokens(body), policy.output_bound(api, head),
                               policy.price(model) if plan.priced else FREE)
 
-    def _grant(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str,
+    def _grant(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str,
                decided: tuple[bool, tuple[float, ...]]) -> Lease:
         taken, levels = decided
         if not taken:
@@ -171,7 +177,7 @@ class Limiter:
             price = self.policy.price(lease.model, upstream_model) if plan.priced else None
             self.store.settle(lease.bound, lease.demand, limits.used(plan, usage, price))
 
-    def _without_store(self, plan: Plan, bound: Any, demand: tuple[float, ...], model: str) -> Lease:
+    def _without_store(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str) -> Lease:
         self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
         if not self.fail_open:
             raise GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
@@ -198,7 +204,7 @@ def _finite(seconds: float) -> float | None:
     return None if seconds == float("inf") else round(seconds, 3)
 
 
-def build_limiter(config: Config, metrics: Any, previous: Limiter | None = None) -> Limiter:
+def build_limiter(config: Config, metrics: Metrics, previous: Limiter | None = None) -> Limiter:
     """The limiter for `config`, reusing the previous store when the backend did not change
     (so a reload keeps every unchanged bucket's level and the Redis connections)."""
     problem = per_worker_problem(config, int(os.environ.get(WORKERS_ENV, "1")))
@@ -233,7 +239,7 @@ def store_settings(config: Config) -> tuple[str, ...]:
     return (rl.backend, rl.redis_url, rl.key_prefix) if rl.backend == "redis" else (rl.backend,)
 
 
-def _new_store(config: Config, metrics: Any) -> BucketStore:
+def _new_store(config: Config, metrics: Metrics) -> BucketStore:
     rl = config.rate_limits
     if rl.backend == "redis":
         from tollway.gateway.limits.redis_store import RedisBuckets

@@ -14,7 +14,7 @@ from tollway.core.limits.policy import LimitPolicy, Plan
 
 class MemoryBuckets:
     backend = "memory"
-    settings = ("memory",)
+    settings: tuple[str, ...] = ("memory",)
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._table = BucketTable()

@@ -47,6 +47,7 @@ from tollway.core.kernels import Gate
 from tollway.core.limits.policy import Bucket, LimitPolicy, Plan
 from tollway.gateway.limits.limiter import StoreUnavailable
 from tollway.gateway.limits.lease import LEASE_TTL, LeaseBook
+from tollway.gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("tollway")
 
@@ -195,8 +196,8 @@ class RedisBuckets:
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str, metrics: Any, client: Any = None, leasing: bool = False) -> None:
-        self.settings = ("redis", url, prefix)
+    def __init__(self, url: str, prefix: str, metrics: Metrics, client: Any = None, leasing: bool = False) -> None:
+        self.settings: tuple[str, ...] = ("redis", url, prefix)
         self.prefix = prefix
         self.client = client or aioredis.Redis.from_url(
             url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry_on_timeout=False)
@@ -336,6 +337,7 @@ class RedisBuckets:
     def _booked(self, op: _Op, grants: tuple[float, ...], levels: tuple[float, ...]) -> None:
         assert self._book is not None
         wants = op.wants if op.kind == "R" else op.amounts
+        assert wants is not None  # a reservation or a top-up says what it asked for
         for bucket, excess in self._book.granted(op.slots, wants, grants, levels, time.monotonic()):
             self._queue.append(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
         if self._return_timer is None and any(grants):
@@ -375,7 +377,7 @@ class RedisBuckets:
         finally:
             # Leave the set now, not in a done-callback: an op queued between this task's last
             # check and such a callback would find the slot taken and wait forever.
-            self._drains.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._drains.discard(asyncio.current_task())
             if self._queue and self._settle_timer is None and self._down_since is not None:
                 # settles held during an incident: try again later
                 self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
@@ -403,7 +405,7 @@ class RedisBuckets:
                 grants = tuple(map(float, words[pos:pos + n]))
                 pos += n
                 self._booked(op, grants, levels)
-                if op.kind == "R":
+                if op.kind == "R" and self._book is not None:  # _booked above needs the book too
                     levels = tuple([a + b for a, b in zip(levels, self._book.table.levels(op.slots, 0.0))])
             if not op.future.done():
                 op.future.set_result((taken, levels))
@@ -455,7 +457,7 @@ class RedisBuckets:
         self._retry_at = now + RETRY_INTERVAL
         settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
         for op in batch + self._queue:
-            if op.kind == "R" and self._book is not None:
+            if op.kind == "R" and self._book is not None and op.wants is not None:
                 self._book.failed(op.slots, op.wants)
             if op.future is not None and not op.future.done():
                 op.future.set_exception(StoreUnavailable(str(exc)))

@@ -243,7 +243,7 @@ class _PlainHistogram(Collector):
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
         for labels, counts in list(self.series.items()):
-            running, cumulative = 0, []
+            running, cumulative = 0.0, []
             for le, count in zip(self.le, counts):
                 running += count
                 cumulative.append((le, running))

@@ -26,6 +26,7 @@ from typing import Any
 from tollway.core.config import Traces
 from tollway.core.telemetry.otlp import Span, export_request
 from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamError, endpoint_of
+from tollway.gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("tollway")
 BATCH = 512  # spans per POST; a full batch wakes the exporter before its interval
@@ -43,7 +44,7 @@ def _version() -> str:
 
 
 class SpanExporter:
-    def __init__(self, config: Traces, metrics: Any, client: Any = None) -> None:
+    def __init__(self, config: Traces, metrics: Metrics, client: Any = None) -> None:
         self.url = config.endpoint
         self.headers = [("content-type", "application/json"), *config.headers.items()]
         self.interval = config.export_interval

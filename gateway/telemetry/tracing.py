@@ -37,10 +37,14 @@ from tollway.core.telemetry.tracecontext import (
 )
 from tollway.gateway.telemetry.trace_export import SpanExporter
 from tollway.gateway.upstream.client import endpoint_of, split_url
+from tollway.gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
+    from granian.rsgi import Headers
+
     from tollway.core.request import RequestHead
     from tollway.gateway.exchange import Exchange
+    from tollway.gateway.runtime import ProviderRuntime
 
 MAX_TEXT = 256  # characters of a client-chosen string in a span; a model name may be 10 MB
 # gen_ai.operation.name for each client API (the convention's well-known values; the
@@ -54,7 +58,7 @@ OPERATIONS = {
 }
 
 
-def build_tracer(config: Traces | None, metrics: Any) -> Tracer | None:
+def build_tracer(config: Traces | None, metrics: Metrics) -> Tracer | None:
     """The tracer for a `telemetry.traces` section; None (tracing off) without one."""
     return None if config is None else Tracer(config, SpanExporter(config, metrics))
 
@@ -66,13 +70,14 @@ class Tracer:
         self.ratio = config.sample_ratio
         self.exporter = exporter
 
-    def begin(self, headers: Any) -> RequestTrace:
+    def begin(self, headers: Headers) -> RequestTrace:
         """The trace of a request with these headers: the caller's, if it sent a valid one."""
         parent = parse_traceparent(headers.get("traceparent"))
         if parent is None:
             trace_id, parent_id, state = new_trace_id(), "", ""
         else:
-            state = clean_tracestate(",".join(headers.get_all("tracestate")))  # repeated headers form one list
+            # repeated headers form one list (granian's Headers has get_all; its stub does not say so)
+            state = clean_tracestate(",".join(headers.get_all("tracestate")))  # type: ignore[attr-defined]
             trace_id, parent_id = parent.trace_id, parent.span_id
         return RequestTrace(self.exporter, trace_id, parent_id, sampled(trace_id, self.ratio, parent), state)
 
@@ -123,7 +128,7 @@ class RequestTrace:
             head += f"tracestate: {self.state}\r\n"
         return Attempt(self.attempts, span_id, head.encode("ascii"))
 
-    def end_attempt(self, attempt: Attempt, ex: Exchange, provider: Any, upstream_model: str) -> None:
+    def end_attempt(self, attempt: Attempt, ex: Exchange, provider: ProviderRuntime, upstream_model: str) -> None:
         """Record the attempt's CLIENT span (if the trace is sampled)."""
         if self.sampled:
             self.exporter.add(_client_span(self, attempt, ex, provider, upstream_model, time.time_ns()))
@@ -165,7 +170,7 @@ def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int) -> Span:
                 start_ns, end_ns, attrs, status, error if status == STATUS_ERROR else "", trace.state)
 
 
-def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: Any, upstream_model: str,
+def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: ProviderRuntime, upstream_model: str,
                  end_ns: int) -> Span:
     op, upstream_model = OPERATIONS.get(ex.api, ex.api), _text(upstream_model)
     attrs: list[tuple[str, Any]] = [

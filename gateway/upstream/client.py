@@ -37,8 +37,8 @@ from collections import deque
 from typing import Any
 
 import httptools
-import msgspec
 
+from tollway.core.config import Timeouts
 from tollway.gateway.upstream.egress import ProxyRoute, ProxyRules, open_tunnel
 
 _MAX_HEAD_BYTES = 64 * 1024  # status line + headers (plus at most one socket read)
@@ -86,16 +86,6 @@ class UpstreamTooLarge(UpstreamError):
 
 class _NoResponse(UpstreamConnectError):
     """Closed before a single response byte: on a reused connection, the keep-alive race."""
-
-
-class Timeouts(msgspec.Struct, frozen=True):
-    """Seconds allowed to connect (incl. TLS/proxy), to the response headers, between chunks,
-    and for the whole exchange from connect to the body's last byte (None: no limit)."""
-
-    connect: float = 5
-    first_byte: float = 300
-    idle: float = 120
-    total: float | None = None
 
 
 class _WriteBatch:
@@ -754,6 +744,7 @@ class UpstreamClient:
             self._writes = _WriteBatch(loop)
             self._clock = _WaitClock(loop)
         writes, clock = self._writes, self._clock
+        assert clock is not None  # made with the write batch, just above
         new = lambda: _Connection(loop, origin.label, writes, clock)  # noqa: E731
         if origin.proxy is None or not origin.tls:
             host, port = (origin.host, origin.port) if origin.proxy is None else (
@@ -762,6 +753,7 @@ class UpstreamClient:
                 new, host, port, ssl=tls, server_hostname=server_hostname
             )
             return conn
+        assert tls is not None  # this branch is HTTPS through a CONNECT tunnel
         tunnel = await open_tunnel(loop, origin.proxy, origin.host, origin.port)
         conn = new()
         try:
@@ -769,6 +761,8 @@ class UpstreamClient:
         except BaseException:
             tunnel.close()
             raise
+        if transport is None:  # only if the tunnel closed during the handshake
+            raise ConnectionResetError("the proxy tunnel closed during the TLS handshake")
         conn.connection_made(transport)  # start_tls does not call it
         return conn
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_auth_failed
@@ -145,13 +145,19 @@ class GoogleOAuthCredential:
 
 
 # schema -> the credential that signs its calls when the provider has no static api_key.
-SIGNERS: dict[str, Callable[[Provider, KnownSecrets], Any]] = {
+class Credential(Protocol):
+    """Applies credentials that need I/O or the clock to an upstream call."""
+
+    async def sign(self, call: UpstreamCall) -> UpstreamCall: ...
+
+
+SIGNERS: dict[str, Callable[[Provider, KnownSecrets], Credential]] = {
     "bedrock": SigV4Credential,
     "vertex": GoogleOAuthCredential,
 }
 
 
-def credential_for(provider: Provider, secrets: KnownSecrets) -> Any | None:
+def credential_for(provider: Provider, secrets: KnownSecrets) -> Credential | None:
     """The signer for this provider's calls, or None when the adapter's headers suffice.
     The signer adds every credential it fetches to `secrets`."""
     factory = SIGNERS.get(provider.schema)

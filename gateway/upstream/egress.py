@@ -54,7 +54,8 @@ class ProxyRules:
         proxy = self._routes.get(scheme)
         if proxy is None:
             return None
-        if self._no_proxy and urllib.request.proxy_bypass_environment(host, self._no_proxy):
+        # proxy_bypass_environment is public in urllib.request but missing from typeshed
+        if self._no_proxy and urllib.request.proxy_bypass_environment(host, self._no_proxy):  # type: ignore[attr-defined]
             return None
         return proxy
 

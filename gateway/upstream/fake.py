@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import msgspec
 
+from tollway.core.config import Timeouts
 from tollway.core.providers import fake
 
 _JSON = [("content-type", "application/json")]
@@ -74,7 +74,7 @@ class FakeTransport:
         self._chunks = chunks
         self._delay = chunk_delay
 
-    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, timeouts: Any,
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, timeouts: Timeouts,
                       extra_head: bytes = b"") -> FakeResponse:
         path = next((p for p in _BODIES if url.endswith(p)), None)
         if path is None:

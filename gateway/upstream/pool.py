@@ -21,16 +21,17 @@ import asyncio
 import logging
 import socket
 import urllib.parse
-from typing import Any, Iterable
+from collections.abc import Iterable
 
 import msgspec
 
 from tollway.core import errors
-from tollway.core.config import OutlierDetection, Provider
+from tollway.core.config import OutlierDetection, Provider, Timeouts
 from tollway.core.routing.health import MemberHealth
 from tollway.core.routing.picker import PICKERS, Candidate, PrefixIndex
 from tollway.core.routing.replica_load import ReplicaLoad, parse_replica_load
-from tollway.gateway.upstream.client import Timeouts, UpstreamError
+from tollway.gateway.upstream import Transport
+from tollway.gateway.upstream.client import UpstreamError
 
 log = logging.getLogger("tollway")
 
@@ -81,7 +82,7 @@ class FixedEndpoint:
 class EndpointPool:
     """The replicas of a self-hosted provider, scraped and picked by load."""
 
-    def __init__(self, provider: Provider, transport: Any, policy: OutlierDetection) -> None:
+    def __init__(self, provider: Provider, transport: Transport, policy: OutlierDetection) -> None:
         self.provider, self.transport, self.policy = provider, transport, policy
         self.pick = PICKERS[provider.pick or "least_queue"]
         self.prefixes = PrefixIndex()
@@ -189,7 +190,7 @@ class EndpointPool:
             log.warning("pool %s: resolving %s failed (%s); keeping %d endpoints",
                         self.provider.name, d.dns, exc, len(self._endpoints))
             return
-        hosts = sorted({info[4][0] for info in infos})
+        hosts = sorted({str(info[4][0]) for info in infos})
         self._set_urls(f"{d.scheme}://{_netloc(h, d.port)}{d.path}" for h in hosts)
 
     def _set_urls(self, urls: Iterable[str]) -> None:
@@ -206,7 +207,7 @@ def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def endpoint_source(provider: Provider, transport: Any, policy: OutlierDetection) -> FixedEndpoint | EndpointPool:
+def endpoint_source(provider: Provider, transport: Transport, policy: OutlierDetection) -> FixedEndpoint | EndpointPool:
     """A pool for a provider with `endpoints` or `discover`; the fixed base_url otherwise."""
     if provider.endpoints or provider.discover:
         return EndpointPool(provider, transport, policy)

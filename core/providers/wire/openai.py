@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from tollway.core.errors import GatewayError, bad_request
-from tollway.core.request import decode_body
+from tollway.core.request import StreamOptions, decode_body
 
 
 class ImageURL(msgspec.Struct, omit_defaults=True):
@@ -72,10 +72,6 @@ class JSONSchemaFormat(msgspec.Struct, omit_defaults=True):
 class ResponseFormat(msgspec.Struct, omit_defaults=True):
     type: str
     json_schema: JSONSchemaFormat | None = None
-
-
-class StreamOptions(msgspec.Struct, omit_defaults=True):
-    include_usage: bool | None = None
 
 
 class ChatRequest(msgspec.Struct, omit_defaults=True):
