@@ -2,6 +2,8 @@
 
     key → body → head → route → permission → limits → forward → settle
 
+with the pipeline's seams (tollway.gateway.pipeline) around the upstream call.
+
 `admit` runs the steps up to the permission and returns an `Admitted` (or raises the
 GatewayError that ends the request: 401, 408, 413, 400, 404, 403); `forward` adds the
 limits, the upstream call (`Proxy.forward`) and the settlement. A surface changes only what
@@ -53,11 +55,17 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     if limiter is not None and limiter.enabled:
         lease = await limiter.reserve(req.key.key, req.route.name, api, req.head, req.body)
     headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
+    pipeline = serving.pipeline  # this request's, like the limiter
     try:
+        for before in pipeline.before_upstream:
+            await before(req, ex)
+        ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         await serving.proxy.forward(req.runtime, ex, req.route, req.head, req.body, proto, headers)
     finally:
         if lease is not None and limiter is not None:  # also when it failed or the client left
             limiter.settle(lease, ex.usage, ex.upstream_model)
+        for after in pipeline.after_response:
+            after(req, ex)
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,

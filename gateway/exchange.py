@@ -13,6 +13,7 @@ from tollway.ext.usage import Usage
 if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol, Scope
 
+    from tollway.gateway.pipeline import OnChunk
     from tollway.gateway.telemetry.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -28,7 +29,7 @@ def request_id(client_value: str | None) -> str:
 class Exchange:
     __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
-                 "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason")
+                 "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -55,6 +56,7 @@ class Exchange:
         self.phase = ""
         self.watcher: asyncio.Future[Any] | bool | None = None
         self.cancel_reason: str | None = None
+        self.on_chunk: tuple[OnChunk, ...] = ()  # the pipeline's per-chunk hooks (tollway.gateway.pipeline)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

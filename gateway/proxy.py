@@ -44,6 +44,7 @@ from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.core.security.secrets import KnownSecrets, scrubbed
 from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from tollway.gateway.lifecycle.drain import shutting_down
+from tollway.gateway.pipeline import OnChunk
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.downstream.watchdog import ANSWERED
@@ -270,11 +271,15 @@ class Proxy:
                     feed: _Feed) -> None:
         """Relay the rest of the stream. The loop is `_Feed.__call__` written out with locals: it
         runs per chunk, and a call per chunk costs more than the checks in it. Past WATCH_FROM
-        bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure)."""
-        await transport.send(first)
-        ex.first_byte = time.perf_counter()
+        bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure).
+        The pipeline's per-chunk hooks (`ex.on_chunk`, usually none) see each chunk last."""
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
+        hooks = ex.on_chunk
         try:
+            if hooks:
+                first = _through(hooks, ex, first)
+            await send(first)
+            ex.first_byte = time.perf_counter()
             try:
                 async for chunk in chunks:
                     left -= len(chunk)
@@ -284,6 +289,8 @@ class Proxy:
                     if out:
                         if first_needle(out, needles) >= 0 or not out.isascii():
                             out = feed.cleaned(out)
+                        if hooks and not (out := _through(hooks, ex, out)):
+                            continue
                         sent += len(out)
                         if sent > WATCH_FROM:
                             await transport.paced(sent)
@@ -291,6 +298,8 @@ class Proxy:
             except _UNREADABLE as exc:  # SSEError is one (a ValueError)
                 raise feed.unreadable(exc) from None
             tail = feed.flush()
+            if tail and hooks:
+                tail = _through(hooks, ex, tail)
             if tail:
                 await send(tail)
         except (UpstreamError, GatewayError) as exc:
@@ -412,6 +421,13 @@ class ClientStream:
 
     def close(self) -> None:
         self._transport = None
+
+
+def _through(hooks: tuple[OnChunk, ...], ex: Exchange, out: bytes) -> bytes:
+    """`out` as the pipeline's per-chunk hooks pass it on, each seeing the previous one's bytes."""
+    for hook in hooks:
+        out = hook(ex, out)
+    return out
 
 
 def _error_event(translator: StreamTranslator, err: GatewayError) -> bytes:

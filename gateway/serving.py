@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tollway.gateway.limits.limiter import Limiter
+from tollway.gateway.pipeline import EMPTY, Pipeline
 from tollway.gateway.proxy import Proxy
 from tollway.gateway.runtime import Runtime
 from tollway.gateway.telemetry.tracing import Tracer
@@ -21,3 +22,4 @@ class Serving:
     proxy: Proxy
     limiter: Limiter | None = None  # built when the gateway starts: a Redis store belongs to its loop
     tracer: Tracer | None = None  # None: tracing is off
+    pipeline: Pipeline = EMPTY  # the features plugged into the request path's seams
