@@ -15,18 +15,11 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
 
 import msgspec  # noqa: E402
 import orjson  # noqa: E402
 
 from tollway.ext import KERNELS  # noqa: E402
-
-import tollway.ext.buckets  # noqa: E402
-import tollway.ext.jsonscan  # noqa: E402
-import tollway.ext.ratelimit  # noqa: E402
-import tollway.ext.sse  # noqa: E402
 
 REPEATS = 7
 TARGET_SECONDS = 0.2  # per repeat

@@ -36,8 +36,8 @@ from tollway_proc import BENCH_KEY, REPO, serve_argv  # noqa: E402
 
 from tollway.core import config as config_mod  # noqa: E402
 from tollway.core.kernels import ACTIVE  # noqa: E402
-from tollway.core.security.keys import hash_key  # noqa: E402
 from tollway.core.request import RequestHead  # noqa: E402
+from tollway.core.security.keys import hash_key  # noqa: E402
 from tollway.ext.usage import Usage  # noqa: E402
 
 LIMITS = "[{requests: 1000000000, per: 1m}, {total_tokens: 100000000000, per: 1m}]"

@@ -184,7 +184,7 @@ async def run_level(url_port: int, path: str, streams: int, seconds: float, key:
     stats = Stats()
     until = time.perf_counter() + seconds
     clients = []
-    for i in range(streams):  # spread the starts over one stream period, like real arrivals
+    for _ in range(streams):  # spread the starts over one stream period, like real arrivals
         await asyncio.sleep(chunks * INTERVAL / streams)
         try:
             _, client = await loop.create_connection(lambda: StreamClient(request, chunks, stats, until),

@@ -1,7 +1,6 @@
 """Starting Tollway for a benchmark: the command, its environment, and a bench config."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

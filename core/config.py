@@ -19,8 +19,8 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import yaml
 
-from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.accounting.pricing import Price
+from tollway.core.limits.policy import measure_of, window_seconds
 
 SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
 

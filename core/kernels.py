@@ -12,7 +12,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from tollway.ext import KERNELS
-
 from tollway.ext import buckets as _pure_buckets
 from tollway.ext import jsonscan as _pure_jsonscan
 from tollway.ext import ratelimit as _pure_ratelimit

@@ -8,13 +8,13 @@ scan refuses a body that repeats a field the gateway reads (see `first_duplicate
 """
 from __future__ import annotations
 
-from typing import Annotated, Callable, TypeVar
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import msgspec
 
 from tollway.core.errors import GatewayError, bad_request
 from tollway.core.kernels import first_duplicate_key, max_depth_exceeded
-
 
 # Ceilings on the client's integers, which size the rate limiter's reservation: unbounded,
 # a max_tokens of 10**400 reached the bucket kernels (which count in floats) as an

@@ -66,7 +66,8 @@ class Exchange:
         return {
             "request_id": self.request_id, "key": self.key_name, "api": self.api,
             "model": echoed(self.model) if self.model else self.model,  # client text: cut
-            "provider": self.provider, "upstream_model": echoed(self.upstream_model) if self.upstream_model else None, "status": self.status,
+            "provider": self.provider,
+            "upstream_model": echoed(self.upstream_model) if self.upstream_model else None, "status": self.status,
             "stream": self.stream, "error": error_label(self.error_type) or None,  # may be an upstream's code: log the closed set
             "prompt_tokens": u.prompt_tokens if u else None, "completion_tokens": u.completion_tokens if u else None,
             "latency_ms": round(self.elapsed() * 1000, 3),

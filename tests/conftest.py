@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
-
 import anthropic
 import openai
+import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.bedrock_upstream import FakeBedrock

@@ -14,11 +14,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import urllib.request
 
 from tollway.core.security.keys import hash_key
 

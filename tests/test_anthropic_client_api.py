@@ -12,17 +12,17 @@ import anthropic
 import msgspec
 import pytest
 
-from tollway.core.config import Provider
-from tollway.core.errors import GatewayError, upstream_timeout
-from tollway.core.providers.messages.native import AnthropicNative, AnthropicStreamRelay
-from tollway.core.providers.messages.translate import AnthropicOverChat
-from tollway.core.providers.base import CallContext, ClientAPI
-from tollway.core.request import parse_head
-from tollway.gateway.proxy import _error_event
 from tests.fakes import anthropic_upstream as fa
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError, upstream_timeout
+from tollway.core.providers.base import CallContext, ClientAPI
+from tollway.core.providers.messages.native import AnthropicNative, AnthropicStreamRelay
+from tollway.core.providers.messages.translate import AnthropicOverChat
+from tollway.core.request import parse_head
+from tollway.gateway.proxy import _error_event
 
 BODY = b'{"model":"claude","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
 BETA = "prompt-caching-2024-07-31,token-efficient-tools-2025-02-19"

@@ -34,8 +34,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.gemini_upstream import service_account_file
 from tests.fakes.bedrock_upstream import event as bedrock_event
+from tests.fakes.gemini_upstream import service_account_file
 from tests.fakes.hostile_upstream import FOREIGN_CORES, FOREIGN_SECRETS, VERTEX_TOKEN, WIRES, Answer, HostileUpstream, leaks
 from tests.harness import GatewayProcess, key_hash
 

@@ -35,7 +35,7 @@ import openai
 import pytest
 
 from tests.fakes.gemini_upstream import service_account_file
-from tests.fakes.hostile_upstream import FOREIGN_CORES, FOREIGN_SECRETS, MiB, VERTEX_TOKEN, HostileUpstream, leak_context, leaks
+from tests.fakes.hostile_upstream import FOREIGN_CORES, VERTEX_TOKEN, HostileUpstream, MiB, leak_context, leaks
 from tests.fakes.otlp_collector import FakeCollector
 from tests.harness import GatewayProcess, key_hash
 

@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tollway.ext.sse as pure_sse
+from tests.kernels_fixture import compiled_or_skip
 from tollway.ext.sse import SSEError, may_carry_usage
 from tollway.ext.usage import Usage
-from tests.kernels_fixture import compiled_or_skip
 
-import tollway.ext.sse as pure_sse
+
 def frame(mod, chunks, max_event_bytes=1 << 20):
     framer = mod.SSEFramer(max_event_bytes)
     events = []

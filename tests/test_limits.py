@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollway.core import config as config_mod
+from tollway.core.accounting.pricing import FREE, Price
 from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import (
     Bucket,
@@ -19,9 +20,8 @@ from tollway.core.limits.policy import (
     settle,
     window_seconds,
 )
-from tollway.core.accounting.pricing import FREE, Price
-from tollway.ext.ratelimit import go_duration, ratelimit_headers
 from tollway.core.request import RequestHead
+from tollway.ext.ratelimit import go_duration, ratelimit_headers
 from tollway.ext.usage import Usage
 
 HASH = "sha256:" + "0" * 64

@@ -16,9 +16,9 @@ import openai
 import pytest
 import redis
 
-from tollway.gateway.limits.lease import LEASE_FRACTION, MAX_HOLD_SLICES
 from tests.harness import ADMIN_KEY, ROOT, TEST_KEY, GatewayProcess, key_hash
 from tests.test_limits_redis import PrivateRedis
+from tollway.gateway.limits.lease import LEASE_FRACTION, MAX_HOLD_SLICES
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 

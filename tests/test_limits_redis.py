@@ -13,6 +13,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from tests.harness import free_port
 from tollway.core import config as config_mod
 from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import Bucket, Plan
@@ -21,7 +22,6 @@ from tollway.ext.usage import Usage
 from tollway.gateway.limits.limiter import AskStore, Limiter
 from tollway.gateway.limits.redis_store import RedisBuckets
 from tollway.gateway.telemetry.metrics import Metrics
-from tests.harness import free_port
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 

@@ -6,8 +6,8 @@ import urllib.request
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from tollway.gateway.telemetry.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 from tests.harness import TEST_KEY
+from tollway.gateway.telemetry.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
 
 def scrape(gateway) -> dict:

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakes.otlp_collector import FakeCollector
+from tests.harness import ROOT, TEST_KEY, GatewayProcess, ThreadedServer, key_hash
 from tollway.core.config import Config, Model, Provider, Target
 from tollway.core.errors import ERROR_LABEL_FALLBACK, GATEWAY_ERROR_CODES, OPENAI_ERROR_TYPES, error_label
 from tollway.core.security.keys import hash_key
 from tollway.gateway.telemetry.metrics import OTHER, MetricLabels, Metrics
-from tests.fakes.otlp_collector import FakeCollector
-from tests.harness import ROOT, TEST_KEY, GatewayProcess, ThreadedServer, key_hash
 
 SCRAPE_KEY = "scrape-credential-0123456789abcdef"
 PEPPER = "metrics-test-pepper"

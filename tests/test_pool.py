@@ -3,10 +3,10 @@ from collections import Counter
 
 import pytest
 
-from tollway.core.config import OutlierDetection, loads
-from tollway.gateway.upstream.pool import EndpointPool
-from tollway.gateway.upstream.client import UpstreamClient
 from tests.fakes.vllm_replica import FakeVLLMReplica
+from tollway.core.config import OutlierDetection, loads
+from tollway.gateway.upstream.client import UpstreamClient
+from tollway.gateway.upstream.pool import EndpointPool
 
 POLICY = OutlierDetection(consecutive_failures=2, cool_down=5.0)
 

@@ -13,12 +13,12 @@ import anthropic
 import openai
 import pytest
 
-from tollway.core import errors
-from tollway.core.errors import ECHO_LIMIT, GatewayError, echoed
-from tollway.core.request import MAX_CHOICES, MAX_TOKENS_CEILING, RequestHead, parse_head
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.test_e2e_errors import assert_openai_error, post
+from tollway.core import errors
+from tollway.core.errors import ECHO_LIMIT, GatewayError, echoed
+from tollway.core.request import MAX_CHOICES, MAX_TOKENS_CEILING, RequestHead, parse_head
 
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 HUGE = 10**400

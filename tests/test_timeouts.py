@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tollway.core.config import ConfigError, Retry, loads
-from tollway.core.routing.retry import AttemptPlan
-from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamTimeout
 from tests.fakes.openai_upstream import REPLY, FakeOpenAI
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.test_upstream import Server, ok, read_request, run, stall  # noqa: F401 - `run` is a fixture
+from tollway.core.config import ConfigError, Retry, loads
+from tollway.core.routing.retry import AttemptPlan
+from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamTimeout
 
 # -- the retry walk after a timeout (sans-IO) ----------------------------------------------------
 

@@ -19,22 +19,22 @@ import anthropic
 import msgspec
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tollway.core import config as config_mod
 from tollway.core.accounting.completion_text import completion_text
+from tollway.core.accounting.tokens import count_tokens
 from tollway.core.errors import GatewayError
 from tollway.core.limits.policy import REQUEST_ONLY_DEMAND
 from tollway.core.providers.base import ClientAPI
 from tollway.core.request import RequestHead
-from tollway.core.accounting.tokens import count_tokens
 from tollway.ext.usage import Usage
 from tollway.gateway import token_count
-from tollway.gateway.surfaces.anthropic import COUNT_TOKENS_PATH, local_token_count
 from tollway.gateway.limits.limiter import Limiter
 from tollway.gateway.limits.memory import MemoryBuckets
+from tollway.gateway.surfaces.anthropic import COUNT_TOKENS_PATH, local_token_count
 from tollway.gateway.telemetry.metrics import Metrics
-from tests.fakes.anthropic_upstream import FakeAnthropic
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 
 LIMITED_KEY = "sk-tollway-limited-key-2468013579"
 COUNT_CAP = 12 * 1024 * 1024  # the gateway's max_count_tokens_bytes below (body cap: 16 MiB)

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tollway.core.accounting.tokens import CL100K, O200K, count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
+from tollway.core.accounting.tokens import (
+    CL100K,
+    O200K,
+    count_tokens,
+    encoding_for,
+    encoding_name_for_model,
+    estimate_prompt_tokens,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

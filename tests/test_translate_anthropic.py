@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import streams
+from tests.fakes import anthropic_upstream as fa
+from tests.streams import summarize
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext
 from tollway.core.providers.chat.anthropic import OpenAIToAnthropic
 from tollway.core.request import parse_head
-from tests import streams
-from tests.fakes import anthropic_upstream as fa
-from tests.streams import summarize
 
 PROVIDER = Provider(name="claude", schema="anthropic", base_url="https://api.anthropic.com/", api_key="sk-ant-secret")
 ADAPTER = OpenAIToAnthropic()

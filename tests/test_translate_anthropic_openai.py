@@ -15,8 +15,8 @@ from pydantic import TypeAdapter
 
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
-from tollway.core.providers.messages.translate import AnthropicOverChat
 from tollway.core.providers.base import CallContext
+from tollway.core.providers.messages.translate import AnthropicOverChat
 from tollway.core.request import parse_head
 
 PROVIDER = Provider(name="up", schema="openai", base_url="http://up.example/v1", api_key="sk-up-secret")

@@ -10,14 +10,14 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import streams
+from tests.fakes import bedrock_upstream as fb
+from tests.streams import summarize
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext
 from tollway.core.providers.chat.bedrock import OpenAIToBedrock
 from tollway.core.request import parse_head
-from tests import streams
-from tests.fakes import bedrock_upstream as fb
-from tests.streams import summarize
 
 PROVIDER = Provider(name="aws", schema="bedrock", region="eu-west-1")
 ADAPTER = OpenAIToBedrock()

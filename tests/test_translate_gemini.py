@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import streams
+from tests.fakes import gemini_upstream as fg
+from tests.streams import summarize
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext
 from tollway.core.providers.chat.gemini import OpenAIToGemini, OpenAIToVertex
 from tollway.core.request import parse_head
-from tests import streams
-from tests.fakes import gemini_upstream as fg
-from tests.streams import summarize
 
 GEMINI = Provider(name="g", schema="gemini", base_url="https://generativelanguage.googleapis.com/v1beta", api_key="AIza-secret")
 VERTEX = Provider(name="v", schema="vertex", project="my-proj", location="europe-west4")

@@ -19,8 +19,8 @@ so a pool calls `PICKERS[policy]` and never branches on the policy's name.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from tollway.core.routing.replica_load import ReplicaLoad
 

@@ -24,8 +24,9 @@ replica, so the client never sees a dead one. The caller bounds those by the poo
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from tollway.core.config import Retry
 

@@ -14,8 +14,8 @@ last-resort try rather than an error the gateway made up itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from tollway.core.config import Config, Model, Target
 

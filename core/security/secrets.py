@@ -23,10 +23,11 @@ from __future__ import annotations
 import math
 import re
 import urllib.parse
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Iterable
 
 from tollway.core.errors import GatewayError
 from tollway.core.routing.retry import retry_after

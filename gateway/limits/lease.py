@@ -12,7 +12,8 @@ the lease goes to Redis, which reserves it and grants a fresh slice in the same 
 Why this cannot admit much more than the limit: leased quota left Redis when it was granted,
 so processes never spend the same quota twice. Settles land on the lease too (refunds refill
 it up to MAX_HOLD_SLICES slices, the rest goes back to Redis; usage beyond a reservation is
-charged to it, and a lease in debt asks Redis for the difference with its next request). What a lease changes is *when* quota is spent:
+charged to it, and a lease in debt asks Redis for the difference with its next request). What a
+lease changes is *when* quota is spent:
 quota leased before an interval can be spent in it, after Redis has refilled. So over any
 interval of length T a bucket admits at most
 

@@ -11,7 +11,8 @@ buckets, settles that may leave debt. A script runs atomically, so no two decisi
 Cost: a round trip and redis-py's ~40 us of CPU per call would halve a gateway doing ~100 us
 per request. So calls are *batched*: reservations and settles are queued, and a drain task
 sends everything queued as ONE `EVALSHA` (ops applied in order inside the script), while new
-requests queue up behind it, so ops reach Redis in the order they were made. Under load a call carries many decisions; a lone request pays
+requests queue up behind it, so ops reach Redis in the order they were made. Under load a call
+carries many decisions; a lone request pays
 one call. Settles never wait: they ride along with the next batch, or go on their own after
 `SETTLE_DELAY` when no reservation comes. With `leasing` (how the gateway runs it), most
 requests make no call at all: they are decided from quota this process leased in slices
@@ -42,11 +43,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from tollway.core.limits import policy as limits
 from tollway.core.kernels import Gate
+from tollway.core.limits import policy as limits
 from tollway.core.limits.policy import Bucket, LimitPolicy, Plan
-from tollway.gateway.limits.limiter import StoreUnavailable
 from tollway.gateway.limits.lease import LEASE_TTL, LeaseBook
+from tollway.gateway.limits.limiter import StoreUnavailable
 from tollway.gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("tollway")

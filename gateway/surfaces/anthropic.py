@@ -105,8 +105,8 @@ class AnthropicAPI:
 
 def local_token_count(body: bytes, model: str) -> int:
     """Tokens of an Anthropic request's text (system, messages, tool definitions)."""
-    from tollway.core.providers.messages.translate import decode_messages, to_chat_request  # noqa: PLC0415
     from tollway.core.accounting.tokens import count_tokens  # noqa: PLC0415 - tiktoken loads only when counting
+    from tollway.core.providers.messages.translate import decode_messages, to_chat_request  # noqa: PLC0415
 
     chat = to_chat_request(decode_messages(body), model)
     text = msgspec.json.encode(chat.messages).decode() + (msgspec.json.encode(chat.tools).decode() if chat.tools else "")

@@ -25,8 +25,8 @@ from typing import Any
 
 from tollway.core.config import Traces
 from tollway.core.telemetry.otlp import Span, export_request
-from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamError, endpoint_of
 from tollway.gateway.telemetry.metrics import Metrics
+from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamError, endpoint_of
 
 log = logging.getLogger("tollway")
 BATCH = 512  # spans per POST; a full batch wakes the exporter before its interval

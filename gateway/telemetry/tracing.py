@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from tollway.core.config import Traces
 from tollway.core.errors import error_label
-from tollway.core.telemetry.otlp import CLIENT, SERVER, STATUS_ERROR, STATUS_OK, STATUS_UNSET, Span
 from tollway.core.providers.base import ClientAPI
+from tollway.core.telemetry.otlp import CLIENT, SERVER, STATUS_ERROR, STATUS_OK, STATUS_UNSET, Span
 from tollway.core.telemetry.tracecontext import (
     clean_tracestate,
     format_traceparent,
@@ -35,9 +35,9 @@ from tollway.core.telemetry.tracecontext import (
     parse_traceparent,
     sampled,
 )
+from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.telemetry.trace_export import SpanExporter
 from tollway.gateway.upstream.client import endpoint_of, split_url
-from tollway.gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from granian.rsgi import Headers

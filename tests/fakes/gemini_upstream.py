@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.bedrock_upstream import embedding_of, token_count
 from tests.fakes.base import FakeUpstream
+from tests.fakes.bedrock_upstream import embedding_of, token_count
 
 API_KEY = "gemini-api-key-SECRET-987654"
 REPLY = "Hello from the fake Gemini upstream"

@@ -56,14 +56,16 @@ import json
 import re
 import struct
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import web
 
 from tests.fakes.base import FakeUpstream
-from tests.fakes.bedrock_upstream import event as bedrock_event, exception as bedrock_exception, frame
+from tests.fakes.bedrock_upstream import event as bedrock_event
+from tests.fakes.bedrock_upstream import frame
 
 MiB = 1024 * 1024
 PIECE = 64 * 1024
@@ -102,7 +104,7 @@ class Call:
 
     request: web.Request
     schema: str  # openai | azure | anthropic | bedrock | gemini | vertex
-    wire: "Wire"
+    wire: Wire
     model: str
     stream: bool  # the request asked for a stream
     body: dict[str, Any]
@@ -664,7 +666,7 @@ def parse_mode(model: str) -> tuple[str, int | None]:
 
 # -- finding what was planted ----------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def secret_forms(secret: str) -> tuple[bytes, ...]:
     """The byte strings whose presence means `secret` leaked: itself, JSON- and URL-escaped,
     and (for long ones) every 16-character window, so a truncated copy counts too."""
