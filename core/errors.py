@@ -163,6 +163,48 @@ def upstream_disconnected(provider: str) -> GatewayError:
                         "api_error", "upstream_disconnected")
 
 
+# Failures inside an upstream stream, after its first bytes. The stream translators raise them;
+# the proxy sends them as the client API's stream error event.
+
+def upstream_ended_early(provider: str) -> GatewayError:
+    """A 502: the stream ended before the upstream's closing event, so the answer is cut off."""
+    return GatewayError(502, f"The upstream provider '{provider}' ended the stream early.", "api_error",
+                        "upstream_disconnected")
+
+
+def upstream_unfinished() -> GatewayError:
+    """A 502: a relayed stream ended before its closing event (the relay knows no provider name)."""
+    return GatewayError(502, "The upstream provider closed the stream before it finished.", "api_error",
+                        "upstream_disconnected")
+
+
+def upstream_no_answer() -> GatewayError:
+    """A 502: the stream ended before its first answer chunk."""
+    return GatewayError(502, "The upstream stream ended before any answer.", "api_error", "upstream_disconnected")
+
+
+def upstream_malformed_event() -> GatewayError:
+    """A 502: one event of the upstream's stream is not the JSON its schema says."""
+    return GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error", "upstream_malformed")
+
+
+def upstream_corrupt_frame() -> GatewayError:
+    """A 502: an AWS eventstream frame failed its length or CRC checks."""
+    return GatewayError(502, "The upstream provider sent a corrupt event stream frame.", "api_error",
+                        "upstream_malformed")
+
+
+def upstream_no_message_start() -> GatewayError:
+    """A 502: an Anthropic stream sent content before the `message_start` that opens it."""
+    return GatewayError(502, "The upstream stream did not begin with message_start.", "api_error",
+                        "upstream_malformed")
+
+
+def upstream_failed_mid_stream(message: str | None) -> GatewayError:
+    """A 502 for the error object an upstream put inside its stream (the proxy scrubs `message`)."""
+    return GatewayError(502, message or "The upstream provider failed mid-stream.", "api_error", "upstream_error")
+
+
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
 

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
+from tollway.core.errors import (GatewayError, bad_request, upstream_ended_early, upstream_malformed_event,
+                                 upstream_no_message_start)
 from tollway.core.kernels import SSEFramer
 from tollway.core.providers.base import CallContext, UpstreamCall
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body
@@ -235,8 +236,7 @@ class AnthropicStreamToOpenAI:
     def flush(self) -> bytes:
         out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
         if not self._done:
-            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
-                               "api_error", "upstream_disconnected")
+            raise upstream_ended_early(self._ctx.provider.name)
         return out
 
     def streamed_text(self) -> str:
@@ -246,8 +246,7 @@ class AnthropicStreamToOpenAI:
         try:
             event = wire.decode_event(data)
         except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+            raise upstream_malformed_event() from None
         handler = _HANDLERS.get(event.type)
         return handler(self, event) if handler else b""  # ping and future event types
 
@@ -307,8 +306,7 @@ class AnthropicStreamToOpenAI:
 
     def _require_writer(self) -> ChunkWriter:
         if self._writer is None:
-            raise GatewayError(502, "The upstream stream did not begin with message_start.", "api_error",
-                               "upstream_malformed")
+            raise upstream_no_message_start()
         return self._writer
 
 

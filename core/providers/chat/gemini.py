@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
+from tollway.core.errors import GatewayError, bad_request, upstream_ended_early, upstream_malformed_event
 from tollway.core.kernels import SSEFramer
 from tollway.core.providers.base import CallContext, UpstreamCall
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
@@ -235,8 +235,7 @@ class GeminiStreamToOpenAI:
     def flush(self) -> bytes:
         out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
         if self._writer is None or self._reason is None:
-            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
-                               "api_error", "upstream_disconnected")
+            raise upstream_ended_early(self._ctx.provider.name)
         return out + self._writer.finish(FINISH_REASONS.get(self._reason, "stop")) + self._writer.end(self.usage)
 
     def streamed_text(self) -> str:
@@ -246,8 +245,7 @@ class GeminiStreamToOpenAI:
         try:
             fragment = wire.decode_response(data)
         except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+            raise upstream_malformed_event() from None
         if fragment.error is not None:
             raise provider_error(self._ctx.provider, fragment.error.code or 500, [], fragment.error.message)
         out = b""

@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
+from tollway.core.errors import (GatewayError, bad_request, upstream_failed_mid_stream, upstream_malformed_event,
+                                 upstream_no_answer)
 from tollway.core.kernels import SSEFramer
 from tollway.core.providers.messages.errors import error_event
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
@@ -237,8 +238,7 @@ class ChainedStream:
 
 def _stream_error(error: oa.StreamError | str) -> GatewayError:
     """The client's error for an upstream's in-stream error object (scrubbed by the proxy)."""
-    message = error if isinstance(error, str) else error.message
-    return GatewayError(502, message or "The upstream provider failed mid-stream.", "api_error", "upstream_error")
+    return upstream_failed_mid_stream(error if isinstance(error, str) else error.message)
 
 
 def sse(kind: str, payload: Any) -> bytes:
@@ -266,7 +266,7 @@ class ChatStreamToAnthropic:
     def flush(self) -> bytes:
         out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
         if not self._started:
-            raise GatewayError(502, "The upstream stream ended before any answer.", "api_error", "upstream_disconnected")
+            raise upstream_no_answer()
         return out + self._close()
 
     def streamed_text(self) -> str:
@@ -278,8 +278,7 @@ class ChatStreamToAnthropic:
         try:
             chunk = oa.decode_chunk(data)
         except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+            raise upstream_malformed_event() from None
         if chunk.error is not None:  # the upstream failed mid-stream: end with Anthropic's error event
             raise _stream_error(chunk.error)
         out = b"" if self._started else self._start(chunk)
