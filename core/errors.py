@@ -163,6 +163,33 @@ def upstream_disconnected(provider: str) -> GatewayError:
                         "api_error", "upstream_disconnected")
 
 
+def upstream_malformed_embeddings(provider: str) -> GatewayError:
+    """A 502: an embeddings answer that does not match the provider's schema."""
+    return upstream_malformed(provider, "an embeddings answer")
+
+
+def upstream_error(status: int, message: str, type: str, code: str | None, param: str | None = None,
+                   headers: list[tuple[str, str]] | None = None) -> GatewayError:
+    """An upstream's error response relayed to the client. The mappers in core/providers compute
+    status, type and code from the upstream's answer (and keep its retry-after headers); the
+    proxy scrubs the message, which the upstream wrote."""
+    return GatewayError(status, message, type, code, param, headers)
+
+
+def upstream_unreadable_error(provider: str, status: int) -> GatewayError:
+    """An upstream error response whose body could not be read: its status still says whose fault
+    it is (a 4xx stays the client's, a 5xx is the upstream's, a 502)."""
+    client_fault = status < 500
+    return GatewayError(status if client_fault else 502, f"The upstream provider '{provider}' answered HTTP {status}.",
+                        "invalid_request_error" if client_fault else "api_error", "upstream_error")
+
+
+def upstream_no_credentials(provider: str, what: str) -> GatewayError:
+    """A 502: the gateway holds no usable `what` ("AWS credentials", ...) to sign calls to `provider`."""
+    return GatewayError(502, f"The gateway has no usable {what} for upstream provider '{provider}'; "
+                             "ask the gateway operator to configure one.", "api_error", "upstream_auth_failed")
+
+
 # Failures inside an upstream stream, after its first bytes. The stream translators raise them;
 # the proxy sends them as the client API's stream error event.
 

@@ -173,9 +173,7 @@ class Proxy:
         try:
             return adapter.error(ctx, resp.status, resp.headers, err_body)
         except _UNREADABLE:  # the error's body is garbage: its status still says what happened
-            return GatewayError(resp.status if resp.status < 500 else 502,
-                                f"The upstream provider '{provider.name}' answered HTTP {resp.status}.",
-                                "invalid_request_error" if resp.status < 500 else "api_error", "upstream_error")
+            return errors.upstream_unreadable_error(provider.name, resp.status)
 
     async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> Any:
         timeouts = provider.config.timeouts

@@ -1,6 +1,6 @@
 """The error catalogue's bodies are a contract: clients, SDKs and dashboards match on status,
 type, code and message. These pin the exact bytes of every mid-stream error a translator
-raises (fed real wire bytes)."""
+raises (fed real wire bytes), and of the catalogue's other constructors."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
+from tollway.core import errors
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext, StreamTranslator
@@ -99,3 +100,26 @@ def test_done_closes_an_openai_stream_once() -> None:
     chunk = b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
     out = translator.feed(chunk + b"data: [DONE]\n\n")
     assert out.count(b"event: message_stop") == 1 and translator.flush() == b""
+
+
+RETRY = [("retry-after", "1"), ("retry-after-ms", "1000")]
+
+
+@pytest.mark.parametrize("err, status, body, headers", [
+    (errors.upstream_malformed_embeddings("up"), 502,
+     _body("The upstream provider 'up' sent an embeddings answer the gateway could not read.", "upstream_malformed"), []),
+    (errors.upstream_error(429, "slow down", "rate_limit_error", "rate_limit_exceeded", None, RETRY), 429,
+     _body("slow down", "rate_limit_exceeded", "rate_limit_error"), RETRY),
+    (errors.upstream_error(400, "bad", "invalid_request_error", None, "messages"), 400,
+     _body("bad", None, "invalid_request_error", "messages"), []),
+    (errors.upstream_unreadable_error("up", 404), 404,
+     _body("The upstream provider 'up' answered HTTP 404.", "upstream_error", "invalid_request_error"), []),
+    (errors.upstream_unreadable_error("up", 503), 502,
+     _body("The upstream provider 'up' answered HTTP 503.", "upstream_error"), []),
+    (errors.upstream_no_credentials("up", "AWS credentials"), 502,
+     _body("The gateway has no usable AWS credentials for upstream provider 'up'; ask the gateway operator to "
+           "configure one.", "upstream_auth_failed"), []),
+])
+def test_a_catalogue_errors_status_body_and_headers(err: GatewayError, status: int, body: bytes,
+                                                    headers: list[tuple[str, str]]) -> None:
+    assert (err.status, err.body(), err.headers) == (status, body, headers)
