@@ -232,6 +232,37 @@ def upstream_failed_mid_stream(message: str | None) -> GatewayError:
     return GatewayError(502, message or "The upstream provider failed mid-stream.", "api_error", "upstream_error")
 
 
+# Refusals from the gateway's own limits and state.
+
+def rate_limited(message: str, kind: str, headers: list[tuple[str, str]]) -> GatewayError:
+    """A 429 for a full rate-limit bucket: `kind` is the error type OpenAI uses for the bucket's
+    measure ("requests" or "tokens"), `message` names the limit, `headers` say when to retry."""
+    return GatewayError(429, message, kind, "rate_limit_exceeded", None, headers)
+
+
+def budget_exceeded(message: str, headers: list[tuple[str, str]]) -> GatewayError:
+    """A 429 for a spent budget, as OpenAI answers when an account's credit is spent."""
+    return GatewayError(429, message, "insufficient_quota", "insufficient_quota", None, headers)
+
+
+def rate_limits_unavailable(headers: list[tuple[str, str]]) -> GatewayError:
+    """A 503: the rate-limit store is down and the gateway fails closed; `headers` say when to retry."""
+    return GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
+                        "api_error", "rate_limit_store_unavailable", None, headers)
+
+
+def usage_unavailable() -> GatewayError:
+    """A 503 for the admin usage report: the rate-limit store cannot be read."""
+    return GatewayError(503, "The rate-limit store is unavailable; usage cannot be read right now.",
+                        "api_error", "rate_limit_store_unavailable")
+
+
+def shutting_down() -> GatewayError:
+    """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
+    return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
+                        "api_error", "gateway_shutting_down")
+
+
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
 

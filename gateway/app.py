@@ -25,7 +25,7 @@ from tollway.gateway.telemetry.accesslog import AccessLog
 from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.exchange import Exchange, request_id
-from tollway.gateway.lifecycle.drain import drain, install_readiness_signal, shutting_down
+from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
 from tollway.gateway.limits.limiter import AskStore, Limiter, build_limiter
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.proxy import Proxy
@@ -191,7 +191,7 @@ class Gateway:
         elif ex.cancel_reason == "body_timeout":
             self._send_error(proto, ex, errors.body_timeout(self.runtime.config.server.body_read_timeout))
         else:
-            self._send_error(proto, ex, shutting_down())
+            self._send_error(proto, ex, errors.shutting_down())
 
     def _unknown(self, method: str, path: str) -> GatewayError:
         if any(p == path for _, p in self.routes):

@@ -40,7 +40,6 @@ from tollway.core.routing.table import Route
 from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.core.security.secrets import KnownSecrets, scrubbed
 from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
-from tollway.gateway.lifecycle.drain import shutting_down
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.downstream.watchdog import ANSWERED
@@ -288,7 +287,7 @@ class Proxy:
         except asyncio.CancelledError:
             if ex.cancel_reason is None:  # cut off by the drain deadline: say so before the stream ends
                 ex.error_type = "gateway_shutting_down"
-                await transport.send(_error_event(feed.translator, shutting_down()))
+                await transport.send(_error_event(feed.translator, errors.shutting_down()))
             raise
 
 

@@ -119,6 +119,17 @@ RETRY = [("retry-after", "1"), ("retry-after-ms", "1000")]
     (errors.upstream_no_credentials("up", "AWS credentials"), 502,
      _body("The gateway has no usable AWS credentials for upstream provider 'up'; ask the gateway operator to "
            "configure one.", "upstream_auth_failed"), []),
+    (errors.rate_limited("Rate limit reached.", "tokens", RETRY), 429,
+     _body("Rate limit reached.", "rate_limit_exceeded", "tokens"), RETRY),
+    (errors.budget_exceeded("You exceeded your budget.", RETRY), 429,
+     _body("You exceeded your budget.", "insufficient_quota", "insufficient_quota"), RETRY),
+    (errors.rate_limits_unavailable(RETRY), 503,
+     _body("The gateway cannot check rate limits right now; please retry shortly.", "rate_limit_store_unavailable"),
+     RETRY),
+    (errors.usage_unavailable(), 503,
+     _body("The rate-limit store is unavailable; usage cannot be read right now.", "rate_limit_store_unavailable"), []),
+    (errors.shutting_down(), 503,
+     _body("The gateway is shutting down and could not finish this request; retry it.", "gateway_shutting_down"), []),
 ])
 def test_a_catalogue_errors_status_body_and_headers(err: GatewayError, status: int, body: bytes,
                                                     headers: list[tuple[str, str]]) -> None:

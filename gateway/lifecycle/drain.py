@@ -31,8 +31,6 @@ from typing import Any
 
 from granian import Granian
 
-from tollway.core.errors import GatewayError
-
 log = logging.getLogger("tollway")
 _KILL_MARGIN = 5.0  # seconds granian waits beyond drain_timeout before it kills a worker
 
@@ -64,12 +62,6 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass  # it exited between the check and the signal: nothing to tell it
-
-
-def shutting_down() -> GatewayError:
-    """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
-    return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
-                        "api_error", "gateway_shutting_down")
 
 
 def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Any) -> None:
