@@ -163,6 +163,106 @@ def upstream_disconnected(provider: str) -> GatewayError:
                         "api_error", "upstream_disconnected")
 
 
+def upstream_malformed_embeddings(provider: str) -> GatewayError:
+    """A 502: an embeddings answer that does not match the provider's schema."""
+    return upstream_malformed(provider, "an embeddings answer")
+
+
+def upstream_error(status: int, message: str, type: str, code: str | None, param: str | None = None,
+                   headers: list[tuple[str, str]] | None = None) -> GatewayError:
+    """An upstream's error response relayed to the client. The mappers in core/providers compute
+    status, type and code from the upstream's answer (and keep its retry-after headers); the
+    proxy scrubs the message, which the upstream wrote."""
+    return GatewayError(status, message, type, code, param, headers)
+
+
+def upstream_unreadable_error(provider: str, status: int) -> GatewayError:
+    """An upstream error response whose body could not be read: its status still says whose fault
+    it is (a 4xx stays the client's, a 5xx is the upstream's, a 502)."""
+    client_fault = status < 500
+    return GatewayError(status if client_fault else 502, f"The upstream provider '{provider}' answered HTTP {status}.",
+                        "invalid_request_error" if client_fault else "api_error", "upstream_error")
+
+
+def upstream_no_credentials(provider: str, what: str) -> GatewayError:
+    """A 502: the gateway holds no usable `what` ("AWS credentials", ...) to sign calls to `provider`."""
+    return GatewayError(502, f"The gateway has no usable {what} for upstream provider '{provider}'; "
+                             "ask the gateway operator to configure one.", "api_error", "upstream_auth_failed")
+
+
+# Failures inside an upstream stream, after its first bytes. The stream translators raise them;
+# the proxy sends them as the client API's stream error event.
+
+def upstream_ended_early(provider: str) -> GatewayError:
+    """A 502: the stream ended before the upstream's closing event, so the answer is cut off."""
+    return GatewayError(502, f"The upstream provider '{provider}' ended the stream early.", "api_error",
+                        "upstream_disconnected")
+
+
+def upstream_unfinished() -> GatewayError:
+    """A 502: a relayed stream ended before its closing event (the relay knows no provider name)."""
+    return GatewayError(502, "The upstream provider closed the stream before it finished.", "api_error",
+                        "upstream_disconnected")
+
+
+def upstream_no_answer() -> GatewayError:
+    """A 502: the stream ended before its first answer chunk."""
+    return GatewayError(502, "The upstream stream ended before any answer.", "api_error", "upstream_disconnected")
+
+
+def upstream_malformed_event() -> GatewayError:
+    """A 502: one event of the upstream's stream is not the JSON its schema says."""
+    return GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error", "upstream_malformed")
+
+
+def upstream_corrupt_frame() -> GatewayError:
+    """A 502: an AWS eventstream frame failed its length or CRC checks."""
+    return GatewayError(502, "The upstream provider sent a corrupt event stream frame.", "api_error",
+                        "upstream_malformed")
+
+
+def upstream_no_message_start() -> GatewayError:
+    """A 502: an Anthropic stream sent content before the `message_start` that opens it."""
+    return GatewayError(502, "The upstream stream did not begin with message_start.", "api_error",
+                        "upstream_malformed")
+
+
+def upstream_failed_mid_stream(message: str | None) -> GatewayError:
+    """A 502 for the error object an upstream put inside its stream (the proxy scrubs `message`)."""
+    return GatewayError(502, message or "The upstream provider failed mid-stream.", "api_error", "upstream_error")
+
+
+# Refusals from the gateway's own limits and state.
+
+def rate_limited(message: str, kind: str, headers: list[tuple[str, str]]) -> GatewayError:
+    """A 429 for a full rate-limit bucket: `kind` is the error type OpenAI uses for the bucket's
+    measure ("requests" or "tokens"), `message` names the limit, `headers` say when to retry."""
+    return GatewayError(429, message, kind, "rate_limit_exceeded", None, headers)
+
+
+def budget_exceeded(message: str, headers: list[tuple[str, str]]) -> GatewayError:
+    """A 429 for a spent budget, as OpenAI answers when an account's credit is spent."""
+    return GatewayError(429, message, "insufficient_quota", "insufficient_quota", None, headers)
+
+
+def rate_limits_unavailable(headers: list[tuple[str, str]]) -> GatewayError:
+    """A 503: the rate-limit store is down and the gateway fails closed; `headers` say when to retry."""
+    return GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
+                        "api_error", "rate_limit_store_unavailable", None, headers)
+
+
+def usage_unavailable() -> GatewayError:
+    """A 503 for the admin usage report: the rate-limit store cannot be read."""
+    return GatewayError(503, "The rate-limit store is unavailable; usage cannot be read right now.",
+                        "api_error", "rate_limit_store_unavailable")
+
+
+def shutting_down() -> GatewayError:
+    """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
+    return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
+                        "api_error", "gateway_shutting_down")
+
+
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
 

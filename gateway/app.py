@@ -23,7 +23,7 @@ from tollway.gateway import token_count
 from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
-from tollway.gateway.lifecycle.drain import drain, install_readiness_signal, shutting_down
+from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
 from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
 from tollway.gateway.proxy import Proxy
@@ -213,7 +213,7 @@ class Gateway:
         elif ex.cancel_reason == "body_timeout":
             self._send_error(proto, ex, errors.body_timeout(self.runtime.config.server.body_read_timeout))
         else:
-            self._send_error(proto, ex, shutting_down())
+            self._send_error(proto, ex, errors.shutting_down())
 
     def _unknown(self, method: str, path: str) -> GatewayError:
         if any(p == path for _, p in self.routes):

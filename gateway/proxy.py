@@ -43,7 +43,6 @@ from tollway.core.routing.table import Route
 from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.core.security.secrets import KnownSecrets, scrubbed
 from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
-from tollway.gateway.lifecycle.drain import shutting_down
 from tollway.gateway.pipeline import OnChunk
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.token_count import counted_usage, estimated_usage
@@ -183,9 +182,7 @@ class Proxy:
         try:
             return adapter.error(ctx, resp.status, resp.headers, err_body)
         except _UNREADABLE:  # the error's body is garbage: its status still says what happened
-            return GatewayError(resp.status if resp.status < 500 else 502,
-                                f"The upstream provider '{provider.name}' answered HTTP {resp.status}.",
-                                "invalid_request_error" if resp.status < 500 else "api_error", "upstream_error")
+            return errors.upstream_unreadable_error(provider.name, resp.status)
 
     async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> UpstreamAnswer:
         timeouts = provider.config.timeouts
@@ -309,7 +306,7 @@ class Proxy:
         except asyncio.CancelledError:
             if ex.cancel_reason is None:  # cut off by the drain deadline: say so before the stream ends
                 ex.error_type = "gateway_shutting_down"
-                await transport.send(_error_event(feed.translator, shutting_down()))
+                await transport.send(_error_event(feed.translator, errors.shutting_down()))
             raise
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import quote
 
-from tollway.core.errors import GatewayError
+from tollway.core.errors import GatewayError, budget_exceeded, rate_limited
 from tollway.core.accounting.pricing import FREE, Price, cost, default_price, upper_cost
 from tollway.ext.ratelimit import HeaderSpec, go_duration
 from tollway.ext.usage import Usage
@@ -339,15 +339,12 @@ def rejection(d: Denial, model: str) -> GatewayError:
     scope = b.scope.replace("_", " x ")
     owner = f"{b.owner}' x '{b.model}" if b.model else b.owner
     if b.is_budget:
-        message = (f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. "
-                   f"Please try again in {go_duration(wait)}.")
-        err_type, code = "insufficient_quota", "insufficient_quota"
-    else:
-        message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{owner}': "
-                   f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. "
-                   f"Please try again in {go_duration(wait)}.")
-        err_type, code = ("tokens" if "tokens" in b.measure else "requests"), "rate_limit_exceeded"
-    return GatewayError(429, message, err_type, code, None, retry_headers(wait))
+        return budget_exceeded(f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. "
+                               f"Please try again in {go_duration(wait)}.", retry_headers(wait))
+    message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{owner}': "
+               f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. "
+               f"Please try again in {go_duration(wait)}.")
+    return rate_limited(message, "tokens" if "tokens" in b.measure else "requests", retry_headers(wait))
 
 
 def retry_headers(wait: float) -> list[tuple[str, str]]:

@@ -9,17 +9,24 @@ An adapter is sans-IO: it turns the client's body into an `UpstreamCall` (method
 body), the upstream's bytes back into client bytes plus `Usage`, and upstream errors into
 `GatewayError`s. Credentials that need I/O to obtain (SigV4, OAuth) are applied afterwards
 by the gateway's credential object; static API keys are plain headers set here.
+
+Stream translators whose upstream speaks SSE share `SSEStreamTranslator`: framing, the
+per-chunk loop, the malformed-event error and the end-of-stream check live there once.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Callable, Generic, Protocol, TypeVar
 
 import msgspec
 
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError
+from tollway.core.errors import GatewayError, upstream_malformed_event
+from tollway.core.kernels import SSEFramer
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
+
+if TYPE_CHECKING:
+    from tollway.ext.sse import SSEEvent
 
 
 class ClientAPI:
@@ -75,6 +82,78 @@ class StreamTranslator(Protocol):
     # Optional: `error_event(err: GatewayError) -> bytes`, the client API's own stream error
     # event for a failure after the first byte. Without it the proxy sends OpenAI's
     # `data: {"error": ...}`; the Anthropic client API needs `event: error` instead.
+
+
+Event = TypeVar("Event")  # what one upstream SSE event's data decodes to
+
+
+class SSEStreamTranslator(Generic[Event]):
+    """The skeleton of a `StreamTranslator` whose upstream speaks SSE with one JSON document per
+    event: it owns the framer, decodes each event (a malformed one is the catalogue's 502) and
+    hands it to `_on`, and at the upstream's end raises `_early_end()` unless `_complete()`.
+
+    A subclass says only what is its own: the decoder it passes in, `_on`, `_complete`,
+    `_early_end`, and `_close` if its stream owes closing bytes at the end.
+    """
+
+    def __init__(self, decode: Callable[[bytes], Event]) -> None:
+        self._framer = SSEFramer()
+        self._decode = decode
+        self._text: list[str] = []  # the generated text, for streamed_text()
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not chunk:  # a chained translator is fed its inner one's output, often empty
+            return b""
+        return self._translate(self._framer.feed(chunk))
+
+    def flush(self) -> bytes:
+        out = self._translate(self._framer.flush())
+        if not self._complete():
+            raise self._early_end()  # a cut-off answer must not pass as a whole one
+        return out + self._close()
+
+    def streamed_text(self) -> str:
+        return "".join(self._text)
+
+    def _translate(self, events: list[SSEEvent]) -> bytes:
+        # The hot path, once per upstream chunk: a plain loop (no generator) and locals for the
+        # two calls each event makes, so the shared skeleton costs no more than the copies did.
+        decode, on = self._decode, self._on
+        out: list[bytes] = []
+        for ev in events:
+            data = ev.data
+            if not data:
+                continue
+            try:
+                event = decode(data)
+            except msgspec.MsgspecError:
+                out.append(self._undecodable(data))
+                continue
+            out.append(on(event))
+        return b"".join(out)
+
+    def _undecodable(self, data: bytes) -> bytes:
+        """Client bytes for event data the decoder rejected: none, the upstream broke its schema.
+        A subclass whose stream has a non-JSON sentinel (OpenAI's `[DONE]`) handles it here, off
+        the per-event path."""
+        raise upstream_malformed_event() from None
+
+    def _on(self, event: Event) -> bytes:
+        """Client bytes for one decoded upstream event."""
+        raise NotImplementedError
+
+    def _complete(self) -> bool:
+        """Whether the stream, ending now, has said enough to be closed as a whole answer."""
+        raise NotImplementedError
+
+    def _early_end(self) -> GatewayError:
+        """The catalogue's error for a stream that ended before `_complete()`."""
+        raise NotImplementedError
+
+    def _close(self) -> bytes:
+        """Client bytes owed at a complete stream's end (none unless the subclass says so)."""
+        return b""
 
 
 class Adapter(Protocol):

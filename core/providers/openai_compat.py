@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError, upstream_auth_failed
+from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
 from tollway.core.kernels import OpenAIStreamRelay, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
 from tollway.ext.usage import Usage, usage_of_json
@@ -101,7 +101,7 @@ def openai_error(provider: Provider, status: int, headers: list[tuple[str, str]]
     kind = fields.type or ("invalid_request_error" if status < 500 else "api_error")
     code = str(fields.code) if fields.code is not None else None
     kept = [(k, v) for k, v in headers if k in _PASS_HEADERS]
-    return GatewayError(status, message, kind, code, fields.param, kept)
+    return upstream_error(status, message, kind, code, fields.param, kept)
 
 
 def _parse_error(body: bytes) -> _ErrorFields:

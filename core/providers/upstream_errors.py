@@ -9,7 +9,7 @@ kind) and calls `provider_error`; the status rules live here once:
 from __future__ import annotations
 
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError, upstream_auth_failed
+from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
 
 _KEEP_HEADERS = ("retry-after", "retry-after-ms")
 
@@ -36,4 +36,4 @@ def provider_error(provider: Provider, status: int, headers: list[tuple[str, str
     )
     text = message or f"The upstream provider '{provider.name}' answered HTTP {status}."  # tollway.gateway.proxy scrubs it
     kept = [(k, v) for k, v in headers if k.lower() in _KEEP_HEADERS]
-    return GatewayError(client_status, text, kind, code, None, kept)
+    return upstream_error(client_status, text, kind, code, None, kept)

@@ -46,8 +46,7 @@ class AdminAPI:
         try:
             report = await limiter.usage_report() if limiter is not None else []
         except StoreUnavailable:
-            raise errors.GatewayError(503, "The rate-limit store is unavailable; usage cannot be read right now.",
-                                      "api_error", "rate_limit_store_unavailable") from None
+            raise errors.usage_unavailable() from None
         for entry in report:
             body[_SECTION[entry["scope"]]].setdefault(entry["owner"], []).append(entry)
         ex.status = 200

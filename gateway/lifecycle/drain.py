@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from granian import Granian
 
-from tollway.core.errors import GatewayError
-
 if TYPE_CHECKING:
     from tollway.gateway.app import Gateway
 
@@ -67,12 +65,6 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass  # it exited between the check and the signal: nothing to tell it
-
-
-def shutting_down() -> GatewayError:
-    """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
-    return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
-                        "api_error", "gateway_shutting_down")
 
 
 def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:

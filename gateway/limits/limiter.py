@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeAlias
 
 from tollway.core.limits import policy as limits
 from tollway.core.config import Config, Key
-from tollway.core.errors import GatewayError
+from tollway.core.errors import rate_limits_unavailable
 from tollway.core.kernels import ratelimit_headers
 from tollway.core.limits.policy import REQUEST_ONLY_APIS, REQUEST_ONLY_DEMAND, LimitPolicy, Plan
 from tollway.core.accounting.pricing import FREE
@@ -180,8 +180,7 @@ class Limiter:
     def _without_store(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str) -> Lease:
         self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()
         if not self.fail_open:
-            raise GatewayError(503, "The gateway cannot check rate limits right now; please retry shortly.",
-                               "api_error", "rate_limit_store_unavailable", None, limits.retry_headers(1.0))
+            raise rate_limits_unavailable(limits.retry_headers(1.0))
         return Lease(plan, bound, demand, model, [], metered=False)
 
     async def usage_report(self) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import datetime
 from typing import Any, Callable, Protocol
 
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError, upstream_auth_failed
+from tollway.core.errors import upstream_auth_failed, upstream_no_credentials
 from tollway.core.providers.base import UpstreamCall
 from tollway.core.security.secrets import KnownSecrets
 
@@ -27,11 +27,6 @@ TOKEN_MARGIN = datetime.timedelta(minutes=5)
 def _with_header(call: UpstreamCall, name: str, value: str) -> UpstreamCall:
     headers = [(k, v) for k, v in call.headers if k.lower() != name] + [(name, value)]
     return UpstreamCall(call.method, call.url, headers, call.body, call.stream)
-
-
-def _no_credentials(provider: Provider, what: str) -> GatewayError:
-    return GatewayError(502, f"The gateway has no usable {what} for upstream provider '{provider.name}'; "
-                             "ask the gateway operator to configure one.", "api_error", "upstream_auth_failed")
 
 
 class SigV4Credential:
@@ -82,7 +77,7 @@ class SigV4Credential:
                 named["access_key_id"], named.get("secret_access_key", ""), named.get("session_token"))
         found = botocore.session.Session(profile=named.get("profile")).get_credentials()
         if found is None:
-            raise _no_credentials(self._provider, "AWS credentials")
+            raise upstream_no_credentials(self._provider.name, "AWS credentials")
         return found
 
 

@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
-from tollway.core.kernels import SSEFramer
-from tollway.core.providers.base import CallContext, UpstreamCall
+from tollway.core.errors import GatewayError, bad_request, upstream_ended_early, upstream_no_message_start
+from tollway.core.providers.base import CallContext, SSEStreamTranslator, UpstreamCall
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body
 from tollway.core.providers.upstream_errors import provider_error
 from tollway.core.providers.wire import anthropic as wire
@@ -217,37 +216,23 @@ def _tool_choice(req: ChatRequest) -> wire.ToolChoice | None:
 
 # -- stream translation ----------------------------------------------------------------
 
-class AnthropicStreamToOpenAI:
+class AnthropicStreamToOpenAI(SSEStreamTranslator[wire.StreamEvent]):
     """Anthropic SSE events in, OpenAI `chat.completion.chunk` events out."""
 
     def __init__(self, ctx: CallContext) -> None:
+        super().__init__(wire.decode_event)
         self._ctx = ctx
-        self._framer = SSEFramer()
         self._writer: ChunkWriter | None = None
         self._usage = wire.AnthropicUsage()
-        self._text: list[str] = []
         self._done = False
-        self.usage: Usage | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._on(ev.data) for ev in self._framer.feed(chunk) if ev.data)
+    def _complete(self) -> bool:
+        return self._done  # message_stop seen; it also sent the closing chunks
 
-    def flush(self) -> bytes:
-        out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
-        if not self._done:
-            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
-                               "api_error", "upstream_disconnected")
-        return out
+    def _early_end(self) -> GatewayError:
+        return upstream_ended_early(self._ctx.provider.name)
 
-    def streamed_text(self) -> str:
-        return "".join(self._text)
-
-    def _on(self, data: bytes) -> bytes:
-        try:
-            event = wire.decode_event(data)
-        except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+    def _on(self, event: wire.StreamEvent) -> bytes:
         handler = _HANDLERS.get(event.type)
         return handler(self, event) if handler else b""  # ping and future event types
 
@@ -307,8 +292,7 @@ class AnthropicStreamToOpenAI:
 
     def _require_writer(self) -> ChunkWriter:
         if self._writer is None:
-            raise GatewayError(502, "The upstream stream did not begin with message_start.", "api_error",
-                               "upstream_malformed")
+            raise upstream_no_message_start()
         return self._writer
 
 

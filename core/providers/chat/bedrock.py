@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
+from tollway.core.errors import (GatewayError, bad_request, upstream_corrupt_frame, upstream_ended_early,
+                                 upstream_malformed_event)
 from tollway.core.providers.base import CallContext, UpstreamCall
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.chat.anthropic import tool_arguments
@@ -198,13 +199,11 @@ class BedrockStreamToOpenAI:
         try:
             return b"".join(self._on(frame.headers, frame.payload) for frame in self._buffer)
         except ParserError:
-            raise GatewayError(502, "The upstream provider sent a corrupt event stream frame.", "api_error",
-                               "upstream_malformed") from None
+            raise upstream_corrupt_frame() from None
 
     def flush(self) -> bytes:
         if not self._stopped:
-            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
-                               "api_error", "upstream_disconnected")
+            raise upstream_ended_early(self._ctx.provider.name)
         return self._end()
 
     def streamed_text(self) -> str:
@@ -217,8 +216,7 @@ class BedrockStreamToOpenAI:
         try:
             event = wire.decode_payload(payload)
         except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+            raise upstream_malformed_event() from None
         handler = _HANDLERS.get(headers.get(":event-type", ""))
         return handler(self, event) if handler else b""
 

@@ -23,9 +23,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
-from tollway.core.kernels import SSEFramer
-from tollway.core.providers.base import CallContext, UpstreamCall
+from tollway.core.errors import GatewayError, bad_request, upstream_ended_early
+from tollway.core.providers.base import CallContext, SSEStreamTranslator, UpstreamCall
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.chat.anthropic import tool_arguments
 from tollway.core.providers.upstream_errors import provider_error
@@ -218,36 +217,28 @@ def _tool_config(req: ChatRequest) -> wire.ToolConfig | None:
 
 # -- stream translation ----------------------------------------------------------------
 
-class GeminiStreamToOpenAI:
+class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
     """Gemini SSE (whole response fragments) in, OpenAI chunk events out."""
 
     def __init__(self, ctx: CallContext) -> None:
+        super().__init__(wire.decode_response)
         self._ctx = ctx
-        self._framer = SSEFramer()
         self._writer: ChunkWriter | None = None
         self._reason: str | None = None
-        self._text: list[str] = []
-        self.usage: Usage | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._on(ev.data) for ev in self._framer.feed(chunk) if ev.data)
+    def _complete(self) -> bool:
+        return self._writer is not None and self._reason is not None  # a fragment said why it finished
 
-    def flush(self) -> bytes:
-        out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
-        if self._writer is None or self._reason is None:
-            raise GatewayError(502, f"The upstream provider '{self._ctx.provider.name}' ended the stream early.",
-                               "api_error", "upstream_disconnected")
-        return out + self._writer.finish(FINISH_REASONS.get(self._reason, "stop")) + self._writer.end(self.usage)
+    def _early_end(self) -> GatewayError:
+        return upstream_ended_early(self._ctx.provider.name)
 
-    def streamed_text(self) -> str:
-        return "".join(self._text)
+    def _close(self) -> bytes:
+        # Gemini sends no terminator: the end of its stream is where the finish and usage go.
+        w = self._writer
+        assert w is not None and self._reason is not None  # _complete() held
+        return w.finish(FINISH_REASONS.get(self._reason, "stop")) + w.end(self.usage)
 
-    def _on(self, data: bytes) -> bytes:
-        try:
-            fragment = wire.decode_response(data)
-        except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+    def _on(self, fragment: wire.GenerateContentResponse) -> bytes:
         if fragment.error is not None:
             raise provider_error(self._ctx.provider, fragment.error.code or 500, [], fragment.error.message)
         out = b""

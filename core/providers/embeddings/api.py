@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
+from tollway.core.errors import bad_request
 from tollway.core.request import decode_body
 from tollway.ext.usage import Usage
 
@@ -89,12 +89,6 @@ def embeddings_body(model: str, vectors: list[list[float]], usage: Usage, encodi
 def _base64(vector: list[float]) -> str:
     # OpenAI's base64 embeddings are little-endian float32s; the SDKs decode them so.
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-
-
-def malformed_answer(provider: str) -> GatewayError:
-    """The 502 for an embeddings answer that does not match the provider's schema."""
-    return GatewayError(502, f"The upstream provider '{provider}' sent an embeddings answer the gateway "
-                             "could not read.", "api_error", "upstream_malformed")
 
 
 def prompt_usage(tokens: int) -> Usage:

@@ -18,10 +18,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request, internal
+from tollway.core.errors import GatewayError, bad_request, internal, upstream_malformed_embeddings
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.embeddings.api import (decode_embeddings, embeddings_body, input_texts, malformed_answer,
-                                       prompt_usage)
+from tollway.core.providers.embeddings.api import decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.chat.bedrock import OpenAIToBedrock, endpoint
 from tollway.core.providers.wire import cohere as wire
 from tollway.ext.usage import Usage
@@ -66,9 +65,9 @@ class OpenAIToCohere:
         try:
             vectors = wire.decode_response(body).floats()
         except msgspec.MsgspecError:
-            raise malformed_answer(ctx.provider.name) from None
+            raise upstream_malformed_embeddings(ctx.provider.name) from None
         if vectors is None or len(vectors) != len(texts):
-            raise malformed_answer(ctx.provider.name)
+            raise upstream_malformed_embeddings(ctx.provider.name)
         usage = prompt_usage(sum(count_tokens(t, ctx.upstream_model) for t in texts))
         return embeddings_body(ctx.upstream_model, vectors, usage, req.encoding_format), usage
 

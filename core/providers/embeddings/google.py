@@ -14,10 +14,10 @@ from typing import NoReturn
 
 import msgspec
 
-from tollway.core.errors import GatewayError, internal
+from tollway.core.errors import GatewayError, internal, upstream_malformed_embeddings
 from tollway.core.providers.base import CallContext, UpstreamCall
 from tollway.core.providers.embeddings.api import (EmbeddingRequest, decode_embeddings, embeddings_body, input_texts,
-                                       malformed_answer, prompt_usage)
+                                       prompt_usage)
 from tollway.core.providers.chat.gemini import OpenAIToGemini, OpenAIToVertex
 from tollway.core.providers.wire import gemini
 from tollway.core.providers.wire import google_embed as wire
@@ -43,9 +43,9 @@ class _GoogleEmbed:
         try:
             vectors, usage = self.answer(ctx, req, body)
         except msgspec.MsgspecError:
-            raise malformed_answer(ctx.provider.name) from None
+            raise upstream_malformed_embeddings(ctx.provider.name) from None
         if len(vectors) != len(input_texts(req, self.provider_label)):
-            raise malformed_answer(ctx.provider.name)
+            raise upstream_malformed_embeddings(ctx.provider.name)
         return embeddings_body(ctx.upstream_model, vectors, usage, req.encoding_format), usage
 
     def stream(self, ctx: CallContext) -> NoReturn:

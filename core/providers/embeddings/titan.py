@@ -15,10 +15,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, internal
+from tollway.core.errors import GatewayError, internal, upstream_malformed_embeddings
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.embeddings.api import (decode_embeddings, embeddings_body, input_texts, malformed_answer,
-                                       prompt_usage)
+from tollway.core.providers.embeddings.api import decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.chat.bedrock import OpenAIToBedrock, endpoint
 from tollway.core.providers.wire import titan as wire
 from tollway.ext.usage import Usage
@@ -44,7 +43,7 @@ class OpenAIToTitan:
         try:
             done = wire.decode_response(body)
         except msgspec.MsgspecError:
-            raise malformed_answer(ctx.provider.name) from None
+            raise upstream_malformed_embeddings(ctx.provider.name) from None
         usage = prompt_usage(done.input_text_token_count)
         fmt = decode_embeddings(ctx.body).encoding_format
         return embeddings_body(ctx.upstream_model, [done.embedding], usage, fmt), usage

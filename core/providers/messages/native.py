@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from tollway.core.errors import GatewayError
+from tollway.core.errors import GatewayError, upstream_unfinished
 from tollway.core.kernels import SSEFramer
 from tollway.core.providers.messages.errors import error_event
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
@@ -92,8 +92,7 @@ class AnthropicStreamRelay:
         `message_stop` (or its own `error` event), so a cut-off answer is not passed as whole."""
         out = b"".join(self._note(ev) for ev in self._framer.flush())
         if not self._ended:
-            raise GatewayError(502, "The upstream provider closed the stream before it finished.", "api_error",
-                               "upstream_disconnected")
+            raise upstream_unfinished()
         return out
 
     def streamed_text(self) -> str:

@@ -18,10 +18,9 @@ from typing import Any
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request
-from tollway.core.kernels import SSEFramer
+from tollway.core.errors import GatewayError, bad_request, upstream_failed_mid_stream, upstream_no_answer
 from tollway.core.providers.messages.errors import error_event
-from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
+from tollway.core.providers.base import CallContext, ClientAPI, SSEStreamTranslator, UpstreamCall
 from tollway.core.providers.registry import adapter_for
 from tollway.core.providers.wire import anthropic as wire
 from tollway.core.providers.wire import openai as oa
@@ -237,49 +236,38 @@ class ChainedStream:
 
 def _stream_error(error: oa.StreamError | str) -> GatewayError:
     """The client's error for an upstream's in-stream error object (scrubbed by the proxy)."""
-    message = error if isinstance(error, str) else error.message
-    return GatewayError(502, message or "The upstream provider failed mid-stream.", "api_error", "upstream_error")
+    return upstream_failed_mid_stream(error if isinstance(error, str) else error.message)
 
 
 def sse(kind: str, payload: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + wire.encode(payload) + b"\n\n"
 
 
-class ChatStreamToAnthropic:
-    """OpenAI `chat.completion.chunk` SSE in, Anthropic Messages SSE events out."""
+class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
+    """OpenAI `chat.completion.chunk` SSE in, Anthropic Messages SSE events out. It keeps no
+    text of its own: `ChainedStream` counts the inner translator's."""
 
     def __init__(self, model: str) -> None:
-        self._framer = SSEFramer()
+        super().__init__(oa.decode_chunk)
         self._model = model
         self._started = self._closed = False
         self._block = -1  # index of the open content block, -1 if none
         self._kind = ""  # "text" | "thinking" | "tool_use"
         self._reason: str | None = None
         self._tools = False
-        self.usage: Usage | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        if not chunk:
-            return b""
-        return b"".join(self._on(ev.data) for ev in self._framer.feed(chunk) if ev.data)
+    def _complete(self) -> bool:
+        return self._started  # [DONE] is optional: the end of the stream closes an answer that began
 
-    def flush(self) -> bytes:
-        out = b"".join(self._on(ev.data) for ev in self._framer.flush() if ev.data)
-        if not self._started:
-            raise GatewayError(502, "The upstream stream ended before any answer.", "api_error", "upstream_disconnected")
-        return out + self._close()
+    def _early_end(self) -> GatewayError:
+        return upstream_no_answer()
 
-    def streamed_text(self) -> str:
-        return ""
-
-    def _on(self, data: bytes) -> bytes:
-        if data == b"[DONE]":
+    def _undecodable(self, data: bytes) -> bytes:
+        if data == b"[DONE]":  # OpenAI's end of stream, the one event that is not JSON
             return self._close()
-        try:
-            chunk = oa.decode_chunk(data)
-        except msgspec.MsgspecError:
-            raise GatewayError(502, "The upstream provider sent a malformed stream event.", "api_error",
-                               "upstream_malformed") from None
+        return super()._undecodable(data)
+
+    def _on(self, chunk: oa.ChatChunk) -> bytes:
         if chunk.error is not None:  # the upstream failed mid-stream: end with Anthropic's error event
             raise _stream_error(chunk.error)
         out = b"" if self._started else self._start(chunk)
