@@ -36,20 +36,20 @@ from tollway.core.config import Provider, Server, Target
 from tollway.core.errors import GatewayError, UpstreamTimedOut
 from tollway.core.kernels import SSEError, first_needle
 from tollway.core.providers.base import Adapter, CallContext, StreamTranslator, UpstreamCall
-from tollway.core.routing.health import MemberHealth
 from tollway.core.request import RequestHead
+from tollway.core.routing.health import MemberHealth
 from tollway.core.routing.retry import AttemptPlan, retry_after
 from tollway.core.routing.table import Route
-from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.core.security.secrets import KnownSecrets, scrubbed
+from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
-from tollway.gateway.pipeline import OnChunk
-from tollway.gateway.exchange import Exchange
-from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.downstream.watchdog import ANSWERED
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.pipeline import OnChunk
 from tollway.gateway.runtime import ProviderRuntime, Runtime
-from tollway.gateway.telemetry.tracing import Attempt
 from tollway.gateway.telemetry.metrics import Metrics
+from tollway.gateway.telemetry.tracing import Attempt
+from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.upstream import UpstreamAnswer
 from tollway.gateway.upstream.client import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 from tollway.gateway.upstream.pool import Endpoint

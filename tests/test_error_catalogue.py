@@ -4,10 +4,12 @@ raises (fed real wire bytes), and of the catalogue's other constructors."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from tests.fakes import bedrock_upstream as fb
 from tollway.core import errors
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
@@ -18,7 +20,6 @@ from tollway.core.providers.chat.gemini import OpenAIToGemini
 from tollway.core.providers.messages.native import AnthropicStreamRelay
 from tollway.core.providers.messages.translate import ChatStreamToAnthropic
 from tollway.core.request import parse_head
-from tests.fakes import bedrock_upstream as fb
 
 
 def _body(message: str, code: str | None, type: str = "api_error", param: str | None = None) -> bytes:

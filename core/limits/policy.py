@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from tollway.core.errors import GatewayError, budget_exceeded, rate_limited
 from tollway.core.accounting.pricing import FREE, Price, cost, default_price, upper_cost
+from tollway.core.errors import GatewayError, budget_exceeded, rate_limited
 from tollway.ext.ratelimit import HeaderSpec, go_duration
 from tollway.ext.usage import Usage
 

@@ -15,7 +15,8 @@ per-chunk loop, the malformed-event error and the end-of-stream check live there
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import msgspec
 

@@ -12,10 +12,12 @@ from tollway.core.providers.base import Adapter, ClientAPI
 _OPENAI = "tollway.core.providers.openai_compat:OpenAIAdapter"
 _AZURE = "tollway.core.providers.azure_openai:AzureOpenAIAdapter"
 
+_PASS_THROUGH = (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)
+
 ADAPTERS: dict[tuple[str, str], str] = {
-    **{(api, "openai"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
-    **{(api, "fake"): _OPENAI for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
-    **{(api, "azure_openai"): _AZURE for api in (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)},
+    **{(api, "openai"): _OPENAI for api in _PASS_THROUGH},
+    **{(api, "fake"): _OPENAI for api in _PASS_THROUGH},
+    **{(api, "azure_openai"): _AZURE for api in _PASS_THROUGH},
     # Provider translation pairs (issue 5): OpenAI chat -> each provider's native API.
     (ClientAPI.CHAT, "anthropic"): "tollway.core.providers.chat.anthropic:OpenAIToAnthropic",
     (ClientAPI.CHAT, "bedrock"): "tollway.core.providers.chat.bedrock:OpenAIToBedrock",

@@ -17,14 +17,14 @@ import logging
 import os
 from typing import Any, Protocol, TypeAlias
 
-from tollway.core.limits import policy as limits
+from tollway.core.accounting.pricing import FREE
+from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.core.config import Config, Key
 from tollway.core.errors import rate_limits_unavailable
 from tollway.core.kernels import ratelimit_headers
+from tollway.core.limits import policy as limits
 from tollway.core.limits.policy import REQUEST_ONLY_APIS, REQUEST_ONLY_DEMAND, LimitPolicy, Plan
-from tollway.core.accounting.pricing import FREE
 from tollway.core.request import RequestHead
-from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.ext.usage import Usage
 from tollway.gateway.telemetry.metrics import Metrics
 

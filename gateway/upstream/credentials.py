@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from tollway.core.config import Provider
 from tollway.core.errors import upstream_auth_failed, upstream_no_credentials
@@ -115,7 +116,7 @@ class GoogleOAuthCredential:
             return False
         if g.expiry is None:
             return True
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # google-auth uses naive UTC
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # google-auth uses naive UTC
         return g.expiry - now > TOKEN_MARGIN
 
     def _refresh(self) -> None:

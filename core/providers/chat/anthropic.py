@@ -14,7 +14,8 @@ possible at any point. Each event maps to at most one `chat.completion.chunk` th
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -23,7 +24,15 @@ from tollway.core.providers.base import CallContext, SSEStreamTranslator, Upstre
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body
 from tollway.core.providers.upstream_errors import provider_error
 from tollway.core.providers.wire import anthropic as wire
-from tollway.core.providers.wire.openai import ChatMessage, ChatRequest, ContentPart, decode_chat, parse_data_url, reject_unsupported, text_of
+from tollway.core.providers.wire.openai import (
+    ChatMessage,
+    ChatRequest,
+    ContentPart,
+    decode_chat,
+    parse_data_url,
+    reject_unsupported,
+    text_of,
+)
 from tollway.ext.usage import Usage
 
 DEFAULT_MAX_TOKENS = 4096

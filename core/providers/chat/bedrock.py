@@ -13,19 +13,27 @@ after `messageStop`, so `[DONE]` is sent only then (or at the end of the stream)
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import (GatewayError, bad_request, upstream_corrupt_frame, upstream_ended_early,
-                                 upstream_malformed_event)
+from tollway.core.errors import GatewayError, bad_request, upstream_corrupt_frame, upstream_ended_early, upstream_malformed_event
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.upstream_errors import provider_error
 from tollway.core.providers.wire import bedrock as wire
-from tollway.core.providers.wire.openai import ChatMessage, ChatRequest, ContentPart, decode_chat, parse_data_url, reject_unsupported, text_of
+from tollway.core.providers.wire.openai import (
+    ChatMessage,
+    ChatRequest,
+    ContentPart,
+    decode_chat,
+    parse_data_url,
+    reject_unsupported,
+    text_of,
+)
 from tollway.ext.usage import Usage
 
 PROVIDER = "Bedrock"

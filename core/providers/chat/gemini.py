@@ -25,11 +25,19 @@ import msgspec
 
 from tollway.core.errors import GatewayError, bad_request, upstream_ended_early
 from tollway.core.providers.base import CallContext, SSEStreamTranslator, UpstreamCall
-from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.upstream_errors import provider_error
 from tollway.core.providers.wire import gemini as wire
-from tollway.core.providers.wire.openai import ChatMessage, ChatRequest, ContentPart, decode_chat, parse_data_url, text_of, unsupported
+from tollway.core.providers.wire.openai import (
+    ChatMessage,
+    ChatRequest,
+    ContentPart,
+    decode_chat,
+    parse_data_url,
+    text_of,
+    unsupported,
+)
 from tollway.ext.usage import Usage
 
 PROVIDER = "Gemini"

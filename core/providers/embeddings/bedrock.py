@@ -32,7 +32,7 @@ class OpenAIToBedrockEmbed:
         return self.family(ctx).response(ctx, status, body)
 
     def stream(self, ctx: CallContext) -> NoReturn:
-        return self.family(ctx).stream(ctx)
+        self.family(ctx).stream(ctx)  # raises: embeddings are never streamed
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.family(ctx).error(ctx, status, headers, body)

@@ -20,8 +20,8 @@ import msgspec
 
 from tollway.core.errors import GatewayError, bad_request, internal, upstream_malformed_embeddings
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.embeddings.api import decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.chat.bedrock import OpenAIToBedrock, endpoint
+from tollway.core.providers.embeddings.api import decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.wire import cohere as wire
 from tollway.ext.usage import Usage
 
@@ -86,7 +86,7 @@ def input_type(requested: Any) -> str:
     if requested not in wire.INPUT_TYPES:
         raise bad_request(f"input_type must be one of {', '.join(wire.INPUT_TYPES)} for Cohere Embed models.",
                           param="input_type")
-    return requested
+    return str(requested)
 
 
 def output_dimension(model_id: str, dimensions: int | None) -> int | None:

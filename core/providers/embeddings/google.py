@@ -16,9 +16,8 @@ import msgspec
 
 from tollway.core.errors import GatewayError, internal, upstream_malformed_embeddings
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.embeddings.api import (EmbeddingRequest, decode_embeddings, embeddings_body, input_texts,
-                                       prompt_usage)
 from tollway.core.providers.chat.gemini import OpenAIToGemini, OpenAIToVertex
+from tollway.core.providers.embeddings.api import EmbeddingRequest, decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.wire import gemini
 from tollway.core.providers.wire import google_embed as wire
 from tollway.ext.usage import Usage

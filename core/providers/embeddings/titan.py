@@ -17,8 +17,8 @@ import msgspec
 
 from tollway.core.errors import GatewayError, internal, upstream_malformed_embeddings
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.embeddings.api import decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.chat.bedrock import OpenAIToBedrock, endpoint
+from tollway.core.providers.embeddings.api import decode_embeddings, embeddings_body, input_texts, prompt_usage
 from tollway.core.providers.wire import titan as wire
 from tollway.ext.usage import Usage
 

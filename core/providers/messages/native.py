@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 
 from tollway.core.errors import GatewayError, upstream_unfinished
-from tollway.core.kernels import SSEFramer
-from tollway.core.providers.messages.errors import error_event
+from tollway.core.kernels import SSEEvent, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
 from tollway.core.providers.chat.anthropic import anthropic_error, anthropic_headers, messages_url, usage_of
+from tollway.core.providers.messages.errors import error_event
 from tollway.core.providers.wire import anthropic as wire
 from tollway.ext.usage import Usage
 
@@ -102,7 +102,7 @@ class AnthropicStreamRelay:
         """A failure the gateway detected mid-stream, as the `event: error` Anthropic sends."""
         return error_event(err)
 
-    def _note(self, ev: Any) -> bytes:
+    def _note(self, ev: SSEEvent) -> bytes:
         kind = ev.event
         self._ended = self._ended or kind in (b"message_stop", b"error")
         if kind in (b"message_start", b"message_delta", b"content_block_delta") and ev.data:

@@ -19,8 +19,15 @@ from typing import Any
 import msgspec
 
 from tollway.core.errors import GatewayError, bad_request, upstream_failed_mid_stream, upstream_no_answer
+from tollway.core.providers.base import (
+    Adapter,
+    CallContext,
+    ClientAPI,
+    SSEStreamTranslator,
+    StreamTranslator,
+    UpstreamCall,
+)
 from tollway.core.providers.messages.errors import error_event
-from tollway.core.providers.base import CallContext, ClientAPI, SSEStreamTranslator, UpstreamCall
 from tollway.core.providers.registry import adapter_for
 from tollway.core.providers.wire import anthropic as wire
 from tollway.core.providers.wire import openai as oa
@@ -39,8 +46,10 @@ class AnthropicOverChat:
 
     inner_schema = "openai"  # whose (chat, schema) adapter carries the request
 
-    def inner(self) -> Any:
-        return adapter_for(ClientAPI.CHAT, self.inner_schema)
+    def inner(self) -> Adapter:
+        adapter = adapter_for(ClientAPI.CHAT, self.inner_schema)
+        assert adapter is not None  # every inner_schema has a chat adapter (registry.ADAPTERS)
+        return adapter
 
     def build(self, ctx: CallContext) -> UpstreamCall:
         req = decode_messages(ctx.body)
@@ -99,7 +108,7 @@ def to_chat_request(req: wire.MessagesRequest, model: str) -> oa.ChatRequest:
     return oa.ChatRequest(
         messages=messages, model=model, max_tokens=req.max_tokens, temperature=req.temperature,
         top_p=req.top_p, stop=req.stop_sequences, stream=stream or None,
-        stream_options=oa.StreamOptions(include_usage=True) if stream else None,
+        stream_options=StreamOptions(include_usage=True) if stream else None,
         tools=_tools(req), tool_choice=_tool_choice(req.tool_choice),
         parallel_tool_calls=False if req.tool_choice and req.tool_choice.disable_parallel_tool_use else None,
         user=req.metadata.user_id if req.metadata else None,
@@ -131,8 +140,8 @@ def _user(blocks: list[wire.Block], i: int) -> list[oa.ChatMessage]:
     OpenAI requires them right after the assistant's tool calls."""
     out = [oa.ChatMessage("tool", _text(b.content), tool_call_id=b.tool_use_id)
            for b in blocks if b.type == "tool_result"]
-    parts = [_part(b, f"messages[{i}].content[{j}]") for j, b in enumerate(blocks) if b.type != "tool_result"]
-    parts = [p for p in parts if p is not None]
+    found = (_part(b, f"messages[{i}].content[{j}]") for j, b in enumerate(blocks) if b.type != "tool_result")
+    parts = [p for p in found if p is not None]
     if parts:
         only_text = all(p.type == "text" for p in parts)
         out.append(oa.ChatMessage("user", "".join(p.text or "" for p in parts) if only_text else parts))
@@ -188,7 +197,7 @@ def to_message(done: oa.ChatCompletion, usage: Usage | None) -> wire.MessageResp
     blocks = [wire.Block("thinking", thinking=m.reasoning_content, signature="")] if m.reasoning_content else []
     if m.content:
         blocks.append(wire.Block("text", text=m.content))
-    for j, call in enumerate(m.tool_calls or []):
+    for call in m.tool_calls or []:
         args = _arguments(call.function.arguments)
         blocks.append(wire.Block("tool_use", id=call.id, name=call.function.name, input=args))
     reason = "tool_use" if m.tool_calls else STOP_REASONS.get(choice.finish_reason or "stop", "end_turn")
@@ -213,7 +222,7 @@ def _message_id(openai_id: str) -> str:
 class ChainedStream:
     """Two translators in series: the provider's stream to OpenAI chunks, then onwards."""
 
-    def __init__(self, inner: Any, outer: ChatStreamToAnthropic) -> None:
+    def __init__(self, inner: StreamTranslator, outer: ChatStreamToAnthropic) -> None:
         self._inner, self._outer = inner, outer
 
     @property
