@@ -21,6 +21,7 @@ from tollway.core.request import RequestHead, parse_head, with_model
 from tollway.core.routing.table import Route
 from tollway.gateway.downstream.watchdog import BODY
 from tollway.gateway.exchange import Exchange
+from tollway.gateway.limits.limiter import AskStore
 from tollway.gateway.runtime import KeyRecord, Runtime
 from tollway.gateway.serving import Serving
 from tollway.gateway.surfaces import Surface
@@ -52,8 +53,9 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     req = await admit(serving, surface, scope, proto, ex)
     limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
     lease = None
-    if limiter is not None and limiter.enabled:
-        lease = await limiter.reserve(req.key.key, req.route.name, api, req.head, req.body)
+    if limiter is not None and limiter.enabled:  # Limiter.reserve, with its no-wait path inline:
+        decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
+        lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
     headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
     pipeline = serving.pipeline  # this request's, like the limiter
     try:
@@ -74,7 +76,8 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     rt, tracer = serving.runtime, serving.tracer
     key = authenticate(rt, surface, scope)
     ex.key_name = key.key.name
-    ex.passed_headers = passed_headers(surface, scope)
+    if surface.passed_headers:  # (OpenAI's passes none: no call on its hot path)
+        ex.passed_headers = passed_headers(surface, scope)
     if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
         ex.trace = tracer.begin(scope.headers)
     body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
@@ -143,8 +146,6 @@ async def _read_chunked(proto: HTTPProtocol, limit: int) -> bytes:
 def passed_headers(surface: Surface, scope: Scope) -> tuple[tuple[str, str], ...]:
     """The client's headers that the surface passes to the provider, repeated ones joined with
     commas as HTTP allows."""
-    if not surface.passed_headers:
-        return ()
     headers = scope.headers  # granian's Headers has get_all; its type stub does not say so
     found = ((name, ",".join(headers.get_all(name))) for name in surface.passed_headers)  # type: ignore[attr-defined]
     return tuple((name, value) for name, value in found if value)

@@ -51,7 +51,7 @@ class Gateway:
 
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config_path = config_path
-        self.metrics = Metrics(lambda: self.runtime.metric_labels)  # label values follow the config
+        self.metrics = Metrics(lambda: self.serving.runtime.metric_labels)  # label values follow the config
         self.access_log = AccessLog(enabled=config.server.access_log)
         self.upstream: UpstreamClient | None = None
         self.serving = Serving(Runtime(config, None), Proxy(self.metrics))
