@@ -24,10 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve the gateway")
-    serve.add_argument("--config", required=True, help="the YAML config file")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--config", required=True, metavar="FILE", help="the YAML config file (required)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes; more than 1 needs rate_limits.backend: redis when limits are set "
+                            "(default: %(default)s)")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="start even if another server listens on the port, and share it with that server "
+                            "(SO_REUSEPORT: the kernel splits connections between them; for a zero-downtime "
+                            "hand-over). Without it a taken port is an error (default: off)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config file")
@@ -94,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         print(f"tollway: {args.config}: {exc}", file=sys.stderr)
         return 1
-    return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers)
+    return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers, reuse_port=args.reuse_port)
 
 
 def _share_metrics_between_workers() -> None:

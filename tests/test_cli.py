@@ -68,3 +68,13 @@ def test_version_says_whether_kernels_are_compiled():
     assert "kernels:" in r.stdout
     pure = tollway("version", env={"TOLLWAY_NO_EXTENSIONS": "1"})
     assert "pure Python" in pure.stdout
+
+
+def test_serve_help_shows_every_default():
+    r = tollway("serve", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    for option, default in (("--host", "127.0.0.1"), ("--port", "8080"), ("--workers", "1"), ("--reuse-port", "off")):
+        assert option in text
+        assert f"(default: {default})" in text.split(option, 2)[-1], option  # in that option's own help
+    assert "--config FILE" in text and "(required)" in text
