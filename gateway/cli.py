@@ -36,8 +36,11 @@ def _parser() -> argparse.ArgumentParser:
                             "hand-over). Without it a taken port is an error (default: off)")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate a config file")
+    check = sub.add_parser("check", help="validate a config file, listing every problem")
     check.add_argument("file")
+    check.add_argument("--allow-missing-env", action="store_true",
+                       help="validate a config whose ${VARS} (secrets) are not set here: list them, and skip the "
+                            "checks of the values that use them (default: an unset variable is an error)")
     check.set_defaults(func=cmd_check)
 
     hk = sub.add_parser("hash-key", help="read a gateway key on stdin, print its key_hash")
@@ -50,13 +53,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_mod.load(args.file)
-    except config_mod.ConfigError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
+    """Every problem on its own line (path, problem, line), in file order; exit 1 if any."""
+    checked = config_mod.check_file(args.file, allow_missing_env=args.allow_missing_env)
+    for unset in _in_file_order(checked.unset_env):
+        print(f"{args.file}: note: {unset}; values using it were not checked", file=sys.stderr)
+    for error in _in_file_order(checked.errors):
+        print(f"{args.file}: {error}", file=sys.stderr)
+    cfg = checked.config
+    if checked.errors or cfg is None:
+        count = len(checked.errors)
+        print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     print(f"{args.file}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, {len(cfg.keys)} keys)")
     return 0
+
+
+def _in_file_order(errors: list[config_mod.ConfigError]) -> list[config_mod.ConfigError]:
+    return sorted(errors, key=lambda e: e.line or 0)  # stable: same-line problems keep the order found
 
 
 def cmd_hash_key(args: argparse.Namespace) -> int:
