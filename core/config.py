@@ -4,7 +4,8 @@ Loading is three steps, each with errors that name the field by its path and lin
 1. YAML is parsed into a node tree (kept, so any path can be mapped back to a line);
 2. `${ENV_VAR}` references in string values are substituted (a missing variable is an error);
 3. the plain data is decoded into `Config` (msgspec checks types and unknown fields), then
-   `validate()` checks what types cannot: unique names, providers that exist, and so on.
+   `validate()` checks what types cannot: unique names, references that resolve (targets to
+   providers, keys to models and teams, limits to models), and so on.
 
 `check()` finds every problem (for `tollway check`); `loads()` raises the first of them, so
 `tollway serve` and a reload refuse a config exactly when `check` reports an error.
@@ -391,7 +392,7 @@ def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
 # Records a problem at a config path (keys and list indexes). Validation goes on after it, so
 # `tollway check` lists every problem; a check that depends on an earlier one returns instead.
 Fail = Callable[[Sequence[str | int], str], None]
-_Named = TypeVar("_Named", Provider, Model, Key)
+_Named = TypeVar("_Named", Provider, Model, Key, Team)
 
 
 def validate(config: Config, root: yaml.Node | None = None) -> None:
@@ -430,6 +431,8 @@ def problems(config: Config) -> list[tuple[Path, str]]:
     for i, k in enumerate(config.keys):
         if not _is_key_hash(k.key_hash):
             fail(["keys", i, "key_hash"], "expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>)")
+    _unique(config.teams, "teams", fail)
+    _validate_references(config, fail)
     if config.admin is not None and not _is_key_hash(config.admin.key_hash):
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
     if config.server.metrics_auth is not None and not _is_key_hash(config.server.metrics_auth.key_hash):
@@ -440,6 +443,27 @@ def problems(config: Config) -> list[tuple[Path, str]]:
     if config.telemetry.traces is not None:
         _validate_traces(config.telemetry.traces, fail)
     return found
+
+
+def _validate_references(config: Config, fail: Fail) -> None:
+    """A key's `models` and `team` name things the config defines. A model name in `models` may
+    also be one a `match:` route serves (it is allowed by exact name at request time); only a
+    name no route could ever serve is an error, since no request for it could get through."""
+    names = {m.name for m in config.models}
+    patterns: list[re.Pattern[str]] = []
+    for m in config.models:
+        try:
+            patterns += [re.compile(m.match)] if m.match is not None else []
+        except re.error:
+            pass  # reported with the model
+    teams = {t.name for t in config.teams}
+    for i, k in enumerate(config.keys):
+        for j, name in enumerate(k.models):
+            if name != "*" and name not in names and not any(p.fullmatch(name) for p in patterns):
+                fail(["keys", i, "models", j], f"unknown model '{name}' (no model has this name or a match: for it)"
+                                               f"{did_you_mean(name, names)}")
+        if k.team is not None and k.team not in teams:
+            fail(["keys", i, "team"], f"unknown team '{k.team}' (define it under teams:){did_you_mean(k.team, teams)}")
 
 
 def _unique(items: Sequence[_Named], section: str, fail: Fail) -> dict[str, _Named]:

@@ -51,14 +51,24 @@ def test_check_lists_every_error_in_file_order_and_exits_nonzero(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers:\n  - name: openai\n    schema: openai\n    base_url: http://x\n"
                    "models:\n  - name: gpt-4o\n    targets: [{provider: opnai}]\n"
-                   "keys:\n  - name: k\n    key_hash: nothash\n    models: [gpt-4o]\n")
+                   "keys:\n  - name: k\n    key_hash: nothash\n    models: [gpt-4o, gpt4o]\n")
     r = tollway("check", str(bad))
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.splitlines() == [
         f"{bad}: models.gpt-4o[0].provider: unknown provider 'opnai'; did you mean 'openai'? (line 7)",
         f"{bad}: keys.k.key_hash: expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>) (line 10)",
-        f"{bad}: 2 errors",
+        f"{bad}: keys.k.models[1]: unknown model 'gpt4o' (no model has this name or a match: for it); did you mean 'gpt-4o'? "
+        "(line 11)",
+        f"{bad}: 3 errors",
     ]
+
+
+def test_serve_refuses_a_key_naming_an_unknown_model(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: [{name: f, schema: fake}]\nmodels: [{name: m, targets: [{provider: f}]}]\n"
+                   f"keys: [{{name: k, key_hash: '{hash_key('k')}', models: [n]}}]\n")
+    r = tollway("serve", "--config", str(bad), "--port", "1")
+    assert r.returncode == 1 and "keys.k.models[0]: unknown model 'n'" in r.stderr
 
 
 def test_check_names_bad_field_and_exits_nonzero(tmp_path):

@@ -122,9 +122,24 @@ def test_check_lists_every_problem_with_path_line_and_suggestion():
         "providers.other.schema: unknown schema 'opnai' (expected one of: openai, azure_openai, fake, anthropic, bedrock, "
         "vertex, gemini); did you mean 'openai'? (line 7)",
         "models.gpt-4o[0].provider: unknown provider 'opneai'; did you mean 'openai'? (line 10)",
+        "keys.k.models[1]: unknown model 'gpt4o' (no model has this name or a match: for it); did you mean 'gpt-4o'? (line 17)",
+        "keys.k.team: unknown team 'serch' (define it under teams:); did you mean 'search'? (line 18)",
     ]
     # loads (serve, reload) refuses the same config, at the first of them
     assert str(_error(MANY)) == _found(MANY)[0]
+
+
+def test_a_key_may_name_models_served_by_a_match_route_and_the_wildcard():
+    ok = MANY.replace("schema: opnai", "schema: fake").replace("opneai", "openai").replace("gpt4o, ", "").replace("serch", "search")
+    cfg = config.loads(ok, {})
+    assert cfg.keys[0].models == ["gpt-4o", "llama-3-8b", "*"]  # llama-3-8b: served by llama's match:
+    assert _found(ok.replace("llama-3-8b", "llama-2-7b")) == [  # no route could ever serve it
+        "keys.k.models[1]: unknown model 'llama-2-7b' (no model has this name or a match: for it); did you mean 'llama'? (line 17)"]
+
+
+def test_duplicate_team_names_are_an_error():
+    text = MANY + "  - name: search\n"
+    assert "teams.search.name: duplicate name 'search' (line 21)" in _found(text)
 
 
 def test_type_errors_are_all_listed_with_suggestions():
