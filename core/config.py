@@ -26,7 +26,7 @@ import yaml
 
 from tollway.core.accounting.pricing import Price
 from tollway.core.limits.policy import measure_of, window_seconds
-from tollway.core.struct_decode import Path, decode_problems
+from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
 
 SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
@@ -271,20 +271,42 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
     env_errors = [_error(where, f"environment variable {name} is not set", root) for where, name in unset]
     unknown = [where for where, _ in unset]  # values still holding a literal ${VAR}
     config: Config | None = None
-    found = decode_problems(data, Config)
+    decoded = decode(data, Config)
+    found = decoded.problems
     if not found:
         config = msgspec.convert(data, Config, strict=False)
         # A value holding a literal ${VAR} is unknown here: the unset variable is the news, not it.
         found = [(where, problem) for where, problem in problems(config) if not _under_any(where, unknown)]
-    elif allow_missing_env:  # without the variable it cannot even decode (`port: ${PORT}`): say why
-        found = [(where, f"{problem} (its value uses an environment variable that is not set)"
-                  if _under_any(where, unknown) else problem) for where, problem in found]
-    else:  # the variable's own error is at that path already
-        found = [(where, problem) for where, problem in found if not _under_any(where, unknown)]
+    else:
+        found = _env_aware(found, unknown, allow_missing_env) + _problems_of_the_rest(decoded, unknown)
     errors = [_error(where, problem, root) for where, problem in found]
     if allow_missing_env:
         return Checked(config if not errors else None, errors, env_errors)
     return Checked(config if not errors and not env_errors else None, env_errors + errors, [])
+
+
+def _env_aware(found: list[tuple[Path, str]], unknown: list[Path], allow_missing_env: bool) -> list[tuple[Path, str]]:
+    """Decode problems, given the values that hold a literal ${VAR} because it is not set."""
+    if allow_missing_env:  # without the variable it cannot even decode (`port: ${PORT}`): say why
+        return [(where, f"{problem} (its value uses an environment variable that is not set)"
+                 if _under_any(where, unknown) else problem) for where, problem in found]
+    return [(where, problem) for where, problem in found if not _under_any(where, unknown)]  # its own error says it
+
+
+def _problems_of_the_rest(decoded: Decoded, unknown: list[Path]) -> list[tuple[Path, str]]:
+    """The semantic problems of a config that did not decode, checked on its repaired copy
+    (tollway.core.struct_decode), except at the values that had a decode problem or were
+    repaired. Nothing if the repair failed, or dropped a whole section (that guess is at the
+    root): its names would be missing, and every reference to them a false alarm."""
+    if not decoded.ok:
+        return []
+    try:
+        rest = msgspec.convert(decoded.repaired, Config, strict=False)
+    except msgspec.ValidationError:
+        return []
+    broken = [where for where, _ in decoded.problems] + decoded.guessed
+    return [(where, problem) for where, problem in problems(rest)
+            if not _under_any(where, broken) and not _under_any(where, unknown)]
 
 
 def _read(path: str) -> str:

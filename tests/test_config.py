@@ -145,13 +145,43 @@ def test_duplicate_team_names_are_an_error():
 def test_type_errors_are_all_listed_with_suggestions():
     text = GOOD.replace("    schema: openai", "    shema: openai\n    timeouts: {connect: fast, idle: slow}")
     found = _found(text, allow_missing_env=True)
-    assert found == [  # in the order msgspec walks the data: keys in order, then the missing ones
+    assert found == [  # in the order msgspec walks the data (keys in order, then missing ones)
         "providers.local-vllm.shema: unknown field 'shema'; did you mean 'schema'? (line 4)",
         "providers.local-vllm.timeouts.connect: Expected `float`, got `str` (line 5)",
         "providers.local-vllm.timeouts.idle: Expected `float`, got `str` (line 5)",
-        "providers.local-vllm: Object missing required field `schema` (line 3)",
-    ]
+    ]  # no "missing required field `schema`" besides: the suggestion says it
     assert str(_error(text)) == found[0]  # what loads (serve) reports, as msgspec did alone
+    assert _found(text.replace("shema", "colour"), allow_missing_env=True)[-1] == (
+        "providers.local-vllm: Object missing required field `schema` (line 3)")  # no near miss: missing
+
+
+def test_semantic_problems_are_listed_beside_type_errors():
+    text = (GOOD.replace("    schema: openai", "    shema: openai\n    timeouts: {connect: fast}")
+            .replace("provider: local-vllm", "provider: local-vlm").replace('models: ["*"]', "models: [llama-3-8c]\n    colour: x"))
+    assert _found(text, allow_missing_env=True) == [
+        "providers.local-vllm.shema: unknown field 'shema'; did you mean 'schema'? (line 4)",
+        "providers.local-vllm.timeouts.connect: Expected `float`, got `str` (line 5)",
+        "keys.team-search.colour: unknown field 'colour' (line 17)",
+        # checked on the repaired config: 'shema' read as 'schema', the bad timeout as its default
+        "models.llama-3-8b[0].provider: unknown provider 'local-vlm'; did you mean 'local-vllm'? (line 11)",
+        "keys.team-search.models[0]: unknown model 'llama-3-8c' (no model has this name or a match: for it); "
+        "did you mean 'llama-3-8b'? (line 16)",
+    ]
+
+
+def test_no_semantic_guesses_when_a_required_part_is_broken():
+    text = GOOD.replace("    targets:\n", "    xyz:\n").replace('models: ["*"]', "models: [nothing]")
+    # models[0] has no targets: the models section cannot be repaired, so names are not judged
+    # against it ('nothing' is not reported: that would be a guess)
+    assert _found(text, allow_missing_env=True) == [
+        "models.llama-3-8b.xyz: unknown field 'xyz' (line 10)",  # (a block value's first line)
+        "models.llama-3-8b: Object missing required field `targets` (line 8)",
+    ]
+    renamed = GOOD.replace("    targets:\n", "    targetz:\n").replace('models: ["*"]', "models: [nothing]")
+    assert _found(renamed, allow_missing_env=True) == [  # a near miss is repaired, so the rest is judged
+        "models.llama-3-8b.targetz: unknown field 'targetz'; did you mean 'targets'? (line 10)",
+        "keys.team-search.models[0]: unknown model 'nothing' (no model has this name or a match: for it) (line 15)",
+    ]
 
 
 def test_unset_env_is_an_error_unless_allowed_and_then_its_values_are_not_checked():
@@ -179,3 +209,11 @@ def test_a_value_that_cannot_decode_without_its_variable_stays_an_error_that_say
         "providers.pool.discover.port: Expected `int`, got `str` (its value uses an environment variable that is not set) "
         "(line 4)"]
     assert config.check(text, {"PORT": "8000"}).errors == []  # set, it is checked and fine
+
+
+def test_a_problem_inside_a_misspelled_field_is_named_where_it_is_in_the_file():
+    text = GOOD.replace("    api_key: ${VLLM_KEY}", "    api_key: ${VLLM_KEY}\n    timeout: {connect: fast}")
+    assert _found(text, allow_missing_env=True) == [
+        "providers.local-vllm.timeout: unknown field 'timeout'; did you mean 'timeouts'? (line 7)",
+        "providers.local-vllm.timeout.connect: Expected `float`, got `str` (line 7)",
+    ]
