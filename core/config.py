@@ -4,12 +4,17 @@ Loading is three steps, each with errors that name the field by its path and lin
 1. YAML is parsed into a node tree (kept, so any path can be mapped back to a line);
 2. `${ENV_VAR}` references in string values are substituted (a missing variable is an error);
 3. the plain data is decoded into `Config` (msgspec checks types and unknown fields), then
-   `validate()` checks what types cannot: unique names, providers that exist, and so on.
+   `validate()` checks what types cannot: unique names, references that resolve (targets to
+   providers, keys to models and teams, limits to models), and so on.
+
+`check()` finds every problem (for `tollway check`); `loads()` raises the first of them, so
+`tollway serve` and a reload refuse a config exactly when `check` reports an error.
 
 The top-level shape (`providers`, `models`, `keys`) is a contract other issues extend.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import urllib.parse
@@ -21,6 +26,8 @@ import yaml
 
 from tollway.core.accounting.pricing import Price
 from tollway.core.limits.policy import measure_of, window_seconds
+from tollway.core.struct_decode import Decoded, Path, decode
+from tollway.core.suggest import did_you_mean
 
 SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
 
@@ -212,48 +219,122 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def load(path: str, environ: dict[str, str] | None = None) -> Config:
+def load(path: str, environ: Mapping[str, str] | None = None) -> Config:
     """Read, substitute and validate the YAML file at `path`. Raises ConfigError."""
+    return loads(_read(path), environ)
+
+
+def loads(text: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Decode config text. Raises ConfigError for the first problem, naming its field path and line."""
+    checked = check(text, environ)
+    if checked.errors:
+        raise checked.errors[0]
+    assert checked.config is not None  # no error: it decoded
+    return checked.config
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """Everything wrong with a config (`tollway check`), not only the first problem."""
+
+    config: Config | None  # None when it did not decode
+    errors: list[ConfigError]  # in the order they were found: the first is the one `loads` raises
+    unset_env: list[ConfigError]  # with allow_missing_env: the ${VARS} that are not set (not errors)
+
+
+def check_file(path: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False) -> Checked:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror}") from None
-    return loads(text, environ)
+        text = _read(path)
+    except ConfigError as exc:
+        return Checked(None, [exc], [])
+    return check(text, environ, allow_missing_env)
 
 
-def loads(text: str, environ: dict[str, str] | None = None) -> Config:
-    """Decode config text. Raises ConfigError naming the field path and line."""
+def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False) -> Checked:
+    """Every problem of config text: YAML, ${VARS}, types and unknown fields, then (if it decodes)
+    the semantic checks and cross-references of `validate`.
+
+    A ${VAR} that is not set is an error, unless `allow_missing_env`: then it is reported in
+    `unset_env`, and problems of the values that use it are not reported (those values are
+    unknown here; `tollway serve` checks them again with the real environment)."""
     env = os.environ if environ is None else environ
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)  # only a MarkedYAMLError has one
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError("", f"invalid YAML: {getattr(exc, 'problem', exc)}", line) from None
+        return Checked(None, [ConfigError("", f"invalid YAML: {getattr(exc, 'problem', exc)}", line)], [])
     if root is None:
-        raise ConfigError("", "the config file is empty")
-    data = _to_data(root, "", env)
-    try:
+        return Checked(None, [ConfigError("", "the config file is empty")], [])
+    unset: list[tuple[Path, str]] = []
+    data = _to_data(root, [], env, unset)
+    env_errors = [_error(where, f"environment variable {name} is not set", root) for where, name in unset]
+    unknown = [where for where, _ in unset]  # values still holding a literal ${VAR}
+    config: Config | None = None
+    decoded = decode(data, Config)
+    found = decoded.problems
+    if not found:
         config = msgspec.convert(data, Config, strict=False)
-    except msgspec.ValidationError as exc:
-        raise _from_validation_error(str(exc), root) from None
-    validate(config, root)
-    return config
+        # A value holding a literal ${VAR} is unknown here: the unset variable is the news, not it.
+        found = [(where, problem) for where, problem in problems(config) if not _under_any(where, unknown)]
+    else:
+        found = _env_aware(found, unknown, allow_missing_env) + _problems_of_the_rest(decoded, unknown)
+    errors = [_error(where, problem, root) for where, problem in found]
+    if allow_missing_env:
+        return Checked(config if not errors else None, errors, env_errors)
+    return Checked(config if not errors and not env_errors else None, env_errors + errors, [])
 
 
-def _to_data(node: yaml.Node, path: str, env: Mapping[str, str]) -> Any:
-    """YAML node tree -> plain data, substituting ${VARS} in scalars."""
+def _env_aware(found: list[tuple[Path, str]], unknown: list[Path], allow_missing_env: bool) -> list[tuple[Path, str]]:
+    """Decode problems, given the values that hold a literal ${VAR} because it is not set."""
+    if allow_missing_env:  # without the variable it cannot even decode (`port: ${PORT}`): say why
+        return [(where, f"{problem} (its value uses an environment variable that is not set)"
+                 if _under_any(where, unknown) else problem) for where, problem in found]
+    return [(where, problem) for where, problem in found if not _under_any(where, unknown)]  # its own error says it
+
+
+def _problems_of_the_rest(decoded: Decoded, unknown: list[Path]) -> list[tuple[Path, str]]:
+    """The semantic problems of a config that did not decode, checked on its repaired copy
+    (tollway.core.struct_decode), except at the values that had a decode problem or were
+    repaired. Nothing if the repair failed, or dropped a whole section (that guess is at the
+    root): its names would be missing, and every reference to them a false alarm."""
+    if not decoded.ok:
+        return []
+    try:
+        rest = msgspec.convert(decoded.repaired, Config, strict=False)
+    except msgspec.ValidationError:
+        return []
+    broken = [where for where, _ in decoded.problems] + decoded.guessed
+    return [(where, problem) for where, problem in problems(rest)
+            if not _under_any(where, broken) and not _under_any(where, unknown)]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror}") from None
+
+
+def _under_any(where: Path, prefixes: list[Path]) -> bool:
+    return any(where[:len(p)] == p for p in prefixes)
+
+
+def _to_data(node: yaml.Node, where: Path, env: Mapping[str, str], unset: list[tuple[Path, str]]) -> Any:
+    """YAML node tree -> plain data, substituting ${VARS} in scalars. A variable that is not set
+    is left as its literal `${NAME}` and listed in `unset`, with the path of the value."""
     if isinstance(node, yaml.MappingNode):
-        return {k.value: _to_data(v, f"{path}.{k.value}" if path else k.value, env) for k, v in node.value}
+        return {k.value: _to_data(v, [*where, k.value], env, unset) for k, v in node.value}
     if isinstance(node, yaml.SequenceNode):
-        return [_to_data(v, f"{path}[{i}]", env) for i, v in enumerate(node.value)]
+        return [_to_data(v, [*where, i], env, unset) for i, v in enumerate(node.value)]
     value = _scalar(node)
     if isinstance(value, str) and "${" in value:
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in env:
-                raise ConfigError(path, f"environment variable {name} is not set", node.start_mark.line + 1)
+                unset.append((where, name))
+                return m.group(0)
             return str(env[name])
 
         value = _ENV_REF.sub(sub, value)
@@ -267,22 +348,14 @@ def _scalar(node: yaml.Node) -> Any:
     return _scalar_loader.construct_object(node, deep=True)
 
 
-# -- turning msgspec's `$.a[0].b` paths into user paths with lines --------------------
+def _error(where: Sequence[str | int], problem: str, root: yaml.Node | None) -> ConfigError:
+    """A problem at a path of keys and indexes, as the user reads it: `models.gpt-4o[0].provider`, line."""
+    if root is None:
+        return ConfigError(".".join(map(str, where)), problem)
+    return ConfigError(_pretty_path(where, root), problem, _line_of(where, root))
 
-_MSGSPEC_PATH = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
-
-def _from_validation_error(message: str, root: yaml.Node) -> ConfigError:
-    m = _MSGSPEC_PATH.match(message)
-    problem, raw_path = (m.group(1), m.group(2) or "") if m else (message, "")
-    parts: list[str | int] = [p if p else int(i) for p, i in _PATH_PART.findall(raw_path)]
-    if problem.startswith("Object contains unknown field"):
-        field = problem.split("`")[1]
-        parts.append(field)
-        problem = f"unknown field '{field}'"
-    return ConfigError(_pretty_path(parts, root), problem, _line_of(parts, root))
-
+# -- paths and lines -----------------------------------------------------------------------
 
 def _walk(parts: Sequence[str | int], root: yaml.Node) -> yaml.Node | None:
     node: yaml.Node | None = root
@@ -338,15 +411,25 @@ def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
 
 # -- semantic validation ---------------------------------------------------------------
 
-# Reports a problem at a config path (keys and list indexes) and ends validation: it raises.
+# Records a problem at a config path (keys and list indexes). Validation goes on after it, so
+# `tollway check` lists every problem; a check that depends on an earlier one returns instead.
 Fail = Callable[[Sequence[str | int], str], None]
-_Named = TypeVar("_Named", Provider, Model, Key)
+_Named = TypeVar("_Named", Provider, Model, Key, Team)
+
 
 def validate(config: Config, root: yaml.Node | None = None) -> None:
     """Check what types cannot. Raises ConfigError for the first problem found."""
-    def fail(parts: Sequence[str | int], problem: str) -> None:
-        path = _pretty_path(parts, root) if root is not None else ".".join(map(str, parts))
-        raise ConfigError(path, problem, _line_of(parts, root) if root is not None else None)
+    found = problems(config)
+    if found:
+        raise _error(*found[0], root)
+
+
+def problems(config: Config) -> list[tuple[Path, str]]:
+    """Every problem types cannot catch, each at its path, in the order they were found."""
+    found: list[tuple[Path, str]] = []
+
+    def fail(where: Sequence[str | int], problem: str) -> None:
+        found.append((list(where), problem))
 
     providers = _unique(config.providers, "providers", fail)
     for i, p in enumerate(config.providers):
@@ -357,7 +440,8 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
             fail(["models", i, "targets"], "a model needs at least one target")
         for j, t in enumerate(m.targets):
             if t.provider not in providers:
-                fail(["models", i, "targets", j, "provider"], f"unknown provider '{t.provider}'")
+                fail(["models", i, "targets", j, "provider"],
+                     f"unknown provider '{t.provider}'{did_you_mean(t.provider, providers)}")
             if t.weight < 0:
                 fail(["models", i, "targets", j, "weight"], "weight must be >= 0")
         if m.match is not None:
@@ -369,6 +453,8 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
     for i, k in enumerate(config.keys):
         if not _is_key_hash(k.key_hash):
             fail(["keys", i, "key_hash"], "expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>)")
+    _unique(config.teams, "teams", fail)
+    _validate_references(config, fail)
     if config.admin is not None and not _is_key_hash(config.admin.key_hash):
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
     if config.server.metrics_auth is not None and not _is_key_hash(config.server.metrics_auth.key_hash):
@@ -378,6 +464,28 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
     _validate_limits(config, fail)
     if config.telemetry.traces is not None:
         _validate_traces(config.telemetry.traces, fail)
+    return found
+
+
+def _validate_references(config: Config, fail: Fail) -> None:
+    """A key's `models` and `team` name things the config defines. A model name in `models` may
+    also be one a `match:` route serves (it is allowed by exact name at request time); only a
+    name no route could ever serve is an error, since no request for it could get through."""
+    names = {m.name for m in config.models}
+    patterns: list[re.Pattern[str]] = []
+    for m in config.models:
+        try:
+            patterns += [re.compile(m.match)] if m.match is not None else []
+        except re.error:
+            pass  # reported with the model
+    teams = {t.name for t in config.teams}
+    for i, k in enumerate(config.keys):
+        for j, name in enumerate(k.models):
+            if name != "*" and name not in names and not any(p.fullmatch(name) for p in patterns):
+                fail(["keys", i, "models", j], f"unknown model '{name}' (no model has this name or a match: for it)"
+                                               f"{did_you_mean(name, names)}")
+        if k.team is not None and k.team not in teams:
+            fail(["keys", i, "team"], f"unknown team '{k.team}' (define it under teams:){did_you_mean(k.team, teams)}")
 
 
 def _unique(items: Sequence[_Named], section: str, fail: Fail) -> dict[str, _Named]:
@@ -399,7 +507,9 @@ CREDENTIAL_FIELDS: dict[str, frozenset[str]] = {
 
 def _validate_provider(p: Provider, i: int, fail: Fail) -> None:
     if p.schema not in SCHEMAS:
-        fail(["providers", i, "schema"], f"unknown schema '{p.schema}' (expected one of: {', '.join(SCHEMAS)})")
+        fail(["providers", i, "schema"],
+             f"unknown schema '{p.schema}' (expected one of: {', '.join(SCHEMAS)}){did_you_mean(p.schema, SCHEMAS)}")
+        return  # what else a provider needs depends on its schema
     needs_url = p.schema in ("openai", "azure_openai", "anthropic", "gemini")
     if needs_url and not p.base_url and not p.endpoints and not p.discover:
         fail(["providers", i, "base_url"], f"schema '{p.schema}' needs base_url")
@@ -416,7 +526,8 @@ def _validate_provider(p: Provider, i: int, fail: Fail) -> None:
     for name in p.credentials or {}:
         if name not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
-            fail(["providers", i, "credentials", name], f"unknown credential field for schema '{p.schema}' (known: {known})")
+            fail(["providers", i, "credentials", name],
+                 f"unknown credential field for schema '{p.schema}' (known: {known}){did_you_mean(name, allowed)}")
     creds = p.credentials or {}
     if ("access_key_id" in creds) != ("secret_access_key" in creds):
         fail(["providers", i, "credentials"], "give access_key_id and secret_access_key together")
@@ -439,7 +550,8 @@ def _validate_pool(p: Provider, i: int, fail: Fail) -> None:
     if p.discover is not None and not 0 < p.discover.port < 65536:
         fail(["providers", i, "discover", "port"], "port must be 1-65535")
     if p.pick is not None and p.pick not in PICK_POLICIES:
-        fail(["providers", i, "pick"], f"unknown pick policy '{p.pick}' (expected one of: {', '.join(PICK_POLICIES)})")
+        fail(["providers", i, "pick"],
+             f"unknown pick policy '{p.pick}' (expected one of: {', '.join(PICK_POLICIES)}){did_you_mean(p.pick, PICK_POLICIES)}")
     if p.pick is not None and not (p.endpoints or p.discover):
         fail(["providers", i, "pick"], "pick applies to pools: give endpoints or discover")
     if p.scrape.interval <= 0 or p.scrape.timeout <= 0:
@@ -515,6 +627,8 @@ def _validate_limits(config: Config, fail: Fail) -> None:
             seen: set[tuple[str, str | None, str | None]] = set()
             for j, lim in enumerate(owner.limits):
                 ident = _validate_limit(lim, [section, i, "limits", j], section, models, fail)
+                if ident is None:
+                    continue
                 if ident in seen:
                     fail([section, i, "limits", j], f"duplicate limit ({ident[0]} per {ident[1]}) on the same owner")
                 seen.add(ident)
@@ -526,12 +640,14 @@ def _validate_limits(config: Config, fail: Fail) -> None:
 
 
 def _validate_limit(lim: Limit, where: list[str | int], section: str, models: set[str],
-                    fail: Fail) -> tuple[str, str | None, str | None]:
-    """Check one limit; return what makes it unique on its owner (measure, per, model)."""
+                    fail: Fail) -> tuple[str, str | None, str | None] | None:
+    """Check one limit; return what makes it unique on its owner (measure, per, model), or
+    None if it does not count exactly one measure (the other checks depend on which)."""
     try:
         measure, amount = measure_of(lim)
     except ValueError as exc:
         fail(where, str(exc))
+        return None
     if measure == "concurrent" and lim.per is not None:
         fail(where + ["per"], "a concurrent limit counts requests in flight and takes no per")
     if measure != "concurrent" and lim.per is None:
@@ -546,7 +662,7 @@ def _validate_limit(lim: Limit, where: list[str | int], section: str, models: se
     if lim.model is not None and section == "models":
         fail(where + ["model"], "a model's own limits apply to it already; model: belongs on key or team limits")
     if lim.model is not None and lim.model not in models:
-        fail(where + ["model"], f"unknown model '{lim.model}'")
+        fail(where + ["model"], f"unknown model '{lim.model}'{did_you_mean(lim.model, models)}")
     return measure, lim.per, lim.model
 
 

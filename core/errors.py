@@ -98,6 +98,14 @@ def not_found(path: str) -> GatewayError:
     return GatewayError(404, f"Unknown path '{echoed(path)}'.", "invalid_request_error", "unknown_url")
 
 
+def admin_not_configured(path: str) -> GatewayError:
+    """A 404 for /admin/* on a gateway whose config has no `admin:` section: the operator API is
+    off, and the message says how to turn it on (a bare "unknown path" sends people hunting)."""
+    return GatewayError(404, f"The admin API is not enabled on this gateway, so '{echoed(path)}' does not exist: "
+                             "its config has no 'admin:' section. Add 'admin: {key_hash: ...}' with the output of "
+                             "`tollway hash-key` for an admin credential.", "invalid_request_error", "admin_not_configured")
+
+
 def method_not_allowed(method: str, path: str) -> GatewayError:
     return GatewayError(405, f"Method {echoed(method)} is not allowed on '{echoed(path)}'.", "invalid_request_error",
                         "method_not_allowed")
@@ -273,7 +281,7 @@ def internal(message: str = "The gateway hit an internal error; the request was 
 # upstream-controlled text. So every sink passes it through `error_label` first.
 GATEWAY_ERROR_CODES = frozenset((
     # what the gateway itself raises (the constructors above, core/providers, gateway/)
-    "invalid_api_key", "model_not_allowed", "model_not_found", "unknown_url", "method_not_allowed",
+    "invalid_api_key", "model_not_allowed", "model_not_found", "unknown_url", "admin_not_configured", "method_not_allowed",
     "request_too_large", "internal_error", "gateway_shutting_down",
     "upstream_unreachable", "upstream_timeout", "upstream_auth_failed", "upstream_error",
     "upstream_not_found", "upstream_disconnected", "upstream_malformed", "upstream_too_large",

@@ -216,6 +216,8 @@ class Gateway:
             self._send_error(proto, ex, errors.shutting_down())
 
     def _unknown(self, method: str, path: str) -> GatewayError:
+        if self.runtime.config.admin is None and (path == "/admin" or path.startswith("/admin/")):
+            return errors.admin_not_configured(path)  # any method: the whole admin API is off
         if any(p == path for _, p in self.routes):
             return errors.method_not_allowed(method, path)
         return errors.not_found(path)

@@ -24,14 +24,23 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve the gateway")
-    serve.add_argument("--config", required=True, help="the YAML config file")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--config", required=True, metavar="FILE", help="the YAML config file (required)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes; more than 1 needs rate_limits.backend: redis when limits are set "
+                            "(default: %(default)s)")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="start even if another server listens on the port, and share it with that server "
+                            "(SO_REUSEPORT: the kernel splits connections between them; for a zero-downtime "
+                            "hand-over). Without it a taken port is an error (default: off)")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate a config file")
+    check = sub.add_parser("check", help="validate a config file, listing every problem")
     check.add_argument("file")
+    check.add_argument("--allow-missing-env", action="store_true",
+                       help="validate a config whose ${VARS} (secrets) are not set here: list them, and skip the "
+                            "checks of the values that use them (default: an unset variable is an error)")
     check.set_defaults(func=cmd_check)
 
     hk = sub.add_parser("hash-key", help="read a gateway key on stdin, print its key_hash")
@@ -44,13 +53,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_mod.load(args.file)
-    except config_mod.ConfigError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
+    """Every problem on its own line (path, problem, line), in file order; exit 1 if any."""
+    checked = config_mod.check_file(args.file, allow_missing_env=args.allow_missing_env)
+    for unset in _in_file_order(checked.unset_env):
+        print(f"{args.file}: note: {unset}; values using it were not checked", file=sys.stderr)
+    for error in _in_file_order(checked.errors):
+        print(f"{args.file}: {error}", file=sys.stderr)
+    cfg = checked.config
+    if checked.errors or cfg is None:
+        count = len(checked.errors)
+        print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     print(f"{args.file}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, {len(cfg.keys)} keys)")
     return 0
+
+
+def _in_file_order(errors: list[config_mod.ConfigError]) -> list[config_mod.ConfigError]:
+    return sorted(errors, key=lambda e: e.line or 0)  # stable: same-line problems keep the order found
 
 
 def cmd_hash_key(args: argparse.Namespace) -> int:
@@ -94,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         print(f"tollway: {args.config}: {exc}", file=sys.stderr)
         return 1
-    return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers)
+    return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers, reuse_port=args.reuse_port)
 
 
 def _share_metrics_between_workers() -> None:

@@ -42,11 +42,11 @@ class GatewayProcess:
     """A `tollway serve` subprocess. `.url` is the base URL, `.log_lines()` the access log."""
 
     def __init__(self, config_text: str, env: dict[str, str] | None = None, workers: int = 1,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, port: int | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tollway-test-"))
         self.config_path = self.dir / "config.yaml"
         self.config_path.write_text(config_text)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"

@@ -83,7 +83,18 @@ def test_usage_reports_every_limit_by_key_team_and_model(admin_gateway):
 def test_without_an_admin_section_there_is_no_admin_endpoint(openai_upstream):
     gw = GatewayProcess(config(openai_upstream.url, admin=False))
     try:
-        status, body = get(gw.url + "/admin/usage", ADMIN_KEY)
-        assert status == 404
+        for path in ("/admin/usage", "/admin/keys", "/admin"):  # listed or not: the whole admin API is off
+            status, body = get(gw.url + path, ADMIN_KEY)
+            assert status == 404, path
+            error = body["error"]
+            assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "admin_not_configured", None)
+            assert "no 'admin:' section" in error["message"] and path in error["message"]
+        status, body = get(gw.url + "/v1/nothing", TEST_KEY)  # other unknown paths keep their own 404
+        assert (status, body["error"]["code"]) == (404, "unknown_url")
     finally:
         gw.stop()
+
+
+def test_with_an_admin_section_unknown_admin_paths_are_plain_404s(admin_gateway):
+    status, body = get(admin_gateway.url + "/admin/keys", ADMIN_KEY)
+    assert (status, body["error"]["code"]) == (404, "unknown_url")

@@ -29,6 +29,48 @@ def test_check_accepts_every_example():
         assert "ok" in r.stdout
 
 
+def test_check_allow_missing_env_accepts_every_example_without_its_secrets():
+    """The shipped examples validate on a machine that holds none of their secrets."""
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    names = {n for e in examples for n in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", e.read_text())}
+    bare = {k: v for k, v in os.environ.items() if k not in names}
+    needs_env = 0
+    for example in examples:
+        strict = subprocess.run([sys.executable, "-m", "tollway.gateway.cli", "check", str(example)], capture_output=True,
+                                text=True, cwd=ROOT, env=bare, timeout=60)
+        r = subprocess.run([sys.executable, "-m", "tollway.gateway.cli", "check", "--allow-missing-env", str(example)],
+                           capture_output=True, text=True, cwd=ROOT, env=bare, timeout=60)
+        assert r.returncode == 0 and "ok (" in r.stdout, (example, r.stderr)
+        if strict.returncode:  # without the flag, an unset secret is an error, and the flag names it
+            needs_env += 1
+            assert "is not set" in strict.stderr and "note:" in r.stderr and "is not set" in r.stderr, example
+    assert needs_env >= 7  # the flag is what makes these pass
+
+
+def test_check_lists_every_error_in_file_order_and_exits_nonzero(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers:\n  - name: openai\n    schema: openai\n    base_url: http://x\n"
+                   "models:\n  - name: gpt-4o\n    targets: [{provider: opnai}]\n"
+                   "keys:\n  - name: k\n    key_hash: nothash\n    models: [gpt-4o, gpt4o]\n")
+    r = tollway("check", str(bad))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"{bad}: models.gpt-4o[0].provider: unknown provider 'opnai'; did you mean 'openai'? (line 7)",
+        f"{bad}: keys.k.key_hash: expected the output of `tollway hash-key` (sha256:<64 hex> or hmac-sha256:<64 hex>) (line 10)",
+        f"{bad}: keys.k.models[1]: unknown model 'gpt4o' (no model has this name or a match: for it); did you mean 'gpt-4o'? "
+        "(line 11)",
+        f"{bad}: 3 errors",
+    ]
+
+
+def test_serve_refuses_a_key_naming_an_unknown_model(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: [{name: f, schema: fake}]\nmodels: [{name: m, targets: [{provider: f}]}]\n"
+                   f"keys: [{{name: k, key_hash: '{hash_key('k')}', models: [n]}}]\n")
+    r = tollway("serve", "--config", str(bad), "--port", "1")
+    assert r.returncode == 1 and "keys.k.models[0]: unknown model 'n'" in r.stderr
+
+
 def test_check_names_bad_field_and_exits_nonzero(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers:\n  - name: a\n    schema: openai\n    base_url: http://x\n"
@@ -68,3 +110,13 @@ def test_version_says_whether_kernels_are_compiled():
     assert "kernels:" in r.stdout
     pure = tollway("version", env={"TOLLWAY_NO_EXTENSIONS": "1"})
     assert "pure Python" in pure.stdout
+
+
+def test_serve_help_shows_every_default():
+    r = tollway("serve", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    for option, default in (("--host", "127.0.0.1"), ("--port", "8080"), ("--workers", "1"), ("--reuse-port", "off")):
+        assert option in text
+        assert f"(default: {default})" in text.split(option, 2)[-1], option  # in that option's own help
+    assert "--config FILE" in text and "(required)" in text

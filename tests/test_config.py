@@ -85,3 +85,135 @@ def test_empty_file():
 def test_azure_needs_api_version():
     text = GOOD.replace("schema: openai", "schema: azure_openai")
     assert "api_version" in str(_error(text))
+
+
+# -- every problem, cross-references, suggestions (`tollway check`) ----------------------------
+
+HASH = "sha256:" + "0" * 64
+MANY = f"""
+providers:
+  - name: openai
+    schema: openai
+    base_url: http://x
+  - name: other
+    schema: opnai
+models:
+  - name: gpt-4o
+    targets: [{{provider: opneai}}]
+  - name: llama
+    match: "llama-3-.*"
+    targets: [{{provider: openai}}]
+keys:
+  - name: k
+    key_hash: "{HASH}"
+    models: [gpt-4o, gpt4o, llama-3-8b, "*"]
+    team: serch
+teams:
+  - name: search
+"""
+
+
+def _found(text: str, **kw) -> list[str]:
+    return [str(e) for e in config.check(text, {}, **kw).errors]
+
+
+def test_check_lists_every_problem_with_path_line_and_suggestion():
+    assert _found(MANY) == [
+        "providers.other.schema: unknown schema 'opnai' (expected one of: openai, azure_openai, fake, anthropic, bedrock, "
+        "vertex, gemini); did you mean 'openai'? (line 7)",
+        "models.gpt-4o[0].provider: unknown provider 'opneai'; did you mean 'openai'? (line 10)",
+        "keys.k.models[1]: unknown model 'gpt4o' (no model has this name or a match: for it); did you mean 'gpt-4o'? (line 17)",
+        "keys.k.team: unknown team 'serch' (define it under teams:); did you mean 'search'? (line 18)",
+    ]
+    # loads (serve, reload) refuses the same config, at the first of them
+    assert str(_error(MANY)) == _found(MANY)[0]
+
+
+def test_a_key_may_name_models_served_by_a_match_route_and_the_wildcard():
+    ok = MANY.replace("schema: opnai", "schema: fake").replace("opneai", "openai").replace("gpt4o, ", "").replace("serch", "search")
+    cfg = config.loads(ok, {})
+    assert cfg.keys[0].models == ["gpt-4o", "llama-3-8b", "*"]  # llama-3-8b: served by llama's match:
+    assert _found(ok.replace("llama-3-8b", "llama-2-7b")) == [  # no route could ever serve it
+        "keys.k.models[1]: unknown model 'llama-2-7b' (no model has this name or a match: for it); did you mean 'llama'? (line 17)"]
+
+
+def test_duplicate_team_names_are_an_error():
+    text = MANY + "  - name: search\n"
+    assert "teams.search.name: duplicate name 'search' (line 21)" in _found(text)
+
+
+def test_type_errors_are_all_listed_with_suggestions():
+    text = GOOD.replace("    schema: openai", "    shema: openai\n    timeouts: {connect: fast, idle: slow}")
+    found = _found(text, allow_missing_env=True)
+    assert found == [  # in the order msgspec walks the data (keys in order, then missing ones)
+        "providers.local-vllm.shema: unknown field 'shema'; did you mean 'schema'? (line 4)",
+        "providers.local-vllm.timeouts.connect: Expected `float`, got `str` (line 5)",
+        "providers.local-vllm.timeouts.idle: Expected `float`, got `str` (line 5)",
+    ]  # no "missing required field `schema`" besides: the suggestion says it
+    assert str(_error(text)) == found[0]  # what loads (serve) reports, as msgspec did alone
+    assert _found(text.replace("shema", "colour"), allow_missing_env=True)[-1] == (
+        "providers.local-vllm: Object missing required field `schema` (line 3)")  # no near miss: missing
+
+
+def test_semantic_problems_are_listed_beside_type_errors():
+    text = (GOOD.replace("    schema: openai", "    shema: openai\n    timeouts: {connect: fast}")
+            .replace("provider: local-vllm", "provider: local-vlm").replace('models: ["*"]', "models: [llama-3-8c]\n    colour: x"))
+    assert _found(text, allow_missing_env=True) == [
+        "providers.local-vllm.shema: unknown field 'shema'; did you mean 'schema'? (line 4)",
+        "providers.local-vllm.timeouts.connect: Expected `float`, got `str` (line 5)",
+        "keys.team-search.colour: unknown field 'colour' (line 17)",
+        # checked on the repaired config: 'shema' read as 'schema', the bad timeout as its default
+        "models.llama-3-8b[0].provider: unknown provider 'local-vlm'; did you mean 'local-vllm'? (line 11)",
+        "keys.team-search.models[0]: unknown model 'llama-3-8c' (no model has this name or a match: for it); "
+        "did you mean 'llama-3-8b'? (line 16)",
+    ]
+
+
+def test_no_semantic_guesses_when_a_required_part_is_broken():
+    text = GOOD.replace("    targets:\n", "    xyz:\n").replace('models: ["*"]', "models: [nothing]")
+    # models[0] has no targets: the models section cannot be repaired, so names are not judged
+    # against it ('nothing' is not reported: that would be a guess)
+    assert _found(text, allow_missing_env=True) == [
+        "models.llama-3-8b.xyz: unknown field 'xyz' (line 10)",  # (a block value's first line)
+        "models.llama-3-8b: Object missing required field `targets` (line 8)",
+    ]
+    renamed = GOOD.replace("    targets:\n", "    targetz:\n").replace('models: ["*"]', "models: [nothing]")
+    assert _found(renamed, allow_missing_env=True) == [  # a near miss is repaired, so the rest is judged
+        "models.llama-3-8b.targetz: unknown field 'targetz'; did you mean 'targets'? (line 10)",
+        "keys.team-search.models[0]: unknown model 'nothing' (no model has this name or a match: for it) (line 15)",
+    ]
+
+
+def test_unset_env_is_an_error_unless_allowed_and_then_its_values_are_not_checked():
+    text = GOOD.replace('key_hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"',
+                        "key_hash: ${KEY_HASH}")
+    strict = config.check(text, {})
+    assert [str(e) for e in strict.errors] == [
+        "providers.local-vllm.api_key: environment variable VLLM_KEY is not set (line 6)",
+        "keys.team-search.key_hash: environment variable KEY_HASH is not set (line 14)",
+    ] and strict.config is None
+    lenient = config.check(text, {}, allow_missing_env=True)
+    assert lenient.errors == [] and lenient.config is not None  # "${KEY_HASH}" is no key hash, but unknown here
+    assert [e.problem for e in lenient.unset_env] == ["environment variable VLLM_KEY is not set",
+                                                       "environment variable KEY_HASH is not set"]
+    # values that do not use the missing variable are still checked
+    broken = text.replace("provider: local-vllm", "provider: local-vlm")
+    assert _found(broken, allow_missing_env=True) == [
+        "models.llama-3-8b[0].provider: unknown provider 'local-vlm'; did you mean 'local-vllm'? (line 10)"]
+
+
+def test_a_value_that_cannot_decode_without_its_variable_stays_an_error_that_says_why():
+    text = ("providers:\n  - name: pool\n    schema: openai\n    discover: {dns: vllm.svc, port: \"${PORT}\"}\n"
+            "models: [{name: m, targets: [{provider: pool}]}]\n")
+    assert _found(text, allow_missing_env=True) == [
+        "providers.pool.discover.port: Expected `int`, got `str` (its value uses an environment variable that is not set) "
+        "(line 4)"]
+    assert config.check(text, {"PORT": "8000"}).errors == []  # set, it is checked and fine
+
+
+def test_a_problem_inside_a_misspelled_field_is_named_where_it_is_in_the_file():
+    text = GOOD.replace("    api_key: ${VLLM_KEY}", "    api_key: ${VLLM_KEY}\n    timeout: {connect: fast}")
+    assert _found(text, allow_missing_env=True) == [
+        "providers.local-vllm.timeout: unknown field 'timeout'; did you mean 'timeouts'? (line 7)",
+        "providers.local-vllm.timeout.connect: Expected `float`, got `str` (line 7)",
+    ]

@@ -1,7 +1,8 @@
 """Operator endpoints under /admin/, guarded by the config's `admin.key_hash` credential.
 
 The admin credential is a bearer token like a gateway key, stored only as its digest; gateway
-keys never open these endpoints. Without an `admin:` section the endpoints do not exist (404).
+keys never open these endpoints. Without an `admin:` section every /admin/* path is a 404 that
+says so (`admin_not_configured`; tollway.gateway.app answers it for paths not listed here).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class AdminAPI:
         """Pass if the request carries the admin credential. Raises 404 (no admin section) or 401."""
         config = self.serving.runtime.config
         if config.admin is None:
-            raise errors.not_found(scope.path)
+            raise errors.admin_not_configured(scope.path)
         if not bearer_matches(scope.headers.get("authorization"), config.admin.key_hash, config.server.key_pepper):
             raise errors.unauthorized("This endpoint needs the admin credential as 'Authorization: Bearer <admin key>'.")
 

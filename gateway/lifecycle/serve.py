@@ -5,11 +5,13 @@ import os
 import sys
 
 from tollway.core.config import Config
+from tollway.gateway.lifecycle.listen import port_problem
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
 
 
-def serve(config: Config, config_path: str, host: str, port: int, workers: int) -> int:
-    """Serve until stopped. Returns the process exit code."""
+def serve(config: Config, config_path: str, host: str, port: int, workers: int, reuse_port: bool = False) -> int:
+    """Serve until stopped. Returns the process exit code. Unless `reuse_port`, a port that
+    something already listens on is refused (see tollway.gateway.lifecycle.listen)."""
     from granian.constants import Interfaces, Loops
 
     from tollway.gateway.lifecycle.drain import TollwayServer
@@ -19,6 +21,10 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
         return 2
     problem = per_worker_problem(config, workers)
     if problem:  # refuse rather than silently admit N times every limit; see docs/limits.md
+        print(f"tollway: refusing to start: {problem}", file=sys.stderr)
+        return 2
+    problem = None if reuse_port else port_problem(host, port)
+    if problem:
         print(f"tollway: refusing to start: {problem}", file=sys.stderr)
         return 2
     os.environ["TOLLWAY_CONFIG"] = config_path
