@@ -105,7 +105,10 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
-        _share_metrics_between_workers()
+        problem = _share_metrics_between_workers()
+        if problem:
+            print(f"tollway: {problem}", file=sys.stderr)
+            return 1
     from tollway.gateway.lifecycle.serve import serve
 
     try:
@@ -116,17 +119,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers, reuse_port=args.reuse_port)
 
 
-def _share_metrics_between_workers() -> None:
+def _share_metrics_between_workers() -> str | None:
     """Point prometheus-client at a fresh directory that every worker writes its counts to.
+    Returns what went wrong if there is no writable temporary directory to make it in.
 
     It must happen before prometheus_client is imported anywhere in this process: the
     workers are forked from it and keep the value store chosen at import.
     """
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return None
     import tempfile
 
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tollway-metrics-"))
+    try:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tollway-metrics-")
+    except OSError as exc:  # e.g. a read-only root filesystem with no volume on /tmp
+        return (f"more than one worker keeps its metrics in a temporary directory, and none is writable ({exc}). "
+                "Point TMPDIR at a writable directory (on Kubernetes, an emptyDir volume), or serve with --workers 1.")
+    return None
 
 
 if __name__ == "__main__":
