@@ -5,7 +5,9 @@ import os
 import sys
 
 from tollway.core.config import Config
+from tollway.core.providers.registry import AdapterUnavailable
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
+from tollway.gateway.runtime import provider_adapters
 
 
 def serve(config: Config, config_path: str, host: str, port: int, workers: int) -> int:
@@ -20,6 +22,12 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
     problem = per_worker_problem(config, workers)
     if problem:  # refuse rather than silently admit N times every limit; see docs/limits.md
         print(f"tollway: refusing to start: {problem}", file=sys.stderr)
+        return 2
+    try:  # in this process, before the workers fork: they inherit the modules, read from disk once
+        for provider in config.providers:
+            provider_adapters(provider)
+    except AdapterUnavailable as exc:
+        print(f"tollway: refusing to start: {exc}", file=sys.stderr)
         return 2
     os.environ["TOLLWAY_CONFIG"] = config_path
     os.environ[WORKERS_ENV] = str(workers)
