@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from collections.abc import Awaitable
 from typing import Any
 
@@ -33,6 +32,7 @@ from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway.telemetry.logs import setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
@@ -266,18 +266,10 @@ class Gateway:
 
 def create_app() -> Gateway:
     """granian's factory target: the gateway for the config named by TOLLWAY_CONFIG."""
-    _setup_logging()
+    setup_logging()  # JSON on stderr; the access log owns stdout
     path = os.environ.get("TOLLWAY_CONFIG")
     if not path:
         raise SystemExit("TOLLWAY_CONFIG is not set; start the gateway with `tollway serve --config FILE`.")
     return Gateway(config_mod.load(path), path)
 
 
-def _setup_logging() -> None:
-    """Gateway diagnostics go to stderr; the access log owns stdout."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False

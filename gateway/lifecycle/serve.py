@@ -1,13 +1,19 @@
 """Running the gateway under granian (RSGI interface, uvloop, one process per worker)."""
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import sys
 
+from tollway.core import kernels
 from tollway.core.config import Config
 from tollway.core.providers.registry import AdapterUnavailable
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
 from tollway.gateway.runtime import provider_adapters
+from tollway.gateway.telemetry.logs import LOGGING, start_record
+
+log = logging.getLogger("tollway")
 
 
 def serve(config: Config, config_path: str, host: str, port: int, workers: int) -> int:
@@ -40,9 +46,16 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int) 
         loop=Loops.uvloop,
         factory=True,
         log_access=False,
+        log_dictconfig=copy.deepcopy(LOGGING),  # granian's lines as JSON on stderr too
         backlog=2048,
         drain_delay=config.server.drain_delay,
         drain_timeout=config.server.drain_timeout,
     )
+    _log_start(config, config_path, workers)  # after granian configured logging, before it forks
     server.serve()
     return 0
+
+
+def _log_start(config: Config, config_path: str, workers: int) -> None:
+    log.info("tollway starting: %d providers, %d models, %d keys", len(config.providers), len(config.models),
+             len(config.keys), extra={"fields": start_record(config, config_path, workers, kernels.ACTIVE)})
