@@ -109,6 +109,7 @@ class Gateway:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start()
         self.runtime.start(loop)
+        self.metrics.start(loop)
         if self.tracer is not None:
             self.tracer.exporter.start(loop)
         self.watcher = watcher_for(self)
@@ -130,6 +131,7 @@ class Gateway:
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
         self.access_log.flush()
+        self.metrics.close()
         token_count.shutdown()
 
     def start(self) -> None:
