@@ -32,6 +32,7 @@ from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway.telemetry.limit_metrics import LimitLevels
 from tollway.gateway.telemetry.logs import setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
@@ -66,6 +67,8 @@ class Gateway:
         self.background: set[asyncio.Task[Any]] = set()
         self.tracer = build_tracer(config.telemetry.traces, self.metrics)
         self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
+        self.limit_levels = LimitLevels()  # read from the store per scrape, not per request
+        self.metrics.register(self.limit_levels)
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
@@ -261,6 +264,7 @@ class Gateway:
 
     async def metrics_endpoint(self, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
         authorize_scrape(self.runtime.config.server, scope.headers.get("authorization"))  # 401 unless allowed
+        await self.limit_levels.refresh(self.limiter)
         ex.status = 200
         headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
         proto.response_bytes(200, headers, self.metrics.exposition())

@@ -22,9 +22,10 @@ from tests.harness import ROOT, TEST_KEY, GatewayProcess, key_hash
 DASHBOARD = ROOT / "deploy" / "grafana" / "tollway.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 _METRIC = re.compile(r"\b((?:tollway|gen_ai|process|python)_[a-z0-9_]+)\b")
-# What the issue asks the alerts to watch (the usage ledger does not exist yet: no ledger alert).
+# What the issue asks the alerts to watch: errors, latency, ejected upstreams, rate-limit store
+# errors, dropped spans, budgets (the usage ledger does not exist yet: no ledger alert).
 ALERTED = {"tollway_requests_total", "gen_ai_server_request_duration_seconds_bucket", "tollway_upstream_available",
-           "tollway_rate_limit_store_errors_total", "tollway_trace_spans_dropped_total"}
+           "tollway_rate_limit_store_errors_total", "tollway_trace_spans_dropped_total", "tollway_limit_remaining_ratio"}
 
 
 def _dashboard_exprs() -> list[str]:
