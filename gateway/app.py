@@ -66,7 +66,10 @@ class Gateway:
         # weakly, so they live here until done; one attribute each would drop a still-running one.
         self.background: set[asyncio.Task[Any]] = set()
         self.tracer = build_tracer(config.telemetry.traces, self.metrics)
-        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
+        shared = self.metrics.shared_counts  # --workers N: reloads are summed through the shared files
+        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher, reloads=shared is None))
+        if shared is not None:
+            shared.track_reloads(lambda: self.watcher.reloads if self.watcher is not None else None)
         self.limit_levels = LimitLevels()  # read from the store per scrape, not per request
         self.metrics.register(self.limit_levels)
         self.routes: dict[tuple[str, str], Endpoint] = {

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import openai
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import standard_config
@@ -93,3 +96,42 @@ def _start_time(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         ticks = float(f.read().split(b")")[-1].split()[19])
     return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_config_reloads_are_summed_over_workers(openai_upstream, tmp_path):
+    shared_dir = tmp_path / "metrics"  # the workers' shared files (`tollway serve` keeps a set one)
+    shared_dir.mkdir()
+    gw = GatewayProcess(standard_config(openai_upstream.url), workers=2,
+                        env={"PROMETHEUS_MULTIPROC_DIR": str(shared_dir)})
+    try:
+        assert _total(_families(gw), "tollway_config_reloads", result="ok") == 0
+        _wait_until_workers_started(gw, shared_dir)
+        os.kill(gw.proc.pid, signal.SIGHUP)  # granian's main process: it tells each worker to reload
+        deadline = time.monotonic() + 5 * FLUSH_SECONDS
+        while _total(_families(gw), "tollway_config_reloads", result="ok") < 2:
+            assert time.monotonic() < deadline, gw.stderr()
+            time.sleep(0.1)
+        scrapes = [_families(gw) for _ in range(6)]
+        assert [_total(f, "tollway_config_reloads", result="ok") for f in scrapes] == [2.0] * 6
+        assert [_total(f, "tollway_config_reloads", result="rejected") for f in scrapes] == [0.0] * 6
+    finally:
+        gw.stop()
+
+
+def _wait_until_workers_started(gw: GatewayProcess, shared_dir: Path, workers: int = 2) -> None:
+    """/readyz answering proves one worker ready; a SIGHUP reaches a worker still starting before
+    its handler is there. A worker's first flush of its counts into the shared files comes a
+    FLUSH_SECONDS after it finished starting (and installed the handler): wait for each's."""
+    deadline = time.monotonic() + 10
+    while True:
+        pids = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True).stdout.split()
+        started = 0
+        for pid in pids:
+            path = shared_dir / f"counter_{pid}.db"
+            if path.exists():
+                values = MmapedDict.read_all_values_from_file(str(path))
+                started += any("python_gc_collections" in key and value > 0 for key, value, *_ in values)
+        if started == workers:
+            return
+        assert time.monotonic() < deadline, "the workers never finished starting"
+        time.sleep(0.05)

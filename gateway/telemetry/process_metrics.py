@@ -7,7 +7,8 @@ and only what is in the shared files is summed. So:
 - `process_*` are read at scrape time from /proc for every worker (the children of granian's
   main process) and summed: memory, CPU seconds and open fds of the whole gateway; the start
   time and the fd limit are the smallest of the workers';
-- `python_gc_*` and `tollway_rate_limit_decisions_total`, which each worker counts as plain
+- `python_gc_*`, `tollway_rate_limit_decisions_total` and `tollway_config_reloads_total` (each
+  worker reloads itself), which each worker counts as plain
   numbers (nothing per request costs more than a dict increment), are added to the shared
   files by `SharedCounts.flush`: every `FLUSH_SECONDS` on each worker's loop, on the worker
   that answers a scrape just before it does, and at shutdown. Another worker's latest counts
@@ -25,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 FLUSH_SECONDS = 1.0
+RELOAD_RESULTS = ("ok", "rejected")
 WORKERS_ENV = "TOLLWAY_WORKERS"  # as tollway.gateway.limits.limiter.WORKERS_ENV (which imports metrics)
 _SMALLEST = ("process_start_time_seconds", "process_max_fds")  # not summed over workers
 _GC_FIELDS = (("collected", "python_gc_objects_collected", "Objects collected during gc"),
@@ -88,10 +90,21 @@ class SharedCounts:
         self._limits = Counter("tollway_rate_limit_decisions", limit_doc, ("limit", "decision"), registry=registry)
         self._gc = [(field, Counter(name, doc, ("generation",), registry=registry)) for field, name, doc in _GC_FIELDS]
         self._sent: dict[tuple[int, tuple[str, ...]], float] = {}  # (id of the counter, labels) -> total sent
+        self._reloads = Counter("tollway_config_reloads", "Config reloads by result.", ("result",), registry=registry)
+        for result in RELOAD_RESULTS:  # present at 0, as with one worker
+            self._reloads.labels(result)
+        self._reload_counts: Callable[[], dict[str, int] | None] = lambda: None
+
+    def track_reloads(self, counts: Callable[[], dict[str, int] | None]) -> None:
+        """Count the reloads `counts()` reports (the config watcher's, None before it exists)."""
+        self._reload_counts = counts
 
     def flush(self) -> None:
         for key, count in list(self._limit_counts.items()):
             self._add(self._limits, key, count)
+        reloads = self._reload_counts()
+        for result, count in (reloads or {}).items():
+            self._add(self._reloads, (result,), count)
         for generation, stats in enumerate(gc.get_stats()):
             for field, counter in self._gc:
                 self._add(counter, (str(generation),), stats[field])
