@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from collections.abc import Awaitable
 from typing import Any
 
@@ -33,6 +32,8 @@ from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway.telemetry.limit_metrics import LimitLevels
+from tollway.gateway.telemetry.logs import setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
@@ -65,7 +66,12 @@ class Gateway:
         # weakly, so they live here until done; one attribute each would drop a still-running one.
         self.background: set[asyncio.Task[Any]] = set()
         self.tracer = build_tracer(config.telemetry.traces, self.metrics)
-        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher))
+        shared = self.metrics.shared_counts  # --workers N: reloads are summed through the shared files
+        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher, reloads=shared is None))
+        if shared is not None:
+            shared.track_reloads(lambda: self.watcher.reloads if self.watcher is not None else None)
+        self.limit_levels = LimitLevels()  # read from the store per scrape, not per request
+        self.metrics.register(self.limit_levels)
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
@@ -109,6 +115,7 @@ class Gateway:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start()
         self.runtime.start(loop)
+        self.metrics.start(loop)
         if self.tracer is not None:
             self.tracer.exporter.start(loop)
         self.watcher = watcher_for(self)
@@ -130,6 +137,7 @@ class Gateway:
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
         self.access_log.flush()
+        self.metrics.close()
         token_count.shutdown()
 
     def start(self) -> None:
@@ -261,6 +269,7 @@ class Gateway:
 
     async def metrics_endpoint(self, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
         authorize_scrape(self.runtime.config.server, scope.headers.get("authorization"))  # 401 unless allowed
+        await self.limit_levels.refresh(self.limiter)
         ex.status = 200
         headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
         proto.response_bytes(200, headers, self.metrics.exposition())
@@ -268,18 +277,10 @@ class Gateway:
 
 def create_app() -> Gateway:
     """granian's factory target: the gateway for the config named by TOLLWAY_CONFIG."""
-    _setup_logging()
+    setup_logging()  # JSON on stderr; the access log owns stdout
     path = os.environ.get("TOLLWAY_CONFIG")
     if not path:
         raise SystemExit("TOLLWAY_CONFIG is not set; start the gateway with `tollway serve --config FILE`.")
     return Gateway(config_mod.load(path), path)
 
 
-def _setup_logging() -> None:
-    """Gateway diagnostics go to stderr; the access log owns stdout."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tollway.core.config import Config, Key, Provider, Routing, Timeouts
 from tollway.core.providers.base import Adapter, UpstreamCall
-from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, adapter_for
+from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, AdapterUnavailable, load_adapters
 from tollway.core.routing.health import HealthBoard
 from tollway.core.routing.table import RouteTable
 from tollway.core.security.keys import KeyTable
@@ -48,6 +48,7 @@ class ProviderRuntime:
         self.name = config.name
         self.transport: Transport = transport if transport is not None else _NOT_STARTED
         self.otel_name = OTEL_PROVIDER_NAMES.get(config.schema, config.schema)
+        self.adapters = provider_adapters(config)  # imported now, not by the first request using one
         # What an upstream could echo back (every provider's: one upstream may serve several);
         # the signer adds what it fetches at run time.
         self.secrets = secrets if secrets is not None else KnownSecrets(configured_secrets(config))
@@ -56,7 +57,7 @@ class ProviderRuntime:
         self.endpoints = endpoint_source(config, self.transport, self.policy)  # where each attempt goes
 
     def adapter(self, api: str) -> Adapter | None:
-        return adapter_for(api, self.config.schema)
+        return self.adapters.get(api)
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         """The call with credentials that need I/O or the clock applied (SigV4, OAuth)."""
@@ -91,6 +92,15 @@ class Runtime:
         """Providers of `previous` this runtime does not reuse: their pools should close."""
         kept = {id(p) for p in self.providers.values()}
         return [p for p in previous.providers.values() if id(p) not in kept]
+
+
+def provider_adapters(config: Provider) -> dict[str, Adapter]:
+    """Every adapter `config` can use, imported now (see registry.load_adapters); an adapter that
+    cannot be imported raises AdapterUnavailable naming the provider."""
+    try:
+        return load_adapters(config.schema)
+    except AdapterUnavailable as exc:
+        raise AdapterUnavailable(f"provider '{config.name}': {exc}") from exc
 
 
 def _provider(config: Provider, upstream: Transport | None, whole: Config, old: ProviderRuntime | None,

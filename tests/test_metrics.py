@@ -48,3 +48,14 @@ def test_error_statuses_are_counted(gateway):
     # Client-chosen names never become label values (unbounded cardinality): unknown models are "unknown".
     assert any(s.labels["status"] == "404" and s.labels["model"] == "unknown" for s in samples)
     assert not any(s.labels["model"] == "no-such-model" for s in samples)
+
+
+def test_process_and_python_metrics_describe_the_worker(gateway):
+    families = scrape(gateway)
+    assert families["process_resident_memory_bytes"].samples[0].value > 10 * 2**20
+    assert families["process_cpu_seconds"].samples[0].value > 0
+    assert families["process_open_fds"].samples[0].value > 0
+    assert families["process_start_time_seconds"].samples[0].value > 1.7e9
+    collections = {s.labels["generation"]: s.value for s in families["python_gc_collections"].samples}
+    assert set(collections) == {"0", "1", "2"} and collections["0"] > 0
+    assert families["python_info"].samples[0].labels["implementation"] == "CPython"

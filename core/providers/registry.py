@@ -1,7 +1,9 @@
 """Which adapter serves a (client API, provider schema) pair.
 
 Entries are import paths, so a provider's module (and whatever heavy library it needs)
-is imported only when a config actually uses that schema.
+is imported only when a config actually uses that schema. It is imported when the config is
+made live (`load_adapters`, at start and on reload), never by a request: a package replaced on
+disk under a running gateway (an upgrade) then cannot turn requests into import errors.
 """
 from __future__ import annotations
 
@@ -52,6 +54,12 @@ OTEL_PROVIDER_NAMES: dict[str, str] = {
 _loaded: dict[str, Adapter] = {}
 
 
+class AdapterUnavailable(ImportError):
+    """An adapter a configured provider needs cannot be imported (an incomplete or half-replaced
+    installation). Raised when the config is made live, so the gateway refuses to start, or a
+    reload is rejected, instead of answering requests with 500s."""
+
+
 def adapter_for(api: str, schema: str) -> Adapter | None:
     """The adapter instance for this pair, or None if the pair is not supported."""
     path = ADAPTERS.get((api, schema))
@@ -63,6 +71,24 @@ def adapter_for(api: str, schema: str) -> Adapter | None:
         made: Adapter = getattr(importlib.import_module(module), name)()
         adapter = _loaded[path] = made
     return adapter
+
+
+def load_adapters(schema: str) -> dict[str, Adapter]:
+    """Every adapter a provider of `schema` can use, by client API, imported now.
+
+    This includes the inner chat adapter an Anthropic-over-chat adapter hands its calls to: it
+    is the (chat, schema) pair, or for `fake` the `openai` one, the same module."""
+    adapters: dict[str, Adapter] = {}
+    for api in supported_apis(schema):
+        try:
+            adapter = adapter_for(api, schema)
+        except (ImportError, AttributeError) as exc:
+            raise AdapterUnavailable(
+                f"cannot load the {api} adapter of schema '{schema}' ({ADAPTERS[(api, schema)]}): {exc}; "
+                "is the tollway installation complete?") from exc
+        if adapter is not None:
+            adapters[api] = adapter
+    return adapters
 
 
 def supported_apis(schema: str) -> list[str]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from tollway.core import config as config_mod
 from tollway.core.config import Config
+from tollway.core.providers.registry import AdapterUnavailable
 
 if TYPE_CHECKING:
     from tollway.gateway.app import Gateway
@@ -61,6 +62,10 @@ class ConfigWatcher:
             return False
         try:
             self.apply(new)
+        except AdapterUnavailable as exc:  # the installation, not the file: say which module, no traceback
+            self.reloads["rejected"] += 1
+            log.error("config reload (%s) rejected, still serving the previous config: %s", reason, exc)
+            return False
         except Exception:  # a bug in applying must not end the poll task, and with it the watching
             self.reloads["rejected"] += 1
             log.exception("config reload (%s) failed, still serving the previous config", reason)

@@ -1,12 +1,20 @@
 """Running the gateway under granian (RSGI interface, uvloop, one process per worker)."""
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import sys
 
+from tollway.core import kernels
 from tollway.core.config import Config
+from tollway.core.providers.registry import AdapterUnavailable
 from tollway.gateway.lifecycle.listen import port_problem
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
+from tollway.gateway.runtime import provider_adapters
+from tollway.gateway.telemetry.logs import LOGGING, start_record
+
+log = logging.getLogger("tollway")
 
 
 def serve(config: Config, config_path: str, host: str, port: int, workers: int, reuse_port: bool = False) -> int:
@@ -27,6 +35,12 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
     if problem:
         print(f"tollway: refusing to start: {problem}", file=sys.stderr)
         return 2
+    try:  # in this process, before the workers fork: they inherit the modules, read from disk once
+        for provider in config.providers:
+            provider_adapters(provider)
+    except AdapterUnavailable as exc:
+        print(f"tollway: refusing to start: {exc}", file=sys.stderr)
+        return 2
     os.environ["TOLLWAY_CONFIG"] = config_path
     os.environ[WORKERS_ENV] = str(workers)
     server = TollwayServer(
@@ -38,9 +52,16 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
         loop=Loops.uvloop,
         factory=True,
         log_access=False,
+        log_dictconfig=copy.deepcopy(LOGGING),  # granian's lines as JSON on stderr too
         backlog=2048,
         drain_delay=config.server.drain_delay,
         drain_timeout=config.server.drain_timeout,
     )
+    _log_start(config, config_path, workers)  # after granian configured logging, before it forks
     server.serve()
     return 0
+
+
+def _log_start(config: Config, config_path: str, workers: int) -> None:
+    log.info("tollway starting: %d providers, %d models, %d keys", len(config.providers), len(config.models),
+             len(config.keys), extra={"fields": start_record(config, config_path, workers, kernels.ACTIVE)})

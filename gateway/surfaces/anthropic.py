@@ -14,9 +14,11 @@ from functools import partial
 import msgspec
 from granian.rsgi import HTTPProtocol, Scope
 
+from tollway.core.accounting.tokens import count_tokens
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import ClientAPI
 from tollway.core.providers.messages.errors import error_body, error_event
+from tollway.core.providers.messages.translate import decode_messages, to_chat_request
 from tollway.gateway.admission import Admitted, admit, forward
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.serving import Serving
@@ -104,10 +106,9 @@ class AnthropicAPI:
 
 
 def local_token_count(body: bytes, model: str) -> int:
-    """Tokens of an Anthropic request's text (system, messages, tool definitions)."""
-    from tollway.core.accounting.tokens import count_tokens  # noqa: PLC0415 - tiktoken loads only when counting
-    from tollway.core.providers.messages.translate import decode_messages, to_chat_request  # noqa: PLC0415
-
+    """Tokens of an Anthropic request's text (system, messages, tool definitions). Its modules
+    are imported with this one, not on first use: a request never imports code (registry.py).
+    (tiktoken is imported by token_count anyway; an encoding still loads on its first count.)"""
     chat = to_chat_request(decode_messages(body), model)
     text = msgspec.json.encode(chat.messages).decode() + (msgspec.json.encode(chat.tools).decode() if chat.tools else "")
     return count_tokens(text, model)

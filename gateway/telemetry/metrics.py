@@ -14,6 +14,7 @@ without limit. Model and provider labels must be names the current config knows
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from bisect import bisect_left
 from collections import defaultdict
@@ -30,6 +31,7 @@ from tollway.core import errors
 from tollway.core.config import Config, Server
 from tollway.core.errors import error_label
 from tollway.core.security.keys import bearer_matches
+from tollway.gateway.telemetry.process_metrics import FLUSH_SECONDS, SharedCounts, register_process_metrics
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -38,6 +40,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 disable_created_metrics()  # `_created` series double the exposition size and no dashboard reads them
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIMIT_DOC = "Rate-limit decisions by limit (bucket id) and decision (allowed|limited)."
 
 _GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 OTHER = "other"  # the label value of any name the config does not know
@@ -99,9 +102,14 @@ class Metrics:
             ("outcome",), registry=r,
         )
         # Plain dict counts, exported at scrape time: a labelled Counter costs ~0.6 us per
-        # bucket per request, this ~0.05 us (the event loop is the only writer).
+        # bucket per request, this ~0.05 us (the event loop is the only writer). --workers N:
+        # carried into the shared files off the request path (process_metrics.SharedCounts).
         self.limit_counts: dict[tuple[str, str], int] = defaultdict(int)
-        self.register(_LimitDecisions(self.limit_counts))
+        self.shared_counts: SharedCounts | None = SharedCounts(r, self.limit_counts, _LIMIT_DOC) if shared else None
+        self._flush_timer: asyncio.TimerHandle | None = None
+        if not shared:
+            self.register(_LimitDecisions(self.limit_counts))
+        register_process_metrics(r, shared, self.register)
         self.limit_store_errors = Counter(
             "tollway_rate_limit_store_errors", "Limit decisions made without the bucket store, by backend and on_store_error.",
             ("backend", "mode"), registry=r,
@@ -130,16 +138,40 @@ class Metrics:
         """Count one rate-limit decision on one limit (bucket id): allowed or limited."""
         self.limit_counts[(limit, decision)] += 1
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Multiprocess mode: carry this worker's plain counts into the shared files every
+        FLUSH_SECONDS on `loop` (see process_metrics)."""
+        if self.shared_counts is None:
+            return
+
+        def tick() -> None:
+            self.flush_shared()
+            self._flush_timer = loop.call_later(FLUSH_SECONDS, tick)
+
+        self._flush_timer = loop.call_later(FLUSH_SECONDS, tick)
+
+    def close(self) -> None:
+        """Stop the flushing and flush what is left (the worker is exiting)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self.flush_shared()
+
+    def flush_shared(self) -> None:
+        if self.shared_counts is not None:
+            self.shared_counts.flush()
+
     def exposition(self) -> bytes:
         """The Prometheus text of this worker, or of all workers in multiprocess mode.
 
         With `--workers N`, `tollway serve` sets PROMETHEUS_MULTIPROC_DIR before any worker
         starts, so counters and histograms are summed over every worker, whichever one
-        answers the scrape. Collectors computed at scrape time (limit decisions, routing
-        state) describe the worker that answered.
+        answers the scrape (this worker's plain counts are flushed first, the others' are at
+        most FLUSH_SECONDS old), and process_* over every worker's process. Routing state
+        (RoutingCollector) describes the worker that answered.
         """
         if not os.environ.get(MULTIPROC_ENV):
             return generate_latest(self.registry)
+        self.flush_shared()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         for collector in self._scrape_time:
@@ -170,9 +202,7 @@ class _LimitDecisions(Collector):
         self.counts = counts
 
     def collect(self) -> list[CounterMetricFamily]:
-        family = CounterMetricFamily("tollway_rate_limit_decisions",
-                                     "Rate-limit decisions by limit (bucket id) and decision (allowed|limited).",
-                                     labels=("limit", "decision"))
+        family = CounterMetricFamily("tollway_rate_limit_decisions", _LIMIT_DOC, labels=("limit", "decision"))
         for (limit, decision), count in list(self.counts.items()):
             family.add_metric((limit, decision), count)
         return [family]

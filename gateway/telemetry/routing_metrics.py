@@ -7,7 +7,13 @@
 - `tollway_pool_endpoint_waiting|running|kv_cache_usage|in_flight{provider,endpoint}`: what
   the picker saw: the replica's scraped vLLM queue, running batch and KV-cache use, and the
   requests this worker has in flight there.
-- `tollway_config_reloads_total{result}`: reloads applied ("ok") and rejected.
+- `tollway_config_reloads_total{result}`: reloads applied ("ok") and rejected. Each worker
+  reloads itself; with --workers N the count is summed over the workers through the shared
+  files (process_metrics.SharedCounts), so this collector leaves it out (`reloads=False`).
+
+With --workers N the gauges are the answering worker's view: each worker has its own breakers
+and in-flight counts, and the endpoint series must follow the current pools (never
+accumulated), which the multiprocess files, kept per process until it exits, cannot do.
 """
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ _LABELS = ["provider", "endpoint"]
 class RoutingCollector:
     """A prometheus_client collector over the gateway's current runtime."""
 
-    def __init__(self, runtime: Callable[[], Any], watcher: Callable[[], Any]) -> None:
-        self._runtime, self._watcher = runtime, watcher
+    def __init__(self, runtime: Callable[[], Any], watcher: Callable[[], Any], reloads: bool = True) -> None:
+        self._runtime, self._watcher, self._with_reloads = runtime, watcher, reloads
 
     def collect(self) -> Iterator[Metric]:
         rt, now = self._runtime(), time.monotonic()
@@ -54,7 +60,8 @@ class RoutingCollector:
         yield available
         yield ejections
         yield from pool.values()
-        yield from self._reloads()
+        if self._with_reloads:
+            yield from self._reloads()
 
     def _reloads(self) -> Iterator[Metric]:
         reloads = CounterMetricFamily("tollway_config_reloads", "Config reloads by result.", labels=["result"])
