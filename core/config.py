@@ -119,17 +119,43 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     match: str | None = None  # a regex of public names this entry also serves
 
 
+class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A calendar budget (UTC): past `usd` spent this period, requests get 429 insufficient_quota
+    until the next one. Distinct from a `cost_usd` rate limit, which refills continuously."""
+
+    usd: float
+    period: Literal["day", "week", "month"] = "month"
+
+
 class Key(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     key_hash: str
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     team: str | None = None
     limits: list[Limit] = []
+    budget: Budget | None = None
 
 
 class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     limits: list[Limit] = []
+    budget: Budget | None = None
+
+
+class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Persisted state: the usage ledger (and, next, runtime keys and the audit trail)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: str = "tollway.db"  # sqlite; relative to the config file
+    url: str | None = None  # postgres, e.g. postgresql://postgres@127.0.0.1:5432/tollway
+
+
+class Ledger(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True  # with a store configured
+    retention_days: int = 90  # raw records; the hourly and daily rollups are kept
+    buffer_records: int = 100_000  # records waiting for the database; past it they are dropped and counted
+    batch_records: int = 2000  # records per database write
+    flush_interval: float = 0.5  # seconds a record may wait for a batch to fill
 
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -214,6 +240,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: Server = Server()
     routing: Routing = Routing()
     telemetry: Telemetry = Telemetry()
+    store: Store | None = None  # absent: no ledger, no persisted state
+    ledger: Ledger = Ledger()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -464,7 +492,27 @@ def problems(config: Config) -> list[tuple[Path, str]]:
     _validate_limits(config, fail)
     if config.telemetry.traces is not None:
         _validate_traces(config.telemetry.traces, fail)
+    _validate_ledger(config, fail)
     return found
+
+
+def _validate_ledger(config: Config, fail: Fail) -> None:
+    store, ledger = config.store, config.ledger
+    if store is not None and store.backend == "postgres" and not store.url:
+        fail(["store", "url"], "the postgres backend needs a url, e.g. postgresql://user@host:5432/tollway")
+    if store is not None and store.backend == "sqlite" and not store.path:
+        fail(["store", "path"], "the sqlite backend needs a file path")
+    if ledger.retention_days < 1:
+        fail(["ledger", "retention_days"], "must be at least 1 day")
+    for field in ("buffer_records", "batch_records"):
+        if getattr(ledger, field) < 1:
+            fail(["ledger", field], "must be at least 1")
+    if not 0 < ledger.flush_interval < float("inf"):
+        fail(["ledger", "flush_interval"], "must be a finite number of seconds > 0")
+    for section, owners in (("keys", config.keys), ("teams", config.teams)):
+        for i, owner in enumerate(owners):
+            if owner.budget is not None and not 0 <= owner.budget.usd < float("inf"):
+                fail([section, i, "budget", "usd"], "must be a finite number of USD >= 0")
 
 
 def _validate_references(config: Config, fail: Fail) -> None:

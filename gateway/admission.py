@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import errors
+from tollway.core.ledger.tags import HEADER as TAGS_HEADER
+from tollway.core.ledger.tags import parse_tags
 from tollway.core.request import RequestHead, parse_head, with_model
 from tollway.core.routing.table import Route
 from tollway.gateway.downstream.watchdog import BODY
@@ -66,8 +68,7 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     finally:
         if lease is not None and limiter is not None:  # also when it failed or the client left
             limiter.settle(lease, ex.usage, ex.upstream_model)
-        for after in pipeline.after_response:
-            after(req, ex)
+        ex.cost_usd = req.runtime.prices.cost(req.route.name, ex.upstream_model, ex.usage)
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,
@@ -75,7 +76,11 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes."""
     rt, tracer = serving.runtime, serving.tracer
     key = authenticate(rt, surface, scope)
-    ex.key_name = key.key.name
+    ex.key_name, ex.team = key.key.name, key.key.team
+    ex.after = serving.pipeline.after_response  # from here on the request is someone's: record it
+    tags = scope.headers.get(TAGS_HEADER)
+    if tags:
+        ex.tags = parse_tags(tags)
     if surface.passed_headers:  # (OpenAI's passes none: no call on its hot path)
         ex.passed_headers = passed_headers(surface, scope)
     if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names

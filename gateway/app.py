@@ -255,6 +255,15 @@ class Gateway:
             self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)
         if self.access_log.enabled:  # building the record is most of the cost: skip it when off
             self.access_log.write(ex.log_record())
+        if ex.cost_usd:
+            self.metrics.observe_cost(ex.team, ex.route, ex.provider, ex.cost_usd)
+        elif ex.cost_usd is None:
+            self.metrics.unpriced(ex.route)
+        for after in ex.after:
+            try:
+                after(ex)
+            except Exception:  # noqa: BLE001 - a feature's bug must not take the request's worker down
+                log.exception("an after_response hook failed (request %s)", ex.request_id)
 
     # -- operations ------------------------------------------------------------------------
 

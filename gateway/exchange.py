@@ -8,12 +8,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tollway.core.errors import echoed, error_label
+from tollway.core.ledger.periods import rfc3339
 from tollway.ext.usage import Usage
 
 if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol, Scope
 
-    from tollway.gateway.pipeline import OnChunk
+    from tollway.gateway.pipeline import AfterResponse, OnChunk
     from tollway.gateway.telemetry.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -27,15 +28,18 @@ def request_id(client_value: str | None) -> str:
 
 
 class Exchange:
-    __slots__ = ("request_id", "start", "api", "key_name", "model", "provider", "otel_provider",
+    __slots__ = ("request_id", "start", "ts", "api", "key_name", "team", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
-                 "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk")
+                 "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
+                 "tags", "attempts", "cost_usd", "after")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
         self.start = time.perf_counter()
+        self.ts = time.time()  # when it arrived, for the ledger and the log line
         self.api = api
         self.key_name: str | None = None
+        self.team: str | None = None
         self.model: str | None = None
         self.provider: str | None = None
         self.otel_provider: str = "none"
@@ -57,14 +61,22 @@ class Exchange:
         self.watcher: asyncio.Future[Any] | bool | None = None
         self.cancel_reason: str | None = None
         self.on_chunk: tuple[OnChunk, ...] = ()  # the pipeline's per-chunk hooks (tollway.gateway.pipeline)
+        self.tags: tuple[str, ...] = ()  # x-tollway-tags (tollway.core.ledger.tags)
+        self.attempts = 0  # upstream attempts made
+        self.cost_usd: float | None = 0.0  # None: the model has no price (tollway.core.accounting.pricebook)
+        # The pipeline's after_response hooks, set once the key is known: the app runs them
+        # when the request is finished, whatever ended it (tollway.gateway.pipeline).
+        self.after: tuple[AfterResponse, ...] = ()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def log_record(self) -> dict[str, object]:
-        u = self.usage
+        u, scope = self.usage, self.scope
         return {
-            "request_id": self.request_id, "key": self.key_name, "api": self.api,
+            "ts": rfc3339(self.ts), "request_id": self.request_id, "key": self.key_name, "team": self.team,
+            "api": self.api, "path": echoed(scope.path) if scope is not None else None,
+            "client_ip": client_ip(scope.client) if scope is not None else None,
             "model": echoed(self.model) if self.model else self.model,  # client text: cut
             "provider": self.provider,
             "upstream_model": echoed(self.upstream_model) if self.upstream_model else None, "status": self.status,
@@ -72,4 +84,15 @@ class Exchange:
             "prompt_tokens": u.prompt_tokens if u else None, "completion_tokens": u.completion_tokens if u else None,
             "latency_ms": round(self.elapsed() * 1000, 3),
             "ttfb_ms": round((self.first_byte - self.start) * 1000, 3) if self.first_byte else None,
+            "cost_usd": self.cost_usd,
         }
+
+
+def client_ip(peer: str | None) -> str | None:
+    """The address of granian's `ip:port` (IPv6 `[::1]:port` or `::1:port`) without the port."""
+    if not peer:
+        return None
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return host.strip("[]")

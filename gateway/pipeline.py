@@ -1,6 +1,6 @@
 """The request path's named seams, where features that act on every request plug in.
 
-    admit → limits → [before_upstream] → upstream → relay, each chunk → [on_chunk] → settle → [after_response]
+    admit → limits → [before_upstream] → upstream → relay, each chunk → [on_chunk] → settle → … → [after_response]
 
 Each seam is a tuple of hooks run in order. A seam nothing uses costs one truth test per
 request (per chunk for `on_chunk`): the gateway without features pays nothing more. What is
@@ -33,9 +33,11 @@ class OnChunk(Protocol):
 
 
 class AfterResponse(Protocol):
-    def __call__(self, req: Admitted, ex: Exchange) -> None:
-        """Called once the request is answered and settled (also when it failed): `ex` has
-        its status, usage and error. Must not wait: queue anything slow."""
+    def __call__(self, ex: Exchange) -> None:
+        """Called once per request whose key was accepted, when it is finished and settled,
+        whatever ended it (an answer, a refusal such as a 400 or 429, an upstream failure, a
+        client that left): `ex` has its key, team, status, usage, cost and error. Runs in
+        the app's `_finish`, after the response went out. Must not wait: queue anything slow."""
 
 
 @dataclass(frozen=True, slots=True)

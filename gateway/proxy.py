@@ -104,6 +104,7 @@ class Proxy:
     async def _try_target(self, rt: Runtime, ex: Exchange, route: Route, target: Target, head: RequestHead,
                           body: bytes, proto: HTTPProtocol, base_headers: list[tuple[str, str]], broken: set[str]) -> None:
         """One attempt on one endpoint of `target`, with its outcome fed to the breakers."""
+        ex.attempts += 1
         provider = rt.providers[target.provider]
         upstream_model = route.upstream_model(target, head.model or route.name)
         ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, upstream_model

@@ -12,6 +12,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+from tollway.core.accounting.pricebook import PriceBook
 from tollway.core.config import Config, Key, Provider, Routing, Timeouts
 from tollway.core.providers.base import Adapter, UpstreamCall
 from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, AdapterUnavailable, load_adapters
@@ -69,6 +70,7 @@ class Runtime:
         self.config = config
         self.routes = RouteTable(config)
         self.metric_labels = MetricLabels(config)  # the names metrics may use as label values
+        self.prices = PriceBook(config)  # what a response costs (ledger, budgets, x-tollway-cost-usd)
         self.keys: KeyTable[KeyRecord] = KeyTable(
             {k.key_hash: _record(k) for k in config.keys}, pepper=config.server.key_pepper
         )

@@ -90,8 +90,8 @@ async def test_before_upstream_sees_the_admitted_request_and_can_refuse_it() -> 
 async def test_after_response_runs_once_with_the_settled_exchange_also_on_failure() -> None:
     records: list[tuple[int, int | None, str]] = []
 
-    def record(req: Admitted, ex: Exchange) -> None:
-        records.append((ex.status, ex.usage.completion_tokens if ex.usage else None, req.route.name))
+    def record(ex: Exchange) -> None:
+        records.append((ex.status, ex.usage.completion_tokens if ex.usage else None, ex.route))
 
     async def fail(req: Admitted, ex: Exchange) -> None:
         raise errors.bad_request("no")
@@ -102,6 +102,7 @@ async def test_after_response_runs_once_with_the_settled_exchange_also_on_failur
     assert (status, route) == (200, "m") and completion_tokens is not None and completion_tokens > 0
     await _call(Pipeline(before_upstream=(fail,), after_response=(record,)))
     assert len(records) == 2, "after_response runs for a refused request too"
+    assert records[1][0] == 400, "and sees the status the client got"
 
 
 async def test_on_chunk_rewrites_each_streamed_chunk_and_can_end_the_stream_with_an_error() -> None:

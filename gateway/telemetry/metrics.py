@@ -52,7 +52,7 @@ class MetricLabels:
     """The model and provider label values one config allows. Built once per config (the
     Runtime holds one, so a reload swaps it with the routes); read per request."""
 
-    __slots__ = ("models", "upstream_models", "providers")
+    __slots__ = ("models", "upstream_models", "providers", "teams")
 
     def __init__(self, config: Config) -> None:
         models = frozenset(m.name for m in config.models)
@@ -62,6 +62,7 @@ class MetricLabels:
         targets = frozenset(t.model for m in config.models for t in m.targets if t.model)
         self.upstream_models = models | targets | {""}  # "": no upstream was tried
         self.providers = frozenset(p.name for p in config.providers) | {"none"}  # "none": no provider was chosen
+        self.teams = frozenset(t.name for t in config.teams) | {"none"}  # "none": a key without a team
 
 
 _NO_NAMES = MetricLabels(Config())  # a Metrics that follows no config: every model and provider is `other`
@@ -110,6 +111,12 @@ class Metrics:
         if not shared:
             self.register(_LimitDecisions(self.limit_counts))
         register_process_metrics(r, shared, self.register)
+        self.cost_usd = _series(shared, r, Counter, (
+            "tollway_cost_usd", "Spend in USD by team, public model and provider (priced usage only).",
+            ("team", "model", "provider")))
+        self.unpriced_requests = _series(shared, r, Counter, (
+            "tollway_unpriced_requests", "Requests whose model has no price: their cost is recorded as null.",
+            ("model",)))
         self.limit_store_errors = Counter(
             "tollway_rate_limit_store_errors", "Limit decisions made without the bucket store, by backend and on_store_error.",
             ("backend", "mode"), registry=r,
@@ -129,6 +136,15 @@ class Metrics:
             response_model = response_model if response_model in names.upstream_models else OTHER
             self.token_usage.add((operation, provider, model, response_model, "input"), input_tokens)
             self.token_usage.add((operation, provider, model, response_model, "output"), output_tokens)
+
+    def observe_cost(self, team: str | None, model: str, provider: str | None, usd: float) -> None:
+        names = self._labels()
+        self.cost_usd.add((team if team in names.teams else "none" if team is None else OTHER,
+                           model if model in names.models else OTHER,
+                           provider if provider in names.providers else OTHER), usd)
+
+    def unpriced(self, model: str) -> None:
+        self.unpriced_requests.add((model if model in self._labels().models else OTHER,), 1)
 
     def observe_ttft(self, operation: str, provider: str, model: str, seconds: float) -> None:
         """Record a stream's time to its first chunk."""

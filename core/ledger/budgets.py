@@ -1,0 +1,94 @@
+"""Calendar budgets: how much a key or team may spend per day, week or month (UTC).
+
+A `BudgetBook` holds, for each owner with a `budget:`, what it spent in the current period,
+and decides: `refusal` says why a request must be refused (or None), `charge` adds a
+finished request's cost. It takes `now` and does no I/O: the gateway rebuilds `spent` from
+the ledger at start and, with Redis, shares it between replicas
+(tollway.gateway.store.budget_sync).
+
+Streams are charged when they end, and requests in flight are not reserved against the
+budget, so an owner can overshoot by what its requests in flight at the moment the budget
+ran out go on to cost (docs/ledger.md, "Overshoot").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tollway.core import errors
+from tollway.core.config import Budget, Config
+from tollway.core.errors import GatewayError
+from tollway.core.ledger.periods import period_end, period_start, rfc3339
+
+Owner = tuple[str, str]  # ("key" | "team", name)
+
+
+@dataclass(slots=True)
+class Account:
+    budget: Budget
+    start: float = 0.0  # the current period's start (UNIX seconds)
+    end: float = 0.0
+    spent: float = 0.0  # USD this period
+
+    def roll(self, now: float) -> bool:
+        """Move to the period holding `now`; True if that started a new one."""
+        if self.start <= now < self.end:
+            return False
+        self.start, self.end, self.spent = period_start(now, self.budget.period), period_end(now, self.budget.period), 0.0
+        return True
+
+
+@dataclass(slots=True)
+class BudgetBook:
+    accounts: dict[Owner, Account] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: Config, now: float) -> BudgetBook:
+        book = cls({("key", k.name): Account(k.budget) for k in config.keys if k.budget is not None}
+                   | {("team", t.name): Account(t.budget) for t in config.teams if t.budget is not None})
+        for account in book.accounts.values():
+            account.roll(now)
+        return book
+
+    def __bool__(self) -> bool:
+        return bool(self.accounts)
+
+    def refusal(self, key: str | None, team: str | None, now: float) -> GatewayError | None:
+        """The 429 for a request of `key` (in `team`) if either has spent its budget."""
+        for owner in (("key", key), ("team", team)):
+            if owner[1] is None:
+                continue
+            account = self.accounts.get(owner)  # type: ignore[arg-type]
+            if account is None:
+                continue
+            account.roll(now)
+            if account.spent >= account.budget.usd:
+                return _exhausted(owner[0], owner[1], account)
+        return None
+
+    def charge(self, key: str | None, team: str | None, usd: float, now: float) -> list[tuple[Owner, Account]]:
+        """Add `usd` to the key's and the team's accounts; the ones charged."""
+        charged = []
+        for owner in (("key", key), ("team", team)):
+            account = self.accounts.get(owner) if owner[1] is not None else None  # type: ignore[arg-type]
+            if account is not None:
+                account.roll(now)
+                account.spent += usd
+                charged.append((owner, account))  # type: ignore[arg-type]
+        return charged
+
+    def status(self, now: float) -> list[dict[str, object]]:
+        """`/admin/budgets`' items."""
+        out: list[dict[str, object]] = []
+        for (kind, name), account in sorted(self.accounts.items()):
+            account.roll(now)
+            out.append({kind: name, "owner": kind, "budget_usd": account.budget.usd, "period": account.budget.period,
+                        "spent_usd": round(account.spent, 10),
+                        "remaining_usd": round(max(account.budget.usd - account.spent, 0.0), 10),
+                        "resets_at": rfc3339(account.end)})
+        return out
+
+
+def _exhausted(kind: str, name: str, account: Account) -> GatewayError:
+    message = (f"The {kind} '{name}' has spent its budget of {account.budget.usd:g} USD for this "
+               f"{account.budget.period} ({account.spent:.4f} USD). It resets at {rfc3339(account.end)}.")
+    return errors.budget_exceeded(message, [("x-tollway-budget-resets-at", rfc3339(account.end))])

@@ -1,0 +1,51 @@
+"""The usage record: one per proxied request, the ledger's row and `/admin/requests`' item.
+
+Its field names are a contract (issue 12): reports, exports and users' queries rely on them.
+It holds counts, names and times, never a prompt, a completion or a credential: every text
+field is a configured name, a closed-vocabulary label, an id the gateway made, or a
+client-sent value it validated (`request_id`, `tags`, `model` cut to a bounded length).
+"""
+from __future__ import annotations
+
+import msgspec
+
+MAX_MODEL_CHARS = 256  # a client names `model`; a row must not carry an essay
+
+
+class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    ts: float  # when the request arrived, UNIX seconds (RFC 3339 in JSON answers)
+    request_id: str  # the response's x-request-id
+    key: str | None  # the key's name
+    key_id: str | None
+    team: str | None
+    model: str | None  # the public name the client asked for
+    provider: str | None  # the provider's config name (the last attempt's)
+    upstream_model: str | None
+    api: str  # chat, completions, embeddings, responses, messages, ...
+    status: int  # the HTTP status the client got
+    error: str | None  # the closed vocabulary of tollway.core.errors.error_label
+    stream: bool
+    input_tokens: int = 0  # all of the prompt, cached and cache-write tokens included
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0  # all of the completion, reasoning tokens included
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None  # None: the model has no price
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None  # streams: time to the first byte sent
+    attempts: int = 0
+    cache_hit: bool = False
+    tags: tuple[str, ...] = ()
+    trace_id: str | None = None
+
+
+FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
+
+# The token classes, in the order reports list them.
+TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+
+
+def key_id_of(name: str) -> str:
+    """The id of a key defined in the config file. Derived from its name, never from its
+    digest (a digest prefix would help an offline guess of a weak key)."""
+    return "config:" + name

@@ -1,0 +1,182 @@
+"""The ledger's writer: usage records queued on the request path, written in batches off it.
+
+`submit` is all a request pays: an append to a bounded deque. A task on the gateway's loop
+takes up to `ledger.batch_records` at a time and writes them in one transaction. A slow or
+dead database never slows or fails a request: records wait (up to `ledger.buffer_records`,
+the batch being written included) while the writer retries with a growing pause; past that
+bound new records are dropped, counted (`tollway_ledger_dropped_total`) and logged once per
+incident (an incident ends when a write succeeds again). On shutdown `close` writes what is
+queued within its deadline; what is left then is dropped and counted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tollway.core.config import Ledger as LedgerConfig
+from tollway.core.ledger.periods import DAY
+from tollway.core.ledger.record import UsageRecord
+from tollway.gateway.store import LedgerStore, StoreError
+
+log = logging.getLogger("tollway")
+_RETRY_MIN, _RETRY_MAX = 0.25, 5.0  # seconds between attempts while the database fails
+_PRUNE_EVERY = 3600.0  # seconds between retention passes
+
+
+class LedgerCounters:
+    """The ledger's Prometheus counters, registered once per gateway (a reload may replace the
+    Ledger; the counts go on)."""
+
+    def __init__(self, registry: object) -> None:
+        self.written = Counter("tollway_ledger_written", "Usage records written to the ledger database.",
+                               registry=registry)  # type: ignore[arg-type]
+        self.dropped = Counter("tollway_ledger_dropped", "Usage records dropped: the queue was full, or shutdown "
+                               "came before the database took them.", registry=registry)  # type: ignore[arg-type]
+        self.errors = Counter("tollway_ledger_write_errors", "Failed ledger writes (each is retried).",
+                              registry=registry)  # type: ignore[arg-type]
+
+
+class Ledger:
+    def __init__(self, store: LedgerStore, config: LedgerConfig, counters: LedgerCounters,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.config = config
+        self.counters = counters
+        self.clock = clock
+        self._queue: deque[UsageRecord] = deque()
+        self._in_flight = 0  # records of the batch being written: they count against the buffer
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dropping = False  # an incident of drops is under way (logged once)
+        self._failing = False  # an incident of write errors is under way (logged once)
+        self._closing = False
+        self._next_prune = 0.0
+
+    # -- the request path ---------------------------------------------------------------
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue one record; never waits, never raises."""
+        if len(self._queue) + self._in_flight >= self.config.buffer_records or self._closing:
+            self.counters.dropped.inc()
+            if not self._dropping:
+                self._dropping = True
+                log.warning("ledger: %d records are waiting for the database; new usage records are dropped "
+                            "(tollway_ledger_dropped_total) until it catches up", self.config.buffer_records)
+            return
+        self._queue.append(record)
+        if len(self._queue) >= self.config.batch_records:
+            self._wake.set()
+
+    # -- the writer ---------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) + self._in_flight
+
+    def lag(self) -> float:
+        """Seconds the oldest unwritten record has waited (0 when none waits)."""
+        return max(self.clock() - self._queue[0].ts, 0.0) if self._queue else 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        pause = _RETRY_MIN
+        while not self._closing:
+            if not self._queue:
+                await self._sleep(self.config.flush_interval)
+            elif len(self._queue) < self.config.batch_records:  # let a batch fill, a little
+                await self._sleep(self.config.flush_interval)
+            if await self._write_batch():
+                pause = _RETRY_MIN
+                await self._maybe_prune()
+            else:
+                await self._sleep(pause)
+                pause = min(pause * 2, _RETRY_MAX)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _write_batch(self) -> bool:
+        """Write the oldest batch; on failure put it back in front. True unless it failed."""
+        if not self._queue:
+            return True
+        n = min(len(self._queue), self.config.batch_records)
+        batch = [self._queue.popleft() for _ in range(n)]
+        self._in_flight = n
+        try:
+            await self.store.write(batch)
+        except (StoreError, OSError) as exc:
+            self._queue.extendleft(reversed(batch))
+            self.counters.errors.inc()
+            if not self._failing:
+                self._failing = True
+                log.warning("ledger: writing to the %s database failed (%s); %d records wait and are retried",
+                            self.store.backend, exc, len(self._queue))
+            return False
+        finally:
+            self._in_flight = 0
+        self.counters.written.inc(n)
+        if self._failing or self._dropping:
+            log.info("ledger: the %s database takes records again", self.store.backend)
+        self._failing = self._dropping = False
+        return True
+
+    async def _maybe_prune(self) -> None:
+        now = self.clock()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + _PRUNE_EVERY
+        try:
+            removed = await self.store.prune(now - self.config.retention_days * DAY)
+        except (StoreError, OSError) as exc:
+            log.warning("ledger: removing records older than %d days failed: %s", self.config.retention_days, exc)
+            return
+        if removed:
+            log.info("ledger: removed %d records older than %d days", removed, self.config.retention_days)
+
+    async def close(self, deadline: float) -> None:
+        """Stop the writer, write what is queued within `deadline` seconds, close the store."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._flush(), deadline)
+        except TimeoutError:
+            pass
+        if self._queue:
+            self.counters.dropped.inc(len(self._queue))
+            log.warning("ledger: %d usage records could not be written before shutdown", len(self._queue))
+            self._queue.clear()
+        await self.store.aclose()
+
+    async def _flush(self) -> None:
+        while self._queue:
+            if not await self._write_batch():
+                await asyncio.sleep(_RETRY_MIN)
+
+
+class LedgerGauges(Collector):
+    """tollway_ledger_queued and tollway_ledger_lag_seconds of this worker, read per scrape."""
+
+    def __init__(self, ledger: Callable[[], Ledger | None]) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ledger = self.ledger()
+        yield GaugeMetricFamily("tollway_ledger_queued", "Usage records waiting to be written to the ledger.",
+                                value=ledger.queued if ledger is not None else 0)
+        yield GaugeMetricFamily("tollway_ledger_lag_seconds", "Age of the oldest usage record not yet written.",
+                                value=ledger.lag() if ledger is not None else 0)

@@ -1,0 +1,224 @@
+"""The ledger in SQLite: one file, the embedded default for a single gateway process.
+
+sqlite3 blocks, so every call runs on one thread of the store's own (one connection, used
+by one thread at a time, is how SQLite wants it); the event loop only awaits its results.
+WAL journaling lets reports read while the writer writes, and lets the workers of one
+`--workers N` gateway share the file (each waits up to `_BUSY_MS` for the others' writes).
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from tollway.core.ledger.periods import DAY
+from tollway.core.ledger.record import FIELDS, UsageRecord
+from tollway.core.ledger.report import Group, SpendQuery
+from tollway.core.ledger.rollup import SUMS, RollupKey, daily, hourly
+from tollway.core.ledger.periods import segments
+from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
+
+T = TypeVar("T")
+_BUSY_MS = 5000
+_PRUNE_BATCH = 5000  # rows per DELETE: short transactions, so the writer never waits long
+
+_ROLLUP_COLUMNS = """bucket INTEGER NOT NULL, key TEXT NOT NULL, key_id TEXT NOT NULL, team TEXT NOT NULL,
+    model TEXT NOT NULL, provider TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+    unpriced_requests INTEGER NOT NULL, input_tokens INTEGER NOT NULL, cached_input_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL, PRIMARY KEY (bucket, key, key_id, team, model, provider)"""
+
+# Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"""CREATE TABLE usage_records (ts REAL NOT NULL, request_id TEXT NOT NULL, key TEXT, key_id TEXT,
+            team TEXT, model TEXT, provider TEXT, upstream_model TEXT, api TEXT NOT NULL, status INTEGER NOT NULL,
+            error TEXT, stream INTEGER NOT NULL, input_tokens INTEGER NOT NULL, cached_input_tokens INTEGER NOT NULL,
+            cache_write_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
+            cost_usd REAL, latency_ms REAL NOT NULL, ttft_ms REAL, attempts INTEGER NOT NULL,
+            cache_hit INTEGER NOT NULL, tags TEXT, trace_id TEXT)""",
+        "CREATE INDEX usage_records_ts ON usage_records (ts)",
+        "CREATE INDEX usage_records_key_ts ON usage_records (key, ts)",
+        f"CREATE TABLE usage_hourly ({_ROLLUP_COLUMNS}) WITHOUT ROWID",
+        f"CREATE TABLE usage_daily ({_ROLLUP_COLUMNS}) WITHOUT ROWID",
+    ),
+)
+VERSION = len(MIGRATIONS)
+
+_INSERT = f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
+_SUM_SET = ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
+_UPSERT = ("INSERT INTO {table} (bucket, key, key_id, team, model, provider, " + ", ".join(SUMS) + ") VALUES ("
+           + ", ".join("?" * (6 + len(SUMS))) + ") ON CONFLICT (bucket, key, key_id, team, model, provider) "
+           "DO UPDATE SET " + _SUM_SET)
+
+# The sums over raw records, in SUMS order; and a dimension's expression in each table.
+_RAW_SUMS = ("COUNT(*), SUM(status >= 400 OR error IS NOT NULL), SUM(cost_usd IS NULL), SUM(input_tokens), "
+             "SUM(cached_input_tokens), SUM(cache_write_tokens), SUM(output_tokens), SUM(reasoning_tokens), "
+             "TOTAL(cost_usd)")
+_ROLLUP_SUMS = ", ".join(f"SUM({s})" for s in SUMS)
+_RAW_DIM = {"key": "key", "team": "team", "model": "model", "provider": "provider",
+            "day": f"CAST(ts / {DAY:.0f} AS INTEGER) * {DAY:.0f}", "tag": "tag.value"}
+_ROLLUP_DIM = {"key": "NULLIF(key, '')", "team": "NULLIF(team, '')", "model": "NULLIF(model, '')",
+               "provider": "NULLIF(provider, '')", "day": f"bucket / {DAY:.0f} * {DAY:.0f}"}
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            raise StoreError("the SQLite ledger is not open")
+        try:
+            return fn(self._db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite ({self.path}): {exc}") from None
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
+
+    def _open(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            _migrate(db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
+        self._db = db
+
+    async def write(self, records: Sequence[UsageRecord]) -> None:
+        rows = [_row(r) for r in records]
+        hours, days = _rollup_rows(hourly(records)), _rollup_rows(daily(records))
+        await self._run(lambda db: _write(db, rows, hours, days))
+
+    async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
+        return await self._run(lambda db: _spend(db, query))
+
+    async def requests(self, where: RequestFilter) -> list[UsageRecord]:
+        return await self._run(lambda db: _requests(db, where))
+
+    async def prune(self, before: float) -> int:
+        removed = 0
+        while True:  # in batches: each DELETE is a short transaction the writer can slip between
+            n = await self._run(lambda db: db.execute(
+                "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records WHERE ts < ? LIMIT ?)",
+                (before, _PRUNE_BATCH)).rowcount)
+            removed += n
+            if n < _PRUNE_BATCH:
+                return removed
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=False)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")  # one migrator at a time, also across processes
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS tollway_schema (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM tollway_schema").fetchone()
+        found = row[0] if row else 0
+        if found > VERSION:
+            raise schema_too_new(found, VERSION)
+        for statements in MIGRATIONS[found:]:
+            for sql in statements:
+                db.execute(sql)
+        if row is None:
+            db.execute("INSERT INTO tollway_schema (version) VALUES (?)", (VERSION,))
+        else:
+            db.execute("UPDATE tollway_schema SET version = ?", (VERSION,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _row(r: UsageRecord) -> tuple[object, ...]:
+    values = [getattr(r, f) for f in FIELDS]
+    values[FIELDS.index("tags")] = ",".join(r.tags) if r.tags else None  # tags never hold a comma
+    return tuple(values)
+
+
+def _rollup_rows(sums: dict[RollupKey, list[float]]) -> list[tuple[object, ...]]:
+    return [(*ident, *s) for ident, s in sums.items()]
+
+
+def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]], hours: list[tuple[object, ...]],
+           days: list[tuple[object, ...]]) -> None:
+    db.execute("BEGIN")
+    try:
+        db.executemany(_INSERT, rows)
+        db.executemany(_UPSERT.format(table="usage_hourly"), hours)
+        db.executemany(_UPSERT.format(table="usage_daily"), days)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _spend(db: sqlite3.Connection, query: SpendQuery) -> list[tuple[Group, list[float]]]:
+    parts = [("raw", query.since, query.until)] if query.by_tag else segments(query.since, query.until)
+    out: list[tuple[Group, list[float]]] = []
+    n = len(query.group_by)
+    for table, lo, hi in parts:
+        for row in db.execute(*_segment_sql(table, query.group_by, lo, hi)):
+            if row[n] == 0:
+                continue
+            out.append((tuple(row[:n]), [float(v or 0) for v in row[n:]]))
+    return out
+
+
+def _segment_sql(table: str, dims: tuple[str, ...], lo: float, hi: float) -> tuple[str, tuple[float, float]]:
+    if table == "raw":
+        cols = [_RAW_DIM[d] for d in dims]
+        source = "usage_records" + (", json_each('[\"' || REPLACE(COALESCE(tags, ''), ',', '\",\"') || '\"]') AS tag"
+                                    if "tag" in dims else "")
+        where = "ts >= ? AND ts < ?" + (" AND tags IS NOT NULL" if "tag" in dims else "")
+        sums = _RAW_SUMS
+    else:
+        cols = [_ROLLUP_DIM[d] for d in dims]
+        source, where, sums = f"usage_{table}", "bucket >= ? AND bucket < ?", _ROLLUP_SUMS
+    select = ", ".join([*cols, sums])
+    group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(cols)))}" if cols else ""
+    return f"SELECT {select} FROM {source} WHERE {where}{group}", (lo, hi)
+
+
+def _requests(db: sqlite3.Connection, where: RequestFilter) -> list[UsageRecord]:
+    clauses, args = [], []
+    for column in ("key", "team", "model", "status"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if where.since is not None:
+        clauses.append("ts >= ?")
+        args.append(where.since)
+    if where.until is not None:
+        clauses.append("ts < ?")
+        args.append(where.until)
+    sql = f"SELECT {', '.join(FIELDS)} FROM usage_records"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += " ORDER BY ts DESC LIMIT ?"
+    args.append(where.limit)
+    return [_record(row) for row in db.execute(sql, args)]
+
+
+def _record(row: tuple[object, ...]) -> UsageRecord:
+    values = dict(zip(FIELDS, row, strict=True))
+    tags = values["tags"]
+    values["tags"] = tuple(str(tags).split(",")) if tags else ()
+    values["stream"], values["cache_hit"] = bool(values["stream"]), bool(values["cache_hit"])
+    return UsageRecord(**values)  # type: ignore[arg-type]
