@@ -265,6 +265,18 @@ def usage_unavailable() -> GatewayError:
                         "api_error", "rate_limit_store_unavailable")
 
 
+def ledger_not_configured() -> GatewayError:
+    """A 404 for the ledger's reports when the config has no `store:`."""
+    return GatewayError(404, "The usage ledger is off: configure store: (sqlite or postgres) to record and report "
+                        "spend.", "invalid_request_error", "ledger_not_configured")
+
+
+def ledger_unavailable() -> GatewayError:
+    """A 503: the ledger's database cannot be read right now."""
+    return GatewayError(503, "The usage ledger's database is unavailable; retry shortly.", "api_error",
+                        "ledger_unavailable")
+
+
 def shutting_down() -> GatewayError:
     """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
     return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
@@ -287,6 +299,7 @@ GATEWAY_ERROR_CODES = frozenset((
     "upstream_not_found", "upstream_disconnected", "upstream_malformed", "upstream_too_large",
     "invalid_request", "overloaded", "rate_limit_exceeded", "rate_limit_store_unavailable",
     "insufficient_quota", "client_closed", "client_stalled", "request_timeout", "stream_error",
+    "ledger_not_configured", "ledger_unavailable",
 ))
 OPENAI_ERROR_TYPES = frozenset((
     # OpenAI's error `type`s (the 429 ones included), plus Anthropic's, which the gateway maps

@@ -78,9 +78,6 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     key = authenticate(rt, surface, scope)
     ex.key_name, ex.team = key.key.name, key.key.team
     ex.after = serving.pipeline.after_response  # from here on the request is someone's: record it
-    tags = scope.headers.get(TAGS_HEADER)
-    if tags:
-        ex.tags = parse_tags(tags)
     if surface.passed_headers:  # (OpenAI's passes none: no call on its hot path)
         ex.passed_headers = passed_headers(surface, scope)
     if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
@@ -93,10 +90,13 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     if override and override != head.model:  # the header wins: make the body say so too
         head.model, body = override, with_model(body, override)
     ex.model = head.model
+    tags = scope.headers.get(TAGS_HEADER)
+    if tags:
+        ex.tags = parse_tags(tags)
     route = rt.routes.resolve(head.model or "")
     if route is None:
         raise errors.model_not_found(head.model or "")
-    ex.route = route.name
+    ex.route, ex.prices = route.name, rt.prices
     if not key.may_use(route.name):
         raise errors.model_not_allowed(head.model or "")
     return Admitted(rt, key, head, body, route)

@@ -28,6 +28,9 @@ from tollway.gateway.limits.limiter import Limiter, build_limiter
 from tollway.gateway.proxy import Proxy
 from tollway.gateway.runtime import ProviderRuntime, Runtime
 from tollway.gateway.serving import Serving
+from tollway.gateway.store import SchemaTooNew
+from tollway.gateway.store.books import Books
+from tollway.gateway.store.ledger import LedgerCounters, LedgerGauges
 from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
@@ -41,6 +44,7 @@ from tollway.gateway.upstream.client import UpstreamClient
 
 _JSON = ("content-type", "application/json")
 _TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
+_LEDGER_FLUSH_SECONDS = 5.0  # on shutdown, queued usage records get this long to reach the database
 log = logging.getLogger("tollway")
 
 
@@ -72,6 +76,10 @@ class Gateway:
             shared.track_reloads(lambda: self.watcher.reloads if self.watcher is not None else None)
         self.limit_levels = LimitLevels()  # read from the store per scrape, not per request
         self.metrics.register(self.limit_levels)
+        self.ledger_counters = LedgerCounters(self.metrics.registry)
+        self.books = Books(config, config_path, self.ledger_counters)
+        self.serving.pipeline = self.books.pipeline()
+        self.metrics.register(LedgerGauges(lambda: self.books.ledger))
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
@@ -107,6 +115,15 @@ class Gateway:
         self.serving.tracer = tracer
 
     @property
+    def books(self) -> Books:
+        assert self.serving.books is not None  # set in __init__
+        return self.serving.books
+
+    @books.setter
+    def books(self, books: Books) -> None:
+        self.serving.books = books
+
+    @property
     def proxy(self) -> Proxy:
         return self.serving.proxy
 
@@ -114,6 +131,10 @@ class Gateway:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.start()
+        try:
+            loop.run_until_complete(self.books.start(loop))
+        except SchemaTooNew as exc:
+            raise SystemExit(f"tollway: {exc}") from None
         self.runtime.start(loop)
         self.metrics.start(loop)
         if self.tracer is not None:
@@ -136,6 +157,7 @@ class Gateway:
             loop.run_until_complete(self.upstream.aclose())
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
+        loop.run_until_complete(self.books.close(_LEDGER_FLUSH_SECONDS))  # the queued usage records
         self.access_log.flush()
         self.metrics.close()
         token_count.shutdown()
@@ -157,6 +179,15 @@ class Gateway:
         tracer = build_tracer(config.telemetry.traces, self.metrics) if retrace else self.tracer
         runtime = Runtime(config, self.upstream, self.runtime)
         limiter = build_limiter(config, self.metrics, self.limiter)
+        books = Books(config, self.config_path, self.ledger_counters)
+        if config.store != self.runtime.config.store:
+            log.warning("config reload: store: changes take effect when the gateway restarts")
+        books.adopt(self.books)
+        old_books, self.books = self.books, books
+        books.budgets.start(loop)
+        if old_books.budgets.share is not None:  # its charges not yet in Redis, and its connections
+            self._in_background(old_books.budgets.aclose())
+        self.serving.pipeline = books.pipeline()
         old_limiter, self.limiter = self.limiter, limiter
         if old_limiter is not None and old_limiter.store is not limiter.store:
             self._in_background(old_limiter.store.aclose())

@@ -14,6 +14,8 @@ from tollway.ext.usage import Usage
 if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol, Scope
 
+    from tollway.core.accounting.pricebook import PriceBook
+
     from tollway.gateway.pipeline import AfterResponse, OnChunk
     from tollway.gateway.telemetry.tracing import RequestTrace
 
@@ -31,7 +33,7 @@ class Exchange:
     __slots__ = ("request_id", "start", "ts", "api", "key_name", "team", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
-                 "tags", "attempts", "cost_usd", "after")
+                 "tags", "attempts", "cost_usd", "after", "prices")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -67,6 +69,7 @@ class Exchange:
         # The pipeline's after_response hooks, set once the key is known: the app runs them
         # when the request is finished, whatever ended it (tollway.gateway.pipeline).
         self.after: tuple[AfterResponse, ...] = ()
+        self.prices: PriceBook | None = None  # the runtime's, once admitted: x-tollway-cost-usd
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

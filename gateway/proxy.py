@@ -210,7 +210,12 @@ class Proxy:
         ex.usage, exact = (usage, True) if text is None else estimated_usage(ctx.body, text, ctx.upstream_model)
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
-        proto.response_bytes(resp.status, [("content-type", "application/json"), *base_headers], out)
+        headers = [("content-type", "application/json"), *base_headers]
+        if exact and ex.prices is not None and resp.status < 300:  # what this answer cost, when the upstream said
+            usd = ex.prices.cost(ex.route, ctx.upstream_model, ex.usage)
+            if usd is not None:
+                headers.append(("x-tollway-cost-usd", f"{usd:.10f}".rstrip("0").rstrip(".") or "0"))
+        proto.response_bytes(resp.status, headers, out)
         ex.phase = ANSWERED
         if not exact:
             ex.usage = await counted_usage(ctx.body, text or "", ctx.upstream_model)

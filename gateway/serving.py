@@ -8,12 +8,16 @@ in the middle of it never mixes two configs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tollway.gateway.limits.limiter import Limiter
 from tollway.gateway.pipeline import EMPTY, Pipeline
 from tollway.gateway.proxy import Proxy
 from tollway.gateway.runtime import Runtime
 from tollway.gateway.telemetry.tracing import Tracer
+
+if TYPE_CHECKING:
+    from tollway.gateway.store.books import Books
 
 
 @dataclass(slots=True)
@@ -23,3 +27,4 @@ class Serving:
     limiter: Limiter | None = None  # built when the gateway starts: a Redis store belongs to its loop
     tracer: Tracer | None = None  # None: tracing is off
     pipeline: Pipeline = EMPTY  # the features plugged into the request path's seams
+    books: Books | None = None  # the ledger and the budgets (tollway.gateway.store.books)

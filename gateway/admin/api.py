@@ -6,6 +6,7 @@ says so (`admin_not_configured`; tollway.gateway.app answers it for paths not li
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -16,7 +17,10 @@ from tollway.core.security.keys import bearer_matches
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import StoreUnavailable
 from tollway.gateway.serving import Serving
-from tollway.gateway.surfaces import Endpoint
+from tollway.gateway.admin import spend
+from tollway.gateway.surfaces import Endpoint, Handler
+
+ServingHandler = Callable[[Serving, Scope, HTTPProtocol, Exchange], Awaitable[None]]
 
 _encode = msgspec.json.Encoder().encode
 _JSON = ("content-type", "application/json")
@@ -28,7 +32,18 @@ class AdminAPI:
         self.serving = serving
 
     def routes(self) -> dict[tuple[str, str], Endpoint]:
-        return {("GET", "/admin/usage"): Endpoint("admin", self.usage)}
+        return {
+            ("GET", "/admin/usage"): Endpoint("admin", self.usage),
+            ("GET", "/admin/spend"): Endpoint("admin", self._guarded(spend.spend)),
+            ("GET", "/admin/requests"): Endpoint("admin", self._guarded(spend.requests)),
+            ("GET", "/admin/budgets"): Endpoint("admin", self._guarded(spend.budgets)),
+        }
+
+    def _guarded(self, handler: ServingHandler) -> Handler:
+        async def guarded(scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
+            self.authorize(scope)
+            await handler(self.serving, scope, proto, ex)
+        return guarded
 
     def authorize(self, scope: Scope) -> None:
         """Pass if the request carries the admin credential. Raises 404 (no admin section) or 401."""

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from tollway.core.config import Ledger as LedgerConfig
 from tollway.core.ledger.periods import DAY
 from tollway.core.ledger.record import UsageRecord
-from tollway.gateway.store import LedgerStore, StoreError
+from tollway.gateway.store import LedgerStore, SchemaTooNew, StoreError
 
 log = logging.getLogger("tollway")
 _RETRY_MIN, _RETRY_MAX = 0.25, 5.0  # seconds between attempts while the database fails
@@ -58,12 +58,14 @@ class Ledger:
         self._failing = False  # an incident of write errors is under way (logged once)
         self._closing = False
         self._next_prune = 0.0
+        self.opened = False
+        self.broken = False  # the database cannot be used by this gateway (a newer schema): drop records
 
     # -- the request path ---------------------------------------------------------------
 
     def submit(self, record: UsageRecord) -> None:
         """Queue one record; never waits, never raises."""
-        if len(self._queue) + self._in_flight >= self.config.buffer_records or self._closing:
+        if len(self._queue) + self._in_flight >= self.config.buffer_records or self._closing or self.broken:
             self.counters.dropped.inc()
             if not self._dropping:
                 self._dropping = True
@@ -84,10 +86,40 @@ class Ledger:
         """Seconds the oldest unwritten record has waited (0 when none waits)."""
         return max(self.clock() - self._queue[0].ts, 0.0) if self._queue else 0.0
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._task = loop.create_task(self._run())
+    def start(self, loop: asyncio.AbstractEventLoop, on_open: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Write from now on, in a task on `loop`; the store is opened first (if it is not
+        yet), retried while the database is down, and `on_open` awaited once it is."""
+        self._task = loop.create_task(self._run(on_open))
 
-    async def _run(self) -> None:
+    async def open(self) -> None:
+        """Open the store now (start does it too). Raises SchemaTooNew or StoreError."""
+        await self.store.open()
+        self.opened = True
+
+    async def _open(self) -> bool:
+        pause = _RETRY_MIN
+        while not self._closing:
+            try:
+                await self.open()
+                return True
+            except SchemaTooNew as exc:
+                log.error("ledger: %s Usage records are dropped.", exc)
+                self.broken = True
+                return False
+            except (StoreError, OSError) as exc:
+                if not self._failing:
+                    self._failing = True
+                    log.warning("ledger: cannot open the %s database (%s); records wait and it is retried",
+                                self.store.backend, exc)
+            await self._sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX)
+        return False
+
+    async def _run(self, on_open: Callable[[], Awaitable[None]] | None) -> None:
+        if not self.opened and not await self._open():
+            return
+        if on_open is not None:
+            await on_open()
         pause = _RETRY_MIN
         while not self._closing:
             if not self._queue:
@@ -152,10 +184,11 @@ class Ledger:
         self._wake.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            await asyncio.wait_for(self._flush(), deadline)
-        except TimeoutError:
-            pass
+        if self.opened:
+            try:
+                await asyncio.wait_for(self._flush(), deadline)
+            except TimeoutError:
+                pass
         if self._queue:
             self.counters.dropped.inc(len(self._queue))
             log.warning("ledger: %d usage records could not be written before shutdown", len(self._queue))

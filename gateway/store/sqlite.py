@@ -58,8 +58,11 @@ _RAW_SUMS = ("COUNT(*), SUM(status >= 400 OR error IS NOT NULL), SUM(cost_usd IS
              "SUM(cached_input_tokens), SUM(cache_write_tokens), SUM(output_tokens), SUM(reasoning_tokens), "
              "TOTAL(cost_usd)")
 _ROLLUP_SUMS = ", ".join(f"SUM({s})" for s in SUMS)
-_RAW_DIM = {"key": "key", "team": "team", "model": "model", "provider": "provider",
-            "day": f"CAST(ts / {DAY:.0f} AS INTEGER) * {DAY:.0f}", "tag": "tag.value"}
+_RAW_DIM = {"key": "r.key", "team": "r.team", "model": "r.model", "provider": "r.provider",
+            "day": f"CAST(r.ts / {DAY:.0f} AS INTEGER) * {DAY:.0f}", "tag": "tag.value"}
+# Each record once per tag (a record without tags once, under tag null): tags never hold a
+# comma or a quote (tollway.core.ledger.tags), so the list is a JSON array by substitution.
+_TAGS = """json_each(CASE WHEN r.tags IS NULL THEN '[null]' ELSE '["' || REPLACE(r.tags, ',', '","') || '"]' END) AS tag"""
 _ROLLUP_DIM = {"key": "NULLIF(key, '')", "team": "NULLIF(team, '')", "model": "NULLIF(model, '')",
                "provider": "NULLIF(provider, '')", "day": f"bucket / {DAY:.0f} * {DAY:.0f}"}
 
@@ -183,9 +186,8 @@ def _spend(db: sqlite3.Connection, query: SpendQuery) -> list[tuple[Group, list[
 def _segment_sql(table: str, dims: tuple[str, ...], lo: float, hi: float) -> tuple[str, tuple[float, float]]:
     if table == "raw":
         cols = [_RAW_DIM[d] for d in dims]
-        source = "usage_records" + (", json_each('[\"' || REPLACE(COALESCE(tags, ''), ',', '\",\"') || '\"]') AS tag"
-                                    if "tag" in dims else "")
-        where = "ts >= ? AND ts < ?" + (" AND tags IS NOT NULL" if "tag" in dims else "")
+        source = "usage_records AS r" + (", " + _TAGS if "tag" in dims else "")
+        where = "r.ts >= ? AND r.ts < ?"
         sums = _RAW_SUMS
     else:
         cols = [_ROLLUP_DIM[d] for d in dims]

@@ -1,0 +1,89 @@
+"""The ledger's admin endpoints: who spent what (`/admin/spend`), the latest requests
+(`/admin/requests`) and the calendar budgets (`/admin/budgets`)."""
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs
+
+import msgspec
+from granian.rsgi import HTTPProtocol, Scope
+
+from tollway.core import errors
+from tollway.core.ledger.periods import parse_instant
+from tollway.core.ledger.report import spend_query
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.serving import Serving
+from tollway.gateway.store import LedgerStore, RequestFilter, StoreError
+from tollway.gateway.store.reports import request_list, spend_report
+
+_encode = msgspec.json.Encoder().encode
+_JSON = ("content-type", "application/json")
+MAX_LIST = 1000  # records one /admin/requests answer holds
+
+
+def query_params(scope: Scope) -> dict[str, str]:
+    """The query string's parameters, the last of a repeated one winning."""
+    return {k: v[-1] for k, v in parse_qs(scope.query_string, keep_blank_values=False).items()}
+
+
+def _store(serving: Serving) -> LedgerStore:
+    books = serving.books
+    if books is None or books.ledger is None:
+        raise errors.ledger_not_configured()
+    return books.ledger.store
+
+
+def _answer(proto: HTTPProtocol, ex: Exchange, body: object) -> None:
+    ex.status = 200
+    proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], _encode(body))
+
+
+async def spend(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
+    """GET /admin/spend?group_by=team,model&since=7d&until=..."""
+    store = _store(serving)
+    q = query_params(scope)
+    try:
+        query = spend_query(q.get("group_by"), q.get("since"), q.get("until"), time.time())
+    except ValueError as exc:
+        raise errors.bad_request(str(exc), param=str(exc).split(":", 1)[0]) from None
+    try:
+        _answer(proto, ex, await spend_report(store, query))
+    except StoreError:
+        raise errors.ledger_unavailable() from None
+
+
+async def requests(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
+    """GET /admin/requests?key=&team=&model=&status=&since=&until=&limit= (newest first)."""
+    store = _store(serving)
+    try:
+        _answer(proto, ex, await request_list(store, request_filter(query_params(scope), time.time())))
+    except StoreError:
+        raise errors.ledger_unavailable() from None
+
+
+def request_filter(q: dict[str, str], now: float) -> RequestFilter:
+    """`/admin/requests`' filters from its query. Raises a 400 naming a bad parameter."""
+    try:
+        status = int(q["status"]) if "status" in q else None
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise errors.bad_request("status and limit must be whole numbers", param="status" if "status" in q else "limit") \
+            from None
+    if not 1 <= limit <= MAX_LIST:
+        raise errors.bad_request(f"limit must be between 1 and {MAX_LIST}", param="limit")
+    bounds: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        try:
+            bounds[name] = parse_instant(q[name], now) if name in q else None
+        except ValueError as exc:
+            raise errors.bad_request(f"{name}: {exc}", param=name) from None
+    return RequestFilter(key=q.get("key"), team=q.get("team"), model=q.get("model"), status=status,
+                         since=bounds["since"], until=bounds["until"], limit=limit)
+
+
+async def budgets(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
+    """GET /admin/budgets: each key's and team's calendar budget, spent, remaining, reset."""
+    books = serving.books
+    keeper = books.budgets if books is not None else None
+    data = keeper.book.status(keeper.clock()) if keeper is not None else []
+    _answer(proto, ex, {"object": "list", "data": data})

@@ -1,0 +1,68 @@
+"""The gateway's books: the ledger (store + writer) and the calendar budgets, built from one
+config, started and closed with the worker, and plugged into the request pipeline.
+
+    before_upstream: budgets.gate          after_response: budgets.charge, recorder
+
+With no `store:` there is no ledger (the gateway says so in one line at start); budgets then
+count from zero at each start.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tollway.core.config import Config
+from tollway.gateway.pipeline import AfterResponse, BeforeUpstream, Pipeline
+from tollway.gateway.store import SchemaTooNew, StoreError, build_store
+from tollway.gateway.store.budgets import BudgetKeeper
+from tollway.gateway.store.ledger import Ledger, LedgerCounters
+from tollway.gateway.store.recorder import Recorder
+
+log = logging.getLogger("tollway")
+_OPEN_AT_START = 5.0  # seconds the worker waits for the database at start before serving anyway
+
+
+class Books:
+    def __init__(self, config: Config, config_path: str | None, counters: LedgerCounters) -> None:
+        self.ledger: Ledger | None = None
+        if config.store is not None and config.ledger.enabled:
+            self.ledger = Ledger(build_store(config.store, config_path), config.ledger, counters)
+        self.budgets = BudgetKeeper(config)
+
+    def pipeline(self) -> Pipeline:
+        before: tuple[BeforeUpstream, ...] = (self.budgets.gate,) if self.budgets else ()
+        after: list[AfterResponse] = []
+        if self.budgets:
+            after.append(self.budgets.charge)
+        if self.ledger is not None:
+            after.append(Recorder(self.ledger))
+        return Pipeline(before_upstream=before, after_response=tuple(after))
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the database (waiting a little for it), rebuild the budgets' spend from it, and
+        start the writer. A database that is down does not stop the gateway: the writer keeps
+        trying and records wait. One migrated by a newer gateway does (SchemaTooNew)."""
+        ledger = self.ledger
+        if ledger is None:
+            log.info("no ledger: usage is not recorded (configure store: to keep it)")
+        else:
+            try:
+                await asyncio.wait_for(ledger.open(), _OPEN_AT_START)
+                await self.budgets.rebuild(ledger.store)
+            except SchemaTooNew:
+                raise
+            except (StoreError, OSError, TimeoutError) as exc:
+                log.warning("ledger: the %s database is not available at start (%s); serving anyway, "
+                            "records wait for it", ledger.store.backend, exc or "timed out")
+            ledger.start(loop, None if ledger.opened else (lambda: self.budgets.rebuild(ledger.store)))
+        self.budgets.start(loop)
+
+    def adopt(self, previous: Books) -> None:
+        """A reload: keep the running ledger (a changed store: needs a restart) and the spend."""
+        self.ledger = previous.ledger
+        self.budgets.adopt(previous.budgets)
+
+    async def close(self, deadline: float) -> None:
+        await self.budgets.aclose()
+        if self.ledger is not None:
+            await self.ledger.close(deadline)

@@ -1,0 +1,159 @@
+"""Calendar budgets at run time: the gate before the upstream call, the charge after it, the
+spend rebuilt from the ledger at start and, with `rate_limits.backend: redis`, shared by
+every replica.
+
+The decisions are `tollway.core.ledger.budgets.BudgetBook`'s; this module feeds it. A
+request's check is a dict lookup in this process: with Redis, each replica adds its charges
+to one counter per owner and period (INCRBYFLOAT) and reads everyone's total back every
+`SYNC_SECONDS`, so a replica sees the others' spend at most that late (docs/ledger.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tollway.core.config import Config
+from tollway.core.ledger.budgets import Account, BudgetBook, Owner
+from tollway.core.ledger.report import SpendQuery, merge
+from tollway.gateway.admission import Admitted
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.store import LedgerStore, StoreError
+
+log = logging.getLogger("tollway")
+SYNC_SECONDS = 1.0
+_REDIS_TIMEOUT = 0.5
+_MAX_TTL = 33 * 86400  # the longest period (a month) and a day
+
+
+class BudgetKeeper:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.book = BudgetBook.of(config, clock())
+        self.share: RedisShare | None = None
+        if self.book and config.rate_limits.backend == "redis":
+            self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix)
+
+    def __bool__(self) -> bool:
+        return bool(self.book)
+
+    async def gate(self, req: Admitted, ex: Exchange) -> None:
+        """before_upstream: refuse (429 insufficient_quota) a key or team that spent its budget."""
+        refusal = self.book.refusal(ex.key_name, ex.team, self.clock())
+        if refusal is not None:
+            raise refusal
+
+    def charge(self, ex: Exchange) -> None:
+        """after_response: add what the request cost to its key's and team's periods."""
+        if ex.cost_usd:
+            charged = self.book.charge(ex.key_name, ex.team, ex.cost_usd, self.clock())
+            if self.share is not None:
+                self.share.add(charged, ex.cost_usd)
+
+    def adopt(self, previous: BudgetKeeper) -> None:
+        """After a reload: keep what owners whose budget did not change have spent."""
+        for owner, account in self.book.accounts.items():
+            old = previous.book.accounts.get(owner)
+            if old is not None and old.budget.period == account.budget.period and old.start == account.start:
+                account.spent = old.spent
+
+    async def rebuild(self, store: LedgerStore) -> None:
+        """Each owner's spend this period, from the ledger (what survived a restart)."""
+        now = self.clock()
+        by_start: dict[tuple[str, float], list[tuple[Owner, Account]]] = defaultdict(list)
+        for owner, account in self.book.accounts.items():
+            account.roll(now)
+            by_start[(owner[0], account.start)].append((owner, account))
+        for (kind, start), accounts in by_start.items():
+            try:
+                spent = merge(await store.spend(SpendQuery((kind,), start, now + 1)))
+            except StoreError as exc:
+                log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
+                return
+            for (_, name), account in accounts:
+                sums = spent.get((name,))
+                account.spent = max(account.spent, sums[-1] if sums else 0.0)  # cost_usd is the last sum
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.share is not None:
+            self.share.start(loop, self.book, self.clock)
+
+    async def aclose(self) -> None:
+        if self.share is not None:
+            await self.share.aclose(self.book)
+
+
+class RedisShare:
+    """Every replica's charges, summed in Redis: `{prefix}:budget:<kind>:<name>:<period start>`."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client = aioredis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
+        self.prefix = prefix
+        self.pending: dict[str, float] = defaultdict(float)  # charged here, not yet added in Redis
+        self.seeded = False  # the ledger's totals were offered to Redis (SET NX)
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def name(self, owner: Owner, account: Account) -> str:
+        return f"{{{self.prefix}}}:budget:{owner[0]}:{owner[1]}:{int(account.start)}"
+
+    def add(self, charged: list[tuple[Owner, Account]], usd: float) -> None:
+        for owner, account in charged:
+            self.pending[self.name(owner, account)] += usd
+
+    def start(self, loop: asyncio.AbstractEventLoop, book: BudgetBook, clock: Callable[[], float]) -> None:
+        self._task = loop.create_task(self._run(book, clock))
+
+    async def _run(self, book: BudgetBook, clock: Callable[[], float]) -> None:
+        while True:
+            await self.sync(book, clock())
+            await asyncio.sleep(SYNC_SECONDS)
+
+    async def sync(self, book: BudgetBook, now: float) -> None:
+        """Add this replica's pending charges, and read every owner's total back."""
+        pending, self.pending = self.pending, defaultdict(float)
+        accounts = list(book.accounts.items())
+        for _, account in accounts:
+            account.roll(now)
+        names = [self.name(owner, account) for owner, account in accounts]
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                if not self.seeded:  # the first replica up seeds each period from its ledger
+                    for key, (_, account) in zip(names, accounts, strict=True):
+                        pipe.set(key, repr(account.spent), nx=True, ex=_ttl(account, now))
+                for key, usd in pending.items():
+                    pipe.incrbyfloat(key, usd)
+                    pipe.expire(key, _MAX_TTL)
+                for key in names:
+                    pipe.get(key)
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            for key, usd in pending.items():  # keep them for the next try
+                self.pending[key] += usd
+            if not self._failing:
+                self._failing = True
+                log.warning("budgets: Redis is unavailable (%s); each replica counts its own spend until it is back",
+                            type(exc).__name__)
+            return
+        self._failing, self.seeded = False, True
+        for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
+            if value is not None:
+                account.spent = float(value) + self.pending.get(key, 0.0)
+
+    async def aclose(self, book: BudgetBook) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.pending:
+            await self.sync(book, time.time())
+        await self.client.aclose()
+
+
+def _ttl(account: Account, now: float) -> int:
+    """Keep a period's counter a day past its end (reports read the ledger, not Redis)."""
+    return int(account.end - now) + 86400
