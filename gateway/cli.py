@@ -1,4 +1,4 @@
-"""The `tollway` command: serve, check, hash-key, version."""
+"""The `tollway` command: serve, check, hash-key, usage, version."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 
 from tollway.core import config as config_mod
 from tollway.core.security.keys import hash_key
+from tollway.gateway.store import usage_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     hk = sub.add_parser("hash-key", help="read a gateway key on stdin, print its key_hash")
     hk.add_argument("--pepper-env", metavar="VAR", help="HMAC pepper from this environment variable (server.key_pepper)")
     hk.set_defaults(func=cmd_hash_key)
+
+    usage_command.add_parser(sub)
 
     ver = sub.add_parser("version", help="print the version and whether the native kernels are active")
     ver.set_defaults(func=cmd_version)

@@ -65,3 +65,5 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
 def _log_start(config: Config, config_path: str, workers: int) -> None:
     log.info("tollway starting: %d providers, %d models, %d keys", len(config.providers), len(config.models),
              len(config.keys), extra={"fields": start_record(config, config_path, workers, kernels.ACTIVE)})
+    if config.store is None:
+        log.info("no ledger: usage is not recorded; configure store: (sqlite or postgres) to keep it")

@@ -43,9 +43,7 @@ class Books:
         start the writer. A database that is down does not stop the gateway: the writer keeps
         trying and records wait. One migrated by a newer gateway does (SchemaTooNew)."""
         ledger = self.ledger
-        if ledger is None:
-            log.info("no ledger: usage is not recorded (configure store: to keep it)")
-        else:
+        if ledger is not None:  # (none: `tollway serve` said so in its start lines)
             try:
                 await asyncio.wait_for(ledger.open(), _OPEN_AT_START)
                 await self.budgets.rebuild(ledger.store)

@@ -75,6 +75,17 @@ def setup_logging() -> None:
         logging.config.dictConfig(copy.deepcopy(LOGGING))
 
 
+def ledger_summary(config: Config) -> dict[str, Any]:
+    """Where usage records go: the backend and a place, never a password."""
+    store = config.store
+    if store is None or not config.ledger.enabled:
+        return {"enabled": False}
+    if store.backend == "sqlite":
+        return {"enabled": True, "backend": "sqlite", "path": store.path}
+    url = urlsplit(store.url or "")
+    return {"enabled": True, "backend": "postgres", "address": f"{url.hostname}:{url.port or 5432}{url.path}"}
+
+
 def start_record(config: Config, config_path: str, workers: int, kernels: dict[str, str]) -> dict[str, Any]:
     """What this process loaded, for the start line: names and counts, never a secret."""
     limits = config.rate_limits
@@ -90,6 +101,7 @@ def start_record(config: Config, config_path: str, workers: int, kernels: dict[s
         "models": [m.name for m in config.models],
         "keys": len(config.keys),
         "store": store,
+        "ledger": ledger_summary(config),
         # which compiled kernels are active ("compiled"), and which fell back to their twins ("pure")
         "extensions": {"accelerated": all(k == "compiled" for k in kernels.values()), "kernels": dict(kernels)},
     }
