@@ -108,14 +108,16 @@ def dataset_price(model: str, provider: str | None = None, today: date | None = 
     A model the dataset lists without a per-token input or output price has no price (None).
     """
     hint = DATASET_PROVIDERS.get(provider) if provider is not None else None
+    names = _names(model)
+    attempts = [(ref, p) for ref, vendor in names for p in (hint, vendor, None)]  # None: the dataset guesses
+    attempts += [(ref, p) for ref, _ in names for p in _LAST_RESORT_PROVIDERS]
     snapshot = _snapshot()
-    for ref, vendor in _names(model):
-        for provider_id in dict.fromkeys((hint, vendor, None, *_LAST_RESORT_PROVIDERS)):
-            try:
-                _, info = snapshot.find_provider_model(ref, None, provider_id, None)
-            except LookupError:
-                continue
-            return _price_of(info, today)
+    for ref, provider_id in dict.fromkeys(attempts):
+        try:
+            _, info = snapshot.find_provider_model(ref, None, provider_id, None)
+        except LookupError:
+            continue
+        return _price_of(info, today)
     return None
 
 
