@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import yaml
 
-from tollway.core.accounting.pricing import Price
+from tollway.core.accounting.pricing import Price, dataset_price
 from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
@@ -268,6 +268,8 @@ class Checked:
     config: Config | None  # None when it did not decode
     errors: list[ConfigError]  # in the order they were found: the first is the one `loads` raises
     unset_env: list[ConfigError]  # with allow_missing_env: the ${VARS} that are not set (not errors)
+    # What serves but may not be meant (not errors): models with no price. Only for a config without errors.
+    warnings: list[ConfigError] = dataclasses.field(default_factory=list)
 
 
 def check_file(path: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False) -> Checked:
@@ -308,9 +310,11 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
     else:
         found = _env_aware(found, unknown, allow_missing_env) + _problems_of_the_rest(decoded, unknown)
     errors = [_error(where, problem, root) for where, problem in found]
+    warned = [_error(where, problem, root) for where, problem in warnings(config)] \
+        if config is not None and not errors else []
     if allow_missing_env:
-        return Checked(config if not errors else None, errors, env_errors)
-    return Checked(config if not errors and not env_errors else None, env_errors + errors, [])
+        return Checked(config if not errors else None, errors, env_errors, warned)
+    return Checked(config if not errors and not env_errors else None, env_errors + errors, [], warned if not env_errors else [])
 
 
 def _env_aware(found: list[tuple[Path, str]], unknown: list[Path], allow_missing_env: bool) -> list[tuple[Path, str]]:
@@ -513,6 +517,27 @@ def _validate_ledger(config: Config, fail: Fail) -> None:
         for i, owner in enumerate(owners):
             if owner.budget is not None and not 0 <= owner.budget.usd < float("inf"):
                 fail([section, i, "budget", "usd"], "must be a finite number of USD >= 0")
+
+
+def warnings(config: Config) -> list[tuple[Path, str]]:
+    """What a valid config serves but may not mean, each at its path: every model with no price,
+    neither in the config nor in the price dataset (tollway.core.accounting.pricing) for its
+    public name or any target's upstream model. Its usage is recorded with an unknown cost
+    (`cost_usd: null`) and counts $0 against budgets. Models served only by `fake` providers (test
+    fixtures) are free by design and not listed."""
+    schemas = {p.name: p.schema for p in config.providers}
+    found: list[tuple[Path, str]] = []
+    for i, m in enumerate(config.models):
+        if m.price is not None or not m.targets or all(schemas.get(t.provider) == "fake" for t in m.targets):
+            continue
+        if dataset_price(m.name) is not None:
+            continue
+        if any(dataset_price(t.model or m.name, schemas.get(t.provider)) is not None for t in m.targets):
+            continue
+        found.append((["models", i], f"model '{m.name}' has no price in the config or the price dataset: its usage will be "
+                                     f"recorded with cost_usd null and count $0 against budgets; set models[{i}].price "
+                                     f"(USD per million tokens; input: 0, output: 0 if it is free)"))
+    return found
 
 
 def _validate_references(config: Config, fail: Fail) -> None:

@@ -56,12 +56,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Every problem on its own line (path, problem, line), in file order; exit 1 if any."""
+    """Every problem on its own line (path, problem, line), in file order; exit 1 if any.
+    Warnings (models with no price) are listed too, but do not fail the check."""
     checked = config_mod.check_file(args.file, allow_missing_env=args.allow_missing_env)
     for unset in _in_file_order(checked.unset_env):
         print(f"{args.file}: note: {unset}; values using it were not checked", file=sys.stderr)
     for error in _in_file_order(checked.errors):
         print(f"{args.file}: {error}", file=sys.stderr)
+    for warning in _in_file_order(checked.warnings):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     cfg = checked.config
     if checked.errors or cfg is None:
         count = len(checked.errors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 from dataclasses import dataclass
 
 from tollway.core.accounting.pricebook import PriceBook
@@ -70,7 +71,9 @@ class Runtime:
         self.config = config
         self.routes = RouteTable(config)
         self.metric_labels = MetricLabels(config)  # the names metrics may use as label values
-        self.prices = PriceBook(config)  # what a response costs (ledger, budgets, x-tollway-cost-usd)
+        # What a response costs (ledger, budgets, x-tollway-cost-usd), at the prices of the day
+        # the config was loaded: a dated price change applies from the next reload or restart.
+        self.prices = PriceBook(config, datetime.now(UTC).date())
         self.keys: KeyTable[KeyRecord] = KeyTable(
             {k.key_hash: _record(k) for k in config.keys}, pepper=config.server.key_pepper
         )

@@ -80,6 +80,21 @@ def test_check_names_bad_field_and_exits_nonzero(tmp_path):
     assert "models.gpt-4o[0].provider: unknown provider 'opnai' (line 8)" in r.stderr
 
 
+def test_check_warns_about_a_model_with_no_price_but_passes(tmp_path):
+    cfg = tmp_path / "unpriced.yaml"
+    cfg.write_text("providers:\n  - {name: vllm, schema: openai, base_url: http://x/v1}\n  - {name: f, schema: fake}\n"
+                   "models:\n  - name: llama\n    targets: [{provider: vllm, model: my-llama}]\n"
+                   "  - name: gpt-4o\n    targets: [{provider: vllm}]\n"
+                   "  - name: fixture\n    targets: [{provider: f}]\n")
+    r = tollway("check", str(cfg))
+    assert r.returncode == 0 and "ok (2 providers, 3 models, 0 keys)" in r.stdout
+    assert r.stderr.splitlines() == [
+        f"{cfg}: warning: models.llama: model 'llama' has no price in the config or the price dataset: its usage will be "
+        "recorded with cost_usd null and count $0 against budgets; set models[0].price (USD per million tokens; "
+        "input: 0, output: 0 if it is free) (line 5)",
+    ]
+
+
 def test_check_missing_file(tmp_path):
     r = tollway("check", str(tmp_path / "nope.yaml"))
     assert r.returncode == 1 and "cannot read" in r.stderr

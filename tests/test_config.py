@@ -217,3 +217,44 @@ def test_a_problem_inside_a_misspelled_field_is_named_where_it_is_in_the_file():
         "providers.local-vllm.timeout: unknown field 'timeout'; did you mean 'timeouts'? (line 7)",
         "providers.local-vllm.timeout.connect: Expected `float`, got `str` (line 7)",
     ]
+
+
+PRICES = """
+providers:
+  - {name: oai, schema: openai, base_url: "https://api.openai.com/v1", api_key: x}
+  - {name: aws, schema: bedrock, region: us-east-1}
+  - {name: test, schema: fake}
+models:
+  - name: gpt-4o
+    targets: [{provider: oai}]
+  - name: smart
+    targets: [{provider: aws, model: "us.anthropic.claude-sonnet-4-20250514-v1:0"}]
+  - name: llama
+    targets: [{provider: oai, model: meta-llama/Meta-Llama-3-8B-Instruct}]
+  - name: fixture
+    targets: [{provider: test}]
+  - name: in-house
+    targets: [{provider: oai, model: my-finetune}]
+    price: {input: 0, output: 0}
+  - name: mixed
+    targets: [{provider: test}, {provider: oai, model: my-finetune}]
+"""
+
+
+def test_check_warns_about_models_with_no_price_and_still_accepts_them():
+    checked = config.check(PRICES, {})
+    assert checked.errors == [] and checked.config is not None
+    assert [str(w) for w in checked.warnings] == [
+        "models.llama: model 'llama' has no price in the config or the price dataset: its usage will be recorded with "
+        "cost_usd null and count $0 against budgets; set models[2].price (USD per million tokens; input: 0, output: 0 "
+        "if it is free) (line 11)",
+        "models.mixed: model 'mixed' has no price in the config or the price dataset: its usage will be recorded with "
+        "cost_usd null and count $0 against budgets; set models[5].price (USD per million tokens; input: 0, output: 0 "
+        "if it is free) (line 18)",
+    ]
+    assert config.loads(PRICES, {}).models[4].price.input == 0.0  # a configured zero price is a price
+
+
+def test_no_price_warnings_for_a_config_with_errors():
+    checked = config.check(PRICES.replace("provider: oai, model: meta", "provider: nope, model: meta"), {})
+    assert checked.errors and checked.warnings == []

@@ -146,7 +146,7 @@ def test_policy_lists_every_bucket_once(policy):
     })
 
 
-def test_price_prefers_config_then_shipped_default_then_free(policy):
+def test_price_prefers_config_then_the_price_dataset_then_free(policy):
     assert policy.price("gpt-4o", "anything") == Price(input=2.0, output=10.0)
     assert policy.price("other", "gpt-4o-mini-2024-07-18").input == 0.15
     assert policy.price("other", "my-finetune") == FREE

@@ -1,34 +1,50 @@
-"""What each response costs, for the ledger, the budgets and `x-tollway-cost-usd`.
+"""What each response costs, for the limiter, the ledger, the budgets and `x-tollway-cost-usd`.
 
-Unlike the limiter's price (which must be a number, FREE when unknown), a `PriceBook` says
-when a model has no price: its usage is recorded with `cost_usd` null and counted, never
-silently charged $0 against a budget.
+A `PriceBook` says when a model has no price (`price` returns None): its usage is recorded
+with `cost_usd` null and counted, never silently charged $0 against a budget. The limiter,
+which needs a number, uses FREE for those (`tollway check` warns about each).
 """
 from __future__ import annotations
 
-from tollway.core.accounting.pricing import Price, cost, default_price
-from tollway.core.config import Config
+from datetime import date
+from typing import TYPE_CHECKING
+
+from tollway.core.accounting.pricing import Price, cost, dataset_price
 from tollway.ext.usage import Usage
+
+if TYPE_CHECKING:  # (config imports the pricing module for its Price)
+    from tollway.core.config import Config
+
+_MAX_CACHED = 4096  # (model, upstream) pairs: on a `match:` route `model` is the client's string
 
 
 class PriceBook:
-    """One config's prices: a model's `price:` wins, else the shipped dataset's for the
-    upstream model, else for the public name. Lookups are cached per (model, upstream)."""
+    """One config's prices: a model's `price:` wins, else the price dataset's for the upstream
+    model (its target's provider schema as a hint), then for the public name, else None.
+    Looked up once per (model, upstream) pair, then a dict hit."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, today: date | None = None) -> None:
+        """`today` dates the dataset prices; None: the newest it lists."""
         self._configured = {m.name: m.price for m in config.models if m.price is not None}
+        self._today = today
+        schemas = {p.name: p.schema for p in config.providers}
+        # (public model, upstream model) -> the schema of the first target serving it
+        self._schemas = {(m.name, t.model or m.name): schemas.get(t.provider) for m in config.models
+                         for t in reversed(m.targets)}
         self._known: dict[tuple[str, str], Price | None] = {}
 
-    def price(self, model: str, upstream_model: str | None) -> Price | None:
+    def price(self, model: str, upstream_model: str | None = None) -> Price | None:
         ident = (model, upstream_model or "")
-        if ident in self._known:
+        try:
             return self._known[ident]
+        except KeyError:
+            pass
         price = self._configured.get(model)
         if price is None and upstream_model:
-            price = default_price(upstream_model)
+            price = dataset_price(upstream_model, self._schemas.get((model, upstream_model)), self._today)
         if price is None:
-            price = default_price(model)
-        if len(self._known) < 4096:  # `model` may be a client's string on a match: route
+            price = dataset_price(model, None, self._today)
+        if len(self._known) < _MAX_CACHED:
             self._known[ident] = price
         return price
 

@@ -1,19 +1,30 @@
 """Prices per model (USD per million tokens) and the cost of one response.
 
-A model's price comes from its `price:` in the config, else from `DEFAULT_PRICES`, the list
-prices of well-known models shipped with the gateway (checked 2025; override them in the
-config when your contract differs). Dated or vendor-prefixed names (`gpt-4o-2024-08-06`,
-`openai/gpt-4o`, `us.anthropic.claude-sonnet-4-20250514-v1:0`) find their base model by the
-longest known prefix, so `gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`, not `gpt-4o`.
+A model's price comes from its `price:` in the config, else from the price dataset of the
+`genai-prices` package (`dataset_price`): the snapshot of its data shipped inside the installed
+package, read locally. Nothing here fetches prices over the network, and nothing calls the
+package's updater, so a gateway prices the same offline as online; a newer dataset arrives with
+a newer package. A model neither knows has no price (`None`): its usage is unpriced, not free.
+(Importing the package imports its updater's HTTP client and asyncio too; they are never used.)
 
 Token semantics are OpenAI's: `prompt_tokens` includes cached and cache-write tokens, and
-`completion_tokens` includes reasoning tokens, so each part is billed exactly once.
+`completion_tokens` includes reasoning tokens, so each part is billed exactly once, at its
+own class's rate: fresh input, cached input, cache write, visible output, reasoning.
 """
 from __future__ import annotations
+
+import functools
+from datetime import date
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from tollway.ext.usage import Usage
+
+if TYPE_CHECKING:  # imported at first lookup, not with this module: loading the dataset takes ~0.1 s
+    from genai_prices.data_snapshot import DataSnapshot
+    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 PER_TOKEN = 1e-6  # prices are per million tokens
 
@@ -23,92 +34,146 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     output: float = 0.0
     cached_input: float | None = None  # defaults to `input` when unset
     cache_write: float | None = None   # defaults to `input` when unset
+    reasoning: float | None = None     # defaults to `output` when unset
 
 
 FREE = Price()
 
 
 def cost(usage: Usage, price: Price) -> float:
-    """The USD cost of `usage` at `price`. Never negative, whatever the upstream reported."""
+    """The USD cost of `usage` at `price`. Never negative, whatever the upstream reported.
+
+    Reasoning tokens are part of `completion_tokens`: they are billed at the reasoning rate and
+    the rest of the completion at the output rate (reasoning beyond the completion is capped)."""
     cached = max(usage.cached_tokens, 0)
     written = max(usage.cache_write_tokens, 0)
     fresh = max(usage.prompt_tokens - cached - written, 0)
+    completion = max(usage.completion_tokens, 0)
+    reasoning = min(max(usage.reasoning_tokens, 0), completion)
     cached_rate = price.input if price.cached_input is None else price.cached_input
     write_rate = price.input if price.cache_write is None else price.cache_write
+    reasoning_rate = price.output if price.reasoning is None else price.reasoning
     dollars = (fresh * price.input + cached * cached_rate + written * write_rate
-               + max(usage.completion_tokens, 0) * price.output)
-    return dollars * PER_TOKEN
+               + (completion - reasoning) * price.output + reasoning * reasoning_rate)
+    return max(dollars, 0.0) * PER_TOKEN
 
 
 def upper_cost(prompt_tokens: float, output_tokens: float, price: Price) -> float:
     """The most a request of this many prompt and output tokens can cost (no cache discount)."""
     prompt_rate = max(price.input, price.cache_write or 0.0)
-    return (prompt_tokens * prompt_rate + output_tokens * price.output) * PER_TOKEN
+    output_rate = max(price.output, price.reasoning or 0.0)
+    return (prompt_tokens * prompt_rate + output_tokens * output_rate) * PER_TOKEN
 
 
-def _p(inp: float, out: float, cached: float | None = None, write: float | None = None) -> Price:
-    return Price(input=inp, output=out, cached_input=cached, cache_write=write)
+# -- the price dataset ---------------------------------------------------------------------
 
-
-DEFAULT_PRICES: dict[str, Price] = {
-    # OpenAI
-    "gpt-5": _p(1.25, 10.00, 0.125),
-    "gpt-5-mini": _p(0.25, 2.00, 0.025),
-    "gpt-5-nano": _p(0.05, 0.40, 0.005),
-    "gpt-4.1": _p(2.00, 8.00, 0.50),
-    "gpt-4.1-mini": _p(0.40, 1.60, 0.10),
-    "gpt-4.1-nano": _p(0.10, 0.40, 0.025),
-    "gpt-4o": _p(2.50, 10.00, 1.25),
-    "gpt-4o-mini": _p(0.15, 0.60, 0.075),
-    "gpt-4-turbo": _p(10.00, 30.00),
-    "gpt-4": _p(30.00, 60.00),
-    "gpt-3.5-turbo": _p(0.50, 1.50),
-    "o1": _p(15.00, 60.00, 7.50),
-    "o1-mini": _p(1.10, 4.40, 0.55),
-    "o3": _p(2.00, 8.00, 0.50),
-    "o3-mini": _p(1.10, 4.40, 0.55),
-    "o4-mini": _p(1.10, 4.40, 0.275),
-    "text-embedding-3-small": _p(0.02, 0.0),
-    "text-embedding-3-large": _p(0.13, 0.0),
-    "text-embedding-ada-002": _p(0.10, 0.0),
-    # Anthropic (cache write is the 5-minute rate)
-    "claude-opus-4": _p(15.00, 75.00, 1.50, 18.75),
-    "claude-sonnet-4": _p(3.00, 15.00, 0.30, 3.75),
-    "claude-3-7-sonnet": _p(3.00, 15.00, 0.30, 3.75),
-    "claude-3-5-sonnet": _p(3.00, 15.00, 0.30, 3.75),
-    "claude-3-5-haiku": _p(0.80, 4.00, 0.08, 1.00),
-    "claude-haiku-4-5": _p(1.00, 5.00, 0.10, 1.25),
-    "claude-3-haiku": _p(0.25, 1.25, 0.03, 0.30),
-    "claude-3-opus": _p(15.00, 75.00, 1.50, 18.75),
-    # Google (prompts up to 200k tokens for the tiered models)
-    "gemini-2.5-pro": _p(1.25, 10.00, 0.31),
-    "gemini-2.5-flash": _p(0.30, 2.50, 0.075),
-    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.025),
-    "gemini-2.0-flash": _p(0.10, 0.40, 0.025),
-    "gemini-1.5-pro": _p(1.25, 5.00),
-    "gemini-1.5-flash": _p(0.075, 0.30),
+# The config's provider schemas, as the dataset's provider ids. `openai` is any OpenAI-compatible
+# server too; a model its provider does not list is still looked up without the hint. The
+# built-in `fake` (and any schema not here) gives no hint.
+DATASET_PROVIDERS = {
+    "openai": "openai",
+    "azure_openai": "azure",
+    "anthropic": "anthropic",
+    "bedrock": "aws",
+    "vertex": "google",
+    "gemini": "google",
 }
+# Tried last, in order, for a name the dataset cannot place itself: it guesses the provider of
+# `gpt-*`, `claude-*` or `gemini-*` from the name, but not of `text-embedding-3-small`.
+_LAST_RESORT_PROVIDERS = ("openai", "anthropic", "google")
+# Vendor prefixes of model ids on cloud platforms (Bedrock cross-region profiles, Bedrock and
+# Vertex vendor names) and the provider each names, for a name the dataset does not match whole.
+_VENDOR_PREFIXES = {"us.": None, "eu.": None, "apac.": None, "global.": None,
+                    "anthropic.": "anthropic", "openai.": "openai", "google.": "google"}
 
-# Vendor prefixes of model ids on cloud platforms (Bedrock, Vertex, OpenRouter-style names).
-_VENDOR_PREFIXES = ("us.", "eu.", "apac.", "anthropic.", "openai.", "google.")
+
+@functools.lru_cache(maxsize=4096)  # bounded: names come from config and upstream answers
+def dataset_price(model: str, provider: str | None = None, today: date | None = None) -> Price | None:
+    """The dataset's price of `model`, or None if the dataset does not know it.
+
+    `provider` is the config's provider schema (`openai`, `azure_openai`, `anthropic`,
+    `bedrock`, `vertex`, `gemini`, `fake`): a hint, tried first, then the dataset's own guess
+    from the name. Names are matched as the dataset matches them (case, dates and versions:
+    `gpt-4o-mini-2024-07-18`, `claude-3-5-sonnet@20240620`), then without a vendor path or
+    prefix (`openai/gpt-4o`, `us.anthropic.claude-sonnet-4-20250514-v1:0`).
+
+    The price is the one in effect on `today` (None: the newest the dataset lists, including
+    announced changes). What a `Price` cannot hold is simplified, and never below the list
+    price of a plain text request:
+    - tiered prices (by prompt size, e.g. above 200k tokens) give their base tier;
+    - time-of-day discounts (off-peak) are not applied: the full price is used;
+    - cache write is the default (5-minute) rate; per-request, search, audio and image
+      prices are not represented;
+    - price variants chosen by request context (batch, service tier) are not applied.
+    A model the dataset lists without a per-token input or output price has no price (None).
+    """
+    hint = DATASET_PROVIDERS.get(provider) if provider is not None else None
+    names = _names(model)
+    attempts = [(ref, p) for ref, vendor in names for p in (hint, vendor, None)]  # None: the dataset guesses
+    attempts += [(ref, p) for ref, _ in names for p in _LAST_RESORT_PROVIDERS]
+    snapshot = _snapshot()
+    for ref, provider_id in dict.fromkeys(attempts):
+        try:
+            _, info = snapshot.find_provider_model(ref, None, provider_id, None)
+        except LookupError:
+            continue
+        return _price_of(info, today)
+    return None
 
 
-def default_price(model: str, table: dict[str, Price] = DEFAULT_PRICES) -> Price | None:
-    """The shipped price of `model` by longest known prefix, or None if it is not known."""
-    name = model.rsplit("/", 1)[-1].lower()
+def _names(model: str) -> list[tuple[str, str | None]]:
+    """`model`, then without its vendor path and prefixes, each with the provider it names."""
+    names: list[tuple[str, str | None]] = [(model, None)]
+    vendor: str | None = None
+    path, _, name = model.rpartition("/")
+    if path:
+        vendor = path.rsplit("/", 1)[-1].lower() or None
     stripped = True
     while stripped:
         stripped = False
-        for prefix in _VENDOR_PREFIXES:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix):], True
-    best = ""
-    for known in table:
-        if name.startswith(known) and len(known) > len(best) and _at_boundary(name, len(known)):
-            best = known
-    return table[best] if best else None
+        for prefix, named in _VENDOR_PREFIXES.items():
+            if name.lower().startswith(prefix):
+                name, stripped, vendor = name[len(prefix):], True, named or vendor
+    if name != model:
+        names.append((name, vendor))
+    return names
 
 
-def _at_boundary(name: str, end: int) -> bool:
-    """`gpt-4o` is a prefix of `gpt-4o-2024` but must not price `gpt-4oz`, nor `gpt-4` `gpt-4.5`."""
-    return end == len(name) or name[end] in "-@:"
+@functools.cache
+def _snapshot() -> DataSnapshot:
+    """The dataset shipped with the package: its own snapshot, not the package's current one,
+    which its updater (if anything in the process started it) replaces with fetched data."""
+    from genai_prices.data import providers
+    from genai_prices.data_snapshot import DataSnapshot
+
+    return DataSnapshot(providers=providers, from_auto_update=False)
+
+
+def _price_of(info: ModelInfo, today: date | None) -> Price | None:
+    prices = _prices_on(info, today)
+    inp, out = _rate(prices.input_mtok), _rate(prices.output_mtok)
+    if inp is None and out is None:
+        return None  # priced per request, per second or per image: not per token
+    return Price(input=inp or 0.0, output=out or 0.0, cached_input=_rate(prices.cache_read_mtok),
+                 cache_write=_rate(prices.cache_write_mtok), reasoning=_rate(prices.output_reasoning_mtok))
+
+
+def _prices_on(info: ModelInfo, today: date | None) -> ModelPrice:
+    """The model's prices on `today`: the last listed price whose start date has come (a
+    time-of-day constraint counts as met: the full price is never an off-peak discount)."""
+    from genai_prices.types import ModelPrice, StartDateConstraint
+
+    if isinstance(info.prices, ModelPrice):
+        return info.prices
+    for conditional in reversed(info.prices):
+        c = conditional.constraint
+        if not isinstance(c, StartDateConstraint) or today is None or c.start_date <= today:
+            return conditional.prices
+    return info.prices[0].prices
+
+
+def _rate(value: Decimal | TieredPrices | None) -> float | None:
+    """USD per million tokens: a tiered price's base tier."""
+    if value is None:
+        return None
+    return float(value) if isinstance(value, Decimal) else float(value.base)

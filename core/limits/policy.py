@@ -38,10 +38,12 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from tollway.core.accounting.pricing import FREE, Price, cost, default_price, upper_cost
+from tollway.core.accounting.pricebook import PriceBook
+from tollway.core.accounting.pricing import FREE, Price, cost, upper_cost
 from tollway.core.errors import GatewayError, budget_exceeded, rate_limited
 from tollway.ext.ratelimit import HeaderSpec, go_duration
 from tollway.ext.usage import Usage
@@ -186,11 +188,12 @@ class Denial:
 class LimitPolicy:
     """The limits of one config, indexed for the hot path. Immutable apart from its price cache."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, today: date | None = None) -> None:
+        """`today` dates the dataset prices (see `known_price`); None: the newest it lists."""
         self.default_max_tokens = config.rate_limits.default_max_tokens
         self._teams = {t.name: t.limits for t in config.teams}
         self._models = {m.name: m for m in config.models}
-        self._prices: dict[str, Price] = {}
+        self.prices = PriceBook(config, today)
         self.buckets: dict[str, Bucket] = {b.id: b for b in self._all_buckets(config)}
 
     @property
@@ -211,16 +214,14 @@ class LimitPolicy:
         return Plan(buckets, _header_index(buckets, ("requests",)), _header_index(buckets, TOKEN_MEASURES))
 
     def price(self, model: str, upstream_model: str | None = None) -> Price:
-        """The price of a response: the model's configured price, else the shipped default
-        for the upstream model (then the public name), else free."""
-        cache_key = f"{model}\x00{upstream_model or ''}"
-        price = self._prices.get(cache_key)
-        if price is None:
-            entry = self._models.get(model)
-            price = (entry.price if entry is not None and entry.price is not None else None) \
-                or default_price(upstream_model or model) or default_price(model) or FREE
-            self._prices[cache_key] = price
-        return price
+        """The price the limiter charges a response at: `known_price`, or FREE for a model
+        with no price (`tollway check` warns about those; their cost is recorded as unknown)."""
+        return self.known_price(model, upstream_model) or FREE
+
+    def known_price(self, model: str, upstream_model: str | None = None) -> Price | None:
+        """The price of a response of the public model `model` served as `upstream_model`, or
+        None: unpriced, not free (tollway.core.accounting.pricebook)."""
+        return self.prices.price(model, upstream_model)
 
     def output_bound(self, api: str, head: RequestHead) -> int:
         """The most output tokens the request may produce, as far as the client said."""

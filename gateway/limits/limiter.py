@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias
 
 from tollway.core.accounting.pricing import FREE
@@ -101,7 +102,8 @@ class Limiter:
     """Runs one config's limit policy against a bucket store."""
 
     def __init__(self, config: Config, store: BucketStore, metrics: Metrics) -> None:
-        self.policy = LimitPolicy(config)
+        # dataset prices as of the day the config was loaded: a reload or restart picks up a price change
+        self.policy = LimitPolicy(config, datetime.now(UTC).date())
         self.enabled = self.policy.enabled  # (an attribute: read on every request)
         self.store = store
         self.fail_open = config.rate_limits.on_store_error == "open"
