@@ -513,10 +513,11 @@ def _validate_ledger(config: Config, fail: Fail) -> None:
             fail(["ledger", field], "must be at least 1")
     if not 0 < ledger.flush_interval < float("inf"):
         fail(["ledger", "flush_interval"], "must be a finite number of seconds > 0")
-    for section, owners in (("keys", config.keys), ("teams", config.teams)):
-        for i, owner in enumerate(owners):
-            if owner.budget is not None and not 0 <= owner.budget.usd < float("inf"):
-                fail([section, i, "budget", "usd"], "must be a finite number of USD >= 0")
+    budgets = [("keys", i, k.budget) for i, k in enumerate(config.keys)]
+    budgets += [("teams", i, t.budget) for i, t in enumerate(config.teams)]
+    for section, i, budget in budgets:
+        if budget is not None and not 0 <= budget.usd < float("inf"):
+            fail([section, i, "budget", "usd"], "must be a finite number of USD >= 0")
 
 
 def warnings(config: Config) -> list[tuple[Path, str]]:

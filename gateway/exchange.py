@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol, Scope
 
     from tollway.core.accounting.pricebook import PriceBook
-
     from tollway.gateway.pipeline import AfterResponse, OnChunk
     from tollway.gateway.telemetry.tracing import RequestTrace
 

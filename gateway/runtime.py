@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from tollway.core.accounting.pricebook import PriceBook
 from tollway.core.config import Config, Key, Provider, Routing, Timeouts

@@ -17,7 +17,6 @@ import anthropic
 import openai
 import pytest
 
-from tests.fakes import anthropic_upstream as fa
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import ADMIN_KEY, OTHER_KEY, ROOT, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash

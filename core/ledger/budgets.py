@@ -54,12 +54,7 @@ class BudgetBook:
 
     def refusal(self, key: str | None, team: str | None, now: float) -> GatewayError | None:
         """The 429 for a request of `key` (in `team`) if either has spent its budget."""
-        for owner in (("key", key), ("team", team)):
-            if owner[1] is None:
-                continue
-            account = self.accounts.get(owner)  # type: ignore[arg-type]
-            if account is None:
-                continue
+        for owner, account in self._accounts_of(key, team):
             account.roll(now)
             if account.spent >= account.budget.usd:
                 return _exhausted(owner[0], owner[1], account)
@@ -67,14 +62,20 @@ class BudgetBook:
 
     def charge(self, key: str | None, team: str | None, usd: float, now: float) -> list[tuple[Owner, Account]]:
         """Add `usd` to the key's and the team's accounts; the ones charged."""
-        charged = []
-        for owner in (("key", key), ("team", team)):
-            account = self.accounts.get(owner) if owner[1] is not None else None  # type: ignore[arg-type]
-            if account is not None:
-                account.roll(now)
-                account.spent += usd
-                charged.append((owner, account))  # type: ignore[arg-type]
+        charged = self._accounts_of(key, team)
+        for _, account in charged:
+            account.roll(now)
+            account.spent += usd
         return charged
+
+    def _accounts_of(self, key: str | None, team: str | None) -> list[tuple[Owner, Account]]:
+        found = []
+        for owner in (("key", key), ("team", team)):
+            name = owner[1]
+            account = self.accounts.get((owner[0], name)) if name is not None else None
+            if account is not None and name is not None:
+                found.append(((owner[0], name), account))
+        return found
 
     def status(self, now: float) -> list[dict[str, object]]:
         """`/admin/budgets`' items."""

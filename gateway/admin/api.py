@@ -14,10 +14,10 @@ from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import errors
 from tollway.core.security.keys import bearer_matches
+from tollway.gateway.admin import spend
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import StoreUnavailable
 from tollway.gateway.serving import Serving
-from tollway.gateway.admin import spend
 from tollway.gateway.surfaces import Endpoint, Handler
 
 ServingHandler = Callable[[Serving, Scope, HTTPProtocol, Exchange], Awaitable[None]]

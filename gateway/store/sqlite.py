@@ -13,11 +13,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from tollway.core.ledger.periods import DAY
+from tollway.core.ledger.periods import DAY, segments
 from tollway.core.ledger.record import FIELDS, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, RollupKey, daily, hourly
-from tollway.core.ledger.periods import segments
 from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
 
 T = TypeVar("T")
@@ -33,7 +32,7 @@ _ROLLUP_COLUMNS = """bucket INTEGER NOT NULL, key TEXT NOT NULL, key_id TEXT NOT
 # Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
-        f"""CREATE TABLE usage_records (ts REAL NOT NULL, request_id TEXT NOT NULL, key TEXT, key_id TEXT,
+        """CREATE TABLE usage_records (ts REAL NOT NULL, request_id TEXT NOT NULL, key TEXT, key_id TEXT,
             team TEXT, model TEXT, provider TEXT, upstream_model TEXT, api TEXT NOT NULL, status INTEGER NOT NULL,
             error TEXT, stream INTEGER NOT NULL, input_tokens INTEGER NOT NULL, cached_input_tokens INTEGER NOT NULL,
             cache_write_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,

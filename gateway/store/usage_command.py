@@ -11,7 +11,7 @@ from typing import IO
 import msgspec
 
 from tollway.core import config as config_mod
-from tollway.core.ledger.report import spend_query
+from tollway.core.ledger.report import SpendQuery, spend_query
 from tollway.core.ledger.rollup import SUMS
 from tollway.gateway.store import StoreError, build_store
 from tollway.gateway.store.reports import spend_report
@@ -20,7 +20,7 @@ _TABLE_SUMS = ("requests", "errors", "input_tokens", "cached_input_tokens", "out
                "cost_usd")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     usage = sub.add_parser("usage", help="report spend and tokens from the usage ledger")
     usage.add_argument("--config", required=True, metavar="FILE", help="the gateway's config (its store: section)")
     usage.add_argument("--by", default="", metavar="DIMS",
@@ -54,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _report(config: config_mod.Config, path: str, query: object) -> dict[str, object]:
+async def _report(config: config_mod.Config, path: str, query: SpendQuery) -> dict[str, object]:
     assert config.store is not None
     store = build_store(config.store, path)
     await store.open()
     try:
-        return await spend_report(store, query)  # type: ignore[arg-type]
+        return await spend_report(store, query)
     finally:
         await store.aclose()
 
