@@ -26,6 +26,11 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY examples/demo.yaml /etc/tollway/config.yaml
+# The demo's SQLite ledger goes to a directory the gateway's user may write (mount a volume
+# there to keep it); a real deployment points store: at PostgreSQL (docs/ledger.md).
+RUN sed -i 's|path: tollway.db|path: /var/lib/tollway/tollway.db|' /etc/tollway/config.yaml \
+ && mkdir -p /var/lib/tollway && chown 10001:10001 /var/lib/tollway
+VOLUME /var/lib/tollway
 USER 10001:10001
 EXPOSE 8080
 # Mount your own config over /etc/tollway/config.yaml (e.g. a Kubernetes ConfigMap).

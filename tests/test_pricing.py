@@ -258,13 +258,19 @@ models:
   - name: gpt-4.1
     targets: [{provider: oai, model: my-finetune}]
   - name: mine
-    targets: [{provider: up}]
+    targets: [{provider: oai}]
+  - name: fake-only
+    targets: [{provider: up, model: fake-echo-1}]
 """
 
 
 @pytest.fixture
 def policy():
     return LimitPolicy(config_mod.loads(POLICY_CONFIG), date(2026, 11, 30))
+
+
+def test_what_only_the_builtin_fake_serves_is_free_not_unpriced(policy):
+    assert policy.known_price("fake-only", "fake-echo-1") == FREE
 
 
 def test_a_configured_price_wins_over_the_dataset(policy):

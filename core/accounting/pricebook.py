@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING
 
-from tollway.core.accounting.pricing import Price, cost, dataset_price
+from tollway.core.accounting.pricing import FREE, Price, cost, dataset_price
 from tollway.ext.usage import Usage
 
 if TYPE_CHECKING:  # (config imports the pricing module for its Price)
@@ -20,7 +20,8 @@ _MAX_CACHED = 4096  # (model, upstream) pairs: on a `match:` route `model` is th
 
 class PriceBook:
     """One config's prices: a model's `price:` wins, else the price dataset's for the upstream
-    model (its target's provider schema as a hint), then for the public name, else None.
+    model (its target's provider schema as a hint), then for the public name, else None
+    (FREE for what only the built-in `fake` provider serves).
     Looked up once per (model, upstream) pair, then a dict hit."""
 
     def __init__(self, config: Config, today: date | None = None) -> None:
@@ -44,6 +45,8 @@ class PriceBook:
             price = dataset_price(upstream_model, self._schemas.get((model, upstream_model)), self._today)
         if price is None:
             price = dataset_price(model, None, self._today)
+        if price is None and self._schemas.get((model, upstream_model or model)) == "fake":
+            price = FREE  # the built-in fake: test traffic, free unless its model has a price
         if len(self._known) < _MAX_CACHED:
             self._known[ident] = price
         return price
