@@ -1,0 +1,121 @@
+"""Calendar budgets at run time: the gate and the charge in a gateway (with an injected clock),
+and the spend shared through a real Redis between replicas."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+import redis
+
+from tests.test_pipeline import Proto, Scope
+from tollway.core.config import loads
+from tollway.core.security.keys import hash_key
+from tollway.gateway.app import Gateway
+from tollway.gateway.store.budgets import BudgetKeeper
+
+KEY = "sk-pipeline-test"
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def _config(extra: str = "") -> str:
+    return f"""
+providers: [{{name: up, schema: fake, fake_chunks: 4}}]
+models: [{{name: m, targets: [{{provider: up, model: m}}], price: {{input: 1000000, output: 1000000}}}}]
+keys: [{{name: k, key_hash: "{hash_key(KEY)}", models: ["*"], team: t, budget: {{usd: 5, period: week}}}}]
+teams: [{{name: t}}]
+{extra}"""
+
+
+async def _ask(gw: Gateway) -> Proto:
+    body = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    proto = Proto(body)
+    await gw.__rsgi__(Scope(body), proto)
+    return proto
+
+
+async def test_the_gateway_refuses_a_spent_key_until_the_week_turns():
+    gw = Gateway(loads(_config()))
+    gw.start()
+    clock = [ts("2026-11-29T23:00:00")]  # a Sunday: the week ends in an hour
+    gw.books.budgets.clock = lambda: clock[0]
+    try:
+        first = await _ask(gw)  # each request costs $1 per token: several dollars
+        assert first.status == 200
+        while (answer := await _ask(gw)).status == 200:
+            pass
+        assert answer.status == 429 and b"insufficient_quota" in answer.answer
+        assert b"2026-11-30T00:00:00.000Z" in answer.answer, "says when the week resets"
+        clock[0] = ts("2026-11-30T00:00:01")  # Monday: a new week
+        assert (await _ask(gw)).status == 200
+    finally:
+        await gw.upstream.aclose()
+
+
+async def test_a_reload_keeps_what_was_spent():
+    gw = Gateway(loads(_config()))
+    gw.start()
+    try:
+        while (await _ask(gw)).status == 200:
+            pass
+        gw.reload(loads(_config("server: {max_body_bytes: 100000}")))
+        assert (await _ask(gw)).status == 429, "the reload did not forget the spend"
+        gw.reload(loads(_config().replace("usd: 5", "usd: 5000")))
+        assert (await _ask(gw)).status == 200, "a raised budget applies at once"
+    finally:
+        await gw.upstream.aclose()
+        await gw.books.budgets.aclose()
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis(socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_replicas_share_the_spend_through_redis():
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}"))
+    now = ts("2026-11-30T12:00:00")
+    one, two = BudgetKeeper(config, lambda: now), BudgetKeeper(config, lambda: now)
+    assert one.share is not None and two.share is not None
+    try:
+        await one.share.sync(one.book, now)
+        await two.share.sync(two.book, now)
+        one.book.charge("k", "t", 3.0, now)
+        one.share.add([(("key", "k"), one.book.accounts[("key", "k")])], 3.0)
+        two.book.charge("k", "t", 2.5, now)
+        two.share.add([(("key", "k"), two.book.accounts[("key", "k")])], 2.5)
+        await one.share.sync(one.book, now)
+        await two.share.sync(two.book, now)
+        assert two.book.accounts[("key", "k")].spent == pytest.approx(5.5), "each sees both replicas' spend"
+        await one.share.sync(one.book, now)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(5.5)
+        assert one.book.refusal("k", "t", now) is not None and two.book.refusal("k", "t", now) is not None
+    finally:
+        client = redis.Redis()
+        for name in client.scan_iter(f"{{{prefix}}}:*"):
+            client.delete(name)
+        await one.share.client.aclose()
+        await two.share.client.aclose()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_replica_counts_alone_while_redis_is_down_and_catches_up_after():
+    config = loads(_config("rate_limits: {backend: redis, redis_url: 'redis://127.0.0.1:9/0'}"))
+    now = ts("2026-11-30T12:00:00")
+    keeper = BudgetKeeper(config, lambda: now)
+    assert keeper.share is not None
+    keeper.book.charge("k", "t", 1.0, now)
+    keeper.share.add([(("key", "k"), keeper.book.accounts[("key", "k")])], 1.0)
+    await asyncio.wait_for(keeper.share.sync(keeper.book, now), 5)  # fails fast, keeps the charge
+    assert keeper.book.accounts[("key", "k")].spent == 1.0
+    assert sum(keeper.share.pending.values()) == 1.0, "kept for the next try"
+    await keeper.share.client.aclose()
