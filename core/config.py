@@ -538,7 +538,18 @@ def warnings(config: Config) -> list[tuple[Path, str]]:
         found.append((["models", i], f"model '{m.name}' has no price in the config or the price dataset: its usage will be "
                                      f"recorded with cost_usd null and count $0 against budgets; set models[{i}].price "
                                      f"(USD per million tokens; input: 0, output: 0 if it is free)"))
+    found += _budget_warnings(config)
     return found
+
+
+def _budget_warnings(config: Config) -> list[tuple[Path, str]]:
+    """Budgets that will not hold as a reader of the config may expect."""
+    if config.store is not None and config.ledger.enabled:
+        return []
+    owners = [(["keys", i, "budget"], k.budget) for i, k in enumerate(config.keys)]
+    owners += [(["teams", i, "budget"], t.budget) for i, t in enumerate(config.teams)]
+    return [(where, "without a store: (the usage ledger) this budget's spend is counted in memory and starts "
+                    "from zero at each restart") for where, budget in owners if budget is not None]
 
 
 def _validate_references(config: Config, fail: Fail) -> None:

@@ -198,3 +198,13 @@ async def test_records_wait_while_the_database_is_down_and_overflow_is_counted(c
     assert [r.request_id for r in store.written] == [f"r{i}" for i in range(50)], "in order, none lost"
     assert counters.written._value.get() == 50
     await ledger.close(1.0)
+
+
+def test_check_warns_that_budgets_without_a_ledger_forget_at_restart():
+    from tollway.core.config import check
+    checked = check(CONFIG)
+    assert not checked.errors
+    warned = [str(w) for w in checked.warnings]
+    assert len(warned) == 2 and all("starts from zero at each restart" in w for w in warned)
+    assert "keys.k.budget" in warned[0] and "teams.t.budget" in warned[1]
+    assert not check(CONFIG + "store: {backend: sqlite}\n").warnings
