@@ -119,3 +119,11 @@ async def test_a_replica_counts_alone_while_redis_is_down_and_catches_up_after()
     assert keeper.book.accounts[("key", "k")].spent == 1.0
     assert sum(keeper.share.pending.values()) == 1.0, "kept for the next try"
     await keeper.share.client.aclose()
+
+
+def test_several_workers_with_budgets_in_memory_are_refused():
+    from tollway.gateway.limits.limiter import per_worker_problem
+    problem = per_worker_problem(loads(_config()), 2)
+    assert problem is not None and "budgets" in problem and "backend: redis" in problem
+    assert per_worker_problem(loads(_config()), 1) is None
+    assert per_worker_problem(loads(_config("rate_limits: {backend: redis}")), 2) is None

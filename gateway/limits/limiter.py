@@ -227,11 +227,15 @@ def per_worker_problem(config: Config, workers: int) -> str | None:
     The memory backend keeps each worker's buckets in that worker, and granian spreads
     connections over workers, so N workers would admit up to N times every limit.
     """
-    if workers <= 1 or config.rate_limits.backend != "memory" or not LimitPolicy(config).enabled:
+    if workers <= 1 or config.rate_limits.backend != "memory":
         return None
-    return (f"rate_limits.backend 'memory' keeps limits inside one process, and --workers {workers} would run "
-            f"{workers} of them: together they would admit up to {workers}x every limit. "
-            "Use rate_limits.backend: redis to share limits, or serve with --workers 1.")
+    budgets = any(k.budget is not None for k in config.keys) or any(t.budget is not None for t in config.teams)
+    if not budgets and not LimitPolicy(config).enabled:
+        return None
+    what = "limits and budgets" if budgets else "limits"
+    return (f"rate_limits.backend 'memory' keeps {what} inside one process, and --workers {workers} would run "
+            f"{workers} of them: together they would admit up to {workers}x every limit and budget. "
+            f"Use rate_limits.backend: redis to share {what}, or serve with --workers 1.")
 
 
 def store_settings(config: Config) -> tuple[str, ...]:
