@@ -4,6 +4,8 @@ reads the ratio)."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 import urllib.request
 
 import openai
@@ -93,23 +95,31 @@ def test_no_budget_no_series():
     assert _scrape(BudgetLevels(lambda: keeper)) == {name: {} for name in NAMES}  # described, no samples
 
 
-def test_a_gateway_exports_what_it_charged_as_admin_budgets_reports_it():
-    gw = GatewayProcess(f"""
+def _gateway_config(team_budget: str, key_budget: str) -> str:
+    return f"""
 providers: [{{name: local, schema: fake}}]
 models:
   - name: demo
     targets: [{{provider: local}}]
     price: {{input: 10000, output: 10000}}     # USD per 1M tokens: a cent a token
-teams: [{{name: search, budget: {{usd: 50, period: month}}}}]
-keys: [{{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: search, budget: {{usd: 5, period: day}}}}]
+teams: [{{name: search{team_budget}}}]
+keys: [{{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: search{key_budget}}}]
 admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
-""")
+"""
+
+
+def _gateway_levels(gw: GatewayProcess) -> dict[str, dict[tuple[str, str], float]]:
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+        return _text_families(r.read().decode())
+
+
+def test_a_gateway_exports_what_it_charged_as_admin_budgets_reports_it_and_follows_a_reload():
+    gw = GatewayProcess(_gateway_config(", budget: {usd: 50, period: month}", ", budget: {usd: 5, period: day}"))
     try:
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
         answer = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "spend a little"}])
         cost = (answer.usage.prompt_tokens + answer.usage.completion_tokens) * 0.01
-        with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
-            levels = _text_families(r.read().decode())
+        levels = _gateway_levels(gw)
         assert levels["tollway_budget_usd"] == {("key", "test-key"): 5.0, ("team", "search"): 50.0}
         spent = levels["tollway_budget_spent_usd"]
         assert abs(spent[("key", "test-key")] - cost) < 1e-9 and abs(spent[("team", "search")] - cost) < 1e-9
@@ -122,5 +132,15 @@ admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
         assert {(i["owner"], i[i["owner"]]): i["spent_usd"] for i in items} == {
             ("key", "test-key"): round(spent[("key", "test-key")], 10),
             ("team", "search"): round(spent[("team", "search")], 10)}
+        # A reload: the key's budget raised (what it spent this day is kept), the team's removed.
+        gw.config_path.write_text(_gateway_config("", ", budget: {usd: 20, period: day}"))
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in gw.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reloaded = _gateway_levels(gw)
+        assert reloaded["tollway_budget_usd"] == {("key", "test-key"): 20.0}
+        assert reloaded["tollway_budget_spent_usd"] == {("key", "test-key"): spent[("key", "test-key")]}
+        assert abs(reloaded["tollway_budget_remaining_ratio"][("key", "test-key")] - (20 - cost) / 20) < 1e-9
     finally:
         gw.stop()
