@@ -8,9 +8,9 @@ period ends). `owner` is `key` or `team`, `name` a configured key's or team's na
 with a `budget:` in the current config have series, so the labels are as bounded as the config.
 The TollwayBudgetNearlySpent alert (deploy/prometheus/alerts.yaml) reads the ratio.
 
-Each worker reports its own book. With `rate_limits.backend: redis` every replica's book holds
-everyone's spend (at most `budgets.SYNC_SECONDS` late); without it, each worker counts only what
-it charged, as it also decides, so with --workers N the series are the answering worker's view.
+Each worker reports its own book, the one its requests are decided by: with
+`rate_limits.backend: redis` every worker's and replica's book holds the shared spend (at most
+`budgets.SYNC_SECONDS` late); with `memory`, what that process charged.
 A period that ended since the last charge reads as a new one (spent 0), as the next request
 would find it; the book itself is not changed by a scrape.
 """
