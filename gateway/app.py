@@ -35,6 +35,7 @@ from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
+from tollway.gateway.telemetry.budget_metrics import BudgetLevels
 from tollway.gateway.telemetry.limit_metrics import LimitLevels
 from tollway.gateway.telemetry.logs import setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
@@ -80,6 +81,7 @@ class Gateway:
         self.books = Books(config, config_path, self.ledger_counters)
         self.serving.pipeline = self.books.pipeline()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger))
+        self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
