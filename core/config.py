@@ -546,7 +546,7 @@ def _budget_warnings(config: Config) -> list[tuple[Path, str]]:
     """Budgets that will not hold as a reader of the config may expect."""
     if config.store is not None and config.ledger.enabled:
         return []
-    owners = [(["keys", i, "budget"], k.budget) for i, k in enumerate(config.keys)]
+    owners: list[tuple[Path, Budget | None]] = [(["keys", i, "budget"], k.budget) for i, k in enumerate(config.keys)]
     owners += [(["teams", i, "budget"], t.budget) for i, t in enumerate(config.teams)]
     return [(where, "without a store: (the usage ledger) this budget's spend is counted in memory and starts "
                     "from zero at each restart") for where, budget in owners if budget is not None]
