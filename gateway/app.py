@@ -45,7 +45,7 @@ from tollway.gateway.upstream.client import UpstreamClient
 
 _JSON = ("content-type", "application/json")
 _TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
-_LEDGER_FLUSH_SECONDS = 5.0  # on shutdown, queued usage records get this long to reach the database
+_LEDGER_FLUSH_SECONDS = 2.5  # on shutdown, queued usage records get this long (traces 2 s + this < the kill margin)
 log = logging.getLogger("tollway")
 
 

@@ -275,3 +275,20 @@ def test_no_prompt_text_reaches_any_column(db):
                 assert not any(MARKER in str(v) for v in row), table
                 assert not any(UPSTREAM_SECRET in str(v) or TEST_KEY in str(v) for v in row), table
         assert conn.execute("SELECT count(*) FROM usage_records").fetchone()[0] > 5
+
+
+def test_records_still_queued_at_shutdown_are_written_before_the_gateway_exits(upstreams, tmp_path):
+    db = tmp_path / "shutdown.db"
+    text = _config(upstreams[0].url, upstreams[1].url, db).replace("flush_interval: 0.05", "flush_interval: 30")
+    gw = GatewayProcess(text)
+    ids = []
+    try:
+        for _ in range(3):
+            raw = _client(gw).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+            ids.append(raw.headers["x-request-id"])
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM usage_records").fetchone()[0] == 0, "still queued (30 s batches)"
+    finally:
+        assert gw.stop() == 0
+    assert set(_records(db, ids, timeout=0)) == set(ids), "flushed on SIGTERM"
