@@ -292,3 +292,16 @@ def test_records_still_queued_at_shutdown_are_written_before_the_gateway_exits(u
     finally:
         assert gw.stop() == 0
     assert set(_records(db, ids, timeout=0)) == set(ids), "flushed on SIGTERM"
+
+
+def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(tmp_path):
+    db = tmp_path / "newer.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE tollway_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO tollway_schema VALUES (999)")
+    config = tmp_path / "config.yaml"
+    config.write_text((ROOT / "examples" / "demo.yaml").read_text().replace("path: tollway.db", f"path: {db}"))
+    result = subprocess.run([sys.executable, "-m", "tollway.gateway.cli", "serve", "--config", str(config), "--port", "9"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode != 0
+    assert "schema version 999, newer than this gateway knows" in result.stderr
