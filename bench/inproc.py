@@ -2,7 +2,7 @@
 
 The Gateway app is called in-process by 32 concurrent tasks with a minimal RSGI scope and
 protocol (body in, `response_bytes` out), on uvloop, pinned to the gateway CPU; the mock
-upstream (nginx, as in bench/run) runs on the load CPU. Four figures, each the best of five
+upstream (nginx, as in bench/run) runs on the load CPU. The figures, each the best of five
 rounds of user+system CPU per request:
 
   client     tollway.gateway.upstream.client.UpstreamClient alone: request + read against the mock
@@ -11,9 +11,13 @@ rounds of user+system CPU per request:
   no-limit   the same without the in-memory limit in the config
   full       the whole app against the mock upstream
   stream     the whole app relaying bench/run's 24-event SSE stream from the mock upstream
+  ledger     `stubbed` with the usage ledger on (SQLite in a temp file): the record built and
+             queued per request, and the writer's batches (its thread is in this process, so
+             its CPU is counted)
 
     python bench/inproc.py                # ~1 minute
     python bench/inproc.py --requests 10000
+    python bench/inproc.py --only stubbed,ledger --profile DIR   # + a cProfile of each figure
 
 These are costs of our code only; bench/run measures what a client sees through granian.
 """
@@ -106,15 +110,24 @@ class CannedResponse:
         pass
 
 
-async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int) -> float:
+PROFILE: Path | None = None  # --profile: where each figure's cProfile stats go
+
+
+async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int, name: str = "",
+                          settle: Callable[[], Awaitable[None]] | None = None) -> float:
     """Best of five rounds: microseconds of user+system CPU per call of `once`, with
-    CONCURRENCY calls in flight."""
+    CONCURRENCY calls in flight. With --profile, a sixth round runs under cProfile (its
+    stats written to <dir>/<name>.pstats; the thread pool's threads are not profiled).
+    `settle`, if given, is awaited at the end of each round, inside the measured window: work
+    the round left behind (the ledger's queued records) is charged to it."""
     async def worker(count: int) -> None:
         for _ in range(count):
             await once()
 
     async def round_of(count: int) -> None:
         await asyncio.gather(*(worker(count // CONCURRENCY) for _ in range(CONCURRENCY)))
+        if settle is not None:
+            await settle()
 
     await round_of(max(requests // 10, CONCURRENCY))  # warm the pools and caches
     best = float("inf")
@@ -124,15 +137,26 @@ async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int) ->
         after = resource.getrusage(resource.RUSAGE_SELF)
         spent = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         best = min(best, spent * 1e6 / requests)
+    if PROFILE is not None and name:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await round_of(requests)
+        profiler.disable()
+        profiler.dump_stats(PROFILE / f"{name}.pstats")
     return best
 
 
-async def gateway_cost(config: Path, requests: int, stub_upstream: bool, body: bytes = BODY) -> float:
+def gateway_cost(loop: asyncio.AbstractEventLoop, config: Path, requests: int, stub_upstream: bool,
+                 body: bytes = BODY, name: str = "") -> float:
+    """The app's CPU per request, started and stopped as granian does it (__rsgi_init__ and
+    __rsgi_del__ on a loop that is not running: they run the ledger's start and its last flush)."""
     from tollway.core import config as config_mod
     from tollway.gateway.app import Gateway
 
-    gateway = Gateway(config_mod.load(str(config)), None)
-    gateway.__rsgi_init__(asyncio.get_running_loop())
+    gateway = Gateway(config_mod.load(str(config)), str(config))
+    gateway.__rsgi_init__(loop)
     if stub_upstream:
         async def answer(*_: Any) -> CannedResponse:
             return CannedResponse()
@@ -146,7 +170,20 @@ async def gateway_cost(config: Path, requests: int, stub_upstream: bool, body: b
         await gateway.__rsgi__(scope, proto)
         assert proto.status == 200, proto.status
 
-    return await cpu_per_request(once, requests)
+    ledger = gateway.books.ledger
+
+    async def drained() -> None:  # the writer catches up; waiting idle costs no CPU
+        while ledger is not None and ledger.queued:
+            await asyncio.sleep(0.005)
+
+    try:
+        return loop.run_until_complete(cpu_per_request(once, requests, name, drained))
+    finally:
+        gateway.__rsgi_del__(loop)
+        if ledger is not None:  # a figure measured on a ledger that dropped records would lie
+            written, dropped = ledger.counters.written._value.get(), ledger.counters.dropped._value.get()
+            if dropped or not written:
+                raise RuntimeError(f"the ledger wrote {written:.0f} records and dropped {dropped:.0f}")
 
 
 async def client_cost(url: str, requests: int) -> float:
@@ -161,45 +198,69 @@ async def client_cost(url: str, requests: int) -> float:
         await resp.read()
 
     try:
-        return await cpu_per_request(once, requests)
+        return await cpu_per_request(once, requests, "client")
     finally:
         await client.aclose()
 
 
-async def measure(json_port: int, sse_port: int, workdir: Path, requests: int) -> dict[str, float]:
+def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, workdir: Path, requests: int,
+            only: set[str] | None) -> dict[str, float]:
     limited = write_config(workdir, {UPSTREAM_MODEL: json_port, STREAM_MODEL: sse_port})
     unlimited = workdir / "tollway-nolimit.yaml"
     unlimited.write_text("".join(line for line in limited.read_text().splitlines(keepends=True)
                                  if "limits:" not in line))
-    return {
-        "client": await client_cost(f"http://127.0.0.1:{json_port}/v1/chat/completions", requests),
-        "stubbed": await gateway_cost(limited, requests, stub_upstream=True),
-        "no-limit": await gateway_cost(unlimited, requests, stub_upstream=True),
-        "full": await gateway_cost(limited, requests, stub_upstream=False),
-        "stream": await gateway_cost(limited, requests, stub_upstream=False, body=STREAM_BODY),
+    ledger = workdir / "tollway-ledger.yaml"
+    ledger.write_text(limited.read_text() + f"store: {{backend: sqlite, path: '{workdir / 'ledger.db'}'}}\n")
+    figures: dict[str, Callable[[], float]] = {
+        "client": lambda: loop.run_until_complete(
+            client_cost(f"http://127.0.0.1:{json_port}/v1/chat/completions", requests)),
+        "stubbed": lambda: gateway_cost(loop, limited, requests, True, name="stubbed"),
+        "no-limit": lambda: gateway_cost(loop, unlimited, requests, True, name="no-limit"),
+        "full": lambda: gateway_cost(loop, limited, requests, False, name="full"),
+        "stream": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream"),
+        "ledger": lambda: gateway_cost(loop, ledger, requests, True, name="ledger"),
     }
+    return {name: run() for name, run in figures.items() if only is None or name in only}
 
 
 def main() -> int:
+    global PROFILE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=20000, help="requests per round (5 rounds per figure)")
+    p.add_argument("--only", help="comma list of figures (default: all)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="also write each figure's cProfile stats (one more round) to DIR/<figure>.pstats")
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--gw-cpu", default="1")
     args = p.parse_args()
     import uvloop
 
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        PROFILE = args.profile
     workdir = Path(tempfile.mkdtemp(prefix="tollway-inproc-"))
     json_port, sse_port, hop_json, hop_sse = free_ports(4)
     mock_conf, _ = write_confs(workdir, json_port, sse_port, hop_json, hop_sse)
+    only = set(args.only.split(",")) if args.only else None
     with ServiceSet(workdir) as services:
         services.start("mock", args.load_cpu, ["nginx", "-p", str(workdir), "-e", str(workdir / "ng.log"),
                        "-g", "daemon off;", "-c", str(mock_conf)], json_port)
         os.sched_setaffinity(0, {int(args.gw_cpu)})
-        figures = uvloop.run(measure(json_port, sse_port, workdir, args.requests))
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            figures = measure(loop, json_port, sse_port, workdir, args.requests, only)
+        finally:
+            loop.close()
     print("us of CPU per request (user+system, best of 5, 32 in flight):")
     for name, value in figures.items():
         print(f"  {name:9} {value:6.1f}")
-    print(f"  limit     {figures['stubbed'] - figures['no-limit']:6.1f}  (stubbed - no-limit)")
+    if "stubbed" in figures and "no-limit" in figures:
+        print(f"  limit     {figures['stubbed'] - figures['no-limit']:6.1f}  (stubbed - no-limit)")
+    if "stubbed" in figures and "ledger" in figures:
+        print(f"  +ledger   {figures['ledger'] - figures['stubbed']:6.1f}  (ledger - stubbed)")
+    if args.profile is not None:
+        print(f"cProfile stats: {args.profile}/<figure>.pstats")
     return 0
 
 

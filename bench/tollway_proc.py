@@ -12,9 +12,12 @@ UPSTREAM_MODEL = "gpt-4o-mini"
 
 
 def tollway_argv() -> list[str]:
-    """The installed `tollway` command, else its module (the project must be installed:
-    `pip install -e .` maps this checkout's folders to `tollway.*`)."""
-    found = shutil.which("tollway")
+    """The `tollway` command installed beside the Python running the bench (a venv's), else
+    the one on PATH, else its module (the project must be installed: `pip install -e .` maps
+    this checkout's folders to `tollway.*`). The venv's first: a `tollway` found on PATH may
+    belong to another checkout's install and would run that checkout's code."""
+    beside = Path(sys.executable).with_name("tollway")
+    found = str(beside) if beside.exists() else shutil.which("tollway")
     return [found] if found else [sys.executable, "-m", "tollway.gateway.cli"]
 
 
