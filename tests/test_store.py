@@ -422,3 +422,18 @@ async def test_the_ledger_keeps_records_while_postgres_is_down_and_writes_them_w
         await ledger.close(5)
     finally:
         await asyncio.to_thread(instance.destroy)
+
+
+async def test_a_partition_another_replica_dropped_is_made_again(pg_database: str):
+    one, other = PostgresStore(pg_database), PostgresStore(pg_database)
+    await one.open()
+    await other.open()
+    try:
+        old = BASE - 30 * DAY
+        await one.write(_records(5, old, HOUR, seed=1))  # `one` now knows that day's partition
+        assert await other.prune(old + DAY) == 5  # ... which `other` drops
+        await one.write(_records(5, old, HOUR, seed=2))
+        assert len(await one.requests(RequestFilter(until=old + DAY))) == 5
+    finally:
+        await one.aclose()
+        await other.aclose()
