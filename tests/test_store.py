@@ -33,7 +33,7 @@ from tollway.core.ledger.rollup import SUMS, is_error
 from tollway.gateway.store import LedgerStore, RequestFilter, SchemaTooNew, StoreError
 from tollway.gateway.store.ledger import Ledger, LedgerCounters
 from tollway.gateway.store.postgres import VERSION as PG_VERSION
-from tollway.gateway.store.postgres import PostgresStore
+from tollway.gateway.store.postgres import PostgresStore, redact
 from tollway.gateway.store.sqlite import VERSION as SQLITE_VERSION
 from tollway.gateway.store.sqlite import SqliteStore
 
@@ -355,6 +355,7 @@ async def test_stores_opening_a_fresh_postgres_database_at_once_all_succeed(pg_d
 @pytest.mark.parametrize("url", [
     "postgresql://postgres:s3cret-pw@127.0.0.1:1/tollway",  # nothing listens
     "postgresql://postgres:s3cret-pw@{host}:{port}/tollway_no_such_database",  # the server says no
+    "postgresql://postgres@{host}:{port}/tollway_no_such_database?password=s3cret-pw",
 ])
 async def test_a_failure_is_a_store_error_without_the_password(url: str):
     if "{host}" in url:
@@ -368,6 +369,12 @@ async def test_a_failure_is_a_store_error_without_the_password(url: str):
     assert time.monotonic() - started < 8  # a dead database fails fast
     assert "s3cret-pw" not in str(caught.value) and "***" in str(caught.value)
     await store.aclose()
+
+
+def test_redact_hides_every_password():
+    assert redact("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact("postgresql://u@h/db?sslmode=require&password=pw") == "postgresql://u@h/db?sslmode=require&password=***"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
 async def test_a_closed_store_says_so():

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -152,14 +152,16 @@ class PostgresStore:
                 return await fn(conn)
         except StoreError:
             raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
+                TimeoutError) as exc:
             raise StoreError(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
 
     def _say(self, exc: BaseException) -> str:
         """The error's message, without the URL's password should a driver ever echo it."""
-        text = str(exc) or type(exc).__name__
-        password = urlsplit(self.url).password
-        return text.replace(self.url, self.where).replace(password, "***") if password else text
+        text = (str(exc) or type(exc).__name__).replace(self.url, self.where)
+        for password in sorted(_passwords(self.url), key=len, reverse=True):
+            text = text.replace(password, "***")
+        return text
 
     # -- partitions ---------------------------------------------------------------------
 
@@ -259,13 +261,24 @@ class PostgresStore:
 
 
 def redact(url: str) -> str:
-    """`url` with its password replaced by ***."""
+    """`url` with its password (`user:password@`, or `?password=`) replaced by ***."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    if "password" in query:
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)],
+                          safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _passwords(url: str) -> set[str]:
+    """The URL's passwords, as written and decoded."""
+    parts = urlsplit(url)
+    found = {parts.password} if parts.password else set()
+    found |= {v for k, v in parse_qsl(parts.query) if k == "password" and v}
+    return found | {unquote(p) for p in found}
 
 
 def _partition(day: date) -> str:
