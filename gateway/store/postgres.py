@@ -17,12 +17,11 @@ alignment padding): smallint status and attempts, int4 token counts (one request
 with room), float4 latencies (7 significant digits: a microsecond below 8 s, the recorder's
 rounding), float8 cost (NULL when unpriced), booleans, text[] tags (NULL when none).
 
-Indexes, per partition: a BRIN index on `ts` (a few pages per day: records arrive nearly in
-time order, so block ranges hold narrow time ranges), which serves the raw edges of a report
-(at most two partial hours) and `/admin/requests`' time bounds; and a B-tree on (key, ts) for
-`/admin/requests?key=`, newest first. No B-tree on `ts` alone: it would cost ~20 B a row for
-the unfiltered newest-first listing, which ordered partitions already answer by sorting the
-newest day's rows only (the LIMIT stops the scan there).
+Indexes, per partition: a B-tree on `ts`, for `/admin/requests` newest first (unfiltered, or by
+team, model or status) and for a report's raw edges (at most two partial hours); and one on
+(key, ts) for `/admin/requests?key=`. A BRIN index in its place would save its ~22 B a row,
+but it cannot give rows in order: the newest 100 of all records then sort every partition
+(0.5 s over 3 million rows, measured), where the B-tree reads 100 index entries.
 """
 from __future__ import annotations
 
@@ -78,7 +77,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             attempts int2 NOT NULL, stream boolean NOT NULL, cache_hit boolean NOT NULL, request_id text NOT NULL,
             key text, key_id text, team text, model text, provider text, upstream_model text, api text NOT NULL,
             error text, tags text[], trace_id text) PARTITION BY RANGE (ts)""",
-        "CREATE INDEX usage_records_ts ON usage_records USING brin (ts)",
+        "CREATE INDEX usage_records_ts ON usage_records (ts)",
         "CREATE INDEX usage_records_key_ts ON usage_records (key, ts)",
         _ROLLUP.format(table="usage_hourly"),
         _ROLLUP.format(table="usage_daily"),
