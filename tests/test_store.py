@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -210,6 +211,22 @@ async def test_every_field_reads_back(store: LedgerStore):
         assert have.ts == pytest.approx(want.ts, abs=1e-6)  # PostgreSQL keeps microseconds
         assert {f: getattr(have, f) for f in UsageRecord.__struct_fields__ if f != "ts"} == \
             {f: getattr(want, f) for f in UsageRecord.__struct_fields__ if f != "ts"}
+
+
+async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store: LedgerStore):
+    """PostgreSQL's text holds no NUL and its columns have ranges: such a record still goes in
+    (with U+FFFD for NUL, and counts held to the column), or its batch would fail for ever."""
+    odd = _records(1, BASE, 1)[0]
+    odd = msgspec.structs.replace(odd, model="gpt\x00evil", input_tokens=2**40, output_tokens=-(2**40), status=70000)
+    await store.write([odd])
+    await store.write(_records(2, BASE + 10, 1, seed=3))
+    got = {r.request_id: r for r in await store.requests(RequestFilter())}
+    assert len(got) == 3
+    back = got[odd.request_id]
+    if store.backend == "postgres":
+        assert (back.model, back.input_tokens, back.output_tokens, back.status) == ("gpt\ufffdevil", 2**31 - 1, -(2**31 - 1), 2**15 - 1)
+    else:
+        assert back == odd
 
 
 async def test_an_empty_batch_is_nothing(store: LedgerStore):

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 
 from tollway.core.ledger.periods import DAY, Table
 from tollway.core.ledger.record import FIELDS, UsageRecord
@@ -188,6 +189,7 @@ class PostgresStore:
     async def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
+        records = [_fit(r) for r in records]
         rows = [_row(r) for r in records]
         hours, days = _columns(rollup_rows(hourly(records))), _columns(rollup_rows(daily(records)))
         needed = {datetime.fromtimestamp(r.ts, UTC).date() for r in records}
@@ -314,11 +316,37 @@ def _when(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+# A value PostgreSQL would refuse fails the whole batch, and the Ledger retries a batch until it
+# goes in: one such record would stop the ledger. So text loses NUL characters (which text cannot
+# hold; a client-sent model name may carry one) and numbers are held to their columns' range
+# (a token count from an upstream's answer is not bounded).
+_TEXT = ("request_id", "key", "key_id", "team", "model", "provider", "upstream_model", "api", "error", "trace_id")
+_RANGES = tuple((f, 2**31 - 1) for f in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                                         "reasoning_tokens")) + (("status", 2**15 - 1), ("attempts", 2**15 - 1))
+
+
+def _fit(r: UsageRecord) -> UsageRecord:
+    """`r` as its columns can hold it (most often `r` itself)."""
+    changes: dict[str, object] = {}
+    for name in _TEXT:
+        value = getattr(r, name)
+        if value is not None and "\x00" in value:
+            changes[name] = value.replace("\x00", "\ufffd")
+    for name, bound in _RANGES:
+        value = getattr(r, name)
+        if not -bound <= value <= bound:
+            changes[name] = bound if value > 0 else -bound
+    return msgspec.structs.replace(r, **changes) if changes else r
+
+
 def _row(r: UsageRecord) -> tuple[object, ...]:
     values = [getattr(r, f) for f in FIELDS]
-    values[FIELDS.index("ts")] = _when(r.ts)
-    values[FIELDS.index("tags")] = list(r.tags) if r.tags else None
+    values[_TS] = _when(r.ts)
+    values[_TAGS] = list(r.tags) if r.tags else None
     return tuple(values)
+
+
+_TS, _TAGS = FIELDS.index("ts"), FIELDS.index("tags")
 
 
 def _columns(rows: list[RollupRow]) -> list[list[object]]:
