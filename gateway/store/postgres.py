@@ -312,8 +312,12 @@ def _today_and_ahead() -> set[date]:
     return {today + timedelta(days=i) for i in range(_AHEAD + 1)}
 
 
+# Python's datetimes span years 1 to 9999; a report may ask from (or to) further.
+_FIRST, _LAST = datetime(1, 1, 2, tzinfo=UTC).timestamp(), datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
 def _when(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+    return datetime.fromtimestamp(min(max(ts, _FIRST), _LAST), UTC)
 
 
 # A value PostgreSQL would refuse fails the whole batch, and the Ledger retries a batch until it
