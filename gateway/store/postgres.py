@@ -54,6 +54,7 @@ T = TypeVar("T")
 _POOL_MIN, _POOL_MAX = 1, 4
 _CONNECT_TIMEOUT = 5.0  # seconds to open a connection: a dead database fails fast
 _COMMAND_TIMEOUT = 10.0  # seconds per statement
+_MIGRATE_TIMEOUT = 600.0  # seconds per migration statement, and to wait for another gateway's migration
 # DDL (making a partition, dropping one) locks usage_records whole: behind a long report it would
 # hold every writer up, so it waits at most this long for its lock and fails (to be retried).
 _LOCK_TIMEOUT = "3s"
@@ -130,14 +131,15 @@ class PostgresStore:
 
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)  # several gateways: one migrates
+            # Several gateways starting at once: one migrates, the others wait for it.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK, timeout=_MIGRATE_TIMEOUT)
             await conn.execute("CREATE TABLE IF NOT EXISTS tollway_schema (version integer NOT NULL)")
             found = await conn.fetchval("SELECT version FROM tollway_schema")
             if found is not None and found > VERSION:
                 raise schema_too_new(found, VERSION)
             for statements in MIGRATIONS[found or 0:]:
                 for sql in statements:
-                    await conn.execute(sql)
+                    await conn.execute(sql, timeout=_MIGRATE_TIMEOUT)
             if found is None:
                 await conn.execute("INSERT INTO tollway_schema (version) VALUES ($1)", VERSION)
             elif found < VERSION:
