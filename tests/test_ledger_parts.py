@@ -66,6 +66,9 @@ def test_report_bounds_parse_and_refuse_garbage():
     assert parse_instant("2026-11-01", now) == ts("2026-11-01T00:00:00")
     with pytest.raises(ValueError, match="not a time"):
         parse_instant("last tuesday", now)
+    assert parse_instant("999999d", now) == 0.0, "before the epoch: the ledger holds nothing earlier"
+    assert parse_instant("0001-01-01T00:00:00Z", now) == 0.0
+    assert answer(spend_query("team", "999999d", None, now), {})["since"] == "1970-01-01T00:00:00.000Z"
     with pytest.raises(ValueError, match="group_by"):
         spend_query("team,colour", None, None, now)
 

@@ -43,6 +43,7 @@ def rfc3339(ts: float) -> str:
 
 
 _RELATIVE = re.compile(r"(\d{1,6})([dhm])")
+_EPOCH, _LAST = 0.0, 253402300799.0  # 1970-01-01 and 9999-12-31T23:59:59Z: the ledger holds nothing outside
 _UNIT = {"d": DAY, "h": HOUR, "m": 60.0}
 
 
@@ -51,7 +52,7 @@ def parse_instant(value: str, now: float) -> float:
     `Nd`/`Nh`/`Nm` before `now`. Raises ValueError with a message fit for the client."""
     relative = _RELATIVE.fullmatch(value.strip())
     if relative:
-        return now - int(relative.group(1)) * _UNIT[relative.group(2)]
+        return min(max(now - int(relative.group(1)) * _UNIT[relative.group(2)], _EPOCH), _LAST)
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -59,7 +60,7 @@ def parse_instant(value: str, now: float) -> float:
                          "before now such as 7d, 12h or 30m") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return t.timestamp()
+    return min(max(t.timestamp(), _EPOCH), _LAST)
 
 
 Table = Literal["raw", "hourly", "daily"]

@@ -13,11 +13,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from tollway.core.ledger.periods import DAY, segments
+from tollway.core.ledger.periods import DAY, Table
 from tollway.core.ledger.record import FIELDS, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
-from tollway.core.ledger.rollup import SUMS, RollupKey, daily, hourly
+from tollway.core.ledger.rollup import SUMS, daily, hourly
 from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
+from tollway.gateway.store.rows import (
+    RollupRow,
+    grouped_select,
+    request_filters,
+    rollup_rows,
+    rollup_select,
+    spend_parts,
+    spend_rows,
+)
 
 T = TypeVar("T")
 _BUSY_MS = 5000
@@ -52,18 +61,15 @@ _UPSERT = ("INSERT INTO {table} (bucket, key, key_id, team, model, provider, " +
            + ", ".join("?" * (6 + len(SUMS))) + ") ON CONFLICT (bucket, key, key_id, team, model, provider) "
            "DO UPDATE SET " + _SUM_SET)
 
-# The sums over raw records, in SUMS order; and a dimension's expression in each table.
+# The sums over raw records, in SUMS order; and a dimension's expression there.
 _RAW_SUMS = ("COUNT(*), SUM(status >= 400 OR error IS NOT NULL), SUM(cost_usd IS NULL), SUM(input_tokens), "
              "SUM(cached_input_tokens), SUM(cache_write_tokens), SUM(output_tokens), SUM(reasoning_tokens), "
              "TOTAL(cost_usd)")
-_ROLLUP_SUMS = ", ".join(f"SUM({s})" for s in SUMS)
 _RAW_DIM = {"key": "r.key", "team": "r.team", "model": "r.model", "provider": "r.provider",
             "day": f"CAST(r.ts / {DAY:.0f} AS INTEGER) * {DAY:.0f}", "tag": "tag.value"}
 # Each record once per tag (a record without tags once, under tag null): tags never hold a
 # comma or a quote (tollway.core.ledger.tags), so the list is a JSON array by substitution.
 _TAGS = """json_each(CASE WHEN r.tags IS NULL THEN '[null]' ELSE '["' || REPLACE(r.tags, ',', '","') || '"]' END) AS tag"""
-_ROLLUP_DIM = {"key": "NULLIF(key, '')", "team": "NULLIF(team, '')", "model": "NULLIF(model, '')",
-               "provider": "NULLIF(provider, '')", "day": f"bucket / {DAY:.0f} * {DAY:.0f}"}
 
 
 class SqliteStore:
@@ -100,7 +106,7 @@ class SqliteStore:
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
         rows = [_row(r) for r in records]
-        hours, days = _rollup_rows(hourly(records)), _rollup_rows(daily(records))
+        hours, days = rollup_rows(hourly(records)), rollup_rows(daily(records))
         await self._run(lambda db: _write(db, rows, hours, days))
 
     async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
@@ -153,12 +159,8 @@ def _row(r: UsageRecord) -> tuple[object, ...]:
     return tuple(values)
 
 
-def _rollup_rows(sums: dict[RollupKey, list[float]]) -> list[tuple[object, ...]]:
-    return [(*ident, *s) for ident, s in sums.items()]
-
-
-def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]], hours: list[tuple[object, ...]],
-           days: list[tuple[object, ...]]) -> None:
+def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]], hours: list[RollupRow],
+           days: list[RollupRow]) -> None:
     db.execute("BEGIN")
     try:
         db.executemany(_INSERT, rows)
@@ -171,47 +173,26 @@ def _write(db: sqlite3.Connection, rows: list[tuple[object, ...]], hours: list[t
 
 
 def _spend(db: sqlite3.Connection, query: SpendQuery) -> list[tuple[Group, list[float]]]:
-    parts = [("raw", query.since, query.until)] if query.by_tag else segments(query.since, query.until)
     out: list[tuple[Group, list[float]]] = []
-    n = len(query.group_by)
-    for table, lo, hi in parts:
-        for row in db.execute(*_segment_sql(table, query.group_by, lo, hi)):
-            if row[n] == 0:
-                continue
-            out.append((tuple(row[:n]), [float(v or 0) for v in row[n:]]))
+    for table, lo, hi in spend_parts(query):
+        out.extend(spend_rows(db.execute(*_segment_sql(table, query.group_by, lo, hi)), len(query.group_by)))
     return out
 
 
-def _segment_sql(table: str, dims: tuple[str, ...], lo: float, hi: float) -> tuple[str, tuple[float, float]]:
-    if table == "raw":
-        cols = [_RAW_DIM[d] for d in dims]
-        source = "usage_records AS r" + (", " + _TAGS if "tag" in dims else "")
-        where = "r.ts >= ? AND r.ts < ?"
-        sums = _RAW_SUMS
-    else:
-        cols = [_ROLLUP_DIM[d] for d in dims]
-        source, where, sums = f"usage_{table}", "bucket >= ? AND bucket < ?", _ROLLUP_SUMS
-    select = ", ".join([*cols, sums])
-    group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(cols)))}" if cols else ""
-    return f"SELECT {select} FROM {source} WHERE {where}{group}", (lo, hi)
+def _segment_sql(table: Table, dims: tuple[str, ...], lo: float, hi: float) -> tuple[str, tuple[float, float]]:
+    if table != "raw":
+        return rollup_select(table, dims, "?", "?"), (lo, hi)
+    cols = [_RAW_DIM[d] for d in dims]
+    source = "usage_records AS r" + (", " + _TAGS if "tag" in dims else "")
+    return grouped_select(cols, _RAW_SUMS, source, "r.ts >= ? AND r.ts < ?"), (lo, hi)
 
 
 def _requests(db: sqlite3.Connection, where: RequestFilter) -> list[UsageRecord]:
-    clauses, args = [], []
-    for column in ("key", "team", "model", "status"):
-        value = getattr(where, column)
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    if where.since is not None:
-        clauses.append("ts >= ?")
-        args.append(where.since)
-    if where.until is not None:
-        clauses.append("ts < ?")
-        args.append(where.until)
+    filters = request_filters(where)
+    args: list[object] = [value for _, _, value in filters]
     sql = f"SELECT {', '.join(FIELDS)} FROM usage_records"
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
+    if filters:
+        sql += " WHERE " + " AND ".join(f"{column} {op} ?" for column, op, _ in filters)
     sql += " ORDER BY ts DESC LIMIT ?"
     args.append(where.limit)
     return [_record(row) for row in db.execute(sql, args)]

@@ -1,0 +1,389 @@
+"""The ledger in PostgreSQL: one database shared by a gateway's workers and by its replicas.
+
+asyncpg, a small pool (`_POOL_MIN`..`_POOL_MAX` connections) with short timeouts: a dead
+database fails a call within seconds (the Ledger's writer keeps the records and retries), it
+never holds the gateway up.
+
+Raw records go to `usage_records`, partitioned by range on `ts` with one partition per UTC day
+(`usage_records_YYYYMMDD`). Retention drops whole partitions: a DROP TABLE is instant and
+leaves no dead rows to vacuum, where a DELETE of a day's millions of rows would bloat the
+table and its indexes. Partitions are made ahead (today and the next `_AHEAD` days) and on
+demand for a batch that holds a day without one. The hourly and daily rollups are ordinary
+tables, kept forever, written in the same transaction as the records they sum.
+
+Bytes per raw row are kept low (bench/README.md, "Ledger stores", has the measure) by the
+column types and the order of the columns (fixed-width ones first, widest first, so no
+alignment padding): smallint status and attempts, int4 token counts (one request's tokens fit
+with room), float4 latencies (7 significant digits: a microsecond below 8 s, the recorder's
+rounding), float8 cost (NULL when unpriced), booleans, text[] tags (NULL when none).
+
+Indexes, per partition: a B-tree on `ts`, for `/admin/requests` newest first (unfiltered, or by
+team, model or status) and for a report's raw edges (at most two partial hours); and one on
+(key, ts) for `/admin/requests?key=`. A BRIN index in its place would save its ~22 B a row,
+but it cannot give rows in order: the newest 100 of all records then sort every partition
+(0.5 s over 3 million rows, measured), where the B-tree reads 100 index entries.
+"""
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+
+from tollway.core.ledger.periods import DAY, Table
+from tollway.core.ledger.record import FIELDS, UsageRecord
+from tollway.core.ledger.report import Group, SpendQuery
+from tollway.core.ledger.rollup import SUMS, daily, hourly
+from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
+from tollway.gateway.store.rows import (
+    RollupRow,
+    grouped_select,
+    request_filters,
+    rollup_rows,
+    rollup_select,
+    spend_parts,
+    spend_rows,
+)
+
+T = TypeVar("T")
+_POOL_MIN, _POOL_MAX = 1, 4
+_CONNECT_TIMEOUT = 5.0  # seconds to open a connection: a dead database fails fast
+_COMMAND_TIMEOUT = 10.0  # seconds per statement
+_MIGRATE_TIMEOUT = 600.0  # seconds per migration statement, and to wait for another gateway's migration
+# DDL (making a partition, dropping one) locks usage_records whole: behind a long report it would
+# hold every writer up, so it waits at most this long for its lock and fails (to be retried).
+_LOCK_TIMEOUT = "3s"
+_AHEAD = 2  # days of partitions made ahead of today
+# Advisory lock ids (pg_advisory_xact_lock): one migrator at a time, one partition maker at a time.
+_MIGRATE_LOCK = zlib.crc32(b"tollway:migrate")
+_PARTITION_LOCK = zlib.crc32(b"tollway:partition")
+
+_ROLLUP = """CREATE TABLE {table} (bucket bigint NOT NULL, key text NOT NULL, key_id text NOT NULL,
+    team text NOT NULL, model text NOT NULL, provider text NOT NULL, requests bigint NOT NULL,
+    errors bigint NOT NULL, unpriced_requests bigint NOT NULL, input_tokens bigint NOT NULL,
+    cached_input_tokens bigint NOT NULL, cache_write_tokens bigint NOT NULL, output_tokens bigint NOT NULL,
+    reasoning_tokens bigint NOT NULL, cost_usd float8 NOT NULL,
+    PRIMARY KEY (bucket, key, key_id, team, model, provider))"""
+
+# Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE usage_records (ts timestamptz NOT NULL, cost_usd float8, input_tokens int4 NOT NULL,
+            cached_input_tokens int4 NOT NULL, cache_write_tokens int4 NOT NULL, output_tokens int4 NOT NULL,
+            reasoning_tokens int4 NOT NULL, latency_ms float4 NOT NULL, ttft_ms float4, status int2 NOT NULL,
+            attempts int2 NOT NULL, stream boolean NOT NULL, cache_hit boolean NOT NULL, request_id text NOT NULL,
+            key text, key_id text, team text, model text, provider text, upstream_model text, api text NOT NULL,
+            error text, tags text[], trace_id text) PARTITION BY RANGE (ts)""",
+        "CREATE INDEX usage_records_ts ON usage_records (ts)",
+        "CREATE INDEX usage_records_key_ts ON usage_records (key, ts)",
+        _ROLLUP.format(table="usage_hourly"),
+        _ROLLUP.format(table="usage_daily"),
+    ),
+)
+VERSION = len(MIGRATIONS)
+
+_IDENT = ("bucket", "key", "key_id", "team", "model", "provider")
+_ROLLUP_TYPES = ("int8", "text", "text", "text", "text", "text", *("int8",) * (len(SUMS) - 1), "float8")
+_UPSERT = ("INSERT INTO {table} AS t (" + ", ".join((*_IDENT, *SUMS)) + ") SELECT * FROM unnest("
+           + ", ".join(f"${i + 1}::{type_}[]" for i, type_ in enumerate(_ROLLUP_TYPES)) + ") ON CONFLICT ("
+           + ", ".join(_IDENT) + ") DO UPDATE SET " + ", ".join(f"{s} = t.{s} + excluded.{s}" for s in SUMS))
+
+_RAW_SUMS = ("count(*), count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL), count(*) FILTER (WHERE cost_usd IS "
+             "NULL), sum(input_tokens), sum(cached_input_tokens), sum(cache_write_tokens), sum(output_tokens), "
+             "sum(reasoning_tokens), coalesce(sum(cost_usd), 0)")
+_RAW_DIM = {"key": "key", "team": "team", "model": "model", "provider": "provider",
+            "day": f"floor(extract(epoch FROM ts) / {DAY:.0f})::int8 * {DAY:.0f}", "tag": "tag"}
+_PARTITIONS = """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'usage_records'::regclass"""
+
+
+class PostgresStore:
+    backend = "postgres"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redact(url)  # what messages may say of the database
+        self._pool: Any = None  # asyncpg.Pool (asyncpg has no type hints)
+        self._days: set[date] = set()  # the days that have a partition, as far as this store knows
+
+    # -- connecting and migrating -------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            pool = await asyncpg.create_pool(
+                self.url, min_size=_POOL_MIN, max_size=_POOL_MAX, timeout=_CONNECT_TIMEOUT,
+                command_timeout=_COMMAND_TIMEOUT,
+                server_settings={"application_name": "tollway", "jit": "off"})
+        except Exception as exc:  # asyncpg raises OSError, its own errors, timeouts, and ValueError for a bad URL
+            raise StoreError(f"cannot connect to the PostgreSQL ledger at {self.where}: {self._say(exc)}") from None
+        self._pool = pool
+        try:
+            await self._call(self._migrate)
+            await self._call(lambda conn: self._ensure_days(conn, _today_and_ahead()))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            # Several gateways starting at once: one migrates, the others wait for it.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK, timeout=_MIGRATE_TIMEOUT)
+            await conn.execute("CREATE TABLE IF NOT EXISTS tollway_schema (version integer NOT NULL)")
+            found = await conn.fetchval("SELECT version FROM tollway_schema")
+            if found is not None and found > VERSION:
+                raise schema_too_new(found, VERSION)
+            for statements in MIGRATIONS[found or 0:]:
+                for sql in statements:
+                    await conn.execute(sql, timeout=_MIGRATE_TIMEOUT)
+            if found is None:
+                await conn.execute("INSERT INTO tollway_schema (version) VALUES ($1)", VERSION)
+            elif found < VERSION:
+                await conn.execute("UPDATE tollway_schema SET version = $1", VERSION)
+
+    async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `fn` with a pooled connection; what fails becomes a StoreError."""
+        if self._pool is None:
+            raise StoreError("the PostgreSQL ledger is not open")
+        try:
+            async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
+                return await fn(conn)
+        except StoreError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
+                TimeoutError) as exc:
+            raise StoreError(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
+
+    def _say(self, exc: BaseException) -> str:
+        """The error's message, without the URL's password should a driver ever echo it."""
+        text = (str(exc) or type(exc).__name__).replace(self.url, self.where)
+        for password in sorted(_passwords(self.url), key=len, reverse=True):
+            text = text.replace(password, "***")
+        return text
+
+    # -- partitions ---------------------------------------------------------------------
+
+    async def _ensure_days(self, conn: Any, days: set[date]) -> None:
+        """Make the partitions of `days` that do not exist yet."""
+        if not self._days:
+            self._days = await _partitions(conn)
+        missing = days - self._days
+        if not missing:
+            return
+        async with conn.transaction():
+            # One maker at a time, across replicas: two concurrent CREATE TABLE IF NOT EXISTS of one
+            # name can both pass the check and one then fails on the catalog's unique index.
+            await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+            for day in sorted(missing):
+                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {_partition(day)} PARTITION OF usage_records FOR VALUES FROM "
+                    f"('{start.isoformat()}') TO ('{(start + timedelta(days=1)).isoformat()}')")
+        self._days |= missing
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def write(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        records = [_fit(r) for r in records]
+        rows = [_row(r) for r in records]
+        hours, days = _columns(rollup_rows(hourly(records))), _columns(rollup_rows(daily(records)))
+        needed = {datetime.fromtimestamp(r.ts, UTC).date() for r in records}
+        needed |= {max(needed) + timedelta(days=i) for i in range(1, _AHEAD + 1)}
+
+        async def write(conn: Any) -> None:
+            await self._ensure_days(conn, needed)
+            try:
+                await _write(conn, rows, hours, days)
+            except asyncpg.CheckViolationError:  # no partition for a row: another replica dropped one we knew
+                self._days.clear()
+                await self._ensure_days(conn, needed)
+                await _write(conn, rows, hours, days)
+
+        await self._call(write)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
+        async def spend(conn: Any) -> list[tuple[Group, list[float]]]:
+            out: list[tuple[Group, list[float]]] = []
+            for table, lo, hi in spend_parts(query):
+                sql, args = _segment_sql(table, query.group_by, lo, hi)
+                out.extend(spend_rows(await conn.fetch(sql, *args), len(query.group_by)))
+            return out
+
+        return await self._call(spend)
+
+    async def requests(self, where: RequestFilter) -> list[UsageRecord]:
+        filters = request_filters(where)
+        args: list[object] = [_when(float(value)) if column == "ts" else value for column, _, value in filters]
+        sql = f"SELECT {', '.join(FIELDS)} FROM usage_records"
+        if filters:
+            sql += " WHERE " + " AND ".join(f"{column} {op} ${i + 1}" for i, (column, op, _) in enumerate(filters))
+        sql += f" ORDER BY ts DESC LIMIT ${len(args) + 1}"
+        args.append(where.limit)
+
+        async def fetch(conn: Any) -> list[UsageRecord]:
+            return [_record(row) for row in await conn.fetch(sql, *args)]
+
+        return await self._call(fetch)
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def prune(self, before: float) -> int:
+        """Drop the partitions whose whole day is before `before` (a partition holding `before`
+        is kept whole: raw records outlive the retention by less than a day)."""
+        async def prune(conn: Any) -> int:
+            removed = 0
+            for day in sorted(await _partitions(conn)):
+                if _start(day) + DAY > before:
+                    continue
+                name = _partition(day)
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+                    removed += await conn.fetchval(f"SELECT count(*) FROM {name}")
+                    await conn.execute(f"DROP TABLE {name}")  # detaches it: instant, no dead rows left behind
+                self._days.discard(day)
+            return removed
+
+        return await self._call(prune)
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), _CONNECT_TIMEOUT)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+
+def redact(url: str) -> str:
+    """`url` with its password (`user:password@`, or `?password=`) replaced by ***."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    if "password" in query:
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)],
+                          safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _passwords(url: str) -> set[str]:
+    """The URL's passwords, as written and decoded."""
+    parts = urlsplit(url)
+    found = {parts.password} if parts.password else set()
+    found |= {v for k, v in parse_qsl(parts.query) if k == "password" and v}
+    return found | {unquote(p) for p in found}
+
+
+def _partition(day: date) -> str:
+    return f"usage_records_{day:%Y%m%d}"
+
+
+def _day_of(name: str) -> date | None:
+    """The day of a partition's name; None if it is not one of ours."""
+    prefix, digits = name[:14], name[14:]
+    if prefix != "usage_records_" or len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return datetime.strptime(digits, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+async def _partitions(conn: Any) -> set[date]:
+    """The days that have a partition."""
+    days = (_day_of(row["relname"]) for row in await conn.fetch(_PARTITIONS))
+    return {day for day in days if day is not None}
+
+
+def _start(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def _today_and_ahead() -> set[date]:
+    today = datetime.now(UTC).date()
+    return {today + timedelta(days=i) for i in range(_AHEAD + 1)}
+
+
+# Python's datetimes span years 1 to 9999; a report may ask from (or to) further.
+_FIRST, _LAST = datetime(1, 1, 2, tzinfo=UTC).timestamp(), datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def _when(ts: float) -> datetime:
+    return datetime.fromtimestamp(min(max(ts, _FIRST), _LAST), UTC)
+
+
+# A value PostgreSQL would refuse fails the whole batch, and the Ledger retries a batch until it
+# goes in: one such record would stop the ledger. So text loses NUL characters (which text cannot
+# hold; a client-sent model name may carry one) and numbers are held to their columns' range
+# (a token count from an upstream's answer is not bounded).
+_TEXT = ("request_id", "key", "key_id", "team", "model", "provider", "upstream_model", "api", "error", "trace_id")
+_RANGES = tuple((f, 2**31 - 1) for f in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                                         "reasoning_tokens")) + (("status", 2**15 - 1), ("attempts", 2**15 - 1))
+
+
+def _fit(r: UsageRecord) -> UsageRecord:
+    """`r` as its columns can hold it (most often `r` itself)."""
+    changes: dict[str, object] = {}
+    for name in _TEXT:
+        value = getattr(r, name)
+        if value is not None and "\x00" in value:
+            changes[name] = value.replace("\x00", "\ufffd")
+    for name, bound in _RANGES:
+        value = getattr(r, name)
+        if not -bound <= value <= bound:
+            changes[name] = bound if value > 0 else -bound
+    return msgspec.structs.replace(r, **changes) if changes else r
+
+
+def _row(r: UsageRecord) -> tuple[object, ...]:
+    values = [getattr(r, f) for f in FIELDS]
+    values[_TS] = _when(r.ts)
+    values[_TAGS] = list(r.tags) if r.tags else None
+    return tuple(values)
+
+
+_TS, _TAGS = FIELDS.index("ts"), FIELDS.index("tags")
+
+
+def _columns(rows: list[RollupRow]) -> list[list[object]]:
+    """Rows as one list per column, for unnest()."""
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in _ROLLUP_TYPES]
+
+
+async def _write(conn: Any, rows: list[tuple[object, ...]], hours: list[list[object]], days: list[list[object]]) -> None:
+    async with conn.transaction():
+        await conn.copy_records_to_table("usage_records", records=rows, columns=FIELDS)
+        await conn.execute(_UPSERT.format(table="usage_hourly"), *hours)
+        await conn.execute(_UPSERT.format(table="usage_daily"), *days)
+
+
+# Each record once per tag; a record without tags once, under tag null (as the SQLite store).
+_EACH_TAG = " CROSS JOIN LATERAL unnest(COALESCE(tags, ARRAY[NULL]::text[])) AS tag"
+
+
+def _segment_sql(table: Table, dims: tuple[str, ...], lo: float, hi: float) -> tuple[str, tuple[object, object]]:
+    if table == "raw":
+        cols = [_RAW_DIM[d] for d in dims]
+        source = "usage_records" + (_EACH_TAG if "tag" in dims else "")
+        return grouped_select(cols, _RAW_SUMS, source, "ts >= $1 AND ts < $2"), (_when(lo), _when(hi))
+    return rollup_select(table, dims, "$1", "$2"), (int(lo), int(hi))
+
+
+def _record(row: Any) -> UsageRecord:
+    values = dict(zip(FIELDS, row, strict=True))
+    values["ts"] = values["ts"].timestamp()
+    values["tags"] = tuple(values["tags"] or ())
+    for name in ("latency_ms", "ttft_ms"):  # float4: back to the recorder's thousandths
+        if values[name] is not None:
+            values[name] = round(values[name], 3)
+    return UsageRecord(**values)
