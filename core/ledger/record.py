@@ -12,7 +12,10 @@ import msgspec
 MAX_MODEL_CHARS = 256  # a client names `model`; a row must not carry an essay
 
 
-class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+class UsageRecord(msgspec.Struct, frozen=True, gc=False):
+    """(Built positionally on the request path: keyword construction of 24 fields costs ~0.7 us,
+    positional ~0.1 us. It holds no containers but `tags`, a tuple of str: no GC tracking.)"""
+
     ts: float  # when the request arrived, UNIX seconds (RFC 3339 in JSON answers)
     request_id: str  # the response's x-request-id
     key: str | None  # the key's name
@@ -40,6 +43,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
+TAGS_AT = FIELDS.index("tags")
+TS_AT = FIELDS.index("ts")
 
 # The token classes, in the order reports list them.
 TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")

@@ -23,29 +23,40 @@ def is_error(record: UsageRecord) -> bool:
     return record.status >= 400 or record.error is not None
 
 
-def rollup(records: Iterable[UsageRecord], step: float) -> dict[RollupKey, list[float]]:
-    """The batch's totals per bucket of `step` seconds (HOUR or DAY) and identity."""
-    out: dict[RollupKey, list[float]] = {}
+def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]], dict[RollupKey, list[float]]]:
+    """The batch's totals per hour and per day (UTC) and identity. One pass over the records
+    makes the hours; the days are added up from the hours (a batch has few of those)."""
+    hours: dict[RollupKey, list[float]] = {}
     for r in records:
-        ident = (int(r.ts // step * step), r.key or "", r.key_id or "", r.team or "", r.model or "", r.provider or "")
-        sums = out.get(ident)
+        ident = (int(r.ts // HOUR * HOUR), r.key or "", r.key_id or "", r.team or "", r.model or "", r.provider or "")
+        sums = hours.get(ident)
         if sums is None:
-            sums = out[ident] = [0.0] * len(SUMS)
+            sums = hours[ident] = [0.0] * len(SUMS)
+        cost = r.cost_usd
         sums[0] += 1
-        sums[1] += is_error(r)
-        sums[2] += r.cost_usd is None
+        sums[1] += r.status >= 400 or r.error is not None
+        sums[2] += cost is None
         sums[3] += r.input_tokens
         sums[4] += r.cached_input_tokens
         sums[5] += r.cache_write_tokens
         sums[6] += r.output_tokens
         sums[7] += r.reasoning_tokens
-        sums[8] += r.cost_usd or 0.0
-    return out
+        sums[8] += cost or 0.0
+    days: dict[RollupKey, list[float]] = {}
+    for (hour, *names), sums in hours.items():
+        ident = (int(hour // DAY * DAY), *names)
+        have = days.get(ident)  # type: ignore[call-overload]
+        if have is None:
+            days[ident] = list(sums)  # type: ignore[index]
+        else:
+            for i, value in enumerate(sums):
+                have[i] += value
+    return hours, days
 
 
 def hourly(records: Iterable[UsageRecord]) -> dict[RollupKey, list[float]]:
-    return rollup(records, HOUR)
+    return rollups(records)[0]
 
 
 def daily(records: Iterable[UsageRecord]) -> dict[RollupKey, list[float]]:
-    return rollup(records, DAY)
+    return rollups(records)[1]

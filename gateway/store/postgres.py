@@ -36,9 +36,9 @@ import asyncpg
 import msgspec
 
 from tollway.core.ledger.periods import DAY, Table
-from tollway.core.ledger.record import FIELDS, UsageRecord
+from tollway.core.ledger.record import FIELDS, TAGS_AT, TS_AT, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
-from tollway.core.ledger.rollup import SUMS, daily, hourly
+from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
 from tollway.gateway.store.rows import (
     RollupRow,
@@ -193,7 +193,8 @@ class PostgresStore:
             return
         records = [_fit(r) for r in records]
         rows = [_row(r) for r in records]
-        hours, days = _columns(rollup_rows(hourly(records))), _columns(rollup_rows(daily(records)))
+        hour_sums, day_sums = rollups(records)
+        hours, days = _columns(rollup_rows(hour_sums)), _columns(rollup_rows(day_sums))
         needed = {datetime.fromtimestamp(r.ts, UTC).date() for r in records}
         needed |= {max(needed) + timedelta(days=i) for i in range(1, _AHEAD + 1)}
 
@@ -346,13 +347,10 @@ def _fit(r: UsageRecord) -> UsageRecord:
 
 
 def _row(r: UsageRecord) -> tuple[object, ...]:
-    values = [getattr(r, f) for f in FIELDS]
-    values[_TS] = _when(r.ts)
-    values[_TAGS] = list(r.tags) if r.tags else None
+    values = list(msgspec.structs.astuple(r))
+    values[TS_AT] = _when(r.ts)
+    values[TAGS_AT] = list(r.tags) if r.tags else None
     return tuple(values)
-
-
-_TS, _TAGS = FIELDS.index("ts"), FIELDS.index("tags")
 
 
 def _columns(rows: list[RollupRow]) -> list[list[object]]:

@@ -8,18 +8,17 @@ from tollway.gateway.store.ledger import Ledger
 
 
 def usage_record(ex: Exchange) -> UsageRecord:
-    """What the ledger keeps of `ex`: counts, names and times; never a prompt or a secret."""
-    u = ex.usage
+    """What the ledger keeps of `ex`: counts, names and times; never a prompt or a secret.
+    Positional, in the record's field order (see UsageRecord)."""
+    u, name = ex.usage, ex.key_name
     return UsageRecord(
-        ts=ex.ts, request_id=ex.request_id, key=ex.key_name, key_id=key_id_of(ex.key_name) if ex.key_name else None,
-        team=ex.team, model=_cut(ex.model), provider=ex.provider, upstream_model=_cut(ex.upstream_model),
-        api=ex.api, status=ex.status, error=error_label(ex.error_type) or None, stream=ex.stream,
-        input_tokens=u.prompt_tokens if u else 0, cached_input_tokens=u.cached_tokens if u else 0,
-        cache_write_tokens=u.cache_write_tokens if u else 0, output_tokens=u.completion_tokens if u else 0,
-        reasoning_tokens=u.reasoning_tokens if u else 0, cost_usd=ex.cost_usd,
-        latency_ms=round(ex.elapsed() * 1000, 3),
-        ttft_ms=round((ex.first_byte - ex.start) * 1000, 3) if ex.stream and ex.first_byte else None,
-        attempts=ex.attempts, tags=ex.tags, trace_id=ex.trace.trace_id if ex.trace is not None else None,
+        ex.ts, ex.request_id, name, key_id_of(name) if name else None, ex.team, _cut(ex.model), ex.provider,
+        _cut(ex.upstream_model), ex.api, ex.status, error_label(ex.error_type) or None, ex.stream,
+        u.prompt_tokens if u else 0, u.cached_tokens if u else 0, u.cache_write_tokens if u else 0,
+        u.completion_tokens if u else 0, u.reasoning_tokens if u else 0, ex.cost_usd,
+        round(ex.elapsed() * 1000, 3),
+        round((ex.first_byte - ex.start) * 1000, 3) if ex.stream and ex.first_byte else None,
+        ex.attempts, False, ex.tags, ex.trace.trace_id if ex.trace is not None else None,
     )
 
 
