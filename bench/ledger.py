@@ -143,7 +143,7 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 2000) -> dict[str, 
     from prometheus_client import CollectorRegistry
 
     from tollway.core.config import Ledger as LedgerConfig
-    from tollway.core.ledger.rollup import daily, hourly
+    from tollway.core.ledger.rollup import rollups
     from tollway.ext.usage import Usage
     from tollway.gateway.exchange import Exchange
     from tollway.gateway.store import sqlite as sqlite_store
@@ -175,20 +175,18 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 2000) -> dict[str, 
             ledger.submit(r)
         ledger._queue.clear()
 
-    def prepare() -> None:  # SqliteStore.write up to the hand-off
-        [sqlite_store._row(r) for r in records]
-        sqlite_store._rollup_rows(hourly(records)), sqlite_store._rollup_rows(daily(records))
+    def prepare() -> None:  # SqliteStore's batch preparation: the rollups and the rows' values
+        rollups(records)
+        sqlite_store._params(records)
 
     store = sqlite_store.SqliteStore(str(workdir / "record-costs.db"))
     store._open()
-    rows = [sqlite_store._row(r) for r in records]
-    hours, days = sqlite_store._rollup_rows(hourly(records)), sqlite_store._rollup_rows(daily(records))
     assert store._db is not None
     db = store._db
 
-    def write() -> None:
+    def write() -> None:  # the whole batch write, preparation included
         for _ in range(n // batch):
-            sqlite_store._write(db, rows, hours, days)
+            sqlite_store._write(db, records)
 
     costs = {
         "build": best(lambda: [usage_record(ex) for ex in exchanges], batch),
