@@ -219,6 +219,7 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "full": lambda: gateway_cost(loop, limited, requests, False, name="full"),
         "stream": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream"),
         "ledger": lambda: gateway_cost(loop, ledger, requests, True, name="ledger"),
+        "stream-ledger": lambda: gateway_cost(loop, ledger, requests, False, STREAM_BODY, name="stream-ledger"),
     }
     return {name: run() for name, run in figures.items() if only is None or name in only}
 
@@ -259,6 +260,8 @@ def main() -> int:
         print(f"  limit     {figures['stubbed'] - figures['no-limit']:6.1f}  (stubbed - no-limit)")
     if "stubbed" in figures and "ledger" in figures:
         print(f"  +ledger   {figures['ledger'] - figures['stubbed']:6.1f}  (ledger - stubbed)")
+    if "stream" in figures and "stream-ledger" in figures:
+        print(f"  +ledger   {figures['stream-ledger'] - figures['stream']:6.1f}  (stream-ledger - stream)")
     if args.profile is not None:
         print(f"cProfile stats: {args.profile}/<figure>.pstats")
     return 0

@@ -154,7 +154,7 @@ class Ledger(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True  # with a store configured
     retention_days: int = 90  # raw records; the hourly and daily rollups are kept
     buffer_records: int = 100_000  # records waiting for the database; past it they are dropped and counted
-    batch_records: int = 500  # records per database write (a batch's preparation holds the GIL: keep it short)
+    batch_records: int = 200  # records per database write: a batch is CPU the request path waits for, keep it short
     flush_interval: float = 0.5  # seconds a record may wait for a batch to fill
 
 

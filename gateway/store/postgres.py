@@ -195,7 +195,7 @@ class PostgresStore:
         rows = [_row(r) for r in records]
         hour_sums, day_sums = rollups(records)
         hours, days = _columns(rollup_rows(hour_sums)), _columns(rollup_rows(day_sums))
-        needed = {datetime.fromtimestamp(r.ts, UTC).date() for r in records}
+        needed = {datetime.fromtimestamp(day * DAY, UTC).date() for day in {int(r.ts // DAY) for r in records}}
         needed |= {max(needed) + timedelta(days=i) for i in range(1, _AHEAD + 1)}
 
         async def write(conn: Any) -> None:
@@ -332,8 +332,17 @@ _RANGES = tuple((f, 2**31 - 1) for f in ("input_tokens", "cached_input_tokens", 
                                          "reasoning_tokens")) + (("status", 2**15 - 1), ("attempts", 2**15 - 1))
 
 
+_MAX_INT, _MAX_SMALL = 2**31 - 1, 2**15 - 1
+
+
 def _fit(r: UsageRecord) -> UsageRecord:
-    """`r` as its columns can hold it (most often `r` itself)."""
+    """`r` as its columns can hold it (most often `r` itself: one check of each kind first)."""
+    text = "".join(v for v in (r.request_id, r.key, r.key_id, r.team, r.model, r.provider, r.upstream_model, r.api,
+                               r.error, r.trace_id) if v is not None)
+    numbers = (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.reasoning_tokens)
+    if "\x00" not in text and max(numbers) <= _MAX_INT and min(numbers) >= -_MAX_INT \
+            and -_MAX_SMALL <= r.status <= _MAX_SMALL and -_MAX_SMALL <= r.attempts <= _MAX_SMALL:
+        return r
     changes: dict[str, object] = {}
     for name in _TEXT:
         value = getattr(r, name)
