@@ -182,8 +182,8 @@ class Gateway:
         runtime = Runtime(config, self.upstream, self.runtime)
         limiter = build_limiter(config, self.metrics, self.limiter)
         books = Books(config, self.config_path, self.ledger_counters)
-        if config.store != self.runtime.config.store:
-            log.warning("config reload: store: changes take effect when the gateway restarts")
+        if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
+            log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
         books.adopt(self.books)
         old_books, self.books = self.books, books
         books.budgets.start(loop)

@@ -101,6 +101,8 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
 
     def _open(self) -> None:
+        if self._db is not None:  # opened already (an open the start gave up waiting for, finished later)
+            return
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
             db.execute("PRAGMA journal_mode=WAL")
