@@ -76,7 +76,7 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes."""
     rt, tracer = serving.runtime, serving.tracer
     key = authenticate(rt, surface, scope)
-    ex.key_name, ex.team = key.key.name, key.key.team
+    ex.key_name, ex.key_id, ex.team = key.key.name, key.key_id, key.key.team
     ex.after = serving.pipeline.after_response  # from here on the request is someone's: record it
     if surface.passed_headers:  # (OpenAI's passes none: no call on its hot path)
         ex.passed_headers = passed_headers(surface, scope)

@@ -29,7 +29,7 @@ def request_id(client_value: str | None) -> str:
 
 
 class Exchange:
-    __slots__ = ("request_id", "start", "ts", "api", "key_name", "team", "model", "provider", "otel_provider",
+    __slots__ = ("request_id", "start", "ts", "api", "key_name", "key_id", "team", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "after", "prices")
@@ -40,6 +40,7 @@ class Exchange:
         self.ts = time.time()  # when it arrived, for the ledger and the log line
         self.api = api
         self.key_name: str | None = None
+        self.key_id: str | None = None
         self.team: str | None = None
         self.model: str | None = None
         self.provider: str | None = None

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from tollway.core.accounting.pricebook import PriceBook
 from tollway.core.config import Config, Key, Provider, Routing, Timeouts
+from tollway.core.ledger.record import key_id_of
 from tollway.core.providers.base import Adapter, UpstreamCall
 from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, AdapterUnavailable, load_adapters
 from tollway.core.routing.health import HealthBoard
@@ -32,6 +33,7 @@ from tollway.gateway.upstream.pool import endpoint_source
 class KeyRecord:
     key: Key
     allowed: frozenset[str] | None  # None: every model
+    key_id: str = ""  # the usage ledger's id of the key (tollway.core.ledger.record.key_id_of)
 
     @property
     def key_hash(self) -> str:
@@ -118,7 +120,7 @@ def _provider(config: Provider, upstream: Transport | None, whole: Config, old: 
 
 
 def _record(key: Key) -> KeyRecord:
-    return KeyRecord(key, None if "*" in key.models else frozenset(key.models))
+    return KeyRecord(key, None if "*" in key.models else frozenset(key.models), key_id_of(key.name))
 
 
 def _transport(provider: Provider, upstream: Transport | None) -> Transport | None:

@@ -1,29 +1,30 @@
 """The pipeline hook that turns each finished request into a usage record for the ledger."""
 from __future__ import annotations
 
+import time
+
 from tollway.core.errors import error_label
-from tollway.core.ledger.record import MAX_MODEL_CHARS, UsageRecord, key_id_of
+from tollway.core.ledger.record import MAX_MODEL_CHARS, UsageRecord
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.store.ledger import Ledger
 
 
 def usage_record(ex: Exchange) -> UsageRecord:
     """What the ledger keeps of `ex`: counts, names and times; never a prompt or a secret.
-    Positional, in the record's field order (see UsageRecord)."""
-    u, name = ex.usage, ex.key_name
+    Positional, in the record's field order (see UsageRecord); on every request's path."""
+    u, model, upstream, first = ex.usage, ex.model, ex.upstream_model, ex.first_byte
+    if model is not None and len(model) > MAX_MODEL_CHARS:  # a client's string
+        model = model[:MAX_MODEL_CHARS]
+    if upstream is not None and len(upstream) > MAX_MODEL_CHARS:
+        upstream = upstream[:MAX_MODEL_CHARS]
     return UsageRecord(
-        ex.ts, ex.request_id, name, key_id_of(name) if name else None, ex.team, _cut(ex.model), ex.provider,
-        _cut(ex.upstream_model), ex.api, ex.status, error_label(ex.error_type) or None, ex.stream,
+        ex.ts, ex.request_id, ex.key_name, ex.key_id, ex.team, model, ex.provider, upstream, ex.api, ex.status,
+        error_label(ex.error_type) if ex.error_type else None, ex.stream,
         u.prompt_tokens if u else 0, u.cached_tokens if u else 0, u.cache_write_tokens if u else 0,
         u.completion_tokens if u else 0, u.reasoning_tokens if u else 0, ex.cost_usd,
-        round(ex.elapsed() * 1000, 3),
-        round((ex.first_byte - ex.start) * 1000, 3) if ex.stream and ex.first_byte else None,
+        (time.perf_counter() - ex.start) * 1000, (first - ex.start) * 1000 if ex.stream and first else None,
         ex.attempts, False, ex.tags, ex.trace.trace_id if ex.trace is not None else None,
     )
-
-
-def _cut(name: str | None) -> str | None:
-    return name[:MAX_MODEL_CHARS] if name is not None and len(name) > MAX_MODEL_CHARS else name
 
 
 class Recorder:

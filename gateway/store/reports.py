@@ -21,6 +21,9 @@ def record_json(record: UsageRecord) -> dict[str, object]:
     item: dict[str, object] = {name: getattr(record, name) for name in FIELDS}
     item["ts"] = rfc3339(record.ts)
     item["tags"] = list(record.tags)
+    for name in ("latency_ms", "ttft_ms"):  # kept as measured; shown to the microsecond
+        value = getattr(record, name)
+        item[name] = round(value, 3) if value is not None else None
     return item
 
 
