@@ -111,6 +111,25 @@ def postgres_available() -> str | None:
     return None
 
 
+def pin_postgres(cpus: str) -> list[tuple[int, str]]:
+    """Move the PostgreSQL server's processes to the load CPU for the run (new backends fork
+    from the postmaster and inherit it): the database stands for another machine, as the mock
+    upstream does, so it must not take the gateway's CPU. Returns each pid's old CPU list."""
+    pids = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout.split()
+    old = []
+    for pid in pids:
+        shown = subprocess.run(["taskset", "-a", "-p", "-c", str(pid)], capture_output=True, text=True).stdout
+        if subprocess.run(["taskset", "-a", "-p", "-c", cpus, pid], capture_output=True).returncode == 0:
+            old.append((int(pid), shown.rsplit(":", 1)[-1].strip()))
+    print(f"postgres: {len(old)} server processes pinned to CPU {cpus} for the run")
+    return old
+
+
+def unpin(pinned: list[tuple[int, str]]) -> None:
+    for pid, cpus in pinned:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
+
+
 def store_section(backend: str, workdir: Path, pg_db: str, ledger: str) -> str:
     section = f"ledger: {ledger}\n" if ledger else ""
     if backend == "sqlite":
@@ -277,8 +296,10 @@ def main() -> int:
     mock_conf, _ = write_confs(workdir, json_port, sse_port, hop_json, hop_sse)
     nginx = ["nginx", "-p", str(workdir), "-e", str(workdir / "nginx-startup.log"), "-g", "daemon off;"]
     base = write_config(workdir, {MODEL: json_port, MODEL + "-sse": sse_port}).read_text()
+    pinned: list[tuple[int, str]] = []
     if "postgres" in backends:
         subprocess.run(["psql", PG_ADMIN, "-qc", f"CREATE DATABASE {pg_db}"], check=True)
+        pinned = pin_postgres(args.load_cpu)
 
     # results[config][figure] = one value per round: (req/s, CPU us/req) or (p50, p99) in ms
     results: dict[str, dict[str, list[tuple[float, float]]]] = {c: {f: [] for f, _, _ in FIGURES} for c in configs}
@@ -328,6 +349,7 @@ def main() -> int:
                       f"tollway_ledger_write_errors_total {int(m.get('tollway_ledger_write_errors_total', 0))}"
                       f" -> {'ok' if ok else 'RECORDS MISSING'}")
     finally:
+        unpin(pinned)
         if "postgres" in backends:
             subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {pg_db}"], check=False)
 

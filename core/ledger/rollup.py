@@ -43,11 +43,11 @@ def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]
         sums[7] += r.reasoning_tokens
         sums[8] += cost or 0.0
     days: dict[RollupKey, list[float]] = {}
-    for (hour, *names), sums in hours.items():
-        ident = (int(hour // DAY * DAY), *names)
-        have = days.get(ident)  # type: ignore[call-overload]
+    for (hour, key, key_id, team, model, provider), sums in hours.items():
+        ident = (int(hour // DAY * DAY), key, key_id, team, model, provider)
+        have = days.get(ident)
         if have is None:
-            days[ident] = list(sums)  # type: ignore[index]
+            days[ident] = list(sums)
         else:
             for i, value in enumerate(sums):
                 have[i] += value

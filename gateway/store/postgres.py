@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -51,6 +52,31 @@ from tollway.gateway.store.rows import (
 )
 
 T = TypeVar("T")
+
+
+class Row(Protocol):
+    """An asyncpg Record: by position and by column name."""
+
+    def __getitem__(self, key: int | str) -> Any: ...
+
+    def __iter__(self) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+class Conn(Protocol):
+    """What this store uses of an asyncpg connection (asyncpg ships no type hints)."""
+
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str: ...
+
+    async def fetch(self, query: str, *args: object) -> list[Row]: ...
+
+    async def fetchval(self, query: str, *args: object) -> Any: ...
+
+    async def copy_records_to_table(self, table: str, *, records: object, columns: object) -> str: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[object]: ...
+
 _POOL_MIN, _POOL_MAX = 1, 4
 _CONNECT_TIMEOUT = 5.0  # seconds to open a connection: a dead database fails fast
 _COMMAND_TIMEOUT = 10.0  # seconds per statement
@@ -129,7 +155,7 @@ class PostgresStore:
             await self.aclose()
             raise
 
-    async def _migrate(self, conn: Any) -> None:
+    async def _migrate(self, conn: Conn) -> None:
         async with conn.transaction():
             # Several gateways starting at once: one migrates, the others wait for it.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK, timeout=_MIGRATE_TIMEOUT)
@@ -145,7 +171,7 @@ class PostgresStore:
             elif found < VERSION:
                 await conn.execute("UPDATE tollway_schema SET version = $1", VERSION)
 
-    async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def _call(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `fn` with a pooled connection; what fails becomes a StoreError."""
         if self._pool is None:
             raise StoreError("the PostgreSQL ledger is not open")
@@ -167,7 +193,7 @@ class PostgresStore:
 
     # -- partitions ---------------------------------------------------------------------
 
-    async def _ensure_days(self, conn: Any, days: set[date]) -> None:
+    async def _ensure_days(self, conn: Conn, days: set[date]) -> None:
         """Make the partitions of `days` that do not exist yet."""
         if not self._days:
             self._days = await _partitions(conn)
@@ -198,7 +224,7 @@ class PostgresStore:
         needed = {datetime.fromtimestamp(day * DAY, UTC).date() for day in {int(r.ts // DAY) for r in records}}
         needed |= {max(needed) + timedelta(days=i) for i in range(1, _AHEAD + 1)}
 
-        async def write(conn: Any) -> None:
+        async def write(conn: Conn) -> None:
             await self._ensure_days(conn, needed)
             try:
                 await _write(conn, rows, hours, days)
@@ -212,11 +238,12 @@ class PostgresStore:
     # -- reading ------------------------------------------------------------------------
 
     async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
-        async def spend(conn: Any) -> list[tuple[Group, list[float]]]:
+        async def spend(conn: Conn) -> list[tuple[Group, list[float]]]:
             out: list[tuple[Group, list[float]]] = []
             for table, lo, hi in spend_parts(query):
                 sql, args = _segment_sql(table, query.group_by, lo, hi)
-                out.extend(spend_rows(await conn.fetch(sql, *args), len(query.group_by)))
+                rows = cast(list[Sequence[Cell]], await conn.fetch(sql, *args))  # Records: sequences of cells
+                out.extend(spend_rows(rows, len(query.group_by)))
             return out
 
         return await self._call(spend)
@@ -230,7 +257,7 @@ class PostgresStore:
         sql += f" ORDER BY ts DESC LIMIT ${len(args) + 1}"
         args.append(where.limit)
 
-        async def fetch(conn: Any) -> list[UsageRecord]:
+        async def fetch(conn: Conn) -> list[UsageRecord]:
             return [_record(row) for row in await conn.fetch(sql, *args)]
 
         return await self._call(fetch)
@@ -240,7 +267,7 @@ class PostgresStore:
     async def prune(self, before: float) -> int:
         """Drop the partitions whose whole day is before `before` (a partition holding `before`
         is kept whole: raw records outlive the retention by less than a day)."""
-        async def prune(conn: Any) -> int:
+        async def prune(conn: Conn) -> int:
             removed = 0
             for day in sorted(await _partitions(conn)):
                 if _start(day) + DAY > before:
@@ -300,7 +327,7 @@ def _day_of(name: str) -> date | None:
         return None
 
 
-async def _partitions(conn: Any) -> set[date]:
+async def _partitions(conn: Conn) -> set[date]:
     """The days that have a partition."""
     days = (_day_of(row["relname"]) for row in await conn.fetch(_PARTITIONS))
     return {day for day in days if day is not None}
@@ -367,7 +394,7 @@ def _columns(rows: list[RollupRow]) -> list[list[object]]:
     return [list(column) for column in zip(*rows)] if rows else [[] for _ in _ROLLUP_TYPES]
 
 
-async def _write(conn: Any, rows: list[tuple[object, ...]], hours: list[list[object]], days: list[list[object]]) -> None:
+async def _write(conn: Conn, rows: list[tuple[object, ...]], hours: list[list[object]], days: list[list[object]]) -> None:
     async with conn.transaction():
         await conn.copy_records_to_table("usage_records", records=rows, columns=FIELDS)
         await conn.execute(_UPSERT.format(table="usage_hourly"), *hours)
@@ -386,7 +413,7 @@ def _segment_sql(table: Table, dims: tuple[str, ...], lo: float, hi: float) -> t
     return rollup_select(table, dims, "$1", "$2"), (int(lo), int(hi))
 
 
-def _record(row: Any) -> UsageRecord:
+def _record(row: Row) -> UsageRecord:
     values = dict(zip(FIELDS, row, strict=True))
     values["ts"] = values["ts"].timestamp()
     values["tags"] = tuple(values["tags"] or ())
