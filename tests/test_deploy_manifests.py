@@ -505,7 +505,8 @@ class PodProcess:
     the container's (its Secrets from SECRETS).
     """
 
-    def __init__(self, doc: dict[str, Any], root: Path, writable_mounts: bool = True) -> None:
+    def __init__(self, doc: dict[str, Any], root: Path, writable_mounts: bool = True,
+                 env_overrides: dict[str, str] | None = None) -> None:
         spec = doc["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         self.root = root
@@ -536,7 +537,9 @@ class PodProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
         env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP", "PROMETHEUS_MULTIPROC_DIR")}
-        env.update({k: self.local_path(v) for k, v in container_env(container).items()})
+        env.update({k: self.local_path(v) for k, v in {**container_env(container), **(env_overrides or {})}.items()})
+        self.env = env
+        self.args = args
         env["HOME"] = "/nonexistent"  # the image's `tollway` user (useradd --home-dir /nonexistent)
         env["PYTHONPATH"] = os.pathsep.join([str(READONLY_ROOT_HOOK), env.get("PYTHONPATH", "")])
         # The image's modules were compiled when pip installed them; here the interpreter would
@@ -591,8 +594,8 @@ class PodProcess:
 def pod_process(tmp_path):
     started: list[PodProcess] = []
 
-    def start(doc: dict[str, Any], writable_mounts: bool = True) -> PodProcess:
-        pod = PodProcess(doc, tmp_path / f"pod{len(started)}" / "root", writable_mounts)
+    def start(doc: dict[str, Any], writable_mounts: bool = True, env: dict[str, str] | None = None) -> PodProcess:
+        pod = PodProcess(doc, tmp_path / f"pod{len(started)}" / "root", writable_mounts, env)
         started.append(pod)
         return pod
 
@@ -623,6 +626,47 @@ def test_without_its_writable_volumes_the_container_fails_at_start(doc, pod_proc
     assert pod.proc.wait(10) == 1
     assert "DENIED write to /tmp/" in pod.stderr()
     assert "none is writable" in pod.stderr() and "TMPDIR" in pod.stderr()
+
+
+@pytest.fixture
+def postgres_instance():
+    from tests.pg_instance import PgInstance, pg_bin
+
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (initdb, pg_ctl)")
+    with PgInstance(bin_dir) as pg:
+        yield pg
+
+
+def test_tier1_writes_its_ledger_to_postgres_under_the_pods_filesystem_constraints(pod_process, postgres_instance):
+    """Tier one's pod, with the example's database swapped for one of the test's own: the ledger
+    (asyncpg, its pool, the migrations) writes nothing outside the pod's volumes, and `tollway
+    usage` run in the pod, with the same config and environment, reads what the pod wrote."""
+    pod = pod_process(_tier1(), env={"DATABASE_URL": postgres_instance.url})
+    assert pod.wait_ready(), f"exit code {pod.proc.poll()}:\n{pod.stderr()}"
+    # The demo key; tier two's Service does not resolve here, so the request fails upstream:
+    # a failed request is recorded like any other.
+    request = urllib.request.Request(pod.url + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                                     headers={"authorization": "Bearer tollway-demo-key", "content-type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as exc:
+        assert exc.code >= 500
+    usage = [sys.executable, "-m", "tollway.gateway.cli", "usage", "--config", _arg(pod.args, "--config"),
+             "--by", "key,model", "--since", "1h", "--format", "json"]
+    deadline = time.monotonic() + 15
+    while True:
+        done = subprocess.run(usage, capture_output=True, text=True, timeout=60, cwd=pod.root, env=pod.env)
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(done.stdout)["data"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert [(r["key"], r["model"], r["requests"], r["errors"]) for r in rows] == [("demo", "llama-3-8b", 1, 1)]
+    assert "DENIED" not in pod.stderr() + done.stderr, pod.stderr() + done.stderr
+    assert "not available at start" not in pod.stderr(), pod.stderr()
 
 
 # -- optional examples: ServiceMonitor, Ingress ---------------------------------------------
