@@ -41,10 +41,14 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 READONLY_ROOT_HOOK = Path(__file__).resolve().parent / "readonly_root"
 K8S_VERSION = "1.30"
 CUSTOM_KINDS = {"InferenceService", "ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
-# The Secrets docs/deploy.md has you create by hand, with values for the tests.
+# The Secrets docs/deploy.md has you create by hand, with values for the tests (made the way
+# the docs make them: tollway-database's URL holds postgres-auth's password).
+PG_PASSWORD = "fedcba9876543210" * 4
 SECRETS = {
     "tollway-tier1": {"TIER2_KEY": "tier2-internal-key", "OPENAI_API_KEY": "sk-example"},
     "redis-auth": {"password": "0123456789abcdef" * 4},
+    "postgres-auth": {"password": PG_PASSWORD},
+    "tollway-database": {"url": f"postgresql://tollway:{PG_PASSWORD}@postgres.tollway.svc.cluster.local:5432/tollway"},
 }
 ENV = {k: v for secret in SECRETS.values() for k, v in secret.items()}  # the compose configs' ${VARS}
 GATEWAY_ROUTES = set(Gateway(config_mod.loads("providers: []")).routes)
@@ -71,6 +75,11 @@ def of_kind(kind: str, docs: list[dict[str, Any]] = DOCS) -> list[dict[str, Any]
 
 def key(doc: dict[str, Any]) -> str:
     return f"{doc['kind']}/{doc['metadata'].get('namespace', '')}/{doc['metadata']['name']}"
+
+
+def workloads() -> list[dict[str, Any]]:
+    """The Deployments and StatefulSets (the example PostgreSQL): everything with a pod template."""
+    return of_kind("Deployment") + of_kind("StatefulSet")
 
 
 def test_kustomization_lists_every_manifest_file():
@@ -100,7 +109,7 @@ def test_inference_service_is_a_well_formed_kserve_v1beta1_resource():
 
 
 def _pod_labels(namespace: str) -> list[dict[str, str]]:
-    labels = [d["spec"]["template"]["metadata"]["labels"] for d in of_kind("Deployment")
+    labels = [d["spec"]["template"]["metadata"]["labels"] for d in workloads()
               if d["metadata"]["namespace"] == namespace]
     for isvc in of_kind("InferenceService"):  # the labels KServe puts on predictor pods
         if isvc["metadata"]["namespace"] == namespace:
@@ -119,7 +128,7 @@ def test_selectors_match_pods(doc):
     assert _selects_something(selector, doc["metadata"]["namespace"]), f"{key(doc)} selects no pods"
 
 
-@pytest.mark.parametrize("doc", of_kind("Deployment"), ids=key)
+@pytest.mark.parametrize("doc", workloads(), ids=key)
 def test_deployment_selector_matches_its_template(doc):
     assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
 
@@ -250,9 +259,119 @@ def test_the_example_redis_says_it_is_an_example():
     assert "EXAMPLE ONLY" in redis["metadata"]["annotations"]["description"]
 
 
+def _tier1() -> dict[str, Any]:
+    return next(d for d in _gateway_deployments() if d["metadata"]["labels"]["app.kubernetes.io/component"] == "tier1")
+
+
+def _postgres() -> tuple[dict[str, Any], dict[str, Any]]:
+    (postgres,) = [d for d in of_kind("StatefulSet") if d["metadata"]["name"] == "postgres"]
+    (container,) = postgres["spec"]["template"]["spec"]["containers"]
+    return postgres, container
+
+
+def test_the_example_postgres_says_it_is_an_example():
+    text = (K8S / "postgres.yaml").read_text()
+    assert text.startswith("# EXAMPLE ONLY")
+    head = text.split("apiVersion:")[0]
+    assert "managed PostgreSQL" in head and "sslmode=require" in head and "kustomization.yaml" in head
+    assert "create secret generic postgres-auth" in head
+    postgres, _ = _postgres()
+    assert "EXAMPLE ONLY" in postgres["metadata"]["annotations"]["description"]
+    for doc in [d for d in yaml.safe_load_all(text) if d]:  # the Service too: whatever it creates is marked
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tollway-example", key(doc)
+    assert postgres["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tollway-example"
+
+
+def test_the_example_postgres_keeps_its_data_and_asks_for_a_password():
+    postgres, container = _postgres()
+    spec = postgres["spec"]
+    assert spec["replicas"] == 1
+    assert re.fullmatch(r"postgres:\d+", container["image"]), "the official image, pinned to a major version"
+    env = {v["name"]: v for v in container["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "postgres-auth", "key": "password"}
+    assert "POSTGRES_HOST_AUTH_METHOD" not in env, "no trust authentication"
+    # The data directory is inside the claim, one level down (a fresh volume may hold lost+found).
+    (claim,) = spec["volumeClaimTemplates"]
+    data_mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert Path(env["PGDATA"]["value"]).parent == Path(data_mount["mountPath"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # Read-only root: the socket directory and /tmp are the image's other writable places.
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    writable = {m["mountPath"] for m in container["volumeMounts"] if "emptyDir" in volumes.get(m["name"], {})}
+    assert writable == {"/var/run/postgresql", "/tmp"}
+    pod_sc = spec["template"]["spec"]["securityContext"]
+    assert (pod_sc["runAsUser"], pod_sc["fsGroup"]) == (999, 999), "the official image's postgres user"
+    # Ready only when the real server answers over TCP, as the user and database tier one uses.
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[0] == "pg_isready" and _arg(probe, "--host") == "127.0.0.1"
+    assert (_arg(probe, "--username"), _arg(probe, "--dbname")) == (env["POSTGRES_USER"]["value"], env["POSTGRES_DB"]["value"])
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == spec["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None", "a StatefulSet's governing Service is headless"
+
+
+def test_tier1_keeps_its_ledger_in_postgres_with_the_url_from_a_secret():
+    config, spec = _embedded_config(_tier1())
+    (tier1_container,) = spec["containers"]
+    raw_store = yaml.safe_load(_config_map("tollway-tier1", "tollway")["data"]["config.yaml"])["store"]
+    assert raw_store == {"backend": "postgres", "url": "${DATABASE_URL}"}, "the URL (and password) is not in the ConfigMap"
+    database_url = next(v for v in tier1_container["env"] if v["name"] == "DATABASE_URL")
+    assert database_url["valueFrom"]["secretKeyRef"] == {"name": "tollway-database", "key": "url"}
+    assert config.store is not None and config.store.backend == "postgres" and config.ledger.enabled
+    # The URL the docs have you put in tollway-database reaches the example PostgreSQL, as the
+    # user, with the password and the database it was created with.
+    url = urlsplit(config.store.url)
+    assert url.scheme == "postgresql"
+    assert url.hostname in _service_dns(url.hostname), f"no Service named by {url.hostname}"
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == url.hostname.split(".")[0]]
+    assert url.port in {p["port"] for p in service["spec"]["ports"]}
+    postgres, pg_container = _postgres()
+    assert service["spec"]["selector"].items() <= postgres["spec"]["template"]["metadata"]["labels"].items()
+    pg_env = container_env(pg_container)
+    assert (url.username, url.password, url.path) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"],
+                                                      "/" + pg_env["POSTGRES_DB"])
+
+
+def test_the_docs_make_the_database_url_from_the_postgres_password():
+    """Two Secrets that must agree: every place that says how to create them makes both from one
+    shell variable, and the URL names the example's Service, user and database."""
+    for path in (DEPLOY_DOC, K8S / "tier1.yaml", K8S / "postgres.yaml"):
+        text = path.read_text()
+        password = re.search(r'create secret generic postgres-auth --from-literal=password="\$(\w+)"', text)
+        assert password, path
+        url = re.search(r'create secret generic tollway-database \\\n\W*--from-literal=url="([^"]+)"', text)
+        assert url, path
+        expected = SECRETS["tollway-database"]["url"].replace(PG_PASSWORD, "$" + password.group(1))
+        assert url.group(1) == expected, path
+
+
+def _gateway_config_maps() -> list[tuple[str, str]]:
+    return [(f"{cm['metadata']['name']}/{name}", text) for cm in of_kind("ConfigMap")
+            if cm["metadata"]["labels"].get("app.kubernetes.io/name") == "tollway" for name, text in cm["data"].items()]
+
+
+@pytest.mark.parametrize(("name", "text"), _gateway_config_maps(), ids=[n for n, _ in _gateway_config_maps()])
+def test_tollway_check_accepts_each_config_map_with_and_without_its_secrets(name, text, tmp_path):
+    """`tollway check`, as an operator runs it: in the pod (the container's environment) and on a
+    machine without the Secrets (--allow-missing-env, which names what it could not check)."""
+    (doc,) = [d for d in _gateway_deployments() if d["metadata"]["name"] == name.split("/")[0]]
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    secret_vars = set(container_env(container)) - {"TMPDIR"}
+    bare = {k: v for k, v in os.environ.items() if k not in secret_vars}
+    cli = [sys.executable, "-m", "tollway.gateway.cli", "check"]
+    in_pod = subprocess.run([*cli, str(path)], capture_output=True, text=True, timeout=60,
+                            env={**bare, **container_env(container)})
+    assert in_pod.returncode == 0 and "ok (" in in_pod.stdout, in_pod.stderr
+    outside = subprocess.run([*cli, "--allow-missing-env", str(path)], capture_output=True, text=True, timeout=60, env=bare)
+    assert outside.returncode == 0 and "ok (" in outside.stdout, outside.stderr
+    for var in re.findall(r"\$\{(\w+)\}", text):
+        assert var in outside.stderr, f"--allow-missing-env does not name {var}"
+
+
 def test_every_secret_the_manifests_read_is_one_the_docs_say_how_to_create():
     docs = DEPLOY_DOC.read_text()
-    for doc in of_kind("Deployment"):
+    for doc in workloads():
         for container in doc["spec"]["template"]["spec"]["containers"]:
             names = {s["secretRef"]["name"] for s in container.get("envFrom", [])}
             names |= {v["valueFrom"]["secretKeyRef"]["name"] for v in container.get("env", []) if "valueFrom" in v}
@@ -273,7 +392,7 @@ def pod_specs() -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """(name, pod-level spec, containers) of every pod the manifests define."""
     pods = []
     for doc in DOCS:
-        if doc["kind"] == "Deployment":
+        if doc["kind"] in ("Deployment", "StatefulSet"):
             spec = doc["spec"]["template"]["spec"]
             pods.append((key(doc), spec, spec["containers"] + spec.get("initContainers", [])))
         elif doc["kind"] == "InferenceService":  # the predictor is a PodSpec, its model a Container
@@ -338,12 +457,12 @@ def test_the_restricted_check_catches_what_it_is_for():
 
 def test_the_gateway_namespace_enforces_the_restricted_standard():
     namespaces = {d["metadata"]["name"]: d["metadata"].get("labels", {}) for d in of_kind("Namespace")}
-    for doc in of_kind("Deployment"):
+    for doc in workloads():
         labels = namespaces[doc["metadata"]["namespace"]]
         assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", doc["metadata"]["namespace"]
 
 
-@pytest.mark.parametrize("doc", of_kind("Deployment"), ids=key)
+@pytest.mark.parametrize("doc", workloads(), ids=key)
 def test_containers_have_read_only_roots_and_tolerant_readiness_probes(doc):
     for container in doc["spec"]["template"]["spec"]["containers"]:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -386,7 +505,8 @@ class PodProcess:
     the container's (its Secrets from SECRETS).
     """
 
-    def __init__(self, doc: dict[str, Any], root: Path, writable_mounts: bool = True) -> None:
+    def __init__(self, doc: dict[str, Any], root: Path, writable_mounts: bool = True,
+                 env_overrides: dict[str, str] | None = None) -> None:
         spec = doc["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         self.root = root
@@ -417,7 +537,9 @@ class PodProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
         env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP", "PROMETHEUS_MULTIPROC_DIR")}
-        env.update({k: self.local_path(v) for k, v in container_env(container).items()})
+        env.update({k: self.local_path(v) for k, v in {**container_env(container), **(env_overrides or {})}.items()})
+        self.env = env
+        self.args = args
         env["HOME"] = "/nonexistent"  # the image's `tollway` user (useradd --home-dir /nonexistent)
         env["PYTHONPATH"] = os.pathsep.join([str(READONLY_ROOT_HOOK), env.get("PYTHONPATH", "")])
         # The image's modules were compiled when pip installed them; here the interpreter would
@@ -472,8 +594,8 @@ class PodProcess:
 def pod_process(tmp_path):
     started: list[PodProcess] = []
 
-    def start(doc: dict[str, Any], writable_mounts: bool = True) -> PodProcess:
-        pod = PodProcess(doc, tmp_path / f"pod{len(started)}" / "root", writable_mounts)
+    def start(doc: dict[str, Any], writable_mounts: bool = True, env: dict[str, str] | None = None) -> PodProcess:
+        pod = PodProcess(doc, tmp_path / f"pod{len(started)}" / "root", writable_mounts, env)
         started.append(pod)
         return pod
 
@@ -504,6 +626,47 @@ def test_without_its_writable_volumes_the_container_fails_at_start(doc, pod_proc
     assert pod.proc.wait(10) == 1
     assert "DENIED write to /tmp/" in pod.stderr()
     assert "none is writable" in pod.stderr() and "TMPDIR" in pod.stderr()
+
+
+@pytest.fixture
+def postgres_instance():
+    from tests.pg_instance import PgInstance, pg_bin
+
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (initdb, pg_ctl)")
+    with PgInstance(bin_dir) as pg:
+        yield pg
+
+
+def test_tier1_writes_its_ledger_to_postgres_under_the_pods_filesystem_constraints(pod_process, postgres_instance):
+    """Tier one's pod, with the example's database swapped for one of the test's own: the ledger
+    (asyncpg, its pool, the migrations) writes nothing outside the pod's volumes, and `tollway
+    usage` run in the pod, with the same config and environment, reads what the pod wrote."""
+    pod = pod_process(_tier1(), env={"DATABASE_URL": postgres_instance.url})
+    assert pod.wait_ready(), f"exit code {pod.proc.poll()}:\n{pod.stderr()}"
+    # The demo key; tier two's Service does not resolve here, so the request fails upstream:
+    # a failed request is recorded like any other.
+    request = urllib.request.Request(pod.url + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                                     headers={"authorization": "Bearer tollway-demo-key", "content-type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as exc:
+        assert exc.code >= 500
+    usage = [sys.executable, "-m", "tollway.gateway.cli", "usage", "--config", _arg(pod.args, "--config"),
+             "--by", "key,model", "--since", "1h", "--format", "json"]
+    deadline = time.monotonic() + 15
+    while True:
+        done = subprocess.run(usage, capture_output=True, text=True, timeout=60, cwd=pod.root, env=pod.env)
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(done.stdout)["data"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert [(r["key"], r["model"], r["requests"], r["errors"]) for r in rows] == [("demo", "llama-3-8b", 1, 1)]
+    assert "DENIED" not in pod.stderr() + done.stderr, pod.stderr() + done.stderr
+    assert "not available at start" not in pod.stderr(), pod.stderr()
 
 
 # -- optional examples: ServiceMonitor, Ingress ---------------------------------------------
@@ -564,16 +727,24 @@ COMPOSE_DOC = yaml.safe_load(COMPOSE.read_text())
 SERVICES = COMPOSE_DOC["services"]
 
 
+def _compose_env(service: str) -> dict[str, str]:
+    """The service's environment as `docker compose up` sets it with nothing exported: each
+    ${VAR:-default} at its default."""
+    env = SERVICES[service].get("environment", {})
+    assert isinstance(env, dict), "environment as a mapping"
+    return {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+
+
 def _compose_config(service: str) -> config_mod.Config:
     svc = SERVICES[service]
     host_dir, container_dir = svc["volumes"][0].split(":")[:2]
     config_path = _arg(svc["command"], "--config")
     local = (COMPOSE.parent / host_dir / Path(config_path).relative_to(container_dir)).resolve()
-    return config_mod.load(str(local), ENV)
+    return config_mod.load(str(local), {**ENV, **_compose_env(service)})
 
 
-def test_compose_has_both_tiers_redis_and_two_replicas():
-    assert {"tier1", "tier2", "redis", "vllm-a", "vllm-b"} <= set(SERVICES)
+def test_compose_has_both_tiers_redis_postgres_and_two_replicas():
+    assert {"tier1", "tier2", "redis", "postgres", "vllm-a", "vllm-b"} <= set(SERVICES)
     build = SERVICES["tier1"]["build"]
     dockerfile = COMPOSE.parent / build["context"] / build.get("dockerfile", "Dockerfile")
     assert dockerfile.is_file()
@@ -591,6 +762,28 @@ def test_compose_configs_point_at_compose_services_and_ports():
             listens = _arg(svc["command"], "--port")
             assert listens == port
     assert tier1.rate_limits.backend == "redis" and "//redis:" in tier1.rate_limits.redis_url
+
+
+def test_compose_tier1_keeps_its_ledger_in_the_compose_postgres():
+    config = _compose_config("tier1")
+    assert config.store is not None and config.store.backend == "postgres"
+    url = urlsplit(config.store.url)
+    postgres = SERVICES["postgres"]
+    assert url.hostname == "postgres" and url.port == 5432
+    assert re.fullmatch(r"postgres:\d+", postgres["image"])
+    pg_env = _compose_env("postgres")
+    assert (url.username, url.password, url.path) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"],
+                                                      "/" + pg_env["POSTGRES_DB"])
+    # One variable sets both ends, and its default says what it is.
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-change-me}"
+    assert "${POSTGRES_PASSWORD:-change-me}" in SERVICES["tier1"]["environment"]["DATABASE_URL"]
+    # tier1 starts once PostgreSQL answers over TCP (not the socket-only server of its first start).
+    assert SERVICES["tier1"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"] and _arg(check, "--host") == "127.0.0.1"
+    assert (_arg(check, "--username"), _arg(check, "--dbname")) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_DB"])
+    volume = next(v for v in postgres["volumes"] if v.endswith(":/var/lib/postgresql/data"))
+    assert volume.split(":")[0] in COMPOSE_DOC["volumes"], "a named volume: the data outlives the container"
 
 
 def test_compose_grace_and_health_checks_fit_the_gateway():
