@@ -42,6 +42,7 @@ from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
 from tollway.gateway.store.rows import (
+    Cell,
     RollupRow,
     grouped_select,
     request_filters,
