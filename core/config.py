@@ -578,6 +578,8 @@ def _unique(items: Sequence[_Named], section: str, fail: Fail) -> dict[str, _Nam
     for i, item in enumerate(items):
         if item.name in seen:
             fail([section, i, "name"], f"duplicate name '{item.name}'")
+        if not item.name or not item.name.isprintable():  # names reach logs, metrics and the ledger's rows
+            fail([section, i, "name"], "a name must be printable text (no control characters) and not empty")
         seen[item.name] = item
     return seen
 

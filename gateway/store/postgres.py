@@ -364,12 +364,15 @@ _MAX_INT, _MAX_SMALL = 2**31 - 1, 2**15 - 1
 
 
 def _fit(r: UsageRecord) -> UsageRecord:
-    """`r` as its columns can hold it (most often `r` itself: one check of each kind first)."""
-    text = "".join(v for v in (r.request_id, r.key, r.key_id, r.team, r.model, r.provider, r.upstream_model, r.api,
-                               r.error, r.trace_id) if v is not None)
-    numbers = (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.reasoning_tokens)
-    if "\x00" not in text and max(numbers) <= _MAX_INT and min(numbers) >= -_MAX_INT \
-            and -_MAX_SMALL <= r.status <= _MAX_SMALL and -_MAX_SMALL <= r.attempts <= _MAX_SMALL:
+    """`r` as its columns can hold it (most often `r` itself). Of its text only the model names
+    come from clients (names are printable by config validation, the request id is checked,
+    the rest the gateway's own); a count may be anything an upstream said."""
+    model, upstream = r.model or "", r.upstream_model or ""
+    if "\x00" not in model and "\x00" not in upstream and -_MAX_SMALL <= r.status <= _MAX_SMALL \
+            and -_MAX_INT <= min(r.input_tokens, r.output_tokens, r.cached_input_tokens, r.cache_write_tokens,
+                                 r.reasoning_tokens) and max(r.input_tokens, r.output_tokens, r.cached_input_tokens,
+                                                             r.cache_write_tokens, r.reasoning_tokens) <= _MAX_INT \
+            and r.attempts <= _MAX_SMALL:
         return r
     changes: dict[str, object] = {}
     for name in _TEXT:
