@@ -8,9 +8,7 @@ WAL journaling lets reports read while the writer writes, and lets the workers o
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -33,7 +31,6 @@ from tollway.gateway.store.rows import (
 
 T = TypeVar("T")
 _BUSY_MS = 5000
-_WRITER_NICE = 10  # the writer thread's nice value: a tenth of a request thread's CPU weight when both want it
 _PRUNE_BATCH = 5000  # rows per DELETE: short transactions, so the writer never waits long
 
 _ROLLUP_COLUMNS = """bucket INTEGER NOT NULL, key TEXT NOT NULL, key_id TEXT NOT NULL, team TEXT NOT NULL,
@@ -86,7 +83,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite", initializer=_yield_cpu)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite")
         self._db: sqlite3.Connection | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -139,17 +136,6 @@ class SqliteStore:
         if db is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=False)
-
-
-def _yield_cpu() -> None:
-    """Lower the writer thread's CPU priority (Linux: a thread has its own nice value). Where
-    the gateway has one core to itself, a batch then waits for the requests instead of the
-    requests for the batch: the c=1 tail latency (bench/README.md, "Usage ledger"). Lowering
-    one's own priority needs no privilege; where it is refused, nothing changes."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WRITER_NICE)
-    except (OSError, AttributeError):
-        pass
 
 
 def _migrate(db: sqlite3.Connection) -> None:
