@@ -305,3 +305,46 @@ def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(t
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode != 0
     assert "schema version 999, newer than this gateway knows" in result.stderr
+
+
+@pytest.mark.parametrize("path, param", [
+    ("/admin/spend?group_by=colour", "group_by"),
+    ("/admin/spend?since=last+week", "since"),
+    ("/admin/spend?since=1d&until=2d", "until"),
+    ("/admin/requests?limit=0", "limit"),
+    ("/admin/requests?limit=many", "limit"),
+    ("/admin/requests?status=ok", "status"),
+    ("/admin/requests?since=yesterday", "since"),
+])
+def test_bad_report_parameters_are_a_400_naming_them(upstreams, db, path, param, config_text):
+    gw = _shared_gateway(config_text)
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        _admin(gw, path)
+    body = json.loads(bad.value.read())
+    assert bad.value.code == 400 and body["error"]["param"] == param, body
+
+
+def test_reports_need_the_admin_credential(config_text):
+    gw = _shared_gateway(config_text)
+    for path in ("/admin/spend", "/admin/requests", "/admin/budgets"):
+        req = urllib.request.Request(gw.url + path, headers={"authorization": f"Bearer {TEST_KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 401, path
+
+
+_SHARED: list[GatewayProcess] = []
+
+
+def _shared_gateway(config_text: str) -> GatewayProcess:
+    """One gateway for the parameter tests (the module's `gw` was stopped by the restart test)."""
+    if not _SHARED or _SHARED[0].proc.poll() is not None:
+        _SHARED[:] = [GatewayProcess(config_text)]
+    return _SHARED[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_shared() -> Iterator[None]:
+    yield
+    for gw in _SHARED:
+        gw.stop()

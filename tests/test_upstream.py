@@ -155,8 +155,9 @@ def test_caller_framing_headers_are_replaced_not_duplicated(run):
             assert await resp.read() == b"x"
             await client.aclose()
         lower = heads[0].lower()
-        assert "evil" not in lower and "999" not in lower and "transfer-encoding" not in lower
-        assert "content-length: 3" in lower
+        lines = lower.split("\r\n")
+        assert "evil" not in lower and "content-length: 999" not in lines and "transfer-encoding" not in lower
+        assert lines.count("content-length: 3") == 1  # (not "999" anywhere: the server's port may hold it)
 
     run(scenario())
 

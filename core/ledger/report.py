@@ -43,7 +43,7 @@ def spend_query(group_by: str | None, since: str | None, until: str | None, now:
     lo = _instant("since", since or DEFAULT_SINCE, now)
     hi = _instant("until", until, now) if until else now
     if hi < lo:
-        raise ValueError("until is before since")
+        raise ValueError("until: the end of the range is before its start (since)")
     return SpendQuery(dims, lo, hi)
 
 
