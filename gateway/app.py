@@ -288,10 +288,9 @@ class Gateway:
             self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)
         if self.access_log.enabled:  # building the record is most of the cost: skip it when off
             self.access_log.write(ex.log_record())
-        if ex.cost_usd:
-            self.metrics.observe_cost(ex.team, ex.route, ex.provider, ex.cost_usd)
-        elif ex.cost_usd is None:
-            self.metrics.unpriced(ex.route)
+        if ex.key_name is not None:  # someone's request: what it cost, and its tokens, by team
+            self.metrics.observe_spend(ex.team, ex.route, ex.provider, ex.cost_usd,
+                                       u.prompt_tokens if u else 0, u.completion_tokens if u else 0)
         for after in ex.after:
             try:
                 after(ex)

@@ -190,6 +190,7 @@ def test_an_unpriced_model_is_recorded_with_a_null_cost_and_counted(gw, db):
     metrics = urllib.request.urlopen(gw.url + "/metrics").read().decode()
     assert 'tollway_unpriced_requests_total{model="homegrown"} 1.0' in metrics
     assert 'tollway_cost_usd_total{model="gpt-4o-mini",provider="up",team="search"}' in metrics
+    assert 'tollway_tokens_total{model="gpt-4o-mini",team="ads",type="output"}' in metrics, "tokens by team"
 
 
 def test_reports_agree_with_the_records_and_with_tollway_usage(gw, db, config_text, tmp_path):

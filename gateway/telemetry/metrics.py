@@ -114,6 +114,9 @@ class Metrics:
         self.cost_usd = _series(shared, r, Counter, (
             "tollway_cost_usd", "Spend in USD by team, public model and provider (priced usage only).",
             ("team", "model", "provider")))
+        self.team_tokens = _series(shared, r, Counter, (
+            "tollway_tokens", "Tokens by team (none: keys without one), public model and type (input, output).",
+            ("team", "model", "type")))
         self.unpriced_requests = _series(shared, r, Counter, (
             "tollway_unpriced_requests", "Requests whose model has no price: their cost is recorded as null.",
             ("model",)))
@@ -137,14 +140,19 @@ class Metrics:
             self.token_usage.add((operation, provider, model, response_model, "input"), input_tokens)
             self.token_usage.add((operation, provider, model, response_model, "output"), output_tokens)
 
-    def observe_cost(self, team: str | None, model: str, provider: str | None, usd: float) -> None:
+    def observe_spend(self, team: str | None, model: str, provider: str | None, usd: float | None,
+                      input_tokens: int, output_tokens: int) -> None:
+        """A request's cost (None: its model has no price) and tokens by team and model."""
         names = self._labels()
-        self.cost_usd.add((team if team in names.teams else "none" if team is None else OTHER,
-                           model if model in names.models else OTHER,
-                           provider if provider in names.providers else OTHER), usd)
-
-    def unpriced(self, model: str) -> None:
-        self.unpriced_requests.add((model if model in self._labels().models else OTHER,), 1)
+        team = "none" if team is None else team if team in names.teams else OTHER
+        model = model if model in names.models else OTHER
+        if usd:
+            self.cost_usd.add((team, model, provider if provider in names.providers else OTHER), usd)
+        elif usd is None:
+            self.unpriced_requests.add((model,), 1)
+        if input_tokens or output_tokens:
+            self.team_tokens.add((team, model, "input"), input_tokens)
+            self.team_tokens.add((team, model, "output"), output_tokens)
 
     def observe_ttft(self, operation: str, provider: str, model: str, seconds: float) -> None:
         """Record a stream's time to its first chunk."""
