@@ -37,7 +37,7 @@ from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
 from tollway.gateway.telemetry.budget_metrics import BudgetLevels
 from tollway.gateway.telemetry.limit_metrics import LimitLevels
-from tollway.gateway.telemetry.logs import setup_logging
+from tollway.gateway.telemetry.logs import refuse, setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
@@ -136,7 +136,8 @@ class Gateway:
         try:
             loop.run_until_complete(self.books.start(loop))
         except SchemaTooNew as exc:
-            raise SystemExit(f"tollway: {exc}") from None
+            refuse(f"refusing to start: {exc}")
+            raise SystemExit(1) from None
         self.runtime.start(loop)
         self.metrics.start(loop)
         if self.tracer is not None:

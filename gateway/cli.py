@@ -113,16 +113,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         problem = _share_metrics_between_workers()
         if problem:
-            print(f"tollway: {problem}", file=sys.stderr)
+            _refuse(problem)
             return 1
     from tollway.gateway.lifecycle.serve import serve
 
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
-        print(f"tollway: {args.config}: {exc}", file=sys.stderr)
+        _refuse(f"{args.config}: {exc}")
         return 1
     return serve(cfg, os.path.abspath(args.config), args.host, args.port, args.workers, reuse_port=args.reuse_port)
+
+
+def _refuse(message: str) -> None:
+    """serve's refusals are JSON lines on stderr like its other diagnostics (imported here,
+    after the metrics directory is set: the logging module imports nothing of prometheus)."""
+    from tollway.gateway.telemetry.logs import refuse
+    refuse(f"refusing to start: {message}")
 
 
 def _share_metrics_between_workers() -> str | None:

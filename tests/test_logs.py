@@ -78,3 +78,20 @@ rate_limits: {{backend: redis, redis_url: "redis://tollway:s3cret-redis-pw@redis
     assert record["extensions"] == {"accelerated": False, "kernels": {"sse": "compiled", "buckets": "pure"}}
     text = json.dumps(record)
     assert "s3cret-redis-pw" not in text and key_hash(TEST_KEY) not in text and "tollway:" not in text
+
+
+def test_serve_refusals_are_json_lines_on_stderr(tmp_path):
+    """A refusal to start is a diagnostic like the rest: one JSON line, event "refused"."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+    config = tmp_path / "bad.yaml"
+    config.write_text("providers: [{name: x, schema: nope}]\n")
+    r = subprocess.run([sys.executable, "-m", "tollway.gateway.cli", "serve", "--config", str(config), "--port", "9"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 1
+    line = json.loads(r.stderr.strip().splitlines()[-1])
+    assert line["level"] == "error" and line["event"] == "refused" and "refusing to start" in line["message"]
+    assert "schema" in line["message"]

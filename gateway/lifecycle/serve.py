@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import sys
 
 from tollway.core import kernels
 from tollway.core.config import Config
@@ -12,7 +11,7 @@ from tollway.core.providers.registry import AdapterUnavailable
 from tollway.gateway.lifecycle.listen import port_problem
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
 from tollway.gateway.runtime import provider_adapters
-from tollway.gateway.telemetry.logs import LOGGING, start_record
+from tollway.gateway.telemetry.logs import LOGGING, refuse, start_record
 
 log = logging.getLogger("tollway")
 
@@ -25,21 +24,21 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
     from tollway.gateway.lifecycle.drain import TollwayServer
 
     if workers < 1:
-        print("tollway: --workers must be at least 1", file=sys.stderr)
+        refuse("refusing to start: --workers must be at least 1")
         return 2
     problem = per_worker_problem(config, workers)
     if problem:  # refuse rather than silently admit N times every limit; see docs/limits.md
-        print(f"tollway: refusing to start: {problem}", file=sys.stderr)
+        refuse(f"refusing to start: {problem}")
         return 2
     problem = None if reuse_port else port_problem(host, port)
     if problem:
-        print(f"tollway: refusing to start: {problem}", file=sys.stderr)
+        refuse(f"refusing to start: {problem}")
         return 2
     try:  # in this process, before the workers fork: they inherit the modules, read from disk once
         for provider in config.providers:
             provider_adapters(provider)
     except AdapterUnavailable as exc:
-        print(f"tollway: refusing to start: {exc}", file=sys.stderr)
+        refuse(f"refusing to start: {exc}")
         return 2
     os.environ["TOLLWAY_CONFIG"] = config_path
     os.environ[WORKERS_ENV] = str(workers)

@@ -75,6 +75,23 @@ def setup_logging() -> None:
         logging.config.dictConfig(copy.deepcopy(LOGGING))
 
 
+def refuse(message: str) -> None:
+    """Say why the gateway will not start: one JSON line on stderr, like every diagnostic
+    (`"event": "refused"`), so a log pipeline sees it as it sees the rest."""
+    setup_logging()
+    logging.getLogger("tollway").error(message, extra={"fields": {"event": "refused"}})
+
+
+def _address(url: str, default_port: int) -> str:
+    """`host:port` of a URL, never its userinfo; a malformed port is shown as given."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    return f"{parts.hostname}:{port}"
+
+
 def ledger_summary(config: Config) -> dict[str, Any]:
     """Where usage records go: the backend and a place, never a password."""
     store = config.store
@@ -82,8 +99,8 @@ def ledger_summary(config: Config) -> dict[str, Any]:
         return {"enabled": False}
     if store.backend == "sqlite":
         return {"enabled": True, "backend": "sqlite", "path": store.path}
-    url = urlsplit(store.url or "")
-    return {"enabled": True, "backend": "postgres", "address": f"{url.hostname}:{url.port or 5432}{url.path}"}
+    return {"enabled": True, "backend": "postgres",
+            "address": _address(store.url or "", 5432) + urlsplit(store.url or "").path}
 
 
 def start_record(config: Config, config_path: str, workers: int, kernels: dict[str, str]) -> dict[str, Any]:
@@ -91,8 +108,7 @@ def start_record(config: Config, config_path: str, workers: int, kernels: dict[s
     limits = config.rate_limits
     store: dict[str, Any] = {"backend": limits.backend}
     if limits.backend == "redis":  # host and port only: the URL's userinfo may hold a password
-        url = urlsplit(limits.redis_url)
-        store["address"] = f"{url.hostname}:{url.port or 6379}"
+        store["address"] = _address(limits.redis_url, 6379)
     return {
         "event": "start",
         "config": config_path,
