@@ -211,3 +211,79 @@ def test_check_warns_that_budgets_without_a_ledger_forget_at_restart():
     assert len(warned) == 2 and all("starts from zero at each restart" in w for w in warned)
     assert "keys.k.budget" in warned[0] and "teams.t.budget" in warned[1]
     assert not check(CONFIG + "store: {backend: sqlite}\n").warnings
+
+
+class PickyStore(FlakyStore):
+    """A database that refuses one record for its data (as SQLite refuses an int past 2**63)."""
+
+    async def write(self, records):
+        if any(r.input_tokens > 2**63 for r in records):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        await super().write(records)
+
+
+async def test_a_record_the_database_refuses_is_dropped_and_counted_not_the_batch(caplog):
+    from prometheus_client import CollectorRegistry
+    config = loads("store: {backend: sqlite}\nledger: {batch_records: 10, flush_interval: 0.01}").ledger
+    store, counters = PickyStore(), LedgerCounters(CollectorRegistry())
+    store.up = True
+    ledger = Ledger(store, config, counters)  # type: ignore[arg-type]
+    ledger.start(asyncio.get_running_loop())
+    for i in range(10):
+        ledger.submit(_record(i, input_tokens=2**64 - 1) if i == 4 else _record(i))
+    for _ in range(100):
+        if not ledger.queued:
+            break
+        await asyncio.sleep(0.02)
+    assert [r.request_id for r in store.written] == [f"r{i}" for i in range(10) if i != 4]
+    assert counters.dropped._value.get() == 1 and counters.written._value.get() == 9
+    ledger.submit(_record(20))  # and the writer goes on
+    for _ in range(100):
+        if len(store.written) == 10:
+            break
+        await asyncio.sleep(0.02)
+    assert store.written[-1].request_id == "r20"
+    await ledger.close(1.0)
+
+
+async def test_the_retry_pause_holds_while_requests_keep_coming():
+    from prometheus_client import CollectorRegistry
+
+    class Counting(FlakyStore):
+        attempts = 0
+
+        async def write(self, records):
+            Counting.attempts += 1
+            raise StoreError("down")
+
+    config = loads("store: {backend: sqlite}\nledger: {batch_records: 2, flush_interval: 0.01}").ledger
+    ledger = Ledger(Counting(), config, LedgerCounters(CollectorRegistry()))  # type: ignore[arg-type]
+    ledger.start(asyncio.get_running_loop())
+    for _ in range(100):  # 100 requests over 0.5 s, with the database down
+        ledger.submit(_record(1))
+        await asyncio.sleep(0.005)
+    assert Counting.attempts <= 4, f"{Counting.attempts} attempts: the pause (0.25 s, doubling) did not hold"
+    await ledger.close(0.1)
+
+
+async def test_close_keeps_its_deadline_behind_a_slow_write():
+    from prometheus_client import CollectorRegistry
+
+    class Slow(FlakyStore):
+        async def write(self, records):
+            await asyncio.sleep(0.3)
+            self.written.extend(records)
+
+    config = loads("store: {backend: sqlite}\nledger: {batch_records: 5, flush_interval: 0.01}").ledger
+    store, counters = Slow(), LedgerCounters(CollectorRegistry())
+    ledger = Ledger(store, config, counters)  # type: ignore[arg-type]
+    ledger.opened = True
+    ledger.start(asyncio.get_running_loop())
+    for i in range(25):
+        ledger.submit(_record(i))
+    await asyncio.sleep(0.05)  # a write is under way
+    started = asyncio.get_running_loop().time()
+    await ledger.close(0.5)
+    assert asyncio.get_running_loop().time() - started < 0.9
+    await asyncio.sleep(0.4)  # the write that was in flight when the deadline came completes
+    assert len(store.written) + counters.dropped._value.get() == 25, "every record written or counted as dropped"

@@ -73,7 +73,7 @@ class Ledger:
                             "(tollway_ledger_dropped_total) until it catches up", self.config.buffer_records)
             return
         self._queue.append(record)
-        if len(self._queue) >= self.config.batch_records:
+        if len(self._queue) >= self.config.batch_records and not self._failing:  # (failing: its pause holds)
             self._wake.set()
 
     # -- the writer ---------------------------------------------------------------------
@@ -90,6 +90,7 @@ class Ledger:
         """Write from now on, in a task on `loop`; the store is opened first (if it is not
         yet), retried while the database is down, and `on_open` awaited once it is."""
         self._task = loop.create_task(self._run(on_open))
+        self._task.add_done_callback(_said_if_died)
 
     async def open(self) -> None:
         """Open the store now (start does it too). Raises SchemaTooNew or StoreError."""
@@ -149,14 +150,13 @@ class Ledger:
         self._in_flight = n
         try:
             await self.store.write(batch)
-        except (StoreError, OSError) as exc:
+        except (StoreError, OSError) as exc:  # the database: wait and retry
             self._queue.extendleft(reversed(batch))
-            self.counters.errors.inc()
-            if not self._failing:
-                self._failing = True
-                log.warning("ledger: writing to the %s database failed (%s); %d records wait and are retried",
-                            self.store.backend, exc, len(self._queue))
+            self._write_failed(exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - a record the database refuses (a value out of its range)
+            self._in_flight = 0
+            return await self._write_each(batch, exc)
         finally:
             self._in_flight = 0
         self.counters.written.inc(n)
@@ -165,9 +165,36 @@ class Ledger:
         self._failing = self._dropping = False
         return True
 
+    def _write_failed(self, exc: BaseException) -> None:
+        self.counters.errors.inc()
+        if not self._failing:
+            self._failing = True
+            log.warning("ledger: writing to the %s database failed (%s); %d records wait and are retried",
+                        self.store.backend, exc, len(self._queue))
+
+    async def _write_each(self, batch: list[UsageRecord], first: Exception) -> bool:
+        """A batch the database refused for its data, not its state: write its records one by
+        one, so one bad record (e.g. a token count past the column's range) is dropped and
+        counted instead of stopping the ledger."""
+        log.warning("ledger: the %s database refused a batch (%s: %s); writing its records one by one",
+                    self.store.backend, type(first).__name__, first)
+        for i, record in enumerate(batch):
+            try:
+                await self.store.write([record])
+            except (StoreError, OSError) as exc:  # the database went down meanwhile: the rest waits
+                self._queue.extendleft(reversed(batch[i:]))
+                self._write_failed(exc)
+                return False
+            except Exception:  # noqa: BLE001 - this record: dropped, counted
+                self.counters.dropped.inc()
+                log.warning("ledger: dropped usage record %s, which the database refuses", record.request_id)
+            else:
+                self.counters.written.inc()
+        return True
+
     async def _maybe_prune(self) -> None:
         now = self.clock()
-        if now < self._next_prune:
+        if now < self._next_prune or self._closing:
             return
         self._next_prune = now + _PRUNE_EVERY
         try:
@@ -182,23 +209,33 @@ class Ledger:
         """Stop the writer, write what is queued within `deadline` seconds, close the store."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.opened:
-            try:
-                await asyncio.wait_for(self._flush(), deadline)
-            except TimeoutError:
-                pass
+        try:
+            await asyncio.wait_for(self._stop_and_flush(), deadline)
+        except TimeoutError:
+            pass
         if self._queue:
             self.counters.dropped.inc(len(self._queue))
             log.warning("ledger: %d usage records could not be written before shutdown", len(self._queue))
             self._queue.clear()
         await self.store.aclose()
 
-    async def _flush(self) -> None:
-        while self._queue:
-            if not await self._write_batch():
+    async def _stop_and_flush(self) -> None:
+        """The writer's task ends after the write it is doing (never cancelled mid-write: a
+        SQLite write would still commit on its thread, and a batch put back would be written
+        twice), then what is queued is written."""
+        if self._task is not None:
+            await asyncio.gather(asyncio.shield(self._task), return_exceptions=True)
+        while self.opened and self._queue:
+            # shielded for the same reason: at the deadline the write under way completes (and
+            # counts) on its own, and only what is still queued is counted as dropped
+            if not await asyncio.shield(self._write_batch()):
                 await asyncio.sleep(_RETRY_MIN)
+
+
+def _said_if_died(task: asyncio.Task[None]) -> None:
+    """The writer must never end but by `close`: if a bug ends it, say so (records then only queue)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("ledger: the writer stopped: %r; usage records are no longer written", task.exception())
 
 
 class LedgerGauges(Collector):

@@ -32,6 +32,7 @@ from tollway.gateway.store.rows import (
 T = TypeVar("T")
 _BUSY_MS = 5000
 _PRUNE_BATCH = 5000  # rows per DELETE: short transactions, so the writer never waits long
+_PRUNE_ROUNDS = 40  # DELETEs a prune call makes at most (200k rows): a backlog goes in hourly steps
 
 _ROLLUP_COLUMNS = """bucket INTEGER NOT NULL, key TEXT NOT NULL, key_id TEXT NOT NULL, team TEXT NOT NULL,
     model TEXT NOT NULL, provider TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
@@ -122,14 +123,18 @@ class SqliteStore:
         return await self._run(lambda db: _requests(db, where))
 
     async def prune(self, before: float) -> int:
+        """At most _PRUNE_ROUNDS batches a call (the writer calls it hourly; a backlog goes in
+        steps): each DELETE is a short transaction other processes' writers slip between, and
+        this one's records wait at most that long."""
         removed = 0
-        while True:  # in batches: each DELETE is a short transaction the writer can slip between
+        for _ in range(_PRUNE_ROUNDS):
             n = await self._run(lambda db: db.execute(
                 "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records WHERE ts < ? LIMIT ?)",
                 (before, _PRUNE_BATCH)).rowcount)
             removed += n
             if n < _PRUNE_BATCH:
-                return removed
+                break
+        return removed
 
     async def aclose(self) -> None:
         db, self._db = self._db, None
