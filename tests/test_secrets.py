@@ -87,3 +87,16 @@ def test_a_secret_echoed_json_escaped_is_masked_too() -> None:
 def test_credentials_in_a_base_url_are_secrets() -> None:
     provider = Provider(name="p", schema="openai", base_url="https://svc-user:svc-pass-0042@llm.internal/v1")
     assert {"svc-user", "svc-pass-0042"} <= set(filter(None, configured_secrets(provider)))
+
+
+def test_connection_urls_never_show_their_password_whatever_it_holds():
+    from tollway.core.security.urls import redact_url, url_address, url_passwords
+    for url, password in [("postgresql://app:s3cr3t/x@db:5432/tollway", "s3cr3t/x"),
+                          ("postgresql://app:1234/5678@db/tollway", "1234/5678"),
+                          ("postgresql://app:a?b#c@db/tollway", "a?b#c"),
+                          ("postgresql://db/t?user=a&password=hunter2", "hunter2"),
+                          ("redis://:pw%2Fx@host:6379/0", "pw%2Fx")]:
+        assert password not in redact_url(url) and password not in url_address(url, 5432), url
+        assert password in url_passwords(url)
+    assert url_address("postgresql://app:s3cr3t/x@db:5432/tollway", 5432) == "db:5432/tollway"
+    assert redact_url("postgresql://postgres@127.0.0.1:5432/t") == "postgresql://postgres@127.0.0.1:5432/t"

@@ -17,9 +17,9 @@ import logging
 import logging.config
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from tollway.core.config import Config
+from tollway.core.security.urls import url_address
 
 # granian's Python and Rust sides log as `_granian` and `_granian.<module>` (granian/log.py);
 # shown under granian's own name.
@@ -82,16 +82,6 @@ def refuse(message: str) -> None:
     logging.getLogger("tollway").error(message, extra={"fields": {"event": "refused"}})
 
 
-def _address(url: str, default_port: int) -> str:
-    """`host:port` of a URL, never its userinfo; a malformed port is shown as given."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port or default_port
-    except ValueError:
-        port = default_port
-    return f"{parts.hostname}:{port}"
-
-
 def ledger_summary(config: Config) -> dict[str, Any]:
     """Where usage records go: the backend and a place, never a password."""
     store = config.store
@@ -100,7 +90,7 @@ def ledger_summary(config: Config) -> dict[str, Any]:
     if store.backend == "sqlite":
         return {"enabled": True, "backend": "sqlite", "path": store.path}
     return {"enabled": True, "backend": "postgres",
-            "address": _address(store.url or "", 5432) + urlsplit(store.url or "").path}
+            "address": url_address(store.url or "", 5432)}
 
 
 def start_record(config: Config, config_path: str, workers: int, kernels: dict[str, str]) -> dict[str, Any]:
@@ -108,7 +98,7 @@ def start_record(config: Config, config_path: str, workers: int, kernels: dict[s
     limits = config.rate_limits
     store: dict[str, Any] = {"backend": limits.backend}
     if limits.backend == "redis":  # host and port only: the URL's userinfo may hold a password
-        store["address"] = _address(limits.redis_url, 6379)
+        store["address"] = url_address(limits.redis_url, 6379).split("/", 1)[0]
     return {
         "event": "start",
         "config": config_path,

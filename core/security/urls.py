@@ -1,0 +1,59 @@
+"""Connection URLs (a database's, Redis's) as messages and logs may show them: never their password.
+
+`urlsplit` cuts the authority at the first `/`, `?` or `#`, so a password holding one of them
+unescaped (base64 passwords often do) would not be recognised as a password by it, and a
+message built on `urlsplit` would show it. These functions find the userinfo the way drivers
+do, up to the authority's last `@`.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&#]*)")
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    """(scheme://, userinfo, the rest: host, port, path, query), userinfo "" when none."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    at = rest.rfind("@")
+    before = rest[:at]
+    if at >= 0 and "?" in before and "=" in before.split("?", 1)[1]:  # that @ is in the query (?user=a@b)
+        at = rest.rfind("@", 0, rest.find("?"))
+    if at < 0:
+        return scheme + sep, "", rest
+    return scheme + sep, rest[:at], rest[at + 1:]
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its userinfo and any `password=` query value as ***."""
+    head, userinfo, rest = _split(url)
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    shown = head + (userinfo + "@" if userinfo else "") + rest
+    return _QUERY_PASSWORD.sub(r"\1***", shown)
+
+
+def url_passwords(url: str) -> set[str]:
+    """The URL's passwords, as written and decoded (to take out of a driver's message)."""
+    _, userinfo, rest = _split(url)
+    found = {userinfo.split(":", 1)[1]} if ":" in userinfo else set()
+    found |= {m.group(2) for m in _QUERY_PASSWORD.finditer(rest)}
+    found.discard("")
+    return found | {unquote(p) for p in found}
+
+
+def url_address(url: str, default_port: int) -> str:
+    """`host:port/path` of a URL (no userinfo, no query), for a start line."""
+    _, _, rest = _split(url)
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    hostport, slash, path = rest.partition("/")
+    if hostport.startswith("["):  # [IPv6]:port
+        host, _, port = hostport[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    port = port if port.isdigit() else str(default_port)
+    return f"{host}:{port}" + (slash + path if path else "")
