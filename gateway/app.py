@@ -185,8 +185,10 @@ class Gateway:
         books = Books(config, self.config_path, self.ledger_counters)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
             log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
-        books.adopt(self.books)
+        rebuild = books.adopt(self.books)
         old_books, self.books = self.books, books
+        if rebuild is not None:  # owners new to budgets: their spend this period, from the ledger
+            self._in_background(rebuild)
         books.budgets.start(loop)
         if old_books.budgets.share is not None:  # its charges not yet in Redis, and its connections
             self._in_background(old_books.budgets.aclose())

@@ -14,6 +14,7 @@ from tests.test_pipeline import Proto, Scope
 from tollway.core.config import loads
 from tollway.core.security.keys import hash_key
 from tollway.gateway.app import Gateway
+from tollway.gateway.exchange import Exchange
 from tollway.gateway.store.budgets import BudgetKeeper
 
 KEY = "sk-pipeline-test"
@@ -127,3 +128,62 @@ def test_several_workers_with_budgets_in_memory_are_refused():
     assert problem is not None and "budgets" in problem and "backend: redis" in problem
     assert per_worker_problem(loads(_config()), 1) is None
     assert per_worker_problem(loads(_config("rate_limits: {backend: redis}")), 2) is None
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_redis_sharing_neither_double_counts_a_charge_made_before_the_first_sync_nor_forgets_lost_keys():
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}"))
+    now = ts("2026-11-30T12:00:00")
+    keeper = BudgetKeeper(config, lambda: now)
+    account = keeper.book.accounts[("key", "k")]
+    client = redis.Redis()
+    try:
+        keeper.book.charge("k", "t", 1.0, now)  # charged before Redis ever heard of this period
+        keeper.share.add([(("key", "k"), account)], 1.0)
+        await keeper.share.sync(keeper.book, now)
+        assert account.spent == pytest.approx(1.0), "seeded without the pending charge, then added once"
+        for name in client.scan_iter(f"{{{prefix}}}:*"):  # Redis restarts without persistence
+            client.delete(name)
+        keeper.book.charge("k", "t", 0.5, now)
+        keeper.share.add([(("key", "k"), account)], 0.5)
+        await keeper.share.sync(keeper.book, now)
+        assert account.spent == pytest.approx(1.5), "the last known total came back, plus the new charge"
+    finally:
+        for name in client.scan_iter(f"{{{prefix}}}:*"):
+            client.delete(name)
+        await keeper.share.client.aclose()
+
+
+async def test_a_budget_added_by_a_reload_counts_what_the_ledger_already_holds(tmp_path):
+    store = f"store: {{backend: sqlite, path: '{tmp_path / 'ledger.db'}'}}\nledger: {{flush_interval: 0.01}}\n"
+    unbudgeted = _config(store).replace(", budget: {usd: 5, period: week}", "")
+    gw = Gateway(loads(unbudgeted))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        for _ in range(3):
+            assert (await _ask(gw)).status == 200  # dollars each, no budget yet
+        while gw.books.ledger.queued:
+            await asyncio.sleep(0.01)
+        gw.reload(loads(unbudgeted.replace("teams: [{name: t}]", "teams: [{name: t, budget: {usd: 1, period: month}}]")))
+        while gw.background:
+            await asyncio.sleep(0.01)
+        assert (await _ask(gw)).status == 429, "the team's spend this month came from the ledger"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+
+
+async def test_a_request_in_flight_across_a_reload_is_charged_to_the_budget_in_force():
+    gw = Gateway(loads(_config()))
+    gw.start()
+    try:
+        old_charge = gw.books.budgets.charge  # what a request admitted before the reload holds
+        gw.reload(loads(_config("server: {max_body_bytes: 100000}")))
+        ex = Exchange("req_inflight", "chat")
+        ex.key_name, ex.team, ex.cost_usd = "k", "t", 4.0
+        old_charge(ex)
+        assert gw.books.budgets.book.accounts[("key", "k")].spent == pytest.approx(4.0)
+    finally:
+        await gw.upstream.aclose()

@@ -316,6 +316,9 @@ def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(t
     ("/admin/requests?limit=many", "limit"),
     ("/admin/requests?status=ok", "status"),
     ("/admin/requests?since=yesterday", "since"),
+    ("/admin/requests?status=99999999999999999999", "status"),
+    ("/admin/requests?status=70000", "status"),
+    ("/admin/requests?key=a%00b", "key"),
 ])
 def test_bad_report_parameters_are_a_400_naming_them(upstreams, db, path, param, config_text):
     gw = _shared_gateway(config_text)

@@ -71,6 +71,11 @@ def request_filter(q: dict[str, str], now: float) -> RequestFilter:
             from None
     if not 1 <= limit <= MAX_LIST:
         raise errors.bad_request(f"limit must be between 1 and {MAX_LIST}", param="limit")
+    if status is not None and not 100 <= status <= 599:
+        raise errors.bad_request("status must be an HTTP status, 100 to 599", param="status")
+    for name in ("key", "team", "model"):  # names: printable text (a NUL is no name, and PostgreSQL refuses it)
+        if name in q and not q[name].isprintable():
+            raise errors.bad_request(f"{name} must be printable text", param=name)
     bounds: dict[str, float | None] = {}
     for name in ("since", "until"):
         try:

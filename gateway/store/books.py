@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from tollway.core.config import Config
 from tollway.gateway.pipeline import AfterResponse, BeforeUpstream, Pipeline
@@ -52,13 +53,18 @@ class Books:
             except (StoreError, OSError, TimeoutError) as exc:
                 log.warning("ledger: the %s database is not available at start (%s); serving anyway, "
                             "records wait for it", ledger.store.backend, exc or "timed out")
-            ledger.start(loop, None if ledger.opened else (lambda: self.budgets.rebuild(ledger.store)))
+            ledger.start(loop, None if ledger.opened else (lambda: self.budgets.rebuild(ledger.store, add=True)))
         self.budgets.start(loop)
 
-    def adopt(self, previous: Books) -> None:
-        """A reload: keep the running ledger (a changed store: needs a restart) and the spend."""
+    def adopt(self, previous: Books) -> Awaitable[None] | None:
+        """A reload: keep the running ledger (a changed store: needs a restart) and the spend.
+        Returns the work that reads the spend of owners new to budgets from the ledger (to run
+        in the background), if there is any."""
         self.ledger = previous.ledger
-        self.budgets.adopt(previous.budgets)
+        fresh = self.budgets.adopt(previous.budgets)
+        if fresh and self.ledger is not None and self.ledger.opened:
+            return self.budgets.rebuild(self.ledger.store, fresh)
+        return None
 
     async def close(self, deadline: float) -> None:
         await self.budgets.aclose()

@@ -55,18 +55,29 @@ class BudgetKeeper:
             if self.share is not None:
                 self.share.add(charged, ex.cost_usd)
 
-    def adopt(self, previous: BudgetKeeper) -> None:
-        """After a reload: keep what owners whose budget did not change have spent."""
+    def adopt(self, previous: BudgetKeeper) -> set[Owner]:
+        """After a reload: an owner whose budget keeps its period keeps its account, the same
+        object (a request admitted before the reload charges it when it ends), with the new
+        amount. Returns the owners that are new or changed period: their spend is the ledger's."""
+        fresh = set()
         for owner, account in self.book.accounts.items():
             old = previous.book.accounts.get(owner)
-            if old is not None and old.budget.period == account.budget.period and old.start == account.start:
-                account.spent = old.spent
+            if old is not None and old.budget.period == account.budget.period:
+                old.budget = account.budget
+                self.book.accounts[owner] = old
+            else:
+                fresh.add(owner)
+        return fresh
 
-    async def rebuild(self, store: LedgerStore) -> None:
-        """Each owner's spend this period, from the ledger (what survived a restart)."""
+    async def rebuild(self, store: LedgerStore, owners: set[Owner] | None = None, add: bool = False) -> None:
+        """Each owner's spend this period, from the ledger (what survived a restart); `owners`
+        limits it to those. `add`: the ledger's sum is added to what was counted meanwhile (the
+        database came back after the gateway started: nothing this process charged is in it yet)."""
         now = self.clock()
         by_start: dict[tuple[str, float], list[tuple[Owner, Account]]] = defaultdict(list)
         for owner, account in self.book.accounts.items():
+            if owners is not None and owner not in owners:
+                continue
             account.roll(now)
             by_start[(owner[0], account.start)].append((owner, account))
         for (kind, start), accounts in by_start.items():
@@ -77,7 +88,8 @@ class BudgetKeeper:
                 return
             for (_, name), account in accounts:
                 sums = spent.get((name,))
-                account.spent = max(account.spent, sums[-1] if sums else 0.0)  # cost_usd is the last sum
+                ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
+                account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.share is not None:
@@ -95,7 +107,6 @@ class RedisShare:
         self.client = aioredis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
         self.prefix = prefix
         self.pending: dict[str, float] = defaultdict(float)  # charged here, not yet added in Redis
-        self.seeded = False  # the ledger's totals were offered to Redis (SET NX)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -115,7 +126,10 @@ class RedisShare:
             await asyncio.sleep(SYNC_SECONDS)
 
     async def sync(self, book: BudgetBook, now: float) -> None:
-        """Add this replica's pending charges, and read every owner's total back."""
+        """Add this replica's pending charges, and read every owner's total back. Each sync
+        first offers Redis this replica's view (SET NX, without the pending charges, which the
+        INCRBYFLOAT adds): the first replica up seeds each period from its ledger, and a Redis
+        that lost its keys (a restart without persistence) gets the last known totals back."""
         pending, self.pending = self.pending, defaultdict(float)
         accounts = list(book.accounts.items())
         for _, account in accounts:
@@ -123,24 +137,25 @@ class RedisShare:
         names = [self.name(owner, account) for owner, account in accounts]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                if not self.seeded:  # the first replica up seeds each period from its ledger
-                    for key, (_, account) in zip(names, accounts, strict=True):
-                        pipe.set(key, repr(account.spent), nx=True, ex=_ttl(account, now))
+                for key, (_, account) in zip(names, accounts, strict=True):
+                    pipe.set(key, repr(max(account.spent - pending.get(key, 0.0), 0.0)), nx=True, ex=_ttl(account, now))
                 for key, usd in pending.items():
                     pipe.incrbyfloat(key, usd)
                     pipe.expire(key, _MAX_TTL)
                 for key in names:
                     pipe.get(key)
                 results = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            for key, usd in pending.items():  # keep them for the next try
+        except BaseException as exc:
+            for key, usd in pending.items():  # not added: keep them for the next sync
                 self.pending[key] += usd
+            if not isinstance(exc, (RedisError, OSError)):
+                raise
             if not self._failing:
                 self._failing = True
                 log.warning("budgets: Redis is unavailable (%s); each replica counts its own spend until it is back",
                             type(exc).__name__)
             return
-        self._failing, self.seeded = False, True
+        self._failing = False
         for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
             if value is not None:
                 account.spent = float(value) + self.pending.get(key, 0.0)
