@@ -254,7 +254,7 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Config:
 
 def loads(text: str, environ: Mapping[str, str] | None = None) -> Config:
     """Decode config text. Raises ConfigError for the first problem, naming its field path and line."""
-    checked = check(text, environ)
+    checked = check(text, environ, with_warnings=False)  # (warnings look prices up: `tollway check` says them)
     if checked.errors:
         raise checked.errors[0]
     assert checked.config is not None  # no error: it decoded
@@ -272,15 +272,17 @@ class Checked:
     warnings: list[ConfigError] = dataclasses.field(default_factory=list)
 
 
-def check_file(path: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False) -> Checked:
+def check_file(path: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False,
+               with_warnings: bool = True) -> Checked:
     try:
         text = _read(path)
     except ConfigError as exc:
         return Checked(None, [exc], [])
-    return check(text, environ, allow_missing_env)
+    return check(text, environ, allow_missing_env, with_warnings)
 
 
-def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False) -> Checked:
+def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env: bool = False,
+          with_warnings: bool = True) -> Checked:
     """Every problem of config text: YAML, ${VARS}, types and unknown fields, then (if it decodes)
     the semantic checks and cross-references of `validate`.
 
@@ -311,7 +313,7 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
         found = _env_aware(found, unknown, allow_missing_env) + _problems_of_the_rest(decoded, unknown)
     errors = [_error(where, problem, root) for where, problem in found]
     warned = [_error(where, problem, root) for where, problem in warnings(config)] \
-        if config is not None and not errors else []
+        if with_warnings and config is not None and not errors else []
     if allow_missing_env:
         return Checked(config if not errors else None, errors, env_errors, warned)
     return Checked(config if not errors and not env_errors else None, env_errors + errors, [], warned if not env_errors else [])

@@ -309,3 +309,19 @@ def test_each_pair_is_looked_up_once(policy, monkeypatch):
         assert policy.known_price("mine", "mine") is None
         assert policy.price("smart", "gpt-4o-mini").input == 0.15
     assert len(calls) == 3  # mine: upstream, then public name; smart: upstream only
+
+
+def test_client_chosen_upstream_names_past_the_cache_bound_are_priced_as_their_route(monkeypatch):
+    from tollway.core.accounting import pricebook
+    monkeypatch.setattr(pricebook, "_MAX_CACHED", 3)
+    book = pricebook.PriceBook(config_mod.loads("""
+providers: [{name: oai, schema: openai, base_url: "https://api.openai.com/v1", api_key: x}]
+models: [{name: gpt-4o, targets: [{provider: oai}], match: "^gpt-4o.*"}]
+"""))
+    lookups = []
+    real = pricebook.dataset_price
+    monkeypatch.setattr(pricebook, "dataset_price", lambda *a: lookups.append(a) or real(*a))
+    for i in range(50):
+        assert book.price("gpt-4o", f"gpt-4o-client-{i}") is not None
+    assert len(lookups) < 10, "no dataset lookup per new client string once the cache is full"
+    assert book.cost("gpt-4o", "anything", None) == 0.0, "no usage: nothing spent, priced or not"

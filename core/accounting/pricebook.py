@@ -33,6 +33,7 @@ class PriceBook:
         self._schemas = {(m.name, t.model or m.name): schemas.get(t.provider) for m in config.models
                          for t in reversed(m.targets)}
         self._known: dict[tuple[str, str], Price | None] = {}
+        self._routes: dict[str, Price | None] = {}  # route name -> its own price, once _known is full
 
     def price(self, model: str, upstream_model: str | None = None) -> Price | None:
         ident = (model, upstream_model or "")
@@ -40,6 +41,11 @@ class PriceBook:
             return self._known[ident]
         except KeyError:
             pass
+        if len(self._known) >= _MAX_CACHED and upstream_model and upstream_model != model:
+            # A `match:` route sends the client's string upstream: past the cache's bound, new
+            # names are priced as their public route (cached), never looked up one by one
+            # (a dataset lookup is ~0.2 ms of the event loop, a client could send a new name each time).
+            return self._route_price(model)
         price = self._configured.get(model)
         if price is None and upstream_model:
             price = dataset_price(upstream_model, self._schemas.get((model, upstream_model)), self._today)
@@ -51,9 +57,18 @@ class PriceBook:
             self._known[ident] = price
         return price
 
+    def _route_price(self, model: str) -> Price | None:
+        """The price of the route `model` itself (a configured name: a bounded cache)."""
+        try:
+            return self._routes[model]
+        except KeyError:
+            price = self._routes[model] = self._configured.get(model) or dataset_price(model, None, self._today)
+            return price
+
     def cost(self, model: str, upstream_model: str | None, usage: Usage | None) -> float | None:
-        """The USD cost of `usage`, 0.0 for no usage, None if the model has no price."""
+        """The USD cost of `usage`: 0.0 for no usage (a refusal, a failure before any token),
+        None if the model has no price."""
+        if usage is None:
+            return 0.0
         price = self.price(model, upstream_model)
-        if price is None:
-            return None
-        return cost(usage, price) if usage is not None else 0.0
+        return cost(usage, price) if price is not None else None
