@@ -4,7 +4,7 @@ A `BudgetBook` holds, for each owner with a `budget:`, what it spent in the curr
 and decides: `refusal` says why a request must be refused (or None), `charge` adds a
 finished request's cost. It takes `now` and does no I/O: the gateway rebuilds `spent` from
 the ledger at start and, with Redis, shares it between replicas
-(tollway.gateway.store.budget_sync).
+(tollway.gateway.store.budgets).
 
 Streams are charged when they end, and requests in flight are not reserved against the
 budget, so an owner can overshoot by what its requests in flight at the moment the budget

@@ -46,9 +46,6 @@ FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
 TAGS_AT = FIELDS.index("tags")
 TS_AT = FIELDS.index("ts")
 
-# The token classes, in the order reports list them.
-TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-
 
 def key_id_of(name: str) -> str:
     """The id of a key defined in the config file. Derived from its name, never from its

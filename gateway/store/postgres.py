@@ -339,11 +339,10 @@ def _when(ts: float) -> datetime:
 # hold; a client-sent model name may carry one) and numbers are held to their columns' range
 # (a token count from an upstream's answer is not bounded).
 _TEXT = ("request_id", "key", "key_id", "team", "model", "provider", "upstream_model", "api", "error", "trace_id")
-_RANGES = tuple((f, 2**31 - 1) for f in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-                                         "reasoning_tokens")) + (("status", 2**15 - 1), ("attempts", 2**15 - 1))
+_MAX_INT, _MAX_SMALL = 2**31 - 1, 2**15 - 1  # int4 and int2
+_RANGES = tuple((f, _MAX_INT) for f in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                                         "reasoning_tokens")) + (("status", _MAX_SMALL), ("attempts", _MAX_SMALL))
 
-
-_MAX_INT, _MAX_SMALL = 2**31 - 1, 2**15 - 1
 
 
 def _fit(r: UsageRecord) -> UsageRecord:

@@ -85,16 +85,24 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite")
+        # Reports read on a connection and thread of their own: a long report must not hold up
+        # the writer (WAL lets a reader and a writer work at once).
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite-read")
         self._db: sqlite3.Connection | None = None
+        self._rdb: sqlite3.Connection | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, fn, False)
 
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._db is None:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._call, fn, True)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T], reading: bool) -> T:
+        db = self._rdb if reading else self._db
+        if db is None:
             raise StoreError("the SQLite ledger is not open")
         try:
-            return fn(self._db)
+            return fn(db)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite ({self.path}): {exc}") from None
 
@@ -109,18 +117,20 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             _migrate(db)
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
+            reader.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
-        self._db = db
+        self._db, self._rdb = db, reader
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
         await self._run(lambda db: _write(db, records))  # rows and rollups made there too: off the loop
 
     async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
-        return await self._run(lambda db: _spend(db, query))
+        return await self._read(lambda db: _spend(db, query))
 
     async def requests(self, where: RequestFilter) -> list[UsageRecord]:
-        return await self._run(lambda db: _requests(db, where))
+        return await self._read(lambda db: _requests(db, where))
 
     async def prune(self, before: float) -> int:
         """At most _PRUNE_ROUNDS batches a call (the writer calls it hourly; a backlog goes in
@@ -137,10 +147,15 @@ class SqliteStore:
         return removed
 
     async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
         db, self._db = self._db, None
+        reader, self._rdb = self._rdb, None
         if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+            await loop.run_in_executor(self._thread, db.close)
+        if reader is not None:
+            await loop.run_in_executor(self._reader, reader.close)
         self._thread.shutdown(wait=False)
+        self._reader.shutdown(wait=False)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
