@@ -182,7 +182,7 @@ class Gateway:
         tracer = build_tracer(config.telemetry.traces, self.metrics) if retrace else self.tracer
         runtime = Runtime(config, self.upstream, self.runtime)
         limiter = build_limiter(config, self.metrics, self.limiter)
-        books = Books(config, self.config_path, self.ledger_counters)
+        books = Books(config, self.config_path, self.ledger_counters, reload_of=self.books)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
             log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
         rebuild = books.adopt(self.books)

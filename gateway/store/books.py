@@ -24,9 +24,12 @@ _OPEN_AT_START = 5.0  # seconds the worker waits for the database at start befor
 
 
 class Books:
-    def __init__(self, config: Config, config_path: str | None, counters: LedgerCounters) -> None:
-        self.ledger: Ledger | None = None
-        if config.store is not None and config.ledger.enabled:
+    def __init__(self, config: Config, config_path: str | None, counters: LedgerCounters,
+                 reload_of: Books | None = None) -> None:
+        """`reload_of`: the books a reload replaces; their ledger (or none) is kept, as the
+        store: and ledger: sections apply at restart."""
+        self.ledger: Ledger | None = reload_of.ledger if reload_of is not None else None
+        if reload_of is None and config.store is not None and config.ledger.enabled:
             self.ledger = Ledger(build_store(config.store, config_path), config.ledger, counters)
         self.budgets = BudgetKeeper(config)
 
@@ -57,10 +60,9 @@ class Books:
         self.budgets.start(loop)
 
     def adopt(self, previous: Books) -> Awaitable[None] | None:
-        """A reload: keep the running ledger (a changed store: needs a restart) and the spend.
-        Returns the work that reads the spend of owners new to budgets from the ledger (to run
-        in the background), if there is any."""
-        self.ledger = previous.ledger
+        """A reload: keep the spend (the ledger was handed over at construction). Returns the
+        work that reads the spend of owners new to budgets from the ledger (to run in the
+        background), if there is any."""
         fresh = self.budgets.adopt(previous.budgets)
         if fresh and self.ledger is not None and self.ledger.opened:
             return self.budgets.rebuild(self.ledger.store, fresh)
