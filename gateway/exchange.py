@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 from tollway.core.errors import echoed, error_label
@@ -25,7 +25,10 @@ def request_id(client_value: str | None) -> str:
     """The client's x-request-id when it is sane (short, no odd characters), else a new one."""
     if client_value and _SANE_ID.fullmatch(client_value):
         return client_value
-    return "req_" + os.urandom(12).hex()
+    # Unique, not secret (as trace ids, tollway.core.telemetry.tracecontext): `random`'s generator,
+    # not os.urandom, a system call that also lets any other thread (the SQLite ledger's writer)
+    # take the GIL in the middle of the request path.
+    return f"req_{getrandbits(96):024x}"
 
 
 class Exchange:
