@@ -49,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from loadgen import Cell, ensure_tools, run_wrk  # noqa: E402
-from services import ServiceSet, cpu_list, free_ports  # noqa: E402
+from services import ServiceSet, cpu_list, cpu_seconds, free_ports  # noqa: E402
 from tollway_proc import BENCH_KEY, REPO, serve_argv, write_config  # noqa: E402
 from upstream_conf import MODEL, write_confs  # noqa: E402
 
@@ -70,15 +70,7 @@ class Gateway:
     def cpu_seconds(self) -> float:
         """User + system CPU so far of the server's processes (taskset's exec'd granian and its
         worker, with every thread: uvloop's, granian's and the SQLite writer's)."""
-        total = 0
-        for pid in [self.proc.pid, *_children(self.proc.pid)]:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds([self.proc.pid, *_children(self.proc.pid)])
 
     def metrics(self) -> dict[str, float]:
         """The /metrics samples, each name's values summed over its labels."""

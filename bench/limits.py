@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import ensure_tools, run_wrk  # noqa: E402
+from services import cpu_seconds  # noqa: E402
 from tollway_proc import BENCH_KEY, REPO, serve_argv  # noqa: E402
 
 from tollway.core import config as config_mod  # noqa: E402
@@ -114,21 +115,6 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 STALLED_RPS = 2000  # a run this slow hit a stall of the shared machine, not the gateway: run it again
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time so far of these processes."""
-    import os
-
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measure(name: str, workdir: Path, redis_port: int, args: argparse.Namespace) -> tuple[float, float]:

@@ -53,6 +53,19 @@ def tree_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of these processes, every thread included."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
