@@ -68,7 +68,8 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     finally:
         if lease is not None and limiter is not None:  # also when it failed or the client left
             limiter.settle(lease, ex.usage, ex.upstream_model)
-        ex.cost_usd = req.runtime.prices.cost(req.route.name, ex.upstream_model, ex.usage)
+        if ex.usage is not ex.priced:  # (a non-stream answer's was worked out for its header)
+            ex.cost_usd = req.runtime.prices.cost(req.route.name, ex.upstream_model, ex.usage)
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,

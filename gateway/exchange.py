@@ -35,7 +35,7 @@ class Exchange:
     __slots__ = ("request_id", "start", "ts", "api", "key_name", "key_id", "team", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
-                 "tags", "attempts", "cost_usd", "after", "prices")
+                 "tags", "attempts", "cost_usd", "priced", "after", "prices")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -69,6 +69,7 @@ class Exchange:
         self.tags: tuple[str, ...] = ()  # x-tollway-tags (tollway.core.ledger.tags)
         self.attempts = 0  # upstream attempts made
         self.cost_usd: float | None = 0.0  # None: the model has no price (tollway.core.accounting.pricebook)
+        self.priced: Usage | None = None  # the usage cost_usd was worked out for (the answer's header)
         # The pipeline's after_response hooks, set once the key is known: the app runs them
         # when the request is finished, whatever ended it (tollway.gateway.pipeline).
         self.after: tuple[AfterResponse, ...] = ()

@@ -212,9 +212,9 @@ class Proxy:
         ex.first_byte = time.perf_counter()
         headers = [("content-type", "application/json"), *base_headers]
         if exact and ex.prices is not None and resp.status < 300:  # what this answer cost, when the upstream said
-            usd = ex.prices.cost(ex.route, ctx.upstream_model, ex.usage)
-            if usd is not None:
-                headers.append(("x-tollway-cost-usd", f"{usd:.10f}".rstrip("0").rstrip(".") or "0"))
+            ex.cost_usd, ex.priced = ex.prices.cost(ex.route, ctx.upstream_model, ex.usage), ex.usage
+            if ex.cost_usd is not None:
+                headers.append(("x-tollway-cost-usd", f"{ex.cost_usd:.10f}".rstrip("0").rstrip(".") or "0"))
         proto.response_bytes(resp.status, headers, out)
         ex.phase = ANSWERED
         if not exact:
