@@ -52,14 +52,15 @@ class Admitted:
 async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, proto: HTTPProtocol,
                   ex: Exchange) -> None:
     """Admit, take the limits, forward upstream, settle: a whole proxied request."""
+    pipeline = serving.pipeline  # this request's, start to end (a reload may swap it meanwhile)
     req = await admit(serving, surface, scope, proto, ex)
+    ex.after = pipeline.after_response  # (admit took serving's: the same unless a reload came between)
     limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
     lease = None
     if limiter is not None and limiter.enabled:  # Limiter.reserve, with its no-wait path inline:
         decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
         lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
     headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
-    pipeline = serving.pipeline  # this request's, like the limiter
     try:
         for before in pipeline.before_upstream:
             await before(req, ex)
