@@ -140,6 +140,7 @@ class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     limits: list[Limit] = []
     budget: Budget | None = None
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])  # what its keys may use, at most
 
 
 class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -160,6 +161,16 @@ class Ledger(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key_hash: str
+
+
+class ScopedAdmin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An administrator beside `admin:` (the owner): a team admin manages its team's keys and
+    reads its spend; a viewer reads everything but secrets and changes nothing."""
+
+    name: str
+    key_hash: str
+    role: Literal["team_admin", "viewer"]
+    team: str | None = None  # team_admin: the one team it manages
 
 
 class MetricsAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -236,6 +247,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: list[Key] = []
     teams: list[Team] = []
     admin: Admin | None = None
+    admins: list[ScopedAdmin] = []
     rate_limits: RateLimits = RateLimits()
     server: Server = Server()
     routing: Routing = Routing()
@@ -493,6 +505,7 @@ def problems(config: Config) -> list[tuple[Path, str]]:
         fail(["admin", "key_hash"], "expected the output of `tollway hash-key`")
     if config.server.metrics_auth is not None and not _is_key_hash(config.server.metrics_auth.key_hash):
         fail(["server", "metrics_auth", "key_hash"], "expected the output of `tollway hash-key`")
+    _validate_admins(config, fail)
     _validate_server(config.server, fail)
     _validate_routing(config.routing, fail)
     _validate_limits(config, fail)
@@ -573,6 +586,29 @@ def _validate_references(config: Config, fail: Fail) -> None:
                                                f"{did_you_mean(name, names)}")
         if k.team is not None and k.team not in teams:
             fail(["keys", i, "team"], f"unknown team '{k.team}' (define it under teams:){did_you_mean(k.team, teams)}")
+
+
+def _validate_admins(config: Config, fail: Fail) -> None:
+    """Scoped administrators: distinct names and credentials; a team admin names its team."""
+    digests = {config.admin.key_hash} if config.admin is not None else set()
+    seen: set[str] = {"admin"}  # the owner's name in the audit trail
+    for i, a in enumerate(config.admins):
+        if a.name in seen or not a.name.isprintable() or not a.name:
+            fail(["admins", i, "name"], f"'{a.name}' is taken or not printable (the owner is 'admin')")
+        seen.add(a.name)
+        if not _is_key_hash(a.key_hash):
+            fail(["admins", i, "key_hash"], "expected the output of `tollway hash-key`")
+        elif a.key_hash in digests:
+            fail(["admins", i, "key_hash"], "another administrator has this credential")
+        digests.add(a.key_hash)
+        if a.role == "team_admin" and not a.team:
+            fail(["admins", i, "team"], "a team_admin manages one team: name it")
+        if a.role == "viewer" and a.team is not None:
+            fail(["admins", i, "team"], "a viewer reads every team; remove team: (or make it a team_admin)")
+    keys = {k.key_hash for k in config.keys}
+    for i, a in enumerate(config.admins):
+        if a.key_hash in keys:
+            fail(["admins", i, "key_hash"], "this is a gateway key's digest: an admin credential must be its own")
 
 
 def _unique(items: Sequence[_Named], section: str, fail: Fail) -> dict[str, _Named]:
@@ -726,6 +762,20 @@ def _validate_limits(config: Config, fail: Fail) -> None:
         fail(["rate_limits", "default_max_tokens"], "must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", rl.key_prefix):
         fail(["rate_limits", "key_prefix"], "use 1-64 letters, digits, or _ . : - (no braces: the prefix is the hash tag)")
+
+
+def limit_problems(limits: Sequence[Limit], models: set[str]) -> list[tuple[list[str | int], str]]:
+    """What is wrong with an owner's `limits` (the config's grammar), as (path, message)
+    pairs; used for keys and teams made through the admin API."""
+    found: list[tuple[list[str | int], str]] = []
+    seen: set[tuple[str, str | None, str | None]] = set()
+    for j, lim in enumerate(limits):
+        ident = _validate_limit(lim, [j], "keys", models, lambda path, msg: found.append((list(path), msg)))
+        if ident is not None and ident in seen:
+            found.append(([j], f"duplicate limit ({ident[0]} per {ident[1]}) on the same owner"))
+        if ident is not None:
+            seen.add(ident)
+    return found
 
 
 def _validate_limit(lim: Limit, where: list[str | int], section: str, models: set[str],

@@ -1,4 +1,5 @@
-"""Persisted state: the usage ledger's database (and, next, runtime keys and the audit trail).
+"""Persisted state: the usage ledger's database, the keys and teams made at run time, and the
+audit trail of admin changes.
 
 A `LedgerStore` is one database, SQLite (`sqlite.py`, a file: the embedded default for one
 gateway) or PostgreSQL (`postgres.py`, shared by workers and replicas). Both keep the same
@@ -10,13 +11,14 @@ an operator (never a connection string with its password).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from tollway.core.config import Store as StoreConfig
 from tollway.core.ledger.record import UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
+from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
 
 
 class StoreError(Exception):
@@ -25,6 +27,11 @@ class StoreError(Exception):
 
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer gateway: this one must not write to it."""
+
+
+class Conflict(StoreError):
+    """A change lost a race (a record it read has changed since) or would break a uniqueness
+    rule (two live keys with one name, one digest twice): the admin API's 409."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,51 @@ class LedgerStore(Protocol):
 
     async def prune(self, before: float) -> int:
         """Remove raw records older than `before` (never the rollups); how many went."""
+
+    async def aclose(self) -> None: ...
+
+
+class KeyStore(Protocol):
+    """Run-time keys, teams and the audit trail, in the same database as the ledger.
+
+    Every `save` bumps one counter, the key version, and stamps each record it writes with it,
+    so `changes(since)` returns exactly what a process holding `since` has not seen. The
+    request path never calls a store: each process holds the table in memory
+    (tollway.gateway.tenancy.directory)."""
+
+    backend: str
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema. Raises SchemaTooNew or StoreError."""
+
+    async def key_version(self) -> int:
+        """The newest key version (0: nothing was ever saved)."""
+
+    async def changes(self, since: int) -> Snapshot:
+        """Every key and team whose version is past `since` (deleted teams and revoked keys
+        included), and the newest version."""
+
+    async def key(self, key_id: str) -> ApiKey | None: ...
+
+    async def team(self, name: str) -> ApiTeam | None: ...
+
+    async def save(self, change: Change) -> int:
+        """Write the change's keys, teams and audit entries in one transaction under a new key
+        version, which it returns. Raises Conflict (nothing written) when a record named in
+        `change.expect` ("key:<id>" or "team:<name>") no longer has the version given there
+        (0: must not exist yet), or when two live keys would share a name."""
+
+    async def audit(self, since: float | None, limit: int, team: str | None = None) -> list[AuditEntry]:
+        """Audit entries at or after `since`, newest first, at most `limit`; only `team`'s when given."""
+
+    async def touch(self, used: dict[str, float]) -> None:
+        """Move each key's last use (key id -> UNIX seconds) forward; never backward, no version bump."""
+
+    async def last_used(self, key_ids: Sequence[str]) -> dict[str, float]: ...
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """Call `on_change` (on the loop) whenever another connection saves a change. True if
+        the database can push (PostgreSQL LISTEN/NOTIFY); False if the caller must poll."""
 
     async def aclose(self) -> None: ...
 
