@@ -224,6 +224,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     client_idle_timeout: float = 60.0  # seconds a streaming client may read nothing before it is dropped
     max_count_tokens_bytes: int = 2 * 1024 * 1024  # count_tokens bodies larger than this: 413
     metrics_auth: MetricsAuth | None = None  # absent: /metrics is open, as before
+    admin_requests_per_minute: int = 600  # per admin credential, every /admin/* request
 
 
 class Traces(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -506,6 +507,7 @@ def problems(config: Config) -> list[tuple[Path, str]]:
     if config.server.metrics_auth is not None and not _is_key_hash(config.server.metrics_auth.key_hash):
         fail(["server", "metrics_auth", "key_hash"], "expected the output of `tollway hash-key`")
     _validate_admins(config, fail)
+    _validate_admin_rate(config, fail)
     _validate_server(config.server, fail)
     _validate_routing(config.routing, fail)
     _validate_limits(config, fail)
@@ -513,6 +515,11 @@ def problems(config: Config) -> list[tuple[Path, str]]:
         _validate_traces(config.telemetry.traces, fail)
     _validate_ledger(config, fail)
     return found
+
+
+def _validate_admin_rate(config: Config, fail: Fail) -> None:
+    if config.server.admin_requests_per_minute < 1:
+        fail(["server", "admin_requests_per_minute"], "must be at least 1")
 
 
 def _validate_ledger(config: Config, fail: Fail) -> None:

@@ -8,6 +8,8 @@ credentials in them.
 """
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 
@@ -277,6 +279,41 @@ def ledger_unavailable() -> GatewayError:
                         "ledger_unavailable")
 
 
+def conflict(message: str) -> GatewayError:
+    """A 409 from the admin API: the change clashes with what is there (a name taken, a key
+    that lives in the config file, a record changed meanwhile)."""
+    return GatewayError(409, message, "invalid_request_error", "conflict")
+
+
+def admin_forbidden(message: str) -> GatewayError:
+    """A 403: this administrator's role may not do that (a viewer writing, a team admin on another team)."""
+    return GatewayError(403, message, "permission_error", "admin_forbidden")
+
+
+def admin_not_found(what: str, ident: str) -> GatewayError:
+    """A 404 for a key or team id that does not exist, or that this administrator may not see."""
+    return GatewayError(404, f"No {what} '{echoed(ident)}'.", "invalid_request_error", "not_found")
+
+
+def store_not_configured() -> GatewayError:
+    """A 404: run-time keys and teams live in the store, and the config has no `store:`."""
+    return GatewayError(404, "Run-time keys and teams need a database: configure store: (sqlite or postgres).",
+                        "invalid_request_error", "store_not_configured")
+
+
+def store_unavailable() -> GatewayError:
+    """A 503: the key store cannot be read or written right now (requests keep being served)."""
+    return GatewayError(503, "The key store's database is unavailable; retry shortly. Requests with known keys "
+                        "keep being served.", "api_error", "store_unavailable")
+
+
+def admin_rate_limited(retry_after: float) -> GatewayError:
+    """A 429 for an administrator sending too many admin requests."""
+    seconds = max(1, math.ceil(retry_after))
+    return GatewayError(429, f"Too many admin requests from this credential; retry in {seconds} s.",
+                        "rate_limit_error", "rate_limit_exceeded", None, [("retry-after", str(seconds))])
+
+
 def shutting_down() -> GatewayError:
     """What a request cut off by the drain deadline gets (a 503, or an SSE error event)."""
     return GatewayError(503, "The gateway is shutting down and could not finish this request; retry it.",
@@ -300,6 +337,7 @@ GATEWAY_ERROR_CODES = frozenset((
     "invalid_request", "overloaded", "rate_limit_exceeded", "rate_limit_store_unavailable",
     "insufficient_quota", "client_closed", "client_stalled", "request_timeout", "stream_error",
     "ledger_not_configured", "ledger_unavailable",
+    "conflict", "admin_forbidden", "not_found", "store_not_configured", "store_unavailable",
 ))
 OPENAI_ERROR_TYPES = frozenset((
     # OpenAI's error `type`s (the 429 ones included), plus Anthropic's, which the gateway maps

@@ -12,6 +12,7 @@ Anthropic count_tokens endpoint uses `admit` with a tighter body cap and then an
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from granian.rsgi import HTTPProtocol, Scope
@@ -79,6 +80,8 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     rt, tracer = serving.runtime, serving.tracer
     key = authenticate(rt, surface, scope)
     ex.key_name, ex.key_id, ex.team = key.key.name, key.key_id, key.key.team
+    if rt.api.keys:  # run-time keys: their last use is kept (coarsely; written off the request path)
+        serving.last_used[key.key_id] = ex.ts
     ex.after = serving.pipeline.after_response  # from here on the request is someone's: record it
     if surface.passed_headers:  # (OpenAI's passes none: no call on its hot path)
         ex.passed_headers = passed_headers(surface, scope)
@@ -117,6 +120,8 @@ def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
             record = rt.keys.lookup(value.strip())
         if record is None:
             raise errors.unauthorized(_BAD_KEY)
+        if record.checked:  # a run-time key with an expiry, or revoked
+            record.refuse(time.time())
         return record
     raise errors.unauthorized(_NO_KEY)
 

@@ -26,9 +26,9 @@ from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
 from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
 from tollway.gateway.proxy import Proxy
-from tollway.gateway.runtime import ProviderRuntime, Runtime
+from tollway.gateway.runtime import NO_API, ApiTables, ProviderRuntime, Runtime
 from tollway.gateway.serving import Serving
-from tollway.gateway.store import SchemaTooNew
+from tollway.gateway.store import SchemaTooNew, build_key_store
 from tollway.gateway.store.books import Books
 from tollway.gateway.store.ledger import LedgerCounters, LedgerGauges
 from tollway.gateway.surfaces import Endpoint
@@ -41,6 +41,8 @@ from tollway.gateway.telemetry.logs import refuse, setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
+from tollway.gateway.tenancy.actions import Actions
+from tollway.gateway.tenancy.directory import Directory
 from tollway.gateway.upstream.client import UpstreamClient
 
 _JSON = ("content-type", "application/json")
@@ -79,16 +81,22 @@ class Gateway:
         self.metrics.register(self.limit_levels)
         self.ledger_counters = LedgerCounters(self.metrics.registry)
         self.books = Books(config, config_path, self.ledger_counters)
+        # Run-time keys and teams (issue 13): in the store's database, held here in memory.
+        self.directory = Directory(build_key_store(config.store, config_path)) if config.store is not None else None
+        if self.directory is not None:
+            self.directory.on_change = self._keys_changed
+        self._rebuild_pending = False
         self.serving.pipeline = self.books.pipeline()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
+        self.admin = AdminAPI(self.serving)
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
             ("GET", "/healthz"): Endpoint("health", self.healthz),
             ("GET", "/readyz"): Endpoint("health", self.readyz),
             ("GET", "/metrics"): Endpoint("metrics", self.metrics_endpoint),
-            **AdminAPI(self.serving).routes(),
+            **self.admin.routes(),
         }
 
     # What requests are served with lives in `serving`; these name its parts for the lifecycle.
@@ -132,12 +140,19 @@ class Gateway:
     # -- lifecycle (granian calls these once per worker) ---------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.start()
         try:
+            if self.directory is not None:  # the run-time keys, before the first runtime is built
+                loop.run_until_complete(self.directory.open())
+            self.start()
+            if self.runtime.api.keys or self.runtime.api.teams:  # their budgets are rebuilt from the ledger with the rest
+                self.books = Books(self.runtime.config, self.config_path, self.ledger_counters, reload_of=self.books)
+                self.serving.pipeline = self.books.pipeline()
             loop.run_until_complete(self.books.start(loop))
         except SchemaTooNew as exc:
             refuse(f"refusing to start: {exc}")
             raise SystemExit(1) from None
+        if self.directory is not None:
+            self.directory.start(loop, self.serving.last_used)
         self.runtime.start(loop)
         self.metrics.start(loop)
         if self.tracer is not None:
@@ -161,6 +176,8 @@ class Gateway:
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
         loop.run_until_complete(self.books.close(_LEDGER_FLUSH_SECONDS))  # the queued usage records
+        if self.directory is not None:  # the keys' last use
+            loop.run_until_complete(self.directory.close(self.serving.last_used))
         self.access_log.flush()
         self.metrics.close()
         token_count.shutdown()
@@ -168,7 +185,8 @@ class Gateway:
     def start(self) -> None:
         """Open the upstream pool and begin serving (needs no running loop)."""
         self.upstream = UpstreamClient(ca_bundle=os.environ.get("TOLLWAY_CA_BUNDLE"))
-        self.runtime = Runtime(self.runtime.config, self.upstream)
+        self.runtime = Runtime(self.runtime.file_config, self.upstream, api=self._api())
+        self._new_actions()
         self.limiter = build_limiter(self.runtime.config, self.metrics, self.limiter)
         self.ready = True
 
@@ -180,7 +198,8 @@ class Gateway:
         # whole. The limiter goes last: it may open a new store, which nothing after it can leak.
         retrace = config.telemetry != self.runtime.config.telemetry
         tracer = build_tracer(config.telemetry.traces, self.metrics) if retrace else self.tracer
-        runtime = Runtime(config, self.upstream, self.runtime)
+        runtime = Runtime(config, self.upstream, self.runtime, self._api())
+        config = runtime.config  # with the run-time keys and teams: limits and budgets apply to them too
         limiter = build_limiter(config, self.metrics, self.limiter)
         books = Books(config, self.config_path, self.ledger_counters, reload_of=self.books)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
@@ -199,8 +218,30 @@ class Gateway:
         if retrace:
             self._swap_tracer(tracer, loop)
         old, self.runtime = self.runtime, runtime
+        if old.file_config is not runtime.file_config:
+            self._new_actions()
         self.runtime.start(loop)
         self._in_background(self._close_providers(self.runtime.retired(old)))
+
+    def _api(self) -> ApiTables:
+        return self.directory.tables if self.directory is not None else NO_API
+
+    def _new_actions(self) -> None:
+        """The admin actions for the current config file (its keys and teams are read-only)."""
+        if self.directory is not None:
+            self.serving.actions = Actions(self.directory.store, self.runtime.file_config, self.directory)
+
+    def _keys_changed(self) -> None:
+        """The directory changed: rebuild the runtime, limiter and budgets with it, once per
+        burst of changes (a poll may bring many), on the loop."""
+        if not self.ready or self._rebuild_pending:
+            return  # (before start: `start` builds the first runtime with them)
+        self._rebuild_pending = True
+        asyncio.get_running_loop().call_soon(self._rebuild_keys)
+
+    def _rebuild_keys(self) -> None:
+        self._rebuild_pending = False
+        self.reload(self.runtime.file_config)
 
     def _swap_tracer(self, tracer: Tracer | None, loop: asyncio.AbstractEventLoop) -> None:
         """Trace with `tracer` from now on; the old exporter flushes what it holds."""
@@ -226,6 +267,8 @@ class Gateway:
             return
         method, path = scope.method, scope.path
         entry = self.routes.get((method, path.rstrip("/") or "/"))
+        if entry is None and path.startswith("/admin/"):  # paths with an id: /admin/keys/{id}, ...
+            entry = self.admin.match(method, path)
         ex = Exchange(request_id(scope.headers.get("x-request-id")), entry.api if entry else "unknown")
         ex.proto, ex.scope = proto, scope
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
@@ -260,9 +303,10 @@ class Gateway:
             self._send_error(proto, ex, errors.shutting_down())
 
     def _unknown(self, method: str, path: str) -> GatewayError:
-        if self.runtime.config.admin is None and (path == "/admin" or path.startswith("/admin/")):
+        config = self.runtime.config
+        if config.admin is None and not config.admins and (path == "/admin" or path.startswith("/admin/")):
             return errors.admin_not_configured(path)  # any method: the whole admin API is off
-        if any(p == path for _, p in self.routes):
+        if any(p == path for _, p in self.routes) or self.admin.allows(path):
             return errors.method_not_allowed(method, path)
         return errors.not_found(path)
 

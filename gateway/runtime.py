@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
+
+from tollway.core import errors
 from tollway.core.accounting.pricebook import PriceBook
-from tollway.core.config import Config, Key, Provider, Routing, Timeouts
+from tollway.core.config import Config, Key, Provider, Routing, Team, Timeouts
+from tollway.core.ledger.periods import rfc3339
 from tollway.core.ledger.record import key_id_of
 from tollway.core.providers.base import Adapter, UpstreamCall
 from tollway.core.providers.registry import OTEL_PROVIDER_NAMES, AdapterUnavailable, load_adapters
@@ -22,6 +27,7 @@ from tollway.core.routing.health import HealthBoard
 from tollway.core.routing.table import RouteTable
 from tollway.core.security.keys import KeyTable
 from tollway.core.security.secrets import KnownSecrets, configured_secrets
+from tollway.core.tenancy.records import ApiKey, ApiTeam
 from tollway.gateway.telemetry.metrics import MetricLabels
 from tollway.gateway.upstream import Transport, UpstreamAnswer
 from tollway.gateway.upstream.credentials import credential_for
@@ -29,18 +35,41 @@ from tollway.gateway.upstream.fake import FakeTransport
 from tollway.gateway.upstream.pool import endpoint_source
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     key: Key
     allowed: frozenset[str] | None  # None: every model
     key_id: str = ""  # the usage ledger's id of the key (tollway.core.ledger.record.key_id_of)
-
-    @property
-    def key_hash(self) -> str:
-        return self.key.key_hash
+    key_hash: str = ""  # the digest this record is found by (a rotated key has two records)
+    # Run-time keys only: past `expires_at` (UNIX seconds), or at once when `refusal` is set
+    # (revoked), the key gets 401 saying which. `checked` is what the request path reads.
+    expires_at: float | None = None
+    refusal: str | None = None
+    expiry: str = "This key expired at {}."
+    checked: bool = False
 
     def may_use(self, model: str) -> bool:
         return self.allowed is None or model in self.allowed
+
+    def refuse(self, now: float) -> None:
+        """Raise the 401 of a revoked or expired key (only called when `checked`)."""
+        if self.refusal is not None:
+            raise errors.unauthorized(self.refusal)
+        if self.expires_at is not None and now >= self.expires_at:
+            raise errors.unauthorized(self.expiry.format(rfc3339(self.expires_at)))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTables:
+    """The run-time keys and teams (tollway.gateway.tenancy.directory) a runtime serves beside the
+    config file's: keys by id, teams by name (deleted ones included, to be skipped)."""
+
+    keys: Mapping[str, ApiKey]
+    teams: Mapping[str, ApiTeam]
+    config_keys: Mapping[str, Key]  # id -> the key as a config Key (made once per change, not per runtime)
+
+
+NO_API = ApiTables({}, {}, {})
 
 
 class ProviderRuntime:
@@ -69,16 +98,23 @@ class ProviderRuntime:
 
 
 class Runtime:
-    def __init__(self, config: Config, upstream: Transport | None, previous: Runtime | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, upstream: Transport | None, previous: Runtime | None = None,
+                 api: ApiTables = NO_API) -> None:
+        """`config` is the file's; `self.config` adds the run-time keys and teams of `api`, so
+        limits, budgets and metric labels treat them like the file's."""
+        self.file_config = config
+        self.api = api
+        config = self.config = effective_config(config, api)
         self.routes = RouteTable(config)
         self.metric_labels = MetricLabels(config)  # the names metrics may use as label values
         # What a response costs (ledger, budgets, x-tollway-cost-usd), at the prices of the day
         # the config was loaded: a dated price change applies from the next reload or restart.
         self.prices = PriceBook(config, datetime.now(UTC).date())
-        self.keys: KeyTable[KeyRecord] = KeyTable(
-            {k.key_hash: _record(k) for k in config.keys}, pepper=config.server.key_pepper
-        )
+        team_models = {t.name: t.models for t in config.teams}
+        records = {k.key_hash: _record(k, team_models) for k in self.file_config.keys}
+        for key in api.keys.values():
+            records.update(_api_records(key, api.config_keys[key.id], team_models))
+        self.keys: KeyTable[KeyRecord] = KeyTable(records, pepper=config.server.key_pepper)
         old = previous.providers if previous is not None else {}
         # One set for all providers, kept across reloads (providers a reload keeps sign into it).
         self.secrets: KnownSecrets = previous.secrets if previous is not None else KnownSecrets()
@@ -119,8 +155,48 @@ def _provider(config: Provider, upstream: Transport | None, whole: Config, old: 
     return ProviderRuntime(config, _transport(config, upstream), whole.routing, secrets)
 
 
-def _record(key: Key) -> KeyRecord:
-    return KeyRecord(key, None if "*" in key.models else frozenset(key.models), key_id_of(key.name))
+def effective_config(config: Config, api: ApiTables) -> Config:
+    """`config` with the live run-time keys and teams appended (a name the file defines wins)."""
+    if not api.keys and not api.teams:
+        return config
+    names = {k.name for k in config.keys}
+    keys = [k for k in config.keys]
+    keys += [api.config_keys[k.id] for k in api.keys.values() if k.revoked_at is None and k.name not in names]
+    team_names = {t.name for t in config.teams}
+    teams: list[Team] = list(config.teams)
+    teams += [t.as_config_team() for t in api.teams.values() if t.deleted_at is None and t.name not in team_names]
+    return msgspec.structs.replace(config, keys=keys, teams=teams)
+
+
+def _allowed(models: list[str], team: str | None, team_models: Mapping[str, list[str]]) -> frozenset[str] | None:
+    """What a key may use: its own models, narrowed by its team's (None: everything)."""
+    own = None if "*" in models else frozenset(models)
+    limit = team_models.get(team) if team is not None else None
+    if limit is None or "*" in limit:
+        return own
+    return frozenset(limit) if own is None else own & frozenset(limit)
+
+
+def _record(key: Key, team_models: Mapping[str, list[str]]) -> KeyRecord:
+    return KeyRecord(key, _allowed(key.models, key.team, team_models), key_id_of(key.name), key.key_hash)
+
+
+_REVOKED = "This key was revoked."
+_ROTATED = "This key was replaced by a rotation; the old key stopped working at {}."
+
+
+def _api_records(key: ApiKey, as_key: Key, team_models: Mapping[str, list[str]]) -> dict[str, KeyRecord]:
+    """The records a run-time key is found by: its digest and, during a rotation's grace (and
+    after it, to say why), the previous one. A revoked key keeps its records to say so."""
+    allowed = _allowed(key.models, key.team, team_models)
+    refusal = _REVOKED if key.revoked_at is not None else None
+    out = {key.key_hash: KeyRecord(as_key, allowed, key.id, key.key_hash, key.expires_at, refusal,
+                                   checked=refusal is not None or key.expires_at is not None)}
+    if key.previous_hash is not None and key.previous_until is not None:
+        until = key.previous_until if key.expires_at is None else min(key.previous_until, key.expires_at)
+        expiry = _ROTATED if until == key.previous_until else "This key expired at {}."
+        out[key.previous_hash] = KeyRecord(as_key, allowed, key.id, key.previous_hash, until, refusal, expiry, True)
+    return out
 
 
 def _transport(provider: Provider, upstream: Transport | None) -> Transport | None:

@@ -7,7 +7,7 @@ in the middle of it never mixes two configs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tollway.gateway.limits.limiter import Limiter
@@ -18,6 +18,7 @@ from tollway.gateway.telemetry.tracing import Tracer
 
 if TYPE_CHECKING:
     from tollway.gateway.store.books import Books
+    from tollway.gateway.tenancy.actions import Actions
 
 
 @dataclass(slots=True)
@@ -28,3 +29,6 @@ class Serving:
     tracer: Tracer | None = None  # None: tracing is off
     pipeline: Pipeline = EMPTY  # the features plugged into the request path's seams
     books: Books | None = None  # the ledger and the budgets (tollway.gateway.store.books)
+    actions: Actions | None = None  # run-time keys and teams (None: no store to keep them)
+    # key id -> when it was last used, since the directory last wrote them (tollway.gateway.tenancy)
+    last_used: dict[str, float] = field(default_factory=dict)

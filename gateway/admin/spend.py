@@ -2,6 +2,7 @@
 (`/admin/requests`) and the calendar budgets (`/admin/budgets`)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from urllib.parse import parse_qs
 
@@ -11,6 +12,7 @@ from granian.rsgi import HTTPProtocol, Scope
 from tollway.core import errors
 from tollway.core.ledger.periods import parse_instant
 from tollway.core.ledger.report import spend_query
+from tollway.core.tenancy.roles import Principal
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.serving import Serving
 from tollway.gateway.store import LedgerStore, RequestFilter, StoreError
@@ -38,8 +40,8 @@ def _answer(proto: HTTPProtocol, ex: Exchange, body: object) -> None:
     proto.response_bytes(200, [_JSON, ("x-request-id", ex.request_id)], _encode(body))
 
 
-async def spend(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
-    """GET /admin/spend?group_by=team,model&since=7d&until=..."""
+async def spend(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange, who: Principal) -> None:
+    """GET /admin/spend?group_by=team,model&since=7d&until=... (a team admin's: its team's only)"""
     store = _store(serving)
     q = query_params(scope)
     try:
@@ -47,16 +49,20 @@ async def spend(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchang
     except ValueError as exc:
         raise errors.bad_request(str(exc), param=str(exc).split(":", 1)[0]) from None
     try:
-        _answer(proto, ex, await spend_report(store, query))
+        _answer(proto, ex, await spend_report(store, query, who.scope_team))
     except StoreError:
         raise errors.ledger_unavailable() from None
 
 
-async def requests(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
-    """GET /admin/requests?key=&team=&model=&status=&since=&until=&limit= (newest first)."""
+async def requests(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange, who: Principal) -> None:
+    """GET /admin/requests?key=&team=&model=&status=&since=&until=&limit= (newest first; a team
+    admin's: its team's only, whatever `team=` says)."""
     store = _store(serving)
+    where = request_filter(query_params(scope), time.time())
+    if who.scope_team is not None:
+        where = dataclasses.replace(where, team=who.scope_team)
     try:
-        _answer(proto, ex, await request_list(store, request_filter(query_params(scope), time.time())))
+        _answer(proto, ex, await request_list(store, where))
     except StoreError:
         raise errors.ledger_unavailable() from None
 
@@ -86,9 +92,12 @@ def request_filter(q: dict[str, str], now: float) -> RequestFilter:
                          since=bounds["since"], until=bounds["until"], limit=limit)
 
 
-async def budgets(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> None:
+async def budgets(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange, who: Principal) -> None:
     """GET /admin/budgets: each key's and team's calendar budget, spent, remaining, reset."""
     books = serving.books
     keeper = books.budgets if books is not None else None
     data = keeper.book.status(keeper.clock()) if keeper is not None else []
+    if who.scope_team is not None:  # its team's budget and its keys'
+        teams = {k.name: k.team for k in serving.runtime.config.keys}
+        data = [d for d in data if (d.get("team") if d["owner"] == "team" else teams.get(str(d.get("key")))) == who.team]
     _answer(proto, ex, {"object": "list", "data": data})

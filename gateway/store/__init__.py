@@ -13,12 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tollway.core.config import Store as StoreConfig
 from tollway.core.ledger.record import UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
+
+if TYPE_CHECKING:
+    from tollway.gateway.store.postgres import PostgresStore
+    from tollway.gateway.store.sqlite import SqliteStore
 
 
 class StoreError(Exception):
@@ -120,7 +124,17 @@ def schema_too_new(found: int, known: int) -> SchemaTooNew:
 
 
 def build_store(config: StoreConfig, config_path: str | None) -> LedgerStore:
-    """The store `config` names; a relative SQLite path is relative to the config file."""
+    """The ledger's store `config` names; a relative SQLite path is relative to the config file."""
+    return _database(config, config_path)
+
+
+def build_key_store(config: StoreConfig, config_path: str | None) -> KeyStore:
+    """The store of run-time keys, teams and the audit trail: the same database (and class) as
+    the ledger's, on connections of its own."""
+    return _database(config, config_path)
+
+
+def _database(config: StoreConfig, config_path: str | None) -> SqliteStore | PostgresStore:
     if config.backend == "postgres":
         from tollway.gateway.store.postgres import PostgresStore
         if not config.url:
@@ -131,3 +145,4 @@ def build_store(config: StoreConfig, config_path: str | None) -> LedgerStore:
     if config_path is not None and not os.path.isabs(path) and path != ":memory:":
         path = os.path.join(os.path.dirname(os.path.abspath(config_path)), path)
     return SqliteStore(path)
+

@@ -1,0 +1,176 @@
+"""What the admin API accepts to make or change a key or team, decoded and checked.
+
+Each body is decoded strictly (unknown fields refused, types checked by msgspec) and then
+checked against the config it will live beside: model names the routes know, limits in the
+config's grammar, a budget, an expiry in the future, bounded metadata. Every refusal is a 400
+naming the field (`param`), in the OpenAI error shape. Sans-IO: `now` is passed in.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from tollway.core import errors
+from tollway.core.config import Budget, Config, Limit, limit_problems
+from tollway.core.tenancy.records import MetaValue
+
+T = TypeVar("T")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")  # names reach logs, metric labels and URLs
+NAME_RULE = "1-64 characters: letters, digits and _ . : @ - (starting with a letter or digit)"
+MAX_MODELS = 256
+MAX_LIMITS = 32
+MAX_METADATA = 32
+MAX_META_CHARS = 256
+MAX_GRACE_SECONDS = 30 * 86400
+
+
+class KeyCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    team: str | None = None
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    limits: list[Limit] = []
+    budget: Budget | None = None
+    expires_at: str | None = None
+    metadata: dict[str, MetaValue] = {}
+
+
+class KeyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    team: str | None | UnsetType = UNSET
+    models: list[str] | UnsetType = UNSET
+    limits: list[Limit] | UnsetType = UNSET
+    budget: Budget | None | UnsetType = UNSET
+    expires_at: str | None | UnsetType = UNSET
+    metadata: dict[str, MetaValue] | UnsetType = UNSET
+
+
+class Rotate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    grace_seconds: float = 3600.0
+
+
+class TeamCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    limits: list[Limit] = []
+    budget: Budget | None = None
+
+
+class TeamPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    models: list[str] | UnsetType = UNSET
+    limits: list[Limit] | UnsetType = UNSET
+    budget: Budget | None | UnsetType = UNSET
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """`body` as `kind`, or a 400 that says what is wrong and where."""
+    if not body.strip():
+        raise errors.bad_request("The request body must be a JSON object.")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        where = _path_of(str(exc))
+        raise errors.bad_request(f"Invalid body: {errors.echoed(str(exc))}", param=where) from None
+    except msgspec.DecodeError:
+        raise errors.bad_request("The request body is not valid JSON.") from None
+
+
+def _path_of(message: str) -> str | None:
+    found = re.search(r"at `\$\.?([^`]*)`", message)
+    return found.group(1) or None if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What names a key or team may refer to: the routes' public names and `match:` patterns."""
+
+    models: frozenset[str]
+    patterns: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def of(cls, config: Config) -> Known:
+        patterns = []
+        for m in config.models:
+            if m.match is not None:
+                try:
+                    patterns.append(re.compile(m.match))
+                except re.error:
+                    pass  # `check` refused it; a running config has none
+        return cls(frozenset(m.name for m in config.models), tuple(patterns))
+
+    def serves(self, name: str) -> bool:
+        return name == "*" or name in self.models or any(p.fullmatch(name) for p in self.patterns)
+
+
+def check_name(name: str, param: str = "name") -> str:
+    if not NAME.fullmatch(name):
+        raise errors.bad_request(f"'{errors.echoed(name)}' is not a valid name: use {NAME_RULE}.", param=param)
+    return name
+
+
+def check_models(models: Sequence[str], known: Known, param: str = "models") -> list[str]:
+    if not models:
+        raise errors.bad_request('models must list at least one model, or ["*"] for all.', param=param)
+    if len(models) > MAX_MODELS:
+        raise errors.bad_request(f"models may list at most {MAX_MODELS} names.", param=param)
+    for i, name in enumerate(models):
+        if not known.serves(name):
+            raise errors.bad_request(f"Unknown model '{errors.echoed(name)}': no route serves it.", param=f"{param}[{i}]")
+    return list(models)
+
+
+def check_limits(limits: Sequence[Limit], known: Known, param: str = "limits") -> list[Limit]:
+    if len(limits) > MAX_LIMITS:
+        raise errors.bad_request(f"At most {MAX_LIMITS} limits per key or team.", param=param)
+    problems = limit_problems(limits, set(known.models))
+    if problems:
+        path, message = problems[0]
+        where = param + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+        raise errors.bad_request(f"Invalid limit: {message}.", param=where)
+    return list(limits)
+
+
+def check_budget(budget: Budget | None, param: str = "budget") -> Budget | None:
+    if budget is not None and not (0 <= budget.usd and math.isfinite(budget.usd)):
+        raise errors.bad_request("budget.usd must be a finite number of USD >= 0.", param=f"{param}.usd")
+    return budget
+
+
+def check_expiry(value: str | None, now: float, param: str = "expires_at") -> float | None:
+    """An RFC 3339 instant in the future (a bare date is midnight UTC), as UNIX seconds."""
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise errors.bad_request(f"'{errors.echoed(value)}' is not an RFC 3339 time (like 2027-01-31T00:00:00Z).",
+                                 param=param) from None
+    ts = (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
+    if ts <= now:
+        raise errors.bad_request("expires_at must be in the future.", param=param)
+    return ts
+
+
+def check_metadata(metadata: dict[str, MetaValue], param: str = "metadata") -> dict[str, MetaValue]:
+    if len(metadata) > MAX_METADATA:
+        raise errors.bad_request(f"metadata may hold at most {MAX_METADATA} entries.", param=param)
+    for name, value in metadata.items():
+        if not 0 < len(name) <= 64:
+            raise errors.bad_request("metadata names are 1-64 characters.", param=param)
+        if isinstance(value, str) and len(value) > MAX_META_CHARS:
+            raise errors.bad_request(f"metadata values are at most {MAX_META_CHARS} characters.", param=f"{param}.{name}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise errors.bad_request("metadata numbers must be finite.", param=f"{param}.{name}")
+    return dict(metadata)
+
+
+def check_grace(grace: float) -> float:
+    if not 0 <= grace <= MAX_GRACE_SECONDS:
+        raise errors.bad_request(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS} (30 days).",
+                                 param="grace_seconds")
+    return grace
