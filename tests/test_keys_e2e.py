@@ -1,0 +1,272 @@
+"""Run-time keys and teams end to end (SQLite): a real gateway, the admin API over HTTP and the
+official openai SDK as the client. A key is made, used, rotated (the old one works through
+its grace, then fails), revoked (401 saying so); expiry, model and limit scoping; config keys
+are read-only; a team admin sees and touches its team only; a viewer writes nothing; every
+change is in the audit trail; no answer ever holds a key's digest or (but once) the key."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import ADMIN_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+
+LEAD_KEY = "sk-tollway-search-lead-admin-000000"
+VIEWER_KEY = "sk-tollway-finance-viewer-0000000"
+
+
+def _config(upstream: str, db: Path, extra: str = "") -> str:
+    return f"""
+providers: [{{name: up, schema: openai, base_url: {upstream}, api_key: {UPSTREAM_SECRET}}}]
+models:
+  - {{name: gpt-4o-mini, targets: [{{provider: up}}]}}
+  - {{name: gpt-4o, targets: [{{provider: up}}]}}
+keys:
+  - {{name: alice, key_hash: "{key_hash(TEST_KEY)}", team: search}}
+teams: [{{name: search}}]
+admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
+admins:
+  - {{name: search-lead, key_hash: "{key_hash(LEAD_KEY)}", role: team_admin, team: search}}
+  - {{name: finance, key_hash: "{key_hash(VIEWER_KEY)}", role: viewer}}
+store: {{backend: sqlite, path: {db}}}
+ledger: {{flush_interval: 0.05}}
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(_config(upstream.url, tmp_path_factory.mktemp("keys") / "tollway.db"))
+    yield process
+    process.stop()
+
+
+Answer = tuple[int, dict]
+
+
+def call(gw: GatewayProcess, method: str, path: str, body: object = None, token: str = ADMIN_KEY,
+         raw: bytes | None = None) -> Answer:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(gw.url + path, data=data, method=method,
+                                 headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read()
+            status = r.status
+    except urllib.error.HTTPError as exc:
+        text, status = exc.read(), exc.code
+    assert b"sha256:" not in text and b"hmac-sha256" not in text, "no answer shows a digest"
+    return status, json.loads(text)
+
+
+def chat(gw: GatewayProcess, key: str, model: str = "gpt-4o-mini") -> int:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=10)
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        return 200
+    except openai.APIStatusError as exc:
+        return exc.status_code
+
+
+def refusal(gw: GatewayProcess, key: str) -> str:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=10)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["code"] == "invalid_api_key"
+    return caught.value.body["message"]
+
+
+def test_create_use_rotate_revoke(gw: GatewayProcess):
+    status, made = call(gw, "POST", "/admin/keys", {"name": "svc-a", "team": "search", "metadata": {"owner": "kim"}})
+    assert status == 201, made
+    secret = made["key"]
+    assert secret.startswith("sk-tw-") and len(secret) >= 6 + 43  # 32 random bytes, base64url
+    assert made["object"] == "key" and made["id"].startswith("key_") and made["source"] == "api"
+    assert (made["name"], made["team"], made["models"], made["metadata"]) == ("svc-a", "search", ["*"], {"owner": "kim"})
+    assert chat(gw, secret) == 200
+
+    status, shown = call(gw, "GET", f"/admin/keys/{made['id']}")
+    assert status == 200 and "key" not in shown, "the key is shown only when made"
+    assert shown["last_used_at"] is not None
+
+    status, rotated = call(gw, "POST", f"/admin/keys/{made['id']}/rotate", {"grace_seconds": 2})
+    assert status == 200 and rotated["id"] == made["id"]
+    fresh = rotated["key"]
+    assert fresh != secret
+    assert chat(gw, fresh) == 200
+    assert chat(gw, secret) == 200, "the old key works during the grace"
+    time.sleep(2.3)
+    assert "rotation" in refusal(gw, secret), "after the grace the old key fails, saying why"
+    assert chat(gw, fresh) == 200
+
+    status, revoked = call(gw, "POST", f"/admin/keys/{made['id']}/revoke")
+    assert status == 200 and revoked["status"] == "revoked" and revoked["revoked_at"]
+    assert refusal(gw, fresh) == "This key was revoked."
+    status, again = call(gw, "DELETE", f"/admin/keys/{made['id']}")
+    assert status == 200 and again["revoked_at"] == revoked["revoked_at"], "revoking twice changes nothing"
+    status, listed = call(gw, "GET", "/admin/keys")
+    assert made["id"] not in [k["id"] for k in listed["data"]]
+    status, listed = call(gw, "GET", "/admin/keys?include_revoked=true")
+    assert made["id"] in [k["id"] for k in listed["data"]], "the record stays"
+
+    status, trail = call(gw, "GET", "/admin/audit?limit=1000")
+    mine = [e for e in trail["data"] if e["target"] == made["id"]]
+    assert [e["action"] for e in mine] == ["key.revoke", "key.rotate", "key.create"]
+    assert {e["actor"] for e in mine} == {"admin"}
+    assert mine[0]["before"]["status"] == "active" and mine[0]["after"]["status"] == "revoked"
+    assert secret not in json.dumps(trail) and fresh not in json.dumps(trail)
+
+
+def test_an_expired_key_says_when(gw: GatewayProcess):
+    soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat().replace("+00:00", "Z")
+    status, made = call(gw, "POST", "/admin/keys", {"name": "short-lived", "expires_at": soon})
+    assert status == 201, made
+    assert chat(gw, made["key"]) == 200
+    time.sleep(1.8)
+    message = refusal(gw, made["key"])
+    assert message.startswith("This key expired at ") and made["expires_at"][:19] in message
+    status, past = call(gw, "POST", "/admin/keys", {"name": "already-gone", "expires_at": "2001-01-01T00:00:00Z"})
+    assert status == 400 and past["error"]["param"] == "expires_at"
+
+
+def test_a_key_is_held_to_its_models_and_limits(gw: GatewayProcess):
+    status, made = call(gw, "POST", "/admin/keys", {"name": "narrow", "models": ["gpt-4o-mini"],
+                                                      "limits": [{"requests": 2, "per": "1m"}]})
+    assert status == 201, made
+    assert chat(gw, made["key"], "gpt-4o") == 403
+    assert chat(gw, made["key"]) == 200
+    assert chat(gw, made["key"]) == 429, "its own limit: 2 requests a minute, the 403 counted none"
+    status, patched = call(gw, "PATCH", f"/admin/keys/{made['id']}", {"models": ["*"], "limits": []})
+    assert status == 200 and patched["models"] == ["*"] and patched["limits"] == []
+    assert chat(gw, made["key"], "gpt-4o") == 200, "a change applies at once on this replica"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"name": "bad name!"}, "name"),
+    ({"name": "x", "models": ["no-such-model"]}, "models[0]"),
+    ({"name": "x", "limits": [{"requests": 5}]}, "limits[0]"),
+    ({"name": "x", "limits": [{"requests": 5, "per": "1 fortnight"}]}, "limits[0].per"),
+    ({"name": "x", "budget": {"usd": -1}}, "budget.usd"),
+    ({"name": "x", "team": "nobody"}, "team"),
+    ({"name": "x", "unexpected": 1}, None),
+    ({"name": "alice"}, None),  # a config key's name: 409
+])
+def test_bad_bodies_are_refused_naming_the_field(gw: GatewayProcess, body: dict, param: str | None):
+    status, error = call(gw, "POST", "/admin/keys", body)
+    assert status in (400, 409), error
+    assert error["error"]["param"] == param or (param is None and status in (400, 409))
+    if body["name"] == "alice":
+        assert status == 409 and "config file" in error["error"]["message"]
+
+
+def test_a_body_too_large_or_not_json_is_refused(gw: GatewayProcess):
+    status, error = call(gw, "POST", "/admin/keys", raw=b'{"name": "' + b"x" * 70_000 + b'"}')
+    assert status == 413 and error["error"]["code"] == "request_too_large"
+    status, error = call(gw, "POST", "/admin/keys", raw=b"{nope")
+    assert status == 400 and "JSON" in error["error"]["message"]
+
+
+def test_two_live_keys_cannot_share_a_name(gw: GatewayProcess):
+    assert call(gw, "POST", "/admin/keys", {"name": "twin"})[0] == 201
+    status, error = call(gw, "POST", "/admin/keys", {"name": "twin"})
+    assert status == 409 and error["error"]["code"] == "conflict" and "twin" in error["error"]["message"]
+
+
+def test_config_keys_are_listed_and_read_only(gw: GatewayProcess):
+    status, listed = call(gw, "GET", "/admin/keys")
+    alice = next(k for k in listed["data"] if k["name"] == "alice")
+    assert alice["source"] == "config" and alice["id"] == "config:alice"
+    for method, path, body in (("PATCH", "/admin/keys/config:alice", {"models": ["gpt-4o"]}),
+                               ("POST", "/admin/keys/config:alice/rotate", {}),
+                               ("POST", "/admin/keys/config:alice/revoke", None)):
+        status, error = call(gw, method, path, body)
+        assert status == 409 and "config file" in error["error"]["message"], (method, path)
+    assert chat(gw, TEST_KEY) == 200
+
+
+def test_teams_through_the_api(gw: GatewayProcess):
+    status, team = call(gw, "POST", "/admin/teams", {"name": "ads", "models": ["gpt-4o-mini"]})
+    assert status == 201 and team["source"] == "api"
+    status, made = call(gw, "POST", "/admin/keys", {"name": "ads-svc", "team": "ads"})
+    assert status == 201
+    assert chat(gw, made["key"], "gpt-4o") == 403, "the team's models bound its keys'"
+    assert chat(gw, made["key"]) == 200
+    status, error = call(gw, "DELETE", "/admin/teams/ads")
+    assert status == 409 and "live key" in error["error"]["message"]
+    status, error = call(gw, "PATCH", "/admin/teams/search", {"models": ["gpt-4o"]})
+    assert status == 409 and "config file" in error["error"]["message"]
+    assert call(gw, "POST", f"/admin/keys/{made['id']}/revoke")[0] == 200
+    status, gone = call(gw, "DELETE", "/admin/teams/ads")
+    assert status == 200 and gone["deleted"] is True
+    assert call(gw, "GET", "/admin/teams/ads")[0] == 404
+
+
+def test_a_team_admin_sees_and_touches_its_team_only(gw: GatewayProcess):
+    call(gw, "POST", "/admin/teams", {"name": "ops"})
+    status, theirs = call(gw, "POST", "/admin/keys", {"name": "ops-svc", "team": "ops"})
+    assert status == 201
+    status, mine = call(gw, "POST", "/admin/keys", {"name": "lead-made"}, token=LEAD_KEY)
+    assert status == 201 and mine["team"] == "search", "a team admin's keys go to its team"
+    status, error = call(gw, "POST", "/admin/keys", {"name": "elsewhere", "team": "ops"}, token=LEAD_KEY)
+    assert status == 403
+    for method, path in (("GET", f"/admin/keys/{theirs['id']}"), ("PATCH", f"/admin/keys/{theirs['id']}"),
+                         ("POST", f"/admin/keys/{theirs['id']}/revoke"), ("GET", "/admin/teams/ops")):
+        status, error = call(gw, method, path, {} if method == "PATCH" else None, token=LEAD_KEY)
+        assert status == 404, (method, path, error)
+    status, listed = call(gw, "GET", "/admin/keys", token=LEAD_KEY)
+    assert {k["team"] for k in listed["data"]} == {"search"}
+    status, trail = call(gw, "GET", "/admin/audit", token=LEAD_KEY)
+    assert trail["data"] and {e["team"] for e in trail["data"]} == {"search"}
+    assert call(gw, "POST", "/admin/teams", {"name": "mine"}, token=LEAD_KEY)[0] == 403
+    assert chat(gw, theirs["key"]) == 200, "nothing the team admin tried touched the other team's key"
+
+
+def test_a_viewer_reads_and_writes_nothing(gw: GatewayProcess):
+    status, listed = call(gw, "GET", "/admin/keys", token=VIEWER_KEY)
+    assert status == 200 and listed["data"]
+    for method, path, body in (("POST", "/admin/keys", {"name": "v"}), ("POST", "/admin/teams", {"name": "v"})):
+        status, error = call(gw, method, path, body, token=VIEWER_KEY)
+        assert status == 403 and error["error"]["code"] == "admin_forbidden"
+    assert call(gw, "GET", "/admin/audit", token=VIEWER_KEY)[0] == 200
+    assert call(gw, "GET", "/admin/spend", token=VIEWER_KEY)[0] == 200
+    assert call(gw, "GET", "/admin/keys", token=TEST_KEY)[0] == 401, "a gateway key is no admin credential"
+
+
+def test_admin_requests_are_rate_limited_per_credential(upstream: FakeOpenAI, tmp_path: Path):
+    gw = GatewayProcess(_config(upstream.url, tmp_path / "t.db", "server: {admin_requests_per_minute: 5}"))
+    try:
+        statuses = [call(gw, "GET", "/admin/keys")[0] for _ in range(7)]
+        assert statuses[:5] == [200] * 5 and statuses[5:] == [429, 429]
+        assert call(gw, "GET", "/admin/keys", token=VIEWER_KEY)[0] == 200, "another credential has its own"
+    finally:
+        gw.stop()
+
+
+def test_run_time_keys_survive_a_restart(upstream: FakeOpenAI, tmp_path: Path):
+    config = _config(upstream.url, tmp_path / "t.db")
+    gw = GatewayProcess(config)
+    try:
+        status, made = call(gw, "POST", "/admin/keys", {"name": "durable"})
+        assert status == 201
+    finally:
+        gw.stop()
+    again = GatewayProcess(config)
+    try:
+        assert chat(again, made["key"]) == 200
+    finally:
+        again.stop()
