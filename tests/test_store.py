@@ -3,28 +3,25 @@ back whole, reports add up to what a brute-force sum over the written records sa
 of the raw rows and the rollups answer), retention removes raw rows only, the schema is
 versioned, and a PostgreSQL that goes away and comes back loses nothing the Ledger could keep.
 
-Each PostgreSQL test runs in a database of its own, created and dropped here, on the server of
-TOLLWAY_TEST_POSTGRES_URL (default: the one on 127.0.0.1:5432). Without one they are skipped,
-unless TOLLWAY_REQUIRE_POSTGRES is set (CI sets it): then they fail.
+Each PostgreSQL test runs in a database of its own (tests/pg_databases.py). Without a server
+they are skipped, unless TOLLWAY_REQUIRE_POSTGRES is set (CI sets it): then they fail.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
-import socket
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.pg_databases import PG_URL, need_postgres, pg_database, target  # noqa: F401 - fixtures by name
 from tests.pg_instance import PgInstance, pg_bin
 from tollway.core.config import Ledger as LedgerConfig
 from tollway.core.ledger.periods import DAY, HOUR, segments
@@ -38,69 +35,7 @@ from tollway.gateway.store.postgres import PostgresStore, redact
 from tollway.gateway.store.sqlite import VERSION as SQLITE_VERSION
 from tollway.gateway.store.sqlite import SqliteStore
 
-PG_URL = os.environ.get("TOLLWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BASE = 1_764_460_800.0  # 2025-11-30T00:00:00Z
-
-
-def _pg_answers() -> bool:
-    parts = urlsplit(PG_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _need_postgres() -> None:
-    if not _pg_answers():
-        if os.environ.get("TOLLWAY_REQUIRE_POSTGRES"):
-            pytest.fail(f"TOLLWAY_REQUIRE_POSTGRES is set and no PostgreSQL answers at {PG_URL}")
-        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
-
-
-async def _create_database() -> str:
-    name = f"tollway_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return urlunsplit(urlsplit(PG_URL)._replace(path="/" + name))
-
-
-async def _drop_database(url: str) -> None:
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {urlsplit(url).path[1:]} WITH (FORCE)")
-    finally:
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def _fresh_database() -> AsyncIterator[str]:
-    """The URL of a new, empty database, dropped afterwards."""
-    _need_postgres()
-    url = await _create_database()
-    try:
-        yield url
-    finally:
-        await _drop_database(url)
-
-
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    async with _fresh_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def target(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[str]:
-    """Where a store keeps its ledger: a SQLite file, or a fresh PostgreSQL database's URL."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "ledger.db")
-        return
-    async with _fresh_database() as url:
-        yield url
 
 
 def _make(target: str) -> LedgerStore:
@@ -386,7 +321,7 @@ async def test_stores_opening_a_fresh_postgres_database_at_once_all_succeed(pg_d
 ])
 async def test_a_failure_is_a_store_error_without_the_password(url: str):
     if "{host}" in url:
-        _need_postgres()
+        need_postgres()
         parts = urlsplit(PG_URL)
         url = url.format(host=parts.hostname, port=parts.port or 5432)
     store = PostgresStore(url)

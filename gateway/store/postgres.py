@@ -28,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 import msgspec
@@ -40,7 +39,10 @@ from tollway.core.ledger.record import FIELDS, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.security.urls import redact_url, url_passwords
-from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
+from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
+from tollway.gateway.store import KeyStore, LedgerStore, RequestFilter, StoreError, schema_too_new
+from tollway.gateway.store import postgres_keys as keys
+from tollway.gateway.store.pg_conn import Conn, Row
 from tollway.gateway.store.rows import (
     Cell,
     RollupRow,
@@ -53,30 +55,10 @@ from tollway.gateway.store.rows import (
 )
 
 T = TypeVar("T")
+# What asyncpg raises when the database or the connection fails (as opposed to a bug here).
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
+             TimeoutError)
 
-
-class Row(Protocol):
-    """An asyncpg Record: by position and by column name."""
-
-    def __getitem__(self, key: int | str) -> Any: ...
-
-    def __iter__(self) -> Any: ...
-
-    def __len__(self) -> int: ...
-
-
-class Conn(Protocol):
-    """What this store uses of an asyncpg connection (asyncpg ships no type hints)."""
-
-    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str: ...
-
-    async def fetch(self, query: str, *args: object) -> list[Row]: ...
-
-    async def fetchval(self, query: str, *args: object) -> Any: ...
-
-    async def copy_records_to_table(self, table: str, *, records: object, columns: object) -> str: ...
-
-    def transaction(self) -> AbstractAsyncContextManager[object]: ...
 
 _POOL_MIN, _POOL_MAX = 1, 4
 _CONNECT_TIMEOUT = 5.0  # seconds to open a connection: a dead database fails fast
@@ -111,6 +93,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         _ROLLUP.format(table="usage_hourly"),
         _ROLLUP.format(table="usage_daily"),
     ),
+    (  # 2: run-time keys and teams (each a whole msgspec JSON doc, a few fields mirrored), the audit trail.
+        # Docs are text, not jsonb: they read back byte for byte, and jsonb refuses a string's \u0000.
+        """CREATE TABLE api_keys (id text PRIMARY KEY, name text NOT NULL, team text, key_hash text NOT NULL,
+            revoked boolean NOT NULL, version bigint NOT NULL, doc text NOT NULL, last_used_at float8,
+            CONSTRAINT api_keys_key_hash UNIQUE (key_hash))""",
+        "CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE NOT revoked",  # a revoked key's name is free
+        "CREATE INDEX api_keys_version ON api_keys (version)",
+        "CREATE TABLE api_teams (name text PRIMARY KEY, version bigint NOT NULL, doc text NOT NULL)",
+        "CREATE INDEX api_teams_version ON api_teams (version)",
+        """CREATE TABLE admin_audit (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ts float8 NOT NULL,
+            team text, doc text NOT NULL)""",
+        "CREATE INDEX admin_audit_ts ON admin_audit (ts)",
+        "CREATE TABLE key_version (id integer PRIMARY KEY CHECK (id = 1), version bigint NOT NULL)",
+        "INSERT INTO key_version (id, version) VALUES (1, 0)",
+    ),
 )
 VERSION = len(MIGRATIONS)
 
@@ -137,6 +134,7 @@ class PostgresStore:
         self.where = redact(url)  # what messages may say of the database
         self._pool: Any = None  # asyncpg.Pool (asyncpg has no type hints)
         self._days: set[date] = set()  # the days that have a partition, as far as this store knows
+        self._listener = keys.Listener()
 
     # -- connecting and migrating -------------------------------------------------------
 
@@ -181,8 +179,7 @@ class PostgresStore:
                 return await fn(conn)
         except StoreError:
             raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
-                TimeoutError) as exc:
+        except _FAILURES as exc:
             raise StoreError(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
 
     def _say(self, exc: BaseException) -> str:
@@ -283,7 +280,44 @@ class PostgresStore:
 
         return await self._call(prune)
 
+    # -- run-time keys, teams, the audit trail (KeyStore; the SQL is in postgres_keys) --------
+
+    async def key_version(self) -> int:
+        return await self._call(keys.key_version)
+
+    async def changes(self, since: int) -> Snapshot:
+        return await self._call(lambda conn: keys.changes(conn, since))
+
+    async def key(self, key_id: str) -> ApiKey | None:
+        return await self._call(lambda conn: keys.key(conn, key_id))
+
+    async def team(self, name: str) -> ApiTeam | None:
+        return await self._call(lambda conn: keys.team(conn, name))
+
+    async def save(self, change: Change) -> int:
+        return await self._call(lambda conn: keys.save(conn, change))
+
+    async def audit(self, since: float | None, limit: int, team: str | None = None) -> list[AuditEntry]:
+        return await self._call(lambda conn: keys.audit(conn, since, limit, team))
+
+    async def touch(self, used: dict[str, float]) -> None:
+        await self._call(lambda conn: keys.touch(conn, dict(used)))
+
+    async def last_used(self, key_ids: Sequence[str]) -> dict[str, float]:
+        return await self._call(lambda conn: keys.last_used(conn, list(key_ids)))
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """LISTEN on a connection of its own (closed with the store) for every save's NOTIFY."""
+        if self._pool is None:
+            raise StoreError("the PostgreSQL ledger is not open")
+        try:
+            await self._listener.add(self.url, on_change, _CONNECT_TIMEOUT)
+        except _FAILURES + (ValueError,) as exc:  # (asyncpg's ValueError: a bad URL)
+            raise StoreError(f"cannot listen for key changes at {self.where}: {self._say(exc)}") from None
+        return True
+
     async def aclose(self) -> None:
+        await self._listener.close(_CONNECT_TIMEOUT)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -291,6 +325,11 @@ class PostgresStore:
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 
+
+
+if TYPE_CHECKING:  # mypy holds the class to both protocols
+    def _conforms(store: PostgresStore) -> tuple[LedgerStore, KeyStore]:
+        return store, store
 
 redact = redact_url  # (the name the store's callers and tests use)
 _passwords = url_passwords

@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from msgspec.structs import astuple
 
@@ -19,7 +19,9 @@ from tollway.core.ledger.periods import DAY, Table
 from tollway.core.ledger.record import FIELDS, TAGS_AT, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
-from tollway.gateway.store import RequestFilter, StoreError, schema_too_new
+from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
+from tollway.gateway.store import KeyStore, LedgerStore, RequestFilter, StoreError, schema_too_new
+from tollway.gateway.store import sqlite_keys as keys
 from tollway.gateway.store.rows import (
     grouped_select,
     request_filters,
@@ -53,6 +55,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX usage_records_key_ts ON usage_records (key, ts)",
         f"CREATE TABLE usage_hourly ({_ROLLUP_COLUMNS}) WITHOUT ROWID",
         f"CREATE TABLE usage_daily ({_ROLLUP_COLUMNS}) WITHOUT ROWID",
+    ),
+    (  # 2: run-time keys and teams (each a whole msgspec JSON doc, a few fields mirrored), the audit trail
+        """CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, team TEXT, key_hash TEXT NOT NULL UNIQUE,
+            revoked INTEGER NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL, last_used_at REAL)""",
+        "CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked = 0",  # a revoked key's name is free
+        "CREATE INDEX api_keys_version ON api_keys (version)",
+        "CREATE TABLE api_teams (name TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL)",
+        "CREATE INDEX api_teams_version ON api_teams (version)",
+        """CREATE TABLE admin_audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, team TEXT,
+            doc TEXT NOT NULL)""",
+        "CREATE INDEX admin_audit_ts ON admin_audit (ts)",
+        "CREATE TABLE key_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
+        "INSERT INTO key_version (id, version) VALUES (1, 0)",
     ),
 )
 VERSION = len(MIGRATIONS)
@@ -146,6 +161,36 @@ class SqliteStore:
                 break
         return removed
 
+    # -- run-time keys, teams, the audit trail (KeyStore; the SQL is in sqlite_keys) ----------
+
+    async def key_version(self) -> int:
+        return await self._read(keys.key_version)
+
+    async def changes(self, since: int) -> Snapshot:
+        return await self._read(lambda db: keys.changes(db, since))
+
+    async def key(self, key_id: str) -> ApiKey | None:
+        return await self._read(lambda db: keys.key(db, key_id))
+
+    async def team(self, name: str) -> ApiTeam | None:
+        return await self._read(lambda db: keys.team(db, name))
+
+    async def save(self, change: Change) -> int:
+        return await self._run(lambda db: keys.save(db, change))
+
+    async def audit(self, since: float | None, limit: int, team: str | None = None) -> list[AuditEntry]:
+        return await self._read(lambda db: keys.audit(db, since, limit, team))
+
+    async def touch(self, used: dict[str, float]) -> None:
+        await self._run(lambda db: keys.touch(db, dict(used)))
+
+    async def last_used(self, key_ids: Sequence[str]) -> dict[str, float]:
+        return await self._read(lambda db: keys.last_used(db, list(key_ids)))
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """SQLite cannot tell one process of another's writes: the caller polls `key_version`."""
+        return False
+
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         db, self._db = self._db, None
@@ -157,6 +202,11 @@ class SqliteStore:
         self._thread.shutdown(wait=False)
         self._reader.shutdown(wait=False)
 
+
+
+if TYPE_CHECKING:  # mypy holds the class to both protocols
+    def _conforms(store: SqliteStore) -> tuple[LedgerStore, KeyStore]:
+        return store, store
 
 def _migrate(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")  # one migrator at a time, also across processes
