@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -96,5 +97,17 @@ def test_without_an_admin_section_there_is_no_admin_endpoint(openai_upstream):
 
 
 def test_with_an_admin_section_unknown_admin_paths_are_plain_404s(admin_gateway):
-    status, body = get(admin_gateway.url + "/admin/keys", ADMIN_KEY)
+    status, body = get(admin_gateway.url + "/admin/nothing-here", ADMIN_KEY)
     assert (status, body["error"]["code"]) == (404, "unknown_url")
+
+
+def test_without_a_store_config_keys_are_listed_and_none_can_be_made(admin_gateway):
+    status, body = get(admin_gateway.url + "/admin/keys", ADMIN_KEY)
+    assert status == 200 and body["object"] == "list"
+    assert body["data"] and {k["source"] for k in body["data"]} == {"config"}
+    req = urllib.request.Request(admin_gateway.url + "/admin/keys", data=b'{"name": "x"}', method="POST",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=5)
+    assert caught.value.code == 404
+    assert json.loads(caught.value.read())["error"]["code"] == "store_not_configured"
