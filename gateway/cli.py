@@ -7,6 +7,7 @@ import os
 import sys
 
 from tollway.core import config as config_mod
+from tollway.core.security.demo_keys import demo_credentials
 from tollway.core.security.keys import hash_key
 from tollway.gateway.store import usage_command
 
@@ -57,21 +58,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Every problem on its own line (path, problem, line), in file order; exit 1 if any.
-    Warnings (models with no price) are listed too, but do not fail the check."""
+    Warnings (models with no price, demo keys beside a real provider) are listed too, but do not fail the check."""
     checked = config_mod.check_file(args.file, allow_missing_env=args.allow_missing_env)
     for unset in _in_file_order(checked.unset_env):
         print(f"{args.file}: note: {unset}; values using it were not checked", file=sys.stderr)
     for error in _in_file_order(checked.errors):
         print(f"{args.file}: {error}", file=sys.stderr)
-    for warning in _in_file_order(checked.warnings):
-        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     cfg = checked.config
+    for warning in _in_file_order(checked.warnings) + _demo_credential_warnings(cfg, checked):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     if checked.errors or cfg is None:
         count = len(checked.errors)
         print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     print(f"{args.file}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, {len(cfg.keys)} keys)")
     return 0
+
+
+def _demo_credential_warnings(cfg: config_mod.Config | None, checked: config_mod.Checked) -> list[config_mod.ConfigError]:
+    """Credentials that are the examples' published demo keys while a provider is real (the same
+    finding `tollway serve` logs at start; tollway.core.security.demo_keys). Like the other
+    warnings, only for a config without errors. They carry no line: the entry names itself."""
+    if cfg is None or checked.errors:
+        return []
+    return [config_mod.ConfigError(demo.entry, demo.message) for demo in demo_credentials(cfg)]
 
 
 def _in_file_order(errors: list[config_mod.ConfigError]) -> list[config_mod.ConfigError]:

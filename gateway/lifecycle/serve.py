@@ -8,6 +8,7 @@ import os
 from tollway.core import kernels
 from tollway.core.config import Config
 from tollway.core.providers.registry import AdapterUnavailable
+from tollway.core.security.demo_keys import demo_credentials
 from tollway.gateway.lifecycle.listen import port_problem
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
 from tollway.gateway.runtime import provider_adapters
@@ -66,3 +67,6 @@ def _log_start(config: Config, config_path: str, workers: int) -> None:
              len(config.keys), extra={"fields": start_record(config, config_path, workers, kernels.ACTIVE)})
     if config.store is None:
         log.info("no ledger: usage is not recorded; configure store: (sqlite or postgres) to keep it")
+    for demo in demo_credentials(config):  # names the entry, never the key or its digest
+        log.warning("demo credential: %s: %s", demo.entry, demo.message,
+                    extra={"fields": {"event": "demo_credential", "entry": demo.path, "name": demo.name}})
