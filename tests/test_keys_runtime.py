@@ -1,0 +1,125 @@
+"""Run-time keys in the runtime's key table and the directory, without servers: what each
+digest finds, what a revoked, expired or rotated key says at a given instant (the clock
+injected), how a team narrows its keys' models, and how the directory takes changes."""
+from __future__ import annotations
+
+import pytest
+
+from tollway.core.config import Limit, loads
+from tollway.core.errors import GatewayError
+from tollway.core.security.keys import hash_key
+from tollway.core.tenancy.records import ApiKey, ApiTeam, Snapshot
+from tollway.gateway.runtime import ApiTables, Runtime
+from tollway.gateway.tenancy.directory import Directory
+
+CONFIG = loads("""
+providers: [{name: f, schema: fake}]
+models:
+  - {name: small, targets: [{provider: f}]}
+  - {name: large, targets: [{provider: f}]}
+keys: [{name: alice, key_hash: "%s", team: search}]
+teams: [{name: search, models: [small]}]
+""" % hash_key("alice-key"))
+T0 = 1_800_000_000.0
+
+
+def _key(**fields: object) -> ApiKey:
+    base: dict[str, object] = {"id": "key_1", "name": "svc", "key_hash": hash_key("new"), "created_at": T0}
+    return ApiKey(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def _runtime(*keys: ApiKey, teams: tuple[ApiTeam, ...] = ()) -> Runtime:
+    tables = ApiTables({k.id: k for k in keys}, {t.name: t for t in teams}, {k.id: k.as_config_key() for k in keys})
+    return Runtime(CONFIG, None, api=tables)
+
+
+def _refusal(rt: Runtime, presented: str, now: float) -> str | None:
+    record = rt.keys.lookup(presented)
+    assert record is not None
+    try:
+        if record.checked:
+            record.refuse(now)
+    except GatewayError as exc:
+        assert exc.status == 401 and exc.code == "invalid_api_key"
+        return exc.message
+    return None
+
+
+def test_a_live_key_is_found_and_unchecked():
+    rt = _runtime(_key())
+    record = rt.keys.lookup("new")
+    assert record is not None and record.key_id == "key_1" and not record.checked
+    assert rt.keys.lookup("other") is None
+    assert [k.name for k in rt.config.keys] == ["alice", "svc"], "limits and budgets see it like a config key"
+    assert [k.name for k in rt.file_config.keys] == ["alice"]
+
+
+def test_expiry_at_an_injected_instant():
+    rt = _runtime(_key(expires_at=T0 + 60))
+    assert _refusal(rt, "new", T0 + 59.9) is None
+    assert _refusal(rt, "new", T0 + 60) == "This key expired at 2027-01-15T08:01:00.000Z."
+
+
+def test_a_revoked_key_says_so_and_nothing_else():
+    rt = _runtime(_key(revoked_at=T0, previous_hash=hash_key("old"), previous_until=T0 + 3600))
+    assert _refusal(rt, "new", T0) == "This key was revoked."
+    assert _refusal(rt, "old", T0) == "This key was revoked.", "its grace ends with the revoke"
+    assert "svc" not in [k.name for k in rt.config.keys], "a revoked key draws on no limit or budget"
+
+
+def test_a_rotation_keeps_the_old_key_through_its_grace():
+    rt = _runtime(_key(previous_hash=hash_key("old"), previous_until=T0 + 10))
+    assert _refusal(rt, "old", T0 + 9) is None and _refusal(rt, "new", T0 + 9) is None
+    assert "replaced by a rotation" in (_refusal(rt, "old", T0 + 10) or "")
+    assert _refusal(rt, "new", T0 + 1e6) is None
+    both = _runtime(_key(previous_hash=hash_key("old"), previous_until=T0 + 10, expires_at=T0 + 5))
+    assert (_refusal(both, "old", T0 + 6) or "").startswith("This key expired"), "the key's own expiry comes first"
+
+
+def test_a_team_narrows_its_keys_models():
+    rt = _runtime(_key(team="ads", models=["small", "large"]),
+                  teams=(ApiTeam("ads", T0, models=["large"]),))
+    api = rt.keys.lookup("new")
+    assert api is not None and api.may_use("large") and not api.may_use("small")
+    alice = rt.keys.lookup("alice-key")
+    assert alice is not None and alice.may_use("small") and not alice.may_use("large"), "config teams narrow too"
+    gone = _runtime(_key(team="ads"), teams=(ApiTeam("ads", T0, models=["large"], deleted_at=T0),))
+    assert "ads" not in [t.name for t in gone.config.teams]
+
+
+def test_a_key_named_like_a_config_key_does_not_take_its_limits():
+    rt = _runtime(_key(name="alice", limits=[Limit(requests=1, per="1m")]))
+    assert [k.name for k in rt.config.keys] == ["alice"] and rt.config.keys[0].limits == []
+
+
+class _NoStore:
+    backend = "none"
+
+
+def test_the_directory_takes_newer_records_only_and_moves_its_version_on_full_reads():
+    directory = Directory(_NoStore())  # type: ignore[arg-type]
+    seen: list[int] = []
+    directory.on_change = lambda: seen.append(len(directory.tables.keys))
+    assert directory.apply(Snapshot(3, keys=[_key(version=3)]), contiguous=False)
+    assert directory.version == 0, "one write of this process: another replica's may sit before it"
+    assert not directory.apply(Snapshot(2, keys=[_key(version=2, name="stale")]))
+    assert directory.key("key_1").name == "svc" and directory.version == 2  # type: ignore[union-attr]
+    assert directory.apply(Snapshot(5, keys=[_key(version=5, revoked_at=T0)], teams=[ApiTeam("t", T0, version=4)]))
+    assert directory.version == 5 and seen == [1, 1]
+    assert directory.team("t") is not None and [k.revoked_at for k in directory.keys()] == [T0]
+
+
+def test_the_runtime_of_a_previous_table_is_not_changed_by_a_new_one():
+    directory = Directory(_NoStore())  # type: ignore[arg-type]
+    directory.apply(Snapshot(1, keys=[_key(version=1)]))
+    rt = Runtime(CONFIG, None, api=directory.tables)
+    directory.apply(Snapshot(2, keys=[_key(version=2, revoked_at=T0)]))
+    assert _refusal(rt, "new", T0) is None, "a request in flight keeps its runtime"
+    assert _refusal(Runtime(CONFIG, None, api=directory.tables), "new", T0) == "This key was revoked."
+
+
+@pytest.mark.parametrize("count", [1, 1000])
+def test_many_keys_are_one_table(count: int):
+    keys = [_key(id=f"key_{i}", name=f"svc-{i}", key_hash=hash_key(f"k{i}")) for i in range(count)]
+    rt = _runtime(*keys)
+    assert all(rt.keys.lookup(f"k{i}") is not None for i in range(0, count, max(1, count // 10)))
