@@ -271,3 +271,35 @@ def test_run_time_keys_survive_a_restart(upstream: FakeOpenAI, tmp_path: Path):
         assert chat(again, made["key"]) == 200
     finally:
         again.stop()
+
+
+def test_a_run_time_budget_stops_its_key_and_the_ledger_names_it(gw: GatewayProcess):
+    status, made = call(gw, "POST", "/admin/keys", {"name": "thrifty", "budget": {"usd": 0.000001, "period": "day"}})
+    assert status == 201 and made["budget"] == {"usd": 0.000001, "period": "day"}
+    assert chat(gw, made["key"]) == 200
+    deadline = time.monotonic() + 5
+    while (status := chat(gw, made["key"])) == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the charge lands when the first answer is settled
+    assert status == 429
+    status, budgets = call(gw, "GET", "/admin/budgets")
+    mine = next(b for b in budgets["data"] if b.get("key") == "thrifty")
+    assert mine["spent_usd"] > mine["budget_usd"]
+    time.sleep(0.3)  # the ledger's flush interval is 0.05 s
+    status, records = call(gw, "GET", "/admin/requests?key=thrifty")
+    assert {r["key_id"] for r in records["data"]} == {made["id"]}
+    assert {r["status"] for r in records["data"]} >= {200, 429}
+
+
+def test_a_team_admin_reads_its_team_spend_only(gw: GatewayProcess):
+    call(gw, "POST", "/admin/teams", {"name": "growth"})
+    status, other = call(gw, "POST", "/admin/keys", {"name": "growth-svc", "team": "growth"})
+    assert chat(gw, other["key"]) == 200 and chat(gw, TEST_KEY) == 200
+    time.sleep(0.3)
+    status, spend = call(gw, "GET", "/admin/spend?group_by=team&since=1h", token=LEAD_KEY)
+    assert status == 200 and [d["team"] for d in spend["data"]] == ["search"]
+    status, spend = call(gw, "GET", "/admin/spend?group_by=key&since=1h", token=LEAD_KEY)
+    assert "growth-svc" not in [d["key"] for d in spend["data"]] and "alice" in [d["key"] for d in spend["data"]]
+    status, records = call(gw, "GET", "/admin/requests?team=growth", token=LEAD_KEY)
+    assert records["data"] and {r["team"] for r in records["data"]} == {"search"}, "its team's, whatever it asks"
+    status, everyone = call(gw, "GET", "/admin/spend?group_by=team&since=1h", token=VIEWER_KEY)
+    assert {"search", "growth"} <= {d["team"] for d in everyone["data"]}
