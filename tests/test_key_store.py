@@ -257,6 +257,23 @@ async def test_postgres_pushes_another_stores_save_and_closes_the_listener_with_
     assert await _listening(pg_database) == 0
 
 
+async def test_listens_at_once_share_one_connection(pg_database: str):
+    one, other = PostgresStore(pg_database), PostgresStore(pg_database)
+    await one.open()
+    await other.open()
+    heard: list[str] = []
+    try:
+        assert await asyncio.gather(one.listen(lambda: heard.append("a")), one.listen(lambda: heard.append("b"))) \
+            == [True, True]
+        assert await _listening(pg_database) == 1
+        await other.save(Change(keys=[_key(1)]))
+        await _until(lambda: sorted(heard) == ["a", "b"])
+    finally:
+        await one.aclose()
+        await other.aclose()
+    assert await _listening(pg_database) == 0
+
+
 async def test_a_dropped_listener_raises_nothing_later_and_listen_makes_a_new_one(pg_database: str):
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
