@@ -15,8 +15,8 @@ import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import ADMIN_KEY, OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.pg_databases import fresh_database, need_postgres
 from tests.pg_instance import PgInstance, pg_bin
-from tests.test_store import _fresh_database, _need_postgres
 
 
 def _config(upstream: str, url: str, ledger: str = "{flush_interval: 0.05}") -> str:
@@ -42,7 +42,7 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
-    async with _fresh_database() as url:
+    async with fresh_database() as url:
         yield url
 
 
@@ -81,7 +81,7 @@ async def test_two_gateways_on_one_database_each_report_sees_both(upstream, data
 
 
 async def test_a_database_that_stops_mid_run_fails_no_request_and_its_records_arrive_after(upstream):
-    _need_postgres()
+    need_postgres()
     binaries = pg_bin()
     if binaries is None:
         pytest.skip("the PostgreSQL binaries (initdb, pg_ctl) are not installed")

@@ -114,6 +114,9 @@ class Listener:
     def __init__(self) -> None:
         self._conn: ListenConn | None = None
         self._callbacks: list[Callable[[], None]] = []
+        # Held while connecting and closing: two listens at once make one connection, and a
+        # close during a listen's connect closes what that connect made.
+        self._lock = asyncio.Lock()
 
     @property
     def listening(self) -> bool:
@@ -121,19 +124,20 @@ class Listener:
 
     async def add(self, url: str, on_change: Callable[[], None], timeout: float) -> None:
         """Call `on_change` on each notification; raises what asyncpg raises when it cannot connect."""
-        if not self.listening:
-            self._conn, self._callbacks = None, []
-            conn = cast(ListenConn, await asyncpg.connect(
-                url, timeout=timeout, command_timeout=timeout,
-                server_settings={"application_name": "tollway-listen"}))
-            try:
-                conn.add_termination_listener(self._lost)
-                await conn.add_listener(CHANNEL, self._notified)
-            except BaseException:
-                conn.terminate()
-                raise
-            self._conn = conn
-        self._callbacks.append(on_change)
+        async with self._lock:
+            if not self.listening:
+                self._conn, self._callbacks = None, []
+                conn = cast(ListenConn, await asyncpg.connect(
+                    url, timeout=timeout, command_timeout=timeout,
+                    server_settings={"application_name": "tollway-listen"}))
+                try:
+                    conn.add_termination_listener(self._lost)
+                    await conn.add_listener(CHANNEL, self._notified)
+                except BaseException:
+                    conn.terminate()
+                    raise
+                self._conn = conn
+            self._callbacks.append(on_change)
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         for callback in list(self._callbacks):
@@ -144,7 +148,8 @@ class Listener:
             self._conn, self._callbacks = None, []
 
     async def close(self, timeout: float) -> None:
-        conn, self._conn, self._callbacks = self._conn, None, []
+        async with self._lock:
+            conn, self._conn, self._callbacks = self._conn, None, []
         if conn is None or conn.is_closed():
             return
         try:

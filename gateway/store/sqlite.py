@@ -105,12 +105,21 @@ class SqliteStore:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite-read")
         self._db: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
+        self._closed = False
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, fn, False)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._call, fn, True)
+
+    def _check_open(self) -> None:
+        """After aclose the threads are shut down: a call says so as a StoreError, not the
+        executor's RuntimeError."""
+        if self._closed:
+            raise StoreError("the SQLite ledger is not open")
 
     def _call(self, fn: Callable[[sqlite3.Connection], T], reading: bool) -> T:
         db = self._rdb if reading else self._db
@@ -193,6 +202,7 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
+        self._closed = True
         db, self._db = self._db, None
         reader, self._rdb = self._rdb, None
         if db is not None:
