@@ -36,6 +36,7 @@ class Directory:
         self.store = store
         self.version = 0  # the store version everything up to which is applied
         self.loaded = False  # the table was read at least once
+        self._opened = False  # the store is connected (a PostgreSQL open makes a pool: once)
         self._keys: dict[str, ApiKey] = {}
         self._teams: dict[str, ApiTeam] = {}
         self._as_keys: dict[str, Key] = {}  # id -> config Key, made once per change
@@ -101,6 +102,7 @@ class Directory:
         not stop the gateway (config keys work; run-time keys arrive when it is back)."""
         try:
             await asyncio.wait_for(self.store.open(), _OPEN_AT_START)
+            self._opened = True
             await self.refresh()
         except SchemaTooNew:
             raise
@@ -123,8 +125,9 @@ class Directory:
                 pass
             self._wake.clear()
             try:
-                if not self.loaded:
+                if not self._opened:
                     await self.store.open()
+                    self._opened = True
                 await self.refresh()
                 self._recovered()
             except (StoreError, OSError) as exc:
