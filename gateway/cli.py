@@ -1,4 +1,4 @@
-"""The `tollway` command: serve, check, hash-key, usage, version."""
+"""The `tollway` command: serve, check, hash-key, usage, keys, version."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import sys
 from tollway.core import config as config_mod
 from tollway.core.security.keys import hash_key
 from tollway.gateway.store import usage_command
+from tollway.gateway.tenancy import command as keys_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     hk.set_defaults(func=cmd_hash_key)
 
     usage_command.add_parser(sub)
+    keys_command.add_parser(sub)
 
     ver = sub.add_parser("version", help="print the version and whether the native kernels are active")
     ver.set_defaults(func=cmd_version)
