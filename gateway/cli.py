@@ -1,4 +1,4 @@
-"""The `tollway` command: serve, check, hash-key, usage, version."""
+"""The `tollway` command: serve, check, hash-key, usage, keys, version."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from tollway.core import config as config_mod
 from tollway.core.security.demo_keys import demo_credentials
 from tollway.core.security.keys import hash_key
 from tollway.gateway.store import usage_command
+from tollway.gateway.tenancy import command as keys_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     hk.set_defaults(func=cmd_hash_key)
 
     usage_command.add_parser(sub)
+    keys_command.add_parser(sub)
 
     ver = sub.add_parser("version", help="print the version and whether the native kernels are active")
     ver.set_defaults(func=cmd_version)
