@@ -303,3 +303,13 @@ def test_a_team_admin_reads_its_team_spend_only(gw: GatewayProcess):
     assert records["data"] and {r["team"] for r in records["data"]} == {"search"}, "its team's, whatever it asks"
     status, everyone = call(gw, "GET", "/admin/spend?group_by=team&since=1h", token=VIEWER_KEY)
     assert {"search", "growth"} <= {d["team"] for d in everyone["data"]}
+
+
+@pytest.mark.parametrize("ident", ["%00", "key_%00", "nope", "key_" + "0" * 24])
+def test_an_id_that_is_no_key_is_a_404_without_asking_the_database(gw: GatewayProcess, ident: str):
+    for method, path in (("GET", f"/admin/keys/{ident}"), ("POST", f"/admin/keys/{ident}/revoke"),
+                         ("GET", f"/admin/teams/{ident}")):
+        status, error = call(gw, method, path)
+        assert status == 404 and error["error"]["code"] == "not_found", (method, path, error)
+    status, error = call(gw, "POST", "/admin/keys", {"name": "x", "team": "a\u0000b"})
+    assert status == 400 and error["error"]["param"] == "team"

@@ -8,6 +8,7 @@ A new key is shown once, in the action's result, and stored only as its digest.
 """
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,9 @@ KEY_PREFIX = "sk-tw-"
 def mint_key() -> str:
     """A new gateway key: 32 random bytes (256 bits), URL-safe, recognisable by its prefix."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+_KEY_ID = re.compile(r"key_[0-9a-f]{24}")  # what new_key_id makes: anything else is no key (and never reaches SQL)
 
 
 def new_key_id() -> str:
@@ -168,7 +172,7 @@ class Actions:
             team = actor.team
         if team is None or team in self._config_teams:
             return team
-        held = await self._read(self.store.team(team))
+        held = await self._read(self.store.team(team)) if inputs.NAME.fullmatch(team) else None
         if held is None or held.deleted_at is not None:
             raise errors.bad_request(f"Unknown team '{errors.echoed(team)}': create it first (POST /admin/teams).",
                                      param="team")
@@ -178,7 +182,7 @@ class Actions:
         if key_id.startswith("config:") and key_id[len("config:"):] in self._config_keys:
             raise errors.conflict(f"Key '{key_id}' lives in the config file: change it there (it is read-only "
                                   "through the API).")
-        key = await self._read(self.store.key(key_id))
+        key = await self._read(self.store.key(key_id)) if _KEY_ID.fullmatch(key_id) else None
         if key is None or not actor.sees(key.team):  # another team's key does not exist for a team admin
             raise errors.admin_not_found("key", key_id)
         return key
@@ -193,7 +197,7 @@ class Actions:
         if name in self._config_teams:
             raise errors.conflict(f"Team '{name}' lives in the config file: change it there (it is read-only "
                                   "through the API).")
-        team = await self._read(self.store.team(name))
+        team = await self._read(self.store.team(name)) if inputs.NAME.fullmatch(name) else None
         if team is None or team.deleted_at is not None or not actor.sees(name):
             raise errors.admin_not_found("team", name)
         return team
