@@ -42,7 +42,7 @@ from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
 from tollway.gateway.tenancy.actions import Actions
-from tollway.gateway.tenancy.directory import Directory
+from tollway.gateway.tenancy.directory import Directory, TableChange
 from tollway.gateway.upstream.client import UpstreamClient
 
 _JSON = ("content-type", "application/json")
@@ -231,11 +231,17 @@ class Gateway:
         if self.directory is not None:
             self.serving.actions = Actions(self.directory.store, self.runtime.file_config, self.directory)
 
-    def _keys_changed(self) -> None:
-        """The directory changed: rebuild the runtime, limiter and budgets with it, once per
+    def _keys_changed(self, change: TableChange) -> None:
+        """The directory changed: patch the key table in place when limits and budgets are
+        blind to the change, else rebuild the runtime, limiter and budgets with it, once per
         burst of changes (a poll may bring many), on the loop."""
-        if not self.ready or self._rebuild_pending:
+        if not self.ready:
             return  # (before start: `start` builds the first runtime with them)
+        if self._rebuild_pending:
+            return  # the rebuild to come reads the directory's newest tables
+        if change.light:
+            self.runtime.patch_keys(change.tables, change.keys)
+            return
         self._rebuild_pending = True
         asyncio.get_running_loop().call_soon(self._rebuild_keys)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -125,6 +125,20 @@ class Runtime:
         keep = previous is not None and previous.health.policy == policy
         self.health: HealthBoard = previous.health if keep and previous is not None else HealthBoard(policy)
         self.random = random.random
+
+    def patch_keys(self, api: ApiTables, keys: Sequence[tuple[ApiKey | None, ApiKey]]) -> None:
+        """Take run-time key changes that limits and budgets are blind to (the directory's
+        `TableChange.light`) into this runtime's key table in place: O(changed keys). A request
+        in flight holds its key's record, not the table, so it is not changed under it."""
+        team_models = {t.name: t.models for t in self.config.teams}
+        for old, new in keys:
+            if old is not None:
+                for digest in (old.key_hash, old.previous_hash):
+                    if digest is not None:
+                        self.keys.drop(digest)
+            for digest, record in _api_records(new, api.config_keys[new.id], team_models).items():
+                self.keys.put(digest, record)
+        self.api = api
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the providers' background work (pool scraping, DNS) on `loop`."""

@@ -98,14 +98,14 @@ class _NoStore:
 
 def test_the_directory_takes_newer_records_only_and_moves_its_version_on_full_reads():
     directory = Directory(_NoStore())  # type: ignore[arg-type]
-    seen: list[int] = []
-    directory.on_change = lambda: seen.append(len(directory.tables.keys))
+    seen: list[tuple[int, bool]] = []
+    directory.on_change = lambda change: seen.append((len(change.tables.keys), change.light))
     assert directory.apply(Snapshot(3, keys=[_key(version=3)]), contiguous=False)
     assert directory.version == 0, "one write of this process: another replica's may sit before it"
     assert not directory.apply(Snapshot(2, keys=[_key(version=2, name="stale")]))
     assert directory.key("key_1").name == "svc" and directory.version == 2  # type: ignore[union-attr]
     assert directory.apply(Snapshot(5, keys=[_key(version=5, revoked_at=T0)], teams=[ApiTeam("t", T0, version=4)]))
-    assert directory.version == 5 and seen == [1, 1]
+    assert directory.version == 5 and seen == [(1, True), (1, False)], "a team change is no light one"
     assert directory.team("t") is not None and [k.revoked_at for k in directory.keys()] == [T0]
 
 
@@ -123,3 +123,19 @@ def test_many_keys_are_one_table(count: int):
     keys = [_key(id=f"key_{i}", name=f"svc-{i}", key_hash=hash_key(f"k{i}")) for i in range(count)]
     rt = _runtime(*keys)
     assert all(rt.keys.lookup(f"k{i}") is not None for i in range(0, count, max(1, count // 10)))
+
+
+def test_a_light_change_patches_the_table_in_place():
+    directory = Directory(_NoStore())  # type: ignore[arg-type]
+    changes = []
+    directory.on_change = changes.append
+    directory.apply(Snapshot(1, keys=[_key(version=1)]))
+    rt = Runtime(CONFIG, None, api=directory.tables)
+    rotated = _key(version=2, key_hash=hash_key("newer"), previous_hash=hash_key("new"), previous_until=T0 + 5)
+    directory.apply(Snapshot(2, keys=[rotated, _key(id="key_2", name="other", key_hash=hash_key("two"), version=2)]))
+    assert changes[-1].light
+    rt.patch_keys(changes[-1].tables, changes[-1].keys)
+    assert _refusal(rt, "newer", T0) is None and _refusal(rt, "new", T0 + 1) is None and _refusal(rt, "two", T0) is None
+    assert "rotation" in (_refusal(rt, "new", T0 + 6) or "")
+    directory.apply(Snapshot(3, keys=[_key(version=3, limits=[Limit(requests=1, per="1m")])]))
+    assert not changes[-1].light, "limits: the limiter must learn of it"

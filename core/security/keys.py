@@ -40,6 +40,16 @@ class KeyTable(Generic[T]):
                 return stored
         return None
 
+    def put(self, digest: str, record: T) -> None:
+        """Add or replace the record found by `digest` (a run-time key changed: no rebuild)."""
+        self._records[digest] = record
+
+    def drop(self, digest: str) -> None:
+        self._records.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
     def _candidates(self, presented: str) -> list[str]:
         plain = hash_key(presented)
         return [hash_key(presented, self._pepper), plain] if self._pepper else [plain]
