@@ -247,7 +247,7 @@ def rebuild_costs(config_path: Path, reps: int) -> dict[str, float]:
     app.start()
     loaded = (time.perf_counter() - t) * 1000
     directory, file_config = app.directory, app.runtime.file_config
-    directory.on_change = lambda: None  # timed apart: the rebuild it would schedule is reload below
+    directory.on_change = lambda change: None  # timed apart: the rebuild it would schedule is reload below
 
     def median_ms(fn: Callable[[], object]) -> float:
         times = []

@@ -112,8 +112,16 @@ class Runtime:
         self.prices = PriceBook(config, datetime.now(UTC).date())
         team_models = {t.name: t.models for t in config.teams}
         records = {k.key_hash: _record(k, team_models) for k in self.file_config.keys}
+        # key id -> (key, its team's models, its records): what the next runtime may reuse
+        self._made: dict[str, tuple[ApiKey, list[str] | None, dict[str, KeyRecord]]] = {}
+        made = previous._made if previous is not None else {}
         for key in api.keys.values():
-            records.update(_api_records(key, api.config_keys[key.id], team_models))
+            bound = team_models.get(key.team) if key.team is not None else None
+            held = made.get(key.id)
+            if held is None or held[0] is not key or held[1] != bound:
+                held = (key, bound, _api_records(key, api.config_keys[key.id], team_models))
+            self._made[key.id] = held  # (a rebuild with 100,000 keys reuses what did not change: no garbage)
+            records.update(held[2])
         self.keys: KeyTable[KeyRecord] = KeyTable(records, pepper=config.server.key_pepper)
         old = previous.providers if previous is not None else {}
         # One set for all providers, kept across reloads (providers a reload keeps sign into it).

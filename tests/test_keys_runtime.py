@@ -139,3 +139,21 @@ def test_a_light_change_patches_the_table_in_place():
     assert "rotation" in (_refusal(rt, "new", T0 + 6) or "")
     directory.apply(Snapshot(3, keys=[_key(version=3, limits=[Limit(requests=1, per="1m")])]))
     assert not changes[-1].light, "limits: the limiter must learn of it"
+
+
+def test_a_rebuild_reuses_what_did_not_change():
+    from tollway.core.limits.policy import LimitPolicy
+
+    limited = _key(limits=[Limit(requests=5, per="1m")])
+    first = _runtime(limited)
+    tables = ApiTables({limited.id: limited}, {}, first.api.config_keys)
+    second = Runtime(CONFIG, None, first, api=tables)
+    assert second.keys.lookup("new") is first.keys.lookup("new"), "the same key object: its records are kept"
+    policy = LimitPolicy(second.config)
+    again = LimitPolicy(second.config, previous=policy)
+    assert again.buckets == policy.buckets
+    assert all(again.buckets[i] is policy.buckets[i] for i in policy.buckets), "kept, not made again"
+    changed = _key(limits=[Limit(requests=9, per="1m")], version=2)
+    third = Runtime(CONFIG, None, second, api=ApiTables({changed.id: changed}, {}, {changed.id: changed.as_config_key()}))
+    assert third.keys.lookup("new") is not second.keys.lookup("new")
+    assert {b.capacity for b in LimitPolicy(third.config, previous=again).buckets.values()} == {9.0}

@@ -188,13 +188,18 @@ class Denial:
 class LimitPolicy:
     """The limits of one config, indexed for the hot path. Immutable apart from its price cache."""
 
-    def __init__(self, config: Config, today: date | None = None) -> None:
-        """`today` dates the dataset prices (see `known_price`); None: the newest it lists."""
+    def __init__(self, config: Config, today: date | None = None, previous: LimitPolicy | None = None) -> None:
+        """`today` dates the dataset prices (see `known_price`); None: the newest it lists.
+        `previous`: the policy this one replaces; an owner (key or team object) it already
+        held keeps its buckets as they were made, so a rebuild with 100,000 keys costs dict
+        reads, not 100,000 bucket constructions (run-time keys rebuild on every change)."""
         self.default_max_tokens = config.rate_limits.default_max_tokens
         self._teams = {t.name: t.limits for t in config.teams}
         self._models = {m.name: m for m in config.models}
         self.prices = PriceBook(config, today)
-        self.buckets: dict[str, Bucket] = {b.id: b for b in self._all_buckets(config)}
+        # id(owner) -> (owner, its buckets): the owner is held, so its id cannot be reused meanwhile
+        self._made: dict[int, tuple[object, list[Bucket]]] = {}
+        self.buckets: dict[str, Bucket] = {b.id: b for b in self._all_buckets(config, previous._made if previous else {})}
 
     @property
     def enabled(self) -> bool:
@@ -231,15 +236,27 @@ class LimitPolicy:
         n = head.n
         return per_choice * n if n is not None and n > 1 else per_choice  # (head.output_limit, inlined: hot)
 
-    def _all_buckets(self, config: Config) -> Iterator[Bucket]:
+    def _all_buckets(self, config: Config, made: dict[int, tuple[object, list[Bucket]]]) -> Iterator[Bucket]:
         for key in config.keys:
-            for model in [None, *sorted({lim.model for lim in key.limits if lim.model})]:
-                yield from _owned("key", key.name, key.limits, model, only_model=model is not None)
+            yield from self._owner_buckets("key", key, key.name, key.limits, made)
         for team in config.teams:
-            for model in [None, *sorted({lim.model for lim in team.limits if lim.model})]:
-                yield from _owned("team", team.name, team.limits, model, only_model=model is not None)
+            yield from self._owner_buckets("team", team, team.name, team.limits, made)
         for entry in config.models:
             yield from (bucket_for("model", entry.name, lim) for lim in entry.limits)
+
+    def _owner_buckets(self, scope: str, owner: object, name: str, limits: list[Limit],
+                       made: dict[int, tuple[object, list[Bucket]]]) -> list[Bucket]:
+        """Every bucket of one key or team: its own limits, then one per model it names."""
+        if not limits:
+            return []
+        held = made.get(id(owner))
+        if held is None or held[0] is not owner:
+            found: list[Bucket] = []
+            for model in [None, *sorted({lim.model for lim in limits if lim.model})]:
+                found += _owned(scope, name, limits, model, only_model=model is not None)
+            held = (owner, found)
+        self._made[id(owner)] = held  # the same tuple when kept: a rebuild makes no garbage for it
+        return held[1]
 
 
 def _owned(scope: str, owner: str, limits: list[Limit], model: str | None, only_model: bool = False) -> list[Bucket]:

@@ -101,9 +101,9 @@ class AskStore:
 class Limiter:
     """Runs one config's limit policy against a bucket store."""
 
-    def __init__(self, config: Config, store: BucketStore, metrics: Metrics) -> None:
+    def __init__(self, config: Config, store: BucketStore, metrics: Metrics, previous: LimitPolicy | None = None) -> None:
         # dataset prices as of the day the config was loaded: a reload or restart picks up a price change
-        self.policy = LimitPolicy(config, datetime.now(UTC).date())
+        self.policy = LimitPolicy(config, datetime.now(UTC).date(), previous)
         self.enabled = self.policy.enabled  # (an attribute: read on every request)
         self.store = store
         self.fail_open = config.rate_limits.on_store_error == "open"
@@ -215,7 +215,7 @@ def build_limiter(config: Config, metrics: Metrics, previous: Limiter | None = N
     store: BucketStore | None = previous.store if previous is not None else None
     if store is None or store.settings != settings:
         store = _new_store(config, metrics)
-    return Limiter(config, store, metrics)
+    return Limiter(config, store, metrics, previous.policy if previous is not None else None)
 
 
 WORKERS_ENV = "TOLLWAY_WORKERS"  # set by `tollway serve` for its worker processes

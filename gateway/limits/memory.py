@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from tollway.core.kernels import BucketTable, Gate
-from tollway.core.limits.policy import LimitPolicy, Plan
+from tollway.core.limits.policy import Bucket, LimitPolicy, Plan
 
 
 class MemoryBuckets:
@@ -19,11 +19,16 @@ class MemoryBuckets:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._table = BucketTable()
         self._slot: dict[str, int] = {}  # bucket id -> slot; kept across reloads
+        self._shapes: dict[str, Bucket] = {}  # bucket id -> the bucket its slot was last configured for
         self._clock = clock
 
     def configure(self, policy: LimitPolicy) -> None:
         """Give every bucket of `policy` a slot; an existing bucket keeps its level."""
+        shapes = self._shapes
         for bucket_id, bucket in policy.buckets.items():
+            if shapes.get(bucket_id) is bucket:  # the same bucket a rebuild kept (LimitPolicy's `previous`)
+                continue
+            shapes[bucket_id] = bucket
             slot = self._slot.get(bucket_id)
             if slot is None:
                 self._slot[bucket_id] = self._table.add(bucket.capacity, bucket.refill)
