@@ -37,6 +37,7 @@ from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
 from tollway.gateway.telemetry.budget_metrics import BudgetLevels
 from tollway.gateway.telemetry.limit_metrics import LimitLevels
+from tollway.gateway.telemetry.live import LiveStats
 from tollway.gateway.telemetry.logs import refuse, setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
 from tollway.gateway.telemetry.routing_metrics import RoutingCollector
@@ -89,7 +90,8 @@ class Gateway:
         self.serving.pipeline = self.books.pipeline()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
-        self.admin = AdminAPI(self.serving)
+        self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
+        self.admin = AdminAPI(self.serving, lambda: self.live)
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
@@ -155,6 +157,7 @@ class Gateway:
             self.directory.start(loop, self.serving.last_used)
         self.runtime.start(loop)
         self.metrics.start(loop)
+        self.live.start(loop)
         if self.tracer is not None:
             self.tracer.exporter.start(loop)
         self.watcher = watcher_for(self)
@@ -179,6 +182,7 @@ class Gateway:
         if self.directory is not None:  # the keys' last use
             loop.run_until_complete(self.directory.close(self.serving.last_used))
         self.access_log.flush()
+        self.live.close()
         self.metrics.close()
         token_count.shutdown()
 

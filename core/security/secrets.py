@@ -131,6 +131,10 @@ class KnownSecrets:
         if changed:
             self._rebuild()
 
+    def holds(self, text: str) -> bool:
+        """Whether `text` contains a secret this set knows (a config value shown to an operator)."""
+        return any(value in text for value in self._values)
+
     def scrub(self, text: str) -> str:
         """`text` from an upstream, safe to relay or record: secrets masked, cut to MAX_ERROR_TEXT."""
         for value in self._values:

@@ -33,6 +33,11 @@ class Principal:
         """Whether records of `team` exist for this administrator."""
         return self.role != "team_admin" or team == self.team
 
+    def owner_or_viewer(self, what: str) -> None:
+        """Raise 403 for a team admin: deployment-wide facts (routing, the config) are not its team's."""
+        if self.role == "team_admin":
+            raise errors.admin_forbidden(f"A team admin cannot {what}: it is not its team's.")
+
     def owner_only(self, what: str) -> None:
         if self.role != "owner":
             raise errors.admin_forbidden(f"Only the owner (the config's admin: credential) can {what}.")

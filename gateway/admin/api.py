@@ -20,13 +20,14 @@ from tollway.core import errors
 from tollway.core.config import Config
 from tollway.core.security.keys import KeyTable
 from tollway.core.tenancy.roles import Principal, principals
-from tollway.gateway.admin import keys, spend
+from tollway.gateway.admin import keys, operations, spend
 from tollway.gateway.admin.call import AdminCall, answer
 from tollway.gateway.admin.openapi import document
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import StoreUnavailable
 from tollway.gateway.serving import Serving
 from tollway.gateway.surfaces import Endpoint, Handler
+from tollway.gateway.telemetry.live import LiveStats
 
 ServingHandler = Callable[[Serving, Scope, HTTPProtocol, Exchange, Principal], Awaitable[None]]
 CallHandler = Callable[[AdminCall], Awaitable[None]]
@@ -36,8 +37,9 @@ _MAX_BUCKETS = 10_000  # administrators tracked by the rate limiter (a config na
 
 
 class AdminAPI:
-    def __init__(self, serving: Serving) -> None:
+    def __init__(self, serving: Serving, live: Callable[[], LiveStats | None] = lambda: None) -> None:
         self.serving = serving
+        self._live = live
         self._buckets: dict[str, tuple[float, float]] = {}  # admin name -> (level, at)
         self._table_of: tuple[Config | None, KeyTable[Principal] | None] = (None, None)  # (config, its administrators)
         self._openapi = msgspec.json.encode(document())
@@ -54,6 +56,10 @@ class AdminAPI:
             ("POST", "/admin/teams"): Endpoint("admin", self._call(keys.create_team)),
             ("GET", "/admin/audit"): Endpoint("admin", self._call(keys.audit)),
             ("GET", "/admin/openapi.json"): Endpoint("admin", self._call(self.openapi)),
+            ("GET", "/admin/whoami"): Endpoint("admin", self._call(operations.whoami)),
+            ("GET", "/admin/stats"): Endpoint("admin", self._call(operations.stats(self._live))),
+            ("GET", "/admin/routing"): Endpoint("admin", self._call(operations.routing)),
+            ("GET", "/admin/config"): Endpoint("admin", self._call(operations.config)),
         }
 
     def match(self, method: str, path: str) -> Endpoint | None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -157,6 +157,15 @@ class Metrics:
     def observe_ttft(self, operation: str, provider: str, model: str, seconds: float) -> None:
         """Record a stream's time to its first chunk."""
         self.ttft.add((operation, provider, model if model in self._labels().models else OTHER), seconds)
+
+    def live_families(self) -> list[Metric]:
+        """The series the console's last hour is sampled from (tollway.gateway.telemetry.live):
+        this worker's requests, durations, times to first token, tokens and cost."""
+        out: list[Metric] = []
+        for series in (self.requests, self.duration, self.ttft, self.token_usage, self.cost_usd):
+            collector = series.metric if isinstance(series, _Bound) else series
+            out.extend(collector.collect())
+        return out
 
     def limit_decision(self, limit: str, decision: str) -> None:
         """Count one rate-limit decision on one limit (bucket id): allowed or limited."""

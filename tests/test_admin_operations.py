@@ -1,0 +1,82 @@
+"""What the console reads besides keys and spend, through a real gateway: who is logged in,
+this replica's last hour, routing and health, and the config with every secret replaced."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import ADMIN_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.test_keys_e2e import LEAD_KEY, VIEWER_KEY, _config, call
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    db: Path = tmp_path_factory.mktemp("ops") / "tollway.db"
+    extra = 'rate_limits: {backend: memory, redis_url: "redis://user:hunter2-redis@127.0.0.1:6379/0"}'
+    process = GatewayProcess(_config(upstream.url, db, extra))
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize(("token", "who"), [(ADMIN_KEY, ("admin", "owner", None)),
+                                            (LEAD_KEY, ("search-lead", "team_admin", "search")),
+                                            (VIEWER_KEY, ("finance", "viewer", None))])
+def test_whoami(gw: GatewayProcess, token: str, who: tuple):
+    status, me = call(gw, "GET", "/admin/whoami", token=token)
+    assert status == 200 and (me["name"], me["role"], me["team"]) == who
+
+
+def test_stats_show_this_replicas_traffic_and_the_ledgers_day(gw: GatewayProcess):
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    status, stats = call(gw, "GET", "/admin/stats")
+    assert status == 200 and stats["object"] == "stats" and stats["interval_seconds"] == 10
+    now = stats["now"]
+    assert now["requests"] >= 3 and now["p50_ms"] is not None and now["tokens_per_second"] > 0
+    assert isinstance(stats["points"], list)
+    for _ in range(50):
+        status, stats = call(gw, "GET", "/admin/stats")
+        if stats["today"] and stats["today"]["requests"] >= 3:
+            break
+    assert stats["today"]["requests"] >= 3 and stats["today"]["cost_usd"] > 0
+    status, theirs = call(gw, "GET", "/admin/stats", token=LEAD_KEY)
+    assert theirs["points"] == [] and theirs["now"] is None, "a team admin: its team's spend only"
+    assert theirs["today"]["requests"] >= 3, "alice is in search"
+
+
+def test_routing_lists_providers_and_targets_with_health(gw: GatewayProcess):
+    status, routing = call(gw, "GET", "/admin/routing")
+    assert status == 200
+    assert [p["name"] for p in routing["providers"]] == ["up"]
+    models = {m["name"]: m for m in routing["models"]}
+    assert models["gpt-4o-mini"]["targets"][0] == {"provider": "up", "model": "gpt-4o-mini", "weight": 1.0,
+                                                   "priority": 0, "healthy": True, "ejected_until": None}
+    assert call(gw, "GET", "/admin/routing", token=VIEWER_KEY)[0] == 200
+    status, error = call(gw, "GET", "/admin/routing", token=LEAD_KEY)
+    assert status == 403 and error["error"]["code"] == "admin_forbidden"
+
+
+def test_the_config_holds_no_secret(gw: GatewayProcess):
+    status, shown = call(gw, "GET", "/admin/config")
+    assert status == 200
+    text = json.dumps(shown)
+    for secret in (UPSTREAM_SECRET, key_hash(TEST_KEY), key_hash(ADMIN_KEY), "hunter2-redis"):
+        assert secret not in text
+    config = shown["config"]
+    assert config["providers"][0]["api_key"] == "***" and config["keys"][0]["key_hash"] == "***"
+    assert config["rate_limits"]["redis_url"] == "redis://user:***@127.0.0.1:6379/0"
+    assert config["models"][0]["name"] == "gpt-4o-mini", "what is not a secret is shown"
+    assert call(gw, "GET", "/admin/config", token=LEAD_KEY)[0] == 403
