@@ -225,6 +225,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_count_tokens_bytes: int = 2 * 1024 * 1024  # count_tokens bodies larger than this: 413
     metrics_auth: MetricsAuth | None = None  # absent: /metrics is open, as before
     admin_requests_per_minute: int = 600  # per admin credential, every /admin/* request
+    console: bool = True  # the operator console at /ui (docs/console.md); false: /ui is an unknown path
 
 
 class Traces(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

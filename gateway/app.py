@@ -20,6 +20,7 @@ from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.gateway import token_count
 from tollway.gateway.admin.api import AdminAPI
+from tollway.gateway.console import Console
 from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
@@ -92,6 +93,7 @@ class Gateway:
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
         self.admin = AdminAPI(self.serving, lambda: self.live)
+        self.console = Console(self.serving)  # the operator console's files, read once
         self.routes: dict[tuple[str, str], Endpoint] = {
             **OpenAIAPI(self.serving).routes(),
             **AnthropicAPI(self.serving).routes(),
@@ -99,6 +101,7 @@ class Gateway:
             ("GET", "/readyz"): Endpoint("health", self.readyz),
             ("GET", "/metrics"): Endpoint("metrics", self.metrics_endpoint),
             **self.admin.routes(),
+            **self.console.routes(),
         }
 
     # What requests are served with lives in `serving`; these name its parts for the lifecycle.
@@ -279,6 +282,8 @@ class Gateway:
         entry = self.routes.get((method, path.rstrip("/") or "/"))
         if entry is None and path.startswith("/admin/"):  # paths with an id: /admin/keys/{id}, ...
             entry = self.admin.match(method, path)
+        elif entry is None and path.startswith("/ui/"):  # the console's files: /ui/app.js, ...
+            entry = self.console.match(method, path)
         ex = Exchange(request_id(scope.headers.get("x-request-id")), entry.api if entry else "unknown")
         ex.proto, ex.scope = proto, scope
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
@@ -316,6 +321,8 @@ class Gateway:
         config = self.runtime.config
         if config.admin is None and not config.admins and (path == "/admin" or path.startswith("/admin/")):
             return errors.admin_not_configured(path)  # any method: the whole admin API is off
+        if path.rstrip("/") == "/ui" or path.startswith("/ui/"):
+            return errors.method_not_allowed(method, path) if self.console.allows(path) else errors.not_found(path)
         if any(p == path for _, p in self.routes) or self.admin.allows(path):
             return errors.method_not_allowed(method, path)
         return errors.not_found(path)
@@ -330,7 +337,7 @@ class Gateway:
             pass  # a response was already started (stream): the error went out as an SSE event
 
     def _finish(self, ex: Exchange) -> None:
-        if ex.api in ("health", "metrics"):
+        if ex.api in ("health", "metrics", "console"):  # (the console's files are no gateway traffic)
             return
         if ex.trace is not None:
             ex.trace.finish(ex)
