@@ -66,6 +66,8 @@ export function usd(v) {
   if (n > 0 && n < 0.01) return '< $0.01';
   return `$${n.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
 }
+// A chart axis needs the figure even under a cent: $0.0025, not "< $0.01".
+const axisUsd = (v) => (v > 0 && v < 0.01 ? `$${Number(v.toPrecision(2))}` : usd(v));
 const exactUsd = (v) => (v == null ? 'no price' : `$${Number(v).toFixed(6)}`);
 function when(v) {
   if (v == null || v === '') return '—';
@@ -201,9 +203,9 @@ function overview(root, gen) {
     if (!current(gen)) return;
     const points = stats.points || [];
     const latest = points.length ? points[points.length - 1] : stats.now;
-    status.textContent = latest
-      ? `Sampled every ${stats.interval_seconds} s; latest interval ended ${when(latest.ts)}. Refreshes every 10 s.`
-      : 'No sample yet: the first arrives within 10 s of the gateway starting.';
+    if (points.length) status.textContent = `Sampled every ${stats.interval_seconds} s; the latest interval ended ${when(latest.ts)}. Refreshes every 10 s.`;
+    else if (latest) status.textContent = `No complete ${stats.interval_seconds} s sample yet: the figures are of the interval so far.`;
+    else status.textContent = 'No sample yet: the first arrives within 10 s of the gateway starting.';
     const p = latest || {};
     tiles.replaceChildren(
       tile('ov-rps', 'Requests / s', num(p.requests_per_second, 2)),
@@ -275,7 +277,7 @@ function spend(root, gen) {
     const total = report.total || {};
     out.replaceChildren(
       h('div', { class: 'chart-box' }, barChart([...days].map(([label, value]) => ({ label: label.slice(5), value })),
-        { label: 'Cost per day (USD)', fmt: (v) => usd(v) })),
+        { label: 'Cost per day (USD)', fmt: axisUsd })),
       h('p', {}, `Total: ${num(total.requests)} requests, ${num(total.input_tokens)} input and ${num(total.output_tokens)} output tokens, `,
         h('strong', { id: 'spend-total' }, usd(total.cost_usd)), '.'),
       table([
