@@ -410,6 +410,8 @@ def test_a_viewer_gets_no_write_action(browser: Any, gw: GatewayProcess, artifac
         assert page.get_by_role("button", name="Create key").count() == 0
         assert page.get_by_role("button", name="Create team").count() == 0
         assert page.locator("#keys-out button").count() == 0
+        page.locator("#teams-out tbody tr", has_text="search").wait_for()
+        assert "null" not in page.locator("#page").inner_text()
         page.screenshot(path=str(artifacts / "keys-viewer-dark.png"), full_page=True)
         go(w, "Overview")
         page.locator("#ov-rps").wait_for()

@@ -380,7 +380,7 @@ function requests(root, gen) {
       { title: 'Key', key: 'key' }, { title: 'Team', key: 'team' }, { title: 'Model', key: 'model' },
       { title: 'Status', render: (r) => h('span', { class: `badge ${r.status < 400 ? 'ok' : 'bad'}` }, String(r.status)) },
       { title: 'Tokens in / out', num: true, render: (r) => `${num(r.input_tokens)} / ${num(r.output_tokens)}` },
-      { title: 'Cost', num: true, render: (r) => h('span', { title: exactUsd(r.cost_usd) }, usd(r.cost_usd)) },
+      { title: 'Cost', num: true, render: (r) => exactUsd(r.cost_usd) }, // (one request: well under a cent)
       { title: 'Latency', num: true, render: (r) => ms(r.latency_ms) },
     ], answer.data || [], { empty: 'No requests match.', onRow: open, label: 'Requests' }));
   }
@@ -474,12 +474,12 @@ function keys(root, gen) {
   const teamForm = h('div', { id: 'team-form-box' });
   let all = [];
   let teams = [];
-  root.append(h('h1', { id: 'title-keys' }, 'Keys'), notice,
+  root.append(...[h('h1', { id: 'title-keys' }, 'Keys'), notice,
     h('div', { class: 'toolbar' }, field('key-search', 'Search keys', search),
       canWrite() ? h('button', { type: 'button', id: 'create-key', onclick: () => createForm() }, 'Create key') : null),
     formBox, out, h('h2', {}, 'Teams'),
     isOwner() ? h('div', { class: 'toolbar' }, h('button', { type: 'button', id: 'create-team', onclick: () => teamCreateForm() }, 'Create team')) : null,
-    teamForm, teamsOut);
+    teamForm, teamsOut].filter(Boolean));
   search.addEventListener('input', () => render());
 
   const fail = (box, e) => box.prepend(errorBox(e));
