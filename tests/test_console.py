@@ -461,3 +461,70 @@ def test_keyboard_only_login(browser: Any, gw: GatewayProcess):
         w.check(ADMIN_KEY)
     finally:
         w.close()
+
+
+def test_teams_and_rotation_through_the_console(browser: Any, gw: GatewayProcess, artifacts: Path):
+    w = Watched(browser, gw)
+    page = w.page
+    try:
+        login(w, ADMIN_KEY)
+        go(w, "Keys")
+        page.get_by_role("button", name="Create team").click()
+        page.get_by_label("Team name").fill("console-team")
+        page.get_by_role("button", name="Create team").last.click()
+        page.locator("#flash", has_text="Team console-team created").wait_for()
+        page.get_by_role("button", name="Edit team console-team").click()
+        page.locator("#team-form-box").get_by_label("Budget (USD, empty: none)").fill("3")
+        page.locator("#team-form-box").get_by_role("button", name="Save").click()
+        page.locator("#flash", has_text="Team console-team updated").wait_for()
+        page.locator("#teams-out tbody tr", has_text="console-team").get_by_text("$3.00 / month").wait_for()
+
+        page.get_by_role("button", name="Create key").click()
+        page.get_by_label("Name", exact=True).fill("rotated-one")
+        page.get_by_label("Team", exact=True).fill("console-team")
+        page.get_by_role("button", name="Create", exact=True).click()
+        first = page.locator("#new-key").inner_text().strip()
+        assert chat(gw, first) == 200
+        page.get_by_role("button", name="Rotate rotated-one").click()
+        page.get_by_role("alertdialog").get_by_role("button", name="Rotate").click()
+        page.locator("#flash", has_text="Key rotated-one rotated").wait_for()
+        fresh = page.locator("#new-key").inner_text().strip()
+        assert fresh.startswith("sk-tw-") and fresh != first
+        page.get_by_role("button", name="Copy").click()
+        page.get_by_text("Copied", exact=True).wait_for()
+        assert chat(gw, fresh) == 200 and chat(gw, first) == 200, "the old key works through its grace"
+
+        page.get_by_role("button", name="Delete team console-team").click()
+        page.get_by_role("alertdialog").get_by_role("button", name="Delete").click()
+        page.locator("#team-form-box .error", has_text="live key").wait_for()  # the API's own message
+        page.screenshot(path=str(artifacts / "teams-delete-refused.png"), full_page=True)
+        page.get_by_role("alertdialog").get_by_role("button", name="Cancel").click()
+        page.get_by_role("button", name="Revoke rotated-one").click()
+        page.get_by_role("alertdialog").get_by_role("button", name="Revoke").click()
+        page.locator("#flash", has_text="Key rotated-one revoked").wait_for()
+        page.get_by_role("button", name="Delete team console-team").click()
+        page.get_by_role("alertdialog").get_by_role("button", name="Delete").click()
+        page.locator("#flash", has_text="Team console-team deleted").wait_for()
+        page.locator("#teams-out tbody tr", has_text="console-team").wait_for(state="detached")
+        w.check(ADMIN_KEY)
+    finally:
+        w.close()
+
+
+def test_a_credential_that_stops_working_logs_out(browser: Any, gw: GatewayProcess):
+    w = Watched(browser, gw)
+    page = w.page
+    try:
+        login(w, ADMIN_KEY)
+        go(w, "Audit")
+        page.route("**/admin/keys**", lambda route: route.fulfill(  # as the gateway answers a removed credential
+            status=401, content_type="application/json",
+            body=json.dumps({"error": {"message": "This endpoint needs an admin credential.", "type": "invalid_request_error",
+                                       "param": None, "code": "invalid_api_key"}})))
+        go_keys = page.get_by_role("navigation").get_by_role("link", name="Keys", exact=True)
+        go_keys.click()
+        page.locator("#login-error", has_text="Logged out: This endpoint needs an admin credential.").wait_for()
+        assert page.get_by_label("Admin credential").is_visible()
+        assert not page.locator("#shell").is_visible()
+    finally:
+        w.close()

@@ -44,6 +44,12 @@ async function api(method, path, body) {
   try { data = await r.json(); } catch { /* not JSON */ }
   if (!r.ok) {
     const message = data && data.error && data.error.message ? data.error.message : `HTTP ${r.status}`;
+    if (r.status === 401 && me !== null) { // the credential stopped working (removed from the config): log out, say why
+      logout();
+      const err = $('#login-error');
+      err.textContent = `Logged out: ${message}`;
+      err.hidden = false;
+    }
     throw new ApiError(r.status, message, data && data.error);
   }
   return data;
