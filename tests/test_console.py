@@ -392,6 +392,10 @@ def test_a_team_admin_sees_its_team_only(browser: Any, gw: GatewayProcess, artif
         assert page.get_by_role("button", name="Create team").count() == 0
         assert page.get_by_role("button", name=f"Revoke {mine['name']}").is_visible()
         page.screenshot(path=str(artifacts / "keys-team-admin.png"), full_page=True)
+        go(w, "Overview")
+        page.locator("#ov-today-requests").wait_for()
+        assert "your team's day" in page.locator("#ov-status").inner_text()
+        assert not page.locator("#ov-chart").is_visible()
         go(w, "Routing")
         page.locator("#routing-out .error").wait_for()
         assert "team admin" in page.locator("#routing-out .error").inner_text()

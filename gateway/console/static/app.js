@@ -193,10 +193,11 @@ function overview(root, gen) {
   const today = h('div', { id: 'ov-today' });
   const status = h('p', { class: 'muted', id: 'ov-status' }, 'Loading…');
   root.append(h('h1', { id: 'title-overview' }, 'Overview'), status,
-    h('h2', {}, 'This replica, latest interval'), tiles,
-    h('h2', {}, 'Requests per second, last hour'), chart,
-    h('h2', {}, 'Latency p50 / p99, last hour'), h('div', { class: 'legend' },
-      h('span', {}, h('span', { class: 'swatch' }), 'p50'), h('span', {}, h('span', { class: 'swatch second' }), 'p99')), latency,
+    h('div', { class: 'replica' },
+      h('h2', {}, 'This replica, latest interval'), tiles,
+      h('h2', {}, 'Requests per second, last hour'), chart,
+      h('h2', {}, 'Latency p50 / p99, last hour'), h('div', { class: 'legend' },
+        h('span', {}, h('span', { class: 'swatch' }), 'p50'), h('span', {}, h('span', { class: 'swatch second' }), 'p99')), latency),
     h('h2', {}, 'All replicas today (UTC, from the ledger)'), today);
   const tile = (id, label, value) => h('div', { class: 'tile' }, h('div', { class: 'label' }, label), h('div', { class: 'value', id }, value));
 
@@ -209,9 +210,16 @@ function overview(root, gen) {
     if (!current(gen)) return;
     const points = stats.points || [];
     const latest = points.length ? points[points.length - 1] : stats.now;
-    if (points.length) status.textContent = `Sampled every ${stats.interval_seconds} s; the latest interval ended ${when(latest.ts)}. Refreshes every 10 s.`;
-    else if (latest) status.textContent = `No complete ${stats.interval_seconds} s sample yet: the figures are of the interval so far.`;
-    else status.textContent = 'No sample yet: the first arrives within 10 s of the gateway starting.';
+    if (me.role === 'team_admin') { // this replica's traffic is every team's: a team admin gets its team's day only
+      for (const el of root.querySelectorAll('.replica')) el.hidden = true;
+      status.textContent = "This replica's live traffic is every team's: it is shown to the owner and viewers. Below: your team's day.";
+    } else if (points.length) {
+      status.textContent = `Sampled every ${stats.interval_seconds} s; the latest interval ended ${when(latest.ts)}. Refreshes every 10 s.`;
+    } else if (latest) {
+      status.textContent = `No complete ${stats.interval_seconds} s sample yet: the figures are of the interval so far.`;
+    } else {
+      status.textContent = 'No sample yet: the first arrives within 10 s of the gateway starting.';
+    }
     const p = latest || {};
     tiles.replaceChildren(
       tile('ov-rps', 'Requests / s', num(p.requests_per_second, 2)),
