@@ -342,6 +342,12 @@ def test_the_owner_console_end_to_end(browser: Any, gw: GatewayProcess, artifact
         page.locator("#flash", has_text="Key console-made revoked").wait_for()
         page.locator("#keys-out tbody tr", has_text="console-made").wait_for(state="detached")
         assert chat(gw, secret) == 401
+        page.get_by_label("Show revoked keys").check()
+        gone = page.locator("#keys-out tbody tr", has_text="console-made")
+        gone.get_by_text("revoked", exact=True).wait_for()
+        assert gone.locator("button").count() == 0, "nothing more to do to a revoked key"
+        page.get_by_label("Show revoked keys").uncheck()
+        gone.wait_for(state="detached")
 
         # An API error is shown as the API says it.
         page.get_by_role("button", name="Create key").click()
@@ -357,6 +363,9 @@ def test_the_owner_console_end_to_end(browser: Any, gw: GatewayProcess, artifact
         actions = [r.locator("td").nth(2).inner_text() for r in rows.all()]
         assert actions == ["key.revoke", "key.update", "key.create"], actions
         assert "status" in rows.first.inner_text() and "revoked" in rows.first.inner_text()
+        assert rows.nth(1).locator("td").nth(5).inner_text().startswith("budget:"), "an edit sends what changed only"
+        made = rows.nth(2).inner_text()
+        assert "created" in made and 'name: "console-made"' in made and 'models: ["gpt-4o-mini","gpt-4o"]' in made
         assert secret not in page.content()
         page.screenshot(path=str(artifacts / "audit.png"), full_page=True)
 

@@ -483,6 +483,7 @@ function keys(root, gen) {
   const notice = h('div', { id: 'keys-notice' });
   const formBox = h('div', { id: 'key-form-box' });
   const search = h('input', { type: 'search', placeholder: 'name, team or id' });
+  const revoked = h('input', { type: 'checkbox', id: 'key-revoked' });
   const out = h('div', { id: 'keys-out' });
   const teamsOut = h('div', { id: 'teams-out' });
   const teamForm = h('div', { id: 'team-form-box' });
@@ -490,11 +491,13 @@ function keys(root, gen) {
   let teams = [];
   root.append(...[h('h1', { id: 'title-keys' }, 'Keys'), notice,
     h('div', { class: 'toolbar' }, field('key-search', 'Search keys', search),
+      h('label', { class: 'check', for: 'key-revoked' }, revoked, ' Show revoked keys'),
       canWrite() ? h('button', { type: 'button', id: 'create-key', onclick: () => createForm() }, 'Create key') : null),
     formBox, out, h('h2', {}, 'Teams'),
     isOwner() ? h('div', { class: 'toolbar' }, h('button', { type: 'button', id: 'create-team', onclick: () => teamCreateForm() }, 'Create team')) : null,
     teamForm, teamsOut].filter(Boolean));
   search.addEventListener('input', () => render());
+  revoked.addEventListener('change', () => load());
 
   const fail = (box, e) => box.prepend(errorBox(e));
 
@@ -539,8 +542,17 @@ function keys(root, gen) {
     const form = h('form', { class: 'card panel', 'aria-label': `Edit key ${k.name}`, onsubmit: async (ev) => {
       ev.preventDefault();
       try {
-        const body = { models: list(models.value), limits: jsonOr(limits.value, []), budget: budget.read(),
-          expires_at: expiry.value ? `${expiry.value}T00:00:00Z` : null };
+        const body = {};
+        const modelsNow = list(models.value);
+        if (JSON.stringify(modelsNow) !== JSON.stringify(k.models)) body.models = modelsNow;
+        const limitsNow = jsonOr(limits.value, []);
+        if (JSON.stringify(limitsNow) !== JSON.stringify(k.limits || [])) body.limits = limitsNow;
+        const budgetNow = budget.read();
+        if (JSON.stringify(budgetNow) !== JSON.stringify(k.budget)) body.budget = budgetNow;
+        if (expiry.value !== (k.expires_at ? k.expires_at.slice(0, 10) : '')) { // (unchanged: the exact instant stays)
+          body.expires_at = expiry.value ? `${expiry.value}T00:00:00Z` : null;
+        }
+        if (Object.keys(body).length === 0) { formBox.replaceChildren(); flash('Nothing changed.'); return; }
         const changed = await api('PATCH', `/admin/keys/${encodeURIComponent(k.id)}`, body);
         formBox.replaceChildren();
         flash(`Key ${changed.name} updated.`);
@@ -596,7 +608,7 @@ function keys(root, gen) {
       { title: 'Status', render: (k) => h('span', { class: `badge ${k.status === 'active' ? 'ok' : 'bad'}` }, k.status) },
       { title: 'Expires', render: (k) => when(k.expires_at) }, { title: 'Last used', render: (k) => when(k.last_used_at) },
       { title: 'Actions', render: (k) => (k.source === 'config' ? h('span', { class: 'muted' }, 'config file (read-only)')
-        : !canWrite() ? '—' : h('div', { class: 'actions' },
+        : !canWrite() || k.status === 'revoked' ? '—' : h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary small', 'aria-label': `Edit ${k.name}`, onclick: () => editForm(k) }, 'Edit'),
           h('button', { type: 'button', class: 'secondary small', 'aria-label': `Rotate ${k.name}`, onclick: () => rotate(k) }, 'Rotate'),
           h('button', { type: 'button', class: 'danger small', 'aria-label': `Revoke ${k.name}`, onclick: () => revoke(k) }, 'Revoke'))) },
@@ -635,8 +647,15 @@ function keys(root, gen) {
     const form = h('form', { class: 'card panel', 'aria-label': `Edit team ${t.name}`, onsubmit: async (ev) => {
       ev.preventDefault();
       try {
-        const changed = await api('PATCH', `/admin/teams/${encodeURIComponent(t.name)}`,
-          { models: list(models.value), limits: jsonOr(limits.value, []), budget: budget.read() });
+        const body = {};
+        const modelsNow = list(models.value);
+        if (JSON.stringify(modelsNow) !== JSON.stringify(t.models)) body.models = modelsNow;
+        const limitsNow = jsonOr(limits.value, []);
+        if (JSON.stringify(limitsNow) !== JSON.stringify(t.limits || [])) body.limits = limitsNow;
+        const budgetNow = budget.read();
+        if (JSON.stringify(budgetNow) !== JSON.stringify(t.budget)) body.budget = budgetNow;
+        if (Object.keys(body).length === 0) { teamForm.replaceChildren(); flash('Nothing changed.'); return; }
+        const changed = await api('PATCH', `/admin/teams/${encodeURIComponent(t.name)}`, body);
         teamForm.replaceChildren();
         flash(`Team ${changed.name} updated.`);
         await loadTeams();
@@ -681,7 +700,7 @@ function keys(root, gen) {
 
   async function load() {
     try {
-      const answer = await api('GET', '/admin/keys?limit=1000');
+      const answer = await api('GET', `/admin/keys?limit=1000${revoked.checked ? '&include_revoked=true' : ''}`);
       if (!current(gen)) return;
       all = answer.data || [];
       render();
@@ -703,6 +722,12 @@ function keys(root, gen) {
 
 function changes(before, after) {
   if (before == null && after == null) return '—';
+  const SKIP = new Set(['object', 'id', 'created_at', 'source', 'status', 'last_used_at', 'revoked_at', 'rotation_grace_until']);
+  const shown = (v) => v != null && !(Array.isArray(v) && v.length === 0) && !(typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 0);
+  if (before == null && after && typeof after === 'object') { // made: what it was made with
+    return h('div', { class: 'diff' }, h('div', {}, 'created'), Object.entries(after)
+      .filter(([k, v]) => !SKIP.has(k) && shown(v)).map(([k, v]) => h('div', {}, `${k}: ${JSON.stringify(v)}`)));
+  }
   if (before == null || after == null || typeof before !== 'object' || typeof after !== 'object') {
     return h('div', { class: 'diff' }, h('div', {}, `${before == null ? '∅' : JSON.stringify(before)} → ${after == null ? '∅' : JSON.stringify(after)}`));
   }
