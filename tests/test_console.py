@@ -451,6 +451,11 @@ def test_phone_width_has_the_nav_behind_a_menu_button(browser: Any, gw: GatewayP
         keys_link.click()
         page.get_by_role("heading", name="Keys", level=1).wait_for()
         assert not keys_link.is_visible(), "choosing a page folds the nav again"
+        menu.click()
+        keys_link.wait_for(state="visible")
+        page.keyboard.press("Escape")
+        keys_link.wait_for(state="hidden")
+        assert menu.get_attribute("aria-expanded") == "false"
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375 + 1, "no sideways scrolling of the page (wide tables scroll in their box)"
         page.screenshot(path=str(artifacts / "phone-keys.png"), full_page=True)

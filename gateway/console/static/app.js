@@ -228,12 +228,13 @@ function overview(root, gen) {
       tile('ov-p99', 'Latency p99', ms(p.p99_ms)),
       tile('ov-ttft', 'TTFT p50', ms(p.ttft_p50_ms)),
       tile('ov-tps', 'Tokens / s', num(p.tokens_per_second, 1)));
+    const hour = points.length ? [points[points.length - 1].ts - 3600, points[points.length - 1].ts] : null;
     chart.replaceChildren(lineChart([{ values: points.map((q) => ({ x: q.ts, y: q.requests_per_second })) }],
-      { label: 'Requests per second over the last hour', fmt: (v) => num(v, 2), xfmt: hhmm }));
+      { label: 'Requests per second over the last hour', fmt: (v) => num(v, 2), xfmt: hhmm, xDomain: hour }));
     latency.replaceChildren(lineChart([
       { values: points.map((q) => ({ x: q.ts, y: q.p50_ms })) },
       { values: points.map((q) => ({ x: q.ts, y: q.p99_ms })), className: 'second' }],
-    { label: 'Latency p50 and p99 (ms) over the last hour', fmt: (v) => num(v, v < 10 ? 2 : 0), xfmt: hhmm }));
+    { label: 'Latency p50 and p99 (ms) over the last hour', fmt: (v) => num(v, v < 10 ? 2 : 0), xfmt: hhmm, xDomain: hour }));
     const t = stats.today;
     today.replaceChildren(t == null
       ? h('p', { class: 'muted' }, 'No ledger on this gateway (store: is not configured), or it is unavailable.')
@@ -421,7 +422,7 @@ function routing(root, gen) {
             { title: 'Health', render: (e) => health(e.healthy, e.ejected_until) },
             { title: 'In flight', num: true, render: (e) => num(e.in_flight) },
             { title: 'Load (queue)', num: true, render: (e) => (e.load == null ? '—' : num(e.load, 1)) },
-          ], p.endpoints, { empty: 'No endpoints.', label: `Endpoints of ${p.name}` }))),
+          ], p.endpoints, { empty: 'One base URL (no endpoint pool).', label: `Endpoints of ${p.name}` }))),
         h('h2', {}, 'Models'),
         table([
           { title: 'Model', render: (m) => (m.match ? `${m.name} (match ${m.match})` : m.name) },
@@ -766,6 +767,13 @@ function start() {
     if (open) $('#nav a').focus();
   });
   window.addEventListener('hashchange', () => { if (credential !== null) show(pageFromHash()); });
+  document.addEventListener('keydown', (ev) => { // Escape folds the phone menu back behind its button
+    if (ev.key === 'Escape' && $('#nav').classList.contains('open')) {
+      $('#nav').classList.remove('open');
+      $('#menu-button').setAttribute('aria-expanded', 'false');
+      $('#menu-button').focus();
+    }
+  });
   $('#credential').focus();
 }
 

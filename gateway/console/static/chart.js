@@ -34,19 +34,20 @@ function empty(svg, text) {
 }
 
 /** series: [{values: [{x, y}], className}], x a number (UNIX seconds). */
-export function lineChart(series, { label, fmt = String, xfmt = String, emptyText = 'No data yet' }) {
+export function lineChart(series, { label, fmt = String, xfmt = String, emptyText = 'No data yet', xDomain = null }) {
   const all = series.flatMap((one) => one.values).filter((p) => p.y != null && Number.isFinite(p.y));
   const max = niceMax(Math.max(0, ...all.map((p) => p.y)));
   const svg = frame(label, max, fmt);
   if (all.length === 0) return empty(svg, emptyText);
   const xs = series.flatMap((one) => one.values.map((p) => p.x));
-  const x0 = Math.min(...xs), x1 = Math.max(...xs);
+  const x0 = xDomain ? Math.min(xDomain[0], ...xs) : Math.min(...xs);
+  const x1 = xDomain ? Math.max(xDomain[1], ...xs) : Math.max(...xs);
   const px = (x) => L + (x1 === x0 ? (W - L - R) / 2 : (W - L - R) * (x - x0) / (x1 - x0));
   const py = (y) => T + (H - T - B) * (1 - y / max);
   series.forEach((one, i) => {
     let run = [];
     const flush = () => {
-      if (run.length === 1) svg.append(s('circle', { cx: run[0][0], cy: run[0][1], r: 2.5, class: 'chart-bar' }));
+      if (run.length === 1) svg.append(s('circle', { cx: run[0][0], cy: run[0][1], r: 3, class: `chart-dot ${one.className || ''}` }));
       if (run.length > 1) {
         const pts = run.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(' ');
         if (i === 0) svg.append(s('polygon', { points: `${run[0][0]},${py(0)} ${pts} ${run[run.length - 1][0]},${py(0)}`, class: 'chart-area' }));
