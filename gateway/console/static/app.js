@@ -133,7 +133,7 @@ async function login(ev) {
     me = await api('GET', '/admin/whoami');
   } catch (e) {
     credential = null; me = null;
-    err.textContent = e.status === 401 ? `Not logged in: ${e.message}` : e.message;
+    err.textContent = e.status === 401 ? `That credential was refused: ${e.message}` : e.message;
     err.hidden = false;
     input.focus();
     return;
