@@ -150,3 +150,13 @@ def test_match_finds_a_listed_file(path: str):
 def test_match_refuses_anything_else(path: str):
     assert Console(_Serving()).match("GET", path) is None  # type: ignore[arg-type]
     assert Console(_Serving()).match("POST", "/ui/app.js") is None  # type: ignore[arg-type]
+
+
+def test_the_files_are_package_data_so_the_wheel_ships_them():
+    import fnmatch
+    import tomllib
+
+    project = tomllib.loads((STATIC.parent.parent.parent / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["tollway.gateway"]
+    for path in STATIC.iterdir():
+        assert any(fnmatch.fnmatch(f"console/static/{path.name}", g) for g in globs), path.name
