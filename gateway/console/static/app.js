@@ -153,6 +153,7 @@ function logout() {
   $('#page').replaceChildren();
   clearFlash();
   $('#who').textContent = '';
+  $('#login-error').hidden = true;
   $('#shell').hidden = true;
   $('#login').hidden = false;
   $('#credential').value = '';
