@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import ADMIN_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.pg_databases import fresh_database
 from tollway.gateway.admin.api import _PARAM_ROUTES, AdminAPI
 from tollway.gateway.admin.openapi import document
 from tollway.gateway.serving import Serving
@@ -213,3 +214,30 @@ def test_an_expiry_past_the_year_9999_is_refused_not_a_500(gw: GatewayProcess):
         assert status == 400 and error["error"]["param"] == "expires_at", (method, error)
     status, made = call(gw, "POST", "/admin/keys", json.dumps({"name": "last-day", "expires_at": "9999-12-31T12:00:00Z"}).encode())
     assert status == 201 and made["expires_at"] == "9999-12-31T12:00:00.000Z", made
+
+
+def _nul_answers(gw: GatewayProcess) -> None:
+    for method, path in (("GET", "/admin/keys/a%00b"), ("PATCH", "/admin/keys/%00"), ("POST", "/admin/keys/%00/rotate"),
+                         ("POST", "/admin/keys/%00/revoke"), ("DELETE", "/admin/keys/%00"), ("GET", "/admin/teams/a%00"),
+                         ("PATCH", "/admin/teams/%00"), ("DELETE", "/admin/teams/%00")):
+        status, error = call(gw, method, path, b"{}" if method == "PATCH" else None)
+        assert status == 404 and error["error"]["code"] == "not_found", (method, path, error)
+    status, error = call(gw, "POST", "/admin/keys", json.dumps({"name": "nul-team", "team": "a\u0000"}).encode())
+    assert status == 400 and error["error"]["param"] == "team", error
+
+
+def test_a_nul_in_an_id_or_a_team_names_nothing(gw: GatewayProcess):
+    _nul_answers(gw)
+
+
+async def test_a_nul_in_an_id_or_a_team_names_nothing_on_postgresql(upstream: FakeOpenAI):
+    """Found (PostgreSQL): an id or team name with a NUL (/admin/keys/%00) reached the database,
+    which refuses NUL in text, and the answer was 503 store_unavailable: the database down."""
+    async with fresh_database() as url:
+        config = _config(upstream.url, Path("unused")).replace(
+            "store: {backend: sqlite, path: unused}", f'store: {{backend: postgres, url: "{url}"}}')
+        gw = GatewayProcess(config)
+        try:
+            _nul_answers(gw)
+        finally:
+            gw.stop()
