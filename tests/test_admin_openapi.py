@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -46,8 +47,9 @@ providers: [{{name: up, schema: openai, base_url: {upstream}, api_key: {UPSTREAM
 models:
   - {{name: gpt-4o-mini, targets: [{{provider: up}}]}}
 keys:
-  - {{name: alice, key_hash: "{key_hash(TEST_KEY)}", team: search}}
-teams: [{{name: search}}]
+  - {{name: alice, key_hash: "{key_hash(TEST_KEY)}", team: search, budget: {{usd: 50, period: day}},
+     limits: [{{requests: 1000, per: 1m}}]}}
+teams: [{{name: search, budget: {{usd: 100}}}}]
 admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
 admins:
   - {{name: search-lead, key_hash: "{key_hash(LEAD_KEY)}", role: team_admin, team: search}}
@@ -100,7 +102,7 @@ def test_every_operation_documents_the_errors_any_admin_request_can_get():
         for method, op in ((m, o) for m, o in item.items() if m in METHODS):
             assert {"401", "404", "429"} <= set(op["responses"]), (method, path)
             if "requestBody" in op:
-                assert {"400", "413"} <= set(op["responses"]), (method, path)
+                assert {"400", "408", "413"} <= set(op["responses"]), (method, path)
 
 
 def test_request_bodies_are_the_structs_schemas():
@@ -125,8 +127,26 @@ def upstream() -> Iterator[FakeOpenAI]:
 @pytest.fixture(scope="module")
 def gw(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     process = GatewayProcess(_config(upstream.url, tmp_path_factory.mktemp("openapi") / "tollway.db"))
+    _spend_some(process)
     yield process
     process.stop()
+
+
+def _spend_some(gw: GatewayProcess) -> None:
+    """A few requests in the ledger, so /admin/spend, /admin/requests, /admin/budgets and
+    /admin/usage answer items to hold to their schemas, not empty lists."""
+    chat = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for tags, model in (("a,b", "gpt-4o-mini"), ("", "gpt-4o-mini"), ("", "no-such-model")):
+        req = urllib.request.Request(gw.url + "/v1/chat/completions", data=chat.replace(b"gpt-4o-mini", model.encode()),
+                                     headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json",
+                                              **({"x-tollway-tags": tags} if tags else {})})
+        try:
+            urllib.request.urlopen(req, timeout=10).read()
+        except urllib.error.HTTPError as exc:
+            exc.read()
+    deadline = time.monotonic() + 5
+    while not call(gw, "GET", "/admin/requests")[1]["data"] and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _live_schema(gw: GatewayProcess, credential: str, examples: int) -> Any:

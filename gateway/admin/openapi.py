@@ -29,6 +29,7 @@ _STATUS_TEXT = {
     401: "No admin credential, or an unknown one.", 403: "This administrator's role may not do this.",
     404: "No such item, or the admin API, the key store or the ledger is not configured.",
     409: "The change conflicts: a name in use, a key or team of the config file (read-only), a team with live keys.",
+    408: "The body did not arrive in time (server.body_read_timeout).",
     413: f"The body is over {MAX_ADMIN_BODY} bytes.", 429: "Too many admin requests from this credential.",
     503: "The database behind this endpoint is unavailable; retry shortly.",
 }
@@ -114,7 +115,7 @@ def _page(item: str, cursor: bool = True) -> Schema:
 
 
 def _audit_entry() -> Schema:
-    view = nullable({"type": "object"})
+    view = {"anyOf": [ref("Key"), ref("Team"), {"type": "null"}]}  # the record before and after the change
     return obj({"object": {"const": "audit_entry"}, "ts": _TIME, "actor": {"type": "string"}, "action": {"type": "string"},
                 "target": {"type": "string"}, "team": nullable({"type": "string"}), "before": view, "after": view})
 
@@ -229,7 +230,7 @@ _INSTANT = {"type": "string", "description": "RFC 3339 time, a date, UNIX second
 _KEY_ID = path_param("id", {"type": "string", "minLength": 1},
                      "A key's id: key_<24 hex> for a run-time key, config:<name> for one of the config file.")
 _TEAM = path_param("name", {"type": "string", "pattern": f"^{NAME.pattern}$"}, f"A team's name ({NAME_RULE}).")
-_WRITE = (400, 403, 409, 413, 503)
+_WRITE = (400, 403, 408, 409, 413, 503)  # the operations that read a body
 _KEY_OPS = ("getKey", "updateKey", "rotateKey", "revokeKey", "deleteKey")
 
 
