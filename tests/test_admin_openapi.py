@@ -154,7 +154,7 @@ def _live_schema(gw: GatewayProcess, credential: str, examples: int) -> Any:
     auth = {"authorization": f"Bearer {credential}"}
     schema = schemathesis.openapi.from_url(gw.url + "/admin/openapi.json", headers=auth)
     schema.config.update(base_url=gw.url, headers=auth)
-    schema.config.generation.update(max_examples=examples, modes=["positive", "negative"])
+    schema.config.generation.update(max_examples=examples, modes=["positive", "negative"], database="none")
     return schema
 
 
@@ -196,7 +196,7 @@ schema = schemathesis.pytest.from_fixture("admin_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_admin_api_conforms(case: Any):
     case.call_and_validate(checks=CHECKS, additional_checks=MORE_CHECKS, timeout=10)
 
@@ -205,7 +205,7 @@ lead = schemathesis.pytest.from_fixture("lead_schema")
 
 
 @lead.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_admin_api_conforms_for_a_team_admin(case: Any):
     """A team admin's refusals (403 for what its role may not do, 404 for another team's) are documented too."""
     case.call_and_validate(checks=CHECKS, additional_checks=MORE_CHECKS, timeout=10)
@@ -232,7 +232,7 @@ def test_admin_api_workflows(admin_schema: Any, gw: GatewayProcess):
         def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
             case.validate_response(response, checks=CHECKS, additional_checks=MORE_CHECKS)
 
-    Workflow.run(settings=settings(max_examples=40, stateful_step_count=6, deadline=None, phases=[Phase.generate],
+    Workflow.run(settings=settings(max_examples=40, stateful_step_count=6, deadline=None, phases=[Phase.generate], database=None,
                                    suppress_health_check=list(HealthCheck)))
 
 
