@@ -64,20 +64,26 @@ def _input_schemas() -> dict[str, Schema]:
     bounds tollway.core.tenancy.inputs checks after decoding."""
     _, components = msgspec.json.schema_components([KeyCreate, KeyPatch, Rotate, TeamCreate, TeamPatch], ref_template=_REF)
     name = {"type": "string", "pattern": f"^{NAME.pattern}$", "description": NAME_RULE}
+    # whole schemas (replacing the struct's) and bounds (added to it), by field
+    whole: dict[str, Schema] = {
+        "name": name,
+        "team": nullable({"type": "string", "minLength": 1, "description": "A team of the config or the API."}),
+        "expires_at": nullable({"type": "string", "format": "date-time",
+                                "description": "RFC 3339, in the future and before the year 10000 (UTC)."}),
+    }
     bounds: dict[str, Schema] = {
-        "name": name, "team": nullable(name),
         "models": {"minItems": 1, "maxItems": inputs.MAX_MODELS},
         "limits": {"maxItems": inputs.MAX_LIMITS},
-        "expires_at": nullable({"type": "string", "format": "date-time", "description": "In the future."}),
         "metadata": {"maxProperties": inputs.MAX_METADATA, "propertyNames": {"minLength": 1, "maxLength": 64}},
         "grace_seconds": {"minimum": 0, "maximum": inputs.MAX_GRACE_SECONDS},
     }
     for struct in ("KeyCreate", "KeyPatch", "Rotate", "TeamCreate", "TeamPatch"):
         props = components[struct]["properties"]
-        for field, extra in bounds.items():
-            if field in props:
-                replace = "anyOf" in extra or field == "name"
-                props[field] = dict(extra) if replace else {**props[field], **extra}
+        for field in props:
+            if field in whole:
+                props[field] = dict(whole[field])
+            elif field in bounds:
+                props[field] = {**props[field], **bounds[field]}
     components["Budget"]["properties"]["usd"] |= {"minimum": 0}
     return components
 
@@ -229,7 +235,8 @@ _AFTER = query("after", {"type": "string"}, "A cursor: the id (or name) of the i
 _INSTANT = {"type": "string", "description": "RFC 3339 time, a date, UNIX seconds or a duration back from now (7d, 12h)."}
 _KEY_ID = path_param("id", {"type": "string", "minLength": 1},
                      "A key's id: key_<24 hex> for a run-time key, config:<name> for one of the config file.")
-_TEAM = path_param("name", {"type": "string", "pattern": f"^{NAME.pattern}$"}, f"A team's name ({NAME_RULE}).")
+_TEAM = path_param("name", {"type": "string", "minLength": 1},
+                   f"A team's name (a team made through the API: {NAME_RULE}).")
 _WRITE = (400, 403, 408, 409, 413, 503)  # the operations that read a body
 _KEY_OPS = ("getKey", "updateKey", "rotateKey", "revokeKey", "deleteKey")
 
