@@ -161,6 +161,35 @@ def _budget_status() -> Schema:
                required=["owner", "budget_usd", "period", "spent_usd", "remaining_usd", "resets_at"])
 
 
+def _stats_point() -> Schema:
+    number, maybe = {"type": "number"}, nullable({"type": "number"})
+    return obj({"ts": number, "seconds": number, "requests": number, "requests_per_second": number,
+                "errors": number, "error_rate": number, "p50_ms": maybe, "p99_ms": maybe, "ttft_p50_ms": maybe,
+                "tokens_per_second": number, "cost_usd": number})
+
+
+def _stats() -> Schema:
+    today = obj({name: nullable({"type": "number"}) for name in
+                 ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")})
+    return obj({"object": {"const": "stats"}, "interval_seconds": nullable({"type": "number"}),
+                "points": {"type": "array", "items": ref("StatsPoint")}, "now": nullable(ref("StatsPoint")),
+                "today": nullable(today)})
+
+
+def _routing() -> Schema:
+    until = nullable({"type": "number"})
+    endpoint = obj({"address": {"type": "string"}, "healthy": {"type": "boolean"}, "ejected_until": until,
+                    "in_flight": {"type": "integer"}, "load": nullable({"type": "number"})})
+    provider = obj({"name": {"type": "string"}, "schema": {"type": "string"},
+                    "endpoints": {"type": "array", "items": endpoint}})
+    target = obj({"provider": {"type": "string"}, "model": {"type": "string"}, "weight": {"type": "number"},
+                  "priority": {"type": "integer"}, "healthy": {"type": "boolean"}, "ejected_until": until})
+    model = obj({"name": {"type": "string"}, "match": nullable({"type": "string"}),
+                 "targets": {"type": "array", "items": target}})
+    return obj({"object": {"const": "routing"}, "providers": {"type": "array", "items": provider},
+                "models": {"type": "array", "items": model}})
+
+
 def _error() -> Schema:
     detail = obj({"message": {"type": "string"}, "type": {"type": "string"}, "param": nullable({"type": "string"}),
                   "code": nullable({"type": "string"})})
@@ -179,6 +208,10 @@ def components() -> dict[str, Any]:
         "BudgetStatus": _budget_status(),
         "BudgetList": obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("BudgetStatus")}}),
         "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
+        "Admin": obj({"object": {"const": "admin"}, "name": {"type": "string"},
+                      "role": {"enum": ["owner", "team_admin", "viewer"]}, "team": nullable({"type": "string"})}),
+        "StatsPoint": _stats_point(), "Stats": _stats(), "Routing": _routing(),
+        "Config": obj({"object": {"const": "config"}, "config": {"type": "object"}}),
         "Error": _error(),
     }
     return {"schemas": schemas,
@@ -312,12 +345,24 @@ def _teams() -> dict[str, Any]:
     }
 
 
+def _console() -> dict[str, Any]:
+    return {
+        "/admin/whoami": {"get": operation("whoAmI", "The administrator this credential is", responses(200, "Admin"))},
+        "/admin/stats": {"get": operation("getStats", "This replica's last hour (every 10 s) and the ledger's day",
+                                          responses(200, "Stats"))},
+        "/admin/routing": {"get": operation("getRouting", "Providers, pool endpoints, models and targets with health",
+                                            responses(200, "Routing", 403))},
+        "/admin/config": {"get": operation("getConfig", "The config in force, every secret replaced by ***",
+                                           responses(200, "Config", 403))},
+    }
+
+
 def document() -> dict[str, object]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tollway admin API", "version": "1",
                  "description": "Operator endpoints: keys, teams, the audit trail, usage, spend and budgets."},
         "security": [{"bearerAuth": []}],
-        "paths": {**_reports(), **_keys(), **_teams()},
+        "paths": {**_reports(), **_keys(), **_teams(), **_console()},
         "components": components(),
     }
