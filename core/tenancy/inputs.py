@@ -29,6 +29,7 @@ MAX_LIMITS = 32
 MAX_METADATA = 32
 MAX_META_CHARS = 256
 MAX_GRACE_SECONDS = 30 * 86400
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant an answer can show in RFC 3339
 
 
 class KeyCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -153,6 +154,8 @@ def check_expiry(value: str | None, now: float, param: str = "expires_at") -> fl
     ts = (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
     if ts <= now:
         raise errors.bad_request("expires_at must be in the future.", param=param)
+    if ts > LATEST:  # every view shows it in RFC 3339, which ends with year 9999
+        raise errors.bad_request("expires_at must be before the year 10000 (UTC).", param=param)
     return ts
 
 

@@ -7,6 +7,7 @@ shown without its secret or digest; keys and teams of the config file are listed
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 from urllib.parse import unquote
 
 from tollway.core import errors
@@ -20,13 +21,15 @@ from tollway.gateway.admin.call import AdminCall, answer
 from tollway.gateway.admin.spend import MAX_LIST, query_params
 from tollway.gateway.store import StoreError
 
+Patch = TypeVar("Patch", KeyCreate, KeyPatch)
+
 # -- keys ------------------------------------------------------------------------------------------
 
 
 async def create_key(call: AdminCall) -> None:
     """POST /admin/keys → 201, the key object with `key` (shown this once)."""
     actions = call.actions()
-    minted = await actions.create_key(call.who, inputs.decode(await call.body(), KeyCreate))
+    minted = await actions.create_key(call.who, _team_named(inputs.decode(await call.body(), KeyCreate)))
     answer(call, {**key_view(minted.key, time.time()), "key": minted.secret}, 201)
 
 
@@ -48,7 +51,7 @@ async def list_keys(call: AdminCall) -> None:
 
 
 async def get_key(call: AdminCall) -> None:
-    ident = unquote(call.ident)
+    ident = _ident(call, "key")
     config = _config_key(call, ident)
     if config is not None:
         answer(call, config_key_view(config, ident))
@@ -58,8 +61,8 @@ async def get_key(call: AdminCall) -> None:
 
 
 async def update_key(call: AdminCall) -> None:
-    patch = inputs.decode(await call.body(), KeyPatch)
-    key = await call.actions().update_key(call.who, unquote(call.ident), patch)
+    patch = _team_named(inputs.decode(await call.body(), KeyPatch))
+    key = await call.actions().update_key(call.who, _ident(call, "key"), patch)
     answer(call, key_view(key, time.time()))
 
 
@@ -67,13 +70,13 @@ async def rotate_key(call: AdminCall) -> None:
     """POST /admin/keys/{id}/rotate {"grace_seconds": 3600} → the key object with the new `key`."""
     raw = await call.body()
     body = inputs.decode(raw, Rotate) if raw.strip() else Rotate()
-    minted = await call.actions().rotate_key(call.who, unquote(call.ident), body.grace_seconds)
+    minted = await call.actions().rotate_key(call.who, _ident(call, "key"), body.grace_seconds)
     answer(call, {**key_view(minted.key, time.time()), "key": minted.secret})
 
 
 async def revoke_key(call: AdminCall) -> None:
     """POST /admin/keys/{id}/revoke, DELETE /admin/keys/{id}: revoked for good, the record kept."""
-    key = await call.actions().revoke_key(call.who, unquote(call.ident))
+    key = await call.actions().revoke_key(call.who, _ident(call, "key"))
     answer(call, key_view(key, time.time()))
 
 
@@ -96,7 +99,7 @@ async def list_teams(call: AdminCall) -> None:
 
 
 async def get_team(call: AdminCall) -> None:
-    name = unquote(call.ident)
+    name = _ident(call, "team")
     for team in _config_teams(call):
         if team.name == name and call.who.sees(name):
             answer(call, team_view(team, "config"))
@@ -106,11 +109,11 @@ async def get_team(call: AdminCall) -> None:
 
 async def update_team(call: AdminCall) -> None:
     patch = inputs.decode(await call.body(), TeamPatch)
-    answer(call, team_view(await call.actions().update_team(call.who, unquote(call.ident), patch), "api"))
+    answer(call, team_view(await call.actions().update_team(call.who, _ident(call, "team"), patch), "api"))
 
 
 async def delete_team(call: AdminCall) -> None:
-    team = await call.actions().delete_team(call.who, unquote(call.ident))
+    team = await call.actions().delete_team(call.who, _ident(call, "team"))
     answer(call, {**team_view(team, "api"), "deleted": True})
 
 
@@ -139,6 +142,24 @@ def _audit_view(entry: AuditEntry) -> dict[str, object]:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _ident(call: AdminCall, what: str) -> str:
+    """The path's id or name, percent-decoded. One with a NUL names nothing (no id or name has
+    one, and PostgreSQL cannot even compare text with it): a 404 without asking the store."""
+    ident = unquote(call.ident)
+    if "\x00" in ident:
+        raise errors.admin_not_found(what, ident)
+    return ident
+
+
+def _team_named(body: Patch) -> Patch:
+    """`body`, its `team` refused (400) if it holds a NUL: no team has one, and PostgreSQL
+    cannot look such a name up (it would answer 503, the database down)."""
+    team = body.team
+    if isinstance(team, str) and "\x00" in team:
+        raise errors.bad_request(f"Unknown team '{errors.echoed(team)}'.", param="team")
+    return body
 
 
 def _config_keys(call: AdminCall) -> list[Key]:
