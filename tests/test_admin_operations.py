@@ -61,6 +61,8 @@ def test_routing_lists_providers_and_targets_with_health(gw: GatewayProcess):
     status, routing = call(gw, "GET", "/admin/routing")
     assert status == 200
     assert [p["name"] for p in routing["providers"]] == ["up"]
+    (endpoint,) = routing["providers"][0]["endpoints"]
+    assert endpoint["healthy"] is True and endpoint["address"].startswith("http://127.0.0.1:"), "one base URL: one entry"
     models = {m["name"]: m for m in routing["models"]}
     assert models["gpt-4o-mini"]["targets"][0] == {"provider": "up", "model": "gpt-4o-mini", "weight": 1.0,
                                                    "priority": 0, "healthy": True, "ejected_until": None}
@@ -80,3 +82,12 @@ def test_the_config_holds_no_secret(gw: GatewayProcess):
     assert config["rate_limits"]["redis_url"] == "redis://user:***@127.0.0.1:6379/0"
     assert config["models"][0]["name"] == "gpt-4o-mini", "what is not a secret is shown"
     assert call(gw, "GET", "/admin/config", token=LEAD_KEY)[0] == 403
+
+
+def test_keys_can_be_searched(gw: GatewayProcess):
+    for name in ("search-me-one", "other-thing"):
+        assert call(gw, "POST", "/admin/keys", {"name": name})[0] == 201
+    status, found = call(gw, "GET", "/admin/keys?q=SEARCH-ME")
+    assert status == 200 and [k["name"] for k in found["data"]] == ["search-me-one"]
+    status, found = call(gw, "GET", "/admin/keys?q=search")
+    assert {k["name"] for k in found["data"]} >= {"alice", "search-me-one"}, "alice's team is search"

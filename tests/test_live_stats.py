@@ -5,10 +5,11 @@ from tollway.gateway.telemetry.live import LiveStats, quantile
 from tollway.gateway.telemetry.metrics import Metrics
 
 
-def _observe(metrics: Metrics, status: int, seconds: float, tokens: int = 10) -> None:
-    metrics.observe(operation="chat", provider="openai", model="m", response_model="m", status=status, seconds=seconds,
-                    error_type="" if status == 200 else "upstream_error", input_tokens=tokens, output_tokens=tokens,
-                    provider_name="up")
+def _observe(metrics: Metrics, status: int, seconds: float, tokens: int = 10, operation: str = "chat",
+             error: str = "upstream_error") -> None:
+    metrics.observe(operation=operation, provider="openai", model="m", response_model="m", status=status,
+                    seconds=seconds, error_type="" if status == 200 else error, input_tokens=tokens,
+                    output_tokens=tokens, provider_name="up")
 
 
 def test_each_interval_is_the_difference_of_two_readings():
@@ -19,13 +20,16 @@ def test_each_interval_is_the_difference_of_two_readings():
     for _ in range(8):
         _observe(metrics, 200, 0.015)
     _observe(metrics, 502, 3.0)
-    _observe(metrics, 429, 0.015)
+    _observe(metrics, 429, 0.015, error="rate_limit_exceeded")
+    _observe(metrics, 401, 0.015, tokens=0, error="invalid_api_key")  # the client's fault: no error
+    for _ in range(5):
+        _observe(metrics, 200, 9.0, tokens=0, operation="admin")  # the console's polling: not traffic
     metrics.observe_spend("t", "m", "up", 0.25, 5, 5)
     clock[0] += 10
     live.sample()
     (p,) = live.points
-    assert p["requests"] == 10 and p["requests_per_second"] == 1.0
-    assert p["errors"] == 2 and p["error_rate"] == 0.2
+    assert p["requests"] == 11 and p["requests_per_second"] == 1.1
+    assert p["errors"] == 2 and p["error_rate"] == round(2 / 11, 6)
     assert 10 <= p["p50_ms"] <= 20, "the 0.01-0.02 s bucket"
     assert p["p99_ms"] > 2560, "the slow one"
     assert p["tokens_per_second"] == 20.0 and p["cost_usd"] == 0.25

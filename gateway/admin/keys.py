@@ -34,19 +34,27 @@ async def create_key(call: AdminCall) -> None:
 
 
 async def list_keys(call: AdminCall) -> None:
-    """GET /admin/keys?team=&include_revoked=&limit=&after= (the config's keys first, then by creation)."""
+    """GET /admin/keys?team=&q=&include_revoked=&limit=&after= (the config's keys first, then by
+    creation; `q`: a piece of the id, name or team, any case)."""
     q = query_params(call.scope)
     limit = _limit(q)
     include_revoked = _flag(q, "include_revoked")
     team = q.get("team")
+    search = q.get("q", "").lower()[:256]
     who = call.who
     now = time.time()
+
+    def shown(ident: str, name: str, owner: str | None) -> bool:
+        if not who.sees(owner) or (team is not None and owner != team):
+            return False
+        return not search or any(search in text.lower() for text in (ident, name, owner or ""))
+
     items: list[dict[str, object]] = [config_key_view(k, key_id_of(k.name)) for k in _config_keys(call)
-                                      if who.sees(k.team) and (team is None or k.team == team)]
+                                      if shown(key_id_of(k.name), k.name, k.team)]
     directory = call.serving.actions.directory if call.serving.actions is not None else None
     api_keys = sorted(directory.keys() if directory is not None else [], key=lambda k: (k.created_at, k.id))
     items += [key_view(k, now) for k in api_keys
-              if who.sees(k.team) and (team is None or k.team == team) and (include_revoked or k.revoked_at is None)]
+              if shown(k.id, k.name, k.team) and (include_revoked or k.revoked_at is None)]
     answer(call, _page(items, limit, q.get("after")))
 
 

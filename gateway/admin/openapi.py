@@ -179,7 +179,7 @@ def _stats() -> Schema:
 def _routing() -> Schema:
     until = nullable({"type": "number"})
     endpoint = obj({"address": {"type": "string"}, "healthy": {"type": "boolean"}, "ejected_until": until,
-                    "in_flight": {"type": "integer"}, "load": nullable({"type": "number"})})
+                    "in_flight": nullable({"type": "integer"}), "load": nullable({"type": "number"})})
     provider = obj({"name": {"type": "string"}, "schema": {"type": "string"},
                     "endpoints": {"type": "array", "items": endpoint}})
     target = obj({"provider": {"type": "string"}, "model": {"type": "string"}, "weight": {"type": "number"},
@@ -293,6 +293,8 @@ def _reports() -> dict[str, Any]:
 
 def _keys() -> dict[str, Any]:
     list_params = [query("team", {"type": "string"}, "Only this team's keys."),
+                   query("q", {"type": "string", "maxLength": 256}, "Only keys whose id, name or team holds this text "
+                         "(any case)."),
                    query("include_revoked", {"type": "boolean", "default": False}, "List revoked keys too."), _LIMIT, _AFTER]
     return {
         "/admin/keys": {

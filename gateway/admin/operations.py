@@ -73,6 +73,10 @@ async def routing(call: AdminCall) -> None:
         endpoints = [{"address": e.name, "healthy": e.candidate(mono, 0.0).available,
                       "ejected_until": until(e.health.ejected_until), "in_flight": e.in_flight,
                       "load": _load(e.load)} for e in provider.endpoints.endpoints()]
+        if not endpoints and provider.config.base_url:  # one upstream: its health is the provider's
+            member = rt.health.member(name)
+            endpoints = [{"address": redact_url(provider.config.base_url), "healthy": member.available(mono),
+                          "ejected_until": until(member.ejected_until), "in_flight": None, "load": None}]
         providers.append({"name": name, "schema": provider.config.schema, "endpoints": endpoints})
     models = []
     for m in rt.file_config.models:

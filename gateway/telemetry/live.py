@@ -20,7 +20,6 @@ from prometheus_client import Metric
 SAMPLE_SECONDS = 10.0
 POINTS = 360  # one hour
 
-_REQUESTS = "tollway_requests"
 _DURATION = "gen_ai_server_request_duration_seconds"
 _TTFT = "gen_ai_server_time_to_first_token_seconds"
 _TOKENS = "gen_ai_client_token_usage"
@@ -33,31 +32,44 @@ class Totals:
 
     at: float
     requests: float = 0.0
-    errors: float = 0.0  # answers with a 5xx or 429 status: what an operator calls failing
+    errors: float = 0.0  # failures of the gateway or its upstreams (5xx, 429), not of the client
     tokens: float = 0.0
     cost_usd: float = 0.0
     duration: tuple[tuple[float, float], ...] = ()  # (upper bound, cumulative count) per bucket
     ttft: tuple[tuple[float, float], ...] = ()
 
 
+# Error types a client caused (its key, its body, its model, its own hang-up): an operator's
+# error rate is about the gateway and its upstreams (5xx, 429), so these are not counted in it.
+CLIENT_ERRORS = frozenset((
+    "invalid_api_key", "model_not_allowed", "model_not_found", "unknown_url", "method_not_allowed",
+    "request_too_large", "invalid_request", "invalid_request_error", "client_closed", "client_stalled",
+    "request_timeout", "not_found", "conflict",
+))
+
+
 def totals(families: Iterable[Metric], at: float) -> Totals:
-    """Sum the series the overview needs out of a metrics collection."""
+    """Sum the series the overview needs out of a metrics collection. Requests, errors and
+    latency come from the duration histogram, whose operation label lets the admin API's own
+    requests (the console's polling among them) be left out."""
     requests = errors = tokens = cost = 0.0
     buckets: dict[str, dict[float, float]] = {_DURATION: {}, _TTFT: {}}
     for family in families:
         for sample in family.samples:
-            name = sample.name
-            if name == _REQUESTS + "_total":
+            name, labels = sample.name, sample.labels
+            if labels.get("gen_ai_operation_name") == "admin":
+                continue
+            if name == _DURATION + "_count":
                 requests += sample.value
-                status = sample.labels.get("status", "")
-                if status.startswith("5") or status == "429":
+                kind = labels.get("error_type", "")
+                if kind and kind not in CLIENT_ERRORS:
                     errors += sample.value
             elif name == _TOKENS + "_sum":
                 tokens += sample.value
             elif name == _COST + "_total":
                 cost += sample.value
             elif name.endswith("_bucket") and name[:-7] in buckets:
-                bound = float(sample.labels["le"])
+                bound = float(labels["le"])
                 held = buckets[name[:-7]]
                 held[bound] = held.get(bound, 0.0) + sample.value
     return Totals(at, requests, errors, tokens, cost, tuple(sorted(buckets[_DURATION].items())),

@@ -160,9 +160,9 @@ class Metrics:
 
     def live_families(self) -> list[Metric]:
         """The series the console's last hour is sampled from (tollway.gateway.telemetry.live):
-        this worker's requests, durations, times to first token, tokens and cost."""
+        this worker's durations (and so requests), times to first token, tokens and cost."""
         out: list[Metric] = []
-        for series in (self.requests, self.duration, self.ttft, self.token_usage, self.cost_usd):
+        for series in (self.duration, self.ttft, self.token_usage, self.cost_usd):
             collector = series.metric if isinstance(series, _Bound) else series
             out.extend(collector.collect())
         return out
