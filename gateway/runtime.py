@@ -115,11 +115,12 @@ class Runtime:
         # key id -> (key, its team's models, its records): what the next runtime may reuse
         self._made: dict[str, tuple[ApiKey, list[str] | None, dict[str, KeyRecord]]] = {}
         made = previous._made if previous is not None else {}
+        taken = {k.name for k in self.file_config.keys}
         for key in api.keys.values():
             bound = team_models.get(key.team) if key.team is not None else None
             held = made.get(key.id)
-            if held is None or held[0] is not key or held[1] != bound:
-                held = (key, bound, _api_records(key, api.config_keys[key.id], team_models))
+            if held is None or held[0] is not key or held[1] != bound or key.name in taken:
+                held = (key, bound, _api_records(key, api.config_keys[key.id], team_models, taken))
             self._made[key.id] = held  # (a rebuild with 100,000 keys reuses what did not change: no garbage)
             records.update(held[2])
         self.keys: KeyTable[KeyRecord] = KeyTable(records, pepper=config.server.key_pepper)
@@ -144,7 +145,8 @@ class Runtime:
                 for digest in (old.key_hash, old.previous_hash):
                     if digest is not None:
                         self.keys.drop(digest)
-            for digest, record in _api_records(new, api.config_keys[new.id], team_models).items():
+            taken = {k.name for k in self.file_config.keys}
+            for digest, record in _api_records(new, api.config_keys[new.id], team_models, taken).items():
                 self.keys.put(digest, record)
         self.api = api
 
@@ -204,14 +206,25 @@ def _record(key: Key, team_models: Mapping[str, list[str]]) -> KeyRecord:
 
 
 _REVOKED = "This key was revoked."
+
+
+def _orphaned(key: ApiKey, team_models: Mapping[str, list[str]], taken: set[str] | frozenset[str]) -> str | None:
+    if key.team is not None and key.team not in team_models:
+        return f"This key's team '{key.team}' no longer exists; ask an administrator to move the key."
+    if key.name in taken:
+        return "This key's name is now a key in the config file; ask an administrator for a new key."
+    return None
 _ROTATED = "This key was replaced by a rotation; the old key stopped working at {}."
 
 
-def _api_records(key: ApiKey, as_key: Key, team_models: Mapping[str, list[str]]) -> dict[str, KeyRecord]:
+def _api_records(key: ApiKey, as_key: Key, team_models: Mapping[str, list[str]],
+                 taken: set[str] | frozenset[str] = frozenset()) -> dict[str, KeyRecord]:
     """The records a run-time key is found by: its digest and, during a rotation's grace (and
-    after it, to say why), the previous one. A revoked key keeps its records to say so."""
+    after it, to say why), the previous one. A revoked key keeps its records to say so. A key
+    whose team is gone, or whose name the config file now gives another key, is refused: it
+    would otherwise escape its team's models, limits and budget, or draw on the other key's."""
     allowed = _allowed(key.models, key.team, team_models)
-    refusal = _REVOKED if key.revoked_at is not None else None
+    refusal = _REVOKED if key.revoked_at is not None else _orphaned(key, team_models, taken)
     out = {key.key_hash: KeyRecord(as_key, allowed, key.id, key.key_hash, key.expires_at, refusal,
                                    checked=refusal is not None or key.expires_at is not None)}
     if key.previous_hash is not None and key.previous_until is not None:

@@ -182,10 +182,31 @@ def test_a_body_too_large_or_not_json_is_refused(gw: GatewayProcess):
     assert status == 400 and "JSON" in error["error"]["message"]
 
 
-def test_two_live_keys_cannot_share_a_name(gw: GatewayProcess):
-    assert call(gw, "POST", "/admin/keys", {"name": "twin"})[0] == 201
+def test_a_key_name_is_never_reused(gw: GatewayProcess):
+    status, first = call(gw, "POST", "/admin/keys", {"name": "twin"})
+    assert status == 201
     status, error = call(gw, "POST", "/admin/keys", {"name": "twin"})
     assert status == 409 and error["error"]["code"] == "conflict" and "twin" in error["error"]["message"]
+    assert call(gw, "POST", f"/admin/keys/{first['id']}/revoke")[0] == 200
+    status, error = call(gw, "POST", "/admin/keys", {"name": "twin"})
+    assert status == 409, "the ledger, limits and budgets of 'twin' are the revoked key's: a new key may not inherit them"
+
+
+def test_a_team_admin_cannot_learn_of_another_teams_config_keys(upstream: FakeOpenAI, tmp_path: Path):
+    extra = f'  - {{name: bob, key_hash: "{key_hash("sk-bob-0000000000000000")}", team: ads}}'
+    text = _config(upstream.url, tmp_path / "t.db").replace("teams: [{name: search}]", "teams: [{name: search}, {name: ads}]")
+    text = text.replace("team: search}\n", "team: search}\n" + extra + "\n", 1)
+    assert "name: bob" in text
+    gw = GatewayProcess(text)
+    try:
+        for method, path in (("GET", "/admin/keys/config:bob"), ("PATCH", "/admin/keys/config:bob"),
+                             ("POST", "/admin/keys/config:bob/revoke"), ("DELETE", "/admin/keys/config:bob"),
+                             ("GET", "/admin/keys/config:nosuch"), ("PATCH", "/admin/keys/config:nosuch")):
+            status, _ = call(gw, method, path, {} if method == "PATCH" else None, token=LEAD_KEY)
+            assert status == 404, (method, path)
+        assert call(gw, "PATCH", "/admin/keys/config:bob", {}, token=ADMIN_KEY)[0] == 409
+    finally:
+        gw.stop()
 
 
 def test_config_keys_are_listed_and_read_only(gw: GatewayProcess):

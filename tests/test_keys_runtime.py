@@ -157,3 +157,25 @@ def test_a_rebuild_reuses_what_did_not_change():
     third = Runtime(CONFIG, None, second, api=ApiTables({changed.id: changed}, {}, {changed.id: changed.as_config_key()}))
     assert third.keys.lookup("new") is not second.keys.lookup("new")
     assert {b.capacity for b in LimitPolicy(third.config, previous=again).buckets.values()} == {9.0}
+
+
+def test_a_key_whose_team_is_gone_or_whose_name_the_config_took_is_refused():
+    orphan = _runtime(_key(team="ads"))  # no team 'ads' in the config or the store
+    assert "team 'ads' no longer exists" in (_refusal(orphan, "new", T0) or "")
+    clash = _runtime(_key(name="alice"))  # the config file now has a key 'alice'
+    assert "config file" in (_refusal(clash, "new", T0) or "")
+    assert [k.key_hash for k in clash.config.keys] == [hash_key("alice-key")], "the file's key keeps its limits alone"
+
+
+def test_freed_bucket_slots_are_reused_only_after_a_quarantine():
+    from tollway.core.limits.policy import LimitPolicy
+    from tollway.gateway.limits.memory import MemoryBuckets
+
+    now = [0.0]
+    store = MemoryBuckets(clock=lambda: now[0])
+    for i in range(3):  # a key with a limit made, then revoked (its bucket gone), three times over
+        rt = _runtime(_key(id=f"key_{i}", name=f"k{i}", key_hash=hash_key(f"s{i}"), limits=[Limit(requests=5, per="1m")]))
+        store.configure(LimitPolicy(rt.config))
+        now[0] += 700.0
+    assert len(store._table) == 2, "the first key's slot, freed 700 s before, went to the third"
+    assert len(store._slot) == 1

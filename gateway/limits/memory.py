@@ -6,10 +6,15 @@ table, which is why `tollway serve` refuses that combination (see gateway/lifecy
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from tollway.core.kernels import BucketTable, Gate
 from tollway.core.limits.policy import Bucket, LimitPolicy, Plan
+
+# A freed slot waits this long before a new bucket takes it: a request admitted before its
+# bucket went (a key revoked mid-stream) settles into the slot it was given, not a stranger's.
+_QUARANTINE = 600.0
 
 
 class MemoryBuckets:
@@ -19,21 +24,31 @@ class MemoryBuckets:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._table = BucketTable()
         self._slot: dict[str, int] = {}  # bucket id -> slot; kept across reloads
+        self._free: deque[tuple[float, int]] = deque()  # (when, slot) of buckets no policy has any more
         self._shapes: dict[str, Bucket] = {}  # bucket id -> the bucket its slot was last configured for
         self._clock = clock
 
     def configure(self, policy: LimitPolicy) -> None:
-        """Give every bucket of `policy` a slot; an existing bucket keeps its level."""
-        shapes = self._shapes
+        """Give every bucket of `policy` a slot; an existing bucket keeps its level. The slots
+        of buckets `policy` no longer has are freed for new ones (keys made and revoked at run
+        time would otherwise grow the table for ever)."""
+        shapes, now = self._shapes, self._clock()
+        for gone in [b for b in self._slot if b not in policy.buckets]:
+            self._free.append((now, self._slot.pop(gone)))
+            shapes.pop(gone, None)
         for bucket_id, bucket in policy.buckets.items():
             if shapes.get(bucket_id) is bucket:  # the same bucket a rebuild kept (LimitPolicy's `previous`)
                 continue
             shapes[bucket_id] = bucket
             slot = self._slot.get(bucket_id)
-            if slot is None:
-                self._slot[bucket_id] = self._table.add(bucket.capacity, bucket.refill)
-            else:
+            if slot is not None:
                 self._table.reconfigure(slot, bucket.capacity, bucket.refill)
+            elif self._free and self._free[0][0] < now - _QUARANTINE:  # a long-freed slot, made full
+                slot = self._slot[bucket_id] = self._free.popleft()[1]
+                self._table.reconfigure(slot, bucket.capacity, bucket.refill)
+                self._table.give(slot, bucket.capacity - self._table.level(slot, now), now)
+            else:
+                self._slot[bucket_id] = self._table.add(bucket.capacity, bucket.refill)
 
     def bind(self, plan: Plan) -> Gate:
         """The plan's buckets in the table, for decide and settle."""

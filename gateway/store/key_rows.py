@@ -66,7 +66,8 @@ def clash(key: ApiKey, on_digest: bool) -> Conflict:
     """A unique index refused `key`. The message names the key, never its digest."""
     if on_digest:
         return Conflict(f"key {key.name!r} ({key.id}) has a digest another key already has")
-    return Conflict(f"a live key named {key.name!r} exists already: revoke it or choose another name")
+    return Conflict(f"a key named {key.name!r} exists already (or did: a revoked key's name is not reused, since "
+                    "the ledger, limits and budgets count by name); choose another name")
 
 
 @dataclass(frozen=True, slots=True)

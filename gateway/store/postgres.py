@@ -98,7 +98,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE api_keys (id text PRIMARY KEY, name text NOT NULL, team text, key_hash text NOT NULL,
             revoked boolean NOT NULL, version bigint NOT NULL, doc text NOT NULL, last_used_at float8,
             CONSTRAINT api_keys_key_hash UNIQUE (key_hash))""",
-        "CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE NOT revoked",  # a revoked key's name is free
+        "CREATE UNIQUE INDEX api_keys_name ON api_keys (name)",  # a name is never reused: the ledger and budgets count by it
         "CREATE INDEX api_keys_version ON api_keys (version)",
         "CREATE TABLE api_teams (name text PRIMARY KEY, version bigint NOT NULL, doc text NOT NULL)",
         "CREATE INDEX api_teams_version ON api_teams (version)",

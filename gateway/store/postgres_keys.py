@@ -22,7 +22,7 @@ from tollway.gateway.store.key_rows import audit_of, check, clash, expectations,
 from tollway.gateway.store.pg_conn import Conn, ListenConn
 
 CHANNEL = "tollway_keys"
-_HASH_CONSTRAINT = "api_keys_key_hash"  # (migration 2 names it; the live-name index is api_keys_live_name)
+_HASH_CONSTRAINT = "api_keys_key_hash"  # (migration 2 names it; the name index is api_keys_name)
 
 _UPSERT_KEY = """INSERT INTO api_keys (id, name, team, key_hash, revoked, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (id) DO UPDATE SET name = excluded.name, team = excluded.team, key_hash = excluded.key_hash,

@@ -59,7 +59,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 2: run-time keys and teams (each a whole msgspec JSON doc, a few fields mirrored), the audit trail
         """CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, team TEXT, key_hash TEXT NOT NULL UNIQUE,
             revoked INTEGER NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL, last_used_at REAL)""",
-        "CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked = 0",  # a revoked key's name is free
+        "CREATE UNIQUE INDEX api_keys_name ON api_keys (name)",  # a name is never reused: the ledger and budgets count by it
         "CREATE INDEX api_keys_version ON api_keys (version)",
         "CREATE TABLE api_teams (name TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL)",
         "CREATE INDEX api_teams_version ON api_teams (version)",

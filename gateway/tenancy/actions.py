@@ -60,7 +60,7 @@ class Actions:
         self.known = Known.of(config)
         self.directory = directory
         self.clock = clock
-        self._config_keys = {k.name for k in config.keys}
+        self._config_keys = {k.name: k for k in config.keys}
         self._config_teams = {t.name: t for t in config.teams}
 
     # -- keys --------------------------------------------------------------------------------
@@ -179,7 +179,8 @@ class Actions:
         return team
 
     async def _visible_key(self, actor: Principal, key_id: str) -> ApiKey:
-        if key_id.startswith("config:") and key_id[len("config:"):] in self._config_keys:
+        config_key = self._config_keys.get(key_id[len("config:"):]) if key_id.startswith("config:") else None
+        if config_key is not None and actor.sees(config_key.team):  # (another team's: not found, below)
             raise errors.conflict(f"Key '{key_id}' lives in the config file: change it there (it is read-only "
                                   "through the API).")
         key = await self._read(self.store.key(key_id)) if _KEY_ID.fullmatch(key_id) else None
@@ -217,10 +218,10 @@ class Actions:
     async def _save_key(self, actor: Principal, action: str, before: ApiKey | None, after: ApiKey,
                         expect: int | None = None) -> ApiKey:
         now = self.clock()
-        entry = AuditEntry(now, actor.name, action, after.id, after.team,
-                           key_view(before, now) if before is not None else None, key_view(after, now))
+        entries = [AuditEntry(now, actor.name, action, after.id, after.team,
+                              key_view(before, now) if before is not None else None, key_view(after, now))]
         version = expect if expect is not None else (before.version if before is not None else 0)
-        saved_at = await self._save(Change(keys=[after], audit=[entry], expect={f"key:{after.id}": version}))
+        saved_at = await self._save(Change(keys=[after], audit=entries, expect={f"key:{after.id}": version}))
         saved = msgspec.structs.replace(after, version=saved_at)
         self._apply(Snapshot(saved_at, keys=[saved]))
         return saved

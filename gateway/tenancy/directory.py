@@ -61,7 +61,7 @@ class Directory:
         self._keys: dict[str, ApiKey] = {}
         self._teams: dict[str, ApiTeam] = {}
         self._as_keys: dict[str, Key] = {}  # id -> config Key, made once per change
-        self.tables = ApiTables({}, {}, {})
+        self.tables = ApiTables(self._keys, self._teams, self._as_keys)
         self._clock = clock
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,8 +106,8 @@ class Directory:
             self.version = snapshot.version
         if not keys and not teams:
             return False
-        # A new mapping each time: a runtime built from the previous one keeps it whole.
-        self.tables = ApiTables(dict(self._keys), dict(self._teams), dict(self._as_keys))
+        # The live mappings, not copies (10 ms a change at 100,000 keys): a runtime reads them
+        # only while it is built (or patched), on this loop, between two applies.
         self.on_change(TableChange(self.tables, tuple(keys), light=not teams and all(_light(o, n) for o, n in keys)))
         return True
 
