@@ -340,7 +340,7 @@ class Gateway:
         if ex.api in ("health", "metrics", "console"):  # (the console's files are no gateway traffic)
             return
         if ex.trace is not None:
-            ex.trace.finish(ex)
+            ex.trace.finish(ex, self.runtime.secrets)
         u = ex.usage
         self.metrics.observe(
             operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",
@@ -351,7 +351,7 @@ class Gateway:
         if ex.first_byte is not None and ex.stream:
             self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)
         if self.access_log.enabled:  # building the record is most of the cost: skip it when off
-            self.access_log.write(ex.log_record())
+            self.access_log.write(ex.log_record(self.runtime.secrets))
         if ex.key_name is not None:  # someone's request: what it cost, and its tokens, by team
             self.metrics.observe_spend(ex.team, ex.route, ex.provider, ex.cost_usd,
                                        u.prompt_tokens if u else 0, u.completion_tokens if u else 0)

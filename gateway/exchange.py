@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol, Scope
 
     from tollway.core.accounting.pricebook import PriceBook
+    from tollway.core.security.secrets import KnownSecrets
     from tollway.gateway.pipeline import AfterResponse, OnChunk
     from tollway.gateway.telemetry.tracing import RequestTrace
 
@@ -78,13 +79,17 @@ class Exchange:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def log_record(self) -> dict[str, object]:
+    def log_record(self, secrets: KnownSecrets | None = None) -> dict[str, object]:
+        """The access log line. The client's text in it (request id, path, model) has every
+        credential of `secrets` masked first, then is cut: a client may send one the gateway
+        holds, and a cut copy would no longer be found whole."""
         u, scope = self.usage, self.scope
+        mask = secrets.mask if secrets is not None else _as_is
         return {
-            "ts": rfc3339(self.ts), "request_id": self.request_id, "key": self.key_name, "team": self.team,
-            "api": self.api, "path": echoed(scope.path) if scope is not None else None,
+            "ts": rfc3339(self.ts), "request_id": mask(self.request_id), "key": self.key_name, "team": self.team,
+            "api": self.api, "path": echoed(mask(scope.path)) if scope is not None else None,
             "client_ip": client_ip(scope.client) if scope is not None else None,
-            "model": echoed(self.model) if self.model else self.model,  # client text: cut
+            "model": echoed(mask(self.model)) if self.model else self.model,  # client text: masked, cut
             "provider": self.provider,
             "upstream_model": echoed(self.upstream_model) if self.upstream_model else None, "status": self.status,
             "stream": self.stream, "error": error_label(self.error_type) or None,  # may be an upstream's code: log the closed set
@@ -93,6 +98,10 @@ class Exchange:
             "ttfb_ms": round((self.first_byte - self.start) * 1000, 3) if self.first_byte else None,
             "cost_usd": self.cost_usd,
         }
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def client_ip(peer: str | None) -> str | None:

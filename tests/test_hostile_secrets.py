@@ -393,6 +393,31 @@ def test_no_credential_in_the_access_log_or_stderr(all_traffic: Any, gw: Gateway
     assert not report, _summary(report)
 
 
+def test_a_held_credential_a_client_sends_is_masked_in_the_access_log(gw: GatewayProcess) -> None:
+    """A client may send a credential the gateway holds: a provider key pasted as the model
+    name (alone, or in text long enough to be cut), in the path, as its request id. The access
+    log masks it before cutting (a cut copy is still a leak), and so do the exported spans
+    (test_no_credential_in_the_exported_spans, run after this). tests/test_fuzz_upstream.py's
+    random examples found this: their request bodies may carry any held credential."""
+    sk, session = PROVIDER_KEYS["openai"], AWS_SESSION
+    asked = [("/v1/chat/completions", {}, sk), ("/anthropic/v1/messages", {}, f"{sk} {session}"),
+             ("/v1/chat/completions", {}, "x" * 150 + session),  # cut at 200 characters, mid-token
+             (f"/v1/{sk}/chat/completions", {}, "fuzz-openai"), ("/v1/chat/completions", {"x-request-id": sk}, "gpt")]
+    before = gw.stdout_path.stat().st_size
+    for path, headers, model in asked:
+        r = httpx2.post(gw.url + path, json={"model": model, "max_tokens": 5, "messages": MESSAGES}, timeout=10,
+                        headers={"authorization": f"Bearer {GATEWAY_KEY}", "anthropic-version": "2023-06-01", **headers})
+        assert r.status_code in (400, 404), r.text
+    deadline = time.monotonic() + 5
+    while gw.stdout_path.read_bytes()[before:].count(b"\n") < len(asked) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the access log flushes once per event-loop turn
+    logged = gw.stdout_path.read_bytes()[before:]
+    assert logged.count(b"\n") >= len(asked), logged
+    report = _sink_report("stdout", logged, SECRETS)
+    assert not report, _summary(report)
+    assert logged.count(b"***") >= len(asked), logged  # masked, not dropped
+
+
 def test_no_credential_in_a_metrics_scrape(all_traffic: Any, gw: GatewayProcess) -> None:
     scrape = httpx2.get(gw.url + "/metrics", timeout=10)
     assert scrape.status_code == 200 and b"tollway_requests_total" in scrape.content

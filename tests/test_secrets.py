@@ -100,3 +100,22 @@ def test_connection_urls_never_show_their_password_whatever_it_holds():
         assert password in url_passwords(url)
     assert url_address("postgresql://app:s3cr3t/x@db:5432/tollway", 5432) == "db:5432/tollway"
     assert redact_url("postgresql://postgres@127.0.0.1:5432/t") == "postgresql://postgres@127.0.0.1:5432/t"
+
+
+def test_a_client_sending_a_held_secret_does_not_get_it_into_the_access_log_line() -> None:
+    from types import SimpleNamespace
+
+    from tollway.core.errors import ECHO_LIMIT
+    from tollway.gateway.exchange import Exchange
+    key, token = "sk-proj-heldKey-Ab3Cd5Ef7Gh9", "FwoGZXIvYXdzEHeldSessionToken/Ab3+Cd5/Ef7+Gh9/Ij1+Kl3=="
+    secrets = KnownSecrets([key, token])
+    ex = Exchange(key, "chat")  # a client's x-request-id
+    ex.model = "x" * (ECHO_LIMIT - 20) + token  # cut mid-token after ECHO_LIMIT characters
+    ex.scope = SimpleNamespace(path=f"/v1/{key}/chat/completions", client="127.0.0.1:5")
+    line = msgspec.json.encode(ex.log_record(secrets)).decode()
+    for secret in (key, token):
+        assert not any(secret[i:i + 12] in line for i in range(len(secret) - 11)), line
+    record = ex.log_record(secrets)
+    assert record["request_id"] == "***" and record["path"] == "/v1/***/chat/completions"
+    assert record["model"] == "x" * (ECHO_LIMIT - 20) + "***"
+    assert secrets.mask("gpt-4o") == "gpt-4o" and KnownSecrets().mask(key) == key

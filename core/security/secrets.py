@@ -101,12 +101,13 @@ class KnownSecrets:
     temporary keys) rotate, so only the newest MAX_SECRETS are kept.
     """
 
-    __slots__ = ("_configured", "_fetched", "_values", "needles")
+    __slots__ = ("_configured", "_fetched", "_shortest", "_values", "needles")
 
     def __init__(self, configured: Iterable[str | None] = ()) -> None:
         self._configured: frozenset[str] = frozenset()
         self._fetched: OrderedDict[str, None] = OrderedDict()
         self._values: tuple[str, ...] = ()
+        self._shortest = MIN_SECRET_LENGTH  # of `_values`: shorter text cannot hold one (`mask`)
         self.needles: tuple[bytes, ...] = (_ERROR_MARK,)  # what a relayed chunk is searched for
         self.configure(configured)
 
@@ -142,6 +143,18 @@ class KnownSecrets:
                 text = text.replace(value, MASK)
         return scrub_shapes(text)[:MAX_ERROR_TEXT]
 
+    def mask(self, text: str) -> str:
+        """`text` from a client, safe to write to a log line: every secret this set knows masked,
+        by value only (a model name shaped like a key is still the client's model name), not cut.
+        A client may send a credential the gateway holds (a provider key pasted as the model); it
+        must not reach the logs. Cheap for the usual short text: shorter than every secret, as is."""
+        if len(text) < self._shortest:
+            return text
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text
+
     def redact(self, data: bytes) -> bytes:
         """A relayed answer (a JSON body or SSE bytes) made safe: the strings of any non-null
         top-level `error` object scrubbed like any error (an in-stream error event, an error sent
@@ -157,6 +170,7 @@ class KnownSecrets:
     def _rebuild(self) -> None:
         # Longest first: a secret that contains another is masked whole, not in pieces.
         self._values = tuple(sorted({*self._configured, *self._fetched}, key=len, reverse=True))
+        self._shortest = len(self._values[-1]) if self._values else MIN_SECRET_LENGTH
         spellings = {s for v in self._values for s in _spellings(v)}
         self.needles = (_ERROR_MARK, *sorted(spellings, key=len, reverse=True))
 

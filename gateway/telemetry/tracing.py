@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from granian.rsgi import Headers
 
     from tollway.core.request import RequestHead
+    from tollway.core.security.secrets import KnownSecrets
     from tollway.gateway.exchange import Exchange
     from tollway.gateway.runtime import ProviderRuntime
 
@@ -133,18 +134,20 @@ class RequestTrace:
         if self.sampled:
             self.exporter.add(_client_span(self, attempt, ex, provider, upstream_model, time.time_ns()))
 
-    def finish(self, ex: Exchange) -> None:
-        """Record the request's SERVER span (if the trace is sampled)."""
+    def finish(self, ex: Exchange, secrets: KnownSecrets | None = None) -> None:
+        """Record the request's SERVER span (if the trace is sampled). The client's text in it
+        (model, request id) has every credential of `secrets` masked (see Exchange.log_record)."""
         if self.sampled:
-            self.exporter.add(_server_span(self, ex, time.time_ns()))
+            self.exporter.add(_server_span(self, ex, time.time_ns(), secrets))
 
 
-def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int) -> Span:
+def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int, secrets: KnownSecrets | None = None) -> Span:
     op = OPERATIONS.get(ex.api, ex.api)
+    mask = secrets.mask if secrets is not None else str
     attrs: list[tuple[str, Any]] = [("gen_ai.operation.name", op)]
     if ex.provider is not None:
         attrs.append(("gen_ai.provider.name", ex.otel_provider))
-    model = _text(ex.model or "")
+    model = _text(mask(ex.model or ""))
     if model:
         attrs.append(("gen_ai.request.model", model))
     if ex.upstream_model:
@@ -158,7 +161,7 @@ def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int) -> Span:
     error = error_label(ex.error_type or (str(ex.status) if ex.status >= 400 else ""))
     if error:
         attrs.append(("error.type", error))
-    attrs.append(("tollway.request_id", ex.request_id))
+    attrs.append(("tollway.request_id", mask(ex.request_id)))
     if ex.key_name:
         attrs.append(("tollway.key", ex.key_name))
     attrs.append(("tollway.route", ex.route))
