@@ -54,7 +54,7 @@ ENV = {k: v for secret in SECRETS.values() for k, v in secret.items()}  # the co
 GATEWAY_ROUTES = set(Gateway(config_mod.loads("providers: []")).routes)
 GATEWAY_PATHS = {path for method, path in GATEWAY_ROUTES if method == "GET"}
 # Operations and admin: never routed from outside the cluster.
-INTERNAL_PATHS = {p for _, p in GATEWAY_ROUTES if p in ("/metrics", "/readyz", "/healthz") or p.startswith("/admin/")}
+INTERNAL_PATHS = {p for _, p in GATEWAY_ROUTES if p in ("/metrics", "/readyz", "/healthz", "/ui") or p.startswith("/admin/")}
 
 
 def documents() -> list[dict[str, Any]]:
