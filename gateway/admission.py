@@ -94,7 +94,7 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     override = scope.headers.get("x-tollway-model")
     if override and override != head.model:  # the header wins: make the body say so too
         head.model, body = override, with_model(body, override)
-    ex.model = head.model
+    ex.model = rt.secrets.mask(head.model) if head.model else head.model  # a held credential pasted as the model
     tags = scope.headers.get(TAGS_HEADER)
     if tags:
         ex.tags = parse_tags(tags)

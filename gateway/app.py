@@ -284,7 +284,11 @@ class Gateway:
             entry = self.admin.match(method, path)
         elif entry is None and path.startswith("/ui/"):  # the console's files: /ui/app.js, ...
             entry = self.console.match(method, path)
-        ex = Exchange(request_id(scope.headers.get("x-request-id")), entry.api if entry else "unknown")
+        asked = scope.headers.get("x-request-id")
+        rid = request_id(asked)
+        if asked and rid == asked and self.runtime.secrets.mask(asked) != asked:  # a held credential as the id
+            rid = request_id(None)
+        ex = Exchange(rid, entry.api if entry else "unknown")
         ex.proto, ex.scope = proto, scope
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         self.in_flight[task] = ex

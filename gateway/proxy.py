@@ -107,7 +107,9 @@ class Proxy:
         ex.attempts += 1
         provider = rt.providers[target.provider]
         upstream_model = route.upstream_model(target, head.model or route.name)
-        ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, upstream_model
+        # (a `match:` route sends the client's own string: a held credential pasted there must not
+        # reach the ledger, logs or spans; one length check for the usual short name)
+        ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, rt.secrets.mask(upstream_model)
         now = time.monotonic()
         endpoint = provider.endpoints.acquire(body, broken, now, rt.random())
         member = rt.health.member(provider.name)

@@ -614,3 +614,41 @@ def test_fake_trickle_drips_a_valid_stream(hostile: HostileUpstream, schema: str
     conn.close()
     prefix = {"openai": b"data: {", "anthropic": b"event: message_start", "bedrock": b"\x00\x00", "gemini": b"data: {"}
     assert got.startswith(prefix[schema])
+
+
+def test_a_held_credential_a_client_sends_stays_out_of_the_ledger(tmp_path):
+    """The model name, a `match:` route's upstream model and the request id are client text
+    that reaches the usage ledger: a credential the gateway holds, pasted there, is masked."""
+    import sqlite3
+
+    from tests.fakes.openai_upstream import FakeOpenAI
+    from tests.harness import ADMIN_KEY, TEST_KEY, GatewayProcess, key_hash
+
+    secret = "sk-proj-heldByTheGateway-Qw8Er7Ty6Ui5Op4"
+    fake = FakeOpenAI()
+    db = tmp_path / "t.db"
+    gw = GatewayProcess(f"""
+providers: [{{name: up, schema: openai, base_url: {fake.url}, api_key: {secret}}}]
+models: [{{name: any, match: ".*", targets: [{{provider: up}}]}}]
+keys: [{{name: k, key_hash: "{key_hash(TEST_KEY)}"}}]
+admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
+store: {{backend: sqlite, path: {db}}}
+ledger: {{flush_interval: 0.05}}
+""")
+    try:
+        import urllib.request
+        body = json.dumps({"model": f"x {secret} y", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        for headers in ({}, {"x-request-id": secret}):
+            req = urllib.request.Request(gw.url + "/v1/chat/completions", data=body, method="POST",
+                                         headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json",
+                                                  **headers})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+        time.sleep(0.5)
+    finally:
+        gw.stop()
+        fake.stop()
+    rows = sqlite3.connect(db).execute("SELECT * FROM usage_records").fetchall()
+    assert len(rows) == 2
+    dump = repr(rows)
+    assert secret not in dump and secret[:16] not in dump and "***" in dump
