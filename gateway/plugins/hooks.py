@@ -29,7 +29,7 @@ from tollway.core.errors import GatewayError
 from tollway.core.ledger.tags import parse_tags
 from tollway.core.request import parse_head
 from tollway.gateway.pipeline import Pipeline
-from tollway.gateway.plugins.api import AuthContext, KeyInfo, Reject, Replace, RequestContext, Stop
+from tollway.gateway.plugins.api import Allow, AuthContext, KeyInfo, Pass, Reject, Replace, RequestContext, Stop
 from tollway.gateway.plugins.loader import Loaded
 from tollway.gateway.runtime import KeyRecord
 from tollway.gateway.store.recorder import usage_record
@@ -170,6 +170,8 @@ class PluginSet:
                     raise errors.plugin_rejected(p.name, verdict.status, verdict.message)
                 if isinstance(verdict, Replace):
                     self._replace_body(p, req, ctx, verdict.value)
+                elif verdict is not None and not isinstance(verdict, Allow):
+                    self._failed(p, "on_request", "invalid_result")
                 if ctx.tags != tags:
                     try:
                         ex.tags = parse_tags(",".join(ctx.tags))
@@ -265,11 +267,10 @@ class PluginSet:
                 continue
             if isinstance(verdict, Stop):
                 raise errors.plugin_stopped(p.name, verdict.message)
-            if isinstance(verdict, Replace):
-                if isinstance(verdict.value, str):
-                    new = verdict.value
-                else:
-                    self._skip_or_fail(p, "on_chunk")
+            if isinstance(verdict, Replace) and isinstance(verdict.value, str):
+                new = verdict.value
+            elif verdict is not None and not isinstance(verdict, Pass):
+                self._skip_or_fail(p, "on_chunk")
         if new is text:
             return False
         holder[name] = new
@@ -296,11 +297,10 @@ class PluginSet:
                 continue
             if isinstance(verdict, Reject):
                 raise errors.plugin_rejected(p.name, verdict.status, verdict.message)
-            if isinstance(verdict, Replace):
-                if isinstance(verdict.value, dict):
-                    body, changed = verdict.value, True
-                else:
-                    self._skip_or_fail(p, "on_response")
+            if isinstance(verdict, Replace) and isinstance(verdict.value, dict):
+                body, changed = verdict.value, True
+            elif verdict is not None and not isinstance(verdict, Pass):
+                self._skip_or_fail(p, "on_response")
         return _encode(body) if changed else out
 
     # -- on_complete -----------------------------------------------------------------------
