@@ -208,3 +208,12 @@ plugins: [{{name: acme}}]
             gw.stop()
     finally:
         fake.stop()
+
+
+def test_a_plugins_config_is_never_shown_by_the_admin_api() -> None:
+    from tollway.gateway.admin.operations import redacted_config
+    from tollway.gateway.runtime import Runtime
+    cfg = config.loads(BASE + 'plugins: [{name: jwt, module: "x.y:z", config: {secret: hunter2-shared-secret, claim: k}}]\n')
+    shown = redacted_config(Runtime(cfg, None))
+    assert shown["plugins"][0]["config"] == {"secret": "***", "claim": "***"}  # type: ignore[index]
+    assert "hunter2" not in json.dumps(shown)
