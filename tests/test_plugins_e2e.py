@@ -339,3 +339,13 @@ server: {{reload_check_interval: 0}}
         assert _chat(gw, "gpt-4o-mini").choices[0].message.content  # still serving the old config
     finally:
         gw.stop()
+
+
+def test_on_chunk_sees_the_anthropic_apis_text_deltas(gw: GatewayProcess) -> None:
+    import anthropic
+    ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
+    texts = {}
+    for model in ("gpt-4o-mini", "chunk-replace"):
+        with ant.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+            texts[model] = "".join(s.text_stream)
+    assert texts["gpt-4o-mini"] and texts["chunk-replace"] == texts["gpt-4o-mini"].upper()
