@@ -243,6 +243,24 @@ class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     traces: Traces | None = None  # absent: tracing is off
 
 
+class PluginScope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which requests a plugin sees; an empty list does not narrow (docs/plugins.md)."""
+    keys: list[str] = []  # key names
+    teams: list[str] = []
+    models: list[str] = []  # public model names (the configured model that serves the request)
+
+
+class Plugin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A plugin (docs/plugins.md): `module: "package.module:factory"`, or, without `module`, the
+    entry point named `name` in the `tollway.plugins` group. The factory gets `config`."""
+    name: str
+    module: str | None = None
+    config: dict[str, Any] = {}
+    timeout_ms: float = 50.0  # each call of a stage
+    on_error: Literal["open", "closed"] = "open"  # a timeout or exception: skip it, or fail the request (503)
+    scope: PluginScope | None = None  # absent: every request
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     providers: list[Provider] = []
     models: list[Model] = []
@@ -256,6 +274,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     telemetry: Telemetry = Telemetry()
     store: Store | None = None  # absent: no ledger, no persisted state
     ledger: Ledger = Ledger()
+    plugins: list[Plugin] = []  # run in this order (docs/plugins.md)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -462,7 +481,7 @@ def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
 # Records a problem at a config path (keys and list indexes). Validation goes on after it, so
 # `tollway check` lists every problem; a check that depends on an earlier one returns instead.
 Fail = Callable[[Sequence[str | int], str], None]
-_Named = TypeVar("_Named", Provider, Model, Key, Team)
+_Named = TypeVar("_Named", Provider, Model, Key, Team, Plugin)
 
 
 def validate(config: Config, root: yaml.Node | None = None) -> None:
@@ -515,7 +534,20 @@ def problems(config: Config) -> list[tuple[Path, str]]:
     if config.telemetry.traces is not None:
         _validate_traces(config.telemetry.traces, fail)
     _validate_ledger(config, fail)
+    _validate_plugins(config, fail)
     return found
+
+
+_PLUGIN_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _validate_plugins(config: Config, fail: Fail) -> None:
+    _unique(config.plugins, "plugins", fail)
+    for i, p in enumerate(config.plugins):
+        if p.module is not None and not _PLUGIN_MODULE.fullmatch(p.module):
+            fail(["plugins", i, "module"], "expected 'package.module:factory' (a module path, a colon, a callable's name)")
+        if not 0 < p.timeout_ms < float("inf"):
+            fail(["plugins", i, "timeout_ms"], "must be a finite number of milliseconds > 0")
 
 
 def _validate_admin_rate(config: Config, fail: Fail) -> None:

@@ -320,6 +320,30 @@ def shutting_down() -> GatewayError:
                         "api_error", "gateway_shutting_down")
 
 
+class PluginError(GatewayError):
+    """An error a plugin decided (or a closed plugin's failure): it says nothing about the
+    upstream, so the proxy neither retries it on another target nor counts it against one."""
+
+
+def plugin_failed(plugin: str, stage: str) -> PluginError:
+    """A plugin with `on_error: closed` timed out or raised: the request fails (never its traceback)."""
+    return PluginError(503, f"The gateway's plugin '{echoed(plugin)}' failed ({stage}); the request was not "
+                       "completed. Retry later, or ask the gateway's operator.", "api_error", "plugin_failed")
+
+
+def plugin_rejected(plugin: str, status: int, message: str) -> PluginError:
+    """A plugin refused the request or its answer with `status` (4xx or 5xx) and its message."""
+    status = status if 400 <= status <= 599 else 400
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return PluginError(status, f"Refused by plugin '{echoed(plugin)}': {echoed(message)}", kind, "plugin_rejected")
+
+
+def plugin_stopped(plugin: str, message: str) -> PluginError:
+    """A plugin stopped a stream (the SSE error event that ends it)."""
+    return PluginError(400, f"Stopped by plugin '{echoed(plugin)}': {echoed(message)}", "invalid_request_error",
+                       "plugin_stopped")
+
+
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
 
@@ -338,6 +362,7 @@ GATEWAY_ERROR_CODES = frozenset((
     "insufficient_quota", "client_closed", "client_stalled", "request_timeout", "stream_error",
     "ledger_not_configured", "ledger_unavailable",
     "conflict", "admin_forbidden", "not_found", "store_not_configured", "store_unavailable",
+    "plugin_failed", "plugin_rejected", "plugin_stopped",
 ))
 OPENAI_ERROR_TYPES = frozenset((
     # OpenAI's error `type`s (the 429 ones included), plus Anthropic's, which the gateway maps

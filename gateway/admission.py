@@ -25,6 +25,7 @@ from tollway.core.routing.table import Route
 from tollway.gateway.downstream.watchdog import BODY
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import AskStore
+from tollway.gateway.pipeline import Authenticate
 from tollway.gateway.runtime import KeyRecord, Runtime
 from tollway.gateway.serving import Serving
 from tollway.gateway.surfaces import Surface
@@ -66,6 +67,7 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
         for before in pipeline.before_upstream:
             await before(req, ex)
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
+        ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer
         await serving.proxy.forward(req.runtime, ex, req.route, req.head, req.body, proto, headers)
     finally:
         if lease is not None and limiter is not None:  # also when it failed or the client left
@@ -78,7 +80,13 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
                 body_limit: int | None = None) -> Admitted:
     """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes."""
     rt, tracer = serving.runtime, serving.tracer
-    key = authenticate(rt, surface, scope)
+    try:
+        key = authenticate(rt, surface, scope)
+    except errors.GatewayError:
+        hooked = await _hooked_key(serving.pipeline.authenticate, rt, scope) if serving.pipeline.authenticate else None
+        if hooked is None:
+            raise
+        key = hooked
     ex.key_name, ex.key_id, ex.team = key.key.name, key.key_id, key.key.team
     if rt.api.keys:  # run-time keys: their last use is kept (coarsely; written off the request path)
         serving.last_used[key.key_id] = ex.ts
@@ -124,6 +132,18 @@ def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
             record.refuse(time.time())
         return record
     raise errors.unauthorized(_NO_KEY)
+
+
+async def _hooked_key(hooks: tuple[Authenticate, ...], rt: Runtime, scope: Scope) -> KeyRecord | None:
+    """The key record the pipeline's authenticate hooks (plugins) give for a credential the key
+    table does not know (None: the key lookup's 401 stands)."""
+    for hook in hooks:
+        record = await hook(rt, scope)
+        if record is not None:
+            if record.checked:  # a revoked or expired run-time key stays refused
+                record.refuse(time.time())
+            return record
+    return None
 
 
 async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int) -> bytes:

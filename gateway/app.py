@@ -26,6 +26,9 @@ from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
 from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
+from tollway.gateway.pipeline import Pipeline
+from tollway.gateway.plugins.hooks import PluginSet
+from tollway.gateway.plugins.loader import load_all as load_plugins
 from tollway.gateway.proxy import Proxy
 from tollway.gateway.runtime import NO_API, ApiTables, ProviderRuntime, Runtime
 from tollway.gateway.serving import Serving
@@ -50,6 +53,7 @@ from tollway.gateway.upstream.client import UpstreamClient
 _JSON = ("content-type", "application/json")
 _TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
 _LEDGER_FLUSH_SECONDS = 2.5  # on shutdown, queued usage records get this long (traces 2 s + this < the kill margin)
+_PLUGIN_FLUSH_SECONDS = 1.0  # on shutdown, plugins' queued on_complete calls get this long
 log = logging.getLogger("tollway")
 
 
@@ -83,12 +87,13 @@ class Gateway:
         self.metrics.register(self.limit_levels)
         self.ledger_counters = LedgerCounters(self.metrics.registry)
         self.books = Books(config, config_path, self.ledger_counters)
+        self.plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # checked by `serve`
         # Run-time keys and teams (issue 13): in the store's database, held here in memory.
         self.directory = Directory(build_key_store(config.store, config_path)) if config.store is not None else None
         if self.directory is not None:
             self.directory.on_change = self._keys_changed
         self._rebuild_pending = False
-        self.serving.pipeline = self.books.pipeline()
+        self.serving.pipeline = self._pipeline()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
@@ -151,7 +156,7 @@ class Gateway:
             self.start()
             if self.runtime.api.keys or self.runtime.api.teams:  # their budgets are rebuilt from the ledger with the rest
                 self.books = Books(self.runtime.config, self.config_path, self.ledger_counters, reload_of=self.books)
-                self.serving.pipeline = self.books.pipeline()
+                self.serving.pipeline = self._pipeline()
             loop.run_until_complete(self.books.start(loop))
         except SchemaTooNew as exc:
             refuse(f"refusing to start: {exc}")
@@ -181,6 +186,7 @@ class Gateway:
             loop.run_until_complete(self.upstream.aclose())
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
+        loop.run_until_complete(self.plugins.close(_PLUGIN_FLUSH_SECONDS))  # queued on_complete calls
         loop.run_until_complete(self.books.close(_LEDGER_FLUSH_SECONDS))  # the queued usage records
         if self.directory is not None:  # the keys' last use
             loop.run_until_complete(self.directory.close(self.serving.last_used))
@@ -208,17 +214,19 @@ class Gateway:
         runtime = Runtime(config, self.upstream, self.runtime, self._api())
         config = runtime.config  # with the run-time keys and teams: limits and budgets apply to them too
         limiter = build_limiter(config, self.metrics, self.limiter)
+        plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # PluginLoadError: old config stays
         books = Books(config, self.config_path, self.ledger_counters, reload_of=self.books)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
             log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
         rebuild = books.adopt(self.books)
         old_books, self.books = self.books, books
+        self.plugins = plugins  # (the old ones' queued on_complete calls finish in their tasks)
         if rebuild is not None:  # owners new to budgets: their spend this period, from the ledger
             self._in_background(rebuild)
         books.budgets.start(loop)
         if old_books.budgets.share is not None:  # its charges not yet in Redis, and its connections
             self._in_background(old_books.budgets.aclose())
-        self.serving.pipeline = books.pipeline()
+        self.serving.pipeline = self._pipeline()
         old_limiter, self.limiter = self.limiter, limiter
         if old_limiter is not None and old_limiter.store is not limiter.store:
             self._in_background(old_limiter.store.aclose())
@@ -229,6 +237,10 @@ class Gateway:
             self._new_actions()
         self.runtime.start(loop)
         self._in_background(self._close_providers(self.runtime.retired(old)))
+
+    def _pipeline(self) -> Pipeline:
+        """The request path's hooks: the books' (budgets, ledger), then the plugins'."""
+        return self.books.pipeline().join(self.plugins.pipeline())
 
     def _api(self) -> ApiTables:
         return self.directory.tables if self.directory is not None else NO_API

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from tollway.core.accounting.pricebook import PriceBook
     from tollway.core.security.secrets import KnownSecrets
-    from tollway.gateway.pipeline import AfterResponse, OnChunk
+    from tollway.gateway.pipeline import AfterResponse, OnAnswer, OnChunk, OnChunkAsync
     from tollway.gateway.telemetry.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -36,7 +36,7 @@ class Exchange:
     __slots__ = ("request_id", "start", "ts", "api", "key_name", "key_id", "team", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
-                 "tags", "attempts", "cost_usd", "priced", "after", "prices")
+                 "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -75,6 +75,9 @@ class Exchange:
         # when the request is finished, whatever ended it (tollway.gateway.pipeline).
         self.after: tuple[AfterResponse, ...] = ()
         self.prices: PriceBook | None = None  # the runtime's, once admitted: x-tollway-cost-usd
+        self.on_chunk_async: tuple[OnChunkAsync, ...] = ()  # the pipeline's async per-chunk hooks
+        self.on_answer: tuple[OnAnswer, ...] = ()  # ... and its hooks on a non-stream answer
+        self.plugins: Any = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -1,6 +1,9 @@
 """The request path's named seams, where features that act on every request plug in.
 
-    admit → limits → [before_upstream] → upstream → relay, each chunk → [on_chunk] → settle → … → [after_response]
+    admit ([authenticate]) → limits → [before_upstream] → upstream
+        → relay, each chunk → [on_chunk] [on_chunk_async]  (a stream)
+        → [on_answer]                                     (a non-stream answer, before it goes out)
+        → settle → … → [after_response]
 
 Each seam is a tuple of hooks run in order. A seam nothing uses costs one truth test per
 request (per chunk for `on_chunk`): the gateway without features pays nothing more. What is
@@ -15,8 +18,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from granian.rsgi import Scope
+
     from tollway.gateway.admission import Admitted
     from tollway.gateway.exchange import Exchange
+    from tollway.gateway.runtime import KeyRecord, Runtime
+
+
+class Authenticate(Protocol):
+    async def __call__(self, rt: Runtime, scope: Scope) -> KeyRecord | None:
+        """A credential the key table does not know (or none): the key record it stands for, or
+        None (the next hook is asked; after the last, the gateway's 401 stands). Only called when
+        the key lookup failed: a request with a gateway key never reaches these."""
 
 
 class BeforeUpstream(Protocol):
@@ -32,6 +45,19 @@ class OnChunk(Protocol):
         error as its last event."""
 
 
+class OnChunkAsync(Protocol):
+    async def __call__(self, ex: Exchange, out: bytes) -> bytes:
+        """`OnChunk` for hooks that must wait (plugins): run after the sync ones, on the same
+        bytes (whole SSE events), with the same contract."""
+
+
+class OnAnswer(Protocol):
+    async def __call__(self, ex: Exchange, status: int, out: bytes) -> bytes:
+        """The client bytes of a non-stream answer (its status: 2xx, or an upstream's error
+        relayed as it is), before they go out: the same bytes, or others; raise a GatewayError
+        to answer with it instead (a `PluginError` is not held against the upstream)."""
+
+
 class AfterResponse(Protocol):
     def __call__(self, ex: Exchange) -> None:
         """Called once per request whose key was accepted, when it is finished and settled,
@@ -45,6 +71,17 @@ class Pipeline:
     before_upstream: tuple[BeforeUpstream, ...] = ()
     on_chunk: tuple[OnChunk, ...] = ()
     after_response: tuple[AfterResponse, ...] = ()
+    authenticate: tuple[Authenticate, ...] = ()
+    on_chunk_async: tuple[OnChunkAsync, ...] = ()
+    on_answer: tuple[OnAnswer, ...] = ()
+
+    def join(self, other: Pipeline) -> Pipeline:
+        """This pipeline's hooks, then `other`'s, seam by seam."""
+        if other == EMPTY:
+            return self
+        return Pipeline(self.before_upstream + other.before_upstream, self.on_chunk + other.on_chunk,
+                        self.after_response + other.after_response, self.authenticate + other.authenticate,
+                        self.on_chunk_async + other.on_chunk_async, self.on_answer + other.on_answer)
 
 
 EMPTY = Pipeline()

@@ -33,7 +33,7 @@ from granian.rsgi import HTTPProtocol, Scope
 from tollway.core import errors
 from tollway.core.accounting.completion_text import completion_text
 from tollway.core.config import Provider, Server, Target
-from tollway.core.errors import GatewayError, UpstreamTimedOut
+from tollway.core.errors import GatewayError, PluginError, UpstreamTimedOut
 from tollway.core.kernels import SSEError, first_needle
 from tollway.core.providers.base import Adapter, CallContext, StreamTranslator, UpstreamCall
 from tollway.core.request import RequestHead
@@ -45,7 +45,6 @@ from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from tollway.gateway.downstream.watchdog import ANSWERED
 from tollway.gateway.exchange import Exchange
-from tollway.gateway.pipeline import OnChunk
 from tollway.gateway.runtime import ProviderRuntime, Runtime
 from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.telemetry.tracing import Attempt
@@ -94,7 +93,7 @@ class Proxy:
                 await self._try_target(rt, ex, route, target, head, body, proto, base_headers, broken)
                 return
             except GatewayError as exc:
-                if exc.status not in RETRYABLE_STATUS or ex.first_byte is not None:
+                if exc.status not in RETRYABLE_STATUS or ex.first_byte is not None or isinstance(exc, PluginError):
                     raise
                 last = exc
                 spare = exc.code == _CONNECT_FAILED and len(broken) < rt.providers[target.provider].endpoints.size
@@ -210,6 +209,9 @@ class Proxy:
         # Unreported usage is counted as streams' is: inline when that is cheap, so the request
         # is charged as soon as it is answered; else estimated now and counted off the loop after.
         ex.usage, exact = (usage, True) if text is None else estimated_usage(ctx.body, text, ctx.upstream_model)
+        if ex.on_answer:  # the pipeline's hooks on a non-stream answer (plugins' on_response)
+            for hook in ex.on_answer:
+                out = await hook(ex, resp.status, out)
         ex.status = resp.status
         ex.first_byte = time.perf_counter()
         headers = [("content-type", "application/json"), *base_headers]
@@ -279,10 +281,10 @@ class Proxy:
         bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure).
         The pipeline's per-chunk hooks (`ex.on_chunk`, usually none) see each chunk last."""
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
-        hooks = ex.on_chunk
+        hooks = ex.on_chunk or ex.on_chunk_async  # (either: every chunk goes through `_hooked`)
         try:
             if hooks:
-                first = _through(hooks, ex, first)
+                first = await _hooked(ex, first)
             await send(first)
             ex.first_byte = time.perf_counter()
             try:
@@ -294,7 +296,7 @@ class Proxy:
                     if out:
                         if first_needle(out, needles) >= 0 or not out.isascii():
                             out = feed.cleaned(out)
-                        if hooks and not (out := _through(hooks, ex, out)):
+                        if hooks and not (out := await _hooked(ex, out)):
                             continue
                         sent += len(out)
                         if sent > WATCH_FROM:
@@ -304,7 +306,7 @@ class Proxy:
                 raise feed.unreadable(exc) from None
             tail = feed.flush()
             if tail and hooks:
-                tail = _through(hooks, ex, tail)
+                tail = await _hooked(ex, tail)
             if tail:
                 await send(tail)
         except (UpstreamError, GatewayError) as exc:
@@ -392,6 +394,8 @@ def _waited_out(exc: GatewayError) -> bool:
 def _upstream_fault(exc: GatewayError) -> bool | None:
     """True if the error says the upstream is broken; None if it says nothing about it
     (the client's mistake, or a busy upstream's 429)."""
+    if isinstance(exc, PluginError):  # a plugin's decision on a good answer
+        return False
     return True if exc.status in RETRYABLE_STATUS and exc.status not in _NOT_A_FAULT else None
 
 
@@ -428,10 +432,15 @@ class ClientStream:
         self._transport = None
 
 
-def _through(hooks: tuple[OnChunk, ...], ex: Exchange, out: bytes) -> bytes:
-    """`out` as the pipeline's per-chunk hooks pass it on, each seeing the previous one's bytes."""
-    for hook in hooks:
+async def _hooked(ex: Exchange, out: bytes) -> bytes:
+    """`out` as the pipeline's per-chunk hooks pass it on, each seeing the previous one's bytes:
+    the sync ones (`on_chunk`), then the async ones (`on_chunk_async`)."""
+    for hook in ex.on_chunk:
         out = hook(ex, out)
+    for ahook in ex.on_chunk_async:
+        if not out:
+            break
+        out = await ahook(ex, out)
     return out
 
 

@@ -124,6 +124,7 @@ class Runtime:
             self._made[key.id] = held  # (a rebuild with 100,000 keys reuses what did not change: no garbage)
             records.update(held[2])
         self.keys: KeyTable[KeyRecord] = KeyTable(records, pepper=config.server.key_pepper)
+        self._by_name: tuple[int, dict[str, KeyRecord]] | None = None  # key_named's index
         old = previous.providers if previous is not None else {}
         # One set for all providers, kept across reloads (providers a reload keeps sign into it).
         self.secrets: KnownSecrets = previous.secrets if previous is not None else KnownSecrets()
@@ -134,6 +135,18 @@ class Runtime:
         keep = previous is not None and previous.health.policy == policy
         self.health: HealthBoard = previous.health if keep and previous is not None else HealthBoard(policy)
         self.random = random.random
+
+    def key_named(self, name: str) -> KeyRecord | None:
+        """The key record named `name` (config or run-time), for plugins that map a caller to a
+        gateway key (the authenticate stage). Indexed on first use and after a key change."""
+        index = self._by_name
+        if index is None or index[0] != self.keys.version:
+            records: dict[str, KeyRecord] = {}
+            for r in self.keys.records():  # a rotated key's current record wins over its previous one
+                if r.key.name not in records or r.key_hash == r.key.key_hash:
+                    records[r.key.name] = r
+            index = self._by_name = (self.keys.version, records)
+        return index[1].get(name)
 
     def patch_keys(self, api: ApiTables, keys: Sequence[tuple[ApiKey | None, ApiKey]]) -> None:
         """Take run-time key changes that limits and budgets are blind to (the directory's

@@ -31,6 +31,7 @@ class KeyTable(Generic[T]):
         # introduced while old sha256 entries still work.
         self._records = records
         self._pepper = pepper
+        self.version = 0  # bumped by every put and drop
 
     def lookup(self, presented: str) -> T | None:
         """The record for this key, or None. Digest compare is constant-time."""
@@ -43,9 +44,16 @@ class KeyTable(Generic[T]):
     def put(self, digest: str, record: T) -> None:
         """Add or replace the record found by `digest` (a run-time key changed: no rebuild)."""
         self._records[digest] = record
+        self.version += 1
 
     def drop(self, digest: str) -> None:
         self._records.pop(digest, None)
+        self.version += 1
+
+    def records(self) -> list[T]:
+        """Every record (a key being rotated has two): for indexes kept beside the table, which
+        rebuild them when `version` changed."""
+        return list(self._records.values())
 
     def __len__(self) -> int:
         return len(self._records)

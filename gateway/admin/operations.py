@@ -24,8 +24,9 @@ from tollway.gateway.telemetry.live import LiveStats
 
 MASK = "***"
 # Config fields whose values are secrets whatever they hold (by name, at any depth).
+# ("config": a plugin's own settings; the gateway cannot tell which hold secrets, so none is shown.)
 _SECRET_FIELDS = frozenset(("api_key", "key_hash", "key_pepper", "credentials", "headers", "password", "token",
-                            "secret_access_key", "session_token", "access_key_id"))
+                            "secret_access_key", "session_token", "access_key_id", "config"))
 _URL_FIELDS = frozenset(("url", "redis_url", "base_url", "endpoint"))
 
 

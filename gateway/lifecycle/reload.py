@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from tollway.core import config as config_mod
 from tollway.core.config import Config
 from tollway.core.providers.registry import AdapterUnavailable
+from tollway.gateway.plugins.loader import PluginLoadError
 
 if TYPE_CHECKING:
     from tollway.gateway.app import Gateway
@@ -62,7 +63,7 @@ class ConfigWatcher:
             return False
         try:
             self.apply(new)
-        except AdapterUnavailable as exc:  # the installation, not the file: say which module, no traceback
+        except (AdapterUnavailable, PluginLoadError) as exc:  # the installation, not the file: say which, no traceback
             self.reloads["rejected"] += 1
             log.error("config reload (%s) rejected, still serving the previous config: %s", reason, exc)
             return False

@@ -11,6 +11,8 @@ from tollway.core.providers.registry import AdapterUnavailable
 from tollway.core.security.demo_keys import demo_credentials
 from tollway.gateway.lifecycle.listen import port_problem
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
+from tollway.gateway.plugins.loader import PluginLoadError
+from tollway.gateway.plugins.loader import load_all as load_plugins
 from tollway.gateway.runtime import provider_adapters
 from tollway.gateway.telemetry.logs import LOGGING, refuse, start_record
 
@@ -39,6 +41,11 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
         for provider in config.providers:
             provider_adapters(provider)
     except AdapterUnavailable as exc:
+        refuse(f"refusing to start: {exc}")
+        return 2
+    try:  # every plugin imported and built once here, so a broken one stops `serve`, not a worker
+        load_plugins(config.plugins)
+    except PluginLoadError as exc:
         refuse(f"refusing to start: {exc}")
         return 2
     os.environ["TOLLWAY_CONFIG"] = config_path

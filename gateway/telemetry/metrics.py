@@ -91,6 +91,10 @@ class Metrics:
         self.ttft = _series(shared, r, Histogram, (
             "gen_ai_server_time_to_first_token_seconds",
             "Time to first streamed chunk (OTel gen_ai.server.time_to_first_token).", _GENAI), buckets=TTFT_BUCKETS)
+        self.plugin_errors = Counter(
+            "tollway_plugin_errors", "Plugin calls that failed, by plugin, stage and kind (timeout, exception, "
+            "invalid_result, dropped).", ("plugin", "stage", "kind"), registry=r,
+        )
         self.upstream_errors = Counter(
             "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
         )

@@ -1,0 +1,72 @@
+"""A plugin whose stages do what its config says, for tests/test_plugins_e2e.py.
+
+config: {<stage>: <action>} for on_request, on_chunk, on_response, on_complete; only the
+stages named are defined (the gateway calls only those). Actions: allow, reject, replace,
+stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tollway.gateway.plugins.api import ALLOW, PASS, Reject, Replace, RequestContext, Stop
+
+
+async def _common(action: str) -> None:
+    if action == "sleep":
+        await asyncio.sleep(5)
+    if action == "raise":
+        raise RuntimeError("SECRET-TRACEBACK-DETAIL from the test plugin")
+
+
+def scripted(config: dict[str, Any]) -> object:
+    namespace: dict[str, Any] = {}
+    if "on_request" in config:
+        action = config["on_request"]
+
+        async def on_request(self: Any, ctx: RequestContext) -> object:
+            await _common(action)
+            if action == "reject":
+                return Reject(451, f"not for {ctx.key.name} on {ctx.route}")
+            if action == "replace":
+                body = dict(ctx.body)
+                body["messages"] = [{"role": "user", "content": "REPLACED BY PLUGIN"}]
+                return Replace(body)
+            if action == "bad":
+                return 42
+            return ALLOW
+        namespace["on_request"] = on_request
+    if "on_chunk" in config:
+        chunk_action = config["on_chunk"]
+
+        async def on_chunk(self: Any, ctx: RequestContext, delta: str) -> object:
+            await _common(chunk_action)
+            if chunk_action == "replace":
+                return Replace(delta.upper())
+            if chunk_action == "stop":
+                return Stop("the plugin saw enough")
+            return PASS
+        namespace["on_chunk"] = on_chunk
+    if "on_response" in config:
+        response_action = config["on_response"]
+
+        async def on_response(self: Any, ctx: RequestContext, body: dict[str, Any]) -> object:
+            await _common(response_action)
+            if response_action == "replace":
+                body = dict(body)
+                body["choices"] = [{**c, "message": {**c["message"], "content": "censored"}} for c in body["choices"]]
+                return Replace(body)
+            if response_action == "reject":
+                return Reject(502, "the answer broke policy")
+            return PASS
+        namespace["on_response"] = on_response
+    return type("Scripted", (), namespace)()
+
+
+def nothing(config: dict[str, Any]) -> object:
+    """A factory whose object defines no stage: refused at load."""
+    return object()
+
+
+def broken(config: dict[str, Any]) -> object:
+    raise ValueError("the broken plugin's factory always fails")

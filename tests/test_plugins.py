@@ -1,0 +1,219 @@
+"""Plugins in parts (docs/plugins.md): the config entries' checks, the pipeline with and without
+plugins, the stream deltas a plugin sees (OpenAI text and tool-call arguments, Anthropic
+text and JSON deltas), the headers it may see, the bound on queued on_complete calls, and
+discovery through the `tollway.plugins` entry-point group."""
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tollway.core import config
+from tollway.core.config import Plugin
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.pipeline import EMPTY
+from tollway.gateway.plugins import hooks
+from tollway.gateway.plugins.api import PASS, Replace, RequestContext, Stop
+from tollway.gateway.plugins.hooks import PluginSet, _State
+from tollway.gateway.plugins.loader import PluginLoadError, load
+
+BASE = """
+providers: [{name: up, schema: openai, base_url: "http://127.0.0.1:1/v1"}]
+models: [{name: m, targets: [{provider: up}]}]
+"""
+
+
+def _problems(plugins: str) -> list[str]:
+    return [str(e) for e in config.check(BASE + plugins, {}).errors]
+
+
+def test_plugin_entries_are_checked() -> None:
+    found = _problems("""plugins:
+  - {name: a, module: "pkg.mod:factory"}
+  - {name: a, module: "no-colon"}
+  - {name: b, module: "pkg.mod:f", timeout_ms: 0}
+  - {name: c, module: "pkg.mod:f", on_error: maybe}
+""")
+    text = "\n".join(found)
+    assert "duplicate name 'a'" in text
+    assert "expected 'package.module:factory'" in text
+    assert "timeout_ms: must be a finite number of milliseconds > 0" in text
+    assert "on_error" in text and "maybe" in text
+
+
+def test_a_plugin_entry_decodes_with_defaults() -> None:
+    cfg = config.loads(BASE + 'plugins: [{name: p, module: "x.y:z", config: {a: 1}, scope: {teams: [t]}}]\n')
+    p = cfg.plugins[0]
+    assert (p.timeout_ms, p.on_error, p.config, p.scope.teams) == (50.0, "open", {"a": 1}, ["t"])
+
+
+def test_no_plugins_no_hooks() -> None:
+    assert PluginSet(()).pipeline() == EMPTY
+    assert EMPTY.join(EMPTY) is EMPTY
+
+
+def test_a_plugin_gets_hooks_only_for_the_stages_it_defines() -> None:
+    loaded = load(Plugin("p", "tests.plugin_fixture:scripted", {"on_response": "allow"}))
+    pipeline = PluginSet([loaded]).pipeline()
+    assert loaded.stages.keys() == {"on_response"}
+    assert pipeline.on_answer and pipeline.before_upstream
+    assert not (pipeline.on_chunk_async or pipeline.after_response or pipeline.authenticate or pipeline.on_chunk)
+
+
+def test_a_sync_stage_is_refused_at_load() -> None:
+    class Sync:
+        def on_request(self, ctx: Any) -> None:
+            return None
+    import tests.plugin_fixture as fixture
+    fixture.sync_factory = lambda cfg: Sync()  # type: ignore[attr-defined]
+    with pytest.raises(PluginLoadError, match="on_request must be an async method"):
+        load(Plugin("s", "tests.plugin_fixture:sync_factory"))
+
+
+class _Seen:
+    def __init__(self, verdict: Any = PASS) -> None:
+        self.deltas: list[str] = []
+        self.verdict = verdict
+
+    async def on_chunk(self, ctx: RequestContext, delta: str) -> Any:
+        self.deltas.append(delta)
+        return self.verdict(delta) if callable(self.verdict) else self.verdict
+
+
+def _chunked(plugin: _Seen, out: bytes) -> bytes:
+    import tests.plugin_fixture as fixture
+    fixture.seen_factory = lambda cfg: plugin  # type: ignore[attr-defined]
+    loaded = load(Plugin("seen", "tests.plugin_fixture:seen_factory"))
+    plugins = PluginSet([loaded])
+    ex = Exchange("req_1", "chat")
+    ctx = RequestContext("req_1", "chat", hooks.KeyInfo("k", "id", None), "m", "m", True, {}, None)
+    ex.plugins = _State(ctx, (loaded,), (), ())
+    return asyncio.run(plugins.on_chunk(ex, out))
+
+
+def _event(obj: dict[str, Any], name: str | None = None) -> bytes:
+    return (f"event: {name}\n".encode() if name else b"") + b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_openai_text_and_tool_call_deltas_reach_on_chunk() -> None:
+    text = _event({"choices": [{"index": 0, "delta": {"content": "hello"}}]})
+    tool = _event({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": '{"city": "Pa'}}]}}]})
+    seen = _Seen(lambda d: Replace(d.replace("hello", "HELLO").replace("Pa", "Lo")))
+    out = _chunked(seen, text + tool + b"data: [DONE]\n\n")
+    assert seen.deltas == ["hello", '{"city": "Pa']
+    events = out.split(b"\n\n")
+    assert json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "HELLO"
+    assert json.loads(events[1][6:])["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == '{"city": "Lo'
+    assert events[2] == b"data: [DONE]"
+
+
+def test_anthropic_text_and_json_deltas_reach_on_chunk() -> None:
+    text = _event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+                  "content_block_delta")
+    json_delta = _event({"type": "content_block_delta", "index": 1,
+                         "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}}, "content_block_delta")
+    seen = _Seen(lambda d: Replace(d.upper()))
+    out = _chunked(seen, text + json_delta)
+    assert seen.deltas == ["hi", '{"a":']
+    first = out.split(b"\n\n")[0]
+    assert first.startswith(b"event: content_block_delta\ndata: ") and b'"text":"HI"' in first
+
+
+def test_an_unchanged_chunk_is_the_same_bytes() -> None:
+    raw = _event({"choices": [{"index": 0, "delta": {"content": "same"}}]})
+    assert _chunked(_Seen(), raw) is raw
+
+
+def test_stop_raises_the_plugins_stream_error() -> None:
+    from tollway.core.errors import PluginError
+    with pytest.raises(PluginError) as caught:
+        _chunked(_Seen(Stop("enough")), _event({"choices": [{"index": 0, "delta": {"content": "x"}}]}))
+    assert caught.value.code == "plugin_stopped" and "seen" in caught.value.message
+
+
+def test_credentials_never_reach_a_plugins_headers() -> None:
+    class Scope:
+        class headers:  # noqa: N801 - granian's shape
+            @staticmethod
+            def items() -> list[tuple[str, str]]:
+                return [("authorization", "Bearer sk"), ("x-api-key", "sk"), ("cookie", "c"), ("x-team-hint", "a")]
+    visible = hooks._visible_headers(Scope())  # type: ignore[arg-type]
+    assert dict(visible) == {"x-team-hint": "a"}
+    with pytest.raises(TypeError):
+        visible["x"] = "y"  # type: ignore[index]
+
+
+def test_queued_on_complete_calls_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = asyncio.Event()
+
+    class Slow:
+        async def on_complete(self, ctx: Any, record: Any) -> None:
+            await gate.wait()
+    import tests.plugin_fixture as fixture
+    fixture.slow_factory = lambda cfg: Slow()  # type: ignore[attr-defined]
+    monkeypatch.setattr(hooks, "MAX_PENDING", 5)
+    plugins = PluginSet([load(Plugin("slow", "tests.plugin_fixture:slow_factory", timeout_ms=10_000))])
+
+    async def run() -> None:
+        for i in range(8):
+            ex = Exchange(f"req_{i}", "chat")
+            ex.key_name = "k"
+            plugins.after_response(ex)
+        assert len(plugins._pending) == 5 and plugins.dropped == 3
+        gate.set()
+        await plugins.close(1.0)
+        assert not plugins._pending
+    asyncio.run(run())
+
+
+def test_a_plugin_is_found_through_its_entry_point(tmp_path: Path) -> None:
+    """An installed plugin: its distribution's entry point in the `tollway.plugins` group, named
+    like the config entry that has no `module:`."""
+    (tmp_path / "acme_policy.py").write_text(textwrap.dedent("""
+        from tollway.gateway.plugins.api import Reject
+
+        class Policy:
+            async def on_request(self, ctx):
+                return Reject(403, "acme says no")
+
+        def make(config):
+            return Policy()
+    """))
+    dist = tmp_path / "acme_policy-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-policy\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tollway.plugins]\nacme = acme_policy:make\n")
+    fake = FakeOpenAI()
+    try:
+        gw = GatewayProcess(f"""
+providers: [{{name: up, schema: openai, base_url: {fake.url}, api_key: {UPSTREAM_SECRET}}}]
+models: [{{name: gpt-4o-mini, targets: [{{provider: up}}]}}]
+keys: [{{name: alice, key_hash: "{key_hash(TEST_KEY)}"}}]
+plugins: [{{name: acme}}]
+""", env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parent.parent}"})
+        try:
+            import openai
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+            with pytest.raises(openai.PermissionDeniedError) as caught:
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert "acme says no" in caught.value.body["message"]
+        finally:
+            gw.stop()
+    finally:
+        fake.stop()
+
+
+def test_a_plugins_config_is_never_shown_by_the_admin_api() -> None:
+    from tollway.gateway.admin.operations import redacted_config
+    from tollway.gateway.runtime import Runtime
+    cfg = config.loads(BASE + 'plugins: [{name: jwt, module: "x.y:z", config: {secret: hunter2-shared-secret, claim: k}}]\n')
+    shown = redacted_config(Runtime(cfg, None))
+    assert shown["plugins"][0]["config"] == {"secret": "***", "claim": "***"}  # type: ignore[index]
+    assert "hunter2" not in json.dumps(shown)
