@@ -144,12 +144,14 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+_IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+
+
 def iban_ok(iban: str) -> bool:
     """Country length and mod-97 of a compact uppercase IBAN."""
     if IBAN_LENGTHS.get(iban[:2]) != len(iban):
         return False
-    moved = iban[4:] + iban[:4]
-    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+    return int((iban[4:] + iban[:4]).translate(_IBAN_DIGITS)) % 97 == 1
 
 
 def ssn_ok(area: str, group: str, serial: str) -> bool:
@@ -477,6 +479,10 @@ def candidates(text: str, detectors: Collection[str] = ALL, start: int = 0) -> l
                     e = parse(text, q)
                     if e > 0:
                         add(Finding(q, e, name))
+                        if name == CREDIT_CARD:
+                            # Nothing starting inside a card can win over it (earlier start wins,
+                            # and an earlier email would contain it whole): skip its groups.
+                            nxt = e
                 while nxt < n and "0" <= text[nxt] <= "9":
                     nxt += 1
             elif c == "@":
@@ -489,9 +495,7 @@ def candidates(text: str, detectors: Collection[str] = ALL, start: int = 0) -> l
                 if st >= start:
                     e = _ipv6(text, st)
                     if e > 0:
-                        add(Finding(st, e, IP_ADDRESS))
-                while nxt < n and text[nxt] in _HEX_COLON:
-                    nxt += 1
+                        add(Finding(st, e, IP_ADDRESS))  # (each colon of it finds it again: resolve drops repeats)
             elif c in "+(":
                 if plan.phone:
                     e = _phone(text, q)
