@@ -401,14 +401,14 @@ _DIGIT_BRANCHES: dict[str, str] = {
     IP_ADDRESS: r"[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",
     PHONE: r"[0-9][0-9][\-.][0-9]{3}[\-.][0-9]{4}",
     US_SSN: r"[0-9][0-9][\- ][0-9][0-9][\- ][0-9]{4}",
+    IBAN: r"(?<=[A-Z][A-Z][0-9])[0-9] ?[A-Z0-9]{4}",  # located at its first check digit
 }
 _OTHER_BRANCHES: dict[str, tuple[str, ...]] = {
     EMAIL: (r"(?<=@)[A-Za-z0-9]",),
-    IBAN: (r"(?<=[A-Z])[A-Z][0-9][0-9] ?[A-Z0-9]{4}",),
     IP_ADDRESS: (r"(?<=[0-9A-Fa-f:]:)[0-9A-Fa-f:]",),
     PHONE: (r"(?<=\+)[1-9]", r"(?<=\()[2-9][0-9][0-9]\)"),
 }
-_FIRST = {EMAIL: "@", IP_ADDRESS: ":0-9", PHONE: "+(0-9", CREDIT_CARD: "0-9", US_SSN: "0-9", IBAN: "A-Z"}
+_FIRST = {EMAIL: "@", IP_ADDRESS: ":0-9", PHONE: "+(0-9", CREDIT_CARD: "0-9", US_SSN: "0-9", IBAN: "0-9"}
 
 # Secrets start with literals: `str.find` (gated on a rarer character where one helps).
 _SECRET_LITERALS: tuple[tuple[str, str, Callable[[str, int], int]], ...] = (
@@ -483,6 +483,10 @@ def candidates(text: str, detectors: Collection[str] = ALL, start: int = 0) -> l
                             # Nothing starting inside a card can win over it (earlier start wins,
                             # and an earlier email would contain it whole): skip its groups.
                             nxt = e
+                if plan.iban and q >= start + 2 and "A" <= text[q - 1] <= "Z" and "A" <= text[q - 2] <= "Z":
+                    e = _iban(text, q - 2)
+                    if e > 0:
+                        add(Finding(q - 2, e, IBAN))
                 while nxt < n and "0" <= text[nxt] <= "9":
                     nxt += 1
             elif c == "@":
@@ -496,24 +500,20 @@ def candidates(text: str, detectors: Collection[str] = ALL, start: int = 0) -> l
                     e = _ipv6(text, st)
                     if e > 0:
                         add(Finding(st, e, IP_ADDRESS))  # (each colon of it finds it again: resolve drops repeats)
-            elif c in "+(":
-                if plan.phone:
-                    e = _phone(text, q)
-                    if e > 0:
-                        add(Finding(q, e, PHONE))
-            elif plan.iban:
-                e = _iban(text, q)
+            elif plan.phone:  # "+" or "("
+                e = _phone(text, q)
                 if e > 0:
-                    add(Finding(q, e, IBAN))
+                    add(Finding(q, e, PHONE))
             pos = nxt
     if plan.secret:
-        present: dict[str, bool] = {}
+        present: dict[str, int] = {}
         for gate, literal, parse in _SECRET_LITERALS:
-            if gate not in present:
-                present[gate] = text.find(gate, start) >= 0
-            if not present[gate]:
+            at = present.get(gate)
+            if at is None:
+                at = present[gate] = text.find(gate, start)
+            if at < 0:
                 continue
-            i = text.find(literal, start)
+            i = at if gate == literal else text.find(literal, start)
             while i >= 0:
                 e = parse(text, i)
                 if e > 0:
