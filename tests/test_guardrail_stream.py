@@ -157,3 +157,18 @@ def test_bad_arguments() -> None:
         StreamScanner(action="drop")
     with pytest.raises(ValueError):
         StreamScanner(["nope"])
+
+
+@pytest.mark.parametrize("run_text", [
+    "4" * 300, "1 " * 200, "ab:" * 150, "A" * 300 + " ", "eyJ" + "x" * 5000, "sk-" + "a1" * 400,
+    "x" * 100 + "@" + "d." * 300, "-----BEGIN PRIVATE KEY-----\n" + "QUJD\n" * 1200,
+])
+def test_long_runs_stay_within_the_bound(run_text: str) -> None:
+    text = "start " + run_text + " end"
+    scanner = StreamScanner()
+    out = []
+    for i in range(0, len(text), 5):
+        out.append(scanner.feed(text[i:i + 5]).text)
+        assert scanner.held <= hold_bound(ALL)
+    out.append(scanner.finish().text)
+    assert "".join(out) == expected(text)[0]
