@@ -16,10 +16,8 @@ from tests.test_keys_e2e import LEAD_KEY, VIEWER_KEY, _config, call
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    yield fake
-    fake.stop()
+def upstream(openai_upstream: FakeOpenAI) -> FakeOpenAI:
+    return openai_upstream  # (the session's fake OpenAI, tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -43,10 +43,8 @@ ledger: {{flush_interval: 0.05}}
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    yield fake
-    fake.stop()
+def upstream(openai_upstream: FakeOpenAI) -> FakeOpenAI:
+    return openai_upstream  # (the session's fake OpenAI, tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

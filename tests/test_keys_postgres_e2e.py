@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import openai
 import pytest
@@ -36,10 +36,8 @@ rate_limits: {{backend: redis, redis_url: "redis://127.0.0.1:6379/0", key_prefix
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    yield fake
-    fake.stop()
+def upstream(openai_upstream: FakeOpenAI) -> FakeOpenAI:
+    return openai_upstream  # (the session's fake OpenAI, tests/conftest.py)
 
 
 @pytest.fixture
