@@ -277,6 +277,9 @@ def test_anthropic_stream_output_mask(gw: GatewayProcess) -> None:
                                  messages=[{"role": "user", "content": f"say: the card {CARD} is fine"}]) as stream:
         text = "".join(stream.text_stream)
     assert text == "the card <CREDIT_CARD> is fine"
+    with _an(gw).messages.stream(model="out-mask", max_tokens=50,  # held to the end: flushed at content_block_stop
+                                 messages=[{"role": "user", "content": f"say: the card {CARD}"}]) as stream:
+        assert "".join(stream.text_stream) == "the card <CREDIT_CARD>"
 
 
 def test_anthropic_non_stream_output_mask(gw: GatewayProcess) -> None:
