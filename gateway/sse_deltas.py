@@ -66,10 +66,10 @@ def joined(found: list[Event]) -> bytes:
     return b"".join(ev.encoded() for ev in found)
 
 
-def deltas(obj: Any) -> Iterator[tuple[dict[str, Any], str, str, int]]:
-    """(holder, field, kind, index) for every delta of one event, `holder[field]` being its
-    text (possibly absent or empty): kind TEXT or ARGUMENTS; index the choice's (OpenAI) or the
-    content block's (Anthropic)."""
+def deltas(obj: Any) -> Iterator[tuple[dict[str, Any], str, str, int, int]]:
+    """(holder, field, kind, index, tool) for every delta of one event, `holder[field]` being
+    its text (possibly absent or empty): kind TEXT or ARGUMENTS; index the choice's (OpenAI) or
+    the content block's (Anthropic); tool the OpenAI tool call's index (-1: none)."""
     if not isinstance(obj, dict):
         return
     choices = obj.get("choices")
@@ -80,18 +80,19 @@ def deltas(obj: Any) -> Iterator[tuple[dict[str, Any], str, str, int]]:
                 continue
             index = choice.get("index", 0)
             index = index if isinstance(index, int) else 0
-            yield delta, "content", TEXT, index
+            yield delta, "content", TEXT, index, -1
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for call in calls:
                     fn = call.get("function") if isinstance(call, dict) else None
                     if isinstance(fn, dict):
-                        yield fn, "arguments", ARGUMENTS, index
+                        tool = call.get("index", 0)
+                        yield fn, "arguments", ARGUMENTS, index, tool if isinstance(tool, int) else 0
     elif obj.get("type") == "content_block_delta" and isinstance(obj.get("delta"), dict):
         delta = obj["delta"]
         index = obj.get("index", 0)
         index = index if isinstance(index, int) else 0
         if delta.get("type") == "text_delta":
-            yield delta, "text", TEXT, index
+            yield delta, "text", TEXT, index, -1
         else:
-            yield delta, "partial_json", ARGUMENTS, index
+            yield delta, "partial_json", ARGUMENTS, index, -1

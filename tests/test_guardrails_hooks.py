@@ -59,7 +59,7 @@ def _chunk(deltas: list[tuple[int, str]], finish: bool = False) -> bytes:
 def _text_by_choice(out: list[bytes]) -> dict[int, str]:
     got: dict[int, str] = {}
     for ev in sse_deltas.events(b"".join(out)):
-        for holder, name, kind, index in sse_deltas.deltas(ev.obj):
+        for holder, name, kind, index, _tool in sse_deltas.deltas(ev.obj):
             if kind == sse_deltas.TEXT and isinstance(holder.get(name), str):
                 got[index] = got.get(index, "") + holder[name]
     return got
@@ -117,3 +117,35 @@ def test_anthropic_block_stop_gets_the_tail_as_a_delta_before_it() -> None:
 def test_sse_events_round_trip_untouched() -> None:
     raw = b"event: x\r\ndata: {\"a\": 1}\r\n\r\ndata: [DONE]\n\n: comment\n\npartial"
     assert sse_deltas.joined(sse_deltas.events(raw)) == raw
+
+
+def test_streamed_tool_call_arguments_are_masked_per_tool_call() -> None:
+    guards = _set()
+    ex = _ex(guards)
+    args = json.dumps({"card": CARD})
+
+    def chunk(piece: str, finish: bool = False) -> bytes:
+        delta: dict[str, Any] = {"tool_calls": [{"index": 1, "function": {"arguments": piece}}]} if piece else {}
+        return b"data: " + json.dumps({"id": "c", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": "tool_calls" if finish else None}]}).encode() + b"\n\n"
+
+    out = [guards.on_chunk(ex, chunk(args[i:i + 4])) for i in range(0, len(args), 4)]
+    out.append(guards.on_chunk(ex, chunk("", finish=True)))
+    got = ""
+    for ev in sse_deltas.events(b"".join(out)):
+        for holder, name, kind, _index, tool in sse_deltas.deltas(ev.obj):
+            if kind == sse_deltas.ARGUMENTS:
+                assert tool == 1
+                got += holder[name]
+    assert json.loads(got) == {"card": "<CREDIT_CARD>"}
+
+
+def test_anthropic_input_json_delta_tail_keeps_its_kind() -> None:
+    guards = _set()
+    ex = _ex(guards)
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"to\\": \\"a@example.com"}}\n\n'
+    stop = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":1}\n\n'
+    out = b"".join([guards.on_chunk(ex, delta), guards.on_chunk(ex, stop)])
+    got = "".join(h[n] for ev in sse_deltas.events(out) for h, n, _k, _i, _t in sse_deltas.deltas(ev.obj))
+    assert got == '{"to": "<EMAIL>'
+    assert b'"type":"input_json_delta","partial_json":"' in out

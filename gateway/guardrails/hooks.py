@@ -2,8 +2,9 @@
 
     input   → Pipeline.before_upstream  (block: 400; mask: the body sent upstream is re-encoded)
     output  → Pipeline.on_answer        (a non-stream answer; block: 502)
-              Pipeline.on_chunk         (a stream: a scanner per guardrail and choice/content
-                                         block over the text deltas; block: an SSE error event)
+              Pipeline.on_chunk         (a stream: a scanner per guardrail, choice/content block
+                                         and tool call over the text and tool-call argument
+                                         deltas; block: an SSE error event)
 
 A seam gets a hook only if some guardrail needs it: with no guardrails the pipeline's tuples
 stay empty and the request path pays nothing. Every finding is counted in
@@ -112,7 +113,8 @@ class _State:
 
     output: tuple[Rule, ...]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    scanners: dict[tuple[int, int], StreamScanner | _RegexScanner] = field(default_factory=dict)
+    scanners: dict[tuple[int, int, int], StreamScanner | _RegexScanner] = field(default_factory=dict)  # (rule, index, tool)
+    kinds: dict[tuple[int, int], str] = field(default_factory=dict)  # (index, tool): TEXT or ARGUMENTS
     last: dict[str, Any] = field(default_factory=dict)  # the last OpenAI chunk's id/model/created
 
 
@@ -214,11 +216,12 @@ class GuardrailSet:
                 if state.scanners and b"[DONE]" in ev.raw:  # a stream that never said finish_reason
                     ev.before = self._openai_tail(state)
                 continue
-            for holder, name, kind, index in sse_deltas.deltas(obj):
+            for holder, name, kind, index, tool in sse_deltas.deltas(obj):
                 text = holder.get(name)
-                if kind != sse_deltas.TEXT or not isinstance(text, str) or not text:
+                if not isinstance(text, str) or not text:
                     continue
-                new = self._feed(state, index, text)
+                state.kinds[index, tool] = kind
+                new = self._feed(state, (index, tool), text)
                 if new != text:
                     holder[name], ev.changed = new, True
             if not isinstance(obj, dict):
@@ -228,41 +231,58 @@ class GuardrailSet:
                 if "id" in obj:
                     state.last = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
                 for choice in choices:
-                    if isinstance(choice, dict) and choice.get("finish_reason") and isinstance(choice.get("index", 0), int):
-                        tail = self._finish(state, choice.get("index", 0))
-                        if tail:
-                            delta = choice.setdefault("delta", {})
-                            if isinstance(delta, dict):
-                                delta["content"] = (delta.get("content") or "") + tail
-                                ev.changed = True
+                    at = choice.get("index", 0) if isinstance(choice, dict) else None
+                    if isinstance(at, int) and choice.get("finish_reason"):
+                        delta = choice.setdefault("delta", {})
+                        if isinstance(delta, dict) and self._flush_choice(state, at, delta):
+                            ev.changed = True
             elif obj.get("type") == "content_block_stop" and isinstance(obj.get("index", 0), int):
-                index = obj.get("index", 0)
-                tail = self._finish(state, index)
+                block: int = obj.get("index", 0)
+                kind = state.kinds.get((block, -1), sse_deltas.TEXT)
+                tail = self._finish(state, (block, -1))
                 if tail:
-                    delta = {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": tail}}
-                    ev.before = b"event: content_block_delta\ndata: " + _encode(delta) + b"\n\n"
+                    piece = {"type": "text_delta", "text": tail} if kind == sse_deltas.TEXT else \
+                        {"type": "input_json_delta", "partial_json": tail}
+                    added = {"type": "content_block_delta", "index": block, "delta": piece}
+                    ev.before = b"event: content_block_delta\ndata: " + _encode(added) + b"\n\n"
         if any(ev.changed or ev.before for ev in found):
             return sse_deltas.joined(found)
         return out
 
-    def _feed(self, state: _State, index: int, text: str) -> str:
+    def _feed(self, state: _State, key: tuple[int, int], text: str) -> str:
         for i, rule in enumerate(state.output):
-            scanner = state.scanners.get((i, index))
+            scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
-                scanner = state.scanners[i, index] = rule.scanner()
+                scanner = state.scanners[i, key[0], key[1]] = rule.scanner()
             text = self._emitted(state, rule, scanner.feed(text))
         return text
 
-    def _finish(self, state: _State, index: int) -> str:
+    def _finish(self, state: _State, key: tuple[int, int]) -> str:
         text = ""
         for i, rule in enumerate(state.output):
-            scanner = state.scanners.pop((i, index), None)
+            scanner = state.scanners.pop((i, key[0], key[1]), None)
             if scanner is None:
                 continue
             if text:
                 text = self._emitted(state, rule, scanner.feed(text))
             text += self._emitted(state, rule, scanner.finish())
         return text
+
+    def _flush_choice(self, state: _State, index: int, delta: dict[str, Any]) -> bool:
+        """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
+        changed = False
+        for key in sorted({(i, t) for _, i, t in state.scanners if i == index}):
+            tail = self._finish(state, key)
+            if not tail:
+                continue
+            changed = True
+            if key[1] < 0:
+                delta["content"] = (delta.get("content") or "") + tail
+            else:
+                calls = delta.get("tool_calls")
+                calls = delta["tool_calls"] = calls if isinstance(calls, list) else []
+                calls.append({"index": key[1], "function": {"arguments": tail}})
+        return changed
 
     def _emitted(self, state: _State, rule: Rule, emit: Emit) -> str:
         if emit.counts:
@@ -273,12 +293,12 @@ class GuardrailSet:
 
     def _openai_tail(self, state: _State) -> bytes:
         """The held text of choices that ended without a finish_reason, as one more chunk."""
-        indexes = sorted({index for _, index in state.scanners})
+        indexes = sorted({index for _, index, _ in state.scanners})
         choices = []
         for index in indexes:
-            tail = self._finish(state, index)
-            if tail:
-                choices.append({"index": index, "delta": {"content": tail}, "finish_reason": None})
+            delta: dict[str, Any] = {}
+            if self._flush_choice(state, index, delta):
+                choices.append({"index": index, "delta": delta, "finish_reason": None})
         if not choices:
             return b""
         return b"data: " + _encode({**state.last, "choices": choices}) + b"\n\n"

@@ -204,7 +204,7 @@ class PluginSet:
         found = sse_deltas.events(out)
         changed = False
         for ev in found:
-            for holder, name, _kind, _index in sse_deltas.deltas(ev.obj):
+            for holder, name, _kind, _index, _tool in sse_deltas.deltas(ev.obj):
                 if await self._field(state, holder, name):
                     ev.changed = changed = True
         return sse_deltas.joined(found) if changed else out
