@@ -288,6 +288,13 @@ def test_anthropic_non_stream_output_mask(gw: GatewayProcess) -> None:
     assert answer.content[0].text == "mail <EMAIL>"  # type: ignore[union-attr]
 
 
+def test_a_streamed_responses_answer_is_refused_while_an_output_guardrail_cannot_scan_it(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(gw).responses.create(model="out-mask", input="hi", stream=True)
+    assert info.value.body["param"] == "stream"  # type: ignore[index]
+    assert "Guardrail 'out-mask' cannot check a streamed Responses API answer" in info.value.message
+
+
 def test_regex_guardrail_blocks_input_and_masks_streamed_output(gw: GatewayProcess) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         _chat(gw, "regex", "tell me about Project  Bluebird")

@@ -149,3 +149,18 @@ def test_anthropic_input_json_delta_tail_keeps_its_kind() -> None:
     got = "".join(h[n] for ev in sse_deltas.events(out) for h, n, _k, _i, _t in sse_deltas.deltas(ev.obj))
     assert got == '{"to": "<EMAIL>'
     assert b'"type":"input_json_delta","partial_json":"' in out
+
+
+def test_legacy_completions_stream_text_is_masked_and_flushed() -> None:
+    guards = _set()
+    ex = _ex(guards)
+    text = f"card {CARD}"
+
+    def chunk(piece: str, finish: bool = False) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "object": "text_completion", "choices": [
+            {"index": 0, "text": piece, "finish_reason": "stop" if finish else None}]}).encode() + b"\n\n"
+
+    out = [guards.on_chunk(ex, chunk(text[i:i + 3])) for i in range(0, len(text), 3)]
+    out.append(guards.on_chunk(ex, chunk("", finish=True)))
+    got = "".join(c["text"] for ev in sse_deltas.events(b"".join(out)) if ev.obj for c in ev.obj["choices"])
+    assert got == "card <CREDIT_CARD>"

@@ -171,6 +171,12 @@ class GuardrailSet:
             return
         state = _State(tuple(r for r in active if r.output))
         ex.guardrails = state
+        if ex.api == "responses" and req.head.stream:
+            for rule in state.output:
+                if rule.action != "log":  # its stream events are not scanned yet: never let a value through
+                    raise errors.bad_request(f"Guardrail '{rule.name}' cannot check a streamed Responses API answer "
+                                             "yet; send stream: false, or use /v1/chat/completions.", "stream",
+                                             "unsupported_value")
         inputs = [r for r in active if r.input]
         if not inputs:
             return
@@ -232,7 +238,16 @@ class GuardrailSet:
                     state.last = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
                 for choice in choices:
                     at = choice.get("index", 0) if isinstance(choice, dict) else None
-                    if isinstance(at, int) and choice.get("finish_reason"):
+                    if not isinstance(at, int):
+                        continue
+                    text = choice.get("text")
+                    if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
+                        new = self._feed(state, (at, -1), text) if text else text
+                        if choice.get("finish_reason"):
+                            new += self._finish(state, (at, -1))
+                        if new != text:
+                            choice["text"], ev.changed = new, True
+                    elif choice.get("finish_reason"):
                         delta = choice.setdefault("delta", {})
                         if isinstance(delta, dict) and self._flush_choice(state, at, delta):
                             ev.changed = True
