@@ -169,6 +169,11 @@ def test_input_block_is_a_400_naming_the_guardrail_and_detector(gw: GatewayProce
     assert info.value.body == {"type": "invalid_request_error", "code": "content_policy_violation",
                                "message": "blocked by guardrail 'pii' (credit_card)", "param": None}
     assert len(upstream.bodies) == sent  # never went upstream
+    deadline = time.monotonic() + 5
+    while not (lines := [ln for ln in gw.log_lines() if ln.get("model") == "in-block" and ln.get("status") == 400]):
+        assert time.monotonic() < deadline, "no access log line for the blocked request"
+        time.sleep(0.05)
+    assert lines[0]["error"] == "content_policy_violation" and lines[0]["guardrails"] == {"pii": {"credit_card": 1}}
     assert 'tollway_guardrail_decisions_total{action="block",detector="credit_card",guardrail="pii"} 1.0' in _metrics(gw)
 
 
