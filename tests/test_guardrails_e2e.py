@@ -309,6 +309,17 @@ def test_regex_guardrail_blocks_input_and_masks_streamed_output(gw: GatewayProce
     assert _chat(gw, "regex-mask", "say: a BlueBird").choices[0].message.content == "a <REGEX>"
 
 
+def test_anthropic_stream_block_ends_with_an_error_event(gw: GatewayProcess) -> None:
+    got: list[str] = []
+    with pytest.raises(anthropic.APIError) as info:
+        with _an(gw).messages.stream(model="out-block", max_tokens=50,
+                                     messages=[{"role": "user", "content": f"say: fine so far, {EMAIL} and more"}]) as stream:
+            for text in stream.text_stream:
+                got.append(text)
+    assert "blocked by guardrail 'out-block' (email)" in str(info.value)
+    assert "example.com" not in "".join(got)
+
+
 def test_no_matched_value_in_any_log_line(gw: GatewayProcess) -> None:
     _chat(gw, "in-log", f"card {CARD}")
     out = gw.raw_output()
@@ -347,3 +358,4 @@ def test_config_is_checked(entry: str, complaint: str) -> None:
     with pytest.raises(ConfigError) as info:
         loads(BASE + f"guardrails: {entry}\n")
     assert complaint in str(info.value)
+
