@@ -25,6 +25,7 @@ import msgspec
 import yaml
 
 from tollway.core.accounting.pricing import Price, dataset_price
+from tollway.core.guardrails.detectors import ALL as DETECTORS
 from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
@@ -261,6 +262,18 @@ class Plugin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scope: PluginScope | None = None  # absent: every request
 
 
+class Guardrail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A built-in guardrail (docs/guardrails.md): `pii` runs the offline detectors
+    (tollway.core.guardrails), `regex` refuses or masks what its `deny` patterns match."""
+    name: str
+    type: Literal["pii", "regex"]
+    action: Literal["block", "mask", "log"]
+    detectors: list[str] | None = None  # pii: absent means every detector
+    deny: list[str] = []  # regex: Python regexes
+    apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
+    scope: PluginScope | None = None  # absent: every request
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     providers: list[Provider] = []
     models: list[Model] = []
@@ -275,6 +288,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: Store | None = None  # absent: no ledger, no persisted state
     ledger: Ledger = Ledger()
     plugins: list[Plugin] = []  # run in this order (docs/plugins.md)
+    guardrails: list[Guardrail] = []  # run in this order, before the plugins (docs/guardrails.md)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -481,7 +495,7 @@ def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
 # Records a problem at a config path (keys and list indexes). Validation goes on after it, so
 # `tollway check` lists every problem; a check that depends on an earlier one returns instead.
 Fail = Callable[[Sequence[str | int], str], None]
-_Named = TypeVar("_Named", Provider, Model, Key, Team, Plugin)
+_Named = TypeVar("_Named", Provider, Model, Key, Team, Plugin, Guardrail)
 
 
 def validate(config: Config, root: yaml.Node | None = None) -> None:
@@ -535,6 +549,7 @@ def problems(config: Config) -> list[tuple[Path, str]]:
         _validate_traces(config.telemetry.traces, fail)
     _validate_ledger(config, fail)
     _validate_plugins(config, fail)
+    _validate_guardrails(config, fail)
     return found
 
 
@@ -548,6 +563,38 @@ def _validate_plugins(config: Config, fail: Fail) -> None:
             fail(["plugins", i, "module"], "expected 'package.module:factory' (a module path, a colon, a callable's name)")
         if not 0 < p.timeout_ms < float("inf"):
             fail(["plugins", i, "timeout_ms"], "must be a finite number of milliseconds > 0")
+
+
+def _validate_guardrails(config: Config, fail: Fail) -> None:
+    _unique(config.guardrails, "guardrails", fail)
+    for i, g in enumerate(config.guardrails):
+        if g.type == "pii":
+            if g.deny:
+                fail(["guardrails", i, "deny"], "deny patterns belong to a guardrail of type regex")
+            if g.detectors is not None:
+                if not g.detectors:
+                    fail(["guardrails", i, "detectors"], "leave detectors out for all of them, or name at least one")
+                for j, d in enumerate(g.detectors):
+                    if d not in DETECTORS:
+                        fail(["guardrails", i, "detectors", j],
+                             f"unknown detector '{d}'{did_you_mean(d, DETECTORS)} (one of {', '.join(DETECTORS)})")
+        else:
+            if g.detectors is not None:
+                fail(["guardrails", i, "detectors"], "detectors belong to a guardrail of type pii")
+            if not g.deny:
+                fail(["guardrails", i, "deny"], "a regex guardrail needs at least one deny pattern")
+            for j, pattern in enumerate(g.deny):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    fail(["guardrails", i, "deny", j], f"invalid regex: {exc}")
+                else:
+                    if re.fullmatch(pattern, ""):
+                        fail(["guardrails", i, "deny", j], "the pattern matches empty text")
+        if not g.apply_to:
+            fail(["guardrails", i, "apply_to"], "name input, output or both")
+        elif len(set(g.apply_to)) != len(g.apply_to):
+            fail(["guardrails", i, "apply_to"], "each of input and output at most once")
 
 
 def _validate_admin_rate(config: Config, fail: Fail) -> None:

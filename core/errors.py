@@ -344,6 +344,20 @@ def plugin_stopped(plugin: str, message: str) -> PluginError:
                        "plugin_stopped")
 
 
+class GuardrailError(PluginError):
+    """A built-in guardrail's refusal (docs/guardrails.md): like a plugin's, a decision on a
+    good answer, never held against the upstream."""
+
+
+def content_policy_violation(guardrail: str, detector: str, status: int = 400) -> GuardrailError:
+    """A guardrail with `action: block` found `detector` (a detector's name, or `regex`): 400
+    on the request's input, 502 on an answer (an SSE error event on a stream). Names the
+    guardrail and the detector, never the matched text."""
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return GuardrailError(status, f"blocked by guardrail '{echoed(guardrail)}' ({detector})", kind,
+                          "content_policy_violation")
+
+
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
 
@@ -362,7 +376,7 @@ GATEWAY_ERROR_CODES = frozenset((
     "insufficient_quota", "client_closed", "client_stalled", "request_timeout", "stream_error",
     "ledger_not_configured", "ledger_unavailable",
     "conflict", "admin_forbidden", "not_found", "store_not_configured", "store_unavailable",
-    "plugin_failed", "plugin_rejected", "plugin_stopped",
+    "plugin_failed", "plugin_rejected", "plugin_stopped", "content_policy_violation",
 ))
 OPENAI_ERROR_TYPES = frozenset((
     # OpenAI's error `type`s (the 429 ones included), plus Anthropic's, which the gateway maps

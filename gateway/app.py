@@ -23,6 +23,7 @@ from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.console import Console
 from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
+from tollway.gateway.guardrails import GuardrailSet
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
 from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
@@ -88,6 +89,7 @@ class Gateway:
         self.ledger_counters = LedgerCounters(self.metrics.registry)
         self.books = Books(config, config_path, self.ledger_counters)
         self.plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # checked by `serve`
+        self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
         # Run-time keys and teams (issue 13): in the store's database, held here in memory.
         self.directory = Directory(build_key_store(config.store, config_path)) if config.store is not None else None
         if self.directory is not None:
@@ -221,6 +223,7 @@ class Gateway:
         rebuild = books.adopt(self.books)
         old_books, self.books = self.books, books
         self.plugins = plugins  # (the old ones' queued on_complete calls finish in their tasks)
+        self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
         if rebuild is not None:  # owners new to budgets: their spend this period, from the ledger
             self._in_background(rebuild)
         books.budgets.start(loop)
@@ -239,8 +242,9 @@ class Gateway:
         self._in_background(self._close_providers(self.runtime.retired(old)))
 
     def _pipeline(self) -> Pipeline:
-        """The request path's hooks: the books' (budgets, ledger), then the plugins'."""
-        return self.books.pipeline().join(self.plugins.pipeline())
+        """The request path's hooks: the books' (budgets, ledger), the guardrails', then the plugins'
+        (so a plugin sees what the guardrails let through, masked)."""
+        return self.books.pipeline().join(self.guardrails.pipeline()).join(self.plugins.pipeline())
 
     def _api(self) -> ApiTables:
         return self.directory.tables if self.directory is not None else NO_API

@@ -36,7 +36,8 @@ class Exchange:
     __slots__ = ("request_id", "start", "ts", "api", "key_name", "key_id", "team", "model", "provider", "otel_provider",
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
-                 "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins")
+                 "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
+                 "guardrails")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -78,6 +79,7 @@ class Exchange:
         self.on_chunk_async: tuple[OnChunkAsync, ...] = ()  # the pipeline's async per-chunk hooks
         self.on_answer: tuple[OnAnswer, ...] = ()  # ... and its hooks on a non-stream answer
         self.plugins: Any = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
+        self.guardrails: Any = None  # the request's guardrail state, when guardrails apply (tollway.gateway.guardrails)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -88,7 +90,7 @@ class Exchange:
         holds, and a cut copy would no longer be found whole."""
         u, scope = self.usage, self.scope
         mask = secrets.mask if secrets is not None else _as_is
-        return {
+        record: dict[str, object] = {
             "ts": rfc3339(self.ts), "request_id": mask(self.request_id), "key": self.key_name, "team": self.team,
             "api": self.api, "path": echoed(mask(scope.path)) if scope is not None else None,
             "client_ip": client_ip(scope.client) if scope is not None else None,
@@ -101,6 +103,9 @@ class Exchange:
             "ttfb_ms": round((self.first_byte - self.start) * 1000, 3) if self.first_byte else None,
             "cost_usd": self.cost_usd,
         }
+        if self.guardrails is not None and self.guardrails.counts:  # detector names and counts, never a value
+            record["guardrails"] = self.guardrails.counts
+        return record
 
 
 def _as_is(text: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,6 +27,7 @@ from tollway.core import errors
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.tags import parse_tags
 from tollway.core.request import parse_head
+from tollway.gateway import sse_deltas
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.api import Allow, AuthContext, KeyInfo, Pass, Reject, Replace, RequestContext, Stop
 from tollway.gateway.plugins.loader import Loaded
@@ -47,7 +47,6 @@ MAX_PENDING = 1000  # on_complete calls queued or running per worker; past it th
 # Headers a plugin never sees (credentials); the authenticate stage sees them all.
 SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie",
                             "x-goog-api-key"))
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
@@ -202,57 +201,13 @@ class PluginSet:
         state: _State | None = ex.plugins
         if state is None or not state.chunk:
             return out
-        parts = _EVENT_END.split(out)
-        seps = _EVENT_END.findall(out)
+        found = sse_deltas.events(out)
         changed = False
-        for i, event in enumerate(parts):
-            new = await self._event(state, event)
-            if new is not event:
-                parts[i], changed = new, True
-        if not changed:
-            return out
-        return b"".join(part + (seps[i] if i < len(seps) else b"") for i, part in enumerate(parts))
-
-    async def _event(self, state: _State, event: bytes) -> bytes:
-        lines = event.split(b"\n")
-        for j, line in enumerate(lines):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if not payload.startswith(b"{"):
-                return event
-            try:
-                obj = _decode(payload)
-            except msgspec.DecodeError:
-                return event
-            if await self._deltas(state, obj):
-                lines[j] = b"data: " + _encode(obj) + (b"\r" if line.endswith(b"\r") else b"")
-                return b"\n".join(lines)
-            return event
-        return event
-
-    async def _deltas(self, state: _State, obj: Any) -> bool:
-        """Run every delta of one event through the plugins, in place; True if one changed."""
-        if not isinstance(obj, dict):
-            return False
-        changed = False
-        choices = obj.get("choices")
-        if isinstance(choices, list):
-            for choice in choices:
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if not isinstance(delta, dict):
-                    continue
-                changed |= await self._field(state, delta, "content")
-                calls = delta.get("tool_calls")
-                if isinstance(calls, list):
-                    for call in calls:
-                        fn = call.get("function") if isinstance(call, dict) else None
-                        if isinstance(fn, dict):
-                            changed |= await self._field(state, fn, "arguments")
-        elif obj.get("type") == "content_block_delta" and isinstance(obj.get("delta"), dict):
-            delta = obj["delta"]
-            changed |= await self._field(state, delta, "text" if delta.get("type") == "text_delta" else "partial_json")
-        return changed
+        for ev in found:
+            for holder, name, _kind, _index, _tool in sse_deltas.deltas(ev.obj):
+                if await self._field(state, holder, name):
+                    ev.changed = changed = True
+        return sse_deltas.joined(found) if changed else out
 
     async def _field(self, state: _State, holder: dict[str, Any], name: str) -> bool:
         text = holder.get(name)

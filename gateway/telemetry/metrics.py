@@ -95,6 +95,10 @@ class Metrics:
             "tollway_plugin_errors", "Plugin calls that failed, by plugin, stage and kind (timeout, exception, "
             "invalid_result, dropped).", ("plugin", "stage", "kind"), registry=r,
         )
+        self.guardrail_decisions = Counter(
+            "tollway_guardrail_decisions", "Guardrail findings acted on, by guardrail, detector (regex for a regex "
+            "guardrail) and action (block, mask, log).", ("guardrail", "detector", "action"), registry=r,
+        )
         self.upstream_errors = Counter(
             "tollway_upstream_errors", "Failed upstream attempts by provider and kind.", ("provider", "kind"), registry=r,
         )

@@ -1,0 +1,319 @@
+"""The configured guardrails as pipeline hooks (tollway.gateway.pipeline, docs/guardrails.md).
+
+    input   → Pipeline.before_upstream  (block: 400; mask: the body sent upstream is re-encoded)
+    output  → Pipeline.on_answer        (a non-stream answer; block: 502)
+              Pipeline.on_chunk         (a stream: a scanner per guardrail, choice/content block
+                                         and tool call over the text and tool-call argument
+                                         deltas; block: an SSE error event)
+
+A seam gets a hook only if some guardrail needs it: with no guardrails the pipeline's tuples
+stay empty and the request path pays nothing. Every finding is counted in
+`tollway_guardrail_decisions_total{guardrail,detector,action}` and in the request's access log
+line (`"guardrails": {"pii": {"credit_card": 1}}`): detector names and counts, never a value.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tollway.core import errors
+from tollway.core.config import Guardrail
+from tollway.core.guardrails.detectors import ALL, Finding, find, mask, resolve
+from tollway.core.guardrails.stream import Emit, StreamScanner
+from tollway.gateway import sse_deltas
+from tollway.gateway.guardrails.text import Slot, input_slots, output_slots
+from tollway.gateway.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from tollway.gateway.admission import Admitted
+    from tollway.gateway.exchange import Exchange
+
+REGEX = "regex"  # the detector label of a regex guardrail's findings
+REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+class Rule:
+    """One configured guardrail, compiled."""
+
+    def __init__(self, spec: Guardrail) -> None:
+        self.name, self.action, self.type = spec.name, spec.action, spec.type
+        self.detectors = tuple(spec.detectors) if spec.detectors is not None else ALL
+        self.patterns = [re.compile(p) for p in spec.deny]
+        self.input, self.output = "input" in spec.apply_to, "output" in spec.apply_to
+        scope = spec.scope
+        self.keys = frozenset(scope.keys) if scope else frozenset()
+        self.teams = frozenset(scope.teams) if scope else frozenset()
+        self.models = frozenset(scope.models) if scope else frozenset()
+
+    def applies(self, key: str | None, team: str | None, route: str, model: str | None) -> bool:
+        return ((not self.keys or key in self.keys) and (not self.teams or team in self.teams)
+                and (not self.models or route in self.models or model in self.models))
+
+    def find(self, text: str) -> list[Finding]:
+        if self.type == "pii":
+            return find(text, self.detectors)
+        return resolve(Finding(m.start(), m.end(), REGEX) for p in self.patterns for m in p.finditer(text)
+                       if m.end() > m.start())
+
+    def scanner(self) -> StreamScanner | _RegexScanner:
+        if self.type == "pii":
+            return StreamScanner(self.detectors, self.action)
+        return _RegexScanner(self)
+
+
+class _RegexScanner:
+    """A regex guardrail over a stream: holds back the last REGEX_HOLD characters (a match
+    that starts before them is taken as it is), so a match up to that long is caught across
+    chunk boundaries. The StreamScanner contract: feed/finish → Emit."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule, self.buf, self.done = rule, "", False
+
+    def feed(self, text: str) -> Emit:
+        if self.done:
+            return Emit("")
+        self.buf += text
+        return self._advance(max(0, len(self.buf) - REGEX_HOLD))
+
+    def finish(self) -> Emit:
+        if self.done:
+            return Emit("")
+        emit = self._advance(len(self.buf))
+        self.done = True
+        return emit
+
+    def _advance(self, s: int) -> Emit:
+        found = self.rule.find(self.buf)
+        for f in found:
+            if f.start < s < f.end:
+                s = f.end
+        done = [f for f in found if f.end <= s]
+        if not done:
+            out, self.buf = self.buf[:s], self.buf[s:]
+            return Emit(out)
+        if self.rule.action == "block":
+            self.done = True
+            return Emit(self.buf[:done[0].start], {REGEX: 1}, REGEX)
+        out, self.buf = self.buf[:s], self.buf[s:]
+        counts = {REGEX: len(done)}
+        return Emit(out if self.rule.action == "log" else mask(out, done), counts)
+
+
+@dataclass(slots=True)
+class _State:
+    """One request's guardrails: those on its output, its stream scanners, what was found."""
+
+    output: tuple[Rule, ...]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    scanners: dict[tuple[int, int, int], StreamScanner | _RegexScanner] = field(default_factory=dict)  # (rule, index, tool)
+    kinds: dict[tuple[int, int], str] = field(default_factory=dict)  # (index, tool): TEXT or ARGUMENTS
+    last: dict[str, Any] = field(default_factory=dict)  # the last OpenAI chunk's id/model/created
+
+
+class GuardrailSet:
+    """The guardrails of one config, as pipeline hooks."""
+
+    def __init__(self, specs: Sequence[Guardrail], decisions: Counter | None = None) -> None:
+        self.rules = tuple(Rule(s) for s in specs)
+        self.decisions = decisions
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def pipeline(self) -> Pipeline:
+        if not self.rules:
+            return Pipeline()
+        output = any(r.output for r in self.rules)
+        return Pipeline(before_upstream=(self.before_upstream,),
+                        on_chunk=(self.on_chunk,) if output else (),
+                        on_answer=(self.on_answer,) if output else ())
+
+    def _count(self, state: _State, rule: Rule, counts: dict[str, int]) -> None:
+        mine = state.counts.setdefault(rule.name, {})
+        for detector, n in counts.items():
+            mine[detector] = mine.get(detector, 0) + n
+            if self.decisions is not None:
+                self.decisions.labels(rule.name, detector, rule.action).inc(n)
+
+    def _apply(self, state: _State, rule: Rule, slots: list[Slot], status: int) -> bool:
+        """Run one rule over the slots; True if a value was replaced. Raises on block."""
+        changed = False
+        for holder, key in slots:
+            text = holder[key]
+            found = rule.find(text)
+            if not found:
+                continue
+            if rule.action == "block":
+                self._count(state, rule, {found[0].detector: 1})
+                raise errors.content_policy_violation(rule.name, found[0].detector, status)
+            counts: dict[str, int] = {}
+            for f in found:
+                counts[f.detector] = counts.get(f.detector, 0) + 1
+            self._count(state, rule, counts)
+            if rule.action == "mask":
+                holder[key] = mask(text, found)
+                changed = True
+        return changed
+
+    # -- input -----------------------------------------------------------------------------
+
+    async def before_upstream(self, req: Admitted, ex: Exchange) -> None:
+        active = tuple(r for r in self.rules if r.applies(ex.key_name, ex.team, ex.route, ex.model))
+        if not active:
+            return
+        state = _State(tuple(r for r in active if r.output))
+        ex.guardrails = state
+        if ex.api == "responses" and req.head.stream:
+            for rule in state.output:
+                if rule.action != "log":  # its stream events are not scanned yet: never let a value through
+                    raise errors.bad_request(f"Guardrail '{rule.name}' cannot check a streamed Responses API answer "
+                                             "yet; send stream: false, or use /v1/chat/completions.", "stream",
+                                             "unsupported_value")
+        inputs = [r for r in active if r.input]
+        if not inputs:
+            return
+        try:
+            body = _decode(req.body)
+        except msgspec.DecodeError:
+            return
+        slots = input_slots(ex.api, body)
+        if not slots:
+            return
+        changed = False
+        for rule in inputs:
+            changed |= self._apply(state, rule, slots, 400)
+        if changed:
+            req.body = _encode(body)
+
+    # -- output: a non-stream answer ------------------------------------------------------
+
+    async def on_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
+        state: _State | None = ex.guardrails
+        if state is None or not state.output or status >= 300:
+            return out
+        try:
+            body = _decode(out)
+        except msgspec.DecodeError:
+            return out
+        slots = output_slots(body)
+        changed = False
+        for rule in state.output:
+            changed |= self._apply(state, rule, slots, 502)
+        return _encode(body) if changed else out
+
+    # -- output: a stream -----------------------------------------------------------------
+
+    def on_chunk(self, ex: Exchange, out: bytes) -> bytes:
+        state: _State | None = ex.guardrails
+        if state is None or not state.output:
+            return out
+        found = sse_deltas.events(out)
+        for ev in found:
+            obj = ev.obj
+            if obj is None:
+                if state.scanners and b"[DONE]" in ev.raw:  # a stream that never said finish_reason
+                    ev.before = self._openai_tail(state)
+                continue
+            for holder, name, kind, index, tool in sse_deltas.deltas(obj):
+                text = holder.get(name)
+                if not isinstance(text, str) or not text:
+                    continue
+                state.kinds[index, tool] = kind
+                new = self._feed(state, (index, tool), text)
+                if new != text:
+                    holder[name], ev.changed = new, True
+            if not isinstance(obj, dict):
+                continue
+            choices = obj.get("choices")
+            if isinstance(choices, list):
+                if "id" in obj:
+                    state.last = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
+                for choice in choices:
+                    at = choice.get("index", 0) if isinstance(choice, dict) else None
+                    if not isinstance(at, int):
+                        continue
+                    text = choice.get("text")
+                    if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
+                        new = self._feed(state, (at, -1), text) if text else text
+                        if choice.get("finish_reason"):
+                            new += self._finish(state, (at, -1))
+                        if new != text:
+                            choice["text"], ev.changed = new, True
+                    elif choice.get("finish_reason"):
+                        delta = choice.setdefault("delta", {})
+                        if isinstance(delta, dict) and self._flush_choice(state, at, delta):
+                            ev.changed = True
+            elif obj.get("type") == "content_block_stop" and isinstance(obj.get("index", 0), int):
+                block: int = obj.get("index", 0)
+                kind = state.kinds.get((block, -1), sse_deltas.TEXT)
+                tail = self._finish(state, (block, -1))
+                if tail:
+                    piece = {"type": "text_delta", "text": tail} if kind == sse_deltas.TEXT else \
+                        {"type": "input_json_delta", "partial_json": tail}
+                    added = {"type": "content_block_delta", "index": block, "delta": piece}
+                    ev.before = b"event: content_block_delta\ndata: " + _encode(added) + b"\n\n"
+        if any(ev.changed or ev.before for ev in found):
+            return sse_deltas.joined(found)
+        return out
+
+    def _feed(self, state: _State, key: tuple[int, int], text: str) -> str:
+        for i, rule in enumerate(state.output):
+            scanner = state.scanners.get((i, key[0], key[1]))
+            if scanner is None:
+                scanner = state.scanners[i, key[0], key[1]] = rule.scanner()
+            text = self._emitted(state, rule, scanner.feed(text))
+        return text
+
+    def _finish(self, state: _State, key: tuple[int, int]) -> str:
+        text = ""
+        for i, rule in enumerate(state.output):
+            scanner = state.scanners.pop((i, key[0], key[1]), None)
+            if scanner is None:
+                continue
+            if text:
+                text = self._emitted(state, rule, scanner.feed(text))
+            text += self._emitted(state, rule, scanner.finish())
+        return text
+
+    def _flush_choice(self, state: _State, index: int, delta: dict[str, Any]) -> bool:
+        """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
+        changed = False
+        for key in sorted({(i, t) for _, i, t in state.scanners if i == index}):
+            tail = self._finish(state, key)
+            if not tail:
+                continue
+            changed = True
+            if key[1] < 0:
+                delta["content"] = (delta.get("content") or "") + tail
+            else:
+                calls = delta.get("tool_calls")
+                calls = delta["tool_calls"] = calls if isinstance(calls, list) else []
+                calls.append({"index": key[1], "function": {"arguments": tail}})
+        return changed
+
+    def _emitted(self, state: _State, rule: Rule, emit: Emit) -> str:
+        if emit.counts:
+            self._count(state, rule, emit.counts)
+        if emit.blocked is not None:
+            raise errors.content_policy_violation(rule.name, emit.blocked, 502)
+        return emit.text
+
+    def _openai_tail(self, state: _State) -> bytes:
+        """The held text of choices that ended without a finish_reason, as one more chunk."""
+        indexes = sorted({index for _, index, _ in state.scanners})
+        choices = []
+        for index in indexes:
+            delta: dict[str, Any] = {}
+            if self._flush_choice(state, index, delta):
+                choices.append({"index": index, "delta": delta, "finish_reason": None})
+        if not choices:
+            return b""
+        return b"data: " + _encode({**state.last, "choices": choices}) + b"\n\n"

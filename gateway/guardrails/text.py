@@ -1,0 +1,124 @@
+"""Where the text is in a request or an answer body: `Slot`s a guardrail reads and may replace.
+
+Input (what the model would see), all roles:
+- chat: `messages[].content` (a string or text parts), tool results (`role: tool`), assistant
+  `tool_calls[].function.arguments` (and the legacy `function_call.arguments`);
+- messages (Anthropic) and count_tokens: `system` (a string or text blocks),
+  `messages[].content` (a string, `text` blocks, `tool_result` content, `tool_use` input's strings);
+- completions: `prompt` (a string or strings); embeddings: `input` (a string or strings; token
+  arrays are not text);
+- responses: `instructions`, `input` (a string, or items' `content` strings and text parts,
+  `function_call.arguments`, `function_call_output.output`).
+
+Output (a non-stream answer): chat `choices[].message.content` and tool-call arguments,
+completions `choices[].text`, Anthropic `content[].text` and `tool_use` input's strings,
+responses `output[].content[].text` and `function_call.arguments`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+Slot = tuple[Any, Any]  # (container, key): container[key] is a str
+
+
+def _str(holder: Any, key: Any) -> Iterator[Slot]:
+    if isinstance(holder, dict) and isinstance(holder.get(key), str):
+        yield holder, key
+    elif isinstance(holder, list) and isinstance(key, int) and isinstance(holder[key], str):
+        yield holder, key
+
+
+def _strings(value: Any) -> Iterator[Slot]:
+    """Every string inside a JSON value (tool_use input)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str):
+                yield value, k
+            else:
+                yield from _strings(v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, str):
+                yield value, i
+            else:
+                yield from _strings(v)
+
+
+def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
+    """A string field, or a list of parts/blocks with text in it."""
+    content = holder.get(key)
+    if isinstance(content, str):
+        yield holder, key
+    elif isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind == "tool_result":
+                yield from _parts(part, "content")
+            elif kind == "tool_use":
+                yield from _strings(part.get("input"))
+            else:
+                yield from _str(part, "text")
+                yield from _str(part, "output")  # responses: function_call_output
+                yield from _str(part, "arguments")  # responses: function_call
+                if "content" in part:
+                    yield from _parts(part, "content")
+
+
+def _list_or_str(holder: dict[str, Any], key: str) -> Iterator[Slot]:
+    value = holder.get(key)
+    if isinstance(value, str):
+        yield holder, key
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, str):
+                yield value, i
+
+
+def input_slots(api: str, body: Any) -> list[Slot]:
+    if not isinstance(body, dict):
+        return []
+    slots: list[Slot] = []
+    if api in ("chat", "messages", "count_tokens"):
+        slots += _parts(body, "system")
+        for message in body.get("messages") or ():
+            if not isinstance(message, dict):
+                continue
+            slots += _parts(message, "content")
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    slots += _str(call.get("function"), "arguments")
+            slots += _str(message.get("function_call"), "arguments")
+    elif api == "completions":
+        slots += _list_or_str(body, "prompt")
+    elif api == "embeddings":
+        slots += _list_or_str(body, "input")
+    elif api == "responses":
+        slots += _str(body, "instructions")
+        slots += _parts(body, "input")
+    return slots
+
+
+def output_slots(body: Any) -> list[Slot]:
+    if not isinstance(body, dict):
+        return []
+    slots: list[Slot] = []
+    for choice in body.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        slots += _str(choice, "text")
+        message = choice.get("message")
+        if isinstance(message, dict):
+            slots += _str(message, "content")
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    slots += _str(call.get("function"), "arguments")
+    if body.get("type") == "message":
+        slots += _parts(body, "content")
+    for item in body.get("output") or ():
+        if isinstance(item, dict):
+            slots += _str(item, "arguments")
+            slots += _parts(item, "content")
+    return slots

@@ -1,0 +1,361 @@
+"""Built-in guardrails end to end (issue 15, docs/guardrails.md): a real gateway, the official
+OpenAI and Anthropic SDKs, and a fake OpenAI upstream here that answers with the text it is
+told (`say: ...` in the last user message), streamed in 3-character chunks so a card number is
+split across many chunk boundaries. Input block/mask/log (chat and Anthropic messages), output
+mask/block (non-stream and stream), regex guardrails, scope, the metric, the access log's
+counts, and that no matched value reaches any log line. With no guardrails, no hook is installed."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from aiohttp import web
+
+from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, ThreadedServer, key_hash
+from tollway.core.config import ConfigError, loads
+from tollway.gateway.app import Gateway
+from tollway.gateway.guardrails import GuardrailSet
+from tollway.gateway.pipeline import EMPTY
+
+CARD = "4111 1111 1111 1111"  # Luhn-valid (a test Visa number)
+CARD_DIGITS = CARD.replace(" ", "")
+EMAIL = "jane.doe@example.com"
+CHUNK = 3  # characters per streamed delta
+
+
+class ScriptedUpstream:
+    """A fake OpenAI chat upstream: answers the text after `say:` in the last user message (or
+    "ok"), as JSON or as SSE deltas of CHUNK characters; records the bodies it got."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.server = ThreadedServer(self._app)
+        self.url = f"http://127.0.0.1:{self.server.port}/v1"
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        last = body["messages"][-1]["content"]
+        if isinstance(last, list):
+            last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+        _, sep, said = last.partition("say:")
+        text = said.strip() if sep else "ok"
+        usage = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+        base = {"id": "chatcmpl-1", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({**base, "object": "chat.completion", "usage": usage, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(delta: dict[str, Any], finish: str | None) -> None:
+            chunk = {**base, "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await asyncio.sleep(0)
+
+        await send({"role": "assistant", "content": ""}, None)
+        for i in range(0, len(text), CHUNK):
+            await send({"content": text[i:i + CHUNK]}, None)
+        await send({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [],
+                                                     "usage": usage}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    def last_text(self) -> str:
+        return json.dumps(self.bodies[-1])
+
+
+# (model, the guardrail on it)
+GUARDS = [
+    ("in-block", "{name: pii, type: pii, action: block, apply_to: [input]}"),
+    ("in-mask", "{name: pii-mask, type: pii, action: mask, apply_to: [input]}"),
+    ("in-log", "{name: pii-log, type: pii, detectors: [credit_card], action: log, apply_to: [input]}"),
+    ("out-mask", "{name: out-mask, type: pii, action: mask, apply_to: [output]}"),
+    ("out-block", "{name: out-block, type: pii, detectors: [credit_card, email], action: block, apply_to: [output]}"),
+    ("regex", "{name: internal-projects, type: regex, deny: [\"(?i)project\\\\s+bluebird\"], action: block}"),
+    ("regex-mask", "{name: codenames, type: regex, deny: [\"(?i)bluebird\"], action: mask, apply_to: [output]}"),
+]
+MODELS = ["plain", "bob-only", *(m for m, _ in GUARDS)]
+
+
+def _config(upstream: str) -> str:
+    guards = "\n".join(f"  - {g[:-1]}, scope: {{models: [{m}]}}}}" for m, g in GUARDS)
+    models = "\n".join(f"  - {{name: {m}, targets: [{{provider: up, model: {m}}}]}}" for m in MODELS)
+    return f"""
+providers:
+  - {{name: up, schema: openai, base_url: {upstream}, api_key: {UPSTREAM_SECRET}}}
+models:
+{models}
+keys:
+  - {{name: alice, key_hash: "{key_hash(TEST_KEY)}", team: search}}
+  - {{name: bob, key_hash: "{key_hash(OTHER_KEY)}", team: ads}}
+teams:
+  - {{name: search}}
+  - {{name: ads}}
+guardrails:
+{guards}
+  - {{name: bob-pii, type: pii, action: block, scope: {{keys: [bob], models: [bob-only]}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ScriptedUpstream]:
+    fake = ScriptedUpstream()
+    yield fake
+    fake.server.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: ScriptedUpstream) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(_config(upstream.url))
+    yield process
+    process.stop()
+
+
+def _oa(gw: GatewayProcess, key: str = TEST_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def _an(gw: GatewayProcess) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+
+
+def _chat(gw: GatewayProcess, model: str, text: str, key: str = TEST_KEY, **kw: Any) -> Any:
+    return _oa(gw, key).chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kw)
+
+
+def _stream(gw: GatewayProcess, model: str, text: str) -> str:
+    stream = _oa(gw).chat.completions.create(model=model, messages=[{"role": "user", "content": text}], stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def _metrics(gw: GatewayProcess) -> str:
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _log_of(gw: GatewayProcess, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in gw.log_lines():
+            if line.get("request_id") == request_id:
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no access log line for {request_id}")
+
+
+# -- input -------------------------------------------------------------------------------------
+
+def test_input_block_is_a_400_naming_the_guardrail_and_detector(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    sent = len(upstream.bodies)
+    with pytest.raises(openai.BadRequestError) as info:
+        _chat(gw, "in-block", f"my card is {CARD}, charge it")
+    assert info.value.status_code == 400
+    assert info.value.body == {"type": "invalid_request_error", "code": "content_policy_violation",
+                               "message": "blocked by guardrail 'pii' (credit_card)", "param": None}
+    assert len(upstream.bodies) == sent  # never went upstream
+    deadline = time.monotonic() + 5
+    while not (lines := [ln for ln in gw.log_lines() if ln.get("model") == "in-block" and ln.get("status") == 400]):
+        assert time.monotonic() < deadline, "no access log line for the blocked request"
+        time.sleep(0.05)
+    assert lines[0]["error"] == "content_policy_violation" and lines[0]["guardrails"] == {"pii": {"credit_card": 1}}
+    assert 'tollway_guardrail_decisions_total{action="block",detector="credit_card",guardrail="pii"} 1.0' in _metrics(gw)
+
+
+def test_input_scans_every_role_tool_results_and_tool_call_arguments(gw: GatewayProcess) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "be helpful"},
+        {"role": "user", "content": [{"type": "text", "text": "look this up"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "lookup", "arguments": json.dumps({"email": EMAIL})}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "nothing found"},
+        {"role": "user", "content": "thanks"},
+    ]
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(gw).chat.completions.create(model="in-block", messages=messages)
+    assert "(email)" in info.value.message
+    messages[2]["tool_calls"][0]["function"]["arguments"] = "{}"
+    messages[3]["content"] = f"card {CARD}"
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(gw).chat.completions.create(model="in-block", messages=messages)
+    assert "(credit_card)" in info.value.message
+
+
+def test_input_mask_sends_placeholders_upstream(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    answer = _chat(gw, "in-mask", f"card {CARD} and mail {EMAIL}; say: done")
+    assert answer.choices[0].message.content == "done"
+    sent = upstream.last_text()
+    assert "<CREDIT_CARD>" in sent and "<EMAIL>" in sent
+    assert CARD not in sent and EMAIL not in sent
+    line = _log_of(gw, answer._request_id or "")
+    assert line["guardrails"] == {"pii-mask": {"credit_card": 1, "email": 1}}
+
+
+def test_input_log_lets_it_through_and_records_it(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    answer = _chat(gw, "in-log", f"card {CARD}")
+    assert CARD in upstream.last_text()
+    assert _log_of(gw, answer._request_id or "")["guardrails"] == {"pii-log": {"credit_card": 1}}
+    assert 'tollway_guardrail_decisions_total{action="log",detector="credit_card",guardrail="pii-log"}' in _metrics(gw)
+
+
+def test_anthropic_input_block_is_anthropic_shaped(gw: GatewayProcess) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        _an(gw).messages.create(model="in-block", max_tokens=50, system=f"the card on file is {CARD}",
+                                messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 400
+    body: Any = info.value.body
+    assert body["type"] == "error" and "blocked by guardrail 'pii' (credit_card)" in body["error"]["message"]
+
+
+def test_anthropic_input_mask_covers_tool_results(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    answer = _an(gw).messages.create(model="in-mask", max_tokens=50, messages=[
+        {"role": "user", "content": "what is on file?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup", "input": {"q": "card"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": f"card {CARD}"},
+                                     {"type": "text", "text": f"mail {EMAIL} say: noted"}]},
+    ])
+    assert answer.content[0].text == "noted"  # type: ignore[union-attr]
+    sent = upstream.last_text()
+    assert CARD not in sent and EMAIL not in sent and "<CREDIT_CARD>" in sent and "<EMAIL>" in sent
+
+
+def test_scope_by_key(gw: GatewayProcess) -> None:
+    assert _chat(gw, "bob-only", f"card {CARD}").choices[0].message.content == "ok"  # alice: out of scope
+    with pytest.raises(openai.BadRequestError):
+        _chat(gw, "bob-only", f"card {CARD}", key=OTHER_KEY)
+    assert _chat(gw, "plain", f"card {CARD} say: {CARD}").choices[0].message.content == CARD  # no guardrail
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def test_output_mask_non_stream(gw: GatewayProcess) -> None:
+    answer = _chat(gw, "out-mask", f"say: your card {CARD} is on file, write to {EMAIL}")
+    assert answer.choices[0].message.content == "your card <CREDIT_CARD> is on file, write to <EMAIL>"
+
+
+def test_output_block_non_stream_is_a_502(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        _chat(gw, "out-block", f"say: card {CARD}")
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "content_policy_violation"  # type: ignore[index]
+    assert "blocked by guardrail 'out-block' (credit_card)" in info.value.message
+
+
+def test_output_mask_on_a_stream_split_across_chunks(gw: GatewayProcess) -> None:
+    text = f"your card {CARD} is on file, write to {EMAIL} today"
+    assert _stream(gw, "out-mask", f"say: {text}") == "your card <CREDIT_CARD> is on file, write to <EMAIL> today"
+    # the held tail at the end of the stream is flushed: a card as the very last characters
+    assert _stream(gw, "out-mask", f"say: card {CARD}") == "card <CREDIT_CARD>"
+    assert _stream(gw, "out-mask", "say: nothing to hide here") == "nothing to hide here"
+
+
+def test_output_block_on_a_stream_ends_it_with_an_error_event(gw: GatewayProcess) -> None:
+    got = []
+    with pytest.raises(openai.APIError) as info:
+        stream = _oa(gw).chat.completions.create(model="out-block", stream=True,
+                                                 messages=[{"role": "user", "content": f"say: fine so far, {CARD} and more"}])
+        for chunk in stream:
+            if chunk.choices:
+                got.append(chunk.choices[0].delta.content or "")
+    assert "blocked by guardrail 'out-block' (credit_card)" in info.value.message
+    assert CARD_DIGITS[:8] not in "".join(got).replace(" ", "")
+    assert 'tollway_guardrail_decisions_total{action="block",detector="credit_card",guardrail="out-block"}' in _metrics(gw)
+
+
+def test_anthropic_stream_output_mask(gw: GatewayProcess) -> None:
+    with _an(gw).messages.stream(model="out-mask", max_tokens=50,
+                                 messages=[{"role": "user", "content": f"say: the card {CARD} is fine"}]) as stream:
+        text = "".join(stream.text_stream)
+    assert text == "the card <CREDIT_CARD> is fine"
+    with _an(gw).messages.stream(model="out-mask", max_tokens=50,  # held to the end: flushed at content_block_stop
+                                 messages=[{"role": "user", "content": f"say: the card {CARD}"}]) as stream:
+        assert "".join(stream.text_stream) == "the card <CREDIT_CARD>"
+
+
+def test_anthropic_non_stream_output_mask(gw: GatewayProcess) -> None:
+    answer = _an(gw).messages.create(model="out-mask", max_tokens=50,
+                                     messages=[{"role": "user", "content": f"say: mail {EMAIL}"}])
+    assert answer.content[0].text == "mail <EMAIL>"  # type: ignore[union-attr]
+
+
+def test_a_streamed_responses_answer_is_refused_while_an_output_guardrail_cannot_scan_it(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(gw).responses.create(model="out-mask", input="hi", stream=True)
+    assert info.value.body["param"] == "stream"  # type: ignore[index]
+    assert "Guardrail 'out-mask' cannot check a streamed Responses API answer" in info.value.message
+
+
+def test_regex_guardrail_blocks_input_and_masks_streamed_output(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        _chat(gw, "regex", "tell me about Project  Bluebird")
+    assert info.value.message.endswith("blocked by guardrail 'internal-projects' (regex)") or \
+        "blocked by guardrail 'internal-projects' (regex)" in info.value.message
+    assert _stream(gw, "regex-mask", "say: the bluebird flies") == "the <REGEX> flies"
+    assert _chat(gw, "regex-mask", "say: a BlueBird").choices[0].message.content == "a <REGEX>"
+
+
+def test_anthropic_stream_block_ends_with_an_error_event(gw: GatewayProcess) -> None:
+    got: list[str] = []
+    with pytest.raises(anthropic.APIError) as info:
+        with _an(gw).messages.stream(model="out-block", max_tokens=50,
+                                     messages=[{"role": "user", "content": f"say: fine so far, {EMAIL} and more"}]) as stream:
+            for text in stream.text_stream:
+                got.append(text)
+    assert "blocked by guardrail 'out-block' (email)" in str(info.value)
+    assert "example.com" not in "".join(got)
+
+
+def test_no_matched_value_in_any_log_line(gw: GatewayProcess) -> None:
+    _chat(gw, "in-log", f"card {CARD}")
+    out = gw.raw_output()
+    assert CARD not in out and CARD_DIGITS not in out and EMAIL not in out
+
+
+# -- config and cost ---------------------------------------------------------------------------
+
+BASE = f"""
+providers: [{{name: up, schema: fake}}]
+models: [{{name: m, targets: [{{provider: up}}]}}]
+keys: [{{name: k, key_hash: "{key_hash(TEST_KEY)}"}}]
+"""
+
+
+def test_no_guardrails_no_hooks() -> None:
+    assert GuardrailSet(()).pipeline() == EMPTY
+    gw = Gateway(loads(BASE))
+    pipeline = gw._pipeline()
+    assert pipeline.on_chunk == () and pipeline.on_answer == () and pipeline.on_chunk_async == ()
+    assert all(getattr(h, "__self__", None) is not gw.guardrails for h in pipeline.before_upstream)
+    with_one = Gateway(loads(BASE + "guardrails: [{name: g, type: pii, action: mask, apply_to: [input]}]\n"))._pipeline()
+    assert len(with_one.before_upstream) == len(pipeline.before_upstream) + 1 and with_one.on_chunk == ()
+
+
+@pytest.mark.parametrize(("entry", "complaint"), [
+    ("[{name: g, type: pii, action: mask}, {name: g, type: pii, action: log}]", "duplicate name"),
+    ("[{name: g, type: pii, detectors: [credit_crad], action: mask}]", "did you mean 'credit_card'"),
+    ("[{name: g, type: regex, deny: ['(unclosed'], action: block}]", "invalid regex"),
+    ("[{name: g, type: regex, action: block}]", "at least one deny pattern"),
+    ("[{name: g, type: pii, action: redact}]", "guardrails"),
+    ("[{name: g, type: pii, action: mask, apply_to: [inputs]}]", "guardrails"),
+    ("[{name: g, type: json_schema, action: block}]", "guardrails"),
+])
+def test_config_is_checked(entry: str, complaint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads(BASE + f"guardrails: {entry}\n")
+    assert complaint in str(info.value)
+
