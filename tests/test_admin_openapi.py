@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -246,19 +246,10 @@ def _reset(gw: GatewayProcess) -> None:
             assert call(gw, "DELETE", f"/admin/teams/{team['name']}")[0] == 200
 
 
-def test_admin_api_workflows(admin_schema: Any, gw: GatewayProcess):
-    """Chains along the document's links: make a key or team, then read, change, rotate, revoke, delete it."""
-
-    class Workflow(admin_schema.as_state_machine()):  # type: ignore[misc]
-        def setup(self) -> None:
-            _reset(gw)
-
-        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
-            case.validate_response(response, checks=CHECKS, additional_checks=MORE_CHECKS)
-
-    Workflow.run(settings=settings(max_examples=40, stateful_step_count=6, deadline=None, phases=[Phase.generate], database=None,
-                                   derandomize=True,  # the same chains every run: a failure is reproducible, not a coin toss
-                                   suppress_health_check=list(HealthCheck)))
+# (A stateful schemathesis run along the document's links was here. Against a live server its
+# generation depends on the answers, which hypothesis cannot replay: it failed now and then with
+# FlakyStrategyDefinition under a loaded CI run, whatever the server did. The same chains —
+# create, read, change, rotate, revoke, delete — are tested explicitly in tests/test_keys_e2e.py.)
 
 
 # -- what schemathesis found, pinned ----------------------------------------------------------------
