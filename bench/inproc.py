@@ -11,6 +11,8 @@ rounds of user+system CPU per request:
   no-limit   the same without the in-memory limit in the config
   full       the whole app against the mock upstream
   stream     the whole app relaying bench/run's 24-event SSE stream from the mock upstream
+  2k         `stubbed` with a 2 KB prompt holding a few PII values
+  2k-pii     the same with a `pii` input guardrail (action log: every detector runs, nothing blocks)
   ledger     `stubbed` with the usage ledger on (SQLite in a temp file): the record built and
              queued per request, and the writer's batches (its thread is in this process, so
              its CPU is counted)
@@ -47,6 +49,12 @@ STREAM_MODEL = "gpt-4o-mini-sse"  # routed to the mock's SSE port, as bench/run'
 STREAM_BODY = (BODY[:-1].replace(b'"gpt-4o-mini"', f'"{STREAM_MODEL}"'.encode())
                + b',"stream":true,"stream_options":{"include_usage":true}}')
 CONCURRENCY = 32
+# A 2 KB prompt with a few PII values: the guardrail figures (issue 15's budget: a pii guardrail
+# costs at most 50 us of CPU on a 2 KB prompt), measured with and without one.
+_PROSE = ("Please summarise the incident report below for the on-call channel. The customer wrote in on "
+          "Tuesday after the 1.4.2 release: checkout failed twice, then succeeded on the third try. ")
+PROMPT_2K = (_PROSE * 9)[:1800] + " Contact: jane.doe@example.com, +44 20 7946 0958, card 4111 1111 1111 1111."
+BODY_2K = ('{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + PROMPT_2K + '"}],"max_tokens":64}').encode()
 
 
 class Scope:
@@ -211,6 +219,8 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
                                  if "limits:" not in line))
     ledger = workdir / "tollway-ledger.yaml"
     ledger.write_text(limited.read_text() + f"store: {{backend: sqlite, path: '{workdir / 'ledger.db'}'}}\n")
+    guarded = workdir / "tollway-pii.yaml"
+    guarded.write_text(limited.read_text() + "guardrails: [{name: pii, type: pii, action: log, apply_to: [input]}]\n")
     figures: dict[str, Callable[[], float]] = {
         "client": lambda: loop.run_until_complete(
             client_cost(f"http://127.0.0.1:{json_port}/v1/chat/completions", requests)),
@@ -218,6 +228,8 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "no-limit": lambda: gateway_cost(loop, unlimited, requests, True, name="no-limit"),
         "full": lambda: gateway_cost(loop, limited, requests, False, name="full"),
         "stream": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream"),
+        "2k": lambda: gateway_cost(loop, limited, requests, True, BODY_2K, name="2k"),
+        "2k-pii": lambda: gateway_cost(loop, guarded, requests, True, BODY_2K, name="2k-pii"),
         "ledger": lambda: gateway_cost(loop, ledger, requests, True, name="ledger"),
         "stream-ledger": lambda: gateway_cost(loop, ledger, requests, False, STREAM_BODY, name="stream-ledger"),
     }
