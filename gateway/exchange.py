@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
     from tollway.core.accounting.pricebook import PriceBook
     from tollway.core.security.secrets import KnownSecrets
+    from tollway.gateway.guardrails.hooks import GuardrailState
     from tollway.gateway.pipeline import AfterResponse, OnAnswer, OnChunk, OnChunkAsync
+    from tollway.gateway.plugins.hooks import PluginState
     from tollway.gateway.telemetry.tracing import RequestTrace
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -78,8 +80,8 @@ class Exchange:
         self.prices: PriceBook | None = None  # the runtime's, once admitted: x-tollway-cost-usd
         self.on_chunk_async: tuple[OnChunkAsync, ...] = ()  # the pipeline's async per-chunk hooks
         self.on_answer: tuple[OnAnswer, ...] = ()  # ... and its hooks on a non-stream answer
-        self.plugins: Any = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
-        self.guardrails: Any = None  # the request's guardrail state, when guardrails apply (tollway.gateway.guardrails)
+        self.plugins: PluginState | None = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
+        self.guardrails: GuardrailState | None = None  # when guardrails apply (tollway.gateway.guardrails)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

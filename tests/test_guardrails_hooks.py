@@ -12,7 +12,7 @@ import pytest
 from tollway.core.config import Guardrail
 from tollway.core.errors import GatewayError
 from tollway.gateway import sse_deltas
-from tollway.gateway.guardrails.hooks import GuardrailSet, _State
+from tollway.gateway.guardrails.hooks import GuardrailSet, GuardrailState
 from tollway.gateway.guardrails.text import input_slots, output_slots
 
 CARD = "4111 1111 1111 1111"
@@ -48,7 +48,7 @@ def _set(**spec: Any) -> GuardrailSet:
 
 
 def _ex(guards: GuardrailSet) -> Any:
-    return SimpleNamespace(guardrails=_State(guards.rules))
+    return SimpleNamespace(guardrails=GuardrailState(guards.rules))
 
 
 def _chunk(deltas: list[tuple[int, str]], finish: bool = False) -> bytes:

@@ -20,7 +20,7 @@ from tollway.gateway.exchange import Exchange
 from tollway.gateway.pipeline import EMPTY
 from tollway.gateway.plugins import hooks
 from tollway.gateway.plugins.api import PASS, Replace, RequestContext, Stop
-from tollway.gateway.plugins.hooks import PluginSet, _State
+from tollway.gateway.plugins.hooks import PluginSet, PluginState
 from tollway.gateway.plugins.loader import PluginLoadError, load
 
 BASE = """
@@ -93,7 +93,7 @@ def _chunked(plugin: _Seen, out: bytes) -> bytes:
     plugins = PluginSet([loaded])
     ex = Exchange("req_1", "chat")
     ctx = RequestContext("req_1", "chat", hooks.KeyInfo("k", "id", None), "m", "m", True, {}, None)
-    ex.plugins = _State(ctx, (loaded,), (), ())
+    ex.plugins = PluginState(ctx, (loaded,), (), ())
     return asyncio.run(plugins.on_chunk(ex, out))
 
 

@@ -108,7 +108,7 @@ class _RegexScanner:
 
 
 @dataclass(slots=True)
-class _State:
+class GuardrailState:
     """One request's guardrails: those on its output, its stream scanners, what was found."""
 
     output: tuple[Rule, ...]
@@ -136,14 +136,14 @@ class GuardrailSet:
                         on_chunk=(self.on_chunk,) if output else (),
                         on_answer=(self.on_answer,) if output else ())
 
-    def _count(self, state: _State, rule: Rule, counts: dict[str, int]) -> None:
+    def _count(self, state: GuardrailState, rule: Rule, counts: dict[str, int]) -> None:
         mine = state.counts.setdefault(rule.name, {})
         for detector, n in counts.items():
             mine[detector] = mine.get(detector, 0) + n
             if self.decisions is not None:
                 self.decisions.labels(rule.name, detector, rule.action).inc(n)
 
-    def _apply(self, state: _State, rule: Rule, slots: list[Slot], status: int) -> bool:
+    def _apply(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
         """Run one rule over the slots; True if a value was replaced. Raises on block."""
         changed = False
         for holder, key in slots:
@@ -169,7 +169,7 @@ class GuardrailSet:
         active = tuple(r for r in self.rules if r.applies(ex.key_name, ex.team, ex.route, ex.model))
         if not active:
             return
-        state = _State(tuple(r for r in active if r.output))
+        state = GuardrailState(tuple(r for r in active if r.output))
         ex.guardrails = state
         if ex.api == "responses" and req.head.stream:
             for rule in state.output:
@@ -196,7 +196,7 @@ class GuardrailSet:
     # -- output: a non-stream answer ------------------------------------------------------
 
     async def on_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
-        state: _State | None = ex.guardrails
+        state: GuardrailState | None = ex.guardrails
         if state is None or not state.output or status >= 300:
             return out
         try:
@@ -212,7 +212,7 @@ class GuardrailSet:
     # -- output: a stream -----------------------------------------------------------------
 
     def on_chunk(self, ex: Exchange, out: bytes) -> bytes:
-        state: _State | None = ex.guardrails
+        state: GuardrailState | None = ex.guardrails
         if state is None or not state.output:
             return out
         found = sse_deltas.events(out)
@@ -264,7 +264,7 @@ class GuardrailSet:
             return sse_deltas.joined(found)
         return out
 
-    def _feed(self, state: _State, key: tuple[int, int], text: str) -> str:
+    def _feed(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
         for i, rule in enumerate(state.output):
             scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
@@ -272,7 +272,7 @@ class GuardrailSet:
             text = self._emitted(state, rule, scanner.feed(text))
         return text
 
-    def _finish(self, state: _State, key: tuple[int, int]) -> str:
+    def _finish(self, state: GuardrailState, key: tuple[int, int]) -> str:
         text = ""
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
@@ -283,7 +283,7 @@ class GuardrailSet:
             text += self._emitted(state, rule, scanner.finish())
         return text
 
-    def _flush_choice(self, state: _State, index: int, delta: dict[str, Any]) -> bool:
+    def _flush_choice(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
         changed = False
         for key in sorted({(i, t) for _, i, t in state.scanners if i == index}):
@@ -299,14 +299,14 @@ class GuardrailSet:
                 calls.append({"index": key[1], "function": {"arguments": tail}})
         return changed
 
-    def _emitted(self, state: _State, rule: Rule, emit: Emit) -> str:
+    def _emitted(self, state: GuardrailState, rule: Rule, emit: Emit) -> str:
         if emit.counts:
             self._count(state, rule, emit.counts)
         if emit.blocked is not None:
             raise errors.content_policy_violation(rule.name, emit.blocked, 502)
         return emit.text
 
-    def _openai_tail(self, state: _State) -> bytes:
+    def _openai_tail(self, state: GuardrailState) -> bytes:
         """The held text of choices that ended without a finish_reason, as one more chunk."""
         indexes = sorted({index for _, index, _ in state.scanners})
         choices = []

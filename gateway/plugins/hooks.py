@@ -56,7 +56,7 @@ class _Skip(Exception):
 
 
 @dataclass(slots=True)
-class _State:
+class PluginState:
     """One request's plugins: its context and the plugins in its scope, by stage."""
 
     ctx: RequestContext
@@ -156,7 +156,7 @@ class PluginSet:
             body = None
         ctx = RequestContext(ex.request_id, ex.api, KeyInfo(ex.key_name or "", ex.key_id or "", ex.team), ex.model,
                              ex.route, bool(req.head.stream), _visible_headers(ex.scope), body, list(ex.tags))
-        ex.plugins = _State(ctx, *(tuple(p for p in active if s in p.stages)
+        ex.plugins = PluginState(ctx, *(tuple(p for p in active if s in p.stages)
                                    for s in ("on_chunk", "on_response", "on_complete")))
         for p in active:
             stage = p.stages.get("on_request")
@@ -198,7 +198,7 @@ class PluginSet:
         """The client bytes of a stream chunk (whole SSE events), with every text and tool-call
         argument delta through the plugins' on_chunk: OpenAI chat (`choices[].delta.content`,
         `.tool_calls[].function.arguments`) and Anthropic messages (`text_delta`, `input_json_delta`)."""
-        state: _State | None = ex.plugins
+        state: PluginState | None = ex.plugins
         if state is None or not state.chunk:
             return out
         found = sse_deltas.events(out)
@@ -209,7 +209,7 @@ class PluginSet:
                     ev.changed = changed = True
         return sse_deltas.joined(found) if changed else out
 
-    async def _field(self, state: _State, holder: dict[str, Any], name: str) -> bool:
+    async def _field(self, state: PluginState, holder: dict[str, Any], name: str) -> bool:
         text = holder.get(name)
         if not isinstance(text, str) or not text:
             return False
@@ -234,7 +234,7 @@ class PluginSet:
     # -- on_response -----------------------------------------------------------------------
 
     async def on_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
-        state: _State | None = ex.plugins
+        state: PluginState | None = ex.plugins
         if state is None or not state.response or status >= 300:
             return out
         try:
@@ -263,7 +263,7 @@ class PluginSet:
     def after_response(self, ex: Exchange) -> None:
         """Queue each in-scope on_complete call as a task; never waits. Past MAX_PENDING calls
         waiting or running, a call is dropped and counted (kind "dropped")."""
-        state: _State | None = ex.plugins
+        state: PluginState | None = ex.plugins
         if state is not None:
             active, ctx = state.complete, state.ctx
         else:  # refused before the upstream call (400, 404, 429...): no body was parsed for plugins
