@@ -63,6 +63,14 @@ def test_the_compiled_kernel_has_the_twins_constants() -> None:
         assert compiled.candidate_starts(text, 0, S.SHAPES & ~shape) == pure.candidate_starts(text, 0, S.SHAPES & ~shape)
 
 
+def test_the_twins_gates_cover_every_literal() -> None:
+    # the twin looks for a shared part first: each literal must be in exactly one group, and
+    # hold its group's part (or a text with it would be skipped)
+    literals = [lit for _, group in pure._GATES for lit in group]
+    assert sorted(literals) == sorted(pure.SECRET_LITERALS)
+    assert all(gate in lit for gate, group in pure._GATES for lit in group)
+
+
 # Text made of the pieces shapes are built from, so that hypothesis reaches near misses.
 _PIECES = ["0", "1", "2", "4", "5", "9", "12", "123", "4111", " ", "-", ".", ":", "@", "+", "(", ")", "/", ",",
            "_", "A", "B", "G", "K", "S", "I", "Z", "a", "e", "f", "g", "h", "p", "s", "k", "x", "y", "J", "\n",
