@@ -136,19 +136,17 @@ def _word_left_ok(text: str, q: int, bad: frozenset[str] = _SECRET_LEFT_BAD) -> 
 
 # --- validators -----------------------------------------------------------------------------
 
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")  # d -> 2d, less 9 if over 9
+
+
 def luhn_ok(digits: str) -> bool:
-    """The Luhn checksum of a string of ASCII digits."""
-    total = 0
-    double = False
-    for ch in reversed(digits):
-        d = ord(ch) - 48
-        if double:
-            d += d
-            if d > 9:
-                d -= 9
-        total += d
-        double = not double
-    return total % 10 == 0
+    """The Luhn checksum of a string of ASCII digits.
+
+    From the right, every second digit is doubled (the table); the byte sums count each digit
+    plus 48 (its ASCII code), taken off at the end: C loops instead of one per digit."""
+    plain = digits[-1::-2].encode()
+    doubled = digits[-2::-2].translate(_LUHN_DOUBLED).encode()
+    return (sum(plain) + sum(doubled) - 48 * len(digits)) % 10 == 0
 
 
 _IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
