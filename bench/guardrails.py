@@ -11,11 +11,24 @@ Then the prefilter (`candidate_starts`, tollway.ext.piiscan) alone and `find` ov
 compiled kernel and pure Python, in the same run, and, where the `google-re2` package is
 installed (`pip install google-re2`; not a dependency), one RE2 pass of a lookbehind-free
 pattern of the same shapes, for scale.
+
+    python3 bench/guardrails.py --baseline ../other-checkout --rounds 7
+
+`--baseline DIR`: also `find` as another checkout's core/guardrails/detectors.py has it (loaded
+from its file; the module imports only the standard library and tollway.ext), interleaved
+with this one's in the same process, round after round (the machine is shared: only ratios
+taken this way are worth comparing); prints each side's median of the rounds' best.
 """
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import statistics
+import sys
 import timeit
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 from tollway.core.guardrails import detectors
 from tollway.core.guardrails.detectors import find, mask
@@ -105,5 +118,59 @@ def twins() -> None:
             label, per_call_us(lambda: [m.start() for m in pattern.finditer(text)])))
 
 
+def baseline_module(checkout: Path) -> ModuleType:
+    path = checkout / "core" / "guardrails" / "detectors.py"
+    spec = importlib.util.spec_from_file_location("baseline_detectors", path)
+    if spec is None or spec.loader is None:
+        sys.exit(f"no detectors module at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(checkout: Path, rounds: int) -> None:
+    """This checkout's find (kernel and pure twin) against `checkout`'s, interleaved."""
+    from inproc import PROMPT_2K  # the 2k figures' prompt (bench/inproc.py)
+
+    base = baseline_module(checkout)
+    texts = {"2 KB with 4 PII values": prompt(True), "2 KB without PII": prompt(False),
+             "inproc 2k prompt (3 values)": PROMPT_2K}
+    for text in texts.values():  # the same findings, or the comparison means nothing
+        assert [tuple(f) for f in base.find(text)] == [tuple(f) for f in find(text)]
+    from tollway.core import kernels
+
+    sides: dict[str, Callable[[str, int, int], list[int]] | None] = {"baseline": None, "pure": piiscan.candidate_starts}
+    if kernels.ACTIVE["piiscan"] == "compiled":
+        sides["compiled"] = kernels.candidate_starts
+    runs: dict[tuple[str, str], list[float]] = {}
+    active = detectors.candidate_starts
+    try:
+        for _ in range(rounds):
+            for label, text in texts.items():
+                for side, starts in sides.items():
+                    if starts is None:
+                        us = per_call_us(lambda: base.find(text), number=1000, repeat=5)
+                    else:
+                        detectors.candidate_starts = starts
+                        us = per_call_us(lambda: find(text), number=1000, repeat=5)
+                    runs.setdefault((label, side), []).append(us)
+    finally:
+        detectors.candidate_starts = active
+    print(f"find, median of {rounds} interleaved rounds (µs; ratio to the baseline {checkout}):")
+    for label in texts:
+        was = statistics.median(runs[label, "baseline"])
+        cells = [f"baseline {was:6.1f}"] + [f"{side} {statistics.median(runs[label, side]):6.1f} "
+                                             f"({statistics.median(runs[label, side]) / was:.2f}x)"
+                                             for side in sides if side != "baseline"]
+        print(f"  {label:28} " + "   ".join(cells))
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="another checkout to compare find with")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
     main()
+    if args.baseline is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        against(args.baseline, args.rounds)
