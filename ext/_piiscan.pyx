@@ -9,7 +9,10 @@ from tollway.ext.piiscan import CARD, EMAIL, IBAN, IP, PHONE, SECRET, SECRET_LIT
 __all__ = ["CARD", "EMAIL", "IBAN", "IP", "PHONE", "SECRET", "SECRET_LITERALS", "SHAPES", "SSN", "candidate_starts"]
 
 cdef extern from "Python.h":
+    bint PyUnicode_Check(object o)
+    int PyUnicode_READY(object o) except -1  # (a no-op since 3.12; a legacy string before)
     int PyUnicode_KIND(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
     void* PyUnicode_DATA(object o)
     Py_UCS4 PyUnicode_READ(int kind, const void* data, Py_ssize_t index) nogil
 
@@ -171,16 +174,19 @@ cdef bint _starts(const Text* t, Py_ssize_t q, Py_UCS4 c, int on) noexcept nogil
             and _at(t, q + 4) == 41)
 
 
-def candidate_starts(str text, Py_ssize_t start, int shapes):
+def candidate_starts(text, Py_ssize_t start, int shapes):
     """Sorted positions >= `start` where a shape of `shapes` could begin (the twin's rules)."""
     cdef Text t
     cdef Py_ssize_t q
     cdef Py_UCS4 c
     cdef int on
     cdef list out = []
+    if not PyUnicode_Check(text):  # (a str subclass is a str)
+        raise TypeError("text must be str, not %s" % type(text).__name__)
+    PyUnicode_READY(text)
     t.kind = PyUnicode_KIND(text)
     t.data = PyUnicode_DATA(text)
-    t.n = len(text)
+    t.n = PyUnicode_GET_LENGTH(text)
     for q in range(max(start, 0), t.n):
         c = PyUnicode_READ(t.kind, t.data, q)
         if c >= 128:

@@ -52,6 +52,15 @@ def test_start_skips_earlier_positions_but_reads_before_them(piiscan_impl) -> No
     assert piiscan_impl.candidate_starts("GB82 WEST", 2, S.IBAN) == [2]  # the letters are context
 
 
+def test_a_str_subclass_is_text_and_bytes_are_not(piiscan_impl) -> None:
+    class Text(str):
+        pass
+
+    assert piiscan_impl.candidate_starts(Text("mail a@b"), 0, S.SHAPES) == [6]
+    with pytest.raises(TypeError):
+        piiscan_impl.candidate_starts(b"mail a@b", 0, S.SHAPES)
+
+
 def test_the_compiled_kernel_has_the_twins_constants() -> None:
     compiled = compiled_or_skip("piiscan")
     for name in ("CARD", "EMAIL", "IBAN", "IP", "PHONE", "SECRET", "SHAPES", "SSN", "SECRET_LITERALS"):
