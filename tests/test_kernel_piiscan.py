@@ -87,7 +87,7 @@ _PIECES = ["0", "1", "2", "4", "5", "9", "12", "123", "4111", " ", "-", ".", ":"
 _TEXT = st.lists(st.sampled_from(_PIECES), max_size=40).map("".join) | st.text(max_size=40)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(text=_TEXT, start=st.integers(0, 8), shapes=st.integers(0, S.SHAPES))
 def test_the_twins_agree(text: str, start: int, shapes: int) -> None:
     compiled = compiled_or_skip("piiscan")
@@ -122,7 +122,7 @@ def test_candidates_uses_the_prefilter() -> None:
     assert resolve(candidates(text, ALL)) == _everywhere(text, ALL) != []
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(parts=st.lists(st.sampled_from(_VALUES) | st.sampled_from(_PIECES) | st.text(max_size=6), max_size=12),
        names=_DETECTOR_SETS, start=st.integers(0, 6))
 def test_the_prefilter_never_skips_a_true_positive(piiscan_impl, parts: list[str], names: tuple[str, ...],
