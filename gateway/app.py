@@ -25,7 +25,7 @@ from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.guardrails import GuardrailSet
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
-from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
+from tollway.gateway.lifecycle.reload import ConfigWatcher, Signature, catch_early_hangups, signature, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.hooks import PluginSet
@@ -76,6 +76,7 @@ class Gateway:
         self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)
         self.in_flight = self.watchdog.in_flight
         self.watcher: ConfigWatcher | None = None
+        self.config_signature: Signature | None = None  # the config file's when it was read (create_app)
         # Closes of what a reload replaced (old pools, store, exporter). The loop holds tasks only
         # weakly, so they live here until done; one attribute each would drop a still-running one.
         self.background: set[asyncio.Task[Any]] = set()
@@ -402,10 +403,14 @@ class Gateway:
 
 def create_app() -> Gateway:
     """granian's factory target: the gateway for the config named by TOLLWAY_CONFIG."""
+    catch_early_hangups()  # a SIGHUP before the watcher is installed is applied then (lifecycle.reload)
     setup_logging()  # JSON on stderr; the access log owns stdout
     path = os.environ.get("TOLLWAY_CONFIG")
     if not path:
         raise SystemExit("TOLLWAY_CONFIG is not set; start the gateway with `tollway serve --config FILE`.")
-    return Gateway(config_mod.load(path), path)
+    seen = signature(path)  # before reading: a change from here on is reloaded once the watcher runs
+    gateway = Gateway(config_mod.load(path), path)
+    gateway.config_signature = seen
+    return gateway
 
 
