@@ -35,7 +35,7 @@ from tollway.gateway.runtime import NO_API, ApiTables, ProviderRuntime, Runtime
 from tollway.gateway.serving import Serving
 from tollway.gateway.store import SchemaTooNew, build_key_store
 from tollway.gateway.store.books import Books
-from tollway.gateway.store.ledger import LedgerCounters, LedgerGauges
+from tollway.gateway.store.ledger import LEDGER_RULES, LedgerCounters, LedgerGauges
 from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
@@ -45,7 +45,7 @@ from tollway.gateway.telemetry.limit_metrics import LimitLevels
 from tollway.gateway.telemetry.live import LiveStats
 from tollway.gateway.telemetry.logs import refuse, setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
-from tollway.gateway.telemetry.routing_metrics import RoutingCollector
+from tollway.gateway.telemetry.routing_metrics import ROUTING_RULES, RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
 from tollway.gateway.tenancy.actions import Actions
 from tollway.gateway.tenancy.directory import Directory, TableChange
@@ -82,7 +82,8 @@ class Gateway:
         self.background: set[asyncio.Task[Any]] = set()
         self.tracer = build_tracer(config.telemetry.traces, self.metrics)
         shared = self.metrics.shared_counts  # --workers N: reloads are summed through the shared files
-        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher, reloads=shared is None))
+        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher, reloads=shared is None),
+                              workers=("routing", ROUTING_RULES))
         if shared is not None:
             shared.track_reloads(lambda: self.watcher.reloads if self.watcher is not None else None)
         self.limit_levels = LimitLevels()  # read from the store per scrape, not per request
@@ -97,7 +98,7 @@ class Gateway:
             self.directory.on_change = self._keys_changed
         self._rebuild_pending = False
         self.serving.pipeline = self._pipeline()
-        self.metrics.register(LedgerGauges(lambda: self.books.ledger))
+        self.metrics.register(LedgerGauges(lambda: self.books.ledger), workers=("ledger", LEDGER_RULES))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
         self.admin = AdminAPI(self.serving, lambda: self.live)
