@@ -323,3 +323,12 @@ def test_responses_function_call_arguments_and_json_schema_on_items() -> None:
     with pytest.raises(GatewayError, match=r"at \$\.n \(type\)"):
         for chunk in _rs_stream('{"n": "3"}'):
             guards.on_chunk(ex, chunk)
+
+
+def test_an_escaped_json_schema_type_is_still_found() -> None:
+    guards = GuardrailSet([_block()])
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
+    raw = json.dumps({"model": "m", "response_format": fmt}).replace("json_schema", "json\\u005fschema").encode()
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    asyncio.run(guards.before_upstream(SimpleNamespace(body=raw, head=SimpleNamespace(stream=False)), ex))  # type: ignore[arg-type]
+    assert ex.guardrails.schema is not None
