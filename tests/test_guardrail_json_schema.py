@@ -85,11 +85,22 @@ def test_not_json_and_too_deep() -> None:
     ([{"type": "string"}], "a JSON Schema is an object"),
     ({"patternProperties": {"^a": {}}, "unevaluatedProperties": False}, "unevaluatedProperties together"),
     ({"allOf": [{"allOf": [{}]}] * (MAX_SCHEMA_NODES // 2)}, "too large"),
+    # a subschema's own $schema would make the library switch to its stock validator (Python re, no budget)
+    ({"properties": {"a": {"$schema": "https://json-schema.org/draft/2020-12/schema", "pattern": "^(a+)+$"}}},
+     "$schema belongs at the schema's root only"),
 ])
 def test_hostile_or_broken_schemas_are_refused(schema: Any, reason: str) -> None:
     with pytest.raises(SchemaRefused) as info:
         compile_schema(schema)
     assert reason in str(info.value)
+
+
+def test_compiled_schemas_and_refusals_are_kept() -> None:
+    schema = {"type": "object", "properties": {"kept": {"type": "integer"}}}
+    assert compile_schema(schema) is compile_schema(json.loads(json.dumps(schema)))
+    for _ in range(2):
+        with pytest.raises(SchemaRefused, match="must point inside"):
+            compile_schema({"$ref": "https://example.com/kept"})
 
 
 def test_a_deep_schema_is_refused() -> None:
@@ -136,6 +147,11 @@ def test_an_exploding_schema_stops_at_the_step_budget() -> None:
 
 def test_patterns_run_in_linear_time() -> None:
     started = time.process_time()
+    # a $ref back to a root that names its $schema stays on the bounded validator
+    recursive = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+                 "properties": {"a": {"$ref": "#"}, "b": {"type": "string", "pattern": "^(a+)+$"}}}
+    assert _check(recursive, {"a": {"a": {"b": "a" * 40 + "!"}}}) == \
+        "the output does not match the schema at $.a.a.b (pattern)"
     assert _check({"type": "string", "pattern": "^(a+)+$"}, json.dumps("a" * 50_000 + "b")) == \
         "the output does not match the schema at $ (pattern)"
     schema = {"type": "object", "patternProperties": {"^(a|aa)+$": {"type": "integer"}}, "additionalProperties": False}
@@ -154,3 +170,13 @@ def test_unique_items_is_linear_with_json_equality() -> None:
     assert _check(unique, [1, True]) is None and _check(unique, [0, False, None]) is None
     assert _check(unique, [{"a": 1, "b": 2}, {"b": 2, "a": 1}]) == \
         "the output does not match the schema at $ (uniqueItems)"
+
+
+def test_a_keyword_value_the_shape_check_lets_through_fails_the_answer_not_the_gateway() -> None:
+    # 2020-12 keywords are checked against draft 7's (faster, looser) metaschema: a bad value
+    # there surfaces when it is applied, as a failed check, never as an exception
+    assert _check({"prefixItems": 3}, [1, 2]) == "the schema could not be applied to the output"
+    assert _check({"dependentRequired": {"a": 3}}, {"a": 1}) == "the schema could not be applied to the output"
+    assert _check({"type": "array", "prefixItems": [{"type": "integer"}]}, [1, "x"]) is None
+    assert _check({"type": "array", "prefixItems": [{"type": "integer"}]}, ["x"]) == \
+        "the output does not match the schema at $[0] (type)"
