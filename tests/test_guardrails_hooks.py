@@ -332,3 +332,17 @@ def test_an_escaped_json_schema_type_is_still_found() -> None:
     ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
     asyncio.run(guards.before_upstream(SimpleNamespace(body=raw, head=SimpleNamespace(stream=False)), ex))  # type: ignore[arg-type]
     assert ex.guardrails.schema is not None
+
+
+def test_responses_stream_a_value_split_at_every_boundary_is_masked() -> None:
+    text = f"pay with {CARD} or mail a@example.com now"
+    for cut in range(1, len(text)):
+        guards = _set()
+        ex = _rs_ex(guards)
+        at = {"item_id": "m1", "output_index": 0, "content_index": 0}
+        chunks = [_rs_event("response.output_text.delta", 0, **at, delta=text[:cut]),
+                  _rs_event("response.output_text.delta", 1, **at, delta=text[cut:]),
+                  _rs_event("response.output_text.done", 2, **at, text=text)]
+        events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
+        streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert streamed == events[-1]["text"] == "pay with <CREDIT_CARD> or mail <EMAIL> now", cut

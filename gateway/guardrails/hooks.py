@@ -281,10 +281,7 @@ class GuardrailSet:
             for holder, name, kind, index, tool in sse_deltas.deltas(obj):
                 text = holder.get(name)
                 if schema is not None and name == "content":
-                    if isinstance(holder.get("refusal"), str) and holder["refusal"]:
-                        schema.skip.add(index)
-                    if isinstance(text, str):
-                        schema.add(index, "")  # seen: an empty answer is checked too
+                    schema.saw(index, holder)
                 if not isinstance(text, str) or not text:
                     continue
                 state.kinds[index, tool] = kind

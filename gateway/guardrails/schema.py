@@ -55,6 +55,14 @@ class AnswerSchema:
     def check(self, text: str) -> str | None:
         return violation(self.compiled, text)
 
+    def saw(self, index: int, delta: dict[str, Any]) -> None:
+        """A chat delta of choice `index`: a refusal is not an answer; content (even "") is one."""
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            self.skip.add(index)
+        if isinstance(delta.get("content"), str):
+            self.add(index, "")  # seen: an empty answer is checked too
+
     def add(self, index: int, text: str) -> None:
         self.texts.setdefault(index, []).append(text)
 
