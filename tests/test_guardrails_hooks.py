@@ -346,3 +346,16 @@ def test_responses_stream_a_value_split_at_every_boundary_is_masked() -> None:
         events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
         streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
         assert streamed == events[-1]["text"] == "pay with <CREDIT_CARD> or mail <EMAIL> now", cut
+
+
+def test_responses_an_item_without_its_done_event_is_checked_at_the_end() -> None:
+    guards, ex = _schema_ex("responses", _block())
+    chunks = _rs_stream('{"n": 1')
+    del chunks[-2]  # no response.output_item.done: a truncated answer ends with response.completed
+    with pytest.raises(GatewayError, match="not valid JSON"):
+        for chunk in chunks:
+            guards.on_chunk(ex, chunk)
+    guards, ex = _schema_ex("responses", _block())
+    for chunk in _rs_stream('{"n": 1}'):  # checked once, at output_item.done, and passes
+        guards.on_chunk(ex, chunk)
+    assert ex.guardrails.responses.checked == {0}

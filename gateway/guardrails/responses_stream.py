@@ -15,7 +15,8 @@ text. A text the stream repeats without having sent it as deltas is scanned whol
 blocked). `block` raises: the proxy ends the stream with the Responses `error` event
 (`ResponsesStreamRelay.error_event`).
 
-A `json_schema` guardrail checks each `message` item at its `response.output_item.done`.
+A `json_schema` guardrail checks each `message` item at its `response.output_item.done` (or, if
+that never came, at the response's end: `response.completed`, `.incomplete`, `.failed`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 Key = tuple[int, int]  # (output_index, content_index), content_index -1 for a function call's arguments
 _DELTAS = {"response.output_text.delta": False, "response.function_call_arguments.delta": True}  # → arguments?
 _DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments"}
+_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
 _encode = msgspec.json.encode
 
 
@@ -40,6 +42,7 @@ _encode = msgspec.json.encode
 class ResponsesState:
     emitted: dict[Key, list[str]] = field(default_factory=dict)  # the text sent for each part so far
     shift: int = 0  # events the gateway inserted: later sequence numbers move up by this
+    checked: set[int] = field(default_factory=set)  # output items the json_schema check has seen
 
 
 def _key(obj: dict[str, Any], arguments: bool) -> Key | None:
@@ -77,16 +80,26 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
         item = obj.get("item")
         if isinstance(item, dict) and isinstance(obj.get("output_index"), int):
             ev.changed |= _settle_item(guards, state, rs, obj["output_index"], item)
-            if kind == "response.output_item.done" and state.schema is not None:
-                text = item_answer(item)
-                if text is not None:
-                    guards._checked(state, text)
+            if kind == "response.output_item.done":
+                _check(guards, state, rs, obj["output_index"], item)
         response = obj.get("response")
         output = response.get("output") if isinstance(response, dict) else None
         if isinstance(output, list):
             for at, item in enumerate(output):
                 if isinstance(item, dict):
                     ev.changed |= _settle_item(guards, state, rs, at, item)
+                    if kind in _ENDS:  # an item whose output_item.done never came
+                        _check(guards, state, rs, at, item)
+
+
+def _check(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, at: int, item: dict[str, Any]) -> None:
+    """The json_schema check of one ended output item (once)."""
+    if state.schema is None or at in rs.checked:
+        return
+    rs.checked.add(at)
+    text = item_answer(item)
+    if text is not None:
+        guards._checked(state, text)
 
 
 def _flush(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key: Key, ev: Event) -> None:
