@@ -359,3 +359,17 @@ def test_responses_an_item_without_its_done_event_is_checked_at_the_end() -> Non
     for chunk in _rs_stream('{"n": 1}'):  # checked once, at output_item.done, and passes
         guards.on_chunk(ex, chunk)
     assert ex.guardrails.responses.checked == {0}
+
+
+def test_responses_text_shown_before_its_deltas_is_scanned_and_not_doubled() -> None:
+    guards = _set()
+    ex = _rs_ex(guards)
+    args = json.dumps({"to": "a@example.com"})
+    at = {"item_id": "f1", "output_index": 0}
+    added = {"type": "function_call", "id": "f1", "arguments": args}  # an upstream that shows it up front
+    chunks = [_rs_event("response.output_item.added", 0, output_index=0, item=added),
+              _rs_event("response.function_call_arguments.delta", 1, **at, delta=args),
+              _rs_event("response.function_call_arguments.done", 2, **at, arguments=args)]
+    events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
+    assert json.loads(events[0]["item"]["arguments"]) == {"to": "<EMAIL>"}
+    assert json.loads(events[-1]["arguments"]) == {"to": "<EMAIL>"}

@@ -35,6 +35,10 @@ Key = tuple[int, int]  # (output_index, content_index), content_index -1 for a f
 _DELTAS = {"response.output_text.delta": False, "response.function_call_arguments.delta": True}  # → arguments?
 _DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments"}
 _ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
+# Events that show a part before its deltas (normally empty): a text there is scanned, but the
+# deltas that follow are the part's text, not a continuation of it.
+_OPENINGS = frozenset(("response.created", "response.in_progress", "response.queued", "response.output_item.added",
+                       "response.content_part.added"))
 _encode = msgspec.json.encode
 
 
@@ -61,6 +65,7 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
             obj["sequence_number"] += rs.shift
             ev.changed = True
         kind = obj.get("type")
+        record = kind not in _OPENINGS
         if kind in _DELTAS:
             key, text = _key(obj, _DELTAS[kind]), obj.get("delta")
             if key is not None and isinstance(text, str) and text:
@@ -76,10 +81,10 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
                 ev.changed |= _settle(guards, state, rs, key, obj, _DONES[kind])
         part = obj.get("part")
         if isinstance(part, dict) and part.get("type") == "output_text" and (key := _key(obj, False)) is not None:
-            ev.changed |= _settle(guards, state, rs, key, part, "text")
+            ev.changed |= _settle(guards, state, rs, key, part, "text", record)
         item = obj.get("item")
         if isinstance(item, dict) and isinstance(obj.get("output_index"), int):
-            ev.changed |= _settle_item(guards, state, rs, obj["output_index"], item)
+            ev.changed |= _settle_item(guards, state, rs, obj["output_index"], item, record)
             if kind == "response.output_item.done":
                 _check(guards, state, rs, obj["output_index"], item)
         response = obj.get("response")
@@ -87,7 +92,7 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
         if isinstance(output, list):
             for at, item in enumerate(output):
                 if isinstance(item, dict):
-                    ev.changed |= _settle_item(guards, state, rs, at, item)
+                    ev.changed |= _settle_item(guards, state, rs, at, item, record)
                     if kind in _ENDS:  # an item whose output_item.done never came
                         _check(guards, state, rs, at, item)
 
@@ -126,9 +131,9 @@ def _flush(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key:
 
 
 def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key: Key,
-            holder: dict[str, Any], name: str) -> bool:
+            holder: dict[str, Any], name: str, record: bool = True) -> bool:
     """`holder[name]`, a repeated whole text, made what was emitted for `key` (or, never sent
-    as deltas, scanned whole now); True if it changed."""
+    as deltas, scanned whole now, and taken as the part's text if `record`); True if it changed."""
     text = holder.get(name)
     if not isinstance(text, str):
         return False
@@ -136,7 +141,8 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
     if sent is None:
         for rule in state.output:
             guards._apply(state, rule, [(holder, name)], 502)
-        rs.emitted[key] = [holder[name]]
+        if record:
+            rs.emitted[key] = [holder[name]]
         return holder[name] != text
     if any(k[1:] == key for k in state.scanners):  # a part whose `.done` never came: its tail too
         sent.append(guards._finish(state, key))
@@ -147,12 +153,13 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
     return new != text
 
 
-def _settle_item(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, at: int, item: dict[str, Any]) -> bool:
+def _settle_item(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, at: int, item: dict[str, Any],
+                 record: bool = True) -> bool:
     if item.get("type") == "function_call":
-        return _settle(guards, state, rs, (at, -1), item, "arguments")
+        return _settle(guards, state, rs, (at, -1), item, "arguments", record)
     changed = False
     content = item.get("content")
     for index, part in enumerate(content if isinstance(content, list) else ()):
         if isinstance(part, dict) and part.get("type") == "output_text":
-            changed |= _settle(guards, state, rs, (at, index), part, "text")
+            changed |= _settle(guards, state, rs, (at, index), part, "text", record)
     return changed
