@@ -160,8 +160,8 @@ class GuardrailSet:
             if self.decisions is not None:
                 self.decisions.labels(rule.name, detector, rule.action).inc(n)
 
-    def _apply(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
-        """Run one rule over the slots; True if a value was replaced. Raises on block."""
+    def apply_rule(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
+        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block."""
         changed = False
         for holder, key in slots:
             text = holder[key]
@@ -210,7 +210,7 @@ class GuardrailSet:
             return
         changed = False
         for rule in inputs:
-            changed |= self._apply(state, rule, slots, 400)
+            changed |= self.apply_rule(state, rule, slots, 400)
         if changed:
             req.body = _encode(body)
 
@@ -227,7 +227,7 @@ class GuardrailSet:
             raise errors.schema_refused(checks[0].name, param, str(exc)) from None
         state.checks = checks
 
-    def _checked(self, state: GuardrailState, text: str) -> None:
+    def check_answer(self, state: GuardrailState, text: str) -> None:
         """Check one whole answer against the request's schema: counted; raises for block."""
         schema = state.schema
         what = schema.check(text) if schema is not None else None
@@ -251,10 +251,10 @@ class GuardrailSet:
         slots = output_slots(body)
         changed = False
         for rule in state.output:
-            changed |= self._apply(state, rule, slots, 502)
+            changed |= self.apply_rule(state, rule, slots, 502)
         if state.schema is not None:
             for text in (responses_answers(body) if ex.api == "responses" else chat_answers(body)):
-                self._checked(state, text)
+                self.check_answer(state, text)
         return _encode(body) if changed else out
 
     # -- output: a stream -----------------------------------------------------------------
@@ -285,7 +285,7 @@ class GuardrailSet:
                 if not isinstance(text, str) or not text:
                     continue
                 state.kinds[index, tool] = kind
-                new = self._feed(state, (index, tool), text)
+                new = self.feed_text(state, (index, tool), text)
                 if new != text:
                     holder[name], ev.changed = new, True
                 if schema is not None and name == "content":
@@ -302,9 +302,9 @@ class GuardrailSet:
                         continue
                     text = choice.get("text")
                     if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
-                        new = self._feed(state, (at, -1), text) if text else text
+                        new = self.feed_text(state, (at, -1), text) if text else text
                         if choice.get("finish_reason"):
-                            new += self._finish(state, (at, -1))
+                            new += self.finish_text(state, (at, -1))
                         if new != text:
                             choice["text"], ev.changed = new, True
                     elif choice.get("finish_reason"):
@@ -316,7 +316,7 @@ class GuardrailSet:
             elif obj.get("type") == "content_block_stop" and isinstance(obj.get("index", 0), int):
                 block: int = obj.get("index", 0)
                 kind = state.kinds.get((block, -1), sse_deltas.TEXT)
-                tail = self._finish(state, (block, -1))
+                tail = self.finish_text(state, (block, -1))
                 if tail:
                     piece = {"type": "text_delta", "text": tail} if kind == sse_deltas.TEXT else \
                         {"type": "input_json_delta", "partial_json": tail}
@@ -326,7 +326,9 @@ class GuardrailSet:
             return sse_deltas.joined(found)
         return out
 
-    def _feed(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
+    def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
+        """One streamed delta of the text `key` names, through every scanning guardrail in
+        order: what to send now (masked; held back as needed). Raises for block."""
         for i, rule in enumerate(state.output):
             scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
@@ -334,7 +336,8 @@ class GuardrailSet:
             text = self._emitted(state, rule, scanner.feed(text))
         return text
 
-    def _finish(self, state: GuardrailState, key: tuple[int, int]) -> str:
+    def finish_text(self, state: GuardrailState, key: tuple[int, int]) -> str:
+        """The text `key` names ended: its held tails, through the later guardrails. Raises for block."""
         text = ""
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
@@ -349,7 +352,7 @@ class GuardrailSet:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
         changed = False
         for key in sorted({(i, t) for _, i, t in state.scanners if i == index}):
-            tail = self._finish(state, key)
+            tail = self.finish_text(state, key)
             if not tail:
                 continue
             changed = True
@@ -367,7 +370,7 @@ class GuardrailSet:
         schema = state.schema
         text = schema.ended(index, finish) if schema is not None else None
         if text is not None:
-            self._checked(state, text)
+            self.check_answer(state, text)
 
     def _emitted(self, state: GuardrailState, rule: Rule, emit: Emit) -> str:
         if emit.counts:

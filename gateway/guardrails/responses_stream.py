@@ -69,7 +69,7 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
         if kind in _DELTAS:
             key, text = _key(obj, _DELTAS[kind]), obj.get("delta")
             if key is not None and isinstance(text, str) and text:
-                new = guards._feed(state, key, text)
+                new = guards.feed_text(state, key, text)
                 rs.emitted.setdefault(key, []).append(new)
                 if new != text:
                     obj["delta"], ev.changed = new, True
@@ -104,12 +104,12 @@ def _check(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, at: 
     rs.checked.add(at)
     text = item_answer(item)
     if text is not None:
-        guards._checked(state, text)
+        guards.check_answer(state, text)
 
 
 def _flush(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key: Key, ev: Event) -> None:
     """A part's text ended: its held tail goes out as one more delta event before `ev`."""
-    tail = guards._finish(state, key)
+    tail = guards.finish_text(state, key)
     if not tail:
         return
     rs.emitted.setdefault(key, []).append(tail)
@@ -140,12 +140,12 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
     sent = rs.emitted.get(key)
     if sent is None:
         for rule in state.output:
-            guards._apply(state, rule, [(holder, name)], 502)
+            guards.apply_rule(state, rule, [(holder, name)], 502)
         if record:
             rs.emitted[key] = [holder[name]]
         return holder[name] != text
     if any(k[1:] == key for k in state.scanners):  # a part whose `.done` never came: its tail too
-        sent.append(guards._finish(state, key))
+        sent.append(guards.finish_text(state, key))
     new = "".join(sent)
     if len(sent) > 1:
         sent[:] = [new]
