@@ -11,8 +11,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.harness import TEST_KEY, GatewayProcess
 from tests.fakes.scripted_upstream import ScriptedUpstream
+from tests.harness import TEST_KEY, GatewayProcess
 from tests.test_guardrails_e2e import CARD, CARD_DIGITS, EMAIL, _config
 from tests.test_ledger_e2e import _records
 
