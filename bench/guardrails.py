@@ -9,7 +9,7 @@ with a few PII values, over the same prompt without PII, and of `mask`; the issu
 50 µs per 2 KB prompt. Also the stream scanner's cost per 2 KB fed in 4-character chunks.
 Then the prefilter (`candidate_starts`, tollway.ext.piiscan) alone and `find` over each twin,
 compiled kernel and pure Python, in the same run, and, where the `google-re2` package is
-installed (`pip install google-re2`; not a dependency), one RE2 pass of a lookbehind-free
+installed (a dependency since the json_schema guardrail), one RE2 pass of a lookbehind-free
 pattern of the same shapes, for scale.
 
     python3 bench/guardrails.py --baseline ../other-checkout --rounds 7
