@@ -32,7 +32,7 @@ from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_
 from tollway.ext.usage import Usage
 
 __all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
-           "estimated_usage", "load_soon", "shutdown"]
+           "estimated_usage", "shutdown"]
 
 # Texts shorter than this are counted on the loop: at most ~0.5 ms of tokenizing (~30 us per
 # KiB), where the thread hop (~50 us) would add 10% or more. See bench/token_count.py.
@@ -115,23 +115,6 @@ def estimated_usage(prompt_body: bytes, completion_text: str, model: str) -> tup
 def _usage(prompt_body: bytes, completion: int) -> Usage:
     prompt = estimate_prompt_tokens(prompt_body)
     return Usage(prompt, completion, prompt + completion)
-
-
-_LOADING: dict[str, asyncio.Task[int]] = {}  # encoding name -> its load on the pool (held: not collected)
-
-
-def load_soon(model: str) -> None:
-    """Have `model`'s encoding loaded on the counting pool, in the background, so that later
-    short counts may run inline (for a caller that counts as it goes: a stream's hook)."""
-    encoding = encoding_name_for_model(model)
-    if _POOL.ready(encoding) or encoding in _LOADING:
-        return
-    task = _LOADING[encoding] = asyncio.get_running_loop().create_task(_POOL.run(encoding, _nothing))
-    task.add_done_callback(lambda _: _LOADING.pop(encoding, None))
-
-
-def _nothing() -> int:
-    return 0
 
 
 def encoding_ready(model: str) -> bool:

@@ -105,13 +105,13 @@ def _log_line(gw: GatewayProcess, key: str) -> dict[str, Any]:
     raise AssertionError(f"no access log line for key {key}")
 
 
-def _hung_up(upstream: FakeOpenAI, count: int = 1) -> list[tuple[int, bool]]:
-    """The last `count` long-stream answers once each has ended (the fake notices a client that
-    closed the connection at its next write)."""
+def _ended(upstream: FakeOpenAI, before: int, count: int = 1) -> list[tuple[int, bool]]:
+    """The long-stream answers after the first `before`, once `count` have ended (the fake
+    notices a client that closed the connection at its next write)."""
     deadline = time.monotonic() + 5
-    while len(upstream.long_streams) < count and time.monotonic() < deadline:
+    while len(upstream.long_streams) < before + count and time.monotonic() < deadline:
         time.sleep(0.02)
-    return upstream.long_streams[-count:]
+    return upstream.long_streams[before:]
 
 
 def _oa_stream(gw: GatewayProcess, key: str, model: str = "gpt-4o-mini", max_tokens: int = 100) -> tuple[list[str], Any]:
@@ -136,8 +136,7 @@ def test_openai_stream_is_cut_at_its_token_limit(gw: GatewayProcess, upstream: F
     assert err.message.startswith("The stream was stopped: Rate limit reached for gpt-4o-mini on output tokens")
     # 100 reserved by max_tokens, then extensions up to the bucket's last token, and not one more
     assert got == [LONG_DELTA] * LIMIT
-    (written, hung_up), = _hung_up(upstream)
-    assert len(upstream.long_streams) == before + 1
+    (written, hung_up), = _ended(upstream, before)
     assert hung_up and LIMIT < written < LONG_STREAM_CHUNKS  # the gateway closed the upstream connection
     line = _log_line(gw, "oa")
     assert line["error"] == "rate_limit_exceeded" and line["completion_tokens"] == LIMIT  # settled with what was sent
@@ -157,6 +156,7 @@ def test_openai_stream_is_cut_at_its_token_limit(gw: GatewayProcess, upstream: F
 
 def test_anthropic_stream_is_cut_with_its_error_event(gw: GatewayProcess, upstream: FakeOpenAI) -> None:
     client = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=AN_KEY, max_retries=0, timeout=20)
+    before = len(upstream.long_streams)
     got: list[str] = []
     with pytest.raises(anthropic.APIStatusError) as info:
         with client.messages.stream(model="gpt-4o-mini", max_tokens=50,
@@ -167,32 +167,35 @@ def test_anthropic_stream_is_cut_with_its_error_event(gw: GatewayProcess, upstre
     assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
     assert "The stream was stopped: Rate limit reached for gpt-4o-mini on output tokens" in body["error"]["message"]
     assert "".join(got) == LONG_DELTA * LIMIT
-    assert _hung_up(upstream)[-1][1]
+    assert [hung_up for _, hung_up in _ended(upstream, before)] == [True]
     line = _log_line(gw, "an")
     assert line["error"] == "rate_limit_exceeded" and line["completion_tokens"] == LIMIT
     assert LIMIT - 1 <= _used(gw, "an", "output_tokens") <= LIMIT
 
 
 def test_a_stream_is_cut_when_its_calendar_budget_runs_out(gw: GatewayProcess, upstream: FakeOpenAI) -> None:
+    before = len(upstream.long_streams)
     got, err = _oa_stream(gw, BUDGET_KEY, model="priced", max_tokens=2000)
     assert isinstance(err, openai.APIError) and err.code == "insufficient_quota"
     assert "The stream was stopped: The key 'budget' has spent its budget of 0.3005 USD" in err.message
     assert len(got) == 300  # 0.300 USD; the 301st token would cost 0.301
-    assert _hung_up(upstream)[-1][1]
+    assert [hung_up for _, hung_up in _ended(upstream, before)] == [True]
     line = _log_line(gw, "budget")
     assert line["completion_tokens"] == 300 and line["cost_usd"] == pytest.approx(300 * PER_TOKEN_USD)
     (status,) = [b for b in _admin(gw, "/admin/budgets")["data"] if b.get("key") == "budget"]
     assert status["spent_usd"] == pytest.approx(300 * PER_TOKEN_USD)  # charged what was sent; nothing held
     again, err = _oa_stream(gw, BUDGET_KEY, model="priced")  # 0.0005 USD left: admitted, not one token fits
     assert again == [] and isinstance(err, openai.APIError) and err.code == "insufficient_quota"
+    assert [hung_up for _, hung_up in _ended(upstream, before, 2)] == [True, True]
 
 
 def test_enforce_streams_false_leaves_streams_alone(upstream: FakeOpenAI) -> None:
     gw = GatewayProcess(_config(upstream.url, "rate_limits: {enforce_streams: false}"))
     try:
+        before = len(upstream.long_streams)
         got, err = _oa_stream(gw, OA_KEY)
         assert err is None and len(got) == LONG_STREAM_CHUNKS  # charged when it ends, as before
-        assert upstream.long_streams[-1] == (LONG_STREAM_CHUNKS, False)
+        assert _ended(upstream, before) == [(LONG_STREAM_CHUNKS, False)]
         assert _log_line(gw, "oa")["completion_tokens"] == LONG_STREAM_CHUNKS
         assert _used(gw, "oa", "output_tokens") >= LONG_STREAM_CHUNKS - 1  # in debt: refused until refilled
     finally:
@@ -200,13 +203,14 @@ def test_enforce_streams_false_leaves_streams_alone(upstream: FakeOpenAI) -> Non
 
 
 def test_redis_backend_cuts_a_stream_at_its_limit(redis_gw: GatewayProcess, upstream: FakeOpenAI) -> None:
+    before = len(upstream.long_streams)
     got, err = _oa_stream(redis_gw, OA_KEY)
     assert isinstance(err, openai.APIError) and err.code == "rate_limit_exceeded"
     # Redis is asked for a step of output at a time (37 tokens here: 1/8 of the bucket), never
     # per chunk: the stream stops when its next step no longer fits, at most one step short
     step = LIMIT // 8
     assert set(got) == {LONG_DELTA} and LIMIT - step < len(got) <= LIMIT
-    assert _hung_up(upstream)[-1][1]
+    assert [hung_up for _, hung_up in _ended(upstream, before)] == [True]
     assert _log_line(redis_gw, "oa")["completion_tokens"] == len(got)
     assert len(got) - 1 <= _used(redis_gw, "oa", "output_tokens") <= len(got)
 
@@ -234,8 +238,9 @@ async def _crowd(gw: GatewayProcess, streams: int) -> list[tuple[int, str | None
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_200_concurrent_streams_on_one_key_stay_within_the_bound(backend: str, gw: GatewayProcess,
-                                                                 redis_gw: GatewayProcess) -> None:
+                                                                 redis_gw: GatewayProcess, upstream: FakeOpenAI) -> None:
     gateway = gw if backend == "memory" else redis_gw
+    before = len(upstream.long_streams)
     start = time.monotonic()
     results = asyncio.run(_crowd(gateway, 200))
     elapsed = time.monotonic() - start
@@ -249,6 +254,8 @@ def test_200_concurrent_streams_on_one_key_stay_within_the_bound(backend: str, g
     assert {code for _, code in results} == {"rate_limit_exceeded"}  # every one was cut, none failed otherwise
     used = _used(gateway, "crowd", "output_tokens")
     assert sent - 1 - refill <= used <= sent + 1  # settled with what was sent
+    ended = _ended(upstream, before, 200)
+    assert len(ended) == 200 and all(hung_up for _, hung_up in ended)  # every upstream connection closed
 
 
 def test_no_limit_installs_no_hook() -> None:

@@ -10,8 +10,9 @@ request with no such limit or budget relays with the pipeline's seams as they we
 usually), and pays nothing per chunk.
 
 Per chunk it counts the output tokens in the chunk's text and argument deltas
-(`tollway.core.accounting.stream_text`): tiktoken on each delta (about 1 us) once the model's
-encoding is loaded in this process, four characters a token before that. If the stream's
+(`tollway.core.accounting.stream_text`): tiktoken on each delta, about 1 us (the first stream
+of a model in a process waits for the counting pool to load its encoding: counts are never
+guessed, and the loop never loads one). If the stream's
 count stays within `allowed`, the chunk passes: a decode, a count and one comparison. Past it,
 each *source* of headroom that is short grows first, before the chunk goes out:
 
@@ -31,17 +32,18 @@ produced.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from tollway.core.accounting.pricing import Price
 from tollway.core.accounting.stream_text import chunk_texts
-from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
+from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_name_for_model
 from tollway.core.errors import GatewayError
 from tollway.core.limits.streams import STEP_TOKENS, allowance, output_rate, prompt_cost
 from tollway.ext.usage import Usage
-from tollway.gateway.token_count import encoding_ready, load_soon
+from tollway.gateway.token_count import count_off_loop, encoding_ready
 
 if TYPE_CHECKING:
     from tollway.gateway.exchange import Exchange
@@ -94,19 +96,15 @@ class BudgetHeadroom:
 class StreamStop:
     """One stream's per-chunk check (an `OnChunkAsync` hook)."""
 
-    __slots__ = ("sources", "allowed", "sent", "cut", "_encode")
+    __slots__ = ("sources", "allowed", "sent", "cut", "model", "_encode")
 
     def __init__(self, sources: tuple[Headroom, ...], model: str) -> None:
         self.sources = sources
         self.allowed = min(s.allowed for s in sources)
         self.sent = 0  # output tokens in the deltas that went out
         self.cut = False  # stopped here: settle with `usage`
-        # (a model's first count loads its encoding, ~0.2 s: never on the loop, so estimate until then)
-        self._encode: Callable[[str], list[int]] | None = None
-        if encoding_ready(model):
-            self._encode = encoding_for(encoding_name_for_model(model)).encode_ordinary
-        else:
-            load_soon(model)
+        self.model = model
+        self._encode: Callable[[str], list[int]] | None = None  # set once the model's encoding is loaded
 
     async def __call__(self, ex: Exchange, out: bytes) -> bytes:
         texts = chunk_texts(out)
@@ -114,8 +112,11 @@ class StreamStop:
             return out
         encode = self._encode
         sent = self.sent
-        for text in texts:
-            sent += len(encode(text)) if encode is not None else (len(text) + 3) // 4
+        if encode is not None:
+            for text in texts:
+                sent += len(encode(text))
+        else:
+            sent += await self._count_first(texts)
         if sent > self.allowed:
             try:
                 for source in self.sources:
@@ -128,6 +129,15 @@ class StreamStop:
         self.sent = sent
         return out
 
+    async def _count_first(self, texts: list[str]) -> int:
+        """The tokens of `texts` before this hook holds the encoding: inline if the process has
+        loaded it, else on the counting pool, which loads it off the loop (~0.2 s, once per
+        process and encoding: the first such stream's chunks wait for it, no chunk is guessed)."""
+        if encoding_ready(self.model):
+            self._encode = encoding_for(encoding_name_for_model(self.model)).encode_ordinary
+            return sum(len(self._encode(text)) for text in texts)
+        return await count_off_loop(sum(map(len, texts)), self.model, partial(_count_all, texts, self.model))
+
     def usage(self, reported: Usage | None) -> Usage:
         """The usage of a stream this hook stopped: its prompt as the relay counted it, and the
         output tokens that were sent (not the chunk held back, nor what the upstream went on to
@@ -136,6 +146,10 @@ class StreamStop:
             return Usage(0, self.sent, self.sent)
         return msgspec.structs.replace(reported, completion_tokens=self.sent,
                                        total_tokens=reported.prompt_tokens + self.sent)
+
+
+def _count_all(texts: list[str], model: str) -> int:
+    return sum(count_tokens(text, model) for text in texts)
 
 
 def stream_stop(ex: Exchange, model: str, prompt_tokens: float, limiter: Limiter | None, lease: Lease | None,
