@@ -58,32 +58,33 @@ def chunk_texts(out: bytes) -> list[str]:
     while at >= 0:
         end = out.find(b"\n", at)
         line = out[at + 5:end if end >= 0 else len(out)].strip()
-        if line[:1] == b"{":
-            try:
-                _collect(_decode(line), found)
-            except msgspec.DecodeError:  # (ValidationError is one) not a shape that carries text
-                pass
         at = out.find(b"data:", end) if end >= 0 else -1
+        if line[:1] != b"{":
+            continue
+        try:
+            event = _decode(line)
+        except msgspec.DecodeError:  # (ValidationError is one) not a shape that carries text
+            continue
+        choices, delta = event.choices, event.delta
+        if choices:
+            for choice in choices:
+                if choice.delta is not None:
+                    _delta(choice.delta, found)
+                if choice.text:
+                    found.append(choice.text)
+        if delta is not None:
+            if isinstance(delta, str):
+                if delta:
+                    found.append(delta)
+            else:
+                _delta(delta, found)
     return found
 
 
-def _collect(event: _Event, found: list[str]) -> None:
-    delta = event.delta
-    if isinstance(delta, str):
-        if delta:
-            found.append(delta)
-    elif delta is not None:
-        _delta(delta, found)
-    if event.choices:
-        for choice in event.choices:
-            if choice.delta is not None:
-                _delta(choice.delta, found)
-            if choice.text:
-                found.append(choice.text)
-
-
 def _delta(delta: _Delta, found: list[str]) -> None:
-    for text in (delta.content, delta.refusal, delta.text, delta.partial_json, delta.thinking):
+    if delta.content:
+        found.append(delta.content)
+    for text in (delta.refusal, delta.text, delta.partial_json, delta.thinking):
         if text:
             found.append(text)
     if delta.tool_calls:

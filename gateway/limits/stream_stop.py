@@ -9,12 +9,14 @@ calendar budget gets one `StreamStop` as the last of its async per-chunk hooks
 request with no such limit or budget relays with the pipeline's seams as they were (empty,
 usually), and pays nothing per chunk.
 
-Per chunk it counts the output tokens in the chunk's text and argument deltas
-(`tollway.core.accounting.stream_text`): tiktoken on each delta, about 1 us (the first stream
-of a model in a process waits for the counting pool to load its encoding: counts are never
-guessed, and the loop never loads one). If the stream's
-count stays within `allowed`, the chunk passes: a decode, a count and one comparison. Past it,
-each *source* of headroom that is short grows first, before the chunk goes out:
+Per chunk it takes the text and argument deltas of the chunk's events
+(`tollway.core.accounting.stream_text`) and compares the stream's output with `allowed`,
+lazily: a token is at least one UTF-8 byte, so while the tokens counted so far plus the bytes
+not counted yet fit, the chunk passes with no tokenizing (a typed decode and a length per
+event); tiktoken counts the text waiting (one call per ~4 KB, or chunk by chunk once the bound
+no longer fits: near the allowance). Counts are exact, never guessed: the first such stream of
+a model in a process waits for the counting pool to load the encoding. Past `allowed`, each
+*source* of headroom that is short grows first, before the chunk goes out:
 
 - `LimitHeadroom`: the limiter's reservation (tollway.core.limits.streams.allowance), then
   extensions taken from the growing buckets in steps (`Limiter.extend`: the memory table, or
@@ -32,25 +34,26 @@ produced.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from tollway.core.accounting.pricing import Price
 from tollway.core.accounting.stream_text import chunk_texts
-from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_name_for_model
+from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
 from tollway.core.errors import GatewayError
 from tollway.core.limits.streams import STEP_TOKENS, allowance, output_rate, prompt_cost
 from tollway.ext.usage import Usage
-from tollway.gateway.token_count import count_off_loop, encoding_ready
+from tollway.gateway.token_count import INLINE_MAX_CHARS, count_tokens_off_loop, encoding_ready
 
 if TYPE_CHECKING:
     from tollway.gateway.exchange import Exchange
     from tollway.gateway.limits.limiter import Growing, Lease, Limiter
     from tollway.gateway.store.budgets import BudgetKeeper
 
-__all__ = ["BudgetHeadroom", "LimitHeadroom", "StreamStop", "stream_stop"]
+__all__ = ["PENDING_BYTES", "BudgetHeadroom", "LimitHeadroom", "StreamStop", "stream_stop"]
+
+PENDING_BYTES = 4096  # text a stream may send uncounted: one tiktoken call per ~1k tokens at most
 
 
 class Headroom(Protocol):
@@ -94,29 +97,42 @@ class BudgetHeadroom:
 
 
 class StreamStop:
-    """One stream's per-chunk check (an `OnChunkAsync` hook)."""
+    """One stream's per-chunk check (an `OnChunkAsync` hook).
 
-    __slots__ = ("sources", "allowed", "sent", "cut", "model", "_encode")
+    Counting is lazy: a token is at least one byte of UTF-8, so while the tokens counted plus
+    the *bytes* of the text not counted yet fit in `allowed`, the chunk passes uncounted (a
+    decode and a length per event). The text waiting to be counted is counted, in one tiktoken
+    call, when that bound no longer fits, or when it reaches PENDING_BYTES (which bounds what a
+    stream holds here); near its allowance a stream is so counted chunk by chunk."""
+
+    __slots__ = ("sources", "allowed", "sent", "cut", "model", "_pending", "_bytes", "_encode")
 
     def __init__(self, sources: tuple[Headroom, ...], model: str) -> None:
         self.sources = sources
         self.allowed = min(s.allowed for s in sources)
-        self.sent = 0  # output tokens in the deltas that went out
+        self.sent = 0  # output tokens counted of the deltas that went out
         self.cut = False  # stopped here: settle with `usage`
         self.model = model
+        self._pending: list[str] = []  # text that went out, not counted yet
+        self._bytes = 0  # its UTF-8 length: at least its tokens
         self._encode: Callable[[str], list[int]] | None = None  # set once the model's encoding is loaded
 
     async def __call__(self, ex: Exchange, out: bytes) -> bytes:
         texts = chunk_texts(out)
         if not texts:
             return out
-        encode = self._encode
-        sent = self.sent
-        if encode is not None:
-            for text in texts:
-                sent += len(encode(text))
-        else:
-            sent += await self._count_first(texts)
+        size = 0
+        for text in texts:
+            size += len(text) if text.isascii() else len(text.encode())
+        pending = self._bytes + size
+        if self.sent + pending <= self.allowed and pending <= PENDING_BYTES:  # fits even if every byte is a token
+            self._pending += texts
+            self._bytes = pending
+            return out
+        if self._pending:  # sent already: counted apart from this chunk, which may be held back
+            self.sent += await self._count("".join(self._pending))
+            self._pending, self._bytes = [], 0
+        sent = self.sent + await self._count("".join(texts))
         if sent > self.allowed:
             try:
                 for source in self.sources:
@@ -129,14 +145,16 @@ class StreamStop:
         self.sent = sent
         return out
 
-    async def _count_first(self, texts: list[str]) -> int:
-        """The tokens of `texts` before this hook holds the encoding: inline if the process has
-        loaded it, else on the counting pool, which loads it off the loop (~0.2 s, once per
-        process and encoding: the first such stream's chunks wait for it, no chunk is guessed)."""
-        if encoding_ready(self.model):
-            self._encode = encoding_for(encoding_name_for_model(self.model)).encode_ordinary
-            return sum(len(self._encode(text)) for text in texts)
-        return await count_off_loop(sum(map(len, texts)), self.model, partial(_count_all, texts, self.model))
+    async def _count(self, text: str) -> int:
+        """Tokens in `text`: inline once the process has the model's encoding (short texts:
+        PENDING_BYTES), else on the counting pool, which loads it off the loop (~0.2 s, once per
+        process and encoding: the first such stream's chunks wait for it; nothing is guessed)."""
+        encode = self._encode
+        if encode is None and encoding_ready(self.model):
+            encode = self._encode = encoding_for(encoding_name_for_model(self.model)).encode_ordinary
+        if encode is not None and len(text) < INLINE_MAX_CHARS:
+            return len(encode(text))
+        return await count_tokens_off_loop(text, self.model)
 
     def usage(self, reported: Usage | None) -> Usage:
         """The usage of a stream this hook stopped: its prompt as the relay counted it, and the
@@ -146,10 +164,6 @@ class StreamStop:
             return Usage(0, self.sent, self.sent)
         return msgspec.structs.replace(reported, completion_tokens=self.sent,
                                        total_tokens=reported.prompt_tokens + self.sent)
-
-
-def _count_all(texts: list[str], model: str) -> int:
-    return sum(count_tokens(text, model) for text in texts)
 
 
 def stream_stop(ex: Exchange, model: str, prompt_tokens: float, limiter: Limiter | None, lease: Lease | None,
