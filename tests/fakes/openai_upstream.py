@@ -178,7 +178,7 @@ class FakeOpenAI(FakeUpstream):
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 written += 1
                 if i % 20 == 19:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.01)
             await resp.write(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                                                          "finish_reason": "length"}], **extra}).encode() + b"\n\n")
             if include_usage:
