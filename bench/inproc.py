@@ -16,6 +16,7 @@ rounds of user+system CPU per request:
              that installs no hook)
   stream-tok the same with an output_tokens limit far above the load: the hook that stops a
              stream at its limit counts every chunk (tollway.gateway.limits.stream_stop)
+  tok-off    `stream-tok` with rate_limits.enforce_streams: false (the same limits, no hook)
   chunk      that hook alone, per one-token chunk within its allowance, and `chunk-ext` with a
              reservation of 1 token, so it extends on the memory store every 128 tokens
              (us per chunk, not per request)
@@ -274,6 +275,8 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
                                                   "limits: [{requests: 1000000000, per: 1m}, "
                                                   "{output_tokens: 1000000000000, per: 1m}]"))
     assert tokens.read_text() != limited.read_text()
+    tokens_off = workdir / "tollway-tokens-off.yaml"
+    tokens_off.write_text(tokens.read_text() + "rate_limits: {enforce_streams: false}\n")
     guarded = workdir / "tollway-pii.yaml"
     guarded.write_text(limited.read_text() + "guardrails: [{name: pii, type: pii, action: log, apply_to: [input]}]\n")
     figures: dict[str, Callable[[], float]] = {
@@ -285,6 +288,7 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "stream": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream"),
         "stream-off": lambda: gateway_cost(loop, streams_off, requests, False, STREAM_BODY, name="stream-off"),
         "stream-tok": lambda: gateway_cost(loop, tokens, requests, False, STREAM_BODY, name="stream-tok"),
+        "tok-off": lambda: gateway_cost(loop, tokens_off, requests, False, STREAM_BODY, name="tok-off"),
         "chunk": lambda: chunk_cost(loop, tokens, 10_000_000, requests * 5),
         "chunk-ext": lambda: chunk_cost(loop, tokens, 1, requests * 5),
         "2k": lambda: gateway_cost(loop, limited, requests, True, BODY_2K, name="2k"),
@@ -333,8 +337,8 @@ def main() -> int:
         print(f"  +ledger   {figures['ledger'] - figures['stubbed']:6.1f}  (ledger - stubbed)")
     if "stream" in figures and "stream-off" in figures:
         print(f"  +check    {figures['stream'] - figures['stream-off']:6.1f}  (stream - stream-off: no hook installed)")
-    if "stream-tok" in figures and "stream" in figures:
-        print(f"  +hook     {figures['stream-tok'] - figures['stream']:6.1f}  (stream-tok - stream: 24 events, 20 deltas)")
+    if "stream-tok" in figures and "tok-off" in figures:
+        print(f"  +hook     {figures['stream-tok'] - figures['tok-off']:6.1f}  (stream-tok - tok-off: 24 events, 20 deltas)")
     if "stream" in figures and "stream-ledger" in figures:
         print(f"  +ledger   {figures['stream-ledger'] - figures['stream']:6.1f}  (stream-ledger - stream)")
     if args.profile is not None:
