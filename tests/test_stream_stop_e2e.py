@@ -17,6 +17,7 @@ import openai
 import pytest
 import redis
 
+from tests.fakes.anthropic_upstream import LONG_STREAM_DELTAS, USAGE, FakeAnthropic
 from tests.fakes.openai_upstream import LONG_DELTA, LONG_STREAM_CHUNKS, FakeOpenAI
 from tests.harness import ADMIN_KEY, GatewayProcess, key_hash
 from tollway.core.config import loads
@@ -33,6 +34,7 @@ LIMIT = 300  # output tokens per hour of the single-stream keys
 CROWD_LIMIT = 20_000  # output tokens per hour shared by 200 streams
 PER_TOKEN_USD = 0.001  # the priced route's output price (1000 USD per million tokens)
 BUDGET_USD = 0.3005  # 300 output tokens at that price, not 301
+ANTHROPIC_INPUT = USAGE["input_tokens"] + USAGE["cache_creation_input_tokens"] + USAGE["cache_read_input_tokens"]
 
 
 def _config(upstream_url: str, rate_limits: str = "", store: str = "") -> str:
@@ -171,6 +173,38 @@ def test_anthropic_stream_is_cut_with_its_error_event(gw: GatewayProcess, upstre
     line = _log_line(gw, "an")
     assert line["error"] == "rate_limit_exceeded" and line["completion_tokens"] == LIMIT
     assert LIMIT - 1 <= _used(gw, "an", "output_tokens") <= LIMIT
+
+
+def test_native_anthropic_stream_is_cut_and_settled_with_what_was_sent(anthropic_upstream: FakeAnthropic) -> None:
+    gw = GatewayProcess(f"""
+providers:
+  - {{name: claude, schema: anthropic, base_url: {anthropic_upstream.url}, api_key: sk-upstream}}
+models:
+  - {{name: claude-long, targets: [{{provider: claude, model: long-stream}}]}}
+keys:
+  - {{name: an, key_hash: "{key_hash(AN_KEY)}", limits: [{{output_tokens: {LIMIT}, per: 1h}}]}}
+""")
+    try:
+        before = len(anthropic_upstream.long_streams)
+        client = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=AN_KEY, max_retries=0, timeout=20)
+        got: list[str] = []
+        with pytest.raises(anthropic.APIStatusError) as info:
+            with client.messages.stream(model="claude-long", max_tokens=64,
+                                        messages=[{"role": "user", "content": "count"}]) as stream:
+                for text in stream.text_stream:
+                    got.append(text)
+        assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+        assert "".join(got) == LONG_DELTA * LIMIT
+        deadline = time.monotonic() + 5
+        while len(anthropic_upstream.long_streams) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (written, hung_up), = anthropic_upstream.long_streams[before:]
+        assert hung_up and written < LONG_STREAM_DELTAS
+        line = _log_line(gw, "an")
+        # the prompt as the upstream's message_start reported it; the output that was sent
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (ANTHROPIC_INPUT, LIMIT)
+    finally:
+        gw.stop()
 
 
 def test_a_stream_is_cut_when_its_calendar_budget_runs_out(gw: GatewayProcess, upstream: FakeOpenAI) -> None:

@@ -25,7 +25,7 @@ import math
 from tollway.core.accounting.pricing import PER_TOKEN, Price
 from tollway.core.limits.policy import MEASURES, Plan
 
-__all__ = ["GROWING", "STEP_TOKENS", "allowance", "extension", "growing", "output_rate", "step"]
+__all__ = ["GROWING", "STEP_TOKENS", "allowance", "extension", "growing", "output_rate", "prompt_cost", "step"]
 
 GROWING = frozenset(MEASURES.index(m) for m in ("output_tokens", "total_tokens", "cost_usd"))
 _OUTPUT, _TOTAL, _COST = (MEASURES.index(m) for m in ("output_tokens", "total_tokens", "cost_usd"))

@@ -1,5 +1,6 @@
 """Stopping a stream that would take a limit or a budget past its bound
-(`rate_limits.enforce_streams`, docs/limits.md "Streams", docs/ledger.md "Overshoot").
+(`rate_limits.enforce_streams`, docs/limits.md "Streams: stopped at the limit", docs/ledger.md
+"Overshoot").
 
 Theory of operation
 -------------------
