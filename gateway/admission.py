@@ -92,8 +92,7 @@ def _stream_stop(serving: Serving, req: Admitted, ex: Exchange, limiter: Limiter
     if lease is None and not keeper:
         return None
     prompt = lease.demand[1] if lease is not None else estimate_prompt_tokens(req.body)  # (input_tokens)
-    price = req.runtime.prices.price(req.route.name) if keeper else None
-    return stream_stop(ex, req.head.model or req.route.name, prompt, limiter, lease, keeper, price)
+    return stream_stop(ex, req.head.model or req.route.name, prompt, limiter, lease, keeper, req.runtime.prices)
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,

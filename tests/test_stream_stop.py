@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tollway.core import config as config_mod
+from tollway.core.accounting.pricebook import PriceBook
 from tollway.core.accounting.pricing import Price
 from tollway.core.accounting.stream_text import chunk_texts
 from tollway.core.accounting.tokens import count_tokens
@@ -208,8 +209,8 @@ def test_the_hook_stops_a_stream_at_its_budget_and_the_charge_releases_its_claim
 
     async def run() -> None:
         ex = Exchange("req_5", "chat")
-        ex.key_name = "spender"
-        stop = stream_stop(ex, "gpt-4o-mini", 1000, None, None, keeper, Price(input=1000, output=1_000_000))
+        ex.key_name, ex.route = "spender", "m"
+        stop = stream_stop(ex, "gpt-4o-mini", 1000, None, None, keeper, PriceBook(cfg))
         assert stop is not None and stop.allowed == 0
         passed, err = await _feed(stop, ex, [_openai(" tok")] * 100)
         assert passed == 29 and err is not None and err.code == "insufficient_quota"  # $1 of prompt + 29 tokens
@@ -218,5 +219,20 @@ def test_the_hook_stops_a_stream_at_its_budget_and_the_charge_releases_its_claim
         keeper.charge(ex)
         account = keeper.book.accounts[("key", "spender")]
         assert (account.spent, account.held, ex.budget_held) == (30.0, 0.0, 0.0)
+
+    asyncio.run(run())
+
+
+def test_a_budget_on_an_unpriced_answer_has_no_bound() -> None:
+    cfg = config_mod.loads(CONFIG.replace("    price: {input: 1000, output: 1000000}   # $1 per output token\n", ""))
+    keeper = BudgetKeeper(cfg)
+
+    async def run() -> None:
+        ex = Exchange("req_6", "chat")
+        ex.key_name, ex.route = "spender", "m"  # the fake provider's model: no price
+        stop = stream_stop(ex, "gpt-4o-mini", 1000, None, None, keeper, PriceBook(cfg))
+        assert stop is not None
+        assert await _feed(stop, ex, [_openai(" tok")] * 100) == (100, None)
+        assert ex.budget_held == 0.0
 
     asyncio.run(run())

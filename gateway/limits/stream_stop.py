@@ -35,11 +35,13 @@ produced.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
+from tollway.core.accounting.pricebook import PriceBook
 from tollway.core.accounting.pricing import Price
 from tollway.core.accounting.stream_text import chunk_texts
 from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
@@ -78,14 +80,26 @@ class LimitHeadroom:
 
 
 class BudgetHeadroom:
-    __slots__ = ("keeper", "rate", "prompt_usd", "allowed")
+    """Claims on the request's budgets. The price is the one its cost will be charged at (the
+    route's, served as the attempt's upstream model), so it is looked up at the first claim,
+    when the upstream model is known; an unpriced or free answer is never charged, so it has
+    no bound here."""
 
-    def __init__(self, keeper: BudgetKeeper, price: Price, prompt_tokens: float) -> None:
-        self.keeper, self.rate = keeper, output_rate(price)
-        self.prompt_usd = prompt_cost(prompt_tokens, price)  # claimed with the first step
+    __slots__ = ("keeper", "prices", "route", "prompt_tokens", "rate", "prompt_usd", "allowed")
+
+    def __init__(self, keeper: BudgetKeeper, prices: PriceBook, route: str, prompt_tokens: float) -> None:
+        self.keeper, self.prices, self.route, self.prompt_tokens = keeper, prices, route, prompt_tokens
+        self.rate = -1.0  # USD per output token, once known
+        self.prompt_usd = 0.0  # claimed with the first step
         self.allowed = 0.0
 
     async def grow(self, ex: Exchange, sent: float) -> None:
+        if self.rate < 0.0:
+            price = self.prices.price(self.route, ex.upstream_model)
+            if price is None or output_rate(price) == 0.0:
+                self.rate, self.allowed = 0.0, math.inf
+                return
+            self.rate, self.prompt_usd = output_rate(price), prompt_cost(self.prompt_tokens, price)
         need = sent - self.allowed
         refusal = None
         for tokens in (max(need, STEP_TOKENS), need):
@@ -169,15 +183,17 @@ class StreamStop:
 
 
 def stream_stop(ex: Exchange, model: str, prompt_tokens: float, limiter: Limiter | None, lease: Lease | None,
-                keeper: BudgetKeeper | None, price: Price | None) -> StreamStop | None:
+                keeper: BudgetKeeper | None = None, prices: PriceBook | None = None) -> StreamStop | None:
     """The hook for one stream, or None when neither its limits nor its budgets can be taken
-    past their bound by its output (then it relays without one). `price`: the route's, for
-    budgets (None: unpriced, nothing is charged to a budget)."""
+    past their bound by its output (then it relays without one). `prices`: the runtime's, for
+    budgets (`ex.route` is the route)."""
     sources: list[Headroom] = []
     if lease is not None and limiter is not None:
         growing = limiter.growing(lease)
         if growing is not None:
-            sources.append(LimitHeadroom(limiter, lease, growing, limiter.policy.price(lease.model)))
-    if keeper and price is not None and output_rate(price) > 0.0 and keeper.book.applies(ex.key_name, ex.team):
-        sources.append(BudgetHeadroom(keeper, price, prompt_tokens))
+            headroom = LimitHeadroom(limiter, lease, growing, limiter.policy.price(lease.model))
+            if headroom.allowed != math.inf:  # (only cost buckets, and the model is free: nothing to pass)
+                sources.append(headroom)
+    if keeper and prices is not None and keeper.book.applies(ex.key_name, ex.team):
+        sources.append(BudgetHeadroom(keeper, prices, ex.route, prompt_tokens))
     return StreamStop(tuple(sources), model) if sources else None
