@@ -236,3 +236,10 @@ def test_a_budget_on_an_unpriced_answer_has_no_bound() -> None:
         assert ex.budget_held == 0.0
 
     asyncio.run(run())
+
+
+def test_enforce_streams_is_on_by_default_and_checked() -> None:
+    assert config_mod.loads(CONFIG).rate_limits.enforce_streams is True
+    assert config_mod.loads(CONFIG + "rate_limits: {enforce_streams: false}\n").rate_limits.enforce_streams is False
+    with pytest.raises(config_mod.ConfigError, match="enforce_streams"):
+        config_mod.loads(CONFIG + "rate_limits: {enforce_streams: sometimes}\n")
