@@ -186,6 +186,9 @@ class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     on_store_error: Literal["open", "closed"] = "open"
     default_max_tokens: int = 4096  # output tokens reserved when a request sets no max_tokens
     key_prefix: str = "tollway"  # redis: every key is `{<prefix>}:...` (one hash tag, see docs/limits.md)
+    # Stop a stream, with an error event, before its output takes a token or cost limit or a
+    # budget past its bound (docs/limits.md, "Streams"); false: streams are charged when they end.
+    enforce_streams: bool = True
 
 
 class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
