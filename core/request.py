@@ -59,6 +59,10 @@ class RequestHead(msgspec.Struct):
         return self.max_completion_tokens or self.max_tokens or self.max_output_tokens
 
 
+# The endpoints where OpenAI makes `model` optional, and the model it serves then: a body
+# without one is routed as if it named it (the client API names, tollway.core.providers.base).
+DEFAULT_MODELS = {"moderations": "omni-moderation-latest"}
+
 _decode_head = msgspec.json.Decoder(RequestHead).decode
 # Every field the gateway reads, as the body spells it: none may appear twice.
 _READ_FIELDS = RequestHead.__struct_fields__
@@ -84,8 +88,21 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
     if repeated >= 0:
         raise _repeated_field(_READ_FIELDS[repeated])
     if require_model and not head.model:
-        raise bad_request("You must provide a model parameter.", param="model")
+        raise missing_model()
     return head
+
+
+def missing_model() -> GatewayError:
+    return bad_request("You must provide a model parameter.", param="model")
+
+
+def default_model(api: str) -> str:
+    """The model a request of client API `api` that names none is routed to. Raises the
+    missing-model 400 where OpenAI requires one."""
+    model = DEFAULT_MODELS.get(api)
+    if model is None:
+        raise missing_model()
+    return model
 
 
 def _require_utf8(body: bytes) -> None:

@@ -20,7 +20,7 @@ from granian.rsgi import HTTPProtocol, Scope
 from tollway.core import errors
 from tollway.core.ledger.tags import HEADER as TAGS_HEADER
 from tollway.core.ledger.tags import parse_tags
-from tollway.core.request import RequestHead, parse_head, with_model
+from tollway.core.request import RequestHead, default_model, parse_head, with_model
 from tollway.core.routing.table import Route
 from tollway.gateway.downstream.watchdog import BODY
 from tollway.gateway.exchange import Exchange
@@ -96,7 +96,9 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
         ex.trace = tracer.begin(scope.headers)
     body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
-    head = parse_head(body, rt.config.server.max_json_depth)
+    head = parse_head(body, rt.config.server.max_json_depth, require_model=False)
+    if not head.model:  # (moderations: OpenAI's default model; everywhere else a 400)
+        head.model = default_model(ex.api)
     if ex.trace is not None:
         ex.trace.request(head)
     override = scope.headers.get("x-tollway-model")

@@ -23,6 +23,7 @@ PATHS = {
     ClientAPI.COMPLETIONS: "/completions",
     ClientAPI.EMBEDDINGS: "/embeddings",
     ClientAPI.RESPONSES: "/responses",
+    ClientAPI.MODERATIONS: "/moderations",
 }
 _USAGE_STREAMS = (ClientAPI.CHAT, ClientAPI.COMPLETIONS)
 

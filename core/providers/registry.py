@@ -20,6 +20,8 @@ ADAPTERS: dict[tuple[str, str], str] = {
     **{(api, "openai"): _OPENAI for api in _PASS_THROUGH},
     **{(api, "fake"): _OPENAI for api in _PASS_THROUGH},
     **{(api, "azure_openai"): _AZURE for api in _PASS_THROUGH},
+    # Endpoints beyond the model APIs (issue 17): OpenAI's own shapes, passed through.
+    (ClientAPI.MODERATIONS, "openai"): _OPENAI,
     # Provider translation pairs (issue 5): OpenAI chat -> each provider's native API.
     (ClientAPI.CHAT, "anthropic"): "tollway.core.providers.chat.anthropic:OpenAIToAnthropic",
     (ClientAPI.CHAT, "bedrock"): "tollway.core.providers.chat.bedrock:OpenAIToBedrock",

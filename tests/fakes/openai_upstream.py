@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeUpstream
+from tests.fakes.openai_media import MediaEndpoints
 
 REPLY = "The quick brown fox jumps over the lazy dog"
 
@@ -36,7 +37,7 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-class FakeOpenAI(FakeUpstream):
+class FakeOpenAI(FakeUpstream, MediaEndpoints):
     url_path = "/v1"
 
     def __init__(self) -> None:
@@ -50,6 +51,7 @@ class FakeOpenAI(FakeUpstream):
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
+        self.add_media_routes(app)  # moderations, images, audio, rerank (tests/fakes/openai_media.py)
         return app
 
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
