@@ -18,7 +18,8 @@ them. Before forwarding, the limiter *reserves* on all of them at once, all or n
 
 The prompt bound is the body's length in bytes (`tollway.core.accounting.tokens.estimate_prompt_tokens` says why
 that bounds a text prompt; it is about 4x loose for English). The output bound is the client's
-`max_tokens` (x `n`), else `rate_limits.default_max_tokens`. A reservation is capped at its
+`max_tokens` (x `n`), else `rate_limits.default_max_tokens` (none for a negative `max_tokens`,
+relayed for the provider to refuse). A reservation is capped at its
 bucket's capacity, so a request bigger than a whole limit is admitted from a full bucket
 instead of never. When the response ends the limiter *settles*: each bucket is charged the
 difference between real usage and the reservation (a refund when less was used; debt, repaid
@@ -233,6 +234,8 @@ class LimitPolicy:
         if api in _NO_OUTPUT_APIS:
             return 0
         per_choice = head.max_completion_tokens or head.max_tokens or head.max_output_tokens or self.default_max_tokens
+        if per_choice < 0:  # relayed for the upstream to refuse: the limiter reserves no output for it
+            return 0
         n = head.n
         return per_choice * n if n is not None and n > 1 else per_choice  # (head.output_limit, inlined: hot)
 

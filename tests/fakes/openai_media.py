@@ -7,14 +7,35 @@ size and content type), so tests can check what the gateway forwarded. Mixed int
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+# OpenAI's own 400s for caps it refuses (tests/recorded/README.md).
+RECORDED_ERRORS = json.loads((Path(__file__).parent.parent / "recorded" / "chat_validation_errors.json").read_text())
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
 CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
               "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
               "violence/graphic")
+
+
+def recorded_validation_error(body: dict[str, Any]) -> web.Response | None:
+    """The 400 OpenAI answers a chat body whose `max_tokens` it refuses, or None."""
+    cap = body.get("max_tokens")
+    if cap is None:
+        return None
+    if str(body.get("model", "")).startswith(REASONING_PREFIXES):
+        return web.json_response(RECORDED_ERRORS["max_tokens_reasoning"], status=400)
+    if isinstance(cap, int) and cap < 1:
+        recorded = RECORDED_ERRORS.get(f"max_tokens_{cap}")
+        if recorded is None:  # the same words for any other value below 1
+            recorded = json.loads(json.dumps(RECORDED_ERRORS["max_tokens_-1"]).replace("got -1", f"got {cap}"))
+        return web.json_response(recorded, status=400)
+    return None
 
 
 class MediaEndpoints:

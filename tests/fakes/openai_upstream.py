@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeUpstream
-from tests.fakes.openai_media import MediaEndpoints
+from tests.fakes.openai_media import MediaEndpoints, recorded_validation_error
 
 REPLY = "The quick brown fox jumps over the lazy dog"
 
@@ -77,7 +77,7 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model = body.get("model", "")
-        bad = await self._misbehave(request, model)
+        bad = recorded_validation_error(body) or await self._misbehave(request, model)
         if bad is not None:
             return bad
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
