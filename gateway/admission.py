@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from granian.rsgi import HTTPProtocol, Scope
 
-from tollway.core import errors
+from tollway.core import errors, forms
 from tollway.core.ledger.tags import HEADER as TAGS_HEADER
 from tollway.core.ledger.tags import parse_tags
 from tollway.core.request import RequestHead, default_model, parse_head, with_model
@@ -52,10 +52,11 @@ class Admitted:
 
 
 async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, proto: HTTPProtocol,
-                  ex: Exchange) -> None:
-    """Admit, take the limits, forward upstream, settle: a whole proxied request."""
+                  ex: Exchange, form: bool = False) -> None:
+    """Admit, take the limits, forward upstream, settle: a whole proxied request (`form`: its
+    body is a multipart upload, tollway.core.forms)."""
     pipeline = serving.pipeline  # this request's, start to end (a reload may swap it meanwhile)
-    req = await admit(serving, surface, scope, proto, ex)
+    req = await admit(serving, surface, scope, proto, ex, form=form)
     ex.after = pipeline.after_response  # (admit took serving's: the same unless a reload came between)
     limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
     lease = None
@@ -77,8 +78,9 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,
-                body_limit: int | None = None) -> Admitted:
-    """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes."""
+                body_limit: int | None = None, form: bool = False) -> Admitted:
+    """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes
+    (server.max_upload_bytes for a `form`, a multipart upload)."""
     rt, tracer = serving.runtime, serving.tracer
     try:
         key = authenticate(rt, surface, scope)
@@ -95,15 +97,18 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
         ex.passed_headers = passed_headers(surface, scope)
     if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
         ex.trace = tracer.begin(scope.headers)
-    body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
-    head = parse_head(body, rt.config.server.max_json_depth, require_model=False)
+    if form:
+        body, head = await _read_form(rt, scope, proto, ex)
+    else:
+        body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
+        head = parse_head(body, rt.config.server.max_json_depth, require_model=False)
     if not head.model:  # (moderations: OpenAI's default model; everywhere else a 400)
         head.model = default_model(ex.api)
     if ex.trace is not None:
         ex.trace.request(head)
     override = scope.headers.get("x-tollway-model")
     if override and override != head.model:  # the header wins: make the body say so too
-        head.model, body = override, with_model(body, override)
+        head.model, body = override, (with_form_field(body, ex, override) if form else with_model(body, override))
     ex.model = rt.secrets.mask(head.model) if head.model else head.model  # a held credential pasted as the model
     tags = scope.headers.get(TAGS_HEADER)
     if tags:
@@ -115,6 +120,22 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     if not key.may_use(route.name):
         raise errors.model_not_allowed(head.model or "")
     return Admitted(rt, key, head, body, route)
+
+
+async def _read_form(rt: Runtime, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> tuple[bytes, RequestHead]:
+    """A multipart upload's body (within server.max_upload_bytes) and its routing fields. Its
+    content type (the boundary) goes to the provider with it, as a passed header."""
+    content_type = scope.headers.get("content-type")
+    forms.boundary_of(content_type)  # a JSON body sent here is refused before it is read
+    body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes)
+    parsed = forms.parse_form(body, content_type)
+    ex.passed_headers = (("content-type", parsed.content_type),)
+    return body, parsed.head()
+
+
+def with_form_field(body: bytes, ex: Exchange, model: str) -> bytes:
+    """A form body whose `model` field says `model` (the x-tollway-model header's)."""
+    return forms.with_field(body, forms.boundary_of(dict(ex.passed_headers).get("content-type")), "model", model)
 
 
 def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:

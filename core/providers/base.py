@@ -54,6 +54,9 @@ class UpstreamCall(msgspec.Struct):
     headers: list[tuple[str, str]]
     body: bytes
     stream: bool = False  # the upstream will answer with a stream
+    # The answer is relayed as the bytes it is, as they arrive, with the upstream's content type
+    # (audio, a transcript, an SSE stream of media events): tollway.gateway.media_relay.
+    media: bool = False
 
 
 class CallContext(msgspec.Struct):

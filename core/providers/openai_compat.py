@@ -24,6 +24,11 @@ PATHS = {
     ClientAPI.EMBEDDINGS: "/embeddings",
     ClientAPI.RESPONSES: "/responses",
     ClientAPI.MODERATIONS: "/moderations",
+    ClientAPI.IMAGES: "/images/generations",
+    ClientAPI.IMAGE_EDITS: "/images/edits",
+    ClientAPI.TRANSCRIPTIONS: "/audio/transcriptions",
+    ClientAPI.TRANSLATIONS: "/audio/translations",
+    ClientAPI.SPEECH: "/audio/speech",
 }
 _USAGE_STREAMS = (ClientAPI.CHAT, ClientAPI.COMPLETIONS)
 

@@ -27,6 +27,13 @@ PROXIED = {
     "/v1/embeddings": ClientAPI.EMBEDDINGS,
     "/v1/responses": ClientAPI.RESPONSES,
     "/v1/moderations": ClientAPI.MODERATIONS,
+    "/v1/images/generations": ClientAPI.IMAGES,
+    "/v1/audio/speech": ClientAPI.SPEECH,
+}
+UPLOADS = {  # multipart bodies (tollway.core.forms)
+    "/v1/images/edits": ClientAPI.IMAGE_EDITS,
+    "/v1/audio/transcriptions": ClientAPI.TRANSCRIPTIONS,
+    "/v1/audio/translations": ClientAPI.TRANSLATIONS,
 }
 _MODEL_PREFIX = "/v1/models/"
 
@@ -40,6 +47,8 @@ class OpenAIAPI:
     def routes(self) -> dict[tuple[str, str], Endpoint]:
         table = {("POST", path): Endpoint(api, partial(forward, self.serving, OPENAI, api))
                  for path, api in PROXIED.items()}
+        table.update({("POST", path): Endpoint(api, partial(forward, self.serving, OPENAI, api, form=True))
+                      for path, api in UPLOADS.items()})
         table["GET", "/v1/models"] = Endpoint("models", self.list_models)
         return table
 
