@@ -30,7 +30,7 @@ from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
 
-SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
+SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini", "cohere")
 
 
 class ConfigError(ValueError):

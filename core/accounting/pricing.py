@@ -106,6 +106,7 @@ DATASET_PROVIDERS = {
     "bedrock": "aws",
     "vertex": "google",
     "gemini": "google",
+    "cohere": "cohere",
 }
 # Tried last, in order, for a name the dataset cannot place itself: it guesses the provider of
 # `gpt-*`, `claude-*` or `gemini-*` from the name, but not of `text-embedding-3-small`.

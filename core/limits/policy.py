@@ -57,7 +57,7 @@ MEASURES = ("requests", "input_tokens", "output_tokens", "total_tokens", "cost_u
 TOKEN_MEASURES = ("total_tokens", "input_tokens", "output_tokens")  # header preference order
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER = re.compile(r"^(\d+(?:\.\d+)?)?([smhd])$")
-_NO_OUTPUT_APIS = frozenset(("embeddings", "count_tokens"))
+_NO_OUTPUT_APIS = frozenset(("embeddings", "count_tokens", "moderations", "rerank"))  # they generate no tokens
 # APIs that feed no model and generate nothing: each counts as one request (and holds a
 # concurrency slot while it runs) but reserves and is charged no tokens and no cost, or a
 # count of a large prompt would block the key's token limits while it is being counted.

@@ -29,6 +29,7 @@ PATHS = {
     ClientAPI.TRANSCRIPTIONS: "/audio/transcriptions",
     ClientAPI.TRANSLATIONS: "/audio/translations",
     ClientAPI.SPEECH: "/audio/speech",
+    ClientAPI.RERANK: "/rerank",
 }
 _USAGE_STREAMS = (ClientAPI.CHAT, ClientAPI.COMPLETIONS)
 

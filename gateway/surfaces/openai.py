@@ -29,6 +29,7 @@ PROXIED = {
     "/v1/moderations": ClientAPI.MODERATIONS,
     "/v1/images/generations": ClientAPI.IMAGES,
     "/v1/audio/speech": ClientAPI.SPEECH,
+    "/v1/rerank": ClientAPI.RERANK,
 }
 UPLOADS = {  # multipart bodies (tollway.core.forms)
     "/v1/images/edits": ClientAPI.IMAGE_EDITS,
