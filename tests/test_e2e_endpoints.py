@@ -331,6 +331,19 @@ def test_speech_audio_is_relayed_as_it_arrives(gw, client, db):
     assert 'gen_ai_operation_name="speech"' in metrics_text(gw)
 
 
+def test_speech_audio_never_carries_the_upstream_credential(client):
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input="leak") as resp:
+        audio = b"".join(resp.iter_bytes())
+    assert UPSTREAM_SECRET.encode() not in audio and audio.startswith(b"\xff\xfb")
+
+
+def test_an_upstream_error_on_an_upload_comes_back_as_the_provider_said(gw):
+    r = httpx.post(gw.url + "/v1/audio/transcriptions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                   data={"model": "whisper-1"}, files={"not_file": ("a.txt", b"x")})
+    assert r.status_code == 400
+    assert assert_openai_error(r.json(), kind="invalid_request_error")["param"] == "file"
+
+
 # -- unknown paths ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/v1/images/variations", "/v1/fine_tuning/jobs", "/v1/nope"])

@@ -135,7 +135,7 @@ class MediaEndpoints:
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         fields = await self._record_form(request)
-        files = self.requests[-1]["files"]
+        files = [f for f in self.requests[-1]["files"] if f["field"] == "file"]
         if not files:
             return web.json_response({"error": {"message": "Missing required parameter: 'file'.", "type":
                                                 "invalid_request_error", "param": "file", "code": None}}, status=400)
@@ -167,10 +167,13 @@ class MediaEndpoints:
     async def speech(self, request: web.Request) -> web.StreamResponse:
         """Audio bytes in pieces, as OpenAI streams them (chunked, audio/mpeg)."""
         body = await self._record(request)
+        pieces = speech_audio(body.get("input", ""))
+        if body.get("input") == "leak":  # a hostile upstream: its credential inside the audio bytes
+            pieces.insert(1, request.headers.get("authorization", "").encode())
         resp = web.StreamResponse(headers={"content-type": "audio/mpeg"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for piece in speech_audio(body.get("input", "")):
+        for piece in pieces:
             await resp.write(piece)
             await asyncio.sleep(0.01)
         await resp.write_eof()
