@@ -18,7 +18,7 @@ from granian.rsgi import HTTPProtocol
 
 from tollway.core import errors
 from tollway.core.config import Server
-from tollway.core.kernels import first_needle
+from tollway.core.kernels import SSEError, first_needle
 from tollway.core.providers.base import StreamTranslator
 from tollway.core.providers.openai_media import MediaMeter
 from tollway.core.security.secrets import KnownSecrets
@@ -81,15 +81,19 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
                     ex.first_byte = time.perf_counter()
             chunk = await chunks.__anext__()
     except StopAsyncIteration:
-        meter.flush()
+        pass
     except ClientGone:
         ex.error_type = "client_closed"
     except ClientStalled:
         ex.error_type = ex.cancel_reason = "client_stalled"
-    except (UpstreamError, errors.GatewayError) as exc:  # after the first byte: the answer ends short
+    except (UpstreamError, errors.GatewayError, SSEError) as exc:  # after the first byte: the answer ends short
         ex.error_type = exc.code if isinstance(exc, errors.GatewayError) and exc.code else "stream_error"
         log.info("a media answer from %s ended early (request %s)", provider, ex.request_id)
     finally:
         out.close()
     ex.phase = ANSWERED
+    try:  # also for an answer cut short: what was made (speech: the input's characters) was billed
+        meter.flush()
+    except SSEError:  # an oversized event at the very end: nothing more to read
+        pass
     ex.usage = meter.usage

@@ -20,6 +20,8 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.test_e2e_errors import assert_openai_error
 
+TIGHT_KEY = "sk-tollway-tight-key-4444444444"  # two requests a minute
+
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOpenAI]:
@@ -62,6 +64,7 @@ keys:
     key_hash: "{key_hash(TEST_KEY)}"
     limits: [{{requests: 100000, per: 1m}}, {{total_tokens: 100000000, per: 1m}}]
   - {{name: narrow-key, key_hash: "{key_hash(OTHER_KEY)}", models: [gpt-4o-mini]}}
+  - {{name: tight-key, key_hash: "{key_hash(TIGHT_KEY)}", limits: [{{requests: 2, per: 1m}}]}}
 store: {{backend: sqlite, path: {db}}}
 ledger: {{flush_interval: 0.05}}
 server: {{max_upload_bytes: 2097152}}
@@ -342,6 +345,21 @@ def test_an_upstream_error_on_an_upload_comes_back_as_the_provider_said(gw):
                    data={"model": "whisper-1"}, files={"not_file": ("a.txt", b"x")})
     assert r.status_code == 400
     assert assert_openai_error(r.json(), kind="invalid_request_error")["param"] == "file"
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+def test_the_new_endpoints_draw_on_the_keys_limits(gw, upstream):
+    tight = openai.OpenAI(base_url=gw.url + "/v1", api_key=TIGHT_KEY, max_retries=0)
+    tight.images.generate(model="dall-e-2", prompt="x")
+    tight.audio.transcriptions.create(model="whisper-1", file=("a.mp3", AUDIO))
+    seen = len(upstream.requests)
+    with pytest.raises(openai.RateLimitError) as caught:
+        tight.moderations.create(input="x")
+    assert caught.value.code == "rate_limit_exceeded" and "retry-after" in caught.value.response.headers
+    with pytest.raises(openai.RateLimitError):
+        tight.audio.transcriptions.create(model="whisper-1", file=("a.mp3", AUDIO))
+    assert len(upstream.requests) == seen
 
 
 # -- unknown paths ----------------------------------------------------------------------------
