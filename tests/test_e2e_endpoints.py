@@ -59,6 +59,7 @@ models:
   - {{name: transcribe-alias, targets: [{{provider: up, model: whisper-1}}], price: {{audio_minute: 0.006}}}}
   - {{name: azure-whisper, targets: [{{provider: azure, model: my-whisper}}], price: {{audio_minute: 0.006}}}}
   - {{name: tts-1, targets: [{{provider: up}}], price: {{characters: 15}}}}
+  - {{name: gpt-4o-mini-tts, targets: [{{provider: up}}]}}
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -203,6 +204,17 @@ def test_images_generate_stream_events_are_relayed(client, db):
     events = list(stream)
     assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     assert events[-1].usage.output_tokens == 1056
+    rows = _latest_records(db, "images", 1)
+    assert (rows[0]["input_tokens"], rows[0]["output_tokens"], rows[0]["stream"]) == (50, 1056, 1)
+
+
+def _latest_records(db: Path, api: str, n: int) -> list[dict]:
+    """The last `n` ledger rows of client API `api` (for calls whose response headers the SDK hides)."""
+    time.sleep(0.3)  # the ledger writes every 0.05 s
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM usage_records WHERE api = ? ORDER BY ts DESC LIMIT ?",
+                                              (api, n))]
 
 
 def test_images_errors_are_openai_shaped_and_unknown_models_404(client, narrow):
@@ -332,6 +344,18 @@ def test_speech_audio_is_relayed_as_it_arrives(gw, client, db):
     row = record_of(db, request_id)
     assert row["api"] == "speech" and row["cost_usd"] == pytest.approx(len(text) * 15 / 1e6)
     assert 'gen_ai_operation_name="speech"' in metrics_text(gw)
+
+
+def test_speech_as_sse_events_is_priced_by_its_tokens(client, db):
+    with client.audio.speech.with_streaming_response.create(model="gpt-4o-mini-tts", voice="alloy", input="Hi there",
+                                                            stream_format="sse") as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+        request_id = resp.headers["x-request-id"]
+    assert '"speech.audio.delta"' in events[0] and '"speech.audio.done"' in events[-1]
+    row = record_of(db, request_id)
+    assert (row["input_tokens"], row["output_tokens"], row["stream"]) == (7, 120, 1)
+    assert row["cost_usd"] == pytest.approx((7 * 0.6 + 120 * 12.0) / 1e6)  # the dataset's gpt-4o-mini-tts prices
 
 
 def test_speech_audio_never_carries_the_upstream_credential(client):

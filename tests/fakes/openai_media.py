@@ -8,6 +8,7 @@ size and content type), so tests can check what the gateway forwarded. Mixed int
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -167,6 +168,16 @@ class MediaEndpoints:
     async def speech(self, request: web.Request) -> web.StreamResponse:
         """Audio bytes in pieces, as OpenAI streams them (chunked, audio/mpeg)."""
         body = await self._record(request)
+        if body.get("stream_format") == "sse":  # gpt-4o-mini-tts: base64 audio events, then the usage
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            for piece in speech_audio(body.get("input", "")):
+                delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
+                await resp.write(b"data: " + json.dumps(delta).encode() + b"\n\n")
+            done = {"type": "speech.audio.done", "usage": {"input_tokens": 7, "output_tokens": 120, "total_tokens": 127}}
+            await resp.write(b"data: " + json.dumps(done).encode() + b"\n\n")
+            await resp.write_eof()
+            return resp
         pieces = speech_audio(body.get("input", ""))
         if body.get("input") == "leak":  # a hostile upstream: its credential inside the audio bytes
             pieces.insert(1, request.headers.get("authorization", "").encode())
