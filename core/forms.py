@@ -1,8 +1,9 @@
 """Multipart form bodies: the upload endpoints (image edits, audio transcriptions and translations).
 
 Theory of operation: the body is parsed once, at admission, by python-multipart's push parser
-(a maintained state machine; its header bounds are its own), fed the bytes the gateway already
-holds within `server.max_upload_bytes`. What the gateway keeps of it is small: the value of
+(a maintained state machine; its header bounds are its own), fed each piece of the upload as it
+arrives (`FormReader`), so a malformed form is refused before the rest of it is uploaded; the
+gateway keeps the bytes (within `server.max_upload_bytes`) to forward them. What the gateway keeps of it is small: the value of
 each plain field (bounded by MAX_FIELD_BYTES, the routing ones read like a JSON body's) and
 each file's name, content type and size; the bytes themselves are forwarded as they came.
 Parts are bounded in number (MAX_PARTS). A form the parser refuses, one that does not end with
@@ -69,19 +70,39 @@ def boundary_of(content_type: str | None) -> bytes:
 def parse_form(body: bytes, content_type: str | None) -> Form:
     """The fields and files of a multipart body. Raises GatewayError(400) for anything malformed
     or past a bound."""
-    form = Form(content_type or "", boundary_of(content_type))
-    reader = _Reader(form)
-    parser = MultipartParser(form.boundary, reader.callbacks())
-    try:
-        parser.write(body)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise bad_request(f"The multipart body could not be parsed ({_reason(exc)}).") from None
-    if reader.error is not None:
-        raise reader.error
-    if not reader.ended:
-        raise bad_request("The multipart body ends before its closing boundary; send the whole form.")
-    return form
+    reader = FormReader(content_type)
+    reader.feed(body)
+    return reader.finish()
+
+
+class FormReader:
+    """A multipart body parsed as it arrives: `feed` each piece (a malformed form or a crossed
+    bound is refused at the piece that shows it, before the rest is uploaded), then `finish`.
+    Raises GatewayError(400) from any of the three."""
+
+    def __init__(self, content_type: str | None) -> None:
+        self.form = Form(content_type or "", boundary_of(content_type))
+        self._reader = _Reader(self.form)
+        self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())
+
+    def feed(self, piece: bytes) -> None:
+        try:
+            self._parser.write(piece)
+        except MultipartParseError as exc:
+            raise bad_request(f"The multipart body could not be parsed ({_reason(exc)}).") from None
+        if self._reader.error is not None:
+            raise self._reader.error
+
+    def finish(self) -> Form:
+        try:
+            self._parser.finalize()
+        except MultipartParseError as exc:
+            raise bad_request(f"The multipart body could not be parsed ({_reason(exc)}).") from None
+        if self._reader.error is not None:
+            raise self._reader.error
+        if not self._reader.ended:
+            raise bad_request("The multipart body ends before its closing boundary; send the whole form.")
+        return self.form
 
 
 def _reason(exc: MultipartParseError) -> str:

@@ -13,6 +13,7 @@ Anthropic count_tokens endpoint uses `admit` with a tighter body cap and then an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from granian.rsgi import HTTPProtocol, Scope
@@ -125,10 +126,9 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
 async def _read_form(rt: Runtime, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> tuple[bytes, RequestHead]:
     """A multipart upload's body (within server.max_upload_bytes) and its routing fields. Its
     content type (the boundary) goes to the provider with it, as a passed header."""
-    content_type = scope.headers.get("content-type")
-    forms.boundary_of(content_type)  # a JSON body sent here is refused before it is read
-    body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes)
-    parsed = forms.parse_form(body, content_type)
+    reader = forms.FormReader(scope.headers.get("content-type"))  # a JSON body sent here: 400 before it is read
+    body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes, reader.feed)
+    parsed = reader.finish()
     ex.passed_headers = (("content-type", parsed.content_type),)
     return body, parsed.head()
 
@@ -169,16 +169,18 @@ async def _hooked_key(hooks: tuple[Authenticate, ...], rt: Runtime, scope: Scope
     return None
 
 
-async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int) -> bytes:
+async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int,
+                    feed: Callable[[bytes], None] | None = None) -> bytes:
     """The whole request body, refusing (413) anything over `limit`. The watchdog answers 408
     if the upload takes longer than server.body_read_timeout; a client that leaves mid-upload
-    ends the request quietly (499, no traceback)."""
+    ends the request quietly (499, no traceback). `feed`, if given, sees each piece as it
+    arrives (and may refuse the request with its GatewayError before the rest is read)."""
     declared = scope.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.too_large(limit)
     ex.phase = BODY
     try:
-        body = await (proto() if declared is not None else _read_chunked(proto, limit))
+        body = await (proto() if declared is not None and feed is None else _read_chunked(proto, limit, feed))
     except _UPLOAD_FAILED:
         raise errors.client_closed() from None
     ex.phase = ""
@@ -187,13 +189,15 @@ async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int)
     return body
 
 
-async def _read_chunked(proto: HTTPProtocol, limit: int) -> bytes:
-    """A chunked upload, refused (413) as soon as it is over `limit` bytes."""
+async def _read_chunked(proto: HTTPProtocol, limit: int, feed: Callable[[bytes], None] | None = None) -> bytes:
+    """An upload read piece by piece, refused (413) as soon as it is over `limit` bytes."""
     parts, size = [], 0
     async for part in proto:
         size += len(part)
         if size > limit:
             raise errors.too_large(limit)
+        if feed is not None:
+            feed(part)
         parts.append(part)
     return b"".join(parts)
 

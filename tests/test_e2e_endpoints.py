@@ -280,6 +280,19 @@ def test_images_edit_form_errors(gw, upstream):
     assert len(upstream.requests) == seen  # none of them reached the upstream
 
 
+def test_a_malformed_upload_is_refused_before_the_rest_of_it_arrives(gw):
+    """The form is parsed as it arrives: a client that declared 1.5 MB and sent a broken first
+    piece gets its 400 while it would still be uploading."""
+    import socket
+
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\n"
+            "content-type: multipart/form-data; boundary=b0\r\ncontent-length: 1500000\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(head + b"this is not a multipart body" * 100)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"could not be parsed" in answer
+
+
 def test_an_upload_past_the_limit_is_413(gw):
     r = httpx.post(gw.url + "/v1/audio/transcriptions", headers={"authorization": f"Bearer {TEST_KEY}"},
                    data={"model": "whisper-1"}, files={"file": ("big.mp3", b"\0" * (2 * 1024 * 1024 + 1))})

@@ -6,7 +6,7 @@ import pytest
 
 from tollway.core.accounting.pricing import Price, cost
 from tollway.core.errors import GatewayError
-from tollway.core.forms import MAX_PARTS, parse_form, with_field
+from tollway.core.forms import MAX_PARTS, FormReader, parse_form, with_field
 from tollway.ext.usage import Usage
 
 CT = "multipart/form-data; boundary=XyZ"
@@ -35,6 +35,24 @@ def test_fields_and_files_are_read_and_the_head_routes():
     assert [(f.name, f.filename, f.content_type, f.size) for f in form.files] == [("image", "a.png", "image/png", len(FILE))]
     head = form.head()
     assert head.model == "gpt-image-1" and head.stream is True
+
+
+@pytest.mark.parametrize("size", [1, 7, 64])
+def test_a_form_fed_in_pieces_reads_the_same(size):
+    reader = FormReader(CT)
+    for i in range(0, len(BODY), size):
+        reader.feed(BODY[i:i + size])
+    assert reader.finish() == parse_form(BODY, CT)
+
+
+def test_a_bad_form_is_refused_at_the_piece_that_shows_it():
+    reader = FormReader(CT)
+    many = b"".join(part(f"f{i}", b"v") for i in range(MAX_PARTS + 1))
+    with pytest.raises(GatewayError) as caught:
+        reader.feed(many)  # the closing boundary (and any file after it) never needs to arrive
+    assert f"{MAX_PARTS} parts" in caught.value.message
+    with pytest.raises(GatewayError):
+        FormReader(CT).feed(b"garbage before any boundary")
 
 
 @pytest.mark.parametrize("split", [0, 1, 17, 90])
