@@ -104,8 +104,9 @@ class Gateway:
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
         self.admin = AdminAPI(self.serving, lambda: self.live)
         self.console = Console(self.serving)  # the operator console's files, read once
+        self.openai = OpenAIAPI(self.serving)
         self.routes: dict[tuple[str, str], Endpoint] = {
-            **OpenAIAPI(self.serving).routes(),
+            **self.openai.routes(),
             **AnthropicAPI(self.serving).routes(),
             ("GET", "/healthz"): Endpoint("health", self.healthz),
             ("GET", "/readyz"): Endpoint("health", self.readyz),
@@ -306,6 +307,8 @@ class Gateway:
             entry = self.admin.match(method, path)
         elif entry is None and path.startswith("/ui/"):  # the console's files: /ui/app.js, ...
             entry = self.console.match(method, path)
+        elif entry is None and path.startswith("/v1/"):  # paths with an id: /v1/models/{id}
+            entry = self.openai.match(method, path)
         asked = scope.headers.get("x-request-id")
         rid = request_id(asked)
         if asked and rid == asked and self.runtime.secrets.mask(asked) != asked:  # a held credential as the id

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeUpstream
+from tests.fakes.openai_media import MediaEndpoints, recorded_validation_error
 
 REPLY = "The quick brown fox jumps over the lazy dog"
 LONG_STREAM_CHUNKS = 3000
@@ -40,7 +41,7 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-class FakeOpenAI(FakeUpstream):
+class FakeOpenAI(FakeUpstream, MediaEndpoints):
     url_path = "/v1"
 
     def __init__(self) -> None:
@@ -55,6 +56,7 @@ class FakeOpenAI(FakeUpstream):
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
+        self.add_media_routes(app)  # moderations, images, audio, rerank (tests/fakes/openai_media.py)
         return app
 
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
@@ -80,7 +82,7 @@ class FakeOpenAI(FakeUpstream):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model = body.get("model", "")
-        bad = await self._misbehave(request, model)
+        bad = recorded_validation_error(body) or await self._misbehave(request, model)
         if bad is not None:
             return bad
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
