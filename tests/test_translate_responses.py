@@ -1,0 +1,333 @@
+"""The Responses API over translated providers, unit by unit: Responses request -> each
+provider's upstream body, provider answers (the fakes' real wire bytes and recorded shapes from
+the providers' docs) -> the `response` object, and provider streams -> Responses events, fed
+split at any byte."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fakes import anthropic_upstream as fa
+from tollway.core.config import Provider
+from tollway.core.errors import GatewayError
+from tollway.core.providers.base import CallContext
+from tollway.core.providers.registry import adapter_for
+from tollway.core.request import parse_head
+
+NOW = 1_700_000_000.0
+ANTHROPIC = Provider(name="claude", schema="anthropic", base_url="https://api.anthropic.com/", api_key="sk-ant-secret")
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}}
+
+
+def ctx(provider: Provider, body: dict[str, Any], upstream_model: str = "model-x") -> CallContext:
+    raw = json.dumps({"model": "m", **body}).encode()
+    return CallContext("responses", raw, parse_head(raw), upstream_model, provider, NOW)
+
+
+def adapter(provider: Provider) -> Any:
+    found = adapter_for("responses", provider.schema)
+    assert found is not None
+    return found
+
+
+def sent(provider: Provider, body: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(adapter(provider).build(ctx(provider, body)).body)
+
+
+def answer(provider: Provider, upstream: dict[str, Any], body: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+    out, usage = adapter(provider).response(ctx(provider, body or {"input": "hi"}), 200, json.dumps(upstream).encode())
+    return json.loads(out), usage
+
+
+def events(raw: bytes) -> list[dict[str, Any]]:
+    """The Responses SSE events in `raw`, each checked to name its type in `event:` and `data`."""
+    out = []
+    for block in raw.split(b"\n\n"):
+        if not block:
+            continue
+        name, data = block.split(b"\n")
+        assert name.startswith(b"event: ") and data.startswith(b"data: ")
+        event = json.loads(data[6:])
+        assert event["type"] == name[7:].decode()
+        out.append(event)
+    return out
+
+
+def streamed(provider: Provider, wire: bytes, cuts: list[int] = (), body: dict[str, Any] | None = None) -> tuple[list[dict], Any]:
+    """Feed the provider's stream bytes split at `cuts`; the client's events and the usage."""
+    translator = adapter(provider).stream(ctx(provider, {"input": "hi", "stream": True, **(body or {})}))
+    out, last = b"", 0
+    for cut in sorted(set(cuts)) + [len(wire)]:
+        out += translator.feed(wire[last:cut])
+        last = cut
+    out += translator.flush()
+    return events(out), translator.usage
+
+
+def shape(evs: list[dict[str, Any]]) -> list[str]:
+    """Event types, a run of the same delta event counted once."""
+    types = [e["type"] for e in evs]
+    return [t for i, t in enumerate(types) if not (t.endswith(".delta") and i and types[i - 1] == t)]
+
+
+TEXT_ITEM = ["response.output_item.added", "response.content_part.added", "response.output_text.delta",
+             "response.output_text.done", "response.content_part.done", "response.output_item.done"]
+CALL_ITEM = ["response.output_item.added", "response.function_call_arguments.delta",
+             "response.function_call_arguments.done", "response.output_item.done"]
+REASONING_ITEM = ["response.output_item.added", "response.reasoning_summary_part.added",
+                  "response.reasoning_summary_text.delta", "response.reasoning_summary_text.done",
+                  "response.reasoning_summary_part.done", "response.output_item.done"]
+
+
+def check_stream_invariants(evs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What holds for every Responses stream, as OpenAI sends it; returns the final response."""
+    assert [e["sequence_number"] for e in evs] == list(range(len(evs)))
+    assert [e["type"] for e in evs[:2]] == ["response.created", "response.in_progress"]
+    final = evs[-1]["response"]
+    assert evs[0]["response"]["id"] == final["id"] and evs[0]["response"]["status"] == "in_progress"
+    for e in evs:
+        if "item_id" in e:
+            assert final["output"][e["output_index"]]["id"] == e["item_id"]
+        if e["type"] == "response.output_item.done":
+            assert final["output"][e["output_index"]] == e["item"]
+    text = "".join(e["delta"] for e in evs if e["type"] == "response.output_text.delta")
+    done = [e["text"] for e in evs if e["type"] == "response.output_text.done"]
+    assert [text] == done or (not text and not done)
+    return final
+
+
+# -- requests: shared mapping (seen through the Anthropic pair) -------------------------------
+
+REQUESTS = [
+    ("string input", {"input": "hi"},
+     {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 4096}),
+    ("instructions and developer become system", {"instructions": "a", "input": [
+        {"role": "developer", "content": "b"}, {"role": "user", "content": "hi"}]},
+     {"system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
+    ("input_text parts and an earlier assistant turn", {"input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "one"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "two"}]},
+        {"role": "user", "content": "three"}]},
+     {"messages": [{"role": "user", "content": [{"type": "text", "text": "one"}]},
+                   {"role": "assistant", "content": [{"type": "text", "text": "two"}]},
+                   {"role": "user", "content": [{"type": "text", "text": "three"}]}]}),
+    ("an image", {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png;base64,iVBO"}]}]},
+     {"messages": [{"role": "user", "content": [{"type": "image", "source": {
+         "type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]}),
+    ("function calls join the assistant turn; outputs become tool results", {"input": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "checking"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"a": 1}'},
+        {"type": "function_call", "call_id": "c2", "name": "f", "arguments": ""},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "function_call_output", "call_id": "c1", "output": "one"},
+        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "two"}]}]},
+     {"messages": [{"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+                   {"role": "assistant", "content": [{"type": "text", "text": "checking"},
+                                                     {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+                                                     {"type": "tool_use", "id": "c2", "name": "f", "input": {}}]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "one"},
+                                                {"type": "tool_result", "tool_use_id": "c2", "content": "two"}]}]}),
+    ("function tools", {"input": "hi", "tools": [WEATHER]},
+     {"tools": [{"name": "get_weather", "input_schema": {"type": "object"}, "description": "Weather"}]}),
+    ("tool_choice required", {"input": "hi", "tools": [WEATHER], "tool_choice": "required"},
+     {"tool_choice": {"type": "any"}}),
+    ("tool_choice named", {"input": "hi", "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"}},
+     {"tool_choice": {"type": "tool", "name": "get_weather"}}),
+    ("no parallel calls", {"input": "hi", "tools": [WEATHER], "parallel_tool_calls": False},
+     {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}),
+    ("sampling, limit, user", {"input": "hi", "temperature": 0.2, "top_p": 0.9, "max_output_tokens": 50,
+                               "safety_identifier": "u-1"},
+     {"temperature": 0.2, "top_p": 0.9, "max_tokens": 50, "metadata": {"user_id": "u-1"}}),
+    ("reasoning effort: thinking budget above the default limit", {"input": "hi", "reasoning": {"effort": "medium"}},
+     {"thinking": {"type": "enabled", "budget_tokens": 8192}, "max_tokens": 8192 + 4096}),
+    ("reasoning effort within a client limit", {"input": "hi", "reasoning": {"effort": "high"}, "max_output_tokens": 3000},
+     {"thinking": {"type": "enabled", "budget_tokens": 2999}, "max_tokens": 3000}),
+    ("reasoning effort none: no thinking", {"input": "hi", "reasoning": {"effort": "none"}}, {"max_tokens": 4096}),
+    ("stream", {"input": "hi", "stream": True}, {"stream": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "expected"), REQUESTS, ids=[r[0] for r in REQUESTS])
+def test_request_to_anthropic(name, body, expected):
+    got = sent(ANTHROPIC, body)
+    assert got["model"] == "model-x"
+    for key, value in expected.items():
+        assert got[key] == value, key
+    if "reasoning" not in body or body["reasoning"]["effort"] == "none":
+        assert "thinking" not in got
+
+
+def test_anthropic_call_carries_the_provider_credential_and_url():
+    call = adapter(ANTHROPIC).build(ctx(ANTHROPIC, {"input": "hi", "stream": True}))
+    assert call.url == "https://api.anthropic.com/v1/messages" and call.stream
+    assert ("x-api-key", "sk-ant-secret") in call.headers
+
+
+REFUSED = [
+    ({"previous_response_id": "resp_1"}, "previous_response_id", "unsupported_parameter"),
+    ({"conversation": "conv_1"}, "conversation", "unsupported_parameter"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt", "unsupported_parameter"),
+    ({"background": True}, "background", None),
+    ({"top_logprobs": 2}, "top_logprobs", None),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format", None),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type", None),
+    ({"tools": [WEATHER], "tool_choice": {"type": "file_search"}}, "tool_choice.type", None),
+    ({"tool_choice": "sometimes"}, "tool_choice", None),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning_effort", None),
+    ({"reasoning": {"effort": "low"}, "max_output_tokens": 1000}, "max_tokens", None),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "unsupported_parameter"),
+    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", None),
+    ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", None),
+    ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", None),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]},
+     "input[0].arguments", None),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+     "input[0].content[0].type", None),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
+     "input[0].content[0]", None),
+    ({"input": [{"role": "assistant", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
+     "input[0].content", None),
+    ({"input": 5}, "input", None),
+]
+
+
+@pytest.mark.parametrize(("extra", "param", "code"), REFUSED, ids=[r[1] for r in REFUSED])
+def test_what_a_translated_provider_cannot_honour_is_a_400_naming_it(extra, param, code):
+    with pytest.raises(GatewayError) as err:
+        sent(ANTHROPIC, {"input": "hi", **extra})
+    assert err.value.status == 400 and err.value.param == param and err.value.code == code
+
+
+def test_previous_response_id_message_says_the_gateway_keeps_no_state():
+    with pytest.raises(GatewayError) as err:
+        sent(ANTHROPIC, {"input": "hi", "previous_response_id": "resp_1"})
+    assert "keeps no Responses API state" in err.value.message and "'input'" in err.value.message
+
+
+# -- answers: Anthropic -------------------------------------------------------------------
+
+# A thinking answer cut off by max_tokens, in the shape Anthropic's extended-thinking docs show.
+ANTHROPIC_THINKING = {
+    "id": "msg_01Aq9w938a90dw8q", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+    "content": [{"type": "thinking", "thinking": "Let me work it out.", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"},
+                {"type": "text", "text": "The answer is"}],
+    "stop_reason": "max_tokens", "stop_sequence": None,
+    "usage": {"input_tokens": 12, "output_tokens": 40, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+}
+
+
+def test_anthropic_answer_with_a_tool_call():
+    body, usage = answer(ANTHROPIC, fa.message_body("claude-sonnet-4-5", True),
+                         {"input": "hi", "tools": [WEATHER], "instructions": "Be brief.", "metadata": {"k": "v"}})
+    assert body["object"] == "response" and body["status"] == "completed" and body["store"] is False
+    assert body["instructions"] == "Be brief." and body["metadata"] == {"k": "v"} and body["tools"][0]["name"] == "get_weather"
+    message, call = body["output"]
+    assert message["type"] == "message" and message["content"][0] == {
+        "type": "output_text", "text": fa.REPLY, "annotations": [], "logprobs": []}
+    assert call["type"] == "function_call" and call["call_id"] == "toolu_fake01" and call["status"] == "completed"
+    assert json.loads(call["arguments"]) == fa.TOOL_INPUT and call["id"].startswith("fc_")
+    assert body["usage"] == {"input_tokens": 33, "input_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 4},
+                             "output_tokens": fa.OUTPUT_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+                             "total_tokens": 33 + fa.OUTPUT_TOKENS}
+    assert (usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens) == (33, 8, 4)
+
+
+def test_anthropic_thinking_cut_off_is_an_incomplete_response_with_a_reasoning_item():
+    body, _ = answer(ANTHROPIC, ANTHROPIC_THINKING, {"input": "hi", "reasoning": {"effort": "low"}, "max_output_tokens": 2000})
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
+    reasoning, message = body["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["summary"] == [{"type": "summary_text", "text": "Let me work it out."}]
+    assert message["content"][0]["text"] == "The answer is"
+    assert body["reasoning"] == {"effort": "low", "summary": None} and body["max_output_tokens"] == 2000
+
+
+def test_anthropic_errors_map_like_chat():
+    err = adapter(ANTHROPIC).error(ctx(ANTHROPIC, {"input": "hi"}), 429, [("retry-after", "7")],
+                                   b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}')
+    assert (err.status, err.code, err.message, err.headers) == (429, "rate_limit_exceeded", "slow down", [("retry-after", "7")])
+    auth = adapter(ANTHROPIC).error(ctx(ANTHROPIC, {"input": "hi"}), 401, [], b'{"error":{"message":"sk-ant-secret"}}')
+    assert auth.status == 502 and "sk-ant-secret" not in auth.body().decode()
+
+
+# -- streams: Anthropic -------------------------------------------------------------------
+
+ANTHROPIC_WIRE = b"".join(fa.message_events("claude-sonnet-4-5", with_tool=True))
+
+
+def test_anthropic_stream_events_in_openai_order():
+    evs, usage = streamed(ANTHROPIC, ANTHROPIC_WIRE, body={"tools": [WEATHER]})
+    assert shape(evs) == ["response.created", "response.in_progress", *TEXT_ITEM, *CALL_ITEM, "response.completed"]
+    final = check_stream_invariants(evs)
+    assert final["status"] == "completed" and final["output"][0]["content"][0]["text"] == fa.REPLY
+    assert json.loads(final["output"][1]["arguments"]) == fa.TOOL_INPUT
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 8, "cache_write_tokens": 4}
+    assert final["usage"]["output_tokens"] == fa.OUTPUT_TOKENS and usage.cache_write_tokens == 4
+    added = evs[2]["item"]
+    assert added == {"id": final["output"][0]["id"], "content": [], "status": "in_progress", "type": "message",
+                     "role": "assistant"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(ANTHROPIC_WIRE)), max_size=10))
+def test_anthropic_stream_any_split_gives_the_same_events(cuts):
+    assert streamed(ANTHROPIC, ANTHROPIC_WIRE, cuts)[0] == streamed(ANTHROPIC, ANTHROPIC_WIRE)[0]
+
+
+# Anthropic's documented extended-thinking stream (thinking, signature, then text), CRLF-framed.
+ANTHROPIC_THINKING_STREAM = (
+    b'event: message_start\r\ndata: {"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant",'
+    b'"content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":9,"output_tokens":1}}}\r\n\r\n'
+    b'event: content_block_start\r\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}\r\n\r\n'
+    b'event: content_block_delta\r\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Step 1."}}\r\n\r\n'
+    b'event: content_block_delta\r\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQB"}}\r\n\r\n'
+    b'event: content_block_stop\r\ndata: {"type":"content_block_stop","index":0}\r\n\r\n'
+    b'event: content_block_start\r\ndata: {"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}\r\n\r\n'
+    b'event: content_block_delta\r\ndata: {"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"42"}}\r\n\r\n'
+    b'event: content_block_stop\r\ndata: {"type":"content_block_stop","index":1}\r\n\r\n'
+    b'event: message_delta\r\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":30}}\r\n\r\n'
+    b'event: message_stop\r\ndata: {"type":"message_stop"}\r\n\r\n'
+)
+
+
+def test_anthropic_thinking_stream_opens_a_reasoning_item_first():
+    evs, _ = streamed(ANTHROPIC, ANTHROPIC_THINKING_STREAM)
+    assert shape(evs) == ["response.created", "response.in_progress", *REASONING_ITEM, *TEXT_ITEM, "response.completed"]
+    final = check_stream_invariants(evs)
+    assert final["output"][0]["summary"] == [{"type": "summary_text", "text": "Step 1."}]
+    assert final["output"][1]["content"][0]["text"] == "42" and final["usage"]["output_tokens"] == 30
+
+
+def test_anthropic_stream_cut_off_by_max_tokens_ends_incomplete():
+    wire = ANTHROPIC_THINKING_STREAM.replace(b'"stop_reason":"end_turn"', b'"stop_reason":"max_tokens"')
+    evs, _ = streamed(ANTHROPIC, wire)
+    assert evs[-1]["type"] == "response.incomplete"
+    assert evs[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_anthropic_error_mid_stream_ends_with_error_then_response_failed():
+    translator = adapter(ANTHROPIC).stream(ctx(ANTHROPIC, {"input": "hi", "stream": True}))
+    wire = b"".join(fa.message_events("claude-sonnet-4-5", with_tool=False, fail_midway=True))
+    out = b""
+    with pytest.raises(GatewayError) as err:
+        for piece in fa.message_events("claude-sonnet-4-5", with_tool=False, fail_midway=True):
+            out += translator.feed(piece)
+    assert wire.endswith(b"Overloaded\"}}\n\n") and err.value.status == 503
+    evs = events(out + translator.error_event(err.value))
+    assert [e["type"] for e in evs[-2:]] == ["error", "response.failed"]
+    assert [e["sequence_number"] for e in evs] == list(range(len(evs)))
+    failed = evs[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"] == {"code": "overloaded", "message": "Overloaded"}
+    assert evs[-2]["message"] == "Overloaded" and evs[-2]["code"] == "overloaded"
+
+
+def test_anthropic_stream_that_never_started_is_an_error():
+    translator = adapter(ANTHROPIC).stream(ctx(ANTHROPIC, {"input": "hi", "stream": True}))
+    with pytest.raises(GatewayError):
+        translator.flush()
