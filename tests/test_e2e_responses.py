@@ -47,6 +47,7 @@ class Case:
 
 CASES = [
     Case("claude", fa.REPLY, fa.TOOL_INPUT, 21 + 4 + 8, fa.OUTPUT_TOKENS, 8, 4),
+    Case("bedrock-claude", fb.REPLY, fb.TOOL_INPUT, 30 + 5 + 2, 12, 5, 2),
 ]
 IDS = [c.model for c in CASES]
 
@@ -213,6 +214,19 @@ def test_tool_result_round_trip_to_anthropic(oai, anthropic_upstream):
                               "description": "Weather in a city"}]
 
 
+def test_tool_result_round_trip_to_bedrock(oai, bedrock):
+    r = oai.responses.create(model="bedrock-claude", input=TOOL_ROUND, tools=[WEATHER], instructions="Be brief.")
+    assert r.output_text == fb.REPLY
+    sent = bedrock.last()
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 "), "SigV4-signed, checked by the fake"
+    assert sent["body"]["system"] == [{"text": "Be brief."}]
+    assert sent["body"]["messages"] == [
+        {"role": "user", "content": [{"text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "call_w1", "name": "get_weather",
+                                                       "input": {"city": "Paris"}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "call_w1", "content": [{"text": '{"temp_c": 18}'}]}}]}]
+
+
 def test_reasoning_effort_turns_on_anthropic_thinking(oai, anthropic_upstream):
     oai.responses.create(model="claude", input="Think first.", reasoning={"effort": "low"}, max_output_tokens=6000)
     body = anthropic_upstream.last()["body"]
@@ -238,16 +252,21 @@ def test_provider_errors_come_back_as_openai_errors(oai):
         oai.responses.create(model="rate-limited", input="x")
     assert rate.value.response.headers["retry-after"] == "7"
     assert rate.value.body["type"] == "rate_limit_error" and rate.value.body["message"]
+    with pytest.raises(openai.RateLimitError) as throttled:
+        oai.responses.create(model="throttled", input="x")
+    assert throttled.value.body["message"] == "Too many requests, please wait before trying again."
 
 
-def test_mid_stream_provider_error_ends_with_error_and_response_failed(oai):
-    events = list(oai.responses.create(model="stream-error", input="x", stream=True))
+@pytest.mark.parametrize(("model", "message"), [
+    ("stream-error", "Overloaded"), ("stream-throttled", "Too many tokens, please wait before trying again.")])
+def test_mid_stream_provider_error_ends_with_error_and_response_failed(oai, model, message):
+    events = list(oai.responses.create(model=model, input="x", stream=True))
     types = [e.type for e in events]
     assert types[:2] == ["response.created", "response.in_progress"]
     assert types[-2:] == ["error", "response.failed"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     failed = events[-1].response
-    assert failed.status == "failed" and failed.error.message == events[-2].message == "Overloaded"
+    assert failed.status == "failed" and failed.error.message == events[-2].message == message
 
 
 def test_usage_drawn_from_the_limits_equals_the_sdk_usage(gw):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import anthropic_upstream as fa
+from tests.fakes import bedrock_upstream as fb
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext
@@ -331,3 +332,112 @@ def test_anthropic_stream_that_never_started_is_an_error():
     translator = adapter(ANTHROPIC).stream(ctx(ANTHROPIC, {"input": "hi", "stream": True}))
     with pytest.raises(GatewayError):
         translator.flush()
+
+
+# -- Bedrock Converse -------------------------------------------------------------------------
+
+BEDROCK = Provider(name="aws", schema="bedrock", region="us-east-1", base_url="https://bedrock.example")
+CLAUDE_ON_BEDROCK = "anthropic.claude-sonnet-4-20250514-v1:0"
+
+
+def test_request_to_bedrock_with_tools_and_a_tool_result():
+    body = {"instructions": "Be brief.", "tools": [WEATHER], "tool_choice": "required", "max_output_tokens": 64, "input": [
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "18C"}]}
+    got = sent(BEDROCK, body)
+    assert got == {
+        "messages": [{"role": "user", "content": [{"text": "weather?"}]},
+                     {"role": "assistant", "content": [{"toolUse": {"toolUseId": "c1", "name": "get_weather",
+                                                                    "input": {"city": "Paris"}}}]},
+                     {"role": "user", "content": [{"toolResult": {"toolUseId": "c1", "content": [{"text": "18C"}]}}]}],
+        "system": [{"text": "Be brief."}], "inferenceConfig": {"maxTokens": 64},
+        "toolConfig": {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}},
+                                               "description": "Weather"}}], "toolChoice": {"any": {}}}}
+
+
+def test_bedrock_call_goes_to_converse_stream_of_the_model():
+    call = adapter(BEDROCK).build(ctx(BEDROCK, {"input": "hi", "stream": True}, CLAUDE_ON_BEDROCK))
+    assert call.url == f"https://bedrock.example/model/{CLAUDE_ON_BEDROCK.replace(':', '%3A')}/converse-stream"
+    assert call.stream and ("accept", "application/vnd.amazon.eventstream") in call.headers
+
+
+def test_reasoning_effort_on_bedrock_claude_is_its_thinking_budget():
+    raw = adapter(BEDROCK).build(ctx(BEDROCK, {"input": "hi", "reasoning": {"effort": "minimal"}}, CLAUDE_ON_BEDROCK)).body
+    got = json.loads(raw)
+    assert got["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+    assert got["inferenceConfig"] == {"maxTokens": 1024 + 4096}
+
+
+def test_reasoning_effort_on_a_bedrock_model_without_a_budget_is_a_400():
+    with pytest.raises(GatewayError) as err:
+        adapter(BEDROCK).build(ctx(BEDROCK, {"input": "hi", "reasoning": {"effort": "low"}}, "amazon.titan-text-premier-v1:0"))
+    assert err.value.param == "reasoning_effort" and "amazon.titan-text-premier-v1:0" in err.value.message
+
+
+def test_bedrock_refuses_json_mode_naming_the_responses_field():
+    with pytest.raises(GatewayError) as err:
+        sent(BEDROCK, {"input": "hi", "text": {"format": {"type": "json_object"}}})
+    assert err.value.param == "text.format" and "Bedrock" in err.value.message
+
+
+# A Converse answer with reasoning, in the shape Bedrock's Converse docs show.
+BEDROCK_REASONING = {
+    "output": {"message": {"role": "assistant", "content": [
+        {"reasoningContent": {"reasoningText": {"text": "The user wants a number.", "signature": "ErcBCkgIAhABGAIiQ"}}},
+        {"text": "42"}]}},
+    "stopReason": "end_turn", "usage": {"inputTokens": 10, "outputTokens": 25, "totalTokens": 35},
+    "metrics": {"latencyMs": 1000},
+}
+
+
+def test_bedrock_answer_with_a_tool_call():
+    body, usage = answer(BEDROCK, fb.converse_body(True), {"input": "hi", "tools": [WEATHER]})
+    message, call = body["output"]
+    assert message["content"][0]["text"] == fb.REPLY and body["status"] == "completed"
+    assert (call["call_id"], call["name"], json.loads(call["arguments"])) == ("tooluse_fake01", "get_weather", fb.TOOL_INPUT)
+    assert body["usage"] == {"input_tokens": 37, "input_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 2},
+                             "output_tokens": 12, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 49}
+    assert usage.cache_write_tokens == 2
+
+
+def test_bedrock_reasoning_becomes_a_reasoning_item():
+    body, _ = answer(BEDROCK, BEDROCK_REASONING)
+    assert [i["type"] for i in body["output"]] == ["reasoning", "message"]
+    assert body["output"][0]["summary"][0]["text"] == "The user wants a number."
+
+
+def test_bedrock_errors_map_like_chat():
+    err = adapter(BEDROCK).error(ctx(BEDROCK, {"input": "hi"}), 429, [], b'{"message":"Too many requests"}')
+    assert (err.status, err.code, err.message) == (429, "rate_limit_exceeded", "Too many requests")
+
+
+BEDROCK_WIRE = b"".join(fb.stream_frames(with_tool=True))
+
+
+def test_bedrock_stream_events_in_openai_order():
+    evs, usage = streamed(BEDROCK, BEDROCK_WIRE, body={"tools": [WEATHER]})
+    assert shape(evs) == ["response.created", "response.in_progress", *TEXT_ITEM, *CALL_ITEM, "response.completed"]
+    final = check_stream_invariants(evs)
+    assert final["output"][0]["content"][0]["text"] == fb.REPLY
+    assert json.loads(final["output"][1]["arguments"]) == fb.TOOL_INPUT
+    assert final["usage"]["input_tokens"] == 37 and final["usage"]["input_tokens_details"]["cache_write_tokens"] == 2
+    assert usage.prompt_tokens == 37
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(BEDROCK_WIRE)), max_size=8))
+def test_bedrock_stream_any_split_gives_the_same_events(cuts):
+    assert streamed(BEDROCK, BEDROCK_WIRE, cuts)[0] == streamed(BEDROCK, BEDROCK_WIRE)[0]
+
+
+def test_bedrock_exception_frame_mid_stream_ends_with_response_failed():
+    translator = adapter(BEDROCK).stream(ctx(BEDROCK, {"input": "hi", "stream": True}))
+    out = b""
+    with pytest.raises(GatewayError) as err:
+        for frame in fb.stream_frames(with_tool=False, throttle_midway=True):
+            out += translator.feed(frame)
+    evs = events(out + translator.error_event(err.value))
+    assert [e["type"] for e in evs[-2:]] == ["error", "response.failed"] and err.value.status == 429
+    assert evs[-1]["response"]["error"]["code"] == "rate_limit_exceeded"
+    assert evs[-1]["response"]["output"] == [], "the text item was still open: nothing completed"

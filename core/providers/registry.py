@@ -30,6 +30,7 @@ ADAPTERS: dict[tuple[str, str], str] = {
     (ClientAPI.MESSAGES, "vertex"): "tollway.core.providers.messages.translate:AnthropicToVertex",
     # The Responses API -> each provider, through its chat translator (issue 17).
     (ClientAPI.RESPONSES, "anthropic"): "tollway.core.providers.responses.anthropic:ResponsesToAnthropic",
+    (ClientAPI.RESPONSES, "bedrock"): "tollway.core.providers.responses.bedrock:ResponsesToBedrock",
     # OpenAI embeddings -> each provider's embedding API.
     (ClientAPI.EMBEDDINGS, "bedrock"): "tollway.core.providers.embeddings.bedrock:OpenAIToBedrockEmbed",  # Titan or Cohere
     (ClientAPI.EMBEDDINGS, "vertex"): "tollway.core.providers.embeddings.google:OpenAIToVertexEmbed",
