@@ -48,6 +48,8 @@ class Case:
 CASES = [
     Case("claude", fa.REPLY, fa.TOOL_INPUT, 21 + 4 + 8, fa.OUTPUT_TOKENS, 8, 4),
     Case("bedrock-claude", fb.REPLY, fb.TOOL_INPUT, 30 + 5 + 2, 12, 5, 2),
+    Case("gemini-flash", fg.REPLY, fg.TOOL_ARGS, 40, 10 + 6, 16, 0, 6, "thinking..."),
+    Case("vertex-flash", fg.REPLY, fg.TOOL_ARGS, 40, 10 + 6, 16, 0, 6, "thinking..."),
 ]
 IDS = [c.model for c in CASES]
 
@@ -227,6 +229,25 @@ def test_tool_result_round_trip_to_bedrock(oai, bedrock):
         {"role": "user", "content": [{"toolResult": {"toolUseId": "call_w1", "content": [{"text": '{"temp_c": 18}'}]}}]}]
 
 
+def test_tool_result_round_trip_to_gemini(oai, gemini):
+    """The SDK's own round trip: the function call the model made goes back as input, with its
+    output; Gemini, which has no call ids, gets the result under the call's function name."""
+    first = oai.responses.create(model="gemini-flash", input="Weather in Paris?", tools=[WEATHER],
+                                 reasoning={"effort": "low"})
+    call = next(item for item in first.output if item.type == "function_call")
+    assert gemini.requests[-1]["body"]["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048,
+                                                                                 "includeThoughts": True}
+    history = [{"role": "user", "content": "Weather in Paris?"}, *[item.model_dump() for item in first.output],
+               {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp_c": 18}'}]
+    second = oai.responses.create(model="gemini-flash", input=history, tools=[WEATHER])
+    assert second.output_text == fg.REPLY
+    contents = gemini.requests[-1]["body"]["contents"]
+    assert contents[1] == {"role": "model", "parts": [{"text": fg.REPLY},
+                                                      {"functionCall": {"name": "get_weather", "args": fg.TOOL_ARGS}}]}
+    assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather",
+                                                                          "response": {"temp_c": 18}}}]}
+
+
 def test_reasoning_effort_turns_on_anthropic_thinking(oai, anthropic_upstream):
     oai.responses.create(model="claude", input="Think first.", reasoning={"effort": "low"}, max_output_tokens=6000)
     body = anthropic_upstream.last()["body"]
@@ -255,6 +276,8 @@ def test_provider_errors_come_back_as_openai_errors(oai):
     with pytest.raises(openai.RateLimitError) as throttled:
         oai.responses.create(model="throttled", input="x")
     assert throttled.value.body["message"] == "Too many requests, please wait before trying again."
+    with pytest.raises(openai.RateLimitError):
+        oai.responses.create(model="exhausted", input="x")
 
 
 @pytest.mark.parametrize(("model", "message"), [

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.fakes import anthropic_upstream as fa
 from tests.fakes import bedrock_upstream as fb
+from tests.fakes import gemini_upstream as fg
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext
@@ -441,3 +442,113 @@ def test_bedrock_exception_frame_mid_stream_ends_with_response_failed():
     assert [e["type"] for e in evs[-2:]] == ["error", "response.failed"] and err.value.status == 429
     assert evs[-1]["response"]["error"]["code"] == "rate_limit_exceeded"
     assert evs[-1]["response"]["output"] == [], "the text item was still open: nothing completed"
+
+
+# -- Gemini / Vertex AI -----------------------------------------------------------------------
+
+GEMINI = Provider(name="gem", schema="gemini", base_url="https://gemini.example/v1beta", api_key="gm-key")
+VERTEX = Provider(name="vtx", schema="vertex", project="proj-1", location="us-central1")
+
+
+def test_request_to_gemini_with_tools_a_tool_result_json_mode_and_reasoning():
+    body = {"instructions": "Be brief.", "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
+            "reasoning": {"effort": "high"}, "max_output_tokens": 900,
+            "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}}},
+            "input": [{"role": "user", "content": "weather?"},
+                      {"type": "function_call", "call_id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+                      {"type": "function_call_output", "call_id": "call_0", "output": '{"temp_c": 18}'}]}
+    assert sent(GEMINI, body) == {
+        "contents": [{"parts": [{"text": "weather?"}], "role": "user"},
+                     {"parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}], "role": "model"},
+                     {"parts": [{"functionResponse": {"name": "get_weather", "response": {"temp_c": 18}}}], "role": "user"}],
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "generationConfig": {"maxOutputTokens": 900, "responseMimeType": "application/json",
+                             "responseJsonSchema": {"type": "object"},
+                             "thinkingConfig": {"thinkingBudget": 16384, "includeThoughts": True}},
+        "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "Weather",
+                                             "parametersJsonSchema": {"type": "object"}}]}],
+        "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}}
+
+
+def test_reasoning_effort_none_turns_gemini_thinking_off():
+    assert sent(GEMINI, {"input": "hi", "reasoning": {"effort": "none"}})["generationConfig"] == {
+        "thinkingConfig": {"thinkingBudget": 0}}
+
+
+def test_gemini_and_vertex_urls_and_credentials():
+    call = adapter(GEMINI).build(ctx(GEMINI, {"input": "hi", "stream": True}, "gemini-2.5-flash"))
+    assert call.url == "https://gemini.example/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert ("x-goog-api-key", "gm-key") in call.headers and "key=" not in call.url
+    call = adapter(VERTEX).build(ctx(VERTEX, {"input": "hi"}, "gemini-2.5-flash"))
+    assert call.url == ("https://us-central1-aiplatform.googleapis.com/v1/projects/proj-1/locations/us-central1"
+                        "/publishers/google/models/gemini-2.5-flash:generateContent")
+
+
+def test_a_tool_result_without_its_call_is_a_400_on_gemini():
+    with pytest.raises(GatewayError) as err:
+        sent(GEMINI, {"input": [{"type": "function_call_output", "call_id": "call_9", "output": "x"}]})
+    assert err.value.status == 400 and "tool_call_id" in (err.value.param or "")
+
+
+@pytest.mark.parametrize("provider", [GEMINI, VERTEX], ids=["gemini", "vertex"])
+def test_gemini_answer_with_thoughts_and_a_tool_call(provider):
+    body, usage = answer(provider, fg.whole_body("gemini-2.5-flash", True), {"input": "hi", "tools": [WEATHER]})
+    reasoning, message, call = body["output"]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "thinking..."}]
+    assert message["content"][0]["text"] == fg.REPLY
+    assert (call["call_id"], call["name"], json.loads(call["arguments"])) == ("call_0", "get_weather", fg.TOOL_ARGS)
+    assert body["usage"] == {"input_tokens": 40, "input_tokens_details": {"cached_tokens": 16, "cache_write_tokens": 0},
+                             "output_tokens": 16, "output_tokens_details": {"reasoning_tokens": 6}, "total_tokens": 56}
+    assert body["model"] == "gemini-2.5-flash" and usage.reasoning_tokens == 6
+
+
+# Finish reasons that end a Gemini answer early, in generateContent's documented shape.
+@pytest.mark.parametrize(("finish", "reason"), [("MAX_TOKENS", "max_output_tokens"), ("SAFETY", "content_filter")])
+def test_gemini_early_finish_is_an_incomplete_response(finish, reason):
+    upstream = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Once upon"}]}, "finishReason": finish,
+                                "index": 0}],
+                "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8},
+                "modelVersion": "gemini-2.5-pro", "responseId": "abc"}
+    body, _ = answer(GEMINI, upstream)
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": reason}
+
+
+def test_gemini_errors_map_like_chat():
+    err = adapter(GEMINI).error(ctx(GEMINI, {"input": "hi"}), 429, [],
+                                b'{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}')
+    assert (err.status, err.message) == (429, "Resource exhausted")
+    bad_key = adapter(GEMINI).error(ctx(GEMINI, {"input": "hi"}), 400, [], b'{"error":{"message":"API_KEY_INVALID gm-key"}}')
+    assert bad_key.status == 502 and "gm-key" not in bad_key.body().decode()
+
+
+GEMINI_WIRE = b"".join(fg.sse_bytes("gemini-2.5-flash", with_tool=True))
+
+
+@pytest.mark.parametrize("provider", [GEMINI, VERTEX], ids=["gemini", "vertex"])
+def test_gemini_stream_events_in_openai_order(provider):
+    evs, usage = streamed(provider, GEMINI_WIRE, body={"tools": [WEATHER]})
+    assert shape(evs) == ["response.created", "response.in_progress", *REASONING_ITEM, *TEXT_ITEM, *CALL_ITEM,
+                          "response.completed"]
+    final = check_stream_invariants(evs)
+    assert final["output"][1]["content"][0]["text"] == fg.REPLY and final["output"][0]["summary"][0]["text"] == "thinking..."
+    assert json.loads(final["output"][2]["arguments"]) == fg.TOOL_ARGS
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 6} and usage.reasoning_tokens == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(GEMINI_WIRE)), max_size=8))
+def test_gemini_stream_any_split_gives_the_same_events(cuts):
+    assert streamed(GEMINI, GEMINI_WIRE, cuts)[0] == streamed(GEMINI, GEMINI_WIRE)[0]
+
+
+def test_gemini_error_inside_the_stream_ends_with_response_failed():
+    first = fg.sse_bytes("gemini-2.5-flash", with_tool=False)[:2]
+    error = b'data: {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}\r\n\r\n'
+    translator = adapter(GEMINI).stream(ctx(GEMINI, {"input": "hi", "stream": True}))
+    out = b""
+    with pytest.raises(GatewayError) as err:
+        for piece in [*first, error]:
+            out += translator.feed(piece)
+    evs = events(out + translator.error_event(err.value))
+    assert [e["type"] for e in evs[-2:]] == ["error", "response.failed"] and err.value.status == 503
+    assert evs[-1]["response"]["error"]["message"] == "The model is overloaded."
