@@ -552,3 +552,27 @@ def test_gemini_error_inside_the_stream_ends_with_response_failed():
     evs = events(out + translator.error_event(err.value))
     assert [e["type"] for e in evs[-2:]] == ["error", "response.failed"] and err.value.status == 503
     assert evs[-1]["response"]["error"]["message"] == "The model is overloaded."
+
+
+# -- OpenAI pass-through: the same usage detail --------------------------------------------------
+
+OPENAI = Provider(name="up", schema="openai", base_url="https://api.openai.example/v1", api_key="sk-up")
+OPENAI_USAGE = {"input_tokens": 300, "input_tokens_details": {"cached_tokens": 256}, "output_tokens": 90,
+                "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 390}
+
+
+def test_openai_passthrough_reads_cached_and_reasoning_tokens_of_a_response():
+    body = json.dumps({"id": "resp_1", "object": "response", "status": "completed", "output": [], "usage": OPENAI_USAGE})
+    out, usage = adapter(OPENAI).response(ctx(OPENAI, {"input": "hi"}), 200, body.encode())
+    assert out == body.encode()
+    assert (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens,
+            usage.total_tokens) == (300, 256, 90, 64, 390)
+
+
+def test_openai_passthrough_stream_reads_them_from_response_completed():
+    completed = {"type": "response.completed", "sequence_number": 3,
+                 "response": {"id": "resp_1", "status": "completed", "output": [], "usage": OPENAI_USAGE}}
+    wire = b"event: response.completed\ndata: " + json.dumps(completed).encode() + b"\n\n"
+    translator = adapter(OPENAI).stream(ctx(OPENAI, {"input": "hi", "stream": True}))
+    assert translator.feed(wire[:20]) + translator.feed(wire[20:]) + translator.flush() == wire
+    assert (translator.usage.cached_tokens, translator.usage.reasoning_tokens) == (256, 64)
