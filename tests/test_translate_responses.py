@@ -195,6 +195,8 @@ REFUSED = [
      "input[0].content[0]", None),
     ({"input": [{"role": "assistant", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
      "input[0].content", None),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image", "image_url": "x"}]}]},
+     "input[0].output[0].type", None),
     ({"input": 5}, "input", None),
 ]
 

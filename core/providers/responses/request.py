@@ -23,6 +23,7 @@ TOOL_CHOICES = ("auto", "none", "required")
 # Input message roles and the chat role each becomes.
 ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
+_TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 def to_chat_request(req: wire.ResponsesRequest, model: str, provider: str, json_mode: bool) -> oa.ChatRequest:
@@ -67,7 +68,7 @@ def _add_item(messages: list[oa.ChatMessage], item: wire.InputItem, i: int) -> N
     elif kind == "function_call_output":
         if not item.call_id:
             raise bad_request(f"input[{i}] is a function_call_output without a call_id.", param=f"input[{i}].call_id")
-        messages.append(oa.ChatMessage("tool", _output_text(item.output), tool_call_id=item.call_id))
+        messages.append(oa.ChatMessage("tool", _output_text(item.output, i), tool_call_id=item.call_id))
     elif kind == "item_reference":
         raise responses_state_unsupported(f"input[{i}]", "this gateway's translated providers")
     elif kind != "reasoning":
@@ -89,7 +90,7 @@ def _message(item: wire.InputItem, i: int) -> oa.ChatMessage:
 
 
 def _part(p: wire.InputContent, where: str) -> oa.ContentPart:
-    if p.type in ("input_text", "output_text", "text"):
+    if p.type in _TEXT_PARTS:
         return oa.ContentPart("text", text=p.text or "")
     if p.type == "refusal":
         return oa.ContentPart("text", text=p.refusal or "")
@@ -115,10 +116,16 @@ def _add_call(messages: list[oa.ChatMessage], item: wire.InputItem, i: int) -> N
         messages.append(oa.ChatMessage("assistant", None, tool_calls=[call]))
 
 
-def _output_text(output: str | list[wire.InputContent] | None) -> str:
+def _output_text(output: str | list[wire.InputContent] | None, i: int) -> str:
+    """A function call's output as the text a chat tool message carries. Raises GatewayError(400)
+    for a part that is not text (an image or file result), rather than dropping it unseen."""
     if output is None or isinstance(output, str):
         return output or ""
-    return "".join(p.text or "" for p in output if p.type in ("input_text", "output_text", "text"))
+    for j, p in enumerate(output):
+        if p.type not in _TEXT_PARTS:
+            raise bad_request(f"A function_call_output part of type '{p.type}' is not supported for this model's "
+                              "provider; send the output as text.", param=f"input[{i}].output[{j}].type")
+    return "".join(p.text or "" for p in output)
 
 
 def _tools(tools: list[wire.FunctionTool] | None) -> list[oa.Tool] | None:
