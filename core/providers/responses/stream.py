@@ -47,6 +47,9 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
         self._seq = 0
         self._output: list[wire.OutputItem] = []
         self._kind = ""  # the open item: "" (none), "reasoning", "message", "function_call"
+        self._item_id = ""  # the open item's id
+        self._delta_head = b""  # the open item's delta event up to its `delta` value (the hot path)
+        self._delta_tail = b""  # ... and from after the value up to its sequence number
         self._parts: list[str] = []  # the open item's text or arguments so far
         self._call: tuple[str, str] = ("", "")  # the open function call's (call_id, name)
         self._reason: str | None = None
@@ -111,44 +114,51 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
     def _delta(self, d: oa.ChoiceDelta) -> bytes:
         out = b""
         if d.reasoning_content:
-            out += self._open("reasoning") + self._reasoning_delta(d.reasoning_content)
+            out += self._open("reasoning") + self._delta_event(d.reasoning_content)
         if d.content:
-            out += self._open("message") + self._text_delta(d.content)
+            out += self._open("message") + self._delta_event(d.content)
         for call in d.tool_calls or []:
             fn = call.function or oa.FunctionDelta()
             if call.id:
                 self._call = (call.id, fn.name or "")
                 out += self._open("function_call", new=True)
             if fn.arguments and self._kind == "function_call":
-                out += self._arguments_delta(fn.arguments)
+                out += self._delta_event(fn.arguments)
         return out
 
     @property
     def _index(self) -> int:
         return len(self._output)  # the open item's output_index: every item before it is done
 
-    def _item_id(self) -> str:
-        ids = self._require_frame().ids
-        n = self._index
-        return {"reasoning": ids.reasoning, "message": ids.message}.get(self._kind, ids.function_call)(n)
-
     def _open(self, kind: str, new: bool = False) -> bytes:
         if self._kind == kind and not new:
             return b""
         out = self._end_item()
+        ids, index = self._require_frame().ids, self._index
         self._kind, self._parts = kind, []
-        item = self._item("in_progress")
-        out += self._event("response.output_item.added", output_index=self._index, item=item)
+        self._item_id = item_id = _ITEM_IDS[kind](ids, index)
+        delta_type, extra = _DELTAS[kind]
+        fields = _encode({"type": delta_type, "item_id": item_id, "output_index": index, **extra})
+        self._delta_head = b"event: " + delta_type.encode() + b"\ndata: " + fields[:-1] + b',"delta":'
+        self._delta_tail = b',"logprobs":[],"sequence_number":' if kind == "message" else b',"sequence_number":'
+        out += self._event("response.output_item.added", output_index=index, item=self._item("in_progress"))
         if kind == "message":
-            out += self._event("response.content_part.added", item_id=self._item_id(), output_index=self._index,
+            out += self._event("response.content_part.added", item_id=item_id, output_index=index,
                                content_index=0, part=wire.OutputText(""))
         elif kind == "reasoning":
-            out += self._event("response.reasoning_summary_part.added", item_id=self._item_id(),
-                               output_index=self._index, summary_index=0, part=wire.SummaryText(""))
+            out += self._event("response.reasoning_summary_part.added", item_id=item_id,
+                               output_index=index, summary_index=0, part=wire.SummaryText(""))
         return out
 
+    def _delta_event(self, text: str) -> bytes:
+        """The open item's next delta event. Written from the bytes `_open` prepared: deltas are
+        most of a stream's events, and only their text and sequence number change."""
+        self._parts.append(text)
+        seq, self._seq = self._seq, self._seq + 1
+        return self._delta_head + _encode(text) + self._delta_tail + str(seq).encode() + b"}\n\n"
+
     def _item(self, status: str) -> wire.OutputItem:
-        text, item_id = "".join(self._parts), self._item_id()
+        text, item_id = "".join(self._parts), self._item_id
         if self._kind == "message":
             return wire.MessageItem(id=item_id, status=status, content=[wire.OutputText(text)] if status == "completed" else [])
         if self._kind == "reasoning":
@@ -156,25 +166,10 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
         call_id, name = self._call
         return wire.FunctionCallItem(id=item_id, status=status, call_id=call_id, name=name, arguments=text)
 
-    def _text_delta(self, text: str) -> bytes:
-        self._parts.append(text)
-        return self._event("response.output_text.delta", item_id=self._item_id(), output_index=self._index,
-                           content_index=0, delta=text, logprobs=[])
-
-    def _reasoning_delta(self, text: str) -> bytes:
-        self._parts.append(text)
-        return self._event("response.reasoning_summary_text.delta", item_id=self._item_id(), output_index=self._index,
-                           summary_index=0, delta=text)
-
-    def _arguments_delta(self, fragment: str) -> bytes:
-        self._parts.append(fragment)
-        return self._event("response.function_call_arguments.delta", item_id=self._item_id(), output_index=self._index,
-                           delta=fragment)
-
     def _end_item(self) -> bytes:
         if not self._kind:
             return b""
-        item_id, index, text = self._item_id(), self._index, "".join(self._parts)
+        item_id, index, text = self._item_id, self._index, "".join(self._parts)
         if self._kind == "message":
             out = self._event("response.output_text.done", item_id=item_id, output_index=index, content_index=0,
                               text=text, logprobs=[])
@@ -197,6 +192,16 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
     def _require_frame(self) -> ResponseFrame:
         assert self._frame is not None  # _on starts the frame before any delta
         return self._frame
+
+
+# Per kind of output item: its id, and its delta event's type and fields besides the delta.
+_ITEM_IDS: dict[str, Callable[[ResponseIds, int], str]] = {
+    "message": ResponseIds.message, "reasoning": ResponseIds.reasoning, "function_call": ResponseIds.function_call}
+_DELTAS: dict[str, tuple[str, dict[str, int]]] = {
+    "message": ("response.output_text.delta", {"content_index": 0}),
+    "reasoning": ("response.reasoning_summary_text.delta", {"summary_index": 0}),
+    "function_call": ("response.function_call_arguments.delta", {}),
+}
 
 
 class ResponsesOverChatStream:
