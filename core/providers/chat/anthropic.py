@@ -136,9 +136,12 @@ def thinking_of(req: ChatRequest, provider: str) -> tuple[int, wire.Thinking | N
     Claude counts thinking inside `max_tokens` and needs the budget below it: without a client
     limit the budget is added to the default one; with a limit too small to think in (Claude's
     smallest budget is 1024), the request is refused rather than silently answered without
-    reasoning. Raises GatewayError(400)."""
+    reasoning. While a tool loop is open (the last assistant turn called tools), Claude wants
+    that turn to start with its signed thinking block, which OpenAI's messages cannot carry
+    back: thinking stays off for that request, rather than every tool result being refused.
+    Raises GatewayError(400)."""
     budget = reasoning_budget(req.reasoning_effort)
-    if not budget:
+    if not budget or _in_tool_loop(req.messages):
         return req.output_limit or DEFAULT_MAX_TOKENS, None
     max_tokens = req.output_limit or budget + DEFAULT_MAX_TOKENS
     budget = min(budget, max_tokens - 1)
@@ -146,6 +149,11 @@ def thinking_of(req: ChatRequest, provider: str) -> tuple[int, wire.Thinking | N
         raise bad_request(f"Reasoning on {provider} needs an output limit above {MIN_THINKING_BUDGET} tokens "
                           "(its thinking counts in it).", param="max_tokens")
     return max_tokens, wire.Thinking("enabled", budget)
+
+
+def _in_tool_loop(messages: list[ChatMessage]) -> bool:
+    last = next((m for m in reversed(messages) if m.role == "assistant"), None)
+    return last is not None and bool(last.tool_calls)
 
 
 def convert_messages(messages: list[ChatMessage]) -> tuple[list[wire.Block], list[wire.Message]]:
