@@ -118,6 +118,7 @@ def _check_usage(usage: Any, case: Case) -> None:
     assert usage.input_tokens == case.input_tokens and usage.output_tokens == case.output_tokens
     assert usage.total_tokens == case.input_tokens + case.output_tokens
     assert usage.input_tokens_details.cached_tokens == case.cached
+    assert usage.input_tokens_details.model_dump().get("cache_write_tokens", 0) == case.cache_write
     assert usage.output_tokens_details.reasoning_tokens == case.reasoning
 
 
@@ -126,6 +127,7 @@ def _check_ledger(db: Path, request_id: str, usage: Any, api: str = "responses")
     assert row["status"] == 200 and row["api"] == api
     assert row["input_tokens"] == usage.input_tokens and row["output_tokens"] == usage.output_tokens
     assert row["cached_input_tokens"] == usage.input_tokens_details.cached_tokens
+    assert row["cache_write_tokens"] == usage.input_tokens_details.model_dump().get("cache_write_tokens", 0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
