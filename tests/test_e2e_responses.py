@@ -294,10 +294,28 @@ def test_mid_stream_provider_error_ends_with_error_and_response_failed(oai, mode
     assert failed.status == "failed" and failed.error.message == events[-2].message == message
 
 
-def test_usage_drawn_from_the_limits_equals_the_sdk_usage(gw):
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=OTHER_KEY, max_retries=0)
-    r = client.responses.create(model="claude", input="hello")
+def _metered_used(gw: GatewayProcess) -> float:
     req = urllib.request.Request(gw.url + "/admin/usage", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
-        entry = json.loads(resp.read())["keys"]["metered"][0]
-    assert entry["used"] == pytest.approx(r.usage.total_tokens, abs=2)  # the bucket refills ~0.4 token/s
+        return float(json.loads(resp.read())["keys"]["metered"][0]["used"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_usage_drawn_from_the_limits_equals_the_sdk_usage(gw, case, stream):
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=OTHER_KEY, max_retries=0)
+    before = _metered_used(gw)
+    if stream:
+        usage = list(client.responses.create(model=case.model, input="hello", stream=True))[-1].response.usage
+    else:
+        usage = client.responses.create(model=case.model, input="hello").usage
+    assert usage.total_tokens == case.input_tokens + case.output_tokens
+    # A stream settles just after its last byte, so the bucket is read until it has; it refills
+    # ~0.4 token/s, so within the test's second what it holds moved by the usage, give or take 2.
+    deadline, drawn = time.monotonic() + 3, 0.0
+    while time.monotonic() < deadline:
+        drawn = _metered_used(gw) - before
+        if drawn == pytest.approx(usage.total_tokens, abs=2):
+            break
+        time.sleep(0.05)
+    assert drawn == pytest.approx(usage.total_tokens, abs=2)
