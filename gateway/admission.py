@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import errors
+from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.core.ledger.tags import HEADER as TAGS_HEADER
 from tollway.core.ledger.tags import parse_tags
 from tollway.core.request import RequestHead, parse_head, with_model
 from tollway.core.routing.table import Route
 from tollway.gateway.downstream.watchdog import BODY
 from tollway.gateway.exchange import Exchange
-from tollway.gateway.limits.limiter import AskStore
+from tollway.gateway.limits.limiter import AskStore, Lease, Limiter
+from tollway.gateway.limits.stream_stop import StreamStop, stream_stop
 from tollway.gateway.pipeline import Authenticate
 from tollway.gateway.runtime import KeyRecord, Runtime
 from tollway.gateway.serving import Serving
@@ -63,17 +65,34 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
         decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
         lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
     headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
+    stop = None
     try:
         for before in pipeline.before_upstream:
             await before(req, ex)
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer
+        if req.head.stream and req.runtime.config.rate_limits.enforce_streams:
+            stop = _stream_stop(serving, req, ex, limiter, lease)
+            if stop is not None:  # last: it counts what really goes out
+                ex.on_chunk_async += (stop,)
         await serving.proxy.forward(req.runtime, ex, req.route, req.head, req.body, proto, headers)
     finally:
+        if stop is not None and stop.cut:  # stopped at a limit: charged what was sent, not what was made
+            ex.usage = stop.usage(ex.usage)
         if lease is not None and limiter is not None:  # also when it failed or the client left
             limiter.settle(lease, ex.usage, ex.upstream_model)
         if ex.usage is not ex.priced:  # (a non-stream answer's was worked out for its header)
             ex.cost_usd = req.runtime.prices.cost(req.route.name, ex.upstream_model, ex.usage)
+
+
+def _stream_stop(serving: Serving, req: Admitted, ex: Exchange, limiter: Limiter | None,
+                 lease: Lease | None) -> StreamStop | None:
+    """The per-chunk hook that stops this stream at its limits or budgets, or None."""
+    keeper = serving.books.budgets if serving.books is not None else None
+    if lease is None and not keeper:
+        return None
+    prompt = lease.demand[1] if lease is not None else estimate_prompt_tokens(req.body)  # (input_tokens)
+    return stream_stop(ex, req.head.model or req.route.name, prompt, limiter, lease, keeper, req.runtime.prices)
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,

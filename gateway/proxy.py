@@ -253,6 +253,7 @@ class Proxy:
             ex.usage = translator.usage or estimated_usage(ctx.body, translator.streamed_text(), ctx.upstream_model)[0]
             raise
         out.close()
+        resp.close()  # before counting: a stream cut short (a limit, a guardrail) stops the upstream's work now
         ex.phase = ANSWERED
         if translator.usage is not None:
             ex.usage = translator.usage
