@@ -88,11 +88,16 @@ models:
   - {{name: throttled, targets: [{{provider: aws}}]}}
   - {{name: stream-throttled, targets: [{{provider: aws}}]}}
   - {{name: exhausted, targets: [{{provider: gem}}]}}
+  - {{name: guarded-mask, targets: [{{provider: ant, model: claude-sonnet-4-5}}]}}
+  - {{name: guarded-block, targets: [{{provider: aws, model: "{BEDROCK_MODEL}"}}]}}
 keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}"}}
   - name: metered
     key_hash: "{key_hash(OTHER_KEY)}"
     limits: [{{total_tokens: 1000000, per: 30d}}]
+guardrails:
+  - {{name: no-fakes, type: regex, deny: ["(?i)fake"], action: mask, apply_to: [output], scope: {{models: [guarded-mask]}}}}
+  - {{name: no-weather, type: regex, deny: ["Paris"], action: block, apply_to: [output], scope: {{models: [guarded-block]}}}}
 admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
 store: {{backend: sqlite, path: {db}}}
 ledger: {{flush_interval: 0.05}}
@@ -319,3 +324,25 @@ def test_usage_drawn_from_the_limits_equals_the_sdk_usage(gw, case, stream):
             break
         time.sleep(0.05)
     assert drawn == pytest.approx(usage.total_tokens, abs=2)
+
+
+def test_an_output_guardrail_masks_a_translated_stream_in_every_event(oai):
+    """The guardrails read a translated provider's Responses stream as they read OpenAI's: the
+    deltas are masked and every text the stream repeats (the .done events, the final response)
+    says what the deltas said."""
+    events = list(oai.responses.create(model="guarded-mask", input="hi", stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert "fake" not in text.lower() and text.startswith("Hello from the ") and text.endswith(" Anthropic upstream")
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == text and events[-1].type == "response.completed"
+    assert events[-1].response.output_text == text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_an_output_guardrail_block_ends_a_translated_stream_with_the_responses_error(oai):
+    events = list(oai.responses.create(model="guarded-block", input="Weather in Paris?", tools=[WEATHER], stream=True))
+    assert events[-2].type == "error" and "no-weather" in events[-2].message
+    assert events[-1].type == "response.failed" and events[-1].response.status == "failed"
+    assert not any(e.type == "response.completed" for e in events)
+    arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert "Paris" not in arguments

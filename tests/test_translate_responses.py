@@ -15,7 +15,7 @@ from tests.fakes import anthropic_upstream as fa
 from tests.fakes import bedrock_upstream as fb
 from tests.fakes import gemini_upstream as fg
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError
+from tollway.core.errors import GatewayError, content_policy_violation
 from tollway.core.providers.base import CallContext
 from tollway.core.providers.registry import adapter_for
 from tollway.core.request import parse_head
@@ -583,3 +583,14 @@ def test_openai_passthrough_stream_reads_them_from_response_completed():
     translator = adapter(OPENAI).stream(ctx(OPENAI, {"input": "hi", "stream": True}))
     assert translator.feed(wire[:20]) + translator.feed(wire[20:]) + translator.flush() == wire
     assert (translator.usage.cached_tokens, translator.usage.reasoning_tokens) == (256, 64)
+
+
+def test_a_hook_that_ends_the_stream_on_its_last_chunk_still_gets_response_failed():
+    """An output guardrail raising on the chunk that held response.completed drops that chunk:
+    the error event must still say the response failed."""
+    translator = adapter(ANTHROPIC).stream(ctx(ANTHROPIC, {"input": "hi", "stream": True}))
+    produced = translator.feed(ANTHROPIC_WIRE)
+    assert events(produced)[-1]["type"] == "response.completed"
+    evs = events(translator.error_event(content_policy_violation("g", "email", 502)))
+    assert [e["type"] for e in evs] == ["error", "response.failed"]
+    assert evs[1]["response"]["status"] == "failed" and evs[1]["response"]["error"]["code"] == "content_policy_violation"

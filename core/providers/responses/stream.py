@@ -88,9 +88,11 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
 
     def error_event(self, err: GatewayError) -> bytes:
         """A failure mid-stream as OpenAI ends a failed Responses stream: `error`, then
-        `response.failed` with what was produced so far."""
+        `response.failed` with what was produced so far. Also after this translator wrote its
+        closing event: a per-chunk hook (an output guardrail's block) that ends the stream drops
+        the chunk it raised on, closing event included, so the client never saw it."""
         out = self._event("error", code=err.code or err.type, message=err.message, param=err.param)
-        if self._frame is not None and not self._closed:
+        if self._frame is not None:
             self._closed = True
             code = err.code or ("rate_limit_exceeded" if err.status == 429 else "server_error")
             snapshot = self._frame.response("failed", self._output, self._usage(), None,
