@@ -186,7 +186,7 @@ REFUSED = [
     ({"tools": [{"type": "web_search"}]}, "tools[0].type", None),
     ({"tools": [WEATHER], "tool_choice": {"type": "file_search"}}, "tool_choice.type", None),
     ({"tool_choice": "sometimes"}, "tool_choice", None),
-    ({"reasoning": {"effort": "extreme"}}, "reasoning_effort", None),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", None),
     ({"reasoning": {"effort": "low"}, "max_output_tokens": 1000}, "max_tokens", None),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "unsupported_parameter"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", None),

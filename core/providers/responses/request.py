@@ -54,6 +54,8 @@ def _refuse_unsupported(req: wire.ResponsesRequest, provider: str, json_mode: bo
         raise oa.unsupported("background", provider, "The gateway keeps no responses to poll; omit it.")
     if req.top_logprobs:
         raise oa.unsupported("top_logprobs", provider)
+    if req.reasoning is not None:
+        oa.reasoning_budget(req.reasoning.effort, param="reasoning.effort")  # named as the client wrote it
     fmt = req.text.format if req.text else None
     if fmt is not None and fmt.type != "text" and not json_mode:
         raise oa.unsupported("text.format", provider)
