@@ -73,6 +73,14 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return GatewayError(400, message, "invalid_request_error", code, param)
 
 
+def responses_state_unsupported(field: str, provider: str) -> GatewayError:
+    """A Responses API request that refers to stored state (a previous response, a conversation,
+    a stored prompt) sent to a translated provider: the gateway keeps no such state."""
+    return GatewayError(400, f"'{field}' is not supported for models served by {provider}: this gateway keeps no "
+                        "Responses API state for them. Send the whole conversation in 'input' (with store: false).",
+                        "invalid_request_error", "unsupported_parameter", field)
+
+
 def unauthorized(message: str) -> GatewayError:
     return GatewayError(401, message, "invalid_request_error", "invalid_api_key")
 

@@ -25,6 +25,8 @@ class OpenAIUsage(msgspec.Struct):
     # Embeddings and the Responses API use these names.
     input_tokens: int | None = None
     output_tokens: int | None = None
+    input_tokens_details: PromptDetails | None = None
+    output_tokens_details: CompletionDetails | None = None
 
 
 class UsageEnvelope(msgspec.Struct):
@@ -55,8 +57,10 @@ def from_openai(u: OpenAIUsage) -> Usage:
     prompt = u.prompt_tokens if u.prompt_tokens is not None else (u.input_tokens or 0)
     completion = u.completion_tokens if u.completion_tokens is not None else (u.output_tokens or 0)
     total = u.total_tokens if u.total_tokens is not None else prompt + completion
-    cached = (u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0
-    reasoning = (u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0
+    prompt_details = u.prompt_tokens_details or u.input_tokens_details
+    completion_details = u.completion_tokens_details or u.output_tokens_details
+    cached = (prompt_details.cached_tokens or 0) if prompt_details else 0
+    reasoning = (completion_details.reasoning_tokens or 0) if completion_details else 0
     return Usage(prompt, completion, total, cached, reasoning)
 
 

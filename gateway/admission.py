@@ -134,11 +134,11 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     if tags:
         ex.tags = parse_tags(tags)
     route = rt.routes.resolve(head.model or "")
-    if route is None:
-        raise errors.model_not_found(head.model or "")
+    if route is None:  # the errors echo the model masked, as the log has it: the client may have pasted a key
+        raise errors.model_not_found(ex.model or "")
     ex.route, ex.prices = route.name, rt.prices
     if not key.may_use(route.name):
-        raise errors.model_not_allowed(head.model or "")
+        raise errors.model_not_allowed(ex.model or "")
     return Admitted(rt, key, head, body, route)
 
 

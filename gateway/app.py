@@ -347,6 +347,7 @@ class Gateway:
             self._send_error(proto, ex, errors.shutting_down())
 
     def _unknown(self, method: str, path: str) -> GatewayError:
+        path = self.runtime.secrets.mask(path)  # the errors echo it: a client may have pasted a held key there
         config = self.runtime.config
         if config.admin is None and not config.admins and (path == "/admin" or path.startswith("/admin/")):
             return errors.admin_not_configured(path)  # any method: the whole admin API is off

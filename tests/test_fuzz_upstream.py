@@ -1,7 +1,7 @@
 """Fuzzing a real gateway from both sides at once: hostile client bodies, hostile upstream answers.
 
-Each example picks a provider schema and a client API (OpenAI chat, or the Anthropic Messages
-API), a request body (mostly sane, sometimes odd or broken), and the upstream's answer:
+Each example picks a provider schema and a client API (OpenAI chat, the OpenAI Responses API,
+or the Anthropic Messages API), a request body (mostly sane, sometimes odd or broken), and the upstream's answer:
 status, headers, a body (the schema's error envelope, its success body or stream, random
 JSON, random bytes), truncated or not, split into chunks at random points, framed by
 content-length, chunked, short (declares more than it sends) or cut, and paced. The hostile
@@ -61,7 +61,7 @@ SENT_UPSTREAM = {name: value for name, value in HELD.items() if name not in ("ga
 SCHEMAS = {"openai": "openai", "azure": "openai", "anthropic": "anthropic", "bedrock": "bedrock",
            "gemini": "gemini", "vertex": "vertex"}  # provider -> its wire (tests/fakes/hostile_upstream.WIRES)
 RELAYS_500 = ("openai", "azure")
-API_PATHS = {"openai": "/v1/chat/completions", "anthropic": "/anthropic/v1/messages"}
+API_PATHS = {"openai": "/v1/chat/completions", "anthropic": "/anthropic/v1/messages", "responses": "/v1/responses"}
 EXAMPLES = int(os.environ.get("TOLLWAY_FUZZ_EXAMPLES", "150"))  # per property
 
 
@@ -265,6 +265,8 @@ def requests(draw: Any, api: str, model: str) -> bytes:
     shape = draw(st.sampled_from(["sane"] * 5 + ["odd"] * 3 + ["raw", "mangled"]))
     if shape == "raw":
         return draw(st.one_of(st.sampled_from(RAW_BODIES), st.binary(max_size=256)))
+    if api == "responses":
+        return draw(responses_requests(model, shape))
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": draw(st.text(max_size=40))}],
                             "stream": draw(st.booleans())}
     if api == "anthropic":
@@ -280,6 +282,27 @@ def requests(draw: Any, api: str, model: str) -> bytes:
     raw = json.dumps(body).encode()
     if shape == "mangled":  # bytes that are not UTF-8 inside a string: JSON on the outside, not within
         raw = raw.replace(b'"content": "', b'"content": "' + draw(st.sampled_from(NOT_UTF8)), 1)
+    return raw
+
+
+RESPONSES_FIELDS = ["instructions", "tools", "tool_choice", "max_output_tokens", "reasoning", "text", "temperature",
+                    "previous_response_id", "parallel_tool_calls", "metadata", "store", "include", "background"]
+ITEM_TYPES = ["message", "function_call", "function_call_output", "reasoning", "item_reference", "web_search_call", None]
+
+
+@st.composite
+def responses_requests(draw: Any, model: str, shape: str) -> bytes:
+    """A Responses API body: `input` as a string, or items of every kind with odd fields."""
+    body: dict[str, Any] = {"model": model, "input": draw(st.text(max_size=40)), "stream": draw(st.booleans())}
+    if shape in ("odd", "mangled"):
+        item = st.fixed_dictionaries({"type": st.sampled_from(ITEM_TYPES)}, optional={
+            "role": st.sampled_from(ROLES), "content": json_values(False), "call_id": json_values(False),
+            "name": json_values(False), "arguments": json_values(False), "output": json_values(False)})
+        body["input"] = draw(st.lists(item, max_size=4))
+        body.update(draw(st.dictionaries(st.sampled_from(RESPONSES_FIELDS), json_values(False), max_size=4)))
+    raw = json.dumps(body).encode()
+    if shape == "mangled":
+        raw = raw.replace(b'"model": "', b'"model": "' + draw(st.sampled_from(NOT_UTF8)), 1)
     return raw
 
 

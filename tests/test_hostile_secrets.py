@@ -408,6 +408,7 @@ def test_a_held_credential_a_client_sends_is_masked_in_the_access_log(gw: Gatewa
         r = httpx2.post(gw.url + path, json={"model": model, "max_tokens": 5, "messages": MESSAGES}, timeout=10,
                         headers={"authorization": f"Bearer {GATEWAY_KEY}", "anthropic-version": "2023-06-01", **headers})
         assert r.status_code in (400, 404), r.text
+        assert sk not in r.text and session not in r.text, r.text  # the answer's echo of the model or path too
     deadline = time.monotonic() + 5
     while gw.stdout_path.read_bytes()[before:].count(b"\n") < len(asked) and time.monotonic() < deadline:
         time.sleep(0.05)  # the access log flushes once per event-loop turn

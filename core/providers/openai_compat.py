@@ -16,7 +16,7 @@ from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
 from tollway.core.kernels import OpenAIStreamRelay, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
-from tollway.ext.usage import Usage, usage_of_json
+from tollway.ext.usage import OpenAIUsage, Usage, from_openai, usage_of_json
 
 PATHS = {
     ClientAPI.CHAT: "/chat/completions",
@@ -121,14 +121,8 @@ def _parse_error(body: bytes) -> _ErrorFields:
     return env.error or _ErrorFields()
 
 
-class _ResponsesUsage(msgspec.Struct):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-
-
 class _ResponsesBody(msgspec.Struct):
-    usage: _ResponsesUsage | None = None
+    usage: OpenAIUsage | None = None
 
 
 class _ResponsesEvent(msgspec.Struct):
@@ -174,6 +168,5 @@ class ResponsesStreamRelay:
             ev = _decode_responses_event(data)
         except msgspec.MsgspecError:
             return
-        if ev.response and ev.response.usage:
-            u = ev.response.usage
-            self.usage = Usage(u.input_tokens, u.output_tokens, u.total_tokens or u.input_tokens + u.output_tokens)
+        if ev.response and ev.response.usage:  # cached and reasoning tokens included, for the ledger's prices
+            self.usage = from_openai(ev.response.usage)

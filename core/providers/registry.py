@@ -37,6 +37,11 @@ ADAPTERS: dict[tuple[str, str], str] = {
     (ClientAPI.CHAT, "vertex"): "tollway.core.providers.chat.gemini:OpenAIToVertex",
     (ClientAPI.MESSAGES, "gemini"): "tollway.core.providers.messages.translate:AnthropicToGemini",
     (ClientAPI.MESSAGES, "vertex"): "tollway.core.providers.messages.translate:AnthropicToVertex",
+    # The Responses API -> each provider, through its chat translator (issue 17).
+    (ClientAPI.RESPONSES, "anthropic"): "tollway.core.providers.responses.anthropic:ResponsesToAnthropic",
+    (ClientAPI.RESPONSES, "bedrock"): "tollway.core.providers.responses.bedrock:ResponsesToBedrock",
+    (ClientAPI.RESPONSES, "gemini"): "tollway.core.providers.responses.gemini:ResponsesToGemini",
+    (ClientAPI.RESPONSES, "vertex"): "tollway.core.providers.responses.gemini:ResponsesToVertex",
     # OpenAI embeddings -> each provider's embedding API.
     (ClientAPI.EMBEDDINGS, "bedrock"): "tollway.core.providers.embeddings.bedrock:OpenAIToBedrockEmbed",  # Titan or Cohere
     (ClientAPI.EMBEDDINGS, "vertex"): "tollway.core.providers.embeddings.google:OpenAIToVertexEmbed",

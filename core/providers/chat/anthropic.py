@@ -30,12 +30,14 @@ from tollway.core.providers.wire.openai import (
     ContentPart,
     decode_chat,
     parse_data_url,
+    reasoning_budget,
     reject_unsupported,
     text_of,
 )
 from tollway.ext.usage import Usage
 
 DEFAULT_MAX_TOKENS = 4096
+MIN_THINKING_BUDGET = 1024
 DEFAULT_VERSION = "2023-06-01"
 PROVIDER = "Anthropic"
 
@@ -119,12 +121,39 @@ def to_messages_request(req: ChatRequest, model: str) -> wire.MessagesRequest:
     """The Anthropic request for an OpenAI chat request. Raises GatewayError(400)."""
     reject_unsupported(req, PROVIDER)
     system, messages = convert_messages(req.messages)
+    max_tokens, thinking = thinking_of(req, PROVIDER)
     return wire.MessagesRequest(
-        model=model, messages=messages, max_tokens=req.output_limit or DEFAULT_MAX_TOKENS,
+        model=model, messages=messages, max_tokens=max_tokens, thinking=thinking,
         system=system or None, temperature=req.temperature, top_p=req.top_p,
         stop_sequences=req.stop_list, stream=req.stream or None, tools=_tools(req),
         tool_choice=_tool_choice(req), metadata=wire.Metadata(req.user) if req.user else None,
     )
+
+
+def thinking_of(req: ChatRequest, provider: str) -> tuple[int, wire.Thinking | None]:
+    """(max_tokens, extended thinking) for the request's output limit and `reasoning_effort`.
+
+    Claude counts thinking inside `max_tokens` and needs the budget below it: without a client
+    limit the budget is added to the default one; with a limit too small to think in (Claude's
+    smallest budget is 1024), the request is refused rather than silently answered without
+    reasoning. While a tool loop is open (the last assistant turn called tools), Claude wants
+    that turn to start with its signed thinking block, which OpenAI's messages cannot carry
+    back: thinking stays off for that request, rather than every tool result being refused.
+    Raises GatewayError(400)."""
+    budget = reasoning_budget(req.reasoning_effort)
+    if not budget or _in_tool_loop(req.messages):
+        return req.output_limit or DEFAULT_MAX_TOKENS, None
+    max_tokens = req.output_limit or budget + DEFAULT_MAX_TOKENS
+    budget = min(budget, max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        raise bad_request(f"Reasoning on {provider} needs an output limit above {MIN_THINKING_BUDGET} tokens "
+                          "(its thinking counts in it).", param="max_tokens")
+    return max_tokens, wire.Thinking("enabled", budget)
+
+
+def _in_tool_loop(messages: list[ChatMessage]) -> bool:
+    last = next((m for m in reversed(messages) if m.role == "assistant"), None)
+    return last is not None and bool(last.tool_calls)
 
 
 def convert_messages(messages: list[ChatMessage]) -> tuple[list[wire.Block], list[wire.Message]]:

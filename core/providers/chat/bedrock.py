@@ -21,9 +21,10 @@ import msgspec
 
 from tollway.core.errors import GatewayError, bad_request, upstream_corrupt_frame, upstream_ended_early, upstream_malformed_event
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.chat.anthropic import thinking_of, tool_arguments
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.upstream_errors import provider_error
+from tollway.core.providers.wire import anthropic as anthropic_wire
 from tollway.core.providers.wire import bedrock as wire
 from tollway.core.providers.wire.openai import (
     ChatMessage,
@@ -31,8 +32,10 @@ from tollway.core.providers.wire.openai import (
     ContentPart,
     decode_chat,
     parse_data_url,
+    reasoning_budget,
     reject_unsupported,
     text_of,
+    unsupported,
 )
 from tollway.ext.usage import Usage
 
@@ -67,7 +70,7 @@ class OpenAIToBedrock:
         headers = [("content-type", "application/json"), ("accept", EVENTSTREAM if stream else "application/json")]
         if ctx.provider.api_key:  # a Bedrock API key; otherwise SigV4 signs the call later
             headers.append(("authorization", "Bearer " + ctx.provider.api_key))
-        return UpstreamCall("POST", url, headers, wire.encode(to_converse(req)), stream)
+        return UpstreamCall("POST", url, headers, wire.encode(to_converse(req, ctx.upstream_model)), stream)
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         done = wire.decode_response(body)
@@ -104,8 +107,9 @@ def usage_of(u: wire.TokenUsage) -> Usage:
 
 # -- request translation ---------------------------------------------------------------
 
-def to_converse(req: ChatRequest) -> wire.ConverseRequest:
-    """The Converse request for an OpenAI chat request. Raises GatewayError(400)."""
+def to_converse(req: ChatRequest, model: str = "") -> wire.ConverseRequest:
+    """The Converse request for an OpenAI chat request to Bedrock model `model`. Raises
+    GatewayError(400)."""
     reject_unsupported(req, PROVIDER)
     system = [wire.SystemBlock(text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
     turns: list[wire.Message] = []
@@ -119,9 +123,22 @@ def to_converse(req: ChatRequest) -> wire.ConverseRequest:
             turns[-1].content.extend(blocks)  # Converse requires alternating roles
         else:
             turns.append(wire.Message(role, blocks))
-    config = wire.InferenceConfig(req.output_limit, req.temperature, req.top_p, req.stop_list)
+    max_tokens, thinking = _thinking(req, model)
+    config = wire.InferenceConfig(max_tokens, req.temperature, req.top_p, req.stop_list)
     return wire.ConverseRequest(turns, system or None, config if config != wire.InferenceConfig() else None,
-                                _tool_config(req, turns))
+                                _tool_config(req, turns), {"thinking": thinking} if thinking else None)
+
+
+def _thinking(req: ChatRequest, model: str) -> tuple[int | None, anthropic_wire.Thinking | None]:
+    """(maxTokens, Claude's `thinking` field) for `reasoning_effort`. Converse has no reasoning
+    setting of its own: Claude on Bedrock takes Anthropic's `thinking` through
+    additionalModelRequestFields, with the same budget rules; other Bedrock models have no
+    budget this gateway can set, so asking for one is a 400 rather than silently ignored."""
+    if not reasoning_budget(req.reasoning_effort):
+        return req.output_limit, None
+    if "anthropic." not in model and "claude" not in model:
+        raise unsupported("reasoning_effort", f"{PROVIDER} model '{model}'", "Only Claude models on Bedrock take it.")
+    return thinking_of(req, PROVIDER)
 
 
 def _turn(m: ChatMessage, i: int) -> tuple[str, list[wire.ContentBlock]]:

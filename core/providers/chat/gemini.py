@@ -35,6 +35,7 @@ from tollway.core.providers.wire.openai import (
     ContentPart,
     decode_chat,
     parse_data_url,
+    reasoning_budget,
     text_of,
     unsupported,
 )
@@ -200,8 +201,18 @@ def _generation_config(req: ChatRequest) -> wire.GenerationConfig | None:
     mime = "application/json" if fmt is not None and fmt.type in ("json_object", "json_schema") else None
     schema = fmt.json_schema.schema if fmt is not None and fmt.json_schema is not None else None
     config = wire.GenerationConfig(req.output_limit, req.temperature, req.top_p, req.stop_list, req.presence_penalty,
-                                   req.frequency_penalty, req.seed, mime, schema)
+                                   req.frequency_penalty, req.seed, mime, schema, _thinking(req))
     return config if config != wire.GenerationConfig() else None
+
+
+def _thinking(req: ChatRequest) -> wire.ThinkingConfig | None:
+    """`reasoning_effort` as Gemini's thinking budget; with thinking on, its thought summaries
+    are asked for, so they come back as reasoning. Effort "none" is a budget of 0 (thinking off,
+    which some models refuse: their 400 reaches the client)."""
+    budget = reasoning_budget(req.reasoning_effort)
+    if budget is None:
+        return None
+    return wire.ThinkingConfig(budget, True if budget else None)
 
 
 def _tools(req: ChatRequest) -> list[wire.Tool] | None:

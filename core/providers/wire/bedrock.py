@@ -109,6 +109,8 @@ class ConverseRequest(_Wire):
     system: list[SystemBlock] | None = None
     inference_config: InferenceConfig | None = None
     tool_config: ToolConfig | None = None
+    # Model-specific fields Converse passes to the model as they are (Claude's `thinking`).
+    additional_model_request_fields: dict[str, Any] | None = None
 
 
 class TokenUsage(_Wire):

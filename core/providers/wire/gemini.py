@@ -71,6 +71,11 @@ class ToolConfig(_Wire):
     function_calling_config: FunctionCallingConfig
 
 
+class ThinkingConfig(_Wire):
+    thinking_budget: int | None = None  # 0 turns thinking off (where the model allows it)
+    include_thoughts: bool | None = None  # send thought summaries back as `thought` parts
+
+
 class GenerationConfig(_Wire):
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -81,6 +86,7 @@ class GenerationConfig(_Wire):
     seed: int | None = None
     response_mime_type: str | None = None
     response_json_schema: dict[str, Any] | None = None
+    thinking_config: ThinkingConfig | None = None
 
 
 class GenerateContentRequest(_Wire):

@@ -94,6 +94,7 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
+    reasoning_effort: str | None = None  # none | minimal | low | medium | high | xhigh
 
     @property
     def output_limit(self) -> int | None:
@@ -219,6 +220,22 @@ def reject_unsupported(req: ChatRequest, provider: str, allow_json_mode: bool = 
     fmt = req.response_format
     if fmt is not None and fmt.type != "text" and not allow_json_mode:
         raise unsupported("response_format", provider)
+
+
+# `reasoning_effort` -> the thinking-token budget of providers that take a budget (Anthropic's
+# extended thinking, Gemini's thinkingBudget); 1024 is Anthropic's smallest budget.
+REASONING_BUDGETS = {"none": 0, "minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+
+
+def reasoning_budget(effort: str | None, param: str = "reasoning_effort") -> int | None:
+    """The thinking budget for `effort` (0: no thinking), or None when the client set none.
+    Raises GatewayError(400) naming `param` for an effort OpenAI does not define."""
+    if effort is None:
+        return None
+    budget = REASONING_BUDGETS.get(effort)
+    if budget is None:
+        raise bad_request(f"Unknown reasoning effort '{effort}'; use one of {', '.join(REASONING_BUDGETS)}.", param=param)
+    return budget
 
 
 class DataURL(msgspec.Struct):
