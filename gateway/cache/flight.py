@@ -1,0 +1,40 @@
+"""Single flight: concurrent identical misses in one process make one upstream call.
+
+The first miss of a key leads: it goes upstream and, when its request is finished, lands the
+flight with the entry it stored (or None: nothing storable came back). Misses of the same key
+that arrive meanwhile join the flight and wait for that landing instead of calling upstream;
+a None (or a leader that takes longer than `wait`) sends each of them upstream after all.
+"""
+from __future__ import annotations
+
+import asyncio
+
+
+class SingleFlight:
+    __slots__ = ("flights",)
+
+    def __init__(self) -> None:
+        self.flights: dict[str, asyncio.Future[bytes | None]] = {}
+
+    def lead(self, key: str) -> bool:
+        """True if no flight of `key` is in the air (the caller now leads one)."""
+        if key in self.flights:
+            return False
+        self.flights[key] = asyncio.get_running_loop().create_future()
+        return True
+
+    async def join(self, key: str, wait: float) -> bytes | None:
+        """The leader's entry, or None if it stored none (or did not land within `wait` s)."""
+        flight = self.flights.get(key)
+        if flight is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), wait)
+        except TimeoutError:
+            return None
+
+    def land(self, key: str, value: bytes | None) -> None:
+        """End the flight of `key`: everyone waiting on it gets `value`."""
+        flight = self.flights.pop(key, None)
+        if flight is not None and not flight.done():
+            flight.set_result(value)

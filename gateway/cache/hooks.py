@@ -1,0 +1,274 @@
+"""The response cache as pipeline hooks (tollway.gateway.pipeline, docs/cache.md).
+
+    before_upstream  lookup: the rule (key → team → model), cache-control, the key; a hit is
+                     kept on the request's CacheState, which `admission.forward` asks to answer
+                     instead of calling upstream; concurrent misses join one flight
+    on_chunk         capture: the client bytes of a streamed miss (bounded)
+    on_answer        capture: the client bytes of a non-stream miss
+    after_response   store: a complete, successful answer becomes an entry; the flight lands
+
+The hooks run after the guardrails' and the plugins' (the app joins them last), so the key is
+over the body they masked or rewrote, and what is stored is what the client got. With no
+`cache:` that anyone opted into, the cache plugs nothing in: the request path is unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from tollway.core.cache import entry as entries
+from tollway.core.cache.assemble import assemble
+from tollway.core.cache.key import CACHED_APIS, cache_key, read
+from tollway.core.cache.replay import replay
+from tollway.core.cache.rules import CacheRules, Rule
+from tollway.core.cache.settings import CacheStore, seconds
+from tollway.core.config import Config
+from tollway.ext.usage import Usage
+from tollway.gateway.cache.backend import CacheBackend
+from tollway.gateway.cache.flight import SingleFlight
+from tollway.gateway.cache.memory import MemoryBackend
+from tollway.gateway.cache.redis_backend import RedisBackend
+from tollway.gateway.downstream.watchdog import ANSWERED
+from tollway.gateway.pipeline import Pipeline
+from tollway.gateway.proxy import SSE_HEADERS, ClientStream
+
+if TYPE_CHECKING:
+    from granian.rsgi import HTTPProtocol
+
+    from tollway.gateway.admission import Admitted
+    from tollway.gateway.exchange import Exchange
+
+log = logging.getLogger("tollway")
+HEADER = "x-tollway-cache"
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+STREAM_CAPTURE_FACTOR = 8  # a stream's SSE text may be this many times max_entry_bytes (its JSON is smaller)
+_JSON = ("content-type", "application/json")
+_NOTHING = Usage()
+
+
+class CacheCounts:
+    """What the cache did, since the process started (kept across reloads): read at scrape time."""
+
+    __slots__ = ("outcomes", "joins", "stored", "store_errors")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str], int] = {}  # (model, hit|miss|bypass) -> requests
+        self.joins = 0  # misses that waited for an identical request's answer instead of calling upstream
+        self.stored = 0  # entries written
+
+    def count(self, model: str, outcome: str) -> None:
+        key = (model, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
+class CacheState:
+    """The cache's view of one request (Exchange.cache)."""
+
+    __slots__ = ("rule", "outcome", "key", "entry", "storing", "leader", "claimed", "stream", "include_usage",
+                 "answer", "chunks", "size")
+
+    def __init__(self, rule: Rule, stream: bool, include_usage: bool) -> None:
+        self.rule = rule
+        self.outcome = BYPASS
+        self.key: str | None = None  # None: neither read nor written
+        self.entry: entries.Entry | None = None  # a hit
+        self.storing = False  # the answer may become an entry
+        self.leader = False  # this request leads the key's flight (lands it when finished)
+        self.claimed = False  # ... and holds its cross-replica fill lock
+        self.stream, self.include_usage = stream, include_usage
+        self.answer: bytes | None = None  # a non-stream miss's client bytes
+        self.chunks: list[bytes] = []  # a streamed miss's client bytes
+        self.size = 0
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+    @property
+    def header(self) -> tuple[str, str]:
+        return HEADER, self.outcome
+
+    async def answered(self, ex: Exchange, proto: HTTPProtocol, headers: list[tuple[str, str]]) -> bool:
+        """Add the cache's header to the response's; on a hit, send the stored answer (as JSON or
+        as a stream, as the request asked) and return True: no upstream call."""
+        headers.append(self.header)
+        found = self.entry
+        if found is None:
+            return False
+        headers.append(("age", str(max(0, int(time.time() - found.created)))))
+        ex.usage = ex.priced = found.usage
+        ex.cost_usd, ex.upstream_model, ex.status = 0.0, found.upstream_model, 200
+        if self.stream and found.api in _STREAMED:
+            ex.stream = True
+            body = replay(found.api, msgspec.json.decode(found.body), self.include_usage)
+            out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *headers]))
+            ex.first_byte = time.perf_counter()
+            try:
+                await out.send(body)
+            finally:
+                out.close()
+        else:
+            ex.first_byte = time.perf_counter()
+            proto.response_bytes(200, [_JSON, *headers, ("x-tollway-cost-usd", "0")], found.body)
+        ex.phase = ANSWERED
+        return True
+
+
+_STREAMED = frozenset(("chat", "completions", "responses", "messages"))
+
+
+def control(value: str | None) -> tuple[bool, bool]:
+    """(no_store, no_cache) of a request's cache-control header."""
+    if not value:
+        return False, False
+    directives = {part.strip().split("=", 1)[0].lower() for part in value.split(",")}
+    return "no-store" in directives, "no-cache" in directives
+
+
+class ResponseCache:
+    """The cache of one config: its rules, and the backend, flights and counts it shares with
+    the caches of the configs before it (a reload keeps the entries unless `cache:` changed)."""
+
+    def __init__(self, config: Config, previous: ResponseCache | None = None) -> None:
+        self.config: CacheStore | None = config.cache
+        self.rules = CacheRules(config)
+        self.counts: CacheCounts = previous.counts if previous is not None else CacheCounts()
+        self.flights: SingleFlight = previous.flights if previous is not None else SingleFlight()
+        self.retired: CacheBackend | None = None  # the previous backend, if this one replaces it: close it
+        self.backend: CacheBackend | None = None  # None: nothing is cached
+        if previous is not None and previous.config == self.config and previous.backend is not None:
+            self.backend = previous.backend
+        else:
+            self.backend = _backend(self.config) if self.config is not None and self.rules else None
+            self.retired = previous.backend if previous is not None else None
+        store = self.config or CacheStore()
+        self.max_entry = store.max_entry_bytes
+        self.lock_ttl = seconds(store.lock_ttl)
+
+    def pipeline(self) -> Pipeline:
+        if self.backend is None or not self.rules:  # nothing opted in: the request path stays as it is
+            return Pipeline()
+        return Pipeline(before_upstream=(self.lookup,), on_chunk=(self.capture_chunk,),
+                        on_answer=(self.capture_answer,), after_response=(self.store,))
+
+    async def aclose(self) -> None:
+        if self.backend is not None:
+            await self.backend.aclose()
+
+    # -- before_upstream ---------------------------------------------------------------
+
+    async def lookup(self, req: Admitted, ex: Exchange) -> None:
+        key = req.key.key
+        rule = self.rules.rule(req.route.name, key.name, key.team)
+        if rule is None or ex.api not in CACHED_APIS:
+            return
+        state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk)
+        no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
+        request = None if no_store else read(ex.api, req.body)
+        if request is None or (request.sampled and rule.deterministic_only):
+            self.counts.count(ex.route, BYPASS)
+            return
+        state.key = cache_key(ex.api, rule.partition(req.key.key_id, key.team), self.rules.version(req.route.name),
+                              request)
+        state.storing = True
+        if no_cache:  # the client wants a fresh answer: go upstream, then refresh the entry
+            self.counts.count(ex.route, BYPASS)
+            return
+        await self._find(state, ex)
+
+    async def _find(self, state: CacheState, ex: Exchange) -> None:
+        key, backend = state.key, self.backend
+        assert key is not None and backend is not None
+        if self._hit(state, await backend.get(key), ex):
+            return
+        if not self.flights.lead(key):  # an identical request is being answered: wait for it
+            if self._hit(state, await self.flights.join(key, self.lock_ttl), ex, joined=True):
+                return
+        else:
+            state.leader = True
+            state.claimed = await backend.claim(key, self.lock_ttl)
+            if not state.claimed:  # another replica is filling it
+                raw = await self._await_replica(key)
+                if self._hit(state, raw, ex, joined=True):
+                    self.flights.land(key, raw)
+                    state.leader = False
+                    return
+        state.outcome = MISS
+        self.counts.count(ex.route, MISS)
+
+    def _hit(self, state: CacheState, raw: bytes | None, ex: Exchange, joined: bool = False) -> bool:
+        found = entries.decode(raw) if raw is not None else None
+        if found is None or found.api != ex.api:
+            return False
+        state.entry, state.outcome, state.storing = found, HIT, False
+        self.counts.count(ex.route, HIT)
+        if joined:
+            self.counts.joins += 1
+        return True
+
+    async def _await_replica(self, key: str) -> bytes | None:
+        """The entry another replica is filling, polled until it is stored, its lock goes, or
+        lock_ttl passes (then this replica calls upstream itself)."""
+        assert self.backend is not None
+        return await self.backend.await_fill(key, self.lock_ttl)
+
+    # -- capture ---------------------------------------------------------------------------
+
+    def capture_chunk(self, ex: Exchange, out: bytes) -> bytes:
+        state = ex.cache
+        if state is not None and state.storing:
+            state.size += len(out)
+            if state.size > self.max_entry * STREAM_CAPTURE_FACTOR:
+                state.storing, state.chunks = False, []
+            else:
+                state.chunks.append(out)
+        return out
+
+    async def capture_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
+        state = ex.cache
+        if state is not None and state.storing and status == 200 and len(out) <= self.max_entry:
+            state.answer = out
+        return out
+
+    # -- after_response --------------------------------------------------------------------
+
+    def store(self, ex: Exchange) -> None:
+        state = ex.cache
+        if state is None or state.key is None or state.entry is not None:
+            return
+        value = self._entry(ex, state) if state.storing and ex.status == 200 and not ex.error_type else None
+        if value is not None or state.claimed:
+            assert self.backend is not None  # (a state with a key is only made when there is one)
+            self.backend.fill(state.key, value, state.rule.ttl, state.claimed)
+        if value is not None:
+            self.counts.stored += 1
+        if state.leader:
+            self.flights.land(state.key, value)
+
+    def _entry(self, ex: Exchange, state: CacheState) -> bytes | None:
+        """The stored form of the request's answer, or None if it is not one to keep."""
+        try:
+            if state.answer is not None:
+                body = state.answer
+                answer = msgspec.json.decode(body)
+            elif state.chunks:
+                answer = assemble(ex.api, b"".join(state.chunks), ex.usage)
+                if answer is None:
+                    return None
+                body = msgspec.json.encode(answer)
+            else:
+                return None
+        except msgspec.DecodeError:
+            return None
+        if len(body) > self.max_entry or not isinstance(answer, dict) or not entries.storable(ex.api, answer):
+            return None
+        return entries.encode(entries.Entry(ex.api, body, time.time(), ex.usage or _NOTHING, ex.upstream_model))
+
+
+def _backend(store: CacheStore) -> CacheBackend:
+    if store.backend == "redis":
+        return RedisBackend(store.redis_url, store.key_prefix)
+    return MemoryBackend(store.max_bytes)
