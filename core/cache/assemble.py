@@ -80,8 +80,8 @@ def _chat_choice(choices: dict[int, Answer], part: Answer) -> None:
     message, delta = choice["message"], part.get("delta") or {}
     if delta.get("role"):
         message["role"] = delta["role"]
-    for text in ("content", "refusal"):
-        if delta.get(text) is not None:
+    for text in ("content", "refusal"):  # (a first chunk's "" leaves a tool call's content null, as its JSON has it)
+        if delta.get(text):
             message[text] = (message.get(text) or "") + delta[text]
     for call in delta.get("tool_calls") or ():
         _tool_call(message.setdefault("tool_calls", []), call)
