@@ -200,12 +200,16 @@ class Clock:
         return self.now
 
 
+def entry(size: int, fill: bytes = b"x") -> Entry:
+    return Entry("chat", fill * size, 0.0, Usage())
+
+
 async def test_memory_entries_expire_after_their_ttl() -> None:
     clock = Clock()
     store = MemoryBackend(10_000, clock)
-    store.put("a", b"x" * 10, ttl=60)
+    store.put("a", entry(10), ttl=60)
     clock.now += 59.9
-    assert await store.get("a") == b"x" * 10
+    assert await store.get("a") == entry(10)
     clock.now += 0.2
     assert await store.get("a") is None
     assert store.usage() == (0, 0)  # an expired entry read is gone, and its bytes with it
@@ -215,16 +219,27 @@ async def test_memory_is_bounded_in_bytes_and_evicts_least_recently_used() -> No
     size = 100 + ENTRY_OVERHEAD
     store = MemoryBackend(3 * size, Clock())
     for name in "abc":
-        store.put(name, name.encode() * 100, ttl=60)
+        store.put(name, entry(100, name.encode()), ttl=60)
     assert await store.get("a") is not None  # a is now the most recently used
-    store.put("d", b"d" * 100, ttl=60)
+    store.put("d", entry(100, b"d"), ttl=60)
     assert await store.get("b") is None  # the least recently used went
     assert all([await store.get(n) for n in "acd"])
     assert store.usage() == (3 * size, 3) and store.evictions == 1
-    store.put("big", b"x" * (3 * size), ttl=60)  # larger than the whole store: not kept, nothing evicted
+    store.put("big", entry(3 * size), ttl=60)  # larger than the whole store: not kept, nothing evicted
     assert await store.get("big") is None and store.usage() == (3 * size, 3)
-    store.put("a", b"A" * 50, ttl=60)  # replacing an entry re-counts its bytes
+    store.put("a", entry(50, b"A"), ttl=60)  # replacing an entry re-counts its bytes
     assert store.usage() == (3 * size - 50, 3)
+
+
+async def test_expired_entries_make_room_before_live_ones_are_evicted() -> None:
+    clock, size = Clock(), 100 + ENTRY_OVERHEAD
+    store = MemoryBackend(2 * size, clock)
+    store.put("old", entry(100), ttl=1)
+    store.put("live", entry(100), ttl=60)
+    clock.now += 2
+    store.put("new", entry(100), ttl=60)
+    assert await store.get("live") is not None and await store.get("new") is not None
+    assert store.evictions == 0  # the expired one went, which is no eviction
 
 
 def _config(text: str) -> config_mod.Checked:

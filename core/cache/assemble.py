@@ -8,15 +8,17 @@ this runs after the client has its answer.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import msgspec
 
 from tollway.core.cache.entry import usage_json
 from tollway.core.providers.base import ClientAPI
 from tollway.ext.usage import Usage
 
 Answer = dict[str, Any]
+_decode = msgspec.json.decode
 
 
 def events(sse: bytes) -> Iterator[tuple[str, bytes]]:
@@ -40,70 +42,157 @@ def assemble(api: str, sse: bytes, usage: Usage | None) -> Answer | None:
         return None
     try:
         answer = build(sse)
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, msgspec.DecodeError):
         return None
     if answer is not None and answer.get("usage") is None and usage is not None:
         answer["usage"] = usage_json(api, usage)
     return answer
 
 
-def _chat(sse: bytes) -> Answer | None:
-    first: Answer | None = None
-    choices: dict[int, Answer] = {}
-    usage, done = None, False
-    for _, data in events(sse):
-        if data == b"[DONE]":
-            done = True
-            continue
-        chunk = json.loads(data)
-        if "error" in chunk:
-            return None
-        first = first or chunk
-        usage = chunk.get("usage") or usage
-        for part in chunk.get("choices") or ():
-            _chat_choice(choices, part)
-    if not done or first is None or not choices:
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCallDelta(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: _Function | None = None
+
+
+class _Delta(msgspec.Struct):
+    role: str | None = None
+    content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None  # (vLLM, DeepSeek: a model's reasoning beside its answer)
+    tool_calls: list[_ToolCallDelta] | None = None
+
+
+class _ChoiceDelta(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class _ChatChunk(msgspec.Struct):
+    """One chat.completion.chunk, decoded only as far as the answer needs (unknown fields are
+    left out of the assembled answer)."""
+
+    id: str | None = None
+    created: int | None = None
+    model: str | None = None
+    system_fingerprint: str | None = None
+    choices: list[_ChoiceDelta] = []
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
+_decode_chunks = msgspec.json.Decoder(list[_ChatChunk]).decode
+
+
+_DONE_TAIL = b"\n\ndata: [DONE]\n\n"
+
+
+def _chunks(sse: bytes) -> list[_ChatChunk] | None:
+    """The chunks of a data-only stream that ended with [DONE] (None: it did not end so).
+
+    The usual framing (`data: ` events, LF, no comments) is decoded in one call, as one JSON
+    array: a raw LF cannot occur inside JSON, so every `\\n\\ndata: ` is a boundary. Anything else
+    goes through the general parser."""
+    if sse.startswith(b"data: ") and sse.endswith(_DONE_TAIL):
+        try:
+            return _decode_chunks(b"[" + sse[6:-len(_DONE_TAIL)].replace(b"\n\ndata: ", b",") + b"]")
+        except msgspec.DecodeError:
+            pass
+    datas = [data for _, data in events(sse)]
+    if not datas or datas[-1] != b"[DONE]":
         return None
-    answer = {"id": first.get("id"), "object": "chat.completion", "created": first.get("created"),
-              "model": first.get("model"), "choices": [choices[i] for i in sorted(choices)], "usage": usage}
-    if first.get("system_fingerprint") is not None:
-        answer["system_fingerprint"] = first["system_fingerprint"]
+    return _decode_chunks(b"[" + b",".join(datas[:-1]) + b"]")
+
+
+class _Choice:
+    """A choice being put back together: its text as pieces, joined once at the end."""
+
+    __slots__ = ("role", "content", "refusal", "reasoning", "calls", "logprobs", "finish")
+
+    def __init__(self) -> None:
+        self.role = "assistant"
+        self.content: list[str] = []
+        self.refusal: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: list[Answer] = []
+        self.logprobs: list[Any] | None = None
+        self.finish: str | None = None
+
+    def add(self, part: _ChoiceDelta) -> None:
+        delta = part.delta
+        if delta is not None:
+            if delta.content:
+                self.content.append(delta.content)
+            if delta.role:
+                self.role = delta.role
+            if delta.refusal:
+                self.refusal.append(delta.refusal)
+            if delta.reasoning_content:
+                self.reasoning.append(delta.reasoning_content)
+            if delta.tool_calls:
+                for call in delta.tool_calls:
+                    _tool_call(self.calls, call)
+        if part.logprobs and part.logprobs.get("content"):
+            self.logprobs = (self.logprobs or []) + part.logprobs["content"]
+        if part.finish_reason:
+            self.finish = part.finish_reason
+
+    def answer(self, index: int) -> Answer:
+        # (a stream whose only content was the first chunk's "" had null content, as a tool call's JSON has)
+        message: Answer = {"role": self.role, "content": "".join(self.content) if self.content else None}
+        if self.refusal:
+            message["refusal"] = "".join(self.refusal)
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.calls:
+            message["tool_calls"] = self.calls
+        logprobs = {"content": self.logprobs} if self.logprobs is not None else None
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": self.finish}
+
+
+def _chat(sse: bytes) -> Answer | None:
+    chunks = _chunks(sse)
+    if not chunks or any(c.error is not None for c in chunks):
+        return None
+    choices: dict[int, _Choice] = {}
+    usage = None
+    for chunk in chunks:
+        if chunk.usage:
+            usage = chunk.usage
+        for part in chunk.choices:
+            choice = choices.get(part.index)
+            if choice is None:
+                choice = choices[part.index] = _Choice()
+            choice.add(part)
+    if not choices:
+        return None
+    first = chunks[0]
+    answer = {"id": first.id, "object": "chat.completion", "created": first.created, "model": first.model,
+              "choices": [choices[i].answer(i) for i in sorted(choices)], "usage": usage}
+    if first.system_fingerprint is not None:
+        answer["system_fingerprint"] = first.system_fingerprint
     return answer
 
 
-def _chat_choice(choices: dict[int, Answer], part: Answer) -> None:
-    index = part.get("index", 0)
-    choice = choices.get(index)
-    if choice is None:
-        choice = choices[index] = {"index": index, "message": {"role": "assistant", "content": None},
-                                   "logprobs": None, "finish_reason": None}
-    message, delta = choice["message"], part.get("delta") or {}
-    if delta.get("role"):
-        message["role"] = delta["role"]
-    for text in ("content", "refusal"):  # (a first chunk's "" leaves a tool call's content null, as its JSON has it)
-        if delta.get(text):
-            message[text] = (message.get(text) or "") + delta[text]
-    for call in delta.get("tool_calls") or ():
-        _tool_call(message.setdefault("tool_calls", []), call)
-    logprobs = part.get("logprobs")
-    if logprobs and logprobs.get("content"):
-        kept = choice["logprobs"] = choice["logprobs"] or {"content": []}
-        kept["content"].extend(logprobs["content"])
-    if part.get("finish_reason"):
-        choice["finish_reason"] = part["finish_reason"]
-
-
-def _tool_call(calls: list[Answer], delta: Answer) -> None:
-    index = delta.get("index", 0)
-    while len(calls) <= index:
+def _tool_call(calls: list[Answer], delta: _ToolCallDelta) -> None:
+    while len(calls) <= delta.index:
         calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    call, fn = calls[index], delta.get("function") or {}
-    if delta.get("id"):
-        call["id"] = delta["id"]
-    if delta.get("type"):
-        call["type"] = delta["type"]
-    call["function"]["name"] += fn.get("name") or ""
-    call["function"]["arguments"] += fn.get("arguments") or ""
+    call = calls[delta.index]
+    if delta.id:
+        call["id"] = delta.id
+    if delta.type:
+        call["type"] = delta.type
+    if delta.function is not None:
+        call["function"]["name"] += delta.function.name or ""
+        call["function"]["arguments"] += delta.function.arguments or ""
 
 
 def _completions(sse: bytes) -> Answer | None:
@@ -114,7 +203,7 @@ def _completions(sse: bytes) -> Answer | None:
         if data == b"[DONE]":
             done = True
             continue
-        chunk = json.loads(data)
+        chunk = _decode(data)
         if "error" in chunk:
             return None
         first = first or chunk
@@ -134,13 +223,12 @@ def _completions(sse: bytes) -> Answer | None:
 def _responses(sse: bytes) -> Answer | None:
     """The Responses API's last event carries the whole response."""
     final = None
-    for _, data in events(sse):
-        event = json.loads(data)
-        kind = event.get("type")
+    for name, data in events(sse):
+        kind = name or _decode(data).get("type")  # (the event line names it: no decode for the deltas)
         if kind in ("error", "response.failed", "response.incomplete"):
             return None
         if kind == "response.completed":
-            final = event["response"]
+            final = _decode(data)["response"]
     return final
 
 
@@ -150,7 +238,7 @@ def _messages(sse: bytes) -> Answer | None:
     partial: dict[int, str] = {}
     stopped = False
     for _, data in events(sse):
-        event = json.loads(data)
+        event = _decode(data)
         kind = event.get("type")
         if kind == "error":
             return None
@@ -161,7 +249,7 @@ def _messages(sse: bytes) -> Answer | None:
         elif kind == "content_block_delta":
             _block_delta(blocks[event["index"]], partial, event["index"], event["delta"])
         elif kind == "content_block_stop" and event["index"] in partial:
-            blocks[event["index"]]["input"] = json.loads(partial.pop(event["index"]) or "{}")
+            blocks[event["index"]]["input"] = _decode(partial.pop(event["index"]) or "{}")
         elif kind == "message_delta" and message is not None:
             message.update(event.get("delta") or {})
             message["usage"] = {**(message.get("usage") or {}), **(event.get("usage") or {})}

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tollway.core.cache.entry import Entry
+
 
 class CacheBackend(Protocol):
     name: str  # memory | redis: a metric label
     evictions: int  # memory: entries pushed out for room
     errors: int  # redis: failed calls
 
-    async def get(self, key: str) -> bytes | None:
-        """The stored bytes, or None (absent, expired, or the store is unreachable: a miss)."""
+    async def get(self, key: str) -> Entry | None:
+        """The stored entry, or None (absent, expired, unreadable, or the store is unreachable: a miss)."""
 
-    def fill(self, key: str, value: bytes | None, ttl: float, claimed: bool) -> None:
-        """Store `value` (None: nothing) for `ttl` seconds, then give back the fill lock if
+    def fill(self, key: str, entry: Entry | None, ttl: float, claimed: bool) -> None:
+        """Store `entry` (None: nothing) for `ttl` seconds, then give back the fill lock if
         `claimed`. Never waits (a network store queues it); never raises."""
 
     async def claim(self, key: str, ttl: float) -> bool:
@@ -21,7 +23,7 @@ class CacheBackend(Protocol):
         process should fill it (always, for a store only one process sees; also when the
         store cannot say: calling upstream is the safe fallback)."""
 
-    async def await_fill(self, key: str, wait: float) -> bytes | None:
+    async def await_fill(self, key: str, wait: float) -> Entry | None:
         """The entry another process holds the fill lock for, once stored; None if its lock
         goes without one, or after `wait` seconds."""
 

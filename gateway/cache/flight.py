@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+from tollway.core.cache.entry import Entry
+
 
 class SingleFlight:
     __slots__ = ("flights",)
 
     def __init__(self) -> None:
-        self.flights: dict[str, asyncio.Future[bytes | None]] = {}
+        self.flights: dict[str, asyncio.Future[Entry | None]] = {}
 
     def lead(self, key: str) -> bool:
         """True if no flight of `key` is in the air (the caller now leads one)."""
@@ -23,7 +25,7 @@ class SingleFlight:
         self.flights[key] = asyncio.get_running_loop().create_future()
         return True
 
-    async def join(self, key: str, wait: float) -> bytes | None:
+    async def join(self, key: str, wait: float) -> Entry | None:
         """The leader's entry, or None if it stored none (or did not land within `wait` s)."""
         flight = self.flights.get(key)
         if flight is None:
@@ -33,7 +35,7 @@ class SingleFlight:
         except TimeoutError:
             return None
 
-    def land(self, key: str, value: bytes | None) -> None:
+    def land(self, key: str, value: Entry | None) -> None:
         """End the flight of `key`: everyone waiting on it gets `value`."""
         flight = self.flights.pop(key, None)
         if flight is not None and not flight.done():

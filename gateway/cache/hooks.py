@@ -191,16 +191,15 @@ class ResponseCache:
             state.leader = True
             state.claimed = await backend.claim(key, self.lock_ttl)
             if not state.claimed:  # another replica is filling it
-                raw = await self._await_replica(key)
-                if self._hit(state, raw, ex, joined=True):
-                    self.flights.land(key, raw)
+                found = await backend.await_fill(key, self.lock_ttl)
+                if self._hit(state, found, ex, joined=True):
+                    self.flights.land(key, found)
                     state.leader = False
                     return
         state.outcome = MISS
         self.counts.count(ex.route, MISS)
 
-    def _hit(self, state: CacheState, raw: bytes | None, ex: Exchange, joined: bool = False) -> bool:
-        found = entries.decode(raw) if raw is not None else None
+    def _hit(self, state: CacheState, found: entries.Entry | None, ex: Exchange, joined: bool = False) -> bool:
         if found is None or found.api != ex.api:
             return False
         state.entry, state.outcome, state.storing = found, HIT, False
@@ -208,12 +207,6 @@ class ResponseCache:
         if joined:
             self.counts.joins += 1
         return True
-
-    async def _await_replica(self, key: str) -> bytes | None:
-        """The entry another replica is filling, polled until it is stored, its lock goes, or
-        lock_ttl passes (then this replica calls upstream itself)."""
-        assert self.backend is not None
-        return await self.backend.await_fill(key, self.lock_ttl)
 
     # -- capture ---------------------------------------------------------------------------
 
@@ -248,7 +241,7 @@ class ResponseCache:
         if state.leader:
             self.flights.land(state.key, value)
 
-    def _entry(self, ex: Exchange, state: CacheState) -> bytes | None:
+    def _entry(self, ex: Exchange, state: CacheState) -> entries.Entry | None:
         """The stored form of the request's answer, or None if it is not one to keep."""
         try:
             if state.answer is not None:
@@ -265,7 +258,7 @@ class ResponseCache:
             return None
         if len(body) > self.max_entry or not isinstance(answer, dict) or not entries.storable(ex.api, answer):
             return None
-        return entries.encode(entries.Entry(ex.api, body, time.time(), ex.usage or _NOTHING, ex.upstream_model))
+        return entries.Entry(ex.api, body, time.time(), ex.usage or _NOTHING, ex.upstream_model)
 
 
 def _backend(store: CacheStore) -> CacheBackend:

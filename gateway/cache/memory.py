@@ -2,9 +2,10 @@
 expire after their ttl.
 
 An OrderedDict in use order (a hit moves its entry to the end; eviction pops from the front)
-holds (expiry, bytes) per key. Expired entries are dropped when read, and from the front
-while making room, so memory stays within `max_bytes` (values plus a fixed per-entry
-overhead for the key and bookkeeping) whatever is stored. The clock is injected (monotonic
+holds (expiry, entry) per key: entries stay objects, so a hit decodes nothing. Expired
+entries are dropped when read, and from the front while making room, so memory stays within
+`max_bytes` (answers plus a fixed per-entry overhead for the key and bookkeeping) whatever
+is stored. The clock is injected (monotonic
 seconds) so tests can move time.
 """
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its value: its 64-char key, tuple, dict slot
+from tollway.core.cache.entry import Entry
+
+ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its answer's: its 64-char key, the Entry and its usage, tuple, dict slot
 
 
 class MemoryBackend:
@@ -22,15 +25,15 @@ class MemoryBackend:
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.clock = clock
-        self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[float, Entry]] = OrderedDict()
         self.bytes = 0
         self.evictions = 0  # entries pushed out for room (not expiry)
         self.errors = 0  # (a dict does not fail)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> Entry | None:
         return self.read(key)
 
-    def read(self, key: str) -> bytes | None:
+    def read(self, key: str) -> Entry | None:
         found = self.entries.get(key)
         if found is None:
             return None
@@ -41,8 +44,8 @@ class MemoryBackend:
         self.entries.move_to_end(key)
         return value
 
-    def put(self, key: str, value: bytes, ttl: float) -> None:
-        size = len(value) + ENTRY_OVERHEAD
+    def put(self, key: str, value: Entry, ttl: float) -> None:
+        size = len(value.body) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
         if key in self.entries:
@@ -58,16 +61,16 @@ class MemoryBackend:
 
     def _drop(self, key: str) -> None:
         _, value = self.entries.pop(key)
-        self.bytes -= len(value) + ENTRY_OVERHEAD
+        self.bytes -= len(value.body) + ENTRY_OVERHEAD
 
-    def fill(self, key: str, value: bytes | None, ttl: float, claimed: bool) -> None:
-        if value is not None:
-            self.put(key, value, ttl)
+    def fill(self, key: str, entry: Entry | None, ttl: float, claimed: bool) -> None:
+        if entry is not None:
+            self.put(key, entry, ttl)
 
     async def claim(self, key: str, ttl: float) -> bool:
         return True  # one process: its own single flight is the lock
 
-    async def await_fill(self, key: str, wait: float) -> bytes | None:
+    async def await_fill(self, key: str, wait: float) -> Entry | None:
         return None  # (never asked: claim always succeeds)
 
     def usage(self) -> tuple[int, int]:

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tollway.core.cache.entry import Entry, decode, encode
+
 log = logging.getLogger("tollway")
 SOCKET_TIMEOUT = 0.25  # s: a lookup never waits longer than this for Redis
 RETRY_INTERVAL = 1.0  # s: after a failure, requests skip Redis (miss) this long before it is tried again
@@ -47,15 +49,15 @@ class RedisBackend:
     def _lock(self, key: str) -> str:
         return f"{self.prefix}:lock:{key}"
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> Entry | None:
         value = await self._call(lambda: self.client.get(self._name(key)), None)
-        return value if isinstance(value, bytes) else None
+        return decode(value) if isinstance(value, bytes) else None
 
     async def claim(self, key: str, ttl: float) -> bool:
         taken = await self._call(lambda: self.client.set(self._lock(key), b"1", nx=True, px=int(ttl * 1000)), True)
         return bool(taken)
 
-    async def await_fill(self, key: str, wait: float) -> bytes | None:
+    async def await_fill(self, key: str, wait: float) -> Entry | None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_INTERVAL)
@@ -64,13 +66,13 @@ class RedisBackend:
                 return None  # Redis is gone: call upstream
             value, lock = found
             if value is not None or lock is None:
-                return value if isinstance(value, bytes) else None
+                return decode(value) if isinstance(value, bytes) else None
         return None
 
-    def fill(self, key: str, value: bytes | None, ttl: float, claimed: bool) -> None:
+    def fill(self, key: str, entry: Entry | None, ttl: float, claimed: bool) -> None:
         if len(self._pending) >= MAX_PENDING or self._skipping():
             return
-        task = asyncio.ensure_future(self._fill(key, value, ttl, claimed))
+        task = asyncio.ensure_future(self._fill(key, encode(entry) if entry is not None else None, ttl, claimed))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
