@@ -66,7 +66,8 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     try:
         for before in pipeline.before_upstream:
             await before(req, ex)
-        if ex.cache is not None and await ex.cache.answered(ex, proto, headers):  # a cache hit: no upstream call
+        if ex.cache is not None and ex.cache.headed(headers):  # a cache hit: answered without an upstream call
+            await ex.cache.serve(ex, proto, headers)
             return
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer

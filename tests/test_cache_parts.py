@@ -287,3 +287,17 @@ models: [{name: a, targets: [{provider: up}], cache: {ttl: 10m}}, {name: b, targ
     assert rules.rule("a", "other", None).ttl == 600  # type: ignore[union-attr]
     assert rules.rule("b", "other", None) is None  # nobody opted in
     assert rules.rule("a", "other", None).partition("id3", None) == "key:id3"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("api, answer", [
+    ("chat", CHAT), ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}),
+    ("chat", {**CHAT, "choices": []}), ("completions", COMPLETION), ("responses", RESPONSE),
+    ("responses", {**RESPONSE, "status": "incomplete"}), ("responses", {**RESPONSE, "error": {"code": "x"}}),
+    ("messages", MESSAGE), ("messages", {**MESSAGE, "stop_reason": "max_tokens"}),
+    ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}), ("embeddings", {"object": "list"}),
+])
+def test_storable_json_reads_bytes_as_storable_reads_the_answer(api: str, answer: dict[str, Any]) -> None:
+    from tollway.core.cache.entry import storable_json
+
+    assert storable_json(api, json.dumps(answer).encode()) is storable(api, answer)
+    assert storable_json(api, b"[1]") is False and storable_json(api, b"{oops") is False

@@ -63,6 +63,40 @@ def storable(api: str, answer: dict[str, Any]) -> bool:
     return all(isinstance(c, dict) and c.get("finish_reason") in done for c in choices)
 
 
+class _Finished(msgspec.Struct):
+    finish_reason: str | None = None
+
+
+class _Shape(msgspec.Struct):
+    """The few fields of any client API's answer that say whether it is complete."""
+
+    choices: list[_Finished] | None = None  # chat, completions
+    type: str | None = None  # messages
+    stop_reason: str | None = None
+    status: str | None = None  # responses
+    error: msgspec.Raw | None = None
+    data: list[msgspec.Raw] | None = None  # embeddings
+
+
+_decode_shape = msgspec.json.Decoder(_Shape).decode
+
+
+def storable_json(api: str, body: bytes) -> bool:
+    """`storable` of an answer's JSON bytes, read only as far as that needs (no dict is built)."""
+    try:
+        shape = _decode_shape(body)
+    except msgspec.DecodeError:  # (also: not an object, or a field of another type)
+        return False
+    if api == ClientAPI.EMBEDDINGS:
+        return shape.data is not None
+    if api == ClientAPI.MESSAGES:
+        return shape.type == "message" and shape.stop_reason in _MESSAGES_DONE
+    if api == ClientAPI.RESPONSES:
+        return shape.status == "completed" and (shape.error is None or bytes(shape.error) == b"null")
+    done = _CHAT_DONE if api == ClientAPI.CHAT else frozenset(("stop",))
+    return bool(shape.choices) and all(c.finish_reason in done for c in shape.choices or ())
+
+
 def usage_json(api: str, usage: Usage) -> dict[str, int]:
     """`usage` in the client API's words, for an assembled answer whose stream did not carry it."""
     if api in (ClientAPI.MESSAGES,):

@@ -10,6 +10,10 @@ class CacheBackend(Protocol):
     name: str  # memory | redis: a metric label
     evictions: int  # memory: entries pushed out for room
     errors: int  # redis: failed calls
+    local: bool  # True: `read` answers without waiting (memory), and no other process shares the entries
+
+    def read(self, key: str) -> Entry | None:
+        """`get` without waiting, for a local store (a network store returns None)."""
 
     async def get(self, key: str) -> Entry | None:
         """The stored entry, or None (absent, expired, unreadable, or the store is unreachable: a miss)."""

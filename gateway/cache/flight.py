@@ -16,20 +16,24 @@ class SingleFlight:
     __slots__ = ("flights",)
 
     def __init__(self) -> None:
-        self.flights: dict[str, asyncio.Future[Entry | None]] = {}
+        # key -> the flight's future, made by the first request that joins (None: nobody waits yet;
+        # most misses are alone, and a future per miss would cost them all)
+        self.flights: dict[str, asyncio.Future[Entry | None] | None] = {}
 
     def lead(self, key: str) -> bool:
         """True if no flight of `key` is in the air (the caller now leads one)."""
         if key in self.flights:
             return False
-        self.flights[key] = asyncio.get_running_loop().create_future()
+        self.flights[key] = None
         return True
 
     async def join(self, key: str, wait: float) -> Entry | None:
         """The leader's entry, or None if it stored none (or did not land within `wait` s)."""
-        flight = self.flights.get(key)
-        if flight is None:
+        if key not in self.flights:
             return None
+        flight = self.flights[key]
+        if flight is None:
+            flight = self.flights[key] = asyncio.get_running_loop().create_future()
         try:
             return await asyncio.wait_for(asyncio.shield(flight), wait)
         except TimeoutError:

@@ -91,13 +91,15 @@ class CacheState:
     def header(self) -> tuple[str, str]:
         return HEADER, self.outcome
 
-    async def answered(self, ex: Exchange, proto: HTTPProtocol, headers: list[tuple[str, str]]) -> bool:
-        """Add the cache's header to the response's; on a hit, send the stored answer (as JSON or
-        as a stream, as the request asked) and return True: no upstream call."""
-        headers.append(self.header)
+    def headed(self, headers: list[tuple[str, str]]) -> bool:
+        """Add the cache's header to the response's; True on a hit (then `serve` answers)."""
+        headers.append((HEADER, self.outcome))
+        return self.entry is not None
+
+    async def serve(self, ex: Exchange, proto: HTTPProtocol, headers: list[tuple[str, str]]) -> None:
+        """Send the stored answer, as JSON or as a stream as the request asked, with its age."""
         found = self.entry
-        if found is None:
-            return False
+        assert found is not None
         headers.append(("age", str(max(0, int(time.time() - found.created)))))
         ex.usage = ex.priced = found.usage
         ex.cost_usd, ex.upstream_model, ex.status = 0.0, found.upstream_model, 200
@@ -114,7 +116,6 @@ class CacheState:
             ex.first_byte = time.perf_counter()
             proto.response_bytes(200, [_JSON, *headers, ("x-tollway-cost-usd", "0")], found.body)
         ex.phase = ANSWERED
-        return True
 
 
 _STREAMED = frozenset(("chat", "completions", "responses", "messages"))
@@ -182,14 +183,14 @@ class ResponseCache:
     async def _find(self, state: CacheState, ex: Exchange) -> None:
         key, backend = state.key, self.backend
         assert key is not None and backend is not None
-        if self._hit(state, await backend.get(key), ex):
+        if self._hit(state, backend.read(key) if backend.local else await backend.get(key), ex):
             return
         if not self.flights.lead(key):  # an identical request is being answered: wait for it
             if self._hit(state, await self.flights.join(key, self.lock_ttl), ex, joined=True):
                 return
         else:
             state.leader = True
-            state.claimed = await backend.claim(key, self.lock_ttl)
+            state.claimed = backend.local or await backend.claim(key, self.lock_ttl)
             if not state.claimed:  # another replica is filling it
                 found = await backend.await_fill(key, self.lock_ttl)
                 if self._hit(state, found, ex, joined=True):
@@ -243,20 +244,18 @@ class ResponseCache:
 
     def _entry(self, ex: Exchange, state: CacheState) -> entries.Entry | None:
         """The stored form of the request's answer, or None if it is not one to keep."""
-        try:
-            if state.answer is not None:
-                body = state.answer
-                answer = msgspec.json.decode(body)
-            elif state.chunks:
-                answer = assemble(ex.api, b"".join(state.chunks), ex.usage)
-                if answer is None:
-                    return None
-                body = msgspec.json.encode(answer)
-            else:
+        if state.answer is not None:
+            body = state.answer
+            if not entries.storable_json(ex.api, body):
                 return None
-        except msgspec.DecodeError:
-            return None
-        if len(body) > self.max_entry or not isinstance(answer, dict) or not entries.storable(ex.api, answer):
+        elif state.chunks:
+            answer = assemble(ex.api, b"".join(state.chunks), ex.usage)
+            if answer is None or not entries.storable(ex.api, answer):
+                return None
+            body = msgspec.json.encode(answer)
+            if len(body) > self.max_entry:
+                return None
+        else:
             return None
         return entries.Entry(ex.api, body, time.time(), ex.usage or _NOTHING, ex.upstream_model)
 

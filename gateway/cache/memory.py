@@ -21,6 +21,7 @@ ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its answer's: its 64-char ke
 
 class MemoryBackend:
     name = "memory"
+    local = True
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
@@ -52,8 +53,8 @@ class MemoryBackend:
             self._drop(key)
         now = self.clock()
         while self.bytes + size > self.max_bytes:
-            oldest, (expires, _) = next(iter(self.entries.items()))
-            self._drop(oldest)
+            _, (expires, old) = self.entries.popitem(last=False)
+            self.bytes -= len(old.body) + ENTRY_OVERHEAD
             if expires > now:
                 self.evictions += 1
         self.entries[key] = (now + ttl, value)

@@ -31,6 +31,7 @@ MAX_PENDING = 1024  # queued writes; past it, new ones are dropped (a cache may 
 
 class RedisBackend:
     name = "redis"
+    local = False
 
     def __init__(self, url: str, prefix: str, client: aioredis.Redis | None = None) -> None:
         self.client = client or aioredis.Redis.from_url(
@@ -48,6 +49,9 @@ class RedisBackend:
 
     def _lock(self, key: str) -> str:
         return f"{self.prefix}:lock:{key}"
+
+    def read(self, key: str) -> Entry | None:
+        return None  # (not local: `get` it)
 
     async def get(self, key: str) -> Entry | None:
         value = await self._call(lambda: self.client.get(self._name(key)), None)
