@@ -125,6 +125,25 @@ def test_anthropic_messages_are_cached_both_ways(gw, anthropic_upstream):
     assert sum(text in json.dumps(r["body"]) for r in anthropic_upstream.requests) == 1
 
 
+def test_translated_streams_are_assembled_too(gw, oai, up):
+    """Anthropic messages served by an OpenAI upstream, and a Responses stream first: the
+    stream the client got (the gateway's own translation) fills the entry."""
+    ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+    text = prompt()
+    args = {"model": "claude-over-chat", "max_tokens": 100, "messages": messages(text), "extra_body": {"temperature": 0}}
+    with ant.messages.stream(**args) as stream:  # type: ignore[arg-type]
+        streamed = stream.get_final_message()
+    raw = ant.messages.with_raw_response.create(**args)  # type: ignore[arg-type]
+    assert raw.headers["x-tollway-cache"] == "hit" and raw.parse().content[0].text == REPLY  # type: ignore[union-attr]
+    assert raw.parse().usage.output_tokens == streamed.usage.output_tokens
+    # (the fake's Responses stream is too sparse for the SDK's stream helper: read its events)
+    events = list(oai.responses.create(model="gpt-4o-mini", input=text, temperature=0, stream=True))
+    first = next(e.response for e in events if e.type == "response.completed")
+    again = oai.responses.with_raw_response.create(model="gpt-4o-mini", input=text, temperature=0)
+    assert again.headers["x-tollway-cache"] == "hit" and again.parse().output_text == first.output_text == REPLY
+    assert up.calls(text) == 2
+
+
 def test_keys_do_not_share_entries_unless_the_scope_says_so(gw, oai, up):
     other = openai.OpenAI(base_url=gw.url + "/v1", api_key=OTHER_KEY, max_retries=0)
     text = prompt()

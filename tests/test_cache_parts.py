@@ -301,3 +301,33 @@ def test_storable_json_reads_bytes_as_storable_reads_the_answer(api: str, answer
 
     assert storable_json(api, json.dumps(answer).encode()) is storable(api, answer)
     assert storable_json(api, b"[1]") is False and storable_json(api, b"{oops") is False
+
+
+BARE = """
+providers: [{name: up, schema: openai, base_url: "http://127.0.0.1:9/v1"}]
+models: [{name: a, targets: [{provider: up}]%s}]
+%s
+"""
+
+
+@pytest.mark.parametrize("model_cache, store", [("", ""), ("", "cache: {backend: memory}"),
+                                                (", cache: {enabled: false}", "cache: {backend: memory}")])
+def test_with_no_cache_anyone_opted_into_nothing_is_plugged_in(model_cache: str, store: str) -> None:
+    from tollway.gateway.cache import ResponseCache
+    from tollway.gateway.pipeline import EMPTY
+
+    cache = ResponseCache(config_mod.loads(BARE % (model_cache, store)))
+    assert cache.pipeline() == EMPTY and cache.backend is None
+
+
+def test_a_reload_keeps_the_entries_unless_the_cache_section_changed() -> None:
+    from tollway.gateway.cache import ResponseCache
+
+    first = ResponseCache(config_mod.loads(BARE % (", cache: {ttl: 1m}", "cache: {backend: memory}")))
+    assert first.backend is not None and first.pipeline().before_upstream
+    again = ResponseCache(config_mod.loads(BARE % (", cache: {ttl: 5m}", "cache: {backend: memory}")), first)
+    assert again.backend is first.backend and again.retired is None and again.flights is first.flights
+    resized = ResponseCache(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory, max_bytes: 2000000}")),
+                            again)
+    assert resized.backend is not first.backend and resized.retired is first.backend
+    assert resized.counts is first.counts  # the metrics' counts run on across reloads
