@@ -109,6 +109,8 @@ class Exchange:
         }
         if self.guardrails is not None and self.guardrails.counts:  # detector names and counts, never a value
             record["guardrails"] = self.guardrails.counts
+        if self.cache is not None:  # hit | miss | bypass, on a cached route (docs/cache.md)
+            record["cache"] = self.cache.outcome
         return record
 
 

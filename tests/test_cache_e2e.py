@@ -245,6 +245,21 @@ def test_hits_count_against_request_limits_not_token_limits(gw, up):
     assert up.calls(text) == 1
 
 
+def test_the_access_log_says_what_the_cache_did(gw, oai):
+    text = prompt()
+    ids = [f"req-log-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    for rid in ids:
+        chat(oai, text, extra_headers={"x-request-id": rid})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = {line["request_id"]: line for line in gw.log_lines() if line.get("request_id") in ids}
+        if len(lines) == 2:
+            break
+        time.sleep(0.05)
+    assert [lines[rid]["cache"] for rid in ids] == ["miss", "hit"]
+    assert lines[ids[1]]["provider"] is None and lines[ids[1]]["completion_tokens"] == 9
+
+
 def test_metrics_count_hits_misses_and_bypasses(gw, oai):
     before = {o: _metric(gw, "tollway_cache_requests_total", f'model="gpt-4o-mini",outcome="{o}"')
               for o in ("hit", "miss", "bypass")}
