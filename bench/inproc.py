@@ -21,6 +21,7 @@ rounds of user+system CPU per request:
                     the key, the lookup, the answer captured, stored (32 MB: LRU eviction runs too)
   cache-hit         the same cache, one prompt: every request (after the first) a hit
   cache-stream-miss `stream` with the cache, each prompt differs: the stream captured and assembled
+  cache-stream-hit  the same, one prompt: every request (after the first) a hit served as a stream
 
     python bench/inproc.py                # ~1 minute
     python bench/inproc.py --requests 10000
@@ -249,6 +250,7 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "cache-hit": lambda: gateway_cost(loop, cached, requests, True, name="cache-hit"),
         "cache-stream-miss": lambda: gateway_cost(loop, cached, requests, False, STREAM_BODY, name="cache-stream-miss",
                                                   unique=True),
+        "cache-stream-hit": lambda: gateway_cost(loop, cached, requests, False, STREAM_BODY, name="cache-stream-hit"),
     }
     return {name: run() for name, run in figures.items() if only is None or name in only}
 

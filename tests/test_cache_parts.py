@@ -331,3 +331,19 @@ def test_a_reload_keeps_the_entries_unless_the_cache_section_changed() -> None:
                             again)
     assert resized.backend is not first.backend and resized.retired is first.backend
     assert resized.counts is first.counts  # the metrics' counts run on across reloads
+
+
+def test_a_remembered_key_is_the_key_the_body_would_get() -> None:
+    from tollway.gateway.cache import ResponseCache, hooks
+
+    cache = ResponseCache(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory}")))
+    body = json.dumps(BASE).encode()
+    first = cache._key("chat", "key:a", "v1", body)
+    assert first == (key_of(BASE), False) and cache._key("chat", "key:a", "v1", body) == first
+    assert cache._key("chat", "key:b", "v1", body) != first  # the partition is part of what is remembered
+    big = json.dumps({**BASE, "messages": [{"role": "user", "content": "x" * hooks.MEMO_BODY_BYTES}]}).encode()
+    assert cache._key("chat", "key:a", "v1", big) is not None and len(cache._memo) == 2  # too big to remember
+    for i in range(hooks.MEMO_ENTRIES + 10):
+        cache._key("chat", "key:a", "v1", json.dumps({**BASE, "seed": i}).encode())
+    assert len(cache._memo) == hooks.MEMO_ENTRIES  # bounded
+    assert cache._key("chat", "key:a", "v1", b"[1]") is None

@@ -45,6 +45,7 @@ log = logging.getLogger("tollway")
 HEADER = "x-tollway-cache"
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 STREAM_CAPTURE_FACTOR = 8  # a stream's SSE text may be this many times max_entry_bytes (its JSON is smaller)
+MEMO_ENTRIES, MEMO_BODY_BYTES = 1024, 4096  # keys remembered by body: at most ~4 MB of bodies
 _JSON = ("content-type", "application/json")
 _NOTHING = Usage()
 
@@ -105,7 +106,7 @@ class CacheState:
         ex.cost_usd, ex.upstream_model, ex.status = 0.0, found.upstream_model, 200
         if self.stream and found.api in _STREAMED:
             ex.stream = True
-            body = replay(found.api, msgspec.json.decode(found.body), self.include_usage)
+            body = _replayed(found, self.include_usage)
             out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *headers]))
             ex.first_byte = time.perf_counter()
             try:
@@ -119,6 +120,23 @@ class CacheState:
 
 
 _STREAMED = frozenset(("chat", "completions", "responses", "messages"))
+REPLAYS_KEPT, REPLAY_BODY_BYTES = 128, 16384  # streams rendered from small entries, kept for their next hit
+_replays: dict[tuple[bytes, str, bool], bytes] = {}
+
+
+def _replayed(found: entries.Entry, include_usage: bool) -> bytes:
+    """The SSE bytes of a stored answer, rendered once per (answer, include_usage) while it is
+    among the last REPLAYS_KEPT small ones: a hot entry's stream hits render nothing."""
+    if len(found.body) > REPLAY_BODY_BYTES:
+        return replay(found.api, msgspec.json.decode(found.body), include_usage)
+    memo = (found.body, found.api, include_usage)  # (the memory store's entry keeps its body's hash)
+    body = _replays.get(memo)
+    if body is None:
+        body = replay(found.api, msgspec.json.decode(found.body), include_usage)
+        if len(_replays) >= REPLAYS_KEPT:
+            del _replays[next(iter(_replays))]
+        _replays[memo] = body
+    return body
 
 
 def control(value: str | None) -> tuple[bool, bool]:
@@ -147,6 +165,8 @@ class ResponseCache:
             self.retired = previous.backend if previous is not None else None
         store = self.config or CacheStore()
         self.max_entry = store.max_entry_bytes
+        # (api, partition, config version, body) -> (key, sampled), for bodies up to MEMO_BODY_BYTES
+        self._memo: dict[tuple[str, str, str, bytes], tuple[str, bool]] = {}
         self.lock_ttl = seconds(store.lock_ttl)
 
     def pipeline(self) -> Pipeline:
@@ -168,17 +188,34 @@ class ResponseCache:
             return
         state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk)
         no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
-        request = None if no_store else read(ex.api, req.body)
-        if request is None or (request.sampled and rule.deterministic_only):
+        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team),
+                                                self.rules.version(req.route.name), req.body)
+        if named is None or (named[1] and rule.deterministic_only):
             self.counts.count(ex.route, BYPASS)
             return
-        state.key = cache_key(ex.api, rule.partition(req.key.key_id, key.team), self.rules.version(req.route.name),
-                              request)
-        state.storing = True
+        state.key, state.storing = named[0], True
         if no_cache:  # the client wants a fresh answer: go upstream, then refresh the entry
             self.counts.count(ex.route, BYPASS)
             return
         await self._find(state, ex)
+
+    def _key(self, api: str, partition: str, version: str, body: bytes) -> tuple[str, bool] | None:
+        """(the cache key, whether the request is sampled), or None for a body that is not a JSON
+        object. Byte-identical small bodies (retries, a client repeating itself: the requests
+        that hit) reuse the key worked out the last time, without decoding and hashing again."""
+        memo = (api, partition, version, body) if len(body) <= MEMO_BODY_BYTES else None
+        found = self._memo.get(memo) if memo is not None else None
+        if found is not None:
+            return found
+        request = read(api, body)
+        if request is None:
+            return None
+        found = cache_key(api, partition, version, request), request.sampled
+        if memo is not None:
+            if len(self._memo) >= MEMO_ENTRIES:
+                del self._memo[next(iter(self._memo))]  # the oldest (dicts keep insertion order)
+            self._memo[memo] = found
+        return found
 
     async def _find(self, state: CacheState, ex: Exchange) -> None:
         key, backend = state.key, self.backend
