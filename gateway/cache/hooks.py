@@ -13,7 +13,6 @@ over the body they masked or rewrote, and what is stored is what the client got.
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     from tollway.gateway.admission import Admitted
     from tollway.gateway.exchange import Exchange
 
-log = logging.getLogger("tollway")
 HEADER = "x-tollway-cache"
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 STREAM_CAPTURE_FACTOR = 8  # a stream's SSE text may be this many times max_entry_bytes (its JSON is smaller)
@@ -53,7 +51,7 @@ _NOTHING = Usage()
 class CacheCounts:
     """What the cache did, since the process started (kept across reloads): read at scrape time."""
 
-    __slots__ = ("outcomes", "joins", "stored", "store_errors")
+    __slots__ = ("outcomes", "joins", "stored")
 
     def __init__(self) -> None:
         self.outcomes: dict[tuple[str, str], int] = {}  # (model, hit|miss|bypass) -> requests
@@ -69,7 +67,7 @@ class CacheState:
     """The cache's view of one request (Exchange.cache)."""
 
     __slots__ = ("rule", "outcome", "key", "entry", "storing", "leader", "claimed", "stream", "include_usage",
-                 "answer", "chunks", "size")
+                 "answer", "chunks", "size", "replays")
 
     def __init__(self, rule: Rule, stream: bool, include_usage: bool) -> None:
         self.rule = rule
@@ -83,6 +81,7 @@ class CacheState:
         self.answer: bytes | None = None  # a non-stream miss's client bytes
         self.chunks: list[bytes] = []  # a streamed miss's client bytes
         self.size = 0
+        self.replays: Replays | None = None  # a hit: where its stream is rendered
 
     @property
     def hit(self) -> bool:
@@ -106,7 +105,8 @@ class CacheState:
         ex.cost_usd, ex.upstream_model, ex.status = 0.0, found.upstream_model, 200
         if self.stream and found.api in _STREAMED:
             ex.stream = True
-            body = _replayed(found, self.include_usage)
+            body = self.replays.stream(found, self.include_usage) if self.replays is not None else \
+                replay(found.api, msgspec.json.decode(found.body), self.include_usage)
             out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *headers]))
             ex.first_byte = time.perf_counter()
             try:
@@ -121,22 +121,29 @@ class CacheState:
 
 _STREAMED = frozenset(("chat", "completions", "responses", "messages"))
 REPLAYS_KEPT, REPLAY_BODY_BYTES = 128, 16384  # streams rendered from small entries, kept for their next hit
-_replays: dict[tuple[bytes, str, bool], bytes] = {}
 
 
-def _replayed(found: entries.Entry, include_usage: bool) -> bytes:
-    """The SSE bytes of a stored answer, rendered once per (answer, include_usage) while it is
-    among the last REPLAYS_KEPT small ones: a hot entry's stream hits render nothing."""
-    if len(found.body) > REPLAY_BODY_BYTES:
-        return replay(found.api, msgspec.json.decode(found.body), include_usage)
-    memo = (found.body, found.api, include_usage)  # (the memory store's entry keeps its body's hash)
-    body = _replays.get(memo)
-    if body is None:
-        body = replay(found.api, msgspec.json.decode(found.body), include_usage)
-        if len(_replays) >= REPLAYS_KEPT:
-            del _replays[next(iter(_replays))]
-        _replays[memo] = body
-    return body
+class Replays:
+    """Streams rendered from stored answers, kept while they are among the last REPLAYS_KEPT
+    small ones: a hot entry's stream hits render nothing (at most ~6 MB)."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[bytes, str, bool], bytes] = {}
+
+    def stream(self, found: entries.Entry, include_usage: bool) -> bytes:
+        """The SSE bytes of `found` for a request that does (or does not) want the usage chunk."""
+        if len(found.body) > REPLAY_BODY_BYTES:
+            return replay(found.api, msgspec.json.decode(found.body), include_usage)
+        memo = (found.body, found.api, include_usage)  # (the memory store's entry keeps its body's hash)
+        body = self.kept.get(memo)
+        if body is None:
+            body = replay(found.api, msgspec.json.decode(found.body), include_usage)
+            if len(self.kept) >= REPLAYS_KEPT:
+                del self.kept[next(iter(self.kept))]  # the oldest (dicts keep insertion order)
+            self.kept[memo] = body
+        return body
 
 
 def control(value: str | None) -> tuple[bool, bool]:
@@ -156,6 +163,7 @@ class ResponseCache:
         self.rules = CacheRules(config)
         self.counts: CacheCounts = previous.counts if previous is not None else CacheCounts()
         self.flights: SingleFlight = previous.flights if previous is not None else SingleFlight()
+        self.replays: Replays = previous.replays if previous is not None else Replays()
         self.retired: CacheBackend | None = None  # the previous backend, if this one replaces it: close it
         self.backend: CacheBackend | None = None  # None: nothing is cached
         if previous is not None and previous.config == self.config and previous.backend is not None:
@@ -240,7 +248,7 @@ class ResponseCache:
     def _hit(self, state: CacheState, found: entries.Entry | None, ex: Exchange, joined: bool = False) -> bool:
         if found is None or found.api != ex.api:
             return False
-        state.entry, state.outcome, state.storing = found, HIT, False
+        state.entry, state.outcome, state.storing, state.replays = found, HIT, False, self.replays
         self.counts.count(ex.route, HIT)
         if joined:
             self.counts.joins += 1
