@@ -127,23 +127,29 @@ class _Choice:
         self.finish: str | None = None
 
     def add(self, part: _ChoiceDelta) -> None:
+        """One chunk's piece of this choice. Most pieces are a content delta alone: that case
+        reads three attributes."""
         delta = part.delta
         if delta is not None:
             if delta.content:
                 self.content.append(delta.content)
-            if delta.role:
-                self.role = delta.role
-            if delta.refusal:
-                self.refusal.append(delta.refusal)
-            if delta.reasoning_content:
-                self.reasoning.append(delta.reasoning_content)
-            if delta.tool_calls:
-                for call in delta.tool_calls:
-                    _tool_call(self.calls, call)
-        if part.logprobs and part.logprobs.get("content"):
-            self.logprobs = (self.logprobs or []) + part.logprobs["content"]
-        if part.finish_reason:
-            self.finish = part.finish_reason
+            if delta.role is not None or delta.refusal or delta.reasoning_content or delta.tool_calls:
+                self._rest(delta)
+        if part.logprobs is not None or part.finish_reason is not None:
+            if part.logprobs and part.logprobs.get("content"):
+                self.logprobs = (self.logprobs or []) + part.logprobs["content"]
+            if part.finish_reason:
+                self.finish = part.finish_reason
+
+    def _rest(self, delta: _Delta) -> None:
+        if delta.role:
+            self.role = delta.role
+        if delta.refusal:
+            self.refusal.append(delta.refusal)
+        if delta.reasoning_content:
+            self.reasoning.append(delta.reasoning_content)
+        for call in delta.tool_calls or ():
+            _tool_call(self.calls, call)
 
     def answer(self, index: int) -> Answer:
         # (a stream whose only content was the first chunk's "" had null content, as a tool call's JSON has)
@@ -160,11 +166,13 @@ class _Choice:
 
 def _chat(sse: bytes) -> Answer | None:
     chunks = _chunks(sse)
-    if not chunks or any(c.error is not None for c in chunks):
+    if not chunks:
         return None
     choices: dict[int, _Choice] = {}
     usage = None
     for chunk in chunks:
+        if chunk.error is not None:
+            return None
         if chunk.usage:
             usage = chunk.usage
         for part in chunk.choices:
