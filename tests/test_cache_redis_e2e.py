@@ -1,7 +1,11 @@
 """The Redis cache: entries shared by two gateway processes, one upstream call for identical
-misses across them, and an outage that only ever makes misses (docs/cache.md)."""
+misses across them (the fill lock, also on its own), and an outage that only ever makes
+misses (docs/cache.md)."""
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +18,9 @@ from tests.cache_fixture import CacheUpstream, cache_config, prompt
 from tests.fakes.openai_upstream import REPLY
 from tests.harness import TEST_KEY, GatewayProcess, free_port
 from tests.test_cache_e2e import _metric, chat
+from tollway.core.cache.entry import Entry
+from tollway.ext.usage import Usage
+from tollway.gateway.cache.redis_backend import RedisBackend
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -93,3 +100,44 @@ def test_with_redis_down_every_request_is_a_miss_and_none_fails(up):
         assert "redis" in logged[0] and '"level": "error"' in logged[0]
     finally:
         gw.stop()
+
+
+def _entry(text: str) -> Entry:
+    return Entry("chat", json.dumps({"text": text}).encode(), 1.0, Usage(1, 2, 3), "m")
+
+
+async def test_a_fill_lock_is_given_back_only_by_its_holder(prefix):
+    a, b = RedisBackend(REDIS_URL, prefix), RedisBackend(REDIS_URL, prefix)
+    try:
+        assert await a.claim("k1", ttl=5) is True
+        assert await b.claim("k1", ttl=5) is False  # a holds it
+        waiting = asyncio.ensure_future(b.await_fill("k1", wait=5))
+        a.fill("k1", _entry("one"), ttl=60, claimed=True)
+        assert await waiting == _entry("one")  # b got a's entry when it landed
+        assert await b.claim("k1", ttl=5) is True  # and the lock went with it
+        b.fill("k1", None, ttl=60, claimed=True)
+        # a lock that outlived its ttl may be someone else's by the time its old holder gives it back
+        assert await a.claim("k2", ttl=0.05) is True
+        await asyncio.sleep(0.1)
+        assert await b.claim("k2", ttl=5) is True
+        a.fill("k2", None, ttl=60, claimed=True)
+        await asyncio.sleep(0.1)
+        assert await a.claim("k2", ttl=5) is False  # b's lock is still there
+        assert a.errors == b.errors == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_an_unreachable_redis_is_a_miss_and_a_free_lock(caplog):
+    down = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", "x")
+    try:
+        with caplog.at_level(logging.ERROR, logger="tollway"):
+            assert await down.get("k") is None
+            assert await down.claim("k", ttl=5) is True  # nobody can say otherwise: call upstream
+            assert await down.await_fill("k", wait=1) is None
+            down.fill("k", _entry("x"), ttl=60, claimed=True)
+        assert down.errors == 1  # then left alone for RETRY_INTERVAL
+        assert len([r for r in caplog.records if "redis unavailable" in r.getMessage()]) == 1
+    finally:
+        await down.aclose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +28,8 @@ SOCKET_TIMEOUT = 0.25  # s: a lookup never waits longer than this for Redis
 RETRY_INTERVAL = 1.0  # s: after a failure, requests skip Redis (miss) this long before it is tried again
 POLL_INTERVAL = 0.05  # s: between looks for an entry another replica is filling
 MAX_PENDING = 1024  # queued writes; past it, new ones are dropped (a cache may forget)
+# Give a fill lock back only if it is still ours: one that outlived lock_ttl may be another replica's now.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class RedisBackend:
@@ -43,6 +46,9 @@ class RedisBackend:
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._pending: set[asyncio.Task[None]] = set()
+        self._tokens: dict[str, bytes] = {}  # key -> the value of the fill lock this process holds
+        self._token_base = os.urandom(8).hex()
+        self._token_count = 0
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}:{key}"
@@ -58,7 +64,13 @@ class RedisBackend:
         return decode(value) if isinstance(value, bytes) else None
 
     async def claim(self, key: str, ttl: float) -> bool:
-        taken = await self._call(lambda: self.client.set(self._lock(key), b"1", nx=True, px=int(ttl * 1000)), True)
+        self._token_count += 1
+        token = f"{self._token_base}:{self._token_count}".encode()
+        taken = await self._call(lambda: self.client.set(self._lock(key), token, nx=True, px=int(ttl * 1000)), None)
+        if taken is None and self._down_since is not None:
+            return True  # Redis cannot say: calling upstream is the safe fallback
+        if taken:
+            self._tokens[key] = token
         return bool(taken)
 
     async def await_fill(self, key: str, wait: float) -> Entry | None:
@@ -74,18 +86,19 @@ class RedisBackend:
         return None
 
     def fill(self, key: str, entry: Entry | None, ttl: float, claimed: bool) -> None:
-        if len(self._pending) >= MAX_PENDING or self._skipping():
+        token = self._tokens.pop(key, None) if claimed else None  # (a lock not given back expires by itself)
+        if (entry is None and token is None) or len(self._pending) >= MAX_PENDING or self._skipping():
             return
-        task = asyncio.ensure_future(self._fill(key, encode(entry) if entry is not None else None, ttl, claimed))
+        task = asyncio.ensure_future(self._fill(key, encode(entry) if entry is not None else None, ttl, token))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _fill(self, key: str, value: bytes | None, ttl: float, claimed: bool) -> None:
+    async def _fill(self, key: str, value: bytes | None, ttl: float, token: bytes | None) -> None:
         pipe = self.client.pipeline(transaction=False)
         if value is not None:
             pipe.set(self._name(key), value, px=max(1, int(ttl * 1000)))
-        if claimed:
-            pipe.delete(self._lock(key))
+        if token is not None:
+            pipe.eval(_RELEASE, 1, self._lock(key), token)
         if await self._call(pipe.execute, None) is not None and value is not None:
             self.bytes += len(value)
             self.entries += 1
