@@ -70,6 +70,7 @@ models:
   - {{name: guarded, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
   - {{name: uncached, targets: [{{provider: up, model: gpt-4o-mini}}]}}
   - {{name: claude-sonnet, targets: [{{provider: claude}}], cache: {{}}}}
+  - {{name: stream-error, targets: [{{provider: claude}}], cache: {{}}}}
   - {{name: claude-over-chat, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
 keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: red}}

@@ -173,6 +173,18 @@ def test_truncated_failed_cut_off_and_blocked_answers_are_not_stored(oai, up, mo
     assert calls[0] >= 1 and calls[1] == 2 * calls[0]  # (a 500 is retried: the second request tries as often)
 
 
+def test_an_anthropic_stream_that_ends_in_an_error_event_is_not_stored(gw, anthropic_upstream):
+    ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+    text = prompt()
+    for _ in range(2):
+        with pytest.raises(anthropic.APIStatusError):  # the SDK raises the stream's error event
+            with ant.messages.stream(model="stream-error", max_tokens=100, messages=messages(text),
+                                     extra_body={"temperature": 0}) as stream:
+                assert stream.response.headers["x-tollway-cache"] == "miss"
+                stream.get_final_message()
+    assert sum(text in json.dumps(r["body"]) for r in anthropic_upstream.requests) == 2
+
+
 def test_no_store_neither_reads_nor_writes_and_no_cache_refreshes(oai, up):
     text = prompt()
     assert chat(oai, text, extra_headers={"cache-control": "no-store"})[1] == "bypass"
