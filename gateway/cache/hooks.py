@@ -32,7 +32,7 @@ from tollway.gateway.cache.memory import MemoryBackend
 from tollway.gateway.cache.redis_backend import RedisBackend
 from tollway.gateway.downstream.watchdog import ANSWERED
 from tollway.gateway.pipeline import Pipeline
-from tollway.gateway.proxy import SSE_HEADERS, ClientStream
+from tollway.gateway.proxy import SSE_HEADERS, ClientGone, ClientStream
 
 if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol
@@ -111,6 +111,8 @@ class CacheState:
             ex.first_byte = time.perf_counter()
             try:
                 await out.send(body)
+            except ClientGone:  # left before its answer went out: as the relay records it
+                ex.error_type = "client_closed"
             finally:
                 out.close()
         else:
