@@ -154,6 +154,16 @@ def ratelimit_cases(mod) -> dict[str, Callable[[], object]]:
             "ratelimit_headers, 6 headers, reset in seconds": lambda: mod.ratelimit_headers(specs, busy)}
 
 
+def piiscan_cases(mod) -> dict[str, Callable[[], object]]:
+    prose = ("Please summarise the attached quarterly report for the board. Revenue grew 12% to $4.2 million in "
+             "Q3 2024 (version 2.3.1); the support team closed 1,284 tickets. ") * 14
+    prose = prose[:2048]
+    pii = ("Contact me at jane.doe@example.com or +44 20 7946 0958. My card is 4111 1111 1111 1111 and the refund "
+           "goes to GB82 WEST 1234 5698 7654 32. " + prose)[:2048]
+    return {"candidate_starts, 2 KB prose, all shapes": lambda: mod.candidate_starts(prose, 0, mod.SHAPES),
+            "candidate_starts, 2 KB with 4 PII values, all shapes": lambda: mod.candidate_starts(pii, 0, mod.SHAPES)}
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
@@ -187,7 +197,7 @@ def compare(kernel: str, cases: Callable) -> list[tuple[str, float, float]]:
 def main() -> None:
     try:
         rows = (compare("sse", sse_cases) + compare("buckets", bucket_cases) + compare("jsonscan", jsonscan_cases)
-                + compare("ratelimit", ratelimit_cases))
+                + compare("ratelimit", ratelimit_cases) + compare("piiscan", piiscan_cases))
     except ImportError as exc:
         sys.exit(f"compiled kernels not built ({exc}); run: python setup.py build_ext --inplace")
     print(f"{'kernel benchmark':58} {'pure us':>10} {'compiled us':>12} {'speedup':>8}")

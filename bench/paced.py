@@ -15,6 +15,15 @@ share the load CPU and Tollway has the gateway CPU; the direct run at the highes
 whether the load side itself keeps the schedule (if it does not, the Tollway figures at that
 level say nothing about Tollway).
 
+`--guardrail`: instead of the levels, what a masking output guardrail (issue 15: at most 5 ms
+added to time to first token) costs a stream. Three gateways on the gateway CPU: without
+guardrails, with `{type: pii, action: mask, apply_to: [output]}` (every detector), and the same
+without the `email` detector; one stream at a time asking for 2 tokens, rounds alternating the
+paths. Per path it reports the time to the first event (the role chunk, as OpenAI sends it) and
+to the first event carrying answer text, median over rounds of each round's p50.
+
+    python bench/paced.py --guardrail --rounds 5 --seconds 3
+
 Sub-commands used internally: `upstream --port P` runs the paced upstream, `client <json>`
 runs one level.
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -106,9 +116,13 @@ async def serve_upstream(port: int) -> None:
 # -- the client --------------------------------------------------------------------------------
 
 
+_TEXT = re.compile(rb'"content":"[^"]')  # an event with answer text (the upstream's compact JSON)
+
+
 @dataclass
 class Stats:
     ttft: list[float] = field(default_factory=list)
+    first_text: list[float] = field(default_factory=list)  # request sent -> first event with answer text
     late: list[float] = field(default_factory=list)  # per stream: its worst event lateness
     errors: int = 0
 
@@ -134,6 +148,7 @@ class StreamClient(asyncio.Protocol):
     def _send(self) -> None:
         self._sent = time.perf_counter()  # uvloop's loop.time() only has millisecond steps
         self._times: list[float] = []
+        self._text_at = 0.0
         self._status = 0
         self._transport.write(self._request)
 
@@ -152,6 +167,8 @@ class StreamClient(asyncio.Protocol):
         # An event split between reads is counted when its "data: " prefix arrives.
         text = self._tail + body
         self._times.extend([self._now] * text.count(b"data: "))
+        if not self._text_at and _TEXT.search(body):  # (a split event's text counts when it is whole)
+            self._text_at = self._now
         self._tail = body[-5:]
 
     def on_message_complete(self) -> None:
@@ -161,6 +178,8 @@ class StreamClient(asyncio.Protocol):
             self._stats.errors += 1
         else:
             self._stats.ttft.append(times[0] - self._sent)
+            if self._text_at:
+                self._stats.first_text.append(self._text_at - self._sent)
             self._stats.late.append(max(times[k] - times[0] - k * INTERVAL for k in range(self._chunks + 1)))
         if time.perf_counter() < self._until and self._parser.should_keep_alive():
             self._send()
@@ -223,10 +242,14 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="seconds per level")
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--gw-cpu", default="1")
+    p.add_argument("--guardrail", action="store_true", help="the masking output guardrail's added TTFT instead")
+    p.add_argument("--rounds", type=int, default=5, help="--guardrail: rounds over the paths")
     args = p.parse_args()
     if args.command == "upstream":
         uvloop.run(serve_upstream(args.port))
         return 0
+    if args.guardrail:
+        return guardrail_ttft(args)
     levels = [int(n) for n in args.levels.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="tollway-paced-"))
     up_port, gw_port, hop_port = free_ports(3)
@@ -267,6 +290,58 @@ def main() -> int:
     return 0
 
 
+GUARDRAILS = {
+    "tollway": "",
+    "tollway-pii": "guardrails: [{name: pii, type: pii, action: mask, apply_to: [output]}]\n",
+    "tollway-pii-no-email": "guardrails: [{name: pii, type: pii, action: mask, apply_to: [output], detectors: "
+                            "[phone, credit_card, iban, us_ssn, ip_address, secret]}]\n",
+}
+PROBE_TOKENS = 2  # the first word is followed by a second: a scanner may hold it until then
+
+
+def guardrail_ttft(args: argparse.Namespace) -> int:
+    """Time to first event and to first text, one stream at a time, with and without a
+    masking output guardrail (rounds alternate the paths; medians of the rounds' p50s)."""
+    workdir = Path(tempfile.mkdtemp(prefix="tollway-paced-guard-"))
+    up_port, *gw_ports = free_ports(1 + len(GUARDRAILS))
+    print(f"guardrail TTFT: {PROBE_TOKENS} tokens {INTERVAL * 1000:.0f} ms apart; logs in {workdir}", file=sys.stderr)
+    firsts: dict[str, list[float]] = {"direct": []}
+    texts: dict[str, list[float]] = {"direct": []}
+    with ServiceSet(workdir) as services:
+        services.start("paced-upstream", args.load_cpu,
+                       [sys.executable, __file__, "upstream", "--port", str(up_port)], up_port)
+        ports = {"direct": up_port}
+        for (path, extra), port in zip(GUARDRAILS.items(), gw_ports):
+            sub = workdir / path
+            sub.mkdir()
+            config = write_config(sub, {MODEL: up_port})
+            config.write_text(config.read_text() + extra)
+            services.start(path, args.gw_cpu, serve_argv(config, port), port, cwd=REPO)
+            ports[path] = port
+            firsts[path], texts[path] = [], []
+        for r in range(args.rounds):
+            order = list(ports) if r % 2 == 0 else list(reversed(ports))
+            for path in order:
+                key, model = (BENCH_KEY, MODEL) if path != "direct" else (None, "gpt-4o-mini")
+                result = _client_subprocess(args, ports[path], 1, PROBE_TOKENS, key, model, path)
+                if "ttft_p50" not in result or "text_p50" not in result:
+                    print(result["row"], file=sys.stderr)
+                    return 1
+                firsts[path].append(result["ttft_p50"])
+                texts[path].append(result["text_p50"])
+                print(f"round {r + 1} {path:22} first event {result['ttft_p50']:7.3f} ms, "
+                      f"first text {result['text_p50']:7.3f} ms", file=sys.stderr)
+    med = {p: (statistics.median(firsts[p]), statistics.median(texts[p])) for p in ports}
+    print(f"{'path':22} {'first event':>12} {'first text':>11}  (ms, median of {args.rounds} rounds' p50)")
+    for path, (first, text) in med.items():
+        print(f"{path:22} {first:12.3f} {text:11.3f}")
+    for path in GUARDRAILS:
+        if path != "tollway":
+            print(f"added by {path} over tollway: first event {med[path][0] - med['tollway'][0]:+.3f} ms, "
+                  f"first text {med[path][1] - med['tollway'][1]:+.3f} ms")
+    return 0
+
+
 def _client_subprocess(args: argparse.Namespace, port: int, streams: int, chunks: int,
                        key: str | None, model: str, label: str) -> dict:
     """Run one level in a fresh client process pinned to the load CPU; returns its summary."""
@@ -286,6 +361,8 @@ def client_main(spec: dict) -> int:
     summary = {"row": summarize(spec["label"], spec["streams"], stats)}
     if stats.ttft:
         summary["ttft_p50"] = 1000 * statistics.median(stats.ttft)
+    if stats.first_text:
+        summary["text_p50"] = 1000 * statistics.median(stats.first_text)
     print(json.dumps(summary))
     return 0
 

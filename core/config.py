@@ -269,14 +269,21 @@ class Plugin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Guardrail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A built-in guardrail (docs/guardrails.md): `pii` runs the offline detectors
-    (tollway.core.guardrails), `regex` refuses or masks what its `deny` patterns match."""
+    (tollway.core.guardrails), `regex` refuses or masks what its `deny` patterns match,
+    `json_schema` checks an answer against the request's `response_format` JSON Schema."""
     name: str
-    type: Literal["pii", "regex"]
+    type: Literal["pii", "regex", "json_schema"]
     action: Literal["block", "mask", "log"]
     detectors: list[str] | None = None  # pii: absent means every detector
     deny: list[str] = []  # regex: Python regexes
-    apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
+    apply_to: list[Literal["input", "output"]] | None = None  # absent: both (json_schema: output, its only one)
     scope: PluginScope | None = None  # absent: every request
+
+    @property
+    def applies_to(self) -> tuple[str, ...]:
+        if self.apply_to is not None:
+            return tuple(self.apply_to)
+        return ("output",) if self.type == "json_schema" else ("input", "output")
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -575,6 +582,9 @@ def _validate_plugins(config: Config, fail: Fail) -> None:
 def _validate_guardrails(config: Config, fail: Fail) -> None:
     _unique(config.guardrails, "guardrails", fail)
     for i, g in enumerate(config.guardrails):
+        if g.type == "json_schema":
+            _validate_json_schema_guardrail(i, g, fail)
+            continue
         if g.type == "pii":
             if g.deny:
                 fail(["guardrails", i, "deny"], "deny patterns belong to a guardrail of type regex")
@@ -598,10 +608,25 @@ def _validate_guardrails(config: Config, fail: Fail) -> None:
                 else:
                     if re.fullmatch(pattern, ""):
                         fail(["guardrails", i, "deny", j], "the pattern matches empty text")
+        if g.apply_to is None:
+            continue
         if not g.apply_to:
             fail(["guardrails", i, "apply_to"], "name input, output or both")
         elif len(set(g.apply_to)) != len(g.apply_to):
             fail(["guardrails", i, "apply_to"], "each of input and output at most once")
+
+
+def _validate_json_schema_guardrail(i: int, g: Guardrail, fail: Fail) -> None:
+    if g.action == "mask":
+        fail(["guardrails", i, "action"], "a json_schema guardrail blocks or logs (block | log): an answer that "
+             "does not match its schema has nothing to mask")
+    if g.detectors is not None:
+        fail(["guardrails", i, "detectors"], "detectors belong to a guardrail of type pii")
+    if g.deny:
+        fail(["guardrails", i, "deny"], "deny patterns belong to a guardrail of type regex")
+    if g.apply_to is not None and list(g.apply_to) != ["output"]:
+        fail(["guardrails", i, "apply_to"], "a json_schema guardrail checks the output only: "
+             "leave apply_to out, or say [output]")
 
 
 def _validate_admin_rate(config: Config, fail: Fail) -> None:

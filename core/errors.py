@@ -358,6 +358,22 @@ def content_policy_violation(guardrail: str, detector: str, status: int = 400) -
                           "content_policy_violation")
 
 
+def schema_violation(guardrail: str, what: str) -> GuardrailError:
+    """A `json_schema` guardrail with `action: block` found the answer is not JSON matching the
+    request's schema: 502 (an SSE error event on a stream). `what` says where it fails (a path
+    and a keyword: tollway.core.guardrails.json_schema), never the answer's text."""
+    return GuardrailError(502, f"blocked by guardrail '{echoed(guardrail)}' (json_schema): {what}", "api_error",
+                          "content_policy_violation")
+
+
+def schema_refused(guardrail: str, param: str, reason: str) -> GatewayError:
+    """The request's response_format schema is one a `json_schema` guardrail will not check
+    (too large, a remote $ref, a pattern RE2 cannot run, not a JSON Schema): 400, before the
+    upstream is asked."""
+    return GatewayError(400, f"Guardrail '{echoed(guardrail)}' cannot check answers against this schema: {reason}.",
+                        "invalid_request_error", "invalid_value", param)
+
+
 def internal(message: str = "The gateway hit an internal error; the request was not completed.") -> GatewayError:
     return GatewayError(500, message, "api_error", "internal_error")
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from tollway.ext import KERNELS
 from tollway.ext import buckets as _pure_buckets
 from tollway.ext import jsonscan as _pure_jsonscan
+from tollway.ext import piiscan as _pure_piiscan
 from tollway.ext import ratelimit as _pure_ratelimit
 from tollway.ext import sse as _pure_sse
 
@@ -27,6 +28,7 @@ __all__ = [
     "SSEEvent",
     "SSEFramer",
     "Usage",
+    "candidate_starts",
     "first_duplicate_key",
     "first_needle",
     "max_depth_exceeded",
@@ -55,6 +57,7 @@ def _pick(name: str, pure: ModuleType) -> ModuleType:
 
 _sse, _buckets = _pick("sse", _pure_sse), _pick("buckets", _pure_buckets)
 _jsonscan, _ratelimit = _pick("jsonscan", _pure_jsonscan), _pick("ratelimit", _pure_ratelimit)
+_piiscan = _pick("piiscan", _pure_piiscan)
 
 SSEError = _pure_sse.SSEError  # one class for both twins
 Usage = _pure_sse.Usage
@@ -63,6 +66,7 @@ Usage = _pure_sse.Usage
 if TYPE_CHECKING:
     from tollway.ext.buckets import BucketTable, Gate
     from tollway.ext.jsonscan import first_duplicate_key, first_needle, max_depth_exceeded
+    from tollway.ext.piiscan import candidate_starts
     from tollway.ext.ratelimit import ratelimit_headers
     from tollway.ext.sse import OpenAIStreamRelay, SSEEvent, SSEFramer
 else:
@@ -71,3 +75,4 @@ else:
     max_depth_exceeded = _jsonscan.max_depth_exceeded
     first_duplicate_key, first_needle = _jsonscan.first_duplicate_key, _jsonscan.first_needle
     ratelimit_headers = _ratelimit.ratelimit_headers
+    candidate_starts = _piiscan.candidate_starts

@@ -26,7 +26,7 @@ from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.guardrails import GuardrailSet
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
-from tollway.gateway.lifecycle.reload import ConfigWatcher, watcher_for
+from tollway.gateway.lifecycle.reload import ConfigWatcher, Signature, catch_early_hangups, signature, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.hooks import PluginSet
@@ -36,7 +36,7 @@ from tollway.gateway.runtime import NO_API, ApiTables, ProviderRuntime, Runtime
 from tollway.gateway.serving import Serving
 from tollway.gateway.store import SchemaTooNew, build_key_store
 from tollway.gateway.store.books import Books
-from tollway.gateway.store.ledger import LedgerCounters, LedgerGauges
+from tollway.gateway.store.ledger import LEDGER_RULES, LedgerCounters, LedgerGauges
 from tollway.gateway.surfaces import Endpoint
 from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
@@ -47,7 +47,7 @@ from tollway.gateway.telemetry.limit_metrics import LimitLevels
 from tollway.gateway.telemetry.live import LiveStats
 from tollway.gateway.telemetry.logs import refuse, setup_logging
 from tollway.gateway.telemetry.metrics import Metrics, authorize_scrape
-from tollway.gateway.telemetry.routing_metrics import RoutingCollector
+from tollway.gateway.telemetry.routing_metrics import ROUTING_RULES, RoutingCollector
 from tollway.gateway.telemetry.tracing import Tracer, build_tracer
 from tollway.gateway.tenancy.actions import Actions
 from tollway.gateway.tenancy.directory import Directory, TableChange
@@ -78,12 +78,14 @@ class Gateway:
         self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)
         self.in_flight = self.watchdog.in_flight
         self.watcher: ConfigWatcher | None = None
+        self.config_signature: Signature | None = None  # the config file's when it was read (create_app)
         # Closes of what a reload replaced (old pools, store, exporter). The loop holds tasks only
         # weakly, so they live here until done; one attribute each would drop a still-running one.
         self.background: set[asyncio.Task[Any]] = set()
         self.tracer = build_tracer(config.telemetry.traces, self.metrics)
         shared = self.metrics.shared_counts  # --workers N: reloads are summed through the shared files
-        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher, reloads=shared is None))
+        self.metrics.register(RoutingCollector(lambda: self.runtime, lambda: self.watcher, reloads=shared is None),
+                              workers=("routing", ROUTING_RULES))
         if shared is not None:
             shared.track_reloads(lambda: self.watcher.reloads if self.watcher is not None else None)
         self.limit_levels = LimitLevels()  # read from the store per scrape, not per request
@@ -100,7 +102,7 @@ class Gateway:
             self.directory.on_change = self._keys_changed
         self._rebuild_pending = False
         self.serving.pipeline = self._pipeline()
-        self.metrics.register(LedgerGauges(lambda: self.books.ledger))
+        self.metrics.register(LedgerGauges(lambda: self.books.ledger), workers=("ledger", LEDGER_RULES))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
         self.admin = AdminAPI(self.serving, lambda: self.live)
@@ -414,10 +416,14 @@ class Gateway:
 
 def create_app() -> Gateway:
     """granian's factory target: the gateway for the config named by TOLLWAY_CONFIG."""
+    catch_early_hangups()  # a SIGHUP before the watcher is installed is applied then (lifecycle.reload)
     setup_logging()  # JSON on stderr; the access log owns stdout
     path = os.environ.get("TOLLWAY_CONFIG")
     if not path:
         raise SystemExit("TOLLWAY_CONFIG is not set; start the gateway with `tollway serve --config FILE`.")
-    return Gateway(config_mod.load(path), path)
+    seen = signature(path)  # before reading: a change from here on is reloaded once the watcher runs
+    gateway = Gateway(config_mod.load(path), path)
+    gateway.config_signature = seen
+    return gateway
 
 

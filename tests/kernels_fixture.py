@@ -15,7 +15,8 @@ import pytest
 
 from tollway.ext import KERNELS
 
-__all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "ratelimit_impl", "sse_impl"]
+__all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "piiscan_impl", "ratelimit_impl",
+           "sse_impl"]
 
 KERNEL_KINDS = ("pure", "compiled")
 
@@ -53,3 +54,4 @@ sse_impl = _impl_fixture("sse")
 buckets_impl = _impl_fixture("buckets")
 jsonscan_impl = _impl_fixture("jsonscan")
 ratelimit_impl = _impl_fixture("ratelimit")
+piiscan_impl = _impl_fixture("piiscan")

@@ -24,3 +24,11 @@ def test_granian_is_pinned_below_its_next_major():
     assert installed in spec  # what the tests run against is allowed
     assert Version(f"{installed.major + 1}.0") not in spec
     assert Version(f"{installed.major + 1}.0.0rc1") not in SpecifierSet(str(spec), prereleases=True)
+
+
+def test_jsonschema_has_the_referencing_registry():
+    """core/guardrails/json_schema.py passes `registry=` (no retrieval) so a client's schema never
+    makes the gateway fetch a URL: below 4.18 there is no registry and RefResolver fetches."""
+    spec = _requirement("jsonschema").specifier
+    assert Version(version("jsonschema")) in spec
+    assert Version("4.17.3") not in spec and Version("5.0") not in spec

@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tollway.core.guardrails.detectors import ALL, Finding, find, iban_ok, luhn_ok, mask
 
@@ -111,6 +113,19 @@ def test_validators() -> None:
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765433")
     assert not iban_ok("GB82WEST1234569876543")  # wrong length for GB
+
+
+def _luhn_textbook(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+@given(st.text(alphabet="0123456789", max_size=25))
+def test_luhn_is_the_textbook_checksum(digits: str) -> None:
+    assert luhn_ok(digits) is _luhn_textbook(digits)
 
 
 def test_boundaries_keep_numbers_whole() -> None:

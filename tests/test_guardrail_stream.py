@@ -111,6 +111,30 @@ def test_prose_flows_with_a_small_tail() -> None:
     assert scanner.held <= len("today.")
 
 
+def test_a_long_word_is_held_only_while_it_could_still_match() -> None:
+    # tokens without spaces: a word that cannot become a secret is held only while it could be
+    # an email's local part (64 characters), not to the end of the answer
+    scanner = StreamScanner()
+    out = []
+    for i in range(100):
+        out.append(scanner.feed(f"tok{i}").text)
+        assert scanner.held <= 64 + len(f"tok{i}")
+    out.append(scanner.finish().text)
+    assert "".join(out) == "".join(f"tok{i}" for i in range(100))
+
+
+@pytest.mark.parametrize(("chunk", "held"), [
+    ("Hello", 0), ("Hello there", 0), ("a hash 3f786850e387550fdab836ed7e6dc881de23001b", 0),
+    ("key s", 1), ("key sk", 2), ("key sk-abc", 6), ("key gh", 2), ("key ghp_x1", 6), ("key githu", 5),
+    ("key github_pat_x", 12), ("a ey", 2), ("a eyJhbG.x", 8), ("key AKIA", 4),
+    ("-sk-abc", 0), ("risk-free", 0),  # not after a word character or `-`: never a secret
+])
+def test_secret_hold_only_for_words_that_start_like_one(chunk: str, held: int) -> None:
+    scanner = StreamScanner(["secret"])
+    assert scanner.feed(chunk).text == chunk[:len(chunk) - held]
+    assert scanner.held == held
+
+
 def test_block_reports_the_first_finding_and_stops() -> None:
     scanner = StreamScanner(action="block")
     text = "card 4111 1111 1111 1111 then mail a@b.co"

@@ -6,7 +6,6 @@ mask/block (non-stream and stream), regex guardrails, scope, the metric, the acc
 counts, and that no matched value reaches any log line. With no guardrails, no hook is installed."""
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.request
@@ -16,9 +15,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from aiohttp import web
 
-from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, ThreadedServer, key_hash
+from tests.fakes.scripted_upstream import ScriptedUpstream
+from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tollway.core.config import ConfigError, loads
 from tollway.gateway.app import Gateway
 from tollway.gateway.guardrails import GuardrailSet
@@ -27,57 +26,6 @@ from tollway.gateway.pipeline import EMPTY
 CARD = "4111 1111 1111 1111"  # Luhn-valid (a test Visa number)
 CARD_DIGITS = CARD.replace(" ", "")
 EMAIL = "jane.doe@example.com"
-CHUNK = 3  # characters per streamed delta
-
-
-class ScriptedUpstream:
-    """A fake OpenAI chat upstream: answers the text after `say:` in the last user message (or
-    "ok"), as JSON or as SSE deltas of CHUNK characters; records the bodies it got."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.server = ThreadedServer(self._app)
-        self.url = f"http://127.0.0.1:{self.server.port}/v1"
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
-        return app
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.bodies.append(body)
-        last = body["messages"][-1]["content"]
-        if isinstance(last, list):
-            last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
-        _, sep, said = last.partition("say:")
-        text = said.strip() if sep else "ok"
-        usage = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
-        base = {"id": "chatcmpl-1", "created": int(time.time()), "model": body["model"]}
-        if not body.get("stream"):
-            return web.json_response({**base, "object": "chat.completion", "usage": usage, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-
-        async def send(delta: dict[str, Any], finish: str | None) -> None:
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await asyncio.sleep(0)
-
-        await send({"role": "assistant", "content": ""}, None)
-        for i in range(0, len(text), CHUNK):
-            await send({"content": text[i:i + CHUNK]}, None)
-        await send({}, "stop")
-        if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(b"data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [],
-                                                     "usage": usage}).encode() + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    def last_text(self) -> str:
-        return json.dumps(self.bodies[-1])
 
 
 # (model, the guardrail on it)
@@ -293,11 +241,51 @@ def test_anthropic_non_stream_output_mask(gw: GatewayProcess) -> None:
     assert answer.content[0].text == "mail <EMAIL>"  # type: ignore[union-attr]
 
 
-def test_a_streamed_responses_answer_is_refused_while_an_output_guardrail_cannot_scan_it(gw: GatewayProcess) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        _oa(gw).responses.create(model="out-mask", input="hi", stream=True)
-    assert info.value.body["param"] == "stream"  # type: ignore[index]
-    assert "Guardrail 'out-mask' cannot check a streamed Responses API answer" in info.value.message
+def _responses_stream(gw: GatewayProcess, model: str, text: str) -> list[Any]:
+    return list(_oa(gw).responses.create(model=model, input=text, stream=True))
+
+
+def test_responses_stream_output_mask_rewrites_the_deltas_and_every_repeated_text(gw: GatewayProcess) -> None:
+    events = _responses_stream(gw, "out-mask", f"say: your card {CARD} is on file, mail {EMAIL}")
+    masked = "your card <CREDIT_CARD> is on file, mail <EMAIL>"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == masked
+    done = {e.type: e for e in events}
+    assert done["response.output_text.done"].text == masked
+    assert done["response.content_part.done"].part.text == masked
+    assert done["response.output_item.done"].item.content[0].text == masked
+    assert done["response.completed"].response.output_text == masked
+    numbers = [e.sequence_number for e in events]
+    assert numbers == list(range(len(events)))  # the held tail's extra delta renumbered what follows
+    raw = json.dumps([e.model_dump() for e in events])
+    assert CARD not in raw and EMAIL not in raw
+    # a card as the very last characters is held to the end and flushed before output_text.done
+    events = _responses_stream(gw, "out-mask", f"say: card {CARD}")
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "card <CREDIT_CARD>"
+    assert events[-1].response.output_text == "card <CREDIT_CARD>"
+
+
+def test_responses_stream_function_call_arguments_are_masked(gw: GatewayProcess) -> None:
+    args = json.dumps({"email": EMAIL})
+    events = _responses_stream(gw, "out-mask", f"call: {args}")
+    streamed = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert json.loads(streamed) == {"email": "<EMAIL>"}
+    assert json.loads(events[-1].response.output[0].arguments) == {"email": "<EMAIL>"}
+    assert EMAIL not in json.dumps([e.model_dump() for e in events])
+
+
+def test_responses_stream_output_block_ends_with_the_responses_error_event(gw: GatewayProcess) -> None:
+    events = _responses_stream(gw, "out-block", f"say: fine so far, {CARD} and more")
+    last = events[-1]
+    assert last.type == "error"
+    assert last.code == "content_policy_violation" and last.message == "blocked by guardrail 'out-block' (credit_card)"
+    assert not any(e.type == "response.completed" for e in events)
+    sent = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert CARD_DIGITS[:8] not in sent.replace(" ", "")
+
+
+def test_responses_non_stream_output_mask(gw: GatewayProcess) -> None:
+    answer = _oa(gw).responses.create(model="out-mask", input=f"say: mail {EMAIL}")
+    assert answer.output_text == "mail <EMAIL>"
 
 
 def test_regex_guardrail_blocks_input_and_masks_streamed_output(gw: GatewayProcess) -> None:
@@ -352,10 +340,20 @@ def test_no_guardrails_no_hooks() -> None:
     ("[{name: g, type: regex, action: block}]", "at least one deny pattern"),
     ("[{name: g, type: pii, action: redact}]", "guardrails"),
     ("[{name: g, type: pii, action: mask, apply_to: [inputs]}]", "guardrails"),
-    ("[{name: g, type: json_schema, action: block}]", "guardrails"),
+    ("[{name: g, type: json_schema, action: mask}]", "a json_schema guardrail blocks or logs"),
+    ("[{name: g, type: json_schema, action: block, detectors: [email]}]", "detectors belong to a guardrail of type pii"),
+    ("[{name: g, type: json_schema, action: block, deny: [x]}]", "deny patterns belong to a guardrail of type regex"),
+    ("[{name: g, type: json_schema, action: log, apply_to: [input, output]}]", "checks the output only"),
+    ("[{name: g, type: pii, action: mask, apply_to: []}]", "name input, output or both"),
 ])
 def test_config_is_checked(entry: str, complaint: str) -> None:
     with pytest.raises(ConfigError) as info:
         loads(BASE + f"guardrails: {entry}\n")
     assert complaint in str(info.value)
+
+
+def test_a_json_schema_guardrail_checks_output_only() -> None:
+    config = loads(BASE + "guardrails: [{name: j, type: json_schema, action: block}, {name: p, type: pii, action: log},"
+                          " {name: k, type: json_schema, action: log, apply_to: [output]}]\n")
+    assert [g.applies_to for g in config.guardrails] == [("output",), ("input", "output"), ("output",)]
 

@@ -1,8 +1,10 @@
 """The guardrail hooks without a gateway (tollway.gateway.guardrails): where the text is in each
 API's body, stream chunks with several choices, a stream that ends without finish_reason, a
-regex guardrail across chunk boundaries, and the plugins' SSE parsing shared with them."""
+regex guardrail across chunk boundaries, and the plugins' SSE parsing shared with them; the
+json_schema guardrail on chat and Responses answers; the Responses API's stream events."""
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +15,7 @@ from tollway.core.config import Guardrail
 from tollway.core.errors import GatewayError
 from tollway.gateway import sse_deltas
 from tollway.gateway.guardrails.hooks import GuardrailSet, GuardrailState
+from tollway.gateway.guardrails.responses_stream import ResponsesState
 from tollway.gateway.guardrails.text import input_slots, output_slots
 
 CARD = "4111 1111 1111 1111"
@@ -164,3 +167,209 @@ def test_legacy_completions_stream_text_is_masked_and_flushed() -> None:
     out.append(guards.on_chunk(ex, chunk("", finish=True)))
     got = "".join(c["text"] for ev in sse_deltas.events(b"".join(out)) if ev.obj for c in ev.obj["choices"])
     assert got == "card <CREDIT_CARD>"
+
+
+# -- json_schema ---------------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+def _schema_ex(api: str, *specs: Guardrail, schema: Any = SCHEMA) -> tuple[GuardrailSet, Any]:
+    """A GuardrailSet and an exchange whose request asked for `schema`, through before_upstream."""
+    guards = GuardrailSet(list(specs))
+    fmt: dict[str, Any] = {"type": "json_schema", "name": "x", "schema": schema, "strict": True}
+    body = {"model": "m", "response_format": {"type": "json_schema", "json_schema": fmt}} if api == "chat" else \
+        {"model": "m", "text": {"format": fmt}, "stream": True}
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api=api, guardrails=None)
+    req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=api == "responses"))
+    asyncio.run(guards.before_upstream(req, ex))  # type: ignore[arg-type]
+    return guards, ex
+
+
+def _block(name: str = "j") -> Guardrail:
+    return Guardrail(name=name, type="json_schema", action="block")
+
+
+def _stream_of(guards: GuardrailSet, ex: Any, text: str, finish: str = "stop") -> list[bytes]:
+    out = [guards.on_chunk(ex, _chunk([(0, text[i:i + 2])])) for i in range(0, len(text), 2)]
+    out.append(guards.on_chunk(ex, _chunk([(0, "")], finish=True).replace(b'"stop"', f'"{finish}"'.encode())))
+    return out
+
+
+def test_a_request_without_a_json_schema_format_is_untouched() -> None:
+    guards = GuardrailSet([_block()])
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    for body in ({"model": "m"}, {"model": "m", "response_format": {"type": "json_object"}}):
+        req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=False))
+        asyncio.run(guards.before_upstream(req, ex))  # type: ignore[arg-type]
+        assert ex.guardrails is not None and not ex.guardrails.active
+        assert guards.on_chunk(ex, _chunk([(0, "not json")])) == _chunk([(0, "not json")])
+
+
+def test_a_streamed_chat_answer_is_checked_at_its_finish_reason() -> None:
+    guards, ex = _schema_ex("chat", _block())
+    out = _stream_of(guards, ex, '{"n": 1}')
+    assert _text_by_choice(out) == {0: '{"n": 1}'}
+    guards, ex = _schema_ex("chat", _block())
+    with pytest.raises(GatewayError) as info:
+        _stream_of(guards, ex, '{"n": "one"}')
+    assert (info.value.status, info.value.code) == (502, "content_policy_violation")
+    assert info.value.message == "blocked by guardrail 'j' (json_schema): the output does not match the schema at $.n (type)"
+    assert ex.guardrails.counts == {"j": {"json_schema": 1}}
+
+
+def test_a_stream_without_finish_reason_is_checked_at_done() -> None:
+    guards, ex = _schema_ex("chat", _block())
+    guards.on_chunk(ex, _chunk([(0, '{"n": ')]))
+    with pytest.raises(GatewayError, match="not valid JSON"):
+        guards.on_chunk(ex, b"data: [DONE]\n\n")
+
+
+def test_tool_calls_and_refusals_are_not_answers() -> None:
+    guards, ex = _schema_ex("chat", _block())
+    _stream_of(guards, ex, "", finish="tool_calls")
+    refusal = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":null,"refusal":"I cannot"},"finish_reason":null}]}\n\n'
+    guards.on_chunk(ex, refusal)
+    guards.on_chunk(ex, _chunk([(0, "")], finish=True))
+    assert ex.guardrails.counts == {}
+
+
+def test_log_counts_and_lets_it_through_after_a_mask() -> None:
+    mask = Guardrail(name="p", type="pii", action="mask", apply_to=["output"])
+    log = Guardrail(name="j", type="json_schema", action="log")
+    guards, ex = _schema_ex("chat", mask, log)
+    out = _stream_of(guards, ex, f'{{"n": 1, "card": "{CARD}"}}')
+    assert _text_by_choice(out) == {0: '{"n": 1, "card": "<CREDIT_CARD>"}'}  # checked as masked: it matches
+    assert ex.guardrails.counts == {"p": {"credit_card": 1}}
+    out = _stream_of(guards, ex, "no json")
+    assert ex.guardrails.counts == {"p": {"credit_card": 1}, "j": {"json_schema": 1}}
+
+
+def test_a_non_stream_answer_is_checked() -> None:
+    guards, ex = _schema_ex("chat", _block())
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": '{"n": 2}'}, "finish_reason": "stop"}]}
+    raw = json.dumps(answer).encode()
+    assert asyncio.run(guards.on_answer(ex, 200, raw)) == raw
+    answer["choices"][0]["message"]["content"] = '{"m": 2}'  # type: ignore[index]
+    with pytest.raises(GatewayError, match=r"at \$ \(required\)"):
+        asyncio.run(guards.on_answer(ex, 200, json.dumps(answer).encode()))
+
+
+def test_a_hostile_schema_is_refused_before_the_upstream() -> None:
+    with pytest.raises(GatewayError) as info:
+        _schema_ex("chat", _block(), schema={"$ref": "http://169.254.169.254/latest"})
+    assert (info.value.status, info.value.code, info.value.param) == (400, "invalid_value", "response_format.json_schema.schema")
+    assert "Guardrail 'j' cannot check answers against this schema" in info.value.message
+
+
+# -- the Responses API's stream -----------------------------------------------------------------
+
+def _rs_event(kind: str, seq: int, **fields: Any) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, "sequence_number": seq, **fields}).encode() + b"\n\n"
+
+
+def _rs_stream(text: str, piece: int = 3) -> list[bytes]:
+    at = {"item_id": "m1", "output_index": 0, "content_index": 0}
+    item = {"type": "message", "id": "m1", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+    events = [("response.output_text.delta", {**at, "delta": text[i:i + piece]}) for i in range(0, len(text), piece)]
+    events += [("response.output_text.done", {**at, "text": text}),
+               ("response.content_part.done", {**at, "part": {"type": "output_text", "text": text}}),
+               ("response.output_item.done", {"output_index": 0, "item": item}),
+               ("response.completed", {"response": {"output": [item]}})]
+    return [_rs_event(kind, seq, **fields) for seq, (kind, fields) in enumerate(events)]
+
+
+def _rs_ex(guards: GuardrailSet) -> Any:
+    return SimpleNamespace(guardrails=GuardrailState(guards.rules, responses=ResponsesState()))
+
+
+def test_responses_stream_tail_flushed_as_a_delta_and_done_events_rewritten() -> None:
+    guards = _set()
+    ex = _rs_ex(guards)
+    text = f"card {CARD}"
+    events = [ev.obj for chunk in _rs_stream(text) for ev in sse_deltas.events(guards.on_chunk(ex, chunk)) if ev.obj]
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == "card <CREDIT_CARD>"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "card <CREDIT_CARD>"
+    assert CARD not in json.dumps(events)
+    assert ex.guardrails.counts == {"g": {"credit_card": 1}}  # counted once, not again per repeated text
+
+
+def test_responses_text_never_sent_as_deltas_is_scanned_whole() -> None:
+    guards = _set(action="block", detectors=["email"])
+    ex = _rs_ex(guards)
+    item = {"type": "message", "id": "m1", "content": [{"type": "output_text", "text": "mail a@example.com"}]}
+    with pytest.raises(GatewayError, match=r"\(email\)"):
+        guards.on_chunk(ex, _rs_event("response.output_item.done", 0, output_index=0, item=item))
+
+
+def test_responses_function_call_arguments_and_json_schema_on_items() -> None:
+    guards = _set()
+    ex = _rs_ex(guards)
+    args = json.dumps({"to": "a@example.com"})
+    at = {"item_id": "f1", "output_index": 1}
+    chunks = [_rs_event("response.function_call_arguments.delta", i, **at, delta=args[i * 4:i * 4 + 4])
+              for i in range((len(args) + 3) // 4)]
+    chunks.append(_rs_event("response.function_call_arguments.done", len(chunks), **at, arguments=args))
+    events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
+    streamed = "".join(e["delta"] for e in events if e["type"].endswith(".delta"))
+    assert json.loads(streamed) == {"to": "<EMAIL>"} and json.loads(events[-1]["arguments"]) == {"to": "<EMAIL>"}
+
+    guards, ex = _schema_ex("responses", _block())
+    for chunk in _rs_stream('{"n": 3}'):
+        guards.on_chunk(ex, chunk)
+    guards, ex = _schema_ex("responses", _block())
+    with pytest.raises(GatewayError, match=r"at \$\.n \(type\)"):
+        for chunk in _rs_stream('{"n": "3"}'):
+            guards.on_chunk(ex, chunk)
+
+
+def test_an_escaped_json_schema_type_is_still_found() -> None:
+    guards = GuardrailSet([_block()])
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
+    raw = json.dumps({"model": "m", "response_format": fmt}).replace("json_schema", "json\\u005fschema").encode()
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    asyncio.run(guards.before_upstream(SimpleNamespace(body=raw, head=SimpleNamespace(stream=False)), ex))  # type: ignore[arg-type]
+    assert ex.guardrails.schema is not None
+
+
+def test_responses_stream_a_value_split_at_every_boundary_is_masked() -> None:
+    text = f"pay with {CARD} or mail a@example.com now"
+    for cut in range(1, len(text)):
+        guards = _set()
+        ex = _rs_ex(guards)
+        at = {"item_id": "m1", "output_index": 0, "content_index": 0}
+        chunks = [_rs_event("response.output_text.delta", 0, **at, delta=text[:cut]),
+                  _rs_event("response.output_text.delta", 1, **at, delta=text[cut:]),
+                  _rs_event("response.output_text.done", 2, **at, text=text)]
+        events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
+        streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert streamed == events[-1]["text"] == "pay with <CREDIT_CARD> or mail <EMAIL> now", cut
+
+
+def test_responses_an_item_without_its_done_event_is_checked_at_the_end() -> None:
+    guards, ex = _schema_ex("responses", _block())
+    chunks = _rs_stream('{"n": 1')
+    del chunks[-2]  # no response.output_item.done: a truncated answer ends with response.completed
+    with pytest.raises(GatewayError, match="not valid JSON"):
+        for chunk in chunks:
+            guards.on_chunk(ex, chunk)
+    guards, ex = _schema_ex("responses", _block())
+    for chunk in _rs_stream('{"n": 1}'):  # checked once, at output_item.done, and passes
+        guards.on_chunk(ex, chunk)
+    assert ex.guardrails.responses.checked == {0}
+
+
+def test_responses_text_shown_before_its_deltas_is_scanned_and_not_doubled() -> None:
+    guards = _set()
+    ex = _rs_ex(guards)
+    args = json.dumps({"to": "a@example.com"})
+    at = {"item_id": "f1", "output_index": 0}
+    added = {"type": "function_call", "id": "f1", "arguments": args}  # an upstream that shows it up front
+    chunks = [_rs_event("response.output_item.added", 0, output_index=0, item=added),
+              _rs_event("response.function_call_arguments.delta", 1, **at, delta=args),
+              _rs_event("response.function_call_arguments.done", 2, **at, arguments=args)]
+    events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
+    assert json.loads(events[0]["item"]["arguments"]) == {"to": "<EMAIL>"}
+    assert json.loads(events[-1]["arguments"]) == {"to": "<EMAIL>"}

@@ -19,6 +19,7 @@ import pytest
 from tests.pg_databases import drop_database, pg_database, target  # noqa: F401 - fixtures by name
 from tests.test_store import BASE, _records
 from tollway.core.config import Budget, Limit
+from tollway.core.ledger.record import FIELDS
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
 from tollway.gateway.store import Conflict, RequestFilter, StoreError
 from tollway.gateway.store import postgres as pg_module
@@ -302,12 +303,28 @@ async def test_a_dropped_listener_raises_nothing_later_and_listen_makes_a_new_on
 
 # -- migration and failures -------------------------------------------------------------
 
+def _write_version_1_rows(module: object, old: pytest.MonkeyPatch) -> None:
+    """Make the store write records as the version 1 gateway did: without the columns later
+    migrations added (guardrails, migration 3)."""
+    v1 = FIELDS[:FIELDS.index("guardrails")]
+    if module is pg_module:  # a batch is JSON taken apart by the server: name only v1's columns
+        old.setattr(module, "_INSERT", module._INSERT.replace(", guardrails)", ")").replace(", r.guardrails FROM", " FROM")
+                    .replace(", guardrails jsonb)", ")"))
+        return
+    width, sql = len(FIELDS), f"INSERT INTO usage_records ({', '.join(v1)}) VALUES ({', '.join('?' * len(v1))})"
+
+    def insert(db: sqlite3.Connection, values: list[object]) -> None:
+        db.executemany(sql, [values[i:i + len(v1)] for i in range(0, len(values), width)])
+    old.setattr(module, "_insert", insert)
+
+
 async def test_a_version_1_database_migrates_to_the_key_tables_with_its_ledger_intact(
         target: str, monkeypatch: pytest.MonkeyPatch):
     module = pg_module if target.startswith("postgresql://") else sqlite_module
     with monkeypatch.context() as old:  # the gateway before keys: migration 1 only
         old.setattr(module, "MIGRATIONS", module.MIGRATIONS[:1])
         old.setattr(module, "VERSION", 1)
+        _write_version_1_rows(module, old)
         before = _make(target)
         await before.open()
         records = _records(50, BASE, 3600)

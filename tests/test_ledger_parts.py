@@ -28,7 +28,7 @@ def test_the_record_has_the_contract_fields_in_order():
     assert FIELDS == ("ts", "request_id", "key", "key_id", "team", "model", "provider", "upstream_model", "api",
                       "status", "error", "stream", "input_tokens", "cached_input_tokens", "cache_write_tokens",
                       "output_tokens", "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "attempts",
-                      "cache_hit", "tags", "trace_id")
+                      "cache_hit", "tags", "trace_id", "guardrails")
 
 
 @pytest.mark.parametrize("header, tags", [

@@ -144,3 +144,37 @@ def _wait_until_workers_started(gw: GatewayProcess, shared_dir: Path, workers: i
             return
         assert time.monotonic() < deadline, "the workers never finished starting"
         time.sleep(0.05)
+
+
+def _available(gw: GatewayProcess, provider: str) -> list[float]:
+    family = _families(gw)["tollway_upstream_available"]
+    return [s.value for s in family.samples if s.labels["provider"] == provider and s.labels["endpoint"] == ""]
+
+
+def test_routing_gauges_combine_every_workers_view(tmp_path: Path):
+    """An upstream one worker ejected reads 0 in every scrape, whichever worker answers it (a
+    health bit is the minimum over the workers), with one series per upstream, not one per
+    worker; an exited worker's snapshot is not read."""
+    gw = GatewayProcess(f"""
+providers:
+  - {{name: dead, schema: openai, base_url: "http://127.0.0.1:9/v1", api_key: x}}
+  - {{name: local, schema: fake}}
+models: [{{name: demo, targets: [{{provider: dead}}]}}, {{name: ok, targets: [{{provider: local}}]}}]
+keys: [{{name: test-key, key_hash: "{key_hash(TEST_KEY)}"}}]
+routing: {{outlier_detection: {{consecutive_failures: 1, cool_down: 120, max_cool_down: 120}}, retry: {{attempts: 1}}}}
+""", workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        try:
+            client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "x"}])
+        except openai.APIError:
+            pass  # the dead upstream: one failure ejects it in the worker that tried it
+        client.close()
+        time.sleep(FLUSH_SECONDS * 2.5)  # the other worker's snapshot is at most FLUSH_SECONDS old
+        seen = [_available(gw, "dead") for _ in range(8)]  # new connections: both workers answer some
+        assert seen == [[0.0]] * 8
+        assert [_available(gw, "local") for _ in range(3)] == [[1.0]] * 3
+        snapshots = list(tmp_path.glob("gauges_routing_*.json"))
+        assert len(snapshots) == 2, snapshots
+    finally:
+        gw.stop()

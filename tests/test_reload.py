@@ -146,3 +146,57 @@ async def test_close_tasks_of_quick_reloads_are_all_held_until_done():
     await gw.tracer.exporter.close(0.1)
     await gw._close_providers(list(gw.runtime.providers.values()))
     await gw.upstream.aclose()
+
+
+async def test_a_change_between_reading_the_config_and_installing_the_watcher_is_applied(config_file):
+    """A worker reads its config before its loop runs; a file changed in between is reloaded
+    when the watcher is installed, not only at the next change."""
+    from tollway.gateway.lifecycle.reload import signature
+    read_at = signature(str(config_file))
+    time.sleep(0.01)  # a distinct mtime
+    config_file.write_text(CHANGED)
+    applied = []
+    watcher = ConfigWatcher(str(config_file), applied.append, interval=0, seen=read_at)
+    loop = asyncio.get_running_loop()
+    watcher.install(loop)
+    try:
+        assert len(applied) == 1 and applied[0].providers[1].base_url == "http://127.0.0.1:12/v1"
+    finally:
+        watcher.close(loop)
+
+
+async def test_a_sighup_before_the_watcher_is_installed_is_applied_then(config_file):
+    from tollway.gateway.lifecycle import reload
+    previous = signal.getsignal(signal.SIGHUP)
+    reload.catch_early_hangups()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # before: remembered, not fatal (SIGHUP's default ends the process)
+        await asyncio.sleep(0)
+        applied = []
+        watcher = ConfigWatcher(str(config_file), applied.append, interval=0)
+        loop = asyncio.get_running_loop()
+        watcher.install(loop)
+        watcher.close(loop)
+        assert len(applied) == 1 and watcher.reloads["ok"] == 1
+        watcher.install(loop)  # remembered once, not forever
+        watcher.close(loop)
+        assert len(applied) == 1
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        reload._early_hangup = False
+
+
+def test_a_forked_worker_running_the_inherited_main_handler_only_remembers_the_sighup():
+    """With fork, a worker inherits the main process's SIGHUP handler until it installs its
+    own: there it must not signal the main process's workers (nor ask about processes that
+    are not its children), only remember the SIGHUP."""
+    from tollway.gateway.lifecycle import reload
+    from tollway.gateway.lifecycle.drain import TollwayServer
+    server = TollwayServer.__new__(TollwayServer)
+    server._main_pid = os.getpid() + 1  # as in the forked child: another pid than the main's
+    server.wrks = [object()]  # would fail if touched: a worker must not signal workers
+    try:
+        server.signal_handler_reload()
+        assert reload._early_hangup is True
+    finally:
+        reload._early_hangup = False

@@ -135,7 +135,8 @@ async def test_every_field_reads_back(store: LedgerStore):
         provider="openai", upstream_model="gpt-4o-2024-08-06", api="chat", status=200, error=None, stream=True,
         input_tokens=1_000_000, cached_input_tokens=12, cache_write_tokens=3, output_tokens=456, reasoning_tokens=78,
         cost_usd=0.000123456789, latency_ms=1234.567, ttft_ms=89.012, attempts=2, cache_hit=True,
-        tags=("env:prod", "feature=search"), trace_id="0af7651916cd43dd8448eb211c80319c")
+        tags=("env:prod", "feature=search"), trace_id="0af7651916cd43dd8448eb211c80319c",
+        guardrails={"pii": {"credit_card": 2, "email": 1}, "internal-projects": {"regex": 1}})
     bare = UsageRecord(
         ts=BASE + 200.0, request_id="req-bare", key=None, key_id=None, team=None, model=None, provider=None,
         upstream_model=None, api="embeddings", status=502, error="upstream_error", stream=False)

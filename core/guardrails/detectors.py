@@ -4,9 +4,13 @@
 `mask(text, findings)` replaces each span with `<DETECTOR>` (`<CREDIT_CARD>`, `<EMAIL>`, ...).
 Nothing here keeps, logs or returns a matched value: a Finding is two offsets and a name.
 
-How it stays fast: one locator regex (a character-class prefix, so `re` skips ordinary text in
-C) finds positions where some shape could start; literal prefixes of the secret shapes are
-found with `str.find`; only there do the per-detector parsers and validators run.
+How it stays fast: a prefilter, `candidate_starts` (tollway.ext.piiscan: a compiled kernel
+that reads each character once, or its pure twin, a character-class-prefixed regex and
+`str.find`), reports the positions where some enabled shape could start (a digit followed by a
+card, IPv4, phone, SSN or IBAN shape; `@` before a letter or digit; an IPv6 colon; `+`, `(`;
+a secret's literal prefix); only there do the per-detector parsers and validators run. It
+never decides what is found: tests hold it to losing nothing that the parsers would find when
+run at every position.
 
 Rules (each detector's candidate at a position depends only on a bounded window around it,
 which is what lets `stream.StreamScanner` hold back a bounded tail):
@@ -60,6 +64,9 @@ import json
 import re
 from collections.abc import Callable, Collection, Iterable
 from typing import NamedTuple
+
+from tollway.core.kernels import candidate_starts
+from tollway.ext import piiscan
 
 EMAIL = "email"
 PHONE = "phone"
@@ -129,19 +136,17 @@ def _word_left_ok(text: str, q: int, bad: frozenset[str] = _SECRET_LEFT_BAD) -> 
 
 # --- validators -----------------------------------------------------------------------------
 
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")  # d -> 2d, less 9 if over 9
+
+
 def luhn_ok(digits: str) -> bool:
-    """The Luhn checksum of a string of ASCII digits."""
-    total = 0
-    double = False
-    for ch in reversed(digits):
-        d = ord(ch) - 48
-        if double:
-            d += d
-            if d > 9:
-                d -= 9
-        total += d
-        double = not double
-    return total % 10 == 0
+    """The Luhn checksum of a string of ASCII digits.
+
+    From the right, every second digit is doubled (the table); the byte sums count each digit
+    plus 48 (its ASCII code), taken off at the end: C loops instead of one per digit."""
+    plain = digits[-1::-2].encode()
+    doubled = digits[-2::-2].translate(_LUHN_DOUBLED).encode()
+    return (sum(plain) + sum(doubled) - 48 * len(digits)) % 10 == 0
 
 
 _IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
@@ -391,31 +396,18 @@ def _jwt(text: str, q: int) -> int:
     return m.end() if isinstance(header, dict) and "alg" in header else -1
 
 
-# --- the locator ----------------------------------------------------------------------------
+# --- the prefilter ---------------------------------------------------------------------------
 
-# One character class first (so `re` scans ordinary text in C), then branches that re-check the
-# character they started on with a lookbehind (digit shapes share one). A hit is only a place
-# worth parsing: every parser there decides for itself.
-_DIGIT_BRANCHES: dict[str, str] = {
-    CREDIT_CARD: r"[0-9]{3}[ \-]?[0-9]{3}",
-    IP_ADDRESS: r"[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",
-    PHONE: r"[0-9][0-9][\-.][0-9]{3}[\-.][0-9]{4}",
-    US_SSN: r"[0-9][0-9][\- ][0-9][0-9][\- ][0-9]{4}",
-    IBAN: r"(?<=[A-Z][A-Z][0-9])[0-9] ?[A-Z0-9]{4}",  # located at its first check digit
+# `candidate_starts` (a compiled kernel, or its pure twin: tollway.ext.piiscan) reports every
+# position where an enabled shape could start; only there do the parsers run. Its shapes are
+# the detectors' own, bit for bit.
+_SHAPE: dict[str, int] = {
+    EMAIL: piiscan.EMAIL, PHONE: piiscan.PHONE, CREDIT_CARD: piiscan.CARD, IBAN: piiscan.IBAN,
+    US_SSN: piiscan.SSN, IP_ADDRESS: piiscan.IP, SECRET: piiscan.SECRET,
 }
-_OTHER_BRANCHES: dict[str, tuple[str, ...]] = {
-    EMAIL: (r"(?<=@)[A-Za-z0-9]",),
-    IP_ADDRESS: (r"(?<=[0-9A-Fa-f:]:)[0-9A-Fa-f:]",),
-    PHONE: (r"(?<=\+)[1-9]", r"(?<=\()[2-9][0-9][0-9]\)"),
-}
-_FIRST = {EMAIL: "@", IP_ADDRESS: ":0-9", PHONE: "+(0-9", CREDIT_CARD: "0-9", US_SSN: "0-9", IBAN: "0-9"}
-
-# Secrets start with literals: `str.find` (gated on a rarer character where one helps).
-_SECRET_LITERALS: tuple[tuple[str, str, Callable[[str, int], int]], ...] = (
-    ("sk-", "sk-", _sk), ("IA", "AKIA", _aws), ("IA", "ASIA", _aws), ("_", "ghp_", _gh), ("_", "gho_", _gh),
-    ("_", "ghu_", _gh), ("_", "ghs_", _gh), ("_", "ghr_", _gh), ("_", "github_pat_", _gh),
-    ("-----", "-----BEGIN ", _pem), ("eyJ", "eyJ", _jwt),
-)
+# A secret literal's first character -> its parser (the literals start with no other shape's
+# character: digits, `@`, `:`, `+`, `(`).
+_SECRET_PARSERS: dict[str, Callable[[str, int], int]] = {"s": _sk, "A": _aws, "g": _gh, "-": _pem, "e": _jwt}
 
 _DIGIT_PARSERS: dict[str, Callable[[str, int], int]] = {
     CREDIT_CARD: _card, US_SSN: _ssn, PHONE: _phone, IP_ADDRESS: _ipv4,
@@ -423,12 +415,12 @@ _DIGIT_PARSERS: dict[str, Callable[[str, int], int]] = {
 
 
 class _Plan(NamedTuple):
-    locator: re.Pattern[str] | None
+    shapes: int
     digit: tuple[tuple[str, Callable[[str, int], int]], ...]
     email: bool
-    ipv6: bool
     phone: bool
     iban: bool
+    ip: bool
     secret: bool
 
 
@@ -442,14 +434,12 @@ def _plan(detectors: Collection[str]) -> _Plan:
         unknown = key - set(ALL)
         if unknown:
             raise ValueError("unknown detector(s): %s" % ", ".join(sorted(unknown)))
-        digit_branches = [_DIGIT_BRANCHES[d] for d in ALL if d in key and d in _DIGIT_BRANCHES]
-        branches = [b for d in ALL if d in key for b in _OTHER_BRANCHES.get(d, ())]
-        if digit_branches:
-            branches.insert(0, "(?<=[0-9])(?:%s)" % "|".join(digit_branches))
-        first = "".join(sorted({c for d in key if d in _FIRST for c in re.findall(r".-.|.", _FIRST[d])}))
-        locator = re.compile("[%s](?:%s)" % (first, "|".join(branches))) if branches else None
+        shapes = 0
+        for d in key:
+            shapes |= _SHAPE[d]
         digit = tuple((d, p) for d, p in _DIGIT_PARSERS.items() if d in key)
-        plan = _Plan(locator, digit, EMAIL in key, IP_ADDRESS in key, PHONE in key, IBAN in key, SECRET in key)
+        plan = _Plan(shapes, digit, EMAIL in key, PHONE in key, IBAN in key, IP_ADDRESS in key,
+                     SECRET in key)
         _PLANS[key] = plan
     return plan
 
@@ -461,65 +451,61 @@ def candidates(text: str, detectors: Collection[str] = ALL, start: int = 0) -> l
     is returned.
     """
     plan = _plan(detectors)
+    return _parsed_at(text, plan, start, candidate_starts(text, start, plan.shapes))
+
+
+def _parsed_at(text: str, plan: _Plan, start: int, starts: Iterable[int]) -> list[Finding]:
+    """The parsers' findings at `starts` (increasing positions >= start). The prefilter's
+    positions in `candidates`; every position in the test that holds it to losing nothing."""
     out: list[Finding] = []
+    secrets: list[Finding] = []
     add = out.append
     n = len(text)
-    if plan.locator is not None:
-        search = plan.locator.search
-        pos = start
-        while True:
-            m = search(text, pos)
-            if m is None:
-                break
-            q = m.start()
-            c = text[q]
-            nxt = q + 1
-            if "0" <= c <= "9":
-                for name, parse in plan.digit:
-                    e = parse(text, q)
-                    if e > 0:
-                        add(Finding(q, e, name))
-                        if name == CREDIT_CARD:
-                            # Nothing starting inside a card can win over it (earlier start wins,
-                            # and an earlier email would contain it whole): skip its groups.
-                            nxt = e
-                if plan.iban and q >= start + 2 and "A" <= text[q - 1] <= "Z" and "A" <= text[q - 2] <= "Z":
-                    e = _iban(text, q - 2)
-                    if e > 0:
-                        add(Finding(q - 2, e, IBAN))
-                while nxt < n and "0" <= text[nxt] <= "9":
-                    nxt += 1
-            elif c == "@":
-                if plan.email:
-                    span = _email(text, q)
-                    if span is not None and span[0] >= start:
-                        add(Finding(span[0], span[1], EMAIL))
-            elif c == ":":
-                st = _ipv6_start(text, q)
-                if st >= start:
-                    e = _ipv6(text, st)
-                    if e > 0:
-                        add(Finding(st, e, IP_ADDRESS))  # (each colon of it finds it again: resolve drops repeats)
-            elif plan.phone:  # "+" or "("
-                e = _phone(text, q)
+    nxt = start
+    for q in starts:
+        c = text[q]
+        secret = _SECRET_PARSERS.get(c) if plan.secret else None
+        if secret is not None:
+            e = secret(text, q)
+            if e > 0:
+                secrets.append(Finding(q, e, SECRET))
+            continue
+        if q < nxt:
+            continue
+        nxt = q + 1
+        if "0" <= c <= "9":
+            for name, parse in plan.digit:
+                e = parse(text, q)
                 if e > 0:
-                    add(Finding(q, e, PHONE))
-            pos = nxt
-    if plan.secret:
-        present: dict[str, int] = {}
-        for gate, literal, parse in _SECRET_LITERALS:
-            at = present.get(gate)
-            if at is None:
-                at = present[gate] = text.find(gate, start)
-            if at < 0:
+                    add(Finding(q, e, name))
+                    if name == CREDIT_CARD:
+                        # Nothing starting inside a card can win over it (earlier start wins,
+                        # and an earlier email would contain it whole): skip its groups.
+                        nxt = e
+            if plan.iban and q >= start + 2 and "A" <= text[q - 1] <= "Z" and "A" <= text[q - 2] <= "Z":
+                e = _iban(text, q - 2)
+                if e > 0:
+                    add(Finding(q - 2, e, IBAN))
+            while nxt < n and "0" <= text[nxt] <= "9":
+                nxt += 1
+        elif c == "@":
+            if plan.email:
+                span = _email(text, q)
+                if span is not None and span[0] >= start:
+                    add(Finding(span[0], span[1], EMAIL))
+        elif c == ":":
+            if not plan.ip:
                 continue
-            i = at if gate == literal else text.find(literal, start)
-            while i >= 0:
-                e = parse(text, i)
+            st = _ipv6_start(text, q)
+            if st >= start:
+                e = _ipv6(text, st)
                 if e > 0:
-                    add(Finding(i, e, SECRET))
-                i = text.find(literal, i + 1)
-    return out
+                    add(Finding(st, e, IP_ADDRESS))  # (each colon of it finds it again: resolve drops repeats)
+        elif plan.phone:  # "+" or "("
+            e = _phone(text, q)
+            if e > 0:
+                add(Finding(q, e, PHONE))
+    return out + secrets if secrets else out
 
 
 def resolve(found: Iterable[Finding]) -> list[Finding]:

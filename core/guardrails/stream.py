@@ -19,7 +19,11 @@ window after it (detectors.py), so the held tail never exceeds HOLD[detector]:
 - secret: 4100 (a JWT of up to 4097 characters; a PEM block is capped at PEM_MAX = 4096,
   and a key without its END line is masked as far as its whole base64 lines reach in 4096).
 
-In prose the held tail is a few characters (the last word or number). A finding is only
+In prose the held tail is a few characters (the last word or number): `email` holds the last
+word while it could still be a local part (64 characters), `secret` only a word that starts
+like a secret (a prefix of `sk-`, `gh?_`, `github_pat_`, `eyJ`, an uppercase run for AWS).
+So with `email` on, an answer's first word reaches the client with the next chunk that ends
+it (a space, punctuation); without it, as soon as it arrives. A finding is only
 reported once it is final, so `block` never stops a stream on a prefix that more text would
 have turned into a non-finding (a card number that grows into a 20-digit id).
 """
@@ -51,6 +55,23 @@ HOLD: dict[str, int] = {
 }
 
 _NUMERIC_TAIL = r"[+(]?[0-9][0-9 ().,/:\-]{0,60}\Z|[+(]\Z"
+
+
+def _growing(literal: str, body: str) -> str:
+    """Every non-empty prefix of `literal`, and `literal` followed by `body` (a regex)."""
+    out = body
+    for ch in reversed(literal[1:]):
+        out = "(?:%s%s)?" % (re.escape(ch), out)
+    return re.escape(literal[0]) + out
+
+
+# A word can still become a secret only if it starts like one (the shapes in detectors.py, each
+# body up to its longest): holding every word up to 4100 characters would hold a long word that
+# can never be one (a hash, a path, tokens without spaces) until its end.
+_SECRET_WORD = r"(?<![A-Za-z0-9_.%%+\-])(?:%s)\Z" % "|".join(
+    [_growing("sk-", r"[A-Za-z0-9_\-]{0,250}"), _growing("eyJ", r"[A-Za-z0-9_.\-]{0,4097}"),
+     _growing("github_pat_", r"[A-Za-z0-9_]{0,244}")]
+    + [_growing("gh%s_" % kind, r"[A-Za-z0-9]{0,251}") for kind in "pousr"])
 _TAILS: dict[str, tuple[str, ...]] = {
     PHONE: (_NUMERIC_TAIL,),
     CREDIT_CARD: (_NUMERIC_TAIL,),
@@ -59,7 +80,7 @@ _TAILS: dict[str, tuple[str, ...]] = {
     IBAN: (r"[A-Z][A-Z0-9 ]{0,45}\Z",),
     EMAIL: (r"(?<![A-Za-z0-9_.%+\-])[A-Za-z0-9_.%+\-]{1,64}(?:@[A-Za-z0-9.\-]{0,420})?\Z",),
     SECRET: (
-        r"(?<![A-Za-z0-9_.%+\-])[A-Za-z0-9_.\-]{1,4100}\Z",
+        _SECRET_WORD,
         r"[A-Z][A-Z0-9]{0,20}\Z",  # AWS key ids
         r"-{1,5}(?:B(?:E(?:G(?:I(?:N)?)?)?)?)?\Z",
     ),

@@ -13,8 +13,9 @@ MAX_MODEL_CHARS = 256  # a client names `model`; a row must not carry an essay
 
 
 class UsageRecord(msgspec.Struct, frozen=True, gc=False):
-    """(Built positionally on the request path: keyword construction of 24 fields costs ~0.7 us,
-    positional ~0.1 us. It holds no containers but `tags`, a tuple of str: no GC tracking.)"""
+    """(Built positionally on the request path: keyword construction of 25 fields costs ~0.7 us,
+    positional ~0.1 us. Its containers, `tags` (a tuple of str) and `guardrails` (dicts of str
+    and int), can hold no reference cycle: no GC tracking.)"""
 
     ts: float  # when the request arrived, UNIX seconds (RFC 3339 in JSON answers)
     request_id: str  # the response's x-request-id
@@ -40,10 +41,14 @@ class UsageRecord(msgspec.Struct, frozen=True, gc=False):
     cache_hit: bool = False
     tags: tuple[str, ...] = ()
     trace_id: str | None = None
+    # Guardrail findings: {guardrail name: {detector: count}}, None when nothing was found.
+    # Names and counts only, never a matched value (issue 15).
+    guardrails: dict[str, dict[str, int]] | None = None
 
 
 FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
 TAGS_AT = FIELDS.index("tags")
+GUARDRAILS_AT = FIELDS.index("guardrails")
 TS_AT = FIELDS.index("ts")
 
 

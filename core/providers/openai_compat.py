@@ -138,9 +138,11 @@ class ResponsesStreamRelay:
         self._framer = SSEFramer()
         self.usage: Usage | None = None
         self._text: list[str] = []
+        self._events = 0  # relayed so far: the next sequence number, as upstreams number from 0
 
     def feed(self, chunk: bytes) -> bytes:
         events = self._framer.feed(chunk)
+        self._events += len(events)
         for ev in events:
             if ev.event == b"response.completed" or b'"response.completed"' in ev.data[:64]:
                 self._take_usage(ev.data)
@@ -151,6 +153,14 @@ class ResponsesStreamRelay:
 
     def streamed_text(self) -> str:
         return "".join(self._text)
+
+    def error_event(self, err: GatewayError) -> bytes:
+        """The Responses API's own stream error event (`type: error`; the SDK yields it as a
+        ResponseErrorEvent), not chat's `data: {"error": ...}`. Its sequence number follows the
+        upstream's last (an output guardrail that inserted events may have used it already)."""
+        event = {"type": "error", "code": err.code, "message": err.message, "param": err.param,
+                 "sequence_number": self._events}
+        return b"event: error\ndata: " + _json_encode(event) + b"\n\n"
 
     def _take_usage(self, data: bytes) -> None:
         try:

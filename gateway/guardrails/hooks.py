@@ -4,7 +4,11 @@
     output  → Pipeline.on_answer        (a non-stream answer; block: 502)
               Pipeline.on_chunk         (a stream: a scanner per guardrail, choice/content block
                                          and tool call over the text and tool-call argument
-                                         deltas; block: an SSE error event)
+                                         deltas; block: an SSE error event; the Responses API's
+                                         events in tollway.gateway.guardrails.responses_stream)
+    json_schema → the answer's text checked against the request's response_format schema
+              (tollway.gateway.guardrails.schema): non-stream at on_answer, a stream at the end
+              of each choice or output item; block: 502 or the SSE error event
 
 A seam gets a hook only if some guardrail needs it: with no guardrails the pipeline's tuples
 stay empty and the request path pays nothing. Every finding is counted in
@@ -14,7 +18,7 @@ line (`"guardrails": {"pii": {"credit_card": 1}}`): detector names and counts, n
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +27,12 @@ import msgspec
 from tollway.core import errors
 from tollway.core.config import Guardrail
 from tollway.core.guardrails.detectors import ALL, Finding, find, mask, resolve
+from tollway.core.guardrails.json_schema import DETECTOR as SCHEMA
+from tollway.core.guardrails.json_schema import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
 from tollway.gateway import sse_deltas
+from tollway.gateway.guardrails import responses_stream
+from tollway.gateway.guardrails.schema import AnswerSchema, chat_answers, responses_answers, schema_of
 from tollway.gateway.guardrails.text import Slot, input_slots, output_slots
 from tollway.gateway.pipeline import Pipeline
 
@@ -47,7 +55,8 @@ class Rule:
         self.name, self.action, self.type = spec.name, spec.action, spec.type
         self.detectors = tuple(spec.detectors) if spec.detectors is not None else ALL
         self.patterns = [re.compile(p) for p in spec.deny]
-        self.input, self.output = "input" in spec.apply_to, "output" in spec.apply_to
+        self.input, self.output = "input" in spec.applies_to, "output" in spec.applies_to
+        self.schema = spec.type == "json_schema"  # checks the answer against the request's schema; scans nothing
         scope = spec.scope
         self.keys = frozenset(scope.keys) if scope else frozenset()
         self.teams = frozenset(scope.teams) if scope else frozenset()
@@ -111,11 +120,19 @@ class _RegexScanner:
 class GuardrailState:
     """One request's guardrails: those on its output, its stream scanners, what was found."""
 
-    output: tuple[Rule, ...]
+    output: tuple[Rule, ...]  # the scanning ones (pii, regex)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     scanners: dict[tuple[int, int, int], StreamScanner | _RegexScanner] = field(default_factory=dict)  # (rule, index, tool)
     kinds: dict[tuple[int, int], str] = field(default_factory=dict)  # (index, tool): TEXT or ARGUMENTS
     last: dict[str, Any] = field(default_factory=dict)  # the last OpenAI chunk's id/model/created
+    checks: tuple[Rule, ...] = ()  # json_schema guardrails, when the request has a schema
+    schema: AnswerSchema | None = None  # ... and that schema
+    responses: responses_stream.ResponsesState | None = None  # a streamed Responses API answer
+
+    @property
+    def active(self) -> bool:
+        """Something to do on the output."""
+        return bool(self.output) or self.schema is not None
 
 
 class GuardrailSet:
@@ -124,6 +141,9 @@ class GuardrailSet:
     def __init__(self, specs: Sequence[Guardrail], decisions: Counter | None = None) -> None:
         self.rules = tuple(Rule(s) for s in specs)
         self.decisions = decisions
+        # (guardrail, detector, action) -> the labelled counter's inc: prometheus-client's labels() takes
+        # a lock and rebuilds its key on every call, a few µs per finding on the request path.
+        self._incs: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -131,7 +151,7 @@ class GuardrailSet:
     def pipeline(self) -> Pipeline:
         if not self.rules:
             return Pipeline()
-        output = any(r.output for r in self.rules)
+        output = any(r.output for r in self.rules)  # (json_schema guardrails are output guardrails)
         return Pipeline(before_upstream=(self.before_upstream,),
                         on_chunk=(self.on_chunk,) if output else (),
                         on_answer=(self.on_answer,) if output else ())
@@ -141,10 +161,14 @@ class GuardrailSet:
         for detector, n in counts.items():
             mine[detector] = mine.get(detector, 0) + n
             if self.decisions is not None:
-                self.decisions.labels(rule.name, detector, rule.action).inc(n)
+                labels = (rule.name, detector, rule.action)
+                inc = self._incs.get(labels)
+                if inc is None:
+                    inc = self._incs[labels] = self.decisions.labels(*labels).inc
+                inc(n)
 
-    def _apply(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
-        """Run one rule over the slots; True if a value was replaced. Raises on block."""
+    def apply_rule(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
+        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block."""
         changed = False
         for holder, key in slots:
             text = holder[key]
@@ -169,35 +193,63 @@ class GuardrailSet:
         active = tuple(r for r in self.rules if r.applies(ex.key_name, ex.team, ex.route, ex.model))
         if not active:
             return
-        state = GuardrailState(tuple(r for r in active if r.output))
+        state = GuardrailState(tuple(r for r in active if r.output and not r.schema))
         ex.guardrails = state
         if ex.api == "responses" and req.head.stream:
-            for rule in state.output:
-                if rule.action != "log":  # its stream events are not scanned yet: never let a value through
-                    raise errors.bad_request(f"Guardrail '{rule.name}' cannot check a streamed Responses API answer "
-                                             "yet; send stream: false, or use /v1/chat/completions.", "stream",
-                                             "unsupported_value")
+            state.responses = responses_stream.ResponsesState()
         inputs = [r for r in active if r.input]
-        if not inputs:
+        # A body that never says json_schema (nor escapes a character) has no schema: it is not
+        # decoded for the check's sake.
+        says = b"json_schema" in req.body or b"\\u" in req.body
+        checks = tuple(r for r in active if r.schema) if says else ()
+        if not inputs and not checks:
             return
         try:
             body = _decode(req.body)
         except msgspec.DecodeError:
+            return
+        if checks:
+            self._schema(state, checks, ex.api, body)
+        if not inputs:
             return
         slots = input_slots(ex.api, body)
         if not slots:
             return
         changed = False
         for rule in inputs:
-            changed |= self._apply(state, rule, slots, 400)
+            changed |= self.apply_rule(state, rule, slots, 400)
         if changed:
             req.body = _encode(body)
+
+    @staticmethod
+    def _schema(state: GuardrailState, checks: tuple[Rule, ...], api: str, body: Any) -> None:
+        """The request's schema compiled once, for its json_schema guardrails (none: they skip it)."""
+        found = schema_of(api, body)
+        if found is None:
+            return
+        schema, param = found
+        try:
+            state.schema = AnswerSchema.of(schema)
+        except SchemaRefused as exc:
+            raise errors.schema_refused(checks[0].name, param, str(exc)) from None
+        state.checks = checks
+
+    def check_answer(self, state: GuardrailState, text: str) -> None:
+        """Check one whole answer against the request's schema: counted; raises for block."""
+        schema = state.schema
+        what = schema.check(text) if schema is not None else None
+        if what is None:
+            return
+        for rule in state.checks:
+            self._count(state, rule, {SCHEMA: 1})
+            if rule.action == "block":
+                raise errors.schema_violation(rule.name, what)
 
     # -- output: a non-stream answer ------------------------------------------------------
 
     async def on_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
         state: GuardrailState | None = ex.guardrails
-        if state is None or not state.output or status >= 300:
+        if state is None or not state.active or status >= 300:
             return out
         try:
             body = _decode(out)
@@ -206,30 +258,45 @@ class GuardrailSet:
         slots = output_slots(body)
         changed = False
         for rule in state.output:
-            changed |= self._apply(state, rule, slots, 502)
+            changed |= self.apply_rule(state, rule, slots, 502)
+        if state.schema is not None:
+            for text in (responses_answers(body) if ex.api == "responses" else chat_answers(body)):
+                self.check_answer(state, text)
         return _encode(body) if changed else out
 
     # -- output: a stream -----------------------------------------------------------------
 
     def on_chunk(self, ex: Exchange, out: bytes) -> bytes:
         state: GuardrailState | None = ex.guardrails
-        if state is None or not state.output:
+        if state is None or not state.active:
             return out
         found = sse_deltas.events(out)
+        if state.responses is not None:
+            responses_stream.rewrite(self, state, state.responses, found)
+            return sse_deltas.joined(found) if any(ev.changed or ev.before for ev in found) else out
+        schema = state.schema
         for ev in found:
             obj = ev.obj
             if obj is None:
-                if state.scanners and b"[DONE]" in ev.raw:  # a stream that never said finish_reason
-                    ev.before = self._openai_tail(state)
+                if b"[DONE]" in ev.raw:  # a stream that never said finish_reason
+                    if state.scanners:
+                        ev.before = self._openai_tail(state)
+                    if schema is not None:
+                        for index in sorted(schema.texts):
+                            self._ended(state, index, None)
                 continue
             for holder, name, kind, index, tool in sse_deltas.deltas(obj):
                 text = holder.get(name)
+                if schema is not None and name == "content":
+                    schema.saw(index, holder)
                 if not isinstance(text, str) or not text:
                     continue
                 state.kinds[index, tool] = kind
-                new = self._feed(state, (index, tool), text)
+                new = self.feed_text(state, (index, tool), text)
                 if new != text:
                     holder[name], ev.changed = new, True
+                if schema is not None and name == "content":
+                    schema.add(index, new)
             if not isinstance(obj, dict):
                 continue
             choices = obj.get("choices")
@@ -242,19 +309,21 @@ class GuardrailSet:
                         continue
                     text = choice.get("text")
                     if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
-                        new = self._feed(state, (at, -1), text) if text else text
+                        new = self.feed_text(state, (at, -1), text) if text else text
                         if choice.get("finish_reason"):
-                            new += self._finish(state, (at, -1))
+                            new += self.finish_text(state, (at, -1))
                         if new != text:
                             choice["text"], ev.changed = new, True
                     elif choice.get("finish_reason"):
                         delta = choice.setdefault("delta", {})
                         if isinstance(delta, dict) and self._flush_choice(state, at, delta):
                             ev.changed = True
+                        if schema is not None:
+                            self._ended(state, at, choice["finish_reason"])
             elif obj.get("type") == "content_block_stop" and isinstance(obj.get("index", 0), int):
                 block: int = obj.get("index", 0)
                 kind = state.kinds.get((block, -1), sse_deltas.TEXT)
-                tail = self._finish(state, (block, -1))
+                tail = self.finish_text(state, (block, -1))
                 if tail:
                     piece = {"type": "text_delta", "text": tail} if kind == sse_deltas.TEXT else \
                         {"type": "input_json_delta", "partial_json": tail}
@@ -264,7 +333,9 @@ class GuardrailSet:
             return sse_deltas.joined(found)
         return out
 
-    def _feed(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
+    def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
+        """One streamed delta of the text `key` names, through every scanning guardrail in
+        order: what to send now (masked; held back as needed). Raises for block."""
         for i, rule in enumerate(state.output):
             scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
@@ -272,7 +343,8 @@ class GuardrailSet:
             text = self._emitted(state, rule, scanner.feed(text))
         return text
 
-    def _finish(self, state: GuardrailState, key: tuple[int, int]) -> str:
+    def finish_text(self, state: GuardrailState, key: tuple[int, int]) -> str:
+        """The text `key` names ended: its held tails, through the later guardrails. Raises for block."""
         text = ""
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
@@ -287,17 +359,25 @@ class GuardrailSet:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
         changed = False
         for key in sorted({(i, t) for _, i, t in state.scanners if i == index}):
-            tail = self._finish(state, key)
+            tail = self.finish_text(state, key)
             if not tail:
                 continue
             changed = True
             if key[1] < 0:
                 delta["content"] = (delta.get("content") or "") + tail
+                if state.schema is not None:
+                    state.schema.add(index, tail)
             else:
                 calls = delta.get("tool_calls")
                 calls = delta["tool_calls"] = calls if isinstance(calls, list) else []
                 calls.append({"index": key[1], "function": {"arguments": tail}})
         return changed
+
+    def _ended(self, state: GuardrailState, index: int, finish: object) -> None:
+        schema = state.schema
+        text = schema.ended(index, finish) if schema is not None else None
+        if text is not None:
+            self.check_answer(state, text)
 
     def _emitted(self, state: GuardrailState, rule: Rule, emit: Emit) -> str:
         if emit.counts:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from granian import Granian
 
+from tollway.gateway.lifecycle.reload import hangup_before_start
+
 if TYPE_CHECKING:
     from tollway.gateway.app import Gateway
 
@@ -45,9 +47,13 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
         kwargs.setdefault("workers_kill_timeout", int(drain_timeout + _KILL_MARGIN))
         super().__init__(*args, **kwargs)
         self.drain_delay = drain_delay
+        self._main_pid = os.getpid()
 
     def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
         """SIGHUP: each worker reloads its config in place, instead of being respawned."""
+        if os.getpid() != self._main_pid:  # a forked worker that has not replaced this handler yet
+            hangup_before_start()
+            return
         self._signal_workers(signal.SIGHUP)
 
     def shutdown(self, exit_code: int = 0) -> None:

@@ -11,6 +11,12 @@ never drops a request or a stream.
 The file is checked by polling its stat (mtime, size, inode) every `reload_check_interval`
 seconds: that also catches Kubernetes ConfigMap updates, which swap a symlink rather than
 write the file, and needs no inotify.
+
+A worker reads its config before its loop runs, and handles SIGHUP only once the watcher is
+installed on that loop. So nothing sent or written in between is lost: a SIGHUP that arrives
+earlier is remembered (`hangup_before_start`, installed first thing in the worker, and by
+the main process's handler when a forked worker inherited it), and the watcher compares the
+file with its signature from when the config was read; either one reloads at install.
 """
 from __future__ import annotations
 
@@ -30,22 +36,47 @@ if TYPE_CHECKING:
     from tollway.gateway.app import Gateway
 
 log = logging.getLogger("tollway")
+Signature = tuple[int, int, int]  # a file's (mtime_ns, size, inode)
+_early_hangup = False  # a SIGHUP this process got before its watcher was installed
+
+
+def hangup_before_start(*_: object) -> None:
+    """The SIGHUP handler of a worker that has no watcher yet: remember it for `install`."""
+    global _early_hangup
+    _early_hangup = True
+
+
+def catch_early_hangups() -> None:
+    """In a new worker, before anything slow: SIGHUP is remembered, not fatal (its default
+    action ends the process) and not the main process's handler (a forked worker inherits it)."""
+    try:
+        signal.signal(signal.SIGHUP, hangup_before_start)
+    except ValueError:  # not the main thread (an embedding server): its SIGHUP is its own
+        pass
 
 
 class ConfigWatcher:
     """Reloads `path` into `apply` on SIGHUP and when the file changes."""
 
-    def __init__(self, path: str, apply: Callable[[Config], None], interval: float) -> None:
+    def __init__(self, path: str, apply: Callable[[Config], None], interval: float,
+                 seen: Signature | None = None) -> None:
+        """`seen`: the file's signature when the config being served was read (default: now)."""
         self.path, self.apply, self.interval = path, apply, interval
         self.reloads = {"ok": 0, "rejected": 0}  # exported by tollway.gateway.telemetry.routing_metrics
-        self._seen = _signature(path)
+        self._seen = seen if seen is not None else signature(path)
         self._task: asyncio.Task[None] | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Handle SIGHUP on `loop` and, if an interval is set, poll the file there."""
+        global _early_hangup
         loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
         if self.interval > 0:
             self._task = loop.create_task(self._poll())
+        if _early_hangup:
+            _early_hangup = False
+            self.reload("SIGHUP before start")
+        elif signature(self.path) != self._seen:
+            self.reload("file changed before start")
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signal.SIGHUP)
@@ -54,7 +85,7 @@ class ConfigWatcher:
 
     def reload(self, reason: str) -> bool:
         """Load, validate and apply the file now. Returns whether the new config was applied."""
-        self._seen = _signature(self.path)
+        self._seen = signature(self.path)
         try:
             new = config_mod.load(self.path)
         except config_mod.ConfigError as exc:
@@ -79,11 +110,11 @@ class ConfigWatcher:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            if _signature(self.path) != self._seen:
+            if signature(self.path) != self._seen:
                 self.reload("file changed")
 
 
-def _signature(path: str) -> tuple[int, int, int] | None:
+def signature(path: str) -> Signature | None:
     """What changes when the file does; None while it is missing (mid-replace)."""
     try:
         st = os.stat(path)
@@ -97,4 +128,4 @@ def watcher_for(gateway: Gateway) -> ConfigWatcher | None:
     if not gateway.config_path:
         return None
     interval = gateway.runtime.config.server.reload_check_interval
-    return ConfigWatcher(gateway.config_path, gateway.reload, interval)
+    return ConfigWatcher(gateway.config_path, gateway.reload, interval, gateway.config_signature)

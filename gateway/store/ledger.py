@@ -24,6 +24,7 @@ from tollway.core.config import Ledger as LedgerConfig
 from tollway.core.ledger.periods import DAY
 from tollway.core.ledger.record import UsageRecord
 from tollway.gateway.store import LedgerStore, SchemaTooNew, StoreError
+from tollway.gateway.telemetry.worker_gauges import Combine
 
 log = logging.getLogger("tollway")
 _RETRY_MIN, _RETRY_MAX = 0.25, 5.0  # seconds between attempts while the database fails
@@ -238,8 +239,12 @@ def _said_if_died(task: asyncio.Task[None]) -> None:
         log.error("ledger: the writer stopped: %r; usage records are no longer written", task.exception())
 
 
+LEDGER_RULES: dict[str, Combine] = {"tollway_ledger_queued": "sum", "tollway_ledger_lag_seconds": "max"}  # --workers N
+
+
 class LedgerGauges(Collector):
-    """tollway_ledger_queued and tollway_ledger_lag_seconds of this worker, read per scrape."""
+    """tollway_ledger_queued and tollway_ledger_lag_seconds of this worker, read per scrape
+    (with --workers N combined over the workers by LEDGER_RULES)."""
 
     def __init__(self, ledger: Callable[[], Ledger | None]) -> None:
         self.ledger = ledger

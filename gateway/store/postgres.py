@@ -108,6 +108,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE key_version (id integer PRIMARY KEY CHECK (id = 1), version bigint NOT NULL)",
         "INSERT INTO key_version (id, version) VALUES (1, 0)",
     ),
+    (  # 3: guardrail findings per request ({guardrail: {detector: count}}), NULL when none
+        "ALTER TABLE usage_records ADD COLUMN guardrails jsonb",
+    ),
 )
 VERSION = len(MIGRATIONS)
 
@@ -416,7 +419,7 @@ def _columns(rows: list[RollupRow]) -> list[list[object]]:
 # msgspec's C (~0.3 us a record) where COPY's binary encoding of 24 columns is ~2.5 us a record
 # on the gateway's loop (bench/README.md, "Usage ledger"). The names are the record's fields.
 _JSON_TYPES = {"ts": "float8", "status": "int2", "attempts": "int2", "stream": "boolean", "cache_hit": "boolean",
-               "cost_usd": "float8", "latency_ms": "float4", "ttft_ms": "float4", "tags": "jsonb",
+               "cost_usd": "float8", "latency_ms": "float4", "ttft_ms": "float4", "tags": "jsonb", "guardrails": "jsonb",
                **{f: "int4" for f in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                                       "reasoning_tokens")}}
 _JSON_VALUE = {"ts": "to_timestamp(r.ts)",
@@ -427,6 +430,7 @@ _INSERT = (f"INSERT INTO usage_records ({', '.join(FIELDS)}) SELECT "
            + " FROM jsonb_to_recordset($1::jsonb) AS r("
            + ", ".join(f"{f} {_JSON_TYPES.get(f, 'text')}" for f in FIELDS) + ")")
 _encode = msgspec.json.Encoder().encode
+_decode_guardrails = msgspec.json.Decoder(dict[str, dict[str, int]] | None).decode
 
 
 async def _write(conn: Conn, rows: str, hours: list[list[object]], days: list[list[object]]) -> None:
@@ -452,6 +456,8 @@ def _record(row: Row) -> UsageRecord:
     values = dict(zip(FIELDS, row, strict=True))
     values["ts"] = values["ts"].timestamp()
     values["tags"] = tuple(values["tags"] or ())
+    found = values["guardrails"]
+    values["guardrails"] = _decode_guardrails(found) if isinstance(found, str | bytes) else found
     for name in ("latency_ms", "ttft_ms"):  # float4: back to the recorder's thousandths
         if values[name] is not None:
             values[name] = round(values[name], 3)

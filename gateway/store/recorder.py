@@ -12,7 +12,7 @@ from tollway.gateway.store.ledger import Ledger
 def usage_record(ex: Exchange) -> UsageRecord:
     """What the ledger keeps of `ex`: counts, names and times; never a prompt or a secret.
     Positional, in the record's field order (see UsageRecord); on every request's path."""
-    u, model, upstream, first = ex.usage, ex.model, ex.upstream_model, ex.first_byte
+    u, model, upstream, first, guards = ex.usage, ex.model, ex.upstream_model, ex.first_byte, ex.guardrails
     if model is not None and len(model) > MAX_MODEL_CHARS:  # a client's string
         model = model[:MAX_MODEL_CHARS]
     if upstream is not None and len(upstream) > MAX_MODEL_CHARS:
@@ -24,6 +24,7 @@ def usage_record(ex: Exchange) -> UsageRecord:
         u.completion_tokens if u else 0, u.reasoning_tokens if u else 0, ex.cost_usd,
         (time.perf_counter() - ex.start) * 1000, (first - ex.start) * 1000 if ex.stream and first else None,
         ex.attempts, ex.cache is not None and ex.cache.hit, ex.tags, ex.trace.trace_id if ex.trace is not None else None,
+        guards.counts or None if guards is not None else None,
     )
 
 

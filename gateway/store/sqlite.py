@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
+import msgspec
 from msgspec.structs import astuple
 
 from tollway.core.ledger.periods import DAY, Table
-from tollway.core.ledger.record import FIELDS, TAGS_AT, UsageRecord
+from tollway.core.ledger.record import FIELDS, GUARDRAILS_AT, TAGS_AT, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
@@ -69,6 +70,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE key_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
         "INSERT INTO key_version (id, version) VALUES (1, 0)",
     ),
+    (  # 3: guardrail findings per request, JSON ({guardrail: {detector: count}}), NULL when none
+        "ALTER TABLE usage_records ADD COLUMN guardrails TEXT",
+    ),
 )
 VERSION = len(MIGRATIONS)
 
@@ -92,6 +96,10 @@ _RAW_DIM = {"key": "r.key", "team": "r.team", "model": "r.model", "provider": "r
 # Each record once per tag (a record without tags once, under tag null): tags never hold a
 # comma or a quote (tollway.core.ledger.tags), so the list is a JSON array by substitution.
 _TAGS = """json_each(CASE WHEN r.tags IS NULL THEN '[null]' ELSE '["' || REPLACE(r.tags, ',', '","') || '"]' END) AS tag"""
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_guardrails = msgspec.json.Decoder(dict[str, dict[str, int]]).decode
 
 
 class SqliteStore:
@@ -245,6 +253,8 @@ def _params(records: Sequence[UsageRecord]) -> list[object]:
     for r in records:
         values += astuple(r)
         values[TAGS_AT - len(FIELDS)] = ",".join(r.tags) if r.tags else None  # tags never hold a comma
+        if r.guardrails:
+            values[GUARDRAILS_AT - len(FIELDS)] = _encode(r.guardrails).decode()
     return values
 
 
@@ -299,9 +309,14 @@ def _requests(db: sqlite3.Connection, where: RequestFilter) -> list[UsageRecord]
     return [_record(row) for row in db.execute(sql, args)]
 
 
+def _guardrails(stored: object) -> dict[str, dict[str, int]] | None:
+    return _decode_guardrails(str(stored)) if stored else None
+
+
 def _record(row: tuple[object, ...]) -> UsageRecord:
     values = dict(zip(FIELDS, row, strict=True))
     tags = values["tags"]
     values["tags"] = tuple(str(tags).split(",")) if tags else ()
     values["stream"], values["cache_hit"] = bool(values["stream"]), bool(values["cache_hit"])
+    values["guardrails"] = _guardrails(values["guardrails"])
     return UsageRecord(**values)  # type: ignore[arg-type]

@@ -31,7 +31,8 @@ from tollway.core import errors
 from tollway.core.config import Config, Server
 from tollway.core.errors import error_label
 from tollway.core.security.keys import bearer_matches
-from tollway.gateway.telemetry.process_metrics import FLUSH_SECONDS, SharedCounts, register_process_metrics
+from tollway.gateway.telemetry.process_metrics import FLUSH_SECONDS, SharedCounts, register_process_metrics, worker_pids
+from tollway.gateway.telemetry.worker_gauges import Combine, WorkersGauges
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -116,6 +117,7 @@ class Metrics:
         self.limit_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.shared_counts: SharedCounts | None = SharedCounts(r, self.limit_counts, _LIMIT_DOC) if shared else None
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._worker_gauges: list[WorkersGauges] = []  # --workers N: scrape-time gauges of every worker
         if not shared:
             self.register(_LimitDecisions(self.limit_counts))
         register_process_metrics(r, shared, self.register)
@@ -196,10 +198,14 @@ class Metrics:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
         self.flush_shared()
+        for gauges in self._worker_gauges:  # an exiting worker's gauges are no one's
+            gauges.withdraw()
 
     def flush_shared(self) -> None:
         if self.shared_counts is not None:
             self.shared_counts.flush()
+        for gauges in self._worker_gauges:
+            gauges.publish()
 
     def exposition(self) -> bytes:
         """The Prometheus text of this worker, or of all workers in multiprocess mode.
@@ -207,8 +213,8 @@ class Metrics:
         With `--workers N`, `tollway serve` sets PROMETHEUS_MULTIPROC_DIR before any worker
         starts, so counters and histograms are summed over every worker, whichever one
         answers the scrape (this worker's plain counts are flushed first, the others' are at
-        most FLUSH_SECONDS old), and process_* over every worker's process. Routing state
-        (RoutingCollector) describes the worker that answered.
+        most FLUSH_SECONDS old), and process_* over every worker's process. Gauges registered
+        with `workers` rules (routing state, the ledger's queue) combine every worker's too.
         """
         if not os.environ.get(MULTIPROC_ENV):
             return generate_latest(self.registry)
@@ -219,9 +225,18 @@ class Metrics:
             registry.register(collector)
         return generate_latest(registry)
 
-    def register(self, collector: Collector) -> None:
-        """Add a collector computed at scrape time (state, not counts)."""
+    def register(self, collector: Collector, workers: tuple[str, dict[str, Combine]] | None = None) -> None:
+        """Add a collector computed at scrape time (state, not counts). `workers`, for gauges
+        each worker has its own view of: a tag and each metric's rule to combine the workers'
+        values with `--workers N` (tollway.gateway.telemetry.worker_gauges); without it the
+        answering worker's view (or a view every worker shares, such as Redis's levels)."""
         self.registry.register(collector)
+        directory = os.environ.get(MULTIPROC_ENV)
+        if workers is not None and directory:
+            tag, rules = workers
+            gauges = WorkersGauges(collector, tag, rules, directory, worker_pids)
+            self._worker_gauges.append(gauges)
+            collector = gauges
         self._scrape_time.append(collector)
 
 

@@ -11,9 +11,10 @@
   reloads itself; with --workers N the count is summed over the workers through the shared
   files (process_metrics.SharedCounts), so this collector leaves it out (`reloads=False`).
 
-With --workers N the gauges are the answering worker's view: each worker has its own breakers
-and in-flight counts, and the endpoint series must follow the current pools (never
-accumulated), which the multiprocess files, kept per process until it exits, cannot do.
+With --workers N each worker has its own breakers, in-flight counts and replica scrapes; a
+scrape combines every worker's view (tollway.gateway.telemetry.worker_gauges) by ROUTING_RULES:
+an upstream is available only if no worker has ejected it, ejections are the most any worker
+counts, in-flight requests are summed, and a replica's scraped load is the highest reading.
 """
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from tollway.gateway.telemetry.worker_gauges import Combine
+
 _LABELS = ["provider", "endpoint"]
+ROUTING_RULES: dict[str, Combine] = {
+    "tollway_upstream_available": "min", "tollway_upstream_ejections": "max", "tollway_pool_endpoint_in_flight": "sum",
+    "tollway_pool_endpoint_waiting": "max", "tollway_pool_endpoint_running": "max",
+    "tollway_pool_endpoint_kv_cache_usage": "max",
+}
 
 
 class RoutingCollector:
