@@ -262,6 +262,8 @@ models:
     paths = {path for path, _ in found}
     assert {"cache.ttl", "cache.max_bytes", "cache.redis_url", "models.a.cache.scope", "models.b.cache.ttl"} <= paths
     assert any("shared:<namespace>" in e.problem for e in checked.errors)
+    assert [e.problem for e in checked.errors if e.path == "models.b.cache.ttl"] == [
+        "expected a duration such as 30s, 10m, 1h or 1d (or seconds > 0), not '-5m'"]
 
 
 def test_a_cache_of_a_model_needs_the_top_level_section() -> None:

@@ -53,9 +53,12 @@ def seconds(value: str | float) -> float:
     """Seconds of a ttl: a number, or a duration such as `10m`, `1h`, `30s`. Raises ValueError."""
     if isinstance(value, (int, float)):
         if not 0 < value < float("inf"):
-            raise ValueError("must be a finite number of seconds > 0")
+            raise ValueError("must be a finite number of seconds > 0, or a duration such as 10m or 1h")
         return float(value)
-    return window_seconds(value)
+    try:
+        return window_seconds(value)
+    except ValueError:
+        raise ValueError(f"expected a duration such as 30s, 10m, 1h or 1d (or seconds > 0), not {value[:20]!r}") from None
 
 
 class Owner(msgspec.Struct, frozen=True):
@@ -80,7 +83,7 @@ def problems(store: CacheStore | None, owners: Sequence[Owner]) -> list[tuple[Pa
             try:
                 seconds(p.ttl)
             except ValueError as exc:
-                found.append(([*owner.where, "cache", "ttl"], f"{exc} (e.g. 10m, 1h or 600)"))
+                found.append(([*owner.where, "cache", "ttl"], str(exc)))
         if p.scope not in ("key", "team") and not _SHARED.fullmatch(p.scope):
             found.append(([*owner.where, "cache", "scope"],
                           f"expected key, team or shared:<namespace> (letters, digits, _ . -), not {p.scope[:40]!r}"))
@@ -93,7 +96,7 @@ def _store_problems(store: CacheStore) -> list[tuple[Path, str]]:
         try:
             seconds(getattr(store, field))
         except ValueError as exc:
-            found.append((["cache", field], f"{exc} (e.g. 10m, 1h or 600)"))
+            found.append((["cache", field], str(exc)))
     if store.max_entry_bytes < 1:
         found.append((["cache", "max_entry_bytes"], "must be at least 1"))
     if store.max_bytes < store.max_entry_bytes:
