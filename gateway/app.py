@@ -42,7 +42,7 @@ from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
 from tollway.gateway.telemetry.budget_metrics import BudgetLevels
-from tollway.gateway.telemetry.cache_metrics import CacheMetrics
+from tollway.gateway.telemetry.cache_metrics import CACHE_RULES, CacheGauges
 from tollway.gateway.telemetry.limit_metrics import LimitLevels
 from tollway.gateway.telemetry.live import LiveStats
 from tollway.gateway.telemetry.logs import refuse, setup_logging
@@ -94,8 +94,8 @@ class Gateway:
         self.books = Books(config, config_path, self.ledger_counters)
         self.plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # checked by `serve`
         self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
-        self.cache = ResponseCache(config)  # docs/cache.md
-        self.metrics.register(CacheMetrics(lambda: self.cache))
+        self.cache = ResponseCache(config, metrics=self.metrics)  # docs/cache.md
+        self.metrics.register(CacheGauges(lambda: self.cache), workers=("cache", CACHE_RULES))
         # Run-time keys and teams (issue 13): in the store's database, held here in memory.
         self.directory = Directory(build_key_store(config.store, config_path)) if config.store is not None else None
         if self.directory is not None:

@@ -53,8 +53,15 @@ def prompt() -> str:
     return f"cache test {uuid.uuid4().hex}"
 
 
+_LIMITED = """  - name: limited-key
+    key_hash: "{}"
+    limits: [{{requests: 4, per: 1m}}, {{output_tokens: 30, per: 1m}}]
+"""
+
+
 def cache_config(openai_url: str, anthropic_url: str = "http://127.0.0.1:9", cache: str = "{backend: memory}",
-                 extra: str = "") -> str:
+                 extra: str = "", limited: bool = True) -> str:
+    """`limited`: with the key whose in-memory limits refuse `--workers N`."""
     cached = ("gpt-4o-mini", "text-embedding-3-small", "truncated", "slow", "fail-500", "die-mid-stream")
     models = "\n".join(f"  - {{name: {m}, targets: [{{provider: up}}], cache: {{}}}}" for m in cached)
     return f"""
@@ -75,10 +82,7 @@ models:
 keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: red}}
   - {{name: other-key, key_hash: "{key_hash(OTHER_KEY)}", team: red}}
-  - name: limited-key
-    key_hash: "{key_hash(THIRD_KEY)}"
-    limits: [{{requests: 4, per: 1m}}, {{output_tokens: 30, per: 1m}}]
-teams: [{{name: red}}]
+{_LIMITED.format(key_hash(THIRD_KEY)) if limited else ""}teams: [{{name: red}}]
 guardrails:
   - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}
 cache: {cache}

@@ -228,7 +228,7 @@ def test_fifty_concurrent_identical_misses_make_one_upstream_call(oai, up, gw):
     assert up.calls(text) == 1
     assert all(answer == REPLY for answer, _, _ in results)
     assert sorted(outcome for _, outcome, _ in results) == ["hit"] * 49 + ["miss"]
-    joins = _metric(gw, "tollway_cache_single_flight_joins_total")
+    joins = _metric(gw, "tollway_cache_events_total", 'event="single_flight_join"')
     assert joins >= 49
 
 
@@ -291,3 +291,23 @@ def _metric(gw: GatewayProcess, name: str, labels: str = "") -> float:
             if labels or line.split(" ")[0] == name:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_with_two_workers_the_cache_counts_are_the_whole_gateways(up):
+    gw = GatewayProcess(cache_config(up.url, limited=False), workers=2)
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        for _ in range(8):  # new connections: the kernel spreads them over both workers
+            assert chat(client, prompt())[1] == "miss"
+            client.close()
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # (each worker's counts reach the shared files within a second)
+            misses = _metric(gw, "tollway_cache_requests_total", 'model="gpt-4o-mini",outcome="miss"')
+            entries = _metric(gw, "tollway_cache_entries")
+            if misses == 8 and entries == 8:
+                break
+            time.sleep(0.2)
+        assert (misses, entries) == (8, 8)
+    finally:
+        gw.stop()

@@ -94,7 +94,7 @@ def test_with_redis_down_every_request_is_a_miss_and_none_fails(up):
         outcomes = [chat(c, text, stream=i % 2 == 1)[:2] for i in range(4)]
         assert outcomes == [(REPLY, "miss")] * 4
         assert up.calls(text) == 4
-        assert _metric(gw, "tollway_cache_store_errors_total") >= 1
+        assert _metric(gw, "tollway_cache_store_errors") >= 1
         logged = [line for line in gw.stderr().splitlines() if "redis unavailable" in line]
         assert len(logged) == 1  # once per incident, not once per request
         assert "redis" in logged[0] and '"level": "error"' in logged[0]

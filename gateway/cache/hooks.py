@@ -33,6 +33,7 @@ from tollway.gateway.cache.redis_backend import RedisBackend
 from tollway.gateway.downstream.watchdog import ANSWERED
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.proxy import SSE_HEADERS, ClientGone, ClientStream
+from tollway.gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol
@@ -49,18 +50,24 @@ _NOTHING = Usage()
 
 
 class CacheCounts:
-    """What the cache did, since the process started (kept across reloads): read at scrape time."""
+    """What the cache did, into the gateway's metrics (tollway_cache_requests, _events): counters
+    summed over the workers with --workers N, like the other per-request series."""
 
-    __slots__ = ("outcomes", "joins", "stored")
+    __slots__ = ("requests", "events")
 
-    def __init__(self) -> None:
-        self.outcomes: dict[tuple[str, str], int] = {}  # (model, hit|miss|bypass) -> requests
-        self.joins = 0  # misses that waited for an identical request's answer instead of calling upstream
-        self.stored = 0  # entries written
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        metrics = metrics or Metrics()
+        self.requests, self.events = metrics.cache_requests, metrics.cache_events
 
     def count(self, model: str, outcome: str) -> None:
-        key = (model, outcome)
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        self.requests.add((model, outcome), 1)
+
+    def joined(self) -> None:
+        """A miss answered by an identical request's upstream call instead of its own."""
+        self.events.add(("single_flight_join",), 1)
+
+    def stored(self) -> None:
+        self.events.add(("store",), 1)
 
 
 class CacheState:
@@ -160,10 +167,10 @@ class ResponseCache:
     """The cache of one config: its rules, and the backend, flights and counts it shares with
     the caches of the configs before it (a reload keeps the entries unless `cache:` changed)."""
 
-    def __init__(self, config: Config, previous: ResponseCache | None = None) -> None:
+    def __init__(self, config: Config, previous: ResponseCache | None = None, metrics: Metrics | None = None) -> None:
         self.config: CacheStore | None = config.cache
         self.rules = CacheRules(config)
-        self.counts: CacheCounts = previous.counts if previous is not None else CacheCounts()
+        self.counts: CacheCounts = previous.counts if previous is not None else CacheCounts(metrics)
         self.flights: SingleFlight = previous.flights if previous is not None else SingleFlight()
         self.replays: Replays = previous.replays if previous is not None else Replays()
         self.retired: CacheBackend | None = None  # the previous backend, if this one replaces it: close it
@@ -253,7 +260,7 @@ class ResponseCache:
         state.entry, state.outcome, state.storing, state.replays = found, HIT, False, self.replays
         self.counts.count(ex.route, HIT)
         if joined:
-            self.counts.joins += 1
+            self.counts.joined()
         return True
 
     # -- capture ---------------------------------------------------------------------------
@@ -285,7 +292,7 @@ class ResponseCache:
             assert self.backend is not None  # (a state with a key is only made when there is one)
             self.backend.fill(state.key, value, state.rule.ttl, state.claimed)
         if value is not None:
-            self.counts.stored += 1
+            self.counts.stored()
         if state.leader:
             self.flights.land(state.key, value)
 

@@ -1,50 +1,41 @@
-"""The response cache's metrics, from its plain counts, rendered when /metrics is scraped
-(the request path only adds to a dict entry).
+"""The response cache's store, read when /metrics is scraped (the request path adds nothing).
 
-    tollway_cache_requests_total{model, outcome}   hit | miss | bypass, per public model
-    tollway_cache_single_flight_joins_total        misses served by an identical request's answer
-    tollway_cache_stores_total                      entries written
-    tollway_cache_evictions_total                   memory: entries pushed out for room (not expiry)
-    tollway_cache_store_errors_total                redis: failed calls (each a miss, never an error)
-    tollway_cache_bytes, tollway_cache_entries      memory: what is held; redis: what this process wrote
+    tollway_cache_bytes, tollway_cache_entries   memory: what is held; redis: what this process wrote
+    tollway_cache_evictions                      memory: live entries pushed out for room, since start
+    tollway_cache_store_errors                   redis: failed calls since start (each a miss, never an error)
 
-Model labels are the config's model names (a bounded set). With --workers N each worker
-reports its own counts.
+Gauges, each worker's own store: with --workers N summed over the workers by CACHE_RULES
+(tollway.gateway.telemetry.worker_gauges). The per-request counts (hits, misses, bypasses,
+single-flight joins, stores) are counters in tollway.gateway.telemetry.metrics.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tollway.gateway.cache.hooks import ResponseCache
+from tollway.gateway.telemetry.worker_gauges import Combine
+
+CACHE_RULES: dict[str, Combine] = {"tollway_cache_bytes": "sum", "tollway_cache_entries": "sum",
+                                   "tollway_cache_evictions": "sum", "tollway_cache_store_errors": "sum"}
 
 
-class CacheMetrics(Collector):
+class CacheGauges(Collector):
     def __init__(self, cache: Callable[[], ResponseCache]) -> None:
-        self._cache = cache  # the current one: a reload replaces it (its counts carry over)
+        self._cache = cache  # the current one: a reload may replace it (and its store)
 
     def collect(self) -> Iterator[Metric]:
-        cache = self._cache()
-        if cache.backend is None:
+        backend = self._cache().backend
+        if backend is None:
             return
-        counts = cache.counts
-        requests = CounterMetricFamily("tollway_cache_requests", "Requests of cached routes by public model and "
-                                       "outcome (hit, miss, bypass).", labels=("model", "outcome"))
-        for (model, outcome), n in list(counts.outcomes.items()):
-            requests.add_metric((model, outcome), n)
-        yield requests
-        yield CounterMetricFamily("tollway_cache_single_flight_joins", "Misses answered by an identical request's "
-                                  "upstream call instead of their own.", value=counts.joins)
-        yield CounterMetricFamily("tollway_cache_stores", "Answers stored as cache entries.", value=counts.stored)
-        backend = cache.backend
-        yield CounterMetricFamily("tollway_cache_evictions", "Entries pushed out of the memory cache for room.",
-                                  value=backend.evictions)
-        yield CounterMetricFamily("tollway_cache_store_errors", "Cache store calls that failed (each a miss).",
-                                  value=backend.errors)
         held, entries = backend.usage()
-        yield GaugeMetricFamily("tollway_cache_bytes", "Bytes of cache entries held (redis: written by this process).",
-                                value=held)
-        yield GaugeMetricFamily("tollway_cache_entries", "Cache entries held (redis: written by this process).",
-                                value=entries)
+        yield GaugeMetricFamily("tollway_cache_bytes", "Bytes of response cache entries held (redis: written by "
+                                "this process).", value=held)
+        yield GaugeMetricFamily("tollway_cache_entries", "Response cache entries held (redis: written by this "
+                                "process).", value=entries)
+        yield GaugeMetricFamily("tollway_cache_evictions", "Live entries pushed out of the memory cache for room, "
+                                "since the process started.", value=backend.evictions)
+        yield GaugeMetricFamily("tollway_cache_store_errors", "Response cache store calls that failed since the "
+                                "process started (each a miss).", value=backend.errors)
