@@ -61,6 +61,7 @@ def test_a_hit_serves_either_kind_of_request_whichever_filled_it(oai, up, first,
     answer, outcome, headers = chat(oai, text, second)
     assert (answer, outcome) == (REPLY, "hit")
     assert int(headers["age"]) >= 0 and headers["x-request-id"]
+    assert headers.get("x-tollway-cost-usd") == (None if second else "0")  # a hit cost nothing
     assert up.calls(text) == 1
 
 
