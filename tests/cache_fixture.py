@@ -14,6 +14,7 @@ from tests.fakes.openai_upstream import FakeOpenAI, _usage
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, key_hash
 
 THIRD_KEY = "sk-tollway-third-key-1111111111"
+SOLO_KEY = "sk-tollway-solo-key-2222222222"  # no team, no limits
 SLOW_SECONDS = 0.6
 
 
@@ -71,6 +72,7 @@ providers:
   - {{name: claude, schema: anthropic, base_url: "{anthropic_url}", api_key: {UPSTREAM_SECRET}}}
 models:
 {models}
+  - {{name: team-mini, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: team}}}}
   - {{name: shared-mini, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: "shared:docs"}}}}
   - {{name: sampled-ok, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{deterministic_only: false}}}}
   - {{name: short-lived, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{ttl: 1s}}}}
@@ -82,6 +84,7 @@ models:
 keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: red}}
   - {{name: other-key, key_hash: "{key_hash(OTHER_KEY)}", team: red}}
+  - {{name: solo-key, key_hash: "{key_hash(SOLO_KEY)}"}}
 {_LIMITED.format(key_hash(THIRD_KEY)) if limited else ""}teams: [{{name: red}}]
 guardrails:
   - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.cache_fixture import THIRD_KEY, CacheUpstream, cache_config, messages, prompt
+from tests.cache_fixture import SOLO_KEY, THIRD_KEY, CacheUpstream, cache_config, messages, prompt
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, GatewayProcess
@@ -151,6 +151,11 @@ def test_keys_do_not_share_entries_unless_the_scope_says_so(gw, oai, up):
     assert chat(oai, text)[1] == "miss" and chat(other, text)[1] == "miss"  # scope key: each its own
     assert chat(oai, text)[1] == "hit" and chat(other, text)[1] == "hit"
     assert up.calls(text) == 2
+    team = prompt()  # scope team: test-key and other-key are both in team red; solo-key has no team
+    assert chat(oai, team, model="team-mini")[1] == "miss" and chat(other, team, model="team-mini")[1] == "hit"
+    solo = openai.OpenAI(base_url=gw.url + "/v1", api_key=SOLO_KEY, max_retries=0)
+    assert chat(solo, team, model="team-mini")[1] == "miss"
+    assert up.calls(team) == 2
     shared = prompt()
     assert chat(oai, shared, model="shared-mini")[1] == "miss"
     assert chat(other, shared, model="shared-mini")[1] == "hit"  # shared:docs
