@@ -11,6 +11,15 @@ rounds of user+system CPU per request:
   no-limit   the same without the in-memory limit in the config
   full       the whole app against the mock upstream
   stream     the whole app relaying bench/run's 24-event SSE stream from the mock upstream
+             (a request limit only: with rate_limits.enforce_streams on, no per-chunk hook)
+  stream-off the same with rate_limits.enforce_streams: false (what `stream` adds: the check
+             that installs no hook)
+  stream-tok the same with an output_tokens limit far above the load: the hook that stops a
+             stream at its limit counts every chunk (tollway.gateway.limits.stream_stop)
+  tok-off    `stream-tok` with rate_limits.enforce_streams: false (the same limits, no hook)
+  chunk      that hook alone, per one-token chunk within its allowance, and `chunk-ext` with a
+             reservation of 1 token, so it extends on the memory store every 128 tokens
+             (us per chunk, not per request)
   2k         `stubbed` with a 2 KB prompt holding a few PII values
   2k-pii     the same with a `pii` input guardrail (action log: every detector runs, nothing blocks)
   ledger     `stubbed` with the usage ledger on (SQLite in a temp file): the record built and
@@ -223,6 +232,46 @@ async def client_cost(url: str, requests: int) -> float:
         await client.aclose()
 
 
+CHUNK = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+         b'"system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":" fox"},"logprobs":null,'
+         b'"finish_reason":null}]}\n\n')
+
+
+def chunk_cost(loop: asyncio.AbstractEventLoop, config: Path, max_tokens: int, chunks: int) -> float:
+    """Microseconds of CPU per one-token chunk through the stream-stop hook (memory store), best of five."""
+    from tollway.core import config as config_mod
+    from tollway.core.request import parse_head
+    from tollway.gateway.exchange import Exchange
+    from tollway.gateway.limits.limiter import Lease, Limiter
+    from tollway.gateway.limits.memory import MemoryBuckets
+    from tollway.gateway.limits.stream_stop import stream_stop
+    from tollway.gateway.telemetry.metrics import Metrics
+
+    cfg = config_mod.load(str(config))
+    limiter = Limiter(cfg, MemoryBuckets(), Metrics())
+    body = STREAM_BODY.replace(b'"max_tokens":64', f'"max_tokens":{max_tokens}'.encode())
+    head = parse_head(body, 64)
+
+    async def run() -> float:
+        best = float("inf")
+        for _ in range(6):  # the first round loads the encoding (the pool) and is not counted
+            lease = limiter.admit(cfg.keys[0], STREAM_MODEL, "chat", head, body)
+            assert isinstance(lease, Lease)
+            ex = Exchange("req_bench", "chat")
+            hook = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+            assert hook is not None
+            await hook(ex, CHUNK)
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(chunks):
+                await hook(ex, CHUNK)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            limiter.settle(lease, None, None)
+            best = min(best, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e6 / chunks)
+        return best
+
+    return loop.run_until_complete(run())
+
+
 def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, workdir: Path, requests: int,
             only: set[str] | None) -> dict[str, float]:
     limited = write_config(workdir, {UPSTREAM_MODEL: json_port, STREAM_MODEL: sse_port})
@@ -231,6 +280,15 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
                                  if "limits:" not in line))
     ledger = workdir / "tollway-ledger.yaml"
     ledger.write_text(limited.read_text() + f"store: {{backend: sqlite, path: '{workdir / 'ledger.db'}'}}\n")
+    streams_off = workdir / "tollway-streams-off.yaml"
+    streams_off.write_text(limited.read_text() + "rate_limits: {enforce_streams: false}\n")
+    tokens = workdir / "tollway-tokens.yaml"
+    tokens.write_text(limited.read_text().replace("limits: [{requests: 1000000000, per: 1m}]",
+                                                  "limits: [{requests: 1000000000, per: 1m}, "
+                                                  "{output_tokens: 1000000000000, per: 1m}]"))
+    assert tokens.read_text() != limited.read_text()
+    tokens_off = workdir / "tollway-tokens-off.yaml"
+    tokens_off.write_text(tokens.read_text() + "rate_limits: {enforce_streams: false}\n")
     guarded = workdir / "tollway-pii.yaml"
     guarded.write_text(limited.read_text() + "guardrails: [{name: pii, type: pii, action: log, apply_to: [input]}]\n")
     cached = write_config(workdir, {UPSTREAM_MODEL: json_port, STREAM_MODEL: sse_port},
@@ -242,6 +300,11 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "no-limit": lambda: gateway_cost(loop, unlimited, requests, True, name="no-limit"),
         "full": lambda: gateway_cost(loop, limited, requests, False, name="full"),
         "stream": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream"),
+        "stream-off": lambda: gateway_cost(loop, streams_off, requests, False, STREAM_BODY, name="stream-off"),
+        "stream-tok": lambda: gateway_cost(loop, tokens, requests, False, STREAM_BODY, name="stream-tok"),
+        "tok-off": lambda: gateway_cost(loop, tokens_off, requests, False, STREAM_BODY, name="tok-off"),
+        "chunk": lambda: chunk_cost(loop, tokens, 10_000_000, requests * 5),
+        "chunk-ext": lambda: chunk_cost(loop, tokens, 1, requests * 5),
         "2k": lambda: gateway_cost(loop, limited, requests, True, BODY_2K, name="2k"),
         "2k-pii": lambda: gateway_cost(loop, guarded, requests, True, BODY_2K, name="2k-pii"),
         "ledger": lambda: gateway_cost(loop, ledger, requests, True, name="ledger"),
@@ -284,13 +347,17 @@ def main() -> int:
             figures = measure(loop, json_port, sse_port, workdir, args.requests, only)
         finally:
             loop.close()
-    print("us of CPU per request (user+system, best of 5, 32 in flight):")
+    print("us of CPU per request (user+system, best of 5, 32 in flight; chunk, chunk-ext: per chunk):")
     for name, value in figures.items():
-        print(f"  {name:17} {value:6.1f}")
+        print(f"  {name:17} {value:6.2f}" if name.startswith("chunk") else f"  {name:17} {value:6.1f}")
     if "stubbed" in figures and "no-limit" in figures:
         print(f"  limit     {figures['stubbed'] - figures['no-limit']:6.1f}  (stubbed - no-limit)")
     if "stubbed" in figures and "ledger" in figures:
         print(f"  +ledger   {figures['ledger'] - figures['stubbed']:6.1f}  (ledger - stubbed)")
+    if "stream" in figures and "stream-off" in figures:
+        print(f"  +check    {figures['stream'] - figures['stream-off']:6.1f}  (stream - stream-off: no hook installed)")
+    if "stream-tok" in figures and "tok-off" in figures:
+        print(f"  +hook     {figures['stream-tok'] - figures['tok-off']:6.1f}  (stream-tok - tok-off: 24 events, 20 deltas)")
     if "stream" in figures and "stream-ledger" in figures:
         print(f"  +ledger   {figures['stream-ledger'] - figures['stream']:6.1f}  (stream-ledger - stream)")
     if args.profile is not None:

@@ -106,8 +106,15 @@ def sse_cases(mod) -> dict[str, Callable[[], object]]:
         r.flush()
         assert r.usage is not None and r.done
 
+    def relay_asked() -> None:
+        r = mod.OpenAIStreamRelay(False)
+        for c in chunks:
+            r.feed(c)
+        r.flush()
+
     return {"SSEFramer, 24-event stream in 1.4 KB chunks": framer,
-            "OpenAIStreamRelay, same stream, drop usage chunk": relay}
+            "OpenAIStreamRelay, same stream, client did not ask for usage (chunk dropped, 22 usage:null cut)": relay,
+            "OpenAIStreamRelay, same stream, client asked for usage (every byte relayed)": relay_asked}
 
 
 def bucket_cases(mod) -> dict[str, Callable[[], object]]:

@@ -32,7 +32,7 @@ from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
 
-SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini")
+SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini", "cohere")
 
 
 class ConfigError(ValueError):
@@ -191,6 +191,9 @@ class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     on_store_error: Literal["open", "closed"] = "open"
     default_max_tokens: int = 4096  # output tokens reserved when a request sets no max_tokens
     key_prefix: str = "tollway"  # redis: every key is `{<prefix>}:...` (one hash tag, see docs/limits.md)
+    # Stop a stream, with an error event, before its output takes a token or cost limit or a
+    # budget past its bound (docs/limits.md, "Streams"); false: streams are charged when they end.
+    enforce_streams: bool = True
 
 
 class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -229,6 +232,8 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_upstream_body_bytes: int = 64 * 1024 * 1024  # past it: 502 upstream_too_large
     client_idle_timeout: float = 60.0  # seconds a streaming client may read nothing before it is dropped
     max_count_tokens_bytes: int = 2 * 1024 * 1024  # count_tokens bodies larger than this: 413
+    # multipart uploads (image edits, audio) larger than this: 413; OpenAI takes audio files up to 25 MB
+    max_upload_bytes: int = 32 * 1024 * 1024
     metrics_auth: MetricsAuth | None = None  # absent: /metrics is open, as before
     admin_requests_per_minute: int = 600  # per admin credential, every /admin/* request
     console: bool = True  # the operator console at /ui (docs/console.md); false: /ui is an unknown path

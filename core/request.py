@@ -19,13 +19,14 @@ from tollway.core.kernels import first_duplicate_key, max_depth_exceeded
 # Ceilings on the client's integers, which size the rate limiter's reservation: unbounded,
 # a max_tokens of 10**400 reached the bucket kernels (which count in floats) as an
 # OverflowError, a 500. 10M tokens is past every model's context window today; 128 is
-# OpenAI's own cap on n.
+# OpenAI's own cap on n. Only sizes past these are the gateway's to refuse: a 0 or a -1 goes
+# upstream, and the provider's own error (OpenAI's `integer_below_min_value`) comes back, as
+# it would without the gateway. The limiter reserves nothing for a cap below 1
+# (`LimitPolicy.output_bound`), so such a request can never make a negative reservation.
 MAX_TOKENS_CEILING = 10_000_000
 MAX_CHOICES = 128
-# At least 1, as OpenAI requires: a negative cap would make a negative rate-limit
-# reservation, and its settle would charge the difference to buckets other keys share.
-TokenCap = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_CEILING)]
-Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
+TokenCap = Annotated[int, msgspec.Meta(ge=-MAX_TOKENS_CEILING, le=MAX_TOKENS_CEILING)]
+Choices = Annotated[int, msgspec.Meta(ge=-MAX_CHOICES, le=MAX_CHOICES)]
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
@@ -55,9 +56,14 @@ class RequestHead(msgspec.Struct):
 
     @property
     def output_limit(self) -> int | None:
-        """The client's cap on generated tokens, whatever the API calls it."""
+        """The client's cap on generated tokens, whatever the API calls it (as sent: it may be
+        below 1, for the upstream to refuse)."""
         return self.max_completion_tokens or self.max_tokens or self.max_output_tokens
 
+
+# The endpoints where OpenAI makes `model` optional, and the model it serves then: a body
+# without one is routed as if it named it (the client API names, tollway.core.providers.base).
+DEFAULT_MODELS = {"moderations": "omni-moderation-latest"}
 
 _decode_head = msgspec.json.Decoder(RequestHead).decode
 # Every field the gateway reads, as the body spells it: none may appear twice.
@@ -84,8 +90,21 @@ def parse_head(body: bytes, max_depth: int = 128, require_model: bool = True) ->
     if repeated >= 0:
         raise _repeated_field(_READ_FIELDS[repeated])
     if require_model and not head.model:
-        raise bad_request("You must provide a model parameter.", param="model")
+        raise missing_model()
     return head
+
+
+def missing_model() -> GatewayError:
+    return bad_request("You must provide a model parameter.", param="model")
+
+
+def default_model(api: str) -> str:
+    """The model a request of client API `api` that names none is routed to. Raises the
+    missing-model 400 where OpenAI requires one."""
+    model = DEFAULT_MODELS.get(api)
+    if model is None:
+        raise missing_model()
+    return model
 
 
 def _require_utf8(body: bytes) -> None:

@@ -40,6 +40,12 @@ cdef enum:
     QUOTE = 34
     SPACE = 32
     TAB = 9
+    COMMA = 44
+    BACKSLASH = 92
+    LBRACE = 123
+    RBRACE = 125
+    LBRACKET = 91
+    RBRACKET = 93
 
 cdef Py_ssize_t _KEEP_CAPACITY = 64 * 1024  # an idle buffer bigger than this is shrunk
 
@@ -299,35 +305,84 @@ cdef class SSEFramer:
         return ev
 
 
-cdef bint _may_carry_usage(const char* b, Py_ssize_t n):
-    """C version of tollway.ext.sse.may_carry_usage (a superset filter; the decoder decides)."""
+cdef inline Py_ssize_t _blanks(const char* b, Py_ssize_t i, Py_ssize_t n):
+    while i < n and (b[i] == SPACE or b[i] == TAB):
+        i += 1
+    return i
+
+
+cdef bint _closes_top_level(const char* b, Py_ssize_t i, Py_ssize_t n):
+    """C version of tollway.ext.sse._closes_top_level."""
+    cdef Py_ssize_t depth = 0
+    cdef char c
+    while i < n:
+        c = b[i]
+        if c == QUOTE:
+            i += 1
+            while i < n and b[i] != QUOTE:
+                i += 2 if b[i] == BACKSLASH else 1
+        elif c == LBRACE or c == LBRACKET:
+            depth += 1
+        elif c == RBRACE or c == RBRACKET:
+            if depth == 0:
+                if c != RBRACE:
+                    return False
+                i += 1
+                while i < n:
+                    c = b[i]
+                    if not (c == LF or c == CR or c == SPACE or c == TAB):
+                        return False
+                    i += 1
+                return True
+            depth -= 1
+        i += 1
+    return False
+
+
+cdef bint _usage_or_cut(const char* b, Py_ssize_t n, bint want_cut, Py_ssize_t* cut_start, Py_ssize_t* cut_end):
+    """C version of tollway.ext.sse.may_carry_usage (a superset filter; the decoder decides) and,
+    with `want_cut`, of tollway.ext.sse.null_usage_span, in the same pass (one search per event on
+    the hot path): True if a non-null usage may be there; else the cut of the top-level null
+    usage in cut_start:cut_end (cut_start -1 if there is none)."""
     cdef const char* end = b + n
     cdef const char* p = b
-    cdef const char* q
+    cdef Py_ssize_t key, i, before
+    cut_start[0] = -1
     while True:
         p = <const char*>memmem(p, end - p, b'"usage"', 7)
         if p == NULL:
             return False
-        q = p + 7
-        while q < end and (q[0] == SPACE or q[0] == TAB):
-            q += 1
-        if q < end and q[0] == COLON:
-            q += 1
-            while q < end and (q[0] == SPACE or q[0] == TAB):
-                q += 1
-            if end - q < 4 or memcmp(q, b"null", 4) != 0:
+        key = p - b
+        i = _blanks(b, key + 7, n)
+        if i < n and b[i] == COLON:
+            i = _blanks(b, i + 1, n)
+            if n - i < 4 or memcmp(b + i, b"null", 4) != 0:
                 return True
+            if want_cut and cut_start[0] < 0 and _closes_top_level(b, i + 4, n):
+                i += 4
+                before = key - 1
+                while before >= 0 and (b[before] == SPACE or b[before] == TAB):
+                    before -= 1
+                if before >= 0 and b[before] == COMMA:
+                    cut_start[0], cut_end[0] = before, i
+                else:
+                    before = _blanks(b, i, n)
+                    cut_start[0] = key
+                    cut_end[0] = _blanks(b, before + 1, n) if before < n and b[before] == COMMA else i
         p += 1
 
 
 cdef class OpenAIStreamRelay:
     """Relays an OpenAI chat/completions SSE stream byte for byte, watching for usage.
 
-    Concatenated over a stream, `feed` + `flush` output equals the input, minus the usage-only
-    chunk when `drop_usage_chunk`. Output lags input at most to the last event boundary.
+    Concatenated over a stream, `feed` + `flush` output equals the input, minus, when
+    `drop_usage_chunk` (the client did not ask for usage), the usage-only chunk and every other
+    chunk's top-level ``"usage": null`` member. Output lags input at most to the last event
+    boundary.
     """
 
     cdef SSEFramer _framer
+    cdef Py_ssize_t _cut_start, _cut_end  # of the event _forward said to cut (2), buffer offsets
     cdef bint _drop
     cdef list _sent
     cdef readonly object usage
@@ -354,36 +409,52 @@ cdef class OpenAIStreamRelay:
         return _streamed_text(_EMPTY.join(self._sent))
 
     cdef bytes _relay(self, bint final):
-        """Forward every completed event; the forwarded bytes are runs of the buffer."""
+        """Forward every completed event; the forwarded bytes are runs of the buffer. When an
+        event is dropped or cut, the runs are copied into one scratch buffer (no object per run)."""
         cdef SSEFramer fr = self._framer
-        cdef Py_ssize_t run_start = fr.start
-        cdef list runs = None
+        cdef Py_ssize_t run_start = fr.start, run_end, w = 0
+        cdef char* scratch = NULL  # allocated at the first drop or cut: the output can only shrink
         cdef bytes out
-        while fr._next(final) or (final and fr._tail()):
-            if not self._forward(fr):
-                if runs is None:
-                    runs = []
-                runs.append(PyBytes_FromStringAndSize(fr.buf + run_start, fr.start - run_start))
-                run_start = fr.end
-            fr._next_event()
-        out = PyBytes_FromStringAndSize(fr.buf + run_start, fr.start - run_start)
-        if runs is not None:
-            runs.append(out)
-            out = _EMPTY.join(runs)
+        cdef int action
+        try:
+            while fr._next(final) or (final and fr._tail()):
+                action = self._forward(fr)
+                if action != 1:  # the run ends before the dropped event, or before the cut
+                    if scratch == NULL:
+                        scratch = <char*>PyMem_Malloc(fr.length - run_start + 1)
+                        if scratch == NULL:
+                            raise MemoryError()
+                    run_end = fr.start if action == 0 else self._cut_start
+                    memcpy(scratch + w, fr.buf + run_start, run_end - run_start)
+                    w += run_end - run_start
+                    run_start = fr.end if action == 0 else self._cut_end
+                fr._next_event()
+            if scratch == NULL:
+                out = PyBytes_FromStringAndSize(fr.buf + run_start, fr.start - run_start)
+            else:
+                memcpy(scratch + w, fr.buf + run_start, fr.start - run_start)
+                out = PyBytes_FromStringAndSize(scratch, w + fr.start - run_start)
+        finally:
+            PyMem_Free(scratch)
         fr._compact()
         if PyBytes_GET_SIZE(out):
             self._sent.append(out)
         return out
 
-    cdef bint _forward(self, SSEFramer fr) except -1:
-        """Note [DONE] and usage; return False for the usage-only chunk when dropping it."""
+    cdef int _forward(self, SSEFramer fr) except -1:
+        """Note [DONE] and usage; return 1 to forward the event, 0 to drop it (the usage-only
+        chunk the client did not ask for), 2 to cut _cut_start:_cut_end out of it (its null usage)."""
+        cdef Py_ssize_t start, cut_end
         if fr._is_done():
             self.done = True
-            return True
-        if not _may_carry_usage(fr.buf + fr.start, fr.end - fr.start):
-            return True
+            return 1
+        if not _usage_or_cut(fr.buf + fr.start, fr.end - fr.start, self._drop, &start, &cut_end):
+            if start >= 0:
+                self._cut_start, self._cut_end = fr.start + start, fr.start + cut_end
+                return 2
+            return 1
         usage, usage_only = _usage_of_chunk(fr._data())
         if usage is None:
-            return True
+            return 1
         self.usage = usage
-        return not (usage_only and self._drop)
+        return 0 if usage_only and self._drop else 1

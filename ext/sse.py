@@ -16,9 +16,11 @@ end on its own or the first half of ``\\r\\n``; the framer waits for the next by
 `flush`) before deciding, so every split of the input yields byte-identical events.
 
 `OpenAIStreamRelay` frames an OpenAI chat/completions stream, forwards each event's raw bytes,
-records the usage object when one passes, notes ``data: [DONE]``, and can drop the extra
-usage-only chunk that ``stream_options.include_usage`` adds. Finding usage is a byte search
-first; JSON is decoded only for events that may carry a non-null usage.
+records the usage object when one passes, notes ``data: [DONE]``, and, when the client did not
+ask for usage (the gateway added ``stream_options.include_usage``), takes back what that added:
+the usage-only chunk, and the ``"usage": null`` member OpenAI then puts in every other chunk
+(cut out of the event's bytes, see `null_usage_span`: nothing is re-encoded). Finding usage is
+a byte search first; JSON is decoded only for events that may carry a non-null usage.
 
 `ext/_sse.pyx` is the compiled twin of this module; both share `SSEError`, the usage types
 and the lazy `streamed_text` decoding defined here.
@@ -160,6 +162,70 @@ def _skip_blanks(data: bytes, i: int) -> int:
     return i
 
 
+def _skip_blanks_back(data: bytes, i: int) -> int:
+    """The index of the last non-blank byte before `i` (-1 if none)."""
+    i -= 1
+    while i >= 0 and data[i] in _BLANKS:
+        i -= 1
+    return i
+
+
+_NULL = b"null"
+_LINE_END = b"\r\n \t"
+
+
+def null_usage_span(raw: bytes) -> tuple[int, int]:
+    """Where the top-level ``"usage": null`` member of one event's bytes is, with the comma and
+    blanks that go with it, as (start, end); (-1, -1) if there is none.
+
+    Cutting raw[start:end] out leaves the bytes the object would have had without the member:
+    ``{"a": 1, "usage": null}`` -> ``{"a": 1}``, ``{"usage": null, "a": 1}`` -> ``{"a": 1}``.
+    A member is top-level when the bytes after it close exactly one object more than they open
+    and nothing but line ends and blanks follows; any other ``"usage"`` key is left alone.
+    """
+    pos = raw.find(_USAGE_KEY)
+    while pos >= 0:
+        i = _skip_blanks(raw, pos + len(_USAGE_KEY))
+        if i < len(raw) and raw[i] == 0x3A:  # ":"
+            i = _skip_blanks(raw, i + 1)
+            if raw.startswith(_NULL, i) and _closes_top_level(raw, i + len(_NULL)):
+                return _member_span(raw, pos, i + len(_NULL))
+        pos = raw.find(_USAGE_KEY, pos + 1)
+    return -1, -1
+
+
+def _closes_top_level(raw: bytes, i: int) -> bool:
+    """True if the first unmatched closer at or after `i` is a "}" followed only by line ends
+    and blanks (strings skipped, their escapes honoured)."""
+    depth, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x22:  # a string: skip to its closing quote
+            i += 1
+            while i < n and raw[i] != 0x22:
+                i += 2 if raw[i] == 0x5C else 1
+        elif c in (0x7B, 0x5B):  # { [
+            depth += 1
+        elif c in (0x7D, 0x5D):  # } ]
+            if depth == 0:
+                return c == 0x7D and not raw[i + 1:].strip(_LINE_END)
+            depth -= 1
+        i += 1
+    return False
+
+
+def _member_span(raw: bytes, key: int, value_end: int) -> tuple[int, int]:
+    """The bytes to cut for the member from `key` to `value_end`: the comma before it (a later
+    member), else the comma and blanks after it (the first member), else the member alone."""
+    before = _skip_blanks_back(raw, key)
+    if before >= 0 and raw[before] == 0x2C:  # ","
+        return before, value_end
+    after = _skip_blanks(raw, value_end)
+    if after < len(raw) and raw[after] == 0x2C:
+        return key, _skip_blanks(raw, after + 1)
+    return key, value_end
+
+
 class _UsageChunk(msgspec.Struct):
     usage: OpenAIUsage | None = None
     choices: list[msgspec.Raw] | None = None
@@ -245,8 +311,10 @@ def _collect_text(data: bytes, parts: list[str]) -> None:
 class OpenAIStreamRelay:
     """Relays an OpenAI chat/completions SSE stream byte for byte, watching for usage.
 
-    Concatenated over a stream, `feed` + `flush` output equals the input, minus the usage-only
-    chunk when `drop_usage_chunk`. Output lags input at most to the last event boundary.
+    Concatenated over a stream, `feed` + `flush` output equals the input, minus, when
+    `drop_usage_chunk` (the client did not ask for usage), the usage-only chunk and every other
+    chunk's top-level ``"usage": null`` member. Output lags input at most to the last event
+    boundary.
     """
 
     __slots__ = ("_framer", "_drop", "_sent", "usage", "done")
@@ -271,12 +339,13 @@ class OpenAIStreamRelay:
         return streamed_text(b"".join(self._sent))
 
     def _relay(self, events: list[SSEEvent]) -> bytes:
-        out = b"".join([event.raw for event in events if self._forward(event)])
+        out = b"".join([raw for event in events if (raw := self._forward(event))])
         if out:
             self._sent.append(out)
         return out
 
-    def _forward(self, event: SSEEvent) -> bool:
+    def _forward(self, event: SSEEvent) -> bytes:
+        """The event's bytes to send: as they came, without their null usage, or none."""
         data = event.data
         if data == b"[DONE]":
             self.done = True
@@ -284,5 +353,9 @@ class OpenAIStreamRelay:
             usage, usage_only = usage_of_chunk(data)
             if usage is not None:
                 self.usage = usage
-                return not (usage_only and self._drop)
-        return True
+                return b"" if usage_only and self._drop else event.raw
+        elif self._drop:
+            start, end = null_usage_span(event.raw)
+            if start >= 0:
+                return event.raw[:start] + event.raw[end:]
+        return event.raw

@@ -44,6 +44,10 @@ class Usage(msgspec.Struct):
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    # What an answer is billed by besides tokens (tollway.core.accounting.pricing.unit_cost):
+    # `units` of `unit`, "image:SIZE/QUALITY", "audio_second", "character" or "search_unit".
+    units: float = 0.0
+    unit: str = ""
 
 
 def from_openai(u: OpenAIUsage) -> Usage:

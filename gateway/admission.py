@@ -13,18 +13,21 @@ Anthropic count_tokens endpoint uses `admit` with a tighter body cap and then an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from granian.rsgi import HTTPProtocol, Scope
 
-from tollway.core import errors
+from tollway.core import errors, forms
+from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.core.ledger.tags import HEADER as TAGS_HEADER
 from tollway.core.ledger.tags import parse_tags
-from tollway.core.request import RequestHead, parse_head, with_model
+from tollway.core.request import RequestHead, default_model, parse_head, with_model
 from tollway.core.routing.table import Route
 from tollway.gateway.downstream.watchdog import BODY
 from tollway.gateway.exchange import Exchange
-from tollway.gateway.limits.limiter import AskStore
+from tollway.gateway.limits.limiter import AskStore, Lease, Limiter
+from tollway.gateway.limits.stream_stop import StreamStop, stream_stop
 from tollway.gateway.pipeline import Authenticate
 from tollway.gateway.runtime import KeyRecord, Runtime
 from tollway.gateway.serving import Serving
@@ -52,10 +55,11 @@ class Admitted:
 
 
 async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, proto: HTTPProtocol,
-                  ex: Exchange) -> None:
-    """Admit, take the limits, forward upstream, settle: a whole proxied request."""
+                  ex: Exchange, form: bool = False) -> None:
+    """Admit, take the limits, forward upstream, settle: a whole proxied request (`form`: its
+    body is a multipart upload, tollway.core.forms)."""
     pipeline = serving.pipeline  # this request's, start to end (a reload may swap it meanwhile)
-    req = await admit(serving, surface, scope, proto, ex)
+    req = await admit(serving, surface, scope, proto, ex, form=form)
     ex.after = pipeline.after_response  # (admit took serving's: the same unless a reload came between)
     limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
     lease = None
@@ -63,6 +67,7 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
         decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
         lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
     headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
+    stop = None
     try:
         for before in pipeline.before_upstream:
             await before(req, ex)
@@ -71,8 +76,14 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
             return
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer
+        if req.head.stream and req.runtime.config.rate_limits.enforce_streams:
+            stop = _stream_stop(serving, req, ex, limiter, lease)
+            if stop is not None:  # last: it counts what really goes out
+                ex.on_chunk_async += (stop,)
         await serving.proxy.forward(req.runtime, ex, req.route, req.head, req.body, proto, headers)
     finally:
+        if stop is not None and stop.cut:  # stopped at a limit: charged what was sent, not what was made
+            ex.usage = stop.usage(ex.usage)
         if lease is not None and limiter is not None:  # also when it failed or the client left
             # (a cache hit counts as a request, not as the tokens it carries: nothing was generated)
             limiter.settle(lease, None if ex.cache is not None and ex.cache.hit else ex.usage, ex.upstream_model)
@@ -80,9 +91,20 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
             ex.cost_usd = req.runtime.prices.cost(req.route.name, ex.upstream_model, ex.usage)
 
 
+def _stream_stop(serving: Serving, req: Admitted, ex: Exchange, limiter: Limiter | None,
+                 lease: Lease | None) -> StreamStop | None:
+    """The per-chunk hook that stops this stream at its limits or budgets, or None."""
+    keeper = serving.books.budgets if serving.books is not None else None
+    if lease is None and not keeper:
+        return None
+    prompt = lease.demand[1] if lease is not None else estimate_prompt_tokens(req.body)  # (input_tokens)
+    return stream_stop(ex, req.head.model or req.route.name, prompt, limiter, lease, keeper, req.runtime.prices)
+
+
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,
-                body_limit: int | None = None) -> Admitted:
-    """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes."""
+                body_limit: int | None = None, form: bool = False) -> Admitted:
+    """key → body → head → route → permission. `body_limit` defaults to server.max_body_bytes
+    (server.max_upload_bytes for a `form`, a multipart upload)."""
     rt, tracer = serving.runtime, serving.tracer
     try:
         key = authenticate(rt, surface, scope)
@@ -99,13 +121,18 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
         ex.passed_headers = passed_headers(surface, scope)
     if tracer is not None:  # only now: an unknown caller must not put spans into a trace it names
         ex.trace = tracer.begin(scope.headers)
-    body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
-    head = parse_head(body, rt.config.server.max_json_depth)
+    if form:
+        body, head = await _read_form(rt, scope, proto, ex)
+    else:
+        body = await read_body(scope, proto, ex, rt.config.server.max_body_bytes if body_limit is None else body_limit)
+        head = parse_head(body, rt.config.server.max_json_depth, require_model=False)
+    if not head.model:  # (moderations: OpenAI's default model; everywhere else a 400)
+        head.model = default_model(ex.api)
     if ex.trace is not None:
         ex.trace.request(head)
     override = scope.headers.get("x-tollway-model")
     if override and override != head.model:  # the header wins: make the body say so too
-        head.model, body = override, with_model(body, override)
+        head.model, body = override, (with_form_field(body, ex, override) if form else with_model(body, override))
     ex.model = rt.secrets.mask(head.model) if head.model else head.model  # a held credential pasted as the model
     tags = scope.headers.get(TAGS_HEADER)
     if tags:
@@ -117,6 +144,21 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     if not key.may_use(route.name):
         raise errors.model_not_allowed(head.model or "")
     return Admitted(rt, key, head, body, route)
+
+
+async def _read_form(rt: Runtime, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> tuple[bytes, RequestHead]:
+    """A multipart upload's body (within server.max_upload_bytes) and its routing fields. Its
+    content type (the boundary) goes to the provider with it, as a passed header."""
+    reader = forms.FormReader(scope.headers.get("content-type"))  # a JSON body sent here: 400 before it is read
+    body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes, reader.feed)
+    parsed = reader.finish()
+    ex.passed_headers = (("content-type", parsed.content_type),)
+    return body, parsed.head()
+
+
+def with_form_field(body: bytes, ex: Exchange, model: str) -> bytes:
+    """A form body whose `model` field says `model` (the x-tollway-model header's)."""
+    return forms.with_field(body, forms.boundary_of(dict(ex.passed_headers).get("content-type")), "model", model)
 
 
 def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
@@ -150,16 +192,18 @@ async def _hooked_key(hooks: tuple[Authenticate, ...], rt: Runtime, scope: Scope
     return None
 
 
-async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int) -> bytes:
+async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int,
+                    feed: Callable[[bytes], None] | None = None) -> bytes:
     """The whole request body, refusing (413) anything over `limit`. The watchdog answers 408
     if the upload takes longer than server.body_read_timeout; a client that leaves mid-upload
-    ends the request quietly (499, no traceback)."""
+    ends the request quietly (499, no traceback). `feed`, if given, sees each piece as it
+    arrives (and may refuse the request with its GatewayError before the rest is read)."""
     declared = scope.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.too_large(limit)
     ex.phase = BODY
     try:
-        body = await (proto() if declared is not None else _read_chunked(proto, limit))
+        body = await (proto() if declared is not None and feed is None else _read_chunked(proto, limit, feed))
     except _UPLOAD_FAILED:
         raise errors.client_closed() from None
     ex.phase = ""
@@ -168,13 +212,15 @@ async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int)
     return body
 
 
-async def _read_chunked(proto: HTTPProtocol, limit: int) -> bytes:
-    """A chunked upload, refused (413) as soon as it is over `limit` bytes."""
+async def _read_chunked(proto: HTTPProtocol, limit: int, feed: Callable[[bytes], None] | None = None) -> bytes:
+    """An upload read piece by piece, refused (413) as soon as it is over `limit` bytes."""
     parts, size = [], 0
     async for part in proto:
         size += len(part)
         if size > limit:
             raise errors.too_large(limit)
+        if feed is not None:
+            feed(part)
         parts.append(part)
     return b"".join(parts)
 

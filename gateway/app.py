@@ -101,14 +101,16 @@ class Gateway:
         if self.directory is not None:
             self.directory.on_change = self._keys_changed
         self._rebuild_pending = False
+        self._loading: asyncio.Task[None] | None = None  # the tokenizers streams are counted with, loading at start
         self.serving.pipeline = self._pipeline()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger), workers=("ledger", LEDGER_RULES))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
         self.admin = AdminAPI(self.serving, lambda: self.live)
         self.console = Console(self.serving)  # the operator console's files, read once
+        self.openai = OpenAIAPI(self.serving)
         self.routes: dict[tuple[str, str], Endpoint] = {
-            **OpenAIAPI(self.serving).routes(),
+            **self.openai.routes(),
             **AnthropicAPI(self.serving).routes(),
             ("GET", "/healthz"): Endpoint("health", self.healthz),
             ("GET", "/readyz"): Endpoint("health", self.readyz),
@@ -172,6 +174,9 @@ class Gateway:
         if self.directory is not None:
             self.directory.start(loop, self.serving.last_used)
         self.runtime.start(loop)
+        config = self.runtime.config
+        if config.rate_limits.enforce_streams and ((self.limiter and self.limiter.enabled) or self.books.budgets):
+            self._loading = loop.create_task(token_count.load_encodings(m.name for m in config.models))
         self.metrics.start(loop)
         self.live.start(loop)
         if self.tracer is not None:
@@ -312,6 +317,8 @@ class Gateway:
             entry = self.admin.match(method, path)
         elif entry is None and path.startswith("/ui/"):  # the console's files: /ui/app.js, ...
             entry = self.console.match(method, path)
+        elif entry is None and path.startswith("/v1/"):  # paths with an id: /v1/models/{id}
+            entry = self.openai.match(method, path)
         asked = scope.headers.get("x-request-id")
         rid = request_id(asked)
         if asked and rid == asked and self.runtime.secrets.mask(asked) != asked:  # a held credential as the id

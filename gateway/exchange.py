@@ -40,7 +40,7 @@ class Exchange:
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
-                 "guardrails", "cache")
+                 "guardrails", "budget_held", "cache")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -83,6 +83,7 @@ class Exchange:
         self.on_answer: tuple[OnAnswer, ...] = ()  # ... and its hooks on a non-stream answer
         self.plugins: PluginState | None = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
         self.guardrails: GuardrailState | None = None  # when guardrails apply (tollway.gateway.guardrails)
+        self.budget_held = 0.0  # USD its stream holds of its budgets until charged (tollway.gateway.store.budgets)
         self.cache: CacheState | None = None  # on a cached route (tollway.gateway.cache)
 
     def elapsed(self) -> float:

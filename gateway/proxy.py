@@ -45,6 +45,7 @@ from tollway.ext.sse import DEFAULT_MAX_EVENT_BYTES
 from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientFlow, ClientStalled
 from tollway.gateway.downstream.watchdog import ANSWERED
 from tollway.gateway.exchange import Exchange
+from tollway.gateway.media_relay import relay_media
 from tollway.gateway.runtime import ProviderRuntime, Runtime
 from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.telemetry.tracing import Attempt
@@ -166,7 +167,10 @@ class Proxy:
                 raise await self._upstream_error(provider, adapter, ctx, resp)
             if resp.encoded:  # the gateway asked for identity: a coded body cannot be read or relayed
                 raise errors.upstream_malformed(provider.name, "a body in a content-encoding it did not ask for")
-            if call.stream and _is_stream(resp.header("content-type") or ""):
+            if call.media:  # audio, transcripts, media events: relayed as the bytes they are
+                await relay_media(ex, adapter.stream(ctx), resp, proto, base_headers, provider.name,
+                                  provider.secrets, server)
+            elif call.stream and _is_stream(resp.header("content-type") or ""):
                 await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
             else:
                 await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
@@ -253,6 +257,7 @@ class Proxy:
             ex.usage = translator.usage or estimated_usage(ctx.body, translator.streamed_text(), ctx.upstream_model)[0]
             raise
         out.close()
+        resp.close()  # before counting: a stream cut short (a limit, a guardrail) stops the upstream's work now
         ex.phase = ANSWERED
         if translator.usage is not None:
             ex.usage = translator.usage

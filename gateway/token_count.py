@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -32,7 +32,7 @@ from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_
 from tollway.ext.usage import Usage
 
 __all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
-           "estimated_usage", "shutdown"]
+           "estimated_usage", "load_encodings", "shutdown"]
 
 # Texts shorter than this are counted on the loop: at most ~0.5 ms of tokenizing (~30 us per
 # KiB), where the thread hop (~50 us) would add 10% or more. See bench/token_count.py.
@@ -115,6 +115,18 @@ def estimated_usage(prompt_body: bytes, completion_text: str, model: str) -> tup
 def _usage(prompt_body: bytes, completion: int) -> Usage:
     prompt = estimate_prompt_tokens(prompt_body)
     return Usage(prompt, completion, prompt + completion)
+
+
+async def load_encodings(models: Iterable[str]) -> None:
+    """Load the encodings of `models` on the counting pool, so a per-chunk count (a stream
+    stopped at its limit) never waits for one: for a gateway's start, in the background."""
+    for name in sorted({encoding_name_for_model(m) for m in models}):
+        if not _POOL.ready(name):
+            await _POOL.run(name, _nothing)
+
+
+def _nothing() -> int:
+    return 0
 
 
 def encoding_ready(model: str) -> bool:

@@ -120,7 +120,7 @@ def _found(text: str, **kw) -> list[str]:
 def test_check_lists_every_problem_with_path_line_and_suggestion():
     assert _found(MANY) == [
         "providers.other.schema: unknown schema 'opnai' (expected one of: openai, azure_openai, fake, anthropic, bedrock, "
-        "vertex, gemini); did you mean 'openai'? (line 7)",
+        "vertex, gemini, cohere); did you mean 'openai'? (line 7)",
         "models.gpt-4o[0].provider: unknown provider 'opneai'; did you mean 'openai'? (line 10)",
         "keys.k.models[1]: unknown model 'gpt4o' (no model has this name or a match: for it); did you mean 'gpt-4o'? (line 17)",
         "keys.k.team: unknown team 'serch' (define it under teams:); did you mean 'search'? (line 18)",

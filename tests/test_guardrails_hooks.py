@@ -107,6 +107,32 @@ def test_regex_guardrail_across_chunk_boundaries() -> None:
     assert ex.guardrails.counts == {"r": {"regex": 2}}
 
 
+def test_a_regex_stream_holds_back_only_what_could_still_become_a_match() -> None:
+    """Text no pattern could be starting flows at once (a masking regex guardrail must not delay
+    a stream's first text by its whole hold-back window); a possible start is held until the
+    next chunk decides it."""
+    guards = GuardrailSet([Guardrail(name="r", type="regex", deny=["(?i)project\\s+bluebird", "id-\\d+"],
+                                     action="mask")])
+    ex = _ex(guards)
+    got = [_text_by_choice([guards.on_chunk(ex, _chunk([(0, piece)]))]).get(0, "")
+           for piece in ("Hello, here is the plan ", "for the proj", "ect  Blue", "bird team, ", "ticket id-12",
+                         "34 closed")]
+    got.append(_text_by_choice([guards.on_chunk(ex, _chunk([(0, "")], finish=True))]).get(0, ""))
+    assert got == ["Hello, here is the plan ", "for the ", "", "<REGEX> team, ", "ticket ", "<REGEX> closed", ""]
+    assert ex.guardrails.counts == {"r": {"regex": 2}}
+
+
+@pytest.mark.parametrize("cut", range(1, 40))
+def test_a_regex_stream_masks_as_the_whole_text_would_at_every_split(cut: int) -> None:
+    guards = GuardrailSet([Guardrail(name="r", type="regex", deny=["(?i)project\\s+bluebird", "id-\\d+"],
+                                     action="mask")])
+    ex = _ex(guards)
+    text = "see project bluebird, id-42 and id-7; project  BLUEBIRD"
+    out = [guards.on_chunk(ex, _chunk([(0, part)])) for part in (text[:cut], text[cut:])]
+    out.append(guards.on_chunk(ex, _chunk([(0, "")], finish=True)))
+    assert _text_by_choice(out) == {0: "see <REGEX>, <REGEX> and <REGEX>; <REGEX>"}
+
+
 def test_anthropic_block_stop_gets_the_tail_as_a_delta_before_it() -> None:
     guards = _set()
     ex = _ex(guards)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -34,6 +35,10 @@ def split_at(data: bytes, cuts) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+RECORDED = Path(__file__).parent / "recorded"
+NO_USAGE = object()  # chat_chunk(usage=NO_USAGE): a chunk without the member, as OpenAI sends it unasked
+
+
 def chat_chunk(content=None, usage=None, choices=True, tool_args=None, text=None) -> bytes:
     delta = {}
     if content is not None:
@@ -42,7 +47,8 @@ def chat_chunk(content=None, usage=None, choices=True, tool_args=None, text=None
         delta["tool_calls"] = [{"index": 0, "function": {"arguments": tool_args}}]
     choice = {"index": 0, "delta": delta} if text is None else {"index": 0, "text": text}
     body = {"id": "c1", "object": "chat.completion.chunk", "choices": [choice] if choices else []}
-    body["usage"] = usage
+    if usage is not NO_USAGE:
+        body["usage"] = usage
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
@@ -131,8 +137,8 @@ def test_event_type_is_shared_error_class(sse_impl):
 
 def test_relay_drops_usage_chunk_and_records_usage(sse_impl):
     out, r = relay(sse_impl, [STREAM], drop=True)
-    usage_chunk = chat_chunk(usage=USAGE, choices=False)
-    assert out == STREAM.replace(usage_chunk, b"")
+    # what the upstream would have sent unasked: no usage chunk, and no "usage": null anywhere
+    assert out == b"".join(chat_chunk(w, usage=NO_USAGE) for w in ["Hel", "lo", " wor", "ld"]) + b"data: [DONE]\n\n"
     assert r.usage == Usage(11, 7, 18, cached_tokens=3, reasoning_tokens=2)
     assert r.done
     assert r.streamed_text() == "Hello world"
@@ -142,6 +148,37 @@ def test_relay_keeps_usage_chunk_when_asked(sse_impl):
     out, r = relay(sse_impl, [STREAM], drop=False)
     assert out == STREAM
     assert r.usage is not None and r.usage.total_tokens == 18
+
+
+def test_relay_gives_the_recorded_stream_openai_sends_unasked(sse_impl):
+    """A recorded-shape OpenAI stream with include_usage (compact JSON, "usage":null before
+    "obfuscation") comes out byte for byte as OpenAI sends the same stream without it, in any split."""
+    asked = (RECORDED / "chat_stream_include_usage.sse").read_bytes()
+    unasked = (RECORDED / "chat_stream.sse").read_bytes()
+    out, r = relay(sse_impl, [asked], drop=True)
+    assert out == unasked
+    assert r.usage == Usage(9, 4, 13) and r.done and r.streamed_text() == "Hello there!"
+    assert relay(sse_impl, split_at(asked, [7, 180, 333, 334, 900, 1500]), drop=True)[0] == unasked
+    assert relay(sse_impl, [asked], drop=False)[0] == asked  # asked for: every byte as it came
+
+
+@pytest.mark.parametrize(("event", "expected"), [
+    (b'data: {"a":1,"usage":null}\n\n', b'data: {"a":1}\n\n'),
+    (b'data: {"a": 1, "usage": null, "b": 2}\n\n', b'data: {"a": 1, "b": 2}\n\n'),
+    (b'data: {"usage": null, "a": 1}\r\n\r\n', b'data: {"a": 1}\r\n\r\n'),
+    (b'data: {"usage" :\tnull}\n\n', b"data: {}\n\n"),
+    (b'data: {"a":"}\\"","usage":null}\n\n', b'data: {"a":"}\\""}\n\n'),  # a brace and an escape in a string
+    # not a top-level null usage: left as it is
+    (b'data: {"choices":[{"usage":null}],"x":1}\n\n', None),
+    (b'data: {"content":"\\"usage\\": null"}\n\n', None),
+    (b'data: {"a":1,"usage":null}\nid: 7\n\n', None),
+    (b'data: {"a":1,"usage":nul}\n\n', None),
+    (b'data: {"a":1,"usage":null]\n\n', None),
+    (b'data: {"a":1,"usage":null\n\n', None),
+])
+def test_relay_cuts_only_a_top_level_null_usage(sse_impl, event, expected):
+    assert relay(sse_impl, [event], drop=True)[0] == (event if expected is None else expected)
+    assert relay(sse_impl, [event], drop=False)[0] == event
 
 
 def test_relay_keeps_usage_that_rides_on_a_content_chunk(sse_impl):
@@ -160,9 +197,9 @@ def test_relay_last_usage_wins(sse_impl):
 
 def test_relay_without_usage_counts_text_lazily(sse_impl):
     stream = (
-        chat_chunk("The ")
-        + chat_chunk(tool_args='{"q":')
-        + chat_chunk(text="legacy")
+        chat_chunk("The ", usage=NO_USAGE)
+        + chat_chunk(tool_args='{"q":', usage=NO_USAGE)
+        + chat_chunk(text="legacy", usage=NO_USAGE)
         + b": comment\n\n"
         + b'data: {"error": {"message": "x"}}\n\n'
         + b"data: [DONE]\n\n"
@@ -233,6 +270,9 @@ def test_events_cover_the_input_exactly(sse_impl, data, cut):
 relay_streams = st.lists(
     st.one_of(
         st.text(max_size=8).map(chat_chunk),
+        st.text(max_size=8).map(lambda t: chat_chunk(t, usage=NO_USAGE)),
+        st.sampled_from([b'data: {"usage": null, "a": 1}\n\n', b'data: {"x":[{"usage":null}],"usage":null}\r\n\r\n',
+                         b'data: {"a":"\\"","usage" : null }\n\n', b'data: {"usage":null\n\n']),
         st.just(chat_chunk(usage=USAGE, choices=False)),
         st.just(chat_chunk("x", usage=USAGE)),
         st.just(b": ping\r\n\r\n"),

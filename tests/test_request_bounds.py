@@ -54,9 +54,29 @@ def test_n_over_openais_cap_is_400():
 
 
 @pytest.mark.parametrize("field", [*TOKEN_FIELDS, "n"])
-@pytest.mark.parametrize("value", [HUGE, -HUGE, 2**63, 2**64, 0], ids=["10**400", "-10**400", "2**63", "2**64", "0"])
+@pytest.mark.parametrize("value", [HUGE, -HUGE, 2**63, 2**64], ids=["10**400", "-10**400", "2**63", "2**64"])
 def test_any_out_of_range_integer_is_400_naming_the_field(field, value):
     assert refused(body_of(**{field: value})).param == field
+
+
+@pytest.mark.parametrize("field", TOKEN_FIELDS)
+@pytest.mark.parametrize("value", [0, -1])
+def test_a_cap_below_one_is_the_providers_to_refuse(field, value):
+    """The gateway can account for it (it reserves no output for it): it goes upstream as sent."""
+    head = parse_head(body_of(**{field: value}))
+    assert getattr(head, field) == value
+    assert refused(body_of(**{field: -MAX_TOKENS_CEILING - 1})).param == field  # past the bound: absurd
+
+
+def test_a_negative_cap_never_makes_a_negative_reservation():
+    from tollway.core.config import Config
+    from tollway.core.limits.policy import LimitPolicy
+
+    policy = LimitPolicy(Config())
+    assert policy.output_bound("chat", parse_head(body_of(max_tokens=-1, n=5))) == 0
+    assert policy.output_bound("chat", parse_head(body_of(max_tokens=-1))) == 0
+    assert policy.output_bound("chat", parse_head(body_of(max_tokens=0))) == policy.default_max_tokens
+    assert policy.output_bound("chat", parse_head(body_of(max_tokens=7, n=-3))) == 7
 
 
 def test_a_float_too_big_for_a_double_is_400():

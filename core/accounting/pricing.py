@@ -35,6 +35,11 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cached_input: float | None = None  # defaults to `input` when unset
     cache_write: float | None = None   # defaults to `input` when unset
     reasoning: float | None = None     # defaults to `output` when unset
+    # Prices of what is not billed by the token (images, audio, rerank; docs/providers.md):
+    image: dict[str, float] = {}       # USD per image by "SIZE/QUALITY", "SIZE", "QUALITY" or "*"
+    audio_minute: float | None = None  # USD per minute of audio transcribed or translated
+    characters: float | None = None    # USD per million characters of speech input (tts-1)
+    search_unit: float | None = None   # USD per rerank search unit (Cohere bills per search)
 
 
 FREE = Price()
@@ -55,7 +60,31 @@ def cost(usage: Usage, price: Price) -> float:
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
     dollars = (fresh * price.input + cached * cached_rate + written * write_rate
                + (completion - reasoning) * price.output + reasoning * reasoning_rate)
+    if usage.units:  # (an image, audio or rerank answer: one truth test for the rest)
+        return max(dollars, 0.0) * PER_TOKEN + unit_cost(usage, price)
     return max(dollars, 0.0) * PER_TOKEN
+
+
+def unit_cost(usage: Usage, price: Price) -> float:
+    """The USD cost of `usage.units` of `usage.unit` at `price` (0 where the price has no rate
+    for it: such a model is priced by its tokens only)."""
+    units, unit = max(usage.units, 0.0), usage.unit
+    if unit.startswith("image:"):
+        return units * (_image_rate(price.image, unit[6:]) or 0.0)
+    rate = {"audio_second": (price.audio_minute or 0.0) / 60, "character": (price.characters or 0.0) * PER_TOKEN,
+            "search_unit": price.search_unit or 0.0}.get(unit, 0.0)
+    return units * rate
+
+
+def _image_rate(rates: dict[str, float], tier: str) -> float | None:
+    """The price of one image of `tier` ("SIZE/QUALITY"): the most specific rate given."""
+    if not rates:
+        return None
+    size, _, quality = tier.partition("/")
+    for name in (tier, size, quality, "*"):
+        if name in rates:
+            return rates[name]
+    return None
 
 
 def upper_cost(prompt_tokens: float, output_tokens: float, price: Price) -> float:
@@ -77,6 +106,7 @@ DATASET_PROVIDERS = {
     "bedrock": "aws",
     "vertex": "google",
     "gemini": "google",
+    "cohere": "cohere",
 }
 # Tried last, in order, for a name the dataset cannot place itself: it guesses the provider of
 # `gpt-*`, `claude-*` or `gemini-*` from the name, but not of `text-embedding-3-small`.

@@ -6,9 +6,12 @@ finished request's cost. It takes `now` and does no I/O: the gateway rebuilds `s
 the ledger at start and, with Redis, shares it between replicas
 (tollway.gateway.store.budgets).
 
-Streams are charged when they end, and requests in flight are not reserved against the
-budget, so an owner can overshoot by what its requests in flight at the moment the budget
-ran out go on to cost (docs/ledger.md, "Overshoot").
+Requests are charged when they end, and are not reserved against the budget at admission.
+A stream (with `rate_limits.enforce_streams`) *claims* what its output costs as it goes
+(`claim`, in steps, before the chunk that needs it is sent) and is stopped when a claim does
+not fit; its claims count as spent until it is charged and `release`s them. So an owner
+overshoots by what its non-stream requests in flight when the budget ran out go on to cost,
+not by its streams (docs/ledger.md, "Overshoot").
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class Account:
     start: float = 0.0  # the current period's start (UNIX seconds)
     end: float = 0.0
     spent: float = 0.0  # USD this period
+    held: float = 0.0  # USD claimed by streams of this process still running (not in `spent` yet)
 
     def roll(self, now: float) -> bool:
         """Move to the period holding `now`; True if that started a new one."""
@@ -56,9 +60,31 @@ class BudgetBook:
         """The 429 for a request of `key` (in `team`) if either has spent its budget."""
         for owner, account in self._accounts_of(key, team):
             account.roll(now)
-            if account.spent >= account.budget.usd:
+            if account.spent + account.held >= account.budget.usd:
                 return _exhausted(owner[0], owner[1], account)
         return None
+
+    def claim(self, key: str | None, team: str | None, usd: float, now: float) -> GatewayError | None:
+        """Hold `usd` on the key's and the team's accounts for a running stream, if every one
+        has it left (spent and held by others counted); else hold nothing and return the 429
+        for the first that has not."""
+        accounts = self._accounts_of(key, team)
+        for owner, account in accounts:
+            account.roll(now)
+            if account.spent + account.held + usd > account.budget.usd:
+                return _exhausted(owner[0], owner[1], account)
+        for _, account in accounts:
+            account.held += usd
+        return None
+
+    def release(self, key: str | None, team: str | None, usd: float) -> None:
+        """Give back what a stream claimed (it is charged what it cost instead)."""
+        for _, account in self._accounts_of(key, team):
+            account.held = max(account.held - usd, 0.0)
+
+    def applies(self, key: str | None, team: str | None) -> bool:
+        """True if the key or its team has a budget."""
+        return bool(self._accounts_of(key, team))
 
     def charge(self, key: str | None, team: str | None, usd: float, now: float) -> list[tuple[Owner, Account]]:
         """Add `usd` to the key's and the team's accounts; the ones charged."""
@@ -90,6 +116,7 @@ class BudgetBook:
 
 
 def _exhausted(kind: str, name: str, account: Account) -> GatewayError:
+    held = f", {account.held:.4f} USD more held by streams running" if account.held else ""
     message = (f"The {kind} '{name}' has spent its budget of {account.budget.usd:g} USD for this "
-               f"{account.budget.period} ({account.spent:.4f} USD). It resets at {rfc3339(account.end)}.")
+               f"{account.budget.period} ({account.spent:.4f} USD{held}). It resets at {rfc3339(account.end)}.")
     return errors.budget_exceeded(message, [("x-tollway-budget-resets-at", rfc3339(account.end))])

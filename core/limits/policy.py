@@ -18,7 +18,8 @@ them. Before forwarding, the limiter *reserves* on all of them at once, all or n
 
 The prompt bound is the body's length in bytes (`tollway.core.accounting.tokens.estimate_prompt_tokens` says why
 that bounds a text prompt; it is about 4x loose for English). The output bound is the client's
-`max_tokens` (x `n`), else `rate_limits.default_max_tokens`. A reservation is capped at its
+`max_tokens` (x `n`), else `rate_limits.default_max_tokens` (none for a negative `max_tokens`,
+relayed for the provider to refuse). A reservation is capped at its
 bucket's capacity, so a request bigger than a whole limit is admitted from a full bucket
 instead of never. When the response ends the limiter *settles*: each bucket is charged the
 difference between real usage and the reservation (a refund when less was used; debt, repaid
@@ -56,7 +57,7 @@ MEASURES = ("requests", "input_tokens", "output_tokens", "total_tokens", "cost_u
 TOKEN_MEASURES = ("total_tokens", "input_tokens", "output_tokens")  # header preference order
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER = re.compile(r"^(\d+(?:\.\d+)?)?([smhd])$")
-_NO_OUTPUT_APIS = frozenset(("embeddings", "count_tokens"))
+_NO_OUTPUT_APIS = frozenset(("embeddings", "count_tokens", "moderations", "rerank"))  # they generate no tokens
 # APIs that feed no model and generate nothing: each counts as one request (and holds a
 # concurrency slot while it runs) but reserves and is charged no tokens and no cost, or a
 # count of a large prompt would block the key's token limits while it is being counted.
@@ -233,6 +234,8 @@ class LimitPolicy:
         if api in _NO_OUTPUT_APIS:
             return 0
         per_choice = head.max_completion_tokens or head.max_tokens or head.max_output_tokens or self.default_max_tokens
+        if per_choice < 0:  # relayed for the upstream to refuse: the limiter reserves no output for it
+            return 0
         n = head.n
         return per_choice * n if n is not None and n > 1 else per_choice  # (head.output_limit, inlined: hot)
 

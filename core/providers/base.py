@@ -39,6 +39,13 @@ class ClientAPI:
     RESPONSES = "responses"       # POST /v1/responses
     MESSAGES = "messages"         # POST /anthropic/v1/messages
     COUNT_TOKENS = "count_tokens"  # POST /anthropic/v1/messages/count_tokens
+    MODERATIONS = "moderations"   # POST /v1/moderations
+    IMAGES = "images"             # POST /v1/images/generations (JSON)
+    IMAGE_EDITS = "image_edits"   # POST /v1/images/edits (multipart)
+    TRANSCRIPTIONS = "transcriptions"  # POST /v1/audio/transcriptions (multipart)
+    TRANSLATIONS = "translations"  # POST /v1/audio/translations (multipart)
+    SPEECH = "speech"             # POST /v1/audio/speech (JSON in, audio bytes out)
+    RERANK = "rerank"             # POST /v1/rerank (the Cohere/Jina shape vLLM serves)
 
 
 class UpstreamCall(msgspec.Struct):
@@ -47,6 +54,9 @@ class UpstreamCall(msgspec.Struct):
     headers: list[tuple[str, str]]
     body: bytes
     stream: bool = False  # the upstream will answer with a stream
+    # The answer is relayed as the bytes it is, as they arrive, with the upstream's content type
+    # (audio, a transcript, an SSE stream of media events): tollway.gateway.media_relay.
+    media: bool = False
 
 
 class CallContext(msgspec.Struct):

@@ -23,6 +23,13 @@ PATHS = {
     ClientAPI.COMPLETIONS: "/completions",
     ClientAPI.EMBEDDINGS: "/embeddings",
     ClientAPI.RESPONSES: "/responses",
+    ClientAPI.MODERATIONS: "/moderations",
+    ClientAPI.IMAGES: "/images/generations",
+    ClientAPI.IMAGE_EDITS: "/images/edits",
+    ClientAPI.TRANSCRIPTIONS: "/audio/transcriptions",
+    ClientAPI.TRANSLATIONS: "/audio/translations",
+    ClientAPI.SPEECH: "/audio/speech",
+    ClientAPI.RERANK: "/rerank",
 }
 _USAGE_STREAMS = (ClientAPI.CHAT, ClientAPI.COMPLETIONS)
 

@@ -15,11 +15,20 @@ _OPENAI = "tollway.core.providers.openai_compat:OpenAIAdapter"
 _AZURE = "tollway.core.providers.azure_openai:AzureOpenAIAdapter"
 
 _PASS_THROUGH = (ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES)
+_MEDIA = (ClientAPI.IMAGES, ClientAPI.IMAGE_EDITS, ClientAPI.TRANSCRIPTIONS, ClientAPI.TRANSLATIONS, ClientAPI.SPEECH)
 
 ADAPTERS: dict[tuple[str, str], str] = {
     **{(api, "openai"): _OPENAI for api in _PASS_THROUGH},
     **{(api, "fake"): _OPENAI for api in _PASS_THROUGH},
     **{(api, "azure_openai"): _AZURE for api in _PASS_THROUGH},
+    # Endpoints beyond the model APIs (issue 17): OpenAI's own shapes, passed through.
+    (ClientAPI.MODERATIONS, "openai"): _OPENAI,
+    **{(api, "openai"): "tollway.core.providers.openai_media:OpenAIMedia" for api in _MEDIA},
+    **{(api, "azure_openai"): "tollway.core.providers.openai_media:AzureMedia" for api in _MEDIA},
+    # Rerank (the Cohere/Jina shape): as is to OpenAI-compatible servers, translated for the rest.
+    (ClientAPI.RERANK, "openai"): "tollway.core.providers.rerank.openai_compat:RerankPassThrough",
+    (ClientAPI.RERANK, "cohere"): "tollway.core.providers.rerank.cohere:RerankToCohere",
+    (ClientAPI.RERANK, "bedrock"): "tollway.core.providers.rerank.bedrock:RerankToBedrock",
     # Provider translation pairs (issue 5): OpenAI chat -> each provider's native API.
     (ClientAPI.CHAT, "anthropic"): "tollway.core.providers.chat.anthropic:OpenAIToAnthropic",
     (ClientAPI.CHAT, "bedrock"): "tollway.core.providers.chat.bedrock:OpenAIToBedrock",
@@ -48,6 +57,7 @@ OTEL_PROVIDER_NAMES: dict[str, str] = {
     "bedrock": "aws.bedrock",
     "vertex": "gcp.vertex_ai",
     "gemini": "gcp.gemini",
+    "cohere": "cohere",
     "fake": "tollway.fake",
 }
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import regex
 
 from tollway.core import errors
 from tollway.core.config import Guardrail
@@ -55,6 +56,7 @@ class Rule:
         self.name, self.action, self.type = spec.name, spec.action, spec.type
         self.detectors = tuple(spec.detectors) if spec.detectors is not None else ALL
         self.patterns = [re.compile(p) for p in spec.deny]
+        self.partials = [_partial_matcher(p) for p in spec.deny]  # for streams: what may still match
         self.input, self.output = "input" in spec.applies_to, "output" in spec.applies_to
         self.schema = spec.type == "json_schema"  # checks the answer against the request's schema; scans nothing
         scope = spec.scope
@@ -78,10 +80,22 @@ class Rule:
         return _RegexScanner(self)
 
 
+def _partial_matcher(pattern: str) -> regex.Pattern[str] | None:
+    """`pattern` for partial matching (the `regex` package: whether text cut short could still
+    become a match), or None where its syntax differs from Python's `re`."""
+    try:
+        return regex.compile(pattern, regex.VERSION0)
+    except (regex.error, ValueError):
+        return None
+
+
 class _RegexScanner:
-    """A regex guardrail over a stream: holds back the last REGEX_HOLD characters (a match
-    that starts before them is taken as it is), so a match up to that long is caught across
-    chunk boundaries. The StreamScanner contract: feed/finish → Emit."""
+    """A regex guardrail over a stream. It holds back only the text that could still grow into
+    a match: where a pattern, partially matched at the end of what has arrived (or matched
+    right up to its end, so it may still extend), begins; never more than the last REGEX_HOLD
+    characters (a match that starts before them is taken as it is). So a match up to that long
+    is caught across chunk boundaries, and text no pattern could be starting flows at once. The
+    StreamScanner contract: feed/finish → Emit."""
 
     def __init__(self, rule: Rule) -> None:
         self.rule, self.buf, self.done = rule, "", False
@@ -90,7 +104,20 @@ class _RegexScanner:
         if self.done:
             return Emit("")
         self.buf += text
-        return self._advance(max(0, len(self.buf) - REGEX_HOLD))
+        return self._advance(self._settled())
+
+    def _settled(self) -> int:
+        """How much of the buffer no pattern can still be matching when more text comes."""
+        end = len(self.buf)
+        floor, s = max(0, end - REGEX_HOLD), end
+        for partial in self.rule.partials:
+            if partial is None:  # a pattern the partial matcher cannot read: the fixed hold
+                return floor
+            for m in partial.finditer(self.buf, floor, partial=True):
+                if m.partial or m.end() == end:
+                    s = min(s, m.start())
+                    break
+        return max(floor, s)
 
     def finish(self) -> Emit:
         if self.done:

@@ -21,9 +21,10 @@ from typing import Any, Protocol, TypeAlias
 from tollway.core.accounting.pricing import FREE
 from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.core.config import Config, Key
-from tollway.core.errors import rate_limits_unavailable
+from tollway.core.errors import GatewayError, rate_limits_unavailable
 from tollway.core.kernels import ratelimit_headers
 from tollway.core.limits import policy as limits
+from tollway.core.limits import streams
 from tollway.core.limits.policy import REQUEST_ONLY_APIS, REQUEST_ONLY_DEMAND, LimitPolicy, Plan
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
@@ -76,7 +77,7 @@ class BucketStore(Protocol):
 class Lease:
     """A granted reservation: what to settle later and the headers to send now."""
 
-    __slots__ = ("plan", "bound", "demand", "model", "headers", "metered")
+    __slots__ = ("plan", "bound", "demand", "model", "headers", "metered", "extra")
 
     def __init__(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str,
                  headers: list[tuple[str, str]], metered: bool = True) -> None:
@@ -86,6 +87,18 @@ class Lease:
         self.model = model
         self.headers = headers
         self.metered = metered  # False when admitted without the store (on_store_error: open)
+        self.extra: tuple[float, ...] | None = None  # taken since, per measure, by a stream going past it (extend)
+
+
+class Growing:
+    """The buckets of a plan that a stream's output grows (tollway.core.limits.streams), bound
+    to the store, with the output rate their cost buckets are charged at."""
+
+    __slots__ = ("plan", "bound", "rate", "step")
+
+    def __init__(self, plan: Plan, bound: Bound, rate: float) -> None:
+        self.plan, self.bound, self.rate = plan, bound, rate
+        self.step = streams.step(plan, rate)
 
 
 class AskStore:
@@ -111,6 +124,8 @@ class Limiter:
         store.configure(self.policy)
         # (key name, model) -> (plan, what the store bound to it; None when no limit applies)
         self._plans: dict[tuple[str, str], tuple[Plan, Bound | None]] = {}
+        # id(plan) -> (the plan, held so the id stays its own; its growing buckets, or None)
+        self._growing: dict[int, tuple[Plan, Growing | None]] = {}
 
     def admit(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | AskStore | None:
         """The hot path: decide without waiting, from what this process holds (the memory
@@ -177,7 +192,61 @@ class Limiter:
         if lease.metered:
             plan = lease.plan
             price = self.policy.price(lease.model, upstream_model) if plan.priced else None
-            self.store.settle(lease.bound, lease.demand, limits.used(plan, usage, price))
+            used = limits.used(plan, usage, price)
+            if lease.extra is not None:  # taken already by extensions: charged as reserved, not again
+                used = tuple([u - e for u, e in zip(used, lease.extra)])
+            self.store.settle(lease.bound, lease.demand, used)
+
+    # -- a stream going past its reservation (tollway.core.limits.streams) ---------------
+
+    def growing(self, lease: Lease) -> Growing | None:
+        """The lease's buckets that a stream's output draws on, or None if it has none (or
+        was admitted without the store: then nothing meters it)."""
+        if not lease.metered:
+            return None
+        plan = lease.plan
+        found = self._growing.get(id(plan))
+        if found is None or found[0] is not plan:
+            sub = streams.growing(plan)
+            rate = streams.output_rate(self.policy.price(lease.model)) if sub is not None and sub.priced else 0.0
+            found = self._growing[id(plan)] = (plan, Growing(sub, self.store.bind(sub), rate) if sub else None)
+        return found[1]
+
+    async def extend(self, lease: Lease, grow: Growing, tokens: float, need: float) -> float:
+        """Take `tokens` more output tokens for the lease's stream on its growing buckets (the
+        store's own way: the memory table, the Redis lease, or one Redis call), or if they do
+        not fit, `need` of them where that costs no call. Returns the tokens taken (part of the
+        reservation from now on); raises the GatewayError to stop the stream with."""
+        store = self.store
+        demand = streams.extension(tokens, grow.rate)
+        decided = store.decide(grow.bound, demand)
+        if decided is None:
+            try:
+                decided = await store.take(grow.bound, limits.amounts(grow.plan, demand))
+            except StoreUnavailable:
+                self.metrics.limit_store_errors.labels(store.backend, "open" if self.fail_open else "closed").inc()
+                if not self.fail_open:
+                    raise rate_limits_unavailable(limits.retry_headers(1.0)) from None
+                return tokens  # unmetered, as a request admitted while the store is down
+        if not decided[0] and need < tokens:
+            again = store.decide(grow.bound, streams.extension(need, grow.rate))
+            if again is not None:
+                tokens, demand, decided = need, streams.extension(need, grow.rate), again
+        if not decided[0]:
+            raise self._stopped(grow.plan, limits.amounts(grow.plan, demand), decided[1], lease.model)
+        extra = lease.extra
+        lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])
+        return tokens
+
+    def _stopped(self, plan: Plan, amounts: tuple[float, ...], levels: tuple[float, ...], model: str) -> GatewayError:
+        try:
+            refusal = limits.denial(plan, amounts, levels)
+        except ValueError:  # every bucket had room by the levels the store sent back (a race): the first one
+            refusal = limits.Denial(plan.buckets[0], 0.0, amounts[0], levels[0])
+        self.metrics.limit_decision(refusal.bucket.id, "stopped")
+        err = limits.rejection(refusal, model)
+        err.message = f"The stream was stopped: {err.message}"
+        return err
 
     def _without_store(self, plan: Plan, bound: Bound, demand: tuple[float, ...], model: str) -> Lease:
         self.metrics.limit_store_errors.labels(self.store.backend, "open" if self.fail_open else "closed").inc()

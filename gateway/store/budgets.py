@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tollway.core.config import Config
+from tollway.core.errors import GatewayError
 from tollway.core.ledger.budgets import Account, BudgetBook, Owner
 from tollway.core.ledger.report import SpendQuery, merge
 from tollway.gateway.admission import Admitted
@@ -48,8 +49,20 @@ class BudgetKeeper:
         if refusal is not None:
             raise refusal
 
+    def claim(self, ex: Exchange, usd: float) -> GatewayError | None:
+        """Hold `usd` of the request's budgets for its running stream (tollway.gateway.limits.
+        stream_stop): None when held (given back by `charge`), else the 429 to stop it with."""
+        refusal = self.book.claim(ex.key_name, ex.team, usd, self.clock())
+        if refusal is None:
+            ex.budget_held += usd
+        return refusal
+
     def charge(self, ex: Exchange) -> None:
-        """after_response: add what the request cost to its key's and team's periods."""
+        """after_response: add what the request cost to its key's and team's periods (and give
+        back what its stream held of them meanwhile)."""
+        if ex.budget_held:
+            self.book.release(ex.key_name, ex.team, ex.budget_held)
+            ex.budget_held = 0.0
         if ex.cost_usd:
             charged = self.book.charge(ex.key_name, ex.team, ex.cost_usd, self.clock())
             if self.share is not None:

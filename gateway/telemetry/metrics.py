@@ -41,7 +41,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 disable_created_metrics()  # `_created` series double the exposition size and no dashboard reads them
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_LIMIT_DOC = "Rate-limit decisions by limit (bucket id) and decision (allowed|limited)."
+_LIMIT_DOC = "Rate-limit decisions by limit (bucket id) and decision (allowed|limited|stopped: a stream cut at the limit)."
 
 _GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 OTHER = "other"  # the label value of any name the config does not know

@@ -9,10 +9,13 @@ and the upstream model name selects a misbehaviour:
 
   overloaded (529 overloaded_error), rate-limited (429 with retry-after: 7),
   bad-key (401 authentication_error), stream-error (an `error` event mid-stream),
-  die-mid-stream (a few events, then the connection drops).
+  die-mid-stream (a few events, then the connection drops), long-stream (LONG_STREAM_DELTAS
+  one-token text deltas, paced; `long_streams` records how many each wrote and whether its
+  client hung up first).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -24,6 +27,7 @@ REPLY = "Hello from the fake Anthropic upstream"
 TOOL_INPUT = {"city": "Paris", "unit": "celsius"}
 USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 8, "output_tokens": 1}
 OUTPUT_TOKENS = 17
+LONG_STREAM_DELTAS = 3000
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -73,6 +77,10 @@ def message_body(model: str, with_tool: bool, tool_name: str = "get_weather") ->
 
 
 class FakeAnthropic(FakeUpstream):
+    def __init__(self) -> None:
+        self.long_streams: list[tuple[int, bool]] = []  # long-stream answers: (deltas written, client hung up)
+        super().__init__()
+
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self.messages)
@@ -104,6 +112,8 @@ class FakeAnthropic(FakeUpstream):
             return web.json_response(message_body(model, bool(tools), tools[0]["name"] if tools else "get_weather"))
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
+        if model == "long-stream":
+            return await self._long(resp, model)
         events = message_events(model, bool(tools), fail_midway=model == "stream-error")
         for i, event in enumerate(events):
             if model == "die-mid-stream" and i == 5:  # after "Hello from": the peer just goes away
@@ -111,6 +121,31 @@ class FakeAnthropic(FakeUpstream):
                 return resp
             await resp.write(event)
         await resp.write_eof()
+        return resp
+
+    async def _long(self, resp: web.StreamResponse, model: str) -> web.StreamResponse:
+        start = {"id": "msg_long01", "type": "message", "role": "assistant", "content": [], "model": model,
+                 "stop_reason": None, "stop_sequence": None, "usage": {**USAGE, "output_tokens": 1}}
+        written = 0
+        try:
+            await resp.write(sse("message_start", {"type": "message_start", "message": start}))
+            await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                         "content_block": {"type": "text", "text": ""}}))
+            for i in range(LONG_STREAM_DELTAS):
+                await resp.write(sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                             "delta": {"type": "text_delta", "text": " tok"}}))
+                written += 1
+                if i % 20 == 19:
+                    await asyncio.sleep(0.01)
+            await resp.write(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            await resp.write(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens",
+                             "stop_sequence": None}, "usage": {"output_tokens": written}}))
+            await resp.write(sse("message_stop", {"type": "message_stop"}))
+            await resp.write_eof()
+        except ConnectionError:  # the client closed the connection: nothing more to write to
+            self.long_streams.append((written, True))
+            return resp
+        self.long_streams.append((written, False))
         return resp
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,9 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   (2 chunks, then silence), die-mid-stream (2 chunks, then the connection drops),
   no-usage (a stream that never reports usage), slow-stream (steady but slow: a piece every
   0.3 s for 5 s, as SSE chunks when streaming and as a trickled JSON body otherwise, so no
-  idle timeout fires but a total one does; `cut_off` counts the ones the client dropped).
+  idle timeout fires but a total one does; `cut_off` counts the ones the client dropped),
+  long-stream (LONG_STREAM_CHUNKS deltas of one token each, " tok", paced so a client can stop
+  it early; `long_streams` records how many each wrote and whether its client hung up first).
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeUpstream
+from tests.fakes.openai_media import MediaEndpoints, recorded_validation_error
 
 REPLY = "The quick brown fox jumps over the lazy dog"
+LONG_STREAM_CHUNKS = 3000
+LONG_DELTA = " tok"  # one token in tiktoken's o200k and cl100k encodings
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -36,11 +41,12 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-class FakeOpenAI(FakeUpstream):
+class FakeOpenAI(FakeUpstream, MediaEndpoints):
     url_path = "/v1"
 
     def __init__(self) -> None:
         self.cut_off: list[str] = []  # slow-stream answers whose client closed the connection early
+        self.long_streams: list[tuple[int, bool]] = []  # long-stream answers: (deltas written, client hung up)
         super().__init__()
 
     def _app(self) -> web.Application:
@@ -50,6 +56,7 @@ class FakeOpenAI(FakeUpstream):
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
+        self.add_media_routes(app)  # moderations, images, audio, rerank (tests/fakes/openai_media.py)
         return app
 
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
@@ -75,12 +82,14 @@ class FakeOpenAI(FakeUpstream):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model = body.get("model", "")
-        bad = await self._misbehave(request, model)
+        bad = recorded_validation_error(body) or await self._misbehave(request, model)
         if bad is not None:
             return bad
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         if model == "slow-stream":
             return await self._slow(request, body, prompt)
+        if model == "long-stream":
+            return await self._long(request, body, prompt)
         if body.get("stream"):
             return await self._stream_chat(request, body, model, prompt)
         message: dict[str, Any] = {"role": "assistant", "content": REPLY, "refusal": None}
@@ -152,6 +161,37 @@ class FakeOpenAI(FakeUpstream):
         except (ConnectionError, asyncio.CancelledError):
             self.cut_off.append("stream" if stream else "body")
             raise
+        return resp
+
+    async def _long(self, request: web.Request, body: dict[str, Any], prompt: int) -> web.StreamResponse:
+        """long-stream: LONG_STREAM_CHUNKS one-token deltas, a short pause every 20; the usage
+        chunk (when asked) reports what was written."""
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "chatcmpl-long", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": "long-stream", "system_fingerprint": "fp_fake"}
+        include_usage = (body.get("stream_options") or {}).get("include_usage")
+        extra = {"usage": None} if include_usage else {}
+        written = 0
+        try:
+            for i in range(LONG_STREAM_CHUNKS):
+                delta = {"role": "assistant", "content": LONG_DELTA} if i == 0 else {"content": LONG_DELTA}
+                chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], **extra}
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                written += 1
+                if i % 20 == 19:
+                    await asyncio.sleep(0.01)
+            await resp.write(b"data: " + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                                         "finish_reason": "length"}], **extra}).encode() + b"\n\n")
+            if include_usage:
+                await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": _usage(prompt, written)}).encode()
+                                 + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionError:  # the client closed the connection: nothing more to write to
+            self.long_streams.append((written, True))
+            return resp
+        self.long_streams.append((written, False))
         return resp
 
     async def completions(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,199 @@
+"""Stopping a stream that would take a limit or a budget past its bound
+(`rate_limits.enforce_streams`, docs/limits.md "Streams: stopped at the limit", docs/ledger.md
+"Overshoot").
+
+Theory of operation
+-------------------
+A stream that has a token or cost limit (`output_tokens`, `total_tokens`, `cost_usd`) or a
+calendar budget gets one `StreamStop` as the last of its async per-chunk hooks
+(tollway.gateway.pipeline), so it sees the bytes that really go out. Nothing else gets one: a
+request with no such limit or budget relays with the pipeline's seams as they were (empty,
+usually), and pays nothing per chunk.
+
+Per chunk it takes the text and argument deltas of the chunk's events
+(`tollway.core.accounting.stream_text`) and compares the stream's output with `allowed`,
+lazily: a token is at least one UTF-8 byte, so while the tokens counted so far plus the bytes
+not counted yet fit, the chunk passes with no tokenizing (a typed decode and a length per
+event); tiktoken counts the text waiting (one call per ~4 KB, or chunk by chunk once the bound
+no longer fits: near the allowance). Counts are never guessed: the gateway loads its models'
+encodings on the counting pool at start (tollway.gateway.token_count.load_encodings), and a
+stream that comes before that waits for its own. Past `allowed`, each
+*source* of headroom that is short grows first, before the chunk goes out:
+
+- `LimitHeadroom`: the limiter's reservation (tollway.core.limits.streams.allowance), then
+  extensions taken from the growing buckets in steps (`Limiter.extend`: the memory table, or
+  the Redis store's local lease, or one Redis call per step);
+- `BudgetHeadroom`: nothing at first; claims on the key's and team's budgets in steps, the
+  first one with the prompt's cost (`BudgetKeeper.claim`, a dict update in this process).
+
+A source that cannot grow raises its 429 (`rate_limit_exceeded` for a token limit,
+`insufficient_quota` for a cost limit or a budget, as at admission): the relay sends it as the
+stream's last event in the client API's shape, the chunk that did not fit is not sent, and the
+upstream answer, left unread, is closed rather than pooled. `cut` is then set, and the
+admission step settles the request with `usage` (what was sent) instead of what the upstream
+produced.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+from tollway.core.accounting.pricebook import PriceBook
+from tollway.core.accounting.pricing import Price
+from tollway.core.accounting.stream_text import chunk_texts
+from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
+from tollway.core.errors import GatewayError
+from tollway.core.limits.streams import STEP_TOKENS, allowance, output_rate, prompt_cost
+from tollway.ext.usage import Usage
+from tollway.gateway.token_count import INLINE_MAX_CHARS, count_tokens_off_loop, encoding_ready
+
+if TYPE_CHECKING:
+    from tollway.gateway.exchange import Exchange
+    from tollway.gateway.limits.limiter import Growing, Lease, Limiter
+    from tollway.gateway.store.budgets import BudgetKeeper
+
+__all__ = ["PENDING_BYTES", "BudgetHeadroom", "LimitHeadroom", "StreamStop", "stream_stop"]
+
+PENDING_BYTES = 4096  # text a stream may send uncounted: one tiktoken call per ~1k tokens at most
+
+
+class Headroom(Protocol):
+    allowed: float  # output tokens this source lets the stream send so far
+
+    async def grow(self, ex: Exchange, sent: float) -> None:
+        """Make `allowed` at least `sent`; raises the GatewayError to stop the stream with."""
+
+
+class LimitHeadroom:
+    __slots__ = ("limiter", "lease", "growing", "allowed")
+
+    def __init__(self, limiter: Limiter, lease: Lease, growing: Growing, price: Price) -> None:
+        self.limiter, self.lease, self.growing = limiter, lease, growing
+        self.allowed = allowance(growing.plan, lease.demand, price)
+
+    async def grow(self, ex: Exchange, sent: float) -> None:
+        need = sent - self.allowed
+        self.allowed += await self.limiter.extend(self.lease, self.growing, max(need, self.growing.step), need)
+
+
+class BudgetHeadroom:
+    """Claims on the request's budgets. The price is the one its cost will be charged at (the
+    route's, served as the attempt's upstream model), so it is looked up at the first claim,
+    when the upstream model is known; an unpriced or free answer is never charged, so it has
+    no bound here."""
+
+    __slots__ = ("keeper", "prices", "route", "prompt_tokens", "rate", "prompt_usd", "allowed")
+
+    def __init__(self, keeper: BudgetKeeper, prices: PriceBook, route: str, prompt_tokens: float) -> None:
+        self.keeper, self.prices, self.route, self.prompt_tokens = keeper, prices, route, prompt_tokens
+        self.rate = -1.0  # USD per output token, once known
+        self.prompt_usd = 0.0  # claimed with the first step
+        self.allowed = 0.0
+
+    async def grow(self, ex: Exchange, sent: float) -> None:
+        if self.rate < 0.0:
+            price = self.prices.price(self.route, ex.upstream_model)
+            if price is None or output_rate(price) == 0.0:
+                self.rate, self.allowed = 0.0, math.inf
+                return
+            self.rate, self.prompt_usd = output_rate(price), prompt_cost(self.prompt_tokens, price)
+        need = sent - self.allowed
+        refusal = None
+        for tokens in (max(need, STEP_TOKENS), need):
+            refusal = self.keeper.claim(ex, self.prompt_usd + tokens * self.rate)
+            if refusal is None:
+                self.prompt_usd, self.allowed = 0.0, self.allowed + tokens
+                return
+        assert refusal is not None
+        refusal.message = f"The stream was stopped: {refusal.message}"
+        raise refusal
+
+
+class StreamStop:
+    """One stream's per-chunk check (an `OnChunkAsync` hook).
+
+    Counting is lazy: a token is at least one byte of UTF-8, so while the tokens counted plus
+    the *bytes* of the text not counted yet fit in `allowed`, the chunk passes uncounted (a
+    decode and a length per event). The text waiting to be counted is counted, in one tiktoken
+    call, when that bound no longer fits, or when it reaches PENDING_BYTES (which bounds what a
+    stream holds here); near its allowance a stream is so counted chunk by chunk."""
+
+    __slots__ = ("sources", "allowed", "sent", "cut", "model", "_pending", "_bytes", "_encode")
+
+    def __init__(self, sources: tuple[Headroom, ...], model: str) -> None:
+        self.sources = sources
+        self.allowed = min(s.allowed for s in sources)
+        self.sent = 0  # output tokens counted of the deltas that went out
+        self.cut = False  # stopped here: settle with `usage`
+        self.model = model
+        self._pending: list[str] = []  # text that went out, not counted yet
+        self._bytes = 0  # its UTF-8 length: at least its tokens
+        self._encode: Callable[[str], list[int]] | None = None  # set once the model's encoding is loaded
+
+    async def __call__(self, ex: Exchange, out: bytes) -> bytes:
+        texts = chunk_texts(out)
+        if not texts:
+            return out
+        size = 0
+        for text in texts:
+            size += len(text) if text.isascii() else len(text.encode())
+        pending = self._bytes + size
+        if self.sent + pending <= self.allowed and pending <= PENDING_BYTES:  # fits even if every byte is a token
+            self._pending += texts
+            self._bytes = pending
+            return out
+        if self._pending:  # sent already: counted apart from this chunk, which may be held back
+            self.sent += await self._count("".join(self._pending))
+            self._pending, self._bytes = [], 0
+        sent = self.sent + await self._count("".join(texts))
+        if sent > self.allowed:
+            try:
+                for source in self.sources:
+                    if source.allowed < sent:
+                        await source.grow(ex, sent)
+            except GatewayError:
+                self.cut = True
+                raise
+            self.allowed = min(s.allowed for s in self.sources)
+        self.sent = sent
+        return out
+
+    async def _count(self, text: str) -> int:
+        """Tokens in `text`: inline once the process has the model's encoding (short texts:
+        PENDING_BYTES), else on the counting pool, which loads it off the loop (~0.2 s, once per
+        process and encoding: the first such stream's chunks wait for it; nothing is guessed)."""
+        encode = self._encode
+        if encode is None and encoding_ready(self.model):
+            encode = self._encode = encoding_for(encoding_name_for_model(self.model)).encode_ordinary
+        if encode is not None and len(text) < INLINE_MAX_CHARS:
+            return len(encode(text))
+        return await count_tokens_off_loop(text, self.model)
+
+    def usage(self, reported: Usage | None) -> Usage:
+        """The usage of a stream this hook stopped: its prompt as the relay counted it, and the
+        output tokens that were sent (not the chunk held back, nor what the upstream went on to
+        make)."""
+        if reported is None:
+            return Usage(0, self.sent, self.sent)
+        return msgspec.structs.replace(reported, completion_tokens=self.sent,
+                                       total_tokens=reported.prompt_tokens + self.sent)
+
+
+def stream_stop(ex: Exchange, model: str, prompt_tokens: float, limiter: Limiter | None, lease: Lease | None,
+                keeper: BudgetKeeper | None = None, prices: PriceBook | None = None) -> StreamStop | None:
+    """The hook for one stream, or None when neither its limits nor its budgets can be taken
+    past their bound by its output (then it relays without one). `prices`: the runtime's, for
+    budgets (`ex.route` is the route)."""
+    sources: list[Headroom] = []
+    if lease is not None and limiter is not None:
+        growing = limiter.growing(lease)
+        if growing is not None:
+            headroom = LimitHeadroom(limiter, lease, growing, limiter.policy.price(lease.model))
+            if headroom.allowed != math.inf:  # (only cost buckets, and the model is free: nothing to pass)
+                sources.append(headroom)
+    if keeper and prices is not None and keeper.book.applies(ex.key_name, ex.team):
+        sources.append(BudgetHeadroom(keeper, prices, ex.route, prompt_tokens))
+    return StreamStop(tuple(sources), model) if sources else None

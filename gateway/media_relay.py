@@ -1,0 +1,99 @@
+"""Relaying an answer as the bytes it is: audio, a transcript, an SSE stream of media events.
+
+The chat relay (`Proxy._relay_stream`) frames SSE and refuses bytes that are not UTF-8; speech
+audio is neither. Here every chunk goes to the client as it arrives, with the upstream's own
+content type, through the adapter's meter (tollway.core.providers.openai_media.MediaMeter),
+which reads what the answer is billed by. The relay keeps the proxy's guards: the answer is
+bounded by server.max_upstream_body_bytes, the gateway's secrets are masked, a client that
+reads nothing is paced, and the first chunk is read before the response starts, so a failure
+before it can still fall back to another target. After the first byte a failure ends the
+response (there is no error event in an audio file): the client sees a short answer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from granian.rsgi import HTTPProtocol
+
+from tollway.core import errors
+from tollway.core.config import Server
+from tollway.core.kernels import SSEError, first_needle
+from tollway.core.providers.base import StreamTranslator
+from tollway.core.providers.openai_media import MediaMeter
+from tollway.core.security.secrets import KnownSecrets
+from tollway.gateway.downstream.backpressure import WATCH_FROM, ClientStalled
+from tollway.gateway.downstream.watchdog import ANSWERED
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.upstream import UpstreamAnswer
+from tollway.gateway.upstream.client import UpstreamError
+
+try:  # granian raises this when the client has gone away mid-response
+    from granian.rsgi import ProtocolClosed as ClientGone
+except ImportError:  # pragma: no cover
+    ClientGone = RuntimeError  # type: ignore[misc,assignment]
+
+log = logging.getLogger("tollway")
+_OCTETS = "application/octet-stream"
+
+
+async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswer, proto: HTTPProtocol,
+                      base_headers: list[tuple[str, str]], provider: str, secrets: KnownSecrets,
+                      server: Server) -> None:
+    """Send `resp` to the client as it arrives; `ex.usage` from the meter (the adapter's
+    `stream(ctx)`, a MediaMeter for every adapter whose calls are `media`). Raises GatewayError
+    (502/504) for a failure before the first byte."""
+    from tollway.gateway.proxy import ClientStream, _client_error  # (proxy imports this module)
+
+    if not isinstance(meter, MediaMeter):  # an adapter that marks its calls media meters them
+        raise errors.internal()
+
+    content_type = resp.header("content-type") or _OCTETS
+    meter.begin(content_type)
+    ex.stream = content_type.startswith("text/event-stream")
+    chunks = resp.__aiter__()
+    left = server.max_upstream_body_bytes
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except UpstreamError as exc:
+        raise _client_error(provider, exc) from None
+    ex.status = resp.status
+    out = ClientStream(proto.response_stream(resp.status, [("content-type", content_type), *base_headers]),
+                       ex.scope, server.client_idle_timeout)
+    sent = 0
+    try:
+        chunk = first
+        while True:
+            left -= len(chunk)
+            if left < 0:
+                raise errors.upstream_too_large(provider, server.max_upstream_body_bytes)
+            meter.feed(chunk)
+            if chunk:
+                if first_needle(chunk, secrets.needles) >= 0:
+                    chunk = secrets.redact(chunk)
+                sent += len(chunk)
+                if sent > WATCH_FROM:
+                    await out.paced(sent)
+                await out.send(chunk)
+                if ex.first_byte is None:
+                    ex.first_byte = time.perf_counter()
+            chunk = await chunks.__anext__()
+    except StopAsyncIteration:
+        pass
+    except ClientGone:
+        ex.error_type = "client_closed"
+    except ClientStalled:
+        ex.error_type = ex.cancel_reason = "client_stalled"
+    except (UpstreamError, errors.GatewayError, SSEError) as exc:  # after the first byte: the answer ends short
+        ex.error_type = exc.code if isinstance(exc, errors.GatewayError) and exc.code else "stream_error"
+        log.info("a media answer from %s ended early (request %s)", provider, ex.request_id)
+    finally:
+        out.close()
+    ex.phase = ANSWERED
+    try:  # also for an answer cut short: what was made (speech: the input's characters) was billed
+        meter.flush()
+    except SSEError:  # an oversized event at the very end: nothing more to read
+        pass
+    ex.usage = meter.usage

@@ -1,0 +1,110 @@
+"""Multipart bodies (tollway.core.forms) and the unit prices of media answers (pricing.unit_cost):
+unit tests; the endpoints that use them are tested end to end in test_e2e_endpoints.py."""
+from __future__ import annotations
+
+import pytest
+
+from tollway.core.accounting.pricing import Price, cost
+from tollway.core.errors import GatewayError
+from tollway.core.forms import MAX_PARTS, FormReader, parse_form, with_field
+from tollway.ext.usage import Usage
+
+CT = "multipart/form-data; boundary=XyZ"
+FILE = b"\x89PNG\r\n--Xy\r\n\r\n" + bytes(range(256))  # a near-boundary, CRLFs and non-UTF-8 bytes
+
+
+def part(name: str, value: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    extra = "\r\nContent-Type: image/png" if filename else ""
+    return f"--XyZ\r\nContent-Disposition: {disposition}{extra}\r\n\r\n".encode() + value + b"\r\n"
+
+
+BODY = part("model", b"gpt-image-1") + part("image", FILE, "a.png") + part("stream", b"true") + b"--XyZ--\r\n"
+
+
+def refused(body: bytes, content_type: str = CT) -> str:
+    with pytest.raises(GatewayError) as caught:
+        parse_form(body, content_type)
+    assert caught.value.status == 400
+    return caught.value.message
+
+
+def test_fields_and_files_are_read_and_the_head_routes():
+    form = parse_form(BODY, CT)
+    assert form.fields == {"model": "gpt-image-1", "stream": "true"}
+    assert [(f.name, f.filename, f.content_type, f.size) for f in form.files] == [("image", "a.png", "image/png", len(FILE))]
+    head = form.head()
+    assert head.model == "gpt-image-1" and head.stream is True
+
+
+@pytest.mark.parametrize("size", [1, 7, 64])
+def test_a_form_fed_in_pieces_reads_the_same(size):
+    reader = FormReader(CT)
+    for i in range(0, len(BODY), size):
+        reader.feed(BODY[i:i + size])
+    assert reader.finish() == parse_form(BODY, CT)
+
+
+def test_a_bad_form_is_refused_at_the_piece_that_shows_it():
+    reader = FormReader(CT)
+    many = b"".join(part(f"f{i}", b"v") for i in range(MAX_PARTS + 1))
+    with pytest.raises(GatewayError) as caught:
+        reader.feed(many)  # the closing boundary (and any file after it) never needs to arrive
+    assert f"{MAX_PARTS} parts" in caught.value.message
+    with pytest.raises(GatewayError):
+        FormReader(CT).feed(b"garbage before any boundary")
+
+
+@pytest.mark.parametrize("split", [0, 1, 17, 90])
+def test_with_field_rewrites_only_the_field(split):
+    body = BODY[:split] + BODY[split:]
+    renamed = with_field(body, b"XyZ", "model", "dall-e-2")
+    assert renamed == BODY.replace(b"gpt-image-1", b"dall-e-2")
+    assert parse_form(renamed, CT).files[0].size == len(FILE)
+
+
+def test_with_field_adds_a_missing_field_in_front():
+    body = part("image", FILE, "a.png") + b"--XyZ--\r\n"
+    added = parse_form(with_field(body, b"XyZ", "model", "m"), CT)
+    assert added.fields == {"model": "m"} and added.files[0].size == len(FILE)
+
+
+def test_a_file_named_model_is_not_the_model_field():
+    body = part("model", b"file bytes", "model.txt") + part("model", b"real") + b"--XyZ--\r\n"
+    assert parse_form(body, CT).fields["model"] == "real"
+    assert parse_form(with_field(body, b"XyZ", "model", "new"), CT).fields["model"] == "new"
+
+
+def test_malformed_and_oversized_forms_are_400():
+    assert "multipart/form-data" in refused(BODY, "application/json")
+    assert "multipart/form-data" in refused(BODY, "multipart/form-data")  # no boundary
+    assert "closing boundary" in refused(BODY[:-9])
+    assert "could not be parsed" in refused(b"not a form at all")
+    assert "Content-Disposition" in refused(b"--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n--XyZ--\r\n")
+    many = b"".join(part(f"f{i}", b"v") for i in range(MAX_PARTS + 1)) + b"--XyZ--\r\n"
+    assert f"{MAX_PARTS} parts" in refused(many)
+    assert "'prompt'" in refused(part("prompt", b"x" * 300_000) + b"--XyZ--\r\n")
+    assert "UTF-8" in refused(part("prompt", b"\xff\xfe") + b"--XyZ--\r\n")
+    with pytest.raises(GatewayError):
+        parse_form(part("stream", b"yes") + b"--XyZ--\r\n", CT).head()
+
+
+# -- unit prices -------------------------------------------------------------------------------
+
+DALLE = Price(image={"1024x1024/hd": 0.08, "1024x1024": 0.04, "hd": 0.1, "*": 0.02})
+
+
+@pytest.mark.parametrize(("unit", "each"), [("image:1024x1024/hd", 0.08), ("image:1024x1024/standard", 0.04),
+                                            ("image:1792x1024/hd", 0.1), ("image:256x256/standard", 0.02)])
+def test_an_image_is_priced_by_the_most_specific_rate(unit, each):
+    assert cost(Usage(units=3, unit=unit), DALLE) == pytest.approx(3 * each)
+
+
+def test_audio_characters_and_search_units_and_tokens_add_up():
+    price = Price(input=2.5, output=10.0, audio_minute=0.006, characters=15.0, search_unit=0.002)
+    assert cost(Usage(units=90, unit="audio_second"), price) == pytest.approx(0.009)
+    assert cost(Usage(units=1000, unit="character"), price) == pytest.approx(0.015)
+    assert cost(Usage(units=2, unit="search_unit"), price) == pytest.approx(0.004)
+    tokens_and_images = Usage(prompt_tokens=100, completion_tokens=10, total_tokens=110, units=1, unit="image:x/y")
+    assert cost(tokens_and_images, price) == pytest.approx((100 * 2.5 + 10 * 10) / 1e6)  # no image rate: tokens only
+    assert cost(Usage(units=-5, unit="search_unit"), price) == 0.0  # never negative

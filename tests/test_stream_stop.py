@@ -1,0 +1,245 @@
+"""The parts of stopping a stream at its limits, in process: the deltas read from client
+chunks, how far a reservation goes, budget claims, and the hook on a memory limiter."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tollway.core import config as config_mod
+from tollway.core.accounting.pricebook import PriceBook
+from tollway.core.accounting.pricing import Price
+from tollway.core.accounting.stream_text import chunk_texts
+from tollway.core.accounting.tokens import count_tokens
+from tollway.core.errors import GatewayError
+from tollway.core.ledger.budgets import BudgetBook
+from tollway.core.limits import streams
+from tollway.core.limits.policy import reserve
+from tollway.core.request import parse_head
+from tollway.ext.usage import Usage
+from tollway.gateway.exchange import Exchange
+from tollway.gateway.limits.limiter import Lease, Limiter
+from tollway.gateway.limits.memory import MemoryBuckets
+from tollway.gateway.limits.stream_stop import PENDING_BYTES, StreamStop, stream_stop
+from tollway.gateway.store.budgets import BudgetKeeper
+from tollway.gateway.telemetry.metrics import Metrics
+
+HASH = "sha256:" + "0" * 64
+CONFIG = f"""
+providers: [{{name: up, schema: fake}}]
+models:
+  - name: m
+    targets: [{{provider: up}}]
+    price: {{input: 1000, output: 1000000}}   # $1 per output token
+keys:
+  - {{name: out, key_hash: "{HASH}", limits: [{{output_tokens: 50, per: 1h}}]}}
+  - {{name: cost, key_hash: "{HASH[:-1]}1", limits: [{{cost_usd: 40, per: 1d}}]}}
+  - {{name: spender, key_hash: "{HASH[:-1]}2", budget: {{usd: 30, period: day}}}}
+"""
+
+
+def _openai(text: str) -> bytes:
+    return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": text}, "finish_reason": None}]}).encode() + b"\n\n"
+
+
+def _event(kind: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def test_chunk_texts_reads_every_client_shape() -> None:
+    tool = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]}}]}
+    chunk = (_openai("Hello") + _openai("") + b"data: " + json.dumps(tool).encode() + b"\n\n"
+             + b'data: {"choices": [{"index": 0, "text": " legacy", "finish_reason": null}]}\n\n'
+             + b'data: {"choices": [{"index": 0, "delta": {"refusal": "no"}}]}\n\n'
+             + _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": " anthropic"}})
+             + _event("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                              "delta": {"type": "input_json_delta", "partial_json": "{\"x\":"}})
+             + _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "thinking_delta", "thinking": "hmm"}})
+             + _event("response.output_text.delta", {"type": "response.output_text.delta", "delta": " responses"})
+             + _event("ping", {"type": "ping"}) + b"data: [DONE]\n\n")
+    assert chunk_texts(chunk) == ["Hello", '{"a"', " legacy", "no", " anthropic", '{"x":', "hmm", " responses"]
+
+
+@pytest.mark.parametrize("chunk", [b"", b"data: [DONE]\n\n", b"data: {not json\n\n", b'data: {"choices": 7}\n\n',
+                                   b'data: {"choices": [{"delta": {"content": 5}}]}\n\n', b": comment\n\n"])
+def test_chunk_texts_finds_nothing_in_what_carries_no_text(chunk: bytes) -> None:
+    assert chunk_texts(chunk) == []
+
+
+def _limiter() -> tuple[Limiter, dict[str, config_mod.Key]]:
+    cfg = config_mod.loads(CONFIG)
+    return Limiter(cfg, MemoryBuckets(), Metrics()), {k.name: k for k in cfg.keys}
+
+
+def _lease(limiter: Limiter, key: config_mod.Key, max_tokens: int) -> Lease:
+    body = json.dumps({"model": "m", "stream": True, "max_tokens": max_tokens, "messages": []}).encode()
+    lease = limiter.admit(key, "m", "chat", parse_head(body, 64), body)
+    assert isinstance(lease, Lease)
+    return lease
+
+
+def test_allowance_is_what_each_growing_reservation_holds_beyond_the_prompt() -> None:
+    limiter, keys = _limiter()
+    price = Price(input=1000, output=1_000_000)
+    plan = limiter.policy.plan(keys["cost"], "m")
+    demand = reserve(plan, 1000, 30, price)  # $1 of prompt, $30 of output: 31 of the 40
+    assert streams.allowance(plan, demand, price) == pytest.approx(30)
+    capped = reserve(plan, 1000, 100, price)  # $101 reserved, capped at the bucket's 40: 39 of output
+    assert streams.allowance(plan, capped, price) == pytest.approx(39)
+    total = config_mod.loads(CONFIG.replace("output_tokens: 50", "total_tokens: 500")).keys[0]
+    tplan = limiter.policy.plan(total, "m")
+    assert streams.allowance(tplan, reserve(tplan, 100, 20, price), price) == 20
+    assert streams.allowance(tplan, reserve(tplan, 490, 20, price), price) == 10  # capped at 500
+    assert streams.extension(5, 2.0) == (0.0, 0.0, 5, 5, 10.0, 0.0)
+
+
+def test_a_step_is_at_most_an_eighth_of_the_smallest_growing_bucket() -> None:
+    limiter, keys = _limiter()
+    assert streams.step(limiter.policy.plan(keys["out"], "m"), 0.0) == 6  # 50 / 8
+    assert streams.step(limiter.policy.plan(keys["cost"], "m"), 1.0) == 5  # $40 at $1 a token
+    big = config_mod.loads(CONFIG.replace("output_tokens: 50", "output_tokens: 100000")).keys[0]
+    assert streams.step(limiter.policy.plan(big, "m"), 0.0) == streams.STEP_TOKENS
+
+
+async def _feed(stop: StreamStop, ex: Exchange, chunks: list[bytes]) -> tuple[int, GatewayError | None]:
+    passed = 0
+    for chunk in chunks:
+        try:
+            await stop(ex, chunk)
+        except GatewayError as exc:
+            return passed, exc
+        passed += 1
+    return passed, None
+
+
+def test_the_hook_stops_at_the_last_token_of_the_bucket_and_settles_what_was_sent() -> None:
+    limiter, keys = _limiter()
+
+    async def run() -> None:
+        lease = _lease(limiter, keys["out"], 10)
+        ex = Exchange("req_1", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None and stop.allowed == 10
+        passed, err = await _feed(stop, ex, [_openai(" tok")] * 80)
+        assert passed == 50 and err is not None and err.code == "rate_limit_exceeded" and stop.cut
+        assert err.message.startswith("The stream was stopped: Rate limit reached for m on output tokens per 1h")
+        usage = stop.usage(Usage(7, 80, 87))
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (7, 50, 57)
+        limiter.settle(lease, usage, None)
+        (entry,) = [e for e in await limiter.usage_report() if e["owner"] == "out"]
+        assert entry["used"] == pytest.approx(50, abs=0.1)  # what was sent, once (less the hour's refill meanwhile)
+
+    asyncio.run(run())
+
+
+def test_lazy_counting_is_exact_with_multibyte_text_and_long_answers() -> None:
+    limiter, keys = _limiter()
+    text = "héllo wörld, 你好 🌍 "  # bytes > characters; some characters are several tokens
+
+    async def run() -> None:
+        lease = _lease(limiter, keys["out"], 10)
+        ex = Exchange("req_2", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None
+        passed, err = await _feed(stop, ex, [_openai(text)] * 40)
+        assert err is not None and err.code == "rate_limit_exceeded"
+        # counted per chunk (or per run of chunks): never less than the whole text's count, never
+        # more than each chunk's count summed; and the chunk held back would not have fitted
+        each = count_tokens(text, "gpt-4o-mini")
+        assert count_tokens(text * passed, "gpt-4o-mini") <= stop.sent <= each * passed
+        assert stop.sent <= 50 < stop.sent + each
+
+    asyncio.run(run())
+
+    roomy, keys = Limiter(config_mod.loads(CONFIG.replace("output_tokens: 50", "output_tokens: 1000000")),
+                          MemoryBuckets(), Metrics()), {}
+
+    async def long_answer() -> None:
+        cfg_key = config_mod.loads(CONFIG.replace("output_tokens: 50", "output_tokens: 1000000")).keys[0]
+        lease = _lease(roomy, cfg_key, 100000)
+        ex = Exchange("req_3", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], roomy, lease, None, None)
+        assert stop is not None
+        passed, err = await _feed(stop, ex, [_openai(" tok")] * 3000)
+        assert (passed, err) == (3000, None)
+        assert stop._bytes <= PENDING_BYTES  # what waits to be counted stays bounded
+        assert stop.sent + stop._bytes // len(" tok") == 3000
+
+    asyncio.run(long_answer())
+
+
+def test_a_cost_limit_stops_a_stream_with_insufficient_quota() -> None:
+    limiter, keys = _limiter()
+
+    async def run() -> None:
+        lease = _lease(limiter, keys["cost"], 5)  # $5 of output reserved, up to $40 a day
+        ex = Exchange("req_4", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None
+        passed, err = await _feed(stop, ex, [_openai(" tok")] * 100)
+        prompt_usd = lease.demand[1] * 1000 / 1e6
+        assert passed == int(40 - prompt_usd)  # whole dollars of output the day's $40 holds past the prompt
+        assert err is not None and err.code == "insufficient_quota"
+
+    asyncio.run(run())
+
+
+def test_budget_claims_count_as_spent_until_released() -> None:
+    cfg = config_mod.loads(CONFIG)
+    book = BudgetBook.of(cfg, 1000.0)
+    assert book.claim("spender", None, 20.0, 1000.0) is None
+    assert book.refusal("spender", None, 1000.0) is None
+    refused = book.claim("spender", None, 10.5, 1000.0)  # 20 held + 10.5 > 30
+    assert refused is not None and refused.code == "insufficient_quota" and "20.0000 USD more held" in refused.message
+    assert book.claim("spender", None, 10.0, 1000.0) is None  # exactly the budget
+    assert book.refusal("spender", None, 1000.0) is not None  # nothing left for anyone meanwhile
+    book.release("spender", None, 30.0)
+    assert book.accounts[("key", "spender")].held == 0.0 and book.refusal("spender", None, 1000.0) is None
+    assert book.claim("nobody", None, 1e9, 1000.0) is None and not book.applies("nobody", None)
+
+
+def test_the_hook_stops_a_stream_at_its_budget_and_the_charge_releases_its_claims() -> None:
+    cfg = config_mod.loads(CONFIG)
+    keeper = BudgetKeeper(cfg)
+
+    async def run() -> None:
+        ex = Exchange("req_5", "chat")
+        ex.key_name, ex.route = "spender", "m"
+        stop = stream_stop(ex, "gpt-4o-mini", 1000, None, None, keeper, PriceBook(cfg))
+        assert stop is not None and stop.allowed == 0
+        passed, err = await _feed(stop, ex, [_openai(" tok")] * 100)
+        assert passed == 29 and err is not None and err.code == "insufficient_quota"  # $1 of prompt + 29 tokens
+        assert ex.budget_held == pytest.approx(30.0, abs=1e-9)
+        ex.cost_usd = 30.0
+        keeper.charge(ex)
+        account = keeper.book.accounts[("key", "spender")]
+        assert (account.spent, account.held, ex.budget_held) == (30.0, 0.0, 0.0)
+
+    asyncio.run(run())
+
+
+def test_a_budget_on_an_unpriced_answer_has_no_bound() -> None:
+    cfg = config_mod.loads(CONFIG.replace("    price: {input: 1000, output: 1000000}   # $1 per output token\n", ""))
+    keeper = BudgetKeeper(cfg)
+
+    async def run() -> None:
+        ex = Exchange("req_6", "chat")
+        ex.key_name, ex.route = "spender", "m"  # the fake provider's model: no price
+        stop = stream_stop(ex, "gpt-4o-mini", 1000, None, None, keeper, PriceBook(cfg))
+        assert stop is not None
+        assert await _feed(stop, ex, [_openai(" tok")] * 100) == (100, None)
+        assert ex.budget_held == 0.0
+
+    asyncio.run(run())
+
+
+def test_enforce_streams_is_on_by_default_and_checked() -> None:
+    assert config_mod.loads(CONFIG).rate_limits.enforce_streams is True
+    assert config_mod.loads(CONFIG + "rate_limits: {enforce_streams: false}\n").rate_limits.enforce_streams is False
+    with pytest.raises(config_mod.ConfigError, match="enforce_streams"):
+        config_mod.loads(CONFIG + "rate_limits: {enforce_streams: sometimes}\n")
