@@ -15,6 +15,7 @@ from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, key_hash
 
 THIRD_KEY = "sk-tollway-third-key-1111111111"
 SOLO_KEY = "sk-tollway-solo-key-2222222222"  # no team, no limits
+TIGHT_KEY = "sk-tollway-tight-key-3333333333"  # 5 output tokens a minute: a 9-token stream is cut
 SLOW_SECONDS = 0.6
 
 
@@ -57,6 +58,9 @@ def prompt() -> str:
 _LIMITED = """  - name: limited-key
     key_hash: "{}"
     limits: [{{requests: 4, per: 1m}}, {{output_tokens: 30, per: 1m}}]
+  - name: tight-key
+    key_hash: "{}"
+    limits: [{{output_tokens: 5, per: 1m}}]
 """
 
 
@@ -85,7 +89,7 @@ keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: red}}
   - {{name: other-key, key_hash: "{key_hash(OTHER_KEY)}", team: red}}
   - {{name: solo-key, key_hash: "{key_hash(SOLO_KEY)}"}}
-{_LIMITED.format(key_hash(THIRD_KEY)) if limited else ""}teams: [{{name: red}}]
+{_LIMITED.format(key_hash(THIRD_KEY), key_hash(TIGHT_KEY)) if limited else ""}teams: [{{name: red}}]
 guardrails:
   - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}
 cache: {cache}

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.cache_fixture import SOLO_KEY, THIRD_KEY, CacheUpstream, cache_config, messages, prompt
+from tests.cache_fixture import SOLO_KEY, THIRD_KEY, TIGHT_KEY, CacheUpstream, cache_config, messages, prompt
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, GatewayProcess
@@ -276,6 +276,15 @@ def test_the_access_log_says_what_the_cache_did(gw, oai):
         time.sleep(0.05)
     assert [lines[rid]["cache"] for rid in ids] == ["miss", "hit"]
     assert lines[ids[1]]["provider"] is None and lines[ids[1]]["completion_tokens"] == 9
+
+
+def test_a_stream_stopped_at_a_limit_is_not_stored(gw, oai, up):
+    tight = openai.OpenAI(base_url=gw.url + "/v1", api_key=TIGHT_KEY, max_retries=0)
+    text = prompt()
+    with pytest.raises(openai.APIError):  # the stream's last event is the limit's 429
+        chat(tight, text, stream=True, model="shared-mini", max_tokens=3)
+    assert up.calls(text) == 1
+    assert chat(oai, text, model="shared-mini")[1] == "miss"  # (shared:docs: the same entry, had it been stored)
 
 
 def test_metrics_count_hits_misses_and_bypasses(gw, oai):
