@@ -1,10 +1,13 @@
 -- wrk script: POST one typical chat-completions request, print one machine-readable line.
 -- wrk counts any status >= 400 under errors.status, which "errors" includes.
 -- env: BENCH_MODEL (default gpt-4o-mini), BENCH_STREAM=1 for "stream":true with usage,
---      BENCH_KEY (sent as "Authorization: Bearer ..." when set).
+--      BENCH_KEY (sent as "Authorization: Bearer ..." when set),
+--      BENCH_UNIQUE=<run id>: every request's prompt differs (run id + a counter), so a
+--      response cache misses on each one (bench/cache_paths.py).
 local model = os.getenv("BENCH_MODEL") or "gpt-4o-mini"
 local stream = os.getenv("BENCH_STREAM") == "1"
 local key = os.getenv("BENCH_KEY")
+local unique = os.getenv("BENCH_UNIQUE") or ""
 
 local body = '{"model":"' .. model .. '","messages":[' ..
   '{"role":"system","content":"You are a terse assistant."},' ..
@@ -19,6 +22,15 @@ wrk.body = body .. "}"
 wrk.headers["Content-Type"] = "application/json"
 if key and key ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. key
+end
+
+if unique ~= "" then
+  local head, tail = wrk.body:match("^(.*)(why does tail latency.*)$")
+  local counter = 0
+  function request()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, head .. unique .. "-" .. counter .. " " .. tail)
+  end
 end
 
 function done(summary, latency, requests)

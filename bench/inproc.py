@@ -26,6 +26,12 @@ rounds of user+system CPU per request:
              queued per request, and the writer's batches (its thread is in this process, so
              its CPU is counted)
 
+  cache-miss        `stubbed` with a memory response cache every request misses (each prompt differs):
+                    the key, the lookup, the answer captured, stored (32 MB: LRU eviction runs too)
+  cache-hit         the same cache, one prompt: every request (after the first) a hit
+  cache-stream-miss `stream` with the cache, each prompt differs: the stream captured and assembled
+  cache-stream-hit  the same, one prompt: every request (after the first) a hit served as a stream
+
     python bench/inproc.py                # ~1 minute
     python bench/inproc.py --requests 10000
     python bench/inproc.py --only stubbed,ledger --profile DIR   # + a cProfile of each figure
@@ -166,9 +172,10 @@ async def cpu_per_request(once: Callable[[], Awaitable[None]], requests: int, na
 
 
 def gateway_cost(loop: asyncio.AbstractEventLoop, config: Path, requests: int, stub_upstream: bool,
-                 body: bytes = BODY, name: str = "") -> float:
+                 body: bytes = BODY, name: str = "", unique: bool = False) -> float:
     """The app's CPU per request, started and stopped as granian does it (__rsgi_init__ and
-    __rsgi_del__ on a loop that is not running: they run the ledger's start and its last flush)."""
+    __rsgi_del__ on a loop that is not running: they run the ledger's start and its last flush).
+    `unique`: every request's prompt differs (a response cache misses on each)."""
     from tollway.core import config as config_mod
     from tollway.gateway.app import Gateway
 
@@ -182,8 +189,13 @@ def gateway_cost(loop: asyncio.AbstractEventLoop, config: Path, requests: int, s
     scope = Scope()
     scope.headers["content-length"] = str(len(body))
 
+    counter = iter(range(1 << 62))
+    head, tail = body.split(b"why does", 1)
+
     async def once() -> None:
-        proto = Proto(body)
+        proto = Proto(head + str(next(counter)).encode() + b" why does" + tail if unique else body)
+        if unique:
+            scope.headers["content-length"] = str(len(proto.body))
         await gateway.__rsgi__(scope, proto)
         assert proto.status == 200, proto.status
 
@@ -279,6 +291,8 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
     tokens_off.write_text(tokens.read_text() + "rate_limits: {enforce_streams: false}\n")
     guarded = workdir / "tollway-pii.yaml"
     guarded.write_text(limited.read_text() + "guardrails: [{name: pii, type: pii, action: log, apply_to: [input]}]\n")
+    cached = write_config(workdir, {UPSTREAM_MODEL: json_port, STREAM_MODEL: sse_port},
+                          cache="{backend: memory, max_bytes: 33554432}", name="tollway-cache.yaml")
     figures: dict[str, Callable[[], float]] = {
         "client": lambda: loop.run_until_complete(
             client_cost(f"http://127.0.0.1:{json_port}/v1/chat/completions", requests)),
@@ -295,6 +309,11 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "2k-pii": lambda: gateway_cost(loop, guarded, requests, True, BODY_2K, name="2k-pii"),
         "ledger": lambda: gateway_cost(loop, ledger, requests, True, name="ledger"),
         "stream-ledger": lambda: gateway_cost(loop, ledger, requests, False, STREAM_BODY, name="stream-ledger"),
+        "cache-miss": lambda: gateway_cost(loop, cached, requests, True, name="cache-miss", unique=True),
+        "cache-hit": lambda: gateway_cost(loop, cached, requests, True, name="cache-hit"),
+        "cache-stream-miss": lambda: gateway_cost(loop, cached, requests, False, STREAM_BODY, name="cache-stream-miss",
+                                                  unique=True),
+        "cache-stream-hit": lambda: gateway_cost(loop, cached, requests, False, STREAM_BODY, name="cache-stream-hit"),
     }
     return {name: run() for name, run in figures.items() if only is None or name in only}
 
@@ -330,7 +349,7 @@ def main() -> int:
             loop.close()
     print("us of CPU per request (user+system, best of 5, 32 in flight; chunk, chunk-ext: per chunk):")
     for name, value in figures.items():
-        print(f"  {name:9} {value:6.2f}" if name.startswith("chunk") else f"  {name:9} {value:6.1f}")
+        print(f"  {name:17} {value:6.2f}" if name.startswith("chunk") else f"  {name:17} {value:6.1f}")
     if "stubbed" in figures and "no-limit" in figures:
         print(f"  limit     {figures['stubbed'] - figures['no-limit']:6.1f}  (stubbed - no-limit)")
     if "stubbed" in figures and "ledger" in figures:

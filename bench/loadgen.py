@@ -33,13 +33,14 @@ class Cell:
 
 
 def run_wrk(url: str, conns: int, seconds: float, cpu: str, *, stream: bool, model: str,
-            key: str | None = None, log: Path | None = None) -> Cell:
-    """Run wrk for `seconds` with `conns` connections; returns its numbers.
+            key: str | None = None, log: Path | None = None, unique: str = "") -> Cell:
+    """Run wrk for `seconds` with `conns` connections; returns its numbers. `unique` (a run
+    id) makes every request's prompt different (chat.lua's BENCH_UNIQUE).
 
     Raises RuntimeError if wrk fails or prints no RESULT line.
     """
     env = dict(os.environ, BENCH_MODEL=model, BENCH_STREAM="1" if stream else "0",
-               BENCH_KEY=key or "")
+               BENCH_KEY=key or "", BENCH_UNIQUE=unique)
     argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
             "--latency", "-s", str(_SCRIPT), url]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 30)

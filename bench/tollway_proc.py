@@ -25,20 +25,25 @@ def serve_argv(config: Path, port: int) -> list[str]:
     return tollway_argv() + ["serve", "--config", str(config), "--port", str(port)]
 
 
-def write_config(workdir: Path, models: dict[str, int], access_log: bool = False) -> Path:
+def write_config(workdir: Path, models: dict[str, int], access_log: bool = False, cache: str = "",
+                 name: str = "tollway.yaml") -> Path:
     """A bench config where each public model goes to its own OpenAI-schema upstream on
-    127.0.0.1:<port>, with the key check on and an in-memory limit far above any load."""
+    127.0.0.1:<port>, with the key check on and an in-memory limit far above any load.
+    `cache`: the top-level `cache:` value; every model then opts in (sampled answers too: the
+    bench request sets no temperature)."""
     key_hash = subprocess.run(tollway_argv() + ["hash-key"], input=BENCH_KEY, text=True,
                               capture_output=True, check=True, cwd=REPO)
     providers, routes = [], []
     for i, (model, port) in enumerate(models.items()):
         providers.append(f"  - name: up{i}\n    schema: openai\n"
                          f"    base_url: http://127.0.0.1:{port}/v1\n    api_key: sk-upstream-secret\n")
-        routes.append(f"  - name: {model}\n    targets: [{{provider: up{i}, model: {UPSTREAM_MODEL}}}]\n")
-    path = workdir / "tollway.yaml"
+        routes.append(f"  - name: {model}\n    targets: [{{provider: up{i}, model: {UPSTREAM_MODEL}}}]\n"
+                      + ("    cache: {deterministic_only: false}\n" if cache else ""))
+    path = workdir / name
     path.write_text(
         "providers:\n" + "".join(providers) + "models:\n" + "".join(routes)
         + f'keys:\n  - name: bench\n    key_hash: "{key_hash.stdout.strip()}"\n    models: ["*"]\n'
         + "    limits: [{requests: 1000000000, per: 1m}]\n"
-        + f"server:\n  access_log: {'true' if access_log else 'false'}\n")
+        + f"server:\n  access_log: {'true' if access_log else 'false'}\n"
+        + (f"cache: {cache}\n" if cache else ""))
     return path

@@ -25,6 +25,8 @@ import msgspec
 import yaml
 
 from tollway.core.accounting.pricing import Price, dataset_price
+from tollway.core.cache import settings as cache_settings
+from tollway.core.cache.settings import CachePolicy, CacheStore
 from tollway.core.guardrails.detectors import ALL as DETECTORS
 from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
@@ -118,6 +120,7 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     price: Price | None = None
     limits: list[Limit] = []
     match: str | None = None  # a regex of public names this entry also serves
+    cache: CachePolicy | None = None  # its answers are cached (docs/cache.md)
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -135,6 +138,7 @@ class Key(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     team: str | None = None
     limits: list[Limit] = []
     budget: Budget | None = None
+    cache: CachePolicy | None = None  # its requests are cached (or, enabled: false, never) (docs/cache.md)
 
 
 class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -142,6 +146,7 @@ class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: list[Limit] = []
     budget: Budget | None = None
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])  # what its keys may use, at most
+    cache: CachePolicy | None = None  # its keys' requests are cached, unless a key says otherwise (docs/cache.md)
 
 
 class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -301,6 +306,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ledger: Ledger = Ledger()
     plugins: list[Plugin] = []  # run in this order (docs/plugins.md)
     guardrails: list[Guardrail] = []  # run in this order, before the plugins (docs/guardrails.md)
+    cache: CacheStore | None = None  # absent: no response cache (docs/cache.md)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -562,6 +568,7 @@ def problems(config: Config) -> list[tuple[Path, str]]:
     _validate_ledger(config, fail)
     _validate_plugins(config, fail)
     _validate_guardrails(config, fail)
+    found += cache_settings.problems(config.cache, cache_settings.owners(config.models, config.keys, config.teams))
     return found
 
 

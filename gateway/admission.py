@@ -71,6 +71,9 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     try:
         for before in pipeline.before_upstream:
             await before(req, ex)
+        if ex.cache is not None and ex.cache.headed(headers):  # a cache hit: answered without an upstream call
+            await ex.cache.serve(ex, proto, headers)
+            return
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer
         if req.head.stream and req.runtime.config.rate_limits.enforce_streams:
@@ -82,7 +85,8 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
         if stop is not None and stop.cut:  # stopped at a limit: charged what was sent, not what was made
             ex.usage = stop.usage(ex.usage)
         if lease is not None and limiter is not None:  # also when it failed or the client left
-            limiter.settle(lease, ex.usage, ex.upstream_model)
+            # (a cache hit counts as a request, not as the tokens it carries: nothing was generated)
+            limiter.settle(lease, None if ex.cache is not None and ex.cache.hit else ex.usage, ex.upstream_model)
         if ex.usage is not ex.priced:  # (a non-stream answer's was worked out for its header)
             ex.cost_usd = req.runtime.prices.cost(req.route.name, ex.upstream_model, ex.usage)
 

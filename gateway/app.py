@@ -20,6 +20,7 @@ from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.gateway import token_count
 from tollway.gateway.admin.api import AdminAPI
+from tollway.gateway.cache import ResponseCache
 from tollway.gateway.console import Console
 from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
@@ -41,6 +42,7 @@ from tollway.gateway.surfaces.anthropic import AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
 from tollway.gateway.telemetry.budget_metrics import BudgetLevels
+from tollway.gateway.telemetry.cache_metrics import CACHE_RULES, CacheGauges
 from tollway.gateway.telemetry.limit_metrics import LimitLevels
 from tollway.gateway.telemetry.live import LiveStats
 from tollway.gateway.telemetry.logs import refuse, setup_logging
@@ -92,6 +94,8 @@ class Gateway:
         self.books = Books(config, config_path, self.ledger_counters)
         self.plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # checked by `serve`
         self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
+        self.cache = ResponseCache(config, metrics=self.metrics)  # docs/cache.md
+        self.metrics.register(CacheGauges(lambda: self.cache), workers=("cache", CACHE_RULES))
         # Run-time keys and teams (issue 13): in the store's database, held here in memory.
         self.directory = Directory(build_key_store(config.store, config_path)) if config.store is not None else None
         if self.directory is not None:
@@ -197,6 +201,7 @@ class Gateway:
             loop.run_until_complete(self.limiter.store.aclose())
         loop.run_until_complete(self.plugins.close(_PLUGIN_FLUSH_SECONDS))  # queued on_complete calls
         loop.run_until_complete(self.books.close(_LEDGER_FLUSH_SECONDS))  # the queued usage records
+        loop.run_until_complete(self.cache.aclose())  # queued Redis writes
         if self.directory is not None:  # the keys' last use
             loop.run_until_complete(self.directory.close(self.serving.last_used))
         self.access_log.flush()
@@ -231,6 +236,9 @@ class Gateway:
         old_books, self.books = self.books, books
         self.plugins = plugins  # (the old ones' queued on_complete calls finish in their tasks)
         self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
+        self.cache = ResponseCache(config, self.cache)  # (the entries stay unless cache: changed)
+        if self.cache.retired is not None:
+            self._in_background(self.cache.retired.aclose())
         if rebuild is not None:  # owners new to budgets: their spend this period, from the ledger
             self._in_background(rebuild)
         books.budgets.start(loop)
@@ -250,8 +258,10 @@ class Gateway:
 
     def _pipeline(self) -> Pipeline:
         """The request path's hooks: the books' (budgets, ledger), the guardrails', then the plugins'
-        (so a plugin sees what the guardrails let through, masked)."""
-        return self.books.pipeline().join(self.guardrails.pipeline()).join(self.plugins.pipeline())
+        (so a plugin sees what the guardrails let through, masked), then the cache's (its key is over
+        the body as they leave it, and it stores what the client got)."""
+        return self.books.pipeline().join(self.guardrails.pipeline()).join(self.plugins.pipeline()).join(
+            self.cache.pipeline())
 
     def _api(self) -> ApiTables:
         return self.directory.tables if self.directory is not None else NO_API
@@ -361,6 +371,8 @@ class Gateway:
         ex.status = exc.status
         ex.error_type = ex.error_type or exc.code or exc.type
         headers = [_JSON, ("x-request-id", ex.request_id), *exc.headers]
+        if ex.cache is not None:  # a cached route's every answer says what the cache did
+            headers.append(ex.cache.header)
         try:
             proto.response_bytes(exc.status, headers, exc.body())
         except RuntimeError:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from tollway.core.accounting.pricebook import PriceBook
     from tollway.core.security.secrets import KnownSecrets
+    from tollway.gateway.cache import CacheState
     from tollway.gateway.guardrails.hooks import GuardrailState
     from tollway.gateway.pipeline import AfterResponse, OnAnswer, OnChunk, OnChunkAsync
     from tollway.gateway.plugins.hooks import PluginState
@@ -39,7 +40,7 @@ class Exchange:
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
-                 "guardrails", "budget_held")
+                 "guardrails", "budget_held", "cache")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -83,6 +84,7 @@ class Exchange:
         self.plugins: PluginState | None = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
         self.guardrails: GuardrailState | None = None  # when guardrails apply (tollway.gateway.guardrails)
         self.budget_held = 0.0  # USD its stream holds of its budgets until charged (tollway.gateway.store.budgets)
+        self.cache: CacheState | None = None  # on a cached route (tollway.gateway.cache)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -108,6 +110,8 @@ class Exchange:
         }
         if self.guardrails is not None and self.guardrails.counts:  # detector names and counts, never a value
             record["guardrails"] = self.guardrails.counts
+        if self.cache is not None:  # hit | miss | bypass, on a cached route (docs/cache.md)
+            record["cache"] = self.cache.outcome
         return record
 
 

@@ -23,7 +23,7 @@ def usage_record(ex: Exchange) -> UsageRecord:
         u.prompt_tokens if u else 0, u.cached_tokens if u else 0, u.cache_write_tokens if u else 0,
         u.completion_tokens if u else 0, u.reasoning_tokens if u else 0, ex.cost_usd,
         (time.perf_counter() - ex.start) * 1000, (first - ex.start) * 1000 if ex.stream and first else None,
-        ex.attempts, False, ex.tags, ex.trace.trace_id if ex.trace is not None else None,
+        ex.attempts, ex.cache is not None and ex.cache.hit, ex.tags, ex.trace.trace_id if ex.trace is not None else None,
         guards.counts or None if guards is not None else None,
     )
 

@@ -130,6 +130,12 @@ class Metrics:
         self.unpriced_requests = _series(shared, r, Counter, (
             "tollway_unpriced_requests", "Requests whose model has no price: their cost is recorded as null.",
             ("model",)))
+        self.cache_requests = _series(shared, r, Counter, (  # (tollway.gateway.cache; docs/cache.md)
+            "tollway_cache_requests", "Requests of cached routes by public model and outcome (hit, miss, bypass).",
+            ("model", "outcome")))
+        self.cache_events = _series(shared, r, Counter, (
+            "tollway_cache_events", "What the response cache did besides answering: single_flight_join (a miss "
+            "answered by an identical request's upstream call), store (an entry written).", ("event",)))
         self.limit_store_errors = Counter(
             "tollway_rate_limit_store_errors", "Limit decisions made without the bucket store, by backend and on_store_error.",
             ("backend", "mode"), registry=r,

@@ -1,0 +1,81 @@
+"""The cache key of a request, and whether its answer may be stored at all.
+
+The key is the SHA-256 of canonical JSON (keys sorted, no whitespace) of:
+
+    {"api": the client API, "config": the route's answer-relevant config version,
+     "scope": the partition (key id, team, or shared:<ns>), "request": the body as sent upstream}
+
+"as sent upstream" means the client body after the request hooks and masking guardrails
+(they replace the body before the lookup runs), minus the fields that cannot change the
+answer (`EXCLUDED`). The provider's translation of that body is a function of the body, the
+client API and the route's targets, which the config version covers: keying the body with
+them is keying the translated call, without translating it (and it does not depend on which
+of a route's targets happens to be asked first).
+
+Everything else in the body is in the key, known to the gateway or not: a field a newer
+API adds is answer-changing until someone shows it is not. That errs towards misses.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from tollway.core.providers.base import ClientAPI
+
+# Top-level request fields that change how the answer is delivered or attributed, never
+# what it says. (Anthropic's `metadata` holds its user_id; OpenAI's `safety_identifier` is
+# the newer `user`.)
+EXCLUDED = frozenset(("stream", "stream_options", "user", "metadata", "request_id", "safety_identifier"))
+
+CACHED_APIS = frozenset((ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES,
+                         ClientAPI.MESSAGES))
+
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+_decode = msgspec.json.decode
+
+
+class Request(msgspec.Struct, frozen=True):
+    """A request as the cache reads it: its key material, and whether its answer is sampled."""
+
+    canonical: dict[str, Any]  # the body without EXCLUDED fields
+    sampled: bool  # temperature > 0 (or the provider's default) without a seed
+
+
+def read(api: str, body: bytes) -> Request | None:
+    """The request's cache view, or None if the body is not a JSON object (the upstream call
+    will refuse it; nothing to cache)."""
+    try:
+        data = _decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for name in EXCLUDED:
+        data.pop(name, None)
+    return Request(data, _sampled(api, data))
+
+
+def _sampled(api: str, data: dict[str, Any]) -> bool:
+    """Whether the answer is drawn at random: embeddings never are; a generation is unless its
+    temperature is 0 or it names a seed. An absent temperature is the provider's default
+    (1.0 for OpenAI and Anthropic): sampled."""
+    if api == ClientAPI.EMBEDDINGS:
+        return False
+    if data.get("seed") is not None:
+        return False
+    temperature = data.get("temperature")
+    return not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 0)
+
+
+def cache_key(api: str, partition: str, config_version: str, request: Request) -> str:
+    """The entry's name: 64 hex digits."""
+    material = _encode_sorted({"api": api, "config": config_version, "scope": partition, "request": request.canonical})
+    return hashlib.sha256(material).hexdigest()
+
+
+def config_version(parts: object) -> str:
+    """A short digest of the config that shapes a route's answers (its targets, the guardrails
+    and plugins that apply): a change there starts new entries instead of serving old ones."""
+    return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).hexdigest()[:16]

@@ -1,0 +1,320 @@
+"""The response cache as pipeline hooks (tollway.gateway.pipeline, docs/cache.md).
+
+    before_upstream  lookup: the rule (key → team → model), cache-control, the key; a hit is
+                     kept on the request's CacheState, which `admission.forward` asks to answer
+                     instead of calling upstream; concurrent misses join one flight
+    on_chunk         capture: the client bytes of a streamed miss (bounded)
+    on_answer        capture: the client bytes of a non-stream miss
+    after_response   store: a complete, successful answer becomes an entry; the flight lands
+
+The hooks run after the guardrails' and the plugins' (the app joins them last), so the key is
+over the body they masked or rewrote, and what is stored is what the client got. With no
+`cache:` that anyone opted into, the cache plugs nothing in: the request path is unchanged.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from tollway.core.cache import entry as entries
+from tollway.core.cache.assemble import assemble
+from tollway.core.cache.key import CACHED_APIS, cache_key, read
+from tollway.core.cache.replay import replay
+from tollway.core.cache.rules import CacheRules, Rule
+from tollway.core.cache.settings import CacheStore, seconds
+from tollway.core.config import Config
+from tollway.ext.usage import Usage
+from tollway.gateway.cache.backend import CacheBackend
+from tollway.gateway.cache.flight import SingleFlight
+from tollway.gateway.cache.memory import MemoryBackend
+from tollway.gateway.cache.redis_backend import RedisBackend
+from tollway.gateway.downstream.watchdog import ANSWERED
+from tollway.gateway.pipeline import Pipeline
+from tollway.gateway.proxy import SSE_HEADERS, ClientGone, ClientStream
+from tollway.gateway.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from granian.rsgi import HTTPProtocol
+
+    from tollway.gateway.admission import Admitted
+    from tollway.gateway.exchange import Exchange
+
+HEADER = "x-tollway-cache"
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+STREAM_CAPTURE_FACTOR = 8  # a stream's SSE text may be this many times max_entry_bytes (its JSON is smaller)
+MEMO_ENTRIES, MEMO_BODY_BYTES = 1024, 4096  # keys remembered by body: at most ~4 MB of bodies
+_JSON = ("content-type", "application/json")
+_NOTHING = Usage()
+
+
+class CacheCounts:
+    """What the cache did, into the gateway's metrics (tollway_cache_requests, _events): counters
+    summed over the workers with --workers N, like the other per-request series."""
+
+    __slots__ = ("requests", "events")
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        metrics = metrics or Metrics()
+        self.requests, self.events = metrics.cache_requests, metrics.cache_events
+
+    def count(self, model: str, outcome: str) -> None:
+        self.requests.add((model, outcome), 1)
+
+    def joined(self) -> None:
+        """A miss answered by an identical request's upstream call instead of its own."""
+        self.events.add(("single_flight_join",), 1)
+
+    def stored(self) -> None:
+        self.events.add(("store",), 1)
+
+
+class CacheState:
+    """The cache's view of one request (Exchange.cache)."""
+
+    __slots__ = ("rule", "outcome", "key", "entry", "storing", "leader", "claimed", "stream", "include_usage",
+                 "answer", "chunks", "size", "replays")
+
+    def __init__(self, rule: Rule, stream: bool, include_usage: bool) -> None:
+        self.rule = rule
+        self.outcome = BYPASS
+        self.key: str | None = None  # None: neither read nor written
+        self.entry: entries.Entry | None = None  # a hit
+        self.storing = False  # the answer may become an entry
+        self.leader = False  # this request leads the key's flight (lands it when finished)
+        self.claimed = False  # ... and holds its cross-replica fill lock
+        self.stream, self.include_usage = stream, include_usage
+        self.answer: bytes | None = None  # a non-stream miss's client bytes
+        self.chunks: list[bytes] = []  # a streamed miss's client bytes
+        self.size = 0
+        self.replays: Replays | None = None  # a hit: where its stream is rendered
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+    @property
+    def header(self) -> tuple[str, str]:
+        return HEADER, self.outcome
+
+    def headed(self, headers: list[tuple[str, str]]) -> bool:
+        """Add the cache's header to the response's; True on a hit (then `serve` answers)."""
+        headers.append((HEADER, self.outcome))
+        return self.entry is not None
+
+    async def serve(self, ex: Exchange, proto: HTTPProtocol, headers: list[tuple[str, str]]) -> None:
+        """Send the stored answer, as JSON or as a stream as the request asked, with its age."""
+        found = self.entry
+        assert found is not None
+        headers.append(("age", str(max(0, int(time.time() - found.created)))))
+        ex.usage = ex.priced = found.usage
+        ex.cost_usd, ex.upstream_model, ex.status = 0.0, found.upstream_model, 200
+        if self.stream and found.api in _STREAMED:
+            ex.stream = True
+            body = self.replays.stream(found, self.include_usage) if self.replays is not None else \
+                replay(found.api, msgspec.json.decode(found.body), self.include_usage)
+            out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *headers]))
+            ex.first_byte = time.perf_counter()
+            try:
+                await out.send(body)
+            except ClientGone:  # left before its answer went out: as the relay records it
+                ex.error_type = "client_closed"
+            finally:
+                out.close()
+        else:
+            ex.first_byte = time.perf_counter()
+            proto.response_bytes(200, [_JSON, *headers, ("x-tollway-cost-usd", "0")], found.body)
+        ex.phase = ANSWERED
+
+
+_STREAMED = frozenset(("chat", "completions", "responses", "messages"))
+REPLAYS_KEPT, REPLAY_BODY_BYTES = 128, 16384  # streams rendered from small entries, kept for their next hit
+
+
+class Replays:
+    """Streams rendered from stored answers, kept while they are among the last REPLAYS_KEPT
+    small ones: a hot entry's stream hits render nothing (at most ~6 MB)."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[bytes, str, bool], bytes] = {}
+
+    def stream(self, found: entries.Entry, include_usage: bool) -> bytes:
+        """The SSE bytes of `found` for a request that does (or does not) want the usage chunk."""
+        if len(found.body) > REPLAY_BODY_BYTES:
+            return replay(found.api, msgspec.json.decode(found.body), include_usage)
+        memo = (found.body, found.api, include_usage)  # (the memory store's entry keeps its body's hash)
+        body = self.kept.get(memo)
+        if body is None:
+            body = replay(found.api, msgspec.json.decode(found.body), include_usage)
+            if len(self.kept) >= REPLAYS_KEPT:
+                del self.kept[next(iter(self.kept))]  # the oldest (dicts keep insertion order)
+            self.kept[memo] = body
+        return body
+
+
+def control(value: str | None) -> tuple[bool, bool]:
+    """(no_store, no_cache) of a request's cache-control header."""
+    if not value:
+        return False, False
+    directives = {part.strip().split("=", 1)[0].lower() for part in value.split(",")}
+    return "no-store" in directives, "no-cache" in directives
+
+
+class ResponseCache:
+    """The cache of one config: its rules, and the backend, flights and counts it shares with
+    the caches of the configs before it (a reload keeps the entries unless `cache:` changed)."""
+
+    def __init__(self, config: Config, previous: ResponseCache | None = None, metrics: Metrics | None = None) -> None:
+        self.config: CacheStore | None = config.cache
+        self.rules = CacheRules(config)
+        self.counts: CacheCounts = previous.counts if previous is not None else CacheCounts(metrics)
+        self.flights: SingleFlight = previous.flights if previous is not None else SingleFlight()
+        self.replays: Replays = previous.replays if previous is not None else Replays()
+        self.retired: CacheBackend | None = None  # the previous backend, if this one replaces it: close it
+        self.backend: CacheBackend | None = None  # None: nothing is cached
+        if previous is not None and previous.config == self.config and previous.backend is not None:
+            self.backend = previous.backend
+        else:
+            self.backend = _backend(self.config) if self.config is not None and self.rules else None
+            self.retired = previous.backend if previous is not None else None
+        store = self.config or CacheStore()
+        self.max_entry = store.max_entry_bytes
+        # (api, partition, config version, body) -> (key, sampled), for bodies up to MEMO_BODY_BYTES
+        self._memo: dict[tuple[str, str, str, bytes], tuple[str, bool]] = {}
+        self.lock_ttl = seconds(store.lock_ttl)
+
+    def pipeline(self) -> Pipeline:
+        if self.backend is None or not self.rules:  # nothing opted in: the request path stays as it is
+            return Pipeline()
+        return Pipeline(before_upstream=(self.lookup,), on_chunk=(self.capture_chunk,),
+                        on_answer=(self.capture_answer,), after_response=(self.store,))
+
+    async def aclose(self) -> None:
+        if self.backend is not None:
+            await self.backend.aclose()
+
+    # -- before_upstream ---------------------------------------------------------------
+
+    async def lookup(self, req: Admitted, ex: Exchange) -> None:
+        key = req.key.key
+        rule = self.rules.rule(req.route.name, key.name, key.team)
+        if rule is None or ex.api not in CACHED_APIS:
+            return
+        state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk)
+        no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
+        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team),
+                                                self.rules.version(req.route.name), req.body)
+        if named is None or (named[1] and rule.deterministic_only):
+            self.counts.count(ex.route, BYPASS)
+            return
+        state.key, state.storing = named[0], True
+        if no_cache:  # the client wants a fresh answer: go upstream, then refresh the entry
+            self.counts.count(ex.route, BYPASS)
+            return
+        await self._find(state, ex)
+
+    def _key(self, api: str, partition: str, version: str, body: bytes) -> tuple[str, bool] | None:
+        """(the cache key, whether the request is sampled), or None for a body that is not a JSON
+        object. Byte-identical small bodies (retries, a client repeating itself: the requests
+        that hit) reuse the key worked out the last time, without decoding and hashing again."""
+        memo = (api, partition, version, body) if len(body) <= MEMO_BODY_BYTES else None
+        found = self._memo.get(memo) if memo is not None else None
+        if found is not None:
+            return found
+        request = read(api, body)
+        if request is None:
+            return None
+        found = cache_key(api, partition, version, request), request.sampled
+        if memo is not None:
+            if len(self._memo) >= MEMO_ENTRIES:
+                del self._memo[next(iter(self._memo))]  # the oldest (dicts keep insertion order)
+            self._memo[memo] = found
+        return found
+
+    async def _find(self, state: CacheState, ex: Exchange) -> None:
+        key, backend = state.key, self.backend
+        assert key is not None and backend is not None
+        if self._hit(state, backend.read(key) if backend.local else await backend.get(key), ex):
+            return
+        if not self.flights.lead(key):  # an identical request is being answered: wait for it
+            if self._hit(state, await self.flights.join(key, self.lock_ttl), ex, joined=True):
+                return
+        else:
+            state.leader = True
+            state.claimed = backend.local or await backend.claim(key, self.lock_ttl)
+            if not state.claimed:  # another replica is filling it
+                found = await backend.await_fill(key, self.lock_ttl)
+                if self._hit(state, found, ex, joined=True):
+                    self.flights.land(key, found)
+                    state.leader = False
+                    return
+        state.outcome = MISS
+        self.counts.count(ex.route, MISS)
+
+    def _hit(self, state: CacheState, found: entries.Entry | None, ex: Exchange, joined: bool = False) -> bool:
+        if found is None or found.api != ex.api:
+            return False
+        state.entry, state.outcome, state.storing, state.replays = found, HIT, False, self.replays
+        self.counts.count(ex.route, HIT)
+        if joined:
+            self.counts.joined()
+        return True
+
+    # -- capture ---------------------------------------------------------------------------
+
+    def capture_chunk(self, ex: Exchange, out: bytes) -> bytes:
+        state = ex.cache
+        if state is not None and state.storing:
+            state.size += len(out)
+            if state.size > self.max_entry * STREAM_CAPTURE_FACTOR:
+                state.storing, state.chunks = False, []
+            else:
+                state.chunks.append(out)
+        return out
+
+    async def capture_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
+        state = ex.cache
+        if state is not None and state.storing and status == 200 and len(out) <= self.max_entry:
+            state.answer = out
+        return out
+
+    # -- after_response --------------------------------------------------------------------
+
+    def store(self, ex: Exchange) -> None:
+        state = ex.cache
+        if state is None or state.key is None or state.entry is not None:
+            return
+        value = self._entry(ex, state) if state.storing and ex.status == 200 and not ex.error_type else None
+        if value is not None or state.claimed:
+            assert self.backend is not None  # (a state with a key is only made when there is one)
+            self.backend.fill(state.key, value, state.rule.ttl, state.claimed)
+        if value is not None:
+            self.counts.stored()
+        if state.leader:
+            self.flights.land(state.key, value)
+
+    def _entry(self, ex: Exchange, state: CacheState) -> entries.Entry | None:
+        """The stored form of the request's answer, or None if it is not one to keep."""
+        if state.answer is not None:
+            body = state.answer
+            if not entries.storable_json(ex.api, body):
+                return None
+        elif state.chunks:
+            answer = assemble(ex.api, b"".join(state.chunks), ex.usage)
+            if answer is None or not entries.storable(ex.api, answer):
+                return None
+            body = msgspec.json.encode(answer)
+            if len(body) > self.max_entry:
+                return None
+        else:
+            return None
+        return entries.Entry(ex.api, body, time.time(), ex.usage or _NOTHING, ex.upstream_model)
+
+
+def _backend(store: CacheStore) -> CacheBackend:
+    if store.backend == "redis":
+        return RedisBackend(store.redis_url, store.key_prefix)
+    return MemoryBackend(store.max_bytes)

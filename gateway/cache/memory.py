@@ -1,0 +1,81 @@
+"""The in-process cache store: bounded in bytes, least recently used out first, entries
+expire after their ttl.
+
+An OrderedDict in use order (a hit moves its entry to the end; eviction pops from the front)
+holds (expiry, entry) per key: entries stay objects, so a hit decodes nothing. Expired
+entries are dropped when read, and from the front while making room, so memory stays within
+`max_bytes` (answers plus a fixed per-entry overhead for the key and bookkeeping) whatever
+is stored. The clock is injected (monotonic
+seconds) so tests can move time.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from tollway.core.cache.entry import Entry
+
+ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its answer's: its 64-char key, the Entry and its usage, tuple, dict slot
+
+
+class MemoryBackend:
+    name = "memory"
+    local = True
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.entries: OrderedDict[str, tuple[float, Entry]] = OrderedDict()
+        self.bytes = 0
+        self.evictions = 0  # entries pushed out for room (not expiry)
+        self.errors = 0  # (a dict does not fail)
+
+    async def get(self, key: str) -> Entry | None:
+        return self.read(key)
+
+    def read(self, key: str) -> Entry | None:
+        found = self.entries.get(key)
+        if found is None:
+            return None
+        expires, value = found
+        if self.clock() >= expires:
+            self._drop(key)
+            return None
+        self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: Entry, ttl: float) -> None:
+        size = len(value.body) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        if key in self.entries:
+            self._drop(key)
+        now = self.clock()
+        while self.bytes + size > self.max_bytes:
+            _, (expires, old) = self.entries.popitem(last=False)
+            self.bytes -= len(old.body) + ENTRY_OVERHEAD
+            if expires > now:
+                self.evictions += 1
+        self.entries[key] = (now + ttl, value)
+        self.bytes += size
+
+    def _drop(self, key: str) -> None:
+        _, value = self.entries.pop(key)
+        self.bytes -= len(value.body) + ENTRY_OVERHEAD
+
+    def fill(self, key: str, entry: Entry | None, ttl: float, claimed: bool) -> None:
+        if entry is not None:
+            self.put(key, entry, ttl)
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        return True  # one process: its own single flight is the lock
+
+    async def await_fill(self, key: str, wait: float) -> Entry | None:
+        return None  # (never asked: claim always succeeds)
+
+    def usage(self) -> tuple[int, int]:
+        return self.bytes, len(self.entries)
+
+    async def aclose(self) -> None:
+        pass

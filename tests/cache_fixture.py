@@ -1,0 +1,101 @@
+"""What the cache's end-to-end tests share: an OpenAI fake with the answers a cache must not
+keep (truncated) and one slow enough for requests to overlap, and a config that opts models in."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.openai_upstream import FakeOpenAI, _usage
+from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, key_hash
+
+THIRD_KEY = "sk-tollway-third-key-1111111111"
+SOLO_KEY = "sk-tollway-solo-key-2222222222"  # no team, no limits
+TIGHT_KEY = "sk-tollway-tight-key-3333333333"  # 5 output tokens a minute: a 9-token stream is cut
+SLOW_SECONDS = 0.6
+
+
+class CacheUpstream(FakeOpenAI):
+    """FakeOpenAI plus `truncated` (finish_reason length) and `slow` (answers after SLOW_SECONDS)."""
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()  # (aiohttp keeps the body: the parent reads it again)
+        if body.get("model") == "slow":
+            await asyncio.sleep(SLOW_SECONDS)
+        if body.get("model") != "truncated":
+            return await super().chat(request)
+        await self._record(request)
+        base = {"id": "chatcmpl-cut", "created": int(time.time()), "model": "truncated"}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": "The quick", "refusal": None}
+            return web.json_response({**base, "object": "chat.completion", "usage": _usage(3, 2),
+                                      "choices": [{"index": 0, "message": message, "logprobs": None,
+                                                   "finish_reason": "length"}]})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for delta, finish in (({"role": "assistant", "content": "The quick"}, None), ({}, "length")):
+            chunk = {**base, "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def calls(self, marker: str) -> int:
+        """Requests that reached this upstream with `marker` somewhere in their body."""
+        return sum(marker in json.dumps(r["body"]) for r in self.requests)
+
+
+def prompt() -> str:
+    """A prompt no other test sends: each test's entries are its own."""
+    return f"cache test {uuid.uuid4().hex}"
+
+
+_LIMITED = """  - name: limited-key
+    key_hash: "{}"
+    limits: [{{requests: 4, per: 1m}}, {{output_tokens: 30, per: 1m}}]
+  - name: tight-key
+    key_hash: "{}"
+    limits: [{{output_tokens: 5, per: 1m}}]
+"""
+
+
+def cache_config(openai_url: str, anthropic_url: str = "http://127.0.0.1:9", cache: str = "{backend: memory}",
+                 extra: str = "", limited: bool = True) -> str:
+    """`limited`: with the key whose in-memory limits refuse `--workers N`."""
+    cached = ("gpt-4o-mini", "text-embedding-3-small", "truncated", "slow", "fail-500", "die-mid-stream")
+    models = "\n".join(f"  - {{name: {m}, targets: [{{provider: up}}], cache: {{}}}}" for m in cached)
+    return f"""
+providers:
+  - {{name: up, schema: openai, base_url: "{openai_url}", api_key: {UPSTREAM_SECRET},
+     timeouts: {{connect: 2, first_byte: 5, idle: 5}}}}
+  - {{name: claude, schema: anthropic, base_url: "{anthropic_url}", api_key: {UPSTREAM_SECRET}}}
+models:
+{models}
+  - {{name: team-mini, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: team}}}}
+  - {{name: shared-mini, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: "shared:docs"}}}}
+  - {{name: sampled-ok, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{deterministic_only: false}}}}
+  - {{name: short-lived, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{ttl: 1s}}}}
+  - {{name: guarded, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
+  - {{name: uncached, targets: [{{provider: up, model: gpt-4o-mini}}]}}
+  - {{name: claude-sonnet, targets: [{{provider: claude}}], cache: {{}}}}
+  - {{name: stream-error, targets: [{{provider: claude}}], cache: {{}}}}
+  - {{name: claude-over-chat, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
+keys:
+  - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: red}}
+  - {{name: other-key, key_hash: "{key_hash(OTHER_KEY)}", team: red}}
+  - {{name: solo-key, key_hash: "{key_hash(SOLO_KEY)}"}}
+{_LIMITED.format(key_hash(THIRD_KEY), key_hash(TIGHT_KEY)) if limited else ""}teams: [{{name: red}}]
+guardrails:
+  - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}
+cache: {cache}
+{extra}
+"""
+
+
+def messages(text: str) -> list[Any]:
+    return [{"role": "user", "content": text}]

@@ -1,0 +1,351 @@
+"""The response cache's parts without a server: the key, what is stored, stream assembly and
+replay, the memory store's bounds and expiry (an injected clock), and the config's checks."""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tollway.core import config as config_mod
+from tollway.core.cache.assemble import assemble
+from tollway.core.cache.entry import Entry, decode, encode, storable
+from tollway.core.cache.key import EXCLUDED, cache_key, read
+from tollway.core.cache.replay import replay
+from tollway.core.cache.rules import CacheRules
+from tollway.ext.usage import Usage
+from tollway.gateway.cache.hooks import control
+from tollway.gateway.cache.memory import ENTRY_OVERHEAD, MemoryBackend
+
+BASE: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}],
+                        "temperature": 0}
+
+
+def key_of(body: dict[str, Any], api: str = "chat", partition: str = "key:a", version: str = "v1") -> str:
+    request = read(api, json.dumps(body).encode())
+    assert request is not None
+    return cache_key(api, partition, version, request)
+
+
+# Every field that can change what a model answers, each with a value other than BASE's.
+ANSWER_FIELDS: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "What is 3+3?"}], "model": "gpt-4o",
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": "required", "response_format": {"type": "json_object"}, "temperature": 0.5, "top_p": 0.5,
+    "seed": 7, "stop": ["\n"], "max_tokens": 5, "max_completion_tokens": 5, "n": 2, "logprobs": True,
+    "top_logprobs": 3, "presence_penalty": 0.5, "frequency_penalty": 0.5, "logit_bias": {"50256": -100},
+    "reasoning_effort": "high", "parallel_tool_calls": False, "service_tier": "flex", "modalities": ["text"],
+    "prediction": {"type": "content", "content": "4"}, "audio": {"voice": "alloy", "format": "wav"},
+    "top_k": 1, "system": "be terse", "thinking": {"type": "enabled", "budget_tokens": 1024},
+    "verbosity": "low", "web_search_options": {}, "previous_response_id": "resp_1", "instructions": "x",
+}
+NOT_ANSWER_FIELDS: dict[str, Any] = {
+    "stream": True, "stream_options": {"include_usage": True}, "user": "u-42", "metadata": {"user_id": "u-42"},
+    "request_id": "req-1", "safety_identifier": "s-1",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(sorted(ANSWER_FIELDS)), also=st.sampled_from(sorted(NOT_ANSWER_FIELDS)))
+def test_every_answer_changing_field_changes_the_key_and_no_other_does(field: str, also: str) -> None:
+    changed = {**BASE, field: ANSWER_FIELDS[field]}
+    assert key_of(changed) != key_of(BASE)
+    # ... and a delivery-only field on top changes nothing, with the answer field or without it
+    assert key_of({**changed, also: NOT_ANSWER_FIELDS[also]}) == key_of(changed)
+    assert key_of({**BASE, also: NOT_ANSWER_FIELDS[also]}) == key_of(BASE)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.text(max_size=5), max_size=6),
+       st.text(min_size=1, max_size=30))
+def test_unknown_fields_are_in_the_key_and_field_order_is_not(extra: dict[str, Any], content: str) -> None:
+    body = {**BASE, "messages": [{"role": "user", "content": content}], **extra}
+    kept = {k: v for k, v in extra.items() if k not in EXCLUDED and k not in BASE}
+    reordered = dict(reversed(list(body.items())))
+    assert key_of(reordered) == key_of(body)
+    if kept:  # a field the gateway does not know may change the answer: it splits the key
+        assert key_of(body) != key_of({**BASE, "messages": body["messages"],
+                                       **{k: v for k, v in extra.items() if k not in kept}})
+
+
+def test_partition_api_and_config_version_split_the_key() -> None:
+    base = key_of(BASE)
+    assert key_of(BASE, partition="key:b") != base
+    assert key_of(BASE, partition="team:a") != base
+    assert key_of(BASE, version="v2") != base
+    assert key_of(BASE, api="responses") != base
+    assert len(base) == 64 and int(base, 16) >= 0
+
+
+@pytest.mark.parametrize("body, api, sampled", [
+    ({"temperature": 0}, "chat", False),
+    ({}, "chat", True),  # the provider's default temperature (1.0) samples
+    ({"temperature": 0.7}, "chat", True),
+    ({"temperature": 0.7, "seed": 1}, "chat", False),
+    ({"temperature": True}, "chat", True),  # not a number
+    ({}, "embeddings", False),
+    ({"temperature": 0.0}, "messages", False),
+])
+def test_sampled_requests(body: dict[str, Any], api: str, sampled: bool) -> None:
+    request = read(api, json.dumps({"model": "m", **body}).encode())
+    assert request is not None and request.sampled is sampled
+
+
+def test_a_body_that_is_not_a_json_object_is_not_cached() -> None:
+    assert read("chat", b"[1, 2]") is None
+    assert read("chat", b"{not json") is None
+
+
+CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_1", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Four."}, "logprobs": None, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "mul", "arguments": "{}"}}]},
+             "logprobs": None, "finish_reason": "tool_calls"}]}
+COMPLETION = {"id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "m",
+              "choices": [{"index": 0, "text": " four", "logprobs": None, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+RESPONSE = {"id": "resp_1", "object": "response", "created_at": 1700000000, "status": "completed", "model": "m",
+            "output": [{"type": "reasoning", "id": "rs_1", "summary": []},
+                       {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "Four.", "annotations": []}]},
+                       {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "add",
+                        "arguments": "{\"a\":2}", "status": "completed"}],
+            "usage": {"input_tokens": 5, "output_tokens": 9, "total_tokens": 14}}
+MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "stop_reason": "tool_use",
+           "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 20},
+           "content": [{"type": "thinking", "thinking": "2+2", "signature": "sig"},
+                       {"type": "text", "text": "Four."},
+                       {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 2, "b": [1, {"c": None}]}}]}
+
+
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("completions", COMPLETION), ("responses", RESPONSE),
+                                         ("messages", MESSAGE)])
+def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict[str, Any]) -> None:
+    sse = replay(api, copy.deepcopy(answer), include_usage=True)
+    assert assemble(api, sse, None) == answer
+    # in pieces of any size, as a relay delivers it, and with CRLF line ends
+    assert assemble(api, sse.replace(b"\n", b"\r\n"), None) == answer
+
+
+def test_a_replayed_chat_stream_has_the_usage_chunk_only_when_asked() -> None:
+    with_usage, without = replay("chat", CHAT, True), replay("chat", CHAT, False)
+    assert with_usage.endswith(b"data: [DONE]\n\n") and without.endswith(b"data: [DONE]\n\n")
+    last = json.loads(with_usage.split(b"\n\n")[-3].removeprefix(b"data: "))
+    assert last["choices"] == [] and last["usage"] == CHAT["usage"]
+    assert b'"usage"' not in without
+    # a stream that did not carry usage takes what the gateway charged
+    rebuilt = assemble("chat", without, Usage(5, 7, 12))
+    assert rebuilt is not None and rebuilt["usage"] == CHAT["usage"]
+
+
+@pytest.mark.parametrize("cut", [b"data: [DONE]\n\n", b"event: message_stop"])
+def test_a_stream_without_its_end_is_not_an_answer(cut: bytes) -> None:
+    api, answer = ("chat", CHAT) if b"DONE" in cut else ("messages", MESSAGE)
+    sse = replay(api, answer, True)
+    assert assemble(api, sse[:sse.index(cut)], None) is None
+
+
+def test_a_stream_with_an_error_event_is_not_an_answer() -> None:
+    sse = replay("chat", CHAT, False).replace(b"data: [DONE]", b'data: {"error": {"message": "x"}}\n\ndata: [DONE]')
+    assert assemble("chat", sse, None) is None
+    events = replay("responses", RESPONSE, False).replace(b"response.completed", b"response.incomplete")
+    assert assemble("responses", events, None) is None
+
+
+@pytest.mark.parametrize("api, answer, ok", [
+    ("chat", CHAT, True),
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}, False),
+    ("chat", {**CHAT, "choices": [CHAT["choices"][0], {**CHAT["choices"][1], "finish_reason": "content_filter"}]}, False),
+    ("chat", {**CHAT, "choices": []}, False),
+    ("completions", COMPLETION, True),
+    ("completions", {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "finish_reason": "length"}]}, False),
+    ("responses", RESPONSE, True),
+    ("responses", {**RESPONSE, "status": "incomplete"}, False),
+    ("messages", MESSAGE, True),
+    ("messages", {**MESSAGE, "stop_reason": "end_turn"}, True),
+    ("messages", {**MESSAGE, "stop_reason": "max_tokens"}, False),
+    ("messages", {**MESSAGE, "stop_reason": "refusal"}, False),
+    ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}, True),
+])
+def test_only_complete_answers_are_storable(api: str, answer: dict[str, Any], ok: bool) -> None:
+    assert storable(api, answer) is ok
+
+
+def test_an_entry_survives_its_encoding_and_garbage_is_no_entry() -> None:
+    entry = Entry("chat", json.dumps(CHAT).encode(), 1700000000.5, Usage(5, 7, 12), "gpt-4o-mini-2024")
+    assert decode(encode(entry)) == entry
+    assert decode(b"\x00garbage") is None
+
+
+@pytest.mark.parametrize("value, directives", [
+    (None, (False, False)), ("no-cache", (False, True)), ("No-Store", (True, False)),
+    ("max-age=0, no-store, no-cache", (True, True)), ("private", (False, False)),
+])
+def test_cache_control(value: str | None, directives: tuple[bool, bool]) -> None:
+    assert control(value) == directives
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry(size: int, fill: bytes = b"x") -> Entry:
+    return Entry("chat", fill * size, 0.0, Usage())
+
+
+async def test_memory_entries_expire_after_their_ttl() -> None:
+    clock = Clock()
+    store = MemoryBackend(10_000, clock)
+    store.put("a", entry(10), ttl=60)
+    clock.now += 59.9
+    assert await store.get("a") == entry(10)
+    clock.now += 0.2
+    assert await store.get("a") is None
+    assert store.usage() == (0, 0)  # an expired entry read is gone, and its bytes with it
+
+
+async def test_memory_is_bounded_in_bytes_and_evicts_least_recently_used() -> None:
+    size = 100 + ENTRY_OVERHEAD
+    store = MemoryBackend(3 * size, Clock())
+    for name in "abc":
+        store.put(name, entry(100, name.encode()), ttl=60)
+    assert await store.get("a") is not None  # a is now the most recently used
+    store.put("d", entry(100, b"d"), ttl=60)
+    assert await store.get("b") is None  # the least recently used went
+    assert all([await store.get(n) for n in "acd"])
+    assert store.usage() == (3 * size, 3) and store.evictions == 1
+    store.put("big", entry(3 * size), ttl=60)  # larger than the whole store: not kept, nothing evicted
+    assert await store.get("big") is None and store.usage() == (3 * size, 3)
+    store.put("a", entry(50, b"A"), ttl=60)  # replacing an entry re-counts its bytes
+    assert store.usage() == (3 * size - 50, 3)
+
+
+async def test_expired_entries_make_room_before_live_ones_are_evicted() -> None:
+    clock, size = Clock(), 100 + ENTRY_OVERHEAD
+    store = MemoryBackend(2 * size, clock)
+    store.put("old", entry(100), ttl=1)
+    store.put("live", entry(100), ttl=60)
+    clock.now += 2
+    store.put("new", entry(100), ttl=60)
+    assert await store.get("live") is not None and await store.get("new") is not None
+    assert store.evictions == 0  # the expired one went, which is no eviction
+
+
+def _config(text: str) -> config_mod.Checked:
+    head = """
+providers: [{name: up, schema: openai, base_url: "http://127.0.0.1:9/v1"}]
+keys: [{name: k, key_hash: "sha256:%s", team: t, cache: {scope: team}}]
+teams: [{name: t}]
+""" % ("0" * 64)
+    return config_mod.check(head + text, with_warnings=False)
+
+
+def test_config_errors_name_the_field_and_say_what_to_write() -> None:
+    checked = _config("""
+cache: {backend: redis, redis_url: "http://x", ttl: forever, max_bytes: 10, max_entry_bytes: 100}
+models:
+  - {name: a, targets: [{provider: up}], cache: {scope: "shared:"}}
+  - {name: b, targets: [{provider: up}], cache: {ttl: -5m}}
+""")
+    found = {(e.path, e.problem.split(" (")[0].split(",")[0]) for e in checked.errors}
+    paths = {path for path, _ in found}
+    assert {"cache.ttl", "cache.max_bytes", "cache.redis_url", "models.a.cache.scope", "models.b.cache.ttl"} <= paths
+    assert any("shared:<namespace>" in e.problem for e in checked.errors)
+    assert [e.problem for e in checked.errors if e.path == "models.b.cache.ttl"] == [
+        "expected a duration such as 30s, 10m, 1h or 1d (or seconds > 0), not '-5m'"]
+
+
+def test_a_cache_of_a_model_needs_the_top_level_section() -> None:
+    checked = _config("models: [{name: a, targets: [{provider: up}], cache: {ttl: 10m}}]\n")
+    assert sorted(e.path for e in checked.errors) == ["keys.k.cache", "models.a.cache"]
+    assert all("top-level cache:" in e.problem for e in checked.errors)
+
+
+def test_the_rule_of_a_request_is_its_keys_then_its_teams_then_its_models() -> None:
+    checked = _config("""
+cache: {ttl: 1h}
+teams: [{name: t, cache: {scope: "shared:ops", ttl: 5m}}, {name: quiet, cache: {enabled: false}}]
+models: [{name: a, targets: [{provider: up}], cache: {ttl: 10m}}, {name: b, targets: [{provider: up}]}]
+""".replace("teams: [{name: t}]", ""))
+    assert not checked.errors, checked.errors
+    assert checked.config is not None
+    rules = CacheRules(msgspec.structs.replace(checked.config, teams=checked.config.teams))
+    assert rules.rule("a", "k", "t") == rules.keys["k"]  # the key's own: scope team, the default ttl
+    assert rules.rule("a", "k", "t").partition("id1", "t") == "team:t"  # type: ignore[union-attr]
+    assert rules.rule("a", "other", "t").partition("id2", "t") == "shared:ops"  # type: ignore[union-attr]
+    assert rules.rule("a", "other", "t").ttl == 300  # type: ignore[union-attr]
+    assert rules.rule("a", "other", "quiet") is None  # the team opted out
+    assert rules.rule("a", "other", None).ttl == 600  # type: ignore[union-attr]
+    assert rules.rule("b", "other", None) is None  # nobody opted in
+    assert rules.rule("a", "other", None).partition("id3", None) == "key:id3"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("api, answer", [
+    ("chat", CHAT), ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}),
+    ("chat", {**CHAT, "choices": []}), ("completions", COMPLETION), ("responses", RESPONSE),
+    ("responses", {**RESPONSE, "status": "incomplete"}), ("responses", {**RESPONSE, "error": {"code": "x"}}),
+    ("messages", MESSAGE), ("messages", {**MESSAGE, "stop_reason": "max_tokens"}),
+    ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}), ("embeddings", {"object": "list"}),
+])
+def test_storable_json_reads_bytes_as_storable_reads_the_answer(api: str, answer: dict[str, Any]) -> None:
+    from tollway.core.cache.entry import storable_json
+
+    assert storable_json(api, json.dumps(answer).encode()) is storable(api, answer)
+    assert storable_json(api, b"[1]") is False and storable_json(api, b"{oops") is False
+
+
+BARE = """
+providers: [{name: up, schema: openai, base_url: "http://127.0.0.1:9/v1"}]
+models: [{name: a, targets: [{provider: up}]%s}]
+%s
+"""
+
+
+@pytest.mark.parametrize("model_cache, store", [("", ""), ("", "cache: {backend: memory}"),
+                                                (", cache: {enabled: false}", "cache: {backend: memory}")])
+def test_with_no_cache_anyone_opted_into_nothing_is_plugged_in(model_cache: str, store: str) -> None:
+    from tollway.gateway.cache import ResponseCache
+    from tollway.gateway.pipeline import EMPTY
+
+    cache = ResponseCache(config_mod.loads(BARE % (model_cache, store)))
+    assert cache.pipeline() == EMPTY and cache.backend is None
+
+
+def test_a_reload_keeps_the_entries_unless_the_cache_section_changed() -> None:
+    from tollway.gateway.cache import ResponseCache
+
+    first = ResponseCache(config_mod.loads(BARE % (", cache: {ttl: 1m}", "cache: {backend: memory}")))
+    assert first.backend is not None and first.pipeline().before_upstream
+    again = ResponseCache(config_mod.loads(BARE % (", cache: {ttl: 5m}", "cache: {backend: memory}")), first)
+    assert again.backend is first.backend and again.retired is None and again.flights is first.flights
+    resized = ResponseCache(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory, max_bytes: 2000000}")),
+                            again)
+    assert resized.backend is not first.backend and resized.retired is first.backend
+    assert resized.counts is first.counts  # the metrics' counts run on across reloads
+
+
+def test_a_remembered_key_is_the_key_the_body_would_get() -> None:
+    from tollway.gateway.cache import ResponseCache, hooks
+
+    cache = ResponseCache(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory}")))
+    body = json.dumps(BASE).encode()
+    first = cache._key("chat", "key:a", "v1", body)
+    assert first == (key_of(BASE), False) and cache._key("chat", "key:a", "v1", body) == first
+    assert cache._key("chat", "key:b", "v1", body) != first  # the partition is part of what is remembered
+    big = json.dumps({**BASE, "messages": [{"role": "user", "content": "x" * hooks.MEMO_BODY_BYTES}]}).encode()
+    assert cache._key("chat", "key:a", "v1", big) is not None and len(cache._memo) == 2  # too big to remember
+    for i in range(hooks.MEMO_ENTRIES + 10):
+        cache._key("chat", "key:a", "v1", json.dumps({**BASE, "seed": i}).encode())
+    assert len(cache._memo) == hooks.MEMO_ENTRIES  # bounded
+    assert cache._key("chat", "key:a", "v1", b"[1]") is None
