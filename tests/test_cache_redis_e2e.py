@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,10 +67,14 @@ def test_an_entry_filled_by_one_gateway_is_a_hit_on_the_other(pair, up, prefix):
     a, b = map(client, pair)
     text = prompt()
     assert chat(a, text, stream=True)[:2] == (REPLY, "miss")
-    for _ in range(50):  # the write is queued off the request path: it lands within a moment
-        answer, outcome, headers = chat(b, text)
-        if outcome == "hit":
-            break
+    store = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + 10
+    # The write is queued off the request path: wait until it landed (asking b before that
+    # would be a miss of its own, and a second upstream call).
+    while not [k for k in store.scan_iter(f"{prefix}:*") if len(k.split(b":")[-1]) == 64]:
+        assert time.monotonic() < deadline, "gateway a never stored the entry"
+        time.sleep(0.02)
+    answer, outcome, headers = chat(b, text)
     assert (answer, outcome) == (REPLY, "hit") and int(headers["age"]) >= 0
     assert up.calls(text) == 1
     stored = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}:*"))
