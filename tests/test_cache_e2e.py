@@ -126,6 +126,23 @@ def test_anthropic_messages_are_cached_both_ways(gw, anthropic_upstream):
     assert sum(text in json.dumps(r["body"]) for r in anthropic_upstream.requests) == 1
 
 
+def test_an_anthropic_beta_header_is_part_of_the_key(gw, anthropic_upstream):
+    """anthropic-beta goes to the provider beside the body and changes what it answers (context
+    size, tool types, output formats): requests that differ only in it must not share an entry."""
+    ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+    text = prompt()
+    args = {"model": "claude-sonnet", "max_tokens": 100, "messages": messages(text), "extra_body": {"temperature": 0}}
+
+    def outcome(beta: str | None) -> str:
+        headers = {"anthropic-beta": beta} if beta else {}
+        raw = ant.messages.with_raw_response.create(**args, extra_headers=headers)  # type: ignore[arg-type]
+        return raw.headers["x-tollway-cache"]
+
+    assert [outcome(None), outcome("context-1m-2025-08-07"), outcome("output-128k-2025-02-19")] == ["miss"] * 3
+    assert [outcome(None), outcome("context-1m-2025-08-07")] == ["hit", "hit"]
+    assert sum(text in json.dumps(r["body"]) for r in anthropic_upstream.requests) == 3
+
+
 def test_translated_streams_are_assembled_too(gw, oai, up):
     """Anthropic messages served by an OpenAI upstream, and a Responses stream first: the
     stream the client got (the gateway's own translation) fills the entry."""

@@ -72,6 +72,24 @@ def test_unknown_fields_are_in_the_key_and_field_order_is_not(extra: dict[str, A
                                        **{k: v for k, v in extra.items() if k not in kept}})
 
 
+@pytest.mark.parametrize("field", ["user", "metadata", "safety_identifier"])
+def test_fields_a_responses_answer_echoes_are_in_its_key(field: str) -> None:
+    """A Responses answer carries the request's user, metadata and safety_identifier: sharing an
+    entry across them would hand one request's attribution to another (scope team or shared)."""
+    body = {"model": "m", "input": "hi", "temperature": 0}
+    assert key_of({**body, field: NOT_ANSWER_FIELDS[field]}, api="responses") != key_of(body, api="responses")
+    assert key_of({**body, field: NOT_ANSWER_FIELDS[field]}, api="chat") == key_of(body, api="chat")
+
+
+def test_passed_headers_split_the_key_through_the_version() -> None:
+    from tollway.core.cache.key import with_headers
+
+    assert with_headers("v1", ()) == "v1"
+    beta = with_headers("v1", (("anthropic-beta", "context-1m-2025-08-07"),))
+    assert beta != "v1" and beta != with_headers("v1", (("anthropic-beta", "output-128k-2025-02-19"),))
+    assert key_of(BASE, version=beta) != key_of(BASE)
+
+
 def test_partition_api_and_config_version_split_the_key() -> None:
     base = key_of(BASE)
     assert key_of(BASE, partition="key:b") != base

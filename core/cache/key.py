@@ -28,6 +28,10 @@ from tollway.core.providers.base import ClientAPI
 # what it says. (Anthropic's `metadata` holds its user_id; OpenAI's `safety_identifier` is
 # the newer `user`.)
 EXCLUDED = frozenset(("stream", "stream_options", "user", "metadata", "request_id", "safety_identifier"))
+# ... except where the answer echoes them: a Responses answer carries the request's `user`,
+# `metadata` and `safety_identifier`, so an entry filled by one request would hand its
+# attribution (user ids, a tenant's metadata) to every other request in the partition.
+_ECHOED = {ClientAPI.RESPONSES: frozenset(("user", "metadata", "safety_identifier"))}
 
 CACHED_APIS = frozenset((ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES,
                          ClientAPI.MESSAGES))
@@ -52,8 +56,10 @@ def read(api: str, body: bytes) -> Request | None:
         return None
     if not isinstance(data, dict):
         return None
+    kept = _ECHOED.get(api, frozenset())
     for name in EXCLUDED:
-        data.pop(name, None)
+        if name not in kept:
+            data.pop(name, None)
     return Request(data, _sampled(api, data))
 
 
@@ -73,6 +79,12 @@ def cache_key(api: str, partition: str, config_version: str, request: Request) -
     """The entry's name: 64 hex digits."""
     material = _encode_sorted({"api": api, "config": config_version, "scope": partition, "request": request.canonical})
     return hashlib.sha256(material).hexdigest()
+
+
+def with_headers(version: str, headers: tuple[tuple[str, str], ...]) -> str:
+    """`version` with the client headers the gateway passes to the provider (anthropic-beta):
+    they change what it answers, so requests that differ only in them must not share an entry."""
+    return config_version((version, sorted(headers))) if headers else version
 
 
 def config_version(parts: object) -> str:

@@ -20,7 +20,7 @@ import msgspec
 
 from tollway.core.cache import entry as entries
 from tollway.core.cache.assemble import assemble
-from tollway.core.cache.key import CACHED_APIS, cache_key, read
+from tollway.core.cache.key import CACHED_APIS, cache_key, read, with_headers
 from tollway.core.cache.replay import replay
 from tollway.core.cache.rules import CacheRules, Rule
 from tollway.core.cache.settings import CacheStore, seconds
@@ -205,8 +205,9 @@ class ResponseCache:
             return
         state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk)
         no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
-        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team),
-                                                self.rules.version(req.route.name), req.body)
+        # (the passed headers, anthropic-beta, reach the provider beside the body: they are keyed too)
+        version = with_headers(self.rules.version(req.route.name), ex.passed_headers)
+        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team), version, req.body)
         if named is None or (named[1] and rule.deterministic_only):
             self.counts.count(ex.route, BYPASS)
             return
