@@ -367,3 +367,33 @@ def test_a_remembered_key_is_the_key_the_body_would_get() -> None:
         cache._key("chat", "key:a", "v1", json.dumps({**BASE, "seed": i}).encode())
     assert len(cache._memo) == hooks.MEMO_ENTRIES  # bounded
     assert cache._key("chat", "key:a", "v1", b"[1]") is None
+
+
+def test_a_response_completed_event_that_is_no_object_is_not_an_answer() -> None:
+    sse = b'event: response.completed\ndata: {"type":"response.completed","response":"x"}\n\n'
+    assert assemble("responses", sse, Usage(1, 1, 2)) is None
+
+
+def test_a_leader_whose_store_fails_still_lands_its_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiters of a flight that never lands wait lock_ttl, and every later miss of the key joins
+    it again: the flight must land whatever storing the answer does."""
+    from tollway.gateway.cache import ResponseCache
+    from tollway.gateway.cache.hooks import CacheState
+    from tollway.gateway.exchange import Exchange
+
+    cache = ResponseCache(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory}")))
+    rule = cache.rules.rule("a", "nobody", None)
+    assert rule is not None
+    ex = Exchange("r1", "chat")
+    ex.status, state = 200, CacheState(rule, True, False)
+    ex.cache, state.key, state.storing, state.leader, state.claimed = state, "k", True, True, True
+    state.chunks = [b"data: {}\n\n", b"data: [DONE]\n\n"]
+    assert cache.flights.lead("k")
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in storing")
+
+    monkeypatch.setattr(cache, "_entry", broken)
+    with pytest.raises(RuntimeError):
+        cache.store(ex)
+    assert "k" not in cache.flights.flights and cache.flights.lead("k")  # landed: the next miss leads

@@ -44,7 +44,9 @@ def assemble(api: str, sse: bytes, usage: Usage | None) -> Answer | None:
         answer = build(sse)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, msgspec.DecodeError):
         return None
-    if answer is not None and answer.get("usage") is None and usage is not None:
+    if not isinstance(answer, dict):  # (a Responses stream's "response" is the upstream's: any JSON)
+        return None
+    if answer.get("usage") is None and usage is not None:
         answer["usage"] = usage_json(api, usage)
     return answer
 

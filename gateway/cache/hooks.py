@@ -288,14 +288,17 @@ class ResponseCache:
         state = ex.cache
         if state is None or state.key is None or state.entry is not None:
             return
-        value = self._entry(ex, state) if state.storing and ex.status == 200 and not ex.error_type else None
-        if value is not None or state.claimed:
-            assert self.backend is not None  # (a state with a key is only made when there is one)
-            self.backend.fill(state.key, value, state.rule.ttl, state.claimed)
-        if value is not None:
-            self.counts.stored()
-        if state.leader:
-            self.flights.land(state.key, value)
+        value = None
+        try:
+            value = self._entry(ex, state) if state.storing and ex.status == 200 and not ex.error_type else None
+            if value is not None or state.claimed:
+                assert self.backend is not None  # (a state with a key is only made when there is one)
+                self.backend.fill(state.key, value, state.rule.ttl, state.claimed)
+            if value is not None:
+                self.counts.stored()
+        finally:  # whatever happened above: a flight left in the air makes every later miss of the key wait lock_ttl
+            if state.leader:
+                self.flights.land(state.key, value)
 
     def _entry(self, ex: Exchange, state: CacheState) -> entries.Entry | None:
         """The stored form of the request's answer, or None if it is not one to keep."""
