@@ -78,6 +78,7 @@ models:
 {models}
   - {{name: team-mini, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: team}}}}
   - {{name: shared-mini, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: "shared:docs"}}}}
+  - {{name: shared-masked, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{scope: "shared:docs"}}}}
   - {{name: sampled-ok, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{deterministic_only: false}}}}
   - {{name: short-lived, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{ttl: 1s}}}}
   - {{name: guarded, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
@@ -92,6 +93,8 @@ keys:
 {_LIMITED.format(key_hash(THIRD_KEY), key_hash(TIGHT_KEY)) if limited else ""}teams: [{{name: red}}]
 guardrails:
   - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}
+  - {{name: other-sees-no-fox, type: regex, action: mask, deny: ["fox"], apply_to: [output],
+     scope: {{keys: [other-key], models: [shared-masked]}}}}
 cache: {cache}
 {extra}
 """

@@ -179,6 +179,21 @@ def test_keys_do_not_share_entries_unless_the_scope_says_so(gw, oai, up):
     assert up.calls(shared) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_output_guardrail_of_one_key_is_not_bypassed_by_a_shared_entry(gw, oai, up, stream):
+    """other-key's answers on shared-masked have "fox" masked; test-key's do not. Sharing one
+    entry would serve other-key test-key's unmasked answer (a hit runs no output guardrail)."""
+    other = openai.OpenAI(base_url=gw.url + "/v1", api_key=OTHER_KEY, max_retries=0)
+    text = prompt()
+    assert chat(oai, text, stream, model="shared-masked")[:2] == (REPLY, "miss")
+    answer, outcome, _ = chat(other, text, stream, model="shared-masked")
+    assert "fox" not in answer and outcome == "miss"
+    assert chat(other, text, not stream, model="shared-masked")[1] == "hit"  # its own masked entry
+    assert "fox" not in chat(other, text, not stream, model="shared-masked")[0]
+    assert chat(oai, text, not stream, model="shared-masked")[:2] == (REPLY, "hit")
+    assert up.calls(text) == 2
+
+
 @pytest.mark.parametrize("model, stream", [("truncated", False), ("truncated", True), ("fail-500", False),
                                            ("die-mid-stream", True), ("guarded", False), ("guarded", True)])
 def test_truncated_failed_cut_off_and_blocked_answers_are_not_stored(oai, up, model, stream):

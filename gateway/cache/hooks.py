@@ -20,7 +20,7 @@ import msgspec
 
 from tollway.core.cache import entry as entries
 from tollway.core.cache.assemble import assemble
-from tollway.core.cache.key import CACHED_APIS, cache_key, read, with_headers
+from tollway.core.cache.key import CACHED_APIS, cache_key, config_version, read, with_headers
 from tollway.core.cache.replay import replay
 from tollway.core.cache.rules import CacheRules, Rule
 from tollway.core.cache.settings import CacheStore, seconds
@@ -155,6 +155,20 @@ class Replays:
         return body
 
 
+def shaped_by(ex: Exchange) -> tuple[str, ...]:
+    """The output guardrails and the answer-rewriting plugins (on_chunk, on_response) that this
+    request's answer goes through. They may be scoped to some keys, teams or models, so two
+    requests of one partition (team, shared:<ns>) can differ in them, and a hit runs none of
+    them: an entry made without a key's masking must not reach that key."""
+    names: list[str] = []
+    guards, plugins = ex.guardrails, ex.plugins
+    if guards is not None:
+        names += ["guardrail:" + r.name for r in (*guards.output, *guards.checks)]
+    if plugins is not None:
+        names += ["plugin:" + p.spec.name for p in (*plugins.chunk, *plugins.response)]
+    return tuple(names)
+
+
 def control(value: str | None) -> tuple[bool, bool]:
     """(no_store, no_cache) of a request's cache-control header."""
     if not value:
@@ -207,6 +221,9 @@ class ResponseCache:
         no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
         # (the passed headers, anthropic-beta, reach the provider beside the body: they are keyed too)
         version = with_headers(self.rules.version(req.route.name), ex.passed_headers)
+        shaping = shaped_by(ex)
+        if shaping:
+            version = config_version((version, shaping))
         named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team), version, req.body)
         if named is None or (named[1] and rule.deterministic_only):
             self.counts.count(ex.route, BYPASS)
