@@ -65,6 +65,14 @@ def test_chunk_texts_reads_every_client_shape() -> None:
     assert chunk_texts(chunk) == ["Hello", '{"a"', " legacy", "no", " anthropic", '{"x":', "hmm", " responses"]
 
 
+def test_chunk_texts_reads_a_chat_streams_reasoning() -> None:
+    """reasoning_content is output the client gets and is billed for (the gateway itself sends
+    Claude's and Bedrock's thinking so to chat clients): uncounted, a thinking stream would run
+    past its output-token limit or budget until its first content delta."""
+    chunk = b'data: {"choices": [{"index": 0, "delta": {"reasoning_content": "let me think"}}]}\n\n'
+    assert chunk_texts(chunk) == ["let me think"]
+
+
 @pytest.mark.parametrize("chunk", [b"", b"data: [DONE]\n\n", b"data: {not json\n\n", b'data: {"choices": 7}\n\n',
                                    b'data: {"choices": [{"delta": {"content": 5}}]}\n\n', b": comment\n\n"])
 def test_chunk_texts_finds_nothing_in_what_carries_no_text(chunk: bytes) -> None:
