@@ -76,6 +76,11 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
             return
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer
+        if ex.cache is not None and ex.cache.storing:  # a miss to store: its stream as the client gets it,
+            if ex.on_chunk_async:  # after the plugins' on_chunk (async, after every sync hook)
+                ex.on_chunk_async += (ex.cache.capture_after,)
+            else:  # (no request on another route pays a per-chunk hook for the cache)
+                ex.on_chunk += (ex.cache.capture,)
         if req.head.stream and req.runtime.config.rate_limits.enforce_streams:
             stop = _stream_stop(serving, req, ex, limiter, lease)
             if stop is not None:  # last: it counts what really goes out

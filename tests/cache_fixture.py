@@ -82,6 +82,7 @@ models:
   - {{name: sampled-ok, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{deterministic_only: false}}}}
   - {{name: short-lived, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{ttl: 1s}}}}
   - {{name: guarded, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
+  - {{name: plugged, targets: [{{provider: up, model: gpt-4o-mini}}], cache: {{}}}}
   - {{name: uncached, targets: [{{provider: up, model: gpt-4o-mini}}]}}
   - {{name: claude-sonnet, targets: [{{provider: claude}}], cache: {{}}}}
   - {{name: stream-error, targets: [{{provider: claude}}], cache: {{}}}}
@@ -95,6 +96,8 @@ guardrails:
   - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}
   - {{name: other-sees-no-fox, type: regex, action: mask, deny: ["fox"], apply_to: [output],
      scope: {{keys: [other-key], models: [shared-masked]}}}}
+plugins:
+  - {{name: upper, module: "tests.plugin_fixture:scripted", config: {{on_chunk: replace}}, scope: {{models: [plugged]}}}}
 cache: {cache}
 {extra}
 """

@@ -194,6 +194,15 @@ def test_an_output_guardrail_of_one_key_is_not_bypassed_by_a_shared_entry(gw, oa
     assert up.calls(text) == 2
 
 
+def test_a_stream_is_stored_as_a_plugins_on_chunk_left_it(oai, up):
+    """The plugin on `plugged` upper-cases every streamed delta: the entry is what the client got,
+    so a JSON hit says it in upper case too (a hit runs no on_chunk)."""
+    text = prompt()
+    assert chat(oai, text, True, model="plugged")[:2] == (REPLY.upper(), "miss")
+    assert chat(oai, text, False, model="plugged")[:2] == (REPLY.upper(), "hit")
+    assert up.calls(text) == 1
+
+
 @pytest.mark.parametrize("model, stream", [("truncated", False), ("truncated", True), ("fail-500", False),
                                            ("die-mid-stream", True), ("guarded", False), ("guarded", True)])
 def test_truncated_failed_cut_off_and_blocked_answers_are_not_stored(oai, up, model, stream):

@@ -3,7 +3,8 @@
     before_upstream  lookup: the rule (key → team → model), cache-control, the key; a hit is
                      kept on the request's CacheState, which `admission.forward` asks to answer
                      instead of calling upstream; concurrent misses join one flight
-    on_chunk         capture: the client bytes of a streamed miss (bounded)
+    (per chunk)      capture: the client bytes of a streamed miss (bounded), hooked by
+                     `admission.forward` on that request alone, after the other chunk hooks
     on_answer        capture: the client bytes of a non-stream miss
     after_response   store: a complete, successful answer becomes an entry; the flight lands
 
@@ -74,9 +75,9 @@ class CacheState:
     """The cache's view of one request (Exchange.cache)."""
 
     __slots__ = ("rule", "outcome", "key", "entry", "storing", "leader", "claimed", "stream", "include_usage",
-                 "answer", "chunks", "size", "replays")
+                 "answer", "chunks", "size", "limit", "replays")
 
-    def __init__(self, rule: Rule, stream: bool, include_usage: bool) -> None:
+    def __init__(self, rule: Rule, stream: bool, include_usage: bool, limit: int = 0) -> None:
         self.rule = rule
         self.outcome = BYPASS
         self.key: str | None = None  # None: neither read nor written
@@ -88,11 +89,26 @@ class CacheState:
         self.answer: bytes | None = None  # a non-stream miss's client bytes
         self.chunks: list[bytes] = []  # a streamed miss's client bytes
         self.size = 0
+        self.limit = limit  # the stream bytes it may hold (past them it is not stored)
         self.replays: Replays | None = None  # a hit: where its stream is rendered
 
     @property
     def hit(self) -> bool:
         return self.entry is not None
+
+    def capture(self, ex: Exchange, out: bytes) -> bytes:
+        """A per-chunk hook of a streamed miss: keep the bytes the client got (bounded)."""
+        if self.storing:
+            self.size += len(out)
+            if self.size > self.limit:
+                self.storing, self.chunks = False, []
+            else:
+                self.chunks.append(out)
+        return out
+
+    async def capture_after(self, ex: Exchange, out: bytes) -> bytes:
+        """`capture` as the async hook that runs after the plugins' on_chunk (which may rewrite)."""
+        return self.capture(ex, out)
 
     @property
     def header(self) -> tuple[str, str]:
@@ -203,8 +219,7 @@ class ResponseCache:
     def pipeline(self) -> Pipeline:
         if self.backend is None or not self.rules:  # nothing opted in: the request path stays as it is
             return Pipeline()
-        return Pipeline(before_upstream=(self.lookup,), on_chunk=(self.capture_chunk,),
-                        on_answer=(self.capture_answer,), after_response=(self.store,))
+        return Pipeline(before_upstream=(self.lookup,), on_answer=(self.capture_answer,), after_response=(self.store,))
 
     async def aclose(self) -> None:
         if self.backend is not None:
@@ -217,7 +232,8 @@ class ResponseCache:
         rule = self.rules.rule(req.route.name, key.name, key.team)
         if rule is None or ex.api not in CACHED_APIS:
             return
-        state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk)
+        state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk,
+                                      self.max_entry * STREAM_CAPTURE_FACTOR)
         no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
         # (the passed headers, anthropic-beta, reach the provider beside the body: they are keyed too)
         version = with_headers(self.rules.version(req.route.name), ex.passed_headers)
@@ -282,16 +298,6 @@ class ResponseCache:
         return True
 
     # -- capture ---------------------------------------------------------------------------
-
-    def capture_chunk(self, ex: Exchange, out: bytes) -> bytes:
-        state = ex.cache
-        if state is not None and state.storing:
-            state.size += len(out)
-            if state.size > self.max_entry * STREAM_CAPTURE_FACTOR:
-                state.storing, state.chunks = False, []
-            else:
-                state.chunks.append(out)
-        return out
 
     async def capture_answer(self, ex: Exchange, status: int, out: bytes) -> bytes:
         state = ex.cache
