@@ -397,3 +397,13 @@ def test_a_leader_whose_store_fails_still_lands_its_flight(monkeypatch: pytest.M
     with pytest.raises(RuntimeError):
         cache.store(ex)
     assert "k" not in cache.flights.flights and cache.flights.lead("k")  # landed: the next miss leads
+
+
+def test_a_providers_extra_headers_are_in_the_config_version() -> None:
+    """A provider's `headers:` go with every call (anthropic-beta, a vLLM option): changing them
+    on a reload changes answers, so old entries must not be served."""
+    plain = CacheRules(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory}")))
+    headed = CacheRules(config_mod.loads(BARE.replace('base_url: "http://127.0.0.1:9/v1"',
+                                                      'base_url: "http://127.0.0.1:9/v1", headers: {x-beta: b1}')
+                                         % (", cache: {}", "cache: {backend: memory}")))
+    assert headed.version("a") != plain.version("a")

@@ -72,8 +72,10 @@ class CacheRules:
 
 def _versions(config: Config) -> dict[str, str]:
     """Per model, the digest of what shapes its answers: its targets and their providers'
-    schema and endpoint (never a credential), and the guardrails and plugins of the config."""
-    providers = {p.name: (p.schema, p.base_url, p.api_version, p.endpoints, p.region, p.project, p.location)
+    schema, endpoint and extra headers (e.g. anthropic-beta set for every request; hashed with
+    the rest, never kept), and the guardrails and plugins of the config."""
+    providers = {p.name: (p.schema, p.base_url, p.api_version, p.endpoints, p.region, p.project, p.location,
+                          sorted((p.headers or {}).items()))
                  for p in config.providers}
     around = (config.guardrails, [(p.name, p.module, p.config) for p in config.plugins])
     return {m.name: config_version((m.name, m.match, [(t, providers.get(t.provider)) for t in m.targets], around))
