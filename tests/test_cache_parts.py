@@ -182,6 +182,7 @@ def test_a_stream_with_an_error_event_is_not_an_answer() -> None:
     ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}, False),
     ("chat", {**CHAT, "choices": [CHAT["choices"][0], {**CHAT["choices"][1], "finish_reason": "content_filter"}]}, False),
     ("chat", {**CHAT, "choices": []}, False),
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": "not an object"}]}, False),  # a replay could not read it
     ("completions", COMPLETION, True),
     ("completions", {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "finish_reason": "length"}]}, False),
     ("responses", RESPONSE, True),
@@ -311,7 +312,8 @@ models: [{name: a, targets: [{provider: up}], cache: {ttl: 10m}}, {name: b, targ
 
 @pytest.mark.parametrize("api, answer", [
     ("chat", CHAT), ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}),
-    ("chat", {**CHAT, "choices": []}), ("completions", COMPLETION), ("responses", RESPONSE),
+    ("chat", {**CHAT, "choices": []}), ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": "x"}]}),
+    ("completions", COMPLETION), ("responses", RESPONSE),
     ("responses", {**RESPONSE, "status": "incomplete"}), ("responses", {**RESPONSE, "error": {"code": "x"}}),
     ("messages", MESSAGE), ("messages", {**MESSAGE, "stop_reason": "max_tokens"}),
     ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}), ("embeddings", {"object": "list"}),

@@ -60,11 +60,13 @@ def storable(api: str, answer: dict[str, Any]) -> bool:
     if not isinstance(choices, list) or not choices:
         return False
     done = _CHAT_DONE if api == ClientAPI.CHAT else frozenset(("stop",))
-    return all(isinstance(c, dict) and c.get("finish_reason") in done for c in choices)
+    return all(isinstance(c, dict) and c.get("finish_reason") in done and isinstance(c.get("message") or {}, dict)
+               for c in choices)
 
 
 class _Finished(msgspec.Struct):
     finish_reason: str | None = None
+    message: dict[str, Any] | None = None  # chat: an object, or a replay could not read it
 
 
 class _Shape(msgspec.Struct):
