@@ -40,6 +40,17 @@ def test_input_slots_per_api() -> None:
         ["s", "u", "x", "z", "r"]
 
 
+def test_input_slots_of_the_media_moderation_and_rerank_endpoints() -> None:
+    # These endpoints had no slots: a pii `block` guardrail let a card through in an image prompt,
+    # speech input or rerank document.
+    assert _texts("images", {"prompt": "p", "n": 1}) == ["p"]
+    assert _texts("speech", {"input": "s", "voice": "alloy"}) == ["s"]
+    assert _texts("moderations", {"input": ["a", "b"]}) == ["a", "b"]
+    assert _texts("moderations", {"input": [{"type": "text", "text": "t"},
+                                            {"type": "image_url", "image_url": {"url": "u"}}]}) == ["t"]
+    assert _texts("rerank", {"query": "q", "documents": ["d1", {"text": "d2"}]}) == ["q", "d1", "d2"]
+
+
 def test_output_slots() -> None:
     body = {"choices": [{"message": {"content": "c", "tool_calls": [{"function": {"arguments": "a"}}]}}]}
     assert [h[k] for h, k in output_slots(body)] == ["c", "a"]
