@@ -144,6 +144,22 @@ def test_a_regex_stream_masks_as_the_whole_text_would_at_every_split(cut: int) -
     assert _text_by_choice(out) == {0: "see <REGEX>, <REGEX> and <REGEX>; <REGEX>"}
 
 
+@pytest.mark.parametrize(("deny", "pieces", "whole"), [
+    # The sent text was dropped from the buffer: a lookbehind lost its context and let the value out.
+    ("(?<=key=)\\w+", ("the key=", "abc123 done"), "the key=<REGEX> done"),
+    # ... and `\b` matched at the chunk's start as if it were the text's.
+    ("\\bcat\\b", ("bob", "cat"), "bobcat"),
+    # A whole match that more text may still grow was sent as it was: "foo", then "bar" unmasked.
+    ("foo(bar)?", ("a foob", "ar z"), "a <REGEX> z"),
+])
+def test_a_regex_stream_matches_in_the_context_of_what_was_sent(deny: str, pieces: tuple[str, ...], whole: str) -> None:
+    guards = GuardrailSet([Guardrail(name="r", type="regex", deny=[deny], action="mask")])
+    ex = _ex(guards)
+    out = [guards.on_chunk(ex, _chunk([(0, piece)])) for piece in pieces]
+    out.append(guards.on_chunk(ex, _chunk([(0, "")], finish=True)))
+    assert _text_by_choice(out) == {0: whole}
+
+
 def test_anthropic_block_stop_gets_the_tail_as_a_delta_before_it() -> None:
     guards = _set()
     ex = _ex(guards)
