@@ -6,7 +6,7 @@ import pytest
 
 from tollway.core.accounting.pricing import Price, cost
 from tollway.core.errors import GatewayError
-from tollway.core.forms import MAX_PARTS, FormReader, parse_form, with_field
+from tollway.core.forms import MAX_PARTS, FormReader, field_value, parse_form, with_field
 from tollway.ext.usage import Usage
 
 CT = "multipart/form-data; boundary=XyZ"
@@ -67,6 +67,15 @@ def test_with_field_adds_a_missing_field_in_front():
     body = part("image", FILE, "a.png") + b"--XyZ--\r\n"
     added = parse_form(with_field(body, b"XyZ", "model", "m"), CT)
     assert added.fields == {"model": "m"} and added.files[0].size == len(FILE)
+
+
+def test_field_value_reads_a_plain_field_without_parsing_the_upload_again():
+    # The pricing of an image edit read `size` and `quality` by parsing the whole upload (up to
+    # server.max_upload_bytes) a second time, on the event loop, after the answer.
+    body = part("image", FILE, "size.png") + part("size", b"1024x1024") + part("quality", b"hd") + b"--XyZ--\r\n"
+    fields = parse_form(body, CT).fields
+    assert [field_value(body, b"XyZ", n) for n in ("size", "quality", "model")] == \
+        [fields["size"], fields["quality"], None]
 
 
 def test_a_file_named_model_is_not_the_model_field():
