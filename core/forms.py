@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 MAX_PARTS = 64  # OpenAI's image edits take up to 16 images; the rest are a dozen plain fields
 MAX_FIELD_BYTES = 256 * 1024  # a plain field (a prompt: 32,000 characters at most for gpt-image-1)
+# The plain fields the gateway routes or prices by: each may appear once. Another parser
+# upstream may keep the last of two where this one keeps the first, and the gateway would
+# authorize and bill one model while the upstream serves another (as `parse_head` refuses a
+# repeated JSON field). Other fields may repeat (`timestamp_granularities[]`).
+READ_FIELDS = frozenset(("model", "stream", "size", "quality"))
 _CRLF2 = b"\r\n\r\n"
 
 
@@ -113,7 +118,8 @@ class _Reader:
     """python-multipart's callbacks, collecting into a Form. A callback cannot stop the parser by
     raising through it cleanly, so a bound that is crossed is noted and data is ignored from then on."""
 
-    __slots__ = ("form", "error", "ended", "_headers", "_name", "_value", "_field_name", "_data", "_file", "_size")
+    __slots__ = ("form", "error", "ended", "_headers", "_name", "_value", "_field_name", "_data", "_file", "_size",
+                 "_parts")
 
     def __init__(self, form: Form) -> None:
         self.form = form
@@ -123,6 +129,7 @@ class _Reader:
         self._data: list[bytes] = []
         self._file: FormFile | None = None
         self._size = 0
+        self._parts = 0  # every part, repeated names included (fields keeps one value per name)
         self._start()
 
     def callbacks(self) -> MultipartCallbacks:
@@ -143,11 +150,15 @@ class _Reader:
         self._value += data[start:end]
 
     def _header_end(self) -> None:
-        self._headers[self._name.lower()] = self._value
+        name = self._name.lower()
+        if name in self._headers:  # two Content-Dispositions: parsers differ on which one names the part
+            self._fail(f"A part of the form repeats its '{echoed(_text(name))}' header.")
+        self._headers[name] = self._value
         self._name, self._value = b"", b""
 
     def _headers_done(self) -> None:
-        if len(self.form.fields) + len(self.form.files) >= MAX_PARTS:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
             self._fail(f"The form has more than {MAX_PARTS} parts.")
             return
         kind, options = parse_options_header(self._headers.get(b"content-disposition", b""))
@@ -161,6 +172,8 @@ class _Reader:
             self._file = FormFile(_text(name), _text(filename), _text(content_type) if content_type else None)
         else:
             self._field_name = _text(name)
+            if self._field_name in READ_FIELDS and self._field_name in self.form.fields:
+                self._fail(f"The form field '{self._field_name}' appears more than once; send it once.")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.error is not None:
@@ -204,8 +217,25 @@ def with_field(body: bytes, boundary: bytes, name: str, value: str) -> bytes:
     are kept as they are."""
     delimiter = b"--" + boundary
     new = value.encode()
+    span = _field_span(body, delimiter, name)
+    if span is not None:
+        return body[:span[0]] + new + body[span[1]:]
+    first = body.find(delimiter)
+    part = delimiter + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + new + b"\r\n"
+    return body[:first] + part + body[first:]
+
+
+def field_value(body: bytes, boundary: bytes, name: str) -> str | None:
+    """The value of plain field `name` of `body` (a form `parse_form` accepted), or None. Found
+    by walking the delimiters (C searches), not by parsing the upload again: a form's file
+    parts are most of it."""
+    span = _field_span(body, b"--" + boundary, name)
+    return body[span[0]:span[1]].decode("utf-8", "replace") if span is not None else None
+
+
+def _field_span(body: bytes, delimiter: bytes, name: str) -> tuple[int, int] | None:
+    """Where the data of the first plain field `name` is in `body`, or None."""
     pos = body.find(delimiter)
-    first = pos
     while pos >= 0:
         head_start = pos + len(delimiter) + 2  # past the delimiter's CRLF
         head_end = body.find(_CRLF2, head_start)
@@ -213,10 +243,9 @@ def with_field(body: bytes, boundary: bytes, name: str, value: str) -> bytes:
         if head_end < 0 or following < 0:
             break
         if _names_field(body[head_start:head_end], name):
-            return body[:head_end + 4] + new + body[following:]
+            return head_end + 4, following
         pos = following + 2
-    part = delimiter + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + new + b"\r\n"
-    return body[:first] + part + body[first:]
+    return None
 
 
 def _names_field(headers: bytes, name: str) -> bool:

@@ -63,6 +63,7 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
     out = ClientStream(proto.response_stream(resp.status, [("content-type", content_type), *base_headers]),
                        ex.scope, server.client_idle_timeout)
     sent = 0
+    held = b""  # the chunk's tail that may begin a secret the next chunk completes
     try:
         chunk = first
         while True:
@@ -71,17 +72,26 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
                 raise errors.upstream_too_large(provider, server.max_upstream_body_bytes)
             meter.feed(chunk)
             if chunk:
-                if first_needle(chunk, secrets.needles) >= 0:
-                    chunk = secrets.redact(chunk)
-                sent += len(chunk)
-                if sent > WATCH_FROM:
-                    await out.paced(sent)
-                await out.send(chunk)
-                if ex.first_byte is None:
-                    ex.first_byte = time.perf_counter()
-            chunk = await chunks.__anext__()
-    except StopAsyncIteration:
-        pass
+                data = held + chunk
+                if first_needle(data, secrets.needles) >= 0:
+                    data = secrets.redact(data)
+                cut = len(data) - _open_tail(data, secrets.needles)
+                data, held = data[:cut], data[cut:]
+                if data:
+                    sent += len(data)
+                    if sent > WATCH_FROM:
+                        await out.paced(sent)
+                    await out.send(data)
+                    if ex.first_byte is None:
+                        ex.first_byte = time.perf_counter()
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+        if held:  # the answer's last bytes (no secret ends in them: it would have been masked)
+            await out.send(held)
+            if ex.first_byte is None:
+                ex.first_byte = time.perf_counter()
     except ClientGone:
         ex.error_type = "client_closed"
     except ClientStalled:
@@ -97,3 +107,19 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
     except SSEError:  # an oversized event at the very end: nothing more to read
         pass
     ex.usage = meter.usage
+
+
+def _open_tail(data: bytes, needles: tuple[bytes, ...]) -> int:
+    """The length of the longest end of `data` that begins a needle (a secret that may arrive
+    split across two chunks, masked only once it is whole): held back for the next chunk. An
+    answer's ordinary bytes (an SSE event's closing blank line) are sent at once."""
+    longest = max(map(len, needles))
+    firsts = {needle[0] for needle in needles}
+    for i in range(max(len(data) - longest + 1, 0), len(data)):
+        if data[i] not in firsts:  # (most bytes begin no needle: one set lookup)
+            continue
+        rest = data[i:]
+        for needle in needles:
+            if needle.startswith(rest):
+                return len(data) - i
+    return 0

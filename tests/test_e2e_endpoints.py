@@ -377,6 +377,14 @@ def test_speech_audio_never_carries_the_upstream_credential(client):
     assert UPSTREAM_SECRET.encode() not in audio and audio.startswith(b"\xff\xfb")
 
 
+def test_speech_audio_never_carries_a_credential_split_across_chunks(client):
+    # Chunks were masked one by one: a secret whose halves came in two chunks went out whole.
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input="leak-split") as resp:
+        audio = b"".join(resp.iter_bytes())
+    assert UPSTREAM_SECRET.encode() not in audio and audio.startswith(b"\xff\xfb")
+    assert UPSTREAM_SECRET.encode()[:10] not in audio and b"***" in audio
+
+
 def test_an_upstream_error_on_an_upload_comes_back_as_the_provider_said(gw):
     r = httpx.post(gw.url + "/v1/audio/transcriptions", headers={"authorization": f"Bearer {TEST_KEY}"},
                    data={"model": "whisper-1"}, files={"not_file": ("a.txt", b"x")})

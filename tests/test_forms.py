@@ -6,7 +6,7 @@ import pytest
 
 from tollway.core.accounting.pricing import Price, cost
 from tollway.core.errors import GatewayError
-from tollway.core.forms import MAX_PARTS, FormReader, parse_form, with_field
+from tollway.core.forms import MAX_PARTS, FormReader, field_value, parse_form, with_field
 from tollway.ext.usage import Usage
 
 CT = "multipart/form-data; boundary=XyZ"
@@ -69,6 +69,15 @@ def test_with_field_adds_a_missing_field_in_front():
     assert added.fields == {"model": "m"} and added.files[0].size == len(FILE)
 
 
+def test_field_value_reads_a_plain_field_without_parsing_the_upload_again():
+    # The pricing of an image edit read `size` and `quality` by parsing the whole upload (up to
+    # server.max_upload_bytes) a second time, on the event loop, after the answer.
+    body = part("image", FILE, "size.png") + part("size", b"1024x1024") + part("quality", b"hd") + b"--XyZ--\r\n"
+    fields = parse_form(body, CT).fields
+    assert [field_value(body, b"XyZ", n) for n in ("size", "quality", "model")] == \
+        [fields["size"], fields["quality"], None]
+
+
 def test_a_file_named_model_is_not_the_model_field():
     body = part("model", b"file bytes", "model.txt") + part("model", b"real") + b"--XyZ--\r\n"
     assert parse_form(body, CT).fields["model"] == "real"
@@ -87,6 +96,31 @@ def test_malformed_and_oversized_forms_are_400():
     assert "UTF-8" in refused(part("prompt", b"\xff\xfe") + b"--XyZ--\r\n")
     with pytest.raises(GatewayError):
         parse_form(part("stream", b"yes") + b"--XyZ--\r\n", CT).head()
+
+
+def test_parts_are_bounded_in_number_even_when_they_share_a_name():
+    # One value is kept per name, but every part costs parser work: 200,000 tiny parts named
+    # alike were accepted (seconds of CPU on the event loop) before parts were counted.
+    assert f"{MAX_PARTS} parts" in refused(part("x", b"1") * (MAX_PARTS + 1) + b"--XyZ--\r\n")
+    files = b"".join(part("image[]", FILE, f"{i}.png") for i in range(MAX_PARTS))
+    assert len(parse_form(files + b"--XyZ--\r\n", CT).files) == MAX_PARTS
+
+
+@pytest.mark.parametrize("name", ["model", "stream", "size", "quality"])
+def test_a_field_the_gateway_routes_or_prices_by_may_not_repeat(name):
+    # The gateway keeps the first value; an upstream parser may keep the last: it would serve
+    # (and the gateway bill) a model the key was never checked against.
+    message = refused(part(name, b"true") + part(name, b"false") + b"--XyZ--\r\n")
+    assert f"'{name}' appears more than once" in message
+    other = part("timestamp_granularities[]", b"word") + part("timestamp_granularities[]", b"segment")
+    assert parse_form(other + b"--XyZ--\r\n", CT).fields == {"timestamp_granularities[]": "word"}
+
+
+def test_a_part_with_two_content_dispositions_is_refused():
+    # This parser took the last, `with_field` the first: the two disagreed on which part is `model`.
+    smuggled = (b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n'
+                b'Content-Disposition: form-data; name="junk"\r\n\r\nexpensive\r\n')
+    assert "repeats its 'content-disposition' header" in refused(smuggled + part("model", b"cheap") + b"--XyZ--\r\n")
 
 
 # -- unit prices -------------------------------------------------------------------------------

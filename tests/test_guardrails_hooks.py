@@ -40,6 +40,17 @@ def test_input_slots_per_api() -> None:
         ["s", "u", "x", "z", "r"]
 
 
+def test_input_slots_of_the_media_moderation_and_rerank_endpoints() -> None:
+    # These endpoints had no slots: a pii `block` guardrail let a card through in an image prompt,
+    # speech input or rerank document.
+    assert _texts("images", {"prompt": "p", "n": 1}) == ["p"]
+    assert _texts("speech", {"input": "s", "voice": "alloy"}) == ["s"]
+    assert _texts("moderations", {"input": ["a", "b"]}) == ["a", "b"]
+    assert _texts("moderations", {"input": [{"type": "text", "text": "t"},
+                                            {"type": "image_url", "image_url": {"url": "u"}}]}) == ["t"]
+    assert _texts("rerank", {"query": "q", "documents": ["d1", {"text": "d2"}]}) == ["q", "d1", "d2"]
+
+
 def test_output_slots() -> None:
     body = {"choices": [{"message": {"content": "c", "tool_calls": [{"function": {"arguments": "a"}}]}}]}
     assert [h[k] for h, k in output_slots(body)] == ["c", "a"]
@@ -131,6 +142,22 @@ def test_a_regex_stream_masks_as_the_whole_text_would_at_every_split(cut: int) -
     out = [guards.on_chunk(ex, _chunk([(0, part)])) for part in (text[:cut], text[cut:])]
     out.append(guards.on_chunk(ex, _chunk([(0, "")], finish=True)))
     assert _text_by_choice(out) == {0: "see <REGEX>, <REGEX> and <REGEX>; <REGEX>"}
+
+
+@pytest.mark.parametrize(("deny", "pieces", "whole"), [
+    # The sent text was dropped from the buffer: a lookbehind lost its context and let the value out.
+    ("(?<=key=)\\w+", ("the key=", "abc123 done"), "the key=<REGEX> done"),
+    # ... and `\b` matched at the chunk's start as if it were the text's.
+    ("\\bcat\\b", ("bob", "cat"), "bobcat"),
+    # A whole match that more text may still grow was sent as it was: "foo", then "bar" unmasked.
+    ("foo(bar)?", ("a foob", "ar z"), "a <REGEX> z"),
+])
+def test_a_regex_stream_matches_in_the_context_of_what_was_sent(deny: str, pieces: tuple[str, ...], whole: str) -> None:
+    guards = GuardrailSet([Guardrail(name="r", type="regex", deny=[deny], action="mask")])
+    ex = _ex(guards)
+    out = [guards.on_chunk(ex, _chunk([(0, piece)])) for piece in pieces]
+    out.append(guards.on_chunk(ex, _chunk([(0, "")], finish=True)))
+    assert _text_by_choice(out) == {0: whole}
 
 
 def test_anthropic_block_stop_gets_the_tail_as_a_delta_before_it() -> None:

@@ -213,6 +213,22 @@ def test_what_a_translated_provider_cannot_honour_is_a_400_naming_it(extra, para
     assert err.value.status == 400 and err.value.param == param and err.value.code == code
 
 
+LONG = "x" * 1_000_000
+
+
+@pytest.mark.parametrize("extra", [
+    {"input": [{"type": LONG}]}, {"input": [{"role": LONG, "content": "hi"}]},
+    {"input": [{"role": "user", "content": [{"type": LONG}]}]},
+    {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": LONG}]}]},
+    {"tools": [{"type": LONG}]}, {"tool_choice": LONG}, {"tool_choice": {"type": LONG}},
+])
+def test_a_refused_value_is_echoed_cut_short(extra):
+    # A megabyte type name must not come back as a megabyte error body (nor fill the access log).
+    with pytest.raises(GatewayError) as err:
+        sent(ANTHROPIC, {"input": "hi", **extra})
+    assert err.value.status == 400 and len(err.value.message) < 400
+
+
 def test_previous_response_id_message_says_the_gateway_keeps_no_state():
     with pytest.raises(GatewayError) as err:
         sent(ANTHROPIC, {"input": "hi", "previous_response_id": "resp_1"})

@@ -56,3 +56,18 @@ def test_a_series_a_reload_removed_vanishes_with_the_next_snapshot(tmp_path: Pat
     assert ("up", ("old",)) in _samples(gauges)
     del source.values["old"]
     assert ("up", ("old",)) not in _samples(gauges)
+
+
+def test_a_worker_without_samples_of_a_labelled_gauge_does_not_strip_the_labels(tmp_path: Path) -> None:
+    # The family's label names were taken from whichever snapshot came first: one with no
+    # samples (a worker that has seen no provider yet) has none, and every other worker's
+    # series were then exposed without labels, as duplicates a Prometheus scrape rejects.
+    from tollway.gateway.telemetry.worker_gauges import Family
+
+    gauges = WorkersGauges(Fixed({}, 0), "t", {}, str(tmp_path), lambda: [])
+    empty = [Family("up", "health", [], [])]
+    full = [Family("up", "health", ["provider"], [(["a"], 1.0), (["b"], 0.0)])]
+    for snapshots in ([empty, full], [full, empty]):
+        [family] = gauges._combined(snapshots)
+        assert {tuple(s.labels.items()): s.value for s in family.samples} == {
+            (("provider", "a"),): 1.0, (("provider", "b"),): 0.0}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from tollway.core.forms import boundary_of, parse_form, with_field
+from tollway.core.forms import boundary_of, field_value, with_field
 from tollway.core.kernels import SSEFramer
 from tollway.core.providers.azure_openai import AzureOpenAIAdapter
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
@@ -116,9 +116,9 @@ def image_usage(ctx: CallContext, answers: list[_MediaAnswer]) -> Usage:
 
 
 def _image_request(ctx: CallContext) -> _ImageRequest:
-    if ctx.api in FORM_APIS:
-        fields = parse_form(ctx.body, _form_type(ctx)).fields
-        return _ImageRequest(fields.get("size"), fields.get("quality"))
+    if ctx.api in FORM_APIS:  # (admission parsed the form: size and quality appear once at most)
+        boundary = boundary_of(_form_type(ctx))
+        return _ImageRequest(field_value(ctx.body, boundary, "size"), field_value(ctx.body, boundary, "quality"))
     try:
         return _decode_image_request(ctx.body)
     except msgspec.MsgspecError:  # (admission validated the JSON; a size of the wrong type is the upstream's to refuse)

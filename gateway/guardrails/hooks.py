@@ -68,10 +68,12 @@ class Rule:
         return ((not self.keys or key in self.keys) and (not self.teams or team in self.teams)
                 and (not self.models or route in self.models or model in self.models))
 
-    def find(self, text: str) -> list[Finding]:
+    def find(self, text: str, pos: int = 0) -> list[Finding]:
+        """The findings in `text` (a regex guardrail's: those that start at `pos` or after, the
+        text before it read as context, by lookbehind and `\\b`)."""
         if self.type == "pii":
             return find(text, self.detectors)
-        return resolve(Finding(m.start(), m.end(), REGEX) for p in self.patterns for m in p.finditer(text)
+        return resolve(Finding(m.start(), m.end(), REGEX) for p in self.patterns for m in p.finditer(text, pos)
                        if m.end() > m.start())
 
     def scanner(self) -> StreamScanner | _RegexScanner:
@@ -95,10 +97,15 @@ class _RegexScanner:
     right up to its end, so it may still extend), begins; never more than the last REGEX_HOLD
     characters (a match that starts before them is taken as it is). So a match up to that long
     is caught across chunk boundaries, and text no pattern could be starting flows at once. The
-    StreamScanner contract: feed/finish → Emit."""
+    StreamScanner contract: feed/finish → Emit.
+
+    Text already sent stays in the buffer (up to REGEX_HOLD characters, before `pos`) as the
+    context the next chunk is matched in: a lookbehind or `\\b` must see what came before it,
+    as it would in the whole text."""
 
     def __init__(self, rule: Rule) -> None:
         self.rule, self.buf, self.done = rule, "", False
+        self.pos = 0  # buf[:pos] was sent already: context only
 
     def feed(self, text: str) -> Emit:
         if self.done:
@@ -109,12 +116,13 @@ class _RegexScanner:
     def _settled(self) -> int:
         """How much of the buffer no pattern can still be matching when more text comes."""
         end = len(self.buf)
-        floor, s = max(0, end - REGEX_HOLD), end
+        floor, s = max(self.pos, end - REGEX_HOLD), end
         for partial in self.rule.partials:
             if partial is None:  # a pattern the partial matcher cannot read: the fixed hold
                 return floor
             for m in partial.finditer(self.buf, floor, partial=True):
-                if m.partial or m.end() == end:
+                # (a whole match may still grow: `foo(bar)?` has matched "foo" in "foob")
+                if m.partial or m.end() == end or partial.fullmatch(self.buf, m.start(), partial=True):
                     s = min(s, m.start())
                     break
         return max(floor, s)
@@ -127,20 +135,21 @@ class _RegexScanner:
         return emit
 
     def _advance(self, s: int) -> Emit:
-        found = self.rule.find(self.buf)
+        start = self.pos
+        found = self.rule.find(self.buf, start)
         for f in found:
             if f.start < s < f.end:
                 s = f.end
-        done = [f for f in found if f.end <= s]
-        if not done:
-            out, self.buf = self.buf[:s], self.buf[s:]
-            return Emit(out)
-        if self.rule.action == "block":
+        done = [Finding(f.start - start, f.end - start, f.detector) for f in found if f.end <= s]
+        out = self.buf[start:s]
+        if done and self.rule.action == "block":
             self.done = True
-            return Emit(self.buf[:done[0].start], {REGEX: 1}, REGEX)
-        out, self.buf = self.buf[:s], self.buf[s:]
-        counts = {REGEX: len(done)}
-        return Emit(out if self.rule.action == "log" else mask(out, done), counts)
+            return Emit(out[:done[0].start], {REGEX: 1}, REGEX)
+        cut = max(0, s - REGEX_HOLD)  # what was sent, kept as context up to REGEX_HOLD
+        self.buf, self.pos = self.buf[cut:], s - cut
+        if not done:
+            return Emit(out)
+        return Emit(out if self.rule.action == "log" else mask(out, done), {REGEX: len(done)})
 
 
 @dataclass(slots=True)

@@ -8,7 +8,10 @@ Input (what the model would see), all roles:
 - completions: `prompt` (a string or strings); embeddings: `input` (a string or strings; token
   arrays are not text);
 - responses: `instructions`, `input` (a string, or items' `content` strings and text parts,
-  `function_call.arguments`, `function_call_output.output`).
+  `function_call.arguments`, `function_call_output.output`);
+- moderations: `input` (a string, strings, or text parts); speech: `input`; images: `prompt`;
+  rerank: `query` and `documents` (strings, or objects with `text`). The multipart uploads
+  (image edits, transcriptions) are not JSON: their `prompt` is not scanned.
 
 Output (a non-stream answer): chat `choices[].message.content` and tool-call arguments,
 completions `choices[].text`, Anthropic `content[].text` and `tool_use` input's strings,
@@ -98,6 +101,15 @@ def input_slots(api: str, body: Any) -> list[Slot]:
     elif api == "responses":
         slots += _str(body, "instructions")
         slots += _parts(body, "input")
+    elif api in ("moderations", "speech"):
+        slots += _list_or_str(body, "input")
+        slots += _parts(body, "input") if isinstance(body.get("input"), list) else ()  # moderations' text parts
+    elif api == "images":
+        slots += _str(body, "prompt")
+    elif api == "rerank":
+        slots += _str(body, "query")
+        slots += _list_or_str(body, "documents")
+        slots += _parts(body, "documents") if isinstance(body.get("documents"), list) else ()  # Jina's {text}
     return slots
 
 

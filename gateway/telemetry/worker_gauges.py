@@ -98,7 +98,9 @@ class WorkersGauges(Collector):
         values: dict[str, dict[tuple[str, ...], list[float]]] = {}
         for families in snapshots:
             for family in families:
-                heads.setdefault(family.name, family)
+                head = heads.get(family.name)
+                if head is None or (family.samples and not head.samples):  # label names come with samples
+                    heads[family.name] = family
                 series = values.setdefault(family.name, {})
                 for labels, value in family.samples:
                     series.setdefault(tuple(labels), []).append(value)

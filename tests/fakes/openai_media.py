@@ -181,6 +181,9 @@ class MediaEndpoints:
         pieces = speech_audio(body.get("input", ""))
         if body.get("input") == "leak":  # a hostile upstream: its credential inside the audio bytes
             pieces.insert(1, request.headers.get("authorization", "").encode())
+        if body.get("input") == "leak-split":  # the same, split across two writes (two chunks)
+            auth = request.headers.get("authorization", "").encode()
+            pieces[1:1] = [pieces[0][-5:] + auth[:14], auth[14:]]
         resp = web.StreamResponse(headers={"content-type": "audio/mpeg"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)

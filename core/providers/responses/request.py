@@ -13,7 +13,7 @@ response, conversation or prompt is refused with a 400 naming the field, as is a
 """
 from __future__ import annotations
 
-from tollway.core.errors import bad_request, responses_state_unsupported
+from tollway.core.errors import bad_request, echoed, responses_state_unsupported
 from tollway.core.providers.chat.anthropic import tool_arguments
 from tollway.core.providers.responses import wire
 from tollway.core.providers.wire import openai as oa
@@ -74,13 +74,14 @@ def _add_item(messages: list[oa.ChatMessage], item: wire.InputItem, i: int) -> N
     elif kind == "item_reference":
         raise responses_state_unsupported(f"input[{i}]", "this gateway's translated providers")
     elif kind != "reasoning":
-        raise bad_request(f"Input item type '{kind}' is not supported for this model's provider.", param=f"input[{i}].type")
+        raise bad_request(f"Input item type '{echoed(kind)}' is not supported for this model's provider.",
+                          param=f"input[{i}].type")
 
 
 def _message(item: wire.InputItem, i: int) -> oa.ChatMessage:
     role = ROLES.get(item.role or "")
     if role is None:
-        raise bad_request(f"Unknown role '{item.role}' in input[{i}].", param=f"input[{i}].role")
+        raise bad_request(f"Unknown role '{echoed(item.role or '')}' in input[{i}].", param=f"input[{i}].role")
     if item.content is None or isinstance(item.content, str):
         return oa.ChatMessage(role, item.content or "")
     parts = [_part(p, f"input[{i}].content[{j}]") for j, p in enumerate(item.content)]
@@ -101,7 +102,7 @@ def _part(p: wire.InputContent, where: str) -> oa.ContentPart:
     if p.type == "input_image":
         raise bad_request("Images by file_id need OpenAI's file store; send an image_url (a data URL or a link).",
                           param=where)
-    raise bad_request(f"Content part type '{p.type}' is not supported for this model's provider.", param=f"{where}.type")
+    raise bad_request(f"Content part type '{echoed(p.type)}' is not supported for this model's provider.", param=f"{where}.type")
 
 
 def _add_call(messages: list[oa.ChatMessage], item: wire.InputItem, i: int) -> None:
@@ -125,7 +126,7 @@ def _output_text(output: str | list[wire.InputContent] | None, i: int) -> str:
         return output or ""
     for j, p in enumerate(output):
         if p.type not in _TEXT_PARTS:
-            raise bad_request(f"A function_call_output part of type '{p.type}' is not supported for this model's "
+            raise bad_request(f"A function_call_output part of type '{echoed(p.type)}' is not supported for this model's "
                               "provider; send the output as text.", param=f"input[{i}].output[{j}].type")
     return "".join(p.text or "" for p in output)
 
@@ -136,7 +137,7 @@ def _tools(tools: list[wire.FunctionTool] | None) -> list[oa.Tool] | None:
     out = []
     for i, t in enumerate(tools):
         if t.type != "function" or not t.name:
-            raise bad_request(f"Tool type '{t.type}' runs only on OpenAI; this model's provider takes function tools.",
+            raise bad_request(f"Tool type '{echoed(t.type)}' runs only on OpenAI; this model's provider takes function tools.",
                               param=f"tools[{i}].type")
         out.append(oa.Tool(oa.FunctionDef(t.name, t.description, t.parameters)))
     return out
@@ -146,10 +147,10 @@ def _tool_choice(req: wire.ResponsesRequest) -> str | oa.NamedToolChoice | None:
     choice = req.tool_choice
     if choice is None or isinstance(choice, str):
         if choice is not None and choice not in TOOL_CHOICES:
-            raise bad_request(f"Unknown tool_choice '{choice}'.", param="tool_choice")
+            raise bad_request(f"Unknown tool_choice '{echoed(choice)}'.", param="tool_choice")
         return choice
     if choice.type != "function" or not choice.name:
-        raise bad_request(f"tool_choice type '{choice.type}' is not supported for this model's provider.",
+        raise bad_request(f"tool_choice type '{echoed(choice.type)}' is not supported for this model's provider.",
                           param="tool_choice.type")
     return oa.NamedToolChoice(oa.ToolChoiceFunction(choice.name))
 
