@@ -126,6 +126,14 @@ def test_models_retrieve_a_model_the_key_may_not_see_is_404_model_not_found(narr
     assert str(caught.value.body).replace("omni-moderation-latest", "no-such-model") == str(unknown.value.body)
 
 
+def test_models_retrieve_never_echoes_a_held_credential(client):
+    """A provider key the gateway holds, pasted as the model id, is masked in the 404 that names it."""
+    r = client.models.with_raw_response  # (the SDK raises on 404: read the body from the error)
+    with pytest.raises(openai.NotFoundError) as caught:
+        r.retrieve(f"x-{UPSTREAM_SECRET}-y")
+    assert UPSTREAM_SECRET not in caught.value.response.text and caught.value.code == "model_not_found"
+
+
 def test_models_retrieve_needs_a_key(gw):
     r = httpx.get(gw.url + "/v1/models/gpt-4o-mini")
     assert r.status_code == 401 and assert_openai_error(r.json(), code="invalid_api_key")

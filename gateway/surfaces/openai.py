@@ -78,6 +78,7 @@ class OpenAIAPI:
         ex.key_name = key.key.name
         name = unquote(scope.path[len(_MODEL_PREFIX):])  # the SDK sends an id with "/" as %2F
         route = rt.routes.resolve(name)
+        name = rt.secrets.mask(name)  # echoed: a held credential pasted as the id never comes back
         if route is None or not key.may_use(route.name):
             raise errors.model_not_found(name)
         ex.status = 200
