@@ -33,6 +33,11 @@ MAX_FIELD_BYTES = 256 * 1024  # a plain field (a prompt: 32,000 characters at mo
 # authorize and bill one model while the upstream serves another (as `parse_head` refuses a
 # repeated JSON field). Other fields may repeat (`timestamp_granularities[]`).
 READ_FIELDS = frozenset(("model", "stream", "size", "quality"))
+# "\r\n--" opens every delimiter. A form has one per part; in an upload's bytes it is a 1-in-2^32
+# accident. A body of thousands of them (near-delimiters: the boundary's start, then another
+# byte) drives python-multipart's byte-at-a-time path: ~3 s of the event loop per 30 MB.
+MAX_DELIMITER_STARTS = 4 * MAX_PARTS + 1024
+_OPENER = b"\r\n--"
 _CRLF2 = b"\r\n\r\n"
 
 
@@ -89,8 +94,15 @@ class FormReader:
         self.form = Form(content_type or "", boundary_of(content_type))
         self._reader = _Reader(self.form)
         self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())
+        self._openers, self._tail = 0, b""
 
     def feed(self, piece: bytes) -> None:
+        # Counted in C before the parser sees the piece (one split across pieces too).
+        self._openers += piece.count(_OPENER) + (self._tail + piece[:3]).count(_OPENER)
+        self._tail = (self._tail + piece[-3:])[-3:]
+        if self._openers > MAX_DELIMITER_STARTS:
+            raise bad_request(f"The multipart body has more than {MAX_DELIMITER_STARTS} delimiter-like "
+                              "sequences (CRLF followed by '--'); a form has one per part.")
         try:
             self._parser.write(piece)
         except MultipartParseError as exc:

@@ -55,6 +55,27 @@ def test_a_bad_form_is_refused_at_the_piece_that_shows_it():
         FormReader(CT).feed(b"garbage before any boundary")
 
 
+@pytest.mark.parametrize("size", [1, 2, 5, 64 * 1024])
+def test_a_body_of_near_delimiters_is_refused_early_however_it_is_cut(size):
+    """Repeated "\r\n--XyZ-" (a delimiter's start, then a wrong byte) is python-multipart's slow
+    path (seconds of the event loop per 30 MB): refused after the first thousand or so, counted
+    across pieces, before the parser spends its time on them."""
+    hostile = part("image", b"\r\n--XyZ-" * 50_000, "a.png")
+    reader, fed = FormReader(CT), 0
+    with pytest.raises(GatewayError) as caught:
+        for i in range(0, len(hostile), size):
+            fed = i
+            reader.feed(hostile[i:i + size])
+    assert "delimiter-like" in caught.value.message and caught.value.status == 400
+    assert fed < 20_000  # within the first ~2,000 of them
+
+
+def test_an_ordinary_upload_is_far_from_the_delimiter_bound():
+    files = b"".join(part(f"image[{i}]", FILE, f"{i}.png") for i in range(16))  # FILE holds a near-delimiter
+    body = part("model", b"gpt-image-1") + files + b"--XyZ--\r\n"
+    assert len(parse_form(body, CT).files) == 16
+
+
 @pytest.mark.parametrize("split", [0, 1, 17, 90])
 def test_with_field_rewrites_only_the_field(split):
     body = BODY[:split] + BODY[split:]
