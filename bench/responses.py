@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from tollway.core.config import Provider
 from tollway.core.providers.base import CallContext
+from tollway.core.providers.chained import ChainedStream
 from tollway.core.providers.chat.anthropic import OpenAIToAnthropic
-from tollway.core.providers.messages.translate import ChainedStream, ChatStreamToAnthropic
+from tollway.core.providers.messages.translate import ChatStreamToAnthropic
 from tollway.core.providers.responses.anthropic import ResponsesToAnthropic
 from tollway.core.request import parse_head
 

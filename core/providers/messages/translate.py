@@ -24,9 +24,9 @@ from tollway.core.providers.base import (
     CallContext,
     ClientAPI,
     SSEStreamTranslator,
-    StreamTranslator,
     UpstreamCall,
 )
+from tollway.core.providers.chained import ChainedStream
 from tollway.core.providers.messages.errors import error_event
 from tollway.core.providers.registry import adapter_for
 from tollway.core.providers.wire import anthropic as wire
@@ -219,30 +219,6 @@ def _message_id(openai_id: str) -> str:
 
 # -- stream: OpenAI chunks -> Anthropic events --------------------------------------------
 
-class ChainedStream:
-    """Two translators in series: the provider's stream to OpenAI chunks, then onwards."""
-
-    def __init__(self, inner: StreamTranslator, outer: ChatStreamToAnthropic) -> None:
-        self._inner, self._outer = inner, outer
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage or self._outer.usage
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self._outer.feed(self._inner.feed(chunk))
-
-    def flush(self) -> bytes:
-        return self._outer.feed(self._inner.flush()) + self._outer.flush()
-
-    def streamed_text(self) -> str:
-        return self._inner.streamed_text()
-
-    def error_event(self, err: GatewayError) -> bytes:
-        """A failure mid-stream (the inner provider's, or the gateway's) as Anthropic's error event."""
-        return error_event(err)
-
-
 def _stream_error(error: oa.StreamError | str) -> GatewayError:
     """The client's error for an upstream's in-stream error object (scrubbed by the proxy)."""
     return upstream_failed_mid_stream(error if isinstance(error, str) else error.message)
@@ -264,6 +240,10 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         self._kind = ""  # "text" | "thinking" | "tool_use"
         self._reason: str | None = None
         self._tools = False
+
+    def error_event(self, err: GatewayError) -> bytes:
+        """A failure mid-stream (the inner provider's, or the gateway's) as Anthropic's error event."""
+        return error_event(err)
 
     def _complete(self) -> bool:
         return self._started  # [DONE] is optional: the end of the stream closes an answer that began

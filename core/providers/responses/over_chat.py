@@ -14,10 +14,11 @@ from typing import ClassVar
 
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import Adapter, CallContext, ClientAPI, UpstreamCall
+from tollway.core.providers.chained import ChainedStream
 from tollway.core.providers.registry import adapter_for
 from tollway.core.providers.responses.output import response_body
 from tollway.core.providers.responses.request import to_chat_request
-from tollway.core.providers.responses.stream import ResponsesOverChatStream
+from tollway.core.providers.responses.stream import responses_over_chat
 from tollway.core.providers.responses.wire import decode_responses
 from tollway.core.providers.wire import openai as oa
 from tollway.core.request import RequestHead, StreamOptions
@@ -45,8 +46,8 @@ class ResponsesOverChat:
         return response_body(decode_responses(ctx.body), oa.decode_completion(chat_body), usage, ctx.upstream_model,
                              ctx.now), usage
 
-    def stream(self, ctx: CallContext) -> ResponsesOverChatStream:
-        return ResponsesOverChatStream(self.inner().stream(_chat_ctx(ctx)), decode_responses(ctx.body),
+    def stream(self, ctx: CallContext) -> ChainedStream:
+        return responses_over_chat(self.inner().stream(_chat_ctx(ctx)), decode_responses(ctx.body),
                                        ctx.upstream_model, ctx.now)
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:

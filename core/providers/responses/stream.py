@@ -28,6 +28,7 @@ from typing import Any
 
 from tollway.core.errors import GatewayError, upstream_failed_mid_stream, upstream_no_answer
 from tollway.core.providers.base import SSEStreamTranslator, StreamTranslator
+from tollway.core.providers.chained import ChainedStream
 from tollway.core.providers.responses import wire
 from tollway.core.providers.responses.output import ResponseFrame, ResponseIds
 from tollway.core.providers.wire import openai as oa
@@ -38,7 +39,8 @@ _encode = wire.encode
 
 class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
     """OpenAI `chat.completion.chunk` SSE in, Responses API SSE events out. It keeps no text
-    or usage of its own: `ResponsesOverChatStream` reads the provider translator's."""
+    or usage of its own: `responses_over_chat` chains it after the provider translator, whose
+    usage it reports."""
 
     def __init__(self, req: wire.ResponsesRequest, model: str, now: float, usage: Callable[[], Usage | None]) -> None:
         super().__init__(oa.decode_chunk)
@@ -206,26 +208,6 @@ _DELTAS: dict[str, tuple[str, dict[str, int]]] = {
 }
 
 
-class ResponsesOverChatStream:
-    """The provider's stream translator (provider events -> chat chunks) and
-    `ChatStreamToResponses` in series."""
-
-    def __init__(self, inner: StreamTranslator, req: wire.ResponsesRequest, model: str, now: float) -> None:
-        self._inner = inner
-        self._outer = ChatStreamToResponses(req, model, now, lambda: inner.usage)
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self._outer.feed(self._inner.feed(chunk))
-
-    def flush(self) -> bytes:
-        return self._outer.feed(self._inner.flush()) + self._outer.flush()
-
-    def streamed_text(self) -> str:
-        return self._inner.streamed_text()
-
-    def error_event(self, err: GatewayError) -> bytes:
-        return self._outer.error_event(err)
+def responses_over_chat(inner: StreamTranslator, req: wire.ResponsesRequest, model: str, now: float) -> ChainedStream:
+    """The provider's stream translator (provider events -> chat chunks), then `ChatStreamToResponses`."""
+    return ChainedStream(inner, ChatStreamToResponses(req, model, now, lambda: inner.usage))
