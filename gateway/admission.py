@@ -63,9 +63,17 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     ex.after = pipeline.after_response  # (admit took serving's: the same unless a reload came between)
     limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
     lease = None
+    cache = serving.cache
+    ex.cache_may_answer = cache is not None and cache.may_answer(req, api)
     if limiter is not None and limiter.enabled:  # Limiter.reserve, with its no-wait path inline:
-        decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
-        lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
+        try:
+            decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
+            lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
+        except errors.GatewayError as refused:  # a cache hit would draw on the request buckets alone
+            if refused.status != 429 or not ex.cache_may_answer:
+                raise
+            lease = await limiter.reserve_requests(req.key.key, req.route.name)  # (its own 429 if those are spent)
+            ex.deferred = refused
     headers = [("x-request-id", ex.request_id), *(lease.headers if lease is not None else ())]
     stop = None
     try:
@@ -74,6 +82,8 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
         if ex.cache is not None and ex.cache.headed(headers):  # a cache hit: answered without an upstream call
             await ex.cache.serve(ex, proto, headers)
             return
+        if ex.deferred is not None:  # a limit or budget refused it, and the cache had no answer
+            raise ex.deferred
         ex.on_chunk = pipeline.on_chunk  # the relay runs these on each chunk it sends
         ex.on_chunk_async, ex.on_answer = pipeline.on_chunk_async, pipeline.on_answer
         if ex.cache is not None and ex.cache.storing:  # a miss to store: its stream as the client gets it,

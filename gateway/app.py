@@ -102,7 +102,7 @@ class Gateway:
             self.directory.on_change = self._keys_changed
         self._rebuild_pending = False
         self._loading: asyncio.Task[None] | None = None  # the tokenizers streams are counted with, loading at start
-        self.serving.pipeline = self._pipeline()
+        self._plug()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger), workers=("ledger", LEDGER_RULES))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
         self.live = LiveStats(self.metrics.live_families)  # the console's last hour, sampled off the request path
@@ -166,7 +166,7 @@ class Gateway:
             self.start()
             if self.runtime.api.keys or self.runtime.api.teams:  # their budgets are rebuilt from the ledger with the rest
                 self.books = Books(self.runtime.config, self.config_path, self.ledger_counters, reload_of=self.books)
-                self.serving.pipeline = self._pipeline()
+                self._plug()
             loop.run_until_complete(self.books.start(loop))
         except SchemaTooNew as exc:
             refuse(f"refusing to start: {exc}")
@@ -244,7 +244,7 @@ class Gateway:
         books.budgets.start(loop)
         if old_books.budgets.share is not None:  # its charges not yet in Redis, and its connections
             self._in_background(old_books.budgets.aclose())
-        self.serving.pipeline = self._pipeline()
+        self._plug()
         old_limiter, self.limiter = self.limiter, limiter
         if old_limiter is not None and old_limiter.store is not limiter.store:
             self._in_background(old_limiter.store.aclose())
@@ -255,6 +255,10 @@ class Gateway:
             self._new_actions()
         self.runtime.start(loop)
         self._in_background(self._close_providers(self.runtime.retired(old)))
+
+    def _plug(self) -> None:
+        """Serve new requests with the current features' hooks (and the cache they hold)."""
+        self.serving.pipeline, self.serving.cache = self._pipeline(), self.cache
 
     def _pipeline(self) -> Pipeline:
         """The request path's hooks: the books' (budgets, ledger), the guardrails', then the plugins'

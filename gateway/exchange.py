@@ -7,7 +7,7 @@ import time
 from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
-from tollway.core.errors import echoed, error_label
+from tollway.core.errors import GatewayError, echoed, error_label
 from tollway.core.ledger.periods import rfc3339
 from tollway.ext.usage import Usage
 
@@ -40,7 +40,8 @@ class Exchange:
                  "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
-                 "guardrails", "budget_held", "cache")
+                 "guardrails", "budget_held", "cache", "deferred",
+                 "cache_may_answer")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -83,6 +84,8 @@ class Exchange:
         self.on_answer: tuple[OnAnswer, ...] = ()  # ... and its hooks on a non-stream answer
         self.plugins: PluginState | None = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
         self.guardrails: GuardrailState | None = None  # when guardrails apply (tollway.gateway.guardrails)
+        self.cache_may_answer = False  # the response cache could answer it: a limit's refusal waits (admission)
+        self.deferred: GatewayError | None = None  # a limit's or budget's 429 that waits for a cache lookup (admission)
         self.budget_held = 0.0  # USD its stream holds of its budgets until charged (tollway.gateway.store.budgets)
         self.cache: CacheState | None = None  # on a cached route (tollway.gateway.cache)
 

@@ -17,6 +17,7 @@ from tollway.gateway.runtime import Runtime
 from tollway.gateway.telemetry.tracing import Tracer
 
 if TYPE_CHECKING:
+    from tollway.gateway.cache import ResponseCache
     from tollway.gateway.store.books import Books
     from tollway.gateway.tenancy.actions import Actions
 
@@ -30,5 +31,6 @@ class Serving:
     pipeline: Pipeline = EMPTY  # the features plugged into the request path's seams
     books: Books | None = None  # the ledger and the budgets (tollway.gateway.store.books)
     actions: Actions | None = None  # run-time keys and teams (None: no store to keep them)
+    cache: ResponseCache | None = None  # the response cache whose hooks are in `pipeline`
     # key id -> when it was last used, since the directory last wrote them (tollway.gateway.tenancy)
     last_used: dict[str, float] = field(default_factory=dict)

@@ -16,6 +16,8 @@ from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, key_hash
 THIRD_KEY = "sk-tollway-third-key-1111111111"
 SOLO_KEY = "sk-tollway-solo-key-2222222222"  # no team, no limits
 TIGHT_KEY = "sk-tollway-tight-key-3333333333"  # 5 output tokens a minute: a 9-token stream is cut
+DRAINED_KEY = "sk-tollway-drained-key-4444444444"  # 30 output tokens a minute, no request limit
+SPENT_KEY = "sk-tollway-spent-key-5555555555"  # a budget the first answer spends
 SLOW_SECONDS = 0.6
 
 
@@ -61,6 +63,12 @@ _LIMITED = """  - name: limited-key
   - name: tight-key
     key_hash: "{}"
     limits: [{{output_tokens: 5, per: 1m}}]
+  - name: drained-key
+    key_hash: "{}"
+    limits: [{{output_tokens: 30, per: 1m}}]
+  - name: spent-key
+    key_hash: "{}"
+    budget: {{usd: 0.0000001, period: day}}
 """
 
 
@@ -91,7 +99,7 @@ keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}", team: red}}
   - {{name: other-key, key_hash: "{key_hash(OTHER_KEY)}", team: red}}
   - {{name: solo-key, key_hash: "{key_hash(SOLO_KEY)}"}}
-{_LIMITED.format(key_hash(THIRD_KEY), key_hash(TIGHT_KEY)) if limited else ""}teams: [{{name: red}}]
+{_LIMITED.format(key_hash(THIRD_KEY), key_hash(TIGHT_KEY), key_hash(DRAINED_KEY), key_hash(SPENT_KEY)) if limited else ""}teams: [{{name: red}}]
 guardrails:
   - {{name: no-foxes, type: regex, action: block, deny: ["fox"], apply_to: [output], scope: {{models: [guarded]}}}}
   - {{name: other-sees-no-fox, type: regex, action: mask, deny: ["fox"], apply_to: [output],

@@ -9,12 +9,23 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import anthropic
 import openai
 import pytest
 
-from tests.cache_fixture import SOLO_KEY, THIRD_KEY, TIGHT_KEY, CacheUpstream, cache_config, messages, prompt
+from tests.cache_fixture import (
+    DRAINED_KEY,
+    SOLO_KEY,
+    SPENT_KEY,
+    THIRD_KEY,
+    TIGHT_KEY,
+    CacheUpstream,
+    cache_config,
+    messages,
+    prompt,
+)
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, GatewayProcess
@@ -302,6 +313,39 @@ def test_hits_count_against_request_limits_not_token_limits(gw, up):
         chat(limited, text, max_tokens=10)
     assert "request" in str(refused.value).lower()
     assert up.calls(text) == 1
+
+
+def test_a_spent_token_limit_still_serves_hits(gw, up):
+    """A hit generates nothing: a key whose output-token bucket cannot hold another answer still
+    gets the cached ones (they draw on request limits only); a miss is refused as before."""
+    drained = openai.OpenAI(base_url=gw.url + "/v1", api_key=DRAINED_KEY, max_retries=0)
+    text, other = prompt(), prompt()
+    assert chat(drained, text, max_tokens=30)[1] == "miss"  # reserves the whole 30, settles 9
+    for stream in (False, True):  # 30 no longer fits: the cache answers, either kind
+        answer, outcome, _ = chat(drained, text, stream, max_tokens=30)
+        assert (answer, outcome) == (REPLY, "hit")
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(drained, other, max_tokens=30)
+    assert "output tokens" in str(refused.value)
+    assert refused.value.response.headers.get("x-tollway-cache") == "miss"
+    assert up.calls(text) == 1 and up.calls(other) == 0
+
+
+def test_a_spent_budget_still_serves_hits(gw, up):
+    spent = openai.OpenAI(base_url=gw.url + "/v1", api_key=SPENT_KEY, max_retries=0)
+    text, other = prompt(), prompt()
+    assert chat(spent, text)[1] == "miss"  # costs more than the whole budget
+    deadline = time.monotonic() + 5
+    while True:  # the charge lands after the response
+        try:
+            chat(spent, other)
+        except openai.RateLimitError as exc:
+            assert exc.code == "insufficient_quota"
+            break
+        assert time.monotonic() < deadline, "the budget never ran out"
+        other = prompt()
+    assert chat(spent, text) == (REPLY, "hit", mock.ANY)
+    assert up.calls(other) == 0
 
 
 def test_the_access_log_says_what_the_cache_did(gw, oai):

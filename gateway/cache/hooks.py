@@ -225,6 +225,14 @@ class ResponseCache:
         if self.backend is not None:
             await self.backend.aclose()
 
+    def may_answer(self, req: Admitted, api: str) -> bool:
+        """Whether the cache could answer this request (its route, key or team opted in), so a
+        refusal by a token or cost limit or a budget waits for the lookup: a hit generates
+        nothing and counts against request limits only (issue 16)."""
+        key = req.key.key
+        return (self.backend is not None and api in CACHED_APIS
+                and self.rules.rule(req.route.name, key.name, key.team) is not None)
+
     # -- before_upstream ---------------------------------------------------------------
 
     async def lookup(self, req: Admitted, ex: Exchange) -> None:

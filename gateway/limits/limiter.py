@@ -154,6 +154,17 @@ class Limiter:
             return self._without_store(plan, pending.bound, demand, pending.model)
         return self._grant(plan, pending.bound, demand, pending.model, decided)
 
+    async def reserve_requests(self, key: Key, model: str) -> Lease | None:
+        """A reservation on the request buckets alone (the token and cost ones get nothing): a
+        request a cache hit may answer. Raises a 429 as `reserve` does."""
+        plan, bound = self._plan(key, model)
+        if bound is None:
+            return None
+        decided = self.store.decide(bound, REQUEST_ONLY_DEMAND)
+        if decided is None:
+            return await self.ask_store(AskStore(plan, bound, REQUEST_ONLY_DEMAND, model))
+        return self._grant(plan, bound, REQUEST_ONLY_DEMAND, model, decided)
+
     async def reserve(self, key: Key, model: str, api: str, head: RequestHead, body: bytes) -> Lease | None:
         """`admit`, then `ask_store` when needed: this request's Lease, or None when no limit
         applies. Raises GatewayError as those two do."""

@@ -47,6 +47,9 @@ class BudgetKeeper:
         """before_upstream: refuse (429 insufficient_quota) a key or team that spent its budget."""
         refusal = self.book.refusal(ex.key_name, ex.team, self.clock())
         if refusal is not None:
+            if ex.cache_may_answer:  # a cache hit spends nothing: the lookup decides (admission.forward)
+                ex.deferred = ex.deferred or refusal
+                return
             raise refusal
 
     def claim(self, ex: Exchange, usd: float) -> GatewayError | None:
