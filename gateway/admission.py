@@ -63,14 +63,14 @@ async def forward(serving: Serving, surface: Surface, api: str, scope: Scope, pr
     ex.after = pipeline.after_response  # (admit took serving's: the same unless a reload came between)
     limiter = serving.limiter  # this request's: a reload may swap serving.limiter before it settles
     lease = None
-    cache = serving.cache
-    ex.cache_may_answer = cache is not None and cache.may_answer(req, api)
+    if serving.cache is not None and serving.cache.backend is not None:  # asked only if a limit refuses
+        ex.response_cache = serving.cache
     if limiter is not None and limiter.enabled:  # Limiter.reserve, with its no-wait path inline:
         try:
             decided = limiter.admit(req.key.key, req.route.name, api, req.head, req.body)  # the hot path
             lease = await limiter.ask_store(decided) if isinstance(decided, AskStore) else decided
         except errors.GatewayError as refused:  # a cache hit would draw on the request buckets alone
-            if refused.status != 429 or not ex.cache_may_answer:
+            if refused.status != 429 or ex.response_cache is None or not ex.response_cache.may_answer(req, api):
                 raise
             lease = await limiter.reserve_requests(req.key.key, req.route.name)  # (its own 429 if those are spent)
             ex.deferred = refused

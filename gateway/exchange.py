@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from tollway.core.accounting.pricebook import PriceBook
     from tollway.core.security.secrets import KnownSecrets
-    from tollway.gateway.cache import CacheState
+    from tollway.gateway.cache import CacheState, ResponseCache
     from tollway.gateway.guardrails.hooks import GuardrailState
     from tollway.gateway.pipeline import AfterResponse, OnAnswer, OnChunk, OnChunkAsync
     from tollway.gateway.plugins.hooks import PluginState
@@ -41,7 +41,7 @@ class Exchange:
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
                  "guardrails", "budget_held", "cache", "deferred",
-                 "cache_may_answer")
+                 "response_cache")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -84,7 +84,7 @@ class Exchange:
         self.on_answer: tuple[OnAnswer, ...] = ()  # ... and its hooks on a non-stream answer
         self.plugins: PluginState | None = None  # the request's plugin state, when plugins apply (tollway.gateway.plugins.hooks)
         self.guardrails: GuardrailState | None = None  # when guardrails apply (tollway.gateway.guardrails)
-        self.cache_may_answer = False  # the response cache could answer it: a limit's refusal waits (admission)
+        self.response_cache: ResponseCache | None = None  # one opted in somewhere: a limit's refusal asks it (admission)
         self.deferred: GatewayError | None = None  # a limit's or budget's 429 that waits for a cache lookup (admission)
         self.budget_held = 0.0  # USD its stream holds of its budgets until charged (tollway.gateway.store.budgets)
         self.cache: CacheState | None = None  # on a cached route (tollway.gateway.cache)

@@ -47,7 +47,8 @@ class BudgetKeeper:
         """before_upstream: refuse (429 insufficient_quota) a key or team that spent its budget."""
         refusal = self.book.refusal(ex.key_name, ex.team, self.clock())
         if refusal is not None:
-            if ex.cache_may_answer:  # a cache hit spends nothing: the lookup decides (admission.forward)
+            cache = ex.response_cache  # a cache hit spends nothing: the lookup decides (admission.forward)
+            if cache is not None and cache.may_answer(req, ex.api):
                 ex.deferred = ex.deferred or refusal
                 return
             raise refusal
