@@ -110,7 +110,7 @@ def _stream_stop(serving: Serving, req: Admitted, ex: Exchange, limiter: Limiter
                  lease: Lease | None) -> StreamStop | None:
     """The per-chunk hook that stops this stream at its limits or budgets, or None."""
     keeper = serving.books.budgets if serving.books is not None else None
-    if lease is None and not keeper:
+    if (lease is None or not lease.plan.grows) and not keeper:  # (a request limit alone: no hook, decided here)
         return None
     prompt = lease.demand[1] if lease is not None else estimate_prompt_tokens(req.body)  # (input_tokens)
     return stream_stop(ex, req.head.model or req.route.name, prompt, limiter, lease, keeper, req.runtime.prices)

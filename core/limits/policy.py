@@ -152,6 +152,7 @@ class Plan:
     measures: tuple[int, ...] = field(init=False)     # index into MEASURES, per bucket
     capacities: tuple[float, ...] = field(init=False)
     priced: bool = field(init=False)                   # has a cost_usd bucket
+    grows: bool = field(init=False)                    # a stream's output draws on it (output, total tokens, cost)
     header_specs: tuple[HeaderSpec, ...] = field(init=False)  # see tollway.ext.ratelimit
     allowed: tuple[tuple[str, str], ...] = field(init=False)  # (bucket id, "allowed"): decision counter keys
 
@@ -160,6 +161,7 @@ class Plan:
         put(self, "measures", tuple(MEASURES.index(b.measure) for b in self.buckets))
         put(self, "capacities", tuple(b.capacity for b in self.buckets))
         put(self, "priced", any(b.is_budget for b in self.buckets))
+        put(self, "grows", any(b.measure in ("output_tokens", "total_tokens", "cost_usd") for b in self.buckets))
         specs = []
         for kind, i in (("requests", self.header_requests), ("tokens", self.header_tokens)):
             if i >= 0:
