@@ -27,7 +27,7 @@ import yaml
 from tollway.core.accounting.pricing import Price, dataset_price
 from tollway.core.cache import settings as cache_settings
 from tollway.core.cache.settings import CachePolicy, CacheStore
-from tollway.core.guardrails.detectors import ALL as DETECTORS
+from tollway.core.guardrails.settings import problems as guardrail_problems
 from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
@@ -586,52 +586,8 @@ def _validate_plugins(config: Config, fail: Fail) -> None:
 
 def _validate_guardrails(config: Config, fail: Fail) -> None:
     _unique(config.guardrails, "guardrails", fail)
-    for i, g in enumerate(config.guardrails):
-        if g.type == "json_schema":
-            _validate_json_schema_guardrail(i, g, fail)
-            continue
-        if g.type == "pii":
-            if g.deny:
-                fail(["guardrails", i, "deny"], "deny patterns belong to a guardrail of type regex")
-            if g.detectors is not None:
-                if not g.detectors:
-                    fail(["guardrails", i, "detectors"], "leave detectors out for all of them, or name at least one")
-                for j, d in enumerate(g.detectors):
-                    if d not in DETECTORS:
-                        fail(["guardrails", i, "detectors", j],
-                             f"unknown detector '{d}'{did_you_mean(d, DETECTORS)} (one of {', '.join(DETECTORS)})")
-        else:
-            if g.detectors is not None:
-                fail(["guardrails", i, "detectors"], "detectors belong to a guardrail of type pii")
-            if not g.deny:
-                fail(["guardrails", i, "deny"], "a regex guardrail needs at least one deny pattern")
-            for j, pattern in enumerate(g.deny):
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    fail(["guardrails", i, "deny", j], f"invalid regex: {exc}")
-                else:
-                    if re.fullmatch(pattern, ""):
-                        fail(["guardrails", i, "deny", j], "the pattern matches empty text")
-        if g.apply_to is None:
-            continue
-        if not g.apply_to:
-            fail(["guardrails", i, "apply_to"], "name input, output or both")
-        elif len(set(g.apply_to)) != len(g.apply_to):
-            fail(["guardrails", i, "apply_to"], "each of input and output at most once")
-
-
-def _validate_json_schema_guardrail(i: int, g: Guardrail, fail: Fail) -> None:
-    if g.action == "mask":
-        fail(["guardrails", i, "action"], "a json_schema guardrail blocks or logs (block | log): an answer that "
-             "does not match its schema has nothing to mask")
-    if g.detectors is not None:
-        fail(["guardrails", i, "detectors"], "detectors belong to a guardrail of type pii")
-    if g.deny:
-        fail(["guardrails", i, "deny"], "deny patterns belong to a guardrail of type regex")
-    if g.apply_to is not None and list(g.apply_to) != ["output"]:
-        fail(["guardrails", i, "apply_to"], "a json_schema guardrail checks the output only: "
-             "leave apply_to out, or say [output]")
+    for where, problem in guardrail_problems(config.guardrails):
+        fail(where, problem)
 
 
 def _validate_admin_rate(config: Config, fail: Fail) -> None:
