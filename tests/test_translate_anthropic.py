@@ -38,6 +38,9 @@ REQUESTS = [
     ("defaults max_tokens", {"messages": [USER]},
      {"model": "claude-sonnet-4-5", "max_tokens": 4096, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
     ("max_completion_tokens wins", {"messages": [USER], "max_completion_tokens": 7, "max_tokens": 9}, {"max_tokens": 7}),
+    # a 0 is the client's cap, not "none": it reaches Claude, whose own error answers it (issue 17)
+    ("max_tokens 0 goes as it is", {"messages": [USER], "max_tokens": 0}, {"max_tokens": 0}),
+    ("max_completion_tokens 0 wins", {"messages": [USER], "max_completion_tokens": 0, "max_tokens": 9}, {"max_tokens": 0}),
     ("system and developer", {"messages": [{"role": "system", "content": "a"}, {"role": "developer", "content": "b"}, USER]},
      {"system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
     ("stop string", {"messages": [USER], "stop": "END"}, {"stop_sequences": ["END"]}),

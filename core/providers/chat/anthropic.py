@@ -142,13 +142,19 @@ def thinking_of(req: ChatRequest, provider: str) -> tuple[int, wire.Thinking | N
     Raises GatewayError(400)."""
     budget = reasoning_budget(req.reasoning_effort)
     if not budget or _in_tool_loop(req.messages):
-        return req.output_limit or DEFAULT_MAX_TOKENS, None
-    max_tokens = req.output_limit or budget + DEFAULT_MAX_TOKENS
+        return _or_default(req.output_limit, DEFAULT_MAX_TOKENS), None
+    max_tokens = _or_default(req.output_limit, budget + DEFAULT_MAX_TOKENS)
     budget = min(budget, max_tokens - 1)
     if budget < MIN_THINKING_BUDGET:
         raise bad_request(f"Reasoning on {provider} needs an output limit above {MIN_THINKING_BUDGET} tokens "
                           "(its thinking counts in it).", param="max_tokens")
     return max_tokens, wire.Thinking("enabled", budget)
+
+
+def _or_default(limit: int | None, default: int) -> int:
+    """The client's output cap as it is (a 0 reaches Claude, which refuses it), else `default`:
+    Claude needs one."""
+    return default if limit is None else limit
 
 
 def _in_tool_loop(messages: list[ChatMessage]) -> bool:

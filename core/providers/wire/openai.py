@@ -98,7 +98,9 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
 
     @property
     def output_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        """The client's cap on output tokens, None when it set none. A 0 (or a negative) is a cap
+        too: it goes to the provider, whose own error answers it (issue 17, fidelity)."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     @property
     def stop_list(self) -> list[str] | None:
