@@ -19,6 +19,7 @@ from tests.fakes.openai_media import TRANSCRIPT, speech_audio
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.test_e2e_errors import assert_openai_error
+from tests.test_ledger_e2e import record_of
 
 TIGHT_KEY = "sk-tollway-tight-key-4444444444"  # two requests a minute
 
@@ -82,19 +83,6 @@ def client(gw: GatewayProcess) -> openai.OpenAI:
 @pytest.fixture()
 def narrow(gw: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=OTHER_KEY, max_retries=0)
-
-
-def record_of(db: Path, request_id: str, timeout: float = 10.0) -> dict:
-    """The ledger row of one request, once it has been written."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(db) as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return dict(row)
-        assert time.monotonic() < deadline, f"no ledger record for {request_id}"
-        time.sleep(0.05)
 
 
 def metrics_text(gw: GatewayProcess) -> str:

@@ -4,8 +4,6 @@ rerank (tests/fakes/rerank_upstream.py speaks all three): answers in the client'
 in the ledger, errors OpenAI-shaped."""
 from __future__ import annotations
 
-import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import tests.fakes.bedrock_upstream as fb
 from tests.fakes.rerank_upstream import FakeRerank, ranked
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.test_e2e_errors import assert_openai_error
+from tests.test_ledger_e2e import record_of
 
 QUERY = "what is the capital of france"
 DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "The capital of Italy is Rome.", "Bananas."]
@@ -64,18 +63,6 @@ ledger: {{flush_interval: 0.05}}
 
 def rerank(gw: GatewayProcess, body: dict, key: str = TEST_KEY) -> httpx.Response:
     return httpx.post(gw.url + "/v1/rerank", json=body, headers={"authorization": f"Bearer {key}"}, timeout=10)
-
-
-def record_of(db: Path, request_id: str) -> dict:
-    deadline = time.monotonic() + 10
-    while True:
-        with sqlite3.connect(db) as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return dict(row)
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 EXPECTED = ranked(QUERY, DOCS, None)

@@ -6,7 +6,6 @@ round trip, usage that the ledger and the limits agree with, errors in the Respo
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.bedrock_upstream import FakeBedrock
 from tests.fakes.gemini_upstream import FakeGemini, service_account_file
 from tests.harness import ADMIN_KEY, OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.test_ledger_e2e import record_of
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -106,19 +106,6 @@ ledger: {{flush_interval: 0.05}}
     process.stop()
 
 
-def _row(db: Path, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The ledger row of one request, once it is written."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(db) as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return dict(row)
-        assert time.monotonic() < deadline, f"no ledger record for {request_id}"
-        time.sleep(0.05)
-
-
 def _check_usage(usage: Any, case: Case) -> None:
     assert usage.input_tokens == case.input_tokens and usage.output_tokens == case.output_tokens
     assert usage.total_tokens == case.input_tokens + case.output_tokens
@@ -128,7 +115,7 @@ def _check_usage(usage: Any, case: Case) -> None:
 
 
 def _check_ledger(db: Path, request_id: str, usage: Any, api: str = "responses") -> None:
-    row = _row(db, request_id)
+    row = record_of(db, request_id)
     assert row["status"] == 200 and row["api"] == api
     assert row["input_tokens"] == usage.input_tokens and row["output_tokens"] == usage.output_tokens
     assert row["cached_input_tokens"] == usage.input_tokens_details.cached_tokens

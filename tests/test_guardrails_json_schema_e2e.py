@@ -6,8 +6,6 @@ counted), a request without a schema untouched, a hostile schema refused before 
 from __future__ import annotations
 
 import json
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 
 from tests.fakes.scripted_upstream import ScriptedUpstream
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.test_guardrails_e2e import _log_of, _metrics
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}
@@ -57,21 +56,6 @@ def _oa(gw: GatewayProcess) -> openai.OpenAI:
 def _chat(gw: GatewayProcess, model: str, answer: str, **kw: Any) -> Any:
     return _oa(gw).chat.completions.create(model=model, messages=[{"role": "user", "content": f"say: {answer}"}],
                                            response_format=FORMAT, **kw)
-
-
-def _metrics(gw: GatewayProcess) -> str:
-    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
-        return str(r.read().decode())
-
-
-def _log_of(gw: GatewayProcess, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for line in gw.log_lines():
-            if line.get("request_id") == request_id:
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"no access log line for {request_id}")
 
 
 def test_a_matching_answer_passes(gw: GatewayProcess) -> None:

@@ -99,6 +99,13 @@ def _records(db: Path, request_ids: list[str], timeout: float = 10.0) -> dict[st
         time.sleep(0.05)
 
 
+def record_of(db: Path, request_id: str, timeout: float = 10.0) -> dict:
+    """The ledger row of one request, once it has been written (fails the test if it never is)."""
+    row = _records(db, [request_id], timeout).get(request_id)
+    assert row is not None, f"no ledger record for {request_id}"
+    return row
+
+
 def _expected_cost(upstream: str, usage: Usage) -> float:
     """The cost by the dataset's own numbers, token class by token class."""
     price = dataset_price(upstream)
