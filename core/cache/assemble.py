@@ -15,6 +15,7 @@ import msgspec
 
 from tollway.core.cache.entry import usage_json
 from tollway.core.providers.base import ClientAPI
+from tollway.core.providers.wire import openai as oa
 from tollway.ext.usage import Usage
 
 Answer = dict[str, Any]
@@ -51,16 +52,11 @@ def assemble(api: str, sse: bytes, usage: Usage | None) -> Answer | None:
     return answer
 
 
-class _Function(msgspec.Struct):
-    name: str | None = None
-    arguments: str | None = None
-
-
 class _ToolCallDelta(msgspec.Struct):
     index: int = 0
     id: str | None = None
     type: str | None = None
-    function: _Function | None = None
+    function: oa.FunctionDelta | None = None
 
 
 class _Delta(msgspec.Struct):
