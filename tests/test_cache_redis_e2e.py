@@ -71,7 +71,7 @@ def test_an_entry_filled_by_one_gateway_is_a_hit_on_the_other(pair, up, prefix):
     deadline = time.monotonic() + 10
     # The write is queued off the request path: wait until it landed (asking b before that
     # would be a miss of its own, and a second upstream call).
-    while not [k for k in store.scan_iter(f"{prefix}:*") if len(k.split(b":")[-1]) == 64]:
+    while not [k for k in store.scan_iter(f"{prefix}:*") if b":lock:" not in k]:  # an entry, not a's fill lock
         assert time.monotonic() < deadline, "gateway a never stored the entry"
         time.sleep(0.02)
     answer, outcome, headers = chat(b, text)
