@@ -190,10 +190,12 @@ def gateway_cost(loop: asyncio.AbstractEventLoop, config: Path, requests: int, s
     scope.headers["content-length"] = str(len(body))
 
     counter = iter(range(1 << 62))
-    head, tail = body.split(b"why does", 1)
+    # a unique request gets a number at the start of its last message's text
+    head, sep, tail = body.rpartition(b'"content":"')
+    head += sep
 
     async def once() -> None:
-        proto = Proto(head + str(next(counter)).encode() + b" why does" + tail if unique else body)
+        proto = Proto(head + str(next(counter)).encode() + b" " + tail if unique else body)
         if unique:
             scope.headers["content-length"] = str(len(proto.body))
         await gateway.__rsgi__(scope, proto)

@@ -101,7 +101,6 @@ class Gateway:
         if self.directory is not None:
             self.directory.on_change = self._keys_changed
         self._rebuild_pending = False
-        self._loading: asyncio.Task[None] | None = None  # the tokenizers streams are counted with, loading at start
         self._plug()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger), workers=("ledger", LEDGER_RULES))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
@@ -174,9 +173,6 @@ class Gateway:
         if self.directory is not None:
             self.directory.start(loop, self.serving.last_used)
         self.runtime.start(loop)
-        config = self.runtime.config
-        if config.rate_limits.enforce_streams and ((self.limiter and self.limiter.enabled) or self.books.budgets):
-            self._loading = loop.create_task(token_count.load_encodings(m.name for m in config.models))
         self.metrics.start(loop)
         self.live.start(loop)
         if self.tracer is not None:

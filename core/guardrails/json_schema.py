@@ -47,6 +47,7 @@ import re2
 import referencing.exceptions
 from jsonschema_specifications import REGISTRY
 
+from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.kernels import max_depth_exceeded
 
 MAX_SCHEMA_NODES = 1_000  # objects and arrays in the schema (~30-70 ms to compile at the bound, first time)
@@ -54,7 +55,6 @@ MAX_SCHEMA_DEPTH = 64
 MAX_INSTANCE_DEPTH = 64
 MAX_STEPS = 20_000  # subschemas applied per check: ~0.1 s of CPU at worst (bench/README.md); a typical
 # schema applies a few per object or array of the answer, so ~300 KB of JSON fits
-DETECTOR = "json_schema"  # the label of this guardrail's decisions
 CACHE_SIZE = 128
 CACHE_MAX_BYTES = 64 * 1024
 
@@ -63,10 +63,6 @@ _DRAFTS = (jsonschema.Draft4Validator, jsonschema.Draft6Validator, jsonschema.Dr
 _NOT_SCHEMAS = frozenset(("enum", "const", "default", "examples"))  # values there are data, not subschemas
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _decode = msgspec.json.decode
-
-
-class SchemaRefused(ValueError):
-    """The request's schema is not one the gateway will validate against (the reason says why)."""
 
 
 class _OverBudget(Exception):

@@ -30,7 +30,6 @@ from tollway.ext.usage import Usage
 from tollway.gateway.cache.backend import CacheBackend
 from tollway.gateway.cache.flight import SingleFlight
 from tollway.gateway.cache.memory import MemoryBackend
-from tollway.gateway.cache.redis_backend import RedisBackend
 from tollway.gateway.downstream.watchdog import ANSWERED
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.proxy import SSE_HEADERS, ClientGone, ClientStream
@@ -350,6 +349,7 @@ class ResponseCache:
 
 
 def _backend(store: CacheStore) -> CacheBackend:
-    if store.backend == "redis":
+    if store.backend == "redis":  # (imported here: redis-py costs a worker ~15 MB, so only when used)
+        from tollway.gateway.cache.redis_backend import RedisBackend
         return RedisBackend(store.redis_url, store.key_prefix)
     return MemoryBackend(store.max_bytes)

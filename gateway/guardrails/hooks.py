@@ -28,8 +28,8 @@ import regex
 from tollway.core import errors
 from tollway.core.config import Guardrail
 from tollway.core.guardrails.detectors import ALL, Finding, find, mask, resolve
-from tollway.core.guardrails.json_schema import DETECTOR as SCHEMA
-from tollway.core.guardrails.json_schema import SchemaRefused
+from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
+from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
 from tollway.gateway import sse_deltas
 from tollway.gateway.guardrails import responses_stream

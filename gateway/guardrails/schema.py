@@ -14,9 +14,10 @@ What is checked, the text the client gets (after any masking guardrail before it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tollway.core.guardrails.json_schema import CompiledSchema, compile_schema, violation
+if TYPE_CHECKING:  # (the module loads jsonschema: imported when a schema is first checked)
+    from tollway.core.guardrails.json_schema import CompiledSchema
 
 _NOT_ANSWERS = ("tool_calls", "function_call")  # finish reasons of a choice that did not answer
 
@@ -50,9 +51,11 @@ class AnswerSchema:
     @classmethod
     def of(cls, schema: object) -> AnswerSchema:
         """Raises SchemaRefused."""
+        from tollway.core.guardrails.json_schema import compile_schema
         return cls(compile_schema(schema))
 
     def check(self, text: str) -> str | None:
+        from tollway.core.guardrails.json_schema import violation
         return violation(self.compiled, text)
 
     def saw(self, index: int, delta: dict[str, Any]) -> None:

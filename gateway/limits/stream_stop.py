@@ -15,9 +15,9 @@ Per chunk it takes the text and argument deltas of the chunk's events
 lazily: a token is at least one UTF-8 byte, so while the tokens counted so far plus the bytes
 not counted yet fit, the chunk passes with no tokenizing (a typed decode and a length per
 event); tiktoken counts the text waiting (one call per ~4 KB, or chunk by chunk once the bound
-no longer fits: near the allowance). Counts are never guessed: the gateway loads its models'
-encodings on the counting pool at start (tollway.gateway.token_count.load_encodings), and a
-stream that comes before that waits for its own. Past `allowed`, each
+no longer fits: near the allowance). Counts are never guessed: a worker loads a model's
+encoding on the counting pool when its first stream with such a hook arrives
+(tollway.gateway.token_count.prepare), and a stream that needs a count before that waits for it. Past `allowed`, each
 *source* of headroom that is short grows first, before the chunk goes out:
 
 - `LimitHeadroom`: the limiter's reservation (tollway.core.limits.streams.allowance), then

@@ -10,7 +10,7 @@ The TollwayBudgetNearlySpent alert (deploy/prometheus/alerts.yaml) reads the rat
 
 Each worker reports its own book, the one its requests are decided by: with
 `rate_limits.backend: redis` every worker's and replica's book holds the shared spend (at most
-`budgets.SYNC_SECONDS` late); with `memory`, what that process charged.
+`budget_share.SYNC_SECONDS` late); with `memory`, what that process charged.
 A period that ended since the last charge reads as a new one (spent 0), as the next request
 would find it; the book itself is not changed by a scrape.
 """
