@@ -26,11 +26,13 @@ def serve_argv(config: Path, port: int) -> list[str]:
 
 
 def write_config(workdir: Path, models: dict[str, int], access_log: bool = False, cache: str = "",
-                 name: str = "tollway.yaml") -> Path:
+                 name: str = "tollway.yaml", platform: bool = False) -> Path:
     """A bench config where each public model goes to its own OpenAI-schema upstream on
     127.0.0.1:<port>, with the key check on and an in-memory limit far above any load.
     `cache`: the top-level `cache:` value; every model then opts in (sampled answers too: the
-    bench request sets no temperature)."""
+    bench request sets no temperature). `platform`: the headroom issue's config on top — a
+    token limit beside the request limit (both far above the load) and the SQLite usage
+    ledger, one row per request written in batches to a file in `workdir`."""
     key_hash = subprocess.run(tollway_argv() + ["hash-key"], input=BENCH_KEY, text=True,
                               capture_output=True, check=True, cwd=REPO)
     providers, routes = [], []
@@ -43,7 +45,9 @@ def write_config(workdir: Path, models: dict[str, int], access_log: bool = False
     path.write_text(
         "providers:\n" + "".join(providers) + "models:\n" + "".join(routes)
         + f'keys:\n  - name: bench\n    key_hash: "{key_hash.stdout.strip()}"\n    models: ["*"]\n'
-        + "    limits: [{requests: 1000000000, per: 1m}]\n"
+        + ("    limits: [{requests: 1000000000, per: 1m}, {total_tokens: 1000000000000, per: 1m}]\n"
+           if platform else "    limits: [{requests: 1000000000, per: 1m}]\n")
         + f"server:\n  access_log: {'true' if access_log else 'false'}\n"
-        + (f"cache: {cache}\n" if cache else ""))
+        + (f"cache: {cache}\n" if cache else "")
+        + (f"store:\n  backend: sqlite\n  path: {workdir / 'ledger.db'}\n" if platform else ""))
     return path
