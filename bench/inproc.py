@@ -128,6 +128,7 @@ class CannedResponse:
         return self.body
 
     encoded = False  # no content-encoding (see tollway.gateway.upstream.client.UpstreamResponse)
+    waited = 0.0  # answered at once
 
     def close(self) -> None:
         pass

@@ -173,6 +173,7 @@ class Gateway:
         if self.directory is not None:
             self.directory.start(loop, self.serving.last_used)
         self.runtime.start(loop)
+        self.runtime.prices.warm()  # (before serving: the dataset's load would hold up the first request)
         self.metrics.start(loop)
         self.live.start(loop)
         if self.tracer is not None:
@@ -388,7 +389,7 @@ class Gateway:
             operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",
             status=ex.status, seconds=ex.elapsed(), error_type=ex.error_type,
             input_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0,
-            provider_name=ex.provider or "none",
+            provider_name=ex.provider or "none", overhead=ex.overhead(),
         )
         if ex.first_byte is not None and ex.stream:
             self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)

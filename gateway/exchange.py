@@ -41,7 +41,7 @@ class Exchange:
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
                  "guardrails", "budget_held", "cache", "deferred",
-                 "response_cache")
+                 "response_cache", "upstream_wait")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -88,9 +88,15 @@ class Exchange:
         self.deferred: GatewayError | None = None  # a limit's or budget's 429 that waits for a cache lookup (admission)
         self.budget_held = 0.0  # USD its stream holds of its budgets until charged (tollway.gateway.store.budgets)
         self.cache: CacheState | None = None  # on a cached route (tollway.gateway.cache)
+        self.upstream_wait = 0.0  # seconds waiting for upstreams (and retry backoff): not the gateway's time
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def overhead(self) -> float:
+        """Seconds of this request spent in the gateway so far: everything but its waits for
+        upstreams (tollway_gateway_overhead_seconds)."""
+        return max(time.perf_counter() - self.start - self.upstream_wait, 0.0)
 
     def log_record(self, secrets: KnownSecrets | None = None) -> dict[str, object]:
         """The access log line. The client's text in it (request id, path, model) has every

@@ -88,8 +88,9 @@ class Proxy:
         last: GatewayError | None = None
         while (step := plan.next(time.monotonic(), rt.random())) is not None:
             target, wait = step
-            if wait > 0:
+            if wait > 0:  # backoff the upstream asked for or failed into: not the gateway's time
                 await asyncio.sleep(wait)
+                ex.upstream_wait += wait
             try:
                 await self._try_target(rt, ex, route, target, head, body, proto, base_headers, broken)
                 return
@@ -157,10 +158,10 @@ class Proxy:
         if provider.credential is not None:  # most providers have static keys: no await needed
             call = await provider.sign(call)
         if attempt is None:
-            resp = await self._send(provider, call)
+            resp = await self._send(ex, provider, call)
         else:
             attempt.url = call.url
-            resp = await self._send(provider, call, attempt.head)
+            resp = await self._send(ex, provider, call, attempt.head)
             attempt.status = resp.status
         try:
             if resp.status >= 400:
@@ -176,6 +177,7 @@ class Proxy:
                 await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
         finally:
             resp.close()
+            ex.upstream_wait += resp.waited
 
     async def _upstream_error(self, provider: ProviderRuntime, adapter: Adapter, ctx: CallContext,
                               resp: UpstreamAnswer) -> GatewayError:
@@ -190,11 +192,13 @@ class Proxy:
         except _UNREADABLE:  # the error's body is garbage: its status still says what happened
             return errors.upstream_unreadable_error(provider.name, resp.status)
 
-    async def _send(self, provider: ProviderRuntime, call: UpstreamCall, extra_head: bytes = b"") -> UpstreamAnswer:
+    async def _send(self, ex: Exchange, provider: ProviderRuntime, call: UpstreamCall,
+                    extra_head: bytes = b"") -> UpstreamAnswer:
         timeouts = provider.config.timeouts
         try:
             return await provider.transport.request(call.method, call.url, call.headers, call.body, timeouts, extra_head)
         except UpstreamError as exc:
+            ex.upstream_wait += exc.waited
             kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
             self.metrics.upstream_errors.labels(provider.name, kind).inc()
             raise _client_error(provider.name, exc) from None

@@ -57,6 +57,12 @@ class PriceBook:
             self._known[ident] = price
         return price
 
+    def warm(self) -> None:
+        """Look up every configured (model, upstream model) pair now: the first lookup loads the
+        price dataset (~0.7 s), which must not stall the event loop under the first request."""
+        for model, upstream_model in self._schemas:
+            self.price(model, upstream_model)
+
     def _route_price(self, model: str) -> Price | None:
         """The price of the route `model` itself (a configured name: a bounded cache)."""
         try:

@@ -36,6 +36,8 @@ from tollway.gateway.telemetry.worker_gauges import Combine, WorkersGauges
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+# The gateway's own share of a request: tens of microseconds at best, a few ms under load.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 disable_created_metrics()  # `_created` series double the exposition size and no dashboard reads them
@@ -92,6 +94,10 @@ class Metrics:
         self.ttft = _series(shared, r, Histogram, (
             "gen_ai_server_time_to_first_token_seconds",
             "Time to first streamed chunk (OTel gen_ai.server.time_to_first_token).", _GENAI), buckets=TTFT_BUCKETS)
+        self.overhead = _series(shared, r, Histogram, (
+            "tollway_gateway_overhead_seconds", "Time a request spent in the gateway, its waits for upstreams "
+            "excluded, by API and provider (none: answered without one).", ("api", "provider")),
+            buckets=OVERHEAD_BUCKETS)
         self.plugin_errors = Counter(
             "tollway_plugin_errors", "Plugin calls that failed, by plugin, stage and kind (timeout, exception, "
             "invalid_result, dropped).", ("plugin", "stage", "kind"), registry=r,
@@ -142,7 +148,8 @@ class Metrics:
         )
 
     def observe(self, *, operation: str, provider: str, model: str, response_model: str, status: int,
-                seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str) -> None:
+                seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str,
+                overhead: float = 0.0) -> None:
         """Record one finished request (called after the response is sent). `operation` and
         `provider` (the OTel name) come from code; the rest is bounded here."""
         names = self._labels()
@@ -151,6 +158,7 @@ class Metrics:
         error_type = error_label(error_type)
         self.requests.add((model, provider_name, _STATUS_TEXT.get(status) or str(status)), 1)
         self.duration.add((operation, provider, model, error_type), seconds)
+        self.overhead.add((operation, provider_name), overhead)
         if input_tokens or output_tokens:
             response_model = response_model if response_model in names.upstream_models else OTHER
             self.token_usage.add((operation, provider, model, response_model, "input"), input_tokens)

@@ -34,6 +34,7 @@ import socket
 import ssl
 import urllib.parse
 from collections import deque
+from time import perf_counter
 from typing import Any
 
 import httptools
@@ -56,6 +57,8 @@ _IDENTITY = (b"", b"identity")
 
 class UpstreamError(Exception):
     """Base of every failure talking to an upstream."""
+
+    waited = 0.0  # seconds the failed attempt waited for the upstream (set where known)
 
 
 class UpstreamConnectError(UpstreamError):
@@ -186,6 +189,7 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[bool] | None = None
+        self._woke = 0.0  # when data last woke the waiter (perf_counter)
         self._deadline: float | None = None  # the exchange's `total` deadline (loop time)
         self._begin(skip_body=False)
 
@@ -206,6 +210,10 @@ class _Connection(asyncio.Protocol):
         self.declared_length: bytes | None = None  # Content-Length's raw value, when the upstream sent one
         self.encoded = False  # a Content-Encoding other than identity: the bytes are not the body
         self._paused = False
+        # Seconds this exchange waited for the upstream: from each wait's start to the data (or
+        # failure) that ended it, not to when the loop resumed the request; the time after is the
+        # gateway's (tollway_gateway_overhead_seconds).
+        self.waited = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -365,6 +373,7 @@ class _Connection(asyncio.Protocol):
                 timeout, phase = left, "total"
         waiter = self._loop.create_future()
         self._waiter = waiter
+        began = self._woke = perf_counter()
         timer = None
         if timeout >= _WaitClock.EXACT_BELOW:
             self._clock.watch(waiter, self._loop.time() + timeout)
@@ -378,12 +387,14 @@ class _Connection(asyncio.Protocol):
             else:
                 timer.cancel()
             self._waiter = None
+            self.waited += (self._woke if self._woke > began else perf_counter()) - began
         if not progressed:
             raise UpstreamTimeout(phase, self.label)
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
+            self._woke = perf_counter()
             waiter.set_result(True)
 
     def _fail(self, reason: str) -> None:
@@ -403,7 +414,8 @@ class UpstreamResponse:
     `async with`) before that drops the connection. Always close a response.
     """
 
-    __slots__ = ("status", "encoded", "_declared", "_raw_headers", "_headers", "_conn", "_client", "_key", "_idle")
+    __slots__ = ("status", "encoded", "_declared", "_raw_headers", "_headers", "_conn", "_client", "_key", "_idle",
+                 "_waited")
 
     def __init__(
         self, client: UpstreamClient, conn: _Connection, key: tuple[str, str, int], idle: float
@@ -417,6 +429,13 @@ class UpstreamResponse:
         self._conn: _Connection | None = conn
         self._key = key
         self._idle = idle
+        self._waited = 0.0  # the connection's `waited`, kept when it goes back to the pool
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting for the upstream so far: connecting, the head, the body."""
+        conn = self._conn
+        return conn.waited if conn is not None else self._waited
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -500,6 +519,7 @@ class UpstreamResponse:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        self._waited = conn.waited
         if conn.reusable() and not conn.chunks:
             conn.finish()
             self._client._release(self._key, conn)
@@ -654,13 +674,20 @@ class UpstreamClient:
         head = _framed(prepared, len(body), extra_head)
         deadline = None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
         conn = self._take_idle(origin.key)
+        waited = 0.0  # (a failure says how long it waited: UpstreamError.waited)
         if conn is not None:
             try:
                 return await self._exchange(conn, origin, head, body, method, timeouts, deadline)
-            except _NoResponse:
-                pass  # the keep-alive race: replay once on a fresh connection
-        conn = await self._open(origin, timeouts.connect, deadline)
-        return await self._exchange(conn, origin, head, body, method, timeouts, deadline)
+            except _NoResponse as exc:
+                waited = exc.waited  # the keep-alive race: replay once on a fresh connection
+        began = perf_counter()
+        try:
+            conn = await self._open(origin, timeouts.connect, deadline)
+        except UpstreamError as exc:
+            exc.waited = waited + perf_counter() - began
+            raise
+        return await self._exchange(conn, origin, head, body, method, timeouts, deadline,
+                                    waited + perf_counter() - began)
 
     async def aclose(self) -> None:
         """Close every idle connection; responses still open close their own."""
@@ -679,12 +706,16 @@ class UpstreamClient:
         method: str,
         timeouts: Timeouts,
         deadline: float | None,
+        waited: float = 0.0,
     ) -> UpstreamResponse:
         conn.send(head, body, skip_body=method == "HEAD", deadline=deadline)
+        conn.waited = waited  # connecting, when this exchange opened the connection
         try:
             await conn.read_head(timeouts.first_byte)
-        except BaseException:
+        except BaseException as exc:
             conn.abort()
+            if isinstance(exc, UpstreamError):
+                exc.waited = conn.waited
             raise
         return UpstreamResponse(self, conn, origin.key, timeouts.idle)
 

@@ -33,6 +33,7 @@ class FakeResponse:
         self.headers = headers
         self._chunks = chunks
         self._delay = delay
+        self.waited = 0.0  # the pauses between chunks: the fake's "upstream" time
 
     encoded = False  # see tollway.gateway.upstream.client.UpstreamResponse
 
@@ -49,6 +50,7 @@ class FakeResponse:
         for i, chunk in enumerate(self._chunks):
             if self._delay and i:
                 await asyncio.sleep(self._delay)
+                self.waited += self._delay
             yield chunk
 
     def close(self) -> None:
