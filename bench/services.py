@@ -53,6 +53,21 @@ def tree_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
+def tree_pss_mb(pid: int) -> float:
+    """Proportional memory (PSS) of `pid` and its descendants, in MB: each page shared by n
+    processes counts 1/n in each. A forked worker shares its parent's pages, which the sum of
+    RSS counts twice; PSS is what the tree really holds."""
+    total_kb = 0
+    for member in _descendants(pid) | {pid}:
+        try:
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total_kb / 1024
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time so far of these processes, every thread included."""
     total = 0
