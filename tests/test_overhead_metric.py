@@ -42,6 +42,8 @@ class SlowUpstream:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         base = {"id": "chatcmpl-slow", "created": int(time.time()), "model": body["model"]}
+        if body["model"] == "hang":  # past the gateway's first_byte timeout for it
+            await asyncio.sleep(3)
         if not body.get("stream"):
             await asyncio.sleep(WAIT)
             return web.json_response({**base, "object": "chat.completion", "usage": USAGE, "choices": [
@@ -69,9 +71,16 @@ providers:
     schema: openai
     base_url: {upstream.url}
     api_key: {UPSTREAM_SECRET}
+  - name: hanging
+    schema: openai
+    base_url: {upstream.url}
+    api_key: {UPSTREAM_SECRET}
+    timeouts: {{first_byte: 0.5}}
 models:
   - name: gpt-4o-mini
     targets: [{{provider: slowpoke}}]
+  - name: hang
+    targets: [{{provider: hanging}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -112,6 +121,16 @@ def test_overhead_leaves_out_a_slow_upstreams_wait(slow_gateway: GatewayProcess)
     assert _requests_within(samples, 0.025) == 2, samples
     assert samples["sum"] < 0.05, samples
     assert sorted(float(le) for le in samples if le not in ("count", "sum", "+Inf")) == list(OVERHEAD_BUCKETS)
+
+
+def test_an_upstream_that_times_out_is_not_the_gateways_time(slow_gateway: GatewayProcess) -> None:
+    client = openai.OpenAI(base_url=slow_gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    began = time.perf_counter()
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="hang", messages=[{"role": "user", "content": "hi"}])
+    assert failed.value.status_code == 504 and time.perf_counter() - began >= 0.5
+    samples = _histogram(slow_gateway, "chat", "hanging")
+    assert samples["count"] == 1 and _requests_within(samples, 0.025) == 1, samples
 
 
 def test_an_answer_the_gateway_gives_itself_is_all_overhead(slow_gateway: GatewayProcess) -> None:
