@@ -13,7 +13,9 @@ worst lateness: how far any event arrived behind its schedule (event k due 20*k 
 A level passes if no event in any stream was more than 200 ms late. The upstream and the client
 share the load CPU and Tollway has the gateway CPU; the direct run at the highest level shows
 whether the load side itself keeps the schedule (if it does not, the Tollway figures at that
-level say nothing about Tollway).
+level say nothing about Tollway). Tollway runs the headroom issue's config (key check, request
+and token limits, the SQLite ledger, the admin console: `tollway_proc.write_config(platform=True)`),
+or with `--bare` a request limit only.
 
 `--guardrail`: instead of the levels, what a masking output guardrail (issue 15: at most 5 ms
 added to time to first token) costs a stream. Three gateways on the gateway CPU: without
@@ -238,10 +240,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="bench", choices=["bench", "upstream"])
     p.add_argument("--port", type=int, help="upstream: port to serve on")
-    p.add_argument("--levels", default="250,500,750,1000", help="concurrent streams per level")
+    p.add_argument("--levels", default="500,1000,1500", help="concurrent streams per level (the target: 1,500)")
     p.add_argument("--seconds", type=float, default=4.0, help="seconds per level")
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--gw-cpu", default="1")
+    p.add_argument("--bare", action="store_true",
+                   help="Tollway with a request limit only (no token limit, ledger or admin): the pre-platform config")
     p.add_argument("--guardrail", action="store_true", help="the masking output guardrail's added TTFT instead")
     p.add_argument("--rounds", type=int, default=5, help="--guardrail: rounds over the paths")
     args = p.parse_args()
@@ -277,7 +281,7 @@ def main() -> int:
                              "-g", "daemon off;", "-c", str(workdir / "hop.conf")], hop_port)
         level("hop", hop_port, 1, chunks=1)  # the same probe through a C proxy, for scale
         services.stop(hop)
-        config = write_config(workdir, {MODEL: up_port})
+        config = write_config(workdir, {MODEL: up_port}, platform=not args.bare)
         services.start("tollway", args.gw_cpu, serve_argv(config, gw_port), gw_port, cwd=REPO)
         level("tollway", gw_port, 1, chunks=1)
         for n in levels:
