@@ -9,9 +9,11 @@ rounds of user+system CPU per request:
   stubbed    the whole app with the upstream answered in-process (no I/O): key check, body,
              parse, route, limit, adapter, relay, metrics
   no-limit   the same without the in-memory limit in the config
+  unique     `stubbed` with every request's prompt different (what `cache-miss` is compared with)
   full       the whole app against the mock upstream
   stream     the whole app relaying bench/run's 24-event SSE stream from the mock upstream
              (a request limit only: with rate_limits.enforce_streams on, no per-chunk hook)
+  stream-unique `stream` with every request's prompt different (what `cache-stream-miss` is compared with)
   stream-off the same with rate_limits.enforce_streams: false (what `stream` adds: the check
              that installs no hook)
   stream-tok the same with an output_tokens limit far above the load: the hook that stops a
@@ -300,9 +302,12 @@ def measure(loop: asyncio.AbstractEventLoop, json_port: int, sse_port: int, work
         "client": lambda: loop.run_until_complete(
             client_cost(f"http://127.0.0.1:{json_port}/v1/chat/completions", requests)),
         "stubbed": lambda: gateway_cost(loop, limited, requests, True, name="stubbed"),
+        "unique": lambda: gateway_cost(loop, limited, requests, True, name="unique", unique=True),
         "no-limit": lambda: gateway_cost(loop, unlimited, requests, True, name="no-limit"),
         "full": lambda: gateway_cost(loop, limited, requests, False, name="full"),
         "stream": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream"),
+        "stream-unique": lambda: gateway_cost(loop, limited, requests, False, STREAM_BODY, name="stream-unique",
+                                              unique=True),
         "stream-off": lambda: gateway_cost(loop, streams_off, requests, False, STREAM_BODY, name="stream-off"),
         "stream-tok": lambda: gateway_cost(loop, tokens, requests, False, STREAM_BODY, name="stream-tok"),
         "tok-off": lambda: gateway_cost(loop, tokens_off, requests, False, STREAM_BODY, name="tok-off"),
@@ -361,6 +366,11 @@ def main() -> int:
         print(f"  +check    {figures['stream'] - figures['stream-off']:6.1f}  (stream - stream-off: no hook installed)")
     if "stream-tok" in figures and "tok-off" in figures:
         print(f"  +hook     {figures['stream-tok'] - figures['tok-off']:6.1f}  (stream-tok - tok-off: 24 events, 20 deltas)")
+    if "unique" in figures and "cache-miss" in figures:
+        print(f"  +miss     {figures['cache-miss'] - figures['unique']:6.1f}  (cache-miss - unique)")
+    if "stream-unique" in figures and "cache-stream-miss" in figures:
+        print(f"  +miss     {figures['cache-stream-miss'] - figures['stream-unique']:6.1f}  "
+              "(cache-stream-miss - stream-unique)")
     if "stream" in figures and "stream-ledger" in figures:
         print(f"  +ledger   {figures['stream-ledger'] - figures['stream']:6.1f}  (stream-ledger - stream)")
     if args.profile is not None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollway.core import config as config_mod
-from tollway.core.cache.assemble import assemble
+from tollway.core.cache.assemble import answer_of, assemble
 from tollway.core.cache.entry import Entry, decode, encode, storable
 from tollway.core.cache.key import EXCLUDED, cache_key, read
 from tollway.core.cache.replay import replay
@@ -168,6 +168,41 @@ def test_a_stream_without_its_end_is_not_an_answer(cut: bytes) -> None:
     api, answer = ("chat", CHAT) if b"DONE" in cut else ("messages", MESSAGE)
     sse = replay(api, answer, True)
     assert assemble(api, sse[:sse.index(cut)], None) is None
+
+
+def test_a_streams_entry_is_assembled_when_first_read_and_takes_its_place() -> None:
+    """A streamed miss stores the SSE text as the client got it; the first read assembles and
+    checks it, and the answer replaces it in the store (same expiry, bytes re-counted)."""
+    clock = Clock()
+    store = MemoryBackend(100_000, clock)
+    sse = replay("chat", CHAT, True)
+    stored = Entry("chat", sse, 5.0, Usage(5, 7, 12), "gpt-4o-mini", sse=True)
+    store.put("k", stored, ttl=60)
+    assert decode(encode(stored)) == stored  # (what Redis holds)
+    ready = answer_of(stored, 1 << 20)
+    assert ready is not None and not ready.sse and json.loads(ready.body) == CHAT
+    assert (ready.created, ready.usage, ready.upstream_model) == (5.0, stored.usage, "gpt-4o-mini")
+    assert answer_of(ready, 1 << 20) is ready  # an answer is served as it is
+    store.settle("k", stored, ready, 60)
+    assert store.read("k") is ready and store.usage() == (len(ready.body) + ENTRY_OVERHEAD, 1)
+    store.settle("k", stored, None, 60)  # (only the entry that was read is replaced)
+    assert store.read("k") is ready
+    clock.now += 60
+    assert store.read("k") is None  # the answer kept the stream's expiry
+
+
+@pytest.mark.parametrize("sse", [
+    replay("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}, True),  # truncated
+    replay("chat", CHAT, True).removesuffix(b"data: [DONE]\n\n"),  # cut off
+])
+def test_a_streams_entry_that_is_no_complete_answer_is_dropped_when_first_read(sse: bytes) -> None:
+    store = MemoryBackend(100_000, Clock())
+    stored = Entry("chat", sse, 0.0, Usage(), sse=True)
+    store.put("k", stored, ttl=60)
+    assert answer_of(stored, 1 << 20) is None
+    store.settle("k", stored, None, 60)
+    assert store.read("k") is None and store.usage() == (0, 0)
+    assert answer_of(Entry("chat", replay("chat", CHAT, True), 0.0, Usage(), sse=True), 10) is None  # over max_bytes
 
 
 def test_a_stream_with_an_error_event_is_not_an_answer() -> None:

@@ -134,6 +134,35 @@ async def test_a_fill_lock_is_given_back_only_by_its_holder(prefix):
         await b.aclose()
 
 
+async def _written(store: RedisBackend) -> None:
+    """Wait for the store's queued writes (they run off the request path)."""
+    if store._pending:
+        await asyncio.wait(list(store._pending))
+
+
+async def test_a_streams_entry_is_replaced_by_its_answer_or_deleted(prefix):
+    """The first read of a stream's entry assembles it: the answer takes its place for the time
+    it has left (only while the entry is there), or an incomplete stream's entry goes."""
+    store = RedisBackend(REDIS_URL, prefix)
+    raw = Entry("chat", b"data: [DONE]\n\n", 1.0, Usage(1, 2, 3), "m", sse=True)
+    try:
+        store.fill("k1", raw, ttl=60, claimed=False)
+        await _written(store)
+        assert await store.get("k1") == raw
+        store.settle("k1", raw, _entry("answer"), ttl=30)
+        await _written(store)
+        assert await store.get("k1") == _entry("answer")
+        assert 0 < await store.client.pttl(f"{prefix}:k1") <= 30_000
+        store.settle("k1", raw, None, ttl=30)
+        await _written(store)
+        assert await store.get("k1") is None
+        store.settle("k2", raw, _entry("late"), ttl=30)  # (gone meanwhile: not written back)
+        await _written(store)
+        assert await store.get("k2") is None and store.errors == 0
+    finally:
+        await store.aclose()
+
+
 async def test_an_unreachable_redis_is_a_miss_and_a_free_lock(caplog):
     down = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", "x")
     try:

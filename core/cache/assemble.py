@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from tollway.core.cache.entry import usage_json
+from tollway.core.cache.entry import Entry, storable, usage_json
 from tollway.core.providers.base import ClientAPI
 from tollway.core.providers.wire import openai as oa
 from tollway.ext.usage import Usage
@@ -50,6 +50,21 @@ def assemble(api: str, sse: bytes, usage: Usage | None) -> Answer | None:
     if answer.get("usage") is None and usage is not None:
         answer["usage"] = usage_json(api, usage)
     return answer
+
+
+def answer_of(entry: Entry, max_bytes: int) -> Entry | None:
+    """An entry ready to serve: `entry` itself, or a stream's (`entry.sse`) assembled into its
+    answer, or None if that stream is not a complete answer of at most `max_bytes` as JSON
+    (then it is not one to serve, as it would not have been stored)."""
+    if not entry.sse:
+        return entry
+    answer = assemble(entry.api, entry.body, entry.usage)
+    if answer is None or not storable(entry.api, answer):
+        return None
+    body = msgspec.json.encode(answer)
+    if len(body) > max_bytes:
+        return None
+    return Entry(entry.api, body, entry.created, entry.usage, entry.upstream_model)
 
 
 class _ToolCallDelta(msgspec.Struct):

@@ -1,9 +1,14 @@
 """What the cache keeps of an answer, and which answers it keeps.
 
 An entry is the answer in the client API's non-stream JSON shape, whichever kind of request
-filled it (a stream is assembled into that shape first: tollway.core.cache.assemble), with
-the usage it was charged and when it was made. It is replayed as that JSON, or rendered as a
-well-formed stream (tollway.core.cache.replay) for a request that asks for one.
+filled it, with the usage it was charged and when it was made. It is replayed as that JSON, or
+rendered as a well-formed stream (tollway.core.cache.replay) for a request that asks for one.
+
+A stream is stored as the SSE text the client got (`sse=True`), and assembled into that shape
+(tollway.core.cache.assemble.answer_of) only when a request first reads it: most misses are
+never read again, and assembling costs a streamed miss more than relaying it. An SSE entry is
+never served as it is: the read that assembles it checks it too, and drops it if it is not a
+complete answer (it is then a miss), so what is served is what would have been stored.
 
 Only complete, successful answers are kept: every choice finished with `stop` or
 `tool_calls` (Anthropic: end_turn, stop_sequence, tool_use; Responses: status completed). A
@@ -29,6 +34,7 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     created: float  # unix seconds when it was filled: a hit's `age`
     usage: Usage  # what the answer carries (recorded again on each hit, at no cost)
     upstream_model: str | None = None
+    sse: bool = False  # `body` is a stream's SSE text, not yet assembled and checked (see above)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -22,6 +22,11 @@ class CacheBackend(Protocol):
         """Store `entry` (None: nothing) for `ttl` seconds, then give back the fill lock if
         `claimed`. Never waits (a network store queues it); never raises."""
 
+    def settle(self, key: str, stored: Entry, ready: Entry | None, ttl: float) -> None:
+        """Replace `stored`, a stream's entry just read for `key`, with `ready`, its assembled
+        answer, for the `ttl` seconds it has left; None: delete it (not a complete answer).
+        Never waits; never raises."""
+
     async def claim(self, key: str, ttl: float) -> bool:
         """Take the fill lock of `key` across replicas for at most `ttl` seconds: True if this
         process should fill it (always, for a store only one process sees; also when the

@@ -39,6 +39,10 @@ class SingleFlight:
         except TimeoutError:
             return None
 
+    def awaited(self, key: str) -> bool:
+        """Whether requests are waiting on the flight of `key`."""
+        return self.flights.get(key) is not None
+
     def land(self, key: str, value: Entry | None) -> None:
         """End the flight of `key`: everyone waiting on it gets `value`."""
         flight = self.flights.pop(key, None)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tollway.core.cache import entry as entries
-from tollway.core.cache.assemble import assemble
+from tollway.core.cache.assemble import answer_of
 from tollway.core.cache.key import CACHED_APIS, cache_key, config_version, read, with_headers
 from tollway.core.cache.replay import replay
 from tollway.core.cache.rules import CacheRules, Rule
@@ -289,7 +289,7 @@ class ResponseCache:
             if not state.claimed:  # another replica is filling it
                 found = await backend.await_fill(key, self.lock_ttl)
                 if self._hit(state, found, ex, joined=True):
-                    self.flights.land(key, found)
+                    self.flights.land(key, state.entry)  # (as served: a stream's entry assembled)
                     state.leader = False
                     return
         state.outcome = MISS
@@ -298,11 +298,23 @@ class ResponseCache:
     def _hit(self, state: CacheState, found: entries.Entry | None, ex: Exchange, joined: bool = False) -> bool:
         if found is None or found.api != ex.api:
             return False
+        if found.sse:  # a stream's entry, read for the first time: assembled (and checked) now
+            found = self._ready(state, found)
+            if found is None:
+                return False
         state.entry, state.outcome, state.storing, state.replays = found, HIT, False, self.replays
         self.counts.count(ex.route, HIT)
         if joined:
             self.counts.joined()
         return True
+
+    def _ready(self, state: CacheState, stored: entries.Entry) -> entries.Entry | None:
+        """A stream's entry as its answer (None: not a complete one), which also takes its place
+        in the store, so the entry is assembled once, not on every hit."""
+        ready = answer_of(stored, self.max_entry)
+        assert state.key is not None and self.backend is not None
+        self.backend.settle(state.key, stored, ready, state.rule.ttl - (time.time() - stored.created))
+        return ready
 
     # -- capture ---------------------------------------------------------------------------
 
@@ -321,6 +333,8 @@ class ResponseCache:
         value = None
         try:
             value = self._entry(ex, state) if state.storing and ex.status == 200 and not ex.error_type else None
+            if value is not None and value.sse and self.flights.awaited(state.key):
+                value = answer_of(value, self.max_entry)  # requests wait for it: each would assemble it
             if value is not None or state.claimed:
                 assert self.backend is not None  # (a state with a key is only made when there is one)
                 self.backend.fill(state.key, value, state.rule.ttl, state.claimed)
@@ -336,13 +350,9 @@ class ResponseCache:
             body = state.answer
             if not entries.storable_json(ex.api, body):
                 return None
-        elif state.chunks:
-            answer = assemble(ex.api, b"".join(state.chunks), ex.usage)
-            if answer is None or not entries.storable(ex.api, answer):
-                return None
-            body = msgspec.json.encode(answer)
-            if len(body) > self.max_entry:
-                return None
+        elif state.chunks:  # kept as the client got it; assembled and checked when first read (entry.py)
+            return entries.Entry(ex.api, b"".join(state.chunks), time.time(), ex.usage or _NOTHING, ex.upstream_model,
+                                 sse=True)
         else:
             return None
         return entries.Entry(ex.api, body, time.time(), ex.usage or _NOTHING, ex.upstream_model)

@@ -52,13 +52,32 @@ class MemoryBackend:
         if key in self.entries:
             self._drop(key)
         now = self.clock()
-        while self.bytes + size > self.max_bytes:
+        self._make_room(size, now)
+        self.entries[key] = (now + ttl, value)
+        self.bytes += size
+
+    def _make_room(self, size: int, now: float) -> None:
+        """Evict from the least recently used end until `size` more bytes fit."""
+        while self.entries and self.bytes + size > self.max_bytes:
             _, (expires, old) = self.entries.popitem(last=False)
             self.bytes -= len(old.body) + ENTRY_OVERHEAD
             if expires > now:
                 self.evictions += 1
-        self.entries[key] = (now + ttl, value)
-        self.bytes += size
+
+    def settle(self, key: str, stored: Entry, ready: Entry | None, ttl: float) -> None:
+        """`ready` in the place of `stored` (the entry just read for `key`, if it is still
+        there), keeping its expiry and its place in the use order; None drops it."""
+        found = self.entries.get(key)
+        if found is None or found[1] is not stored:
+            return
+        if ready is None:
+            self._drop(key)
+            return
+        self.entries[key] = (found[0], ready)
+        self.bytes += len(ready.body) - len(stored.body)
+        if self.bytes > self.max_bytes:  # (an answer is smaller than its stream, but nothing promises it)
+            self.entries.move_to_end(key, last=False)  # this one out first, then any others
+            self._make_room(0, self.clock())
 
     def _drop(self, key: str) -> None:
         _, value = self.entries.pop(key)

@@ -93,6 +93,20 @@ class RedisBackend:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def settle(self, key: str, stored: Entry, ready: Entry | None, ttl: float) -> None:
+        if len(self._pending) >= MAX_PENDING or self._skipping() or (ready is not None and ttl <= 0):
+            return
+        value = encode(ready) if ready is not None else None
+        task = asyncio.ensure_future(self._settle(key, value, ttl))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, key: str, value: bytes | None, ttl: float) -> None:
+        """The assembled answer over the stream's entry (if it is still there: XX), or the entry gone."""
+        name = self._name(key)
+        await self._call(lambda: self.client.set(name, value, px=max(1, int(ttl * 1000)), xx=True)
+                         if value is not None else self.client.delete(name), None)
+
     async def _fill(self, key: str, value: bytes | None, ttl: float, token: bytes | None) -> None:
         pipe = self.client.pipeline(transaction=False)
         if value is not None:
