@@ -3,6 +3,7 @@ fake upstreams that count the calls they get (docs/cache.md)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 import uuid
@@ -281,8 +282,14 @@ def test_entries_expire_after_their_ttl(oai, up):
 
 def test_fifty_concurrent_identical_misses_make_one_upstream_call(oai, up, gw):
     text = prompt()
+    start = threading.Barrier(50)  # all 50 sent together, within the upstream's 0.6 s (a loaded machine starts threads slowly)
+
+    def one(i: int) -> tuple:
+        start.wait()
+        return chat(oai, text, model="slow", stream=i % 2 == 1)
+
     with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(lambda i: chat(oai, text, model="slow", stream=i % 2 == 1), range(50)))
+        results = list(pool.map(one, range(50)))
     assert up.calls(text) == 1
     assert all(answer == REPLY for answer, _, _ in results)
     assert sorted(outcome for _, outcome, _ in results) == ["hit"] * 49 + ["miss"]

@@ -292,6 +292,14 @@ class ResponseCache:
                     self.flights.land(key, state.entry)  # (as served: a stream's entry assembled)
                     state.leader = False
                     return
+            elif not backend.local and self._hit(state, await backend.get(key), ex):
+                # The lock was free because the replica holding it had just stored the answer and
+                # let go (after this request's read, before its claim): served from that, lock given back.
+                backend.fill(key, None, self.lock_ttl, claimed=True)
+                state.claimed = False
+                self.flights.land(key, state.entry)
+                state.leader = False
+                return
         state.outcome = MISS
         self.counts.count(ex.route, MISS)
 
