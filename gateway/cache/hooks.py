@@ -281,13 +281,18 @@ class ResponseCache:
         if self._hit(state, backend.read(key) if backend.local else await backend.get(key), ex):
             return
         if not self.flights.lead(key):  # an identical request is being answered: wait for it
-            if self._hit(state, await self.flights.join(key, self.lock_ttl), ex, joined=True):
+            began = time.perf_counter()  # (its upstream's time, not the gateway's: the overhead metric)
+            found = await self.flights.join(key, self.lock_ttl)
+            ex.upstream_wait += time.perf_counter() - began
+            if self._hit(state, found, ex, joined=True):
                 return
         else:
             state.leader = True
             state.claimed = backend.local or await backend.claim(key, self.lock_ttl)
             if not state.claimed:  # another replica is filling it
+                began = time.perf_counter()
                 found = await backend.await_fill(key, self.lock_ttl)
+                ex.upstream_wait += time.perf_counter() - began
                 if self._hit(state, found, ex, joined=True):
                     self.flights.land(key, state.entry)  # (as served: a stream's entry assembled)
                     state.leader = False
