@@ -205,7 +205,7 @@ def test_far_from_its_limit_a_stream_grows_ahead_and_is_never_decoded(monkeypatc
         assert stop.sent == 0 and len(stop._pending) == 100
         limiter.settle(lease, Usage(7, 100, 107), None)
         (entry,) = [e for e in await limiter.usage_report() if e["owner"] == "out"]
-        assert entry["used"] == pytest.approx(100, abs=0.1)
+        assert 90 < entry["used"] <= 100  # what was used (less the refill meanwhile), not the 522 taken
 
     asyncio.run(run())
 
