@@ -17,7 +17,8 @@ rounds of user+system CPU per request:
   stream-off the same with rate_limits.enforce_streams: false (what `stream` adds: the check
              that installs no hook)
   stream-tok the same with an output_tokens limit far above the load: the hook that stops a
-             stream at its limit counts every chunk (tollway.gateway.limits.stream_stop)
+             stream at its limit bounds every chunk (tollway.gateway.limits.stream_stop; far
+             from the limit it decodes and counts nothing: a byte scan, one step taken ahead)
   tok-off    `stream-tok` with rate_limits.enforce_streams: false (the same limits, no hook)
   chunk      that hook alone, per one-token chunk within its allowance, and `chunk-ext` with a
              reservation of 1 token, so it extends on the memory store every 128 tokens

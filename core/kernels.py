@@ -33,6 +33,7 @@ __all__ = [
     "first_needle",
     "max_depth_exceeded",
     "ratelimit_headers",
+    "text_bound",
 ]
 
 
@@ -68,9 +69,10 @@ if TYPE_CHECKING:
     from tollway.ext.jsonscan import first_duplicate_key, first_needle, max_depth_exceeded
     from tollway.ext.piiscan import candidate_starts
     from tollway.ext.ratelimit import ratelimit_headers
-    from tollway.ext.sse import OpenAIStreamRelay, SSEEvent, SSEFramer
+    from tollway.ext.sse import OpenAIStreamRelay, SSEEvent, SSEFramer, text_bound
 else:
     SSEEvent, SSEFramer, OpenAIStreamRelay = _sse.SSEEvent, _sse.SSEFramer, _sse.OpenAIStreamRelay
+    text_bound = _sse.text_bound
     BucketTable, Gate = _buckets.BucketTable, _buckets.Gate
     max_depth_exceeded = _jsonscan.max_depth_exceeded
     first_duplicate_key, first_needle = _jsonscan.first_duplicate_key, _jsonscan.first_needle

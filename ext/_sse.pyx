@@ -18,6 +18,7 @@ cdef extern from "string.h" nogil:
 
 from tollway.ext.sse import (
     DEFAULT_MAX_EVENT_BYTES,
+    TEXT_KEYS,
     SSEError,
     Usage,
     event_too_large as _event_too_large_py,
@@ -25,7 +26,8 @@ from tollway.ext.sse import (
     usage_of_chunk as _usage_of_chunk_py,
 )
 
-__all__ = ["SSEError", "SSEEvent", "SSEFramer", "OpenAIStreamRelay", "Usage", "DEFAULT_MAX_EVENT_BYTES"]
+__all__ = ["SSEError", "SSEEvent", "SSEFramer", "OpenAIStreamRelay", "Usage", "DEFAULT_MAX_EVENT_BYTES", "TEXT_KEYS",
+           "text_bound"]
 
 # Module attributes cached as C globals: no dict lookups on the hot path.
 cdef object _event_too_large = _event_too_large_py
@@ -370,6 +372,149 @@ cdef bint _usage_or_cut(const char* b, Py_ssize_t n, bint want_cut, Py_ssize_t* 
                     cut_start[0] = key
                     cut_end[0] = _blanks(b, before + 1, n) if before < n and b[before] == COMMA else i
         p += 1
+
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* Offsets of the quotes in b[i:n], 16 bytes a step; for a line with no backslash, where
+       quotes alternate open and close. Writes up to cap offsets; returns how many there are
+       (more than cap: the caller falls back to its byte loop). */
+    static Py_ssize_t tollway_quotes(const char* b, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* out, Py_ssize_t cap) {
+        Py_ssize_t count = 0, j;
+        const __m128i quote = _mm_set1_epi8('"');
+        for (j = i; j + 16 <= n; j += 16) {
+            unsigned mask = (unsigned)_mm_movemask_epi8(
+                _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)(b + j)), quote));
+            while (mask) {
+                if (count >= cap) return cap + 1;
+                out[count++] = j + __builtin_ctz(mask);
+                mask &= mask - 1;
+            }
+        }
+        for (; j < n; j++) {
+            if (b[j] == '"') {
+                if (count >= cap) return cap + 1;
+                out[count++] = j;
+            }
+        }
+        return count;
+    }
+    #define TOLLWAY_HAVE_QUOTES 1
+    #else
+    static Py_ssize_t tollway_quotes(const char* b, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* out, Py_ssize_t cap) {
+        return cap + 1;  /* no SIMD here: the byte loop */
+    }
+    #define TOLLWAY_HAVE_QUOTES 0
+    #endif
+    """
+    Py_ssize_t tollway_quotes(const char* b, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* out, Py_ssize_t cap)
+
+
+cdef enum:
+    _MAX_QUOTES = 256  # per line for the SIMD path; a longer line takes the byte loop
+
+
+cdef Py_ssize_t _line_bound_fast(const char* b, Py_ssize_t i, Py_ssize_t n):
+    """_line_bound for a line with no backslash (most are): the quotes, found 16 bytes a step,
+    pair up as strings. -1 when the line does not fit this path."""
+    cdef Py_ssize_t quotes[_MAX_QUOTES]
+    cdef Py_ssize_t count = tollway_quotes(b, i, n, quotes, _MAX_QUOTES), k, s, e, j, total = 0, value_at = -1
+    if count > _MAX_QUOTES:
+        return -1
+    k = 0
+    while k < count:
+        s = quotes[k] + 1
+        if k + 1 >= count:  # unterminated: the rest of the line
+            if quotes[k] == value_at:
+                total += n - s
+            break
+        e = quotes[k + 1]
+        if quotes[k] == value_at:
+            total += e - s
+        value_at = -1
+        j = e + 1
+        while j < n and (b[j] == SPACE or b[j] == TAB or b[j] == CR):
+            j += 1
+        if j < n and b[j] == COLON:
+            j += 1
+            while j < n and (b[j] == SPACE or b[j] == TAB or b[j] == CR):
+                j += 1
+            if _text_key(b + s, e - s):
+                value_at = j
+        k += 2
+    return total
+
+
+cdef bint _text_key(const char* k, Py_ssize_t n):
+    """A TEXT_KEYS name (a test holds the two lists equal). By length first: most keys of a
+    chunk (id, object, model, index, ...) are ruled out without a compare."""
+    if n == 4:
+        return memcmp(k, b"text", 4) == 0
+    if n == 5:
+        return memcmp(k, b"delta", 5) == 0
+    if n == 7:
+        return memcmp(k, b"content", 7) == 0 or memcmp(k, b"refusal", 7) == 0
+    if n == 8:
+        return memcmp(k, b"thinking", 8) == 0
+    if n == 9:
+        return memcmp(k, b"arguments", 9) == 0
+    if n == 12:
+        return memcmp(k, b"partial_json", 12) == 0
+    if n == 17:
+        return memcmp(k, b"reasoning_content", 17) == 0
+    return False
+
+
+cdef Py_ssize_t _line_bound(const char* b, Py_ssize_t i, Py_ssize_t n):
+    """One byte loop, no calls: a chunk's strings are short (ids, keys, a token's text), where
+    memchr's setup costs more than it skips (measured: ~12 instructions a byte either way)."""
+    cdef Py_ssize_t total = 0, value_at = -1, s, e
+    cdef char c
+    while i < n:
+        if b[i] != QUOTE:
+            i += 1
+            continue
+        s = e = i + 1
+        while e < n:  # to the closing quote; a backslash takes the next byte along (a dangling one ends it)
+            c = b[e]
+            if c == QUOTE or (c == BACKSLASH and e + 1 >= n):
+                break
+            e += 2 if c == BACKSLASH else 1
+        if i == value_at:
+            total += e - s
+        value_at = -1
+        if e >= n or b[e] != QUOTE:  # unterminated: the line is not JSON, nothing more to find
+            break
+        i = e + 1
+        while i < n and (b[i] == SPACE or b[i] == TAB or b[i] == CR):
+            i += 1
+        if i < n and b[i] == COLON:
+            i += 1
+            while i < n and (b[i] == SPACE or b[i] == TAB or b[i] == CR):
+                i += 1
+            if _text_key(b + s, e - s) or memchr(b + s, BACKSLASH, e - s) != NULL:  # (an escape could spell one)
+                value_at = i
+    return total
+
+
+def text_bound(chunk):
+    """See tollway.ext.sse.text_bound."""
+    cdef bytes data = chunk if type(chunk) is bytes else bytes(chunk)
+    cdef const char* b = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), total = 0, at, end, line
+    cdef const char* p = <const char*>memmem(b, n, b"data:", 5)
+    while p != NULL:
+        at = p - b
+        p = <const char*>memchr(b + at, LF, n - at)
+        end = p - b if p != NULL else n
+        line = -1
+        if memchr(b + at + 5, BACKSLASH, end - at - 5) == NULL:  # (no escape: quotes pair up)
+            line = _line_bound_fast(b, at + 5, end)
+        total += line if line >= 0 else _line_bound(b, at + 5, end)
+        p = <const char*>memmem(b + end, n - end, b"data:", 5) if p != NULL else NULL
+    return total
 
 
 cdef class OpenAIStreamRelay:

@@ -33,7 +33,8 @@ import msgspec
 
 from tollway.ext.usage import OpenAIUsage, Usage, from_openai
 
-__all__ = ["SSEError", "SSEEvent", "SSEFramer", "OpenAIStreamRelay", "Usage", "DEFAULT_MAX_EVENT_BYTES"]
+__all__ = ["SSEError", "SSEEvent", "SSEFramer", "OpenAIStreamRelay", "Usage", "DEFAULT_MAX_EVENT_BYTES", "TEXT_KEYS",
+           "text_bound"]
 
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 
@@ -306,6 +307,50 @@ def _collect_text(data: bytes, parts: list[str]) -> None:
         for call in delta.tool_calls or ():
             if call.function is not None and call.function.arguments:
                 parts.append(call.function.arguments)
+
+
+# ---------------------------------------------------------------------------------------------
+# A bound of the streamed text, without decoding.
+
+# The keys whose string values tollway.core.accounting.stream_text.chunk_texts reads (at their
+# own places in each client shape; `text_bound` takes them at any depth: a superset).
+TEXT_KEYS = (b"content", b"refusal", b"reasoning_content", b"arguments", b"text", b"partial_json", b"thinking",
+             b"delta")
+_TEXT_KEYS = frozenset(TEXT_KEYS)
+# One JSON string (possibly unterminated) with the blanks, colon and blanks after it.
+_STRING = re.compile(rb'"((?:[^"\\]++|\\.)*+)("?)[ \t\r]*+(:?)[ \t\r]*+', re.DOTALL)
+
+
+def text_bound(chunk: bytes) -> int:
+    """An upper bound of the UTF-8 bytes of the text pieces `chunk_texts` finds in `chunk`
+    (whole SSE events), with no decoding: the raw length of every string value of a TEXT_KEYS
+    key (or of a key with an escape, which could spell one) on each line `chunk_texts` reads.
+
+    Why it bounds: `chunk_texts` reads text only from a line that is valid JSON, where a string
+    scan finds exactly the real keys and strings; its pieces are values of those keys; and a
+    JSON string is never shorter raw than its UTF-8 (an escape is at least as long as what it
+    stands for). Lines are found as `chunk_texts` finds them: from each ``data:``, to the next LF.
+    """
+    total = 0
+    at = chunk.find(b"data:")
+    while at >= 0:
+        end = chunk.find(b"\n", at)
+        total += _line_bound(chunk, at + 5, end if end >= 0 else len(chunk))
+        at = chunk.find(b"data:", end) if end >= 0 else -1
+    return total
+
+
+def _line_bound(chunk: bytes, start: int, stop: int) -> int:
+    total = 0
+    value_at = -1  # where the value of a text key starts, if it is a string
+    for match in _STRING.finditer(chunk, start, stop):
+        if match.start() == value_at:
+            total += len(match[1])
+        value_at = -1
+        key = match[1]
+        if match[2] and match[3] and (key in _TEXT_KEYS or b"\\" in key):
+            value_at = match.end()
+    return total
 
 
 class OpenAIStreamRelay:

@@ -20,6 +20,7 @@ from tollway.core.limits.policy import reserve
 from tollway.core.request import parse_head
 from tollway.ext.usage import Usage
 from tollway.gateway.exchange import Exchange
+from tollway.gateway.limits import stream_stop as stream_stop_module
 from tollway.gateway.limits.limiter import Lease, Limiter
 from tollway.gateway.limits.memory import MemoryBuckets
 from tollway.gateway.limits.stream_stop import PENDING_BYTES, StreamStop, stream_stop
@@ -175,10 +176,38 @@ def test_lazy_counting_is_exact_with_multibyte_text_and_long_answers() -> None:
         assert stop is not None
         passed, err = await _feed(stop, ex, [_openai(" tok")] * 3000)
         assert (passed, err) == (3000, None)
-        assert stop._bytes <= PENDING_BYTES  # what waits to be counted stays bounded
-        assert stop.sent + stop._bytes // len(" tok") == 3000
+        assert stop._held <= PENDING_BYTES  # what waits to be counted stays bounded
+        held = chunk_texts(b"".join(stop._pending))
+        assert stop.sent + len(held) == 3000 and set(held) == {" tok"}  # counted and held: every token once
 
     asyncio.run(long_answer())
+
+
+def test_far_from_its_limit_a_stream_grows_ahead_and_is_never_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes bound the tokens: past the reservation the stream takes whole steps for the
+    bound (no store call on the memory store, no stop), and no chunk is decoded or counted;
+    the settle charges what was used, not the steps."""
+    cfg = config_mod.loads(CONFIG.replace("output_tokens: 50", "output_tokens: 1000000"))
+    limiter = Limiter(cfg, MemoryBuckets(), Metrics())
+
+    def undecoded(chunk: bytes) -> list[str]:
+        raise AssertionError(f"decoded {chunk[:40]!r}")
+
+    monkeypatch.setattr(stream_stop_module, "chunk_texts", undecoded)
+
+    async def run() -> None:
+        lease = _lease(limiter, cfg.keys[0], 10)
+        ex = Exchange("req_7", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None and stop.allowed == 10
+        assert await _feed(stop, ex, [_openai(" tok")] * 100) == (100, None)
+        assert stop.allowed == 10 + 4 * streams.STEP_TOKENS  # the first step that covers 400 bytes
+        assert stop.sent == 0 and len(stop._pending) == 100
+        limiter.settle(lease, Usage(7, 100, 107), None)
+        (entry,) = [e for e in await limiter.usage_report() if e["owner"] == "out"]
+        assert 90 < entry["used"] <= 100  # what was used (less the refill meanwhile), not the 522 taken
+
+    asyncio.run(run())
 
 
 def test_a_cost_limit_stops_a_stream_with_insufficient_quota() -> None:

@@ -249,6 +249,19 @@ class Limiter:
         lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])
         return tokens
 
+    def extend_ahead(self, lease: Lease, grow: Growing, tokens: float) -> bool:
+        """Take `tokens` more output tokens for the lease's stream if they fit where that costs no
+        store call (the memory table, the Redis store's local lease); else take nothing and
+        return False. Never a stop: the stream asks ahead of what it may send (a bound of its
+        bytes), and one refused here counts exactly and asks with `extend`."""
+        demand = streams.extension(tokens, grow.rate)
+        decided = self.store.decide(grow.bound, demand)
+        if decided is None or not decided[0]:
+            return False
+        extra = lease.extra
+        lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])
+        return True
+
     def _stopped(self, plan: Plan, amounts: tuple[float, ...], levels: tuple[float, ...], model: str) -> GatewayError:
         try:
             refusal = limits.denial(plan, amounts, levels)

@@ -10,15 +10,21 @@ calendar budget gets one `StreamStop` as the last of its async per-chunk hooks
 request with no such limit or budget relays with the pipeline's seams as they were (empty,
 usually), and pays nothing per chunk.
 
-Per chunk it takes the text and argument deltas of the chunk's events
-(`tollway.core.accounting.stream_text`) and compares the stream's output with `allowed`,
-lazily: a token is at least one UTF-8 byte, so while the tokens counted so far plus the bytes
-not counted yet fit, the chunk passes with no tokenizing (a typed decode and a length per
-event); tiktoken counts the text waiting (one call per ~4 KB, or chunk by chunk once the bound
-no longer fits: near the allowance). Counts are never guessed: a worker loads a model's
-encoding on the counting pool when its first stream with such a hook arrives
-(tollway.gateway.token_count.prepare), and a stream that needs a count before that waits for it. Past `allowed`, each
-*source* of headroom that is short grows first, before the chunk goes out:
+Per chunk it bounds the tokens of the chunk's text and argument deltas without decoding
+anything: a token is at least one UTF-8 byte, and `text_bound` (tollway.ext.sse, one compiled
+scan) gives at least the bytes of what `tollway.core.accounting.stream_text.chunk_texts` would
+read. While the tokens counted so far plus the bounds of the chunks not counted yet fit in
+`allowed`, the chunk passes and is only held. When they do not fit, each source first tries to
+*grow ahead*: a whole step (or more) covering the bound, where that costs no store call and
+cannot fail the stream (`Limiter.extend_ahead`, a claim on a budget); far from the limit that is
+all, and a stream is never decoded nor tokenized. Only when growing ahead fails (near the
+limit, or when the Redis store has no local lease to decide from) are the held chunks decoded and
+counted with tiktoken, and the chunk's exact count decides, as below. Held chunks are also
+counted once they reach PENDING_BYTES (one decode and tiktoken call per 256 KB of stream).
+Counts are never guessed: a worker loads a model's encoding on the counting pool when its first
+stream with such a hook arrives (tollway.gateway.token_count.prepare), and a stream that needs a
+count before that waits for it. Past `allowed` by the exact count, each *source* of headroom that is short grows first,
+before the chunk goes out:
 
 - `LimitHeadroom`: the limiter's reservation (tollway.core.limits.streams.allowance), then
   extensions taken from the growing buckets in steps (`Limiter.extend`: the memory table, or
@@ -46,6 +52,7 @@ from tollway.core.accounting.pricing import Price
 from tollway.core.accounting.stream_text import chunk_texts
 from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
 from tollway.core.errors import GatewayError
+from tollway.core.kernels import text_bound
 from tollway.core.limits.streams import STEP_TOKENS, allowance, output_rate, prompt_cost
 from tollway.ext.usage import Usage
 from tollway.gateway.token_count import INLINE_MAX_CHARS, count_tokens_off_loop, encoding_ready
@@ -57,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PENDING_BYTES", "BudgetHeadroom", "LimitHeadroom", "StreamStop", "stream_stop"]
 
-PENDING_BYTES = 4096  # text a stream may send uncounted: one tiktoken call per ~1k tokens at most
+PENDING_BYTES = 256 * 1024  # chunk bytes a stream may hold uncounted: one decode and tiktoken call per that much
 
 
 class Headroom(Protocol):
@@ -65,6 +72,10 @@ class Headroom(Protocol):
 
     async def grow(self, ex: Exchange, sent: float) -> None:
         """Make `allowed` at least `sent`; raises the GatewayError to stop the stream with."""
+
+    def grow_ahead(self, ex: Exchange, bound: float) -> bool:
+        """Make `allowed` at least `bound` (a bound of what was sent, not a count) by a whole step
+        where that is cheap and certain; False (nothing stopped) when it is not."""
 
 
 class LimitHeadroom:
@@ -77,6 +88,13 @@ class LimitHeadroom:
     async def grow(self, ex: Exchange, sent: float) -> None:
         need = sent - self.allowed
         self.allowed += await self.limiter.extend(self.lease, self.growing, max(need, self.growing.step), need)
+
+    def grow_ahead(self, ex: Exchange, bound: float) -> bool:
+        tokens = max(bound - self.allowed, self.growing.step)
+        if not self.limiter.extend_ahead(self.lease, self.growing, tokens):
+            return False
+        self.allowed += tokens
+        return True
 
 
 class BudgetHeadroom:
@@ -94,34 +112,52 @@ class BudgetHeadroom:
         self.allowed = 0.0
 
     async def grow(self, ex: Exchange, sent: float) -> None:
-        if self.rate < 0.0:
-            price = self.prices.price(self.route, ex.upstream_model)
-            if price is None or output_rate(price) == 0.0:
-                self.rate, self.allowed = 0.0, math.inf
-                return
-            self.rate, self.prompt_usd = output_rate(price), prompt_cost(self.prompt_tokens, price)
+        if self._unbounded(ex):
+            return
         need = sent - self.allowed
         refusal = None
         for tokens in (max(need, STEP_TOKENS), need):
-            refusal = self.keeper.claim(ex, self.prompt_usd + tokens * self.rate)
+            refusal = self._claim(ex, tokens)
             if refusal is None:
-                self.prompt_usd, self.allowed = 0.0, self.allowed + tokens
                 return
         assert refusal is not None
         refusal.message = f"The stream was stopped: {refusal.message}"
         raise refusal
 
+    def grow_ahead(self, ex: Exchange, bound: float) -> bool:
+        return self._unbounded(ex) or self._claim(ex, max(bound - self.allowed, STEP_TOKENS)) is None
+
+    def _unbounded(self, ex: Exchange) -> bool:
+        """True if the answer is never charged (looked up once: the first claim's)."""
+        if self.rate < 0.0:
+            price = self.prices.price(self.route, ex.upstream_model)
+            if price is None or output_rate(price) == 0.0:
+                self.rate, self.allowed = 0.0, math.inf
+                return True
+            self.rate, self.prompt_usd = output_rate(price), prompt_cost(self.prompt_tokens, price)
+        return self.rate == 0.0
+
+    def _claim(self, ex: Exchange, tokens: float) -> GatewayError | None:
+        refusal = self.keeper.claim(ex, self.prompt_usd + tokens * self.rate)
+        if refusal is None:
+            self.prompt_usd, self.allowed = 0.0, self.allowed + tokens
+        return refusal
+
 
 class StreamStop:
     """One stream's per-chunk check (an `OnChunkAsync` hook).
 
-    Counting is lazy: a token is at least one byte of UTF-8, so while the tokens counted plus
-    the *bytes* of the text not counted yet fit in `allowed`, the chunk passes uncounted (a
-    decode and a length per event). The text waiting to be counted is counted, in one tiktoken
-    call, when that bound no longer fits, or when it reaches PENDING_BYTES (which bounds what a
-    stream holds here); near its allowance a stream is so counted chunk by chunk."""
+    Counting is lazy, and far from the limit there is none: a token is at least one byte of
+    UTF-8, so `text_bound` (one compiled scan of the chunk, no decoding) bounds a chunk's tokens
+    from above. While the tokens counted plus the bounds of the chunks not counted yet fit in
+    `allowed`, the chunk passes and is only held (a reference). When they do not fit, the
+    sources first try to grow ahead by a whole step to cover the bound where that is cheap and
+    certain (`Headroom.grow_ahead`: no store call, no stop); only when that fails, near the
+    limit, is the held text decoded and counted with tiktoken, and the chunk's exact need
+    decides (`Headroom.grow`, which may stop the stream). The held chunks are also counted
+    once they reach PENDING_BYTES, which bounds what a stream holds here."""
 
-    __slots__ = ("sources", "allowed", "sent", "cut", "model", "_pending", "_bytes", "_encode")
+    __slots__ = ("sources", "allowed", "sent", "cut", "model", "_pending", "_bound", "_held", "_encode")
 
     def __init__(self, sources: tuple[Headroom, ...], model: str) -> None:
         self.sources = sources
@@ -129,26 +165,37 @@ class StreamStop:
         self.sent = 0  # output tokens counted of the deltas that went out
         self.cut = False  # stopped here: settle with `usage`
         self.model = model
-        self._pending: list[str] = []  # text that went out, not counted yet
-        self._bytes = 0  # its UTF-8 length: at least its tokens
+        self._pending: list[bytes] = []  # chunks that went out with text, not counted yet
+        self._bound = 0  # the bound of their tokens (text_bound)
+        self._held = 0  # their length
         self._encode: Callable[[str], list[int]] | None = None  # set once the model's encoding is loaded
 
     async def __call__(self, ex: Exchange, out: bytes) -> bytes:
-        texts = chunk_texts(out)
-        if not texts:
+        size = text_bound(out)
+        if not size:
             return out
-        size = 0
-        for text in texts:
-            size += len(text) if text.isascii() else len(text.encode())
-        pending = self._bytes + size
-        if self.sent + pending <= self.allowed and pending <= PENDING_BYTES:  # fits even if every byte is a token
-            self._pending += texts
-            self._bytes = pending
-            return out
-        if self._pending:  # sent already: counted apart from this chunk, which may be held back
-            self.sent += await self._count("".join(self._pending))
-            self._pending, self._bytes = [], 0
-        sent = self.sent + await self._count("".join(texts))
+        bound = self._bound + size
+        if self.sent + bound > self.allowed and not self._grew_ahead(ex, self.sent + bound):
+            return await self._counted(ex, out)
+        self._pending.append(out)
+        self._bound, self._held = bound, self._held + len(out)
+        if self._held > PENDING_BYTES:
+            await self._count_pending()
+        return out
+
+    def _grew_ahead(self, ex: Exchange, bound: float) -> bool:
+        for source in self.sources:
+            if source.allowed < bound and not source.grow_ahead(ex, bound):
+                self.allowed = min(s.allowed for s in self.sources)
+                return False
+        self.allowed = min(s.allowed for s in self.sources)
+        return True
+
+    async def _counted(self, ex: Exchange, out: bytes) -> bytes:
+        """The chunk, counted exactly with what is held, and let through only if the sources can
+        grow to cover it: else the GatewayError to stop the stream with."""
+        await self._count_pending()  # sent already: counted apart from this chunk, which may be held back
+        sent = self.sent + await self._count("".join(chunk_texts(out)))
         if sent > self.allowed:
             try:
                 for source in self.sources:
@@ -160,6 +207,11 @@ class StreamStop:
             self.allowed = min(s.allowed for s in self.sources)
         self.sent = sent
         return out
+
+    async def _count_pending(self) -> None:
+        if self._pending:
+            self.sent += await self._count("".join(chunk_texts(b"".join(self._pending))))
+            self._pending, self._bound, self._held = [], 0, 0
 
     async def _count(self, text: str) -> int:
         """Tokens in `text`: inline once the process has the model's encoding (short texts:
