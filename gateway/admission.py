@@ -24,7 +24,6 @@ from tollway.core.ledger.tags import HEADER as TAGS_HEADER
 from tollway.core.ledger.tags import parse_tags
 from tollway.core.request import RequestHead, default_model, parse_head, with_model
 from tollway.core.routing.table import Route
-from tollway.gateway import token_count
 from tollway.gateway.downstream.watchdog import BODY
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import AskStore, Lease, Limiter
@@ -114,11 +113,7 @@ def _stream_stop(serving: Serving, req: Admitted, ex: Exchange, limiter: Limiter
     if (lease is None or not lease.plan.grows) and not keeper:  # (a request limit alone: no hook, decided here)
         return None
     prompt = lease.demand[1] if lease is not None else estimate_prompt_tokens(req.body)  # (input_tokens)
-    model = req.head.model or req.route.name
-    stop = stream_stop(ex, model, prompt, limiter, lease, keeper, req.runtime.prices)
-    if stop is not None:  # it may count near its allowance: the encoding loads meanwhile
-        token_count.prepare(model)
-    return stop
+    return stream_stop(ex, req.head.model or req.route.name, prompt, limiter, lease, keeper, req.runtime.prices)
 
 
 async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPProtocol, ex: Exchange,

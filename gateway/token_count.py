@@ -32,7 +32,7 @@ from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_
 from tollway.ext.usage import Usage
 
 __all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
-           "estimated_usage", "prepare", "shutdown"]
+           "estimated_usage", "shutdown"]
 
 # Texts shorter than this are counted on the loop: at most ~0.5 ms of tokenizing (~30 us per
 # KiB), where the thread hop (~50 us) would add 10% or more. See bench/token_count.py.
@@ -115,26 +115,6 @@ def estimated_usage(prompt_body: bytes, completion_text: str, model: str) -> tup
 def _usage(prompt_body: bytes, completion: int) -> Usage:
     prompt = estimate_prompt_tokens(prompt_body)
     return Usage(prompt, completion, prompt + completion)
-
-
-def _nothing() -> int:
-    return 0
-
-
-_preparing: dict[str, asyncio.Task[int]] = {}  # encodings loading in the background (kept from the GC)
-
-
-def prepare(model: str) -> None:
-    """Begin loading `model`'s encoding in the background if it is not loaded: for a stream that
-    may need counting later. An encoding costs ~45 MB of memory (o200k), so a worker loads it
-    when the first such stream arrives, not at start; that stream needs a count only near its
-    allowance, usually long after the ~0.2 s the load takes. Cheap when loaded (a set lookup)."""
-    name = encoding_name_for_model(model)
-    if _POOL.ready(name) or name in _preparing:
-        return
-    task = asyncio.get_running_loop().create_task(_POOL.run(name, _nothing))
-    _preparing[name] = task
-    task.add_done_callback(lambda _: _preparing.pop(name, None))
 
 
 def encoding_ready(model: str) -> bool:

@@ -21,10 +21,10 @@ all, and a stream is never decoded nor tokenized. Only when growing ahead fails 
 limit, or when the Redis store has no local lease to decide from) are the held chunks decoded and
 counted with tiktoken, and the chunk's exact count decides, as below. Held chunks are also
 counted once they reach PENDING_BYTES (one decode and tiktoken call per 256 KB of stream).
-Counts are never guessed: a worker loads a model's encoding on the counting pool when its first
-stream with such a hook arrives (tollway.gateway.token_count.prepare), and a stream that needs a
-count before that waits for it. Past `allowed` by the exact count, each *source* of headroom that is short grows first,
-before the chunk goes out:
+Counts are never guessed: a worker loads a model's encoding on the counting pool when a stream
+first needs an exact count (~0.2 s once per worker; that stream waits for it), so a worker whose
+streams stay far from their limits never holds the tokenizer (~45 MB). Past `allowed` by the
+exact count, each *source* of headroom that is short grows first, before the chunk goes out:
 
 - `LimitHeadroom`: the limiter's reservation (tollway.core.limits.streams.allowance), then
   extensions taken from the growing buckets in steps (`Limiter.extend`: the memory table, or
