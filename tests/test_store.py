@@ -149,6 +149,20 @@ async def test_every_field_reads_back(store: LedgerStore):
             {f: getattr(want, f) for f in UsageRecord.__struct_fields__ if f != "ts"}
 
 
+async def test_values_like_a_stores_null_stand_ins_read_back_as_they_were(store: LedgerStore):
+    """The SQLite store binds a None as 0 (text columns) or an empty blob (number columns) that
+    NULLIF turns back: a text "0" or "", a cost or a time of 0, stay what they were."""
+    edge = UsageRecord(
+        ts=BASE + 1.0, request_id="0", key="0", key_id="", team="0", model="", provider="0", upstream_model="",
+        api="chat", status=0, error="0", stream=True, cost_usd=0.0, latency_ms=0.0, ttft_ms=0.0, attempts=0,
+        tags=("0",), trace_id="")
+    await store.write([edge])
+    (have,) = await store.requests(RequestFilter())
+    assert {f: getattr(have, f) for f in UsageRecord.__struct_fields__} == \
+        {f: getattr(edge, f) for f in UsageRecord.__struct_fields__}
+    assert type(have.cost_usd) is float and type(have.ttft_ms) is float
+
+
 async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store: LedgerStore):
     """PostgreSQL's text holds no NUL and its columns have ranges: such a record still goes in
     (with U+FFFD for NUL, and counts held to the column), or its batch would fail for ever."""
