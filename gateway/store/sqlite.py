@@ -8,6 +8,7 @@ WAL journaling lets reports read while the writer writes, and lets the workers o
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,18 +86,30 @@ VERSION = len(MIGRATIONS)
 # blob in a number one (a bytearray: bytes are not one of the direct types).
 _NO_TEXT, _NO_NUMBER = 0, bytearray()
 _NUMBERS = ("cost_usd", "ttft_ms")  # the nullable columns that are not text
-_ROW = "(" + ", ".join("NULLIF(?, x'')" if f in _NUMBERS else "NULLIF(?, 0)" if f in NULLABLE or f == "tags" else "?"
-                       for f in FIELDS) + ")"
-_INSERT = f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES {_ROW}"
-# Rows per INSERT statement: one statement of many rows binds ~25% faster than executemany of
-# one-row statements (bench/README.md, "The usage ledger"); 40 rows stay under the 999
-# parameters older SQLite builds allow.
-_ROWS_PER_INSERT = 40
-_INSERT_MANY = _INSERT + (", " + _ROW) * (_ROWS_PER_INSERT - 1)
+
+
+def _row_sql(fields: Sequence[str]) -> str:
+    """A row's placeholders for these columns, each nullable one through its NULLIF."""
+    return "(" + ", ".join("NULLIF(?, x'')" if f in _NUMBERS else "NULLIF(?, 0)" if f in NULLABLE or f == "tags"
+                           else "?" for f in fields) + ")"
+
+
+_ROW = _row_sql(FIELDS)
+_INSERT_HEAD = f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES "
+# A batch goes in as few statements as it can: sqlite3 lets go of the GIL around each one
+# (each row of an executemany too), and under load the writer's thread then waits up to the
+# interpreter's switch interval (5 ms) to get it back from the busy loop, forcing a switch
+# each time. So rows go in multi-row statements of a power of two rows (200 = 128 + 64 + 8:
+# three statements, and a handful of SQL texts for sqlite3's statement cache), of at most
+# _MAX_ROWS (999 bound values, the limit of SQLite builds before 3.32, allows 39 rows; the
+# limit is read at open). One statement of many rows also binds ~25% faster than
+# executemany of one-row ones (bench/README.md, "The usage ledger").
+_MAX_ROWS = 256
 _SUM_SET = ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
-_UPSERT = ("INSERT INTO {table} (bucket, key, key_id, team, model, provider, " + ", ".join(SUMS) + ") VALUES ("
-           + ", ".join("?" * (6 + len(SUMS))) + ") ON CONFLICT (bucket, key, key_id, team, model, provider) "
-           "DO UPDATE SET " + _SUM_SET)
+_UPSERT_HEAD = "INSERT INTO {table} (bucket, key, key_id, team, model, provider, " + ", ".join(SUMS) + ") VALUES "
+_UPSERT_WIDTH = 6 + len(SUMS)
+_UPSERT_ROW = "(" + ", ".join("?" * _UPSERT_WIDTH) + ")"
+_UPSERT_TAIL = " ON CONFLICT (bucket, key, key_id, team, model, provider) DO UPDATE SET " + _SUM_SET
 
 # The sums over raw records, in SUMS order; and a dimension's expression there.
 _RAW_SUMS = ("COUNT(*), SUM(status >= 400 OR error IS NOT NULL), SUM(cost_usd IS NULL), SUM(input_tokens), "
@@ -125,6 +138,7 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
         self._closed = False
+        self._max_rows = 1  # rows per INSERT statement: the SQLite build's limit, read at open
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
@@ -165,9 +179,10 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
         self._db, self._rdb = db, reader
+        self._max_rows = min(_MAX_ROWS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(FIELDS))
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
-        await self._run(lambda db: _write(db, records))  # rows and rollups made there too: off the loop
+        await self._run(lambda db: _write(db, records, self._max_rows))  # rows and rollups made there too: off the loop
 
     async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
         return await self._read(lambda db: _spend(db, query))
@@ -283,25 +298,35 @@ def _row(r: UsageRecord) -> tuple[object, ...]:
             _encode(guardrails).decode() if guardrails else n)
 
 
-def _insert(db: sqlite3.Connection, values: list[object]) -> None:
-    width = len(FIELDS)
-    step = width * _ROWS_PER_INSERT
-    whole = len(values) // step * step
-    for i in range(0, whole, step):
-        db.execute(_INSERT_MANY, values[i:i + step])
-    if whole < len(values):
-        db.executemany(_INSERT, [values[i:i + width] for i in range(whole, len(values), width)])
+@functools.cache
+def _statement(head: str, row: str, tail: str, rows: int) -> str:
+    return head + ", ".join((row,) * rows) + tail
 
 
-def _write(db: sqlite3.Connection, records: Sequence[UsageRecord]) -> None:
+def _put_rows(db: sqlite3.Connection, head: str, row: str, tail: str, values: Sequence[object], width: int,
+              max_rows: int) -> None:
+    """`head VALUES row, row, ... tail` for the rows in `values` (flat, `width` values a row),
+    in statements of a power of two rows up to `max_rows`."""
+    done, left = 0, len(values) // width
+    while left:
+        n = min(max_rows, 1 << (left.bit_length() - 1))
+        db.execute(_statement(head, row, tail, n), values[done * width:(done + n) * width])
+        done, left = done + n, left - n
+
+
+def _insert(db: sqlite3.Connection, values: Sequence[object], max_rows: int) -> None:
+    _put_rows(db, _INSERT_HEAD, _ROW, "", values, len(FIELDS), max_rows)
+
+
+def _write(db: sqlite3.Connection, records: Sequence[UsageRecord], max_rows: int = _MAX_ROWS) -> None:
     hour_sums, day_sums = rollups(records)
-    hours, days = rollup_rows(hour_sums), rollup_rows(day_sums)
     values = _params(records)
     db.execute("BEGIN")
     try:
-        _insert(db, values)
-        db.executemany(_UPSERT.format(table="usage_hourly"), hours)
-        db.executemany(_UPSERT.format(table="usage_daily"), days)
+        _insert(db, values, max_rows)
+        for table, sums in (("usage_hourly", hour_sums), ("usage_daily", day_sums)):
+            _put_rows(db, _UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL,
+                      [v for row in rollup_rows(sums) for v in row], _UPSERT_WIDTH, max_rows)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
