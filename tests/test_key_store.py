@@ -311,9 +311,9 @@ def _write_version_1_rows(module: object, old: pytest.MonkeyPatch) -> None:
         old.setattr(module, "_INSERT", module._INSERT.replace(", guardrails)", ")").replace(", r.guardrails FROM", " FROM")
                     .replace(", guardrails jsonb)", ")"))
         return
-    width, sql = len(FIELDS), f"INSERT INTO usage_records ({', '.join(v1)}) VALUES ({', '.join('?' * len(v1))})"
+    width, sql = len(FIELDS), f"INSERT INTO usage_records ({', '.join(v1)}) VALUES {module._row_sql(v1)}"
 
-    def insert(db: sqlite3.Connection, values: list[object]) -> None:
+    def insert(db: sqlite3.Connection, values: list[object], max_rows: int) -> None:
         db.executemany(sql, [values[i:i + len(v1)] for i in range(0, len(values), width)])
     old.setattr(module, "_insert", insert)
 

@@ -103,11 +103,12 @@ def _record(i: int, **over) -> UsageRecord:
 
 def test_rollups_add_up_to_the_records():
     records = [_record(i) for i in range(40)]
+    records += [_record(40 + i, error="upstream_error", status=200) for i in range(3)]  # a stream cut after its 200
     for rolled in (hourly(records), daily(records)):
         totals = [sum(s[i] for s in rolled.values()) for i in range(len(SUMS))]
         sums = dict(zip(SUMS, totals))
-        assert sums["requests"] == 40
-        assert sums["errors"] == sum(1 for r in records if r.status >= 400)
+        assert sums["requests"] == 43
+        assert sums["errors"] == sum(1 for r in records if r.status >= 400 or r.error is not None)
         assert sums["unpriced_requests"] == sum(1 for r in records if r.cost_usd is None)
         assert sums["input_tokens"] == sum(r.input_tokens for r in records)
         assert sums["cost_usd"] == pytest.approx(sum(r.cost_usd or 0 for r in records))

@@ -149,6 +149,20 @@ async def test_every_field_reads_back(store: LedgerStore):
             {f: getattr(want, f) for f in UsageRecord.__struct_fields__ if f != "ts"}
 
 
+async def test_values_like_a_stores_null_stand_ins_read_back_as_they_were(store: LedgerStore):
+    """The SQLite store binds a None as 0 (text columns) or an empty blob (number columns) that
+    NULLIF turns back: a text "0" or "", a cost or a time of 0, stay what they were."""
+    edge = UsageRecord(
+        ts=BASE + 1.0, request_id="0", key="0", key_id="", team="0", model="", provider="0", upstream_model="",
+        api="chat", status=0, error="0", stream=True, cost_usd=0.0, latency_ms=0.0, ttft_ms=0.0, attempts=0,
+        tags=("0",), trace_id="")
+    await store.write([edge])
+    (have,) = await store.requests(RequestFilter())
+    assert {f: getattr(have, f) for f in UsageRecord.__struct_fields__} == \
+        {f: getattr(edge, f) for f in UsageRecord.__struct_fields__}
+    assert type(have.cost_usd) is float and type(have.ttft_ms) is float
+
+
 async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store: LedgerStore):
     """PostgreSQL's text holds no NUL and its columns have ranges: such a record still goes in
     (with U+FFFD for NUL, and counts held to the column), or its batch would fail for ever."""
@@ -163,6 +177,22 @@ async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store
         assert (back.model, back.input_tokens, back.output_tokens, back.status) == ("gpt\ufffdevil", 2**31 - 1, -(2**31 - 1), 2**15 - 1)
     else:
         assert back == odd
+
+
+async def test_a_sqlite_batch_goes_in_statements_of_a_power_of_two_rows_up_to_the_limit(tmp_path):
+    """11 records with at most 3 rows a statement (an old SQLite's 999 values allow 39): 2 + 2
+    + 2 + 2 + 2 + 1, every row and every rollup sum in."""
+    store = SqliteStore(str(tmp_path / "ledger.db"))
+    await store.open()
+    try:
+        store._max_rows = 3
+        records = _records(11, BASE, 7200)
+        await store.write(records)
+        got = await store.requests(RequestFilter(limit=100))
+        assert sorted(r.request_id for r in got) == sorted(r.request_id for r in records)
+        await _check_spend(store, records, SpendQuery(("key", "model"), BASE, BASE + 7200))
+    finally:
+        await store.aclose()
 
 
 async def test_an_empty_batch_is_nothing(store: LedgerStore):

@@ -7,6 +7,8 @@ client-sent value it validated (`request_id`, `tags`, `model` cut to a bounded l
 """
 from __future__ import annotations
 
+from typing import get_args
+
 import msgspec
 
 MAX_MODEL_CHARS = 256  # a client names `model`; a row must not carry an essay
@@ -47,6 +49,7 @@ class UsageRecord(msgspec.Struct, frozen=True, gc=False):
 
 
 FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
+NULLABLE: frozenset[str] = frozenset(f.name for f in msgspec.structs.fields(UsageRecord) if type(None) in get_args(f.type))
 TAGS_AT = FIELDS.index("tags")
 GUARDRAILS_AT = FIELDS.index("guardrails")
 TS_AT = FIELDS.index("ts")

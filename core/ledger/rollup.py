@@ -6,10 +6,13 @@ transaction as the batch's records, so the rollups and the records never disagre
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
+
+from msgspec.structs import astuple
 
 from tollway.core.ledger.periods import DAY, HOUR
-from tollway.core.ledger.record import UsageRecord
+from tollway.core.ledger.record import FIELDS, UsageRecord
 
 # A rollup row's identity: (bucket start, key, key_id, team, model, provider). A missing name
 # is "" (database primary keys cannot hold NULL); readers turn it back into None.
@@ -18,30 +21,36 @@ RollupKey = tuple[int, str, str, str, str, str]
 SUMS = ("requests", "errors", "unpriced_requests", "input_tokens", "cached_input_tokens", "cache_write_tokens",
         "output_tokens", "reasoning_tokens", "cost_usd")
 
+# A batch is summed a column at a time by C loops (map, sum, count over itemgetters of each
+# record's astuple) rather than a record at a time in Python: it runs per record of every
+# request, on the SQLite writer's thread (the GIL held) or on the loop (PostgreSQL).
+# callgrind, one owner and hour, per record: 7.8k instructions as a Python loop, 5.7k so.
+_OWNER = itemgetter(*map(FIELDS.index, ("key", "key_id", "team", "model", "provider")))
+_TS, _STATUS, _ERROR, _COST = (itemgetter(FIELDS.index(f)) for f in ("ts", "status", "error", "cost_usd"))
+_TOKENS = tuple(itemgetter(FIELDS.index(name)) for name in SUMS[3:8])
+_ERROR_STATUS = (399).__lt__  # status >= 400
+Row = tuple[object, ...]  # a record's values (astuple), in FIELDS order
+
 
 def is_error(record: UsageRecord) -> bool:
     return record.status >= 400 or record.error is not None
 
 
 def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]], dict[RollupKey, list[float]]]:
-    """The batch's totals per hour and per day (UTC) and identity. One pass over the records
-    makes the hours; the days are added up from the hours (a batch has few of those)."""
+    """The batch's totals per hour and per day (UTC) and identity: per owner (key, key_id,
+    team, model, provider) and hour, then the days added up from the hours (a batch has few)."""
+    owners: dict[tuple[str | None, ...], list[Row]] = {}
+    for r in map(astuple, records):
+        owner = _OWNER(r)
+        group = owners.get(owner)
+        if group is None:
+            owners[owner] = [r]
+        else:
+            group.append(r)
     hours: dict[RollupKey, list[float]] = {}
-    for r in records:
-        ident = (int(r.ts // HOUR * HOUR), r.key or "", r.key_id or "", r.team or "", r.model or "", r.provider or "")
-        sums = hours.get(ident)
-        if sums is None:
-            sums = hours[ident] = [0.0] * len(SUMS)
-        cost = r.cost_usd
-        sums[0] += 1
-        sums[1] += r.status >= 400 or r.error is not None
-        sums[2] += cost is None
-        sums[3] += r.input_tokens
-        sums[4] += r.cached_input_tokens
-        sums[5] += r.cache_write_tokens
-        sums[6] += r.output_tokens
-        sums[7] += r.reasoning_tokens
-        sums[8] += cost or 0.0
+    for (key, key_id, team, model, provider), group in owners.items():
+        for hour, part in _by_hour(group):
+            hours[(hour, key or "", key_id or "", team or "", model or "", provider or "")] = _sums(part)
     days: dict[RollupKey, list[float]] = {}
     for (hour, key, key_id, team, model, provider), sums in hours.items():
         ident = (int(hour // DAY * DAY), key, key_id, team, model, provider)
@@ -52,6 +61,29 @@ def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]
             for i, value in enumerate(sums):
                 have[i] += value
     return hours, days
+
+
+def _by_hour(group: list[Row]) -> Iterable[tuple[int, list[Row]]]:
+    """The group's records per hour start: one hour, unless the batch crossed one."""
+    times = list(map(_TS, group))
+    first, last = min(times) // HOUR, max(times) // HOUR
+    if first == last:
+        return ((int(first * HOUR), group),)
+    hours: dict[int, list[Row]] = {}
+    for r in group:
+        hours.setdefault(int(_TS(r) // HOUR * HOUR), []).append(r)
+    return hours.items()
+
+
+def _sums(group: Sequence[Row]) -> list[float]:
+    """The group's sums in SUMS order: counts and tokens as ints, the cost a float."""
+    if list(map(_ERROR, group)).count(None) == len(group):
+        errors = sum(map(_ERROR_STATUS, map(_STATUS, group)))
+    else:  # an error label on a status below 400 (a stream cut short after its 200)
+        errors = sum(_ERROR_STATUS(_STATUS(r)) or _ERROR(r) is not None for r in group)
+    costs = list(map(_COST, group))
+    return [len(group), errors, costs.count(None), *(sum(map(tokens, group)) for tokens in _TOKENS),
+            sum(filter(None, costs), 0.0)]
 
 
 def hourly(records: Iterable[UsageRecord]) -> dict[RollupKey, list[float]]:

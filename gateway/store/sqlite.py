@@ -8,6 +8,7 @@ WAL journaling lets reports read while the writer writes, and lets the workers o
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from tollway.core.ledger.periods import DAY, Table
-from tollway.core.ledger.record import FIELDS, GUARDRAILS_AT, TAGS_AT, UsageRecord
+from tollway.core.ledger.record import FIELDS, NULLABLE, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
@@ -76,16 +77,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 VERSION = len(MIGRATIONS)
 
-_INSERT = f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
-# Rows per INSERT statement: one statement of many rows binds ~25% faster than executemany of
-# one-row statements (bench/README.md, "The usage ledger"); 40 rows stay under the 999
-# parameters older SQLite builds allow.
-_ROWS_PER_INSERT = 40
-_INSERT_MANY = _INSERT + (", (" + ", ".join("?" * len(FIELDS)) + ")") * (_ROWS_PER_INSERT - 1)
+# How a row is bound. sqlite3 binds an int, float, str or bytearray directly, but hands any
+# other value (None, a bool) to its adapter lookup first, which fails through a formatted
+# AttributeError: ~1.6k instructions a value, 6 to 10 values a record, as much as the rest of
+# the insert (callgrind: 58k -> 42k instructions a record). So a record's bools are bound as 0
+# and 1 (what sqlite3 stores for them anyway) and a None as a value of a type its column never
+# holds, which NULLIF turns back into NULL: 0 in a text column (the cheapest bind), an empty
+# blob in a number one (a bytearray: bytes are not one of the direct types).
+_NO_TEXT, _NO_NUMBER = 0, bytearray()
+_NUMBERS = ("cost_usd", "ttft_ms")  # the nullable columns that are not text
+
+
+def _row_sql(fields: Sequence[str]) -> str:
+    """A row's placeholders for these columns, each nullable one through its NULLIF."""
+    return "(" + ", ".join("NULLIF(?, x'')" if f in _NUMBERS else "NULLIF(?, 0)" if f in NULLABLE or f == "tags"
+                           else "?" for f in fields) + ")"
+
+
+_ROW = _row_sql(FIELDS)
+_INSERT_HEAD = f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES "
+# A batch goes in as few statements as it can: sqlite3 lets go of the GIL around each one
+# (each row of an executemany too), and under load the writer's thread then waits up to the
+# interpreter's switch interval (5 ms) to get it back from the busy loop, forcing a switch
+# each time. So rows go in multi-row statements of a power of two rows (200 = 128 + 64 + 8:
+# three statements, and a handful of SQL texts for sqlite3's statement cache), of at most
+# _MAX_ROWS (999 bound values, the limit of SQLite builds before 3.32, allows 39 rows; the
+# limit is read at open). One statement of many rows also binds ~25% faster than
+# executemany of one-row ones (bench/README.md, "The usage ledger").
+_MAX_ROWS = 256
 _SUM_SET = ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
-_UPSERT = ("INSERT INTO {table} (bucket, key, key_id, team, model, provider, " + ", ".join(SUMS) + ") VALUES ("
-           + ", ".join("?" * (6 + len(SUMS))) + ") ON CONFLICT (bucket, key, key_id, team, model, provider) "
-           "DO UPDATE SET " + _SUM_SET)
+_UPSERT_HEAD = "INSERT INTO {table} (bucket, key, key_id, team, model, provider, " + ", ".join(SUMS) + ") VALUES "
+_UPSERT_WIDTH = 6 + len(SUMS)
+_UPSERT_ROW = "(" + ", ".join("?" * _UPSERT_WIDTH) + ")"
+_UPSERT_TAIL = " ON CONFLICT (bucket, key, key_id, team, model, provider) DO UPDATE SET " + _SUM_SET
 
 # The sums over raw records, in SUMS order; and a dimension's expression there.
 _RAW_SUMS = ("COUNT(*), SUM(status >= 400 OR error IS NOT NULL), SUM(cost_usd IS NULL), SUM(input_tokens), "
@@ -114,6 +138,7 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
         self._closed = False
+        self._max_rows = 1  # rows per INSERT statement: the SQLite build's limit, read at open
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
@@ -154,9 +179,10 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
         self._db, self._rdb = db, reader
+        self._max_rows = min(_MAX_ROWS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(FIELDS))
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
-        await self._run(lambda db: _write(db, records))  # rows and rollups made there too: off the loop
+        await self._run(lambda db: _write(db, records, self._max_rows))  # rows and rollups made there too: off the loop
 
     async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
         return await self._read(lambda db: _spend(db, query))
@@ -251,32 +277,56 @@ def _params(records: Sequence[UsageRecord]) -> list[object]:
     """The records' values, row after row, for the INSERT statements."""
     values: list[object] = []
     for r in records:
-        values += astuple(r)
-        values[TAGS_AT - len(FIELDS)] = ",".join(r.tags) if r.tags else None  # tags never hold a comma
-        if r.guardrails:
-            values[GUARDRAILS_AT - len(FIELDS)] = _encode(r.guardrails).decode()
+        values += _row(r)
     return values
 
 
-def _insert(db: sqlite3.Connection, values: list[object]) -> None:
-    width = len(FIELDS)
-    step = width * _ROWS_PER_INSERT
-    whole = len(values) // step * step
-    for i in range(0, whole, step):
-        db.execute(_INSERT_MANY, values[i:i + step])
-    if whole < len(values):
-        db.executemany(_INSERT, [values[i:i + width] for i in range(whole, len(values), width)])
+def _row(r: UsageRecord) -> tuple[object, ...]:
+    """A record's values as bound (see _ROW): its fields unpacked in FIELDS order (the
+    record's, which tests pin), a None as its column's stand-in, a bool as 0 or 1, its tags joined (a tag never
+    holds a comma) and its guardrail findings as JSON."""
+    (ts, request_id, key, key_id, team, model, provider, upstream_model, api, status, error, stream, input_tokens,
+     cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, attempts,
+     cache_hit, tags, trace_id, guardrails) = astuple(r)
+    n, x = _NO_TEXT, _NO_NUMBER
+    return (ts, request_id, n if key is None else key, n if key_id is None else key_id, n if team is None else team,
+            n if model is None else model, n if provider is None else provider,
+            n if upstream_model is None else upstream_model, api, status, n if error is None else error,
+            1 if stream else 0, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,
+            x if cost_usd is None else cost_usd, latency_ms, x if ttft_ms is None else ttft_ms, attempts,
+            1 if cache_hit else 0, ",".join(tags) if tags else n, n if trace_id is None else trace_id,
+            _encode(guardrails).decode() if guardrails else n)
 
 
-def _write(db: sqlite3.Connection, records: Sequence[UsageRecord]) -> None:
+@functools.cache
+def _statement(head: str, row: str, tail: str, rows: int) -> str:
+    return head + ", ".join((row,) * rows) + tail
+
+
+def _put_rows(db: sqlite3.Connection, head: str, row: str, tail: str, values: Sequence[object], width: int,
+              max_rows: int) -> None:
+    """`head VALUES row, row, ... tail` for the rows in `values` (flat, `width` values a row),
+    in statements of a power of two rows up to `max_rows`."""
+    done, left = 0, len(values) // width
+    while left:
+        n = min(max_rows, 1 << (left.bit_length() - 1))
+        db.execute(_statement(head, row, tail, n), values[done * width:(done + n) * width])
+        done, left = done + n, left - n
+
+
+def _insert(db: sqlite3.Connection, values: Sequence[object], max_rows: int) -> None:
+    _put_rows(db, _INSERT_HEAD, _ROW, "", values, len(FIELDS), max_rows)
+
+
+def _write(db: sqlite3.Connection, records: Sequence[UsageRecord], max_rows: int = _MAX_ROWS) -> None:
     hour_sums, day_sums = rollups(records)
-    hours, days = rollup_rows(hour_sums), rollup_rows(day_sums)
     values = _params(records)
     db.execute("BEGIN")
     try:
-        _insert(db, values)
-        db.executemany(_UPSERT.format(table="usage_hourly"), hours)
-        db.executemany(_UPSERT.format(table="usage_daily"), days)
+        _insert(db, values, max_rows)
+        for table, sums in (("usage_hourly", hour_sums), ("usage_daily", day_sums)):
+            _put_rows(db, _UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL,
+                      [v for row in rollup_rows(sums) for v in row], _UPSERT_WIDTH, max_rows)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
