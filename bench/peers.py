@@ -115,7 +115,7 @@ def set_up(harness: Path, workdir: Path, peers: list[str]) -> None:
 
 def tollway_env(config_dir: Path) -> dict[str, str]:
     """The harness's CUSTOM_* hook for Tollway: the issue-19 config (key check, request and token
-    limits, SQLite ledger) over the harness's mock ports; run_peers.sh starts it on GW_CPU."""
+    limits, SQLite ledger, admin console) over the harness's mock ports; run_peers.sh starts it on GW_CPU."""
     config = write_config(config_dir, {MODEL: UPSTREAM_JSON, SSE_MODEL: UPSTREAM_SSE}, platform=True)
     (port,) = free_ports(1)
     base = f"http://127.0.0.1:{port}"
@@ -231,7 +231,8 @@ def readme_section(run: PeerRun, args: argparse.Namespace, load: float) -> str:
         f"`bench/run --peers --write-readme` on {when}: {cpu_model()}, {os.cpu_count()} vCPU, load average "
         f"{load:.1f} at the start; mock upstream and wrk on CPU {args.load_cpu}, each gateway alone on CPU "
         f"{args.gw_cpu}; {args.seconds:g} s per cell after a {args.warm:g} s warm-up. Tollway with "
-        "the issue-19 config (key check, request and token limits, SQLite ledger). Cells: req/s / p50 / p99 ms / errors.",
+        "the issue-19 config (key check, request and token limits, SQLite ledger, admin console). "
+        "Cells: req/s / p50 / p99 ms / errors.",
         width=100),
         "", "```", run.versions, tollway_version(), "", *render_table(run), "```"])
 
