@@ -42,30 +42,27 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of `pid` and all its descendants, in MB (granian forks its workers)."""
-    total_kb = 0
-    for member in _descendants(pid) | {pid}:
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # exited between listing and reading
-    return total_kb / 1024
+    return _tree_kb(pid, "status", "VmRSS:") / 1024
 
 
 def tree_pss_mb(pid: int) -> float:
     """Proportional memory (PSS) of `pid` and its descendants, in MB: each page shared by n
     processes counts 1/n in each. A forked worker shares its parent's pages, which the sum of
     RSS counts twice; PSS is what the tree really holds."""
+    return _tree_kb(pid, "smaps_rollup", "Pss:") / 1024
+
+
+def _tree_kb(pid: int, proc_file: str, field: str) -> int:
+    """The sum over `pid` and its descendants of `field` (a kB figure) in /proc/<pid>/<proc_file>."""
     total_kb = 0
     for member in _descendants(pid) | {pid}:
         try:
-            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+            for line in Path(f"/proc/{member}/{proc_file}").read_text().splitlines():
+                if line.startswith(field):
                     total_kb += int(line.split()[1])
         except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return total_kb / 1024
+            continue  # exited between listing and reading
+    return total_kb
 
 
 def cpu_seconds(pids: list[int]) -> float:
