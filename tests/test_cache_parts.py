@@ -31,6 +31,14 @@ def key_of(body: dict[str, Any], api: str = "chat", partition: str = "key:a", ve
     return cache_key(api, partition, version, request)
 
 
+def test_the_entry_format_is_in_the_key(monkeypatch):
+    """A replica of another version sharing Redis (a rolling upgrade) must never read entries in a
+    format it would misread (a version-1 decoder takes a stream's raw SSE entry for an answer)."""
+    now = key_of(BASE)
+    monkeypatch.setattr("tollway.core.cache.key.ENTRY_FORMAT", 1)
+    assert key_of(BASE) != now
+
+
 # Every field that can change what a model answers, each with a value other than BASE's.
 ANSWER_FIELDS: dict[str, Any] = {
     "messages": [{"role": "user", "content": "What is 3+3?"}], "model": "gpt-4o",

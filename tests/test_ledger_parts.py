@@ -115,6 +115,15 @@ def test_rollups_add_up_to_the_records():
     assert len(hourly(records)) > len(daily(records))
 
 
+def test_an_owner_absent_or_empty_is_one_rollup_row_that_counts_both():
+    at = "2026-11-30T10:00:00"  # the same hour: one row in each table, holding both records
+    records = [_record(0, ts=ts(at), team=None, provider=None), _record(1, ts=ts(at), key="k0", key_id="config:k0",
+                                                                         team="", provider="")]
+    for rolled in (hourly(records), daily(records)):
+        assert len(rolled) == 1
+        assert dict(zip(SUMS, next(iter(rolled.values()))))["requests"] == 2
+
+
 def test_the_answer_totals_and_orders_groups_by_cost():
     query = spend_query("team", "1d", None, ts("2026-11-30T12:00:00"))
     groups = merge([(("a",), [1, 0, 0, 10, 0, 0, 5, 0, 0.5]), (("b",), [1, 1, 0, 1, 0, 0, 1, 0, 2.0]),

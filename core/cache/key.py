@@ -75,9 +75,16 @@ def _sampled(api: str, data: dict[str, Any]) -> bool:
     return not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 0)
 
 
+# The stored entries' format, in every key: a replica of another version sharing the Redis cache
+# (a rolling upgrade) never reads an entry it would misread. 2: a stream's entry is its SSE
+# text until first read (core/cache/entry.py), which a version-1 decoder would take for an answer.
+ENTRY_FORMAT = 2
+
+
 def cache_key(api: str, partition: str, config_version: str, request: Request) -> str:
     """The entry's name: 64 hex digits."""
-    material = _encode_sorted({"api": api, "config": config_version, "scope": partition, "request": request.canonical})
+    material = _encode_sorted({"api": api, "config": config_version, "scope": partition, "request": request.canonical,
+                               "format": ENTRY_FORMAT})
     return hashlib.sha256(material).hexdigest()
 
 

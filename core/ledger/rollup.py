@@ -39,9 +39,9 @@ def is_error(record: UsageRecord) -> bool:
 def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]], dict[RollupKey, list[float]]]:
     """The batch's totals per hour and per day (UTC) and identity: per owner (key, key_id,
     team, model, provider) and hour, then the days added up from the hours (a batch has few)."""
-    owners: dict[tuple[str | None, ...], list[Row]] = {}
+    owners: dict[tuple[str, ...], list[Row]] = {}
     for r in map(astuple, records):
-        owner = _OWNER(r)
+        owner = tuple(v or "" for v in _OWNER(r))  # (None and "" are one owner in the rollup tables)
         group = owners.get(owner)
         if group is None:
             owners[owner] = [r]
@@ -50,7 +50,7 @@ def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]
     hours: dict[RollupKey, list[float]] = {}
     for (key, key_id, team, model, provider), group in owners.items():
         for hour, part in _by_hour(group):
-            hours[(hour, key or "", key_id or "", team or "", model or "", provider or "")] = _sums(part)
+            hours[(hour, key, key_id, team, model, provider)] = _sums(part)
     days: dict[RollupKey, list[float]] = {}
     for (hour, key, key_id, team, model, provider), sums in hours.items():
         ident = (int(hour // DAY * DAY), key, key_id, team, model, provider)
