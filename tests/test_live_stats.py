@@ -9,7 +9,7 @@ def _observe(metrics: Metrics, status: int, seconds: float, tokens: int = 10, op
              error: str = "upstream_error") -> None:
     metrics.observe(operation=operation, provider="openai", model="m", response_model="m", status=status,
                     seconds=seconds, error_type="" if status == 200 else error, input_tokens=tokens,
-                    output_tokens=tokens, provider_name="up")
+                    output_tokens=tokens, provider_name="up", overhead=0.001)
 
 
 def test_each_interval_is_the_difference_of_two_readings():

@@ -272,7 +272,8 @@ def _labels(*models: str, upstream_models: tuple[str, ...] = ()) -> MetricLabels
 
 def _observe(metrics: Metrics, model: str, response_model: str = "", error_type: str = "", provider: str = "up") -> None:
     metrics.observe(operation="chat", provider="openai", model=model, response_model=response_model, status=200,
-                    seconds=0.01, error_type=error_type, input_tokens=1, output_tokens=1, provider_name=provider)
+                    seconds=0.01, error_type=error_type, input_tokens=1, output_tokens=1, provider_name=provider,
+                    overhead=0.001)
 
 
 def test_metrics_keep_configured_names_and_call_the_rest_other():
@@ -285,6 +286,7 @@ def test_metrics_keep_configured_names_and_call_the_rest_other():
              for s in samples if s.name == "gen_ai_client_token_usage_count"}
     assert usage == {("gpt-4o", "gpt-4o-2024-08-06"), (OTHER, OTHER)}
     assert {s.labels["provider"] for s in samples if s.name == "tollway_requests_total"} == {"up", OTHER}
+    assert {s.labels["provider"] for s in samples if s.name == "tollway_gateway_overhead_seconds_count"} == {"up", OTHER}
     assert {s.labels["error_type"] for s in samples if s.name.startswith("gen_ai_server_request_duration")} \
         == {"", ERROR_LABEL_FALLBACK}
 

@@ -180,8 +180,8 @@ async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store
 
 
 async def test_a_sqlite_batch_goes_in_statements_of_a_power_of_two_rows_up_to_the_limit(tmp_path):
-    """11 records with at most 3 rows a statement (an old SQLite's 999 values allow 39): 2 + 2
-    + 2 + 2 + 2 + 1, every row and every rollup sum in."""
+    """11 records with at most 3 rows a statement (an old SQLite's 999 values allow 39): 3 + 3
+    + 3 + 2, every row and every rollup sum in."""
     store = SqliteStore(str(tmp_path / "ledger.db"))
     await store.open()
     try:

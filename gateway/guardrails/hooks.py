@@ -177,6 +177,8 @@ class GuardrailSet:
     def __init__(self, specs: Sequence[Guardrail], decisions: Counter | None = None) -> None:
         self.rules = tuple(Rule(s) for s in specs)
         self.decisions = decisions
+        if any(rule.schema for rule in self.rules):  # its jsonschema and RE2 load now (~0.1 s), not
+            import tollway.core.guardrails.json_schema  # noqa: F401  # on the loop under the first schema
         # (guardrail, detector, action) -> the labelled counter's inc: prometheus-client's labels() takes
         # a lock and rebuilds its key on every call, a few µs per finding on the request path.
         self._incs: dict[tuple[str, str, str], Callable[[float], None]] = {}

@@ -20,10 +20,11 @@ cannot fail the stream (`Limiter.extend_ahead`, a claim on a budget); far from t
 all, and a stream is never decoded nor tokenized. Only when growing ahead fails (near the
 limit, or when the Redis store has no local lease to decide from) are the held chunks decoded and
 counted with tiktoken, and the chunk's exact count decides, as below. Held chunks are also
-counted once they reach PENDING_BYTES (one decode and tiktoken call per 256 KB of stream).
+counted once they reach PENDING_BYTES (one decode and tiktoken call per 64 KB of stream).
 Counts are never guessed: a worker loads a model's encoding on the counting pool when a stream
-first needs an exact count (~0.2 s once per worker; that stream waits for it), so a worker whose
-streams stay far from their limits never holds the tokenizer (~45 MB). Past `allowed` by the
+first needs an exact count (~0.2 s once per worker; that stream waits for it): near a limit, or
+past PENDING_BYTES. A worker whose streams stay short and far from their limits never holds the
+tokenizer (~45 MB). Past `allowed` by the
 exact count, each *source* of headroom that is short grows first, before the chunk goes out:
 
 - `LimitHeadroom`: the limiter's reservation (tollway.core.limits.streams.allowance), then
@@ -64,7 +65,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PENDING_BYTES", "BudgetHeadroom", "LimitHeadroom", "StreamStop", "stream_stop"]
 
-PENDING_BYTES = 256 * 1024  # chunk bytes a stream may hold uncounted: one decode and tiktoken call per that much
+# Chunk bytes a stream may hold uncounted: one decode and tiktoken call per that much (~300
+# tokens of OpenAI chunks, ~0.1 ms), and what each stream holds here at most (1,500 streams: 96 MB).
+PENDING_BYTES = 64 * 1024
 
 
 class Headroom(Protocol):
@@ -210,7 +213,7 @@ class StreamStop:
 
     async def _count_pending(self) -> None:
         if self._pending:
-            self.sent += await self._count("".join(chunk_texts(b"".join(self._pending))))
+            self.sent += await self._count("".join(chunk_texts(b"\n".join(self._pending))))  # (a chunk may lack its last \n)
             self._pending, self._bound, self._held = [], 0, 0
 
     async def _count(self, text: str) -> int:

@@ -149,7 +149,7 @@ class Metrics:
 
     def observe(self, *, operation: str, provider: str, model: str, response_model: str, status: int,
                 seconds: float, error_type: str, input_tokens: int, output_tokens: int, provider_name: str,
-                overhead: float = 0.0) -> None:
+                overhead: float) -> None:
         """Record one finished request (called after the response is sent). `operation` and
         `provider` (the OTel name) come from code; the rest is bounded here."""
         names = self._labels()
