@@ -134,6 +134,27 @@ async def test_a_fill_lock_is_given_back_only_by_its_holder(prefix):
         await b.aclose()
 
 
+async def test_a_claim_sees_an_entry_stored_since_the_read_in_the_same_round_trip(prefix):
+    """The race a fill lock alone misses: b reads (nothing), a stores and lets go, b's claim then
+    finds the lock free. claim_fresh hands b the entry with the lock, so it need not call upstream."""
+    a, b = RedisBackend(REDIS_URL, prefix), RedisBackend(REDIS_URL, prefix)
+    try:
+        assert await b.get("k3") is None  # b's read: a miss
+        assert await a.claim("k3", ttl=5) is True
+        a.fill("k3", _entry("three"), ttl=60, claimed=True)
+        await _written(a)
+        assert await b.claim_fresh("k3", ttl=5) == (True, _entry("three"))
+        b.fill("k3", None, ttl=5, claimed=True)  # what the cache does with it: the lock given back
+        await _written(b)
+        assert await a.claim_fresh("k3", ttl=5) == (True, _entry("three"))
+        assert await b.claim_fresh("k4", ttl=5) == (True, None)  # nothing stored: the lock alone
+        assert await a.claim_fresh("k4", ttl=5) == (False, None)
+        assert a.errors == b.errors == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def _written(store: RedisBackend) -> None:
     """Wait for the store's queued writes (they run off the request path)."""
     if store._pending:

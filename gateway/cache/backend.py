@@ -32,6 +32,10 @@ class CacheBackend(Protocol):
         process should fill it (always, for a store only one process sees; also when the
         store cannot say: calling upstream is the safe fallback)."""
 
+    async def claim_fresh(self, key: str, ttl: float) -> tuple[bool, Entry | None]:
+        """`claim`, and with it the entry as it is now (None: none): the lock may be free because
+        another process stored the answer and let go after the caller's read."""
+
     async def await_fill(self, key: str, wait: float) -> Entry | None:
         """The entry another process holds the fill lock for, once stored; None if its lock
         goes without one, or after `wait` seconds."""

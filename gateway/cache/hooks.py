@@ -288,7 +288,7 @@ class ResponseCache:
                 return
         else:
             state.leader = True
-            state.claimed = backend.local or await backend.claim(key, self.lock_ttl)
+            state.claimed, stored = (True, None) if backend.local else await backend.claim_fresh(key, self.lock_ttl)
             if not state.claimed:  # another replica is filling it
                 began = time.perf_counter()
                 found = await backend.await_fill(key, self.lock_ttl)
@@ -297,7 +297,7 @@ class ResponseCache:
                     self.flights.land(key, state.entry)  # (as served: a stream's entry assembled)
                     state.leader = False
                     return
-            elif not backend.local and self._hit(state, await backend.get(key), ex):
+            elif self._hit(state, stored, ex):
                 # The lock was free because the replica holding it had just stored the answer and
                 # let go (after this request's read, before its claim): served from that, lock given back.
                 backend.fill(key, None, self.lock_ttl, claimed=True)

@@ -64,14 +64,25 @@ class RedisBackend:
         return decode(value) if isinstance(value, bytes) else None
 
     async def claim(self, key: str, ttl: float) -> bool:
+        return (await self.claim_fresh(key, ttl))[0]
+
+    async def claim_fresh(self, key: str, ttl: float) -> tuple[bool, Entry | None]:
         self._token_count += 1
         token = f"{self._token_base}:{self._token_count}".encode()
-        taken = await self._call(lambda: self.client.set(self._lock(key), token, nx=True, px=int(ttl * 1000)), None)
-        if taken is None and self._down_since is not None:
-            return True  # Redis cannot say: calling upstream is the safe fallback
+
+        def lock_and_read() -> Awaitable[object]:  # one round trip: SET NX, then the entry as it is now
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self._lock(key), token, nx=True, px=int(ttl * 1000))
+            pipe.get(self._name(key))
+            return pipe.execute()
+
+        found = await self._call(lock_and_read, None)
+        if not isinstance(found, list) or len(found) != 2:
+            return self._down_since is not None, None  # Redis cannot say: calling upstream is the safe fallback
+        taken, value = found
         if taken:
             self._tokens[key] = token
-        return bool(taken)
+        return bool(taken), decode(value) if isinstance(value, bytes) else None
 
     async def await_fill(self, key: str, wait: float) -> Entry | None:
         deadline = time.monotonic() + wait
