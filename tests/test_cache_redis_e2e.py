@@ -163,7 +163,8 @@ async def _written(store: RedisBackend) -> None:
 
 async def test_a_streams_entry_is_replaced_by_its_answer_or_deleted(prefix):
     """The first read of a stream's entry assembles it: the answer takes its place for the time
-    it has left (only while the entry is there), or an incomplete stream's entry goes."""
+    it has left (only while the entry is there), or an incomplete stream's entry goes (only that
+    entry: one written since, by a no-cache refresh, stays)."""
     store = RedisBackend(REDIS_URL, prefix)
     raw = Entry("chat", b"data: [DONE]\n\n", 1.0, Usage(1, 2, 3), "m", sse=True)
     try:
@@ -174,9 +175,14 @@ async def test_a_streams_entry_is_replaced_by_its_answer_or_deleted(prefix):
         await _written(store)
         assert await store.get("k1") == _entry("answer")
         assert 0 < await store.client.pttl(f"{prefix}:k1") <= 30_000
-        store.settle("k1", raw, None, ttl=30)
+        store.settle("k1", raw, None, ttl=30)  # a stale read's verdict: the entry there now is not that stream
         await _written(store)
-        assert await store.get("k1") is None
+        assert await store.get("k1") == _entry("answer")
+        store.fill("k3", raw, ttl=60, claimed=False)
+        await _written(store)
+        store.settle("k3", raw, None, ttl=30)  # the stream proved no answer: its entry goes
+        await _written(store)
+        assert await store.get("k3") is None
         store.settle("k2", raw, _entry("late"), ttl=30)  # (gone meanwhile: not written back)
         await _written(store)
         assert await store.get("k2") is None and store.errors == 0

@@ -30,6 +30,8 @@ POLL_INTERVAL = 0.05  # s: between looks for an entry another replica is filling
 MAX_PENDING = 1024  # queued writes; past it, new ones are dropped (a cache may forget)
 # Give a fill lock back only if it is still ours: one that outlived lock_ttl may be another replica's now.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# (the same compare-and-delete drops a stream's entry that proved no answer, and only that entry:
+# a fresh one written meanwhile, by a no-cache refresh, stays)
 
 
 class RedisBackend:
@@ -108,15 +110,16 @@ class RedisBackend:
         if len(self._pending) >= MAX_PENDING or self._skipping() or (ready is not None and ttl <= 0):
             return
         value = encode(ready) if ready is not None else None
-        task = asyncio.ensure_future(self._settle(key, value, ttl))
+        task = asyncio.ensure_future(self._settle(key, value, ttl, encode(stored)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, key: str, value: bytes | None, ttl: float) -> None:
-        """The assembled answer over the stream's entry (if it is still there: XX), or the entry gone."""
+    async def _settle(self, key: str, value: bytes | None, ttl: float, stored: bytes) -> None:
+        """The assembled answer over the stream's entry (if it is still there: XX), or the entry
+        gone (if it is still that entry)."""
         name = self._name(key)
         await self._call(lambda: self.client.set(name, value, px=max(1, int(ttl * 1000)), xx=True)
-                         if value is not None else self.client.delete(name), None)
+                         if value is not None else self.client.eval(_RELEASE, 1, name, stored), None)
 
     async def _fill(self, key: str, value: bytes | None, ttl: float, token: bytes | None) -> None:
         pipe = self.client.pipeline(transaction=False)
