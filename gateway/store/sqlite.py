@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
@@ -90,20 +88,6 @@ _NO_TEXT, _NO_NUMBER = 0, bytearray()
 _NUMBERS = ("cost_usd", "ttft_ms")  # the nullable columns that are not text
 
 
-# The writer thread's nice value. It shares the worker's core with the event loop: at normal
-# priority a batch's SQLite work can keep a request that just arrived off the CPU for a whole
-# time slice (~3 ms: the single-connection p99 with the ledger on). Lower, the loop preempts it
-# on wake-up; not the lowest, so under saturation it still gets the few % of CPU it needs.
-WRITER_NICE = 5
-
-
-def _background_priority() -> None:
-    try:  # (Linux: a thread id is a process id to setpriority; elsewhere, or not allowed: as it is)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
-    except (AttributeError, OSError):
-        pass
-
-
 def _row_sql(fields: Sequence[str]) -> str:
     """A row's placeholders for these columns, each nullable one through its NULLIF."""
     return "(" + ", ".join("NULLIF(?, x'')" if f in _NUMBERS else "NULLIF(?, 0)" if f in NULLABLE or f == "tags"
@@ -147,8 +131,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite",
-                                          initializer=_background_priority)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite")
         # Reports read on a connection and thread of their own: a long report must not hold up
         # the writer (WAL lets a reader and a writer work at once).
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite-read")
