@@ -434,15 +434,9 @@ cdef Py_ssize_t _line_bound_fast(const char* b, Py_ssize_t i, Py_ssize_t n):
         if quotes[k] == value_at:
             total += e - s
         value_at = -1
-        j = e + 1
-        while j < n and (b[j] == SPACE or b[j] == TAB or b[j] == CR):
-            j += 1
-        if j < n and b[j] == COLON:
-            j += 1
-            while j < n and (b[j] == SPACE or b[j] == TAB or b[j] == CR):
-                j += 1
-            if _text_key(b + s, e - s):
-                value_at = j
+        j = _after_colon(b, e + 1, n)
+        if j >= 0 and _text_key(b + s, e - s):
+            value_at = j
         k += 2
     return total
 
@@ -487,16 +481,25 @@ cdef Py_ssize_t _line_bound(const char* b, Py_ssize_t i, Py_ssize_t n):
         value_at = -1
         if e >= n or b[e] != QUOTE:  # unterminated: the line is not JSON, nothing more to find
             break
-        i = e + 1
-        while i < n and (b[i] == SPACE or b[i] == TAB or b[i] == CR):
-            i += 1
-        if i < n and b[i] == COLON:
-            i += 1
-            while i < n and (b[i] == SPACE or b[i] == TAB or b[i] == CR):
-                i += 1
-            if _text_key(b + s, e - s) or memchr(b + s, BACKSLASH, e - s) != NULL:  # (an escape could spell one)
-                value_at = i
+        i = _after_colon(b, e + 1, n)
+        if i < 0:  # not a key: go on after the string
+            i = e + 1
+        elif _text_key(b + s, e - s) or memchr(b + s, BACKSLASH, e - s) != NULL:  # (an escape could spell one)
+            value_at = i
     return total
+
+
+cdef inline Py_ssize_t _after_colon(const char* b, Py_ssize_t j, Py_ssize_t n):
+    """Where the value starts if a colon follows position `j` (whitespace around it skipped): the
+    string before `j` was a key. Else -1."""
+    while j < n and (b[j] == SPACE or b[j] == TAB or b[j] == CR):
+        j += 1
+    if j >= n or b[j] != COLON:
+        return -1
+    j += 1
+    while j < n and (b[j] == SPACE or b[j] == TAB or b[j] == CR):
+        j += 1
+    return j
 
 
 def text_bound(chunk):
