@@ -245,8 +245,7 @@ class Limiter:
                 tokens, demand, decided = need, streams.extension(need, grow.rate), again
         if not decided[0]:
             raise self._stopped(grow.plan, limits.amounts(grow.plan, demand), decided[1], lease.model)
-        extra = lease.extra
-        lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])
+        _took(lease, demand)
         return tokens
 
     def extend_ahead(self, lease: Lease, grow: Growing, tokens: float) -> bool:
@@ -258,8 +257,7 @@ class Limiter:
         decided = self.store.decide(grow.bound, demand)
         if decided is None or not decided[0]:
             return False
-        extra = lease.extra
-        lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])
+        _took(lease, demand)
         return True
 
     def _stopped(self, plan: Plan, amounts: tuple[float, ...], levels: tuple[float, ...], model: str) -> GatewayError:
@@ -346,3 +344,9 @@ def _new_store(config: Config, metrics: Metrics) -> BucketStore:
     from tollway.gateway.limits.memory import MemoryBuckets
 
     return MemoryBuckets()
+
+
+def _took(lease: Lease, demand: tuple[float, ...]) -> None:
+    """An extension taken: part of the lease's reservation, given back or charged at the settle."""
+    extra = lease.extra
+    lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])
