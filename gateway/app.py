@@ -26,6 +26,7 @@ from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.guardrails import GuardrailSet
 from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
+from tollway.gateway.lifecycle.heap import Heap
 from tollway.gateway.lifecycle.reload import ConfigWatcher, Signature, catch_early_hangups, signature, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
 from tollway.gateway.pipeline import Pipeline
@@ -79,6 +80,7 @@ class Gateway:
         self.in_flight = self.watchdog.in_flight
         self.watcher: ConfigWatcher | None = None
         self.config_signature: Signature | None = None  # the config file's when it was read (create_app)
+        self.heap: Heap | None = None  # a granian worker's (create_app): frozen once built, see lifecycle.heap
         # Closes of what a reload replaced (old pools, store, exporter). The loop holds tasks only
         # weakly, so they live here until done; one attribute each would drop a still-running one.
         self.background: set[asyncio.Task[Any]] = set()
@@ -183,10 +185,14 @@ class Gateway:
             self.watcher.install(loop)
         install_readiness_signal(loop, self)
         self.watchdog.start(loop)
+        if self.heap is not None:  # last: all that was built for serving is in the frozen heap
+            self.heap.settle()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
         self.watchdog.close()
+        if self.heap is not None:
+            self.heap.close()
         if self.tracer is not None:  # the drained requests' spans, within a short deadline
             loop.run_until_complete(self.tracer.exporter.close(_TRACE_FLUSH_SECONDS))
         if self.watcher is not None:
@@ -248,6 +254,8 @@ class Gateway:
         if retrace:
             self._swap_tracer(tracer, loop)
         old, self.runtime = self.runtime, runtime
+        if self.heap is not None:  # the old runtime's cycles must be collectable when its last request ends
+            self.heap.retire(old, loop)
         if old.file_config is not runtime.file_config:
             self._new_actions()
         self.runtime.start(loop)
@@ -433,6 +441,7 @@ def create_app() -> Gateway:
     seen = signature(path)  # before reading: a change from here on is reloaded once the watcher runs
     gateway = Gateway(config_mod.load(path), path)
     gateway.config_signature = seen
+    gateway.heap = Heap()
     return gateway
 
 
