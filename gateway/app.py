@@ -16,9 +16,10 @@ from granian.rsgi import HTTPProtocol, Scope
 
 from tollway.core import config as config_mod
 from tollway.core import errors
+from tollway.core.accounting import pricing
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
-from tollway.gateway import token_count
+from tollway.gateway import price_source, token_count
 from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.cache import ResponseCache
 from tollway.gateway.console import Console
@@ -442,6 +443,7 @@ def create_app() -> Gateway:
     gateway = Gateway(config_mod.load(path), path)
     gateway.config_signature = seen
     gateway.heap = Heap()
+    pricing.use_table(price_source.load)  # a worker: without the ~11 MB the dataset's package costs
     return gateway
 
 

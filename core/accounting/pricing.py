@@ -5,7 +5,9 @@ A model's price comes from its `price:` in the config, else from the price datas
 package, read locally. Nothing here fetches prices over the network, and nothing calls the
 package's updater, so a gateway prices the same offline as online; a newer dataset arrives with
 a newer package. A model neither knows has no price (`None`): its usage is unpriced, not free.
-(Importing the package imports its updater's HTTP client and asyncio too; they are never used.)
+The dataset is read as a compact table (tollway.core.accounting.price_table): a worker gets it
+built in another process (`use_table`, tollway.gateway.price_source), since importing the
+package costs ~11 MB; anywhere else it is built here at the first lookup.
 
 Token semantics are OpenAI's: `prompt_tokens` includes cached and cache-write tokens, and
 `completion_tokens` includes reasoning tokens, so each part is billed exactly once, at its
@@ -14,17 +16,14 @@ own class's rate: fresh input, cached input, cache write, visible output, reason
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import date
-from decimal import Decimal
-from typing import TYPE_CHECKING
 
 import msgspec
 
+from tollway.core.accounting.price_export import from_dataset
+from tollway.core.accounting.price_table import PriceTable, Rates, rates_on
 from tollway.ext.usage import Usage
-
-if TYPE_CHECKING:  # imported at first lookup, not with this module: loading the dataset takes ~0.1 s
-    from genai_prices.data_snapshot import DataSnapshot
-    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 PER_TOKEN = 1e-6  # prices are per million tokens
 
@@ -141,13 +140,11 @@ def dataset_price(model: str, provider: str | None = None, today: date | None = 
     names = _names(model)
     attempts = [(ref, p) for ref, vendor in names for p in (hint, vendor, None)]  # None: the dataset guesses
     attempts += [(ref, p) for ref, _ in names for p in _LAST_RESORT_PROVIDERS]
-    snapshot = _snapshot()
+    table = _table()
     for ref, provider_id in dict.fromkeys(attempts):
-        try:
-            _, info = snapshot.find_provider_model(ref, None, provider_id, None)
-        except LookupError:
-            continue
-        return _price_of(info, today)
+        found = table.find(ref, provider_id)
+        if found is not None:
+            return _price_of(rates_on(found, today))
     return None
 
 
@@ -169,41 +166,24 @@ def _names(model: str) -> list[tuple[str, str | None]]:
     return names
 
 
+_load: Callable[[], PriceTable] = from_dataset
+
+
+def use_table(load: Callable[[], PriceTable]) -> None:
+    """Get the dataset's table from `load` from now on (a worker: built in another process)."""
+    global _load
+    _load = load
+    _table.cache_clear()
+    dataset_price.cache_clear()
+
+
 @functools.cache
-def _snapshot() -> DataSnapshot:
-    """The dataset shipped with the package: its own snapshot, not the package's current one,
-    which its updater (if anything in the process started it) replaces with fetched data."""
-    from genai_prices.data import providers
-    from genai_prices.data_snapshot import DataSnapshot
-
-    return DataSnapshot(providers=providers, from_auto_update=False)
+def _table() -> PriceTable:
+    return _load()
 
 
-def _price_of(info: ModelInfo, today: date | None) -> Price | None:
-    prices = _prices_on(info, today)
-    inp, out = _rate(prices.input_mtok), _rate(prices.output_mtok)
-    if inp is None and out is None:
+def _price_of(rates: Rates) -> Price | None:
+    if rates.input is None and rates.output is None:
         return None  # priced per request, per second or per image: not per token
-    return Price(input=inp or 0.0, output=out or 0.0, cached_input=_rate(prices.cache_read_mtok),
-                 cache_write=_rate(prices.cache_write_mtok), reasoning=_rate(prices.output_reasoning_mtok))
-
-
-def _prices_on(info: ModelInfo, today: date | None) -> ModelPrice:
-    """The model's prices on `today`: the last listed price whose start date has come (a
-    time-of-day constraint counts as met: the full price is never an off-peak discount)."""
-    from genai_prices.types import ModelPrice, StartDateConstraint
-
-    if isinstance(info.prices, ModelPrice):
-        return info.prices
-    for conditional in reversed(info.prices):
-        c = conditional.constraint
-        if not isinstance(c, StartDateConstraint) or today is None or c.start_date <= today:
-            return conditional.prices
-    return info.prices[0].prices
-
-
-def _rate(value: Decimal | TieredPrices | None) -> float | None:
-    """USD per million tokens: a tiered price's base tier."""
-    if value is None:
-        return None
-    return float(value) if isinstance(value, Decimal) else float(value.base)
+    return Price(input=rates.input or 0.0, output=rates.output or 0.0, cached_input=rates.cached_input,
+                 cache_write=rates.cache_write, reasoning=rates.reasoning)
