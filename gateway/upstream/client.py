@@ -23,8 +23,6 @@ connection goes back to its pool (LIFO: the warmest connection is reused first; 
 on its next use: if it dies before a single response byte arrives, the request is replayed once
 on a fresh connection. That is the keep-alive race every HTTP client retries (the upstream
 closed an idle connection just as we reused it), not a general retry policy.
-
-Exception messages name the upstream host:port and what went wrong, never a header value.
 """
 from __future__ import annotations
 
@@ -41,6 +39,14 @@ import httptools
 
 from tollway.core.config import Timeouts
 from tollway.gateway.upstream.egress import ProxyRoute, ProxyRules, open_tunnel
+from tollway.gateway.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    _NoResponse,
+)
 
 _MAX_HEAD_BYTES = 64 * 1024  # status line + headers (plus at most one socket read)
 _HIGH_WATER = 256 * 1024  # unread body bytes before we stop reading the socket
@@ -53,42 +59,6 @@ _MAX_CACHED_HEADS = 1024
 # lower-cases only names of these lengths.
 _FRAMING_NAME_LENGTHS = (14, 16, 17)
 _IDENTITY = (b"", b"identity")
-
-
-class UpstreamError(Exception):
-    """Base of every failure talking to an upstream."""
-
-    waited = 0.0  # seconds the failed attempt waited for the upstream (set where known)
-
-
-class UpstreamConnectError(UpstreamError):
-    """No usable response: DNS, refused, TLS or proxy failure, or the connection broke or sent
-    garbage before the response headers were complete (a 502 for the client)."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """A timeout expired; `phase` is "connect", "first_byte", "idle" or "total" (a 504 for the
-    client)."""
-
-    def __init__(self, phase: str, origin: str) -> None:
-        super().__init__(f"upstream {origin}: no progress within the {phase} timeout")
-        self.phase = phase
-
-
-class UpstreamDisconnected(UpstreamError):
-    """The connection broke, or the body was malformed, after the response headers arrived."""
-
-
-class UpstreamTooLarge(UpstreamError):
-    """The body is larger than the reader's limit; the connection was dropped unread."""
-
-    def __init__(self, limit: int, origin: str) -> None:
-        super().__init__(f"upstream {origin}: body larger than {limit} bytes")
-        self.limit = limit
-
-
-class _NoResponse(UpstreamConnectError):
-    """Closed before a single response byte: on a reused connection, the keep-alive race."""
 
 
 class _WriteBatch:
