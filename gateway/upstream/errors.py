@@ -39,4 +39,4 @@ class UpstreamTooLarge(UpstreamError):
 
 class _NoResponse(UpstreamConnectError):
     """Closed before a single response byte: on a reused connection, the keep-alive race.
-    Raised by the connection, caught by the client (client.py) to replay once."""
+    Raised by the connection (connection.py), caught by the client (client.py) to replay once."""
