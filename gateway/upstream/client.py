@@ -31,7 +31,6 @@ import asyncio
 import os
 import ssl
 from time import perf_counter
-from typing import Any
 
 from tollway.core.config import Timeouts
 from tollway.gateway.upstream.connection import _Connection
@@ -63,6 +62,8 @@ __all__ = [
 
 _MAX_CACHED_ORIGINS = 1024
 _MAX_CACHED_HEADS = 1024
+# A prepared head's cache key: the method, the URL, then each (name, value) header pair.
+_HeadKey = tuple[str | tuple[str, str], ...]
 
 
 def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -85,7 +86,7 @@ class UpstreamClient:
         self._tls: ssl.SSLContext | None = None  # built on first https use: it costs ~ms
         self._proxies = ProxyRules.from_environ()
         self._origins: dict[str, _Origin] = {}
-        self._heads: dict[tuple[Any, ...], _Head] = {}
+        self._heads: dict[_HeadKey, _Head] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._writes: _WriteBatch | None = None  # made on first use: it belongs to the running loop
         self._clock: _WaitClock | None = None  # likewise
@@ -166,7 +167,7 @@ class UpstreamClient:
         return UpstreamResponse(self, conn, origin.key, timeouts.idle)
 
     def _head(self, method: str, url: str, headers: list[tuple[str, str]]) -> _Head:
-        key = (method, url, *headers)
+        key: _HeadKey = (method, url, *headers)
         head = self._heads.get(key)
         if head is None:
             if len(self._heads) >= _MAX_CACHED_HEADS:  # per-request headers (signatures) churn it

@@ -7,7 +7,7 @@ header for CR/LF again; only Content-Length and the per-request header lines are
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from collections.abc import Callable
 
 from tollway.gateway.upstream.egress import ProxyRoute, ProxyRules
 
@@ -94,7 +94,7 @@ class _Head:
 
     __slots__ = ("origin", "prefix", "with_length")
 
-    def __init__(self, method: str, url: str, headers: list[tuple[str, str]], origins: Any) -> None:
+    def __init__(self, method: str, url: str, headers: list[tuple[str, str]], origins: Callable[[str], _Origin]) -> None:
         origin_url, target = split_url(url)
         self.origin: _Origin = origins(origin_url)
         self.prefix = _request_head(method, target, self.origin, headers)

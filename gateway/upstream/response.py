@@ -5,7 +5,7 @@ the connection back to the pool it came from (client.py); otherwise it drops it.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from tollway.gateway.upstream.connection import _Connection
 from tollway.gateway.upstream.errors import UpstreamTooLarge
@@ -139,5 +139,5 @@ class UpstreamResponse:
     async def __aenter__(self) -> UpstreamResponse:
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
