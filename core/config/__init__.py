@@ -19,7 +19,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import yaml
@@ -27,12 +27,32 @@ import yaml
 from tollway.core.accounting.pricing import Price, dataset_price
 from tollway.core.cache import settings as cache_settings
 from tollway.core.cache.settings import CachePolicy, CacheStore
+from tollway.core.config.access import Admin, Budget, Key, Limit, RateLimits, ScopedAdmin, Team
+from tollway.core.config.plugins import Guardrail, Plugin, PluginScope
+from tollway.core.config.providers import PICK_POLICIES, SCHEMAS, Discover, Provider, Scrape, Timeouts
+from tollway.core.config.root import Config
+from tollway.core.config.routing import Model, OutlierDetection, Retry, Routing, Target
+from tollway.core.config.server import MetricsAuth, Server
+from tollway.core.config.store import Ledger, Store
+from tollway.core.config.telemetry import Telemetry, Traces
 from tollway.core.guardrails.settings import problems as guardrail_problems
 from tollway.core.limits.policy import measure_of, window_seconds
 from tollway.core.struct_decode import Decoded, Path, decode
 from tollway.core.suggest import did_you_mean
 
-SCHEMAS = ("openai", "azure_openai", "fake", "anthropic", "bedrock", "vertex", "gemini", "cohere")
+__all__ = [
+    # the shape, by section (each in its own module: providers.py, routing.py, access.py, store.py,
+    # server.py, telemetry.py, plugins.py; root.py for the top level)
+    "SCHEMAS", "PICK_POLICIES", "Timeouts", "Scrape", "Discover", "Provider",
+    "Target", "Model", "Retry", "OutlierDetection", "Routing", "Price", "CachePolicy",
+    "Limit", "Budget", "Key", "Team", "Admin", "ScopedAdmin", "RateLimits",
+    "Store", "Ledger", "MetricsAuth", "Server", "Traces", "Telemetry",
+    "PluginScope", "Plugin", "Guardrail", "CacheStore", "Config",
+    # loading and its errors
+    "ConfigError", "Checked", "load", "loads", "check", "check_file",
+    # the checks types cannot make
+    "Fail", "validate", "problems", "warnings", "limit_problems", "SCHEMA_REQUIRES", "CREDENTIAL_FIELDS",
+]
 
 
 class ConfigError(ValueError):
@@ -42,271 +62,6 @@ class ConfigError(ValueError):
         self.path, self.problem, self.line = path, problem, line
         where = f" (line {line})" if line else ""
         super().__init__(f"{path}: {problem}{where}" if path else f"{problem}{where}")
-
-
-class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    connect: float = 5.0
-    first_byte: float = 300.0
-    idle: float = 120.0
-    # The whole exchange, connect to last byte: a trickling upstream cannot hold a stream (and
-    # its client's slot) forever. null lifts the bound.
-    total: float | None = 600.0
-
-
-class Scrape(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How a pool reads its endpoints' Prometheus metrics (vLLM names)."""
-
-    interval: float = 1.0  # seconds between scrapes of one endpoint
-    timeout: float = 0.5  # an endpoint slower than this counts as a failed scrape
-    path: str = "/metrics"  # on the endpoint's origin (scheme://host:port)
-
-
-class Discover(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A pool's endpoints from DNS: every address of `dns` (a headless Service) is one endpoint."""
-
-    dns: str
-    port: int
-    path: str = "/v1"
-    scheme: Literal["http", "https"] = "http"
-    interval: float = 10.0  # seconds between lookups
-
-
-PICK_POLICIES = ("least_queue", "least_inflight", "round_robin")
-
-
-class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    schema: str
-    base_url: str | None = None
-    api_key: str | None = None
-    api_version: str | None = None  # azure_openai: the `api-version` query value
-    timeouts: Timeouts = Timeouts()
-    # Later schemas (bedrock, vertex, pools) read these; unused ones stay None.
-    region: str | None = None
-    project: str | None = None
-    location: str | None = None
-    credentials: dict[str, str] | None = None
-    endpoints: list[str] | None = None  # a pool: one base URL per replica, instead of base_url
-    discover: Discover | None = None  # ... or a pool found by DNS
-    pick: str | None = None  # pool policy, one of PICK_POLICIES (default least_queue)
-    scrape: Scrape = Scrape()
-    headers: dict[str, str] | None = None
-    # fake: how long to wait between streamed chunks, and how many chunks to send.
-    fake_chunk_delay: float = 0.0
-    fake_chunks: int = 8
-
-
-class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    provider: str
-    model: str | None = None  # upstream model name; defaults to the public name
-    weight: float = 1.0
-    priority: int = 0
-
-
-class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    requests: float | None = None
-    input_tokens: float | None = None
-    output_tokens: float | None = None
-    total_tokens: float | None = None
-    cost_usd: float | None = None
-    concurrent: int | None = None
-    per: str | None = None
-    model: str | None = None  # on a key or team: count this limit per (owner, model), for that model only
-
-
-class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    targets: list[Target]
-    price: Price | None = None
-    limits: list[Limit] = []
-    match: str | None = None  # a regex of public names this entry also serves
-    cache: CachePolicy | None = None  # its answers are cached (docs/cache.md)
-
-
-class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A calendar budget (UTC): past `usd` spent this period, requests get 429 insufficient_quota
-    until the next one. Distinct from a `cost_usd` rate limit, which refills continuously."""
-
-    usd: float
-    period: Literal["day", "week", "month"] = "month"
-
-
-class Key(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    key_hash: str
-    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    team: str | None = None
-    limits: list[Limit] = []
-    budget: Budget | None = None
-    cache: CachePolicy | None = None  # its requests are cached (or, enabled: false, never) (docs/cache.md)
-
-
-class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    limits: list[Limit] = []
-    budget: Budget | None = None
-    models: list[str] = msgspec.field(default_factory=lambda: ["*"])  # what its keys may use, at most
-    cache: CachePolicy | None = None  # its keys' requests are cached, unless a key says otherwise (docs/cache.md)
-
-
-class Store(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Persisted state: the usage ledger (and, next, runtime keys and the audit trail)."""
-
-    backend: Literal["sqlite", "postgres"] = "sqlite"
-    path: str = "tollway.db"  # sqlite; relative to the config file
-    url: str | None = None  # postgres, e.g. postgresql://postgres@127.0.0.1:5432/tollway
-
-
-class Ledger(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    enabled: bool = True  # with a store configured
-    retention_days: int = 90  # raw records; the hourly and daily rollups are kept
-    buffer_records: int = 100_000  # records waiting for the database; past it they are dropped and counted
-    batch_records: int = 200  # records per database write: a batch is CPU the request path waits for, keep it short
-    flush_interval: float = 0.5  # seconds a record may wait for a batch to fill
-
-
-class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    key_hash: str
-
-
-class ScopedAdmin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An administrator beside `admin:` (the owner): a team admin manages its team's keys and
-    reads its spend; a viewer reads everything but secrets and changes nothing."""
-
-    name: str
-    key_hash: str
-    role: Literal["team_admin", "viewer"]
-    team: str | None = None  # team_admin: the one team it manages
-
-
-class MetricsAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """`/metrics` answers only to `Authorization: Bearer <credential>` whose hash this is."""
-
-    key_hash: str
-
-
-class RateLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    backend: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    on_store_error: Literal["open", "closed"] = "open"
-    default_max_tokens: int = 4096  # output tokens reserved when a request sets no max_tokens
-    key_prefix: str = "tollway"  # redis: every key is `{<prefix>}:...` (one hash tag, see docs/limits.md)
-    # Stop a stream, with an error event, before its output takes a token or cost limit or a
-    # budget past its bound (docs/limits.md, "Streams"); false: streams are charged when they end.
-    enforce_streams: bool = True
-
-
-class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Attempts before the first byte reaches the client; see tollway.core.routing.retry."""
-
-    attempts: int = 3  # upstream attempts per request, fallbacks included
-    backoff_base: float = 0.1  # seconds; the jittered wait before re-trying a target doubles from here
-    backoff_max: float = 2.0
-    max_retry_after: float = 10.0  # honour an upstream's retry-after up to this many seconds
-    deadline: float = 30.0  # no new attempt starts this many seconds after the request arrived
-
-
-class OutlierDetection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Passive health: eject a target or endpoint that keeps failing; see tollway.core.routing.health."""
-
-    consecutive_failures: int = 5
-    cool_down: float = 10.0  # seconds out on the first ejection; doubles on each repeat
-    max_cool_down: float = 300.0
-
-
-class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    retry: Retry = Retry()
-    outlier_detection: OutlierDetection = OutlierDetection()
-
-
-class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_json_depth: int = 128
-    access_log: bool = True
-    key_pepper: str | None = None  # HMAC pepper for key hashes; see tollway.core.security.keys
-    reload_check_interval: float = 2.0  # seconds between config file checks (0: only SIGHUP)
-    drain_delay: float = 0.0  # on SIGTERM, seconds /readyz says 503 before the listener closes
-    drain_timeout: float = 30.0  # then, seconds in-flight requests may take to finish
-    # Hostile-peer bounds (docs/limits.md, "What the gateway refuses to hold"):
-    body_read_timeout: float = 60.0  # seconds a client may take to upload its request body
-    max_upstream_body_bytes: int = 64 * 1024 * 1024  # past it: 502 upstream_too_large
-    client_idle_timeout: float = 60.0  # seconds a streaming client may read nothing before it is dropped
-    max_count_tokens_bytes: int = 2 * 1024 * 1024  # count_tokens bodies larger than this: 413
-    # multipart uploads (image edits, audio) larger than this: 413; OpenAI takes audio files up to 25 MB
-    max_upload_bytes: int = 32 * 1024 * 1024
-    metrics_auth: MetricsAuth | None = None  # absent: /metrics is open, as before
-    admin_requests_per_minute: int = 600  # per admin credential, every /admin/* request
-    console: bool = True  # the operator console at /ui (docs/console.md); false: /ui is an unknown path
-
-
-class Traces(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """OpenTelemetry traces exported as OTLP/HTTP JSON; see tollway.gateway.telemetry.tracing and docs/observability.md."""
-
-    endpoint: str  # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces
-    service_name: str = "tollway"
-    sample_ratio: float = 1.0  # of new traces; an incoming traceparent's sampled flag is honoured
-    headers: dict[str, str] = {}  # sent to the collector (auth); never logged
-    export_interval: float = 1.0  # seconds between batches
-    max_queue: int = 2048  # spans held for export; more are dropped and counted
-
-
-class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    traces: Traces | None = None  # absent: tracing is off
-
-
-class PluginScope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Which requests a plugin sees; an empty list does not narrow (docs/plugins.md)."""
-    keys: list[str] = []  # key names
-    teams: list[str] = []
-    models: list[str] = []  # public model names (the configured model that serves the request)
-
-
-class Plugin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A plugin (docs/plugins.md): `module: "package.module:factory"`, or, without `module`, the
-    entry point named `name` in the `tollway.plugins` group. The factory gets `config`."""
-    name: str
-    module: str | None = None
-    config: dict[str, Any] = {}
-    timeout_ms: float = 50.0  # each call of a stage
-    on_error: Literal["open", "closed"] = "open"  # a timeout or exception: skip it, or fail the request (503)
-    scope: PluginScope | None = None  # absent: every request
-
-
-class Guardrail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A built-in guardrail (docs/guardrails.md): `pii` runs the offline detectors
-    (tollway.core.guardrails), `regex` refuses or masks what its `deny` patterns match,
-    `json_schema` checks an answer against the request's `response_format` JSON Schema."""
-    name: str
-    type: Literal["pii", "regex", "json_schema"]
-    action: Literal["block", "mask", "log"]
-    detectors: list[str] | None = None  # pii: absent means every detector
-    deny: list[str] = []  # regex: Python regexes
-    apply_to: list[Literal["input", "output"]] | None = None  # absent: both (json_schema: output, its only one)
-    scope: PluginScope | None = None  # absent: every request
-
-    @property
-    def applies_to(self) -> tuple[str, ...]:
-        if self.apply_to is not None:
-            return tuple(self.apply_to)
-        return ("output",) if self.type == "json_schema" else ("input", "output")
-
-
-class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    providers: list[Provider] = []
-    models: list[Model] = []
-    keys: list[Key] = []
-    teams: list[Team] = []
-    admin: Admin | None = None
-    admins: list[ScopedAdmin] = []
-    rate_limits: RateLimits = RateLimits()
-    server: Server = Server()
-    routing: Routing = Routing()
-    telemetry: Telemetry = Telemetry()
-    store: Store | None = None  # absent: no ledger, no persisted state
-    ledger: Ledger = Ledger()
-    plugins: list[Plugin] = []  # run in this order (docs/plugins.md)
-    guardrails: list[Guardrail] = []  # run in this order, before the plugins (docs/guardrails.md)
-    cache: CacheStore | None = None  # absent: no response cache (docs/cache.md)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
