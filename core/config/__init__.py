@@ -30,6 +30,7 @@ from tollway.core.cache.settings import CachePolicy, CacheStore
 from tollway.core.config.access import Admin, Budget, Key, Limit, RateLimits, ScopedAdmin, Team
 from tollway.core.config.plugins import Guardrail, Plugin, PluginScope
 from tollway.core.config.providers import PICK_POLICIES, SCHEMAS, Discover, Provider, Scrape, Timeouts
+from tollway.core.config.report import ConfigError, error_at
 from tollway.core.config.root import Config
 from tollway.core.config.routing import Model, OutlierDetection, Retry, Routing, Target
 from tollway.core.config.server import MetricsAuth, Server
@@ -53,15 +54,6 @@ __all__ = [
     # the checks types cannot make
     "Fail", "validate", "problems", "warnings", "limit_problems", "SCHEMA_REQUIRES", "CREDENTIAL_FIELDS",
 ]
-
-
-class ConfigError(ValueError):
-    """A config that cannot be served; `str()` is `path: problem (line N)`."""
-
-    def __init__(self, path: str, problem: str, line: int | None = None) -> None:
-        self.path, self.problem, self.line = path, problem, line
-        where = f" (line {line})" if line else ""
-        super().__init__(f"{path}: {problem}{where}" if path else f"{problem}{where}")
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -120,7 +112,7 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
         return Checked(None, [ConfigError("", "the config file is empty")], [])
     unset: list[tuple[Path, str]] = []
     data = _to_data(root, [], env, unset)
-    env_errors = [_error(where, f"environment variable {name} is not set", root) for where, name in unset]
+    env_errors = [error_at(where, f"environment variable {name} is not set", root) for where, name in unset]
     unknown = [where for where, _ in unset]  # values still holding a literal ${VAR}
     config: Config | None = None
     decoded = decode(data, Config)
@@ -131,8 +123,8 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
         found = [(where, problem) for where, problem in problems(config) if not _under_any(where, unknown)]
     else:
         found = _env_aware(found, unknown, allow_missing_env) + _problems_of_the_rest(decoded, unknown)
-    errors = [_error(where, problem, root) for where, problem in found]
-    warned = [_error(where, problem, root) for where, problem in warnings(config)] \
+    errors = [error_at(where, problem, root) for where, problem in found]
+    warned = [error_at(where, problem, root) for where, problem in warnings(config)] \
         if with_warnings and config is not None and not errors else []
     if allow_missing_env:
         return Checked(config if not errors else None, errors, env_errors, warned)
@@ -202,67 +194,6 @@ def _scalar(node: yaml.Node) -> Any:
     return _scalar_loader.construct_object(node, deep=True)
 
 
-def _error(where: Sequence[str | int], problem: str, root: yaml.Node | None) -> ConfigError:
-    """A problem at a path of keys and indexes, as the user reads it: `models.gpt-4o[0].provider`, line."""
-    if root is None:
-        return ConfigError(".".join(map(str, where)), problem)
-    return ConfigError(_pretty_path(where, root), problem, _line_of(where, root))
-
-
-# -- paths and lines -----------------------------------------------------------------------
-
-def _walk(parts: Sequence[str | int], root: yaml.Node) -> yaml.Node | None:
-    node: yaml.Node | None = root
-    for part in parts:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            parent = node
-            node = next((v for k, v in node.value if k.value == part), None)
-            if node is None:  # an absent field: point at its parent
-                return parent
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return node
-    return node
-
-
-def _line_of(parts: Sequence[str | int], root: yaml.Node) -> int | None:
-    node = _walk(parts, root)
-    return node.start_mark.line + 1 if node is not None else None
-
-
-def _pretty_path(parts: Sequence[str | int], root: yaml.Node) -> str:
-    """`models[0].targets[1].provider` reads better as `models.gpt-4o[1].provider`."""
-    out = ""
-    for i, part in enumerate(parts):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif out.endswith("]") and part == "targets" and i >= 2 and parts[i - 2] == "models":
-            pass  # folded into the model's name below
-        else:
-            out += f".{part}" if out else part
-    return _name_models(out, parts, root)
-
-
-def _name_models(out: str, parts: Sequence[str | int], root: yaml.Node) -> str:
-    for section in ("models", "providers", "keys", "teams"):
-        if len(parts) >= 2 and parts[0] == section and isinstance(parts[1], int):
-            item = _walk(parts[:2], root)
-            name = _mapping_get(item, "name")
-            if name:
-                rest = out[len(f"{section}[{parts[1]}]"):]
-                return f"{section}.{name}{rest}"
-    return out
-
-
-def _mapping_get(node: yaml.Node | None, key: str) -> str | None:
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            if k.value == key and isinstance(v, yaml.ScalarNode):
-                return str(v.value)
-    return None
-
-
 # -- semantic validation ---------------------------------------------------------------
 
 # Records a problem at a config path (keys and list indexes). Validation goes on after it, so
@@ -275,7 +206,7 @@ def validate(config: Config, root: yaml.Node | None = None) -> None:
     """Check what types cannot. Raises ConfigError for the first problem found."""
     found = problems(config)
     if found:
-        raise _error(*found[0], root)
+        raise error_at(*found[0], root)
 
 
 def problems(config: Config) -> list[tuple[Path, str]]:
