@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import yaml
 
@@ -15,7 +14,7 @@ from tollway.core.struct_decode import Path
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def to_data(node: yaml.Node, where: Path, env: Mapping[str, str], unset: list[tuple[Path, str]]) -> Any:
+def to_data(node: yaml.Node, where: Path, env: Mapping[str, str], unset: list[tuple[Path, str]]) -> object:
     """YAML node tree -> plain data, substituting ${VARS} in scalars. A variable that is not set
     is left as its literal `${NAME}` and listed in `unset`, with the path of the value."""
     if isinstance(node, yaml.MappingNode):
@@ -38,5 +37,6 @@ def to_data(node: yaml.Node, where: Path, env: Mapping[str, str], unset: list[tu
 _scalar_loader = yaml.SafeLoader("")
 
 
-def _scalar(node: yaml.Node) -> Any:
+def _scalar(node: yaml.Node) -> object:
+    """A scalar as YAML's safe loader types it (str, int, float, bool, None, a date...)."""
     return _scalar_loader.construct_object(node, deep=True)
