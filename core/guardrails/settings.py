@@ -1,5 +1,5 @@
-"""The `guardrails:` section's checks that types cannot make (core/config.py runs them with the
-rest, so `tollway check` lists every problem at its path): each type's own fields, valid
+"""The `guardrails:` section's checks that types cannot make (core/config/semantics.py runs them
+with the rest, so `tollway check` lists every problem at its path): each type's own fields, valid
 detectors and patterns, what `apply_to` and `action` may say. Names are checked for uniqueness
 with the config's other sections."""
 from __future__ import annotations

@@ -49,7 +49,7 @@ from tollway.core.errors import GatewayError, budget_exceeded, rate_limited
 from tollway.ext.ratelimit import HeaderSpec, go_duration
 from tollway.ext.usage import Usage
 
-if TYPE_CHECKING:  # tollway.core.config imports this module to validate limits
+if TYPE_CHECKING:  # tollway.core.config (check_limits.py) imports this module to validate limits
     from tollway.core.config import Config, Key, Limit
     from tollway.core.request import RequestHead
 
