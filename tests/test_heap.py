@@ -1,5 +1,6 @@
-"""tollway.gateway.lifecycle.heap: the worker's heap frozen once built, thawed for a reload's
-garbage and frozen again once the retired runtime is gone, never leaking a frozen cycle."""
+"""tollway.gateway.lifecycle.heap: the worker's heap frozen once built and settled again every
+period, so what became garbage while frozen (a retired runtime, a closed pooled connection) is
+collected within one period instead of never."""
 from __future__ import annotations
 
 import asyncio
@@ -40,57 +41,56 @@ async def _until(check, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_settle_collects_garbage_then_freezes_what_lives():
+async def test_start_collects_garbage_then_freezes_what_lives():
     garbage, kept = Node(), Node()
     dead, alive = weakref.ref(garbage), weakref.ref(kept)
     del garbage
-    heap = Heap()
-    heap.settle()
+    heap = Heap(resettle_seconds=3600)
+    heap.start(asyncio.get_running_loop())
     assert dead() is None, "garbage at settle time is collected, not frozen"
-    assert heap.frozen > 0 and alive() is kept
+    assert heap.frozen > 0 and heap.settles == 1 and alive() is kept
     del kept
     gc.collect()
-    assert alive() is not None, "a frozen cycle is out of the collector's reach (why a reload must thaw)"
-
-
-async def test_a_retired_object_is_collected_and_the_heap_frozen_again_once_it_is_gone():
-    loop = asyncio.get_running_loop()
-    old = Node()  # built before the heap settles, as the first runtime is
-    gone = weakref.ref(old)
-    heap = Heap(resettle_seconds=0.02)
-    heap.settle()
-    heap.retire(old, loop)
-    assert heap.frozen == 0, "a reload thaws the heap at once"
-    await asyncio.sleep(0.1)  # several looks while something (this test) still holds it
-    assert heap.frozen == 0 and gone() is not None, "not frozen again while a request may hold the old runtime"
-    del old
-    await _until(lambda: heap.frozen > 0)
-    assert gone() is None, "the retired cycle was collected before the heap froze again"
+    assert alive() is not None, "a frozen cycle is out of the collector's reach (why the heap is settled again)"
     heap.close()
 
 
-async def test_close_stops_the_pending_look():
+async def test_a_cycle_that_became_garbage_while_frozen_is_collected_at_the_next_settle():
+    retired = Node()  # alive at the freeze, as a runtime a reload later replaces
+    gone = weakref.ref(retired)
+    heap = Heap(resettle_seconds=0.05)
+    heap.start(asyncio.get_running_loop())
+    del retired
+    gc.collect()
+    assert gone() is not None, "frozen: not collected by the ordinary passes"
+    await _until(lambda: heap.settles >= 2)
+    assert gone() is None, "the next settle collected it"
+    assert heap.frozen > 0, "and froze the heap again"
+    heap.close()
+
+
+async def test_close_stops_the_settling():
     heap = Heap(resettle_seconds=0.02)
-    heap.retire(Node(), asyncio.get_running_loop())
+    heap.start(asyncio.get_running_loop())
     heap.close()
     await asyncio.sleep(0.1)
-    assert heap.frozen == 0
+    assert heap.settles == 1
 
 
-async def test_a_gateway_reload_hands_the_old_runtime_to_the_heap():
-    """The wiring in Gateway.reload: the runtime it replaces is the one the heap waits for."""
+async def test_a_reloaded_gateways_old_runtime_is_collected_by_the_next_settle():
+    """A reload's retired runtime was frozen with the rest; the settle after it frees it."""
     from tollway.gateway.app import Gateway
 
     gw = Gateway(loads(CONFIG))
-    gw.heap = Heap(resettle_seconds=0.02)
+    gw.heap = Heap(resettle_seconds=0.05)
     gw.start()
-    gw.heap.settle()
+    gw.heap.start(asyncio.get_running_loop())
     first = weakref.ref(gw.runtime)
     gw.reload(loads(CONFIG.replace("127.0.0.1:9", "127.0.0.1:10")))
-    assert gw.heap.frozen == 0
-    await _until(lambda: gw.heap.frozen > 0)
+    await _until(lambda: not gw.background)
+    settles = gw.heap.settles
+    await _until(lambda: gw.heap.settles > settles)
     assert first() is None, "the replaced runtime was collected, not frozen for good"
     gw.heap.close()
-    await _until(lambda: not gw.background)
     await gw._close_providers(list(gw.runtime.providers.values()))
     await gw.upstream.aclose()
