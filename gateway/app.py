@@ -176,7 +176,8 @@ class Gateway:
         if self.directory is not None:
             self.directory.start(loop, self.serving.last_used)
         self.runtime.start(loop)
-        self.runtime.prices.warm()  # (before serving: the dataset's load would hold up the first request)
+        pricing.preload()  # before serving: reading the dataset would hold up the first priced request
+        self.runtime.prices.warm()
         self.metrics.start(loop)
         self.live.start(loop)
         if self.tracer is not None:
@@ -187,7 +188,7 @@ class Gateway:
         install_readiness_signal(loop, self)
         self.watchdog.start(loop)
         if self.heap is not None:  # last: all that was built for serving is in the frozen heap
-            self.heap.settle()
+            self.heap.start(loop)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
@@ -255,8 +256,6 @@ class Gateway:
         if retrace:
             self._swap_tracer(tracer, loop)
         old, self.runtime = self.runtime, runtime
-        if self.heap is not None:  # the old runtime's cycles must be collectable when its last request ends
-            self.heap.retire(old, loop)
         if old.file_config is not runtime.file_config:
             self._new_actions()
         self.runtime.start(loop)

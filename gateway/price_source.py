@@ -4,15 +4,21 @@ Building the table imports `genai-prices` (pydantic, httpx, anyio and ~1,500 dat
 objects: ~11 MB that would stay in every worker for a few hundred kB of names and numbers).
 So `load` runs `python -m tollway.gateway.price_source` (this module), which builds it and
 writes it out as JSON, and keeps that in `$TOLLWAY_CACHE_DIR` (else `$XDG_CACHE_HOME/tollway`,
-else `~/.cache/tollway`) under a name made of the package's version, its data file's size and
-time, and the table's format: the next start reads it (~10 ms) and a new dataset makes a new
-name. The cache is used only if its folder is the user's own and nobody else may write to it
-(prices decide budgets); where it cannot be kept (a read-only filesystem), every start builds
-the table anew in the child (nothing is written where the folder could not be made), and
-where no child can run, in this process.
+else `~/.cache/tollway`; only absolute paths) under a name made of the package's version, its
+data file's size and time, and a digest of the code that builds and reads the table: the next
+start reads it (~10 ms), and a new dataset or a new Tollway makes a new name.
+
+Prices decide budgets, so the cache is used only where nobody else can change it: the folder
+must be the user's own and writable by nobody else, the file likewise, and neither may be a
+symbolic link. Where it cannot be kept (no home, as in the container; a read-only
+filesystem), nothing is written and every start builds the table anew in the child; where the
+child fails, it is built in this process; and where that fails too, the worker starts with no
+dataset prices (its models are then unpriced, counted and logged, never free).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import logging
 import os
@@ -24,32 +30,61 @@ from pathlib import Path
 
 import msgspec
 
-from tollway.core.accounting import price_table
-from tollway.core.accounting.price_export import from_dataset
+from tollway.core.accounting import price_export, price_table
 from tollway.core.accounting.price_table import PriceTable
 
 log = logging.getLogger("tollway")
 _BUILD_TIMEOUT = 60.0  # seconds for the child to build the table
+_PREFIX = "prices-"
+NO_PRICES = PriceTable("none: the price dataset could not be read", ())
 
 
 def load() -> PriceTable:
-    """The price table of the installed dataset, without importing the dataset here."""
-    cached = _cache_file()
-    if cached is not None:
-        try:
-            return price_table.decode(cached.read_bytes())
-        except (OSError, msgspec.DecodeError):
-            pass  # none yet, or unreadable: built anew and written over
+    """The price table of the installed dataset, without importing the dataset here. Never raises."""
     try:
-        raw = subprocess.run([sys.executable, "-m", "tollway.gateway.price_source"], capture_output=True,
-                             timeout=_BUILD_TIMEOUT, check=True).stdout
-        table = price_table.decode(raw)
-    except (OSError, subprocess.SubprocessError, msgspec.DecodeError) as exc:
-        log.warning("prices: building the price table in a child process failed (%s); building it here", exc)
-        return from_dataset()
+        cached = _cache_file()
+    except (OSError, RuntimeError, ValueError):  # no home to speak of (HOME unset, unreadable)
+        cached = None
+    if cached is not None:
+        table = _read(cached)
+        if table is not None:
+            return table
+    raw = _build_in_child()
+    if raw is None:
+        return _build_here()
     if cached is not None:
         _write(cached, raw)
-    return table
+    return price_table.decode(raw)
+
+
+def _build_in_child() -> bytes | None:
+    """The table's JSON from a child process (decoded once, to know it is whole), or None."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the worker's packages
+    try:
+        done = subprocess.run([sys.executable, "-m", "tollway.gateway.price_source"], capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=_BUILD_TIMEOUT, env=env)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("prices: could not build the price table in a child process (%s); building it here", exc)
+        return None
+    if done.returncode != 0:
+        log.warning("prices: building the price table in a child process failed (exit %d: %s); building it here",
+                    done.returncode, done.stderr.decode(errors="replace").strip()[-500:])
+        return None
+    try:
+        price_table.decode(done.stdout)
+    except msgspec.DecodeError as exc:
+        log.warning("prices: the child process's price table is unreadable (%s); building it here", exc)
+        return None
+    return done.stdout
+
+
+def _build_here() -> PriceTable:
+    try:
+        return price_export.from_dataset()
+    except Exception as exc:  # noqa: BLE001 - whatever the dataset does, the gateway starts
+        log.error("prices: the price dataset could not be read (%s: %s); models without a price in the "
+                  "config are unpriced", type(exc).__name__, exc)
+        return NO_PRICES
 
 
 def _cache_file() -> Path | None:
@@ -65,29 +100,50 @@ def _cache_file() -> Path | None:
     folder = _private_folder()
     if folder is None:
         return None
-    return folder / f"prices-{release}-{data.st_size}-{data.st_mtime_ns}-{price_table.FORMAT}.json"
+    return folder / f"{_PREFIX}{release}-{data.st_size}-{data.st_mtime_ns}-{_code_digest()}.json"
+
+
+@functools.cache
+def _code_digest() -> str:
+    """The code that builds and reads the table: a Tollway that changes it reads no older file."""
+    parts = (Path(price_table.__file__).read_bytes(), Path(price_export.__file__).read_bytes())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
 def _private_folder() -> Path | None:
-    base = os.environ.get("TOLLWAY_CACHE_DIR")
-    if base:
-        folder = Path(base)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        if not xdg and not Path.home().is_dir():  # a service user without a home (HOME=/nonexistent): none made
-            return None
-        folder = (Path(xdg) if xdg else Path.home() / ".cache") / "tollway"
-    if not os.access(_existing(folder), os.W_OK):  # (a read-only root, a home that does not exist: no attempt)
+    folder = _folder_named()
+    if folder is None or not folder.is_absolute() or folder.parent == folder:
+        return None
+    if not os.access(_existing(folder), os.W_OK):  # (a read-only root: no attempt to write)
         return None
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.stat(folder)
+        st = os.lstat(folder)
     except OSError:
         return None
-    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning("prices: not caching the price table in %s: it is not this user's own folder", folder)
+    if not _private(st) or not stat.S_ISDIR(st.st_mode):
+        log.warning("prices: not caching the price table in %s: it is not a folder of this user's own", folder)
         return None
     return folder
+
+
+def _folder_named() -> Path | None:
+    base = os.environ.get("TOLLWAY_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "tollway"
+    home = Path.home()  # (RuntimeError where there is none: the caller takes it as no cache)
+    if not home.is_absolute() or home.parent == home or not home.is_dir():  # a service user (HOME=/nonexistent)
+        return None
+    return home / ".cache" / "tollway"
+
+
+def _private(st: os.stat_result) -> bool:
+    """Owned by this user, written by nobody else, not a symbolic link."""
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) \
+        and not stat.S_ISLNK(st.st_mode)
 
 
 def _existing(path: Path) -> Path:
@@ -97,15 +153,50 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _read(path: Path) -> PriceTable | None:
+    """The cached table, if the file is private and whole (else None: built anew, written over)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not _private(os.fstat(fd)):
+            log.warning("prices: ignoring the cached price table %s: others may write to it", path)
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return price_table.decode(f.read())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def _write(path: Path, raw: bytes) -> None:
-    """Atomically (a reader sees the old file, none, or the whole new one)."""
+    """Atomically (a reader sees the old file, none, or the whole new one), readable by this user
+    only; then the folder's older tables go (each a dataset or a Tollway no longer installed)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        temporary.write_bytes(raw)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)
+        return
+    for old in path.parent.glob(f"{_PREFIX}*.json"):
+        if old.name != path.name:
+            old.unlink(missing_ok=True)
+
+
+def _main() -> None:
+    """The child: the table's JSON on the stdout it was given. Anything an import prints goes to
+    stderr instead, so it cannot corrupt the table."""
+    out = os.dup(1)
+    os.dup2(2, 1)
+    raw = price_table.encode(price_export.from_dataset())
+    with os.fdopen(out, "wb") as f:
+        f.write(raw)
 
 
 if __name__ == "__main__":
-    sys.stdout.buffer.write(price_table.encode(from_dataset()))
+    _main()

@@ -14,6 +14,17 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.kernels_fixture import *  # noqa: F401,F403 - the pure/compiled kernel fixtures
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _price_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Gateways the tests start cache their price table in the session's temp folder, not the
+    user's (tollway.gateway.price_source)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TOLLWAY_CACHE_DIR", str(tmp_path_factory.mktemp("tollway-cache")))
+    yield
+    mp.undo()
+
+
 MISBEHAVING_MODELS = ("fail-500", "fail-429", "bad-auth", "leaky-error", "slow-first-byte",
                       "stall-stream", "die-mid-stream", "no-usage")
 

@@ -176,3 +176,74 @@ def test_no_cache_is_made_for_a_user_without_a_home(tmp_path, monkeypatch):
     assert price_source._cache_file() is None
     assert price_source.load() == TABLE
     assert not (tmp_path / "nonexistent").exists()
+
+
+def test_a_home_that_cannot_be_determined_gives_no_cache(monkeypatch):
+    monkeypatch.delenv("TOLLWAY_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> None:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(price_source.Path, "home", staticmethod(no_home))
+    assert price_source.load() == TABLE, "the worker starts: the table is built, not cached"
+
+
+@pytest.mark.parametrize("base", ["relative/cache", "/"])
+def test_a_relative_or_root_cache_folder_is_not_used(monkeypatch, base):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", base)
+    assert price_source._cache_file() is None
+
+
+def test_a_cached_file_others_may_write_to_or_a_link_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    path = price_source._cache_file()
+    marked = price_table.encode(PriceTable("marked", TABLE.providers[:1]))
+    path.write_bytes(marked)
+    path.chmod(0o666)
+    assert price_source.load() == TABLE, "a file others may write to is built anew"
+    planted = tmp_path / "planted.json"
+    planted.write_bytes(marked)
+    path.unlink()
+    path.symlink_to(planted)
+    assert price_source.load() == TABLE, "a symbolic link is not followed"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_cached_file_with_a_clause_this_version_does_not_know_is_built_anew(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    path = price_source._cache_file()
+    path.write_bytes(price_table.encode(TABLE).replace(b'"kind":"equals"', b'"kind":"weird"', 1))
+    assert price_source.load() == TABLE
+
+
+def test_older_cached_tables_are_removed_when_a_new_one_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    older = tmp_path / "prices-0.1.0-1-2-abc.json"
+    older.write_bytes(b"{}")
+    kept = tmp_path / "unrelated.txt"
+    kept.write_bytes(b"x")
+    price_source.load()
+    assert not older.exists() and kept.exists() and price_source._cache_file().exists()
+
+
+def test_a_failing_child_falls_back_to_building_the_table_here(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(price_source.sys, "executable", "/bin/false")
+    with caplog.at_level("WARNING", logger="tollway"):
+        assert price_source.load() == TABLE
+    assert "child process failed" in caplog.text
+    assert list(tmp_path.iterdir()) == [], "what the child did not build is not cached"
+
+
+def test_a_dataset_that_cannot_be_read_leaves_the_worker_without_dataset_prices(monkeypatch, caplog):
+    monkeypatch.setattr(price_source.sys, "executable", "/bin/false")
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", "relative")  # no cache
+
+    def broken() -> PriceTable:
+        raise ImportError("No module named 'genai_prices'")
+
+    monkeypatch.setattr(price_source.price_export, "from_dataset", broken)
+    with caplog.at_level("ERROR", logger="tollway"):
+        assert price_source.load() == price_source.NO_PRICES
+    assert "unpriced" in caplog.text

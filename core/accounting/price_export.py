@@ -11,13 +11,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from tollway.core.accounting.price_table import Clause, Dated, Model, PriceTable, Provider, Rates
+from tollway.core.accounting.price_table import Clause, ClauseKind, Dated, Model, PriceTable, Provider, Rates
 
 if TYPE_CHECKING:
     from genai_prices.types import MatchLogic, ModelInfo, ModelPrice, TieredPrices
     from genai_prices.types import Provider as DatasetProvider
 
-_TEXT_CLAUSES = ("equals", "starts_with", "ends_with", "contains", "regex")
+_TEXT_CLAUSES: tuple[ClauseKind, ...] = ("equals", "starts_with", "ends_with", "contains", "regex")
+_NO_RATES = Rates(None, None, None, None, None)
 
 
 def from_dataset() -> PriceTable:
@@ -42,6 +43,8 @@ def _model(m: ModelInfo) -> Model:
         return Model(m.id, _clause(m.match), (Dated(None, _rates(m.prices)),), conditional=False)
     prices = tuple(Dated(c.constraint.start_date if isinstance(c.constraint, StartDateConstraint) else None,
                          _rates(c.prices)) for c in m.prices)
+    if not prices:  # (listed without any price: no price, as a model the dataset does not know)
+        return Model(m.id, _clause(m.match), (Dated(None, _NO_RATES),), conditional=False)
     return Model(m.id, _clause(m.match), prices, conditional=True)
 
 
@@ -53,7 +56,7 @@ def _clause(c: MatchLogic) -> Clause:
         return Clause("or", parts=tuple(_clause(part) for part in c.or_))
     if hasattr(c, "and_"):
         return Clause("and", parts=tuple(_clause(part) for part in c.and_))
-    raise ValueError(f"a match clause this version does not know: {type(c).__name__}")
+    return Clause("never")  # a kind a newer dataset added: the model is unpriced, not guessed
 
 
 def _rates(p: ModelPrice) -> Rates:

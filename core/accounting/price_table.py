@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -26,11 +27,15 @@ _LITELLM = "litellm"
 _COMPACT_DATE = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
 
 
+ClauseKind = Literal["equals", "starts_with", "ends_with", "contains", "regex", "or", "and", "never"]
+
+
 class Clause(msgspec.Struct, frozen=True):
     """A match clause: `kind` is starts_with, ends_with, contains, regex or equals (on `text`),
-    or `or` / `and` (of `parts`)."""
+    `or` / `and` (of `parts`), or `never` (a clause of a kind this version does not know: its
+    model is not found, so it is unpriced rather than priced by a guess)."""
 
-    kind: str
+    kind: ClauseKind
     text: str = ""
     parts: tuple[Clause, ...] = ()
 
@@ -50,7 +55,7 @@ class Clause(msgspec.Struct, frozen=True):
             return any(part.matches(name) for part in self.parts)
         if kind == "and":
             return all(part.matches(name) for part in self.parts)
-        raise ValueError(f"unknown match clause {kind!r}")
+        return False  # never
 
 
 class Rates(msgspec.Struct, frozen=True, array_like=True):
@@ -74,7 +79,7 @@ class Dated(msgspec.Struct, frozen=True, array_like=True):
 class Model(msgspec.Struct, frozen=True):
     id: str
     match: Clause
-    prices: tuple[Dated, ...]  # in the dataset's order: the last one in effect wins
+    prices: Annotated[tuple[Dated, ...], msgspec.Meta(min_length=1)]  # in the dataset's order: the last in effect wins
     conditional: bool  # listed as conditional prices (with none in effect, the first applies)
 
 

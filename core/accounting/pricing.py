@@ -182,6 +182,12 @@ def _table() -> PriceTable:
     return _load()
 
 
+def preload() -> None:
+    """Read the dataset now (a worker at start: its loader runs a child process, which must not
+    happen on the event loop under a request), once: later lookups use what this read."""
+    _table()
+
+
 def _price_of(rates: Rates) -> Price | None:
     if rates.input is None and rates.output is None:
         return None  # priced per request, per second or per image: not per token
