@@ -694,3 +694,36 @@ def test_connections_set_tcp_nodelay(run):
             await client.aclose()
 
     run(scenario())
+
+
+async def test_a_lost_connection_is_freed_without_the_cycle_collector():
+    """Its parser called back into it (a cycle): the worker's heap is frozen (lifecycle.heap), so a
+    connection pooled at the freeze and lost later must be freed by reference counting alone."""
+    import gc
+    import weakref
+
+    from tollway.gateway.upstream.connection import _Connection
+    from tollway.gateway.upstream.per_loop import _WaitClock, _WriteBatch
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    gc.disable()
+    try:
+        refs = []
+        for _ in range(5):
+            _, proto = await loop.create_connection(
+                lambda: _Connection(loop, "t", _WriteBatch(loop), _WaitClock(loop)), "127.0.0.1", port)
+            refs.append(weakref.ref(proto))
+            del proto
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if all(ref() is None for ref in refs):
+                break
+        assert all(ref() is None for ref in refs), "a lost connection waits for the cycle collector"
+    finally:
+        gc.enable()
+        server.close()

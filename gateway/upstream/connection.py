@@ -40,6 +40,7 @@ _LOW_WATER = 64 * 1024  # ... and when we start again
 # lower-cases only names of these lengths.
 _FRAMING_NAME_LENGTHS = (14, 16, 17)
 _IDENTITY = (b"", b"identity")
+_DETACHED = httptools.HttpResponseParser(object())  # a lost connection's: no callbacks to reach it
 
 
 class _Connection(asyncio.Protocol):
@@ -112,6 +113,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The parser calls back into this object, a cycle only the cycle collector frees, and
+        # never the ones frozen with the worker's heap (tollway.gateway.lifecycle.heap); no
+        # callback can come after the loss, so a parser that knows nobody ends the cycle.
+        self._parser = _DETACHED
         if self.busy and not self.complete and self.error is None:
             self.error = self._loss_error(exc)
             if self.error is None:
