@@ -25,6 +25,10 @@ FROM python:3.11-slim AS runtime
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# The price table, built once here as root: each worker reads it at start instead of building it
+# in a child process (tollway.gateway.price_source; the container has no home to cache it in).
+ENV TOLLWAY_CACHE_DIR=/usr/local/share/tollway
+RUN python -m tollway.gateway.price_source --build
 COPY examples/demo.yaml /etc/tollway/config.yaml
 # The demo's SQLite ledger goes to a directory the gateway's user may write (mount a volume
 # there to keep it); a real deployment points store: at PostgreSQL (docs/ledger.md).

@@ -9,9 +9,10 @@ data file's size and time, and a digest of the code that builds and reads the ta
 start reads it (~10 ms), and a new dataset or a new Tollway makes a new name.
 
 Prices decide budgets, so the cache is used only where nobody else can change it: the folder
-must be the user's own and writable by nobody else, the file likewise, and neither may be a
-symbolic link. Where it cannot be kept (no home, as in the container; a read-only
-filesystem), nothing is written and every start builds the table anew in the child; where the
+and the file must be this user's or root's, writable by nobody else, and not symbolic links
+(the image ships one built as root: `python -m tollway.gateway.price_source --build`). Where
+none can be kept (no home and no image cache; a read-only filesystem), nothing is written and
+every start builds the table anew in the child; where the
 child fails, it is built in this process; and where that fails too, the worker starts with no
 dataset prices (its models are then unpriced, counted and logged, never free).
 """
@@ -52,7 +53,7 @@ def load() -> PriceTable:
     raw = _build_in_child()
     if raw is None:
         return _build_here()
-    if cached is not None:
+    if cached is not None and os.access(cached.parent, os.W_OK):  # (an image's prebuilt folder is read-only)
         _write(cached, raw)
     return price_table.decode(raw)
 
@@ -111,18 +112,25 @@ def _code_digest() -> str:
 
 
 def _private_folder() -> Path | None:
+    """The cache folder, made if it may be: absolute, a real folder, and written by nobody but
+    this user or root (an image may ship one built as root, read-only: tollway.gateway.price_source
+    --build in the Dockerfile). Prices are public data: others may read, never write."""
     folder = _folder_named()
     if folder is None or not folder.is_absolute() or folder.parent == folder:
         return None
-    if not os.access(_existing(folder), os.W_OK):  # (a read-only root: no attempt to write)
-        return None
+    if not folder.exists():
+        if not os.access(_existing(folder), os.W_OK):  # (a read-only root: no attempt to write)
+            return None
+        try:
+            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError:
+            return None
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(folder)
     except OSError:
         return None
-    if not _private(st) or not stat.S_ISDIR(st.st_mode):
-        log.warning("prices: not caching the price table in %s: it is not a folder of this user's own", folder)
+    if not _trusted(st) or not stat.S_ISDIR(st.st_mode):
+        log.warning("prices: not caching the price table in %s: a folder others may write to", folder)
         return None
     return folder
 
@@ -140,9 +148,9 @@ def _folder_named() -> Path | None:
     return home / ".cache" / "tollway"
 
 
-def _private(st: os.stat_result) -> bool:
-    """Owned by this user, written by nobody else, not a symbolic link."""
-    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) \
+def _trusted(st: os.stat_result) -> bool:
+    """Owned by this user or root, written by nobody else, not a symbolic link."""
+    return st.st_uid in (os.getuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) \
         and not stat.S_ISLNK(st.st_mode)
 
 
@@ -160,7 +168,7 @@ def _read(path: Path) -> PriceTable | None:
     except OSError:
         return None
     try:
-        if not _private(os.fstat(fd)):
+        if not _trusted(os.fstat(fd)):
             log.warning("prices: ignoring the cached price table %s: others may write to it", path)
             return None
         with os.fdopen(os.dup(fd), "rb") as f:
@@ -172,11 +180,11 @@ def _read(path: Path) -> PriceTable | None:
 
 
 def _write(path: Path, raw: bytes) -> None:
-    """Atomically (a reader sees the old file, none, or the whole new one), readable by this user
+    """Atomically (a reader sees the old file, none, or the whole new one), written by this user
     only; then the folder's older tables go (each a dataset or a Tollway no longer installed)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
         os.replace(temporary, path)
@@ -199,4 +207,7 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _main()
+    if sys.argv[1:] == ["--build"]:  # the image's build: the cache in $TOLLWAY_CACHE_DIR, made now
+        print(load().source)
+    else:
+        _main()

@@ -129,7 +129,7 @@ def test_load_caches_the_table_in_a_private_folder_and_reads_it_back(tmp_path, m
     monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(folder))
     assert price_source.load() == TABLE
     (cached,) = folder.iterdir()
-    assert cached.name.startswith("prices-") and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert cached.name.startswith("prices-") and stat.S_IMODE(os.stat(folder).st_mode) == 0o755
     # the next load reads the file, not the dataset: a table written there is what it returns
     marked = PriceTable("marked", TABLE.providers[:1])
     cached.write_bytes(price_table.encode(marked))
@@ -207,7 +207,7 @@ def test_a_cached_file_others_may_write_to_or_a_link_is_not_read(tmp_path, monke
     path.unlink()
     path.symlink_to(planted)
     assert price_source.load() == TABLE, "a symbolic link is not followed"
-    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_a_cached_file_with_a_clause_this_version_does_not_know_is_built_anew(tmp_path, monkeypatch):
@@ -247,3 +247,15 @@ def test_a_dataset_that_cannot_be_read_leaves_the_worker_without_dataset_prices(
     with caplog.at_level("ERROR", logger="tollway"):
         assert price_source.load() == price_source.NO_PRICES
     assert "unpriced" in caplog.text
+
+
+def test_the_images_build_step_makes_the_cache_a_worker_then_reads(tmp_path):
+    """The Dockerfile runs `python -m tollway.gateway.price_source --build` as root with
+    TOLLWAY_CACHE_DIR set; the workers (another user, read-only) read what it made."""
+    env = dict(os.environ, TOLLWAY_CACHE_DIR=str(tmp_path / "prices"))
+    done = subprocess.run([sys.executable, "-m", "tollway.gateway.price_source", "--build"], env=env,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("genai-prices ")
+    (made,) = (tmp_path / "prices").iterdir()
+    assert stat.S_IMODE(made.stat().st_mode) == 0o644, "readable by the workers' user, written by root only"
+    assert price_table.decode(made.read_bytes()) == TABLE
