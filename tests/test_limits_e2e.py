@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import aiohttp
+import httpx2 as httpx  # the HTTP client under the openai SDK
 import openai
 import pytest
 import redis
@@ -60,9 +61,22 @@ def admin_usage(gw: GatewayProcess) -> dict:
 
 
 def test_sdk_waits_out_a_429_and_succeeds(openai_upstream):
-    gw = GatewayProcess(limited_config(openai_upstream.url, "[{requests: 1, per: 1s}, {total_tokens: 100000, per: 1m}]"))
+    # One request per 2 s: the 429's retry-after is 2 s less the time since the first request
+    # was admitted, so what the test checks against is the wait the gateway sent, not a window
+    # of wall-clock time that a slow client (a loaded machine, a long GC pause in this process)
+    # would shrink or close.
+    gw = GatewayProcess(limited_config(openai_upstream.url, "[{requests: 1, per: 2s}, {total_tokens: 100000, per: 1m}]"))
+    attempts: list[tuple[str, float, int, str | None]] = []  # (event, monotonic time, status, retry-after-ms)
+
+    def on_request(request: httpx.Request) -> None:
+        attempts.append(("request", time.monotonic(), 0, None))
+
+    def on_response(response: httpx.Response) -> None:
+        attempts.append(("response", time.monotonic(), response.status_code, response.headers.get("retry-after-ms")))
+
+    http_client = httpx.Client(event_hooks={"request": [on_request], "response": [on_response]})
     try:
-        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=3)
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=3, http_client=http_client)
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
         assert raw.headers["x-ratelimit-limit-requests"] == "1"
@@ -72,18 +86,26 @@ def test_sdk_waits_out_a_429_and_succeeds(openai_upstream):
         assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
         raw.parse()
 
-        start = time.monotonic()
+        del attempts[:]
         second = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        waited = time.monotonic() - start
         assert second.choices[0].message.content
-        assert 0.7 < waited < 3.0  # the SDK slept for retry-after-ms (~1 s), then got through
+        # One 429, then the retry got through: the wait the gateway quoted was long enough.
+        assert [(event, status) for event, _, status, _ in attempts] == [
+            ("request", 0), ("response", 429), ("request", 0), ("response", 200)], attempts
+        retry_after = int(attempts[1][3] or 0) / 1000
+        # Above a second unless this process took a second between two requests: long enough
+        # to tell from the SDK's own backoff (0.5 s at most, before its first retry).
+        assert 1.0 < retry_after <= 2.0, attempts
+        slept = attempts[2][1] - attempts[1][1]  # from the 429 to the retry
+        assert retry_after <= slept < retry_after + 1.0, f"retry-after {retry_after} s, the SDK waited {slept:.3f} s"
 
-        no_retry = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        no_retry = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, http_client=http_client)
         with pytest.raises(openai.RateLimitError) as err:
             no_retry.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert err.value.code == "rate_limit_exceeded"
-        assert 0 < int(err.value.response.headers["retry-after-ms"]) <= 1000
+        assert 0 < int(err.value.response.headers["retry-after-ms"]) <= 2000
     finally:
+        http_client.close()
         gw.stop()
 
 

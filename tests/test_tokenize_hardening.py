@@ -12,6 +12,7 @@ import http.client
 import json
 import random
 import socket
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -298,10 +299,19 @@ def test_healthz_answers_fast_while_a_large_prompt_is_counted(gw):
         counter.join(60)
         assert result["status"] == 200, result
         assert json.loads(result["body"]) == {"input_tokens": expected}  # counted exactly, on the pool
-        # All probes but the worst: a count on the loop stalls many of them; one late probe on a
-        # 2-core machine shared with the rest of the suite is the scheduler's (seen once).
-        assert sorted(latencies)[-2] < 0.1, f"/healthz took {sorted(latencies)[-3:]} s while counting"
-        assert len(latencies) >= 10, f"only {len(latencies)} probes overlapped the {result['seconds']:.2f} s count"
+        seconds = result["seconds"]
+        assert isinstance(seconds, float)
+        # A count on the loop holds the probe sent meanwhile until the count is done: that probe
+        # takes nearly all of the count (measured, idle and with both cores busy: 97-99%), and
+        # few overlap it. On the pool the loop waits only while a pool thread holds the GIL (the
+        # body's decode and re-encode, tiktoken's list of ids: a few ms per MiB each, see
+        # gateway/token_count.py), and CPU contention stretches those waits: at a load average
+        # of ~8 on 2 cores a count saw two probes over 0.5 s, one 0.59 s probe in a 1.22 s count.
+        # So the bound is a share of the count's own time, which the same contention stretches,
+        # not a fixed number of ms (the worst probe of 75 such counts took at most 48% of it).
+        assert max(latencies) < 0.75 * seconds, f"/healthz took {sorted(latencies)[-3:]} s during a {seconds:.2f} s count"
+        assert len(latencies) >= 10, f"only {len(latencies)} probes overlapped the {seconds:.2f} s count"
+        assert statistics.median(latencies) < 0.1, f"/healthz took a median {statistics.median(latencies):.3f} s"
 
 
 def _post_count(gw: GatewayProcess, body: bytes) -> tuple[int, bytes]:
