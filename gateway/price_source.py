@@ -5,8 +5,9 @@ objects: ~11 MB that would stay in every worker for a few hundred kB of names an
 So `load` runs `python -m tollway.gateway.price_source` (this module), which builds it and
 writes it out as JSON, and keeps that in `$TOLLWAY_CACHE_DIR` (else `$XDG_CACHE_HOME/tollway`,
 else `~/.cache/tollway`; only absolute paths) under a name made of the package's version, its
-data file's size and time, and a digest of the code that builds and reads the table: the next
-start reads it (~10 ms), and a new dataset or a new Tollway makes a new name.
+data file's digest (from the install record: not the file's time, which an image layer rounds
+when pulled) and a digest of the code that builds and reads the table: the next start reads it
+(~10 ms), and a new dataset or a new Tollway makes a new name.
 
 Prices decide budgets, so the cache is used only where nobody else can change it: the folder
 and the file must be this user's or root's, writable by nobody else, and not symbolic links
@@ -26,7 +27,8 @@ import os
 import stat
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
+import tempfile
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 
 import msgspec
@@ -62,8 +64,9 @@ def _build_in_child() -> bytes | None:
     """The table's JSON from a child process (decoded once, to know it is whole), or None."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the worker's packages
     try:
-        done = subprocess.run([sys.executable, "-m", "tollway.gateway.price_source"], capture_output=True,
-                              stdin=subprocess.DEVNULL, timeout=_BUILD_TIMEOUT, env=env)
+        # (-P, cwd /: no module of the working directory is imported in the child)
+        done = subprocess.run([sys.executable, "-P", "-m", "tollway.gateway.price_source"], capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=_BUILD_TIMEOUT, env=env, cwd="/")
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("prices: could not build the price table in a child process (%s); building it here", exc)
         return None
@@ -94,14 +97,23 @@ def _cache_file() -> Path | None:
     if spec is None or spec.origin is None:
         return None
     try:
-        data = os.stat(Path(spec.origin).with_name("data.py"))
         release = version("genai-prices")
+        data = _data_digest(Path(spec.origin).with_name("data.py"))
     except (OSError, PackageNotFoundError):
         return None
     folder = _private_folder()
     if folder is None:
         return None
-    return folder / f"{_PREFIX}{release}-{data.st_size}-{data.st_mtime_ns}-{_code_digest()}.json"
+    return folder / f"{_PREFIX}{release}-{data}-{_code_digest()}.json"
+
+
+def _data_digest(path: Path) -> str:
+    """The dataset file's content, as its install record states it (else hashed here): not its
+    time, which an image layer rounds to the second when it is pulled."""
+    for file in distribution("genai-prices").files or ():
+        if file.as_posix() == "genai_prices/data.py" and file.hash is not None and file.hash.mode == "sha256":
+            return file.hash.value[:22]  # (urlsafe base64: letters, digits, - and _)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:22]
 
 
 @functools.cache
@@ -179,21 +191,29 @@ def _read(path: Path) -> PriceTable | None:
         os.close(fd)
 
 
-def _write(path: Path, raw: bytes) -> None:
-    """Atomically (a reader sees the old file, none, or the whole new one), written by this user
-    only; then the folder's older tables go (each a dataset or a Tollway no longer installed)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+def _write(path: Path, raw: bytes) -> bool:
+    """Atomically (a reader sees the old file, none, or the whole new one), 0644 whatever the
+    umask (the image's is built by root and read by the workers' user); then the folder's older
+    tables go (each a dataset or a Tollway no longer installed). True if written."""
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{_PREFIX}")
+    except OSError:
+        return False
+    try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
             f.write(raw)
         os.replace(temporary, path)
     except OSError:
-        temporary.unlink(missing_ok=True)
-        return
+        Path(temporary).unlink(missing_ok=True)
+        return False
     for old in path.parent.glob(f"{_PREFIX}*.json"):
-        if old.name != path.name:
-            old.unlink(missing_ok=True)
+        try:
+            if old.name != path.name and stat.S_ISREG(os.lstat(old).st_mode):
+                old.unlink()
+        except OSError:
+            pass  # (another process's, gone or going)
+    return True
 
 
 def _main() -> None:
@@ -206,8 +226,21 @@ def _main() -> None:
         f.write(raw)
 
 
+def build() -> int:
+    """`--build` (the image's build step): the cache made now in $TOLLWAY_CACHE_DIR, or exit 1."""
+    path = _cache_file()
+    if path is None:
+        print("price table: no cache folder this user may keep (set TOLLWAY_CACHE_DIR)", file=sys.stderr)
+        return 1
+    table = price_export.from_dataset()  # (a failure here fails the build, loudly)
+    if not _write(path, price_table.encode(table)) or _read(path) != table:
+        print(f"price table: could not write {path}", file=sys.stderr)
+        return 1
+    print(f"price table ({table.source}): {path}")
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--build"]:  # the image's build: the cache in $TOLLWAY_CACHE_DIR, made now
-        print(load().source)
-    else:
-        _main()
+    if sys.argv[1:] == ["--build"]:
+        sys.exit(build())
+    _main()

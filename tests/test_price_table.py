@@ -249,13 +249,30 @@ def test_a_dataset_that_cannot_be_read_leaves_the_worker_without_dataset_prices(
     assert "unpriced" in caplog.text
 
 
-def test_the_images_build_step_makes_the_cache_a_worker_then_reads(tmp_path):
+def test_the_images_build_step_makes_the_cache_a_worker_then_reads(tmp_path, monkeypatch, caplog):
     """The Dockerfile runs `python -m tollway.gateway.price_source --build` as root with
-    TOLLWAY_CACHE_DIR set; the workers (another user, read-only) read what it made."""
-    env = dict(os.environ, TOLLWAY_CACHE_DIR=str(tmp_path / "prices"))
+    TOLLWAY_CACHE_DIR set; a worker then reads what it made, building nothing."""
+    folder = tmp_path / "prices"
+    env = dict(os.environ, TOLLWAY_CACHE_DIR=str(folder))
     done = subprocess.run([sys.executable, "-m", "tollway.gateway.price_source", "--build"], env=env,
                           capture_output=True, text=True, check=True)
-    assert done.stdout.startswith("genai-prices ")
-    (made,) = (tmp_path / "prices").iterdir()
-    assert stat.S_IMODE(made.stat().st_mode) == 0o644, "readable by the workers' user, written by root only"
-    assert price_table.decode(made.read_bytes()) == TABLE
+    (made,) = folder.iterdir()
+    assert str(made) in done.stdout and stat.S_IMODE(made.stat().st_mode) == 0o644
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(folder))
+    monkeypatch.setattr(price_source.sys, "executable", "/bin/false")  # a child would fail
+    with caplog.at_level("WARNING", logger="tollway"):
+        assert price_source.load() == TABLE
+    assert "child" not in caplog.text, "the worker read the image's table"
+
+
+def test_the_build_step_fails_where_it_cannot_make_the_cache():
+    env = dict(os.environ, TOLLWAY_CACHE_DIR="relative/folder")
+    done = subprocess.run([sys.executable, "-m", "tollway.gateway.price_source", "--build"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "TOLLWAY_CACHE_DIR" in done.stderr
+
+def test_a_folder_among_the_older_tables_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    (tmp_path / "prices-odd.json").mkdir()
+    assert price_source.load() == TABLE
+    assert (tmp_path / "prices-odd.json").is_dir() and price_source._cache_file().exists()

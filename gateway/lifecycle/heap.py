@@ -9,8 +9,8 @@ to the collector's permanent generation: full passes then walk only what was mad
 (~0.3 ms under the same load), and every request keeps the default, prompt collection.
 
 A frozen object is never collected, even when it becomes cyclic garbage: a runtime a reload
-retired, a pooled upstream connection that was alive at the freeze and closed later (its
-parser and transport point back at it). So the heap is settled again every RESETTLE_SECONDS:
+retired, a request that was in flight at the freeze. (Pooled upstream connections break their
+own cycle when lost, so they need no collector.) So the heap is settled again every RESETTLE_SECONDS:
 thawed, collected, frozen, in one turn of the loop (one full pass, ~30 ms): what became
 garbage while frozen lives at most that long, and the frozen set follows what the worker
 holds now.
