@@ -51,13 +51,16 @@ def load() -> PriceTable:
     if cached is not None:
         table = _read(cached)
         if table is not None:
+            log.info("prices: the price table (%s) read from %s", table.source, cached)
             return table
     raw = _build_in_child()
     if raw is None:
         return _build_here()
-    if cached is not None and os.access(cached.parent, os.W_OK):  # (an image's prebuilt folder is read-only)
-        _write(cached, raw)
-    return price_table.decode(raw)
+    written = cached is not None and os.access(cached.parent, os.W_OK) and _write(cached, raw)  # (an image's is read-only)
+    table = price_table.decode(raw)
+    log.info("prices: the price table (%s) built in a child process%s", table.source,
+             f", cached in {cached}" if written else "")
+    return table
 
 
 def _build_in_child() -> bytes | None:

@@ -13,12 +13,14 @@ read-only root filesystem, with only the volumes it mounts writable.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -485,6 +487,22 @@ def _image_entrypoint() -> list[str]:
     return json.loads(re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", runtime, re.M).group(1))
 
 
+def _image_env() -> dict[str, str]:
+    """The runtime stage's `ENV K=V` lines."""
+    runtime = re.split(r"^FROM\s+", (ROOT / "Dockerfile").read_text(), flags=re.M)[-1]
+    return dict(m.groups() for m in re.finditer(r"^ENV\s+(\w+)=(\S+)\s*$", runtime, re.M))
+
+
+@functools.cache
+def _image_price_cache() -> Path:
+    """What the image's `RUN python -m tollway.gateway.price_source --build` makes (once a session),
+    here: outside the pod's writable mounts, so a worker may read it and write nothing there."""
+    folder = Path(tempfile.mkdtemp(prefix="tollway-image-")) / "usr-local-share-tollway"
+    subprocess.run([sys.executable, "-m", "tollway.gateway.price_source", "--build"], check=True, capture_output=True,
+                   env={**os.environ, "TOLLWAY_CACHE_DIR": str(folder)})
+    return folder
+
+
 class PodProcess:
     """A Deployment's gateway container, started on this machine the way its pod starts it.
 
@@ -537,6 +555,9 @@ class PodProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
         env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP", "PROMETHEUS_MULTIPROC_DIR")}
+        env.update(_image_env())  # the image's, under the container's own
+        if "TOLLWAY_CACHE_DIR" in env:  # the price table the image built, where this machine has it
+            env["TOLLWAY_CACHE_DIR"] = str(_image_price_cache())
         env.update({k: self.local_path(v) for k, v in {**container_env(container), **(env_overrides or {})}.items()})
         self.env = env
         self.args = args
@@ -608,7 +629,8 @@ def pod_process(tmp_path):
 def test_the_container_starts_and_is_ready_under_the_pods_filesystem_constraints(doc, pod_process):
     (container,) = doc["spec"]["template"]["spec"]["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert int(_arg(container["args"], "--workers")) > 1  # the mode that needs a writable directory
+    workers = int(_arg(container["args"], "--workers"))
+    assert workers > 1  # the mode that needs a writable directory
     pod = pod_process(doc)
     assert pod.wait_ready(), f"exit code {pod.proc.poll()}:\n{pod.stderr()}"
     assert pod.get("/v1/models") == 401  # a request through a worker, counted in the shared metrics
@@ -616,6 +638,8 @@ def test_the_container_starts_and_is_ready_under_the_pods_filesystem_constraints
     tmp = pod.locations["/tmp"]
     assert list(tmp.glob("tollway-metrics-*")), "the workers' metrics directory is in the emptyDir"
     assert "DENIED" not in pod.stderr(), pod.stderr()  # nothing tried to write anywhere else
+    # the workers read the price table the image built (and wrote nothing: DENIED above)
+    assert pod.stderr().count(f"read from {_image_price_cache()}") == workers, pod.stderr()
 
 
 @pytest.mark.parametrize("doc", _gateway_deployments(), ids=key)
