@@ -114,20 +114,20 @@ def _entry(text: str) -> Entry:
 async def test_a_fill_lock_is_given_back_only_by_its_holder(prefix):
     a, b = RedisBackend(REDIS_URL, prefix), RedisBackend(REDIS_URL, prefix)
     try:
-        assert await a.claim("k1", ttl=5) is True
-        assert await b.claim("k1", ttl=5) is False  # a holds it
+        assert (await a.claim_fresh("k1", ttl=5))[0] is True
+        assert (await b.claim_fresh("k1", ttl=5))[0] is False  # a holds it
         waiting = asyncio.ensure_future(b.await_fill("k1", wait=5))
         a.fill("k1", _entry("one"), ttl=60, claimed=True)
         assert await waiting == _entry("one")  # b got a's entry when it landed
-        assert await b.claim("k1", ttl=5) is True  # and the lock went with it
+        assert (await b.claim_fresh("k1", ttl=5))[0] is True  # and the lock went with it
         b.fill("k1", None, ttl=60, claimed=True)
         # a lock that outlived its ttl may be someone else's by the time its old holder gives it back
-        assert await a.claim("k2", ttl=0.05) is True
+        assert (await a.claim_fresh("k2", ttl=0.05))[0] is True
         await asyncio.sleep(0.1)
-        assert await b.claim("k2", ttl=5) is True
+        assert (await b.claim_fresh("k2", ttl=5))[0] is True
         a.fill("k2", None, ttl=60, claimed=True)
         await asyncio.sleep(0.1)
-        assert await a.claim("k2", ttl=5) is False  # b's lock is still there
+        assert (await a.claim_fresh("k2", ttl=5))[0] is False  # b's lock is still there
         assert a.errors == b.errors == 0
     finally:
         await a.aclose()
@@ -140,7 +140,7 @@ async def test_a_claim_sees_an_entry_stored_since_the_read_in_the_same_round_tri
     a, b = RedisBackend(REDIS_URL, prefix), RedisBackend(REDIS_URL, prefix)
     try:
         assert await b.get("k3") is None  # b's read: a miss
-        assert await a.claim("k3", ttl=5) is True
+        assert (await a.claim_fresh("k3", ttl=5))[0] is True
         a.fill("k3", _entry("three"), ttl=60, claimed=True)
         await _written(a)
         assert await b.claim_fresh("k3", ttl=5) == (True, _entry("three"))
@@ -195,7 +195,7 @@ async def test_an_unreachable_redis_is_a_miss_and_a_free_lock(caplog):
     try:
         with caplog.at_level(logging.ERROR, logger="tollway"):
             assert await down.get("k") is None
-            assert await down.claim("k", ttl=5) is True  # nobody can say otherwise: call upstream
+            assert (await down.claim_fresh("k", ttl=5))[0] is True  # nobody can say otherwise: call upstream
             assert await down.await_fill("k", wait=1) is None
             down.fill("k", _entry("x"), ttl=60, claimed=True)
         assert down.errors == 1  # then left alone for RETRY_INTERVAL

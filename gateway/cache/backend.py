@@ -27,14 +27,12 @@ class CacheBackend(Protocol):
         answer, for the `ttl` seconds it has left; None: delete it (not a complete answer).
         Never waits; never raises."""
 
-    async def claim(self, key: str, ttl: float) -> bool:
+    async def claim_fresh(self, key: str, ttl: float) -> tuple[bool, Entry | None]:
         """Take the fill lock of `key` across replicas for at most `ttl` seconds: True if this
         process should fill it (always, for a store only one process sees; also when the
-        store cannot say: calling upstream is the safe fallback)."""
-
-    async def claim_fresh(self, key: str, ttl: float) -> tuple[bool, Entry | None]:
-        """`claim`, and with it the entry as it is now (None: none): the lock may be free because
-        another process stored the answer and let go after the caller's read."""
+        store cannot say: calling upstream is the safe fallback). With it, the entry as it is
+        now (None: none): the lock may be free because another process stored the answer and
+        let go after the caller's read."""
 
     async def await_fill(self, key: str, wait: float) -> Entry | None:
         """The entry another process holds the fill lock for, once stored; None if its lock

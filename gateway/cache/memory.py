@@ -87,11 +87,8 @@ class MemoryBackend:
         if entry is not None:
             self.put(key, entry, ttl)
 
-    async def claim(self, key: str, ttl: float) -> bool:
-        return True  # one process: its own single flight is the lock
-
     async def claim_fresh(self, key: str, ttl: float) -> tuple[bool, Entry | None]:
-        return True, None  # (never asked: `local`)
+        return True, None  # one process: its own single flight is the lock (never asked: `local`)
 
     async def await_fill(self, key: str, wait: float) -> Entry | None:
         return None  # (never asked: claim always succeeds)

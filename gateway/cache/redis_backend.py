@@ -65,9 +65,6 @@ class RedisBackend:
         value = await self._call(lambda: self.client.get(self._name(key)), None)
         return decode(value) if isinstance(value, bytes) else None
 
-    async def claim(self, key: str, ttl: float) -> bool:
-        return (await self.claim_fresh(key, ttl))[0]
-
     async def claim_fresh(self, key: str, ttl: float) -> tuple[bool, Entry | None]:
         self._token_count += 1
         token = f"{self._token_base}:{self._token_count}".encode()
