@@ -53,18 +53,18 @@ def load() -> PriceTable:
         if table is not None:
             log.info("prices: the price table (%s) read from %s", table.source, cached)
             return table
-    raw = _build_in_child()
-    if raw is None:
+    built = _build_in_child()
+    if built is None:
         return _build_here()
+    raw, table = built
     written = cached is not None and os.access(cached.parent, os.W_OK) and _write(cached, raw)  # (an image's is read-only)
-    table = price_table.decode(raw)
     log.info("prices: the price table (%s) built in a child process%s", table.source,
              f", cached in {cached}" if written else "")
     return table
 
 
-def _build_in_child() -> bytes | None:
-    """The table's JSON from a child process (decoded once, to know it is whole), or None."""
+def _build_in_child() -> tuple[bytes, PriceTable] | None:
+    """The table from a child process, with its JSON (to cache as it came), or None."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the worker's packages
     try:
         # (-P, cwd /: no module of the working directory is imported in the child)
@@ -78,11 +78,10 @@ def _build_in_child() -> bytes | None:
                     done.returncode, done.stderr.decode(errors="replace").strip()[-500:])
         return None
     try:
-        price_table.decode(done.stdout)
+        return done.stdout, price_table.decode(done.stdout)
     except msgspec.DecodeError as exc:
         log.warning("prices: the child process's price table is unreadable (%s); building it here", exc)
         return None
-    return done.stdout
 
 
 def _build_here() -> PriceTable:
