@@ -26,7 +26,7 @@ from tollway.gateway.console import Console
 from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.guardrails import GuardrailSet
-from tollway.gateway.lifecycle.drain import drain, install_readiness_signal
+from tollway.gateway.lifecycle.drain import drain, install_readiness_signal, stop_signals_held
 from tollway.gateway.lifecycle.heap import Heap
 from tollway.gateway.lifecycle.reload import ConfigWatcher, Signature, catch_early_hangups, signature, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
@@ -162,6 +162,10 @@ class Gateway:
     # -- lifecycle (granian calls these once per worker) ---------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        with stop_signals_held(loop):  # a stop sent meanwhile arrives once serving (lifecycle.drain)
+            self._start_serving(loop)
+
+    def _start_serving(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             if self.directory is not None:  # the run-time keys, before the first runtime is built
                 loop.run_until_complete(self.directory.open())

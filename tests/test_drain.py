@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import openai
+import pytest
 
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
@@ -87,5 +90,48 @@ def test_drain_timeout_bounds_the_wait():
         assert code == 0
         assert "drain timeout" in gw.stderr()
         assert "shutting down" in str(result.get("error")), "the cut-off stream must end with an error event"
+    finally:
+        gw.stop()
+
+
+class StartingGateway(GatewayProcess):
+    """A gateway whose two workers are inside their start when told to stop: with no cache to
+    keep the price table in, each builds it in a child process from `__rsgi_init__`, after
+    granian set its stop handler, with the loop not running."""
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self._building()) < 2:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.stderr()
+            time.sleep(0.01)
+
+    def _building(self) -> list[str]:
+        found = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", "tollway.gateway.price_source"],
+                               capture_output=True, text=True)
+        return found.stdout.split()
+
+
+@pytest.mark.parametrize("whom", ["group", "main"])
+def test_a_stop_during_the_workers_start_is_kept_and_taken_once_they_serve(whom):
+    """uvloop reads signals only while its loop runs, and a forked worker first has granian's
+    main-process handlers: a SIGTERM during a worker's start was lost and the worker served on
+    until killed 35 s later; a SIGUSR1 (the drain's first step) ended it outright
+    (tollway.gateway.lifecycle.drain.catch_early_stops, stop_signals_held)."""
+    gw = StartingGateway(config(delay=0.0, timeout=30, chunk_delay=0.0, chunks=1), workers=2,
+                         env={"TOLLWAY_CACHE_DIR": "relative"})  # (no cache: each worker builds)
+    try:
+        start = time.monotonic()
+        if whom == "group":  # a terminal's ^C, or a harness's stop: every process at once
+            os.killpg(gw.proc.pid, signal.SIGTERM)
+        else:  # Kubernetes: the main process, which then tells the workers
+            os.kill(gw.proc.pid, signal.SIGTERM)
+        code = gw.proc.wait(20)
+        took = time.monotonic() - start
+        err = gw.stderr()
+        assert took < 10, f"stopping a starting gateway took {took:.1f}s: a worker missed the stop"
+        assert code == 0
+        assert "Killing worker" not in err and "unexpectedly" not in err, err
+        assert len(re.findall(r'"Started worker-\d"', err)) == 2, "each worker finished its start (not killed)"
+        assert len(re.findall(r'"Stopping worker-\d"', err)) == 2, "then stopped as a serving worker does"
     finally:
         gw.stop()

@@ -49,6 +49,9 @@ def test_stdout_is_the_access_log_and_stderr_is_json_with_granian_and_one_start_
     assert sum(m.startswith("Spawning worker-") for m in granian) == 2, granian
     assert any(m.startswith("Granian shutdown completed") for m in granian), granian
 
+    prices = [d["message"] for d in diagnostics if d["message"].startswith("prices:")]
+    assert sum("read from" in m for m in prices) == 2 and not any("child process" in m for m in prices), prices
+
     starts = [d for d in diagnostics if d.get("event") == "start"]
     assert len(starts) == 1, starts  # the main process says it, not every worker
     start = starts[0]

@@ -276,3 +276,27 @@ def test_a_folder_among_the_older_tables_is_left_alone(tmp_path, monkeypatch):
     (tmp_path / "prices-odd.json").mkdir()
     assert price_source.load() == TABLE
     assert (tmp_path / "prices-odd.json").is_dir() and price_source._cache_file().exists()
+
+
+def test_warm_builds_the_cache_once_so_workers_read_it(tmp_path, monkeypatch, caplog):
+    """`serve` warms the cache before its workers fork: each then reads the table, none builds it."""
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    with caplog.at_level("INFO", logger="tollway"):
+        price_source.warm()
+    assert "built before starting the workers" in caplog.text
+    made = price_source._cache_file()
+    assert made.exists()
+    before = made.stat().st_mtime_ns
+    monkeypatch.setattr(price_source.sys, "executable", "/bin/false")  # a second build would fail loudly
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tollway"):
+        price_source.warm()
+        assert price_source.load() == TABLE
+    assert made.stat().st_mtime_ns == before and "read from" in caplog.text and "failed" not in caplog.text
+
+
+def test_warm_never_raises_and_caches_nothing_where_the_child_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(price_source.sys, "executable", "/bin/false")
+    price_source.warm()
+    assert list(tmp_path.iterdir()) == []

@@ -23,10 +23,12 @@ So, in order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from granian import Granian
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from tollway.gateway.app import Gateway
 
 log = logging.getLogger("tollway")
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
 _KILL_MARGIN = 5.0  # seconds granian waits beyond drain_timeout before it kills a worker
 
 
@@ -71,6 +74,53 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass  # it exited between the check and the signal: nothing to tell it
+
+
+_early_stops: set[int] = set()
+
+
+def catch_early_stops() -> None:
+    """In a new worker, right after the fork (`serve` registers it): a stop is remembered, to
+    be taken once the worker serves (`stop_signals_held`). A forked worker inherits the main
+    process's handlers, which took a SIGTERM meant for a worker still starting as the main
+    process's own and lost it: the worker then served on until killed."""
+    _early_stops.clear()
+    for sig in _STOP_SIGNALS:
+        try:
+            signal.signal(sig, _remember_stop)
+        except ValueError:  # not the main thread (an embedding server): its signals are its own
+            return
+
+
+def _remember_stop(signum: int, _frame: object) -> None:
+    _early_stops.add(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_held(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Around a worker's start (`Gateway.__rsgi_init__`): SIGTERM, SIGINT and SIGUSR1 are held
+    (blocked, pending) until `loop` runs the server, and one that came before the start
+    (`catch_early_stops`) is sent again then. uvloop reads signals only while its loop runs,
+    and granian's server listens for the stop only once it serves: a SIGTERM that came during
+    the start, or between it and the serving loop, was lost, and the worker served on until
+    killed (and a SIGUSR1 before the readiness handler ended it outright). Threads started
+    meanwhile keep them blocked: the process's signals come to this thread."""
+    try:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    except ValueError:  # (not a signal-capable thread: nothing to hold)
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.call_soon(_let_in, held)  # the first thing the loop does when it serves
+
+
+def _let_in(mask: set[int | signal.Signals]) -> None:
+    for sig in sorted(_early_stops):  # pending until the mask below lets them in
+        os.kill(os.getpid(), sig)
+    _early_stops.clear()
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:

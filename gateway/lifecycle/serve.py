@@ -9,6 +9,7 @@ from tollway.core import kernels
 from tollway.core.config import Config
 from tollway.core.providers.registry import AdapterUnavailable
 from tollway.core.security.demo_keys import demo_credentials
+from tollway.gateway import price_source
 from tollway.gateway.lifecycle.listen import port_problem
 from tollway.gateway.limits.limiter import WORKERS_ENV, per_worker_problem
 from tollway.gateway.plugins.loader import PluginLoadError
@@ -24,7 +25,7 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
     something already listens on is refused (see tollway.gateway.lifecycle.listen)."""
     from granian.constants import Interfaces, Loops
 
-    from tollway.gateway.lifecycle.drain import TollwayServer
+    from tollway.gateway.lifecycle.drain import TollwayServer, catch_early_stops
 
     if workers < 1:
         refuse("refusing to start: --workers must be at least 1")
@@ -48,6 +49,7 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
     except PluginLoadError as exc:
         refuse(f"refusing to start: {exc}")
         return 2
+    price_source.warm()  # once here, so the workers read it from the cache
     os.environ["TOLLWAY_CONFIG"] = config_path
     os.environ[WORKERS_ENV] = str(workers)
     server = TollwayServer(
@@ -65,6 +67,7 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
         drain_timeout=config.server.drain_timeout,
     )
     _log_start(config, config_path, workers)  # after granian configured logging, before it forks
+    os.register_at_fork(after_in_child=catch_early_stops)  # a worker's, not this process's handlers
     server.serve()
     return 0
 
