@@ -452,3 +452,19 @@ def test_a_providers_extra_headers_are_in_the_config_version() -> None:
                                                       'base_url: "http://127.0.0.1:9/v1", headers: {x-beta: b1}')
                                          % (", cache: {}", "cache: {backend: memory}")))
     assert headed.version("a") != plain.version("a")
+
+
+def test_stored_entries_are_not_walked_by_the_cycle_collector() -> None:
+    """A full collection walks every tracked object: a cache of hundreds of thousands of
+    tracked entries made each one tens of milliseconds on the loop (gateway.cache.memory)."""
+    import gc
+
+    store = MemoryBackend(10_000_000, Clock())
+    for i in range(1000):
+        store.put(f"k{i}", Entry("chat", b"{}" * (i % 7 + 1), float(i), Usage(i, 1, i + 1), "m"), ttl=60)
+    gc.collect()
+    held = list(store.entries.values())
+    assert not any(gc.is_tracked(slot) or gc.is_tracked(slot.entry) or gc.is_tracked(slot.entry.usage)
+                   for slot in held)
+    store.settle("k1", held[1].entry, held[2].entry, 60)  # (a settled slot too)
+    assert not gc.is_tracked(store.entries["k1"]) and store.read("k1") is held[2].entry

@@ -28,7 +28,10 @@ _CHAT_DONE = frozenset(("stop", "tool_calls"))
 _MESSAGES_DONE = frozenset(("end_turn", "stop_sequence", "tool_use"))
 
 
-class Entry(msgspec.Struct, array_like=True, frozen=True):
+class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A stored answer. Not tracked by the cycle collector (gc=False): it holds no container
+    that could close a cycle, and a cache holds hundreds of thousands (gateway.cache.memory)."""
+
     api: str  # the client API whose shape `body` has
     body: bytes  # the answer as the client's non-stream JSON
     created: float  # unix seconds when it was filled: a hit's `age`

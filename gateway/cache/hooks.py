@@ -15,6 +15,7 @@ over the body they masked or rewrote, and what is stored is what the client got.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -154,7 +155,7 @@ class Replays:
     __slots__ = ("kept",)
 
     def __init__(self) -> None:
-        self.kept: dict[tuple[bytes, str, bool], bytes] = {}
+        self.kept: OrderedDict[tuple[bytes, str, bool], bytes] = OrderedDict()
 
     def stream(self, found: entries.Entry, include_usage: bool) -> bytes:
         """The SSE bytes of `found` for a request that does (or does not) want the usage chunk."""
@@ -165,7 +166,7 @@ class Replays:
         if body is None:
             body = replay(found.api, msgspec.json.decode(found.body), include_usage)
             if len(self.kept) >= REPLAYS_KEPT:
-                del self.kept[next(iter(self.kept))]  # the oldest (dicts keep insertion order)
+                self.kept.popitem(last=False)  # the oldest
             self.kept[memo] = body
         return body
 
@@ -212,7 +213,8 @@ class ResponseCache:
         store = self.config or CacheStore()
         self.max_entry = store.max_entry_bytes
         # (api, partition, config version, body) -> (key, sampled), for bodies up to MEMO_BODY_BYTES
-        self._memo: dict[tuple[str, str, str, bytes], tuple[str, bool]] = {}
+        # (an OrderedDict: a dict's oldest, `next(iter(d))`, walks the holes its deletions left)
+        self._memo: OrderedDict[tuple[str, str, str, bytes], tuple[str, bool]] = OrderedDict()
         self.lock_ttl = seconds(store.lock_ttl)
 
     def pipeline(self) -> Pipeline:
@@ -271,7 +273,7 @@ class ResponseCache:
         found = cache_key(api, partition, version, request), request.sampled
         if memo is not None:
             if len(self._memo) >= MEMO_ENTRIES:
-                del self._memo[next(iter(self._memo))]  # the oldest (dicts keep insertion order)
+                self._memo.popitem(last=False)  # the oldest
             self._memo[memo] = found
         return found
 
