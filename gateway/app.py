@@ -447,6 +447,9 @@ def create_app() -> Gateway:
     gateway.config_signature = seen
     gateway.heap = Heap()
     pricing.use_table(price_source.load)  # a worker: without the ~11 MB the dataset's package costs
+    # Read now, before granian's start: `load` may run a child process, which must not inherit
+    # the stop signals __rsgi_init__ holds (lifecycle.drain.stop_signals_held).
+    pricing.preload()
     return gateway
 
 

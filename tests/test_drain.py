@@ -5,10 +5,12 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -96,8 +98,7 @@ def test_drain_timeout_bounds_the_wait():
 
 class StartingGateway(GatewayProcess):
     """A gateway whose two workers are inside their start when told to stop: with no cache to
-    keep the price table in, each builds it in a child process from `__rsgi_init__`, after
-    granian set its stop handler, with the loop not running."""
+    keep the price table in, each builds it in a child process as it starts (create_app)."""
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -113,8 +114,8 @@ class StartingGateway(GatewayProcess):
 
 @pytest.mark.parametrize("whom", ["group", "main"])
 def test_a_stop_during_the_workers_start_is_kept_and_taken_once_they_serve(whom):
-    """uvloop reads signals only while its loop runs, and a forked worker first has granian's
-    main-process handlers: a SIGTERM during a worker's start was lost and the worker served on
+    """A forked worker first has granian's main-process handlers, and uvloop reads signals only
+    while its loop runs: a SIGTERM during a worker's start was lost and the worker served on
     until killed 35 s later; a SIGUSR1 (the drain's first step) ended it outright
     (tollway.gateway.lifecycle.drain.catch_early_stops, stop_signals_held)."""
     gw = StartingGateway(config(delay=0.0, timeout=30, chunk_delay=0.0, chunks=1), workers=2,
@@ -135,3 +136,38 @@ def test_a_stop_during_the_workers_start_is_kept_and_taken_once_they_serve(whom)
         assert len(re.findall(r'"Stopping worker-\d"', err)) == 2, "then stopped as a serving worker does"
     finally:
         gw.stop()
+
+
+_HELD = """
+import asyncio, os, signal, sys, time
+import uvloop
+from tollway.gateway.lifecycle.drain import catch_early_stops, stop_signals_held
+early, held = sys.argv[1] == "1", sys.argv[2] == "1"
+loop = uvloop.new_event_loop()
+got = []
+catch_early_stops()  # (serve registers it to run in each forked worker)
+if early:
+    os.kill(os.getpid(), signal.SIGTERM)  # before granian's handler: remembered
+loop.add_signal_handler(signal.SIGTERM, lambda: got.append("TERM"))  # granian's, in the worker
+if held:
+    with stop_signals_held(loop):
+        if not early:
+            os.kill(os.getpid(), signal.SIGTERM)  # during __rsgi_init__, the loop not running
+        time.sleep(0.05)
+elif not early:
+    os.kill(os.getpid(), signal.SIGTERM)
+loop.run_until_complete(asyncio.sleep(0.2))  # the server's loop
+print(got)
+"""
+
+
+@pytest.mark.parametrize("early", [True, False])
+@pytest.mark.parametrize("held", [True, False])
+def test_a_stop_before_the_loop_runs_reaches_its_handler_only_when_held(early, held):
+    """The mechanism the end-to-end test above relies on, in one process: uvloop drops a signal
+    that comes while its loop is not running, and one before the handler is set reaches only
+    catch_early_stops; held, both reach the loop's handler once it runs."""
+    done = subprocess.run([sys.executable, "-c", _HELD, str(int(early)), str(int(held))], capture_output=True,
+                          text=True, timeout=30, cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("['TERM']" if held else "[]")
