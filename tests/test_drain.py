@@ -145,7 +145,7 @@ from tollway.gateway.lifecycle.drain import catch_early_stops, stop_signals_held
 early, held = sys.argv[1] == "1", sys.argv[2] == "1"
 loop = uvloop.new_event_loop()
 got = []
-catch_early_stops()  # (serve registers it to run in each forked worker)
+catch_early_stops(os.getppid())  # (serve registers it to run in each worker it forks)
 if early:
     os.kill(os.getpid(), signal.SIGTERM)  # before granian's handler: remembered
 loop.add_signal_handler(signal.SIGTERM, lambda: got.append("TERM"))  # granian's, in the worker
@@ -171,3 +171,47 @@ def test_a_stop_before_the_loop_runs_reaches_its_handler_only_when_held(early, h
                           text=True, timeout=30, cwd=str(Path(__file__).resolve().parent.parent))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("['TERM']" if held else "[]")
+
+
+_FORKS = """
+import os, signal
+from tollway.gateway.lifecycle.drain import catch_early_stops
+main = os.getpid()
+os.register_at_fork(after_in_child=lambda: catch_early_stops(main))  # as serve does
+worker = os.fork()
+if worker == 0:
+    print("worker", signal.getsignal(signal.SIGTERM).__name__, flush=True)
+    child = os.fork()  # e.g. a plugin's multiprocessing pool
+    if child == 0:
+        print("child", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    os._exit(0)
+os.waitpid(worker, 0)
+"""
+
+
+def test_only_serves_own_workers_remember_an_early_stop():
+    """serve's at-fork registration is inherited by its workers: a process a worker forks must
+    keep SIGTERM's default action, not remember it forever."""
+    done = subprocess.run([sys.executable, "-c", _FORKS], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["worker", "_remember_stop", "child", "True"]
+
+
+def test_a_start_that_fails_lets_the_held_signals_in_at_once():
+    """An __rsgi_init__ that raises (a refusal) must not leave the worker deaf to SIGTERM."""
+    script = (
+        "import asyncio, signal\n"
+        "import uvloop\n"
+        "from tollway.gateway.lifecycle.drain import stop_signals_held\n"
+        "loop = uvloop.new_event_loop()\n"
+        "try:\n"
+        "    with stop_signals_held(loop):\n"
+        "        raise SystemExit(1)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

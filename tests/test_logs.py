@@ -24,8 +24,10 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return records
 
 
-def test_stdout_is_the_access_log_and_stderr_is_json_with_granian_and_one_start_line(openai_upstream):
-    gw = GatewayProcess(standard_config(openai_upstream.url), workers=2)
+def test_stdout_is_the_access_log_and_stderr_is_json_with_granian_and_one_start_line(openai_upstream, tmp_path):
+    # (a cache folder of its own, empty: `serve` builds the price table once, each worker reads it)
+    gw = GatewayProcess(standard_config(openai_upstream.url), workers=2,
+                        env={"TOLLWAY_CACHE_DIR": str(tmp_path / "prices")})
     try:
         req = urllib.request.Request(gw.url + "/v1/chat/completions", method="POST", headers={
             "authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"},

@@ -280,3 +280,37 @@ def test_enforce_streams_is_on_by_default_and_checked() -> None:
     assert config_mod.loads(CONFIG + "rate_limits: {enforce_streams: false}\n").rate_limits.enforce_streams is False
     with pytest.raises(config_mod.ConfigError, match="enforce_streams"):
         config_mod.loads(CONFIG + "rate_limits: {enforce_streams: sometimes}\n")
+
+
+ALIASED = """
+providers: [{name: oa, schema: openai, base_url: "https://api.openai.com/v1", api_key: sk-x}]
+models:
+  - {name: house-model, targets: [{provider: oa, model: gpt-4o-mini}]}
+keys:
+  - {name: cost, key_hash: "sha256:%s", limits: [{cost_usd: 0.0001, per: 1d}]}
+""" % ("0" * 64)
+
+
+def test_a_cost_limit_stops_a_stream_on_an_alias_route_priced_as_it_is_served() -> None:
+    """`house-model` has no price of its own; its answers cost what gpt-4o-mini's do (the
+    dataset's), known once the attempt's upstream model is: the stream is stopped at the limit
+    mid-stream, not only charged at the settle."""
+    cfg = config_mod.loads(ALIASED)
+    limiter = Limiter(cfg, MemoryBuckets(), Metrics())
+    served = limiter.policy.known_price("house-model", "gpt-4o-mini")
+    assert limiter.policy.known_price("house-model") is None and served is not None and served.output > 0
+
+    async def run() -> None:
+        body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5, "messages": []}).encode()
+        lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
+        assert isinstance(lease, Lease)
+        ex = Exchange("req_alias", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None, "an unpriced public name with a cost limit still gets the hook"
+        ex.upstream_model = "gpt-4o-mini"  # (the relay's attempt sets it before the first chunk)
+        passed, err = await _feed(stop, ex, [_openai(" tok")] * 5000)
+        output_usd = 0.0001 / (served.output / 1e6)  # output tokens the day's $0.0001 buys
+        assert err is not None and err.code == "insufficient_quota", (passed, err)
+        assert 0.5 * output_usd < passed <= output_usd + 1
+
+    asyncio.run(run())

@@ -85,4 +85,6 @@ def step(sub: Plan, rate: float) -> float:
                 smallest = min(smallest, cap / rate)
         else:
             smallest = min(smallest, cap)
+    if smallest == math.inf:  # only cost buckets, and no price (yet): nothing bounds a step
+        return float(STEP_TOKENS)
     return max(1.0, min(float(STEP_TOKENS), math.floor(smallest / _STEP_SHARE)))

@@ -20,13 +20,13 @@ import msgspec
 
 from tollway.core.cache.entry import Entry
 
-ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its answer's: its 64-char key, the Entry and its usage, tuple, dict slot
+ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its answer's: its 64-char key, the Entry and its usage, Slot, dict slot
 
 
 class Slot(msgspec.Struct, gc=False):
     """A stored entry and when it expires. Untracked (gc=False), like Entry: neither can hold
-    a reference cycle (floats, strings, bytes and the entry's scalar usage), and a tuple
-    holding an Entry would stay tracked (its type is still a collectable one)."""
+    a reference cycle (floats, strings, bytes and the entry's scalar usage). (A tuple of the
+    two would be untracked too, but only by the first collection that looks at it.)"""
 
     expires: float
     entry: Entry

@@ -79,11 +79,18 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
 _early_stops: set[int] = set()
 
 
-def catch_early_stops() -> None:
-    """In a new worker, right after the fork (`serve` registers it): a stop is remembered, to
-    be taken once the worker serves (`stop_signals_held`). A forked worker inherits the main
-    process's handlers, which took a SIGTERM meant for a worker still starting as the main
-    process's own and lost it: the worker then served on until killed."""
+def catch_early_stops(parent: int) -> None:
+    """In a new worker of `parent` (serve's process), right after the fork (`serve` registers
+    it): a stop is remembered, to be taken once the worker serves (`stop_signals_held`). A
+    forked worker inherits the main process's handlers, which took a SIGTERM meant for a worker
+    still starting as the main process's own and lost it: the worker then served on until
+    killed. (The registration and the handlers are inherited too: a process a worker forks
+    gets the default action back for any stop it would only have remembered.)"""
+    if os.getppid() != parent:
+        for sig in _STOP_SIGNALS:
+            if signal.getsignal(sig) is _remember_stop:
+                signal.signal(sig, signal.SIG_DFL)
+        return
     _early_stops.clear()
     for sig in _STOP_SIGNALS:
         try:
@@ -103,17 +110,22 @@ def stop_signals_held(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     (`catch_early_stops`) is sent again then. uvloop reads signals only while its loop runs,
     and granian's server listens for the stop only once it serves: a SIGTERM that came during
     the start, or between it and the serving loop, was lost, and the worker served on until
-    killed (and a SIGUSR1 before the readiness handler ended it outright). Threads started
-    meanwhile keep them blocked: the process's signals come to this thread."""
-    try:
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    except ValueError:  # (not a signal-capable thread: nothing to hold)
+    killed (and a SIGUSR1 before the readiness handler ended it outright).
+
+    The mask is per thread and inherited: threads started meanwhile (the ledger's, granian's)
+    keep these signals blocked, so the process's signals come to this thread, and so would a
+    child process started from them. Nothing started in the window may run a child (the price
+    table's is run from create_app, before it). A start that fails lets them in at once."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    if _STOP_SIGNALS <= held:  # held already (a start within a start): the outer hold lets them in
         yield
         return
     try:
         yield
-    finally:
-        loop.call_soon(_let_in, held)  # the first thing the loop does when it serves
+    except BaseException:
+        _let_in(held)
+        raise
+    loop.call_soon(_let_in, held)  # among the first callbacks the serving loop runs
 
 
 def _let_in(mask: set[int | signal.Signals]) -> None:

@@ -67,7 +67,8 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
         drain_timeout=config.server.drain_timeout,
     )
     _log_start(config, config_path, workers)  # after granian configured logging, before it forks
-    os.register_at_fork(after_in_child=catch_early_stops)  # a worker's, not this process's handlers
+    main = os.getpid()
+    os.register_at_fork(after_in_child=lambda: catch_early_stops(main))  # a worker's, not this process's handlers
     server.serve()
     return 0
 

@@ -100,6 +100,10 @@ class Growing:
         self.plan, self.bound, self.rate = plan, bound, rate
         self.step = streams.step(plan, rate)
 
+    def at_rate(self, rate: float) -> Growing:
+        """The same buckets charged at another output rate (a stream priced as it is served)."""
+        return Growing(self.plan, self.bound, rate)
+
 
 class AskStore:
     """What `Limiter.admit` returns when only the store can decide: the decision so far, to

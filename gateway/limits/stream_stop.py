@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from tollway.core.accounting.pricebook import PriceBook
-from tollway.core.accounting.pricing import Price
+from tollway.core.accounting.pricing import FREE, Price
 from tollway.core.accounting.stream_text import chunk_texts
 from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
 from tollway.core.errors import GatewayError
@@ -82,22 +82,46 @@ class Headroom(Protocol):
 
 
 class LimitHeadroom:
-    __slots__ = ("limiter", "lease", "growing", "allowed")
+    """The reservation's growing buckets (output, total, cost tokens). Their cost is charged
+    at the price the limiter knows for the public model; a route with none of its own (an
+    alias whose targets' upstream models are priced) is charged at the served model's, looked
+    up with the first chunk, when the attempt's upstream model is known: until then it allows
+    nothing, so the first chunk asks (issue 15's `cost_usd` limits on such routes mid-stream)."""
 
-    def __init__(self, limiter: Limiter, lease: Lease, growing: Growing, price: Price) -> None:
+    __slots__ = ("limiter", "lease", "growing", "allowed", "priced")
+
+    def __init__(self, limiter: Limiter, lease: Lease, growing: Growing, price: Price | None) -> None:
         self.limiter, self.lease, self.growing = limiter, lease, growing
-        self.allowed = allowance(growing.plan, lease.demand, price)
+        self.priced = price is not None
+        self.allowed = allowance(growing.plan, lease.demand, price) if price is not None else 0.0
 
     async def grow(self, ex: Exchange, sent: float) -> None:
+        self._price_served(ex)
         need = sent - self.allowed
-        self.allowed += await self.limiter.extend(self.lease, self.growing, max(need, self.growing.step), need)
+        if need > 0:
+            self.allowed += await self.limiter.extend(self.lease, self.growing, max(need, self.growing.step), need)
 
     def grow_ahead(self, ex: Exchange, bound: float) -> bool:
+        self._price_served(ex)
+        if bound <= self.allowed:
+            return True
         tokens = max(bound - self.allowed, self.growing.step)
         if not self.limiter.extend_ahead(self.lease, self.growing, tokens):
             return False
         self.allowed += tokens
         return True
+
+    def _price_served(self, ex: Exchange) -> None:
+        """Once: the allowance at the served upstream model's price (FREE if it has none either:
+        then the cost buckets bound nothing, as for any unpriced model)."""
+        if self.priced:
+            return
+        self.priced = True
+        price = self.limiter.policy.known_price(self.lease.model, ex.upstream_model) or FREE
+        rate = output_rate(price)
+        if rate > 0.0:
+            self.growing = self.growing.at_rate(rate)
+        self.allowed = allowance(self.growing.plan, self.lease.demand, price)
 
 
 class BudgetHeadroom:
@@ -246,9 +270,13 @@ def stream_stop(ex: Exchange, model: str, prompt_tokens: float, limiter: Limiter
     if lease is not None and limiter is not None:
         growing = limiter.growing(lease)
         if growing is not None:
-            headroom = LimitHeadroom(limiter, lease, growing, limiter.policy.price(lease.model))
-            if headroom.allowed != math.inf:  # (only cost buckets, and the model is free: nothing to pass)
-                sources.append(headroom)
+            price = limiter.policy.known_price(lease.model)
+            if price is None and growing.plan.priced:  # priced as served, at the first chunk
+                sources.append(LimitHeadroom(limiter, lease, growing, None))
+            else:
+                headroom = LimitHeadroom(limiter, lease, growing, price or FREE)
+                if headroom.allowed != math.inf:  # (only cost buckets, and the model is free: nothing to pass)
+                    sources.append(headroom)
     if keeper and prices is not None and keeper.book.applies(ex.key_name, ex.team):
         sources.append(BudgetHeadroom(keeper, prices, ex.route, prompt_tokens))
     return StreamStop(tuple(sources), model) if sources else None
