@@ -310,3 +310,28 @@ def test_no_limit_installs_no_hook() -> None:
         assert stream_stop(ex, "gpt-4o-mini", 10, limiter, lease, None, None) is not None
 
     asyncio.run(hooks())
+
+
+def test_a_cost_limit_cuts_a_stream_on_an_alias_route_priced_as_served(upstream: FakeOpenAI) -> None:
+    """`house` has no price of its own; it is served as gpt-4o-mini, whose dataset price its
+    answers are charged at. A key's cost_usd limit stops its stream mid-way at that price (it
+    used to fail the request: no bucket bounded a step), and the access log charges what was sent."""
+    key = "sk-tollway-stream-alias-0123456789"
+    config = f"""
+providers:
+  - {{name: up, schema: openai, base_url: {upstream.url}, api_key: sk-upstream}}
+models:
+  - {{name: house, targets: [{{provider: up, model: gpt-4o-mini}}]}}
+keys:
+  - {{name: house-key, key_hash: "{key_hash(key)}", limits: [{{cost_usd: 0.000003, per: 1d}}]}}
+"""
+    gw = GatewayProcess(config)
+    try:
+        got, err = _oa_stream(gw, key, model="house", max_tokens=50)
+        assert isinstance(err, openai.APIError) and err.code == "insufficient_quota", (got, err)
+        assert "The stream was stopped" in err.message
+        assert 0 < len(got) < 9, got  # the fake's answer is 9 words, one token each
+        line = _log_line(gw, "house-key")
+        assert line["completion_tokens"] == len(got) and line["cost_usd"] > 0
+    finally:
+        gw.stop()
