@@ -22,6 +22,9 @@ _encode = msgspec.json.encode
 
 TEXT = "text"  # a delta's kind: answer text ...
 ARGUMENTS = "arguments"  # ... or a tool call's (partial JSON) arguments
+# A chat choice's other text the client reads, as the `tool` of `deltas(obj, side=True)`
+# (negative: apart from its content, -1, and its tool calls, 0 and up).
+SIDE_FIELDS = {-2: "reasoning_content", -3: "refusal"}
 
 
 @dataclass(slots=True)
@@ -66,10 +69,12 @@ def joined(found: list[Event]) -> bytes:
     return b"".join(ev.encoded() for ev in found)
 
 
-def deltas(obj: Any) -> Iterator[tuple[dict[str, Any], str, str, int, int]]:
+def deltas(obj: Any, side: bool = False) -> Iterator[tuple[dict[str, Any], str, str, int, int]]:
     """(holder, field, kind, index, tool) for every delta of one event, `holder[field]` being
     its text (possibly absent or empty): kind TEXT or ARGUMENTS; index the choice's (OpenAI) or
-    the content block's (Anthropic); tool the OpenAI tool call's index (-1: none)."""
+    the content block's (Anthropic); tool the OpenAI tool call's index (-1: none). `side`: a
+    chat choice's reasoning and refusal text too (tool: their SIDE_FIELDS key), which the
+    guardrails scan but plugins' on_chunk (answer text) is not given."""
     if not isinstance(obj, dict):
         return
     choices = obj.get("choices")
@@ -81,6 +86,9 @@ def deltas(obj: Any) -> Iterator[tuple[dict[str, Any], str, str, int, int]]:
             index = choice.get("index", 0)
             index = index if isinstance(index, int) else 0
             yield delta, "content", TEXT, index, -1
+            if side:
+                for tool, name in SIDE_FIELDS.items():
+                    yield delta, name, TEXT, index, tool
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for call in calls:

@@ -426,3 +426,75 @@ def test_responses_text_shown_before_its_deltas_is_scanned_and_not_doubled() -> 
     events = [ev.obj for c in chunks for ev in sse_deltas.events(guards.on_chunk(ex, c)) if ev.obj]
     assert json.loads(events[0]["item"]["arguments"]) == {"to": "<EMAIL>"}
     assert json.loads(events[-1]["arguments"]) == {"to": "<EMAIL>"}
+
+
+def test_output_slots_take_reasoning_refusals_and_summaries() -> None:
+    """Text a client reads besides the answer: a chat message's reasoning_content (the gateway's
+    form of a provider's thinking) and refusal; a Responses refusal part and reasoning summary."""
+    chat = {"choices": [{"message": {"content": "c", "reasoning_content": "r", "refusal": "no"}}]}
+    assert [h[k] for h, k in output_slots(chat)] == ["c", "r", "no"]
+    responses = {"output": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "s"}]},
+                            {"type": "message", "content": [{"type": "refusal", "refusal": "won't"}]}]}
+    assert [h[k] for h, k in output_slots(responses)] == ["s", "won't"]
+
+
+def test_a_streamed_chats_reasoning_and_refusal_are_masked_apart_from_its_content() -> None:
+    guards = _set()
+    ex = _ex(guards)
+    texts = {"reasoning_content": f"think {CARD} done", "refusal": f"not {CARD}", "content": "fine"}
+
+    def chunk(i: int, finish: bool = False) -> bytes:
+        delta = {name: text[i:i + 3] for name, text in texts.items() if text[i:i + 3]}
+        return b"data: " + json.dumps({"id": "c", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": "stop" if finish else None}]}).encode() + b"\n\n"
+
+    out = [guards.on_chunk(ex, chunk(i)) for i in range(0, 30, 3)]
+    out.append(guards.on_chunk(ex, chunk(99, finish=True)))
+    got: dict[str, str] = {}
+    for ev in sse_deltas.events(b"".join(out)):
+        for holder, name, _kind, _index, _tool in sse_deltas.deltas(ev.obj, side=True):
+            if isinstance(holder.get(name), str):
+                got[name] = got.get(name, "") + holder[name]
+    assert got == {"reasoning_content": "think <CREDIT_CARD> done", "refusal": "not <CREDIT_CARD>", "content": "fine"}
+    assert ex.guardrails.counts == {"g": {"credit_card": 2}}
+
+
+def test_plugins_are_not_given_a_chats_side_text() -> None:
+    obj = {"choices": [{"index": 0, "delta": {"content": "a", "reasoning_content": "b", "refusal": "c"}}]}
+    assert [h[n] for h, n, *_ in sse_deltas.deltas(obj) if n in h] == ["a"]
+    assert [h[n] for h, n, *_ in sse_deltas.deltas(obj, side=True) if n in h] == ["a", "b", "c"]
+
+
+def test_responses_stream_refusal_and_reasoning_summary_are_masked_and_repeats_rewritten() -> None:
+    """A refusal part and a reasoning item's summary are text the client reads: scanned as the
+    answer's text is, their tails flushed as their own kind of delta, their repeats rewritten."""
+    guards = _set()
+    ex = _rs_ex(guards)
+    summary, refusal = f"user card {CARD}", f"not with {CARD}"
+    r_at = {"item_id": "r1", "output_index": 0, "summary_index": 0}
+    m_at = {"item_id": "m1", "output_index": 1, "content_index": 0}
+    reasoning = {"type": "reasoning", "id": "r1", "summary": [{"type": "summary_text", "text": summary}]}
+    message = {"type": "message", "id": "m1", "role": "assistant", "content": [{"type": "refusal", "refusal": refusal}]}
+    events = [("response.reasoning_summary_part.added", {**r_at, "part": {"type": "summary_text", "text": ""}})]
+    events += [("response.reasoning_summary_text.delta", {**r_at, "delta": summary[i:i + 4]})
+               for i in range(0, len(summary), 4)]
+    events += [("response.reasoning_summary_text.done", {**r_at, "text": summary}),
+               ("response.reasoning_summary_part.done", {**r_at, "part": {"type": "summary_text", "text": summary}}),
+               ("response.output_item.done", {"output_index": 0, "item": reasoning})]
+    events += [("response.refusal.delta", {**m_at, "delta": refusal[i:i + 4]}) for i in range(0, len(refusal), 4)]
+    events += [("response.refusal.done", {**m_at, "refusal": refusal}),
+               ("response.content_part.done", {**m_at, "part": {"type": "refusal", "refusal": refusal}}),
+               ("response.output_item.done", {"output_index": 1, "item": message}),
+               ("response.completed", {"response": {"output": [reasoning, message]}})]
+    chunks = [_rs_event(kind, seq, **fields) for seq, (kind, fields) in enumerate(events)]
+    out = [ev.obj for chunk in chunks for ev in sse_deltas.events(guards.on_chunk(ex, chunk)) if ev.obj]
+    said = {kind: "".join(e["delta"] for e in out if e["type"] == kind)
+            for kind in ("response.reasoning_summary_text.delta", "response.refusal.delta")}
+    assert said == {"response.reasoning_summary_text.delta": "user card <CREDIT_CARD>",
+                    "response.refusal.delta": "not with <CREDIT_CARD>"}
+    assert CARD not in json.dumps(out)
+    assert [e["sequence_number"] for e in out] == list(range(len(out)))
+    final = out[-1]["response"]["output"]
+    assert final[0]["summary"][0]["text"] == "user card <CREDIT_CARD>"
+    assert final[1]["content"][0]["refusal"] == "not with <CREDIT_CARD>"
+    assert ex.guardrails.counts == {"g": {"credit_card": 2}}

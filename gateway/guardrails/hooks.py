@@ -323,7 +323,7 @@ class GuardrailSet:
                         for index in sorted(schema.texts):
                             self._ended(state, index, None)
                 continue
-            for holder, name, kind, index, tool in sse_deltas.deltas(obj):
+            for holder, name, kind, index, tool in sse_deltas.deltas(obj, side=True):
                 text = holder.get(name)
                 if schema is not None and name == "content":
                     schema.saw(index, holder)
@@ -402,8 +402,9 @@ class GuardrailSet:
                 continue
             changed = True
             if key[1] < 0:
-                delta["content"] = (delta.get("content") or "") + tail
-                if state.schema is not None:
+                name = sse_deltas.SIDE_FIELDS.get(key[1], "content")
+                delta[name] = (delta.get(name) or "") + tail
+                if state.schema is not None and name == "content":
                     state.schema.add(index, tail)
             else:
                 calls = delta.get("tool_calls")

@@ -1,9 +1,11 @@
 """Output guardrails on a streamed Responses API answer (`POST /v1/responses`, `stream: true`).
 
 Theory of operation. The deltas are scanned as chat deltas are, with one scanner per guardrail
-and per text part (`output_index`, `content_index`) or function call (`output_index`):
-`response.output_text.delta` and `response.function_call_arguments.delta` carry the text, and
-what the scanners emit (masked, or the text before a finding for `block`) replaces the delta.
+and per text part (`output_index`, `content_index`), reasoning summary part (`output_index`,
+`summary_index`) or function call (`output_index`): `response.output_text.delta`,
+`response.refusal.delta`, `response.reasoning_summary_text.delta` and
+`response.function_call_arguments.delta` carry the text, and what the scanners emit (masked, or
+the text before a finding for `block`) replaces the delta.
 
 Unlike chat, the stream then repeats the whole text: in `response.output_text.done` (`text`),
 `response.function_call_arguments.done` (`arguments`), `response.content_part.done` (`part`),
@@ -31,14 +33,21 @@ if TYPE_CHECKING:
     from tollway.gateway.guardrails.hooks import GuardrailSet, GuardrailState
     from tollway.gateway.sse_deltas import Event
 
-Key = tuple[int, int]  # (output_index, content_index), content_index -1 for a function call's arguments
-_DELTAS = {"response.output_text.delta": False, "response.function_call_arguments.delta": True}  # → arguments?
-_DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments"}
+Key = tuple[int, int]  # (output_index, content_index or summary_index), -1 for a function call's arguments
+_DELTAS = {"response.output_text.delta": False, "response.function_call_arguments.delta": True,  # → arguments?
+           "response.refusal.delta": False, "response.reasoning_summary_text.delta": False}
+_DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments",
+          "response.refusal.done": "refusal", "response.reasoning_summary_text.done": "text"}
+_DELTA_OF = {"response.output_text.done": "response.output_text.delta",  # (the event a held tail goes out as)
+             "response.function_call_arguments.done": "response.function_call_arguments.delta",
+             "response.refusal.done": "response.refusal.delta",
+             "response.reasoning_summary_text.done": "response.reasoning_summary_text.delta"}
+_PART_TEXT = {"output_text": "text", "refusal": "refusal", "summary_text": "text"}  # a part's text field
 _ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
 # Events that show a part before its deltas (normally empty): a text there is scanned, but the
 # deltas that follow are the part's text, not a continuation of it.
 _OPENINGS = frozenset(("response.created", "response.in_progress", "response.queued", "response.output_item.added",
-                       "response.content_part.added"))
+                       "response.content_part.added", "response.reasoning_summary_part.added"))
 _encode = msgspec.json.encode
 
 
@@ -50,7 +59,8 @@ class ResponsesState:
 
 
 def _key(obj: dict[str, Any], arguments: bool) -> Key | None:
-    at, part = obj.get("output_index"), -1 if arguments else obj.get("content_index", 0)
+    at = obj.get("output_index")
+    part = -1 if arguments else obj.get("summary_index", obj.get("content_index", 0))
     return (at, part) if isinstance(at, int) and isinstance(part, int) else None
 
 
@@ -77,11 +87,11 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
         if kind in _DONES:
             key = _key(obj, kind == "response.function_call_arguments.done")
             if key is not None:
-                _flush(guards, state, rs, key, ev)
+                _flush(guards, state, rs, key, ev, _DELTA_OF[kind])
                 ev.changed |= _settle(guards, state, rs, key, obj, _DONES[kind])
         part = obj.get("part")
-        if isinstance(part, dict) and part.get("type") == "output_text" and (key := _key(obj, False)) is not None:
-            ev.changed |= _settle(guards, state, rs, key, part, "text", record)
+        if isinstance(part, dict) and part.get("type") in _PART_TEXT and (key := _key(obj, False)) is not None:
+            ev.changed |= _settle(guards, state, rs, key, part, _PART_TEXT[part["type"]], record)
         item = obj.get("item")
         if isinstance(item, dict) and isinstance(obj.get("output_index"), int):
             ev.changed |= _settle_item(guards, state, rs, obj["output_index"], item, record)
@@ -107,21 +117,19 @@ def _check(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, at: 
         guards.check_answer(state, text)
 
 
-def _flush(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key: Key, ev: Event) -> None:
-    """A part's text ended: its held tail goes out as one more delta event before `ev`."""
+def _flush(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key: Key, ev: Event, kind: str) -> None:
+    """A part's text ended: its held tail goes out as one more delta event (`kind`) before `ev`."""
     tail = guards.finish_text(state, key)
     if not tail:
         return
     rs.emitted.setdefault(key, []).append(tail)
     obj = ev.obj
-    arguments = key[1] < 0
-    added: dict[str, Any] = {"type": "response.function_call_arguments.delta" if arguments else "response.output_text.delta"}
-    for name in ("sequence_number", "item_id", "output_index") if arguments else \
-            ("sequence_number", "item_id", "output_index", "content_index"):
+    added: dict[str, Any] = {"type": kind}
+    for name in ("sequence_number", "item_id", "output_index", "content_index", "summary_index"):
         if name in obj:
             added[name] = obj[name]
     added["delta"] = tail
-    if not arguments:
+    if kind == "response.output_text.delta":
         added["logprobs"] = []
     ev.before += b"event: " + added["type"].encode() + b"\ndata: " + _encode(added) + b"\n\n"
     if isinstance(obj.get("sequence_number"), int):
@@ -158,8 +166,8 @@ def _settle_item(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState
     if item.get("type") == "function_call":
         return _settle(guards, state, rs, (at, -1), item, "arguments", record)
     changed = False
-    content = item.get("content")
-    for index, part in enumerate(content if isinstance(content, list) else ()):
-        if isinstance(part, dict) and part.get("type") == "output_text":
-            changed |= _settle(guards, state, rs, (at, index), part, "text", record)
+    for parts in (item.get("content"), item.get("summary")):  # a message's parts, a reasoning item's summary
+        for index, part in enumerate(parts if isinstance(parts, list) else ()):
+            if isinstance(part, dict) and part.get("type") in _PART_TEXT:
+                changed |= _settle(guards, state, rs, (at, index), part, _PART_TEXT[part["type"]], record)
     return changed

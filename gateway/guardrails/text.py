@@ -13,9 +13,11 @@ Input (what the model would see), all roles:
   rerank: `query` and `documents` (strings, or objects with `text`). The multipart uploads
   (image edits, transcriptions) are not JSON: their `prompt` is not scanned.
 
-Output (a non-stream answer): chat `choices[].message.content` and tool-call arguments,
-completions `choices[].text`, Anthropic `content[].text` and `tool_use` input's strings,
-responses `output[].content[].text` and `function_call.arguments`.
+Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content`, `.refusal`
+and tool-call arguments, completions `choices[].text`, Anthropic `content[].text` and
+`tool_use` input's strings, responses `output[].content[].text` and `.refusal`, reasoning
+`summary[].text` and `function_call.arguments`. Anthropic `thinking` blocks are not: they are
+signed, and a changed one is refused when the client sends it back.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
                 yield from _strings(part.get("input"))
             else:
                 yield from _str(part, "text")
+                yield from _str(part, "refusal")  # a refusal part (chat, responses)
                 yield from _str(part, "output")  # responses: function_call_output
                 yield from _str(part, "arguments")  # responses: function_call
                 if "content" in part:
@@ -124,6 +127,8 @@ def output_slots(body: Any) -> list[Slot]:
         message = choice.get("message")
         if isinstance(message, dict):
             slots += _str(message, "content")
+            slots += _str(message, "reasoning_content")  # (what the gateway makes of a provider's thinking)
+            slots += _str(message, "refusal")
             for call in message.get("tool_calls") or ():
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
@@ -133,4 +138,5 @@ def output_slots(body: Any) -> list[Slot]:
         if isinstance(item, dict):
             slots += _str(item, "arguments")
             slots += _parts(item, "content")
+            slots += _parts(item, "summary")  # a reasoning item's summary text
     return slots
