@@ -94,8 +94,8 @@ def deltas(obj: Any, side: bool = False) -> Iterator[tuple[dict[str, Any], str, 
                 for call in calls:
                     fn = call.get("function") if isinstance(call, dict) else None
                     if isinstance(fn, dict):
-                        tool = call.get("index", 0)
-                        yield fn, "arguments", ARGUMENTS, index, tool if isinstance(tool, int) else 0
+                        tool = call.get("index", 0)  # (a negative one would share the choice's text keys)
+                        yield fn, "arguments", ARGUMENTS, index, tool if isinstance(tool, int) and tool >= 0 else 0
     elif obj.get("type") == "content_block_delta" and isinstance(obj.get("delta"), dict):
         delta = obj["delta"]
         index = obj.get("index", 0)

@@ -181,9 +181,11 @@ os.register_at_fork(after_in_child=lambda: catch_early_stops(main))  # as serve 
 worker = os.fork()
 if worker == 0:
     print("worker", signal.getsignal(signal.SIGTERM).__name__, flush=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # (as during a held start)
     child = os.fork()  # e.g. a plugin's multiprocessing pool
     if child == 0:
         print("child", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+        print("blocked", signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []), flush=True)
         os._exit(0)
     os.waitpid(child, 0)
     os._exit(0)
@@ -196,7 +198,7 @@ def test_only_serves_own_workers_remember_an_early_stop():
     keep SIGTERM's default action, not remember it forever."""
     done = subprocess.run([sys.executable, "-c", _FORKS], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["worker", "_remember_stop", "child", "True"]
+    assert done.stdout.split() == ["worker", "_remember_stop", "child", "True", "blocked", "False"]
 
 
 def test_a_start_that_fails_lets_the_held_signals_in_at_once():

@@ -498,3 +498,32 @@ def test_responses_stream_refusal_and_reasoning_summary_are_masked_and_repeats_r
     assert final[0]["summary"][0]["text"] == "user card <CREDIT_CARD>"
     assert final[1]["content"][0]["refusal"] == "not with <CREDIT_CARD>"
     assert ex.guardrails.counts == {"g": {"credit_card": 2}}
+
+
+def test_a_chats_reasoning_tail_goes_out_before_its_answer_not_at_the_end() -> None:
+    """A UI closes the thinking panel when the answer starts: the reasoning's held tail is sent
+    with the first delta that carries the answer, not after it at finish_reason."""
+    guards = _set()
+    ex = _ex(guards)
+
+    def chunk(delta: dict[str, Any], finish: bool = False) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": "stop" if finish else None}]}).encode() + b"\n\n"
+
+    out = [guards.on_chunk(ex, chunk({"reasoning_content": "so the total is 12345"})),
+           guards.on_chunk(ex, chunk({"content": "The answer is 4."})),
+           guards.on_chunk(ex, chunk({}, finish=True))]
+    order = []
+    for ev in sse_deltas.events(b"".join(out)):
+        for holder, name, _kind, _index, _tool in sse_deltas.deltas(ev.obj, side=True):
+            if holder.get(name):
+                order.append((name, holder[name]))
+    assert "".join(t for n, t in order if n == "reasoning_content") == "so the total is 12345"
+    assert [n for n, _ in order][-1] == "content", order  # the whole reasoning came before the answer
+
+
+def test_input_slots_take_an_earlier_refusal_and_a_reasoning_items_summary() -> None:
+    chat = {"messages": [{"role": "assistant", "content": None, "refusal": "r"}]}
+    assert _texts("chat", chat) == ["r"]
+    responses = {"input": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "s"}]}]}
+    assert _texts("responses", responses) == ["s"]

@@ -314,3 +314,56 @@ def test_a_cost_limit_stops_a_stream_on_an_alias_route_priced_as_it_is_served() 
         assert 0.5 * output_usd < passed <= output_usd + 1
 
     asyncio.run(run())
+
+
+def test_an_alias_streams_prompt_cost_is_taken_with_its_first_extension() -> None:
+    """Priced only once served, the reservation held no dollars for the prompt: the first
+    extension takes them, so the output gets what the limit holds past the prompt (before, the
+    prompt was charged only at the settle, past the limit)."""
+    cfg = config_mod.loads(ALIASED.replace("cost_usd: 0.0001", "cost_usd: 0.001"))
+    limiter = Limiter(cfg, MemoryBuckets(), Metrics())
+    price = limiter.policy.known_price("house-model", "gpt-4o-mini")
+    assert price is not None
+
+    async def run() -> None:
+        body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5,
+                           "messages": [{"role": "user", "content": "x" * 5800}]}).encode()
+        lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
+        assert isinstance(lease, Lease) and lease.demand[4] == 0.0  # (nothing reserved for the prompt)
+        prompt_usd = lease.demand[1] * price.input / 1e6
+        assert 0.0008 < prompt_usd < 0.001  # most of the limit
+        ex = Exchange("req_alias_prompt", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None
+        ex.upstream_model = "gpt-4o-mini"
+        passed, err = await _feed(stop, ex, [_openai(" tok")] * 3000)
+        left = (0.001 - prompt_usd) / (price.output / 1e6)  # output tokens the rest buys
+        assert err is not None and err.code == "insufficient_quota"
+        assert left * 0.5 < passed <= left + 1, (passed, left)
+
+    asyncio.run(run())
+
+
+def test_a_model_unpriced_everywhere_is_not_counted_under_a_cost_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No price for the public name nor the served model: the cost limit bounds nothing, so
+    once that is known the hook passes chunks without holding or counting them."""
+    cfg = config_mod.loads(ALIASED.replace("model: gpt-4o-mini", "model: no-such-model-anywhere"))
+    limiter = Limiter(cfg, MemoryBuckets(), Metrics())
+
+    async def run() -> None:
+        body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5, "messages": []}).encode()
+        lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
+        assert isinstance(lease, Lease)
+        ex = Exchange("req_unpriced", "chat")
+        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+        assert stop is not None
+        ex.upstream_model = "no-such-model-anywhere"
+
+        async def counted(self: StreamStop, text: str) -> int:
+            raise AssertionError("counted a stream nothing bounds")
+        monkeypatch.setattr(StreamStop, "_count", counted)
+        passed, err = await _feed(stop, ex, [_openai(" tok" * 1000)] * 200)
+        assert (passed, err) == (200, None)
+        assert stop._held == len(_openai(" tok" * 1000))  # the first chunk, which found it out; then nothing
+
+    asyncio.run(run())

@@ -70,10 +70,17 @@ def allowance(plan: Plan, demand: tuple[float, ...], price: Price) -> float:
     return max(most, 0.0)
 
 
-def extension(tokens: float, rate: float) -> tuple[float, ...]:
+def extension(tokens: float, rate: float, usd: float = 0.0) -> tuple[float, ...]:
     """The demand (MEASURES order) of `tokens` more output tokens: nothing on requests, input
-    or concurrency, `tokens` on output and total, their cost at `rate` USD per token."""
-    return (0.0, 0.0, tokens, tokens, tokens * rate, 0.0)
+    or concurrency, `tokens` on output and total, their cost at `rate` USD per token (and `usd`
+    more: a prompt cost the reservation did not hold, `unreserved_prompt_cost`)."""
+    return (0.0, 0.0, tokens, tokens, tokens * rate + usd, 0.0)
+
+
+def unreserved_prompt_cost(demand: tuple[float, ...], price: Price) -> float:
+    """What the prompt costs at `price` beyond the dollars `demand` reserved: a stream priced
+    only once served (an alias route with no price of its own reserved none)."""
+    return max(prompt_cost(demand[_PROMPT], price) - demand[_COST], 0.0)
 
 
 def step(sub: Plan, rate: float) -> float:

@@ -47,6 +47,7 @@ REGEX = "regex"  # the detector label of a regex guardrail's findings
 REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
+_REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name == "reasoning_content")
 
 
 class Rule:
@@ -323,7 +324,10 @@ class GuardrailSet:
                         for index in sorted(schema.texts):
                             self._ended(state, index, None)
                 continue
+            said: list[tuple[int, dict[str, Any]]] = []  # each choice's delta
             for holder, name, kind, index, tool in sse_deltas.deltas(obj, side=True):
+                if name == "content":
+                    said.append((index, holder))
                 text = holder.get(name)
                 if schema is not None and name == "content":
                     schema.saw(index, holder)
@@ -335,6 +339,9 @@ class GuardrailSet:
                     holder[name], ev.changed = new, True
                 if schema is not None and name == "content":
                     schema.add(index, new)
+            for index, delta in said:  # (after: a tail put in this delta must not be scanned again)
+                if self._end_reasoning(state, index, delta):
+                    ev.changed = True
             if not isinstance(obj, dict):
                 continue
             choices = obj.get("choices")
@@ -392,6 +399,19 @@ class GuardrailSet:
                 text = self._emitted(state, rule, scanner.feed(text))
             text += self._emitted(state, rule, scanner.finish())
         return text
+
+    def _end_reasoning(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
+        """A choice's reasoning ended (its delta carries answer, refusal or tool calls and no more
+        reasoning): its held tail goes out in this delta's reasoning_content, before the answer,
+        not at the choice's end. True if there was one."""
+        if delta.get("reasoning_content") or not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
+            return False
+        if not any(k[1] == index and k[2] == _REASONING for k in state.scanners):
+            return False
+        tail = self.finish_text(state, (index, _REASONING))
+        if tail:
+            delta["reasoning_content"] = tail
+        return bool(tail)
 
     def _flush_choice(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""

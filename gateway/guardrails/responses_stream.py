@@ -35,14 +35,14 @@ if TYPE_CHECKING:
 
 Key = tuple[int, int]  # (output_index, content_index or summary_index), -1 for a function call's arguments
 _DELTAS = {"response.output_text.delta": False, "response.function_call_arguments.delta": True,  # → arguments?
-           "response.refusal.delta": False, "response.reasoning_summary_text.delta": False}
+           "response.refusal.delta": False, "response.reasoning_summary_text.delta": False,
+           "response.reasoning_text.delta": False}
 _DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments",
-          "response.refusal.done": "refusal", "response.reasoning_summary_text.done": "text"}
-_DELTA_OF = {"response.output_text.done": "response.output_text.delta",  # (the event a held tail goes out as)
-             "response.function_call_arguments.done": "response.function_call_arguments.delta",
-             "response.refusal.done": "response.refusal.delta",
-             "response.reasoning_summary_text.done": "response.reasoning_summary_text.delta"}
-_PART_TEXT = {"output_text": "text", "refusal": "refusal", "summary_text": "text"}  # a part's text field
+          "response.refusal.done": "refusal", "response.reasoning_summary_text.done": "text",
+          "response.reasoning_text.done": "text"}
+_DELTA_OF = {done: done.removesuffix(".done") + ".delta" for done in _DONES}  # (the event a held tail goes out as)
+# A part's text field, by its type (a message's, a reasoning item's content and summary)
+_PART_TEXT = {"output_text": "text", "refusal": "refusal", "summary_text": "text", "reasoning_text": "text"}
 _ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
 # Events that show a part before its deltas (normally empty): a text there is scanned, but the
 # deltas that follow are the part's text, not a continuation of it.

@@ -71,6 +71,8 @@ def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
                 yield from _str(part, "arguments")  # responses: function_call
                 if "content" in part:
                     yield from _parts(part, "content")
+                if "summary" in part:  # responses: a reasoning item
+                    yield from _parts(part, "summary")
 
 
 def _list_or_str(holder: dict[str, Any], key: str) -> Iterator[Slot]:
@@ -93,6 +95,7 @@ def input_slots(api: str, body: Any) -> list[Slot]:
             if not isinstance(message, dict):
                 continue
             slots += _parts(message, "content")
+            slots += _str(message, "refusal")  # (an earlier assistant turn's)
             for call in message.get("tool_calls") or ():
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
@@ -137,6 +140,6 @@ def output_slots(body: Any) -> list[Slot]:
     for item in body.get("output") or ():
         if isinstance(item, dict):
             slots += _str(item, "arguments")
-            slots += _parts(item, "content")
+            slots += _parts(item, "content")  # (a reasoning item's reasoning_text parts too)
             slots += _parts(item, "summary")  # a reasoning item's summary text
     return slots

@@ -84,12 +84,13 @@ def catch_early_stops(parent: int) -> None:
     it): a stop is remembered, to be taken once the worker serves (`stop_signals_held`). A
     forked worker inherits the main process's handlers, which took a SIGTERM meant for a worker
     still starting as the main process's own and lost it: the worker then served on until
-    killed. (The registration and the handlers are inherited too: a process a worker forks
-    gets the default action back for any stop it would only have remembered.)"""
+    killed. (The registration, the handlers and a held mask are inherited too: a process a
+    worker forks gets the default actions back, and the signals unblocked.)"""
     if os.getppid() != parent:
         for sig in _STOP_SIGNALS:
             if signal.getsignal(sig) is _remember_stop:
-                signal.signal(sig, signal.SIG_DFL)
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # (forked during a held start)
         return
     _early_stops.clear()
     for sig in _STOP_SIGNALS:

@@ -227,13 +227,14 @@ class Limiter:
             found = self._growing[id(plan)] = (plan, Growing(sub, self.store.bind(sub), rate) if sub else None)
         return found[1]
 
-    async def extend(self, lease: Lease, grow: Growing, tokens: float, need: float) -> float:
+    async def extend(self, lease: Lease, grow: Growing, tokens: float, need: float, usd: float = 0.0) -> float:
         """Take `tokens` more output tokens for the lease's stream on its growing buckets (the
         store's own way: the memory table, the Redis lease, or one Redis call), or if they do
-        not fit, `need` of them where that costs no call. Returns the tokens taken (part of the
-        reservation from now on); raises the GatewayError to stop the stream with."""
+        not fit, `need` of them where that costs no call; `usd` more of cost with either. Returns
+        the tokens taken (part of the reservation from now on); raises the GatewayError to stop
+        the stream with."""
         store = self.store
-        demand = streams.extension(tokens, grow.rate)
+        demand = streams.extension(tokens, grow.rate, usd)
         decided = store.decide(grow.bound, demand)
         if decided is None:
             try:
@@ -244,20 +245,21 @@ class Limiter:
                     raise rate_limits_unavailable(limits.retry_headers(1.0)) from None
                 return tokens  # unmetered, as a request admitted while the store is down
         if not decided[0] and need < tokens:
-            again = store.decide(grow.bound, streams.extension(need, grow.rate))
+            again = store.decide(grow.bound, streams.extension(need, grow.rate, usd))
             if again is not None:
-                tokens, demand, decided = need, streams.extension(need, grow.rate), again
+                tokens, demand, decided = need, streams.extension(need, grow.rate, usd), again
         if not decided[0]:
             raise self._stopped(grow.plan, limits.amounts(grow.plan, demand), decided[1], lease.model)
         _took(lease, demand)
         return tokens
 
-    def extend_ahead(self, lease: Lease, grow: Growing, tokens: float) -> bool:
-        """Take `tokens` more output tokens for the lease's stream if they fit where that costs no
-        store call (the memory table, the Redis store's local lease); else take nothing and
-        return False. Never a stop: the stream asks ahead of what it may send (a bound of its
-        bytes), and one refused here counts exactly and asks with `extend`."""
-        demand = streams.extension(tokens, grow.rate)
+    def extend_ahead(self, lease: Lease, grow: Growing, tokens: float, usd: float = 0.0) -> bool:
+        """Take `tokens` more output tokens (and `usd` more of cost) for the lease's stream if
+        they fit where that costs no store call (the memory table, the Redis store's local
+        lease); else take nothing and return False. Never a stop: the stream asks ahead of what
+        it may send (a bound of its bytes), and one refused here counts exactly and asks with
+        `extend`."""
+        demand = streams.extension(tokens, grow.rate, usd)
         decided = self.store.decide(grow.bound, demand)
         if decided is None or not decided[0]:
             return False

@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from tollway.core.accounting.pricebook import PriceBook
-from tollway.core.accounting.pricing import FREE, Price
+from tollway.core.accounting.pricing import FREE
 from tollway.core.accounting.stream_text import chunk_texts
 from tollway.core.accounting.tokens import encoding_for, encoding_name_for_model
 from tollway.core.errors import GatewayError
 from tollway.core.kernels import text_bound
-from tollway.core.limits.streams import STEP_TOKENS, allowance, output_rate, prompt_cost
+from tollway.core.limits.streams import STEP_TOKENS, allowance, output_rate, prompt_cost, unreserved_prompt_cost
 from tollway.ext.usage import Usage
 from tollway.gateway.token_count import INLINE_MAX_CHARS, count_tokens_off_loop, encoding_ready
 
@@ -82,46 +82,54 @@ class Headroom(Protocol):
 
 
 class LimitHeadroom:
-    """The reservation's growing buckets (output, total, cost tokens). Their cost is charged
-    at the price the limiter knows for the public model; a route with none of its own (an
-    alias whose targets' upstream models are priced) is charged at the served model's, looked
-    up with the first chunk, when the attempt's upstream model is known: until then it allows
-    nothing, so the first chunk asks (issue 15's `cost_usd` limits on such routes mid-stream)."""
+    """The reservation's growing buckets (output, total, cost tokens). Cost buckets are charged
+    at the price the answer will be charged at: the route's, served as the attempt's upstream
+    model (an alias route with no price of its own costs what its target's model does), so
+    with a cost bucket the allowance is worked out at the first chunk, when that model is
+    known; until then nothing is allowed, so the first chunk asks. A prompt cost the
+    reservation did not hold (priced as served, it reserved none) is taken with the first
+    extension."""
 
-    __slots__ = ("limiter", "lease", "growing", "allowed", "priced")
+    __slots__ = ("limiter", "lease", "growing", "allowed", "priced", "owed")
 
-    def __init__(self, limiter: Limiter, lease: Lease, growing: Growing, price: Price | None) -> None:
+    def __init__(self, limiter: Limiter, lease: Lease, growing: Growing) -> None:
         self.limiter, self.lease, self.growing = limiter, lease, growing
-        self.priced = price is not None
-        self.allowed = allowance(growing.plan, lease.demand, price) if price is not None else 0.0
+        self.priced = not growing.plan.priced  # (no cost bucket: the price changes nothing)
+        self.allowed = allowance(growing.plan, lease.demand, FREE) if self.priced else 0.0
+        self.owed = 0.0  # USD of prompt the reservation did not hold
 
     async def grow(self, ex: Exchange, sent: float) -> None:
         self._price_served(ex)
         need = sent - self.allowed
         if need > 0:
-            self.allowed += await self.limiter.extend(self.lease, self.growing, max(need, self.growing.step), need)
+            self.allowed += await self.limiter.extend(self.lease, self.growing, max(need, self.growing.step), need,
+                                                      self.owed)
+            self.owed = 0.0
 
     def grow_ahead(self, ex: Exchange, bound: float) -> bool:
         self._price_served(ex)
         if bound <= self.allowed:
             return True
         tokens = max(bound - self.allowed, self.growing.step)
-        if not self.limiter.extend_ahead(self.lease, self.growing, tokens):
+        if not self.limiter.extend_ahead(self.lease, self.growing, tokens, self.owed):
             return False
         self.allowed += tokens
+        self.owed = 0.0
         return True
 
     def _price_served(self, ex: Exchange) -> None:
-        """Once: the allowance at the served upstream model's price (FREE if it has none either:
-        then the cost buckets bound nothing, as for any unpriced model)."""
+        """Once: the allowance at the served price (FREE if there is none: then the cost
+        buckets bound nothing, as for any unpriced model)."""
         if self.priced:
             return
         self.priced = True
         price = self.limiter.policy.known_price(self.lease.model, ex.upstream_model) or FREE
         rate = output_rate(price)
-        if rate > 0.0:
+        if rate != self.growing.rate:
             self.growing = self.growing.at_rate(rate)
         self.allowed = allowance(self.growing.plan, self.lease.demand, price)
+        if rate > 0.0:
+            self.owed = unreserved_prompt_cost(self.lease.demand, price)
 
 
 class BudgetHeadroom:
@@ -198,6 +206,8 @@ class StreamStop:
         self._encode: Callable[[str], list[int]] | None = None  # set once the model's encoding is loaded
 
     async def __call__(self, ex: Exchange, out: bytes) -> bytes:
+        if self.allowed == math.inf:  # (its sources found nothing to bound: an unpriced answer)
+            return out
         size = text_bound(out)
         if not size:
             return out
@@ -270,13 +280,9 @@ def stream_stop(ex: Exchange, model: str, prompt_tokens: float, limiter: Limiter
     if lease is not None and limiter is not None:
         growing = limiter.growing(lease)
         if growing is not None:
-            price = limiter.policy.known_price(lease.model)
-            if price is None and growing.plan.priced:  # priced as served, at the first chunk
-                sources.append(LimitHeadroom(limiter, lease, growing, None))
-            else:
-                headroom = LimitHeadroom(limiter, lease, growing, price or FREE)
-                if headroom.allowed != math.inf:  # (only cost buckets, and the model is free: nothing to pass)
-                    sources.append(headroom)
+            headroom = LimitHeadroom(limiter, lease, growing)
+            if headroom.allowed != math.inf:  # (no growing bound at all: nothing to pass)
+                sources.append(headroom)
     if keeper and prices is not None and keeper.book.applies(ex.key_name, ex.team):
         sources.append(BudgetHeadroom(keeper, prices, ex.route, prompt_tokens))
     return StreamStop(tuple(sources), model) if sources else None
