@@ -297,3 +297,27 @@ async def test_close_keeps_its_deadline_behind_a_slow_write():
     assert asyncio.get_running_loop().time() - started < 0.9
     await asyncio.sleep(0.4)  # the write that was in flight when the deadline came completes
     assert len(store.written) + counters.dropped._value.get() == 25, "every record written or counted as dropped"
+
+
+def test_a_sqlite_batch_hands_the_core_over_between_slices_and_writes_every_row(tmp_path):
+    """A batch's CPU is split into slices with the core handed over between them (a request
+    arriving meanwhile waited for the whole burst: bench/README.md, the c=1 p99 with the
+    SQLite ledger); the rows and rollups are the whole batch's, in one transaction."""
+    import sqlite3
+
+    from tollway.gateway.store import sqlite as store
+
+    db = sqlite3.connect(str(tmp_path / "ledger.db"), isolation_level=None)
+    store._migrate(db)
+    records = [_record(i, request_id=f"s{i}") for i in range(200)]
+    pauses: list[int] = []
+
+    def pause() -> None:
+        pauses.append(db.execute("SELECT count(*) FROM usage_records").fetchone()[0])
+
+    store._write(db, records, pause=pause)
+    # before each 32-row slice and before the rollups: the rows written so far at each
+    assert pauses == [0, 32, 64, 96, 128, 160, 192, 200]
+    assert db.execute("SELECT count(*) FROM usage_records").fetchone()[0] == 200
+    hours = db.execute("SELECT sum(requests) FROM usage_hourly").fetchone()[0]
+    assert hours == 200
