@@ -291,6 +291,21 @@ keys:
 """ % ("0" * 64)
 
 
+def _alias_stream(limiter: Limiter, cfg: config_mod.Config, served_as: str,
+                  content: str = "") -> tuple[StreamStop, Exchange, Lease]:
+    """A house-model stream admitted for the ALIASED config's key, its hook, and its exchange
+    as the relay's attempt leaves it (served as `served_as`) before the first chunk."""
+    messages = [{"role": "user", "content": content}] if content else []
+    body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5, "messages": messages}).encode()
+    lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
+    assert isinstance(lease, Lease)
+    ex = Exchange("req_alias", "chat")
+    stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
+    assert stop is not None, "an unpriced public name with a cost limit still gets the hook"
+    ex.upstream_model = served_as
+    return stop, ex, lease
+
+
 def test_a_cost_limit_stops_a_stream_on_an_alias_route_priced_as_it_is_served() -> None:
     """`house-model` has no price of its own; its answers cost what gpt-4o-mini's do (the
     dataset's), known once the attempt's upstream model is: the stream is stopped at the limit
@@ -301,13 +316,7 @@ def test_a_cost_limit_stops_a_stream_on_an_alias_route_priced_as_it_is_served() 
     assert limiter.policy.known_price("house-model") is None and served is not None and served.output > 0
 
     async def run() -> None:
-        body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5, "messages": []}).encode()
-        lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
-        assert isinstance(lease, Lease)
-        ex = Exchange("req_alias", "chat")
-        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
-        assert stop is not None, "an unpriced public name with a cost limit still gets the hook"
-        ex.upstream_model = "gpt-4o-mini"  # (the relay's attempt sets it before the first chunk)
+        stop, ex, _ = _alias_stream(limiter, cfg, "gpt-4o-mini")
         passed, err = await _feed(stop, ex, [_openai(" tok")] * 5000)
         output_usd = 0.0001 / (served.output / 1e6)  # output tokens the day's $0.0001 buys
         assert err is not None and err.code == "insufficient_quota", (passed, err)
@@ -326,16 +335,10 @@ def test_an_alias_streams_prompt_cost_is_taken_with_its_first_extension() -> Non
     assert price is not None
 
     async def run() -> None:
-        body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5,
-                           "messages": [{"role": "user", "content": "x" * 5800}]}).encode()
-        lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
-        assert isinstance(lease, Lease) and lease.demand[4] == 0.0  # (nothing reserved for the prompt)
+        stop, ex, lease = _alias_stream(limiter, cfg, "gpt-4o-mini", "x" * 5800)
+        assert lease.demand[4] == 0.0  # (nothing reserved for the prompt)
         prompt_usd = lease.demand[1] * price.input / 1e6
         assert 0.0008 < prompt_usd < 0.001  # most of the limit
-        ex = Exchange("req_alias_prompt", "chat")
-        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
-        assert stop is not None
-        ex.upstream_model = "gpt-4o-mini"
         passed, err = await _feed(stop, ex, [_openai(" tok")] * 3000)
         left = (0.001 - prompt_usd) / (price.output / 1e6)  # output tokens the rest buys
         assert err is not None and err.code == "insufficient_quota"
@@ -351,13 +354,7 @@ def test_a_model_unpriced_everywhere_is_not_counted_under_a_cost_limit(monkeypat
     limiter = Limiter(cfg, MemoryBuckets(), Metrics())
 
     async def run() -> None:
-        body = json.dumps({"model": "house-model", "stream": True, "max_tokens": 5, "messages": []}).encode()
-        lease = limiter.admit(cfg.keys[0], "house-model", "chat", parse_head(body, 64), body)
-        assert isinstance(lease, Lease)
-        ex = Exchange("req_unpriced", "chat")
-        stop = stream_stop(ex, "gpt-4o-mini", lease.demand[1], limiter, lease, None, None)
-        assert stop is not None
-        ex.upstream_model = "no-such-model-anywhere"
+        stop, ex, _ = _alias_stream(limiter, cfg, "no-such-model-anywhere")
 
         async def counted(self: StreamStop, text: str) -> int:
             raise AssertionError("counted a stream nothing bounds")
