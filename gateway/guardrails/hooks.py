@@ -406,7 +406,7 @@ class GuardrailSet:
         not at the choice's end. True if there was one."""
         if delta.get("reasoning_content") or not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
             return False
-        if not any(k[1] == index and k[2] == _REASONING for k in state.scanners):
+        if not any((i, index, _REASONING) in state.scanners for i in range(len(state.output))):  # (per rule, not per key)
             return False
         tail = self.finish_text(state, (index, _REASONING))
         if tail:
