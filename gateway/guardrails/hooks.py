@@ -160,6 +160,9 @@ class GuardrailState:
     output: tuple[Rule, ...]  # the scanning ones (pii, regex)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     scanners: dict[tuple[int, int, int], StreamScanner | _RegexScanner] = field(default_factory=dict)  # (rule, index, tool)
+    # index -> the tools with a scanner (of any rule): a choice's or part's own are found by one
+    # lookup, not a walk of every scanner (whose number a hostile upstream grows with indexes)
+    live: dict[int, set[int]] = field(default_factory=dict)
     kinds: dict[tuple[int, int], str] = field(default_factory=dict)  # (index, tool): TEXT or ARGUMENTS
     last: dict[str, Any] = field(default_factory=dict)  # the last OpenAI chunk's id/model/created
     checks: tuple[Rule, ...] = ()  # json_schema guardrails, when the request has a schema
@@ -385,11 +388,18 @@ class GuardrailSet:
             scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
                 scanner = state.scanners[i, key[0], key[1]] = rule.scanner()
+                state.live.setdefault(key[0], set()).add(key[1])
             text = self._emitted(state, rule, scanner.feed(text))
         return text
 
     def finish_text(self, state: GuardrailState, key: tuple[int, int]) -> str:
         """The text `key` names ended: its held tails, through the later guardrails. Raises for block."""
+        tools = state.live.get(key[0])
+        if tools is None or key[1] not in tools:
+            return ""
+        tools.discard(key[1])
+        if not tools:
+            del state.live[key[0]]
         text = ""
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
@@ -406,7 +416,7 @@ class GuardrailSet:
         not at the choice's end. True if there was one."""
         if delta.get("reasoning_content") or not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
             return False
-        if not any((i, index, _REASONING) in state.scanners for i in range(len(state.output))):  # (per rule, not per key)
+        if _REASONING not in state.live.get(index, ()):
             return False
         tail = self.finish_text(state, (index, _REASONING))
         if tail:
@@ -416,7 +426,8 @@ class GuardrailSet:
     def _flush_choice(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
         changed = False
-        for key in sorted({(i, t) for _, i, t in state.scanners if i == index}):
+        for tool in sorted(state.live.get(index, ())):
+            key = (index, tool)
             tail = self.finish_text(state, key)
             if not tail:
                 continue
@@ -447,7 +458,7 @@ class GuardrailSet:
 
     def _openai_tail(self, state: GuardrailState) -> bytes:
         """The held text of choices that ended without a finish_reason, as one more chunk."""
-        indexes = sorted({index for _, index, _ in state.scanners})
+        indexes = sorted(state.live)
         choices = []
         for index in indexes:
             delta: dict[str, Any] = {}

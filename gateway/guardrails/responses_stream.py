@@ -152,7 +152,7 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
         if record:
             rs.emitted[key] = [holder[name]]
         return holder[name] != text
-    if any(k[1:] == key for k in state.scanners):  # a part whose `.done` never came: its tail too
+    if key[1] in state.live.get(key[0], ()):  # a part whose `.done` never came: its tail too
         sent.append(guards.finish_text(state, key))
     new = "".join(sent)
     if len(sent) > 1:
