@@ -15,7 +15,7 @@ import msgspec
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
 from tollway.core.kernels import OpenAIStreamRelay, SSEFramer
-from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
+from tollway.core.providers.base import CallContext, ClientAPI, StreamTranslator, UpstreamCall
 from tollway.ext.usage import OpenAIUsage, Usage, from_openai, usage_of_json
 
 PATHS = {
@@ -71,7 +71,7 @@ class OpenAIAdapter:
         relaying a 200 that no client can parse would hide the upstream's fault."""
         return body, usage_of_json(body)
 
-    def stream(self, ctx: CallContext) -> Any:
+    def stream(self, ctx: CallContext) -> StreamTranslator:
         if ctx.api == ClientAPI.RESPONSES:
             return ResponsesStreamRelay()
         return OpenAIStreamRelay(drop_usage_chunk=not ctx.head.wants_usage_chunk)

@@ -18,6 +18,8 @@ import msgspec
 SERVER = 2  # SpanKind
 CLIENT = 3
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+AttributeValue = str | bool | int | float  # its Python type picks the OTLP value type
+Attribute = tuple[str, AttributeValue]
 
 
 class Span(msgspec.Struct, gc=False):
@@ -28,13 +30,13 @@ class Span(msgspec.Struct, gc=False):
     kind: int
     start_ns: int
     end_ns: int
-    attributes: list[tuple[str, Any]]  # values: str, bool, int or float
+    attributes: list[Attribute]
     status: int = STATUS_UNSET
     status_message: str = ""  # an error type, never an error's text
     trace_state: str = ""
 
 
-def attribute(key: str, value: Any) -> dict[str, Any]:
+def attribute(key: str, value: AttributeValue) -> dict[str, Any]:
     """One OTLP KeyValue. bool is checked before int: in Python a bool is an int."""
     if isinstance(value, bool):
         typed: dict[str, Any] = {"boolValue": value}
@@ -66,7 +68,7 @@ def span_json(span: Span) -> dict[str, Any]:
     return out
 
 
-def export_request(spans: Iterable[Span], resource: list[tuple[str, Any]], scope: tuple[str, str]) -> bytes:
+def export_request(spans: Iterable[Span], resource: list[Attribute], scope: tuple[str, str]) -> bytes:
     """The body of one POST to a collector's /v1/traces: every span under one resource and scope."""
     name, version = scope
     doc = {"resourceSpans": [{

@@ -159,6 +159,7 @@ BUCKETS_SHA = hashlib.sha1(BUCKETS_LUA.encode()).hexdigest()
 # What the store keeps per plan (RedisBuckets.bind): the plan, its buckets' Redis keys, their
 # shapes for the script, and its lease slots as a Gate (None when the plan does not lease).
 _Entry = tuple[Plan, tuple[str, ...], list[str], "Gate | None"]
+_Result = tuple[bool, tuple[float, ...]]  # what an r, R or g op answers: (taken, the buckets' levels)
 
 
 class _Op:
@@ -169,7 +170,8 @@ class _Op:
     __slots__ = ("kind", "keys", "shapes", "amounts", "wants", "slots", "future")
 
     def __init__(self, kind: str, keys: tuple[str, ...], shapes: list[str], amounts: tuple[float, ...],
-                 future: Any = None, wants: tuple[float, ...] | None = None, slots: Any = None) -> None:
+                 future: asyncio.Future[_Result] | _TopUp | None = None, wants: tuple[float, ...] | None = None,
+                 slots: tuple[int, ...] | list[int] | None = None) -> None:
         self.kind, self.keys, self.shapes, self.amounts = kind, keys, shapes, amounts
         self.future, self.wants, self.slots = future, wants, slots
 
@@ -185,7 +187,7 @@ class _TopUp:
     def done(self) -> bool:
         return False
 
-    def set_result(self, result: Any) -> None:
+    def set_result(self, result: _Result) -> None:
         return None  # the grants were booked by _run
 
     def set_exception(self, exc: BaseException) -> None:
@@ -197,7 +199,8 @@ class RedisBuckets:
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str, metrics: Metrics, client: Any = None, leasing: bool = False) -> None:
+    def __init__(self, url: str, prefix: str, metrics: Metrics, client: aioredis.Redis | None = None,
+                 leasing: bool = False) -> None:
         self.settings: tuple[str, ...] = ("redis", url, prefix)
         self.prefix = prefix
         self.client = client or aioredis.Redis.from_url(
@@ -250,7 +253,7 @@ class RedisBuckets:
         _, keys, shapes, gate = entry
         slots = gate.slots if gate is not None else None
         wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         if wants is None:
             self._queue.append(_Op("r", keys, shapes, amounts, future))
         else:
@@ -338,7 +341,7 @@ class RedisBuckets:
     def _booked(self, op: _Op, grants: tuple[float, ...], levels: tuple[float, ...]) -> None:
         assert self._book is not None
         wants = op.wants if op.kind == "R" else op.amounts
-        assert wants is not None  # a reservation or a top-up says what it asked for
+        assert wants is not None and op.slots is not None  # a reservation or a top-up says what it asked for, and where
         for bucket, excess in self._book.granted(op.slots, wants, grants, levels, time.monotonic()):
             self._queue.append(_Op("c", (self.key(bucket.id),), [_shape(bucket)], (-excess,)))
         if self._return_timer is None and any(grants):
@@ -406,7 +409,7 @@ class RedisBuckets:
                 grants = tuple(map(float, words[pos:pos + n]))
                 pos += n
                 self._booked(op, grants, levels)
-                if op.kind == "R" and self._book is not None:  # _booked above needs the book too
+                if op.kind == "R" and self._book is not None and op.slots is not None:  # (_booked needs both)
                     levels = tuple([a + b for a, b in zip(levels, self._book.table.levels(op.slots, 0.0))])
             if not op.future.done():
                 op.future.set_result((taken, levels))
@@ -458,7 +461,7 @@ class RedisBuckets:
         self._retry_at = now + RETRY_INTERVAL
         settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
         for op in batch + self._queue:
-            if op.kind == "R" and self._book is not None and op.wants is not None:
+            if op.kind == "R" and self._book is not None and op.wants is not None and op.slots is not None:
                 self._book.failed(op.slots, op.wants)
             if op.future is not None and not op.future.done():
                 op.future.set_exception(StoreUnavailable(str(exc)))

@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
 
 from tollway.core.config import Traces
-from tollway.core.telemetry.otlp import Span, export_request
+from tollway.core.telemetry.otlp import Attribute, Span, export_request
 from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamError, endpoint_of
 
@@ -44,14 +43,14 @@ def _version() -> str:
 
 
 class SpanExporter:
-    def __init__(self, config: Traces, metrics: Metrics, client: Any = None) -> None:
+    def __init__(self, config: Traces, metrics: Metrics, client: UpstreamClient | None = None) -> None:
         self.url = config.endpoint
         self.headers = [("content-type", "application/json"), *config.headers.items()]
         self.interval = config.export_interval
         self.max_queue = config.max_queue
         self.queue: list[Span] = []
         self.version = _version()
-        self.resource: list[tuple[str, Any]] = [("service.name", config.service_name),
+        self.resource: list[Attribute] = [("service.name", config.service_name),
                                                 ("service.version", self.version)]
         self.where = _origin_label(config.endpoint)  # logs name the collector by host:port only
         self.failing = False

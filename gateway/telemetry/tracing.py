@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tollway.core.config import Traces
 from tollway.core.errors import error_label
 from tollway.core.providers.base import ClientAPI
-from tollway.core.telemetry.otlp import CLIENT, SERVER, STATUS_ERROR, STATUS_OK, STATUS_UNSET, Span
+from tollway.core.telemetry.otlp import CLIENT, SERVER, STATUS_ERROR, STATUS_OK, STATUS_UNSET, Attribute, Span
 from tollway.core.telemetry.tracecontext import (
     clean_tracestate,
     format_traceparent,
@@ -144,7 +144,7 @@ class RequestTrace:
 def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int, secrets: KnownSecrets | None = None) -> Span:
     op = OPERATIONS.get(ex.api, ex.api)
     mask = secrets.mask if secrets is not None else str
-    attrs: list[tuple[str, Any]] = [("gen_ai.operation.name", op)]
+    attrs: list[Attribute] = [("gen_ai.operation.name", op)]
     if ex.provider is not None:
         attrs.append(("gen_ai.provider.name", ex.otel_provider))
     model = _text(mask(ex.model or ""))
@@ -176,7 +176,7 @@ def _server_span(trace: RequestTrace, ex: Exchange, end_ns: int, secrets: KnownS
 def _client_span(trace: RequestTrace, attempt: Attempt, ex: Exchange, provider: ProviderRuntime, upstream_model: str,
                  end_ns: int) -> Span:
     op, upstream_model = OPERATIONS.get(ex.api, ex.api), _text(upstream_model)
-    attrs: list[tuple[str, Any]] = [
+    attrs: list[Attribute] = [
         ("gen_ai.operation.name", op), ("gen_ai.provider.name", provider.otel_name),
         ("gen_ai.request.model", upstream_model),
     ]
@@ -202,7 +202,7 @@ def _text(value: str) -> str:
     return value if len(value) <= MAX_TEXT else value[:MAX_TEXT - 1] + "\u2026"
 
 
-def _usage(attrs: list[tuple[str, Any]], ex: Exchange) -> None:
+def _usage(attrs: list[Attribute], ex: Exchange) -> None:
     u = ex.usage
     if u is not None:
         attrs.append(("gen_ai.usage.input_tokens", u.prompt_tokens))
