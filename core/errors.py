@@ -190,7 +190,14 @@ def upstream_error(status: int, message: str, type: str, code: str | None, param
                    headers: list[tuple[str, str]] | None = None) -> GatewayError:
     """An upstream's error response relayed to the client. The mappers in core/providers compute
     status, type and code from the upstream's answer (and keep its retry-after headers); the
-    proxy scrubs the message, which the upstream wrote."""
+    proxy scrubs the message, which the upstream wrote.
+
+    `status` comes from the upstream (an HTTP status, or a code inside a stream's error event):
+    anything but a 4xx or 5xx is not an error status a client can be given (a 200 or a 302
+    "error"; a number HTTP has no status for, which granian cannot send at all and stops the
+    worker on), so it is the upstream's fault, a 502."""
+    if not 400 <= status <= 599:
+        status, type = 502, "api_error"
     return GatewayError(status, message, type, code, param, headers)
 
 

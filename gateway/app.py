@@ -381,13 +381,15 @@ class Gateway:
         return errors.not_found(path)
 
     def _send_error(self, proto: HTTPProtocol, ex: Exchange, exc: GatewayError) -> None:
-        ex.status = exc.status
+        # (errors.upstream_error keeps an upstream's number in 4xx/5xx; this is the last guard:
+        # a status granian cannot send stops the worker)
+        status = ex.status = exc.status if 400 <= exc.status <= 599 else 500
         ex.error_type = ex.error_type or exc.code or exc.type
         headers = [_JSON, ("x-request-id", ex.request_id), *exc.headers]
         if ex.cache is not None:  # a cached route's every answer says what the cache did
             headers.append(ex.cache.header)
         try:
-            proto.response_bytes(exc.status, headers, exc.body())
+            proto.response_bytes(status, headers, exc.body())
         except RuntimeError:
             pass  # a response was already started (stream): the error went out as an SSE event
 

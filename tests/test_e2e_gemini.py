@@ -44,6 +44,10 @@ models:
     targets: [{{provider: vtx, model: gemini-2.5-flash}}]
   - name: exhausted
     targets: [{{provider: gem}}]
+  - name: stream-error-99
+    targets: [{{provider: gem}}]
+  - name: stream-error-200
+    targets: [{{provider: gem}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -93,3 +97,14 @@ def test_errors(oai):
     with pytest.raises(openai.APIStatusError) as bad:
         oai.chat.completions.create(model="gemini-badkey", messages=[{"role": "user", "content": "x"}])
     assert bad.value.status_code == 502 and "wrong-key" not in bad.value.response.text
+
+
+@pytest.mark.parametrize("model", ["stream-error-99", "stream-error-200"])
+def test_a_stream_errors_odd_code_is_a_502_and_the_gateway_stays_up(oai, gw, model):
+    """A stream's error event names its own `code`: 99 is no HTTP status (granian cannot send
+    it: the worker stopped, then the gateway), 200 no error one. Both are the upstream's fault."""
+    with pytest.raises(openai.APIStatusError) as err:
+        list(oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], stream=True))
+    assert err.value.status_code == 502
+    assert oai.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "hi"}]).choices
+    assert gw.proc.poll() is None

@@ -153,3 +153,14 @@ def test_error_inside_stream():
     with pytest.raises(GatewayError) as err:
         translator.feed(b'data: {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}\r\n\r\n')
     assert err.value.status == 503
+
+
+@pytest.mark.parametrize("code,status", [(99, 502), (0, 502), (200, 502), (302, 502), (999, 502), (429, 429), (404, 404)])
+def test_an_error_events_code_becomes_an_error_status(code, status):
+    """The code inside a stream's error event is the upstream's number: only a 4xx or 5xx
+    is relayed as such; anything else is no status a client can be given."""
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    event = json.dumps({"error": {"code": code, "message": "m"}}).encode()
+    with pytest.raises(GatewayError) as err:
+        translator.feed(b"data: " + event + b"\r\n\r\n")
+    assert err.value.status == status

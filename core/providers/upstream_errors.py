@@ -32,8 +32,8 @@ def provider_error(provider: Provider, status: int, headers: list[tuple[str, str
     if status in (401, 403):
         return upstream_auth_failed(provider.name)
     client_status, kind, code = _BY_STATUS.get(status) or (
-        (502, "api_error", "upstream_error") if status >= 500 else (status, "invalid_request_error", "invalid_request")
-    )
+        (status, "invalid_request_error", "invalid_request") if 400 <= status < 500 else (502, "api_error", "upstream_error")
+    )  # (a status that is no client error is the upstream's fault: a 5xx, or a stream error's odd code)
     text = message or f"The upstream provider '{provider.name}' answered HTTP {status}."  # tollway.gateway.proxy scrubs it
     kept = [(k, v) for k, v in headers if k.lower() in _KEEP_HEADERS]
     return upstream_error(client_status, text, kind, code, None, kept)

@@ -6,7 +6,8 @@
 `x-goog-api-key: API_KEY` (and no `key=` in the URL); Vertex calls must carry a bearer token
 that `POST /token` issued, which is where the service-account file used by the tests points
 its `token_uri`; every token grant is counted. A request offering tools gets a functionCall
-(with finishReason STOP, as Gemini says). Model `exhausted` gets 429 RESOURCE_EXHAUSTED.
+(with finishReason STOP, as Gemini says). Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
+of model `stream-error-N` is one error fragment whose code is N.
 Embeddings: Vertex's `:predict` (`instances[].content`, `parameters.outputDimensionality`;
 answers `predictions[].embeddings.{values, statistics.token_count}`; a `gemini-embedding-*`
 model takes one instance, as on Vertex) and the Gemini API's `:batchEmbedContents` (each
@@ -114,6 +115,11 @@ class FakeGemini(FakeUpstream):
             return _error(404, "NOT_FOUND", f"unknown method {method}")
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
+        if model.startswith("stream-error-"):  # a stream whose first fragment is an error with this code
+            code = int(model.removeprefix("stream-error-"))
+            await resp.write(b"data: " + json.dumps({"error": {"code": code, "message": "boom"}}).encode() + b"\r\n\r\n")
+            await resp.write_eof()
+            return resp
         for event in sse_bytes(model, with_tool):
             await resp.write(event)
         await resp.write_eof()
