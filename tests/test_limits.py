@@ -72,12 +72,13 @@ def key(cfg, name):
 # -- config ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("per", "seconds"), [("1s", 1), ("30s", 30), ("1m", 60), ("m", 60), ("2h", 7200),
-                                               ("1d", 86400), ("0.5s", 0.5)])
+                                               ("1d", 86400), ("0.5s", 0.5), ("366d", 366 * 86400)])
 def test_window_seconds(per, seconds):
     assert window_seconds(per) == seconds
 
 
-@pytest.mark.parametrize("per", ["", "1", "1w", "m1", "-1m", "0s", "1 minute", "9" * 400 + "d"])
+@pytest.mark.parametrize("per", ["", "1", "1w", "m1", "-1m", "0s", "1 minute", "9" * 400 + "d",
+                                 "367d", "99999999999999d"])
 def test_window_seconds_refuses_what_it_cannot_read(per):
     with pytest.raises(ValueError):
         window_seconds(per)

@@ -114,6 +114,21 @@ async def test_bucket_keys_share_one_hash_tag_and_expire_when_full_again(store):
     await r.aclose()
 
 
+async def test_a_bucket_slow_to_refill_expires_within_the_integer_redis_takes(store):
+    """A state's expiry is the time it takes to refill: with a tiny refill (a long window) and
+    a deep debt it ran past what PEXPIRE accepts, every call of the script failed, and each
+    use of that one key put every bucket of every key into the Redis outage mode. Capped."""
+    slow = Bucket("key:k:cost_usd:366d", "key", "k", "cost_usd", 0.001, 366 * 86400.0)
+    plan = plan_of(slow)
+    store.charge(store.bind(plan), (1e12,))  # a debt far past the capacity
+    await asyncio.sleep(0.05)
+    taken, _ = await store.take(store.bind(plan), (0.0,))
+    assert not taken and store._down_since is None  # the script ran and answered (in debt): no outage
+    r = aioredis.Redis.from_url(SHARED_URL)
+    assert 0 < await r.pttl(store.key(slow.id)) <= 400 * 86400 * 1000
+    await r.aclose()
+
+
 async def test_a_denied_reservation_takes_nothing(store):
     plan = plan_of(Bucket("a", "key", "k", "requests", 10, 60), Bucket("b", "key", "k", "total_tokens", 100, 60))
     store.now = 5000.0

@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # tollway.core.config (check_limits.py) imports this module t
 MEASURES = ("requests", "input_tokens", "output_tokens", "total_tokens", "cost_usd", "concurrent")
 TOKEN_MEASURES = ("total_tokens", "input_tokens", "output_tokens")  # header preference order
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_WINDOW_SECONDS = 366 * 86400.0  # a rate window of a year at most (the Redis store's state expires after it)
 _PER = re.compile(r"^(\d+(?:\.\d+)?)?([smhd])$")
 _NO_OUTPUT_APIS = frozenset(("embeddings", "count_tokens", "moderations", "rerank"))  # they generate no tokens
 # APIs that feed no model and generate nothing: each counts as one request (and holds a
@@ -73,8 +74,8 @@ def window_seconds(per: str) -> float:
     seconds = float(m.group(1) or 1) * _UNIT_SECONDS[m.group(2)]
     if seconds <= 0:
         raise ValueError("per must be longer than 0 seconds")
-    if math.isinf(seconds):  # hundreds of digits: a bucket that never refills is `concurrent`'s job
-        raise ValueError(f"per is too long to be a window: {per.strip()[:20]}...")
+    if seconds > MAX_WINDOW_SECONDS:  # a bucket that (almost) never refills is `concurrent`'s, or a budget's, job
+        raise ValueError(f"per is at most 366d (a longer spend limit is a calendar budget), not {per.strip()[:20]}")
     return seconds
 
 

@@ -77,6 +77,7 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local gauge_ttl = tonumber(ARGV[2])
+local max_ttl = 34560000000  -- ms, 400 days: past a window's refill (at most 366d), and an integer PEXPIRE takes
 local caps, rates = {}, {}
 do
   local i, tok = 1, string.gmatch(ARGV[3], '%S+')
@@ -149,7 +150,7 @@ end
 for i, s in pairs(state) do
   redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
   local ttl = gauge_ttl
-  if rates[i] > 0 then ttl = math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000 end
+  if rates[i] > 0 then ttl = math.min(math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000, max_ttl) end
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return table.concat(out, ' ')
