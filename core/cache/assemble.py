@@ -5,6 +5,11 @@ Each assembler reads the whole SSE text once the stream has ended, and returns N
 stream is not a complete answer (no end marker, an error event, a piece it cannot read): such
 a stream is never stored. Anything unexpected reads as "not complete", never as an error:
 this runs after the client has its answer.
+
+It runs on the event loop, over up to 8x max_entry_bytes of an upstream's stream: every text
+is gathered as a list of pieces joined once (a `+=` on a dict's string copies it whole each
+time: quadratic), and tool calls are kept by their index, not in a list padded up to it (an
+index is the upstream's number: 3,000,000 made three million placeholders).
 """
 from __future__ import annotations
 
@@ -125,6 +130,22 @@ def _chunks(sse: bytes) -> list[_ChatChunk] | None:
     return _decode_chunks(b"[" + b",".join(datas[:-1]) + b"]")
 
 
+class _Call:
+    """A tool call being put back together: its name and arguments as pieces."""
+
+    __slots__ = ("id", "type", "name", "arguments")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.type = "function"
+        self.name: list[str] = []
+        self.arguments: list[str] = []
+
+    def answer(self) -> Answer:
+        return {"id": self.id, "type": self.type,
+                "function": {"name": "".join(self.name), "arguments": "".join(self.arguments)}}
+
+
 class _Choice:
     """A choice being put back together: its text as pieces, joined once at the end."""
 
@@ -135,7 +156,7 @@ class _Choice:
         self.content: list[str] = []
         self.refusal: list[str] = []
         self.reasoning: list[str] = []
-        self.calls: list[Answer] = []
+        self.calls: dict[int, _Call] = {}  # by the stream's index
         self.logprobs: list[Any] | None = None
         self.finish: str | None = None
 
@@ -150,7 +171,9 @@ class _Choice:
                 self._rest(delta)
         if part.logprobs is not None or part.finish_reason is not None:
             if part.logprobs and part.logprobs.get("content"):
-                self.logprobs = (self.logprobs or []) + part.logprobs["content"]
+                if self.logprobs is None:
+                    self.logprobs = []
+                self.logprobs.extend(part.logprobs["content"])
             if part.finish_reason:
                 self.finish = part.finish_reason
 
@@ -172,7 +195,7 @@ class _Choice:
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
         if self.calls:
-            message["tool_calls"] = self.calls
+            message["tool_calls"] = [self.calls[i].answer() for i in sorted(self.calls)]
         logprobs = {"content": self.logprobs} if self.logprobs is not None else None
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": self.finish}
 
@@ -203,22 +226,25 @@ def _chat(sse: bytes) -> Answer | None:
     return answer
 
 
-def _tool_call(calls: list[Answer], delta: _ToolCallDelta) -> None:
-    while len(calls) <= delta.index:
-        calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    call = calls[delta.index]
+def _tool_call(calls: dict[int, _Call], delta: _ToolCallDelta) -> None:
+    call = calls.get(delta.index)
+    if call is None:
+        call = calls[delta.index] = _Call()
     if delta.id:
-        call["id"] = delta.id
+        call.id = delta.id
     if delta.type:
-        call["type"] = delta.type
+        call.type = delta.type
     if delta.function is not None:
-        call["function"]["name"] += delta.function.name or ""
-        call["function"]["arguments"] += delta.function.arguments or ""
+        if delta.function.name:
+            call.name.append(delta.function.name)
+        if delta.function.arguments:
+            call.arguments.append(delta.function.arguments)
 
 
 def _completions(sse: bytes) -> Answer | None:
     first: Answer | None = None
     choices: dict[int, Answer] = {}
+    texts: dict[int, list[str]] = {}
     usage, done = None, False
     for _, data in events(sse):
         if data == b"[DONE]":
@@ -232,11 +258,13 @@ def _completions(sse: bytes) -> Answer | None:
         for part in chunk.get("choices") or ():
             index = part.get("index", 0)
             choice = choices.setdefault(index, {"index": index, "text": "", "logprobs": None, "finish_reason": None})
-            choice["text"] += part.get("text") or ""
+            texts.setdefault(index, []).append(part.get("text") or "")
             if part.get("finish_reason"):
                 choice["finish_reason"] = part["finish_reason"]
     if not done or first is None or not choices:
         return None
+    for index, pieces in texts.items():
+        choices[index]["text"] = "".join(pieces)
     return {"id": first.get("id"), "object": "text_completion", "created": first.get("created"),
             "model": first.get("model"), "choices": [choices[i] for i in sorted(choices)], "usage": usage}
 
@@ -256,7 +284,8 @@ def _responses(sse: bytes) -> Answer | None:
 def _messages(sse: bytes) -> Answer | None:
     message: Answer | None = None
     blocks: dict[int, Answer] = {}
-    partial: dict[int, str] = {}
+    pieces: dict[tuple[int, str], list[str]] = {}  # (block, field) -> its text deltas
+    partial: dict[int, list[str]] = {}  # a tool_use block's input JSON, until its stop
     stopped = False
     for _, data in events(sse):
         event = _decode(data)
@@ -268,9 +297,9 @@ def _messages(sse: bytes) -> Answer | None:
         elif kind == "content_block_start":
             blocks[event["index"]] = dict(event["content_block"])
         elif kind == "content_block_delta":
-            _block_delta(blocks[event["index"]], partial, event["index"], event["delta"])
+            _block_delta(blocks[event["index"]], pieces, partial, event["index"], event["delta"])
         elif kind == "content_block_stop" and event["index"] in partial:
-            blocks[event["index"]]["input"] = _decode(partial.pop(event["index"]) or "{}")
+            blocks[event["index"]]["input"] = _decode("".join(partial.pop(event["index"])) or "{}")
         elif kind == "message_delta" and message is not None:
             message.update(event.get("delta") or {})
             message["usage"] = {**(message.get("usage") or {}), **(event.get("usage") or {})}
@@ -278,20 +307,27 @@ def _messages(sse: bytes) -> Answer | None:
             stopped = True
     if message is None or not stopped or partial:
         return None
+    for (index, field), texts in pieces.items():
+        block = blocks[index]
+        block[field] = block.get(field, "") + "".join(texts)  # (after what content_block_start held)
     message["content"] = [blocks[i] for i in sorted(blocks)]
     return message
 
 
-def _block_delta(block: Answer, partial: dict[int, str], index: int, delta: Answer) -> None:
+_TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
+
+
+def _block_delta(block: Answer, pieces: dict[tuple[int, str], list[str]], partial: dict[int, list[str]], index: int,
+                 delta: Answer) -> None:
     kind = delta.get("type")
-    if kind == "text_delta":
-        block["text"] = block.get("text", "") + delta["text"]
+    field = _TEXT_DELTAS.get(kind) if isinstance(kind, str) else None
+    if field is not None:
+        text = delta[field]
+        if not isinstance(text, str):
+            raise TypeError(f"{kind} without text")
+        pieces.setdefault((index, field), []).append(text)
     elif kind == "input_json_delta":
-        partial[index] = partial.get(index, "") + delta["partial_json"]
-    elif kind == "thinking_delta":
-        block["thinking"] = block.get("thinking", "") + delta["thinking"]
-    elif kind == "signature_delta":
-        block["signature"] = block.get("signature", "") + delta["signature"]
+        partial.setdefault(index, []).append(delta["partial_json"])
     elif kind == "citations_delta":
         block.setdefault("citations", []).append(delta["citation"])
     else:
