@@ -22,12 +22,19 @@ SLOW_SECONDS = 0.6
 
 
 class CacheUpstream(FakeOpenAI):
-    """FakeOpenAI plus `truncated` (finish_reason length) and `slow` (answers after SLOW_SECONDS)."""
+    """FakeOpenAI plus `truncated` (finish_reason length), `slow` (answers after SLOW_SECONDS)
+    and `oddshape` (a complete answer whose tool_calls holds a string, not a tool call)."""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()  # (aiohttp keeps the body: the parent reads it again)
         if body.get("model") == "slow":
             await asyncio.sleep(SLOW_SECONDS)
+        if body.get("model") == "oddshape" and not body.get("stream"):
+            await self._record(request)
+            message = {"role": "assistant", "content": "hi", "tool_calls": ["x"]}
+            return web.json_response({"id": "chatcmpl-odd", "object": "chat.completion", "created": 1, "model": "m",
+                                      "usage": _usage(3, 2), "choices": [{"index": 0, "message": message,
+                                                                          "finish_reason": "stop"}]})
         if body.get("model") != "truncated":
             return await super().chat(request)
         await self._record(request)
@@ -75,7 +82,7 @@ _LIMITED = """  - name: limited-key
 def cache_config(openai_url: str, anthropic_url: str = "http://127.0.0.1:9", cache: str = "{backend: memory}",
                  extra: str = "", limited: bool = True) -> str:
     """`limited`: with the key whose in-memory limits refuse `--workers N`."""
-    cached = ("gpt-4o-mini", "text-embedding-3-small", "truncated", "slow", "fail-500", "die-mid-stream")
+    cached = ("gpt-4o-mini", "text-embedding-3-small", "truncated", "slow", "fail-500", "die-mid-stream", "oddshape")
     models = "\n".join(f"  - {{name: {m}, targets: [{{provider: up}}], cache: {{}}}}" for m in cached)
     return f"""
 providers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -101,6 +102,30 @@ def test_tool_calls_are_cached_both_ways(oai, up):
     assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments  # type: ignore[union-attr]
     assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
     assert up.calls(text) == 1
+
+
+def test_a_stored_answer_no_stream_can_be_made_of_is_a_miss_for_a_stream_not_a_500(gw, up):
+    """An upstream's complete answer whose tool_calls holds a string was stored by a JSON
+    request; rendering it for a streaming request raised, and every streaming request got a
+    500 (as a hit) for the entry's TTL. Now that entry is dropped and the request goes upstream."""
+    text = prompt()
+    body = {"model": "oddshape", "temperature": 0, "messages": messages(text)}
+
+    def post(stream: bool) -> tuple[int, str | None, bytes]:
+        req = urllib.request.Request(gw.url + "/v1/chat/completions", json.dumps({**body, "stream": stream}).encode(),
+                                     {"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return r.status, r.headers.get("x-tollway-cache"), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("x-tollway-cache"), e.read()
+
+    assert post(False)[:2] == (200, "miss")
+    assert post(False)[:2] == (200, "hit")
+    status, outcome, streamed = post(True)
+    assert (status, outcome) == (200, "miss") and streamed.endswith(b"data: [DONE]\n\n")
+    assert up.calls(text) == 2  # the JSON miss, then the stream's own call
+    assert post(True)[:2] == (200, "hit")  # the stream it stored serves the next one
 
 
 def test_embeddings_completions_and_responses_are_cached(oai, up):

@@ -75,7 +75,7 @@ class CacheState:
     """The cache's view of one request (Exchange.cache)."""
 
     __slots__ = ("rule", "outcome", "key", "entry", "storing", "leader", "claimed", "stream", "include_usage",
-                 "answer", "chunks", "size", "limit", "replays")
+                 "answer", "chunks", "size", "limit", "rendered")
 
     def __init__(self, rule: Rule, stream: bool, include_usage: bool, limit: int = 0) -> None:
         self.rule = rule
@@ -90,7 +90,7 @@ class CacheState:
         self.chunks: list[bytes] = []  # a streamed miss's client bytes
         self.size = 0
         self.limit = limit  # the stream bytes it may hold (past them it is not stored)
-        self.replays: Replays | None = None  # a hit: where its stream is rendered
+        self.rendered: bytes | None = None  # a hit served as a stream: its SSE bytes (rendered at the lookup)
 
     @property
     def hit(self) -> bool:
@@ -126,10 +126,9 @@ class CacheState:
         headers.append(("age", str(max(0, int(time.time() - found.created)))))
         ex.usage = ex.priced = found.usage
         ex.cost_usd, ex.upstream_model, ex.status = 0.0, found.upstream_model, 200
-        if self.stream and found.api in _STREAMED:
+        if self.rendered is not None:
             ex.stream = True
-            body = self.replays.stream(found, self.include_usage) if self.replays is not None else \
-                replay(found.api, msgspec.json.decode(found.body), self.include_usage)
+            body = self.rendered
             out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *headers]))
             ex.first_byte = time.perf_counter()
             try:
@@ -145,6 +144,9 @@ class CacheState:
 
 
 _STREAMED = frozenset(("chat", "completions", "responses", "messages"))
+# What rendering a stored answer as a stream raises when the answer (an upstream's JSON, checked
+# only as far as `storable_json` reads it) has a field of a type the replay does not expect.
+_UNREPLAYABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError)
 REPLAYS_KEPT, REPLAY_BODY_BYTES = 128, 16384  # streams rendered from small entries, kept for their next hit
 
 
@@ -317,7 +319,14 @@ class ResponseCache:
             found = self._ready(state, found)
             if found is None:
                 return False
-        state.entry, state.outcome, state.storing, state.replays = found, HIT, False, self.replays
+        if state.stream and found.api in _STREAMED:
+            try:
+                state.rendered = self.replays.stream(found, state.include_usage)
+            except _UNREPLAYABLE:  # an answer of a shape no stream can be made of (a tool call that is a string)
+                assert state.key is not None and self.backend is not None
+                self.backend.settle(state.key, found, None, 0.0)  # gone, not served: the request goes upstream
+                return False
+        state.entry, state.outcome, state.storing = found, HIT, False
         self.counts.count(ex.route, HIT)
         if joined:
             self.counts.joined()
