@@ -289,6 +289,13 @@ def test_sampled_requests_are_cached_only_where_the_scope_allows(oai, up):
     assert up.calls(text) == 4
 
 
+def test_a_seed_the_provider_drops_does_not_make_an_answer_repeatable(gw, oai, anthropic_upstream):
+    """Chat to Anthropic: the translation drops `seed` (Anthropic has none), so each call draws
+    anew and a sampled request with a seed is still not cached."""
+    text = prompt()
+    assert [chat(oai, text, model="claude-sonnet", temperature=0.8, seed=3)[1] for _ in range(2)] == ["bypass", "bypass"]
+
+
 def test_a_model_nobody_opted_in_is_not_cached_and_says_nothing(oai, up):
     text = prompt()
     for _ in range(2):

@@ -47,9 +47,10 @@ class Request(msgspec.Struct, frozen=True):
     sampled: bool  # temperature > 0 (or the provider's default) without a seed
 
 
-def read(api: str, body: bytes) -> Request | None:
+def read(api: str, body: bytes, seed_counts: bool = False) -> Request | None:
     """The request's cache view, or None if the body is not a JSON object (the upstream call
-    will refuse it; nothing to cache)."""
+    will refuse it; nothing to cache). `seed_counts`: every provider the request may reach
+    draws by its `seed` (CacheRules.honours_seed), so a seed makes the answer repeatable."""
     try:
         data = _decode(body)
     except msgspec.DecodeError:
@@ -60,16 +61,17 @@ def read(api: str, body: bytes) -> Request | None:
     for name in EXCLUDED:
         if name not in kept:
             data.pop(name, None)
-    return Request(data, _sampled(api, data))
+    return Request(data, _sampled(api, data, seed_counts))
 
 
-def _sampled(api: str, data: dict[str, Any]) -> bool:
+def _sampled(api: str, data: dict[str, Any], seed_counts: bool) -> bool:
     """Whether the answer is drawn at random: embeddings never are; a generation is unless its
-    temperature is 0 or it names a seed. An absent temperature is the provider's default
-    (1.0 for OpenAI and Anthropic): sampled."""
+    temperature is 0 or it names a seed its providers use (Anthropic and Bedrock have none: the
+    translation drops it, and each call draws anew). An absent temperature is the provider's
+    default (1.0 for OpenAI and Anthropic): sampled."""
     if api == ClientAPI.EMBEDDINGS:
         return False
-    if data.get("seed") is not None:
+    if seed_counts and data.get("seed") is not None:
         return False
     temperature = data.get("temperature")
     return not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 0)

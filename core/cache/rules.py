@@ -10,6 +10,12 @@ import msgspec
 from tollway.core.cache.key import config_version
 from tollway.core.cache.settings import CachePolicy, seconds
 from tollway.core.config import Config
+from tollway.core.providers.base import ClientAPI
+
+# Where a chat or completions request's `seed` reaches the model: the OpenAI-compatible
+# schemas pass it on, Gemini's translation maps it; Anthropic and Bedrock have no seed.
+SEED_SCHEMAS = frozenset(("openai", "azure_openai", "gemini", "vertex"))
+SEED_APIS = frozenset((ClientAPI.CHAT, ClientAPI.COMPLETIONS))
 
 
 class Rule(msgspec.Struct, frozen=True):
@@ -35,7 +41,7 @@ _UNSET = object()
 class CacheRules:
     """The cache's reading of one config."""
 
-    __slots__ = ("models", "keys", "teams", "versions")
+    __slots__ = ("models", "keys", "teams", "versions", "seeded")
 
     def __init__(self, config: Config) -> None:
         store = config.cache
@@ -52,6 +58,9 @@ class CacheRules:
         self.keys = {k.name: rule(k.cache) for k in config.keys if on and k.cache is not None}
         self.teams = {t.name: rule(t.cache) for t in config.teams if on and t.cache is not None}
         self.versions = _versions(config)
+        schemas = {p.name: p.schema for p in config.providers}
+        self.seeded = frozenset(m.name for m in config.models
+                                if m.targets and all(schemas.get(t.provider) in SEED_SCHEMAS for t in m.targets))
 
     def __bool__(self) -> bool:
         """Whether anything opted in (else the cache plugs nothing into the pipeline)."""
@@ -68,6 +77,11 @@ class CacheRules:
 
     def version(self, route: str) -> str:
         return self.versions.get(route, "")
+
+    def honours_seed(self, route: str, api: str) -> bool:
+        """Whether a `seed` makes a request of `api` to `route` repeatable: every target's
+        provider takes it (a route that falls back to one that drops it does not)."""
+        return api in SEED_APIS and route in self.seeded
 
 
 def _versions(config: Config) -> dict[str, str]:

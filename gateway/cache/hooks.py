@@ -251,7 +251,8 @@ class ResponseCache:
         shaping = shaped_by(ex)
         if shaping:
             version = config_version((version, shaping))
-        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team), version, req.body)
+        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team), version, req.body,
+                                                 self.rules.honours_seed(req.route.name, ex.api))
         if named is None or (named[1] and rule.deterministic_only):
             self.counts.count(ex.route, BYPASS)
             return
@@ -261,15 +262,16 @@ class ResponseCache:
             return
         await self._find(state, ex)
 
-    def _key(self, api: str, partition: str, version: str, body: bytes) -> tuple[str, bool] | None:
+    def _key(self, api: str, partition: str, version: str, body: bytes, seed_counts: bool) -> tuple[str, bool] | None:
         """(the cache key, whether the request is sampled), or None for a body that is not a JSON
         object. Byte-identical small bodies (retries, a client repeating itself: the requests
-        that hit) reuse the key worked out the last time, without decoding and hashing again."""
+        that hit) reuse the key worked out the last time, without decoding and hashing again
+        (`seed_counts` follows from the route, as `version` does: the memo need not hold it)."""
         memo = (api, partition, version, body) if len(body) <= MEMO_BODY_BYTES else None
         found = self._memo.get(memo) if memo is not None else None
         if found is not None:
             return found
-        request = read(api, body)
+        request = read(api, body, seed_counts)
         if request is None:
             return None
         found = cache_key(api, partition, version, request), request.sampled
