@@ -203,6 +203,17 @@ def test_a_team_admin_cannot_learn_of_another_teams_config_keys(upstream: FakeOp
             status, _ = call(gw, method, path, {} if method == "PATCH" else None, token=LEAD_KEY)
             assert status == 404, (method, path)
         assert call(gw, "PATCH", "/admin/keys/config:bob", {}, token=ADMIN_KEY)[0] == 409
+        # Names are unique across the gateway, so taking bob's is refused; but the refusal says
+        # no more than any taken name would, not that a config key (of another team) holds it.
+        status, mine = call(gw, "POST", "/admin/keys", {"name": "search-svc"}, token=LEAD_KEY)
+        assert status == 201
+        status, taken_here = call(gw, "POST", "/admin/keys", {"name": "search-svc"}, token=LEAD_KEY)
+        status_bob, taken_there = call(gw, "POST", "/admin/keys", {"name": "bob"}, token=LEAD_KEY)
+        assert status == status_bob == 409
+        assert taken_there["error"]["message"] == taken_here["error"]["message"].replace("search-svc", "bob")
+        assert "config" not in taken_there["error"]["message"]
+        status, owner_sees = call(gw, "POST", "/admin/keys", {"name": "bob"}, token=ADMIN_KEY)
+        assert status == 409 and "config file" in owner_sees["error"]["message"]  # the owner is told where
     finally:
         gw.stop()
 

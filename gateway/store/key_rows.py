@@ -66,8 +66,14 @@ def clash(key: ApiKey, on_digest: bool) -> Conflict:
     """A unique index refused `key`. The message names the key, never its digest."""
     if on_digest:
         return Conflict(f"key {key.name!r} ({key.id}) has a digest another key already has")
-    return Conflict(f"a key named {key.name!r} exists already (or did: a revoked key's name is not reused, since "
-                    "the ledger, limits and budgets count by name); choose another name")
+    return Conflict(name_taken(key.name))
+
+
+def name_taken(name: str) -> str:
+    """Why a new key cannot have `name`; the same whoever holds it, so a team admin learns
+    only that it is taken, not which team's or whether the config file defines it."""
+    return (f"a key named {name!r} exists already (or did: a revoked key's name is not reused, since the ledger, "
+            "limits and budgets count by name); choose another name")
 
 
 @dataclass(frozen=True, slots=True)

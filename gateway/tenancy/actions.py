@@ -26,6 +26,7 @@ from tollway.core.tenancy.inputs import KeyCreate, KeyPatch, Known, TeamCreate, 
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot, key_view, team_view
 from tollway.core.tenancy.roles import Principal
 from tollway.gateway.store import Conflict, KeyStore, StoreError
+from tollway.gateway.store.key_rows import name_taken
 from tollway.gateway.tenancy.directory import Directory
 
 R = TypeVar("R")
@@ -69,8 +70,10 @@ class Actions:
         actor.may_write()
         now = self.clock()
         name = inputs.check_name(body.name)
-        if name in self._config_keys:
-            raise errors.conflict(f"A key named '{name}' is defined in the config file; choose another name.")
+        held = self._config_keys.get(name)
+        if held is not None:  # (to a team admin of another team, as any taken name: it cannot learn the key exists)
+            raise errors.conflict(f"A key named '{name}' is defined in the config file; choose another name."
+                                  if actor.sees(held.team) else name_taken(name))
         team = await self._team_for(actor, body.team)
         secret = mint_key()
         key = ApiKey(new_key_id(), name, hash_key(secret, self.config.server.key_pepper), now, team,
