@@ -3,8 +3,10 @@ and the spend shared through a real Redis between replicas."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -12,6 +14,7 @@ import redis
 
 from tests.test_pipeline import Proto, Scope
 from tollway.core.config import loads
+from tollway.core.ledger.report import SpendQuery, merge
 from tollway.core.security.keys import hash_key
 from tollway.gateway.app import Gateway
 from tollway.gateway.exchange import Exchange
@@ -33,8 +36,8 @@ teams: [{{name: t}}]
 {extra}"""
 
 
-async def _ask(gw: Gateway) -> Proto:
-    body = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+async def _ask(gw: Gateway, stream: bool = False) -> Proto:
+    body = msgspec.json.encode({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
     proto = Proto(body)
     await gw.__rsgi__(Scope(body), proto)
     return proto
@@ -187,3 +190,59 @@ async def test_a_request_in_flight_across_a_reload_is_charged_to_the_budget_in_f
         assert gw.books.budgets.book.accounts[("key", "k")].spent == pytest.approx(4.0)
     finally:
         await gw.upstream.aclose()
+
+
+def _store(tmp_path: Path) -> str:
+    return f"store: {{backend: sqlite, path: '{tmp_path / 'ledger.db'}'}}\nledger: {{flush_interval: 0.01}}\n"
+
+
+async def _ledger_spend(gw: Gateway, kind: str, name: str) -> float:
+    """What the ledger holds for the owner this week, once every queued record is written."""
+    assert gw.books.ledger is not None
+    while gw.books.ledger.queued:
+        await asyncio.sleep(0.01)
+    account = gw.books.budgets.book.accounts[(kind, name)]
+    spent = merge(await gw.books.ledger.store.spend(SpendQuery((kind,), account.start, time.time() + 1)))
+    return spent[(name,)][-1]
+
+
+async def _shared_spend(gw: Gateway, kind: str, name: str) -> tuple[float, float]:
+    """The owner's spend as this replica sees it and as Redis holds it, after a sync."""
+    keeper = gw.books.budgets
+    assert keeper.share is not None
+    account = keeper.book.accounts[(kind, name)]
+    await keeper.share.sync(keeper.book, time.time())
+    value = await keeper.share.client.get(keeper.share.name((kind, name), account))
+    return account.spent, float(value or 0.0)
+
+
+def _drop_keys(prefix: str) -> None:
+    client = redis.Redis()
+    for name in client.scan_iter(f"{{{prefix}}}:*"):
+        client.delete(name)
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_stream_in_flight_across_a_reload_adds_its_charge_to_the_shared_counter(tmp_path):
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}").replace(
+        "fake_chunks: 4", "fake_chunks: 4, fake_chunk_delay: 0.05").replace("usd: 5,", "usd: 5000,")
+    gw = Gateway(loads(text))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        assert (await _ask(gw)).status == 200
+        in_flight = asyncio.ensure_future(_ask(gw, stream=True))
+        await asyncio.sleep(0.05)  # admitted, its chunks on their way
+        gw.reload(loads(text + "server: {max_body_bytes: 100000}\n"))
+        while gw.background:  # the reload retired the old keeper's share
+            await asyncio.sleep(0.01)
+        assert not in_flight.done(), "the stream must end after the reload"
+        assert (await in_flight).status == 200
+        ledger = await _ledger_spend(gw, "key", "k")
+        assert await _shared_spend(gw, "key", "k") == (pytest.approx(ledger), pytest.approx(ledger)), \
+            "both requests are in Redis, and the sync did not set the stream's charge back"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        _drop_keys(prefix)

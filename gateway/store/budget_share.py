@@ -67,8 +67,7 @@ class RedisShare:
                     pipe.get(key)
                 results = await pipe.execute()
         except BaseException as exc:
-            for key, usd in pending.items():  # not added: keep them for the next sync
-                self.pending[key] += usd
+            self.take(pending)  # not added: kept for the next sync
             if not isinstance(exc, (RedisError, OSError)):
                 raise
             if not self._failing:
@@ -81,11 +80,21 @@ class RedisShare:
             if value is not None:
                 account.spent = float(value) + self.pending.get(key, 0.0)
 
-    async def aclose(self, book: BudgetBook) -> None:
+    def take(self, charges: dict[str, float]) -> None:
+        """Charges to add in Redis with this replica's next sync (its own, or a retired share's)."""
+        for key, usd in charges.items():
+            self.pending[key] += usd
+
+    async def aclose(self, book: BudgetBook, heir: RedisShare | None = None) -> None:
+        """Stop syncing; the charges not yet in Redis go to `heir` (the share a reload put in
+        this one's place, which keeps syncing), else are added now."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.pending:
+        if heir is not None:
+            heir.take(self.pending)
+            self.pending.clear()
+        elif self.pending:
             await self.sync(book, time.time())
         await self.client.aclose()
 

@@ -35,6 +35,7 @@ class BudgetKeeper:
         self.clock = clock
         self.book = BudgetBook.of(config, clock())
         self.share: RedisShare | None = None
+        self.successor: BudgetKeeper | None = None  # the keeper a reload put in this one's place
         if self.book and config.rate_limits.backend == "redis":
             from tollway.gateway.store.budget_share import RedisShare  # (redis-py: ~15 MB, when used)
             self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix)
@@ -67,14 +68,29 @@ class BudgetKeeper:
             self.book.release(ex.key_name, ex.team, ex.budget_held)
             ex.budget_held = 0.0
         if ex.cost_usd:
-            charged = self.book.charge(ex.key_name, ex.team, ex.cost_usd, self.clock())
-            if self.share is not None:
-                self.share.add(charged, ex.cost_usd)
+            # A request admitted before a reload ends with this hook of the keeper it started
+            # with, whose Redis share the reload closed: a charge left there would never reach
+            # Redis, and the next sync would set the shared account back to Redis's total. The
+            # keeper in force holds the budgets in force and the share that runs.
+            self.current().add(ex.key_name, ex.team, ex.cost_usd)
+
+    def add(self, key: str | None, team: str | None, usd: float) -> None:
+        charged = self.book.charge(key, team, usd, self.clock())
+        if self.share is not None:
+            self.share.add(charged, usd)
+
+    def current(self) -> BudgetKeeper:
+        """This keeper, or the last of the ones reloads put in its place."""
+        keeper = self
+        while keeper.successor is not None:
+            keeper = keeper.successor
+        return keeper
 
     def adopt(self, previous: BudgetKeeper) -> set[Owner]:
         """After a reload: an owner whose budget keeps its period keeps its account, the same
         object (a request admitted before the reload charges it when it ends), with the new
         amount. Returns the owners that are new or changed period: their spend is the ledger's."""
+        previous.successor = self  # its requests still in flight charge this keeper (`charge`)
         fresh = set()
         for owner, account in self.book.accounts.items():
             old = previous.book.accounts.get(owner)
@@ -112,5 +128,8 @@ class BudgetKeeper:
             self.share.start(loop, self.book, self.clock)
 
     async def aclose(self) -> None:
+        """Stop sharing: at a reload (a successor), hand what is not in Redis yet to the share in
+        force; at shutdown, add it in Redis."""
         if self.share is not None:
-            await self.share.aclose(self.book)
+            heir = self.current()
+            await self.share.aclose(self.book, heir.share if heir is not self else None)
