@@ -50,12 +50,17 @@ class RedisShare:
         """Add this replica's pending charges, and read every owner's total back. Each sync
         first offers Redis this replica's view (SET NX, without the pending charges, which the
         INCRBYFLOAT adds): the first replica up seeds each period from its ledger, and a Redis
-        that lost its keys (a restart without persistence) gets the last known totals back."""
-        pending, self.pending = self.pending, defaultdict(float)
-        accounts = list(book.accounts.items())
-        for _, account in accounts:
+        that lost its keys (a restart without persistence) gets the last known totals back.
+
+        An owner still awaiting its ledger read is left out, its charges kept pending: seeding
+        its counter with this process's charges alone would set the period's total without what
+        the ledger holds, and SET NX would keep it so on every replica. Once read, the seed is the
+        ledger's sum; replicas racing to seed read the same ledger, and only the first SET lands."""
+        for _, account in book.accounts.items():
             account.roll(now)
+        accounts = [(owner, account) for owner, account in book.accounts.items() if not account.awaiting_ledger]
         names = [self.name(owner, account) for owner, account in accounts]
+        pending = self._sendable(book)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, (_, account) in zip(names, accounts, strict=True):
@@ -79,6 +84,15 @@ class RedisShare:
         for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
             if value is not None:
                 account.spent = float(value) + self.pending.get(key, 0.0)
+
+    def _sendable(self, book: BudgetBook) -> dict[str, float]:
+        """The pending charges this sync adds, taken out of `pending`: all but those of owners
+        awaiting the ledger."""
+        held = {self.name(owner, account) for owner, account in book.accounts.items() if account.awaiting_ledger}
+        pending, self.pending = self.pending, defaultdict(float)
+        for key in held & pending.keys():
+            self.pending[key] = pending.pop(key)
+        return pending
 
     def take(self, charges: dict[str, float]) -> None:
         """Charges to add in Redis with this replica's next sync (its own, or a retired share's)."""

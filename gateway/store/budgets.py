@@ -101,6 +101,13 @@ class BudgetKeeper:
                 fresh.add(owner)
         return fresh
 
+    def await_ledger(self, owners: set[Owner] | None = None) -> None:
+        """Hold the owners' (`None`: all) shared counters back until `rebuild` read their spend
+        this period from the ledger: a counter seeded before that would leave it out."""
+        for owner, account in self.book.accounts.items():
+            if owners is None or owner in owners:
+                account.awaiting_ledger = True
+
     async def rebuild(self, store: LedgerStore, owners: set[Owner] | None = None, add: bool = False) -> None:
         """Each owner's spend this period, from the ledger (what survived a restart); `owners`
         limits it to those. `add`: the ledger's sum is added to what was counted meanwhile (the
@@ -112,16 +119,19 @@ class BudgetKeeper:
                 continue
             account.roll(now)
             by_start[(owner[0], account.start)].append((owner, account))
-        for (kind, start), accounts in by_start.items():
-            try:
+        try:
+            for (kind, start), accounts in by_start.items():
                 spent = merge(await store.spend(SpendQuery((kind,), start, now + 1)))
-            except StoreError as exc:
-                log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
-                return
-            for (_, name), account in accounts:
-                sums = spent.get((name,))
-                ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
-                account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
+                for (_, name), account in accounts:
+                    sums = spent.get((name,))
+                    ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
+                    account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
+        except StoreError as exc:
+            log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
+        finally:  # read or not (then counting from what this process saw), the counters may be shared
+            for accounts in by_start.values():
+                for _, account in accounts:
+                    account.awaiting_ledger = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.share is not None:
