@@ -3,8 +3,10 @@ and the spend shared through a real Redis between replicas."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -12,9 +14,12 @@ import redis
 
 from tests.test_pipeline import Proto, Scope
 from tollway.core.config import loads
+from tollway.core.ledger.periods import period_start
+from tollway.core.ledger.report import SpendQuery, merge
 from tollway.core.security.keys import hash_key
 from tollway.gateway.app import Gateway
 from tollway.gateway.exchange import Exchange
+from tollway.gateway.store import budget_share
 from tollway.gateway.store.budgets import BudgetKeeper
 
 KEY = "sk-pipeline-test"
@@ -33,8 +38,8 @@ teams: [{{name: t}}]
 {extra}"""
 
 
-async def _ask(gw: Gateway) -> Proto:
-    body = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+async def _ask(gw: Gateway, stream: bool = False) -> Proto:
+    body = msgspec.json.encode({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
     proto = Proto(body)
     await gw.__rsgi__(Scope(body), proto)
     return proto
@@ -187,3 +192,131 @@ async def test_a_request_in_flight_across_a_reload_is_charged_to_the_budget_in_f
         assert gw.books.budgets.book.accounts[("key", "k")].spent == pytest.approx(4.0)
     finally:
         await gw.upstream.aclose()
+
+
+def _store(tmp_path: Path) -> str:
+    return f"store: {{backend: sqlite, path: '{tmp_path / 'ledger.db'}'}}\nledger: {{flush_interval: 0.01}}\n"
+
+
+async def _ledger_spend(gw: Gateway, kind: str, name: str) -> float:
+    """What the ledger holds for the owner this week, once every queued record is written."""
+    assert gw.books.ledger is not None
+    while gw.books.ledger.queued:
+        await asyncio.sleep(0.01)
+    now = time.time()
+    spent = merge(await gw.books.ledger.store.spend(SpendQuery((kind,), period_start(now, "week"), now + 1)))
+    return spent[(name,)][-1]
+
+
+@pytest.fixture
+def fast_sync(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The shares sync every 20 ms, not every second: the tests wait for their syncs."""
+    monkeypatch.setattr(budget_share, "SYNC_SECONDS", 0.02)
+    return 0.02
+
+
+async def _shared_spend(gw: Gateway, kind: str, name: str, expect: float) -> tuple[float, float]:
+    """The owner's spend as this replica sees it and as Redis holds it, once the running share's
+    syncs made both `expect`, or as they are after 2 s. (Never a sync of its own: one beside the
+    share's could seed a new counter twice.)"""
+    keeper = gw.books.budgets
+    assert keeper.share is not None
+    account = keeper.book.accounts[(kind, name)]
+    deadline = time.monotonic() + 2.0
+    while True:
+        value = await keeper.share.client.get(keeper.share.name((kind, name), account))
+        seen = (account.spent, float(value or 0.0))
+        if seen == (pytest.approx(expect), pytest.approx(expect)) or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.01)
+
+
+def _drop_keys(prefix: str) -> None:
+    client = redis.Redis()
+    for name in client.scan_iter(f"{{{prefix}}}:*"):
+        client.delete(name)
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_stream_in_flight_across_a_reload_adds_its_charge_to_the_shared_counter(tmp_path, fast_sync):
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}").replace(
+        "fake_chunks: 4", "fake_chunks: 4, fake_chunk_delay: 0.05").replace("usd: 5,", "usd: 5000,")
+    gw = Gateway(loads(text))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        assert (await _ask(gw)).status == 200
+        in_flight = asyncio.ensure_future(_ask(gw, stream=True))
+        await asyncio.sleep(0.05)  # admitted, its chunks on their way
+        gw.reload(loads(text + "server: {max_body_bytes: 100000}\n"))
+        while gw.background:  # the reload retired the old keeper's share
+            await asyncio.sleep(0.01)
+        assert not in_flight.done(), "the stream must end after the reload"
+        assert (await in_flight).status == 200
+        ledger = await _ledger_spend(gw, "key", "k")
+        assert await _shared_spend(gw, "key", "k", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
+            "both requests are in Redis, and the sync did not set the stream's charge back"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        _drop_keys(prefix)
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_budget_added_by_a_reload_seeds_the_shared_counter_with_what_the_ledger_holds(tmp_path, fast_sync):
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}")
+    unbudgeted = text.replace(", budget: {usd: 5, period: week}", "")
+    gw = Gateway(loads(unbudgeted))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        for _ in range(3):
+            assert (await _ask(gw)).status == 200  # dollars each, no budget yet
+        ledger = await _ledger_spend(gw, "team", "t")
+        assert ledger > 20
+        gw.reload(loads(unbudgeted.replace("teams: [{name: t}]", "teams: [{name: t, budget: {usd: 20, period: week}}]")))
+        while gw.background:  # the team's spend read from the ledger, the new share syncing meanwhile
+            await asyncio.sleep(0.01)
+        assert await _shared_spend(gw, "team", "t", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
+            "Redis was seeded with the ledger's spend, not with 0 before it was read"
+        assert (await _ask(gw)).status == 429
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        _drop_keys(prefix)
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_database_back_after_the_start_seeds_the_shared_counter_with_what_the_ledger_holds(tmp_path, fast_sync):
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "db"
+    folder.mkdir()
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(folder)}").replace(
+        "usd: 5,", "usd: 5000,")
+    earlier = Gateway(loads(text))  # a run that spent before this one
+    earlier.start()
+    await earlier.books.start(asyncio.get_running_loop())
+    for _ in range(3):
+        assert (await _ask(earlier)).status == 200
+    await earlier.books.close(1.0)
+    await earlier.upstream.aclose()
+    _drop_keys(prefix)  # a Redis that lost its keys since (or a new one)
+    folder.rename(tmp_path / "away")  # the database is unavailable at start
+    gw = Gateway(loads(text))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        assert not gw.books.ledger.opened
+        assert (await _ask(gw)).status == 200
+        await asyncio.sleep(10 * fast_sync)  # the share syncs meanwhile
+        (tmp_path / "away").rename(folder)  # back: the ledger opens, the spend is read, the record written
+        ledger = await _ledger_spend(gw, "key", "k")
+        assert ledger == pytest.approx(4 * 9.0)
+        assert await _shared_spend(gw, "key", "k", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
+            "Redis holds the earlier run's spend and this one's, once each"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        _drop_keys(prefix)

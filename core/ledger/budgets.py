@@ -32,6 +32,10 @@ class Account:
     end: float = 0.0
     spent: float = 0.0  # USD this period
     held: float = 0.0  # USD claimed by streams of this process still running (not in `spent` yet)
+    # True while the ledger's spend this period is still to be added to `spent`: until then
+    # `spent` holds this process's charges alone, which must not seed a shared counter
+    # (tollway.gateway.store.budget_share)
+    awaiting_ledger: bool = False
 
     def roll(self, now: float) -> bool:
         """Move to the period holding `now`; True if that started a new one."""

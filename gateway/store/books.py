@@ -48,6 +48,7 @@ class Books:
         trying and records wait. One migrated by a newer gateway does (SchemaTooNew)."""
         ledger = self.ledger
         if ledger is not None:  # (none: `tollway serve` said so in its start lines)
+            self.budgets.await_ledger()  # (until read now, or when the database is back)
             try:
                 await asyncio.wait_for(ledger.open(), _OPEN_AT_START)
                 await self.budgets.rebuild(ledger.store)
@@ -56,7 +57,9 @@ class Books:
             except (StoreError, OSError, TimeoutError) as exc:
                 log.warning("ledger: the %s database is not available at start (%s); serving anyway, "
                             "records wait for it", ledger.store.backend, exc or "timed out")
-            ledger.start(loop, None if ledger.opened else (lambda: self.budgets.rebuild(ledger.store, add=True)))
+            # (the keeper in force then: reloads meanwhile may have brought owners of their own)
+            ledger.start(loop, None if ledger.opened else (
+                lambda: self.budgets.current().rebuild(ledger.store, add=True)))
         self.budgets.start(loop)
 
     def adopt(self, previous: Books) -> Awaitable[None] | None:
@@ -64,9 +67,12 @@ class Books:
         work that reads the spend of owners new to budgets from the ledger (to run in the
         background), if there is any."""
         fresh = self.budgets.adopt(previous.budgets)
-        if fresh and self.ledger is not None and self.ledger.opened:
-            return self.budgets.rebuild(self.ledger.store, fresh)
-        return None
+        if not fresh or self.ledger is None:
+            return None
+        self.budgets.await_ledger(fresh)
+        if not self.ledger.opened:  # read when the database opens (`start`'s on_open)
+            return None
+        return self.budgets.rebuild(self.ledger.store, fresh)
 
     async def close(self, deadline: float) -> None:
         await self.budgets.aclose()

@@ -50,12 +50,17 @@ class RedisShare:
         """Add this replica's pending charges, and read every owner's total back. Each sync
         first offers Redis this replica's view (SET NX, without the pending charges, which the
         INCRBYFLOAT adds): the first replica up seeds each period from its ledger, and a Redis
-        that lost its keys (a restart without persistence) gets the last known totals back."""
-        pending, self.pending = self.pending, defaultdict(float)
-        accounts = list(book.accounts.items())
-        for _, account in accounts:
+        that lost its keys (a restart without persistence) gets the last known totals back.
+
+        An owner still awaiting its ledger read is left out, its charges kept pending: seeding
+        its counter with this process's charges alone would set the period's total without what
+        the ledger holds, and SET NX would keep it so on every replica. Once read, the seed is the
+        ledger's sum; replicas racing to seed read the same ledger, and only the first SET lands."""
+        for _, account in book.accounts.items():
             account.roll(now)
+        accounts = [(owner, account) for owner, account in book.accounts.items() if not account.awaiting_ledger]
         names = [self.name(owner, account) for owner, account in accounts]
+        pending = self._sendable(book)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, (_, account) in zip(names, accounts, strict=True):
@@ -67,8 +72,7 @@ class RedisShare:
                     pipe.get(key)
                 results = await pipe.execute()
         except BaseException as exc:
-            for key, usd in pending.items():  # not added: keep them for the next sync
-                self.pending[key] += usd
+            self.take(pending)  # not added: kept for the next sync
             if not isinstance(exc, (RedisError, OSError)):
                 raise
             if not self._failing:
@@ -81,11 +85,30 @@ class RedisShare:
             if value is not None:
                 account.spent = float(value) + self.pending.get(key, 0.0)
 
-    async def aclose(self, book: BudgetBook) -> None:
+    def _sendable(self, book: BudgetBook) -> dict[str, float]:
+        """The pending charges this sync adds, taken out of `pending`: all but those of owners
+        awaiting the ledger."""
+        held = {self.name(owner, account) for owner, account in book.accounts.items() if account.awaiting_ledger}
+        pending, self.pending = self.pending, defaultdict(float)
+        for key in held & pending.keys():
+            self.pending[key] = pending.pop(key)
+        return pending
+
+    def take(self, charges: dict[str, float]) -> None:
+        """Charges to add in Redis with this replica's next sync (its own, or a retired share's)."""
+        for key, usd in charges.items():
+            self.pending[key] += usd
+
+    async def aclose(self, book: BudgetBook, heir: RedisShare | None = None) -> None:
+        """Stop syncing; the charges not yet in Redis go to `heir` (the share a reload put in
+        this one's place, which keeps syncing), else are added now."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.pending:
+        if heir is not None:
+            heir.take(self.pending)
+            self.pending.clear()
+        elif self.pending:
             await self.sync(book, time.time())
         await self.client.aclose()
 

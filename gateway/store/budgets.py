@@ -35,6 +35,7 @@ class BudgetKeeper:
         self.clock = clock
         self.book = BudgetBook.of(config, clock())
         self.share: RedisShare | None = None
+        self.successor: BudgetKeeper | None = None  # the keeper a reload put in this one's place
         if self.book and config.rate_limits.backend == "redis":
             from tollway.gateway.store.budget_share import RedisShare  # (redis-py: ~15 MB, when used)
             self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix)
@@ -67,14 +68,29 @@ class BudgetKeeper:
             self.book.release(ex.key_name, ex.team, ex.budget_held)
             ex.budget_held = 0.0
         if ex.cost_usd:
-            charged = self.book.charge(ex.key_name, ex.team, ex.cost_usd, self.clock())
-            if self.share is not None:
-                self.share.add(charged, ex.cost_usd)
+            # A request admitted before a reload ends with this hook of the keeper it started
+            # with, whose Redis share the reload closed: a charge left there would never reach
+            # Redis, and the next sync would set the shared account back to Redis's total. The
+            # keeper in force holds the budgets in force and the share that runs.
+            self.current().add(ex.key_name, ex.team, ex.cost_usd)
+
+    def add(self, key: str | None, team: str | None, usd: float) -> None:
+        charged = self.book.charge(key, team, usd, self.clock())
+        if self.share is not None:
+            self.share.add(charged, usd)
+
+    def current(self) -> BudgetKeeper:
+        """This keeper, or the last of the ones reloads put in its place."""
+        keeper = self
+        while keeper.successor is not None:
+            keeper = keeper.successor
+        return keeper
 
     def adopt(self, previous: BudgetKeeper) -> set[Owner]:
         """After a reload: an owner whose budget keeps its period keeps its account, the same
         object (a request admitted before the reload charges it when it ends), with the new
         amount. Returns the owners that are new or changed period: their spend is the ledger's."""
+        previous.successor = self  # its requests still in flight charge this keeper (`charge`)
         fresh = set()
         for owner, account in self.book.accounts.items():
             old = previous.book.accounts.get(owner)
@@ -84,6 +100,13 @@ class BudgetKeeper:
             else:
                 fresh.add(owner)
         return fresh
+
+    def await_ledger(self, owners: set[Owner] | None = None) -> None:
+        """Hold the owners' (`None`: all) shared counters back until `rebuild` read their spend
+        this period from the ledger: a counter seeded before that would leave it out."""
+        for owner, account in self.book.accounts.items():
+            if owners is None or owner in owners:
+                account.awaiting_ledger = True
 
     async def rebuild(self, store: LedgerStore, owners: set[Owner] | None = None, add: bool = False) -> None:
         """Each owner's spend this period, from the ledger (what survived a restart); `owners`
@@ -96,21 +119,27 @@ class BudgetKeeper:
                 continue
             account.roll(now)
             by_start[(owner[0], account.start)].append((owner, account))
-        for (kind, start), accounts in by_start.items():
-            try:
+        try:
+            for (kind, start), accounts in by_start.items():
                 spent = merge(await store.spend(SpendQuery((kind,), start, now + 1)))
-            except StoreError as exc:
-                log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
-                return
-            for (_, name), account in accounts:
-                sums = spent.get((name,))
-                ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
-                account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
+                for (_, name), account in accounts:
+                    sums = spent.get((name,))
+                    ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
+                    account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
+        except StoreError as exc:
+            log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
+        finally:  # read or not (then counting from what this process saw), the counters may be shared
+            for accounts in by_start.values():
+                for _, account in accounts:
+                    account.awaiting_ledger = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.share is not None:
             self.share.start(loop, self.book, self.clock)
 
     async def aclose(self) -> None:
+        """Stop sharing: at a reload (a successor), hand what is not in Redis yet to the share in
+        force; at shutdown, add it in Redis."""
         if self.share is not None:
-            await self.share.aclose(self.book)
+            heir = self.current()
+            await self.share.aclose(self.book, heir.share if heir is not self else None)
