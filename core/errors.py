@@ -246,6 +246,13 @@ def upstream_corrupt_frame() -> GatewayError:
                         "upstream_malformed")
 
 
+def upstream_tool_call_ended(index: int) -> GatewayError:
+    """A 502: an OpenAI stream sent more arguments for a tool call whose Anthropic content block
+    had already ended (after a whole JSON object, or other content): they can go nowhere."""
+    return GatewayError(502, f"The upstream provider sent more arguments for tool call {index} after that call had ended.",
+                        "api_error", "upstream_malformed")
+
+
 def upstream_no_message_start() -> GatewayError:
     """A 502: an Anthropic stream sent content before the `message_start` that opens it."""
     return GatewayError(502, "The upstream stream did not begin with message_start.", "api_error",

@@ -313,65 +313,120 @@ cdef inline Py_ssize_t _blanks(const char* b, Py_ssize_t i, Py_ssize_t n):
     return i
 
 
-cdef bint _closes_top_level(const char* b, Py_ssize_t i, Py_ssize_t n):
-    """C version of tollway.ext.sse._closes_top_level."""
-    cdef Py_ssize_t depth = 0
+cdef inline Py_ssize_t _null_usage_end(const char* b, Py_ssize_t key, Py_ssize_t n):
+    """C version of tollway.ext.sse._null_usage_end."""
+    cdef Py_ssize_t i
+    if n - key < 7 or memcmp(b + key, b'"usage"', 7) != 0:
+        return -1
+    i = _blanks(b, key + 7, n)
+    if i < n and b[i] == COLON:
+        i = _blanks(b, i + 1, n)
+        if n - i >= 4 and memcmp(b + i, b"null", 4) == 0:
+            return i + 4
+    return -1
+
+
+cdef inline Py_ssize_t _skip_string(const char* b, Py_ssize_t i, Py_ssize_t n):
+    """C version of tollway.ext.sse._skip_string."""
+    i += 1
+    while i < n and b[i] != QUOTE:
+        i += 2 if b[i] == BACKSLASH else 1
+    return i + 1
+
+
+cdef bint _depth_at(const char* b, Py_ssize_t i, Py_ssize_t last, Py_ssize_t n, Py_ssize_t* depth):
+    """C version of tollway.ext.sse._depth_at: False where that returns None."""
+    cdef Py_ssize_t d = 0
     cdef char c
-    while i < n:
+    while i < last:
         c = b[i]
         if c == QUOTE:
-            i += 1
-            while i < n and b[i] != QUOTE:
-                i += 2 if b[i] == BACKSLASH else 1
-        elif c == LBRACE or c == LBRACKET:
+            i = _skip_string(b, i, n)
+            continue
+        if c == LBRACE or c == LBRACKET:
+            d += 1
+        elif c == RBRACE or c == RBRACKET:
+            d -= 1
+        i += 1
+    depth[0] = d
+    return i == last
+
+
+cdef Py_ssize_t _null_usage_at_depth(const char* b, Py_ssize_t key, Py_ssize_t value_end, Py_ssize_t last,
+                                     Py_ssize_t n, Py_ssize_t target, Py_ssize_t* found_end):
+    """C version of tollway.ext.sse._null_usage_at_depth: the key's offset (-1: none), its
+    value's end in found_end."""
+    cdef Py_ssize_t depth = 0, i = value_end, found = key if target == 0 else -1, end
+    cdef char c
+    found_end[0] = value_end
+    while i < last:
+        c = b[i]
+        if c == QUOTE:
+            end = _null_usage_end(b, i, n) if found < 0 and depth == target else -1
+            if end >= 0:
+                found, found_end[0], i = i, end, end
+            else:
+                i = _skip_string(b, i, n)
+            continue
+        if c == LBRACE or c == LBRACKET:
             depth += 1
         elif c == RBRACE or c == RBRACKET:
-            if depth == 0:
-                if c != RBRACE:
-                    return False
-                i += 1
-                while i < n:
-                    c = b[i]
-                    if not (c == LF or c == CR or c == SPACE or c == TAB):
-                        return False
-                    i += 1
-                return True
             depth -= 1
+            if depth < target:  # a closer left it: it was not at the level of the last "}"
+                found = -1
         i += 1
-    return False
+    return found
+
+
+cdef void _null_usage_cut(const char* b, Py_ssize_t n, Py_ssize_t key, Py_ssize_t value_end,
+                          Py_ssize_t* cut_start, Py_ssize_t* cut_end):
+    """C version of tollway.ext.sse.null_usage_span from its first null usage (at `key`): linear
+    in the event however many "usage" keys it nests. cut_start -1 if there is none."""
+    cdef Py_ssize_t last = n - 1, target = 0, before
+    cut_start[0] = -1
+    while last >= 0 and (b[last] == LF or b[last] == CR or b[last] == SPACE or b[last] == TAB):
+        last -= 1
+    if last < 0 or b[last] != RBRACE or not _depth_at(b, value_end, last, n, &target):
+        return
+    key = _null_usage_at_depth(b, key, value_end, last, n, target, &value_end)
+    if key < 0:
+        return
+    before = key - 1  # the comma before it (a later member), else the comma and blanks after it
+    while before >= 0 and (b[before] == SPACE or b[before] == TAB):
+        before -= 1
+    if before >= 0 and b[before] == COMMA:
+        cut_start[0], cut_end[0] = before, value_end
+    else:
+        before = _blanks(b, value_end, n)
+        cut_start[0] = key
+        cut_end[0] = _blanks(b, before + 1, n) if before < n and b[before] == COMMA else value_end
 
 
 cdef bint _usage_or_cut(const char* b, Py_ssize_t n, bint want_cut, Py_ssize_t* cut_start, Py_ssize_t* cut_end):
     """C version of tollway.ext.sse.may_carry_usage (a superset filter; the decoder decides) and,
-    with `want_cut`, of tollway.ext.sse.null_usage_span, in the same pass (one search per event on
+    with `want_cut`, of tollway.ext.sse.null_usage_span, from the same search (one per event on
     the hot path): True if a non-null usage may be there; else the cut of the top-level null
     usage in cut_start:cut_end (cut_start -1 if there is none)."""
     cdef const char* end = b + n
     cdef const char* p = b
-    cdef Py_ssize_t key, i, before
+    cdef Py_ssize_t key, i, first_key = -1, first_end = -1
     cut_start[0] = -1
     while True:
         p = <const char*>memmem(p, end - p, b'"usage"', 7)
         if p == NULL:
-            return False
+            break
         key = p - b
         i = _blanks(b, key + 7, n)
         if i < n and b[i] == COLON:
             i = _blanks(b, i + 1, n)
             if n - i < 4 or memcmp(b + i, b"null", 4) != 0:
                 return True
-            if want_cut and cut_start[0] < 0 and _closes_top_level(b, i + 4, n):
-                i += 4
-                before = key - 1
-                while before >= 0 and (b[before] == SPACE or b[before] == TAB):
-                    before -= 1
-                if before >= 0 and b[before] == COMMA:
-                    cut_start[0], cut_end[0] = before, i
-                else:
-                    before = _blanks(b, i, n)
-                    cut_start[0] = key
-                    cut_end[0] = _blanks(b, before + 1, n) if before < n and b[before] == COMMA else i
+            if first_key < 0:
+                first_key, first_end = key, i + 4
         p += 1
+    if want_cut and first_key >= 0:
+        _null_usage_cut(b, n, first_key, first_end, cut_start, cut_end)
+    return False
 
 
 cdef extern from *:

@@ -183,36 +183,86 @@ def null_usage_span(raw: bytes) -> tuple[int, int]:
     ``{"a": 1, "usage": null}`` -> ``{"a": 1}``, ``{"usage": null, "a": 1}`` -> ``{"a": 1}``.
     A member is top-level when the bytes after it close exactly one object more than they open
     and nothing but line ends and blanks follows; any other ``"usage"`` key is left alone.
+
+    Linear in the event, whatever its number of ``"usage"`` keys (a hostile upstream may nest
+    thousands): one scan from the first null usage finds how deep the event's last ``}`` is
+    relative to it, a second picks the null usage at that depth that no closer leaves before it.
     """
-    pos = raw.find(_USAGE_KEY)
-    while pos >= 0:
-        i = _skip_blanks(raw, pos + len(_USAGE_KEY))
-        if i < len(raw) and raw[i] == 0x3A:  # ":"
-            i = _skip_blanks(raw, i + 1)
-            if raw.startswith(_NULL, i) and _closes_top_level(raw, i + len(_NULL)):
-                return _member_span(raw, pos, i + len(_NULL))
-        pos = raw.find(_USAGE_KEY, pos + 1)
-    return -1, -1
+    key = raw.find(_USAGE_KEY)
+    while key >= 0 and (value_end := _null_usage_end(raw, key)) < 0:
+        key = raw.find(_USAGE_KEY, key + 1)
+    if key < 0:
+        return -1, -1
+    last = len(raw.rstrip(_LINE_END)) - 1  # the event's last byte but line ends and blanks
+    if raw[last] != 0x7D:  # "}"
+        return -1, -1
+    target = _depth_at(raw, value_end, last)
+    if target is None:
+        return -1, -1
+    found = _null_usage_at_depth(raw, key, value_end, last, target)
+    return (-1, -1) if found is None else _member_span(raw, *found)
 
 
-def _closes_top_level(raw: bytes, i: int) -> bool:
-    """True if the first unmatched closer at or after `i` is a "}" followed only by line ends
-    and blanks (strings skipped, their escapes honoured)."""
-    depth, n = 0, len(raw)
-    while i < n:
+def _null_usage_end(raw: bytes, key: int) -> int:
+    """If a ``"usage"`` key whose value is null starts at `key`: where that null ends; else -1."""
+    if not raw.startswith(_USAGE_KEY, key):
+        return -1
+    i = _skip_blanks(raw, key + len(_USAGE_KEY))
+    if i < len(raw) and raw[i] == 0x3A:  # ":"
+        i = _skip_blanks(raw, i + 1)
+        if raw.startswith(_NULL, i):
+            return i + len(_NULL)
+    return -1
+
+
+def _skip_string(raw: bytes, i: int) -> int:
+    """Past the string whose opening quote is at `i` (escapes honoured; the end if unterminated)."""
+    i += 1
+    while i < len(raw) and raw[i] != 0x22:
+        i += 2 if raw[i] == 0x5C else 1
+    return i + 1
+
+
+def _depth_at(raw: bytes, i: int, last: int) -> int | None:
+    """How many more objects/arrays are open at `last` than at `i` (negative: fewer), scanning
+    from `i` with strings skipped; None if `last` falls inside a string."""
+    depth = 0
+    while i < last:
         c = raw[i]
-        if c == 0x22:  # a string: skip to its closing quote
-            i += 1
-            while i < n and raw[i] != 0x22:
-                i += 2 if raw[i] == 0x5C else 1
-        elif c in (0x7B, 0x5B):  # { [
+        if c == 0x22:
+            i = _skip_string(raw, i)
+            continue
+        if c in (0x7B, 0x5B):  # { [
             depth += 1
         elif c in (0x7D, 0x5D):  # } ]
-            if depth == 0:
-                return c == 0x7D and not raw[i + 1:].strip(_LINE_END)
             depth -= 1
         i += 1
-    return False
+    return depth if i == last else None
+
+
+def _null_usage_at_depth(raw: bytes, key: int, value_end: int, last: int, target: int) -> tuple[int, int] | None:
+    """The first null usage, from the one at `key`, that sits at depth `target` (as `_depth_at`
+    counts) with no closer taking the depth below `target` between it and `last`: the one whose
+    first unmatched closer is the `}` at `last`. As (key, value_end)."""
+    found = (key, value_end) if target == 0 else None
+    depth, i = 0, value_end
+    while i < last:
+        c = raw[i]
+        if c == 0x22:
+            end = _null_usage_end(raw, i) if found is None and depth == target else -1
+            if end >= 0:
+                found, i = (i, end), end
+            else:
+                i = _skip_string(raw, i)
+            continue
+        if c in (0x7B, 0x5B):
+            depth += 1
+        elif c in (0x7D, 0x5D):
+            depth -= 1
+            if depth < target:  # a closer left it: it was not at the level of the last "}"
+                found = None
+        i += 1
+    return found
 
 
 def _member_span(raw: bytes, key: int, value_end: int) -> tuple[int, int]:

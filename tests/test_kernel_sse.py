@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,37 @@ def test_relay_gives_the_recorded_stream_openai_sends_unasked(sse_impl):
 def test_relay_cuts_only_a_top_level_null_usage(sse_impl, event, expected):
     assert relay(sse_impl, [event], drop=True)[0] == (event if expected is None else expected)
     assert relay(sse_impl, [event], drop=False)[0] == event
+
+
+def nested_null_usages(units: int, top_level: bool = False) -> bytes:
+    """One event whose data nests `units` objects, each opening with a "usage": null that is not
+    top-level (a hostile upstream's), with a top-level null usage at the end if `top_level`."""
+    unit = b'{"usage":null,"x":'
+    tail = b',"usage":null}' if top_level else b"}"
+    return b'data: {"id":"c","choices":[],"a":' + unit * units + b"1" + b"}" * units + tail + b"\n\n"
+
+
+def test_relay_finds_the_top_level_null_usage_among_nested_ones(sse_impl):
+    assert relay(sse_impl, [nested_null_usages(50, top_level=True)])[0] == nested_null_usages(50)
+    assert relay(sse_impl, [nested_null_usages(50)])[0] == nested_null_usages(50)
+
+
+def test_relay_cuts_null_usage_in_linear_time(sse_impl):
+    """Each nested null usage once made the relay scan to the end of the event (18.9 s for one
+    540 KiB event, the worker's loop blocked meanwhile)."""
+    # The compiled kernel is ~100x faster: it needs larger events for a quadratic to show.
+    units = 200 if sse_impl is pure_sse else 1_500
+
+    def cost(n: int) -> float:
+        event = nested_null_usages(n, top_level=True)
+        started = time.process_time()
+        assert relay(sse_impl, [event], max_event_bytes=len(event))[0] == nested_null_usages(n)
+        return time.process_time() - started
+
+    small, large = cost(units), cost(10 * units)
+    # 10x the bytes: ~10x the time when linear, ~100x when quadratic (a ratio, not a wall-clock
+    # bound: a slow or loaded machine scales both)
+    assert large < 30 * max(small, 0.01), (small, large)
 
 
 def test_relay_keeps_usage_that_rides_on_a_content_chunk(sse_impl):

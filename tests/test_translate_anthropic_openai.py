@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anthropic
+import httpx2 as httpx  # the HTTP client under the anthropic SDK
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import RawMessageStreamEvent
@@ -142,3 +144,140 @@ def test_stream_any_split(cuts):
     assert (m.content[2].name, m.content[2].input) == ("g", {})
     assert m.stop_reason == "tool_use" and m.usage.output_tokens == 7 and m.usage.input_tokens == 11
     assert usage.total_tokens == 18
+
+
+# -- tool calls keyed by the OpenAI `index` -------------------------------------------------
+
+def _tool(index: int, arguments: str | None = None, id: str | None = None, name: str | None = None) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": index, "function": {} if arguments is None else {"arguments": arguments}}
+    if id is not None:
+        call.update(id=id, type="function")
+    if name is not None:
+        call["function"]["name"] = name
+    return call
+
+
+def _tool_stream(*calls: dict[str, Any]) -> bytes:
+    """An OpenAI stream of one tool-call delta per chunk, then its end."""
+    return b"".join([_chunk({"role": "assistant"}), *(_chunk({"tool_calls": [c]}) for c in calls), _chunk({}, "tool_calls"),
+                     _chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}),
+                     b"data: [DONE]\n\n"])
+
+
+def translated(stream: bytes) -> bytes:
+    translator = ADAPTER.stream(ctx({"messages": [], "stream": True}))
+    return translator.feed(stream) + translator.flush()
+
+
+def events_of(out: bytes) -> list[tuple[str, dict[str, Any]]]:
+    pairs = [block.split(b"\n", 1) for block in out.split(b"\n\n") if block]
+    return [(kind.removeprefix(b"event: ").decode(), json.loads(data.removeprefix(b"data: "))) for kind, data in pairs]
+
+
+def assert_blocks_in_turn(out: bytes) -> None:
+    """Anthropic's stream shape: each block starts at the next index, gets deltas only while it
+    is open, and stops before the next one starts; all stop before message_delta."""
+    open_block, next_block = None, 0
+    for kind, data in events_of(out):
+        if kind == "content_block_start":
+            assert open_block is None and data["index"] == next_block
+            open_block, next_block = next_block, next_block + 1
+        elif kind == "content_block_delta":
+            assert data["index"] == open_block
+        elif kind == "content_block_stop":
+            assert data["index"] == open_block
+            open_block = None
+        elif kind == "message_delta":
+            assert open_block is None
+
+
+_served: list[bytes] = []
+_sdk = anthropic.Anthropic(api_key="k", base_url="http://gateway.test", max_retries=0, http_client=httpx.Client(
+    transport=httpx.MockTransport(lambda _: httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                                            content=_served[-1]))))
+
+
+def sdk_final(stream: bytes) -> Any:
+    """The Message the official anthropic SDK's stream helper builds from the translated stream."""
+    out = translated(stream)
+    assert_blocks_in_turn(out)
+    _served.append(out)
+    with _sdk.messages.stream(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
+        for _ in s:
+            pass
+        return s.get_final_message()
+
+
+def tool_uses(message: Any) -> list[tuple[str, str, Any]]:
+    assert message.stop_reason == "tool_use"
+    return [(b.id, b.name, b.input) for b in message.content if b.type == "tool_use"]
+
+
+def test_interleaved_tool_calls_each_fill_their_own_block():
+    """Argument deltas alternating between two calls once all went to the last call opened."""
+    stream = _tool_stream(_tool(0, "", "call_a", "get_a"), _tool(1, "", "call_b", "get_b"),
+                          _tool(0, '{"x": 1}'), _tool(1, '{"y": 2}'))
+    assert tool_uses(sdk_final(stream)) == [("call_a", "get_a", {"x": 1}), ("call_b", "get_b", {"y": 2})]
+
+
+def test_an_id_repeated_on_every_delta_is_one_call():
+    """Some OpenAI-compatible servers repeat the id: it once opened a new block every time."""
+    stream = _tool_stream(_tool(0, '{"x"', "call_a", "get_a"), _tool(0, ": 1}", "call_a"))
+    assert tool_uses(sdk_final(stream)) == [("call_a", "get_a", {"x": 1})]
+
+
+def test_a_call_without_an_id_still_opens_a_block():
+    """Its delta once went to block -1 (the SDK raised IndexError); the client answers by id, so it gets one."""
+    stream = _tool_stream(_tool(0, '{"x": 1}', name="get_a"), _tool(1, "{}", name="get_b"))
+    assert tool_uses(sdk_final(stream)) == [("toolu_7_0", "get_a", {"x": 1}), ("toolu_7_1", "get_b", {})]
+
+
+def test_calls_that_come_one_after_another_stream_as_they_come():
+    """A call is held only while another's arguments are unfinished: in OpenAI's usual order
+    (each call whole before the next), every block opens with its call's first delta."""
+    translator = ADAPTER.stream(ctx({"messages": [], "stream": True}))
+    translator.feed(_chunk({"role": "assistant"}) + _chunk({"tool_calls": [_tool(0, '{"a": 1}', "call_a", "f")]}))
+    out = translator.feed(_chunk({"tool_calls": [_tool(1, '{"b"', "call_b", "g")]}))
+    assert [kind for kind, _ in events_of(out)] == ["content_block_stop", "content_block_start", "content_block_delta"]
+
+
+def test_a_call_held_behind_an_unfinished_one_comes_at_the_end():
+    stream = _tool_stream(_tool(0, '{"a": ', "call_a", "f"), _tool(1, '{"b": "}\\\\"}', "call_b", "g"), _tool(0, "1}"))
+    assert tool_uses(sdk_final(stream)) == [("call_a", "f", {"a": 1}), ("call_b", "g", {"b": "}\\"})]
+
+
+def test_arguments_for_a_call_that_ended_are_refused():
+    ended = [_tool(0, '{"a": 1}', "call_a", "f"), _tool(1, "{}", "call_b", "g")]
+    assert tool_uses(sdk_final(_tool_stream(*ended, _tool(0, " \n")))) == [("call_a", "f", {"a": 1}), ("call_b", "g", {})]
+    with pytest.raises(GatewayError) as err:
+        translated(_tool_stream(*ended, _tool(0, ', "b": 2}')))
+    assert (err.value.status, err.value.code) == (502, "upstream_malformed")
+    assert err.value.message == "The upstream provider sent more arguments for tool call 0 after that call had ended."
+
+
+def _interleaved(draw: Any) -> tuple[bytes, list[tuple[str, str, Any]]]:
+    """Up to three calls, each one's JSON arguments cut into pieces, the pieces of all calls
+    interleaved in any order (each call's own in order), the id sent once or on every piece."""
+    inputs = draw(st.lists(st.dictionaries(st.sampled_from(["a", "b", "q"]), st.one_of(
+        st.integers(), st.text(alphabet='ab{}[]"\\ ', max_size=6), st.lists(st.integers(), max_size=2)), max_size=3),
+        min_size=1, max_size=3))
+    repeat_id = draw(st.booleans())
+    queues = []
+    for n, value in enumerate(inputs):
+        text = json.dumps(value)
+        cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=4)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        queues.append([_tool(n, p, f"call_{n}" if i == 0 or repeat_id else None, f"f{n}" if i == 0 else None)
+                       for i, p in enumerate(pieces)])
+    deltas = []
+    while any(queues):
+        queue = draw(st.sampled_from([q for q in queues if q]))
+        deltas.append(queue.pop(0))
+    return _tool_stream(*deltas), [(f"call_{n}", f"f{n}", value) for n, value in enumerate(inputs)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_any_interleaving_of_tool_calls_gives_each_its_input(data):
+    stream, expected = _interleaved(data.draw)
+    assert sorted(tool_uses(sdk_final(stream))) == expected

@@ -3,6 +3,9 @@ eventstream split at every boundary. The fake's frames are checked with botocore
 from __future__ import annotations
 
 import json
+import struct
+import time
+import zlib
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from tollway.core.config import Provider
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import CallContext
 from tollway.core.providers.chat.bedrock import OpenAIToBedrock
+from tollway.core.providers.wire.eventstream import MAX_FRAME_BYTES
 from tollway.core.request import parse_head
 
 PROVIDER = Provider(name="aws", schema="bedrock", region="eu-west-1")
@@ -174,3 +178,59 @@ def test_stream_cut_before_message_stop_is_an_error():
     translator.feed(b"".join(fb.stream_frames(False)[:3]))
     with pytest.raises(GatewayError):
         translator.flush()
+
+
+def text_frame(size: int) -> bytes:
+    """One contentBlockDelta frame carrying `size` bytes of text."""
+    return fb.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x" * size}})
+
+
+def test_large_frame_in_small_pieces_is_linear():
+    """botocore's buffer appended each piece to one bytes object: a 23 MiB frame in 4 KiB
+    pieces took 19.5 s of the worker's loop. Frames are now cut out of one growing buffer."""
+
+    def cost(size: int) -> float:
+        translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+        data, out = text_frame(size), []
+        started = time.process_time()
+        out += [translator.feed(data[i : i + 4096]) for i in range(0, len(data), 4096)]
+        elapsed = time.process_time() - started
+        assert json.loads(b"".join(out).removeprefix(b"data: "))["choices"][0]["delta"]["content"] == "x" * size
+        return elapsed
+
+    small, large = cost(1 << 20), cost(10 << 20)
+    # 10x the bytes: ~10x the time when linear, ~100x when quadratic (a ratio, not a wall-clock
+    # bound: a slow or loaded machine scales both)
+    assert large < 30 * max(small, 0.01), (small, large)
+
+
+def test_frame_over_the_bound_is_refused_at_its_prelude():
+    too_long = MAX_FRAME_BYTES + 1
+    prelude = struct.pack(">II", too_long, 0)
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.stream(ctx({"messages": [USER], "stream": True})).feed(prelude)  # nothing past it is waited for
+    assert (err.value.status, err.value.code) == (502, "upstream_too_large")
+    assert err.value.message == ("The upstream provider 'aws' sent an event stream frame larger than this "
+                                 f"gateway's limit of {MAX_FRAME_BYTES} bytes.")
+
+
+@pytest.mark.parametrize("prelude", [
+    struct.pack(">III", 100, 0, 0),  # a CRC that does not vouch for the lengths
+    struct.pack(">II", 20, 8) + struct.pack(">I", zlib.crc32(struct.pack(">II", 20, 8))),  # headers past the end
+])
+def test_corrupt_prelude_is_502_at_once(prelude):
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.stream(ctx({"messages": [USER], "stream": True})).feed(prelude)
+    assert (err.value.status, err.value.code) == (502, "upstream_malformed")
+    assert err.value.message == "The upstream provider sent a corrupt event stream frame."
+
+
+def test_headers_that_overrun_their_section_are_a_corrupt_frame():
+    head = b"\x05:name"  # a name, then no type byte
+    total = 12 + len(head) + 2 + 4
+    prelude = struct.pack(">II", total, len(head))
+    body = prelude + struct.pack(">I", zlib.crc32(prelude)) + head + b"{}"
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.stream(ctx({"messages": [USER], "stream": True})).feed(body + struct.pack(">I", zlib.crc32(body)))
+    assert (err.value.status, err.value.code) == (502, "upstream_malformed")

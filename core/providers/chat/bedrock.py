@@ -5,8 +5,8 @@ The model id is percent-encoded into the path (ids such as `anthropic.claude-3-5
 credential (service `bedrock`), or carries a Bedrock API key as a bearer token.
 
 Theory of operation of the stream: `/converse-stream` answers with AWS eventstream frames
-(prelude with lengths and a CRC32, typed headers, JSON payload, message CRC32). botocore's
-`EventStreamBuffer` reassembles frames from chunks split anywhere and checks both CRCs; the
+(prelude with lengths and a CRC32, typed headers, JSON payload, message CRC32).
+`EventStreamFrames` reassembles frames from chunks split anywhere and has botocore check both CRCs; the
 frame's `:message-type` says event or exception and `:event-type` names the event, which
 `_HANDLERS` maps to at most one OpenAI chunk. Usage comes in the final `metadata` event,
 after `messageStop`, so `[DONE]` is sent only then (or at the end of the stream).
@@ -19,13 +19,14 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request, upstream_corrupt_frame, upstream_ended_early, upstream_malformed_event
+from tollway.core.errors import GatewayError, bad_request, upstream_ended_early, upstream_malformed_event
 from tollway.core.providers.base import CallContext, UpstreamCall
 from tollway.core.providers.chat.anthropic import thinking_of, tool_arguments
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.upstream_errors import provider_error
 from tollway.core.providers.wire import anthropic as anthropic_wire
 from tollway.core.providers.wire import bedrock as wire
+from tollway.core.providers.wire.eventstream import EventStreamFrames
 from tollway.core.providers.wire.openai import (
     ChatMessage,
     ChatRequest,
@@ -199,18 +200,12 @@ def _tool_choice(choice: Any) -> wire.ToolChoice | None:
 
 # -- stream translation ----------------------------------------------------------------
 
-def _event_stream_buffer() -> Any:
-    from botocore.eventstream import EventStreamBuffer  # noqa: PLC0415 - only Bedrock configs load botocore
-
-    return EventStreamBuffer()
-
-
 class BedrockStreamToOpenAI:
     """AWS eventstream frames in, OpenAI `chat.completion.chunk` events out."""
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
-        self._buffer = _event_stream_buffer()
+        self._frames = EventStreamFrames(ctx.provider.name)
         self._writer = ChunkWriter(completion_id(ctx.body, ctx.now), ctx.now, ctx.upstream_model,
                                    ctx.head.wants_usage_chunk)
         self._text: list[str] = []
@@ -218,13 +213,7 @@ class BedrockStreamToOpenAI:
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        from botocore.eventstream import ParserError  # noqa: PLC0415
-
-        self._buffer.add_data(chunk)
-        try:
-            return b"".join(self._on(frame.headers, frame.payload) for frame in self._buffer)
-        except ParserError:
-            raise upstream_corrupt_frame() from None
+        return b"".join([self._on(frame.headers, frame.payload) for frame in self._frames.feed(chunk)])
 
     def flush(self) -> bytes:
         if not self._stopped:
@@ -234,7 +223,7 @@ class BedrockStreamToOpenAI:
     def streamed_text(self) -> str:
         return "".join(self._text)
 
-    def _on(self, headers: dict[str, Any], payload: bytes) -> bytes:
+    def _on(self, headers: dict[str, str], payload: bytes) -> bytes:
         kind = headers.get(":message-type", "event")
         if kind != "event":
             self._raise(headers, payload)
@@ -245,7 +234,7 @@ class BedrockStreamToOpenAI:
         handler = _HANDLERS.get(headers.get(":event-type", ""))
         return handler(self, event) if handler else b""
 
-    def _raise(self, headers: dict[str, Any], payload: bytes) -> None:
+    def _raise(self, headers: dict[str, str], payload: bytes) -> None:
         name = headers.get(":exception-type") or headers.get(":error-code") or "internalServerException"
         try:
             message = wire.decode_payload(payload).message or headers.get(":error-message")

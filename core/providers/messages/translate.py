@@ -8,17 +8,26 @@ chat bytes, which are translated into an Anthropic `message` or its SSE events.
 
 Theory of operation of the stream: OpenAI chunks carry deltas without block boundaries, so
 `ChatStreamToAnthropic` keeps which block is open (text, thinking or one tool call) and
-emits `content_block_stop`/`content_block_start` whenever the kind of delta changes. The
-closing `message_delta` waits for `[DONE]` (or the end of the stream) because usage arrives
-in the chunk after the one carrying `finish_reason`.
+emits `content_block_stop`/`content_block_start` whenever the kind of delta changes. Each
+OpenAI tool call (its `index`) gets its own tool_use block; since Anthropic blocks go out one
+at a time, a call whose deltas arrive while another call's block is open is held (see
+`_ToolCall`). The closing `message_delta` waits for `[DONE]` (or the end of the stream)
+because usage arrives in the chunk after the one carrying `finish_reason`.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request, upstream_failed_mid_stream, upstream_no_answer
+from tollway.core.errors import (
+    GatewayError,
+    bad_request,
+    upstream_failed_mid_stream,
+    upstream_no_answer,
+    upstream_tool_call_ended,
+)
 from tollway.core.providers.base import (
     Adapter,
     CallContext,
@@ -228,6 +237,51 @@ def sse(kind: str, payload: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + wire.encode(payload) + b"\n\n"
 
 
+_JSON_MARKS = re.compile(r'[{}\[\]"\\]')  # the characters that move a JSON scan's state
+
+
+class _ToolCall:
+    """One OpenAI tool call (one `index`) on its way to its own Anthropic tool_use block.
+
+    Anthropic blocks go out one at a time (start, deltas, stop), but an OpenAI stream may
+    interleave the deltas of several calls. The call whose block is open streams its arguments
+    as they come; another call's are held, and its block opens once the open one may end: when
+    that one's arguments are a whole JSON object (nothing but blanks can follow), or at the end.
+    """
+
+    __slots__ = ("block", "held", "state", "whole", "_depth", "_in_string", "_escaped")
+
+    def __init__(self, call_id: str, name: str) -> None:
+        self.block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        self.held: list[str] = []  # arguments not sent yet (no more than the answer, which the proxy caps)
+        self.state = "held"  # "held" | "open" | "ended"
+        self.whole = False  # its arguments so far close the JSON value they opened
+        self._depth = 0
+        self._in_string = self._escaped = False
+
+    def add(self, arguments: str) -> None:
+        """Follow the brackets of one more piece of arguments (strings skipped): one pass over
+        each piece, however many pieces come."""
+        skip = 0 if self._escaped else -1  # a backslash that ended the last piece escapes this one's first character
+        for mark in _JSON_MARKS.finditer(arguments):
+            i, c = mark.start(), mark.group()
+            if self._in_string:
+                if i == skip:
+                    continue
+                if c == "\\":
+                    skip = i + 1
+                elif c == '"':
+                    self._in_string = False
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                self.whole = self.whole or self._depth == 0
+        self._escaped = self._in_string and skip == len(arguments)
+
+
 class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
     """OpenAI `chat.completion.chunk` SSE in, Anthropic Messages SSE events out. It keeps no
     text of its own: `ChainedStream` counts the inner translator's."""
@@ -235,11 +289,13 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
     def __init__(self, model: str) -> None:
         super().__init__(oa.decode_chunk)
         self._model = model
+        self._message_id = ""
         self._started = self._closed = False
         self._block = -1  # index of the open content block, -1 if none
         self._kind = ""  # "text" | "thinking" | "tool_use"
         self._reason: str | None = None
-        self._tools = False
+        self._calls: dict[int, _ToolCall] = {}  # by OpenAI tool-call index, in the order they came
+        self._open_call: _ToolCall | None = None  # the call whose block is open
 
     def error_event(self, err: GatewayError) -> bytes:
         """A failure mid-stream (the inner provider's, or the gateway's) as Anthropic's error event."""
@@ -271,7 +327,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
 
     def _start(self, chunk: oa.ChatChunk) -> bytes:
         self._started = True
-        message = wire.MessageResponse(_message_id(chunk.id), chunk.model or self._model, [], None, None,
+        self._message_id = _message_id(chunk.id)
+        message = wire.MessageResponse(self._message_id, chunk.model or self._model, [], None, None,
                                        wire.AnthropicUsage(0, 0))
         return sse("message_start", {"type": "message_start", "message": message})
 
@@ -284,23 +341,47 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
             out += self._open("text", {"type": "text", "text": ""})
             out += self._block_delta({"type": "text_delta", "text": d.content})
         for call in d.tool_calls or []:
-            fn = call.function or oa.FunctionDelta()
-            if call.id:
-                self._tools = True
-                out += self._open("tool_use", {"type": "tool_use", "id": call.id, "name": fn.name or "", "input": {}},
-                                  new=True)
-            if fn.arguments:
-                out += self._block_delta({"type": "input_json_delta", "partial_json": fn.arguments})
+            out += self._tool_delta(call)
         return out
 
-    def _open(self, kind: str, block: dict[str, Any], new: bool = False) -> bytes:
-        if self._kind == kind and not new:
+    def _tool_delta(self, call: oa.ToolCallDeltaIn) -> bytes:
+        """One delta of the call at `call.index`: the first opens the call (its id and name; an id
+        repeated later is the same call), its arguments go to its block or are held."""
+        fn = call.function or oa.FunctionDelta()
+        arguments = fn.arguments or ""
+        tool = self._calls.get(call.index)
+        if tool is None:  # (a call without an id still needs one: the client answers it by id)
+            call_id = call.id or f"{self._message_id.replace('msg_', 'toolu_', 1)}_{call.index}"
+            tool = self._calls[call.index] = _ToolCall(call_id, fn.name or "")
+        if tool.state == "ended":
+            if arguments.strip():  # (blanks after a whole object change nothing)
+                raise upstream_tool_call_ended(call.index)
             return b""
-        out = self._stop_block()
+        tool.add(arguments)
+        if tool is self._open_call:
+            return self._block_delta({"type": "input_json_delta", "partial_json": arguments}) if arguments else b""
+        tool.held.append(arguments)
+        if self._open_call is None or self._open_call.whole:
+            return self._open_tool(tool)
+        return b""
+
+    def _open_tool(self, tool: _ToolCall) -> bytes:
+        """End the open block, open `tool`'s, and send the arguments it held."""
+        out = self._stop_block() + self._start_block("tool_use", tool.block)
+        tool.state, self._open_call = "open", tool
+        held = "".join(tool.held)
+        tool.held.clear()
+        return out + (self._block_delta({"type": "input_json_delta", "partial_json": held}) if held else b"")
+
+    def _open(self, kind: str, block: dict[str, Any]) -> bytes:
+        if self._kind == kind:
+            return b""
+        return self._stop_block() + self._start_block(kind, block)
+
+    def _start_block(self, kind: str, block: dict[str, Any]) -> bytes:
         self._block += 1
         self._kind = kind
-        return out + sse("content_block_start", {"type": "content_block_start", "index": self._block,
-                                                 "content_block": block})
+        return sse("content_block_start", {"type": "content_block_start", "index": self._block, "content_block": block})
 
     def _block_delta(self, delta: dict[str, Any]) -> bytes:
         return sse("content_block_delta", {"type": "content_block_delta", "index": self._block, "delta": delta})
@@ -309,13 +390,21 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if not self._kind:
             return b""
         self._kind = ""
+        if self._open_call is not None:
+            self._open_call.state, self._open_call = "ended", None
         return sse("content_block_stop", {"type": "content_block_stop", "index": self._block})
+
+    def _held_calls(self) -> bytes:
+        """At the end: the block of every call still held, whole, one after the other."""
+        return b"".join([self._open_tool(tool) + self._stop_block() for tool in self._calls.values()
+                         if tool.state == "held"])
 
     def _close(self) -> bytes:
         if self._closed or not self._started:
             return b""
         self._closed = True
-        reason = "tool_use" if self._tools else STOP_REASONS.get(self._reason or "stop", "end_turn")
+        reason = "tool_use" if self._calls else STOP_REASONS.get(self._reason or "stop", "end_turn")
         usage = anthropic_usage(self.usage)
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
-        return self._stop_block() + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
+        out = self._stop_block() + self._held_calls()
+        return out + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
