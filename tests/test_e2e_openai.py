@@ -1,10 +1,13 @@
 """The official openai SDK, sync and async, against a real gateway and a fake OpenAI upstream."""
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import REPLY
+from tests.fakes.openai_upstream import REPLY, RESPONSE_USAGE_CUT
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess
 
 
@@ -104,6 +107,32 @@ def test_responses_api_stream_and_non_stream(client):
     assert r.output_text == REPLY
     events = list(client.responses.create(model="gpt-4o-mini", input="hello", stream=True))
     assert events[-1].type == "response.completed" and events[-1].response.usage.output_tokens == 9
+
+
+def _responses_stream(client: openai.OpenAI, gateway: GatewayProcess, model: str) -> tuple[list[Any], dict[str, Any]]:
+    """The events a Responses stream gave the SDK, and the access-log line it left."""
+    raw = client.responses.with_raw_response.create(model=model, input="hello", stream=True)
+    events = list(raw.parse())
+    rid = raw.headers["x-request-id"]
+    deadline = time.monotonic() + 10  # a stream without usage may first load the tokenizer
+    while not (lines := [r for r in gateway.log_lines() if r.get("request_id") == rid]):
+        assert time.monotonic() < deadline, "no access-log line for the stream"
+        time.sleep(0.05)
+    return events, lines[-1]
+
+
+CUT = (RESPONSE_USAGE_CUT["input_tokens"], RESPONSE_USAGE_CUT["output_tokens"])
+
+
+@pytest.mark.parametrize("model, end, usage", [("gpt-4o-mini", "response.completed", (5, 9)),
+                                               ("incomplete", "response.incomplete", CUT),
+                                               ("failed", "response.failed", CUT)])
+def test_responses_stream_is_billed_what_its_closing_event_reports(client, gateway, model, end, usage):
+    # An answer cut at max_output_tokens, or one that failed midway, still used its tokens.
+    events, line = _responses_stream(client, gateway, model)
+    reported = events[-1].response.usage
+    assert events[-1].type == end and (reported.input_tokens, reported.output_tokens) == usage
+    assert (line["prompt_tokens"], line["completion_tokens"]) == usage
 
 
 def test_azure_openai_deployment_url_and_api_key(client, openai_upstream):

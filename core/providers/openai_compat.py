@@ -14,7 +14,7 @@ import msgspec
 
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
-from tollway.core.kernels import OpenAIStreamRelay, SSEFramer
+from tollway.core.kernels import OpenAIStreamRelay, SSEEvent, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, StreamTranslator, UpstreamCall
 from tollway.ext.usage import OpenAIUsage, Usage, from_openai, usage_of_json
 
@@ -126,14 +126,20 @@ class _ResponsesBody(msgspec.Struct):
 
 
 class _ResponsesEvent(msgspec.Struct):
+    """What the relay reads of a Responses stream event; every other field is skipped unread."""
+
+    type: str = ""
     response: _ResponsesBody | None = None
 
 
 _decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
+# The events that end a Responses stream with the response and its usage: an answer cut at
+# `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is billed, all the same.
+_USAGE_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
 
 
 class ResponsesStreamRelay:
-    """Relays a Responses API stream untouched; usage comes from `response.completed`."""
+    """Relays a Responses API stream untouched, reading its usage from the event that ends it."""
 
     def __init__(self) -> None:
         self._framer = SSEFramer()
@@ -142,15 +148,10 @@ class ResponsesStreamRelay:
         self._events = 0  # relayed so far: the next sequence number, as upstreams number from 0
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._framer.feed(chunk)
-        self._events += len(events)
-        for ev in events:
-            if ev.event == b"response.completed" or b'"response.completed"' in ev.data[:64]:
-                self._take_usage(ev.data)
-        return b"".join(ev.raw for ev in events)
+        return self._relay(self._framer.feed(chunk))
 
     def flush(self) -> bytes:
-        return b"".join(ev.raw for ev in self._framer.flush())
+        return self._relay(self._framer.flush())
 
     def streamed_text(self) -> str:
         return "".join(self._text)
@@ -163,10 +164,17 @@ class ResponsesStreamRelay:
                  "sequence_number": self._events}
         return b"event: error\ndata: " + _json_encode(event) + b"\n\n"
 
-    def _take_usage(self, data: bytes) -> None:
+    def _relay(self, events: list[SSEEvent]) -> bytes:
+        self._events += len(events)
+        for ev in events:
+            if ev.data:
+                self._note(ev.data)
+        return b"".join(ev.raw for ev in events)
+
+    def _note(self, data: bytes) -> None:
         try:
             ev = _decode_responses_event(data)
         except msgspec.MsgspecError:
-            return
-        if ev.response and ev.response.usage:  # cached and reasoning tokens included, for the ledger's prices
-            self.usage = from_openai(ev.response.usage)
+            return  # forwarded as it is: the client's SDK will judge it
+        if ev.type in _USAGE_ENDS and ev.response and ev.response.usage:
+            self.usage = from_openai(ev.response.usage)  # cached and reasoning tokens included, for the prices
