@@ -135,6 +135,13 @@ def test_responses_stream_is_billed_what_its_closing_event_reports(client, gatew
     assert (line["prompt_tokens"], line["completion_tokens"]) == usage
 
 
+def test_responses_stream_without_usage_is_counted_from_its_text(client, gateway):
+    events, line = _responses_stream(client, gateway, "no-usage")
+    assert events[-1].type == "response.completed" and events[-1].response.usage is None
+    # "The quick brown fox jumps over the lazy dog" is 9 tokens in o200k_base.
+    assert line["completion_tokens"] == 9 and line["prompt_tokens"] >= 1
+
+
 def test_azure_openai_deployment_url_and_api_key(client, openai_upstream):
     r = client.chat.completions.create(model="azure-gpt", messages=[{"role": "user", "content": "x"}])
     assert r.choices[0].message.content == REPLY

@@ -129,22 +129,28 @@ class _ResponsesEvent(msgspec.Struct):
     """What the relay reads of a Responses stream event; every other field is skipped unread."""
 
     type: str = ""
+    delta: str | None = None
     response: _ResponsesBody | None = None
 
 
 _decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
+# The deltas of generated text (the ones output guardrails read, gateway/guardrails/responses_stream.py):
+# every one is output tokens, counted from this text when the upstream reports no usage.
+_TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
+                          "response.reasoning_text.delta", "response.reasoning_summary_text.delta"))
 # The events that end a Responses stream with the response and its usage: an answer cut at
 # `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is billed, all the same.
 _USAGE_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
 
 
 class ResponsesStreamRelay:
-    """Relays a Responses API stream untouched, reading its usage from the event that ends it."""
+    """Relays a Responses API stream untouched, reading its usage from the event that ends it
+    and keeping its generated text, which is counted when no usage came."""
 
     def __init__(self) -> None:
         self._framer = SSEFramer()
         self.usage: Usage | None = None
-        self._text: list[str] = []
+        self._text: list[str] = []  # the deltas' text: no larger than the stream, which the proxy caps
         self._events = 0  # relayed so far: the next sequence number, as upstreams number from 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -176,5 +182,7 @@ class ResponsesStreamRelay:
             ev = _decode_responses_event(data)
         except msgspec.MsgspecError:
             return  # forwarded as it is: the client's SDK will judge it
-        if ev.type in _USAGE_ENDS and ev.response and ev.response.usage:
+        if ev.delta and ev.type in _TEXT_DELTAS:
+            self._text.append(ev.delta)
+        elif ev.type in _USAGE_ENDS and ev.response and ev.response.usage:
             self.usage = from_openai(ev.response.usage)  # cached and reasoning tokens included, for the prices
