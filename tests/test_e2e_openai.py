@@ -142,6 +142,15 @@ def test_responses_stream_without_usage_is_counted_from_its_text(client, gateway
     assert line["completion_tokens"] == 9 and line["prompt_tokens"] >= 1
 
 
+def test_responses_stream_cut_before_its_end_says_so_and_is_counted_from_its_text(client, gateway):
+    # The upstream sent the text, then ended the stream cleanly without any closing event: the
+    # client gets an error event, not a stream that merely stops (as on every other relay).
+    events, line = _responses_stream(client, gateway, "ends-early")
+    assert [e.type for e in events] == ["response.created", "response.output_text.delta", "error"]
+    assert events[-1].code == "upstream_disconnected" and events[-1].sequence_number == 2
+    assert line["error"] == "upstream_disconnected" and line["completion_tokens"] == 9
+
+
 def test_azure_openai_deployment_url_and_api_key(client, openai_upstream):
     r = client.chat.completions.create(model="azure-gpt", messages=[{"role": "user", "content": "x"}])
     assert r.choices[0].message.content == REPLY

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tollway.core.errors import GatewayError
 from tollway.core.providers.openai_compat import ResponsesStreamRelay
 
 
@@ -22,6 +23,8 @@ def delta(kind: str, text: str) -> bytes:
 
 CREATED = event("response.created", response={"id": "resp_1", "status": "in_progress", "usage": None})
 COMPLETED = event("response.completed", response={"id": "resp_1", "status": "completed", "usage": None})
+USAGE = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500,
+         "input_tokens_details": {"cached_tokens": 200}, "output_tokens_details": {"reasoning_tokens": 300}}
 
 
 @pytest.mark.parametrize("kind", ["output_text", "refusal", "function_call_arguments", "reasoning_text",
@@ -51,3 +54,37 @@ def test_text_split_anywhere_is_kept_whole():
         relay.feed(stream[cut:])
         relay.flush()
         assert relay.streamed_text() == 'one {"a": 1}', cut
+
+
+@pytest.mark.parametrize("kind, status", [("response.completed", "completed"), ("response.incomplete", "incomplete"),
+                                          ("response.failed", "failed")])
+def test_usage_is_read_from_whichever_event_ends_the_stream(kind, status):
+    relay = ResponsesStreamRelay()
+    relay.feed(CREATED + delta("output_text", "Hi") + event(kind, response={"status": status, "usage": USAGE}))
+    assert relay.flush() == b""
+    u = relay.usage
+    assert u is not None and (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (1000, 500, 1500)
+    assert (u.cached_tokens, u.reasoning_tokens) == (200, 300)
+
+
+def test_the_upstreams_error_event_ends_the_stream():
+    relay = ResponsesStreamRelay()
+    relay.feed(CREATED + delta("output_text", "Hi") + event("error", code="server_error", message="boom", param=None))
+    assert relay.flush() == b"" and relay.usage is None and relay.streamed_text() == "Hi"
+
+
+@pytest.mark.parametrize("tail", [b"", b"event: response.completed\ndata: {\"type\": \"response.comp"])
+def test_a_stream_cut_before_its_end_is_an_error_and_keeps_its_text(tail):
+    relay = ResponsesStreamRelay()
+    relay.feed(CREATED + delta("output_text", "Hello") + tail)
+    with pytest.raises(GatewayError) as cut:
+        relay.flush()
+    assert cut.value.status == 502 and cut.value.code == "upstream_disconnected"
+    assert relay.usage is None and relay.streamed_text() == "Hello"  # counted, as the proxy does without usage
+
+
+def test_a_closing_event_without_its_blank_line_still_ends_the_stream():
+    relay = ResponsesStreamRelay()
+    end = event("response.completed", response={"usage": USAGE})
+    out = relay.feed(CREATED + end[:-1])
+    assert out + relay.flush() == CREATED + end[:-1] and relay.usage is not None

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
+from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error, upstream_unfinished
 from tollway.core.kernels import OpenAIStreamRelay, SSEEvent, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, StreamTranslator, UpstreamCall
 from tollway.ext.usage import OpenAIUsage, Usage, from_openai, usage_of_json
@@ -138,9 +138,10 @@ _decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
 # every one is output tokens, counted from this text when the upstream reports no usage.
 _TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
                           "response.reasoning_text.delta", "response.reasoning_summary_text.delta"))
-# The events that end a Responses stream with the response and its usage: an answer cut at
-# `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is billed, all the same.
-_USAGE_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
+# The events that end a Responses stream. All but `error` carry the response with its usage: an
+# answer cut at `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is
+# billed, all the same.
+_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed", "error"))
 
 
 class ResponsesStreamRelay:
@@ -152,12 +153,18 @@ class ResponsesStreamRelay:
         self.usage: Usage | None = None
         self._text: list[str] = []  # the deltas' text: no larger than the stream, which the proxy caps
         self._events = 0  # relayed so far: the next sequence number, as upstreams number from 0
+        self._ended = False  # one of _ENDS seen: the client knows how the answer ended
 
     def feed(self, chunk: bytes) -> bytes:
         return self._relay(self._framer.feed(chunk))
 
     def flush(self) -> bytes:
-        return self._relay(self._framer.flush())
+        """The last bytes; raises GatewayError(502) if the stream ended without one of _ENDS, so
+        a cut-off answer does not pass as a whole one (the proxy sends it as `error_event`)."""
+        out = self._relay(self._framer.flush())
+        if not self._ended:
+            raise upstream_unfinished()
+        return out
 
     def streamed_text(self) -> str:
         return "".join(self._text)
@@ -184,5 +191,7 @@ class ResponsesStreamRelay:
             return  # forwarded as it is: the client's SDK will judge it
         if ev.delta and ev.type in _TEXT_DELTAS:
             self._text.append(ev.delta)
-        elif ev.type in _USAGE_ENDS and ev.response and ev.response.usage:
-            self.usage = from_openai(ev.response.usage)  # cached and reasoning tokens included, for the prices
+        elif ev.type in _ENDS:
+            self._ended = True
+            if ev.response and ev.response.usage:  # cached and reasoning tokens included, for the prices
+                self.usage = from_openai(ev.response.usage)
