@@ -190,14 +190,17 @@ def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):
     assert line["prompt_tokens"] == 33 and line["completion_tokens"] == fa.OUTPUT_TOKENS
 
 
-def test_anthropic_sdk_native_stream_without_usage_is_counted_from_its_text(ant, gw):
-    raw = ant.messages.with_raw_response.create(model="no-usage", max_tokens=10, stream=True,
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_native_answer_without_usage_is_counted_from_its_text(ant, gw, stream):
+    raw = ant.messages.with_raw_response.create(model="no-usage", max_tokens=10, stream=stream,
                                                 messages=[{"role": "user", "content": "hi"}])
-    events = list(raw.parse())
-    text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    answer = raw.parse()
+    if stream:
+        text = "".join(e.delta.text for e in answer if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    else:
+        text = answer.content[0].text
     line = gw.log_line(raw.headers["x-request-id"])
-    assert text == fa.REPLY and events[-1].type == "message_stop"
-    assert line["completion_tokens"] == REPLY_TOKENS and line["prompt_tokens"] >= 1
+    assert text == fa.REPLY and line["completion_tokens"] == REPLY_TOKENS and line["prompt_tokens"] >= 1
 
 
 def test_anthropic_sdk_errors_are_anthropic_shaped(gw):
