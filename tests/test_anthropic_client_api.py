@@ -76,6 +76,15 @@ def test_native_relay_refuses_a_stream_cut_before_message_stop():
     assert whole.flush() == b"" and whole.usage is not None and whole.usage.completion_tokens == fa.OUTPUT_TOKENS
 
 
+def test_native_relay_text_for_counting_holds_thinking_and_tool_input_too():
+    # Counted when the upstream reports no usage: a tool call's input and the thinking are output tokens.
+    start, *rest = fa.with_usage(fa.message_events("claude-x", with_tool=True), None, None)
+    relay = AnthropicStreamRelay()
+    relay.feed(b"".join([start, *fa.thinking_events("Let me see. "), *rest]))
+    relay.flush()
+    assert relay.usage is None and relay.streamed_text() == "Let me see. " + fa.REPLY + json.dumps(fa.TOOL_INPUT)
+
+
 @pytest.mark.parametrize("start, delta, expected", [
     (None, None, None),  # never reported: left to the proxy, which counts the text
     ({}, {}, None),

@@ -204,6 +204,15 @@ def test_stream_without_usage_request_has_no_usage_chunk():
     assert all("usage" not in c for c in chunks) and usage.completion_tokens == fa.OUTPUT_TOKENS
 
 
+def test_stream_text_for_counting_holds_thinking_and_tool_input_too():
+    # Counted when the upstream reports no usage: a tool call's input and the thinking are output tokens.
+    start, *rest = fa.with_usage(fa.message_events("claude-x", with_tool=True), None, None)
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(b"".join([start, *fa.thinking_events("Let me see. "), *rest]))
+    translator.flush()
+    assert translator.usage is None and translator.streamed_text() == "Let me see. " + fa.REPLY + json.dumps(fa.TOOL_INPUT)
+
+
 @pytest.mark.parametrize("start, delta, expected", [
     (None, None, None),  # never reported: left to the proxy, which counts the text
     ({}, {}, None),  # empty usage objects report nothing either

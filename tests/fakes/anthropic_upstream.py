@@ -69,6 +69,15 @@ def message_events(model: str, with_tool: bool, fail_midway: bool = False) -> li
     return with_usage(events, None, None) if model == "no-usage" else events
 
 
+def thinking_events(thinking: str) -> list[bytes]:
+    """A thinking block (to put after message_start): its start, one thinking_delta, its stop."""
+    return [sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                        "content_block": {"type": "thinking", "thinking": ""}}),
+            sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "thinking_delta", "thinking": thinking}}),
+            sse("content_block_stop", {"type": "content_block_stop", "index": 0})]
+
+
 def with_usage(events: list[bytes], start: dict[str, Any] | None, delta: dict[str, Any] | None) -> list[bytes]:
     """`events` with `start` as message_start's usage and `delta` as message_delta's (None: no
     usage field at all)."""

@@ -322,9 +322,11 @@ class AnthropicStreamToOpenAI(SSEStreamTranslator[wire.StreamEvent]):
         if d.text is not None:
             self._text.append(d.text)
             return w.text(d.text)
-        if d.partial_json is not None:
+        if d.partial_json is not None:  # tool input and thinking are output tokens too
+            self._text.append(d.partial_json)
             return w.tool_arguments(d.partial_json)
         if d.thinking is not None:
+            self._text.append(d.thinking)
             return w.reasoning(d.thinking)
         return b""  # signature_delta and future delta types
 

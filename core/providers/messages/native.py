@@ -125,5 +125,6 @@ class AnthropicStreamRelay:
         if reported(found):  # else usage stays None, and the proxy counts the streamed text
             merge_usage(self._usage, found)
             self.usage = usage_of(self._usage)
-        if event.delta is not None and event.delta.text:
-            self._text.append(event.delta.text)
+        d = event.delta
+        if d is not None:  # text, tool input and thinking: all output tokens, counted if no usage came
+            self._text += [piece for piece in (d.text, d.partial_json, d.thinking) if piece]
