@@ -81,6 +81,15 @@ class GatewayProcess:
                 continue
         return lines
 
+    def log_line(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The access-log line of one request, once written (a request whose tokens the gateway
+        counts may first load the tokenizer). Fails the test if it never is."""
+        deadline = time.monotonic() + timeout
+        while not (lines := [r for r in self.log_lines() if r.get("request_id") == request_id]):
+            assert time.monotonic() < deadline, f"no access-log line for {request_id}"
+            time.sleep(0.05)
+        return lines[-1]
+
     def raw_output(self) -> str:
         return self.stdout_path.read_text(errors="replace") + self.stderr()
 

@@ -76,6 +76,42 @@ def test_native_relay_refuses_a_stream_cut_before_message_stop():
     assert whole.flush() == b"" and whole.usage is not None and whole.usage.completion_tokens == fa.OUTPUT_TOKENS
 
 
+def test_native_relay_text_for_counting_holds_thinking_and_tool_input_too():
+    # Counted when the upstream reports no usage: a tool call's input and the thinking are output tokens.
+    start, *rest = fa.with_usage(fa.message_events("claude-x", with_tool=True), None, None)
+    relay = AnthropicStreamRelay()
+    relay.feed(b"".join([start, *fa.thinking_events("Let me see. "), *rest]))
+    relay.flush()
+    assert relay.usage is None and relay.streamed_text() == "Let me see. " + fa.REPLY + json.dumps(fa.TOOL_INPUT)
+
+
+@pytest.mark.parametrize("start, delta, expected", [
+    (None, None, None),  # never reported: left to the proxy, which counts the text
+    ({}, {}, None),
+    ({"input_tokens": 25, "output_tokens": 1}, None, (25, 1)),  # partly reported: what was, as ever
+    (None, {"output_tokens": 15}, (0, 15)),
+    ({"input_tokens": 25, "output_tokens": 1}, {"output_tokens": 15}, (25, 15)),
+])
+def test_native_relay_usage_is_what_the_upstream_reported_else_none(start, delta, expected):
+    events = b"".join(fa.with_usage(fa.message_events("claude-x", with_tool=False), start, delta))
+    relay = AnthropicStreamRelay()
+    assert relay.feed(events) + relay.flush() == events
+    u = relay.usage
+    assert (None if u is None else (u.prompt_tokens, u.completion_tokens)) == expected
+    assert relay.streamed_text() == fa.REPLY
+
+
+@pytest.mark.parametrize("usage", [None, {}])
+def test_native_answer_without_usage_leaves_it_to_the_proxy_to_count(usage):
+    body = fa.message_body("claude-x", False)
+    del body["usage"]
+    if usage is not None:
+        body["usage"] = usage
+    raw = json.dumps(body).encode()
+    claude = Provider(name="claude", schema="anthropic", base_url="http://a")
+    assert AnthropicNative().response(_ctx(claude), 200, raw) == (raw, None)
+
+
 # -- passed headers on the pass-through ---------------------------------------------------
 
 CLAUDE = Provider(name="claude", schema="anthropic", base_url="http://a", api_key="sk-up")

@@ -22,7 +22,7 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "descrip
 @pytest.fixture(scope="module")
 def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
     misbehaving = "\n".join(f"  - name: {m}\n    targets: [{{provider: claude}}]"
-                            for m in ("overloaded", "rate-limited", "bad-key", "stream-error"))
+                            for m in ("overloaded", "rate-limited", "bad-key", "stream-error", "no-usage"))
     process = GatewayProcess(f"""
 providers:
   - name: claude
@@ -102,6 +102,25 @@ def test_openai_sdk_tool_result_round_trip(oai, anthropic_upstream):
     assert turns[2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}]}
 
 
+# "Hello from the fake Anthropic upstream" (fa.REPLY) is 7 tokens in o200k_base.
+REPLY_TOKENS = 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_answer_without_usage_is_counted_from_its_text(oai, gw, stream):
+    # An Anthropic-compatible upstream that reports no usage is counted, as every other answer
+    # without usage is, not billed 0 tokens.
+    raw = oai.chat.completions.with_raw_response.create(model="no-usage", stream=stream,
+                                                        messages=[{"role": "user", "content": "hi"}])
+    answer = raw.parse()
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+    else:
+        text = answer.choices[0].message.content
+    line = gw.log_line(raw.headers["x-request-id"])
+    assert text == fa.REPLY and line["completion_tokens"] == REPLY_TOKENS and line["prompt_tokens"] >= 1
+
+
 def test_anthropic_errors_become_openai_errors(oai):
     with pytest.raises(openai.RateLimitError) as rate:
         oai.chat.completions.create(model="rate-limited", messages=[{"role": "user", "content": "x"}])
@@ -169,6 +188,19 @@ def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):
         assert "".join(s.text_stream) == fa.REPLY
     line = [r for r in gw.log_lines() if r.get("api") == "messages"][-1]
     assert line["prompt_tokens"] == 33 and line["completion_tokens"] == fa.OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_native_answer_without_usage_is_counted_from_its_text(ant, gw, stream):
+    raw = ant.messages.with_raw_response.create(model="no-usage", max_tokens=10, stream=stream,
+                                                messages=[{"role": "user", "content": "hi"}])
+    answer = raw.parse()
+    if stream:
+        text = "".join(e.delta.text for e in answer if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    else:
+        text = answer.content[0].text
+    line = gw.log_line(raw.headers["x-request-id"])
+    assert text == fa.REPLY and line["completion_tokens"] == REPLY_TOKENS and line["prompt_tokens"] >= 1
 
 
 def test_anthropic_sdk_errors_are_anthropic_shaped(gw):

@@ -1,10 +1,12 @@
 """The official openai SDK, sync and async, against a real gateway and a fake OpenAI upstream."""
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import REPLY
+from tests.fakes.openai_upstream import REPLY, RESPONSE_USAGE_CUT
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess
 
 
@@ -104,6 +106,43 @@ def test_responses_api_stream_and_non_stream(client):
     assert r.output_text == REPLY
     events = list(client.responses.create(model="gpt-4o-mini", input="hello", stream=True))
     assert events[-1].type == "response.completed" and events[-1].response.usage.output_tokens == 9
+
+
+def _responses_stream(client: openai.OpenAI, gateway: GatewayProcess, model: str) -> tuple[list[Any], dict[str, Any]]:
+    """The events a Responses stream gave the SDK, and the access-log line it left."""
+    raw = client.responses.with_raw_response.create(model=model, input="hello", stream=True)
+    events = list(raw.parse())
+    return events, gateway.log_line(raw.headers["x-request-id"])
+
+
+CUT = (RESPONSE_USAGE_CUT["input_tokens"], RESPONSE_USAGE_CUT["output_tokens"])
+
+
+@pytest.mark.parametrize("model, end, usage", [("gpt-4o-mini", "response.completed", (5, 9)),
+                                               ("incomplete", "response.incomplete", CUT),
+                                               ("failed", "response.failed", CUT)])
+def test_responses_stream_is_billed_what_its_closing_event_reports(client, gateway, model, end, usage):
+    # An answer cut at max_output_tokens, or one that failed midway, still used its tokens.
+    events, line = _responses_stream(client, gateway, model)
+    reported = events[-1].response.usage
+    assert events[-1].type == end and (reported.input_tokens, reported.output_tokens) == usage
+    assert (line["prompt_tokens"], line["completion_tokens"]) == usage
+
+
+def test_responses_stream_without_usage_is_counted_from_its_text(client, gateway):
+    events, line = _responses_stream(client, gateway, "no-usage")
+    assert events[-1].type == "response.completed" and events[-1].response.usage is None
+    # "The quick brown fox jumps over the lazy dog" is 9 tokens in o200k_base.
+    assert line["completion_tokens"] == 9 and line["prompt_tokens"] >= 1
+
+
+def test_responses_stream_cut_before_its_end_says_so_and_is_counted_from_its_text(client, gateway):
+    # The upstream sent the text, then ended the stream cleanly without any closing event: the
+    # client gets an error event, not a stream that merely stops (as on every other relay).
+    events, line = _responses_stream(client, gateway, "ends-early")
+    assert [e.type for e in events] == ["response.created", "response.output_text.delta", "error"]
+    assert events[-1].code == "upstream_disconnected" and events[-1].sequence_number == 2
+    assert line["error"] == "upstream_disconnected" and line["completion_tokens"] == 9
 
 
 def test_azure_openai_deployment_url_and_api_key(client, openai_upstream):

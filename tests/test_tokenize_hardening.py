@@ -67,6 +67,12 @@ RESPONSES = {"object": "response", "output": [
     {"type": "function_call", "name": "f", "call_id": "c1", "arguments": '{"x":true}'},
 ]}
 EMBEDDINGS = {"object": "list", "data": [{"embedding": [0.1, 0.2], "index": 0}]}
+MESSAGE = {"type": "message", "role": "assistant", "content": [  # an Anthropic message without usage
+    {"type": "thinking", "thinking": "Hmm. ", "signature": "sig"},
+    {"type": "text", "text": "Sunny"},
+    {"type": "tool_use", "id": "t1", "name": "f", "input": {"city": "Paris"}},
+    {"type": "tool_use", "id": "t2", "name": "g", "input": {}},
+]}
 
 
 @pytest.mark.parametrize("api, body, expected", [
@@ -74,6 +80,8 @@ EMBEDDINGS = {"object": "list", "data": [{"embedding": [0.1, 0.2], "index": 0}]}
     (ClientAPI.COMPLETIONS, COMPLETIONS, "one two"),
     (ClientAPI.RESPONSES, RESPONSES, 'Output{"x":true}'),
     (ClientAPI.EMBEDDINGS, EMBEDDINGS, ""),
+    (ClientAPI.MESSAGES, MESSAGE, 'Hmm. Sunny{"city": "Paris"}{}'),  # tool input as it came
+    (ClientAPI.MESSAGES, {"type": "message", "content": "not blocks"}, ""),
     (ClientAPI.CHAT, {"choices": []}, ""),
     (ClientAPI.CHAT, {"id": "x"}, ""),
 ])

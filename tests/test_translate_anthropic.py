@@ -129,6 +129,17 @@ def test_response_translation(name, upstream, finish, text, calls):
     assert usage.cache_write_tokens == 4 and usage.completion_tokens == fa.OUTPUT_TOKENS
 
 
+@pytest.mark.parametrize("usage", [None, {}, {"input_tokens": None, "output_tokens": None}])
+def test_response_without_usage_leaves_it_to_the_proxy_to_count(usage):
+    body = fa.message_body("claude-x", False)
+    del body["usage"]
+    if usage is not None:
+        body["usage"] = usage
+    out, found = ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())
+    assert found is None  # not 0 tokens: the proxy counts the text
+    assert json.loads(out)["choices"][0]["message"]["content"] == fa.REPLY
+
+
 def test_thinking_becomes_reasoning_content():
     body = {**fa.message_body("claude-x", False)}
     body["content"] = [{"type": "thinking", "thinking": "hmm", "signature": "s"}, *body["content"]]
@@ -191,6 +202,32 @@ def test_stream_every_single_cut_point():
 def test_stream_without_usage_request_has_no_usage_chunk():
     chunks, usage = client_view(TOOL_STREAM, [], include_usage=False)
     assert all("usage" not in c for c in chunks) and usage.completion_tokens == fa.OUTPUT_TOKENS
+
+
+def test_stream_text_for_counting_holds_thinking_and_tool_input_too():
+    # Counted when the upstream reports no usage: a tool call's input and the thinking are output tokens.
+    start, *rest = fa.with_usage(fa.message_events("claude-x", with_tool=True), None, None)
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(b"".join([start, *fa.thinking_events("Let me see. "), *rest]))
+    translator.flush()
+    assert translator.usage is None and translator.streamed_text() == "Let me see. " + fa.REPLY + json.dumps(fa.TOOL_INPUT)
+
+
+@pytest.mark.parametrize("start, delta, expected", [
+    (None, None, None),  # never reported: left to the proxy, which counts the text
+    ({}, {}, None),  # empty usage objects report nothing either
+    ({"input_tokens": 25, "output_tokens": 1}, None, (25, 1)),  # partly reported: what was, as ever
+    (None, {"output_tokens": 15}, (0, 15)),
+    ({"input_tokens": 25, "output_tokens": 1}, {"output_tokens": 15}, (25, 15)),
+])
+def test_stream_usage_is_what_the_upstream_reported_else_none(start, delta, expected):
+    events = fa.with_usage(fa.message_events("claude-x", with_tool=False), start, delta)
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
+    out = translator.feed(b"".join(events)) + translator.flush()
+    u = translator.usage
+    assert (None if u is None else (u.prompt_tokens, u.completion_tokens)) == expected
+    assert (b'"usage":{' in out) == (expected is not None)  # no made-up usage chunk for the client
+    assert translator.streamed_text() == fa.REPLY
 
 
 def test_stream_error_event_raises_mapped_error():

@@ -1,9 +1,11 @@
-"""The generated text of a non-stream OpenAI-shaped response body, for counting its tokens.
+"""The generated text of a non-stream response body (OpenAI's shapes and Anthropic's message),
+for counting its tokens.
 
 When an upstream answers without `usage`, the gateway counts the completion with tiktoken,
 as it does for streams (`tollway.ext.sse.streamed_text`). This module finds that text in a whole
 response body: the same parts a stream's chunks carry (content, legacy `text`, tool-call
-arguments), so a streamed and a non-stream answer count alike.
+arguments; an Anthropic message's text, thinking and tool input), so a streamed and a
+non-stream answer count alike.
 
 The body comes from an upstream and may be anything, so decoding is typed but forgiving:
 unknown fields are ignored, and a body that is not the expected shape yields "" (counted as
@@ -63,9 +65,20 @@ class _ResponsesBody(msgspec.Struct):
     output: list[_OutputItem] | None = None
 
 
+class _Block(msgspec.Struct):
+    text: str | None = None
+    thinking: str | None = None
+    input: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # a tool_use block's, as the JSON it came as
+
+
+class _MessageBody(msgspec.Struct):
+    content: list[_Block] | None = None
+
+
 _decode_chat = msgspec.json.Decoder(_ChatBody).decode
 _decode_completions = msgspec.json.Decoder(_CompletionsBody).decode
 _decode_responses = msgspec.json.Decoder(_ResponsesBody).decode
+_decode_message = msgspec.json.Decoder(_MessageBody).decode
 
 
 def _chat_parts(body: bytes) -> list[str]:
@@ -98,20 +111,32 @@ def _responses_parts(body: bytes) -> list[str]:
     return parts
 
 
-# Client API (the OpenAI shape of the body) -> its text parts. APIs missing here, embeddings
-# among them, generate no text.
+def _message_parts(body: bytes) -> list[str]:
+    parts: list[str] = []
+    for block in _decode_message(body).content or ():
+        parts += [text for text in (block.text, block.thinking) if text]
+        tool_input = bytes(block.input)
+        if tool_input not in (b"", b"null"):
+            parts.append(tool_input.decode())
+    return parts
+
+
+# Client API (the shape of the body) -> its text parts. APIs missing here, embeddings among
+# them, generate no text.
 _PARTS: dict[str, Callable[[bytes], list[str]]] = {
     ClientAPI.CHAT: _chat_parts,
     ClientAPI.COMPLETIONS: _completions_parts,
     ClientAPI.RESPONSES: _responses_parts,
+    ClientAPI.MESSAGES: _message_parts,
 }
 
 
 def completion_text(api: str, body: bytes) -> str:
-    """The generated text in `body`, a non-stream response of the OpenAI API `api` (a
+    """The generated text in `body`, a non-stream response of the client API `api` (a
     `ClientAPI` value naming the body's shape): chat content and tool-call arguments,
-    completions' `text`, Responses output text and function-call arguments. "" for
-    embeddings, an unknown API, or a body that is not that API's JSON shape."""
+    completions' `text`, Responses output text and function-call arguments, an Anthropic
+    message's text, thinking and tool input. "" for embeddings, an unknown API, or a body that
+    is not that API's JSON shape."""
     parts_of = _PARTS.get(api)
     if parts_of is None:
         return ""

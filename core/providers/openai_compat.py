@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 
 from tollway.core.config import Provider
-from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error
-from tollway.core.kernels import OpenAIStreamRelay, SSEFramer
+from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error, upstream_unfinished
+from tollway.core.kernels import OpenAIStreamRelay, SSEEvent, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, StreamTranslator, UpstreamCall
 from tollway.ext.usage import OpenAIUsage, Usage, from_openai, usage_of_json
 
@@ -126,31 +126,45 @@ class _ResponsesBody(msgspec.Struct):
 
 
 class _ResponsesEvent(msgspec.Struct):
+    """What the relay reads of a Responses stream event; every other field is skipped unread."""
+
+    type: str = ""
+    delta: str | None = None
     response: _ResponsesBody | None = None
 
 
 _decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
+# The deltas of generated text (the ones output guardrails read, gateway/guardrails/responses_stream.py):
+# every one is output tokens, counted from this text when the upstream reports no usage.
+_TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
+                          "response.reasoning_text.delta", "response.reasoning_summary_text.delta"))
+# The events that end a Responses stream. All but `error` carry the response with its usage: an
+# answer cut at `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is
+# billed, all the same.
+_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed", "error"))
 
 
 class ResponsesStreamRelay:
-    """Relays a Responses API stream untouched; usage comes from `response.completed`."""
+    """Relays a Responses API stream untouched, reading its usage from the event that ends it
+    and keeping its generated text, which is counted when no usage came."""
 
     def __init__(self) -> None:
         self._framer = SSEFramer()
         self.usage: Usage | None = None
-        self._text: list[str] = []
+        self._text: list[str] = []  # the deltas' text: no larger than the stream, which the proxy caps
         self._events = 0  # relayed so far: the next sequence number, as upstreams number from 0
+        self._ended = False  # one of _ENDS seen: the client knows how the answer ended
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._framer.feed(chunk)
-        self._events += len(events)
-        for ev in events:
-            if ev.event == b"response.completed" or b'"response.completed"' in ev.data[:64]:
-                self._take_usage(ev.data)
-        return b"".join(ev.raw for ev in events)
+        return self._relay(self._framer.feed(chunk))
 
     def flush(self) -> bytes:
-        return b"".join(ev.raw for ev in self._framer.flush())
+        """The last bytes; raises GatewayError(502) if the stream ended without one of _ENDS, so
+        a cut-off answer does not pass as a whole one (the proxy sends it as `error_event`)."""
+        out = self._relay(self._framer.flush())
+        if not self._ended:
+            raise upstream_unfinished()
+        return out
 
     def streamed_text(self) -> str:
         return "".join(self._text)
@@ -163,10 +177,21 @@ class ResponsesStreamRelay:
                  "sequence_number": self._events}
         return b"event: error\ndata: " + _json_encode(event) + b"\n\n"
 
-    def _take_usage(self, data: bytes) -> None:
+    def _relay(self, events: list[SSEEvent]) -> bytes:
+        self._events += len(events)
+        for ev in events:
+            if ev.data:
+                self._note(ev.data)
+        return b"".join(ev.raw for ev in events)
+
+    def _note(self, data: bytes) -> None:
         try:
             ev = _decode_responses_event(data)
         except msgspec.MsgspecError:
-            return
-        if ev.response and ev.response.usage:  # cached and reasoning tokens included, for the ledger's prices
-            self.usage = from_openai(ev.response.usage)
+            return  # forwarded as it is: the client's SDK will judge it
+        if ev.delta and ev.type in _TEXT_DELTAS:
+            self._text.append(ev.delta)
+        elif ev.type in _ENDS:
+            self._ended = True
+            if ev.response and ev.response.usage:  # cached and reasoning tokens included, for the prices
+                self.usage = from_openai(ev.response.usage)

@@ -11,7 +11,8 @@ and the upstream model name selects a misbehaviour:
   bad-key (401 authentication_error), stream-error (an `error` event mid-stream),
   die-mid-stream (a few events, then the connection drops), long-stream (LONG_STREAM_DELTAS
   one-token text deltas, paced; `long_streams` records how many each wrote and whether its
-  client hung up first).
+  client hung up first), no-usage (answers, streamed or not, without any usage field, as some
+  Anthropic-compatible servers send them).
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def sse(kind: str, payload: dict[str, Any]) -> bytes:
 
 
 def message_events(model: str, with_tool: bool, fail_midway: bool = False) -> list[bytes]:
-    """The SSE events Anthropic sends for one streamed answer (REPLY, then maybe a tool call)."""
+    """The SSE events Anthropic sends for one streamed answer (REPLY, then maybe a tool call);
+    model "no-usage" leaves the usage out of message_start and message_delta."""
     start = {"id": "msg_fake01", "type": "message", "role": "assistant", "content": [], "model": model,
              "stop_reason": None, "stop_sequence": None, "usage": USAGE}
     events = [sse("message_start", {"type": "message_start", "message": start}),
@@ -64,7 +66,32 @@ def message_events(model: str, with_tool: bool, fail_midway: bool = False) -> li
     events.append(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None},
                                         "usage": {"output_tokens": OUTPUT_TOKENS}}))
     events.append(sse("message_stop", {"type": "message_stop"}))
-    return events
+    return with_usage(events, None, None) if model == "no-usage" else events
+
+
+def thinking_events(thinking: str) -> list[bytes]:
+    """A thinking block (to put after message_start): its start, one thinking_delta, its stop."""
+    return [sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                        "content_block": {"type": "thinking", "thinking": ""}}),
+            sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "thinking_delta", "thinking": thinking}}),
+            sse("content_block_stop", {"type": "content_block_stop", "index": 0})]
+
+
+def with_usage(events: list[bytes], start: dict[str, Any] | None, delta: dict[str, Any] | None) -> list[bytes]:
+    """`events` with `start` as message_start's usage and `delta` as message_delta's (None: no
+    usage field at all)."""
+    return [_usage_set(e, b"message_start", start) if e.startswith(b"event: message_start") else
+            _usage_set(e, b"message_delta", delta) if e.startswith(b"event: message_delta") else e for e in events]
+
+
+def _usage_set(event: bytes, kind: bytes, usage: dict[str, Any] | None) -> bytes:
+    doc = json.loads(event.partition(b"data: ")[2])
+    holder = doc["message"] if kind == b"message_start" else doc
+    holder.pop("usage", None)
+    if usage is not None:
+        holder["usage"] = usage
+    return sse(kind.decode(), doc)
 
 
 def message_body(model: str, with_tool: bool, tool_name: str = "get_weather") -> dict[str, Any]:
@@ -109,7 +136,10 @@ class FakeAnthropic(FakeUpstream):
             return _error(400, "invalid_request_error", "max_tokens: Field required")
         tools = body.get("tools") or []
         if not body.get("stream"):
-            return web.json_response(message_body(model, bool(tools), tools[0]["name"] if tools else "get_weather"))
+            answer = message_body(model, bool(tools), tools[0]["name"] if tools else "get_weather")
+            if model == "no-usage":
+                del answer["usage"]
+            return web.json_response(answer)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         if model == "long-stream":

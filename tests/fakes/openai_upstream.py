@@ -13,6 +13,9 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   idle timeout fires but a total one does; `cut_off` counts the ones the client dropped),
   long-stream (LONG_STREAM_CHUNKS deltas of one token each, " tok", paced so a client can stop
   it early; `long_streams` records how many each wrote and whether its client hung up first).
+  Responses streams: incomplete and failed (`response.incomplete` / `response.failed` carrying
+  RESPONSE_USAGE_CUT), no-usage (`response.completed` without usage), ends-early (the text, then
+  a clean end of stream without any closing event).
 """
 from __future__ import annotations
 
@@ -29,6 +32,16 @@ from tests.fakes.openai_media import MediaEndpoints, recorded_validation_error
 REPLY = "The quick brown fox jumps over the lazy dog"
 LONG_STREAM_CHUNKS = 3000
 LONG_DELTA = " tok"  # one token in tiktoken's o200k and cl100k encodings
+# Responses streams that end otherwise than `response.completed` with usage, by model name:
+# (the last event, the response's status, what the response says besides).
+RESPONSE_USAGE_CUT = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
+RESPONSES_ENDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "incomplete": ("response.incomplete", "incomplete",
+                   {"incomplete_details": {"reason": "max_output_tokens"}, "usage": RESPONSE_USAGE_CUT}),
+    "failed": ("response.failed", "failed",
+               {"error": {"code": "server_error", "message": "The model failed."}, "usage": RESPONSE_USAGE_CUT}),
+    "no-usage": ("response.completed", "completed", {"usage": None}),
+}
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -211,10 +224,11 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
+        model = body.get("model", "")
         final = {
             "id": "resp_fake", "object": "response", "created_at": int(time.time()), "status": "completed",
-            "model": body.get("model"), "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
-                                                    "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}],
+            "model": model, "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                                        "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}],
             "usage": {"input_tokens": 5, "output_tokens": 9, "total_tokens": 14,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
         }
@@ -222,11 +236,18 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
             return web.json_response(final)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
-        events = [("response.created", {"response": {**final, "status": "in_progress", "output": [], "usage": None}}),
-                  ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": REPLY}),
-                  ("response.completed", {"response": final})]
-        for seq, (kind, payload) in enumerate(events):
+        for seq, (kind, payload) in enumerate(_responses_events(model, final)):
             data = json.dumps({"type": kind, "sequence_number": seq, **payload})
             await resp.write(f"event: {kind}\ndata: {data}\n\n".encode())
         await resp.write_eof()
         return resp
+
+
+def _responses_events(model: str, final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The stream's events, ended as the model name says (RESPONSES_ENDS); "ends-early" never ends."""
+    events = [("response.created", {"response": {**final, "status": "in_progress", "output": [], "usage": None}}),
+              ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": REPLY})]
+    if model == "ends-early":
+        return events
+    kind, status, extra = RESPONSES_ENDS.get(model, ("response.completed", "completed", {}))
+    return [*events, (kind, {"response": {**final, "status": status, **extra}})]

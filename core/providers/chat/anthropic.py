@@ -15,7 +15,7 @@ possible at any point. Each event maps to at most one `chat.completion.chunk` th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -67,7 +67,7 @@ class OpenAIToAnthropic:
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         msg = wire.decode_response(body)
-        usage = usage_of(msg.usage)
+        usage = usage_of(msg.usage) if reported(msg.usage) else None  # None: the proxy counts the text
         text = "".join(b.text or "" for b in msg.content if b.type == "text")
         reasoning = "".join(b.thinking or "" for b in msg.content if b.type == "thinking")
         calls = [ToolCallOut(b.id or "", FunctionOut(b.name or "", _encode_input(b.input)))
@@ -109,6 +109,20 @@ def usage_of(u: wire.AnthropicUsage) -> Usage:
     read, write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
     prompt, completion = (u.input_tokens or 0) + read + write, u.output_tokens or 0
     return Usage(prompt, completion, prompt + completion, cached_tokens=read, cache_write_tokens=write)
+
+
+def reported(u: wire.AnthropicUsage | None) -> TypeGuard[wire.AnthropicUsage]:
+    """Whether `u` holds any count. An answer whose upstream reported none (no usage, or an empty
+    one, as some Anthropic-compatible servers send) must be counted from its text, not billed 0."""
+    return u is not None and any(getattr(u, field) is not None for field in u.__struct_fields__)
+
+
+def merge_usage(into: wire.AnthropicUsage, u: wire.AnthropicUsage) -> None:
+    """The counts `u` reports, over those `into` has: message_delta's are cumulative, newest wins."""
+    for field in u.__struct_fields__:
+        value = getattr(u, field)
+        if value is not None:
+            setattr(into, field, value)
 
 
 def _encode_input(value: dict[str, Any] | None) -> str:
@@ -267,7 +281,8 @@ class AnthropicStreamToOpenAI(SSEStreamTranslator[wire.StreamEvent]):
         super().__init__(wire.decode_event)
         self._ctx = ctx
         self._writer: ChunkWriter | None = None
-        self._usage = wire.AnthropicUsage()
+        self._usage = wire.AnthropicUsage()  # what message_start and message_delta reported so far
+        self._reported = False  # any count at all: else usage stays None and the proxy counts the text
         self._done = False
 
     def _complete(self) -> bool:
@@ -307,32 +322,32 @@ class AnthropicStreamToOpenAI(SSEStreamTranslator[wire.StreamEvent]):
         if d.text is not None:
             self._text.append(d.text)
             return w.text(d.text)
-        if d.partial_json is not None:
+        if d.partial_json is not None:  # tool input and thinking are output tokens too
+            self._text.append(d.partial_json)
             return w.tool_arguments(d.partial_json)
         if d.thinking is not None:
+            self._text.append(d.thinking)
             return w.reasoning(d.thinking)
         return b""  # signature_delta and future delta types
 
     def _message_delta(self, e: wire.StreamEvent) -> bytes:
-        if e.usage is not None:
-            self._merge_usage(e.usage)
+        self._merge_usage(e.usage)
         reason = e.delta.stop_reason if e.delta else None
         return self._require_writer().finish(STOP_REASONS.get(reason or "")) if reason else b""
 
     def _stop(self, e: wire.StreamEvent) -> bytes:
         self._done = True
-        self.usage = usage_of(self._usage)
+        self.usage = usage_of(self._usage) if self._reported else None
         return self._require_writer().end(self.usage)
 
     def _error(self, e: wire.StreamEvent) -> bytes:
         detail = e.error or wire.ErrorDetail()
         raise provider_error(self._ctx.provider, ERROR_STATUS.get(detail.type, 500), [], detail.message)
 
-    def _merge_usage(self, u: wire.AnthropicUsage) -> None:
-        for field in u.__struct_fields__:  # message_delta counts are cumulative: newest wins
-            value = getattr(u, field)
-            if value is not None:
-                setattr(self._usage, field, value)
+    def _merge_usage(self, u: wire.AnthropicUsage | None) -> None:
+        if reported(u):
+            merge_usage(self._usage, u)
+            self._reported = True
 
     def _require_writer(self) -> ChunkWriter:
         if self._writer is None:

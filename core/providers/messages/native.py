@@ -15,7 +15,14 @@ import msgspec
 from tollway.core.errors import GatewayError, upstream_unfinished
 from tollway.core.kernels import SSEEvent, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
-from tollway.core.providers.chat.anthropic import anthropic_error, anthropic_headers, messages_url, usage_of
+from tollway.core.providers.chat.anthropic import (
+    anthropic_error,
+    anthropic_headers,
+    merge_usage,
+    messages_url,
+    reported,
+    usage_of,
+)
 from tollway.core.providers.messages.errors import error_event
 from tollway.core.providers.wire import anthropic as wire
 from tollway.ext.usage import Usage
@@ -49,7 +56,7 @@ class AnthropicNative:
             return body, None
         if ctx.api != ClientAPI.MESSAGES:
             return body, None
-        return body, usage_of(found) if found else None
+        return body, usage_of(found) if reported(found) else None
 
     def stream(self, ctx: CallContext) -> AnthropicStreamRelay:
         return AnthropicStreamRelay()
@@ -115,11 +122,9 @@ class AnthropicStreamRelay:
         except msgspec.MsgspecError:
             return  # forwarded as is; the client's SDK will judge it
         found = event.message.usage if event.message else event.usage
-        if found is not None:
-            for field in found.__struct_fields__:
-                value = getattr(found, field)
-                if value is not None:
-                    setattr(self._usage, field, value)
+        if reported(found):  # else usage stays None, and the proxy counts the streamed text
+            merge_usage(self._usage, found)
             self.usage = usage_of(self._usage)
-        if event.delta is not None and event.delta.text:
-            self._text.append(event.delta.text)
+        d = event.delta
+        if d is not None:  # text, tool input and thinking: all output tokens, counted if no usage came
+            self._text += [piece for piece in (d.text, d.partial_json, d.thinking) if piece]

@@ -90,7 +90,7 @@ class MessageResponse(msgspec.Struct, omit_defaults=False):
     content: list[Block]
     stop_reason: str | None = None
     stop_sequence: str | None = None
-    usage: AnthropicUsage = msgspec.field(default_factory=AnthropicUsage)
+    usage: AnthropicUsage | None = None  # absent: the upstream reported none (never read as zeros)
     type: str = "message"
     role: str = "assistant"
 
