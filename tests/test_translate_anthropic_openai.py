@@ -226,6 +226,13 @@ def test_an_id_repeated_on_every_delta_is_one_call():
     assert tool_uses(sdk_final(stream)) == [("call_a", "get_a", {"x": 1})]
 
 
+def test_whole_calls_without_an_index_each_get_their_own_block():
+    """Some OpenAI-compatible servers leave `index` out (read as 0) on whole calls sent one
+    after the other: a new id at an index is a new call, not more arguments of the one before."""
+    stream = _tool_stream(_tool(0, '{"x": 1}', "call_a", "get_a"), _tool(0, '{"y": 2}', "call_b", "get_b"))
+    assert tool_uses(sdk_final(stream)) == [("call_a", "get_a", {"x": 1}), ("call_b", "get_b", {"y": 2})]
+
+
 def test_a_call_without_an_id_still_opens_a_block():
     """Its delta once went to block -1 (the SDK raised IndexError); the client answers by id, so it gets one."""
     stream = _tool_stream(_tool(0, '{"x": 1}', name="get_a"), _tool(1, "{}", name="get_b"))

@@ -249,10 +249,11 @@ class _ToolCall:
     that one's arguments are a whole JSON object (nothing but blanks can follow), or at the end.
     """
 
-    __slots__ = ("block", "held", "state", "whole", "_depth", "_in_string", "_escaped")
+    __slots__ = ("block", "named", "held", "state", "whole", "_depth", "_in_string", "_escaped")
 
-    def __init__(self, call_id: str, name: str) -> None:
+    def __init__(self, call_id: str, name: str, named: str | None = None) -> None:
         self.block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        self.named = named  # the id the upstream gave it (None: it gave none, `call_id` is made up)
         self.held: list[str] = []  # arguments not sent yet (no more than the answer, which the proxy caps)
         self.state = "held"  # "held" | "open" | "ended"
         self.whole = False  # its arguments so far close the JSON value they opened
@@ -294,7 +295,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         self._block = -1  # index of the open content block, -1 if none
         self._kind = ""  # "text" | "thinking" | "tool_use"
         self._reason: str | None = None
-        self._calls: dict[int, _ToolCall] = {}  # by OpenAI tool-call index, in the order they came
+        self._calls: dict[int, _ToolCall] = {}  # the call at each OpenAI tool-call index now
+        self._all: list[_ToolCall] = []  # every call, in the order they came
         self._open_call: _ToolCall | None = None  # the call whose block is open
 
     def error_event(self, err: GatewayError) -> bytes:
@@ -350,9 +352,13 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         fn = call.function or oa.FunctionDelta()
         arguments = fn.arguments or ""
         tool = self._calls.get(call.index)
-        if tool is None:  # (a call without an id still needs one: the client answers it by id)
-            call_id = call.id or f"{self._message_id.replace('msg_', 'toolu_', 1)}_{call.index}"
-            tool = self._calls[call.index] = _ToolCall(call_id, fn.name or "")
+        # A new id where another call was is a new call: some OpenAI-compatible servers leave
+        # `index` out (0) or repeat it on whole calls, one after the other.
+        if tool is None or (call.id and tool.named and call.id != tool.named):
+            # (a call without an id still needs one: the client answers it by id)
+            call_id = call.id or f"{self._message_id.replace('msg_', 'toolu_', 1)}_{len(self._all)}"
+            tool = self._calls[call.index] = _ToolCall(call_id, fn.name or "", call.id)
+            self._all.append(tool)
         if tool.state == "ended":
             if arguments.strip():  # (blanks after a whole object change nothing)
                 raise upstream_tool_call_ended(call.index)
@@ -396,7 +402,7 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
 
     def _held_calls(self) -> bytes:
         """At the end: the block of every call still held, whole, one after the other."""
-        return b"".join([self._open_tool(tool) + self._stop_block() for tool in self._calls.values()
+        return b"".join([self._open_tool(tool) + self._stop_block() for tool in self._all
                          if tool.state == "held"])
 
     def _close(self) -> bytes:
