@@ -160,6 +160,35 @@ async def test_redis_sharing_neither_double_counts_a_charge_made_before_the_firs
         await keeper.share.client.aclose()
 
 
+@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+async def test_an_owner_awaiting_the_ledger_still_shares_a_counter_another_replica_seeded():
+    """The ledger's database is down at this replica's start: it must not seed the counter,
+    but one that a replica which read the ledger seeded is the owner's total, so this replica
+    reads it and adds its charges to it rather than counting alone."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}"))
+    now = ts("2026-11-30T12:00:00")
+    keeper = BudgetKeeper(config, lambda: now)
+    account = keeper.book.accounts[("key", "k")]
+    keeper.await_ledger()
+    client = redis.Redis()
+    try:
+        name = keeper.share.name(("key", "k"), account)
+        await keeper.share.sync(keeper.book, now)
+        assert client.get(name) is None, "nothing seeded before the ledger is read"
+        client.set(name, "50.0")  # other replicas' total, seeded from the ledger
+        keeper.book.charge("k", "t", 3.0, now)
+        keeper.share.add([(("key", "k"), account)], 3.0)
+        for _ in range(2):
+            await keeper.share.sync(keeper.book, now)
+        assert account.spent == pytest.approx(53.0) and float(client.get(name)) == pytest.approx(53.0)
+        assert not account.awaiting_ledger  # (a late ledger read then leaves it be: Redis's total holds it)
+    finally:
+        for key in client.scan_iter(f"{{{prefix}}}:*"):
+            client.delete(key)
+        await keeper.share.client.aclose()
+
+
 async def test_a_budget_added_by_a_reload_counts_what_the_ledger_already_holds(tmp_path):
     store = f"store: {{backend: sqlite, path: '{tmp_path / 'ledger.db'}'}}\nledger: {{flush_interval: 0.01}}\n"
     unbudgeted = _config(store).replace(", budget: {usd: 5, period: week}", "")
@@ -201,7 +230,9 @@ def _store(tmp_path: Path) -> str:
 async def _ledger_spend(gw: Gateway, kind: str, name: str) -> float:
     """What the ledger holds for the owner this week, once every queued record is written."""
     assert gw.books.ledger is not None
+    deadline = time.monotonic() + 20.0
     while gw.books.ledger.queued:
+        assert time.monotonic() < deadline, f"the ledger kept {gw.books.ledger.queued} records queued for 20 s"
         await asyncio.sleep(0.01)
     now = time.time()
     spent = merge(await gw.books.ledger.store.spend(SpendQuery((kind,), period_start(now, "week"), now + 1)))

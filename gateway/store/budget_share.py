@@ -52,19 +52,23 @@ class RedisShare:
         INCRBYFLOAT adds): the first replica up seeds each period from its ledger, and a Redis
         that lost its keys (a restart without persistence) gets the last known totals back.
 
-        An owner still awaiting its ledger read is left out, its charges kept pending: seeding
-        its counter with this process's charges alone would set the period's total without what
-        the ledger holds, and SET NX would keep it so on every replica. Once read, the seed is the
+        An owner still awaiting its ledger read seeds nothing and adds nothing, its charges kept
+        pending: a counter started from this process's charges alone would hold the period's total
+        without what the ledger holds, and SET NX would keep it so on every replica. Its total is
+        still read: if another replica seeded it (from the same ledger), that total is the owner's
+        and it waits no longer (`rebuild` then leaves it be). Else, once read, the seed is the
         ledger's sum; replicas racing to seed read the same ledger, and only the first SET lands."""
         for _, account in book.accounts.items():
             account.roll(now)
-        accounts = [(owner, account) for owner, account in book.accounts.items() if not account.awaiting_ledger]
+        accounts = list(book.accounts.items())
         names = [self.name(owner, account) for owner, account in accounts]
         pending = self._sendable(book)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, (_, account) in zip(names, accounts, strict=True):
-                    pipe.set(key, repr(max(account.spent - pending.get(key, 0.0), 0.0)), nx=True, ex=_ttl(account, now))
+                    if not account.awaiting_ledger:
+                        pipe.set(key, repr(max(account.spent - pending.get(key, 0.0), 0.0)), nx=True,
+                                 ex=_ttl(account, now))
                 for key, usd in pending.items():
                     pipe.incrbyfloat(key, usd)
                     pipe.expire(key, _MAX_TTL)
@@ -84,6 +88,7 @@ class RedisShare:
         for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
             if value is not None:
                 account.spent = float(value) + self.pending.get(key, 0.0)
+                account.awaiting_ledger = False  # (seeded by a replica that read the ledger: its pending goes next)
 
     def _sendable(self, book: BudgetBook) -> dict[str, float]:
         """The pending charges this sync adds, taken out of `pending`: all but those of owners

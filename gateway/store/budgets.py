@@ -123,6 +123,8 @@ class BudgetKeeper:
             for (kind, start), accounts in by_start.items():
                 spent = merge(await store.spend(SpendQuery((kind,), start, now + 1)))
                 for (_, name), account in accounts:
+                    if not account.awaiting_ledger:  # Redis had its total (which holds the ledger's) first
+                        continue
                     sums = spent.get((name,))
                     ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
                     account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
