@@ -88,3 +88,16 @@ def test_a_closing_event_without_its_blank_line_still_ends_the_stream():
     end = event("response.completed", response={"usage": USAGE})
     out = relay.feed(CREATED + end[:-1])
     assert out + relay.flush() == CREATED + end[:-1] and relay.usage is not None
+
+
+@pytest.mark.parametrize("end", [
+    # a usage the relay cannot read (a count as a float): the stream still ended, its text is counted
+    event("response.completed", response={"status": "completed", "usage": {**USAGE, "input_tokens": 3.0}}),
+    # the closing event named on its `event:` line only
+    b"event: response.completed\ndata: " + json.dumps({"response": {"usage": USAGE}}).encode() + b"\n\n",
+])
+def test_a_closing_event_ends_the_stream_whether_or_not_its_usage_can_be_read(end):
+    relay = ResponsesStreamRelay()
+    relay.feed(CREATED + delta("output_text", "Hi") + end)
+    assert relay.flush() == b""  # not an "unfinished" error after a whole answer
+    assert relay.streamed_text() == "Hi"

@@ -133,7 +133,12 @@ class _ResponsesEvent(msgspec.Struct):
     response: _ResponsesBody | None = None
 
 
+class _EventType(msgspec.Struct):
+    type: str = ""
+
+
 _decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
+_decode_event_type = msgspec.json.Decoder(_EventType).decode
 # The deltas of generated text (the ones output guardrails read, gateway/guardrails/responses_stream.py):
 # every one is output tokens, counted from this text when the upstream reports no usage.
 _TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
@@ -181,17 +186,34 @@ class ResponsesStreamRelay:
         self._events += len(events)
         for ev in events:
             if ev.data:
-                self._note(ev.data)
+                self._note(ev.event, ev.data)
         return b"".join(ev.raw for ev in events)
 
-    def _note(self, data: bytes) -> None:
+    def _note(self, name: bytes | None, data: bytes) -> None:
         try:
             ev = _decode_responses_event(data)
-        except msgspec.MsgspecError:
-            return  # forwarded as it is: the client's SDK will judge it
-        if ev.delta and ev.type in _TEXT_DELTAS:
+        except msgspec.MsgspecError:  # forwarded as it is (the client's SDK judges it); did it end the stream?
+            self._ended = self._ended or _kind(name, data) in _ENDS
+            return
+        kind = ev.type or _named(name)
+        if ev.delta and kind in _TEXT_DELTAS:
             self._text.append(ev.delta)
-        elif ev.type in _ENDS:
+        elif kind in _ENDS:
             self._ended = True
             if ev.response and ev.response.usage:  # cached and reasoning tokens included, for the prices
                 self.usage = from_openai(ev.response.usage)
+
+
+def _kind(name: bytes | None, data: bytes) -> str:
+    """The type of an event the relay could not read whole (a usage count as 3.0): from its data's
+    `type` alone, or its `event:` line if the data is JSON without one. Whether it ends the stream
+    must not depend on reading its usage; data that is no JSON object (cut off) ends nothing."""
+    try:
+        kind = _decode_event_type(data).type
+    except msgspec.MsgspecError:
+        return ""
+    return kind or _named(name)
+
+
+def _named(name: bytes | None) -> str:
+    return name.decode("ascii", "replace") if name else ""
