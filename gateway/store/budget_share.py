@@ -30,6 +30,7 @@ class RedisShare:
         self.pending: dict[str, float] = defaultdict(float)  # charged here, not yet added in Redis
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._closing = False
 
     def name(self, owner: Owner, account: Account) -> str:
         return f"{{{self.prefix}}}:budget:{owner[0]}:{owner[1]}:{int(account.start)}"
@@ -42,9 +43,12 @@ class RedisShare:
         self._task = loop.create_task(self._run(book, clock))
 
     async def _run(self, book: BudgetBook, clock: Callable[[], float]) -> None:
-        while True:
+        # (until `aclose`, whose cancel may land in redis-py, which can turn it into a connection
+        # error that `sync` takes for an outage: the loop must not go on as if nothing was asked)
+        while not self._closing:
             await self.sync(book, clock())
-            await asyncio.sleep(SYNC_SECONDS)
+            if not self._closing:
+                await asyncio.sleep(SYNC_SECONDS)
 
     async def sync(self, book: BudgetBook, now: float) -> None:
         """Add this replica's pending charges, and read every owner's total back. Each sync
@@ -107,6 +111,7 @@ class RedisShare:
     async def aclose(self, book: BudgetBook, heir: RedisShare | None = None) -> None:
         """Stop syncing; the charges not yet in Redis go to `heir` (the share a reload put in
         this one's place, which keeps syncing), else are added now."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
