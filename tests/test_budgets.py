@@ -3,8 +3,10 @@ and the spend shared through a real Redis between replicas."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -268,15 +270,25 @@ def _drop_keys(prefix: str) -> None:
         client.delete(name)
 
 
+@contextlib.asynccontextmanager
+async def _serving(text: str, prefix: str) -> AsyncIterator[Gateway]:
+    """A gateway of `text` with its books running; closed, and its Redis keys dropped, after."""
+    gw = Gateway(loads(text))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        yield gw
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        _drop_keys(prefix)
+
 @pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
 async def test_a_stream_in_flight_across_a_reload_adds_its_charge_to_the_shared_counter(tmp_path, fast_sync):
     prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
     text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}").replace(
         "fake_chunks: 4", "fake_chunks: 4, fake_chunk_delay: 0.05").replace("usd: 5,", "usd: 5000,")
-    gw = Gateway(loads(text))
-    gw.start()
-    await gw.books.start(asyncio.get_running_loop())
-    try:
+    async with _serving(text, prefix) as gw:
         assert (await _ask(gw)).status == 200
         in_flight = asyncio.ensure_future(_ask(gw, stream=True))
         await asyncio.sleep(0.05)  # admitted, its chunks on their way
@@ -288,10 +300,6 @@ async def test_a_stream_in_flight_across_a_reload_adds_its_charge_to_the_shared_
         ledger = await _ledger_spend(gw, "key", "k")
         assert await _shared_spend(gw, "key", "k", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
             "both requests are in Redis, and the sync did not set the stream's charge back"
-    finally:
-        await gw.books.close(1.0)
-        await gw.upstream.aclose()
-        _drop_keys(prefix)
 
 
 @pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
@@ -299,10 +307,7 @@ async def test_a_budget_added_by_a_reload_seeds_the_shared_counter_with_what_the
     prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
     text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}")
     unbudgeted = text.replace(", budget: {usd: 5, period: week}", "")
-    gw = Gateway(loads(unbudgeted))
-    gw.start()
-    await gw.books.start(asyncio.get_running_loop())
-    try:
+    async with _serving(unbudgeted, prefix) as gw:
         for _ in range(3):
             assert (await _ask(gw)).status == 200  # dollars each, no budget yet
         ledger = await _ledger_spend(gw, "team", "t")
@@ -313,10 +318,6 @@ async def test_a_budget_added_by_a_reload_seeds_the_shared_counter_with_what_the
         assert await _shared_spend(gw, "team", "t", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
             "Redis was seeded with the ledger's spend, not with 0 before it was read"
         assert (await _ask(gw)).status == 429
-    finally:
-        await gw.books.close(1.0)
-        await gw.upstream.aclose()
-        _drop_keys(prefix)
 
 
 @pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
@@ -326,19 +327,12 @@ async def test_a_database_back_after_the_start_seeds_the_shared_counter_with_wha
     folder.mkdir()
     text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(folder)}").replace(
         "usd: 5,", "usd: 5000,")
-    earlier = Gateway(loads(text))  # a run that spent before this one
-    earlier.start()
-    await earlier.books.start(asyncio.get_running_loop())
-    for _ in range(3):
-        assert (await _ask(earlier)).status == 200
-    await earlier.books.close(1.0)
-    await earlier.upstream.aclose()
-    _drop_keys(prefix)  # a Redis that lost its keys since (or a new one)
+    async with _serving(text, prefix) as earlier:  # a run that spent before this one
+        for _ in range(3):
+            assert (await _ask(earlier)).status == 200
+    # (its Redis keys are dropped on leaving: a Redis that lost its keys since, or a new one)
     folder.rename(tmp_path / "away")  # the database is unavailable at start
-    gw = Gateway(loads(text))
-    gw.start()
-    await gw.books.start(asyncio.get_running_loop())
-    try:
+    async with _serving(text, prefix) as gw:
         assert not gw.books.ledger.opened
         assert (await _ask(gw)).status == 200
         await asyncio.sleep(10 * fast_sync)  # the share syncs meanwhile
@@ -347,7 +341,3 @@ async def test_a_database_back_after_the_start_seeds_the_shared_counter_with_wha
         assert ledger == pytest.approx(4 * 9.0)
         assert await _shared_spend(gw, "key", "k", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
             "Redis holds the earlier run's spend and this one's, once each"
-    finally:
-        await gw.books.close(1.0)
-        await gw.upstream.aclose()
-        _drop_keys(prefix)
