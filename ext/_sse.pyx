@@ -22,6 +22,7 @@ from tollway.ext.sse import (
     SSEError,
     Usage,
     event_too_large as _event_too_large_py,
+    finished_by as _finished_by,
     streamed_text as _streamed_text_py,
     usage_of_chunk as _usage_of_chunk_py,
 )
@@ -610,6 +611,10 @@ cdef class OpenAIStreamRelay:
     def streamed_text(self):
         """Text generated so far (see tollway.ext.sse.streamed_text); for counting tokens without usage."""
         return _streamed_text(_EMPTY.join(self._sent))
+
+    def finished(self):
+        """See tollway.ext.sse.OpenAIStreamRelay.finished (once per stream: no C needed)."""
+        return self.done or _finished_by(self._sent)
 
     cdef bytes _relay(self, bint final):
         """Forward every completed event; the forwarded bytes are runs of the buffer. When an

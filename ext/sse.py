@@ -329,6 +329,25 @@ class _TextChunk(msgspec.Struct):
 _decode_text_chunk = msgspec.json.Decoder(_TextChunk).decode
 
 
+# A choice's finish_reason with a value (not null): `"finish_reason": "stop"`. A quote inside
+# generated text is escaped (`\"`), so text that spells the member out never matches.
+_FINISH_REASON = re.compile(rb'"finish_reason"[ \t\r\n]*:[ \t\r\n]*"')
+FINISH_TAIL = 8192  # bytes: the finish chunk, the usage chunk after it, and room
+
+
+def finished_by(sent: list[bytes]) -> bool:
+    """Whether the end of these forwarded pieces holds a choice's finish chunk: the last
+    FINISH_TAIL bytes are read, once per stream, at its end."""
+    tail: list[bytes] = []
+    size = 0
+    for piece in reversed(sent):
+        tail.append(piece)
+        size += len(piece)
+        if size >= FINISH_TAIL:
+            break
+    return _FINISH_REASON.search(b"".join(reversed(tail))[-FINISH_TAIL:]) is not None
+
+
 def streamed_text(stream: bytes) -> str:
     """The generated text in a chat/completions SSE stream: content, legacy ``text`` and
     tool-call arguments of every chunk, in order. Events that are not such chunks are skipped.
@@ -432,6 +451,11 @@ class OpenAIStreamRelay:
     def streamed_text(self) -> str:
         """Text generated so far (see `streamed_text`); for counting tokens without usage."""
         return streamed_text(b"".join(self._sent))
+
+    def finished(self) -> bool:
+        """At the end of the stream: whether the answer came whole. `[DONE]` came, or (an
+        upstream that never sends it) a choice's finish chunk is among the last events."""
+        return self.done or finished_by(self._sent)
 
     def _relay(self, events: list[SSEEvent]) -> bytes:
         out = b"".join([raw for event in events if (raw := self._forward(event))])

@@ -8,6 +8,7 @@ import time
 import openai
 import pytest
 
+from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess
 
 
@@ -170,14 +171,28 @@ def _stream_events(gateway: GatewayProcess, model: str) -> list[str]:
     return [line for line in raw.http_response.iter_lines() if line.startswith("data: ")]
 
 
-@pytest.mark.parametrize("model,code", [("stall-stream", "upstream_timeout"), ("die-mid-stream", "upstream_disconnected")])
+@pytest.mark.parametrize("model,code", [("stall-stream", "upstream_timeout"), ("die-mid-stream", "upstream_disconnected"),
+                                        ("ends-early", "upstream_disconnected")])
 def test_stream_failure_mid_way_ends_with_sse_error_event(gateway, model, code):
+    # ends-early: the upstream ends its answer cleanly but without the finish chunk or [DONE];
+    # relayed as it is, the SDK would take the cut text for the whole answer.
     start = time.monotonic()
     events = _stream_events(gateway, model)
     assert time.monotonic() - start < 10
     assert len(events) >= 3  # role chunk + two words made it through before the failure
     last = json.loads(events[-1][len("data: "):])
     assert last["error"]["code"] == code
+
+
+def test_stream_ended_after_its_finish_chunk_without_done_is_whole(gateway):
+    # Some OpenAI-compatible servers end after the finish (and usage) chunk, with no [DONE]:
+    # that answer came whole, so no error event is added.
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    chunks = list(client.chat.completions.create(model="no-done", stream=True, stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "x"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 9
+    assert _stream_events(gateway, "no-done")[-1].startswith('data: {"id"')
 
 
 def test_stream_without_upstream_usage_is_counted_with_tiktoken(gateway):

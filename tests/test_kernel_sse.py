@@ -242,6 +242,32 @@ def test_relay_without_usage_counts_text_lazily(sse_impl):
     assert r.streamed_text() == 'The {"q":legacy'
 
 
+FINISH = b'data: {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+
+
+@pytest.mark.parametrize("stream, whole", [
+    (chat_chunk("Hi") + FINISH + b"data: [DONE]\n\n", True),
+    (chat_chunk("Hi") + FINISH, True),  # a server that never sends [DONE]
+    (chat_chunk("Hi") + FINISH + chat_chunk(usage=USAGE, choices=False), True),
+    (chat_chunk("Hi") + b"data: [DONE]\n\n", True),  # [DONE] says it, whatever came before
+    (chat_chunk("Hi"), False),  # cut: no finish chunk, no [DONE]
+    (chat_chunk('the member "finish_reason": "stop" spelled out in text'), False),  # escaped: not a member
+    (chat_chunk("Hi") + b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": null}]}\n\n', False),
+    (b"", False),
+])
+def test_relay_says_whether_the_stream_came_whole(sse_impl, stream, whole):
+    _, r = relay(sse_impl, [stream], drop=False)
+    assert r.finished() is whole
+
+
+def test_relay_finish_is_read_from_the_stream_end_only(sse_impl):
+    # A finish chunk far back (another choice's, then a long tail) is not looked for: the read
+    # at the end is bounded, whatever the stream's length.
+    long_tail = b"".join(chat_chunk("x" * 1000) for _ in range(20))
+    _, r = relay(sse_impl, [FINISH, long_tail], drop=False)
+    assert not r.finished()
+
+
 def test_relay_ignores_malformed_usage_json(sse_impl):
     stream = b'data: {"usage": {"prompt_tokens": "many"}, "choices": []}\n\ndata: {"usage": {oops\n\n'
     out, r = relay(sse_impl, [stream])

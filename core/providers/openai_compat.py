@@ -74,7 +74,7 @@ class OpenAIAdapter:
     def stream(self, ctx: CallContext) -> StreamTranslator:
         if ctx.api == ClientAPI.RESPONSES:
             return ResponsesStreamRelay()
-        return OpenAIStreamRelay(drop_usage_chunk=not ctx.head.wants_usage_chunk)
+        return ChatStreamRelay(drop_usage_chunk=not ctx.head.wants_usage_chunk)
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return openai_error(ctx.provider, status, headers, body)
@@ -147,6 +147,20 @@ _TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta"
 # answer cut at `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is
 # billed, all the same.
 _ENDS = frozenset(("response.completed", "response.incomplete", "response.failed", "error"))
+
+
+class ChatStreamRelay(OpenAIStreamRelay):
+    """The chat/completions relay (the compiled kernel's `feed`, untouched) whose end says
+    whether the answer came whole: a stream the upstream ended cleanly but early (no `[DONE]`,
+    no finish chunk) raises GatewayError(502), which the proxy sends as the client API's
+    error event, as every other relay does; otherwise the SDK would take the cut text for the
+    whole answer."""
+
+    def flush(self) -> bytes:
+        out = super().flush()
+        if not self.finished():
+            raise upstream_unfinished()
+        return out
 
 
 class ResponsesStreamRelay:

@@ -15,7 +15,9 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   it early; `long_streams` records how many each wrote and whether its client hung up first).
   Responses streams: incomplete and failed (`response.incomplete` / `response.failed` carrying
   RESPONSE_USAGE_CUT), no-usage (`response.completed` without usage), ends-early (the text, then
-  a clean end of stream without any closing event).
+  a clean end of stream without any closing event). Chat streams: ends-early (the text, then a
+  clean end without the finish chunk or `[DONE]`), no-done (the whole answer, finish chunk and
+  usage included, but no `[DONE]`, as some OpenAI-compatible servers end).
 """
 from __future__ import annotations
 
@@ -138,10 +140,13 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
                     request.transport.close()
                     return resp
                 await asyncio.sleep(30)
-        await send({}, "stop")
-        if include_usage:
-            await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": _usage(prompt, 9)}).encode() + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        if model != "ends-early":
+            await send({}, "stop")
+            if include_usage:
+                await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": _usage(prompt, 9)}).encode()
+                                 + b"\n\n")
+            if model != "no-done":
+                await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
