@@ -196,6 +196,21 @@ def test_a_client_that_disconnects_mid_upload_logs_no_traceback(gw: GatewayProce
     assert _healthz_ms(gw) < 100
 
 
+def test_http2_is_not_served(gw: GatewayProcess) -> None:
+    """h2c with prior knowledge: a stream left unread while another of the same connection is
+    read keeps the connection's TCP acks moving, which is all the backpressure sees, so the
+    gateway speaks HTTP/1.1 only. The preface must get no HTTP/2 SETTINGS frame back."""
+    sock = _connect(gw)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    try:
+        answer = sock.recv(100)
+    except (TimeoutError, ConnectionResetError):
+        answer = b""
+    sock.close()
+    assert not (len(answer) >= 9 and answer[3] == 0x04), answer[:40]  # a frame of type SETTINGS
+    assert _healthz_ms(gw) < 100
+
+
 def test_a_client_that_leaves_mid_stream_releases_its_slot(gw: GatewayProcess) -> None:
     sock = _connect(gw)
     sock.sendall(_request("firehose-one", stream=True))

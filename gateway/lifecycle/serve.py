@@ -23,7 +23,7 @@ log = logging.getLogger("tollway")
 def serve(config: Config, config_path: str, host: str, port: int, workers: int, reuse_port: bool = False) -> int:
     """Serve until stopped. Returns the process exit code. Unless `reuse_port`, a port that
     something already listens on is refused (see tollway.gateway.lifecycle.listen)."""
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
 
     from tollway.gateway.lifecycle.drain import TollwayServer, catch_early_stops
 
@@ -57,6 +57,12 @@ def serve(config: Config, config_path: str, host: str, port: int, workers: int, 
         address=host,
         port=port,
         interface=Interfaces.RSGI,
+        # HTTP/1.1 only. Under granian's `auto`, h2c is served too, and there a stream's
+        # backpressure (tollway.gateway.downstream.backpressure) reads the TCP connection's
+        # acknowledged bytes, which a client keeps moving by reading another stream of the same
+        # connection: one unread stream then pulls its whole upstream into memory. Put TLS and
+        # HTTP/2 in front (a load balancer) where clients need them.
+        http=HTTPModes.http1,
         workers=workers,
         loop=Loops.uvloop,
         factory=True,
