@@ -159,6 +159,21 @@ def test_builtin_fake_provider_stream(client):
     assert text == "Hello from Tollway's fake provider. You said: ping"
 
 
+@pytest.mark.parametrize("body", [{"messages": 5}, {"messages": [{"role": "user", "content": "hi"}], "tools": [None]},
+                                  {"messages": [{"role": "user", "content": "hi"}], "tools": ["search"]}])
+def test_builtin_fake_provider_answers_a_body_it_cannot_read_with_400(client, body):
+    # The gateway forwards such fields for the upstream to judge; the fake judges as one would.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="demo", **body)
+    assert e.value.status_code == 400 and "fake provider cannot read" in e.value.message
+
+
+def test_builtin_fake_provider_takes_a_null_stream(client):
+    r = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "ping"}],
+                                       extra_body={"stream": None})
+    assert r.choices[0].message.content.endswith("You said: ping")
+
+
 def test_request_id_echoed_or_generated(gateway, client):
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"x-request-id": "my-trace-42"})

@@ -21,7 +21,7 @@ _SSE = [("content-type", "text/event-stream")]
 
 class _Head(msgspec.Struct):
     model: str = "fake"
-    stream: bool = False
+    stream: bool | None = None  # null: not a stream, as OpenAI reads it
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
@@ -69,6 +69,17 @@ _STREAMS: dict[str, Callable[[bytes, str, int, int], list[bytes]]] = {
 }
 
 
+# What the answer makers raise on a body of the wrong shape (`"messages": 5`, `"tools": [null]`):
+# the gateway forwards such fields as they are, and a real upstream answers them with a 400.
+_UNREADABLE = (msgspec.MsgspecError, TypeError, AttributeError, KeyError, IndexError, ValueError)
+
+
+def _refusal(exc: Exception) -> bytes:
+    message = f"The fake provider cannot read this request ({type(exc).__name__})."
+    return msgspec.json.encode({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                          "code": None}})
+
+
 class FakeTransport:
     """Stands in for UpstreamClient for providers with `schema: fake`."""
 
@@ -81,10 +92,14 @@ class FakeTransport:
         path = next((p for p in _BODIES if url.endswith(p)), None)
         if path is None:
             return FakeResponse(404, _JSON, [b'{"error":{"message":"unknown fake path","type":"invalid_request_error"}}'], 0)
-        head, now = _decode_head(body), int(time.time())  # answers are stamped as OpenAI's are
-        if head.stream and path in _STREAMS:
-            return FakeResponse(200, _SSE, _STREAMS[path](body, head.model, now, self._chunks), self._delay)
-        return FakeResponse(200, _JSON, [_BODIES[path](body, head.model, now)], 0)
+        now = int(time.time())  # answers are stamped as OpenAI's are
+        try:
+            head = _decode_head(body)
+            if head.stream and path in _STREAMS:
+                return FakeResponse(200, _SSE, _STREAMS[path](body, head.model, now, self._chunks), self._delay)
+            return FakeResponse(200, _JSON, [_BODIES[path](body, head.model, now)], 0)
+        except _UNREADABLE as exc:  # a body the gateway passes on for the upstream to judge: judged here
+            return FakeResponse(400, _JSON, [_refusal(exc)], 0)
 
     async def aclose(self) -> None:
         return None
