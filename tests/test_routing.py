@@ -60,6 +60,15 @@ def test_regex_match_is_a_fullmatch_and_exact_names_win(table):
     assert table.resolve("llama-2-70b-chat-v2") is None
 
 
+def test_a_loose_match_never_serves_a_dot_segment():
+    # The client's name goes upstream in a URL path where no `model:` renames it: "." or ".."
+    # there would move the request out of the model's path, which a client must never choose.
+    loose = RouteTable(loads(CONFIG.replace('match: "llama-.*-(instruct|chat)"', 'match: ".*"')))
+    assert loose.resolve("anything").name == "llama-family"
+    assert loose.resolve("..") is None and loose.resolve(".") is None and loose.resolve("...") is None
+    assert loose.resolve("..x").name == "llama-family"  # not a dot segment: stays one segment, quoted
+
+
 def test_ejected_target_is_skipped_inside_its_group(table):
     route = table.resolve("llama-3-8b")
     picks = {route.attempt_order(i / 100, lambda p: p != "v1")[0].provider for i in range(100)}

@@ -99,6 +99,8 @@ class RouteTable:
         route = self._exact.get(name)
         if route is not None:
             return route
+        if not name.strip("."):  # "." or "..": sent upstream in a URL path (Bedrock, Azure, Gemini), a dot
+            return None          # segment would climb out of it, which no client may choose (a loose `match:`)
         for pattern, candidate in self._patterns:
             if pattern.fullmatch(name):
                 return candidate
