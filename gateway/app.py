@@ -40,7 +40,7 @@ from tollway.gateway.store import SchemaTooNew, build_key_store
 from tollway.gateway.store.books import Books
 from tollway.gateway.store.ledger import LEDGER_RULES, LedgerCounters, LedgerGauges
 from tollway.gateway.surfaces import Endpoint
-from tollway.gateway.surfaces.anthropic import AnthropicAPI
+from tollway.gateway.surfaces.anthropic import ANTHROPIC, AnthropicAPI
 from tollway.gateway.surfaces.openai import OpenAIAPI
 from tollway.gateway.telemetry.accesslog import AccessLog
 from tollway.gateway.telemetry.budget_metrics import BudgetLevels
@@ -345,7 +345,11 @@ class Gateway:
                 raise self._unknown(method, path)
             await entry.handler(scope, proto, ex)
         except GatewayError as exc:
-            self._send_error(proto, ex, entry.surface.dress(exc) if entry else exc)
+            if entry is not None:
+                exc = entry.surface.dress(exc)
+            elif path.startswith("/anthropic/"):  # a wrong method or path there: the Anthropic SDK's shape
+                exc = ANTHROPIC.dress(exc)
+            self._send_error(proto, ex, exc)
         except asyncio.CancelledError:  # the watchdog or the drain deadline: answer, don't crash
             self._cancelled(proto, ex)
         except Exception:  # noqa: BLE001 - the last line of defence: the process must stay up

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import anthropic
@@ -233,3 +235,15 @@ def test_no_beta_header_means_none_upstream(ant, claude, openai_upstream):
     ant.messages.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
                         extra_headers={"anthropic-beta": BETA})
     assert "anthropic-beta" not in openai_upstream.last("/chat/completions")["headers"]
+
+
+@pytest.mark.parametrize("method, path, status, kind", [("GET", "/anthropic/v1/messages", 405, "invalid_request_error"),
+                                                        ("POST", "/anthropic/v1/nope", 404, "not_found_error")])
+def test_wrong_method_or_path_under_anthropic_gets_the_anthropic_error_shape(gw, method, path, status, kind):
+    request = urllib.request.Request(gw.url + path, method=method, data=b"{}" if method == "POST" else None,
+                                     headers={"x-api-key": TEST_KEY, "content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(request, timeout=5)
+    body = json.loads(failed.value.read())
+    assert failed.value.code == status
+    assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"]
