@@ -428,6 +428,39 @@ async def test_the_ledger_keeps_records_while_postgres_is_down_and_writes_them_w
         await asyncio.to_thread(instance.destroy)
 
 
+async def test_a_partition_too_big_to_count_in_time_is_dropped_all_the_same(pg_database: str, monkeypatch):
+    # A busy day's count could outlast the statement timeout every hour and retention would
+    # never drop it: past _COUNT_TIMEOUT the count is cancelled, the prune reports the planner's
+    # estimate and drops the day in the same transaction. Here a reader's lock holds the count
+    # up (a stand-in for a huge day) until after the count's timeout, then lets the drop go.
+    import tollway.gateway.store.postgres as pg
+    monkeypatch.setattr(pg, "_COUNT_TIMEOUT", 0.3)
+    store = PostgresStore(pg_database)
+    await store.open()
+    blocker = await asyncpg.connect(pg_database)
+    try:
+        old = BASE - 30 * DAY
+        await store.write(_records(50, old, 60, seed=3))
+        name = next(iter(await blocker.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE 'usage_records_%'"
+                                             " ORDER BY tablename LIMIT 1")))["tablename"]
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+
+        async def release() -> None:
+            await asyncio.sleep(1.0)  # past the count's 0.3 s, well before the drop's 3 s lock_timeout
+            await hold.commit()
+
+        releasing = asyncio.create_task(release())
+        assert await store.prune(old + DAY) >= 0
+        await releasing
+        assert await store.requests(RequestFilter(until=old + DAY)) == []
+        assert await store.prune(old + DAY) == 0  # gone, not merely emptied
+    finally:
+        await blocker.close()
+        await store.aclose()
+
+
 async def test_a_partition_another_replica_dropped_is_made_again(pg_database: str):
     one, other = PostgresStore(pg_database), PostgresStore(pg_database)
     await one.open()

@@ -68,6 +68,10 @@ _MIGRATE_TIMEOUT = 600.0  # seconds per migration statement, and to wait for ano
 # DDL (making a partition, dropping one) locks usage_records whole: behind a long report it would
 # hold every writer up, so it waits at most this long for its lock and fails (to be retried).
 _LOCK_TIMEOUT = "3s"
+# Seconds a dropped partition's rows are counted for (the count is only what the prune reports):
+# a busy day holds tens of millions of rows, whose count could outlast the statement timeout
+# every hour, and retention would then never drop anything. Past it, the planner's estimate.
+_COUNT_TIMEOUT = 2.0
 _AHEAD = 2  # days of partitions made ahead of today
 # Advisory lock ids (pg_advisory_xact_lock): one migrator at a time, one partition maker at a time.
 _MIGRATE_LOCK = zlib.crc32(b"tollway:migrate")
@@ -279,7 +283,7 @@ class PostgresStore:
                 name = _partition(day)
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
-                    removed += await conn.fetchval(f"SELECT count(*) FROM {name}")
+                    removed += await _rows_in(conn, name)
                     await conn.execute(f"DROP TABLE {name}")  # detaches it: instant, no dead rows left behind
                 self._days.discard(day)
             return removed
@@ -411,6 +415,17 @@ def _fit(r: UsageRecord) -> UsageRecord:
         if not -bound <= value <= bound:
             changes[name] = bound if value > 0 else -bound
     return msgspec.structs.replace(r, **changes) if changes else r
+
+
+async def _rows_in(conn: Conn, name: str) -> int:
+    """The rows of partition `name`: counted, or the planner's estimate if counting takes longer
+    than _COUNT_TIMEOUT. Inside a savepoint, so a cancelled count leaves the drop's transaction usable."""
+    try:
+        async with conn.transaction():
+            return int(await conn.fetchval(f"SELECT count(*) FROM {name}", timeout=_COUNT_TIMEOUT))
+    except (TimeoutError, asyncpg.QueryCanceledError):
+        estimate = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", name)
+        return max(int(estimate or 0), 0)  # -1: never analysed
 
 
 def _columns(rows: list[RollupRow]) -> list[list[object]]:
