@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from tollway.core.config import Ledger as LedgerConfig
 from tollway.core.ledger.periods import DAY
 from tollway.core.ledger.record import UsageRecord
-from tollway.gateway.store import LedgerStore, SchemaTooNew, StoreError
+from tollway.gateway.store import LedgerStore, Refused, SchemaTooNew, StoreError
 from tollway.gateway.telemetry.worker_gauges import Combine
 
 log = logging.getLogger("tollway")
@@ -166,11 +166,11 @@ class Ledger:
     async def _write(self, batch: list[UsageRecord]) -> bool:
         try:
             await self.store.write(batch)
-        except (StoreError, OSError) as exc:  # the database: wait and retry
-            self._unwritten(batch, exc)
-            return False
-        except Exception as exc:  # noqa: BLE001 - a record the database refuses (a value out of its range)
-            return await self._write_each(batch, exc)
+        except Exception as exc:  # noqa: BLE001 - the database's state or a record's data, told apart here
+            if _database_down(exc):  # wait and retry
+                self._unwritten(batch, exc)
+                return False
+            return await self._write_each(batch, exc)  # a record the database refuses (a value out of its range)
         self._count(self.counters.written, len(batch))
         if self._failing or self._dropping:
             log.info("ledger: the %s database takes records again", self.store.backend)
@@ -209,12 +209,13 @@ class Ledger:
         for i, record in enumerate(batch):
             try:
                 await self.store.write([record])
-            except (StoreError, OSError) as exc:  # the database went down meanwhile: the rest waits
-                self._unwritten(batch[i:], exc)
-                return False
-            except Exception:  # noqa: BLE001 - this record: dropped, counted
-                self._count(self.counters.dropped, 1)
-                log.warning("ledger: dropped usage record %s, which the database refuses", record.request_id)
+            except Exception as exc:  # noqa: BLE001 - told apart as in _write
+                if _database_down(exc):  # it went down meanwhile: the rest waits
+                    self._unwritten(batch[i:], exc)
+                    return False
+                self._count(self.counters.dropped, 1)  # this record: dropped, counted
+                log.warning("ledger: dropped usage record %s, which the database refuses (%s: %s)",
+                            record.request_id, type(exc).__name__, exc)
             else:
                 self._count(self.counters.written, 1)
         return True
@@ -268,6 +269,12 @@ class Ledger:
             # counts) on its own, and only what is still queued is counted as dropped
             if not await asyncio.shield(self._write_batch()):
                 await asyncio.sleep(_RETRY_MIN)
+
+
+def _database_down(exc: Exception) -> bool:
+    """A write failed for the database's state (down, unreachable, a timeout): retried. Anything
+    else (Refused, or SQLite's OverflowError for an int past 2**63) is a record's data."""
+    return isinstance(exc, StoreError | OSError) and not isinstance(exc, Refused)
 
 
 def _said_if_died(task: asyncio.Task[None]) -> None:
