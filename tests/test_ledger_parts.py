@@ -390,3 +390,20 @@ def test_a_sqlite_batch_hands_the_core_over_between_slices_and_writes_every_row(
     assert db.execute("SELECT count(*) FROM usage_records").fetchone()[0] == 200
     hours = db.execute("SELECT sum(requests) FROM usage_hourly").fetchone()[0]
     assert hours == 200
+
+
+def test_csv_cells_that_start_like_a_formula_are_text():
+    """`tollway usage --format csv`: OWASP's prefixes (= + - @ tab CR) get a leading ', numbers
+    (a negative one too) and other text are as they are."""
+    import csv
+    import io
+
+    from tollway.core.ledger.rollup import SUMS
+    from tollway.gateway.store.usage_command import _csv
+    names = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "gpt-4o", "", None]
+    report = {"group_by": ["model"], "data": [{"model": n, **{s: -1.5 for s in SUMS}} for n in names]}
+    out = io.StringIO()
+    _csv(report, out)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert [r[0] for r in rows[1:]] == ["'=1+1", "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx", "gpt-4o", "", ""]
+    assert all(r[1:] == ["-1.5"] * len(SUMS) for r in rows[1:])
