@@ -358,6 +358,7 @@ def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(t
     ("/admin/requests?status=99999999999999999999", "status"),
     ("/admin/requests?status=70000", "status"),
     ("/admin/requests?key=a%00b", "key"),
+    ("/admin/requests?status=200&limit=abc", "limit"),  # each value parsed on its own, named on its own
 ])
 def test_bad_report_parameters_are_a_400_naming_them(upstreams, db, path, param, config_text):
     gw = _shared_gateway(config_text)
