@@ -2,7 +2,9 @@
 
 config: {<stage>: <action>} for on_request, on_chunk, on_response, on_complete; only the
 stages named are defined (the gateway calls only those). Actions: allow, reject, replace,
-stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type).
+stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type),
+cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug),
+bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded).
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ async def _common(action: str) -> None:
         await asyncio.sleep(5)
     if action == "raise":
         raise RuntimeError("SECRET-TRACEBACK-DETAIL from the test plugin")
+    if action == "cancelled":  # awaiting a future some other code cancelled
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
 
 
 def scripted(config: dict[str, Any]) -> object:
@@ -34,6 +40,10 @@ def scripted(config: dict[str, Any]) -> object:
                 return Replace(body)
             if action == "bad":
                 return 42
+            if action == "bad_reject":
+                return Reject("403", "a status that is not an int")  # type: ignore[arg-type]
+            if action == "bad_replace":
+                return Replace({**ctx.body, "extra": object()})
             return ALLOW
         namespace["on_request"] = on_request
     if "on_chunk" in config:
@@ -58,6 +68,10 @@ def scripted(config: dict[str, Any]) -> object:
                 return Replace(body)
             if response_action == "reject":
                 return Reject(502, "the answer broke policy")
+            if response_action == "bad_reject":
+                return Reject(None, "no status")  # type: ignore[arg-type]
+            if response_action == "bad_replace":
+                return Replace({**body, "extra": object()})
             return PASS
         namespace["on_response"] = on_response
     return type("Scripted", (), namespace)()

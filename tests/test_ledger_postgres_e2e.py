@@ -108,3 +108,45 @@ async def test_a_database_that_stops_mid_run_fails_no_request_and_its_records_ar
             assert kept == set(during[:8]), "the first 8 waited and were written; the rest were the overflow"
         finally:
             gw.stop()
+
+
+async def test_a_record_postgresql_refuses_for_its_data_is_dropped_and_the_rest_written(database):
+    """A data error (SQLSTATE class 22: here the hour's cost passing float8's range in the rollup
+    upsert) is not the database being down: the batch is written record by record, the one it
+    refuses is dropped and counted, and the writer goes on; never retried forever while every
+    later record waits."""
+    from prometheus_client import CollectorRegistry
+
+    from tollway.core.config import loads
+    from tollway.core.ledger.record import UsageRecord
+    from tollway.gateway.store.ledger import Ledger, LedgerCounters
+    from tollway.gateway.store.postgres import PostgresStore
+
+    now = time.time()
+
+    def record(i: int, cost: float) -> UsageRecord:
+        return UsageRecord(now, f"r{i}", "alice", None, "t", "m", "up", "m", "chat", 200, None, False, cost_usd=cost)
+
+    config = loads("store: {backend: sqlite}\nledger: {batch_records: 10, flush_interval: 0.01}").ledger
+    store, counters = PostgresStore(database), LedgerCounters(CollectorRegistry())
+    ledger = Ledger(store, config, counters)
+    await ledger.open()
+    ledger.start(asyncio.get_running_loop())
+    try:
+        ledger.submit(record(0, 0.95e308))
+        await _until(lambda: counters.written._value.get() == 1)
+        for i, cost in enumerate([0.01, 0.95e308, 0.02], start=1):  # r2 takes alice's hour past float8
+            ledger.submit(record(i, cost))
+        await _until(lambda: ledger.queued == 0, timeout=10)
+        assert counters.written._value.get() == 3 and counters.dropped._value.get() == 1
+        ledger.submit(record(4, 0.03))  # and the writer goes on
+        await _until(lambda: counters.written._value.get() == 4, timeout=10)
+    finally:
+        await ledger.close(1.0)
+    import asyncpg
+    conn = await asyncpg.connect(database)
+    try:
+        ids = {row["request_id"] for row in await conn.fetch("SELECT request_id FROM usage_records")}
+    finally:
+        await conn.close()
+    assert ids == {"r0", "r1", "r3", "r4"}

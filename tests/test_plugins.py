@@ -19,7 +19,7 @@ from tollway.core.config import Plugin
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.pipeline import EMPTY
 from tollway.gateway.plugins import hooks
-from tollway.gateway.plugins.api import PASS, Replace, RequestContext, Stop
+from tollway.gateway.plugins.api import PASS, Reject, Replace, RequestContext, Stop
 from tollway.gateway.plugins.hooks import PluginSet, PluginState
 from tollway.gateway.plugins.loader import PluginLoadError, load
 
@@ -136,6 +136,80 @@ def test_stop_raises_the_plugins_stream_error() -> None:
     with pytest.raises(PluginError) as caught:
         _chunked(_Seen(Stop("enough")), _event({"choices": [{"index": 0, "delta": {"content": "x"}}]}))
     assert caught.value.code == "plugin_stopped" and "seen" in caught.value.message
+
+
+@pytest.mark.parametrize("verdict", [Reject("403", "x"), Reject(403, 12345), Reject(None, "x"), Reject(200, "x"),  # type: ignore[arg-type]
+                                     Reject(True, "x"), Replace({"weird": object()}), Replace("text"), 42])  # type: ignore[arg-type]
+def test_a_malformed_on_response_verdict_is_the_plugins_failure(verdict: object) -> None:
+    """Its on_error decides (open: the answer goes out as it was), counted as invalid_result:
+    never a TypeError out of the hook (the client's 500)."""
+    class Bad:
+        async def on_response(self, ctx: RequestContext, body: dict[str, Any]) -> object:
+            return verdict
+    import tests.plugin_fixture as fixture
+    fixture.bad_factory = lambda cfg: Bad()  # type: ignore[attr-defined]
+    failures: list[tuple[str, ...]] = []
+
+    class Counter:
+        def labels(self, *names: str) -> Counter:
+            failures.append(names)
+            return self
+
+        def inc(self) -> None:
+            pass
+    loaded = load(Plugin("bad", "tests.plugin_fixture:bad_factory"))
+    plugins = PluginSet([loaded], Counter())  # type: ignore[arg-type]
+    ex = Exchange("req_1", "chat")
+    ctx = RequestContext("req_1", "chat", hooks.KeyInfo("k", "id", None), "m", "m", False, {}, None)
+    ex.plugins = PluginState(ctx, (), (loaded,), ())
+    answer = b'{"id":"x","choices":[]}'
+    assert asyncio.run(plugins.on_answer(ex, 200, answer)) is answer
+    assert failures == [("bad", "on_response", "invalid_result")]
+
+
+def test_a_stop_without_a_text_message_is_the_plugins_failure() -> None:
+    raw = _event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+    assert _chunked(_Seen(Stop(42)), raw) is raw  # type: ignore[arg-type]
+
+
+def test_a_cancelled_error_raised_by_a_plugin_is_its_failure_not_a_shutdown() -> None:
+    """A plugin awaiting a future someone else cancelled raises CancelledError while its own
+    task is not being cancelled: that is the plugin's failure (on_error: open skips it)."""
+    class Cancelled:
+        async def on_chunk(self, ctx: RequestContext, delta: str) -> object:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            return await future
+    raw = _event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+    assert _chunked(Cancelled(), raw) is raw  # type: ignore[arg-type]
+
+
+def test_a_cancelled_request_still_cancels_through_a_plugin() -> None:
+    """The request's task being cancelled (shutdown, the client gone) is not the plugin's failure:
+    the CancelledError goes on up."""
+    started = asyncio.Event()
+
+    class Waits:
+        async def on_chunk(self, ctx: RequestContext, delta: str) -> object:
+            started.set()
+            await asyncio.sleep(5)
+            return PASS
+
+    async def run() -> None:
+        raw = _event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+        import tests.plugin_fixture as fixture
+        fixture.waits_factory = lambda cfg: Waits()  # type: ignore[attr-defined]
+        loaded = load(Plugin("waits", "tests.plugin_fixture:waits_factory", timeout_ms=10_000))
+        plugins = PluginSet([loaded])
+        ex = Exchange("req_1", "chat")
+        ctx = RequestContext("req_1", "chat", hooks.KeyInfo("k", "id", None), "m", "m", True, {}, None)
+        ex.plugins = PluginState(ctx, (loaded,), (), ())
+        chunk = asyncio.create_task(plugins.on_chunk(ex, raw))
+        await started.wait()
+        chunk.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await chunk
+    asyncio.run(run())
 
 
 def test_credentials_never_reach_a_plugins_headers() -> None:

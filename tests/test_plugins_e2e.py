@@ -39,6 +39,13 @@ SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("chunk-raiser-closed", {"on_chunk": "raise"}, "chunk-raise-closed", "on_error: closed"),
     ("resp-sleepy-open", {"on_response": "sleep"}, "resp-slow-open", "timeout_ms: 50"),
     ("bad-result-closed", {"on_request": "bad"}, "bad-closed", "on_error: closed"),
+    ("canceller-open", {"on_request": "cancelled"}, "cancel-open", "on_error: open"),
+    ("canceller-closed", {"on_request": "cancelled"}, "cancel-closed", "on_error: closed"),
+    ("bad-reject-open", {"on_request": "bad_reject"}, "bad-reject-open", "on_error: open"),
+    ("bad-replace-open", {"on_request": "bad_replace"}, "bad-replace-open", "on_error: open"),
+    ("resp-bad-reject-open", {"on_response": "bad_reject"}, "resp-bad-reject-open", "on_error: open"),
+    ("resp-bad-replace-open", {"on_response": "bad_replace"}, "resp-bad-replace-open", "on_error: open"),
+    ("resp-bad-replace-closed", {"on_response": "bad_replace"}, "resp-bad-replace-closed", "on_error: closed"),
 ]
 MODELS = ["gpt-4o-mini", "scoped", "tagged", *(models for _, _, models, _ in SCRIPTS)]
 
@@ -213,10 +220,15 @@ def test_on_response_timeout_when_open_passes_the_answer(gw: GatewayProcess) -> 
 
 # -- timeouts and exceptions, both modes ---------------------------------------------------
 
-@pytest.mark.parametrize("model, plugin, kind", [("slow-closed", "sleepy-closed", "timeout"),
-                                                 ("raise-closed", "raiser-closed", "exception"),
-                                                 ("bad-closed", "bad-result-closed", "invalid_result")])
-def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: str, plugin: str, kind: str) -> None:
+@pytest.mark.parametrize("model, plugin, stage, kind", [
+    ("slow-closed", "sleepy-closed", "on_request", "timeout"),
+    ("raise-closed", "raiser-closed", "on_request", "exception"),
+    ("bad-closed", "bad-result-closed", "on_request", "invalid_result"),
+    ("cancel-closed", "canceller-closed", "on_request", "exception"),  # not "the gateway is shutting down"
+    ("resp-bad-replace-closed", "resp-bad-replace-closed", "on_response", "invalid_result"),
+])
+def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: str, plugin: str, stage: str,
+                                                     kind: str) -> None:
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
         _chat(gw, model)
@@ -225,16 +237,24 @@ def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: 
     body = caught.value.body
     assert body["code"] == "plugin_failed" and plugin in body["message"]
     assert "SECRET-TRACEBACK-DETAIL" not in json.dumps(body) and "Traceback" not in json.dumps(body)
-    assert f'tollway_plugin_errors_total{{kind="{kind}",plugin="{plugin}",stage="on_request"}}' in _metrics(gw)
+    assert f'tollway_plugin_errors_total{{kind="{kind}",plugin="{plugin}",stage="{stage}"}}' in _metrics(gw)
 
 
-@pytest.mark.parametrize("model, plugin, kind", [("slow-open", "sleepy-open", "timeout"),
-                                                 ("raise-open", "raiser-open", "exception")])
+@pytest.mark.parametrize("model, plugin, stage, kind", [
+    ("slow-open", "sleepy-open", "on_request", "timeout"),
+    ("raise-open", "raiser-open", "on_request", "exception"),
+    ("cancel-open", "canceller-open", "on_request", "exception"),
+    # a malformed verdict is the plugin's failure (on_error decides), never the gateway's 500
+    ("bad-reject-open", "bad-reject-open", "on_request", "invalid_result"),
+    ("bad-replace-open", "bad-replace-open", "on_request", "invalid_result"),
+    ("resp-bad-reject-open", "resp-bad-reject-open", "on_response", "invalid_result"),
+    ("resp-bad-replace-open", "resp-bad-replace-open", "on_response", "invalid_result"),
+])
 def test_an_open_plugins_failure_is_skipped_counted_and_logged_once(gw: GatewayProcess, model: str, plugin: str,
-                                                                     kind: str) -> None:
+                                                                     stage: str, kind: str) -> None:
     for _ in range(3):
         assert _chat(gw, model).choices[0].message.content
-    series = f'tollway_plugin_errors_total{{kind="{kind}",plugin="{plugin}",stage="on_request"}} 3.0'
+    series = f'tollway_plugin_errors_total{{kind="{kind}",plugin="{plugin}",stage="{stage}"}} 3.0'
     assert series in _metrics(gw)
     logged = [line for line in gw.stderr().splitlines() if '"plugin_error"' in line and f'"{plugin}"' in line]
     assert len(logged) == 1  # one incident, one line (the operator's: an exception's traceback is in it)

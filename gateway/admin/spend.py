@@ -69,12 +69,9 @@ async def requests(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exch
 
 def request_filter(q: dict[str, str], now: float) -> RequestFilter:
     """`/admin/requests`' filters from its query. Raises a 400 naming a bad parameter."""
-    try:
-        status = int(q["status"]) if "status" in q else None
-        limit = int(q.get("limit", "100"))
-    except ValueError:
-        raise errors.bad_request("status and limit must be whole numbers", param="status" if "status" in q else "limit") \
-            from None
+    status = _whole(q, "status")
+    limit = _whole(q, "limit")
+    limit = 100 if limit is None else limit
     if not 1 <= limit <= MAX_LIST:
         raise errors.bad_request(f"limit must be between 1 and {MAX_LIST}", param="limit")
     if status is not None and not 100 <= status <= 599:
@@ -90,6 +87,16 @@ def request_filter(q: dict[str, str], now: float) -> RequestFilter:
             raise errors.bad_request(f"{name}: {exc}", param=name) from None
     return RequestFilter(key=q.get("key"), team=q.get("team"), model=q.get("model"), status=status,
                          since=bounds["since"], until=bounds["until"], limit=limit)
+
+
+def _whole(q: dict[str, str], name: str) -> int | None:
+    """The parameter `name` as a whole number (None if absent); a 400 naming it if it is not one."""
+    if name not in q:
+        return None
+    try:
+        return int(q[name])
+    except ValueError:
+        raise errors.bad_request(f"{name} must be a whole number", param=name) from None
 
 
 async def budgets(serving: Serving, scope: Scope, proto: HTTPProtocol, ex: Exchange, who: Principal) -> None:

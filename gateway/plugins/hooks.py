@@ -8,7 +8,8 @@
 
 A seam gets a hook only if some plugin defines its stage: with no plugins, the pipeline's
 tuples stay empty and the request path pays nothing. Every call is bounded by the plugin's
-`timeout_ms`; a timeout or an exception follows its `on_error` (open: skipped, counted in
+`timeout_ms`; a timeout, an exception, or a result the stage may not return (checked inside the
+same guard, so a malformed verdict is never the gateway's 500) follows its `on_error` (open: skipped, counted in
 `tollway_plugin_errors_total{plugin,stage,kind}`, logged once per incident; closed: the request
 fails with 503 `plugin_failed`, naming the plugin and never its traceback).
 """
@@ -19,14 +20,14 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 
 from tollway.core import errors
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.tags import parse_tags
-from tollway.core.request import parse_head
+from tollway.core.request import RequestHead, parse_head
 from tollway.gateway import sse_deltas
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.api import Allow, AuthContext, KeyInfo, Pass, Reject, Replace, RequestContext, Stop
@@ -49,10 +50,48 @@ SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "x-api-key",
                             "x-goog-api-key"))
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
+T = TypeVar("T")
+# What encoding a plugin's value may raise: msgspec's own errors, and TypeError / ValueError /
+# OverflowError for an object it cannot encode (a set is fine, an object() or a 2**70 int is not).
+_UNENCODABLE = (msgspec.MsgspecError, TypeError, ValueError, OverflowError)
 
 
 class _Skip(Exception):
     """A plugin's failure under on_error: open (already counted and logged)."""
+
+
+class _Invalid(Exception):
+    """A stage returned what it may not (kind invalid_result): a wrong type, a Reject whose status
+    is not an int in 400..599 or whose message is not a str, a Replace the gateway cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """on_request's Replace, checked: the request body as it goes upstream."""
+
+    raw: bytes
+    head: RequestHead
+    parsed: object
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """on_response's Replace, checked: the answer and its encoding."""
+
+    body: dict[str, Any]
+    raw: bytes
+
+
+def _reject(verdict: Reject) -> Reject:
+    # bool is an int, but Reject(True) is a plugin's bug, not status 1
+    status, message = verdict.status, verdict.message
+    if type(status) is not int or not 400 <= status <= 599 or not isinstance(message, str):
+        raise _Invalid
+    return verdict
+
+
+def _no_result(result: object) -> None:
+    """on_complete: what it returns is not looked at."""
 
 
 @dataclass(slots=True)
@@ -94,17 +133,32 @@ class PluginSet:
 
     # -- calling a stage -------------------------------------------------------------------
 
-    async def _call(self, p: Loaded, stage: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """One call of a stage, bounded by the plugin's timeout; its failure per its on_error
-        (raises PluginError when closed, _Skip when open)."""
+    async def _call(self, p: Loaded, stage: str, call: Callable[[], Awaitable[object]],
+                    check: Callable[[object], T]) -> T:
+        """One call of a stage, bounded by the plugin's timeout, and its result as `check` makes
+        it (raising _Invalid for one the stage may not return). Checking inside the guard makes a
+        malformed verdict the plugin's failure like any other, per its on_error (raises
+        PluginError when closed, _Skip when open), and a success ends the incident only when the
+        result was usable."""
         try:
             async with asyncio.timeout(p.timeout):
                 result = await call()
+            verdict = check(result)
+        except _Invalid:
+            self._failed(p, stage, "invalid_result")
+        except asyncio.CancelledError as exc:
+            # Our task being cancelled (shutdown, the watchdog, a dropped stream) goes on up. A
+            # CancelledError while it is not (the plugin awaited a future someone else
+            # cancelled) is the plugin's failure, not "the gateway is shutting down".
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            self._failed(p, stage, "exception", exc)
         except Exception as exc:  # noqa: BLE001 - a plugin's bug is its on_error's to decide
             self._failed(p, stage, "timeout" if isinstance(exc, TimeoutError) else "exception", exc)
         if self._incidents:
             self._incidents.discard((p.name, stage))
-        return result
+        return verdict
 
     def _failed(self, p: Loaded, stage: str, kind: str, exc: BaseException | None = None) -> NoReturn:
         """Count and (once per incident) log a plugin's failure; raise what its on_error says."""
@@ -128,21 +182,13 @@ class PluginSet:
         ctx = AuthContext(headers, scope.path, rt.key_named)
         for p in self._by_stage["authenticate"]:
             try:
-                record = await self._call(p, "authenticate", lambda p=p: p.stages["authenticate"](ctx))  # type: ignore[misc]
+                record = await self._call(p, "authenticate", lambda p=p: p.stages["authenticate"](ctx),  # type: ignore[misc]
+                                          _key_record)
             except _Skip:
                 continue
-            if isinstance(record, KeyRecord):
-                return record
             if record is not None:
-                self._skip_or_fail(p, "authenticate")
+                return record
         return None
-
-    def _skip_or_fail(self, p: Loaded, stage: str) -> None:
-        """A stage returned something it may not: a failure of kind invalid_result."""
-        try:
-            self._failed(p, stage, "invalid_result")
-        except _Skip:
-            pass
 
     # -- on_request ------------------------------------------------------------------------
 
@@ -163,34 +209,29 @@ class PluginSet:
             if stage is None:
                 continue
             tags = list(ctx.tags)
-            try:
-                verdict = await self._call(p, "on_request", lambda stage=stage: stage(ctx))  # type: ignore[misc]
-                if isinstance(verdict, Reject):
-                    raise errors.plugin_rejected(p.name, verdict.status, verdict.message)
-                if isinstance(verdict, Replace):
-                    self._replace_body(p, req, ctx, verdict.value)
-                elif verdict is not None and not isinstance(verdict, Allow):
-                    self._failed(p, "on_request", "invalid_result")
+
+            def check(result: object, tags: list[str] = tags) -> Reject | _Body | None:
+                if isinstance(result, Reject):
+                    return _reject(result)
+                new = _new_body(req, result.value) if isinstance(result, Replace) else None
+                if new is None and result is not None and not isinstance(result, Allow):
+                    raise _Invalid
                 if ctx.tags != tags:
                     try:
                         ex.tags = parse_tags(",".join(ctx.tags))
                     except GatewayError:
-                        ctx.tags = tags
-                        self._failed(p, "on_request", "invalid_result")
+                        raise _Invalid from None
+                return new
+            try:
+                verdict = await self._call(p, "on_request", lambda stage=stage: stage(ctx), check)  # type: ignore[misc]
             except _Skip:
+                ctx.tags = tags  # a skipped plugin's tags are not the request's
                 continue
-
-    def _replace_body(self, p: Loaded, req: Admitted, ctx: RequestContext, value: object) -> None:
-        try:
-            body = value if isinstance(value, bytes) else _encode(value)
-            head = parse_head(body, req.runtime.config.server.max_json_depth)
-            parsed = _decode(body)
-        except (GatewayError, msgspec.MsgspecError, TypeError):
-            self._failed(p, "on_request", "invalid_result")
-            return
-        req.body, ctx.body = body, parsed
-        head.model = req.head.model  # the route was chosen: a replaced body does not re-route
-        req.head = head
+            if isinstance(verdict, Reject):
+                raise errors.plugin_rejected(p.name, verdict.status, verdict.message)
+            if verdict is not None:
+                req.body, ctx.body = verdict.raw, verdict.parsed
+                req.head = verdict.head
 
     # -- on_chunk --------------------------------------------------------------------------
 
@@ -217,15 +258,14 @@ class PluginSet:
         for p in state.chunk:
             stage = p.stages["on_chunk"]
             try:
-                verdict = await self._call(p, "on_chunk", lambda stage=stage, new=new: stage(ctx, new))  # type: ignore[misc]
+                verdict = await self._call(p, "on_chunk", lambda stage=stage, new=new: stage(ctx, new),  # type: ignore[misc]
+                                           _chunk_verdict)
             except _Skip:
                 continue
             if isinstance(verdict, Stop):
                 raise errors.plugin_stopped(p.name, verdict.message)
-            if isinstance(verdict, Replace) and isinstance(verdict.value, str):
-                new = verdict.value
-            elif verdict is not None and not isinstance(verdict, Pass):
-                self._skip_or_fail(p, "on_chunk")
+            if verdict is not None:
+                new = verdict
         if new is text:
             return False
         holder[name] = new
@@ -243,20 +283,19 @@ class PluginSet:
             return out
         if not isinstance(body, dict):
             return out
-        changed = False
         for p in state.response:
             stage = p.stages["on_response"]
             try:
-                verdict = await self._call(p, "on_response", lambda stage=stage, body=body: stage(state.ctx, body))  # type: ignore[misc]
+                verdict = await self._call(p, "on_response", lambda stage=stage, body=body: stage(state.ctx, body),  # type: ignore[misc]
+                                           _answer_verdict)
             except _Skip:
                 continue
             if isinstance(verdict, Reject):
                 raise errors.plugin_rejected(p.name, verdict.status, verdict.message)
-            if isinstance(verdict, Replace) and isinstance(verdict.value, dict):
-                body, changed = verdict.value, True
-            elif verdict is not None and not isinstance(verdict, Pass):
-                self._skip_or_fail(p, "on_response")
-        return _encode(body) if changed else out
+            if verdict is not None:
+                # encoded in the guard: what goes out is what the plugin replaced it with then
+                body, out = verdict.body, verdict.raw
+        return out
 
     # -- on_complete -----------------------------------------------------------------------
 
@@ -288,7 +327,7 @@ class PluginSet:
     async def _complete(self, p: Loaded, ctx: RequestContext, record: object) -> None:
         stage = p.stages["on_complete"]
         try:
-            await self._call(p, "on_complete", lambda: stage(ctx, record))
+            await self._call(p, "on_complete", lambda: stage(ctx, record), _no_result)
         except (_Skip, GatewayError):  # after the response: nothing to fail any more
             pass
 
@@ -296,6 +335,58 @@ class PluginSet:
         """Give queued on_complete calls up to `deadline` seconds (shutdown)."""
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=deadline)
+
+
+def _key_record(result: object) -> KeyRecord | None:
+    if result is None or isinstance(result, KeyRecord):
+        return result
+    raise _Invalid
+
+
+def _new_body(req: Admitted, value: object) -> _Body:
+    """on_request's Replace value as the request body: bytes, or a dict sent as JSON; either
+    must be a JSON object the gateway accepts."""
+    if not isinstance(value, bytes | dict):
+        raise _Invalid
+    try:
+        raw = value if isinstance(value, bytes) else _encode(value)
+        head = parse_head(raw, req.runtime.config.server.max_json_depth)
+        parsed = _decode(raw)
+    except (GatewayError, *_UNENCODABLE):
+        raise _Invalid from None
+    head.model = req.head.model  # the route was chosen: a replaced body does not re-route
+    return _Body(raw, head, parsed)
+
+
+def _chunk_verdict(result: object) -> Stop | str | None:
+    """on_chunk: a Stop, the replaced text, or None (pass)."""
+    if isinstance(result, Stop):
+        if not isinstance(result.message, str):
+            raise _Invalid
+        return result
+    if isinstance(result, Replace):
+        if not isinstance(result.value, str):
+            raise _Invalid
+        return result.value
+    if result is not None and not isinstance(result, Pass):
+        raise _Invalid
+    return None
+
+
+def _answer_verdict(result: object) -> Reject | _Answer | None:
+    """on_response: a Reject, the replaced answer (encoded), or None (pass)."""
+    if isinstance(result, Reject):
+        return _reject(result)
+    if isinstance(result, Replace):
+        if not isinstance(result.value, dict):
+            raise _Invalid
+        try:
+            return _Answer(result.value, _encode(result.value))
+        except _UNENCODABLE:
+            raise _Invalid from None
+    if result is not None and not isinstance(result, Pass):
+        raise _Invalid
+    return None
 
 
 def _visible_headers(scope: Scope | None) -> Mapping[str, str]:

@@ -29,6 +29,12 @@ class StoreError(Exception):
     """The database failed, or is not one this gateway can use."""
 
 
+class Refused(StoreError):
+    """The database refused what was written for its data, not its state (PostgreSQL's SQLSTATE
+    classes 22 and 23: a value out of a column's range, a constraint): writing it again cannot
+    help, so the ledger drops that record rather than retrying it forever."""
+
+
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer gateway: this one must not write to it."""
 

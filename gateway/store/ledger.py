@@ -6,7 +6,9 @@ dead database never slows or fails a request: records wait (up to `ledger.buffer
 the batch being written included) while the writer retries with a growing pause; past that
 bound new records are dropped, counted (`tollway_ledger_dropped_total`) and logged once per
 incident (an incident ends when a write succeeds again). On shutdown `close` writes what is
-queued within its deadline; what is left then is dropped and counted.
+queued within its deadline; what is left then is dropped and counted, and so is the batch being
+written if closing the store ends its write in failure (or it has not ended a moment later).
+Each record is counted once: written or dropped.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from prometheus_client.registry import Collector
 from tollway.core.config import Ledger as LedgerConfig
 from tollway.core.ledger.periods import DAY
 from tollway.core.ledger.record import UsageRecord
-from tollway.gateway.store import LedgerStore, SchemaTooNew, StoreError
+from tollway.gateway.store import LedgerStore, Refused, SchemaTooNew, StoreError
 from tollway.gateway.telemetry.worker_gauges import Combine
 
 log = logging.getLogger("tollway")
 _RETRY_MIN, _RETRY_MAX = 0.25, 5.0  # seconds between attempts while the database fails
 _PRUNE_EVERY = 3600.0  # seconds between retention passes
+_LATE_WRITE_SECONDS = 0.5  # after the store is closed, how long close waits for the write it ended
 
 
 class LedgerCounters:
@@ -52,12 +55,16 @@ class Ledger:
         self.counters = counters
         self.clock = clock
         self._queue: deque[UsageRecord] = deque()
-        self._in_flight = 0  # records of the batch being written: they count against the buffer
+        self._in_flight = 0  # records of the batch being written, not yet settled: they count against the buffer
+        self._idle = asyncio.Event()  # no write under way
+        self._idle.set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropping = False  # an incident of drops is under way (logged once)
         self._failing = False  # an incident of write errors is under way (logged once)
         self._closing = False
+        self._closed = False  # past close's deadline: a batch whose write fails is dropped, not put back
+        self._abandoned = False  # close counted the batch being written as dropped: its end counts nothing
         self._next_prune = 0.0
         self.opened = False
         self.broken = False  # the database cannot be used by this gateway (a newer schema): drop records
@@ -131,7 +138,7 @@ class Ledger:
             if await self._write_batch():
                 pause = _RETRY_MIN
                 await self._maybe_prune()
-            else:
+            elif not self._closing:  # (closing: close's flush retries, within its deadline)
                 await self._sleep(pause)
                 pause = min(pause * 2, _RETRY_MAX)
 
@@ -149,25 +156,45 @@ class Ledger:
         n = min(len(self._queue), self.config.batch_records)
         batch = [self._queue.popleft() for _ in range(n)]
         self._in_flight = n
+        self._idle.clear()
         try:
-            await self.store.write(batch)
-        except (StoreError, OSError) as exc:  # the database: wait and retry
-            self._queue.extendleft(reversed(batch))
-            self._write_failed(exc)
-            return False
-        except Exception as exc:  # noqa: BLE001 - a record the database refuses (a value out of its range)
-            self._in_flight = 0
-            return await self._write_each(batch, exc)
+            return await self._write(batch)
         finally:
             self._in_flight = 0
-        self.counters.written.inc(n)
+            self._idle.set()
+
+    async def _write(self, batch: list[UsageRecord]) -> bool:
+        try:
+            await self.store.write(batch)
+        except Exception as exc:  # noqa: BLE001 - the database's state or a record's data, told apart here
+            if _database_down(exc):  # wait and retry
+                self._unwritten(batch, exc)
+                return False
+            return await self._write_each(batch, exc)  # a record the database refuses (a value out of its range)
+        self._count(self.counters.written, len(batch))
         if self._failing or self._dropping:
             log.info("ledger: the %s database takes records again", self.store.backend)
         self._failing = self._dropping = False
         return True
 
-    def _write_failed(self, exc: BaseException) -> None:
+    def _count(self, counter: Counter, n: int) -> None:
+        """Settle `n` records of the batch being written (unless close already counted them all)."""
+        if not self._abandoned:
+            self._in_flight -= n
+            counter.inc(n)
+
+    def _unwritten(self, records: list[UsageRecord], exc: BaseException) -> None:
+        """Records the database did not take: back in front of the queue, to be retried; past
+        close's deadline nothing writes them any more: dropped and counted."""
         self.counters.errors.inc()
+        if self._closed:
+            if not self._abandoned:
+                log.warning("ledger: %d usage records being written at shutdown could not be written (%s)",
+                            len(records), exc)
+            self._count(self.counters.dropped, len(records))
+            return
+        self._queue.extendleft(reversed(records))
+        self._in_flight -= len(records)
         if not self._failing:
             self._failing = True
             log.warning("ledger: writing to the %s database failed (%s); %d records wait and are retried",
@@ -182,15 +209,15 @@ class Ledger:
         for i, record in enumerate(batch):
             try:
                 await self.store.write([record])
-            except (StoreError, OSError) as exc:  # the database went down meanwhile: the rest waits
-                self._queue.extendleft(reversed(batch[i:]))
-                self._write_failed(exc)
-                return False
-            except Exception:  # noqa: BLE001 - this record: dropped, counted
-                self.counters.dropped.inc()
-                log.warning("ledger: dropped usage record %s, which the database refuses", record.request_id)
+            except Exception as exc:  # noqa: BLE001 - told apart as in _write
+                if _database_down(exc):  # it went down meanwhile: the rest waits
+                    self._unwritten(batch[i:], exc)
+                    return False
+                self._count(self.counters.dropped, 1)  # this record: dropped, counted
+                log.warning("ledger: dropped usage record %s, which the database refuses (%s: %s)",
+                            record.request_id, type(exc).__name__, exc)
             else:
-                self.counters.written.inc()
+                self._count(self.counters.written, 1)
         return True
 
     async def _maybe_prune(self) -> None:
@@ -207,18 +234,29 @@ class Ledger:
             log.info("ledger: removed %d records older than %d days", removed, self.config.retention_days)
 
     async def close(self, deadline: float) -> None:
-        """Stop the writer, write what is queued within `deadline` seconds, close the store."""
+        """Stop the writer, write what is queued within `deadline` seconds, close the store.
+        A write under way at the deadline goes on (shielded); closing the store ends it, and
+        its batch is counted by how it ends: written, or (being past the deadline) dropped."""
         self._closing = True
         self._wake.set()
         try:
             await asyncio.wait_for(self._stop_and_flush(), deadline)
         except TimeoutError:
             pass
+        self._closed = True
         if self._queue:
             self.counters.dropped.inc(len(self._queue))
             log.warning("ledger: %d usage records could not be written before shutdown", len(self._queue))
             self._queue.clear()
         await self.store.aclose()
+        try:  # (PostgreSQL's write fails once its pool is closed; SQLite's close waits for its write)
+            await asyncio.wait_for(self._idle.wait(), _LATE_WRITE_SECONDS)
+        except TimeoutError:  # a write that outlives its store: counted now, and its end counts nothing
+            self._abandoned = True
+            self.counters.dropped.inc(self._in_flight)
+            log.warning("ledger: %d usage records being written at shutdown could not be written",
+                        self._in_flight)
+            self._in_flight = 0
 
     async def _stop_and_flush(self) -> None:
         """The writer's task ends after the write it is doing (never cancelled mid-write: a
@@ -231,6 +269,12 @@ class Ledger:
             # counts) on its own, and only what is still queued is counted as dropped
             if not await asyncio.shield(self._write_batch()):
                 await asyncio.sleep(_RETRY_MIN)
+
+
+def _database_down(exc: Exception) -> bool:
+    """A write failed for the database's state (down, unreachable, a timeout): retried. Anything
+    else (Refused, or SQLite's OverflowError for an int past 2**63) is a record's data."""
+    return isinstance(exc, StoreError | OSError) and not isinstance(exc, Refused)
 
 
 def _said_if_died(task: asyncio.Task[None]) -> None:

@@ -41,7 +41,7 @@ from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.security.urls import redact_url, url_passwords
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
-from tollway.gateway.store import KeyStore, LedgerStore, RequestFilter, StoreError, schema_too_new
+from tollway.gateway.store import KeyStore, LedgerStore, Refused, RequestFilter, StoreError, schema_too_new
 from tollway.gateway.store import postgres_keys as keys
 from tollway.gateway.store.pg_conn import Conn, Row
 from tollway.gateway.store.rows import (
@@ -188,6 +188,8 @@ class PostgresStore:
                 return await fn(conn)
         except StoreError:
             raise
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:  # the data, not the database
+            raise Refused(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
         except _FAILURES as exc:
             raise StoreError(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
 

@@ -73,7 +73,19 @@ def _csv(report: dict[str, object], out: IO[str]) -> None:
     writer = csv.writer(out)
     writer.writerow([*dims, *SUMS])
     for item in report["data"]:  # type: ignore[attr-defined]
-        writer.writerow([item[d] if item[d] is not None else "" for d in dims] + [item[s] for s in SUMS])
+        writer.writerow([_text_cell(item[d]) if item[d] is not None else "" for d in dims] + [item[s] for s in SUMS])
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(value: object) -> object:
+    """A text cell as a spreadsheet must take it: as text. A model name or a tag is the client's,
+    and one starting like a formula (`=HYPERLINK(...)`) would run when the CSV is opened: it gets
+    a leading `'` (OWASP's CSV injection advice). The sums are numbers, never touched."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _table(report: dict[str, object], out: IO[str]) -> None:
