@@ -304,8 +304,9 @@ def reserve(plan: Plan, prompt_tokens: float, output_tokens: float, price: Price
 
 
 def amounts(plan: Plan, demand: tuple[float, ...]) -> tuple[float, ...]:
-    """What each bucket of `plan` takes of `demand`: the demand of its measure, capped at capacity."""
-    return tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
+    """What each bucket of `plan` takes of `demand`: the demand of its measure, capped at capacity
+    (compared as the bucket kernel does, so a NaN takes the capacity there and here alike)."""
+    return tuple([_capped(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
 
 
 def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, ...]:
@@ -327,7 +328,13 @@ def settle(plan: Plan, demand: tuple[float, ...], usage: Usage | None, price: Pr
 def deltas(plan: Plan, reserved: tuple[float, ...], real: tuple[float, ...]) -> tuple[float, ...]:
     """Per bucket of `plan`: ``real[m] - min(reserved[m], capacity)`` (m its measure). The
     request measure nets to 0 (one reserved, one used) unless the capacity is below one."""
-    return tuple([real[m] - min(reserved[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
+    return tuple([real[m] - _capped(reserved[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
+
+
+def _capped(amount: float, capacity: float) -> float:
+    """`min(amount, capacity)` in the bucket kernel's order (tollway.ext.buckets): NaN gives the
+    capacity, where `min` would keep NaN and a store would hold a level that refuses nothing."""
+    return amount if amount < capacity else capacity
 
 
 _NOTHING = Usage()
