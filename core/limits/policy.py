@@ -314,7 +314,7 @@ def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, .
     `plan` has a budget. `usage` None means nothing was used (the upstream failed before
     answering). A request still counts as one request; a concurrent slot is given back."""
     u = usage or _NOTHING
-    dollars = cost(u, price) if plan.priced and price is not None else 0.0
+    dollars = (cost(u, price) or 0.0) if plan.priced and price is not None else 0.0  # (None: unpriceable, $0)
     return (1.0, u.prompt_tokens, u.completion_tokens, u.total_tokens or u.prompt_tokens + u.completion_tokens,
             dollars, 0.0)
 
