@@ -370,12 +370,13 @@ def rejection(d: Denial, model: str) -> GatewayError:
     per = "in flight" if b.measure == "concurrent" else f"per {go_duration(b.window)}"
     scope = b.scope.replace("_", " x ")
     owner = f"{b.owner}' x '{b.model}" if b.model else b.owner
+    # (an infinite wait: more than the whole bucket, which only a stream's extension asks for)
+    retry = "That is more than the whole limit." if math.isinf(wait) else f"Please try again in {go_duration(wait)}."
     if b.is_budget:
-        return budget_exceeded(f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. "
-                               f"Please try again in {go_duration(wait)}.", retry_headers(wait))
+        return budget_exceeded(f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. {retry}",
+                               retry_headers(wait))
     message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{owner}': "
-               f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. "
-               f"Please try again in {go_duration(wait)}.")
+               f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. {retry}")
     return rate_limited(message, "tokens" if "tokens" in b.measure else "requests", retry_headers(wait))
 
 
