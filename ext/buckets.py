@@ -90,7 +90,7 @@ class BucketTable:
         """
         if len(slots) != len(measures):
             raise ValueError("slots and measures differ in length")
-        amounts = [min(float(demand[m]), self._capacity[self._checked(slot)]) for slot, m in zip(slots, measures)]
+        amounts = [_capped(float(demand[m]), self._capacity[self._checked(slot)]) for slot, m in zip(slots, measures)]
         return self.try_take(slots, amounts, now)
 
     def settle(self, slots: Sequence[int], measures: Sequence[int], reserved: Sequence[float],
@@ -102,7 +102,7 @@ class BucketTable:
         if len(slots) != len(measures):
             raise ValueError("slots and measures differ in length")
         for slot, m in zip(slots, measures):
-            delta = float(used[m]) - min(float(reserved[m]), self._capacity[self._checked(slot)])
+            delta = float(used[m]) - _capped(float(reserved[m]), self._capacity[self._checked(slot)])
             if delta > 0.0:
                 self.take(slot, delta, now)
             elif delta < 0.0:
@@ -169,6 +169,13 @@ class BucketTable:
         if amount > self._capacity[slot] or rate <= 0.0:
             return math.inf
         return (amount - level) / rate
+
+
+def _capped(amount: float, capacity: float) -> float:
+    """`amount`, at most `capacity`, compared as the kernel does (`a if a < cap else cap`): a
+    NaN amount is the capacity. (`min(nan, cap)` keeps NaN, and a NaN level never refuses
+    again: the twins would part, and the limit would be gone.)"""
+    return amount if amount < capacity else capacity
 
 
 class Gate:

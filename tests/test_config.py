@@ -255,6 +255,26 @@ def test_check_warns_about_models_with_no_price_and_still_accepts_them():
     assert config.loads(PRICES, {}).models[4].price.input == 0.0  # a configured zero price is a price
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "-1", "-0.5"])
+@pytest.mark.parametrize("field", ["input", "output", "cached_input", "cache_write", "reasoning", "audio_minute",
+                                   "characters", "search_unit"])
+def test_a_price_must_be_a_finite_number_not_below_zero(field, value):
+    # A NaN price makes a cost_usd reservation NaN (a limit disabled for good), an infinite one
+    # an infinite cost in the ledger, a negative one a refund: `check` and `loads` refuse them.
+    price = {"input": "0", "output": "0", field: value}
+    text = PRICES.replace("price: {input: 0, output: 0}", "price: {" + ", ".join(f"{k}: {v}" for k, v in price.items()) + "}")
+    shown = {".nan": "nan", ".inf": "inf", "-.inf": "-inf"}.get(value, value)
+    problem = f"models.in-house.price.{field}: a price must be a finite number of USD, 0 or more, not {shown} (line 17)"
+    assert _found(text) == [problem]
+    assert str(_error(text)) == problem  # loads (serve, reload) refuses it too
+
+
+def test_an_image_price_must_be_a_finite_number_not_below_zero():
+    text = PRICES.replace("price: {input: 0, output: 0}", 'price: {image: {"1024x1024": 0.04, "*": .nan}}')
+    assert _found(text) == [
+        "models.in-house.price.image.*: a price must be a finite number of USD, 0 or more, not nan (line 17)"]
+    assert _found(text.replace(".nan", "0")) == []
+
 def test_no_price_warnings_for_a_config_with_errors():
     checked = config.check(PRICES.replace("provider: oai, model: meta", "provider: nope, model: meta"), {})
     assert checked.errors and checked.warnings == []

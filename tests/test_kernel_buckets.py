@@ -161,6 +161,32 @@ def test_settle_of_a_capped_reservation_charges_the_excess(table):
     assert table.level(tokens, 0.0) == -150.0
 
 
+def test_a_nan_demand_or_reservation_is_capped_at_capacity(table):
+    # NaN compares false with everything: the cap must be written so that NaN takes the
+    # capacity (`a if a < cap else cap`), in the kernel and its twin alike. `min(nan, cap)` is
+    # NaN: a level of NaN refuses nothing ever again (a limit disabled for good).
+    nan = math.nan
+    tokens = table.add(10, 1)
+    assert table.reserve([tokens], [0], (nan,), 0.0) == 0.0  # takes the whole bucket
+    assert table.level(tokens, 0.0) == 0.0
+    assert table.reserve([tokens], [0], (1.0,), 0.0) == pytest.approx(1.0)  # and it is empty
+    table.settle([tokens], [0], (nan,), (3.0,), 0.0)  # reserved NaN: as the capacity it took
+    assert table.level(tokens, 0.0) == 7.0
+
+
+def test_a_nan_demand_takes_the_same_in_both_twins():
+    compiled = compiled_or_skip("buckets")
+    nan = math.nan
+    seen = []
+    for mod in (compiled, pure_buckets):
+        table = mod.BucketTable()
+        gate = mod.Gate(table, [table.add(10, 1), table.add(5, 0)], [0, 1])
+        trace = [gate.reserve((nan, 1.0), 0.0), gate.reserve((1.0, nan), 0.5), gate.reserve((0.0, 0.0), 1.0)]
+        gate.settle((nan, nan), (2.0, 1.0), 1.0)
+        trace.append(gate.levels(1.0))
+        seen.append(trace)
+    assert seen[0] == seen[1] == [(0.0, 4.0), None, (1.0, 4.0), (9.0, 5.0)]
+
 def test_decision_calls_reject_mismatched_lengths_and_bad_slots(table):
     slot = table.add(10, 1)
     with pytest.raises(ValueError):

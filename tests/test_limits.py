@@ -170,6 +170,14 @@ def test_reservation_per_measure_capped_at_capacity(cfg, policy):
     assert amounts(plan, r) == pytest.approx((1, 2300, 1, 1000, upper, 2300))  # output capped at the 1000/h pair limit
 
 
+def test_a_nan_demand_takes_capacity_as_the_bucket_kernel_does(cfg, policy):
+    # The Redis store takes `amounts` and charges `deltas`; the memory store's kernel caps in
+    # the same NaN-safe order, so both backends take a whole bucket for a NaN, never a NaN.
+    plan = policy.plan(key(cfg, "prod"), "gpt-4o")
+    r = (1.0, 300.0, math.nan, math.nan, math.nan, 1.0)
+    assert amounts(plan, r) == (1, 100000, 1, 1000, 500, 2000000)  # every NaN: its capacity
+    assert not any(math.isnan(d) for d in settle(plan, r, Usage(prompt_tokens=40, completion_tokens=5), PRICE))
+
 def test_settle_refunds_unused_and_charges_excess(cfg, policy):
     plan = policy.plan(key(cfg, "prod"), "gpt-4o")
     r = reserve(plan, 300, 200, PRICE)

@@ -71,6 +71,45 @@ def test_nonsense_usage_never_yields_negative_cost():
     assert cost(Usage(prompt_tokens=10, completion_tokens=10), Price(input=-1.0, output=-1.0)) == 0.0
 
 
+def test_an_upstreams_absurd_counts_are_capped_to_a_finite_cost():
+    # An upstream's count is not bounded by anything (Cohere's billed search_units is any
+    # JSON number): one answer of 1.7e308 units cost 9.5e307 USD, and two of them summed
+    # in the ledger's rollup left float8's range (PostgreSQL refused the batch for good).
+    rerank = Price(search_unit=0.56)
+    capped = cost(Usage(units=pricing.MAX_COUNT, unit="search_unit"), rerank)
+    assert capped == pytest.approx(0.56 * pricing.MAX_COUNT)
+    for units in (1.7e308, float("inf")):
+        assert cost(Usage(units=units, unit="search_unit"), rerank) == capped
+    tokens = cost(Usage(prompt_tokens=10**40, completion_tokens=10**40, cached_tokens=10**40, reasoning_tokens=10**40),
+                  Price(input=2.0, output=8.0))
+    assert tokens is not None and tokens <= 2 * 8.0 * pricing.MAX_COUNT / M
+
+
+@pytest.mark.parametrize(("usage", "price"), [
+    (Usage(units=float("nan"), unit="search_unit"), Price(search_unit=0.002)),       # no number of units at all
+    (Usage(units=1e12, unit="search_unit"), Price(search_unit=1e300)),               # past float's range: inf
+    (Usage(prompt_tokens=1000), Price(input=1e300)),                                 # finite, but no sane cost
+    (Usage(units=2, unit="image:1024x1024/hd"), Price(image={"*": 1e300})),
+])
+def test_a_cost_that_is_no_finite_sane_number_is_unpriced(usage, price):
+    # never inf or NaN (or a number whose sum leaves float's range) into limits, budgets or
+    # the ledger: recorded as unknown (null, counted in tollway_unpriced_requests_total)
+    assert cost(usage, price) is None
+
+
+def test_an_unpriceable_answer_is_recorded_unpriced_and_charges_limits_nothing():
+    from tollway.core.accounting.pricebook import PriceBook
+    from tollway.core.limits import policy as limits
+    cfg = config_mod.loads(f"""
+providers: [{{name: up, schema: fake}}]
+models: [{{name: r, targets: [{{provider: up}}], price: {{search_unit: 1e300}}}}]
+keys: [{{name: k, key_hash: "sha256:{'0' * 64}", limits: [{{cost_usd: 1, per: 1h}}]}}]
+""")
+    huge = Usage(units=1e12, unit="search_unit")
+    assert PriceBook(cfg).cost("r", "r", huge) is None
+    plan = LimitPolicy(cfg).plan(cfg.keys[0], "r")
+    assert limits.used(plan, huge, cfg.models[0].price)[4] == 0.0  # counted $0, as any unpriced answer
+
 @pytest.mark.parametrize("price", [
     Price(input=3.0, output=15.0, cached_input=0.30, cache_write=3.75),
     Price(input=2.0, output=8.0, cached_input=0.5, reasoning=12.0),

@@ -210,6 +210,35 @@ def test_far_from_its_limit_a_stream_grows_ahead_and_is_never_decoded(monkeypatc
     asyncio.run(run())
 
 
+def test_an_extension_larger_than_a_whole_bucket_is_refused_not_capped() -> None:
+    """An admission's reservation is capped at a bucket's capacity; an extension is not: it is
+    what the stream may send, so it is taken whole or refused. Capped, a full bucket gave its
+    50 for an extension of 60, the stream counted 60, and the settle refunded the difference."""
+    now = [0.0]
+    cfg = config_mod.loads(CONFIG)
+    limiter = Limiter(cfg, MemoryBuckets(clock=lambda: now[0]), Metrics())
+    key = next(k for k in cfg.keys if k.name == "out")  # output_tokens: 50 per hour
+
+    async def run() -> None:
+        lease = _lease(limiter, key, 10)
+        grow = limiter.growing(lease)
+        assert grow is not None
+        now[0] += 3600  # the bucket is full again
+        assert not limiter.extend_ahead(lease, grow, 60)
+        with pytest.raises(GatewayError) as stopped:
+            await limiter.extend(lease, grow, 60, 60)
+        assert stopped.value.code == "rate_limit_exceeded"
+        assert stopped.value.message.endswith("Limit 50, Used 0, Requested 60. That is more than the whole limit.")
+        assert lease.extra is None
+        (entry,) = [e for e in await limiter.usage_report() if e["owner"] == "out"]
+        assert entry["used"] == 0  # nothing was taken
+        assert await limiter.extend(lease, grow, 60, 50) == 50  # a whole step does not fit; what the chunk needs does
+        limiter.settle(lease, Usage(7, 60, 67), None)  # 60 sent: the 10 reserved and the 50 taken
+        (entry,) = [e for e in await limiter.usage_report() if e["owner"] == "out"]
+        assert entry["used"] == 50  # the extension's 50 (the reservation's 10 refilled meanwhile)
+
+    asyncio.run(run())
+
 def test_a_cost_limit_stops_a_stream_with_insufficient_quota() -> None:
     limiter, keys = _limiter()
 

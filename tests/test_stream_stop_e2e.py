@@ -10,6 +10,7 @@ import random
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anthropic
@@ -20,7 +21,10 @@ import redis
 from tests.fakes.anthropic_upstream import LONG_STREAM_DELTAS, USAGE, FakeAnthropic
 from tests.fakes.openai_upstream import LONG_DELTA, LONG_STREAM_CHUNKS, FakeOpenAI
 from tests.harness import ADMIN_KEY, GatewayProcess, key_hash
+from tollway.core.accounting.pricing import dataset_price
+from tollway.core.accounting.tokens import estimate_prompt_tokens
 from tollway.core.config import loads
+from tollway.core.limits import streams
 from tollway.core.request import parse_head
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.limits.limiter import Lease, Limiter
@@ -29,8 +33,10 @@ from tollway.gateway.limits.stream_stop import stream_stop
 from tollway.gateway.telemetry.metrics import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-OA_KEY, AN_KEY, BUDGET_KEY, CROWD_KEY = (f"sk-tollway-stream-{name}-0123456789" for name in ("oa", "an", "budget", "crowd"))
+OA_KEY, AN_KEY, BUDGET_KEY, CROWD_KEY, BURST_KEY = (f"sk-tollway-stream-{name}-0123456789"
+                                                     for name in ("oa", "an", "budget", "crowd", "burst"))
 LIMIT = 300  # output tokens per hour of the single-stream keys
+BURST_LIMIT = 100  # output tokens per second: a bucket full again within a second
 CROWD_LIMIT = 20_000  # output tokens per hour shared by 200 streams
 PER_TOKEN_USD = 0.001  # the priced route's output price (1000 USD per million tokens)
 BUDGET_USD = 0.3005  # 300 output tokens at that price, not 301
@@ -44,12 +50,14 @@ providers:
 models:
   - {{name: gpt-4o-mini, targets: [{{provider: up, model: long-stream}}]}}
   - {{name: priced, targets: [{{provider: up, model: long-stream}}], price: {{input: 0, output: 1000}}}}
+  - {{name: burst, targets: [{{provider: up, model: burst-stream}}]}}
 admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
 keys:
   - {{name: oa, key_hash: "{key_hash(OA_KEY)}", limits: [{{output_tokens: {LIMIT}, per: 1h}}]}}
   - {{name: an, key_hash: "{key_hash(AN_KEY)}", limits: [{{total_tokens: {LIMIT * 10}, per: 1h}}, {{output_tokens: {LIMIT}, per: 1h}}]}}
   - {{name: budget, key_hash: "{key_hash(BUDGET_KEY)}", budget: {{usd: {BUDGET_USD}, period: day}}}}
   - {{name: crowd, key_hash: "{key_hash(CROWD_KEY)}", limits: [{{output_tokens: {CROWD_LIMIT}, per: 1h}}, {{concurrent: 500}}]}}
+  - {{name: burst, key_hash: "{key_hash(BURST_KEY)}", limits: [{{output_tokens: {BURST_LIMIT}, per: 1s}}]}}
 {rate_limits}
 {store}
 """
@@ -292,6 +300,37 @@ def test_200_concurrent_streams_on_one_key_stay_within_the_bound(backend: str, g
     assert len(ended) == 200 and all(hung_up for _, hung_up in ended)  # every upstream connection closed
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_chunk_larger_than_the_whole_bucket_stops_the_stream_even_from_a_full_bucket(
+        backend: str, gw: GatewayProcess, redis_gw: GatewayProcess, upstream: FakeOpenAI) -> None:
+    """An extension is taken whole or not at all, never capped at a bucket's capacity as an
+    admission's reservation is: the chunk that needs more than the whole bucket is held back
+    and the stream stopped. (Capped, it took the full bucket's 100 while the stream counted
+    the ~1,100 it asked for: the 301-token chunk went out, and the settle refunded the bucket.)"""
+    gateway = gw if backend == "memory" else redis_gw
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=BURST_KEY, max_retries=0, timeout=20)
+    got: list[str] = []
+    err: openai.APIError | None = None
+    try:  # no max_tokens: the default 4096 is reserved capped at the bucket's 100, the whole bucket
+        for chunk in client.chat.completions.create(model="burst", stream=True,
+                                                    messages=[{"role": "user", "content": "go"}]):
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+                if len(got) == 1:  # "Hi" went out; the burst comes once the bucket is full again
+                    deadline = time.monotonic() + 5
+                    while _used(gateway, "burst", "output_tokens") > 0 and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    assert _used(gateway, "burst", "output_tokens") == 0
+                    upstream.burst_release.set()
+    except openai.APIError as exc:
+        err = exc
+    assert got == ["Hi"], f"{len(''.join(got))} characters went out on a {BURST_LIMIT}-token bucket"
+    assert isinstance(err, openai.APIError) and err.code == "rate_limit_exceeded"
+    assert err.message.startswith("The stream was stopped: Rate limit reached for burst on output tokens per 1s")
+    line = _log_line(gateway, "burst")
+    assert line["error"] == "rate_limit_exceeded" and line["completion_tokens"] == 1  # settled with what was sent
+    assert [r for r in upstream.requests if r["body"]["model"] == "burst-stream"], "the fake's burst-stream served it"
+
 def test_no_limit_installs_no_hook() -> None:
     """A request with no token, cost or budget to pass gets no per-chunk hook at all."""
     config = loads(_config("http://127.0.0.1:9/v1").replace("output_tokens: 300", "requests: 300"))
@@ -315,22 +354,37 @@ def test_no_limit_installs_no_hook() -> None:
 def test_a_cost_limit_cuts_a_stream_on_an_alias_route_priced_as_served(upstream: FakeOpenAI) -> None:
     """`house` has no price of its own; it is served as gpt-4o-mini, whose dataset price its
     answers are charged at. A key's cost_usd limit stops its stream mid-way at that price (it
-    used to fail the request: no bucket bounded a step), and the access log charges what was sent."""
+    used to fail the request: no bucket bounded a step), and the access log charges what was sent.
+    The prompt's cost, which the admission could not reserve, is taken with the first extension,
+    whole: the limit holds it and 4.5 output tokens (it once held less than the prompt bound's
+    cost, and the extension was capped at the bucket's capacity instead of refused)."""
     key = "sk-tollway-stream-alias-0123456789"
+    body = json.dumps({"model": "house", "stream": True, "max_tokens": 50,
+                       "messages": [{"role": "user", "content": "count"}]}).encode()
+    price = dataset_price("gpt-4o-mini", "openai", datetime.now(UTC).date())
+    assert price is not None
+    limit = streams.prompt_cost(estimate_prompt_tokens(body), price) + 4.5 * streams.output_rate(price)
     config = f"""
 providers:
   - {{name: up, schema: openai, base_url: {upstream.url}, api_key: sk-upstream}}
 models:
   - {{name: house, targets: [{{provider: up, model: gpt-4o-mini}}]}}
 keys:
-  - {{name: house-key, key_hash: "{key_hash(key)}", limits: [{{cost_usd: 0.000003, per: 1d}}]}}
+  - {{name: house-key, key_hash: "{key_hash(key)}", limits: [{{cost_usd: {limit:.12f}, per: 1d}}]}}
 """
     gw = GatewayProcess(config)
     try:
-        got, err = _oa_stream(gw, key, model="house", max_tokens=50)
-        assert isinstance(err, openai.APIError) and err.code == "insufficient_quota", (got, err)
-        assert "The stream was stopped" in err.message
-        assert 0 < len(got) < 9, got  # the fake's answer is 9 words, one token each
+        req = urllib.request.Request(gw.url + "/v1/chat/completions", data=body, headers={
+            "authorization": f"Bearer {key}", "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            events = [json.loads(line[6:]) for line in resp.read().decode().splitlines()
+                      if line.startswith("data: {")]
+        got = [e["choices"][0]["delta"]["content"] for e in events
+               if e.get("choices") and e["choices"][0]["delta"].get("content")]
+        errors = [e["error"] for e in events if "error" in e]
+        assert [e["code"] for e in errors] == ["insufficient_quota"], events
+        assert "The stream was stopped" in errors[0]["message"]
+        assert len(got) == 4, got  # the fake's answer is 9 words, one token each: 4 fit past the prompt's cost
         line = _log_line(gw, "house-key")
         assert line["completion_tokens"] == len(got) and line["cost_usd"] > 0
     finally:

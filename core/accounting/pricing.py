@@ -44,30 +44,51 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 FREE = Price()
 
 
-def cost(usage: Usage, price: Price) -> float:
-    """The USD cost of `usage` at `price`. Never negative, whatever the upstream reported.
+# What one answer is billed for, at most: an upstream's counts are bounded by nothing (Cohere's
+# billed search_units is any JSON number, up to 1.7e308), and a cost past float's range, or a sum
+# of such costs in the ledger's rollup, is an infinity PostgreSQL refuses and SQLite keeps. A
+# trillion tokens or units is far past any real answer and still prices to a finite number.
+MAX_COUNT = 1e12
+# A cost above this is no real answer's (a count at MAX_COUNT at any real rate stays far below),
+# but a broken price or report: it is unpriced (None), so the ledger's sums stay finite.
+MAX_COST_USD = 1e15
+
+
+def cost(usage: Usage, price: Price) -> float | None:
+    """The USD cost of `usage` at `price`: never negative, whatever the upstream reported, or
+    None when it is no sane number (NaN, infinite, above MAX_COST_USD): then the answer is
+    unpriced, as for a model with no price (recorded as null, counted $0 against limits).
 
     Reasoning tokens are part of `completion_tokens`: they are billed at the reasoning rate and
-    the rest of the completion at the output rate (reasoning beyond the completion is capped)."""
-    cached = max(usage.cached_tokens, 0)
-    written = max(usage.cache_write_tokens, 0)
-    fresh = max(usage.prompt_tokens - cached - written, 0)
-    completion = max(usage.completion_tokens, 0)
-    reasoning = min(max(usage.reasoning_tokens, 0), completion)
+    the rest of the completion at the output rate (reasoning beyond the completion is capped).
+    Each count is taken between 0 and MAX_COUNT."""
+    cached = _count(usage.cached_tokens)
+    written = _count(usage.cache_write_tokens)
+    fresh = max(_count(usage.prompt_tokens) - cached - written, 0.0)
+    completion = _count(usage.completion_tokens)
+    reasoning = min(_count(usage.reasoning_tokens), completion)
     cached_rate = price.input if price.cached_input is None else price.cached_input
     write_rate = price.input if price.cache_write is None else price.cache_write
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
     dollars = (fresh * price.input + cached * cached_rate + written * write_rate
                + (completion - reasoning) * price.output + reasoning * reasoning_rate)
+    dollars = max(dollars, 0.0) * PER_TOKEN
     if usage.units:  # (an image, audio or rerank answer: one truth test for the rest)
-        return max(dollars, 0.0) * PER_TOKEN + unit_cost(usage, price)
-    return max(dollars, 0.0) * PER_TOKEN
+        dollars += unit_cost(usage, price)
+    if not dollars <= MAX_COST_USD:  # (written so that NaN is refused too)
+        return None
+    return max(dollars, 0.0)
+
+
+def _count(n: float) -> float:
+    """An upstream's count, between 0 and MAX_COUNT (NaN stays NaN: `cost` refuses it)."""
+    return min(max(n, 0.0), MAX_COUNT)
 
 
 def unit_cost(usage: Usage, price: Price) -> float:
-    """The USD cost of `usage.units` of `usage.unit` at `price` (0 where the price has no rate
-    for it: such a model is priced by its tokens only)."""
-    units, unit = max(usage.units, 0.0), usage.unit
+    """The USD cost of `usage.units` (at most MAX_COUNT) of `usage.unit` at `price` (0 where the
+    price has no rate for it: such a model is priced by its tokens only)."""
+    units, unit = _count(usage.units), usage.unit
     if unit.startswith("image:"):
         return units * (_image_rate(price.image, unit[6:]) or 0.0)
     rate = {"audio_second": (price.audio_minute or 0.0) / 60, "character": (price.characters or 0.0) * PER_TOKEN,

@@ -3,9 +3,13 @@ endpoints, for a pool), each model's targets name real providers, and the retry 
 outlier-detection numbers make sense together."""
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection
 
+import msgspec
+
+from tollway.core.accounting.pricing import Price
 from tollway.core.config.check_common import Fail
 from tollway.core.config.providers import PICK_POLICIES, SCHEMAS, Provider
 from tollway.core.config.routing import Model, Routing
@@ -91,6 +95,22 @@ def check_model(m: Model, i: int, providers: Collection[str], fail: Fail) -> Non
             re.compile(m.match)
         except re.error as exc:
             fail(["models", i, "match"], f"invalid regex: {exc}")
+    if m.price is not None:
+        check_price(m.price, ["models", i, "price"], fail)
+
+
+def check_price(price: Price, where: list[str | int], fail: Fail) -> None:
+    """Every rate of a price is a finite number of USD, 0 or more. YAML reads `.nan` and `.inf`
+    as floats: a NaN rate would make a cost_usd reservation NaN (a limit that never refuses
+    again), an infinite one an infinite cost in the ledger (which PostgreSQL cannot sum), a
+    negative one a refund for using the model."""
+    for name in msgspec.structs.fields(Price):
+        value = getattr(price, name.name)
+        rates = value.items() if isinstance(value, dict) else [(None, value)]  # `image`: a rate per tier
+        for tier, rate in rates:
+            if rate is not None and not (math.isfinite(rate) and rate >= 0.0):
+                fail([*where, name.name] + ([tier] if tier is not None else []),
+                     f"a price must be a finite number of USD, 0 or more, not {rate:g}")
 
 
 def check_routing(routing: Routing, fail: Fail) -> None:

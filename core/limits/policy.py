@@ -304,8 +304,9 @@ def reserve(plan: Plan, prompt_tokens: float, output_tokens: float, price: Price
 
 
 def amounts(plan: Plan, demand: tuple[float, ...]) -> tuple[float, ...]:
-    """What each bucket of `plan` takes of `demand`: the demand of its measure, capped at capacity."""
-    return tuple([min(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
+    """What each bucket of `plan` takes of `demand`: the demand of its measure, capped at capacity
+    (compared as the bucket kernel does, so a NaN takes the capacity there and here alike)."""
+    return tuple([_capped(demand[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
 
 
 def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, ...]:
@@ -313,7 +314,7 @@ def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, .
     `plan` has a budget. `usage` None means nothing was used (the upstream failed before
     answering). A request still counts as one request; a concurrent slot is given back."""
     u = usage or _NOTHING
-    dollars = cost(u, price) if plan.priced and price is not None else 0.0
+    dollars = (cost(u, price) or 0.0) if plan.priced and price is not None else 0.0  # (None: unpriceable, $0)
     return (1.0, u.prompt_tokens, u.completion_tokens, u.total_tokens or u.prompt_tokens + u.completion_tokens,
             dollars, 0.0)
 
@@ -327,7 +328,13 @@ def settle(plan: Plan, demand: tuple[float, ...], usage: Usage | None, price: Pr
 def deltas(plan: Plan, reserved: tuple[float, ...], real: tuple[float, ...]) -> tuple[float, ...]:
     """Per bucket of `plan`: ``real[m] - min(reserved[m], capacity)`` (m its measure). The
     request measure nets to 0 (one reserved, one used) unless the capacity is below one."""
-    return tuple([real[m] - min(reserved[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
+    return tuple([real[m] - _capped(reserved[m], cap) for m, cap in zip(plan.measures, plan.capacities)])
+
+
+def _capped(amount: float, capacity: float) -> float:
+    """`min(amount, capacity)` in the bucket kernel's order (tollway.ext.buckets): NaN gives the
+    capacity, where `min` would keep NaN and a store would hold a level that refuses nothing."""
+    return amount if amount < capacity else capacity
 
 
 _NOTHING = Usage()
@@ -363,12 +370,13 @@ def rejection(d: Denial, model: str) -> GatewayError:
     per = "in flight" if b.measure == "concurrent" else f"per {go_duration(b.window)}"
     scope = b.scope.replace("_", " x ")
     owner = f"{b.owner}' x '{b.model}" if b.model else b.owner
+    # (an infinite wait: more than the whole bucket, which only a stream's extension asks for)
+    retry = "That is more than the whole limit." if math.isinf(wait) else f"Please try again in {go_duration(wait)}."
     if b.is_budget:
-        return budget_exceeded(f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. "
-                               f"Please try again in {go_duration(wait)}.", retry_headers(wait))
+        return budget_exceeded(f"You exceeded your budget of {b.capacity:g} USD {per} for {scope} '{owner}'. {retry}",
+                               retry_headers(wait))
     message = (f"Rate limit reached for {model} on {_MEASURE_NAMES[b.measure]} {per} for {scope} '{owner}': "
-               f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. "
-               f"Please try again in {go_duration(wait)}.")
+               f"Limit {b.capacity:g}, Used {max(b.capacity - d.level, 0):.0f}, Requested {d.requested:g}. {retry}")
     return rate_limited(message, "tokens" if "tokens" in b.measure else "requests", retry_headers(wait))
 
 

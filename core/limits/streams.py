@@ -16,6 +16,10 @@ chunk) or, when a whole step no longer fits, just what the chunk needs. What was
 extensions is part of what the request reserved: the limiter's settle charges real usage minus
 reservation and extensions together, so nothing is counted twice.
 
+Unlike a reservation, an extension is never capped at a bucket's capacity: it is what the
+stream may send, so it is taken whole (`whole`) or refused, and one larger than a bucket
+(`fits_capacity` false) is refused without asking a store, whose reserve would cap it.
+
 Sans-IO: values in, values out; the stores and the per-chunk hook are tollway.gateway.limits.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ import math
 from tollway.core.accounting.pricing import PER_TOKEN, Price
 from tollway.core.limits.policy import MEASURES, Plan
 
-__all__ = ["GROWING", "STEP_TOKENS", "allowance", "extension", "growing", "output_rate", "prompt_cost", "step"]
+__all__ = ["GROWING", "STEP_TOKENS", "allowance", "extension", "fits_capacity", "growing", "output_rate", "prompt_cost",
+           "step", "whole"]
 
 GROWING = frozenset(MEASURES.index(m) for m in ("output_tokens", "total_tokens", "cost_usd"))
 _OUTPUT, _TOTAL, _COST = (MEASURES.index(m) for m in ("output_tokens", "total_tokens", "cost_usd"))
@@ -75,6 +80,20 @@ def extension(tokens: float, rate: float, usd: float = 0.0) -> tuple[float, ...]
     or concurrency, `tokens` on output and total, their cost at `rate` USD per token (and `usd`
     more: a prompt cost the reservation did not hold, `unreserved_prompt_cost`)."""
     return (0.0, 0.0, tokens, tokens, tokens * rate + usd, 0.0)
+
+
+def fits_capacity(plan: Plan, demand: tuple[float, ...]) -> bool:
+    """True if no bucket of `plan` would take more than its capacity of the extension `demand`.
+    Only such a demand is taken whole by a store's `decide` (the bucket kernel, the Redis lease),
+    which caps at capacity as an admission must; a larger one can never fit (NaN neither)."""
+    return all(demand[m] <= cap for m, cap in zip(plan.measures, plan.capacities))
+
+
+def whole(plan: Plan, demand: tuple[float, ...]) -> tuple[float, ...]:
+    """What each bucket of `plan` takes of the extension `demand`, for a store's `take`: the
+    demand of its measure, not capped (tollway.core.limits.policy.amounts caps a reservation), so
+    one larger than a bucket is refused there too, and the refusal names that bucket."""
+    return tuple([demand[m] for m in plan.measures])
 
 
 def unreserved_prompt_cost(demand: tuple[float, ...], price: Price) -> float:

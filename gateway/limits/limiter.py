@@ -87,7 +87,10 @@ class Lease:
         self.model = model
         self.headers = headers
         self.metered = metered  # False when admitted without the store (on_store_error: open)
-        self.extra: tuple[float, ...] | None = None  # taken since, per measure, by a stream going past it (extend)
+        # taken since, per measure, by a stream going past it (extend): each growing bucket took
+        # exactly this (an extension is taken whole, never capped at capacity), so the settle
+        # may count it as reserved
+        self.extra: tuple[float, ...] | None = None
 
 
 class Growing:
@@ -232,24 +235,32 @@ class Limiter:
         store's own way: the memory table, the Redis lease, or one Redis call), or if they do
         not fit, `need` of them where that costs no call; `usd` more of cost with either. Returns
         the tokens taken (part of the reservation from now on); raises the GatewayError to stop
-        the stream with."""
-        store = self.store
+        the stream with.
+
+        Taken whole or not at all: a store's `decide` caps a demand at each bucket's capacity (an
+        admission is let in from a full bucket), but the stream would send all it asked for, so a
+        demand larger than a bucket goes to `take` uncapped, which refuses it with the levels
+        the stop names (docs/limits.md: the chunk that does not fit is not sent)."""
+        store, plan = self.store, grow.plan
         demand = streams.extension(tokens, grow.rate, usd)
-        decided = store.decide(grow.bound, demand)
+        if need < tokens and not streams.fits_capacity(plan, demand):  # a step more than a bucket: just the need
+            tokens, demand = need, streams.extension(need, grow.rate, usd)
+        decided = store.decide(grow.bound, demand) if streams.fits_capacity(plan, demand) else None
         if decided is None:
             try:
-                decided = await store.take(grow.bound, limits.amounts(grow.plan, demand))
+                decided = await store.take(grow.bound, streams.whole(plan, demand))
             except StoreUnavailable:
                 self.metrics.limit_store_errors.labels(store.backend, "open" if self.fail_open else "closed").inc()
                 if not self.fail_open:
                     raise rate_limits_unavailable(limits.retry_headers(1.0)) from None
                 return tokens  # unmetered, as a request admitted while the store is down
         if not decided[0] and need < tokens:
-            again = store.decide(grow.bound, streams.extension(need, grow.rate, usd))
+            smaller = streams.extension(need, grow.rate, usd)
+            again = store.decide(grow.bound, smaller) if streams.fits_capacity(plan, smaller) else None
             if again is not None:
-                tokens, demand, decided = need, streams.extension(need, grow.rate, usd), again
+                tokens, demand, decided = need, smaller, again
         if not decided[0]:
-            raise self._stopped(grow.plan, limits.amounts(grow.plan, demand), decided[1], lease.model)
+            raise self._stopped(plan, streams.whole(plan, demand), decided[1], lease.model)
         _took(lease, demand)
         return tokens
 
@@ -258,8 +269,10 @@ class Limiter:
         they fit where that costs no store call (the memory table, the Redis store's local
         lease); else take nothing and return False. Never a stop: the stream asks ahead of what
         it may send (a bound of its bytes), and one refused here counts exactly and asks with
-        `extend`."""
+        `extend`. One larger than a bucket is refused here, not capped (see `extend`)."""
         demand = streams.extension(tokens, grow.rate, usd)
+        if not streams.fits_capacity(grow.plan, demand):
+            return False
         decided = self.store.decide(grow.bound, demand)
         if decided is None or not decided[0]:
             return False
@@ -353,6 +366,7 @@ def _new_store(config: Config, metrics: Metrics) -> BucketStore:
 
 
 def _took(lease: Lease, demand: tuple[float, ...]) -> None:
-    """An extension taken: part of the lease's reservation, given back or charged at the settle."""
+    """An extension taken, whole (within every bucket's capacity: what each bucket really took):
+    part of the lease's reservation, given back or charged at the settle."""
     extra = lease.extra
     lease.extra = demand if extra is None else tuple([a + b for a, b in zip(extra, demand)])

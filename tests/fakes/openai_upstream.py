@@ -17,12 +17,15 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   RESPONSE_USAGE_CUT), no-usage (`response.completed` without usage), ends-early (the text, then
   a clean end of stream without any closing event). Chat streams: ends-early (the text, then a
   clean end without the finish chunk or `[DONE]`), no-done (the whole answer, finish chunk and
-  usage included, but no `[DONE]`, as some OpenAI-compatible servers end).
+  usage included, but no `[DONE]`, as some OpenAI-compatible servers end). burst-stream: a
+  one-token delta, then, once the test sets `burst_release`, BURST_TOKENS tokens in one delta
+  (as providers send whole tool-call arguments, or a burst after a long think).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
@@ -34,6 +37,7 @@ from tests.fakes.openai_media import MediaEndpoints, recorded_validation_error
 REPLY = "The quick brown fox jumps over the lazy dog"
 LONG_STREAM_CHUNKS = 3000
 LONG_DELTA = " tok"  # one token in tiktoken's o200k and cl100k encodings
+BURST_TOKENS = 301  # burst-stream's second delta: LONG_DELTA this many times
 # Responses streams that end otherwise than `response.completed` with usage, by model name:
 # (the last event, the response's status, what the response says besides).
 RESPONSE_USAGE_CUT = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
@@ -62,6 +66,7 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
     def __init__(self) -> None:
         self.cut_off: list[str] = []  # slow-stream answers whose client closed the connection early
         self.long_streams: list[tuple[int, bool]] = []  # long-stream answers: (deltas written, client hung up)
+        self.burst_release = threading.Event()  # set by a test: burst-stream sends its burst (then clears it)
         super().__init__()
 
     def _app(self) -> web.Application:
@@ -105,6 +110,8 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
             return await self._slow(request, body, prompt)
         if model == "long-stream":
             return await self._long(request, body, prompt)
+        if model == "burst-stream":
+            return await self._burst(request, body, prompt)
         if body.get("stream"):
             return await self._stream_chat(request, body, model, prompt)
         message: dict[str, Any] = {"role": "assistant", "content": REPLY, "refusal": None}
@@ -210,6 +217,35 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
             self.long_streams.append((written, True))
             return resp
         self.long_streams.append((written, False))
+        return resp
+
+    async def _burst(self, request: web.Request, body: dict[str, Any], prompt: int) -> web.StreamResponse:
+        """burst-stream: "Hi", then (once `burst_release` is set, or after 10 s) BURST_TOKENS
+        tokens in one delta, the finish chunk, usage when asked, [DONE]."""
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "chatcmpl-burst", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": "burst-stream", "system_fingerprint": "fp_fake"}
+
+        async def send(delta: dict[str, Any], finish: str | None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        try:
+            await send({"role": "assistant", "content": "Hi"}, None)
+            deadline = time.monotonic() + 10
+            while not self.burst_release.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self.burst_release.clear()
+            await send({"content": LONG_DELTA * BURST_TOKENS}, None)
+            await send({}, "stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": _usage(prompt, 1 + BURST_TOKENS)}).encode()
+                                 + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionError:  # the client closed the connection: nothing more to write to
+            pass
         return resp
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
