@@ -167,13 +167,16 @@ async def _read_form(rt: Runtime, scope: Scope, proto: HTTPProtocol, ex: Exchang
     reader = forms.FormReader(scope.headers.get("content-type"))  # a JSON body sent here: 400 before it is read
     body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes, reader.feed)
     parsed = reader.finish()
-    ex.passed_headers = (("content-type", parsed.content_type),)
+    ex.passed_headers, ex.form = (("content-type", parsed.content_type),), parsed
     return body, parsed.head()
 
 
 def with_form_field(body: bytes, ex: Exchange, model: str) -> bytes:
-    """A form body whose `model` field says `model` (the x-tollway-model header's)."""
-    return forms.with_field(body, forms.boundary_of(dict(ex.passed_headers).get("content-type")), "model", model)
+    """A form body whose `model` field says `model` (the x-tollway-model header's); ex.form
+    becomes the new body's."""
+    assert ex.form is not None  # (set by _read_form)
+    body, ex.form = ex.form.with_field(body, "model", model)
+    return body
 
 
 def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:

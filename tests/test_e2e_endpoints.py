@@ -309,6 +309,29 @@ def test_transcriptions_create_with_a_file(client, upstream, db):
     assert row["api"] == "transcriptions" and row["cost_usd"] == pytest.approx(9 / 60 * 0.006)  # 9 s at $0.006/min
 
 
+def test_a_delimiter_look_alike_in_a_file_hides_no_model_field(gw, upstream):
+    """`\r\n--BOUNDARY` then other bytes is file data to python-multipart; the x-tollway-model
+    rewrite took it for a part (rewriting file bytes) and left the real `model` field, never
+    checked against the key, for the upstream to serve. Parsers disagree on such a body (this
+    upstream's aiohttp refuses it): it is refused before it reaches one."""
+    decoy = b'\r\n--bndXYContent-Disposition: form-data; name="model"\r\n\r\nwhatever'
+    body = (b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+            + AUDIO + decoy + b'\r\n--bnd\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n'
+            b'--bnd--\r\n')
+    headers = {"authorization": f"Bearer {TEST_KEY}", "content-type": "multipart/form-data; boundary=bnd"}
+    seen = len(upstream.requests)
+    for extra in ({"x-tollway-model": "whisper-1"}, {}):
+        r = httpx.post(gw.url + "/v1/audio/transcriptions", content=body, headers={**headers, **extra})
+        assert r.status_code == 400 and "line starting with its boundary" in assert_openai_error(r.json())["message"]
+    assert len(upstream.requests) == seen
+    # Transport padding after a delimiter is a delimiter to every parser: the model is found and rewritten.
+    padded = body.replace(decoy, b"").replace(b"\r\n--bnd\r\n", b"\r\n--bnd \t\r\n")
+    r = httpx.post(gw.url + "/v1/audio/transcriptions", content=padded, headers={**headers, "x-tollway-model": "whisper-1"})
+    assert r.status_code == 200
+    sent = upstream.last("/audio/transcriptions")
+    assert sent["body"]["model"] == "whisper-1" and sent["files"][0]["size"] == len(AUDIO)
+
+
 def test_transcriptions_priced_by_tokens_for_gpt_4o_transcribe(client, db):
     raw = client.audio.transcriptions.with_raw_response.create(model="gpt-4o-transcribe", file=("a.mp3", AUDIO))
     assert raw.parse().text == TRANSCRIPT
