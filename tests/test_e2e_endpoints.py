@@ -390,6 +390,24 @@ def test_speech_as_sse_events_is_priced_by_its_tokens(client, db):
     assert row["cost_usd"] == pytest.approx((7 * 0.6 + 120 * 12.0) / 1e6)  # the dataset's gpt-4o-mini-tts prices
 
 
+def test_speech_cut_off_by_a_client_that_leaves_is_still_charged(gw, db):
+    """The upstream bills the speech it was asked for, however little of it the client heard:
+    the watchdog's cancellation skipped the meter, and the 499 was recorded at cost 0."""
+    import json
+    import socket
+
+    text = "stall, then the rest of a long sentence"
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\n"
+                     f"x-request-id: speech-left\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the first piece of audio, then the client leaves
+    row = record_of(db, "speech-left")
+    assert (row["status"], row["error"]) == (499, "client_closed")
+    assert row["cost_usd"] == pytest.approx(len(text) * 15 / 1e6)
+
+
 def test_speech_audio_never_carries_the_upstream_credential(client):
     with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input="leak") as resp:
         audio = b"".join(resp.iter_bytes())
