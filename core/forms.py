@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tollway.core.errors import GatewayError, bad_request, echoed
@@ -44,6 +44,7 @@ READ_FIELDS = frozenset(("model", "stream", "size", "quality"))
 # byte) drives python-multipart's byte-at-a-time path: ~3 s of the event loop per 30 MB.
 MAX_DELIMITER_STARTS = 4 * MAX_PARTS + 1024
 _OPENER = b"\r\n--"
+MAX_BOUNDARY = 70  # characters (RFC 2046); python-multipart's own bound is 256
 
 
 @dataclass(slots=True)
@@ -106,6 +107,9 @@ def boundary_of(content_type: str | None) -> bytes:
     if kind != b"multipart/form-data" or not boundary:
         raise bad_request("This endpoint takes a multipart/form-data body (a file upload); send the "
                           "content-type header 'multipart/form-data; boundary=…' with it.")
+    if len(boundary) > MAX_BOUNDARY:
+        raise bad_request(f"The multipart boundary is longer than {MAX_BOUNDARY} characters (RFC 2046); send a "
+                          "shorter one.")
     return boundary
 
 
@@ -125,7 +129,10 @@ class FormReader:
     def __init__(self, content_type: str | None) -> None:
         self.form = Form(content_type or "", boundary_of(content_type))
         self._reader = _Reader(self.form)
-        self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())
+        try:  # (it refuses a boundary it cannot use with this exception, not a MultipartParseError)
+            self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())
+        except FormParserError as exc:
+            raise bad_request(f"The multipart body could not be parsed ({echoed(str(exc))}).") from None
         self._openers, self._tail = 0, b""
         self._delimiter = b"\r\n--" + self.form.boundary
         # The stream's last bytes, to count a delimiter split across pieces. The first delimiter

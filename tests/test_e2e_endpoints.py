@@ -266,6 +266,10 @@ def test_images_edit_form_errors(gw, upstream):
     r = httpx.post(gw.url + "/v1/images/edits", headers={**headers, "content-type": "multipart/form-data; boundary=b"},
                    content=b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndall-e-2\r\n")
     assert r.status_code == 400 and "closing boundary" in assert_openai_error(r.json())["message"]
+    long = "b" * 257
+    r = httpx.post(gw.url + "/v1/images/edits", headers={**headers, "content-type": f"multipart/form-data; boundary={long}"},
+                   content=f'--{long}\r\nContent-Disposition: form-data; name="model"\r\n\r\ndall-e-2\r\n--{long}--\r\n')
+    assert r.status_code == 400 and "70 characters" in assert_openai_error(r.json())["message"]
     many = {f"f{i}": str(i) for i in range(70)}
     r = httpx.post(gw.url + "/v1/images/edits", headers=headers, data={"model": "dall-e-2", **many},
                    files={"image": ("a.png", PNG)})

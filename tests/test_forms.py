@@ -153,6 +153,11 @@ def test_a_line_starting_with_the_boundary_inside_a_part_is_refused(size):
 def test_malformed_and_oversized_forms_are_400():
     assert "multipart/form-data" in refused(BODY, "application/json")
     assert "multipart/form-data" in refused(BODY, "multipart/form-data")  # no boundary
+    # python-multipart refuses one over 256 bytes with an exception of another kind: a 500 was the answer
+    for length in (71, 257):
+        long = "b" * length
+        assert "70 characters" in refused(BODY.replace(b"XyZ", long.encode()), f"multipart/form-data; boundary={long}")
+    assert parse_form(BODY.replace(b"XyZ", b"b" * 70), f"multipart/form-data; boundary={'b' * 70}").fields
     assert "closing boundary" in refused(BODY[:-9])
     assert "could not be parsed" in refused(b"not a form at all")
     assert "Content-Disposition" in refused(b"--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n--XyZ--\r\n")
