@@ -9,15 +9,21 @@ each file's name, content type and size; the bytes themselves are forwarded as t
 Parts are bounded in number (MAX_PARTS). A form the parser refuses, one that does not end with
 its closing boundary, or one past a bound, is a 400 that says what to fix.
 
-`with_field` rewrites one plain field (the `model`, when routing names another) by walking the
-delimiters, which cannot occur inside a part: no part is re-encoded. Sans-IO: bytes in, values out.
+The parser alone decides where the parts are. It records where each plain field's value lies
+in the body, and `Form.with_field` rewrites one (the `model`, when routing names another) at
+those offsets: no part is re-encoded, and no second reading of the body can disagree with the
+first. A body holding its delimiter (a line starting `--BOUNDARY`) anywhere but between parts is
+refused: RFC 2046 forbids it, and parsers disagree on it (python-multipart and Go's take
+`--BOUNDARY` followed by other bytes for data, aiohttp refuses it, a lenient one starts a part
+there), so an upstream could see parts, a `model` among them, that the gateway never checked.
+Sans-IO: bytes in, values out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tollway.core.errors import GatewayError, bad_request, echoed
@@ -38,7 +44,7 @@ READ_FIELDS = frozenset(("model", "stream", "size", "quality"))
 # byte) drives python-multipart's byte-at-a-time path: ~3 s of the event loop per 30 MB.
 MAX_DELIMITER_STARTS = 4 * MAX_PARTS + 1024
 _OPENER = b"\r\n--"
-_CRLF2 = b"\r\n\r\n"
+MAX_BOUNDARY = 70  # characters (RFC 2046); python-multipart's own bound is 256
 
 
 @dataclass(slots=True)
@@ -57,6 +63,33 @@ class Form:
     boundary: bytes
     fields: dict[str, str] = field(default_factory=dict)  # the first value of each plain field
     files: list[FormFile] = field(default_factory=list)
+    # Where each value in `fields` lies in the body (its data bytes: start, end), as the parser
+    # delimited it; a value whose place the parser did not show (an empty one) is not here.
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    opening: int = 0  # where the body's first delimiter starts
+
+    def with_field(self, body: bytes, name: str, value: str) -> tuple[bytes, Form]:
+        """`body` (the one this form was read from) with plain field `name` set to `value`, and
+        the form of the new body: the first such part's data replaced where the parser found it,
+        or a part added in front when there is none. Other parts' bytes are kept as they are.
+        Raises GatewayError(400) if the field is there but its place is not known."""
+        new = value.encode()
+        span = self.spans.get(name)
+        if span is None and name in self.fields:
+            raise bad_request(f"The form field '{echoed(name)}' could not be located in the body; send it with "
+                              "a value, or leave it out.", param=name)
+        if span is None:  # a part added before the first delimiter
+            head = b"--" + self.boundary + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            end = self.opening
+            body = body[:end] + head + new + b"\r\n" + body[end:]
+            start, shift = end + len(head), len(head) + len(new) + 2
+        else:
+            start, end = span
+            body = body[:start] + new + body[end:]
+            shift = len(new) - (end - start)
+        spans = {n: (a + shift, b + shift) if a >= end else (a, b) for n, (a, b) in self.spans.items()}
+        spans[name] = (start, start + len(new))
+        return body, replace(self, fields={**self.fields, name: value}, spans=spans)
 
     def head(self) -> RequestHead:
         """The routing fields, as `parse_head` reads them from JSON (`stream` is "true"/"false")."""
@@ -74,6 +107,9 @@ def boundary_of(content_type: str | None) -> bytes:
     if kind != b"multipart/form-data" or not boundary:
         raise bad_request("This endpoint takes a multipart/form-data body (a file upload); send the "
                           "content-type header 'multipart/form-data; boundary=…' with it.")
+    if len(boundary) > MAX_BOUNDARY:
+        raise bad_request(f"The multipart boundary is longer than {MAX_BOUNDARY} characters (RFC 2046); send a "
+                          "shorter one.")
     return boundary
 
 
@@ -93,8 +129,18 @@ class FormReader:
     def __init__(self, content_type: str | None) -> None:
         self.form = Form(content_type or "", boundary_of(content_type))
         self._reader = _Reader(self.form)
-        self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())
+        try:  # (it refuses a boundary it cannot use with this exception, not a MultipartParseError)
+            self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())
+        except FormParserError as exc:
+            raise bad_request(f"The multipart body could not be parsed ({echoed(str(exc))}).") from None
         self._openers, self._tail = 0, b""
+        self._delimiter = b"\r\n--" + self.form.boundary
+        # The stream's last bytes, to count a delimiter split across pieces. The first delimiter
+        # comes at the very start or after a preamble's line break (RFC 2046): it counts as if
+        # after one.
+        self._edge, self._delimiters = b"\r\n", 0
+        self._fed = 0  # bytes fed before this piece
+        self._opened = False
 
     def feed(self, piece: bytes) -> None:
         # Counted in C before the parser sees the piece (one split across pieces too).
@@ -103,10 +149,19 @@ class FormReader:
         if self._openers > MAX_DELIMITER_STARTS:
             raise bad_request(f"The multipart body has more than {MAX_DELIMITER_STARTS} delimiter-like "
                               "sequences (CRLF followed by '--'); a form has one per part.")
+        keep = len(self._delimiter) - 1
+        self._delimiters += piece.count(self._delimiter) + (self._edge + piece[:keep]).count(self._delimiter)
+        self._edge = (self._edge + piece[-keep:])[-keep:]
+        if not self._opened:  # the parser skips line breaks (and, in the first piece, what follows them)
+            dash = piece.find(b"-")  # up to the first '-': the first delimiter in any form it accepts
+            if dash >= 0:
+                self._opened, self.form.opening = True, self._fed + dash
+        self._reader.piece, self._reader.base = piece, self._fed
         try:
             self._parser.write(piece)
         except MultipartParseError as exc:
             raise bad_request(f"The multipart body could not be parsed ({_reason(exc)}).") from None
+        self._fed += len(piece)
         if self._reader.error is not None:
             raise self._reader.error
 
@@ -119,6 +174,9 @@ class FormReader:
             raise self._reader.error
         if not self._reader.ended:
             raise bad_request("The multipart body ends before its closing boundary; send the whole form.")
+        if self._delimiters != self._reader.parts + 1:  # one before each part, and the closing one
+            raise bad_request("The multipart body holds a line starting with its boundary inside a part or after "
+                              "its end, where RFC 2046 forbids it; choose a boundary that does not occur in the files.")
         return self.form
 
 
@@ -128,20 +186,26 @@ def _reason(exc: MultipartParseError) -> str:
 
 class _Reader:
     """python-multipart's callbacks, collecting into a Form. A callback cannot stop the parser by
-    raising through it cleanly, so a bound that is crossed is noted and data is ignored from then on."""
+    raising through it cleanly, so a bound that is crossed is noted and data is ignored from then on.
 
-    __slots__ = ("form", "error", "ended", "_headers", "_name", "_value", "_field_name", "_data", "_file", "_size",
-                 "_parts")
+    It also notes where each plain field's value lies in the body (Form.spans): a callback gets
+    the piece being parsed and offsets in it, or (data held back from the piece before, as it
+    might have begun a delimiter) the parser's copy of bytes that end where this piece starts."""
+
+    __slots__ = ("form", "error", "ended", "parts", "piece", "base", "_headers", "_name", "_value", "_field_name",
+                 "_data", "_file", "_size", "_value_end", "_span")
 
     def __init__(self, form: Form) -> None:
         self.form = form
         self.error: GatewayError | None = None
         self.ended = False
+        self.piece, self.base = b"", 0  # the piece being parsed, and where it starts in the body
         self._field_name = ""
         self._data: list[bytes] = []
         self._file: FormFile | None = None
         self._size = 0
-        self._parts = 0  # every part, repeated names included (fields keeps one value per name)
+        self.parts = 0  # every part, repeated names included (fields keeps one value per name)
+        self._value_end = -1  # where the part's last header value ends (-1: that value is empty)
         self._start()
 
     def callbacks(self) -> MultipartCallbacks:
@@ -154,12 +218,15 @@ class _Reader:
         self._headers: dict[bytes, bytes] = {}  # of the part being read
         self._name = self._value = b""  # the header being read
         self._data, self._file, self._size = [], None, 0
+        self._span = (-1, -1)  # of a plain field's data
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._name += data[start:end]
+        self._value_end = -1
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._value_end = self.base + end  # (header bytes always come from the piece)
 
     def _header_end(self) -> None:
         name = self._name.lower()
@@ -169,8 +236,8 @@ class _Reader:
         self._name, self._value = b"", b""
 
     def _headers_done(self) -> None:
-        self._parts += 1
-        if self._parts > MAX_PARTS:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
             self._fail(f"The form has more than {MAX_PARTS} parts.")
             return
         kind, options = parse_options_header(self._headers.get(b"content-disposition", b""))
@@ -186,6 +253,8 @@ class _Reader:
             self._field_name = _text(name)
             if self._field_name in READ_FIELDS and self._field_name in self.form.fields:
                 self._fail(f"The form field '{self._field_name}' appears more than once; send it once.")
+            if self._value_end >= 0:  # the parser takes exactly CRLF CRLF from there to the data
+                self._span = (self._value_end + 4, self._value_end + 4)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.error is not None:
@@ -196,6 +265,11 @@ class _Reader:
                 self._fail(f"The form field '{echoed(self._field_name)}' is larger than {MAX_FIELD_BYTES} bytes.")
                 return
             self._data.append(data[start:end])
+            # Bytes held back end where this piece starts; the data of a part is one run of the body.
+            at = self.base + start if data is self.piece else self.base - (end - start)
+            if len(self._data) == 1:
+                self._span = (at, at)
+            self._span = (self._span[0], at + end - start) if at == self._span[1] else (-1, -1)
 
     def _part_end(self) -> None:
         if self.error is not None:
@@ -209,7 +283,10 @@ class _Reader:
             except UnicodeDecodeError:
                 self._fail(f"The form field '{echoed(self._field_name)}' is not UTF-8 text.")
                 return
-            self.form.fields.setdefault(self._field_name, value)
+            if self._field_name not in self.form.fields:
+                self.form.fields[self._field_name] = value
+                if self._span[0] >= 0:
+                    self.form.spans[self._field_name] = self._span
 
     def _end(self) -> None:
         self.ended = True
@@ -221,50 +298,3 @@ class _Reader:
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
-
-
-def with_field(body: bytes, boundary: bytes, name: str, value: str) -> bytes:
-    """`body` (a form `parse_form` accepted) with plain field `name` set to `value`: the first
-    such part's data replaced, or a part added in front when there is none. Other parts' bytes
-    are kept as they are."""
-    delimiter = b"--" + boundary
-    new = value.encode()
-    span = _field_span(body, delimiter, name)
-    if span is not None:
-        return body[:span[0]] + new + body[span[1]:]
-    first = body.find(delimiter)
-    part = delimiter + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + new + b"\r\n"
-    return body[:first] + part + body[first:]
-
-
-def field_value(body: bytes, boundary: bytes, name: str) -> str | None:
-    """The value of plain field `name` of `body` (a form `parse_form` accepted), or None. Found
-    by walking the delimiters (C searches), not by parsing the upload again: a form's file
-    parts are most of it."""
-    span = _field_span(body, b"--" + boundary, name)
-    return body[span[0]:span[1]].decode("utf-8", "replace") if span is not None else None
-
-
-def _field_span(body: bytes, delimiter: bytes, name: str) -> tuple[int, int] | None:
-    """Where the data of the first plain field `name` is in `body`, or None."""
-    pos = body.find(delimiter)
-    while pos >= 0:
-        head_start = pos + len(delimiter) + 2  # past the delimiter's CRLF
-        head_end = body.find(_CRLF2, head_start)
-        following = body.find(b"\r\n" + delimiter, head_end)
-        if head_end < 0 or following < 0:
-            break
-        if _names_field(body[head_start:head_end], name):
-            return head_end + 4, following
-        pos = following + 2
-    return None
-
-
-def _names_field(headers: bytes, name: str) -> bool:
-    """True if these part headers name plain field `name` (no filename)."""
-    for line in headers.split(b"\r\n"):
-        header, _, rest = line.partition(b":")
-        if header.strip().lower() == b"content-disposition":
-            _, options = parse_options_header(rest.strip())
-            return options.get(b"name") == name.encode() and b"filename" not in options
-    return False

@@ -167,13 +167,16 @@ async def _read_form(rt: Runtime, scope: Scope, proto: HTTPProtocol, ex: Exchang
     reader = forms.FormReader(scope.headers.get("content-type"))  # a JSON body sent here: 400 before it is read
     body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes, reader.feed)
     parsed = reader.finish()
-    ex.passed_headers = (("content-type", parsed.content_type),)
+    ex.passed_headers, ex.form = (("content-type", parsed.content_type),), parsed
     return body, parsed.head()
 
 
 def with_form_field(body: bytes, ex: Exchange, model: str) -> bytes:
-    """A form body whose `model` field says `model` (the x-tollway-model header's)."""
-    return forms.with_field(body, forms.boundary_of(dict(ex.passed_headers).get("content-type")), "model", model)
+    """A form body whose `model` field says `model` (the x-tollway-model header's); ex.form
+    becomes the new body's."""
+    assert ex.form is not None  # (set by _read_form)
+    body, ex.form = ex.form.with_field(body, "model", model)
+    return body
 
 
 def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
@@ -218,25 +221,44 @@ async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int,
         raise errors.too_large(limit)
     ex.phase = BODY
     try:
-        body = await (proto() if declared is not None and feed is None else _read_chunked(proto, limit, feed))
+        if declared is not None and feed is None:
+            body = await proto()
+        else:  # (granian's HTTP/1 never yields an empty piece of data: see _read_chunked)
+            body = await _read_chunked(proto, limit, feed, scope.http_version.startswith("1"))
     except _UPLOAD_FAILED:
         raise errors.client_closed() from None
     ex.phase = ""
     if len(body) > limit:
         raise errors.too_large(limit)
+    if declared is not None and declared.isdigit() and len(body) < int(declared):  # it ended early
+        raise errors.client_closed()
     return body
 
 
-async def _read_chunked(proto: HTTPProtocol, limit: int, feed: Callable[[bytes], None] | None = None) -> bytes:
-    """An upload read piece by piece, refused (413) as soon as it is over `limit` bytes."""
-    parts, size = [], 0
+async def _read_chunked(proto: HTTPProtocol, limit: int, feed: Callable[[bytes], None] | None = None,
+                        http1: bool = True) -> bytes:
+    """An upload read piece by piece, refused (413) as soon as it is over `limit` bytes.
+
+    granian's iteration does not raise when the body fails (the client hangs up mid-upload, a
+    chunked body never gets its last chunk): it yields an empty piece for the failure, then the
+    empty piece that ends every body. Over HTTP/1 no other piece is empty (hyper's decoder
+    yields none; request trailers would, and API clients send none), so a second empty piece
+    is a body that did not end: 499, not a short body to serve (or a form to refuse). HTTP/2
+    sends empty DATA frames as they come (and maps a stream reset to an end): there only a
+    declared content-length tells (read_body)."""
+    parts, size, empty = [], 0, 0
     async for part in proto:
+        if not part:
+            empty += 1
+            continue
         size += len(part)
         if size > limit:
             raise errors.too_large(limit)
         if feed is not None:
             feed(part)
         parts.append(part)
+    if http1 and empty > 1:
+        raise errors.client_closed()
     return b"".join(parts)
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from granian.rsgi import HTTPProtocol, Scope
 
     from tollway.core.accounting.pricebook import PriceBook
+    from tollway.core.forms import Form
     from tollway.core.security.secrets import KnownSecrets
     from tollway.gateway.cache import CacheState, ResponseCache
     from tollway.gateway.guardrails.hooks import GuardrailState
@@ -41,7 +42,7 @@ class Exchange:
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
                  "guardrails", "budget_held", "cache", "deferred",
-                 "response_cache", "upstream_wait")
+                 "response_cache", "upstream_wait", "form")
 
     def __init__(self, rid: str, api: str) -> None:
         self.request_id = rid
@@ -62,6 +63,7 @@ class Exchange:
         self.stream = False
         self.first_byte: float | None = None
         self.passed_headers: tuple[tuple[str, str], ...] = ()  # see CallContext.passed_headers
+        self.form: Form | None = None  # a multipart upload's, as admission read it (see CallContext.form)
         self.trace: RequestTrace | None = None  # set only while tracing is on (tollway.gateway.telemetry.tracing)
         # For tollway.gateway.downstream.watchdog: the client's protocol object, what the request is doing
         # ("body" while its body uploads), the watcher of its client (False: none possible),

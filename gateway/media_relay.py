@@ -99,10 +99,19 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
     except (UpstreamError, errors.GatewayError, SSEError) as exc:  # after the first byte: the answer ends short
         ex.error_type = exc.code if isinstance(exc, errors.GatewayError) and exc.code else "stream_error"
         log.info("a media answer from %s ended early (request %s)", provider, ex.request_id)
+    except BaseException:  # cancelled (the watchdog: a client gone or too slow; the drain): no await now
+        _metered(ex, meter)  # the upstream billed it all the same
+        raise
     finally:
         out.close()
     ex.phase = ANSWERED
-    try:  # also for an answer cut short: what was made (speech: the input's characters) was billed
+    _metered(ex, meter)
+
+
+def _metered(ex: Exchange, meter: MediaMeter) -> None:
+    """`ex.usage` from the meter, also for an answer cut short: what was made (speech: the
+    input's characters) was billed."""
+    try:
         meter.flush()
     except SSEError:  # an oversized event at the very end: nothing more to read
         pass

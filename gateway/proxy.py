@@ -153,7 +153,7 @@ class Proxy:
             raise errors.bad_request(f"Model '{errors.echoed(head.model or '')}' is served by a provider that does not "
                                      "support this endpoint.")
         ctx = CallContext(ex.api, body, head, upstream_model, endpoint or provider.config, time.time(),
-                          ex.passed_headers)
+                          ex.passed_headers, ex.form)
         call: UpstreamCall = adapter.build(ctx)
         if provider.credential is not None:  # most providers have static keys: no await needed
             call = await provider.sign(call)

@@ -266,6 +266,10 @@ def test_images_edit_form_errors(gw, upstream):
     r = httpx.post(gw.url + "/v1/images/edits", headers={**headers, "content-type": "multipart/form-data; boundary=b"},
                    content=b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndall-e-2\r\n")
     assert r.status_code == 400 and "closing boundary" in assert_openai_error(r.json())["message"]
+    long = "b" * 257
+    r = httpx.post(gw.url + "/v1/images/edits", headers={**headers, "content-type": f"multipart/form-data; boundary={long}"},
+                   content=f'--{long}\r\nContent-Disposition: form-data; name="model"\r\n\r\ndall-e-2\r\n--{long}--\r\n')
+    assert r.status_code == 400 and "70 characters" in assert_openai_error(r.json())["message"]
     many = {f"f{i}": str(i) for i in range(70)}
     r = httpx.post(gw.url + "/v1/images/edits", headers=headers, data={"model": "dall-e-2", **many},
                    files={"image": ("a.png", PNG)})
@@ -307,6 +311,29 @@ def test_transcriptions_create_with_a_file(client, upstream, db):
     assert sent["files"][0]["size"] == len(AUDIO) and sent["files"][0]["filename"] == "talk.mp3"
     row = record_of(db, raw.headers["x-request-id"])
     assert row["api"] == "transcriptions" and row["cost_usd"] == pytest.approx(9 / 60 * 0.006)  # 9 s at $0.006/min
+
+
+def test_a_delimiter_look_alike_in_a_file_hides_no_model_field(gw, upstream):
+    """`\r\n--BOUNDARY` then other bytes is file data to python-multipart; the x-tollway-model
+    rewrite took it for a part (rewriting file bytes) and left the real `model` field, never
+    checked against the key, for the upstream to serve. Parsers disagree on such a body (this
+    upstream's aiohttp refuses it): it is refused before it reaches one."""
+    decoy = b'\r\n--bndXYContent-Disposition: form-data; name="model"\r\n\r\nwhatever'
+    body = (b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+            + AUDIO + decoy + b'\r\n--bnd\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n'
+            b'--bnd--\r\n')
+    headers = {"authorization": f"Bearer {TEST_KEY}", "content-type": "multipart/form-data; boundary=bnd"}
+    seen = len(upstream.requests)
+    for extra in ({"x-tollway-model": "whisper-1"}, {}):
+        r = httpx.post(gw.url + "/v1/audio/transcriptions", content=body, headers={**headers, **extra})
+        assert r.status_code == 400 and "line starting with its boundary" in assert_openai_error(r.json())["message"]
+    assert len(upstream.requests) == seen
+    # Transport padding after a delimiter is a delimiter to every parser: the model is found and rewritten.
+    padded = body.replace(decoy, b"").replace(b"\r\n--bnd\r\n", b"\r\n--bnd \t\r\n")
+    r = httpx.post(gw.url + "/v1/audio/transcriptions", content=padded, headers={**headers, "x-tollway-model": "whisper-1"})
+    assert r.status_code == 200
+    sent = upstream.last("/audio/transcriptions")
+    assert sent["body"]["model"] == "whisper-1" and sent["files"][0]["size"] == len(AUDIO)
 
 
 def test_transcriptions_priced_by_tokens_for_gpt_4o_transcribe(client, db):
@@ -365,6 +392,24 @@ def test_speech_as_sse_events_is_priced_by_its_tokens(client, db):
     row = record_of(db, request_id)
     assert (row["input_tokens"], row["output_tokens"], row["stream"]) == (7, 120, 1)
     assert row["cost_usd"] == pytest.approx((7 * 0.6 + 120 * 12.0) / 1e6)  # the dataset's gpt-4o-mini-tts prices
+
+
+def test_speech_cut_off_by_a_client_that_leaves_is_still_charged(gw, db):
+    """The upstream bills the speech it was asked for, however little of it the client heard:
+    the watchdog's cancellation skipped the meter, and the 499 was recorded at cost 0."""
+    import json
+    import socket
+
+    text = "stall, then the rest of a long sentence"
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\n"
+                     f"x-request-id: speech-left\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the first piece of audio, then the client leaves
+    row = record_of(db, "speech-left")
+    assert (row["status"], row["error"]) == (499, "client_closed")
+    assert row["cost_usd"] == pytest.approx(len(text) * 15 / 1e6)
 
 
 def test_speech_audio_never_carries_the_upstream_credential(client):

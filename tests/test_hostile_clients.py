@@ -211,6 +211,31 @@ def test_http2_is_not_served(gw: GatewayProcess) -> None:
     assert _healthz_ms(gw) < 100
 
 
+@pytest.mark.parametrize(("path", "head", "sent"), [
+    # chunked JSON: whole, but its last (empty) chunk never comes; and one cut in a chunk
+    ("/v1/chat/completions", "content-type: application/json\r\ntransfer-encoding: chunked",
+     b"%x\r\n%s\r\n" % (len(_request("ok")) - len(_head(0)), _request("ok")[len(_head(0)):])),
+    ("/v1/chat/completions", "content-type: application/json\r\ntransfer-encoding: chunked", b"40\r\n{\"model\": \"ok\""),
+    # a multipart upload (read piece by piece) short of its content-length, and chunked
+    ("/v1/audio/transcriptions", "content-type: multipart/form-data; boundary=b\r\ncontent-length: 100000",
+     b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nok\r\n--b\r\n'
+     b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'),
+    ("/v1/audio/transcriptions", "content-type: multipart/form-data; boundary=b\r\ntransfer-encoding: chunked",
+     b'2d\r\n--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nok\r\n'),
+])
+def test_an_upload_the_client_abandons_is_499_not_served(gw: GatewayProcess, path: str, head: str,
+                                                          sent: bytes) -> None:
+    """granian's piece-by-piece body read ends quietly when the client hangs up: a chunked body
+    missing its end was served (and charged), a cut multipart upload was a 400."""
+    rid = f"abandoned-{path.rsplit('/', 1)[-1]}-{len(sent)}"
+    sock = _connect(gw)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\nx-request-id: {rid}\r\n"
+                 f"{head}\r\n\r\n".encode() + sent)
+    sock.close()
+    line = gw.log_line(rid)
+    assert (line["status"], line["error"], line.get("provider")) == (499, "client_closed", None)
+
+
 def test_a_client_that_leaves_mid_stream_releases_its_slot(gw: GatewayProcess) -> None:
     sock = _connect(gw)
     sock.sendall(_request("firehose-one", stream=True))

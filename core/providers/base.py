@@ -22,6 +22,7 @@ import msgspec
 
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_malformed_event
+from tollway.core.forms import Form
 from tollway.core.kernels import SSEFramer
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
@@ -71,6 +72,7 @@ class CallContext(msgspec.Struct):
     # Client headers the client API lets through to providers that understand them (Anthropic's
     # `anthropic-beta`); chosen at the gateway's boundary by name, never credentials.
     passed_headers: tuple[tuple[str, str], ...] = ()
+    form: Form | None = None  # a multipart upload's fields and where they are in `body` (tollway.core.forms)
 
 
 class StreamTranslator(Protocol):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import msgspec
 
-from tollway.core.forms import boundary_of, field_value, with_field
 from tollway.core.kernels import SSEFramer
 from tollway.core.providers.azure_openai import AzureOpenAIAdapter
 from tollway.core.providers.base import CallContext, ClientAPI, UpstreamCall
@@ -83,7 +82,9 @@ class OpenAIMedia(OpenAIAdapter):
             return self.body(ctx, False)  # JSON: renamed if routing says so
         if ctx.upstream_model == ctx.head.model:
             return ctx.body
-        return with_field(ctx.body, boundary_of(_form_type(ctx)), "model", ctx.upstream_model)
+        if ctx.form is None:  # (admission reads every upload's form: the model cannot go unrewritten)
+            raise ValueError("a multipart upload without its form")
+        return ctx.form.with_field(ctx.body, "model", ctx.upstream_model)[0]
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         """A JSON images answer as it came, and what it is billed by. Raises msgspec.DecodeError
@@ -116,9 +117,8 @@ def image_usage(ctx: CallContext, answers: list[_MediaAnswer]) -> Usage:
 
 
 def _image_request(ctx: CallContext) -> _ImageRequest:
-    if ctx.api in FORM_APIS:  # (admission parsed the form: size and quality appear once at most)
-        boundary = boundary_of(_form_type(ctx))
-        return _ImageRequest(field_value(ctx.body, boundary, "size"), field_value(ctx.body, boundary, "quality"))
+    if ctx.form is not None:  # (admission parsed the form: size and quality appear once at most)
+        return _ImageRequest(ctx.form.fields.get("size"), ctx.form.fields.get("quality"))
     try:
         return _decode_image_request(ctx.body)
     except msgspec.MsgspecError:  # (admission validated the JSON; a size of the wrong type is the upstream's to refuse)

@@ -187,9 +187,10 @@ class MediaEndpoints:
         resp = web.StreamResponse(headers={"content-type": "audio/mpeg"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
             await resp.write(piece)
-            await asyncio.sleep(0.01)
+            # "stall": the rest comes late (a client that gives up leaves mid-answer)
+            await asyncio.sleep(10 if i == 0 and body.get("input", "").startswith("stall") else 0.01)
         await resp.write_eof()
         return resp
 
