@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from tests.harness import free_port
 from tollway.core import config as config_mod
+from tollway.core.errors import GatewayError
 from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import Bucket, Plan
 from tollway.core.request import RequestHead
@@ -388,5 +389,37 @@ async def test_admit_asks_the_store_until_a_lease_covers_the_request(store):
         local = limiter.admit(key, "m", "chat", head, b"{}")  # now decided here, no await
         assert not isinstance(local, AskStore) and local.metered
         assert int(dict(local.headers)["x-ratelimit-remaining-requests"]) < 100000
+    finally:
+        await leasing.aclose()
+
+
+async def test_a_refusal_by_redis_is_a_429_while_this_process_holds_a_lease_on_the_bucket(store):
+    """Redis refuses (another replica drained it) a plan whose model bucket is not leased here,
+    while this process still holds a slice of the key's bucket. The refusal's levels were
+    Redis's plus that slice, showed room in every bucket, and the 429 could not be built: a
+    500. The denial is Redis's, so its levels and its retry-after are Redis's."""
+    cfg = config_mod.loads(f"""
+providers: [{{name: up, schema: fake}}]
+models:
+  - {{name: m1, targets: [{{provider: up}}]}}
+  - {{name: m2, targets: [{{provider: up}}], limits: [{{requests: 100000, per: 1h}}]}}
+keys:
+  - {{name: k, key_hash: "sha256:{"0" * 64}", limits: [{{requests: 64, per: 1h}}]}}
+rate_limits: {{backend: redis}}
+""")
+    leasing = leasing_store(store.prefix)
+    limiter = Limiter(cfg, leasing, Metrics())
+    key = cfg.keys[0]
+    bucket = limiter.policy.buckets["key:k:requests:3600s"]
+    store.now = leasing.now = 5000.0  # one clock for both "replicas": no refill in between
+    try:
+        await limiter.reserve(key, "m1", "chat", RequestHead(model="m1", max_tokens=5), b"{}")
+        assert leasing._book.table.level(leasing._book._slot[bucket.id], 0.0) >= 1  # a slice is held here
+        left = (await store.levels(LimitPolicyStub([bucket])))[bucket.id]
+        assert (await store.take(store.bind(plan_of(bucket)), (left,)))[0]  # another replica spends the rest
+        with pytest.raises(GatewayError) as err:
+            await limiter.reserve(key, "m2", "chat", RequestHead(model="m2", max_tokens=5), b"{}")
+        assert (err.value.status, err.value.code) == (429, "rate_limit_exceeded")
+        assert dict(err.value.headers)["retry-after-ms"] == "56250"  # one request of an empty 64/h bucket
     finally:
         await leasing.aclose()

@@ -410,7 +410,10 @@ class RedisBuckets:
                 grants = tuple(map(float, words[pos:pos + n]))
                 pos += n
                 self._booked(op, grants, levels)
-                if op.kind == "R" and self._book is not None and op.slots is not None:  # (_booked needs both)
+                # An admitted request's headers show Redis's level plus what this process holds,
+                # as a decision from the lease does. A refusal is Redis's alone: its levels say
+                # why and for how long (adding the lease could show room everywhere).
+                if taken and op.kind == "R" and self._book is not None and op.slots is not None:
                     levels = tuple([a + b for a, b in zip(levels, self._book.table.levels(op.slots, 0.0))])
             if not op.future.done():
                 op.future.set_result((taken, levels))
