@@ -21,7 +21,7 @@ from tollway.core.limits.policy import Bucket, Plan
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
 from tollway.gateway.limits.limiter import AskStore, Limiter
-from tollway.gateway.limits.redis_store import RedisBuckets
+from tollway.gateway.limits.redis_store import BUCKETS_LUA, RedisBuckets
 from tollway.gateway.telemetry.metrics import Metrics
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -423,3 +423,178 @@ rate_limits: {{backend: redis}}
         assert dict(err.value.headers)["retry-after-ms"] == "56250"  # one request of an empty 64/h bucket
     finally:
         await leasing.aclose()
+
+
+# -- replies slower than the socket timeout: the script ran, the answer was lost --------------
+
+class SlowRedis:
+    """A TCP proxy in front of the shared Redis that holds Redis's replies `delay` seconds:
+    a call past the store's socket timeout has run in Redis when the store gives up on it."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", 6379)
+        for task in (self._pipe(client_r, redis_w, slow=False), self._pipe(redis_r, client_w, slow=True)):
+            t = asyncio.get_running_loop().create_task(task)
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if slow and self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+@pytest.fixture
+async def slow_redis():
+    proxy = SlowRedis()
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.01)
+
+
+def slow_limiter(proxy: SlowRedis, prefix: str, limits: str) -> tuple[Limiter, RedisBuckets]:
+    cfg = config_mod.loads(redis_limited(limits, "open"))
+    store = RedisBuckets(proxy.url, prefix, Metrics(), leasing=True)
+    return Limiter(cfg, store, Metrics()), store
+
+
+async def test_a_reservation_whose_reply_timed_out_gives_its_slot_back(store, slow_redis):
+    """The script took the concurrency slot, its reply came after the socket timeout, and the
+    request was decided without the store (open: unmetered, so its settle gives nothing back).
+    The slot was never returned: the key stayed locked out (an hour and more: every refused
+    retry renewed the gauge's expiry). Once Redis answers, the store learns that the batch ran
+    and gives back what it took."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{concurrent: 1}]")
+    k, head = config_mod.loads(redis_limited("[{concurrent: 1}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    gauge = store.key("key:k:concurrent:inflight")
+    direct = redis.Redis.from_url(SHARED_URL)
+    try:
+        limiter.settle(await limiter.reserve(k, "m", "chat", head, b"{}"), Usage(), "m")  # loads the script
+        await until(lambda: direct.hget(gauge, "l") == b"1")
+        slow_redis.delay = 0.7
+        lease = await limiter.reserve(k, "m", "chat", head, b"{}")
+        assert not lease.metered  # decided without the store (the reply is late)
+        assert direct.hget(gauge, "l") == b"0"  # ... but the script took the slot
+        limiter.settle(lease, Usage(), "m")
+        slow_redis.delay = 0.0
+        await until(lambda: direct.hget(gauge, "l") == b"1")  # given back once Redis answers
+        assert (await limiter.reserve(k, "m", "chat", head, b"{}")).metered
+    finally:
+        await slow.aclose()
+        direct.close()
+
+
+async def test_a_reservation_and_lease_whose_reply_timed_out_go_back(store, slow_redis):
+    """The same with a leased bucket: the script reserved the request and granted a slice the
+    process never booked (it saw a timeout); both go back to Redis."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{requests: 1000, per: 1h}]")
+    k, head = config_mod.loads(redis_limited("[{requests: 1000, per: 1h}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    bucket = limiter.policy.buckets["key:k:requests:3600s"]
+    direct = redis.Redis.from_url(SHARED_URL)
+    try:
+        await slow.client.script_load(BUCKETS_LUA)
+        slow_redis.delay = 0.7
+        lease = await limiter.reserve(k, "m", "chat", head, b"{}")
+        assert not lease.metered
+        assert float(direct.hget(store.key(bucket.id), "l")) < 999  # the request and a slice left Redis
+        limiter.settle(lease, Usage(), "m")
+        slow_redis.delay = 0.0
+        await until(lambda: slow._down_since is None and not slow._queue and not slow._drains)
+        assert slow._book is not None and slow._book.table.level(0, 0.0) == 0.0  # nothing booked here
+        assert await redis_level(store.prefix, bucket) == pytest.approx(1000, abs=0.1)  # all of it back
+    finally:
+        await slow.aclose()
+        direct.close()
+
+
+async def test_settles_of_a_batch_whose_reply_timed_out_are_applied_once(store, slow_redis):
+    """A settle's batch ran in Redis but its reply came late: the settle was held and sent
+    again when Redis answered, so it was applied twice (a slot given back twice: limit + 1
+    requests at once; a refund of tokens doubled)."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{concurrent: 3}]")
+    k, head = config_mod.loads(redis_limited("[{concurrent: 3}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    gauge = store.key("key:k:concurrent:inflight")
+    direct = redis.Redis.from_url(SHARED_URL)
+    try:
+        a = await limiter.reserve(k, "m", "chat", head, b"{}")
+        await limiter.reserve(k, "m", "chat", head, b"{}")
+        slow_redis.delay = 0.7
+        limiter.settle(a, Usage(), "m")
+        await until(lambda: slow._down_since is not None)  # the settle's reply timed out ...
+        assert direct.hget(gauge, "l") == b"2"  # ... after it ran
+        slow_redis.delay = 0.0
+        await until(lambda: slow._down_since is None and not slow._queue and not slow._drains)
+        assert direct.hget(gauge, "l") == b"2"  # two free: b is still in flight (a's slot given back once, not twice)
+        statuses = []
+        for _ in range(3):
+            try:
+                statuses.append((await limiter.reserve(k, "m", "chat", head, b"{}")).metered)
+            except GatewayError as exc:
+                statuses.append(exc.status)
+        assert statuses == [True, True, 429]  # limit 3, b among them
+    finally:
+        await slow.aclose()
+        direct.close()
+
+
+async def test_a_refused_reservation_does_not_renew_a_gauges_expiry(store):
+    """A gauge expires an hour after its last use (slots of a gateway that died come back);
+    refusals rewrote it and renewed that hour, so retries of a locked-out key kept it locked."""
+    plan = plan_of(Bucket("key:k:concurrent:inflight", "key", "k", "concurrent", 1, 0))
+    assert (await store.take(store.bind(plan), (1.0,)))[0]
+    r = redis.Redis.from_url(SHARED_URL)
+    r.pexpire(store.key("key:k:concurrent:inflight"), 5000)
+    assert not (await store.take(store.bind(plan), (1.0,)))[0]
+    assert 0 < r.pttl(store.key("key:k:concurrent:inflight")) <= 5000
+    r.close()
+
+
+async def test_a_batch_that_reaches_redis_after_it_was_asked_about_changes_nothing(store):
+    """After a lost reply the store asks whether the batch ran; a batch still on its way (a slow
+    network) must not run after the answer 'no', or its settles (sent again) would apply twice."""
+    from tollway.gateway.limits.redis_store import GAUGE_TTL_MS, _Op
+
+    bucket = Bucket("key:k:requests:3600s", "key", "k", "requests", 10, 3600)
+    store.now = 5000.0
+    _, keys, shapes, _ = store.bind(plan_of(bucket))
+    late = store._encode([_Op("c", keys, shapes, (4.0,))], 1)
+    question = ([store._record], ["5000.0", str(GAUGE_TTL_MS), "", "?", "1"])
+    assert await store._evalsha(*question) == b"N"  # it had not run, and now never will
+    assert await store._evalsha(*late) == b"F"
+    assert await store._evalsha(*question) == b"N"  # (the same answer if asked again)
+    assert (await store.levels(LimitPolicyStub([bucket])))[bucket.id] == 10  # nothing charged
+    ran = store._encode([_Op("c", keys, shapes, (4.0,))], 2)
+    assert await store._evalsha(*ran) == b""
+    assert (await store._evalsha([store._record], ["5000.0", str(GAUGE_TTL_MS), "", "?", "2"])).split() == [b"R"]
+    assert (await store.levels(LimitPolicyStub([bucket])))[bucket.id] == 6
+
