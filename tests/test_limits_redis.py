@@ -598,3 +598,21 @@ async def test_a_batch_that_reaches_redis_after_it_was_asked_about_changes_nothi
     assert (await store._evalsha([store._record], ["5000.0", str(GAUGE_TTL_MS), "", "?", "2"])).split() == [b"R"]
     assert (await store.levels(LimitPolicyStub([bucket])))[bucket.id] == 6
 
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+async def test_an_amount_that_is_not_a_number_fails_nothing_else_in_its_batch(store, bad):
+    """A NaN amount (a NaN price reserved a NaN cost) made the script fail half-way: every
+    decision batched with it failed (an outage for all keys), and the bucket kept a NaN level
+    written before the error. Now such an op changes nothing; the rest of the batch runs."""
+    cost = Bucket("key:k:cost_usd:3600s", "key", "k", "cost_usd", 10, 3600)
+    other = Bucket("key:other:requests:3600s", "key", "other", "requests", 10, 3600)
+    store.now = 5000.0
+    store.charge(store.bind(plan_of(cost)), (bad,))
+    odd, fine = await asyncio.gather(store.take(store.bind(plan_of(cost)), (bad,)),
+                                     store.take(store.bind(plan_of(other)), (1.0,)))
+    assert odd == (False, (10.0,)) and fine == (True, (9.0,))
+    assert store._down_since is None
+    r = redis.Redis.from_url(SHARED_URL)
+    assert not r.exists(store.key(cost.id))  # nothing written for it
+    r.close()
+    assert await store.take(store.bind(plan_of(cost)), (0.5,)) == (True, (9.5,))

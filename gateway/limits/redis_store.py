@@ -86,6 +86,7 @@ BUCKETS_LUA = """
 --   'r' reserve all amounts or none;  'c' charge signed amounts (may leave debt);
 --   'R' reserve like 'r', then (only if taken) lease up to `want` more of each bucket;
 --   'g' lease up to `amount` of each bucket (whatever is there, no debt).
+--   An op with an amount or want that is not a finite number changes nothing (r, R: refused).
 -- ARGV[5] the batch's number (increasing per process).
 -- Returns one string: per r op '1'|'0' (taken?) and n levels after it; per R op the same plus
 -- n grants; per g op n levels and n grants. (c ops return nothing.) 'F' if a batch of this
@@ -124,6 +125,10 @@ do
 end
 local state = {}
 
+local function finite(x)
+  return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge
+end
+
 -- s = {level, time, capacity, changed}: only a bucket an op changed is written back (a refusal
 -- must not renew a gauge's expiry, or retries would keep a locked-out key locked).
 local function bucket(i)
@@ -132,7 +137,7 @@ local function bucket(i)
   if not s then
     local v = redis.call('HMGET', KEYS[i], 'l', 't')
     local level, stamp = tonumber(v[1]), tonumber(v[2])
-    if not level then level, stamp = cap, now end
+    if not finite(level) or not finite(stamp) then level, stamp = cap, now end  -- (a NaN stored before)
     if level > cap then level = cap end
     s = {level, stamp, cap, false}
     state[i] = s
@@ -156,13 +161,15 @@ end
 local tok = string.gmatch(ARGV[4], '%S+')
 for kind in tok do
   local n = tonumber(tok())
-  local held, amounts, wants, fits = {}, {}, {}, true
+  local held, amounts, wants, fits, valid = {}, {}, {}, true, true
   for j = 1, n do
     local s = bucket(tonumber(tok()))
     held[j], amounts[j] = s, tonumber(tok())
     if kind == 'R' then wants[j] = tonumber(tok()) end
-    if s[1] < amounts[j] then fits = false end
+    if not finite(amounts[j]) or (kind == 'R' and not finite(wants[j])) then valid = false
+    elseif s[1] < amounts[j] then fits = false end
   end
+  fits = fits and valid
   if kind == 'r' or kind == 'R' then
     if fits then
       for j = 1, n do
@@ -178,8 +185,9 @@ for kind in tok do
     end
   elseif kind == 'g' then
     wants = amounts
+    if not valid then for j = 1, n do wants[j] = 0 end end
     grant(held, wants, n)
-  else
+  elseif valid then
     for j = 1, n do
       if amounts[j] ~= 0 then
         held[j][1] = math.min(held[j][3], held[j][1] - amounts[j])
