@@ -425,6 +425,66 @@ rate_limits: {{backend: redis}}
         await leasing.aclose()
 
 
+async def test_lease_slots_of_keys_revoked_are_freed_and_reused(store, monkeypatch):
+    """Run-time keys made, used and revoked (each change rebuilds the limiter over the same
+    store): the lease table kept a slot for every bucket it ever leased, and gave every one of
+    them back each second. The slots of buckets gone from the policy are freed and, after a
+    quarantine (none here), reused."""
+    from tollway.gateway.limits import lease as lease_mod
+    from tollway.gateway.limits.limiter import build_limiter
+
+    monkeypatch.setattr(lease_mod, "LEASE_QUARANTINE", 0.0)
+    metrics, limiter = Metrics(), None
+    head = RequestHead(model="m", max_tokens=5)
+    try:
+        for i in range(40):
+            cfg = config_mod.loads(f"""
+providers: [{{name: up, schema: fake}}]
+models: [{{name: m, targets: [{{provider: up}}]}}]
+keys:
+  - {{name: user-{i}, key_hash: "sha256:{i:064x}", limits: [{{requests: 1000, per: 1h}}, {{total_tokens: 1000000, per: 1h}}]}}
+rate_limits: {{backend: redis, redis_url: '{SHARED_URL}', key_prefix: {store.prefix}}}
+""")
+            limiter = build_limiter(cfg, metrics, limiter)
+            limiter.settle(await limiter.reserve(cfg.keys[0], "m", "chat", head, b"{}"), Usage(1, 1, 2), "m")
+        book = limiter.store._book
+        assert len(book.table) <= 4  # two buckets live, two freed by the last change
+    finally:
+        await limiter.store.aclose()
+    # every key's lease went back to Redis: what is left there is what each key used
+    for i in (0, 39):
+        used = await redis_level(store.prefix, Bucket(f"key:user-{i}:requests:3600s", "key", f"user-{i}", "requests", 1000, 3600))
+        assert used == pytest.approx(999, abs=0.5)  # (refill: 0.28/s)
+
+
+def test_a_late_settle_on_a_freed_lease_slot_goes_to_its_own_bucket():
+    """A request admitted before its key was revoked settles after: into the slot its plan was
+    bound to. That slot stays its bucket's until the quarantine is over, so the refund goes back
+    to that bucket in Redis, never into the lease of a bucket made since."""
+    from tollway.gateway.limits.lease import LEASE_QUARANTINE, LeaseBook
+
+    book = LeaseBook()
+    old = Bucket("key:old:total_tokens:60s", "key", "old", "total_tokens", 16000, 60)
+    gate = book.gate(plan_of(old), 0.0)
+    wants = book.wants(gate.slots, (100.0,))
+    assert wants == (400.0,)  # a slice: 4 requests
+    book.granted(gate.slots, wants, wants, (15600.0,), 0.0)
+    demand = (1.0, 10.0, 90.0, 100.0, 0.0, 1.0)
+    assert book.decide(gate, demand) is not None
+    assert book.surrender() == [(old, 300.0)]  # (the store gives leases back before a change)
+    book.reconfigure({}, 10.0)  # the key is revoked
+    new = Bucket("key:new:total_tokens:60s", "key", "new", "total_tokens", 16000, 60)
+    assert book.gate(plan_of(new), 10.0).slots != gate.slots  # quarantined: not reused yet
+    book.settle(gate, demand, (1.0, 10.0, 10.0, 20.0, 0.0, 0.0))  # the late settle: 80 tokens back
+    assert book.surrender() == [(old, 80.0)]  # to the old bucket
+    assert book.wants(gate.slots, (100.0,)) is None  # and the old plan leases no more: Redis decides it
+    book.reconfigure({new.id: new}, 10.0 + LEASE_QUARANTINE + 1)
+    newer = Bucket("key:newer:total_tokens:60s", "key", "newer", "total_tokens", 16000, 60)
+    reused = book.gate(plan_of(newer), 10.0 + LEASE_QUARANTINE + 1)
+    assert reused.slots == gate.slots and book.buckets[reused.slots[0]] == newer  # now reused, empty
+    assert book.table.level(reused.slots[0], 0.0) == 0.0 and book.surrender() == []
+
+
 # -- replies slower than the socket timeout: the script ran, the answer was lost --------------
 
 class SlowRedis:

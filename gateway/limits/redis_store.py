@@ -293,7 +293,7 @@ class RedisBuckets:
     def configure(self, policy: LimitPolicy) -> None:
         if self._book is not None:  # leases of the old shapes go back; changed buckets start over
             self._surrender()
-            self._book.reconfigure(policy.buckets)
+            self._book.reconfigure(policy.buckets, time.monotonic())
 
     def key(self, bucket_id: str) -> str:
         """The Redis key of a bucket: one hash tag for the whole deployment."""
@@ -303,7 +303,7 @@ class RedisBuckets:
         """The plan's Redis keys, its shapes for the script and its lease gate."""
         keys = tuple(self.key(b.id) for b in plan.buckets)
         shapes = [_shape(b) for b in plan.buckets]
-        return plan, keys, shapes, self._book.gate(plan) if self._book is not None else None
+        return plan, keys, shapes, self._book.gate(plan, time.monotonic()) if self._book is not None else None
 
     def decide(self, entry: _Entry, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
         """Decide from this process's leases when they cover the request (admitted, levels as
