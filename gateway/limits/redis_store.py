@@ -103,7 +103,7 @@ if ARGV[4] == '?' then
     if took == 'N' then return 'N' end  -- asked before: it had not run
     return 'R ' .. took
   end
-  if last > seq then return 'R' end  -- (not reached: a process asks before it sends its next batch)
+  if last > seq then return 'U' end  -- a later one ran: unknown (not reached: a process asks before it sends on)
   redis.call('HSET', record, 's', seq, 'u', 'N')
   redis.call('PEXPIRE', record, gauge_ttl)
   return 'N'
@@ -515,7 +515,9 @@ class RedisBuckets:
             return False
         self._unsure = None
         words = reply.split()
-        if words[0] == b"R":
+        if words[0] == b"U":  # (not reached, see BUCKETS_LUA) not sent again; what it took stays taken
+            log.warning("rate-limit store: the outcome of a batch sent before the incident is unknown")
+        elif words[0] == b"R":
             for op, taken, _, grants in _results(batch, words[1:], with_levels=False):
                 back = op.amounts if taken and op.kind != "g" else (0.0,) * len(op.keys)
                 if grants is not None:
