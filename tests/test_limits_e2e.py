@@ -179,6 +179,30 @@ def test_two_gateways_leasing_quota_stay_within_the_documented_bound(openai_upst
     assert level == pytest.approx(capacity - ok, abs=1)
 
 
+def test_a_refusal_by_redis_is_a_429_while_the_gateway_holds_a_lease_on_the_bucket(openai_upstream, prefix):
+    # gpt-4o-mini's first request leases a slice of the key's bucket; another replica then
+    # spends what Redis has left. A request on gpt-4o (its own bucket is not leased) goes to
+    # Redis, which refuses: that was a 500 (the refusal's levels counted the slice held here).
+    text = limited_config(openai_upstream.url, "[{requests: 64, per: 1h}]",
+                          f"rate_limits: {{backend: redis, redis_url: '{SHARED_URL}', key_prefix: {prefix}}}")
+    text = text.replace("models:\n", "models:\n  - name: gpt-4o\n    targets: [{provider: up}]\n"
+                                      "    limits: [{requests: 100000, per: 1h}]\n", 1)
+    gw = GatewayProcess(text)
+    r = redis.Redis.from_url(SHARED_URL)
+    try:
+        assert post(gw, stream=False)[0] == 200
+        seconds, micros = r.time()
+        r.hset(f"{{{prefix}}}:b:key:app:requests:3600s", mapping={"l": "0", "t": repr(seconds + micros / 1e6)})
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+        assert err.value.body["code"] == "rate_limit_exceeded"
+        assert int(err.value.response.headers["retry-after"]) == 57  # Redis's empty bucket: 56.25 s per request
+    finally:
+        gw.stop()
+        r.close()
+
+
 def post(gw: GatewayProcess, stream: bool) -> tuple[int, bytes]:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10, "stream": stream}
     req = urllib.request.Request(gw.url + "/v1/chat/completions", data=json.dumps(body).encode(),

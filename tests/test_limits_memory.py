@@ -175,3 +175,20 @@ def test_admit_is_none_for_a_key_without_limits():
     limiter = Limiter(cfg, MemoryBuckets(Clock()), Metrics())
     assert limiter.enabled
     assert limiter.admit(cfg.keys[0], "m", "chat", HEAD, BODY) is None
+
+
+class RefusingWithRoom(MemoryBuckets):
+    """A store that refuses while the levels it reports show room (levels read apart from the
+    decision, as a store may): the limiter must still answer a 429."""
+
+    def decide(self, gate, demand):
+        return False, gate.levels(self._clock())
+
+
+def test_a_refusal_whose_levels_show_room_is_still_a_429(clock):
+    limiter = Limiter(config_mod.loads(CONFIG), RefusingWithRoom(clock), Metrics())
+    with pytest.raises(GatewayError) as err:  # was a ValueError: a 500 internal_error
+        limiter.admit(key_of(limiter), "m", "chat", HEAD, BODY)
+    assert (err.value.status, err.value.code) == (429, "rate_limit_exceeded")
+    assert dict(err.value.headers)["retry-after"] == "1"
+    assert 'decision="limited"' in limiter.metrics.exposition().decode()

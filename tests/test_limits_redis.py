@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 
 from tests.harness import free_port
 from tollway.core import config as config_mod
+from tollway.core.errors import GatewayError
 from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import Bucket, Plan
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
 from tollway.gateway.limits.limiter import AskStore, Limiter
-from tollway.gateway.limits.redis_store import RedisBuckets
+from tollway.gateway.limits.redis_store import BUCKETS_LUA, RedisBuckets
 from tollway.gateway.telemetry.metrics import Metrics
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -390,3 +391,288 @@ async def test_admit_asks_the_store_until_a_lease_covers_the_request(store):
         assert int(dict(local.headers)["x-ratelimit-remaining-requests"]) < 100000
     finally:
         await leasing.aclose()
+
+
+async def test_a_refusal_by_redis_is_a_429_while_this_process_holds_a_lease_on_the_bucket(store):
+    """Redis refuses (another replica drained it) a plan whose model bucket is not leased here,
+    while this process still holds a slice of the key's bucket. The refusal's levels were
+    Redis's plus that slice, showed room in every bucket, and the 429 could not be built: a
+    500. The denial is Redis's, so its levels and its retry-after are Redis's."""
+    cfg = config_mod.loads(f"""
+providers: [{{name: up, schema: fake}}]
+models:
+  - {{name: m1, targets: [{{provider: up}}]}}
+  - {{name: m2, targets: [{{provider: up}}], limits: [{{requests: 100000, per: 1h}}]}}
+keys:
+  - {{name: k, key_hash: "sha256:{"0" * 64}", limits: [{{requests: 64, per: 1h}}]}}
+rate_limits: {{backend: redis}}
+""")
+    leasing = leasing_store(store.prefix)
+    limiter = Limiter(cfg, leasing, Metrics())
+    key = cfg.keys[0]
+    bucket = limiter.policy.buckets["key:k:requests:3600s"]
+    store.now = leasing.now = 5000.0  # one clock for both "replicas": no refill in between
+    try:
+        await limiter.reserve(key, "m1", "chat", RequestHead(model="m1", max_tokens=5), b"{}")
+        assert leasing._book.table.level(leasing._book._slot[bucket.id], 0.0) >= 1  # a slice is held here
+        left = (await store.levels(LimitPolicyStub([bucket])))[bucket.id]
+        assert (await store.take(store.bind(plan_of(bucket)), (left,)))[0]  # another replica spends the rest
+        with pytest.raises(GatewayError) as err:
+            await limiter.reserve(key, "m2", "chat", RequestHead(model="m2", max_tokens=5), b"{}")
+        assert (err.value.status, err.value.code) == (429, "rate_limit_exceeded")
+        assert dict(err.value.headers)["retry-after-ms"] == "56250"  # one request of an empty 64/h bucket
+    finally:
+        await leasing.aclose()
+
+
+async def test_lease_slots_of_keys_revoked_are_freed_and_reused(store, monkeypatch):
+    """Run-time keys made, used and revoked (each change rebuilds the limiter over the same
+    store): the lease table kept a slot for every bucket it ever leased, and gave every one of
+    them back each second. The slots of buckets gone from the policy are freed and, after a
+    quarantine (none here), reused."""
+    from tollway.gateway.limits import lease as lease_mod
+    from tollway.gateway.limits.limiter import build_limiter
+
+    monkeypatch.setattr(lease_mod, "LEASE_QUARANTINE", 0.0)
+    metrics, limiter = Metrics(), None
+    head = RequestHead(model="m", max_tokens=5)
+    try:
+        for i in range(40):
+            cfg = config_mod.loads(f"""
+providers: [{{name: up, schema: fake}}]
+models: [{{name: m, targets: [{{provider: up}}]}}]
+keys:
+  - {{name: user-{i}, key_hash: "sha256:{i:064x}", limits: [{{requests: 1000, per: 1h}}, {{total_tokens: 1000000, per: 1h}}]}}
+rate_limits: {{backend: redis, redis_url: '{SHARED_URL}', key_prefix: {store.prefix}}}
+""")
+            limiter = build_limiter(cfg, metrics, limiter)
+            limiter.settle(await limiter.reserve(cfg.keys[0], "m", "chat", head, b"{}"), Usage(1, 1, 2), "m")
+        book = limiter.store._book
+        assert len(book.table) <= 4  # two buckets live, two freed by the last change
+    finally:
+        await limiter.store.aclose()
+    # every key's lease went back to Redis: what is left there is what each key used
+    for i in (0, 39):
+        used = await redis_level(store.prefix, Bucket(f"key:user-{i}:requests:3600s", "key", f"user-{i}", "requests", 1000, 3600))
+        assert used == pytest.approx(999, abs=0.5)  # (refill: 0.28/s)
+
+
+def test_a_late_settle_on_a_freed_lease_slot_goes_to_its_own_bucket():
+    """A request admitted before its key was revoked settles after: into the slot its plan was
+    bound to. That slot stays its bucket's until the quarantine is over, so the refund goes back
+    to that bucket in Redis, never into the lease of a bucket made since."""
+    from tollway.gateway.limits.lease import LEASE_QUARANTINE, LeaseBook
+
+    book = LeaseBook()
+    old = Bucket("key:old:total_tokens:60s", "key", "old", "total_tokens", 16000, 60)
+    gate = book.gate(plan_of(old), 0.0)
+    wants = book.wants(gate.slots, (100.0,))
+    assert wants == (400.0,)  # a slice: 4 requests
+    book.granted(gate.slots, wants, wants, (15600.0,), 0.0)
+    demand = (1.0, 10.0, 90.0, 100.0, 0.0, 1.0)
+    assert book.decide(gate, demand) is not None
+    assert book.surrender() == [(old, 300.0)]  # (the store gives leases back before a change)
+    book.reconfigure({}, 10.0)  # the key is revoked
+    new = Bucket("key:new:total_tokens:60s", "key", "new", "total_tokens", 16000, 60)
+    assert book.gate(plan_of(new), 10.0).slots != gate.slots  # quarantined: not reused yet
+    book.settle(gate, demand, (1.0, 10.0, 10.0, 20.0, 0.0, 0.0))  # the late settle: 80 tokens back
+    assert book.surrender() == [(old, 80.0)]  # to the old bucket
+    assert book.wants(gate.slots, (100.0,)) is None  # and the old plan leases no more: Redis decides it
+    book.reconfigure({new.id: new}, 10.0 + LEASE_QUARANTINE + 1)
+    newer = Bucket("key:newer:total_tokens:60s", "key", "newer", "total_tokens", 16000, 60)
+    reused = book.gate(plan_of(newer), 10.0 + LEASE_QUARANTINE + 1)
+    assert reused.slots == gate.slots and book.buckets[reused.slots[0]] == newer  # now reused, empty
+    assert book.table.level(reused.slots[0], 0.0) == 0.0 and book.surrender() == []
+
+
+# -- replies slower than the socket timeout: the script ran, the answer was lost --------------
+
+class SlowRedis:
+    """A TCP proxy in front of the shared Redis that holds Redis's replies `delay` seconds:
+    a call past the store's socket timeout has run in Redis when the store gives up on it."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", 6379)
+        for task in (self._pipe(client_r, redis_w, slow=False), self._pipe(redis_r, client_w, slow=True)):
+            t = asyncio.get_running_loop().create_task(task)
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if slow and self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+@pytest.fixture
+async def slow_redis():
+    proxy = SlowRedis()
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.01)
+
+
+def slow_limiter(proxy: SlowRedis, prefix: str, limits: str) -> tuple[Limiter, RedisBuckets]:
+    cfg = config_mod.loads(redis_limited(limits, "open"))
+    store = RedisBuckets(proxy.url, prefix, Metrics(), leasing=True)
+    return Limiter(cfg, store, Metrics()), store
+
+
+async def test_a_reservation_whose_reply_timed_out_gives_its_slot_back(store, slow_redis):
+    """The script took the concurrency slot, its reply came after the socket timeout, and the
+    request was decided without the store (open: unmetered, so its settle gives nothing back).
+    The slot was never returned: the key stayed locked out (an hour and more: every refused
+    retry renewed the gauge's expiry). Once Redis answers, the store learns that the batch ran
+    and gives back what it took."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{concurrent: 1}]")
+    k, head = config_mod.loads(redis_limited("[{concurrent: 1}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    gauge = store.key("key:k:concurrent:inflight")
+    direct = redis.Redis.from_url(SHARED_URL)
+    try:
+        limiter.settle(await limiter.reserve(k, "m", "chat", head, b"{}"), Usage(), "m")  # loads the script
+        await until(lambda: direct.hget(gauge, "l") == b"1")
+        slow_redis.delay = 0.7
+        lease = await limiter.reserve(k, "m", "chat", head, b"{}")
+        assert not lease.metered  # decided without the store (the reply is late)
+        assert direct.hget(gauge, "l") == b"0"  # ... but the script took the slot
+        limiter.settle(lease, Usage(), "m")
+        slow_redis.delay = 0.0
+        await until(lambda: direct.hget(gauge, "l") == b"1")  # given back once Redis answers
+        assert (await limiter.reserve(k, "m", "chat", head, b"{}")).metered
+    finally:
+        await slow.aclose()
+        direct.close()
+
+
+async def test_a_reservation_and_lease_whose_reply_timed_out_go_back(store, slow_redis):
+    """The same with a leased bucket: the script reserved the request and granted a slice the
+    process never booked (it saw a timeout); both go back to Redis."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{requests: 1000, per: 1h}]")
+    k, head = config_mod.loads(redis_limited("[{requests: 1000, per: 1h}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    bucket = limiter.policy.buckets["key:k:requests:3600s"]
+    direct = redis.Redis.from_url(SHARED_URL)
+    try:
+        await slow.client.script_load(BUCKETS_LUA)
+        slow_redis.delay = 0.7
+        lease = await limiter.reserve(k, "m", "chat", head, b"{}")
+        assert not lease.metered
+        assert float(direct.hget(store.key(bucket.id), "l")) < 999  # the request and a slice left Redis
+        limiter.settle(lease, Usage(), "m")
+        slow_redis.delay = 0.0
+        await until(lambda: slow._down_since is None and not slow._queue and not slow._drains)
+        assert slow._book is not None and slow._book.table.level(0, 0.0) == 0.0  # nothing booked here
+        assert await redis_level(store.prefix, bucket) == pytest.approx(1000, abs=0.1)  # all of it back
+    finally:
+        await slow.aclose()
+        direct.close()
+
+
+async def test_settles_of_a_batch_whose_reply_timed_out_are_applied_once(store, slow_redis):
+    """A settle's batch ran in Redis but its reply came late: the settle was held and sent
+    again when Redis answered, so it was applied twice (a slot given back twice: limit + 1
+    requests at once; a refund of tokens doubled)."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{concurrent: 3}]")
+    k, head = config_mod.loads(redis_limited("[{concurrent: 3}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    gauge = store.key("key:k:concurrent:inflight")
+    direct = redis.Redis.from_url(SHARED_URL)
+    try:
+        a = await limiter.reserve(k, "m", "chat", head, b"{}")
+        await limiter.reserve(k, "m", "chat", head, b"{}")
+        slow_redis.delay = 0.7
+        limiter.settle(a, Usage(), "m")
+        await until(lambda: slow._down_since is not None)  # the settle's reply timed out ...
+        assert direct.hget(gauge, "l") == b"2"  # ... after it ran
+        slow_redis.delay = 0.0
+        await until(lambda: slow._down_since is None and not slow._queue and not slow._drains)
+        assert direct.hget(gauge, "l") == b"2"  # two free: b is still in flight (a's slot given back once, not twice)
+        statuses = []
+        for _ in range(3):
+            try:
+                statuses.append((await limiter.reserve(k, "m", "chat", head, b"{}")).metered)
+            except GatewayError as exc:
+                statuses.append(exc.status)
+        assert statuses == [True, True, 429]  # limit 3, b among them
+    finally:
+        await slow.aclose()
+        direct.close()
+
+
+async def test_a_refused_reservation_does_not_renew_a_gauges_expiry(store):
+    """A gauge expires an hour after its last use (slots of a gateway that died come back);
+    refusals rewrote it and renewed that hour, so retries of a locked-out key kept it locked."""
+    plan = plan_of(Bucket("key:k:concurrent:inflight", "key", "k", "concurrent", 1, 0))
+    assert (await store.take(store.bind(plan), (1.0,)))[0]
+    r = redis.Redis.from_url(SHARED_URL)
+    r.pexpire(store.key("key:k:concurrent:inflight"), 5000)
+    assert not (await store.take(store.bind(plan), (1.0,)))[0]
+    assert 0 < r.pttl(store.key("key:k:concurrent:inflight")) <= 5000
+    r.close()
+
+
+async def test_a_batch_that_reaches_redis_after_it_was_asked_about_changes_nothing(store):
+    """After a lost reply the store asks whether the batch ran; a batch still on its way (a slow
+    network) must not run after the answer 'no', or its settles (sent again) would apply twice."""
+    from tollway.gateway.limits.redis_store import GAUGE_TTL_MS, _Op
+
+    bucket = Bucket("key:k:requests:3600s", "key", "k", "requests", 10, 3600)
+    store.now = 5000.0
+    _, keys, shapes, _ = store.bind(plan_of(bucket))
+    late = store._encode([_Op("c", keys, shapes, (4.0,))], 1)
+    question = ([store._record], ["5000.0", str(GAUGE_TTL_MS), "", "?", "1"])
+    assert await store._evalsha(*question) == b"N"  # it had not run, and now never will
+    assert await store._evalsha(*late) == b"F"
+    assert await store._evalsha(*question) == b"N"  # (the same answer if asked again)
+    assert (await store.levels(LimitPolicyStub([bucket])))[bucket.id] == 10  # nothing charged
+    ran = store._encode([_Op("c", keys, shapes, (4.0,))], 2)
+    assert await store._evalsha(*ran) == b""
+    assert (await store._evalsha([store._record], ["5000.0", str(GAUGE_TTL_MS), "", "?", "2"])).split() == [b"R"]
+    assert (await store.levels(LimitPolicyStub([bucket])))[bucket.id] == 6
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+async def test_an_amount_that_is_not_a_number_fails_nothing_else_in_its_batch(store, bad):
+    """A NaN amount (a NaN price reserved a NaN cost) made the script fail half-way: every
+    decision batched with it failed (an outage for all keys), and the bucket kept a NaN level
+    written before the error. Now such an op changes nothing; the rest of the batch runs."""
+    cost = Bucket("key:k:cost_usd:3600s", "key", "k", "cost_usd", 10, 3600)
+    other = Bucket("key:other:requests:3600s", "key", "other", "requests", 10, 3600)
+    store.now = 5000.0
+    store.charge(store.bind(plan_of(cost)), (bad,))
+    odd, fine = await asyncio.gather(store.take(store.bind(plan_of(cost)), (bad,)),
+                                     store.take(store.bind(plan_of(other)), (1.0,)))
+    assert odd == (False, (10.0,)) and fine == (True, (9.0,))
+    assert store._down_since is None
+    r = redis.Redis.from_url(SHARED_URL)
+    assert not r.exists(store.key(cost.id))  # nothing written for it
+    r.close()
+    assert await store.take(store.bind(plan_of(cost)), (0.5,)) == (True, (9.5,))

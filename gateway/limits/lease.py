@@ -28,11 +28,16 @@ process cannot use), nor do buckets too small for a slice of LEASE_MIN_REQUESTS 
 (capacity * LEASE_FRACTION below that many times the request's amount): those are decided by
 Redis every time, exactly, as before leasing. A plan with any such bucket is decided by Redis.
 
+Slots follow the config: those of buckets a reload (a run-time key revoked) took away are freed
+and, after LEASE_QUARANTINE, given to new buckets, as the memory store does.
+
 Slices adapt to demand: a slice that lasted less than LEASE_TARGET / 2 doubles, one that
 lasted more than 2 * LEASE_TARGET halves, so each busy bucket is topped up about
 1 / LEASE_TARGET times a second per process, whatever its traffic.
 """
 from __future__ import annotations
+
+from collections import deque
 
 from tollway.core.kernels import BucketTable, Gate
 from tollway.core.limits.policy import Bucket, Plan
@@ -42,6 +47,10 @@ LEASE_MIN_REQUESTS = 4    # a bucket leases only if its largest slice holds this
 LEASE_TARGET = 0.1        # s: how long a slice should last
 MAX_HOLD_SLICES = 2       # refunds kept here up to this many slices; the rest goes to Redis
 LEASE_TTL = 1.0           # s: every holding is returned to Redis this often
+# A slot freed by a change of config waits this long before a new bucket takes it: a request
+# admitted before its bucket went (a key revoked mid-stream) settles into the slot it was given,
+# which meanwhile still returns what it holds to that bucket, not to a stranger's.
+LEASE_QUARANTINE = 600.0
 
 
 class LeaseBook:
@@ -56,12 +65,13 @@ class LeaseBook:
         self._granted_at: list[float] = []           # by slot: when the last grant came
         self._asked: list[float] = []                # by slot: asked of Redis, not yet answered
         self.pending: set[int] = set()               # slots with a top-up on its way
+        self._free: deque[tuple[float, int]] = deque()  # (when, slot) of buckets no policy has any more
 
-    def gate(self, plan: Plan) -> Gate | None:
+    def gate(self, plan: Plan, now: float) -> Gate | None:
         """The plan's local slots as a Gate, or None if the plan cannot lease (it has a gauge)."""
         if any(b.window == 0.0 for b in plan.buckets):
             return None
-        return Gate(self.table, [self._slot_of(b) for b in plan.buckets], plan.measures)
+        return Gate(self.table, [self._slot_of(b, now) for b in plan.buckets], plan.measures)
 
     def decide(self, gate: Gate, demand: tuple[float, ...]) -> tuple[tuple[float, ...], list[int]] | None:
         """Take `demand` from the leases, all or nothing. Returns (levels as the client should
@@ -71,12 +81,14 @@ class LeaseBook:
             return None
         seen, sizes, pending = self.seen, self.slice, self.pending
         slots = gate.slots
-        low = [s for s, h in zip(slots, held) if h * 2.0 < sizes[s] and s not in pending]
+        low = [s for s, h in zip(slots, held) if h * 2.0 < sizes[s] and s not in pending and self._live(s)]
         return tuple([h + seen[s] for s, h in zip(slots, held)]), low
 
     def wants(self, slots: tuple[int, ...], amounts: tuple[float, ...]) -> tuple[float, ...] | None:
         """What to lease along with a reservation Redis makes: per bucket, the top-up to a
         full slice; None when some bucket is too small to lease for requests this big."""
+        if not all(self._live(s) for s in slots):
+            return None
         held = self.table.levels(slots, 0.0)
         out = []
         for s, amount, h in zip(slots, amounts, held):
@@ -149,30 +161,52 @@ class LeaseBook:
         """Empty every holding; return (bucket, amount) to give back to Redis (negative: a
         debt to charge there)."""
         out = []
-        for s, bucket in enumerate(self.buckets):
-            held = self.table.level(s, 0.0)
+        table = self.table
+        slots = [*self._slot.values(), *[s for _, s in self._free]]  # (a freed slot may get a late settle)
+        for s, held in zip(slots, table.levels(slots, 0.0)):  # one kernel call for them all
             if held != 0.0:
-                self.table.take(s, held, 0.0)
-                out.append((bucket, held))
+                table.take(s, held, 0.0)
+                out.append((self.buckets[s], held))
         return out
 
-    def reconfigure(self, buckets: dict[str, Bucket]) -> None:
-        """Adopt new capacities; slots of buckets that changed or went away start over."""
-        for bucket_id, s in self._slot.items():
+    def reconfigure(self, buckets: dict[str, Bucket], now: float) -> None:
+        """Adopt new capacities; slots of buckets that changed start over, and those of buckets
+        that went away are freed, for new buckets after LEASE_QUARANTINE (keys made and revoked at
+        run time would otherwise grow the table, and what surrender() walks, for ever). The
+        store gives every holding back first."""
+        for bucket_id, s in list(self._slot.items()):
             new = buckets.get(bucket_id)
-            if new is None or new != self.buckets[s]:
-                self.buckets[s] = new or self.buckets[s]
-                self.table.reconfigure(s, self.buckets[s].capacity, 0.0)
+            if new is None:
+                del self._slot[bucket_id]
+                self._free.append((now, s))
+            elif new != self.buckets[s]:
+                self.buckets[s] = new
+                self.table.reconfigure(s, new.capacity, 0.0)
                 self.slice[s] = 0.0
 
-    def _slot_of(self, bucket: Bucket) -> int:
+    def _live(self, s: int) -> bool:
+        """Whether slot `s` still belongs to a bucket of the config: a freed one (reached through a
+        plan of an old config) takes no more grants, so it holds nothing beyond late settles."""
+        return self._slot.get(self.buckets[s].id) == s
+
+    def _slot_of(self, bucket: Bucket, now: float) -> int:
         s = self._slot.get(bucket.id)
-        if s is None:
-            s = self._slot[bucket.id] = self.table.add(bucket.capacity, 0.0)
-            self.table.take(s, bucket.capacity, 0.0)  # a new slot holds nothing yet
-            self.buckets.append(bucket)
-            self.slice.append(0.0)
-            self.seen.append(bucket.capacity)
-            self._granted_at.append(float("-inf"))
-            self._asked.append(0.0)
+        if s is not None:
+            return s
+        table = self.table
+        if self._free and self._free[0][0] <= now - LEASE_QUARANTINE:  # a long-freed slot, emptied
+            s = self._slot[bucket.id] = self._free.popleft()[1]
+            table.reconfigure(s, bucket.capacity, 0.0)
+            table.take(s, table.level(s, 0.0), 0.0)
+            self.buckets[s], self.slice[s], self.seen[s] = bucket, 0.0, bucket.capacity
+            self._granted_at[s], self._asked[s] = float("-inf"), 0.0
+            self.pending.discard(s)
+            return s
+        s = self._slot[bucket.id] = table.add(bucket.capacity, 0.0)
+        table.take(s, bucket.capacity, 0.0)  # a new slot holds nothing yet
+        self.buckets.append(bucket)
+        self.slice.append(0.0)
+        self.seen.append(bucket.capacity)
+        self._granted_at.append(float("-inf"))
+        self._asked.append(0.0)
         return s

@@ -196,7 +196,7 @@ class Limiter:
                decided: tuple[bool, tuple[float, ...]]) -> Lease:
         taken, levels = decided
         if not taken:
-            refusal = limits.denial(plan, limits.amounts(plan, demand), levels)
+            refusal = _denial(plan, limits.amounts(plan, demand), levels)
             self.metrics.limit_decision(refusal.bucket.id, "limited")
             raise limits.rejection(refusal, model)
         counts = self.metrics.limit_counts
@@ -280,10 +280,7 @@ class Limiter:
         return True
 
     def _stopped(self, plan: Plan, amounts: tuple[float, ...], levels: tuple[float, ...], model: str) -> GatewayError:
-        try:
-            refusal = limits.denial(plan, amounts, levels)
-        except ValueError:  # every bucket had room by the levels the store sent back (a race): the first one
-            refusal = limits.Denial(plan.buckets[0], 0.0, amounts[0], levels[0])
+        refusal = _denial(plan, amounts, levels)
         self.metrics.limit_decision(refusal.bucket.id, "stopped")
         err = limits.rejection(refusal, model)
         err.message = f"The stream was stopped: {err.message}"
@@ -363,6 +360,17 @@ def _new_store(config: Config, metrics: Metrics) -> BucketStore:
     from tollway.gateway.limits.memory import MemoryBuckets
 
     return MemoryBuckets()
+
+
+def _denial(plan: Plan, amounts: tuple[float, ...], levels: tuple[float, ...]) -> limits.Denial:
+    """The bucket that refused `amounts`. A store's levels may show room everywhere although it
+    refused (levels read apart from the decision, a race with a refill): then the bucket with the
+    least room, with no wait to quote. A refusal is a 429 whatever the levels say, never a 500."""
+    try:
+        return limits.denial(plan, amounts, levels)
+    except ValueError:
+        i = min(range(len(amounts)), key=lambda j: levels[j] - amounts[j])
+        return limits.Denial(plan.buckets[i], 0.0, amounts[i], levels[i])
 
 
 def _took(lease: Lease, demand: tuple[float, ...]) -> None:

@@ -25,23 +25,41 @@ price is that the limits of one deployment live on one shard (see docs/limits.md
 
 Expiry: a bucket's key expires when it would be full again (a full bucket and a missing one
 mean the same), so idle buckets cost no memory. A concurrency gauge expires `GAUGE_TTL` after
-its last use, which also frees slots held by a gateway that died mid-request.
+its last change, which also frees slots held by a gateway that died mid-request. Only buckets an
+op changed are written back: a refusal renews no expiry (retries cannot keep a gauge alive).
 
 Store errors (connection refused, timeout): the batch fails, waiting reservations get
-`StoreUnavailable` (the limiter applies `on_store_error`), queued settles are dropped and
-counted. An incident is logged once when it starts and once when Redis answers again; while it
-lasts, Redis is retried at most every `RETRY_INTERVAL` and decisions in between fail fast.
+`StoreUnavailable` (the limiter applies `on_store_error`), queued settles are held (up to
+`MAX_HELD`) and sent when Redis is back. An incident is logged once when it starts and once
+when Redis answers again; while it lasts, Redis is retried at most every `RETRY_INTERVAL` and
+decisions in between fail fast.
+
+A timeout does not say whether the script ran: a reply slower than `SOCKET_TIMEOUT` comes from
+a script that did. So every batch carries a number, and the script, before its first bucket
+write, records in this process's record `{<prefix>}:batch:<random id>` the last number it ran
+and what that batch took (per reservation taken or not, per lease its grants). A batch that
+failed without an answer is kept apart (`_unsure`) and, before anything else is sent, the
+store asks Redis about it (the script's '?' call): if it ran, its settles landed and are not
+sent again, and what its reservations and leases took is given back (their requests were
+decided by on_store_error, and nothing else would return it); if it did not, the question
+fences it off (a batch reaching Redis after it is refused: 'F') and its settles are sent. The
+record expires `GAUGE_TTL_MS` after the last batch: after an outage longer than that (or a
+Redis restart without persistence) a batch cannot be told apart from one that never ran.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from tollway.core.kernels import Gate
 from tollway.core.limits import policy as limits
@@ -61,22 +79,41 @@ GAUGE_TTL_MS = 3_600_000
 MAX_HELD = 10_000       # settles kept through an incident; older ones are dropped
 
 BUCKETS_LUA = """
--- KEYS: the buckets this batch touches.
--- ARGV[1] now ('' = Redis TIME); ARGV[2] gauge ttl ms;
--- ARGV[3] 'capacity refill' per key, space-separated, in KEYS order;
+-- KEYS: the buckets this batch touches, then last this process's batch record (a hash).
+-- ARGV[1] now ('' = Redis TIME); ARGV[2] gauge ttl ms (also how long the batch record lasts);
+-- ARGV[3] 'capacity refill' per bucket key, space-separated, in KEYS order;
 -- ARGV[4] the ops, space-separated: kind, n, then per bucket: key index, amount[, want]. Kinds:
 --   'r' reserve all amounts or none;  'c' charge signed amounts (may leave debt);
 --   'R' reserve like 'r', then (only if taken) lease up to `want` more of each bucket;
 --   'g' lease up to `amount` of each bucket (whatever is there, no debt).
+--   An op with an amount or want that is not a finite number changes nothing (r, R: refused).
+-- ARGV[5] the batch's number (increasing per process).
 -- Returns one string: per r op '1'|'0' (taken?) and n levels after it; per R op the same plus
--- n grants; per g op n levels and n grants. (c ops return nothing.)
+-- n grants; per g op n levels and n grants. (c ops return nothing.) 'F' if a batch of this
+-- number or later was already seen or asked about (see below): then nothing was changed.
+-- With ARGV[4] = '?', asks whether batch ARGV[5] ran: 'R' and what it took (its r/R ops'
+-- '1'|'0', its R/g ops' grants) if it did, else 'N', and it never will ('F' if it comes late).
 -- (Whole batches travel as two strings: redis-py spends ~2 us per argument it packs.)
+local record, seq = KEYS[#KEYS], tonumber(ARGV[5])
+local gauge_ttl = tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', record, 's')) or -1
+if ARGV[4] == '?' then
+  if last == seq then
+    local took = redis.call('HGET', record, 'u') or ''
+    if took == 'N' then return 'N' end  -- asked before: it had not run
+    return 'R ' .. took
+  end
+  if last > seq then return 'U' end  -- a later one ran: unknown (not reached: a process asks before it sends on)
+  redis.call('HSET', record, 's', seq, 'u', 'N')
+  redis.call('PEXPIRE', record, gauge_ttl)
+  return 'N'
+end
+if last >= seq then return 'F' end
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local gauge_ttl = tonumber(ARGV[2])
 local max_ttl = 34560000000  -- ms, 400 days: past a window's refill (at most 366d), and an integer PEXPIRE takes
 local caps, rates = {}, {}
 do
@@ -88,15 +125,21 @@ do
 end
 local state = {}
 
+local function finite(x)
+  return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge
+end
+
+-- s = {level, time, capacity, changed}: only a bucket an op changed is written back (a refusal
+-- must not renew a gauge's expiry, or retries would keep a locked-out key locked).
 local function bucket(i)
   local s = state[i]
   local cap, rate = caps[i], rates[i]
   if not s then
     local v = redis.call('HMGET', KEYS[i], 'l', 't')
     local level, stamp = tonumber(v[1]), tonumber(v[2])
-    if not level then level, stamp = cap, now end
+    if not finite(level) or not finite(stamp) then level, stamp = cap, now end  -- (a NaN stored before)
     if level > cap then level = cap end
-    s = {level, stamp}
+    s = {level, stamp, cap, false}
     state[i] = s
   end
   if now > s[2] then
@@ -106,52 +149,74 @@ local function bucket(i)
   return s
 end
 
-local out = {}
+local out, took = {}, {}
 local function grant(held, wants, n)
   for j = 1, n do
     local g = math.max(0, math.min(wants[j], held[j][1]))
     held[j][1] = held[j][1] - g
+    if g > 0 then held[j][4] = true end
     wants[j] = g
   end
 end
 local tok = string.gmatch(ARGV[4], '%S+')
 for kind in tok do
   local n = tonumber(tok())
-  local held, amounts, wants, fits = {}, {}, {}, true
+  local held, amounts, wants, fits, valid = {}, {}, {}, true, true
   for j = 1, n do
-    local i = tonumber(tok())
-    local s = bucket(i)
+    local s = bucket(tonumber(tok()))
     held[j], amounts[j] = s, tonumber(tok())
     if kind == 'R' then wants[j] = tonumber(tok()) end
-    s[3] = caps[i]
-    if s[1] < amounts[j] then fits = false end
+    if not finite(amounts[j]) or (kind == 'R' and not finite(wants[j])) then valid = false
+    elseif s[1] < amounts[j] then fits = false end
   end
+  fits = fits and valid
   if kind == 'r' or kind == 'R' then
-    if fits then for j = 1, n do held[j][1] = held[j][1] - amounts[j] end end
+    if fits then
+      for j = 1, n do
+        held[j][1] = held[j][1] - amounts[j]
+        if amounts[j] ~= 0 then held[j][4] = true end
+      end
+    end
     out[#out + 1] = fits and '1' or '0'
+    took[#took + 1] = out[#out]
     if kind == 'R' then
       if not fits then for j = 1, n do wants[j] = 0 end end
       grant(held, wants, n)
     end
   elseif kind == 'g' then
     wants = amounts
+    if not valid then for j = 1, n do wants[j] = 0 end end
     grant(held, wants, n)
-  else
-    for j = 1, n do held[j][1] = math.min(held[j][3], held[j][1] - amounts[j]) end
+  elseif valid then
+    for j = 1, n do
+      if amounts[j] ~= 0 then
+        held[j][1] = math.min(held[j][3], held[j][1] - amounts[j])
+        held[j][4] = true
+      end
+    end
   end
   if kind ~= 'c' then
     for j = 1, n do out[#out + 1] = string.format('%.17g', held[j][1]) end
   end
   if kind == 'R' or kind == 'g' then
-    for j = 1, n do out[#out + 1] = string.format('%.17g', wants[j]) end
+    for j = 1, n do
+      out[#out + 1] = string.format('%.17g', wants[j])
+      took[#took + 1] = out[#out]
+    end
   end
 end
 
+-- The record first: a script stopped by an error keeps the writes it made before, so a batch
+-- that changed a bucket is always one the record says ran.
+redis.call('HSET', record, 's', seq, 'u', table.concat(took, ' '))
+redis.call('PEXPIRE', record, gauge_ttl)
 for i, s in pairs(state) do
-  redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
-  local ttl = gauge_ttl
-  if rates[i] > 0 then ttl = math.min(math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000, max_ttl) end
-  redis.call('PEXPIRE', KEYS[i], ttl)
+  if s[4] then
+    redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
+    local ttl = gauge_ttl
+    if rates[i] > 0 then ttl = math.min(math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000, max_ttl) end
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
 end
 return table.concat(out, ' ')
 """
@@ -204,8 +269,10 @@ class RedisBuckets:
                  leasing: bool = False) -> None:
         self.settings: tuple[str, ...] = ("redis", url, prefix)
         self.prefix = prefix
+        # No retries by the client: a call whose reply timed out may have run, and sent again it
+        # would apply twice (the store finds out instead: _unsure).
         self.client = client or aioredis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry_on_timeout=False)
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0))
         self.metrics = metrics
         self.now: float | None = None  # tests pin the script's clock; None = Redis TIME
         self._queue: list[_Op] = []
@@ -216,11 +283,17 @@ class RedisBuckets:
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._held = 0  # settles kept for later during an incident
+        # Every batch is numbered and the script records the last number it ran in this
+        # process's record, so a batch whose reply was lost can be asked about (see _resolve).
+        self._record = f"{{{prefix}}}:batch:{secrets.token_hex(8)}"
+        self._seq = 0
+        self._unsure: tuple[int, list[_Op]] | None = None  # a batch sent whose outcome is not known yet
+        self._sending = asyncio.Lock()  # one batch (or question) at a time, so numbers reach Redis in order
 
     def configure(self, policy: LimitPolicy) -> None:
         if self._book is not None:  # leases of the old shapes go back; changed buckets start over
             self._surrender()
-            self._book.reconfigure(policy.buckets)
+            self._book.reconfigure(policy.buckets, time.monotonic())
 
     def key(self, bucket_id: str) -> str:
         """The Redis key of a bucket: one hash tag for the whole deployment."""
@@ -230,7 +303,7 @@ class RedisBuckets:
         """The plan's Redis keys, its shapes for the script and its lease gate."""
         keys = tuple(self.key(b.id) for b in plan.buckets)
         shapes = [_shape(b) for b in plan.buckets]
-        return plan, keys, shapes, self._book.gate(plan) if self._book is not None else None
+        return plan, keys, shapes, self._book.gate(plan, time.monotonic()) if self._book is not None else None
 
     def decide(self, entry: _Entry, demand: tuple[float, ...]) -> tuple[bool, tuple[float, ...]] | None:
         """Decide from this process's leases when they cover the request (admitted, levels as
@@ -323,7 +396,7 @@ class RedisBuckets:
             self._settle_timer = None
         if self._drains:
             await asyncio.wait(list(self._drains), timeout=SOCKET_TIMEOUT * 2)
-        if self._queue:
+        if self._queue or self._unsure is not None:
             await self._drain()
         await self.client.aclose()
 
@@ -368,58 +441,98 @@ class RedisBuckets:
 
     def _kick(self) -> None:
         self._settle_timer = None
-        if self._queue and len(self._drains) < MAX_IN_FLIGHT:
+        if (self._queue or self._unsure is not None) and len(self._drains) < MAX_IN_FLIGHT:
             task = asyncio.get_running_loop().create_task(self._drain())
             self._drains.add(task)  # held: the loop keeps only weak references to tasks
 
     async def _drain(self) -> None:
-        """Send everything queued, batch after batch, until the queue is empty or Redis fails."""
+        """Send everything queued, batch after batch, until the queue is empty or Redis fails;
+        first find out what became of a batch whose reply was lost."""
         try:
-            while self._queue and not self._failing_fast():
-                batch, self._queue = self._queue[:MAX_OPS], self._queue[MAX_OPS:]
-                if not await self._run(batch):
-                    break
+            while not self._failing_fast():
+                async with self._sending:
+                    if self._unsure is not None:
+                        if not await self._resolve():
+                            break
+                        continue
+                    if not self._queue:
+                        break
+                    batch, self._queue = self._queue[:MAX_OPS], self._queue[MAX_OPS:]
+                    if not await self._run(batch):
+                        break
         finally:
             # Leave the set now, not in a done-callback: an op queued between this task's last
             # check and such a callback would find the slot taken and wait forever.
             self._drains.discard(asyncio.current_task())
-            if self._queue and self._settle_timer is None and self._down_since is not None:
-                # settles held during an incident: try again later
+            if (self._queue or self._unsure is not None) and self._settle_timer is None and self._down_since is not None:
+                # settles held during an incident, a batch to ask about: try again later
                 self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
 
     async def _run(self, batch: list[_Op]) -> bool:
         """Send one batch and hand out its results. Returns False if Redis failed."""
-        keys, args = self._encode(batch)
+        self._seq += 1
+        keys, args = self._encode(batch, self._seq)
         try:
             reply = await self._evalsha(keys, args)
-        except (RedisError, OSError) as exc:
-            self._incident(exc, batch)
+        except ResponseError as exc:  # Redis answered: the script did not run (no write made)
+            self._incident(exc, batch, ran=False)
+            return False
+        except (RedisError, OSError) as exc:  # no answer: it may have run (a late reply) or not
+            self._incident(exc, batch, ran=None)
+            return False
+        if reply == b"F":  # (not reached: numbers are sent in order, and asked about only once sent)
+            self._incident(RedisError("batch refused as already asked about"), batch, ran=False)
             return False
         self._recovered()
-        words = reply.split()
-        pos = 0
-        for op in batch:
-            if op.future is None:
-                continue
-            n = len(op.keys)
-            taken = op.kind == "g" or words[pos] == b"1"
-            pos += op.kind != "g"
-            levels = tuple(map(float, words[pos:pos + n]))
-            pos += n
-            if op.kind in ("R", "g"):
-                grants = tuple(map(float, words[pos:pos + n]))
-                pos += n
+        for op, taken, levels, grants in _results(batch, reply.split(), with_levels=True):
+            if grants is not None:
                 self._booked(op, grants, levels)
-                if op.kind == "R" and self._book is not None and op.slots is not None:  # (_booked needs both)
+                # An admitted request's headers show Redis's level plus what this process holds,
+                # as a decision from the lease does. A refusal is Redis's alone: its levels say
+                # why and for how long (adding the lease could show room everywhere).
+                if taken and op.kind == "R" and self._book is not None and op.slots is not None:
                     levels = tuple([a + b for a, b in zip(levels, self._book.table.levels(op.slots, 0.0))])
+            assert op.future is not None
             if not op.future.done():
-                op.future.set_result((taken, levels))
+                op.future.set_result((op.kind == "g" or taken, levels))
             elif taken:  # the request was cancelled while waiting: give its quota back
                 self._queue.append(_Op("c", op.keys, op.shapes, tuple(-a for a in op.amounts)))
         return True
 
-    def _encode(self, batch: list[_Op]) -> tuple[list[str], list[str]]:
-        """KEYS and the four ARGV strings of one script call (see BUCKETS_LUA)."""
+    async def _resolve(self) -> bool:
+        """Ask Redis whether the batch whose reply was lost ran (the script's '?' call). If it
+        did, its settles landed: they are not sent again, and what its reservations and leases
+        took goes back, since their requests were decided without it (on_store_error) and their
+        settles will not return it. If it did not, it never will (the question fences it off),
+        and its settles are sent first. Returns False if Redis still fails."""
+        assert self._unsure is not None
+        seq, batch = self._unsure
+        now = "" if self.now is None else repr(self.now)
+        try:
+            reply = await self._evalsha([self._record], [now, str(GAUGE_TTL_MS), "", "?", str(seq)])
+        except (RedisError, OSError) as exc:
+            self._incident(exc, [], ran=False)
+            return False
+        self._unsure = None
+        words = reply.split()
+        if words[0] == b"U":  # (not reached, see BUCKETS_LUA) not sent again; what it took stays taken
+            log.warning("rate-limit store: the outcome of a batch sent before the incident is unknown")
+        elif words[0] == b"R":
+            for op, taken, _, grants in _results(batch, words[1:], with_levels=False):
+                back = op.amounts if taken and op.kind != "g" else (0.0,) * len(op.keys)
+                if grants is not None:
+                    back = tuple([a + g for a, g in zip(back, grants)])
+                if any(back):
+                    self._queue.append(_Op("c", op.keys, op.shapes, tuple(-a for a in back)))
+        else:
+            settles = [op for op in batch if op.future is None]
+            self._queue[:0] = settles
+            self._held += len(settles)
+        self._recovered()
+        return True
+
+    def _encode(self, batch: list[_Op], seq: int) -> tuple[list[str], list[str]]:
+        """KEYS and the five ARGV strings of one script call (see BUCKETS_LUA)."""
         index: dict[str, int] = {}
         shapes: list[str] = []
         ops: list[str] = []
@@ -436,7 +549,7 @@ class RedisBuckets:
                 if op.wants is not None:
                     ops.append(repr(op.wants[j]))
         now = "" if self.now is None else repr(self.now)
-        return list(index), [now, str(GAUGE_TTL_MS), " ".join(shapes), " ".join(ops)]
+        return [*index, self._record], [now, str(GAUGE_TTL_MS), " ".join(shapes), " ".join(ops), str(seq)]
 
     async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA; on NOSCRIPT (Redis restarted or flushed) load the script and call again."""
@@ -451,16 +564,23 @@ class RedisBuckets:
     def _failing_fast(self) -> bool:
         return self._down_since is not None and time.monotonic() < self._retry_at
 
-    def _incident(self, exc: BaseException, batch: list[_Op]) -> None:
+    def _incident(self, exc: BaseException, batch: list[_Op], ran: bool | None) -> None:
         """Fail the waiting reservations; keep the settles (bounded) to send when Redis is back,
-        so quota and concurrency slots held in Redis are not lost to a short outage."""
+        so quota and concurrency slots held in Redis are not lost to a short outage. A batch
+        that may have run (`ran` None: its reply timed out, the connection broke) is kept
+        apart until Redis says whether it did (_resolve): sent again, its settles could apply
+        twice; taken for good, its reservations would never come back."""
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
             log.error("rate-limit store: redis unavailable (%s: %s); deciding without it until it answers",
                       type(exc).__name__, exc)
         self._retry_at = now + RETRY_INTERVAL
-        settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
+        if ran is None:
+            self._unsure = (self._seq, batch)
+            settles = [op for op in self._queue if op.future is None][-MAX_HELD:]
+        else:
+            settles = [op for op in batch + self._queue if op.future is None][-MAX_HELD:]
         for op in batch + self._queue:
             if op.kind == "R" and self._book is not None and op.wants is not None and op.slots is not None:
                 self._book.failed(op.slots, op.wants)
@@ -474,6 +594,28 @@ class RedisBuckets:
             log.warning("rate-limit store: redis answers again after %.1f s; sending %d settles held meanwhile",
                         time.monotonic() - self._down_since, self._held)
             self._down_since, self._held = None, 0
+
+
+def _results(batch: list[_Op], words: list[bytes], with_levels: bool
+             ) -> Iterator[tuple[_Op, bool, tuple[float, ...], tuple[float, ...] | None]]:
+    """Per r, R and g op of `batch`, from the script's words: (op, taken, levels after, grants
+    for R and g ops). Without levels: the words of a batch record ('1'|'0' and grants)."""
+    pos = 0
+    for op in batch:
+        if op.future is None:
+            continue
+        n = len(op.keys)
+        taken = op.kind != "g" and words[pos] == b"1"
+        pos += op.kind != "g"
+        levels: tuple[float, ...] = ()
+        if with_levels:
+            levels = tuple(map(float, words[pos:pos + n]))
+            pos += n
+        grants = None
+        if op.kind in ("R", "g"):
+            grants = tuple(map(float, words[pos:pos + n]))
+            pos += n
+        yield op, taken, levels, grants
 
 
 def _shape(bucket: Bucket) -> str:
