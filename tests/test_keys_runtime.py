@@ -179,3 +179,62 @@ def test_freed_bucket_slots_are_reused_only_after_a_quarantine():
         now[0] += 700.0
     assert len(store._table) == 2, "the first key's slot, freed 700 s before, went to the third"
     assert len(store._slot) == 1
+
+
+async def test_a_key_rebuild_that_fails_still_refuses_what_was_revoked_and_is_tried_again(tmp_path, monkeypatch, caplog):
+    """A change to a key with a budget rebuilds the runtime, limiter and budgets from a loop
+    callback. If that raises, the directory has already moved past the change: the revocation
+    must still apply (patched in place), the failure be logged, and the rebuild be retried."""
+    import asyncio
+    import logging
+
+    from tollway.core.config import Budget
+    from tollway.core.tenancy.inputs import KeyCreate
+    from tollway.core.tenancy.roles import OWNER
+    from tollway.gateway import app
+
+    gw = app.Gateway(loads(f"""
+providers: [{{name: f, schema: fake}}]
+models: [{{name: small, targets: [{{provider: f}}]}}]
+store: {{backend: sqlite, path: {tmp_path / "t.db"}}}
+"""))
+    assert gw.directory is not None
+    await gw.directory.open()
+    gw.start()
+    actions, plugins = gw.serving.actions, gw.plugins
+    assert actions is not None
+    try:
+        minted = await actions.create_key(OWNER, KeyCreate(name="svc", budget=Budget(usd=5, period="month")))
+        await _until(lambda: gw.runtime.keys.lookup(minted.secret) is not None)
+        failing = [True]
+        real_books = app.Books
+
+        def books(*args, **kwargs):  # stands for any part of the rebuild failing for a while
+            if failing[0]:
+                raise RuntimeError("the budgets could not be built")
+            return real_books(*args, **kwargs)
+        monkeypatch.setattr(app, "Books", books)
+        monkeypatch.setattr(app, "KEY_RETRY_SECONDS", 0.05, raising=False)
+        with caplog.at_level(logging.ERROR, logger="tollway"):
+            await actions.revoke_key(OWNER, minted.key.id)
+            await asyncio.sleep(0.2)  # several retries, all failing
+        found = gw.runtime.keys.lookup(minted.secret)
+        assert found is not None and found.refusal == "This key was revoked.", "a revoked key is refused even when the rebuild failed"
+        logged = [r for r in caplog.records if r.name == "tollway" and r.levelno == logging.ERROR]
+        assert len(logged) == 1 and "the budgets could not be built" in logged[0].getMessage(), "once per incident"
+        failing[0] = False
+        await _until(lambda: not gw.runtime.config.keys)  # rebuilt: the revoked key left the limits and budgets
+        assert gw.plugins is plugins, "a key change does not rebuild the plugins"
+    finally:
+        await gw._close_providers(list(gw.runtime.providers.values()))
+        await gw.directory.close(gw.serving.last_used)
+        await gw.upstream.aclose()
+
+
+async def _until(check, timeout: float = 3.0) -> None:
+    import asyncio
+    import time
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
