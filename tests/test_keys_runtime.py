@@ -231,6 +231,37 @@ store: {{backend: sqlite, path: {tmp_path / "t.db"}}}
         await gw.upstream.aclose()
 
 
+async def test_a_key_is_not_saved_into_a_team_deleted_after_it_was_read(tmp_path):
+    """The key's save pins its run-time team's version: a team deleted between the check that
+    it exists and the save (by another replica, `tollway keys`, a concurrent request) makes the
+    save a 409, not a key in a team that no longer exists."""
+    from tollway.core.tenancy.inputs import KeyCreate, TeamCreate
+    from tollway.core.tenancy.roles import OWNER
+    from tollway.gateway.store.sqlite import SqliteStore
+    from tollway.gateway.tenancy.actions import Actions
+
+    store, other = SqliteStore(str(tmp_path / "t.db")), SqliteStore(str(tmp_path / "t.db"))
+    await store.open()
+    await other.open()
+    try:
+        actions, elsewhere = Actions(store, CONFIG), Actions(other, CONFIG)
+        await actions.create_team(OWNER, TeamCreate(name="red"))
+        read = store.team
+
+        async def read_then_deleted(name: str) -> ApiTeam | None:
+            held = await read(name)
+            await elsewhere.delete_team(OWNER, name)  # (no key in it yet: allowed)
+            return held
+        store.team = read_then_deleted  # type: ignore[method-assign]
+        with pytest.raises(GatewayError) as caught:
+            await actions.create_key(OWNER, KeyCreate(name="svc", team="red"))
+        assert caught.value.status == 409 and "team 'red'" in caught.value.message
+        assert [k for k in (await other.changes(0)).keys if k.team == "red"] == []
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
 async def _until(check, timeout: float = 3.0) -> None:
     import asyncio
     import time
