@@ -376,6 +376,18 @@ async def test_a_postgres_failure_is_a_store_error_without_the_password(pg_datab
     await store.aclose()
 
 
+@pytest.mark.parametrize("password", ["S3cr3tPart/Rest+xyz=", "S3cr3tPart#Rest", "S3cr3tPart?Rest"])
+async def test_a_url_the_driver_cannot_parse_is_named_never_quoted(password: str):
+    """asyncpg's parse errors quote the fragment they choked on: for a password holding an
+    unescaped / # or ?, a piece of the password that no scrubbing can recognise."""
+    store = PostgresStore(f"postgresql://postgres:{password}@127.0.0.1:5432/tollway")
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    said = str(caught.value)
+    assert "S3cr3tPart" not in said and "Rest" not in said, said
+    assert "store.url is not a valid PostgreSQL URL (ValueError)" in said and "postgres:***@127.0.0.1:5432" in said
+
+
 async def test_a_sqlite_failure_is_a_store_error(tmp_path):
     path = str(tmp_path / "ledger.db")
     store = SqliteStore(path)

@@ -211,6 +211,10 @@ def test_refusals_are_one_line_and_exit_1(upstream: FakeOpenAI, tmp_path: Path):
     down.write_text(_config(upstream.url, 'store: {backend: postgres, url: "postgresql://tw:hunter2-secret@127.0.0.1:9/x"}'))
     line = refused(keys("create", "--config", str(down), "--name", "x"))
     assert "hunter2" not in line
+    for password in ("Sup3r/Secret", "Sup3r?Secret", "Sup3r#Secret", "Sup3r@Secret"):  # unescaped, as pasted
+        down.write_text(_config(upstream.url, f'store: {{backend: postgres, url: "postgresql://tw:{password}@127.0.0.1:9/x"}}'))
+        line = refused(keys("list", "--config", str(down)), "cannot open the store")
+        assert "Sup3r" not in line and "Secret" not in line, line
 
     usage = keys("create", "--config", str(config))  # --name missing: argparse's usage error
     assert usage.returncode == 2 and "--name" in usage.stderr and usage.stdout == ""
