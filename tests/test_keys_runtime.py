@@ -92,6 +92,21 @@ def test_a_key_named_like_a_config_key_does_not_take_its_limits():
     assert [k.name for k in rt.config.keys] == ["alice"] and rt.config.keys[0].limits == []
 
 
+@pytest.mark.parametrize("revoked", [False, True])
+def test_key_named_finds_the_config_files_key_whatever_run_time_key_had_its_name(revoked: bool):
+    """The file's key wins its name (docs/keys.md): a plugin mapping a caller to a key by name
+    (the authenticate stage's ctx.key_named) gets it, not the refused run-time record."""
+    rt = _runtime(_key(name="alice", revoked_at=T0 if revoked else None))
+    found = rt.key_named("alice")
+    assert found is not None and found.key_id == "config:alice" and found.refusal is None
+
+
+def test_key_named_finds_a_rotated_keys_current_record():
+    rt = _runtime(_key(key_hash=hash_key("newer"), previous_hash=hash_key("new"), previous_until=T0 + 5))
+    found = rt.key_named("svc")
+    assert found is not None and found.key_hash == hash_key("newer")
+
+
 class _NoStore:
     backend = "none"
 
