@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from granian.rsgi import HTTPProtocol, Scope
@@ -19,6 +19,7 @@ from tollway.core import errors
 from tollway.core.accounting import pricing
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
+from tollway.core.tenancy.records import ApiKey
 from tollway.gateway import price_source, token_count
 from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.cache import ResponseCache
@@ -59,6 +60,7 @@ _JSON = ("content-type", "application/json")
 _TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
 _LEDGER_FLUSH_SECONDS = 2.5  # on shutdown, queued usage records get this long (traces 2 s + this < the kill margin)
 _PLUGIN_FLUSH_SECONDS = 1.0  # on shutdown, plugins' queued on_complete calls get this long
+KEY_RETRY_SECONDS = 2.0  # a key rebuild that failed is tried again this often (the directory's poll period)
 log = logging.getLogger("tollway")
 
 
@@ -103,7 +105,9 @@ class Gateway:
         self.directory = Directory(build_key_store(config.store, config_path)) if config.store is not None else None
         if self.directory is not None:
             self.directory.on_change = self._keys_changed
-        self._rebuild_pending = False
+        self._key_rebuild: asyncio.Handle | None = None  # a key rebuild to come (_keys_changed)
+        self._unbuilt: list[tuple[ApiKey | None, ApiKey]] = []  # key changes no rebuild has taken yet
+        self._keys_failing = False  # the last key rebuild failed: a retry is waiting
         self._plug()
         self.metrics.register(LedgerGauges(lambda: self.books.ledger), workers=("ledger", LEDGER_RULES))
         self.metrics.register(BudgetLevels(lambda: self.books.budgets))  # a reload's new keeper is read
@@ -195,6 +199,8 @@ class Gateway:
             self.heap.start(loop)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._key_rebuild is not None:  # (a retry of a failed one)
+            self._key_rebuild.cancel()
         loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
         self.watchdog.close()
         if self.heap is not None:
@@ -236,18 +242,26 @@ class Gateway:
         tracer = build_tracer(config.telemetry.traces, self.metrics) if retrace else self.tracer
         runtime = Runtime(config, self.upstream, self.runtime, self._api())
         config = runtime.config  # with the run-time keys and teams: limits and budgets apply to them too
-        limiter = build_limiter(config, self.metrics, self.limiter)
         plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # PluginLoadError: old config stays
         books = Books(config, self.config_path, self.ledger_counters, reload_of=self.books)
+        limiter = build_limiter(config, self.metrics, self.limiter)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
             log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
         rebuild = books.adopt(self.books)
-        old_books, self.books = self.books, books
         self.plugins = plugins  # (the old ones' queued on_complete calls finish in their tasks)
         self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
         self.cache = ResponseCache(config, self.cache)  # (the entries stay unless cache: changed)
         if self.cache.retired is not None:
             self._in_background(self.cache.retired.aclose())
+        if retrace:
+            self._swap_tracer(tracer, loop)
+        self._swap_keyed(runtime, books, rebuild, limiter, loop)
+
+    def _swap_keyed(self, runtime: Runtime, books: Books, rebuild: Awaitable[None] | None, limiter: Limiter,
+                    loop: asyncio.AbstractEventLoop) -> None:
+        """Serve with `runtime` and what depends on its keys and teams (budgets, limits) from now
+        on; `rebuild` is what `books.adopt` returned (made with the rest: nothing here raises)."""
+        old_books, self.books = self.books, books
         if rebuild is not None:  # owners new to budgets: their spend this period, from the ledger
             self._in_background(rebuild)
         books.budgets.start(loop)
@@ -257,8 +271,6 @@ class Gateway:
         old_limiter, self.limiter = self.limiter, limiter
         if old_limiter is not None and old_limiter.store is not limiter.store:
             self._in_background(old_limiter.store.aclose())
-        if retrace:
-            self._swap_tracer(tracer, loop)
         old, self.runtime = self.runtime, runtime
         if old.file_config is not runtime.file_config:
             self._new_actions()
@@ -290,17 +302,58 @@ class Gateway:
         burst of changes (a poll may bring many), on the loop."""
         if not self.ready:
             return  # (before start: `start` builds the first runtime with them)
-        if self._rebuild_pending:
-            return  # the rebuild to come reads the directory's newest tables
-        if change.light:
+        if change.light:  # (also while a rebuild is to come: O(changed keys), and it holds if that fails)
             self.runtime.patch_keys(change.tables, change.keys)
             return
-        self._rebuild_pending = True
-        asyncio.get_running_loop().call_soon(self._rebuild_keys)
+        # The directory's version has moved past these changes: it will not bring them again,
+        # so they are held here until a rebuild has taken them (see _rebuild_keys).
+        self._unbuilt.extend(change.keys)
+        if self._key_rebuild is None:
+            self._key_rebuild = asyncio.get_running_loop().call_soon(self._rebuild_keys)
+        elif self._keys_failing:  # a retry is waiting: the refusals among these must not wait for it
+            self._refuse_unbuilt(change.keys)
 
     def _rebuild_keys(self) -> None:
-        self._rebuild_pending = False
-        self.reload(self.runtime.file_config)
+        """Rebuild what depends on the run-time keys and teams: the runtime's key table (and
+        the metric labels, routes and prices built with it; providers are reused), the
+        limiter's policy and the budgets. Nothing else: plugins, guardrails, the cache and the
+        tracer come from the config file, and a key change must not re-run plugin factories
+        (docs/plugins.md: at start and on a config reload only).
+
+        A rebuild that fails must not leave a revoked key working: the refusals among the
+        changes it was to take (revocations, expiries, rotations) are patched into the key
+        table in place, and the rebuild is tried again every KEY_RETRY_SECONDS until it works."""
+        self._key_rebuild = None
+        loop = asyncio.get_running_loop()
+        try:
+            runtime = Runtime(self.runtime.file_config, self.upstream, self.runtime, self._api())
+            books = Books(runtime.config, self.config_path, self.ledger_counters, reload_of=self.books)
+            limiter = build_limiter(runtime.config, self.metrics, self.limiter)
+            self._swap_keyed(runtime, books, books.adopt(self.books), limiter, loop)
+        except Exception as exc:  # noqa: BLE001 - from a loop callback: nothing above would catch it
+            if not self._keys_failing:  # once per incident; the traceback says where
+                log.exception("keys: applying a key or team change failed (%s: %s); revocations, expiries and "
+                              "rotations are applied, the rest is retried every %.0f s",
+                              type(exc).__name__, exc, KEY_RETRY_SECONDS)
+            self._keys_failing = True
+            self._refuse_unbuilt(self._unbuilt)
+            self._key_rebuild = loop.call_later(KEY_RETRY_SECONDS, self._rebuild_keys)
+            return
+        self._unbuilt = []
+        if self._keys_failing:
+            log.info("keys: key and team changes are applied again")
+            self._keys_failing = False
+
+    def _refuse_unbuilt(self, changes: Sequence[tuple[ApiKey | None, ApiKey]]) -> None:
+        """The fail-safe: patch in place the changes that take a key's access away, the ones a
+        key table without them would wrongly grant. Other changes (new keys, limits, budgets,
+        teams) wait for the rebuild: patched alone they would run outside their bounds."""
+        refusals = [(old, new) for old, new in changes if _refuses(old, new)]
+        if refusals:
+            try:
+                self.runtime.patch_keys(self._api(), refusals)
+            except Exception:  # noqa: BLE001 - a loop callback; the retry tries the whole rebuild again
+                log.exception("keys: applying %d key refusal(s) in place failed", len(refusals))
 
     def _swap_tracer(self, tracer: Tracer | None, loop: asyncio.AbstractEventLoop) -> None:
         """Trace with `tracer` from now on; the old exporter flushes what it holds."""
@@ -439,6 +492,17 @@ class Gateway:
         ex.status = 200
         headers = [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("x-request-id", ex.request_id)]
         proto.response_bytes(200, headers, self.metrics.exposition())
+
+
+def _refuses(old: ApiKey | None, new: ApiKey) -> bool:
+    """Whether a key change takes access away: a revocation, a new or earlier expiry, a
+    rotation (the old secret's grace), for a key the table already holds."""
+    if new.revoked_at is not None:
+        return True
+    if old is None:
+        return False
+    return (new.expires_at is not None and (old.expires_at is None or new.expires_at < old.expires_at)) or \
+        new.key_hash != old.key_hash
 
 
 def create_app() -> Gateway:

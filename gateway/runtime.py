@@ -142,8 +142,9 @@ class Runtime:
         index = self._by_name
         if index is None or index[0] != self.keys.version:
             records: dict[str, KeyRecord] = {}
-            for r in self.keys.records():  # a rotated key's current record wins over its previous one
-                if r.key.name not in records or r.key_hash == r.key.key_hash:
+            for r in self.keys.records():
+                held = records.get(r.key.name)
+                if held is None or _name_rank(r) > _name_rank(held):
                     records[r.key.name] = r
             index = self._by_name = (self.keys.version, records)
         return index[1].get(name)
@@ -172,6 +173,13 @@ class Runtime:
         """Providers of `previous` this runtime does not reuse: their pools should close."""
         kept = {id(p) for p in self.providers.values()}
         return [p for p in previous.providers.values() if id(p) not in kept]
+
+
+def _name_rank(record: KeyRecord) -> tuple[bool, bool, bool]:
+    """Which of the records of one name `key_named` finds: the config file's key (it wins its
+    name, docs/keys.md; a run-time key of that name is refused), then a record that is not
+    refused (revoked, orphaned), then a rotated key's current record over its previous one."""
+    return (record.key_id == key_id_of(record.key.name), record.refusal is None, record.key_hash == record.key.key_hash)
 
 
 def provider_adapters(config: Provider) -> dict[str, Adapter]:

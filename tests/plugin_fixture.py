@@ -84,3 +84,19 @@ def nothing(config: dict[str, Any]) -> object:
 
 def broken(config: dict[str, Any]) -> object:
     raise ValueError("the broken plugin's factory always fails")
+
+
+def counted(config: dict[str, Any]) -> object:
+    """Notes each run of its factory in `config["runs"]` (a file), and fails while the file
+    `config["fail_while"]` exists (a factory reading a policy file or a JWKS can fail for a while)."""
+    import os
+    with open(config["runs"], "a") as runs:
+        runs.write("run\n")
+    if os.path.exists(config["fail_while"]):
+        raise RuntimeError("the plugin's policy file is unavailable")
+    return Counted()
+
+
+class Counted:
+    async def on_request(self, ctx: RequestContext) -> object:
+        return ALLOW

@@ -137,6 +137,16 @@ def test_a_key_may_name_models_served_by_a_match_route_and_the_wildcard():
         "keys.k.models[1]: unknown model 'llama-2-7b' (no model has this name or a match: for it); did you mean 'llama'? (line 17)"]
 
 
+@pytest.mark.parametrize("name", ["admin", "cli"])
+def test_an_administrator_may_not_take_the_owners_or_the_clis_name(name: str):
+    """The audit trail names the owner 'admin' and `tollway keys` 'cli': an administrator of
+    either name would make its entries indistinguishable from theirs."""
+    text = GOOD + f"""admins:
+  - {{name: {name}, key_hash: "sha256:{'1' * 64}", role: viewer}}
+"""
+    assert f"'{name}' is taken" in str(_error(text))
+
+
 def test_duplicate_team_names_are_an_error():
     text = MANY + "  - name: search\n"
     assert "teams.search.name: duplicate name 'search' (line 21)" in _found(text)

@@ -324,9 +324,11 @@ def test_the_owner_console_end_to_end(browser: Any, gw: GatewayProcess, artifact
         page.screenshot(path=str(artifacts / "keys-created.png"), full_page=True)
         assert chat(gw, secret) == 200
 
-        page.get_by_label("Search keys").fill("console")
+        page.get_by_label("Search keys").fill("console")  # (the server searches: wait for its answer)
+        page.locator("#keys-out tbody tr", has_text="alice").wait_for(state="detached")
         assert page.locator("#keys-out tbody tr").count() == 1
         page.get_by_label("Search keys").fill("")
+        page.locator("#keys-out tbody tr", has_text="alice").wait_for()
 
         page.get_by_role("button", name="Edit console-made").click()
         page.get_by_label("Budget (USD, empty: none)").fill("12.5")
@@ -546,3 +548,62 @@ def test_a_credential_that_stops_working_logs_out(browser: Any, gw: GatewayProce
         assert not page.locator("#shell").is_visible()
     finally:
         w.close()
+
+
+def test_the_keys_page_reaches_every_key_and_team_however_many(browser: Any, upstream: FakeOpenAI, tmp_path: Path):
+    """The API pages its lists: the Keys page reads keys a page at a time ("Show more keys",
+    after=), sends its search to the server (q=: a key past the first page is found), and reads
+    every page of teams (here more than the 1000 one page holds)."""
+    import asyncio
+
+    from tollway.core import config as config_mod
+    from tollway.core.tenancy.inputs import KeyCreate, TeamCreate
+    from tollway.core.tenancy.roles import OWNER
+    from tollway.gateway.store.sqlite import SqliteStore
+    from tollway.gateway.tenancy.actions import Actions
+
+    text = _config(upstream.url, tmp_path / "tollway.db")
+
+    async def provision() -> None:  # straight into the store, as `tollway keys` would (the admin API is rate limited)
+        store = SqliteStore(str(tmp_path / "tollway.db"))
+        await store.open()
+        try:
+            actions = Actions(store, config_mod.loads(text))
+            for i in range(1000):  # with alice, more than the 1000 one page of the API holds
+                await actions.create_key(OWNER, KeyCreate(name=f"bulk-{i:04d}"))
+            await actions.create_key(OWNER, KeyCreate(name="newest-service"))
+            for i in range(1000):
+                await actions.create_team(OWNER, TeamCreate(name=f"team-{i:04d}"))
+        finally:
+            await store.aclose()
+    maker = threading.Thread(target=asyncio.run, args=(provision(),))  # (Playwright's loop runs in this thread)
+    maker.start()
+    maker.join()
+    gw = GatewayProcess(text)
+    w = Watched(browser, gw)
+    page = w.page
+    try:
+        login(w, ADMIN_KEY)
+        go(w, "Keys")
+        page.locator("#keys-out tbody tr", has_text="bulk-0000").wait_for()
+        assert page.locator("#keys-out tbody tr", has_text="newest-service").count() == 0, "not on the first page"
+        page.locator("#teams-out tbody tr", has_text="team-0999").wait_for()  # on the second page of teams
+
+        page.get_by_label("Search keys").fill("newest")
+        page.locator("#keys-out tbody tr", has_text="newest-service").wait_for()
+        page.wait_for_function("() => document.querySelectorAll('#keys-out tbody tr').length === 1")
+        assert not page.locator("#more-keys").is_visible()
+        page.get_by_label("Search keys").fill("")
+        page.locator("#keys-out tbody tr", has_text="newest-service").wait_for(state="detached")
+
+        more = page.get_by_role("button", name="Show more keys")
+        while page.locator("#keys-out tbody tr", has_text="newest-service").count() == 0:
+            shown = page.locator("#keys-out tbody tr").count()
+            more.click()
+            page.wait_for_function("(n) => document.querySelectorAll('#keys-out tbody tr').length > n", arg=shown)
+        assert page.locator("#keys-out tbody tr").count() == 1002, "alice, the 1000 and the newest, each once"
+        assert not more.is_visible(), "nothing more to read"
+        w.check(ADMIN_KEY)
+    finally:
+        w.close()
+        gw.stop()

@@ -153,6 +153,21 @@ async def test_a_name_is_never_reused_not_even_a_revoked_keys(store: Store):
     assert await store.save(Change(keys=[_key(2, "ci-2")])) == 3
 
 
+async def test_a_team_is_not_deleted_while_a_key_that_is_not_revoked_is_in_it(store: Store):
+    """Checked in the save's transaction against every key saved before it (a process's copy of
+    the keys may be seconds old): the admin API's 409."""
+    red, key = ApiTeam("red", BASE), _key(1, team="red")
+    await store.save(Change(keys=[key], teams=[red]))  # 1
+    gone = msgspec.structs.replace(red, deleted_at=BASE + 5)
+    with pytest.raises(Conflict, match="Team 'red' still has 1 live key"):
+        await store.save(Change(teams=[gone], audit=[_audit(BASE)]))
+    await _nothing_written(store, 1, 0)
+    assert (await store.team("red")).deleted_at is None  # type: ignore[union-attr]
+    # The change's own keys count as it leaves them: revoked in the same change, the team may go.
+    assert await store.save(Change(keys=[msgspec.structs.replace(key, revoked_at=BASE + 5)], teams=[gone])) == 2
+    assert (await store.team("red")).deleted_at == BASE + 5  # type: ignore[union-attr]
+
+
 async def test_a_digest_twice_is_a_conflict_that_names_the_key_not_the_digest(store: Store):
     await store.save(Change(keys=[_key(1)]))
     twin = _key(2, "twin", key_hash=_key(1).key_hash)
@@ -359,6 +374,18 @@ async def test_a_postgres_failure_is_a_store_error_without_the_password(pg_datab
             await call
         assert "s3cret-pw" not in str(caught.value) and "***" in str(caught.value)
     await store.aclose()
+
+
+@pytest.mark.parametrize("password", ["S3cr3tPart/Rest+xyz=", "S3cr3tPart#Rest", "S3cr3tPart?Rest"])
+async def test_a_url_the_driver_cannot_parse_is_named_never_quoted(password: str):
+    """asyncpg's parse errors quote the fragment they choked on: for a password holding an
+    unescaped / # or ?, a piece of the password that no scrubbing can recognise."""
+    store = PostgresStore(f"postgresql://postgres:{password}@127.0.0.1:5432/tollway")
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    said = str(caught.value)
+    assert "S3cr3tPart" not in said and "Rest" not in said, said
+    assert "store.url is not a valid PostgreSQL URL (ValueError)" in said and "postgres:***@127.0.0.1:5432" in said
 
 
 async def test_a_sqlite_failure_is_a_store_error(tmp_path):

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,6 +163,31 @@ async def test_create_list_revoke_on_postgres(upstream: FakeOpenAI, tmp_path: Pa
     assert gone["status"] == "revoked"
 
 
+def test_a_team_with_a_key_made_elsewhere_is_not_deleted(upstream: FakeOpenAI, tmp_path: Path):
+    """The gateway's copy of the keys learns of a key `tollway keys` made up to 2 s later; the
+    delete of its team is refused all the same (409), not left with a key in no team."""
+    text = _config(upstream.url, f"store: {{backend: sqlite, path: {tmp_path / 'tollway.db'}}}")
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    gw = GatewayProcess(text)
+    try:
+        def admin(method: str, path: str, body: object = None) -> int:
+            req = urllib.request.Request(gw.url + path, json.dumps(body).encode() if body is not None else None,
+                                         method=method, headers={"authorization": f"Bearer {ADMIN_KEY}",
+                                                                 "content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+        assert admin("POST", "/admin/teams", {"name": "t1"}) == 201
+        secret = made(keys("create", "--config", str(config), "--name", "in-t1", "--team", "t1"))
+        assert admin("DELETE", "/admin/teams/t1") == 409
+        until(lambda: chat(gw, secret) == 200)  # (once the gateway has read it) the key works: its team is there
+    finally:
+        gw.stop()
+
+
 def test_refusals_are_one_line_and_exit_1(upstream: FakeOpenAI, tmp_path: Path):
     bare = tmp_path / "bare.yaml"
     bare.write_text(_config(upstream.url, ""))
@@ -185,6 +211,10 @@ def test_refusals_are_one_line_and_exit_1(upstream: FakeOpenAI, tmp_path: Path):
     down.write_text(_config(upstream.url, 'store: {backend: postgres, url: "postgresql://tw:hunter2-secret@127.0.0.1:9/x"}'))
     line = refused(keys("create", "--config", str(down), "--name", "x"))
     assert "hunter2" not in line
+    for password in ("Sup3r/Secret", "Sup3r?Secret", "Sup3r#Secret", "Sup3r@Secret"):  # unescaped, as pasted
+        down.write_text(_config(upstream.url, f'store: {{backend: postgres, url: "postgresql://tw:{password}@127.0.0.1:9/x"}}'))
+        line = refused(keys("list", "--config", str(down)), "cannot open the store")
+        assert "Sup3r" not in line and "Secret" not in line, line
 
     usage = keys("create", "--config", str(config))  # --name missing: argparse's usage error
     assert usage.returncode == 2 and "--name" in usage.stderr and usage.stdout == ""

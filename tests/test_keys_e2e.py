@@ -130,6 +130,18 @@ def test_create_use_rotate_revoke(gw: GatewayProcess):
     assert secret not in json.dumps(trail) and fresh not in json.dumps(trail)
 
 
+def test_an_answer_holding_a_new_key_is_stored_by_no_cache(gw: GatewayProcess):
+    def headers(method: str, path: str, body: object) -> dict[str, str]:
+        req = urllib.request.Request(gw.url + path, data=json.dumps(body).encode(), method=method,
+                                     headers={"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert "key" in json.loads(r.read())
+            return {k.lower(): v for k, v in r.getheaders()}
+    made = call(gw, "POST", "/admin/keys", {"name": "svc-cached"})[1]  # (the id, to rotate)
+    assert headers("POST", f"/admin/keys/{made['id']}/rotate", {"grace_seconds": 0}).get("cache-control") == "no-store"
+    assert headers("POST", "/admin/keys", {"name": "svc-cached-2"}).get("cache-control") == "no-store"
+
+
 def test_an_expired_key_says_when(gw: GatewayProcess):
     soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat().replace("+00:00", "Z")
     status, made = call(gw, "POST", "/admin/keys", {"name": "short-lived", "expires_at": soon})

@@ -92,6 +92,21 @@ def test_a_key_named_like_a_config_key_does_not_take_its_limits():
     assert [k.name for k in rt.config.keys] == ["alice"] and rt.config.keys[0].limits == []
 
 
+@pytest.mark.parametrize("revoked", [False, True])
+def test_key_named_finds_the_config_files_key_whatever_run_time_key_had_its_name(revoked: bool):
+    """The file's key wins its name (docs/keys.md): a plugin mapping a caller to a key by name
+    (the authenticate stage's ctx.key_named) gets it, not the refused run-time record."""
+    rt = _runtime(_key(name="alice", revoked_at=T0 if revoked else None))
+    found = rt.key_named("alice")
+    assert found is not None and found.key_id == "config:alice" and found.refusal is None
+
+
+def test_key_named_finds_a_rotated_keys_current_record():
+    rt = _runtime(_key(key_hash=hash_key("newer"), previous_hash=hash_key("new"), previous_until=T0 + 5))
+    found = rt.key_named("svc")
+    assert found is not None and found.key_hash == hash_key("newer")
+
+
 class _NoStore:
     backend = "none"
 
@@ -179,3 +194,93 @@ def test_freed_bucket_slots_are_reused_only_after_a_quarantine():
         now[0] += 700.0
     assert len(store._table) == 2, "the first key's slot, freed 700 s before, went to the third"
     assert len(store._slot) == 1
+
+
+async def test_a_key_rebuild_that_fails_still_refuses_what_was_revoked_and_is_tried_again(tmp_path, monkeypatch, caplog):
+    """A change to a key with a budget rebuilds the runtime, limiter and budgets from a loop
+    callback. If that raises, the directory has already moved past the change: the revocation
+    must still apply (patched in place), the failure be logged, and the rebuild be retried."""
+    import asyncio
+    import logging
+
+    from tollway.core.config import Budget
+    from tollway.core.tenancy.inputs import KeyCreate
+    from tollway.core.tenancy.roles import OWNER
+    from tollway.gateway import app
+
+    gw = app.Gateway(loads(f"""
+providers: [{{name: f, schema: fake}}]
+models: [{{name: small, targets: [{{provider: f}}]}}]
+store: {{backend: sqlite, path: {tmp_path / "t.db"}}}
+"""))
+    assert gw.directory is not None
+    await gw.directory.open()
+    gw.start()
+    actions, plugins = gw.serving.actions, gw.plugins
+    assert actions is not None
+    try:
+        minted = await actions.create_key(OWNER, KeyCreate(name="svc", budget=Budget(usd=5, period="month")))
+        await _until(lambda: gw.runtime.keys.lookup(minted.secret) is not None)
+        failing = [True]
+        real_books = app.Books
+
+        def books(*args, **kwargs):  # stands for any part of the rebuild failing for a while
+            if failing[0]:
+                raise RuntimeError("the budgets could not be built")
+            return real_books(*args, **kwargs)
+        monkeypatch.setattr(app, "Books", books)
+        monkeypatch.setattr(app, "KEY_RETRY_SECONDS", 0.05, raising=False)
+        with caplog.at_level(logging.ERROR, logger="tollway"):
+            await actions.revoke_key(OWNER, minted.key.id)
+            await asyncio.sleep(0.2)  # several retries, all failing
+        found = gw.runtime.keys.lookup(minted.secret)
+        assert found is not None and found.refusal == "This key was revoked.", "a revoked key is refused even when the rebuild failed"
+        logged = [r for r in caplog.records if r.name == "tollway" and r.levelno == logging.ERROR]
+        assert len(logged) == 1 and "the budgets could not be built" in logged[0].getMessage(), "once per incident"
+        failing[0] = False
+        await _until(lambda: not gw.runtime.config.keys)  # rebuilt: the revoked key left the limits and budgets
+        assert gw.plugins is plugins, "a key change does not rebuild the plugins"
+    finally:
+        await gw._close_providers(list(gw.runtime.providers.values()))
+        await gw.directory.close(gw.serving.last_used)
+        await gw.upstream.aclose()
+
+
+async def test_a_key_is_not_saved_into_a_team_deleted_after_it_was_read(tmp_path):
+    """The key's save pins its run-time team's version: a team deleted between the check that
+    it exists and the save (by another replica, `tollway keys`, a concurrent request) makes the
+    save a 409, not a key in a team that no longer exists."""
+    from tollway.core.tenancy.inputs import KeyCreate, TeamCreate
+    from tollway.core.tenancy.roles import OWNER
+    from tollway.gateway.store.sqlite import SqliteStore
+    from tollway.gateway.tenancy.actions import Actions
+
+    store, other = SqliteStore(str(tmp_path / "t.db")), SqliteStore(str(tmp_path / "t.db"))
+    await store.open()
+    await other.open()
+    try:
+        actions, elsewhere = Actions(store, CONFIG), Actions(other, CONFIG)
+        await actions.create_team(OWNER, TeamCreate(name="red"))
+        read = store.team
+
+        async def read_then_deleted(name: str) -> ApiTeam | None:
+            held = await read(name)
+            await elsewhere.delete_team(OWNER, name)  # (no key in it yet: allowed)
+            return held
+        store.team = read_then_deleted  # type: ignore[method-assign]
+        with pytest.raises(GatewayError) as caught:
+            await actions.create_key(OWNER, KeyCreate(name="svc", team="red"))
+        assert caught.value.status == 409 and "team 'red'" in caught.value.message
+        assert [k for k in (await other.changes(0)).keys if k.team == "red"] == []
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
+async def _until(check, timeout: float = 3.0) -> None:
+    import asyncio
+    import time
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)

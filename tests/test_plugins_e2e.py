@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from examples.plugins.jwt_auth import sign
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, ThreadedServer, key_hash
+from tests.harness import ADMIN_KEY, OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, ThreadedServer, key_hash
 
 JWT_SECRET = "a-shared-secret-of-some-length-0123"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -359,6 +360,41 @@ server: {{reload_check_interval: 0}}
         assert _chat(gw, "gpt-4o-mini").choices[0].message.content  # still serving the old config
     finally:
         gw.stop()
+
+
+def test_key_changes_do_not_run_plugin_factories_again(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    """Factories run at start and on a config reload only (docs/plugins.md). A run-time key change
+    rebuilds the keys, limits and budgets, not the plugins: a factory that would fail now (here:
+    its policy file is gone) neither runs nor keeps a revocation from applying."""
+    runs, fail_while = tmp_path / "runs", tmp_path / "fail"
+    gw = GatewayProcess(f"""
+providers: [{{name: up, schema: openai, base_url: {upstream.url}, api_key: {UPSTREAM_SECRET}}}]
+models: [{{name: gpt-4o-mini, targets: [{{provider: up}}]}}]
+admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
+store: {{backend: sqlite, path: {tmp_path / "tollway.db"}}}
+plugins: [{{name: counted, module: "tests.plugin_fixture:counted", config: {{runs: "{runs}", fail_while: "{fail_while}"}}}}]
+""")
+    try:
+        started = runs.read_text().count("run")
+        made = _admin(gw, "POST", "/admin/keys", {"name": "svc", "budget": {"usd": 100, "period": "month"}})
+        _admin(gw, "POST", "/admin/keys", {"name": "other", "limits": [{"requests": 100, "per": "1m"}]})
+        assert _chat(gw, "gpt-4o-mini", made["key"]).choices[0].message.content
+        fail_while.touch()
+        assert _admin(gw, "POST", f"/admin/keys/{made['id']}/revoke")["status"] == "revoked"
+        with pytest.raises(openai.AuthenticationError, match="revoked"):
+            _chat(gw, "gpt-4o-mini", made["key"])
+        assert runs.read_text().count("run") == started, "no factory ran for a key change"
+        assert "Exception in callback" not in gw.stderr()
+    finally:
+        gw.stop()
+
+
+def _admin(gw: GatewayProcess, method: str, path: str, body: object = None) -> Any:
+    request = urllib.request.Request(gw.url + path, json.dumps(body).encode() if body is not None else None,
+                                     method=method, headers={"authorization": f"Bearer {ADMIN_KEY}",
+                                                             "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def test_on_chunk_sees_the_anthropic_apis_text_deltas(gw: GatewayProcess) -> None:

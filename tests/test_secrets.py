@@ -99,6 +99,11 @@ def test_connection_urls_never_show_their_password_whatever_it_holds():
         assert password not in redact_url(url) and password not in url_address(url, 5432), url
         assert password in url_passwords(url)
     assert url_address("postgresql://app:s3cr3t/x@db:5432/tollway", 5432) == "db:5432/tollway"
+    # A query parameter named for a secret: libpq's sslpassword (the client key's passphrase) and the like.
+    url = "postgresql://app:pw@db/t?sslmode=require&sslpassword=TlsKeyPass&auth_token=tok-123&clientSecret=cs9&x=1"
+    assert redact_url(url) == ("postgresql://app:***@db/t?sslmode=require&sslpassword=***&auth_token=***"
+                               "&clientSecret=***&x=1")
+    assert {"TlsKeyPass", "tok-123", "cs9"} <= url_passwords(url) and "1" not in url_passwords(url)
     assert redact_url("postgresql://postgres@127.0.0.1:5432/t") == "postgresql://postgres@127.0.0.1:5432/t"
 
 

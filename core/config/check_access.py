@@ -47,13 +47,19 @@ def check_owner_hashes(config: Config, fail: Fail) -> None:
         fail(["server", "metrics_auth", "key_hash"], _HASH_EXPECTED)
 
 
+RESERVED_ADMIN_NAMES = ("admin", "cli")  # tollway.core.tenancy.roles: OWNER, CLI
+
+
 def check_admins(config: Config, fail: Fail) -> None:
     """Scoped administrators: distinct names and credentials; a team admin names its team."""
     digests = {config.admin.key_hash} if config.admin is not None else set()
-    seen: set[str] = {"admin"}  # the owner's name in the audit trail
+    # The audit trail's names for the owner and for `tollway keys`: an administrator of either
+    # name would make its entries indistinguishable from theirs.
+    seen: set[str] = set(RESERVED_ADMIN_NAMES)
     for i, a in enumerate(config.admins):
         if a.name in seen or not a.name.isprintable() or not a.name:
-            fail(["admins", i, "name"], f"'{a.name}' is taken or not printable (the owner is 'admin')")
+            fail(["admins", i, "name"], f"'{a.name}' is taken or not printable (the audit trail names the owner "
+                                        "'admin' and `tollway keys` 'cli')")
         seen.add(a.name)
         if not is_key_hash(a.key_hash):
             fail(["admins", i, "key_hash"], _HASH_EXPECTED)

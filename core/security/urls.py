@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&#]*)")
+# A query parameter whose name says it holds a secret: password=, sslpassword= (the client TLS
+# key's passphrase), a token, a secret, a key's. Its value is shown as ***.
+_QUERY_SECRET = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token|key)[^=&#]*=)([^&#]*)")
 
 
 def _split(url: str) -> tuple[str, str, str]:
@@ -28,19 +30,21 @@ def _split(url: str) -> tuple[str, str, str]:
 
 
 def redact_url(url: str) -> str:
-    """`url` with the password of its userinfo and any `password=` query value as ***."""
+    """`url` with the password of its userinfo and the value of any query parameter whose name
+    holds pass, secret, token or key (password=, sslpassword=, ...) as ***."""
     head, userinfo, rest = _split(url)
     if ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     shown = head + (userinfo + "@" if userinfo else "") + rest
-    return _QUERY_PASSWORD.sub(r"\1***", shown)
+    return _QUERY_SECRET.sub(r"\1***", shown)
 
 
 def url_passwords(url: str) -> set[str]:
-    """The URL's passwords, as written and decoded (to take out of a driver's message)."""
+    """The URL's passwords and the values of its secret query parameters (see `redact_url`), as
+    written and decoded (to take out of a driver's message)."""
     _, userinfo, rest = _split(url)
     found = {userinfo.split(":", 1)[1]} if ":" in userinfo else set()
-    found |= {m.group(2) for m in _QUERY_PASSWORD.finditer(rest)}
+    found |= {m.group(2) for m in _QUERY_SECRET.finditer(rest)}
     found.discard("")
     return found | {unquote(p) for p in found}
 

@@ -38,6 +38,14 @@ class AdminCall:
         return await read_body(self.scope, self.proto, self.ex, MAX_ADMIN_BODY)
 
 
-def answer(call: AdminCall, body: object, status: int = 200) -> None:
+_NO_STORE = ("cache-control", "no-store")
+
+
+def answer(call: AdminCall, body: object, status: int = 200, secret: bool = False) -> None:
+    """`secret`: the answer holds a new key's secret (create, rotate), shown this once: no cache
+    on the way (a proxy, the browser's) may keep a copy."""
     call.ex.status = status
-    call.proto.response_bytes(status, [_JSON, ("x-request-id", call.ex.request_id)], _encode(body))
+    headers = [_JSON, ("x-request-id", call.ex.request_id)]
+    if secret:
+        headers.append(_NO_STORE)
+    call.proto.response_bytes(status, headers, _encode(body))

@@ -30,7 +30,7 @@ async def create_key(call: AdminCall) -> None:
     """POST /admin/keys → 201, the key object with `key` (shown this once)."""
     actions = call.actions()
     minted = await actions.create_key(call.who, _team_named(inputs.decode(await call.body(), KeyCreate)))
-    answer(call, {**key_view(minted.key, time.time()), "key": minted.secret}, 201)
+    answer(call, {**key_view(minted.key, time.time()), "key": minted.secret}, 201, secret=True)
 
 
 async def list_keys(call: AdminCall) -> None:
@@ -79,7 +79,7 @@ async def rotate_key(call: AdminCall) -> None:
     raw = await call.body()
     body = inputs.decode(raw, Rotate) if raw.strip() else Rotate()
     minted = await call.actions().rotate_key(call.who, _ident(call, "key"), body.grace_seconds)
-    answer(call, {**key_view(minted.key, time.time()), "key": minted.secret})
+    answer(call, {**key_view(minted.key, time.time()), "key": minted.secret}, secret=True)
 
 
 async def revoke_key(call: AdminCall) -> None:

@@ -69,6 +69,18 @@ def clash(key: ApiKey, on_digest: bool) -> Conflict:
     return Conflict(name_taken(key.name))
 
 
+def deleted_teams(change: Change) -> list[str]:
+    """The teams `change` deletes. Each save checks, in its transaction and after writing the
+    change's keys, that none still has a live key: a process's own copy of the keys may be
+    seconds old, and a key saved meanwhile (another replica, `tollway keys`) would be left in
+    a team that no longer exists."""
+    return sorted(t.name for t in change.teams if t.deleted_at is not None)
+
+
+def team_in_use(team: str, live: int) -> Conflict:
+    return Conflict(f"Team '{team}' still has {live} live key(s): revoke them or move them to another team first.")
+
+
 def name_taken(name: str) -> str:
     """Why a new key cannot have `name`; the same whoever holds it, so a team admin learns
     only that it is taken, not which team's or whether the config file defines it."""

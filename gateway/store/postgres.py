@@ -194,7 +194,12 @@ class PostgresStore:
             raise StoreError(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
 
     def _say(self, exc: BaseException) -> str:
-        """The error's message, without the URL's password should a driver ever echo it."""
+        """The error's message, without the URL's password should a driver ever echo it. A URL
+        asyncpg cannot parse (a ValueError, before any connection exists) is named, never
+        quoted: its message quotes the fragment it choked on, which for a password holding an
+        unescaped / ? or # is part of the password, where no scrubbing can recognise it."""
+        if isinstance(exc, ValueError):
+            return f"store.url is not a valid PostgreSQL URL ({type(exc).__name__})"
         text = (str(exc) or type(exc).__name__).replace(self.url, self.where)
         for password in sorted(_passwords(self.url), key=len, reverse=True):
             text = text.replace(password, "***")

@@ -18,7 +18,17 @@ from typing import cast
 import asyncpg
 
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
-from tollway.gateway.store.key_rows import audit_of, check, clash, expectations, key_of, stamp, team_of
+from tollway.gateway.store.key_rows import (
+    audit_of,
+    check,
+    clash,
+    deleted_teams,
+    expectations,
+    key_of,
+    stamp,
+    team_in_use,
+    team_of,
+)
 from tollway.gateway.store.pg_conn import Conn, ListenConn
 
 CHANNEL = "tollway_keys"
@@ -31,6 +41,7 @@ _UPSERT_TEAM = """INSERT INTO api_teams (name, version, doc) VALUES ($1, $2, $3)
     ON CONFLICT (name) DO UPDATE SET version = excluded.version, doc = excluded.doc"""
 _INSERT_AUDIT = "INSERT INTO admin_audit (ts, team, doc) VALUES ($1, $2, $3)"
 _VERSION_OF = {"key": "SELECT version FROM api_keys WHERE id = $1", "team": "SELECT version FROM api_teams WHERE name = $1"}
+_LIVE_IN_TEAM = "SELECT count(*) FROM api_keys WHERE team = $1 AND NOT revoked"
 # Rows locked in id order first: two replicas touching overlapping keys never deadlock.
 _LOCK_TOUCHED = "SELECT 1 FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
 _TOUCH = """UPDATE api_keys AS k SET last_used_at = greatest(k.last_used_at, u.ts)
@@ -49,6 +60,10 @@ async def save(conn: Conn, change: Change) -> int:
                 await conn.execute(_UPSERT_KEY, *columns)
             except asyncpg.UniqueViolationError as exc:  # the transaction is rolled back as the Conflict leaves it
                 raise clash(key, exc.constraint_name == _HASH_CONSTRAINT) from None
+        for team in deleted_teams(change):  # (after the change's own keys: it may move them out first)
+            live = int(await conn.fetchval(_LIVE_IN_TEAM, team))
+            if live:
+                raise team_in_use(team, live)
         for team_columns in stamped.teams:
             await conn.execute(_UPSERT_TEAM, *team_columns)
         for audit_columns in stamped.audit:

@@ -10,7 +10,17 @@ import sqlite3
 from collections.abc import Sequence
 
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
-from tollway.gateway.store.key_rows import audit_of, check, clash, expectations, key_of, stamp, team_of
+from tollway.gateway.store.key_rows import (
+    audit_of,
+    check,
+    clash,
+    deleted_teams,
+    expectations,
+    key_of,
+    stamp,
+    team_in_use,
+    team_of,
+)
 
 _UPSERT_KEY = """INSERT INTO api_keys (id, name, team, key_hash, revoked, version, doc) VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET name = excluded.name, team = excluded.team, key_hash = excluded.key_hash,
@@ -19,6 +29,7 @@ _UPSERT_TEAM = """INSERT INTO api_teams (name, version, doc) VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET version = excluded.version, doc = excluded.doc"""
 _INSERT_AUDIT = "INSERT INTO admin_audit (ts, team, doc) VALUES (?, ?, ?)"
 _VERSION_OF = {"key": "SELECT version FROM api_keys WHERE id = ?", "team": "SELECT version FROM api_teams WHERE name = ?"}
+_LIVE_IN_TEAM = "SELECT count(*) FROM api_keys WHERE team = ? AND revoked = 0"
 _TOUCH = "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
 # A list of ids as one JSON parameter: no limit on how many, one statement.
 _LAST_USED = ("SELECT id, last_used_at FROM api_keys WHERE id IN (SELECT value FROM json_each(?)) "
@@ -42,6 +53,10 @@ def save(db: sqlite3.Connection, change: Change) -> int:
                 db.execute(_UPSERT_KEY, columns)
             except sqlite3.IntegrityError as exc:  # "UNIQUE constraint failed: api_keys.name" (or .key_hash)
                 raise clash(key, "key_hash" in str(exc)) from None
+        for team in deleted_teams(change):  # (after the change's own keys: it may move them out first)
+            live: int = db.execute(_LIVE_IN_TEAM, (team,)).fetchone()[0]
+            if live:
+                raise team_in_use(team, live)
         db.executemany(_UPSERT_TEAM, stamped.teams)
         db.executemany(_INSERT_AUDIT, stamped.audit)
         db.execute("COMMIT")

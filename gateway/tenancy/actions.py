@@ -74,13 +74,13 @@ class Actions:
         if held is not None:  # (to a team admin of another team, as any taken name: it cannot learn the key exists)
             raise errors.conflict(f"A key named '{name}' is defined in the config file; choose another name."
                                   if actor.sees(held.team) else name_taken(name))
-        team = await self._team_for(actor, body.team)
+        team, pin = await self._team_for(actor, body.team)
         secret = mint_key()
         key = ApiKey(new_key_id(), name, hash_key(secret, self.config.server.key_pepper), now, team,
                      inputs.check_models(body.models, self.known), inputs.check_limits(body.limits, self.known),
                      inputs.check_budget(body.budget), inputs.check_metadata(body.metadata),
                      inputs.check_expiry(body.expires_at, now))
-        saved = await self._save_key(actor, "key.create", None, key, expect=0)
+        saved = await self._save_key(actor, "key.create", None, key, expect=0, pin=pin)
         return Minted(saved, secret)
 
     async def update_key(self, actor: Principal, key_id: str, patch: KeyPatch) -> ApiKey:
@@ -88,8 +88,9 @@ class Actions:
         key = await self._live_key(actor, key_id)
         now = self.clock()
         changes: dict[str, object] = {}
+        pin: dict[str, int] = {}
         if patch.team is not UNSET:
-            changes["team"] = await self._team_for(actor, patch.team)
+            changes["team"], pin = await self._team_for(actor, patch.team)
         if patch.models is not UNSET:
             changes["models"] = inputs.check_models(patch.models, self.known)
         if patch.limits is not UNSET:
@@ -100,7 +101,7 @@ class Actions:
             changes["expires_at"] = inputs.check_expiry(patch.expires_at, now)
         if patch.metadata is not UNSET:
             changes["metadata"] = inputs.check_metadata(patch.metadata)
-        return await self._save_key(actor, "key.update", key, msgspec.structs.replace(key, **changes))
+        return await self._save_key(actor, "key.update", key, msgspec.structs.replace(key, **changes), pin=pin)
 
     async def rotate_key(self, actor: Principal, key_id: str, grace_seconds: float) -> Minted:
         """A new secret for the key; the old one keeps working for `grace_seconds` (a grace
@@ -154,10 +155,8 @@ class Actions:
     async def delete_team(self, actor: Principal, name: str) -> ApiTeam:
         actor.owner_only("delete teams")
         team = await self._api_team(actor, name)
-        live = [k for k in await self._all_keys() if k.team == name and k.revoked_at is None]
-        if live:
-            raise errors.conflict(f"Team '{name}' still has {len(live)} live key(s): revoke them or move them "
-                                  "to another team first.")
+        # (409 while it has live keys: the store checks that as it saves, against every key
+        # saved before, not this process's copy of them, which may be seconds old)
         return await self._save_team(actor, "team.delete", team, msgspec.structs.replace(team, deleted_at=self.clock()))
 
     async def team(self, actor: Principal, name: str) -> ApiTeam:
@@ -167,19 +166,21 @@ class Actions:
 
     # -- reading and saving ----------------------------------------------------------------------
 
-    async def _team_for(self, actor: Principal, team: str | None) -> str | None:
-        """The team a key of `actor` goes to: a team admin's own (403 for another); one that exists."""
+    async def _team_for(self, actor: Principal, team: str | None) -> tuple[str | None, dict[str, int]]:
+        """The team a key of `actor` goes to: a team admin's own (403 for another); one that
+        exists. And, for a run-time team, the version the key's save must still find it at: a
+        team deleted (or changed) meanwhile makes the save a 409, not a key in no team."""
         if actor.role == "team_admin":
             if team is not None and team != actor.team:
                 raise errors.admin_forbidden(f"'{actor.name}' manages keys of team '{actor.team}' only.")
             team = actor.team
         if team is None or team in self._config_teams:
-            return team
+            return team, {}
         held = await self._read(self.store.team(team)) if inputs.NAME.fullmatch(team) else None
         if held is None or held.deleted_at is not None:
             raise errors.bad_request(f"Unknown team '{errors.echoed(team)}': create it first (POST /admin/teams).",
                                      param="team")
-        return team
+        return team, {f"team:{team}": held.version}
 
     async def _visible_key(self, actor: Principal, key_id: str) -> ApiKey:
         config_key = self._config_keys.get(key_id[len("config:"):]) if key_id.startswith("config:") else None
@@ -206,11 +207,6 @@ class Actions:
             raise errors.admin_not_found("team", name)
         return team
 
-    async def _all_keys(self) -> list[ApiKey]:
-        if self.directory is not None:
-            return self.directory.keys()
-        return (await self._read(self.store.changes(0))).keys
-
     async def _read(self, pending: Awaitable[R]) -> R:
         """A store read; the database down is a 503 (requests keep being served meanwhile)."""
         try:
@@ -219,12 +215,13 @@ class Actions:
             raise errors.store_unavailable() from None
 
     async def _save_key(self, actor: Principal, action: str, before: ApiKey | None, after: ApiKey,
-                        expect: int | None = None) -> ApiKey:
+                        expect: int | None = None, pin: dict[str, int] | None = None) -> ApiKey:
+        """`pin`: more records' versions the save expects (the key's team's)."""
         now = self.clock()
         entries = [AuditEntry(now, actor.name, action, after.id, after.team,
                               key_view(before, now) if before is not None else None, key_view(after, now))]
         version = expect if expect is not None else (before.version if before is not None else 0)
-        saved_at = await self._save(Change(keys=[after], audit=entries, expect={f"key:{after.id}": version}))
+        saved_at = await self._save(Change(keys=[after], audit=entries, expect={f"key:{after.id}": version, **(pin or {})}))
         saved = msgspec.structs.replace(after, version=saved_at)
         self._apply(Snapshot(saved_at, keys=[saved]))
         return saved

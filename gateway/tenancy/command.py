@@ -37,7 +37,7 @@ PROG = "tollway keys"
 _SPAN = re.compile(r"(\d{1,6})([dhms])")
 _UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _TABLE = ("id", "name", "team", "models", "status", "expires_at", "created_at")
-_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)\S*@")  # to the last @ of the URL: a password may hold @
 
 
 class Refused(Exception):

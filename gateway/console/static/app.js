@@ -481,24 +481,33 @@ function budgetInputs(prefix, budget) {
   return { fields: [field(`${prefix}-budget`, 'Budget (USD, empty: none)', amount), field(`${prefix}-period`, 'Budget period', period)], read };
 }
 
+const KEYS_PAGE = 100;
+
 function keys(root, gen) {
   const notice = h('div', { id: 'keys-notice' });
   const formBox = h('div', { id: 'key-form-box' });
   const search = h('input', { type: 'search', placeholder: 'name, team or id' });
   const revoked = h('input', { type: 'checkbox', id: 'key-revoked' });
   const out = h('div', { id: 'keys-out' });
+  // The API pages its lists (at most 1000 a page): the keys are read a page at a time, the
+  // search goes to the server (q=), and "Show more keys" reads the next page (after=).
+  const more = h('button', { type: 'button', id: 'more-keys', class: 'secondary', hidden: true, onclick: () => load(true) },
+    'Show more keys');
   const teamsOut = h('div', { id: 'teams-out' });
   const teamForm = h('div', { id: 'team-form-box' });
   let all = [];
+  let next = null; // the last id read when there are more keys to read
+  let asked = 0; // the latest keys request: an answer to an earlier one (a search typed since) is dropped
+  let typing = null;
   let teams = [];
   root.append(...[h('h1', { id: 'title-keys' }, 'Keys'), notice,
     h('div', { class: 'toolbar' }, field('key-search', 'Search keys', search),
       h('label', { class: 'check', for: 'key-revoked' }, revoked, ' Show revoked keys'),
       canWrite() ? h('button', { type: 'button', id: 'create-key', onclick: () => createForm() }, 'Create key') : null),
-    formBox, out, h('h2', {}, 'Teams'),
+    formBox, out, more, h('h2', {}, 'Teams'),
     isOwner() ? h('div', { class: 'toolbar' }, h('button', { type: 'button', id: 'create-team', onclick: () => teamCreateForm() }, 'Create team')) : null,
     teamForm, teamsOut].filter(Boolean));
-  search.addEventListener('input', () => render());
+  search.addEventListener('input', () => { clearTimeout(typing); typing = setTimeout(() => load(), 250); });
   revoked.addEventListener('change', () => load());
 
   const fail = (box, e) => box.prepend(errorBox(e));
@@ -601,8 +610,8 @@ function keys(root, gen) {
   }
 
   function render() {
-    const q = search.value.trim().toLowerCase();
-    const rows = all.filter((k) => !q || [k.name, k.team, k.id].some((v) => v && v.toLowerCase().includes(q)));
+    const q = search.value.trim();
+    const rows = all; // (the server searched: q=)
     out.replaceChildren(table([
       { title: 'Name', key: 'name' }, { title: 'Id', render: (k) => h('span', { class: 'mono' }, k.id) },
       { title: 'Team', key: 'team' }, { title: 'Models', render: (k) => k.models.join(', ') },
@@ -616,6 +625,7 @@ function keys(root, gen) {
           h('button', { type: 'button', class: 'danger small', 'aria-label': `Revoke ${k.name}`, onclick: () => revoke(k) }, 'Revoke'))) },
     ], rows, { empty: q ? 'No key matches.' : 'No keys.', label: 'Keys' }));
     out.querySelectorAll('tbody tr').forEach((tr, i) => { if (rows[i]) tr.dataset.keyName = rows[i].name; });
+    more.hidden = next === null;
   }
 
   function teamCreateForm() {
@@ -700,19 +710,29 @@ function keys(root, gen) {
     h('datalist', { id: 'team-names' }, teams.map((t) => h('option', { value: t.name }))));
   }
 
-  async function load() {
+  async function load(further = false) {
+    const mine = ++asked;
+    const after = further ? next : null;
     try {
-      const answer = await api('GET', `/admin/keys?limit=1000${revoked.checked ? '&include_revoked=true' : ''}`);
-      if (!current(gen)) return;
-      all = answer.data || [];
+      const answer = await api('GET', `/admin/keys${qs({ limit: KEYS_PAGE, q: search.value.trim(),
+        include_revoked: revoked.checked ? 'true' : '', after })}`);
+      if (!current(gen) || mine !== asked) return;
+      all = after ? all.concat(answer.data || []) : (answer.data || []);
+      next = answer.has_more ? answer.last_id : null;
       render();
-    } catch (e) { if (current(gen)) out.replaceChildren(errorBox(e)); }
+    } catch (e) { if (current(gen) && mine === asked) out.replaceChildren(errorBox(e)); }
   }
   async function loadTeams() {
     try {
-      const answer = await api('GET', '/admin/teams?limit=1000');
-      if (!current(gen)) return;
-      teams = answer.data || [];
+      let found = [];
+      let after = null;
+      do { // every page: the team names also fill the key forms' suggestions
+        const answer = await api('GET', `/admin/teams${qs({ limit: 1000, after })}`);
+        if (!current(gen)) return;
+        found = found.concat(answer.data || []);
+        after = answer.has_more ? answer.last_id : null;
+      } while (after !== null);
+      teams = found;
       renderTeams();
     } catch (e) { if (current(gen)) teamsOut.replaceChildren(errorBox(e)); }
   }
