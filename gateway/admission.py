@@ -223,8 +223,8 @@ async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int,
     try:
         if declared is not None and feed is None:
             body = await proto()
-        else:  # (granian's HTTP/1 never yields an empty piece of data: see _read_chunked)
-            body = await _read_chunked(proto, limit, feed, scope.http_version.startswith("1"))
+        else:
+            body = await _read_chunked(proto, limit, feed)
     except _UPLOAD_FAILED:
         raise errors.client_closed() from None
     ex.phase = ""
@@ -235,30 +235,23 @@ async def read_body(scope: Scope, proto: HTTPProtocol, ex: Exchange, limit: int,
     return body
 
 
-async def _read_chunked(proto: HTTPProtocol, limit: int, feed: Callable[[bytes], None] | None = None,
-                        http1: bool = True) -> bytes:
+async def _read_chunked(proto: HTTPProtocol, limit: int, feed: Callable[[bytes], None] | None = None) -> bytes:
     """An upload read piece by piece, refused (413) as soon as it is over `limit` bytes.
 
     granian's iteration does not raise when the body fails (the client hangs up mid-upload, a
-    chunked body never gets its last chunk): it yields an empty piece for the failure, then the
-    empty piece that ends every body. Over HTTP/1 no other piece is empty (hyper's decoder
-    yields none; request trailers would, and API clients send none), so a second empty piece
-    is a body that did not end: 499, not a short body to serve (or a form to refuse). HTTP/2
-    sends empty DATA frames as they come (and maps a stream reset to an end): there only a
-    declared content-length tells (read_body)."""
-    parts, size, empty = [], 0, 0
+    chunked body never gets its last chunk): it ends as a whole body does. A declared
+    content-length tells (read_body); a chunked body's pieces cannot, as its failure looks
+    exactly like a body with trailers (an empty piece, then the empty piece that ends every
+    body), which must be served: a cut chunked body is judged by what it holds (a JSON or a
+    form that stops short is a 400; the client has gone and reads no answer)."""
+    parts, size = [], 0
     async for part in proto:
-        if not part:
-            empty += 1
-            continue
         size += len(part)
         if size > limit:
             raise errors.too_large(limit)
-        if feed is not None:
+        if feed is not None and part:
             feed(part)
         parts.append(part)
-    if http1 and empty > 1:
-        raise errors.client_closed()
     return b"".join(parts)
 
 
