@@ -329,23 +329,26 @@ class _TextChunk(msgspec.Struct):
 _decode_text_chunk = msgspec.json.Decoder(_TextChunk).decode
 
 
-# A choice's finish_reason with a value (not null): `"finish_reason": "stop"`. A quote inside
-# generated text is escaped (`\"`), so text that spells the member out never matches.
-_FINISH_REASON = re.compile(rb'"finish_reason"[ \t\r\n]*:[ \t\r\n]*"')
-FINISH_TAIL = 8192  # bytes: the finish chunk, the usage chunk after it, and room
+# What says a chat stream came to its end (besides `[DONE]`): a choice's finish_reason with a
+# value (`"finish_reason": "stop"`, not null), or an error event, which the client's SDK raises.
+# A quote inside generated text is escaped (`\"`), and a newline too (`\n`), so text that
+# spells either out never matches.
+_ENDED = re.compile(rb'"finish_reason"[ \t\r\n]*:[ \t\r\n]*"|^data:[ ]?\{[ \t\r\n]*"error"[ \t\r\n]*:', re.M)
+FINISH_EVENTS = 3  # the finish chunk, the usage chunk after it, and one more
 
 
 def finished_by(sent: list[bytes]) -> bool:
-    """Whether the end of these forwarded pieces holds a choice's finish chunk: the last
-    FINISH_TAIL bytes are read, once per stream, at its end."""
+    """Whether the last events of these forwarded pieces (each a run of whole events) hold a
+    choice's finish chunk or an error event: the pieces are read from the end until they hold
+    FINISH_EVENTS events, once per stream, at its end. Whole events, whatever their size."""
     tail: list[bytes] = []
-    size = 0
+    events = 0
     for piece in reversed(sent):
         tail.append(piece)
-        size += len(piece)
-        if size >= FINISH_TAIL:
+        events += piece.count(b"\ndata:") + piece.startswith(b"data:")  # (a raw newline only ends lines)
+        if events >= FINISH_EVENTS:
             break
-    return _FINISH_REASON.search(b"".join(reversed(tail))[-FINISH_TAIL:]) is not None
+    return _ENDED.search(b"".join(reversed(tail))) is not None
 
 
 def streamed_text(stream: bytes) -> str:

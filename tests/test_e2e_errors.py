@@ -10,6 +10,8 @@ import pytest
 
 from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess
+from tollway.core.errors import GatewayError
+from tollway.core.providers.openai_compat import ChatStreamRelay
 
 
 def post(gateway: GatewayProcess, body: bytes | str, key: str | None = TEST_KEY, path: str = "/v1/chat/completions",
@@ -182,6 +184,18 @@ def test_stream_failure_mid_way_ends_with_sse_error_event(gateway, model, code):
     assert len(events) >= 3  # role chunk + two words made it through before the failure
     last = json.loads(events[-1][len("data: "):])
     assert last["error"]["code"] == code
+
+
+def test_an_event_the_stream_ends_inside_is_neither_sent_nor_billed():
+    # No blank line after the last event and no end: an SSE client would drop that event, and
+    # the relay sends the error event instead; the text it held is not counted either.
+    relay = ChatStreamRelay(drop_usage_chunk=True)
+    sent = relay.feed(b'data: {"choices": [{"index": 0, "delta": {"content": "Hello"}}]}\n\n'
+                      b'data: {"choices": [{"index": 0, "delta": {"content": " never seen"}}]}')
+    with pytest.raises(GatewayError) as ended:
+        relay.flush()
+    assert ended.value.code == "upstream_disconnected" and b"never seen" not in sent
+    assert relay.streamed_text() == "Hello"
 
 
 def test_stream_ended_after_its_finish_chunk_without_done_is_whole(gateway):

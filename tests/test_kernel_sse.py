@@ -254,6 +254,11 @@ FINISH = b'data: {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reas
     (chat_chunk('the member "finish_reason": "stop" spelled out in text'), False),  # escaped: not a member
     (chat_chunk("Hi") + b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": null}]}\n\n', False),
     (b"", False),
+    (chat_chunk("Hi") + b'data: {"error": {"message": "overloaded"}}\n\n', True),  # the SDK raises it
+    (chat_chunk('"error": spelled out in text'), False),
+    # a last chunk larger than any byte window, its finish_reason before a long member
+    (b'data: {"choices": [{"index": 0, "finish_reason": "tool_calls", "delta": {"tool_calls": [{"index": 0, '
+     b'"function": {"arguments": "' + b"x" * 20000 + b'"}}]}}]}\n\n', True),
 ])
 def test_relay_says_whether_the_stream_came_whole(sse_impl, stream, whole):
     _, r = relay(sse_impl, [stream], drop=False)
@@ -261,8 +266,8 @@ def test_relay_says_whether_the_stream_came_whole(sse_impl, stream, whole):
 
 
 def test_relay_finish_is_read_from_the_stream_end_only(sse_impl):
-    # A finish chunk far back (another choice's, then a long tail) is not looked for: the read
-    # at the end is bounded, whatever the stream's length.
+    # A finish chunk far back (another choice's, then many events) is not looked for: the read
+    # at the end covers the last few events, whatever the stream's length.
     long_tail = b"".join(chat_chunk("x" * 1000) for _ in range(20))
     _, r = relay(sse_impl, [FINISH, long_tail], drop=False)
     assert not r.finished()

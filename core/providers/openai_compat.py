@@ -16,6 +16,7 @@ from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error, upstream_unfinished
 from tollway.core.kernels import OpenAIStreamRelay, SSEEvent, SSEFramer
 from tollway.core.providers.base import CallContext, ClientAPI, StreamTranslator, UpstreamCall
+from tollway.ext.sse import streamed_text as text_of_stream
 from tollway.ext.usage import OpenAIUsage, Usage, from_openai, usage_of_json
 
 PATHS = {
@@ -156,11 +157,20 @@ class ChatStreamRelay(OpenAIStreamRelay):
     error event, as every other relay does; otherwise the SDK would take the cut text for the
     whole answer."""
 
+    _withheld = ""  # the text of an event the stream ended inside: neither sent nor billed
+
     def flush(self) -> bytes:
-        out = super().flush()
+        out = super().flush()  # what is left: an event the stream ended inside, if any
         if not self.finished():
+            # An SSE client drops an event that the stream ends inside; so does the error's
+            # relay (it sends the error event instead), and the text is not billed either.
+            self._withheld = text_of_stream(out) if out else ""
             raise upstream_unfinished()
         return out
+
+    def streamed_text(self) -> str:
+        text = super().streamed_text()
+        return text[:len(text) - len(self._withheld)]
 
 
 class ResponsesStreamRelay:
