@@ -428,6 +428,23 @@ async def test_the_ledger_keeps_records_while_postgres_is_down_and_writes_them_w
         await asyncio.to_thread(instance.destroy)
 
 
+async def test_a_value_asyncpg_cannot_send_is_the_records_fault_and_named_as_such(pg_database: str):
+    # asyncpg's client-side DataError is also a ValueError and an InterfaceError: neither a bad
+    # store URL (as a ValueError at connect is) nor the database being down.
+    from tollway.gateway.store import Refused
+    store = PostgresStore(pg_database)
+    await store.open()
+    try:
+        async def encode_fails(conn: object) -> None:
+            raise asyncpg.exceptions._base.DataError("invalid input for query argument $3: 9999999999999999999999")
+
+        with pytest.raises(Refused) as refused:
+            await store._call(encode_fails)
+        assert "not a valid PostgreSQL URL" not in str(refused.value) and "argument $3" in str(refused.value)
+    finally:
+        await store.aclose()
+
+
 async def test_a_partition_too_big_to_count_in_time_is_dropped_all_the_same(pg_database: str, monkeypatch):
     # A busy day's count could outlast the statement timeout every hour and retention would
     # never drop it: past _COUNT_TIMEOUT the count is cancelled, the prune reports the planner's

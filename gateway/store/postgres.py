@@ -57,6 +57,9 @@ from tollway.gateway.store.rows import (
 
 T = TypeVar("T")
 # What asyncpg raises when the database or the connection fails (as opposed to a bug here).
+# A value asyncpg cannot encode for its column (client side; asyncpg.DataError is the server's):
+# the record's fault, not the database's, as the server's data errors are.
+_ClientDataError = asyncpg.exceptions._base.DataError
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
              TimeoutError)
 
@@ -188,7 +191,7 @@ class PostgresStore:
                 return await fn(conn)
         except StoreError:
             raise
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:  # the data, not the database
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, _ClientDataError) as exc:  # the data
             raise Refused(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
         except _FAILURES as exc:
             raise StoreError(f"PostgreSQL ({self.where}): {self._say(exc)}") from None
@@ -198,7 +201,7 @@ class PostgresStore:
         asyncpg cannot parse (a ValueError, before any connection exists) is named, never
         quoted: its message quotes the fragment it choked on, which for a password holding an
         unescaped / ? or # is part of the password, where no scrubbing can recognise it."""
-        if isinstance(exc, ValueError):
+        if isinstance(exc, ValueError) and not isinstance(exc, asyncpg.InterfaceError):  # (a value it cannot send is both)
             return f"store.url is not a valid PostgreSQL URL ({type(exc).__name__})"
         text = (str(exc) or type(exc).__name__).replace(self.url, self.where)
         for password in sorted(_passwords(self.url), key=len, reverse=True):
