@@ -79,10 +79,11 @@ def _steady(pieces: int, every: float, closed: asyncio.Event):
                     break  # a reset socket without raising, which would play out all the pieces first
                 writer.write(b"1\r\nx\r\n")
                 await writer.drain()
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            await reader.read()  # keep-alive: wait for the client to go
-        except ConnectionError:
+            else:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                await reader.read()  # keep-alive: wait for the client to go
+        except (ConnectionError, RuntimeError):  # (uvloop: a write to a transport the hang-up closed)
             pass
         if reader.at_eof() or writer.is_closing():
             closed.set()
