@@ -56,10 +56,10 @@ from tollway.gateway.store.rows import (
 )
 
 T = TypeVar("T")
-# What asyncpg raises when the database or the connection fails (as opposed to a bug here).
 # A value asyncpg cannot encode for its column (client side; asyncpg.DataError is the server's):
 # the record's fault, not the database's, as the server's data errors are.
 _ClientDataError = asyncpg.exceptions._base.DataError
+# What asyncpg raises when the database or the connection fails (as opposed to a bug here).
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
              TimeoutError)
 
