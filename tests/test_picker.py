@@ -14,6 +14,16 @@ def test_shorter_queue_wins():
     assert pick_least_queue(cands, 0.0, 0) == 1
 
 
+def test_no_reported_load_breaks_the_pick():
+    # A queue of +Inf (a hostile or broken replica) is dropped at the parse, and scores that are
+    # no number still pick: the pick never raises on what replicas report.
+    assert parse_replica_load("vllm:num_requests_waiting +Inf\nvllm:num_requests_running 2\n").waiting is None
+    assert parse_replica_load("vllm:num_requests_waiting{a=\"1\"} 1e308\nvllm:num_requests_waiting{a=\"2\"} 1e308\n"
+                              ).waiting < float("inf")
+    cands = [Candidate(load(waiting=float("inf"))), Candidate(load(waiting=float("nan"))), Candidate(load(waiting=2))]
+    assert pick_least_queue(cands, 0.5, 0) in (0, 1, 2)
+
+
 def test_kv_cache_breaks_equal_queues():
     cands = [Candidate(load(kv=0.8)), Candidate(load(kv=0.1))]
     assert pick_least_queue(cands, 0.99, 0) == 1

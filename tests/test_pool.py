@@ -1,4 +1,5 @@
 """Endpoint pools against real fake vLLM replicas: scraping, picking, DNS discovery."""
+import asyncio
 from collections import Counter
 
 import pytest
@@ -43,6 +44,37 @@ async def test_scrape_reads_vllm_metrics_under_both_cache_names(replicas):
     loads_ = {e.name: e.load for e in pool.endpoints()}
     assert (loads_[replicas[0].url].waiting, loads_[replicas[0].url].kv_cache) == (4, 0.25)
     assert (loads_[replicas[1].url].waiting, loads_[replicas[1].url].kv_cache) == (1, 0.5)
+    await client.aclose()
+
+
+async def test_a_replica_reporting_an_endless_queue_breaks_no_pick(replicas):
+    # +Inf (or two series summing past a float) made every queue score NaN, and the pick raised:
+    # every request to the pool was a 500.
+    replicas[0].waiting = float("inf")
+    replicas[1].waiting = 3
+    pool, client = pool_of([r.url for r in replicas])
+    await pool.scrape_once()
+    for i in range(4):
+        e = pool.acquire(b"{}", set(), 0.0, i / 4)
+        assert e.name in (replicas[0].url, replicas[1].url)
+        pool.release(e, False, 0.0)
+    await client.aclose()
+
+
+async def test_an_oversized_or_trickled_exposition_fails_its_scrape_in_time(replicas):
+    # A /metrics body that never ends must not be buffered whole, and one that trickles under
+    # the idle timeout must fail within scrape.timeout, not hold every scrape up for minutes.
+    replicas[0].metrics_padding = 5 * 1024 * 1024
+    replicas[1].metrics_trickle = 0.3  # under the 0.5 s timeout per wait; ~4 s in all
+    pool, client = pool_of([r.url for r in replicas])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await pool.scrape_once()
+    assert loop.time() - start < 2.0
+    assert [e.scrape_ok for e in pool.endpoints()] == [False, False]
+    replicas[0].metrics_padding, replicas[1].metrics_trickle = 0, 0.0
+    await pool.scrape_once()
+    assert [e.scrape_ok for e in pool.endpoints()] == [True, True]
     await client.aclose()
 
 

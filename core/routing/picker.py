@@ -18,6 +18,7 @@ so a pool calls `PICKERS[policy]` and never branches on the policy's name.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,8 +99,11 @@ def _score(c: Candidate, longest: float, w: ScoreWeights) -> float:
 
 
 def _best(scores: dict[int, float], candidates: Sequence[Candidate], draw: float) -> int:
-    top = max(scores.values())
-    tied = [i for i, s in scores.items() if s >= top - _EPSILON]
+    # (a score that is no number, from load data no replica should send, ranks with the rest:
+    # the pick must never fail on what a replica reports)
+    finite = {i: s if math.isfinite(s) else 0.0 for i, s in scores.items()}
+    top = max(finite.values())
+    tied = [i for i, s in finite.items() if s >= top - _EPSILON]
     fewest = min(candidates[i].in_flight for i in tied)
     tied = [i for i in tied if candidates[i].in_flight == fewest]
     return tied[min(int(draw * len(tied)), len(tied) - 1)]

@@ -7,11 +7,13 @@ load of the replica is their sum (the cache is shared, so its use is the largest
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name first
+MAX_SAMPLE = 1e9  # a sample's value is held to ±this: no real queue is longer, and sums stay finite
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,6 @@ def _sample(line: str) -> tuple[str | None, float]:
         value = float(fields[0])
     except ValueError:
         return None, 0.0
-    if value != value:  # NaN says nothing about load
-        return None, 0.0
-    return name.strip(), value
+    if not math.isfinite(value):  # NaN says nothing about load, and an infinite queue would make
+        return None, 0.0          # every score NaN (a replica must not be able to break the picker)
+    return name.strip(), min(max(value, -MAX_SAMPLE), MAX_SAMPLE)  # (so a sum of samples stays finite)

@@ -34,6 +34,9 @@ from tollway.gateway.upstream import Transport
 from tollway.gateway.upstream.client import UpstreamError
 
 log = logging.getLogger("tollway")
+# A vLLM exposition is tens of KB: more is no replica's metrics, and a body that never ends
+# must not be buffered whole (a failed scrape).
+_MAX_METRICS_BYTES = 4 * 1024 * 1024
 
 
 class Endpoint:
@@ -91,7 +94,10 @@ class EndpointPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._set_urls(provider.endpoints or [])
         scrape = provider.scrape
-        self._scrape_timeouts = Timeouts(connect=scrape.timeout, first_byte=scrape.timeout, idle=scrape.timeout)
+        # `total` too: a replica trickling its metrics under the idle timeout must still fail the
+        # scrape within scrape.timeout (the docs' promise), not hold it up for the default 600 s
+        self._scrape_timeouts = Timeouts(connect=scrape.timeout, first_byte=scrape.timeout, idle=scrape.timeout,
+                                         total=scrape.timeout)
 
     @property
     def size(self) -> int:
@@ -159,7 +165,7 @@ class EndpointPool:
             resp = await self.transport.request("GET", endpoint.metrics_url, [("accept", "text/plain")], b"",
                                                 self._scrape_timeouts)
             try:
-                body = await resp.read()
+                body = await resp.read(_MAX_METRICS_BYTES)
             finally:
                 resp.close()
             if resp.status != 200:

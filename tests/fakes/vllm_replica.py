@@ -41,6 +41,8 @@ class FakeVLLMReplica:
         self.scrapes = 0
         self.running = 0
         self.models_seen: list[str] = []
+        self.metrics_padding = 0  # bytes of comment lines after the samples: an oversized exposition
+        self.metrics_trickle = 0.0  # seconds between the exposition's lines (0: sent at once)
         if not start:  # the foreground server of main() builds the app itself
             return
         self.server = ThreadedServer(self._app, port)
@@ -76,7 +78,20 @@ class FakeVLLMReplica:
             "# TYPE vllm:prompt_tokens_total counter\n"
             f"vllm:prompt_tokens_total{labels} {float(self.served * 10)}\n"
         )
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        if self.metrics_padding:
+            text += ("# " + "x" * 1000 + "\n") * (self.metrics_padding // 1002 + 1)
+        if not self.metrics_trickle:
+            return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        resp = web.StreamResponse(headers={"content-type": "text/plain; charset=utf-8"})
+        await resp.prepare(request)
+        try:
+            for line in text.splitlines(keepends=True):  # each line under any idle timeout
+                await resp.write(line.encode())
+                await asyncio.sleep(self.metrics_trickle)
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        return resp
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
