@@ -133,7 +133,8 @@ class Proxy:
         finally:
             self._record(provider, endpoint, member, failed)
             if attempt is not None:
-                trace.end_attempt(attempt, ex, provider, upstream_model)  # type: ignore[union-attr]
+                # the model as masked (a `match:` route sends the client's name, which may hold a key)
+                trace.end_attempt(attempt, ex, provider, ex.upstream_model)  # type: ignore[union-attr]
 
     def _record(self, provider: ProviderRuntime, endpoint: Endpoint, member: MemberHealth, failed: bool | None) -> None:
         now = time.monotonic()

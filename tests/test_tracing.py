@@ -164,7 +164,7 @@ class _Answer:
     def __init__(self, status: int) -> None:
         self.status = status
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
         return b"{}"
 
     def close(self) -> None:
@@ -254,6 +254,36 @@ def test_close_flushes_the_queue_within_its_deadline():
 
     asyncio.run(scenario())
     assert len(collector.bodies) == 1 and exporter.queue == []
+
+
+def test_a_collector_answer_that_never_ends_is_not_read_to_its_end():
+    # Only the status matters: a wrong or hostile endpoint's endless 200 body was buffered whole
+    # (a worker at 855 MB for one export) until the 10 s total timeout failed the batch.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"10000\r\n" + b" " * 0x10000 + b"\r\n")
+                await writer.drain()
+        except (ConnectionError, RuntimeError):
+            writer.close()
+
+    async def scenario() -> tuple[str, float]:
+        server = await asyncio.start_server(endless, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        exporter = SpanExporter(Traces(f"http://127.0.0.1:{port}/v1/traces"), Metrics())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            problem = await exporter._post(b"{}")
+            return problem, loop.time() - start
+        finally:
+            await exporter.close(1.0)
+            server.close()
+
+    problem, took = asyncio.run(scenario())
+    assert problem == "" and took < 2.0  # taken (a 200), and no more of the body read than its cap
 
 
 class _Stuck(_Collector):

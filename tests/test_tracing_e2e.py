@@ -29,6 +29,7 @@ providers:
   - {{name: flaky, schema: openai, base_url: "{upstream}", api_key: {UPSTREAM_SECRET}}}
 models:
   - {{name: gpt-4o-mini, targets: [{{provider: up}}]}}
+  - {{name: held-by-name, match: "held-.*", targets: [{{provider: up}}]}}
   - {{name: broken, targets: [{{provider: flaky, model: fail-500}}]}}
   - name: ha
     targets:
@@ -297,3 +298,13 @@ def test_a_reload_turns_tracing_on_and_off(upstream, collector):
         assert "traceparent" not in upstream.last("/chat/completions")["header_names"]
     finally:
         gw.stop()
+
+
+def test_a_held_credential_in_a_matched_model_name_reaches_no_span(gw, collector):
+    # A `match:` route sends the client's model name upstream as it is; the attempt's CLIENT
+    # span took it unmasked while the SERVER span, the log and the errors masked it.
+    rid = _rid()
+    _ask(gw, f"held-{UPSTREAM_SECRET}", rid)
+    server = collector.wait_for(lambda s: s["kind"] == 2 and s["attrs"].get("tollway.request_id") == rid)
+    assert server and collector.wait_for(lambda s: s.get("parentSpanId") == server[0]["spanId"])  # the CLIENT span
+    assert UPSTREAM_SECRET.encode() not in b"".join(collector.bodies)

@@ -26,11 +26,13 @@ from tollway.core.config import Traces
 from tollway.core.telemetry.otlp import Attribute, Span, export_request
 from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.upstream.client import Timeouts, UpstreamClient, UpstreamError, endpoint_of
+from tollway.gateway.upstream.errors import UpstreamTooLarge
 
 log = logging.getLogger("tollway")
 BATCH = 512  # spans per POST; a full batch wakes the exporter before its interval
 # A slow collector costs the exporter task at most `total` per batch, never a request.
 TIMEOUTS = Timeouts(connect=2.0, first_byte=5.0, idle=5.0, total=10.0)
+_MAX_ANSWER_BYTES = 64 * 1024  # a collector's answer is a small status document
 
 
 def _version() -> str:
@@ -132,7 +134,9 @@ class SpanExporter:
         try:
             resp = await self._client.request("POST", self.url, self.headers, body, TIMEOUTS)
             try:
-                await resp.read()
+                await resp.read(_MAX_ANSWER_BYTES)  # only its status matters
+            except UpstreamTooLarge:
+                pass  # not buffered (a wrong endpoint's page, a hostile one); the connection is not pooled
             finally:
                 resp.close()
         except UpstreamError as exc:
