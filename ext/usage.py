@@ -5,6 +5,8 @@ It sits with the kernels because it is part of their interface: the stream relay
 above uses the same struct."""
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 
@@ -50,6 +52,27 @@ class Usage(msgspec.Struct):
     # `units` of `unit`, "image:SIZE/QUALITY", "audio_second", "character" or "search_unit".
     units: float = 0.0
     unit: str = ""
+
+
+MAX_TOKENS = 10**12  # a count past this is no real answer's: what an upstream's absurd number is held to
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+           "cache_write_tokens")
+
+
+def in_bounds(u: Usage) -> bool:
+    """Whether the counts that metrics and logs read are within 0..MAX_TOKENS (the cheap check,
+    once per request; `bounded` mends the rare usage that is not)."""
+    return 0 <= u.prompt_tokens <= MAX_TOKENS and 0 <= u.completion_tokens <= MAX_TOKENS
+
+
+def bounded(u: Usage) -> Usage:
+    """`u` with every count held to 0..MAX_TOKENS and its units to a finite, non-negative number:
+    an upstream's negative or astronomically large usage must not run a counter backwards, raise
+    in a histogram, or lose the request's record."""
+    counts = {name: min(max(int(getattr(u, name)), 0), MAX_TOKENS) for name in _COUNTS}
+    units = u.units if math.isfinite(u.units) and u.units > 0 else 0.0
+    return Usage(**counts, units=min(units, float(MAX_TOKENS)), unit=u.unit)
 
 
 def from_openai(u: OpenAIUsage) -> Usage:

@@ -20,6 +20,7 @@ from tollway.core.accounting import pricing
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.core.tenancy.records import ApiKey
+from tollway.ext.usage import bounded, in_bounds
 from tollway.gateway import price_source, token_count
 from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.cache import ResponseCache
@@ -420,7 +421,9 @@ class Gateway:
         if ex.phase == ANSWERED:  # cut off while counting its tokens: what was sent stands
             return
         if ex.cancel_reason == "client_closed":  # nobody to answer
-            ex.status, ex.error_type = 499, "client_closed"
+            if ex.first_byte is None:  # an answer under way keeps the status the client got (as when a send fails)
+                ex.status = 499
+            ex.error_type = "client_closed"
         elif ex.cancel_reason == "body_timeout":
             self._send_error(proto, ex, errors.body_timeout(self.runtime.config.server.body_read_timeout))
         else:
@@ -456,19 +459,27 @@ class Gateway:
         if ex.trace is not None:
             ex.trace.finish(ex, self.runtime.secrets)
         u = ex.usage
-        self.metrics.observe(
-            operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",
-            status=ex.status, seconds=ex.elapsed(), error_type=ex.error_type,
-            input_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0,
-            provider_name=ex.provider or "none", overhead=ex.overhead(),
-        )
-        if ex.first_byte is not None and ex.stream:
-            self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)
+        if u is not None and not in_bounds(u):  # an upstream's negative or absurd counts: held, for all below
+            ex.usage = u = bounded(u)
+        try:  # (a metric must never cost the request its access-log line or its ledger record)
+            self.metrics.observe(
+                operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",
+                status=ex.status, seconds=ex.elapsed(), error_type=ex.error_type,
+                input_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0,
+                provider_name=ex.provider or "none", overhead=ex.overhead(),
+            )
+            if ex.first_byte is not None and ex.stream:
+                self.metrics.observe_ttft(ex.api, ex.otel_provider, ex.route, ex.first_byte - ex.start)
+        except Exception:  # noqa: BLE001
+            log.exception("recording the metrics of request %s failed", ex.request_id)
         if self.access_log.enabled:  # building the record is most of the cost: skip it when off
             self.access_log.write(ex.log_record(self.runtime.secrets))
         if ex.key_name is not None:  # someone's request: what it cost, and its tokens, by team
-            self.metrics.observe_spend(ex.team, ex.route, ex.provider, ex.cost_usd,
-                                       u.prompt_tokens if u else 0, u.completion_tokens if u else 0)
+            try:
+                self.metrics.observe_spend(ex.team, ex.route, ex.provider, ex.cost_usd,
+                                           u.prompt_tokens if u else 0, u.completion_tokens if u else 0)
+            except Exception:  # noqa: BLE001
+                log.exception("recording the spend metrics of request %s failed", ex.request_id)
         for after in ex.after:
             try:
                 after(ex)

@@ -27,7 +27,7 @@ def _price_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 MISBEHAVING_MODELS = ("fail-500", "fail-429", "bad-auth", "leaky-error", "slow-first-byte",
                       "stall-stream", "die-mid-stream", "no-usage", "incomplete", "failed", "ends-early",
-                      "no-done")
+                      "no-done", "usage-negative", "usage-huge")
 
 
 def standard_config(upstream_url: str, extra: str = "") -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -12,6 +13,7 @@ from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess
 from tollway.core.errors import GatewayError
 from tollway.core.providers.openai_compat import ChatStreamRelay
+from tollway.ext.usage import MAX_TOKENS
 
 
 def post(gateway: GatewayProcess, body: bytes | str, key: str | None = TEST_KEY, path: str = "/v1/chat/completions",
@@ -207,6 +209,22 @@ def test_stream_ended_after_its_finish_chunk_without_done_is_whole(gateway):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 9
     assert _stream_events(gateway, "no-done")[-1].startswith('data: {"id"')
+
+
+@pytest.mark.parametrize("model", ["usage-negative", "usage-huge"])
+def test_an_upstreams_absurd_usage_costs_no_record_and_runs_no_counter_backwards(gateway, model):
+    # A count past any float raised in the metrics before the access log and the ledger were
+    # written; a negative one ran tollway_tokens_total backwards. Both are held to 0..MAX_TOKENS.
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert raw.parse().choices[0].message.content == REPLY
+    line = gateway.log_line(raw.headers["x-request-id"])
+    assert 0 <= line["prompt_tokens"] <= MAX_TOKENS and 0 <= line["completion_tokens"] <= MAX_TOKENS
+    with urllib.request.urlopen(gateway.url + "/metrics", timeout=5) as r:
+        counted = [float(x.rsplit(" ", 1)[1]) for x in r.read().decode().splitlines()
+                   if x.startswith("tollway_tokens_total{") and f'model="{model}"' in x]
+    assert all(v >= 0 for v in counted)  # (a count held to 0 adds no series)
+    assert "Traceback" not in gateway.stderr()
 
 
 def test_stream_without_upstream_usage_is_counted_with_tiktoken(gateway):

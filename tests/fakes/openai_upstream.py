@@ -50,6 +50,14 @@ RESPONSES_ENDS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+# usage-negative and usage-huge: answers whose usage no real upstream sends (a count below zero,
+# one past any float), which must cost the gateway neither a counter's sense nor a record.
+_ABSURD_USAGE: dict[str, dict[str, Any]] = {
+    "usage-negative": {"prompt_tokens": -1000000, "completion_tokens": -5, "total_tokens": -1000005},
+    "usage-huge": {"prompt_tokens": 10**400, "completion_tokens": 10**30, "total_tokens": 10**400},
+}
+
+
 def _error(status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return web.json_response(body, status=status, headers=headers)
@@ -122,10 +130,11 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
                 {"id": "call_abc123", "type": "function", "function": {"name": fn, "arguments": '{"city": "Paris"}'}}]}
             finish = "tool_calls"
         choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(body.get("n") or 1)]
-        return web.json_response({
+        usage = _ABSURD_USAGE.get(model) or _usage(prompt, 9)
+        return web.Response(text=json.dumps({
             "id": "chatcmpl-fake123", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": "fp_fake", "choices": choices, "usage": _usage(prompt, 9),
-        })
+            "system_fingerprint": "fp_fake", "choices": choices, "usage": usage,
+        }), content_type="application/json")
 
     async def _stream_chat(self, request: web.Request, body: dict[str, Any], model: str, prompt: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
