@@ -108,3 +108,37 @@ def test_a_stream_errors_odd_code_is_a_502_and_the_gateway_stays_up(oai, gw, mod
     assert err.value.status_code == 502
     assert oai.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "hi"}]).choices
     assert gw.proc.poll() is None
+
+
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def _ask(oai, messages: list, stream: bool) -> dict:
+    """One turn of a tool loop: the assistant message the client keeps, as it would send it back."""
+    if not stream:
+        answer = oai.chat.completions.create(model="gemini-flash", messages=messages, tools=[WEATHER, TIME])
+        return answer.choices[0].message.model_dump(exclude_none=True)
+    chunks = oai.chat.completions.create(model="gemini-flash", messages=messages, tools=[WEATHER, TIME], stream=True)
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    return {"role": "assistant", "tool_calls": [{"id": tc.id, "type": "function",
+                                                 "function": {"name": tc.function.name, "arguments": tc.function.arguments}}
+                                                for tc in calls]}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_tool_loop_sends_each_result_under_its_own_function(oai, gemini, stream):
+    """Gemini sends no call ids. Two turns each call a different function; when the conversation
+    comes back, each functionResponse must carry the name of the call it answers, and the ids the
+    gateway made for the two turns' calls must differ (a client keys its results by them)."""
+    messages: list = [{"role": "user", "content": "weather and time?"}]
+    first = _ask(oai, messages, stream)
+    messages += [first, {"role": "tool", "tool_call_id": first["tool_calls"][0]["id"], "content": "18C sunny"}]
+    second = _ask(oai, messages, stream)
+    messages += [second, {"role": "tool", "tool_call_id": second["tool_calls"][0]["id"], "content": "14:00"}]
+    assert [m["tool_calls"][0]["function"]["name"] for m in (first, second)] == ["get_weather", "get_time"]
+    oai.chat.completions.create(model="gemini-flash", messages=messages, tools=[WEATHER, TIME])
+    turns = [(c["role"], name, part[key].get("response")) for c in gemini.last()["body"]["contents"] for part in c["parts"]
+             for key in ("functionCall", "functionResponse") if key in part for name in [part[key]["name"]]]
+    assert turns == [("model", "get_weather", None), ("user", "get_weather", {"content": "18C sunny"}),
+                     ("model", "get_time", None), ("user", "get_time", {"content": "14:00"})]
+    assert first["tool_calls"][0]["id"] != second["tool_calls"][0]["id"]

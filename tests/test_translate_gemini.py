@@ -58,9 +58,10 @@ REQUESTS = [
         USER, {"role": "assistant", "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
         {"role": "tool", "tool_call_id": "c9", "content": '{"temp": 3}'}, {"role": "tool", "tool_call_id": "c9", "content": "plain"}]},
      {"contents": [{"parts": [{"text": "hi"}], "role": "user"},
-                   {"parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}], "role": "model"},
-                   {"parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 3}}},
-                              {"functionResponse": {"name": "get_weather", "response": {"content": "plain"}}}], "role": "user"}]}),
+                   {"parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}, "id": "c9"}}], "role": "model"},
+                   {"parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 3}, "id": "c9"}},
+                              {"functionResponse": {"name": "get_weather", "response": {"content": "plain"}, "id": "c9"}}],
+                    "role": "user"}]}),
     ("images", {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
         {"type": "image_url", "image_url": {"url": "gs://bucket/cat.jpg"}}]}]},
@@ -75,9 +76,58 @@ def test_request_translation(name, body, expected):
     assert {k: out.get(k) for k in expected} == expected
 
 
+def tool_turn(call_id: str, name: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": name + " result"}]
+
+
+def sent_calls_and_results(messages: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    contents = json.loads(ADAPTER.build(ctx({"messages": messages})).body)["contents"]
+    return [(key, part[key]["name"], part[key].get("id")) for c in contents for part in c["parts"]
+            for key in ("functionCall", "functionResponse") if key in part]
+
+
+def test_a_reused_id_finds_the_call_just_before_its_result():
+    """Older gateways numbered every answer's calls from call_0: a result belongs to the latest
+    call with its id before it, not to the last one anywhere in the conversation."""
+    messages = [USER, *tool_turn("call_0", "get_weather"), USER, *tool_turn("call_0", "get_time")]
+    assert sent_calls_and_results(messages) == [("functionCall", "get_weather", None), ("functionResponse", "get_weather", None),
+                                                ("functionCall", "get_time", None), ("functionResponse", "get_time", None)]
+
+
+def test_an_id_gemini_sent_goes_back_with_the_call_and_its_result():
+    body = fg.whole_body("gemini-x", True)
+    body["candidates"][0]["content"]["parts"][-1]["functionCall"]["id"] = "gem-7f3a"
+    message = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())[0])["choices"][0]["message"]
+    call_id = message["tool_calls"][0]["id"]
+    assert call_id == "gem-7f3a"
+    made = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(fg.whole_body("gemini-x", True)).encode())[0])
+    made_id = made["choices"][0]["message"]["tool_calls"][0]["id"]
+    assert sent_calls_and_results([USER, *tool_turn(call_id, "get_weather"), USER, *tool_turn(made_id, "get_time")]) == [
+        ("functionCall", "get_weather", "gem-7f3a"), ("functionResponse", "get_weather", "gem-7f3a"),
+        ("functionCall", "get_time", None), ("functionResponse", "get_time", None)]  # the gateway's own ids stay home
+
+
+def test_ids_made_for_gemini_calls_differ_between_answers():
+    """Gemini sends no call ids: the gateway's differ from one answer (and request) to the next,
+    and between the calls of one answer, so a client's tool loop never sees one id twice."""
+    body = fg.whole_body("gemini-x", True)
+    body["candidates"][0]["content"]["parts"].append({"functionCall": {"name": "get_time", "args": {}}})
+
+    def ids(messages: list[dict[str, Any]], response_id: str) -> list[str]:
+        out = ADAPTER.response(ctx({"messages": messages}), 200, json.dumps({**body, "responseId": response_id}).encode())[0]
+        return [c["id"] for c in json.loads(out)["choices"][0]["message"]["tool_calls"]]
+
+    first = ids([USER], "r1")
+    assert len(set(first)) == 2 and first == ids([USER], "r1")  # deterministic for one answer
+    later = [ids([USER, *tool_turn(first[0], "get_weather")], "r1"), ids([USER], "r2")]
+    assert all(not set(first) & set(other) for other in later)
+
+
 @pytest.mark.parametrize("body,param", [
     ({"n": 2}, "n"),
     ({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "tool", "tool_call_id": "c1", "content": "x"}, *tool_turn("c1", "f")[:1]]}, "messages[0].tool_call_id"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/noext"}}]}]}, "messages[0].content[0]"),
 ])
 def test_untranslatable_is_400(body, param):
@@ -130,7 +180,11 @@ def test_stream_whole():
     chunks, usage = client_view(TOOL_WIRE, [])
     s = summarize(chunks)
     assert s["text"] == fg.REPLY and s["finishes"] == ["tool_calls"]
-    assert s["calls"] == {0: {"id": "call_0", "name": "get_weather", "arguments": json.dumps(fg.TOOL_ARGS, separators=(",", ":"))}}
+    assert s["calls"] == {0: {"id": s["calls"][0]["id"], "name": "get_weather",
+                              "arguments": json.dumps(fg.TOOL_ARGS, separators=(",", ":"))}}
+    whole = json.loads(ADAPTER.response(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}), 200,
+                                        json.dumps(fg.whole_body("gemini-x", True)).encode())[0])
+    assert whole["choices"][0]["message"]["tool_calls"][0]["id"] == s["calls"][0]["id"]  # the same answer, the same id
     assert s["usage"][0]["completion_tokens_details"] == {"reasoning_tokens": 6} and usage.cached_tokens == 16
     assert "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks if c["choices"]) == "thinking..."
 

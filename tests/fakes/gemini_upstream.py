@@ -6,7 +6,9 @@
 `x-goog-api-key: API_KEY` (and no `key=` in the URL); Vertex calls must carry a bearer token
 that `POST /token` issued, which is where the service-account file used by the tests points
 its `token_uri`; every token grant is counted. A request offering tools gets a functionCall
-(with finishReason STOP, as Gemini says). Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
+(with finishReason STOP, as Gemini says) of the first declared function that no
+functionResponse in the conversation answers yet (none when all are answered), with no call
+id, as Gemini sends it: a tool loop calls one function a turn. Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
 of model `stream-error-N` is one error fragment whose code is N.
 Embeddings: Vertex's `:predict` (`instances[].content`, `parameters.outputDimensionality`;
 answers `predictions[].embeddings.{values, statistics.token_count}`; a `gemini-embedding-*`
@@ -31,7 +33,7 @@ USAGE = {"promptTokenCount": 40, "candidatesTokenCount": 10, "totalTokenCount": 
          "thoughtsTokenCount": 6}
 
 
-def fragments(model: str, with_tool: bool) -> list[dict[str, Any]]:
+def fragments(model: str, with_tool: bool, tool: str = "get_weather") -> list[dict[str, Any]]:
     """The GenerateContentResponse fragments of one streamed answer."""
     words = REPLY.split(" ")
     out: list[dict[str, Any]] = [{"candidates": [{"content": {"role": "model", "parts": [{"text": "thinking...", "thought": True}]},
@@ -41,23 +43,31 @@ def fragments(model: str, with_tool: bool) -> list[dict[str, Any]]:
                     "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": i + 1, "totalTokenCount": 41 + i},
                     "modelVersion": model, "responseId": "resp-fake-1"})
     if with_tool:
-        out.append({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": TOOL_ARGS}}]},
+        out.append({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": tool, "args": TOOL_ARGS}}]},
                                     "index": 0}], "modelVersion": model, "responseId": "resp-fake-1"})
     out[-1]["candidates"][0]["finishReason"] = "STOP"
     out[-1]["usageMetadata"] = USAGE
     return out
 
 
-def sse_bytes(model: str, with_tool: bool) -> list[bytes]:
-    return [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in fragments(model, with_tool)]
+def sse_bytes(model: str, with_tool: bool, tool: str = "get_weather") -> list[bytes]:
+    return [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in fragments(model, with_tool, tool)]
 
 
-def whole_body(model: str, with_tool: bool) -> dict[str, Any]:
+def whole_body(model: str, with_tool: bool, tool: str = "get_weather") -> dict[str, Any]:
     parts: list[dict[str, Any]] = [{"text": "thinking...", "thought": True}, {"text": REPLY}]
     if with_tool:
-        parts.append({"functionCall": {"name": "get_weather", "args": TOOL_ARGS}})
+        parts.append({"functionCall": {"name": tool, "args": TOOL_ARGS}})
     return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": USAGE, "modelVersion": model, "responseId": "resp-fake-1"}
+
+
+def next_tool(body: dict[str, Any]) -> str | None:
+    """The first declared function that no functionResponse in the conversation answers yet."""
+    answered = {p["functionResponse"]["name"] for c in body.get("contents") or [] for p in c.get("parts") or []
+                if "functionResponse" in p}
+    declared = [f["name"] for t in body.get("tools") or [] for f in t.get("functionDeclarations") or []]
+    return next((name for name in declared if name not in answered), None)
 
 
 def _error(status: int, state: str, message: str) -> web.Response:
@@ -108,9 +118,9 @@ class FakeGemini(FakeUpstream):
         embed = {"predict": self.predict, "batchEmbedContents": self.batch_embed}.get(method)
         if embed is not None:
             return embed(model, body, vertex)
-        with_tool = bool(body.get("tools"))
+        tool = next_tool(body)
         if method == "generateContent":
-            return web.json_response(whole_body(model, with_tool))
+            return web.json_response(whole_body(model, tool is not None, tool or ""))
         if method != "streamGenerateContent" or request.query.get("alt") != "sse":
             return _error(404, "NOT_FOUND", f"unknown method {method}")
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -120,7 +130,7 @@ class FakeGemini(FakeUpstream):
             await resp.write(b"data: " + json.dumps({"error": {"code": code, "message": "boom"}}).encode() + b"\r\n\r\n")
             await resp.write_eof()
             return resp
-        for event in sse_bytes(model, with_tool):
+        for event in sse_bytes(model, tool is not None, tool or ""):
             await resp.write(event)
         await resp.write_eof()
         return resp

@@ -4,11 +4,16 @@ The two services share the wire format (`wire/gemini.py`) and differ in URL and 
 the Gemini API takes `x-goog-api-key` (never a `?key=` in the URL, which would end up in
 logs), Vertex AI a service-account OAuth token added by the gateway's signer.
 
-Gemini has no tool-call ids, so a tool result (`role: tool`, `tool_call_id`) is matched to
-the function name of the assistant tool call with that id earlier in the conversation; the
-ids handed to clients are the ones Gemini sent, else `call_<n>`. Usage: `promptTokenCount`
-already includes cached content; `candidatesTokenCount` excludes thoughts, which OpenAI
-counts in `completion_tokens`, so they are added and also reported as reasoning tokens.
+Gemini usually sends no tool-call ids, so a tool result (`role: tool`, `tool_call_id`) is
+matched to the function name of the call with that id in the latest assistant message before
+it that holds one. The ids handed to clients are the ones Gemini sent (which go back to it
+with the call and its result), else the gateway's own `call_<hash>_<n>`: the hash is of the
+answer's id and the request, so no two answers of a conversation (every turn's request is
+longer than the last) share an id, and the same answer always gets the same ones.
+
+Usage: `promptTokenCount` already includes cached content; `candidatesTokenCount` excludes
+thoughts, which OpenAI counts in `completion_tokens`, so they are added and also reported as
+reasoning tokens.
 
 Theory of operation of the stream: each SSE event is a whole response fragment; text and
 thought parts become content/reasoning deltas, a functionCall part arrives whole and becomes
@@ -17,7 +22,9 @@ stream's end (Gemini sends no terminator) closes with finish, usage and `[DONE]`
 """
 from __future__ import annotations
 
+import hashlib
 import mimetypes
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -49,6 +56,8 @@ FINISH_REASONS = {
     "IMAGE_SAFETY": "content_filter",
 }
 TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# Ids the gateway made for Gemini's calls (and `call_<n>`, which it made before): never Gemini's, never sent to it.
+_MADE_ID = re.compile(r"call_(?:[0-9a-f]{16}_)?[0-9]+")
 _decode_json = msgspec.json.decode
 
 
@@ -77,9 +86,10 @@ class OpenAIToGemini:
         parts = cand.content.parts if cand.content else []
         text = "".join(p.text or "" for p in parts if p.text is not None and not p.thought)
         reasoning = "".join(p.text or "" for p in parts if p.thought)
-        calls = [_tool_call(p.function_call, i) for i, p in enumerate(q for q in parts if q.function_call)]
         usage = usage_of(done.usage_metadata) if done.usage_metadata else None
         rid = "chatcmpl-" + done.response_id if done.response_id else completion_id(ctx.body, ctx.now)
+        stem = _CallIdStem(rid, ctx.body)
+        calls = [_tool_call(p.function_call, stem, i) for i, p in enumerate(q for q in parts if q.function_call)]
         reason = FINISH_REASONS.get(cand.finish_reason or "STOP", "stop")
         return completion_body(rid, ctx.now, done.model_version or ctx.upstream_model, text, calls, reason, usage,
                                reasoning), usage
@@ -121,9 +131,36 @@ def usage_of(u: wire.UsageMetadata) -> Usage:
                  reasoning_tokens=u.thoughts_token_count)
 
 
-def _tool_call(call: wire.FunctionCall | None, n: int) -> ToolCallOut:
+class _CallIdStem:
+    """The start of the ids the gateway makes for one answer's calls that Gemini sent without
+    one: `call_<hash>_`, the hash of the answer's id (Gemini's `responseId`, else one made from
+    the request and the time) and the request. Numbering from `call_0` in every answer gave the
+    first call of every turn the same id, and the results of earlier turns went back to Gemini
+    under later calls' names. The hash is taken only when an answer needs it."""
+
+    def __init__(self, answer_id: str, request: bytes) -> None:
+        self._seed = (answer_id, request)
+        self._stem = ""
+
+    def __call__(self, n: int) -> str:
+        if not self._stem:
+            answer_id, request = self._seed
+            h = hashlib.blake2b(answer_id.encode(), digest_size=8)
+            h.update(request)
+            self._stem = f"call_{h.hexdigest()}_"
+        return f"{self._stem}{n}"
+
+
+def _tool_call(call: wire.FunctionCall | None, stem: _CallIdStem, n: int) -> ToolCallOut:
     assert call is not None
-    return ToolCallOut(call.id or f"call_{n}", FunctionOut(call.name, wire.encode(call.args or {}).decode()))
+    return ToolCallOut(call.id or stem(n), FunctionOut(call.name, wire.encode(call.args or {}).decode()))
+
+
+def _gemini_id(call_id: str | None) -> str | None:
+    """The id to send Gemini with a call and with its result: any but the gateway's own, which
+    stand in for ids Gemini did not give. Gemini's own come back to it; one a client chose
+    (history from another provider) pairs a call with its result the same way."""
+    return call_id if call_id and not _MADE_ID.fullmatch(call_id) else None
 
 
 # -- request translation ---------------------------------------------------------------
@@ -135,11 +172,14 @@ def to_gemini(req: ChatRequest) -> wire.GenerateContentRequest:
     if req.logprobs:
         raise unsupported("logprobs", PROVIDER)
     system = [wire.Part(text=text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
-    names = {c.id: c.function.name for m in req.messages for c in m.tool_calls or []}
+    # A result belongs to the call with its id in the latest assistant message before it: ids
+    # may repeat over a conversation (gateways before this one numbered each answer's from call_0).
+    names: dict[str, str] = {}
     contents: list[wire.Content] = []
     for i, m in enumerate(req.messages):
         if m.role in ("system", "developer"):
             continue
+        names.update((c.id, c.function.name) for c in m.tool_calls or [])
         role, parts = _turn(m, i, names)
         if not parts:
             continue
@@ -161,14 +201,15 @@ def _turn(m: ChatMessage, i: int, names: dict[str, str]) -> tuple[str, list[wire
         parts = [wire.Part(text=text)] if text else []
         for j, call in enumerate(m.tool_calls or []):
             args = tool_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
-            parts.append(wire.Part(function_call=wire.FunctionCall(call.function.name, args)))
+            parts.append(wire.Part(function_call=wire.FunctionCall(call.function.name, args, _gemini_id(call.id))))
         return "model", parts
     if m.role in ("tool", "function"):
         name = names.get(m.tool_call_id or "") or m.name
         if not name:
             raise bad_request(f"messages[{i}].tool_call_id matches no earlier assistant tool call.",
                               param=f"messages[{i}].tool_call_id")
-        return "user", [wire.Part(function_response=wire.FunctionResponse(name, _result(text_of(m.content))))]
+        response = wire.FunctionResponse(name, _result(text_of(m.content)), _gemini_id(m.tool_call_id))
+        return "user", [wire.Part(function_response=response)]
     raise bad_request(f"Unknown role '{m.role}' in messages[{i}].", param=f"messages[{i}].role")
 
 
@@ -243,6 +284,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         super().__init__(wire.decode_response)
         self._ctx = ctx
         self._writer: ChunkWriter | None = None
+        self._stem: _CallIdStem | None = None
         self._reason: str | None = None
 
     def _complete(self) -> bool:
@@ -265,6 +307,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
             rid = "chatcmpl-" + fragment.response_id if fragment.response_id else completion_id(self._ctx.body, self._ctx.now)
             self._writer = ChunkWriter(rid, self._ctx.now, fragment.model_version or self._ctx.upstream_model,
                                        self._ctx.head.wants_usage_chunk)
+            self._stem = _CallIdStem(rid, self._ctx.body)
             out = self._writer.role()
         if fragment.usage_metadata is not None:
             self.usage = usage_of(fragment.usage_metadata)
@@ -275,9 +318,9 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
 
     def _part(self, p: wire.Part) -> bytes:
         w = self._writer
-        assert w is not None
+        assert w is not None and self._stem is not None
         if p.function_call is not None:
-            call = _tool_call(p.function_call, w.tool_calls)
+            call = _tool_call(p.function_call, self._stem, w.tool_calls)
             return w.tool_start(call.id, call.function.name, call.function.arguments)
         if p.thought:
             return w.reasoning(p.text or "")

@@ -4,7 +4,7 @@ OpenAI-chat -> Gemini translator.
 What maps to what: `instructions` and system/developer messages become `systemInstruction`;
 message items `contents` turns (user/model); `function_call` items `functionCall` parts and
 `function_call_output` items `functionResponse` parts (Gemini matches a result to its call by
-function name, found from the call with the same `call_id` earlier in `input`); function tools
+function name, found from the latest call with the same `call_id` before it in `input`); function tools
 `functionDeclarations`; `text.format` json_schema/json_object Gemini's JSON mode;
 `reasoning.effort` a `thinkingConfig` budget with thought summaries, which come back as a
 reasoning item; thought tokens count as output and reasoning tokens, cached content as cached
