@@ -28,7 +28,15 @@ from tollway.gateway.console import Console
 from tollway.gateway.downstream.watchdog import ANSWERED, Watchdog
 from tollway.gateway.exchange import Exchange, request_id
 from tollway.gateway.guardrails import GuardrailSet
-from tollway.gateway.lifecycle.drain import drain, install_readiness_signal, stop_signals_held
+from tollway.gateway.lifecycle.drain import (
+    LEDGER_FLUSH_SECONDS,
+    PLUGIN_FLUSH_SECONDS,
+    TRACE_FLUSH_SECONDS,
+    drain,
+    install_readiness_signal,
+    started_limits,
+    stop_signals_held,
+)
 from tollway.gateway.lifecycle.heap import Heap
 from tollway.gateway.lifecycle.reload import ConfigWatcher, Signature, catch_early_hangups, signature, watcher_for
 from tollway.gateway.limits.limiter import Limiter, build_limiter
@@ -58,9 +66,6 @@ from tollway.gateway.tenancy.directory import Directory, TableChange
 from tollway.gateway.upstream.client import UpstreamClient
 
 _JSON = ("content-type", "application/json")
-_TRACE_FLUSH_SECONDS = 2.0  # on shutdown or reload, what is queued gets this long to reach the collector
-_LEDGER_FLUSH_SECONDS = 2.5  # on shutdown, queued usage records get this long (traces 2 s + this < the kill margin)
-_PLUGIN_FLUSH_SECONDS = 1.0  # on shutdown, plugins' queued on_complete calls get this long
 KEY_RETRY_SECONDS = 2.0  # a key rebuild that failed is tried again this often (the directory's poll period)
 log = logging.getLogger("tollway")
 
@@ -79,6 +84,7 @@ class Gateway:
         self.serving = Serving(Runtime(config, None), Proxy(self.metrics))
         self.ready = False
         self.drain_task: asyncio.Task[None] | None = None  # the deadline a SIGUSR1 starts (lifecycle.drain)
+        self.drain_limits = started_limits(config.server)  # the process's, whatever a reload says
         # The requests being served (for the drain on shutdown, and the watchdog's bounds).
         self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)
         self.in_flight = self.watchdog.in_flight
@@ -202,12 +208,15 @@ class Gateway:
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._key_rebuild is not None:  # (a retry of a failed one)
             self._key_rebuild.cancel()
-        loop.run_until_complete(drain(self, self.runtime.config.server.drain_timeout))
+        loop.run_until_complete(drain(self, self.drain_limits.cut_off))
         self.watchdog.close()
         if self.heap is not None:
             self.heap.close()
+        # The usage records first, within the time granian leaves before it kills the worker
+        # (lifecycle.drain._KILL_MARGIN): they are what is billed; the rest is telemetry.
+        loop.run_until_complete(self.books.close(LEDGER_FLUSH_SECONDS))
         if self.tracer is not None:  # the drained requests' spans, within a short deadline
-            loop.run_until_complete(self.tracer.exporter.close(_TRACE_FLUSH_SECONDS))
+            loop.run_until_complete(self.tracer.exporter.close(TRACE_FLUSH_SECONDS))
         if self.watcher is not None:
             self.watcher.close(loop)
         loop.run_until_complete(self._close_providers(list(self.runtime.providers.values())))
@@ -215,8 +224,7 @@ class Gateway:
             loop.run_until_complete(self.upstream.aclose())
         if self.limiter is not None:  # flush queued settles
             loop.run_until_complete(self.limiter.store.aclose())
-        loop.run_until_complete(self.plugins.close(_PLUGIN_FLUSH_SECONDS))  # queued on_complete calls
-        loop.run_until_complete(self.books.close(_LEDGER_FLUSH_SECONDS))  # the queued usage records
+        loop.run_until_complete(self.plugins.close(PLUGIN_FLUSH_SECONDS))  # queued on_complete calls
         loop.run_until_complete(self.cache.aclose())  # queued Redis writes
         if self.directory is not None:  # the keys' last use
             loop.run_until_complete(self.directory.close(self.serving.last_used))
@@ -248,6 +256,11 @@ class Gateway:
         limiter = build_limiter(config, self.metrics, self.limiter)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
             log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
+        started = self.drain_limits  # granian's main process stops the workers by these (lifecycle.drain)
+        if (config.server.drain_delay, config.server.drain_timeout) != (started.delay, started.timeout):
+            log.warning("config reload: server.drain_delay and server.drain_timeout changes take effect when the "
+                        "gateway restarts; until then it drains with drain_delay %gs, drain_timeout %gs",
+                        started.delay, started.timeout)
         rebuild = books.adopt(self.books)
         self.plugins = plugins  # (the old ones' queued on_complete calls finish in their tasks)
         self.guardrails = GuardrailSet(config.guardrails, self.metrics.guardrail_decisions)
@@ -362,7 +375,7 @@ class Gateway:
         if tracer is not None:
             tracer.exporter.start(loop)
         if old is not None:
-            self._in_background(old.exporter.close(_TRACE_FLUSH_SECONDS))
+            self._in_background(old.exporter.close(TRACE_FLUSH_SECONDS))
 
     def _in_background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -34,6 +34,7 @@ import yaml
 from tests.harness import free_port
 from tollway.core import config as config_mod
 from tollway.gateway.app import Gateway
+from tollway.gateway.lifecycle.drain import DrainLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -201,6 +202,8 @@ def test_mounted_config_is_valid_and_the_grace_period_covers_the_drain(doc):
     config, spec = _embedded_config(doc)
     server = config.server
     assert spec["terminationGracePeriodSeconds"] > server.drain_delay + server.drain_timeout
+    # and the shutdown's flushes after the drain (usage records, spans): granian's kill comes first
+    assert spec["terminationGracePeriodSeconds"] >= server.drain_delay + DrainLimits.of(server).kill_after
     assert server.drain_delay > 0, "readiness must drop before the listener closes"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
 
-def config(delay: float, timeout: float, chunk_delay: float, chunks: int) -> str:
+def config(delay: float, timeout: float, chunk_delay: float, chunks: int, extra: str = "") -> str:
     return f"""
 providers:
   - {{name: slow, schema: fake, fake_chunk_delay: {chunk_delay}, fake_chunks: {chunks}}}
@@ -27,7 +28,7 @@ models:
 keys:
   - {{name: app, key_hash: "{key_hash(TEST_KEY)}"}}
 server: {{drain_delay: {delay}, drain_timeout: {timeout}, access_log: false}}
-"""
+{extra}"""
 
 
 def readyz(gw: GatewayProcess) -> int | None:
@@ -46,7 +47,9 @@ def stream_in_thread(gw: GatewayProcess, result: dict) -> threading.Thread:
         sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=30)
         try:
             stream = sdk.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}], stream=True)
-            result["chunks"] = [c for c in stream]
+            result["chunks"] = []  # grows as they come: a test can wait for the stream to be under way
+            for chunk in stream:
+                result["chunks"].append(chunk)
         except openai.OpenAIError as exc:
             result["error"] = exc
 
@@ -92,6 +95,45 @@ def test_drain_timeout_bounds_the_wait():
         assert code == 0
         assert "drain timeout" in gw.stderr()
         assert "shutting down" in str(result.get("error")), "the cut-off stream must end with an error event"
+    finally:
+        gw.stop()
+
+
+def until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_drain_timeout_raised_by_a_reload_applies_at_the_restart_not_past_the_kill():
+    """granian's main process kills a worker a margin after the drain_timeout it started with.
+    A reload that raised drain_timeout made the worker wait for the new one: killed mid-drain,
+    its stream ended with a bare connection error instead of the SSE error event, and the
+    usage record was lost. The worker keeps the limits the process started with, and says so."""
+    ledger = "store: {backend: sqlite, path: ledger.db}\n"
+    gw = GatewayProcess(config(delay=0.0, timeout=1.0, chunk_delay=1.0, chunks=60, extra=ledger))
+    try:
+        gw.config_path.write_text(config(delay=0.0, timeout=30, chunk_delay=1.0, chunks=60, extra=ledger))
+        gw.signal(signal.SIGHUP)
+        until(lambda: "config reloaded" in gw.raw_output())
+        assert "server.drain_delay and server.drain_timeout changes take effect when the gateway restarts" \
+            in gw.raw_output()
+        result: dict = {}
+        thread = stream_in_thread(gw, result)
+        until(lambda: len(result.get("chunks", ())) >= 1)  # the stream is under way
+        start = time.monotonic()
+        os.kill(gw.proc.pid, signal.SIGTERM)
+        code = gw.proc.wait(20)
+        took = time.monotonic() - start
+        thread.join(10)
+        err = gw.stderr()
+        assert "Killing worker" not in err, err
+        assert code == 0
+        assert took < 4, f"shutdown took {took:.1f}s: the reloaded 30s drain_timeout was used"
+        assert "shutting down" in str(result.get("error")), "the cut-off stream must end with an error event"
+        rows = sqlite3.connect(gw.dir / "ledger.db").execute("select count(*) from usage_records").fetchone()[0]
+        assert rows == 1, "the cut-off stream's usage record must be written"
     finally:
         gw.stop()
 
@@ -217,3 +259,39 @@ def test_a_start_that_fails_lets_the_held_signals_in_at_once():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("timeout", [0.0, 1.0, 1.7, 30.0])
+def test_the_shutdown_after_the_cut_off_fits_before_granian_kills_the_worker(timeout):
+    """After the cut-off, the worker answers what it cut off and flushes the usage records,
+    spans and plugin calls (Gateway.__rsgi_del__); granian's kill must come after all that."""
+    from tollway.core.config.server import Server
+    from tollway.gateway.lifecycle import drain
+
+    limits = drain.DrainLimits.of(Server(drain_timeout=timeout))
+    budget = drain.CANCEL_WAIT_SECONDS + drain.LEDGER_FLUSH_SECONDS + drain.TRACE_FLUSH_SECONDS \
+        + drain.PLUGIN_FLUSH_SECONDS
+    assert limits.cut_off == timeout, "requests get the whole drain_timeout"
+    assert limits.kill_after - limits.cut_off >= budget + 1
+
+
+def test_a_kill_timeout_shorter_than_the_drain_moves_the_cut_off_earlier():
+    from tollway.gateway.lifecycle.drain import DrainLimits
+
+    limits = DrainLimits(delay=5.0, timeout=30.0, kill_after=20)  # (a workers_kill_timeout given to TollwayServer)
+    assert limits.cut_off == 20 - 6.5
+    assert DrainLimits(0.0, 30.0, 3).cut_off == 0.0
+    assert DrainLimits.decode(limits.encode()) == limits
+    unbounded = DrainLimits(0.0, 30.0, float("inf"))  # (granian never kills)
+    assert DrainLimits.decode(unbounded.encode()).cut_off == 30.0
+
+
+def test_a_worker_drains_by_the_limits_its_main_process_started_with(monkeypatch):
+    """`serve`'s workers read the config file themselves, possibly newer than the main process's."""
+    from tollway.core.config.server import Server
+    from tollway.gateway.lifecycle.drain import DRAIN_ENV, DrainLimits, started_limits
+
+    monkeypatch.setenv(DRAIN_ENV, DrainLimits(1.0, 2.0, 10).encode())
+    assert started_limits(Server(drain_delay=7.0, drain_timeout=60.0)) == DrainLimits(1.0, 2.0, 10)
+    monkeypatch.delenv(DRAIN_ENV)
+    assert started_limits(Server(drain_delay=7.0, drain_timeout=60.0)) == DrainLimits(7.0, 60.0, 68)

@@ -200,3 +200,23 @@ def test_a_forked_worker_running_the_inherited_main_handler_only_remembers_the_s
         assert reload._early_hangup is True
     finally:
         reload._early_hangup = False
+
+
+async def test_a_reload_of_the_drain_limits_says_they_apply_at_the_restart(caplog):
+    """granian's main process sends SIGTERM and kills workers by the drain_delay and
+    drain_timeout it started with: a worker keeps them, and a reload that changes them says so
+    (tests/test_drain.py has the end to end: a worker killed mid-drain lost its usage records)."""
+    from tollway.gateway.app import Gateway
+
+    gw = Gateway(loads(GOOD + "server: {drain_delay: 1, drain_timeout: 2}\n"))
+    gw.start()
+    started = gw.drain_limits
+    with caplog.at_level(logging.WARNING, logger="tollway"):
+        gw.reload(loads(GOOD + "server: {drain_delay: 1, drain_timeout: 2, access_log: false}\n"))
+        assert "drain" not in caplog.text, "a reload that keeps them says nothing"
+        gw.reload(loads(GOOD + "server: {drain_delay: 1, drain_timeout: 30}\n"))
+    assert "server.drain_delay and server.drain_timeout changes take effect when the gateway restarts" in caplog.text
+    assert "drain_delay 1s, drain_timeout 2s" in caplog.text
+    assert gw.drain_limits == started and gw.drain_limits.cut_off == 2.0
+    await gw._close_providers(list(gw.runtime.providers.values()))
+    await gw.upstream.aclose()

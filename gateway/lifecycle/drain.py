@@ -16,23 +16,33 @@ So, in order:
    returns the loop to Python, so the deadline is kept by the worker itself: SIGUSR1 also
    starts a timer that cancels requests still in flight after drain_delay + drain_timeout.
    Then `Gateway.__rsgi_del__` runs `drain()` (a last wait, for a worker that got SIGTERM
-   directly) and closes pools and the upstream client. granian kills a worker that is
-   still alive drain_timeout plus a margin after its SIGTERM.
+   directly), flushes the usage records, traces and plugin calls, and closes pools and the
+   upstream client. granian kills a worker that is still alive drain_timeout plus a margin
+   (`_KILL_MARGIN`, which holds all of that) after its SIGTERM.
 3. `TollwayServer` turns SIGHUP into a SIGHUP to each worker, where `Gateway.reload` handles it.
+
+The main process fixes the drain delay and the kill timeout when it starts, and a reload
+cannot move them (it happens in the workers). So a worker drains by the limits its main
+process started with (`DrainLimits`, passed down in the environment), not by a reloaded
+`server.drain_*`: waiting for a longer reloaded drain_timeout got it killed mid-drain, its
+cut-off streams without their error event and their usage records lost.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from granian import Granian
 
+from tollway.core.config.server import Server
 from tollway.gateway.lifecycle.reload import hangup_before_start
 
 if TYPE_CHECKING:
@@ -40,16 +50,64 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway")
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
-_KILL_MARGIN = 5.0  # seconds granian waits beyond drain_timeout before it kills a worker
+DRAIN_ENV = "TOLLWAY_DRAIN_LIMITS"  # the main process's DrainLimits, for the workers it forks
+# What a worker does after the cut-off, each within its deadline (Gateway.__rsgi_del__, in this
+# order: the usage records first, they are what is billed):
+CANCEL_WAIT_SECONDS = 1.0  # the requests cut off answer (a 503 or an SSE error event) and queue their usage
+LEDGER_FLUSH_SECONDS = 2.5  # the queued usage records
+TRACE_FLUSH_SECONDS = 2.0  # the queued spans (also given to a tracer a reload replaced)
+PLUGIN_FLUSH_SECONDS = 1.0  # plugins' queued on_complete calls
+_SHUTDOWN_SECONDS = CANCEL_WAIT_SECONDS + LEDGER_FLUSH_SECONDS + TRACE_FLUSH_SECONDS + PLUGIN_FLUSH_SECONDS
+# Seconds granian waits beyond drain_timeout before it kills a worker: all of the above, and
+# 1.5 s for the closes with no deadline of their own (pools, Redis, the key store).
+_KILL_MARGIN = _SHUTDOWN_SECONDS + 1.5
+
+
+@dataclass(frozen=True)
+class DrainLimits:
+    """The drain a worker keeps, as its main process enforces it: `delay` seconds between
+    SIGUSR1 and SIGTERM, and a kill `kill_after` seconds after SIGTERM."""
+
+    delay: float
+    timeout: float  # server.drain_timeout
+    kill_after: float  # math.inf: never killed
+
+    @classmethod
+    def of(cls, server: Server) -> DrainLimits:
+        return cls(server.drain_delay, server.drain_timeout, math.ceil(server.drain_timeout + _KILL_MARGIN))
+
+    @property
+    def cut_off(self) -> float:
+        """Seconds after the listener closed that requests still in flight are cut off:
+        drain_timeout, but no later than leaves the shutdown its time before the kill."""
+        return max(0.0, min(self.timeout, self.kill_after - _SHUTDOWN_SECONDS))
+
+    def encode(self) -> str:
+        return f"{self.delay!r} {self.timeout!r} {self.kill_after!r}"
+
+    @classmethod
+    def decode(cls, text: str) -> DrainLimits:
+        delay, timeout, kill_after = (float(part) for part in text.split())
+        return cls(delay, timeout, kill_after)
+
+
+def started_limits(server: Server) -> DrainLimits:
+    """The limits of the process this worker belongs to: those `TollwayServer` was started
+    with (not the config this worker read, which may already be newer), or, for a gateway
+    served otherwise, those of the config it is built with. A reload never changes them."""
+    passed = os.environ.get(DRAIN_ENV)
+    return DrainLimits.decode(passed) if passed else DrainLimits.of(server)
 
 
 class TollwayServer(Granian):  # type: ignore[misc,valid-type]
     """granian's process server, with the gateway's readiness-first drain and in-place reload."""
 
     def __init__(self, *args: Any, drain_delay: float = 0.0, drain_timeout: float = 30.0, **kwargs: Any) -> None:
-        kwargs.setdefault("workers_kill_timeout", int(drain_timeout + _KILL_MARGIN))
+        kwargs.setdefault("workers_kill_timeout", math.ceil(drain_timeout + _KILL_MARGIN))
         super().__init__(*args, **kwargs)
         self.drain_delay = drain_delay
+        kill_after = self.workers_kill_timeout if self.workers_kill_timeout else math.inf
+        os.environ[DRAIN_ENV] = DrainLimits(drain_delay, drain_timeout, kill_after).encode()  # before the forks
         self._main_pid = os.getpid()
 
     def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
@@ -138,13 +196,14 @@ def _let_in(mask: set[int | signal.Signals]) -> None:
 
 def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:
     """SIGUSR1 (from TollwayServer.shutdown) marks the worker not ready and starts the clock:
-    requests still in flight after drain_delay + drain_timeout are cut off."""
+    requests still in flight after drain_delay + drain_timeout are cut off (the limits the
+    process started with: the main process sends SIGTERM and kills by those)."""
     def begin_drain() -> None:
         if not gateway.ready:
             return  # already draining
         gateway.ready = False
-        server = gateway.runtime.config.server
-        gateway.drain_task = loop.create_task(_cut_off_after(gateway, server.drain_delay + server.drain_timeout))
+        limits = gateway.drain_limits
+        gateway.drain_task = loop.create_task(_cut_off_after(gateway, limits.delay + limits.cut_off))
 
     loop.add_signal_handler(signal.SIGUSR1, begin_drain)
 
@@ -162,7 +221,7 @@ async def _cancel(gateway: Gateway) -> int:
         log.warning("drain timeout: cutting off %d requests still in flight", len(left))
         for task in left:
             task.cancel()
-        await asyncio.wait(left, timeout=1.0)
+        await asyncio.wait(left, timeout=CANCEL_WAIT_SECONDS)
     return len(left)
 
 
