@@ -68,8 +68,12 @@ _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but
 _CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 ERROR_BODY_BYTES = 64 * 1024  # of an upstream error body: its message is all the client needs
-# What an adapter raises when the upstream's bytes are not what its schema promised.
-_UNREADABLE = (msgspec.MsgspecError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+# What an adapter raises when the upstream's bytes are not what its schema promised. Two are
+# not msgspec's or a shape's: RecursionError is msgspec's answer to JSON nested past its depth
+# limit (a tool call's input, an unknown field), OverflowError a number no wire type can hold.
+# Both are the upstream's malformed answer (a retryable 502), never the gateway's 500.
+_UNREADABLE = (msgspec.MsgspecError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError,
+               OverflowError)
 
 
 class Proxy:

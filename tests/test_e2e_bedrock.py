@@ -114,3 +114,69 @@ def test_anthropic_sdk_streamed_tool_use_over_bedrock(gw):
     assert m.content[0].text == fb.REPLY and m.stop_reason == "tool_use"
     assert m.content[1].name == "get_weather" and m.content[1].input == fb.TOOL_INPUT
     assert m.usage.output_tokens == 12 and m.usage.cache_read_input_tokens == 5
+
+
+# -- an AWS credential chain that fails: a profile the AWS config lacks, a credential_process
+# that exits non-zero. Each is the provider's retryable 502 (so a route falls back), never a
+# 500, and never botocore's message: a credential process's stderr can hold secrets.
+
+PROCESS_STDERR_SECRET = "AKIAPROCESSSTDERR777"
+
+
+@pytest.fixture(scope="module")
+def broken_chain(bedrock: FakeBedrock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    aws = tmp_path_factory.mktemp("aws")
+    (aws / "config").write_text(
+        f"[profile broken]\ncredential_process = sh -c 'echo {PROCESS_STDERR_SECRET} >&2; exit 1'\n")
+    env = {"AWS_CONFIG_FILE": str(aws / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": ""}
+    process = GatewayProcess(f"""
+providers:
+  - {{name: aws-missing, schema: bedrock, region: {fb.REGION}, base_url: {bedrock.url}, credentials: {{profile: nosuchprofile}}}}
+  - {{name: aws-broken, schema: bedrock, region: {fb.REGION}, base_url: {bedrock.url}, credentials: {{profile: broken}}}}
+  - name: aws
+    schema: bedrock
+    region: {fb.REGION}
+    base_url: {bedrock.url}
+    credentials: {{access_key_id: {fb.ACCESS_KEY}, secret_access_key: "{fb.SECRET_KEY}"}}
+models:
+  - {{name: missing-profile, targets: [{{provider: aws-missing, model: "{MODEL_ID}"}}]}}
+  - {{name: failing-process, targets: [{{provider: aws-broken, model: "{MODEL_ID}"}}]}}
+  - name: failing-then-good
+    targets: [{{provider: aws-broken, model: "{MODEL_ID}", priority: 0}}, {{provider: aws, model: "{MODEL_ID}", priority: 1}}]
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""", env=env)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("model, provider", [("missing-profile", "aws-missing"), ("failing-process", "aws-broken")])
+def test_a_failing_credential_chain_is_a_502_naming_the_provider(broken_chain: GatewayProcess, model: str,
+                                                                 provider: str) -> None:
+    client = openai.OpenAI(base_url=broken_chain.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    for _ in range(2):  # and again: the chain is read afresh, not a failure remembered as a 500
+        with pytest.raises(openai.APIStatusError) as bad:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert bad.value.status_code == 502 and bad.value.code == "upstream_auth_failed"
+        text = bad.value.response.text
+        assert f"'{provider}'" in text and PROCESS_STDERR_SECRET not in text and "nosuchprofile" not in text
+
+
+def test_a_route_falls_back_past_a_failing_credential_chain(broken_chain: GatewayProcess) -> None:
+    client = openai.OpenAI(base_url=broken_chain.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    r = client.chat.completions.create(model="failing-then-good", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == fb.REPLY
+
+
+def test_a_failing_credential_chain_is_logged_once_per_incident_without_its_secrets(broken_chain: GatewayProcess) -> None:
+    client = openai.OpenAI(base_url=broken_chain.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="failing-process", messages=[{"role": "user", "content": "hi"}])
+    logged = broken_chain.stderr()
+    assert "Traceback" not in logged and PROCESS_STDERR_SECRET not in logged
+    said = [line for line in logged.splitlines() if "aws-broken" in line and "credentials" in line]
+    assert len(said) == 1, said  # the first failure says it; the ones after it are the same incident
+    assert "CredentialRetrievalError" in said[0]

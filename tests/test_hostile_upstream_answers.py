@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+import anthropic
 import openai
 import pytest
 
@@ -160,3 +161,91 @@ def test_the_gateway_is_alive_and_logged_no_traceback(gw: GatewayProcess) -> Non
     with urllib.request.urlopen(gw.url + "/healthz", timeout=5) as resp:
         assert resp.status == 200
     assert "Traceback" not in gw.stderr()
+
+
+# -- answers the gateway's decoders cannot hold: JSON nested past msgspec's depth limit, floats
+# past float32's range. They are the upstream's malformed answers (502, retryable), not the
+# gateway's failure (500), so a route falls back past them and a stream ends with an error event.
+
+DEEP_SCHEMAS = ("openai", "anthropic", "gemini", "bedrock")
+
+
+def _odd_config(upstream: str) -> str:
+    return f"""
+providers:
+  - {{name: openai, schema: openai, base_url: {upstream}/v1, api_key: sk-hostile-answers-upstream-key-0042}}
+  - {{name: anthropic, schema: anthropic, base_url: {upstream}, api_key: sk-ant-hostile-answers-key-0042}}
+  - {{name: gemini, schema: gemini, base_url: {upstream}/v1beta, api_key: AIzaHostileAnswersKey0042}}
+  - {{name: bedrock, schema: bedrock, region: us-east-1, base_url: {upstream}, api_key: bedrock-hostile-key-0042}}
+models:
+{"".join(f"  - {{name: deep-{s}, targets: [{{provider: {s}, model: deep}}]}}{chr(10)}" for s in DEEP_SCHEMAS)}
+  - name: deep-then-ok
+    targets: [{{provider: anthropic, model: deep, priority: 0}}, {{provider: openai, model: ok, priority: 1}}]
+  - {{name: titan-huge, targets: [{{provider: bedrock, model: huge-float}}]}}
+  - {{name: gemini-huge, targets: [{{provider: gemini, model: huge-float}}]}}
+  - name: huge-then-ok
+    targets: [{{provider: gemini, model: huge-float, priority: 0}}, {{provider: bedrock, model: ok, priority: 1}}]
+keys:
+  - name: k
+    key_hash: "{key_hash()}"
+"""
+
+
+@pytest.fixture(scope="module")
+def odd(hostile: HostileUpstream) -> Iterator[GatewayProcess]:
+    gateway = GatewayProcess(_odd_config(hostile.url))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture()
+def odd_client(odd: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=odd.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
+
+
+@pytest.mark.parametrize("schema", DEEP_SCHEMAS)
+def test_json_nested_past_the_decoders_limit_is_a_502_upstream_malformed(odd_client: openai.OpenAI,
+                                                                         schema: str) -> None:
+    err = _error_of(odd_client, f"deep-{schema}")
+    assert err.status_code == 502 and _code(err) == "upstream_malformed", err.body
+
+
+def test_json_nested_too_deep_in_an_anthropic_messages_answer_is_a_502(odd: GatewayProcess) -> None:
+    client = anthropic.Anthropic(base_url=odd.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(model="deep-anthropic", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502
+
+
+def test_a_route_falls_back_past_an_answer_nested_too_deep(odd_client: openai.OpenAI) -> None:
+    answer = _chat(odd_client, "deep-then-ok")
+    assert answer.choices[0].message.content == "Hello from the hostile upstream"  # type: ignore[attr-defined]
+
+
+def test_a_stream_event_nested_too_deep_ends_the_stream_with_an_error_event(odd: GatewayProcess) -> None:
+    status, _, text = _raw_stream(odd, "deep-anthropic")  # after Anthropic's message_start: the stream has begun
+    assert status == 200
+    last = text.strip().split(b"\n\n")[-1]
+    assert last.startswith(b"data: {\"error\"") and b"upstream_malformed" in last, last[:300]
+
+
+def test_a_first_stream_event_nested_too_deep_is_a_502(odd_client: openai.OpenAI) -> None:
+    err = _error_of(odd_client, "deep-gemini", stream=True)  # Gemini's first event is the deep one
+    assert err.status_code == 502 and _code(err) == "upstream_malformed"
+
+
+@pytest.mark.parametrize("model", ["titan-huge", "gemini-huge"])
+def test_an_embedding_beyond_float32_is_a_502_upstream_malformed_in_base64(odd_client: openai.OpenAI,
+                                                                           model: str) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        odd_client.embeddings.create(model=model, input="hello")  # the SDK asks for base64
+    assert caught.value.status_code == 502 and _code(caught.value) == "upstream_malformed"
+
+
+def test_a_route_falls_back_past_an_embedding_beyond_float32(odd_client: openai.OpenAI) -> None:
+    answer = odd_client.embeddings.create(model="huge-then-ok", input="hello")
+    assert len(answer.data[0].embedding) == 3
+
+
+def test_the_odd_answers_left_no_traceback(odd: GatewayProcess) -> None:
+    assert "Traceback" not in odd.stderr()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollway.core import config as config_mod
-from tollway.core.accounting.pricing import FREE, Price
+from tollway.core.accounting.pricing import FREE, MAX_COUNT, Price
 from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import (
     Bucket,
@@ -190,6 +190,18 @@ def test_settle_without_usage_refunds_all_tokens_but_keeps_the_request(cfg, poli
     r = reserve(plan, 300, 200, PRICE)
     deltas = settle(plan, r, None, PRICE)
     assert deltas == pytest.approx((0, -500, -1, -200, -amounts(plan, r)[4], -500))
+
+
+def test_settle_takes_an_upstreams_counts_between_zero_and_max_count(cfg, policy):
+    # A hostile upstream's negative counts must not refund more than was reserved, nor a
+    # counts past any real answer's charge past what pricing counts (MAX_COUNT).
+    plan = policy.plan(key(cfg, "prod"), "gpt-4o")
+    r = reserve(plan, 300, 200, PRICE)
+    negative = Usage(prompt_tokens=-10**9, completion_tokens=-10**9, total_tokens=-7)
+    assert settle(plan, r, negative, PRICE) == settle(plan, r, None, PRICE)
+    huge = settle(plan, r, Usage(prompt_tokens=10**15, completion_tokens=10**15, total_tokens=10**15), PRICE)
+    taken = amounts(plan, r)
+    assert huge[1] == MAX_COUNT - taken[1] and huge[3] == MAX_COUNT - taken[3] and huge[5] == MAX_COUNT - taken[5]
 
 
 def test_denial_names_the_bucket_with_the_longest_wait(cfg, policy):

@@ -199,6 +199,11 @@ def _floats(b64: str) -> list[float]:
     (OpenAIToCohere(), BEDROCK, {"input": "a"}, b'{"id": "e", "embeddings": {"int8": [[1]]}}'),  # no floats
     (OpenAIToCohere(), BEDROCK, {"input": "a"}, b'{"id": "e", "embeddings": [["x"]]}'),
     (OpenAIToCohere(), BEDROCK, {"input": "a"}, b"<html>oops</html>"),
+    # a value past float32's range cannot be the base64 of float32s OpenAI's SDKs decode
+    (OpenAIToTitan(), BEDROCK, {"input": "x", "encoding_format": "base64"},
+     b'{"embedding": [0.5, 1e39], "inputTextTokenCount": 1}'),
+    (OpenAIToGeminiEmbed(), GEMINI, {"input": "a", "encoding_format": "base64"},
+     b'{"embeddings": [{"values": [-3.5e38]}]}'),
 ])
 def test_unreadable_answers_are_502(adapter, provider, body, answer):
     with pytest.raises(GatewayError) as bad:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from tollway.core.errors import upstream_auth_failed, upstream_no_credentials
 from tollway.core.providers.base import UpstreamCall
 from tollway.core.security.secrets import KnownSecrets
 
+log = logging.getLogger("tollway")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh a Google token this long before it expires, so no request carries a token that
 # expires on its way (google-auth's own margin is 3m45s; a slow upstream call can outlast it).
@@ -46,6 +48,7 @@ class SigV4Credential:
         self._secrets = secrets
         self._source: Any = None
         self._lock = asyncio.Lock()
+        self._failing = False  # the last call failed to get keys: a failure already logged
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         from botocore.auth import SigV4Auth  # noqa: PLC0415
@@ -58,6 +61,27 @@ class SigV4Credential:
         return UpstreamCall(call.method, call.url, list(request.headers.items()), call.body, call.stream)
 
     async def _frozen_keys(self) -> Any:
+        """The keys to sign with. Raises GatewayError(502) naming the provider when the chain
+        has none or fails (a missing profile, a credential_process that exits non-zero, STS
+        refusing a refresh): the provider's failure, so a route falls back and the health
+        tracker counts it, never a 500. Nothing is remembered of a failed resolution (the
+        source stays unset), so the next call reads the chain afresh."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+        try:
+            keys = await self._chain_keys()
+        except (BotoCoreError, ClientError) as exc:
+            # botocore's message can hold a credential process's stderr: the client gets the
+            # catalogue's message, the operator the exception's class, once per incident.
+            if not self._failing:
+                log.warning("AWS credentials for provider %s could not be had (%s); its requests fail with 502 "
+                            "until they can", self._provider.name, type(exc).__name__)
+            self._failing = True
+            raise upstream_no_credentials(self._provider.name, "AWS credentials") from None
+        self._failing = False
+        return keys
+
+    async def _chain_keys(self) -> Any:
         if self._source is None:
             async with self._lock:
                 if self._source is None:

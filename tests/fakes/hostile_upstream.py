@@ -37,6 +37,12 @@ name is `<mode>` or `<mode>-<number>`, the number being the mode's argument (`ec
   huge-error           500 error envelope of <MiB> (300), chunked, generated in pieces
   firehose             a valid stream as fast as the reader takes it: <MiB> (200) of text events,
                        then the normal end
+  deep                 a 200 answer (JSON or stream) holding one JSON value nested <levels> (20000)
+                       deep where the schema allows any JSON: a tool call's input or arguments
+                       (Anthropic, Gemini, Bedrock JSON), an unknown field (OpenAI); past msgspec's
+                       depth limit, so decoding it raises RecursionError
+  huge-float           a 200 embeddings answer (Titan's InvokeModel, Gemini's batchEmbedContents)
+                       holding a value beyond float32's range
   scripted             whatever `HostileUpstream.script(Answer(...))` last set (sticky), for fuzzing
 
 Streams are the schema's own: OpenAI, Anthropic and Gemini SSE, Bedrock's binary eventstream.
@@ -70,6 +76,7 @@ from tests.fakes.bedrock_upstream import frame
 MiB = 1024 * 1024
 PIECE = 64 * 1024
 FILL = "@@HOSTILE-FILL@@"  # where a generated run of filler goes in a template
+NEST = "@@HOSTILE-NEST@@"  # where `deep` puts its nested value in a body or event
 VERTEX_TOKEN = "ya29.a0AfB_hostileVertexOAuthToken-Zq81Lk2Mw3Nx4Oy5Pz6"
 
 
@@ -166,6 +173,14 @@ class Wire:
     def stream_error(self, text: str) -> bytes:
         raise NotImplementedError
 
+    def with_value(self, model: str, value: Any) -> dict[str, Any]:
+        """A success body carrying `value` where the schema allows any JSON."""
+        raise NotImplementedError
+
+    def value_event(self, model: str, value: Any) -> bytes:
+        """A stream event carrying `value` where the schema allows any JSON."""
+        raise NotImplementedError
+
     async def write_huge_delta(self, resp: web.StreamResponse, model: str, size: int) -> None:
         """One text event of about `size` bytes, generated in pieces: no blank line inside."""
         await write_filled(resp, self.delta(model, FILL), size)
@@ -206,6 +221,12 @@ class OpenAIWire(Wire):
     def stream_error(self, text: str) -> bytes:
         return _sse(self.error(500, text)[0])
 
+    def with_value(self, model: str, value: Any) -> dict[str, Any]:
+        return {**self.ok(model, "deep"), "hostile": value}  # a field the client's SDK gets as it is
+
+    def value_event(self, model: str, value: Any) -> bytes:
+        return self._chunk(model, {"content": "deep"}, hostile=value)
+
 
 class AnthropicWire(Wire):
     KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -241,6 +262,14 @@ class AnthropicWire(Wire):
     def stream_error(self, text: str) -> bytes:
         return _sse(self.error(500, text)[0], "error")
 
+    def with_value(self, model: str, value: Any) -> dict[str, Any]:
+        return {**self.ok(model, ""), "stop_reason": "tool_use",
+                "content": [{"type": "tool_use", "id": "toolu_hostile", "name": "f", "input": value}]}
+
+    def value_event(self, model: str, value: Any) -> bytes:
+        block = {"type": "tool_use", "id": "toolu_hostile", "name": "f", "input": value}
+        return _sse({"type": "content_block_start", "index": 1, "content_block": block}, "content_block_start")
+
 
 class BedrockWire(Wire):
     stream_type = "application/vnd.amazon.eventstream"
@@ -274,6 +303,11 @@ class BedrockWire(Wire):
         return frame({":exception-type": f"modelStreamErrorException {text}", ":content-type": "application/json",
                       ":message-type": "exception"},
                      json.dumps({"message": text, "originalMessage": text, "originalStatusCode": 500}).encode())
+
+    def with_value(self, model: str, value: Any) -> dict[str, Any]:
+        use = {"toolUse": {"toolUseId": "tooluse_hostile", "name": "f", "input": value}}
+        return {**self.ok(model, ""), "stopReason": "tool_use",
+                "output": {"message": {"role": "assistant", "content": [use]}}}
 
     async def write_huge_delta(self, resp: web.StreamResponse, model: str, size: int) -> None:
         """One contentBlockDelta frame of `size` payload bytes; its CRC is computed as it goes."""
@@ -321,6 +355,14 @@ class GeminiWire(Wire):
 
     def stream_error(self, text: str) -> bytes:
         return _sse(self.error(500, text)[0], end=b"\r\n\r\n")
+
+    def with_value(self, model: str, value: Any) -> dict[str, Any]:
+        answer = self.ok(model, "")
+        answer["candidates"][0]["content"]["parts"] = [{"functionCall": {"name": "f", "args": value}}]
+        return answer
+
+    def value_event(self, model: str, value: Any) -> bytes:
+        return _sse(self.with_value(model, value), end=b"\r\n\r\n")
 
 
 WIRES: dict[str, Wire] = {"openai": OpenAIWire(), "azure": OpenAIWire(), "anthropic": AnthropicWire(),
@@ -585,6 +627,26 @@ class HostileUpstream(FakeUpstream):
         await resp.write_eof()
         return resp
 
+    async def deep(self, call: Call, levels: int) -> web.StreamResponse:
+        w, nest = call.wire, b'{"a":' * levels + b"1" + b"}" * levels
+
+        def nested(doc: bytes) -> bytes:
+            return doc.replace(json.dumps(NEST).encode(), nest)
+
+        if not call.stream:
+            body = nested(json.dumps(w.with_value(call.model, NEST)).encode())
+            return web.Response(body=body, status=200, headers={"content-type": "application/json"})
+        resp = await self._start(call, 200, w.stream_type)  # (not Bedrock: a frame's CRC covers its bytes)
+        for event in [*w.opening(call.model), nested(w.value_event(call.model, NEST)), *w.closing(call.model)]:
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    async def huge_float(self, call: Call, _: int) -> web.StreamResponse:
+        if call.request.path.endswith("/invoke"):  # Titan
+            return web.json_response({"embedding": [0.5, 1e39], "inputTextTokenCount": 3})
+        return web.json_response({"embeddings": [{"values": [0.5, -1e39]}]})  # Gemini's batchEmbedContents
+
     async def scripted(self, call: Call, _: int) -> web.StreamResponse:
         a = self.answer
         self.scripted_served += 1
@@ -649,6 +711,8 @@ MODES: dict[str, tuple[Mode, int, str]] = {
     "huge-ok": (HostileUpstream.huge_ok, 300, "200 JSON of <MiB>, content-length declared"),
     "huge-error": (HostileUpstream.huge_error, 300, "500 error envelope of <MiB>, chunked"),
     "firehose": (HostileUpstream.firehose, 200, "<MiB> of stream as fast as it is read"),
+    "deep": (HostileUpstream.deep, 20_000, "an answer holding a JSON value nested <levels> deep"),
+    "huge-float": (HostileUpstream.huge_float, 0, "an embeddings answer with a value beyond float32"),
     "scripted": (HostileUpstream.scripted, 0, "the answer last set with script()"),
 }
 _ARG = re.compile(r"^(?P<mode>.+)-(?P<arg>\d+)$")

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from tollway.core.errors import bad_request
+from tollway.core.errors import bad_request, upstream_malformed_embeddings
 from tollway.core.request import decode_body
 from tollway.ext.usage import Usage
 
@@ -79,16 +79,23 @@ def input_texts(req: EmbeddingRequest, provider: str, max_inputs: int | None = N
     return texts
 
 
-def embeddings_body(model: str, vectors: list[list[float]], usage: Usage, encoding_format: str | None) -> bytes:
-    """The OpenAI `list` of embeddings, one per vector, in `encoding_format` (default float)."""
+def embeddings_body(model: str, vectors: list[list[float]], usage: Usage, encoding_format: str | None,
+                    provider: str) -> bytes:
+    """The OpenAI `list` of embeddings, one per vector, in `encoding_format` (default float).
+    Raises GatewayError(502) if `provider` sent a value base64's float32 cannot hold."""
     as_base64 = encoding_format == "base64"
-    data = [EmbeddingOut(i, _base64(v) if as_base64 else v) for i, v in enumerate(vectors)]
+    data = [EmbeddingOut(i, _base64(v, provider) if as_base64 else v) for i, v in enumerate(vectors)]
     return _encode(EmbeddingListOut(data, model, EmbeddingUsageOut(usage.prompt_tokens, usage.total_tokens)))
 
 
-def _base64(vector: list[float]) -> str:
-    # OpenAI's base64 embeddings are little-endian float32s; the SDKs decode them so.
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+def _base64(vector: list[float], provider: str) -> str:
+    # OpenAI's base64 embeddings are little-endian float32s; the SDKs decode them so. A value
+    # past float32's range (JSON's numbers are float64s; msgspec already refuses those past
+    # float64's) is no embedding: the upstream's malformed answer, not one to round to infinity.
+    try:
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    except OverflowError:
+        raise upstream_malformed_embeddings(provider) from None
 
 
 def prompt_usage(tokens: int) -> Usage:

@@ -69,7 +69,7 @@ class OpenAIToCohere:
         if vectors is None or len(vectors) != len(texts):
             raise upstream_malformed_embeddings(ctx.provider.name)
         usage = prompt_usage(sum(count_tokens(t, ctx.upstream_model) for t in texts))
-        return embeddings_body(ctx.upstream_model, vectors, usage, req.encoding_format), usage
+        return embeddings_body(ctx.upstream_model, vectors, usage, req.encoding_format, ctx.provider.name), usage
 
     def stream(self, ctx: CallContext) -> NoReturn:
         raise internal("Embeddings are never streamed.")  # build() never asks for a stream

@@ -45,7 +45,7 @@ class _GoogleEmbed:
             raise upstream_malformed_embeddings(ctx.provider.name) from None
         if len(vectors) != len(input_texts(req, self.provider_label)):
             raise upstream_malformed_embeddings(ctx.provider.name)
-        return embeddings_body(ctx.upstream_model, vectors, usage, req.encoding_format), usage
+        return embeddings_body(ctx.upstream_model, vectors, usage, req.encoding_format, ctx.provider.name), usage
 
     def stream(self, ctx: CallContext) -> NoReturn:
         raise internal("Embeddings are never streamed.")  # build() never asks for a stream

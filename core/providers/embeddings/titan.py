@@ -46,7 +46,7 @@ class OpenAIToTitan:
             raise upstream_malformed_embeddings(ctx.provider.name) from None
         usage = prompt_usage(done.input_text_token_count)
         fmt = decode_embeddings(ctx.body).encoding_format
-        return embeddings_body(ctx.upstream_model, [done.embedding], usage, fmt), usage
+        return embeddings_body(ctx.upstream_model, [done.embedding], usage, fmt, ctx.provider.name), usage
 
     def stream(self, ctx: CallContext) -> NoReturn:
         raise internal("Embeddings are never streamed.")  # build() never asks for a stream
