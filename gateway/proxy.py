@@ -65,6 +65,11 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("tollway")
 RETRYABLE_STATUS = frozenset((408, 429, 500, 502, 503, 504, 529))
 _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but do not eject
+# Answers the same request gets again on any attempt: an answer (or stream event) over the
+# gateway's size limit is as big as the request asked for. A retry would cost another whole,
+# billed generation for the same 502, and one client's requests would eject the provider for
+# every other client: not retried, and not held against the provider's health.
+_SAME_ANSWER = frozenset(("upstream_too_large",))
 _CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 ERROR_BODY_BYTES = 64 * 1024  # of an upstream error body: its message is all the client needs
@@ -95,7 +100,8 @@ class Proxy:
                 await self._try_target(rt, ex, route, target, head, body, proto, base_headers, broken)
                 return
             except GatewayError as exc:
-                if exc.status not in RETRYABLE_STATUS or ex.first_byte is not None or isinstance(exc, PluginError):
+                if (exc.status not in RETRYABLE_STATUS or ex.first_byte is not None or isinstance(exc, PluginError)
+                        or exc.code in _SAME_ANSWER):
                     raise
                 last = exc
                 spare = exc.code == _CONNECT_FAILED and len(broken) < rt.providers[target.provider].endpoints.size
@@ -402,9 +408,11 @@ def _waited_out(exc: GatewayError) -> bool:
 
 def _upstream_fault(exc: GatewayError) -> bool | None:
     """True if the error says the upstream is broken; None if it says nothing about it
-    (the client's mistake, or a busy upstream's 429)."""
+    (the client's mistake, a busy upstream's 429, an answer larger than the gateway holds)."""
     if isinstance(exc, PluginError):  # a plugin's decision on a good answer
         return False
+    if exc.code in _SAME_ANSWER:
+        return None
     return True if exc.status in RETRYABLE_STATUS and exc.status not in _NOT_A_FAULT else None
 
 

@@ -1,5 +1,7 @@
 """Routing through a real gateway: retries with retry-after, the attempt budget, the header
-override, and passive health at the route level, seen through the official openai SDK."""
+override, and passive health at the route level, seen through the official openai SDK. Then
+what an upstream's bad answers do to retries and health (the hostile fake): an answer too
+large, a stream broken after its first byte, a body cut short, a redirect."""
 from __future__ import annotations
 
 import time
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from tests.fakes.hostile_upstream import HostileUpstream
 from tests.fakes.vllm_replica import FakeVLLMReplica
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
@@ -108,3 +111,68 @@ def test_failing_primary_falls_back_then_is_ejected(gw, replicas):
         text = r.read().decode()
     assert 'tollway_upstream_available{endpoint="",provider="primary"} 0.0' in text
     assert 'tollway_upstream_ejections{endpoint="",provider="primary"} 1.0' in text
+
+
+# -- bad answers: what they cost in retries, and what they say about the upstream's health --
+
+@pytest.fixture(scope="module")
+def bad(hostile: HostileUpstream, replicas) -> Iterator[GatewayProcess]:
+    """One provider per test on the hostile fake (each with its own breaker), a two-replica pool
+    on it (127.0.0.1 and localhost), and a healthy fallback."""
+    port = hostile.url.rsplit(":", 1)[1]
+    on_hostile = "\n".join(f"  - {{name: {n}, schema: openai, base_url: \"{hostile.url}/v1\", timeouts: {{idle: 0.3}}}}"
+                           for n in ("big", "mid", "cut", "moved"))
+    gateway = GatewayProcess(f"""
+providers:
+{on_hostile}
+  - name: pool
+    schema: openai
+    endpoints: ["http://127.0.0.1:{port}/v1", "http://localhost:{port}/v1"]
+    pick: round_robin
+    scrape: {{interval: 60}}
+  - {{name: spare, schema: openai, base_url: "{replicas['backup'].url}"}}
+models:
+  - {{name: big, targets: [{{provider: big, model: huge-ok-1}}]}}
+  - name: mid
+    targets: [{{provider: mid, model: scripted, priority: 0}}, {{provider: spare, priority: 1}}]
+  - name: cut
+    targets: [{{provider: cut, model: scripted, priority: 0}}, {{provider: spare, priority: 1}}]
+  - {{name: pool, targets: [{{provider: pool, model: scripted}}]}}
+  - {{name: moved, targets: [{{provider: moved, model: scripted}}]}}
+keys:
+  - {{name: app, key_hash: "{key_hash(TEST_KEY)}"}}
+routing:
+  retry: {{attempts: 3, backoff_base: 0.01, backoff_max: 0.02, deadline: 10}}
+  outlier_detection: {{consecutive_failures: 3, cool_down: 60}}
+server: {{access_log: false, max_upstream_body_bytes: 65536}}
+""")
+    yield gateway
+    gateway.stop()
+
+
+def _available(gw: GatewayProcess, provider: str) -> str:
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    line = next(ln for ln in text.splitlines()
+                if ln.startswith(f'tollway_upstream_available{{endpoint="",provider="{provider}"}}'))
+    return line.rsplit(" ", 1)[1]
+
+
+def _code(err: openai.APIStatusError) -> str | None:
+    return err.body.get("code") if isinstance(err.body, dict) else None
+
+
+_EVENT = (b'data: {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": '
+          b'[{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]}\n\n')
+
+
+def test_an_answer_too_large_is_not_retried_nor_held_against_the_provider(bad, hostile):
+    # The same request gets the same answer: each retry would be another whole (billed)
+    # generation, and one client's big answers must not eject the provider for everyone.
+    for i in range(4):
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(bad, "big")
+        assert (err.value.status_code, _code(err.value)) == (502, "upstream_too_large")
+        assert sum(r["model"] == "huge-ok-1" for r in hostile.requests) == i + 1, "tried once per request"
+    assert _available(bad, "big") == "1.0"
+
