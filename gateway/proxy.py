@@ -6,11 +6,13 @@ honouring retry-after, when it comes round to a target again). Each attempt take
 from the provider's endpoint source (its one base_url, or a replica picked by load), builds
 the upstream call with the pair's adapter, sends it, and either relays the answer or fails.
 A failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on
-(a target that timed out waiting for its answer is not tried again);
-a broken connection to one replica of a pool is retried on another replica first, free of
-the budget. After the first byte of a stream has been sent, failures end the stream with an
-SSE error event instead, since the client has already seen part of an answer. Every outcome
-feeds the breakers (`tollway.core.routing.health`) of the target and of the endpoint.
+(a target that timed out waiting for its answer is not tried again; an answer too large is
+not tried again at all); a broken connection to one replica of a pool is retried on another
+replica first, free of the budget. After the first
+byte of a stream has been sent, failures end the stream with an SSE error event instead, since
+the client has already seen part of an answer. Every outcome feeds the breakers
+(`tollway.core.routing.health`) of the target and of the endpoint, the upstream's failures
+after the first byte included.
 
 The upstream is not trusted. Every error built from its answer is scrubbed of credentials
 (`tollway.core.security.secrets`) before anything sees it; successful bodies and stream chunks are checked for
@@ -71,6 +73,12 @@ _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but
 # every other client: not retried, and not held against the provider's health.
 _SAME_ANSWER = frozenset(("upstream_too_large",))
 _CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
+# What a relayed answer says about the upstream's health, once its first byte reached the
+# client (the breakers' `failed`): False it came whole; True the upstream broke it off (a
+# timeout, a disconnect, bytes that cannot be read: the client was told in the stream, and the
+# breakers count it as they would before the first byte); None it says nothing (the client left
+# or stalled, a limit or a guardrail stopped it, an event too large).
+Health = bool | None
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 ERROR_BODY_BYTES = 64 * 1024  # of an upstream error body: its message is all the client needs
 # What an adapter raises when the upstream's bytes are not what its schema promised.
@@ -125,9 +133,10 @@ class Proxy:
         attempt = trace.attempt() if trace is not None else None  # a CLIENT span per try
         failed: bool | None = None
         try:
-            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, rt.config.server,
-                                endpoint.provider, attempt)
-            failed = False
+            failed = await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers,
+                                         rt.config.server, endpoint.provider, attempt)
+            if failed and attempt is not None:  # (the stream's error event said what)
+                attempt.error = ex.error_type
         except GatewayError as exc:
             scrubbed(exc, provider.secrets, time.time())  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
@@ -153,7 +162,9 @@ class Proxy:
 
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
                        upstream_model: str, proto: HTTPProtocol, base_headers: list[tuple[str, str]], server: Server,
-                       endpoint: Provider | None = None, attempt: Attempt | None = None) -> None:
+                       endpoint: Provider | None = None, attempt: Attempt | None = None) -> Health:
+        """Relay one upstream call's answer. Raises GatewayError for a failure before the first
+        byte; returns what the answer, once started, says about the upstream (`Health`)."""
         adapter = provider.adapter(ex.api)
         if adapter is None:
             raise errors.bad_request(f"Model '{errors.echoed(head.model or '')}' is served by a provider that does not "
@@ -175,12 +186,12 @@ class Proxy:
             if resp.encoded:  # the gateway asked for identity: a coded body cannot be read or relayed
                 raise errors.upstream_malformed(provider.name, "a body in a content-encoding it did not ask for")
             if call.media:  # audio, transcripts, media events: relayed as the bytes they are
-                await relay_media(ex, adapter.stream(ctx), resp, proto, base_headers, provider.name,
-                                  provider.secrets, server)
-            elif call.stream and _is_stream(resp.header("content-type") or ""):
-                await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
-            else:
-                await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
+                return await relay_media(ex, adapter.stream(ctx), resp, proto, base_headers, provider.name,
+                                         provider.secrets, server)
+            if call.stream and _is_stream(resp.header("content-type") or ""):
+                return await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
+            await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
+            return False
         finally:
             resp.close()
             ex.upstream_wait += resp.waited
@@ -245,7 +256,7 @@ class Proxy:
             raise _client_error(provider_name, exc) from None
 
     async def _relay_stream(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
-                            base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
+                            base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> Health:
         translator = adapter.stream(ctx)
         ex.stream = True
         feed = _Feed(translator, provider.name, provider.secrets, server.max_upstream_body_bytes)
@@ -254,8 +265,9 @@ class Proxy:
         ex.status = 200
         out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]), ex.scope,
                            server.client_idle_timeout)
+        failed: Health = None  # (a client gone or stalled says nothing about the upstream)
         try:
-            await self._pump(ex, out, first, chunks, feed)
+            failed = await self._pump(ex, out, first, chunks, feed)
         except ClientGone:
             ex.error_type = "client_closed"
         except ClientStalled:
@@ -271,11 +283,12 @@ class Proxy:
         ex.phase = ANSWERED
         if translator.usage is not None:
             ex.usage = translator.usage
-            return
+            return failed
         text = translator.streamed_text()
         ex.usage, exact = estimated_usage(ctx.body, text, ctx.upstream_model)  # charged if a drain cuts the count
         if not exact:
             ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
+        return failed
 
     async def _first_chunk(self, ctx: CallContext, chunks: AsyncIterator[bytes], feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
@@ -290,9 +303,10 @@ class Proxy:
         return out
 
     async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: AsyncIterator[bytes],
-                    feed: _Feed) -> None:
-        """Relay the rest of the stream. The loop is `_Feed.__call__` written out with locals: it
-        runs per chunk, and a call per chunk costs more than the checks in it. Past WATCH_FROM
+                    feed: _Feed) -> Health:
+        """Relay the rest of the stream; returns what it says about the upstream (`Health`). The
+        loop is `_Feed.__call__` written out with locals: it runs per chunk, and a call per
+        chunk costs more than the checks in it. Past WATCH_FROM
         bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure).
         The pipeline's per-chunk hooks (`ex.on_chunk`, usually none) see each chunk last."""
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
@@ -324,16 +338,22 @@ class Proxy:
                 tail = await _hooked(ex, tail)
             if tail:
                 await send(tail)
-        except (UpstreamError, GatewayError) as exc:
+        except _Stopped as stop:  # a hook's refusal (a guardrail, a limit): the gateway's, not the upstream's
+            err = scrubbed(stop.error, feed.secrets, time.time())
+            ex.error_type = err.code or "stream_error"
+            await transport.send(_error_event(feed.translator, err))
+            return None
+        except (UpstreamError, GatewayError) as exc:  # the upstream broke off (or sent what cannot be read)
             err = scrubbed(exc, feed.secrets, time.time()) if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
             await transport.send(_error_event(feed.translator, err))
+            return _upstream_fault(err)
         except asyncio.CancelledError:
             if ex.cancel_reason is None:  # cut off by the drain deadline: say so before the stream ends
                 ex.error_type = "gateway_shutting_down"
                 await transport.send(_error_event(feed.translator, errors.shutting_down()))
             raise
-
+        return False
 
 
 class _Feed:
@@ -449,15 +469,27 @@ class ClientStream:
         self._transport = None
 
 
+class _Stopped(Exception):
+    """A per-chunk hook's GatewayError (a guardrail's block, a limit's stop, a plugin's refusal),
+    told apart from the upstream's failures in the same stream: it says nothing about the upstream."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 async def _hooked(ex: Exchange, out: bytes) -> bytes:
     """`out` as the pipeline's per-chunk hooks pass it on, each seeing the previous one's bytes:
-    the sync ones (`on_chunk`), then the async ones (`on_chunk_async`)."""
-    for hook in ex.on_chunk:
-        out = hook(ex, out)
-    for ahook in ex.on_chunk_async:
-        if not out:
-            break
-        out = await ahook(ex, out)
+    the sync ones (`on_chunk`), then the async ones (`on_chunk_async`). Raises _Stopped."""
+    try:
+        for hook in ex.on_chunk:
+            out = hook(ex, out)
+        for ahook in ex.on_chunk_async:
+            if not out:
+                break
+            out = await ahook(ex, out)
+    except GatewayError as exc:
+        raise _Stopped(exc) from None
     return out
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.fakes.hostile_upstream import HostileUpstream
+from tests.fakes.hostile_upstream import Answer, HostileUpstream
 from tests.fakes.vllm_replica import FakeVLLMReplica
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
@@ -150,12 +150,19 @@ server: {{access_log: false, max_upstream_body_bytes: 65536}}
     gateway.stop()
 
 
-def _available(gw: GatewayProcess, provider: str) -> str:
-    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    line = next(ln for ln in text.splitlines()
-                if ln.startswith(f'tollway_upstream_available{{endpoint="",provider="{provider}"}}'))
-    return line.rsplit(" ", 1)[1]
+def _available(gw: GatewayProcess, provider: str, expect: str | None = None) -> str:
+    """The provider's `tollway_upstream_available` gauge, once it reads `expect` (or 5 s have
+    passed): the gateway records an attempt's outcome after the client has its last byte."""
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        line = next(ln for ln in text.splitlines()
+                    if ln.startswith(f'tollway_upstream_available{{endpoint="",provider="{provider}"}}'))
+        value = line.rsplit(" ", 1)[1]
+        if expect is None or value == expect or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
 
 
 def _code(err: openai.APIStatusError) -> str | None:
@@ -175,4 +182,24 @@ def test_an_answer_too_large_is_not_retried_nor_held_against_the_provider(bad, h
         assert (err.value.status_code, _code(err.value)) == (502, "upstream_too_large")
         assert sum(r["model"] == "huge-ok-1" for r in hostile.requests) == i + 1, "tried once per request"
     assert _available(bad, "big") == "1.0"
+
+
+@pytest.mark.parametrize("framing,pause,code", [("cut", 0.0, "upstream_disconnected"),
+                                                ("chunked", 5.0, "upstream_timeout")])
+def test_streams_that_break_after_the_first_byte_eject_the_provider(bad, hostile, framing, pause, code):
+    # One event reaches the client, then the upstream drops the connection (or goes idle past
+    # its 0.3 s): the client is told in the stream, and the provider's breaker counts it.
+    name = "mid" if framing == "chunked" else "cut"
+    hostile.script(Answer(headers=(("content-type", "text/event-stream"),), chunks=(_EVENT, _EVENT, _EVENT),
+                          framing=framing, pause=pause))
+    for _ in range(3):
+        stream = sdk(bad).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], stream=True)
+        first = next(iter(stream))
+        assert first.choices[0].delta.content == "Hel"
+        with pytest.raises(openai.APIError) as err:
+            list(stream)
+        assert code in str(err.value.body) or code.replace("_", " ") in str(err.value), err.value
+    assert _available(bad, name, expect="0.0") == "0.0", "three broken streams in a row eject the provider"
+    reply = sdk(bad).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert next(iter(reply)).system_fingerprint == "backup", "the next stream goes to the fallback"
 
