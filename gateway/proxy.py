@@ -7,8 +7,8 @@ from the provider's endpoint source (its one base_url, or a replica picked by lo
 the upstream call with the pair's adapter, sends it, and either relays the answer or fails.
 A failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on
 (a target that timed out waiting for its answer is not tried again; an answer too large is
-not tried again at all); a broken connection to one replica of a pool is retried on another
-replica first, free of the budget. After the first
+not tried again at all); a connection that could not be made to one replica of a pool (the
+request never sent) is retried on another replica first, free of the budget. After the first
 byte of a stream has been sent, failures end the stream with an SSE error event instead, since
 the client has already seen part of an answer. Every outcome feeds the breakers
 (`tollway.core.routing.health`) of the target and of the endpoint, the upstream's failures
@@ -35,7 +35,7 @@ from granian.rsgi import HTTPProtocol, Scope
 from tollway.core import errors
 from tollway.core.accounting.completion_text import completion_text
 from tollway.core.config import Provider, Server, Target
-from tollway.core.errors import GatewayError, PluginError, UpstreamTimedOut
+from tollway.core.errors import GatewayError, PluginError, UpstreamTimedOut, UpstreamUnreached
 from tollway.core.kernels import SSEError, first_needle
 from tollway.core.providers.base import Adapter, CallContext, StreamTranslator, UpstreamCall
 from tollway.core.request import RequestHead
@@ -53,7 +53,13 @@ from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.telemetry.tracing import Attempt
 from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.upstream import UpstreamAnswer
-from tollway.gateway.upstream.client import UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from tollway.gateway.upstream.client import (
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    UpstreamUnreachable,
+)
+from tollway.gateway.upstream.errors import UpstreamMalformedHead
 from tollway.gateway.upstream.pool import Endpoint
 
 if TYPE_CHECKING:
@@ -72,7 +78,6 @@ _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but
 # billed generation for the same 502, and one client's requests would eject the provider for
 # every other client: not retried, and not held against the provider's health.
 _SAME_ANSWER = frozenset(("upstream_too_large",))
-_CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
 # What a relayed answer says about the upstream's health, once its first byte reached the
 # client (the breakers' `failed`): False it came whole; True the upstream broke it off (a
 # timeout, a disconnect, bytes that cannot be read: the client was told in the stream, and the
@@ -97,7 +102,7 @@ class Proxy:
         now = time.monotonic()
         order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
         plan = AttemptPlan(order, rt.config.routing.retry, now)
-        broken: set[str] = set()  # endpoints that refused a connection during this request
+        broken: set[str] = set()  # endpoints no connection could be made to during this request
         last: GatewayError | None = None
         while (step := plan.next(time.monotonic(), rt.random())) is not None:
             target, wait = step
@@ -112,7 +117,9 @@ class Proxy:
                         or exc.code in _SAME_ANSWER):
                     raise
                 last = exc
-                spare = exc.code == _CONNECT_FAILED and len(broken) < rt.providers[target.provider].endpoints.size
+                # Only a request that was never sent (no connection) is free to try on another
+                # replica: one that reached the upstream may have cost a generation already.
+                spare = isinstance(exc, UpstreamUnreached) and len(broken) < rt.providers[target.provider].endpoints.size
                 plan.failed(retry_after(exc.headers, time.time()), same_target=spare, timed_out=_waited_out(exc))
         raise last or errors.internal("The route has no targets.")
 
@@ -140,7 +147,7 @@ class Proxy:
         except GatewayError as exc:
             scrubbed(exc, provider.secrets, time.time())  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
-            if exc.code == _CONNECT_FAILED:
+            if isinstance(exc, UpstreamUnreached):
                 broken.add(endpoint.name)
             if attempt is not None:
                 attempt.error = exc.code or exc.type
@@ -501,12 +508,20 @@ def _error_event(translator: StreamTranslator, err: GatewayError) -> bytes:
 
 def _client_error(provider: str, exc: UpstreamError) -> GatewayError:
     """The client's error for an upstream failure before any byte reached the client:
-    504 for a timeout (naming its phase), 502 for anything else."""
+    504 for a timeout (naming its phase), 502 for anything else. Only a request that was never
+    sent "could not be reached" (UpstreamUnreached, which the walk may retry for free); one
+    the upstream got and then broke off, or answered with a head that cannot be read, was not."""
     if isinstance(exc, UpstreamTimeout):
         return errors.upstream_timeout(provider, exc.phase)
     if isinstance(exc, UpstreamTooLarge):
         return errors.upstream_too_large(provider, exc.limit)
-    return errors.upstream_unreachable(provider)
+    if isinstance(exc, UpstreamUnreachable):
+        return errors.upstream_unreachable(provider)
+    if isinstance(exc, UpstreamMalformedHead):
+        return errors.upstream_malformed(provider, "a response head")
+    # The upstream got the request, then closed the connection: before its head ended, or mid-body
+    # (UpstreamDisconnected).
+    return errors.upstream_disconnected(provider)
 
 
 def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:

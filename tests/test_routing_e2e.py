@@ -203,3 +203,16 @@ def test_streams_that_break_after_the_first_byte_eject_the_provider(bad, hostile
     reply = sdk(bad).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], stream=True)
     assert next(iter(reply)).system_fingerprint == "backup", "the next stream goes to the fallback"
 
+
+def test_a_body_cut_short_is_an_attempt_not_a_free_retry_on_another_replica(bad, hostile):
+    # The replica got the request and answered part of it (a generation): trying the pool's
+    # other replica costs another one, so it is an attempt from the budget, and the client is
+    # told the upstream disconnected, not that it "could not be reached".
+    hostile.script(Answer(headers=(("content-type", "application/json"),), chunks=(b'{"id": "partial',),
+                          framing="short"))
+    served = hostile.scripted_served
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(bad, "pool")
+    assert (err.value.status_code, _code(err.value)) == (502, "upstream_disconnected")
+    assert hostile.scripted_served - served == 3, "attempts: 3, and no free retries"
+
