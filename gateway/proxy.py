@@ -18,7 +18,7 @@ The upstream is not trusted. Every error built from its answer is scrubbed of cr
 (`tollway.core.security.secrets`) before anything sees it; successful bodies and stream chunks are checked for
 the provider's own secrets by value. Its bodies are read up to `server.max_upstream_body_bytes`
 (error bodies only as far as their message needs), and anything the adapter cannot read (not
-JSON, a content-encoding the gateway did not ask for, an oversized SSE event) is a 502 before
+JSON, a content-encoding the gateway did not ask for, an oversized SSE event) or a redirect is a 502 before
 the first byte, or a closing SSE error event after it.
 """
 from __future__ import annotations
@@ -190,6 +190,11 @@ class Proxy:
         try:
             if resp.status >= 400:
                 raise await self._upstream_error(provider, adapter, ctx, resp)
+            if not 200 <= resp.status < 300:
+                # A redirect (or an interim 1xx) is no answer: relayed, it would hand the client
+                # the upstream's status and location; followed, the request and its credential
+                # would go wherever the upstream says. Neither: a 502 like any unreadable answer.
+                raise errors.upstream_malformed(provider.name, f"an HTTP {resp.status} answer")
             if resp.encoded:  # the gateway asked for identity: a coded body cannot be read or relayed
                 raise errors.upstream_malformed(provider.name, "a body in a content-encoding it did not ask for")
             if call.media:  # audio, transcripts, media events: relayed as the bytes they are

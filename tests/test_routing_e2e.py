@@ -4,6 +4,8 @@ what an upstream's bad answers do to retries and health (the hostile fake): an a
 large, a stream broken after its first byte, a body cut short, a redirect."""
 from __future__ import annotations
 
+import http.client
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -216,3 +218,20 @@ def test_a_body_cut_short_is_an_attempt_not_a_free_retry_on_another_replica(bad,
     assert (err.value.status_code, _code(err.value)) == (502, "upstream_disconnected")
     assert hostile.scripted_served - served == 3, "attempts: 3, and no free retries"
 
+
+@pytest.mark.parametrize("status,body", [(307, b'{"id": "x", "object": "chat.completion", "created": 1, "model": "m", '
+                                               b'"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, '
+                                               b'"total_tokens": 2}}'),
+                                         (301, b"{}"), (302, b"<html>moved</html>")])
+def test_an_upstream_redirect_is_a_502_not_relayed_nor_followed(bad, hostile, status, body):
+    # A gateway that relayed it would hand the client the upstream's redirect (and its
+    # location); one that followed it would send the request, credential and all, elsewhere.
+    hostile.script(Answer(status=status, headers=(("location", "http://evil.example/"),
+                                                  ("content-type", "application/json")), chunks=(body,)))
+    conn = http.client.HTTPConnection("127.0.0.1", bad.port, timeout=20)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "moved", "messages": [{"role": "user", "content": "hi"}]}),
+                 {"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    assert (resp.status, answer["error"]["code"]) == (502, "upstream_malformed")
+    assert resp.getheader("location") is None
