@@ -123,7 +123,7 @@ def bad(hostile: HostileUpstream, replicas) -> Iterator[GatewayProcess]:
     on it (127.0.0.1 and localhost), and a healthy fallback."""
     port = hostile.url.rsplit(":", 1)[1]
     on_hostile = "\n".join(f"  - {{name: {n}, schema: openai, base_url: \"{hostile.url}/v1\", timeouts: {{idle: 0.3}}}}"
-                           for n in ("big", "mid", "cut", "moved"))
+                           for n in ("big", "mid", "cut", "moved", "audio"))
     gateway = GatewayProcess(f"""
 providers:
 {on_hostile}
@@ -141,6 +141,7 @@ models:
     targets: [{{provider: cut, model: scripted, priority: 0}}, {{provider: spare, priority: 1}}]
   - {{name: pool, targets: [{{provider: pool, model: scripted}}]}}
   - {{name: moved, targets: [{{provider: moved, model: scripted}}]}}
+  - {{name: tts-1, targets: [{{provider: audio, model: scripted}}]}}
 keys:
   - {{name: app, key_hash: "{key_hash(TEST_KEY)}"}}
 routing:
@@ -204,6 +205,25 @@ def test_streams_that_break_after_the_first_byte_eject_the_provider(bad, hostile
     assert _available(bad, name, expect="0.0") == "0.0", "three broken streams in a row eject the provider"
     reply = sdk(bad).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], stream=True)
     assert next(iter(reply)).system_fingerprint == "backup", "the next stream goes to the fallback"
+
+
+def test_audio_the_upstream_breaks_off_after_its_first_byte_ejects_the_provider(bad, hostile):
+    # A media answer has no error event: the client gets a short answer, and the breaker counts it.
+    hostile.script(Answer(headers=(("content-type", "audio/mpeg"),), chunks=(b"ID3-first", b"-second", b"-never"),
+                          framing="cut"))
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", bad.port, timeout=20)
+        conn.request("POST", "/v1/audio/speech", json.dumps({"model": "tts-1", "voice": "alloy", "input": "hi"}),
+                     {"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        try:
+            got = resp.read()
+        except http.client.IncompleteRead as short:
+            got = short.partial
+        assert got.startswith(b"ID3-first") and b"-never" not in got
+        conn.close()
+    assert _available(bad, "audio", expect="0.0") == "0.0", "three broken answers in a row eject the provider"
 
 
 def test_a_body_cut_short_is_an_attempt_not_a_free_retry_on_another_replica(bad, hostile):
