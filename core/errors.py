@@ -137,8 +137,17 @@ def client_closed() -> GatewayError:
     return GatewayError(499, "The client closed the connection.", "invalid_request_error", "client_closed")
 
 
-def upstream_unreachable(provider: str) -> GatewayError:
-    return GatewayError(502, f"The upstream provider '{provider}' could not be reached.", "api_error", "upstream_unreachable")
+class UpstreamUnreached(GatewayError):
+    """A 502: no connection to the upstream could be made, so the request was never sent: the
+    retry walk may try another replica of a pool without spending an attempt on it."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(502, f"The upstream provider '{provider}' could not be reached.", "api_error",
+                         "upstream_unreachable")
+
+
+def upstream_unreachable(provider: str) -> UpstreamUnreached:
+    return UpstreamUnreached(provider)
 
 
 class UpstreamTimedOut(GatewayError):

@@ -7,7 +7,8 @@ which reads what the answer is billed by. The relay keeps the proxy's guards: th
 bounded by server.max_upstream_body_bytes, the gateway's secrets are masked, a client that
 reads nothing is paced, and the first chunk is read before the response starts, so a failure
 before it can still fall back to another target. After the first byte a failure ends the
-response (there is no error event in an audio file): the client sees a short answer.
+response (there is no error event in an audio file): the client sees a short answer, and the
+upstream's breakers count the failure (`Health`, as for a chat stream).
 """
 from __future__ import annotations
 
@@ -39,11 +40,12 @@ _OCTETS = "application/octet-stream"
 
 async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswer, proto: HTTPProtocol,
                       base_headers: list[tuple[str, str]], provider: str, secrets: KnownSecrets,
-                      server: Server) -> None:
+                      server: Server) -> bool | None:
     """Send `resp` to the client as it arrives; `ex.usage` from the meter (the adapter's
     `stream(ctx)`, a MediaMeter for every adapter whose calls are `media`). Raises GatewayError
-    (502/504) for a failure before the first byte."""
-    from tollway.gateway.proxy import ClientStream, _client_error  # (proxy imports this module)
+    (502/504) for a failure before the first byte; returns what the answer says about the
+    upstream after it (tollway.gateway.proxy.Health: False whole, True broken off, None neither)."""
+    from tollway.gateway.proxy import ClientStream, _client_error, _mid_stream_error, _upstream_fault
 
     if not isinstance(meter, MediaMeter):  # an adapter that marks its calls media meters them
         raise errors.internal()
@@ -63,6 +65,7 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
     out = ClientStream(proto.response_stream(resp.status, [("content-type", content_type), *base_headers]),
                        ex.scope, server.client_idle_timeout)
     sent = 0
+    failed: bool | None = False
     held = b""  # the chunk's tail that may begin a secret the next chunk completes
     try:
         chunk = first
@@ -92,12 +95,17 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
             await out.send(held)
             if ex.first_byte is None:
                 ex.first_byte = time.perf_counter()
-    except ClientGone:
-        ex.error_type = "client_closed"
+    except ClientGone:  # (the client's doing: says nothing about the upstream)
+        ex.error_type, failed = "client_closed", None
     except ClientStalled:
         ex.error_type = ex.cancel_reason = "client_stalled"
+        failed = None
     except (UpstreamError, errors.GatewayError, SSEError) as exc:  # after the first byte: the answer ends short
         ex.error_type = exc.code if isinstance(exc, errors.GatewayError) and exc.code else "stream_error"
+        if isinstance(exc, SSEError):  # one event over the framer's limit: its size, not a fault
+            failed = None
+        else:
+            failed = _upstream_fault(_mid_stream_error(ex, exc) if isinstance(exc, UpstreamError) else exc)
         log.info("a media answer from %s ended early (request %s)", provider, ex.request_id)
     except BaseException:  # cancelled (the watchdog: a client gone or too slow; the drain): no await now
         _metered(ex, meter)  # the upstream billed it all the same
@@ -106,6 +114,7 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
         out.close()
     ex.phase = ANSWERED
     _metered(ex, meter)
+    return failed
 
 
 def _metered(ex: Exchange, meter: MediaMeter) -> None:

@@ -6,17 +6,19 @@ honouring retry-after, when it comes round to a target again). Each attempt take
 from the provider's endpoint source (its one base_url, or a replica picked by load), builds
 the upstream call with the pair's adapter, sends it, and either relays the answer or fails.
 A failure *before any byte reached the client* (connect error, timeout, 429, 5xx) moves on
-(a target that timed out waiting for its answer is not tried again);
-a broken connection to one replica of a pool is retried on another replica first, free of
-the budget. After the first byte of a stream has been sent, failures end the stream with an
-SSE error event instead, since the client has already seen part of an answer. Every outcome
-feeds the breakers (`tollway.core.routing.health`) of the target and of the endpoint.
+(a target that timed out waiting for its answer is not tried again; an answer too large is
+not tried again at all); a connection that could not be made to one replica of a pool (the
+request never sent) is retried on another replica first, free of the budget. After the first
+byte of a stream has been sent, failures end the stream with an SSE error event instead, since
+the client has already seen part of an answer. Every outcome feeds the breakers
+(`tollway.core.routing.health`) of the target and of the endpoint, the upstream's failures
+after the first byte included.
 
 The upstream is not trusted. Every error built from its answer is scrubbed of credentials
 (`tollway.core.security.secrets`) before anything sees it; successful bodies and stream chunks are checked for
 the provider's own secrets by value. Its bodies are read up to `server.max_upstream_body_bytes`
 (error bodies only as far as their message needs), and anything the adapter cannot read (not
-JSON, a content-encoding the gateway did not ask for, an oversized SSE event) is a 502 before
+JSON, a content-encoding the gateway did not ask for, an oversized SSE event) or a redirect is a 502 before
 the first byte, or a closing SSE error event after it.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from granian.rsgi import HTTPProtocol, Scope
 from tollway.core import errors
 from tollway.core.accounting.completion_text import completion_text
 from tollway.core.config import Provider, Server, Target
-from tollway.core.errors import GatewayError, PluginError, UpstreamTimedOut
+from tollway.core.errors import GatewayError, PluginError, UpstreamTimedOut, UpstreamUnreached
 from tollway.core.kernels import SSEError, first_needle
 from tollway.core.providers.base import Adapter, CallContext, StreamTranslator, UpstreamCall
 from tollway.core.request import RequestHead
@@ -51,7 +53,13 @@ from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.telemetry.tracing import Attempt
 from tollway.gateway.token_count import counted_usage, estimated_usage
 from tollway.gateway.upstream import UpstreamAnswer
-from tollway.gateway.upstream.client import UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from tollway.gateway.upstream.client import (
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    UpstreamUnreachable,
+)
+from tollway.gateway.upstream.errors import UpstreamMalformedHead
 from tollway.gateway.upstream.pool import Endpoint
 
 if TYPE_CHECKING:
@@ -65,7 +73,17 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("tollway")
 RETRYABLE_STATUS = frozenset((408, 429, 500, 502, 503, 504, 529))
 _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but do not eject
-_CONNECT_FAILED = "upstream_unreachable"  # nothing was exchanged: another replica is safe to try
+# Answers the same request gets again on any attempt: an answer (or stream event) over the
+# gateway's size limit is as big as the request asked for. A retry would cost another whole,
+# billed generation for the same 502, and one client's requests would eject the provider for
+# every other client: not retried, and not held against the provider's health.
+_SAME_ANSWER = frozenset(("upstream_too_large",))
+# What a relayed answer says about the upstream's health, once its first byte reached the
+# client (the breakers' `failed`): False it came whole; True the upstream broke it off (a
+# timeout, a disconnect, bytes that cannot be read: the client was told in the stream, and the
+# breakers count it as they would before the first byte); None it says nothing (the client left
+# or stalled, a limit or a guardrail stopped it, an event too large).
+Health = bool | None
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 ERROR_BODY_BYTES = 64 * 1024  # of an upstream error body: its message is all the client needs
 # What an adapter raises when the upstream's bytes are not what its schema promised. Two are
@@ -88,7 +106,7 @@ class Proxy:
         now = time.monotonic()
         order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
         plan = AttemptPlan(order, rt.config.routing.retry, now)
-        broken: set[str] = set()  # endpoints that refused a connection during this request
+        broken: set[str] = set()  # endpoints no connection could be made to during this request
         last: GatewayError | None = None
         while (step := plan.next(time.monotonic(), rt.random())) is not None:
             target, wait = step
@@ -99,10 +117,13 @@ class Proxy:
                 await self._try_target(rt, ex, route, target, head, body, proto, base_headers, broken)
                 return
             except GatewayError as exc:
-                if exc.status not in RETRYABLE_STATUS or ex.first_byte is not None or isinstance(exc, PluginError):
+                if (exc.status not in RETRYABLE_STATUS or ex.first_byte is not None or isinstance(exc, PluginError)
+                        or exc.code in _SAME_ANSWER):
                     raise
                 last = exc
-                spare = exc.code == _CONNECT_FAILED and len(broken) < rt.providers[target.provider].endpoints.size
+                # Only a request that was never sent (no connection) is free to try on another
+                # replica: one that reached the upstream may have cost a generation already.
+                spare = isinstance(exc, UpstreamUnreached) and len(broken) < rt.providers[target.provider].endpoints.size
                 plan.failed(retry_after(exc.headers, time.time()), same_target=spare, timed_out=_waited_out(exc))
         raise last or errors.internal("The route has no targets.")
 
@@ -123,13 +144,14 @@ class Proxy:
         attempt = trace.attempt() if trace is not None else None  # a CLIENT span per try
         failed: bool | None = None
         try:
-            await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers, rt.config.server,
-                                endpoint.provider, attempt)
-            failed = False
+            failed = await self._attempt(ex, provider, head, body, upstream_model, proto, base_headers,
+                                         rt.config.server, endpoint.provider, attempt)
+            if failed and attempt is not None:  # (the stream's error event said what)
+                attempt.error = ex.error_type
         except GatewayError as exc:
             scrubbed(exc, provider.secrets, time.time())  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
-            if exc.code == _CONNECT_FAILED:
+            if isinstance(exc, UpstreamUnreached):
                 broken.add(endpoint.name)
             if attempt is not None:
                 attempt.error = exc.code or exc.type
@@ -152,7 +174,9 @@ class Proxy:
 
     async def _attempt(self, ex: Exchange, provider: ProviderRuntime, head: RequestHead, body: bytes,
                        upstream_model: str, proto: HTTPProtocol, base_headers: list[tuple[str, str]], server: Server,
-                       endpoint: Provider | None = None, attempt: Attempt | None = None) -> None:
+                       endpoint: Provider | None = None, attempt: Attempt | None = None) -> Health:
+        """Relay one upstream call's answer. Raises GatewayError for a failure before the first
+        byte; returns what the answer, once started, says about the upstream (`Health`)."""
         adapter = provider.adapter(ex.api)
         if adapter is None:
             raise errors.bad_request(f"Model '{errors.echoed(head.model or '')}' is served by a provider that does not "
@@ -171,15 +195,20 @@ class Proxy:
         try:
             if resp.status >= 400:
                 raise await self._upstream_error(provider, adapter, ctx, resp)
+            if not 200 <= resp.status < 300:
+                # A redirect (or an interim 1xx) is no answer: relayed, it would hand the client
+                # the upstream's status and location; followed, the request and its credential
+                # would go wherever the upstream says. Neither: a 502 like any unreadable answer.
+                raise errors.upstream_malformed(provider.name, f"an HTTP {resp.status} answer")
             if resp.encoded:  # the gateway asked for identity: a coded body cannot be read or relayed
                 raise errors.upstream_malformed(provider.name, "a body in a content-encoding it did not ask for")
             if call.media:  # audio, transcripts, media events: relayed as the bytes they are
-                await relay_media(ex, adapter.stream(ctx), resp, proto, base_headers, provider.name,
-                                  provider.secrets, server)
-            elif call.stream and _is_stream(resp.header("content-type") or ""):
-                await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
-            else:
-                await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
+                return await relay_media(ex, adapter.stream(ctx), resp, proto, base_headers, provider.name,
+                                         provider.secrets, server)
+            if call.stream and _is_stream(resp.header("content-type") or ""):
+                return await self._relay_stream(ex, adapter, ctx, resp, proto, base_headers, provider, server)
+            await self._relay_body(ex, adapter, ctx, resp, proto, base_headers, provider, server)
+            return False
         finally:
             resp.close()
             ex.upstream_wait += resp.waited
@@ -244,7 +273,7 @@ class Proxy:
             raise _client_error(provider_name, exc) from None
 
     async def _relay_stream(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
-                            base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
+                            base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> Health:
         translator = adapter.stream(ctx)
         ex.stream = True
         feed = _Feed(translator, provider.name, provider.secrets, server.max_upstream_body_bytes)
@@ -253,8 +282,9 @@ class Proxy:
         ex.status = 200
         out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]), ex.scope,
                            server.client_idle_timeout)
+        failed: Health = None  # (a client gone or stalled says nothing about the upstream)
         try:
-            await self._pump(ex, out, first, chunks, feed)
+            failed = await self._pump(ex, out, first, chunks, feed)
         except ClientGone:
             ex.error_type = "client_closed"
         except ClientStalled:
@@ -270,11 +300,12 @@ class Proxy:
         ex.phase = ANSWERED
         if translator.usage is not None:
             ex.usage = translator.usage
-            return
+            return failed
         text = translator.streamed_text()
         ex.usage, exact = estimated_usage(ctx.body, text, ctx.upstream_model)  # charged if a drain cuts the count
         if not exact:
             ex.usage = await counted_usage(ctx.body, text, ctx.upstream_model)
+        return failed
 
     async def _first_chunk(self, ctx: CallContext, chunks: AsyncIterator[bytes], feed: _Feed) -> bytes:
         """Client bytes of the stream's first upstream chunks, read before committing to 200."""
@@ -289,9 +320,10 @@ class Proxy:
         return out
 
     async def _pump(self, ex: Exchange, transport: ClientStream, first: bytes, chunks: AsyncIterator[bytes],
-                    feed: _Feed) -> None:
-        """Relay the rest of the stream. The loop is `_Feed.__call__` written out with locals: it
-        runs per chunk, and a call per chunk costs more than the checks in it. Past WATCH_FROM
+                    feed: _Feed) -> Health:
+        """Relay the rest of the stream; returns what it says about the upstream (`Health`). The
+        loop is `_Feed.__call__` written out with locals: it runs per chunk, and a call per
+        chunk costs more than the checks in it. Past WATCH_FROM
         bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure).
         The pipeline's per-chunk hooks (`ex.on_chunk`, usually none) see each chunk last."""
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
@@ -323,16 +355,22 @@ class Proxy:
                 tail = await _hooked(ex, tail)
             if tail:
                 await send(tail)
-        except (UpstreamError, GatewayError) as exc:
+        except _Stopped as stop:  # a hook's refusal (a guardrail, a limit): the gateway's, not the upstream's
+            err = scrubbed(stop.error, feed.secrets, time.time())
+            ex.error_type = err.code or "stream_error"
+            await transport.send(_error_event(feed.translator, err))
+            return None
+        except (UpstreamError, GatewayError) as exc:  # the upstream broke off (or sent what cannot be read)
             err = scrubbed(exc, feed.secrets, time.time()) if isinstance(exc, GatewayError) else _mid_stream_error(ex, exc)
             ex.error_type = err.code or "stream_error"
             await transport.send(_error_event(feed.translator, err))
+            return _upstream_fault(err)
         except asyncio.CancelledError:
             if ex.cancel_reason is None:  # cut off by the drain deadline: say so before the stream ends
                 ex.error_type = "gateway_shutting_down"
                 await transport.send(_error_event(feed.translator, errors.shutting_down()))
             raise
-
+        return False
 
 
 class _Feed:
@@ -407,9 +445,11 @@ def _waited_out(exc: GatewayError) -> bool:
 
 def _upstream_fault(exc: GatewayError) -> bool | None:
     """True if the error says the upstream is broken; None if it says nothing about it
-    (the client's mistake, or a busy upstream's 429)."""
+    (the client's mistake, a busy upstream's 429, an answer larger than the gateway holds)."""
     if isinstance(exc, PluginError):  # a plugin's decision on a good answer
         return False
+    if exc.code in _SAME_ANSWER:
+        return None
     return True if exc.status in RETRYABLE_STATUS and exc.status not in _NOT_A_FAULT else None
 
 
@@ -446,15 +486,27 @@ class ClientStream:
         self._transport = None
 
 
+class _Stopped(Exception):
+    """A per-chunk hook's GatewayError (a guardrail's block, a limit's stop, a plugin's refusal),
+    told apart from the upstream's failures in the same stream: it says nothing about the upstream."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 async def _hooked(ex: Exchange, out: bytes) -> bytes:
     """`out` as the pipeline's per-chunk hooks pass it on, each seeing the previous one's bytes:
-    the sync ones (`on_chunk`), then the async ones (`on_chunk_async`)."""
-    for hook in ex.on_chunk:
-        out = hook(ex, out)
-    for ahook in ex.on_chunk_async:
-        if not out:
-            break
-        out = await ahook(ex, out)
+    the sync ones (`on_chunk`), then the async ones (`on_chunk_async`). Raises _Stopped."""
+    try:
+        for hook in ex.on_chunk:
+            out = hook(ex, out)
+        for ahook in ex.on_chunk_async:
+            if not out:
+                break
+            out = await ahook(ex, out)
+    except GatewayError as exc:
+        raise _Stopped(exc) from None
     return out
 
 
@@ -466,12 +518,20 @@ def _error_event(translator: StreamTranslator, err: GatewayError) -> bytes:
 
 def _client_error(provider: str, exc: UpstreamError) -> GatewayError:
     """The client's error for an upstream failure before any byte reached the client:
-    504 for a timeout (naming its phase), 502 for anything else."""
+    504 for a timeout (naming its phase), 502 for anything else. Only a request that was never
+    sent "could not be reached" (UpstreamUnreached, which the walk may retry for free); one
+    the upstream got and then broke off, or answered with a head that cannot be read, was not."""
     if isinstance(exc, UpstreamTimeout):
         return errors.upstream_timeout(provider, exc.phase)
     if isinstance(exc, UpstreamTooLarge):
         return errors.upstream_too_large(provider, exc.limit)
-    return errors.upstream_unreachable(provider)
+    if isinstance(exc, UpstreamUnreachable):
+        return errors.upstream_unreachable(provider)
+    if isinstance(exc, UpstreamMalformedHead):
+        return errors.upstream_malformed(provider, "a response head")
+    # The upstream got the request, then closed the connection: before its head ended, or mid-body
+    # (UpstreamDisconnected).
+    return errors.upstream_disconnected(provider)
 
 
 def _mid_stream_error(ex: Exchange, exc: Exception) -> GatewayError:

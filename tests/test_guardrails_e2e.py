@@ -225,6 +225,17 @@ def test_output_block_on_a_stream_ends_it_with_an_error_event(gw: GatewayProcess
     assert 'tollway_guardrail_decisions_total{action="block",detector="credit_card",guardrail="out-block"}' in _metrics(gw)
 
 
+def test_streams_a_guardrail_blocks_do_not_count_against_the_provider(gw: GatewayProcess) -> None:
+    # The block is the gateway's decision on a good answer (a 502 to the client, like an upstream
+    # fault's): five in a row (outlier_detection's default) must not eject the provider.
+    for _ in range(5):
+        with pytest.raises(openai.APIError, match="blocked by guardrail 'out-block'"):
+            list(_oa(gw).chat.completions.create(model="out-block", stream=True,
+                                                 messages=[{"role": "user", "content": f"say: {CARD} again"}]))
+    assert _chat(gw, "plain", "say: still here").choices[0].message.content == "still here"
+    assert 'tollway_upstream_available{endpoint="",provider="up"} 1.0' in _metrics(gw)
+
+
 def test_anthropic_stream_output_mask(gw: GatewayProcess) -> None:
     with _an(gw).messages.stream(model="out-mask", max_tokens=50,
                                  messages=[{"role": "user", "content": f"say: the card {CARD} is fine"}]) as stream:

@@ -22,7 +22,9 @@ from tollway.gateway.upstream.client import (
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamTimeout,
+    UpstreamUnreachable,
 )
+from tollway.gateway.upstream.errors import UpstreamMalformedHead
 
 SECRET = "sk-upstream-secret-123"
 FAST = Timeouts(connect=2, first_byte=2, idle=2)
@@ -325,8 +327,10 @@ def test_fresh_connection_closed_without_response_is_not_retried(run):
     async def scenario():
         async with Server(handler) as server:
             client = UpstreamClient()
-            with pytest.raises(UpstreamConnectError, match="without responding"):
+            with pytest.raises(UpstreamConnectError, match="without responding") as err:
                 await client.request("POST", server.url(), [("Authorization", SECRET)], b"x", FAST)
+            # the request was sent: the upstream may have acted on it, so it is not "unreachable"
+            assert not isinstance(err.value, UpstreamUnreachable)
             await client.aclose()
             assert server.connections == 1
 
@@ -435,7 +439,7 @@ def test_connection_refused(run):
 
     async def scenario():
         client = UpstreamClient()
-        with pytest.raises(UpstreamConnectError, match=f"127.0.0.1:{port}"):
+        with pytest.raises(UpstreamUnreachable, match=f"127.0.0.1:{port}"):  # nothing was sent
             await client.request("GET", f"http://127.0.0.1:{port}/", [], b"", FAST)
         await client.aclose()
 
@@ -454,7 +458,7 @@ def test_oversized_response_headers_are_refused(run):
     async def scenario():
         async with Server(handler) as server:
             client = UpstreamClient()
-            with pytest.raises(UpstreamConnectError, match="too large"):
+            with pytest.raises(UpstreamMalformedHead, match="too large"):
                 await client.request("GET", server.url(), [], b"", FAST)
             await client.aclose()
 
@@ -469,7 +473,7 @@ def test_malformed_status_line_and_header_injection(run):
     async def scenario():
         async with Server(handler) as server:
             client = UpstreamClient()
-            with pytest.raises(UpstreamConnectError, match="malformed"):
+            with pytest.raises(UpstreamMalformedHead, match="malformed"):
                 await client.request("GET", server.url(), [], b"", FAST)
             with pytest.raises(ValueError) as err:
                 await client.request("GET", server.url(), [("X-A", SECRET + "\r\nX-B: 1")], b"", FAST)
@@ -592,7 +596,7 @@ def test_tls_honours_ssl_cert_file_and_fails_without_it(run, certs, monkeypatch)
             if expect_ok:
                 assert (await client.request("GET", server.url(scheme="https"), [], b"", FAST)).status == 200
             else:
-                with pytest.raises(UpstreamConnectError, match="(?i)certificate"):
+                with pytest.raises(UpstreamUnreachable, match="(?i)certificate"):
                     await client.request("GET", server.url(scheme="https"), [], b"", FAST)
             await client.aclose()
 
@@ -675,7 +679,7 @@ def test_proxy_refusing_connect_is_a_connect_error_without_credentials(run, monk
         async with Server(handler) as proxy:
             monkeypatch.setenv("HTTPS_PROXY", f"http://user:{SECRET}@127.0.0.1:{proxy.port}")
             client = UpstreamClient()
-            with pytest.raises(UpstreamConnectError, match="407") as err:
+            with pytest.raises(UpstreamUnreachable, match="407") as err:
                 await client.request("GET", "https://api.example.test/", [], b"", FAST)
             assert SECRET not in str(err.value) and SECRET not in repr(err.value.__cause__)
             await client.aclose()

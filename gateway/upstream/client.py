@@ -41,6 +41,7 @@ from tollway.gateway.upstream.errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamTooLarge,
+    UpstreamUnreachable,
     _NoResponse,
 )
 from tollway.gateway.upstream.head import _framed, _Head, _Origin, endpoint_of, split_url
@@ -56,6 +57,7 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamTimeout",
     "UpstreamTooLarge",
+    "UpstreamUnreachable",
     "endpoint_of",
     "split_url",
 ]
@@ -110,10 +112,10 @@ class UpstreamClient:
         or parsed and whose relayed tracestate `tollway.core.telemetry.tracecontext.clean_tracestate` has
         limited to printable ASCII (no CR, LF or control characters).
 
-        Raises UpstreamConnectError, UpstreamTimeout ("connect", "first_byte" or "total"), and
-        ValueError for a malformed URL or header. With `timeouts.total`, reading the body past
-        that many seconds from now raises UpstreamTimeout("total").
-        """
+        Raises UpstreamConnectError (UpstreamUnreachable if the request was never sent),
+        UpstreamTimeout ("connect", "first_byte" or "total"), and ValueError for a malformed URL
+        or header. With `timeouts.total`, reading the body past that many seconds from now
+        raises UpstreamTimeout("total")."""
         if self._closed:
             raise RuntimeError("UpstreamClient is closed")
         prepared = self._head(method, url, headers)
@@ -200,7 +202,7 @@ class UpstreamClient:
 
     async def _open(self, origin: _Origin, timeout: float, deadline: float | None) -> _Connection:
         """A new connection (TLS and proxy included) within `timeout` seconds and before the
-        exchange's `deadline` (loop time); raises UpstreamConnectError/Timeout."""
+        exchange's `deadline` (loop time); raises UpstreamUnreachable/Timeout."""
         phase = "connect"
         left = None if deadline is None else deadline - asyncio.get_running_loop().time()
         if left is not None and left < timeout:
@@ -212,7 +214,7 @@ class UpstreamClient:
             raise UpstreamTimeout(phase, origin.label) from None
         except OSError as exc:  # refused, DNS (gaierror), TLS (SSLError), proxy refusals
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise UpstreamConnectError(f"cannot connect to upstream {origin.label}: {reason}") from exc
+            raise UpstreamUnreachable(f"cannot connect to upstream {origin.label}: {reason}") from exc
 
     async def _dial(self, origin: _Origin) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from tollway.gateway.upstream.errors import (
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
+    UpstreamMalformedHead,
     UpstreamTimeout,
     _NoResponse,
 )
@@ -273,7 +274,7 @@ class _Connection(asyncio.Protocol):
         if self.headers_done:
             self.error = UpstreamDisconnected(f"upstream {self.label}: {reason}")
         else:
-            self.error = UpstreamConnectError(f"upstream {self.label}: {reason}")
+            self.error = UpstreamMalformedHead(f"upstream {self.label}: {reason}")
         self.closed = True
         self.transport.abort()  # type: ignore[union-attr]
         self._wake()

@@ -16,6 +16,15 @@ class UpstreamConnectError(UpstreamError):
     garbage before the response headers were complete (a 502 for the client)."""
 
 
+class UpstreamUnreachable(UpstreamConnectError):
+    """No connection could be made (DNS, refused, TLS or proxy failure): the request was never
+    sent, so no upstream did any work for it and another replica is safe to try for free."""
+
+
+class UpstreamMalformedHead(UpstreamConnectError):
+    """The response's status line or headers could not be parsed (or were too large)."""
+
+
 class UpstreamTimeout(UpstreamError):
     """A timeout expired; `phase` is "connect", "first_byte", "idle" or "total" (a 504 for the
     client)."""

@@ -376,7 +376,7 @@ ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/model/(?P<model>[^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$"), "bedrock", "model"),
     (re.compile(r"/publishers/google/models/(?P<model>[^/:]+):(?P<method>\w+)$"), "vertex", "model"),
     (re.compile(r"/models/(?P<model>[^/:]+):(?P<method>\w+)$"), "gemini", "model"),
-    (re.compile(r"/(chat/completions|completions|embeddings|responses)$"), "openai", "body"),
+    (re.compile(r"/(chat/completions|completions|embeddings|responses|audio/speech)$"), "openai", "body"),
 ]
 
 
