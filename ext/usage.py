@@ -61,9 +61,12 @@ _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"
 
 
 def in_bounds(u: Usage) -> bool:
-    """Whether the counts that metrics and logs read are within 0..MAX_TOKENS (the cheap check,
-    once per request; `bounded` mends the rare usage that is not)."""
-    return 0 <= u.prompt_tokens <= MAX_TOKENS and 0 <= u.completion_tokens <= MAX_TOKENS
+    """Whether every count is within 0..MAX_TOKENS and the units too (the cheap check, once per
+    request; `bounded` mends the rare usage that is not). NaN units fail the comparison."""
+    return (0 <= u.prompt_tokens <= MAX_TOKENS and 0 <= u.completion_tokens <= MAX_TOKENS
+            and 0 <= u.total_tokens <= MAX_TOKENS and 0 <= u.cached_tokens <= MAX_TOKENS
+            and 0 <= u.reasoning_tokens <= MAX_TOKENS and 0 <= u.cache_write_tokens <= MAX_TOKENS
+            and 0.0 <= u.units <= MAX_TOKENS)
 
 
 def bounded(u: Usage) -> Usage:

@@ -469,11 +469,11 @@ class Gateway:
     def _finish(self, ex: Exchange) -> None:
         if ex.api in ("health", "metrics", "console"):  # (the console's files are no gateway traffic)
             return
-        if ex.trace is not None:
-            ex.trace.finish(ex, self.runtime.secrets)
         u = ex.usage
         if u is not None and not in_bounds(u):  # an upstream's negative or absurd counts: held, for all below
             ex.usage = u = bounded(u)
+        if ex.trace is not None:
+            ex.trace.finish(ex, self.runtime.secrets)
         try:  # (a metric must never cost the request its access-log line or its ledger record)
             self.metrics.observe(
                 operation=ex.api, provider=ex.otel_provider, model=ex.route, response_model=ex.upstream_model or "",

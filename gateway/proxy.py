@@ -507,6 +507,9 @@ async def _hooked(ex: Exchange, out: bytes) -> bytes:
             out = await ahook(ex, out)
     except GatewayError as exc:
         raise _Stopped(exc) from None
+    except Exception:  # noqa: BLE001 - a hook's bug: the gateway's fault, never counted against the upstream
+        log.exception("a stream hook failed (request %s)", ex.request_id)
+        raise _Stopped(errors.internal()) from None
     return out
 
 

@@ -13,7 +13,7 @@ from tests.fakes.openai_upstream import REPLY
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess
 from tollway.core.errors import GatewayError
 from tollway.core.providers.openai_compat import ChatStreamRelay
-from tollway.ext.usage import MAX_TOKENS
+from tollway.ext.usage import MAX_TOKENS, Usage, bounded, in_bounds
 
 
 def post(gateway: GatewayProcess, body: bytes | str, key: str | None = TEST_KEY, path: str = "/v1/chat/completions",
@@ -209,6 +209,21 @@ def test_stream_ended_after_its_finish_chunk_without_done_is_whole(gateway):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 9
     assert _stream_events(gateway, "no-done")[-1].startswith('data: {"id"')
+
+
+@pytest.mark.parametrize("field", ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+                                   "reasoning_tokens", "cache_write_tokens", "units"])
+@pytest.mark.parametrize("value", [-7, 10**20, float("nan")])
+def test_every_count_of_a_usage_is_held_to_bounds(field, value):
+    # The ledger stores every count (a cached count past SQLite's integer dropped the record; a
+    # negative reasoning count was stored as it came), and spans export each as an int64.
+    if value != value and field != "units":
+        return  # (counts are ints)
+    absurd = Usage(**{"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, field: value})
+    assert not in_bounds(absurd)
+    held = bounded(absurd)
+    assert in_bounds(held) and held.unit == absurd.unit
+    assert getattr(held, field) == (MAX_TOKENS if value == 10**20 else 0)
 
 
 @pytest.mark.parametrize("model", ["usage-negative", "usage-huge"])
