@@ -106,7 +106,7 @@ class Proxy:
         now = time.monotonic()
         order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
         plan = AttemptPlan(order, rt.config.routing.retry, now)
-        broken: set[str] = set()  # endpoints no connection could be made to during this request
+        broken: set[str] = set()  # endpoints that could not be reached, or dropped the request, during it
         last: GatewayError | None = None
         while (step := plan.next(time.monotonic(), rt.random())) is not None:
             target, wait = step
@@ -151,8 +151,8 @@ class Proxy:
         except GatewayError as exc:
             scrubbed(exc, provider.secrets, time.time())  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
-            if isinstance(exc, UpstreamUnreached):
-                broken.add(endpoint.name)
+            if isinstance(exc, UpstreamUnreached) or exc.code == "upstream_disconnected":
+                broken.add(endpoint.name)  # the next attempt (free or paid) goes to another replica if any
             if attempt is not None:
                 attempt.error = exc.code or exc.type
             raise
