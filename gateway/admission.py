@@ -122,12 +122,15 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
     (server.max_upload_bytes for a `form`, a multipart upload)."""
     rt, tracer = serving.runtime, serving.tracer
     try:
-        key = authenticate(rt, surface, scope)
-    except errors.GatewayError:
+        key = known_key(rt, surface, scope)
+    except errors.GatewayError:  # no key, or none the table knows: the plugins' authenticate may map it
         hooked = await _hooked_key(serving.pipeline.authenticate, rt, scope) if serving.pipeline.authenticate else None
         if hooked is None:
             raise
         key = hooked
+    else:
+        if key.checked:  # a gateway key, revoked or expired: refused, never offered to a plugin
+            key.refuse(time.time())
     ex.key_name, ex.key_id, ex.team = key.key.name, key.key_id, key.key.team
     if rt.api.keys:  # run-time keys: their last use is kept (coarsely; written off the request path)
         serving.last_used[key.key_id] = ex.ts
@@ -180,7 +183,17 @@ def with_form_field(body: bytes, ex: Exchange, model: str) -> bytes:
 
 
 def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
-    """The key record for the first of the surface's key headers that is present. Raises 401."""
+    """The key record for the first of the surface's key headers that is present, if it may be
+    used now. Raises 401."""
+    record = known_key(rt, surface, scope)
+    if record.checked:  # a run-time key with an expiry, or revoked
+        record.refuse(time.time())
+    return record
+
+
+def known_key(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
+    """The key record for the first of the surface's key headers that is present, refused or
+    not. Raises 401 when there is none, or the table knows no such key."""
     for name in surface.key_headers:
         value = scope.headers.get(name)
         if not value:
@@ -192,8 +205,6 @@ def authenticate(rt: Runtime, surface: Surface, scope: Scope) -> KeyRecord:
             record = rt.keys.lookup(value.strip())
         if record is None:
             raise errors.unauthorized(_BAD_KEY)
-        if record.checked:  # a run-time key with an expiry, or revoked
-            record.refuse(time.time())
         return record
     raise errors.unauthorized(_NO_KEY)
 

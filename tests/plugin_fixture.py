@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tollway.gateway.plugins.api import ALLOW, PASS, Reject, Replace, RequestContext, Stop
+from tollway.gateway.plugins.api import ALLOW, PASS, AuthContext, KeyRecord, Reject, Replace, RequestContext, Stop
 
 
 async def _common(action: str) -> None:
@@ -100,3 +100,19 @@ def counted(config: dict[str, Any]) -> object:
 class Counted:
     async def on_request(self, ctx: RequestContext) -> object:
         return ALLOW
+
+
+def offered(config: dict[str, Any]) -> object:
+    """authenticate: notes every credential it is offered in `config["seen"]` (a file) and maps
+    none of them: what the gateway hands a plugin is what the test reads."""
+    return Offered(config["seen"])
+
+
+class Offered:
+    def __init__(self, seen: str) -> None:
+        self.seen = seen
+
+    async def authenticate(self, ctx: AuthContext) -> KeyRecord | None:
+        with open(self.seen, "a") as seen:
+            seen.write(ctx.headers.get("authorization", "") + "\n")
+        return None

@@ -389,6 +389,31 @@ plugins: [{{name: counted, module: "tests.plugin_fixture:counted", config: {{run
         gw.stop()
 
 
+def test_authenticate_is_offered_no_revoked_gateway_key(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    """docs/plugins.md: `authenticate` runs only for a credential that is not a gateway key. A
+    revoked key is one (its 401 says so): it must not be handed to plugin code, which might map
+    it to a key again. An unknown credential still is."""
+    seen = tmp_path / "seen"
+    gw = GatewayProcess(f"""
+providers: [{{name: up, schema: openai, base_url: {upstream.url}, api_key: {UPSTREAM_SECRET}}}]
+models: [{{name: gpt-4o-mini, targets: [{{provider: up}}]}}]
+admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
+store: {{backend: sqlite, path: {tmp_path / "tollway.db"}}}
+plugins: [{{name: offered, module: "tests.plugin_fixture:offered", config: {{seen: "{seen}"}}}}]
+""")
+    try:
+        made = _admin(gw, "POST", "/admin/keys", {"name": "svc"})
+        assert _admin(gw, "POST", f"/admin/keys/{made['id']}/revoke")["status"] == "revoked"
+        with pytest.raises(openai.AuthenticationError, match="revoked"):
+            _chat(gw, "gpt-4o-mini", made["key"])
+        with pytest.raises(openai.AuthenticationError):
+            _chat(gw, "gpt-4o-mini", "not-a-gateway-key")
+        offered = seen.read_text().splitlines()
+        assert offered == ["Bearer not-a-gateway-key"], offered
+    finally:
+        gw.stop()
+
+
 def _admin(gw: GatewayProcess, method: str, path: str, body: object = None) -> Any:
     request = urllib.request.Request(gw.url + path, json.dumps(body).encode() if body is not None else None,
                                      method=method, headers={"authorization": f"Bearer {ADMIN_KEY}",
