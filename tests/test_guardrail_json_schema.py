@@ -3,6 +3,7 @@ failure is reported (never the answer's text), and the bounds on a hostile schem
 no fetched $ref, RE2 patterns, linear uniqueItems, a step budget."""
 from __future__ import annotations
 
+import gc
 import json
 import time
 import urllib.request
@@ -165,11 +166,21 @@ def test_unique_items_is_linear_with_json_equality() -> None:
     unique = {"type": "array", "uniqueItems": True}
 
     def cost(n: int) -> float:
-        started = time.process_time()
-        assert _check(unique, [{"id": i, "tags": [i, str(i)]} for i in range(n)]) is None
-        return time.process_time() - started
+        items = [{"id": i, "tags": [i, str(i)]} for i in range(n)]
+        best = float("inf")
+        for _ in range(3):
+            started = time.process_time()
+            assert _check(unique, items) is None
+            best = min(best, time.process_time() - started)
+        return best
 
-    small, large = cost(5_000), cost(50_000)
+    # The collector is off while timing: in a full suite its passes over every live object of
+    # earlier tests land in the larger run and read as superlinear (CI measured 38x that way).
+    gc.disable()
+    try:
+        small, large = cost(5_000), cost(50_000)
+    finally:
+        gc.enable()
     # 10x the items: ~10x the time when linear, ~100x when quadratic (a ratio, not a wall-clock
     # bound: a slow or loaded machine scales both)
     assert large < 30 * max(small, 0.01), (small, large)
