@@ -3,7 +3,6 @@ failure is reported (never the answer's text), and the bounds on a hostile schem
 no fetched $ref, RE2 patterns, linear uniqueItems, a step budget."""
 from __future__ import annotations
 
-import gc
 import json
 import time
 import urllib.request
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.timing import cpu_best
 from tollway.core.guardrails.json_schema import (
     MAX_INSTANCE_DEPTH,
     MAX_SCHEMA_NODES,
@@ -167,20 +167,11 @@ def test_unique_items_is_linear_with_json_equality() -> None:
 
     def cost(n: int) -> float:
         items = [{"id": i, "tags": [i, str(i)]} for i in range(n)]
-        best = float("inf")
-        for _ in range(3):
-            started = time.process_time()
-            assert _check(unique, items) is None
-            best = min(best, time.process_time() - started)
-        return best
+        assert _check(unique, items) is None
+        return cpu_best(lambda: _check(unique, items))
 
-    # The collector is off while timing: in a full suite its passes over every live object of
-    # earlier tests land in the larger run and read as superlinear (CI measured 38x that way).
-    gc.disable()
-    try:
-        small, large = cost(5_000), cost(50_000)
-    finally:
-        gc.enable()
+    # (CI once measured 38x with the collector on: its passes over earlier tests' objects)
+    small, large = cost(5_000), cost(50_000)
     # 10x the items: ~10x the time when linear, ~100x when quadratic (a ratio, not a wall-clock
     # bound: a slow or loaded machine scales both)
     assert large < 30 * max(small, 0.01), (small, large)
