@@ -156,6 +156,10 @@ class Proxy:
             if attempt is not None:
                 attempt.error = exc.code or exc.type
             raise
+        except asyncio.CancelledError:
+            if ex.usage is None:  # the client left (or the drain ended it) while the upstream had the prompt:
+                ex.usage = estimated_usage(body, "", upstream_model)[0]  # it is charged, as the provider bills it
+            raise
         finally:
             self._record(provider, endpoint, member, failed)
             if attempt is not None:

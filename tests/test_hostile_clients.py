@@ -29,7 +29,10 @@ def _config(upstream: str) -> str:
     limits: [{concurrent: 1}]
   - name: firehose-one
     targets: [{provider: hostile, model: firehose-200}]
-    limits: [{concurrent: 1}]"""
+    limits: [{concurrent: 1}]
+  - name: stall-priced
+    targets: [{provider: hostile, model: stall}]
+    price: {input: 1000000, output: 1000000}"""
     return f"""
 providers:
   - name: hostile
@@ -115,6 +118,24 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-unty
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_while_the_upstream_works_is_charged_its_prompt(gw: GatewayProcess, stream: bool) -> None:
+    """Leaving before the answer must not make a request free: the upstream has the prompt (and
+    bills it), so the request is charged the prompt's reservation bound, as a stream cut short
+    is; else a client could spend any budget's worth by hanging up just before each answer."""
+    before = len(_log_for(gw, "stall-priced"))
+    sock = _connect(gw)
+    sock.sendall(_request("stall-priced", stream=stream))
+    time.sleep(0.3)  # forwarded, the upstream holding it
+    sock.close()
+    assert _wait_for(lambda: len(_log_for(gw, "stall-priced")) > before, timeout=3)
+    line = _log_for(gw, "stall-priced")[-1]
+    assert line["status"] == 499, line
+    prompt = len(_body("stall-priced", stream))  # estimate_prompt_tokens: the body's bytes
+    assert (line["error"], line["prompt_tokens"], line["completion_tokens"]) == ("client_closed", prompt, 0), line
+    assert line["cost_usd"] == pytest.approx(prompt), line  # $1 a token: one dollar a prompt token
 
 
 def test_non_reading_stream_clients_keep_memory_bounded_and_are_dropped(gw: GatewayProcess) -> None:
