@@ -40,6 +40,10 @@ models:
     targets: [{{provider: gem, model: gemini-2.5-flash}}]
   - name: gemini-badkey
     targets: [{{provider: gem-badkey, model: gemini-2.5-flash}}]
+  - name: gemini-3
+    targets: [{{provider: gem, model: gemini-3-pro-preview}}]
+  - name: vertex-3
+    targets: [{{provider: vtx, model: gemini-3-pro-preview}}]
   - name: vertex-flash
     targets: [{{provider: vtx, model: gemini-2.5-flash}}]
   - name: exhausted
@@ -142,3 +146,45 @@ def test_a_tool_loop_sends_each_result_under_its_own_function(oai, gemini, strea
     assert turns == [("model", "get_weather", None), ("user", "get_weather", {"content": "18C sunny"}),
                      ("model", "get_time", None), ("user", "get_time", {"content": "14:00"})]
     assert first["tool_calls"][0]["id"] != second["tool_calls"][0]["id"]
+
+
+@pytest.mark.parametrize("model", ["gemini-3", "vertex-3"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_gemini_3_gets_its_thought_signature_back_through_the_openai_sdk(oai, gemini, model, stream):
+    """Gemini 3 signs its function calls and answers 400 to a history that drops the signature:
+    a tool loop through the gateway failed at its second turn. The signature rides on the tool
+    call as Google's OpenAI-compatible endpoint puts it, and the SDK's own message object, sent
+    back as it came, returns it to Gemini."""
+    messages: list = [{"role": "user", "content": "weather?"}]
+    if stream:
+        chunks = oai.chat.completions.create(model=model, messages=messages, tools=[WEATHER], stream=True)
+        calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert [tc.extra_content for tc in calls] == [{"google": {"thought_signature": "sig-get_weather"}}]
+        said = {"role": "assistant", "tool_calls": [tc.model_dump(exclude_none=True, exclude={"index"}) for tc in calls]}
+    else:
+        answer = oai.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
+        said = answer.choices[0].message  # the SDK's object itself, as an app appends it
+        assert said.tool_calls[0].extra_content == {"google": {"thought_signature": "sig-get_weather"}}
+    call_id = said["tool_calls"][0]["id"] if stream else said.tool_calls[0].id
+    messages += [said, {"role": "tool", "tool_call_id": call_id, "content": "18C sunny"}]
+    final = oai.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
+    assert final.choices[0].message.content == fg.REPLY  # not the 400 of an unsigned call
+    sent = [p for c in gemini.last()["body"]["contents"] for p in c["parts"] if "functionCall" in p]
+    assert [p.get("thoughtSignature") for p in sent] == ["sig-get_weather"]
+
+
+def test_a_gemini_3_history_without_signatures_gets_the_stand_in_on_each_steps_first_call(oai, gemini):
+    """A client that rebuilt its messages (or a history from another model) has no signatures:
+    the first call of each assistant message gets Google's documented stand-in, the others none
+    (Gemini signs only a step's first call); a Gemini 2.5 history is sent as it was."""
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "weather twice?"},
+                {"role": "assistant", "tool_calls": [{"id": "a1", **call}, {"id": "a2", **call}]},
+                {"role": "tool", "tool_call_id": "a1", "content": "18C"}, {"role": "tool", "tool_call_id": "a2", "content": "19C"},
+                {"role": "assistant", "tool_calls": [{"id": "b1", **call}]},
+                {"role": "tool", "tool_call_id": "b1", "content": "20C"}]
+    for model, expected in (("gemini-3", [fg.SKIP_SIGNATURE, None, fg.SKIP_SIGNATURE]), ("gemini-flash", [None] * 3)):
+        final = oai.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
+        assert final.choices[0].message.content == fg.REPLY
+        sent = [p for c in gemini.last()["body"]["contents"] for p in c["parts"] if "functionCall" in p]
+        assert [p.get("thoughtSignature") for p in sent] == expected, model

@@ -8,7 +8,10 @@ that `POST /token` issued, which is where the service-account file used by the t
 its `token_uri`; every token grant is counted. A request offering tools gets a functionCall
 (with finishReason STOP, as Gemini says) of the first declared function that no
 functionResponse in the conversation answers yet (none when all are answered), with no call
-id, as Gemini sends it: a tool loop calls one function a turn. Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
+id, as Gemini sends it: a tool loop calls one function a turn. A Gemini 3 model (`gemini-3…`)
+signs each functionCall (`thoughtSignature`, "sig-<function>") and, as Gemini 3 does, refuses
+with 400 a history whose model turn starts its calls without a signature (it takes its own, and
+Google's documented stand-in `skip_thought_signature_validator`). Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
 of model `stream-error-N` is one error fragment whose code is N.
 Embeddings: Vertex's `:predict` (`instances[].content`, `parameters.outputDimensionality`;
 answers `predictions[].embeddings.{values, statistics.token_count}`; a `gemini-embedding-*`
@@ -29,8 +32,28 @@ from tests.fakes.bedrock_upstream import embedding_of, token_count
 API_KEY = "gemini-api-key-SECRET-987654"
 REPLY = "Hello from the fake Gemini upstream"
 TOOL_ARGS = {"city": "Paris"}
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 USAGE = {"promptTokenCount": 40, "candidatesTokenCount": 10, "totalTokenCount": 56, "cachedContentTokenCount": 16,
          "thoughtsTokenCount": 6}
+
+
+def _call_part(model: str, tool: str) -> dict[str, Any]:
+    part: dict[str, Any] = {"functionCall": {"name": tool, "args": TOOL_ARGS}}
+    if model.startswith("gemini-3"):
+        part["thoughtSignature"] = "sig-" + tool
+    return part
+
+
+def unsigned_call(body: dict[str, Any]) -> str | None:
+    """Gemini 3's check: the name of a model turn's first functionCall sent back without a
+    signature it gave (or the stand-in), else None."""
+    for content in body.get("contents") or []:
+        calls = [p for p in content.get("parts") or [] if "functionCall" in p]
+        if content.get("role") == "model" and calls:
+            signature = calls[0].get("thoughtSignature")
+            if signature not in ("sig-" + calls[0]["functionCall"]["name"], SKIP_SIGNATURE):
+                return str(calls[0]["functionCall"]["name"])
+    return None
 
 
 def fragments(model: str, with_tool: bool, tool: str = "get_weather") -> list[dict[str, Any]]:
@@ -43,7 +66,7 @@ def fragments(model: str, with_tool: bool, tool: str = "get_weather") -> list[di
                     "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": i + 1, "totalTokenCount": 41 + i},
                     "modelVersion": model, "responseId": "resp-fake-1"})
     if with_tool:
-        out.append({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": tool, "args": TOOL_ARGS}}]},
+        out.append({"candidates": [{"content": {"role": "model", "parts": [_call_part(model, tool)]},
                                     "index": 0}], "modelVersion": model, "responseId": "resp-fake-1"})
     out[-1]["candidates"][0]["finishReason"] = "STOP"
     out[-1]["usageMetadata"] = USAGE
@@ -57,7 +80,7 @@ def sse_bytes(model: str, with_tool: bool, tool: str = "get_weather") -> list[by
 def whole_body(model: str, with_tool: bool, tool: str = "get_weather") -> dict[str, Any]:
     parts: list[dict[str, Any]] = [{"text": "thinking...", "thought": True}, {"text": REPLY}]
     if with_tool:
-        parts.append({"functionCall": {"name": tool, "args": TOOL_ARGS}})
+        parts.append(_call_part(model, tool))
     return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": USAGE, "modelVersion": model, "responseId": "resp-fake-1"}
 
@@ -118,6 +141,10 @@ class FakeGemini(FakeUpstream):
         embed = {"predict": self.predict, "batchEmbedContents": self.batch_embed}.get(method)
         if embed is not None:
             return embed(model, body, vertex)
+        unsigned = unsigned_call(body) if model.startswith("gemini-3") else None
+        if unsigned is not None:
+            return _error(400, "INVALID_ARGUMENT", f"Function call `{unsigned}` in the 1. content block is missing "
+                          "a `thought_signature`.")
         tool = next_tool(body)
         if method == "generateContent":
             return web.json_response(whole_body(model, tool is not None, tool or ""))

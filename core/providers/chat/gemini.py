@@ -11,6 +11,14 @@ with the call and its result), else the gateway's own `call_<hash>_<n>`: the has
 answer's id and the request, so no two answers of a conversation (every turn's request is
 longer than the last) share an id, and the same answer always gets the same ones.
 
+Thought signatures: Gemini 3 signs the first function call of each step (`thoughtSignature`)
+and refuses a history whose calls come back without it. The signature goes to the client where
+Google's own OpenAI-compatible endpoint puts it, `tool_calls[].extra_content.google.
+thought_signature` (the OpenAI SDKs keep the field when a message is sent back as it came), and
+back to Gemini on its call. A call of a Gemini 3 history that has none (the client dropped it,
+or the history came from another model) gets Google's documented stand-in for the first call of
+each assistant message, as Google advises, rather than a 400 at the second turn.
+
 Usage: `promptTokenCount` already includes cached content; `candidatesTokenCount` excludes
 thoughts, which OpenAI counts in `completion_tokens`, so they are added and also reported as
 reasoning tokens.
@@ -59,6 +67,68 @@ TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 # Ids the gateway made for Gemini's calls (and `call_<n>`, which it made before): never Gemini's, never sent to it.
 _MADE_ID = re.compile(r"call_(?:[0-9a-f]{16}_)?[0-9]+")
 _decode_json = msgspec.json.decode
+# Google's documented stand-in for a signature a history does not have (thought-signatures docs).
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+_GENERATION = re.compile(r"gemini-(\d+)")
+
+
+def _signs_calls(model: str) -> bool:
+    """Whether `model` refuses a function call sent back without its signature (Gemini 3 on)."""
+    found = _GENERATION.search(model)
+    return found is not None and int(found.group(1)) >= 3
+
+
+class _GoogleExtra(msgspec.Struct):
+    thought_signature: str
+
+
+class _ExtraContent(msgspec.Struct):
+    google: _GoogleExtra
+
+
+class SignedToolCallOut(ToolCallOut, kw_only=True):
+    """A tool call with the thought signature Gemini gave it, for the client to send back."""
+
+    extra_content: _ExtraContent
+
+
+# The signatures a client sent back, read only from the messages' tool calls (and only when the
+# body holds one): a malformed one is left out, and its call then gets the stand-in if it needs one.
+class _GoogleExtraIn(msgspec.Struct):
+    thought_signature: str | None = None
+
+
+class _ExtraIn(msgspec.Struct):
+    google: _GoogleExtraIn | None = None
+
+
+class _SignedCallIn(msgspec.Struct):
+    extra_content: _ExtraIn | None = None
+
+
+class _SignedMessageIn(msgspec.Struct):
+    tool_calls: list[_SignedCallIn] | None = None
+
+
+class _SignedIn(msgspec.Struct):
+    messages: list[_SignedMessageIn] = []
+
+
+_decode_signed = msgspec.json.Decoder(_SignedIn).decode
+Signatures = dict[tuple[int, int], str]  # (message index, tool call index) -> the call's signature
+
+
+def signatures_sent(body: bytes) -> Signatures:
+    """The thought signatures of the request's assistant tool calls, by position."""
+    if b"thought_signature" not in body:  # (every request but a Gemini tool loop's: no second parse)
+        return {}
+    try:
+        messages = _decode_signed(body).messages
+    except msgspec.DecodeError:
+        return {}
+    return {(i, j): c.extra_content.google.thought_signature
+            for i, m in enumerate(messages) for j, c in enumerate(m.tool_calls or [])
+            if c.extra_content and c.extra_content.google and c.extra_content.google.thought_signature}
 
 
 class OpenAIToGemini:
@@ -78,7 +148,8 @@ class OpenAIToGemini:
         if ctx.provider.api_key:
             headers.append(("x-goog-api-key", ctx.provider.api_key))
         url = self.base(ctx) + self.model_path(ctx) + method
-        return UpstreamCall("POST", url, headers, wire.encode(to_gemini(req)), stream)
+        signed = _Signing(signatures_sent(ctx.body), _signs_calls(ctx.upstream_model))
+        return UpstreamCall("POST", url, headers, wire.encode(to_gemini(req, signed)), stream)
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         done = wire.decode_response(body)
@@ -89,7 +160,7 @@ class OpenAIToGemini:
         usage = usage_of(done.usage_metadata) if done.usage_metadata else None
         rid = "chatcmpl-" + done.response_id if done.response_id else completion_id(ctx.body, ctx.now)
         stem = _CallIdStem(rid, ctx.body)
-        calls = [_tool_call(p.function_call, stem, i) for i, p in enumerate(q for q in parts if q.function_call)]
+        calls = [_tool_call(p, stem, i) for i, p in enumerate(q for q in parts if q.function_call)]
         reason = FINISH_REASONS.get(cand.finish_reason or "STOP", "stop")
         return completion_body(rid, ctx.now, done.model_version or ctx.upstream_model, text, calls, reason, usage,
                                reasoning), usage
@@ -151,9 +222,14 @@ class _CallIdStem:
         return f"{self._stem}{n}"
 
 
-def _tool_call(call: wire.FunctionCall | None, stem: _CallIdStem, n: int) -> ToolCallOut:
+def _tool_call(part: wire.Part, stem: _CallIdStem, n: int) -> ToolCallOut:
+    call = part.function_call
     assert call is not None
-    return ToolCallOut(call.id or stem(n), FunctionOut(call.name, wire.encode(call.args or {}).decode()))
+    function = FunctionOut(call.name, wire.encode(call.args or {}).decode())
+    if part.thought_signature:
+        return SignedToolCallOut(call.id or stem(n), function,
+                                 extra_content=_ExtraContent(_GoogleExtra(part.thought_signature)))
+    return ToolCallOut(call.id or stem(n), function)
 
 
 def _gemini_id(call_id: str | None) -> str | None:
@@ -165,7 +241,25 @@ def _gemini_id(call_id: str | None) -> str | None:
 
 # -- request translation ---------------------------------------------------------------
 
-def to_gemini(req: ChatRequest) -> wire.GenerateContentRequest:
+class _Signing:
+    """Which signature each function call of the history goes back to Gemini with."""
+
+    __slots__ = ("sent", "required")
+
+    def __init__(self, sent: Signatures, required: bool) -> None:
+        self.sent = sent
+        self.required = required  # the model refuses a step's first call without one
+
+    def of(self, i: int, j: int) -> str | None:
+        """The signature of message i's call j: the one the client sent back, else the
+        stand-in for the first call of a message where the model requires one."""
+        return self.sent.get((i, j)) or (SKIP_SIGNATURE if self.required and j == 0 else None)
+
+
+_UNSIGNED = _Signing({}, False)
+
+
+def to_gemini(req: ChatRequest, signing: _Signing = _UNSIGNED) -> wire.GenerateContentRequest:
     """The generateContent request for an OpenAI chat request. Raises GatewayError(400)."""
     if req.n not in (None, 1):
         raise unsupported("n", PROVIDER, "Send one request per choice.")
@@ -180,7 +274,7 @@ def to_gemini(req: ChatRequest) -> wire.GenerateContentRequest:
         if m.role in ("system", "developer"):
             continue
         names.update((c.id, c.function.name) for c in m.tool_calls or [])
-        role, parts = _turn(m, i, names)
+        role, parts = _turn(m, i, names, signing)
         if not parts:
             continue
         if contents and contents[-1].role == role:
@@ -191,7 +285,7 @@ def to_gemini(req: ChatRequest) -> wire.GenerateContentRequest:
                                        _tools(req), _tool_config(req))
 
 
-def _turn(m: ChatMessage, i: int, names: dict[str, str]) -> tuple[str, list[wire.Part]]:
+def _turn(m: ChatMessage, i: int, names: dict[str, str], signing: _Signing) -> tuple[str, list[wire.Part]]:
     if m.role == "user":
         if isinstance(m.content, str):
             return "user", [wire.Part(text=m.content)] if m.content else []
@@ -201,7 +295,8 @@ def _turn(m: ChatMessage, i: int, names: dict[str, str]) -> tuple[str, list[wire
         parts = [wire.Part(text=text)] if text else []
         for j, call in enumerate(m.tool_calls or []):
             args = tool_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
-            parts.append(wire.Part(function_call=wire.FunctionCall(call.function.name, args, _gemini_id(call.id))))
+            parts.append(wire.Part(function_call=wire.FunctionCall(call.function.name, args, _gemini_id(call.id)),
+                                   thought_signature=signing.of(i, j)))
         return "model", parts
     if m.role in ("tool", "function"):
         name = names.get(m.tool_call_id or "") or m.name
@@ -320,8 +415,9 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         w = self._writer
         assert w is not None and self._stem is not None
         if p.function_call is not None:
-            call = _tool_call(p.function_call, self._stem, w.tool_calls)
-            return w.tool_start(call.id, call.function.name, call.function.arguments)
+            call = _tool_call(p, self._stem, w.tool_calls)
+            extra = {"google": {"thought_signature": p.thought_signature}} if p.thought_signature else None
+            return w.tool_start(call.id, call.function.name, call.function.arguments, extra)
         if p.thought:
             return w.reasoning(p.text or "")
         if p.text:

@@ -125,11 +125,16 @@ class ChunkWriter:
     def reasoning(self, text: str) -> bytes:
         return self.delta({"reasoning_content": text}) if text else b""
 
-    def tool_start(self, call_id: str, name: str, arguments: str = "") -> bytes:
-        """Open a new tool call; returns its first chunk."""
+    def tool_start(self, call_id: str, name: str, arguments: str = "",
+                   extra_content: dict[str, Any] | None = None) -> bytes:
+        """Open a new tool call; returns its first chunk. `extra_content`: a provider's own
+        fields of the call that a client must send back with it (Gemini's thought signature)."""
         index = self.tool_calls
         self.tool_calls += 1
-        call = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        call: dict[str, Any] = {"index": index, "id": call_id, "type": "function",
+                                "function": {"name": name, "arguments": arguments}}
+        if extra_content is not None:
+            call["extra_content"] = extra_content
         return self.delta({"tool_calls": [call]})
 
     def tool_arguments(self, fragment: str) -> bytes:
