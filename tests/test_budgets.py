@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import redis
 
+from tests.test_limits_redis import SlowRedis
 from tests.test_pipeline import Proto, Scope
 from tollway.core.config import loads
 from tollway.core.ledger.periods import period_start
@@ -185,6 +186,46 @@ async def test_an_owner_awaiting_the_ledger_still_shares_a_counter_another_repli
             await keeper.share.sync(keeper.book, now)
         assert account.spent == pytest.approx(53.0) and float(client.get(name)) == pytest.approx(53.0)
         assert not account.awaiting_ledger  # (a late ledger read then leaves it be: Redis's total holds it)
+    finally:
+        for key in client.scan_iter(f"{{{prefix}}}:*"):
+            client.delete(key)
+        await keeper.share.client.aclose()
+
+
+@pytest.fixture
+async def slow_redis():
+    proxy = SlowRedis()
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_charge_whose_reply_came_after_the_timeout_is_added_once(slow_redis):
+    """Redis added the charges, its reply came after the socket timeout: the replica cannot
+    tell, so it sends them again, and Redis must not add them twice."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{slow_redis.url}'}}"))
+    now = ts("2026-11-30T12:00:00")
+    keeper = BudgetKeeper(config, lambda: now)
+    account = keeper.book.accounts[("key", "k")]
+    name = keeper.share.name(("key", "k"), account)
+    client = redis.Redis()
+    try:
+        keeper.add("k", "t", 1.0)
+        await keeper.share.sync(keeper.book, now)
+        keeper.add("k", "t", 1.0)
+        slow_redis.delay = 1.0  # past the 0.5 s socket timeout
+        await keeper.share.sync(keeper.book, now)
+        assert float(client.get(name)) == pytest.approx(2.0), "Redis added it"
+        assert sum(keeper.share.pending.values()) == pytest.approx(1.0), "the replica cannot know: kept"
+        await asyncio.sleep(1.2)  # (the late reply drains)
+        slow_redis.delay = 0.0
+        keeper.add("k", "t", 0.5)
+        for _ in range(2):
+            await keeper.share.sync(keeper.book, now)
+        assert float(client.get(name)) == pytest.approx(2.5), "sent again, added once"
+        assert account.spent == pytest.approx(2.5) and not keeper.share.pending
     finally:
         for key in client.scan_iter(f"{{{prefix}}}:*"):
             client.delete(key)

@@ -1,14 +1,29 @@
 """Calendar budgets shared by replicas in Redis (`rate_limits.backend: redis`): each replica
 adds its charges to one counter per owner and period and reads everyone's total back every
 `SYNC_SECONDS`. Its own module so a gateway without Redis never imports redis-py (~15 MB of
-memory per worker with what it pulls in)."""
+memory per worker with what it pulls in).
+
+A timeout does not say whether Redis added a sync's charges: a reply slower than the socket
+timeout comes from a call that ran. So the charges go in numbered batches, added by one Lua
+script (`ADD_ONCE`) that first records the batch's number in this share's record
+`{<prefix>}:budget-batch:<random id>` and does nothing for a number already recorded. A batch
+that got no answer is kept (`unsure`) and sent again, with its number, until one comes: Redis
+adds it exactly once. (The bucket store does the same, gateway/limits/redis_store.py.) The
+counter stays one plain number, so the seeding below (SET NX) and the reads keep their meaning;
+per-replica totals summed on read would not survive a Redis that lost its keys, as a seed then
+holds the other replicas' spend already. Until an unsure batch is answered no new one is made
+(charges wait a sync longer): there is at most one per share, and the record needs only the last
+number. It expires with the counters, `_MAX_TTL` after the last batch; a Redis restarted without
+persistence lost the counters with it, and the seed leaves every unsure batch out."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -20,6 +35,26 @@ SYNC_SECONDS = 1.0
 _REDIS_TIMEOUT = 0.5
 _MAX_TTL = 33 * 86400  # the longest period (a month) and a day
 
+# KEYS[1]: the record of the share that numbered the batch, KEYS[2..]: the counters.
+# ARGV[1]: the batch's number, ARGV[2]: the TTL of the record and counters, ARGV[3..]: the amounts.
+ADD_ONCE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 2, #KEYS do
+  redis.call('INCRBYFLOAT', KEYS[i], ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+return 1
+"""
+
+
+@dataclass(eq=False)
+class Batch:
+    """Charges sent to Redis together, under one number of one share's record."""
+    record: str
+    number: int
+    charges: dict[str, float]
+
 
 class RedisShare:
     """Every replica's charges, summed in Redis: `{prefix}:budget:<kind>:<name>:<period start>`."""
@@ -27,7 +62,10 @@ class RedisShare:
     def __init__(self, url: str, prefix: str) -> None:
         self.client = aioredis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
         self.prefix = prefix
-        self.pending: dict[str, float] = defaultdict(float)  # charged here, not yet added in Redis
+        self.record = f"{{{prefix}}}:budget-batch:{secrets.token_hex(8)}"
+        self.numbered = 0
+        self.fresh: dict[str, float] = defaultdict(float)  # charged here, in no batch yet
+        self.unsure: list[Batch] = []  # sent without an answer (or not sent): added in Redis or not
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._closing = False
@@ -35,9 +73,18 @@ class RedisShare:
     def name(self, owner: Owner, account: Account) -> str:
         return f"{{{self.prefix}}}:budget:{owner[0]}:{owner[1]}:{int(account.start)}"
 
+    @property
+    def pending(self) -> dict[str, float]:
+        """What this replica charged that Redis is not known to hold, per counter."""
+        pending = defaultdict(float, self.fresh)
+        for batch in self.unsure:
+            for key, usd in batch.charges.items():
+                pending[key] += usd
+        return pending
+
     def add(self, charged: list[tuple[Owner, Account]], usd: float) -> None:
         for owner, account in charged:
-            self.pending[self.name(owner, account)] += usd
+            self.fresh[self.name(owner, account)] += usd
 
     def start(self, loop: asyncio.AbstractEventLoop, book: BudgetBook, clock: Callable[[], float]) -> None:
         self._task = loop.create_task(self._run(book, clock))
@@ -52,8 +99,8 @@ class RedisShare:
 
     async def sync(self, book: BudgetBook, now: float) -> None:
         """Add this replica's pending charges, and read every owner's total back. Each sync
-        first offers Redis this replica's view (SET NX, without the pending charges, which the
-        INCRBYFLOAT adds): the first replica up seeds each period from its ledger, and a Redis
+        first offers Redis this replica's view (SET NX, without the pending charges, which its
+        batches add, each once: `ADD_ONCE`): the first replica up seeds each period from its ledger, and a Redis
         that lost its keys (a restart without persistence) gets the last known totals back.
 
         An owner still awaiting its ledger read seeds nothing and adds nothing, its charges kept
@@ -66,47 +113,54 @@ class RedisShare:
             account.roll(now)
         accounts = list(book.accounts.items())
         names = [self.name(owner, account) for owner, account in accounts]
-        pending = self._sendable(book)
+        batches = self._sendable(book)
+        unsent = self.pending  # (the seed leaves it out: the batches add theirs, the rest comes later)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key, (_, account) in zip(names, accounts, strict=True):
                     if not account.awaiting_ledger:
-                        pipe.set(key, repr(max(account.spent - pending.get(key, 0.0), 0.0)), nx=True,
+                        pipe.set(key, repr(max(account.spent - unsent.get(key, 0.0), 0.0)), nx=True,
                                  ex=_ttl(account, now))
-                for key, usd in pending.items():
-                    pipe.incrbyfloat(key, usd)
-                    pipe.expire(key, _MAX_TTL)
+                for batch in batches:
+                    keys, amounts = list(batch.charges), [repr(usd) for usd in batch.charges.values()]
+                    pipe.eval(ADD_ONCE, 1 + len(keys), batch.record, *keys, batch.number, _MAX_TTL, *amounts)
                 for key in names:
                     pipe.get(key)
                 results = await pipe.execute()
-        except BaseException as exc:
-            self.take(pending)  # not added: kept for the next sync
-            if not isinstance(exc, (RedisError, OSError)):
-                raise
+        except (RedisError, OSError) as exc:  # (the batches stay unsure: sent again next sync)
             if not self._failing:
                 self._failing = True
                 log.warning("budgets: Redis is unavailable (%s); each replica counts its own spend until it is back",
                             type(exc).__name__)
             return
         self._failing = False
+        self.unsure = [batch for batch in self.unsure if batch not in batches]  # (added, now or before)
+        pending = self.pending
         for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
             if value is not None:
-                account.spent = float(value) + self.pending.get(key, 0.0)
+                account.spent = float(value) + pending.get(key, 0.0)
                 account.awaiting_ledger = False  # (seeded by a replica that read the ledger: its pending goes next)
 
-    def _sendable(self, book: BudgetBook) -> dict[str, float]:
-        """The pending charges this sync adds, taken out of `pending`: all but those of owners
-        awaiting the ledger."""
-        held = {self.name(owner, account) for owner, account in book.accounts.items() if account.awaiting_ledger}
-        pending, self.pending = self.pending, defaultdict(float)
-        for key in held & pending.keys():
-            self.pending[key] = pending.pop(key)
-        return pending
+    def _sendable(self, book: BudgetBook) -> list[Batch]:
+        """The batches this sync sends: the unsure ones again, else one new of the fresh charges
+        of owners not awaiting the ledger (taken out of `fresh`)."""
+        if not self.unsure:
+            held = {self.name(owner, account) for owner, account in book.accounts.items() if account.awaiting_ledger}
+            charges = {key: usd for key, usd in self.fresh.items() if key not in held}
+            if charges:
+                self.fresh = defaultdict(float, {key: self.fresh[key] for key in held & self.fresh.keys()})
+                self.numbered += 1
+                self.unsure.append(Batch(self.record, self.numbered, charges))
+        return list(self.unsure)
 
-    def take(self, charges: dict[str, float]) -> None:
-        """Charges to add in Redis with this replica's next sync (its own, or a retired share's)."""
-        for key, usd in charges.items():
-            self.pending[key] += usd
+    def inherit(self, retired: RedisShare) -> None:
+        """Send a retired share's charges with this one's syncs (its unsure batches keep their
+        record and number: Redis may have added them)."""
+        for key, usd in retired.fresh.items():
+            self.fresh[key] += usd
+        self.unsure.extend(retired.unsure)
+        retired.fresh.clear()
+        retired.unsure.clear()
 
     async def aclose(self, book: BudgetBook, heir: RedisShare | None = None) -> None:
         """Stop syncing; the charges not yet in Redis go to `heir` (the share a reload put in
@@ -116,8 +170,7 @@ class RedisShare:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if heir is not None:
-            heir.take(self.pending)
-            self.pending.clear()
+            heir.inherit(self)
         elif self.pending:
             await self.sync(book, time.time())
         await self.client.aclose()

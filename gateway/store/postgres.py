@@ -36,7 +36,7 @@ import asyncpg
 import msgspec
 
 from tollway.core.ledger.periods import DAY, Table
-from tollway.core.ledger.record import FIELDS, UsageRecord
+from tollway.core.ledger.record import FIELDS, UsageRecord, to_the_microsecond
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.security.urls import redact_url, url_passwords
@@ -234,7 +234,7 @@ class PostgresStore:
     async def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        records = [_fit(r) for r in records]
+        records = [_fit(r) for r in to_the_microsecond(records)]  # (its rows and rollups: one time)
         rows = _encode(records).decode()  # one JSON parameter: the server takes the batch apart
         hour_sums, day_sums = rollups(records)
         hours, days = _columns(rollup_rows(hour_sums)), _columns(rollup_rows(day_sums))
