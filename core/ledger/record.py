@@ -62,11 +62,14 @@ def key_id_of(name: str) -> str:
     return "config:" + name
 
 
+_NEAR_HOUR = 3600.0 - 1e-6  # seconds into an hour past which rounding to the microsecond may reach the next
+
+
 def to_the_microsecond(records: Sequence[UsageRecord]) -> list[UsageRecord]:
-    """The records with `ts` rounded to the microsecond, the most a PostgreSQL timestamp holds.
-    A store writes a batch's rows and its rollups from these, so a record's row and its hour in
-    the rollups are one time: else one 0.5 us before an hour is stored at the hour while its
-    rollups count it in the hour before, and a report reading rows on one side of the hour and
-    rollups on the other loses it or counts it twice. (Once per record, on the writer: not on
-    the request path.)"""
-    return [r if (ts := round(r.ts * 1e6) / 1e6) == r.ts else msgspec.structs.replace(r, ts=ts) for r in records]
+    """The records as PostgreSQL's timestamps (whole microseconds) will hold them, as far as
+    their hour goes: a record less than a microsecond before an hour is stored at the hour,
+    so its rollups must count it there too, else a report reading rows on one side of the hour
+    and rollups on the other loses it or counts it twice. Only those records are rounded (a
+    float modulo a record; a struct copy each would cost the writer ~1 us a record)."""
+    return [msgspec.structs.replace(r, ts=round(r.ts * 1e6) / 1e6) if r.ts % 3600.0 > _NEAR_HOUR else r
+            for r in records]

@@ -19,7 +19,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from tollway.core.ledger.periods import DAY, Table
-from tollway.core.ledger.record import FIELDS, NULLABLE, UsageRecord, to_the_microsecond
+from tollway.core.ledger.record import FIELDS, NULLABLE, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
@@ -333,7 +333,6 @@ def _write(db: sqlite3.Connection, records: Sequence[UsageRecord], max_rows: int
            pause: Callable[[], object] = os.sched_yield) -> None:
     """One batch in one transaction, its rows in slices of _SLICE_RECORDS with a `pause` (the
     core handed to whatever else is ready) before each: see _SLICE_RECORDS."""
-    records = to_the_microsecond(records)  # (as PostgreSQL keeps them: both stores answer alike)
     hour_sums, day_sums = rollups(records)
     db.execute("BEGIN")
     try:
