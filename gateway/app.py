@@ -39,7 +39,7 @@ from tollway.gateway.lifecycle.drain import (
 )
 from tollway.gateway.lifecycle.heap import Heap
 from tollway.gateway.lifecycle.reload import ConfigWatcher, Signature, catch_early_hangups, signature, watcher_for
-from tollway.gateway.limits.limiter import Limiter, build_limiter
+from tollway.gateway.limits.limiter import Limiter, build_limiter, per_worker_problem, worker_count
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.hooks import PluginSet
 from tollway.gateway.plugins.loader import load_all as load_plugins
@@ -254,6 +254,10 @@ class Gateway:
         plugins = PluginSet(load_plugins(config.plugins), self.metrics.plugin_errors)  # PluginLoadError: old config stays
         books = Books(config, self.config_path, self.ledger_counters, reload_of=self.books)
         limiter = build_limiter(config, self.metrics, self.limiter)
+        problem = per_worker_problem(runtime.file_config, worker_count())  # (run-time keys: see Runtime)
+        if problem:  # `tollway serve` refused this at start; a reload cannot
+            log.error("config reload: %s Until restarted, each of the workers enforces every limit on its own.",
+                      problem)
         if config.store != self.runtime.config.store or config.ledger != self.runtime.config.ledger:
             log.warning("config reload: store: and ledger: changes take effect when the gateway restarts")
         started = self.drain_limits  # granian's main process stops the workers by these (lifecycle.drain)
@@ -308,7 +312,8 @@ class Gateway:
     def _new_actions(self) -> None:
         """The admin actions for the current config file (its keys and teams are read-only)."""
         if self.directory is not None:
-            self.serving.actions = Actions(self.directory.store, self.runtime.file_config, self.directory)
+            self.serving.actions = Actions(self.directory.store, self.runtime.file_config, self.directory,
+                                           workers=worker_count())
 
     def _keys_changed(self, change: TableChange) -> None:
         """The directory changed: patch the key table in place when limits and budgets are

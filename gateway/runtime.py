@@ -9,6 +9,7 @@ breakers stay while the outlier policy is the same.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,14 @@ from tollway.core.routing.table import RouteTable
 from tollway.core.security.keys import KeyTable
 from tollway.core.security.secrets import KnownSecrets, configured_secrets
 from tollway.core.tenancy.records import ApiKey, ApiTeam
+from tollway.gateway.limits.limiter import run_time_problem, worker_count
 from tollway.gateway.telemetry.metrics import MetricLabels
 from tollway.gateway.upstream import Transport, UpstreamAnswer
 from tollway.gateway.upstream.credentials import credential_for
 from tollway.gateway.upstream.fake import FakeTransport
 from tollway.gateway.upstream.pool import endpoint_source
+
+log = logging.getLogger("tollway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +115,22 @@ class Runtime:
         # the config was loaded: a dated price change applies from the next reload or restart.
         self.prices = PriceBook(config, datetime.now(UTC).date())
         team_models = {t.name: t.models for t in config.teams}
+        self._teams = {t.name: t for t in config.teams}
+        self._workers = worker_count()
+        self.unbounded: set[str] = set()  # ids of the run-time keys refused by `_unbounded` (each logged once)
+        logged = previous.unbounded if previous is not None else set()
         records = {k.key_hash: _record(k, team_models) for k in self.file_config.keys}
-        # key id -> (key, its team's models, its records): what the next runtime may reuse
-        self._made: dict[str, tuple[ApiKey, list[str] | None, dict[str, KeyRecord]]] = {}
+        # key id -> (key, (its team's models, why it is unbounded), its records): what the next runtime may reuse
+        self._made: dict[str, tuple[ApiKey, tuple[list[str] | None, str | None], dict[str, KeyRecord]]] = {}
         made = previous._made if previous is not None else {}
         taken = {k.name for k in self.file_config.keys}
         for key in api.keys.values():
-            bound = team_models.get(key.team) if key.team is not None else None
+            unbounded = self._unbounded(key)
+            self._note_unbounded(key, unbounded, logged)
+            bound = (team_models.get(key.team) if key.team is not None else None, unbounded)
             held = made.get(key.id)
             if held is None or held[0] is not key or held[1] != bound or key.name in taken:
-                held = (key, bound, _api_records(key, api.config_keys[key.id], team_models, taken))
+                held = (key, bound, _api_records(key, api.config_keys[key.id], team_models, taken, unbounded))
             self._made[key.id] = held  # (a rebuild with 100,000 keys reuses what did not change: no garbage)
             records.update(held[2])
         self.keys: KeyTable[KeyRecord] = KeyTable(records, pepper=config.server.key_pepper)
@@ -160,9 +170,40 @@ class Runtime:
                     if digest is not None:
                         self.keys.drop(digest)
             taken = {k.name for k in self.file_config.keys}
-            for digest, record in _api_records(new, api.config_keys[new.id], team_models, taken).items():
+            unbounded = self._unbounded(new)
+            self._note_unbounded(new, unbounded, self.unbounded)
+            for digest, record in _api_records(new, api.config_keys[new.id], team_models, taken, unbounded).items():
                 self.keys.put(digest, record)
         self.api = api
+
+    def _unbounded(self, key: ApiKey) -> str | None:
+        """What of the run-time `key`'s limits and budget (or its team's) this process cannot
+        enforce, or None. With rate_limits.backend 'memory' under `--workers N`, each worker
+        would admit the whole of them: `serve` refuses such a config file, but run-time keys and
+        teams arrive after the workers started (made by `tollway keys` or another replica; this
+        gateway's admin API refuses them), so their keys are refused, fail-safe."""
+        if self._workers <= 1 or key.revoked_at is not None:
+            return None
+        team = self._teams.get(key.team) if key.team is not None else None
+        for owner, whose in ((key, "this key"), (team, f"this key's team '{key.team}'")):
+            if owner is None:
+                continue
+            what = "budget" if owner.budget is not None else "limits" if owner.limits else None
+            if what is not None and run_time_problem(self.config, self._workers, what) is not None:
+                return f"the {what} of {whose}"
+        return None
+
+    def _note_unbounded(self, key: ApiKey, unbounded: str | None, logged: set[str]) -> None:
+        """Keep `self.unbounded` and log each key it gains once per process (`logged`: the ids
+        logged so far), with what the operator can do about it."""
+        if unbounded is None:
+            self.unbounded.discard(key.id)
+            return
+        if key.id not in logged:
+            log.error("keys: run-time key '%s' (%s) is refused: %s", key.name, key.id,
+                      run_time_problem(self.config, self._workers, unbounded),
+                      extra={"fields": {"event": "key_unbounded", "key": key.name, "key_id": key.id}})
+        self.unbounded.add(key.id)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the providers' background work (pool scraping, DNS) on `loop`."""
@@ -235,17 +276,22 @@ def _orphaned(key: ApiKey, team_models: Mapping[str, list[str]], taken: set[str]
     if key.name in taken:
         return "This key's name is now a key in the config file; ask an administrator for a new key."
     return None
+_UNBOUNDED = ("This gateway cannot enforce {} (each of its worker processes would admit all of it), so the key is "
+              "refused; ask an administrator.")
 _ROTATED = "This key was replaced by a rotation; the old key stopped working at {}."
 
 
 def _api_records(key: ApiKey, as_key: Key, team_models: Mapping[str, list[str]],
-                 taken: set[str] | frozenset[str] = frozenset()) -> dict[str, KeyRecord]:
+                 taken: set[str] | frozenset[str] = frozenset(), unbounded: str | None = None) -> dict[str, KeyRecord]:
     """The records a run-time key is found by: its digest and, during a rotation's grace (and
     after it, to say why), the previous one. A revoked key keeps its records to say so. A key
     whose team is gone, or whose name the config file now gives another key, is refused: it
-    would otherwise escape its team's models, limits and budget, or draw on the other key's."""
+    would otherwise escape its team's models, limits and budget, or draw on the other key's.
+    So is a key whose limits or budget this process cannot enforce (`unbounded`: Runtime._unbounded)."""
     allowed = _allowed(key.models, key.team, team_models)
     refusal = _REVOKED if key.revoked_at is not None else _orphaned(key, team_models, taken)
+    if refusal is None and unbounded is not None:
+        refusal = _UNBOUNDED.format(unbounded)
     out = {key.key_hash: KeyRecord(as_key, allowed, key.id, key.key_hash, key.expires_at, refusal,
                                    checked=refusal is not None or key.expires_at is not None)}
     if key.previous_hash is not None and key.previous_until is not None:

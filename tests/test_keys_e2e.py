@@ -355,3 +355,74 @@ def test_an_id_that_is_no_key_is_a_404_without_asking_the_database(gw: GatewayPr
         assert status == 404 and error["error"]["code"] == "not_found", (method, path, error)
     status, error = call(gw, "POST", "/admin/keys", {"name": "x", "team": "a\u0000b"})
     assert status == 400 and error["error"]["param"] == "team"
+
+
+def _refused_per_worker(answer: Answer, param: str) -> None:
+    status, body = answer
+    assert status == 400, body
+    error = body["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert "--workers 2" in error["message"] and "2x" in error["message"]
+    assert "rate_limits.backend: redis" in error["message"]
+
+
+def test_several_workers_on_the_memory_backend_refuse_a_run_time_budget_or_limit(upstream: FakeOpenAI,
+                                                                                  tmp_path: Path):
+    """`serve --workers 2` with the memory backend refuses a config whose limits or budgets two
+    workers would each enforce on their own (docs/limits.md); the admin API refuses them too,
+    rather than letting each worker admit the whole budget."""
+    gw = GatewayProcess(_config(upstream.url, tmp_path / "t.db"), workers=2)
+    try:
+        budget = {"usd": 0.000001, "period": "day"}
+        limits = [{"requests": 1, "per": "1m"}]
+        _refused_per_worker(call(gw, "POST", "/admin/keys", {"name": "capped", "budget": budget}), "budget")
+        _refused_per_worker(call(gw, "POST", "/admin/keys", {"name": "capped", "limits": limits}), "limits")
+        _refused_per_worker(call(gw, "POST", "/admin/teams", {"name": "ops", "budget": budget}), "budget")
+        _refused_per_worker(call(gw, "POST", "/admin/teams", {"name": "ops", "limits": limits}), "limits")
+        status, plain = call(gw, "POST", "/admin/keys", {"name": "plain"})
+        assert status == 201
+        _refused_per_worker(call(gw, "PATCH", f"/admin/keys/{plain['id']}", {"budget": budget}), "budget")
+        _refused_per_worker(call(gw, "PATCH", f"/admin/keys/{plain['id']}", {"limits": limits}), "limits")
+        assert call(gw, "PATCH", f"/admin/keys/{plain['id']}", {"budget": None, "limits": []})[0] == 200
+        assert call(gw, "POST", "/admin/teams", {"name": "ops"})[0] == 201
+        _refused_per_worker(call(gw, "PATCH", "/admin/teams/ops", {"budget": budget}), "budget")
+        assert [k["name"] for k in call(gw, "GET", "/admin/keys")[1]["data"] if k["source"] != "config"] == ["plain"]
+        assert chat(gw, plain["key"]) == 200
+    finally:
+        gw.stop()
+
+
+def test_several_workers_on_the_memory_backend_refuse_the_stored_keys_they_cannot_bound(upstream: FakeOpenAI,
+                                                                                         tmp_path: Path):
+    """Keys with a budget or limits (their own or their team's) saved by a one-worker gateway
+    (or `tollway keys`) are in the database when `serve --workers 2` starts on it, or arrive
+    while it serves: each worker would admit them up to the whole budget, so their requests
+    are refused (401 saying why) and the error is logged, once per key and worker."""
+    config = _config(upstream.url, tmp_path / "t.db")
+    budget = {"usd": 0.000001, "period": "day"}
+    one = GatewayProcess(config)  # one worker: the memory backend bounds every key
+    two: GatewayProcess | None = None
+    try:
+        capped = call(one, "POST", "/admin/keys", {"name": "capped", "budget": budget})[1]
+        assert call(one, "POST", "/admin/teams", {"name": "ops", "limits": [{"requests": 9, "per": "1m"}]})[0] == 201
+        member = call(one, "POST", "/admin/keys", {"name": "member", "team": "ops"})[1]
+        plain = call(one, "POST", "/admin/keys", {"name": "plain"})[1]
+        two = GatewayProcess(config, workers=2)
+        for _ in range(4):  # whichever worker answers
+            assert "cannot enforce the budget of this key" in refusal(two, capped["key"])
+            assert "cannot enforce the limits of this key's team 'ops'" in refusal(two, member["key"])
+            assert chat(two, plain["key"]) == 200
+        late = call(one, "POST", "/admin/keys", {"name": "late", "limits": [{"requests": 9, "per": "1m"}]})[1]
+        deadline = time.monotonic() + 5  # every process reads the store's changes within 5 s (docs/keys.md)
+        while chat(two, late["key"]) == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "cannot enforce the limits of this key" in refusal(two, late["key"])
+        logged = [json.loads(line) for line in two.stderr().splitlines() if "key_unbounded" in line]
+        assert {e["key"] for e in logged} == {"capped", "member", "late"}
+        assert all(e["level"] == "error" and "rate_limits.backend: redis" in e["message"] for e in logged)
+        assert len([e for e in logged if e["key"] == "capped"]) <= 2, "once per worker"
+        assert "config reload" not in two.raw_output()
+    finally:
+        one.stop()
+        if two is not None:
+            two.stop()

@@ -13,7 +13,6 @@ starts and once when it ends, never per request.
 """
 from __future__ import annotations
 
-import logging
 import os
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias
@@ -29,9 +28,6 @@ from tollway.core.limits.policy import REQUEST_ONLY_APIS, REQUEST_ONLY_DEMAND, L
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
 from tollway.gateway.telemetry.metrics import Metrics
-
-log = logging.getLogger("tollway")
-
 
 # A store's own state for one plan (its bucket slots, its Redis keys), made by `bind` and
 # handed back to it on every call: the limiter keeps it but never looks inside.
@@ -315,9 +311,6 @@ def _finite(seconds: float) -> float | None:
 def build_limiter(config: Config, metrics: Metrics, previous: Limiter | None = None) -> Limiter:
     """The limiter for `config`, reusing the previous store when the backend did not change
     (so a reload keeps every unchanged bucket's level and the Redis connections)."""
-    problem = per_worker_problem(config, int(os.environ.get(WORKERS_ENV, "1")))
-    if problem and previous is not None:  # `tollway serve` refused this at start; a reload cannot
-        log.error("config reload: %s Until restarted, each of the workers enforces every limit on its own.", problem)
     settings = store_settings(config)
     store: BucketStore | None = previous.store if previous is not None else None
     if store is None or store.settings != settings:
@@ -334,7 +327,7 @@ def per_worker_problem(config: Config, workers: int) -> str | None:
     The memory backend keeps each worker's buckets in that worker, and granian spreads
     connections over workers, so N workers would admit up to N times every limit.
     """
-    if workers <= 1 or config.rate_limits.backend != "memory":
+    if not unshared(config, workers):
         return None
     budgets = any(k.budget is not None for k in config.keys) or any(t.budget is not None for t in config.teams)
     if not budgets and not LimitPolicy(config).enabled:
@@ -343,6 +336,28 @@ def per_worker_problem(config: Config, workers: int) -> str | None:
     return (f"rate_limits.backend 'memory' keeps {what} inside one process, and --workers {workers} would run "
             f"{workers} of them: together they would admit up to {workers}x every limit and budget. "
             f"Use rate_limits.backend: redis to share {what}, or serve with --workers 1.")
+
+
+def worker_count() -> int:
+    """How many workers `tollway serve` runs (1 outside it: one process holds every bucket)."""
+    return int(os.environ.get(WORKERS_ENV, "1"))
+
+
+def unshared(config: Config, workers: int) -> bool:
+    """Whether `workers` processes would each hold their own buckets and budgets for `config`."""
+    return workers > 1 and config.rate_limits.backend == "memory"
+
+
+def run_time_problem(config: Config, workers: int, what: str) -> str | None:
+    """Why a run-time key's or team's `what` (its budget or limits) cannot be enforced by
+    `workers` processes, or None. The file's keys and teams are checked by `per_worker_problem`
+    before the workers start; run-time ones arrive later (the admin API, `tollway keys`,
+    another replica), so the admin API refuses them with this and the runtime refuses their keys."""
+    if not unshared(config, workers):
+        return None
+    return (f"rate_limits.backend 'memory' keeps limits and budgets inside one process, and this gateway runs "
+            f"--workers {workers}: each worker would enforce {what} on its own, together admitting up to "
+            f"{workers}x as much. Use rate_limits.backend: redis to share it, or serve with --workers 1.")
 
 
 def store_settings(config: Config) -> tuple[str, ...]:

@@ -19,12 +19,13 @@ import msgspec
 from msgspec import UNSET
 
 from tollway.core import errors
-from tollway.core.config import Config
+from tollway.core.config import Budget, Config, Limit
 from tollway.core.security.keys import hash_key
 from tollway.core.tenancy import inputs
 from tollway.core.tenancy.inputs import KeyCreate, KeyPatch, Known, TeamCreate, TeamPatch
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot, key_view, team_view
 from tollway.core.tenancy.roles import Principal
+from tollway.gateway.limits.limiter import run_time_problem
 from tollway.gateway.store import Conflict, KeyStore, StoreError
 from tollway.gateway.store.key_rows import name_taken
 from tollway.gateway.tenancy.directory import Directory
@@ -53,10 +54,13 @@ class Minted:
 
 class Actions:
     def __init__(self, store: KeyStore, config: Config, directory: Directory | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, workers: int = 1) -> None:
         """`config` is the file's (its keys and teams are read-only here); `directory`, when
-        given, takes each change at once (this process serves it without waiting for a poll)."""
+        given, takes each change at once (this process serves it without waiting for a poll);
+        `workers`: how many processes serve `config` (a budget or limits they would each
+        enforce on their own is refused; see limits.limiter.run_time_problem)."""
         self.store = store
+        self.workers = workers
         self.config = config
         self.known = Known.of(config)
         self.directory = directory
@@ -77,9 +81,8 @@ class Actions:
         team, pin = await self._team_for(actor, body.team)
         secret = mint_key()
         key = ApiKey(new_key_id(), name, hash_key(secret, self.config.server.key_pepper), now, team,
-                     inputs.check_models(body.models, self.known), inputs.check_limits(body.limits, self.known),
-                     inputs.check_budget(body.budget), inputs.check_metadata(body.metadata),
-                     inputs.check_expiry(body.expires_at, now))
+                     inputs.check_models(body.models, self.known), self._limits(body.limits), self._budget(body.budget),
+                     inputs.check_metadata(body.metadata), inputs.check_expiry(body.expires_at, now))
         saved = await self._save_key(actor, "key.create", None, key, expect=0, pin=pin)
         return Minted(saved, secret)
 
@@ -94,9 +97,9 @@ class Actions:
         if patch.models is not UNSET:
             changes["models"] = inputs.check_models(patch.models, self.known)
         if patch.limits is not UNSET:
-            changes["limits"] = inputs.check_limits(patch.limits, self.known)
+            changes["limits"] = self._limits(patch.limits)
         if patch.budget is not UNSET:
-            changes["budget"] = inputs.check_budget(patch.budget)
+            changes["budget"] = self._budget(patch.budget)
         if patch.expires_at is not UNSET:
             changes["expires_at"] = inputs.check_expiry(patch.expires_at, now)
         if patch.metadata is not UNSET:
@@ -136,8 +139,8 @@ class Actions:
         held = await self._read(self.store.team(name))
         if held is not None and held.deleted_at is None:
             raise errors.conflict(f"A team named '{name}' exists.")
-        team = ApiTeam(name, self.clock(), inputs.check_models(body.models, self.known),
-                       inputs.check_limits(body.limits, self.known), inputs.check_budget(body.budget))
+        team = ApiTeam(name, self.clock(), inputs.check_models(body.models, self.known), self._limits(body.limits),
+                       self._budget(body.budget))
         return await self._save_team(actor, "team.create", None, team, expect=held.version if held else 0)
 
     async def update_team(self, actor: Principal, name: str, patch: TeamPatch) -> ApiTeam:
@@ -147,9 +150,9 @@ class Actions:
         if patch.models is not UNSET:
             changes["models"] = inputs.check_models(patch.models, self.known)
         if patch.limits is not UNSET:
-            changes["limits"] = inputs.check_limits(patch.limits, self.known)
+            changes["limits"] = self._limits(patch.limits)
         if patch.budget is not UNSET:
-            changes["budget"] = inputs.check_budget(patch.budget)
+            changes["budget"] = self._budget(patch.budget)
         return await self._save_team(actor, "team.update", team, msgspec.structs.replace(team, **changes))
 
     async def delete_team(self, actor: Principal, name: str) -> ApiTeam:
@@ -163,6 +166,27 @@ class Actions:
         if not actor.sees(name):
             raise errors.admin_not_found("team", name)
         return await self._api_team(actor, name)
+
+    # -- checking ------------------------------------------------------------------------------
+
+    def _limits(self, limits: list[Limit]) -> list[Limit]:
+        checked = inputs.check_limits(limits, self.known)
+        if checked:
+            self._enforceable("limits")
+        return checked
+
+    def _budget(self, budget: Budget | None) -> Budget | None:
+        checked = inputs.check_budget(budget)
+        if checked is not None:
+            self._enforceable("budget")
+        return checked
+
+    def _enforceable(self, param: str) -> None:
+        """A 400 for a budget or limits this gateway's workers would each admit in full
+        (`serve` refuses the config file's for the same reason)."""
+        problem = run_time_problem(self.config, self.workers, f"the {param}")
+        if problem is not None:
+            raise errors.bad_request(f"'{param}' cannot be enforced here: {problem}", param=param)
 
     # -- reading and saving ----------------------------------------------------------------------
 
