@@ -1,4 +1,5 @@
 """The routing table and the retry walk, with chosen draws and an injected clock."""
+import time
 from collections import Counter
 
 import pytest
@@ -137,3 +138,18 @@ def test_retry_after_header_forms():
     assert retry_after([("retry-after", "Wed, 21 Oct 2015 07:28:10 GMT")], 1445412480.0) == 10.0
     assert retry_after([("retry-after", "soon")], 0.0) is None
     assert retry_after([], 0.0) is None
+
+
+def test_a_retry_after_date_past_what_a_datetime_holds_is_unreadable_not_a_crash():
+    """An upstream's 503 with this header was a 500 to the client (OverflowError), its fallback never tried."""
+    assert retry_after([("retry-after", "Wed, 21 Oct 99999999999 07:28:00 GMT")], 0.0) is None
+
+
+def test_a_retry_after_date_in_zone_minus_0000_is_gmt_not_the_hosts_local_time(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # (a host nine hours ahead of UTC)
+    time.tzset()
+    try:
+        assert retry_after([("retry-after", "Wed, 21 Oct 2015 07:28:10 -0000")], 1445412480.0) == 10.0
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -24,6 +24,7 @@ replica, so the client never sees a dead one. The caller bounds those by the poo
 from __future__ import annotations
 
 import email.utils
+from datetime import UTC
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -110,9 +111,11 @@ def retry_after(headers: Sequence[tuple[str, str]], now_wall: float) -> float | 
         return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # a "-0000" zone: an HTTP date is always GMT, never the host's local time
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - now_wall)
+    except (TypeError, ValueError, OverflowError):  # (a year past what a datetime holds: unreadable)
         return None
-    return max(0.0, when.timestamp() - now_wall)
 
 
 def _number(text: str) -> float | None:
