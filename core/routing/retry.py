@@ -24,9 +24,9 @@ replica, so the client never sees a dead one. The caller bounds those by the poo
 from __future__ import annotations
 
 import email.utils
-from datetime import UTC
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Generic, TypeVar
 
 from tollway.core.config import Retry
