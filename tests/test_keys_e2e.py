@@ -355,3 +355,36 @@ def test_an_id_that_is_no_key_is_a_404_without_asking_the_database(gw: GatewayPr
         assert status == 404 and error["error"]["code"] == "not_found", (method, path, error)
     status, error = call(gw, "POST", "/admin/keys", {"name": "x", "team": "a\u0000b"})
     assert status == 400 and error["error"]["param"] == "team"
+
+
+def test_a_clients_own_key_sent_as_model_path_or_request_id_is_in_no_log_line(gw: GatewayProcess):
+    """No log line holds a key (docs/keys.md). The access log echoes the client's text (request
+    id, path, model), and a client may paste its own run-time key there; the gateway keeps
+    only the key's digest, so the key is masked by its shape (sk-tw-...), before the cut."""
+    status, made = call(gw, "POST", "/admin/keys", {"name": "pasted-key", "team": "search"})
+    assert status == 201
+    secret = made["key"]
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=secret, max_retries=0, timeout=10)
+    before = gw.stdout_path.stat().st_size
+    asked = 0
+    for model in (secret, "x" * 190 + secret, f"gpt-4o-mini {secret}"):  # alone, cut mid-key at 200 characters, in text
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        asked += 1
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(secret)  # in the path
+    asked += 1
+    assert chat(gw, secret) == 200
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={"x-request-id": secret})
+    assert call(gw, "GET", f"/admin/keys/{secret}")[0] == 404
+    asked += 3
+    deadline = time.monotonic() + 5
+    while gw.stdout_path.read_bytes()[before:].count(b"\n") < asked and time.monotonic() < deadline:
+        time.sleep(0.05)  # the access log flushes once per event-loop turn
+    logged = gw.stdout_path.read_text()[before:] + gw.stderr()
+    assert logged.count("\n") >= asked
+    body = secret[len("sk-tw-"):]
+    pieces = {body[i:i + 8] for i in range(len(body) - 7)}  # no part of it either (a cut copy is a leak)
+    assert not [p for p in pieces if p in logged], logged
+    assert logged.count("***") >= 5, "masked, not dropped"
