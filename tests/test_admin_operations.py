@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +92,36 @@ def test_keys_can_be_searched(gw: GatewayProcess):
     assert status == 200 and [k["name"] for k in found["data"]] == ["search-me-one"]
     status, found = call(gw, "GET", "/admin/keys?q=search")
     assert {k["name"] for k in found["data"]} >= {"alice", "search-me-one"}, "alice's team is search"
+
+
+def test_a_pool_endpoints_url_password_is_shown_nowhere(upstream: FakeOpenAI, tmp_path: Path):
+    # endpoints: may carry userinfo (a replica behind basic auth); the endpoint's name is the
+    # label in /admin/routing, /metrics and the log, so the name must not hold the password.
+    # One password is long, one short (under the length a value-match masks).
+    long_pw, short_pw = "S3cretPassw0rd-pool", "pw12"
+    port = upstream.url.split(":")[-1].split("/")[0]
+    pool = (f"{{name: pool, schema: openai, api_key: {UPSTREAM_SECRET}, scrape: {{interval: 0.2, timeout: 0.5}}, "
+            f"endpoints: ['http://svc:{long_pw}@127.0.0.1:{port}/v1', 'http://svc:{short_pw}@127.0.0.1:9/v1']}}")
+    text = _config(upstream.url, tmp_path / "tollway.db")
+    text = text.replace("providers: [{", f"providers: [{pool}, {{")
+    text = text.replace("{name: gpt-4o, targets: [{provider: up}]}", "{name: gpt-4o, targets: [{provider: pool}]}")
+    gw = GatewayProcess(text)
+    try:
+        time.sleep(1.0)  # a few scrapes: the dead replica's failure is logged
+        status, routing = call(gw, "GET", "/admin/routing", token=VIEWER_KEY)
+        assert status == 200
+        addresses = [e["address"] for p in routing["providers"] if p["name"] == "pool" for e in p["endpoints"]]
+        assert addresses == [f"http://svc:***@127.0.0.1:{port}/v1", "http://svc:***@127.0.0.1:9/v1"]
+        status, config = call(gw, "GET", "/admin/config", token=VIEWER_KEY)
+        assert status == 200 and config["config"]["providers"][0]["endpoints"] == addresses
+        with urllib.request.urlopen(gw.url + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert f"127.0.0.1:{port}/v1" in metrics, "the pool's endpoints are labelled in /metrics"
+        shown = {"routing": json.dumps(routing), "config": json.dumps(config), "metrics": metrics,
+                 "log": gw.raw_output()}
+        for where, body in shown.items():
+            for password in (long_pw, short_pw):
+                assert f":{password}@" not in body and f"'{password}'" not in body, (where, password)
+        assert "127.0.0.1:9" in gw.raw_output(), "the dead replica's failed scrape is logged (without its password)"
+    finally:
+        gw.stop()

@@ -147,6 +147,23 @@ def test_an_administrator_may_not_take_the_owners_or_the_clis_name(name: str):
     assert f"'{name}' is taken" in str(_error(text))
 
 
+GATEWAY_KEY_DIGEST = "sha256:" + "0" * 64  # GOOD's key
+
+
+@pytest.mark.parametrize(("section", "path", "what"), [
+    ('admin:\n  key_hash: "%s"\n', "admin.key_hash", "an admin credential"),
+    ('admins:\n  - name: x\n    key_hash: "%s"\n    role: viewer\n', "admins[0].key_hash", "an admin credential"),
+    ('server:\n  metrics_auth:\n    key_hash: "%s"\n', "server.metrics_auth.key_hash", "the /metrics credential"),
+])
+def test_an_admin_or_metrics_credential_may_not_be_a_gateway_keys_digest(section: str, path: str, what: str):
+    """The gateway key would open the admin API (as the owner, for `admin:`) or /metrics."""
+    text = GOOD + section % GATEWAY_KEY_DIGEST
+    line = text.count("\n", 0, text.rindex("key_hash")) + 1
+    assert _found(text, allow_missing_env=True) == [
+        f"{path}: this is a gateway key's digest: {what} must be its own (line {line})"]
+    assert _found(GOOD + section % ("sha256:" + "1" * 64), allow_missing_env=True) == []
+
+
 def test_duplicate_team_names_are_an_error():
     text = MANY + "  - name: search\n"
     assert "teams.search.name: duplicate name 'search' (line 21)" in _found(text)

@@ -483,6 +483,30 @@ def test_keyboard_only_login(browser: Any, gw: GatewayProcess):
         w.close()
 
 
+def test_without_app_js_the_login_form_sends_the_credential_nowhere(browser: Any, gw: GatewayProcess):
+    """app.js failed to load (a flaky link, a proxy, an extension): the form is on screen with
+    no script behind it. Submitting it must not put the credential in a URL (history, proxy
+    logs), nor send it anywhere: the button stays disabled, and the form would POST anyway."""
+    w = Watched(browser, gw)
+    page = w.page
+    try:
+        page.route("**/ui/app.js", lambda route: route.abort())
+        page.goto(gw.url + "/ui", wait_until="load")
+        page.get_by_label("Admin credential").fill(ADMIN_KEY)
+        submitted: list[str] = []  # a form submission is a navigation (GET with the query, or POST)
+        page.on("request", lambda r: submitted.append(f"{r.method} {r.url}") if r.is_navigation_request() else None)
+        page.get_by_label("Admin credential").press("Enter")
+        page.get_by_role("button", name="Log in").click(force=True)  # (a disabled button: no click reaches it)
+        page.wait_for_timeout(500)
+        assert submitted == []
+        assert page.url == gw.url + "/ui" and ADMIN_KEY not in page.url
+        assert not [u for u in w.requests if ADMIN_KEY in u]
+        assert page.get_by_role("button", name="Log in").is_disabled()
+        assert page.locator("#login-form").get_attribute("method") == "post"
+    finally:
+        w.close()
+
+
 def test_teams_and_rotation_through_the_console(browser: Any, gw: GatewayProcess, artifacts: Path):
     w = Watched(browser, gw)
     page = w.page

@@ -124,3 +124,15 @@ def test_a_client_sending_a_held_secret_does_not_get_it_into_the_access_log_line
     assert record["request_id"] == "***" and record["path"] == "/v1/***/chat/completions"
     assert record["model"] == "x" * (ECHO_LIMIT - 20) + "***"
     assert secrets.mask("gpt-4o") == "gpt-4o" and KnownSecrets().mask(key) == key
+
+
+def test_mask_takes_out_a_gateway_key_by_its_shape_and_leaves_model_names() -> None:
+    """A client's own run-time key is no secret the gateway holds (only its digest), so it is
+    found by its prefix; ordinary model names, `sk-` ones included, are left as sent."""
+    secrets = KnownSecrets(["sk-upstream-0123456789"])
+    key = "sk-tw-" + "Ab_9-" * 8 + "xyz"
+    assert secrets.mask(key) == "***"
+    assert secrets.mask(f"/v1/models/{key}/x") == "/v1/models/***/x"
+    assert secrets.mask(f"a {key[:20]} b sk-upstream-0123456789") == "a *** b ***"
+    for model in ("gpt-4o-mini", "sk-tw", "sk-t-model", "llama-3-8b"):
+        assert secrets.mask(model) == model

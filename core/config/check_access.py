@@ -10,6 +10,7 @@ from tollway.core.config.root import Config
 from tollway.core.suggest import did_you_mean
 
 _HASH_EXPECTED = "expected the output of `tollway hash-key`"
+_GATEWAY_KEYS_DIGEST = "this is a gateway key's digest: {} must be its own"
 
 
 def check_key_hashes(config: Config, fail: Fail) -> None:
@@ -40,11 +41,20 @@ def check_references(config: Config, fail: Fail) -> None:
 
 
 def check_owner_hashes(config: Config, fail: Fail) -> None:
-    """The owner's credential (`admin:`) and the one /metrics asks for are digests too."""
-    if config.admin is not None and not is_key_hash(config.admin.key_hash):
-        fail(["admin", "key_hash"], _HASH_EXPECTED)
-    if config.server.metrics_auth is not None and not is_key_hash(config.server.metrics_auth.key_hash):
-        fail(["server", "metrics_auth", "key_hash"], _HASH_EXPECTED)
+    """The owner's credential (`admin:`) and the one /metrics asks for are digests too, and
+    neither is a gateway key's: that key would open the whole admin API as the owner, or /metrics."""
+    keys = {k.key_hash for k in config.keys}
+    if config.admin is not None:
+        if not is_key_hash(config.admin.key_hash):
+            fail(["admin", "key_hash"], _HASH_EXPECTED)
+        elif config.admin.key_hash in keys:
+            fail(["admin", "key_hash"], _GATEWAY_KEYS_DIGEST.format("an admin credential"))
+    metrics = config.server.metrics_auth
+    if metrics is not None:
+        if not is_key_hash(metrics.key_hash):
+            fail(["server", "metrics_auth", "key_hash"], _HASH_EXPECTED)
+        elif metrics.key_hash in keys:
+            fail(["server", "metrics_auth", "key_hash"], _GATEWAY_KEYS_DIGEST.format("the /metrics credential"))
 
 
 RESERVED_ADMIN_NAMES = ("admin", "cli")  # tollway.core.tenancy.roles: OWNER, CLI
@@ -73,7 +83,7 @@ def check_admins(config: Config, fail: Fail) -> None:
     keys = {k.key_hash for k in config.keys}
     for i, a in enumerate(config.admins):
         if a.key_hash in keys:
-            fail(["admins", i, "key_hash"], "this is a gateway key's digest: an admin credential must be its own")
+            fail(["admins", i, "key_hash"], _GATEWAY_KEYS_DIGEST.format("an admin credential"))
 
 
 def check_admin_rate(config: Config, fail: Fail) -> None:

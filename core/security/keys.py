@@ -13,6 +13,9 @@ import hmac
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+# What every run-time key starts with (tollway.gateway.tenancy.actions.mint_key): it makes a
+# key recognisable, to a secret scanner and to `KnownSecrets.mask`.
+KEY_PREFIX = "sk-tw-"
 
 
 def hash_key(key: str, pepper: str | None = None) -> str:

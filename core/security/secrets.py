@@ -31,6 +31,7 @@ import msgspec
 
 from tollway.core.errors import GatewayError
 from tollway.core.routing.retry import retry_after
+from tollway.core.security.keys import KEY_PREFIX
 
 if TYPE_CHECKING:
     from tollway.core.config import Provider
@@ -58,6 +59,9 @@ _SHAPES = re.compile(
     r"|\bAIza[0-9A-Za-z_\-]{30,}"  # Google API keys
     r"|[A-Za-z0-9+/_\-]{100,}={0,2}"  # long opaque tokens (AWS session tokens and the like)
 )
+# A run-time gateway key (prefix + URL-safe base64), or any part of one after its prefix. The
+# gateway holds only its digest, so a client's own key in its text is found by this shape.
+_GATEWAY_KEY = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_\-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s\"',;]+")
 _NAMED = re.compile(
     r"(?i)((?:api[-_]?key|x-api-key|x-goog-api-key|access[-_]?key(?:[-_]?id)?|secret(?:[-_]?access[-_]?key)?"
@@ -145,9 +149,13 @@ class KnownSecrets:
 
     def mask(self, text: str) -> str:
         """`text` from a client, safe to write to a log line: every secret this set knows masked,
-        by value only (a model name shaped like a key is still the client's model name), not cut.
-        A client may send a credential the gateway holds (a provider key pasted as the model); it
-        must not reach the logs. Cheap for the usual short text: shorter than every secret, as is."""
+        by value (a model name shaped like a provider's key is still the client's model name), and
+        anything shaped like a run-time gateway key (`sk-tw-...`: no model is named so), not cut.
+        A client may send a credential the gateway holds (a provider key pasted as the model), or
+        its own gateway key; neither may reach the logs. Cheap for the usual short text: without
+        the key prefix and shorter than every secret, as is."""
+        if KEY_PREFIX in text:
+            text = _GATEWAY_KEY.sub(MASK, text)
         if len(text) < self._shortest:
             return text
         for value in self._values:

@@ -27,7 +27,8 @@ MASK = "***"
 # ("config": a plugin's own settings; the gateway cannot tell which hold secrets, so none is shown.)
 _SECRET_FIELDS = frozenset(("api_key", "key_hash", "key_pepper", "credentials", "headers", "password", "token",
                             "secret_access_key", "session_token", "access_key_id", "config"))
-_URL_FIELDS = frozenset(("url", "redis_url", "base_url", "endpoint"))
+# (URL-valued fields, whose password is masked whatever its length; "endpoints": a pool's list.)
+_URL_FIELDS = frozenset(("url", "redis_url", "base_url", "endpoint", "endpoints"))
 
 
 async def whoami(call: AdminCall) -> None:

@@ -20,7 +20,7 @@ from msgspec import UNSET
 
 from tollway.core import errors
 from tollway.core.config import Budget, Config, Limit
-from tollway.core.security.keys import hash_key
+from tollway.core.security.keys import KEY_PREFIX, hash_key
 from tollway.core.tenancy import inputs
 from tollway.core.tenancy.inputs import KeyCreate, KeyPatch, Known, TeamCreate, TeamPatch
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot, key_view, team_view
@@ -31,7 +31,6 @@ from tollway.gateway.store.key_rows import name_taken
 from tollway.gateway.tenancy.directory import Directory
 
 R = TypeVar("R")
-KEY_PREFIX = "sk-tw-"
 
 
 def mint_key() -> str:

@@ -30,6 +30,7 @@ from tollway.core.config import OutlierDetection, Provider, Timeouts
 from tollway.core.routing.health import MemberHealth
 from tollway.core.routing.picker import PICKERS, Candidate, PrefixIndex
 from tollway.core.routing.replica_load import ReplicaLoad, parse_replica_load
+from tollway.core.security.urls import redact_url
 from tollway.gateway.upstream import Transport
 from tollway.gateway.upstream.client import UpstreamError
 
@@ -43,7 +44,10 @@ class Endpoint:
     """One replica (or the one fixed URL) of a provider, and what the gateway knows of it."""
 
     def __init__(self, provider: Provider, url: str, scrape_path: str, policy: OutlierDetection) -> None:
-        self.name = url  # the label in metrics and logs; endpoint URLs carry no credentials
+        self.url = url  # what requests go to, userinfo included: never shown
+        # the label in metrics, logs and /admin/routing: an endpoint URL may carry a password
+        # (a replica behind basic auth), which no reader of those may see
+        self.name = redact_url(url)
         self.provider = msgspec.structs.replace(provider, base_url=url, endpoints=None, discover=None)
         parts = urllib.parse.urlsplit(url)
         self.metrics_url = f"{parts.scheme}://{parts.netloc}{scrape_path}"
@@ -174,7 +178,7 @@ class EndpointPool:
         except (UpstreamError, ValueError) as exc:
             if endpoint.scrape_ok:
                 log.warning("pool %s: scraping %s failed (%s); endpoint marked unavailable",
-                            self.provider.name, endpoint.metrics_url, exc)
+                            self.provider.name, redact_url(endpoint.metrics_url), exc)
             endpoint.scrape_ok = False
             return
         endpoint.scrape_ok = True
@@ -201,10 +205,10 @@ class EndpointPool:
 
     def _set_urls(self, urls: Iterable[str]) -> None:
         """Make the pool exactly `urls`, keeping the state of endpoints that stay."""
-        known = {e.name: e for e in self._endpoints}
+        known = {e.url: e for e in self._endpoints}
         wanted = list(dict.fromkeys(urls))
         for gone in set(known) - set(wanted):
-            self.prefixes.forget(gone)
+            self.prefixes.forget(known[gone].name)
         self._endpoints = [known.get(u) or Endpoint(self.provider, u, self.provider.scrape.path, self.policy)
                            for u in wanted]
 

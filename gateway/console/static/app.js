@@ -781,6 +781,7 @@ const RENDER = { overview, spend, requests, routing, keys, audit };
 
 function start() {
   $('#login-form').addEventListener('submit', login);
+  $('#login-button').disabled = false; // the page ships it disabled: no submit without this script
   $('#logout').addEventListener('click', logout);
   $('#menu-button').addEventListener('click', () => {
     const open = $('#nav').classList.toggle('open');
