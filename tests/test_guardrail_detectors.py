@@ -172,7 +172,7 @@ def test_pem_without_end_is_capped() -> None:
 
 # Texts a client can send that are one shape repeated. A scan must stay linear and, per
 # character, within a bounded factor of prose's (find() runs on the event loop for texts below
-# GUARDRAIL_OFFLOAD_CHARS, docs/guardrails.md). Prose's scan is the compiled prefilter alone.
+# OFF_LOOP_CHARS of gateway/guardrails/hooks.py). Prose's scan is the compiled prefilter alone.
 #
 # Runs a parser could walk (or backtrack across) at each candidate inside them: a candidate must
 # cost one boundary check, not a walk of the run (before: 300-1,300x prose).
