@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.timing import cpu_best
 from tollway.core.guardrails.detectors import ALL, Finding, find, iban_ok, luhn_ok, mask
 
 GH_CLASSIC = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" + "K1l2M3n4O5p6Q7r8"  # 36 after the prefix
@@ -167,3 +168,60 @@ def test_pem_without_end_is_capped() -> None:
     (f,) = find(text)
     assert f.start == 0 and 4000 < f.end <= 4096 and f.detector == "secret"
     assert find("-----BEGIN PRIVATE KEY-----\nMIIB\nnot base64 here") == [Finding(0, 32, "secret")]
+
+
+# Texts a client can send that are one shape repeated. A scan must stay linear and, per
+# character, within a bounded factor of prose's (find() runs on the event loop for texts below
+# OFF_LOOP_CHARS of gateway/guardrails/hooks.py). Prose's scan is the compiled prefilter alone.
+#
+# Runs a parser could walk (or backtrack across) at each candidate inside them: a candidate must
+# cost one boundary check, not a walk of the run (before: 300-1,300x prose).
+RUNS = {
+    "jwt prefixes": "eyJ",
+    "openai prefixes": "sk-",
+    "github prefixes": "github_pat_",
+    "aws prefixes": "AKIA",
+    "ipv6 colons": "a:",
+    "dotted digits": "1.",
+}
+# A candidate every few characters that a parser must look at (~0.5-2 µs each in Python): a
+# bounded cost per candidate, but far above prose's; an IPv6 run is parsed once, not at each of
+# its colons (before: ~1,500x prose).
+DENSE = {
+    "ipv6 short runs": "a:b:c:d:e:f:1:2:3 ",
+    "card groups": "4111 ",
+    "iban heads": "DE89 ",
+    "at signs": "a@",
+    "phone plus": "+1 ",
+}
+_PROSE = "the quick brown fox jumps over the lazy dog. "
+
+
+def _scan_cost(unit: str, chars: int) -> float:
+    text = unit * (chars // len(unit))
+    return cpu_best(lambda: find(text))
+
+
+@pytest.mark.parametrize("unit,factor", [(u, 180) for u in RUNS.values()] + [(u, 1000) for u in DENSE.values()],
+                         ids=list(RUNS) + list(DENSE))
+def test_a_hostile_shape_costs_linear_time_near_prose(unit: str, factor: int) -> None:
+    small, large = _scan_cost(unit, 20_000), _scan_cost(unit, 200_000)
+    # 10x the text: ~10x the time (a ratio, not a wall-clock bound: load scales both sides)
+    assert large < 20 * max(small, 0.002), (small, large)
+    prose = _scan_cost(_PROSE, 200_000)
+    assert large < factor * max(prose, 0.0003), (prose, large)
+
+
+def test_one_ipv6_run_is_found_once_from_any_of_its_colons() -> None:
+    text = "hosts 2001:db8::1 and fe80::1ff:fe23:4567:890a, not a:b:c:d:e:f:1:2:3 nor " + "a:" * 40
+    assert [text[f.start:f.end] for f in find(text)] == ["2001:db8::1", "fe80::1ff:fe23:4567:890a"]
+
+
+def test_secrets_after_a_run_of_their_prefixes() -> None:
+    # the left boundary rules out the prefixes inside a run; a whole token after one still counts
+    for run in ("eyJ" * 50, "sk-" * 50, "github_pat_" * 30, "AKIA" * 20):
+        assert find(run) == []
+        assert find(run + " " + JWT) == [Finding(len(run) + 1, len(run) + 1 + len(JWT), "secret")]
+    assert find("eyJ" + "a" * 5000 + "." + "b" * 10 + "." + "c" * 10) == []
+    long_sk = "sk-" + "a1" * 126  # 252 after the prefix: past the cap, and not cut short to fit
+    assert find(long_sk) == [] and find(long_sk[:-2]) == [Finding(0, 253, "secret")]

@@ -558,3 +558,44 @@ def test_finishing_choices_costs_no_more_per_choice_as_a_hostile_upstream_opens_
     run(200)  # warm
     small, large = min(run(400) for _ in range(3)), min(run(8000) for _ in range(2))
     assert large / small < 45, (small, large)
+
+
+async def _loop_ticks_during(work: Any) -> tuple[Any, int]:
+    """What `work` returned, and how many 1 ms sleeps the event loop finished meanwhile."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        return await work, ticks
+    finally:
+        done.set()
+        await task
+
+
+def test_a_large_input_is_scanned_off_the_event_loop() -> None:
+    # ~1 MB of card-like groups costs a Python parser call every 5 characters (~0.5-2 s here): on
+    # the loop it held every other request of the worker that long
+    guards = _set(apply_to=["input"])
+    text = "4111 " * 200_000 + CARD
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=False))
+    _, ticks = asyncio.run(_loop_ticks_during(guards.before_upstream(req, ex)))  # type: ignore[arg-type]
+    assert json.loads(req.body)["messages"][0]["content"].endswith(" <CREDIT_CARD>")
+    assert ex.guardrails.counts == {"g": {"credit_card": 1}}
+    assert ticks >= 20, ticks
+    # and an answer as large as that, on its way back
+    guards = _set(apply_to=["output"])
+    ex = _ex(guards)
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    out, ticks = asyncio.run(_loop_ticks_during(guards.on_answer(ex, 200, json.dumps(answer).encode())))
+    assert json.loads(out)["choices"][0]["message"]["content"].endswith(" <CREDIT_CARD>")
+    assert ticks >= 20, ticks

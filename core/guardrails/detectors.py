@@ -12,6 +12,12 @@ a secret's literal prefix); only there do the per-detector parsers and validator
 never decides what is found: tests hold it to losing nothing that the parsers would find when
 run at every position.
 
+A candidate costs a bounded amount whatever surrounds it: the cheap left-boundary check runs
+before any regex (inside a run of `eyJeyJ...` or `1.1.1...` every candidate but the first fails
+there), runs are matched possessively so a parser never backtracks across one, and an IPv6 run
+is parsed once, at its first colon. Text made of one shape repeated still costs a Python parser
+call every few characters (~50-400x prose's per character, bench/README.md).
+
 Rules (each detector's candidate at a position depends only on a bounded window around it,
 which is what lets `stream.StreamScanner` hold back a bounded tail):
 
@@ -188,12 +194,15 @@ def _card(text: str, q: int) -> int:
         if g is None:
             return -1
         end = g.end()
-        parts = text[q:end].split(g.group(1))
+        sep = g.group(1)
+        # The digit count first, from the separators: a long run of groups (`'4111 ' * n`, at
+        # each of its groups) is ruled out without splitting it.
+        if not 13 <= end - q - text.count(sep, q, end) <= 19:
+            return -1
+        parts = text[q:end].split(sep)
         if not all(3 <= len(p) <= 6 for p in parts[1:]):
             return -1
         digits = "".join(parts)
-        if not 13 <= len(digits) <= 19:
-            return -1
     else:
         return -1
     if not _num_right_ok(text, end) or not luhn_ok(digits):
@@ -260,6 +269,9 @@ def _ipv4(text: str, q: int) -> int:
 _IPV6 = re.compile(r"[0-9A-Fa-f:]{2,45}(?:\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})?")
 
 
+_HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]*")
+
+
 def _ipv6_start(text: str, colon: int) -> int:
     """Start of the hex-and-colon run around `colon` (walking back at most _IPV6_MAX)."""
     st = colon
@@ -269,6 +281,15 @@ def _ipv6_start(text: str, colon: int) -> int:
     if st == floor and st > 0 and text[st - 1] in _HEX_COLON:
         return -1
     return st
+
+
+def _ipv6_run(text: str, colon: int) -> tuple[int, int]:
+    """(_ipv6_start of the hex-and-colon run around `colon`, the end of that run).
+
+    Every colon of one run has the same candidate (the run's start, or none when the start is
+    more than _IPV6_MAX back, which only gets farther): the caller parses it at the run's first
+    colon and skips the rest, rather than walking back and parsing at each (`'a:' * n`)."""
+    return _ipv6_start(text, colon), _HEX_COLON_RUN.match(text, colon).end()  # type: ignore[union-attr]
 
 
 def _ipv6(text: str, st: int) -> int:
@@ -298,9 +319,12 @@ _IBAN_GROUPED = {n: re.compile("(?: [A-Z0-9]{4}){%d}%s" % ((n - 4) // 4, " [A-Z0
 _IBAN_COMPACT = {n: re.compile("[A-Z0-9]{%d}" % (n - 4)) for n in set(IBAN_LENGTHS.values())}
 
 
+_IBAN_LEFT_BAD = frozenset("_")
+
+
 def _iban(text: str, q: int) -> int:
     n = IBAN_LENGTHS.get(text[q:q + 2])
-    if n is None or not _word_left_ok(text, q, frozenset("_")):
+    if n is None or not _word_left_ok(text, q, _IBAN_LEFT_BAD):
         return -1
     head = text[q:q + 4]
     if len(head) < 4 or not head[2:].isdigit():
@@ -336,32 +360,40 @@ def _email(text: str, at: int) -> tuple[int, int] | None:
     return st, m.end()
 
 
-_SK = re.compile(r"sk-[A-Za-z0-9_\-]{20,250}(?![A-Za-z0-9_\-])")
+# Each run is possessive (`{m,n}+`): a run that goes on past its cap, or that the next
+# character rules out, fails where it stands instead of being given back one character at a time
+# (the same matches, as a run must end where its class ends; without it `'sk-' * n` tried ~250
+# shorter runs at each of its n candidates).
+_SK = re.compile(r"sk-[A-Za-z0-9_\-]{20,250}+(?![A-Za-z0-9_\-])")
 _HAS_DIGIT = re.compile(r"[0-9]")
 _HAS_ALPHA = re.compile(r"[A-Za-z]")
 _AWS = re.compile(r"A[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9_])")
-_GH = re.compile(r"gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9_])|github_pat_[A-Za-z0-9_]{22,244}(?![A-Za-z0-9_])")
+_GH = re.compile(r"gh[pousr]_[A-Za-z0-9]{36,251}+(?![A-Za-z0-9_])|github_pat_[A-Za-z0-9_]{22,244}+(?![A-Za-z0-9_])")
 _PEM_HEAD = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----")
 _PEM_BODY = re.compile(r"(?:\r?\n[A-Za-z0-9+/=]{1,128}(?![^\r\n]))*")  # whole base64 lines
-_JWT = re.compile(r"eyJ([A-Za-z0-9_\-]{1,1021})\.[A-Za-z0-9_\-]{1,2048}\.[A-Za-z0-9_\-]{1,1024}(?![A-Za-z0-9_\-])")
+_JWT = re.compile(r"eyJ([A-Za-z0-9_\-]{1,1021}+)\.[A-Za-z0-9_\-]{1,2048}+\.[A-Za-z0-9_\-]{1,1024}+(?![A-Za-z0-9_\-])")
 
 
+# The left boundary first: inside a run of prefixes (`eyJeyJ...`) it rules out every candidate
+# but the first before any regex runs.
 def _sk(text: str, q: int) -> int:
+    if not _word_left_ok(text, q):
+        return -1
     m = _SK.match(text, q)
-    if m is None or not _word_left_ok(text, q):
+    if m is None:
         return -1
     body = m.group()[3:]
     return m.end() if _HAS_DIGIT.search(body) and _HAS_ALPHA.search(body) else -1
 
 
 def _aws(text: str, q: int) -> int:
-    m = _AWS.match(text, q)
-    return m.end() if m is not None and _word_left_ok(text, q) else -1
+    m = _AWS.match(text, q) if _word_left_ok(text, q) else None
+    return m.end() if m is not None else -1
 
 
 def _gh(text: str, q: int) -> int:
-    m = _GH.match(text, q)
-    return m.end() if m is not None and _word_left_ok(text, q) else -1
+    m = _GH.match(text, q) if _word_left_ok(text, q) else None
+    return m.end() if m is not None else -1
 
 
 def pem_end(text: str, q: int) -> tuple[int, bool]:
@@ -385,8 +417,10 @@ def _pem(text: str, q: int) -> int:
 
 
 def _jwt(text: str, q: int) -> int:
+    if not _word_left_ok(text, q):
+        return -1
     m = _JWT.match(text, q)
-    if m is None or not _word_left_ok(text, q):
+    if m is None:
         return -1
     head = "eyJ" + m.group(1)
     try:
@@ -462,6 +496,7 @@ def _parsed_at(text: str, plan: _Plan, start: int, starts: Iterable[int]) -> lis
     add = out.append
     n = len(text)
     nxt = start
+    ip_run_end = start  # the end of the last hex-and-colon run whose IPv6 candidate was parsed
     for q in starts:
         c = text[q]
         secret = _SECRET_PARSERS.get(c) if plan.secret else None
@@ -474,7 +509,9 @@ def _parsed_at(text: str, plan: _Plan, start: int, starts: Iterable[int]) -> lis
             continue
         nxt = q + 1
         if "0" <= c <= "9":
-            for name, parse in plan.digit:
+            # Every digit parser needs the number's left boundary: checked once, not four times
+            # (`'1.' * n` is a candidate at each digit, all after a `.`).
+            for name, parse in plan.digit if _num_left_ok(text, q) else ():
                 e = parse(text, q)
                 if e > 0:
                     add(Finding(q, e, name))
@@ -494,13 +531,13 @@ def _parsed_at(text: str, plan: _Plan, start: int, starts: Iterable[int]) -> lis
                 if span is not None and span[0] >= start:
                     add(Finding(span[0], span[1], EMAIL))
         elif c == ":":
-            if not plan.ip:
+            if not plan.ip or q < ip_run_end:
                 continue
-            st = _ipv6_start(text, q)
+            st, ip_run_end = _ipv6_run(text, q)
             if st >= start:
                 e = _ipv6(text, st)
                 if e > 0:
-                    add(Finding(st, e, IP_ADDRESS))  # (each colon of it finds it again: resolve drops repeats)
+                    add(Finding(st, e, IP_ADDRESS))
         elif plan.phone:  # "+" or "("
             e = _phone(text, q)
             if e > 0:
