@@ -32,7 +32,7 @@ from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
 from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
 from tollway.gateway import sse_deltas
-from tollway.gateway.guardrails import responses_stream
+from tollway.gateway.guardrails import logprobs, responses_stream
 from tollway.gateway.guardrails.schema import AnswerSchema, chat_answers, responses_answers, schema_of
 from tollway.gateway.guardrails.text import Slot, input_slots, output_slots
 from tollway.gateway.pipeline import Pipeline
@@ -174,6 +174,12 @@ class GuardrailState:
         """Something to do on the output."""
         return bool(self.output) or self.schema is not None
 
+    @property
+    def redacts(self) -> bool:
+        """A guardrail may change or cut the answer's text: its token logprobs, which repeat the
+        text, are not sent (tollway.gateway.guardrails.logprobs)."""
+        return any(rule.action != "log" for rule in self.output)
+
 
 class GuardrailSet:
     """The guardrails of one config, as pipeline hooks."""
@@ -298,7 +304,7 @@ class GuardrailSet:
         except msgspec.DecodeError:
             return out
         slots = output_slots(body)
-        changed = False
+        changed = state.redacts and logprobs.strip(body)
         for rule in state.output:
             changed |= self.apply_rule(state, rule, slots, 502)
         if state.schema is not None:
@@ -313,6 +319,10 @@ class GuardrailSet:
         if state is None or not state.active:
             return out
         found = sse_deltas.events(out)
+        if state.redacts:
+            for ev in found:
+                if logprobs.strip(ev.obj):
+                    ev.changed = True
         if state.responses is not None:
             responses_stream.rewrite(self, state, state.responses, found)
             return sse_deltas.joined(found) if any(ev.changed or ev.before for ev in found) else out
