@@ -188,3 +188,38 @@ def test_responses_answers_carry_no_logprobs(gw: GatewayProcess, hostile: Hostil
                                         include=["message.output_text.logprobs"]))
     assert got[-1].type == "response.completed" and got[-1].response.output_text == "card <CREDIT_CARD> ok"
     assert CARD_DIGITS[:4] not in _tokens([e.model_dump() for e in got])
+
+
+# -- framing ------------------------------------------------------------------------------------
+
+PIECES = [_chunk(""), _chunk("card "), _chunk(CARD[:7]), _chunk(CARD[7:]), _chunk(" ok"), _chunk(finish="stop")]
+
+
+def _two_lines(obj: dict[str, Any]) -> bytes:
+    """One event whose JSON is split over two `data:` lines (a client joins them with \\n)."""
+    s = json.dumps(obj)
+    cut = s.index('"choices"')
+    return b"data: " + s[:cut].encode() + b"\ndata: " + s[cut:].encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("framing", ["cr", "crlf", "data-lines"])
+def test_every_framing_a_client_reads_is_scanned(gw: GatewayProcess, hostile: HostileUpstream, framing: str) -> None:
+    events = [_two_lines(p) if framing == "data-lines" else _data(p, b"\r" if framing == "cr" else b"\r\n")
+              for p in PIECES]
+    done = b"data: [DONE]" + (b"\r\r" if framing == "cr" else b"\n\n")
+    hostile.script(_stream_of(*events, done))
+    assert _streamed(_ask(gw, "out-mask", stream=True))[0] == "card <CREDIT_CARD> ok"
+    hostile.script(_stream_of(*events, done))
+    seen: list[str] = []
+    with pytest.raises(openai.APIError, match="blocked by guardrail 'out-block' \\(credit_card\\)"):
+        _streamed(_ask(gw, "out-block", stream=True), seen)
+    assert CARD_DIGITS[:4] not in "".join(seen)
+
+
+def test_a_data_event_the_guardrail_cannot_read_ends_the_stream(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    broken = b'data: {"choices": [{"index": 0, "delta": {"content": "' + CARD.encode() + b'"}}\n\n'
+    hostile.script(_stream_of(_data(_chunk("")), _data(_chunk("fine ")), broken, b"data: [DONE]\n\n"))
+    seen: list[str] = []
+    with pytest.raises(openai.APIError, match="malformed stream event"):
+        _streamed(_ask(gw, "out-mask", stream=True), seen)
+    assert seen[0] == "fine "

@@ -319,6 +319,8 @@ class GuardrailSet:
         if state is None or not state.active:
             return out
         found = sse_deltas.events(out)
+        if any(ev.unreadable for ev in found):  # a client would read a text no guardrail has seen
+            raise errors.upstream_malformed_event()
         if state.redacts:
             for ev in found:
                 if logprobs.strip(ev.obj):
