@@ -223,3 +223,54 @@ def test_a_data_event_the_guardrail_cannot_read_ends_the_stream(gw: GatewayProce
     with pytest.raises(openai.APIError, match="malformed stream event"):
         _streamed(_ask(gw, "out-mask", stream=True), seen)
     assert seen[0] == "fine "
+
+
+# -- tool-call arguments are JSON ---------------------------------------------------------------
+
+def _call(arguments: str) -> Answer:
+    return _answer({"content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                     "function": {"name": "send", "arguments": arguments}}]})
+
+
+def test_answer_arguments_are_scanned_as_the_json_they_decode_to(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    for hidden in ("Card:\n" + CARD, "\\u0034" + CARD[1:]):  # behind an escape: `\n`, an escaped digit
+        hostile.script(_call(json.dumps({"note": hidden}).replace("\\\\u", "\\u")))
+        with pytest.raises(openai.APIStatusError, match="blocked by guardrail 'out-block' \\(credit_card\\)"):
+            _ask(gw, "out-block")
+    hostile.script(_call(json.dumps({"to": "Hi\n" + EMAIL, "card": "\\u0034" + CARD[1:]}).replace("\\\\u", "\\u")))
+    arguments = _ask(gw, "out-mask").choices[0].message.tool_calls[0].function.arguments
+    assert json.loads(arguments) == {"to": "Hi\n<EMAIL>", "card": "<CREDIT_CARD>"}
+
+
+def test_streamed_arguments_after_an_escape_are_masked_and_stay_json(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    args = json.dumps({"to": "Hi\n" + EMAIL, "note": "Card:\n" + CARD})
+    pieces = [args[i:i + 3] for i in range(0, len(args), 3)]
+    calls = [_chunk() for _ in pieces]
+    for c, p in zip(calls, pieces):
+        c["choices"][0]["delta"]["tool_calls"] = [{"index": 0, "function": {"arguments": p}}]
+    calls[0]["choices"][0]["delta"]["tool_calls"][0].update(id="call_1", type="function")
+    calls[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] = "send"
+    hostile.script(_stream_of(*(_data(c) for c in [_chunk(""), *calls, _chunk(finish="tool_calls")]),
+                              b"data: [DONE]\n\n"))
+    got = ""
+    for c in _ask(gw, "out-mask", stream=True):
+        for call in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            got += call.function.arguments or "" if call.function else ""
+    assert json.loads(got) == {"to": "Hi\n<EMAIL>", "note": "Card:\n<CREDIT_CARD>"}
+
+
+def test_request_arguments_are_scanned_as_the_json_they_decode_to(gw: GatewayProcess, scripted: ScriptedUpstream) -> None:
+    def turn(arguments: str) -> list[Any]:
+        return [{"role": "user", "content": "pay"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "pay", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    sent = len(scripted.bodies)
+    for hidden in ("\n" + CARD, "\\u0034" + CARD[1:]):
+        with pytest.raises(openai.BadRequestError, match="blocked by guardrail 'in-block' \\(credit_card\\)"):
+            _oa(gw).chat.completions.create(model="in-block", messages=turn(
+                json.dumps({"card": hidden}).replace("\\\\u", "\\u")))
+    assert len(scripted.bodies) == sent
+    _oa(gw).chat.completions.create(model="in-mask", messages=turn(json.dumps({"to": "Hi\n" + EMAIL})))
+    arguments = scripted.bodies[-1]["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(arguments) == {"to": "Hi\n<EMAIL>"}

@@ -50,6 +50,26 @@ _encode = msgspec.json.encode
 _REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name == "reasoning_content")
 
 
+def _json_of(text: str) -> Any:
+    """`text` decoded as JSON, or None (not JSON, or nested past the decoder's depth)."""
+    try:
+        return _decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _mapped(value: Any, scan: Callable[[str], str]) -> Any:
+    """A decoded JSON value with `scan` applied to every string in it, object keys included (two
+    keys masked alike keep the last value: both were findings)."""
+    if isinstance(value, str):
+        return scan(value)
+    if isinstance(value, dict):
+        return {scan(k): _mapped(v, scan) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mapped(v, scan) for v in value]
+    return value
+
+
 class Rule:
     """One configured guardrail, compiled."""
 
@@ -216,24 +236,39 @@ class GuardrailSet:
                 inc(n)
 
     def apply_rule(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
-        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block."""
+        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block.
+        Tool-call arguments are JSON: their decoded strings are scanned (an escape such as `\\n`
+        or `\\u0034` hides nothing) and the arguments re-encoded if one was masked; arguments that
+        are not JSON are scanned as text."""
         changed = False
         for holder, key in slots:
-            text = holder[key]
-            found = rule.find(text)
-            if not found:
-                continue
-            if rule.action == "block":
-                self._count(state, rule, {found[0].detector: 1})
-                raise errors.content_policy_violation(rule.name, found[0].detector, status)
-            counts: dict[str, int] = {}
-            for f in found:
-                counts[f.detector] = counts.get(f.detector, 0) + 1
-            self._count(state, rule, counts)
-            if rule.action == "mask":
-                holder[key] = mask(text, found)
-                changed = True
+            text: str = holder[key]
+            args = _json_of(text) if key == "arguments" else None
+            try:
+                new_args = _mapped(args, lambda s: self._scanned(state, rule, s, status)) if args is not None else None
+            except RecursionError:  # (nested near the decoder's limit): as text
+                args = new_args = None
+            if args is None:
+                new = self._scanned(state, rule, text, status)
+            else:
+                new = text if new_args == args else _encode(new_args).decode()
+            if new is not text:
+                holder[key], changed = new, True
         return changed
+
+    def _scanned(self, state: GuardrailState, rule: Rule, text: str, status: int) -> str:
+        """One text through one rule: counted, masked (else `text` itself). Raises on block."""
+        found = rule.find(text)
+        if not found:
+            return text
+        if rule.action == "block":
+            self._count(state, rule, {found[0].detector: 1})
+            raise errors.content_policy_violation(rule.name, found[0].detector, status)
+        counts: dict[str, int] = {}
+        for f in found:
+            counts[f.detector] = counts.get(f.detector, 0) + 1
+        self._count(state, rule, counts)
+        return mask(text, found) if rule.action == "mask" else text
 
     # -- input -----------------------------------------------------------------------------
 
