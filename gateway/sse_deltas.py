@@ -1,8 +1,11 @@
 """The streamed deltas in a relayed chunk's SSE events, for the per-chunk hooks (plugins'
 `on_chunk`, guardrails on streamed output): one parser, so both see the same fields.
 
-`events(out)` splits a chunk (whole SSE events) into `Event`s with the first `data:` line's JSON
-object parsed; a hook changes the object in place and `Event.encoded()` re-encodes that line.
+`events(out)` splits a chunk (whole SSE events) into `Event`s with their data's JSON object
+parsed, by the framing rules the relay and the clients follow (CR, LF or CRLF line ends, data
+lines joined); a hook changes the object in place and `Event.encoded()` re-encodes it as one
+data line. An event whose data a client would read but that is not JSON is `unreadable`: a hook
+that must see every delta (an output guardrail) ends the stream on it.
 `joined(events)` puts the chunk back together. `deltas(obj)` yields the text and tool-call
 argument deltas of one event: OpenAI chat (`choices[].delta.content`,
 `.tool_calls[].function.arguments`) and Anthropic messages (`text_delta`, `input_json_delta`).
@@ -16,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # as the relay's SSEFramer (tollway.ext.sse) and the SDKs read lines
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
@@ -30,39 +33,74 @@ SIDE_FIELDS = {-2: "reasoning_content", -3: "refusal"}
 @dataclass(slots=True)
 class Event:
     raw: bytes  # the event as it came, without its separator
-    sep: bytes  # the blank line after it (b"" for a trailing part)
-    obj: Any = None  # its data line's JSON object, or None (no data line, `[DONE]`, not JSON)
-    line: int = -1  # that line's index in raw.split(b"\n")
+    sep: bytes  # the line end and blank line after it (b"" for a trailing part)
+    obj: Any = None  # its data's JSON object, or None (no data, `[DONE]`, not an object, not JSON)
+    unreadable: bool = False  # it has data that is neither `[DONE]` nor JSON: a client reads what a hook could not
     before: bytes = b""  # whole events a hook inserts before this one (with their separators)
     changed: bool = False  # the hook changed `obj`: re-encode it
 
     def encoded(self) -> bytes:
         if not self.changed:
             return self.before + self.raw + self.sep
-        lines = self.raw.split(b"\n")
-        old = lines[self.line]
-        lines[self.line] = b"data: " + _encode(self.obj) + (b"\r" if old.endswith(b"\r") else b"")
-        return self.before + b"\n".join(lines) + self.sep
+        return self.before + _reencoded(self.raw, _encode(self.obj)) + self.sep
+
+
+def _reencoded(raw: bytes, data: bytes) -> bytes:
+    """`raw` with its data lines replaced by one carrying `data` (its other lines, and its line
+    ends, as they were)."""
+    lines = _LINE_END.split(raw)
+    eol = m.group() if (m := _LINE_END.search(raw)) else b"\n"
+    kept, put = [], False
+    for line in lines:
+        if _field(line)[0] != b"data":
+            kept.append(line)
+        elif not put:
+            kept.append(b"data: " + data)
+            put = True
+    return eol.join(kept)
+
+
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    """(name, value) of one line, by the SSE rules: `name: value` (one space dropped), a line
+    without a colon is a name alone, a comment (`:...`) has no name."""
+    name, colon, value = line.partition(b":")
+    return name, value[1:] if colon and value.startswith(b" ") else value
 
 
 def events(out: bytes) -> list[Event]:
-    parts = _EVENT_END.split(out)
-    seps = _EVENT_END.findall(out)
+    """The events of `out` (whole events), split as the relay's framer and the clients split
+    them: lines end with CRLF, LF or CR; a blank line ends an event; its `data:` lines are
+    joined with LF."""
     found = []
-    for i, part in enumerate(parts):
-        ev = Event(part, seps[i] if i < len(seps) else b"")
-        for j, line in enumerate(part.split(b"\n")):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload.startswith(b"{"):
-                try:
-                    ev.obj, ev.line = _decode(payload), j
-                except msgspec.DecodeError:
-                    pass
-            break
-        found.append(ev)
+    start = pos = 0  # the event's first byte; the next line's
+    content_end = 0  # where the event's last non-blank line ends
+    for m in _LINE_END.finditer(out):
+        if m.start() == pos:  # a blank line: the event ends
+            found.append(_event(out[start:content_end], out[content_end:m.end()]))
+            start = content_end = m.end()
+        else:
+            content_end = m.start()
+        pos = m.end()
+    if start < len(out):
+        found.append(_event(out[start:], b""))
     return found
+
+
+def _event(raw: bytes, sep: bytes) -> Event:
+    ev = Event(raw, sep)
+    data = [value for name, value in map(_field, _LINE_END.split(raw)) if name == b"data"]
+    if not data:
+        return ev
+    payload = b"\n".join(data).strip()
+    if payload in (b"", b"[DONE]"):
+        return ev
+    try:
+        obj = _decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        ev.unreadable = True
+        return ev
+    ev.obj = obj if isinstance(obj, dict) else None
+    return ev
 
 
 def joined(found: list[Event]) -> bytes:

@@ -117,11 +117,26 @@ _EMAIL_LOCAL_MAX = 64
 _IPV6_MAX = 45
 
 
+_ESCAPE_LETTERS = frozenset("bfnrt")  # JSON's one-letter escapes of control characters
+
+
+def _escape_letter(text: str, i: int) -> bool:
+    """`text[i]` is the letter of a JSON escape (`\\n`, `\\t`, ...: an odd run of backslashes
+    before it): in tool-call arguments, scanned as JSON text, it stands for a control character,
+    a boundary, not for a letter (`"Card:\\n4111 ..."`)."""
+    if i < 1 or text[i] not in _ESCAPE_LETTERS:
+        return False
+    run = i
+    while run > 0 and text[run - 1] == "\\":
+        run -= 1
+    return (i - run) % 2 == 1
+
+
 def _num_left_ok(text: str, q: int) -> bool:
     if q == 0:
         return True
     c = text[q - 1]
-    return not (c.isalnum() or c in _NUM_LEFT_BAD)
+    return not (c.isalnum() or c in _NUM_LEFT_BAD) or _escape_letter(text, q - 1)
 
 
 def _num_right_ok(text: str, e: int, seps: frozenset[str] = _NUM_RIGHT_SEP) -> bool:
@@ -137,7 +152,7 @@ def _word_left_ok(text: str, q: int, bad: frozenset[str] = _SECRET_LEFT_BAD) -> 
     if q == 0:
         return True
     c = text[q - 1]
-    return not (c.isalnum() or c in bad)
+    return not (c.isalnum() or c in bad) or _escape_letter(text, q - 1)
 
 
 # --- validators -----------------------------------------------------------------------------
@@ -349,6 +364,8 @@ def _email(text: str, at: int) -> tuple[int, int] | None:
         st -= 1
         if st <= floor:
             return None
+    if st < at and _escape_letter(text, st):  # `\\njane@...`: the local part starts after the escape
+        st += 1
     while st < at and text[st] == ".":
         st += 1
     local = text[st:at]

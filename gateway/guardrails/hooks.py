@@ -33,7 +33,7 @@ from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
 from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
 from tollway.gateway import sse_deltas
-from tollway.gateway.guardrails import responses_stream
+from tollway.gateway.guardrails import logprobs, responses_stream
 from tollway.gateway.guardrails.schema import AnswerSchema, chat_answers, responses_answers, schema_of
 from tollway.gateway.guardrails.text import Slot, input_slots, output_slots
 from tollway.gateway.pipeline import Pipeline
@@ -57,6 +57,26 @@ _REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name 
 # so a loop-held scan stays under ~65 ms. The scan calls are short, so the GIL passes back to the
 # loop at its switch interval (5 ms) while the thread works.
 OFF_LOOP_CHARS = 32_768
+
+
+def _json_of(text: str) -> Any:
+    """`text` decoded as JSON, or None (not JSON, or nested past the decoder's depth)."""
+    try:
+        return _decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _mapped(value: Any, scan: Callable[[str], str]) -> Any:
+    """A decoded JSON value with `scan` applied to every string in it, object keys included (two
+    keys masked alike keep the last value: both were findings)."""
+    if isinstance(value, str):
+        return scan(value)
+    if isinstance(value, dict):
+        return {scan(k): _mapped(v, scan) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mapped(v, scan) for v in value]
+    return value
 
 
 class Rule:
@@ -183,6 +203,12 @@ class GuardrailState:
         """Something to do on the output."""
         return bool(self.output) or self.schema is not None
 
+    @property
+    def redacts(self) -> bool:
+        """A guardrail may change or cut the answer's text: its token logprobs, which repeat the
+        text, are not sent (tollway.gateway.guardrails.logprobs)."""
+        return any(rule.action != "log" for rule in self.output)
+
 
 class GuardrailSet:
     """The guardrails of one config, as pipeline hooks."""
@@ -219,23 +245,24 @@ class GuardrailSet:
                 inc(n)
 
     def apply_rule(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
-        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block."""
+        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block.
+        Tool-call arguments are JSON: their decoded strings are scanned (an escape such as `\\n`
+        or `\\u0034` hides nothing) and the arguments re-encoded if one was masked; arguments that
+        are not JSON are scanned as text."""
         changed = False
         for holder, key in slots:
-            text = holder[key]
-            found = rule.find(text)
-            if not found:
-                continue
-            if rule.action == "block":
-                self._count(state, rule, {found[0].detector: 1})
-                raise errors.content_policy_violation(rule.name, found[0].detector, status)
-            counts: dict[str, int] = {}
-            for f in found:
-                counts[f.detector] = counts.get(f.detector, 0) + 1
-            self._count(state, rule, counts)
-            if rule.action == "mask":
-                holder[key] = mask(text, found)
-                changed = True
+            text: str = holder[key]
+            args = _json_of(text) if key == "arguments" else None
+            try:
+                new_args = _mapped(args, lambda s: self._scanned(state, rule, s, status)) if args is not None else None
+            except RecursionError:  # (nested near the decoder's limit): as text
+                args = new_args = None
+            if args is None:
+                new = self._scanned(state, rule, text, status)
+            else:
+                new = text if new_args == args else _encode(new_args).decode()
+            if new is not text:
+                holder[key], changed = new, True
         return changed
 
     def _apply_all(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
@@ -252,6 +279,21 @@ class GuardrailSet:
         if sum(len(holder[key]) for holder, key in slots) < OFF_LOOP_CHARS:
             return self._apply_all(state, rules, slots, status)
         return await asyncio.to_thread(self._apply_all, state, rules, slots, status)
+
+
+    def _scanned(self, state: GuardrailState, rule: Rule, text: str, status: int) -> str:
+        """One text through one rule: counted, masked (else `text` itself). Raises on block."""
+        found = rule.find(text)
+        if not found:
+            return text
+        if rule.action == "block":
+            self._count(state, rule, {found[0].detector: 1})
+            raise errors.content_policy_violation(rule.name, found[0].detector, status)
+        counts: dict[str, int] = {}
+        for f in found:
+            counts[f.detector] = counts.get(f.detector, 0) + 1
+        self._count(state, rule, counts)
+        return mask(text, found) if rule.action == "mask" else text
 
     # -- input -----------------------------------------------------------------------------
 
@@ -319,7 +361,8 @@ class GuardrailSet:
         except msgspec.DecodeError:
             return out
         slots = output_slots(body)
-        changed = await self._apply_rules(state, state.output, slots, 502)
+        changed = state.redacts and logprobs.strip(body)
+        changed |= await self._apply_rules(state, state.output, slots, 502)
         if state.schema is not None:
             for text in (responses_answers(body) if ex.api == "responses" else chat_answers(body)):
                 self.check_answer(state, text)
@@ -332,6 +375,12 @@ class GuardrailSet:
         if state is None or not state.active:
             return out
         found = sse_deltas.events(out)
+        if any(ev.unreadable for ev in found):  # a client would read a text no guardrail has seen
+            raise errors.upstream_malformed_event()
+        if state.redacts:
+            for ev in found:
+                if logprobs.strip(ev.obj):
+                    ev.changed = True
         if state.responses is not None:
             responses_stream.rewrite(self, state, state.responses, found)
             return sse_deltas.joined(found) if any(ev.changed or ev.before for ev in found) else out
