@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -182,6 +183,36 @@ def test_anthropic_input_mask_covers_tool_results(gw: GatewayProcess, upstream: 
     assert CARD not in sent and EMAIL not in sent and "<CREDIT_CARD>" in sent and "<EMAIL>" in sent
 
 
+def _post_raw(gw: GatewayProcess, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """A body no SDK would send (a JSON number a float cannot hold), as any HTTP client can."""
+    req = urllib.request.Request(gw.url + path, data=body, method="POST", headers={
+        "authorization": "Bearer " + TEST_KEY, "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_body_the_input_guardrails_cannot_read_is_refused_not_let_through(
+        gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    # The gateway reads only the fields it routes by; the guardrails read the whole body. A number
+    # out of a float's range anywhere in it failed their decode, and the card went upstream unscanned.
+    sent = len(upstream.bodies)
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "card %s"}], "metadata_x": 1e999}'
+    status, error = _post_raw(gw, "/v1/chat/completions", body % (b"in-block", CARD.encode()))
+    assert status == 400
+    assert error["error"]["type"] == "invalid_request_error" and error["error"]["code"] == "guardrail_unreadable"
+    assert "could not be read for guardrail 'pii'" in error["error"]["message"]
+    assert "Number out of range" in error["error"]["message"]
+    status, error = _post_raw(gw, "/v1/chat/completions", body % (b"in-mask", CARD.encode()))
+    assert status == 400 and error["error"]["code"] == "guardrail_unreadable"
+    assert len(upstream.bodies) == sent  # neither went upstream
+    # a route without input guardrails is not the guardrails' business: it goes upstream as it is
+    status, _ = _post_raw(gw, "/v1/chat/completions", body % (b"out-mask", b"hi"))
+    assert status == 200 and len(upstream.bodies) == sent + 1
+
+
 def test_scope_by_key(gw: GatewayProcess) -> None:
     assert _chat(gw, "bob-only", f"card {CARD}").choices[0].message.content == "ok"  # alice: out of scope
     with pytest.raises(openai.BadRequestError):
@@ -202,6 +233,23 @@ def test_output_block_non_stream_is_a_502(gw: GatewayProcess) -> None:
     assert info.value.status_code == 502
     assert info.value.body["code"] == "content_policy_violation"  # type: ignore[index]
     assert "blocked by guardrail 'out-block' (credit_card)" in info.value.message
+
+
+def test_an_answer_the_output_guardrails_cannot_read_is_a_502(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "usage": {
+        "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}, "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": f"card {CARD}"}}]}
+    unreadable = json.dumps({**answer, "system_fingerprint_x": 1.5}).replace("1.5", "1e999").encode()
+    for model in ("out-mask", "out-block"):
+        upstream.queue(200, unreadable)
+        with pytest.raises(openai.APIStatusError) as info:
+            _chat(gw, model, "hi")
+        assert info.value.status_code == 502
+        assert info.value.body["code"] == "guardrail_unreadable"  # type: ignore[index]
+        assert CARD not in info.value.response.text
+    upstream.queue(200, unreadable)  # no output guardrail: relayed as it came
+    assert CARD in _oa(gw).chat.completions.with_raw_response.create(
+        model="in-mask", messages=[{"role": "user", "content": "hi"}]).http_response.text
 
 
 def test_output_mask_on_a_stream_split_across_chunks(gw: GatewayProcess) -> None:

@@ -2,7 +2,8 @@
 message (chat) or in the input (Responses API), or "ok". Streams come in CHUNK-character deltas,
 so a value in the answer is split across many chunk boundaries. In the Responses API, `call:`
 instead of `say:` answers with a function call whose arguments are the text. Records the
-bodies it got (`bodies`).
+bodies it got (`bodies`). `queue(status, raw)` makes the next answer those bytes, whatever was
+asked (an answer no real upstream sends, or an upstream's error).
 
 The Responses stream has the events OpenAI sends for one message (or function call) item:
 response.created, output_item.added, content_part.added, output_text.delta..., output_text.done,
@@ -38,6 +39,7 @@ def _told(text: str) -> tuple[str, str]:
 class ScriptedUpstream:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.queued: list[tuple[int, bytes]] = []
         self.server = ThreadedServer(self._app)
         self.url = f"http://127.0.0.1:{self.server.port}/v1"
 
@@ -47,12 +49,23 @@ class ScriptedUpstream:
         app.router.add_post("/v1/responses", self.responses)
         return app
 
+    def queue(self, status: int, raw: bytes) -> None:
+        self.queued.append((status, raw))
+
+    def _queued(self) -> web.Response | None:
+        if not self.queued:
+            return None
+        status, raw = self.queued.pop(0)
+        return web.Response(status=status, body=raw, content_type="application/json")
+
     def last_text(self) -> str:
         return json.dumps(self.bodies[-1])
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        if (queued := self._queued()) is not None:
+            return queued
         last = body["messages"][-1]["content"]
         if isinstance(last, list):
             last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
@@ -83,6 +96,8 @@ class ScriptedUpstream:
     async def responses(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        if (queued := self._queued()) is not None:
+            return queued
         given = body.get("input")
         text, verb = _told(given if isinstance(given, str) else json.dumps(given))
         if verb == "call":
