@@ -213,6 +213,18 @@ def test_a_body_the_input_guardrails_cannot_read_is_refused_not_let_through(
     assert status == 200 and len(upstream.bodies) == sent + 1
 
 
+@pytest.mark.parametrize("messages", [5, [{"role": "assistant", "content": "x", "tool_calls": 1}]])
+def test_a_field_that_is_not_a_list_has_no_text_to_scan(gw: GatewayProcess, upstream: ScriptedUpstream,
+                                                         messages: Any) -> None:
+    # The guardrail iterated `body.get("messages") or ()`: a number raised TypeError, a 500 where
+    # the gateway without guardrails relays the upstream's own 400.
+    upstream.queue(400, json.dumps({"error": {"message": "bad messages", "type": "invalid_request_error",
+                                              "param": "messages", "code": None}}).encode())
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(gw).chat.completions.create(model="in-block", messages=messages)
+    assert info.value.body["message"] == "bad messages"  # type: ignore[index]
+
+
 def test_scope_by_key(gw: GatewayProcess) -> None:
     assert _chat(gw, "bob-only", f"card {CARD}").choices[0].message.content == "ok"  # alice: out of scope
     with pytest.raises(openai.BadRequestError):
@@ -250,6 +262,19 @@ def test_an_answer_the_output_guardrails_cannot_read_is_a_502(gw: GatewayProcess
     upstream.queue(200, unreadable)  # no output guardrail: relayed as it came
     assert CARD in _oa(gw).chat.completions.with_raw_response.create(
         model="in-mask", messages=[{"role": "user", "content": "hi"}]).http_response.text
+
+
+def test_an_answer_whose_fields_are_not_lists_is_relayed(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    odd = [{"id": "x", "object": "chat.completion", "choices": 1, "usage": usage},
+           {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"tool_calls": 1}}], "usage": usage}]
+    for answer in odd:
+        upstream.queue(200, json.dumps(answer).encode())
+        got = _oa(gw).chat.completions.with_raw_response.create(model="out-mask", messages=[{"role": "user", "content": "hi"}])
+        assert got.http_response.status_code == 200 and got.http_response.json()["choices"] == answer["choices"]
+    upstream.queue(200, json.dumps({"id": "resp_1", "object": "response", "status": "completed", "output": 1}).encode())
+    raw = _oa(gw).responses.with_raw_response.create(model="out-mask", input="hi")
+    assert raw.http_response.status_code == 200 and raw.http_response.json()["output"] == 1
 
 
 def test_output_mask_on_a_stream_split_across_chunks(gw: GatewayProcess) -> None:

@@ -75,6 +75,13 @@ def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
                     yield from _parts(part, "summary")
 
 
+def _items(holder: dict[str, Any], key: str) -> list[Any]:
+    """`holder[key]` if it is a list, else no items: a body is the client's or the upstream's,
+    and a field of another type (`"messages": 5`) has no text to scan; the upstream answers it."""
+    value = holder.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _list_or_str(holder: dict[str, Any], key: str) -> Iterator[Slot]:
     value = holder.get(key)
     if isinstance(value, str):
@@ -91,12 +98,12 @@ def input_slots(api: str, body: Any) -> list[Slot]:
     slots: list[Slot] = []
     if api in ("chat", "messages", "count_tokens"):
         slots += _parts(body, "system")
-        for message in body.get("messages") or ():
+        for message in _items(body, "messages"):
             if not isinstance(message, dict):
                 continue
             slots += _parts(message, "content")
             slots += _str(message, "refusal")  # (an earlier assistant turn's)
-            for call in message.get("tool_calls") or ():
+            for call in _items(message, "tool_calls"):
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
             slots += _str(message.get("function_call"), "arguments")
@@ -123,7 +130,7 @@ def output_slots(body: Any) -> list[Slot]:
     if not isinstance(body, dict):
         return []
     slots: list[Slot] = []
-    for choice in body.get("choices") or ():
+    for choice in _items(body, "choices"):
         if not isinstance(choice, dict):
             continue
         slots += _str(choice, "text")
@@ -132,12 +139,12 @@ def output_slots(body: Any) -> list[Slot]:
             slots += _str(message, "content")
             slots += _str(message, "reasoning_content")  # (what the gateway makes of a provider's thinking)
             slots += _str(message, "refusal")
-            for call in message.get("tool_calls") or ():
+            for call in _items(message, "tool_calls"):
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
     if body.get("type") == "message":
         slots += _parts(body, "content")
-    for item in body.get("output") or ():
+    for item in _items(body, "output"):
         if isinstance(item, dict):
             slots += _str(item, "arguments")
             slots += _parts(item, "content")  # (a reasoning item's reasoning_text parts too)
