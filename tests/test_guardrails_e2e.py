@@ -17,6 +17,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.scripted_upstream import ScriptedUpstream
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tollway.core.config import ConfigError, loads
@@ -223,6 +224,60 @@ def test_a_field_that_is_not_a_list_has_no_text_to_scan(gw: GatewayProcess, upst
     with pytest.raises(openai.BadRequestError) as info:
         _oa(gw).chat.completions.create(model="in-block", messages=messages)
     assert info.value.body["message"] == "bad messages"  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[tuple[GatewayProcess, FakeAnthropic]]:
+    """A gateway in front of a (fake) Anthropic upstream: native blocks such as `document` go
+    through as they are, where an OpenAI-schema provider refuses them."""
+    fake = FakeAnthropic()
+    process = GatewayProcess(f"""
+providers:
+  - {{name: claude, schema: anthropic, base_url: {fake.url}, api_key: {UPSTREAM_SECRET}}}
+models:
+  - {{name: in-block, targets: [{{provider: claude, model: claude-x}}]}}
+  - {{name: in-mask, targets: [{{provider: claude, model: claude-x}}]}}
+keys:
+  - {{name: alice, key_hash: "{key_hash(TEST_KEY)}"}}
+guardrails:
+  - {{name: pii, type: pii, action: block, apply_to: [input], scope: {{models: [in-block]}}}}
+  - {{name: pii-mask, type: pii, action: mask, apply_to: [input], scope: {{models: [in-mask]}}}}
+""")
+    yield process, fake
+    process.stop()
+    fake.stop()
+
+
+@pytest.mark.parametrize("source", [
+    {"type": "text", "media_type": "text/plain", "data": f"my card is {CARD}"},
+    {"type": "content", "content": [{"type": "text", "text": "a note"}, {"type": "text", "text": f"my card is {CARD}"}]},
+])
+def test_anthropic_text_documents_are_scanned_and_masked(claude: tuple[GatewayProcess, FakeAnthropic], source: Any) -> None:
+    gw, fake = claude
+    content = [{"type": "document", "source": source}, {"type": "text", "text": "summarize"}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        _an(gw).messages.create(model="in-block", max_tokens=50, messages=[{"role": "user", "content": content}])
+    assert "blocked by guardrail 'pii' (credit_card)" in str(info.value)
+    _an(gw).messages.create(model="in-mask", max_tokens=50, messages=[{"role": "user", "content": content}])
+    sent = json.dumps(fake.last("/v1/messages")["body"])
+    assert CARD not in sent and "my card is <CREDIT_CARD>" in sent
+
+
+def test_responses_function_call_output_parts_are_scanned_and_masked(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    items: Any = [{"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "c1",
+                   "output": [{"type": "input_text", "text": f"card {CARD}"}]}]
+    with pytest.raises(openai.BadRequestError, match=r"blocked by guardrail 'pii' \(credit_card\)"):
+        _oa(gw).responses.create(model="in-block", input=items)
+    _oa(gw).responses.create(model="in-mask", input=items)
+    assert upstream.bodies[-1]["input"][1]["output"] == [{"type": "input_text", "text": "card <CREDIT_CARD>"}]
+
+
+def test_a_completions_suffix_is_scanned(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    sent = len(upstream.bodies)
+    with pytest.raises(openai.BadRequestError, match=r"blocked by guardrail 'pii' \(credit_card\)"):
+        _oa(gw).completions.create(model="in-block", prompt="the card is ", suffix=f" {CARD} on file")
+    assert len(upstream.bodies) == sent
 
 
 def test_scope_by_key(gw: GatewayProcess) -> None:

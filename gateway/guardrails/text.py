@@ -4,11 +4,12 @@ Input (what the model would see), all roles:
 - chat: `messages[].content` (a string or text parts), tool results (`role: tool`), assistant
   `tool_calls[].function.arguments` (and the legacy `function_call.arguments`);
 - messages (Anthropic) and count_tokens: `system` (a string or text blocks),
-  `messages[].content` (a string, `text` blocks, `tool_result` content, `tool_use` input's strings);
-- completions: `prompt` (a string or strings); embeddings: `input` (a string or strings; token
+  `messages[].content` (a string, `text` blocks, `tool_result` content, `tool_use` input's strings,
+  `document` blocks' title, context and plain-text or content source);
+- completions: `prompt` (a string or strings) and `suffix`; embeddings: `input` (a string or strings; token
   arrays are not text);
 - responses: `instructions`, `input` (a string, or items' `content` strings and text parts,
-  `function_call.arguments`, `function_call_output.output`);
+  `function_call.arguments`, `function_call_output.output`: a string or `input_text` parts);
 - moderations: `input` (a string, strings, or text parts); speech: `input`; images: `prompt`;
   rerank: `query` and `documents` (strings, or objects with `text`). The multipart uploads
   (image edits, transcriptions) are not JSON: their `prompt` is not scanned.
@@ -64,15 +65,31 @@ def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
                 yield from _parts(part, "content")
             elif kind == "tool_use":
                 yield from _strings(part.get("input"))
+            elif kind == "document":
+                yield from _document(part)
             else:
                 yield from _str(part, "text")
                 yield from _str(part, "refusal")  # a refusal part (chat, responses)
-                yield from _str(part, "output")  # responses: function_call_output
+                yield from _parts(part, "output")  # responses: function_call_output (a string or input_text parts)
                 yield from _str(part, "arguments")  # responses: function_call
                 if "content" in part:
                     yield from _parts(part, "content")
                 if "summary" in part:  # responses: a reasoning item
                     yield from _parts(part, "summary")
+
+
+def _document(block: dict[str, Any]) -> Iterator[Slot]:
+    """An Anthropic document block's text: its title and context, and a plain-text source's
+    `data` or a content source's text blocks (a base64 PDF or a URL is not text)."""
+    yield from _str(block, "title")
+    yield from _str(block, "context")
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return
+    if source.get("type") == "text":
+        yield from _str(source, "data")
+    elif source.get("type") == "content":
+        yield from _parts(source, "content")
 
 
 def _items(holder: dict[str, Any], key: str) -> list[Any]:
@@ -109,6 +126,7 @@ def input_slots(api: str, body: Any) -> list[Slot]:
             slots += _str(message.get("function_call"), "arguments")
     elif api == "completions":
         slots += _list_or_str(body, "prompt")
+        slots += _str(body, "suffix")  # (the text after the insertion point: the model reads it too)
     elif api == "embeddings":
         slots += _list_or_str(body, "input")
     elif api == "responses":
