@@ -412,6 +412,27 @@ def test_responses_stream_function_call_arguments_are_masked(gw: GatewayProcess)
     assert EMAIL not in json.dumps([e.model_dump() for e in events])
 
 
+def test_responses_custom_tool_call_input_is_masked_and_blocked(gw: GatewayProcess) -> None:
+    # A custom (freeform) tool call's `input` is what function calls' `arguments` are; it went out unscanned.
+    answer = _oa(gw).responses.create(model="out-mask", input=f"custom: charge {CARD}")
+    assert answer.output[0].input == "charge <CREDIT_CARD>"  # type: ignore[union-attr]
+    with pytest.raises(openai.APIStatusError, match=r"blocked by guardrail 'out-block' \(credit_card\)"):
+        _oa(gw).responses.create(model="out-block", input=f"custom: charge {CARD}")
+    events = _responses_stream(gw, "out-mask", f"custom: charge {CARD}")
+    streamed = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    assert streamed == "charge <CREDIT_CARD>"
+    done = {e.type: e for e in events}
+    assert done["response.custom_tool_call_input.done"].input == "charge <CREDIT_CARD>"
+    assert done["response.output_item.done"].item.input == "charge <CREDIT_CARD>"
+    assert events[-1].response.output[0].input == "charge <CREDIT_CARD>"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert CARD not in json.dumps([e.model_dump() for e in events])
+    events = _responses_stream(gw, "out-block", f"custom: charge {CARD} now")
+    assert events[-1].type == "error" and events[-1].code == "content_policy_violation"
+    sent = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    assert CARD_DIGITS[:8] not in sent.replace(" ", "")
+
+
 def test_responses_stream_output_block_ends_with_the_responses_error_event(gw: GatewayProcess) -> None:
     events = _responses_stream(gw, "out-block", f"say: fine so far, {CARD} and more")
     last = events[-1]

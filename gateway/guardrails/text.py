@@ -9,7 +9,8 @@ Input (what the model would see), all roles:
 - completions: `prompt` (a string or strings) and `suffix`; embeddings: `input` (a string or strings; token
   arrays are not text);
 - responses: `instructions`, `input` (a string, or items' `content` strings and text parts,
-  `function_call.arguments`, `function_call_output.output`: a string or `input_text` parts);
+  `function_call.arguments`, `custom_tool_call.input`, `function_call_output.output`: a string
+  or `input_text` parts);
 - moderations: `input` (a string, strings, or text parts); speech: `input`; images: `prompt`;
   rerank: `query` and `documents` (strings, or objects with `text`). The multipart uploads
   (image edits, transcriptions) are not JSON: their `prompt` is not scanned.
@@ -17,7 +18,7 @@ Input (what the model would see), all roles:
 Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content`, `.refusal`
 and tool-call arguments, completions `choices[].text`, Anthropic `content[].text` and
 `tool_use` input's strings, responses `output[].content[].text` and `.refusal`, reasoning
-`summary[].text` and `function_call.arguments`. Anthropic `thinking` blocks are not: they are
+`summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks are not: they are
 signed, and a changed one is refused when the client sends it back.
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
                 yield from _str(part, "refusal")  # a refusal part (chat, responses)
                 yield from _parts(part, "output")  # responses: function_call_output (a string or input_text parts)
                 yield from _str(part, "arguments")  # responses: function_call
+                if kind == "custom_tool_call":  # responses: a freeform tool call's input
+                    yield from _str(part, "input")
                 if "content" in part:
                     yield from _parts(part, "content")
                 if "summary" in part:  # responses: a reasoning item
@@ -165,6 +168,8 @@ def output_slots(body: Any) -> list[Slot]:
     for item in _items(body, "output"):
         if isinstance(item, dict):
             slots += _str(item, "arguments")
+            if item.get("type") == "custom_tool_call":  # a freeform tool's input: its arguments
+                slots += _str(item, "input")
             slots += _parts(item, "content")  # (a reasoning item's reasoning_text parts too)
             slots += _parts(item, "summary")  # a reasoning item's summary text
     return slots
