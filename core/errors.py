@@ -389,6 +389,16 @@ def content_policy_violation(guardrail: str, detector: str, status: int = 400) -
                           "content_policy_violation")
 
 
+def guardrail_unreadable(guardrail: str, what: str, reason: str, status: int) -> GuardrailError:
+    """A guardrail could not read `what` (the request body: 400; an upstream's answer: 502), e.g.
+    a number out of a float's range that the gateway's own partial reads skip. Refused, never let
+    through unscanned: a guardrail that fails open is one a client can walk around. `reason` is
+    msgspec's (what failed and where), never the content."""
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return GuardrailError(status, f"{what} could not be read for guardrail '{echoed(guardrail)}' ({reason}), "
+                                  "so it was not let through.", kind, "guardrail_unreadable")
+
+
 def schema_violation(guardrail: str, what: str) -> GuardrailError:
     """A `json_schema` guardrail with `action: block` found the answer is not JSON matching the
     request's schema: 502 (an SSE error event on a stream). `what` says where it fails (a path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.scripted_upstream import ScriptedUpstream
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tollway.core.config import ConfigError, loads
@@ -182,6 +184,102 @@ def test_anthropic_input_mask_covers_tool_results(gw: GatewayProcess, upstream: 
     assert CARD not in sent and EMAIL not in sent and "<CREDIT_CARD>" in sent and "<EMAIL>" in sent
 
 
+def _post_raw(gw: GatewayProcess, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """A body no SDK would send (a JSON number a float cannot hold), as any HTTP client can."""
+    req = urllib.request.Request(gw.url + path, data=body, method="POST", headers={
+        "authorization": "Bearer " + TEST_KEY, "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_body_the_input_guardrails_cannot_read_is_refused_not_let_through(
+        gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    # The gateway reads only the fields it routes by; the guardrails read the whole body. A number
+    # out of a float's range anywhere in it failed their decode, and the card went upstream unscanned.
+    sent = len(upstream.bodies)
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "card %s"}], "metadata_x": 1e999}'
+    status, error = _post_raw(gw, "/v1/chat/completions", body % (b"in-block", CARD.encode()))
+    assert status == 400
+    assert error["error"]["type"] == "invalid_request_error" and error["error"]["code"] == "guardrail_unreadable"
+    assert "could not be read for guardrail 'pii'" in error["error"]["message"]
+    assert "Number out of range" in error["error"]["message"]
+    status, error = _post_raw(gw, "/v1/chat/completions", body % (b"in-mask", CARD.encode()))
+    assert status == 400 and error["error"]["code"] == "guardrail_unreadable"
+    assert len(upstream.bodies) == sent  # neither went upstream
+    # a route without input guardrails is not the guardrails' business: it goes upstream as it is
+    status, _ = _post_raw(gw, "/v1/chat/completions", body % (b"out-mask", b"hi"))
+    assert status == 200 and len(upstream.bodies) == sent + 1
+
+
+@pytest.mark.parametrize("messages", [5, [{"role": "assistant", "content": "x", "tool_calls": 1}]])
+def test_a_field_that_is_not_a_list_has_no_text_to_scan(gw: GatewayProcess, upstream: ScriptedUpstream,
+                                                         messages: Any) -> None:
+    # The guardrail iterated `body.get("messages") or ()`: a number raised TypeError, a 500 where
+    # the gateway without guardrails relays the upstream's own 400.
+    upstream.queue(400, json.dumps({"error": {"message": "bad messages", "type": "invalid_request_error",
+                                              "param": "messages", "code": None}}).encode())
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(gw).chat.completions.create(model="in-block", messages=messages)
+    assert info.value.body["message"] == "bad messages"  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[tuple[GatewayProcess, FakeAnthropic]]:
+    """A gateway in front of a (fake) Anthropic upstream: native blocks such as `document` go
+    through as they are, where an OpenAI-schema provider refuses them."""
+    fake = FakeAnthropic()
+    process = GatewayProcess(f"""
+providers:
+  - {{name: claude, schema: anthropic, base_url: {fake.url}, api_key: {UPSTREAM_SECRET}}}
+models:
+  - {{name: in-block, targets: [{{provider: claude, model: claude-x}}]}}
+  - {{name: in-mask, targets: [{{provider: claude, model: claude-x}}]}}
+keys:
+  - {{name: alice, key_hash: "{key_hash(TEST_KEY)}"}}
+guardrails:
+  - {{name: pii, type: pii, action: block, apply_to: [input], scope: {{models: [in-block]}}}}
+  - {{name: pii-mask, type: pii, action: mask, apply_to: [input], scope: {{models: [in-mask]}}}}
+""")
+    yield process, fake
+    process.stop()
+    fake.stop()
+
+
+@pytest.mark.parametrize("source", [
+    {"type": "text", "media_type": "text/plain", "data": f"my card is {CARD}"},
+    {"type": "content", "content": [{"type": "text", "text": "a note"}, {"type": "text", "text": f"my card is {CARD}"}]},
+])
+def test_anthropic_text_documents_are_scanned_and_masked(claude: tuple[GatewayProcess, FakeAnthropic], source: Any) -> None:
+    gw, fake = claude
+    content = [{"type": "document", "source": source}, {"type": "text", "text": "summarize"}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        _an(gw).messages.create(model="in-block", max_tokens=50, messages=[{"role": "user", "content": content}])
+    assert "blocked by guardrail 'pii' (credit_card)" in str(info.value)
+    _an(gw).messages.create(model="in-mask", max_tokens=50, messages=[{"role": "user", "content": content}])
+    sent = json.dumps(fake.last("/v1/messages")["body"])
+    assert CARD not in sent and "my card is <CREDIT_CARD>" in sent
+
+
+def test_responses_function_call_output_parts_are_scanned_and_masked(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    items: Any = [{"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "c1",
+                   "output": [{"type": "input_text", "text": f"card {CARD}"}]}]
+    with pytest.raises(openai.BadRequestError, match=r"blocked by guardrail 'pii' \(credit_card\)"):
+        _oa(gw).responses.create(model="in-block", input=items)
+    _oa(gw).responses.create(model="in-mask", input=items)
+    assert upstream.bodies[-1]["input"][1]["output"] == [{"type": "input_text", "text": "card <CREDIT_CARD>"}]
+
+
+def test_a_completions_suffix_is_scanned(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    sent = len(upstream.bodies)
+    with pytest.raises(openai.BadRequestError, match=r"blocked by guardrail 'pii' \(credit_card\)"):
+        _oa(gw).completions.create(model="in-block", prompt="the card is ", suffix=f" {CARD} on file")
+    assert len(upstream.bodies) == sent
+
+
 def test_scope_by_key(gw: GatewayProcess) -> None:
     assert _chat(gw, "bob-only", f"card {CARD}").choices[0].message.content == "ok"  # alice: out of scope
     with pytest.raises(openai.BadRequestError):
@@ -202,6 +300,36 @@ def test_output_block_non_stream_is_a_502(gw: GatewayProcess) -> None:
     assert info.value.status_code == 502
     assert info.value.body["code"] == "content_policy_violation"  # type: ignore[index]
     assert "blocked by guardrail 'out-block' (credit_card)" in info.value.message
+
+
+def test_an_answer_the_output_guardrails_cannot_read_is_a_502(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "usage": {
+        "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}, "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": f"card {CARD}"}}]}
+    unreadable = json.dumps({**answer, "system_fingerprint_x": 1.5}).replace("1.5", "1e999").encode()
+    for model in ("out-mask", "out-block"):
+        upstream.queue(200, unreadable)
+        with pytest.raises(openai.APIStatusError) as info:
+            _chat(gw, model, "hi")
+        assert info.value.status_code == 502
+        assert info.value.body["code"] == "guardrail_unreadable"  # type: ignore[index]
+        assert CARD not in info.value.response.text
+    upstream.queue(200, unreadable)  # no output guardrail: relayed as it came
+    assert CARD in _oa(gw).chat.completions.with_raw_response.create(
+        model="in-mask", messages=[{"role": "user", "content": "hi"}]).http_response.text
+
+
+def test_an_answer_whose_fields_are_not_lists_is_relayed(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    odd = [{"id": "x", "object": "chat.completion", "choices": 1, "usage": usage},
+           {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"tool_calls": 1}}], "usage": usage}]
+    for answer in odd:
+        upstream.queue(200, json.dumps(answer).encode())
+        got = _oa(gw).chat.completions.with_raw_response.create(model="out-mask", messages=[{"role": "user", "content": "hi"}])
+        assert got.http_response.status_code == 200 and got.http_response.json()["choices"] == answer["choices"]
+    upstream.queue(200, json.dumps({"id": "resp_1", "object": "response", "status": "completed", "output": 1}).encode())
+    raw = _oa(gw).responses.with_raw_response.create(model="out-mask", input="hi")
+    assert raw.http_response.status_code == 200 and raw.http_response.json()["output"] == 1
 
 
 def test_output_mask_on_a_stream_split_across_chunks(gw: GatewayProcess) -> None:
@@ -282,6 +410,27 @@ def test_responses_stream_function_call_arguments_are_masked(gw: GatewayProcess)
     assert json.loads(streamed) == {"email": "<EMAIL>"}
     assert json.loads(events[-1].response.output[0].arguments) == {"email": "<EMAIL>"}
     assert EMAIL not in json.dumps([e.model_dump() for e in events])
+
+
+def test_responses_custom_tool_call_input_is_masked_and_blocked(gw: GatewayProcess) -> None:
+    # A custom (freeform) tool call's `input` is what function calls' `arguments` are; it went out unscanned.
+    answer = _oa(gw).responses.create(model="out-mask", input=f"custom: charge {CARD}")
+    assert answer.output[0].input == "charge <CREDIT_CARD>"  # type: ignore[union-attr]
+    with pytest.raises(openai.APIStatusError, match=r"blocked by guardrail 'out-block' \(credit_card\)"):
+        _oa(gw).responses.create(model="out-block", input=f"custom: charge {CARD}")
+    events = _responses_stream(gw, "out-mask", f"custom: charge {CARD}")
+    streamed = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    assert streamed == "charge <CREDIT_CARD>"
+    done = {e.type: e for e in events}
+    assert done["response.custom_tool_call_input.done"].input == "charge <CREDIT_CARD>"
+    assert done["response.output_item.done"].item.input == "charge <CREDIT_CARD>"
+    assert events[-1].response.output[0].input == "charge <CREDIT_CARD>"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert CARD not in json.dumps([e.model_dump() for e in events])
+    events = _responses_stream(gw, "out-block", f"custom: charge {CARD} now")
+    assert events[-1].type == "error" and events[-1].code == "content_policy_violation"
+    sent = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    assert CARD_DIGITS[:8] not in sent.replace(" ", "")
 
 
 def test_responses_stream_output_block_ends_with_the_responses_error_event(gw: GatewayProcess) -> None:

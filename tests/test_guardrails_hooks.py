@@ -40,6 +40,21 @@ def test_input_slots_per_api() -> None:
         ["s", "u", "x", "z", "r"]
 
 
+def test_input_slots_of_text_documents_output_parts_and_suffix() -> None:
+    # These were not scanned: a card in them reached the upstream past an input guardrail.
+    assert _texts("messages", {"messages": [{"role": "user", "content": [
+        {"type": "document", "title": "t", "context": "c", "source": {"type": "text", "data": "d"}},
+        {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "p"}]}},
+        {"type": "document", "source": {"type": "base64", "data": "JVBERi0="}}]}]}) == ["t", "c", "d", "p"]
+    assert _texts("responses", {"input": [{"type": "function_call_output", "output": [
+        {"type": "input_text", "text": "o"}, {"type": "input_image", "image_url": "u"}]}]}) == ["o"]
+    assert _texts("completions", {"prompt": "a", "suffix": "s"}) == ["a", "s"]
+    body: Any = {"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": CARD}}]}]}
+    guards = _set(name="m", apply_to=["input"])
+    guards.apply_rule(GuardrailState(()), guards.rules[0], input_slots("messages", body), 400)
+    assert body["messages"][0]["content"][0]["source"]["data"] == "<CREDIT_CARD>"
+
+
 def test_input_slots_of_the_media_moderation_and_rerank_endpoints() -> None:
     # These endpoints had no slots: a pii `block` guardrail let a card through in an image prompt,
     # speech input or rerank document.

@@ -168,3 +168,10 @@ def test_responses_stream_ends_with_the_error_event(gw: GatewayProcess) -> None:
     events = list(_oa(gw).responses.create(model="schema-block", input='say: {"name": "Ada", "age": 2}',
                                            text=TEXT_FORMAT, stream=True))
     assert events[-1].type == "response.completed"
+
+
+def test_an_answer_whose_output_is_not_a_list_is_relayed(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
+    # (iterating `output or ()` raised TypeError on a number: a 500 in place of the upstream's answer)
+    upstream.queue(200, json.dumps({"id": "resp_1", "object": "response", "status": "completed", "output": 1}).encode())
+    raw = _oa(gw).responses.with_raw_response.create(model="schema-block", input="hi", text=TEXT_FORMAT)
+    assert raw.http_response.status_code == 200 and raw.http_response.json()["output"] == 1

@@ -314,8 +314,8 @@ class GuardrailSet:
             return
         try:
             body = _decode(req.body)
-        except msgspec.DecodeError:
-            return
+        except msgspec.DecodeError as exc:  # (the gateway's partial read passed it: it skips what it needs not)
+            raise errors.guardrail_unreadable((inputs or checks)[0].name, "The request body", str(exc), 400) from None
         if checks:
             self._schema(state, checks, ex.api, body)
         if not inputs:
@@ -358,8 +358,9 @@ class GuardrailSet:
             return out
         try:
             body = _decode(out)
-        except msgspec.DecodeError:
-            return out
+        except msgspec.DecodeError as exc:  # (the adapter read only what it needed)
+            rules = state.output or state.checks
+            raise errors.guardrail_unreadable(rules[0].name, "The upstream's answer", str(exc), 502) from None
         slots = output_slots(body)
         changed = state.redacts and logprobs.strip(body)
         changed |= await self._apply_rules(state, state.output, slots, 502)

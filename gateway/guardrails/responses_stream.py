@@ -2,15 +2,17 @@
 
 Theory of operation. The deltas are scanned as chat deltas are, with one scanner per guardrail
 and per text part (`output_index`, `content_index`), reasoning summary part (`output_index`,
-`summary_index`) or function call (`output_index`): `response.output_text.delta`,
-`response.refusal.delta`, `response.reasoning_summary_text.delta` and
-`response.function_call_arguments.delta` carry the text, and what the scanners emit (masked, or
-the text before a finding for `block`) replaces the delta.
+`summary_index`) or function or custom tool call (`output_index`): `response.output_text.delta`,
+`response.refusal.delta`, `response.reasoning_summary_text.delta`,
+`response.function_call_arguments.delta` and `response.custom_tool_call_input.delta` carry the
+text, and what the scanners emit (masked, or the text before a finding for `block`) replaces
+the delta.
 
 Unlike chat, the stream then repeats the whole text: in `response.output_text.done` (`text`),
-`response.function_call_arguments.done` (`arguments`), `response.content_part.done` (`part`),
-`response.output_item.done` (`item`) and the final `response.completed` (`response.output`).
-Those must not carry the original, so each is rewritten from what was emitted for its part:
+`response.function_call_arguments.done` (`arguments`), `response.custom_tool_call_input.done`
+(`input`), `response.content_part.done` (`part`), `response.output_item.done` (`item`) and the
+final `response.completed` (`response.output`). Those must not carry the original, so each is
+rewritten from what was emitted for its part:
 the held tail is flushed at the part's `.done` event (as one more delta event before it, the
 later events' `sequence_number`s moved up by one), and every repeated text becomes the emitted
 text. A text the stream repeats without having sent it as deltas is scanned whole (masked, or
@@ -35,12 +37,16 @@ if TYPE_CHECKING:
 
 Key = tuple[int, int]  # (output_index, content_index or summary_index), -1 for a function call's arguments
 _DELTAS = {"response.output_text.delta": False, "response.function_call_arguments.delta": True,  # → arguments?
+           "response.custom_tool_call_input.delta": True,  # (a freeform tool's input: its arguments)
            "response.refusal.delta": False, "response.reasoning_summary_text.delta": False,
            "response.reasoning_text.delta": False}
 _DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments",
+          "response.custom_tool_call_input.done": "input",
           "response.refusal.done": "refusal", "response.reasoning_summary_text.done": "text",
           "response.reasoning_text.done": "text"}
 _DELTA_OF = {done: done.removesuffix(".done") + ".delta" for done in _DONES}  # (the event a held tail goes out as)
+_CALL_DONES = frozenset(done for done, delta in _DELTA_OF.items() if _DELTAS[delta])  # a tool call's: key (at, -1)
+_CALL_INPUT = {"function_call": "arguments", "custom_tool_call": "input"}  # a tool call item's text, by its type
 # A part's text field, by its type (a message's, a reasoning item's content and summary)
 _PART_TEXT = {"output_text": "text", "refusal": "refusal", "summary_text": "text", "reasoning_text": "text"}
 _ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
@@ -85,7 +91,7 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
                     obj["delta"], ev.changed = new, True
             continue
         if kind in _DONES:
-            key = _key(obj, kind == "response.function_call_arguments.done")
+            key = _key(obj, kind in _CALL_DONES)
             if key is not None:
                 _flush(guards, state, rs, key, ev, _DELTA_OF[kind])
                 ev.changed |= _settle(guards, state, rs, key, obj, _DONES[kind])
@@ -163,8 +169,9 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
 
 def _settle_item(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, at: int, item: dict[str, Any],
                  record: bool = True) -> bool:
-    if item.get("type") == "function_call":
-        return _settle(guards, state, rs, (at, -1), item, "arguments", record)
+    name = _CALL_INPUT.get(str(item.get("type")))
+    if name is not None:
+        return _settle(guards, state, rs, (at, -1), item, name, record)
     changed = False
     for parts in (item.get("content"), item.get("summary")):  # a message's parts, a reasoning item's summary
         for index, part in enumerate(parts if isinstance(parts, list) else ()):

@@ -104,6 +104,5 @@ def item_answer(item: Any) -> str | None:
 
 def responses_answers(body: Any) -> list[str]:
     """The answers of a non-stream Responses API answer to check."""
-    if not isinstance(body, dict):
-        return []
-    return [text for item in body.get("output") or () if (text := item_answer(item)) is not None]
+    output = body.get("output") if isinstance(body, dict) else None
+    return [text for item in output if (text := item_answer(item)) is not None] if isinstance(output, list) else []

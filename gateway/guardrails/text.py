@@ -4,11 +4,13 @@ Input (what the model would see), all roles:
 - chat: `messages[].content` (a string or text parts), tool results (`role: tool`), assistant
   `tool_calls[].function.arguments` (and the legacy `function_call.arguments`);
 - messages (Anthropic) and count_tokens: `system` (a string or text blocks),
-  `messages[].content` (a string, `text` blocks, `tool_result` content, `tool_use` input's strings);
-- completions: `prompt` (a string or strings); embeddings: `input` (a string or strings; token
+  `messages[].content` (a string, `text` blocks, `tool_result` content, `tool_use` input's strings,
+  `document` blocks' title, context and plain-text or content source);
+- completions: `prompt` (a string or strings) and `suffix`; embeddings: `input` (a string or strings; token
   arrays are not text);
 - responses: `instructions`, `input` (a string, or items' `content` strings and text parts,
-  `function_call.arguments`, `function_call_output.output`);
+  `function_call.arguments`, `custom_tool_call.input`, `function_call_output.output`: a string
+  or `input_text` parts);
 - moderations: `input` (a string, strings, or text parts); speech: `input`; images: `prompt`;
   rerank: `query` and `documents` (strings, or objects with `text`). The multipart uploads
   (image edits, transcriptions) are not JSON: their `prompt` is not scanned.
@@ -16,7 +18,7 @@ Input (what the model would see), all roles:
 Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content`, `.refusal`
 and tool-call arguments, completions `choices[].text`, Anthropic `content[].text` and
 `tool_use` input's strings, responses `output[].content[].text` and `.refusal`, reasoning
-`summary[].text` and `function_call.arguments`. Anthropic `thinking` blocks are not: they are
+`summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks are not: they are
 signed, and a changed one is refused when the client sends it back.
 """
 from __future__ import annotations
@@ -64,15 +66,40 @@ def _parts(holder: dict[str, Any], key: str) -> Iterator[Slot]:
                 yield from _parts(part, "content")
             elif kind == "tool_use":
                 yield from _strings(part.get("input"))
+            elif kind == "document":
+                yield from _document(part)
             else:
                 yield from _str(part, "text")
                 yield from _str(part, "refusal")  # a refusal part (chat, responses)
-                yield from _str(part, "output")  # responses: function_call_output
+                yield from _parts(part, "output")  # responses: function_call_output (a string or input_text parts)
                 yield from _str(part, "arguments")  # responses: function_call
+                if kind == "custom_tool_call":  # responses: a freeform tool call's input
+                    yield from _str(part, "input")
                 if "content" in part:
                     yield from _parts(part, "content")
                 if "summary" in part:  # responses: a reasoning item
                     yield from _parts(part, "summary")
+
+
+def _document(block: dict[str, Any]) -> Iterator[Slot]:
+    """An Anthropic document block's text: its title and context, and a plain-text source's
+    `data` or a content source's text blocks (a base64 PDF or a URL is not text)."""
+    yield from _str(block, "title")
+    yield from _str(block, "context")
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return
+    if source.get("type") == "text":
+        yield from _str(source, "data")
+    elif source.get("type") == "content":
+        yield from _parts(source, "content")
+
+
+def _items(holder: dict[str, Any], key: str) -> list[Any]:
+    """`holder[key]` if it is a list, else no items: a body is the client's or the upstream's,
+    and a field of another type (`"messages": 5`) has no text to scan; the upstream answers it."""
+    value = holder.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _list_or_str(holder: dict[str, Any], key: str) -> Iterator[Slot]:
@@ -91,17 +118,18 @@ def input_slots(api: str, body: Any) -> list[Slot]:
     slots: list[Slot] = []
     if api in ("chat", "messages", "count_tokens"):
         slots += _parts(body, "system")
-        for message in body.get("messages") or ():
+        for message in _items(body, "messages"):
             if not isinstance(message, dict):
                 continue
             slots += _parts(message, "content")
             slots += _str(message, "refusal")  # (an earlier assistant turn's)
-            for call in message.get("tool_calls") or ():
+            for call in _items(message, "tool_calls"):
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
             slots += _str(message.get("function_call"), "arguments")
     elif api == "completions":
         slots += _list_or_str(body, "prompt")
+        slots += _str(body, "suffix")  # (the text after the insertion point: the model reads it too)
     elif api == "embeddings":
         slots += _list_or_str(body, "input")
     elif api == "responses":
@@ -123,7 +151,7 @@ def output_slots(body: Any) -> list[Slot]:
     if not isinstance(body, dict):
         return []
     slots: list[Slot] = []
-    for choice in body.get("choices") or ():
+    for choice in _items(body, "choices"):
         if not isinstance(choice, dict):
             continue
         slots += _str(choice, "text")
@@ -132,14 +160,16 @@ def output_slots(body: Any) -> list[Slot]:
             slots += _str(message, "content")
             slots += _str(message, "reasoning_content")  # (what the gateway makes of a provider's thinking)
             slots += _str(message, "refusal")
-            for call in message.get("tool_calls") or ():
+            for call in _items(message, "tool_calls"):
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
     if body.get("type") == "message":
         slots += _parts(body, "content")
-    for item in body.get("output") or ():
+    for item in _items(body, "output"):
         if isinstance(item, dict):
             slots += _str(item, "arguments")
+            if item.get("type") == "custom_tool_call":  # a freeform tool's input: its arguments
+                slots += _str(item, "input")
             slots += _parts(item, "content")  # (a reasoning item's reasoning_text parts too)
             slots += _parts(item, "summary")  # a reasoning item's summary text
     return slots

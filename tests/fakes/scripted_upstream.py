@@ -1,8 +1,10 @@
 """A fake OpenAI upstream that answers what it is told: the text after `say:` in the last user
 message (chat) or in the input (Responses API), or "ok". Streams come in CHUNK-character deltas,
 so a value in the answer is split across many chunk boundaries. In the Responses API, `call:`
-instead of `say:` answers with a function call whose arguments are the text. Records the
-bodies it got (`bodies`).
+instead of `say:` answers with a function call whose arguments are the text, `custom:` with a
+custom (freeform) tool call whose input is the text. Records the
+bodies it got (`bodies`). `queue(status, raw)` makes the next answer those bytes, whatever was
+asked (an answer no real upstream sends, or an upstream's error).
 
 The Responses stream has the events OpenAI sends for one message (or function call) item:
 response.created, output_item.added, content_part.added, output_text.delta..., output_text.done,
@@ -28,7 +30,7 @@ _RESPONSES_USAGE = {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10,
 
 def _told(text: str) -> tuple[str, str]:
     """(what to answer, "say" or "call")."""
-    for verb in ("say", "call"):
+    for verb in ("say", "call", "custom"):
         _, sep, said = text.partition(verb + ":")
         if sep:
             return said.strip(), verb
@@ -38,6 +40,7 @@ def _told(text: str) -> tuple[str, str]:
 class ScriptedUpstream:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.queued: list[tuple[int, bytes]] = []
         self.server = ThreadedServer(self._app)
         self.url = f"http://127.0.0.1:{self.server.port}/v1"
 
@@ -47,12 +50,23 @@ class ScriptedUpstream:
         app.router.add_post("/v1/responses", self.responses)
         return app
 
+    def queue(self, status: int, raw: bytes) -> None:
+        self.queued.append((status, raw))
+
+    def _queued(self) -> web.Response | None:
+        if not self.queued:
+            return None
+        status, raw = self.queued.pop(0)
+        return web.Response(status=status, body=raw, content_type="application/json")
+
     def last_text(self) -> str:
         return json.dumps(self.bodies[-1])
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        if (queued := self._queued()) is not None:
+            return queued
         last = body["messages"][-1]["content"]
         if isinstance(last, list):
             last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
@@ -83,10 +97,15 @@ class ScriptedUpstream:
     async def responses(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        if (queued := self._queued()) is not None:
+            return queued
         given = body.get("input")
         text, verb = _told(given if isinstance(given, str) else json.dumps(given))
-        if verb == "call":
-            item: dict[str, Any] = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "lookup",
+        if verb == "custom":
+            item: dict[str, Any] = {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1", "name": "pay",
+                                    "input": text, "status": "completed"}
+        elif verb == "call":
+            item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "lookup",
                                     "arguments": text, "status": "completed"}
         else:
             item = {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
@@ -109,7 +128,12 @@ def _responses_events(final: dict[str, Any], item: dict[str, Any], text: str) ->
     at = {"item_id": item["id"], "output_index": 0}
     events: list[tuple[str, dict[str, Any]]] = [
         ("response.created", {"response": {**final, "status": "in_progress", "output": [], "usage": None}})]
-    if item["type"] == "function_call":
+    if item["type"] == "custom_tool_call":
+        events.append(("response.output_item.added", {"output_index": 0, "item": {**item, "input": "",
+                                                                                  "status": "in_progress"}}))
+        events += [("response.custom_tool_call_input.delta", {**at, "delta": p}) for p in pieces]
+        events.append(("response.custom_tool_call_input.done", {**at, "input": text}))
+    elif item["type"] == "function_call":
         events.append(("response.output_item.added", {"output_index": 0, "item": {**item, "arguments": "",
                                                                                   "status": "in_progress"}}))
         events += [("response.function_call_arguments.delta", {**at, "delta": p}) for p in pieces]
