@@ -257,6 +257,33 @@ def test_truncated_failed_cut_off_and_blocked_answers_are_not_stored(oai, up, mo
     assert calls[0] >= 1 and calls[1] == 2 * calls[0]  # (a 500 is retried: the second request tries as often)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_refused_answers_are_not_stored(oai, up, stream):
+    """A refusal finishes with "stop" (chat: message.refusal; Responses: a refusal content part
+    in a completed response): it looked complete and was served to every later request."""
+    text = prompt()
+    for _ in range(2):
+        raw = oai.chat.completions.with_raw_response.create(model="refusing", messages=messages(text), temperature=0,
+                                                             stream=stream)  # type: ignore[call-overload]
+        assert raw.headers["x-tollway-cache"] == "miss"
+        if stream:
+            refusal = "".join(c.choices[0].delta.refusal or "" for c in raw.parse() if c.choices)
+        else:
+            refusal = raw.parse().choices[0].message.refusal
+        assert refusal == "I can't help with that."
+    assert chat(oai, text, not stream, model="refusing")[1] == "miss"  # nor for the other kind of request
+    assert up.calls(text) == 3
+
+
+def test_a_refused_response_is_not_stored(oai, up):
+    text = prompt()
+    for _ in range(2):
+        raw = oai.responses.with_raw_response.create(model="refusing", input=text, temperature=0)
+        assert raw.headers["x-tollway-cache"] == "miss"
+        assert raw.parse().output[0].content[0].type == "refusal"  # type: ignore[union-attr]
+    assert up.calls(text) == 2
+
+
 def test_an_anthropic_stream_that_ends_in_an_error_event_is_not_stored(gw, anthropic_upstream):
     ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
     text = prompt()

@@ -305,6 +305,18 @@ def test_a_stream_with_an_error_event_is_not_an_answer() -> None:
     assert assemble("responses", events, None) is None
 
 
+# Answers that finish with "stop" but a cache must not keep: refused, or saying nothing.
+REFUSED: list[tuple[str, dict[str, Any]]] = [
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": None,
+                                                                   "refusal": "I can't help with that."}}]}),
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": None}}]}),
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": ""}}]}),
+    ("responses", {**RESPONSE, "output": [{"type": "message", "id": "msg_1", "status": "completed",
+                                           "role": "assistant",
+                                           "content": [{"type": "refusal", "refusal": "I can't help."}]}]}),
+]
+
+
 @pytest.mark.parametrize("api, answer, ok", [
     ("chat", CHAT, True),
     ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "finish_reason": "length"}]}, False),
@@ -320,6 +332,9 @@ def test_a_stream_with_an_error_event_is_not_an_answer() -> None:
     ("messages", {**MESSAGE, "stop_reason": "max_tokens"}, False),
     ("messages", {**MESSAGE, "stop_reason": "refusal"}, False),
     ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}, True),
+    *[(api, answer, False) for api, answer in REFUSED],
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": "Four.",
+                                                                   "refusal": None}}]}, True),
 ])
 def test_only_complete_answers_are_storable(api: str, answer: dict[str, Any], ok: bool) -> None:
     assert storable(api, answer) is ok
@@ -445,6 +460,7 @@ models: [{name: a, targets: [{provider: up}], cache: {ttl: 10m}}, {name: b, targ
     ("responses", {**RESPONSE, "status": "incomplete"}), ("responses", {**RESPONSE, "error": {"code": "x"}}),
     ("messages", MESSAGE), ("messages", {**MESSAGE, "stop_reason": "max_tokens"}),
     ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}), ("embeddings", {"object": "list"}),
+    *REFUSED,
 ])
 def test_storable_json_reads_bytes_as_storable_reads_the_answer(api: str, answer: dict[str, Any]) -> None:
     from tollway.core.cache.entry import storable_json
