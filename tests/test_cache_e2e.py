@@ -144,6 +144,24 @@ def test_embeddings_completions_and_responses_are_cached(oai, up):
     assert up.calls(text) == 3  # one each for embeddings, completions and responses
 
 
+def test_a_streamed_completions_logprobs_are_kept(oai, up):
+    """Legacy completions stream their logprobs in pieces (tokens, token_logprobs, top_logprobs,
+    text_offset per chunk): the entry a stream filled had them null for every later hit."""
+    text = prompt()
+    args = {"model": "scored", "prompt": text, "temperature": 0, "logprobs": 1}
+    streamed = list(oai.completions.create(**args, stream=True))  # type: ignore[call-overload]
+    pieces = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    raw = oai.completions.with_raw_response.create(**args)  # type: ignore[call-overload]
+    assert raw.headers["x-tollway-cache"] == "hit"
+    logprobs = raw.parse().choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens == [t for p in pieces for t in p.tokens] == ["Hello", " world"]
+    assert logprobs.token_logprobs == [-0.1, -0.2] and logprobs.text_offset == [0, 5]
+    assert logprobs.top_logprobs == [{"Hello": -0.1}, {" world": -0.2}]
+    again = list(oai.completions.create(**args, stream=True))  # type: ignore[call-overload]
+    assert [c.choices[0].logprobs.tokens for c in again if c.choices] == [["Hello", " world"]]  # type: ignore[union-attr]
+    assert up.calls(text) == 1
+
+
 def test_anthropic_messages_are_cached_both_ways(gw, anthropic_upstream):
     ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
     text = prompt()

@@ -169,8 +169,12 @@ MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "clau
                        {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 2, "b": [1, {"c": None}]}}]}
 
 
-@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("completions", COMPLETION), ("responses", RESPONSE),
-                                         ("messages", MESSAGE)])
+SCORED = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "logprobs": {
+    "tokens": [" four"], "token_logprobs": [-0.1], "top_logprobs": [{" four": -0.1}], "text_offset": [0]}}]}
+
+
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("completions", COMPLETION), ("completions", SCORED),
+                                         ("responses", RESPONSE), ("messages", MESSAGE)])
 def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict[str, Any]) -> None:
     sse = replay(api, copy.deepcopy(answer), include_usage=True)
     assert assemble(api, sse, None) == answer
@@ -261,8 +265,9 @@ def _streams_of(n: int) -> dict[str, tuple[str, bytes]]:
     logprobs = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "t"}, "finish_reason": None,
                                                            "logprobs": {"content": [{"token": "t", "logprob": -1.0}]}}]}).encode()
                         + b"\n\n" for _ in range(n)) + b"data: [DONE]\n\n"
-    completions = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "text": piece}]}).encode() + b"\n\n"
-                           for _ in range(n)) + b"data: [DONE]\n\n"
+    scored = {"tokens": [piece], "token_logprobs": [-1.0], "top_logprobs": [{piece: -1.0}], "text_offset": [0]}
+    completions = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "text": piece, "logprobs": scored}]}).encode()
+                           + b"\n\n" for _ in range(n)) + b"data: [DONE]\n\n"
     message = {**MESSAGE, "content": [{"type": "text", "text": piece * n}]}
     messages = replay("messages", message, True).replace(b'"text":"' + piece.encode() * n + b'"', b'"text":""')
     deltas = b"".join(b"event: content_block_delta\ndata: " + json.dumps(
@@ -296,6 +301,22 @@ def test_assembling_a_stream_is_linear_in_its_pieces(kind: str) -> None:
 
     small, large = cost(2_500), cost(40_000)
     assert large / small < 80, (kind, small, large)
+
+
+def test_a_completions_streams_logprobs_are_put_together_per_choice() -> None:
+    def chunk(index: int, text: str, token_logprob: float | None) -> dict[str, Any]:
+        logprobs = None if token_logprob is None else {"tokens": [text], "token_logprobs": [token_logprob]}
+        return {"id": "cmpl-1", "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                             "finish_reason": None if text else "stop"}]}
+
+    chunks = [chunk(0, "a", -1.0), chunk(1, "x", -3.0), chunk(0, "b", -2.0), chunk(0, "", None), chunk(1, "", None)]
+    sse = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    answer = assemble("completions", sse, None)
+    assert answer is not None
+    assert [c["logprobs"] for c in answer["choices"]] == [{"tokens": ["a", "b"], "token_logprobs": [-1.0, -2.0]},
+                                                          {"tokens": ["x"], "token_logprobs": [-3.0]}]
+    odd = sse.replace(b'"token_logprobs": [-3.0]', b'"token_logprobs": -3.0')
+    assert assemble("completions", odd, None) is None  # not a list: nothing to put together
 
 
 def test_a_stream_with_an_error_event_is_not_an_answer() -> None:

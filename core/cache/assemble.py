@@ -245,6 +245,7 @@ def _completions(sse: bytes) -> Answer | None:
     first: Answer | None = None
     choices: dict[int, Answer] = {}
     texts: dict[int, list[str]] = {}
+    scores: dict[int, dict[str, list[Any]]] = {}  # a choice's logprobs: each field's lists, concatenated
     usage, done = None, False
     for _, data in events(sse):
         if data == b"[DONE]":
@@ -259,14 +260,28 @@ def _completions(sse: bytes) -> Answer | None:
             index = part.get("index", 0)
             choice = choices.setdefault(index, {"index": index, "text": "", "logprobs": None, "finish_reason": None})
             texts.setdefault(index, []).append(part.get("text") or "")
+            if part.get("logprobs"):
+                _add_logprobs(scores.setdefault(index, {}), part["logprobs"])
             if part.get("finish_reason"):
                 choice["finish_reason"] = part["finish_reason"]
     if not done or first is None or not choices:
         return None
     for index, pieces in texts.items():
         choices[index]["text"] = "".join(pieces)
+    for index, fields in scores.items():
+        choices[index]["logprobs"] = fields
     return {"id": first.get("id"), "object": "text_completion", "created": first.get("created"),
             "model": first.get("model"), "choices": [choices[i] for i in sorted(choices)], "usage": usage}
+
+
+def _add_logprobs(fields: dict[str, list[Any]], piece: Answer) -> None:
+    """A chunk's legacy logprobs (tokens, token_logprobs, top_logprobs, text_offset: a list
+    each, one entry per token of its text) after the chunks' before it. Extending a list
+    copies only the piece. A field that is not a list cannot be put together: not an answer."""
+    for field, values in piece.items():
+        if not isinstance(values, list):
+            raise ValueError(f"logprobs.{field} is not a list")
+        fields.setdefault(field, []).extend(values)
 
 
 def _responses(sse: bytes) -> Answer | None:
