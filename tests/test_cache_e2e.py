@@ -302,6 +302,38 @@ def test_a_refused_response_is_not_stored(oai, up):
     assert up.calls(text) == 2
 
 
+@pytest.mark.parametrize("first", [False, True])
+def test_a_spoken_answer_is_cached_whole_both_ways(oai, up, first):
+    """An audio answer (content null, message.audio) was assembled from its stream without
+    its audio, and replayed to a stream without it: every hit was an empty answer."""
+    text = prompt()
+    args = {"model": "speaking", "messages": messages(text), "temperature": 0, "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"}}
+
+    def spoken(stream: bool) -> tuple[dict[str, object], str | None]:
+        raw = oai.chat.completions.with_raw_response.create(**args, stream=stream)  # type: ignore[call-overload]
+        if not stream:
+            audio = raw.parse().choices[0].message.audio
+            return audio.model_dump(), raw.headers["x-tollway-cache"]
+        deltas = [c.choices[0].delta.audio for c in raw.parse() if c.choices and c.choices[0].delta.audio]
+        whole = {"id": next(d.id for d in deltas if d.id), "expires_at": next(d.expires_at for d in deltas if d.expires_at),
+                 "data": "".join(d.data or "" for d in deltas), "transcript": "".join(d.transcript or "" for d in deltas)}
+        return whole, raw.headers["x-tollway-cache"]
+
+    expected = {"id": "audio_1", "data": "UklGRgAA", "expires_at": 1700003600, "transcript": "Hello there."}
+    assert spoken(first) == (expected, "miss")
+    assert spoken(not first) == (expected, "hit")
+    assert spoken(first) == (expected, "hit")
+    assert up.calls(text) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_that_says_nothing_is_not_stored(oai, up, stream):
+    text = prompt()
+    assert [chat(oai, text, stream, model="silent")[1] for _ in range(2)] == ["miss", "miss"]
+    assert up.calls(text) == 2
+
+
 def test_an_anthropic_stream_that_ends_in_an_error_event_is_not_stored(gw, anthropic_upstream):
     ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
     text = prompt()

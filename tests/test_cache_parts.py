@@ -169,17 +169,44 @@ MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "clau
                        {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 2, "b": [1, {"c": None}]}}]}
 
 
+SPOKEN = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+    "role": "assistant", "content": None, "reasoning_content": "They greeted me.",
+    "audio": {"id": "audio_1", "data": "UklGRgAA", "expires_at": 1700003600, "transcript": "Hello there."}}},
+    {"index": 1, "logprobs": None, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "See the docs.",
+        "annotations": [{"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "Docs",
+                                                                 "start_index": 4, "end_index": 12}}]}}]}
 SCORED = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "logprobs": {
     "tokens": [" four"], "token_logprobs": [-0.1], "top_logprobs": [{" four": -0.1}], "text_offset": [0]}}]}
 
 
-@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("completions", COMPLETION), ("completions", SCORED),
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("completions", COMPLETION), ("completions", SCORED),
                                          ("responses", RESPONSE), ("messages", MESSAGE)])
 def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict[str, Any]) -> None:
     sse = replay(api, copy.deepcopy(answer), include_usage=True)
     assert assemble(api, sse, None) == answer
     # in pieces of any size, as a relay delivers it, and with CRLF line ends
     assert assemble(api, sse.replace(b"\n", b"\r\n"), None) == answer
+
+
+def test_a_chat_streams_audio_is_put_together_from_its_pieces() -> None:
+    sse = _chat_stream([{"role": "assistant", "content": None},
+                        {"audio": {"id": "audio_1", "transcript": "Hel", "expires_at": 9}},
+                        {"audio": {"transcript": "lo.", "data": "Ukl"}}, {"audio": {"data": "GRg=="}}], finish="stop")
+    answer = assemble("chat", sse, None)
+    assert answer is not None and storable("chat", answer)
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": None, "audio": {
+        "id": "audio_1", "data": "UklGRg==", "expires_at": 9, "transcript": "Hello."}}
+
+
+def test_a_message_field_no_stream_carries_makes_the_replay_refuse_not_drop_it() -> None:
+    """A stream without the field would be an emptier answer than the entry: the replay raises,
+    and the entry is a miss for a streaming request (gateway.cache.hooks, _UNREPLAYABLE)."""
+    message = {"role": "assistant", "content": "Four.", "refusal": None, "function_call": {"name": "f"}}
+    with pytest.raises(ValueError):
+        replay("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": message}]}, False)
+    message["function_call"] = None  # (an empty field says nothing)
+    assert replay("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": message}]}, False)
 
 
 def test_a_replayed_chat_stream_has_the_usage_chunk_only_when_asked() -> None:
