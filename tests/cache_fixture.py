@@ -21,12 +21,33 @@ SPENT_KEY = "sk-tollway-spent-key-5555555555"  # a budget the first answer spend
 SLOW_SECONDS = 0.6
 
 
+# Chat answers finished with "stop" that a cache must not keep or must keep whole, by model:
+# the message a JSON request gets, and the deltas a stream carries it in (after the role chunk).
+SCRIPTED: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+    "refusing": ({"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                 [{"refusal": "I can't "}, {"refusal": "help with that."}]),
+    "speaking": ({"role": "assistant", "content": None,
+                  "audio": {"id": "audio_1", "data": "UklGRgAA", "expires_at": 1700003600, "transcript": "Hello there."}},
+                 [{"audio": {"id": "audio_1", "transcript": "Hello ", "expires_at": 1700003600}},
+                  {"audio": {"transcript": "there.", "data": "UklG"}}, {"audio": {"data": "RgAA"}}]),
+    "silent": ({"role": "assistant", "content": None}, []),
+}
+SCORED = [("Hello", {"tokens": ["Hello"], "token_logprobs": [-0.1], "top_logprobs": [{"Hello": -0.1}], "text_offset": [0]}),
+          (" world", {"tokens": [" world"], "token_logprobs": [-0.2], "top_logprobs": [{" world": -0.2}],
+                      "text_offset": [5]})]
+
+
 class CacheUpstream(FakeOpenAI):
-    """FakeOpenAI plus `truncated` (finish_reason length), `slow` (answers after SLOW_SECONDS)
-    and `oddshape` (a complete answer whose tool_calls holds a string, not a tool call)."""
+    """FakeOpenAI plus `truncated` (finish_reason length), `slow` (answers after SLOW_SECONDS),
+    `oddshape` (a complete answer whose tool_calls holds a string, not a tool call), the SCRIPTED
+    chat answers, `scored` completions (logprobs, streamed in SCORED's pieces) and `refusing`
+    Responses (a refusal content part, status completed)."""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()  # (aiohttp keeps the body: the parent reads it again)
+        if body.get("model") in SCRIPTED:
+            await self._record(request)
+            return await _scripted(request, body, *SCRIPTED[body["model"]])
         if body.get("model") == "slow":
             await asyncio.sleep(SLOW_SECONDS)
         if body.get("model") == "oddshape" and not body.get("stream"):
@@ -54,9 +75,57 @@ class CacheUpstream(FakeOpenAI):
         await resp.write_eof()
         return resp
 
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("model") != "scored":
+            return await super().completions(request)
+        await self._record(request)
+        base = {"id": "cmpl-scored", "object": "text_completion", "created": 1, "model": "scored"}
+        if not body.get("stream"):
+            logprobs = {field: [v for _, piece in SCORED for v in piece[field]] for field in SCORED[0][1]}
+            return web.json_response({**base, "usage": _usage(3, 2), "choices": [
+                {"index": 0, "text": "Hello world", "logprobs": logprobs, "finish_reason": "stop"}]})
+        parts = [{"index": 0, "text": text, "logprobs": lp, "finish_reason": None} for text, lp in SCORED]
+        return await _sse(request, [{**base, "choices": [c]} for c in
+                                    [*parts, {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]])
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("model") != "refusing":
+            return await super().responses(request)
+        await self._record(request)
+        refusal = {"type": "refusal", "refusal": "I can't help with that."}
+        return web.json_response({
+            "id": "resp_refused", "object": "response", "created_at": 1, "status": "completed", "error": None,
+            "model": "refusing", "output": [{"type": "message", "id": "msg_r", "status": "completed",
+                                             "role": "assistant", "content": [refusal]}],
+            "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}})
+
     def calls(self, marker: str) -> int:
         """Requests that reached this upstream with `marker` somewhere in their body."""
         return sum(marker in json.dumps(r["body"]) for r in self.requests)
+
+
+async def _scripted(request: web.Request, body: dict[str, Any], message: dict[str, Any],
+                    deltas: list[dict[str, Any]]) -> web.StreamResponse:
+    base = {"id": "chatcmpl-scripted", "created": 1, "model": body["model"]}
+    if not body.get("stream"):
+        return web.json_response({**base, "object": "chat.completion", "usage": _usage(3, 5), "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}]})
+    pieces = [(d, None) for d in [{"role": "assistant", "content": None}, *deltas]] + [({}, "stop")]
+    return await _sse(request, [{**base, "object": "chat.completion.chunk",
+                                 "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": f}]}
+                                for d, f in pieces])
+
+
+async def _sse(request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    for chunk in chunks:
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
 
 
 def prompt() -> str:
@@ -82,7 +151,8 @@ _LIMITED = """  - name: limited-key
 def cache_config(openai_url: str, anthropic_url: str = "http://127.0.0.1:9", cache: str = "{backend: memory}",
                  extra: str = "", limited: bool = True) -> str:
     """`limited`: with the key whose in-memory limits refuse `--workers N`."""
-    cached = ("gpt-4o-mini", "text-embedding-3-small", "truncated", "slow", "fail-500", "die-mid-stream", "oddshape")
+    cached = ("gpt-4o-mini", "text-embedding-3-small", "truncated", "slow", "fail-500", "die-mid-stream", "oddshape",
+              "refusing", "speaking", "silent", "scored")
     models = "\n".join(f"  - {{name: {m}, targets: [{{provider: up}}], cache: {{}}}}" for m in cached)
     return f"""
 providers:

@@ -144,6 +144,24 @@ def test_embeddings_completions_and_responses_are_cached(oai, up):
     assert up.calls(text) == 3  # one each for embeddings, completions and responses
 
 
+def test_a_streamed_completions_logprobs_are_kept(oai, up):
+    """Legacy completions stream their logprobs in pieces (tokens, token_logprobs, top_logprobs,
+    text_offset per chunk): the entry a stream filled had them null for every later hit."""
+    text = prompt()
+    args = {"model": "scored", "prompt": text, "temperature": 0, "logprobs": 1}
+    streamed = list(oai.completions.create(**args, stream=True))  # type: ignore[call-overload]
+    pieces = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    raw = oai.completions.with_raw_response.create(**args)  # type: ignore[call-overload]
+    assert raw.headers["x-tollway-cache"] == "hit"
+    logprobs = raw.parse().choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens == [t for p in pieces for t in p.tokens] == ["Hello", " world"]
+    assert logprobs.token_logprobs == [-0.1, -0.2] and logprobs.text_offset == [0, 5]
+    assert logprobs.top_logprobs == [{"Hello": -0.1}, {" world": -0.2}]
+    again = list(oai.completions.create(**args, stream=True))  # type: ignore[call-overload]
+    assert [c.choices[0].logprobs.tokens for c in again if c.choices] == [["Hello", " world"]]  # type: ignore[union-attr]
+    assert up.calls(text) == 1
+
+
 def test_anthropic_messages_are_cached_both_ways(gw, anthropic_upstream):
     ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
     text = prompt()
@@ -255,6 +273,65 @@ def test_truncated_failed_cut_off_and_blocked_answers_are_not_stored(oai, up, mo
             pass  # a stream that ended with an error event
         calls.append(up.calls(text))
     assert calls[0] >= 1 and calls[1] == 2 * calls[0]  # (a 500 is retried: the second request tries as often)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_refused_answers_are_not_stored(oai, up, stream):
+    """A refusal finishes with "stop" (chat: message.refusal; Responses: a refusal content part
+    in a completed response): it looked complete and was served to every later request."""
+    text = prompt()
+    for _ in range(2):
+        raw = oai.chat.completions.with_raw_response.create(model="refusing", messages=messages(text), temperature=0,
+                                                             stream=stream)  # type: ignore[call-overload]
+        assert raw.headers["x-tollway-cache"] == "miss"
+        if stream:
+            refusal = "".join(c.choices[0].delta.refusal or "" for c in raw.parse() if c.choices)
+        else:
+            refusal = raw.parse().choices[0].message.refusal
+        assert refusal == "I can't help with that."
+    assert chat(oai, text, not stream, model="refusing")[1] == "miss"  # nor for the other kind of request
+    assert up.calls(text) == 3
+
+
+def test_a_refused_response_is_not_stored(oai, up):
+    text = prompt()
+    for _ in range(2):
+        raw = oai.responses.with_raw_response.create(model="refusing", input=text, temperature=0)
+        assert raw.headers["x-tollway-cache"] == "miss"
+        assert raw.parse().output[0].content[0].type == "refusal"  # type: ignore[union-attr]
+    assert up.calls(text) == 2
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_a_spoken_answer_is_cached_whole_both_ways(oai, up, first):
+    """An audio answer (content null, message.audio) was assembled from its stream without
+    its audio, and replayed to a stream without it: every hit was an empty answer."""
+    text = prompt()
+    args = {"model": "speaking", "messages": messages(text), "temperature": 0, "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"}}
+
+    def spoken(stream: bool) -> tuple[dict[str, object], str | None]:
+        raw = oai.chat.completions.with_raw_response.create(**args, stream=stream)  # type: ignore[call-overload]
+        if not stream:
+            audio = raw.parse().choices[0].message.audio
+            return audio.model_dump(), raw.headers["x-tollway-cache"]
+        deltas = [c.choices[0].delta.audio for c in raw.parse() if c.choices and c.choices[0].delta.audio]
+        whole = {"id": next(d.id for d in deltas if d.id), "expires_at": next(d.expires_at for d in deltas if d.expires_at),
+                 "data": "".join(d.data or "" for d in deltas), "transcript": "".join(d.transcript or "" for d in deltas)}
+        return whole, raw.headers["x-tollway-cache"]
+
+    expected = {"id": "audio_1", "data": "UklGRgAA", "expires_at": 1700003600, "transcript": "Hello there."}
+    assert spoken(first) == (expected, "miss")
+    assert spoken(not first) == (expected, "hit")
+    assert spoken(first) == (expected, "hit")
+    assert up.calls(text) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_that_says_nothing_is_not_stored(oai, up, stream):
+    text = prompt()
+    assert [chat(oai, text, stream, model="silent")[1] for _ in range(2)] == ["miss", "miss"]
+    assert up.calls(text) == 2
 
 
 def test_an_anthropic_stream_that_ends_in_an_error_event_is_not_stored(gw, anthropic_upstream):

@@ -169,13 +169,44 @@ MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "clau
                        {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 2, "b": [1, {"c": None}]}}]}
 
 
-@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("completions", COMPLETION), ("responses", RESPONSE),
-                                         ("messages", MESSAGE)])
+SPOKEN = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+    "role": "assistant", "content": None, "reasoning_content": "They greeted me.",
+    "audio": {"id": "audio_1", "data": "UklGRgAA", "expires_at": 1700003600, "transcript": "Hello there."}}},
+    {"index": 1, "logprobs": None, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "See the docs.",
+        "annotations": [{"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "Docs",
+                                                                 "start_index": 4, "end_index": 12}}]}}]}
+SCORED = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "logprobs": {
+    "tokens": [" four"], "token_logprobs": [-0.1], "top_logprobs": [{" four": -0.1}], "text_offset": [0]}}]}
+
+
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("completions", COMPLETION), ("completions", SCORED),
+                                         ("responses", RESPONSE), ("messages", MESSAGE)])
 def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict[str, Any]) -> None:
     sse = replay(api, copy.deepcopy(answer), include_usage=True)
     assert assemble(api, sse, None) == answer
     # in pieces of any size, as a relay delivers it, and with CRLF line ends
     assert assemble(api, sse.replace(b"\n", b"\r\n"), None) == answer
+
+
+def test_a_chat_streams_audio_is_put_together_from_its_pieces() -> None:
+    sse = _chat_stream([{"role": "assistant", "content": None},
+                        {"audio": {"id": "audio_1", "transcript": "Hel", "expires_at": 9}},
+                        {"audio": {"transcript": "lo.", "data": "Ukl"}}, {"audio": {"data": "GRg=="}}], finish="stop")
+    answer = assemble("chat", sse, None)
+    assert answer is not None and storable("chat", answer)
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": None, "audio": {
+        "id": "audio_1", "data": "UklGRg==", "expires_at": 9, "transcript": "Hello."}}
+
+
+def test_a_message_field_no_stream_carries_makes_the_replay_refuse_not_drop_it() -> None:
+    """A stream without the field would be an emptier answer than the entry: the replay raises,
+    and the entry is a miss for a streaming request (gateway.cache.hooks, _UNREPLAYABLE)."""
+    message = {"role": "assistant", "content": "Four.", "refusal": None, "function_call": {"name": "f"}}
+    with pytest.raises(ValueError):
+        replay("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": message}]}, False)
+    message["function_call"] = None  # (an empty field says nothing)
+    assert replay("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": message}]}, False)
 
 
 def test_a_replayed_chat_stream_has_the_usage_chunk_only_when_asked() -> None:
@@ -261,8 +292,9 @@ def _streams_of(n: int) -> dict[str, tuple[str, bytes]]:
     logprobs = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "t"}, "finish_reason": None,
                                                            "logprobs": {"content": [{"token": "t", "logprob": -1.0}]}}]}).encode()
                         + b"\n\n" for _ in range(n)) + b"data: [DONE]\n\n"
-    completions = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "text": piece}]}).encode() + b"\n\n"
-                           for _ in range(n)) + b"data: [DONE]\n\n"
+    scored = {"tokens": [piece], "token_logprobs": [-1.0], "top_logprobs": [{piece: -1.0}], "text_offset": [0]}
+    completions = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "text": piece, "logprobs": scored}]}).encode()
+                           + b"\n\n" for _ in range(n)) + b"data: [DONE]\n\n"
     message = {**MESSAGE, "content": [{"type": "text", "text": piece * n}]}
     messages = replay("messages", message, True).replace(b'"text":"' + piece.encode() * n + b'"', b'"text":""')
     deltas = b"".join(b"event: content_block_delta\ndata: " + json.dumps(
@@ -298,11 +330,39 @@ def test_assembling_a_stream_is_linear_in_its_pieces(kind: str) -> None:
     assert large / small < 80, (kind, small, large)
 
 
+def test_a_completions_streams_logprobs_are_put_together_per_choice() -> None:
+    def chunk(index: int, text: str, token_logprob: float | None) -> dict[str, Any]:
+        logprobs = None if token_logprob is None else {"tokens": [text], "token_logprobs": [token_logprob]}
+        return {"id": "cmpl-1", "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                             "finish_reason": None if text else "stop"}]}
+
+    chunks = [chunk(0, "a", -1.0), chunk(1, "x", -3.0), chunk(0, "b", -2.0), chunk(0, "", None), chunk(1, "", None)]
+    sse = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    answer = assemble("completions", sse, None)
+    assert answer is not None
+    assert [c["logprobs"] for c in answer["choices"]] == [{"tokens": ["a", "b"], "token_logprobs": [-1.0, -2.0]},
+                                                          {"tokens": ["x"], "token_logprobs": [-3.0]}]
+    odd = sse.replace(b'"token_logprobs": [-3.0]', b'"token_logprobs": -3.0')
+    assert assemble("completions", odd, None) is None  # not a list: nothing to put together
+
+
 def test_a_stream_with_an_error_event_is_not_an_answer() -> None:
     sse = replay("chat", CHAT, False).replace(b"data: [DONE]", b'data: {"error": {"message": "x"}}\n\ndata: [DONE]')
     assert assemble("chat", sse, None) is None
     events = replay("responses", RESPONSE, False).replace(b"response.completed", b"response.incomplete")
     assert assemble("responses", events, None) is None
+
+
+# Answers that finish with "stop" but a cache must not keep: refused, or saying nothing.
+REFUSED: list[tuple[str, dict[str, Any]]] = [
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": None,
+                                                                   "refusal": "I can't help with that."}}]}),
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": None}}]}),
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": ""}}]}),
+    ("responses", {**RESPONSE, "output": [{"type": "message", "id": "msg_1", "status": "completed",
+                                           "role": "assistant",
+                                           "content": [{"type": "refusal", "refusal": "I can't help."}]}]}),
+]
 
 
 @pytest.mark.parametrize("api, answer, ok", [
@@ -320,6 +380,9 @@ def test_a_stream_with_an_error_event_is_not_an_answer() -> None:
     ("messages", {**MESSAGE, "stop_reason": "max_tokens"}, False),
     ("messages", {**MESSAGE, "stop_reason": "refusal"}, False),
     ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}, True),
+    *[(api, answer, False) for api, answer in REFUSED],
+    ("chat", {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": "Four.",
+                                                                   "refusal": None}}]}, True),
 ])
 def test_only_complete_answers_are_storable(api: str, answer: dict[str, Any], ok: bool) -> None:
     assert storable(api, answer) is ok
@@ -445,6 +508,7 @@ models: [{name: a, targets: [{provider: up}], cache: {ttl: 10m}}, {name: b, targ
     ("responses", {**RESPONSE, "status": "incomplete"}), ("responses", {**RESPONSE, "error": {"code": "x"}}),
     ("messages", MESSAGE), ("messages", {**MESSAGE, "stop_reason": "max_tokens"}),
     ("embeddings", {"object": "list", "data": [{"embedding": [0.1]}]}), ("embeddings", {"object": "list"}),
+    *REFUSED,
 ])
 def test_storable_json_reads_bytes_as_storable_reads_the_answer(api: str, answer: dict[str, Any]) -> None:
     from tollway.core.cache.entry import storable_json

@@ -79,12 +79,24 @@ class _ToolCallDelta(msgspec.Struct):
     function: oa.FunctionDelta | None = None
 
 
+class _AudioDelta(msgspec.Struct):
+    """A piece of a spoken answer (modalities: audio): the id and expiry once, the base64 data
+    and the transcript in pieces."""
+
+    id: str | None = None
+    data: str | None = None
+    transcript: str | None = None
+    expires_at: int | None = None
+
+
 class _Delta(msgspec.Struct):
     role: str | None = None
     content: str | None = None
     refusal: str | None = None
     reasoning_content: str | None = None  # (vLLM, DeepSeek: a model's reasoning beside its answer)
     tool_calls: list[_ToolCallDelta] | None = None
+    audio: _AudioDelta | None = None
+    annotations: list[dict[str, Any]] | None = None  # (search models' url_citation)
 
 
 class _ChoiceDelta(msgspec.Struct):
@@ -146,10 +158,36 @@ class _Call:
                 "function": {"name": "".join(self.name), "arguments": "".join(self.arguments)}}
 
 
+class _Audio:
+    """A spoken answer being put back together: its data and transcript as pieces."""
+
+    __slots__ = ("id", "expires_at", "data", "transcript")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.expires_at: int | None = None
+        self.data: list[str] = []
+        self.transcript: list[str] = []
+
+    def add(self, delta: _AudioDelta) -> None:
+        if delta.id:
+            self.id = delta.id
+        if delta.expires_at is not None:
+            self.expires_at = delta.expires_at
+        if delta.data:
+            self.data.append(delta.data)
+        if delta.transcript:
+            self.transcript.append(delta.transcript)
+
+    def answer(self) -> Answer:
+        return {"id": self.id, "data": "".join(self.data), "expires_at": self.expires_at,
+                "transcript": "".join(self.transcript)}
+
+
 class _Choice:
     """A choice being put back together: its text as pieces, joined once at the end."""
 
-    __slots__ = ("role", "content", "refusal", "reasoning", "calls", "logprobs", "finish")
+    __slots__ = ("role", "content", "refusal", "reasoning", "calls", "audio", "annotations", "logprobs", "finish")
 
     def __init__(self) -> None:
         self.role = "assistant"
@@ -157,6 +195,8 @@ class _Choice:
         self.refusal: list[str] = []
         self.reasoning: list[str] = []
         self.calls: dict[int, _Call] = {}  # by the stream's index
+        self.audio: _Audio | None = None
+        self.annotations: list[dict[str, Any]] = []
         self.logprobs: list[Any] | None = None
         self.finish: str | None = None
 
@@ -167,7 +207,8 @@ class _Choice:
         if delta is not None:
             if delta.content:
                 self.content.append(delta.content)
-            if delta.role is not None or delta.refusal or delta.reasoning_content or delta.tool_calls:
+            if (delta.role is not None or delta.refusal or delta.reasoning_content or delta.tool_calls
+                    or delta.audio is not None or delta.annotations):
                 self._rest(delta)
         if part.logprobs is not None or part.finish_reason is not None:
             if part.logprobs and part.logprobs.get("content"):
@@ -186,6 +227,12 @@ class _Choice:
             self.reasoning.append(delta.reasoning_content)
         for call in delta.tool_calls or ():
             _tool_call(self.calls, call)
+        if delta.audio is not None:
+            if self.audio is None:
+                self.audio = _Audio()
+            self.audio.add(delta.audio)
+        if delta.annotations:
+            self.annotations.extend(delta.annotations)
 
     def answer(self, index: int) -> Answer:
         # (a stream whose only content was the first chunk's "" had null content, as a tool call's JSON has)
@@ -196,6 +243,10 @@ class _Choice:
             message["reasoning_content"] = "".join(self.reasoning)
         if self.calls:
             message["tool_calls"] = [self.calls[i].answer() for i in sorted(self.calls)]
+        if self.audio is not None:
+            message["audio"] = self.audio.answer()
+        if self.annotations:
+            message["annotations"] = self.annotations
         logprobs = {"content": self.logprobs} if self.logprobs is not None else None
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": self.finish}
 
@@ -245,6 +296,7 @@ def _completions(sse: bytes) -> Answer | None:
     first: Answer | None = None
     choices: dict[int, Answer] = {}
     texts: dict[int, list[str]] = {}
+    scores: dict[int, dict[str, list[Any]]] = {}  # a choice's logprobs: each field's lists, concatenated
     usage, done = None, False
     for _, data in events(sse):
         if data == b"[DONE]":
@@ -259,14 +311,28 @@ def _completions(sse: bytes) -> Answer | None:
             index = part.get("index", 0)
             choice = choices.setdefault(index, {"index": index, "text": "", "logprobs": None, "finish_reason": None})
             texts.setdefault(index, []).append(part.get("text") or "")
+            if part.get("logprobs"):
+                _add_logprobs(scores.setdefault(index, {}), part["logprobs"])
             if part.get("finish_reason"):
                 choice["finish_reason"] = part["finish_reason"]
     if not done or first is None or not choices:
         return None
     for index, pieces in texts.items():
         choices[index]["text"] = "".join(pieces)
+    for index, fields in scores.items():
+        choices[index]["logprobs"] = fields
     return {"id": first.get("id"), "object": "text_completion", "created": first.get("created"),
             "model": first.get("model"), "choices": [choices[i] for i in sorted(choices)], "usage": usage}
+
+
+def _add_logprobs(fields: dict[str, list[Any]], piece: Answer) -> None:
+    """A chunk's legacy logprobs (tokens, token_logprobs, top_logprobs, text_offset: a list
+    each, one entry per token of its text) after the chunks' before it. Extending a list
+    copies only the piece. A field that is not a list cannot be put together: not an answer."""
+    for field, values in piece.items():
+        if not isinstance(values, list):
+            raise ValueError(f"logprobs.{field} is not a list")
+        fields.setdefault(field, []).extend(values)
 
 
 def _responses(sse: bytes) -> Answer | None:

@@ -12,8 +12,11 @@ complete answer (it is then a miss), so what is served is what would have been s
 
 Only complete, successful answers are kept: every choice finished with `stop` or
 `tool_calls` (Anthropic: end_turn, stop_sequence, tool_use; Responses: status completed). A
-length-truncated answer, a refusal cut short, an error or a cut-off stream is not an answer
-another request should get.
+length-truncated answer, an error or a cut-off stream is not an answer another request should
+get. Nor is a refusal, though it finishes with `stop` (chat: `message.refusal`; Responses: a
+`refusal` content part in a completed response): it is the model declining this once, and a
+cache would repeat it to every later request; nor a chat message that says nothing (no
+content, tool calls or audio).
 """
 from __future__ import annotations
 
@@ -64,18 +67,91 @@ def storable(api: str, answer: dict[str, Any]) -> bool:
     if api == ClientAPI.MESSAGES:
         return answer.get("type") == "message" and answer.get("stop_reason") in _MESSAGES_DONE
     if api == ClientAPI.RESPONSES:
-        return answer.get("status") == "completed" and not answer.get("error")
+        return answer.get("status") == "completed" and not answer.get("error") and not _refused(answer.get("output"))
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices:
         return False
-    done = _CHAT_DONE if api == ClientAPI.CHAT else frozenset(("stop",))
-    return all(isinstance(c, dict) and c.get("finish_reason") in done and isinstance(c.get("message") or {}, dict)
-               for c in choices)
+    if api == ClientAPI.CHAT:
+        return all(isinstance(c, dict) and c.get("finish_reason") in _CHAT_DONE and _answered(c.get("message"))
+                   for c in choices)
+    return all(isinstance(c, dict) and c.get("finish_reason") == "stop" for c in choices)
+
+
+def _answered(message: object) -> bool:
+    """Whether a chat message is an answer to keep: an object (a replay reads it) that is no
+    refusal and says something (an empty string, list or object is nothing)."""
+    if not isinstance(message, dict) or message.get("refusal"):
+        return False
+    return bool(message.get("content") or message.get("tool_calls") or message.get("audio"))
+
+
+def _refused(output: object) -> bool:
+    """Whether a Responses output has a message with a (non-empty) refusal part, or is not the
+    list of objects (a message's content: of parts) it should be (then it is not kept either)."""
+    if output is None:
+        return False
+    if not isinstance(output, list) or not all(isinstance(item, dict) for item in output):
+        return True
+    for item in output:
+        parts = item.get("content")
+        if item.get("type") != "message" or parts is None:
+            continue
+        if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+            return True
+        if any(part.get("type") == "refusal" and part.get("refusal") for part in parts):
+            return True
+    return False
+
+
+class _Message(msgspec.Struct):
+    """A chat message, read only as far as whether it refuses or says something."""
+
+    content: msgspec.Raw = msgspec.Raw()  # (absent: empty. `Raw | None` would take only null)
+    refusal: msgspec.Raw = msgspec.Raw()
+    tool_calls: msgspec.Raw = msgspec.Raw()
+    audio: msgspec.Raw = msgspec.Raw()
+
+    def answered(self) -> bool:  # (_answered of its dict)
+        return not _filled(self.refusal) and (_filled(self.content) or _filled(self.tool_calls) or _filled(self.audio))
+
+
+# Absent, and the JSON values Python reads as false (as `_answered` does).
+_EMPTY = frozenset((b"", b"null", b'""', b"[]", b"{}", b"false", b"0"))
+
+
+def _filled(raw: msgspec.Raw) -> bool:
+    return bytes(raw) not in _EMPTY
 
 
 class _Finished(msgspec.Struct):
     finish_reason: str | None = None
-    message: dict[str, Any] | None = None  # chat: an object, or a replay could not read it
+    message: _Message | None = None  # chat: an object (else the decode fails: a replay could not read it)
+
+
+class _Part(msgspec.Struct):
+    type: str | None = None
+    refusal: msgspec.Raw = msgspec.Raw()
+
+
+class _Item(msgspec.Struct):
+    type: str | None = None
+    content: msgspec.Raw = msgspec.Raw()  # a message's parts (decoded only for a message)
+
+
+_decode_parts = msgspec.json.Decoder(list[_Part]).decode
+
+
+def _refused_items(items: list[_Item]) -> bool:
+    """`_refused` of the output's items."""
+    for item in items:
+        if item.type == "message" and bytes(item.content) not in (b"", b"null"):
+            try:
+                parts = _decode_parts(item.content)
+            except msgspec.DecodeError:
+                return True  # (not what `storable` would see as an answer either: kept out)
+            if any(p.type == "refusal" and _filled(p.refusal) for p in parts):
+                return True
+    return False
 
 
 class _Shape(msgspec.Struct):
@@ -86,6 +162,7 @@ class _Shape(msgspec.Struct):
     stop_reason: str | None = None
     status: str | None = None  # responses
     error: msgspec.Raw | None = None
+    output: list[_Item] | None = None
     data: list[msgspec.Raw] | None = None  # embeddings
 
 
@@ -103,9 +180,14 @@ def storable_json(api: str, body: bytes) -> bool:
     if api == ClientAPI.MESSAGES:
         return shape.type == "message" and shape.stop_reason in _MESSAGES_DONE
     if api == ClientAPI.RESPONSES:
-        return shape.status == "completed" and (shape.error is None or bytes(shape.error) == b"null")
-    done = _CHAT_DONE if api == ClientAPI.CHAT else frozenset(("stop",))
-    return bool(shape.choices) and all(c.finish_reason in done for c in shape.choices or ())
+        return (shape.status == "completed" and (shape.error is None or bytes(shape.error) == b"null")
+                and not _refused_items(shape.output or []))
+    if not shape.choices:
+        return False
+    if api == ClientAPI.CHAT:
+        return all(c.finish_reason in _CHAT_DONE and c.message is not None and c.message.answered()
+                   for c in shape.choices)
+    return all(c.finish_reason == "stop" for c in shape.choices)
 
 
 def usage_json(api: str, usage: Usage) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """A stored answer rendered as the stream its client API would have sent: the same events a
 provider sends, each piece of text in one delta (a cached answer has no pacing to keep).
 
-    chat         role chunk, content / refusal / tool-call chunks, finish chunk per choice,
-                 the usage chunk if the request asked (stream_options.include_usage), [DONE]
+    chat         role chunk, reasoning / content / refusal / audio / annotations / tool-call
+                 chunks, finish chunk per choice, the usage chunk if the request asked
+                 (stream_options.include_usage), [DONE]
     completions  a text chunk per choice, the usage chunk if asked, [DONE]
     responses    response.created, in_progress, each output item added / its deltas / done,
                  response.completed (with sequence_number on each)
@@ -52,11 +53,15 @@ def _chat(answer: Answer, include_usage: bool) -> bytes:
 
     for choice in answer.get("choices") or ():
         index, message = choice.get("index", 0), choice.get("message") or {}
+        _check_streamable(message)
         chunk(index, {"role": message.get("role", "assistant"), "content": ""})
+        if message.get("reasoning_content"):
+            chunk(index, {"reasoning_content": message["reasoning_content"]})
         if message.get("content"):
             chunk(index, {"content": message["content"]}, logprobs=choice.get("logprobs"))
-        if message.get("refusal"):
-            chunk(index, {"refusal": message["refusal"]})
+        for field in ("refusal", "audio", "annotations"):  # (each whole, in one delta of that name)
+            if message.get(field):
+                chunk(index, {field: message[field]})
         calls = message.get("tool_calls") or ()
         if calls:
             chunk(index, {"tool_calls": [{"index": j, "id": c.get("id"), "type": c.get("type", "function"),
@@ -66,6 +71,21 @@ def _chat(answer: Answer, include_usage: bool) -> bytes:
         out.append(_data({**base, "choices": [], "usage": answer.get("usage")}))
     out.append(b"data: [DONE]\n\n")
     return b"".join(out)
+
+
+# The message fields a chat stream has a delta for (role and content: every stream's).
+_STREAMED_FIELDS = frozenset(("role", "content", "reasoning_content", "refusal", "audio", "annotations", "tool_calls"))
+
+
+def _check_streamable(message: Answer) -> None:
+    """Raise ValueError if a stored message has a field this renders no delta for: a stream
+    without it would be an emptier answer than the one stored, so the entry is a miss for a
+    streaming request instead (gateway.cache.hooks). Empty fields (refusal: null) say nothing."""
+    if not isinstance(message, dict):
+        raise TypeError("a chat message that is not an object")
+    for field, value in message.items():
+        if value and field not in _STREAMED_FIELDS:
+            raise ValueError(f"no stream delta for message.{field}")
 
 
 def _completions(answer: Answer, include_usage: bool) -> bytes:
