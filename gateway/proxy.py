@@ -72,6 +72,7 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("tollway")
 RETRYABLE_STATUS = frozenset((408, 429, 500, 502, 503, 504, 529))
+_NONE_BROKEN: frozenset[str] = frozenset()  # a provider none of whose endpoints failed this request
 _NOT_A_FAULT = frozenset((429,))  # the upstream is busy, not broken: retry, but do not eject
 # Answers the same request gets again on any attempt: an answer (or stream event) over the
 # gateway's size limit is as big as the request asked for. A retry would cost another whole,
@@ -106,7 +107,9 @@ class Proxy:
         now = time.monotonic()
         order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
         plan = AttemptPlan(order, rt.config.routing.retry, now)
-        broken: set[str] = set()  # endpoints that could not be reached, or dropped the request, during it
+        # per provider, its endpoints that could not be reached, or dropped the request, during it
+        # (one set for all would count a fallback's dead primary against a pool's replicas)
+        broken: dict[str, set[str]] = {}
         last: GatewayError | None = None
         while (step := plan.next(time.monotonic(), rt.random())) is not None:
             target, wait = step
@@ -123,12 +126,14 @@ class Proxy:
                 last = exc
                 # Only a request that was never sent (no connection) is free to try on another
                 # replica: one that reached the upstream may have cost a generation already.
-                spare = isinstance(exc, UpstreamUnreached) and len(broken) < rt.providers[target.provider].endpoints.size
+                spare = (isinstance(exc, UpstreamUnreached)
+                         and len(broken.get(target.provider, ())) < rt.providers[target.provider].endpoints.size)
                 plan.failed(retry_after(exc.headers, time.time()), same_target=spare, timed_out=_waited_out(exc))
         raise last or errors.internal("The route has no targets.")
 
     async def _try_target(self, rt: Runtime, ex: Exchange, route: Route, target: Target, head: RequestHead,
-                          body: bytes, proto: HTTPProtocol, base_headers: list[tuple[str, str]], broken: set[str]) -> None:
+                          body: bytes, proto: HTTPProtocol, base_headers: list[tuple[str, str]],
+                          broken: dict[str, set[str]]) -> None:
         """One attempt on one endpoint of `target`, with its outcome fed to the breakers."""
         ex.attempts += 1
         provider = rt.providers[target.provider]
@@ -137,7 +142,7 @@ class Proxy:
         # reach the ledger, logs or spans; one length check for the usual short name)
         ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, rt.secrets.mask(upstream_model)
         now = time.monotonic()
-        endpoint = provider.endpoints.acquire(body, broken, now, rt.random())
+        endpoint = provider.endpoints.acquire(body, broken.get(provider.name, _NONE_BROKEN), now, rt.random())
         member = rt.health.member(provider.name)
         member.begin(now)
         trace = ex.trace
@@ -152,7 +157,7 @@ class Proxy:
             scrubbed(exc, provider.secrets, time.time())  # whatever the upstream put in it, before anyone reads it
             failed = _upstream_fault(exc)
             if isinstance(exc, UpstreamUnreached) or exc.code == "upstream_disconnected":
-                broken.add(endpoint.name)  # the next attempt (free or paid) goes to another replica if any
+                broken.setdefault(provider.name, set()).add(endpoint.name)  # the next attempt goes to another replica if any
             if attempt is not None:
                 attempt.error = exc.code or exc.type
             raise

@@ -15,7 +15,7 @@ import pytest
 
 from tests.fakes.hostile_upstream import Answer, HostileUpstream
 from tests.fakes.vllm_replica import FakeVLLMReplica
-from tests.harness import TEST_KEY, GatewayProcess, key_hash
+from tests.harness import TEST_KEY, GatewayProcess, free_port, key_hash
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +255,30 @@ def test_an_upstream_redirect_is_a_502_not_relayed_nor_followed(bad, hostile, st
     answer = json.loads(resp.read())
     assert (resp.status, answer["error"]["code"]) == (502, "upstream_malformed")
     assert resp.getheader("location") is None
+
+
+def test_a_pools_spare_replica_is_tried_for_free_after_a_dead_primary(hostile):
+    """The primary target cannot be reached, then the fallback pool's first pick is a dead
+    replica: the pool's live replica is still tried for free. (One set of failed endpoints for
+    the whole request counted the primary's against the pool's size: a 502 with a live replica.)"""
+    dead_primary, dead_replica = free_port(), free_port()  # nothing listens: connection refused
+    gateway = GatewayProcess(f"""
+providers:
+  - {{name: primary, schema: openai, base_url: "http://127.0.0.1:{dead_primary}/v1"}}
+  - name: pool
+    schema: openai
+    pick: round_robin
+    endpoints: ["{hostile.url}/v1", "http://127.0.0.1:{dead_replica}/v1"]
+models:
+  - name: spread
+    targets: [{{provider: primary, priority: 0}}, {{provider: pool, model: ok, priority: 1}}]
+keys:
+  - {{name: app, key_hash: "{key_hash(TEST_KEY)}"}}
+routing:
+  retry: {{attempts: 2, backoff_base: 0.01, backoff_max: 0.02, deadline: 10}}
+server: {{access_log: false}}
+""")
+    try:  # (neither replica serves load metrics: round robin offers the second, the dead one, first)
+        assert ask(gateway, "spread").choices[0].message.content
+    finally:
+        gateway.stop()

@@ -22,6 +22,7 @@ import logging
 import socket
 import urllib.parse
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import msgspec
 
@@ -70,7 +71,7 @@ class FixedEndpoint:
         self.endpoint = Endpoint(provider, provider.base_url or "", "/metrics", policy)
         self.endpoint.provider = provider  # unchanged: adapters may read every field
 
-    def acquire(self, body: bytes, exclude: set[str], now: float, draw: float) -> Endpoint:
+    def acquire(self, body: bytes, exclude: AbstractSet[str], now: float, draw: float) -> Endpoint:
         return self.endpoint
 
     def release(self, endpoint: Endpoint, failed: bool | None, now: float) -> None:
@@ -112,7 +113,7 @@ class EndpointPool:
 
     # -- picking ---------------------------------------------------------------------------
 
-    def acquire(self, body: bytes, exclude: set[str], now: float, draw: float) -> Endpoint:
+    def acquire(self, body: bytes, exclude: AbstractSet[str], now: float, draw: float) -> Endpoint:
         """The endpoint for one attempt, not one of `exclude` unless no other is left.
         Raises GatewayError(502) if the pool has no endpoint at all (DNS found none yet)."""
         pool = [e for e in self._endpoints if e.name not in exclude] or self._endpoints
