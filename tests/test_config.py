@@ -82,6 +82,34 @@ def test_empty_file():
     assert "empty" in str(_error(""))
 
 
+# -- files that are no config at all: a ConfigError, never another exception ---------------------
+# (`tollway check` would print a traceback, and a reload's exception would end the file watcher)
+
+def test_a_file_that_is_not_utf8_names_the_byte_and_its_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"server:\n  port: 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert "is not UTF-8: byte 23 is 0xe9" in str(e.value) and e.value.line == 3
+    assert [str(err) for err in config.check_file(str(path)).errors] == [str(e.value)]
+
+
+def test_an_alias_inside_its_own_anchor_is_an_error_not_an_endless_recursion():
+    err = _error(GOOD + "providers2: &p\n  - *p\n")
+    assert str(err) == "providers2[0]: a YAML alias refers to itself (it is inside its anchor's value) (line 16)"
+    assert "refers to itself" in _error(GOOD + "x: &x {a: [1, {b: *x}]}\n").problem
+
+
+@pytest.mark.parametrize("text,fragment", [
+    pytest.param("? [a, b]\n: 1\n", "a key must be a plain value, not a list or mapping (line 1)", id="list key"),
+    pytest.param("x: !!python/name:os.system\n", "invalid YAML: could not determine a constructor for the tag",
+                 id="unknown tag"),
+    pytest.param("x: " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply", id="deep"),
+])
+def test_yaml_the_config_cannot_hold_is_an_error(text, fragment):
+    assert fragment in str(_error(text))
+
+
 def test_azure_needs_api_version():
     text = GOOD.replace("schema: openai", "schema: azure_openai")
     assert "api_version" in str(_error(text))
