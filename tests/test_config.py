@@ -100,6 +100,41 @@ def test_an_alias_inside_its_own_anchor_is_an_error_not_an_endless_recursion():
     assert "refers to itself" in _error(GOOD + "x: &x {a: [1, {b: *x}]}\n").problem
 
 
+def _alias_bomb(levels: int) -> str:
+    """A few hundred bytes whose aliases expand to 9**levels values."""
+    lines = [f"l0: &l0 [{','.join('x' * 9)}]"]
+    lines += [f"l{n}: &l{n} [{','.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded():
+    """Each alias was expanded again: six levels took seconds, seven 17 s and 156 MB, on the
+    event loop of a worker reloading it."""
+    bomb = _alias_bomb(6)
+    assert len(bomb) < 300
+    err = _error(GOOD + bomb)
+    assert err.problem == ("YAML aliases repeat too much: expanded, they would add more than 100000 values "
+                           "to the ones the file writes out")
+    assert err.path.startswith("l") and err.line
+
+
+def test_aliases_that_share_a_part_of_the_config_expand_as_usual():
+    shared = "    targets: &t [{provider: local-vllm, model: meta-llama/Meta-Llama-3-8B-Instruct}]\n"
+    text = GOOD.replace("    targets:\n      - provider: local-vllm\n        model: meta-llama/Meta-Llama-3-8B-Instruct\n",
+                        shared)
+    text = text.replace("keys:", "".join(f"  - {{name: m{i}, targets: *t}}\n" for i in range(500)) + "keys:")
+    cfg = config.loads(text, {"VLLM_KEY": "k"})
+    assert len(cfg.models) == 501 and cfg.models[-1].targets == cfg.models[0].targets
+
+
+def test_a_config_file_larger_than_4_mib_is_refused(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text(GOOD + "#" * (4 * 1024 * 1024) + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path), {"VLLM_KEY": "k"})
+    assert "is larger than 4 MiB" in str(e.value)
+
+
 @pytest.mark.parametrize("text,fragment", [
     pytest.param("? [a, b]\n: 1\n", "a key must be a plain value, not a list or mapping (line 1)", id="list key"),
     pytest.param("x: !!python/name:os.system\n", "invalid YAML: could not determine a constructor for the tag",

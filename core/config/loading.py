@@ -16,7 +16,7 @@ from tollway.core.config.caveats import warnings
 from tollway.core.config.report import ConfigError, error_at
 from tollway.core.config.root import Config
 from tollway.core.config.semantics import problems
-from tollway.core.config.substitute import refuse_endless_aliases, to_data
+from tollway.core.config.substitute import check_aliases, to_data
 from tollway.core.struct_decode import Decoded, Path, decode
 
 
@@ -95,7 +95,7 @@ def _parse(text: str, env: Mapping[str, str], unset: list[tuple[Path, str]]) -> 
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         if root is None:
             raise ConfigError("", "the config file is empty")
-        refuse_endless_aliases(root)
+        check_aliases(root)
         return root, to_data(root, [], env, unset)
     except yaml.YAMLError as exc:  # composing, or a scalar's tag (`!!python/name:...`) while typing it
         mark = getattr(exc, "problem_mark", None)  # only a MarkedYAMLError has one
@@ -129,12 +129,20 @@ def _problems_of_the_rest(decoded: Decoded, unknown: list[Path]) -> list[tuple[P
             if not _under_any(where, broken) and not _under_any(where, unknown)]
 
 
+# Far more than any config written by hand needs (3,000 keys take 300 KiB); a larger file is a
+# mistake (a log, a dump), and parsing it would hold a reloading worker's event loop for minutes.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
 def _read(path: str) -> str:
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError("", f"config file {path!r} is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB, "
+                              "the most a config file may be")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:  # (latin-1 from an old editor, a binary file): say where

@@ -42,31 +42,48 @@ def _key(node: yaml.Node, where: Path) -> str:
     return str(node.value)
 
 
-def refuse_endless_aliases(root: yaml.Node) -> None:
-    """Raise ConfigError for an alias inside its own anchor's value (`x: &x [*x]`): its data
-    would never end. YAML composes an alias as its anchor's node itself, so such an alias is a
-    cycle in the node tree, which `to_data` (following aliases, as YAML means them) would
-    recurse around until Python's stack ran out."""
-    _Cycles(root).walk(root, [])
+# What aliases may add to the values a file writes out. A config that shares a targets list
+# among hundreds of models needs a few thousand; an alias bomb (a few hundred bytes, each level
+# nine aliases to the last) needs billions, and to_data's time and memory grow with the count.
+MAX_ALIAS_VALUES = 100_000
 
 
-class _Cycles:
+def check_aliases(root: yaml.Node) -> None:
+    """Raise ConfigError for aliases `to_data` could not expand: one inside its own anchor's
+    value (`x: &x [*x]`, data that never ends), or ones that repeat more than MAX_ALIAS_VALUES
+    values. YAML composes an alias as its anchor's node itself, so the tree is walked once, each
+    list and mapping measured once, in time and memory that grow with the file, not with what
+    its aliases would expand to."""
+    _Aliases(root).size(root, [])
+
+
+class _Aliases:
     def __init__(self, root: yaml.Node) -> None:
         self.root = root
         self.open: set[int] = set()  # the collections on the path being walked, by id
-        self.done: set[int] = set()  # the collections walked whole: an alias to one is not walked again
+        self.sizes: dict[int, int] = {}  # the collections walked whole, by id: how many values each expands to
+        self.added = 0  # values the aliases add to what the file writes out
 
-    def walk(self, node: yaml.Node, where: Path) -> None:
-        if isinstance(node, yaml.ScalarNode) or id(node) in self.done:
-            return
+    def size(self, node: yaml.Node, where: Path) -> int:
+        """How many values `node` expands to (itself, and all it holds)."""
+        if isinstance(node, yaml.ScalarNode):
+            return 1
+        if id(node) in self.sizes:  # an alias: its anchor's values, once more
+            self.added += self.sizes[id(node)]
+            if self.added > MAX_ALIAS_VALUES:
+                raise error_at(where, f"YAML aliases repeat too much: expanded, they would add more than "
+                                      f"{MAX_ALIAS_VALUES} values to the ones the file writes out", self.root)
+            return self.sizes[id(node)]
         if id(node) in self.open:
             raise error_at(where, "a YAML alias refers to itself (it is inside its anchor's value)", self.root)
         self.open.add(id(node))
         items = [(k.value, v) for k, v in node.value] if isinstance(node, yaml.MappingNode) else enumerate(node.value)
+        total = 1
         for part, child in items:
-            self.walk(child, [*where, part])
+            total += self.size(child, [*where, part])
         self.open.discard(id(node))
-        self.done.add(id(node))
+        self.sizes[id(node)] = total
+        return total
 
 
 _scalar_loader = yaml.SafeLoader("")
