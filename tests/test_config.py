@@ -351,3 +351,25 @@ def test_an_image_price_must_be_a_finite_number_not_below_zero():
 def test_no_price_warnings_for_a_config_with_errors():
     checked = config.check(PRICES.replace("provider: oai, model: meta", "provider: nope, model: meta"), {})
     assert checked.errors and checked.warnings == []
+
+
+def test_loading_keeps_nothing_from_one_load_to_the_next():
+    """The scalars' loader was one for the module, and cached every node it typed: each reload
+    left its whole YAML tree (and the text the nodes' marks point at) behind, ~2 MB per 1,000 keys."""
+    import gc
+    import tracemalloc
+
+    keys = "".join(f'  - {{name: k{i}, key_hash: "sha256:{i:064x}", models: ["*"]}}\n' for i in range(1000))
+    text = GOOD.replace("keys:\n", "keys:\n" + keys)
+    config.loads(text, {"VLLM_KEY": "k"})  # (what the first load imports or caches for good)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            config.loads(text, {"VLLM_KEY": "k"})
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 500_000, f"{grown} bytes kept after 3 loads"

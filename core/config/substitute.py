@@ -86,9 +86,10 @@ class _Aliases:
         return total
 
 
-_scalar_loader = yaml.SafeLoader("")
-
-
 def _scalar(node: yaml.Node) -> object:
-    """A scalar as YAML's safe loader types it (str, int, float, bool, None, a date...)."""
-    return _scalar_loader.construct_object(node, deep=True)
+    """A scalar as YAML's safe loader types it (str, int, float, bool, None, a date...).
+
+    A constructor of its own each time (cheap: four empty attributes): a constructor keeps every
+    node it built in `constructed_objects`, so one shared across loads kept each load's whole
+    node tree, and the config text its marks point at, for the life of the process."""
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
