@@ -373,3 +373,35 @@ def test_loading_keeps_nothing_from_one_load_to_the_next():
     finally:
         tracemalloc.stop()
     assert grown < 500_000, f"{grown} bytes kept after 3 loads"
+
+
+BAD_REDIS_URLS = [
+    pytest.param("http://127.0.0.1:6379/0", "expected a redis://, rediss:// or unix:// URL", id="scheme"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:99999/0", "the port must be a number from 1 to 65535", id="port range"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:0/0", "the port must be a number from 1 to 65535", id="port 0"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:abc/0", "the port must be a number from 1 to 65535", id="port text"),
+    pytest.param("redis://:TOP/SECRET@127.0.0.1:6379/0", "needs a host", id="unescaped slash in the password"),
+    pytest.param("redis://[::1/0", "needs a host", id="broken IPv6"),
+    pytest.param("rediss://:TOPSECRET@redis.example/one", "the database must be a number", id="db path"),
+    pytest.param("redis://127.0.0.1:6379?db=one&password=TOPSECRET", "the database must be a number", id="db query"),
+    pytest.param("unix://", "needs the socket's path", id="unix without a path"),
+]
+
+
+@pytest.mark.parametrize("url,fragment", BAD_REDIS_URLS)
+@pytest.mark.parametrize("section", ["rate_limits", "cache"])
+def test_a_redis_url_the_client_cannot_use_is_an_error_that_does_not_show_its_password(section, url, fragment):
+    """`tollway check` passed these, and `tollway serve` then failed on them with a traceback."""
+    err = _error(GOOD + f"{section}: {{backend: redis, redis_url: '{url}'}}\n")
+    assert err.path == f"{section}.redis_url" and fragment in err.problem and err.line == 16
+    assert "TOPSECRET" not in str(err) and "SECRET" not in str(err)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:p%2Fw@redis.example:6380/15",
+                                 "redis://[::1]:6379", "redis://host/", "redis://host?db=3", "unix:///run/redis.sock?db=2"])
+def test_redis_urls_the_client_can_use_are_accepted(url):
+    import redis.asyncio
+
+    redis.asyncio.Redis.from_url(url)  # what serve does with it
+    config.loads(GOOD + f"rate_limits: {{backend: redis, redis_url: '{url}'}}\n", {"VLLM_KEY": "k"})
+
