@@ -100,6 +100,17 @@ def test_check_missing_file(tmp_path):
     assert r.returncode == 1 and "cannot read" in r.stderr
 
 
+def test_check_and_serve_refuse_a_file_that_is_not_utf8_or_an_endless_alias_without_a_traceback(tmp_path):
+    latin1, endless = tmp_path / "latin1.yaml", tmp_path / "endless.yaml"
+    latin1.write_bytes(b"providers: []\n# caf\xe9\n")
+    endless.write_text("providers: &p\n  - *p\n")
+    for path, problem in ((latin1, "is not UTF-8: byte 19 is 0xe9 (line 2)"),
+                          (endless, "providers[0]: a YAML alias refers to itself")):
+        for args in (("check", str(path)), ("serve", "--config", str(path), "--port", "9")):
+            r = tollway(*args)
+            assert r.returncode == 1 and problem in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
 def test_hash_key_prints_exactly_one_line():
     r = tollway("hash-key", stdin="sk-my-gateway-key\n")
     assert r.returncode == 0

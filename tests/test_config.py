@@ -82,6 +82,69 @@ def test_empty_file():
     assert "empty" in str(_error(""))
 
 
+# -- files that are no config at all: a ConfigError, never another exception ---------------------
+# (`tollway check` would print a traceback, and a reload's exception would end the file watcher)
+
+def test_a_file_that_is_not_utf8_names_the_byte_and_its_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"server:\n  port: 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert "is not UTF-8: byte 23 is 0xe9" in str(e.value) and e.value.line == 3
+    assert [str(err) for err in config.check_file(str(path)).errors] == [str(e.value)]
+
+
+def test_an_alias_inside_its_own_anchor_is_an_error_not_an_endless_recursion():
+    err = _error(GOOD + "providers2: &p\n  - *p\n")
+    assert str(err) == "providers2[0]: a YAML alias refers to itself (it is inside its anchor's value) (line 16)"
+    assert "refers to itself" in _error(GOOD + "x: &x {a: [1, {b: *x}]}\n").problem
+
+
+def _alias_bomb(levels: int) -> str:
+    """A few hundred bytes whose aliases expand to 9**levels values."""
+    lines = [f"l0: &l0 [{','.join('x' * 9)}]"]
+    lines += [f"l{n}: &l{n} [{','.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded():
+    """Each alias was expanded again: six levels took seconds, seven 17 s and 156 MB, on the
+    event loop of a worker reloading it."""
+    bomb = _alias_bomb(6)
+    assert len(bomb) < 300
+    err = _error(GOOD + bomb)
+    assert err.problem == ("YAML aliases repeat too much: expanded, they would add more than 100000 values "
+                           "to the ones the file writes out")
+    assert err.path.startswith("l") and err.line
+
+
+def test_aliases_that_share_a_part_of_the_config_expand_as_usual():
+    shared = "    targets: &t [{provider: local-vllm, model: meta-llama/Meta-Llama-3-8B-Instruct}]\n"
+    text = GOOD.replace("    targets:\n      - provider: local-vllm\n        model: meta-llama/Meta-Llama-3-8B-Instruct\n",
+                        shared)
+    text = text.replace("keys:", "".join(f"  - {{name: m{i}, targets: *t}}\n" for i in range(500)) + "keys:")
+    cfg = config.loads(text, {"VLLM_KEY": "k"})
+    assert len(cfg.models) == 501 and cfg.models[-1].targets == cfg.models[0].targets
+
+
+def test_a_config_file_larger_than_4_mib_is_refused(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text(GOOD + "#" * (4 * 1024 * 1024) + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path), {"VLLM_KEY": "k"})
+    assert "is larger than 4 MiB" in str(e.value)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    pytest.param("? [a, b]\n: 1\n", "a key must be a plain value, not a list or mapping (line 1)", id="list key"),
+    pytest.param("x: !!python/name:os.system\n", "invalid YAML: could not determine a constructor for the tag",
+                 id="unknown tag"),
+    pytest.param("x: " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply", id="deep"),
+])
+def test_yaml_the_config_cannot_hold_is_an_error(text, fragment):
+    assert fragment in str(_error(text))
+
+
 def test_azure_needs_api_version():
     text = GOOD.replace("schema: openai", "schema: azure_openai")
     assert "api_version" in str(_error(text))
@@ -305,3 +368,57 @@ def test_an_image_price_must_be_a_finite_number_not_below_zero():
 def test_no_price_warnings_for_a_config_with_errors():
     checked = config.check(PRICES.replace("provider: oai, model: meta", "provider: nope, model: meta"), {})
     assert checked.errors and checked.warnings == []
+
+
+def test_loading_keeps_nothing_from_one_load_to_the_next():
+    """The scalars' loader was one for the module, and cached every node it typed: each reload
+    left its whole YAML tree (and the text the nodes' marks point at) behind, ~2 MB per 1,000 keys."""
+    import gc
+    import tracemalloc
+
+    keys = "".join(f'  - {{name: k{i}, key_hash: "sha256:{i:064x}", models: ["*"]}}\n' for i in range(1000))
+    text = GOOD.replace("keys:\n", "keys:\n" + keys)
+    config.loads(text, {"VLLM_KEY": "k"})  # (what the first load imports or caches for good)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            config.loads(text, {"VLLM_KEY": "k"})
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 500_000, f"{grown} bytes kept after 3 loads"
+
+
+BAD_REDIS_URLS = [
+    pytest.param("http://127.0.0.1:6379/0", "expected a redis://, rediss:// or unix:// URL", id="scheme"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:99999/0", "the port must be a number from 1 to 65535", id="port range"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:0/0", "the port must be a number from 1 to 65535", id="port 0"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:abc/0", "the port must be a number from 1 to 65535", id="port text"),
+    pytest.param("redis://:TOP/SECRET@127.0.0.1:6379/0", "needs a host", id="unescaped slash in the password"),
+    pytest.param("redis://[::1/0", "needs a host", id="broken IPv6"),
+    pytest.param("rediss://:TOPSECRET@redis.example/one", "the database must be a number", id="db path"),
+    pytest.param("redis://127.0.0.1:6379?db=one&password=TOPSECRET", "the database must be a number", id="db query"),
+    pytest.param("unix://", "needs the socket's path", id="unix without a path"),
+]
+
+
+@pytest.mark.parametrize("url,fragment", BAD_REDIS_URLS)
+@pytest.mark.parametrize("section", ["rate_limits", "cache"])
+def test_a_redis_url_the_client_cannot_use_is_an_error_that_does_not_show_its_password(section, url, fragment):
+    """`tollway check` passed these, and `tollway serve` then failed on them with a traceback."""
+    err = _error(GOOD + f"{section}: {{backend: redis, redis_url: '{url}'}}\n")
+    assert err.path == f"{section}.redis_url" and fragment in err.problem and err.line == 16
+    assert "TOPSECRET" not in str(err) and "SECRET" not in str(err)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:p%2Fw@redis.example:6380/15",
+                                 "redis://[::1]:6379", "redis://host/", "redis://host?db=3", "unix:///run/redis.sock?db=2"])
+def test_redis_urls_the_client_can_use_are_accepted(url):
+    import redis.asyncio
+
+    redis.asyncio.Redis.from_url(url)  # what serve does with it
+    config.loads(GOOD + f"rate_limits: {{backend: redis, redis_url: '{url}'}}\n", {"VLLM_KEY": "k"})
+

@@ -220,3 +220,80 @@ async def test_a_reload_of_the_drain_limits_says_they_apply_at_the_restart(caplo
     assert gw.drain_limits == started and gw.drain_limits.cut_off == 2.0
     await gw._close_providers(list(gw.runtime.providers.values()))
     await gw.upstream.aclose()
+
+
+def test_a_file_that_cannot_be_read_as_a_config_is_rejected_and_the_watching_goes_on():
+    """Not UTF-8, an alias inside its own anchor: each is a rejected reload, counted and logged,
+    and the next good file is still applied (an exception there once ended the watcher, silently)."""
+    import openai
+
+    from tests.harness import TEST_KEY, GatewayProcess, key_hash
+
+    def config(model: str) -> str:
+        return f"""
+server: {{reload_check_interval: 0.1}}
+providers: [{{name: fake, schema: fake}}]
+models: [{{name: {model}, targets: [{{provider: fake}}]}}]
+keys: [{{name: t, key_hash: "{key_hash()}", models: ["*"]}}]
+"""
+
+    gw = GatewayProcess(config("first"))
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    try:
+        gw.config_path.write_bytes(config("second").encode() + b"# caf\xe9\n")
+        _wait_for(lambda: _reloads(gw, "rejected") == 1)
+        gw.config_path.write_text(config("second") + "x: &x [*x]\n")
+        _wait_for(lambda: _reloads(gw, "rejected") == 2)
+        assert [m.id for m in client.models.list()] == ["first"]
+        gw.config_path.write_text(config("third"))
+        _wait_for(lambda: _reloads(gw, "ok") == 1)
+        assert [m.id for m in client.models.list()] == ["third"]
+    finally:
+        gw.stop()
+    assert "is not UTF-8: byte" in gw.stderr() and "a YAML alias refers to itself" in gw.stderr()
+    assert "Traceback" not in gw.stderr()
+
+
+def _reloads(gw, result: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(f'tollway_config_reloads_total{{result="{result}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _wait_for(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+async def test_any_exception_from_loading_is_a_rejected_reload_logged_without_its_message(config_file, caplog,
+                                                                                        monkeypatch):
+    """A loading bug the config checks do not foresee must not end the watcher either; its message
+    may quote the file (a secret), so the log names the exception and where it was raised."""
+    from tollway.gateway.lifecycle import reload
+
+    def broken_load(path: str):
+        raise ValueError("redis://:TOPSECRET@host")
+
+    applied = []
+    watcher = ConfigWatcher(str(config_file), applied.append, interval=0.05)
+    loop = asyncio.get_running_loop()
+    watcher.install(loop)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tollway"):
+            monkeypatch.setattr(reload.config_mod, "load", broken_load)
+            config_file.write_text(CHANGED)
+            await _until(lambda: watcher.reloads["rejected"] == 1)
+            monkeypatch.undo()
+            config_file.write_text(GOOD)
+            await _until(lambda: len(applied) == 1)
+    finally:
+        watcher.close(loop)
+    assert watcher.reloads == {"ok": 1, "rejected": 1}
+    assert "ValueError" in caplog.text and "broken_load" in caplog.text and "previous config" in caplog.text
+    assert "TOPSECRET" not in caplog.text

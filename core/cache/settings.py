@@ -23,6 +23,7 @@ from typing import Literal
 import msgspec
 
 from tollway.core.limits.policy import window_seconds
+from tollway.core.security.urls import redis_url_problem
 
 Path = list[str | int]
 _SHARED = re.compile(r"shared:[A-Za-z0-9_.\-]{1,64}")
@@ -101,8 +102,9 @@ def _store_problems(store: CacheStore) -> list[tuple[Path, str]]:
         found.append((["cache", "max_entry_bytes"], "must be at least 1"))
     if store.max_bytes < store.max_entry_bytes:
         found.append((["cache", "max_bytes"], "must be at least max_entry_bytes"))
-    if store.backend == "redis" and not store.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        found.append((["cache", "redis_url"], "expected a redis://, rediss:// or unix:// URL"))
+    redis_problem = redis_url_problem(store.redis_url) if store.backend == "redis" else ""
+    if redis_problem:
+        found.append((["cache", "redis_url"], redis_problem))
     if not store.key_prefix:
         found.append((["cache", "key_prefix"], "must not be empty"))
     return found

@@ -11,6 +11,7 @@ from tollway.core.config.check_common import Fail
 from tollway.core.config.root import Config
 from tollway.core.config.routing import Model
 from tollway.core.limits.policy import measure_of, window_seconds
+from tollway.core.security.urls import redis_url_problem
 from tollway.core.suggest import did_you_mean
 
 # What makes a limit unique on its owner: (measure, per, model).
@@ -33,6 +34,9 @@ def check_limits(config: Config, fail: Fail) -> None:
                     fail([section, i, "limits", j], f"duplicate limit ({ident[0]} per {ident[1]}) on the same owner")
                 seen.add(ident)
     rl = config.rate_limits
+    redis_problem = redis_url_problem(rl.redis_url) if rl.backend == "redis" else ""
+    if redis_problem:  # (the budgets' shared spend uses it too)
+        fail(["rate_limits", "redis_url"], redis_problem)
     if rl.default_max_tokens < 1:
         fail(["rate_limits", "default_max_tokens"], "must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", rl.key_prefix):

@@ -16,7 +16,7 @@ from tollway.core.config.caveats import warnings
 from tollway.core.config.report import ConfigError, error_at
 from tollway.core.config.root import Config
 from tollway.core.config.semantics import problems
-from tollway.core.config.substitute import to_data
+from tollway.core.config.substitute import check_aliases, to_data
 from tollway.core.struct_decode import Decoded, Path, decode
 
 
@@ -63,16 +63,11 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
     `unset_env`, and problems of the values that use it are not reported (those values are
     unknown here; `tollway serve` checks them again with the real environment)."""
     env = os.environ if environ is None else environ
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)  # only a MarkedYAMLError has one
-        line = mark.line + 1 if mark is not None else None
-        return Checked(None, [ConfigError("", f"invalid YAML: {getattr(exc, 'problem', exc)}", line)], [])
-    if root is None:
-        return Checked(None, [ConfigError("", "the config file is empty")], [])
     unset: list[tuple[Path, str]] = []
-    data = to_data(root, [], env, unset)
+    try:
+        root, data = _parse(text, env, unset)
+    except ConfigError as exc:
+        return Checked(None, [exc], [])
     env_errors = [error_at(where, f"environment variable {name} is not set", root) for where, name in unset]
     unknown = [where for where, _ in unset]  # values still holding a literal ${VAR}
     config: Config | None = None
@@ -90,6 +85,24 @@ def check(text: str, environ: Mapping[str, str] | None = None, allow_missing_env
     if allow_missing_env:
         return Checked(config if not errors else None, errors, env_errors, warned)
     return Checked(config if not errors and not env_errors else None, env_errors + errors, [], warned if not env_errors else [])
+
+
+def _parse(text: str, env: Mapping[str, str], unset: list[tuple[Path, str]]) -> tuple[yaml.Node, object]:
+    """The YAML node tree and its data (see `to_data`). Raises ConfigError, and nothing else:
+    YAML the config cannot hold is a problem of the file like any other, never an exception
+    that would print a traceback in `tollway check` or end a reload's file watcher."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            raise ConfigError("", "the config file is empty")
+        check_aliases(root)
+        return root, to_data(root, [], env, unset)
+    except yaml.YAMLError as exc:  # composing, or a scalar's tag (`!!python/name:...`) while typing it
+        mark = getattr(exc, "problem_mark", None)  # only a MarkedYAMLError has one
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError("", f"invalid YAML: {getattr(exc, 'problem', exc)}", line) from None
+    except RecursionError:  # PyYAML composes, and to_data walks, recursively
+        raise ConfigError("", "the YAML is nested too deeply (lists or mappings hundreds of levels deep)") from None
 
 
 def _env_aware(found: list[tuple[Path, str]], unknown: list[Path], allow_missing_env: bool) -> list[tuple[Path, str]]:
@@ -116,12 +129,26 @@ def _problems_of_the_rest(decoded: Decoded, unknown: list[Path]) -> list[tuple[P
             if not _under_any(where, broken) and not _under_any(where, unknown)]
 
 
+# Far more than any config written by hand needs (3,000 keys take 300 KiB); a larger file is a
+# mistake (a log, a dump), and parsing it would hold a reloading worker's event loop for minutes.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
 def _read(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError("", f"config file {path!r} is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB, "
+                              "the most a config file may be")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # (latin-1 from an old editor, a binary file): say where
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError("", f"config file {path!r} is not UTF-8: byte {exc.start} is 0x{raw[exc.start]:02x}",
+                          line) from None
 
 
 def _under_any(where: Path, prefixes: list[Path]) -> bool:

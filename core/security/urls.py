@@ -8,7 +8,7 @@ do, up to the authority's last `@`.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 # A query parameter whose name says it holds a secret: password=, sslpassword= (the client TLS
 # key's passphrase), a token, a secret, a key's. Its value is shown as ***.
@@ -61,3 +61,43 @@ def url_address(url: str, default_port: int) -> str:
         host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
     port = port if port.isdigit() else str(default_port)
     return f"{host}:{port}" + (slash + path if path else "")
+
+
+_REDIS_DB = re.compile(r"/?|/[0-9]+")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def redis_url_problem(url: str) -> str:
+    """Why the Redis client could not use `url`, or "". Read as redis-py's `parse_url` reads it,
+    so that nothing that passes here fails there (at startup, or in a reload), nor is quietly
+    misread there (a database that is no number, a password cut short at an unescaped `/`). The
+    problem never quotes the URL: it may hold a password."""
+    try:
+        parts = urlsplit(url)  # raises ValueError for a broken [IPv6] host
+    except ValueError:
+        return _NO_HOST
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "expected a redis://, rediss:// or unix:// URL"
+    if parts.scheme == "unix":
+        if not parts.path:
+            return "a unix:// URL needs the socket's path, e.g. unix:///run/redis.sock"
+    elif not parts.hostname:
+        return _NO_HOST
+    elif not _port_ok(parts):
+        return "the port must be a number from 1 to 65535"
+    elif not _REDIS_DB.fullmatch(unquote(parts.path)):
+        return _NO_DB
+    db = parse_qs(parts.query).get("db")  # (it wins over the path's)
+    return _NO_DB if db and not _DIGITS.fullmatch(db[0]) else ""
+
+
+def _port_ok(parts: SplitResult) -> bool:
+    try:
+        return parts.port != 0  # raises ValueError for ":abc" or out of range; None: the default port
+    except ValueError:
+        return False
+
+
+_NO_HOST = ("a redis:// URL needs a host, e.g. redis://:password@redis.example:6379/0 (a password "
+            "holding /, ?, # or @ must be percent-encoded)")
+_NO_DB = "the database must be a number, e.g. redis://redis.example:6379/0"

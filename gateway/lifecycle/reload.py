@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import signal
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,11 @@ class ConfigWatcher:
             self.reloads["rejected"] += 1
             log.error("config reload (%s) rejected, still serving the previous config: %s", reason, exc)
             return False
+        except Exception as exc:  # a bug in loading (it means to raise only ConfigError) must not end the poll task
+            self.reloads["rejected"] += 1
+            log.error("config reload (%s) failed reading the file (%s), still serving the previous config",
+                      reason, _raised_at(exc))
+            return False
         try:
             self.apply(new)
         except (AdapterUnavailable, PluginLoadError) as exc:  # the installation, not the file: say which, no traceback
@@ -112,6 +118,16 @@ class ConfigWatcher:
             await asyncio.sleep(self.interval)
             if signature(self.path) != self._seen:
                 self.reload("file changed")
+
+
+def _raised_at(exc: Exception) -> str:
+    """The exception's type and where it was raised, without its message: a loading bug's
+    message may quote the file, and a config file holds secrets (`${VARS}` substituted)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} in {last.name}, {os.path.basename(last.filename)}:{last.lineno}"
 
 
 def signature(path: str) -> Signature | None:
