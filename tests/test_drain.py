@@ -80,6 +80,21 @@ def test_sigterm_drops_readiness_first_then_finishes_streams_and_exits_0():
         gw.stop()
 
 
+def test_a_stop_sent_to_the_whole_group_exits_0_though_workers_stop_first():
+    """^C in a terminal (or a harness's killpg) signals the workers too: they stop at once while
+    the main process waits out the drain delay, and granian took their exits for crashes
+    ("Unexpected exit from worker", exit code 1). CI saw it without a delay, by a race."""
+    gw = GatewayProcess(config(delay=1.0, timeout=10, chunk_delay=0.0, chunks=1), workers=2)
+    try:
+        os.killpg(gw.proc.pid, signal.SIGTERM)
+        code = gw.proc.wait(20)
+        err = gw.stderr()
+        assert code == 0, err[-2000:]
+        assert "Unexpected exit" not in err, err[-2000:]
+    finally:
+        gw.stop()
+
+
 def test_drain_timeout_bounds_the_wait():
     gw = GatewayProcess(config(delay=0.0, timeout=1.0, chunk_delay=1.0, chunks=60))
     try:

@@ -117,12 +117,26 @@ class TollwayServer(Granian):  # type: ignore[misc,valid-type]
             return
         self._signal_workers(signal.SIGHUP)
 
+    def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+        """SIGTERM/SIGINT: from now on a worker's exit is the stop's, not a crash. A stop sent to
+        the whole process group (a terminal's ^C, a harness or runtime that signals every process)
+        reaches the workers too: one that finished before granian's shutdown marked it (after the
+        drain delay) was logged as an unexpected exit, and the gateway exited 1."""
+        for worker in list(self.wrks):
+            worker.interrupt_by_parent = True
+        super().signal_handler_interrupt(*args, **kwargs)
+
     def shutdown(self, exit_code: int = 0) -> None:
+        if self.interrupt_signal:  # (a worker that stopped cleanly before the mark above, all the same)
+            self.interrupt_children[:] = [i for i in self.interrupt_children if not self._stopped_cleanly(i)]
         self._signal_workers(signal.SIGUSR1)
         if self.drain_delay > 0:
             log.info("draining: /readyz is 503, closing the listener in %.1fs", self.drain_delay)
             time.sleep(self.drain_delay)
         super().shutdown(exit_code)
+
+    def _stopped_cleanly(self, idx: int) -> bool:
+        return any(w.idx == idx and getattr(w.inner, "exitcode", None) == 0 for w in self.wrks)
 
     def _signal_workers(self, sig: int) -> None:
         for worker in list(self.wrks):
