@@ -176,11 +176,18 @@ SPOKEN = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "s
         "role": "assistant", "content": "See the docs.",
         "annotations": [{"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "Docs",
                                                                  "start_index": 4, "end_index": 12}}]}}]}
+# Gemini 3's tool call, with the thought signature the client must send back (docs/providers.md)
+SIGNED = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
+    "role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"},
+         "extra_content": {"google": {"thought_signature": "c2lnbmVk"}}},
+        {"id": "call_2", "type": "function", "function": {"name": "mul", "arguments": "{}"}}]}}]}
 SCORED = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "logprobs": {
     "tokens": [" four"], "token_logprobs": [-0.1], "top_logprobs": [{" four": -0.1}], "text_offset": [0]}}]}
 
 
-@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("completions", COMPLETION), ("completions", SCORED),
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("chat", SIGNED), ("completions", COMPLETION),
+                                         ("completions", SCORED),
                                          ("responses", RESPONSE), ("messages", MESSAGE)])
 def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict[str, Any]) -> None:
     sse = replay(api, copy.deepcopy(answer), include_usage=True)

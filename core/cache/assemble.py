@@ -77,6 +77,7 @@ class _ToolCallDelta(msgspec.Struct):
     id: str | None = None
     type: str | None = None
     function: oa.FunctionDelta | None = None
+    extra_content: dict[str, Any] | None = None  # a provider's fields the client sends back (Gemini's signature)
 
 
 class _AudioDelta(msgspec.Struct):
@@ -145,17 +146,21 @@ def _chunks(sse: bytes) -> list[_ChatChunk] | None:
 class _Call:
     """A tool call being put back together: its name and arguments as pieces."""
 
-    __slots__ = ("id", "type", "name", "arguments")
+    __slots__ = ("id", "type", "name", "arguments", "extra_content")
 
     def __init__(self) -> None:
         self.id: str | None = None
         self.type = "function"
         self.name: list[str] = []
         self.arguments: list[str] = []
+        self.extra_content: dict[str, Any] | None = None
 
     def answer(self) -> Answer:
-        return {"id": self.id, "type": self.type,
-                "function": {"name": "".join(self.name), "arguments": "".join(self.arguments)}}
+        call: Answer = {"id": self.id, "type": self.type,
+                        "function": {"name": "".join(self.name), "arguments": "".join(self.arguments)}}
+        if self.extra_content is not None:
+            call["extra_content"] = self.extra_content
+        return call
 
 
 class _Audio:
@@ -285,6 +290,8 @@ def _tool_call(calls: dict[int, _Call], delta: _ToolCallDelta) -> None:
         call.id = delta.id
     if delta.type:
         call.type = delta.type
+    if delta.extra_content is not None:
+        call.extra_content = delta.extra_content
     if delta.function is not None:
         if delta.function.name:
             call.name.append(delta.function.name)

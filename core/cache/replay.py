@@ -64,13 +64,21 @@ def _chat(answer: Answer, include_usage: bool) -> bytes:
                 chunk(index, {field: message[field]})
         calls = message.get("tool_calls") or ()
         if calls:
-            chunk(index, {"tool_calls": [{"index": j, "id": c.get("id"), "type": c.get("type", "function"),
-                                          "function": c.get("function")} for j, c in enumerate(calls)]})
+            chunk(index, {"tool_calls": [_call_delta(j, c) for j, c in enumerate(calls)]})
         chunk(index, {}, choice.get("finish_reason"))
     if include_usage:
         out.append(_data({**base, "choices": [], "usage": answer.get("usage")}))
     out.append(b"data: [DONE]\n\n")
     return b"".join(out)
+
+
+def _call_delta(index: int, call: Answer) -> Answer:
+    """A stored tool call as its one stream delta (a provider's `extra_content` kept: Gemini 3
+    refuses a history whose call comes back without the signature in it)."""
+    delta = {"index": index, "id": call.get("id"), "type": call.get("type", "function"), "function": call.get("function")}
+    if call.get("extra_content") is not None:
+        delta["extra_content"] = call["extra_content"]
+    return delta
 
 
 # The message fields a chat stream has a delta for (role and content: every stream's).
