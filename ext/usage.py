@@ -5,8 +5,6 @@ It sits with the kernels because it is part of their interface: the stream relay
 above uses the same struct."""
 from __future__ import annotations
 
-import math
-
 import msgspec
 
 
@@ -38,9 +36,21 @@ class UsageEnvelope(msgspec.Struct):
     model: str | None = None
 
 
+MAX_TOKENS = 10**12  # a count past this is no real answer's: what an upstream's absurd number is held to
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+           "cache_write_tokens")
+
 
 class Usage(msgspec.Struct):
-    """Token counts of one response, in the gateway's own terms."""
+    """Token counts of one response, in the gateway's own terms.
+
+    Every count is held to 0..MAX_TOKENS and the units to 0..MAX_TOKENS (or NaN) when the struct
+    is made: the numbers are an upstream's word, and a negative or astronomically large one must
+    not run a counter backwards, raise in a histogram or a span's int64, refund more than a
+    limit reserved, or lose the request's ledger record. Held here once, so pricing, limits,
+    the ledger, metrics and spans read them as they are (one chained comparison a struct; the
+    rare absurd usage is mended in `_hold`). Nothing assigns a count afterwards."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -53,29 +63,26 @@ class Usage(msgspec.Struct):
     units: float = 0.0
     unit: str = ""
 
+    def __post_init__(self) -> None:
+        if not (0 <= self.prompt_tokens <= MAX_TOKENS and 0 <= self.completion_tokens <= MAX_TOKENS
+                and 0 <= self.total_tokens <= MAX_TOKENS and 0 <= self.cached_tokens <= MAX_TOKENS
+                and 0 <= self.reasoning_tokens <= MAX_TOKENS and 0 <= self.cache_write_tokens <= MAX_TOKENS
+                and 0.0 <= self.units <= MAX_TOKENS):  # (NaN units fail it, and stay NaN)
+            self._hold()
 
-MAX_TOKENS = 10**12  # a count past this is no real answer's: what an upstream's absurd number is held to
-
-_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
-           "cache_write_tokens")
-
-
-def in_bounds(u: Usage) -> bool:
-    """Whether every count is within 0..MAX_TOKENS and the units too (the cheap check, once per
-    request; `bounded` mends the rare usage that is not). NaN units fail the comparison."""
-    return (0 <= u.prompt_tokens <= MAX_TOKENS and 0 <= u.completion_tokens <= MAX_TOKENS
-            and 0 <= u.total_tokens <= MAX_TOKENS and 0 <= u.cached_tokens <= MAX_TOKENS
-            and 0 <= u.reasoning_tokens <= MAX_TOKENS and 0 <= u.cache_write_tokens <= MAX_TOKENS
-            and 0.0 <= u.units <= MAX_TOKENS)
+    def _hold(self) -> None:
+        for name in _COUNTS:
+            setattr(self, name, _held(getattr(self, name)))
+        # +inf is past any bound, as 1e300 is: held to the most. NaN stays: no number of units at
+        # all, which pricing takes as unpriceable (null, not a silent $0).
+        self.units = min(max(float(self.units), 0.0), float(MAX_TOKENS))
 
 
-def bounded(u: Usage) -> Usage:
-    """`u` with every count held to 0..MAX_TOKENS and its units to a finite, non-negative number:
-    an upstream's negative or astronomically large usage must not run a counter backwards, raise
-    in a histogram, or lose the request's record."""
-    counts = {name: min(max(int(getattr(u, name)), 0), MAX_TOKENS) for name in _COUNTS}
-    units = u.units if math.isfinite(u.units) and u.units > 0 else 0.0
-    return Usage(**counts, units=min(units, float(MAX_TOKENS)), unit=u.unit)
+def _held(count: float) -> int:
+    """A count as an int within 0..MAX_TOKENS (NaN: 0)."""
+    if count != count:
+        return 0
+    return int(min(max(count, 0), MAX_TOKENS))
 
 
 def from_openai(u: OpenAIUsage) -> Usage:

@@ -20,7 +20,6 @@ from tollway.core.accounting import pricing
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.core.tenancy.records import ApiKey
-from tollway.ext.usage import bounded, in_bounds
 from tollway.gateway import price_source, token_count
 from tollway.gateway.admin.api import AdminAPI
 from tollway.gateway.cache import ResponseCache
@@ -475,8 +474,6 @@ class Gateway:
         if ex.api in ("health", "metrics", "console"):  # (the console's files are no gateway traffic)
             return
         u = ex.usage
-        if u is not None and not in_bounds(u):  # an upstream's negative or absurd counts: held, for all below
-            ex.usage = u = bounded(u)
         if ex.trace is not None:
             ex.trace.finish(ex, self.runtime.secrets)
         try:  # (a metric must never cost the request its access-log line or its ledger record)

@@ -23,7 +23,7 @@ import msgspec
 
 from tollway.core.accounting.price_export import from_dataset
 from tollway.core.accounting.price_table import PriceTable, Rates, rates_on
-from tollway.ext.usage import Usage
+from tollway.ext.usage import MAX_TOKENS, Usage
 
 PER_TOKEN = 1e-6  # prices are per million tokens
 
@@ -48,7 +48,8 @@ FREE = Price()
 # billed search_units is any JSON number, up to 1.7e308), and a cost past float's range, or a sum
 # of such costs in the ledger's rollup, is an infinity PostgreSQL refuses and SQLite keeps. A
 # trillion tokens or units is far past any real answer and still prices to a finite number.
-MAX_COUNT = 1e12
+# (`Usage` holds its counts and units to it when it is made.)
+MAX_COUNT = float(MAX_TOKENS)
 # A cost above this is no real answer's (a count at MAX_COUNT at any real rate stays far below),
 # but a broken price or report: it is unpriced (None), so the ledger's sums stay finite.
 MAX_COST_USD = 1e15
@@ -61,12 +62,11 @@ def cost(usage: Usage, price: Price) -> float | None:
 
     Reasoning tokens are part of `completion_tokens`: they are billed at the reasoning rate and
     the rest of the completion at the output rate (reasoning beyond the completion is capped).
-    Each count is taken between 0 and MAX_COUNT."""
-    cached = _count(usage.cached_tokens)
-    written = _count(usage.cache_write_tokens)
-    fresh = max(_count(usage.prompt_tokens) - cached - written, 0.0)
-    completion = _count(usage.completion_tokens)
-    reasoning = min(_count(usage.reasoning_tokens), completion)
+    Each count is within 0..MAX_COUNT already (`Usage` holds them so when it is made)."""
+    cached, written = usage.cached_tokens, usage.cache_write_tokens
+    fresh = max(usage.prompt_tokens - cached - written, 0)
+    completion = usage.completion_tokens
+    reasoning = min(usage.reasoning_tokens, completion)
     cached_rate = price.input if price.cached_input is None else price.cached_input
     write_rate = price.input if price.cache_write is None else price.cache_write
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
@@ -80,15 +80,10 @@ def cost(usage: Usage, price: Price) -> float | None:
     return max(dollars, 0.0)
 
 
-def _count(n: float) -> float:
-    """An upstream's count, between 0 and MAX_COUNT (NaN stays NaN: `cost` refuses it)."""
-    return min(max(n, 0.0), MAX_COUNT)
-
-
 def unit_cost(usage: Usage, price: Price) -> float:
     """The USD cost of `usage.units` (at most MAX_COUNT) of `usage.unit` at `price` (0 where the
     price has no rate for it: such a model is priced by its tokens only)."""
-    units, unit = _count(usage.units), usage.unit
+    units, unit = usage.units, usage.unit  # (finite, within 0..MAX_COUNT: Usage holds them so)
     if unit.startswith("image:"):
         return units * (_image_rate(price.image, unit[6:]) or 0.0)
     rate = {"audio_second": (price.audio_minute or 0.0) / 60, "character": (price.characters or 0.0) * PER_TOKEN,

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from tollway.core.accounting.pricebook import PriceBook
-from tollway.core.accounting.pricing import FREE, MAX_COUNT, Price, cost, upper_cost
+from tollway.core.accounting.pricing import FREE, Price, cost, upper_cost
 from tollway.core.errors import GatewayError, budget_exceeded, rate_limited
 from tollway.ext.ratelimit import HeaderSpec, go_duration
 from tollway.ext.usage import Usage
@@ -315,15 +315,10 @@ def used(plan: Plan, usage: Usage | None, price: Price | None) -> tuple[float, .
     answering). A request still counts as one request; a concurrent slot is given back."""
     u = usage or _NOTHING
     dollars = (cost(u, price) or 0.0) if plan.priced and price is not None else 0.0  # (None: unpriceable, $0)
-    # The counts are the upstream's word: each is taken between 0 and MAX_COUNT as pricing takes
-    # it, so a negative count cannot refund more than was reserved, nor an absurd one charge past it.
-    prompt, completion = _count(u.prompt_tokens), _count(u.completion_tokens)
-    return (1.0, prompt, completion, _count(u.total_tokens) or prompt + completion, dollars, 0.0)
-
-
-def _count(n: int) -> float:
-    """An upstream's token count, between 0 and MAX_COUNT."""
-    return float(min(max(n, 0), MAX_COUNT))
+    # The counts are the upstream's word, held to 0..MAX_COUNT when the Usage was made: a negative
+    # count cannot refund more than was reserved, nor an absurd one charge past it.
+    prompt, completion = float(u.prompt_tokens), float(u.completion_tokens)
+    return (1.0, prompt, completion, float(u.total_tokens) or prompt + completion, dollars, 0.0)
 
 
 def settle(plan: Plan, demand: tuple[float, ...], usage: Usage | None, price: Price) -> tuple[float, ...]:

@@ -35,7 +35,6 @@ from tollway.core.telemetry.tracecontext import (
     parse_traceparent,
     sampled,
 )
-from tollway.ext.usage import bounded, in_bounds
 from tollway.gateway.telemetry.metrics import Metrics
 from tollway.gateway.telemetry.trace_export import SpanExporter
 from tollway.gateway.upstream.client import endpoint_of, split_url
@@ -205,9 +204,7 @@ def _text(value: str) -> str:
 
 def _usage(attrs: list[Attribute], ex: Exchange) -> None:
     u = ex.usage
-    if u is not None:
-        if not in_bounds(u):  # (an attempt's span is made before _finish holds the counts: an int64 each)
-            u = bounded(u)
+    if u is not None:  # (each count within an int64: Usage holds them to 0..MAX_TOKENS)
         attrs.append(("gen_ai.usage.input_tokens", u.prompt_tokens))
         attrs.append(("gen_ai.usage.output_tokens", u.completion_tokens))
 
