@@ -522,13 +522,15 @@ class Gateway:
 
 def _refuses(old: ApiKey | None, new: ApiKey) -> bool:
     """Whether a key change takes access away: a revocation, a new or earlier expiry, a
-    rotation (the old secret's grace), for a key the table already holds."""
+    rotation (the old secret's grace), a models list that allows less, or a move to another
+    team (whose models may allow less: patched in, the key gets them at once; the new team's
+    limits and budget come with the rebuild), for a key the table already holds."""
     if new.revoked_at is not None:
         return True
     if old is None:
         return False
     return (new.expires_at is not None and (old.expires_at is None or new.expires_at < old.expires_at)) or \
-        new.key_hash != old.key_hash
+        new.key_hash != old.key_hash or not set(new.models) >= set(old.models) or new.team != old.team
 
 
 def create_app() -> Gateway:

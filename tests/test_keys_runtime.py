@@ -204,13 +204,13 @@ async def test_a_key_rebuild_that_fails_still_refuses_what_was_revoked_and_is_tr
     import logging
 
     from tollway.core.config import Budget
-    from tollway.core.tenancy.inputs import KeyCreate
+    from tollway.core.tenancy.inputs import KeyCreate, KeyPatch
     from tollway.core.tenancy.roles import OWNER
     from tollway.gateway import app
 
     gw = app.Gateway(loads(f"""
 providers: [{{name: f, schema: fake}}]
-models: [{{name: small, targets: [{{provider: f}}]}}]
+models: [{{name: small, targets: [{{provider: f}}]}}, {{name: big, targets: [{{provider: f}}]}}]
 store: {{backend: sqlite, path: {tmp_path / "t.db"}}}
 """))
     assert gw.directory is not None
@@ -221,6 +221,8 @@ store: {{backend: sqlite, path: {tmp_path / "t.db"}}}
     try:
         minted = await actions.create_key(OWNER, KeyCreate(name="svc", budget=Budget(usd=5, period="month")))
         await _until(lambda: gw.runtime.keys.lookup(minted.secret) is not None)
+        narrowed = await actions.create_key(OWNER, KeyCreate(name="narrowed", budget=Budget(usd=5, period="month")))
+        await _until(lambda: gw.runtime.keys.lookup(narrowed.secret) is not None)
         failing = [True]
         real_books = app.Books
 
@@ -232,13 +234,17 @@ store: {{backend: sqlite, path: {tmp_path / "t.db"}}}
         monkeypatch.setattr(app, "KEY_RETRY_SECONDS", 0.05, raising=False)
         with caplog.at_level(logging.ERROR, logger="tollway"):
             await actions.revoke_key(OWNER, minted.key.id)
+            await actions.update_key(OWNER, narrowed.key.id, KeyPatch(models=["big"]))
             await asyncio.sleep(0.2)  # several retries, all failing
         found = gw.runtime.keys.lookup(minted.secret)
         assert found is not None and found.refusal == "This key was revoked.", "a revoked key is refused even when the rebuild failed"
+        kept = gw.runtime.keys.lookup(narrowed.secret)
+        assert kept is not None and not kept.may_use("small"), "a narrowed models list applies even when the rebuild failed"
         logged = [r for r in caplog.records if r.name == "tollway" and r.levelno == logging.ERROR]
         assert len(logged) == 1 and "the budgets could not be built" in logged[0].getMessage(), "once per incident"
         failing[0] = False
-        await _until(lambda: not gw.runtime.config.keys)  # rebuilt: the revoked key left the limits and budgets
+        # rebuilt: the revoked key left the limits and budgets
+        await _until(lambda: [k.name for k in gw.runtime.config.keys] == ["narrowed"])
         assert gw.plugins is plugins, "a key change does not rebuild the plugins"
     finally:
         await gw._close_providers(list(gw.runtime.providers.values()))
