@@ -48,6 +48,8 @@ models:
     targets: [{{provider: aws}}]
   - name: stream-throttled
     targets: [{{provider: aws}}]
+  - name: thinks-then-stalls
+    targets: [{{provider: aws}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -103,6 +105,24 @@ def test_errors(oai):
     assert bad_sig.value.status_code == 502 and "not-the-secret" not in bad_sig.value.response.text
     with pytest.raises(openai.APIError):
         list(oai.chat.completions.create(model="stream-throttled", stream=True, messages=[{"role": "user", "content": "x"}]))
+
+
+# fb.THOUGHT is 10 tokens in o200k_base, the tool call's arguments ('{"city": "Paris"}') 6.
+THOUGHT_AND_CALL_TOKENS = 16
+
+
+def test_a_stream_the_client_leaves_is_charged_its_reasoning_and_tool_call(oai, gw):
+    # Left before Bedrock's closing usage, a stream is charged what it streamed, counted by the
+    # gateway: reasoning and a tool call's arguments are output tokens as much as text is.
+    raw = oai.chat.completions.with_raw_response.create(model="thinks-then-stalls", stream=True, tools=[WEATHER],
+                                                        messages=[{"role": "user", "content": "weather?"}])
+    stream = raw.parse()
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.tool_calls and chunk.choices[0].delta.tool_calls[0].function.arguments:
+            break  # the whole call came: the client leaves
+    stream.close()
+    line = gw.log_line(raw.headers["x-request-id"])
+    assert line["error"] == "client_closed" and line["completion_tokens"] == THOUGHT_AND_CALL_TOKENS, line
 
 
 def test_anthropic_sdk_streamed_tool_use_over_bedrock(gw):
