@@ -136,6 +136,22 @@ def test_anthropic_sdk_streamed_tool_use_over_bedrock(gw):
     assert m.usage.output_tokens == 12 and m.usage.cache_read_input_tokens == 5
 
 
+def test_anthropic_sdk_stream_over_bedrock_reports_the_usage_its_non_stream_answer_does(gw):
+    # Cache writes have no field in the OpenAI chunk between the two translators: the stream's
+    # closing usage must still tell them apart from fresh input, as the non-stream answer does.
+    client = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
+    args = dict(model="claude-bedrock", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    whole = client.messages.create(**args).usage
+    with client.messages.stream(**args) as s:
+        streamed = s.get_final_message().usage
+
+    def counts(u: anthropic.types.Usage) -> tuple[int | None, ...]:
+        return u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens
+
+    assert counts(whole) == (30, 12, 5, 2)  # fb.USAGE
+    assert counts(streamed) == counts(whole)
+
+
 # -- an AWS credential chain that fails: a profile the AWS config lacks, a credential_process
 # that exits non-zero. Each is the provider's retryable 502 (so a route falls back), never a
 # 500, and never botocore's message: a credential process's stderr can hold secrets.
