@@ -224,6 +224,8 @@ class BedrockStreamToOpenAI:
         return "".join(self._text)
 
     def _on(self, headers: dict[str, str], payload: bytes) -> bytes:
+        if self._ended:  # after the metadata (and our [DONE]) a broken upstream's frames are ignored:
+            return b""   # the answer the client has is whole and billed; nothing may follow [DONE]
         kind = headers.get(":message-type", "event")
         if kind != "event":
             self._raise(headers, payload)
