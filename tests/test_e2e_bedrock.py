@@ -48,6 +48,8 @@ models:
     targets: [{{provider: aws}}]
   - name: stream-throttled
     targets: [{{provider: aws}}]
+  - name: thinks-then-stalls
+    targets: [{{provider: aws}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -105,6 +107,24 @@ def test_errors(oai):
         list(oai.chat.completions.create(model="stream-throttled", stream=True, messages=[{"role": "user", "content": "x"}]))
 
 
+# fb.THOUGHT is 10 tokens in o200k_base, the tool call's arguments ('{"city": "Paris"}') 6.
+THOUGHT_AND_CALL_TOKENS = 16
+
+
+def test_a_stream_the_client_leaves_is_charged_its_reasoning_and_tool_call(oai, gw):
+    # Left before Bedrock's closing usage, a stream is charged what it streamed, counted by the
+    # gateway: reasoning and a tool call's arguments are output tokens as much as text is.
+    raw = oai.chat.completions.with_raw_response.create(model="thinks-then-stalls", stream=True, tools=[WEATHER],
+                                                        messages=[{"role": "user", "content": "weather?"}])
+    stream = raw.parse()
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.tool_calls and chunk.choices[0].delta.tool_calls[0].function.arguments:
+            break  # the whole call came: the client leaves
+    stream.close()
+    line = gw.log_line(raw.headers["x-request-id"])
+    assert line["error"] == "client_closed" and line["completion_tokens"] == THOUGHT_AND_CALL_TOKENS, line
+
+
 def test_anthropic_sdk_streamed_tool_use_over_bedrock(gw):
     client = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
     tools = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]
@@ -114,6 +134,22 @@ def test_anthropic_sdk_streamed_tool_use_over_bedrock(gw):
     assert m.content[0].text == fb.REPLY and m.stop_reason == "tool_use"
     assert m.content[1].name == "get_weather" and m.content[1].input == fb.TOOL_INPUT
     assert m.usage.output_tokens == 12 and m.usage.cache_read_input_tokens == 5
+
+
+def test_anthropic_sdk_stream_over_bedrock_reports_the_usage_its_non_stream_answer_does(gw):
+    # Cache writes have no field in the OpenAI chunk between the two translators: the stream's
+    # closing usage must still tell them apart from fresh input, as the non-stream answer does.
+    client = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0)
+    args = dict(model="claude-bedrock", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    whole = client.messages.create(**args).usage
+    with client.messages.stream(**args) as s:
+        streamed = s.get_final_message().usage
+
+    def counts(u: anthropic.types.Usage) -> tuple[int | None, ...]:
+        return u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens
+
+    assert counts(whole) == (30, 12, 5, 2)  # fb.USAGE
+    assert counts(streamed) == counts(whole)
 
 
 # -- an AWS credential chain that fails: a profile the AWS config lacks, a credential_process

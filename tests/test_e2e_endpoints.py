@@ -5,6 +5,7 @@ permission), leaves a ledger record and metrics, and answers errors in OpenAI's 
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 import time
 import urllib.request
@@ -59,6 +60,7 @@ models:
   - {{name: gpt-4o-transcribe, targets: [{{provider: up}}]}}
   - {{name: transcribe-alias, targets: [{{provider: up, model: whisper-1}}], price: {{audio_minute: 0.006}}}}
   - {{name: azure-whisper, targets: [{{provider: azure, model: my-whisper}}], price: {{audio_minute: 0.006}}}}
+  - {{name: whisper-hostile, targets: [{{provider: up}}], price: {{audio_minute: 0.006}}}}
   - {{name: tts-1, targets: [{{provider: up}}], price: {{characters: 15}}}}
   - {{name: gpt-4o-mini-tts, targets: [{{provider: up}}]}}
 keys:
@@ -351,6 +353,28 @@ def test_transcriptions_as_text_and_verbose_json(client, upstream, db):
                                                                response_format="verbose_json")
     assert raw.parse().duration == 8.47
     assert upstream.last("/audio/transcriptions")["body"]["model"] == "whisper-1"
+
+
+def _unpriced(gw: GatewayProcess, model: str) -> float:
+    found = re.search(rf'^tollway_unpriced_requests_total{{model="{model}"}} (\S+)$', metrics_text(gw), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("usage", ["seconds", "tokens"])
+def test_a_transcript_usage_the_meter_cannot_read_is_unpriced_not_free(client, gw, usage):
+    # docs/ledger.md: unpriced usage never silently costs $0. The answer is relayed as it came.
+    before = _unpriced(gw, "whisper-hostile")
+    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-hostile", file=("a.mp3", AUDIO),
+                                                               prompt=usage)
+    assert raw.parse().text == TRANSCRIPT
+    line = gw.log_line(raw.headers["x-request-id"])
+    assert line["status"] == 200 and line["cost_usd"] is None, line
+    assert _unpriced(gw, "whisper-hostile") == before + 1
+    # A transcript asked for as text says nothing of its length: recorded with no usage, as before.
+    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-hostile", file=("a.mp3", AUDIO),
+                                                               response_format="text")
+    assert gw.log_line(raw.headers["x-request-id"])["cost_usd"] == 0.0
+    assert _unpriced(gw, "whisper-hostile") == before + 1
 
 
 def test_transcriptions_stream_events_are_relayed_as_they_come(client, db):

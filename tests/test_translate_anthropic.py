@@ -245,6 +245,20 @@ def test_stream_cut_short_is_an_error():
         translator.flush()
 
 
+def test_events_after_message_stop_are_ignored():
+    # A hostile or broken upstream goes on after its message_stop: the client already has its
+    # [DONE], so nothing more goes out, and nothing more is counted or billed.
+    late = [fa.sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": " AFTER"}}),
+            fa.sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                     "usage": {"output_tokens": 9999}}),
+            fa.sse("message_stop", {"type": "message_stop"})]
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
+    out = translator.feed(b"".join(fa.message_events("claude-x", with_tool=False) + late)) + translator.flush()
+    assert out.count(b"[DONE]") == 1 and out.endswith(b"data: [DONE]\n\n") and b"AFTER" not in out
+    assert translator.streamed_text() == fa.REPLY and translator.usage.completion_tokens == fa.OUTPUT_TOKENS
+
+
 # The documented example of a streamed answer, as Anthropic's docs print it (CRLF and all
 # spacing variants included), so the translator is checked against more than our own fake.
 DOC_STREAM = (

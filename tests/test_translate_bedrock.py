@@ -180,6 +180,18 @@ def test_stream_cut_before_message_stop_is_an_error():
         translator.flush()
 
 
+def test_frames_after_the_metadata_are_ignored():
+    # The metadata frame ended the stream ([DONE] sent): a hostile upstream's later frames send
+    # nothing more, are not counted, and cannot end the stream a second time.
+    late = [fb.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " AFTER"}}),
+            fb.event("messageStop", {"stopReason": "end_turn"}),
+            fb.event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 9999, "totalTokens": 10000}})]
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}}))
+    out = translator.feed(b"".join(fb.stream_frames(False) + late)) + translator.flush()
+    assert out.count(b"[DONE]") == 1 and out.endswith(b"data: [DONE]\n\n") and b"AFTER" not in out
+    assert translator.streamed_text() == fb.REPLY and translator.usage.completion_tokens == 12
+
+
 def text_frame(size: int) -> bytes:
     """One contentBlockDelta frame carrying `size` bytes of text."""
     return fb.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x" * size}})

@@ -15,6 +15,8 @@ the answer comes back as it is. What the adapters add is what the gateway must k
 """
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from tollway.core.kernels import SSEFramer
@@ -60,9 +62,21 @@ class _MediaAnswer(msgspec.Struct):
     quality: str | None = None
 
 
+class _Billable(msgspec.Struct):
+    """An answer the meter could not read, decoded only as far as whether it says what it is
+    billed by at all (its fields as the raw JSON they are, `null` when absent)."""
+
+    usage: msgspec.Raw = msgspec.Raw(b"null")
+    duration: msgspec.Raw = msgspec.Raw(b"null")
+
+    def says_usage(self) -> bool:
+        return bytes(self.usage) != b"null" or bytes(self.duration) != b"null"
+
+
 _decode_image_request = msgspec.json.Decoder(_ImageRequest).decode
 _decode_speech_request = msgspec.json.Decoder(_SpeechRequest).decode
 _decode_answer = msgspec.json.Decoder(_MediaAnswer).decode
+_decode_billable = msgspec.json.Decoder(_Billable).decode
 
 
 class OpenAIMedia(OpenAIAdapter):
@@ -98,6 +112,15 @@ class OpenAIMedia(OpenAIAdapter):
 
 class AzureMedia(OpenAIMedia, AzureOpenAIAdapter):
     """The same to Azure OpenAI: its deployment URLs and `api-key` header (AzureOpenAIAdapter's)."""
+
+
+def _says_usage(data: bytes) -> bool:
+    """Whether an answer the meter could not read carries a usage or a duration (a whisper
+    `seconds: 1e999`, `input_tokens: 1e30`) rather than being JSON of another shape."""
+    try:
+        return _decode_billable(data).says_usage()
+    except msgspec.MsgspecError:
+        return False
 
 
 def _form_type(ctx: CallContext) -> str:
@@ -165,6 +188,7 @@ class MediaMeter:
         self._kept = 0
         self._audio = 0
         self._answers: list[_MediaAnswer] = []
+        self._unreadable = False  # an answer said what it is billed by in numbers the meter cannot hold
 
     def begin(self, content_type: str) -> None:
         if content_type.startswith("text/event-stream"):
@@ -191,8 +215,12 @@ class MediaMeter:
         elif self._json is not None and self._kept <= MAX_METERED_JSON:
             self._note(b"".join(self._json))
         api = self.ctx.api
-        self.usage = image_usage(self.ctx, self._answers) if api in _IMAGE_APIS else \
-            audio_usage(self.ctx, self._answers, self._audio)
+        if self._unreadable:  # no number of units at all: pricing makes it unpriced (null), never $0
+            self.usage = Usage(units=math.nan)
+        elif api in _IMAGE_APIS:
+            self.usage = image_usage(self.ctx, self._answers)
+        else:
+            self.usage = audio_usage(self.ctx, self._answers, self._audio)
         return b""
 
     def streamed_text(self) -> str:
@@ -203,8 +231,9 @@ class MediaMeter:
             return
         try:
             answer = _decode_answer(data)
-        except msgspec.MsgspecError:
-            return  # not the shape the meter reads: relayed all the same
+        except msgspec.MsgspecError:  # not the shape the meter reads: relayed all the same, but
+            self._unreadable = self._unreadable or _says_usage(data)  # a usage it cannot read is no usage
+            return
         if answer.usage is not None or answer.data is not None or answer.duration is not None or \
                 (answer.type or "").endswith(".completed"):
             self._answers.append(answer)

@@ -7,7 +7,8 @@ check with botocore's own decoder so this fake cannot drift from AWS. Each reque
 signature is recomputed with botocore from the shared test secret: a wrong signature gets
 AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must equal
 `API_KEY`. The model id selects a misbehaviour: `throttled` (429 ThrottlingException),
-`invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream).
+`invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream),
+`thinks-then-stalls` (THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage).
 `POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
 "normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
 Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out;
@@ -17,6 +18,7 @@ a model id holding `cohere.embed-` is Cohere Embed instead (`cohere_embed` below
 """
 from __future__ import annotations
 
+import asyncio
 import binascii
 import hashlib
 import json
@@ -32,6 +34,7 @@ ACCESS_KEY, SECRET_KEY, REGION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYE
 API_KEY = "bedrock-api-key-SECRET-123456"
 REPLY = "Hello from the fake Bedrock upstream"
 TOOL_INPUT = {"city": "Paris"}
+THOUGHT = "Let me think about the weather in Paris first."
 USAGE = {"inputTokens": 30, "outputTokens": 12, "totalTokens": 49, "cacheReadInputTokens": 5, "cacheWriteInputTokens": 2}
 
 
@@ -80,6 +83,17 @@ def stream_frames(with_tool: bool, throttle_midway: bool = False) -> list[bytes]
     frames.append(event("messageStop", {"stopReason": "tool_use" if with_tool else "end_turn"}))
     frames.append(event("metadata", {"usage": USAGE, "metrics": {"latencyMs": 321}}))
     return frames
+
+
+def thinking_frames() -> list[bytes]:
+    """An answer's start: THOUGHT as reasoning, then a whole tool call; no stop, no usage."""
+    return [event("messageStart", {"role": "assistant"}),
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": THOUGHT}}}),
+            event("contentBlockStop", {"contentBlockIndex": 0}),
+            event("contentBlockStart", {"contentBlockIndex": 1, "start": {
+                "toolUse": {"toolUseId": "tooluse_fake02", "name": "get_weather"}}}),
+            event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": json.dumps(TOOL_INPUT)}}}),
+            event("contentBlockStop", {"contentBlockIndex": 1})]
 
 
 def converse_body(with_tool: bool) -> dict[str, Any]:
@@ -165,6 +179,11 @@ class FakeBedrock(FakeUpstream):
         resp = web.StreamResponse(headers={"content-type": "application/vnd.amazon.eventstream",
                                            "x-amzn-requestid": "fake-request-id"})
         await resp.prepare(request)
+        if request.match_info["model_id"] == "thinks-then-stalls":
+            for f in thinking_frames():
+                await resp.write(f)
+            await asyncio.sleep(30)
+            return resp
         for f in stream_frames(bool(body.get("toolConfig")), request.match_info["model_id"] == "stream-throttled"):
             await resp.write(f)
         await resp.write_eof()

@@ -20,6 +20,11 @@ from aiohttp import web
 RECORDED_ERRORS = json.loads((Path(__file__).parent.parent / "recorded" / "chat_validation_errors.json").read_text())
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
+# Usages of a transcript that are no number a decoder can hold: past a float's range, or a
+# token count written as a float far past an int64.
+HOSTILE_USAGES = {"seconds": b'{"type": "duration", "seconds": 1e999}',
+                  "tokens": b'{"type": "tokens", "input_tokens": 1e30, "output_tokens": 5}'}
+
 CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
               "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
               "violence/graphic")
@@ -155,6 +160,10 @@ class MediaEndpoints:
         fmt = fields.get("response_format") or "json"
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
+        if model == "whisper-hostile":  # a usage no JSON decoder reads as a number (`prompt` picks which)
+            usage_json = HOSTILE_USAGES[str(fields.get("prompt") or "seconds")]
+            return web.Response(body=b'{"text": "' + text.encode() + b'", "usage": ' + usage_json + b"}",
+                                content_type="application/json")
         if model == "whisper-1":
             usage = {"type": "duration", "seconds": 9}
         else:

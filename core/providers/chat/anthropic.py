@@ -292,6 +292,8 @@ class AnthropicStreamToOpenAI(SSEStreamTranslator[wire.StreamEvent]):
         return upstream_ended_early(self._ctx.provider.name)
 
     def _on(self, event: wire.StreamEvent) -> bytes:
+        if self._done:  # after message_stop (and our [DONE]) a broken upstream's events are ignored:
+            return b""   # the answer the client has is whole and billed; nothing may follow [DONE]
         handler = _HANDLERS.get(event.type)
         return handler(self, event) if handler else b""  # ping and future event types
 

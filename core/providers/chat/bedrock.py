@@ -224,6 +224,8 @@ class BedrockStreamToOpenAI:
         return "".join(self._text)
 
     def _on(self, headers: dict[str, str], payload: bytes) -> bytes:
+        if self._ended:  # after the metadata (and our [DONE]) a broken upstream's frames are ignored:
+            return b""   # the answer the client has is whole and billed; nothing may follow [DONE]
         kind = headers.get(":message-type", "event")
         if kind != "event":
             self._raise(headers, payload)
@@ -257,9 +259,11 @@ class BedrockStreamToOpenAI:
         if d.text is not None:
             self._text.append(d.text)
             return self._writer.text(d.text)
-        if d.tool_use is not None:
+        if d.tool_use is not None:  # tool input and reasoning are output tokens too: streamed_text()
+            self._text.append(d.tool_use.input)  # counts them when no usage comes (a client gone, a drain)
             return self._writer.tool_arguments(d.tool_use.input)
         if d.reasoning_content is not None and d.reasoning_content.text:
+            self._text.append(d.reasoning_content.text)
             return self._writer.reasoning(d.reasoning_content.text)
         return b""
 

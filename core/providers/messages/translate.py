@@ -17,6 +17,7 @@ because usage arrives in the chunk after the one carrying `finish_reason`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -70,7 +71,8 @@ class AnthropicOverChat:
         return wire.encode(to_message(oa.decode_completion(chat_body), usage)), usage
 
     def stream(self, ctx: CallContext) -> ChainedStream:
-        return ChainedStream(self.inner().stream(_chat_ctx(ctx)), ChatStreamToAnthropic(ctx.upstream_model))
+        inner = self.inner().stream(_chat_ctx(ctx))
+        return ChainedStream(inner, ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage))
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.inner().error(_chat_ctx(ctx), status, headers, body)
@@ -283,13 +285,22 @@ class _ToolCall:
         self._escaped = self._in_string and skip == len(arguments)
 
 
+def _no_usage() -> Usage | None:
+    return None
+
+
 class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
     """OpenAI `chat.completion.chunk` SSE in, Anthropic Messages SSE events out. It keeps no
-    text of its own: `ChainedStream` counts the inner translator's."""
+    text of its own: `ChainedStream` counts the inner translator's.
 
-    def __init__(self, model: str) -> None:
+    The closing usage is `upstream_usage()`, the inner translator's, when it has one: an OpenAI
+    usage chunk has no field for cache writes, so what it carries would fold them into
+    `input_tokens`. What the chunks say is the fallback (an OpenAI-compatible upstream's)."""
+
+    def __init__(self, model: str, upstream_usage: Callable[[], Usage | None] = _no_usage) -> None:
         super().__init__(oa.decode_chunk)
         self._model = model
+        self._upstream_usage = upstream_usage
         self._message_id = ""
         self._started = self._closed = False
         self._block = -1  # index of the open content block, -1 if none
@@ -410,7 +421,7 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
             return b""
         self._closed = True
         reason = "tool_use" if self._calls else STOP_REASONS.get(self._reason or "stop", "end_turn")
-        usage = anthropic_usage(self.usage)
+        usage = anthropic_usage(self._upstream_usage() or self.usage)
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
         out = self._stop_block() + self._held_calls()
         return out + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
