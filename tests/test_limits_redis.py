@@ -639,6 +639,20 @@ async def test_a_refused_reservation_does_not_renew_a_gauges_expiry(store):
     r.close()
 
 
+async def test_a_gauge_keeps_its_requests_in_flight_when_its_limit_changes(store):
+    """A gauge's level is its free slots and never refills: a limit raised by a reload kept the
+    free count (1 of 3 free with nothing in flight). Gateways at different limits (mid-rollout)
+    must count the same requests in flight, too."""
+    small, big = (Bucket("key:k:concurrent:inflight", "key", "k", "concurrent", c, 0) for c in (1.0, 3.0))
+    assert (await store.take(store.bind(plan_of(small)), (1.0,)))[0]  # one in flight, limit 1
+    assert (await store.levels(LimitPolicyStub([big])))[big.id] == 2
+    assert [(await store.take(store.bind(plan_of(big)), (1.0,)))[0] for _ in range(3)] == [True, True, False]
+    assert not (await store.take(store.bind(plan_of(small)), (1.0,)))[0]  # three in flight, limit 1
+    store.charge(store.bind(plan_of(small)), (-1.0,))  # one ends, settled by a gateway at limit 1
+    await until(lambda: not store._queue and not store._drains)
+    assert (await store.levels(LimitPolicyStub([big])))[big.id] == 1  # two still in flight
+
+
 async def test_a_batch_that_reaches_redis_after_it_was_asked_about_changes_nothing(store):
     """After a lost reply the store asks whether the batch ran; a batch still on its way (a slow
     network) must not run after the answer 'no', or its settles (sent again) would apply twice."""
