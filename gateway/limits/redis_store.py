@@ -335,11 +335,20 @@ class RedisBuckets:
         wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         if wants is None:
-            self._queue.append(_Op("r", keys, shapes, amounts, future))
+            op = _Op("r", keys, shapes, amounts, future)
         else:
-            self._queue.append(_Op("R", keys, shapes, amounts, future, wants, slots))
+            op = _Op("R", keys, shapes, amounts, future, wants, slots)
+        self._queue.append(op)
         self._kick()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled (client left, a drain) in the turn after Redis answered: the result is
+            # set but never returned, so no lease will settle it. Give it back here (_run does
+            # when the cancel came first: the future is cancelled then, not holding a result).
+            if future.done() and not future.cancelled() and future.exception() is None and future.result()[0]:
+                self._queue_charge(_give_back(op))
+            raise
 
     def settle(self, entry: _Entry, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge used minus reserved: to this process's lease when the plan leases (see
@@ -504,7 +513,7 @@ class RedisBuckets:
             if not op.future.done():
                 op.future.set_result((op.kind == "g" or taken, levels))
             elif taken:  # the request was cancelled while waiting: give its quota back
-                self._queue.append(_Op("c", op.keys, op.shapes, tuple(-a for a in op.amounts)))
+                self._queue.append(_give_back(op))
         return True
 
     async def _resolve(self) -> bool:
@@ -624,6 +633,11 @@ def _results(batch: list[_Op], words: list[bytes], with_levels: bool
             grants = tuple(map(float, words[pos:pos + n]))
             pos += n
         yield op, taken, levels, grants
+
+
+def _give_back(op: _Op) -> _Op:
+    """The charge that returns what a taken reservation took."""
+    return _Op("c", op.keys, op.shapes, tuple([-a for a in op.amounts]))
 
 
 def _shape(bucket: Bucket) -> str:
