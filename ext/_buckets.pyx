@@ -76,8 +76,11 @@ cdef class BucketTable:
         return self._n - 1
 
     def reconfigure(self, Py_ssize_t slot, double capacity, double refill_per_sec):
-        """Change a slot's limits, keeping its level (clamped to the new capacity)."""
+        """Change a slot's limits: a bucket keeps its level (clamped to the new capacity), a
+        gauge that stays one keeps what is in flight (see tollway.ext.buckets)."""
         cdef Bucket* b = self._slot(slot)
+        if refill_per_sec == 0.0 and b.refill == 0.0:
+            b.level = b.level + (capacity - b.capacity)
         b.capacity = capacity
         b.refill = refill_per_sec
         if capacity < b.level:

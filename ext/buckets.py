@@ -52,11 +52,17 @@ class BucketTable:
         return len(self._capacity) - 1
 
     def reconfigure(self, slot: int, capacity: float, refill_per_sec: float) -> None:
-        """Change a slot's limits, keeping its level (clamped to the new capacity)."""
+        """Change a slot's limits. A bucket keeps its level (clamped to the new capacity) and
+        refills at the new rate. A gauge that stays a gauge keeps what is in flight instead:
+        its level is its free slots and never refills, so it moves by the capacity's change
+        (kept as it was, a raised limit would never free the new slots)."""
         self._check(slot)
-        self._capacity[slot] = float(capacity)
-        self._refill[slot] = float(refill_per_sec)
-        self._level[slot] = min(self._level[slot], float(capacity))
+        capacity, refill_per_sec = float(capacity), float(refill_per_sec)
+        if refill_per_sec == 0.0 and self._refill[slot] == 0.0:
+            self._level[slot] = self._level[slot] + (capacity - self._capacity[slot])
+        self._capacity[slot] = capacity
+        self._refill[slot] = refill_per_sec
+        self._level[slot] = min(self._level[slot], capacity)
 
     def try_take(self, slots: Sequence[int], amounts: Sequence[float], now: float) -> float:
         """Take `amounts[i]` from every `slots[i]`, or nothing.

@@ -121,6 +121,24 @@ def test_reconfigure_keeps_level_and_clamps(table):
     assert table.level(slot, 1.0) == 50
 
 
+def test_reconfigure_carries_a_gauges_slots_in_flight(table):
+    """A gauge's level is its free slots and never refills: a new limit keeps the slots in
+    flight, not the free count (raised from 1 to 3 with none in flight, it had 1 free for good)."""
+    gauge = table.add(1, 0)
+    table.reconfigure(gauge, 3, 0)
+    assert table.level(gauge, 0.0) == 3  # none in flight: all three free
+    assert table.try_take([gauge], [1], 0.0) == 0.0
+    assert table.try_take([gauge], [1], 0.0) == 0.0
+    table.reconfigure(gauge, 1, 0)  # two in flight, one allowed
+    assert table.level(gauge, 0.0) == -1
+    assert table.try_take([gauge], [1], 0.0) == math.inf
+    table.give(gauge, 1, 0.0)  # one of the two ends: still one in flight
+    table.reconfigure(gauge, 4, 0)
+    assert table.level(gauge, 0.0) == 3
+    table.give(gauge, 1, 0.0)
+    assert table.level(gauge, 0.0) == 4  # lowered then raised: no slot lost
+
+
 def test_bad_arguments_raise(table):
     slot = table.add(1, 1)
     with pytest.raises(IndexError):
@@ -213,7 +231,7 @@ ops = st.lists(
         st.tuples(st.just("levels"), st.lists(st.integers(0, 3), min_size=1, max_size=4), st.none()),
         st.tuples(st.just("give"), st.integers(0, 3), amounts),
         st.tuples(st.just("take"), st.integers(0, 3), amounts),
-        st.tuples(st.just("reconfigure"), st.integers(0, 3), st.tuples(amounts, st.floats(0, 50))),
+        st.tuples(st.just("reconfigure"), st.integers(0, 3), st.tuples(amounts, st.just(0.0) | st.floats(0, 50))),
         st.tuples(st.just("level"), st.integers(0, 3), st.none()),
         st.tuples(st.just("seconds_until_full"), st.integers(0, 3), st.none()),
     ),

@@ -6,10 +6,12 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import httpx2 as httpx  # the HTTP client under the openai SDK
@@ -24,7 +26,8 @@ from tollway.gateway.limits.lease import LEASE_FRACTION, MAX_HOLD_SLICES
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
 
-def limited_config(upstream_url: str, limits: str, rate_limits: str = "") -> str:
+def limited_config(upstream_url: str, limits: str, rate_limits: str = "", upstream_model: str = "") -> str:
+    target = f"{{provider: up, model: {upstream_model}}}" if upstream_model else "{provider: up}"
     return f"""
 providers:
   - name: up
@@ -33,7 +36,7 @@ providers:
     api_key: sk-upstream
 models:
   - name: gpt-4o-mini
-    targets: [{{provider: up}}]
+    targets: [{target}]
 admin: {{key_hash: "{key_hash(ADMIN_KEY)}"}}
 keys:
   - name: app
@@ -106,6 +109,64 @@ def test_sdk_waits_out_a_429_and_succeeds(openai_upstream):
         assert 0 < int(err.value.response.headers["retry-after-ms"]) <= 2000
     finally:
         http_client.close()
+        gw.stop()
+
+
+ISOLATED_URL = "redis://127.0.0.1:6379/12"  # a database no other test writes to
+
+
+@pytest.fixture
+def isolated_prefix():
+    """A key prefix of this test's own in ISOLATED_URL; its keys are deleted afterwards."""
+    value = f"tollway-e2e-{os.getpid()}-{random.getrandbits(40):x}"
+    yield value
+    r = redis.Redis.from_url(ISOLATED_URL)
+    for key in r.scan_iter(match=f"{{{value}}}:*", count=1000):
+        r.delete(key)
+    r.close()
+
+
+def reload_config(gw: GatewayProcess, text: str) -> None:
+    """Write the gateway's config, SIGHUP it and wait until it says it reloaded."""
+    before = gw.stderr().count("config reloaded")
+    gw.config_path.write_text(text)
+    gw.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while gw.stderr().count("config reloaded") == before:
+        assert time.monotonic() < deadline, gw.stderr()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_concurrent_limit_changed_by_a_reload_admits_the_new_limit_at_once(openai_upstream, isolated_prefix, backend):
+    """A gauge's level is its free slots and never refills. A reload kept the level and only
+    lowered it past the new limit, so a limit raised from 1 to 3 still admitted one request
+    at a time on an idle key; lowered then raised, the slots lowered away were lost for good."""
+    rate_limits = "" if backend == "memory" else (
+        f"rate_limits: {{backend: redis, redis_url: '{ISOLATED_URL}', key_prefix: {isolated_prefix}}}")
+
+    def config(limit: int) -> str:  # the upstream answers after 3 s: requests overlap
+        return limited_config(openai_upstream.url, f"[{{concurrent: {limit}}}]", rate_limits, "slow-first-byte")
+
+    gw = GatewayProcess(config(2))
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
+
+    def ask(_: int = 0) -> str:
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5)
+            return "ok"
+        except openai.RateLimitError as exc:
+            return str(exc.code)
+
+    try:
+        assert ask() == "ok"  # the gauge is in use: a level stored
+        reload_config(gw, config(1))
+        assert ask() == "ok"  # ... and in use at the lowered limit
+        reload_config(gw, config(3))
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(ask, range(3))) == ["ok"] * 3
+    finally:
         gw.stop()
 
 

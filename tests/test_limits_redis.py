@@ -627,6 +627,57 @@ async def test_settles_of_a_batch_whose_reply_timed_out_are_applied_once(store, 
         direct.close()
 
 
+ISOLATED_URL = "redis://127.0.0.1:6379/12"  # a database no other test writes to
+
+
+@pytest.fixture
+async def isolated_store():
+    """A store of this test's own prefix in ISOLATED_URL; its keys are deleted afterwards."""
+    prefix = unique_prefix()
+    s = RedisBuckets(ISOLATED_URL, prefix, Metrics(), leasing=True)
+    yield s
+    await s.aclose()
+    cleanup = redis.Redis.from_url(ISOLATED_URL)
+    for key in cleanup.scan_iter(match=f"{{{prefix}}}:*", count=1000):
+        cleanup.delete(key)
+    cleanup.close()
+
+
+async def test_a_request_cancelled_as_redis_grants_its_slot_gives_the_slot_back(isolated_store):
+    """The client leaves (the watchdog cancels the request's task) in the loop turn after Redis
+    answered: the reservation's result is set, and the task resumes with CancelledError
+    instead. No lease came back, so nothing settled, and the slot stayed taken in Redis for
+    the gauge's hour: the key was locked out."""
+    store = isolated_store
+    cfg = config_mod.loads(redis_limited("[{concurrent: 1}]"))
+    limiter, k, head = Limiter(cfg, store, Metrics()), cfg.keys[0], RequestHead(model="m", max_tokens=5)
+    gauge = store.key("key:k:concurrent:inflight")
+    sent = store._run
+    victims: list[asyncio.Task[None]] = []
+
+    async def answered_then_client_leaves(batch):
+        ok = await sent(batch)  # the reservation's future has its result ...
+        for task in victims:
+            task.cancel()  # ... and the watchdog cancels before the request's task resumes
+        return ok
+
+    async def request() -> None:
+        lease = await limiter.reserve(k, "m", "chat", head, b"{}")
+        limiter.settle(lease, Usage(), "m")  # (not reached)
+
+    store._run = answered_then_client_leaves
+    victims.append(asyncio.get_running_loop().create_task(request()))
+    with pytest.raises(asyncio.CancelledError):
+        await victims[0]
+    store._run = sent
+    direct = redis.Redis.from_url(ISOLATED_URL)
+    try:
+        await until(lambda: direct.hget(gauge, "l") == b"1")  # the slot is given back
+        assert (await limiter.reserve(k, "m", "chat", head, b"{}")).metered
+    finally:
+        direct.close()
+
+
 async def test_a_refused_reservation_does_not_renew_a_gauges_expiry(store):
     """A gauge expires an hour after its last use (slots of a gateway that died come back);
     refusals rewrote it and renewed that hour, so retries of a locked-out key kept it locked."""
@@ -637,6 +688,20 @@ async def test_a_refused_reservation_does_not_renew_a_gauges_expiry(store):
     assert not (await store.take(store.bind(plan), (1.0,)))[0]
     assert 0 < r.pttl(store.key("key:k:concurrent:inflight")) <= 5000
     r.close()
+
+
+async def test_a_gauge_keeps_its_requests_in_flight_when_its_limit_changes(store):
+    """A gauge's level is its free slots and never refills: a limit raised by a reload kept the
+    free count (1 of 3 free with nothing in flight). Gateways at different limits (mid-rollout)
+    must count the same requests in flight, too."""
+    small, big = (Bucket("key:k:concurrent:inflight", "key", "k", "concurrent", c, 0) for c in (1.0, 3.0))
+    assert (await store.take(store.bind(plan_of(small)), (1.0,)))[0]  # one in flight, limit 1
+    assert (await store.levels(LimitPolicyStub([big])))[big.id] == 2
+    assert [(await store.take(store.bind(plan_of(big)), (1.0,)))[0] for _ in range(3)] == [True, True, False]
+    assert not (await store.take(store.bind(plan_of(small)), (1.0,)))[0]  # three in flight, limit 1
+    store.charge(store.bind(plan_of(small)), (-1.0,))  # one ends, settled by a gateway at limit 1
+    await until(lambda: not store._queue and not store._drains)
+    assert (await store.levels(LimitPolicyStub([big])))[big.id] == 1  # two still in flight
 
 
 async def test_a_batch_that_reaches_redis_after_it_was_asked_about_changes_nothing(store):

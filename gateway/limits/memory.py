@@ -29,7 +29,8 @@ class MemoryBuckets:
         self._clock = clock
 
     def configure(self, policy: LimitPolicy) -> None:
-        """Give every bucket of `policy` a slot; an existing bucket keeps its level. The slots
+        """Give every bucket of `policy` a slot; an existing bucket keeps its level (a gauge, what
+        it has in flight: see BucketTable.reconfigure). The slots
         of buckets `policy` no longer has are freed for new ones (keys made and revoked at run
         time would otherwise grow the table for ever)."""
         shapes, now = self._shapes, self._clock()

@@ -3,10 +3,14 @@
 Theory of operation
 -------------------
 Every worker of every replica talks to one Redis. A bucket is a hash `{<prefix>}:b:<bucket id>`
-holding its level `l` and the time of that level `t` (Redis server time, so every gateway
-agrees on the clock). The Lua script `BUCKETS_LUA` runs the same arithmetic as the
-`BucketTable` kernel: lazy continuous refill, all-or-nothing reservation over a request's
-buckets, settles that may leave debt. A script runs atomically, so no two decisions interleave.
+holding its level `l`, the time of that level `t` (Redis server time, so every gateway
+agrees on the clock) and the capacity it was written under `c`. A concurrency gauge's level is
+its free slots and never refills, so when its limit changes (a reload; gateways mid-rollout)
+the script moves the level by the change: what is in flight is kept, not what is free.
+
+The Lua script `BUCKETS_LUA` runs the same arithmetic as the `BucketTable` kernel: lazy
+continuous refill, all-or-nothing reservation over a request's buckets, settles that may
+leave debt. A script runs atomically, so no two decisions interleave.
 
 Cost: a round trip and redis-py's ~40 us of CPU per call would halve a gateway doing ~100 us
 per request. So calls are *batched*: reservations and settles are queued, and a drain task
@@ -135,9 +139,10 @@ local function bucket(i)
   local s = state[i]
   local cap, rate = caps[i], rates[i]
   if not s then
-    local v = redis.call('HMGET', KEYS[i], 'l', 't')
-    local level, stamp = tonumber(v[1]), tonumber(v[2])
-    if not finite(level) or not finite(stamp) then level, stamp = cap, now end  -- (a NaN stored before)
+    local v = redis.call('HMGET', KEYS[i], 'l', 't', 'c')
+    local level, stamp, was = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+    if not finite(level) or not finite(stamp) then level, stamp = cap, now  -- (a NaN stored before)
+    elseif rate == 0 and finite(was) then level = level + (cap - was) end  -- a gauge keeps what is in flight
     if level > cap then level = cap end
     s = {level, stamp, cap, false}
     state[i] = s
@@ -212,7 +217,8 @@ redis.call('HSET', record, 's', seq, 'u', table.concat(took, ' '))
 redis.call('PEXPIRE', record, gauge_ttl)
 for i, s in pairs(state) do
   if s[4] then
-    redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]))
+    redis.call('HSET', KEYS[i], 'l', string.format('%.17g', s[1]), 't', string.format('%.17g', s[2]),
+               'c', string.format('%.17g', s[3]))
     local ttl = gauge_ttl
     if rates[i] > 0 then ttl = math.min(math.ceil((caps[i] - s[1]) / rates[i] * 1000) + 1000, max_ttl) end
     redis.call('PEXPIRE', KEYS[i], ttl)
@@ -329,11 +335,20 @@ class RedisBuckets:
         wants = self._book.wants(slots, amounts) if self._book is not None and slots is not None else None
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         if wants is None:
-            self._queue.append(_Op("r", keys, shapes, amounts, future))
+            op = _Op("r", keys, shapes, amounts, future)
         else:
-            self._queue.append(_Op("R", keys, shapes, amounts, future, wants, slots))
+            op = _Op("R", keys, shapes, amounts, future, wants, slots)
+        self._queue.append(op)
         self._kick()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled (client left, a drain) in the turn after Redis answered: the result is
+            # set but never returned, so no lease will settle it. Give it back here (_run does
+            # when the cancel came first: the future is cancelled then, not holding a result).
+            if future.done() and not future.cancelled() and future.exception() is None and future.result()[0]:
+                self._queue_charge(_give_back(op))
+            raise
 
     def settle(self, entry: _Entry, reserved: tuple[float, ...], used: tuple[float, ...]) -> None:
         """Charge used minus reserved: to this process's lease when the plan leases (see
@@ -369,17 +384,19 @@ class RedisBuckets:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.time()
                 for bucket_id in ids:
-                    pipe.hmget(self.key(bucket_id), "l", "t")
+                    pipe.hmget(self.key(bucket_id), "l", "t", "c")
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None
         seconds, micros = replies[0]
         now = self.now if self.now is not None else seconds + micros / 1e6
         out = {}
-        for bucket_id, (level, stamp) in zip(ids, replies[1:]):
+        for bucket_id, (level, stamp, was) in zip(ids, replies[1:]):
             b = policy.buckets[bucket_id]
             if level is None:
                 out[bucket_id] = b.capacity
+            elif not b.refill:  # a gauge: its slots in flight, under the capacity configured now
+                out[bucket_id] = min(b.capacity, float(level) + (b.capacity - float(was or b.capacity)))
             else:
                 elapsed = max(now - float(stamp), 0.0)
                 out[bucket_id] = min(b.capacity, float(level) + elapsed * b.refill)
@@ -496,7 +513,7 @@ class RedisBuckets:
             if not op.future.done():
                 op.future.set_result((op.kind == "g" or taken, levels))
             elif taken:  # the request was cancelled while waiting: give its quota back
-                self._queue.append(_Op("c", op.keys, op.shapes, tuple(-a for a in op.amounts)))
+                self._queue.append(_give_back(op))
         return True
 
     async def _resolve(self) -> bool:
@@ -616,6 +633,11 @@ def _results(batch: list[_Op], words: list[bytes], with_levels: bool
             grants = tuple(map(float, words[pos:pos + n]))
             pos += n
         yield op, taken, levels, grants
+
+
+def _give_back(op: _Op) -> _Op:
+    """The charge that returns what a taken reservation took."""
+    return _Op("c", op.keys, op.shapes, tuple([-a for a in op.amounts]))
 
 
 def _shape(bucket: Bucket) -> str:
