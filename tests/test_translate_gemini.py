@@ -189,6 +189,15 @@ def test_stream_whole():
     assert "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks if c["choices"]) == "thinking..."
 
 
+def test_a_streams_thoughts_and_tool_call_count_as_streamed_text():
+    """Billed from streamed_text() when no usage comes (a client gone, a drain): the thoughts
+    and the call's arguments were generated too, as the Anthropic and Bedrock relays count them."""
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(TOOL_WIRE)
+    args = json.dumps(fg.TOOL_ARGS, separators=(",", ":"))
+    assert translator.streamed_text() == "thinking..." + fg.REPLY + args
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=len(TOOL_WIRE)), max_size=12))
 def test_stream_any_split(cuts):

@@ -416,9 +416,11 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         assert w is not None and self._stem is not None
         if p.function_call is not None:
             call = _tool_call(p, self._stem, w.tool_calls)
+            self._text.append(call.function.arguments)  # counted, with thoughts, when no usage comes
             extra = {"google": {"thought_signature": p.thought_signature}} if p.thought_signature else None
             return w.tool_start(call.id, call.function.name, call.function.arguments, extra)
         if p.thought:
+            self._text.append(p.text or "")
             return w.reasoning(p.text or "")
         if p.text:
             self._text.append(p.text)
