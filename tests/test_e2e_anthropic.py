@@ -102,6 +102,29 @@ def test_openai_sdk_tool_result_round_trip(oai, anthropic_upstream):
     assert turns[2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}]}
 
 
+
+# OpenAI takes empty text ({"role": "system", "content": ""} is common); Anthropic refuses an
+# empty or whitespace-only text block with a 400, as the fake does.
+BLANK_TEXT_MESSAGES = [
+    {"role": "system", "content": ""},
+    {"role": "developer", "content": "  \n"},
+    {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+    {"role": "assistant", "content": " "},
+    {"role": "user", "content": [{"type": "text", "text": "\t"}]},
+    {"role": "user", "content": "there"},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_blank_text_is_left_out_for_anthropic(oai, anthropic_upstream, stream):
+    r = oai.chat.completions.create(model="claude-sonnet", stream=stream, messages=BLANK_TEXT_MESSAGES)
+    text = "".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream else r.choices[0].message.content
+    assert text == fa.REPLY
+    sent = anthropic_upstream.last()["body"]
+    assert "system" not in sent
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                             {"type": "text", "text": "there"}]}]
+
 # "Hello from the fake Anthropic upstream" (fa.REPLY) is 7 tokens in o200k_base.
 REPLY_TOKENS = 7
 

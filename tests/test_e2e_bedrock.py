@@ -91,6 +91,19 @@ def test_tools(oai, stream):
     assert name == "get_weather" and json.loads(arguments) == fb.TOOL_INPUT and finish == ["tool_calls"]
 
 
+
+def test_blank_text_is_left_out(oai, bedrock):
+    # OpenAI takes empty text ({"role": "system", "content": ""} is common); Converse refuses a
+    # blank text block with a ValidationException, as the fake does.
+    r = oai.chat.completions.create(model="claude-bedrock", messages=[
+        {"role": "system", "content": ""}, {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": ""}, {"role": "user", "content": [{"type": "text", "text": ""}]}])
+    assert r.choices[0].message.content == fb.REPLY
+    sent = bedrock.last()["body"]
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["messages"] == [{"role": "user", "content": [{"text": "hi"}]}]
+
 def test_api_key_as_bearer(oai, bedrock):
     r = oai.chat.completions.create(model="with-api-key", messages=[{"role": "user", "content": "hi"}])
     assert r.choices[0].message.content == fb.REPLY
