@@ -33,11 +33,20 @@ providers:
     schema: openai
     base_url: {openai_upstream.url}
     api_key: {UPSTREAM_SECRET}
+  - name: azure
+    schema: azure_openai
+    base_url: {openai_upstream.url.removesuffix("/v1")}
+    api_version: "2024-10-21"
+    api_key: {UPSTREAM_SECRET}
 models:
   - name: claude-sonnet
     targets: [{{provider: claude, model: claude-sonnet-4-5}}]
   - name: gpt-4o-mini
     targets: [{{provider: up}}]
+  - name: o3
+    targets: [{{provider: up, model: o3}}]
+  - name: azure-gpt-5
+    targets: [{{provider: azure, model: gpt-5}}]
   - name: sturdy
     targets: [{{provider: claude, model: overloaded, priority: 0}}, {{provider: up, model: gpt-4o-mini, priority: 1}}]
 {misbehaving}
@@ -182,7 +191,22 @@ def test_anthropic_sdk_over_openai_backend(ant, openai_upstream):
     assert m.usage.output_tokens == 9 and m.usage.input_tokens == 4
     sent = openai_upstream.last("/chat/completions")["body"]
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
-    assert sent["max_tokens"] == 100
+    assert sent["max_completion_tokens"] == 100 and "max_tokens" not in sent
+
+
+@pytest.mark.parametrize("model", ["o3", "azure-gpt-5"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_over_an_openai_reasoning_model(ant, openai_upstream, model, stream):
+    # Anthropic's required max_tokens is OpenAI's max_completion_tokens: OpenAI's reasoning
+    # models (o-series, gpt-5), on Azure too, refuse the older max_tokens with a 400.
+    if stream:
+        with ant.messages.stream(model=model, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]) as s:
+            text = "".join(s.text_stream)
+    else:
+        text = ant.messages.create(model=model, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]).content[0].text
+    assert text == OPENAI_REPLY
+    sent = openai_upstream.last()["body"]
+    assert sent["max_completion_tokens"] == 1024 and "max_tokens" not in sent
 
 
 def test_anthropic_sdk_stream_over_openai_backend(ant):
