@@ -7,10 +7,11 @@ check with botocore's own decoder so this fake cannot drift from AWS. Each reque
 signature is recomputed with botocore from the shared test secret: a wrong signature gets
 AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must equal
 `API_KEY`. The model id selects a misbehaviour: `throttled` (429 ThrottlingException),
-`invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream),
-`thinks-then-stalls` (THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage).
-A blank (empty or whitespace-only) text block in `system` or a message is AWS's 400
-ValidationException, as on Converse.
+`invalid` (400 ValidationException), `model-error` (424 ModelErrorException: the model failed
+while processing), `stream-throttled` (an exception frame mid-stream), `thinks-then-stalls`
+(THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage). A blank (empty or
+whitespace-only) text block in `system` or a message is AWS's 400 ValidationException, as on
+Converse.
 `POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
 "normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
 Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out;
@@ -178,6 +179,8 @@ class FakeBedrock(FakeUpstream):
             return {}, _aws_error(403, "InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
         if model == "throttled":
             return {}, _aws_error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+        if model == "model-error":
+            return {}, _aws_error(424, "ModelErrorException", "The model encountered an error processing the request.")
         if model == "invalid":
             return {}, _aws_error(400, "ValidationException", "The provided model identifier is invalid.")
         body = json.loads(raw)
