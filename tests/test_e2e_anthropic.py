@@ -33,11 +33,20 @@ providers:
     schema: openai
     base_url: {openai_upstream.url}
     api_key: {UPSTREAM_SECRET}
+  - name: azure
+    schema: azure_openai
+    base_url: {openai_upstream.url.removesuffix("/v1")}
+    api_version: "2024-10-21"
+    api_key: {UPSTREAM_SECRET}
 models:
   - name: claude-sonnet
     targets: [{{provider: claude, model: claude-sonnet-4-5}}]
   - name: gpt-4o-mini
     targets: [{{provider: up}}]
+  - name: o3
+    targets: [{{provider: up, model: o3}}]
+  - name: azure-gpt-5
+    targets: [{{provider: azure, model: gpt-5}}]
   - name: sturdy
     targets: [{{provider: claude, model: overloaded, priority: 0}}, {{provider: up, model: gpt-4o-mini, priority: 1}}]
 {misbehaving}
@@ -102,6 +111,29 @@ def test_openai_sdk_tool_result_round_trip(oai, anthropic_upstream):
     assert turns[2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}]}
 
 
+
+# OpenAI takes empty text ({"role": "system", "content": ""} is common); Anthropic refuses an
+# empty or whitespace-only text block with a 400, as the fake does.
+BLANK_TEXT_MESSAGES = [
+    {"role": "system", "content": ""},
+    {"role": "developer", "content": "  \n"},
+    {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+    {"role": "assistant", "content": " "},
+    {"role": "user", "content": [{"type": "text", "text": "\t"}]},
+    {"role": "user", "content": "there"},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_blank_text_is_left_out_for_anthropic(oai, anthropic_upstream, stream):
+    r = oai.chat.completions.create(model="claude-sonnet", stream=stream, messages=BLANK_TEXT_MESSAGES)
+    text = "".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream else r.choices[0].message.content
+    assert text == fa.REPLY
+    sent = anthropic_upstream.last()["body"]
+    assert "system" not in sent
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                             {"type": "text", "text": "there"}]}]
+
 # "Hello from the fake Anthropic upstream" (fa.REPLY) is 7 tokens in o200k_base.
 REPLY_TOKENS = 7
 
@@ -159,7 +191,22 @@ def test_anthropic_sdk_over_openai_backend(ant, openai_upstream):
     assert m.usage.output_tokens == 9 and m.usage.input_tokens == 4
     sent = openai_upstream.last("/chat/completions")["body"]
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
-    assert sent["max_tokens"] == 100
+    assert sent["max_completion_tokens"] == 100 and "max_tokens" not in sent
+
+
+@pytest.mark.parametrize("model", ["o3", "azure-gpt-5"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_over_an_openai_reasoning_model(ant, openai_upstream, model, stream):
+    # Anthropic's required max_tokens is OpenAI's max_completion_tokens: OpenAI's reasoning
+    # models (o-series, gpt-5), on Azure too, refuse the older max_tokens with a 400.
+    if stream:
+        with ant.messages.stream(model=model, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]) as s:
+            text = "".join(s.text_stream)
+    else:
+        text = ant.messages.create(model=model, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]).content[0].text
+    assert text == OPENAI_REPLY
+    sent = openai_upstream.last()["body"]
+    assert sent["max_completion_tokens"] == 1024 and "max_tokens" not in sent
 
 
 def test_anthropic_sdk_stream_over_openai_backend(ant):

@@ -50,6 +50,10 @@ models:
     targets: [{{provider: aws}}]
   - name: thinks-then-stalls
     targets: [{{provider: aws}}]
+  - name: model-error
+    targets: [{{provider: aws}}]
+  - name: model-error-then-ok
+    targets: [{{provider: aws, model: model-error, priority: 0}}, {{provider: aws, model: "{MODEL_ID}", priority: 1}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -91,6 +95,19 @@ def test_tools(oai, stream):
     assert name == "get_weather" and json.loads(arguments) == fb.TOOL_INPUT and finish == ["tool_calls"]
 
 
+
+def test_blank_text_is_left_out(oai, bedrock):
+    # OpenAI takes empty text ({"role": "system", "content": ""} is common); Converse refuses a
+    # blank text block with a ValidationException, as the fake does.
+    r = oai.chat.completions.create(model="claude-bedrock", messages=[
+        {"role": "system", "content": ""}, {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": ""}, {"role": "user", "content": [{"type": "text", "text": ""}]}])
+    assert r.choices[0].message.content == fb.REPLY
+    sent = bedrock.last()["body"]
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["messages"] == [{"role": "user", "content": [{"text": "hi"}]}]
+
 def test_api_key_as_bearer(oai, bedrock):
     r = oai.chat.completions.create(model="with-api-key", messages=[{"role": "user", "content": "hi"}])
     assert r.choices[0].message.content == fb.REPLY
@@ -123,6 +140,17 @@ def test_a_stream_the_client_leaves_is_charged_its_reasoning_and_tool_call(oai, 
     stream.close()
     line = gw.log_line(raw.headers["x-request-id"])
     assert line["error"] == "client_closed" and line["completion_tokens"] == THOUGHT_AND_CALL_TOKENS, line
+
+
+def test_a_model_error_is_the_upstreams_fault_and_falls_back(oai, bedrock):
+    # ModelErrorException (HTTP 424) is the model failing while processing, not a bad request:
+    # a retryable 502 (as its stream twin modelStreamErrorException is), so the next target serves.
+    with pytest.raises(openai.APIStatusError) as failed:
+        oai.chat.completions.create(model="model-error", messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == 502 and failed.value.type == "api_error"
+    r = oai.chat.completions.create(model="model-error-then-ok", messages=[{"role": "user", "content": "x"}])
+    assert r.choices[0].message.content == fb.REPLY
+    assert [req["model"] for req in bedrock.requests[-2:]] == ["model-error", MODEL_ID]
 
 
 def test_anthropic_sdk_streamed_tool_use_over_bedrock(gw):

@@ -33,7 +33,7 @@ def ctx(body: dict[str, Any]) -> CallContext:
 
 REQUESTS = [
     ("string content", {"messages": [{"role": "user", "content": "hi"}]},
-     {"model": "gpt-up", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
+     {"model": "gpt-up", "max_completion_tokens": 64, "max_tokens": None, "messages": [{"role": "user", "content": "hi"}]}),
     ("system blocks", {"system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
                        "messages": [{"role": "user", "content": "hi"}]},
      {"messages": [{"role": "system", "content": "ab"}, {"role": "user", "content": "hi"}]}),

@@ -4,7 +4,8 @@ Each translator extracts the provider's message (and, where the provider has one
 kind) and calls `provider_error`; the status rules live here once:
 - 401/403: the gateway's own credential failed -> 502 that says so and never shows it;
 - 429 and throttling -> 429, overload (Anthropic 529, 503) -> 503, keeping `retry-after`;
-- validation -> 400; anything else 5xx -> 502 naming the provider.
+- validation -> 400; a model that failed (Bedrock 424) and anything else 5xx -> 502 naming the
+  provider.
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ _BY_STATUS: dict[int, tuple[int, str, str]] = {
     408: (504, "api_error", "upstream_timeout"),
     413: (413, "invalid_request_error", "request_too_large"),
     422: (400, "invalid_request_error", "invalid_request"),
+    # Bedrock's ModelErrorException: the model failed while processing a valid request. The
+    # upstream's fault, like its stream twin modelStreamErrorException: retryable, so a route
+    # falls back, rather than a 4xx the client could not fix.
+    424: (502, "api_error", "upstream_error"),
     429: (429, "rate_limit_error", "rate_limit_exceeded"),
     503: (503, "api_error", "overloaded"),
     504: (504, "api_error", "upstream_timeout"),

@@ -4,8 +4,9 @@
 sequence (`message_start`, per block `content_block_start`/`_delta`/`_stop`, `ping`,
 `message_delta`, `message_stop`), with a tool_use block when the request offers tools.
 `POST /v1/messages/count_tokens` answers `{"input_tokens": N}`. Every request is recorded.
-Requests without `x-api-key` or `anthropic-version` get Anthropic's 401/400 error bodies,
-and the upstream model name selects a misbehaviour:
+Requests without `x-api-key` or `anthropic-version` get Anthropic's 401/400 error bodies, an
+empty or whitespace-only text block (in `system` or a message) its 400, and the upstream
+model name selects a misbehaviour:
 
   overloaded (529 overloaded_error), rate-limited (429 with retry-after: 7),
   bad-key (401 authentication_error), stream-error (an `error` event mid-stream),
@@ -103,6 +104,20 @@ def message_body(model: str, with_tool: bool, tool_name: str = "get_weather") ->
             "usage": {**USAGE, "output_tokens": OUTPUT_TOKENS}}
 
 
+def blank_text_field(body: dict[str, Any]) -> str | None:
+    """The field ("system" or "messages") holding a text block Anthropic refuses as blank."""
+    if _has_blank_text(body.get("system")):
+        return "system"
+    if any(_has_blank_text(m.get("content")) for m in body.get("messages") or []):
+        return "messages"
+    return None
+
+
+def _has_blank_text(blocks: Any) -> bool:
+    return isinstance(blocks, list) and any(
+        isinstance(b, dict) and b.get("type") == "text" and not str(b.get("text") or "").strip() for b in blocks)
+
+
 class FakeAnthropic(FakeUpstream):
     def __init__(self) -> None:
         self.long_streams: list[tuple[int, bool]] = []  # long-stream answers: (deltas written, client hung up)
@@ -134,6 +149,9 @@ class FakeAnthropic(FakeUpstream):
             return refused
         if not isinstance(body.get("max_tokens"), int):
             return _error(400, "invalid_request_error", "max_tokens: Field required")
+        blank = blank_text_field(body)
+        if blank is not None:
+            return _error(400, "invalid_request_error", f"{blank}: text content blocks must contain non-whitespace text")
         tools = body.get("tools") or []
         if not body.get("stream"):
             answer = message_body(model, bool(tools), tools[0]["name"] if tools else "get_weather")

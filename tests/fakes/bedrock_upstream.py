@@ -7,8 +7,11 @@ check with botocore's own decoder so this fake cannot drift from AWS. Each reque
 signature is recomputed with botocore from the shared test secret: a wrong signature gets
 AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must equal
 `API_KEY`. The model id selects a misbehaviour: `throttled` (429 ThrottlingException),
-`invalid` (400 ValidationException), `stream-throttled` (an exception frame mid-stream),
-`thinks-then-stalls` (THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage).
+`invalid` (400 ValidationException), `model-error` (424 ModelErrorException: the model failed
+while processing), `stream-throttled` (an exception frame mid-stream), `thinks-then-stalls`
+(THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage). A blank (empty or
+whitespace-only) text block in `system` or a message is AWS's 400 ValidationException, as on
+Converse.
 `POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
 "normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
 Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out;
@@ -123,6 +126,18 @@ def _aws_error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status, headers={"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"})
 
 
+def blank_text_at(body: dict[str, Any]) -> str | None:
+    """Where a Converse request holds a text block AWS refuses as blank, in its words."""
+    for i, block in enumerate(body.get("system") or []):
+        if "text" in block and not block["text"].strip():
+            return f"SystemContentBlock object at system.{i}"
+    for i, message in enumerate(body.get("messages") or []):
+        for j, block in enumerate(message.get("content") or []):
+            if "text" in block and not block["text"].strip():
+                return f"ContentBlock object at messages.{i}.content.{j}"
+    return None
+
+
 def signature_ok(method: str, url: str, headers: dict[str, str], body: bytes) -> bool:
     """Recompute the request's SigV4 signature with botocore, from the headers it signed."""
     from botocore.auth import SigV4Auth
@@ -164,9 +179,16 @@ class FakeBedrock(FakeUpstream):
             return {}, _aws_error(403, "InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
         if model == "throttled":
             return {}, _aws_error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+        if model == "model-error":
+            return {}, _aws_error(424, "ModelErrorException", "The model encountered an error processing the request.")
         if model == "invalid":
             return {}, _aws_error(400, "ValidationException", "The provided model identifier is invalid.")
-        return json.loads(raw), None
+        body = json.loads(raw)
+        blank = blank_text_at(body)
+        if blank is not None:
+            return {}, _aws_error(400, "ValidationException",
+                                  f"The text field in the {blank} is blank. Add text to the text field, and try again.")
+        return body, None
 
     async def converse(self, request: web.Request) -> web.StreamResponse:
         body, refused = await self._admit(request)

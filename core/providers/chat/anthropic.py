@@ -182,7 +182,9 @@ def convert_messages(messages: list[ChatMessage]) -> tuple[list[wire.Block], lis
     turns: list[wire.Message] = []
     for i, m in enumerate(messages):
         if m.role in ("system", "developer"):
-            system.append(wire.Block("text", text=text_of(m.content)))
+            text = text_of(m.content)
+            if has_text(text):
+                system.append(wire.Block("text", text=text))
             continue
         role, blocks = _turn(m, i)
         if not blocks:
@@ -201,10 +203,21 @@ def _turn(m: ChatMessage, i: int) -> tuple[str, list[wire.Block]]:
     return builder(m, i)
 
 
+def has_text(text: str | None) -> bool:
+    """Whether `text` can be sent as a text block: OpenAI takes empty text, but Anthropic (and
+    Bedrock's Converse) refuse an empty or whitespace-only block with a 400, so such text is
+    left out; it says nothing to the model."""
+    return bool(text and text.strip())
+
+
+def is_blank_text(p: ContentPart) -> bool:
+    return p.type == "text" and not has_text(p.text)
+
+
 def _user_turn(m: ChatMessage, i: int) -> tuple[str, list[wire.Block]]:
     if isinstance(m.content, str):
-        return "user", [wire.Block("text", text=m.content)] if m.content else []
-    return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])]
+        return "user", [wire.Block("text", text=m.content)] if has_text(m.content) else []
+    return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or []) if not is_blank_text(p)]
 
 
 def _part(p: ContentPart, where: str) -> wire.Block:
@@ -220,7 +233,7 @@ def _part(p: ContentPart, where: str) -> wire.Block:
 
 def _assistant_turn(m: ChatMessage, i: int) -> tuple[str, list[wire.Block]]:
     text = text_of(m.content)
-    blocks = [wire.Block("text", text=text)] if text else []
+    blocks = [wire.Block("text", text=text)] if has_text(text) else []
     for j, call in enumerate(m.tool_calls or []):
         where = f"messages[{i}].tool_calls[{j}].function.arguments"
         blocks.append(wire.Block("tool_use", id=call.id, name=call.function.name,

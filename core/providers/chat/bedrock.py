@@ -21,7 +21,7 @@ import msgspec
 
 from tollway.core.errors import GatewayError, bad_request, upstream_ended_early, upstream_malformed_event
 from tollway.core.providers.base import CallContext, UpstreamCall
-from tollway.core.providers.chat.anthropic import thinking_of, tool_arguments
+from tollway.core.providers.chat.anthropic import has_text, is_blank_text, thinking_of, tool_arguments
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
 from tollway.core.providers.upstream_errors import provider_error
 from tollway.core.providers.wire import anthropic as anthropic_wire
@@ -112,7 +112,7 @@ def to_converse(req: ChatRequest, model: str = "") -> wire.ConverseRequest:
     """The Converse request for an OpenAI chat request to Bedrock model `model`. Raises
     GatewayError(400)."""
     reject_unsupported(req, PROVIDER)
-    system = [wire.SystemBlock(text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
+    system = _system(req.messages)
     turns: list[wire.Message] = []
     for i, m in enumerate(req.messages):
         if m.role in ("system", "developer"):
@@ -130,6 +130,11 @@ def to_converse(req: ChatRequest, model: str = "") -> wire.ConverseRequest:
                                 _tool_config(req, turns), {"thinking": thinking} if thinking else None)
 
 
+def _system(messages: list[ChatMessage]) -> list[wire.SystemBlock]:
+    texts = (text_of(m.content) for m in messages if m.role in ("system", "developer"))
+    return [wire.SystemBlock(text) for text in texts if has_text(text)]
+
+
 def _thinking(req: ChatRequest, model: str) -> tuple[int | None, anthropic_wire.Thinking | None]:
     """(maxTokens, Claude's `thinking` field) for `reasoning_effort`. Converse has no reasoning
     setting of its own: Claude on Bedrock takes Anthropic's `thinking` through
@@ -145,11 +150,12 @@ def _thinking(req: ChatRequest, model: str) -> tuple[int | None, anthropic_wire.
 def _turn(m: ChatMessage, i: int) -> tuple[str, list[wire.ContentBlock]]:
     if m.role == "user":
         if isinstance(m.content, str):
-            return "user", [wire.ContentBlock(text=m.content)] if m.content else []
-        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])]
+            return "user", [wire.ContentBlock(text=m.content)] if has_text(m.content) else []
+        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])
+                        if not is_blank_text(p)]
     if m.role == "assistant":
         text = text_of(m.content)
-        blocks = [wire.ContentBlock(text=text)] if text else []
+        blocks = [wire.ContentBlock(text=text)] if has_text(text) else []
         for j, call in enumerate(m.tool_calls or []):
             args = tool_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
             blocks.append(wire.ContentBlock(tool_use=wire.ToolUseBlock(call.id, call.function.name, args)))

@@ -116,8 +116,11 @@ def to_chat_request(req: wire.MessagesRequest, model: str) -> oa.ChatRequest:
     for i, m in enumerate(req.messages):
         messages.extend(_messages(m, i))
     stream = bool(req.stream)
+    # Anthropic's required max_tokens is OpenAI's max_completion_tokens: OpenAI's reasoning models
+    # (o-series, gpt-5; on Azure too) refuse the deprecated max_tokens with a 400, and the other
+    # inner adapters (Bedrock, Gemini, Vertex) read either (ChatRequest.output_limit).
     return oa.ChatRequest(
-        messages=messages, model=model, max_tokens=req.max_tokens, temperature=req.temperature,
+        messages=messages, model=model, max_completion_tokens=req.max_tokens, temperature=req.temperature,
         top_p=req.top_p, stop=req.stop_sequences, stream=stream or None,
         stream_options=StreamOptions(include_usage=True) if stream else None,
         tools=_tools(req), tool_choice=_tool_choice(req.tool_choice),
