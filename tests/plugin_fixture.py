@@ -4,7 +4,8 @@ config: {<stage>: <action>} for on_request, on_chunk, on_response, on_complete; 
 stages named are defined (the gateway calls only those). Actions: allow, reject, replace,
 stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type),
 cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug),
-bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded).
+bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded),
+replace_model (on_request: the body as it came, naming the model gpt-4o).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def scripted(config: dict[str, Any]) -> object:
                 body = dict(ctx.body)
                 body["messages"] = [{"role": "user", "content": "REPLACED BY PLUGIN"}]
                 return Replace(body)
+            if action == "replace_model":
+                return Replace({**ctx.body, "model": "gpt-4o"})
             if action == "bad":
                 return 42
             if action == "bad_reject":

@@ -29,6 +29,7 @@ SCRIPTED = "tests.plugin_fixture:scripted"
 SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("req-rejecter", {"on_request": "reject"}, "req-reject", ""),
     ("req-replacer", {"on_request": "replace"}, "req-replace", ""),
+    ("model-switcher", {"on_request": "replace_model"}, "switch-model", ""),
     ("chunk-upper", {"on_chunk": "replace"}, "chunk-replace", ""),
     ("chunk-stopper", {"on_chunk": "stop"}, "chunk-stop", ""),
     ("resp-censor", {"on_response": "replace"}, "resp-replace", ""),
@@ -175,6 +176,13 @@ def test_on_request_replace_sends_the_new_body_upstream(gw: GatewayProcess, upst
     sent = upstream.last("/chat/completions")["body"]
     assert sent["messages"] == [{"role": "user", "content": "REPLACED BY PLUGIN"}]
     assert sent["model"] == "req-replace"
+
+
+def test_a_replaced_bodys_model_is_set_back_to_the_admitted_one(gw: GatewayProcess, upstream: FakeOpenAI) -> None:
+    """The route's upstream model has the route's name, so the adapter forwards the body as it
+    is: the plugin's "gpt-4o" must not reach the upstream past the route, limits and prices."""
+    _chat(gw, "switch-model")
+    assert upstream.last("/chat/completions")["body"]["model"] == "switch-model"
 
 
 # -- on_chunk --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import msgspec
 from tollway.core import errors
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.tags import parse_tags
-from tollway.core.request import RequestHead, parse_head
+from tollway.core.request import RequestHead, parse_head, with_model
 from tollway.gateway import sse_deltas
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.api import Allow, AuthContext, KeyInfo, Pass, Reject, Replace, RequestContext, Stop
@@ -354,7 +354,13 @@ def _new_body(req: Admitted, value: object) -> _Body:
         parsed = _decode(raw)
     except (GatewayError, *_UNENCODABLE):
         raise _Invalid from None
-    head.model = req.head.model  # the route was chosen: a replaced body does not re-route
+    admitted = req.head.model or ""  # (admission always names one: the default model at least)
+    if head.model != admitted:
+        # The route was chosen and the request limited for the admitted model: a replaced body
+        # does not re-route. The bytes must say so too, not only the head: an adapter whose
+        # upstream model has the route's name forwards the body as it is.
+        head.model = parsed["model"] = admitted
+        raw = with_model(raw, admitted)
     return _Body(raw, head, parsed)
 
 
