@@ -5,7 +5,9 @@ stages named are defined (the gateway calls only those). Actions: allow, reject,
 stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type),
 cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug),
 bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded),
-replace_model (on_request: the body as it came, naming the model gpt-4o).
+replace_model (on_request: the body as it came, naming the model gpt-4o), surrogate (text that
+cannot be encoded as UTF-8, a lone surrogate: on_chunk's Replace, or a Reject's message),
+surrogate_stop (on_chunk: a Stop whose message is such text).
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def scripted(config: dict[str, Any]) -> object:
                 body = dict(ctx.body)
                 body["messages"] = [{"role": "user", "content": "REPLACED BY PLUGIN"}]
                 return Replace(body)
+            if action == "surrogate":
+                return Reject(403, "lone \ud800 surrogate")
             if action == "replace_model":
                 return Replace({**ctx.body, "model": "gpt-4o"})
             if action == "bad":
@@ -58,6 +62,10 @@ def scripted(config: dict[str, Any]) -> object:
                 return Replace(delta.upper())
             if chunk_action == "stop":
                 return Stop("the plugin saw enough")
+            if chunk_action == "surrogate":
+                return Replace(delta + "\ud800")
+            if chunk_action == "surrogate_stop":
+                return Stop("lone \ud800 surrogate")
             return PASS
         namespace["on_chunk"] = on_chunk
     if "on_response" in config:

@@ -39,6 +39,10 @@ SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("raiser-open", {"on_request": "raise"}, "raise-open", "on_error: open"),
     ("raiser-closed", {"on_request": "raise"}, "raise-closed", "on_error: closed"),
     ("chunk-raiser-closed", {"on_chunk": "raise"}, "chunk-raise-closed", "on_error: closed"),
+    ("chunk-surrogate-open", {"on_chunk": "surrogate"}, "chunk-surrogate-open", "on_error: open"),
+    ("chunk-surrogate-closed", {"on_chunk": "surrogate"}, "chunk-surrogate-closed", "on_error: closed"),
+    ("chunk-surrogate-stop", {"on_chunk": "surrogate_stop"}, "chunk-surrogate-stop", "on_error: open"),
+    ("surrogate-reject", {"on_request": "surrogate"}, "surrogate-reject", "on_error: open"),
     ("resp-sleepy-open", {"on_response": "sleep"}, "resp-slow-open", "timeout_ms: 50"),
     ("bad-result-closed", {"on_request": "bad"}, "bad-closed", "on_error: closed"),
     ("canceller-open", {"on_request": "cancelled"}, "cancel-open", "on_error: open"),
@@ -209,6 +213,22 @@ def test_on_chunk_failure_when_closed_ends_the_stream_naming_the_plugin(gw: Gate
     assert "SECRET-TRACEBACK-DETAIL" not in caught.value.message
 
 
+@pytest.mark.parametrize("model, plugin", [("chunk-surrogate-open", "chunk-surrogate-open"),
+                                           ("chunk-surrogate-stop", "chunk-surrogate-stop")])
+def test_on_chunk_text_that_cannot_be_encoded_is_an_invalid_result_when_open(gw: GatewayProcess, model: str,
+                                                                            plugin: str) -> None:
+    """A lone surrogate cannot be written as UTF-8: the plugin's verdict is unusable, so it is
+    skipped (the delta goes out as it came), not the stream's internal_error."""
+    assert _stream_text(gw, model) == _stream_text(gw, "gpt-4o-mini")
+    assert f'tollway_plugin_errors_total{{kind="invalid_result",plugin="{plugin}",stage="on_chunk"}}' in _metrics(gw)
+
+
+def test_on_chunk_text_that_cannot_be_encoded_when_closed_ends_the_stream_naming_the_plugin(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.APIError) as caught:
+        _stream_text(gw, "chunk-surrogate-closed")
+    assert caught.value.body["code"] == "plugin_failed" and "chunk-surrogate-closed" in caught.value.message
+
+
 # -- on_response -----------------------------------------------------------------------------
 
 def test_on_response_replace_changes_the_answer(gw: GatewayProcess) -> None:
@@ -255,6 +275,7 @@ def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: 
     ("cancel-open", "canceller-open", "on_request", "exception"),
     # a malformed verdict is the plugin's failure (on_error decides), never the gateway's 500
     ("bad-reject-open", "bad-reject-open", "on_request", "invalid_result"),
+    ("surrogate-reject", "surrogate-reject", "on_request", "invalid_result"),  # a message that cannot be encoded
     ("bad-replace-open", "bad-replace-open", "on_request", "invalid_result"),
     ("resp-bad-reject-open", "resp-bad-reject-open", "on_response", "invalid_result"),
     ("resp-bad-replace-open", "resp-bad-replace-open", "on_response", "invalid_result"),

@@ -82,11 +82,25 @@ class _Answer:
     raw: bytes
 
 
+def _text(value: object) -> str:
+    """A plugin's text that goes to the client (a delta, a message), or _Invalid: it must be a
+    str UTF-8 can encode. A lone surrogate ("\\ud800") is a str, but would fail only later,
+    writing the response, as the gateway's error instead of the plugin's."""
+    if not isinstance(value, str):
+        raise _Invalid
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise _Invalid from None
+    return value
+
+
 def _reject(verdict: Reject) -> Reject:
     # bool is an int, but Reject(True) is a plugin's bug, not status 1
-    status, message = verdict.status, verdict.message
-    if type(status) is not int or not 400 <= status <= 599 or not isinstance(message, str):
+    status = verdict.status
+    if type(status) is not int or not 400 <= status <= 599:
         raise _Invalid
+    _text(verdict.message)
     return verdict
 
 
@@ -367,13 +381,10 @@ def _new_body(req: Admitted, value: object) -> _Body:
 def _chunk_verdict(result: object) -> Stop | str | None:
     """on_chunk: a Stop, the replaced text, or None (pass)."""
     if isinstance(result, Stop):
-        if not isinstance(result.message, str):
-            raise _Invalid
+        _text(result.message)
         return result
     if isinstance(result, Replace):
-        if not isinstance(result.value, str):
-            raise _Invalid
-        return result.value
+        return _text(result.value)
     if result is not None and not isinstance(result, Pass):
         raise _Invalid
     return None
