@@ -3,7 +3,9 @@
 config: {<stage>: <action>} for on_request, on_chunk, on_response, on_complete; only the
 stages named are defined (the gateway calls only those). Actions: allow, reject, replace,
 stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type),
-cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug),
+cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug), deaf
+(swallows the CancelledError of its timeout and keeps awaiting, 5 s in all), exit (raises
+SystemExit), interrupt (raises KeyboardInterrupt),
 bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded),
 replace_model (on_request: the body as it came, naming the model gpt-4o), surrogate (text that
 cannot be encoded as UTF-8, a lone surrogate: on_chunk's Replace, or a Reject's message),
@@ -26,6 +28,16 @@ async def _common(action: str) -> None:
         future = asyncio.get_running_loop().create_future()
         future.cancel()
         await future
+    if action == "deaf":
+        for _ in range(50):
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+    if action == "exit":
+        raise SystemExit(3)
+    if action == "interrupt":
+        raise KeyboardInterrupt
 
 
 def scripted(config: dict[str, Any]) -> object:

@@ -48,6 +48,13 @@ SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("canceller-open", {"on_request": "cancelled"}, "cancel-open", "on_error: open"),
     ("canceller-closed", {"on_request": "cancelled"}, "cancel-closed", "on_error: closed"),
     ("bad-reject-open", {"on_request": "bad_reject"}, "bad-reject-open", "on_error: open"),
+    ("deaf-open", {"on_request": "deaf"}, "deaf-open", "timeout_ms: 50, on_error: open"),
+    ("deaf-closed", {"on_request": "deaf"}, "deaf-closed", "timeout_ms: 50, on_error: closed"),
+    ("exiter-open", {"on_request": "exit"}, "exit-open", "on_error: open"),
+    ("exiter-closed", {"on_request": "exit"}, "exit-closed", "on_error: closed"),
+    ("interrupter-open", {"on_request": "interrupt"}, "interrupt-open", "on_error: open"),
+    ("interrupter-closed", {"on_request": "interrupt"}, "interrupt-closed", "on_error: closed"),
+    ("chunk-deaf-open", {"on_chunk": "deaf"}, "chunk-deaf-open", "timeout_ms: 50, on_error: open"),
     ("bad-replace-open", {"on_request": "bad_replace"}, "bad-replace-open", "on_error: open"),
     ("resp-bad-reject-open", {"on_response": "bad_reject"}, "resp-bad-reject-open", "on_error: open"),
     ("resp-bad-replace-open", {"on_response": "bad_replace"}, "resp-bad-replace-open", "on_error: open"),
@@ -254,6 +261,9 @@ def test_on_response_timeout_when_open_passes_the_answer(gw: GatewayProcess) -> 
     ("raise-closed", "raiser-closed", "on_request", "exception"),
     ("bad-closed", "bad-result-closed", "on_request", "invalid_result"),
     ("cancel-closed", "canceller-closed", "on_request", "exception"),  # not "the gateway is shutting down"
+    ("deaf-closed", "deaf-closed", "on_request", "timeout"),  # it swallows its cancellation: abandoned
+    ("exit-closed", "exiter-closed", "on_request", "exception"),  # SystemExit: the plugin's, not the worker's
+    ("interrupt-closed", "interrupter-closed", "on_request", "exception"),
     ("resp-bad-replace-closed", "resp-bad-replace-closed", "on_response", "invalid_result"),
 ])
 def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: str, plugin: str, stage: str,
@@ -269,10 +279,24 @@ def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: 
     assert f'tollway_plugin_errors_total{{kind="{kind}",plugin="{plugin}",stage="{stage}"}}' in _metrics(gw)
 
 
+@pytest.mark.parametrize("model, stream", [("deaf-open", False), ("chunk-deaf-open", True)])
+def test_a_stage_that_swallows_its_timeout_is_abandoned_at_the_timeout(gw: GatewayProcess, model: str,
+                                                                       stream: bool) -> None:
+    """The stage catches the CancelledError its timeout sends and keeps awaiting (5 s): the
+    request goes on at timeout_ms, without waiting for it."""
+    started = time.monotonic()
+    text = _stream_text(gw, model) if stream else _chat(gw, model).choices[0].message.content
+    assert text and time.monotonic() - started < 2
+    stage = "on_chunk" if stream else "on_request"
+    assert f'tollway_plugin_errors_total{{kind="timeout",plugin="{model}",stage="{stage}"}}' in _metrics(gw)
+
+
 @pytest.mark.parametrize("model, plugin, stage, kind", [
     ("slow-open", "sleepy-open", "on_request", "timeout"),
     ("raise-open", "raiser-open", "on_request", "exception"),
     ("cancel-open", "canceller-open", "on_request", "exception"),
+    ("exit-open", "exiter-open", "on_request", "exception"),
+    ("interrupt-open", "interrupter-open", "on_request", "exception"),
     # a malformed verdict is the plugin's failure (on_error decides), never the gateway's 500
     ("bad-reject-open", "bad-reject-open", "on_request", "invalid_result"),
     ("surrogate-reject", "surrogate-reject", "on_request", "invalid_result"),  # a message that cannot be encoded

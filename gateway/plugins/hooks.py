@@ -8,7 +8,8 @@
 
 A seam gets a hook only if some plugin defines its stage: with no plugins, the pipeline's
 tuples stay empty and the request path pays nothing. Every call is bounded by the plugin's
-`timeout_ms`; a timeout, an exception, or a result the stage may not return (checked inside the
+`timeout_ms` (run as a task of its own, abandoned at the timeout); a timeout, an exception
+(any BaseException but the request's own cancellation), or a result the stage may not return (checked inside the
 same guard, so a malformed verdict is never the gateway's 500) follows its `on_error` (open: skipped, counted in
 `tollway_plugin_errors_total{plugin,stage,kind}`, logged once per incident; closed: the request
 fails with 503 `plugin_failed`, naming the plugin and never its traceback).
@@ -58,6 +59,12 @@ _UNENCODABLE = (msgspec.MsgspecError, TypeError, ValueError, OverflowError)
 
 class _Skip(Exception):
     """A plugin's failure under on_error: open (already counted and logged)."""
+
+
+class _Exited(Exception):
+    """A stage raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt):
+    the plugin's failure (kind exception), not the worker's end. Raised inside the stage's task,
+    where asyncio would pass SystemExit and KeyboardInterrupt on to the event loop."""
 
 
 class _Invalid(Exception):
@@ -128,6 +135,7 @@ class PluginSet:
                           for stage in ("authenticate", "on_request", "on_chunk", "on_response", "on_complete")}
         self._incidents: set[tuple[str, str]] = set()  # (plugin, stage) failing now: logged once until it recovers
         self._pending: set[asyncio.Task[None]] = set()
+        self._abandoned: set[asyncio.Task[object]] = set()  # stages past their timeout, cancelled, still running
         self.dropped = 0
 
     def __bool__(self) -> bool:
@@ -155,8 +163,7 @@ class PluginSet:
         PluginError when closed, _Skip when open), and a success ends the incident only when the
         result was usable."""
         try:
-            async with asyncio.timeout(p.timeout):
-                result = await call()
+            result = await self._bounded(p.timeout, call)
             verdict = check(result)
         except _Invalid:
             self._failed(p, stage, "invalid_result")
@@ -173,6 +180,29 @@ class PluginSet:
         if self._incidents:
             self._incidents.discard((p.name, stage))
         return verdict
+
+    async def _bounded(self, timeout: float, call: Callable[[], Awaitable[object]]) -> object:
+        """`call()`'s result, run as a task of its own so that its time limit holds whatever
+        the stage does: at the timeout the task is cancelled and abandoned, not awaited (a
+        stage that swallows its CancelledError and keeps awaiting no longer holds the
+        request). Raises TimeoutError; the request's own cancellation cancels the stage too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        task = loop.create_task(_stage(call))
+        try:
+            # The fast path: the task's first step runs before this one resumes, so a stage that
+            # does not suspend (most of them) is done here, with no timer or waiter to set up.
+            await asyncio.sleep(0)
+            if not task.done():
+                await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0))
+        finally:
+            if not task.done():  # timed out, or the request was cancelled while waiting
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(_forget(self._abandoned))
+        if not task.done():
+            raise TimeoutError
+        return task.result()
 
     def _failed(self, p: Loaded, stage: str, kind: str, exc: BaseException | None = None) -> NoReturn:
         """Count and (once per incident) log a plugin's failure; raise what its on_error says."""
@@ -349,6 +379,26 @@ class PluginSet:
         """Give queued on_complete calls up to `deadline` seconds (shutdown)."""
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=deadline)
+
+
+async def _stage(call: Callable[[], Awaitable[object]]) -> object:
+    """A stage's call, as its own task runs it."""
+    try:
+        return await call()
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: a plugin's, not the worker's
+        raise _Exited(type(exc).__name__) from exc
+
+
+def _forget(tasks: set[asyncio.Task[object]]) -> Callable[[asyncio.Task[object]], None]:
+    """A done callback: drop an abandoned stage's task from `tasks`, its outcome consumed
+    (nobody awaits it: asyncio would log an exception it ended with as never retrieved)."""
+    def done(task: asyncio.Task[object]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+    return done
 
 
 def _key_record(result: object) -> KeyRecord | None:
