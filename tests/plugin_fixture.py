@@ -3,8 +3,13 @@
 config: {<stage>: <action>} for on_request, on_chunk, on_response, on_complete; only the
 stages named are defined (the gateway calls only those). Actions: allow, reject, replace,
 stop (on_chunk), sleep (longer than any test timeout), raise, bad (a wrong result type),
-cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug),
-bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded).
+cancelled (raises CancelledError while its task is not being cancelled: a plugin's bug), deaf
+(swallows the CancelledError of its timeout and keeps awaiting, 5 s in all), exit (raises
+SystemExit), interrupt (raises KeyboardInterrupt),
+bad_reject (a Reject whose status is not an int), bad_replace (a Replace that cannot be encoded),
+replace_model (on_request: the body as it came, naming the model gpt-4o), surrogate (text that
+cannot be encoded as UTF-8, a lone surrogate: on_chunk's Replace, or a Reject's message),
+surrogate_stop (on_chunk: a Stop whose message is such text).
 """
 from __future__ import annotations
 
@@ -23,6 +28,16 @@ async def _common(action: str) -> None:
         future = asyncio.get_running_loop().create_future()
         future.cancel()
         await future
+    if action == "deaf":
+        for _ in range(50):
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+    if action == "exit":
+        raise SystemExit(3)
+    if action == "interrupt":
+        raise KeyboardInterrupt
 
 
 def scripted(config: dict[str, Any]) -> object:
@@ -38,6 +53,10 @@ def scripted(config: dict[str, Any]) -> object:
                 body = dict(ctx.body)
                 body["messages"] = [{"role": "user", "content": "REPLACED BY PLUGIN"}]
                 return Replace(body)
+            if action == "surrogate":
+                return Reject(403, "lone \ud800 surrogate")
+            if action == "replace_model":
+                return Replace({**ctx.body, "model": "gpt-4o"})
             if action == "bad":
                 return 42
             if action == "bad_reject":
@@ -55,6 +74,10 @@ def scripted(config: dict[str, Any]) -> object:
                 return Replace(delta.upper())
             if chunk_action == "stop":
                 return Stop("the plugin saw enough")
+            if chunk_action == "surrogate":
+                return Replace(delta + "\ud800")
+            if chunk_action == "surrogate_stop":
+                return Stop("lone \ud800 surrogate")
             return PASS
         namespace["on_chunk"] = on_chunk
     if "on_response" in config:

@@ -88,6 +88,8 @@ models:
   - {{name: throttled, targets: [{{provider: aws}}]}}
   - {{name: stream-throttled, targets: [{{provider: aws}}]}}
   - {{name: exhausted, targets: [{{provider: gem}}]}}
+  - {{name: claude-parallel, targets: [{{provider: ant, model: parallel-calls}}]}}
+  - {{name: gemini-parallel, targets: [{{provider: gem, model: parallel-calls}}]}}
   - {{name: guarded-mask, targets: [{{provider: ant, model: claude-sonnet-4-5}}]}}
   - {{name: guarded-block, targets: [{{provider: aws, model: "{BEDROCK_MODEL}"}}]}}
 keys:
@@ -187,6 +189,26 @@ def test_sdk_stream_helper_assembles_the_response(oai, case):
         final = stream.get_final_response()
     assert text == final.output_text == case.reply
     assert final.output[-1].type == "function_call" and json.loads(final.output[-1].arguments) == case.tool_args
+
+
+CLOCK = {"type": "function", "name": "get_time", "description": "Local time in a city",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize("model", ["claude-parallel", "gemini-parallel"])
+def test_parallel_calls_stream_each_with_its_own_call_id_and_name(oai, model):
+    """Two calls in one streamed answer: each item's closing events name that call, not the one
+    after it. The SDK's helper checks a done item against the one it saw added."""
+    with oai.responses.stream(model=model, input="Weather and time in Paris?", tools=[WEATHER, CLOCK]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["get_weather", "get_time"] and calls[0].call_id != calls[1].call_id
+    added = [(e.item.call_id, e.item.name) for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"]
+    done = [(e.item.call_id, e.item.name) for e in events if e.type == "response.output_item.done" and e.item.type == "function_call"]
+    assert added == done == [(c.call_id, c.name) for c in calls]
+    args_done = [e.name for e in events if e.type == "response.function_call_arguments.done"]
+    assert args_done == ["get_weather", "get_time"]
 
 
 TOOL_ROUND = [

@@ -186,13 +186,17 @@ def test_a_cancelled_error_raised_by_a_plugin_is_its_failure_not_a_shutdown() ->
 
 def test_a_cancelled_request_still_cancels_through_a_plugin() -> None:
     """The request's task being cancelled (shutdown, the client gone) is not the plugin's failure:
-    the CancelledError goes on up."""
-    started = asyncio.Event()
+    the CancelledError goes on up, and the stage (a task of its own) is cancelled too."""
+    started, stage_cancelled = asyncio.Event(), asyncio.Event()
 
     class Waits:
         async def on_chunk(self, ctx: RequestContext, delta: str) -> object:
             started.set()
-            await asyncio.sleep(5)
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                stage_cancelled.set()
+                raise
             return PASS
 
     async def run() -> None:
@@ -209,6 +213,7 @@ def test_a_cancelled_request_still_cancels_through_a_plugin() -> None:
         chunk.cancel()
         with pytest.raises(asyncio.CancelledError):
             await chunk
+        await asyncio.wait_for(stage_cancelled.wait(), 1)
     asyncio.run(run())
 
 

@@ -29,6 +29,7 @@ SCRIPTED = "tests.plugin_fixture:scripted"
 SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("req-rejecter", {"on_request": "reject"}, "req-reject", ""),
     ("req-replacer", {"on_request": "replace"}, "req-replace", ""),
+    ("model-switcher", {"on_request": "replace_model"}, "switch-model", ""),
     ("chunk-upper", {"on_chunk": "replace"}, "chunk-replace", ""),
     ("chunk-stopper", {"on_chunk": "stop"}, "chunk-stop", ""),
     ("resp-censor", {"on_response": "replace"}, "resp-replace", ""),
@@ -38,11 +39,22 @@ SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("raiser-open", {"on_request": "raise"}, "raise-open", "on_error: open"),
     ("raiser-closed", {"on_request": "raise"}, "raise-closed", "on_error: closed"),
     ("chunk-raiser-closed", {"on_chunk": "raise"}, "chunk-raise-closed", "on_error: closed"),
+    ("chunk-surrogate-open", {"on_chunk": "surrogate"}, "chunk-surrogate-open", "on_error: open"),
+    ("chunk-surrogate-closed", {"on_chunk": "surrogate"}, "chunk-surrogate-closed", "on_error: closed"),
+    ("chunk-surrogate-stop", {"on_chunk": "surrogate_stop"}, "chunk-surrogate-stop", "on_error: open"),
+    ("surrogate-reject", {"on_request": "surrogate"}, "surrogate-reject", "on_error: open"),
     ("resp-sleepy-open", {"on_response": "sleep"}, "resp-slow-open", "timeout_ms: 50"),
     ("bad-result-closed", {"on_request": "bad"}, "bad-closed", "on_error: closed"),
     ("canceller-open", {"on_request": "cancelled"}, "cancel-open", "on_error: open"),
     ("canceller-closed", {"on_request": "cancelled"}, "cancel-closed", "on_error: closed"),
     ("bad-reject-open", {"on_request": "bad_reject"}, "bad-reject-open", "on_error: open"),
+    ("deaf-open", {"on_request": "deaf"}, "deaf-open", "timeout_ms: 50, on_error: open"),
+    ("deaf-closed", {"on_request": "deaf"}, "deaf-closed", "timeout_ms: 50, on_error: closed"),
+    ("exiter-open", {"on_request": "exit"}, "exit-open", "on_error: open"),
+    ("exiter-closed", {"on_request": "exit"}, "exit-closed", "on_error: closed"),
+    ("interrupter-open", {"on_request": "interrupt"}, "interrupt-open", "on_error: open"),
+    ("interrupter-closed", {"on_request": "interrupt"}, "interrupt-closed", "on_error: closed"),
+    ("chunk-deaf-open", {"on_chunk": "deaf"}, "chunk-deaf-open", "timeout_ms: 50, on_error: open"),
     ("bad-replace-open", {"on_request": "bad_replace"}, "bad-replace-open", "on_error: open"),
     ("resp-bad-reject-open", {"on_response": "bad_reject"}, "resp-bad-reject-open", "on_error: open"),
     ("resp-bad-replace-open", {"on_response": "bad_replace"}, "resp-bad-replace-open", "on_error: open"),
@@ -177,6 +189,13 @@ def test_on_request_replace_sends_the_new_body_upstream(gw: GatewayProcess, upst
     assert sent["model"] == "req-replace"
 
 
+def test_a_replaced_bodys_model_is_set_back_to_the_admitted_one(gw: GatewayProcess, upstream: FakeOpenAI) -> None:
+    """The route's upstream model has the route's name, so the adapter forwards the body as it
+    is: the plugin's "gpt-4o" must not reach the upstream past the route, limits and prices."""
+    _chat(gw, "switch-model")
+    assert upstream.last("/chat/completions")["body"]["model"] == "switch-model"
+
+
 # -- on_chunk --------------------------------------------------------------------------------
 
 def test_on_chunk_replace_rewrites_each_streamed_delta(gw: GatewayProcess) -> None:
@@ -199,6 +218,22 @@ def test_on_chunk_failure_when_closed_ends_the_stream_naming_the_plugin(gw: Gate
         _stream_text(gw, "chunk-raise-closed")
     assert caught.value.body["code"] == "plugin_failed" and "chunk-raiser-closed" in caught.value.message
     assert "SECRET-TRACEBACK-DETAIL" not in caught.value.message
+
+
+@pytest.mark.parametrize("model, plugin", [("chunk-surrogate-open", "chunk-surrogate-open"),
+                                           ("chunk-surrogate-stop", "chunk-surrogate-stop")])
+def test_on_chunk_text_that_cannot_be_encoded_is_an_invalid_result_when_open(gw: GatewayProcess, model: str,
+                                                                            plugin: str) -> None:
+    """A lone surrogate cannot be written as UTF-8: the plugin's verdict is unusable, so it is
+    skipped (the delta goes out as it came), not the stream's internal_error."""
+    assert _stream_text(gw, model) == _stream_text(gw, "gpt-4o-mini")
+    assert f'tollway_plugin_errors_total{{kind="invalid_result",plugin="{plugin}",stage="on_chunk"}}' in _metrics(gw)
+
+
+def test_on_chunk_text_that_cannot_be_encoded_when_closed_ends_the_stream_naming_the_plugin(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.APIError) as caught:
+        _stream_text(gw, "chunk-surrogate-closed")
+    assert caught.value.body["code"] == "plugin_failed" and "chunk-surrogate-closed" in caught.value.message
 
 
 # -- on_response -----------------------------------------------------------------------------
@@ -226,6 +261,9 @@ def test_on_response_timeout_when_open_passes_the_answer(gw: GatewayProcess) -> 
     ("raise-closed", "raiser-closed", "on_request", "exception"),
     ("bad-closed", "bad-result-closed", "on_request", "invalid_result"),
     ("cancel-closed", "canceller-closed", "on_request", "exception"),  # not "the gateway is shutting down"
+    ("deaf-closed", "deaf-closed", "on_request", "timeout"),  # it swallows its cancellation: abandoned
+    ("exit-closed", "exiter-closed", "on_request", "exception"),  # SystemExit: the plugin's, not the worker's
+    ("interrupt-closed", "interrupter-closed", "on_request", "exception"),
     ("resp-bad-replace-closed", "resp-bad-replace-closed", "on_response", "invalid_result"),
 ])
 def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: str, plugin: str, stage: str,
@@ -241,12 +279,27 @@ def test_a_closed_plugins_failure_is_a_503_naming_it(gw: GatewayProcess, model: 
     assert f'tollway_plugin_errors_total{{kind="{kind}",plugin="{plugin}",stage="{stage}"}}' in _metrics(gw)
 
 
+@pytest.mark.parametrize("model, stream", [("deaf-open", False), ("chunk-deaf-open", True)])
+def test_a_stage_that_swallows_its_timeout_is_abandoned_at_the_timeout(gw: GatewayProcess, model: str,
+                                                                       stream: bool) -> None:
+    """The stage catches the CancelledError its timeout sends and keeps awaiting (5 s): the
+    request goes on at timeout_ms, without waiting for it."""
+    started = time.monotonic()
+    text = _stream_text(gw, model) if stream else _chat(gw, model).choices[0].message.content
+    assert text and time.monotonic() - started < 2
+    stage = "on_chunk" if stream else "on_request"
+    assert f'tollway_plugin_errors_total{{kind="timeout",plugin="{model}",stage="{stage}"}}' in _metrics(gw)
+
+
 @pytest.mark.parametrize("model, plugin, stage, kind", [
     ("slow-open", "sleepy-open", "on_request", "timeout"),
     ("raise-open", "raiser-open", "on_request", "exception"),
     ("cancel-open", "canceller-open", "on_request", "exception"),
+    ("exit-open", "exiter-open", "on_request", "exception"),
+    ("interrupt-open", "interrupter-open", "on_request", "exception"),
     # a malformed verdict is the plugin's failure (on_error decides), never the gateway's 500
     ("bad-reject-open", "bad-reject-open", "on_request", "invalid_result"),
+    ("surrogate-reject", "surrogate-reject", "on_request", "invalid_result"),  # a message that cannot be encoded
     ("bad-replace-open", "bad-replace-open", "on_request", "invalid_result"),
     ("resp-bad-reject-open", "resp-bad-reject-open", "on_response", "invalid_result"),
     ("resp-bad-replace-open", "resp-bad-replace-open", "on_response", "invalid_result"),

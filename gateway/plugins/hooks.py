@@ -8,7 +8,8 @@
 
 A seam gets a hook only if some plugin defines its stage: with no plugins, the pipeline's
 tuples stay empty and the request path pays nothing. Every call is bounded by the plugin's
-`timeout_ms`; a timeout, an exception, or a result the stage may not return (checked inside the
+`timeout_ms` (run as a task of its own, abandoned at the timeout); a timeout, an exception
+(any BaseException but the request's own cancellation), or a result the stage may not return (checked inside the
 same guard, so a malformed verdict is never the gateway's 500) follows its `on_error` (open: skipped, counted in
 `tollway_plugin_errors_total{plugin,stage,kind}`, logged once per incident; closed: the request
 fails with 503 `plugin_failed`, naming the plugin and never its traceback).
@@ -27,7 +28,7 @@ import msgspec
 from tollway.core import errors
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.tags import parse_tags
-from tollway.core.request import RequestHead, parse_head
+from tollway.core.request import RequestHead, parse_head, with_model
 from tollway.gateway import sse_deltas
 from tollway.gateway.pipeline import Pipeline
 from tollway.gateway.plugins.api import Allow, AuthContext, KeyInfo, Pass, Reject, Replace, RequestContext, Stop
@@ -60,6 +61,12 @@ class _Skip(Exception):
     """A plugin's failure under on_error: open (already counted and logged)."""
 
 
+class _Exited(Exception):
+    """A stage raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt):
+    the plugin's failure (kind exception), not the worker's end. Raised inside the stage's task,
+    where asyncio would pass SystemExit and KeyboardInterrupt on to the event loop."""
+
+
 class _Invalid(Exception):
     """A stage returned what it may not (kind invalid_result): a wrong type, a Reject whose status
     is not an int in 400..599 or whose message is not a str, a Replace the gateway cannot use."""
@@ -82,11 +89,25 @@ class _Answer:
     raw: bytes
 
 
+def _text(value: object) -> str:
+    """A plugin's text that goes to the client (a delta, a message), or _Invalid: it must be a
+    str UTF-8 can encode. A lone surrogate ("\\ud800") is a str, but would fail only later,
+    writing the response, as the gateway's error instead of the plugin's."""
+    if not isinstance(value, str):
+        raise _Invalid
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise _Invalid from None
+    return value
+
+
 def _reject(verdict: Reject) -> Reject:
     # bool is an int, but Reject(True) is a plugin's bug, not status 1
-    status, message = verdict.status, verdict.message
-    if type(status) is not int or not 400 <= status <= 599 or not isinstance(message, str):
+    status = verdict.status
+    if type(status) is not int or not 400 <= status <= 599:
         raise _Invalid
+    _text(verdict.message)
     return verdict
 
 
@@ -114,6 +135,7 @@ class PluginSet:
                           for stage in ("authenticate", "on_request", "on_chunk", "on_response", "on_complete")}
         self._incidents: set[tuple[str, str]] = set()  # (plugin, stage) failing now: logged once until it recovers
         self._pending: set[asyncio.Task[None]] = set()
+        self._abandoned: set[asyncio.Task[object]] = set()  # stages past their timeout, cancelled, still running
         self.dropped = 0
 
     def __bool__(self) -> bool:
@@ -141,8 +163,7 @@ class PluginSet:
         PluginError when closed, _Skip when open), and a success ends the incident only when the
         result was usable."""
         try:
-            async with asyncio.timeout(p.timeout):
-                result = await call()
+            result = await self._bounded(p.timeout, call)
             verdict = check(result)
         except _Invalid:
             self._failed(p, stage, "invalid_result")
@@ -159,6 +180,29 @@ class PluginSet:
         if self._incidents:
             self._incidents.discard((p.name, stage))
         return verdict
+
+    async def _bounded(self, timeout: float, call: Callable[[], Awaitable[object]]) -> object:
+        """`call()`'s result, run as a task of its own so that its time limit holds whatever
+        the stage does: at the timeout the task is cancelled and abandoned, not awaited (a
+        stage that swallows its CancelledError and keeps awaiting no longer holds the
+        request). Raises TimeoutError; the request's own cancellation cancels the stage too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        task = loop.create_task(_stage(call))
+        try:
+            # The fast path: the task's first step runs before this one resumes, so a stage that
+            # does not suspend (most of them) is done here, with no timer or waiter to set up.
+            await asyncio.sleep(0)
+            if not task.done():
+                await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0))
+        finally:
+            if not task.done():  # timed out, or the request was cancelled while waiting
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(_forget(self._abandoned))
+        if not task.done():
+            raise TimeoutError
+        return task.result()
 
     def _failed(self, p: Loaded, stage: str, kind: str, exc: BaseException | None = None) -> NoReturn:
         """Count and (once per incident) log a plugin's failure; raise what its on_error says."""
@@ -337,6 +381,26 @@ class PluginSet:
             await asyncio.wait(list(self._pending), timeout=deadline)
 
 
+async def _stage(call: Callable[[], Awaitable[object]]) -> object:
+    """A stage's call, as its own task runs it."""
+    try:
+        return await call()
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: a plugin's, not the worker's
+        raise _Exited(type(exc).__name__) from exc
+
+
+def _forget(tasks: set[asyncio.Task[object]]) -> Callable[[asyncio.Task[object]], None]:
+    """A done callback: drop an abandoned stage's task from `tasks`, its outcome consumed
+    (nobody awaits it: asyncio would log an exception it ended with as never retrieved)."""
+    def done(task: asyncio.Task[object]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+    return done
+
+
 def _key_record(result: object) -> KeyRecord | None:
     if result is None or isinstance(result, KeyRecord):
         return result
@@ -354,20 +418,23 @@ def _new_body(req: Admitted, value: object) -> _Body:
         parsed = _decode(raw)
     except (GatewayError, *_UNENCODABLE):
         raise _Invalid from None
-    head.model = req.head.model  # the route was chosen: a replaced body does not re-route
+    admitted = req.head.model or ""  # (admission always names one: the default model at least)
+    if head.model != admitted:
+        # The route was chosen and the request limited for the admitted model: a replaced body
+        # does not re-route. The bytes must say so too, not only the head: an adapter whose
+        # upstream model has the route's name forwards the body as it is.
+        head.model = parsed["model"] = admitted
+        raw = with_model(raw, admitted)
     return _Body(raw, head, parsed)
 
 
 def _chunk_verdict(result: object) -> Stop | str | None:
     """on_chunk: a Stop, the replaced text, or None (pass)."""
     if isinstance(result, Stop):
-        if not isinstance(result.message, str):
-            raise _Invalid
+        _text(result.message)
         return result
     if isinstance(result, Replace):
-        if not isinstance(result.value, str):
-            raise _Invalid
-        return result.value
+        return _text(result.value)
     if result is not None and not isinstance(result, Pass):
         raise _Invalid
     return None

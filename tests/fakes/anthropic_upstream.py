@@ -13,12 +13,14 @@ model name selects a misbehaviour:
   die-mid-stream (a few events, then the connection drops), long-stream (LONG_STREAM_DELTAS
   one-token text deltas, paced; `long_streams` records how many each wrote and whether its
   client hung up first), no-usage (answers, streamed or not, without any usage field, as some
-  Anthropic-compatible servers send them).
+  Anthropic-compatible servers send them), parallel-calls (a streamed answer calls every tool
+  offered, one tool_use block each, as Claude's parallel tool use does).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -40,9 +42,10 @@ def sse(kind: str, payload: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
 
 
-def message_events(model: str, with_tool: bool, fail_midway: bool = False) -> list[bytes]:
-    """The SSE events Anthropic sends for one streamed answer (REPLY, then maybe a tool call);
-    model "no-usage" leaves the usage out of message_start and message_delta."""
+def message_events(model: str, with_tool: bool, fail_midway: bool = False,
+                   tools: Sequence[str] = ("get_weather",)) -> list[bytes]:
+    """The SSE events Anthropic sends for one streamed answer (REPLY, then maybe a call of each
+    of `tools`); model "no-usage" leaves the usage out of message_start and message_delta."""
     start = {"id": "msg_fake01", "type": "message", "role": "assistant", "content": [], "model": model,
              "stop_reason": None, "stop_sequence": None, "usage": USAGE}
     events = [sse("message_start", {"type": "message_start", "message": start}),
@@ -55,19 +58,24 @@ def message_events(model: str, with_tool: bool, fail_midway: bool = False) -> li
         if fail_midway and i == 1:
             return events + [sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
     events.append(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
-    if with_tool:
-        args = json.dumps(TOOL_INPUT)
-        events.append(sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
-            "type": "tool_use", "id": "toolu_fake01", "name": "get_weather", "input": {}}}))
-        for piece in (args[:9], args[9:20], args[20:]):
-            events.append(sse("content_block_delta", {"type": "content_block_delta", "index": 1,
-                                                      "delta": {"type": "input_json_delta", "partial_json": piece}}))
-        events.append(sse("content_block_stop", {"type": "content_block_stop", "index": 1}))
+    for index, name in enumerate(tools if with_tool else (), start=1):
+        events += _tool_use_events(index, f"toolu_fake{index:02}", name)
     reason = "tool_use" if with_tool else "end_turn"
     events.append(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None},
                                         "usage": {"output_tokens": OUTPUT_TOKENS}}))
     events.append(sse("message_stop", {"type": "message_stop"}))
     return with_usage(events, None, None) if model == "no-usage" else events
+
+
+def _tool_use_events(index: int, call_id: str, name: str) -> list[bytes]:
+    """One streamed tool_use block: its start, TOOL_INPUT in three input_json_delta pieces, its stop."""
+    args = json.dumps(TOOL_INPUT)
+    events = [sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+        "type": "tool_use", "id": call_id, "name": name, "input": {}}})]
+    for piece in (args[:9], args[9:20], args[20:]):
+        events.append(sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                  "delta": {"type": "input_json_delta", "partial_json": piece}}))
+    return events + [sse("content_block_stop", {"type": "content_block_stop", "index": index})]
 
 
 def thinking_events(thinking: str) -> list[bytes]:
@@ -162,7 +170,8 @@ class FakeAnthropic(FakeUpstream):
         await resp.prepare(request)
         if model == "long-stream":
             return await self._long(resp, model)
-        events = message_events(model, bool(tools), fail_midway=model == "stream-error")
+        called = [t["name"] for t in tools] if model == "parallel-calls" else ["get_weather"]
+        events = message_events(model, bool(tools), fail_midway=model == "stream-error", tools=called)
         for i, event in enumerate(events):
             if model == "die-mid-stream" and i == 5:  # after "Hello from": the peer just goes away
                 request.transport.close()

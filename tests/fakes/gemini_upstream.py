@@ -12,7 +12,9 @@ id, as Gemini sends it: a tool loop calls one function a turn. A Gemini 3 model 
 signs each functionCall (`thoughtSignature`, "sig-<function>") and, as Gemini 3 does, refuses
 with 400 a history whose model turn starts its calls without a signature (it takes its own, and
 Google's documented stand-in `skip_thought_signature_validator`). Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
-of model `stream-error-N` is one error fragment whose code is N.
+of model `stream-error-N` is one error fragment whose code is N; a streamed answer of model
+`parallel-calls` calls every unanswered function at once, one fragment of several functionCall
+parts, as Gemini's parallel function calling does.
 Embeddings: Vertex's `:predict` (`instances[].content`, `parameters.outputDimensionality`;
 answers `predictions[].embeddings.{values, statistics.token_count}`; a `gemini-embedding-*`
 model takes one instance, as on Vertex) and the Gemini API's `:batchEmbedContents` (each
@@ -21,6 +23,7 @@ request must name `models/{model}` of the URL; answers `embeddings[].values`, no
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +59,9 @@ def unsigned_call(body: dict[str, Any]) -> str | None:
     return None
 
 
-def fragments(model: str, with_tool: bool, tool: str = "get_weather") -> list[dict[str, Any]]:
-    """The GenerateContentResponse fragments of one streamed answer."""
+def fragments(model: str, with_tool: bool, tool: str = "get_weather", more: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The GenerateContentResponse fragments of one streamed answer: text, then maybe a call of
+    `tool` (and of each of `more`, in the same fragment)."""
     words = REPLY.split(" ")
     out: list[dict[str, Any]] = [{"candidates": [{"content": {"role": "model", "parts": [{"text": "thinking...", "thought": True}]},
                                                   "index": 0}], "modelVersion": model, "responseId": "resp-fake-1"}]
@@ -66,15 +70,16 @@ def fragments(model: str, with_tool: bool, tool: str = "get_weather") -> list[di
                     "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": i + 1, "totalTokenCount": 41 + i},
                     "modelVersion": model, "responseId": "resp-fake-1"})
     if with_tool:
-        out.append({"candidates": [{"content": {"role": "model", "parts": [_call_part(model, tool)]},
+        calls = [_call_part(model, name) for name in (tool, *more)]
+        out.append({"candidates": [{"content": {"role": "model", "parts": calls},
                                     "index": 0}], "modelVersion": model, "responseId": "resp-fake-1"})
     out[-1]["candidates"][0]["finishReason"] = "STOP"
     out[-1]["usageMetadata"] = USAGE
     return out
 
 
-def sse_bytes(model: str, with_tool: bool, tool: str = "get_weather") -> list[bytes]:
-    return [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in fragments(model, with_tool, tool)]
+def sse_bytes(model: str, with_tool: bool, tool: str = "get_weather", more: Sequence[str] = ()) -> list[bytes]:
+    return [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in fragments(model, with_tool, tool, more)]
 
 
 def whole_body(model: str, with_tool: bool, tool: str = "get_weather") -> dict[str, Any]:
@@ -85,12 +90,17 @@ def whole_body(model: str, with_tool: bool, tool: str = "get_weather") -> dict[s
             "usageMetadata": USAGE, "modelVersion": model, "responseId": "resp-fake-1"}
 
 
-def next_tool(body: dict[str, Any]) -> str | None:
-    """The first declared function that no functionResponse in the conversation answers yet."""
+def unanswered_tools(body: dict[str, Any]) -> list[str]:
+    """The declared functions that no functionResponse in the conversation answers yet."""
     answered = {p["functionResponse"]["name"] for c in body.get("contents") or [] for p in c.get("parts") or []
                 if "functionResponse" in p}
     declared = [f["name"] for t in body.get("tools") or [] for f in t.get("functionDeclarations") or []]
-    return next((name for name in declared if name not in answered), None)
+    return [name for name in declared if name not in answered]
+
+
+def next_tool(body: dict[str, Any]) -> str | None:
+    """The first declared function that no functionResponse in the conversation answers yet."""
+    return next(iter(unanswered_tools(body)), None)
 
 
 def _error(status: int, state: str, message: str) -> web.Response:
@@ -157,7 +167,8 @@ class FakeGemini(FakeUpstream):
             await resp.write(b"data: " + json.dumps({"error": {"code": code, "message": "boom"}}).encode() + b"\r\n\r\n")
             await resp.write_eof()
             return resp
-        for event in sse_bytes(model, tool is not None, tool or ""):
+        more = unanswered_tools(body)[1:] if model == "parallel-calls" else []
+        for event in sse_bytes(model, tool is not None, tool or "", more):
             await resp.write(event)
         await resp.write_eof()
         return resp

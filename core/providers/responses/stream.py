@@ -124,8 +124,11 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
         for call in d.tool_calls or []:
             fn = call.function or oa.FunctionDelta()
             if call.id:
+                # A new call. The open item (maybe the previous call) closes first, while
+                # `_call` still names it; then the new call is set and its item opened.
+                out += self._end_item()
                 self._call = (call.id, fn.name or "")
-                out += self._open("function_call", new=True)
+                out += self._open("function_call")
             if fn.arguments and self._kind == "function_call":
                 out += self._delta_event(fn.arguments)
         return out
@@ -134,8 +137,8 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
     def _index(self) -> int:
         return len(self._output)  # the open item's output_index: every item before it is done
 
-    def _open(self, kind: str, new: bool = False) -> bytes:
-        if self._kind == kind and not new:
+    def _open(self, kind: str) -> bytes:
+        if self._kind == kind:
             return b""
         out = self._end_item()
         ids, index = self._require_frame().ids, self._index
