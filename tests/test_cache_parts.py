@@ -524,6 +524,17 @@ def test_storable_json_reads_bytes_as_storable_reads_the_answer(api: str, answer
     assert storable_json(api, b"[1]") is False and storable_json(api, b"{oops") is False
 
 
+@pytest.mark.parametrize("content", ["[ ]", "{ }", "0.0", "-0", '""', "[\n]", '" "', "[0]", "1", "true", '"x"'])
+def test_storable_json_reads_a_spaced_or_odd_value_as_python_does(content: str) -> None:
+    """The bytes check compared raw values with a list of empty ones: `[ ]` was filled there
+    and empty to the dict check, so the same answer was stored or not by which path saw it."""
+    from tollway.core.cache.entry import storable_json
+
+    raw = ('{"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [{"index": 0, '
+           '"finish_reason": "stop", "message": {"role": "assistant", "content": %s}}]}' % content).encode()
+    assert storable_json("chat", raw) is storable("chat", json.loads(raw))
+
+
 BARE = """
 providers: [{name: up, schema: openai, base_url: "http://127.0.0.1:9/v1"}]
 models: [{name: a, targets: [{provider: up}]%s}]

@@ -115,12 +115,18 @@ class _Message(msgspec.Struct):
         return not _filled(self.refusal) and (_filled(self.content) or _filled(self.tool_calls) or _filled(self.audio))
 
 
-# Absent, and the JSON values Python reads as false (as `_answered` does).
-_EMPTY = frozenset((b"", b"null", b'""', b"[]", b"{}", b"false", b"0"))
-
-
 def _filled(raw: msgspec.Raw) -> bool:
-    return bytes(raw) not in _EMPTY
+    """Whether a raw JSON value is one Python reads as true (as `_answered` does), without
+    decoding a long one: a string but "", a container with anything in it; a number or a
+    literal (short) is decoded. Absent is empty."""
+    value = bytes(raw).strip()
+    if not value:
+        return False
+    if value[0] == 0x22:  # '"'
+        return len(value) > 2
+    if value[0] in b"[{":
+        return bool(value[1:-1].strip())
+    return bool(msgspec.json.decode(value))
 
 
 class _Finished(msgspec.Struct):
