@@ -162,8 +162,11 @@ class Proxy:
                 attempt.error = exc.code or exc.type
             raise
         except asyncio.CancelledError:
-            if ex.usage is None:  # the client left (or the drain ended it) while the upstream had the prompt:
-                ex.usage = estimated_usage(body, "", upstream_model)[0]  # it is charged, as the provider bills it
+            # The client left (or the drain ended it) while the upstream had the prompt: it is
+            # charged, as the provider bills it. (Not an upload's: its bytes are audio or an image,
+            # no bound of any prompt; a transcription is billed by the seconds it never reported.)
+            if ex.usage is None and ex.form is None:
+                ex.usage = estimated_usage(body, "", upstream_model)[0]
             raise
         finally:
             self._record(provider, endpoint, member, failed)

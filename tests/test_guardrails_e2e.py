@@ -517,3 +517,28 @@ def test_a_json_schema_guardrail_checks_output_only() -> None:
                           " {name: k, type: json_schema, action: log, apply_to: [output]}]\n")
     assert [g.applies_to for g in config.guardrails] == [("output",), ("input", "output"), ("output",)]
 
+
+
+def test_uploads_on_a_route_with_input_guardrails_are_served(openai_upstream: Any) -> None:
+    """Multipart uploads (transcriptions, image edits) are not scanned (docs/guardrails.md): the
+    guardrails' "a body they cannot read is refused" took the form's bytes for an unreadable
+    JSON body and refused every upload on a guarded route with a 400."""
+    gw = GatewayProcess(f"""
+providers:
+  - {{name: up, schema: openai, base_url: {openai_upstream.url}, api_key: {UPSTREAM_SECRET}}}
+models:
+  - {{name: whisper-1, targets: [{{provider: up}}]}}
+keys:
+  - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}"}}
+guardrails:
+  - {{name: pii, type: pii, action: block, apply_to: [input]}}
+""")
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=10)
+        audio = b"ID3" + bytes(range(256)) * 8
+        for response_format in ("json", "text"):
+            made = client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", audio),
+                                                      response_format=response_format)
+            assert made, response_format
+    finally:
+        gw.stop()

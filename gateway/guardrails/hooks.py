@@ -305,6 +305,8 @@ class GuardrailSet:
         ex.guardrails = state
         if ex.api == "responses" and req.head.stream:
             state.responses = responses_stream.ResponsesState()
+        if ex.form is not None:  # a multipart upload: not scanned (docs/guardrails.md), and no JSON to read
+            return
         inputs = [r for r in active if r.input]
         # A body that never says json_schema (nor escapes a character) has no schema: it is not
         # decoded for the check's sake.
