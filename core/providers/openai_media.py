@@ -135,8 +135,8 @@ def image_usage(ctx: CallContext, answers: list[_MediaAnswer]) -> Usage:
     tier = f"{last.size or asked.size or 'auto'}/{last.quality or asked.quality or 'standard'}"
     reported = next((a.usage for a in reversed(answers) if a.usage is not None), None)
     usage = _token_usage(reported) if reported is not None else Usage()
-    usage.units, usage.unit = float(made), "image:" + tier
-    return usage
+    # (a new struct, not assigned fields: Usage holds its numbers when it is made)
+    return msgspec.structs.replace(usage, units=float(made), unit="image:" + tier)
 
 
 def _image_request(ctx: CallContext) -> _ImageRequest:
