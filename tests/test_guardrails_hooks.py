@@ -248,7 +248,7 @@ def _schema_ex(api: str, *specs: Guardrail, schema: Any = SCHEMA) -> tuple[Guard
     fmt: dict[str, Any] = {"type": "json_schema", "name": "x", "schema": schema, "strict": True}
     body = {"model": "m", "response_format": {"type": "json_schema", "json_schema": fmt}} if api == "chat" else \
         {"model": "m", "text": {"format": fmt}, "stream": True}
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api=api, guardrails=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api=api, guardrails=None, form=None)
     req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=api == "responses"))
     asyncio.run(guards.before_upstream(req, ex))  # type: ignore[arg-type]
     return guards, ex
@@ -266,7 +266,7 @@ def _stream_of(guards: GuardrailSet, ex: Any, text: str, finish: str = "stop") -
 
 def test_a_request_without_a_json_schema_format_is_untouched() -> None:
     guards = GuardrailSet([_block()])
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None)
     for body in ({"model": "m"}, {"model": "m", "response_format": {"type": "json_object"}}):
         req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=False))
         asyncio.run(guards.before_upstream(req, ex))  # type: ignore[arg-type]
@@ -397,7 +397,7 @@ def test_an_escaped_json_schema_type_is_still_found() -> None:
     guards = GuardrailSet([_block()])
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
     raw = json.dumps({"model": "m", "response_format": fmt}).replace("json_schema", "json\\u005fschema").encode()
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None)
     asyncio.run(guards.before_upstream(SimpleNamespace(body=raw, head=SimpleNamespace(stream=False)), ex))  # type: ignore[arg-type]
     assert ex.guardrails.schema is not None
 
@@ -601,7 +601,7 @@ def test_a_large_input_is_scanned_off_the_event_loop() -> None:
     guards = _set(apply_to=["input"])
     text = "4111 " * 200_000 + CARD
     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None)
     req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=False))
     _, ticks = asyncio.run(_loop_ticks_during(guards.before_upstream(req, ex)))  # type: ignore[arg-type]
     assert json.loads(req.body)["messages"][0]["content"].endswith(" <CREDIT_CARD>")
