@@ -1,7 +1,7 @@
 """Shared fixtures: a fake OpenAI upstream and a real gateway in front of it."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anthropic
 import openai
@@ -13,6 +13,7 @@ from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tests.kernels_fixture import *  # noqa: F401,F403 - the pure/compiled kernel fixtures
+from tests.slow_redis import SlowRedis
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -141,3 +142,12 @@ def hostile() -> Iterator[HostileUpstream]:
     fake = HostileUpstream()
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+async def slow_redis() -> AsyncIterator[SlowRedis]:
+    """A proxy in front of the shared Redis whose replies wait `delay` seconds (tests.slow_redis)."""
+    proxy = SlowRedis()
+    await proxy.start()
+    yield proxy
+    await proxy.stop()

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 import redis
 
-from tests.test_limits_redis import SlowRedis
 from tests.test_pipeline import Proto, Scope
 from tollway.core.config import loads
 from tollway.core.ledger.periods import period_start
@@ -190,14 +189,6 @@ async def test_an_owner_awaiting_the_ledger_still_shares_a_counter_another_repli
         for key in client.scan_iter(f"{{{prefix}}}:*"):
             client.delete(key)
         await keeper.share.client.aclose()
-
-
-@pytest.fixture
-async def slow_redis():
-    proxy = SlowRedis()
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
 
 
 @pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")

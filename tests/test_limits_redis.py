@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.harness import free_port
+from tests.slow_redis import SlowRedis
 from tollway.core import config as config_mod
 from tollway.core.errors import GatewayError
 from tollway.core.kernels import BucketTable
@@ -486,54 +487,6 @@ def test_a_late_settle_on_a_freed_lease_slot_goes_to_its_own_bucket():
 
 
 # -- replies slower than the socket timeout: the script ran, the answer was lost --------------
-
-class SlowRedis:
-    """A TCP proxy in front of the shared Redis that holds Redis's replies `delay` seconds:
-    a call past the store's socket timeout has run in Redis when the store gives up on it."""
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", 6379)
-        for task in (self._pipe(client_r, redis_w, slow=False), self._pipe(redis_r, client_w, slow=True)):
-            t = asyncio.get_running_loop().create_task(task)
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
-        try:
-            while data := await reader.read(65536):
-                if slow and self.delay:
-                    await asyncio.sleep(self.delay)
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-
-
-@pytest.fixture
-async def slow_redis():
-    proxy = SlowRedis()
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
-
 
 async def until(condition, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
