@@ -280,7 +280,6 @@ class GuardrailSet:
             return self._apply_all(state, rules, slots, status)
         return await asyncio.to_thread(self._apply_all, state, rules, slots, status)
 
-
     def _scanned(self, state: GuardrailState, rule: Rule, text: str, status: int) -> str:
         """One text through one rule: counted, masked (else `text` itself). Raises on block."""
         found = rule.find(text)
