@@ -37,6 +37,9 @@ class OptionalBuildExt(build_ext):
 
 
 _NO_KERNELS = "no ext/*.pyx sources"  # why extensions() found nothing to compile
+# C libraries a kernel links against. A kernel whose library (or its headers: Debian's
+# libsqlite3-dev) is missing is not compiled, and its pure twin runs.
+LIBRARIES = {"_sqlrows": ["sqlite3"]}
 
 
 def extensions():
@@ -52,7 +55,8 @@ def extensions():
     sources = sorted(glob("ext/*.pyx"))
     if not sources:
         return []
-    modules = [Extension(f"tollway.ext.{Path(src).stem}", [src]) for src in sources]
+    modules = [Extension(f"tollway.ext.{Path(src).stem}", [src], libraries=LIBRARIES.get(Path(src).stem, []))
+               for src in sources]
     directives = {"language_level": "3", "boundscheck": False, "wraparound": False, "cdivision": True}
     return cythonize(modules, compiler_directives=directives, quiet=True)
 

@@ -152,6 +152,7 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 200) -> dict[str, f
     grows as the gateway's does."""
 
     import msgspec
+    from msgspec.structs import astuple
     from prometheus_client import CollectorRegistry
 
     from tollway.core.config import Ledger as LedgerConfig
@@ -190,12 +191,11 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 200) -> dict[str, f
 
     def prepare() -> None:  # SqliteStore's batch preparation: the rollups and the rows' values
         rollups(records)
-        sqlite_store._params(records)
+        list(map(astuple, records))
 
     store = sqlite_store.SqliteStore(str(workdir / "record-costs.db"))
     store._open()
-    assert store._db is not None
-    db = store._db
+    rows = store._writer()
 
     # Every batch's records later than the last's, as the gateway writes them: reusing one batch's
     # timestamps would put each index insert mid-tree (~4x the cost at 200-record batches).
@@ -211,7 +211,7 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 200) -> dict[str, f
             batches = [later() for _ in range(n // batch)]
             t = time.perf_counter()
             for fresh in batches:
-                sqlite_store._write(db, fresh)
+                sqlite_store._write(rows, fresh)
             times.append(time.perf_counter() - t)
         return min(times) / n * 1e6
 
@@ -221,7 +221,10 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 200) -> dict[str, f
         "prepare": best(prepare, batch),
         "sqlite": write_cost(),
     }
-    db.close()
+    rows.close()
+    assert store._db is not None and store._rdb is not None
+    store._db.close()
+    store._rdb.close()
     return costs
 
 

@@ -16,6 +16,7 @@ from tollway.ext import buckets as _pure_buckets
 from tollway.ext import jsonscan as _pure_jsonscan
 from tollway.ext import piiscan as _pure_piiscan
 from tollway.ext import ratelimit as _pure_ratelimit
+from tollway.ext import sqlrows as _pure_sqlrows
 from tollway.ext import sse as _pure_sse
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "BucketTable",
     "Gate",
     "OpenAIStreamRelay",
+    "RowWriter",
     "SSEError",
     "SSEEvent",
     "SSEFramer",
@@ -58,7 +60,7 @@ def _pick(name: str, pure: ModuleType) -> ModuleType:
 
 _sse, _buckets = _pick("sse", _pure_sse), _pick("buckets", _pure_buckets)
 _jsonscan, _ratelimit = _pick("jsonscan", _pure_jsonscan), _pick("ratelimit", _pure_ratelimit)
-_piiscan = _pick("piiscan", _pure_piiscan)
+_piiscan, _sqlrows = _pick("piiscan", _pure_piiscan), _pick("sqlrows", _pure_sqlrows)
 
 SSEError = _pure_sse.SSEError  # one class for both twins
 Usage = _pure_sse.Usage
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from tollway.ext.jsonscan import first_duplicate_key, first_needle, max_depth_exceeded
     from tollway.ext.piiscan import candidate_starts
     from tollway.ext.ratelimit import ratelimit_headers
+    from tollway.ext.sqlrows import RowWriter
     from tollway.ext.sse import OpenAIStreamRelay, SSEEvent, SSEFramer, text_bound
 else:
     SSEEvent, SSEFramer, OpenAIStreamRelay = _sse.SSEEvent, _sse.SSEFramer, _sse.OpenAIStreamRelay
@@ -78,3 +81,4 @@ else:
     first_duplicate_key, first_needle = _jsonscan.first_duplicate_key, _jsonscan.first_needle
     ratelimit_headers = _ratelimit.ratelimit_headers
     candidate_starts = _piiscan.candidate_starts
+    RowWriter = _sqlrows.RowWriter

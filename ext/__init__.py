@@ -10,5 +10,6 @@ from __future__ import annotations
 # kernel name -> (its pure twin, the compiled module); read by tollway.core.kernels, the tests
 # and bench/kernels.py
 KERNELS: dict[str, tuple[str, str]] = {
-    name: (f"tollway.ext.{name}", f"tollway.ext._{name}") for name in ("sse", "buckets", "jsonscan", "ratelimit", "piiscan")
+    name: (f"tollway.ext.{name}", f"tollway.ext._{name}")
+    for name in ("sse", "buckets", "jsonscan", "ratelimit", "piiscan", "sqlrows")
 }

@@ -16,7 +16,7 @@ import pytest
 from tollway.ext import KERNELS
 
 __all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "piiscan_impl", "ratelimit_impl",
-           "sse_impl"]
+           "sqlrows_impl", "sse_impl"]
 
 KERNEL_KINDS = ("pure", "compiled")
 
@@ -55,3 +55,4 @@ buckets_impl = _impl_fixture("buckets")
 jsonscan_impl = _impl_fixture("jsonscan")
 ratelimit_impl = _impl_fixture("ratelimit")
 piiscan_impl = _impl_fixture("piiscan")
+sqlrows_impl = _impl_fixture("sqlrows")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import msgspec
 import pytest
+from msgspec.structs import astuple
 
 from tests.pg_databases import drop_database, pg_database, target  # noqa: F401 - fixtures by name
 from tests.test_store import BASE, _records
@@ -326,11 +327,9 @@ def _write_version_1_rows(module: object, old: pytest.MonkeyPatch) -> None:
         old.setattr(module, "_INSERT", module._INSERT.replace(", guardrails)", ")").replace(", r.guardrails FROM", " FROM")
                     .replace(", guardrails jsonb)", ")"))
         return
-    width, sql = len(FIELDS), f"INSERT INTO usage_records ({', '.join(v1)}) VALUES {module._row_sql(v1)}"
-
-    def insert(db: sqlite3.Connection, values: list[object], max_rows: int) -> None:
-        db.executemany(sql, [values[i:i + len(v1)] for i in range(0, len(values), width)])
-    old.setattr(module, "_insert", insert)
+    old.setattr(module, "_INSERT_HEAD", f"INSERT INTO usage_records ({', '.join(v1)}) VALUES ")
+    old.setattr(module, "_ROW", "(" + ", ".join("?" * len(v1)) + ")")
+    old.setattr(module, "astuple", lambda record: astuple(record)[:len(v1)])
 
 
 async def test_a_version_1_database_migrates_to_the_key_tables_with_its_ledger_intact(

@@ -179,22 +179,6 @@ async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store
         assert back == odd
 
 
-async def test_a_sqlite_batch_goes_in_statements_of_a_power_of_two_rows_up_to_the_limit(tmp_path):
-    """11 records with at most 3 rows a statement (an old SQLite's 999 values allow 39): 3 + 3
-    + 3 + 2, every row and every rollup sum in."""
-    store = SqliteStore(str(tmp_path / "ledger.db"))
-    await store.open()
-    try:
-        store._max_rows = 3
-        records = _records(11, BASE, 7200)
-        await store.write(records)
-        got = await store.requests(RequestFilter(limit=100))
-        assert sorted(r.request_id for r in got) == sorted(r.request_id for r in records)
-        await _check_spend(store, records, SpendQuery(("key", "model"), BASE, BASE + 7200))
-    finally:
-        await store.aclose()
-
-
 async def test_an_empty_batch_is_nothing(store: LedgerStore):
     await store.write([])
     assert await store.requests(RequestFilter()) == []

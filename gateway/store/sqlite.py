@@ -8,7 +8,6 @@ WAL journaling lets reports read while the writer writes, and lets the workers o
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 from msgspec.structs import astuple
 
+from tollway.core.kernels import RowWriter
 from tollway.core.ledger.periods import DAY, Table
-from tollway.core.ledger.record import FIELDS, NULLABLE, UsageRecord
+from tollway.core.ledger.record import FIELDS, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
@@ -78,38 +78,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 VERSION = len(MIGRATIONS)
 
-# How a row is bound. sqlite3 binds an int, float, str or bytearray directly, but hands any
-# other value (None, a bool) to its adapter lookup first, which fails through a formatted
-# AttributeError: ~1.6k instructions a value, 6 to 10 values a record, as much as the rest of
-# the insert (callgrind: 58k -> 42k instructions a record). So a record's bools are bound as 0
-# and 1 (what sqlite3 stores for them anyway) and a None as a value of a type its column never
-# holds, which NULLIF turns back into NULL: 0 in a text column (the cheapest bind), an empty
-# blob in a number one (a bytearray: bytes are not one of the direct types).
-_NO_TEXT, _NO_NUMBER = 0, bytearray()
-_NUMBERS = ("cost_usd", "ttft_ms")  # the nullable columns that are not text
-
-
-def _row_sql(fields: Sequence[str]) -> str:
-    """A row's placeholders for these columns, each nullable one through its NULLIF."""
-    return "(" + ", ".join("NULLIF(?, x'')" if f in _NUMBERS else "NULLIF(?, 0)" if f in NULLABLE or f == "tags"
-                           else "?" for f in fields) + ")"
-
-
-_ROW = _row_sql(FIELDS)
+# A record's row: its fields in FIELDS order (tests pin it), bound by the row writer
+# (tollway.core.kernels.RowWriter: values bound in C where the kernel is built) as they are,
+# but for `tags` (a tuple of str: joined by commas, never holding one; none: NULL) and
+# `guardrails` (findings: JSON), which `_encode_value` makes text of.
 _INSERT_HEAD = f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES "
-# A batch goes in as few statements as it can: sqlite3 lets go of the GIL around each one
-# (each row of an executemany too), and under load the writer's thread then waits up to the
-# interpreter's switch interval (5 ms) to get it back from the busy loop, forcing a switch
-# each time. So rows go in multi-row statements of a power of two rows (200 = 128 + 64 + 8:
-# three statements, and a handful of SQL texts for sqlite3's statement cache), of at most
-# _MAX_ROWS (999 bound values, the limit of SQLite builds before 3.32, allows 39 rows; the
-# limit is read at open). One statement of many rows also binds ~25% faster than
-# executemany of one-row ones (bench/README.md, "The usage ledger").
-_MAX_ROWS = 256
+_ROW = "(" + ", ".join("?" * len(FIELDS)) + ")"
 _SUM_SET = ", ".join(f"{s} = {s} + excluded.{s}" for s in SUMS)
 _UPSERT_HEAD = "INSERT INTO {table} (bucket, key, key_id, team, model, provider, " + ", ".join(SUMS) + ") VALUES "
-_UPSERT_WIDTH = 6 + len(SUMS)
-_UPSERT_ROW = "(" + ", ".join("?" * _UPSERT_WIDTH) + ")"
+_UPSERT_ROW = "(" + ", ".join("?" * (6 + len(SUMS))) + ")"
 _UPSERT_TAIL = " ON CONFLICT (bucket, key, key_id, team, model, provider) DO UPDATE SET " + _SUM_SET
 
 # The sums over raw records, in SUMS order; and a dimension's expression there.
@@ -138,8 +115,8 @@ class SqliteStore:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite-read")
         self._db: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
+        self._rows: RowWriter | None = None  # the ledger's batches: a connection of their own, on the same thread
         self._closed = False
-        self._max_rows = 1  # rows per INSERT statement: the SQLite build's limit, read at open
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
@@ -175,15 +152,20 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             _migrate(db)
+            rows = RowWriter(self.path, _BUSY_MS)
             reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
             reader.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
-        self._db, self._rdb = db, reader
-        self._max_rows = min(_MAX_ROWS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(FIELDS))
+        self._db, self._rdb, self._rows = db, reader, rows
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
-        await self._run(lambda db: _write(db, records, self._max_rows))  # rows and rollups made there too: off the loop
+        await self._run(lambda _: _write(self._writer(), records))  # rows and rollups made there too: off the loop
+
+    def _writer(self) -> RowWriter:
+        if self._rows is None:
+            raise StoreError("the SQLite ledger is not open")
+        return self._rows
 
     async def spend(self, query: SpendQuery) -> list[tuple[Group, list[float]]]:
         return await self._read(lambda db: _spend(db, query))
@@ -240,6 +222,9 @@ class SqliteStore:
         self._closed = True
         db, self._db = self._db, None
         reader, self._rdb = self._rdb, None
+        rows, self._rows = self._rows, None
+        if rows is not None:
+            await loop.run_in_executor(self._thread, rows.close)
         if db is not None:
             await loop.run_in_executor(self._thread, db.close)
         if reader is not None:
@@ -274,46 +259,11 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-def _params(records: Sequence[UsageRecord]) -> list[object]:
-    """The records' values, row after row, for the INSERT statements."""
-    values: list[object] = []
-    for r in records:
-        values += _row(r)
-    return values
-
-
-def _row(r: UsageRecord) -> tuple[object, ...]:
-    """A record's values as bound (see _ROW): its fields unpacked in FIELDS order (the
-    record's, which tests pin), a None as its column's stand-in, a bool as 0 or 1, its tags joined (a tag never
-    holds a comma) and its guardrail findings as JSON."""
-    (ts, request_id, key, key_id, team, model, provider, upstream_model, api, status, error, stream, input_tokens,
-     cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, attempts,
-     cache_hit, tags, trace_id, guardrails) = astuple(r)
-    n, x = _NO_TEXT, _NO_NUMBER
-    return (ts, request_id, n if key is None else key, n if key_id is None else key_id, n if team is None else team,
-            n if model is None else model, n if provider is None else provider,
-            n if upstream_model is None else upstream_model, api, status, n if error is None else error,
-            1 if stream else 0, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,
-            x if cost_usd is None else cost_usd, latency_ms, x if ttft_ms is None else ttft_ms, attempts,
-            1 if cache_hit else 0, ",".join(tags) if tags else n, n if trace_id is None else trace_id,
-            _encode(guardrails).decode() if guardrails else n)
-
-
-@functools.cache
-def _statement(head: str, row: str, tail: str, rows: int) -> str:
-    return head + ", ".join((row,) * rows) + tail
-
-
-def _put_rows(db: sqlite3.Connection, head: str, row: str, tail: str, values: Sequence[object], width: int,
-              max_rows: int) -> None:
-    """`head VALUES row, row, ... tail` for the rows in `values` (flat, `width` values a row),
-    in statements of the largest power of two rows that is left, at most `max_rows` (which need
-    not be a power of two: 39 on an old build)."""
-    done, left = 0, len(values) // width
-    while left:
-        n = min(max_rows, 1 << (left.bit_length() - 1))
-        db.execute(_statement(head, row, tail, n), values[done * width:(done + n) * width])
-        done, left = done + n, left - n
+def _encode_value(value: object) -> str | None:
+    """A record's value the row writer cannot bind as it is: its tags, its guardrail findings."""
+    if isinstance(value, tuple):
+        return ",".join(value) or None
+    return _encode(value).decode()
 
 
 # Rows a batch writes between yields of the core. The writer's thread shares the gateway's
@@ -325,27 +275,22 @@ def _put_rows(db: sqlite3.Connection, head: str, row: str, tail: str, values: Se
 _SLICE_RECORDS = 32
 
 
-def _insert(db: sqlite3.Connection, values: Sequence[object], max_rows: int) -> None:
-    _put_rows(db, _INSERT_HEAD, _ROW, "", values, len(FIELDS), max_rows)
-
-
-def _write(db: sqlite3.Connection, records: Sequence[UsageRecord], max_rows: int = _MAX_ROWS,
-           pause: Callable[[], object] = os.sched_yield) -> None:
+def _write(rows: RowWriter, records: Sequence[UsageRecord], pause: Callable[[], object] = os.sched_yield) -> None:
     """One batch in one transaction, its rows in slices of _SLICE_RECORDS with a `pause` (the
     core handed to whatever else is ready) before each: see _SLICE_RECORDS."""
     hour_sums, day_sums = rollups(records)
-    db.execute("BEGIN")
+    rows.execute("BEGIN")
     try:
         for start in range(0, len(records), _SLICE_RECORDS):
             pause()
-            _insert(db, _params(records[start:start + _SLICE_RECORDS]), max_rows)
+            rows.insert(_INSERT_HEAD, _ROW, "", list(map(astuple, records[start:start + _SLICE_RECORDS])),
+                        _encode_value)
         pause()
         for table, sums in (("usage_hourly", hour_sums), ("usage_daily", day_sums)):
-            _put_rows(db, _UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL,
-                      [v for row in rollup_rows(sums) for v in row], _UPSERT_WIDTH, max_rows)
-        db.execute("COMMIT")
+            rows.insert(_UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL, rollup_rows(sums))
+        rows.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        rows.execute("ROLLBACK")
         raise
 
 
