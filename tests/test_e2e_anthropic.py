@@ -226,6 +226,29 @@ def test_anthropic_sdk_tools_over_openai_backend(ant):
     assert m.stop_reason == "tool_use" and use[0].name == "get_weather" and use[0].input == {"city": "Paris"}
 
 
+FILE_IMAGE = {"type": "image", "source": {"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}}
+URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_image_by_file_id_is_a_400_naming_the_block(ant, openai_upstream, stream):
+    # A Files API file_id is Anthropic's storage: an OpenAI backend cannot read it, and a
+    # made-up data: URL would only fail there, with a message that names nothing the client sent.
+    sent_before = len(openai_upstream.requests)
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        ant.messages.create(model="gpt-4o-mini", max_tokens=50, stream=stream, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, FILE_IMAGE]}])
+    error = bad.value.body["error"]
+    assert error["type"] == "invalid_request_error" and "messages[0].content[1]" in error["message"]
+    assert "file" in error["message"] and len(openai_upstream.requests) == sent_before
+
+
+def test_anthropic_sdk_image_by_url_reaches_the_openai_backend(ant, openai_upstream):
+    ant.messages.create(model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": [URL_IMAGE]}])
+    sent = openai_upstream.last("/chat/completions")["body"]["messages"]
+    assert sent == [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]
+
+
 def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):
     m = ant.messages.create(model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert m.content[0].text == fa.REPLY and m.usage.cache_read_input_tokens == 8

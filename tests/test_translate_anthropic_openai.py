@@ -51,6 +51,9 @@ REQUESTS = [
     ("image", {"messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]},
      {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}]}),
+    ("image by url", {"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]},
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
     ("tools and choice", {"messages": [{"role": "user", "content": "x"}],
                           "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
                           "tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
@@ -76,6 +79,11 @@ def test_request_translation(name, body, expected):
     ({"top_k": 5}, "top_k"),
     ({"tools": [{"name": "web_search", "type": "web_search_20250305"}]}, "tools[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64"}}]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
+                                                {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]},
+     "messages[0].content[1].source"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]},
+     "messages[0].content[0].source"),
 ])
 def test_untranslatable_is_400_naming_field(body, param):
     with pytest.raises(GatewayError) as err:

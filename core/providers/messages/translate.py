@@ -166,11 +166,26 @@ def _part(b: wire.Block, where: str) -> oa.ContentPart | None:
     if b.type == "text":
         return oa.ContentPart("text", text=b.text or "")
     if b.type == "image" and b.source is not None:
-        url = b.source.url if b.source.type == "url" else f"data:{b.source.media_type};base64,{b.source.data}"
-        return oa.ContentPart("image_url", image_url=oa.ImageURL(url or ""))
+        return oa.ContentPart("image_url", image_url=oa.ImageURL(_image_url(b.source, where)))
     if b.type in ("thinking", "redacted_thinking"):
         return None  # the model's own earlier reasoning: nothing the backend can take back
-    raise bad_request(f"Content block type '{b.type}' is not supported by this model's provider.", param=where)
+    # (Anthropic's error envelope has no `param`: the message itself says where.)
+    raise bad_request(f"Content block type '{b.type}' ({where}) is not supported by this model's provider.", param=where)
+
+
+def _image_url(source: wire.ImageSource, where: str) -> str:
+    """An image source as OpenAI's `image_url`: a link as it is, inline bytes as a data URL.
+    Raises GatewayError(400) naming the block for any other source: a Files API `file_id`
+    names a file in Anthropic's store, which no other provider can read."""
+    if source.type == "url" and source.url:
+        return source.url
+    if source.type == "base64" and source.media_type and source.data:
+        return f"data:{source.media_type};base64,{source.data}"
+    if source.type == "file":
+        raise bad_request(f"The image at {where} is a file of Anthropic's Files API (source type 'file'), which this "
+                          "model's provider cannot read: send it as 'base64' or 'url'.", param=f"{where}.source")
+    raise bad_request(f"The image at {where} needs a source of type 'base64' (with 'media_type' and 'data') or "
+                      f"'url' (with 'url'); got type '{source.type}'.", param=f"{where}.source")
 
 
 def _tools(req: wire.MessagesRequest) -> list[oa.Tool] | None:
