@@ -249,6 +249,40 @@ def test_anthropic_sdk_image_by_url_reaches_the_openai_backend(ant, openai_upstr
     assert sent == [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]
 
 
+PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_tool_result_error_and_images_reach_the_openai_backend(ant, openai_upstream, stream):
+    # OpenAI's tool message takes text only and has no error flag: the failure is said in its
+    # text, and the result's images follow in a user message that names the call they came from.
+    tools = [{"name": "screenshot", "input_schema": {"type": "object"}}]
+    messages = [
+        {"role": "user", "content": "Take two screenshots."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_a", "name": "screenshot", "input": {}},
+                                          {"type": "tool_use", "id": "toolu_b", "name": "screenshot", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_a", "is_error": True, "content": "display not found"},
+            {"type": "tool_result", "tool_use_id": "toolu_b", "content": [
+                {"type": "text", "text": "saved"}, {"type": "image", "source": PNG}]},
+            {"type": "text", "text": "Describe them."}]},
+    ]
+    if stream:
+        with ant.messages.stream(model="gpt-4o-mini", max_tokens=50, tools=tools, messages=messages) as s:
+            s.get_final_message()
+    else:
+        ant.messages.create(model="gpt-4o-mini", max_tokens=50, tools=tools, messages=messages)
+    sent = openai_upstream.last("/chat/completions")["body"]["messages"][2:]
+    assert sent == [
+        {"role": "tool", "tool_call_id": "toolu_a", "content": "Error: display not found"},
+        {"role": "tool", "tool_call_id": "toolu_b", "content": "saved"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "The result of tool call toolu_b holds these images:"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "text", "text": "Describe them."}]},
+    ]
+
+
 def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):
     m = ant.messages.create(model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert m.content[0].text == fa.REPLY and m.usage.cache_read_input_tokens == 8

@@ -48,6 +48,15 @@ REQUESTS = [
                        {"id": "tu1", "function": {"name": "f", "arguments": '{"a":1}'}, "type": "function"}]},
                    {"role": "tool", "content": "18C", "tool_call_id": "tu1"},
                    {"role": "user", "content": "and?"}]}),
+    ("tool result: an error, and images", {"messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "tu1", "is_error": True, "content": [{"type": "text", "text": "no"}]},
+        {"type": "tool_result", "tool_use_id": "tu2", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}]},
+     {"messages": [{"role": "tool", "content": "Error: no", "tool_call_id": "tu1"},
+                   {"role": "tool", "content": "(The result is the images in the next message.)", "tool_call_id": "tu2"},
+                   {"role": "user", "content": [
+                       {"type": "text", "text": "The result of tool call tu2 holds these images:"},
+                       {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
     ("image", {"messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]},
      {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}]}),
@@ -84,6 +93,8 @@ def test_request_translation(name, body, expected):
      "messages[0].content[1].source"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]},
      "messages[0].content[0].source"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]}]}, "messages[0].content[0].content[0].source"),
 ])
 def test_untranslatable_is_400_naming_field(body, param):
     with pytest.raises(GatewayError) as err:

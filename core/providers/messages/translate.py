@@ -151,15 +151,46 @@ def _assistant(blocks: list[wire.Block]) -> oa.ChatMessage:
 
 def _user(blocks: list[wire.Block], i: int) -> list[oa.ChatMessage]:
     """Tool results become `tool` messages, placed before the rest of the user turn as
-    OpenAI requires them right after the assistant's tool calls."""
-    out = [oa.ChatMessage("tool", _text(b.content), tool_call_id=b.tool_use_id)
-           for b in blocks if b.type == "tool_result"]
-    found = (_part(b, f"messages[{i}].content[{j}]") for j, b in enumerate(blocks) if b.type != "tool_result")
-    parts = [p for p in found if p is not None]
+    OpenAI requires them right after the assistant's tool calls. A tool message takes text
+    only, so a result's images open the user message that follows (`_tool_result`)."""
+    out: list[oa.ChatMessage] = []
+    parts: list[oa.ContentPart] = []
+    for j, b in enumerate(blocks):
+        where = f"messages[{i}].content[{j}]"
+        if b.type == "tool_result":
+            message, images = _tool_result(b, where)
+            out.append(message)
+            parts.extend(images)
+        elif (part := _part(b, where)) is not None:
+            parts.append(part)
     if parts:
         only_text = all(p.type == "text" for p in parts)
         out.append(oa.ChatMessage("user", "".join(p.text or "" for p in parts) if only_text else parts))
     return out
+
+
+# What a tool message says of its result when the model must know more than its text: OpenAI's
+# has neither an error flag nor room for images (its content is text), so the text says it.
+TOOL_ERROR_PREFIX = "Error: "
+TOOL_IMAGES_ONLY = "(The result is the images in the next message.)"
+
+
+def _tool_result(b: wire.Block, where: str) -> tuple[oa.ChatMessage, list[oa.ContentPart]]:
+    """A tool_result as OpenAI's `tool` message, and the parts its images become in the user
+    message after it (led by a line naming the call, so the model knows whose they are).
+    `is_error` is said in the text: dropping it would tell the model the call succeeded."""
+    if b.content is None or isinstance(b.content, str):
+        text, images = b.content or "", []
+    else:
+        found = [_part(c, f"{where}.content[{k}]") for k, c in enumerate(b.content)]
+        text = "".join(p.text or "" for p in found if p is not None and p.type == "text")
+        images = [p for p in found if p is not None and p.type == "image_url"]
+    if images:
+        text = text or TOOL_IMAGES_ONLY  # (an empty tool message is left out by some backends' translators)
+        images.insert(0, oa.ContentPart("text", text=f"The result of tool call {b.tool_use_id} holds these images:"))
+    if b.is_error:
+        text = TOOL_ERROR_PREFIX + text
+    return oa.ChatMessage("tool", text, tool_call_id=b.tool_use_id), images
 
 
 def _part(b: wire.Block, where: str) -> oa.ContentPart | None:
