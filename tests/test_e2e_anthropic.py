@@ -13,6 +13,8 @@ from tests.fakes import anthropic_upstream as fa
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import REPLY as OPENAI_REPLY
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.vllm_replica import REPLY as VLLM_REPLY
+from tests.fakes.vllm_replica import FakeVLLMReplica
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -20,7 +22,14 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "descrip
 
 
 @pytest.fixture(scope="module")
-def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
+def vllm() -> Iterator[FakeVLLMReplica]:
+    replica = FakeVLLMReplica("vllm-a")
+    yield replica
+    replica.kill()
+
+
+@pytest.fixture(scope="module")
+def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI, vllm: FakeVLLMReplica) -> Iterator[GatewayProcess]:
     misbehaving = "\n".join(f"  - name: {m}\n    targets: [{{provider: claude}}]"
                             for m in ("overloaded", "rate-limited", "bad-key", "stream-error", "no-usage"))
     process = GatewayProcess(f"""
@@ -33,6 +42,9 @@ providers:
     schema: openai
     base_url: {openai_upstream.url}
     api_key: {UPSTREAM_SECRET}
+  - name: vllm
+    schema: openai
+    base_url: {vllm.url}
   - name: azure
     schema: azure_openai
     base_url: {openai_upstream.url.removesuffix("/v1")}
@@ -45,6 +57,8 @@ models:
     targets: [{{provider: up}}]
   - name: o3
     targets: [{{provider: up, model: o3}}]
+  - name: llama
+    targets: [{{provider: vllm}}]
   - name: azure-gpt-5
     targets: [{{provider: azure, model: gpt-5}}]
   - name: sturdy
@@ -281,6 +295,32 @@ def test_anthropic_sdk_tool_result_error_and_images_reach_the_openai_backend(ant
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
             {"type": "text", "text": "Describe them."}]},
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_stop_sequence_named_when_the_backend_says_which(ant, stream):
+    # vLLM names the stop string it matched (`stop_reason`); OpenAI says only "stop", for a
+    # stop sequence as for the model's own end, so it stays end_turn (the next test).
+    args = {"model": "llama", "max_tokens": 50, "stop_sequences": ["zzz", "from"],
+            "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        with ant.messages.stream(**args) as s:
+            m = s.get_final_message()
+    else:
+        m = ant.messages.create(**args)
+    assert m.content[0].text.strip() == VLLM_REPLY.split(" from")[0]
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", "from")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_natural_end_is_end_turn_even_with_stop_sequences(ant, stream):
+    args = {"model": "llama", "max_tokens": 50, "stop_sequences": ["zzz"], "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        with ant.messages.stream(**args) as s:
+            m = s.get_final_message()
+    else:
+        m = ant.messages.create(**args)
+    assert m.content[0].text.strip() == VLLM_REPLY and (m.stop_reason, m.stop_sequence) == ("end_turn", None)
 
 
 def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):

@@ -307,3 +307,30 @@ def _interleaved(draw: Any) -> tuple[bytes, list[tuple[str, str, Any]]]:
 def test_any_interleaving_of_tool_calls_gives_each_its_input(data):
     stream, expected = _interleaved(data.draw)
     assert sorted(tool_uses(sdk_final(stream))) == expected
+
+
+# -- which stop sequence ended the answer ---------------------------------------------------
+
+@pytest.mark.parametrize("matched,expected", [
+    (None, ("end_turn", None)),  # OpenAI: "stop" for a stop sequence and for the model's own end alike
+    ("Z", ("stop_sequence", "Z")),  # vLLM's stop_reason: the stop string it matched
+    ("other", ("end_turn", None)),  # a stop string the client did not send is not its stop sequence
+    (7, ("end_turn", None)),  # vLLM: a stop token id
+    ({"odd": 1}, ("end_turn", None)),  # another server's shape of the field: read as nothing, not a broken answer
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_sequence_is_named_only_when_the_upstream_says_which(matched, expected, stream):
+    request = ctx({"messages": [], "stop_sequences": ["Y", "Z"], "stream": stream})
+    if stream:
+        finish = {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": matched}
+        chunks = [_chunk({"role": "assistant", "content": "a"}), b"data: " + json.dumps(
+            {"id": "chatcmpl-7", "model": "gpt-up", "choices": [finish]}).encode() + b"\n\n", b"data: [DONE]\n\n"]
+        translator = ADAPTER.stream(request)
+        delta = [d for kind, d in events_of(translator.feed(b"".join(chunks)) + translator.flush()) if kind == "message_delta"]
+        stop = delta[0]["delta"]["stop_reason"], delta[0]["delta"]["stop_sequence"]
+    else:
+        upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": matched,
+                                                                        "message": {"role": "assistant", "content": "a"}}]}
+        doc = json.loads(ADAPTER.response(request, 200, json.dumps(upstream).encode())[0])
+        stop = doc["stop_reason"], doc["stop_sequence"]
+    assert stop == expected
