@@ -13,6 +13,8 @@ from tests.fakes import anthropic_upstream as fa
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import REPLY as OPENAI_REPLY
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.vllm_replica import REPLY as VLLM_REPLY
+from tests.fakes.vllm_replica import FakeVLLMReplica
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -20,7 +22,14 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "descrip
 
 
 @pytest.fixture(scope="module")
-def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
+def vllm() -> Iterator[FakeVLLMReplica]:
+    replica = FakeVLLMReplica("vllm-a")
+    yield replica
+    replica.kill()
+
+
+@pytest.fixture(scope="module")
+def gw(anthropic_upstream: FakeAnthropic, openai_upstream: FakeOpenAI, vllm: FakeVLLMReplica) -> Iterator[GatewayProcess]:
     misbehaving = "\n".join(f"  - name: {m}\n    targets: [{{provider: claude}}]"
                             for m in ("overloaded", "rate-limited", "bad-key", "stream-error", "no-usage"))
     process = GatewayProcess(f"""
@@ -33,6 +42,9 @@ providers:
     schema: openai
     base_url: {openai_upstream.url}
     api_key: {UPSTREAM_SECRET}
+  - name: vllm
+    schema: openai
+    base_url: {vllm.url}
   - name: azure
     schema: azure_openai
     base_url: {openai_upstream.url.removesuffix("/v1")}
@@ -45,6 +57,8 @@ models:
     targets: [{{provider: up}}]
   - name: o3
     targets: [{{provider: up, model: o3}}]
+  - name: llama
+    targets: [{{provider: vllm}}]
   - name: azure-gpt-5
     targets: [{{provider: azure, model: gpt-5}}]
   - name: sturdy
@@ -224,6 +238,89 @@ def test_anthropic_sdk_tools_over_openai_backend(ant):
                             messages=[{"role": "user", "content": "Weather in Paris?"}])
     use = [b for b in m.content if b.type == "tool_use"]
     assert m.stop_reason == "tool_use" and use[0].name == "get_weather" and use[0].input == {"city": "Paris"}
+
+
+FILE_IMAGE = {"type": "image", "source": {"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}}
+URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_image_by_file_id_is_a_400_naming_the_block(ant, openai_upstream, stream):
+    # A Files API file_id is Anthropic's storage: an OpenAI backend cannot read it, and a
+    # made-up data: URL would only fail there, with a message that names nothing the client sent.
+    sent_before = len(openai_upstream.requests)
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        ant.messages.create(model="gpt-4o-mini", max_tokens=50, stream=stream, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, FILE_IMAGE]}])
+    error = bad.value.body["error"]
+    assert error["type"] == "invalid_request_error" and "messages[0].content[1]" in error["message"]
+    assert "file" in error["message"] and len(openai_upstream.requests) == sent_before
+
+
+def test_anthropic_sdk_image_by_url_reaches_the_openai_backend(ant, openai_upstream):
+    ant.messages.create(model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": [URL_IMAGE]}])
+    sent = openai_upstream.last("/chat/completions")["body"]["messages"]
+    assert sent == [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]
+
+
+PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_tool_result_error_and_images_reach_the_openai_backend(ant, openai_upstream, stream):
+    # OpenAI's tool message takes text only and has no error flag: the failure is said in its
+    # text, and the result's images follow in a user message that names the call they came from.
+    tools = [{"name": "screenshot", "input_schema": {"type": "object"}}]
+    messages = [
+        {"role": "user", "content": "Take two screenshots."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_a", "name": "screenshot", "input": {}},
+                                          {"type": "tool_use", "id": "toolu_b", "name": "screenshot", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_a", "is_error": True, "content": "display not found"},
+            {"type": "tool_result", "tool_use_id": "toolu_b", "content": [
+                {"type": "text", "text": "saved"}, {"type": "image", "source": PNG}]},
+            {"type": "text", "text": "Describe them."}]},
+    ]
+    if stream:
+        with ant.messages.stream(model="gpt-4o-mini", max_tokens=50, tools=tools, messages=messages) as s:
+            s.get_final_message()
+    else:
+        ant.messages.create(model="gpt-4o-mini", max_tokens=50, tools=tools, messages=messages)
+    sent = openai_upstream.last("/chat/completions")["body"]["messages"][2:]
+    assert sent == [
+        {"role": "tool", "tool_call_id": "toolu_a", "content": "Error: display not found"},
+        {"role": "tool", "tool_call_id": "toolu_b", "content": "saved"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "The result of tool call toolu_b holds these images:"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "text", "text": "Describe them."}]},
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_stop_sequence_named_when_the_backend_says_which(ant, stream):
+    # vLLM names the stop string it matched (`stop_reason`); OpenAI says only "stop", for a
+    # stop sequence as for the model's own end, so it stays end_turn (the next test).
+    args = {"model": "llama", "max_tokens": 50, "stop_sequences": ["zzz", "from"],
+            "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        with ant.messages.stream(**args) as s:
+            m = s.get_final_message()
+    else:
+        m = ant.messages.create(**args)
+    assert m.content[0].text.strip() == VLLM_REPLY.split(" from")[0]
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", "from")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_natural_end_is_end_turn_even_with_stop_sequences(ant, stream):
+    args = {"model": "llama", "max_tokens": 50, "stop_sequences": ["zzz"], "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        with ant.messages.stream(**args) as s:
+            m = s.get_final_message()
+    else:
+        m = ant.messages.create(**args)
+    assert m.content[0].text.strip() == VLLM_REPLY and (m.stop_reason, m.stop_sequence) == ("end_turn", None)
 
 
 def test_anthropic_sdk_native_pass_through(ant, anthropic_upstream, gw):

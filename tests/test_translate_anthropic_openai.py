@@ -48,9 +48,21 @@ REQUESTS = [
                        {"id": "tu1", "function": {"name": "f", "arguments": '{"a":1}'}, "type": "function"}]},
                    {"role": "tool", "content": "18C", "tool_call_id": "tu1"},
                    {"role": "user", "content": "and?"}]}),
+    ("tool result: an error, and images", {"messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "tu1", "is_error": True, "content": [{"type": "text", "text": "no"}]},
+        {"type": "tool_result", "tool_use_id": "tu2", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}]},
+     {"messages": [{"role": "tool", "content": "Error: no", "tool_call_id": "tu1"},
+                   {"role": "tool", "content": "(The result is the images in the next message.)", "tool_call_id": "tu2"},
+                   {"role": "user", "content": [
+                       {"type": "text", "text": "The result of tool call tu2 holds these images:"},
+                       {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
     ("image", {"messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]},
      {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}]}),
+    ("image by url", {"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]},
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
     ("tools and choice", {"messages": [{"role": "user", "content": "x"}],
                           "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
                           "tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
@@ -76,6 +88,13 @@ def test_request_translation(name, body, expected):
     ({"top_k": 5}, "top_k"),
     ({"tools": [{"name": "web_search", "type": "web_search_20250305"}]}, "tools[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64"}}]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
+                                                {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]},
+     "messages[0].content[1].source"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]},
+     "messages[0].content[0].source"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]}]}, "messages[0].content[0].content[0].source"),
 ])
 def test_untranslatable_is_400_naming_field(body, param):
     with pytest.raises(GatewayError) as err:
@@ -288,3 +307,30 @@ def _interleaved(draw: Any) -> tuple[bytes, list[tuple[str, str, Any]]]:
 def test_any_interleaving_of_tool_calls_gives_each_its_input(data):
     stream, expected = _interleaved(data.draw)
     assert sorted(tool_uses(sdk_final(stream))) == expected
+
+
+# -- which stop sequence ended the answer ---------------------------------------------------
+
+@pytest.mark.parametrize("matched,expected", [
+    (None, ("end_turn", None)),  # OpenAI: "stop" for a stop sequence and for the model's own end alike
+    ("Z", ("stop_sequence", "Z")),  # vLLM's stop_reason: the stop string it matched
+    ("other", ("end_turn", None)),  # a stop string the client did not send is not its stop sequence
+    (7, ("end_turn", None)),  # vLLM: a stop token id
+    ({"odd": 1}, ("end_turn", None)),  # another server's shape of the field: read as nothing, not a broken answer
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_sequence_is_named_only_when_the_upstream_says_which(matched, expected, stream):
+    request = ctx({"messages": [], "stop_sequences": ["Y", "Z"], "stream": stream})
+    if stream:
+        finish = {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": matched}
+        chunks = [_chunk({"role": "assistant", "content": "a"}), b"data: " + json.dumps(
+            {"id": "chatcmpl-7", "model": "gpt-up", "choices": [finish]}).encode() + b"\n\n", b"data: [DONE]\n\n"]
+        translator = ADAPTER.stream(request)
+        delta = [d for kind, d in events_of(translator.feed(b"".join(chunks)) + translator.flush()) if kind == "message_delta"]
+        stop = delta[0]["delta"]["stop_reason"], delta[0]["delta"]["stop_sequence"]
+    else:
+        upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": matched,
+                                                                        "message": {"role": "assistant", "content": "a"}}]}
+        doc = json.loads(ADAPTER.response(request, 200, json.dumps(upstream).encode())[0])
+        stop = doc["stop_reason"], doc["stop_sequence"]
+    assert stop == expected

@@ -192,6 +192,14 @@ def test_frames_after_the_metadata_are_ignored():
     assert translator.streamed_text() == fb.REPLY and translator.usage.completion_tokens == 12
 
 
+@pytest.mark.parametrize("with_tool", [False, True])
+def test_a_repeated_message_stop_sends_one_finish(with_tool):
+    # A messageStop repeated before the metadata (another stop reason, even) ends the answer once.
+    frames = fb.stream_frames(with_tool)
+    again = fb.event("messageStop", {"stopReason": "max_tokens"})
+    chunks, _ = client_view(b"".join(frames[:-1] + [again] + frames[-1:]), [])
+    assert summarize(chunks)["finishes"] == ["tool_calls" if with_tool else "stop"]
+
 def text_frame(size: int) -> bytes:
     """One contentBlockDelta frame carrying `size` bytes of text."""
     return fb.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x" * size}})

@@ -26,6 +26,15 @@ from tests.harness import ThreadedServer
 REPLY = "Hello from vLLM"
 
 
+def stopped(body: dict[str, Any]) -> tuple[str, str | None]:
+    """The reply cut before the first of the request's `stop` strings it holds, and that string:
+    vLLM's `stop_reason` (None when the model ended on its own, as it does here otherwise)."""
+    stops = body.get("stop") or []
+    at, matched = min(((REPLY.find(s), s) for s in ([stops] if isinstance(stops, str) else stops) if s in REPLY),
+                      default=(len(REPLY), None))
+    return REPLY[:at], matched
+
+
 class FakeVLLMReplica:
     def __init__(self, name: str, model: str = "meta-llama/Meta-Llama-3-8B-Instruct", port: int | None = None,
                  legacy_cache_metric: bool = False, start: bool = True) -> None:
@@ -118,9 +127,10 @@ class FakeVLLMReplica:
                 "model": body.get("model", self.model), "system_fingerprint": self.name}
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        reply, matched = stopped(body)
         return {**self._base(body, "chat.completion"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "logprobs": None,
-                             "finish_reason": "stop", "stop_reason": None}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": None,
+                             "finish_reason": "stop", "stop_reason": matched}],
                 "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}}
 
     async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
@@ -131,10 +141,12 @@ class FakeVLLMReplica:
         async def send(doc: dict[str, Any]) -> None:
             await resp.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
 
+        reply, matched = stopped(body)
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
-        for word in REPLY.split(" "):
+        for word in reply.split(" "):
             await send({**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "logprobs": None, "finish_reason": None}]})
-        await send({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+        await send({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop",
+                                         "stop_reason": matched}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             await send({**base, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}})
         await resp.write(b"data: [DONE]\n\n")

@@ -68,11 +68,11 @@ class AnthropicOverChat:
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         chat_body, usage = self.inner().response(_chat_ctx(ctx), status, body)
-        return wire.encode(to_message(oa.decode_completion(chat_body), usage)), usage
+        return wire.encode(to_message(oa.decode_completion(chat_body), usage, ctx.body)), usage
 
     def stream(self, ctx: CallContext) -> ChainedStream:
         inner = self.inner().stream(_chat_ctx(ctx))
-        return ChainedStream(inner, ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage))
+        return ChainedStream(inner, ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage, ctx.body))
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.inner().error(_chat_ctx(ctx), status, headers, body)
@@ -151,26 +151,72 @@ def _assistant(blocks: list[wire.Block]) -> oa.ChatMessage:
 
 def _user(blocks: list[wire.Block], i: int) -> list[oa.ChatMessage]:
     """Tool results become `tool` messages, placed before the rest of the user turn as
-    OpenAI requires them right after the assistant's tool calls."""
-    out = [oa.ChatMessage("tool", _text(b.content), tool_call_id=b.tool_use_id)
-           for b in blocks if b.type == "tool_result"]
-    found = (_part(b, f"messages[{i}].content[{j}]") for j, b in enumerate(blocks) if b.type != "tool_result")
-    parts = [p for p in found if p is not None]
+    OpenAI requires them right after the assistant's tool calls. A tool message takes text
+    only, so a result's images open the user message that follows (`_tool_result`)."""
+    out: list[oa.ChatMessage] = []
+    parts: list[oa.ContentPart] = []
+    for j, b in enumerate(blocks):
+        where = f"messages[{i}].content[{j}]"
+        if b.type == "tool_result":
+            message, images = _tool_result(b, where)
+            out.append(message)
+            parts.extend(images)
+        elif (part := _part(b, where)) is not None:
+            parts.append(part)
     if parts:
         only_text = all(p.type == "text" for p in parts)
         out.append(oa.ChatMessage("user", "".join(p.text or "" for p in parts) if only_text else parts))
     return out
 
 
+# What a tool message says of its result when the model must know more than its text: OpenAI's
+# has neither an error flag nor room for images (its content is text), so the text says it.
+TOOL_ERROR_PREFIX = "Error: "
+TOOL_IMAGES_ONLY = "(The result is the images in the next message.)"
+
+
+def _tool_result(b: wire.Block, where: str) -> tuple[oa.ChatMessage, list[oa.ContentPart]]:
+    """A tool_result as OpenAI's `tool` message, and the parts its images become in the user
+    message after it (led by a line naming the call, so the model knows whose they are).
+    `is_error` is said in the text: dropping it would tell the model the call succeeded."""
+    if b.content is None or isinstance(b.content, str):
+        text, images = b.content or "", []
+    else:
+        found = [_part(c, f"{where}.content[{k}]") for k, c in enumerate(b.content)]
+        text = "".join(p.text or "" for p in found if p is not None and p.type == "text")
+        images = [p for p in found if p is not None and p.type == "image_url"]
+    if images:
+        text = text or TOOL_IMAGES_ONLY  # (an empty tool message is left out by some backends' translators)
+        images.insert(0, oa.ContentPart("text", text=f"The result of tool call {b.tool_use_id} holds these images:"))
+    if b.is_error:
+        text = TOOL_ERROR_PREFIX + text
+    return oa.ChatMessage("tool", text, tool_call_id=b.tool_use_id), images
+
+
 def _part(b: wire.Block, where: str) -> oa.ContentPart | None:
     if b.type == "text":
         return oa.ContentPart("text", text=b.text or "")
     if b.type == "image" and b.source is not None:
-        url = b.source.url if b.source.type == "url" else f"data:{b.source.media_type};base64,{b.source.data}"
-        return oa.ContentPart("image_url", image_url=oa.ImageURL(url or ""))
+        return oa.ContentPart("image_url", image_url=oa.ImageURL(_image_url(b.source, where)))
     if b.type in ("thinking", "redacted_thinking"):
         return None  # the model's own earlier reasoning: nothing the backend can take back
-    raise bad_request(f"Content block type '{b.type}' is not supported by this model's provider.", param=where)
+    # (Anthropic's error envelope has no `param`: the message itself says where.)
+    raise bad_request(f"Content block type '{b.type}' ({where}) is not supported by this model's provider.", param=where)
+
+
+def _image_url(source: wire.ImageSource, where: str) -> str:
+    """An image source as OpenAI's `image_url`: a link as it is, inline bytes as a data URL.
+    Raises GatewayError(400) naming the block for any other source: a Files API `file_id`
+    names a file in Anthropic's store, which no other provider can read."""
+    if source.type == "url" and source.url:
+        return source.url
+    if source.type == "base64" and source.media_type and source.data:
+        return f"data:{source.media_type};base64,{source.data}"
+    if source.type == "file":
+        raise bad_request(f"The image at {where} is a file of Anthropic's Files API (source type 'file'), which this "
+                          "model's provider cannot read: send it as 'base64' or 'url'.", param=f"{where}.source")
+    raise bad_request(f"The image at {where} needs a source of type 'base64' (with 'media_type' and 'data') or "
+                      f"'url' (with 'url'); got type '{source.type}'.", param=f"{where}.source")
 
 
 def _tools(req: wire.MessagesRequest) -> list[oa.Tool] | None:
@@ -205,7 +251,8 @@ def anthropic_usage(u: Usage | None) -> wire.AnthropicUsage:
     return wire.AnthropicUsage(fresh, u.completion_tokens, u.cache_write_tokens, u.cached_tokens)
 
 
-def to_message(done: oa.ChatCompletion, usage: Usage | None) -> wire.MessageResponse:
+def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"{}") -> wire.MessageResponse:
+    """The Anthropic message for an OpenAI answer; `request` is the client's body (for `stop_of`)."""
     choice = done.choices[0] if done.choices else oa.AnswerChoice(oa.AnswerMessage())
     m = choice.message
     blocks = [wire.Block("thinking", thinking=m.reasoning_content, signature="")] if m.reasoning_content else []
@@ -214,8 +261,32 @@ def to_message(done: oa.ChatCompletion, usage: Usage | None) -> wire.MessageResp
     for call in m.tool_calls or []:
         args = _arguments(call.function.arguments)
         blocks.append(wire.Block("tool_use", id=call.id, name=call.function.name, input=args))
-    reason = "tool_use" if m.tool_calls else STOP_REASONS.get(choice.finish_reason or "stop", "end_turn")
-    return wire.MessageResponse(_message_id(done.id), done.model, blocks, reason, None, anthropic_usage(usage))
+    reason, sequence = stop_of(choice.finish_reason, choice.stop_reason, bool(m.tool_calls), request)
+    return wire.MessageResponse(_message_id(done.id), done.model, blocks, reason, sequence, anthropic_usage(usage))
+
+
+class _StopSequences(msgspec.Struct):
+    stop_sequences: list[str] | None = None
+
+
+_decode_stop_sequences = msgspec.json.Decoder(_StopSequences).decode
+
+
+def stop_of(finish: str | None, matched: object, tool_use: bool, request: bytes) -> tuple[str, str | None]:
+    """Anthropic's `stop_reason` and `stop_sequence` for an OpenAI finish.
+
+    OpenAI says `finish_reason: "stop"` both when the model ended on its own and when it met
+    one of the `stop` strings, and the answer leaves the string out, so which one it was cannot
+    be known: such an answer is `end_turn` with no `stop_sequence` (never a guess). vLLM says
+    which, in `stop_reason` (the string; a token id is an int, and None is the model's own end):
+    that is `stop_sequence` when it is one of the client's (`request`, its Anthropic body, is
+    read for them only then)."""
+    if tool_use:
+        return "tool_use", None
+    if finish == "stop" and isinstance(matched, str):
+        if matched in (_decode_stop_sequences(request).stop_sequences or ()):
+            return "stop_sequence", matched
+    return STOP_REASONS.get(finish or "stop", "end_turn"), None
 
 
 def _arguments(text: str) -> dict[str, Any]:
@@ -300,10 +371,13 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
     usage chunk has no field for cache writes, so what it carries would fold them into
     `input_tokens`. What the chunks say is the fallback (an OpenAI-compatible upstream's)."""
 
-    def __init__(self, model: str, upstream_usage: Callable[[], Usage | None] = _no_usage) -> None:
+    def __init__(self, model: str, upstream_usage: Callable[[], Usage | None] = _no_usage,
+                 request: bytes = b"{}") -> None:
         super().__init__(oa.decode_chunk)
         self._model = model
         self._upstream_usage = upstream_usage
+        self._request = request  # the client's body: its stop_sequences, read only if a stop string is named
+        self._matched: object = None  # vLLM's stop_reason (stop_of)
         self._message_id = ""
         self._started = self._closed = False
         self._block = -1  # index of the open content block, -1 if none
@@ -339,6 +413,7 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         for choice in chunk.choices[:1]:
             out += self._delta(choice.delta) if choice.delta else b""
             self._reason = choice.finish_reason or self._reason
+            self._matched = choice.stop_reason if choice.stop_reason is not None else self._matched
         return out
 
     def _start(self, chunk: oa.ChatChunk) -> bytes:
@@ -423,8 +498,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if self._closed or not self._started:
             return b""
         self._closed = True
-        reason = "tool_use" if self._calls else STOP_REASONS.get(self._reason or "stop", "end_turn")
+        reason, sequence = stop_of(self._reason, self._matched, bool(self._calls), self._request)
         usage = anthropic_usage(self._upstream_usage() or self.usage)
-        delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
+        delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}
         out = self._stop_block() + self._held_calls()
         return out + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})

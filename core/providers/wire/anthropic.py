@@ -11,7 +11,7 @@ import msgspec
 
 
 class ImageSource(msgspec.Struct, omit_defaults=True):
-    type: str  # "base64" | "url"
+    type: str  # "base64" | "url" | "file" (a Files API file_id: Anthropic's store only)
     media_type: str | None = None
     data: str | None = None
     url: str | None = None

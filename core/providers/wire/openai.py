@@ -146,6 +146,9 @@ class ChunkChoice(msgspec.Struct):
     delta: ChoiceDelta | None = None
     finish_reason: str | None = None
     index: int = 0
+    # vLLM's: the stop string (or token id) it stopped on; OpenAI has none. Any type decodes: an
+    # informational field some other server shapes otherwise must not fail the whole answer.
+    stop_reason: object = None
 
 
 class StreamError(msgspec.Struct):
@@ -174,6 +177,9 @@ class AnswerChoice(msgspec.Struct):
     message: AnswerMessage
     finish_reason: str | None = None
     index: int = 0
+    # vLLM's: the stop string (or token id) it stopped on; OpenAI has none. Any type decodes: an
+    # informational field some other server shapes otherwise must not fail the whole answer.
+    stop_reason: object = None
 
 
 class ChatCompletion(msgspec.Struct):
