@@ -6,7 +6,8 @@ differs is only how: the pending bytes live in one malloc'd buffer; lines are fo
 memchr; an event's fields are kept as offsets into that buffer and turned into bytes objects
 only when an event is handed out. The relay never builds event objects at all: it forwards
 contiguous runs of the buffer, and looks for usage with a byte search over the event's raw
-bytes before asking msgspec (through the twin's decoder) for anything.
+bytes (a hit outside its data lines, which the twin never reads, counts for nothing) before
+asking msgspec (through the twin's decoder) for anything.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -403,14 +404,29 @@ cdef void _null_usage_cut(const char* b, Py_ssize_t n, Py_ssize_t key, Py_ssize_
         cut_end[0] = _blanks(b, before + 1, n) if before < n and b[before] == COMMA else value_end
 
 
-cdef bint _usage_or_cut(const char* b, Py_ssize_t n, bint want_cut, Py_ssize_t* cut_start, Py_ssize_t* cut_end):
+cdef Py_ssize_t _data_line(SSEFramer fr, Py_ssize_t key):
+    """Which data line of the current event holds the ``"usage"`` at buf[key:key+7] (-1: none,
+    it is in a comment, an id, an event name). Asked only for a non-null usage: not per chunk."""
+    cdef Py_ssize_t k
+    for k in range(fr.n_lines):
+        if fr.lines[2 * k] <= key and key + 7 <= fr.lines[2 * k + 1]:
+            return k
+    return -1
+
+
+cdef bint _usage_or_cut(SSEFramer fr, bint want_cut, Py_ssize_t* cut_start, Py_ssize_t* cut_end):
     """C version of tollway.ext.sse.may_carry_usage (a superset filter; the decoder decides) and,
-    with `want_cut`, of tollway.ext.sse.null_usage_span, from the same search (one per event on
-    the hot path): True if a non-null usage may be there; else the cut of the top-level null
-    usage in cut_start:cut_end (cut_start -1 if there is none)."""
+    with `want_cut`, of tollway.ext.sse.null_usage_span, from the same search over the current
+    event's raw bytes (one per event on the hot path): True if a non-null usage may be in its
+    data; else the cut of the top-level null usage in cut_start:cut_end, offsets in the event
+    (cut_start -1 if there is none). As the twin reads only the data, a ``"usage"`` outside the
+    data lines says nothing, and one that ends a data line but the last may take its colon from
+    the next (the twin's data joins them with ``\n``)."""
+    cdef const char* b = fr.buf + fr.start
+    cdef Py_ssize_t n = fr.end - fr.start
     cdef const char* end = b + n
     cdef const char* p = b
-    cdef Py_ssize_t key, i, first_key = -1, first_end = -1
+    cdef Py_ssize_t key, i, line, first_key = -1, first_end = -1
     cut_start[0] = -1
     while True:
         p = <const char*>memmem(p, end - p, b'"usage"', 7)
@@ -420,10 +436,15 @@ cdef bint _usage_or_cut(const char* b, Py_ssize_t n, bint want_cut, Py_ssize_t* 
         i = _blanks(b, key + 7, n)
         if i < n and b[i] == COLON:
             i = _blanks(b, i + 1, n)
-            if n - i < 4 or memcmp(b + i, b"null", 4) != 0:
+            if n - i >= 4 and memcmp(b + i, b"null", 4) == 0:
+                if first_key < 0:
+                    first_key, first_end = key, i + 4
+            elif _data_line(fr, fr.start + key) >= 0:
                 return True
-            if first_key < 0:
-                first_key, first_end = key, i + 4
+        elif i < n and (b[i] == LF or b[i] == CR):
+            line = _data_line(fr, fr.start + key)
+            if 0 <= line < fr.n_lines - 1:
+                return True
         p += 1
     if want_cut and first_key >= 0:
         _null_usage_cut(b, n, first_key, first_end, cut_start, cut_end)
@@ -656,7 +677,7 @@ cdef class OpenAIStreamRelay:
         if fr._is_done():
             self.done = True
             return 1
-        if not _usage_or_cut(fr.buf + fr.start, fr.end - fr.start, self._drop, &start, &cut_end):
+        if not _usage_or_cut(fr, self._drop, &start, &cut_end):
             if start >= 0:
                 self._cut_start, self._cut_end = fr.start + start, fr.start + cut_end
                 return 2

@@ -139,16 +139,20 @@ _BLANKS = b" \t"
 
 
 def may_carry_usage(data: bytes) -> bool:
-    """True unless every ``"usage"`` in `data` is provably not a non-null usage member.
+    """True unless every ``"usage"`` in `data` (an event's data: its data lines joined by
+    ``\n``, never its comments or other fields) is provably not a non-null usage member.
 
     OpenAI puts ``"usage":null`` in every chunk when include_usage is on, so a plain substring
     test would decode every chunk. A ``"usage"`` that is followed (on the same line, after
-    blanks) by ``:`` and then ``null`` is skipped; any other ``"usage"`` key makes this True.
-    A ``"usage"`` inside a JSON string cannot match: its quotes would be escaped.
+    blanks) by ``:`` and then ``null`` is skipped; any other ``"usage"`` key makes this True,
+    and so does one that ends a data line (its colon may start the next: ``\n`` is JSON's
+    whitespace). A ``"usage"`` inside a JSON string cannot match: its quotes would be escaped.
     """
     pos = data.find(_USAGE_KEY)
     while pos >= 0:
         i = _skip_blanks(data, pos + len(_USAGE_KEY))
+        if i < len(data) and data[i] == 0x0A:  # "\n": the key ends a data line, the decoder decides
+            return True
         if i < len(data) and data[i] == 0x3A:  # ":" makes it a key
             i = _skip_blanks(data, i + 1)
             if not data.startswith(b"null", i):

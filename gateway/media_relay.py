@@ -64,6 +64,9 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
     ex.status = resp.status
     out = ClientStream(proto.response_stream(resp.status, [("content-type", content_type), *base_headers]),
                        ex.scope, server.client_idle_timeout)
+    # The head went out with its status: the answer is under way, even when its first bytes are
+    # held back below (they may begin a secret), and a client that leaves now got that status, not a 499.
+    ex.first_byte = time.perf_counter()
     sent = 0
     failed: bool | None = False
     held = b""  # the chunk's tail that may begin a secret the next chunk completes
@@ -85,16 +88,12 @@ async def relay_media(ex: Exchange, meter: StreamTranslator, resp: UpstreamAnswe
                     if sent > WATCH_FROM:
                         await out.paced(sent)
                     await out.send(data)
-                    if ex.first_byte is None:
-                        ex.first_byte = time.perf_counter()
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 break
         if held:  # the answer's last bytes (no secret ends in them: it would have been masked)
             await out.send(held)
-            if ex.first_byte is None:
-                ex.first_byte = time.perf_counter()
     except ClientGone:  # (the client's doing: says nothing about the upstream)
         ex.error_type, failed = "client_closed", None
     except ClientStalled:

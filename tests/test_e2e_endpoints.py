@@ -418,22 +418,40 @@ def test_speech_as_sse_events_is_priced_by_its_tokens(client, db):
     assert row["cost_usd"] == pytest.approx((7 * 0.6 + 120 * 12.0) / 1e6)  # the dataset's gpt-4o-mini-tts prices
 
 
-def test_speech_cut_off_by_a_client_that_leaves_is_still_charged(gw, db):
-    """The upstream bills the speech it was asked for, however little of it the client heard:
-    the watchdog's cancellation skipped the meter, and the 499 was recorded at cost 0."""
+def _speech_left_early(gw: GatewayProcess, text: str, request_id: str) -> None:
+    """Ask for speech over a raw socket, take the response's head, and leave."""
     import json
     import socket
 
-    text = "stall, then the rest of a long sentence"
     body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text}).encode()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sock.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\n"
-                     f"x-request-id: speech-left\r\ncontent-type: application/json\r\n"
+                     f"x-request-id: {request_id}\r\ncontent-type: application/json\r\n"
                      f"content-length: {len(body)}\r\n\r\n".encode() + body)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the first piece of audio, then the client leaves
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the answer began, then the client leaves
+
+
+def test_speech_cut_off_by_a_client_that_leaves_is_still_charged(gw, db):
+    """The upstream bills the speech it was asked for, however little of it the client heard:
+    the watchdog's cancellation skipped the meter, and the 499 was recorded at cost 0."""
+    text = "stall, then the rest of a long sentence"
+    _speech_left_early(gw, text, "speech-left")  # (the first piece of audio came)
     row = record_of(db, "speech-left")
     assert (row["status"], row["error"]) == (200, "client_closed")  # the status the client got, and why it ended
     assert row["cost_usd"] == pytest.approx(len(text) * 15 / 1e6)
+
+
+def test_speech_whose_first_piece_is_held_back_keeps_the_status_the_client_got(gw, db):
+    # The first piece could begin the upstream's key, so the relay held it for the next one; the
+    # 200 had gone out all the same. The answer was taken for not started: a 499 in the ledger
+    # and the access log, and no time to first byte.
+    text = "stall-held, then the rest"
+    _speech_left_early(gw, text, "speech-held-left")
+    row = record_of(db, "speech-held-left")
+    assert (row["status"], row["error"]) == (200, "client_closed")
+    assert row["cost_usd"] == pytest.approx(len(text) * 15 / 1e6)
+    line = gw.log_line("speech-held-left")
+    assert line["status"] == 200 and line["ttfb_ms"] is not None
 
 
 def test_speech_audio_never_carries_the_upstream_credential(client):

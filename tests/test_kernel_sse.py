@@ -219,6 +219,25 @@ def test_relay_keeps_usage_that_rides_on_a_content_chunk(sse_impl):
     assert r.usage == Usage(1, 1, 2)
 
 
+# Usage lives in an event's data: both twins read only its data lines for it (the compiled
+# kernel once searched the event's raw bytes, comments and other fields included).
+def test_relay_reads_usage_only_from_data_lines(sse_impl):
+    # a comment or an id naming a usage does not stop the null usage being taken out
+    for field in (b': {"usage": {"prompt_tokens": 1}}\n', b'id: "usage":1\n'):
+        event = field + b'data: {"a": 1, "usage": null}\n\n'
+        out, r = relay(sse_impl, [event], drop=True)
+        assert out == field + b'data: {"a": 1}\n\n' and r.usage is None
+
+
+def test_relay_reads_usage_whose_key_ends_a_data_line(sse_impl):
+    # data lines are joined by a newline, JSON's whitespace: the colon may come on the next one
+    usage = b'{"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}'
+    event = b'data: {"choices": [], "usage"\ndata: :' + usage + b"}\n\n"
+    out, r = relay(sse_impl, [event], drop=False)
+    assert out == event and r.usage == Usage(1, 2, 3)
+    assert relay(sse_impl, [event], drop=True)[0] == b""  # the usage-only chunk, not asked for
+
+
 def test_relay_last_usage_wins(sse_impl):
     first = chat_chunk("a", usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
     last = chat_chunk(usage={"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}, choices=False)
@@ -300,6 +319,8 @@ def test_relay_output_lags_only_to_event_boundary(sse_impl):
         (b'{"content":"\\"usage\\": {"}', False),
         (b'{"usage":{"prompt_tokens":1}}', True),
         (b'{"usage":\n{"prompt_tokens":1}}', True),
+        (b'{"usage" \n:{"prompt_tokens":1}}', True),  # (the key ends a data line: the colon may follow)
+        (b'{"a":1,"usage"', False),  # (a key cut off at the data's end: the decoder would refuse it)
         (b'{"usage":nul', True),
         (b'{"choices":[]}', False),
     ],
@@ -334,7 +355,11 @@ relay_streams = st.lists(
         st.text(max_size=8).map(chat_chunk),
         st.text(max_size=8).map(lambda t: chat_chunk(t, usage=NO_USAGE)),
         st.sampled_from([b'data: {"usage": null, "a": 1}\n\n', b'data: {"x":[{"usage":null}],"usage":null}\r\n\r\n',
-                         b'data: {"a":"\\"","usage" : null }\n\n', b'data: {"usage":null\n\n']),
+                         b'data: {"a":"\\"","usage" : null }\n\n', b'data: {"usage":null\n\n',
+                         # "usage" outside the data, or a key its colon follows on the next data line
+                         b': "usage": 1\ndata: {"a": 1, "usage": null}\n\n', b'id: "usage":{}\r\ndata: {"usage":null}\r\n\r\n',
+                         b'data: {"choices": [], "usage"\ndata: :{"prompt_tokens": 1}}\n\n',
+                         b'data: {"usage"\r\ndata: :null}\r\n\r\n', b'data: {"a": 1, "usage"\n\n']),
         st.just(chat_chunk(usage=USAGE, choices=False)),
         st.just(chat_chunk("x", usage=USAGE)),
         st.just(b": ping\r\n\r\n"),
@@ -374,6 +399,18 @@ def test_compiled_agrees_with_pure(data, cut, limit):
                     result = (out, r.usage, r.done, r.streamed_text())
                 outcomes.append(result)
         assert outcomes[0] == outcomes[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=relay_streams, cut=cuts, drop=st.booleans())
+def test_compiled_relay_agrees_with_pure(stream, cut, drop):
+    # whole events (no framing limit hit), so usage and its cut are compared on every example
+    compiled = compiled_or_skip("sse")
+    outcomes = []
+    for mod in (pure_sse, compiled):
+        out, r = relay(mod, split_at(stream, cut), drop)
+        outcomes.append((out, r.usage, r.done, r.finished(), r.streamed_text()))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_accepts_any_bytes_like_and_rejects_text(sse_impl):

@@ -39,6 +39,8 @@ models:
   - {{name: text-embedding-3-small, targets: [{{provider: up}}]}}
   - {{name: claude-sonnet, targets: [{{provider: claude, model: claude-sonnet-4-5}}]}}
   - {{name: homegrown, targets: [{{provider: up, model: homegrown-llm-7b}}]}}
+  - {{name: gpt-dies, targets: [{{provider: up, model: die-mid-stream}}]}}
+  - {{name: gpt-ends-early, targets: [{{provider: up, model: ends-early}}]}}
 keys:
   - {{name: alice, key_hash: "{key_hash(TEST_KEY)}", team: search}}
   - {{name: bob, key_hash: "{key_hash(OTHER_KEY)}", team: ads}}
@@ -190,6 +192,22 @@ def test_failures_and_refusals_are_recorded_with_their_status(gw, db):
     assert all(r["cost_usd"] == 0 for r in rows.values())
 
 
+@pytest.mark.parametrize("model", ["gpt-dies", "gpt-ends-early"])
+def test_a_stream_the_upstream_cut_is_recorded_as_cut_and_charged(gw, db, model):
+    # The connection drops mid-stream (die-mid-stream), or the stream ends cleanly without its
+    # finish chunk or [DONE] (ends-early): the client's SDK raises the closing error event, and
+    # the record says why the answer is short, with the tokens that were generated.
+    stream = _client(gw).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "cut me"}], stream=True)
+    got = []
+    with pytest.raises(openai.APIError, match="closed the stream"):
+        got.extend(chunk.choices[0].delta.content for chunk in stream.parse() if chunk.choices)
+    assert got  # part of the answer had arrived
+    row = record_of(db, stream.headers["x-request-id"])
+    assert (row["status"], row["error"], row["stream"]) == (200, "upstream_disconnected", 1)
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+
+
 def test_an_unpriced_model_is_recorded_with_a_null_cost_and_counted(gw, db):
     raw = _client(gw).chat.completions.with_raw_response.create(
         model="homegrown", messages=[{"role": "user", "content": "x"}])
@@ -214,7 +232,7 @@ def test_reports_agree_with_the_records_and_with_tollway_usage(gw, db, config_te
         sums = expect.setdefault((r["team"], r["model"]), {"requests": 0, "input_tokens": 0, "output_tokens": 0,
                                                          "cost_usd": 0.0, "errors": 0})
         sums["requests"] += 1
-        sums["errors"] += r["status"] >= 400
+        sums["errors"] += r["status"] >= 400 or r["error"] is not None  # (a stream cut after its 200 is one)
         sums["input_tokens"] += r["input_tokens"]
         sums["output_tokens"] += r["output_tokens"]
         sums["cost_usd"] += r["cost_usd"] or 0
