@@ -373,3 +373,32 @@ async def test_a_database_back_after_the_start_seeds_the_shared_counter_with_wha
         assert ledger == pytest.approx(4 * 9.0)
         assert await _shared_spend(gw, "key", "k", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
             "Redis holds the earlier run's spend and this one's, once each"
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_budget_removed_and_added_again_in_its_period_counts_the_ledgers_spend_once(tmp_path, fast_sync):
+    """The counter of the budget's first life stays in Redis (till a day past the period): the
+    budget added back found it there, so its seed (the ledger's spend, which holds what was spent
+    without a budget meanwhile) was refused and that spend went uncounted."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}").replace(
+        "usd: 5,", "usd: 5000,")
+    unbudgeted = text.replace(", budget: {usd: 5000, period: week}", "")
+    async with _serving(text, prefix) as gw:
+        assert (await _ask(gw)).status == 200
+        first = await _ledger_spend(gw, "key", "k")
+        assert await _shared_spend(gw, "key", "k", first) == (pytest.approx(first), pytest.approx(first))
+        gw.reload(loads(unbudgeted))
+        for _ in range(2):
+            assert (await _ask(gw)).status == 200  # spent without a budget: in the ledger only
+        ledger = await _ledger_spend(gw, "key", "k")
+        assert ledger == pytest.approx(3 * first)
+        gw.reload(loads(text))
+        while gw.background:  # the budget's spend this week read from the ledger
+            await asyncio.sleep(0.01)
+        assert await _shared_spend(gw, "key", "k", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
+            "the week's spend is the ledger's, once: not the old counter's"
+        assert (await _ask(gw)).status == 200
+        after = await _ledger_spend(gw, "key", "k")
+        assert await _shared_spend(gw, "key", "k", after) == (pytest.approx(after), pytest.approx(after)), \
+            "and later charges add to it once"

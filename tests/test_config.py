@@ -402,6 +402,20 @@ BAD_REDIS_URLS = [
     pytest.param("rediss://:TOPSECRET@redis.example/one", "the database must be a number", id="db path"),
     pytest.param("redis://127.0.0.1:6379?db=one&password=TOPSECRET", "the database must be a number", id="db query"),
     pytest.param("unix://", "needs the socket's path", id="unix without a path"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?socket_timeout=abc", "socket_timeout", id="timeout text"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?socket_timeout=-1", "socket_timeout", id="timeout negative"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?max_connections=0", "max_connections", id="no connections"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?protocol=9", "protocol must be 2 or 3", id="protocol"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?socket_keepalive=maybe", "socket_keepalive", id="bool"),
+    pytest.param("redis://127.0.0.1:6379/0?sockettimeout=3&password=TOPSECRET", "did you mean 'socket_timeout'",
+                 id="unknown parameter"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?timeout=3", "unknown query parameter 'timeout'",
+                 id="parsed by redis-py, refused by its connection"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?ssl_check_hostname=true", "needs a rediss:// URL", id="tls on redis"),
+    pytest.param("redis://:TOPSECRET@127.0.0.1:6379/0?decode_responses=yes", "the gateway sets", id="gateway's own"),
+    pytest.param("rediss://:TOPSECRET@h:6379/0?ssl_cert_reqs=sometimes", "ssl_cert_reqs", id="cert reqs"),
+    pytest.param("rediss://:TOPSECRET@h:6379/0?ssl_include_verify_flags=VERIFY_NOTHING", "ssl_include_verify_flags",
+                 id="verify flag"),
 ]
 
 
@@ -414,11 +428,41 @@ def test_a_redis_url_the_client_cannot_use_is_an_error_that_does_not_show_its_pa
     assert "TOPSECRET" not in str(err) and "SECRET" not in str(err)
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:p%2Fw@redis.example:6380/15",
-                                 "redis://[::1]:6379", "redis://host/", "redis://host?db=3", "unix:///run/redis.sock?db=2"])
+@pytest.mark.parametrize("section", ["rate_limits", "cache"])
+def test_a_redis_url_is_checked_also_while_its_backend_is_memory(section):
+    """A broken URL kept for later (backend: memory) failed only on the day its backend became redis."""
+    err = _error(GOOD + f"{section}: {{backend: memory, redis_url: 'redis://:TOPSECRET@h:6379/0?socket_timeout=x'}}\n")
+    assert err.path == f"{section}.redis_url" and "socket_timeout" in err.problem and "TOPSECRET" not in str(err)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379/0", "rediss://user:p%2Fw@redis.example:6380/15", "redis://[::1]:6379", "redis://host/",
+    "redis://host?db=3", "unix:///run/redis.sock?db=2",
+    "redis://h/0?socket_timeout=2.5&socket_connect_timeout=1&max_connections=50&health_check_interval=30"
+    "&protocol=3&socket_keepalive=true&retry_on_timeout=no&client_name=gw&username=u&password=p&socket_read_size=65536",
+    "rediss://h/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false&ssl_min_version=771"
+    "&ssl_include_verify_flags=VERIFY_X509_STRICT,VERIFY_X509_PARTIAL_CHAIN&ssl_certfile=/c.pem&ssl_keyfile=/k.pem",
+    "unix:///run/redis.sock?socket_timeout=1&client_name=gw",
+])
 def test_redis_urls_the_client_can_use_are_accepted(url):
     import redis.asyncio
 
-    redis.asyncio.Redis.from_url(url)  # what serve does with it
+    client = redis.asyncio.Redis.from_url(url)  # what serve does with it
+    client.connection_pool.make_connection()  # (a parameter the connection does not take fails only here)
     config.loads(GOOD + f"rate_limits: {{backend: redis, redis_url: '{url}'}}\n", {"VLLM_KEY": "k"})
+
+
+def test_every_query_parameter_redis_py_refuses_is_refused_here_first():
+    """Nothing that passes `tollway check` fails when redis-py reads it (the table kept in step with it)."""
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
+
+    from tollway.core.security.urls import redis_url_problem
+
+    for name in URL_QUERY_ARGUMENT_PARSERS:
+        for value in ("abc", "1.5", "-1", "0", "VERIFY_X509_STRICT"):
+            url = f"rediss://h:6379/0?{name}={value}"
+            try:
+                parse_url(url)
+            except ValueError:
+                assert redis_url_problem(url), url
 

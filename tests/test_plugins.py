@@ -252,6 +252,76 @@ def test_queued_on_complete_calls_are_bounded(monkeypatch: pytest.MonkeyPatch) -
     asyncio.run(run())
 
 
+class _Failures:
+    """A stand-in for tollway_plugin_errors_total: the label tuples it was incremented with."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    def labels(self, *names: str) -> _Failures:
+        self.seen.append(names)
+        return self
+
+    def inc(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_stage_calls_left_running_past_their_timeout_are_bounded(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture,
+                                                                 on_error: str) -> None:
+    """A stage that swallows its timeout's cancellation keeps running, abandoned, and each call
+    left one more task behind: a hostile plugin grew the worker's memory without bound. Past
+    MAX_ABANDONED of them, the stage is not started (a failure per on_error, kind "abandoned",
+    logged once) until one of them ends."""
+    from tollway.core.errors import PluginError
+    monkeypatch.setattr(hooks, "MAX_ABANDONED", 3, raising=False)
+    calls, release = 0, asyncio.Event()
+
+    class Deaf:
+        async def on_chunk(self, ctx: RequestContext, delta: str) -> object:
+            nonlocal calls
+            calls += 1
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    pass
+            return PASS
+    import tests.plugin_fixture as fixture
+    fixture.deaf_factory = lambda cfg: Deaf()  # type: ignore[attr-defined]
+    loaded = load(Plugin("deaf", "tests.plugin_fixture:deaf_factory", timeout_ms=10, on_error=on_error))
+    failures = _Failures()
+    plugins = PluginSet([loaded], failures)  # type: ignore[arg-type]
+    ex = Exchange("req_1", "chat")
+    ex.plugins = PluginState(RequestContext("req_1", "chat", hooks.KeyInfo("k", "id", None), "m", "m", True, {}, None),
+                             (loaded,), (), ())
+    raw = _event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+
+    async def chunk() -> bytes | None:
+        try:
+            return await plugins.on_chunk(ex, raw)
+        except PluginError as exc:
+            assert exc.code == "plugin_failed"
+            return None
+
+    async def run() -> None:
+        try:
+            for _ in range(6):
+                assert await chunk() == (raw if on_error == "open" else None)
+            assert calls == 3 and sum(len(t) for t in plugins._abandoned.values()) == 3
+            assert failures.seen == [("deaf", "on_chunk", "timeout")] * 3 + [("deaf", "on_chunk", "abandoned")] * 3
+        finally:
+            release.set()  # the abandoned calls end: the stage is called again
+        await asyncio.sleep(0.01)
+        assert not plugins._abandoned
+        assert await chunk() == raw and calls == 4
+    with caplog.at_level("WARNING", "tollway"):
+        asyncio.run(run())
+    abandoned = [r for r in caplog.records if "still running past" in r.getMessage()]
+    assert len(abandoned) == 1 and abandoned[0].fields["kind"] == "abandoned"  # type: ignore[attr-defined]
+
+
 def test_a_plugin_is_found_through_its_entry_point(tmp_path: Path) -> None:
     """An installed plugin: its distribution's entry point in the `tollway.plugins` group, named
     like the config entry that has no `module:`."""

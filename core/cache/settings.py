@@ -102,7 +102,7 @@ def _store_problems(store: CacheStore) -> list[tuple[Path, str]]:
         found.append((["cache", "max_entry_bytes"], "must be at least 1"))
     if store.max_bytes < store.max_entry_bytes:
         found.append((["cache", "max_bytes"], "must be at least max_entry_bytes"))
-    redis_problem = redis_url_problem(store.redis_url) if store.backend == "redis" else ""
+    redis_problem = redis_url_problem(store.redis_url)  # (also under memory: see check_limits)
     if redis_problem:
         found.append((["cache", "redis_url"], redis_problem))
     if not store.key_prefix:

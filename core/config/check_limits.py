@@ -34,8 +34,10 @@ def check_limits(config: Config, fail: Fail) -> None:
                     fail([section, i, "limits", j], f"duplicate limit ({ident[0]} per {ident[1]}) on the same owner")
                 seen.add(ident)
     rl = config.rate_limits
-    redis_problem = redis_url_problem(rl.redis_url) if rl.backend == "redis" else ""
-    if redis_problem:  # (the budgets' shared spend uses it too)
+    # Also under backend: memory, so a URL kept for later fails now, not on the day (or in the
+    # reload) that switches the backend to redis. (The budgets' shared spend uses it too.)
+    redis_problem = redis_url_problem(rl.redis_url)
+    if redis_problem:
         fail(["rate_limits", "redis_url"], redis_problem)
     if rl.default_max_tokens < 1:
         fail(["rate_limits", "default_max_tokens"], "must be at least 1")

@@ -36,12 +36,17 @@ class Account:
     # `spent` holds this process's charges alone, which must not seed a shared counter
     # (tollway.gateway.store.budget_share)
     awaiting_ledger: bool = False
+    # The ledger's spend this period when last read: the spend is never less, whatever a shared
+    # counter says (one left by a budget removed and added back this period missed the spend
+    # in between)
+    ledger_floor: float = 0.0
 
     def roll(self, now: float) -> bool:
         """Move to the period holding `now`; True if that started a new one."""
         if self.start <= now < self.end:
             return False
         self.start, self.end, self.spent = period_start(now, self.budget.period), period_end(now, self.budget.period), 0.0
+        self.ledger_floor = 0.0
         return True
 
 

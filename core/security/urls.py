@@ -7,8 +7,12 @@ do, up to the authority's last `@`.
 """
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+
+from tollway.core.suggest import did_you_mean
 
 # A query parameter whose name says it holds a secret: password=, sslpassword= (the client TLS
 # key's passphrase), a token, a secret, a key's. Its value is shown as ***.
@@ -87,8 +91,90 @@ def redis_url_problem(url: str) -> str:
         return "the port must be a number from 1 to 65535"
     elif not _REDIS_DB.fullmatch(unquote(parts.path)):
         return _NO_DB
-    db = parse_qs(parts.query).get("db")  # (it wins over the path's)
-    return _NO_DB if db and not _DIGITS.fullmatch(db[0]) else ""
+    return _query_problem(parts)
+
+
+def _query_problem(parts: SplitResult) -> str:
+    """What is wrong with the URL's query parameters, as redis-py reads them: each one becomes
+    a keyword of the connection (a name it does not take fails only when the first connection
+    is made, a value it cannot convert when the client is built). Never quotes a value."""
+    tls = parts.scheme == "rediss"
+    for name, values in parse_qs(parts.query).items():  # (redis-py reads each name's first value)
+        shown = name[:40]
+        if name in _GATEWAY_SETS:
+            return f"query parameter '{shown}' is not taken: the gateway sets it"
+        check = _QUERY.get(name) or (_QUERY_TLS.get(name) if tls else None)
+        if check is None:
+            if name in _QUERY_TLS:
+                return f"query parameter '{shown}' needs a rediss:// URL (TLS)"
+            known = [*_QUERY, *_QUERY_TLS] if tls else list(_QUERY)
+            return f"unknown query parameter '{shown}'{did_you_mean(name, known)}"
+        problem = check(values[0])
+        if problem:
+            return _NO_DB if name == "db" else f"query parameter '{shown}': {problem}"
+    return ""
+
+
+def _count(least: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        return "" if _DIGITS.fullmatch(value) and int(value) >= least else f"must be a whole number >= {least}"
+    return check
+
+
+def _seconds(value: str) -> str:
+    try:
+        ok = math.isfinite(float(value)) and float(value) > 0
+    except ValueError:
+        ok = False
+    return "" if ok else "must be a number of seconds > 0"
+
+
+_BOOLS = frozenset(("", "0", "1", "f", "t", "false", "true", "n", "y", "no", "yes"))
+
+
+def _bool(value: str) -> str:
+    # redis-py reads any word but 0, f, false, n and no as true: `maybe` would quietly be true
+    return "" if value.lower() in _BOOLS else "must be true or false"
+
+
+def _protocol(value: str) -> str:
+    return "" if value in ("2", "3") else "protocol must be 2 or 3"
+
+
+def _text(value: str) -> str:
+    return ""
+
+
+# ssl.VerifyFlags' members (core imports no ssl)
+_VERIFY_FLAGS = frozenset(("VERIFY_DEFAULT", "VERIFY_CRL_CHECK_LEAF", "VERIFY_CRL_CHECK_CHAIN", "VERIFY_X509_STRICT",
+                           "VERIFY_X509_TRUSTED_FIRST", "VERIFY_ALLOW_PROXY_CERTS", "VERIFY_X509_PARTIAL_CHAIN"))
+
+
+def _verify_flags(value: str) -> str:
+    flags = value.replace("[", "").replace("]", "").split(",")
+    return "" if all(f.strip() in _VERIFY_FLAGS for f in flags) else "expected names such as VERIFY_X509_STRICT"
+
+
+def _cert_reqs(value: str) -> str:
+    return "" if value.lower() in ("none", "optional", "required") else "expected none, optional or required"
+
+
+# The query parameters a connection takes, with how to check each (tests keep this in step with
+# redis-py: tests/test_config.py). Others are refused: a name the connection does not take
+# (`timeout`, a typo) would fail at the first connection, in a request, not at start.
+_QUERY: dict[str, Callable[[str], str]] = {
+    "db": _count(0), "socket_timeout": _seconds, "socket_connect_timeout": _seconds, "socket_read_size": _count(1),
+    "socket_keepalive": _bool, "retry_on_timeout": _bool, "max_connections": _count(1),
+    "health_check_interval": _count(0), "protocol": _protocol, "legacy_responses": _bool,
+    "client_name": _text, "lib_name": _text, "lib_version": _text, "username": _text, "password": _text,
+}
+_QUERY_TLS: dict[str, Callable[[str], str]] = {
+    "ssl_check_hostname": _bool, "ssl_include_verify_flags": _verify_flags, "ssl_exclude_verify_flags": _verify_flags,
+    "ssl_min_version": _count(0), "ssl_cert_reqs": _cert_reqs, "ssl_keyfile": _text, "ssl_certfile": _text,
+    "ssl_ca_certs": _text, "ssl_ca_path": _text, "ssl_ca_data": _text, "ssl_ciphers": _text, "ssl_password": _text,
+}
+# What the gateway's code depends on (bytes replies, its own retry policy): a URL may not change it.
+_GATEWAY_SETS = frozenset(("decode_responses", "encoding", "encoding_errors", "retry_on_error"))
 
 
 def _port_ok(parts: SplitResult) -> bool:

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway")
 MAX_PENDING = 1000  # on_complete calls queued or running per worker; past it they are dropped and counted
+# Calls of one plugin's stages abandoned at their timeout that still run (they swallow its
+# cancellation), per worker: past it the plugin's stages are not started, each call a failure
+# (kind "abandoned") per its on_error, so a hostile or buggy plugin cannot grow memory without bound.
+MAX_ABANDONED = 100
 # Headers a plugin never sees (credentials); the authenticate stage sees them all.
 SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie",
                             "x-goog-api-key"))
@@ -65,6 +69,10 @@ class _Exited(Exception):
     """A stage raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt):
     the plugin's failure (kind exception), not the worker's end. Raised inside the stage's task,
     where asyncio would pass SystemExit and KeyboardInterrupt on to the event loop."""
+
+
+class _Crowded(Exception):
+    """MAX_ABANDONED calls of the plugin still run past their timeout: this one is not started."""
 
 
 class _Invalid(Exception):
@@ -111,6 +119,12 @@ def _reject(verdict: Reject) -> Reject:
     return verdict
 
 
+_FAILURES = {
+    "timeout": "timed out after {ms:g} ms",
+    "abandoned": "not called: {most} of its calls are still running past their timeout (they ignore its cancellation)",
+}
+
+
 def _no_result(result: object) -> None:
     """on_complete: what it returns is not looked at."""
 
@@ -135,7 +149,9 @@ class PluginSet:
                           for stage in ("authenticate", "on_request", "on_chunk", "on_response", "on_complete")}
         self._incidents: set[tuple[str, str]] = set()  # (plugin, stage) failing now: logged once until it recovers
         self._pending: set[asyncio.Task[None]] = set()
-        self._abandoned: set[asyncio.Task[object]] = set()  # stages past their timeout, cancelled, still running
+        # per plugin, its stages' calls past their timeout, cancelled, still running (no empty sets:
+        # while no plugin has any, a call pays one truth test for it)
+        self._abandoned: dict[str, set[asyncio.Task[object]]] = {}
         self.dropped = 0
 
     def __bool__(self) -> bool:
@@ -163,10 +179,14 @@ class PluginSet:
         PluginError when closed, _Skip when open), and a success ends the incident only when the
         result was usable."""
         try:
-            result = await self._bounded(p.timeout, call)
+            if self._abandoned and len(self._abandoned.get(p.name, ())) >= MAX_ABANDONED:
+                raise _Crowded
+            result = await self._bounded(p, call)
             verdict = check(result)
         except _Invalid:
             self._failed(p, stage, "invalid_result")
+        except _Crowded:
+            self._failed(p, stage, "abandoned")
         except asyncio.CancelledError as exc:
             # Our task being cancelled (shutdown, the watchdog, a dropped stream) goes on up. A
             # CancelledError while it is not (the plugin awaited a future someone else
@@ -181,13 +201,13 @@ class PluginSet:
             self._incidents.discard((p.name, stage))
         return verdict
 
-    async def _bounded(self, timeout: float, call: Callable[[], Awaitable[object]]) -> object:
+    async def _bounded(self, p: Loaded, call: Callable[[], Awaitable[object]]) -> object:
         """`call()`'s result, run as a task of its own so that its time limit holds whatever
         the stage does: at the timeout the task is cancelled and abandoned, not awaited (a
         stage that swallows its CancelledError and keeps awaiting no longer holds the
         request). Raises TimeoutError; the request's own cancellation cancels the stage too."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + p.timeout
         task = loop.create_task(_stage(call))
         try:
             # The fast path: the task's first step runs before this one resumes, so a stage that
@@ -198,19 +218,37 @@ class PluginSet:
         finally:
             if not task.done():  # timed out, or the request was cancelled while waiting
                 task.cancel()
-                self._abandoned.add(task)
-                task.add_done_callback(_forget(self._abandoned))
+                self._abandoned.setdefault(p.name, set()).add(task)
+                task.add_done_callback(self._forget(p.name))
         if not task.done():
             raise TimeoutError
         return task.result()
 
+    def _forget(self, name: str) -> Callable[[asyncio.Task[object]], None]:
+        """A done callback: drop an abandoned call of plugin `name` from `_abandoned`, its outcome
+        consumed (nobody awaits it: asyncio would log an exception it ended with as never
+        retrieved). One fewer runs: the plugin's stages may start again."""
+        def done(task: asyncio.Task[object]) -> None:
+            tasks = self._abandoned.get(name)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._abandoned[name]
+            self._incidents.discard((name, "abandoned"))
+            if not task.cancelled():
+                task.exception()
+        return done
+
     def _failed(self, p: Loaded, stage: str, kind: str, exc: BaseException | None = None) -> NoReturn:
-        """Count and (once per incident) log a plugin's failure; raise what its on_error says."""
+        """Count and (once per incident) log a plugin's failure; raise what its on_error says.
+        Calls not started for the plugin's abandoned ones are one incident of the plugin's, over
+        when one of those ends (whatever stage they were)."""
         if self.errors_total is not None:
             self.errors_total.labels(p.name, stage, kind).inc()
-        if (p.name, stage) not in self._incidents:
-            self._incidents.add((p.name, stage))
-            what = f"timed out after {p.spec.timeout_ms:g} ms" if kind == "timeout" else f"failed ({kind})"
+        incident = (p.name, "abandoned" if kind == "abandoned" else stage)
+        if incident not in self._incidents:
+            self._incidents.add(incident)
+            what = _FAILURES.get(kind, "failed ({kind})").format(kind=kind, ms=p.spec.timeout_ms, most=MAX_ABANDONED)
             log.warning("plugin %s: %s %s; %s", p.name, stage, what,
                         "requests fail with 503 until it recovers" if p.closed else "skipping it until it recovers",
                         exc_info=exc if kind == "exception" else None,
@@ -389,16 +427,6 @@ async def _stage(call: Callable[[], Awaitable[object]]) -> object:
         raise
     except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: a plugin's, not the worker's
         raise _Exited(type(exc).__name__) from exc
-
-
-def _forget(tasks: set[asyncio.Task[object]]) -> Callable[[asyncio.Task[object]], None]:
-    """A done callback: drop an abandoned stage's task from `tasks`, its outcome consumed
-    (nobody awaits it: asyncio would log an exception it ended with as never retrieved)."""
-    def done(task: asyncio.Task[object]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()
-    return done
 
 
 def _key_record(result: object) -> KeyRecord | None:

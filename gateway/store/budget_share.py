@@ -9,7 +9,7 @@ script (`ADD_ONCE`) that first records the batch's number in this share's record
 `{<prefix>}:budget-batch:<random id>` and does nothing for a number already recorded. A batch
 that got no answer is kept (`unsure`) and sent again, with its number, until one comes: Redis
 adds it exactly once. (The bucket store does the same, gateway/limits/redis_store.py.) The
-counter stays one plain number, so the seeding below (SET NX) and the reads keep their meaning;
+counter stays one plain number, so the seeding below (`SEED`) and the reads keep their meaning;
 per-replica totals summed on read would not survive a Redis that lost its keys, as a seed then
 holds the other replicas' spend already. Until an unsure batch is answered no new one is made
 (charges wait a sync longer): there is at most one per share, and the record needs only the last
@@ -34,6 +34,21 @@ log = logging.getLogger("tollway")
 SYNC_SECONDS = 1.0
 _REDIS_TIMEOUT = 0.5
 _MAX_TTL = 33 * 86400  # the longest period (a month) and a day
+
+# Each replica's view of a counter is a floor of the owner's spend this period (the ledger's sum,
+# or a total it read back); the counter is raised to the highest floor, never lowered. A missing
+# counter (a new period, a Redis that lost its keys) is started from it, as SET NX did; one left
+# from a budget removed and added back in its period, which missed what was spent without it, is
+# raised to the ledger's sum that the budget added back read (SET NX kept the stale one).
+# KEYS: the counters; ARGV[2i-1], ARGV[2i]: the i-th counter's floor and TTL.
+SEED = """
+for i = 1, #KEYS do
+  local floor = tonumber(ARGV[2 * i - 1])
+  local now = tonumber(redis.call('GET', KEYS[i]) or '')
+  if now == nil or now < floor then redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EX', ARGV[2 * i]) end
+end
+return 0
+"""
 
 # KEYS[1]: the record of the share that numbered the batch, KEYS[2..]: the counters.
 # ARGV[1]: the batch's number, ARGV[2]: the TTL of the record and counters, ARGV[3..]: the amounts.
@@ -99,28 +114,31 @@ class RedisShare:
 
     async def sync(self, book: BudgetBook, now: float) -> None:
         """Add this replica's pending charges, and read every owner's total back. Each sync
-        first offers Redis this replica's view (SET NX, without the pending charges, which its
-        batches add, each once: `ADD_ONCE`): the first replica up seeds each period from its ledger, and a Redis
-        that lost its keys (a restart without persistence) gets the last known totals back.
+        first offers Redis this replica's view (`SEED`: a counter below it is raised to it; the
+        view is without the pending charges, which its batches add, each once: `ADD_ONCE`): the
+        first replica up seeds each period from its ledger, a Redis that lost its keys (a restart
+        without persistence) gets the last known totals back, and a budget added back in its
+        period raises the counter its first life left to the ledger's sum.
 
         An owner still awaiting its ledger read seeds nothing and adds nothing, its charges kept
         pending: a counter started from this process's charges alone would hold the period's total
         without what the ledger holds, and SET NX would keep it so on every replica. Its total is
         still read: if another replica seeded it (from the same ledger), that total is the owner's
         and it waits no longer (`rebuild` then leaves it be). Else, once read, the seed is the
-        ledger's sum; replicas racing to seed read the same ledger, and only the first SET lands."""
+        ledger's sum; replicas racing to seed read the same ledger, and the highest seed stays."""
         for _, account in book.accounts.items():
             account.roll(now)
         accounts = list(book.accounts.items())
         names = [self.name(owner, account) for owner, account in accounts]
         batches = self._sendable(book)
         unsent = self.pending  # (the seed leaves it out: the batches add theirs, the rest comes later)
+        seeds = [(key, account) for key, (_, account) in zip(names, accounts, strict=True) if not account.awaiting_ledger]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for key, (_, account) in zip(names, accounts, strict=True):
-                    if not account.awaiting_ledger:
-                        pipe.set(key, repr(max(account.spent - unsent.get(key, 0.0), 0.0)), nx=True,
-                                 ex=_ttl(account, now))
+                if seeds:
+                    floors = [arg for key, account in seeds
+                              for arg in (repr(max(account.spent - unsent.get(key, 0.0), 0.0)), _ttl(account, now))]
+                    pipe.eval(SEED, len(seeds), *(key for key, _ in seeds), *floors)
                 for batch in batches:
                     keys, amounts = list(batch.charges), [repr(usd) for usd in batch.charges.values()]
                     pipe.eval(ADD_ONCE, 1 + len(keys), batch.record, *keys, batch.number, _MAX_TTL, *amounts)
@@ -137,8 +155,8 @@ class RedisShare:
         self.unsure = [batch for batch in self.unsure if batch not in batches]  # (added, now or before)
         pending = self.pending
         for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
-            if value is not None:
-                account.spent = float(value) + pending.get(key, 0.0)
+            if value is not None:  # (never below the ledger's spend: a counter may miss some, see SEED)
+                account.spent = max(float(value) + pending.get(key, 0.0), account.ledger_floor)
                 account.awaiting_ledger = False  # (seeded by a replica that read the ledger: its pending goes next)
 
     def _sendable(self, book: BudgetBook) -> list[Batch]:

@@ -123,11 +123,16 @@ class BudgetKeeper:
             for (kind, start), accounts in by_start.items():
                 spent = merge(await store.spend(SpendQuery((kind,), start, now + 1)))
                 for (_, name), account in accounts:
-                    if not account.awaiting_ledger:  # Redis had its total (which holds the ledger's) first
-                        continue
                     sums = spent.get((name,))
                     ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
-                    account.spent = account.spent + ledger_usd if add else max(account.spent, ledger_usd)
+                    # The spend is at least this, whatever a shared total read before or after
+                    # says: a counter left by a budget removed and added back this period missed
+                    # the spend in between (the syncs raise it to this, budget_share.SEED).
+                    account.ledger_floor = ledger_usd
+                    # (`add` only to this process's own charges: a shared total read meanwhile
+                    # holds the ledger's already, and adding it would count it twice)
+                    adding = add and account.awaiting_ledger
+                    account.spent = account.spent + ledger_usd if adding else max(account.spent, ledger_usd)
         except StoreError as exc:
             log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
         finally:  # read or not (then counting from what this process saw), the counters may be shared

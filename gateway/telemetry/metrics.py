@@ -100,7 +100,7 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS)
         self.plugin_errors = Counter(
             "tollway_plugin_errors", "Plugin calls that failed, by plugin, stage and kind (timeout, exception, "
-            "invalid_result, dropped).", ("plugin", "stage", "kind"), registry=r,
+            "invalid_result, abandoned, dropped).", ("plugin", "stage", "kind"), registry=r,
         )
         self.guardrail_decisions = Counter(
             "tollway_guardrail_decisions", "Guardrail findings acted on, by guardrail, detector (regex for a regex "
