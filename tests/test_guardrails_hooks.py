@@ -211,6 +211,39 @@ def test_streamed_tool_call_arguments_are_masked_per_tool_call() -> None:
     assert json.loads(got) == {"card": "<CREDIT_CARD>"}
 
 
+def _streamed_arguments(guards: GuardrailSet, pieces: list[str]) -> tuple[str, list[bytes], Any]:
+    """(the arguments a chat stream of `pieces` carried out, the chunks out, the exchange)."""
+    ex = _ex(guards)
+
+    def chunk(piece: str, finish: bool = False) -> bytes:
+        delta: dict[str, Any] = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} if piece else {}
+        return b"data: " + json.dumps({"id": "c", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": "tool_calls" if finish else None}]}).encode() + b"\n\n"
+
+    sent = [chunk(p) for p in pieces] + [chunk("", finish=True)]
+    out = [guards.on_chunk(ex, c) for c in sent]
+    got = "".join(h[n] for ev in sse_deltas.events(b"".join(out)) for h, n, kind, _i, _t in sse_deltas.deltas(ev.obj)
+                  if kind == sse_deltas.ARGUMENTS)
+    return got, out if out != sent else [], ex
+
+
+def test_streamed_arguments_are_scanned_with_their_unicode_escapes_decoded() -> None:
+    # `\u0040` for `@`, `\u0034` for `4`: the stream's deltas were scanned as the JSON text they
+    # are, so these went out unmasked (a non-stream answer's arguments are decoded first).
+    raw = '{"to": "jane\\u0040example.com", "card": "\\u0034111 1111 1111 1111", "n": "\\u00e9\\u0001' + CARD + '"}'
+    masked = {"to": "<EMAIL>", "card": "<CREDIT_CARD>", "n": "\u00e9\u0001<CREDIT_CARD>"}
+    whole = _streamed_arguments(_set(), [raw])[0]
+    assert json.loads(whole) == masked
+    for cut in range(1, len(raw)):  # an escape split across deltas too
+        assert _streamed_arguments(_set(), [raw[:cut], raw[cut:]])[0] == whole, cut
+    assert _streamed_arguments(_set(), list(raw))[0] == whole
+    with pytest.raises(GatewayError, match="credit_card|email"):
+        _streamed_arguments(_set(action="block"), list(raw))
+    # `log` counts what the escapes hid, and the deltas go out as they came
+    got, changed, ex = _streamed_arguments(_set(action="log"), [raw[:9], raw[9:30], raw[30:]])
+    assert got == raw and changed == [] and ex.guardrails.counts == {"g": {"email": 1, "credit_card": 2}}
+
+
 def test_anthropic_input_json_delta_tail_keeps_its_kind() -> None:
     guards = _set()
     ex = _ex(guards)

@@ -29,6 +29,7 @@ import regex
 from tollway.core import errors
 from tollway.core.config import Guardrail
 from tollway.core.guardrails.detectors import ALL, Finding, find, mask, resolve
+from tollway.core.guardrails.json_escapes import EscapeDecoder
 from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
 from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
@@ -193,6 +194,8 @@ class GuardrailState:
     # lookup, not a walk of every scanner (whose number a hostile upstream grows with indexes)
     live: dict[int, set[int]] = field(default_factory=dict)
     kinds: dict[tuple[int, int], str] = field(default_factory=dict)  # (index, tool): TEXT or ARGUMENTS
+    # (index, tool) -> its streamed JSON arguments' escapes decoded, once for every rule
+    decoders: dict[tuple[int, int], EscapeDecoder] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)  # the last OpenAI chunk's id/model/created
     checks: tuple[Rule, ...] = ()  # json_schema guardrails, when the request has a schema
     schema: AnswerSchema | None = None  # ... and that schema
@@ -407,7 +410,7 @@ class GuardrailSet:
                 if not isinstance(text, str) or not text:
                     continue
                 state.kinds[index, tool] = kind
-                new = self.feed_text(state, (index, tool), text)
+                new = self.feed_text(state, (index, tool), text, json=kind == sse_deltas.ARGUMENTS)
                 if new != text:
                     holder[name], ev.changed = new, True
                 if schema is not None and name == "content":
@@ -451,16 +454,27 @@ class GuardrailSet:
             return sse_deltas.joined(found)
         return out
 
-    def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
+    def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str, json: bool = False) -> str:
         """One streamed delta of the text `key` names, through every scanning guardrail in
-        order: what to send now (masked; held back as needed). Raises for block."""
+        order: what to send now (masked; held back as needed). Raises for block.
+
+        `json`: the delta is a piece of tool-call arguments (JSON text): the guardrails see it
+        with its `\\u` escapes decoded (json_escapes.py), as they see a non-stream answer's
+        arguments, and what goes out is that JSON text, masked; with only `log` guardrails the
+        delta goes out as it came."""
+        raw = text
+        if json and state.output:
+            decoder = state.decoders.get(key)
+            if decoder is None:
+                decoder = state.decoders[key] = EscapeDecoder()
+            text = decoder.feed(text)
         for i, rule in enumerate(state.output):
             scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
                 scanner = state.scanners[i, key[0], key[1]] = rule.scanner()
                 state.live.setdefault(key[0], set()).add(key[1])
             text = self._emitted(state, rule, scanner.feed(text))
-        return text
+        return raw if json and not state.redacts else text
 
     def finish_text(self, state: GuardrailState, key: tuple[int, int]) -> str:
         """The text `key` names ended: its held tails, through the later guardrails. Raises for block."""
@@ -470,7 +484,8 @@ class GuardrailSet:
         tools.discard(key[1])
         if not tools:
             del state.live[key[0]]
-        text = ""
+        decoder = state.decoders.pop(key, None)
+        text = decoder.finish() if decoder is not None else ""  # an escape the arguments ended in, as it came
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
             if scanner is None:
@@ -478,7 +493,7 @@ class GuardrailSet:
             if text:
                 text = self._emitted(state, rule, scanner.feed(text))
             text += self._emitted(state, rule, scanner.finish())
-        return text
+        return "" if decoder is not None and not state.redacts else text  # (log only: the deltas went out as they came)
 
     def _end_reasoning(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """A choice's reasoning ended (its delta carries answer, refusal or tool calls and no more
