@@ -14,6 +14,7 @@ import pytest
 from tollway.core.config import Guardrail
 from tollway.core.errors import GatewayError
 from tollway.gateway import sse_deltas
+from tollway.gateway.guardrails import hooks
 from tollway.gateway.guardrails.hooks import GuardrailSet, GuardrailState
 from tollway.gateway.guardrails.responses_stream import ResponsesState
 from tollway.gateway.guardrails.text import input_slots, output_slots
@@ -53,6 +54,27 @@ def test_input_slots_of_text_documents_output_parts_and_suffix() -> None:
     guards = _set(name="m", apply_to=["input"])
     guards.apply_rule(GuardrailState(()), guards.rules[0], input_slots("messages", body), 400)
     assert body["messages"][0]["content"][0]["source"]["data"] == "<CREDIT_CARD>"
+
+
+def test_tool_call_arguments_are_decoded_once_for_every_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each rule decoded (and, masking, re-encoded) every slot's arguments again: N rules, N decodes.
+    decoded: list[str] = []
+    json_of = hooks._json_of
+    monkeypatch.setattr(hooks, "_json_of", lambda text: decoded.append(text) or json_of(text))
+    guards = GuardrailSet([Guardrail(name="pii", type="pii", action="mask"),
+                           Guardrail(name="log", type="pii", action="log"),
+                           Guardrail(name="words", type="regex", action="mask", deny=["bluebird"])])
+    args = json.dumps({"to": "a@example.com", "note": ["project bluebird", {"bluebird": CARD}], "n": 1.5})
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "tool_calls": [
+        {"function": {"arguments": args}}, {"function": {"arguments": "not json " + CARD}}]}}]}
+    ex = SimpleNamespace(guardrails=GuardrailState(guards.rules), api="chat")
+    out = json.loads(asyncio.run(guards.on_answer(ex, 200, json.dumps(answer).encode())))
+    assert decoded == [args, "not json " + CARD]
+    calls = out["choices"][0]["message"]["tool_calls"]
+    assert json.loads(calls[0]["function"]["arguments"]) == \
+        {"to": "<EMAIL>", "note": ["project <REGEX>", {"<REGEX>": "<CREDIT_CARD>"}], "n": 1.5}
+    assert calls[1]["function"]["arguments"] == "not json <CREDIT_CARD>"
+    assert ex.guardrails.counts == {"pii": {"email": 1, "credit_card": 2}, "words": {"regex": 2}}
 
 
 def test_input_slots_of_the_media_moderation_and_rerank_endpoints() -> None:

@@ -248,40 +248,64 @@ class GuardrailSet:
                 inc(n)
 
     def apply_rule(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
-        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block.
-        Tool-call arguments are JSON: their decoded strings are scanned (an escape such as `\\n`
-        or `\\u0034` hides nothing) and the arguments re-encoded if one was masked; arguments that
-        are not JSON are scanned as text."""
-        changed = False
-        for holder, key in slots:
-            text: str = holder[key]
-            args = _json_of(text) if key == "arguments" else None
-            try:
-                new_args = _mapped(args, lambda s: self._scanned(state, rule, s, status)) if args is not None else None
-            except RecursionError:  # (nested near the decoder's limit): as text
-                args = new_args = None
-            if args is None:
-                new = self._scanned(state, rule, text, status)
-            else:
-                new = text if new_args == args else _encode(new_args).decode()
-            if new is not text:
-                holder[key], changed = new, True
-        return changed
+        """`apply_rules` with one rule."""
+        return self.apply_rules(state, (rule,), slots, status)
 
-    def _apply_all(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
-        changed = False
+    def apply_rules(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
+        """Run the rules, in order, over whole texts (the slots); True if a value was replaced.
+        Raises on block. Tool-call arguments are JSON: their decoded strings are scanned (an
+        escape such as `\\n` or `\\u0034` hides nothing) and the arguments re-encoded if one was
+        masked; arguments that are not JSON are scanned as text.
+
+        Each rule runs over every slot before the next rule starts (what is counted before a
+        block, and which rule blocks, follow the config's order). Arguments are decoded once and
+        encoded once, whatever the number of rules: each rule maps the value the rules before it
+        left."""
+        values = [_json_of(holder[key]) if key == "arguments" else None for holder, key in slots]
+        masked = [False] * len(slots)  # a rule replaced a text in this slot (its decoded arguments' strings)
         for rule in rules:
-            changed |= self.apply_rule(state, rule, slots, status)
-        return changed
+            for i, (holder, key) in enumerate(slots):
+                value = values[i]
+                if value is not None:
+                    try:
+                        values[i], replaced = self._scanned_json(state, rule, value, status)
+                        masked[i] |= replaced
+                        continue
+                    except RecursionError:  # (nested near the decoder's limit): as text from now on,
+                        values[i] = None  # with what the rules before masked
+                        if masked[i]:
+                            holder[key] = _encode(value).decode()
+                text: str = holder[key]
+                new = self._scanned(state, rule, text, status)
+                if new is not text:
+                    holder[key], masked[i] = new, True
+        for i, (holder, key) in enumerate(slots):
+            if masked[i] and values[i] is not None:
+                holder[key] = _encode(values[i]).decode()
+        return any(masked)
+
+    def _scanned_json(self, state: GuardrailState, rule: Rule, value: Any, status: int) -> tuple[Any, bool]:
+        """A decoded JSON value through one rule: (`value` or its masked copy, whether a string was
+        replaced). Raises on block, and RecursionError for a value nested too deep to walk."""
+        replaced = False
+
+        def scan(text: str) -> str:
+            nonlocal replaced
+            new = self._scanned(state, rule, text, status)
+            replaced |= new is not text
+            return new
+
+        mapped = _mapped(value, scan)
+        return (mapped, True) if replaced else (value, False)
 
     async def _apply_rules(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
-        """`apply_rule` for each rule, in a worker thread when the texts are large (OFF_LOOP_CHARS).
+        """`apply_rules`, in a worker thread when the texts are large (OFF_LOOP_CHARS).
 
         The thread only touches this request's state and body (and the thread-safe counter);
         a block's error is raised here as on the loop."""
         if sum(len(holder[key]) for holder, key in slots) < OFF_LOOP_CHARS:
-            return self._apply_all(state, rules, slots, status)
-        return await asyncio.to_thread(self._apply_all, state, rules, slots, status)
+            return self.apply_rules(state, rules, slots, status)
+        return await asyncio.to_thread(self.apply_rules, state, rules, slots, status)
 
     def _scanned(self, state: GuardrailState, rule: Rule, text: str, status: int) -> str:
         """One text through one rule: counted, masked (else `text` itself). Raises on block."""

@@ -154,8 +154,7 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
         return False
     sent = rs.emitted.get(key)
     if sent is None:
-        for rule in state.output:
-            guards.apply_rule(state, rule, [(holder, name)], 502)
+        guards.apply_rules(state, state.output, [(holder, name)], 502)
         if record:
             rs.emitted[key] = [holder[name]]
         return holder[name] != text
