@@ -225,3 +225,16 @@ def test_secrets_after_a_run_of_their_prefixes() -> None:
     assert find("eyJ" + "a" * 5000 + "." + "b" * 10 + "." + "c" * 10) == []
     long_sk = "sk-" + "a1" * 126  # 252 after the prefix: past the cap, and not cut short to fit
     assert find(long_sk) == [] and find(long_sk[:-2]) == [Finding(0, 253, "secret")]
+
+
+@pytest.mark.parametrize("escape", ["\\u0001", "\\u001F", "\\u000b", "\\uDE00", "\\ud800", "\\\\\\u0001", "\\n"])
+def test_a_value_behind_a_control_characters_escape_is_found_and_masked_as_json(escape: str) -> None:
+    # A streamed tool call's arguments are scanned as JSON text, where a control character stays
+    # an escape (core/guardrails/json_escapes.py): its digits are the boundary the character is,
+    # as in the decoded text, and a finding never starts inside it. These were missed (a card,
+    # an IBAN, an IP, a secret) or masked into invalid JSON (`\<EMAIL>`).
+    before = json.loads('"%s"' % escape)
+    for detector, values in POSITIVES.items():
+        for value in values:
+            text = '{"v": "%s%s"}' % (escape, json.dumps(value)[1:-1])
+            assert json.loads(mask(text, find(text))) == {"v": before + "<%s>" % detector.upper()}, value

@@ -2,13 +2,16 @@
 emitted text equals masking the whole text, and the held-back tail stays within its bound."""
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tollway.core.guardrails.detectors import ALL, find, mask
+from tollway.core.guardrails.json_escapes import EscapeDecoder
 from tollway.core.guardrails.stream import HOLD, StreamScanner, hold_bound
 
 from .test_guardrail_detectors import FALSE_POSITIVES, JWT, PEM, POSITIVES
@@ -196,3 +199,42 @@ def test_long_runs_stay_within_the_bound(run_text: str) -> None:
         assert scanner.held <= hold_bound(ALL)
     out.append(scanner.finish().text)
     assert "".join(out) == expected(text)[0]
+
+
+# -- streamed JSON text (tool-call arguments) with its escapes decoded -------------------------
+
+def _decoded(pieces: list[str]) -> tuple[str, int]:
+    """(what an EscapeDecoder makes of `pieces`, the most it held between them)."""
+    decoder, out, most = EscapeDecoder(), [], 0
+    for piece in pieces:
+        out.append(decoder.feed(piece))
+        most = max(most, decoder.held)
+    out.append(decoder.finish())
+    return "".join(out), most
+
+
+def _cut(text: str, cuts: list[int]) -> list[str]:
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(text)), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.text() | st.integers(), lambda kids: st.dictionaries(st.text(), kids, max_size=3), max_leaves=6),
+       st.lists(st.integers(min_value=0, max_value=400), max_size=30))
+def test_decoded_arguments_are_json_of_the_same_value_at_any_chunking(value: object, cuts: list[int]) -> None:
+    raw = json.dumps(value)  # (every non-ASCII character and control character as a `\u` escape)
+    got, most = _decoded(_cut(raw, cuts))
+    assert json.loads(got) == value and most <= 11
+    # what stays an escape is a character JSON cannot carry raw: a control character, a lone surrogate
+    assert all(int(code, 16) < 0x20 or 0xD800 <= int(code, 16) <= 0xDFFF
+               for code in re.findall(r"\\u(.{4})", got.replace("\\\\", "")))
+
+
+def test_escapes_are_decoded_where_a_character_can_be_raw() -> None:
+    raw = '{"a": "jane\\u0040example.com \\u0034111 \\/ \\ud83d\\ude00 \\u00e9", "b": "\\u0022\\u005c\\u000a\\u0001\\udc00"}'
+    want = '{"a": "jane@example.com 4111 / \U0001f600 \u00e9", "b": "\\"\\\\\\n\\u0001\\udc00"}'
+    assert _decoded([raw])[0] == want
+    for cut in range(len(raw) + 1):  # an escape cut anywhere is held until it is whole
+        assert _decoded([raw[:cut], raw[cut:]])[0] == want, cut
+    assert _decoded(list(raw))[0] == want
+    assert _decoded(['{"a": "x\\u00'])[0] == '{"a": "x\\u00'  # an escape the text ends in goes out as it came

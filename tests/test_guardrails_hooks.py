@@ -14,6 +14,7 @@ import pytest
 from tollway.core.config import Guardrail
 from tollway.core.errors import GatewayError
 from tollway.gateway import sse_deltas
+from tollway.gateway.guardrails import hooks
 from tollway.gateway.guardrails.hooks import GuardrailSet, GuardrailState
 from tollway.gateway.guardrails.responses_stream import ResponsesState
 from tollway.gateway.guardrails.text import input_slots, output_slots
@@ -53,6 +54,27 @@ def test_input_slots_of_text_documents_output_parts_and_suffix() -> None:
     guards = _set(name="m", apply_to=["input"])
     guards.apply_rule(GuardrailState(()), guards.rules[0], input_slots("messages", body), 400)
     assert body["messages"][0]["content"][0]["source"]["data"] == "<CREDIT_CARD>"
+
+
+def test_tool_call_arguments_are_decoded_once_for_every_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each rule decoded (and, masking, re-encoded) every slot's arguments again: N rules, N decodes.
+    decoded: list[str] = []
+    json_of = hooks._json_of
+    monkeypatch.setattr(hooks, "_json_of", lambda text: decoded.append(text) or json_of(text))
+    guards = GuardrailSet([Guardrail(name="pii", type="pii", action="mask"),
+                           Guardrail(name="log", type="pii", action="log"),
+                           Guardrail(name="words", type="regex", action="mask", deny=["bluebird"])])
+    args = json.dumps({"to": "a@example.com", "note": ["project bluebird", {"bluebird": CARD}], "n": 1.5})
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "tool_calls": [
+        {"function": {"arguments": args}}, {"function": {"arguments": "not json " + CARD}}]}}]}
+    ex = SimpleNamespace(guardrails=GuardrailState(guards.rules), api="chat")
+    out = json.loads(asyncio.run(guards.on_answer(ex, 200, json.dumps(answer).encode())))
+    assert decoded == [args, "not json " + CARD]
+    calls = out["choices"][0]["message"]["tool_calls"]
+    assert json.loads(calls[0]["function"]["arguments"]) == \
+        {"to": "<EMAIL>", "note": ["project <REGEX>", {"<REGEX>": "<CREDIT_CARD>"}], "n": 1.5}
+    assert calls[1]["function"]["arguments"] == "not json <CREDIT_CARD>"
+    assert ex.guardrails.counts == {"pii": {"email": 1, "credit_card": 2}, "words": {"regex": 2}}
 
 
 def test_input_slots_of_the_media_moderation_and_rerank_endpoints() -> None:
@@ -209,6 +231,39 @@ def test_streamed_tool_call_arguments_are_masked_per_tool_call() -> None:
                 assert tool == 1
                 got += holder[name]
     assert json.loads(got) == {"card": "<CREDIT_CARD>"}
+
+
+def _streamed_arguments(guards: GuardrailSet, pieces: list[str]) -> tuple[str, list[bytes], Any]:
+    """(the arguments a chat stream of `pieces` carried out, the chunks out, the exchange)."""
+    ex = _ex(guards)
+
+    def chunk(piece: str, finish: bool = False) -> bytes:
+        delta: dict[str, Any] = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} if piece else {}
+        return b"data: " + json.dumps({"id": "c", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": "tool_calls" if finish else None}]}).encode() + b"\n\n"
+
+    sent = [chunk(p) for p in pieces] + [chunk("", finish=True)]
+    out = [guards.on_chunk(ex, c) for c in sent]
+    got = "".join(h[n] for ev in sse_deltas.events(b"".join(out)) for h, n, kind, _i, _t in sse_deltas.deltas(ev.obj)
+                  if kind == sse_deltas.ARGUMENTS)
+    return got, out if out != sent else [], ex
+
+
+def test_streamed_arguments_are_scanned_with_their_unicode_escapes_decoded() -> None:
+    # `\u0040` for `@`, `\u0034` for `4`: the stream's deltas were scanned as the JSON text they
+    # are, so these went out unmasked (a non-stream answer's arguments are decoded first).
+    raw = '{"to": "jane\\u0040example.com", "card": "\\u0034111 1111 1111 1111", "n": "\\u00e9\\u0001' + CARD + '"}'
+    masked = {"to": "<EMAIL>", "card": "<CREDIT_CARD>", "n": "\u00e9\u0001<CREDIT_CARD>"}
+    whole = _streamed_arguments(_set(), [raw])[0]
+    assert json.loads(whole) == masked
+    for cut in range(1, len(raw)):  # an escape split across deltas too
+        assert _streamed_arguments(_set(), [raw[:cut], raw[cut:]])[0] == whole, cut
+    assert _streamed_arguments(_set(), list(raw))[0] == whole
+    with pytest.raises(GatewayError, match="credit_card|email"):
+        _streamed_arguments(_set(action="block"), list(raw))
+    # `log` counts what the escapes hid, and the deltas go out as they came
+    got, changed, ex = _streamed_arguments(_set(action="log"), [raw[:9], raw[9:30], raw[30:]])
+    assert got == raw and changed == [] and ex.guardrails.counts == {"g": {"email": 1, "credit_card": 2}}
 
 
 def test_anthropic_input_json_delta_tail_keeps_its_kind() -> None:

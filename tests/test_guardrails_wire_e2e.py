@@ -242,8 +242,8 @@ def test_answer_arguments_are_scanned_as_the_json_they_decode_to(gw: GatewayProc
     assert json.loads(arguments) == {"to": "Hi\n<EMAIL>", "card": "<CREDIT_CARD>"}
 
 
-def test_streamed_arguments_after_an_escape_are_masked_and_stay_json(gw: GatewayProcess, hostile: HostileUpstream) -> None:
-    args = json.dumps({"to": "Hi\n" + EMAIL, "note": "Card:\n" + CARD})
+def _streamed_call(gw: GatewayProcess, hostile: HostileUpstream, model: str, args: str) -> str:
+    """The arguments a client got for a tool call streamed in 3-character pieces."""
     pieces = [args[i:i + 3] for i in range(0, len(args), 3)]
     calls = [_chunk() for _ in pieces]
     for c, p in zip(calls, pieces):
@@ -253,10 +253,24 @@ def test_streamed_arguments_after_an_escape_are_masked_and_stay_json(gw: Gateway
     hostile.script(_stream_of(*(_data(c) for c in [_chunk(""), *calls, _chunk(finish="tool_calls")]),
                               b"data: [DONE]\n\n"))
     got = ""
-    for c in _ask(gw, "out-mask", stream=True):
+    for c in _ask(gw, model, stream=True):
         for call in (c.choices[0].delta.tool_calls or []) if c.choices else []:
             got += call.function.arguments or "" if call.function else ""
+    return got
+
+
+def test_streamed_arguments_after_an_escape_are_masked_and_stay_json(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    got = _streamed_call(gw, hostile, "out-mask", json.dumps({"to": "Hi\n" + EMAIL, "note": "Card:\n" + CARD}))
     assert json.loads(got) == {"to": "Hi\n<EMAIL>", "note": "Card:\n<CREDIT_CARD>"}
+
+
+def test_streamed_arguments_written_with_unicode_escapes_are_decoded_for_the_scan(
+        gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    # `\u0040` for `@`, `\u0034` for `4`, cut across deltas: these went out unmasked on a stream.
+    args = json.dumps({"to": EMAIL.replace("@", "\\u0040"), "card": "\\u0034" + CARD[1:]}).replace("\\\\u", "\\u")
+    assert json.loads(_streamed_call(gw, hostile, "out-mask", args)) == {"to": "<EMAIL>", "card": "<CREDIT_CARD>"}
+    with pytest.raises(openai.APIError, match="blocked by guardrail 'out-block'"):
+        _streamed_call(gw, hostile, "out-block", args)
 
 
 def test_request_arguments_are_scanned_as_the_json_they_decode_to(gw: GatewayProcess, scripted: ScriptedUpstream) -> None:

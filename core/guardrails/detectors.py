@@ -118,18 +118,45 @@ _IPV6_MAX = 45
 
 
 _ESCAPE_LETTERS = frozenset("bfnrt")  # JSON's one-letter escapes of control characters
+_HEX = frozenset("0123456789abcdefABCDEF")
+_HEX_U = _HEX | {"u"}  # what a digit inside a `\\uXXXX` escape follows
 
 
-def _escape_letter(text: str, i: int) -> bool:
-    """`text[i]` is the letter of a JSON escape (`\\n`, `\\t`, ...: an odd run of backslashes
-    before it): in tool-call arguments, scanned as JSON text, it stands for a control character,
-    a boundary, not for a letter (`"Card:\\n4111 ..."`)."""
-    if i < 1 or text[i] not in _ESCAPE_LETTERS:
-        return False
+def _escaped(text: str, i: int) -> bool:
+    """`text[i]` follows an odd run of backslashes: it is an escape's letter."""
     run = i
     while run > 0 and text[run - 1] == "\\":
         run -= 1
     return (i - run) % 2 == 1
+
+
+def _escape_letter(text: str, i: int) -> bool:
+    """`text[i]` ends a JSON escape of a control character: the letter of `\\n`, `\\t`, ... or
+    the last digit of `\\u0001` (an odd run of backslashes before the letter). In tool-call
+    arguments, scanned as JSON text (a stream's, json_escapes.py), it stands for that character,
+    a boundary, not for a letter or digit (`"Card:\\n4111 ..."`, `"\\u00014111 ..."`)."""
+    if i < 1:
+        return False
+    if text[i] in _ESCAPE_LETTERS and _escaped(text, i):
+        return True
+    return text[i] in _HEX and _escape_start(text, i - 3) == i + 1
+
+
+def _escape_start(text: str, i: int) -> int:
+    """Where the text after a `\\uXXXX` escape whose digits start at `i` begins, else `i`
+    (`text[i - 2:i]` is an escaping backslash and `u`; the four digits are hex)."""
+    if (i >= 2 and text[i - 1] == "u" and text[i - 2] == "\\" and _escaped(text, i - 1)
+            and len(text) >= i + 4 and all(c in _HEX for c in text[i:i + 4])):
+        return i + 4
+    return i
+
+
+def _escape_digits_end(text: str, q: int) -> int:
+    """Where the digits of the `\\uXXXX` escape that `text[q]` is in end (the number after it
+    starts there: `\\u00014111 ...`), or len(text) if it is in none."""
+    u = text.rfind("\\u", max(q - 5, 0), q)
+    end = _escape_start(text, u + 2) if u >= 0 else q
+    return end if end > q else len(text)
 
 
 def _num_left_ok(text: str, q: int) -> bool:
@@ -295,7 +322,7 @@ def _ipv6_start(text: str, colon: int) -> int:
         st -= 1
     if st == floor and st > 0 and text[st - 1] in _HEX_COLON:
         return -1
-    return st
+    return _escape_start(text, st)  # (`\\u0001fe80::1`: the run starts after the escape)
 
 
 def _ipv6_run(text: str, colon: int) -> tuple[int, int]:
@@ -308,7 +335,7 @@ def _ipv6_run(text: str, colon: int) -> tuple[int, int]:
 
 
 def _ipv6(text: str, st: int) -> int:
-    if st > 0 and (text[st - 1].isalnum() or text[st - 1] in "_.:"):
+    if st > 0 and (text[st - 1].isalnum() or text[st - 1] in "_.:") and not _escape_letter(text, st - 1):
         return -1
     m = _IPV6.match(text, st)
     if m is None:
@@ -364,8 +391,10 @@ def _email(text: str, at: int) -> tuple[int, int] | None:
         st -= 1
         if st <= floor:
             return None
-    if st < at and _escape_letter(text, st):  # `\\njane@...`: the local part starts after the escape
-        st += 1
+    if st < at and st > 0 and text[st] in _ESCAPE_LETTERS and _escaped(text, st):  # `\\njane@...`:
+        st += 1  # the local part starts after the escape
+    elif st < at and text[st] == "u":  # `\\u0001jane@...` (json_escapes.py leaves a control character's)
+        st = min(at, _escape_start(text, st + 1))
     while st < at and text[st] == ".":
         st += 1
     local = text[st:at]
@@ -528,7 +557,8 @@ def _parsed_at(text: str, plan: _Plan, start: int, starts: Iterable[int]) -> lis
         if "0" <= c <= "9":
             # Every digit parser needs the number's left boundary: checked once, not four times
             # (`'1.' * n` is a candidate at each digit, all after a `.`).
-            for name, parse in plan.digit if _num_left_ok(text, q) else ():
+            left = _num_left_ok(text, q)
+            for name, parse in plan.digit if left else ():
                 e = parse(text, q)
                 if e > 0:
                     add(Finding(q, e, name))
@@ -540,7 +570,9 @@ def _parsed_at(text: str, plan: _Plan, start: int, starts: Iterable[int]) -> lis
                 e = _iban(text, q - 2)
                 if e > 0:
                     add(Finding(q - 2, e, IBAN))
-            while nxt < n and "0" <= text[nxt] <= "9":
+            # (a run that starts inside a `\\u0001` escape ends with it: a number may follow it)
+            stop = n if left or text[q - 1] not in _HEX_U else _escape_digits_end(text, q)
+            while nxt < stop and "0" <= text[nxt] <= "9":
                 nxt += 1
         elif c == "@":
             if plan.email:

@@ -29,6 +29,7 @@ import regex
 from tollway.core import errors
 from tollway.core.config import Guardrail
 from tollway.core.guardrails.detectors import ALL, Finding, find, mask, resolve
+from tollway.core.guardrails.json_escapes import EscapeDecoder
 from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
 from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
@@ -193,6 +194,8 @@ class GuardrailState:
     # lookup, not a walk of every scanner (whose number a hostile upstream grows with indexes)
     live: dict[int, set[int]] = field(default_factory=dict)
     kinds: dict[tuple[int, int], str] = field(default_factory=dict)  # (index, tool): TEXT or ARGUMENTS
+    # (index, tool) -> its streamed JSON arguments' escapes decoded, once for every rule
+    decoders: dict[tuple[int, int], EscapeDecoder] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)  # the last OpenAI chunk's id/model/created
     checks: tuple[Rule, ...] = ()  # json_schema guardrails, when the request has a schema
     schema: AnswerSchema | None = None  # ... and that schema
@@ -245,40 +248,64 @@ class GuardrailSet:
                 inc(n)
 
     def apply_rule(self, state: GuardrailState, rule: Rule, slots: list[Slot], status: int) -> bool:
-        """Run one rule over whole texts (the slots); True if a value was replaced. Raises on block.
-        Tool-call arguments are JSON: their decoded strings are scanned (an escape such as `\\n`
-        or `\\u0034` hides nothing) and the arguments re-encoded if one was masked; arguments that
-        are not JSON are scanned as text."""
-        changed = False
-        for holder, key in slots:
-            text: str = holder[key]
-            args = _json_of(text) if key == "arguments" else None
-            try:
-                new_args = _mapped(args, lambda s: self._scanned(state, rule, s, status)) if args is not None else None
-            except RecursionError:  # (nested near the decoder's limit): as text
-                args = new_args = None
-            if args is None:
-                new = self._scanned(state, rule, text, status)
-            else:
-                new = text if new_args == args else _encode(new_args).decode()
-            if new is not text:
-                holder[key], changed = new, True
-        return changed
+        """`apply_rules` with one rule."""
+        return self.apply_rules(state, (rule,), slots, status)
 
-    def _apply_all(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
-        changed = False
+    def apply_rules(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
+        """Run the rules, in order, over whole texts (the slots); True if a value was replaced.
+        Raises on block. Tool-call arguments are JSON: their decoded strings are scanned (an
+        escape such as `\\n` or `\\u0034` hides nothing) and the arguments re-encoded if one was
+        masked; arguments that are not JSON are scanned as text.
+
+        Each rule runs over every slot before the next rule starts (what is counted before a
+        block, and which rule blocks, follow the config's order). Arguments are decoded once and
+        encoded once, whatever the number of rules: each rule maps the value the rules before it
+        left."""
+        values = [_json_of(holder[key]) if key == "arguments" else None for holder, key in slots]
+        masked = [False] * len(slots)  # a rule replaced a text in this slot (its decoded arguments' strings)
         for rule in rules:
-            changed |= self.apply_rule(state, rule, slots, status)
-        return changed
+            for i, (holder, key) in enumerate(slots):
+                value = values[i]
+                if value is not None:
+                    try:
+                        values[i], replaced = self._scanned_json(state, rule, value, status)
+                        masked[i] |= replaced
+                        continue
+                    except RecursionError:  # (nested near the decoder's limit): as text from now on,
+                        values[i] = None  # with what the rules before masked
+                        if masked[i]:
+                            holder[key] = _encode(value).decode()
+                text: str = holder[key]
+                new = self._scanned(state, rule, text, status)
+                if new is not text:
+                    holder[key], masked[i] = new, True
+        for i, (holder, key) in enumerate(slots):
+            if masked[i] and values[i] is not None:
+                holder[key] = _encode(values[i]).decode()
+        return any(masked)
+
+    def _scanned_json(self, state: GuardrailState, rule: Rule, value: Any, status: int) -> tuple[Any, bool]:
+        """A decoded JSON value through one rule: (`value` or its masked copy, whether a string was
+        replaced). Raises on block, and RecursionError for a value nested too deep to walk."""
+        replaced = False
+
+        def scan(text: str) -> str:
+            nonlocal replaced
+            new = self._scanned(state, rule, text, status)
+            replaced |= new is not text
+            return new
+
+        mapped = _mapped(value, scan)
+        return (mapped, True) if replaced else (value, False)
 
     async def _apply_rules(self, state: GuardrailState, rules: Sequence[Rule], slots: list[Slot], status: int) -> bool:
-        """`apply_rule` for each rule, in a worker thread when the texts are large (OFF_LOOP_CHARS).
+        """`apply_rules`, in a worker thread when the texts are large (OFF_LOOP_CHARS).
 
         The thread only touches this request's state and body (and the thread-safe counter);
         a block's error is raised here as on the loop."""
         if sum(len(holder[key]) for holder, key in slots) < OFF_LOOP_CHARS:
-            return self._apply_all(state, rules, slots, status)
-        return await asyncio.to_thread(self._apply_all, state, rules, slots, status)
+            return self.apply_rules(state, rules, slots, status)
+        return await asyncio.to_thread(self.apply_rules, state, rules, slots, status)
 
     def _scanned(self, state: GuardrailState, rule: Rule, text: str, status: int) -> str:
         """One text through one rule: counted, masked (else `text` itself). Raises on block."""
@@ -407,7 +434,7 @@ class GuardrailSet:
                 if not isinstance(text, str) or not text:
                     continue
                 state.kinds[index, tool] = kind
-                new = self.feed_text(state, (index, tool), text)
+                new = self.feed_text(state, (index, tool), text, json=kind == sse_deltas.ARGUMENTS)
                 if new != text:
                     holder[name], ev.changed = new, True
                 if schema is not None and name == "content":
@@ -451,16 +478,27 @@ class GuardrailSet:
             return sse_deltas.joined(found)
         return out
 
-    def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str) -> str:
+    def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str, json: bool = False) -> str:
         """One streamed delta of the text `key` names, through every scanning guardrail in
-        order: what to send now (masked; held back as needed). Raises for block."""
+        order: what to send now (masked; held back as needed). Raises for block.
+
+        `json`: the delta is a piece of tool-call arguments (JSON text): the guardrails see it
+        with its `\\u` escapes decoded (json_escapes.py), as they see a non-stream answer's
+        arguments, and what goes out is that JSON text, masked; with only `log` guardrails the
+        delta goes out as it came."""
+        raw = text
+        if json and state.output:
+            decoder = state.decoders.get(key)
+            if decoder is None:
+                decoder = state.decoders[key] = EscapeDecoder()
+            text = decoder.feed(text)
         for i, rule in enumerate(state.output):
             scanner = state.scanners.get((i, key[0], key[1]))
             if scanner is None:
                 scanner = state.scanners[i, key[0], key[1]] = rule.scanner()
                 state.live.setdefault(key[0], set()).add(key[1])
             text = self._emitted(state, rule, scanner.feed(text))
-        return text
+        return raw if json and not state.redacts else text
 
     def finish_text(self, state: GuardrailState, key: tuple[int, int]) -> str:
         """The text `key` names ended: its held tails, through the later guardrails. Raises for block."""
@@ -470,7 +508,8 @@ class GuardrailSet:
         tools.discard(key[1])
         if not tools:
             del state.live[key[0]]
-        text = ""
+        decoder = state.decoders.pop(key, None)
+        text = decoder.finish() if decoder is not None else ""  # an escape the arguments ended in, as it came
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
             if scanner is None:
@@ -478,7 +517,7 @@ class GuardrailSet:
             if text:
                 text = self._emitted(state, rule, scanner.feed(text))
             text += self._emitted(state, rule, scanner.finish())
-        return text
+        return "" if decoder is not None and not state.redacts else text  # (log only: the deltas went out as they came)
 
     def _end_reasoning(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """A choice's reasoning ended (its delta carries answer, refusal or tool calls and no more

@@ -40,6 +40,7 @@ _DELTAS = {"response.output_text.delta": False, "response.function_call_argument
            "response.custom_tool_call_input.delta": True,  # (a freeform tool's input: its arguments)
            "response.refusal.delta": False, "response.reasoning_summary_text.delta": False,
            "response.reasoning_text.delta": False}
+_JSON_DELTAS = frozenset(("response.function_call_arguments.delta",))  # (a custom tool's input is free text)
 _DONES = {"response.output_text.done": "text", "response.function_call_arguments.done": "arguments",
           "response.custom_tool_call_input.done": "input",
           "response.refusal.done": "refusal", "response.reasoning_summary_text.done": "text",
@@ -85,7 +86,7 @@ def rewrite(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, fou
         if kind in _DELTAS:
             key, text = _key(obj, _DELTAS[kind]), obj.get("delta")
             if key is not None and isinstance(text, str) and text:
-                new = guards.feed_text(state, key, text)
+                new = guards.feed_text(state, key, text, json=kind in _JSON_DELTAS)
                 rs.emitted.setdefault(key, []).append(new)
                 if new != text:
                     obj["delta"], ev.changed = new, True
@@ -153,8 +154,7 @@ def _settle(guards: GuardrailSet, state: GuardrailState, rs: ResponsesState, key
         return False
     sent = rs.emitted.get(key)
     if sent is None:
-        for rule in state.output:
-            guards.apply_rule(state, rule, [(holder, name)], 502)
+        guards.apply_rules(state, state.output, [(holder, name)], 502)
         if record:
             rs.emitted[key] = [holder[name]]
         return holder[name] != text
