@@ -117,6 +117,24 @@ def test_completion_text_counts_what_a_stream_of_the_same_answer_counts():
     assert completion_text(ClientAPI.CHAT, json.dumps(whole).encode()) == streamed_text(stream)
 
 
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
+def test_a_thinking_or_refusing_chat_answer_counts_alike_streamed_or_not(name):
+    """Reasoning and a refusal are output tokens, whether they come whole or in deltas: the
+    billed stream text (`streamed_text`), the limiter's (`chunk_texts`) and the non-stream
+    body's (`completion_text`) are the same text."""
+    from tollway.core.accounting.stream_text import chunk_texts
+    from tollway.ext.sse import streamed_text
+
+    deltas = [{name: "Let me "}, {name: "think."}, {"content": "Hello"}, {"refusal": "I can't."},
+              {"tool_calls": [{"function": {"arguments": '{"a":1}'}}]}]
+    stream = b"".join(b"data: " + json.dumps({"choices": [{"delta": d}]}).encode() + b"\n\n" for d in deltas)
+    whole = {"choices": [{"message": {"content": "Hello", "refusal": "I can't.", name: "Let me think.",
+                                      "tool_calls": [{"function": {"arguments": '{"a":1}'}}]}}]}
+    expected = "Let me think.HelloI can't." + '{"a":1}'
+    assert completion_text(ClientAPI.CHAT, json.dumps(whole).encode()) == expected
+    assert streamed_text(stream + b"data: [DONE]\n\n") == expected
+    assert "".join(chunk_texts(stream)) == expected
+
 
 MALFORMED = [
     b"", b"not json", b"[]", b"null", b'"text"', b"{", b'{"choices": 5}', b'{"choices": [5]}',
