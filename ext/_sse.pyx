@@ -530,7 +530,7 @@ cdef bint _text_key(const char* k, Py_ssize_t n):
     if n == 8:
         return memcmp(k, b"thinking", 8) == 0
     if n == 9:
-        return memcmp(k, b"arguments", 9) == 0
+        return memcmp(k, b"arguments", 9) == 0 or memcmp(k, b"reasoning", 9) == 0
     if n == 12:
         return memcmp(k, b"partial_json", 12) == 0
     if n == 17:

@@ -318,6 +318,9 @@ class _ToolCall(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None  # a thinking model's reasoning: output tokens too
+    reasoning: str | None = None  # its other name (OpenRouter, Groq, newer vLLM)
     tool_calls: list[_ToolCall] | None = None
 
 
@@ -356,8 +359,10 @@ def finished_by(sent: list[bytes]) -> bool:
 
 
 def streamed_text(stream: bytes) -> str:
-    """The generated text in a chat/completions SSE stream: content, legacy ``text`` and
-    tool-call arguments of every chunk, in order. Events that are not such chunks are skipped.
+    """The generated text in a chat/completions SSE stream: reasoning (``reasoning_content``
+    or ``reasoning``), content, refusal, legacy ``text`` and tool-call arguments of every chunk,
+    in order; the pieces `tollway.core.accounting.stream_text.chunk_texts` and
+    `completion_text` count. Events that are not such chunks are skipped.
     """
     framer = SSEFramer(max_event_bytes=max(len(stream), 1))
     parts: list[str] = []
@@ -378,8 +383,10 @@ def _collect_text(data: bytes, parts: list[str]) -> None:
         delta = choice.delta
         if delta is None:
             continue
-        if delta.content:
-            parts.append(delta.content)
+        # One of the reasoning's two names: a server renaming the field may send both, the same text.
+        for text in (delta.reasoning_content or delta.reasoning, delta.content, delta.refusal):
+            if text:
+                parts.append(text)
         for call in delta.tool_calls or ():
             if call.function is not None and call.function.arguments:
                 parts.append(call.function.arguments)
@@ -390,8 +397,8 @@ def _collect_text(data: bytes, parts: list[str]) -> None:
 
 # The keys whose string values tollway.core.accounting.stream_text.chunk_texts reads (at their
 # own places in each client shape; `text_bound` takes them at any depth: a superset).
-TEXT_KEYS = (b"content", b"refusal", b"reasoning_content", b"arguments", b"text", b"partial_json", b"thinking",
-             b"delta")
+TEXT_KEYS = (b"content", b"refusal", b"reasoning_content", b"reasoning", b"arguments", b"text", b"partial_json",
+             b"thinking", b"delta")
 _TEXT_KEYS = frozenset(TEXT_KEYS)
 # One JSON string (possibly unterminated) with the blanks, colon and blanks after it.
 _STRING = re.compile(rb'"((?:[^"\\]++|\\.)*+)("?)[ \t\r]*+(:?)[ \t\r]*+', re.DOTALL)

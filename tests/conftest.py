@@ -28,7 +28,7 @@ def _price_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 MISBEHAVING_MODELS = ("fail-500", "fail-429", "bad-auth", "leaky-error", "slow-first-byte",
                       "stall-stream", "die-mid-stream", "no-usage", "incomplete", "failed", "ends-early",
-                      "no-done", "usage-negative", "usage-huge")
+                      "no-done", "usage-negative", "usage-huge", "thinks-no-usage")
 
 
 def standard_config(upstream_url: str, extra: str = "") -> str:

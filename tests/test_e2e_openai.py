@@ -6,8 +6,9 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import REPLY, RESPONSE_USAGE_CUT
+from tests.fakes.openai_upstream import REFUSAL, REPLY, RESPONSE_USAGE_CUT, THOUGHT, TOOL_INPUT
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess
+from tollway.core.accounting.tokens import count_tokens
 
 
 @pytest.fixture()
@@ -143,6 +144,31 @@ def test_responses_stream_cut_before_its_end_says_so_and_is_counted_from_its_tex
     assert [e.type for e in events] == ["response.created", "response.output_text.delta", "error"]
     assert events[-1].code == "upstream_disconnected" and events[-1].sequence_number == 2
     assert line["error"] == "upstream_disconnected" and line["completion_tokens"] == 9
+
+
+def _answer_tokens(client: openai.OpenAI, gateway: GatewayProcess, api: str, stream: bool) -> int:
+    """The output tokens the gateway billed a thinks-no-usage answer, whole or streamed."""
+    if api == "chat":
+        raw = client.chat.completions.with_raw_response.create(model="thinks-no-usage", stream=stream,
+                                                               messages=[{"role": "user", "content": "x"}])
+        refusal = ("".join(c.choices[0].delta.refusal or "" for c in raw.parse() if c.choices) if stream
+                   else raw.parse().choices[0].message.refusal)
+        assert refusal == REFUSAL
+    else:
+        raw = client.responses.with_raw_response.create(model="thinks-no-usage", input="x", stream=stream)
+        kinds = [e.type for e in raw.parse()][1:-1] if stream else [item.type for item in raw.parse().output]
+        assert len(kinds) == 3, kinds  # reasoning, refusal, custom tool call
+    return gateway.log_line(raw.headers["x-request-id"])["completion_tokens"]
+
+
+@pytest.mark.parametrize("api, text", [("chat", THOUGHT + REFUSAL), ("responses", THOUGHT + REFUSAL + TOOL_INPUT)],
+                         ids=["chat", "responses"])
+def test_an_answer_without_usage_is_billed_its_reasoning_refusal_and_tool_input(client, gateway, api, text):
+    # No usage: the gateway counts the answer's text, which is not only `content` / output_text,
+    # and the same answer costs the same whether it came whole or streamed.
+    expected = count_tokens(text, "thinks-no-usage")
+    assert _answer_tokens(client, gateway, api, stream=False) == expected > 20
+    assert _answer_tokens(client, gateway, api, stream=True) == expected
 
 
 def test_azure_openai_deployment_url_and_api_key(client, openai_upstream):

@@ -57,7 +57,7 @@ def test_every_text_key_is_counted(sse_impl) -> None:
 
 _TEXT = st.text(alphabet=st.sampled_from('ab \\"é你🌍\n:{}\t'), max_size=8)
 _KEYS = st.sampled_from(["content", "text", "delta", "arguments", "thinking", "refusal", "partial_json",
-                         "reasoning_content", "id", "choices", "x"])
+                         "reasoning_content", "reasoning", "id", "choices", "x"])
 _JSON = st.recursive(st.none() | st.integers() | _TEXT,
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
                      max_leaves=12)

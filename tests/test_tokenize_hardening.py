@@ -66,6 +66,18 @@ RESPONSES = {"object": "response", "output": [
      "content": [{"type": "output_text", "text": "Out", "annotations": []}, {"type": "output_text", "text": "put"}]},
     {"type": "function_call", "name": "f", "call_id": "c1", "arguments": '{"x":true}'},
 ]}
+# The text a stream of the same answer carries in its refusal and reasoning deltas (stream_text.py).
+CHAT_THINKING = {"choices": [
+    {"message": {"role": "assistant", "reasoning_content": "Weigh it. ", "content": None, "refusal": "No."}},
+    {"message": {"role": "assistant", "content": [{"type": "text", "text": "Sure: "}, {"type": "refusal", "refusal": "42"}]}},
+]}
+RESPONSES_MORE = {"object": "response", "output": [
+    {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Plan."}],
+     "content": [{"type": "reasoning_text", "text": "Think."}], "encrypted_content": "gAAAA"},
+    {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": "Sorry, no."}]},
+    {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** patch"},
+    {"type": "computer_call", "call_id": "c3", "action": {"type": "click", "x": 1, "y": 2}},
+]}
 EMBEDDINGS = {"object": "list", "data": [{"embedding": [0.1, 0.2], "index": 0}]}
 MESSAGE = {"type": "message", "role": "assistant", "content": [  # an Anthropic message without usage
     {"type": "thinking", "thinking": "Hmm. ", "signature": "sig"},
@@ -82,6 +94,12 @@ MESSAGE = {"type": "message", "role": "assistant", "content": [  # an Anthropic 
     (ClientAPI.EMBEDDINGS, EMBEDDINGS, ""),
     (ClientAPI.MESSAGES, MESSAGE, 'Hmm. Sunny{"city": "Paris"}{}'),  # tool input as it came
     (ClientAPI.MESSAGES, {"type": "message", "content": "not blocks"}, ""),
+    (ClientAPI.CHAT, CHAT_THINKING, "Weigh it. No.Sure: 42"),
+    (ClientAPI.CHAT, {"choices": [{"message": {"reasoning": "Hm.", "content": "Yes"}}]}, "Hm.Yes"),  # OpenRouter's, Groq's name
+    (ClientAPI.CHAT, {"choices": [{"message": {"reasoning": "Hm.", "reasoning_content": "Hm."}}]}, "Hm."),  # both: once
+    (ClientAPI.RESPONSES, RESPONSES_MORE, "Plan.Think.Sorry, no.*** patch"),
+    # An item whose `input` is no string is not a custom tool call: skipped, the rest still counted.
+    (ClientAPI.RESPONSES, {"output": [{"type": "x", "input": {"a": 1}}, {"content": [{"text": "ok"}]}]}, "ok"),
     (ClientAPI.CHAT, {"choices": []}, ""),
     (ClientAPI.CHAT, {"id": "x"}, ""),
 ])
@@ -97,6 +115,25 @@ def test_completion_text_counts_what_a_stream_of_the_same_answer_counts():
     stream = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
     whole = {"choices": [{"message": {"content": "Hello there", "tool_calls": [{"function": {"arguments": '{"a":1}'}}]}}]}
     assert completion_text(ClientAPI.CHAT, json.dumps(whole).encode()) == streamed_text(stream)
+
+
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
+def test_a_thinking_or_refusing_chat_answer_counts_alike_streamed_or_not(name):
+    """Reasoning and a refusal are output tokens, whether they come whole or in deltas: the
+    billed stream text (`streamed_text`), the limiter's (`chunk_texts`) and the non-stream
+    body's (`completion_text`) are the same text."""
+    from tollway.core.accounting.stream_text import chunk_texts
+    from tollway.ext.sse import streamed_text
+
+    deltas = [{name: "Let me "}, {name: "think."}, {"content": "Hello"}, {"refusal": "I can't."},
+              {"tool_calls": [{"function": {"arguments": '{"a":1}'}}]}]
+    stream = b"".join(b"data: " + json.dumps({"choices": [{"delta": d}]}).encode() + b"\n\n" for d in deltas)
+    whole = {"choices": [{"message": {"content": "Hello", "refusal": "I can't.", name: "Let me think.",
+                                      "tool_calls": [{"function": {"arguments": '{"a":1}'}}]}}]}
+    expected = "Let me think.HelloI can't." + '{"a":1}'
+    assert completion_text(ClientAPI.CHAT, json.dumps(whole).encode()) == expected
+    assert streamed_text(stream + b"data: [DONE]\n\n") == expected
+    assert "".join(chunk_texts(stream)) == expected
 
 
 MALFORMED = [

@@ -2,10 +2,18 @@
 for counting its tokens.
 
 When an upstream answers without `usage`, the gateway counts the completion with tiktoken,
-as it does for streams (`tollway.ext.sse.streamed_text`). This module finds that text in a whole
-response body: the same parts a stream's chunks carry (content, legacy `text`, tool-call
-arguments; an Anthropic message's text, thinking and tool input), so a streamed and a
-non-stream answer count alike.
+as it does for streams (`tollway.ext.sse.streamed_text`, the Responses relay's deltas, and the
+limiter's `tollway.core.accounting.stream_text`). This module finds that text in a whole
+response body: the same parts a stream's chunks carry, so a streamed and a non-stream answer
+count alike:
+
+    OpenAI chat          message.reasoning_content (or .reasoning), .content, .refusal,
+                         .tool_calls[].function.arguments
+    legacy completions   choices[].text
+    Responses API        output[]: content[].text and .refusal (a message's text and refusal
+                         parts, a reasoning item's reasoning text), a reasoning item's
+                         summary[].text, a function call's `arguments`, a custom tool call's `input`
+    Anthropic messages   content[]: text, thinking, tool_use input
 
 The body comes from an upstream and may be anything, so decoding is typed but forgiving:
 unknown fields are ignored, and a body that is not the expected shape yields "" (counted as
@@ -32,11 +40,17 @@ class _ToolCall(msgspec.Struct):
 
 class _Part(msgspec.Struct):
     text: str | None = None
+    refusal: str | None = None  # a `refusal` part's text
 
 
 class _Message(msgspec.Struct):
     # A string in OpenAI's schema; some compatible servers send a list of text parts.
     content: str | list[_Part] | None = None
+    refusal: str | None = None
+    # A thinking model's reasoning, output tokens too: `reasoning_content` (vLLM, DeepSeek, the
+    # gateway's own translations), `reasoning` (OpenRouter, Groq, newer vLLM, which may send both).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[_ToolCall] | None = None
 
 
@@ -57,8 +71,12 @@ class _CompletionsBody(msgspec.Struct):
 
 
 class _OutputItem(msgspec.Struct):
-    content: list[_Part] | None = None  # a `message` item's output_text parts
+    content: list[_Part] | None = None  # a `message` item's output_text and refusal parts; a reasoning item's text
+    summary: list[_Part] | None = None  # a `reasoning` item's summary_text parts
     arguments: str | None = None  # a `function_call` item's generated arguments
+    # A `custom_tool_call` item's freeform input, a string. Kept raw: another item type may give
+    # `input` another shape, which must not make the whole body unreadable (counted as no text).
+    input: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 class _ResponsesBody(msgspec.Struct):
@@ -87,7 +105,14 @@ def _chat_parts(body: bytes) -> list[str]:
         message = choice.message
         if message is None:
             continue
+        # In a stream's order: the reasoning comes first. One of the two names, never both: a
+        # server sending both (during vLLM's renaming) sends the same text twice.
+        reasoning = message.reasoning_content or message.reasoning
+        if reasoning:
+            parts.append(reasoning)
         parts += _content_texts(message.content)
+        if message.refusal:
+            parts.append(message.refusal)
         parts += [c.function.arguments for c in message.tool_calls or () if c.function and c.function.arguments]
     return parts
 
@@ -95,7 +120,11 @@ def _chat_parts(body: bytes) -> list[str]:
 def _content_texts(content: str | list[_Part] | None) -> list[str]:
     if isinstance(content, str):
         return [content]
-    return [p.text for p in content or () if p.text]
+    return _part_texts(content)
+
+
+def _part_texts(parts: list[_Part] | None) -> list[str]:
+    return [text for p in parts or () for text in (p.text, p.refusal) if text]
 
 
 def _completions_parts(body: bytes) -> list[str]:
@@ -105,10 +134,23 @@ def _completions_parts(body: bytes) -> list[str]:
 def _responses_parts(body: bytes) -> list[str]:
     parts: list[str] = []
     for item in _decode_responses(body).output or ():
-        parts += [p.text for p in item.content or () if p.text]
+        parts += _part_texts(item.summary)  # (streamed before the reasoning text, if any, as OpenAI does)
+        parts += _part_texts(item.content)
         if item.arguments:
             parts.append(item.arguments)
+        tool_input = _string(item.input)
+        if tool_input:
+            parts.append(tool_input)
     return parts
+
+
+_decode_string = msgspec.json.Decoder(str).decode
+
+
+def _string(raw: msgspec.Raw) -> str:
+    """The JSON string `raw` is, or "" if it is another value (or none)."""
+    value = bytes(raw)
+    return _decode_string(value) if value[:1] == b'"' else ""
 
 
 def _message_parts(body: bytes) -> list[str]:
@@ -133,10 +175,8 @@ _PARTS: dict[str, Callable[[bytes], list[str]]] = {
 
 def completion_text(api: str, body: bytes) -> str:
     """The generated text in `body`, a non-stream response of the client API `api` (a
-    `ClientAPI` value naming the body's shape): chat content and tool-call arguments,
-    completions' `text`, Responses output text and function-call arguments, an Anthropic
-    message's text, thinking and tool input. "" for embeddings, an unknown API, or a body that
-    is not that API's JSON shape."""
+    `ClientAPI` value naming the body's shape): the pieces the module's docstring lists. ""
+    for embeddings, an unknown API, or a body that is not that API's JSON shape."""
     parts_of = _PARTS.get(api)
     if parts_of is None:
         return ""

@@ -5,7 +5,9 @@ A chunk is whole SSE events in the client API's shape. The pieces found are the 
 stream's usage is counted from (`tollway.ext.sse.streamed_text`, `completion_text`):
 
     OpenAI chat          choices[].delta.content, .refusal, .reasoning_content (vLLM, DeepSeek,
-                         and the gateway's own translation of Claude's and Bedrock's thinking),
+                         and the gateway's own translation of Claude's and Bedrock's thinking)
+                         or .reasoning (OpenRouter, Groq, newer vLLM; never both: a server
+                         renaming the field may send both, the same text),
                          .tool_calls[].function.arguments
     legacy completions   choices[].text
     Anthropic messages   content_block_delta: delta.text, .partial_json, .thinking
@@ -35,6 +37,7 @@ class _Delta(msgspec.Struct):
     content: str | None = None  # OpenAI chat
     refusal: str | None = None
     reasoning_content: str | None = None  # output tokens too: a thinking model's may be thousands
+    reasoning: str | None = None  # the same, by another name
     tool_calls: list[_ToolCall] | None = None
     text: str | None = None  # Anthropic text_delta
     partial_json: str | None = None  # Anthropic input_json_delta
@@ -87,7 +90,7 @@ def chunk_texts(out: bytes) -> list[str]:
 def _delta(delta: _Delta, found: list[str]) -> None:
     if delta.content:
         found.append(delta.content)
-    for text in (delta.refusal, delta.reasoning_content, delta.text, delta.partial_json, delta.thinking):
+    for text in (delta.refusal, delta.reasoning_content or delta.reasoning, delta.text, delta.partial_json, delta.thinking):
         if text:
             found.append(text)
     if delta.tool_calls:

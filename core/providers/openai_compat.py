@@ -143,7 +143,8 @@ _decode_event_type = msgspec.json.Decoder(_EventType).decode
 # The deltas of generated text (the ones output guardrails read, gateway/guardrails/responses_stream.py):
 # every one is output tokens, counted from this text when the upstream reports no usage.
 _TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
-                          "response.reasoning_text.delta", "response.reasoning_summary_text.delta"))
+                          "response.custom_tool_call_input.delta", "response.reasoning_text.delta",
+                          "response.reasoning_summary_text.delta"))
 # The events that end a Responses stream. All but `error` carry the response with its usage: an
 # answer cut at `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is
 # billed, all the same.

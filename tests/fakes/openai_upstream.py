@@ -20,6 +20,10 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   usage included, but no `[DONE]`, as some OpenAI-compatible servers end). burst-stream: a
   one-token delta, then, once the test sets `burst_release`, BURST_TOKENS tokens in one delta
   (as providers send whole tool-call arguments, or a burst after a long think).
+  thinks-no-usage (chat and Responses, streamed or not): a thinking model's answer without usage:
+  its reasoning (THOUGHT), a refusal (REFUSAL) and, in the Responses API, a custom tool call
+  (TOOL_INPUT), where a stream carries them in its deltas and a whole answer in other fields
+  than the text's.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ REPLY = "The quick brown fox jumps over the lazy dog"
 LONG_STREAM_CHUNKS = 3000
 LONG_DELTA = " tok"  # one token in tiktoken's o200k and cl100k encodings
 BURST_TOKENS = 301  # burst-stream's second delta: LONG_DELTA this many times
+THOUGHT = "The user asks for a lock pick guide, which I should decline."  # thinks-no-usage
+REFUSAL = "I'm sorry, but I can't help with that."
+TOOL_INPUT = "*** Begin Patch\n*** Add File: refusal.txt\n+declined\n*** End Patch"
 # Responses streams that end otherwise than `response.completed` with usage, by model name:
 # (the last event, the response's status, what the response says besides).
 RESPONSE_USAGE_CUT = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
@@ -123,6 +130,8 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
         if body.get("stream"):
             return await self._stream_chat(request, body, model, prompt)
         message: dict[str, Any] = {"role": "assistant", "content": REPLY, "refusal": None}
+        if model == "thinks-no-usage":  # (vLLM's and DeepSeek's field for the reasoning)
+            message = {"role": "assistant", "content": None, "reasoning_content": THOUGHT, "refusal": REFUSAL}
         finish = "stop"
         if body.get("tools"):
             fn = body["tools"][0]["function"]["name"]
@@ -130,7 +139,7 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
                 {"id": "call_abc123", "type": "function", "function": {"name": fn, "arguments": '{"city": "Paris"}'}}]}
             finish = "tool_calls"
         choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(body.get("n") or 1)]
-        usage = _ABSURD_USAGE.get(model) or _usage(prompt, 9)
+        usage = None if model == "thinks-no-usage" else _ABSURD_USAGE.get(model) or _usage(prompt, 9)
         return web.Response(text=json.dumps({
             "id": "chatcmpl-fake123", "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": "fp_fake", "choices": choices, "usage": usage,
@@ -139,7 +148,7 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
     async def _stream_chat(self, request: web.Request, body: dict[str, Any], model: str, prompt: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
-        include_usage = (body.get("stream_options") or {}).get("include_usage") and model != "no-usage"
+        include_usage = (body.get("stream_options") or {}).get("include_usage") and model not in ("no-usage", "thinks-no-usage")
         base = {"id": "chatcmpl-fake123", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                 "system_fingerprint": "fp_fake"}
         extra = {"usage": None} if include_usage else {}
@@ -149,8 +158,11 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
         await send({"role": "assistant", "content": ""}, None)
-        for i, word in enumerate(REPLY.split(" ")):
-            await send({"content": word if i == 0 else " " + word}, None)
+        deltas = [{"content": word if i == 0 else " " + word} for i, word in enumerate(REPLY.split(" "))]
+        if model == "thinks-no-usage":
+            deltas = [{"reasoning_content": THOUGHT[:20]}, {"reasoning_content": THOUGHT[20:]}, {"refusal": REFUSAL}]
+        for i, delta in enumerate(deltas):
+            await send(delta, None)
             if i == 1 and model in ("stall-stream", "die-mid-stream"):
                 if model == "die-mid-stream":
                     request.transport.close()
@@ -282,6 +294,8 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
             "usage": {"input_tokens": 5, "output_tokens": 9, "total_tokens": 14,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
         }
+        if model == "thinks-no-usage":
+            final = {**final, "output": _THINKING_OUTPUT, "usage": None}
         if not body.get("stream"):
             return web.json_response(final)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -293,10 +307,25 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
         return resp
 
 
+# thinks-no-usage's Responses output: a reasoning item, a refused message, a freeform tool call.
+_THINKING_OUTPUT = [
+    {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": THOUGHT}]},
+    {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+     "content": [{"type": "refusal", "refusal": REFUSAL}]},
+    {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1", "name": "apply_patch", "input": TOOL_INPUT},
+]
+_THINKING_DELTAS = [
+    ("response.reasoning_summary_text.delta", {"item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": THOUGHT}),
+    ("response.refusal.delta", {"item_id": "msg_1", "output_index": 1, "content_index": 0, "delta": REFUSAL}),
+    ("response.custom_tool_call_input.delta", {"item_id": "ctc_1", "output_index": 2, "delta": TOOL_INPUT}),
+]
+
+
 def _responses_events(model: str, final: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The stream's events, ended as the model name says (RESPONSES_ENDS); "ends-early" never ends."""
-    events = [("response.created", {"response": {**final, "status": "in_progress", "output": [], "usage": None}}),
-              ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": REPLY})]
+    deltas = _THINKING_DELTAS if model == "thinks-no-usage" else [
+        ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": REPLY})]
+    events = [("response.created", {"response": {**final, "status": "in_progress", "output": [], "usage": None}}), *deltas]
     if model == "ends-early":
         return events
     kind, status, extra = RESPONSES_ENDS.get(model, ("response.completed", "completed", {}))
