@@ -64,7 +64,8 @@ cdef struct Value:
     const char* s
     Py_ssize_t n
 
-cdef int _MAX_STATEMENTS = 64  # prepared statements kept; past that all are finalized (a caller's: a few, in a few sizes)
+cdef int _MAX_STATEMENTS = 64  # prepared statements kept (a caller's SQL: a few shapes, in a few sizes)
+cdef int _PER_CALL = 10  # statements one insert may prepare: a row's, and a statement per power of two <= _MAX_ROWS
 cdef Py_ssize_t _MAX_ROWS = 256  # rows a statement at most (and what the build's variable limit allows)
 
 cdef struct Chunk:
@@ -79,6 +80,7 @@ cdef class RowWriter:
     cdef dict _prepared  # SQL text -> index into _stmts
     cdef sqlite3_stmt** _stmts
     cdef public Py_ssize_t _variables  # bound values a statement may hold (SQLite's limit; tests lower it)
+    cdef bint _busy  # a call is under way (its GIL let go): another thread's call or close must not touch the connection
 
     def __cinit__(self, str path, int busy_ms):
         self._db = NULL
@@ -97,7 +99,7 @@ cdef class RowWriter:
             raise pysqlite.OperationalError(f"cannot open {path}: {message}")
         sqlite3_busy_timeout(self._db, busy_ms)
         self._variables = sqlite3_limit(self._db, SQLITE_LIMIT_VARIABLE_NUMBER, -1)
-        self.execute("PRAGMA synchronous=NORMAL")  # (per connection; WAL is the file's, set by its opener)
+        self._execute("PRAGMA synchronous=NORMAL")  # (per connection; WAL is the file's, set by its opener)
 
     def __dealloc__(self):
         self._close()
@@ -105,7 +107,13 @@ cdef class RowWriter:
 
     def execute(self, str sql):
         """A statement without parameters: BEGIN, COMMIT, ROLLBACK, a PRAGMA."""
-        self._check_open()
+        self._enter()
+        try:
+            self._execute(sql)
+        finally:
+            self._busy = False
+
+    cdef _execute(self, str sql):
         cdef bytes text = sql.encode()
         cdef const char* c_sql = text
         cdef int rc
@@ -116,11 +124,21 @@ cdef class RowWriter:
 
     def insert(self, str head, str row, str tail, rows, encode=None):
         """`head + row + tail` for each of `rows` (see tollway.ext.sqlrows.RowWriter.insert)."""
-        self._check_open()
-        cdef list held = rows if type(rows) is list else list(rows)  # (alive, and every text bound from it, until the rows are in)
+        self._enter()
+        try:
+            self._insert(head, row, tail, rows, encode)
+        finally:
+            self._busy = False
+
+    cdef _insert(self, str head, str row, str tail, rows, encode):
+        # Every row as a tuple of this list's own (alive, with every text bound from it, until
+        # the rows are in, whatever the caller's list or rows meanwhile: the GIL is let go).
+        cdef list held = [x if type(x) is tuple else tuple(x) for x in rows]
         cdef Py_ssize_t count = len(held)
         if count == 0:
             return
+        if len(self._prepared) > _MAX_STATEMENTS - _PER_CALL:  # (room for this call's: none is finalized under it)
+            self._finalize_all()
         cdef Py_ssize_t width = sqlite3_bind_parameter_count(self._statement(head, row, tail, 1))
         cdef Value* values = <Value*>PyMem_Malloc(count * width * sizeof(Value))
         cdef Chunk* chunks = <Chunk*>PyMem_Malloc(count * sizeof(Chunk))
@@ -132,7 +150,7 @@ cdef class RowWriter:
             if values == NULL or chunks == NULL:
                 raise MemoryError()
             for r in range(count):
-                _read_row(held[r], width, values + r * width, encode, texts)
+                _read_row(<tuple>held[r], width, values + r * width, encode, texts)
             while left:  # statements of the largest power of two rows left, at most `most` (as the twin)
                 n = min(most, (<Py_ssize_t>1) << (_bit_length(left) - 1))
                 chunks[parts].stmt = self._statement(head, row, tail, n)
@@ -148,7 +166,17 @@ cdef class RowWriter:
             PyMem_Free(chunks)
 
     def close(self):
+        if self._busy:
+            raise pysqlite.ProgrammingError("the row writer is in use by another thread")
         self._close()
+
+    cdef _enter(self):
+        """Start a call: the connection open, and no other call under way (one thread at a time)."""
+        if self._db == NULL:
+            raise pysqlite.ProgrammingError("the row writer is closed")
+        if self._busy:
+            raise pysqlite.ProgrammingError("the row writer is in use by another thread")
+        self._busy = True
 
     cdef sqlite3_stmt* _statement(self, str head, str row, str tail, Py_ssize_t rows) except NULL:
         """The prepared statement of `head` + `rows` times `row` + `tail`, prepared once."""
@@ -156,8 +184,6 @@ cdef class RowWriter:
         cdef object at = self._prepared.get(key)
         if at is not None:
             return self._stmts[<Py_ssize_t>at]
-        if len(self._prepared) == _MAX_STATEMENTS:
-            self._finalize_all()
         cdef bytes text = (head + ", ".join((row,) * rows) + tail).encode()
         cdef const char* c_sql = text
         cdef sqlite3_stmt* stmt = NULL
@@ -183,10 +209,6 @@ cdef class RowWriter:
             sqlite3_close_v2(self._db)
             self._db = NULL
 
-    cdef _check_open(self):
-        if self._db == NULL:
-            raise pysqlite.ProgrammingError("the row writer is closed")
-
     cdef object _error(self, int rc):
         """The sqlite3 module's exception for result code `rc` (a constraint's: IntegrityError)."""
         if rc & 0xFF == SQLITE_CONSTRAINT:
@@ -200,9 +222,8 @@ cdef class RowWriter:
         return text[:strlen(text)].decode("utf-8", "replace")
 
 
-cdef int _read_row(object row, Py_ssize_t width, Value* out, object encode, list texts) except -1:
+cdef int _read_row(tuple values, Py_ssize_t width, Value* out, object encode, list texts) except -1:
     """A row's values into `out`, as the twin binds them."""
-    cdef tuple values = row if type(row) is tuple else tuple(row)
     if len(values) != width:
         raise ValueError(f"a row of {len(values)} values for a statement of {width}")
     cdef Py_ssize_t i

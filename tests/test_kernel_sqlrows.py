@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,47 @@ def test_the_compiled_writer_lets_the_loop_run_while_sqlite_works(tmp_path):
 def test_the_compiled_kernel_runs_on_the_sqlite3_modules_library():
     compiled = compiled_or_skip("sqlrows")
     assert compiled.LIBRARY_VERSION == sqlite3.sqlite_version == pure_sqlrows.LIBRARY_VERSION
+
+
+def test_many_statement_shapes_go_in_right_past_the_statement_cache(sqlrows_impl, tmp_path):
+    """More SQL shapes than the compiled twin keeps prepared (64): each call still writes its
+    rows, whatever was finalized to make room."""
+    db = _db(tmp_path / "t.db")
+    w = sqlrows_impl.RowWriter(str(tmp_path / "t.db"), 1000)
+    for i in range(80):
+        w.insert(f"INSERT INTO t (a, b, c) /* {i} */ VALUES ", ROW, "", [(i, j, None) for j in range(i % 7 + 1)])
+    assert db.execute("SELECT count(*), sum(a) FROM t").fetchone() == (sum(i % 7 + 1 for i in range(80)),
+                                                                     sum(i * (i % 7 + 1) for i in range(80)))
+    w.close()
+
+
+def test_the_compiled_writer_refuses_a_second_thread_while_a_call_is_under_way(tmp_path):
+    """The GIL is let go during a call: a close (or another call) from another thread then
+    must not touch the connection under it."""
+    compiled = compiled_or_skip("sqlrows")
+    db = _db(tmp_path / "t.db")
+    w = compiled.RowWriter(str(tmp_path / "t.db"), 400)
+    db.execute("BEGIN IMMEDIATE")  # the writer's BEGIN IMMEDIATE waits its busy time on this
+    failures: list[BaseException] = []
+    calling = threading.Event()
+
+    def waiting() -> None:
+        calling.set()
+        try:
+            w.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            failures.append(exc)
+
+    other = threading.Thread(target=waiting)
+    other.start()
+    try:
+        assert calling.wait(5)
+        time.sleep(0.05)  # (the other call is waiting on the lock now: 400 ms)
+        for call in (w.close, lambda: w.execute("BEGIN"), lambda: w.insert(HEAD, ROW, "", [(1, 2, 3)])):
+            with pytest.raises(sqlite3.ProgrammingError, match="in use by another thread"):
+                call()
+    finally:
+        other.join()
+        db.execute("ROLLBACK")
+    assert len(failures) == 1 and "locked" in str(failures[0])
+    w.close()
