@@ -333,6 +333,25 @@ async def test_migrations_make_the_schema_once_and_refuse_a_newer_one(target: st
     await newer.aclose()
 
 
+async def test_a_sqlite_store_that_refuses_a_newer_schema_leaves_no_connection_open(tmp_path):
+    """The connection that found the newer schema is closed again (the gateway goes on without
+    a ledger, and retrying or reloading must not pile up open files)."""
+    path = tmp_path / "ledger.db"
+    first = SqliteStore(str(path))
+    await first.open()
+    await first.aclose()
+    await _set_version(str(path), SQLITE_VERSION + 1)
+
+    def open_files() -> int:
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}").startswith(str(path)) for fd in os.listdir("/proc/self/fd"))
+
+    newer = SqliteStore(str(path))
+    with pytest.raises(SchemaTooNew):
+        await newer.open()
+    assert open_files() == 0
+    await newer.aclose()
+
+
 async def test_stores_opening_a_fresh_postgres_database_at_once_all_succeed(pg_database: str):
     stores = [PostgresStore(pg_database) for _ in range(4)]
     try:

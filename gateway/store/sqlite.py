@@ -147,16 +147,24 @@ class SqliteStore:
     def _open(self) -> None:
         if self._db is not None:  # opened already (an open the start gave up waiting for, finished later)
             return
+        opened: list[sqlite3.Connection | RowWriter] = []  # closed again if a later step fails
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
+            opened.append(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             _migrate(db)
             rows = RowWriter(self.path, _BUSY_MS)
+            opened.append(rows)
             reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
+            opened.append(reader)
             reader.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
+        except BaseException as exc:
+            for connection in opened:
+                connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
+            raise
         self._db, self._rdb, self._rows = db, reader, rows
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
@@ -263,7 +271,7 @@ def _encode_value(value: object) -> str | None:
     """A record's value the row writer cannot bind as it is: its tags, its guardrail findings."""
     if isinstance(value, tuple):
         return ",".join(value) or None
-    return _encode(value).decode()
+    return _encode(value).decode() if value else None  # (no findings: NULL, as when there were none)
 
 
 # Rows a batch writes between yields of the core. The writer's thread shares the gateway's
