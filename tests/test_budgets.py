@@ -243,6 +243,63 @@ async def test_a_budget_added_by_a_reload_counts_what_the_ledger_already_holds(t
         await gw.upstream.aclose()
 
 
+async def test_a_budget_added_by_a_reload_counts_what_the_ledger_has_still_queued(tmp_path):
+    """The records of requests just answered wait in the ledger's queue (`flush_interval`): a
+    budget added then read the database alone, and the key went on spending past it."""
+    store = f"store: {{backend: sqlite, path: '{tmp_path / 'ledger.db'}'}}\nledger: {{flush_interval: 30}}\n"
+    unbudgeted = _config(store).replace(", budget: {usd: 5, period: week}", "")
+    gw = Gateway(loads(unbudgeted))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        for _ in range(3):
+            assert (await _ask(gw)).status == 200  # dollars each, no budget yet
+        assert gw.books.ledger.queued == 3, "the records are still queued, not written"
+        gw.reload(loads(unbudgeted.replace("teams: [{name: t}]", "teams: [{name: t, budget: {usd: 20, period: week}}]")))
+        while gw.background:
+            await asyncio.sleep(0.01)
+        assert gw.books.budgets.book.accounts[("team", "t")].spent == pytest.approx(3 * 9.0)
+        answer = await _ask(gw)
+        assert answer.status == 429 and b"insufficient_quota" in answer.answer, "the queued spend counts"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+
+
+async def test_a_budget_added_while_a_batch_is_being_written_counts_it_once(tmp_path, monkeypatch):
+    """A batch taken from the queue and not yet in the database is in neither: the read waits
+    for its write, then finds it there (and not in the queue as well)."""
+    unbudgeted = _config(_store(tmp_path)).replace(", budget: {usd: 5, period: week}", "")
+    gw = Gateway(loads(unbudgeted))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    store = gw.books.ledger.store
+    writing, release, write = asyncio.Event(), asyncio.Event(), store.write
+
+    async def slow_write(records):
+        writing.set()
+        await release.wait()
+        await write(records)
+
+    monkeypatch.setattr(store, "write", slow_write)
+    try:
+        for _ in range(3):
+            assert (await _ask(gw)).status == 200  # dollars each, no budget yet
+        await asyncio.wait_for(writing.wait(), 5.0)
+        assert gw.books.ledger.queued == 3 and not list(gw.books.ledger.unwritten()), "all three being written"
+        gw.reload(loads(unbudgeted.replace("teams: [{name: t}]", "teams: [{name: t, budget: {usd: 20, period: week}}]")))
+        await asyncio.sleep(0.05)  # the reload's read of the ledger is under way
+        release.set()
+        while gw.background:
+            await asyncio.sleep(0.01)
+        assert gw.books.budgets.book.accounts[("team", "t")].spent == pytest.approx(3 * 9.0)
+        assert (await _ask(gw)).status == 429
+    finally:
+        release.set()
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+
+
 async def test_a_request_in_flight_across_a_reload_is_charged_to_the_budget_in_force():
     gw = Gateway(loads(_config()))
     gw.start()
@@ -349,6 +406,25 @@ async def test_a_budget_added_by_a_reload_seeds_the_shared_counter_with_what_the
             await asyncio.sleep(0.01)
         assert await _shared_spend(gw, "team", "t", ledger) == (pytest.approx(ledger), pytest.approx(ledger)), \
             "Redis was seeded with the ledger's spend, not with 0 before it was read"
+        assert (await _ask(gw)).status == 429
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_budget_added_by_a_reload_seeds_the_shared_counter_with_what_the_ledger_has_queued(tmp_path, fast_sync):
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n{_store(tmp_path)}").replace(
+        "flush_interval: 0.01", "flush_interval: 30")
+    unbudgeted = text.replace(", budget: {usd: 5, period: week}", "")
+    async with _serving(unbudgeted, prefix) as gw:
+        for _ in range(3):
+            assert (await _ask(gw)).status == 200  # dollars each, no budget yet, their records queued
+        assert gw.books.ledger.queued == 3
+        gw.reload(loads(unbudgeted.replace("teams: [{name: t}]", "teams: [{name: t, budget: {usd: 20, period: week}}]")))
+        while gw.background:
+            await asyncio.sleep(0.01)
+        spent = 3 * 9.0
+        assert await _shared_spend(gw, "team", "t", spent) == (pytest.approx(spent), pytest.approx(spent)), \
+            "Redis was seeded with the spend the ledger holds and has queued"
         assert (await _ask(gw)).status == 429
 
 

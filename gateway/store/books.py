@@ -51,7 +51,7 @@ class Books:
             self.budgets.await_ledger()  # (until read now, or when the database is back)
             try:
                 await asyncio.wait_for(ledger.open(), _OPEN_AT_START)
-                await self.budgets.rebuild(ledger.store)
+                await self.budgets.rebuild(ledger)
             except SchemaTooNew:
                 raise
             except (StoreError, OSError, TimeoutError) as exc:
@@ -59,7 +59,7 @@ class Books:
                             "records wait for it", ledger.store.backend, exc or "timed out")
             # (the keeper in force then: reloads meanwhile may have brought owners of their own)
             ledger.start(loop, None if ledger.opened else (
-                lambda: self.budgets.current().rebuild(ledger.store, add=True)))
+                lambda: self.budgets.current().rebuild(ledger, add=True)))
         self.budgets.start(loop)
 
     def adopt(self, previous: Books) -> Awaitable[None] | None:
@@ -72,7 +72,7 @@ class Books:
         self.budgets.await_ledger(fresh)
         if not self.ledger.opened:  # read when the database opens (`start`'s on_open)
             return None
-        return self.budgets.rebuild(self.ledger.store, fresh)
+        return self.budgets.rebuild(self.ledger, fresh)
 
     async def close(self, deadline: float) -> None:
         await self.budgets.aclose()

@@ -13,16 +13,18 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.budgets import Account, BudgetBook, Owner
+from tollway.core.ledger.record import UsageRecord
 from tollway.core.ledger.report import SpendQuery, merge
 from tollway.gateway.admission import Admitted
 from tollway.gateway.exchange import Exchange
-from tollway.gateway.store import LedgerStore, StoreError
+from tollway.gateway.store import StoreError
+from tollway.gateway.store.ledger import Ledger
 
 if TYPE_CHECKING:
     from tollway.gateway.store.budget_share import RedisShare
@@ -108,10 +110,11 @@ class BudgetKeeper:
             if owners is None or owner in owners:
                 account.awaiting_ledger = True
 
-    async def rebuild(self, store: LedgerStore, owners: set[Owner] | None = None, add: bool = False) -> None:
-        """Each owner's spend this period, from the ledger (what survived a restart); `owners`
-        limits it to those. `add`: the ledger's sum is added to what was counted meanwhile (the
-        database came back after the gateway started: nothing this process charged is in it yet)."""
+    async def rebuild(self, ledger: Ledger, owners: set[Owner] | None = None, add: bool = False) -> None:
+        """Each owner's spend this period, from the ledger (what survived a restart, and what
+        requests just answered left in its queue); `owners` limits it to those. `add`: the
+        database's sum is added to what was counted meanwhile (the database came back after the
+        gateway started: nothing this process charged is in it yet)."""
         now = self.clock()
         by_start: dict[tuple[str, float], list[tuple[Owner, Account]]] = defaultdict(list)
         for owner, account in self.book.accounts.items():
@@ -120,19 +123,26 @@ class BudgetKeeper:
             account.roll(now)
             by_start[(owner[0], account.start)].append((owner, account))
         try:
-            for (kind, start), accounts in by_start.items():
-                spent = merge(await store.spend(SpendQuery((kind,), start, now + 1)))
-                for (_, name), account in accounts:
-                    sums = spent.get((name,))
+            # Writes held: a record is in the database or in the queue then, never in both or
+            # neither (a budget added right after requests must count their queued records)
+            async with ledger.writes_held():
+                written = [(accounts, merge(await ledger.store.spend(SpendQuery((kind,), start, now + 1))))
+                           for (kind, start), accounts in by_start.items()]
+                queued = _queued_spend(ledger.unwritten(), by_start.values(), now + 1)
+            for accounts, spent in written:
+                for owner, account in accounts:
+                    sums = spent.get((owner[1],))
                     ledger_usd = sums[-1] if sums else 0.0  # cost_usd is the last sum
+                    floor = ledger_usd + queued.get(owner, 0.0)
                     # The spend is at least this, whatever a shared total read before or after
                     # says: a counter left by a budget removed and added back this period missed
                     # the spend in between (the syncs raise it to this, budget_share.SEED).
-                    account.ledger_floor = ledger_usd
+                    account.ledger_floor = floor
                     # (`add` only to this process's own charges: a shared total read meanwhile
-                    # holds the ledger's already, and adding it would count it twice)
+                    # holds the ledger's already, and adding it would count it twice; the queue
+                    # holds records of these charges, and of some before the budget was added)
                     adding = add and account.awaiting_ledger
-                    account.spent = account.spent + ledger_usd if adding else max(account.spent, ledger_usd)
+                    account.spent = max(account.spent + ledger_usd, floor) if adding else max(account.spent, floor)
         except StoreError as exc:
             log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
         finally:  # read or not (then counting from what this process saw), the counters may be shared
@@ -150,3 +160,19 @@ class BudgetKeeper:
         if self.share is not None:
             heir = self.current()
             await self.share.aclose(self.book, heir.share if heir is not self else None)
+
+
+def _queued_spend(records: Iterable[UsageRecord], owners: Iterable[list[tuple[Owner, Account]]],
+                  until: float) -> dict[Owner, float]:
+    """What the records not yet in the database cost each owner this period (as the database's
+    sum would count them once written: by the request's arrival in [period start, `until`))."""
+    wanted = {owner: account for accounts in owners for owner, account in accounts}
+    spent: dict[Owner, float] = defaultdict(float)
+    for record in records:
+        if not record.cost_usd:
+            continue
+        for kind, name in (("key", record.key), ("team", record.team)):
+            account = wanted.get((kind, name)) if name is not None else None
+            if account is not None and name is not None and account.start <= record.ts < until:
+                spent[(kind, name)] += record.cost_usd
+    return spent

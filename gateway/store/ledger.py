@@ -9,14 +9,20 @@ incident (an incident ends when a write succeeds again). On shutdown `close` wri
 queued within its deadline; what is left then is dropped and counted, and so is the batch being
 written if closing the store ends its write in failure (or it has not ended a moment later).
 Each record is counted once: written or dropped.
+
+A reader that must see every record, written or not (the budgets' spend rebuilt when a reload
+adds a budget, tollway.gateway.store.budgets), reads the database inside `writes_held`: no
+batch is being written then, so each record is either in the database or in `unwritten`, never
+in both or neither.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -58,6 +64,9 @@ class Ledger:
         self._in_flight = 0  # records of the batch being written, not yet settled: they count against the buffer
         self._idle = asyncio.Event()  # no write under way
         self._idle.set()
+        # Held by each batch's write and by a reader of the whole ledger (`writes_held`), so that
+        # reader never sees a batch half way: out of the queue and not yet in the database
+        self._writes = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropping = False  # an incident of drops is under way (logged once)
@@ -89,6 +98,19 @@ class Ledger:
     @property
     def queued(self) -> int:
         return len(self._queue) + self._in_flight
+
+    @contextlib.asynccontextmanager
+    async def writes_held(self) -> AsyncIterator[None]:
+        """While inside, no batch is being written (the write under way, if any, ends first) and
+        none starts: the database holds what was written, and `unwritten` the rest. Records
+        submitted meanwhile are queued as ever; the writer goes on when the reader is done."""
+        async with self._writes:
+            yield
+
+    def unwritten(self) -> Iterator[UsageRecord]:
+        """The records not in the database, oldest first; only whole inside `writes_held` (else
+        the batch being written is in neither). Iterate it without awaiting: requests add to it."""
+        return iter(self._queue)
 
     def lag(self) -> float:
         """Seconds the oldest unwritten record has waited (0 when none waits)."""
@@ -151,17 +173,18 @@ class Ledger:
 
     async def _write_batch(self) -> bool:
         """Write the oldest batch; on failure put it back in front. True unless it failed."""
-        if not self._queue:
-            return True
-        n = min(len(self._queue), self.config.batch_records)
-        batch = [self._queue.popleft() for _ in range(n)]
-        self._in_flight = n
-        self._idle.clear()
-        try:
-            return await self._write(batch)
-        finally:
-            self._in_flight = 0
-            self._idle.set()
+        async with self._writes:  # (uncontended but while a reader holds writes: no wait)
+            if not self._queue:
+                return True
+            n = min(len(self._queue), self.config.batch_records)
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._in_flight = n
+            self._idle.clear()
+            try:
+                return await self._write(batch)
+            finally:
+                self._in_flight = 0
+                self._idle.set()
 
     async def _write(self, batch: list[UsageRecord]) -> bool:
         try:
