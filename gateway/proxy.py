@@ -294,6 +294,10 @@ class Proxy:
         ex.status = 200
         out = ClientStream(proto.response_stream(200, [*SSE_HEADERS, *base_headers]), ex.scope,
                            server.client_idle_timeout)
+        # The head went out with its 200, once the first event was in hand: the answer is under way
+        # (as in the media relay), also while the per-chunk hooks (a plugin's await) hold that
+        # event, and a client that leaves now got a 200, not a 499.
+        ex.first_byte = time.perf_counter()
         failed: Health = None  # (a client gone or stalled says nothing about the upstream)
         try:
             failed = await self._pump(ex, out, first, chunks, feed)
@@ -344,7 +348,6 @@ class Proxy:
             if hooks:
                 first = await _hooked(ex, first)
             await send(first)
-            ex.first_byte = time.perf_counter()
             try:
                 async for chunk in chunks:
                     left -= len(chunk)

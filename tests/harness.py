@@ -28,6 +28,17 @@ ADMIN_KEY = "sk-tollway-admin-key-5555555555"
 UPSTREAM_SECRET = "sk-upstream-SECRET-abcdef123456"
 
 
+def post_and_leave(port: int, path: str, body: dict[str, Any], request_id: str, key: str = TEST_KEY) -> bytes:
+    """POST `body` as JSON over a raw socket, take the first bytes of the answer (its head), and
+    leave: a client that goes away once its answer began. Returns what it read."""
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n"
+                     f"x-request-id: {request_id}\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(data)}\r\n\r\n".encode() + data)
+        return sock.recv(65536)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.openai_media import TRANSCRIPT, speech_audio
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+from tests.harness import OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash, post_and_leave
 from tests.test_e2e_errors import assert_openai_error
 from tests.test_ledger_e2e import record_of
 
@@ -420,15 +420,8 @@ def test_speech_as_sse_events_is_priced_by_its_tokens(client, db):
 
 def _speech_left_early(gw: GatewayProcess, text: str, request_id: str) -> None:
     """Ask for speech over a raw socket, take the response's head, and leave."""
-    import json
-    import socket
-
-    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text}).encode()
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-        sock.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\n"
-                     f"x-request-id: {request_id}\r\ncontent-type: application/json\r\n"
-                     f"content-length: {len(body)}\r\n\r\n".encode() + body)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the answer began, then the client leaves
+    head = post_and_leave(gw.port, "/v1/audio/speech", {"model": "tts-1", "voice": "alloy", "input": text}, request_id)
+    assert head.startswith(b"HTTP/1.1 200")  # the answer began, then the client leaves
 
 
 def test_speech_cut_off_by_a_client_that_leaves_is_still_charged(gw, db):

@@ -6,7 +6,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import REFUSAL, REPLY, RESPONSE_USAGE_CUT, THOUGHT, TOOL_INPUT
+from tests.fakes.openai_upstream import CODE, MCP_ARGUMENTS, REFUSAL, REPLY, RESPONSE_USAGE_CUT, THOUGHT, TOOL_INPUT
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess
 from tollway.core.accounting.tokens import count_tokens
 
@@ -157,15 +157,18 @@ def _answer_tokens(client: openai.OpenAI, gateway: GatewayProcess, api: str, str
     else:
         raw = client.responses.with_raw_response.create(model="thinks-no-usage", input="x", stream=stream)
         kinds = [e.type for e in raw.parse()][1:-1] if stream else [item.type for item in raw.parse().output]
-        assert len(kinds) == 3, kinds  # reasoning, refusal, custom tool call
+        # reasoning, refusal, custom tool call, MCP call, code interpreter call (and a stream's audio delta)
+        assert len(kinds) == 5 + stream, kinds
     return gateway.log_line(raw.headers["x-request-id"])["completion_tokens"]
 
 
-@pytest.mark.parametrize("api, text", [("chat", THOUGHT + REFUSAL), ("responses", THOUGHT + REFUSAL + TOOL_INPUT)],
+@pytest.mark.parametrize("api, text", [("chat", THOUGHT + REFUSAL),
+                                       ("responses", THOUGHT + REFUSAL + TOOL_INPUT + MCP_ARGUMENTS + CODE)],
                          ids=["chat", "responses"])
 def test_an_answer_without_usage_is_billed_its_reasoning_refusal_and_tool_input(client, gateway, api, text):
     # No usage: the gateway counts the answer's text, which is not only `content` / output_text,
-    # and the same answer costs the same whether it came whole or streamed.
+    # and the same answer costs the same whether it came whole or streamed (an MCP call's
+    # arguments and the code interpreter's code too; a stream's base64 audio is no text).
     expected = count_tokens(text, "thinks-no-usage")
     assert _answer_tokens(client, gateway, api, stream=False) == expected > 20
     assert _answer_tokens(client, gateway, api, stream=True) == expected

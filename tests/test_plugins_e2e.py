@@ -19,7 +19,16 @@ from aiohttp import web
 
 from examples.plugins.jwt_auth import sign
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.harness import ADMIN_KEY, OTHER_KEY, TEST_KEY, UPSTREAM_SECRET, GatewayProcess, ThreadedServer, key_hash
+from tests.harness import (
+    ADMIN_KEY,
+    OTHER_KEY,
+    TEST_KEY,
+    UPSTREAM_SECRET,
+    GatewayProcess,
+    ThreadedServer,
+    key_hash,
+    post_and_leave,
+)
 
 JWT_SECRET = "a-shared-secret-of-some-length-0123"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -55,6 +64,8 @@ SCRIPTS: list[tuple[str, dict[str, str], str, str]] = [
     ("interrupter-open", {"on_request": "interrupt"}, "interrupt-open", "on_error: open"),
     ("interrupter-closed", {"on_request": "interrupt"}, "interrupt-closed", "on_error: closed"),
     ("chunk-deaf-open", {"on_chunk": "deaf"}, "chunk-deaf-open", "timeout_ms: 50, on_error: open"),
+    # (the fake's long-stream has text in its first chunk: the hook runs before anything is sent)
+    ("chunk-sleepy-open", {"on_chunk": "sleep"}, "long-stream", "timeout_ms: 2500, on_error: open"),
     ("bad-replace-open", {"on_request": "bad_replace"}, "bad-replace-open", "on_error: open"),
     ("resp-bad-reject-open", {"on_response": "bad_reject"}, "resp-bad-reject-open", "on_error: open"),
     ("resp-bad-replace-open", {"on_response": "bad_replace"}, "resp-bad-replace-open", "on_error: open"),
@@ -234,6 +245,17 @@ def test_on_chunk_text_that_cannot_be_encoded_when_closed_ends_the_stream_naming
     with pytest.raises(openai.APIError) as caught:
         _stream_text(gw, "chunk-surrogate-closed")
     assert caught.value.body["code"] == "plugin_failed" and "chunk-surrogate-closed" in caught.value.message
+
+
+def test_a_client_that_leaves_during_a_slow_first_on_chunk_keeps_the_status_it_got(gw: GatewayProcess) -> None:
+    # The 200 head goes out before the first chunk's hooks run; a plugin that awaits on that
+    # chunk held the answer "not started", so the watchdog's cancellation for the vanished
+    # client wrote a 499 (and no time to first byte) for a client that had read "HTTP/1.1 200".
+    body = {"model": "long-stream", "messages": MESSAGES, "stream": True}
+    assert post_and_leave(gw.port, "/v1/chat/completions", body, "slow-chunk-left").startswith(b"HTTP/1.1 200")
+    line = gw.log_line("slow-chunk-left")
+    assert (line["status"], line["error"]) == (200, "client_closed")
+    assert line["ttfb_ms"] is not None
 
 
 # -- on_response -----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ USAGE = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500,
 
 
 @pytest.mark.parametrize("kind", ["output_text", "refusal", "function_call_arguments", "reasoning_text",
-                                  "reasoning_summary_text"])
+                                  "reasoning_summary_text", "custom_tool_call_input", "mcp_call_arguments",
+                                  "code_interpreter_call_code"])
 def test_every_generated_text_delta_is_kept_for_counting(kind):
     stream = CREATED + delta(kind, "Hello") + delta(kind, ", world") + COMPLETED
     relay = ResponsesStreamRelay()

@@ -74,6 +74,18 @@ def test_chunk_texts_reads_a_chat_streams_reasoning() -> None:
     assert chunk_texts(chunk) == ["let me think"]
 
 
+def test_chunk_texts_reads_a_responses_streams_generated_text_only() -> None:
+    """A Responses stream's audio deltas are base64 (the audio's tokens, priced as audio), and a
+    transcript repeats the audio: counted as text, a long spoken answer hit its output-token
+    limit far too early. An event named only by its `event:` line is read by that name."""
+    chunk = (_event("response.audio.delta", {"type": "response.audio.delta", "delta": "UklGRiQAAABXQVZF" * 64})
+             + _event("response.audio.transcript.delta", {"type": "response.audio.transcript.delta", "delta": "Hi"})
+             + _event("response.mcp_call_arguments.delta", {"type": "response.mcp_call_arguments.delta", "delta": "{}"})
+             + _event("response.code_interpreter_call_code.delta", {"delta": "print(1)"})
+             + _event("response.audio.delta", {"delta": "UklGRiQA"}))
+    assert chunk_texts(chunk) == ["{}", "print(1)"]
+
+
 @pytest.mark.parametrize("chunk", [b"", b"data: [DONE]\n\n", b"data: {not json\n\n", b'data: {"choices": 7}\n\n',
                                    b'data: {"choices": [{"delta": {"content": 5}}]}\n\n', b": comment\n\n"])
 def test_chunk_texts_finds_nothing_in_what_carries_no_text(chunk: bytes) -> None:

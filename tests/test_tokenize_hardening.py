@@ -136,6 +136,41 @@ def test_a_thinking_or_refusing_chat_answer_counts_alike_streamed_or_not(name):
     assert "".join(chunk_texts(stream)) == expected
 
 
+def test_a_responses_answer_counts_alike_streamed_or_not_and_audio_is_no_text():
+    """Every kind of generated text of a Responses answer (an MCP call's arguments and the code
+    interpreter's code among them) is output tokens, whole or in deltas: the billed stream text
+    (the relay's `streamed_text`), the limiter's (`chunk_texts`) and the whole body's
+    (`completion_text`) are the same text. An audio delta is base64 (audio tokens, not text),
+    and a transcript repeats what the audio says: neither is counted as text."""
+    from tollway.core.accounting.stream_text import chunk_texts
+    from tollway.core.providers.openai_compat import ResponsesStreamRelay
+
+    deltas = [("reasoning_summary_text", "Plan."), ("reasoning_text", "Think."), ("output_text", "Out"),
+              ("refusal", "No."), ("function_call_arguments", '{"x":1}'), ("custom_tool_call_input", "*** patch"),
+              ("mcp_call_arguments", '{"q":"a"}'), ("code_interpreter_call_code", "print(1)"),
+              ("audio", "UklGRiQAAABXQVZFZm10IBAAAAABAAEA" * 8), ("audio.transcript", "Out")]
+    stream = b"".join(f"event: response.{kind}.delta\ndata: {json.dumps({'type': f'response.{kind}.delta', 'delta': text})}\n\n"
+                      .encode() for kind, text in deltas)
+    end = {"type": "response.completed", "response": {"status": "completed", "usage": None}}
+    whole = {"object": "response", "output": [
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Plan."}],
+         "content": [{"type": "reasoning_text", "text": "Think."}]},
+        {"type": "message", "content": [{"type": "output_text", "text": "Out"}, {"type": "refusal", "refusal": "No."}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"x":1}'},
+        {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** patch"},
+        {"type": "mcp_call", "id": "m1", "server_label": "s", "name": "search", "arguments": '{"q":"a"}', "output": "found"},
+        {"type": "code_interpreter_call", "id": "ci1", "container_id": "cntr", "code": "print(1)",
+         "outputs": [{"type": "logs", "logs": "1"}]},
+    ]}
+    expected = 'Plan.Think.OutNo.{"x":1}*** patch{"q":"a"}print(1)'
+    relay = ResponsesStreamRelay()
+    relay.feed(stream + b"event: response.completed\ndata: " + json.dumps(end).encode() + b"\n\n")
+    relay.flush()
+    assert completion_text(ClientAPI.RESPONSES, json.dumps(whole).encode()) == expected
+    assert relay.streamed_text() == expected
+    assert "".join(chunk_texts(stream)) == expected
+
+
 MALFORMED = [
     b"", b"not json", b"[]", b"null", b'"text"', b"{", b'{"choices": 5}', b'{"choices": [5]}',
     b'{"choices": [{"message": "hi"}]}', b'{"choices": [{"message": {"content": 7}}]}',

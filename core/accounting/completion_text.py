@@ -12,7 +12,8 @@ count alike:
     legacy completions   choices[].text
     Responses API        output[]: content[].text and .refusal (a message's text and refusal
                          parts, a reasoning item's reasoning text), a reasoning item's
-                         summary[].text, a function call's `arguments`, a custom tool call's `input`
+                         summary[].text, a function or MCP call's `arguments`, a custom tool
+                         call's `input`, a code interpreter call's `code`
     Anthropic messages   content[]: text, thinking, tool_use input
 
 The body comes from an upstream and may be anything, so decoding is typed but forgiving:
@@ -73,10 +74,11 @@ class _CompletionsBody(msgspec.Struct):
 class _OutputItem(msgspec.Struct):
     content: list[_Part] | None = None  # a `message` item's output_text and refusal parts; a reasoning item's text
     summary: list[_Part] | None = None  # a `reasoning` item's summary_text parts
-    arguments: str | None = None  # a `function_call` item's generated arguments
+    arguments: str | None = None  # a `function_call` or `mcp_call` item's generated arguments
     # A `custom_tool_call` item's freeform input, a string. Kept raw: another item type may give
     # `input` another shape, which must not make the whole body unreadable (counted as no text).
     input: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    code: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # a `code_interpreter_call` item's (raw: as `input`)
 
 
 class _ResponsesBody(msgspec.Struct):
@@ -138,9 +140,10 @@ def _responses_parts(body: bytes) -> list[str]:
         parts += _part_texts(item.content)
         if item.arguments:
             parts.append(item.arguments)
-        tool_input = _string(item.input)
-        if tool_input:
-            parts.append(tool_input)
+        for raw in (item.input, item.code):
+            text = _string(raw)
+            if text:
+                parts.append(text)
     return parts
 
 

@@ -11,7 +11,8 @@ stream's usage is counted from (`tollway.ext.sse.streamed_text`, `completion_tex
                          .tool_calls[].function.arguments
     legacy completions   choices[].text
     Anthropic messages   content_block_delta: delta.text, .partial_json, .thinking
-    Responses API        response.*.delta events: their string `delta`
+    Responses API        the string `delta` of the events in RESPONSES_TEXT_DELTAS (an event's
+                         type is its data's `type`, else its `event:` line's name)
 
 One typed decoder reads every shape (unknown fields are skipped, which is what makes it cheap:
 ~1 us for a usual chunk, against ~10 us for a decode into dicts). An event that is not of those
@@ -22,7 +23,19 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["chunk_texts"]
+__all__ = ["RESPONSES_TEXT_DELTAS", "chunk_texts"]
+
+# The Responses API's deltas of generated text: every one is output tokens, and the same text a
+# whole answer's output items carry (completion_text). The one table for limits (`chunk_texts`)
+# and billing (the Responses relay, tollway.core.providers.openai_compat). Not in it:
+# `response.audio.delta` (base64: the audio's own tokens, priced as audio) and
+# `response.audio.transcript.delta` (what the audio says, again).
+RESPONSES_TEXT_DELTAS = frozenset((
+    "response.output_text.delta", "response.refusal.delta", "response.reasoning_text.delta",
+    "response.reasoning_summary_text.delta", "response.function_call_arguments.delta",
+    "response.custom_tool_call_input.delta", "response.mcp_call_arguments.delta",
+    "response.code_interpreter_call_code.delta",
+))
 
 
 class _Function(msgspec.Struct):
@@ -50,6 +63,7 @@ class _Choice(msgspec.Struct):
 
 
 class _Event(msgspec.Struct):
+    type: str | None = None  # a Responses API event's (and Anthropic's)
     choices: list[_Choice] | None = None
     delta: _Delta | str | None = None  # Anthropic's object; the Responses API's string
 
@@ -62,7 +76,7 @@ def chunk_texts(out: bytes) -> list[str]:
     found: list[str] = []
     at = out.find(b"data:")
     while at >= 0:
-        end = out.find(b"\n", at)
+        line_at, end = at, out.find(b"\n", at)
         line = out[at + 5:end if end >= 0 else len(out)].strip()
         at = out.find(b"data:", end) if end >= 0 else -1
         if line[:1] != b"{":
@@ -80,11 +94,23 @@ def chunk_texts(out: bytes) -> list[str]:
                     found.append(choice.text)
         if delta is not None:
             if isinstance(delta, str):
-                if delta:
+                if delta and (event.type or _event_name(out, line_at)) in RESPONSES_TEXT_DELTAS:
                     found.append(delta)
             else:
                 _delta(delta, found)
     return found
+
+
+def _event_name(out: bytes, data_at: int) -> str:
+    """The `event:` line's name of the event whose data line starts at `data_at` ("" if none):
+    the relay reads an event without a `type` by that name, and so must the count."""
+    # (chunks hold whole events: the previous one ends at the last blank line, LF or CRLF)
+    start = max(out.rfind(b"\n\n", 0, data_at), out.rfind(b"\n\r\n", 0, data_at))
+    at = out.find(b"event:", start + 1 if start >= 0 else 0, data_at)
+    if at < 0:
+        return ""
+    end = out.find(b"\n", at, data_at)
+    return out[at + 6:end if end >= 0 else data_at].strip().decode("ascii", "replace")
 
 
 def _delta(delta: _Delta, found: list[str]) -> None:

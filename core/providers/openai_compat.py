@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from tollway.core.accounting.stream_text import RESPONSES_TEXT_DELTAS
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_auth_failed, upstream_error, upstream_unfinished
 from tollway.core.kernels import OpenAIStreamRelay, SSEEvent, SSEFramer
@@ -140,11 +141,6 @@ class _EventType(msgspec.Struct):
 
 _decode_responses_event = msgspec.json.Decoder(_ResponsesEvent).decode
 _decode_event_type = msgspec.json.Decoder(_EventType).decode
-# The deltas of generated text (the ones output guardrails read, gateway/guardrails/responses_stream.py):
-# every one is output tokens, counted from this text when the upstream reports no usage.
-_TEXT_DELTAS = frozenset(("response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
-                          "response.custom_tool_call_input.delta", "response.reasoning_text.delta",
-                          "response.reasoning_summary_text.delta"))
 # The events that end a Responses stream. All but `error` carry the response with its usage: an
 # answer cut at `max_output_tokens` (incomplete) or failing midway (failed) was generated, and is
 # billed, all the same.
@@ -221,7 +217,7 @@ class ResponsesStreamRelay:
             self._ended = self._ended or _kind(name, data) in _ENDS
             return
         kind = ev.type or _named(name)
-        if ev.delta and kind in _TEXT_DELTAS:
+        if ev.delta and kind in RESPONSES_TEXT_DELTAS:  # (output tokens: counted when no usage came)
             self._text.append(ev.delta)
         elif kind in _ENDS:
             self._ended = True

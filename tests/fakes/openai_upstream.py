@@ -22,8 +22,9 @@ a misbehaviour, so one server covers every failure the gateway must survive:
   (as providers send whole tool-call arguments, or a burst after a long think).
   thinks-no-usage (chat and Responses, streamed or not): a thinking model's answer without usage:
   its reasoning (THOUGHT), a refusal (REFUSAL) and, in the Responses API, a custom tool call
-  (TOOL_INPUT), where a stream carries them in its deltas and a whole answer in other fields
-  than the text's.
+  (TOOL_INPUT), an MCP call (MCP_ARGUMENTS) and a code interpreter call (CODE), where a stream
+  carries them in its deltas and a whole answer in other fields than the text's; its stream also
+  has an audio delta (base64, no text).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ BURST_TOKENS = 301  # burst-stream's second delta: LONG_DELTA this many times
 THOUGHT = "The user asks for a lock pick guide, which I should decline."  # thinks-no-usage
 REFUSAL = "I'm sorry, but I can't help with that."
 TOOL_INPUT = "*** Begin Patch\n*** Add File: refusal.txt\n+declined\n*** End Patch"
+MCP_ARGUMENTS = '{"query": "lock pick guide", "limit": 3}'
+CODE = "print(sum(range(10)))"
 # Responses streams that end otherwise than `response.completed` with usage, by model name:
 # (the last event, the response's status, what the response says besides).
 RESPONSE_USAGE_CUT = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
@@ -307,17 +310,25 @@ class FakeOpenAI(FakeUpstream, MediaEndpoints):
         return resp
 
 
-# thinks-no-usage's Responses output: a reasoning item, a refused message, a freeform tool call.
+# thinks-no-usage's Responses output: a reasoning item, a refused message, a freeform tool call,
+# an MCP call, a code interpreter call.
 _THINKING_OUTPUT = [
     {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": THOUGHT}]},
     {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
      "content": [{"type": "refusal", "refusal": REFUSAL}]},
     {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1", "name": "apply_patch", "input": TOOL_INPUT},
+    {"type": "mcp_call", "id": "mcp_1", "server_label": "docs", "name": "search", "arguments": MCP_ARGUMENTS,
+     "output": "no results"},
+    {"type": "code_interpreter_call", "id": "ci_1", "status": "completed", "container_id": "cntr_1", "code": CODE,
+     "outputs": [{"type": "logs", "logs": "45"}]},
 ]
 _THINKING_DELTAS = [
     ("response.reasoning_summary_text.delta", {"item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": THOUGHT}),
     ("response.refusal.delta", {"item_id": "msg_1", "output_index": 1, "content_index": 0, "delta": REFUSAL}),
     ("response.custom_tool_call_input.delta", {"item_id": "ctc_1", "output_index": 2, "delta": TOOL_INPUT}),
+    ("response.mcp_call_arguments.delta", {"item_id": "mcp_1", "output_index": 3, "delta": MCP_ARGUMENTS}),
+    ("response.code_interpreter_call_code.delta", {"item_id": "ci_1", "output_index": 4, "delta": CODE}),
+    ("response.audio.delta", {"delta": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA="}),
 ]
 
 
