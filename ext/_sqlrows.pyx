@@ -46,7 +46,7 @@ cdef extern from "sqlite3.h" nogil:
     int sqlite3_finalize(sqlite3_stmt* stmt)
     const char* sqlite3_errmsg(sqlite3* db)
     int SQLITE_OK, SQLITE_DONE, SQLITE_CONSTRAINT
-    int SQLITE_OPEN_READWRITE, SQLITE_OPEN_CREATE, SQLITE_LIMIT_VARIABLE_NUMBER
+    int SQLITE_OPEN_READWRITE, SQLITE_OPEN_CREATE, SQLITE_OPEN_NOMUTEX, SQLITE_LIMIT_VARIABLE_NUMBER
     destructor SQLITE_STATIC
 
 
@@ -92,7 +92,9 @@ cdef class RowWriter:
         cdef const char* c_name = name
         cdef int rc
         with nogil:
-            rc = sqlite3_open_v2(c_name, &self._db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)
+            # (no mutex of SQLite's: `_busy` keeps the connection to one thread at a time, and each
+            # bind would take and leave one)
+            rc = sqlite3_open_v2(c_name, &self._db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL)
         if rc != SQLITE_OK:
             message = self._message()
             self._close()
@@ -250,6 +252,7 @@ cdef int _read_row(tuple values, Py_ssize_t width, Value* out, object encode, li
             if v is None:
                 out[i].kind = NULL_VALUE
             elif isinstance(v, str):
+                texts.append(v)
                 _read_text(v, &out[i], texts)
             else:
                 raise TypeError(f"encode gave a {type(v).__name__}, not a str")
@@ -257,9 +260,10 @@ cdef int _read_row(tuple values, Py_ssize_t width, Value* out, object encode, li
 
 
 cdef int _read_text(object text, Value* out, list texts) except -1:
+    """A text's UTF-8 into `out`: a str the row holds, or one kept in `texts` (alive till the rows are in)."""
     if type(text) is not str:  # a subclass: its plain text (what the twin's str() gives)
         text = str.__str__(text)
-    texts.append(text)
+        texts.append(text)
     out.kind = TEXT_VALUE
     out.s = PyUnicode_AsUTF8AndSize(text, &out.n)  # (kept in the str: valid while it lives)
     if out.n > 0x7FFFFFFF:
