@@ -16,10 +16,14 @@ first. A body holding its delimiter (a line starting `--BOUNDARY`) anywhere but 
 refused: RFC 2046 forbids it, and parsers disagree on it (python-multipart and Go's take
 `--BOUNDARY` followed by other bytes for data, aiohttp refuses it, a lenient one starts a part
 there), so an upstream could see parts, a `model` among them, that the gateway never checked.
+For the same reason the upstream gets the boundary the gateway parsed with, in a content type of
+its own (`Form.content_type`), never the client's header: one giving `boundary` twice (the first
+is aiohttp's and Go's, the last python-multipart's) is refused.
 Sans-IO: bytes in, values out.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -45,6 +49,9 @@ READ_FIELDS = frozenset(("model", "stream", "size", "quality"))
 MAX_DELIMITER_STARTS = 4 * MAX_PARTS + 1024
 _OPENER = b"\r\n--"
 MAX_BOUNDARY = 70  # characters (RFC 2046); python-multipart's own bound is 256
+# RFC 2046's bchars: a space inside, never at an end (a parser may strip it). Only these, so the
+# quoted boundary the upstream gets (Form.content_type) needs no escape that parsers could read apart.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=?](?:[0-9A-Za-z'()+_,\-./:=? ]*[0-9A-Za-z'()+_,\-./:=?])?")
 
 
 @dataclass(slots=True)
@@ -59,7 +66,6 @@ class FormFile:
 class Form:
     """What the gateway reads of a multipart body: its plain fields and its files' metadata."""
 
-    content_type: str  # the header as the client sent it (with the boundary), for the upstream
     boundary: bytes
     fields: dict[str, str] = field(default_factory=dict)  # the first value of each plain field
     files: list[FormFile] = field(default_factory=list)
@@ -67,6 +73,14 @@ class Form:
     # delimited it; a value whose place the parser did not show (an empty one) is not here.
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     opening: int = 0  # where the body's first delimiter starts
+
+    @property
+    def content_type(self) -> str:
+        """The content type the upstream gets: the boundary this form was parsed with, and no
+        other parameter. The client's own header could read otherwise to the upstream's parser
+        (a repeated `boundary`, of which aiohttp and Go keep the first and python-multipart the
+        last): it would find other parts, a `model` among them, in a file's bytes."""
+        return f'multipart/form-data; boundary="{self.boundary.decode()}"'
 
     def with_field(self, body: bytes, name: str, value: str) -> tuple[bytes, Form]:
         """`body` (the one this form was read from) with plain field `name` set to `value`, and
@@ -107,10 +121,24 @@ def boundary_of(content_type: str | None) -> bytes:
     if kind != b"multipart/form-data" or not boundary:
         raise bad_request("This endpoint takes a multipart/form-data body (a file upload); send the "
                           "content-type header 'multipart/form-data; boundary=…' with it.")
+    if [name.partition("*")[0] for name in _param_names(content_type or "")].count("boundary") > 1:
+        raise bad_request("The content-type header gives the multipart boundary more than once; send one "
+                          "'boundary' parameter.")
     if len(boundary) > MAX_BOUNDARY:
         raise bad_request(f"The multipart boundary is longer than {MAX_BOUNDARY} characters (RFC 2046); send a "
                           "shorter one.")
+    if not _BOUNDARY.fullmatch(_text(boundary)):
+        raise bad_request("The multipart boundary in the content-type header has a character RFC 2046 does not "
+                          "allow in one; use letters, digits and the characters '()+_,-./:=? only.")
     return boundary
+
+
+def _param_names(header: str) -> list[str]:
+    """The parameter names of a header, lower-cased (`boundary`, `filename*`). Split at every ';',
+    quoted or not, as aiohttp splits a content type: a parameter hidden in a quoted string to one
+    parser is a parameter to another."""
+    names = (segment.partition("=")[0].strip().lower() for segment in header.split(";")[1:])
+    return [name for name in names if name]
 
 
 def parse_form(body: bytes, content_type: str | None) -> Form:
@@ -127,7 +155,7 @@ class FormReader:
     Raises GatewayError(400) from any of the three."""
 
     def __init__(self, content_type: str | None) -> None:
-        self.form = Form(content_type or "", boundary_of(content_type))
+        self.form = Form(boundary_of(content_type))
         self._reader = _Reader(self.form)
         try:  # (it refuses a boundary it cannot use with this exception, not a MultipartParseError)
             self._parser = MultipartParser(self.form.boundary, self._reader.callbacks())

@@ -166,7 +166,8 @@ async def admit(serving: Serving, surface: Surface, scope: Scope, proto: HTTPPro
 
 async def _read_form(rt: Runtime, scope: Scope, proto: HTTPProtocol, ex: Exchange) -> tuple[bytes, RequestHead]:
     """A multipart upload's body (within server.max_upload_bytes) and its routing fields. Its
-    content type (the boundary) goes to the provider with it, as a passed header."""
+    content type goes to the provider with it, as a passed header: the form's own (the boundary
+    it was parsed with), not the client's, which another parser could read another way."""
     reader = forms.FormReader(scope.headers.get("content-type"))  # a JSON body sent here: 400 before it is read
     body = await read_body(scope, proto, ex, rt.config.server.max_upload_bytes, reader.feed)
     parsed = reader.finish()

@@ -23,6 +23,7 @@ from tests.test_e2e_errors import assert_openai_error
 from tests.test_ledger_e2e import record_of
 
 TIGHT_KEY = "sk-tollway-tight-key-4444444444"  # two requests a minute
+WHISPER_KEY = "sk-tollway-whisper-key-6666666666"  # whisper-1 only
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,7 @@ keys:
     limits: [{{requests: 100000, per: 1m}}, {{total_tokens: 100000000, per: 1m}}]
   - {{name: narrow-key, key_hash: "{key_hash(OTHER_KEY)}", models: [gpt-4o-mini]}}
   - {{name: tight-key, key_hash: "{key_hash(TIGHT_KEY)}", limits: [{{requests: 2, per: 1m}}]}}
+  - {{name: whisper-key, key_hash: "{key_hash(WHISPER_KEY)}", models: [whisper-1]}}
 store: {{backend: sqlite, path: {db}}}
 ledger: {{flush_interval: 0.05}}
 server: {{max_upload_bytes: 2097152}}
@@ -336,6 +338,37 @@ def test_a_delimiter_look_alike_in_a_file_hides_no_model_field(gw, upstream):
     assert r.status_code == 200
     sent = upstream.last("/audio/transcriptions")
     assert sent["body"]["model"] == "whisper-1" and sent["files"][0]["size"] == len(AUDIO)
+
+
+def form_part(boundary: str, name: str, value: str, extra: str = "") -> str:
+    return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n{value}\r\n'
+
+
+def post_whisper_form(gw: GatewayProcess, body: str, content_type: str) -> httpx.Response:
+    """A transcription form sent by a key that may use whisper-1 only."""
+    return httpx.post(gw.url + "/v1/audio/transcriptions", content=body.encode(),
+                      headers={"authorization": f"Bearer {WHISPER_KEY}", "content-type": content_type})
+
+
+def test_a_form_in_a_file_under_a_second_boundary_reaches_no_upstream(gw, upstream):
+    """`boundary=AAA; boundary=BBB`: the gateway read the form by BBB (python-multipart keeps the
+    last), aiohttp upstream by AAA (the first), from a complete AAA form carried in a file part's
+    bytes: whisper-1 was authorized and billed, gpt-4o-transcribe served. The upstream now gets
+    the boundary the gateway parsed, and a content type giving it twice is refused."""
+    inner = form_part("AAA", "model", "gpt-4o-transcribe") + form_part("AAA", "file", "RIFF", '; filename="b.wav"')
+    body = (form_part("BBB", "model", "whisper-1") + form_part("BBB", "file", f"RIFF\r\n{inner}--AAA--", '; filename="a.wav"')
+            + "--BBB--\r\n")
+    seen = len(upstream.requests)
+    for twice in ("boundary=AAA; boundary=BBB", "BOUNDARY=AAA; boundary=BBB", "boundary*=AAA; boundary=BBB",
+                  'x="a;boundary=AAA"; boundary=BBB'):  # (aiohttp splits at a quoted ';' too)
+        r = post_whisper_form(gw, body, f"multipart/form-data; {twice}")
+        assert r.status_code == 400 and "content-type" in assert_openai_error(r.json())["message"], twice
+    assert len(upstream.requests) == seen
+    r = post_whisper_form(gw, body, "multipart/form-data; boundary=BBB; charset=utf-8")
+    assert r.status_code == 200
+    sent = upstream.last("/audio/transcriptions")
+    assert sent["headers"]["content-type"] == 'multipart/form-data; boundary="BBB"'
+    assert sent["body"]["model"] == "whisper-1" and [f["filename"] for f in sent["files"]] == ["a.wav"]
 
 
 def test_transcriptions_priced_by_tokens_for_gpt_4o_transcribe(client, db):

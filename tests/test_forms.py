@@ -213,3 +213,18 @@ def test_audio_characters_and_search_units_and_tokens_add_up():
     tokens_and_images = Usage(prompt_tokens=100, completion_tokens=10, total_tokens=110, units=1, unit="image:x/y")
     assert cost(tokens_and_images, price) == pytest.approx((100 * 2.5 + 10 * 10) / 1e6)  # no image rate: tokens only
     assert cost(Usage(units=-5, unit="search_unit"), price) == 0.0  # never negative
+
+
+def test_the_upstream_gets_the_boundary_the_form_was_parsed_with():
+    # The client's header could read otherwise to another parser: a repeated boundary (aiohttp
+    # and Go keep the first, python-multipart the last), or one hidden behind a quoted ';'.
+    form = parse_form(BODY, "multipart/form-data; boundary=XyZ; charset=utf-8")
+    assert form.content_type == 'multipart/form-data; boundary="XyZ"'
+    for twice in ("boundary=A; boundary=XyZ", "Boundary=A;boundary=XyZ", "boundary*=A; boundary=XyZ",
+                  'x="a;boundary=A"; boundary=XyZ'):
+        assert "more than once" in refused(BODY, f"multipart/form-data; {twice}")
+    for bad in ('"X\\"yZ"', '" XyZ"', "X<yZ"):  # none RFC 2046 allows (a quote could not be forwarded as is)
+        assert "RFC 2046" in refused(BODY, f"multipart/form-data; boundary={bad}")
+    spaced = BODY.replace(b"XyZ", b"a b")
+    assert parse_form(spaced, 'multipart/form-data; boundary="a b"').content_type == 'multipart/form-data; boundary="a b"'
+

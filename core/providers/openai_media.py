@@ -4,7 +4,7 @@ The wire format is OpenAI's both ways, so the client's bytes go upstream as they
 upload's `model` field rewritten in place when routing names another, tollway.core.forms) and
 the answer comes back as it is. What the adapters add is what the gateway must know of it:
 
-- the upload's content type (its boundary), a passed header set at admission;
+- the upload's content type (the boundary admission parsed it with), a passed header set there;
 - which answers are relayed as bytes as they arrive, with the upstream's own content type
   (`UpstreamCall.media`): every audio answer (speech audio, transcripts as text, JSON or an SSE
   stream of `transcript.text.*` events) and streamed images (`image_generation.*` events);
@@ -85,7 +85,7 @@ class OpenAIMedia(OpenAIAdapter):
     def build(self, ctx: CallContext) -> UpstreamCall:
         media = ctx.api in _AUDIO_APIS or bool(ctx.head.wants_stream)
         headers = self.headers(ctx.provider)
-        if ctx.api in FORM_APIS:  # the upload's own content type: its boundary delimits the body
+        if ctx.api in FORM_APIS:  # the form's content type: the boundary admission parsed it with
             headers[0] = ("content-type", _form_type(ctx))
         if media:  # audio bytes, text or SSE: whatever the client asked for
             headers[1] = ("accept", "*/*")
