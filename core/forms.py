@@ -18,7 +18,10 @@ refused: RFC 2046 forbids it, and parsers disagree on it (python-multipart and G
 there), so an upstream could see parts, a `model` among them, that the gateway never checked.
 For the same reason the upstream gets the boundary the gateway parsed with, in a content type of
 its own (`Form.content_type`), never the client's header: one giving `boundary` twice (the first
-is aiohttp's and Go's, the last python-multipart's) is refused.
+is aiohttp's and Go's, the last python-multipart's) is refused. And a part the gateway reads
+(READ_FIELDS) must read alike everywhere: one with a filename (`filename=""` is a value to
+aiohttp and Go, a file to python-multipart), a second `name` (or `name*=`, aiohttp's first
+choice), a transfer encoding or a charset other than UTF-8 (which upstreams decode) is refused.
 Sans-IO: bytes in, values out.
 """
 from __future__ import annotations
@@ -52,6 +55,9 @@ MAX_BOUNDARY = 70  # characters (RFC 2046); python-multipart's own bound is 256
 # RFC 2046's bchars: a space inside, never at an end (a parser may strip it). Only these, so the
 # quoted boundary the upstream gets (Form.content_type) needs no escape that parsers could read apart.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=?](?:[0-9A-Za-z'()+_,\-./:=? ]*[0-9A-Za-z'()+_,\-./:=?])?")
+# Encodings that leave a value's bytes as they are (RFC 2045); any other is decoded by some upstreams.
+_IDENTITY_ENCODINGS = frozenset((b"7bit", b"8bit", b"binary"))
+_UTF8_CHARSETS = frozenset((b"utf-8", b"utf8", b"us-ascii"))
 
 
 @dataclass(slots=True)
@@ -268,11 +274,22 @@ class _Reader:
         if self.parts > MAX_PARTS:
             self._fail(f"The form has more than {MAX_PARTS} parts.")
             return
-        kind, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        disposition = self._headers.get(b"content-disposition", b"")
+        kind, options = parse_options_header(disposition)
         name = options.get(b"name")
         if kind != b"form-data" or name is None:
             self._fail("Every part of the form needs a 'Content-Disposition: form-data; name=…' header.")
             return
+        params = _param_names(_text(disposition))
+        if params.count("name") > 1 or any(param.startswith("name*") for param in params):
+            # python-multipart keeps the last `name` and ignores `name*=`; aiohttp takes `name*=`
+            # first: the part would be another field upstream, a second `model` perhaps.
+            self._fail("A part of the form names its field more than once (or with 'name*='); give it one 'name'.")
+            return
+        if _text(name) in READ_FIELDS:
+            self._check_read_field(_text(name), params)
+            if self.error is not None:
+                return
         filename = options.get(b"filename")
         if filename is not None:
             content_type = self._headers.get(b"content-type")
@@ -283,6 +300,24 @@ class _Reader:
                 self._fail(f"The form field '{self._field_name}' appears more than once; send it once.")
             if self._value_end >= 0:  # the parser takes exactly CRLF CRLF from there to the data
                 self._span = (self._value_end + 4, self._value_end + 4)
+
+    def _check_read_field(self, name: str, params: list[str]) -> None:
+        """Refuse a part the gateway reads (`model`…) in a form another parser reads apart: with a
+        filename (`filename=""` is a plain value to aiohttp and Go, a file to python-multipart:
+        a second `model` that the appears-once check would not count), or with an encoding an upstream
+        decodes where the gateway reads the bytes as they are."""
+        if any(param.partition("*")[0] == "filename" for param in params):
+            self._fail(f"The form field '{name}' has a filename in its Content-Disposition header; send it as a "
+                       "plain field, without one.")
+            return
+        encoding = self._headers.get(b"content-transfer-encoding")
+        if encoding is not None and encoding.strip().lower() not in _IDENTITY_ENCODINGS:
+            self._fail(f"The form field '{name}' has a Content-Transfer-Encoding header (RFC 7578 deprecates it); "
+                       "send its value as it is, without one.")
+            return
+        charset = parse_options_header(self._headers.get(b"content-type", b""))[1].get(b"charset")
+        if charset is not None and charset.strip().lower() not in _UTF8_CHARSETS:
+            self._fail(f"The form field '{name}' declares the charset '{echoed(_text(charset))}'; send it as UTF-8.")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.error is not None:

@@ -371,6 +371,36 @@ def test_a_form_in_a_file_under_a_second_boundary_reaches_no_upstream(gw, upstre
     assert sent["body"]["model"] == "whisper-1" and [f["filename"] for f in sent["files"]] == ["a.wav"]
 
 
+@pytest.mark.parametrize(("extra", "said"), [
+    ('; filename=""', "filename"), ('; filename="m.txt"', "filename"), ("; filename*=UTF-8''m.txt", "filename"),
+    ("\r\nContent-Transfer-Encoding: base64", "Content-Transfer-Encoding"),
+    ("\r\nContent-Type: text/plain; charset=utf-16", "charset")])
+def test_a_model_field_other_parsers_read_apart_is_refused(gw, upstream, extra, said):
+    """A `model` part with `filename=""` was a file to the gateway (so not a second `model` to
+    its appears-once check) and a plain value to aiohttp and Go, which serve the first `model`.
+    A routing field with a filename, or an encoding an upstream decodes (aiohttp does both) where
+    the gateway reads the bytes as they are, is refused, saying why."""
+    value = "Z3B0LTRvLXRyYW5zY3JpYmU=" if "base64" in extra else "gpt-4o-transcribe"  # (base64 of the model)
+    body = (form_part("b", "model", value, extra) + form_part("b", "model", "whisper-1")
+            + form_part("b", "file", "RIFF", '; filename="a.wav"') + "--b--\r\n")
+    seen = len(upstream.requests)
+    r = post_whisper_form(gw, body, "multipart/form-data; boundary=b")
+    message = assert_openai_error(r.json())["message"]
+    assert r.status_code == 400 and "'model'" in message and said in message
+    assert len(upstream.requests) == seen
+
+
+def test_a_part_naming_its_field_twice_is_refused(gw, upstream):
+    """aiohttp takes `name*=` before `name` (python-multipart ignores it): the part would be a
+    second `model` upstream."""
+    body = (form_part("b", "prompt", "gpt-4o-transcribe", "; name*=UTF-8''model") + form_part("b", "model", "whisper-1")
+            + form_part("b", "file", "RIFF", '; filename="a.wav"') + "--b--\r\n")
+    seen = len(upstream.requests)
+    r = post_whisper_form(gw, body, "multipart/form-data; boundary=b")
+    assert r.status_code == 400 and "name*=" in assert_openai_error(r.json())["message"]
+    assert len(upstream.requests) == seen
+
+
 def test_transcriptions_priced_by_tokens_for_gpt_4o_transcribe(client, db):
     raw = client.audio.transcriptions.with_raw_response.create(model="gpt-4o-transcribe", file=("a.mp3", AUDIO))
     assert raw.parse().text == TRANSCRIPT

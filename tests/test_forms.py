@@ -124,10 +124,11 @@ def test_an_empty_field_is_placed_by_its_headers_or_refused_if_it_must_be_rewrit
     assert caught.value.status == 400 and "could not be located" in caught.value.message
 
 
-def test_a_file_named_model_is_not_the_model_field():
+def test_a_file_named_model_is_refused():
+    # It was a file to the gateway and not the model field; an upstream looking `model` up among
+    # all the parts could find the file first (and with `filename=""`, aiohttp and Go take it for a value).
     body = part("model", b"file bytes", "model.txt") + part("model", b"real") + b"--XyZ--\r\n"
-    assert parse_form(body, CT).fields["model"] == "real"
-    assert parse_form(with_field(body, "model", "new"), CT).fields["model"] == "new"
+    assert "'model' has a filename" in refused(body)
 
 
 @pytest.mark.parametrize("size", [1, 5, 1024])
@@ -228,3 +229,17 @@ def test_the_upstream_gets_the_boundary_the_form_was_parsed_with():
     spaced = BODY.replace(b"XyZ", b"a b")
     assert parse_form(spaced, 'multipart/form-data; boundary="a b"').content_type == 'multipart/form-data; boundary="a b"'
 
+
+def test_a_read_field_another_parser_would_read_apart_is_refused():
+    tail = part("image", FILE, "a.png") + b"--XyZ--\r\n"
+    for header in (b'form-data; name="model"; filename=""', b"form-data; name=\"model\"; filename*=UTF-8''m",
+                   b'form-data; name="x"; name="model"', b"form-data; name=\"x\"; name*=UTF-8''model"):
+        assert refused(b"--XyZ\r\nContent-Disposition: " + header + b"\r\n\r\ngpt-image-1\r\n" + tail)
+    for extra in (b"Content-Transfer-Encoding: quoted-printable", b"Content-Type: text/plain; charset=latin-1"):
+        assert refused(part("model", b"gpt-image-1").replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n\r\n", 1) + tail)
+    # What every parser reads alike passes: an identity encoding, a UTF-8 charset, a file's own filename*.
+    fine = (part("model", b"gpt-image-1").replace(b"\r\n\r\n", b"\r\nContent-Transfer-Encoding: 8bit\r\n"
+                                                  b"Content-Type: text/plain; charset=UTF-8\r\n\r\n", 1)
+            + b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"; filename*=UTF-8''a.png\r\n\r\n"
+            + FILE + b"\r\n--XyZ--\r\n")
+    assert parse_form(fine, CT).fields == {"model": "gpt-image-1"}
