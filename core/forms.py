@@ -55,6 +55,7 @@ MAX_BOUNDARY = 70  # characters (RFC 2046); python-multipart's own bound is 256
 # RFC 2046's bchars: a space inside, never at an end (a parser may strip it). Only these, so the
 # quoted boundary the upstream gets (Form.content_type) needs no escape that parsers could read apart.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=?](?:[0-9A-Za-z'()+_,\-./:=? ]*[0-9A-Za-z'()+_,\-./:=?])?")
+_TOKEN = re.compile(r"[0-9A-Za-z'+_\-.]+")  # bchars that are no tspecial (RFC 2045): no quotes needed
 # Encodings that leave a value's bytes as they are (RFC 2045); any other is decoded by some upstreams.
 _IDENTITY_ENCODINGS = frozenset((b"7bit", b"8bit", b"binary"))
 _UTF8_CHARSETS = frozenset((b"utf-8", b"utf8", b"us-ascii"))
@@ -85,8 +86,10 @@ class Form:
         """The content type the upstream gets: the boundary this form was parsed with, and no
         other parameter. The client's own header could read otherwise to the upstream's parser
         (a repeated `boundary`, of which aiohttp and Go keep the first and python-multipart the
-        last): it would find other parts, a `model` among them, in a file's bytes."""
-        return f'multipart/form-data; boundary="{self.boundary.decode()}"'
+        last): it would find other parts, a `model` among them, in a file's bytes. Quoted only
+        when it must be (a bchar that is a tspecial: what SDKs and curl send stays as they send it)."""
+        boundary = self.boundary.decode()
+        return f"multipart/form-data; boundary={boundary if _TOKEN.fullmatch(boundary) else chr(34) + boundary + chr(34)}"
 
     def with_field(self, body: bytes, name: str, value: str) -> tuple[bytes, Form]:
         """`body` (the one this form was read from) with plain field `name` set to `value`, and

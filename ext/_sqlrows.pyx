@@ -19,6 +19,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport strlen
 
+import os
 import sqlite3 as pysqlite  # (`sqlite3` is the C library's connection type here)
 
 __all__ = ["LIBRARY_VERSION", "RowWriter"]
@@ -46,7 +47,7 @@ cdef extern from "sqlite3.h" nogil:
     int sqlite3_finalize(sqlite3_stmt* stmt)
     const char* sqlite3_errmsg(sqlite3* db)
     int SQLITE_OK, SQLITE_DONE, SQLITE_CONSTRAINT
-    int SQLITE_OPEN_READWRITE, SQLITE_OPEN_CREATE, SQLITE_OPEN_NOMUTEX, SQLITE_LIMIT_VARIABLE_NUMBER
+    int SQLITE_OPEN_READWRITE, SQLITE_OPEN_CREATE, SQLITE_OPEN_NOMUTEX, SQLITE_OPEN_URI, SQLITE_LIMIT_VARIABLE_NUMBER
     destructor SQLITE_STATIC
 
 
@@ -88,13 +89,16 @@ cdef class RowWriter:
         self._stmts = <sqlite3_stmt**>PyMem_Malloc(_MAX_STATEMENTS * sizeof(sqlite3_stmt*))
         if self._stmts == NULL:
             raise MemoryError()
-        cdef bytes name = path.encode()
+        cdef bytes name = os.fsencode(path)  # (as sqlite3.connect encodes it)
         cdef const char* c_name = name
+        cdef int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        if path.startswith("file:"):  # a URI, as the twin reads one (e.g. a shared in-memory database)
+            flags |= SQLITE_OPEN_URI
         cdef int rc
         with nogil:
             # (no mutex of SQLite's: `_busy` keeps the connection to one thread at a time, and each
             # bind would take and leave one)
-            rc = sqlite3_open_v2(c_name, &self._db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL)
+            rc = sqlite3_open_v2(c_name, &self._db, flags, NULL)
         if rc != SQLITE_OK:
             message = self._message()
             self._close()

@@ -33,8 +33,8 @@ class RowWriter:
     """One SQLite connection (autocommit: the caller's BEGIN and COMMIT make the transactions)."""
 
     def __init__(self, path: str, busy_ms: int) -> None:
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
+        self._db: sqlite3.Connection | None = sqlite3.connect(  # (a `file:` path is a URI)
+            path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000, uri=path.startswith("file:"))
         self._db.execute("PRAGMA synchronous=NORMAL")  # (per connection; WAL is the file's, set by its opener)
         self._variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
@@ -82,8 +82,9 @@ def _bindable(value: object, encode: Callable[[object], str | None] | None) -> o
         return int(value)  # (sqlite3 adapts a bool; an int it binds)
     if type(value) in _SCALARS:
         return value
-    if isinstance(value, _SCALARS):  # a subclass (an IntEnum, a str subtype): its plain value
-        return int(value) if isinstance(value, int) else float(value) if isinstance(value, float) else str(value)
+    if isinstance(value, _SCALARS):  # a subclass (an IntEnum, a str Enum): its plain value, whatever its __str__ says
+        return int.__int__(value) if isinstance(value, int) else (
+            float.__float__(value) if isinstance(value, float) else str.__str__(value))
     if encode is None:
         raise TypeError(f"cannot bind a value of type {type(value).__name__}")
     text = encode(value)
@@ -91,7 +92,7 @@ def _bindable(value: object, encode: Callable[[object], str | None] | None) -> o
         return _NULL
     if not isinstance(text, str):
         raise TypeError(f"encode gave a {type(text).__name__}, not a str")
-    return text if type(text) is str else str(text)
+    return text if type(text) is str else str.__str__(text)
 
 
 @functools.cache

@@ -367,7 +367,7 @@ def test_a_form_in_a_file_under_a_second_boundary_reaches_no_upstream(gw, upstre
     r = post_whisper_form(gw, body, "multipart/form-data; boundary=BBB; charset=utf-8")
     assert r.status_code == 200
     sent = upstream.last("/audio/transcriptions")
-    assert sent["headers"]["content-type"] == 'multipart/form-data; boundary="BBB"'
+    assert sent["headers"]["content-type"] == "multipart/form-data; boundary=BBB"
     assert sent["body"]["model"] == "whisper-1" and [f["filename"] for f in sent["files"]] == ["a.wav"]
 
 

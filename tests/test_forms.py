@@ -220,7 +220,7 @@ def test_the_upstream_gets_the_boundary_the_form_was_parsed_with():
     # The client's header could read otherwise to another parser: a repeated boundary (aiohttp
     # and Go keep the first, python-multipart the last), or one hidden behind a quoted ';'.
     form = parse_form(BODY, "multipart/form-data; boundary=XyZ; charset=utf-8")
-    assert form.content_type == 'multipart/form-data; boundary="XyZ"'
+    assert form.content_type == "multipart/form-data; boundary=XyZ"  # (a token: as SDKs and curl send it)
     for twice in ("boundary=A; boundary=XyZ", "Boundary=A;boundary=XyZ", "boundary*=A; boundary=XyZ",
                   'x="a;boundary=A"; boundary=XyZ'):
         assert "more than once" in refused(BODY, f"multipart/form-data; {twice}")
@@ -228,6 +228,8 @@ def test_the_upstream_gets_the_boundary_the_form_was_parsed_with():
         assert "RFC 2046" in refused(BODY, f"multipart/form-data; boundary={bad}")
     spaced = BODY.replace(b"XyZ", b"a b")
     assert parse_form(spaced, 'multipart/form-data; boundary="a b"').content_type == 'multipart/form-data; boundary="a b"'
+    coloned = BODY.replace(b"XyZ", b"a:b")  # a tspecial: quoted
+    assert parse_form(coloned, 'multipart/form-data; boundary="a:b"').content_type == 'multipart/form-data; boundary="a:b"'
 
 
 def test_a_read_field_another_parser_would_read_apart_is_refused():

@@ -26,6 +26,10 @@ class Name(str):
     pass
 
 
+class Api(str, enum.Enum):  # noqa: UP042 - its str() is "Api.CHAT": the value bound is its text, "chat"
+    CHAT = "chat"
+
+
 def _db(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -43,7 +47,7 @@ def test_values_go_in_as_they_are_and_others_as_their_encoded_text(sqlrows_impl,
     w = sqlrows_impl.RowWriter(str(tmp_path / "t.db"), 1000)
     w.execute("BEGIN")
     w.insert(HEAD, ROW, "", [(None, True, False), (-(2**63), 2**63 - 1, 0.5), ("", "é\u2603\U0001F600", -0.0),
-                             (Level.HIGH, Name("sub"), ("a", "b")), ((), {"g": 1}, float("inf"))],
+                             (Level.HIGH, Name("sub"), ("a", "b")), ((), {"g": 1}, float("inf")), (Api.CHAT, 0, 0)],
              lambda v: ",".join(v) or None if isinstance(v, tuple) else repr(v))
     w.execute("COMMIT")
     assert _typed(db) == [
@@ -52,6 +56,7 @@ def test_values_go_in_as_they_are_and_others_as_their_encoded_text(sqlrows_impl,
         ("", "text", "é\u2603\U0001F600", "text", -0.0, "real"),
         (7, "integer", "sub", "text", "a,b", "text"),
         (None, "null", "{'g': 1}", "text", float("inf"), "real"),
+        ("chat", "text", 0, "integer", 0, "integer"),
     ]
     w.close()
 

@@ -333,6 +333,24 @@ async def test_migrations_make_the_schema_once_and_refuse_a_newer_one(target: st
     await newer.aclose()
 
 
+async def test_a_sqlite_store_in_memory_writes_and_reports_its_records():
+    """`path: ":memory:"`: the store's connections (schema, the writer's, the reports') share
+    one in-memory database (each opening ":memory:" would get an empty one of its own)."""
+    store, other = SqliteStore(":memory:"), SqliteStore(":memory:")
+    await store.open()
+    await other.open()
+    try:
+        records = _records(30, BASE, 7200)
+        await store.write(records)
+        got = await store.requests(RequestFilter(limit=100))
+        assert sorted(r.request_id for r in got) == sorted(r.request_id for r in records)
+        await _check_spend(store, records, SpendQuery(("key", "model"), BASE, BASE + 7200))
+        assert await other.requests(RequestFilter()) == []  # (another store's database is its own)
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
 async def test_a_sqlite_store_that_refuses_a_newer_schema_leaves_no_connection_open(tmp_path):
     """The connection that found the newer schema is closed again (the gateway goes on without
     a ledger, and retrying or reloading must not pile up open files)."""

@@ -8,6 +8,7 @@ WAL journaling lets reports read while the writer writes, and lets the workers o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -109,6 +110,9 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # Where its connections open it: the file, or for ":memory:" one in-memory database
+        # their own, shared by the three (each connection to ":memory:" would get an empty one)
+        self._target = f"file:tollway-ledger-{id(self):x}?mode=memory&cache=shared" if path == ":memory:" else path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite")
         # Reports read on a connection and thread of their own: a long report must not hold up
         # the writer (WAL lets a reader and a writer work at once).
@@ -149,16 +153,17 @@ class SqliteStore:
             return
         opened: list[sqlite3.Connection | RowWriter] = []  # closed again if a later step fails
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
+            db = _connect(self._target)
             opened.append(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             _migrate(db)
-            rows = RowWriter(self.path, _BUSY_MS)
+            rows = RowWriter(self._target, _BUSY_MS)
             opened.append(rows)
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000)
+            reader = _connect(self._target)
             opened.append(reader)
             reader.execute("PRAGMA query_only=ON")
+            reader.execute("PRAGMA read_uncommitted=ON")  # (only a shared in-memory one: no table locks for reports)
         except BaseException as exc:
             for connection in opened:
                 connection.close()
@@ -246,6 +251,11 @@ if TYPE_CHECKING:  # mypy holds the class to both protocols
     def _conforms(store: SqliteStore) -> tuple[LedgerStore, KeyStore]:
         return store, store
 
+def _connect(target: str) -> sqlite3.Connection:
+    return sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000,
+                           uri=target.startswith("file:"))
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")  # one migrator at a time, also across processes
     try:
@@ -298,7 +308,8 @@ def _write(rows: RowWriter, records: Sequence[UsageRecord], pause: Callable[[], 
             rows.insert(_UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL, rollup_rows(sums))
         rows.execute("COMMIT")
     except BaseException:
-        rows.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):  # (SQLite may have rolled it back itself: the first error is the one)
+            rows.execute("ROLLBACK")
         raise
 
 
