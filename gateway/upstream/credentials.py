@@ -48,7 +48,8 @@ class SigV4Credential:
         self._secrets = secrets
         self._source: Any = None
         self._lock = asyncio.Lock()
-        self._failing = False  # the last call failed to get keys: a failure already logged
+        self._refreshing: asyncio.Future[Any] | None = None  # the one refresh in flight, shared
+        self._incident: str | None = None  # the failure already logged ("stale", "failing"), until keys come
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         from botocore.auth import SigV4Auth  # noqa: PLC0415
@@ -73,13 +74,19 @@ class SigV4Credential:
         except (BotoCoreError, ClientError) as exc:
             # botocore's message can hold a credential process's stderr: the client gets the
             # catalogue's message, the operator the exception's class, once per incident.
-            if not self._failing:
-                log.warning("AWS credentials for provider %s could not be had (%s); its requests fail with 502 "
-                            "until they can", self._provider.name, type(exc).__name__)
-            self._failing = True
+            self._report("failing", "AWS credentials for provider %s could not be had (%s); its requests fail "
+                         "with 502 until they can", type(exc).__name__)
             raise upstream_no_credentials(self._provider.name, "AWS credentials") from None
-        self._failing = False
+        if self._incident != "stale":
+            self._incident = None
         return keys
+
+    def _report(self, incident: str, message: str, *args: str) -> None:
+        """Log a credential failure once per incident: botocore's own lines are dropped
+        (telemetry/logs.py), so this is the operator's only word of it."""
+        if self._incident != incident:
+            log.warning(message, self._provider.name, *args)
+        self._incident = incident
 
     async def _chain_keys(self) -> Any:
         if self._source is None:
@@ -89,8 +96,28 @@ class SigV4Credential:
         source = self._source
         refresh_needed = getattr(source, "refresh_needed", None)
         if refresh_needed is not None and refresh_needed():
-            return await asyncio.to_thread(source.get_frozen_credentials)  # may call STS/IMDS
+            return await self._refreshed(source)
         return source.get_frozen_credentials()
+
+    async def _refreshed(self, source: Any) -> Any:
+        """The keys once temporary ones near expiry, from one refresh shared by every request
+        that needs it (botocore would otherwise run the credential process or STS call once per
+        concurrent request). Within botocore's advisory window a failed refresh is swallowed
+        (the current keys still sign): the keys still needing a refresh after it says so."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(asyncio.to_thread(source.get_frozen_credentials))  # STS/IMDS
+            self._refreshing.add_done_callback(self._refreshed_done)
+        return await asyncio.shield(self._refreshing)
+
+    def _refreshed_done(self, refresh: asyncio.Future[Any]) -> None:
+        self._refreshing = None
+        if refresh.cancelled() or refresh.exception() is not None:
+            return  # the mandatory window: the awaiting requests fail and report it
+        if self._source.refresh_needed():
+            self._report("stale", "AWS credentials for provider %s could not be refreshed; its requests are "
+                         "signed with the current keys until they near expiry, then fail with 502")
+        else:
+            self._incident = None
 
     def _resolve(self) -> Any:
         import botocore.credentials  # noqa: PLC0415
