@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -188,3 +189,53 @@ def test_a_gemini_3_history_without_signatures_gets_the_stand_in_on_each_steps_f
         assert final.choices[0].message.content == fg.REPLY
         sent = [p for c in gemini.last()["body"]["contents"] for p in c["parts"] if "functionCall" in p]
         assert [p.get("thoughtSignature") for p in sent] == expected, model
+
+
+# -- Vertex tokens that arrive short-lived (impersonated or metadata tokens can have under the
+# 5-minute margin left).
+
+@pytest.fixture(scope="module")
+def token_fakes() -> Iterator[dict[str, FakeGemini]]:
+    fakes = {"short": FakeGemini(token_lifetime=240)}
+    yield fakes
+    for fake in fakes.values():
+        fake.stop()
+
+
+@pytest.fixture(scope="module")
+def token_gw(token_fakes: dict[str, FakeGemini], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    providers = "".join(
+        f"  - {{name: vtx-{name}, schema: vertex, project: proj-1, location: us-central1, base_url: {fake.url}/v1,"
+        f" credentials: {{service_account_file: \"{service_account_file(tmp_path_factory.mktemp(name), fake.url + '/token')}\"}}}}\n"
+        for name, fake in token_fakes.items())
+    process = GatewayProcess(f"""
+providers:
+{providers}models:
+  - {{name: short, targets: [{{provider: vtx-short, model: gemini-2.5-flash}}]}}
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""")
+    yield process
+    process.stop()
+
+
+def _concurrently(gw: GatewayProcess, model: str, n: int = 20) -> list[int]:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+    def one(_: int) -> int:
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        except openai.APIStatusError as bad:
+            assert bad.code == "upstream_auth_failed"
+            return bad.status_code
+        return 200
+
+    with ThreadPoolExecutor(10) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_token_that_arrives_with_under_the_margin_left_is_reused(token_gw, token_fakes):
+    assert _concurrently(token_gw, "short") == [200] * 20
+    assert token_fakes["short"].tokens_issued == 1  # 4 minutes to live: good for the next 2
+

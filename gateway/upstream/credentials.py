@@ -146,16 +146,18 @@ class GoogleOAuthCredential:
         self._secrets = secrets
         self._google: Any = None
         self._lock = asyncio.Lock()
+        self._margin = TOKEN_MARGIN  # how long before its expiry the current token is replaced
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         return _with_header(call, "authorization", "Bearer " + await self.token())
 
     async def token(self) -> str:
-        """A token valid for at least TOKEN_MARGIN. Raises GatewayError(502) if none can be had."""
+        """A token valid for at least its margin. Raises GatewayError(502) if none can be had."""
         if not self._fresh():
             async with self._lock:
                 if not self._fresh():
                     await asyncio.to_thread(self._refresh)
+                    self._margin = _margin_for(self._google.expiry)
         token: str = self._google.token
         # On every return: a refresh whose waiter was cancelled still installed its token.
         self._secrets.add(token)
@@ -167,8 +169,7 @@ class GoogleOAuthCredential:
             return False
         if g.expiry is None:
             return True
-        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # google-auth uses naive UTC
-        return g.expiry - now > TOKEN_MARGIN
+        return g.expiry - _google_now() > self._margin
 
     def _refresh(self) -> None:
         import google.auth.exceptions  # noqa: PLC0415
@@ -189,6 +190,19 @@ class GoogleOAuthCredential:
         if path:
             return service_account.Credentials.from_service_account_file(path, scopes=GOOGLE_SCOPES)
         return google.auth.default(scopes=GOOGLE_SCOPES)[0]
+
+
+def _google_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # google-auth uses naive UTC
+
+
+def _margin_for(expiry: datetime.datetime | None) -> datetime.timedelta:
+    """How long before expiry to replace a token just fetched: TOKEN_MARGIN, or half its life
+    when it arrived with less (impersonated and metadata-server tokens can), so a short-lived
+    token still serves requests for a while instead of each request fetching another."""
+    if expiry is None:
+        return TOKEN_MARGIN
+    return min(TOKEN_MARGIN, (expiry - _google_now()) / 2)
 
 
 # schema -> the credential that signs its calls when the provider has no static api_key.

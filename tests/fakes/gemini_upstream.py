@@ -108,8 +108,9 @@ def _error(status: int, state: str, message: str) -> web.Response:
 
 
 class FakeGemini(FakeUpstream):
-    def __init__(self) -> None:
+    def __init__(self, token_lifetime: int = 3600) -> None:
         self.tokens_issued = 0
+        self.token_lifetime = token_lifetime  # `expires_in` of each grant (a short-lived token: under 5 minutes)
         super().__init__()
 
     def _app(self) -> web.Application:
@@ -123,7 +124,7 @@ class FakeGemini(FakeUpstream):
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or str(form.get("assertion", "")).count(".") != 2:
             return web.json_response({"error": "invalid_grant"}, status=400)
         self.tokens_issued += 1
-        return web.json_response({"access_token": f"ya29.fake-{self.tokens_issued}", "expires_in": 3600, "token_type": "Bearer"})
+        return web.json_response({"access_token": f"ya29.fake-{self.tokens_issued}", "expires_in": self.token_lifetime, "token_type": "Bearer"})
 
     def _refuse(self, request: web.Request, vertex: bool) -> web.Response | None:
         if "key" in request.query:
