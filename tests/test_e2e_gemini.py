@@ -192,11 +192,11 @@ def test_a_gemini_3_history_without_signatures_gets_the_stand_in_on_each_steps_f
 
 
 # -- Vertex tokens that arrive short-lived (impersonated or metadata tokens can have under the
-# 5-minute margin left).
+# 5-minute margin left), and a token endpoint that refuses every grant.
 
 @pytest.fixture(scope="module")
 def token_fakes() -> Iterator[dict[str, FakeGemini]]:
-    fakes = {"short": FakeGemini(token_lifetime=240)}
+    fakes = {"short": FakeGemini(token_lifetime=240), "refusing": FakeGemini(grants_tokens=False)}
     yield fakes
     for fake in fakes.values():
         fake.stop()
@@ -212,6 +212,7 @@ def token_gw(token_fakes: dict[str, FakeGemini], tmp_path_factory: pytest.TempPa
 providers:
 {providers}models:
   - {{name: short, targets: [{{provider: vtx-short, model: gemini-2.5-flash}}]}}
+  - {{name: refusing, targets: [{{provider: vtx-refusing, model: gemini-2.5-flash}}]}}
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -238,4 +239,11 @@ def _concurrently(gw: GatewayProcess, model: str, n: int = 20) -> list[int]:
 def test_a_token_that_arrives_with_under_the_margin_left_is_reused(token_gw, token_fakes):
     assert _concurrently(token_gw, "short") == [200] * 20
     assert token_fakes["short"].tokens_issued == 1  # 4 minutes to live: good for the next 2
+
+
+def test_a_refused_token_grant_fails_fast_and_is_logged_once(token_gw, token_fakes):
+    assert _concurrently(token_gw, "refusing") == [502] * 20
+    assert token_fakes["refusing"].token_requests <= 3  # then a back-off: the endpoint is not hammered
+    said = [line for line in token_gw.stderr().splitlines() if "vtx-refusing" in line and "OAuth" in line]
+    assert len(said) == 1 and "RefreshError" in said[0] and "Invalid JWT" not in said[0], said
 

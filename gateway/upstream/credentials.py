@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +26,9 @@ GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh a Google token this long before it expires, so no request carries a token that
 # expires on its way (google-auth's own margin is 3m45s; a slow upstream call can outlast it).
 TOKEN_MARGIN = datetime.timedelta(minutes=5)
+# After the token endpoint failed, requests fail fast this long rather than each calling it
+# again (behind one lock: a queue of slow failures) while it refuses.
+TOKEN_BACKOFF_SECONDS = 5.0
 
 
 def _with_header(call: UpstreamCall, name: str, value: str) -> UpstreamCall:
@@ -147,6 +151,8 @@ class GoogleOAuthCredential:
         self._google: Any = None
         self._lock = asyncio.Lock()
         self._margin = TOKEN_MARGIN  # how long before its expiry the current token is replaced
+        self._retry_at = 0.0  # monotonic time before which a failed token fetch is not retried
+        self._failing = False  # the last fetch failed: a failure already logged
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         return _with_header(call, "authorization", "Bearer " + await self.token())
@@ -156,8 +162,7 @@ class GoogleOAuthCredential:
         if not self._fresh():
             async with self._lock:
                 if not self._fresh():
-                    await asyncio.to_thread(self._refresh)
-                    self._margin = _margin_for(self._google.expiry)
+                    await self._refresh()
         token: str = self._google.token
         # On every return: a refresh whose waiter was cancelled still installed its token.
         self._secrets.add(token)
@@ -171,7 +176,22 @@ class GoogleOAuthCredential:
             return True
         return g.expiry - _google_now() > self._margin
 
-    def _refresh(self) -> None:
+    async def _refresh(self) -> None:
+        if time.monotonic() < self._retry_at:  # the endpoint just failed: fail fast, as it did
+            raise upstream_auth_failed(self._provider.name)
+        try:
+            await asyncio.to_thread(self._fetch)
+        except GoogleTokenError as exc:
+            self._retry_at = time.monotonic() + TOKEN_BACKOFF_SECONDS
+            if not self._failing:  # the class only: google-auth's message quotes the endpoint's answer
+                log.warning("Google OAuth token for provider %s could not be had (%s); its requests fail with 502 "
+                            "until one can", self._provider.name, exc.kind)
+            self._failing = True
+            raise upstream_auth_failed(self._provider.name) from None
+        self._failing = False
+        self._margin = _margin_for(self._google.expiry)
+
+    def _fetch(self) -> None:
         import google.auth.exceptions  # noqa: PLC0415
         import google.auth.transport.requests  # noqa: PLC0415
 
@@ -179,8 +199,8 @@ class GoogleOAuthCredential:
             if self._google is None:
                 self._google = self._load()
             self._google.refresh(google.auth.transport.requests.Request())
-        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError):
-            raise upstream_auth_failed(self._provider.name) from None
+        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
+            raise GoogleTokenError(type(exc).__name__) from None
 
     def _load(self) -> Any:
         import google.auth  # noqa: PLC0415
@@ -190,6 +210,14 @@ class GoogleOAuthCredential:
         if path:
             return service_account.Credentials.from_service_account_file(path, scopes=GOOGLE_SCOPES)
         return google.auth.default(scopes=GOOGLE_SCOPES)[0]
+
+
+class GoogleTokenError(Exception):
+    """A token fetch failed; `kind` is the exception's class, safe to log (its text is not)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 def _google_now() -> datetime.datetime:

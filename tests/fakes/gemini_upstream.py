@@ -108,9 +108,11 @@ def _error(status: int, state: str, message: str) -> web.Response:
 
 
 class FakeGemini(FakeUpstream):
-    def __init__(self, token_lifetime: int = 3600) -> None:
+    def __init__(self, token_lifetime: int = 3600, grants_tokens: bool = True) -> None:
         self.tokens_issued = 0
+        self.token_requests = 0  # every call to /token, granted or refused
         self.token_lifetime = token_lifetime  # `expires_in` of each grant (a short-lived token: under 5 minutes)
+        self.grants_tokens = grants_tokens  # False: every grant is refused as a revoked key's would be
         super().__init__()
 
     def _app(self) -> web.Application:
@@ -121,6 +123,9 @@ class FakeGemini(FakeUpstream):
 
     async def token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        self.token_requests += 1
+        if not self.grants_tokens:
+            return web.json_response({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, status=400)
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or str(form.get("assertion", "")).count(".") != 2:
             return web.json_response({"error": "invalid_grant"}, status=400)
         self.tokens_issued += 1
