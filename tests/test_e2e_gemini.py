@@ -247,3 +247,14 @@ def test_a_refused_token_grant_fails_fast_and_is_logged_once(token_gw, token_fak
     said = [line for line in token_gw.stderr().splitlines() if "vtx-refusing" in line and "OAuth" in line]
     assert len(said) == 1 and "RefreshError" in said[0] and "Invalid JWT" not in said[0], said
 
+
+def test_a_token_revoked_before_its_expiry_is_fetched_anew_after_a_401(oai, gemini):
+    oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    gemini.revoked.add(f"ya29.fake-{gemini.tokens_issued}")  # an hour left, but no good
+    try:  # a 401 (or, retried by the gateway on the provider, already the new token's answer)
+        oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as refused:
+        assert refused.status_code == 502
+    r = oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == fg.REPLY
+    assert gemini.last()["headers"]["authorization"] == f"Bearer ya29.fake-{gemini.tokens_issued}"

@@ -85,6 +85,10 @@ class SigV4Credential:
             self._incident = None
         return keys
 
+    def rejected(self, call: UpstreamCall) -> None:
+        """Nothing to drop: botocore refreshes keys by their expiry, and a 401 from Bedrock is
+        a key's permissions, which new keys from the same chain would not change."""
+
     def _report(self, incident: str, message: str, *args: str) -> None:
         """Log a credential failure once per incident: botocore's own lines are dropped
         (telemetry/logs.py), so this is the operator's only word of it."""
@@ -153,6 +157,7 @@ class GoogleOAuthCredential:
         self._margin = TOKEN_MARGIN  # how long before its expiry the current token is replaced
         self._retry_at = 0.0  # monotonic time before which a failed token fetch is not retried
         self._failing = False  # the last fetch failed: a failure already logged
+        self._revoked: str | None = None  # the cached token the upstream refused (401): not reused
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         return _with_header(call, "authorization", "Bearer " + await self.token())
@@ -168,9 +173,16 @@ class GoogleOAuthCredential:
         self._secrets.add(token)
         return token
 
+    def rejected(self, call: UpstreamCall) -> None:
+        """A token revoked before its expiry gets 401s: the next request fetches another
+        (unless a newer token already replaced the one this call carried)."""
+        sent = next((v for k, v in call.headers if k.lower() == "authorization"), "")
+        if self._google is not None and sent == f"Bearer {self._google.token}":
+            self._revoked = self._google.token
+
     def _fresh(self) -> bool:
         g = self._google
-        if g is None or not g.token:
+        if g is None or not g.token or g.token == self._revoked:
             return False
         if g.expiry is None:
             return True
@@ -189,6 +201,7 @@ class GoogleOAuthCredential:
             self._failing = True
             raise upstream_auth_failed(self._provider.name) from None
         self._failing = False
+        self._revoked = None  # a metadata server can hand the same token back: it is all there is
         self._margin = _margin_for(self._google.expiry)
 
     def _fetch(self) -> None:
@@ -238,6 +251,9 @@ class Credential(Protocol):
     """Applies credentials that need I/O or the clock to an upstream call."""
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall: ...
+
+    def rejected(self, call: UpstreamCall) -> None:
+        """The upstream answered this signed call 401: a credential it carried is no good."""
 
 
 SIGNERS: dict[str, Callable[[Provider, KnownSecrets], Credential]] = {

@@ -113,6 +113,7 @@ class FakeGemini(FakeUpstream):
         self.token_requests = 0  # every call to /token, granted or refused
         self.token_lifetime = token_lifetime  # `expires_in` of each grant (a short-lived token: under 5 minutes)
         self.grants_tokens = grants_tokens  # False: every grant is refused as a revoked key's would be
+        self.revoked: set[str] = set()  # tokens issued, then revoked before their expiry: a 401
         super().__init__()
 
     def _app(self) -> web.Application:
@@ -135,7 +136,8 @@ class FakeGemini(FakeUpstream):
         if "key" in request.query:
             return _error(400, "INVALID_ARGUMENT", "the API key must not be sent in the URL")
         if vertex:
-            if not request.headers.get("authorization", "").startswith("Bearer ya29.fake-"):
+            bearer = request.headers.get("authorization", "")
+            if not bearer.startswith("Bearer ya29.fake-") or bearer.removeprefix("Bearer ") in self.revoked:
                 return _error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         elif request.headers.get("x-goog-api-key") != API_KEY:
             return web.json_response({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
