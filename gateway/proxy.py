@@ -206,6 +206,8 @@ class Proxy:
             attempt.status = resp.status
         try:
             if resp.status >= 400:
+                if resp.status == 401 and provider.credential is not None:
+                    provider.credential.rejected(call)  # a fetched token revoked early: fetch anew
                 raise await self._upstream_error(provider, adapter, ctx, resp)
             if not 200 <= resp.status < 300:
                 # A redirect (or an interim 1xx) is no answer: relayed, it would hand the client

@@ -4,6 +4,7 @@ key, and the anthropic SDK's streamed tool use over Bedrock."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 
 import anthropic
@@ -244,3 +245,64 @@ def test_a_failing_credential_chain_is_logged_once_per_incident_without_its_secr
     said = [line for line in logged.splitlines() if "aws-broken" in line and "credentials" in line]
     assert len(said) == 1, said  # the first failure says it; the ones after it are the same incident
     assert "CredentialRetrievalError" in said[0]
+
+
+# -- a chain that yields temporary keys once, then fails every refresh: botocore retries the
+# refresh on each request and logs its failure with a traceback quoting the process's stderr.
+# Keys 12 minutes from expiry are in botocore's advisory window (it keeps using them), keys 7
+# minutes from expiry in its mandatory one (the request cannot be signed).
+
+ONCE_THEN_FAIL = """\
+import datetime, json, os, sys
+state = sys.argv[1]
+if os.path.exists(state):
+    print("refresh failed for {secret}", file=sys.stderr)
+    sys.exit(1)
+open(state, "w").close()
+expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=int(sys.argv[2]))
+print(json.dumps({{"Version": 1, "AccessKeyId": "{access}", "SecretAccessKey": "{secret_key}", "SessionToken": "t",
+                  "Expiration": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_refresh(bedrock: FakeBedrock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    aws = tmp_path_factory.mktemp("aws-refresh")
+    script = aws / "once_then_fail.py"
+    script.write_text(ONCE_THEN_FAIL.format(secret=PROCESS_STDERR_SECRET, access=fb.ACCESS_KEY, secret_key=fb.SECRET_KEY))
+    profiles = "".join(f"[profile {name}]\ncredential_process = {sys.executable} {script} {aws / name} {minutes}\n"
+                       for name, minutes in (("advisory", 12), ("mandatory", 7)))
+    (aws / "config").write_text(profiles)
+    env = {"AWS_CONFIG_FILE": str(aws / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": ""}
+    process = GatewayProcess(f"""
+providers:
+  - {{name: aws-advisory, schema: bedrock, region: {fb.REGION}, base_url: {bedrock.url}, credentials: {{profile: advisory}}}}
+  - {{name: aws-mandatory, schema: bedrock, region: {fb.REGION}, base_url: {bedrock.url}, credentials: {{profile: mandatory}}}}
+models:
+  - {{name: advisory, targets: [{{provider: aws-advisory, model: "{MODEL_ID}"}}]}}
+  - {{name: mandatory, targets: [{{provider: aws-mandatory, model: "{MODEL_ID}"}}]}}
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""", env=env)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("model, works", [("advisory", True), ("mandatory", False)])
+def test_a_failing_refresh_is_logged_once_per_incident_without_botocores_traceback(
+        failing_refresh: GatewayProcess, model: str, works: bool) -> None:
+    client = openai.OpenAI(base_url=failing_refresh.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    for _ in range(3):
+        if works:  # the keys still valid sign the request
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            assert r.choices[0].message.content == fb.REPLY
+        else:
+            with pytest.raises(openai.APIStatusError) as bad:
+                client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            assert bad.value.status_code == 502 and bad.value.code == "upstream_auth_failed"
+    logged = failing_refresh.stderr()
+    assert "Traceback" not in logged and PROCESS_STDERR_SECRET not in logged and "botocore" not in logged
+    said = [line for line in logged.splitlines() if f"aws-{model}" in line and "credentials" in line]
+    assert len(said) == 1, said

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -188,3 +189,72 @@ def test_a_gemini_3_history_without_signatures_gets_the_stand_in_on_each_steps_f
         assert final.choices[0].message.content == fg.REPLY
         sent = [p for c in gemini.last()["body"]["contents"] for p in c["parts"] if "functionCall" in p]
         assert [p.get("thoughtSignature") for p in sent] == expected, model
+
+
+# -- Vertex tokens that arrive short-lived (impersonated or metadata tokens can have under the
+# 5-minute margin left), and a token endpoint that refuses every grant.
+
+@pytest.fixture(scope="module")
+def token_fakes() -> Iterator[dict[str, FakeGemini]]:
+    fakes = {"short": FakeGemini(token_lifetime=240), "refusing": FakeGemini(grants_tokens=False)}
+    yield fakes
+    for fake in fakes.values():
+        fake.stop()
+
+
+@pytest.fixture(scope="module")
+def token_gw(token_fakes: dict[str, FakeGemini], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    providers = "".join(
+        f"  - {{name: vtx-{name}, schema: vertex, project: proj-1, location: us-central1, base_url: {fake.url}/v1,"
+        f" credentials: {{service_account_file: \"{service_account_file(tmp_path_factory.mktemp(name), fake.url + '/token')}\"}}}}\n"
+        for name, fake in token_fakes.items())
+    process = GatewayProcess(f"""
+providers:
+{providers}models:
+  - {{name: short, targets: [{{provider: vtx-short, model: gemini-2.5-flash}}]}}
+  - {{name: refusing, targets: [{{provider: vtx-refusing, model: gemini-2.5-flash}}]}}
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""")
+    yield process
+    process.stop()
+
+
+def _concurrently(gw: GatewayProcess, model: str, n: int = 20) -> list[int]:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0)
+
+    def one(_: int) -> int:
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        except openai.APIStatusError as bad:
+            assert bad.code == "upstream_auth_failed"
+            return bad.status_code
+        return 200
+
+    with ThreadPoolExecutor(10) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_token_that_arrives_with_under_the_margin_left_is_reused(token_gw, token_fakes):
+    assert _concurrently(token_gw, "short") == [200] * 20
+    assert token_fakes["short"].tokens_issued == 1  # 4 minutes to live: good for the next 2
+
+
+def test_a_refused_token_grant_fails_fast_and_is_logged_once(token_gw, token_fakes):
+    assert _concurrently(token_gw, "refusing") == [502] * 20
+    assert token_fakes["refusing"].token_requests <= 3  # then a back-off: the endpoint is not hammered
+    said = [line for line in token_gw.stderr().splitlines() if "vtx-refusing" in line and "OAuth" in line]
+    assert len(said) == 1 and "RefreshError" in said[0] and "Invalid JWT" not in said[0], said
+
+
+def test_a_token_revoked_before_its_expiry_is_fetched_anew_after_a_401(oai, gemini):
+    oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    gemini.revoked.add(f"ya29.fake-{gemini.tokens_issued}")  # an hour left, but no good
+    try:  # a 401 (or, retried by the gateway on the provider, already the new token's answer)
+        oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as refused:
+        assert refused.status_code == 502
+    r = oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == fg.REPLY
+    assert gemini.last()["headers"]["authorization"] == f"Bearer ya29.fake-{gemini.tokens_issued}"

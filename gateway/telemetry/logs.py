@@ -57,11 +57,16 @@ LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": JSONFormatter}},
-    "handlers": {"stderr": _STDERR},
+    "handlers": {"stderr": _STDERR, "drop": {"class": "logging.NullHandler"}},
     "loggers": {
         "_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         "granian.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         "tollway": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        # botocore logs a failed credential refresh with its traceback, which quotes a
+        # credential_process's stderr (it can hold keys), and again on every request while
+        # the refresh keeps failing: dropped. The gateway says it once per incident, by the
+        # failure's kind (gateway/upstream/credentials.py).
+        "botocore": {"handlers": ["drop"], "propagate": False},
     },
     # Libraries' warnings (asyncio's "Task exception was never retrieved", ...) too.
     "root": {"handlers": ["stderr"], "level": "WARNING"},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +26,9 @@ GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh a Google token this long before it expires, so no request carries a token that
 # expires on its way (google-auth's own margin is 3m45s; a slow upstream call can outlast it).
 TOKEN_MARGIN = datetime.timedelta(minutes=5)
+# After the token endpoint failed, requests fail fast this long rather than each calling it
+# again (behind one lock: a queue of slow failures) while it refuses.
+TOKEN_BACKOFF_SECONDS = 5.0
 
 
 def _with_header(call: UpstreamCall, name: str, value: str) -> UpstreamCall:
@@ -48,7 +52,8 @@ class SigV4Credential:
         self._secrets = secrets
         self._source: Any = None
         self._lock = asyncio.Lock()
-        self._failing = False  # the last call failed to get keys: a failure already logged
+        self._refreshing: asyncio.Future[Any] | None = None  # the one refresh in flight, shared
+        self._incident: str | None = None  # the failure already logged ("stale", "failing"), until keys come
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         from botocore.auth import SigV4Auth  # noqa: PLC0415
@@ -73,13 +78,23 @@ class SigV4Credential:
         except (BotoCoreError, ClientError) as exc:
             # botocore's message can hold a credential process's stderr: the client gets the
             # catalogue's message, the operator the exception's class, once per incident.
-            if not self._failing:
-                log.warning("AWS credentials for provider %s could not be had (%s); its requests fail with 502 "
-                            "until they can", self._provider.name, type(exc).__name__)
-            self._failing = True
+            self._report("failing", "AWS credentials for provider %s could not be had (%s); its requests fail "
+                         "with 502 until they can", type(exc).__name__)
             raise upstream_no_credentials(self._provider.name, "AWS credentials") from None
-        self._failing = False
+        if self._incident != "stale":
+            self._incident = None
         return keys
+
+    def rejected(self, call: UpstreamCall) -> None:
+        """Nothing to drop: botocore refreshes keys by their expiry, and a 401 from Bedrock is
+        a key's permissions, which new keys from the same chain would not change."""
+
+    def _report(self, incident: str, message: str, *args: str) -> None:
+        """Log a credential failure once per incident: botocore's own lines are dropped
+        (telemetry/logs.py), so this is the operator's only word of it."""
+        if self._incident != incident:
+            log.warning(message, self._provider.name, *args)
+        self._incident = incident
 
     async def _chain_keys(self) -> Any:
         if self._source is None:
@@ -89,8 +104,28 @@ class SigV4Credential:
         source = self._source
         refresh_needed = getattr(source, "refresh_needed", None)
         if refresh_needed is not None and refresh_needed():
-            return await asyncio.to_thread(source.get_frozen_credentials)  # may call STS/IMDS
+            return await self._refreshed(source)
         return source.get_frozen_credentials()
+
+    async def _refreshed(self, source: Any) -> Any:
+        """The keys once temporary ones near expiry, from one refresh shared by every request
+        that needs it (botocore would otherwise run the credential process or STS call once per
+        concurrent request). Within botocore's advisory window a failed refresh is swallowed
+        (the current keys still sign): the keys still needing a refresh after it says so."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(asyncio.to_thread(source.get_frozen_credentials))  # STS/IMDS
+            self._refreshing.add_done_callback(self._refreshed_done)
+        return await asyncio.shield(self._refreshing)
+
+    def _refreshed_done(self, refresh: asyncio.Future[Any]) -> None:
+        self._refreshing = None
+        if refresh.cancelled() or refresh.exception() is not None:
+            return  # the mandatory window: the awaiting requests fail and report it
+        if self._source.refresh_needed():
+            self._report("stale", "AWS credentials for provider %s could not be refreshed; its requests are "
+                         "signed with the current keys until they near expiry, then fail with 502")
+        else:
+            self._incident = None
 
     def _resolve(self) -> Any:
         import botocore.credentials  # noqa: PLC0415
@@ -119,31 +154,57 @@ class GoogleOAuthCredential:
         self._secrets = secrets
         self._google: Any = None
         self._lock = asyncio.Lock()
+        self._margin = TOKEN_MARGIN  # how long before its expiry the current token is replaced
+        self._retry_at = 0.0  # monotonic time before which a failed token fetch is not retried
+        self._failing = False  # the last fetch failed: a failure already logged
+        self._revoked: str | None = None  # the cached token the upstream refused (401): not reused
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall:
         return _with_header(call, "authorization", "Bearer " + await self.token())
 
     async def token(self) -> str:
-        """A token valid for at least TOKEN_MARGIN. Raises GatewayError(502) if none can be had."""
+        """A token valid for at least its margin. Raises GatewayError(502) if none can be had."""
         if not self._fresh():
             async with self._lock:
                 if not self._fresh():
-                    await asyncio.to_thread(self._refresh)
+                    await self._refresh()
         token: str = self._google.token
         # On every return: a refresh whose waiter was cancelled still installed its token.
         self._secrets.add(token)
         return token
 
+    def rejected(self, call: UpstreamCall) -> None:
+        """A token revoked before its expiry gets 401s: the next request fetches another
+        (unless a newer token already replaced the one this call carried)."""
+        sent = next((v for k, v in call.headers if k.lower() == "authorization"), "")
+        if self._google is not None and sent == f"Bearer {self._google.token}":
+            self._revoked = self._google.token
+
     def _fresh(self) -> bool:
         g = self._google
-        if g is None or not g.token:
+        if g is None or not g.token or g.token == self._revoked:
             return False
         if g.expiry is None:
             return True
-        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # google-auth uses naive UTC
-        return g.expiry - now > TOKEN_MARGIN
+        return g.expiry - _google_now() > self._margin
 
-    def _refresh(self) -> None:
+    async def _refresh(self) -> None:
+        if time.monotonic() < self._retry_at:  # the endpoint just failed: fail fast, as it did
+            raise upstream_auth_failed(self._provider.name)
+        try:
+            await asyncio.to_thread(self._fetch)
+        except GoogleTokenError as exc:
+            self._retry_at = time.monotonic() + TOKEN_BACKOFF_SECONDS
+            if not self._failing:  # the class only: google-auth's message quotes the endpoint's answer
+                log.warning("Google OAuth token for provider %s could not be had (%s); its requests fail with 502 "
+                            "until one can", self._provider.name, exc.kind)
+            self._failing = True
+            raise upstream_auth_failed(self._provider.name) from None
+        self._failing = False
+        self._revoked = None  # a metadata server can hand the same token back: it is all there is
+        self._margin = _margin_for(self._google.expiry)
+
+    def _fetch(self) -> None:
         import google.auth.exceptions  # noqa: PLC0415
         import google.auth.transport.requests  # noqa: PLC0415
 
@@ -151,8 +212,8 @@ class GoogleOAuthCredential:
             if self._google is None:
                 self._google = self._load()
             self._google.refresh(google.auth.transport.requests.Request())
-        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError):
-            raise upstream_auth_failed(self._provider.name) from None
+        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
+            raise GoogleTokenError(type(exc).__name__) from None
 
     def _load(self) -> Any:
         import google.auth  # noqa: PLC0415
@@ -164,11 +225,35 @@ class GoogleOAuthCredential:
         return google.auth.default(scopes=GOOGLE_SCOPES)[0]
 
 
+class GoogleTokenError(Exception):
+    """A token fetch failed; `kind` is the exception's class, safe to log (its text is not)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _google_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # google-auth uses naive UTC
+
+
+def _margin_for(expiry: datetime.datetime | None) -> datetime.timedelta:
+    """How long before expiry to replace a token just fetched: TOKEN_MARGIN, or half its life
+    when it arrived with less (impersonated and metadata-server tokens can), so a short-lived
+    token still serves requests for a while instead of each request fetching another."""
+    if expiry is None:
+        return TOKEN_MARGIN
+    return min(TOKEN_MARGIN, (expiry - _google_now()) / 2)
+
+
 # schema -> the credential that signs its calls when the provider has no static api_key.
 class Credential(Protocol):
     """Applies credentials that need I/O or the clock to an upstream call."""
 
     async def sign(self, call: UpstreamCall) -> UpstreamCall: ...
+
+    def rejected(self, call: UpstreamCall) -> None:
+        """The upstream answered this signed call 401: a credential it carried is no good."""
 
 
 SIGNERS: dict[str, Callable[[Provider, KnownSecrets], Credential]] = {

@@ -108,8 +108,12 @@ def _error(status: int, state: str, message: str) -> web.Response:
 
 
 class FakeGemini(FakeUpstream):
-    def __init__(self) -> None:
+    def __init__(self, token_lifetime: int = 3600, grants_tokens: bool = True) -> None:
         self.tokens_issued = 0
+        self.token_requests = 0  # every call to /token, granted or refused
+        self.token_lifetime = token_lifetime  # `expires_in` of each grant (a short-lived token: under 5 minutes)
+        self.grants_tokens = grants_tokens  # False: every grant is refused as a revoked key's would be
+        self.revoked: set[str] = set()  # tokens issued, then revoked before their expiry: a 401
         super().__init__()
 
     def _app(self) -> web.Application:
@@ -120,16 +124,20 @@ class FakeGemini(FakeUpstream):
 
     async def token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        self.token_requests += 1
+        if not self.grants_tokens:
+            return web.json_response({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, status=400)
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or str(form.get("assertion", "")).count(".") != 2:
             return web.json_response({"error": "invalid_grant"}, status=400)
         self.tokens_issued += 1
-        return web.json_response({"access_token": f"ya29.fake-{self.tokens_issued}", "expires_in": 3600, "token_type": "Bearer"})
+        return web.json_response({"access_token": f"ya29.fake-{self.tokens_issued}", "expires_in": self.token_lifetime, "token_type": "Bearer"})
 
     def _refuse(self, request: web.Request, vertex: bool) -> web.Response | None:
         if "key" in request.query:
             return _error(400, "INVALID_ARGUMENT", "the API key must not be sent in the URL")
         if vertex:
-            if not request.headers.get("authorization", "").startswith("Bearer ya29.fake-"):
+            bearer = request.headers.get("authorization", "")
+            if not bearer.startswith("Bearer ya29.fake-") or bearer.removeprefix("Bearer ") in self.revoked:
                 return _error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         elif request.headers.get("x-goog-api-key") != API_KEY:
             return web.json_response({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
