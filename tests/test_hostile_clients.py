@@ -58,6 +58,28 @@ def gw(hostile: HostileUpstream) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
+@pytest.fixture(scope="module", params=["0.0.0.0", "::"])
+def wildcard_gw(request: pytest.FixtureRequest, hostile: HostileUpstream) -> Iterator[GatewayProcess]:
+    """A gateway listening on every address, as every shipped deployment does (Dockerfile,
+    deploy/): granian's scope.server then names the listener, not the connection's local address."""
+    host: str = request.param
+    if ":" in host and not _can_listen_dualstack():
+        pytest.skip("no dual-stack IPv6 on this host")
+    gateway = GatewayProcess(_config(hostile.url), extra_args=["--host", host])
+    yield gateway
+    gateway.stop()
+
+
+def _can_listen_dualstack() -> bool:
+    if not socket.has_dualstack_ipv6():
+        return False
+    try:
+        socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True).close()
+    except OSError:
+        return False
+    return True
+
+
 def _body(model: str, stream: bool = False) -> bytes:
     return json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -141,6 +163,17 @@ def test_a_client_that_leaves_while_the_upstream_works_is_charged_its_prompt(gw:
 def test_non_reading_stream_clients_keep_memory_bounded_and_are_dropped(gw: GatewayProcess) -> None:
     """Four clients open 200 MB streams and read nothing: the gateway stops reading its upstream
     instead of queueing it, /healthz stays fast, and each client is dropped after the idle timeout."""
+    _non_readers_are_paced_and_dropped(gw)
+
+
+def test_non_reading_stream_clients_are_paced_and_dropped_on_a_wildcard_listener(wildcard_gw: GatewayProcess) -> None:
+    """The same under `--host 0.0.0.0` and `::` (an IPv4 client of which is ::ffff:127.0.0.1):
+    the client's socket is still found, so the stream is paced and the client dropped, instead
+    of the worker queueing whole answers and logging them as 200s."""
+    _non_readers_are_paced_and_dropped(wildcard_gw)
+
+
+def _non_readers_are_paced_and_dropped(gw: GatewayProcess) -> None:
     _read_whole_stream(gw, "firehose-1")
     before = gw.settled_rss_mb()
     clients = []

@@ -19,8 +19,12 @@ Looking costs a few system calls, so a stream looks only once it has sent WATCH_
 (most LLM streams never do), and then before each chunk. Finding the socket means walking
 this process's file descriptors for the one connected from the request's client to its server
 address (`scope.client`, `scope.server`), in a thread (~4 us an fd); the map found is kept and
-re-walked at most once per RESCAN_SECONDS. Linux only; where the socket cannot be found (not
-Linux, a Unix socket, an address granian spells otherwise) the stream is still bounded by
+re-walked at most once per RESCAN_SECONDS. `scope.server` is the *listener's* address: under
+`--host 0.0.0.0` or `::` (every shipped deployment) it names no local address at all, so a
+connection is known by its peer address and local port, a wildcard local address matching any,
+and an IPv4 client of a `::` listener (`::ffff:a.b.c.d` to the kernel) is spelt as plain IPv4 on
+both sides. Linux only; where the socket cannot be found (not Linux, a Unix socket, two
+connections the addresses cannot tell apart) the stream is still bounded by
 `server.max_upstream_body_bytes` and the timeouts.
 """
 from __future__ import annotations
@@ -44,29 +48,35 @@ class ClientStalled(Exception):
     """The client acknowledged nothing for the idle timeout; its connection was shut down."""
 
 
-Ends = tuple[tuple[str, int], tuple[str, int]]  # (local, peer) addresses: one TCP connection
+Addr = tuple[str, int]
+Ends = tuple[Addr, Addr]  # (local, peer) addresses: one TCP connection
+Found = tuple[int, Ends]  # a connection's fd and its exact ends
+_Key = tuple[Addr, int]  # (peer, local port): all of a connection granian's addresses always name
+_WILDCARDS = frozenset(("0.0.0.0", "::"))  # a listener's "any local address"
+_MAPPED = "::ffff:"  # an IPv4 peer of a dual-stack IPv6 socket: ::ffff:a.b.c.d
 
 
 class SocketDirectory:
     """Which file descriptor holds a given TCP connection (its local and peer addresses)."""
 
     def __init__(self) -> None:
-        self._by_ends: dict[Ends, int] = {}
-        self._scanned_at = -RESCAN_SECONDS  # when the walk that made _by_ends began
+        self._by_key: dict[_Key, list[int]] = {}
+        self._scanned_at = -RESCAN_SECONDS  # when the walk that made _by_key began
         self._walking: asyncio.Future[None] | None = None
 
-    async def find(self, ends: Ends, since: float) -> int | None:
-        """The fd of the connection `ends`, which existed at monotonic time `since`; None only
-        once a walk begun after `since` did not find it (then it never will: not a TCP socket of
-        ours). Joins the walk in progress, or the next one, rather than walking more often than
-        RESCAN_SECONDS."""
-        fd = self._lookup(ends)
-        while fd is None and self._scanned_at < since:
+    async def find(self, wanted: Ends, since: float) -> Found | None:
+        """The fd and exact ends of the connection `wanted` names (its local address may be a
+        wildcard), which existed at monotonic time `since`; None only once a walk begun after
+        `since` did not find it (then it never will: not a TCP socket of ours), or found two it
+        could be. Joins the walk in progress, or the next one, rather than walking more often
+        than RESCAN_SECONDS."""
+        found = self._lookup(wanted)
+        while found is None and self._scanned_at < since:
             if self._walking is None:
                 self._walking = asyncio.ensure_future(self._walk())
             await asyncio.shield(self._walking)  # a cancelled stream leaves the walk to the others
-            fd = self._lookup(ends)
-        return fd
+            found = self._lookup(wanted)
+        return found
 
     async def _walk(self) -> None:
         """Walk the fds in a thread: ~4 us an fd, so 40 ms at 10k connections, off the loop."""
@@ -76,16 +86,25 @@ class SocketDirectory:
                 await asyncio.sleep(wait)
             began = time.monotonic()
             try:
-                self._by_ends = await asyncio.to_thread(_walk_fds)
+                self._by_key = await asyncio.to_thread(_walk_fds)
             except RuntimeError:  # no thread to be had (the loop is closing): nothing found
-                self._by_ends = {}
+                self._by_key = {}
             self._scanned_at = began  # found or not: the streams waiting on it are answered
         finally:
             self._walking = None
 
-    def _lookup(self, ends: Ends) -> int | None:
-        fd = self._by_ends.get(ends)
-        return fd if fd is not None and _ends_of(fd) == ends else None
+    def _lookup(self, wanted: Ends) -> Found | None:
+        """The one connection still on an fd of the map that `wanted` names. Nearly always one
+        candidate; two only when a client reached two local addresses of a wildcard listener
+        from the same address and port, and then neither is measured (nor dropped) rather
+        than maybe the wrong one."""
+        local, peer = wanted
+        hits: list[Found] = []
+        for fd in self._by_key.get((peer, local[1]), ()):
+            ends = _ends_of(fd)  # the fd may hold another connection since the walk
+            if ends is not None and _names(wanted, ends):
+                hits.append((fd, ends))
+        return hits[0] if len(hits) == 1 else None
 
 
 DIRECTORY = SocketDirectory()  # one per worker process: the fds are the process's
@@ -98,6 +117,8 @@ class ClientFlow:
 
     def __init__(self, server: str, client: str, idle_timeout: float) -> None:
         local, peer = parse_peer(server), parse_peer(client)
+        # What granian says (the listener's address, maybe a wildcard) until the socket is
+        # found, then that socket's exact ends, which every later look must see unchanged.
         self._ends: Ends | None = (local, peer) if local is not None and peer is not None else None
         self._idle = idle_timeout
         self._since = time.monotonic()  # the client's connection exists by now
@@ -135,12 +156,12 @@ class ClientFlow:
     async def _find(self, sent: int) -> None:
         """Locate the client's socket and take the baseline: what was sent so far is assumed
         acknowledged (so the bound is WATCH_FROM + HIGH_WATER at worst)."""
-        fd = await DIRECTORY.find(self._ends, self._since)  # type: ignore[arg-type]
-        acked = _bytes_acked(fd) if fd is not None else None
-        if fd is None or acked is None:
+        found = await DIRECTORY.find(self._ends, self._since)  # type: ignore[arg-type]
+        acked = _bytes_acked(found[0]) if found is not None else None
+        if found is None or acked is None:
             self._gave_up = True  # not findable: the stream is bounded by max_upstream_body_bytes only
             return
-        self._fd, self._base_sent, self._base_acked = fd, sent, acked
+        (self._fd, self._ends), self._base_sent, self._base_acked = found, sent, acked
 
     def _acked(self) -> int | None:
         """The client's acknowledged byte count now, or None if its socket is not known."""
@@ -170,12 +191,29 @@ class ClientFlow:
             sock.detach()  # the fd is granian's: never close it from here
 
 
-def parse_peer(client: str) -> tuple[str, int] | None:
-    """("host", port) of granian's `scope.client` ("1.2.3.4:5678" or "[::1]:5678"), or None."""
+def parse_peer(client: str) -> Addr | None:
+    """("host", port) of granian's `scope.client` or `scope.server` ("1.2.3.4:5678",
+    "[::1]:5678", "[::ffff:1.2.3.4]:5678"), the host spelt as _ends_of_socket spells it; or None."""
     host, sep, port = client.rpartition(":")
     if not sep or not port.isdigit():
         return None
-    return host.strip("[]"), int(port)
+    return _host(host.strip("[]")), int(port)
+
+
+def _host(host: str) -> str:
+    """One spelling per address for what granian and the kernel both name: no IPv6 zone
+    (granian gives its number, the kernel its interface name), and an IPv4-mapped IPv6
+    address as the IPv4 address it is."""
+    host = host.partition("%")[0]
+    if host.startswith(_MAPPED) and "." in host:
+        return host[len(_MAPPED):]
+    return host
+
+
+def _names(wanted: Ends, ends: Ends) -> bool:
+    """Whether granian's `wanted` (a listener's local address, maybe a wildcard) names `ends`."""
+    (want_host, want_port), (host, port) = wanted[0], ends[0]
+    return wanted[1] == ends[1] and want_port == port and (want_host in _WILDCARDS or want_host == host)
 
 
 def _ends_of(fd: int) -> Ends | None:
@@ -197,7 +235,7 @@ def _ends_of_socket(sock: socket.socket) -> Ends | None:
         local, peer = sock.getsockname(), sock.getpeername()
     except OSError:
         return None
-    return (local[0], local[1]), (peer[0], peer[1])
+    return (_host(local[0]), local[1]), (_host(peer[0]), peer[1])
 
 
 def _bytes_acked(fd: int) -> int | None:
@@ -217,8 +255,10 @@ def _bytes_acked(fd: int) -> int | None:
     return value
 
 
-def _walk_fds() -> dict[Ends, int]:
-    found: dict[Ends, int] = {}
+def _walk_fds() -> dict[_Key, list[int]]:
+    """This process's TCP connections by (peer, local port), which is what granian's addresses
+    can name (see the module doc); the local address is checked on lookup."""
+    found: dict[_Key, list[int]] = {}
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:  # not Linux
@@ -226,5 +266,5 @@ def _walk_fds() -> dict[Ends, int]:
     for name in names:
         ends = _ends_of(int(name))
         if ends is not None:
-            found[ends] = int(name)
+            found.setdefault((ends[1], ends[0][1]), []).append(int(name))
     return found
