@@ -18,7 +18,11 @@ its list of token ids (~4 ms per MiB) and msgspec decodes a count_tokens body (~
 with it held, and building an encoding holds it ~0.1 s, once per process. Under the 2 MiB
 count_tokens cap that is a few ms per count (bench/token_count.py: 2 MiB, ~8 ms vs ~65 ms).
 
-`counted_usage` is the proxy's usage for an answer without `usage`, built on the same path.
+`counted_usage` is the proxy's usage for an answer without `usage`, built on the same path. An
+answer is up to `server.max_upstream_body_bytes` (64 MiB) of text an upstream chose, and tiktoken's
+cost grows faster than a text's length where it has no spaces (8 MiB of "x": ~7 s of CPU, ~0.5
+GB), so only its first `COUNT_EXACT_MAX_CHARS` are counted exactly and the rest is charged its
+UTF-8 bytes, an upper bound (`count_tokens_bounded`).
 """
 from __future__ import annotations
 
@@ -28,7 +32,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from tollway.core.accounting.tokens import count_tokens, encoding_for, encoding_name_for_model, estimate_prompt_tokens
+from tollway.core.accounting.tokens import (
+    COUNT_EXACT_MAX_CHARS,
+    count_tokens,
+    count_tokens_bounded,
+    encoding_for,
+    encoding_name_for_model,
+    estimate_prompt_tokens,
+)
 from tollway.ext.usage import Usage
 
 __all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
@@ -99,8 +110,10 @@ async def count_tokens_off_loop(text: str, model: str) -> int:
 
 async def counted_usage(prompt_body: bytes, completion_text: str, model: str) -> Usage:
     """Usage of an answer the upstream reported none for: the prompt's reservation bound
-    (`estimate_prompt_tokens`, no tokenizing) and the completion counted with tiktoken."""
-    return _usage(prompt_body, await count_tokens_off_loop(completion_text, model))
+    (`estimate_prompt_tokens`, no tokenizing) and the completion counted with tiktoken, exactly
+    up to COUNT_EXACT_MAX_CHARS, bounded by its bytes past that (`count_tokens_bounded`)."""
+    size = min(len(completion_text), COUNT_EXACT_MAX_CHARS)
+    return _usage(prompt_body, await count_off_loop(size, model, partial(count_tokens_bounded, completion_text, model)))
 
 
 def estimated_usage(prompt_body: bytes, completion_text: str, model: str) -> tuple[Usage, bool]:

@@ -110,11 +110,14 @@ class GatewayProcess:
     def signal(self, sig: int) -> None:
         os.killpg(self.proc.pid, sig)
 
+    def worker_pids(self) -> list[str]:
+        """The worker processes: the children of granian's main process."""
+        return subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+
     def worker_rss_mb(self) -> float:
         """Resident memory of the worker processes (the children of granian's main process)."""
-        pids = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
         total_kb = 0
-        for pid in pids:
+        for pid in self.worker_pids():
             with open(f"/proc/{pid}/status") as f:
                 total_kb += int(f.read().split("VmRSS:")[1].split()[0])
         return total_kb / 1024

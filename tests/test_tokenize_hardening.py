@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import random
 import socket
 import statistics
@@ -19,9 +20,11 @@ from collections.abc import Callable, Iterator
 
 import anthropic
 import msgspec
+import openai
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.hostile_upstream import Answer, HostileUpstream
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tollway.core import config as config_mod
@@ -238,6 +241,15 @@ async def test_large_counts_are_exact_and_usage_matches_the_proxy_formula():
     usage = await token_count.counted_usage(body, text, "gpt-4")
     completion = count_tokens(text, "gpt-4")
     assert usage == Usage(len(body), completion, len(body) + completion)
+
+
+async def test_a_huge_answer_without_spaces_is_counted_in_bounded_cpu_as_its_bytes():
+    await token_count.count_tokens_off_loop("warm", "gpt-4o")
+    text = "x" * (8 * 1024 * 1024)  # exactly 1,048,576 tokens: ~7 s of tiktoken CPU and ~0.5 GB here
+    started = time.process_time()  # (every thread's)
+    usage = await token_count.counted_usage(b"{}", text, "gpt-4o")
+    assert time.process_time() - started < 0.5
+    assert usage.completion_tokens == len(text)  # the bytes bound: at least the exact count
 
 
 async def test_shutdown_cancels_queued_counts_and_a_later_count_starts_a_new_pool():
@@ -465,3 +477,65 @@ def test_count_tokens_is_a_request_against_the_keys_limit(gw, claude):
     # Another key is not affected.
     anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0).messages.count_tokens(
         model="gpt-4o-mini", messages=messages)
+
+
+# -- an answer without usage: counted in bounded time and memory ----------------------------
+
+HUGE_MIB = 8
+
+
+@pytest.fixture(scope="module")
+def hostile_gw(hostile: HostileUpstream) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(f"""
+providers: [{{name: h, schema: openai, base_url: {hostile.url}/v1, api_key: {UPSTREAM_SECRET}}}]
+models: [{{name: gpt-4o, targets: [{{provider: h, model: scripted}}]}}]
+keys: [{{name: k, key_hash: "{key_hash(TEST_KEY)}"}}]
+""")
+    yield process
+    process.stop()
+
+
+def _no_usage_answer(stream: bool, piece: str, pieces: int) -> Answer:
+    """An OpenAI chat answer of `piece` × `pieces` and no usage: a stream of one delta per piece, or JSON."""
+    if not stream:
+        body = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": piece * pieces}, "finish_reason": "stop"}]}
+        return Answer(headers=(("content-type", "application/json"),), chunks=(json.dumps(body).encode(),))
+
+    def chunk(delta: dict[str, str]) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                                       "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}).encode() + b"\n\n"
+    chunks = (chunk({"role": "assistant", "content": ""}), *(chunk({"content": piece}),) * pieces, b"data: [DONE]\n\n")
+    return Answer(headers=(("content-type", "text/event-stream"),), chunks=chunks, framing="chunked")
+
+
+def _worker_cpu_and_peak(gw: GatewayProcess) -> tuple[float, int]:
+    """(CPU seconds, peak resident MB) of the gateway's one worker."""
+    pid = gw.worker_pids()[0]
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    peak_kb = int(open(f"/proc/{pid}/status").read().split("VmHWM:")[1].split()[0])
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), peak_kb // 1024
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_a_huge_answer_without_usage_is_charged_its_bytes_without_pinning_a_core(hostile_gw, hostile, stream):
+    # A run of "x" is one tiktoken piece: counting 8 MiB of it took ~7 s of the worker's CPU and
+    # grew it by ~0.5 GB (64 MiB, the default max_upstream_body_bytes: ~100 s and ~3 GB), the request in
+    # flight all along. Past the exact-count cap it is charged its UTF-8 bytes, an upper bound.
+    client = openai.OpenAI(base_url=hostile_gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=60)
+    hostile.script(_no_usage_answer(stream, "hi", 1))
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=stream,
+                                   extra_headers={"x-request-id": f"warm-{stream}"})  # loads the encoding
+    hostile_gw.log_line(f"warm-{stream}")
+    piece, pieces = "x" * 65536, HUGE_MIB * 16
+    hostile.script(_no_usage_answer(stream, piece, pieces))
+    cpu, peak = _worker_cpu_and_peak(hostile_gw)
+    answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                            stream=stream, extra_headers={"x-request-id": f"huge-{stream}"})
+    if stream:
+        assert sum(len(c.choices[0].delta.content or "") for c in answer if c.choices) == len(piece) * pieces
+    line = hostile_gw.log_line(f"huge-{stream}", timeout=60)
+    cpu_after, peak_after = _worker_cpu_and_peak(hostile_gw)
+    assert cpu_after - cpu < 3, f"the answer cost the worker {cpu_after - cpu:.1f} s of CPU"
+    assert peak_after - peak < 200, f"the worker's peak grew by {peak_after - peak} MB"
+    assert line["status"] == 200 and line["completion_tokens"] == len(piece) * pieces  # >= the exact 1,048,576

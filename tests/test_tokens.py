@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from tollway.core.accounting.tokens import (
     CL100K,
+    COUNT_EXACT_MAX_CHARS,
     O200K,
     count_tokens,
+    count_tokens_bounded,
     encoding_for,
     encoding_name_for_model,
     estimate_prompt_tokens,
@@ -106,3 +108,36 @@ def test_tokens_never_exceed_utf8_bytes(text):
     # The premise of the estimate, checked directly on both encodings.
     for model in ("gpt-4o", "gpt-4"):
         assert count_tokens(text, model) <= len(text.encode())
+
+
+# --- an answer's count: exact up to a cap, an upper bound past it ------------------------------
+
+answers = texts | st.builds(lambda parts: "".join(parts), st.lists(
+    st.sampled_from(["x" * 40, "word ", "Word", "'s", "don't ", "12345", "+/=", "\n", "\n\n", "  ", "\t", ".", ",",
+                     "é", "日本語", "🙂", "a", "Z", "\r\n", "_", "\u0301"]), max_size=60))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=answers, exact_max=st.integers(0, 120), model=st.sampled_from(["gpt-4o", "gpt-4"]))
+def test_a_bounded_count_is_exact_under_its_cap_and_an_upper_bound_past_it(text, exact_max, model):
+    bounded, exact = count_tokens_bounded(text, model, exact_max), count_tokens(text, model)
+    if len(text) <= exact_max:
+        assert bounded == exact
+    assert exact <= bounded <= len(text.encode())  # never above the bytes bound the prompt uses
+
+
+def test_a_long_text_without_spaces_is_bounded_by_its_bytes_in_bounded_time():
+    import time
+    encoding_for(O200K)
+    text = "x" * (8 * 1024 * 1024)  # tiktoken alone: ~7 s of CPU and ~0.5 GB here
+    started = time.process_time()
+    assert count_tokens_bounded(text, "gpt-4o") == len(text)
+    assert time.process_time() - started < 0.5
+
+
+def test_past_the_cap_the_text_before_a_word_boundary_is_counted_exactly():
+    head = "the quick brown fox " * (COUNT_EXACT_MAX_CHARS // 40)  # half the cap, 4 tokens per 20 chars
+    text = head + "x" * (4 * COUNT_EXACT_MAX_CHARS)
+    bounded = count_tokens_bounded(text, "gpt-4o")
+    assert bounded == count_tokens(head.rstrip(), "gpt-4o") + len(text) - len(head.rstrip())
+    assert bounded >= count_tokens(text, "gpt-4o")

@@ -6,18 +6,28 @@ there, checked against tiktoken's published SHA-256, never fetched and never loo
 ~76 MB), so a gateway that never counts tokens never pays for a tokenizer.
 
 `estimate_prompt_tokens` is the cheap upper bound used for rate-limit reservations; it never
-runs the tokenizer. See its docstring for why it bounds the real count.
+runs the tokenizer. See its docstring for why it bounds the real count. `count_tokens_bounded`
+counts an answer the upstream reported no usage for: exactly up to `COUNT_EXACT_MAX_CHARS`, and
+past it with the same bytes bound, because tiktoken's cost grows faster than a text's length
+where the text has no spaces (one "word" of 8 MiB: ~7 s of CPU and ~0.5 GB).
 """
 from __future__ import annotations
 
 import base64
 import functools
+import re
 from importlib import resources
 
 import tiktoken
 from tiktoken.load import check_hash
 
-__all__ = ["count_tokens", "encoding_for", "encoding_name_for_model", "estimate_prompt_tokens"]
+__all__ = ["COUNT_EXACT_MAX_CHARS", "count_tokens", "count_tokens_bounded", "encoding_for", "encoding_name_for_model",
+           "estimate_prompt_tokens"]
+
+# Characters of an answer counted exactly: ~64k tokens of English, more than most answers. Its
+# worst case (one piece with no split point) costs tiktoken ~60 ms of a pool thread; the
+# cost grows faster than the length (8 MiB of "x": ~7 s), so the rest is bounded, not counted.
+COUNT_EXACT_MAX_CHARS = 256 * 1024
 
 CL100K = "cl100k_base"
 O200K = "o200k_base"
@@ -98,6 +108,43 @@ def _parse_ranks(data: bytes) -> dict[bytes, int]:
 def count_tokens(text: str, model: str) -> int:
     """Tokens in `text` for `model`'s encoding; special-token text counts as plain text."""
     return len(encoding_for(encoding_name_for_model(model)).encode_ordinary(text))
+
+
+def count_tokens_bounded(text: str, model: str, exact_max: int = COUNT_EXACT_MAX_CHARS) -> int:
+    """`count_tokens(text, model)` when `text` has at most `exact_max` characters; past that, an
+    upper bound of it: the exact count of the text up to its last word boundary within
+    `exact_max` characters, plus the UTF-8 bytes of the rest (each token is at least one
+    byte, see `estimate_prompt_tokens`); all of its bytes when there is no such boundary.
+
+    The sum bounds the whole text's count because tiktoken counts a text piece by piece (its
+    split pattern's matches) and the cut is a place where the pieces of the whole text and of
+    the text before the cut are the same: right after an ASCII letter and before an ASCII
+    character that no piece joins to a preceding letter (not a letter, digit or apostrophe;
+    see `_CUT_REVERSED`).
+    """
+    if len(text) <= exact_max:
+        return count_tokens(text, model)
+    cut = _last_cut(text, exact_max)
+    return count_tokens(text[:cut], model) + _utf8_length(text[cut:])
+
+
+# A cut point, in the text reversed: the character after the cut, then an ASCII letter before
+# it. A letter piece (both encodings' patterns) ends at any character that is not a letter, a
+# combining mark, a digit, or (for a contraction: "'s", "'ll") an apostrophe; an ASCII
+# character other than those ends it the way the end of the text does, so the text before the
+# cut splits into the same pieces alone as within the whole.
+_CUT_REVERSED = re.compile(r"[\x00-\x26\x28-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f][A-Za-z]")
+
+
+def _last_cut(text: str, exact_max: int) -> int:
+    """The last cut point at or before `exact_max` (its index: the length of the text before it), or 0."""
+    found = _CUT_REVERSED.search(text[exact_max::-1])  # (a slice, reversed: one copy of exact_max characters)
+    return exact_max - found.start() if found else 0
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes of `text` in UTF-8 (a lone surrogate, which tiktoken counts as U+FFFD, as 3)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def estimate_prompt_tokens(body: bytes) -> int:
