@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from unittest import mock
@@ -101,6 +102,45 @@ def test_a_connection_to_a_wildcard_listener_is_found(bind: str) -> None:
         assert ends == (("127.0.0.1", listener.getsockname()[1]), ("127.0.0.1", client.getsockname()[1]))
     finally:
         for sock in (client, server, listener):
+            sock.close()
+
+
+def test_a_wildcard_connection_made_after_the_last_walk_never_takes_another_clients_socket() -> None:
+    """Two clients from one address and port (a NAT keeping source ports) reach two local
+    addresses of a wildcard listener; the map was walked when only the first was connected.
+    The second's lookup must not take the first's socket (it would be measured against, and
+    shut down for, the wrong client): a walk begun after it connected sees both, and then
+    neither is measured."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    socks = [listener]
+
+    def connect(to: str, source_port: int) -> socket.socket:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("127.0.0.9", source_port))
+        c.connect((to, port))
+        server, _ = listener.accept()
+        socks.extend((c, server))
+        return server
+
+    async def run() -> None:
+        directory = SocketDirectory()
+        source_port = 40000 + os.getpid() % 20000
+        first = connect("127.0.0.1", source_port)
+        wanted = (("0.0.0.0", port), ("127.0.0.9", source_port))
+        found = await directory.find(wanted, time.monotonic() - 1)
+        assert found is not None and found[0] == first.fileno()
+        connect("127.0.0.2", source_port)
+        assert await directory.find(wanted, time.monotonic()) is None  # two it could be: neither
+
+    try:
+        asyncio.run(run())
+    finally:
+        for sock in socks:
             sock.close()
 
 

@@ -68,10 +68,14 @@ class SocketDirectory:
         """The fd and exact ends of the connection `wanted` names (its local address may be a
         wildcard), which existed at monotonic time `since`; None only once a walk begun after
         `since` did not find it (then it never will: not a TCP socket of ours), or found two it
-        could be. Joins the walk in progress, or the next one, rather than walking more often
-        than RESCAN_SECONDS."""
+        could be (for a wildcard only a walk begun after `since` is trusted). Joins the walk in
+        progress, or the next one, rather than walking more often than RESCAN_SECONDS."""
+        # A wildcard names its connection by peer and local port alone: a map walked before the
+        # connection was made may hold another connection of that peer and port (a NAT keeping
+        # source ports, two local addresses) and not this one, so it needs a walk begun after.
+        wildcard = wanted[0][0] in _WILDCARDS
         found = self._lookup(wanted)
-        while found is None and self._scanned_at < since:
+        while (found is None or wildcard) and self._scanned_at < since:
             if self._walking is None:
                 self._walking = asyncio.ensure_future(self._walk())
             await asyncio.shield(self._walking)  # a cancelled stream leaves the walk to the others
