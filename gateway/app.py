@@ -82,7 +82,9 @@ class Gateway:
         self.upstream: UpstreamClient | None = None
         self.serving = Serving(Runtime(config, None), Proxy(self.metrics))
         self.ready = False
-        self.drain_task: asyncio.Task[None] | None = None  # the deadline a SIGUSR1 starts (lifecycle.drain)
+        # The drain's deadline, set by a stop (lifecycle.drain), and the cut-off it starts when due.
+        self.drain_cut_off: asyncio.TimerHandle | None = None
+        self.drain_task: asyncio.Task[int] | None = None
         self.drain_limits = started_limits(config.server)  # the process's, whatever a reload says
         # The requests being served (for the drain on shutdown, and the watchdog's bounds).
         self.watchdog = Watchdog(lambda: self.runtime.config.server.body_read_timeout)

@@ -71,6 +71,20 @@ def test_serve_refuses_a_key_naming_an_unknown_model(tmp_path):
     assert r.returncode == 1 and "keys.k.models[0]: unknown model 'n'" in r.stderr
 
 
+def test_check_refuses_drain_seconds_serve_would_crash_on(tmp_path):
+    """`check` said ok, and `serve` crashed at its start or on SIGTERM, skipping the drain."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: [{name: f, schema: fake}]\nmodels: [{name: m, targets: [{provider: f}]}]\n"
+                   "server:\n  drain_delay: .inf\n  drain_timeout: 1e12\n  reload_check_interval: -1\n")
+    r = tollway("check", str(bad))
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[:3] == [
+        f"{bad}: server.drain_delay: must be a number of seconds from 0 to 3600, not inf (line 4)",
+        f"{bad}: server.drain_timeout: must be a number of seconds from 0 to 86400, not 1e+12 (line 5)",
+        f"{bad}: server.reload_check_interval: must be a number of seconds from 0 to 86400, not -1 (line 6)",
+    ]
+
+
 def test_check_names_bad_field_and_exits_nonzero(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers:\n  - name: a\n    schema: openai\n    base_url: http://x\n"

@@ -466,3 +466,17 @@ def test_every_query_parameter_redis_py_refuses_is_refused_here_first():
             except ValueError:
                 assert redis_url_problem(url), url
 
+
+
+@pytest.mark.parametrize("value,shown", [(".inf", "inf"), (".nan", "nan"), ("-1", "-1"), ("1e12", "1e+12")])
+@pytest.mark.parametrize("field,most", [("drain_delay", 3600), ("drain_timeout", 86400), ("reload_check_interval", 86400)])
+def test_the_drain_and_reload_seconds_must_be_finite_not_below_zero_and_bounded(field, most, value, shown):
+    # `check` passed them and `serve` crashed at its start (OverflowError, ValueError in the
+    # drain's timers) or on SIGTERM (timestamp out of range), without a drain.
+    text = GOOD + f"server:\n  {field}: {value}\n"
+    problem = f"server.{field}: must be a number of seconds from 0 to {most}, not {shown} (line 17)"
+    env = {"VLLM_KEY": "k"}
+    assert [str(e) for e in config.check(text, env).errors] == [problem]
+    assert str(_error(text)) == problem  # loads (serve, reload) refuses it too
+    for good in (0, most):
+        assert config.check(GOOD + f"server:\n  {field}: {good}\n", env).errors == []

@@ -114,6 +114,29 @@ def test_drain_timeout_bounds_the_wait():
         gw.stop()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_worker_stopped_directly_keeps_the_drain_deadline_and_exits(sig):
+    """A stop sent to a worker, not to the main process (an operator's `kill`, a supervisor
+    that signals the worker): granian closes its listener and waits for every open response
+    before it hands the loop back, so only SIGUSR1 started the cut-off, and a worker with an
+    endless stream accepted nothing and never exited. Its own stop starts the cut-off too."""
+    gw = GatewayProcess(config(delay=0.0, timeout=1.0, chunk_delay=1.0, chunks=600))
+    try:
+        worker = int(subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        result: dict = {}
+        thread = stream_in_thread(gw, result)
+        until(lambda: len(result.get("chunks", ())) >= 1)  # the stream is under way
+        start = time.monotonic()
+        os.kill(worker, sig)
+        thread.join(10)
+        assert "shutting down" in str(result.get("error")), "the cut-off stream must end with the shutdown event"
+        assert time.monotonic() - start < 4, "the stream outlived the 1s drain_timeout"
+        until(lambda: not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text())
+        assert "drain timeout" in gw.stderr()
+    finally:
+        gw.stop()
+
+
 def until(check, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -79,6 +79,27 @@ async def test_a_reload_keeps_unchanged_providers_and_their_pools():
     await client.aclose()
 
 
+@pytest.mark.parametrize("started", [0, 3600])
+async def test_a_reloaded_check_interval_applies_at_once(config_file, started):
+    """The interval was read once, when the watcher was installed: a reload that turned the
+    polling on, or shortened an hour to a second, had no effect until the gateway restarted."""
+    applied = []
+    watcher = ConfigWatcher(str(config_file), applied.append, interval=started)
+    loop = asyncio.get_running_loop()
+    watcher.install(loop)
+    try:
+        config_file.write_text(GOOD + "server: {reload_check_interval: 0.05}\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _until(lambda: len(applied) == 1)
+        config_file.write_text(CHANGED + "server: {reload_check_interval: 0}\n")
+        await _until(lambda: len(applied) == 2)  # polled: no SIGHUP
+        config_file.write_text(GOOD)
+        await asyncio.sleep(0.3)
+        assert len(applied) == 2, "a reloaded interval of 0 stops the polling"
+    finally:
+        watcher.close(loop)
+
+
 async def _until(check, timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -11,8 +11,17 @@ from tollway.core.config.server import Server
 from tollway.core.config.telemetry import Traces
 from tollway.core.guardrails.settings import problems as guardrail_problems
 
+# The most seconds each may be: a drain is the time a load balancer takes to stop sending and
+# the longest stream takes to end, not days. (Infinite or huge values overflowed the drain's
+# timers and granian's kill timeout: `serve` crashed at its start or on SIGTERM.)
+_MOST_SECONDS = {"drain_delay": 3600, "drain_timeout": 86400, "reload_check_interval": 86400}
+
 
 def check_server(s: Server, fail: Fail) -> None:
+    for field, most in _MOST_SECONDS.items():  # (a NaN fails the comparison too)
+        value = getattr(s, field)
+        if not 0 <= value <= most:
+            fail(["server", field], f"must be a number of seconds from 0 to {most}, not {value:g}")
     for field in ("body_read_timeout", "client_idle_timeout"):
         if not 0 < getattr(s, field) < float("inf"):
             fail(["server", field], "must be a finite number of seconds > 0")

@@ -19,7 +19,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reload_check_interval: float = 2.0  # seconds between config file checks (0: only SIGHUP)
     drain_delay: float = 0.0  # on SIGTERM, seconds /readyz says 503 before the listener closes
     drain_timeout: float = 30.0  # then, seconds in-flight requests may take to finish
-    # Hostile-peer bounds (docs/limits.md, "What the gateway refuses to hold"):
+    # Hostile-peer bounds (README.md, "Hostile peers"):
     body_read_timeout: float = 60.0  # seconds a client may take to upload its request body
     max_upstream_body_bytes: int = 64 * 1024 * 1024  # past it: 502 upstream_too_large
     client_idle_timeout: float = 60.0  # seconds a streaming client may read nothing before it is dropped

@@ -15,10 +15,12 @@ So, in order:
 2. granian's worker (Rust side) stops accepting and waits for every open response before it
    returns the loop to Python, so the deadline is kept by the worker itself: SIGUSR1 also
    starts a timer that cancels requests still in flight after drain_delay + drain_timeout.
-   Then `Gateway.__rsgi_del__` runs `drain()` (a last wait, for a worker that got SIGTERM
-   directly), flushes the usage records, traces and plugin calls, and closes pools and the
-   upstream client. granian kills a worker that is still alive drain_timeout plus a margin
-   (`_KILL_MARGIN`, which holds all of that) after its SIGTERM.
+   A worker that gets SIGTERM (or SIGINT) directly, with no SIGUSR1 before it, starts the
+   same timer at drain_timeout (`install_readiness_signal`). Then `Gateway.__rsgi_del__`
+   runs `drain()` (a last wait, for what the cut-off left), flushes the usage records,
+   traces and plugin calls, and closes pools and the upstream client. granian kills a worker
+   that is still alive drain_timeout plus a margin (`_KILL_MARGIN`, which holds all of that)
+   after its SIGTERM.
 3. `TollwayServer` turns SIGHUP into a SIGHUP to each worker, where `Gateway.reload` handles it.
 
 The main process fixes the drain delay and the kill timeout when it starts, and a reload
@@ -36,8 +38,9 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from granian import Granian
@@ -211,22 +214,55 @@ def _let_in(mask: set[int | signal.Signals]) -> None:
 def install_readiness_signal(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> None:
     """SIGUSR1 (from TollwayServer.shutdown) marks the worker not ready and starts the clock:
     requests still in flight after drain_delay + drain_timeout are cut off (the limits the
-    process started with: the main process sends SIGTERM and kills by those)."""
+    process started with: the main process sends SIGTERM and kills by those).
+
+    A SIGTERM or SIGINT sent to the worker itself (an operator's `kill <pid>`, a supervisor that
+    signals each process) makes granian close its listener at once, with no SIGUSR1 before it:
+    it starts the clock too, at drain_timeout. granian hands the loop back only once every open
+    response ended, so without it a worker with an endless stream never exited."""
     def begin_drain() -> None:
-        if not gateway.ready:
-            return  # already draining
-        gateway.ready = False
         limits = gateway.drain_limits
-        gateway.drain_task = loop.create_task(_cut_off_after(gateway, limits.delay + limits.cut_off))
+        _cut_off_in(loop, gateway, limits.delay + limits.cut_off)
+
+    def stopped() -> None:
+        loop.call_soon_threadsafe(_cut_off_in, loop, gateway, gateway.drain_limits.cut_off)
 
     loop.add_signal_handler(signal.SIGUSR1, begin_drain)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        _also_on(sig, stopped)
 
 
-async def _cut_off_after(gateway: Gateway, seconds: float) -> None:
+def _also_on(sig: signal.Signals, call: Callable[[], None]) -> None:
+    """Run `call` when `sig` comes, and still what handled it before: granian's stop. Chained at
+    the Python handler, not with `loop.add_signal_handler`, which would replace granian's (the
+    loop still dispatches its own from the wakeup fd: asyncio's and uvloop's Python handler is
+    a no-op or a note, which `previous` keeps)."""
+    previous = signal.getsignal(sig)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        call()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(sig, handler)
+
+
+def _cut_off_in(loop: asyncio.AbstractEventLoop, gateway: Gateway, seconds: float) -> None:
+    """Not ready from now on, and what is still in flight `seconds` from now is cut off, unless
+    an earlier stop set an earlier cut-off (SIGUSR1 then the main process's SIGTERM: the first)."""
+    gateway.ready = False
+    timer = gateway.drain_cut_off
+    if timer is not None and timer.when() <= loop.time() + seconds:
+        return
+    if timer is not None:
+        timer.cancel()
+    gateway.drain_cut_off = loop.call_later(seconds, _start_cancel, gateway)
+
+
+def _start_cancel(gateway: Gateway) -> None:
     """granian's worker waits for every open response before it hands the loop back to the
     app, so the drain deadline must be enforced here, by ending what is still running."""
-    await asyncio.sleep(seconds)
-    await _cancel(gateway)
+    gateway.drain_task = asyncio.get_running_loop().create_task(_cancel(gateway))
 
 
 async def _cancel(gateway: Gateway) -> int:

@@ -9,8 +9,9 @@ in flight finish on the runtime they started with, new ones get the new one, so 
 never drops a request or a stream.
 
 The file is checked by polling its stat (mtime, size, inode) every `reload_check_interval`
-seconds: that also catches Kubernetes ConfigMap updates, which swap a symlink rather than
-write the file, and needs no inotify.
+seconds (the one in force: a reload that changes it restarts the poll): that also catches
+Kubernetes ConfigMap updates, which swap a symlink rather than write the file, and needs no
+inotify.
 
 A worker reads its config before its loop runs, and handles SIGHUP only once the watcher is
 installed on that loop. So nothing sent or written in between is lost: a SIGHUP that arrives
@@ -66,13 +67,14 @@ class ConfigWatcher:
         self.reloads = {"ok": 0, "rejected": 0}  # exported by tollway.gateway.telemetry.routing_metrics
         self._seen = seen if seen is not None else signature(path)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Handle SIGHUP on `loop` and, if an interval is set, poll the file there."""
         global _early_hangup
+        self._loop = loop
         loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
-        if self.interval > 0:
-            self._task = loop.create_task(self._poll())
+        self._start_polling()
         if _early_hangup:
             _early_hangup = False
             self.reload("SIGHUP before start")
@@ -83,6 +85,22 @@ class ConfigWatcher:
         loop.remove_signal_handler(signal.SIGHUP)
         if self._task is not None:
             self._task.cancel()
+        self._loop = None
+
+    def _start_polling(self) -> None:
+        if self._loop is not None and self.interval > 0:
+            self._task = self._loop.create_task(self._poll())
+
+    def _follow_interval(self, interval: float) -> None:
+        """A reloaded `reload_check_interval` applies at once: the poll restarts with it (an hour's
+        sleep is not waited out, 0 stops it), rather than at the next restart."""
+        if interval == self.interval:
+            return
+        self.interval = interval
+        if self._task is not None:
+            self._task.cancel()  # (the calling task, when a poll found the change: it ends at its next wait)
+            self._task = None
+        self._start_polling()
 
     def reload(self, reason: str) -> bool:
         """Load, validate and apply the file now. Returns whether the new config was applied."""
@@ -109,6 +127,7 @@ class ConfigWatcher:
             log.exception("config reload (%s) failed, still serving the previous config", reason)
             return False
         self.reloads["ok"] += 1
+        self._follow_interval(new.server.reload_check_interval)
         log.info("config reloaded (%s): %d providers, %d models, %d keys",
                  reason, len(new.providers), len(new.models), len(new.keys))
         return True
