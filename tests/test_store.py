@@ -351,6 +351,37 @@ async def test_a_sqlite_store_in_memory_writes_and_reports_its_records():
         await other.aclose()
 
 
+def test_sqlite_stores_opening_one_new_file_at_once_all_open(tmp_path):
+    """The workers of `--workers N` open one new file at once: SQLite answers one of two
+    connections that would wait on each other "database is locked" at once, without its busy
+    wait (a worker then ran without its key store: the admin API said 503). Every open succeeds."""
+    import threading
+
+    failed: list[str] = []
+    for round_ in range(100):
+        path = str(tmp_path / f"ledger{round_}.db")
+        stores = [SqliteStore(path) for _ in range(4)]
+        together = threading.Barrier(len(stores))
+
+        def open_(store: SqliteStore) -> None:
+            together.wait()
+            try:
+                store._open()
+            except StoreError as exc:
+                failed.append(str(exc))
+
+        threads = [threading.Thread(target=open_, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for store in stores:
+            for connection in (store._db, store._rdb, store._rows):
+                if connection is not None:
+                    connection.close()
+    assert failed == []
+
+
 async def test_a_sqlite_store_that_refuses_a_newer_schema_leaves_no_connection_open(tmp_path):
     """The connection that found the newer schema is closed again (the gateway goes on without
     a ledger, and retrying or reloading must not pile up open files)."""

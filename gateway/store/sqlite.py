@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
@@ -151,6 +152,26 @@ class SqliteStore:
     def _open(self) -> None:
         if self._db is not None:  # opened already (an open the start gave up waiting for, finished later)
             return
+        # The workers of `--workers N` open one new file at once: SQLite answers one of two
+        # connections that would wait on each other (both turning the file to WAL, or migrating)
+        # "database is locked" at once, without its busy wait. Such an open is tried again, for
+        # up to the busy time, instead of leaving that worker without its store.
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        pause = 0.01
+        while True:
+            try:
+                self._db, self._rdb, self._rows = self._connections()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
+            time.sleep(pause)  # (the store's own thread)
+            pause = min(pause * 2, 0.25)
+
+    def _connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection, RowWriter]:
+        """The schema's (migrated), the reports' and the row writer's connections, or none."""
         opened: list[sqlite3.Connection | RowWriter] = []  # closed again if a later step fails
         try:
             db = _connect(self._target)
@@ -164,13 +185,11 @@ class SqliteStore:
             opened.append(reader)
             reader.execute("PRAGMA query_only=ON")
             reader.execute("PRAGMA read_uncommitted=ON")  # (only a shared in-memory one: no table locks for reports)
-        except BaseException as exc:
+        except BaseException:
             for connection in opened:
                 connection.close()
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open the SQLite ledger at {self.path}: {exc}") from None
             raise
-        self._db, self._rdb, self._rows = db, reader, rows
+        return db, reader, rows
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
         await self._run(lambda _: _write(self._writer(), records))  # rows and rollups made there too: off the loop
