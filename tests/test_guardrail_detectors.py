@@ -202,8 +202,15 @@ def _scan_cost(unit: str, chars: int) -> float:
     return cpu_best(lambda: find(text))
 
 
-@pytest.mark.parametrize("unit,factor", [(u, 180) for u in RUNS.values()] + [(u, 1000) for u in DENSE.values()],
-                         ids=list(RUNS) + list(DENSE))
+# Per character, against prose. "dotted digits" ("1.1.1.…": every dot a boundary the IP and
+# card detectors try) reads 120-170x on this 2-vCPU VM since the escape-boundary check, ~125x
+# before it: 180 failed a loaded CI run, so it gets 300; the linear bound above is the guard
+# against quadratic work, this one against a shape growing costlier per character.
+_FACTORS = {"dotted digits": 300}
+
+
+@pytest.mark.parametrize("unit,factor", [(u, _FACTORS.get(name, 180)) for name, u in RUNS.items()]
+                         + [(u, 1000) for u in DENSE.values()], ids=list(RUNS) + list(DENSE))
 def test_a_hostile_shape_costs_linear_time_near_prose(unit: str, factor: int) -> None:
     small, large = _scan_cost(unit, 20_000), _scan_cost(unit, 200_000)
     # 10x the text: ~10x the time (a ratio, not a wall-clock bound: load scales both sides)
