@@ -171,6 +171,24 @@ def piiscan_cases(mod) -> dict[str, Callable[[], object]]:
             "candidate_starts, 2 KB with 4 PII values, all shapes": lambda: mod.candidate_starts(pii, 0, mod.SHAPES)}
 
 
+def rollup_cases(mod) -> dict[str, Callable[[], object]]:
+    """The ledger's hourly sums of a 200-record batch (its default), rows as the SQLite writer
+    hands them (tollway.core.ledger.rollup: 25 columns, 5 owner and 5 count columns)."""
+    spec = mod.Spec(ts=0, seconds=3600.0, owner=(2, 3, 4, 5, 6), status=9, error=10, cost=17,
+                    counts=(12, 13, 14, 15, 16))
+    start = time.time()
+
+    def row(i: int, key: str) -> tuple[object, ...]:
+        return (start + i * 1e-4, f"req_{i:024x}", key, "k_" + key, "team-a", "gpt-4o-mini", "up0",
+                "gpt-4o-mini", "chat", 200 if i % 50 else 500, None, False, 27, 0, 0, 20, 0,
+                0.0000161, 12.5, None, 1, False, (), None, None)
+
+    one = [row(i, "bench") for i in range(200)]
+    five = [row(i, f"key-{i % 5}") for i in range(200)]
+    return {"bucket_sums, 200 rows of one owner": lambda: mod.bucket_sums(one, spec),
+            "bucket_sums, 200 rows of 5 owners interleaved": lambda: mod.bucket_sums(five, spec)}
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
@@ -204,7 +222,8 @@ def compare(kernel: str, cases: Callable) -> list[tuple[str, float, float]]:
 def main() -> None:
     try:
         rows = (compare("sse", sse_cases) + compare("buckets", bucket_cases) + compare("jsonscan", jsonscan_cases)
-                + compare("ratelimit", ratelimit_cases) + compare("piiscan", piiscan_cases))
+                + compare("ratelimit", ratelimit_cases) + compare("piiscan", piiscan_cases)
+                + compare("rollup", rollup_cases))
     except ImportError as exc:
         sys.exit(f"compiled kernels not built ({exc}); run: python setup.py build_ext --inplace")
     print(f"{'kernel benchmark':58} {'pure us':>10} {'compiled us':>12} {'speedup':>8}")

@@ -16,6 +16,7 @@ from tollway.ext import buckets as _pure_buckets
 from tollway.ext import jsonscan as _pure_jsonscan
 from tollway.ext import piiscan as _pure_piiscan
 from tollway.ext import ratelimit as _pure_ratelimit
+from tollway.ext import rollup as _pure_rollup
 from tollway.ext import sqlrows as _pure_sqlrows
 from tollway.ext import sse as _pure_sse
 
@@ -25,11 +26,13 @@ __all__ = [
     "BucketTable",
     "Gate",
     "OpenAIStreamRelay",
+    "RollupSpec",
     "RowWriter",
     "SSEError",
     "SSEEvent",
     "SSEFramer",
     "Usage",
+    "bucket_sums",
     "candidate_starts",
     "first_duplicate_key",
     "first_needle",
@@ -61,9 +64,11 @@ def _pick(name: str, pure: ModuleType) -> ModuleType:
 _sse, _buckets = _pick("sse", _pure_sse), _pick("buckets", _pure_buckets)
 _jsonscan, _ratelimit = _pick("jsonscan", _pure_jsonscan), _pick("ratelimit", _pure_ratelimit)
 _piiscan, _sqlrows = _pick("piiscan", _pure_piiscan), _pick("sqlrows", _pure_sqlrows)
+_rollup = _pick("rollup", _pure_rollup)
 
 SSEError = _pure_sse.SSEError  # one class for both twins
 Usage = _pure_sse.Usage
+RollupSpec = _pure_rollup.Spec  # (the compiled kernel takes the twin's)
 # Each compiled module has exactly its twin's API (the kernel tests hold both to it), so the
 # type checker is shown the twins and the running gateway gets whichever was picked.
 if TYPE_CHECKING:
@@ -71,6 +76,7 @@ if TYPE_CHECKING:
     from tollway.ext.jsonscan import first_duplicate_key, first_needle, max_depth_exceeded
     from tollway.ext.piiscan import candidate_starts
     from tollway.ext.ratelimit import ratelimit_headers
+    from tollway.ext.rollup import bucket_sums
     from tollway.ext.sqlrows import RowWriter
     from tollway.ext.sse import OpenAIStreamRelay, SSEEvent, SSEFramer, text_bound
 else:
@@ -82,3 +88,4 @@ else:
     ratelimit_headers = _ratelimit.ratelimit_headers
     candidate_starts = _piiscan.candidate_starts
     RowWriter = _sqlrows.RowWriter
+    bucket_sums = _rollup.bucket_sums

@@ -16,7 +16,7 @@ import pytest
 from tollway.ext import KERNELS
 
 __all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "piiscan_impl", "ratelimit_impl",
-           "sqlrows_impl", "sse_impl"]
+           "rollup_impl", "sqlrows_impl", "sse_impl"]
 
 KERNEL_KINDS = ("pure", "compiled")
 
@@ -56,3 +56,4 @@ jsonscan_impl = _impl_fixture("jsonscan")
 ratelimit_impl = _impl_fixture("ratelimit")
 piiscan_impl = _impl_fixture("piiscan")
 sqlrows_impl = _impl_fixture("sqlrows")
+rollup_impl = _impl_fixture("rollup")

@@ -7,10 +7,11 @@ transaction as the batch's records, so the rollups and the records never disagre
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
+from typing import cast
 
 from msgspec.structs import astuple
 
+from tollway.core.kernels import RollupSpec, bucket_sums
 from tollway.core.ledger.periods import DAY, HOUR
 from tollway.core.ledger.record import FIELDS, UsageRecord
 
@@ -20,16 +21,16 @@ RollupKey = tuple[int, str, str, str, str, str]
 # Its sums, in this order (the tables' columns after the identity):
 SUMS = ("requests", "errors", "unpriced_requests", "input_tokens", "cached_input_tokens", "cache_write_tokens",
         "output_tokens", "reasoning_tokens", "cost_usd")
-
-# A batch is summed a column at a time by C loops (map, sum, count over itemgetters of each
-# record's astuple) rather than a record at a time in Python: it runs per record of every
-# request, on the SQLite writer's thread (the GIL held) or on the loop (PostgreSQL).
-# callgrind, one owner and hour, per record: 7.8k instructions as a Python loop, 5.7k so.
-_OWNER = itemgetter(*map(FIELDS.index, ("key", "key_id", "team", "model", "provider")))
-_TS, _STATUS, _ERROR, _COST = (itemgetter(FIELDS.index(f)) for f in ("ts", "status", "error", "cost_usd"))
-_TOKENS = tuple(itemgetter(FIELDS.index(name)) for name in SUMS[3:8])
-_ERROR_STATUS = (399).__lt__  # status >= 400
 Row = tuple[object, ...]  # a record's values (astuple), in FIELDS order
+
+# The hourly sums are the rollup kernel's (tollway.ext.rollup: C loops where it is built): they
+# run per record of every request, on the SQLite writer's thread (the GIL held) or on the loop
+# (PostgreSQL). callgrind, per record of a 200-record batch: ~7k instructions as Python
+# (column-wise map/sum), ~0.3k so.
+_HOURLY = RollupSpec(
+    ts=FIELDS.index("ts"), seconds=HOUR, owner=tuple(map(FIELDS.index, ("key", "key_id", "team", "model", "provider"))),
+    status=FIELDS.index("status"), error=FIELDS.index("error"), cost=FIELDS.index("cost_usd"),
+    counts=tuple(map(FIELDS.index, SUMS[3:8])))
 
 
 def is_error(record: UsageRecord) -> bool:
@@ -37,20 +38,15 @@ def is_error(record: UsageRecord) -> bool:
 
 
 def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]], dict[RollupKey, list[float]]]:
-    """The batch's totals per hour and per day (UTC) and identity: per owner (key, key_id,
-    team, model, provider) and hour, then the days added up from the hours (a batch has few)."""
-    owners: dict[tuple[str, ...], list[Row]] = {}
-    for r in map(astuple, records):
-        owner = tuple(v or "" for v in _OWNER(r))  # (None and "" are one owner in the rollup tables)
-        group = owners.get(owner)
-        if group is None:
-            owners[owner] = [r]
-        else:
-            group.append(r)
-    hours: dict[RollupKey, list[float]] = {}
-    for (key, key_id, team, model, provider), group in owners.items():
-        for hour, part in _by_hour(group):
-            hours[(hour, key, key_id, team, model, provider)] = _sums(part)
+    """The records' totals per hour and per day (UTC) and identity (see `rollups_of_rows`)."""
+    return rollups_of_rows(list(map(astuple, records)))
+
+
+def rollups_of_rows(rows: Sequence[Row]) -> tuple[dict[RollupKey, list[float]], dict[RollupKey, list[float]]]:
+    """A batch's totals per hour and per day (UTC) and identity: per owner (key, key_id, team,
+    model, provider; None and "" are one owner) and hour, then the days added up from the hours
+    (a batch has few). `rows`: records as `astuple` gives them."""
+    hours = cast(dict[RollupKey, list[float]], bucket_sums(rows, _HOURLY))
     days: dict[RollupKey, list[float]] = {}
     for (hour, key, key_id, team, model, provider), sums in hours.items():
         ident = (int(hour // DAY * DAY), key, key_id, team, model, provider)
@@ -61,29 +57,6 @@ def rollups(records: Iterable[UsageRecord]) -> tuple[dict[RollupKey, list[float]
             for i, value in enumerate(sums):
                 have[i] += value
     return hours, days
-
-
-def _by_hour(group: list[Row]) -> Iterable[tuple[int, list[Row]]]:
-    """The group's records per hour start: one hour, unless the batch crossed one."""
-    times = list(map(_TS, group))
-    first, last = min(times) // HOUR, max(times) // HOUR
-    if first == last:
-        return ((int(first * HOUR), group),)
-    hours: dict[int, list[Row]] = {}
-    for r in group:
-        hours.setdefault(int(_TS(r) // HOUR * HOUR), []).append(r)
-    return hours.items()
-
-
-def _sums(group: Sequence[Row]) -> list[float]:
-    """The group's sums in SUMS order: counts and tokens as ints, the cost a float."""
-    if list(map(_ERROR, group)).count(None) == len(group):
-        errors = sum(map(_ERROR_STATUS, map(_STATUS, group)))
-    else:  # an error label on a status below 400 (a stream cut short after its 200)
-        errors = sum(_ERROR_STATUS(_STATUS(r)) or _ERROR(r) is not None for r in group)
-    costs = list(map(_COST, group))
-    return [len(group), errors, costs.count(None), *(sum(map(tokens, group)) for tokens in _TOKENS),
-            sum(filter(None, costs), 0.0)]
 
 
 def hourly(records: Iterable[UsageRecord]) -> dict[RollupKey, list[float]]:

@@ -23,7 +23,7 @@ from tollway.core.kernels import RowWriter
 from tollway.core.ledger.periods import DAY, Table
 from tollway.core.ledger.record import FIELDS, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
-from tollway.core.ledger.rollup import SUMS, rollups
+from tollway.core.ledger.rollup import SUMS, rollups_of_rows
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
 from tollway.gateway.store import KeyStore, LedgerStore, RequestFilter, StoreError, schema_too_new
 from tollway.gateway.store import sqlite_keys as keys
@@ -315,13 +315,13 @@ _SLICE_RECORDS = 32
 def _write(rows: RowWriter, records: Sequence[UsageRecord], pause: Callable[[], object] = os.sched_yield) -> None:
     """One batch in one transaction, its rows in slices of _SLICE_RECORDS with a `pause` (the
     core handed to whatever else is ready) before each: see _SLICE_RECORDS."""
-    hour_sums, day_sums = rollups(records)
+    values = list(map(astuple, records))  # (once: the rows and the rollups read the same tuples)
+    hour_sums, day_sums = rollups_of_rows(values)
     rows.execute("BEGIN")
     try:
-        for start in range(0, len(records), _SLICE_RECORDS):
+        for start in range(0, len(values), _SLICE_RECORDS):
             pause()
-            rows.insert(_INSERT_HEAD, _ROW, "", list(map(astuple, records[start:start + _SLICE_RECORDS])),
-                        _encode_value)
+            rows.insert(_INSERT_HEAD, _ROW, "", values[start:start + _SLICE_RECORDS], _encode_value)
         pause()
         for table, sums in (("usage_hourly", hour_sums), ("usage_daily", day_sums)):
             rows.insert(_UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL, rollup_rows(sums))
