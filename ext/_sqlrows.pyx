@@ -251,6 +251,8 @@ cdef int _read_row(tuple values, Py_ssize_t width, Value* out, object encode, li
             _read_text(v, &out[i], texts)
         elif encode is None:
             raise TypeError(f"cannot bind a value of type {type(v).__name__}")
+        elif (type(v) is tuple or type(v) is list or type(v) is dict) and not v:  # (as the twin)
+            out[i].kind = NULL_VALUE
         else:
             v = encode(v)
             if v is None:

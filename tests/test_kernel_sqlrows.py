@@ -132,6 +132,19 @@ def test_a_row_it_cannot_bind_is_an_error_before_any_row_goes_in(sqlrows_impl, t
     w.close()
 
 
+def test_with_an_encoder_empty_tuples_lists_and_dicts_are_null_without_asking_it(sqlrows_impl, tmp_path):
+    db = _db(tmp_path / "t.db")
+    w = sqlrows_impl.RowWriter(str(tmp_path / "t.db"), 1000)
+    asked: list[object] = []
+    w.insert(HEAD, ROW, "", [((), [], {}), (("a",), ["b"], {"c": 1})], lambda v: asked.append(v) or repr(v))
+    assert asked == [("a",), ["b"], {"c": 1}]
+    assert _typed(db) == [(None, "null", None, "null", None, "null"),
+                          ("('a',)", "text", "['b']", "text", "{'c': 1}", "text")]
+    with pytest.raises(TypeError, match="cannot bind a value of type tuple"):  # without one, as ever
+        w.insert(HEAD, ROW, "", [((), 0, 0)])
+    w.close()
+
+
 def test_an_encoder_that_returns_no_text_is_a_type_error(sqlrows_impl, tmp_path):
     _db(tmp_path / "t.db")
     w = sqlrows_impl.RowWriter(str(tmp_path / "t.db"), 1000)
