@@ -49,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from loadgen import Cell, ensure_tools, run_wrk  # noqa: E402
-from services import ServiceSet, cpu_list, cpu_seconds, free_ports  # noqa: E402
+from services import ServiceSet, cpu_list, cpu_seconds, free_ports, thread_cpu  # noqa: E402
 from tollway_proc import BENCH_KEY, REPO, serve_argv, write_config  # noqa: E402
 from upstream_conf import MODEL, write_confs  # noqa: E402
 
@@ -71,6 +71,10 @@ class Gateway:
         """User + system CPU so far of the server's processes (taskset's exec'd granian and its
         worker, with every thread: uvloop's, granian's and the SQLite writer's)."""
         return cpu_seconds([self.proc.pid, *_children(self.proc.pid)])
+
+    def thread_cpu(self) -> dict[str, float]:
+        """The same, by thread kind (services.thread_cpu): the loop, the ledger's, the rest."""
+        return thread_cpu([self.proc.pid, *_children(self.proc.pid)])
 
     def metrics(self) -> dict[str, float]:
         """The /metrics samples, each name's values summed over its labels."""
@@ -230,18 +234,24 @@ def record_costs(workdir: Path, n: int = 20000, batch: int = 200) -> dict[str, f
 
 # -- measuring --------------------------------------------------------------------------------
 
-def measure(gw: Gateway, scenario: str, conns: int, args: argparse.Namespace, log: Path) -> tuple[Cell, float]:
-    """One wrk cell against `gw`: its numbers and the gateway's CPU microseconds per request."""
+def measure(gw: Gateway, scenario: str, conns: int, args: argparse.Namespace, log: Path,
+            split: dict[str, list[float]] | None = None) -> tuple[Cell, float]:
+    """One wrk cell against `gw`: its numbers and the gateway's CPU microseconds per request
+    (and, into `split`, those per thread kind)."""
     stream = scenario == "stream"
     model = MODEL + ("-sse" if stream else "")
-    before = gw.cpu_seconds()
+    before, threads = gw.cpu_seconds(), gw.thread_cpu()
     cell = run_wrk(gw.url + "/v1/chat/completions", conns, args.seconds, args.load_cpu, stream=stream,
                    model=model, key=BENCH_KEY, log=log)
     cpu = gw.cpu_seconds() - before
     gw.sent += completed(log)
     if cell.errors:
         raise RuntimeError(f"{gw.name} {scenario} c={conns}: {cell.errors} errors (see {log})")
-    return cell, cpu / max(cell.rps * round(args.seconds), 1) * 1e6
+    requests = max(cell.rps * round(args.seconds), 1)
+    if split is not None:
+        for kind, seconds in gw.thread_cpu().items():
+            split.setdefault(kind, []).append((seconds - threads[kind]) / requests * 1e6)
+    return cell, cpu / requests * 1e6
 
 
 def completed(log: Path) -> int:
@@ -314,6 +324,8 @@ def main() -> int:
 
     # results[config][figure] = one value per round: (req/s, CPU us/req) or (p50, p99) in ms
     results: dict[str, dict[str, list[tuple[float, float]]]] = {c: {f: [] for f, _, _ in FIGURES} for c in configs}
+    # splits[config][figure][thread kind] = CPU us per request, one per round (c=32 cells)
+    splits: dict[str, dict[str, dict[str, list[float]]]] = {c: {f: {} for f, _, _ in FIGURES} for c in configs}
     try:
         with ServiceSet(workdir) as services:
             services.start("mock", args.load_cpu, nginx + ["-c", str(mock_conf)], json_port)
@@ -335,7 +347,8 @@ def main() -> int:
                 for figure, scenario, conns in FIGURES:
                     for name in order:
                         cell, cpu_us = measure(gateways[name], scenario, conns, args,
-                                               workdir / f"wrk-r{r}-{name}-{figure.replace('@', '-c')}.txt")
+                                               workdir / f"wrk-r{r}-{name}-{figure.replace('@', '-c')}.txt",
+                                               splits[name][figure])
                         value = (cell.p50_ms, cell.p99_ms) if conns == 1 else (cell.rps, cpu_us)
                         results[name][figure].append(value)
                 line = []
@@ -384,6 +397,13 @@ def main() -> int:
               f"{spread([v[1] for v in res['stream@32']], '{:.1f}')} us/req; "
               f"json@1 p50 {spread([v[0] for v in res['json@1']], '{:.3f}')} ms "
               f"p99 {spread([v[1] for v in res['json@1']], '{:.3f}')} ms")
+    print("gateway CPU us per request by thread (medians over rounds): the event loop, the ledger's "
+          "threads (SQLite), the rest (granian's)")
+    for name in configs:
+        print(f"  {name:8} " + "; ".join(
+            f"{figure} " + " ".join(f"{kind} {statistics.median(splits[name][figure][kind]):.1f}"
+                                    for kind in ("loop", "ledger", "other"))
+            for figure in ("json@32", "stream@32")))
     for name in backends:
         for figure in ("json@32", "stream@32"):
             ratio = statistics.median(on[0] / off[0] for on, off in zip(results[name][figure], results["off"][figure]))

@@ -78,6 +78,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """User + system CPU so far of these processes, by thread kind: `loop` (each process's main
+    thread: a granian worker's event loop), `ledger` (the SQLite store's threads, named by
+    tollway.gateway.lifecycle.threads), `other` (granian's own threads, tiktoken's, ...)."""
+    out = {"loop": 0.0, "ledger": 0.0, "other": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                comm = (task / "comm").read_text().strip()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # (the thread ended meanwhile)
+            kind = "loop" if task.name == str(pid) else "ledger" if comm.startswith("tollway-sql") else "other"
+            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

@@ -41,6 +41,7 @@ from tollway.core.accounting.tokens import (
     estimate_prompt_tokens,
 )
 from tollway.ext.usage import Usage
+from tollway.gateway.lifecycle.threads import named
 
 __all__ = ["INLINE_MAX_CHARS", "count_off_loop", "count_tokens_off_loop", "counted_usage", "encoding_ready",
            "estimated_usage", "shutdown"]
@@ -80,7 +81,8 @@ class CountingPool:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="tollway-count")
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="tollway-count",
+                                                initializer=named("tollway-count"))
         return self._executor
 
     def shutdown(self) -> None:

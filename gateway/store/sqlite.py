@@ -25,6 +25,7 @@ from tollway.core.ledger.record import FIELDS, UsageRecord
 from tollway.core.ledger.report import Group, SpendQuery
 from tollway.core.ledger.rollup import SUMS, rollups_of_rows
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
+from tollway.gateway.lifecycle.threads import named
 from tollway.gateway.store import KeyStore, LedgerStore, RequestFilter, StoreError, schema_too_new
 from tollway.gateway.store import sqlite_keys as keys
 from tollway.gateway.store.rows import (
@@ -114,10 +115,12 @@ class SqliteStore:
         # Where its connections open it: the file, or for ":memory:" one in-memory database
         # their own, shared by the three (each connection to ":memory:" would get an empty one)
         self._target = f"file:tollway-ledger-{id(self):x}?mode=memory&cache=shared" if path == ":memory:" else path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite",
+                                          initializer=named("tollway-sqlite"))
         # Reports read on a connection and thread of their own: a long report must not hold up
         # the writer (WAL lets a reader and a writer work at once).
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite-read")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollway-sqlite-read",
+                                          initializer=named("tollway-sqlread"))
         self._db: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
         self._rows: RowWriter | None = None  # the ledger's batches: a connection of their own, on the same thread
