@@ -25,6 +25,10 @@ import sqlite3 as pysqlite  # (`sqlite3` is the C library's connection type here
 __all__ = ["LIBRARY_VERSION", "RowWriter"]
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
 cdef extern from "sqlite3.h" nogil:
     ctypedef struct sqlite3
     ctypedef struct sqlite3_stmt
@@ -128,15 +132,15 @@ cdef class RowWriter:
         if rc != SQLITE_OK:
             raise self._error(rc)
 
-    def insert(self, str head, str row, str tail, rows, encode=None):
+    def insert(self, str head, str row, str tail, rows, encode=None, Py_ssize_t yield_every=0):
         """`head + row + tail` for each of `rows` (see tollway.ext.sqlrows.RowWriter.insert)."""
         self._enter()
         try:
-            self._insert(head, row, tail, rows, encode)
+            self._insert(head, row, tail, rows, encode, yield_every)
         finally:
             self._busy = False
 
-    cdef _insert(self, str head, str row, str tail, rows, encode):
+    cdef _insert(self, str head, str row, str tail, rows, encode, Py_ssize_t yield_every):
         # Every row as a tuple of this list's own (alive, with every text bound from it, until
         # the rows are in, whatever the caller's list or rows meanwhile: the GIL is let go).
         cdef list held = [x if type(x) is tuple else tuple(x) for x in rows]
@@ -151,6 +155,8 @@ cdef class RowWriter:
         cdef list texts = []  # what `encode` made: alive until the rows are in
         cdef int rc = SQLITE_DONE
         cdef Py_ssize_t r, n, left = count, most = max(1, min(_MAX_ROWS, self._variables // max(width, 1)))
+        if yield_every > 0:  # (statements of at most that many rows, the core handed over before each)
+            most = min(most, yield_every)
         cdef Py_ssize_t parts = 0
         try:
             if values == NULL or chunks == NULL:
@@ -164,7 +170,7 @@ cdef class RowWriter:
                 parts += 1
                 left -= n
             with nogil:
-                rc = _put_chunks(chunks, parts, values, width)
+                rc = _put_chunks(chunks, parts, values, width, yield_every > 0)
             if rc != SQLITE_DONE:
                 raise self._error(rc)
         finally:
@@ -285,11 +291,14 @@ cdef Py_ssize_t _bit_length(Py_ssize_t n) noexcept:
     return bits
 
 
-cdef int _put_chunks(Chunk* chunks, Py_ssize_t parts, Value* values, Py_ssize_t width) noexcept nogil:
-    """Each chunk's rows bound to its statement, stepped, reset: SQLITE_DONE, or the error code."""
+cdef int _put_chunks(Chunk* chunks, Py_ssize_t parts, Value* values, Py_ssize_t width, bint pause) noexcept nogil:
+    """Each chunk's rows bound to its statement, stepped, reset: SQLITE_DONE, or the error code.
+    `pause`: the core handed to whatever else is ready (sched_yield) before each chunk."""
     cdef Py_ssize_t p, i, at = 0
     cdef int rc = SQLITE_DONE
     for p in range(parts):
+        if pause:
+            sched_yield()
         rc = _put(chunks[p].stmt, values + at, chunks[p].rows * width)
         if rc != SQLITE_DONE:
             return rc

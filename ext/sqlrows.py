@@ -20,6 +20,7 @@ lets go of the GIL once per call, for all of its rows.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 
@@ -46,11 +47,14 @@ class RowWriter:
         self._open().execute(sql)
 
     def insert(self, head: str, row: str, tail: str, rows: Sequence[tuple[object, ...]],
-               encode: Callable[[object], str | None] | None = None) -> None:
+               encode: Callable[[object], str | None] | None = None, yield_every: int = 0) -> None:
         """`head + row + tail` for each of `rows` (`row`: one row's placeholders, `(?, ?, ...)`;
         `tail`: what follows the VALUES, e.g. an ON CONFLICT clause, or ""). A value not
         bindable as it is goes in as `encode(value)` (an empty tuple, list or dict: NULL);
-        without `encode` that is a TypeError."""
+        without `encode` that is a TypeError. `yield_every` > 0: statements of at most that
+        many rows, the core handed to whatever else is ready (`os.sched_yield`) before each:
+        a long call then never holds up a thread of the same core for its whole length (the
+        compiled twin yields without the GIL, so its thread does not wait for the GIL again)."""
         db = self._open()
         if not rows:
             return
@@ -62,9 +66,13 @@ class RowWriter:
             values += [_bindable(v, encode) for v in r]
         one = _nullable(row)
         most = max(1, min(_MAX_ROWS, self._variables // max(width, 1)))
+        if yield_every > 0:
+            most = min(most, yield_every)
         done, left = 0, len(rows)
         while left:  # the largest power of two rows left, at most `most`
             n = min(most, 1 << (left.bit_length() - 1))
+            if yield_every > 0:
+                os.sched_yield()
             db.execute(_statement(head, one, tail, n), values[done * width:(done + n) * width])
             done, left = done + n, left - n
 

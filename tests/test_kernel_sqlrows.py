@@ -145,6 +145,46 @@ def test_with_an_encoder_empty_tuples_lists_and_dicts_are_null_without_asking_it
     w.close()
 
 
+@pytest.mark.parametrize("yield_every", [1, 32, 100, 1000])
+def test_rows_go_in_whole_and_in_order_when_the_core_is_handed_over_between_statements(sqlrows_impl, tmp_path,
+                                                                                         yield_every):
+    db = _db(tmp_path / "t.db")
+    w = sqlrows_impl.RowWriter(str(tmp_path / "t.db"), 1000)
+    rows = [(i, f"r{i}", float(i)) for i in range(200)]
+    w.execute("BEGIN")
+    w.insert(HEAD, ROW, "", rows, yield_every=yield_every)
+    w.execute("COMMIT")
+    assert db.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == rows
+    w.close()
+
+
+def test_the_twin_yields_the_core_before_each_statement_of_at_most_yield_every_rows(tmp_path, monkeypatch):
+    """(The compiled twin calls sched_yield in C, without the GIL: not observable from here.)"""
+    _db(tmp_path / "t.db")
+    yields: list[int] = []
+    w = pure_sqlrows.RowWriter(str(tmp_path / "t.db"), 1000)
+    inner = w._open()
+    statements: list[int] = []
+    monkeypatch.setattr(pure_sqlrows.os, "sched_yield", lambda: yields.append(len(statements)))
+    monkeypatch.setattr(w, "_open", lambda: _Counting(inner, statements))
+    w.insert(HEAD, ROW, "", [(i, i, i) for i in range(200)], yield_every=32)
+    assert statements == [32] * 6 + [8] and yields == list(range(7))
+    w.insert(HEAD, ROW, "", [(i, i, i) for i in range(5)])  # (none asked: no yield)
+    assert len(yields) == 7
+    w.close()
+
+
+class _Counting:
+    """A connection that notes the rows of each INSERT it runs."""
+
+    def __init__(self, inner: sqlite3.Connection, statements: list[int]) -> None:
+        self.inner, self.statements = inner, statements
+
+    def execute(self, sql: str, values: list[object] = ()) -> sqlite3.Cursor:  # type: ignore[assignment]
+        self.statements.append(sql.count("?") // 3)  # (three values a row)
+        return self.inner.execute(sql, values)
+
+
 def test_an_encoder_that_returns_no_text_is_a_type_error(sqlrows_impl, tmp_path):
     _db(tmp_path / "t.db")
     w = sqlrows_impl.RowWriter(str(tmp_path / "t.db"), 1000)

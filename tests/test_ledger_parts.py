@@ -368,26 +368,26 @@ async def test_a_write_that_outlives_close_is_counted_once(caplog):
     assert len(store.written) == 5 and counters.written._value.get() == 0
 
 
-class _CountingRows:
-    """A row writer that counts the usage records it was given (its transaction is its own:
-    another connection sees none of them before the commit)."""
+class _RecordingRows:
+    """A row writer that notes how it was asked to insert (its transaction is its own)."""
 
     def __init__(self, inner: object) -> None:
-        self.inner, self.records = inner, 0
+        self.inner, self.calls = inner, []
 
     def execute(self, sql: str) -> None:
         self.inner.execute(sql)  # type: ignore[attr-defined]
 
-    def insert(self, head: str, row: str, tail: str, rows: list[tuple[object, ...]], encode: object = None) -> None:
-        if head.startswith("INSERT INTO usage_records "):
-            self.records += len(rows)
-        self.inner.insert(head, row, tail, rows, encode)  # type: ignore[attr-defined]
+    def insert(self, head: str, row: str, tail: str, rows: list[tuple[object, ...]], encode: object = None,
+               yield_every: int = 0) -> None:
+        self.calls.append((head.split(" (")[0], len(rows), yield_every))
+        self.inner.insert(head, row, tail, rows, encode, yield_every)  # type: ignore[attr-defined]
 
 
 def test_a_sqlite_batch_hands_the_core_over_between_slices_and_writes_every_row(tmp_path):
     """A batch's CPU is split into slices with the core handed over between them (a request
     arriving meanwhile waited for the whole burst: bench/README.md, the c=1 p99 with the
-    SQLite ledger); the rows and rollups are the whole batch's, in one transaction."""
+    SQLite ledger), inside the row writer's one call; the rows and rollups are the whole
+    batch's, in one transaction."""
     import sqlite3
 
     from tollway.gateway.store import sqlite as store
@@ -395,16 +395,11 @@ def test_a_sqlite_batch_hands_the_core_over_between_slices_and_writes_every_row(
     db = sqlite3.connect(str(tmp_path / "ledger.db"), isolation_level=None)
     store._migrate(db)
     records = [_record(i, request_id=f"s{i}") for i in range(200)]
-    pauses: list[int] = []
-    rows = _CountingRows(store.RowWriter(str(tmp_path / "ledger.db"), 5000))
-
-    def pause() -> None:
-        pauses.append(rows.records)
-
-    store._write(rows, records, pause=pause)  # type: ignore[arg-type]
+    rows = _RecordingRows(store.RowWriter(str(tmp_path / "ledger.db"), 5000))
+    store._write(rows, records)  # type: ignore[arg-type]
     rows.inner.close()
-    # before each 32-row slice and before the rollups: the rows written so far at each
-    assert pauses == [0, 32, 64, 96, 128, 160, 192, 200]
+    assert rows.calls[0] == ("INSERT INTO usage_records", 200, 32)
+    assert [c[0] for c in rows.calls[1:]] == ["INSERT INTO usage_hourly", "INSERT INTO usage_daily"]
     assert db.execute("SELECT count(*) FROM usage_records").fetchone()[0] == 200
     hours = db.execute("SELECT sum(requests) FROM usage_hourly").fetchone()[0]
     assert hours == 200

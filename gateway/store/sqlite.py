@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -307,25 +306,24 @@ def _encode_value(value: object) -> str | None:
 
 
 # Rows a batch writes between yields of the core. The writer's thread shares the gateway's
-# core(s): a 200-record batch is ~1.8 ms of CPU (more on a busy machine), and a request that
-# arrives meanwhile waited for the burst to end whatever the thread's priority or the GIL's
+# core(s): a 200-record batch is ~1 ms of CPU (more on a busy machine), and a request that
+# arrived meanwhile waited for the burst to end whatever the thread's priority or the GIL's
 # switch interval (neither moved it: bench/README.md, "The c=1 p99 with the SQLite ledger").
-# sched_yield between 32-row slices (~0.2 ms each) lets it in: c=1 p99 2.97 -> 1.79 ms against
-# 1.44 without a ledger, c=32 throughput unchanged. Free when nothing else is ready.
+# sched_yield between 32-row statements (~0.1 ms each) lets it in: c=1 p99 2.97 -> 1.79 ms
+# against 1.44 without a ledger, c=32 throughput unchanged. Free when nothing else is ready.
+# The row writer yields inside its call, without the GIL (one slice per call, as at first,
+# took the GIL back after each: ~15% more of the writer's CPU per record under load).
 _SLICE_RECORDS = 32
 
 
-def _write(rows: RowWriter, records: Sequence[UsageRecord], pause: Callable[[], object] = os.sched_yield) -> None:
-    """One batch in one transaction, its rows in slices of _SLICE_RECORDS with a `pause` (the
-    core handed to whatever else is ready) before each: see _SLICE_RECORDS."""
+def _write(rows: RowWriter, records: Sequence[UsageRecord]) -> None:
+    """One batch in one transaction: its rows in statements of _SLICE_RECORDS with the core
+    handed over before each (see _SLICE_RECORDS), then its hourly and daily rollups."""
     values = list(map(astuple, records))  # (once: the rows and the rollups read the same tuples)
     hour_sums, day_sums = rollups_of_rows(values)
     rows.execute("BEGIN")
     try:
-        for start in range(0, len(values), _SLICE_RECORDS):
-            pause()
-            rows.insert(_INSERT_HEAD, _ROW, "", values[start:start + _SLICE_RECORDS], _encode_value)
-        pause()
+        rows.insert(_INSERT_HEAD, _ROW, "", values, _encode_value, yield_every=_SLICE_RECORDS)
         for table, sums in (("usage_hourly", hour_sums), ("usage_daily", day_sums)):
             rows.insert(_UPSERT_HEAD.format(table=table), _UPSERT_ROW, _UPSERT_TAIL, rollup_rows(sums))
         rows.execute("COMMIT")
