@@ -163,6 +163,23 @@ async def test_values_like_a_stores_null_stand_ins_read_back_as_they_were(store:
     assert type(have.cost_usd) is float and type(have.ttft_ms) is float
 
 
+async def test_a_batch_holding_one_such_record_goes_in_whole_with_its_rollups(store: LedgerStore):
+    """The other records of its batch go in as they are (PostgreSQL: the batch is refused, then
+    written again with the odd record held to its columns), and the rollups count them all."""
+    good = _records(6, BASE, 60, seed=11)
+    odd = msgspec.structs.replace(good[3], model="gpt\x00evil", input_tokens=2**40, status=200, error=None)
+    batch = [*good[:3], odd, *good[4:]]
+    await store.write(batch)
+    got = {r.request_id: r for r in await store.requests(RequestFilter())}
+    assert set(got) == {r.request_id for r in batch}
+    assert all(got[r.request_id] == r for r in batch if r is not odd)
+    held = 2**31 - 1 if store.backend == "postgres" else 2**40
+    assert got[odd.request_id].input_tokens == held
+    (total,) = merge(await store.spend(SpendQuery((), BASE - DAY, BASE + DAY))).values()
+    assert total[SUMS.index("requests")] == 6
+    assert total[SUMS.index("input_tokens")] == sum(r.input_tokens for r in batch if r is not odd) + held
+
+
 async def test_a_record_the_database_would_refuse_does_not_stop_the_ledger(store: LedgerStore):
     """PostgreSQL's text holds no NUL and its columns have ranges: such a record still goes in
     (with U+FFFD for NUL, and counts held to the column), or its batch would fail for ever."""
@@ -512,6 +529,35 @@ async def test_a_value_asyncpg_cannot_send_is_the_records_fault_and_named_as_suc
         with pytest.raises(Refused) as refused:
             await store._call(encode_fails)
         assert "not a valid PostgreSQL URL" not in str(refused.value) and "argument $3" in str(refused.value)
+    finally:
+        await store.aclose()
+
+
+async def test_a_batch_refused_for_a_value_no_fit_repairs_is_refused_once_fitted_too(pg_database: str):
+    """A latency past float4 is nothing _fit holds to a range: the batch is refused (the ledger
+    then writes it record by record, dropping that one), after one try with the batch fitted."""
+    from tollway.gateway.store import Refused
+    store = PostgresStore(pg_database)
+    await store.open()
+    calls = 0
+    inner = store._write_batch
+
+    async def counted(records: list[UsageRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        await inner(records)
+
+    store._write_batch = counted  # type: ignore[method-assign]
+    try:
+        records = _records(3, BASE, 1, seed=5)
+        with pytest.raises(Refused):
+            await store.write([*records[:2], msgspec.structs.replace(records[2], latency_ms=1e300)])
+        assert calls == 1  # (nothing to fit: not written again)
+        odd = msgspec.structs.replace(records[2], latency_ms=1e300, input_tokens=2**40)
+        with pytest.raises(Refused):
+            await store.write([*records[:2], odd])
+        assert calls == 3  # (fitted once, refused again)
+        assert await store.requests(RequestFilter()) == []
     finally:
         await store.aclose()
 
