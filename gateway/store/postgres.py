@@ -29,15 +29,16 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 import msgspec
 
-from tollway.core.ledger.periods import DAY, Table
+from tollway.core.ledger.periods import DAY, HOUR, Table
 from tollway.core.ledger.record import FIELDS, UsageRecord, to_the_microsecond
 from tollway.core.ledger.report import Group, SpendQuery
-from tollway.core.ledger.rollup import SUMS, rollups
+from tollway.core.ledger.rollup import SUMS
 from tollway.core.security.urls import redact_url, url_passwords
 from tollway.core.tenancy.records import ApiKey, ApiTeam, AuditEntry, Change, Snapshot
 from tollway.gateway.store import KeyStore, LedgerStore, Refused, RequestFilter, StoreError, schema_too_new
@@ -45,10 +46,8 @@ from tollway.gateway.store import postgres_keys as keys
 from tollway.gateway.store.pg_conn import Conn, Row
 from tollway.gateway.store.rows import (
     Cell,
-    RollupRow,
     grouped_select,
     request_filters,
-    rollup_rows,
     rollup_select,
     spend_parts,
     spend_rows,
@@ -121,11 +120,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 VERSION = len(MIGRATIONS)
 
+_TS = attrgetter("ts")
 _IDENT = ("bucket", "key", "key_id", "team", "model", "provider")
-_ROLLUP_TYPES = ("int8", "text", "text", "text", "text", "text", *("int8",) * (len(SUMS) - 1), "float8")
-_UPSERT = ("INSERT INTO {table} AS t (" + ", ".join((*_IDENT, *SUMS)) + ") SELECT * FROM unnest("
-           + ", ".join(f"${i + 1}::{type_}[]" for i, type_ in enumerate(_ROLLUP_TYPES)) + ") ON CONFLICT ("
-           + ", ".join(_IDENT) + ") DO UPDATE SET " + ", ".join(f"{s} = t.{s} + excluded.{s}" for s in SUMS))
+_SET_SUMS = ", ".join(f"{x} = t.{x} + excluded.{x}" for x in SUMS)
+_BY_IDENT = ", ".join(str(i + 1) for i in range(len(_IDENT)))
 
 _RAW_SUMS = ("count(*), count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL), count(*) FILTER (WHERE cost_usd IS "
              "NULL), sum(input_tokens), sum(cached_input_tokens), sum(cache_write_tokens), sum(output_tokens), "
@@ -247,20 +245,20 @@ class PostgresStore:
 
     async def _write_batch(self, records: list[UsageRecord]) -> None:
         rows = _encode(records).decode()  # one JSON parameter: the server takes the batch apart
-        hour_sums, day_sums = rollups(records)
-        hours, days = _columns(rollup_rows(hour_sums)), _columns(rollup_rows(day_sums))
-        # The days the batch's rows fall in, from its hours (a few: not a pass over the records).
-        needed = {datetime.fromtimestamp(hour // DAY * DAY, UTC).date() for hour, *_ in hour_sums}
+        times = list(map(_TS, records))
+        first, last = min(times) // DAY, max(times) // DAY  # (C passes: the loop's, per record)
+        days_of = {first} if first == last else set(map(DAY.__rfloordiv__, times))
+        needed = {datetime.fromtimestamp(int(day) * DAY, UTC).date() for day in days_of}
         needed |= {max(needed) + timedelta(days=i) for i in range(1, _AHEAD + 1)}
 
         async def write(conn: Conn) -> None:
             await self._ensure_days(conn, needed)
             try:
-                await _write(conn, rows, hours, days)
+                await _write(conn, rows)
             except asyncpg.CheckViolationError:  # no partition for a row: another replica dropped one we knew
                 self._days.clear()
                 await self._ensure_days(conn, needed)
-                await _write(conn, rows, hours, days)
+                await _write(conn, rows)
 
         await self._call(write)
 
@@ -449,11 +447,6 @@ async def _rows_in(conn: Conn, name: str) -> int:
         return max(int(estimate or 0), 0)  # -1: never analysed
 
 
-def _columns(rows: list[RollupRow]) -> list[list[object]]:
-    """Rows as one list per column, for unnest()."""
-    return [list(column) for column in zip(*rows)] if rows else [[] for _ in _ROLLUP_TYPES]
-
-
 # The batch goes as one JSON array of records, taken apart by the server: encoding it is
 # msgspec's C (~0.3 us a record) where COPY's binary encoding of 24 columns is ~2.5 us a record
 # on the gateway's loop (bench/README.md, "Usage ledger"). The names are the record's fields.
@@ -468,15 +461,33 @@ _INSERT = (f"INSERT INTO usage_records ({', '.join(FIELDS)}) SELECT "
            + ", ".join(_JSON_VALUE.get(f, f"r.{f}") for f in FIELDS)
            + " FROM jsonb_to_recordset($1::jsonb) AS r("
            + ", ".join(f"{f} {_JSON_TYPES.get(f, 'text')}" for f in FIELDS) + ")")
+# The batch's rows and its hourly and daily rollups in one statement: the rollups are summed by
+# the server from the rows as stored (their hour is the stored timestamp's, to the microsecond),
+# so the gateway's loop neither sums them nor sends them (asyncpg's 30 array parameters were
+# ~1.6k instructions a record). Rollup rows are upserted in the order of their identity: writers
+# that upsert the same rows at once (workers, replicas) lock them in one order, never in a cycle.
+_WRITE = (
+    f"WITH r AS ({_INSERT} RETURNING ts, key, key_id, team, model, provider, status, error, cost_usd, "
+    + ", ".join(SUMS[3:8]) + "), "
+    f"h AS (SELECT floor(extract(epoch FROM ts) / {HOUR:.0f})::int8 * {HOUR:.0f} AS bucket, "
+    + ", ".join(f"coalesce({c}, '') AS {c}" for c in _IDENT[1:])
+    + ", count(*) AS requests, count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS errors, "
+    "count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_requests, "
+    + ", ".join(f"sum({c})::int8 AS {c}" for c in SUMS[3:8])
+    + f", coalesce(sum(cost_usd), 0)::float8 AS cost_usd FROM r GROUP BY {_BY_IDENT}), "
+    f"hourly AS (INSERT INTO usage_hourly AS t ({', '.join((*_IDENT, *SUMS))}) "
+    f"SELECT * FROM h ORDER BY {_BY_IDENT} ON CONFLICT ({', '.join(_IDENT)}) DO UPDATE SET {_SET_SUMS}) "
+    f"INSERT INTO usage_daily AS t ({', '.join((*_IDENT, *SUMS))}) "
+    f"SELECT bucket / {DAY:.0f} * {DAY:.0f}, {', '.join(_IDENT[1:])}, "
+    + ", ".join(f"sum({x})::{'float8' if x == 'cost_usd' else 'int8'}" for x in SUMS)
+    + f" FROM h GROUP BY {_BY_IDENT} ORDER BY {_BY_IDENT} "
+    f"ON CONFLICT ({', '.join(_IDENT)}) DO UPDATE SET {_SET_SUMS}")
 _encode = msgspec.json.Encoder().encode
 _decode_guardrails = msgspec.json.Decoder(dict[str, dict[str, int]] | None).decode
 
 
-async def _write(conn: Conn, rows: str, hours: list[list[object]], days: list[list[object]]) -> None:
-    async with conn.transaction():
-        await conn.execute(_INSERT, rows)
-        await conn.execute(_UPSERT.format(table="usage_hourly"), *hours)
-        await conn.execute(_UPSERT.format(table="usage_daily"), *days)
+async def _write(conn: Conn, rows: str) -> None:
+    await conn.execute(_WRITE, rows)  # (one statement: one transaction)
 
 
 # Each record once per tag; a record without tags once, under tag null (as the SQLite store).
