@@ -324,7 +324,7 @@ def _write_version_1_rows(module: object, old: pytest.MonkeyPatch) -> None:
     migrations added (guardrails, migration 3)."""
     v1 = FIELDS[:FIELDS.index("guardrails")]
     if module is pg_module:  # a batch is JSON taken apart by the server: name only v1's columns
-        old.setattr(module, "_INSERT", module._INSERT.replace(", guardrails)", ")").replace(", r.guardrails FROM", " FROM")
+        old.setattr(module, "_WRITE", module._WRITE.replace(", guardrails)", ")").replace(", r.guardrails FROM", " FROM")
                     .replace(", guardrails jsonb)", ")"))
         return
     old.setattr(module, "_INSERT_HEAD", f"INSERT INTO usage_records ({', '.join(v1)}) VALUES ")
