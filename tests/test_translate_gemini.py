@@ -168,6 +168,16 @@ def test_error_mapping(status, body, client_status):
     assert ADAPTER.error(ctx({"messages": [USER]}), status, [], json.dumps(body).encode()).status == client_status
 
 
+def test_an_error_body_in_a_json_array_keeps_its_message():
+    """Google's streaming endpoint sends its HTTP errors as a JSON array of one error object:
+    the provider's message (what the client must fix) was lost for a generic one."""
+    body = json.dumps(fg.error_list(400, "INVALID_ARGUMENT", "Invalid value at 'contents[0].parts[0]'")).encode()
+    err = ADAPTER.error(ctx({"messages": [USER], "stream": True}), 400, [], body)
+    assert (err.status, err.message) == (400, "Invalid value at 'contents[0].parts[0]'")
+    assert ADAPTER.error(ctx({"messages": [USER]}), 429, [], json.dumps(fg.error_list(429, "RESOURCE_EXHAUSTED", "slow")).encode()).status == 429
+    assert ADAPTER.error(ctx({"messages": [USER]}), 400, [], b"[]").status == 400  # no object: the status speaks
+
+
 TOOL_WIRE = b"".join(fg.sse_bytes("gemini-x", with_tool=True))
 
 

@@ -90,6 +90,11 @@ def whole_body(model: str, with_tool: bool, tool: str = "get_weather") -> dict[s
             "usageMetadata": USAGE, "modelVersion": model, "responseId": "resp-fake-1"}
 
 
+def error_list(status: int, state: str, message: str) -> list[dict[str, Any]]:
+    """An error body as Google's streaming endpoint sends it: the error object inside a JSON array."""
+    return [{"error": {"code": status, "message": message, "status": state}}]
+
+
 def unanswered_tools(body: dict[str, Any]) -> list[str]:
     """The declared functions that no functionResponse in the conversation answers yet."""
     answered = {p["functionResponse"]["name"] for c in body.get("contents") or [] for p in c.get("parts") or []

@@ -171,11 +171,19 @@ class OpenAIToGemini:
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         if status == 400 and b"API_KEY_INVALID" in body:
             status = 401  # Gemini answers 400 for a bad key: it is the gateway's credential
-        try:
-            message: str | None = wire.decode_error(body).error.message
-        except msgspec.MsgspecError:
-            message = None
-        return provider_error(ctx.provider, status, headers, message)
+        return provider_error(ctx.provider, status, headers, _error_message(body))
+
+
+def _error_message(body: bytes) -> str | None:
+    """The message of a Google error body: `{"error": {...}}`, or (the streaming endpoint's form)
+    that object inside a JSON array. None when the body has neither."""
+    try:
+        parsed = wire.decode_error(body)
+    except msgspec.MsgspecError:
+        return None
+    if isinstance(parsed, list):
+        return parsed[0].error.message if parsed else None
+    return parsed.error.message
 
 
 class OpenAIToVertex(OpenAIToGemini):
