@@ -178,6 +178,27 @@ def test_an_error_body_in_a_json_array_keeps_its_message():
     assert ADAPTER.error(ctx({"messages": [USER]}), 400, [], b"[]").status == 400  # no object: the status speaks
 
 
+def test_a_streamed_blocked_prompt_ends_as_its_answer_does():
+    """A blocked prompt's stream is one fragment with `promptFeedback.blockReason`, no candidates
+    and no finishReason: the same answer as unstreamed, `content_filter` with the prompt's usage."""
+    wire = b"data: " + json.dumps(fg.blocked_prompt("gemini-x")).encode() + b"\r\n\r\n"
+    chunks, usage = client_view(wire, [])
+    s = summarize(chunks)
+    assert s["finishes"] == ["content_filter"] and s["text"] == ""
+    assert (usage.prompt_tokens, usage.completion_tokens) == (12, 0)
+    whole = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(fg.blocked_prompt("gemini-x")).encode())[0])
+    assert whole["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_a_fragment_of_usage_alone_does_not_end_a_stream():
+    """Only a blocked prompt ends a stream without a finishReason: a fragment with no candidates
+    and no blockReason (usage alone) does not pass a cut-off stream for a whole one."""
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(b"data: " + json.dumps({"usageMetadata": {"promptTokenCount": 3}, "responseId": "r"}).encode() + b"\r\n\r\n")
+    with pytest.raises(GatewayError):
+        translator.flush()
+
+
 TOOL_WIRE = b"".join(fg.sse_bytes("gemini-x", with_tool=True))
 
 

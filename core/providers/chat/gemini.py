@@ -414,6 +414,10 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
             out = self._writer.role()
         if fragment.usage_metadata is not None:
             self.usage = usage_of(fragment.usage_metadata)
+        if not fragment.candidates and fragment.prompt_feedback is not None and fragment.prompt_feedback.block_reason:
+            # A blocked prompt's stream is this one fragment, with no candidate to say why it
+            # ended: it ends as the answer unstreamed does (a safety stop), not as a cut-off stream.
+            self._reason = "SAFETY"
         for cand in fragment.candidates[:1]:
             out += b"".join(self._part(p) for p in (cand.content.parts if cand.content else []))
             self._reason = cand.finish_reason or self._reason
