@@ -123,6 +123,20 @@ def test_a_blocked_prompt_is_a_content_filter_stop_streamed_or_not(oai, stream):
     assert chunks[-1].usage.prompt_tokens == 12 and chunks[-1].usage.completion_tokens == 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
+    [{"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]}],
+], ids=["empty system", "empty text part"])
+def test_empty_text_is_left_out_as_openai_takes_it(oai, gemini, messages, stream):
+    """OpenAI takes an empty system message or text part; Gemini refuses an empty text part
+    with a 400 ("Unable to submit request because it has an empty text parameter")."""
+    r = oai.chat.completions.create(model="vertex-flash", messages=messages, stream=stream)
+    text = "".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream else r.choices[0].message.content
+    assert text == fg.REPLY
+    assert fg.empty_text_at(gemini.last()["body"]) is None
+
+
 @pytest.mark.parametrize("model", ["stream-error-99", "stream-error-200"])
 def test_a_stream_errors_odd_code_is_a_502_and_the_gateway_stays_up(oai, gw, model):
     """A stream's error event names its own `code`: 99 is no HTTP status (granian cannot send

@@ -62,6 +62,9 @@ REQUESTS = [
                    {"parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 3}, "id": "c9"}},
                               {"functionResponse": {"name": "get_weather", "response": {"content": "plain"}, "id": "c9"}}],
                     "role": "user"}]}),
+    ("empty text left out", {"messages": [{"role": "system", "content": ""}, {"role": "developer", "content": "dev"},
+                                          {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]}]},
+     {"systemInstruction": {"parts": [{"text": "dev"}]}, "contents": [{"parts": [{"text": "hi"}], "role": "user"}]}),
     ("images", {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
         {"type": "image_url", "image_url": {"url": "gs://bucket/cat.jpg"}}]}]},

@@ -13,7 +13,8 @@ signs each functionCall (`thoughtSignature`, "sig-<function>") and, as Gemini 3 
 with 400 a history whose model turn starts its calls without a signature (it takes its own, and
 Google's documented stand-in `skip_thought_signature_validator`). Model `exhausted` gets 429
 RESOURCE_EXHAUSTED; model `blocked` is a prompt Gemini's filters blocked
-(`promptFeedback.blockReason`, no candidates; streamed, the one fragment); a stream
+(`promptFeedback.blockReason`, no candidates; streamed, the one fragment); an
+empty text part is Vertex AI's 400 (the streaming endpoint's error body a JSON array); a stream
 of model `stream-error-N` is one error fragment whose code is N; a streamed answer of model
 `parallel-calls` calls every unanswered function at once, one fragment of several functionCall
 parts, as Gemini's parallel function calling does.
@@ -99,6 +100,15 @@ def blocked_prompt(model: str, reason: str = "PROHIBITED_CONTENT") -> dict[str, 
             "modelVersion": model, "responseId": "resp-fake-blocked"}
 
 
+def empty_text_at(body: dict[str, Any]) -> str | None:
+    """Where a request holds a text part Gemini refuses as empty (Vertex AI's 400), else None."""
+    for where, content in [("systemInstruction", body.get("systemInstruction") or {}),
+                           *((f"contents[{i}]", c) for i, c in enumerate(body.get("contents") or []))]:
+        if any(p.get("text") == "" for p in content.get("parts") or []):
+            return where
+    return None
+
+
 def error_list(status: int, state: str, message: str) -> list[dict[str, Any]]:
     """An error body as Google's streaming endpoint sends it: the error object inside a JSON array."""
     return [{"error": {"code": status, "message": message, "status": state}}]
@@ -177,6 +187,12 @@ class FakeGemini(FakeUpstream):
         if unsigned is not None:
             return _error(400, "INVALID_ARGUMENT", f"Function call `{unsigned}` in the 1. content block is missing "
                           "a `thought_signature`.")
+        if empty_text_at(body) is not None:  # (the streaming endpoint wraps its errors in an array)
+            message = ("Unable to submit request because it has an empty text parameter. Add a value to the "
+                       "parameter and try again.")
+            if method == "streamGenerateContent":
+                return web.json_response(error_list(400, "INVALID_ARGUMENT", message), status=400)
+            return _error(400, "INVALID_ARGUMENT", message)
         if model == "blocked":
             if method == "generateContent":
                 return web.json_response(blocked_prompt(model))

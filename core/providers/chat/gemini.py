@@ -273,7 +273,8 @@ def to_gemini(req: ChatRequest, signing: _Signing = _UNSIGNED) -> wire.GenerateC
         raise unsupported("n", PROVIDER, "Send one request per choice.")
     if req.logprobs:
         raise unsupported("logprobs", PROVIDER)
-    system = [wire.Part(text=text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
+    # Gemini refuses an empty text part ("it has an empty text parameter"), which OpenAI takes: left out.
+    system = [wire.Part(text=text) for m in req.messages if m.role in ("system", "developer") if (text := text_of(m.content))]
     # A result belongs to the call with its id in the latest assistant message before it: ids
     # may repeat over a conversation (gateways before this one numbered each answer's from call_0).
     names: dict[str, str] = {}
@@ -297,7 +298,8 @@ def _turn(m: ChatMessage, i: int, names: dict[str, str], signing: _Signing) -> t
     if m.role == "user":
         if isinstance(m.content, str):
             return "user", [wire.Part(text=m.content)] if m.content else []
-        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])]
+        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])
+                        if p.type != "text" or p.text]
     if m.role == "assistant":
         text = text_of(m.content)
         parts = [wire.Part(text=text)] if text else []
