@@ -171,6 +171,20 @@ def test_error_mapping(status, body, client_status):
     assert ADAPTER.error(ctx({"messages": [USER]}), status, [], json.dumps(body).encode()).status == client_status
 
 
+@pytest.mark.parametrize("reason", ["SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                                    "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"])
+def test_every_safety_stop_is_content_filter_streamed_or_not(reason):
+    """Gemini's FinishReason has safety and recitation stops for images beside those for text
+    (IMAGE_SAFETY, IMAGE_PROHIBITED_CONTENT, IMAGE_RECITATION): each is `content_filter`."""
+    body = fg.whole_body("gemini-x", False)
+    body["candidates"][0]["finishReason"] = reason
+    whole = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())[0])
+    frags = fg.fragments("gemini-x", False)
+    frags[-1]["candidates"][0]["finishReason"] = reason
+    chunks, _ = client_view(b"".join(b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frags), [])
+    assert (whole["choices"][0]["finish_reason"], summarize(chunks)["finishes"]) == ("content_filter", ["content_filter"])
+
+
 def test_an_error_body_in_a_json_array_keeps_its_message():
     """Google's streaming endpoint sends its HTTP errors as a JSON array of one error object:
     the provider's message (what the client must fix) was lost for a generic one."""

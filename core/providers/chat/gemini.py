@@ -61,7 +61,7 @@ GEMINI_API = "https://generativelanguage.googleapis.com/v1beta"
 FINISH_REASONS = {
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
     "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter", "IMAGE_RECITATION": "content_filter",
 }
 TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 # Ids the gateway made for Gemini's calls (and `call_<n>`, which it made before): never Gemini's, never sent to it.
