@@ -109,6 +109,18 @@ def test_blank_text_is_left_out(oai, bedrock):
     assert sent["system"] == [{"text": "Be brief."}]
     assert sent["messages"] == [{"role": "user", "content": [{"text": "hi"}]}]
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_with_an_empty_description_is_sent_without_one(oai, bedrock, stream):
+    # OpenAI takes `"description": ""` (frameworks send it for tools without one); Converse's
+    # toolSpec.description has a minimum length of 1: a ValidationException, as the fake answers.
+    tool = {"type": "function", "function": {**WEATHER["function"], "description": ""}}
+    r = oai.chat.completions.create(model="claude-bedrock", messages=[{"role": "user", "content": "weather?"}],
+                                    tools=[tool], stream=stream)
+    if stream:
+        r = list(r)
+    assert "description" not in bedrock.last()["body"]["toolConfig"]["tools"][0]["toolSpec"]
+
+
 def test_api_key_as_bearer(oai, bedrock):
     r = oai.chat.completions.create(model="with-api-key", messages=[{"role": "user", "content": "hi"}])
     assert r.choices[0].message.content == fb.REPLY

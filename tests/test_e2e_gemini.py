@@ -51,6 +51,8 @@ models:
     targets: [{{provider: gem}}]
   - name: stream-error-99
     targets: [{{provider: gem}}]
+  - name: blocked
+    targets: [{{provider: gem}}]
   - name: stream-error-200
     targets: [{{provider: gem}}]
 keys:
@@ -102,6 +104,37 @@ def test_errors(oai):
     with pytest.raises(openai.APIStatusError) as bad:
         oai.chat.completions.create(model="gemini-badkey", messages=[{"role": "user", "content": "x"}])
     assert bad.value.status_code == 502 and "wrong-key" not in bad.value.response.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_blocked_prompt_is_a_content_filter_stop_streamed_or_not(oai, stream):
+    """Gemini answers a prompt its filters blocked with `promptFeedback.blockReason` and no
+    candidates; streamed, that is the stream's one fragment, with no finishReason. It was a 502
+    `upstream_disconnected` mid-stream (held against the provider's health) where the same
+    answer unstreamed is `content_filter`."""
+    messages = [{"role": "user", "content": "something the filters block"}]
+    if not stream:
+        r = oai.chat.completions.create(model="blocked", messages=messages)
+        assert r.choices[0].finish_reason == "content_filter" and r.usage.prompt_tokens == 12
+        return
+    chunks = list(oai.chat.completions.create(model="blocked", messages=messages, stream=True,
+                                              stream_options={"include_usage": True}))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["content_filter"]
+    assert chunks[-1].usage.prompt_tokens == 12 and chunks[-1].usage.completion_tokens == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
+    [{"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]}],
+], ids=["empty system", "empty text part"])
+def test_empty_text_is_left_out_as_openai_takes_it(oai, gemini, messages, stream):
+    """OpenAI takes an empty system message or text part; Gemini refuses an empty text part
+    with a 400 ("Unable to submit request because it has an empty text parameter")."""
+    r = oai.chat.completions.create(model="vertex-flash", messages=messages, stream=stream)
+    text = "".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream else r.choices[0].message.content
+    assert text == fg.REPLY
+    assert fg.empty_text_at(gemini.last()["body"]) is None
 
 
 @pytest.mark.parametrize("model", ["stream-error-99", "stream-error-200"])

@@ -61,6 +61,9 @@ REQUESTS = [
     ("named tool", {"messages": [USER], "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
      {"toolConfig": {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}, "description": "d"}}],
                      "toolChoice": {"tool": {"name": "get_weather"}}}}),
+    ("an empty tool description is left out (AWS: at least 1 character)",
+     {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object"}}}]},
+     {"toolConfig": {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}]}}),
     ("tool none drops tools", {"messages": [USER], "tools": [TOOL], "tool_choice": "none"}, {"toolConfig": None}),
     ("tool round trip, merged user turn", {"messages": [
         USER, {"role": "assistant", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]},

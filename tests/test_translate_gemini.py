@@ -62,6 +62,9 @@ REQUESTS = [
                    {"parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 3}, "id": "c9"}},
                               {"functionResponse": {"name": "get_weather", "response": {"content": "plain"}, "id": "c9"}}],
                     "role": "user"}]}),
+    ("empty text left out", {"messages": [{"role": "system", "content": ""}, {"role": "developer", "content": "dev"},
+                                          {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]}]},
+     {"systemInstruction": {"parts": [{"text": "dev"}]}, "contents": [{"parts": [{"text": "hi"}], "role": "user"}]}),
     ("images", {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
         {"type": "image_url", "image_url": {"url": "gs://bucket/cat.jpg"}}]}]},
@@ -166,6 +169,51 @@ def test_max_tokens_and_safety():
 ])
 def test_error_mapping(status, body, client_status):
     assert ADAPTER.error(ctx({"messages": [USER]}), status, [], json.dumps(body).encode()).status == client_status
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                                    "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"])
+def test_every_safety_stop_is_content_filter_streamed_or_not(reason):
+    """Gemini's FinishReason has safety and recitation stops for images beside those for text
+    (IMAGE_SAFETY, IMAGE_PROHIBITED_CONTENT, IMAGE_RECITATION): each is `content_filter`."""
+    body = fg.whole_body("gemini-x", False)
+    body["candidates"][0]["finishReason"] = reason
+    whole = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())[0])
+    frags = fg.fragments("gemini-x", False)
+    frags[-1]["candidates"][0]["finishReason"] = reason
+    chunks, _ = client_view(b"".join(b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frags), [])
+    assert (whole["choices"][0]["finish_reason"], summarize(chunks)["finishes"]) == ("content_filter", ["content_filter"])
+
+
+def test_an_error_body_in_a_json_array_keeps_its_message():
+    """Google's streaming endpoint sends its HTTP errors as a JSON array of one error object:
+    the provider's message (what the client must fix) was lost for a generic one."""
+    body = json.dumps(fg.error_list(400, "INVALID_ARGUMENT", "Invalid value at 'contents[0].parts[0]'")).encode()
+    err = ADAPTER.error(ctx({"messages": [USER], "stream": True}), 400, [], body)
+    assert (err.status, err.message) == (400, "Invalid value at 'contents[0].parts[0]'")
+    assert ADAPTER.error(ctx({"messages": [USER]}), 429, [], json.dumps(fg.error_list(429, "RESOURCE_EXHAUSTED", "slow")).encode()).status == 429
+    assert ADAPTER.error(ctx({"messages": [USER]}), 400, [], b"[]").status == 400  # no object: the status speaks
+
+
+def test_a_streamed_blocked_prompt_ends_as_its_answer_does():
+    """A blocked prompt's stream is one fragment with `promptFeedback.blockReason`, no candidates
+    and no finishReason: the same answer as unstreamed, `content_filter` with the prompt's usage."""
+    wire = b"data: " + json.dumps(fg.blocked_prompt("gemini-x")).encode() + b"\r\n\r\n"
+    chunks, usage = client_view(wire, [])
+    s = summarize(chunks)
+    assert s["finishes"] == ["content_filter"] and s["text"] == ""
+    assert (usage.prompt_tokens, usage.completion_tokens) == (12, 0)
+    whole = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(fg.blocked_prompt("gemini-x")).encode())[0])
+    assert whole["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_a_fragment_of_usage_alone_does_not_end_a_stream():
+    """Only a blocked prompt ends a stream without a finishReason: a fragment with no candidates
+    and no blockReason (usage alone) does not pass a cut-off stream for a whole one."""
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    translator.feed(b"data: " + json.dumps({"usageMetadata": {"promptTokenCount": 3}, "responseId": "r"}).encode() + b"\r\n\r\n")
+    with pytest.raises(GatewayError):
+        translator.flush()
 
 
 TOOL_WIRE = b"".join(fg.sse_bytes("gemini-x", with_tool=True))

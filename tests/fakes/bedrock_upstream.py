@@ -11,7 +11,7 @@ AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must
 while processing), `stream-throttled` (an exception frame mid-stream), `thinks-then-stalls`
 (THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage). A blank (empty or
 whitespace-only) text block in `system` or a message is AWS's 400 ValidationException, as on
-Converse.
+Converse; so is a tool's empty `description` (AWS's length constraint: at least 1 character).
 `POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
 "normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
 Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out;
@@ -138,6 +138,15 @@ def blank_text_at(body: dict[str, Any]) -> str | None:
     return None
 
 
+def empty_tool_description_at(body: dict[str, Any]) -> str | None:
+    """Where a Converse request gives a tool an empty description, which AWS's length constraint
+    (at least 1 character) refuses, in its words; None when none does."""
+    for i, tool in enumerate((body.get("toolConfig") or {}).get("tools") or []):
+        if (tool.get("toolSpec") or {}).get("description") == "":
+            return f"toolConfig.tools.{i + 1}.member.toolSpec.description"
+    return None
+
+
 def signature_ok(method: str, url: str, headers: dict[str, str], body: bytes) -> bool:
     """Recompute the request's SigV4 signature with botocore, from the headers it signed."""
     from botocore.auth import SigV4Auth
@@ -188,6 +197,11 @@ class FakeBedrock(FakeUpstream):
         if blank is not None:
             return {}, _aws_error(400, "ValidationException",
                                   f"The text field in the {blank} is blank. Add text to the text field, and try again.")
+        empty = empty_tool_description_at(body)
+        if empty is not None:
+            return {}, _aws_error(400, "ValidationException", f"1 validation error detected: Value '' at '{empty}' "
+                                                              "failed to satisfy constraint: Member must have length "
+                                                              "greater than or equal to 1")
         return body, None
 
     async def converse(self, request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,10 @@ functionResponse in the conversation answers yet (none when all are answered), w
 id, as Gemini sends it: a tool loop calls one function a turn. A Gemini 3 model (`gemini-3…`)
 signs each functionCall (`thoughtSignature`, "sig-<function>") and, as Gemini 3 does, refuses
 with 400 a history whose model turn starts its calls without a signature (it takes its own, and
-Google's documented stand-in `skip_thought_signature_validator`). Model `exhausted` gets 429 RESOURCE_EXHAUSTED; a stream
+Google's documented stand-in `skip_thought_signature_validator`). Model `exhausted` gets 429
+RESOURCE_EXHAUSTED; model `blocked` is a prompt Gemini's filters blocked
+(`promptFeedback.blockReason`, no candidates; streamed, the one fragment); an
+empty text part is Vertex AI's 400 (the streaming endpoint's error body a JSON array); a stream
 of model `stream-error-N` is one error fragment whose code is N; a streamed answer of model
 `parallel-calls` calls every unanswered function at once, one fragment of several functionCall
 parts, as Gemini's parallel function calling does.
@@ -90,6 +93,27 @@ def whole_body(model: str, with_tool: bool, tool: str = "get_weather") -> dict[s
             "usageMetadata": USAGE, "modelVersion": model, "responseId": "resp-fake-1"}
 
 
+def blocked_prompt(model: str, reason: str = "PROHIBITED_CONTENT") -> dict[str, Any]:
+    """Gemini's answer to a prompt its filters blocked: no candidates, `promptFeedback.blockReason`
+    and the prompt's usage; streamed, it is the one fragment of the stream."""
+    return {"promptFeedback": {"blockReason": reason}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12},
+            "modelVersion": model, "responseId": "resp-fake-blocked"}
+
+
+def empty_text_at(body: dict[str, Any]) -> str | None:
+    """Where a request holds a text part Gemini refuses as empty (Vertex AI's 400), else None."""
+    for where, content in [("systemInstruction", body.get("systemInstruction") or {}),
+                           *((f"contents[{i}]", c) for i, c in enumerate(body.get("contents") or []))]:
+        if any(p.get("text") == "" for p in content.get("parts") or []):
+            return where
+    return None
+
+
+def error_list(status: int, state: str, message: str) -> list[dict[str, Any]]:
+    """An error body as Google's streaming endpoint sends it: the error object inside a JSON array."""
+    return [{"error": {"code": status, "message": message, "status": state}}]
+
+
 def unanswered_tools(body: dict[str, Any]) -> list[str]:
     """The declared functions that no functionResponse in the conversation answers yet."""
     answered = {p["functionResponse"]["name"] for c in body.get("contents") or [] for p in c.get("parts") or []
@@ -163,6 +187,20 @@ class FakeGemini(FakeUpstream):
         if unsigned is not None:
             return _error(400, "INVALID_ARGUMENT", f"Function call `{unsigned}` in the 1. content block is missing "
                           "a `thought_signature`.")
+        if empty_text_at(body) is not None:  # (the streaming endpoint wraps its errors in an array)
+            message = ("Unable to submit request because it has an empty text parameter. Add a value to the "
+                       "parameter and try again.")
+            if method == "streamGenerateContent":
+                return web.json_response(error_list(400, "INVALID_ARGUMENT", message), status=400)
+            return _error(400, "INVALID_ARGUMENT", message)
+        if model == "blocked":
+            if method == "generateContent":
+                return web.json_response(blocked_prompt(model))
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b"data: " + json.dumps(blocked_prompt(model)).encode() + b"\r\n\r\n")
+            await resp.write_eof()
+            return resp
         tool = next_tool(body)
         if method == "generateContent":
             return web.json_response(whole_body(model, tool is not None, tool or ""))

@@ -189,8 +189,9 @@ def _tool_config(req: ChatRequest, turns: list[wire.Message]) -> wire.ToolConfig
     has_tool_blocks = any(b.tool_use or b.tool_result for t in turns for b in t.content)
     if req.tool_choice == "none" and not has_tool_blocks:
         return None
+    # An empty description (which OpenAI takes) is left out: Converse requires at least 1 character.
     tools = [wire.Tool(wire.ToolSpec(t.function.name, wire.InputSchema(t.function.parameters or {"type": "object"}),
-                                     t.function.description)) for t in req.tools]
+                                     t.function.description or None)) for t in req.tools]
     return wire.ToolConfig(tools, _tool_choice(req.tool_choice))
 
 

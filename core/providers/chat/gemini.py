@@ -61,7 +61,7 @@ GEMINI_API = "https://generativelanguage.googleapis.com/v1beta"
 FINISH_REASONS = {
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
     "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter", "IMAGE_RECITATION": "content_filter",
 }
 TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 # Ids the gateway made for Gemini's calls (and `call_<n>`, which it made before): never Gemini's, never sent to it.
@@ -171,11 +171,19 @@ class OpenAIToGemini:
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         if status == 400 and b"API_KEY_INVALID" in body:
             status = 401  # Gemini answers 400 for a bad key: it is the gateway's credential
-        try:
-            message: str | None = wire.decode_error(body).error.message
-        except msgspec.MsgspecError:
-            message = None
-        return provider_error(ctx.provider, status, headers, message)
+        return provider_error(ctx.provider, status, headers, _error_message(body))
+
+
+def _error_message(body: bytes) -> str | None:
+    """The message of a Google error body: `{"error": {...}}`, or (the streaming endpoint's form)
+    that object inside a JSON array. None when the body has neither."""
+    try:
+        parsed = wire.decode_error(body)
+    except msgspec.MsgspecError:
+        return None
+    if isinstance(parsed, list):
+        return parsed[0].error.message if parsed else None
+    return parsed.error.message
 
 
 class OpenAIToVertex(OpenAIToGemini):
@@ -265,7 +273,8 @@ def to_gemini(req: ChatRequest, signing: _Signing = _UNSIGNED) -> wire.GenerateC
         raise unsupported("n", PROVIDER, "Send one request per choice.")
     if req.logprobs:
         raise unsupported("logprobs", PROVIDER)
-    system = [wire.Part(text=text_of(m.content)) for m in req.messages if m.role in ("system", "developer")]
+    # Gemini refuses an empty text part ("it has an empty text parameter"), which OpenAI takes: left out.
+    system = [wire.Part(text=text) for m in req.messages if m.role in ("system", "developer") if (text := text_of(m.content))]
     # A result belongs to the call with its id in the latest assistant message before it: ids
     # may repeat over a conversation (gateways before this one numbered each answer's from call_0).
     names: dict[str, str] = {}
@@ -289,7 +298,8 @@ def _turn(m: ChatMessage, i: int, names: dict[str, str], signing: _Signing) -> t
     if m.role == "user":
         if isinstance(m.content, str):
             return "user", [wire.Part(text=m.content)] if m.content else []
-        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])]
+        return "user", [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content or [])
+                        if p.type != "text" or p.text]
     if m.role == "assistant":
         text = text_of(m.content)
         parts = [wire.Part(text=text)] if text else []
@@ -406,6 +416,10 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
             out = self._writer.role()
         if fragment.usage_metadata is not None:
             self.usage = usage_of(fragment.usage_metadata)
+        if not fragment.candidates and fragment.prompt_feedback is not None and fragment.prompt_feedback.block_reason:
+            # A blocked prompt's stream is this one fragment, with no candidate to say why it
+            # ended: it ends as the answer unstreamed does (a safety stop), not as a cut-off stream.
+            self._reason = "SAFETY"
         for cand in fragment.candidates[:1]:
             out += b"".join(self._part(p) for p in (cand.content.parts if cand.content else []))
             self._reason = cand.finish_reason or self._reason

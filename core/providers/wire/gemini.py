@@ -136,5 +136,6 @@ class ErrorBody(msgspec.Struct):
 
 
 decode_response = msgspec.json.Decoder(GenerateContentResponse).decode
-decode_error = msgspec.json.Decoder(ErrorBody).decode
+# Google's streaming endpoint sends its HTTP errors as a JSON array of one such object.
+decode_error = msgspec.json.Decoder(ErrorBody | list[ErrorBody]).decode
 encode = msgspec.json.Encoder().encode
