@@ -478,3 +478,23 @@ async def test_a_budget_removed_and_added_again_in_its_period_counts_the_ledgers
         after = await _ledger_spend(gw, "key", "k")
         assert await _shared_spend(gw, "key", "k", after) == (pytest.approx(after), pytest.approx(after)), \
             "and later charges add to it once"
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_charge_not_yet_synced_at_a_reload_reaches_the_shared_counter_once():
+    """The new keeper's share syncs at once, before the old one handed it its charges: its seed
+    (what this replica has seen spent, less what its own share still has to add) then held the
+    old share's unsent charge, and the handed-over batch added it again."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n").replace("usd: 5,", "usd: 5000,")
+    async with _serving(text, prefix) as gw:
+        await asyncio.sleep(0.05)  # the share's first sync (at start) is done: the next is a second away
+        assert (await _ask(gw)).status == 200
+        spent = gw.books.budgets.book.accounts[("key", "k")].spent
+        assert spent > 0
+        gw.reload(loads(text + "server: {max_body_bytes: 100000}\n"))  # before the charge was synced
+        while gw.background:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(budget_share.SYNC_SECONDS + 0.3)  # the new share's next sync sends the charge
+        assert await _shared_spend(gw, "key", "k", spent) == (pytest.approx(spent), pytest.approx(spent)), \
+            "the charge is in Redis once"

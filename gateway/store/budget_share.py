@@ -84,6 +84,7 @@ class RedisShare:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._closing = False
+        self._handed_over = False  # its charges are another share's to send (`hand_over`)
 
     def name(self, owner: Owner, account: Account) -> str:
         return f"{{{self.prefix}}}:budget:{owner[0]}:{owner[1]}:{int(account.start)}"
@@ -152,6 +153,8 @@ class RedisShare:
                             type(exc).__name__)
             return
         self._failing = False
+        if self._handed_over:  # (a sync in flight at the hand-over: what it read leaves out the heir's pending)
+            return
         self.unsure = [batch for batch in self.unsure if batch not in batches]  # (added, now or before)
         pending = self.pending
         for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
@@ -170,6 +173,14 @@ class RedisShare:
                 self.numbered += 1
                 self.unsure.append(Batch(self.record, self.numbered, charges))
         return list(self.unsure)
+
+    def hand_over(self, heir: RedisShare) -> None:
+        """Stop syncing and give `heir` (the share a reload or a key change put in this one's
+        place) the charges not known to be in Redis, now: before `heir` syncs. Its seed is what
+        this replica has seen spent less what `heir` still has to add, so charges left here
+        meanwhile would be seeded into the counter and then added again by their batch."""
+        self._closing = self._handed_over = True
+        heir.inherit(self)
 
     def inherit(self, retired: RedisShare) -> None:
         """Send a retired share's charges with this one's syncs (its unsure batches keep their
