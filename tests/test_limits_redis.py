@@ -694,3 +694,25 @@ async def test_an_amount_that_is_not_a_number_fails_nothing_else_in_its_batch(st
     assert not r.exists(store.key(cost.id))  # nothing written for it
     r.close()
     assert await store.take(store.bind(plan_of(cost)), (0.5,)) == (True, (9.5,))
+
+
+async def test_a_settle_after_the_store_closed_lands_and_leaves_no_connection_open(private_redis):
+    """A reload that changes redis_url (a rotated password) or key_prefix closes the old store
+    while requests it admitted still run: their settles come after. They must still land (the
+    slot goes back), but the closed client reopened a connection for them that nothing closed:
+    one more connection to Redis for the life of the process, per such reload."""
+    cfg = config_mod.loads(redis_limited("[{concurrent: 1}]"))
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics(), leasing=True)
+    limiter = Limiter(cfg, store, Metrics())
+    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
+    probe = redis.Redis(port=private_redis.port)
+    try:
+        lease = await limiter.reserve(key, "m", "chat", head, b"{}")
+        assert lease is not None and lease.metered
+        await store.aclose()  # the reload retired the store
+        limiter.settle(lease, Usage(), "m")  # the request admitted before it ends now
+        gauge = store.key("key:k:concurrent:inflight")
+        await until(lambda: probe.hget(gauge, "l") == b"1")  # the slot went back
+        await until(lambda: len(probe.client_list()) == 1)  # only the probe's own connection
+    finally:
+        probe.close()
