@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -498,3 +499,49 @@ async def test_a_charge_not_yet_synced_at_a_reload_reaches_the_shared_counter_on
         await asyncio.sleep(budget_share.SYNC_SECONDS + 0.3)  # the new share's next sync sends the charge
         assert await _shared_spend(gw, "key", "k", spent) == (pytest.approx(spent), pytest.approx(spent)), \
             "the charge is in Redis once"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+async def test_a_redis_restarted_empty_gets_every_replicas_spend_back():
+    """Redis restarts without persistence between two replicas' syncs. The counter was started
+    again from the first replica's last view and its new charge, and the other replica's view
+    (higher, but lower than that) was dropped: its charge, which the first never saw, was lost
+    for the rest of the period. A view read before the counter's new life is compared with what
+    that life started from, not with what was added since."""
+    from tests.test_limits_redis import PrivateRedis
+    server = PrivateRedis()
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{server.url}'}}"))
+    now = ts("2026-11-30T12:00:00")
+    one, two = BudgetKeeper(config, lambda: now), BudgetKeeper(config, lambda: now)
+    assert one.share is not None and two.share is not None
+
+    def charge(keeper: BudgetKeeper, usd: float) -> None:
+        keeper.book.charge("k", "t", usd, now)
+        keeper.share.add([(("key", "k"), keeper.book.accounts[("key", "k")])], usd)
+
+    try:
+        charge(one, 1.0)
+        await one.share.sync(one.book, now)  # Redis: 1; the first replica saw 1
+        charge(two, 2.0)
+        await two.share.sync(two.book, now)  # Redis: 3; the second saw 3
+        server.stop()
+        server.start()  # empty: no persistence
+        for keeper in (one, two):  # (the restart broke their connections: the first call after fails)
+            with contextlib.suppress(redis.RedisError):
+                await keeper.share.client.ping()
+        charge(one, 4.0)
+        await one.share.sync(one.book, now)  # back from its view (1), plus its charge
+        await two.share.sync(two.book, now)  # its view (3) holds the 2 the first never saw
+        await one.share.sync(one.book, now)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+        assert two.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+        charge(two, 0.5)
+        for keeper in (two, one, two):
+            await keeper.share.sync(keeper.book, now)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(7.5), "and nothing counted twice after"
+        assert two.book.accounts[("key", "k")].spent == pytest.approx(7.5)
+    finally:
+        await one.share.client.aclose()
+        await two.share.client.aclose()
+        server.stop()
