@@ -545,3 +545,22 @@ async def test_a_redis_restarted_empty_gets_every_replicas_spend_back():
         await one.share.client.aclose()
         await two.share.client.aclose()
         server.stop()
+
+
+async def test_an_outage_is_logged_once_across_reloads(caplog, fast_sync):
+    """Each reload (and each run-time key change) puts a new share in place: it logged the
+    outage again as if it were a new incident."""
+    text = _config("rate_limits: {backend: redis, redis_url: 'redis://127.0.0.1:9/0'}\n")
+    gw = Gateway(loads(text))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.1)
+        for n in range(2):
+            gw.reload(loads(text + f"server: {{max_body_bytes: {100000 + n}}}\n"))
+            await asyncio.sleep(0.1)
+        lines = [r for r in caplog.records if "budgets: Redis is unavailable" in r.getMessage()]
+        assert len(lines) == 1, "one line per incident"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()

@@ -215,6 +215,7 @@ class RedisShare:
         meanwhile would be seeded into the counter and then added again by their batch."""
         self._closing = self._handed_over = True
         heir.inherit(self)
+        heir._failing = heir._failing or self._failing  # (an outage going on is not a new incident to log)
 
     def inherit(self, retired: RedisShare) -> None:
         """Send a retired share's charges with this one's syncs (its unsure batches keep their
