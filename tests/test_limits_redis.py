@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 
@@ -21,7 +22,8 @@ from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import Bucket, Plan
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
-from tollway.gateway.limits.limiter import AskStore, Limiter
+from tollway.gateway.limits import redis_store
+from tollway.gateway.limits.limiter import AskStore, Limiter, StoreUnavailable
 from tollway.gateway.limits.redis_store import BUCKETS_LUA, RedisBuckets
 from tollway.gateway.telemetry.metrics import Metrics
 
@@ -716,3 +718,29 @@ async def test_a_settle_after_the_store_closed_lands_and_leaves_no_connection_op
         await until(lambda: len(probe.client_list()) == 1)  # only the probe's own connection
     finally:
         probe.close()
+
+
+async def test_settles_dropped_in_a_long_outage_never_drop_a_waiting_reservation(private_redis, monkeypatch):
+    """Past MAX_HELD settles held in an incident, the oldest op queued was dropped, whatever it
+    was: a reservation queued while Redis was being tried again, its request waiting on it, was
+    never answered (the request hung until its client gave up)."""
+    monkeypatch.setattr(redis_store, "MAX_HELD", 3)
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics())
+    plan = plan_of(Bucket("x", "key", "k", "requests", 100, 60))
+    entry = store.bind(plan)
+    assert private_redis.proc is not None
+    try:
+        assert (await store.take(entry, (1.0,)))[0]
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)  # Redis hangs: calls time out
+        with pytest.raises(StoreUnavailable):
+            await store.take(entry, (1.0,))  # the incident starts
+        await asyncio.sleep(redis_store.RETRY_INTERVAL + 0.1)  # Redis is being tried again (0.5 s)
+        waiting = asyncio.ensure_future(store.take(entry, (1.0,)))
+        await asyncio.sleep(0)  # queued behind the attempt
+        for _ in range(5):  # settles of requests admitted before the outage
+            store.charge(entry, (-1.0,))
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(waiting, 3)
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+        await store.aclose()

@@ -374,7 +374,11 @@ class RedisBuckets:
     def _queue_charge(self, op: _Op) -> None:
         self._queue.append(op)
         if self._down_since is not None and len(self._queue) > MAX_HELD:
-            del self._queue[0]  # an outage this long loses the oldest settles, not memory
+            # An outage this long loses the oldest settle, not memory; never a reservation or a
+            # top-up queued meanwhile (a request waits on it, a lease slot stays pending until answered).
+            oldest = next((i for i, queued in enumerate(self._queue) if queued.future is None), None)
+            if oldest is not None:
+                del self._queue[oldest]
         if not self._drains and self._settle_timer is None:
             self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
 
