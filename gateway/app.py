@@ -283,6 +283,7 @@ class Gateway:
         old_books, self.books = self.books, books
         if rebuild is not None:  # owners new to budgets: their spend this period, from the ledger
             self._in_background(rebuild)
+        old_books.budgets.hand_over()  # its charges not yet in Redis, before the new share's first sync
         books.budgets.start(loop)
         if old_books.budgets.share is not None:  # its charges not yet in Redis, and its connections
             self._in_background(old_books.budgets.aclose())

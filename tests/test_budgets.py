@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -478,3 +479,88 @@ async def test_a_budget_removed_and_added_again_in_its_period_counts_the_ledgers
         after = await _ledger_spend(gw, "key", "k")
         assert await _shared_spend(gw, "key", "k", after) == (pytest.approx(after), pytest.approx(after)), \
             "and later charges add to it once"
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_charge_not_yet_synced_at_a_reload_reaches_the_shared_counter_once():
+    """The new keeper's share syncs at once, before the old one handed it its charges: its seed
+    (what this replica has seen spent, less what its own share still has to add) then held the
+    old share's unsent charge, and the handed-over batch added it again."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    text = _config(f"rate_limits: {{backend: redis, key_prefix: {prefix}}}\n").replace("usd: 5,", "usd: 5000,")
+    async with _serving(text, prefix) as gw:
+        await asyncio.sleep(0.05)  # the share's first sync (at start) is done: the next is a second away
+        assert (await _ask(gw)).status == 200
+        spent = gw.books.budgets.book.accounts[("key", "k")].spent
+        assert spent > 0
+        gw.reload(loads(text + "server: {max_body_bytes: 100000}\n"))  # before the charge was synced
+        while gw.background:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(budget_share.SYNC_SECONDS + 0.3)  # the new share's next sync sends the charge
+        assert await _shared_spend(gw, "key", "k", spent) == (pytest.approx(spent), pytest.approx(spent)), \
+            "the charge is in Redis once"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+async def test_a_redis_restarted_empty_gets_every_replicas_spend_back():
+    """Redis restarts without persistence between two replicas' syncs. The counter was started
+    again from the first replica's last view and its new charge, and the other replica's view
+    (higher, but lower than that) was dropped: its charge, which the first never saw, was lost
+    for the rest of the period. A view read before the counter's new life is compared with what
+    that life started from, not with what was added since."""
+    from tests.test_limits_redis import PrivateRedis
+    server = PrivateRedis()
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{server.url}'}}"))
+    now = ts("2026-11-30T12:00:00")
+    one, two = BudgetKeeper(config, lambda: now), BudgetKeeper(config, lambda: now)
+    assert one.share is not None and two.share is not None
+
+    def charge(keeper: BudgetKeeper, usd: float) -> None:
+        keeper.book.charge("k", "t", usd, now)
+        keeper.share.add([(("key", "k"), keeper.book.accounts[("key", "k")])], usd)
+
+    try:
+        charge(one, 1.0)
+        await one.share.sync(one.book, now)  # Redis: 1; the first replica saw 1
+        charge(two, 2.0)
+        await two.share.sync(two.book, now)  # Redis: 3; the second saw 3
+        server.stop()
+        server.start()  # empty: no persistence
+        for keeper in (one, two):  # (the restart broke their connections: the first call after fails)
+            with contextlib.suppress(redis.RedisError):
+                await keeper.share.client.ping()
+        charge(one, 4.0)
+        await one.share.sync(one.book, now)  # back from its view (1), plus its charge
+        await two.share.sync(two.book, now)  # its view (3) holds the 2 the first never saw
+        await one.share.sync(one.book, now)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+        assert two.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+        charge(two, 0.5)
+        for keeper in (two, one, two):
+            await keeper.share.sync(keeper.book, now)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(7.5), "and nothing counted twice after"
+        assert two.book.accounts[("key", "k")].spent == pytest.approx(7.5)
+    finally:
+        await one.share.client.aclose()
+        await two.share.client.aclose()
+        server.stop()
+
+
+async def test_an_outage_is_logged_once_across_reloads(caplog, fast_sync):
+    """Each reload (and each run-time key change) puts a new share in place: it logged the
+    outage again as if it were a new incident."""
+    text = _config("rate_limits: {backend: redis, redis_url: 'redis://127.0.0.1:9/0'}\n")
+    gw = Gateway(loads(text))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.1)
+        for n in range(2):
+            gw.reload(loads(text + f"server: {{max_body_bytes: {100000 + n}}}\n"))
+            await asyncio.sleep(0.1)
+        lines = [r for r in caplog.records if "budgets: Redis is unavailable" in r.getMessage()]
+        assert len(lines) == 1, "one line per incident"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()

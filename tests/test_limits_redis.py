@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 
@@ -21,7 +22,8 @@ from tollway.core.kernels import BucketTable
 from tollway.core.limits.policy import Bucket, Plan
 from tollway.core.request import RequestHead
 from tollway.ext.usage import Usage
-from tollway.gateway.limits.limiter import AskStore, Limiter
+from tollway.gateway.limits import redis_store
+from tollway.gateway.limits.limiter import AskStore, Limiter, StoreUnavailable
 from tollway.gateway.limits.redis_store import BUCKETS_LUA, RedisBuckets
 from tollway.gateway.telemetry.metrics import Metrics
 
@@ -694,3 +696,51 @@ async def test_an_amount_that_is_not_a_number_fails_nothing_else_in_its_batch(st
     assert not r.exists(store.key(cost.id))  # nothing written for it
     r.close()
     assert await store.take(store.bind(plan_of(cost)), (0.5,)) == (True, (9.5,))
+
+
+async def test_a_settle_after_the_store_closed_lands_and_leaves_no_connection_open(private_redis):
+    """A reload that changes redis_url (a rotated password) or key_prefix closes the old store
+    while requests it admitted still run: their settles come after. They must still land (the
+    slot goes back), but the closed client reopened a connection for them that nothing closed:
+    one more connection to Redis for the life of the process, per such reload."""
+    cfg = config_mod.loads(redis_limited("[{concurrent: 1}]"))
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics(), leasing=True)
+    limiter = Limiter(cfg, store, Metrics())
+    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
+    probe = redis.Redis(port=private_redis.port)
+    try:
+        lease = await limiter.reserve(key, "m", "chat", head, b"{}")
+        assert lease is not None and lease.metered
+        await store.aclose()  # the reload retired the store
+        limiter.settle(lease, Usage(), "m")  # the request admitted before it ends now
+        gauge = store.key("key:k:concurrent:inflight")
+        await until(lambda: probe.hget(gauge, "l") == b"1")  # the slot went back
+        await until(lambda: len(probe.client_list()) == 1)  # only the probe's own connection
+    finally:
+        probe.close()
+
+
+async def test_settles_dropped_in_a_long_outage_never_drop_a_waiting_reservation(private_redis, monkeypatch):
+    """Past MAX_HELD settles held in an incident, the oldest op queued was dropped, whatever it
+    was: a reservation queued while Redis was being tried again, its request waiting on it, was
+    never answered (the request hung until its client gave up)."""
+    monkeypatch.setattr(redis_store, "MAX_HELD", 3)
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics())
+    plan = plan_of(Bucket("x", "key", "k", "requests", 100, 60))
+    entry = store.bind(plan)
+    assert private_redis.proc is not None
+    try:
+        assert (await store.take(entry, (1.0,)))[0]
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)  # Redis hangs: calls time out
+        with pytest.raises(StoreUnavailable):
+            await store.take(entry, (1.0,))  # the incident starts
+        await asyncio.sleep(redis_store.RETRY_INTERVAL + 0.1)  # Redis is being tried again (0.5 s)
+        waiting = asyncio.ensure_future(store.take(entry, (1.0,)))
+        await asyncio.sleep(0)  # queued behind the attempt
+        for _ in range(5):  # settles of requests admitted before the outage
+            store.charge(entry, (-1.0,))
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(waiting, 3)
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+        await store.aclose()

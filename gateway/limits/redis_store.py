@@ -295,6 +295,7 @@ class RedisBuckets:
         self._seq = 0
         self._unsure: tuple[int, list[_Op]] | None = None  # a batch sent whose outcome is not known yet
         self._sending = asyncio.Lock()  # one batch (or question) at a time, so numbers reach Redis in order
+        self._closed = False  # aclose() ran: what comes after (late settles) reopens a connection, closed again
 
     def configure(self, policy: LimitPolicy) -> None:
         if self._book is not None:  # leases of the old shapes go back; changed buckets start over
@@ -373,7 +374,11 @@ class RedisBuckets:
     def _queue_charge(self, op: _Op) -> None:
         self._queue.append(op)
         if self._down_since is not None and len(self._queue) > MAX_HELD:
-            del self._queue[0]  # an outage this long loses the oldest settles, not memory
+            # An outage this long loses the oldest settle, not memory; never a reservation or a
+            # top-up queued meanwhile (a request waits on it, a lease slot stays pending until answered).
+            oldest = next((i for i, queued in enumerate(self._queue) if queued.future is None), None)
+            if oldest is not None:
+                del self._queue[oldest]
         if not self._drains and self._settle_timer is None:
             self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
 
@@ -403,7 +408,10 @@ class RedisBuckets:
         return out
 
     async def aclose(self) -> None:
-        """Give leases back, send queued settles, then close the connections."""
+        """Give leases back, send queued settles, then close the connections. Requests this
+        store admitted may settle later (a reload retired it): those settles are still sent, each
+        drain then closing the connection it opened."""
+        self._closed = True
         if self._return_timer is not None:
             self._return_timer.cancel()
             self._return_timer = None
@@ -478,12 +486,18 @@ class RedisBuckets:
                     if not await self._run(batch):
                         break
         finally:
+            if self._closed and not self._queue and self._unsure is None:
+                # A retired store's late settles reopened a connection that nothing else would close.
+                # (Closed while this task still holds the drain slot: no other drain uses it meanwhile.)
+                await self.client.aclose()
             # Leave the set now, not in a done-callback: an op queued between this task's last
             # check and such a callback would find the slot taken and wait forever.
             self._drains.discard(asyncio.current_task())
-            if (self._queue or self._unsure is not None) and self._settle_timer is None and self._down_since is not None:
-                # settles held during an incident, a batch to ask about: try again later
-                self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
+            if (self._queue or self._unsure is not None) and self._settle_timer is None:
+                if self._down_since is not None:  # settles held during an incident, a batch to ask about: try again later
+                    self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
+                elif self._closed:  # queued while the connection was being closed
+                    self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
 
     async def _run(self, batch: list[_Op]) -> bool:
         """Send one batch and hand out its results. Returns False if Redis failed."""

@@ -40,12 +40,39 @@ _MAX_TTL = 33 * 86400  # the longest period (a month) and a day
 # counter (a new period, a Redis that lost its keys) is started from it, as SET NX did; one left
 # from a budget removed and added back in its period, which missed what was spent without it, is
 # raised to the ledger's sum that the budget added back read (SET NX kept the stale one).
-# KEYS: the counters; ARGV[2i-1], ARGV[2i]: the i-th counter's floor and TTL.
+# A counter started again (Redis lost its keys) holds what it was started from (its base) plus what
+# was added since, which no view read before holds. So each life of a counter has a generation
+# (`<counter>:gen` = "<generation> <base>"), and a replica's last read of a counter says which
+# life it read: a view of an earlier life is a floor of the base, not of the counter (compared
+# with the counter, the highest view would drop what others added since the start: lost for the
+# rest of the period). Raising the counter to a floor raises its base alike.
+# KEYS: per counter, the counter and its generation key. ARGV: per counter, its floor, the last
+# total this replica read ('' if none), that read's generation, and the TTL.
 SEED = """
-for i = 1, #KEYS do
-  local floor = tonumber(ARGV[2 * i - 1])
-  local now = tonumber(redis.call('GET', KEYS[i]) or '')
-  if now == nil or now < floor then redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EX', ARGV[2 * i]) end
+local t = redis.call('TIME')
+local born = t[1] .. '.' .. t[2]
+for i = 1, #KEYS / 2 do
+  local counter, meta = KEYS[2 * i - 1], KEYS[2 * i]
+  local floor, view, seen, ttl = tonumber(ARGV[4 * i - 3]), tonumber(ARGV[4 * i - 2]), ARGV[4 * i - 1], ARGV[4 * i]
+  local total = tonumber(redis.call('GET', counter) or '')
+  local gen, base = string.match(redis.call('GET', meta) or '', '^(%S+) (%S+)$')
+  base = tonumber(base)
+  local changed = false
+  if total == nil then
+    total, gen, base, changed = floor, born, floor, true
+  elseif base == nil then  -- (its generation expired, or a gateway before generations started it)
+    gen, base, changed = born, total, true
+  end
+  if view ~= nil and seen ~= gen and view > base then  -- read in an earlier life: what it holds and this life does not
+    total, base, changed = total + (view - base), view, true
+  end
+  if floor > total then
+    total, base, changed = floor, base + (floor - total), true
+  end
+  if changed then
+    redis.call('SET', counter, string.format('%.17g', total), 'EX', ttl)
+    redis.call('SET', meta, gen .. ' ' .. string.format('%.17g', base), 'EX', ttl)
+  end
 end
 return 0
 """
@@ -84,6 +111,8 @@ class RedisShare:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._closing = False
+        self._handed_over = False  # its charges are another share's to send (`hand_over`)
+        self.seen: dict[str, tuple[bytes, bytes]] = {}  # counter -> (its total, its generation) as last read
 
     def name(self, owner: Owner, account: Account) -> str:
         return f"{{{self.prefix}}}:budget:{owner[0]}:{owner[1]}:{int(account.start)}"
@@ -137,13 +166,15 @@ class RedisShare:
             async with self.client.pipeline(transaction=False) as pipe:
                 if seeds:
                     floors = [arg for key, account in seeds
-                              for arg in (repr(max(account.spent - unsent.get(key, 0.0), 0.0)), _ttl(account, now))]
-                    pipe.eval(SEED, len(seeds), *(key for key, _ in seeds), *floors)
+                              for arg in (repr(max(account.spent - unsent.get(key, 0.0), 0.0)),
+                                          *self.seen.get(key, (b"", b"")), _ttl(account, now))]
+                    pipe.eval(SEED, 2 * len(seeds), *(k for key, _ in seeds for k in (key, _gen_key(key))), *floors)
                 for batch in batches:
                     keys, amounts = list(batch.charges), [repr(usd) for usd in batch.charges.values()]
                     pipe.eval(ADD_ONCE, 1 + len(keys), batch.record, *keys, batch.number, _MAX_TTL, *amounts)
                 for key in names:
                     pipe.get(key)
+                    pipe.get(_gen_key(key))
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:  # (the batches stay unsure: sent again next sync)
             if not self._failing:
@@ -152,9 +183,15 @@ class RedisShare:
                             type(exc).__name__)
             return
         self._failing = False
+        if self._handed_over:  # (a sync in flight at the hand-over: what it read leaves out the heir's pending)
+            return
         self.unsure = [batch for batch in self.unsure if batch not in batches]  # (added, now or before)
         pending = self.pending
-        for key, (_, account), value in zip(names, accounts, results[-len(names):] if names else [], strict=True):
+        reads = results[len(results) - 2 * len(names):]
+        self.seen = {}  # (only the counters of the accounts now: a period gone is forgotten)
+        for key, (_, account), value, meta in zip(names, accounts, reads[::2], reads[1::2], strict=True):
+            if value is not None and meta is not None:
+                self.seen[key] = (value, meta.split(b" ", 1)[0])
             if value is not None:  # (never below the ledger's spend: a counter may miss some, see SEED)
                 account.spent = max(float(value) + pending.get(key, 0.0), account.ledger_floor)
                 account.awaiting_ledger = False  # (seeded by a replica that read the ledger: its pending goes next)
@@ -170,6 +207,15 @@ class RedisShare:
                 self.numbered += 1
                 self.unsure.append(Batch(self.record, self.numbered, charges))
         return list(self.unsure)
+
+    def hand_over(self, heir: RedisShare) -> None:
+        """Stop syncing and give `heir` (the share a reload or a key change put in this one's
+        place) the charges not known to be in Redis, now: before `heir` syncs. Its seed is what
+        this replica has seen spent less what `heir` still has to add, so charges left here
+        meanwhile would be seeded into the counter and then added again by their batch."""
+        self._closing = self._handed_over = True
+        heir.inherit(self)
+        heir._failing = heir._failing or self._failing  # (an outage going on is not a new incident to log)
 
     def inherit(self, retired: RedisShare) -> None:
         """Send a retired share's charges with this one's syncs (its unsure batches keep their
@@ -192,6 +238,11 @@ class RedisShare:
         elif self.pending:
             await self.sync(book, time.time())
         await self.client.aclose()
+
+
+def _gen_key(counter: str) -> str:
+    """The key of a counter's generation and base (see SEED)."""
+    return counter + ":gen"
 
 
 def _ttl(account: Account, now: float) -> int:

@@ -150,6 +150,13 @@ class BudgetKeeper:
                 for _, account in accounts:
                     account.awaiting_ledger = False
 
+    def hand_over(self) -> None:
+        """Retired by a swap: hand what this keeper's share has not sent to Redis yet to the share
+        of the keeper in force, before that one starts syncing (RedisShare.hand_over)."""
+        heir = self.current()
+        if self.share is not None and heir is not self and heir.share is not None:
+            self.share.hand_over(heir.share)
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.share is not None:
             self.share.start(loop, self.book, self.clock)
