@@ -105,7 +105,7 @@ class Proxy:
                       proto: HTTPProtocol, base_headers: list[tuple[str, str]]) -> None:
         """Serve the request from the first target that answers. Raises GatewayError."""
         now = time.monotonic()
-        order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
+        order = route.single or route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
         plan = AttemptPlan(order, rt.config.routing.retry, now)
         # per provider, its endpoints that could not be reached, or dropped the request, during it
         # (one set for all would count a fallback's dead primary against a pool's replicas)
