@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -489,8 +489,10 @@ class ClientStream:
         self._flow: ClientFlow | None = None
         self._scope, self._idle = scope, idle_timeout  # the client's address is read only if needed
 
-    async def send(self, data: bytes) -> None:
-        await self._transport.send_bytes(data)  # type: ignore[union-attr]  # None only after close()
+    def send(self, data: bytes) -> Awaitable[None]:
+        """The transport's own send of `data`, to await: no coroutine of ours around it, as this
+        runs for every chunk (the await holds the transport only while it runs)."""
+        return self._transport.send_bytes(data)  # type: ignore[union-attr]  # None only after close()
 
     async def paced(self, sent: int) -> None:
         """Return once the client has taken enough of the `sent` bytes; raises ClientStalled."""
