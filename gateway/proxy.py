@@ -345,7 +345,8 @@ class Proxy:
         bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure).
         The pipeline's per-chunk hooks (`ex.on_chunk`, usually none) see each chunk last."""
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
-        hooks = ex.on_chunk or ex.on_chunk_async  # (either: every chunk goes through `_hooked`)
+        hooks = ex.on_chunk or ex.on_chunk_async  # (either: every chunk goes through them)
+        on_chunk, on_chunk_async = ex.on_chunk, ex.on_chunk_async
         try:
             if hooks:
                 first = await _hooked(ex, first)
@@ -359,8 +360,18 @@ class Proxy:
                     if out:
                         if first_needle(out, needles) >= 0 or not out.isascii():
                             out = feed.cleaned(out)
-                        if hooks and not (out := await _hooked(ex, out)):
-                            continue
+                        if hooks:  # `_hooked` written out: a coroutine per chunk costs more than its loops
+                            try:
+                                for hook in on_chunk:
+                                    out = hook(ex, out)
+                                for ahook in on_chunk_async:
+                                    if not out:
+                                        break
+                                    out = await ahook(ex, out)
+                            except Exception as exc:  # noqa: BLE001 - sorted by _stopped
+                                raise _stopped(ex, exc) from None
+                            if not out:
+                                continue
                         sent += len(out)
                         if sent > WATCH_FROM:
                             await transport.paced(sent)
@@ -524,12 +535,19 @@ async def _hooked(ex: Exchange, out: bytes) -> bytes:
             if not out:
                 break
             out = await ahook(ex, out)
-    except GatewayError as exc:
-        raise _Stopped(exc) from None
-    except Exception:  # noqa: BLE001 - a hook's bug: the gateway's fault, never counted against the upstream
-        log.exception("a stream hook failed (request %s)", ex.request_id)
-        raise _Stopped(errors.internal()) from None
+    except Exception as exc:  # noqa: BLE001 - sorted by _stopped
+        raise _stopped(ex, exc) from None
     return out
+
+
+def _stopped(ex: Exchange, exc: Exception) -> _Stopped:
+    """A per-chunk hook's failure as the relay's stop: its GatewayError, or for a hook's bug
+    (the gateway's fault, never counted against the upstream) a logged 500. Call it inside
+    the `except`, so the log has the traceback."""
+    if isinstance(exc, GatewayError):
+        return _Stopped(exc)
+    log.exception("a stream hook failed (request %s)", ex.request_id)
+    return _Stopped(errors.internal())
 
 
 def _error_event(translator: StreamTranslator, err: GatewayError) -> bytes:
