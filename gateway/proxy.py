@@ -253,7 +253,10 @@ class Proxy:
 
     async def _relay_body(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
                           base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
-        raw = await self._read(provider.name, resp, server.max_upstream_body_bytes)
+        try:  # (no coroutine of its own: every non-stream answer is read here)
+            raw = await resp.read(server.max_upstream_body_bytes)
+        except UpstreamError as exc:
+            raise _client_error(provider.name, exc) from None
         try:
             out, usage = adapter.response(ctx, resp.status, raw)
         except _UNREADABLE:
@@ -279,12 +282,6 @@ class Proxy:
         ex.phase = ANSWERED
         if not exact:
             ex.usage = await counted_usage(ctx.body, text or "", ctx.upstream_model)
-
-    async def _read(self, provider_name: str, resp: UpstreamAnswer, limit: int) -> bytes:
-        try:
-            return await resp.read(limit)
-        except UpstreamError as exc:
-            raise _client_error(provider_name, exc) from None
 
     async def _relay_stream(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
                             base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> Health:
