@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -105,7 +105,7 @@ class Proxy:
                       proto: HTTPProtocol, base_headers: list[tuple[str, str]]) -> None:
         """Serve the request from the first target that answers. Raises GatewayError."""
         now = time.monotonic()
-        order = route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
+        order = route.single or route.attempt_order(rt.random(), lambda name: rt.health.available(name, now))
         plan = AttemptPlan(order, rt.config.routing.retry, now)
         # per provider, its endpoints that could not be reached, or dropped the request, during it
         # (one set for all would count a fallback's dead primary against a pool's replicas)
@@ -253,7 +253,10 @@ class Proxy:
 
     async def _relay_body(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
                           base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> None:
-        raw = await self._read(provider.name, resp, server.max_upstream_body_bytes)
+        try:  # (no coroutine of its own: every non-stream answer is read here)
+            raw = await resp.read(server.max_upstream_body_bytes)
+        except UpstreamError as exc:
+            raise _client_error(provider.name, exc) from None
         try:
             out, usage = adapter.response(ctx, resp.status, raw)
         except _UNREADABLE:
@@ -279,12 +282,6 @@ class Proxy:
         ex.phase = ANSWERED
         if not exact:
             ex.usage = await counted_usage(ctx.body, text or "", ctx.upstream_model)
-
-    async def _read(self, provider_name: str, resp: UpstreamAnswer, limit: int) -> bytes:
-        try:
-            return await resp.read(limit)
-        except UpstreamError as exc:
-            raise _client_error(provider_name, exc) from None
 
     async def _relay_stream(self, ex: Exchange, adapter: Adapter, ctx: CallContext, resp: UpstreamAnswer, proto: HTTPProtocol,
                             base_headers: list[tuple[str, str]], provider: ProviderRuntime, server: Server) -> Health:
@@ -345,7 +342,8 @@ class Proxy:
         bytes sent, each chunk first waits for a client that is behind (tollway.gateway.downstream.backpressure).
         The pipeline's per-chunk hooks (`ex.on_chunk`, usually none) see each chunk last."""
         send, step, needles, left, sent = transport.send, feed.translator.feed, feed.needles, feed.left, 0
-        hooks = ex.on_chunk or ex.on_chunk_async  # (either: every chunk goes through `_hooked`)
+        hooks = ex.on_chunk or ex.on_chunk_async  # (either: every chunk goes through them)
+        on_chunk, on_chunk_async = ex.on_chunk, ex.on_chunk_async
         try:
             if hooks:
                 first = await _hooked(ex, first)
@@ -359,8 +357,18 @@ class Proxy:
                     if out:
                         if first_needle(out, needles) >= 0 or not out.isascii():
                             out = feed.cleaned(out)
-                        if hooks and not (out := await _hooked(ex, out)):
-                            continue
+                        if hooks:  # `_hooked` written out: a coroutine per chunk costs more than its loops
+                            try:
+                                for hook in on_chunk:
+                                    out = hook(ex, out)
+                                for ahook in on_chunk_async:
+                                    if not out:
+                                        break
+                                    out = await ahook(ex, out)
+                            except Exception as exc:  # noqa: BLE001 - sorted by _stopped
+                                raise _stopped(ex, exc) from None
+                            if not out:
+                                continue
                         sent += len(out)
                         if sent > WATCH_FROM:
                             await transport.paced(sent)
@@ -489,8 +497,10 @@ class ClientStream:
         self._flow: ClientFlow | None = None
         self._scope, self._idle = scope, idle_timeout  # the client's address is read only if needed
 
-    async def send(self, data: bytes) -> None:
-        await self._transport.send_bytes(data)  # type: ignore[union-attr]  # None only after close()
+    def send(self, data: bytes) -> Awaitable[None]:
+        """The transport's own send of `data`, to await: no coroutine of ours around it, as this
+        runs for every chunk (the await holds the transport only while it runs)."""
+        return self._transport.send_bytes(data)  # type: ignore[union-attr]  # None only after close()
 
     async def paced(self, sent: int) -> None:
         """Return once the client has taken enough of the `sent` bytes; raises ClientStalled."""
@@ -522,12 +532,19 @@ async def _hooked(ex: Exchange, out: bytes) -> bytes:
             if not out:
                 break
             out = await ahook(ex, out)
-    except GatewayError as exc:
-        raise _Stopped(exc) from None
-    except Exception:  # noqa: BLE001 - a hook's bug: the gateway's fault, never counted against the upstream
-        log.exception("a stream hook failed (request %s)", ex.request_id)
-        raise _Stopped(errors.internal()) from None
+    except Exception as exc:  # noqa: BLE001 - sorted by _stopped
+        raise _stopped(ex, exc) from None
     return out
+
+
+def _stopped(ex: Exchange, exc: Exception) -> _Stopped:
+    """A per-chunk hook's failure as the relay's stop: its GatewayError, or for a hook's bug
+    (the gateway's fault, never counted against the upstream) a logged 500. Call it inside
+    the `except`, so the log has the traceback."""
+    if isinstance(exc, GatewayError):
+        return _Stopped(exc)
+    log.exception("a stream hook failed (request %s)", ex.request_id)
+    return _Stopped(errors.internal())
 
 
 def _error_event(translator: StreamTranslator, err: GatewayError) -> bytes:

@@ -63,21 +63,26 @@ def cost(usage: Usage, price: Price) -> float | None:
     Reasoning tokens are part of `completion_tokens`: they are billed at the reasoning rate and
     the rest of the completion at the output rate (reasoning beyond the completion is capped).
     Each count is within 0..MAX_COUNT already (`Usage` holds them so when it is made)."""
+    # (Runs for every priced answer: the bounds are comparisons, as max/min would make them
+    # but without their generic call; `x < 0.0` keeps a NaN as max(x, 0.0) does.)
     cached, written = usage.cached_tokens, usage.cache_write_tokens
-    fresh = max(usage.prompt_tokens - cached - written, 0)
-    completion = usage.completion_tokens
-    reasoning = min(usage.reasoning_tokens, completion)
+    fresh = usage.prompt_tokens - cached - written
+    if fresh < 0:
+        fresh = 0
+    completion, reasoning = usage.completion_tokens, usage.reasoning_tokens
+    if completion < reasoning:
+        reasoning = completion
     cached_rate = price.input if price.cached_input is None else price.cached_input
     write_rate = price.input if price.cache_write is None else price.cache_write
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
     dollars = (fresh * price.input + cached * cached_rate + written * write_rate
                + (completion - reasoning) * price.output + reasoning * reasoning_rate)
-    dollars = max(dollars, 0.0) * PER_TOKEN
+    dollars = (0.0 if dollars < 0.0 else dollars) * PER_TOKEN
     if usage.units:  # (an image, audio or rerank answer: one truth test for the rest)
         dollars += unit_cost(usage, price)
     if not dollars <= MAX_COST_USD:  # (written so that NaN is refused too)
         return None
-    return max(dollars, 0.0)
+    return 0.0 if dollars < 0.0 else dollars
 
 
 def unit_cost(usage: Usage, price: Price) -> float:

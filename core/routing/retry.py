@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Generic, TypeVar
 
@@ -34,7 +34,10 @@ from tollway.core.config import Retry
 T = TypeVar("T")
 
 
-@dataclass
+_NONE_SPENT: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
 class AttemptPlan(Generic[T]):
     """The retry walk of one request. `next()` says what to do; `failed()` says how it went."""
 
@@ -43,9 +46,11 @@ class AttemptPlan(Generic[T]):
     started: float
     attempts: int = 0
     _again: bool = False  # the last failure asked for the same target, free of charge
-    _waits: dict[int, float] = field(default_factory=dict)  # target index -> its retry-after
+    # target index -> its retry-after; None until a failure says one (most requests never fail)
+    _waits: dict[int, float] | None = None
     _turn: int = 0  # position in the round-robin walk over `order`, skipped targets included
-    _spent: set[int] = field(default_factory=set)  # target indexes that timed out: never again
+    # target indexes that timed out: never again (the shared empty set until one does)
+    _spent: set[int] | frozenset[int] = _NONE_SPENT
 
     def next(self, now: float, draw: float) -> tuple[T, float] | None:
         """(target, seconds to wait before sending), or None when the walk is over."""
@@ -72,9 +77,11 @@ class AttemptPlan(Generic[T]):
         or it timed out waiting for the upstream (`timed_out`: not tried again)."""
         index = self._index()
         if retry_after is not None:
+            if self._waits is None:
+                self._waits = {}
             self._waits[index] = retry_after
         if timed_out:
-            self._spent.add(index)
+            self._spent = self._spent | {index}
         self._again = same_target and not timed_out
 
     def _index(self) -> int:
@@ -84,7 +91,7 @@ class AttemptPlan(Generic[T]):
         lap = self._turn // len(self.order)
         if lap == 0:
             return 0.0
-        asked = self._waits.get(index, 0.0)
+        asked = self._waits.get(index, 0.0) if self._waits is not None else 0.0
         if asked > self.policy.max_retry_after:
             return None
         return max(asked, backoff(self.policy, lap - 1, draw))

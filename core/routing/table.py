@@ -26,6 +26,13 @@ class Route:
     model: Model
     # Target groups in fallback order; each group is (targets, cumulative weights).
     groups: tuple[tuple[tuple[Target, ...], tuple[float, ...]], ...] = field(default=())
+    # The whole attempt order of a route with one target, else (): the common route's order
+    # needs no random draw and no health walk (see attempt_order).
+    single: tuple[Target, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if len(self.groups) == 1 and len(self.groups[0][0]) == 1:
+            object.__setattr__(self, "single", self.groups[0][0])  # (frozen: set once, here)
 
     def upstream_model(self, target: Target, requested: str) -> str:
         """The name to send upstream: the target's override, else what the client asked."""
