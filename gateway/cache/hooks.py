@@ -246,14 +246,28 @@ class ResponseCache:
         state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk,
                                       self.max_entry * STREAM_CAPTURE_FACTOR)
         no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
+        if no_store:
+            self.counts.count(ex.route, BYPASS)
+            return
         # (the passed headers, anthropic-beta, reach the provider beside the body: they are keyed too)
         version = with_headers(self.rules.version(req.route.name), ex.passed_headers)
         shaping = shaped_by(ex)
         if shaping:
             version = config_version((version, shaping))
-        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team), version, req.body,
-                                                 self.rules.honours_seed(req.route.name, ex.api))
-        if named is None or (named[1] and rule.deterministic_only):
+        # Byte-identical small bodies (retries, a client repeating itself: the requests that hit)
+        # reuse the key worked out before, without decoding and hashing again.
+        partition = rule.partition(req.key.key_id, key.team)
+        memo = (ex.api, partition, version, req.body) if len(req.body) <= MEMO_BODY_BYTES else None
+        named = self._memo.get(memo) if memo is not None else None
+        if named is None:
+            named = self._key(ex.api, partition, version, req.body, self.rules.honours_seed(req.route.name, ex.api))
+            if named is None:
+                self.counts.count(ex.route, BYPASS)
+                return
+        else:
+            memo = None  # (remembered already)
+        if named[1] and rule.deterministic_only:
+            self._remember(memo, named)  # (passed by again the next time, from the memo)
             self.counts.count(ex.route, BYPASS)
             return
         state.key, state.storing = named[0], True
@@ -261,25 +275,24 @@ class ResponseCache:
             self.counts.count(ex.route, BYPASS)
             return
         await self._find(state, ex)
+        if state.entry is not None:  # a key that hit is worth remembering; a miss's mostly is not
+            self._remember(memo, named)  # (most misses are never asked again: remembering cost each one)
 
-    def _key(self, api: str, partition: str, version: str, body: bytes, seed_counts: bool) -> tuple[str, bool] | None:
+    @staticmethod
+    def _key(api: str, partition: str, version: str, body: bytes, seed_counts: bool) -> tuple[str, bool] | None:
         """(the cache key, whether the request is sampled), or None for a body that is not a JSON
-        object. Byte-identical small bodies (retries, a client repeating itself: the requests
-        that hit) reuse the key worked out the last time, without decoding and hashing again
-        (`seed_counts` follows from the route, as `version` does: the memo need not hold it)."""
-        memo = (api, partition, version, body) if len(body) <= MEMO_BODY_BYTES else None
-        found = self._memo.get(memo) if memo is not None else None
-        if found is not None:
-            return found
+        object (`seed_counts` follows from the route, as `version` does: the memo need not hold it)."""
         request = read(api, body, seed_counts)
         if request is None:
             return None
-        found = cache_key(api, partition, version, request), request.sampled
+        return cache_key(api, partition, version, request), request.sampled
+
+    def _remember(self, memo: tuple[str, str, str, bytes] | None, named: tuple[str, bool]) -> None:
+        """Keep the key of a body (`memo`: None, too big or already kept) for its next request."""
         if memo is not None:
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.popitem(last=False)  # the oldest
-            self._memo[memo] = found
-        return found
+            self._memo[memo] = named
 
     async def _find(self, state: CacheState, ex: Exchange) -> None:
         key, backend = state.key, self.backend
