@@ -187,6 +187,9 @@ def shaped_by(ex: Exchange) -> tuple[str, ...]:
     return tuple(names)
 
 
+_NO_DIRECTIVES = (False, False)
+
+
 def control(value: str | None) -> tuple[bool, bool]:
     """(no_store, no_cache) of a request's cache-control header."""
     if not value:
@@ -245,15 +248,18 @@ class ResponseCache:
             return
         state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk,
                                       self.max_entry * STREAM_CAPTURE_FACTOR)
-        no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
+        asked = ex.scope.headers.get("cache-control") if ex.scope is not None else None
+        no_store, no_cache = control(asked) if asked else _NO_DIRECTIVES
         if no_store:
             self.counts.count(ex.route, BYPASS)
             return
-        # (the passed headers, anthropic-beta, reach the provider beside the body: they are keyed too)
-        version = with_headers(self.rules.version(req.route.name), ex.passed_headers)
-        shaping = shaped_by(ex)
-        if shaping:
-            version = config_version((version, shaping))
+        version = self.rules.version(req.route.name)
+        if ex.passed_headers:  # (anthropic-beta reaches the provider beside the body: it is keyed too)
+            version = with_headers(version, ex.passed_headers)
+        if ex.guardrails is not None or ex.plugins is not None:
+            shaping = shaped_by(ex)
+            if shaping:
+                version = config_version((version, shaping))
         # Byte-identical small bodies (retries, a client repeating itself: the requests that hit)
         # reuse the key worked out before, without decoding and hashing again.
         partition = rule.partition(req.key.key_id, key.team)
@@ -274,7 +280,8 @@ class ResponseCache:
         if no_cache:  # the client wants a fresh answer: go upstream, then refresh the entry
             self.counts.count(ex.route, BYPASS)
             return
-        await self._find(state, ex)
+        if not self._found_at_once(state, ex):
+            await self._find(state, ex)
         if state.entry is not None:  # a key that hit is worth remembering; a miss's mostly is not
             self._remember(memo, named)  # (most misses are never asked again: remembering cost each one)
 
@@ -293,6 +300,26 @@ class ResponseCache:
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.popitem(last=False)  # the oldest
             self._memo[memo] = named
+
+    def _found_at_once(self, state: CacheState, ex: Exchange) -> bool:
+        """`_find` for a memory store when it waits for nothing (a hit, or a miss that leads its
+        flight): True if it decided; False leaves it to `_find` (a network store, a flight to
+        join), which reads again. (No coroutine for what most lookups are.)"""
+        key, backend = state.key, self.backend
+        assert key is not None and backend is not None
+        if not backend.local:
+            return False
+        if self._hit(state, backend.read(key), ex):
+            return True
+        if not self.flights.lead(key):
+            return False
+        state.leader = state.claimed = True  # (one process: its own flight is the lock)
+        self._missed(state, ex)
+        return True
+
+    def _missed(self, state: CacheState, ex: Exchange) -> None:
+        state.outcome = MISS
+        self.counts.count(ex.route, MISS)
 
     async def _find(self, state: CacheState, ex: Exchange) -> None:
         key, backend = state.key, self.backend
@@ -324,8 +351,7 @@ class ResponseCache:
                 self.flights.land(key, state.entry)
                 state.leader = False
                 return
-        state.outcome = MISS
-        self.counts.count(ex.route, MISS)
+        self._missed(state, ex)
 
     def _hit(self, state: CacheState, found: entries.Entry | None, ex: Exchange, joined: bool = False) -> bool:
         if found is None or found.api != ex.api:
