@@ -571,14 +571,56 @@ def test_a_remembered_key_is_the_key_the_body_would_get() -> None:
     cache = ResponseCache(config_mod.loads(BARE % (", cache: {}", "cache: {backend: memory}")))
     body = json.dumps(BASE).encode()
     first = cache._key("chat", "key:a", "v1", body, True)
-    assert first == (key_of(BASE), False) and cache._key("chat", "key:a", "v1", body, True) == first
-    assert cache._key("chat", "key:b", "v1", body, True) != first  # the partition is part of what is remembered
-    big = json.dumps({**BASE, "messages": [{"role": "user", "content": "x" * hooks.MEMO_BODY_BYTES}]}).encode()
-    assert cache._key("chat", "key:a", "v1", big, True) is not None and len(cache._memo) == 2  # too big to remember
+    assert first == (key_of(BASE), False)
+    cache._remember(("chat", "key:a", "v1", body), first)
+    cache._remember(None, ("x", False))  # (a body too big to remember, or remembered already)
+    assert cache._memo == {("chat", "key:a", "v1", body): first}
     for i in range(hooks.MEMO_ENTRIES + 10):
-        cache._key("chat", "key:a", "v1", json.dumps({**BASE, "seed": i}).encode(), True)
-    assert len(cache._memo) == hooks.MEMO_ENTRIES  # bounded
+        cache._remember(("chat", "key:a", "v1", json.dumps({**BASE, "seed": i}).encode()), first)
+    assert len(cache._memo) == hooks.MEMO_ENTRIES  # bounded, the oldest out first
+    assert ("chat", "key:a", "v1", body) not in cache._memo
     assert cache._key("chat", "key:a", "v1", b"[1]", True) is None
+
+
+def _cached_request(body: bytes) -> tuple[Any, Any]:
+    """(an Admitted-like request of key `k` to route `a`, its Exchange), for the lookup alone."""
+    from types import SimpleNamespace
+
+    from tollway.core.request import parse_head
+    from tollway.gateway.exchange import Exchange
+
+    key = SimpleNamespace(key=SimpleNamespace(name="k", team=None), key_id="kid")
+    req = SimpleNamespace(key=key, route=SimpleNamespace(name="a"), head=parse_head(body), body=body)
+    ex = Exchange("r1", "chat")
+    ex.route = "a"
+    return req, ex
+
+
+async def test_a_body_is_remembered_once_it_hits_not_on_its_first_miss() -> None:
+    """Remembering a key costs every miss, and most misses are never asked again: a body's key
+    is remembered when it hits (then it is likely to be asked again), or when it is passed by
+    as sampled (it would be again)."""
+    from tollway.core.cache.entry import Entry as Stored
+    from tollway.gateway.cache import ResponseCache
+
+    cache = ResponseCache(config_mod.loads(BARE % (", cache: {deterministic_only: true}", "cache: {backend: memory}")))
+    body = json.dumps(BASE).encode()
+    req, ex = _cached_request(body)
+    await cache.lookup(req, ex)
+    assert ex.cache.outcome == "miss" and not cache._memo
+    assert ex.cache.key is not None and cache.backend is not None
+    cache.flights.land(ex.cache.key, None)
+    cache.backend.fill(ex.cache.key, Stored("chat", b"{}", 1.0, Usage(1, 1, 2)), 60, False)
+    req, ex = _cached_request(body)
+    await cache.lookup(req, ex)
+    assert ex.cache.outcome == "hit" and list(cache._memo.values()) == [(ex.cache.key, False)]
+    req, ex = _cached_request(body)
+    await cache.lookup(req, ex)  # (from the memo)
+    assert ex.cache.outcome == "hit" and len(cache._memo) == 1
+    sampled = json.dumps({**BASE, "temperature": 1}).encode()
+    req, ex = _cached_request(sampled)
+    await cache.lookup(req, ex)
+    assert ex.cache.outcome == "bypass" and len(cache._memo) == 2 and ex.cache.key is None
 
 
 def test_a_response_completed_event_that_is_no_object_is_not_an_answer() -> None:

@@ -119,6 +119,8 @@ def _filled(raw: msgspec.Raw) -> bool:
     """Whether a raw JSON value is one Python reads as true (as `_answered` does), without
     decoding a long one: a string but "", a container with anything in it; a number or a
     literal (short) is decoded. Absent is empty."""
+    if not raw:  # (absent: the usual refusal, audio, tool_calls)
+        return False
     value = bytes(raw).strip()
     if not value:
         return False
@@ -191,8 +193,10 @@ def storable_json(api: str, body: bytes) -> bool:
     if not shape.choices:
         return False
     if api == ClientAPI.CHAT:
-        return all(c.finish_reason in _CHAT_DONE and c.message is not None and c.message.answered()
-                   for c in shape.choices)
+        for c in shape.choices:  # (a loop, not all() over a generator: this runs on every stored miss)
+            if c.finish_reason not in _CHAT_DONE or c.message is None or not c.message.answered():
+                return False
+        return True
     return all(c.finish_reason == "stop" for c in shape.choices)
 
 

@@ -32,6 +32,7 @@ EXCLUDED = frozenset(("stream", "stream_options", "user", "metadata", "request_i
 # `metadata` and `safety_identifier`, so an entry filled by one request would hand its
 # attribution (user ids, a tenant's metadata) to every other request in the partition.
 _ECHOED = {ClientAPI.RESPONSES: frozenset(("user", "metadata", "safety_identifier"))}
+_EXCLUDED_OF = {api: EXCLUDED - echoed for api, echoed in _ECHOED.items()}  # (other APIs: EXCLUDED)
 
 CACHED_APIS = frozenset((ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDDINGS, ClientAPI.RESPONSES,
                          ClientAPI.MESSAGES))
@@ -57,9 +58,9 @@ def read(api: str, body: bytes, seed_counts: bool = False) -> Request | None:
         return None
     if not isinstance(data, dict):
         return None
-    kept = _ECHOED.get(api, frozenset())
-    for name in EXCLUDED:
-        if name not in kept:
+    excluded = _EXCLUDED_OF.get(api, EXCLUDED)
+    if not excluded.isdisjoint(data):  # (most bodies have none of them: no pop per name)
+        for name in excluded:
             data.pop(name, None)
     return Request(data, _sampled(api, data, seed_counts))
 

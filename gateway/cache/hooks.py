@@ -187,6 +187,9 @@ def shaped_by(ex: Exchange) -> tuple[str, ...]:
     return tuple(names)
 
 
+_NO_DIRECTIVES = (False, False)
+
+
 def control(value: str | None) -> tuple[bool, bool]:
     """(no_store, no_cache) of a request's cache-control header."""
     if not value:
@@ -245,41 +248,78 @@ class ResponseCache:
             return
         state = ex.cache = CacheState(rule, req.head.wants_stream, req.head.wants_usage_chunk,
                                       self.max_entry * STREAM_CAPTURE_FACTOR)
-        no_store, no_cache = control(ex.scope.headers.get("cache-control") if ex.scope is not None else None)
-        # (the passed headers, anthropic-beta, reach the provider beside the body: they are keyed too)
-        version = with_headers(self.rules.version(req.route.name), ex.passed_headers)
-        shaping = shaped_by(ex)
-        if shaping:
-            version = config_version((version, shaping))
-        named = None if no_store else self._key(ex.api, rule.partition(req.key.key_id, key.team), version, req.body,
-                                                 self.rules.honours_seed(req.route.name, ex.api))
-        if named is None or (named[1] and rule.deterministic_only):
+        asked = ex.scope.headers.get("cache-control") if ex.scope is not None else None
+        no_store, no_cache = control(asked) if asked else _NO_DIRECTIVES
+        if no_store:
+            self.counts.count(ex.route, BYPASS)
+            return
+        version = self.rules.version(req.route.name)
+        if ex.passed_headers:  # (anthropic-beta reaches the provider beside the body: it is keyed too)
+            version = with_headers(version, ex.passed_headers)
+        if ex.guardrails is not None or ex.plugins is not None:
+            shaping = shaped_by(ex)
+            if shaping:
+                version = config_version((version, shaping))
+        # Byte-identical small bodies (retries, a client repeating itself: the requests that hit)
+        # reuse the key worked out before, without decoding and hashing again.
+        partition = rule.partition(req.key.key_id, key.team)
+        memo = (ex.api, partition, version, req.body) if len(req.body) <= MEMO_BODY_BYTES else None
+        named = self._memo.get(memo) if memo is not None else None
+        if named is None:
+            named = self._key(ex.api, partition, version, req.body, self.rules.honours_seed(req.route.name, ex.api))
+            if named is None:
+                self.counts.count(ex.route, BYPASS)
+                return
+        else:
+            memo = None  # (remembered already)
+        if named[1] and rule.deterministic_only:
+            self._remember(memo, named)  # (passed by again the next time, from the memo)
             self.counts.count(ex.route, BYPASS)
             return
         state.key, state.storing = named[0], True
         if no_cache:  # the client wants a fresh answer: go upstream, then refresh the entry
             self.counts.count(ex.route, BYPASS)
             return
-        await self._find(state, ex)
+        if not self._found_at_once(state, ex):
+            await self._find(state, ex)
+        if state.entry is not None:  # a key that hit is worth remembering; a miss's mostly is not
+            self._remember(memo, named)  # (most misses are never asked again: remembering cost each one)
 
-    def _key(self, api: str, partition: str, version: str, body: bytes, seed_counts: bool) -> tuple[str, bool] | None:
+    @staticmethod
+    def _key(api: str, partition: str, version: str, body: bytes, seed_counts: bool) -> tuple[str, bool] | None:
         """(the cache key, whether the request is sampled), or None for a body that is not a JSON
-        object. Byte-identical small bodies (retries, a client repeating itself: the requests
-        that hit) reuse the key worked out the last time, without decoding and hashing again
-        (`seed_counts` follows from the route, as `version` does: the memo need not hold it)."""
-        memo = (api, partition, version, body) if len(body) <= MEMO_BODY_BYTES else None
-        found = self._memo.get(memo) if memo is not None else None
-        if found is not None:
-            return found
+        object (`seed_counts` follows from the route, as `version` does: the memo need not hold it)."""
         request = read(api, body, seed_counts)
         if request is None:
             return None
-        found = cache_key(api, partition, version, request), request.sampled
+        return cache_key(api, partition, version, request), request.sampled
+
+    def _remember(self, memo: tuple[str, str, str, bytes] | None, named: tuple[str, bool]) -> None:
+        """Keep the key of a body (`memo`: None, too big or already kept) for its next request."""
         if memo is not None:
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.popitem(last=False)  # the oldest
-            self._memo[memo] = found
-        return found
+            self._memo[memo] = named
+
+    def _found_at_once(self, state: CacheState, ex: Exchange) -> bool:
+        """`_find` for a memory store when it waits for nothing (a hit, or a miss that leads its
+        flight): True if it decided; False leaves it to `_find` (a network store, a flight to
+        join), which reads again. (No coroutine for what most lookups are.)"""
+        key, backend = state.key, self.backend
+        assert key is not None and backend is not None
+        if not backend.local:
+            return False
+        if self._hit(state, backend.read(key), ex):
+            return True
+        if not self.flights.lead(key):
+            return False
+        state.leader = state.claimed = True  # (one process: its own flight is the lock)
+        self._missed(state, ex)
+        return True
+
+    def _missed(self, state: CacheState, ex: Exchange) -> None:
+        state.outcome = MISS
+        self.counts.count(ex.route, MISS)
 
     async def _find(self, state: CacheState, ex: Exchange) -> None:
         key, backend = state.key, self.backend
@@ -311,8 +351,7 @@ class ResponseCache:
                 self.flights.land(key, state.entry)
                 state.leader = False
                 return
-        state.outcome = MISS
-        self.counts.count(ex.route, MISS)
+        self._missed(state, ex)
 
     def _hit(self, state: CacheState, found: entries.Entry | None, ex: Exchange, joined: bool = False) -> bool:
         if found is None or found.api != ex.api:

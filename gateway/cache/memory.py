@@ -64,7 +64,8 @@ class MemoryBackend:
         if key in self.entries:
             self._drop(key)
         now = self.clock()
-        self._make_room(size, now)
+        if self.bytes + size > self.max_bytes:
+            self._make_room(size, now)
         self.entries[key] = Slot(now + ttl, value)
         self.bytes += size
 
