@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import anthropic
@@ -95,6 +97,47 @@ def test_tools(oai, stream):
         name, arguments, finish = call.function.name, call.function.arguments, [r.choices[0].finish_reason]
     assert name == "get_weather" and json.loads(arguments) == fb.TOOL_INPUT and finish == ["tool_calls"]
 
+
+AGENT_LOOP = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    {"role": "tool", "tool_call_id": "c2", "content": "21C"},
+    {"role": "user", "content": "Summarise the weather in one line."},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_history_without_tools_is_answered(oai, bedrock, stream):
+    # A summary turn after an agent loop sends the loop's tool calls and results but no tools:
+    # OpenAI answers it; Converse refuses toolUse/toolResult blocks without a toolConfig (a 400
+    # ValidationException, as the fake answers), so they go as text and the model can call none.
+    r = oai.chat.completions.create(model="claude-bedrock", messages=AGENT_LOOP, stream=stream)
+    text = "".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream else r.choices[0].message.content
+    assert text == fb.REPLY
+    sent = bedrock.last()["body"]
+    assert "toolConfig" not in sent
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": "Weather in Paris and Rome?"}]},
+        {"role": "assistant", "content": [{"text": 'Tool call c1: get_weather({"city":"Paris"})'},
+                                          {"text": 'Tool call c2: get_weather({"city":"Rome"})'}]},
+        {"role": "user", "content": [{"text": "Tool result for c1 (get_weather): 18C"},
+                                     {"text": "Tool result for c2 (get_weather): 21C"},
+                                     {"text": "Summarise the weather in one line."}]}]
+
+
+def test_the_fake_refuses_tool_blocks_without_a_tool_config(bedrock):
+    # The e2e test above proves the fix only if the fake refuses what AWS refuses.
+    body = {"messages": [{"role": "assistant", "content": [{"toolUse": {"toolUseId": "c1", "name": "f", "input": {}}}]}]}
+    request = urllib.request.Request(f"{bedrock.url}/model/m/converse", data=json.dumps(body).encode(), method="POST",
+                                     headers={"authorization": f"Bearer {fb.API_KEY}", "content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400 and refused.value.headers["x-amzn-ErrorType"].startswith("ValidationException:")
+    assert json.loads(refused.value.read()) == {
+        "message": "The toolConfig field must be defined when using toolUse and toolResult content blocks."}
 
 
 def test_blank_text_is_left_out(oai, bedrock):

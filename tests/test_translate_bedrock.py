@@ -65,7 +65,7 @@ REQUESTS = [
      {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object"}}}]},
      {"toolConfig": {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}]}}),
     ("tool none drops tools", {"messages": [USER], "tools": [TOOL], "tool_choice": "none"}, {"toolConfig": None}),
-    ("tool round trip, merged user turn", {"messages": [
+    ("tool round trip, merged user turn", {"tools": [TOOL], "messages": [
         USER, {"role": "assistant", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]},
         {"role": "tool", "tool_call_id": "t1", "content": "42"}, {"role": "user", "content": "ok?"}]},
      {"messages": [{"role": "user", "content": [{"text": "hi"}]},
@@ -80,6 +80,81 @@ REQUESTS = [
 def test_request_translation(name, body, expected):
     out = json.loads(ADAPTER.build(ctx(body)).body)
     assert {k: out.get(k) for k in expected} == expected
+
+
+# -- a tool history without tools ----------------------------------------------------------
+# Converse refuses toolUse/toolResult blocks without a toolConfig (400 ValidationException "The
+# toolConfig field must be defined when using toolUse and toolResult content blocks."); OpenAI takes
+# such a request (a summary after an agent loop). Without tools the history goes as text.
+
+def call(call_id: str, city: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'}}
+
+
+TOOL_HISTORY = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {"role": "assistant", "content": "Checking both.", "tool_calls": [call("c1", "Paris"), call("c2", "Rome")]},
+    {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "21"}, {"type": "text", "text": "C"}]},
+    {"role": "user", "content": "Summarise."},
+]
+TOOL_HISTORY_AS_TEXT = {
+    "messages": [
+        {"role": "user", "content": [{"text": "Weather in Paris and Rome?"}]},
+        {"role": "assistant", "content": [{"text": "Checking both."},
+                                          {"text": 'Tool call c1: get_weather({"city":"Paris"})'},
+                                          {"text": 'Tool call c2: get_weather({"city":"Rome"})'}]},
+        {"role": "user", "content": [{"text": "Tool result for c1 (get_weather): 18C"},
+                                     {"text": "Tool result for c2 (get_weather): 21C"},
+                                     {"text": "Summarise."}]}],
+    "system": [{"text": "Be brief."}],
+}
+
+
+@pytest.mark.parametrize("tools", [{}, {"tools": []}], ids=["no tools", "empty tools"])
+def test_a_tool_history_without_tools_is_sent_as_text(tools):
+    assert json.loads(ADAPTER.build(ctx({"messages": TOOL_HISTORY, **tools})).body) == TOOL_HISTORY_AS_TEXT
+
+
+def test_a_tool_results_image_stays_an_image_without_tools():
+    result = {"role": "tool", "tool_call_id": "c1", "content": [
+        {"type": "text", "text": "the map"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}
+    out = json.loads(ADAPTER.build(ctx({"messages": [USER, {"role": "assistant", "tool_calls": [call("c1", "Paris")]},
+                                                     result]})).body)
+    assert out["messages"][-1] == {"role": "user", "content": [
+        {"text": "Tool result for c1 (get_weather): the map"}, {"image": {"format": "png", "source": {"bytes": "iVBO"}}}]}
+    assert "toolConfig" not in out
+
+
+def test_an_empty_tool_result_or_unknown_call_is_named_alone():
+    out = json.loads(ADAPTER.build(ctx({"messages": [
+        USER, {"role": "assistant", "tool_calls": [call("c1", "Paris")]},
+        {"role": "tool", "tool_call_id": "c1", "content": ""}, {"role": "tool", "tool_call_id": "c9", "content": "x"}]})).body)
+    assert out["messages"][-1]["content"] == [{"text": "Tool result for c1 (get_weather):"}, {"text": "Tool result for c9: x"}]
+
+
+def test_a_tool_history_with_tools_keeps_its_blocks():
+    out = json.loads(ADAPTER.build(ctx({"messages": TOOL_HISTORY, "tools": [TOOL]})).body)
+    assert out["messages"][1]["content"][1] == {"toolUse": {"toolUseId": "c1", "name": "get_weather", "input": {"city": "Paris"}}}
+    assert out["messages"][2]["content"][1] == {"toolResult": {"toolUseId": "c2", "content": [{"text": "21C"}]}}
+    assert out["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather"
+
+
+def test_tool_choice_none_with_a_tool_history_keeps_the_tools():
+    # As documented: Converse has no "none"; the tools are left out unless the conversation
+    # holds tool blocks, which Converse accepts only with a toolConfig.
+    out = json.loads(ADAPTER.build(ctx({"messages": TOOL_HISTORY, "tools": [TOOL], "tool_choice": "none"})).body)
+    assert out["toolConfig"] == {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}},
+                                                         "description": "d"}}]}
+    assert "toolUse" in out["messages"][1]["content"][1]
+
+
+def test_bad_tool_arguments_are_a_400_without_tools_too():
+    bad = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+    with pytest.raises(GatewayError) as err:
+        ADAPTER.build(ctx({"messages": [USER, {"role": "assistant", "tool_calls": [bad]}]}))
+    assert err.value.status == 400 and err.value.param == "messages[1].tool_calls[0].function.arguments"
 
 
 @pytest.mark.parametrize("body,param", [

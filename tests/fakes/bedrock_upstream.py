@@ -11,7 +11,10 @@ AWS's 403 `InvalidSignatureException`. A `Bearer` token (a Bedrock API key) must
 while processing), `stream-throttled` (an exception frame mid-stream), `thinks-then-stalls`
 (THOUGHT as reasoning and a tool call, then nothing for 30 s: no usage). A blank (empty or
 whitespace-only) text block in `system` or a message is AWS's 400 ValidationException, as on
-Converse; so is a tool's empty `description` (AWS's length constraint: at least 1 character).
+Converse; so is a tool's empty `description` (AWS's length constraint: at least 1 character),
+and a toolUse or toolResult block in a request without a `toolConfig` (AWS's 400
+ValidationException "The toolConfig field must be defined when using toolUse and toolResult
+content blocks.").
 `POST /model/{modelId}/invoke` is a Titan text embeddings model: `{"inputText", "dimensions"?,
 "normalize"?, "embeddingTypes"?}` in (any other key, or dimensions not 256/512/1024, is
 Titan's 400 ValidationException), `{"embedding", "inputTextTokenCount", "embeddingsByType"}` out;
@@ -147,6 +150,14 @@ def empty_tool_description_at(body: dict[str, Any]) -> str | None:
     return None
 
 
+def tool_blocks_without_tool_config(body: dict[str, Any]) -> bool:
+    """Whether a Converse request holds toolUse or toolResult blocks but no toolConfig, which AWS refuses."""
+    if body.get("toolConfig"):
+        return False
+    return any("toolUse" in block or "toolResult" in block
+               for message in body.get("messages") or [] for block in message.get("content") or [])
+
+
 def signature_ok(method: str, url: str, headers: dict[str, str], body: bytes) -> bool:
     """Recompute the request's SigV4 signature with botocore, from the headers it signed."""
     from botocore.auth import SigV4Auth
@@ -202,6 +213,9 @@ class FakeBedrock(FakeUpstream):
             return {}, _aws_error(400, "ValidationException", f"1 validation error detected: Value '' at '{empty}' "
                                                               "failed to satisfy constraint: Member must have length "
                                                               "greater than or equal to 1")
+        if tool_blocks_without_tool_config(body):
+            return {}, _aws_error(400, "ValidationException", "The toolConfig field must be defined when using "
+                                                              "toolUse and toolResult content blocks.")
         return body, None
 
     async def converse(self, request: web.Request) -> web.StreamResponse:

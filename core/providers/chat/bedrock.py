@@ -31,6 +31,7 @@ from tollway.core.providers.wire.openai import (
     ChatMessage,
     ChatRequest,
     ContentPart,
+    ToolCall,
     decode_chat,
     parse_data_url,
     reasoning_budget,
@@ -113,11 +114,15 @@ def to_converse(req: ChatRequest, model: str = "") -> wire.ConverseRequest:
     GatewayError(400)."""
     reject_unsupported(req, PROVIDER)
     system = _system(req.messages)
+    # Converse refuses toolUse/toolResult blocks without a toolConfig (400 ValidationException),
+    # which OpenAI accepts (a summary turn after an agent loop sends its history but no tools).
+    # Without tools the history's calls and results go as text, so the model can still call none.
+    history = _ToolHistoryAsText() if not req.tools else None
     turns: list[wire.Message] = []
     for i, m in enumerate(req.messages):
         if m.role in ("system", "developer"):
             continue
-        role, blocks = _turn(m, i)
+        role, blocks = _turn(m, i, history)
         if not blocks:
             continue
         if turns and turns[-1].role == role:
@@ -147,7 +152,8 @@ def _thinking(req: ChatRequest, model: str) -> tuple[int | None, anthropic_wire.
     return thinking_of(req, PROVIDER)
 
 
-def _turn(m: ChatMessage, i: int) -> tuple[str, list[wire.ContentBlock]]:
+def _turn(m: ChatMessage, i: int, history: _ToolHistoryAsText | None) -> tuple[str, list[wire.ContentBlock]]:
+    """(role, blocks) of message `i`; its tool calls and results as text when `history` is given."""
     if m.role == "user":
         if isinstance(m.content, str):
             return "user", [wire.ContentBlock(text=m.content)] if has_text(m.content) else []
@@ -158,14 +164,42 @@ def _turn(m: ChatMessage, i: int) -> tuple[str, list[wire.ContentBlock]]:
         blocks = [wire.ContentBlock(text=text)] if has_text(text) else []
         for j, call in enumerate(m.tool_calls or []):
             args = tool_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
-            blocks.append(wire.ContentBlock(tool_use=wire.ToolUseBlock(call.id, call.function.name, args)))
+            blocks.append(history.call(call, args) if history is not None
+                          else wire.ContentBlock(tool_use=wire.ToolUseBlock(call.id, call.function.name, args)))
         return "assistant", blocks
     if m.role in ("tool", "function"):
         if not m.tool_call_id:
             raise bad_request(f"messages[{i}] has role 'tool' but no tool_call_id.", param=f"messages[{i}].tool_call_id")
+        if history is not None:
+            return "user", history.result(m, m.tool_call_id, i)
         result = wire.ToolResultBlock(m.tool_call_id, [wire.ToolResultContent(text=text_of(m.content))])
         return "user", [wire.ContentBlock(tool_result=result)]
     raise bad_request(f"Unknown role '{m.role}' in messages[{i}].", param=f"messages[{i}].role")
+
+
+class _ToolHistoryAsText:
+    """A request's tool calls and tool results as text blocks, for a request without tools.
+
+    Short, fixed wording, so the same history is always the same prompt: `Tool call c1:
+    get_weather({"city":"Paris"})` (the arguments as compact JSON) and `Tool result for c1
+    (get_weather): 18C` (the tool's name when an earlier call gave it). A result's images
+    follow its text as image blocks, which a user turn may hold."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}  # tool call id -> tool name, from the calls seen so far
+
+    def call(self, call: ToolCall, args: dict[str, Any]) -> wire.ContentBlock:
+        self._names[call.id] = call.function.name
+        return wire.ContentBlock(text=f"Tool call {call.id}: {call.function.name}({wire.encode(args).decode()})")
+
+    def result(self, m: ChatMessage, call_id: str, i: int) -> list[wire.ContentBlock]:
+        name = self._names.get(call_id) or m.name
+        head = f"Tool result for {call_id} ({name}):" if name else f"Tool result for {call_id}:"
+        text = text_of(m.content)
+        blocks = [wire.ContentBlock(text=f"{head} {text}" if has_text(text) else head)]
+        if isinstance(m.content, list):
+            blocks += [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(m.content) if p.type == "image_url"]
+        return blocks
 
 
 def _part(p: ContentPart, where: str) -> wire.ContentBlock:
