@@ -141,13 +141,13 @@ def test_a_tool_history_with_tools_keeps_its_blocks():
     assert out["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather"
 
 
-def test_tool_choice_none_with_a_tool_history_keeps_the_tools():
-    # As documented: Converse has no "none"; the tools are left out unless the conversation
-    # holds tool blocks, which Converse accepts only with a toolConfig.
+def test_tool_choice_none_with_a_tool_history_sends_it_as_text_and_no_tools():
+    # Converse has no "none": the tools are left out, and with them the history's tool blocks
+    # (which Converse takes only with a toolConfig) go as text: the model can call none.
     out = json.loads(ADAPTER.build(ctx({"messages": TOOL_HISTORY, "tools": [TOOL], "tool_choice": "none"})).body)
-    assert out["toolConfig"] == {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}},
-                                                         "description": "d"}}]}
-    assert "toolUse" in out["messages"][1]["content"][1]
+    without = json.loads(ADAPTER.build(ctx({"messages": TOOL_HISTORY})).body)
+    assert "toolConfig" not in out and out["messages"] == without["messages"]
+    assert not any("toolUse" in b or "toolResult" in b for m in out["messages"] for b in m["content"])
 
 
 def test_bad_tool_arguments_are_a_400_without_tools_too():

@@ -116,8 +116,9 @@ def to_converse(req: ChatRequest, model: str = "") -> wire.ConverseRequest:
     system = _system(req.messages)
     # Converse refuses toolUse/toolResult blocks without a toolConfig (400 ValidationException),
     # which OpenAI accepts (a summary turn after an agent loop sends its history but no tools).
-    # Without tools the history's calls and results go as text, so the model can still call none.
-    history = _ToolHistoryAsText() if not req.tools else None
+    # Without tools, or with tool_choice "none" (which Converse lacks: its tools are left out),
+    # the history's calls and results go as text, so the model can call none.
+    history = _ToolHistoryAsText() if not req.tools or req.tool_choice == "none" else None
     turns: list[wire.Message] = []
     for i, m in enumerate(req.messages):
         if m.role in ("system", "developer"):
@@ -132,7 +133,7 @@ def to_converse(req: ChatRequest, model: str = "") -> wire.ConverseRequest:
     max_tokens, thinking = _thinking(req, model)
     config = wire.InferenceConfig(max_tokens, req.temperature, req.top_p, req.stop_list)
     return wire.ConverseRequest(turns, system or None, config if config != wire.InferenceConfig() else None,
-                                _tool_config(req, turns), {"thinking": thinking} if thinking else None)
+                                _tool_config(req), {"thinking": thinking} if thinking else None)
 
 
 def _system(messages: list[ChatMessage]) -> list[wire.SystemBlock]:
@@ -215,13 +216,10 @@ def _part(p: ContentPart, where: str) -> wire.ContentBlock:
     raise bad_request(f"Content part type '{p.type}' is not supported for models served by {PROVIDER}.", param=where)
 
 
-def _tool_config(req: ChatRequest, turns: list[wire.Message]) -> wire.ToolConfig | None:
-    """Tools and the choice among them. Converse has no "none": the tools are left out
-    instead, unless the conversation already holds tool blocks (then Converse needs them)."""
-    if not req.tools:
-        return None
-    has_tool_blocks = any(b.tool_use or b.tool_result for t in turns for b in t.content)
-    if req.tool_choice == "none" and not has_tool_blocks:
+def _tool_config(req: ChatRequest) -> wire.ToolConfig | None:
+    """Tools and the choice among them. Converse has no "none": the tools are left out instead
+    (and a tool history goes as text: see to_converse)."""
+    if not req.tools or req.tool_choice == "none":
         return None
     # An empty description (which OpenAI takes) is left out: Converse requires at least 1 character.
     tools = [wire.Tool(wire.ToolSpec(t.function.name, wire.InputSchema(t.function.parameters or {"type": "object"}),
