@@ -720,6 +720,33 @@ async def test_a_settle_after_the_store_closed_lands_and_leaves_no_connection_op
         probe.close()
 
 
+async def test_a_retired_stores_failing_close_leaves_its_later_settles_a_drain(private_redis, monkeypatch):
+    """Closing the retired store's reopened connection can fail (redis-py's disconnect may time
+    out): the drain must still give its slot back, or every later settle waits for ever."""
+    cfg = config_mod.loads(redis_limited("[{concurrent: 2}]"))
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics(), leasing=True)
+    limiter = Limiter(cfg, store, Metrics())
+    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
+    probe = redis.Redis(port=private_redis.port)
+    try:
+        first = await limiter.reserve(key, "m", "chat", head, b"{}")
+        second = await limiter.reserve(key, "m", "chat", head, b"{}")
+        assert first is not None and second is not None
+        await store.aclose()  # the reload retired the store
+
+        async def failing_close() -> None:
+            raise TimeoutError("disconnect timed out")
+
+        monkeypatch.setattr(store.client, "aclose", failing_close)
+        gauge = store.key("key:k:concurrent:inflight")
+        limiter.settle(first, Usage(), "m")
+        await until(lambda: probe.hget(gauge, "l") == b"1")  # one slot back
+        limiter.settle(second, Usage(), "m")  # its drain's close failed: a new drain must start
+        await until(lambda: probe.hget(gauge, "l") == b"2")  # and the other: both free again
+    finally:
+        probe.close()
+
+
 async def test_settles_dropped_in_a_long_outage_never_drop_a_waiting_reservation(private_redis, monkeypatch):
     """Past MAX_HELD settles held in an incident, the oldest op queued was dropped, whatever it
     was: a reservation queued while Redis was being tried again, its request waiting on it, was

@@ -486,18 +486,33 @@ class RedisBuckets:
                     if not await self._run(batch):
                         break
         finally:
-            if self._closed and not self._queue and self._unsure is None:
-                # A retired store's late settles reopened a connection that nothing else would close.
-                # (Closed while this task still holds the drain slot: no other drain uses it meanwhile.)
-                await self.client.aclose()
-            # Leave the set now, not in a done-callback: an op queued between this task's last
-            # check and such a callback would find the slot taken and wait forever.
-            self._drains.discard(asyncio.current_task())
-            if (self._queue or self._unsure is not None) and self._settle_timer is None:
-                if self._down_since is not None:  # settles held during an incident, a batch to ask about: try again later
-                    self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
-                elif self._closed:  # queued while the connection was being closed
-                    self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
+            try:
+                if self._closed and not self._queue and self._unsure is None:
+                    # A retired store's late settles reopened a connection that nothing else would
+                    # close. (Closed while this task still holds the drain slot: no other drain uses
+                    # it meanwhile.)
+                    await self._close_retired()
+            finally:  # (even if cancelled meanwhile)
+                self._leave_drain()
+
+    def _leave_drain(self) -> None:
+        # Leave the set now, not in a done-callback: an op queued between this task's last
+        # check and such a callback would find the slot taken and wait forever.
+        self._drains.discard(asyncio.current_task())
+        if (self._queue or self._unsure is not None) and self._settle_timer is None:
+            if self._down_since is not None:  # settles held during an incident, a batch to ask about: try again later
+                self._settle_timer = asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick)
+            elif self._closed:  # queued while the connection was being closed
+                self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._kick)
+
+    async def _close_retired(self) -> None:
+        """Close the connection a retired store's late settles reopened. It may fail (redis-py's
+        disconnect can time out): the drain must still give its slot back after, or every later
+        settle waits for ever."""
+        try:
+            await self.client.aclose()
+        except Exception:  # noqa: BLE001 - a retired connection: nothing is left to do with it
+            log.debug("closing a retired limiter store's connection failed", exc_info=True)
 
     async def _run(self, batch: list[_Op]) -> bool:
         """Send one batch and hand out its results. Returns False if Redis failed."""
