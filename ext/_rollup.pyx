@@ -12,8 +12,8 @@ error Python would.
 """
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLong, PyLong_FromDouble
-from cpython.object cimport Py_EQ, PyObject_IsTrue, PyObject_RichCompareBool
-from libc.math cimport copysign, floor, fmod
+from cpython.object cimport PyObject_IsTrue
+from libc.math cimport copysign, floor, fmod, isfinite
 from libc.stdlib cimport free, realloc
 
 from tollway.ext.rollup import Spec
@@ -166,10 +166,15 @@ cdef dict _sums(list rows, spec, Py_ssize_t width):
         if type(ts) is not float:
             raise _Inexact
         bucket = _floor_div(PyFloat_AS_DOUBLE(ts), seconds) * seconds
+        if not isfinite(bucket):
+            PyLong_FromDouble(bucket)  # (the twin's error, before any owner is looked at)
         same = g >= 0 and bucket == last_bucket
         for i in range(owners):
             value = _owner_value(row[owner_at[i]])
-            if same and value is not last[i] and not PyObject_RichCompareBool(value, last[i], Py_EQ):
+            # The previous row's group without the dictionary only for text, whose == and hash
+            # agree; any other owner is looked up as the twin does.
+            if same and (type(value) is not str or type(last[i]) is not str
+                         or (value is not last[i] and value != last[i])):
                 same = False
             last[i] = value
         if not same:

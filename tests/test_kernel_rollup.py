@@ -67,6 +67,38 @@ def test_negative_column_indexes_count_from_the_end_as_in_python(rollup_impl):
     assert rollup_impl.bucket_sums(rows, spec) == {(H, "k"): [1, 1, 0, 3, 1, 0.5]}
 
 
+class _AlwaysEqual:
+    """An owner whose == says yes to all while its hash tells them apart."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return self.n
+
+
+class _NoTruth:
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+
+def test_owners_of_other_types_group_as_a_dictionary_groups_them(rollup_impl):
+    spec = pure_rollup.Spec(ts=0, seconds=3600.0, owner=(1,), status=2, error=3, cost=4, counts=())
+    a, b = _AlwaysEqual(1), _AlwaysEqual(2)
+    got = rollup_impl.bucket_sums([(1.0, a, 200, None, 0.5), (2.0, b, 200, None, 0.5)], spec)
+    assert [ident[1].n for ident in got] == [1, 2] and all(sums[0] == 1 for sums in got.values())
+
+
+@pytest.mark.parametrize("ts", [math.nan, math.inf, -math.inf])
+def test_a_time_that_is_no_number_fails_before_its_owner_is_looked_at(rollup_impl, ts):
+    spec = pure_rollup.Spec(ts=0, seconds=3600.0, owner=(1,), status=2, error=3, cost=4, counts=())
+    with pytest.raises(ValueError):
+        rollup_impl.bucket_sums([(ts, _NoTruth(), 200, None, 0.5)], spec)
+
+
 _owner = st.sampled_from([None, "", "a", "b", "é"])
 _row = st.tuples(
     st.one_of(st.floats(-1e10, 1e10, allow_nan=False), st.sampled_from([H - 1e-7, H + 3599.9999999, 0.0, -0.0])),
