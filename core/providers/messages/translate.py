@@ -281,7 +281,9 @@ def stop_of(finish: str | None, matched: object, tool_use: bool, request: bytes)
     which, in `stop_reason` (the string; a token id is an int, and None is the model's own end):
     that is `stop_sequence` when it is one of the client's (`request`, its Anthropic body, is
     read for them only then)."""
-    if tool_use:
+    # A cut-off or filtered answer says so even when it holds tool calls: their input may be
+    # incomplete, and `tool_use` would have the client run them (Anthropic says `max_tokens` then).
+    if tool_use and finish not in ("length", "content_filter"):
         return "tool_use", None
     if finish == "stop" and isinstance(matched, str):
         if matched in (_decode_stop_sequences(request).stop_sequences or ()):
