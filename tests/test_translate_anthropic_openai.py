@@ -358,3 +358,28 @@ def test_tool_call_cut_off_by_the_token_limit_is_max_tokens_not_tool_use(stream)
             "role": "assistant", "content": None, "tool_calls": [{k: v for k, v in call.items() if k != "index"}]}}]}
         stop = json.loads(ADAPTER.response(ctx({"messages": []}), 200, json.dumps(upstream).encode())[0])["stop_reason"]
     assert stop == "max_tokens"
+
+
+# -- the reasoning of a vLLM that names its field `reasoning` ------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_under_vllms_newer_field_name_is_a_thinking_block(stream):
+    """vLLM renamed `reasoning_content` to `reasoning` (its docs, 0.11: the old name "for now");
+    a server that sends only the new one had its thinking dropped from the Anthropic answer."""
+    if stream:
+        message = sdk_final(b"".join([_chunk({"role": "assistant", "reasoning": "Let me think."}), _chunk({"content": "42"}),
+                                      _chunk({}, "stop"), b"data: [DONE]\n\n"]))
+        blocks = [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content]
+    else:
+        upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "42", "reasoning": "Let me think."}}]}
+        doc = json.loads(ADAPTER.response(ctx({"messages": []}), 200, json.dumps(upstream).encode())[0])
+        blocks = [(b["type"], b.get("thinking") or b.get("text")) for b in doc["content"]]
+    assert blocks == [("thinking", "Let me think."), ("text", "42")]
+
+
+def test_a_reasoning_field_of_another_shape_is_not_text():
+    upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "42", "reasoning": {"effort": "low"}}}]}
+    doc = json.loads(ADAPTER.response(ctx({"messages": []}), 200, json.dumps(upstream).encode())[0])
+    assert doc["content"] == [{"type": "text", "text": "42"}]

@@ -255,7 +255,8 @@ def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"
     """The Anthropic message for an OpenAI answer; `request` is the client's body (for `stop_of`)."""
     choice = done.choices[0] if done.choices else oa.AnswerChoice(oa.AnswerMessage())
     m = choice.message
-    blocks = [wire.Block("thinking", thinking=m.reasoning_content, signature="")] if m.reasoning_content else []
+    reasoning = m.reasoning_text
+    blocks = [wire.Block("thinking", thinking=reasoning, signature="")] if reasoning else []
     if m.content:
         blocks.append(wire.Block("text", text=m.content))
     for call in m.tool_calls or []:
@@ -427,9 +428,9 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
 
     def _delta(self, d: oa.ChoiceDelta) -> bytes:
         out = b""
-        if d.reasoning_content:
+        if reasoning := d.reasoning_text:
             out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-            out += self._block_delta({"type": "thinking_delta", "thinking": d.reasoning_content})
+            out += self._block_delta({"type": "thinking_delta", "thinking": reasoning})
         if d.content:
             out += self._open("text", {"type": "text", "text": ""})
             out += self._block_delta({"type": "text_delta", "text": d.content})
