@@ -21,6 +21,7 @@ from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 from tollway.core.config import Provider
 from tollway.core.errors import GatewayError, upstream_timeout
 from tollway.core.providers.base import CallContext, ClientAPI
+from tollway.core.providers.messages.errors import error_body
 from tollway.core.providers.messages.native import AnthropicNative, AnthropicStreamRelay
 from tollway.core.providers.messages.translate import AnthropicOverChat
 from tollway.core.request import parse_head
@@ -43,7 +44,7 @@ def _event(raw: bytes) -> tuple[str, dict]:
 
 @pytest.mark.parametrize("err, kind", [
     (GatewayError(502, "The upstream provider 'claude' closed the stream.", "api_error", "upstream_disconnected"), "api_error"),
-    (upstream_timeout("claude", "idle"), "api_error"),
+    (upstream_timeout("claude", "idle"), "timeout_error"),  # a 504
     (GatewayError(429, "slow down", "rate_limit_error", "rate_limit_exceeded"), "rate_limit_error"),
     (GatewayError(503, "shutting down", "api_error", "gateway_shutting_down"), "overloaded_error"),
 ])
@@ -179,19 +180,19 @@ keys:
     process.stop()
 
 
-@pytest.mark.parametrize("model, code_hint", [
-    ("claude-dies", "closed the stream"),   # Anthropic pass-through: the upstream connection drops
-    ("gpt-dies", "closed the stream"),      # translated from an OpenAI-compatible backend
-    ("gpt-stalls", "timed out (idle)"),     # the gateway's idle timeout fires mid-stream
+@pytest.mark.parametrize("model, code_hint, kind", [
+    ("claude-dies", "closed the stream", "api_error"),   # Anthropic pass-through: the upstream connection drops
+    ("gpt-dies", "closed the stream", "api_error"),      # translated from an OpenAI-compatible backend
+    ("gpt-stalls", "timed out (idle)", "timeout_error"),  # the gateway's idle timeout fires mid-stream (a 504)
 ])
-def test_stream_failure_reaches_anthropic_sdk_as_error_event(ant, gw, model, code_hint):
+def test_stream_failure_reaches_anthropic_sdk_as_error_event(ant, gw, model, code_hint, kind):
     received: list[str] = []
     with pytest.raises(anthropic.APIStatusError) as failed:
         with ant.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
             for text in s.text_stream:
                 received.append(text)
     body = failed.value.body
-    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["type"] == "error" and body["error"]["type"] == kind
     assert code_hint in body["error"]["message"] and UPSTREAM_SECRET not in json.dumps(body)
     assert received  # part of the answer had arrived: this failed mid-stream, not before
     line = _log_line(gw, model)
@@ -247,3 +248,14 @@ def test_wrong_method_or_path_under_anthropic_gets_the_anthropic_error_shape(gw,
     body = json.loads(failed.value.read())
     assert failed.value.code == status
     assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"]
+
+
+@pytest.mark.parametrize("status, kind", [
+    (402, "billing_error"), (408, "invalid_request_error"), (409, "invalid_request_error"),
+    (422, "invalid_request_error"), (504, "timeout_error"), (500, "api_error"), (502, "api_error"),
+])
+def test_error_type_of_each_status_is_anthropics(status, kind):
+    # Anthropic's error types (its SDK's ErrorType): a 4xx it lists no type for is an
+    # invalid_request_error, a 504 a timeout_error, a 402 a billing_error; the rest of 5xx api_error.
+    body = json.loads(error_body(GatewayError(status, "m", "api_error", "x")))
+    assert body == {"type": "error", "error": {"type": kind, "message": "m"}}

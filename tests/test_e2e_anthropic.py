@@ -366,6 +366,17 @@ def test_anthropic_sdk_count_tokens(ant):
     assert 4 <= local.input_tokens < 40  # counted by the gateway
 
 
+def test_anthropic_sdk_count_tokens_counts_an_image_as_an_image_not_its_base64(ant):
+    # An image costs a model some hundreds of tokens, about 1,600 at most (Anthropic scales larger
+    # ones down); its base64 is no text, and counted as text 150 KB of it was some 100,000 tokens.
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo" * 15_000}}
+    text = {"type": "text", "text": "What is in this picture?"}
+    alone = ant.messages.count_tokens(model="gpt-4o-mini", messages=[{"role": "user", "content": [text]}]).input_tokens
+    with_image = ant.messages.count_tokens(model="gpt-4o-mini",
+                                           messages=[{"role": "user", "content": [image, text]}]).input_tokens
+    assert alone < with_image <= alone + 1_600
+
+
 def test_bearer_auth_also_accepted_on_anthropic_path(gw):
     client = anthropic.Anthropic(base_url=gw.url + "/anthropic", auth_token=TEST_KEY, api_key=None, max_retries=0)
     m = client.messages.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}])

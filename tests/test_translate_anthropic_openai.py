@@ -334,3 +334,52 @@ def test_stop_sequence_is_named_only_when_the_upstream_says_which(matched, expec
         doc = json.loads(ADAPTER.response(request, 200, json.dumps(upstream).encode())[0])
         stop = doc["stop_reason"], doc["stop_sequence"]
     assert stop == expected
+
+
+# -- a tool call cut off by max_tokens -------------------------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_call_cut_off_by_the_token_limit_is_max_tokens_not_tool_use(stream):
+    """OpenAI says `length` when max_tokens cut the answer, tool call or not. Anthropic says
+    `max_tokens` then too (its input is incomplete): `tool_use` would have the client run a
+    tool on truncated arguments."""
+    call = {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"city": "Par'}}
+    if stream:
+        out = translated(b"".join([_chunk({"role": "assistant", "tool_calls": [call]}), _chunk({}, "length"),
+                                   _chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}),
+                                   b"data: [DONE]\n\n"]))
+        _served.append(out)
+        with _sdk.messages.stream(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
+            for _ in s:
+                pass
+            stop = s.get_final_message().stop_reason
+    else:
+        upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "length", "message": {
+            "role": "assistant", "content": None, "tool_calls": [{k: v for k, v in call.items() if k != "index"}]}}]}
+        stop = json.loads(ADAPTER.response(ctx({"messages": []}), 200, json.dumps(upstream).encode())[0])["stop_reason"]
+    assert stop == "max_tokens"
+
+
+# -- the reasoning of a vLLM that names its field `reasoning` ------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_under_vllms_newer_field_name_is_a_thinking_block(stream):
+    """vLLM renamed `reasoning_content` to `reasoning` (its docs, 0.11: the old name "for now");
+    a server that sends only the new one had its thinking dropped from the Anthropic answer."""
+    if stream:
+        message = sdk_final(b"".join([_chunk({"role": "assistant", "reasoning": "Let me think."}), _chunk({"content": "42"}),
+                                      _chunk({}, "stop"), b"data: [DONE]\n\n"]))
+        blocks = [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content]
+    else:
+        upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "42", "reasoning": "Let me think."}}]}
+        doc = json.loads(ADAPTER.response(ctx({"messages": []}), 200, json.dumps(upstream).encode())[0])
+        blocks = [(b["type"], b.get("thinking") or b.get("text")) for b in doc["content"]]
+    assert blocks == [("thinking", "Let me think."), ("text", "42")]
+
+
+def test_a_reasoning_field_of_another_shape_is_not_text():
+    upstream = {"id": "chatcmpl-9", "model": "gpt-up", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "42", "reasoning": {"effort": "low"}}}]}
+    doc = json.loads(ADAPTER.response(ctx({"messages": []}), 200, json.dumps(upstream).encode())[0])
+    assert doc["content"] == [{"type": "text", "text": "42"}]

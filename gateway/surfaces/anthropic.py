@@ -19,6 +19,7 @@ from tollway.core.errors import GatewayError
 from tollway.core.providers.base import ClientAPI
 from tollway.core.providers.messages.errors import error_body, error_event
 from tollway.core.providers.messages.translate import decode_messages, to_chat_request
+from tollway.core.providers.wire import openai as oa
 from tollway.gateway.admission import Admitted, admit, forward
 from tollway.gateway.exchange import Exchange
 from tollway.gateway.serving import Serving
@@ -105,10 +106,32 @@ class AnthropicAPI:
         proto.response_bytes(200, [_JSON, *headers], msgspec.json.encode({"input_tokens": tokens}))
 
 
+# What one image is counted as: Anthropic scales an image down until it costs about 1,600 tokens
+# at most (its vision docs), so that is the most it can add. Its base64 is not text: counted as
+# text, one screenshot came to some 100,000 tokens.
+IMAGE_TOKENS = 1600
+
+
 def local_token_count(body: bytes, model: str) -> int:
-    """Tokens of an Anthropic request's text (system, messages, tool definitions). Its modules
-    are imported with this one, not on first use: a request never imports code (registry.py).
-    (tiktoken is imported by token_count anyway; an encoding still loads on its first count.)"""
+    """Tokens of an Anthropic request's text (system, messages, tool definitions), and
+    `IMAGE_TOKENS` for each image. Its modules are imported with this one, not on first use: a
+    request never imports code (registry.py). (tiktoken is imported by token_count anyway; an
+    encoding still loads on its first count.)"""
     chat = to_chat_request(decode_messages(body), model)
-    text = msgspec.json.encode(chat.messages).decode() + (msgspec.json.encode(chat.tools).decode() if chat.tools else "")
-    return count_tokens(text, model)
+    messages, images = _without_images(chat.messages)
+    text = msgspec.json.encode(messages).decode() + (msgspec.json.encode(chat.tools).decode() if chat.tools else "")
+    return count_tokens(text, model) + images * IMAGE_TOKENS
+
+
+def _without_images(messages: list[oa.ChatMessage]) -> tuple[list[oa.ChatMessage], int]:
+    """`messages` with their image parts left out, and how many there were."""
+    out, images = [], 0
+    for m in messages:
+        if isinstance(m.content, list):
+            kept = [p for p in m.content if p.type != "image_url"]
+            images += len(m.content) - len(kept)
+            # (text parts alone are one string, as the translation sends them: no parts' JSON to count)
+            text_only = all(p.type == "text" for p in kept)
+            m = msgspec.structs.replace(m, content="".join(p.text or "" for p in kept) if text_only else kept)
+        out.append(m)
+    return out, images

@@ -13,15 +13,21 @@ from tollway.core.providers.wire import anthropic as wire
 
 # HTTP status -> Anthropic's error `type` (what its SDK and docs use for each status).
 ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
-    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error",
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error",
 }
 
 
+def error_type(status: int) -> str:
+    """Anthropic's error `type` for `status`: its docs give any other 4xx invalid_request_error,
+    and any other status is `api_error`."""
+    return ERROR_TYPES.get(status) or ("invalid_request_error" if 400 <= status < 500 else "api_error")
+
+
 def error_body(err: GatewayError) -> bytes:
-    """Anthropic's error envelope for `err`; any status without its own type is `api_error`."""
-    return wire.encode(wire.ErrorBody(wire.ErrorDetail(ERROR_TYPES.get(err.status, "api_error"), err.message)))
+    """Anthropic's error envelope for `err`."""
+    return wire.encode(wire.ErrorBody(wire.ErrorDetail(error_type(err.status), err.message)))
 
 
 def error_event(err: GatewayError) -> bytes:

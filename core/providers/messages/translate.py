@@ -255,7 +255,8 @@ def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"
     """The Anthropic message for an OpenAI answer; `request` is the client's body (for `stop_of`)."""
     choice = done.choices[0] if done.choices else oa.AnswerChoice(oa.AnswerMessage())
     m = choice.message
-    blocks = [wire.Block("thinking", thinking=m.reasoning_content, signature="")] if m.reasoning_content else []
+    reasoning = m.reasoning_text
+    blocks = [wire.Block("thinking", thinking=reasoning, signature="")] if reasoning else []
     if m.content:
         blocks.append(wire.Block("text", text=m.content))
     for call in m.tool_calls or []:
@@ -281,7 +282,9 @@ def stop_of(finish: str | None, matched: object, tool_use: bool, request: bytes)
     which, in `stop_reason` (the string; a token id is an int, and None is the model's own end):
     that is `stop_sequence` when it is one of the client's (`request`, its Anthropic body, is
     read for them only then)."""
-    if tool_use:
+    # A cut-off or filtered answer says so even when it holds tool calls: their input may be
+    # incomplete, and `tool_use` would have the client run them (Anthropic says `max_tokens` then).
+    if tool_use and finish not in ("length", "content_filter"):
         return "tool_use", None
     if finish == "stop" and isinstance(matched, str):
         if matched in (_decode_stop_sequences(request).stop_sequences or ()):
@@ -425,9 +428,9 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
 
     def _delta(self, d: oa.ChoiceDelta) -> bytes:
         out = b""
-        if d.reasoning_content:
+        if reasoning := d.reasoning_text:
             out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-            out += self._block_delta({"type": "thinking_delta", "thinking": d.reasoning_content})
+            out += self._block_delta({"type": "thinking_delta", "thinking": reasoning})
         if d.content:
             out += self._open("text", {"type": "text", "text": ""})
             out += self._block_delta({"type": "text_delta", "text": d.content})

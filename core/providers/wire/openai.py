@@ -130,10 +130,22 @@ class FunctionDelta(msgspec.Struct):
     arguments: str | None = None
 
 
+def _reasoning_text(reasoning_content: str | None, reasoning: object) -> str | None:
+    """A model's reasoning beside its answer: vLLM and DeepSeek name it `reasoning_content`;
+    vLLM since 0.11 names it `reasoning` (the old name kept "for now", its docs say), as do
+    other servers. A `reasoning` of another shape than text is not reasoning text."""
+    return reasoning_content or (reasoning if isinstance(reasoning, str) else None)
+
+
 class ChoiceDelta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCallDeltaIn] | None = None
+    reasoning: object = None  # (any type decodes: see `_reasoning_text`)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return _reasoning_text(self.reasoning_content, self.reasoning)
 
 
 class ToolCallDeltaIn(msgspec.Struct):
@@ -171,6 +183,11 @@ class AnswerMessage(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
+    reasoning: object = None  # (any type decodes: see `_reasoning_text`)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return _reasoning_text(self.reasoning_content, self.reasoning)
 
 
 class AnswerChoice(msgspec.Struct):
