@@ -182,11 +182,15 @@ SIGNED = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "t
         {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"},
          "extra_content": {"google": {"thought_signature": "c2lnbmVk"}}},
         {"id": "call_2", "type": "function", "function": {"name": "mul", "arguments": "{}"}}]}}]}
+# vLLM 0.11+ names a model's reasoning `reasoning` (keeping `reasoning_content` "for now")
+REASONED = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+    "role": "assistant", "content": "42", "reasoning": "Six times seven."}}]}
 SCORED = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "logprobs": {
     "tokens": [" four"], "token_logprobs": [-0.1], "top_logprobs": [{" four": -0.1}], "text_offset": [0]}}]}
 
 
-@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("chat", SIGNED), ("completions", COMPLETION),
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("chat", SIGNED), ("chat", REASONED),
+                                         ("completions", COMPLETION),
                                          ("completions", SCORED),
                                          ("responses", RESPONSE), ("messages", MESSAGE)])
 def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict[str, Any]) -> None:

@@ -612,3 +612,28 @@ def test_a_hook_that_ends_the_stream_on_its_last_chunk_still_gets_response_faile
     evs = events(translator.error_event(content_policy_violation("g", "email", 502)))
     assert [e["type"] for e in evs] == ["error", "response.failed"]
     assert evs[1]["response"]["status"] == "failed" and evs[1]["response"]["error"]["code"] == "content_policy_violation"
+
+
+def test_reasoning_under_vllms_newer_field_name_is_a_reasoning_item_streamed_or_not():
+    """vLLM (0.11+) names a model's reasoning `reasoning`, keeping `reasoning_content` "for now":
+    the Responses API over a chat backend reads either."""
+    from tollway.core.providers.responses import wire as rwire
+    from tollway.core.providers.responses.output import ResponseIds, output_items
+    from tollway.core.providers.responses.stream import ChatStreamToResponses
+    from tollway.core.providers.wire import openai as oa
+
+    message = oa.AnswerMessage(content="42", reasoning="thinking it over")
+    items = output_items(ResponseIds("chatcmpl-1", NOW), message)
+    assert [type(i).__name__ for i in items] == ["ReasoningItem", "MessageItem"]
+    assert items[0].summary[0].text == "thinking it over"
+
+    req = rwire.decode_responses(json.dumps({"model": "m", "input": "hi", "stream": True}).encode())
+    translator = ChatStreamToResponses(req, "m", NOW, lambda: None)
+    chunks = [{"id": "c1", "model": "m", "choices": [{"delta": {"reasoning": "thinking "}}]},
+              {"id": "c1", "model": "m", "choices": [{"delta": {"reasoning": "it over"}}]},
+              {"id": "c1", "model": "m", "choices": [{"delta": {"content": "42"}, "finish_reason": "stop"}]}]
+    out = b"".join(translator.feed(b"data: " + json.dumps(c).encode() + b"\n\n") for c in chunks)
+    out += translator.feed(b"data: [DONE]\n\n") + translator.flush()
+    evs = events(out)
+    deltas = "".join(e["delta"] for e in evs if e["type"] == "response.reasoning_summary_text.delta")
+    assert deltas == "thinking it over"

@@ -95,6 +95,7 @@ class _Delta(msgspec.Struct):
     content: str | None = None
     refusal: str | None = None
     reasoning_content: str | None = None  # (vLLM, DeepSeek: a model's reasoning beside its answer)
+    reasoning: object = None  # (vLLM 0.11+'s newer name for it; kept as it came, under its own name)
     tool_calls: list[_ToolCallDelta] | None = None
     audio: _AudioDelta | None = None
     annotations: list[dict[str, Any]] | None = None  # (search models' url_citation)
@@ -192,13 +193,15 @@ class _Audio:
 class _Choice:
     """A choice being put back together: its text as pieces, joined once at the end."""
 
-    __slots__ = ("role", "content", "refusal", "reasoning", "calls", "audio", "annotations", "logprobs", "finish")
+    __slots__ = ("role", "content", "refusal", "reasoning", "reasoning_new", "calls", "audio", "annotations", "logprobs",
+                 "finish")
 
     def __init__(self) -> None:
         self.role = "assistant"
         self.content: list[str] = []
         self.refusal: list[str] = []
         self.reasoning: list[str] = []
+        self.reasoning_new: list[str] = []  # (under vLLM's newer name, `reasoning`)
         self.calls: dict[int, _Call] = {}  # by the stream's index
         self.audio: _Audio | None = None
         self.annotations: list[dict[str, Any]] = []
@@ -213,7 +216,7 @@ class _Choice:
             if delta.content:
                 self.content.append(delta.content)
             if (delta.role is not None or delta.refusal or delta.reasoning_content or delta.tool_calls
-                    or delta.audio is not None or delta.annotations):
+                    or delta.audio is not None or delta.annotations or delta.reasoning is not None):
                 self._rest(delta)
         if part.logprobs is not None or part.finish_reason is not None:
             if part.logprobs and part.logprobs.get("content"):
@@ -230,6 +233,8 @@ class _Choice:
             self.refusal.append(delta.refusal)
         if delta.reasoning_content:
             self.reasoning.append(delta.reasoning_content)
+        if isinstance(delta.reasoning, str) and delta.reasoning:
+            self.reasoning_new.append(delta.reasoning)
         for call in delta.tool_calls or ():
             _tool_call(self.calls, call)
         if delta.audio is not None:
@@ -246,6 +251,8 @@ class _Choice:
             message["refusal"] = "".join(self.refusal)
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
+        if self.reasoning_new:
+            message["reasoning"] = "".join(self.reasoning_new)
         if self.calls:
             message["tool_calls"] = [self.calls[i].answer() for i in sorted(self.calls)]
         if self.audio is not None:

@@ -55,8 +55,9 @@ def _chat(answer: Answer, include_usage: bool) -> bytes:
         index, message = choice.get("index", 0), choice.get("message") or {}
         _check_streamable(message)
         chunk(index, {"role": message.get("role", "assistant"), "content": ""})
-        if message.get("reasoning_content"):
-            chunk(index, {"reasoning_content": message["reasoning_content"]})
+        for field in ("reasoning_content", "reasoning"):  # (vLLM 0.11+ names it `reasoning`; either, as stored)
+            if message.get(field):
+                chunk(index, {field: message[field]})
         if message.get("content"):
             chunk(index, {"content": message["content"]}, logprobs=choice.get("logprobs"))
         for field in ("refusal", "audio", "annotations"):  # (each whole, in one delta of that name)
@@ -82,7 +83,8 @@ def _call_delta(index: int, call: Answer) -> Answer:
 
 
 # The message fields a chat stream has a delta for (role and content: every stream's).
-_STREAMED_FIELDS = frozenset(("role", "content", "reasoning_content", "refusal", "audio", "annotations", "tool_calls"))
+_STREAMED_FIELDS = frozenset(("role", "content", "reasoning_content", "reasoning", "refusal", "audio", "annotations",
+                             "tool_calls"))
 
 
 def _check_streamable(message: Answer) -> None:

@@ -72,8 +72,9 @@ def output_items(ids: ResponseIds, m: oa.AnswerMessage) -> list[wire.OutputItem]
     """The output items of a chat answer, in the order a model produces them: its reasoning,
     its text, its function calls."""
     items: list[wire.OutputItem] = []
-    if m.reasoning_content:
-        items.append(wire.ReasoningItem(id=ids.reasoning(0), summary=[wire.SummaryText(m.reasoning_content)]))
+    reasoning = m.reasoning_text  # (`reasoning_content`, or vLLM's newer `reasoning`)
+    if reasoning:
+        items.append(wire.ReasoningItem(id=ids.reasoning(0), summary=[wire.SummaryText(reasoning)]))
     if m.content:
         items.append(wire.MessageItem(id=ids.message(len(items)), content=[wire.OutputText(m.content)]))
     for call in m.tool_calls or []:

@@ -117,8 +117,9 @@ class ChatStreamToResponses(SSEStreamTranslator[oa.ChatChunk]):
 
     def _delta(self, d: oa.ChoiceDelta) -> bytes:
         out = b""
-        if d.reasoning_content:
-            out += self._open("reasoning") + self._delta_event(d.reasoning_content)
+        reasoning = d.reasoning_text  # (`reasoning_content`, or vLLM's newer `reasoning`)
+        if reasoning:
+            out += self._open("reasoning") + self._delta_event(reasoning)
         if d.content:
             out += self._open("message") + self._delta_event(d.content)
         for call in d.tool_calls or []:
