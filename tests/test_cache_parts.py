@@ -185,11 +185,13 @@ SIGNED = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "t
 # vLLM 0.11+ names a model's reasoning `reasoning` (keeping `reasoning_content` "for now")
 REASONED = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
     "role": "assistant", "content": "42", "reasoning": "Six times seven."}}]}
+BOTH_NAMES = {**CHAT, "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
+    "role": "assistant", "content": "42", "reasoning_content": "Six times seven.", "reasoning": "Six times seven."}}]}
 SCORED = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "logprobs": {
     "tokens": [" four"], "token_logprobs": [-0.1], "top_logprobs": [{" four": -0.1}], "text_offset": [0]}}]}
 
 
-@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("chat", SIGNED), ("chat", REASONED),
+@pytest.mark.parametrize("api, answer", [("chat", CHAT), ("chat", SPOKEN), ("chat", SIGNED), ("chat", REASONED), ("chat", BOTH_NAMES),
                                          ("completions", COMPLETION),
                                          ("completions", SCORED),
                                          ("responses", RESPONSE), ("messages", MESSAGE)])
@@ -198,6 +200,16 @@ def test_a_replayed_stream_assembles_back_into_the_answer(api: str, answer: dict
     assert assemble(api, sse, None) == answer
     # in pieces of any size, as a relay delivers it, and with CRLF line ends
     assert assemble(api, sse.replace(b"\n", b"\r\n"), None) == answer
+
+
+def test_reasoning_under_both_names_is_replayed_in_one_delta_as_it_streamed() -> None:
+    """vLLM sends `reasoning` and `reasoning_content` in the same delta: a client reading either
+    gets the text once live, and must on a hit too."""
+    sse = replay("chat", copy.deepcopy(BOTH_NAMES), include_usage=False)
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in sse.decode().splitlines()
+              if line.startswith("data: {")]
+    with_reasoning = [d for d in deltas if "reasoning" in d or "reasoning_content" in d]
+    assert with_reasoning == [{"reasoning_content": "Six times seven.", "reasoning": "Six times seven."}]
 
 
 def test_a_chat_streams_audio_is_put_together_from_its_pieces() -> None:

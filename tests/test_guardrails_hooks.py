@@ -503,6 +503,8 @@ def test_output_slots_take_reasoning_refusals_and_summaries() -> None:
     form of a provider's thinking) and refusal; a Responses refusal part and reasoning summary."""
     chat = {"choices": [{"message": {"content": "c", "reasoning_content": "r", "refusal": "no"}}]}
     assert [h[k] for h, k in output_slots(chat)] == ["c", "r", "no"]
+    vllm = {"choices": [{"message": {"content": "c", "reasoning": "r"}}]}  # (vLLM 0.11+'s newer name)
+    assert [h[k] for h, k in output_slots(vllm)] == ["c", "r"]
     responses = {"output": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "s"}]},
                             {"type": "message", "content": [{"type": "refusal", "refusal": "won't"}]}]}
     assert [h[k] for h, k in output_slots(responses)] == ["s", "won't"]

@@ -55,9 +55,11 @@ def _chat(answer: Answer, include_usage: bool) -> bytes:
         index, message = choice.get("index", 0), choice.get("message") or {}
         _check_streamable(message)
         chunk(index, {"role": message.get("role", "assistant"), "content": ""})
-        for field in ("reasoning_content", "reasoning"):  # (vLLM 0.11+ names it `reasoning`; either, as stored)
-            if message.get(field):
-                chunk(index, {field: message[field]})
+        # vLLM 0.11+ names it `reasoning` and may send both names with the same text: one delta
+        # holds both, as the live stream did (a client reading either gets it once).
+        reasoning = {f: message[f] for f in ("reasoning_content", "reasoning") if message.get(f)}
+        if reasoning:
+            chunk(index, reasoning)
         if message.get("content"):
             chunk(index, {"content": message["content"]}, logprobs=choice.get("logprobs"))
         for field in ("refusal", "audio", "annotations"):  # (each whole, in one delta of that name)

@@ -15,7 +15,7 @@ Input (what the model would see), all roles:
   rerank: `query` and `documents` (strings, or objects with `text`). The multipart uploads
   (image edits, transcriptions) are not JSON: their `prompt` is not scanned.
 
-Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content`, `.refusal`
+Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content` (or vLLM's `.reasoning`), `.refusal`
 and tool-call arguments, completions `choices[].text`, Anthropic `content[].text` and
 `tool_use` input's strings, responses `output[].content[].text` and `.refusal`, reasoning
 `summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks are not: they are
@@ -159,6 +159,7 @@ def output_slots(body: Any) -> list[Slot]:
         if isinstance(message, dict):
             slots += _str(message, "content")
             slots += _str(message, "reasoning_content")  # (what the gateway makes of a provider's thinking)
+            slots += _str(message, "reasoning")  # (vLLM 0.11+'s newer name for it)
             slots += _str(message, "refusal")
             for call in _items(message, "tool_calls"):
                 if isinstance(call, dict):
