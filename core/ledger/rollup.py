@@ -24,9 +24,9 @@ SUMS = ("requests", "errors", "unpriced_requests", "input_tokens", "cached_input
 Row = tuple[object, ...]  # a record's values (astuple), in FIELDS order
 
 # The hourly sums are the rollup kernel's (tollway.ext.rollup: C loops where it is built): they
-# run per record of every request, on the SQLite writer's thread (the GIL held) or on the loop
-# (PostgreSQL). callgrind, per record of a 200-record batch: ~7k instructions as Python
-# (column-wise map/sum), ~0.3k so.
+# run per record of every request, on the SQLite writer's thread with the GIL held (PostgreSQL's
+# server sums its own: gateway/store/postgres.py). callgrind, per record of a 200-record batch:
+# ~7k instructions as Python (column-wise map/sum), ~0.9k so.
 _HOURLY = RollupSpec(
     ts=FIELDS.index("ts"), seconds=HOUR, owner=tuple(map(FIELDS.index, ("key", "key_id", "team", "model", "provider"))),
     status=FIELDS.index("status"), error=FIELDS.index("error"), cost=FIELDS.index("cost_usd"),
