@@ -137,7 +137,10 @@ def test_serve_warns_at_start_about_demo_credentials_only_with_a_real_provider(p
     try:
         pass  # it serves: the warning does not stop it
     finally:  # (a loaded CI machine can take more than the harness's default 10 s to drain and exit)
-        assert gw.stop(timeout=30) == 0
+        # Twice in CI (2026-12-01, -02) it did not exit in time; not reproduced in 100 starts and
+        # stops under load since: what the gateway said is kept in the failure for the next look.
+        code = gw.stop(timeout=30)
+        assert code == 0, f"exit {code}; the gateway's stderr:\n{gw.stderr()[-4000:]}"
     records = _stderr_records(gw)
     assert [r for r in records if r.get("event") == "start"], records  # the start lines are there
     warned = [r for r in records if r.get("event") == "demo_credential"]
