@@ -698,18 +698,24 @@ async def test_an_amount_that_is_not_a_number_fails_nothing_else_in_its_batch(st
     assert await store.take(store.bind(plan_of(cost)), (0.5,)) == (True, (9.5,))
 
 
+def _leasing_limiter(private_redis, concurrent: int):  # noqa: ANN001, ANN202 - a test helper
+    """A leasing Redis store with a `concurrent` limit on key k, its limiter, a `reserve()` for
+    one request of k, and a plain client to read Redis with."""
+    cfg = config_mod.loads(redis_limited(f"[{{concurrent: {concurrent}}}]"))
+    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics(), leasing=True)
+    limiter = Limiter(cfg, store, Metrics())
+    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
+    return store, limiter, lambda: limiter.reserve(key, "m", "chat", head, b"{}"), redis.Redis(port=private_redis.port)
+
+
 async def test_a_settle_after_the_store_closed_lands_and_leaves_no_connection_open(private_redis):
     """A reload that changes redis_url (a rotated password) or key_prefix closes the old store
     while requests it admitted still run: their settles come after. They must still land (the
     slot goes back), but the closed client reopened a connection for them that nothing closed:
     one more connection to Redis for the life of the process, per such reload."""
-    cfg = config_mod.loads(redis_limited("[{concurrent: 1}]"))
-    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics(), leasing=True)
-    limiter = Limiter(cfg, store, Metrics())
-    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
-    probe = redis.Redis(port=private_redis.port)
+    store, limiter, reserve, probe = _leasing_limiter(private_redis, 1)
     try:
-        lease = await limiter.reserve(key, "m", "chat", head, b"{}")
+        lease = await reserve()
         assert lease is not None and lease.metered
         await store.aclose()  # the reload retired the store
         limiter.settle(lease, Usage(), "m")  # the request admitted before it ends now
@@ -723,14 +729,9 @@ async def test_a_settle_after_the_store_closed_lands_and_leaves_no_connection_op
 async def test_a_retired_stores_failing_close_leaves_its_later_settles_a_drain(private_redis, monkeypatch):
     """Closing the retired store's reopened connection can fail (redis-py's disconnect may time
     out): the drain must still give its slot back, or every later settle waits for ever."""
-    cfg = config_mod.loads(redis_limited("[{concurrent: 2}]"))
-    store = RedisBuckets(private_redis.url, unique_prefix(), Metrics(), leasing=True)
-    limiter = Limiter(cfg, store, Metrics())
-    key, head = cfg.keys[0], RequestHead(model="m", max_tokens=5)
-    probe = redis.Redis(port=private_redis.port)
+    store, limiter, reserve, probe = _leasing_limiter(private_redis, 2)
     try:
-        first = await limiter.reserve(key, "m", "chat", head, b"{}")
-        second = await limiter.reserve(key, "m", "chat", head, b"{}")
+        first, second = await reserve(), await reserve()
         assert first is not None and second is not None
         await store.aclose()  # the reload retired the store
 
