@@ -49,7 +49,6 @@ REGEX = "regex"  # the detector label of a regex guardrail's findings
 REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-_REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name == "reasoning_content")
 
 
 # Texts of at least this many characters in all (one request's or answer's slots) are scanned in
@@ -521,16 +520,18 @@ class GuardrailSet:
 
     def _end_reasoning(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """A choice's reasoning ended (its delta carries answer, refusal or tool calls and no more
-        reasoning): its held tail goes out in this delta's reasoning_content, before the answer,
-        not at the choice's end. True if there was one."""
-        if delta.get("reasoning_content") or not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
+        reasoning under that name): its held tail goes out in this delta, under the name it came
+        with, before the answer, not at the choice's end. True if there was one."""
+        if not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
             return False
-        if _REASONING not in state.live.get(index, ()):
-            return False
-        tail = self.finish_text(state, (index, _REASONING))
-        if tail:
-            delta["reasoning_content"] = tail
-        return bool(tail)
+        ended = False
+        for tool, name in sse_deltas.REASONING_FIELDS.items():
+            if delta.get(name) or tool not in state.live.get(index, ()):
+                continue
+            tail = self.finish_text(state, (index, tool))
+            if tail:
+                delta[name], ended = tail, True
+        return ended
 
     def _flush_choice(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
