@@ -142,3 +142,72 @@ def test_reasoning_under_either_name_across_one_stream_keeps_each_names_tail(
              if c["delta"].get(n)]
     assert order[-1] == "content" and order.count("content") == 1, order
     assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+
+
+# -- other stream shapes --------------------------------------------------------------------------
+
+def _post(gw: GatewayProcess, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+          ) -> tuple[bytes, list[dict[str, Any]]]:
+    req = urllib.request.Request(gw.url + path, data=json.dumps(body).encode(), method="POST", headers={
+        "authorization": "Bearer " + TEST_KEY, "content-type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        raw = r.read()
+    objs = [json.loads(line[5:]) for line in raw.decode().splitlines()
+            if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]")]
+    return raw, objs
+
+
+def test_n_choices_are_held_and_masked_apart(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    texts = {0: f"zero {CARD} end", 1: f"one {CARD}"}
+    pieces = {i: _pieces(t, 4) for i, t in texts.items()}
+    chunks = [_chunk({"role": "assistant", "content": ""}, index=i) for i in texts]
+    for k in range(max(len(p) for p in pieces.values())):
+        chunks += [_chunk({"content": p[k]}, index=i) for i, p in pieces.items() if k < len(p)]
+    chunks += [_chunk({}, finish="stop", index=1), _chunk({}, finish="stop", index=0)]
+    _script(hostile, *chunks)
+    raw, objs = _stream(gw, "out-mask")
+    assert _said(objs, "content", 0) == "zero <CREDIT_CARD> end"
+    assert _said(objs, "content", 1) == "one <CREDIT_CARD>"
+    assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+    _script(hostile, *chunks)
+    raw, objs = _stream(gw, "out-block")
+    assert (_error(objs) or {}).get("code") == "content_policy_violation"
+    assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+
+
+def test_a_chat_stream_without_finish_reason_gets_its_held_tail_before_done(
+        gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    _script(hostile, _chunk({"role": "assistant", "content": ""}), *(_chunk({"content": p}) for p in _pieces(f"card {CARD}")))
+    raw, objs = _stream(gw, "out-mask")
+    assert _said(objs, "content") == "card <CREDIT_CARD>"
+    assert raw.rstrip().endswith(b"data: [DONE]")
+
+
+def test_a_usage_only_last_chunk_after_the_finish(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    usage = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "scripted", "choices": [],
+             "usage": {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}}
+    _script(hostile, _chunk({"role": "assistant", "content": ""}), *(_chunk({"content": p}) for p in _pieces(f"card {CARD}")),
+            _chunk({}, finish="stop"), usage)
+    raw, objs = _post(gw, "/v1/chat/completions", {"model": "out-mask", "stream": True, "stream_options": {
+        "include_usage": True}, "messages": [{"role": "user", "content": "hi"}]})
+    assert _said(objs, "content") == "card <CREDIT_CARD>"
+    assert objs[-1]["choices"] == [] and objs[-1]["usage"]["completion_tokens"] == 9
+
+
+def test_two_tool_calls_streamed_in_pieces_are_masked_each_as_json(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    args = [json.dumps({"to": "jane.doe@example.com"}), json.dumps({"card": CARD})]
+    chunks = [_chunk({"role": "assistant", "content": None})]
+    for i, a in enumerate(args):
+        chunks.append(_chunk({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                              "function": {"name": "send", "arguments": ""}}]}))
+        chunks += [_chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}) for p in _pieces(a)]
+    chunks.append(_chunk({}, finish="tool_calls"))
+    _script(hostile, *chunks)
+    raw, objs = _stream(gw, "out-mask")
+    got: dict[int, str] = {}
+    for o in objs:
+        for c in o["choices"]:
+            for call in c["delta"].get("tool_calls") or ():
+                got[call["index"]] = got.get(call["index"], "") + (call.get("function") or {}).get("arguments", "")
+    assert [json.loads(got[i]) for i in sorted(got)] == [{"to": "<EMAIL>"}, {"card": "<CREDIT_CARD>"}]
+    assert b"example.com" not in raw and CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
