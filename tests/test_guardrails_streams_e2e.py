@@ -183,6 +183,16 @@ def test_a_chat_stream_without_finish_reason_gets_its_held_tail_before_done(
     assert raw.rstrip().endswith(b"data: [DONE]")
 
 
+def test_a_completions_stream_without_finish_reason_gets_its_held_tail_as_text(
+        gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    chunks = [{"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "scripted",
+               "choices": [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}]} for p in _pieces(f"card {CARD}")]
+    _script(hostile, *chunks)
+    raw, objs = _post(gw, "/v1/completions", {"model": "out-mask", "prompt": "hi", "stream": True})
+    assert "".join(c.get("text") or "" for o in objs for c in o["choices"]) == "card <CREDIT_CARD>"
+    assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+
+
 def test_a_usage_only_last_chunk_after_the_finish(gw: GatewayProcess, hostile: HostileUpstream) -> None:
     usage = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "scripted", "choices": [],
              "usage": {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}}

@@ -199,6 +199,7 @@ class GuardrailState:
     checks: tuple[Rule, ...] = ()  # json_schema guardrails, when the request has a schema
     schema: AnswerSchema | None = None  # ... and that schema
     responses: responses_stream.ResponsesState | None = None  # a streamed Responses API answer
+    legacy: bool = False  # a legacy completions stream: a choice's text is `text`, not a delta
 
     @property
     def active(self) -> bool:
@@ -453,6 +454,7 @@ class GuardrailSet:
                         continue
                     text = choice.get("text")
                     if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
+                        state.legacy = True
                         new = self.feed_text(state, (at, -1), text) if text else text
                         if choice.get("finish_reason"):
                             new += self.finish_text(state, (at, -1))
@@ -572,7 +574,11 @@ class GuardrailSet:
         choices = []
         for index in indexes:
             delta: dict[str, Any] = {}
-            if self._flush_choice(state, index, delta):
+            if not self._flush_choice(state, index, delta):
+                continue
+            if state.legacy:  # (a completions client reads `text`: a delta would be dropped unread)
+                choices.append({"index": index, "text": delta.get("content", ""), "logprobs": None, "finish_reason": None})
+            else:
                 choices.append({"index": index, "delta": delta, "finish_reason": None})
         if not choices:
             return b""
