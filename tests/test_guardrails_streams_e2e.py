@@ -21,12 +21,13 @@ from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 CARD = "4111 1111 1111 1111"  # Luhn-valid (a test Visa number)
 CARD_DIGITS = CARD.replace(" ", "")
 SSE = (("content-type", "text/event-stream"),)
-MODELS = ("out-mask", "out-block", "deny-block", "deny-mask")
+MODELS = ("out-mask", "out-block", "deny-block", "deny-mask", "cached-mask")
 
 
 @pytest.fixture(scope="module")
 def gw(hostile: HostileUpstream) -> Iterator[GatewayProcess]:
-    models = "\n".join(f"  - {{name: {m}, targets: [{{provider: raw, model: scripted}}]}}" for m in MODELS)
+    models = "\n".join(f"  - {{name: {m}, targets: [{{provider: raw, model: scripted}}]"
+                       + (", cache: {deterministic_only: false}}" if m.startswith("cached") else "}") for m in MODELS)
     process = GatewayProcess(f"""
 providers:
   - {{name: raw, schema: openai, base_url: "{hostile.url}/v1", api_key: {UPSTREAM_SECRET}}}
@@ -37,12 +38,13 @@ keys:
 routing:
   outlier_detection: {{consecutive_failures: 1000000}}
 guardrails:
-  - {{name: out-mask, type: pii, action: mask, apply_to: [output], scope: {{models: [out-mask]}}}}
+  - {{name: out-mask, type: pii, action: mask, apply_to: [output], scope: {{models: [out-mask, cached-mask]}}}}
   - {{name: out-block, type: pii, action: block, apply_to: [output], scope: {{models: [out-block]}}}}
   - {{name: deny-block, type: regex, deny: ["(?i)project\\\\s+bluebird"], action: block, apply_to: [output],
       scope: {{models: [deny-block]}}}}
   - {{name: deny-mask, type: regex, deny: ["(?i)project\\\\s+bluebird"], action: mask, apply_to: [output],
       scope: {{models: [deny-mask]}}}}
+cache: {{backend: memory}}
 """)
     yield process
     process.stop()
@@ -221,3 +223,51 @@ def test_two_tool_calls_streamed_in_pieces_are_masked_each_as_json(gw: GatewayPr
                 got[call["index"]] = got.get(call["index"], "") + (call.get("function") or {}).get("arguments", "")
     assert [json.loads(got[i]) for i in sorted(got)] == [{"to": "<EMAIL>"}, {"card": "<CREDIT_CARD>"}]
     assert b"example.com" not in raw and CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+
+
+def test_a_cached_streams_reasoning_is_replayed_as_it_was_masked(gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    """The cache keeps what the client got: a hit replays the reasoning masked, under both names
+    when both came, and asks no upstream."""
+    _vllm_reasoning(hostile, "reasoning", "reasoning_content")
+    served = hostile.scripted_served
+    for hit in (False, True):
+        raw, objs = _stream(gw, "cached-mask")
+        for name in ("reasoning", "reasoning_content"):
+            assert _said(objs, name) == "the card is <CREDIT_CARD>, says project bluebird, so", (hit, name)
+        assert _said(objs, "content") == "The answer."
+        assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+    assert hostile.scripted_served == served + 1
+
+
+def _messages(gw: GatewayProcess, model: str) -> tuple[bytes, list[dict[str, Any]]]:
+    return _post(gw, "/anthropic/v1/messages", {"model": model, "max_tokens": 50, "stream": True,
+                                                 "messages": [{"role": "user", "content": "hi"}]},
+                 {"anthropic-version": "2023-06-01"})
+
+
+def test_anthropic_surface_over_a_chat_stream_flushes_text_before_a_tool_call(
+        gw: GatewayProcess, hostile: HostileUpstream) -> None:
+    """/v1/messages over an OpenAI-schema backend: the guardrail reads the translated events; the
+    text block's held tail goes out in that block, before the tool_use block opens."""
+    args = json.dumps({"card": CARD})
+    _script(hostile, _chunk({"role": "assistant", "content": ""}), *(_chunk({"content": p}) for p in _pieces(f"pay {CARD}")),
+            _chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "pay", "arguments": ""}}]}),
+            *(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in _pieces(args)),
+            _chunk({}, finish="tool_calls"))
+    raw, objs = _messages(gw, "out-mask")
+    blocks: dict[int, str] = {}
+    order = []
+    for o in objs:
+        if o["type"] == "content_block_delta":
+            piece = o["delta"].get("text", o["delta"].get("partial_json", ""))
+            blocks[o["index"]] = blocks.get(o["index"], "") + piece
+            order.append(o["index"])
+    assert blocks[0] == "pay <CREDIT_CARD>" and json.loads(blocks[1]) == {"card": "<CREDIT_CARD>"}
+    assert order == sorted(order)  # every delta of the text block before the tool's
+    assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+    _script(hostile, _chunk({"role": "assistant", "content": ""}), *(_chunk({"content": p}) for p in _pieces(f"pay {CARD} ok")),
+            _chunk({}, finish="stop"))
+    raw, objs = _messages(gw, "out-block")
+    assert objs[-1]["type"] == "error" and "blocked by guardrail 'out-block' (credit_card)" in objs[-1]["error"]["message"]
+    assert CARD_DIGITS[:8] not in raw.decode().replace(" ", "")
+
