@@ -524,6 +524,9 @@ class GuardrailSet:
         """A choice's reasoning ended (its delta carries answer, refusal or tool calls and no more
         reasoning under that name): its held tail goes out in this delta, under the name it came
         with, before the answer, not at the choice's end. True if there was one."""
+        live = state.live.get(index)
+        if live is None or live.isdisjoint(sse_deltas.REASONING_FIELDS):  # (most deltas: no reasoning held)
+            return False
         if not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
             return False
         ended = False
