@@ -26,8 +26,12 @@ _encode = msgspec.json.encode
 TEXT = "text"  # a delta's kind: answer text ...
 ARGUMENTS = "arguments"  # ... or a tool call's (partial JSON) arguments
 # A chat choice's other text the client reads, as the `tool` of `deltas(obj, side=True)`
-# (negative: apart from its content, -1, and its tool calls, 0 and up).
-SIDE_FIELDS = {-2: "reasoning_content", -3: "refusal"}
+# (negative: apart from its content, -1, and its tool calls, 0 and up). A model's reasoning has
+# two names: `reasoning_content` (DeepSeek, the gateway's translations) and `reasoning` (vLLM
+# 0.11+, which sends both in one delta for now; other OpenAI-compatible servers): each is its own
+# text, as a client reads whichever it knows.
+SIDE_FIELDS = {-2: "reasoning_content", -3: "refusal", -4: "reasoning"}
+REASONING_FIELDS = {tool: name for tool, name in SIDE_FIELDS.items() if name in ("reasoning_content", "reasoning")}
 
 
 @dataclass(slots=True)

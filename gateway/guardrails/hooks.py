@@ -49,7 +49,6 @@ REGEX = "regex"  # the detector label of a regex guardrail's findings
 REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-_REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name == "reasoning_content")
 
 
 # Texts of at least this many characters in all (one request's or answer's slots) are scanned in
@@ -200,6 +199,7 @@ class GuardrailState:
     checks: tuple[Rule, ...] = ()  # json_schema guardrails, when the request has a schema
     schema: AnswerSchema | None = None  # ... and that schema
     responses: responses_stream.ResponsesState | None = None  # a streamed Responses API answer
+    legacy: bool = False  # a legacy completions stream: a choice's text is `text`, not a delta
 
     @property
     def active(self) -> bool:
@@ -454,6 +454,7 @@ class GuardrailSet:
                         continue
                     text = choice.get("text")
                     if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
+                        state.legacy = True
                         new = self.feed_text(state, (at, -1), text) if text else text
                         if choice.get("finish_reason"):
                             new += self.finish_text(state, (at, -1))
@@ -521,16 +522,21 @@ class GuardrailSet:
 
     def _end_reasoning(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """A choice's reasoning ended (its delta carries answer, refusal or tool calls and no more
-        reasoning): its held tail goes out in this delta's reasoning_content, before the answer,
-        not at the choice's end. True if there was one."""
-        if delta.get("reasoning_content") or not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
+        reasoning under that name): its held tail goes out in this delta, under the name it came
+        with, before the answer, not at the choice's end. True if there was one."""
+        live = state.live.get(index)
+        if live is None or live.isdisjoint(sse_deltas.REASONING_FIELDS):  # (most deltas: no reasoning held)
             return False
-        if _REASONING not in state.live.get(index, ()):
+        if not (delta.get("content") or delta.get("refusal") or delta.get("tool_calls")):
             return False
-        tail = self.finish_text(state, (index, _REASONING))
-        if tail:
-            delta["reasoning_content"] = tail
-        return bool(tail)
+        ended = False
+        for tool, name in sse_deltas.REASONING_FIELDS.items():
+            if delta.get(name) or tool not in state.live.get(index, ()):
+                continue
+            tail = self.finish_text(state, (index, tool))
+            if tail:
+                delta[name], ended = tail, True
+        return ended
 
     def _flush_choice(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
         """The held tails of an OpenAI choice that ended, into its last delta; True if any."""
@@ -571,7 +577,11 @@ class GuardrailSet:
         choices = []
         for index in indexes:
             delta: dict[str, Any] = {}
-            if self._flush_choice(state, index, delta):
+            if not self._flush_choice(state, index, delta):
+                continue
+            if state.legacy:  # (a completions client reads `text`: a delta would be dropped unread)
+                choices.append({"index": index, "text": delta.get("content", ""), "logprobs": None, "finish_reason": None})
+            else:
                 choices.append({"index": index, "delta": delta, "finish_reason": None})
         if not choices:
             return b""
