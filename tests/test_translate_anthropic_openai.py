@@ -260,11 +260,13 @@ def test_a_call_without_an_id_still_opens_a_block():
 
 def test_calls_that_come_one_after_another_stream_as_they_come():
     """A call is held only while another's arguments are unfinished: in OpenAI's usual order
-    (each call whole before the next), every block opens with its call's first delta."""
+    (each call whole before the next), every block opens with its call's first delta, and the
+    one before ends then, with its input (checked whole: see the e2e tests of malformed input)."""
     translator = ADAPTER.stream(ctx({"messages": [], "stream": True}))
     translator.feed(_chunk({"role": "assistant"}) + _chunk({"tool_calls": [_tool(0, '{"a": 1}', "call_a", "f")]}))
-    out = translator.feed(_chunk({"tool_calls": [_tool(1, '{"b"', "call_b", "g")]}))
-    assert [kind for kind, _ in events_of(out)] == ["content_block_stop", "content_block_start", "content_block_delta"]
+    out = events_of(translator.feed(_chunk({"tool_calls": [_tool(1, '{"b"', "call_b", "g")]})))
+    assert [kind for kind, _ in out] == ["content_block_delta", "content_block_stop", "content_block_start"]
+    assert out[0][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"a": 1}'}
 
 
 def test_a_call_held_behind_an_unfinished_one_comes_at_the_end():

@@ -11,7 +11,11 @@ Theory of operation of the stream: OpenAI chunks carry deltas without block boun
 emits `content_block_stop`/`content_block_start` whenever the kind of delta changes. Each
 OpenAI tool call (its `index`) gets its own tool_use block; since Anthropic blocks go out one
 at a time, a call whose deltas arrive while another call's block is open is held (see
-`_ToolCall`). The closing `message_delta` waits for `[DONE]` (or the end of the stream)
+`_ToolCall`). A call's arguments go out in one input_json_delta when its block ends, checked:
+Anthropic validates tool input before streaming it (only its fine-grained-tool-streaming beta
+does not), and the anthropic SDK parses every input_json_delta and raises on bad JSON, losing
+the whole answer; arguments that are no JSON object go as the JSON answer keeps them
+(`_arguments`), so a stream and an answer say the same. The closing `message_delta` waits for `[DONE]` (or the end of the stream)
 because usage arrives in the chunk after the one carrying `finish_reason`.
 """
 from __future__ import annotations
@@ -301,6 +305,17 @@ def _arguments(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_value": value}
 
 
+def _input_json(arguments: str) -> str:
+    """A call's whole arguments as the tool input to stream: as sent when they are a JSON
+    object, else as `_arguments` keeps them, so the client's parser never meets bad JSON."""
+    try:
+        if isinstance(_decode_json(arguments), dict):
+            return arguments
+    except (msgspec.DecodeError, RecursionError):  # (nested past msgspec's depth limit: not an input either)
+        return wire.encode({"_raw_arguments": arguments}).decode()
+    return wire.encode(_arguments(arguments)).decode()
+
+
 def _message_id(openai_id: str) -> str:
     return openai_id if openai_id.startswith("msg_") else "msg_" + (openai_id.removeprefix("chatcmpl-") or "tollway")
 
@@ -323,8 +338,8 @@ class _ToolCall:
     """One OpenAI tool call (one `index`) on its way to its own Anthropic tool_use block.
 
     Anthropic blocks go out one at a time (start, deltas, stop), but an OpenAI stream may
-    interleave the deltas of several calls. The call whose block is open streams its arguments
-    as they come; another call's are held, and its block opens once the open one may end: when
+    interleave the deltas of several calls. The call whose block is open gathers its arguments
+    (sent, checked, when its block ends); another call's block opens once the open one may end: when
     that one's arguments are a whole JSON object (nothing but blanks can follow), or at the end.
     """
 
@@ -440,7 +455,7 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
 
     def _tool_delta(self, call: oa.ToolCallDeltaIn) -> bytes:
         """One delta of the call at `call.index`: the first opens the call (its id and name; an id
-        repeated later is the same call), its arguments go to its block or are held."""
+        repeated later is the same call), its arguments are held until its block ends."""
         fn = call.function or oa.FunctionDelta()
         arguments = fn.arguments or ""
         tool = self._calls.get(call.index)
@@ -456,20 +471,18 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
                 raise upstream_tool_call_ended(call.index)
             return b""
         tool.add(arguments)
-        if tool is self._open_call:
-            return self._block_delta({"type": "input_json_delta", "partial_json": arguments}) if arguments else b""
         tool.held.append(arguments)
+        if tool is self._open_call:
+            return b""
         if self._open_call is None or self._open_call.whole:
             return self._open_tool(tool)
         return b""
 
     def _open_tool(self, tool: _ToolCall) -> bytes:
-        """End the open block, open `tool`'s, and send the arguments it held."""
+        """End the open block and open `tool`'s (its arguments go when it ends: `_stop_block`)."""
         out = self._stop_block() + self._start_block("tool_use", tool.block)
         tool.state, self._open_call = "open", tool
-        held = "".join(tool.held)
-        tool.held.clear()
-        return out + (self._block_delta({"type": "input_json_delta", "partial_json": held}) if held else b"")
+        return out
 
     def _open(self, kind: str, block: dict[str, Any]) -> bytes:
         if self._kind == kind:
@@ -488,9 +501,14 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if not self._kind:
             return b""
         self._kind = ""
+        out = b""
         if self._open_call is not None:
+            held = "".join(self._open_call.held)
+            self._open_call.held.clear()
             self._open_call.state, self._open_call = "ended", None
-        return sse("content_block_stop", {"type": "content_block_stop", "index": self._block})
+            if held.strip():  # (none: the block's start already says `input: {}`)
+                out = self._block_delta({"type": "input_json_delta", "partial_json": _input_json(held)})
+        return out + sse("content_block_stop", {"type": "content_block_stop", "index": self._block})
 
     def _held_calls(self) -> bytes:
         """At the end: the block of every call still held, whole, one after the other."""

@@ -1,0 +1,97 @@
+"""The Anthropic Messages surface over an OpenAI-compatible upstream, end to end: the official
+`anthropic` SDK against a real gateway, upstreams speaking OpenAI's wire format. What an
+Anthropic client is owed whatever the upstream sends (tool input it can parse) and what the
+upstream is sent for an Anthropic request (the text as the client wrote it)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fakes.hostile_upstream import Answer, HostileUpstream
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
+
+WEATHER = {"name": "get_weather", "description": "Weather of a city.",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+@pytest.fixture(scope="module")
+def gw(hostile: HostileUpstream, openai_upstream: FakeOpenAI) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(f"""
+providers:
+  - name: hostile
+    schema: openai
+    base_url: {hostile.url}/v1
+    api_key: {UPSTREAM_SECRET}
+  - name: up
+    schema: openai
+    base_url: {openai_upstream.url}
+    api_key: {UPSTREAM_SECRET}
+models:
+  - name: scripted
+    targets: [{{provider: hostile, model: scripted}}]
+  - name: gpt-4o-mini
+    targets: [{{provider: up}}]
+keys:
+  - name: test-key
+    key_hash: "{key_hash(TEST_KEY)}"
+""")
+    yield process
+    process.stop()
+
+
+def _chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+    doc = {"id": "chatcmpl-7", "object": "chat.completion.chunk", "created": 1, "model": "scripted",
+           "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage}
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+def _script_stream(hostile: HostileUpstream, *chunks: bytes) -> None:
+    hostile.script(Answer(headers=(("content-type", "text/event-stream"),), chunks=chunks, framing="chunked"))
+
+
+def _call(index: int, arguments: str, id: str | None = None, name: str | None = None) -> dict[str, Any]:
+    fn: dict[str, Any] = {"arguments": arguments} | ({"name": name} if name else {})
+    return {"index": index, "function": fn} | ({"id": id, "type": "function"} if id else {})
+
+
+def _tool_call_stream(*calls: dict[str, Any], finish: str = "tool_calls") -> tuple[bytes, ...]:
+    return (_chunk({"role": "assistant", "content": "Checking."}), *(_chunk({"tool_calls": [c]}) for c in calls),
+            _chunk({}, finish), _chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}),
+            b"data: [DONE]\n\n")
+
+
+# -- tool input the SDK can parse, whatever JSON the upstream model wrote ---------------------
+
+@pytest.mark.parametrize("pieces", [
+    ['{"city" "Paris"}'],            # a missing colon: the SDK's parser raised on this delta
+    ['{"city": ', "Paris}"],         # an unquoted string, cut over two deltas
+    ["Paris"],                       # not JSON at all (a small model's "arguments")
+])
+def test_malformed_streamed_tool_arguments_reach_the_sdk_as_raw_arguments(ant, hostile, pieces):
+    """Anthropic validates tool input before it streams it (only its fine-grained-tool-streaming
+    beta sends unvalidated JSON), so the SDK parses each input_json_delta and raises on bad JSON,
+    losing the whole answer. The stream keeps such arguments as the JSON answer does:
+    `{"_raw_arguments": text}`, with the rest of the answer intact."""
+    first, *rest = pieces
+    _script_stream(hostile, *_tool_call_stream(_call(0, first, "call_a", "get_weather"),
+                                               *(_call(0, p) for p in rest)))
+    with ant.messages.stream(model="scripted", max_tokens=50, tools=[WEATHER],
+                             messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
+        message = s.get_final_message()
+    text, tool = message.content
+    assert text.text == "Checking." and message.stop_reason == "tool_use"
+    assert (tool.id, tool.name, tool.input) == ("call_a", "get_weather", {"_raw_arguments": "".join(pieces)})
+
+
+def test_valid_streamed_tool_arguments_are_the_input_as_sent(ant, hostile):
+    _script_stream(hostile, *_tool_call_stream(_call(0, '{"ci', "call_a", "get_weather"), _call(0, 'ty": "Paris"}'),
+                                               _call(1, '{"city": "Rome"}', "call_b", "get_weather")))
+    with ant.messages.stream(model="scripted", max_tokens=50, tools=[WEATHER],
+                             messages=[{"role": "user", "content": "Weather in Paris and Rome?"}]) as s:
+        message = s.get_final_message()
+    assert [(b.id, b.input) for b in message.content if b.type == "tool_use"] == [
+        ("call_a", {"city": "Paris"}), ("call_b", {"city": "Rome"})]
