@@ -95,3 +95,33 @@ def test_valid_streamed_tool_arguments_are_the_input_as_sent(ant, hostile):
         message = s.get_final_message()
     assert [(b.id, b.input) for b in message.content if b.type == "tool_use"] == [
         ("call_a", {"city": "Paris"}), ("call_b", {"city": "Rome"})]
+
+
+# -- the text the upstream is sent --------------------------------------------------------
+
+def _sent(openai_upstream: FakeOpenAI) -> list[dict[str, Any]]:
+    return openai_upstream.last("/chat/completions")["body"]["messages"]
+
+
+def test_text_blocks_stay_apart_when_joined_into_one_openai_message(ant, openai_upstream):
+    """An Anthropic message's text blocks are separate pieces of text; joined with nothing,
+    "Hello" + "world" was "Helloworld" (and a `</system-reminder>` ran into the user's first
+    word). They are joined with a newline, as an OpenAI-compatible server (vLLM) joins the text
+    parts of one message itself."""
+    ant.messages.create(
+        model="gpt-4o-mini", max_tokens=10,
+        system=[{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Answer in French."}],
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "world"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Let me check."},
+                                              {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                               "input": {"city": "Paris"}},
+                                              {"type": "text", "text": "Done."}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "text", "text": "Sunny"}, {"type": "text", "text": "20 C"}]}]},
+        ])
+    system, user, assistant, tool = _sent(openai_upstream)
+    assert system == {"role": "system", "content": "Be brief.\nAnswer in French."}
+    assert user["content"] == "Hello\nworld"
+    assert assistant["content"] == "Let me check.\nDone."
+    assert (tool["role"], tool["content"]) == ("tool", "Sunny\n20 C")

@@ -36,7 +36,7 @@ REQUESTS = [
      {"model": "gpt-up", "max_completion_tokens": 64, "max_tokens": None, "messages": [{"role": "user", "content": "hi"}]}),
     ("system blocks", {"system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
                        "messages": [{"role": "user", "content": "hi"}]},
-     {"messages": [{"role": "system", "content": "ab"}, {"role": "user", "content": "hi"}]}),
+     {"messages": [{"role": "system", "content": "a\nb"}, {"role": "user", "content": "hi"}]}),
     ("tool use and result", {"messages": [
         {"role": "user", "content": "w?"},
         {"role": "assistant", "content": [{"type": "text", "text": "checking"},
