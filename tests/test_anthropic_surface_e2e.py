@@ -125,3 +125,30 @@ def test_text_blocks_stay_apart_when_joined_into_one_openai_message(ant, openai_
     assert user["content"] == "Hello\nworld"
     assert assistant["content"] == "Let me check.\nDone."
     assert (tool["role"], tool["content"]) == ("tool", "Sunny\n20 C")
+
+
+# -- an OpenAI model's refusal ------------------------------------------------------------
+
+REFUSAL = "I'm sorry, I can't help with that."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_refusal_is_anthropics_refusal_with_its_text(ant, hostile, stream):
+    """OpenAI puts a refusal in `refusal`, not `content` (with finish_reason "stop"): it was
+    dropped, and the client got an empty answer that said `end_turn`. Anthropic's answer for a
+    declined request says `refusal`; the text goes in a text block, as the model wrote it."""
+    if stream:
+        _script_stream(hostile, _chunk({"role": "assistant", "content": None, "refusal": ""}),
+                       _chunk({"refusal": REFUSAL[:9]}), _chunk({"refusal": REFUSAL[9:]}), _chunk({}, "stop"),
+                       _chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}),
+                       b"data: [DONE]\n\n")
+        with ant.messages.stream(model="scripted", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+            message = s.get_final_message()
+    else:
+        answer = {"id": "chatcmpl-7", "object": "chat.completion", "created": 1, "model": "scripted", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None, "refusal": REFUSAL}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}
+        hostile.script(Answer(headers=(("content-type", "application/json"),), chunks=(json.dumps(answer).encode(),)))
+        message = ant.messages.create(model="scripted", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    assert [(b.type, b.text) for b in message.content] == [("text", REFUSAL)]
+    assert message.stop_reason == "refusal"

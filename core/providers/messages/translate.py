@@ -272,12 +272,13 @@ def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"
     m = choice.message
     reasoning = m.reasoning_text
     blocks = [wire.Block("thinking", thinking=reasoning, signature="")] if reasoning else []
-    if m.content:
-        blocks.append(wire.Block("text", text=m.content))
+    if text := join_texts((m.content, m.refusal)):
+        blocks.append(wire.Block("text", text=text))
     for call in m.tool_calls or []:
         args = _arguments(call.function.arguments)
         blocks.append(wire.Block("tool_use", id=call.id, name=call.function.name, input=args))
-    reason, sequence = stop_of(choice.finish_reason, choice.stop_reason, bool(m.tool_calls), request)
+    reason, sequence = refused(stop_of(choice.finish_reason, choice.stop_reason, bool(m.tool_calls), request),
+                               bool(m.refusal))
     return wire.MessageResponse(_message_id(done.id), done.model, blocks, reason, sequence, anthropic_usage(usage))
 
 
@@ -305,6 +306,12 @@ def stop_of(finish: str | None, matched: object, tool_use: bool, request: bytes)
         if matched in (_decode_stop_sequences(request).stop_sequences or ()):
             return "stop_sequence", matched
     return STOP_REASONS.get(finish or "stop", "end_turn"), None
+
+
+def refused(stop: tuple[str, str | None], refusal: bool) -> tuple[str, str | None]:
+    """`stop`, or Anthropic's `refusal` when the model declined: OpenAI says so only by the
+    answer's `refusal` text, its finish being a plain "stop" (a cut-off answer stays `max_tokens`)."""
+    return ("refusal", None) if refusal and stop[0] == "end_turn" else stop
 
 
 def _arguments(text: str) -> dict[str, Any]:
@@ -412,6 +419,7 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         self._block = -1  # index of the open content block, -1 if none
         self._kind = ""  # "text" | "thinking" | "tool_use"
         self._reason: str | None = None
+        self._refused = False  # some of the answer came as OpenAI's `refusal` (stop_reason `refusal`)
         self._calls: dict[int, _ToolCall] = {}  # the call at each OpenAI tool-call index now
         self._all: list[_ToolCall] = []  # every call, in the order they came
         self._open_call: _ToolCall | None = None  # the call whose block is open
@@ -457,9 +465,11 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if reasoning := d.reasoning_text:
             out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             out += self._block_delta({"type": "thinking_delta", "thinking": reasoning})
-        if d.content:
-            out += self._open("text", {"type": "text", "text": ""})
-            out += self._block_delta({"type": "text_delta", "text": d.content})
+        for text in (d.content, d.refusal):  # (a refusal's text is the answer's text: to_message)
+            if text:
+                out += self._open("text", {"type": "text", "text": ""})
+                out += self._block_delta({"type": "text_delta", "text": text})
+        self._refused = self._refused or bool(d.refusal)
         for call in d.tool_calls or []:
             out += self._tool_delta(call)
         return out
@@ -530,7 +540,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if self._closed or not self._started:
             return b""
         self._closed = True
-        reason, sequence = stop_of(self._reason, self._matched, bool(self._calls), self._request)
+        reason, sequence = refused(stop_of(self._reason, self._matched, bool(self._calls), self._request),
+                                   self._refused)
         usage = anthropic_usage(self._upstream_usage() or self.usage)
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}
         out = self._stop_block() + self._held_calls()
