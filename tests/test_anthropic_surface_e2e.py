@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import pytest
 
 from tests.fakes.hostile_upstream import Answer, HostileUpstream
@@ -152,3 +153,29 @@ def test_an_openai_refusal_is_anthropics_refusal_with_its_text(ant, hostile, str
         message = ant.messages.create(model="scripted", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
     assert [(b.type, b.text) for b in message.content] == [("text", REFUSAL)]
     assert message.stop_reason == "refusal"
+
+
+# -- a generation the upstream gave up on ---------------------------------------------------
+
+@pytest.mark.parametrize("finish", ["abort", "error"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_generation_vllm_aborted_is_an_error_not_end_turn(ant, hostile, finish, stream):
+    """vLLM's engine ends a request it aborted or failed with finish_reason "abort" or "error";
+    read as `end_turn`, the client took a cut answer for a whole one. Anthropic ends a failed
+    generation with an error (an `error` event mid-stream), and so does the gateway."""
+    if stream:
+        _script_stream(hostile, _chunk({"role": "assistant", "content": "The answer"}), _chunk({}, finish),
+                       b"data: [DONE]\n\n")
+    else:
+        answer = {"id": "chatcmpl-7", "object": "chat.completion", "created": 1, "model": "scripted", "choices": [
+            {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": "The answer"}}]}
+        hostile.script(Answer(headers=(("content-type", "application/json"),), chunks=(json.dumps(answer).encode(),)))
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        if stream:
+            with ant.messages.stream(model="scripted", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+                s.get_final_message()
+        else:
+            ant.messages.create(model="scripted", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    body = failed.value.body
+    assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert f"'{finish}'" in body["error"]["message"]

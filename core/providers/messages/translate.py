@@ -51,6 +51,10 @@ from tollway.ext.usage import Usage
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+# Finishes of a generation the server gave up on (vLLM's engine says "abort" when it aborts a
+# request: shutdown, scale-down, a pause; SGLang too; "error" when it failed). The answer is not
+# whole, and Anthropic ends a failed generation with an error, never a stop reason.
+FAILED_FINISHES = frozenset({"abort", "error"})
 
 _decode_json = msgspec.json.decode
 
@@ -269,6 +273,8 @@ def anthropic_usage(u: Usage | None) -> wire.AnthropicUsage:
 def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"{}") -> wire.MessageResponse:
     """The Anthropic message for an OpenAI answer; `request` is the client's body (for `stop_of`)."""
     choice = done.choices[0] if done.choices else oa.AnswerChoice(oa.AnswerMessage())
+    if choice.finish_reason in FAILED_FINISHES:
+        raise _gave_up(choice.finish_reason)
     m = choice.message
     reasoning = m.reasoning_text
     blocks = [wire.Block("thinking", thinking=reasoning, signature="")] if reasoning else []
@@ -339,6 +345,11 @@ def _message_id(openai_id: str) -> str:
 
 
 # -- stream: OpenAI chunks -> Anthropic events --------------------------------------------
+
+def _gave_up(finish: str) -> GatewayError:
+    return upstream_failed_mid_stream(f"The upstream provider stopped generating this answer (it finished with "
+                                      f"'{finish}'): the answer is incomplete. Retry the request.")
+
 
 def _stream_error(error: oa.StreamError | str) -> GatewayError:
     """The client's error for an upstream's in-stream error object (scrubbed by the proxy)."""
@@ -448,6 +459,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
             cached = u.prompt_tokens_details.cached_tokens or 0 if u.prompt_tokens_details else 0
             self.usage = Usage(u.prompt_tokens, u.completion_tokens, u.prompt_tokens + u.completion_tokens, cached)
         for choice in chunk.choices[:1]:
+            if choice.finish_reason in FAILED_FINISHES:  # (what came before it stays with the client)
+                raise _gave_up(choice.finish_reason)
             out += self._delta(choice.delta) if choice.delta else b""
             self._reason = choice.finish_reason or self._reason
             self._matched = choice.stop_reason if choice.stop_reason is not None else self._matched
