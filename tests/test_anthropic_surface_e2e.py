@@ -98,6 +98,26 @@ def test_valid_streamed_tool_arguments_are_the_input_as_sent(ant, hostile):
         ("call_a", {"city": "Paris"}), ("call_b", {"city": "Rome"})]
 
 
+FINE_GRAINED = "fine-grained-tool-streaming-2025-05-14"
+
+
+@pytest.mark.parametrize("beta, expected", [
+    (None, ['{"city": "Paris"}']),                          # checked whole, as Anthropic streams tool input
+    (FINE_GRAINED, ['{"ci', 'ty": "Paris"}']),              # as it comes: what this beta asks Anthropic for
+    (f"token-efficient-tools-2025-02-19,{FINE_GRAINED}", ['{"ci', 'ty": "Paris"}']),
+])
+def test_tool_input_streams_as_it_comes_only_for_the_fine_grained_beta(ant, hostile, beta, expected):
+    """A client that sends Anthropic's fine-grained-tool-streaming beta (Claude Code does) asks for
+    tool input without buffering or validation, and gets it: every piece as the upstream sent it."""
+    _script_stream(hostile, *_tool_call_stream(_call(0, '{"ci', "call_a", "get_weather"), _call(0, 'ty": "Paris"}')))
+    with ant.messages.stream(model="scripted", max_tokens=50, tools=[WEATHER],
+                             messages=[{"role": "user", "content": "Weather in Paris?"}],
+                             extra_headers={"anthropic-beta": beta} if beta else None) as s:
+        partials = [event.partial_json for event in s if event.type == "input_json"]
+        message = s.get_final_message()
+    assert partials == expected and message.content[1].input == {"city": "Paris"}
+
+
 # -- the text the upstream is sent --------------------------------------------------------
 
 def _sent(openai_upstream: FakeOpenAI) -> list[dict[str, Any]]:

@@ -26,9 +26,13 @@ ADAPTER = AnthropicOverChat()
 _events = TypeAdapter(RawMessageStreamEvent)
 
 
-def ctx(body: dict[str, Any]) -> CallContext:
+def ctx(body: dict[str, Any], passed: tuple[tuple[str, str], ...] = ()) -> CallContext:
     raw = json.dumps({"model": "m", "max_tokens": 64, **body}).encode()
-    return CallContext("messages", raw, parse_head(raw), "gpt-up", PROVIDER, 1_700_000_000.0)
+    return CallContext("messages", raw, parse_head(raw), "gpt-up", PROVIDER, 1_700_000_000.0, passed)
+
+
+# The client's beta for tool input as it comes, unchecked (the stream's other mode)
+FINE_GRAINED = (("anthropic-beta", "fine-grained-tool-streaming-2025-05-14"),)
 
 
 REQUESTS = [
@@ -183,8 +187,8 @@ def _tool_stream(*calls: dict[str, Any]) -> bytes:
                      b"data: [DONE]\n\n"])
 
 
-def translated(stream: bytes) -> bytes:
-    translator = ADAPTER.stream(ctx({"messages": [], "stream": True}))
+def translated(stream: bytes, passed: tuple[tuple[str, str], ...] = ()) -> bytes:
+    translator = ADAPTER.stream(ctx({"messages": [], "stream": True}, passed))
     return translator.feed(stream) + translator.flush()
 
 
@@ -216,9 +220,9 @@ _sdk = anthropic.Anthropic(api_key="k", base_url="http://gateway.test", max_retr
                                                             content=_served[-1]))))
 
 
-def sdk_final(stream: bytes) -> Any:
+def sdk_final(stream: bytes, passed: tuple[tuple[str, str], ...] = ()) -> Any:
     """The Message the official anthropic SDK's stream helper builds from the translated stream."""
-    out = translated(stream)
+    out = translated(stream, passed)
     assert_blocks_in_turn(out)
     _served.append(out)
     with _sdk.messages.stream(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
@@ -306,9 +310,10 @@ def _interleaved(draw: Any) -> tuple[bytes, list[tuple[str, str, Any]]]:
 
 @settings(max_examples=150, deadline=None)
 @given(st.data())
-def test_any_interleaving_of_tool_calls_gives_each_its_input(data):
+@pytest.mark.parametrize("passed", [(), FINE_GRAINED])
+def test_any_interleaving_of_tool_calls_gives_each_its_input(passed, data):
     stream, expected = _interleaved(data.draw)
-    assert sorted(tool_uses(sdk_final(stream))) == expected
+    assert sorted(tool_uses(sdk_final(stream, passed))) == expected
 
 
 # -- which stop sequence ended the answer ---------------------------------------------------

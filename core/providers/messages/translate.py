@@ -15,8 +15,10 @@ at a time, a call whose deltas arrive while another call's block is open is held
 Anthropic validates tool input before streaming it (only its fine-grained-tool-streaming beta
 does not), and the anthropic SDK parses every input_json_delta and raises on bad JSON, losing
 the whole answer; arguments that are no JSON object go as the JSON answer keeps them
-(`_arguments`), so a stream and an answer say the same. The closing `message_delta` waits for `[DONE]` (or the end of the stream)
-because usage arrives in the chunk after the one carrying `finish_reason`.
+(`_arguments`), so a stream and an answer say the same. A client that asked Anthropic for
+unchecked tool input (its fine-grained-tool-streaming beta) gets each piece as it comes.
+The closing `message_delta` waits for `[DONE]` (or the end of the stream) because usage
+arrives in the chunk after the one carrying `finish_reason`.
 """
 from __future__ import annotations
 
@@ -80,7 +82,9 @@ class AnthropicOverChat:
 
     def stream(self, ctx: CallContext) -> ChainedStream:
         inner = self.inner().stream(_chat_ctx(ctx))
-        return ChainedStream(inner, ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage, ctx.body))
+        outer = ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage, ctx.body,
+                                      unchecked_tool_input=wants_unchecked_tool_input(ctx.passed_headers))
+        return ChainedStream(inner, outer)
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.inner().error(_chat_ctx(ctx), status, headers, body)
@@ -100,6 +104,18 @@ class AnthropicToVertex(AnthropicOverChat):
 
 class AnthropicToGemini(AnthropicOverChat):
     inner_schema = "gemini"
+
+
+# The beta with which Anthropic streams tool input "without buffering or JSON validation" (its
+# docs); any dated version of it.
+FINE_GRAINED_TOOL_STREAMING = "fine-grained-tool-streaming-"
+
+
+def wants_unchecked_tool_input(passed_headers: tuple[tuple[str, str], ...]) -> bool:
+    """True if the client's `anthropic-beta` header names the fine-grained-tool-streaming beta."""
+    return any(name.lower() == "anthropic-beta" and any(beta.strip().startswith(FINE_GRAINED_TOOL_STREAMING)
+                                                        for beta in value.split(","))
+               for name, value in passed_headers)
 
 
 def _chat_ctx(ctx: CallContext, body: bytes = b"", chat: oa.ChatRequest | None = None) -> CallContext:
@@ -419,8 +435,9 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
     `input_tokens`. What the chunks say is the fallback (an OpenAI-compatible upstream's)."""
 
     def __init__(self, model: str, upstream_usage: Callable[[], Usage | None] = _no_usage,
-                 request: bytes = b"{}") -> None:
+                 request: bytes = b"{}", *, unchecked_tool_input: bool = False) -> None:
         super().__init__(oa.decode_chunk)
+        self._unchecked = unchecked_tool_input  # tool input as it comes (the fine-grained beta), not checked whole
         self._model = model
         self._upstream_usage = upstream_usage
         self._request = request  # the client's body: its stop_sequences, read only if a stop string is named
@@ -505,6 +522,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
                 raise upstream_tool_call_ended(call.index)
             return b""
         tool.add(arguments)
+        if tool is self._open_call and self._unchecked:
+            return self._block_delta({"type": "input_json_delta", "partial_json": arguments}) if arguments else b""
         tool.held.append(arguments)
         if tool is self._open_call:
             return b""
@@ -513,10 +532,15 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         return b""
 
     def _open_tool(self, tool: _ToolCall) -> bytes:
-        """End the open block and open `tool`'s (its arguments go when it ends: `_stop_block`)."""
+        """End the open block and open `tool`'s (its arguments go when it ends, `_stop_block`, or
+        now when they go unchecked)."""
         out = self._stop_block() + self._start_block("tool_use", tool.block)
         tool.state, self._open_call = "open", tool
-        return out
+        if not self._unchecked:
+            return out
+        held = "".join(tool.held)
+        tool.held.clear()
+        return out + (self._block_delta({"type": "input_json_delta", "partial_json": held}) if held else b"")
 
     def _open(self, kind: str, block: dict[str, Any]) -> bytes:
         if self._kind == kind:
