@@ -26,9 +26,13 @@ ADAPTER = AnthropicOverChat()
 _events = TypeAdapter(RawMessageStreamEvent)
 
 
-def ctx(body: dict[str, Any]) -> CallContext:
+def ctx(body: dict[str, Any], passed: tuple[tuple[str, str], ...] = ()) -> CallContext:
     raw = json.dumps({"model": "m", "max_tokens": 64, **body}).encode()
-    return CallContext("messages", raw, parse_head(raw), "gpt-up", PROVIDER, 1_700_000_000.0)
+    return CallContext("messages", raw, parse_head(raw), "gpt-up", PROVIDER, 1_700_000_000.0, passed)
+
+
+# The client's beta for tool input as it comes, unchecked (the stream's other mode)
+FINE_GRAINED = (("anthropic-beta", "fine-grained-tool-streaming-2025-05-14"),)
 
 
 REQUESTS = [
@@ -36,7 +40,7 @@ REQUESTS = [
      {"model": "gpt-up", "max_completion_tokens": 64, "max_tokens": None, "messages": [{"role": "user", "content": "hi"}]}),
     ("system blocks", {"system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
                        "messages": [{"role": "user", "content": "hi"}]},
-     {"messages": [{"role": "system", "content": "ab"}, {"role": "user", "content": "hi"}]}),
+     {"messages": [{"role": "system", "content": "a\nb"}, {"role": "user", "content": "hi"}]}),
     ("tool use and result", {"messages": [
         {"role": "user", "content": "w?"},
         {"role": "assistant", "content": [{"type": "text", "text": "checking"},
@@ -183,8 +187,8 @@ def _tool_stream(*calls: dict[str, Any]) -> bytes:
                      b"data: [DONE]\n\n"])
 
 
-def translated(stream: bytes) -> bytes:
-    translator = ADAPTER.stream(ctx({"messages": [], "stream": True}))
+def translated(stream: bytes, passed: tuple[tuple[str, str], ...] = ()) -> bytes:
+    translator = ADAPTER.stream(ctx({"messages": [], "stream": True}, passed))
     return translator.feed(stream) + translator.flush()
 
 
@@ -216,9 +220,9 @@ _sdk = anthropic.Anthropic(api_key="k", base_url="http://gateway.test", max_retr
                                                             content=_served[-1]))))
 
 
-def sdk_final(stream: bytes) -> Any:
+def sdk_final(stream: bytes, passed: tuple[tuple[str, str], ...] = ()) -> Any:
     """The Message the official anthropic SDK's stream helper builds from the translated stream."""
-    out = translated(stream)
+    out = translated(stream, passed)
     assert_blocks_in_turn(out)
     _served.append(out)
     with _sdk.messages.stream(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
@@ -260,11 +264,13 @@ def test_a_call_without_an_id_still_opens_a_block():
 
 def test_calls_that_come_one_after_another_stream_as_they_come():
     """A call is held only while another's arguments are unfinished: in OpenAI's usual order
-    (each call whole before the next), every block opens with its call's first delta."""
+    (each call whole before the next), every block opens with its call's first delta, and the
+    one before ends then, with its input (checked whole: see the e2e tests of malformed input)."""
     translator = ADAPTER.stream(ctx({"messages": [], "stream": True}))
     translator.feed(_chunk({"role": "assistant"}) + _chunk({"tool_calls": [_tool(0, '{"a": 1}', "call_a", "f")]}))
-    out = translator.feed(_chunk({"tool_calls": [_tool(1, '{"b"', "call_b", "g")]}))
-    assert [kind for kind, _ in events_of(out)] == ["content_block_stop", "content_block_start", "content_block_delta"]
+    out = events_of(translator.feed(_chunk({"tool_calls": [_tool(1, '{"b"', "call_b", "g")]})))
+    assert [kind for kind, _ in out] == ["content_block_delta", "content_block_stop", "content_block_start"]
+    assert out[0][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"a": 1}'}
 
 
 def test_a_call_held_behind_an_unfinished_one_comes_at_the_end():
@@ -304,9 +310,10 @@ def _interleaved(draw: Any) -> tuple[bytes, list[tuple[str, str, Any]]]:
 
 @settings(max_examples=150, deadline=None)
 @given(st.data())
-def test_any_interleaving_of_tool_calls_gives_each_its_input(data):
+@pytest.mark.parametrize("passed", [(), FINE_GRAINED])
+def test_any_interleaving_of_tool_calls_gives_each_its_input(passed, data):
     stream, expected = _interleaved(data.draw)
-    assert sorted(tool_uses(sdk_final(stream))) == expected
+    assert sorted(tool_uses(sdk_final(stream, passed))) == expected
 
 
 # -- which stop sequence ended the answer ---------------------------------------------------

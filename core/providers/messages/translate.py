@@ -11,13 +11,19 @@ Theory of operation of the stream: OpenAI chunks carry deltas without block boun
 emits `content_block_stop`/`content_block_start` whenever the kind of delta changes. Each
 OpenAI tool call (its `index`) gets its own tool_use block; since Anthropic blocks go out one
 at a time, a call whose deltas arrive while another call's block is open is held (see
-`_ToolCall`). The closing `message_delta` waits for `[DONE]` (or the end of the stream)
-because usage arrives in the chunk after the one carrying `finish_reason`.
+`_ToolCall`). A call's arguments go out in one input_json_delta when its block ends, checked:
+Anthropic validates tool input before streaming it (only its fine-grained-tool-streaming beta
+does not), and the anthropic SDK parses every input_json_delta and raises on bad JSON, losing
+the whole answer; arguments that are no JSON object go as the JSON answer keeps them
+(`_arguments`), so a stream and an answer say the same. A client that asked Anthropic for
+unchecked tool input (its fine-grained-tool-streaming beta) gets each piece as it comes.
+The closing `message_delta` waits for `[DONE]` (or the end of the stream) because usage
+arrives in the chunk after the one carrying `finish_reason`.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -47,6 +53,10 @@ from tollway.ext.usage import Usage
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+# Finishes of a generation the server gave up on (vLLM's engine says "abort" when it aborts a
+# request: shutdown, scale-down, a pause; SGLang too; "error" when it failed). The answer is not
+# whole, and Anthropic ends a failed generation with an error, never a stop reason.
+FAILED_FINISHES = frozenset({"abort", "error"})
 
 _decode_json = msgspec.json.decode
 
@@ -72,7 +82,9 @@ class AnthropicOverChat:
 
     def stream(self, ctx: CallContext) -> ChainedStream:
         inner = self.inner().stream(_chat_ctx(ctx))
-        return ChainedStream(inner, ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage, ctx.body))
+        outer = ChatStreamToAnthropic(ctx.upstream_model, lambda: inner.usage, ctx.body,
+                                      unchecked_tool_input=wants_unchecked_tool_input(ctx.passed_headers))
+        return ChainedStream(inner, outer)
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.inner().error(_chat_ctx(ctx), status, headers, body)
@@ -92,6 +104,18 @@ class AnthropicToVertex(AnthropicOverChat):
 
 class AnthropicToGemini(AnthropicOverChat):
     inner_schema = "gemini"
+
+
+# The beta with which Anthropic streams tool input "without buffering or JSON validation" (its
+# docs); any dated version of it.
+FINE_GRAINED_TOOL_STREAMING = "fine-grained-tool-streaming-"
+
+
+def wants_unchecked_tool_input(passed_headers: tuple[tuple[str, str], ...]) -> bool:
+    """True if the client's `anthropic-beta` header names the fine-grained-tool-streaming beta."""
+    return any(name.lower() == "anthropic-beta" and any(beta.strip().startswith(FINE_GRAINED_TOOL_STREAMING)
+                                                        for beta in value.split(","))
+               for name, value in passed_headers)
 
 
 def _chat_ctx(ctx: CallContext, body: bytes = b"", chat: oa.ChatRequest | None = None) -> CallContext:
@@ -129,10 +153,21 @@ def to_chat_request(req: wire.MessagesRequest, model: str) -> oa.ChatRequest:
     )
 
 
+# What goes between an Anthropic message's text blocks when they become one OpenAI string: they
+# are separate pieces of text ("Hello" + "world" is not "Helloworld"), and a newline is what an
+# OpenAI-compatible server (vLLM) puts between the text parts of one message itself.
+TEXT_JOINER = "\n"
+
+
+def join_texts(texts: Iterable[str | None]) -> str:
+    """Text blocks' texts as one OpenAI string (`TEXT_JOINER` between them)."""
+    return TEXT_JOINER.join(t for t in texts if t)
+
+
 def _text(content: str | list[wire.Block] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    return "".join(b.text or "" for b in content if b.type == "text")
+    return join_texts(b.text for b in content if b.type == "text")
 
 
 def _messages(m: wire.Message, i: int) -> list[oa.ChatMessage]:
@@ -165,7 +200,7 @@ def _user(blocks: list[wire.Block], i: int) -> list[oa.ChatMessage]:
             parts.append(part)
     if parts:
         only_text = all(p.type == "text" for p in parts)
-        out.append(oa.ChatMessage("user", "".join(p.text or "" for p in parts) if only_text else parts))
+        out.append(oa.ChatMessage("user", join_texts(p.text for p in parts) if only_text else parts))
     return out
 
 
@@ -183,7 +218,7 @@ def _tool_result(b: wire.Block, where: str) -> tuple[oa.ChatMessage, list[oa.Con
         text, images = b.content or "", []
     else:
         found = [_part(c, f"{where}.content[{k}]") for k, c in enumerate(b.content)]
-        text = "".join(p.text or "" for p in found if p is not None and p.type == "text")
+        text = join_texts(p.text for p in found if p is not None and p.type == "text")
         images = [p for p in found if p is not None and p.type == "image_url"]
     if images:
         text = text or TOOL_IMAGES_ONLY  # (an empty tool message is left out by some backends' translators)
@@ -254,15 +289,18 @@ def anthropic_usage(u: Usage | None) -> wire.AnthropicUsage:
 def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"{}") -> wire.MessageResponse:
     """The Anthropic message for an OpenAI answer; `request` is the client's body (for `stop_of`)."""
     choice = done.choices[0] if done.choices else oa.AnswerChoice(oa.AnswerMessage())
+    if choice.finish_reason in FAILED_FINISHES:
+        raise _gave_up(choice.finish_reason)
     m = choice.message
     reasoning = m.reasoning_text
     blocks = [wire.Block("thinking", thinking=reasoning, signature="")] if reasoning else []
-    if m.content:
-        blocks.append(wire.Block("text", text=m.content))
+    if text := join_texts((m.content, m.refusal)):
+        blocks.append(wire.Block("text", text=text))
     for call in m.tool_calls or []:
         args = _arguments(call.function.arguments)
         blocks.append(wire.Block("tool_use", id=call.id, name=call.function.name, input=args))
-    reason, sequence = stop_of(choice.finish_reason, choice.stop_reason, bool(m.tool_calls), request)
+    reason, sequence = refused(stop_of(choice.finish_reason, choice.stop_reason, bool(m.tool_calls), request),
+                               bool(m.refusal))
     return wire.MessageResponse(_message_id(done.id), done.model, blocks, reason, sequence, anthropic_usage(usage))
 
 
@@ -292,6 +330,12 @@ def stop_of(finish: str | None, matched: object, tool_use: bool, request: bytes)
     return STOP_REASONS.get(finish or "stop", "end_turn"), None
 
 
+def refused(stop: tuple[str, str | None], refusal: bool) -> tuple[str, str | None]:
+    """`stop`, or Anthropic's `refusal` when the model declined: OpenAI says so only by the
+    answer's `refusal` text, its finish being a plain "stop" (a cut-off answer stays `max_tokens`)."""
+    return ("refusal", None) if refusal and stop[0] == "end_turn" else stop
+
+
 def _arguments(text: str) -> dict[str, Any]:
     """Tool arguments as an object; a model's malformed JSON is kept, not dropped."""
     try:
@@ -301,11 +345,27 @@ def _arguments(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_value": value}
 
 
+def _input_json(arguments: str) -> str:
+    """A call's whole arguments as the tool input to stream: as sent when they are a JSON
+    object, else as `_arguments` keeps them, so the client's parser never meets bad JSON."""
+    try:
+        if isinstance(_decode_json(arguments), dict):
+            return arguments
+    except (msgspec.DecodeError, RecursionError):  # (nested past msgspec's depth limit: not an input either)
+        return wire.encode({"_raw_arguments": arguments}).decode()
+    return wire.encode(_arguments(arguments)).decode()
+
+
 def _message_id(openai_id: str) -> str:
     return openai_id if openai_id.startswith("msg_") else "msg_" + (openai_id.removeprefix("chatcmpl-") or "tollway")
 
 
 # -- stream: OpenAI chunks -> Anthropic events --------------------------------------------
+
+def _gave_up(finish: str) -> GatewayError:
+    return upstream_failed_mid_stream(f"The upstream provider stopped generating this answer (it finished with "
+                                      f"'{finish}'): the answer is incomplete. Retry the request.")
+
 
 def _stream_error(error: oa.StreamError | str) -> GatewayError:
     """The client's error for an upstream's in-stream error object (scrubbed by the proxy)."""
@@ -323,8 +383,8 @@ class _ToolCall:
     """One OpenAI tool call (one `index`) on its way to its own Anthropic tool_use block.
 
     Anthropic blocks go out one at a time (start, deltas, stop), but an OpenAI stream may
-    interleave the deltas of several calls. The call whose block is open streams its arguments
-    as they come; another call's are held, and its block opens once the open one may end: when
+    interleave the deltas of several calls. The call whose block is open gathers its arguments
+    (sent, checked, when its block ends); another call's block opens once the open one may end: when
     that one's arguments are a whole JSON object (nothing but blanks can follow), or at the end.
     """
 
@@ -375,8 +435,9 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
     `input_tokens`. What the chunks say is the fallback (an OpenAI-compatible upstream's)."""
 
     def __init__(self, model: str, upstream_usage: Callable[[], Usage | None] = _no_usage,
-                 request: bytes = b"{}") -> None:
+                 request: bytes = b"{}", *, unchecked_tool_input: bool = False) -> None:
         super().__init__(oa.decode_chunk)
+        self._unchecked = unchecked_tool_input  # tool input as it comes (the fine-grained beta), not checked whole
         self._model = model
         self._upstream_usage = upstream_usage
         self._request = request  # the client's body: its stop_sequences, read only if a stop string is named
@@ -386,6 +447,7 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         self._block = -1  # index of the open content block, -1 if none
         self._kind = ""  # "text" | "thinking" | "tool_use"
         self._reason: str | None = None
+        self._refused = False  # some of the answer came as OpenAI's `refusal` (stop_reason `refusal`)
         self._calls: dict[int, _ToolCall] = {}  # the call at each OpenAI tool-call index now
         self._all: list[_ToolCall] = []  # every call, in the order they came
         self._open_call: _ToolCall | None = None  # the call whose block is open
@@ -414,6 +476,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
             cached = u.prompt_tokens_details.cached_tokens or 0 if u.prompt_tokens_details else 0
             self.usage = Usage(u.prompt_tokens, u.completion_tokens, u.prompt_tokens + u.completion_tokens, cached)
         for choice in chunk.choices[:1]:
+            if choice.finish_reason in FAILED_FINISHES:  # (what came before it stays with the client)
+                raise _gave_up(choice.finish_reason)
             out += self._delta(choice.delta) if choice.delta else b""
             self._reason = choice.finish_reason or self._reason
             self._matched = choice.stop_reason if choice.stop_reason is not None else self._matched
@@ -431,16 +495,18 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if reasoning := d.reasoning_text:
             out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             out += self._block_delta({"type": "thinking_delta", "thinking": reasoning})
-        if d.content:
-            out += self._open("text", {"type": "text", "text": ""})
-            out += self._block_delta({"type": "text_delta", "text": d.content})
+        for text in (d.content, d.refusal):  # (a refusal's text is the answer's text: to_message)
+            if text:
+                out += self._open("text", {"type": "text", "text": ""})
+                out += self._block_delta({"type": "text_delta", "text": text})
+        self._refused = self._refused or bool(d.refusal)
         for call in d.tool_calls or []:
             out += self._tool_delta(call)
         return out
 
     def _tool_delta(self, call: oa.ToolCallDeltaIn) -> bytes:
         """One delta of the call at `call.index`: the first opens the call (its id and name; an id
-        repeated later is the same call), its arguments go to its block or are held."""
+        repeated later is the same call), its arguments are held until its block ends."""
         fn = call.function or oa.FunctionDelta()
         arguments = fn.arguments or ""
         tool = self._calls.get(call.index)
@@ -456,17 +522,22 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
                 raise upstream_tool_call_ended(call.index)
             return b""
         tool.add(arguments)
-        if tool is self._open_call:
+        if tool is self._open_call and self._unchecked:
             return self._block_delta({"type": "input_json_delta", "partial_json": arguments}) if arguments else b""
         tool.held.append(arguments)
+        if tool is self._open_call:
+            return b""
         if self._open_call is None or self._open_call.whole:
             return self._open_tool(tool)
         return b""
 
     def _open_tool(self, tool: _ToolCall) -> bytes:
-        """End the open block, open `tool`'s, and send the arguments it held."""
+        """End the open block and open `tool`'s (its arguments go when it ends, `_stop_block`, or
+        now when they go unchecked)."""
         out = self._stop_block() + self._start_block("tool_use", tool.block)
         tool.state, self._open_call = "open", tool
+        if not self._unchecked:
+            return out
         held = "".join(tool.held)
         tool.held.clear()
         return out + (self._block_delta({"type": "input_json_delta", "partial_json": held}) if held else b"")
@@ -488,9 +559,14 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if not self._kind:
             return b""
         self._kind = ""
+        out = b""
         if self._open_call is not None:
+            held = "".join(self._open_call.held)
+            self._open_call.held.clear()
             self._open_call.state, self._open_call = "ended", None
-        return sse("content_block_stop", {"type": "content_block_stop", "index": self._block})
+            if held.strip():  # (none: the block's start already says `input: {}`)
+                out = self._block_delta({"type": "input_json_delta", "partial_json": _input_json(held)})
+        return out + sse("content_block_stop", {"type": "content_block_stop", "index": self._block})
 
     def _held_calls(self) -> bytes:
         """At the end: the block of every call still held, whole, one after the other."""
@@ -501,7 +577,8 @@ class ChatStreamToAnthropic(SSEStreamTranslator[oa.ChatChunk]):
         if self._closed or not self._started:
             return b""
         self._closed = True
-        reason, sequence = stop_of(self._reason, self._matched, bool(self._calls), self._request)
+        reason, sequence = refused(stop_of(self._reason, self._matched, bool(self._calls), self._request),
+                                   self._refused)
         usage = anthropic_usage(self._upstream_usage() or self.usage)
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}
         out = self._stop_block() + self._held_calls()

@@ -139,6 +139,7 @@ def _reasoning_text(reasoning_content: str | None, reasoning: object) -> str | N
 
 class ChoiceDelta(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None  # OpenAI's: a declined request's text comes here, not in `content`
     reasoning_content: str | None = None
     tool_calls: list[ToolCallDeltaIn] | None = None
     reasoning: object = None  # (any type decodes: see `_reasoning_text`)
@@ -181,6 +182,7 @@ class ChatChunk(msgspec.Struct):
 
 class AnswerMessage(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None  # OpenAI's: a declined request's text comes here, not in `content`
     reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
     reasoning: object = None  # (any type decodes: see `_reasoning_text`)
