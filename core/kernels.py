@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from tollway.ext import KERNELS
 from tollway.ext import buckets as _pure_buckets
+from tollway.ext import canonjson as _pure_canonjson
 from tollway.ext import jsonscan as _pure_jsonscan
 from tollway.ext import piiscan as _pure_piiscan
 from tollway.ext import ratelimit as _pure_ratelimit
@@ -34,6 +35,7 @@ __all__ = [
     "Usage",
     "bucket_sums",
     "candidate_starts",
+    "canonical_object",
     "first_duplicate_key",
     "first_needle",
     "max_depth_exceeded",
@@ -64,7 +66,7 @@ def _pick(name: str, pure: ModuleType) -> ModuleType:
 _sse, _buckets = _pick("sse", _pure_sse), _pick("buckets", _pure_buckets)
 _jsonscan, _ratelimit = _pick("jsonscan", _pure_jsonscan), _pick("ratelimit", _pure_ratelimit)
 _piiscan, _sqlrows = _pick("piiscan", _pure_piiscan), _pick("sqlrows", _pure_sqlrows)
-_rollup = _pick("rollup", _pure_rollup)
+_rollup, _canonjson = _pick("rollup", _pure_rollup), _pick("canonjson", _pure_canonjson)
 
 SSEError = _pure_sse.SSEError  # one class for both twins
 Usage = _pure_sse.Usage
@@ -73,6 +75,7 @@ RollupSpec = _pure_rollup.Spec  # (the compiled kernel takes the twin's)
 # type checker is shown the twins and the running gateway gets whichever was picked.
 if TYPE_CHECKING:
     from tollway.ext.buckets import BucketTable, Gate
+    from tollway.ext.canonjson import canonical_object
     from tollway.ext.jsonscan import first_duplicate_key, first_needle, max_depth_exceeded
     from tollway.ext.piiscan import candidate_starts
     from tollway.ext.ratelimit import ratelimit_headers
@@ -89,3 +92,4 @@ else:
     candidate_starts = _piiscan.candidate_starts
     RowWriter = _sqlrows.RowWriter
     bucket_sums = _rollup.bucket_sums
+    canonical_object = _canonjson.canonical_object

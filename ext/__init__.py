@@ -11,5 +11,5 @@ from __future__ import annotations
 # and bench/kernels.py
 KERNELS: dict[str, tuple[str, str]] = {
     name: (f"tollway.ext.{name}", f"tollway.ext._{name}")
-    for name in ("sse", "buckets", "jsonscan", "ratelimit", "piiscan", "sqlrows", "rollup")
+    for name in ("sse", "buckets", "jsonscan", "ratelimit", "piiscan", "sqlrows", "rollup", "canonjson")
 }

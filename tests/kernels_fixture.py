@@ -15,7 +15,7 @@ import pytest
 
 from tollway.ext import KERNELS
 
-__all__ = ["KERNEL_KINDS", "buckets_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "piiscan_impl", "ratelimit_impl",
+__all__ = ["KERNEL_KINDS", "buckets_impl", "canonjson_impl", "compiled_or_skip", "jsonscan_impl", "kernel_module", "piiscan_impl", "ratelimit_impl",
            "rollup_impl", "sqlrows_impl", "sse_impl"]
 
 KERNEL_KINDS = ("pure", "compiled")
@@ -57,3 +57,4 @@ ratelimit_impl = _impl_fixture("ratelimit")
 piiscan_impl = _impl_fixture("piiscan")
 sqlrows_impl = _impl_fixture("sqlrows")
 rollup_impl = _impl_fixture("rollup")
+canonjson_impl = _impl_fixture("canonjson")

@@ -3,6 +3,7 @@ replay, the memory store's bounds and expiry (an injected clock), and the config
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from typing import Any
 
@@ -11,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_kernel_canonjson import bodies as canonjson_bodies
 from tollway.core import config as config_mod
 from tollway.core.cache.assemble import answer_of, assemble
 from tollway.core.cache.entry import Entry, decode, encode, storable
-from tollway.core.cache.key import EXCLUDED, cache_key, read
+from tollway.core.cache.key import _EXCLUDED_OF, CACHED_APIS, ENTRY_FORMAT, EXCLUDED, cache_key, read
 from tollway.core.cache.replay import replay
 from tollway.core.cache.rules import CacheRules
 from tollway.ext.usage import Usage
@@ -142,6 +144,44 @@ cache: {backend: memory}
 def test_a_body_that_is_not_a_json_object_is_not_cached() -> None:
     assert read("chat", b"[1, 2]") is None
     assert read("chat", b"{not json") is None
+
+
+def key_before_the_kernel(api: str, partition: str, version: str, body: bytes, seed_counts: bool) -> tuple[str, bool] | None:
+    """The key and sampled flag as core/cache/key.py computed them before the canonical-JSON
+    kernel (decode to a dict, pop the excluded fields, encode sorted): entries already stored
+    (a Redis cache across an upgrade) are found only if every key stays byte-identical."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for name in _EXCLUDED_OF.get(api, EXCLUDED):
+        data.pop(name, None)
+    temperature = data.get("temperature")
+    sampled = api != "embeddings" and not (seed_counts and data.get("seed") is not None) and not (
+        isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 0)
+    material = msgspec.json.encode({"api": api, "config": version, "scope": partition, "request": data,
+                                    "format": ENTRY_FORMAT}, order="sorted")
+    return hashlib.sha256(material).hexdigest(), sampled
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=canonjson_bodies(), api=st.sampled_from(sorted(CACHED_APIS)), seed_counts=st.booleans(),
+       partition=st.sampled_from(["key:a", "team:t\u00e9", "shared:ns\"x"]))
+def test_keys_are_the_ones_stored_before_the_kernel(body: bytes, api: str, seed_counts: bool, partition: str) -> None:
+    request = read(api, body, seed_counts)
+    named = None if request is None else (cache_key(api, partition, "v1", request), request.sampled)
+    assert named == key_before_the_kernel(api, partition, "v1", body, seed_counts)
+
+
+@pytest.mark.parametrize("api", sorted(CACHED_APIS))
+def test_a_chat_body_keys_as_before(api: str) -> None:
+    body = json.dumps({**BASE, "stream": True, "user": "u", "metadata": {"k": "v"}, "seed": 3,
+                       "messages": [{"role": "user", "content": "caf\u00e9 \"q\"\n"}]}, indent=2).encode()
+    request = read(api, body, True)
+    assert request is not None
+    assert (cache_key(api, "key:a", "v1", request), request.sampled) == key_before_the_kernel(api, "key:a", "v1", body, True)
 
 
 CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",

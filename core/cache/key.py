@@ -18,10 +18,10 @@ API adds is answer-changing until someone shows it is not. That errs towards mis
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import msgspec
 
+from tollway.core.kernels import canonical_object
 from tollway.core.providers.base import ClientAPI
 
 # Top-level request fields that change how the answer is delivered or attributed, never
@@ -38,44 +38,36 @@ CACHED_APIS = frozenset((ClientAPI.CHAT, ClientAPI.COMPLETIONS, ClientAPI.EMBEDD
                          ClientAPI.MESSAGES))
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
-_decode = msgspec.json.decode
 
 
 class Request(msgspec.Struct, frozen=True):
     """A request as the cache reads it: its key material, and whether its answer is sampled."""
 
-    canonical: dict[str, Any]  # the body without EXCLUDED fields
+    canonical: bytes  # the body without EXCLUDED fields, as canonical JSON (keys sorted, no whitespace)
     sampled: bool  # temperature > 0 (or the provider's default) without a seed
 
 
 def read(api: str, body: bytes, seed_counts: bool = False) -> Request | None:
     """The request's cache view, or None if the body is not a JSON object (the upstream call
     will refuse it; nothing to cache). `seed_counts`: every provider the request may reach
-    draws by its `seed` (CacheRules.honours_seed), so a seed makes the answer repeatable."""
-    try:
-        data = _decode(body)
-    except msgspec.DecodeError:
+    draws by its `seed` (CacheRules.honours_seed), so a seed makes the answer repeatable.
+
+    The canonical JSON is what msgspec's sorted encoder writes for the decoded body (the key's
+    material since the cache began), written by a kernel that scans the body once without
+    building its dict (tollway.ext.canonjson)."""
+    view = canonical_object(body, _EXCLUDED_OF.get(api, EXCLUDED))
+    if view is None:
         return None
-    if not isinstance(data, dict):
-        return None
-    excluded = _EXCLUDED_OF.get(api, EXCLUDED)
-    if not excluded.isdisjoint(data):  # (most bodies have none of them: no pop per name)
-        for name in excluded:
-            data.pop(name, None)
-    return Request(data, _sampled(api, data, seed_counts))
+    canonical, temperature_zero, seeded = view
+    return Request(canonical, _sampled(api, temperature_zero, seed_counts and seeded))
 
 
-def _sampled(api: str, data: dict[str, Any], seed_counts: bool) -> bool:
+def _sampled(api: str, temperature_zero: bool, seeded: bool) -> bool:
     """Whether the answer is drawn at random: embeddings never are; a generation is unless its
     temperature is 0 or it names a seed its providers use (Anthropic and Bedrock have none: the
     translation drops it, and each call draws anew). An absent temperature is the provider's
     default (1.0 for OpenAI and Anthropic): sampled."""
-    if api == ClientAPI.EMBEDDINGS:
-        return False
-    if seed_counts and data.get("seed") is not None:
-        return False
-    temperature = data.get("temperature")
-    return not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 0)
+    return api != ClientAPI.EMBEDDINGS and not seeded and not temperature_zero
 
 
 # The stored entries' format, in every key: a replica of another version sharing the Redis cache
@@ -86,8 +78,8 @@ ENTRY_FORMAT = 2
 
 def cache_key(api: str, partition: str, config_version: str, request: Request) -> str:
     """The entry's name: 64 hex digits."""
-    material = _encode_sorted({"api": api, "config": config_version, "scope": partition, "request": request.canonical,
-                               "format": ENTRY_FORMAT})
+    material = _encode_sorted({"api": api, "config": config_version, "scope": partition,
+                               "request": msgspec.Raw(request.canonical), "format": ENTRY_FORMAT})
     return hashlib.sha256(material).hexdigest()
 
 
