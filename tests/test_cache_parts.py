@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_kernel_canonjson import bodies as canonjson_bodies
+from tests.json_bodies import bodies as canonjson_bodies
 from tollway.core import config as config_mod
 from tollway.core.cache.assemble import answer_of, assemble
 from tollway.core.cache.entry import Entry, decode, encode, storable
