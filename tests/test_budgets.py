@@ -564,3 +564,50 @@ async def test_an_outage_is_logged_once_across_reloads(caplog, fast_sync):
     finally:
         await gw.books.close(1.0)
         await gw.upstream.aclose()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+async def test_a_share_a_reload_put_in_place_keeps_what_the_old_one_read_across_a_redis_restart():
+    """As above, but the second replica was reloaded (or a run-time key changed) after Redis
+    restarted empty and before its next sync: the new share was handed the old one's charges
+    but not what the old one had read (its view, and of which life of the counter). Its seed
+    then fell back to a floor (max, not add), which dropped what the first replica added to the
+    counter's new life: spend lost for the rest of the period."""
+    from tests.test_limits_redis import PrivateRedis
+    server = PrivateRedis()
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{server.url}'}}"))
+    now = ts("2026-11-30T12:00:00")
+    one, two = BudgetKeeper(config, lambda: now), BudgetKeeper(config, lambda: now)
+    assert one.share is not None and two.share is not None
+    heir = None
+
+    def charge(keeper: BudgetKeeper, usd: float) -> None:
+        keeper.book.charge("k", "t", usd, now)
+        keeper.share.add([(("key", "k"), keeper.book.accounts[("key", "k")])], usd)
+
+    try:
+        charge(one, 1.0)
+        await one.share.sync(one.book, now)  # Redis: 1; the first replica saw 1
+        charge(two, 2.0)
+        await two.share.sync(two.book, now)  # Redis: 3; the second saw 3
+        server.stop()
+        server.start()  # empty: no persistence
+        with contextlib.suppress(redis.RedisError):
+            await one.share.client.ping()  # (the restart broke its connection: the first call after fails)
+        charge(one, 4.0)
+        await one.share.sync(one.book, now)  # back from its view (1), plus its charge: 5
+        heir = BudgetKeeper(config, lambda: now)  # the second replica reloads
+        assert heir.share is not None
+        heir.adopt(two)
+        two.hand_over()
+        await heir.share.sync(heir.book, now)  # the view it inherited (3) holds the 2 the first never saw
+        await one.share.sync(one.book, now)
+        assert heir.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+    finally:
+        for keeper in (one, two, heir):
+            if keeper is not None and keeper.share is not None:
+                await keeper.share.client.aclose()
+        server.stop()
+

@@ -219,12 +219,18 @@ class RedisShare:
 
     def inherit(self, retired: RedisShare) -> None:
         """Send a retired share's charges with this one's syncs (its unsure batches keep their
-        record and number: Redis may have added them)."""
+        record and number: Redis may have added them), and offer what it read as this one's view
+        until this one reads: the seed needs it to tell a counter Redis started again (a restart
+        without persistence) from the one that view was read in (SEED), or what others added to
+        the new one is dropped."""
         for key, usd in retired.fresh.items():
             self.fresh[key] += usd
         self.unsure.extend(retired.unsure)
+        for key, view in retired.seen.items():
+            self.seen.setdefault(key, view)
         retired.fresh.clear()
         retired.unsure.clear()
+        retired.seen.clear()  # (handed once: a later inherit, at aclose, must not offer it again)
 
     async def aclose(self, book: BudgetBook, heir: RedisShare | None = None) -> None:
         """Stop syncing; the charges not yet in Redis go to `heir` (the share a reload put in
