@@ -611,3 +611,43 @@ async def test_a_share_a_reload_put_in_place_keeps_what_the_old_one_read_across_
                 await keeper.share.client.aclose()
         server.stop()
 
+
+def _budget_store_errors(gw: Gateway) -> float:
+    """tollway_budget_store_errors_total{backend="redis"} as /metrics renders it (0 when absent)."""
+    for line in gw.metrics.exposition().decode().splitlines():
+        if line.startswith('tollway_budget_store_errors_total{backend="redis"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+async def test_failed_syncs_with_redis_are_counted_for_prometheus(fast_sync):
+    """An outage of the Redis that shares the budgets was logged once per incident and counted
+    nowhere: an operator alerting on Prometheus saw nothing while each replica counted its own
+    spend (and the replicas together could spend up to N budgets)."""
+    from tests.test_limits_redis import PrivateRedis
+    server = PrivateRedis()
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    gw = Gateway(loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{server.url}'}}")))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(10 * fast_sync)  # syncs that Redis answers
+        assert _budget_store_errors(gw) == 0.0
+        server.stop()
+        deadline = time.monotonic() + 5.0
+        while _budget_store_errors(gw) < 3:  # every failed sync counts, not once per incident
+            assert time.monotonic() < deadline, "failed syncs were not counted"
+            await asyncio.sleep(fast_sync)
+        server.start()
+        deadline = time.monotonic() + 5.0
+        while gw.books.budgets.share._failing:  # (a sync answered: the incident is over)
+            assert time.monotonic() < deadline, "the share did not sync again"
+            await asyncio.sleep(fast_sync)
+        counted = _budget_store_errors(gw)
+        await asyncio.sleep(10 * fast_sync)
+        assert _budget_store_errors(gw) == counted, "syncs Redis answers count nothing"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        server.stop()

@@ -31,7 +31,7 @@ class Books:
         self.ledger: Ledger | None = reload_of.ledger if reload_of is not None else None
         if reload_of is None and config.store is not None and config.ledger.enabled:
             self.ledger = Ledger(build_store(config.store, config_path), config.ledger, counters)
-        self.budgets = BudgetKeeper(config)
+        self.budgets = BudgetKeeper(config, sync_errors=counters.budget_store_errors.labels(backend="redis"))
 
     def pipeline(self) -> Pipeline:
         before: tuple[BeforeUpstream, ...] = (self.budgets.gate,) if self.budgets else ()

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from tollway.core.ledger.budgets import Account, BudgetBook, Owner
@@ -101,7 +102,9 @@ class Batch:
 class RedisShare:
     """Every replica's charges, summed in Redis: `{prefix}:budget:<kind>:<name>:<period start>`."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, errors: Counter | None = None) -> None:
+        """`errors`: counts each sync that failed (tollway_budget_store_errors_total)."""
+        self.errors = errors
         self.client = aioredis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
         self.prefix = prefix
         self.record = f"{{{prefix}}}:budget-batch:{secrets.token_hex(8)}"
@@ -177,6 +180,8 @@ class RedisShare:
                     pipe.get(_gen_key(key))
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:  # (the batches stay unsure: sent again next sync)
+            if self.errors is not None:
+                self.errors.inc()
             if not self._failing:
                 self._failing = True
                 log.warning("budgets: Redis is unavailable (%s); each replica counts its own spend until it is back",

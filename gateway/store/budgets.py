@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.budgets import Account, BudgetBook, Owner
@@ -33,14 +35,15 @@ log = logging.getLogger("tollway")
 
 
 class BudgetKeeper:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time, sync_errors: Counter | None = None) -> None:
+        """`sync_errors`: counts each failed sync with the shared store (Redis), if any."""
         self.clock = clock
         self.book = BudgetBook.of(config, clock())
         self.share: RedisShare | None = None
         self.successor: BudgetKeeper | None = None  # the keeper a reload put in this one's place
         if self.book and config.rate_limits.backend == "redis":
             from tollway.gateway.store.budget_share import RedisShare  # (redis-py: ~15 MB, when used)
-            self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix)
+            self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix, sync_errors)
 
     def __bool__(self) -> bool:
         return bool(self.book)
