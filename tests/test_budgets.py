@@ -651,3 +651,43 @@ async def test_failed_syncs_with_redis_are_counted_for_prometheus(fast_sync):
         await gw.books.close(1.0)
         await gw.upstream.aclose()
         server.stop()
+
+
+async def test_a_slow_database_at_start_neither_holds_the_worker_nor_forgets_the_spend(monkeypatch):
+    """PostgreSQL answers at start but a long transaction holds the rollup tables the spend is
+    read from (a migration, a VACUUM FULL, a slow report). The worker's start waited for the
+    read with no bound (each statement up to the store's 10 s timeout), then gave up on it and
+    counted from 0 for the rest of the period: a key that had spent its budget spent it again.
+    The start waits at most its time for the database, then serves while the read is retried."""
+    from tests.pg_databases import fresh_database, need_postgres
+    from tollway.gateway.store import books as books_mod
+    need_postgres()
+    import asyncpg
+    async with fresh_database() as url:
+        text = _config(f'store: {{backend: postgres, url: "{url}"}}\nledger: {{flush_interval: 0.01}}\n')
+        earlier = Gateway(loads(text))  # a run that spent the week's budget
+        earlier.start()
+        await earlier.books.start(asyncio.get_running_loop())
+        assert (await _ask(earlier)).status == 200
+        assert (await _ask(earlier)).status == 429
+        await earlier.books.close(5.0)
+        await earlier.upstream.aclose()
+
+        monkeypatch.setattr(books_mod, "_OPEN_AT_START", 1.0)
+        holder = await asyncpg.connect(url)
+        gw = Gateway(loads(text))
+        try:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE usage_hourly, usage_daily IN ACCESS EXCLUSIVE MODE")
+                gw.start()
+                await gw.books.start(asyncio.get_running_loop())  # serves while the lock is held
+            account = gw.books.budgets.book.accounts[("key", "k")]
+            deadline = time.monotonic() + 30.0
+            while account.spent < 5.0:  # read once the lock is gone
+                assert time.monotonic() < deadline, "the spend the ledger holds was never read: counting from 0"
+                await asyncio.sleep(0.05)
+            assert (await _ask(gw)).status == 429
+        finally:
+            await holder.close()
+            await gw.books.close(5.0)
+            await gw.upstream.aclose()
