@@ -691,3 +691,39 @@ async def test_a_slow_database_at_start_neither_holds_the_worker_nor_forgets_the
             await holder.close()
             await gw.books.close(5.0)
             await gw.upstream.aclose()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_period_that_turns_during_a_sync_starts_from_nothing(slow_redis):
+    """The week turned while a sync's reply was on its way (a request rolled the account): the
+    sync then wrote the old week's total read from Redis into the new week's account, and the
+    next sync seeded the new week's counter with it. The key carried last week's spend for the
+    whole new week (a spent budget: refused until the next)."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{slow_redis.url}'}}")
+                   .replace("usd: 5,", "usd: 50,"))
+    before, after = ts("2026-12-06T23:59:59.9"), ts("2026-12-07T00:00:00.1")  # Sunday night, Monday
+    keeper = BudgetKeeper(config, lambda: before)
+    account = keeper.book.accounts[("key", "k")]
+
+    def charge(usd: float, now: float) -> None:
+        keeper.share.add(keeper.book.charge("k", "t", usd, now), usd)
+
+    try:
+        charge(30.0, before)
+        await keeper.share.sync(keeper.book, before)
+        assert account.spent == pytest.approx(30.0)
+        slow_redis.delay = 0.2  # (within the share's timeout)
+        syncing = asyncio.ensure_future(keeper.share.sync(keeper.book, before))
+        await asyncio.sleep(0.1)  # its reply on the way ...
+        charge(1.0, after)  # ... a request of the new week ends
+        await syncing
+        assert account.spent == pytest.approx(1.0), "the new week holds its own spend only"
+        slow_redis.delay = 0.0
+        await keeper.share.sync(keeper.book, after)
+        assert account.spent == pytest.approx(1.0)
+        new = float(await keeper.share.client.get(keeper.share.name(("key", "k"), account)) or 0.0)
+        assert new == pytest.approx(1.0), "the new week's counter holds its own spend only"
+    finally:
+        _drop_keys(prefix)
+        await keeper.share.client.aclose()

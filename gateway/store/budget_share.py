@@ -162,6 +162,7 @@ class RedisShare:
             account.roll(now)
         accounts = list(book.accounts.items())
         names = [self.name(owner, account) for owner, account in accounts]
+        starts = [account.start for _, account in accounts]
         batches = self._sendable(book)
         unsent = self.pending  # (the seed leaves it out: the batches add theirs, the rest comes later)
         seeds = [(key, account) for key, (_, account) in zip(names, accounts, strict=True) if not account.awaiting_ledger]
@@ -194,9 +195,11 @@ class RedisShare:
         pending = self.pending
         reads = results[len(results) - 2 * len(names):]
         self.seen = {}  # (only the counters of the accounts now: a period gone is forgotten)
-        for key, (_, account), value, meta in zip(names, accounts, reads[::2], reads[1::2], strict=True):
+        for key, (_, account), start, value, meta in zip(names, accounts, starts, reads[::2], reads[1::2], strict=True):
             if value is not None and meta is not None:
                 self.seen[key] = (value, meta.split(b" ", 1)[0])
+            if account.start != start:  # (a request moved it to a new period meanwhile: the total read is the last one's)
+                continue
             if value is not None:  # (never below the ledger's spend: a counter may miss some, see SEED)
                 account.spent = max(float(value) + pending.get(key, 0.0), account.ledger_floor)
                 account.awaiting_ledger = False  # (seeded by a replica that read the ledger: its pending goes next)
