@@ -564,3 +564,166 @@ async def test_an_outage_is_logged_once_across_reloads(caplog, fast_sync):
     finally:
         await gw.books.close(1.0)
         await gw.upstream.aclose()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+async def test_a_share_a_reload_put_in_place_keeps_what_the_old_one_read_across_a_redis_restart():
+    """As above, but the second replica was reloaded (or a run-time key changed) after Redis
+    restarted empty and before its next sync: the new share was handed the old one's charges
+    but not what the old one had read (its view, and of which life of the counter). Its seed
+    then fell back to a floor (max, not add), which dropped what the first replica added to the
+    counter's new life: spend lost for the rest of the period."""
+    from tests.test_limits_redis import PrivateRedis
+    server = PrivateRedis()
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{server.url}'}}"))
+    now = ts("2026-11-30T12:00:00")
+    one, two = BudgetKeeper(config, lambda: now), BudgetKeeper(config, lambda: now)
+    assert one.share is not None and two.share is not None
+    heir = None
+
+    def charge(keeper: BudgetKeeper, usd: float) -> None:
+        keeper.book.charge("k", "t", usd, now)
+        keeper.share.add([(("key", "k"), keeper.book.accounts[("key", "k")])], usd)
+
+    try:
+        charge(one, 1.0)
+        await one.share.sync(one.book, now)  # Redis: 1; the first replica saw 1
+        charge(two, 2.0)
+        await two.share.sync(two.book, now)  # Redis: 3; the second saw 3
+        server.stop()
+        server.start()  # empty: no persistence
+        with contextlib.suppress(redis.RedisError):
+            await one.share.client.ping()  # (the restart broke its connection: the first call after fails)
+        charge(one, 4.0)
+        await one.share.sync(one.book, now)  # back from its view (1), plus its charge: 5
+        heir = BudgetKeeper(config, lambda: now)  # the second replica reloads
+        assert heir.share is not None
+        heir.adopt(two)
+        two.hand_over()
+        await heir.share.sync(heir.book, now)  # the view it inherited (3) holds the 2 the first never saw
+        await one.share.sync(one.book, now)
+        assert heir.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+        assert one.book.accounts[("key", "k")].spent == pytest.approx(7.0)
+    finally:
+        for keeper in (one, two, heir):
+            if keeper is not None and keeper.share is not None:
+                await keeper.share.client.aclose()
+        server.stop()
+
+
+def _budget_store_errors(gw: Gateway) -> float:
+    """tollway_budget_store_errors_total{backend="redis"} as /metrics renders it (0 when absent)."""
+    for line in gw.metrics.exposition().decode().splitlines():
+        if line.startswith('tollway_budget_store_errors_total{backend="redis"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+async def test_failed_syncs_with_redis_are_counted_for_prometheus(fast_sync):
+    """An outage of the Redis that shares the budgets was logged once per incident and counted
+    nowhere: an operator alerting on Prometheus saw nothing while each replica counted its own
+    spend (and the replicas together could spend up to N budgets)."""
+    from tests.test_limits_redis import PrivateRedis
+    server = PrivateRedis()
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    gw = Gateway(loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{server.url}'}}")))
+    gw.start()
+    await gw.books.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(10 * fast_sync)  # syncs that Redis answers
+        assert _budget_store_errors(gw) == 0.0
+        server.stop()
+        deadline = time.monotonic() + 5.0
+        while _budget_store_errors(gw) < 3:  # every failed sync counts, not once per incident
+            assert time.monotonic() < deadline, "failed syncs were not counted"
+            await asyncio.sleep(fast_sync)
+        server.start()
+        deadline = time.monotonic() + 5.0
+        while gw.books.budgets.share._failing:  # (a sync answered: the incident is over)
+            assert time.monotonic() < deadline, "the share did not sync again"
+            await asyncio.sleep(fast_sync)
+        counted = _budget_store_errors(gw)
+        await asyncio.sleep(10 * fast_sync)
+        assert _budget_store_errors(gw) == counted, "syncs Redis answers count nothing"
+    finally:
+        await gw.books.close(1.0)
+        await gw.upstream.aclose()
+        server.stop()
+
+
+async def test_a_slow_database_at_start_neither_holds_the_worker_nor_forgets_the_spend(monkeypatch):
+    """PostgreSQL answers at start but a long transaction holds the rollup tables the spend is
+    read from (a migration, a VACUUM FULL, a slow report). The worker's start waited for the
+    read with no bound (each statement up to the store's 10 s timeout), then gave up on it and
+    counted from 0 for the rest of the period: a key that had spent its budget spent it again.
+    The start waits at most its time for the database, then serves while the read is retried."""
+    from tests.pg_databases import fresh_database, need_postgres
+    from tollway.gateway.store import books as books_mod
+    need_postgres()
+    import asyncpg
+    async with fresh_database() as url:
+        text = _config(f'store: {{backend: postgres, url: "{url}"}}\nledger: {{flush_interval: 0.01}}\n')
+        earlier = Gateway(loads(text))  # a run that spent the week's budget
+        earlier.start()
+        await earlier.books.start(asyncio.get_running_loop())
+        assert (await _ask(earlier)).status == 200
+        assert (await _ask(earlier)).status == 429
+        await earlier.books.close(5.0)
+        await earlier.upstream.aclose()
+
+        monkeypatch.setattr(books_mod, "_OPEN_AT_START", 1.0)
+        holder = await asyncpg.connect(url)
+        gw = Gateway(loads(text))
+        try:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE usage_hourly, usage_daily IN ACCESS EXCLUSIVE MODE")
+                gw.start()
+                await gw.books.start(asyncio.get_running_loop())  # serves while the lock is held
+            account = gw.books.budgets.book.accounts[("key", "k")]
+            deadline = time.monotonic() + 30.0
+            while account.spent < 5.0:  # read once the lock is gone
+                assert time.monotonic() < deadline, "the spend the ledger holds was never read: counting from 0"
+                await asyncio.sleep(0.05)
+            assert (await _ask(gw)).status == 429
+        finally:
+            await holder.close()
+            await gw.books.close(5.0)
+            await gw.upstream.aclose()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs the Redis at 127.0.0.1:6379")
+async def test_a_period_that_turns_during_a_sync_starts_from_nothing(slow_redis):
+    """The week turned while a sync's reply was on its way (a request rolled the account): the
+    sync then wrote the old week's total read from Redis into the new week's account, and the
+    next sync seeded the new week's counter with it. The key carried last week's spend for the
+    whole new week (a spent budget: refused until the next)."""
+    prefix = f"tollway-test-{uuid.uuid4().hex[:8]}"
+    config = loads(_config(f"rate_limits: {{backend: redis, key_prefix: {prefix}, redis_url: '{slow_redis.url}'}}")
+                   .replace("usd: 5,", "usd: 50,"))
+    before, after = ts("2026-12-06T23:59:59.9"), ts("2026-12-07T00:00:00.1")  # Sunday night, Monday
+    keeper = BudgetKeeper(config, lambda: before)
+    account = keeper.book.accounts[("key", "k")]
+
+    def charge(usd: float, now: float) -> None:
+        keeper.share.add(keeper.book.charge("k", "t", usd, now), usd)
+
+    try:
+        charge(30.0, before)
+        await keeper.share.sync(keeper.book, before)
+        assert account.spent == pytest.approx(30.0)
+        slow_redis.delay = 0.2  # (within the share's timeout)
+        syncing = asyncio.ensure_future(keeper.share.sync(keeper.book, before))
+        await asyncio.sleep(0.1)  # its reply on the way ...
+        charge(1.0, after)  # ... a request of the new week ends
+        await syncing
+        assert account.spent == pytest.approx(1.0), "the new week holds its own spend only"
+        slow_redis.delay = 0.0
+        await keeper.share.sync(keeper.book, after)
+        assert account.spent == pytest.approx(1.0)
+        new = float(await keeper.share.client.get(keeper.share.name(("key", "k"), account)) or 0.0)
+        assert new == pytest.approx(1.0), "the new week's counter holds its own spend only"
+    finally:
+        _drop_keys(prefix)
+        await keeper.share.client.aclose()

@@ -772,3 +772,41 @@ async def test_settles_dropped_in_a_long_outage_never_drop_a_waiting_reservation
     finally:
         os.kill(private_redis.proc.pid, signal.SIGCONT)
         await store.aclose()
+
+
+async def test_a_settle_while_a_retired_store_closes_its_connection_is_not_cut_off(store, slow_redis, caplog):
+    """A reload retired the store: `aclose` sent what was queued with a drain of its own, outside
+    the store's drain slot, then closed the connection. A request admitted before the reload
+    that settled meanwhile started a drain beside it, whose call the close cut off mid-way: the
+    retired store logged Redis as unavailable (it was not), and the settle's slot came back only
+    after the retry interval. The close must wait for the drain slot, as late settles' closes do."""
+    limiter, slow = slow_limiter(slow_redis, store.prefix, "[{concurrent: 2}]")
+    k, head = config_mod.loads(redis_limited("[{concurrent: 2}]")).keys[0], RequestHead(model="m", max_tokens=5)
+    gauge = store.key("key:k:concurrent:inflight")
+    direct = redis.Redis.from_url(SHARED_URL)
+    real_close = slow.client.aclose
+    closing, resume = asyncio.Event(), asyncio.Event()
+
+    async def slow_close() -> None:  # redis-py's disconnect waits for its sockets to close
+        closing.set()
+        await resume.wait()
+        await real_close()
+
+    try:
+        first, second = await limiter.reserve(k, "m", "chat", head, b"{}"), await limiter.reserve(k, "m", "chat", head, b"{}")
+        assert first.metered and second.metered and direct.hget(gauge, "l") == b"0"
+        slow.client.aclose = slow_close
+        slow_redis.delay = 0.3  # Redis answers, slowly (within the socket timeout)
+        limiter.settle(first, Usage(), "m")  # queued as the reload retires the store
+        closed = asyncio.ensure_future(slow.aclose())
+        await asyncio.wait_for(closing.wait(), 5)  # first's settle sent; the connection is being closed
+        limiter.settle(second, Usage(), "m")  # a request admitted before the reload ends now
+        await asyncio.sleep(0.1)  # (its drain, if one started, has its call in flight)
+        resume.set()
+        await asyncio.wait_for(closed, 5)
+        await until(lambda: direct.hget(gauge, "l") == b"2")  # both slots back
+        assert not [r for r in caplog.records if "redis unavailable" in r.getMessage()], "Redis never failed"
+        assert slow._down_since is None
+    finally:
+        resume.set()
+        direct.close()

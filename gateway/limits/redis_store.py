@@ -419,11 +419,17 @@ class RedisBuckets:
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
-        if self._drains:
-            await asyncio.wait(list(self._drains), timeout=SOCKET_TIMEOUT * 2)
-        if self._queue or self._unsure is not None:
-            await self._drain()
-        await self.client.aclose()
+        # The last drain sends what is queued and closes the connection holding the drain slot,
+        # as a late settle's drain does: a drain run beside the slot let a settle start another,
+        # whose call the close cut off (a false incident, its slot back a retry later). A drain
+        # in flight may have passed its close check before `_closed`: it goes first.
+        while self._drains:
+            await asyncio.wait(list(self._drains))
+        if self._settle_timer is not None:  # (set as that drain left: this one goes now)
+            self._settle_timer.cancel()
+        self._kick(closing=True)
+        while self._drains:
+            await asyncio.wait(list(self._drains))
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -464,15 +470,17 @@ class RedisBuckets:
 
     # -- batching -------------------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _kick(self, closing: bool = False) -> None:
+        """Start a drain if there is something to send and the slot is free; `closing` (aclose):
+        even if there is nothing, and it closes the connection whatever it leaves queued."""
         self._settle_timer = None
-        if (self._queue or self._unsure is not None) and len(self._drains) < MAX_IN_FLIGHT:
-            task = asyncio.get_running_loop().create_task(self._drain())
+        if (closing or self._queue or self._unsure is not None) and len(self._drains) < MAX_IN_FLIGHT:
+            task = asyncio.get_running_loop().create_task(self._drain(closing))
             self._drains.add(task)  # held: the loop keeps only weak references to tasks
 
-    async def _drain(self) -> None:
+    async def _drain(self, closing: bool = False) -> None:
         """Send everything queued, batch after batch, until the queue is empty or Redis fails;
-        first find out what became of a batch whose reply was lost."""
+        first find out what became of a batch whose reply was lost. `closing`: aclose's drain."""
         try:
             while not self._failing_fast():
                 async with self._sending:
@@ -487,10 +495,10 @@ class RedisBuckets:
                         break
         finally:
             try:
-                if self._closed and not self._queue and self._unsure is None:
-                    # A retired store's late settles reopened a connection that nothing else would
-                    # close. (Closed while this task still holds the drain slot: no other drain uses
-                    # it meanwhile.)
+                if closing or (self._closed and not self._queue and self._unsure is None):
+                    # aclose's drain closes the store's connection, and a retired store's late
+                    # settles reopened one that nothing else would close. (Closed while this task
+                    # still holds the drain slot: no other drain uses it meanwhile.)
                     await self._close_retired()
             finally:  # (even if cancelled meanwhile)
                 self._leave_drain()

@@ -21,6 +21,7 @@ from tollway.gateway.store.recorder import Recorder
 
 log = logging.getLogger("tollway")
 _OPEN_AT_START = 5.0  # seconds the worker waits for the database at start before serving anyway
+_READ_AGAIN = 5.0  # seconds between tries of a spend read that failed at start
 
 
 class Books:
@@ -31,7 +32,9 @@ class Books:
         self.ledger: Ledger | None = reload_of.ledger if reload_of is not None else None
         if reload_of is None and config.store is not None and config.ledger.enabled:
             self.ledger = Ledger(build_store(config.store, config_path), config.ledger, counters)
-        self.budgets = BudgetKeeper(config)
+        # The spend read at start, if still going (a slow database): kept across reloads, to cancel at close.
+        self._reading: asyncio.Task[None] | None = reload_of._reading if reload_of is not None else None
+        self.budgets = BudgetKeeper(config, sync_errors=counters.budget_store_errors.labels(backend="redis"))
 
     def pipeline(self) -> Pipeline:
         before: tuple[BeforeUpstream, ...] = (self.budgets.gate,) if self.budgets else ()
@@ -49,18 +52,38 @@ class Books:
         ledger = self.ledger
         if ledger is not None:  # (none: `tollway serve` said so in its start lines)
             self.budgets.await_ledger()  # (until read now, or when the database is back)
+            started = loop.time()
             try:
                 await asyncio.wait_for(ledger.open(), _OPEN_AT_START)
-                await self.budgets.rebuild(ledger)
             except SchemaTooNew:
                 raise
             except (StoreError, OSError, TimeoutError) as exc:
                 log.warning("ledger: the %s database is not available at start (%s); serving anyway, "
                             "records wait for it", ledger.store.backend, exc or "timed out")
+            if ledger.opened:
+                # The same time bounds the spend read: a slow database (a lock held, a busy server)
+                # held the worker up to the store's timeout per statement, then the read was given
+                # up and the budgets counted from 0 for the period. It goes on in the background
+                # instead, tried again until it reads (the owners await the ledger meanwhile).
+                self._reading = loop.create_task(self._read_spend(ledger))
+                await asyncio.wait({self._reading}, timeout=max(_OPEN_AT_START - (loop.time() - started), 0.0))
             # (the keeper in force then: reloads meanwhile may have brought owners of their own)
             ledger.start(loop, None if ledger.opened else (
                 lambda: self.budgets.current().rebuild(ledger, add=True)))
         self.budgets.start(loop)
+
+    async def _read_spend(self, ledger: Ledger) -> None:
+        """Every budget's spend this period from the ledger, tried until the database answers
+        (the keeper in force then: reloads meanwhile may have brought owners of their own)."""
+        said = False
+        while not await self.budgets.current().read_ledger(ledger, retrying=True):
+            if not said:
+                log.warning("budgets: cannot read this period's spend from the ledger yet; serving with what "
+                            "this process counts, trying again every %g s", _READ_AGAIN)
+                said = True
+            await asyncio.sleep(_READ_AGAIN)
+        if said:
+            log.warning("budgets: this period's spend read from the ledger")
 
     def adopt(self, previous: Books) -> Awaitable[None] | None:
         """A reload: keep the spend (the ledger was handed over at construction). Returns the
@@ -75,6 +98,8 @@ class Books:
         return self.budgets.rebuild(self.ledger, fresh)
 
     async def close(self, deadline: float) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
         await self.budgets.aclose()
         if self.ledger is not None:
             await self.ledger.close(deadline)

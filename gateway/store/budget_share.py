@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from tollway.core.ledger.budgets import Account, BudgetBook, Owner
@@ -101,7 +102,9 @@ class Batch:
 class RedisShare:
     """Every replica's charges, summed in Redis: `{prefix}:budget:<kind>:<name>:<period start>`."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, errors: Counter | None = None) -> None:
+        """`errors`: counts each sync that failed (tollway_budget_store_errors_total)."""
+        self.errors = errors
         self.client = aioredis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
         self.prefix = prefix
         self.record = f"{{{prefix}}}:budget-batch:{secrets.token_hex(8)}"
@@ -159,6 +162,7 @@ class RedisShare:
             account.roll(now)
         accounts = list(book.accounts.items())
         names = [self.name(owner, account) for owner, account in accounts]
+        starts = [account.start for _, account in accounts]
         batches = self._sendable(book)
         unsent = self.pending  # (the seed leaves it out: the batches add theirs, the rest comes later)
         seeds = [(key, account) for key, (_, account) in zip(names, accounts, strict=True) if not account.awaiting_ledger]
@@ -177,6 +181,8 @@ class RedisShare:
                     pipe.get(_gen_key(key))
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:  # (the batches stay unsure: sent again next sync)
+            if self.errors is not None:
+                self.errors.inc()
             if not self._failing:
                 self._failing = True
                 log.warning("budgets: Redis is unavailable (%s); each replica counts its own spend until it is back",
@@ -189,9 +195,11 @@ class RedisShare:
         pending = self.pending
         reads = results[len(results) - 2 * len(names):]
         self.seen = {}  # (only the counters of the accounts now: a period gone is forgotten)
-        for key, (_, account), value, meta in zip(names, accounts, reads[::2], reads[1::2], strict=True):
+        for key, (_, account), start, value, meta in zip(names, accounts, starts, reads[::2], reads[1::2], strict=True):
             if value is not None and meta is not None:
                 self.seen[key] = (value, meta.split(b" ", 1)[0])
+            if account.start != start:  # (a request moved it to a new period meanwhile: the total read is the last one's)
+                continue
             if value is not None:  # (never below the ledger's spend: a counter may miss some, see SEED)
                 account.spent = max(float(value) + pending.get(key, 0.0), account.ledger_floor)
                 account.awaiting_ledger = False  # (seeded by a replica that read the ledger: its pending goes next)
@@ -219,12 +227,18 @@ class RedisShare:
 
     def inherit(self, retired: RedisShare) -> None:
         """Send a retired share's charges with this one's syncs (its unsure batches keep their
-        record and number: Redis may have added them)."""
+        record and number: Redis may have added them), and offer what it read as this one's view
+        until this one reads: the seed needs it to tell a counter Redis started again (a restart
+        without persistence) from the one that view was read in (SEED), or what others added to
+        the new one is dropped."""
         for key, usd in retired.fresh.items():
             self.fresh[key] += usd
         self.unsure.extend(retired.unsure)
+        for key, view in retired.seen.items():
+            self.seen.setdefault(key, view)
         retired.fresh.clear()
         retired.unsure.clear()
+        retired.seen.clear()  # (handed once: a later inherit, at aclose, must not offer it again)
 
     async def aclose(self, book: BudgetBook, heir: RedisShare | None = None) -> None:
         """Stop syncing; the charges not yet in Redis go to `heir` (the share a reload put in

@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from tollway.core.config import Config
 from tollway.core.errors import GatewayError
 from tollway.core.ledger.budgets import Account, BudgetBook, Owner
@@ -33,14 +35,15 @@ log = logging.getLogger("tollway")
 
 
 class BudgetKeeper:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time, sync_errors: Counter | None = None) -> None:
+        """`sync_errors`: counts each failed sync with the shared store (Redis), if any."""
         self.clock = clock
         self.book = BudgetBook.of(config, clock())
         self.share: RedisShare | None = None
         self.successor: BudgetKeeper | None = None  # the keeper a reload put in this one's place
         if self.book and config.rate_limits.backend == "redis":
             from tollway.gateway.store.budget_share import RedisShare  # (redis-py: ~15 MB, when used)
-            self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix)
+            self.share = RedisShare(config.rate_limits.redis_url, config.rate_limits.key_prefix, sync_errors)
 
     def __bool__(self) -> bool:
         return bool(self.book)
@@ -114,7 +117,14 @@ class BudgetKeeper:
         """Each owner's spend this period, from the ledger (what survived a restart, and what
         requests just answered left in its queue); `owners` limits it to those. `add`: the
         database's sum is added to what was counted meanwhile (the database came back after the
-        gateway started: nothing this process charged is in it yet)."""
+        gateway started: nothing this process charged is in it yet). A database that cannot be
+        read leaves the owners counting from what this process saw."""
+        await self.read_ledger(ledger, owners, add)
+
+    async def read_ledger(self, ledger: Ledger, owners: set[Owner] | None = None, add: bool = False,
+                          retrying: bool = False) -> bool:
+        """`rebuild`, saying whether the database was read: if not, with `retrying` (the caller
+        reads again later) the owners still await the ledger."""
         now = self.clock()
         by_start: dict[tuple[str, float], list[tuple[Owner, Account]]] = defaultdict(list)
         for owner, account in self.book.accounts.items():
@@ -122,6 +132,7 @@ class BudgetKeeper:
                 continue
             account.roll(now)
             by_start[(owner[0], account.start)].append((owner, account))
+        read = False
         try:
             # Writes held: a record is in the database or in the queue then, never in both or
             # neither (a budget added right after requests must count their queued records)
@@ -143,12 +154,17 @@ class BudgetKeeper:
                     # holds records of these charges, and of some before the budget was added)
                     adding = add and account.awaiting_ledger
                     account.spent = max(account.spent + ledger_usd, floor) if adding else max(account.spent, floor)
+            read = True
         except StoreError as exc:
+            if retrying:
+                return False
             log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
         finally:  # read or not (then counting from what this process saw), the counters may be shared
-            for accounts in by_start.values():
-                for _, account in accounts:
-                    account.awaiting_ledger = False
+            if read or not retrying:
+                for accounts in by_start.values():
+                    for _, account in accounts:
+                        account.awaiting_ledger = False
+        return True
 
     def hand_over(self) -> None:
         """Retired by a swap: hand what this keeper's share has not sent to Redis yet to the share

@@ -41,8 +41,8 @@ _LATE_WRITE_SECONDS = 0.5  # after the store is closed, how long close waits for
 
 
 class LedgerCounters:
-    """The ledger's Prometheus counters, registered once per gateway (a reload may replace the
-    Ledger; the counts go on)."""
+    """The books' Prometheus counters (the ledger's, and the budgets' shared store's), registered
+    once per gateway (a reload may replace the Ledger and the budgets; the counts go on)."""
 
     def __init__(self, registry: object) -> None:
         self.written = Counter("tollway_ledger_written", "Usage records written to the ledger database.",
@@ -51,6 +51,11 @@ class LedgerCounters:
                                "came before the database took them.", registry=registry)  # type: ignore[arg-type]
         self.errors = Counter("tollway_ledger_write_errors", "Failed ledger writes (each is retried).",
                               registry=registry)  # type: ignore[arg-type]
+        # Per failed sync, not per incident (which is logged once): an outage alerts while it lasts.
+        self.budget_store_errors = Counter(
+            "tollway_budget_store_errors", "Syncs of calendar budgets' spend with the shared store that failed, by "
+            "backend (each replica counts its own spend meanwhile).", ("backend",),
+            registry=registry)  # type: ignore[arg-type]
 
 
 class Ledger:
