@@ -5,7 +5,8 @@ items become messages (`instructions` the first system message), consecutive `fu
 items join the assistant message before them as its `tool_calls`, and each
 `function_call_output` becomes a `tool` message. Reasoning items are the model's own earlier
 thoughts, which no translated provider takes back: they are dropped, as the Anthropic-over-chat
-translation drops thinking blocks.
+translation drops thinking blocks. A message's text parts become one string with a newline
+between them (`join_texts`), as on the Anthropic surface: they are separate pieces of text.
 
 The gateway keeps no state for translated providers, so everything that refers to a stored
 response, conversation or prompt is refused with a 400 naming the field, as is any hosted tool
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from tollway.core.errors import bad_request, echoed, responses_state_unsupported
 from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.messages.translate import join_texts
 from tollway.core.providers.responses import wire
 from tollway.core.providers.wire import openai as oa
 from tollway.core.request import StreamOptions
@@ -88,7 +90,7 @@ def _message(item: wire.InputItem, i: int) -> oa.ChatMessage:
     if role != "user" or all(p.type == "text" for p in parts):  # only a user turn may carry images
         if any(p.type != "text" for p in parts):
             raise bad_request(f"Only user messages may carry images (input[{i}]).", param=f"input[{i}].content")
-        return oa.ChatMessage(role, "".join(p.text or "" for p in parts))
+        return oa.ChatMessage(role, join_texts(p.text for p in parts))
     return oa.ChatMessage(role, parts)
 
 
@@ -128,7 +130,7 @@ def _output_text(output: str | list[wire.InputContent] | None, i: int) -> str:
         if p.type not in _TEXT_PARTS:
             raise bad_request(f"A function_call_output part of type '{echoed(p.type)}' is not supported for this model's "
                               "provider; send the output as text.", param=f"input[{i}].output[{j}].type")
-    return "".join(p.text or "" for p in output)
+    return join_texts(p.text for p in output)
 
 
 def _tools(tools: list[wire.FunctionTool] | None) -> list[oa.Tool] | None:
