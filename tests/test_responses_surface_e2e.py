@@ -5,13 +5,16 @@ Responses request (the text as the client wrote it), and what a Responses client
 whatever the upstream answers."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
 
+from tests.fakes import anthropic_upstream as fa
 from tests.fakes.anthropic_upstream import FakeAnthropic
-from tests.fakes.hostile_upstream import HostileUpstream
+from tests.fakes.hostile_upstream import Answer, HostileUpstream
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 
 
@@ -53,3 +56,56 @@ def test_text_parts_of_one_input_message_stay_apart(oai: openai.OpenAI, anthropi
     assert assistant["content"][0] == {"type": "text", "text": "Let me check.\nOne moment."}
     assert result["content"][0]["content"] == "Sunny\n20 C"
 
+
+# -- what the client is owed --------------------------------------------------------------
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+MESSAGE = {"id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+           "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}
+TOOL_USE = {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}
+
+
+def _script_anthropic(hostile: HostileUpstream, stream: bool, stop_reason: str, answer: list[dict[str, Any]],
+                      partial_json: str = "") -> None:
+    """The hostile upstream answers `scripted` as Anthropic does: `answer`'s content blocks
+    (a tool_use's input streamed as `partial_json`), ending with `stop_reason`."""
+    if not stream:
+        body = {**MESSAGE, "content": answer, "stop_reason": stop_reason, "usage": {"input_tokens": 12, "output_tokens": 9}}
+        hostile.script(Answer(headers=(("content-type", "application/json"),), chunks=(json.dumps(body).encode(),)))
+        return
+    events = [fa.sse("message_start", {"type": "message_start", "message": MESSAGE})]
+    for i, block in enumerate(answer):
+        start = {**block, "input": {}} if block["type"] == "tool_use" else {**block, "text": ""}
+        events.append(fa.sse("content_block_start", {"type": "content_block_start", "index": i, "content_block": start}))
+        delta = ({"type": "input_json_delta", "partial_json": partial_json} if block["type"] == "tool_use"
+                 else {"type": "text_delta", "text": block["text"]})
+        events.append(fa.sse("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}))
+        events.append(fa.sse("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events.append(fa.sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason,
+                                           "stop_sequence": None}, "usage": {"output_tokens": 9}}))
+    events.append(fa.sse("message_stop", {"type": "message_stop"}))
+    hostile.script(Answer(headers=(("content-type", "text/event-stream"),), chunks=tuple(events), framing="chunked"))
+
+
+def _respond(oai: openai.OpenAI, stream: bool) -> Any:
+    if not stream:
+        return oai.responses.create(model="scripted", input="Weather in Paris?", tools=[WEATHER], max_output_tokens=9)
+    events = list(oai.responses.create(model="scripted", input="Weather in Paris?", tools=[WEATHER],
+                                       max_output_tokens=9, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    return events[-1].response
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("stop_reason", "reason"), [("max_tokens", "max_output_tokens"),
+                                                     ("model_context_window_exceeded", "max_output_tokens"),
+                                                     ("refusal", "content_filter")])
+def test_an_answer_claude_stopped_early_is_incomplete_and_says_why(oai, hostile, stream, stop_reason, reason):
+    """What Claude wrote before max_tokens (or its context window, or its refusal) stopped it is
+    kept, and the response says it is not whole: `incomplete`, with OpenAI's reason."""
+    _script_anthropic(hostile, stream, stop_reason, [{"type": "text", "text": "The answer is"}])
+    r = _respond(oai, stream)
+    assert r.status == "incomplete" and r.incomplete_details.reason == reason
+    assert r.output_text == "The answer is"
+    assert r.usage.output_tokens == 9
