@@ -109,3 +109,14 @@ def test_an_answer_claude_stopped_early_is_incomplete_and_says_why(oai, hostile,
     assert r.status == "incomplete" and r.incomplete_details.reason == reason
     assert r.output_text == "The answer is"
     assert r.usage.output_tokens == 9
+
+
+# -- errors name the Responses field --------------------------------------------------------
+
+def test_an_output_limit_too_small_to_think_in_is_a_400_naming_max_output_tokens(oai):
+    """Claude's thinking counts in its output limit, so a limit below its smallest budget is
+    refused by the chat translator, which named its own field: `max_tokens`, which a Responses
+    client never sent. The error names the field the client wrote."""
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.responses.create(model="claude", input="Think first.", reasoning={"effort": "low"}, max_output_tokens=500)
+    assert bad.value.body["param"] == "max_output_tokens"

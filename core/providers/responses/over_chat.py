@@ -39,7 +39,10 @@ class ResponsesOverChat:
 
     def build(self, ctx: CallContext) -> UpstreamCall:
         chat = to_chat_request(decode_responses(ctx.body), ctx.upstream_model, self.provider, self.json_mode)
-        return self.inner().build(_chat_ctx(ctx, oa.encode(chat)))
+        try:
+            return self.inner().build(_chat_ctx(ctx, oa.encode(chat)))
+        except GatewayError as err:
+            raise _named_as_responses(err) from None
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         chat_body, usage = self.inner().response(_chat_ctx(ctx), status, body)
@@ -52,6 +55,21 @@ class ResponsesOverChat:
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.inner().error(_chat_ctx(ctx), status, headers, body)
+
+
+# The chat request fields the Responses fields become (request.py), by their chat names: a chat
+# translator's 400 names its own field, which a Responses client never sent.
+RESPONSES_FIELDS = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort",
+                    "response_format": "text.format"}
+
+
+def _named_as_responses(err: GatewayError) -> GatewayError:
+    """`err` naming the Responses field its chat field came from (its param and its message)."""
+    field = RESPONSES_FIELDS.get(err.param or "")
+    if field is not None:
+        err.message = err.message.replace(f"'{err.param}'", f"'{field}'")
+        err.param = field
+    return err
 
 
 def _chat_ctx(ctx: CallContext, body: bytes = b"") -> CallContext:
