@@ -13,20 +13,24 @@ import openai
 import pytest
 
 from tests.fakes import anthropic_upstream as fa
+from tests.fakes import gemini_upstream as fg
 from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.hostile_upstream import Answer, HostileUpstream
 from tests.harness import TEST_KEY, UPSTREAM_SECRET, GatewayProcess, key_hash
 
 
 @pytest.fixture(scope="module")
-def gw(hostile: HostileUpstream, anthropic_upstream: FakeAnthropic) -> Iterator[GatewayProcess]:
+def gw(hostile: HostileUpstream, anthropic_upstream: FakeAnthropic, gemini: FakeGemini) -> Iterator[GatewayProcess]:
     process = GatewayProcess(f"""
 providers:
   - {{name: ant, schema: anthropic, base_url: {anthropic_upstream.url}, api_key: {UPSTREAM_SECRET}}}
   - {{name: hostile, schema: anthropic, base_url: {hostile.url}, api_key: {UPSTREAM_SECRET}}}
+  - {{name: gem, schema: gemini, base_url: {gemini.url}/v1beta, api_key: {fg.API_KEY}}}
 models:
   - {{name: claude, targets: [{{provider: ant, model: claude-sonnet-4-5}}]}}
   - {{name: scripted, targets: [{{provider: hostile, model: scripted}}]}}
+  - {{name: gemini-flash, targets: [{{provider: gem, model: gemini-2.5-flash}}]}}
 keys:
   - {{name: test-key, key_hash: "{key_hash(TEST_KEY)}"}}
 """)
@@ -120,3 +124,16 @@ def test_an_output_limit_too_small_to_think_in_is_a_400_naming_max_output_tokens
     with pytest.raises(openai.BadRequestError) as bad:
         oai.responses.create(model="claude", input="Think first.", reasoning={"effort": "low"}, max_output_tokens=500)
     assert bad.value.body["param"] == "max_output_tokens"
+
+
+def test_a_400_about_an_input_item_names_it_as_the_client_sent_it(oai):
+    """Gemini names a tool result by its call's function, so a result whose call is not in the
+    input is refused by the chat translator, which named the chat message it had made of it
+    (`messages[1]`, after the instructions' system message). The error names the input item."""
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.responses.create(model="gemini-flash", instructions="Be brief.", input=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "function_call_output", "call_id": "call_9", "output": '{"temp_c": 18}'}])
+    err = bad.value.body
+    assert err["param"] == "input[1].call_id"
+    assert "input[1].call_id" in err["message"] and "messages[" not in err["message"]

@@ -28,16 +28,26 @@ _STATEFUL = ("previous_response_id", "conversation", "prompt")
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
-def to_chat_request(req: wire.ResponsesRequest, model: str, provider: str, json_mode: bool) -> oa.ChatRequest:
-    """The chat request for a Responses request to `provider`. Raises GatewayError(400) naming
-    the Responses field the provider cannot honour."""
+def to_chat_request(req: wire.ResponsesRequest, model: str, provider: str,
+                    json_mode: bool) -> tuple[oa.ChatRequest, list[str]]:
+    """The chat request for a Responses request to `provider`, and for each of its messages the
+    Responses field it was made from (`instructions`, `input`, `input[3]`): a chat translator's
+    400 names a message, which the client must see named as it sent it. Raises
+    GatewayError(400) naming the Responses field the provider cannot honour."""
     _refuse_unsupported(req, provider, json_mode)
     messages = [oa.ChatMessage("system", req.instructions)] if req.instructions else []
+    sources = ["instructions"] * len(messages)
     if isinstance(req.input, str):
         messages.append(oa.ChatMessage("user", req.input))
+        sources.append("input")
     else:
         for i, item in enumerate(req.input or []):
             _add_item(messages, item, i)
+            sources += [f"input[{i}]"] * (len(messages) - len(sources))  # (a call may join the turn before it)
+    return _chat_request(req, model, messages), sources
+
+
+def _chat_request(req: wire.ResponsesRequest, model: str, messages: list[oa.ChatMessage]) -> oa.ChatRequest:
     stream = bool(req.stream)
     return oa.ChatRequest(
         messages=messages, model=model, max_tokens=req.max_output_tokens, temperature=req.temperature,
