@@ -188,7 +188,7 @@ REFUSED = [
     ({"tools": [WEATHER], "tool_choice": {"type": "file_search"}}, "tool_choice.type", None),
     ({"tool_choice": "sometimes"}, "tool_choice", None),
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", None),
-    ({"reasoning": {"effort": "low"}, "max_output_tokens": 1000}, "max_tokens", None),
+    ({"reasoning": {"effort": "low"}, "max_output_tokens": 1000}, "max_output_tokens", None),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "unsupported_parameter"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", None),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", None),
@@ -397,7 +397,8 @@ def test_reasoning_effort_on_bedrock_claude_is_its_thinking_budget():
 def test_reasoning_effort_on_a_bedrock_model_without_a_budget_is_a_400():
     with pytest.raises(GatewayError) as err:
         adapter(BEDROCK).build(ctx(BEDROCK, {"input": "hi", "reasoning": {"effort": "low"}}, "amazon.titan-text-premier-v1:0"))
-    assert err.value.param == "reasoning_effort" and "amazon.titan-text-premier-v1:0" in err.value.message
+    assert err.value.param == "reasoning.effort" and "amazon.titan-text-premier-v1:0" in err.value.message
+    assert "'reasoning.effort' is not supported" in err.value.message  # the field as the client wrote it
 
 
 def test_bedrock_refuses_json_mode_naming_the_responses_field():
@@ -511,7 +512,7 @@ def test_gemini_and_vertex_urls_and_credentials():
 def test_a_tool_result_without_its_call_is_a_400_on_gemini():
     with pytest.raises(GatewayError) as err:
         sent(GEMINI, {"input": [{"type": "function_call_output", "call_id": "call_9", "output": "x"}]})
-    assert err.value.status == 400 and "tool_call_id" in (err.value.param or "")
+    assert err.value.status == 400 and err.value.param == "input[0].call_id"  # as the client sent it
 
 
 @pytest.mark.parametrize("provider", [GEMINI, VERTEX], ids=["gemini", "vertex"])

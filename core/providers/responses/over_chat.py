@@ -10,6 +10,7 @@ mapping of messages, tools, tool results, usage and errors is written once per p
 """
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from tollway.core.errors import GatewayError
@@ -38,8 +39,11 @@ class ResponsesOverChat:
         return adapter
 
     def build(self, ctx: CallContext) -> UpstreamCall:
-        chat = to_chat_request(decode_responses(ctx.body), ctx.upstream_model, self.provider, self.json_mode)
-        return self.inner().build(_chat_ctx(ctx, oa.encode(chat)))
+        chat, sources = to_chat_request(decode_responses(ctx.body), ctx.upstream_model, self.provider, self.json_mode)
+        try:
+            return self.inner().build(_chat_ctx(ctx, oa.encode(chat)))
+        except GatewayError as err:
+            raise _named_as_responses(err, sources) from None
 
     def response(self, ctx: CallContext, status: int, body: bytes) -> tuple[bytes, Usage | None]:
         chat_body, usage = self.inner().response(_chat_ctx(ctx), status, body)
@@ -52,6 +56,35 @@ class ResponsesOverChat:
 
     def error(self, ctx: CallContext, status: int, headers: list[tuple[str, str]], body: bytes) -> GatewayError:
         return self.inner().error(_chat_ctx(ctx), status, headers, body)
+
+
+# The chat request fields the Responses fields become (request.py), by their chat names: a chat
+# translator's 400 names its own field, which a Responses client never sent.
+RESPONSES_FIELDS = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort",
+                    "response_format": "text.format"}
+# A chat message (and one of its fields), in a param or a message; the chat message fields a
+# Responses item calls otherwise.
+_MESSAGE = re.compile(r"messages\[(\d+)\](\.\w+)?")
+_ITEM_FIELDS = {".tool_call_id": ".call_id"}
+
+
+def _named_as_responses(err: GatewayError, sources: list[str]) -> GatewayError:
+    """`err` naming the Responses field its chat field came from (its param and its message);
+    `sources` names the field each chat message was made from (`to_chat_request`)."""
+    field = RESPONSES_FIELDS.get(err.param or "")
+    if field is not None:
+        err.message = err.message.replace(f"'{err.param}'", f"'{field}'")
+        err.param = field
+    elif err.param and _MESSAGE.match(err.param):
+        err.param = _MESSAGE.sub(lambda m: _source(m, sources), err.param)
+        err.message = _MESSAGE.sub(lambda m: _source(m, sources), err.message)
+    return err
+
+
+def _source(found: re.Match[str], sources: list[str]) -> str:
+    """The Responses name of the chat message (and field) `found` names."""
+    k, field = int(found.group(1)), found.group(2) or ""
+    return (sources[k] if k < len(sources) else "input") + _ITEM_FIELDS.get(field, field)
 
 
 def _chat_ctx(ctx: CallContext, body: bytes = b"") -> CallContext:

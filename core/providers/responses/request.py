@@ -5,7 +5,8 @@ items become messages (`instructions` the first system message), consecutive `fu
 items join the assistant message before them as its `tool_calls`, and each
 `function_call_output` becomes a `tool` message. Reasoning items are the model's own earlier
 thoughts, which no translated provider takes back: they are dropped, as the Anthropic-over-chat
-translation drops thinking blocks.
+translation drops thinking blocks. A message's text parts become one string with a newline
+between them (`join_texts`), as on the Anthropic surface: they are separate pieces of text.
 
 The gateway keeps no state for translated providers, so everything that refers to a stored
 response, conversation or prompt is refused with a 400 naming the field, as is any hosted tool
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from tollway.core.errors import bad_request, echoed, responses_state_unsupported
 from tollway.core.providers.chat.anthropic import tool_arguments
+from tollway.core.providers.messages.translate import join_texts
 from tollway.core.providers.responses import wire
 from tollway.core.providers.wire import openai as oa
 from tollway.core.request import StreamOptions
@@ -26,16 +28,26 @@ _STATEFUL = ("previous_response_id", "conversation", "prompt")
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
-def to_chat_request(req: wire.ResponsesRequest, model: str, provider: str, json_mode: bool) -> oa.ChatRequest:
-    """The chat request for a Responses request to `provider`. Raises GatewayError(400) naming
-    the Responses field the provider cannot honour."""
+def to_chat_request(req: wire.ResponsesRequest, model: str, provider: str,
+                    json_mode: bool) -> tuple[oa.ChatRequest, list[str]]:
+    """The chat request for a Responses request to `provider`, and for each of its messages the
+    Responses field it was made from (`instructions`, `input`, `input[3]`): a chat translator's
+    400 names a message, which the client must see named as it sent it. Raises
+    GatewayError(400) naming the Responses field the provider cannot honour."""
     _refuse_unsupported(req, provider, json_mode)
     messages = [oa.ChatMessage("system", req.instructions)] if req.instructions else []
+    sources = ["instructions"] * len(messages)
     if isinstance(req.input, str):
         messages.append(oa.ChatMessage("user", req.input))
+        sources.append("input")
     else:
         for i, item in enumerate(req.input or []):
             _add_item(messages, item, i)
+            sources += [f"input[{i}]"] * (len(messages) - len(sources))  # (a call may join the turn before it)
+    return _chat_request(req, model, messages), sources
+
+
+def _chat_request(req: wire.ResponsesRequest, model: str, messages: list[oa.ChatMessage]) -> oa.ChatRequest:
     stream = bool(req.stream)
     return oa.ChatRequest(
         messages=messages, model=model, max_tokens=req.max_output_tokens, temperature=req.temperature,
@@ -88,7 +100,7 @@ def _message(item: wire.InputItem, i: int) -> oa.ChatMessage:
     if role != "user" or all(p.type == "text" for p in parts):  # only a user turn may carry images
         if any(p.type != "text" for p in parts):
             raise bad_request(f"Only user messages may carry images (input[{i}]).", param=f"input[{i}].content")
-        return oa.ChatMessage(role, "".join(p.text or "" for p in parts))
+        return oa.ChatMessage(role, join_texts(p.text for p in parts))
     return oa.ChatMessage(role, parts)
 
 
@@ -128,7 +140,7 @@ def _output_text(output: str | list[wire.InputContent] | None, i: int) -> str:
         if p.type not in _TEXT_PARTS:
             raise bad_request(f"A function_call_output part of type '{echoed(p.type)}' is not supported for this model's "
                               "provider; send the output as text.", param=f"input[{i}].output[{j}].type")
-    return "".join(p.text or "" for p in output)
+    return join_texts(p.text for p in output)
 
 
 def _tools(tools: list[wire.FunctionTool] | None) -> list[oa.Tool] | None:
