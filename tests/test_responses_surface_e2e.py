@@ -137,3 +137,15 @@ def test_a_400_about_an_input_item_names_it_as_the_client_sent_it(oai):
     err = bad.value.body
     assert err["param"] == "input[1].call_id"
     assert "input[1].call_id" in err["message"] and "messages[" not in err["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_function_call_cut_off_by_max_output_tokens_is_incomplete(oai, hostile, stream):
+    """A call Claude was writing when max_tokens stopped it has half its arguments. Said to be
+    `completed`, the client ran the tool with them; OpenAI says `incomplete`
+    (`max_output_tokens`), as for cut-off text."""
+    _script_anthropic(hostile, stream, "max_tokens", [{"type": "text", "text": "Let me check."},
+                                                      {**TOOL_USE, "input": {"city": "Pa"}}], '{"city": "Pa')
+    r = _respond(oai, stream)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output[-1].type == "function_call"

@@ -110,8 +110,10 @@ RESPONSES = [
     ("text", fa.message_body("claude-x", False), "stop", fa.REPLY, None),
     ("tool use", fa.message_body("claude-x", True), "tool_calls", fa.REPLY, [("get_weather", fa.TOOL_INPUT)]),
     ("max tokens", {**fa.message_body("claude-x", False), "stop_reason": "max_tokens"}, "length", fa.REPLY, None),
-    ("tool use wins over max_tokens", {**fa.message_body("claude-x", True), "stop_reason": "max_tokens"}, "tool_calls", fa.REPLY,
-     [("get_weather", fa.TOOL_INPUT)]),
+    # (a call max_tokens cut off may hold half its arguments: `length`, as OpenAI says it, so that
+    # no client runs the tool with them)
+    ("tool use cut off by max_tokens", {**fa.message_body("claude-x", True), "stop_reason": "max_tokens"}, "length",
+     fa.REPLY, [("get_weather", fa.TOOL_INPUT)]),
     ("refusal", {**fa.message_body("claude-x", False), "stop_reason": "refusal"}, "content_filter", fa.REPLY, None),
 ]
 

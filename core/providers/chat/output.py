@@ -46,7 +46,13 @@ def completion_id(seed: bytes, now: float) -> str:
 
 
 def finish_reason(mapped: str | None, has_tool_calls: bool) -> str:
-    return "tool_calls" if has_tool_calls else (mapped or "stop")
+    """OpenAI's finish_reason for a provider's mapped stop reason. Tool calls turn an ordinary
+    stop into `tool_calls` (Gemini says STOP after a call); a max-tokens or safety stop stays
+    what it is, as OpenAI reports it: a call cut off there may hold half its arguments, and a
+    client told `tool_calls` would run the tool with them."""
+    if has_tool_calls and (mapped is None or mapped == "stop"):
+        return "tool_calls"
+    return mapped or "stop"
 
 
 class FunctionOut(msgspec.Struct):
