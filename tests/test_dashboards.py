@@ -28,8 +28,8 @@ _METRIC = re.compile(r"\b((?:tollway|gen_ai|process|python)_[a-z0-9_]+)\b")
 # and lag, and requests with no price.
 ALERTED = {"tollway_requests_total", "gen_ai_server_request_duration_seconds_bucket", "tollway_upstream_available",
            "tollway_rate_limit_store_errors_total", "tollway_trace_spans_dropped_total", "tollway_limit_remaining_ratio",
-           "tollway_budget_remaining_ratio", "tollway_ledger_dropped_total", "tollway_ledger_lag_seconds",
-           "tollway_unpriced_requests_total"}
+           "tollway_budget_remaining_ratio", "tollway_budget_store_errors_total", "tollway_ledger_dropped_total",
+           "tollway_ledger_lag_seconds", "tollway_unpriced_requests_total"}
 
 
 def _dashboard_exprs() -> list[str]:
@@ -75,7 +75,7 @@ def test_the_alerts_fire_when_their_unit_tests_say():
     assert result.returncode == 0, result.stdout + result.stderr
     tested = {test["alertname"] for group in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
               for test in group["alert_rule_test"]}
-    assert {"TollwayLedgerDropping", "TollwayLedgerLagging", "TollwayBudgetNearlySpent",
+    assert {"TollwayLedgerDropping", "TollwayLedgerLagging", "TollwayBudgetNearlySpent", "TollwayBudgetStoreErrors",
             "TollwayUnpricedRequests"} <= tested
 
 
