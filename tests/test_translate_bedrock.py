@@ -106,7 +106,7 @@ TOOL_HISTORY_AS_TEXT = {
                                           {"text": 'Tool call c1: get_weather({"city":"Paris"})'},
                                           {"text": 'Tool call c2: get_weather({"city":"Rome"})'}]},
         {"role": "user", "content": [{"text": "Tool result for c1 (get_weather): 18C"},
-                                     {"text": "Tool result for c2 (get_weather): 21C"},
+                                     {"text": "Tool result for c2 (get_weather): 21\nC"},
                                      {"text": "Summarise."}]}],
     "system": [{"text": "Be brief."}],
 }
@@ -137,7 +137,7 @@ def test_an_empty_tool_result_or_unknown_call_is_named_alone():
 def test_a_tool_history_with_tools_keeps_its_blocks():
     out = json.loads(ADAPTER.build(ctx({"messages": TOOL_HISTORY, "tools": [TOOL]})).body)
     assert out["messages"][1]["content"][1] == {"toolUse": {"toolUseId": "c1", "name": "get_weather", "input": {"city": "Paris"}}}
-    assert out["messages"][2]["content"][1] == {"toolResult": {"toolUseId": "c2", "content": [{"text": "21C"}]}}
+    assert out["messages"][2]["content"][1] == {"toolResult": {"toolUseId": "c2", "content": [{"text": "21\nC"}]}}
     assert out["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather"
 
 

@@ -220,12 +220,13 @@ def decode_chat(body: bytes) -> ChatRequest:
 
 
 def text_of(content: str | list[ContentPart] | None) -> str:
-    """The text of a message's content, its text parts joined."""
+    """The text of a message's content, its text parts joined with a newline between them (as
+    vLLM's chat templates join them: "Hello" and "world" must not reach a model as one word)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.text or "" for p in content if p.type == "text")
+    return "\n".join(p.text or "" for p in content if p.type == "text")
 
 
 def unsupported(field: str, provider: str, why: str = "") -> GatewayError:
