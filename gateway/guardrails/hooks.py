@@ -3,9 +3,12 @@
     input   → Pipeline.before_upstream  (block: 400; mask: the body sent upstream is re-encoded)
     output  → Pipeline.on_answer        (a non-stream answer; block: 502)
               Pipeline.on_chunk         (a stream: a scanner per guardrail, choice/content block
-                                         and tool call over the text and tool-call argument
-                                         deltas; block: an SSE error event; the Responses API's
-                                         events in tollway.gateway.guardrails.responses_stream)
+                                         and tool call over the text, reasoning and tool-call
+                                         argument deltas; block: an SSE error event; the Responses
+                                         API's events in tollway.gateway.guardrails.responses_stream)
+    Anthropic thinking blocks are scanned when the gateway wrote them (a chat backend's reasoning,
+    translated: `signature: ""`), not when they are the upstream's own, signed
+    (`registry.signs_thinking` of the request's API and the answering provider's schema).
     json_schema → the answer's text checked against the request's response_format schema
               (tollway.gateway.guardrails.schema): non-stream at on_answer, a stream at the end
               of each choice or output item; block: 502 or the SSE error event
@@ -33,6 +36,7 @@ from tollway.core.guardrails.json_escapes import EscapeDecoder
 from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
 from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
+from tollway.core.providers.registry import signs_thinking
 from tollway.gateway import sse_deltas
 from tollway.gateway.guardrails import logprobs, responses_stream
 from tollway.gateway.guardrails.schema import AnswerSchema, chat_answers, responses_answers, schema_of
@@ -47,6 +51,10 @@ if TYPE_CHECKING:
 
 REGEX = "regex"  # the detector label of a regex guardrail's findings
 REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
+# An Anthropic block's delta of each kind: a held tail goes out at the block's end as that kind.
+_BLOCK_DELTAS = {sse_deltas.TEXT: "text_delta", sse_deltas.THINKING: "thinking_delta",
+                 sse_deltas.ARGUMENTS: "input_json_delta"}
+_BLOCK_FIELDS = {sse_deltas.TEXT: "text", sse_deltas.THINKING: "thinking", sse_deltas.ARGUMENTS: "partial_json"}
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
@@ -389,7 +397,7 @@ class GuardrailSet:
         except msgspec.DecodeError as exc:  # (the adapter read only what it needed)
             rules = state.output or state.checks
             raise errors.guardrail_unreadable(rules[0].name, "The upstream's answer", str(exc), 502) from None
-        slots = output_slots(body)
+        slots = output_slots(body, thinking=not signs_thinking(ex.api, ex.provider_schema))
         changed = state.redacts and logprobs.strip(body)
         changed |= await self._apply_rules(state, state.output, slots, 502)
         if state.schema is not None:
@@ -428,6 +436,8 @@ class GuardrailSet:
             for holder, name, kind, index, tool in sse_deltas.deltas(obj, side=True):
                 if name == "content":
                     said.append((index, holder))
+                elif kind == sse_deltas.THINKING and signs_thinking(ex.api, ex.provider_schema):
+                    continue  # the upstream's signed thinking: a changed one is refused when sent back
                 text = holder.get(name)
                 if schema is not None and name == "content":
                     schema.saw(index, holder)
@@ -471,8 +481,7 @@ class GuardrailSet:
                 kind = state.kinds.get((block, -1), sse_deltas.TEXT)
                 tail = self.finish_text(state, (block, -1))
                 if tail:
-                    piece = {"type": "text_delta", "text": tail} if kind == sse_deltas.TEXT else \
-                        {"type": "input_json_delta", "partial_json": tail}
+                    piece = {"type": _BLOCK_DELTAS[kind], _BLOCK_FIELDS[kind]: tail}
                     added = {"type": "content_block_delta", "index": block, "delta": piece}
                     ev.before = b"event: content_block_delta\ndata: " + _encode(added) + b"\n\n"
         if any(ev.changed or ev.before for ev in found):

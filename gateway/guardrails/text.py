@@ -18,8 +18,9 @@ Input (what the model would see), all roles:
 Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content` (or vLLM's `.reasoning`), `.refusal`
 and tool-call arguments, completions `choices[].text`, Anthropic `content[].text` and
 `tool_use` input's strings, responses `output[].content[].text` and `.refusal`, reasoning
-`summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks are not: they are
-signed, and a changed one is refused when the client sends it back.
+`summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks only when the
+gateway wrote them (`thinking=True`: an OpenAI-schema backend's reasoning, translated): Anthropic's
+own are signed, and a changed one is refused when the client sends it back.
 """
 from __future__ import annotations
 
@@ -147,7 +148,16 @@ def input_slots(api: str, body: Any) -> list[Slot]:
     return slots
 
 
-def output_slots(body: Any) -> list[Slot]:
+def _thinking(content: Any) -> Iterator[Slot]:
+    """The text of an Anthropic message's thinking blocks."""
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "thinking":
+                yield from _str(block, "thinking")
+
+
+def output_slots(body: Any, thinking: bool = False) -> list[Slot]:
+    """The texts of an answer; `thinking`: an Anthropic message's thinking blocks too."""
     if not isinstance(body, dict):
         return []
     slots: list[Slot] = []
@@ -166,6 +176,8 @@ def output_slots(body: Any) -> list[Slot]:
                     slots += _str(call.get("function"), "arguments")
     if body.get("type") == "message":
         slots += _parts(body, "content")
+        if thinking:
+            slots += _thinking(body.get("content"))
     for item in _items(body, "output"):
         if isinstance(item, dict):
             slots += _str(item, "arguments")
