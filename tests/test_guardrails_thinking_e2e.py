@@ -1,5 +1,5 @@
 """Output guardrails on a model's thinking (docs/guardrails.md): a real gateway, the official
-`anthropic` SDK, and the hostile upstream (model `scripted`) answering what each
+`anthropic` and `openai` SDKs, and the hostile upstream (model `scripted`) answering what each
 test scripts, once as an OpenAI-schema backend (vLLM) and once as Anthropic itself.
 
 - Behind the Anthropic surface, an OpenAI-schema backend's `reasoning` / `reasoning_content` is
@@ -7,15 +7,19 @@ test scripts, once as an OpenAI-schema backend (vLLM) and once as Anthropic itse
   reads them like any other text, so they are scanned, stream and non-stream, mask and block.
 - Anthropic's own thinking is signed, and a changed block is refused when the client sends it
   back: from a native Anthropic upstream it passes unchanged (the documented exception).
+- vLLM 0.11+ sends the same reasoning under both names in one delta (or one message): one card
+  is one finding, counted once in the request's `guardrails` and in the metrics.
 """
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from tests.fakes.hostile_upstream import Answer, HostileUpstream
@@ -54,6 +58,10 @@ guardrails:
 
 def _an(gw: GatewayProcess) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=TEST_KEY, max_retries=0, timeout=20)
+
+
+def _oa(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
 
 
 _ASK: Any = [{"role": "user", "content": "pay the bill"}]
@@ -203,3 +211,49 @@ def test_native_signed_thinking_passes_unchanged_in_an_answer(gw: GatewayProcess
     thinking, text = _an(gw).messages.create(model="claude-mask", max_tokens=100, messages=_ASK).content
     assert thinking.type == "thinking" and thinking.thinking == REASONING and thinking.signature == SIGNATURE
     assert text.type == "text" and text.text == "Paid with <CREDIT_CARD>."
+
+
+# -- one reasoning under two names is one finding ----------------------------------------------
+
+def _decisions(gw: GatewayProcess) -> float:
+    """tollway_guardrail_decisions_total of out-mask's credit_card findings, as scraped now."""
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    want = 'tollway_guardrail_decisions_total{action="mask",detector="credit_card",guardrail="out-mask"}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(want))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_reasoning_under_both_names_is_one_finding(gw: GatewayProcess, hostile: HostileUpstream, stream: bool) -> None:
+    """vLLM 0.11+ repeats the reasoning under `reasoning` and `reasoning_content`: both are masked
+    (a client reads either), and the one card is counted once."""
+    names = ("reasoning", "reasoning_content")
+    before = _decisions(gw)
+    if stream:
+        _vllm_stream(hostile, names)
+        got = _oa(gw).chat.completions.with_raw_response.create(model="vllm-mask", messages=_ASK, stream=True)
+        chunks = list(got.parse())
+        said = {n: "".join(getattr(c.choices[0].delta, n, None) or "" for c in chunks if c.choices) for n in names}
+    else:
+        _vllm_answer(hostile, names)
+        got = _oa(gw).chat.completions.with_raw_response.create(model="vllm-mask", messages=_ASK)
+        message = got.parse().choices[0].message
+        said = {n: getattr(message, n) for n in names}
+    assert said == {n: MASKED for n in names}
+    assert _log_of(gw, got.headers["x-request-id"])["guardrails"] == {"out-mask": {"credit_card": 1}}
+    assert _decisions(gw) - before == 1
+
+
+def test_reasoning_that_differs_under_the_two_names_is_counted_per_name(gw: GatewayProcess,
+                                                                      hostile: HostileUpstream) -> None:
+    """Two texts (a card in each) are two findings: only a repeat is counted once."""
+    other = f"a second card {CARD} too"
+    message = {"role": "assistant", "content": "Paid.", "reasoning": REASONING, "reasoning_content": other}
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "scripted",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25}}
+    hostile.script(Answer(headers=JSON, chunks=(json.dumps(body).encode(),)))
+    got = _oa(gw).chat.completions.with_raw_response.create(model="vllm-mask", messages=_ASK)
+    said = got.http_response.json()["choices"][0]["message"]
+    assert (said["reasoning"], said["reasoning_content"]) == (MASKED, "a second card <CREDIT_CARD> too")
+    assert _log_of(gw, got.headers["x-request-id"])["guardrails"] == {"out-mask": {"credit_card": 2}}
