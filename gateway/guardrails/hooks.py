@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 REGEX = "regex"  # the detector label of a regex guardrail's findings
 REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
+_THINKING = sse_deltas.THINKING  # (read per delta: a global, not a module attribute)
 _REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name == "reasoning")  # (its `tool` key)
 # An Anthropic block's delta of each kind: a held tail goes out at the block's end as that kind.
 _BLOCK_DELTAS = {sse_deltas.TEXT: "text_delta", sse_deltas.THINKING: "thinking_delta",
@@ -445,13 +446,13 @@ class GuardrailSet:
                     said.append((index, holder))
                     if "reasoning" in holder:
                         self._echoed(state, index, holder)
-                elif kind == sse_deltas.THINKING and signs_thinking(ex.api, ex.provider_schema):
-                    continue  # the upstream's signed thinking: a changed one is refused when sent back
                 text = holder.get(name)
                 if schema is not None and name == "content":
                     schema.saw(index, holder)
                 if not isinstance(text, str) or not text:
                     continue
+                if kind == _THINKING and signs_thinking(ex.api, ex.provider_schema):
+                    continue  # the upstream's signed thinking: a changed one is refused when sent back
                 state.kinds[index, tool] = kind
                 new = self.feed_text(state, (index, tool), text, json=kind == sse_deltas.ARGUMENTS)
                 if new != text:
