@@ -39,7 +39,7 @@ def request_id(client_value: str | None) -> str:
 
 class Exchange:
     __slots__ = ("request_id", "start", "ts", "api", "key_name", "key_id", "team", "model", "provider", "otel_provider",
-                 "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
+                 "provider_schema", "upstream_model", "route", "status", "usage", "error_type", "stream", "first_byte",
                  "passed_headers", "trace", "proto", "scope", "phase", "watcher", "cancel_reason", "on_chunk",
                  "tags", "attempts", "cost_usd", "priced", "after", "prices", "on_chunk_async", "on_answer", "plugins",
                  "guardrails", "budget_held", "cache", "deferred",
@@ -55,6 +55,7 @@ class Exchange:
         self.team: str | None = None
         self.model: str | None = None
         self.provider: str | None = None
+        self.provider_schema: str | None = None  # that provider's schema (the answer's wire format: registry.signs_thinking)
         self.otel_provider: str = "none"
         self.upstream_model: str | None = None
         self.route = "unknown"  # the configured model that served it: a bounded metric label

@@ -141,6 +141,7 @@ class Proxy:
         # (a `match:` route sends the client's own string: a held credential pasted there must not
         # reach the ledger, logs or spans; one length check for the usual short name)
         ex.provider, ex.otel_provider, ex.upstream_model = provider.name, provider.otel_name, rt.secrets.mask(upstream_model)
+        ex.provider_schema = provider.config.schema  # (its answer's wire format: what the guardrails may change)
         now = time.monotonic()
         endpoint = provider.endpoints.acquire(body, broken.get(provider.name, _NONE_BROKEN), now, rt.random())
         member = rt.health.member(provider.name)

@@ -8,7 +8,9 @@ data line. An event whose data a client would read but that is not JSON is `unre
 that must see every delta (an output guardrail) ends the stream on it.
 `joined(events)` puts the chunk back together. `deltas(obj)` yields the text and tool-call
 argument deltas of one event: OpenAI chat (`choices[].delta.content`,
-`.tool_calls[].function.arguments`) and Anthropic messages (`text_delta`, `input_json_delta`).
+`.tool_calls[].function.arguments`) and Anthropic messages (`text_delta`, `input_json_delta`),
+and for the guardrails a model's reasoning too (chat `reasoning_content`/`reasoning`, Anthropic
+`thinking_delta`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ _encode = msgspec.json.encode
 
 TEXT = "text"  # a delta's kind: answer text ...
 ARGUMENTS = "arguments"  # ... or a tool call's (partial JSON) arguments
+THINKING = "thinking"  # ... or an Anthropic thinking block's text (a side text: `deltas(obj, side=True)`)
 # A chat choice's other text the client reads, as the `tool` of `deltas(obj, side=True)`
 # (negative: apart from its content, -1, and its tool calls, 0 and up). A model's reasoning has
 # two names: `reasoning_content` (DeepSeek, the gateway's translations) and `reasoning` (vLLM
@@ -116,7 +119,8 @@ def deltas(obj: Any, side: bool = False) -> Iterator[tuple[dict[str, Any], str, 
     its text (possibly absent or empty): kind TEXT or ARGUMENTS; index the choice's (OpenAI) or
     the content block's (Anthropic); tool the OpenAI tool call's index (-1: none). `side`: a
     chat choice's reasoning and refusal text too (tool: their SIDE_FIELDS key), which the
-    guardrails scan but plugins' on_chunk (answer text) is not given."""
+    guardrails scan but plugins' on_chunk (answer text) is not given, and likewise an Anthropic
+    `thinking_delta` (kind THINKING)."""
     if not isinstance(obj, dict):
         return
     choices = obj.get("choices")
@@ -142,7 +146,11 @@ def deltas(obj: Any, side: bool = False) -> Iterator[tuple[dict[str, Any], str, 
         delta = obj["delta"]
         index = obj.get("index", 0)
         index = index if isinstance(index, int) else 0
-        if delta.get("type") == "text_delta":
+        kind = delta.get("type")
+        if kind == "text_delta":
             yield delta, "text", TEXT, index, -1
+        elif kind == "thinking_delta":
+            if side:
+                yield delta, "thinking", THINKING, index, -1
         else:
             yield delta, "partial_json", ARGUMENTS, index, -1

@@ -67,7 +67,7 @@ def test_tool_call_arguments_are_decoded_once_for_every_rule(monkeypatch: pytest
     args = json.dumps({"to": "a@example.com", "note": ["project bluebird", {"bluebird": CARD}], "n": 1.5})
     answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "tool_calls": [
         {"function": {"arguments": args}}, {"function": {"arguments": "not json " + CARD}}]}}]}
-    ex = SimpleNamespace(guardrails=GuardrailState(guards.rules), api="chat")
+    ex = SimpleNamespace(guardrails=GuardrailState(guards.rules), api="chat", provider_schema="openai")
     out = json.loads(asyncio.run(guards.on_answer(ex, 200, json.dumps(answer).encode())))
     assert decoded == [args, "not json " + CARD]
     calls = out["choices"][0]["message"]["tool_calls"]
@@ -92,6 +92,18 @@ def test_output_slots() -> None:
     body = {"choices": [{"message": {"content": "c", "tool_calls": [{"function": {"arguments": "a"}}]}}]}
     assert [h[k] for h, k in output_slots(body)] == ["c", "a"]
     assert [h[k] for h, k in output_slots({"type": "message", "content": [{"type": "text", "text": "t"}]})] == ["t"]
+    # an Anthropic message's thinking: only when the gateway wrote it (the upstream's own is signed)
+    message = {"type": "message", "content": [{"type": "thinking", "thinking": "r", "signature": ""},
+                                              {"type": "text", "text": "t"}]}
+    assert [h[k] for h, k in output_slots(message)] == ["t"]
+    assert [h[k] for h, k in output_slots(message, thinking=True)] == ["t", "r"]
+
+
+def test_a_thinking_delta_is_side_text() -> None:
+    # The guardrails read it (when the gateway wrote it); plugins' on_chunk gets answer text only.
+    obj = {"type": "content_block_delta", "index": 2, "delta": {"type": "thinking_delta", "thinking": "r"}}
+    assert list(sse_deltas.deltas(obj)) == []
+    assert [(n, k, i) for _, n, k, i, _ in sse_deltas.deltas(obj, side=True)] == [("thinking", sse_deltas.THINKING, 2)]
 
 
 def _set(**spec: Any) -> GuardrailSet:
@@ -99,7 +111,7 @@ def _set(**spec: Any) -> GuardrailSet:
 
 
 def _ex(guards: GuardrailSet) -> Any:
-    return SimpleNamespace(guardrails=GuardrailState(guards.rules))
+    return SimpleNamespace(guardrails=GuardrailState(guards.rules), api="chat", provider_schema="openai")
 
 
 def _chunk(deltas: list[tuple[int, str]], finish: bool = False) -> bytes:
@@ -303,7 +315,7 @@ def _schema_ex(api: str, *specs: Guardrail, schema: Any = SCHEMA) -> tuple[Guard
     fmt: dict[str, Any] = {"type": "json_schema", "name": "x", "schema": schema, "strict": True}
     body = {"model": "m", "response_format": {"type": "json_schema", "json_schema": fmt}} if api == "chat" else \
         {"model": "m", "text": {"format": fmt}, "stream": True}
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api=api, guardrails=None, form=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api=api, guardrails=None, form=None, provider_schema="openai")
     req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=api == "responses"))
     asyncio.run(guards.before_upstream(req, ex))  # type: ignore[arg-type]
     return guards, ex
@@ -321,7 +333,7 @@ def _stream_of(guards: GuardrailSet, ex: Any, text: str, finish: str = "stop") -
 
 def test_a_request_without_a_json_schema_format_is_untouched() -> None:
     guards = GuardrailSet([_block()])
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None, provider_schema="openai")
     for body in ({"model": "m"}, {"model": "m", "response_format": {"type": "json_object"}}):
         req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=False))
         asyncio.run(guards.before_upstream(req, ex))  # type: ignore[arg-type]
@@ -452,7 +464,7 @@ def test_an_escaped_json_schema_type_is_still_found() -> None:
     guards = GuardrailSet([_block()])
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
     raw = json.dumps({"model": "m", "response_format": fmt}).replace("json_schema", "json\\u005fschema").encode()
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None, provider_schema="openai")
     asyncio.run(guards.before_upstream(SimpleNamespace(body=raw, head=SimpleNamespace(stream=False)), ex))  # type: ignore[arg-type]
     assert ex.guardrails.schema is not None
 
@@ -658,7 +670,7 @@ def test_a_large_input_is_scanned_off_the_event_loop() -> None:
     guards = _set(apply_to=["input"])
     text = "4111 " * 200_000 + CARD
     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None)
+    ex = SimpleNamespace(key_name="k", team=None, route="m", model="m", api="chat", guardrails=None, form=None, provider_schema="openai")
     req = SimpleNamespace(body=json.dumps(body).encode(), head=SimpleNamespace(stream=False))
     _, ticks = asyncio.run(_loop_ticks_during(guards.before_upstream(req, ex)))  # type: ignore[arg-type]
     assert json.loads(req.body)["messages"][0]["content"].endswith(" <CREDIT_CARD>")

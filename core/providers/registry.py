@@ -54,6 +54,12 @@ ADAPTERS: dict[tuple[str, str], str] = {
     (ClientAPI.MESSAGES, "azure_openai"): "tollway.core.providers.messages.translate:AnthropicToAzure",
 }
 
+# The pairs whose answers carry the upstream's own thinking blocks, signed by it: the client sends
+# them back in a later turn and the upstream refuses a changed one, so output guardrails leave
+# them as they are (docs/guardrails.md). Every other pair's thinking blocks are the gateway's
+# translation of a backend's reasoning (`signature: ""`): text like any other.
+SIGNED_THINKING: frozenset[tuple[str, str]] = frozenset({(ClientAPI.MESSAGES, "anthropic")})
+
 # The OpenTelemetry GenAI `gen_ai.provider.name` value of each schema.
 OTEL_PROVIDER_NAMES: dict[str, str] = {
     "openai": "openai",
@@ -86,6 +92,12 @@ def adapter_for(api: str, schema: str) -> Adapter | None:
         made: Adapter = getattr(importlib.import_module(module), name)()
         adapter = _loaded[path] = made
     return adapter
+
+
+def signs_thinking(api: str, schema: str | None) -> bool:
+    """Whether the thinking blocks of an answer to `api` from a provider of `schema` are the
+    upstream's signed ones (SIGNED_THINKING); False for no provider (none answered)."""
+    return (api, schema) in SIGNED_THINKING
 
 
 def load_adapters(schema: str) -> dict[str, Adapter]:

@@ -3,9 +3,12 @@
     input   → Pipeline.before_upstream  (block: 400; mask: the body sent upstream is re-encoded)
     output  → Pipeline.on_answer        (a non-stream answer; block: 502)
               Pipeline.on_chunk         (a stream: a scanner per guardrail, choice/content block
-                                         and tool call over the text and tool-call argument
-                                         deltas; block: an SSE error event; the Responses API's
-                                         events in tollway.gateway.guardrails.responses_stream)
+                                         and tool call over the text, reasoning and tool-call
+                                         argument deltas; block: an SSE error event; the Responses
+                                         API's events in tollway.gateway.guardrails.responses_stream)
+    Anthropic thinking blocks are scanned when the gateway wrote them (a chat backend's reasoning,
+    translated: `signature: ""`), not when they are the upstream's own, signed
+    (`registry.signs_thinking` of the request's API and the answering provider's schema).
     json_schema → the answer's text checked against the request's response_format schema
               (tollway.gateway.guardrails.schema): non-stream at on_answer, a stream at the end
               of each choice or output item; block: 502 or the SSE error event
@@ -33,10 +36,11 @@ from tollway.core.guardrails.json_escapes import EscapeDecoder
 from tollway.core.guardrails.schema_refused import DETECTOR as SCHEMA
 from tollway.core.guardrails.schema_refused import SchemaRefused
 from tollway.core.guardrails.stream import Emit, StreamScanner
+from tollway.core.providers.registry import signs_thinking
 from tollway.gateway import sse_deltas
 from tollway.gateway.guardrails import logprobs, responses_stream
 from tollway.gateway.guardrails.schema import AnswerSchema, chat_answers, responses_answers, schema_of
-from tollway.gateway.guardrails.text import Slot, input_slots, output_slots
+from tollway.gateway.guardrails.text import Slot, input_slots, output_slots, reasoning_echoes
 from tollway.gateway.pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -47,6 +51,12 @@ if TYPE_CHECKING:
 
 REGEX = "regex"  # the detector label of a regex guardrail's findings
 REGEX_HOLD = 256  # characters a regex guardrail holds back on a stream (a longer match may be split)
+_THINKING = sse_deltas.THINKING  # (read per delta: a global, not a module attribute)
+_REASONING = next(tool for tool, name in sse_deltas.SIDE_FIELDS.items() if name == "reasoning")  # (its `tool` key)
+# An Anthropic block's delta of each kind: a held tail goes out at the block's end as that kind.
+_BLOCK_DELTAS = {sse_deltas.TEXT: "text_delta", sse_deltas.THINKING: "thinking_delta",
+                 sse_deltas.ARGUMENTS: "input_json_delta"}
+_BLOCK_FIELDS = {sse_deltas.TEXT: "text", sse_deltas.THINKING: "thinking", sse_deltas.ARGUMENTS: "partial_json"}
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
@@ -200,6 +210,9 @@ class GuardrailState:
     schema: AnswerSchema | None = None  # ... and that schema
     responses: responses_stream.ResponsesState | None = None  # a streamed Responses API answer
     legacy: bool = False  # a legacy completions stream: a choice's text is `text`, not a delta
+    # choice index -> whether its `reasoning` deltas have all repeated its `reasoning_content` ones
+    # (vLLM 0.11+ sends both, same text, one delta): the repeat is masked alike but not counted again
+    echoes: dict[int, bool] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -389,9 +402,12 @@ class GuardrailSet:
         except msgspec.DecodeError as exc:  # (the adapter read only what it needed)
             rules = state.output or state.checks
             raise errors.guardrail_unreadable(rules[0].name, "The upstream's answer", str(exc), 502) from None
-        slots = output_slots(body)
+        slots = output_slots(body, thinking=not signs_thinking(ex.api, ex.provider_schema))
+        echoes = reasoning_echoes(body)  # (scanned once, as reasoning_content)
         changed = state.redacts and logprobs.strip(body)
         changed |= await self._apply_rules(state, state.output, slots, 502)
+        for message in echoes if changed else ():
+            message["reasoning"] = message["reasoning_content"]
         if state.schema is not None:
             for text in (responses_answers(body) if ex.api == "responses" else chat_answers(body)):
                 self.check_answer(state, text)
@@ -428,11 +444,15 @@ class GuardrailSet:
             for holder, name, kind, index, tool in sse_deltas.deltas(obj, side=True):
                 if name == "content":
                     said.append((index, holder))
+                    if "reasoning" in holder:
+                        self._echoed(state, index, holder)
                 text = holder.get(name)
                 if schema is not None and name == "content":
                     schema.saw(index, holder)
                 if not isinstance(text, str) or not text:
                     continue
+                if kind == _THINKING and signs_thinking(ex.api, ex.provider_schema):
+                    continue  # the upstream's signed thinking: a changed one is refused when sent back
                 state.kinds[index, tool] = kind
                 new = self.feed_text(state, (index, tool), text, json=kind == sse_deltas.ARGUMENTS)
                 if new != text:
@@ -471,13 +491,19 @@ class GuardrailSet:
                 kind = state.kinds.get((block, -1), sse_deltas.TEXT)
                 tail = self.finish_text(state, (block, -1))
                 if tail:
-                    piece = {"type": "text_delta", "text": tail} if kind == sse_deltas.TEXT else \
-                        {"type": "input_json_delta", "partial_json": tail}
+                    piece = {"type": _BLOCK_DELTAS[kind], _BLOCK_FIELDS[kind]: tail}
                     added = {"type": "content_block_delta", "index": block, "delta": piece}
                     ev.before = b"event: content_block_delta\ndata: " + _encode(added) + b"\n\n"
         if any(ev.changed or ev.before for ev in found):
             return sse_deltas.joined(found)
         return out
+
+    @staticmethod
+    def _echoed(state: GuardrailState, index: int, delta: dict[str, Any]) -> None:
+        """Note whether this delta's `reasoning` repeats its `reasoning_content`."""
+        text = delta.get("reasoning")
+        if text:
+            state.echoes[index] = state.echoes.get(index, True) and text == delta.get("reasoning_content")
 
     def feed_text(self, state: GuardrailState, key: tuple[int, int], text: str, json: bool = False) -> str:
         """One streamed delta of the text `key` names, through every scanning guardrail in
@@ -488,6 +514,7 @@ class GuardrailSet:
         arguments, and what goes out is that JSON text, masked; with only `log` guardrails the
         delta goes out as it came."""
         raw = text
+        counted = key[1] != _REASONING or not state.echoes.get(key[0], False)
         if json and state.output:
             decoder = state.decoders.get(key)
             if decoder is None:
@@ -498,7 +525,7 @@ class GuardrailSet:
             if scanner is None:
                 scanner = state.scanners[i, key[0], key[1]] = rule.scanner()
                 state.live.setdefault(key[0], set()).add(key[1])
-            text = self._emitted(state, rule, scanner.feed(text))
+            text = self._emitted(state, rule, scanner.feed(text), counted)
         return raw if json and not state.redacts else text
 
     def finish_text(self, state: GuardrailState, key: tuple[int, int]) -> str:
@@ -511,13 +538,14 @@ class GuardrailSet:
             del state.live[key[0]]
         decoder = state.decoders.pop(key, None)
         text = decoder.finish() if decoder is not None else ""  # an escape the arguments ended in, as it came
+        counted = key[1] != _REASONING or not state.echoes.get(key[0], False)
         for i, rule in enumerate(state.output):
             scanner = state.scanners.pop((i, key[0], key[1]), None)
             if scanner is None:
                 continue
             if text:
-                text = self._emitted(state, rule, scanner.feed(text))
-            text += self._emitted(state, rule, scanner.finish())
+                text = self._emitted(state, rule, scanner.feed(text), counted)
+            text += self._emitted(state, rule, scanner.finish(), counted)
         return "" if decoder is not None and not state.redacts else text  # (log only: the deltas went out as they came)
 
     def _end_reasoning(self, state: GuardrailState, index: int, delta: dict[str, Any]) -> bool:
@@ -564,8 +592,10 @@ class GuardrailSet:
         if text is not None:
             self.check_answer(state, text)
 
-    def _emitted(self, state: GuardrailState, rule: Rule, emit: Emit) -> str:
-        if emit.counts:
+    def _emitted(self, state: GuardrailState, rule: Rule, emit: Emit, counted: bool = True) -> str:
+        """What one scanner emitted: counted (unless `counted` is False: a repeat of a text
+        counted already), the text to send. Raises for block."""
+        if emit.counts and counted:
             self._count(state, rule, emit.counts)
         if emit.blocked is not None:
             raise errors.content_policy_violation(rule.name, emit.blocked, 502)

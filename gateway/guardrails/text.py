@@ -18,8 +18,13 @@ Input (what the model would see), all roles:
 Output (a non-stream answer): chat `choices[].message.content`, `.reasoning_content` (or vLLM's `.reasoning`), `.refusal`
 and tool-call arguments, completions `choices[].text`, Anthropic `content[].text` and
 `tool_use` input's strings, responses `output[].content[].text` and `.refusal`, reasoning
-`summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks are not: they are
-signed, and a changed one is refused when the client sends it back.
+`summary[].text`, `function_call.arguments` and `custom_tool_call.input`. Anthropic `thinking` blocks only when the
+gateway wrote them (`thinking=True`: an OpenAI-schema backend's reasoning, translated): Anthropic's
+own are signed, and a changed one is refused when the client sends it back.
+
+A message's `reasoning` that repeats its `reasoning_content` (vLLM 0.11+ sends both) is not a
+slot of its own: it is one text, scanned and counted once, and given the other's result
+(`reasoning_echoes`).
 """
 from __future__ import annotations
 
@@ -147,7 +152,31 @@ def input_slots(api: str, body: Any) -> list[Slot]:
     return slots
 
 
-def output_slots(body: Any) -> list[Slot]:
+def _thinking(content: Any) -> Iterator[Slot]:
+    """The text of an Anthropic message's thinking blocks."""
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "thinking":
+                yield from _str(block, "thinking")
+
+
+def _echoes(message: dict[str, Any]) -> bool:
+    """Whether the message's `reasoning` repeats its `reasoning_content`."""
+    text = message.get("reasoning_content")
+    return isinstance(text, str) and text == message.get("reasoning")
+
+
+def reasoning_echoes(body: Any) -> list[dict[str, Any]]:
+    """The messages of a chat answer whose `reasoning` repeats their `reasoning_content`: once the
+    slots are scanned, `reasoning` is set to what `reasoning_content` became."""
+    if not isinstance(body, dict):
+        return []
+    messages = (choice.get("message") for choice in _items(body, "choices") if isinstance(choice, dict))
+    return [m for m in messages if isinstance(m, dict) and _echoes(m)]
+
+
+def output_slots(body: Any, thinking: bool = False) -> list[Slot]:
+    """The texts of an answer; `thinking`: an Anthropic message's thinking blocks too."""
     if not isinstance(body, dict):
         return []
     slots: list[Slot] = []
@@ -159,13 +188,16 @@ def output_slots(body: Any) -> list[Slot]:
         if isinstance(message, dict):
             slots += _str(message, "content")
             slots += _str(message, "reasoning_content")  # (what the gateway makes of a provider's thinking)
-            slots += _str(message, "reasoning")  # (vLLM 0.11+'s newer name for it)
+            if not _echoes(message):  # (vLLM 0.11+'s newer name for it; a repeat is not scanned twice)
+                slots += _str(message, "reasoning")
             slots += _str(message, "refusal")
             for call in _items(message, "tool_calls"):
                 if isinstance(call, dict):
                     slots += _str(call.get("function"), "arguments")
     if body.get("type") == "message":
         slots += _parts(body, "content")
+        if thinking:
+            slots += _thinking(body.get("content"))
     for item in _items(body, "output"):
         if isinstance(item, dict):
             slots += _str(item, "arguments")
