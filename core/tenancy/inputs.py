@@ -19,6 +19,7 @@ from msgspec import UNSET, UnsetType
 
 from tollway.core import errors
 from tollway.core.config import Budget, Config, Limit, limit_problems
+from tollway.core.kernels import first_duplicate_key
 from tollway.core.tenancy.records import MetaValue
 
 T = TypeVar("T")
@@ -73,12 +74,25 @@ def decode(body: bytes, kind: type[T]) -> T:
     if not body.strip():
         raise errors.bad_request("The request body must be a JSON object.")
     try:
-        return msgspec.json.decode(body, type=kind)
+        decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         where = _path_of(str(exc))
         raise errors.bad_request(f"Invalid body: {errors.echoed(str(exc))}", param=where) from None
     except msgspec.DecodeError:
         raise errors.bad_request("The request body is not valid JSON.") from None
+    _refuse_repeats(body, kind)
+    return decoded
+
+
+def _refuse_repeats(body: bytes, kind: type[object]) -> None:
+    """A 400 naming a field the body gives twice: msgspec keeps the last, and whatever else
+    reads the change (a proxy, a reviewer, the console's copy) may take the first. Client
+    bodies are held to the same rule (tollway.core.request)."""
+    names: tuple[str, ...] = getattr(kind, "__struct_fields__", ())
+    repeated = first_duplicate_key(body, tuple(n.encode() for n in names)) if names else -1
+    if repeated >= 0:
+        raise errors.bad_request(f"The field '{names[repeated]}' appears more than once in the body; send it once.",
+                                 param=names[repeated])
 
 
 def _path_of(message: str) -> str | None:
