@@ -174,7 +174,9 @@ def test_a_key_is_held_to_its_models_and_limits(gw: GatewayProcess):
     ({"name": "x", "limits": [{"requests": 5, "per": "1 fortnight"}]}, "limits[0].per"),
     ({"name": "x", "budget": {"usd": -1}}, "budget.usd"),
     ({"name": "x", "team": "nobody"}, "team"),
-    ({"name": "x", "unexpected": 1}, None),
+    ({"name": "x", "unexpected": 1}, "unexpected"),  # docs/keys.md: an unknown field's `param` names it
+    ({"name": "x", "budget": {"usd": 1, "period": "month", "currency": "EUR"}}, "budget.currency"),
+    ({"name": "x", "limits": [{"requests": 5, "per": "1m", "burst": 9}]}, "limits[0].burst"),
     ({"name": "alice"}, None),  # a config key's name: 409
 ])
 def test_bad_bodies_are_refused_naming_the_field(gw: GatewayProcess, body: dict, param: str | None):

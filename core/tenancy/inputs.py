@@ -76,8 +76,9 @@ def decode(body: bytes, kind: type[T]) -> T:
     try:
         decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        where = _path_of(str(exc))
-        raise errors.bad_request(f"Invalid body: {errors.echoed(str(exc))}", param=where) from None
+        where = _path_of(str(exc))  # (a client's name when unknown: cut like any echo)
+        raise errors.bad_request(f"Invalid body: {errors.echoed(str(exc))}",
+                                 param=errors.echoed(where) if where else None) from None
     except msgspec.DecodeError:
         raise errors.bad_request("The request body is not valid JSON.") from None
     _refuse_repeats(body, kind)
@@ -96,8 +97,14 @@ def _refuse_repeats(body: bytes, kind: type[object]) -> None:
 
 
 def _path_of(message: str) -> str | None:
+    """The field msgspec's message is about, as `param`: "... - at `$.budget.usd`" names the
+    place; an unknown field ("Object contains unknown field `x`") is named itself, under it."""
     found = re.search(r"at `\$\.?([^`]*)`", message)
-    return found.group(1) or None if found else None
+    where = found.group(1) if found else ""
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown:
+        return f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+    return where or None
 
 
 @dataclass(frozen=True, slots=True)
