@@ -373,6 +373,8 @@ def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(t
     ("/admin/requests?limit=many", "limit"),
     ("/admin/requests?status=ok", "status"),
     ("/admin/requests?since=yesterday", "since"),
+    ("/admin/requests?since=1d&until=2d", "until"),  # as /admin/spend: not an empty list that looks like no traffic
+    ("/admin/requests?since=2026-11-02&until=2026-11-01T23:00:00Z", "until"),
     ("/admin/requests?status=99999999999999999999", "status"),
     ("/admin/requests?status=70000", "status"),
     ("/admin/requests?key=a%00b", "key"),
