@@ -211,6 +211,20 @@ def test_a_body_that_repeats_a_field_is_refused_naming_it(gw: GatewayProcess, me
     assert not {"dup-first", "dup-last", "dup-key", "dup-budget"} & {item["name"] for item in listed}
 
 
+def test_the_audit_trail_says_has_more_only_when_there_is_more(gw: GatewayProcess):
+    """Found: `has_more` was "the page is full", so a page holding exactly the last entries
+    said there were more, and a client paging on it asked for a page that was empty."""
+    for name in ("audited-1", "audited-2"):  # two entries at least
+        assert call(gw, "POST", "/admin/teams", {"name": name})[0] == 201
+    status, trail = call(gw, "GET", "/admin/audit?limit=1000")
+    entries = len(trail["data"])
+    assert status == 200 and 2 <= entries < 1000 and trail["has_more"] is False
+    status, whole = call(gw, "GET", f"/admin/audit?limit={entries}")
+    assert status == 200 and len(whole["data"]) == entries and whole["has_more"] is False, "nothing more"
+    status, short = call(gw, "GET", f"/admin/audit?limit={entries - 1}")
+    assert status == 200 and len(short["data"]) == entries - 1 and short["has_more"] is True
+
+
 def test_a_key_name_is_never_reused(gw: GatewayProcess):
     status, first = call(gw, "POST", "/admin/keys", {"name": "twin"})
     assert status == 201
