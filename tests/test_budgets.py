@@ -727,3 +727,30 @@ async def test_a_period_that_turns_during_a_sync_starts_from_nothing(slow_redis)
     finally:
         _drop_keys(prefix)
         await keeper.share.client.aclose()
+
+
+async def test_a_request_that_arrived_in_the_last_period_is_not_charged_to_the_new_one():
+    """The ledger counts a request in the period it arrived in (its record's `ts`), and rebuilds
+    the budgets from that at a restart; /admin/spend says the same. A request that arrived at
+    23:59:59 on the period's last day and ended after midnight must not eat the new period's
+    budget, or /admin/budgets disagrees with the ledger until the next restart, which forgets it."""
+    gw = Gateway(loads(_config()))
+    gw.start()
+    keeper = gw.books.budgets
+    clock = [ts("2026-11-30T00:00:01")]  # Monday: the week turned a second ago
+    keeper.clock = lambda: clock[0]
+    try:
+        ex = Exchange("req_across_midnight", "chat")
+        ex.ts = ts("2026-11-29T23:59:59")  # arrived on Sunday, last week
+        ex.key_name, ex.team, ex.cost_usd = "k", "t", 4.0
+        keeper.charge(ex)
+        late = Exchange("req_this_week", "chat")
+        late.ts = clock[0]
+        late.key_name, late.team, late.cost_usd = "k", "t", 0.5
+        keeper.charge(late)
+        status = {d["owner"]: d for d in keeper.book.status(clock[0])}
+        assert status["key"]["spent_usd"] == pytest.approx(0.5), "this week holds this week's request alone"
+        assert status["key"]["remaining_usd"] == pytest.approx(4.5)
+        assert keeper.book.accounts[("key", "k")].spent == pytest.approx(0.5)
+    finally:
+        await gw.upstream.aclose()

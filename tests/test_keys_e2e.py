@@ -174,7 +174,9 @@ def test_a_key_is_held_to_its_models_and_limits(gw: GatewayProcess):
     ({"name": "x", "limits": [{"requests": 5, "per": "1 fortnight"}]}, "limits[0].per"),
     ({"name": "x", "budget": {"usd": -1}}, "budget.usd"),
     ({"name": "x", "team": "nobody"}, "team"),
-    ({"name": "x", "unexpected": 1}, None),
+    ({"name": "x", "unexpected": 1}, "unexpected"),  # docs/keys.md: an unknown field's `param` names it
+    ({"name": "x", "budget": {"usd": 1, "period": "month", "currency": "EUR"}}, "budget.currency"),
+    ({"name": "x", "limits": [{"requests": 5, "per": "1m", "burst": 9}]}, "limits[0].burst"),
     ({"name": "alice"}, None),  # a config key's name: 409
 ])
 def test_bad_bodies_are_refused_naming_the_field(gw: GatewayProcess, body: dict, param: str | None):
@@ -190,6 +192,37 @@ def test_a_body_too_large_or_not_json_is_refused(gw: GatewayProcess):
     assert status == 413 and error["error"]["code"] == "request_too_large"
     status, error = call(gw, "POST", "/admin/keys", raw=b"{nope")
     assert status == 400 and "JSON" in error["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "raw", "param"), [
+    ("POST", "/admin/teams", b'{"name": "dup-first", "name": "dup-last"}', "name"),
+    ("POST", "/admin/keys", b'{"name": "dup-key", "team": "search", "models": ["gpt-4o"], "team": null}', "team"),
+    ("POST", "/admin/keys", b'{"name": "dup-budget", "budget": {"usd": 1}, "budget": null}', "budget"),
+])
+def test_a_body_that_repeats_a_field_is_refused_naming_it(gw: GatewayProcess, method: str, path: str, raw: bytes,
+                                                           param: str):
+    """JSON leaves a repeated name to the reader: msgspec keeps the last, a proxy or a reviewer
+    reading the change may take the first. The gateway refuses such a client body (request.py);
+    an administrator's change is refused alike, and nothing is made."""
+    status, error = call(gw, method, path, raw=raw)
+    assert status == 400 and error["error"]["param"] == param, error
+    assert "more than once" in error["error"]["message"]
+    listed = call(gw, "GET", "/admin/teams?limit=1000")[1]["data"] + call(gw, "GET", "/admin/keys?limit=1000")[1]["data"]
+    assert not {"dup-first", "dup-last", "dup-key", "dup-budget"} & {item["name"] for item in listed}
+
+
+def test_the_audit_trail_says_has_more_only_when_there_is_more(gw: GatewayProcess):
+    """Found: `has_more` was "the page is full", so a page holding exactly the last entries
+    said there were more, and a client paging on it asked for a page that was empty."""
+    for name in ("audited-1", "audited-2"):  # two entries at least
+        assert call(gw, "POST", "/admin/teams", {"name": name})[0] == 201
+    status, trail = call(gw, "GET", "/admin/audit?limit=1000")
+    entries = len(trail["data"])
+    assert status == 200 and 2 <= entries < 1000 and trail["has_more"] is False
+    status, whole = call(gw, "GET", f"/admin/audit?limit={entries}")
+    assert status == 200 and len(whole["data"]) == entries and whole["has_more"] is False, "nothing more"
+    status, short = call(gw, "GET", f"/admin/audit?limit={entries - 1}")
+    assert status == 200 and len(short["data"]) == entries - 1 and short["has_more"] is True
 
 
 def test_a_key_name_is_never_reused(gw: GatewayProcess):

@@ -373,6 +373,8 @@ def test_a_ledger_migrated_by_a_newer_gateway_stops_serve_with_a_clear_message(t
     ("/admin/requests?limit=many", "limit"),
     ("/admin/requests?status=ok", "status"),
     ("/admin/requests?since=yesterday", "since"),
+    ("/admin/requests?since=1d&until=2d", "until"),  # as /admin/spend: not an empty list that looks like no traffic
+    ("/admin/requests?since=2026-11-02&until=2026-11-01T23:00:00Z", "until"),
     ("/admin/requests?status=99999999999999999999", "status"),
     ("/admin/requests?status=70000", "status"),
     ("/admin/requests?key=a%00b", "key"),
@@ -384,6 +386,22 @@ def test_bad_report_parameters_are_a_400_naming_them(upstreams, db, path, param,
         _admin(gw, path)
     body = json.loads(bad.value.read())
     assert bad.value.code == 400 and body["error"]["param"] == param, body
+
+
+@pytest.mark.parametrize("path", ["/admin/spend?since={t}", "/admin/requests?since={t}&limit=1",
+                                  "/admin/spend?since=90d&until={t}", "/admin/audit?since={t}"])
+def test_a_positive_offset_sent_unescaped_in_the_query_is_read_as_one(config_text, path):
+    """`?since=2026-11-01T00:00:00+05:30` as typed in a shell or a browser reaches the gateway
+    with its `+` decoded as a space (form encoding). No RFC 3339 time has a space before an
+    offset, so it is the offset: read as `+05:30`, not refused as "not a time"."""
+    gw = _shared_gateway(config_text)
+    unescaped = _admin(gw, path.format(t="2026-11-01T00:00:00+05:30"))
+    escaped = _admin(gw, path.format(t="2026-11-01T00:00:00%2B05:30"))
+    if unescaped["object"] == "spend":
+        bound = "until" if "until={t}" in path else "since"
+        assert unescaped[bound] == escaped[bound] == "2026-10-31T18:30:00.000Z"
+    else:
+        assert unescaped["data"] == escaped["data"]
 
 
 def test_reports_need_the_admin_credential(config_text):

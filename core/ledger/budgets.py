@@ -95,12 +95,18 @@ class BudgetBook:
         """True if the key or its team has a budget."""
         return bool(self._accounts_of(key, team))
 
-    def charge(self, key: str | None, team: str | None, usd: float, now: float) -> list[tuple[Owner, Account]]:
-        """Add `usd` to the key's and the team's accounts; the ones charged."""
-        charged = self._accounts_of(key, team)
-        for _, account in charged:
+    def charge(self, key: str | None, team: str | None, usd: float, now: float,
+               arrived: float | None = None) -> list[tuple[Owner, Account]]:
+        """Add `usd` to the key's and the team's accounts; the ones charged. A request that
+        `arrived` before its account's current period is charged to none: the ledger counts a
+        request in the period it arrived in (its record's `ts`), and so do /admin/spend and the
+        spend rebuilt at a restart, so the new period must not hold it either."""
+        charged = []
+        for owner, account in self._accounts_of(key, team):
             account.roll(now)
-            account.spent += usd
+            if arrived is None or arrived >= account.start:
+                account.spent += usd
+                charged.append((owner, account))
         return charged
 
     def _accounts_of(self, key: str | None, team: str | None) -> list[tuple[Owner, Account]]:

@@ -43,6 +43,9 @@ def rfc3339(ts: float) -> str:
 
 
 _RELATIVE = re.compile(r"(\d{1,6})([dhm])")
+# A time, a space, and an offset: `+05:30` as a URL query carries it unescaped (a shell, a
+# browser), its `+` decoded as a space. RFC 3339 has no space there, so it is that `+`.
+_PLUS_AS_SPACE = re.compile(r"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})")
 _EPOCH, _LAST = 0.0, 253402300799.0  # 1970-01-01 and 9999-12-31T23:59:59Z: the ledger holds nothing outside
 _UNIT = {"d": DAY, "h": HOUR, "m": 60.0}
 
@@ -53,8 +56,12 @@ def parse_instant(value: str, now: float) -> float:
     relative = _RELATIVE.fullmatch(value.strip())
     if relative:
         return min(max(now - int(relative.group(1)) * _UNIT[relative.group(2)], _EPOCH), _LAST)
+    text = value.strip()
+    plus = _PLUS_AS_SPACE.fullmatch(text)
+    if plus:
+        text = f"{plus.group(1)}+{plus.group(2)}"
     try:
-        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(f"'{value[:64]}' is not a time: use RFC 3339 (2026-11-01T00:00:00Z) or a span "
                          "before now such as 7d, 12h or 30m") from None

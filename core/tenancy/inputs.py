@@ -19,6 +19,7 @@ from msgspec import UNSET, UnsetType
 
 from tollway.core import errors
 from tollway.core.config import Budget, Config, Limit, limit_problems
+from tollway.core.kernels import first_duplicate_key
 from tollway.core.tenancy.records import MetaValue
 
 T = TypeVar("T")
@@ -73,17 +74,37 @@ def decode(body: bytes, kind: type[T]) -> T:
     if not body.strip():
         raise errors.bad_request("The request body must be a JSON object.")
     try:
-        return msgspec.json.decode(body, type=kind)
+        decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        where = _path_of(str(exc))
-        raise errors.bad_request(f"Invalid body: {errors.echoed(str(exc))}", param=where) from None
+        where = _path_of(str(exc))  # (a client's name when unknown: cut like any echo)
+        raise errors.bad_request(f"Invalid body: {errors.echoed(str(exc))}",
+                                 param=errors.echoed(where) if where else None) from None
     except msgspec.DecodeError:
         raise errors.bad_request("The request body is not valid JSON.") from None
+    _refuse_repeats(body, kind)
+    return decoded
+
+
+def _refuse_repeats(body: bytes, kind: type[object]) -> None:
+    """A 400 naming a field the body gives twice: msgspec keeps the last, and whatever else
+    reads the change (a proxy, a reviewer, the console's copy) may take the first. Client
+    bodies are held to the same rule (tollway.core.request)."""
+    names: tuple[str, ...] = getattr(kind, "__struct_fields__", ())
+    repeated = first_duplicate_key(body, tuple(n.encode() for n in names)) if names else -1
+    if repeated >= 0:
+        raise errors.bad_request(f"The field '{names[repeated]}' appears more than once in the body; send it once.",
+                                 param=names[repeated])
 
 
 def _path_of(message: str) -> str | None:
+    """The field msgspec's message is about, as `param`: "... - at `$.budget.usd`" names the
+    place; an unknown field ("Object contains unknown field `x`") is named itself, under it."""
     found = re.search(r"at `\$\.?([^`]*)`", message)
-    return found.group(1) or None if found else None
+    where = found.group(1) if found else ""
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown:
+        return f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+    return where or None
 
 
 @dataclass(frozen=True, slots=True)

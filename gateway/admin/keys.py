@@ -138,10 +138,11 @@ async def audit(call: AdminCall) -> None:
         raise errors.bad_request(f"since: {exc}", param="since") from None
     actions = call.actions()
     try:
-        entries = await actions.store.audit(since, limit, call.who.scope_team)
+        entries = await actions.store.audit(since, limit + 1, call.who.scope_team)  # one more: is there more?
     except (StoreError, OSError):
         raise errors.store_unavailable() from None
-    answer(call, {"object": "list", "data": [_audit_view(e) for e in entries], "has_more": len(entries) == limit})
+    answer(call, {"object": "list", "data": [_audit_view(e) for e in entries[:limit]],
+                  "has_more": len(entries) > limit})
 
 
 def _audit_view(entry: AuditEntry) -> dict[str, object]:

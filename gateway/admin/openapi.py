@@ -265,7 +265,8 @@ def operation(op_id: str, summary: str, answers: dict[str, Any], params: list[di
 
 _LIMIT = query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": 100}, "Items in one answer.")
 _AFTER = query("after", {"type": "string"}, "A cursor: the id (or name) of the item the page starts after.")
-_INSTANT = {"type": "string", "description": "RFC 3339 time, a date, UNIX seconds or a duration back from now (7d, 12h)."}
+_INSTANT = {"type": "string", "description": "RFC 3339 time, a date (midnight UTC) or a duration back from now "
+                                             "(7d, 12h, 30m)."}
 _KEY_ID = path_param("id", {"type": "string", "minLength": 1},
                      "A key's id: key_<24 hex> for a run-time key, config:<name> for one of the config file.")
 _TEAM = path_param("name", {"type": "string", "minLength": 1},

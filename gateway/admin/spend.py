@@ -85,8 +85,11 @@ def request_filter(q: dict[str, str], now: float) -> RequestFilter:
             bounds[name] = parse_instant(q[name], now) if name in q else None
         except ValueError as exc:
             raise errors.bad_request(f"{name}: {exc}", param=name) from None
+    since, until = bounds["since"], bounds["until"]
+    if since is not None and until is not None and until < since:  # (as /admin/spend says it)
+        raise errors.bad_request("until: the end of the range is before its start (since)", param="until")
     return RequestFilter(key=q.get("key"), team=q.get("team"), model=q.get("model"), status=status,
-                         since=bounds["since"], until=bounds["until"], limit=limit)
+                         since=since, until=until, limit=limit)
 
 
 def _whole(q: dict[str, str], name: str) -> int | None:

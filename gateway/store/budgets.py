@@ -77,10 +77,11 @@ class BudgetKeeper:
             # with, whose Redis share the reload closed: a charge left there would never reach
             # Redis, and the next sync would set the shared account back to Redis's total. The
             # keeper in force holds the budgets in force and the share that runs.
-            self.current().add(ex.key_name, ex.team, ex.cost_usd)
+            self.current().add(ex.key_name, ex.team, ex.cost_usd, ex.ts)
 
-    def add(self, key: str | None, team: str | None, usd: float) -> None:
-        charged = self.book.charge(key, team, usd, self.clock())
+    def add(self, key: str | None, team: str | None, usd: float, arrived: float | None = None) -> None:
+        """Charge `usd` to the period `arrived` in (a request of a period already over: to none)."""
+        charged = self.book.charge(key, team, usd, self.clock(), arrived)
         if self.share is not None:
             self.share.add(charged, usd)
 
