@@ -233,6 +233,14 @@ def upstream_ended_early(provider: str) -> GatewayError:
                         "upstream_disconnected")
 
 
+def upstream_gave_up(provider: str, finish: str, why: str) -> GatewayError:
+    """A 502: a 200 answer (or stream) whose finish reason says the model produced no answer
+    (`finish`, the provider's word, and `why`, what it means). The upstream's failure, so the
+    router tries the route's next target; never a finish reason that passes it for a whole one."""
+    return GatewayError(502, f"The upstream provider '{provider}' did not complete the answer: it finished with "
+                             f"'{finish}' ({why}). Retry the request.", "api_error", "upstream_error")
+
+
 def upstream_unfinished() -> GatewayError:
     """A 502: a relayed stream ended before its closing event (the relay knows no provider name)."""
     return GatewayError(502, "The upstream provider closed the stream before it finished.", "api_error",

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import anthropic
 import openai
 import pytest
 
@@ -15,6 +16,7 @@ from tests.fakes.gemini_upstream import FakeGemini, service_account_file
 from tests.harness import TEST_KEY, GatewayProcess, key_hash
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+RESPONSES_WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,12 @@ models:
     targets: [{{provider: gem}}]
   - name: stream-error-200
     targets: [{{provider: gem}}]
+  - name: malformed-call
+    targets: [{{provider: gem, model: finish-MALFORMED_FUNCTION_CALL}}]
+  - name: malformed-then-flash
+    targets: [{{provider: gem, model: finish-MALFORMED_FUNCTION_CALL, priority: 0}}, {{provider: gem, model: gemini-2.5-flash, priority: 1}}]
+  - name: malformed-at-once-then-flash
+    targets: [{{provider: gem, model: finish-at-once-MALFORMED_FUNCTION_CALL, priority: 0}}, {{provider: gem, model: gemini-2.5-flash, priority: 1}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -146,6 +154,64 @@ def test_a_stream_errors_odd_code_is_a_502_and_the_gateway_stays_up(oai, gw, mod
     assert err.value.status_code == 502
     assert oai.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "hi"}]).choices
     assert gw.proc.poll() is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_malformed_function_call_is_an_error_not_an_empty_stop(oai, stream):
+    """Gemini ends a generation whose function call it could not form with MALFORMED_FUNCTION_CALL
+    and no content. It reached the client as an empty, `stop`ped answer and an agent took it for
+    the last word; the openai SDK now raises, with the reason in the message: a 502 unstreamed,
+    the stream's error event after the text it had sent."""
+    messages = [{"role": "user", "content": "weather?"}]
+    with pytest.raises(openai.APIError) as failed:
+        if stream:
+            list(oai.chat.completions.create(model="malformed-call", messages=messages, tools=[WEATHER], stream=True))
+        else:
+            oai.chat.completions.create(model="malformed-call", messages=messages, tools=[WEATHER])
+    assert "MALFORMED_FUNCTION_CALL" in failed.value.message
+    if not stream:
+        assert isinstance(failed.value, openai.APIStatusError) and failed.value.status_code == 502
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_malformed_function_call_is_an_error_on_the_responses_and_anthropic_surfaces(oai, ant, stream):
+    """Both surfaces are built on the chat translation: neither passes the failure for a
+    `completed` response or an `end_turn` message."""
+    if stream:  # (the SDK hands a Responses stream's error events over rather than raising)
+        events = list(oai.responses.create(model="malformed-call", input="weather?", tools=[RESPONSES_WEATHER],
+                                           stream=True))
+        assert [e.type for e in events][-2:] == ["error", "response.failed"]
+        assert "MALFORMED_FUNCTION_CALL" in events[-2].message
+    else:
+        with pytest.raises(openai.APIStatusError) as failed:
+            oai.responses.create(model="malformed-call", input="weather?", tools=[RESPONSES_WEATHER])
+        assert failed.value.status_code == 502 and "MALFORMED_FUNCTION_CALL" in failed.value.message
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        if stream:
+            with ant.messages.stream(model="malformed-call", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+                s.get_final_message()
+        else:
+            ant.messages.create(model="malformed-call", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    body = refused.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "api_error"
+    assert "MALFORMED_FUNCTION_CALL" in body["error"]["message"]
+
+
+def test_a_malformed_function_call_falls_back_to_the_routes_next_target(oai, gemini):
+    """A failed generation is the upstream's 502, which the router retries on the next target."""
+    r = oai.chat.completions.create(model="malformed-then-flash", messages=[{"role": "user", "content": "weather?"}],
+                                    tools=[WEATHER])
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert [q["model"] for q in gemini.requests[-2:]] == ["finish-MALFORMED_FUNCTION_CALL", "gemini-2.5-flash"]
+
+
+def test_a_stream_that_fails_in_its_first_fragment_falls_back_too(oai, gemini):
+    """Gemini's MALFORMED_FUNCTION_CALL stream is usually that one fragment, with no content: the
+    error comes before the gateway has sent a byte, so the next target answers the stream."""
+    chunks = list(oai.chat.completions.create(model="malformed-at-once-then-flash", stream=True, tools=[WEATHER],
+                                              messages=[{"role": "user", "content": "weather?"}]))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert [q["model"] for q in gemini.requests[-2:]] == ["finish-at-once-MALFORMED_FUNCTION_CALL", "gemini-2.5-flash"]
 
 
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}

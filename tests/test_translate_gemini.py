@@ -275,3 +275,68 @@ def test_an_error_events_code_becomes_an_error_status(code, status):
     with pytest.raises(GatewayError) as err:
         translator.feed(b"data: " + event + b"\r\n\r\n")
     assert err.value.status == status
+
+
+# -- finish reasons that say the generation failed --------------------------------------------
+
+# Gemini's FinishReason values that end a candidate the model did not complete: the tool-calling
+# failures, the unspecified ones, and an image the model was to make and did not.
+FAILED = ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "OTHER",
+          "FINISH_REASON_UNSPECIFIED", "NO_IMAGE", "IMAGE_OTHER", "A_REASON_GOOGLE_ADDS_LATER"]
+
+
+def _failed_stream(reason: str) -> bytes:
+    return b"".join(fg.failed_stream("gemini-x", reason))
+
+
+@pytest.mark.parametrize("reason", FAILED)
+def test_a_failed_generation_is_a_502_naming_its_reason_not_a_stop(reason):
+    """MALFORMED_FUNCTION_CALL and its kind end a candidate with no content: mapped to "stop",
+    the client took an empty answer for a whole one and an agent silently stopped. The answer is
+    the upstream's failure, a 502 (which the router retries on the route's next target)."""
+    body = json.dumps(fg.failed_finish("gemini-x", reason)).encode()
+    with pytest.raises(GatewayError) as failed:
+        ADAPTER.response(ctx({"messages": [USER], "tools": [TOOL]}), 200, body)
+    err = failed.value
+    assert (err.status, err.type, err.code) == (502, "api_error", "upstream_error")
+    assert f"'{reason}'" in err.message and "'g'" in err.message  # the reason and the provider
+
+
+@pytest.mark.parametrize("reason", FAILED)
+def test_a_failed_generation_streamed_ends_in_an_error_after_what_came(reason):
+    """Streamed, the text sent before the failure stays with the client; the stream then ends
+    with the same error (the proxy makes it the client API's error event), never a finish chunk."""
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    first, last = _failed_stream(reason).split(b"\r\n\r\n", 1)
+    assert b'"content":"Let me look"' in translator.feed(first + b"\r\n\r\n")
+    with pytest.raises(GatewayError) as failed:
+        translator.feed(last)
+        translator.flush()
+    assert (failed.value.status, failed.value.code) == (502, "upstream_error") and f"'{reason}'" in failed.value.message
+
+
+def test_missing_thought_signature_is_the_requests_400():
+    """MISSING_THOUGHT_SIGNATURE says the history sent back a Gemini 3 call without the signature
+    Gemini gave it: the request's fault (Gemini's own HTTP answer to it is a 400), which the
+    client fixes by sending `extra_content.google.thought_signature` back as it came."""
+    body = json.dumps(fg.failed_finish("gemini-3-pro-preview", "MISSING_THOUGHT_SIGNATURE")).encode()
+    with pytest.raises(GatewayError) as failed:
+        ADAPTER.response(ctx({"messages": [USER]}), 200, body)
+    assert (failed.value.status, failed.value.type) == (400, "invalid_request_error")
+    assert "thought_signature" in failed.value.message and failed.value.param == "messages"
+    translator = ADAPTER.stream(ctx({"messages": [USER], "stream": True}))
+    with pytest.raises(GatewayError) as streamed:
+        translator.feed(_failed_stream("MISSING_THOUGHT_SIGNATURE"))
+    assert streamed.value.status == 400
+
+
+def test_an_unsupported_language_is_content_filter_streamed_or_not():
+    """LANGUAGE: "the response candidate content was flagged for using an unsupported language".
+    A flag on the content, as the safety stops are, and the same on every retry: content_filter."""
+    body = fg.whole_body("gemini-x", False)
+    body["candidates"][0]["finishReason"] = "LANGUAGE"
+    whole = json.loads(ADAPTER.response(ctx({"messages": [USER]}), 200, json.dumps(body).encode())[0])
+    frags = fg.fragments("gemini-x", False)
+    frags[-1]["candidates"][0]["finishReason"] = "LANGUAGE"
+    chunks, _ = client_view(b"".join(b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frags), [])
+    assert (whole["choices"][0]["finish_reason"], summarize(chunks)["finishes"]) == ("content_filter", ["content_filter"])

@@ -17,7 +17,10 @@ RESOURCE_EXHAUSTED; model `blocked` is a prompt Gemini's filters blocked
 empty text part is Vertex AI's 400 (the streaming endpoint's error body a JSON array); a stream
 of model `stream-error-N` is one error fragment whose code is N; a streamed answer of model
 `parallel-calls` calls every unanswered function at once, one fragment of several functionCall
-parts, as Gemini's parallel function calling does.
+parts, as Gemini's parallel function calling does. Model `finish-<REASON>` ends its candidate
+with finishReason <REASON> and no content, as Gemini ends a generation that failed (a
+MALFORMED_FUNCTION_CALL answer has only the prompt's usage); streamed, after a fragment of text,
+or (model `finish-at-once-<REASON>`) as the stream's one fragment.
 Embeddings: Vertex's `:predict` (`instances[].content`, `parameters.outputDimensionality`;
 answers `predictions[].embeddings.{values, statistics.token_count}`; a `gemini-embedding-*`
 model takes one instance, as on Vertex) and the Gemini API's `:batchEmbedContents` (each
@@ -98,6 +101,23 @@ def blocked_prompt(model: str, reason: str = "PROHIBITED_CONTENT") -> dict[str, 
     and the prompt's usage; streamed, it is the one fragment of the stream."""
     return {"promptFeedback": {"blockReason": reason}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12},
             "modelVersion": model, "responseId": "resp-fake-blocked"}
+
+
+def failed_finish(model: str, reason: str) -> dict[str, Any]:
+    """A candidate Gemini ended with `reason` and no content (as it sends MALFORMED_FUNCTION_CALL):
+    the answer, or the last fragment of a stream."""
+    return {"candidates": [{"finishReason": reason, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 40, "totalTokenCount": 40}, "modelVersion": model,
+            "responseId": "resp-fake-failed"}
+
+
+def failed_stream(model: str, reason: str, at_once: bool = False) -> list[bytes]:
+    """A stream whose candidate ends with `reason` and no content: when its text is under way,
+    or `at_once`, in its one fragment."""
+    start = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Let me look"}]}, "index": 0}],
+             "modelVersion": model, "responseId": "resp-fake-failed"}
+    frags = [failed_finish(model, reason)] if at_once else [start, failed_finish(model, reason)]
+    return [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frags]
 
 
 def empty_text_at(body: dict[str, Any]) -> str | None:
@@ -201,6 +221,9 @@ class FakeGemini(FakeUpstream):
             await resp.write(b"data: " + json.dumps(blocked_prompt(model)).encode() + b"\r\n\r\n")
             await resp.write_eof()
             return resp
+        failed = model.removeprefix("finish-").removeprefix("at-once-") if model.startswith("finish-") else None
+        if failed is not None and method == "generateContent":
+            return web.json_response(failed_finish(model, failed))
         tool = next_tool(body)
         if method == "generateContent":
             return web.json_response(whole_body(model, tool is not None, tool or ""))
@@ -214,7 +237,8 @@ class FakeGemini(FakeUpstream):
             await resp.write_eof()
             return resp
         more = unanswered_tools(body)[1:] if model == "parallel-calls" else []
-        for event in sse_bytes(model, tool is not None, tool or "", more):
+        events = (failed_stream(model, failed, model.startswith("finish-at-once-")) if failed is not None else sse_bytes(model, tool is not None, tool or "", more))
+        for event in events:
             await resp.write(event)
         await resp.write_eof()
         return resp

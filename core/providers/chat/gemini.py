@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from tollway.core.errors import GatewayError, bad_request, upstream_ended_early
+from tollway.core.errors import GatewayError, bad_request, echoed, upstream_ended_early, upstream_gave_up
 from tollway.core.providers.base import CallContext, SSEStreamTranslator, UpstreamCall
 from tollway.core.providers.chat.anthropic import tool_arguments
 from tollway.core.providers.chat.output import ChunkWriter, FunctionOut, ToolCallOut, completion_body, completion_id
@@ -58,11 +58,34 @@ from tollway.ext.usage import Usage
 
 PROVIDER = "Gemini"
 GEMINI_API = "https://generativelanguage.googleapis.com/v1beta"
+# Gemini's FinishReason (the API reference's enum) in OpenAI's terms. A whole answer: STOP (a
+# tool call's stop becomes tool_calls in completion_body) and MAX_TOKENS. A flag on what was
+# generated, withheld for what it is and the same on any retry: the safety, recitation and
+# blocklist stops for text and images, and LANGUAGE ("flagged for using an unsupported
+# language"), are content_filter, as OpenAI ends an answer its filters cut.
 FINISH_REASONS = {
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
     "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter", "IMAGE_RECITATION": "content_filter",
+    "LANGUAGE": "content_filter",
 }
+# The rest say the model did not produce an answer (the candidate usually has no content). No
+# OpenAI finish_reason says that: any of them, "stop" above all, hands the client an empty or
+# partial answer as a completed one, and an agent stops there. They are the upstream's failure,
+# a 502 naming the reason, which the router retries on the route's next target (a stream's error
+# event once it has begun), and a client may retry too: MALFORMED_FUNCTION_CALL comes and goes.
+FAILED_FINISHES = {
+    "MALFORMED_FUNCTION_CALL": "the function call the model generated is invalid",
+    "UNEXPECTED_TOOL_CALL": "the model called a tool the request did not enable",
+    "TOO_MANY_TOOL_CALLS": "the model called too many tools in a row",
+    "NO_IMAGE": "the model was to generate an image and generated none",
+    "IMAGE_OTHER": "image generation stopped for an unspecified reason",
+    "OTHER": "generation stopped for an unspecified reason",
+    "FINISH_REASON_UNSPECIFIED": "generation stopped without a reason",
+}
+# But this one is the request's fault (a Gemini 3 call sent back without its signature), as
+# Gemini's own HTTP answer to it, a 400, says: retried anywhere, the history is still unsigned.
+MISSING_SIGNATURE = "MISSING_THOUGHT_SIGNATURE"
 TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 # Ids the gateway made for Gemini's calls (and `call_<n>`, which it made before): never Gemini's, never sent to it.
 _MADE_ID = re.compile(r"call_(?:[0-9a-f]{16}_)?[0-9]+")
@@ -161,7 +184,7 @@ class OpenAIToGemini:
         rid = "chatcmpl-" + done.response_id if done.response_id else completion_id(ctx.body, ctx.now)
         stem = _CallIdStem(rid, ctx.body)
         calls = [_tool_call(p, stem, i) for i, p in enumerate(q for q in parts if q.function_call)]
-        reason = FINISH_REASONS.get(cand.finish_reason or "STOP", "stop")
+        reason = finish_reason(cand.finish_reason or "STOP", ctx.provider.name)
         return completion_body(rid, ctx.now, done.model_version or ctx.upstream_model, text, calls, reason, usage,
                                reasoning), usage
 
@@ -172,6 +195,20 @@ class OpenAIToGemini:
         if status == 400 and b"API_KEY_INVALID" in body:
             status = 401  # Gemini answers 400 for a bad key: it is the gateway's credential
         return provider_error(ctx.provider, status, headers, _error_message(body))
+
+
+def finish_reason(gemini: str, provider: str) -> str:
+    """OpenAI's finish_reason for Gemini's. Raises GatewayError when Gemini says the model
+    produced no answer: a 502 naming the reason (one Google adds later too: the gateway cannot
+    vouch for an answer it has no word for), a 400 for a history without its thought signatures."""
+    reason = FINISH_REASONS.get(gemini)
+    if reason is not None:
+        return reason
+    if gemini == MISSING_SIGNATURE:
+        raise bad_request(f"{PROVIDER} refused the conversation: an assistant tool call in 'messages' lacks the "
+                          "thought signature the model gave it. Send each tool call back with its "
+                          "'extra_content.google.thought_signature' as it came.", param="messages")
+    raise upstream_gave_up(provider, echoed(gemini), FAILED_FINISHES.get(gemini, "a reason the gateway does not know"))
 
 
 def _error_message(body: bytes) -> str | None:
@@ -402,7 +439,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         # Gemini sends no terminator: the end of its stream is where the finish and usage go.
         w = self._writer
         assert w is not None and self._reason is not None  # _complete() held
-        return w.finish(FINISH_REASONS.get(self._reason, "stop")) + w.end(self.usage)
+        return w.finish(FINISH_REASONS[self._reason]) + w.end(self.usage)  # (_on checked it)
 
     def _on(self, fragment: wire.GenerateContentResponse) -> bytes:
         if fragment.error is not None:
@@ -421,6 +458,11 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
             # ended: it ends as the answer unstreamed does (a safety stop), not as a cut-off stream.
             self._reason = "SAFETY"
         for cand in fragment.candidates[:1]:
+            if cand.finish_reason is not None:
+                # A failure raises here, what came before it having gone to the client: on the
+                # stream's first fragment (Gemini's usual MALFORMED_FUNCTION_CALL stream is that one
+                # fragment, with no content), before any byte, so the router can still fall back.
+                finish_reason(cand.finish_reason, self._ctx.provider.name)
             out += b"".join(self._part(p) for p in (cand.content.parts if cand.content else []))
             self._reason = cand.finish_reason or self._reason
         return out
