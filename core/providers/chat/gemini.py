@@ -184,7 +184,7 @@ class OpenAIToGemini:
         rid = "chatcmpl-" + done.response_id if done.response_id else completion_id(ctx.body, ctx.now)
         stem = _CallIdStem(rid, ctx.body)
         calls = [_tool_call(p, stem, i) for i, p in enumerate(q for q in parts if q.function_call)]
-        reason = finish_reason(cand.finish_reason or "STOP", ctx.provider.name)
+        reason = finish_reason(cand.finish_reason or "STOP", ctx.provider.name, bool(text or calls))
         return completion_body(rid, ctx.now, done.model_version or ctx.upstream_model, text, calls, reason, usage,
                                reasoning), usage
 
@@ -197,10 +197,12 @@ class OpenAIToGemini:
         return provider_error(ctx.provider, status, headers, _error_message(body))
 
 
-def finish_reason(gemini: str, provider: str) -> str:
+def finish_reason(gemini: str, provider: str, answered: bool) -> str:
     """OpenAI's finish_reason for Gemini's. Raises GatewayError when Gemini says the model
-    produced no answer: a 502 naming the reason (one Google adds later too: the gateway cannot
-    vouch for an answer it has no word for), a 400 for a history without its thought signatures."""
+    produced no answer: a 502 naming the reason, a 400 for a history without its thought
+    signatures. A reason Google adds later is a 502 only when the candidate holds nothing
+    (`answered`: text or a call came): one with an answer is served as a stop, so a new benign
+    reason cannot turn every answer of a model into an error."""
     reason = FINISH_REASONS.get(gemini)
     if reason is not None:
         return reason
@@ -208,7 +210,10 @@ def finish_reason(gemini: str, provider: str) -> str:
         raise bad_request(f"{PROVIDER} refused the conversation: an assistant tool call in 'messages' lacks the "
                           "thought signature the model gave it. Send each tool call back with its "
                           "'extra_content.google.thought_signature' as it came.", param="messages")
-    raise upstream_gave_up(provider, echoed(gemini), FAILED_FINISHES.get(gemini, "a reason the gateway does not know"))
+    failed = FAILED_FINISHES.get(gemini)
+    if failed is None and answered:
+        return "stop"
+    raise upstream_gave_up(provider, echoed(gemini), failed or "a reason the gateway does not know")
 
 
 def _error_message(body: bytes) -> str | None:
@@ -428,6 +433,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         self._writer: ChunkWriter | None = None
         self._stem: _CallIdStem | None = None
         self._reason: str | None = None
+        self._answered = False  # text or a call went out (thoughts alone are no answer)
 
     def _complete(self) -> bool:
         return self._writer is not None and self._reason is not None  # a fragment said why it finished
@@ -439,7 +445,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         # Gemini sends no terminator: the end of its stream is where the finish and usage go.
         w = self._writer
         assert w is not None and self._reason is not None  # _complete() held
-        return w.finish(FINISH_REASONS[self._reason]) + w.end(self.usage)  # (_on checked it)
+        return w.finish(FINISH_REASONS.get(self._reason, "stop")) + w.end(self.usage)  # (_on raised for failures)
 
     def _on(self, fragment: wire.GenerateContentResponse) -> bytes:
         if fragment.error is not None:
@@ -462,7 +468,9 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
                 # A failure raises here, what came before it having gone to the client: on the
                 # stream's first fragment (Gemini's usual MALFORMED_FUNCTION_CALL stream is that one
                 # fragment, with no content), before any byte, so the router can still fall back.
-                finish_reason(cand.finish_reason, self._ctx.provider.name)
+                parts = cand.content.parts if cand.content else []
+                answered = self._answered or any((p.text and not p.thought) or p.function_call for p in parts)
+                finish_reason(cand.finish_reason, self._ctx.provider.name, answered)
             out += b"".join(self._part(p) for p in (cand.content.parts if cand.content else []))
             self._reason = cand.finish_reason or self._reason
         return out
@@ -472,6 +480,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
         assert w is not None and self._stem is not None
         if p.function_call is not None:
             call = _tool_call(p, self._stem, w.tool_calls)
+            self._answered = True
             self._text.append(call.function.arguments)  # counted, with thoughts, when no usage comes
             extra = {"google": {"thought_signature": p.thought_signature}} if p.thought_signature else None
             return w.tool_start(call.id, call.function.name, call.function.arguments, extra)
@@ -479,6 +488,7 @@ class GeminiStreamToOpenAI(SSEStreamTranslator[wire.GenerateContentResponse]):
             self._text.append(p.text or "")
             return w.reasoning(p.text or "")
         if p.text:
+            self._answered = True
             self._text.append(p.text)
             return w.text(p.text)
         return b""
