@@ -198,6 +198,10 @@ def test_a_body_too_large_or_not_json_is_refused(gw: GatewayProcess):
     ("POST", "/admin/teams", b'{"name": "dup-first", "name": "dup-last"}', "name"),
     ("POST", "/admin/keys", b'{"name": "dup-key", "team": "search", "models": ["gpt-4o"], "team": null}', "team"),
     ("POST", "/admin/keys", b'{"name": "dup-budget", "budget": {"usd": 1}, "budget": null}', "budget"),
+    # nested: a reviewer reads a $1 budget, msgspec would keep $1000
+    ("POST", "/admin/keys", b'{"name": "dup-usd", "budget": {"usd": 1, "period": "day", "usd": 1000}}', "budget.usd"),
+    ("POST", "/admin/keys", b'{"name": "dup-per", "limits": [{"requests": 1, "per": "1m", "requests": 9}]}',
+     "limits[0].requests"),
 ])
 def test_a_body_that_repeats_a_field_is_refused_naming_it(gw: GatewayProcess, method: str, path: str, raw: bytes,
                                                            param: str):
@@ -208,7 +212,7 @@ def test_a_body_that_repeats_a_field_is_refused_naming_it(gw: GatewayProcess, me
     assert status == 400 and error["error"]["param"] == param, error
     assert "more than once" in error["error"]["message"]
     listed = call(gw, "GET", "/admin/teams?limit=1000")[1]["data"] + call(gw, "GET", "/admin/keys?limit=1000")[1]["data"]
-    assert not {"dup-first", "dup-last", "dup-key", "dup-budget"} & {item["name"] for item in listed}
+    assert not {"dup-first", "dup-last", "dup-key", "dup-budget", "dup-usd", "dup-per"} & {item["name"] for item in listed}
 
 
 def test_the_audit_trail_says_has_more_only_when_there_is_more(gw: GatewayProcess):

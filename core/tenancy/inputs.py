@@ -7,6 +7,7 @@ naming the field (`param`), in the OpenAI error shape. Sans-IO: `now` is passed 
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -19,7 +20,6 @@ from msgspec import UNSET, UnsetType
 
 from tollway.core import errors
 from tollway.core.config import Budget, Config, Limit, limit_problems
-from tollway.core.kernels import first_duplicate_key
 from tollway.core.tenancy.records import MetaValue
 
 T = TypeVar("T")
@@ -86,14 +86,41 @@ def decode(body: bytes, kind: type[T]) -> T:
 
 
 def _refuse_repeats(body: bytes, kind: type[object]) -> None:
-    """A 400 naming a field the body gives twice: msgspec keeps the last, and whatever else
-    reads the change (a proxy, a reviewer, the console's copy) may take the first. Client
-    bodies are held to the same rule (tollway.core.request)."""
-    names: tuple[str, ...] = getattr(kind, "__struct_fields__", ())
-    repeated = first_duplicate_key(body, tuple(n.encode() for n in names)) if names else -1
-    if repeated >= 0:
-        raise errors.bad_request(f"The field '{names[repeated]}' appears more than once in the body; send it once.",
-                                 param=names[repeated])
+    """A 400 naming a field the body gives twice, at any depth (`budget.usd`): msgspec keeps the
+    last, and whatever else reads the change (a proxy, a reviewer, the console's copy) may take
+    the first. Client bodies are held to the same rule (tollway.core.request). An admin body is
+    small and rare: read a second time, by the standard library, to see its pairs in order."""
+    try:
+        where = _repeated(json.loads(body, object_pairs_hook=_Pairs), "")
+    except (ValueError, RecursionError):  # (msgspec read it: only a nesting past Python's depth)
+        raise errors.bad_request("The request body is nested too deeply.") from None
+    if where is not None:
+        raise errors.bad_request(f"The field '{errors.echoed(where)}' appears more than once in the body; send it once.",
+                                 param=errors.echoed(where))
+
+
+class _Pairs(list[tuple[str, object]]):
+    """An object's members in the order the body gives them (json's object_pairs_hook)."""
+
+
+def _repeated(node: object, path: str) -> str | None:
+    """The path of the first member named twice in its object, depth first; None if none."""
+    if isinstance(node, _Pairs):
+        seen: set[str] = set()
+        for name, _ in node:
+            if name in seen:
+                return f"{path}.{name}" if path else name
+            seen.add(name)
+        members = ((f"{path}.{name}" if path else name, value) for name, value in node)
+    elif isinstance(node, list):
+        members = ((f"{path}[{i}]", value) for i, value in enumerate(node))
+    else:
+        return None
+    for where, value in members:
+        found = _repeated(value, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _path_of(message: str) -> str | None:
