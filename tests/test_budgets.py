@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import time
 import uuid
@@ -753,4 +754,44 @@ async def test_a_request_that_arrived_in_the_last_period_is_not_charged_to_the_n
         assert status["key"]["remaining_usd"] == pytest.approx(4.5)
         assert keeper.book.accounts[("key", "k")].spent == pytest.approx(0.5)
     finally:
+        await gw.upstream.aclose()
+
+
+async def test_a_spend_read_that_fails_unexpectedly_is_logged_and_tried_again(tmp_path, monkeypatch, caplog):
+    """The background spend read retried only what the store wraps (StoreError): any other
+    failure (a driver's own exception, a bug) ended its task unseen, and the budgets stayed
+    unread, and unshared with Redis, for the rest of the period. It is logged and tried again."""
+    from tollway.gateway.store import books as books_mod
+    text = _config(f"store: {{backend: sqlite, path: '{tmp_path / 'ledger.db'}'}}\nledger: {{flush_interval: 0.01}}\n")
+    earlier = Gateway(loads(text))  # a run that spent the week's budget
+    earlier.start()
+    await earlier.books.start(asyncio.get_running_loop())
+    assert (await _ask(earlier)).status == 200
+    await earlier.books.close(5.0)
+    await earlier.upstream.aclose()
+
+    monkeypatch.setattr(books_mod, "_READ_AGAIN", 0.05)
+    gw = Gateway(loads(text))
+    gw.start()
+    store = gw.books.ledger.store
+    real, failures = store.spend, [RuntimeError("a driver's own error")]
+
+    async def spend(query):
+        if failures:
+            raise failures.pop()
+        return await real(query)
+
+    monkeypatch.setattr(store, "spend", spend)
+    try:
+        with caplog.at_level(logging.WARNING):
+            await gw.books.start(asyncio.get_running_loop())
+            account = gw.books.budgets.book.accounts[("key", "k")]
+            deadline = time.monotonic() + 10.0
+            while account.spent < 5.0:
+                assert time.monotonic() < deadline, "the spend read ended at its first failure"
+                await asyncio.sleep(0.05)
+        assert any("a driver's own error" in (r.exc_text or "") + r.getMessage() for r in caplog.records)
+        assert (await _ask(gw)).status == 429
+    finally:
+        await gw.books.close(5.0)
         await gw.upstream.aclose()

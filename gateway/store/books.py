@@ -76,7 +76,7 @@ class Books:
         """Every budget's spend this period from the ledger, tried until the database answers
         (the keeper in force then: reloads meanwhile may have brought owners of their own)."""
         said = False
-        while not await self.budgets.current().read_ledger(ledger, retrying=True):
+        while not await self._read_once(ledger):
             if not said:
                 log.warning("budgets: cannot read this period's spend from the ledger yet; serving with what "
                             "this process counts, trying again every %g s", _READ_AGAIN)
@@ -84,6 +84,16 @@ class Books:
             await asyncio.sleep(_READ_AGAIN)
         if said:
             log.warning("budgets: this period's spend read from the ledger")
+
+    async def _read_once(self, ledger: Ledger) -> bool:
+        """One try of `_read_spend`. A failure the store does not wrap (a driver's own error, a
+        bug) is logged and tried again like a database that does not answer: ending the task
+        there would leave the budgets unread, and unshared with Redis, for the whole period."""
+        try:
+            return await self.budgets.current().read_ledger(ledger, retrying=True)
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("budgets: reading this period's spend from the ledger failed")
+            return False
 
     def adopt(self, previous: Books) -> Awaitable[None] | None:
         """A reload: keep the spend (the ledger was handed over at construction). Returns the

@@ -159,7 +159,8 @@ class BudgetKeeper:
         except StoreError as exc:
             if retrying:
                 return False
-            log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from 0", exc)
+            log.warning("budgets: cannot read this period's spend from the ledger (%s); counting from what "
+                        "this process charges", exc)
         finally:  # read or not (then counting from what this process saw), the counters may be shared
             if read or not retrying:
                 for accounts in by_start.values():
