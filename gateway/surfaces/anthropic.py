@@ -18,7 +18,7 @@ from tollway.core.accounting.tokens import count_tokens
 from tollway.core.errors import GatewayError
 from tollway.core.providers.base import ClientAPI
 from tollway.core.providers.messages.errors import error_body, error_event
-from tollway.core.providers.messages.translate import decode_messages, join_texts, to_chat_request
+from tollway.core.providers.messages.translate import decode_messages, to_chat_request
 from tollway.core.providers.wire import openai as oa
 from tollway.gateway.admission import Admitted, admit, forward
 from tollway.gateway.exchange import Exchange
@@ -132,6 +132,6 @@ def _without_images(messages: list[oa.ChatMessage]) -> tuple[list[oa.ChatMessage
             images += len(m.content) - len(kept)
             # (text parts alone are one string, as the translation sends them: no parts' JSON to count)
             text_only = all(p.type == "text" for p in kept)
-            m = msgspec.structs.replace(m, content=join_texts(p.text for p in kept) if text_only else kept)
+            m = msgspec.structs.replace(m, content=oa.join_texts(p.text for p in kept) if text_only else kept)
         out.append(m)
     return out, images

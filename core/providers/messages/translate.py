@@ -23,7 +23,7 @@ arrives in the chunk after the one carrying `finish_reason`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -153,21 +153,10 @@ def to_chat_request(req: wire.MessagesRequest, model: str) -> oa.ChatRequest:
     )
 
 
-# What goes between an Anthropic message's text blocks when they become one OpenAI string: they
-# are separate pieces of text ("Hello" + "world" is not "Helloworld"), and a newline is what an
-# OpenAI-compatible server (vLLM) puts between the text parts of one message itself.
-TEXT_JOINER = "\n"
-
-
-def join_texts(texts: Iterable[str | None]) -> str:
-    """Text blocks' texts as one OpenAI string (`TEXT_JOINER` between them)."""
-    return TEXT_JOINER.join(t for t in texts if t)
-
-
 def _text(content: str | list[wire.Block] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    return join_texts(b.text for b in content if b.type == "text")
+    return oa.join_texts(b.text for b in content if b.type == "text")
 
 
 def _messages(m: wire.Message, i: int) -> list[oa.ChatMessage]:
@@ -200,7 +189,7 @@ def _user(blocks: list[wire.Block], i: int) -> list[oa.ChatMessage]:
             parts.append(part)
     if parts:
         only_text = all(p.type == "text" for p in parts)
-        out.append(oa.ChatMessage("user", join_texts(p.text for p in parts) if only_text else parts))
+        out.append(oa.ChatMessage("user", oa.join_texts(p.text for p in parts) if only_text else parts))
     return out
 
 
@@ -218,7 +207,7 @@ def _tool_result(b: wire.Block, where: str) -> tuple[oa.ChatMessage, list[oa.Con
         text, images = b.content or "", []
     else:
         found = [_part(c, f"{where}.content[{k}]") for k, c in enumerate(b.content)]
-        text = join_texts(p.text for p in found if p is not None and p.type == "text")
+        text = oa.join_texts(p.text for p in found if p is not None and p.type == "text")
         images = [p for p in found if p is not None and p.type == "image_url"]
     if images:
         text = text or TOOL_IMAGES_ONLY  # (an empty tool message is left out by some backends' translators)
@@ -294,7 +283,7 @@ def to_message(done: oa.ChatCompletion, usage: Usage | None, request: bytes = b"
     m = choice.message
     reasoning = m.reasoning_text
     blocks = [wire.Block("thinking", thinking=reasoning, signature="")] if reasoning else []
-    if text := join_texts((m.content, m.refusal)):
+    if text := oa.join_texts((m.content, m.refusal)):
         blocks.append(wire.Block("text", text=text))
     for call in m.tool_calls or []:
         args = _arguments(call.function.arguments)

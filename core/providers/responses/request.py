@@ -6,7 +6,7 @@ items join the assistant message before them as its `tool_calls`, and each
 `function_call_output` becomes a `tool` message. Reasoning items are the model's own earlier
 thoughts, which no translated provider takes back: they are dropped, as the Anthropic-over-chat
 translation drops thinking blocks. A message's text parts become one string with a newline
-between them (`join_texts`), as on the Anthropic surface: they are separate pieces of text.
+between them (`wire.openai.join_texts`), as on the Anthropic surface: they are separate pieces of text.
 
 The gateway keeps no state for translated providers, so everything that refers to a stored
 response, conversation or prompt is refused with a 400 naming the field, as is any hosted tool
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from tollway.core.errors import bad_request, echoed, responses_state_unsupported
 from tollway.core.providers.chat.anthropic import tool_arguments
-from tollway.core.providers.messages.translate import join_texts
 from tollway.core.providers.responses import wire
 from tollway.core.providers.wire import openai as oa
 from tollway.core.request import StreamOptions
@@ -100,7 +99,7 @@ def _message(item: wire.InputItem, i: int) -> oa.ChatMessage:
     if role != "user" or all(p.type == "text" for p in parts):  # only a user turn may carry images
         if any(p.type != "text" for p in parts):
             raise bad_request(f"Only user messages may carry images (input[{i}]).", param=f"input[{i}].content")
-        return oa.ChatMessage(role, join_texts(p.text for p in parts))
+        return oa.ChatMessage(role, oa.join_texts(p.text for p in parts))
     return oa.ChatMessage(role, parts)
 
 
@@ -140,7 +139,7 @@ def _output_text(output: str | list[wire.InputContent] | None, i: int) -> str:
         if p.type not in _TEXT_PARTS:
             raise bad_request(f"A function_call_output part of type '{echoed(p.type)}' is not supported for this model's "
                               "provider; send the output as text.", param=f"input[{i}].output[{j}].type")
-    return join_texts(p.text for p in output)
+    return oa.join_texts(p.text for p in output)
 
 
 def _tools(tools: list[wire.FunctionTool] | None) -> list[oa.Tool] | None:

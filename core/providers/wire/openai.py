@@ -6,6 +6,7 @@ OpenAI API itself tolerates them poorly but clients do send vendor extensions.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -219,14 +220,25 @@ def decode_chat(body: bytes) -> ChatRequest:
     return decode_body(_decode_chat, body)
 
 
+# What goes between a message's pieces of text when a provider takes them as one string (an
+# OpenAI message's text parts, an Anthropic message's text blocks, a Responses item's parts):
+# they are separate pieces ("Hello" + "world" is not "Helloworld"), and a newline is what an
+# OpenAI-compatible server (vLLM's chat templates) puts between the text parts of one message.
+TEXT_JOINER = "\n"
+
+
+def join_texts(texts: Iterable[str | None]) -> str:
+    """Pieces of one message's text as one string (`TEXT_JOINER` between them; empty ones left out)."""
+    return TEXT_JOINER.join(t for t in texts if t)
+
+
 def text_of(content: str | list[ContentPart] | None) -> str:
-    """The text of a message's content, its text parts joined with a newline between them (as
-    vLLM's chat templates join them: "Hello" and "world" must not reach a model as one word)."""
+    """The text of a message's content, its text parts joined (`join_texts`)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "\n".join(p.text or "" for p in content if p.type == "text")
+    return join_texts(p.text for p in content if p.type == "text")
 
 
 def unsupported(field: str, provider: str, why: str = "") -> GatewayError:
