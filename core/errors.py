@@ -233,12 +233,20 @@ def upstream_ended_early(provider: str) -> GatewayError:
                         "upstream_disconnected")
 
 
-def upstream_gave_up(provider: str, finish: str, why: str) -> GatewayError:
+class UpstreamGaveUp(GatewayError):
     """A 502: a 200 answer (or stream) whose finish reason says the model produced no answer
-    (`finish`, the provider's word, and `why`, what it means). The upstream's failure, so the
-    router tries the route's next target; never a finish reason that passes it for a whole one."""
-    return GatewayError(502, f"The upstream provider '{provider}' did not complete the answer: it finished with "
-                             f"'{finish}' ({why}). Retry the request.", "api_error", "upstream_error")
+    (`finish`, the provider's word, and `why`, what it means). The router tries the route's next
+    target, and never passes it for a whole answer; but it follows the prompt (a tool call the
+    model garbled), not the provider's health, so it is not held against the provider: one
+    client's prompts must not eject it for every other client."""
+
+    def __init__(self, provider: str, finish: str, why: str) -> None:
+        super().__init__(502, f"The upstream provider '{provider}' did not complete the answer: it finished with "
+                              f"'{finish}' ({why}). Retry the request.", "api_error", "upstream_error")
+
+
+def upstream_gave_up(provider: str, finish: str, why: str) -> UpstreamGaveUp:
+    return UpstreamGaveUp(provider, finish, why)
 
 
 def upstream_unfinished() -> GatewayError:

@@ -35,7 +35,7 @@ from granian.rsgi import HTTPProtocol, Scope
 from tollway.core import errors
 from tollway.core.accounting.completion_text import completion_text
 from tollway.core.config import Provider, Server, Target
-from tollway.core.errors import GatewayError, PluginError, UpstreamTimedOut, UpstreamUnreached
+from tollway.core.errors import GatewayError, PluginError, UpstreamGaveUp, UpstreamTimedOut, UpstreamUnreached
 from tollway.core.kernels import SSEError, first_needle
 from tollway.core.providers.base import Adapter, CallContext, StreamTranslator, UpstreamCall
 from tollway.core.request import RequestHead
@@ -474,7 +474,7 @@ def _upstream_fault(exc: GatewayError) -> bool | None:
     (the client's mistake, a busy upstream's 429, an answer larger than the gateway holds)."""
     if isinstance(exc, PluginError):  # a plugin's decision on a good answer
         return False
-    if exc.code in _SAME_ANSWER:
+    if exc.code in _SAME_ANSWER or isinstance(exc, UpstreamGaveUp):  # (what the request asked: not the upstream's health)
         return None
     return True if exc.status in RETRYABLE_STATUS and exc.status not in _NOT_A_FAULT else None
 

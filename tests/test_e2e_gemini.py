@@ -4,6 +4,7 @@ a freshly generated RSA key; the fake's token endpoint grants it), tokens cached
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,6 +64,8 @@ models:
     targets: [{{provider: gem, model: finish-MALFORMED_FUNCTION_CALL, priority: 0}}, {{provider: gem, model: gemini-2.5-flash, priority: 1}}]
   - name: malformed-at-once-then-flash
     targets: [{{provider: gem, model: finish-at-once-MALFORMED_FUNCTION_CALL, priority: 0}}, {{provider: gem, model: gemini-2.5-flash, priority: 1}}]
+  - name: malformed-then-vertex
+    targets: [{{provider: gem, model: finish-MALFORMED_FUNCTION_CALL, priority: 0}}, {{provider: vtx, model: gemini-2.5-flash, priority: 1}}]
 keys:
   - name: test-key
     key_hash: "{key_hash(TEST_KEY)}"
@@ -357,3 +360,19 @@ def test_a_token_revoked_before_its_expiry_is_fetched_anew_after_a_401(oai, gemi
     r = oai.chat.completions.create(model="vertex-flash", messages=[{"role": "user", "content": "hi"}])
     assert r.choices[0].message.content == fg.REPLY
     assert gemini.last()["headers"]["authorization"] == f"Bearer ya29.fake-{gemini.tokens_issued}"
+
+
+def test_failed_generations_do_not_eject_the_provider(gw, oai, gemini):
+    """MALFORMED_FUNCTION_CALL follows the prompt, not the provider's health: counted as the
+    upstream's fault, one client's tool-heavy prompts (here on a route that falls back to
+    Vertex) ejected Gemini for every other client's route. Retried on the next target, held
+    against nothing."""
+    for _ in range(7):  # past routing.outlier_detection's 5 consecutive failures
+        r = oai.chat.completions.create(model="malformed-then-vertex", tools=[WEATHER],
+                                        messages=[{"role": "user", "content": "weather?"}])
+        assert r.choices[0].finish_reason == "tool_calls"
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as m:
+        metrics = m.read().decode()
+    assert 'tollway_upstream_available{endpoint="",provider="gem"} 1.0' in metrics
+    answer = oai.chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
