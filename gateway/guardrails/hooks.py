@@ -440,63 +440,76 @@ class GuardrailSet:
                         for index in sorted(schema.texts):
                             self._ended(state, index, None)
                 continue
-            said: list[tuple[int, dict[str, Any]]] = []  # each choice's delta
-            for holder, name, kind, index, tool in sse_deltas.deltas(obj, side=True):
-                if name == "content":
-                    said.append((index, holder))
-                    if "reasoning" in holder:
-                        self._echoed(state, index, holder)
-                text = holder.get(name)
-                if schema is not None and name == "content":
-                    schema.saw(index, holder)
-                if not isinstance(text, str) or not text:
-                    continue
-                if kind == _THINKING and signs_thinking(ex.api, ex.provider_schema):
-                    continue  # the upstream's signed thinking: a changed one is refused when sent back
-                state.kinds[index, tool] = kind
-                new = self.feed_text(state, (index, tool), text, json=kind == sse_deltas.ARGUMENTS)
-                if new != text:
-                    holder[name], ev.changed = new, True
-                if schema is not None and name == "content":
-                    schema.add(index, new)
-            for index, delta in said:  # (after: a tail put in this delta must not be scanned again)
-                if self._end_reasoning(state, index, delta):
-                    ev.changed = True
-            if not isinstance(obj, dict):
-                continue
-            choices = obj.get("choices")
-            if isinstance(choices, list):
-                if "id" in obj:
-                    state.last = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
-                for choice in choices:
-                    at = choice.get("index", 0) if isinstance(choice, dict) else None
-                    if not isinstance(at, int):
-                        continue
-                    text = choice.get("text")
-                    if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
-                        state.legacy = True
-                        new = self.feed_text(state, (at, -1), text) if text else text
-                        if choice.get("finish_reason"):
-                            new += self.finish_text(state, (at, -1))
-                        if new != text:
-                            choice["text"], ev.changed = new, True
-                    elif choice.get("finish_reason"):
-                        delta = choice.setdefault("delta", {})
-                        if isinstance(delta, dict) and self._flush_choice(state, at, delta):
-                            ev.changed = True
-                        if schema is not None:
-                            self._ended(state, at, choice["finish_reason"])
-            elif obj.get("type") == "content_block_stop" and isinstance(obj.get("index", 0), int):
-                block: int = obj.get("index", 0)
-                kind = state.kinds.get((block, -1), sse_deltas.TEXT)
-                tail = self.finish_text(state, (block, -1))
-                if tail:
-                    piece = {"type": _BLOCK_DELTAS[kind], _BLOCK_FIELDS[kind]: tail}
-                    added = {"type": "content_block_delta", "index": block, "delta": piece}
-                    ev.before = b"event: content_block_delta\ndata: " + _encode(added) + b"\n\n"
+            if self._scan_deltas(state, ex, obj):
+                ev.changed = True
+            if isinstance(obj, dict):
+                self._end_blocks(state, ev, obj)
         if any(ev.changed or ev.before for ev in found):
             return sse_deltas.joined(found)
         return out
+
+    def _scan_deltas(self, state: GuardrailState, ex: Exchange, obj: Any) -> bool:
+        """Feed one event's deltas (answer text, side fields, tool arguments, thinking) to the
+        scanners, writing back what they changed; True if anything was."""
+        schema, changed = state.schema, False
+        said: list[tuple[int, dict[str, Any]]] = []  # each choice's delta
+        for holder, name, kind, index, tool in sse_deltas.deltas(obj, side=True):
+            if name == "content":
+                said.append((index, holder))
+                if "reasoning" in holder:
+                    self._echoed(state, index, holder)
+            text = holder.get(name)
+            if schema is not None and name == "content":
+                schema.saw(index, holder)
+            if not isinstance(text, str) or not text:
+                continue
+            if kind == _THINKING and signs_thinking(ex.api, ex.provider_schema):
+                continue  # the upstream's signed thinking: a changed one is refused when sent back
+            state.kinds[index, tool] = kind
+            new = self.feed_text(state, (index, tool), text, json=kind == sse_deltas.ARGUMENTS)
+            if new != text:
+                holder[name], changed = new, True
+            if schema is not None and name == "content":
+                schema.add(index, new)
+        for index, delta in said:  # (after: a tail put in this delta must not be scanned again)
+            if self._end_reasoning(state, index, delta):
+                changed = True
+        return changed
+
+    def _end_blocks(self, state: GuardrailState, ev: sse_deltas.Event, obj: dict[str, Any]) -> None:
+        """What one event ends: a choice's finish (its held tails flushed), a legacy completions
+        choice's text, an Anthropic content block's stop (its held tail sent before it)."""
+        schema = state.schema
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            if "id" in obj:
+                state.last = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
+            for choice in choices:
+                at = choice.get("index", 0) if isinstance(choice, dict) else None
+                if not isinstance(at, int):
+                    continue
+                text = choice.get("text")
+                if "delta" not in choice and isinstance(text, str):  # a legacy completions stream
+                    state.legacy = True
+                    new = self.feed_text(state, (at, -1), text) if text else text
+                    if choice.get("finish_reason"):
+                        new += self.finish_text(state, (at, -1))
+                    if new != text:
+                        choice["text"], ev.changed = new, True
+                elif choice.get("finish_reason"):
+                    delta = choice.setdefault("delta", {})
+                    if isinstance(delta, dict) and self._flush_choice(state, at, delta):
+                        ev.changed = True
+                    if schema is not None:
+                        self._ended(state, at, choice["finish_reason"])
+        elif obj.get("type") == "content_block_stop" and isinstance(obj.get("index", 0), int):
+            block: int = obj.get("index", 0)
+            kind = state.kinds.get((block, -1), sse_deltas.TEXT)
+            tail = self.finish_text(state, (block, -1))
+            if tail:
+                piece = {"type": _BLOCK_DELTAS[kind], _BLOCK_FIELDS[kind]: tail}
+                added = {"type": "content_block_delta", "index": block, "delta": piece}
+                ev.before = b"event: content_block_delta\ndata: " + _encode(added) + b"\n\n"
 
     @staticmethod
     def _echoed(state: GuardrailState, index: int, delta: dict[str, Any]) -> None:
